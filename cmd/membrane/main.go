@@ -1,0 +1,73 @@
+// Command membrane is Membrane's command line: offline policy tools (check,
+// trace) and the client of a running membraned's local API.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+)
+
+// exitError carries a process exit code through cobra's error return.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("exit status %d", e.code)
+	}
+	return e.err.Error()
+}
+
+func (e *exitError) Unwrap() error { return e.err }
+
+// usageError marks an error as a usage error (exit 2).
+func usageError(format string, args ...any) error {
+	return &exitError{code: 2, err: fmt.Errorf(format, args...)}
+}
+
+// silentExit ends the command with code, having printed what it had to.
+func silentExit(code int) error { return &exitError{code: code} }
+
+func newRootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "membrane",
+		Short:         "Identity-aware eBPF firewall for Docker, Compose, containerd and Nomad hosts",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return &exitError{code: 2, err: fmt.Errorf("%w\nSee '%s --help'.", err, c.CommandPath())}
+	})
+	policy := &cobra.Command{
+		Use:   "policy",
+		Short: "Check, trace and show policies",
+	}
+	policy.AddCommand(newPolicyCheckCmd(), newPolicyTraceCmd())
+	root.AddCommand(policy, newVersionCmd())
+	addDaemonCommands(root, policy)
+	return root
+}
+
+func main() {
+	err := newRootCmd().Execute()
+	if err == nil {
+		return
+	}
+	code := 1
+	var ee *exitError
+	if errors.As(err, &ee) {
+		code = ee.code
+		if ee.err == nil {
+			os.Exit(code)
+		}
+	} else if isUsage(err) {
+		code = 2
+	}
+	fmt.Fprintln(os.Stderr, "membrane:", err)
+	os.Exit(code)
+}
