@@ -1,0 +1,507 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/gohcl"
+	"github.com/hashicorp/hcl/v2/hclparse"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
+)
+
+// DefaultPath is where membraned looks for its configuration when --config
+// is not given.
+const DefaultPath = "/etc/membrane/membrane.hcl"
+
+// Enforcement modes (the `enforcement` attribute).
+const (
+	EnforcementDefault = "default" // policies decide; default-deny as the language says
+	EnforcementAlways  = "always"  // every endpoint is in default-deny both ways
+	EnforcementNever   = "never"   // no policy is enforced
+)
+
+// Attach modes (the `attach` attribute).
+const (
+	AttachAuto = "auto"
+	AttachTCX  = "tcx"
+	AttachTC   = "tc"
+)
+
+// Unknown-endpoint verdicts (the `unknown_endpoint` attribute): what happens
+// to traffic of a veth whose endpoint is not known yet (identity init).
+const (
+	UnknownDrop  = "drop"
+	UnknownAllow = "allow"
+)
+
+// Config is membraned's configuration after validation, in plain Go types.
+type Config struct {
+	// Path is the file the configuration came from; "" when every value is
+	// a default (no file at the default path).
+	Path string
+
+	PolicyDir string
+	StateDir  string
+	BPFFSDir  string
+	APISocket string
+	// APIGroup is the group allowed to change things through the API
+	// (besides root) and the socket's group when it exists.
+	APIGroup string
+
+	Enforcement     string
+	Audit           bool
+	AuditSelector   string
+	UnknownEndpoint string
+	Attach          string
+	LogLevel        slog.Level
+
+	// IdentityGrace is how long an unused identity is kept before its
+	// number is released.
+	IdentityGrace time.Duration
+	// ResyncInterval is the period of the full resync and conntrack GC.
+	ResyncInterval time.Duration
+	// PolicyDebounce is how long policy-directory changes settle before the
+	// set is reloaded (editors write files in several steps).
+	PolicyDebounce time.Duration
+
+	Docker     Runtime
+	Containerd Runtime
+	Labels     Labels
+	Maps       Maps
+	Metrics    Metrics
+}
+
+// Runtime is one `runtime "NAME" {}` block.
+type Runtime struct {
+	Enabled bool
+	// Socket is the runtime's API socket.
+	Socket string
+	// Namespaces lists the containerd namespaces to watch; empty means all.
+	// Unused for Docker.
+	Namespaces []string
+}
+
+// Labels is the `labels {}` block: regular expressions on label keys that
+// change which labels are identity-relevant. Include adds keys back that
+// the default exclusions (volatile labels) drop; Exclude drops more.
+type Labels struct {
+	Include []*regexp.Regexp
+	Exclude []*regexp.Regexp
+}
+
+// Maps holds the BPF map sizes (entries).
+type Maps struct {
+	Endpoints     int
+	IPCache       int
+	Policy        int // local identities with a policy (outer map)
+	PolicyEntries int // entries per identity (inner maps)
+	Conntrack     int
+	Events        int // ring buffer size in bytes (power of two, page multiple)
+}
+
+// Metrics is the `metrics {}` block. An empty Listen disables metrics.
+type Metrics struct {
+	Listen string
+}
+
+// Default returns the configuration used when no file exists.
+func Default() *Config {
+	return &Config{
+		PolicyDir:       "/etc/membrane/policies.d",
+		StateDir:        "/var/lib/membrane",
+		BPFFSDir:        "/sys/fs/bpf/membrane",
+		APISocket:       "/run/membrane/membrane.sock",
+		APIGroup:        "membrane",
+		Enforcement:     EnforcementDefault,
+		UnknownEndpoint: UnknownDrop,
+		Attach:          AttachAuto,
+		LogLevel:        slog.LevelInfo,
+		IdentityGrace:   5 * time.Minute,
+		ResyncInterval:  time.Minute,
+		PolicyDebounce:  50 * time.Millisecond,
+		Docker:          Runtime{Enabled: true, Socket: "/var/run/docker.sock"},
+		Containerd:      Runtime{Enabled: true, Socket: "/run/containerd/containerd.sock"},
+		Maps: Maps{
+			Endpoints:     4096,
+			IPCache:       65536,
+			Policy:        4096,
+			PolicyEntries: 16384,
+			Conntrack:     262144,
+			Events:        1 << 22,
+		},
+		Metrics: Metrics{Listen: "127.0.0.1:9964"},
+	}
+}
+
+// Error is an invalid configuration: every problem with its position.
+type Error struct {
+	Diagnostics hcl.Diagnostics
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	for i, d := range e.Diagnostics {
+		if i > 0 {
+			b.WriteString("\n")
+		}
+		b.WriteString(formatDiag(d))
+	}
+	return b.String()
+}
+
+func formatDiag(d *hcl.Diagnostic) string {
+	sev := "error"
+	if d.Severity == hcl.DiagWarning {
+		sev = "warning"
+	}
+	pos := ""
+	if d.Subject != nil {
+		pos = fmt.Sprintf("%s:%d:%d: ", d.Subject.Filename, d.Subject.Start.Line, d.Subject.Start.Column)
+	}
+	s := pos + sev + ": " + d.Summary
+	if d.Detail != "" {
+		s += ": " + d.Detail
+	}
+	return s
+}
+
+// Load reads the configuration at path. When explicit is false and path
+// does not exist, the defaults are returned (a fresh install has no file).
+func Load(path string, explicit bool) (*Config, error) {
+	src, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) && !explicit {
+			return Default(), nil
+		}
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	return Parse(path, src)
+}
+
+// Parse decodes and validates a configuration file's contents; filename is
+// used in positions.
+func Parse(filename string, src []byte) (*Config, error) {
+	p := hclparse.NewParser()
+	f, diags := p.ParseHCL(src, filename)
+	if diags.HasErrors() {
+		return nil, &Error{Diagnostics: diags}
+	}
+	var raw fileSchema
+	diags = gohcl.DecodeBody(f.Body, nil, &raw)
+	if diags.HasErrors() {
+		return nil, &Error{Diagnostics: errorsOnly(diags)}
+	}
+	cfg, diags := compile(&raw, f.Body)
+	if diags.HasErrors() {
+		return nil, &Error{Diagnostics: errorsOnly(diags)}
+	}
+	cfg.Path = filename
+	return cfg, nil
+}
+
+func errorsOnly(diags hcl.Diagnostics) hcl.Diagnostics {
+	var out hcl.Diagnostics
+	for _, d := range diags {
+		if d.Severity == hcl.DiagError {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// The schema: pointers mark optional attributes; the *Range fields keep the
+// attribute positions for validation errors.
+type fileSchema struct {
+	PolicyDir       *string `hcl:"policy_dir"`
+	StateDir        *string `hcl:"state_dir"`
+	BPFFSDir        *string `hcl:"bpffs_dir"`
+	APISocket       *string `hcl:"api_socket"`
+	APIGroup        *string `hcl:"api_group"`
+	Enforcement     *string `hcl:"enforcement"`
+	Audit           *bool   `hcl:"audit"`
+	AuditSelector   *string `hcl:"audit_selector"`
+	UnknownEndpoint *string `hcl:"unknown_endpoint"`
+	Attach          *string `hcl:"attach"`
+	LogLevel        *string `hcl:"log_level"`
+	IdentityGrace   *string `hcl:"identity_grace"`
+	ResyncInterval  *string `hcl:"resync_interval"`
+	PolicyDebounce  *string `hcl:"policy_debounce"`
+
+	Runtimes []runtimeSchema `hcl:"runtime,block"`
+	Labels   []labelsSchema  `hcl:"labels,block"`
+	Maps     []mapsSchema    `hcl:"maps,block"`
+	Metrics  []metricsSchema `hcl:"metrics,block"`
+}
+
+type runtimeSchema struct {
+	Name       string    `hcl:"name,label"`
+	Enabled    *bool     `hcl:"enabled"`
+	Socket     *string   `hcl:"socket"`
+	Namespaces *[]string `hcl:"namespaces"`
+	DefRange   hcl.Range `hcl:",def_range"`
+}
+
+type labelsSchema struct {
+	Include  *[]string `hcl:"include"`
+	Exclude  *[]string `hcl:"exclude"`
+	DefRange hcl.Range `hcl:",def_range"`
+}
+
+type mapsSchema struct {
+	Endpoints     *int      `hcl:"endpoints"`
+	IPCache       *int      `hcl:"ipcache"`
+	Policy        *int      `hcl:"policy"`
+	PolicyEntries *int      `hcl:"policy_entries"`
+	Conntrack     *int      `hcl:"conntrack"`
+	Events        *int      `hcl:"events"`
+	DefRange      hcl.Range `hcl:",def_range"`
+}
+
+type metricsSchema struct {
+	Listen   *string   `hcl:"listen"`
+	DefRange hcl.Range `hcl:",def_range"`
+}
+
+// compile validates the decoded schema and builds the Config. Positions
+// come from the remaining body's attributes (gohcl gives no per-attribute
+// ranges for optional attributes, so we look them up by name).
+func compile(raw *fileSchema, body hcl.Body) (*Config, hcl.Diagnostics) {
+	cfg := Default()
+	var diags hcl.Diagnostics
+	top := attrRanges(body)
+	errAt := func(rng hcl.Range, summary, detail string) {
+		r := rng
+		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: summary, Detail: detail, Subject: &r})
+	}
+
+	absPath := func(name string, v *string, dst *string) {
+		if v == nil {
+			return
+		}
+		if !filepath.IsAbs(*v) {
+			errAt(top[name], fmt.Sprintf("%s must be an absolute path", name), fmt.Sprintf("got %q", *v))
+			return
+		}
+		*dst = filepath.Clean(*v)
+	}
+	absPath("policy_dir", raw.PolicyDir, &cfg.PolicyDir)
+	absPath("state_dir", raw.StateDir, &cfg.StateDir)
+	absPath("bpffs_dir", raw.BPFFSDir, &cfg.BPFFSDir)
+	absPath("api_socket", raw.APISocket, &cfg.APISocket)
+	if raw.APIGroup != nil {
+		cfg.APIGroup = *raw.APIGroup
+	}
+
+	oneOf := func(name string, v *string, dst *string, allowed ...string) {
+		if v == nil {
+			return
+		}
+		for _, a := range allowed {
+			if *v == a {
+				*dst = *v
+				return
+			}
+		}
+		errAt(top[name], fmt.Sprintf("invalid %s %q", name, *v), "must be one of "+quoteList(allowed))
+	}
+	oneOf("enforcement", raw.Enforcement, &cfg.Enforcement, EnforcementDefault, EnforcementAlways, EnforcementNever)
+	oneOf("unknown_endpoint", raw.UnknownEndpoint, &cfg.UnknownEndpoint, UnknownDrop, UnknownAllow)
+	oneOf("attach", raw.Attach, &cfg.Attach, AttachAuto, AttachTCX, AttachTC)
+	if raw.LogLevel != nil {
+		var lvl slog.Level
+		switch *raw.LogLevel {
+		case "debug", "info", "warn", "error":
+			_ = lvl.UnmarshalText([]byte(*raw.LogLevel))
+			cfg.LogLevel = lvl
+		default:
+			errAt(top["log_level"], fmt.Sprintf("invalid log_level %q", *raw.LogLevel), `must be one of "debug", "info", "warn", "error"`)
+		}
+	}
+	if raw.Audit != nil {
+		cfg.Audit = *raw.Audit
+	}
+	if raw.AuditSelector != nil {
+		if err := checkSelector(*raw.AuditSelector); err != nil {
+			errAt(top["audit_selector"], "invalid audit_selector", err.Error())
+		}
+		cfg.AuditSelector = *raw.AuditSelector
+	}
+	duration := func(name string, v *string, dst *time.Duration, min time.Duration) {
+		if v == nil {
+			return
+		}
+		d, err := time.ParseDuration(*v)
+		if err != nil || d < min {
+			errAt(top[name], fmt.Sprintf("invalid %s %q", name, *v), fmt.Sprintf("must be a duration of at least %s, like \"5m\"", min))
+			return
+		}
+		*dst = d
+	}
+	duration("identity_grace", raw.IdentityGrace, &cfg.IdentityGrace, 0)
+	duration("resync_interval", raw.ResyncInterval, &cfg.ResyncInterval, time.Second)
+	duration("policy_debounce", raw.PolicyDebounce, &cfg.PolicyDebounce, 0)
+
+	seenRuntime := map[string]hcl.Range{}
+	for i, rt := range raw.Runtimes {
+		if prev, ok := seenRuntime[rt.Name]; ok {
+			errAt(rt.DefRange, fmt.Sprintf("runtime %q already declared at %s", rt.Name, short(prev)), "declare each runtime once")
+			continue
+		}
+		seenRuntime[rt.Name] = rt.DefRange
+		var dst *Runtime
+		switch rt.Name {
+		case "docker":
+			dst = &cfg.Docker
+		case "containerd":
+			dst = &cfg.Containerd
+		default:
+			errAt(rt.DefRange, fmt.Sprintf("unknown runtime %q", rt.Name), `must be "docker" or "containerd"`)
+			continue
+		}
+		rr := blockAttrRanges(body, "runtime", i)
+		if rt.Enabled != nil {
+			dst.Enabled = *rt.Enabled
+		}
+		if rt.Socket != nil {
+			if !filepath.IsAbs(*rt.Socket) {
+				errAt(rr["socket"], "socket must be an absolute path", fmt.Sprintf("got %q", *rt.Socket))
+			}
+			dst.Socket = *rt.Socket
+		}
+		if rt.Namespaces != nil {
+			if rt.Name == "docker" {
+				errAt(rr["namespaces"], "namespaces is only for containerd", "Docker has no namespaces; remove this attribute")
+			}
+			dst.Namespaces = *rt.Namespaces
+		}
+	}
+
+	for i, lb := range raw.Labels {
+		if i > 0 {
+			errAt(lb.DefRange, "labels block already declared at "+short(raw.Labels[0].DefRange), "merge the blocks into one")
+			continue
+		}
+		lr := blockAttrRanges(body, "labels", i)
+		re := func(name string, list *[]string, dst *[]*regexp.Regexp) {
+			if list == nil {
+				return
+			}
+			for _, s := range *list {
+				r, err := regexp.Compile(s)
+				if err != nil {
+					errAt(lr[name], fmt.Sprintf("invalid regular expression %q in %s", s, name), err.Error())
+					continue
+				}
+				*dst = append(*dst, r)
+			}
+		}
+		re("include", lb.Include, &cfg.Labels.Include)
+		re("exclude", lb.Exclude, &cfg.Labels.Exclude)
+	}
+
+	for i, m := range raw.Maps {
+		if i > 0 {
+			errAt(m.DefRange, "maps block already declared at "+short(raw.Maps[0].DefRange), "merge the blocks into one")
+			continue
+		}
+		mr := blockAttrRanges(body, "maps", i)
+		size := func(name string, v *int, dst *int, min, max int) {
+			if v == nil {
+				return
+			}
+			if *v < min || *v > max {
+				errAt(mr[name], fmt.Sprintf("maps.%s = %d is out of range", name, *v), fmt.Sprintf("must be between %d and %d", min, max))
+				return
+			}
+			*dst = *v
+		}
+		size("endpoints", m.Endpoints, &cfg.Maps.Endpoints, 16, 1<<20)
+		size("ipcache", m.IPCache, &cfg.Maps.IPCache, 16, 1<<24)
+		size("policy", m.Policy, &cfg.Maps.Policy, 16, 1<<20)
+		size("policy_entries", m.PolicyEntries, &cfg.Maps.PolicyEntries, 16, 1<<20)
+		size("conntrack", m.Conntrack, &cfg.Maps.Conntrack, 1024, 1<<24)
+		if m.Events != nil {
+			v := *m.Events
+			if v < 4096 || v > 1<<30 || v&(v-1) != 0 {
+				errAt(mr["events"], fmt.Sprintf("maps.events = %d is not a valid ring buffer size", v), "must be a power of two between 4096 and 1073741824 bytes")
+			} else {
+				cfg.Maps.Events = v
+			}
+		}
+	}
+
+	for i, m := range raw.Metrics {
+		if i > 0 {
+			errAt(m.DefRange, "metrics block already declared at "+short(raw.Metrics[0].DefRange), "merge the blocks into one")
+			continue
+		}
+		mr := blockAttrRanges(body, "metrics", i)
+		if m.Listen != nil {
+			if *m.Listen != "" {
+				if _, _, err := net.SplitHostPort(*m.Listen); err != nil {
+					errAt(mr["listen"], fmt.Sprintf("invalid metrics listen address %q", *m.Listen), `must be HOST:PORT like "127.0.0.1:9964", or "" to disable metrics`)
+				}
+			}
+			cfg.Metrics.Listen = *m.Listen
+		}
+	}
+	return cfg, diags
+}
+
+// attrRanges returns the ranges of a native-syntax body's attributes, by
+// name. gohcl does not keep ranges of optional attributes, so validation
+// reads them from the syntax tree.
+func attrRanges(body hcl.Body) map[string]hcl.Range {
+	out := map[string]hcl.Range{}
+	if sb, ok := body.(*hclsyntax.Body); ok {
+		for name, a := range sb.Attributes {
+			out[name] = a.SrcRange
+		}
+	}
+	return out
+}
+
+// blockAttrRanges is attrRanges for the i-th block of type typ in body
+// (gohcl decodes blocks in source order, so the indexes agree).
+func blockAttrRanges(body hcl.Body, typ string, i int) map[string]hcl.Range {
+	sb, ok := body.(*hclsyntax.Body)
+	if !ok {
+		return map[string]hcl.Range{}
+	}
+	n := 0
+	for _, b := range sb.Blocks {
+		if b.Type != typ {
+			continue
+		}
+		if n == i {
+			return attrRanges(b.Body)
+		}
+		n++
+	}
+	return map[string]hcl.Range{}
+}
+
+func quoteList(l []string) string {
+	q := make([]string, len(l))
+	for i, s := range l {
+		q[i] = fmt.Sprintf("%q", s)
+	}
+	return strings.Join(q, ", ")
+}
+
+func short(r hcl.Range) string {
+	return fmt.Sprintf("%s:%d", r.Filename, r.Start.Line)
+}
+
+// checkSelector validates audit_selector. It is a variable so that the
+// policy language's selector parser is the single authority once wired.
+var checkSelector = func(s string) error { return nil }

@@ -1,0 +1,149 @@
+package config
+
+import (
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestMissingDefaultFileMeansDefaults(t *testing.T) {
+	cfg, err := Load(filepath.Join(t.TempDir(), "membrane.hcl"), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.PolicyDir != "/etc/membrane/policies.d" || cfg.Metrics.Listen != "127.0.0.1:9964" || cfg.Enforcement != "default" || cfg.Path != "" {
+		t.Fatalf("defaults not applied: %+v", cfg)
+	}
+}
+
+func TestMissingExplicitFileIsAnError(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "nope.hcl"), true)
+	if err == nil || !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("want not-exist error, got %v", err)
+	}
+}
+
+func TestFullConfigDecodes(t *testing.T) {
+	src := `
+policy_dir       = "/srv/policies"
+state_dir        = "/srv/state"
+bpffs_dir        = "/sys/fs/bpf/mt"
+api_socket       = "/run/mt.sock"
+enforcement      = "always"
+audit            = true
+audit_selector   = "env=staging"
+unknown_endpoint = "allow"
+attach           = "tc"
+log_level        = "debug"
+identity_grace   = "30s"
+
+runtime "docker" {
+  socket = "/run/docker.sock"
+}
+runtime "containerd" {
+  enabled    = false
+  namespaces = ["default", "nomad"]
+}
+labels {
+  include = ["^com\\.docker\\.compose\\.version$"]
+  exclude = ["^build\\."]
+}
+maps {
+  endpoints = 128
+  conntrack = 2048
+  events    = 65536
+}
+metrics {
+  listen = ""
+}
+`
+	cfg, err := Parse("m.hcl", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.PolicyDir != "/srv/policies" || cfg.StateDir != "/srv/state" || cfg.BPFFSDir != "/sys/fs/bpf/mt" || cfg.APISocket != "/run/mt.sock" {
+		t.Errorf("paths: %+v", cfg)
+	}
+	if cfg.Enforcement != "always" || !cfg.Audit || cfg.AuditSelector != "env=staging" || cfg.UnknownEndpoint != "allow" || cfg.Attach != "tc" || cfg.LogLevel != slog.LevelDebug {
+		t.Errorf("modes: %+v", cfg)
+	}
+	if cfg.IdentityGrace != 30*time.Second {
+		t.Errorf("grace %v", cfg.IdentityGrace)
+	}
+	if cfg.Docker.Socket != "/run/docker.sock" || !cfg.Docker.Enabled || cfg.Containerd.Enabled || strings.Join(cfg.Containerd.Namespaces, ",") != "default,nomad" {
+		t.Errorf("runtimes: %+v %+v", cfg.Docker, cfg.Containerd)
+	}
+	if len(cfg.Labels.Include) != 1 || !cfg.Labels.Include[0].MatchString("com.docker.compose.version") || len(cfg.Labels.Exclude) != 1 {
+		t.Errorf("labels: %+v", cfg.Labels)
+	}
+	if cfg.Maps.Endpoints != 128 || cfg.Maps.Conntrack != 2048 || cfg.Maps.Events != 65536 || cfg.Maps.IPCache != Default().Maps.IPCache {
+		t.Errorf("maps: %+v", cfg.Maps)
+	}
+	if cfg.Metrics.Listen != "" {
+		t.Errorf("metrics should be disabled, got %q", cfg.Metrics.Listen)
+	}
+}
+
+// Every invalid configuration is refused with the position of the fault.
+func TestInvalidConfigsNamePosition(t *testing.T) {
+	for _, tc := range []struct {
+		name, src, want string
+	}{
+		{"syntax", "policy_dir = \n", "m.hcl:1:"},
+		{"unknown attribute", "policy_dir = \"/a\"\npolicy_dri = \"/b\"\n", "m.hcl:2:1: error: Unsupported argument"},
+		{"unknown block", "metric {\n}\n", "m.hcl:1:1: error: Unsupported block type"},
+		{"bad enforcement", "\n  enforcement = \"sometimes\"\n", `m.hcl:2:3: error: invalid enforcement "sometimes": must be one of "default", "always", "never"`},
+		{"bad unknown_endpoint", "unknown_endpoint = \"pass\"\n", `m.hcl:1:1: error: invalid unknown_endpoint "pass"`},
+		{"bad attach", "attach = \"xdp\"\n", `m.hcl:1:1: error: invalid attach "xdp"`},
+		{"bad log level", "log_level = \"loud\"\n", `m.hcl:1:1: error: invalid log_level "loud"`},
+		{"wrong type", "audit = \"yes please\"\n", "m.hcl:1:10: error: Unsuitable value type"},
+		{"relative path", "state_dir = \"var/lib\"\n", "m.hcl:1:1: error: state_dir must be an absolute path"},
+		{"unknown runtime", "runtime \"podman\" {\n}\n", `m.hcl:1:1: error: unknown runtime "podman"`},
+		{"duplicate runtime", "runtime \"docker\" {\n}\nruntime \"docker\" {\n}\n", `m.hcl:3:1: error: runtime "docker" already declared at m.hcl:1`},
+		{"docker namespaces", "runtime \"docker\" {\n  namespaces = [\"x\"]\n}\n", "m.hcl:2:3: error: namespaces is only for containerd"},
+		{"bad regexp", "labels {\n  exclude = [\"(\"]\n}\n", `m.hcl:2:3: error: invalid regular expression "(" in exclude`},
+		{"map too small", "maps {\n  endpoints = 1\n}\n", "m.hcl:2:3: error: maps.endpoints = 1 is out of range"},
+		{"ring not power of two", "maps {\n  events = 5000\n}\n", "m.hcl:2:3: error: maps.events = 5000 is not a valid ring buffer size"},
+		{"bad listen", "metrics {\n  listen = \"9964\"\n}\n", `m.hcl:2:3: error: invalid metrics listen address "9964"`},
+		{"bad duration", "identity_grace = \"soon\"\n", `m.hcl:1:1: error: invalid identity_grace "soon"`},
+		{"unknown attr in block", "maps {\n  endpoint = 5\n}\n", "m.hcl:2:3: error: Unsupported argument"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("m.hcl", []byte(tc.src))
+			if err == nil {
+				t.Fatal("invalid config accepted")
+			}
+			var ce *Error
+			if !errors.As(err, &ce) {
+				t.Fatalf("error is %T, want *config.Error: %v", err, err)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error\n  %s\nwant it to contain\n  %s", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestSeveralErrorsAreAllReported(t *testing.T) {
+	_, err := Parse("m.hcl", []byte("attach = \"x\"\nenforcement = \"y\"\n"))
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	if !strings.Contains(err.Error(), "m.hcl:1:1") || !strings.Contains(err.Error(), "m.hcl:2:1") {
+		t.Fatalf("want both positions, got %v", err)
+	}
+}
+
+func TestExampleConfigIsValid(t *testing.T) {
+	path := "../../examples/membrane.hcl"
+	if _, err := os.Stat(path); err != nil {
+		t.Fatalf("examples/membrane.hcl missing: %v", err)
+	}
+	if _, err := Load(path, true); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,58 @@
+# membraned's configuration (/etc/membrane/membrane.hcl). Every attribute is
+# optional; the values below are the defaults unless a comment says otherwise.
+
+policy_dir = "/etc/membrane/policies.d" # *.hcl policy files, reloaded on change
+state_dir  = "/var/lib/membrane"        # identity store
+bpffs_dir  = "/sys/fs/bpf/membrane"     # pinned maps and links (survive restarts)
+api_socket = "/run/membrane/membrane.sock"
+api_group  = "membrane" # besides root, members may change things through the API
+
+# default: policies decide. always: every endpoint is default-deny both ways.
+# never: nothing is enforced (traffic is still observed).
+enforcement = "default"
+
+# audit = true lets every drop through and reports it as "audit";
+# audit_selector limits audit mode to the endpoints it selects.
+audit          = false
+audit_selector = ""
+
+# Traffic of a new veth whose container is not known yet (identity "init").
+unknown_endpoint = "drop"
+
+attach    = "auto" # auto | tcx | tc
+log_level = "info" # debug | info | warn | error
+
+identity_grace  = "5m"  # unused identities keep their number this long
+resync_interval = "1m"  # full resync and conntrack GC
+
+runtime "docker" {
+  enabled = true
+  socket  = "/var/run/docker.sock"
+}
+
+runtime "containerd" {
+  enabled    = true
+  socket     = "/run/containerd/containerd.sock"
+  namespaces = [] # empty: every namespace
+}
+
+# Which label keys count for identity (regular expressions on the key).
+# By default every label counts except volatile ones (compose hashes, Nomad
+# allocation ids, image metadata, container.name).
+labels {
+  include = []
+  exclude = []
+}
+
+maps {
+  endpoints      = 4096
+  ipcache        = 65536
+  policy         = 4096
+  policy_entries = 16384
+  conntrack      = 262144
+  events         = 4194304 # ring buffer bytes
+}
+
+metrics {
+  listen = "127.0.0.1:9964" # "" disables the Prometheus endpoint
+}
