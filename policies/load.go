@@ -1,0 +1,188 @@
+package policies
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclparse"
+)
+
+// Source is one policy file's name and content, for callers that hold the
+// bytes already (tests, fuzzing, an API upload).
+type Source struct {
+	Name  string
+	Bytes []byte
+}
+
+// maxFileSize bounds one policy file; a policy directory is hand-written
+// text, and a runaway file should be an error, not an out-of-memory.
+const maxFileSize = 16 << 20
+
+// Load reads a policy set from files and directories and validates it. A
+// directory contributes its *.hcl files in lexical order of file name;
+// other files, hidden files (".x.hcl") and subdirectories are ignored. Paths
+// are read in the order given, each file once. The Set is nil whenever the
+// report holds an error: a policy set is accepted or rejected as a whole.
+// The report is never nil.
+func Load(paths ...string) (*Set, *Report) {
+	var (
+		srcs     []Source
+		readErrs hcl.Diagnostics
+		seen     = map[string]bool{}
+	)
+	add := func(path string) {
+		key := path
+		if abs, err := filepath.Abs(path); err == nil {
+			key = abs
+		}
+		if seen[key] {
+			return
+		}
+		seen[key] = true
+		b, err := readPolicyFile(path)
+		if err != nil {
+			readErrs = append(readErrs, fileDiag(path, "Cannot read policy file", err.Error()))
+			return
+		}
+		srcs = append(srcs, Source{Name: path, Bytes: b})
+	}
+	for _, p := range paths {
+		files, err := ListDir(p)
+		switch {
+		case err == nil:
+			for _, f := range files {
+				add(f)
+			}
+		case errors.Is(err, errNotDir):
+			add(p)
+		default:
+			readErrs = append(readErrs, fileDiag(p, "Cannot read policy path", err.Error()))
+		}
+	}
+	set, rep := Parse(srcs...)
+	if len(readErrs) > 0 {
+		rep.diags = append(rep.diags, readErrs...)
+		rep.finish(rep.fileOrder())
+		set = nil
+	}
+	return set, rep
+}
+
+var errNotDir = errors.New("not a directory")
+
+// ListDir returns the policy files of directory dir, as Load reads them:
+// the *.hcl regular files (symlinks followed), not hidden, in lexical order
+// of file name. It returns an error wrapping errNotDir when dir is a file.
+func ListDir(dir string) ([]string, error) {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return nil, err
+	}
+	if !st.IsDir() {
+		return nil, fmt.Errorf("%s: %w", dir, errNotDir)
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range ents {
+		name := e.Name()
+		if strings.HasPrefix(name, ".") || !strings.HasSuffix(name, ".hcl") {
+			continue
+		}
+		p := filepath.Join(dir, name)
+		if e.Type()&fs.ModeSymlink != 0 || !e.Type().IsRegular() {
+			fi, err := os.Stat(p)
+			if err != nil || !fi.Mode().IsRegular() {
+				continue
+			}
+		}
+		out = append(out, p)
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+func readPolicyFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if st.IsDir() {
+		return nil, fmt.Errorf("%s is a directory", path)
+	}
+	if st.Size() > maxFileSize {
+		return nil, fmt.Errorf("%s is %d bytes; policy files are limited to %d", path, st.Size(), maxFileSize)
+	}
+	return os.ReadFile(path)
+}
+
+// fileDiag is an error about a whole file (no line).
+func fileDiag(path, summary, detail string) *hcl.Diagnostic {
+	return &hcl.Diagnostic{
+		Severity: hcl.DiagError,
+		Summary:  summary,
+		Detail:   detail,
+		Extra:    wholeFile(path),
+	}
+}
+
+// wholeFile marks a diagnostic without a subject as being about one file.
+type wholeFile string
+
+// Parse validates a policy set given as sources, in the given order (which
+// is the order of rule IDs). Like Load, the Set is nil when the report holds
+// an error.
+func Parse(sources ...Source) (*Set, *Report) {
+	l := &loader{
+		parser: hclparse.NewParser(),
+		names:  map[string]*Policy{},
+		rep:    &Report{},
+	}
+	seen := map[string]bool{}
+	for _, s := range sources {
+		if seen[s.Name] {
+			l.diags = append(l.diags, fileDiag(s.Name, "Policy file given twice", "Each file is read once per set."))
+			continue
+		}
+		seen[s.Name] = true
+		l.rep.Files = append(l.rep.Files, s.Name)
+		f, d := l.parser.ParseHCL(s.Bytes, s.Name)
+		l.diags = append(l.diags, d...)
+		if d.HasErrors() || f == nil {
+			// A file that does not parse gives only its syntax errors:
+			// validating a half-parsed body would pile guesses on them.
+			continue
+		}
+		l.file(f)
+	}
+	l.rep.diags = l.diags
+	l.rep.files = l.parser.Files()
+	l.rep.finish(l.rep.fileOrder())
+	if l.rep.HasErrors() {
+		return nil, l.rep
+	}
+	return &l.set, l.rep
+}
+
+func (r *Report) fileOrder() map[string]int {
+	m := make(map[string]int, len(r.Files))
+	for i, f := range r.Files {
+		if _, ok := m[f]; !ok {
+			m[f] = i
+		}
+	}
+	return m
+}

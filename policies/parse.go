@@ -1,0 +1,388 @@
+package policies
+
+import (
+	"fmt"
+	"regexp"
+	"sort"
+	"strings"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
+)
+
+// loader carries one Parse call: the HCL parser (one for every file, so
+// that diagnostics can quote any of them), the set being built and the
+// diagnostics found so far. Stages: HCL syntax -> walk of the syntax tree
+// into the plain types of types.go, checking each value where it stands ->
+// checks across a block (validate.go) -> checks across the set (duplicate
+// names).
+type loader struct {
+	parser interface {
+		ParseHCL([]byte, string) (*hcl.File, hcl.Diagnostics)
+		Files() map[string]*hcl.File
+	}
+	set    Set
+	names  map[string]*Policy
+	nextID uint32
+	diags  hcl.Diagnostics
+	rep    *Report
+	src    []byte // bytes of the file being walked
+}
+
+var policyNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+
+// Names of the blocks and attributes of the language.
+var (
+	ruleBlocks  = []string{"ingress", "egress", "ingress_deny", "egress_deny"}
+	policyAttrs = []string{"description", "selector", "default_deny"}
+	httpAttrs   = []string{"method", "path", "host", "headers"}
+	fromAttrs   = []string{"from_endpoints", "from_cidr", "from_entities"}
+	toAttrs     = []string{"to_endpoints", "to_cidr", "to_entities"}
+	l4Attrs     = []string{"ports", "icmp", "icmpv6"}
+)
+
+func (l *loader) errorf(rng hcl.Range, summary, detail string, args ...any) {
+	l.diags = append(l.diags, &hcl.Diagnostic{
+		Severity: hcl.DiagError,
+		Summary:  summary,
+		Detail:   fmt.Sprintf(detail, args...),
+		Subject:  rng.Ptr(),
+	})
+}
+
+func (l *loader) warnf(rng hcl.Range, summary, detail string, args ...any) {
+	l.diags = append(l.diags, &hcl.Diagnostic{
+		Severity: hcl.DiagWarning,
+		Summary:  summary,
+		Detail:   fmt.Sprintf(detail, args...),
+		Subject:  rng.Ptr(),
+	})
+}
+
+// sortedAttrs returns a body's attributes in source order (the syntax tree
+// keeps them in a map).
+func sortedAttrs(b *hclsyntax.Body) []*hclsyntax.Attribute {
+	out := make([]*hclsyntax.Attribute, 0, len(b.Attributes))
+	for _, a := range b.Attributes {
+		out = append(out, a)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].NameRange.Start.Byte < out[j].NameRange.Start.Byte })
+	return out
+}
+
+func (l *loader) file(f *hcl.File) {
+	body, ok := f.Body.(*hclsyntax.Body)
+	if !ok {
+		return // only the native syntax is read; ParseHCL never returns anything else
+	}
+	l.src = f.Bytes
+	for _, a := range sortedAttrs(body) {
+		l.unknownAttr(a, "at the top level of a policy file", nil,
+			"A policy file holds only policy blocks: policy \"NAME\" { ... }.")
+	}
+	for _, b := range body.Blocks {
+		if b.Type != "policy" {
+			hint := ""
+			if contains(ruleBlocks, b.Type) || b.Type == "http" {
+				hint = fmt.Sprintf(" %s blocks belong inside a policy block.", b.Type)
+			}
+			l.unknownBlock(b, "at the top level of a policy file", []string{"policy"},
+				"A policy file holds only policy blocks: policy \"NAME\" { ... }."+hint)
+			continue
+		}
+		l.policy(b)
+	}
+}
+
+// unknownAttr reports an attribute that is not allowed where it stands,
+// with a suggestion among allowed.
+func (l *loader) unknownAttr(a *hclsyntax.Attribute, where string, allowed []string, detail string) {
+	summary := fmt.Sprintf("Unknown attribute %q %s", a.Name, where)
+	if s := suggest(a.Name, allowed); s != "" {
+		summary += fmt.Sprintf("; did you mean %q?", s)
+	}
+	l.errorf(a.NameRange, summary, "%s", detail)
+}
+
+func (l *loader) unknownBlock(b *hclsyntax.Block, where string, allowed []string, detail string) {
+	summary := fmt.Sprintf("Unknown block %q %s", b.Type, where)
+	if s := suggest(b.Type, allowed); s != "" {
+		summary += fmt.Sprintf("; did you mean %q?", s)
+	}
+	l.errorf(b.TypeRange, summary, "%s", detail)
+}
+
+func (l *loader) policy(b *hclsyntax.Block) {
+	p := &Policy{DefaultDeny: true, Pos: hclPos(b.TypeRange.Filename, b.TypeRange.Start)}
+	switch {
+	case len(b.Labels) == 0:
+		l.errorf(b.TypeRange, "Missing policy name", `A policy block has one name: policy "NAME" { ... }.`)
+		return
+	case len(b.Labels) > 1:
+		l.errorf(b.LabelRanges[1], "Extra label on policy block",
+			`A policy block has exactly one name: policy "NAME" { ... }; remove %q.`, b.Labels[1])
+	}
+	p.Name = b.Labels[0]
+	nameOK := policyNameRE.MatchString(p.Name)
+	if !nameOK {
+		l.errorf(b.LabelRanges[0], fmt.Sprintf("Invalid policy name %q", p.Name),
+			"Policy names are 1 to 63 characters: lower-case letters, digits, '.', '-' and '_', starting with a letter or digit.")
+	} else if prev, dup := l.names[p.Name]; dup {
+		l.errorf(b.LabelRanges[0], fmt.Sprintf("Duplicate policy %q", p.Name),
+			"Policy %q already declared at %s:%d; names are unique across the whole policy set.",
+			p.Name, prev.Pos.File, prev.Pos.Line)
+	} else {
+		l.names[p.Name] = p
+	}
+
+	var haveSelector bool
+	for _, a := range sortedAttrs(b.Body) {
+		switch a.Name {
+		case "description":
+			if s, _, ok := l.stringAttr(a); ok {
+				p.Description = s
+			}
+		case "selector":
+			haveSelector = true
+			if s, rng, ok := l.stringAttr(a); ok {
+				if sel, ok := l.selector(s, rng, "selector"); ok {
+					p.Selector = sel
+				}
+			} else if isNull(a.Expr) {
+				haveSelector = false
+			}
+		case "default_deny":
+			if v, ok := l.boolAttr(a); ok {
+				p.DefaultDeny = v
+			}
+		default:
+			switch {
+			case contains(ruleBlocks, a.Name) || a.Name == "http":
+				l.errorf(a.NameRange, fmt.Sprintf("%s is a block, not an attribute", a.Name),
+					"Write %s { ... } without '='.", a.Name)
+			case contains(fromAttrs, a.Name) || contains(toAttrs, a.Name) || contains(l4Attrs, a.Name) || a.Name == "except":
+				l.errorf(a.NameRange, fmt.Sprintf("Attribute %q belongs in a rule block", a.Name),
+					"%s goes inside an ingress, egress, ingress_deny or egress_deny block of the policy.", a.Name)
+			default:
+				l.unknownAttr(a, fmt.Sprintf("in policy %q", p.Name), append(append([]string{}, policyAttrs...), ruleBlocks...),
+					"A policy block takes description, selector and default_deny, and ingress, egress, ingress_deny and egress_deny blocks.")
+			}
+		}
+	}
+	if !haveSelector {
+		l.errorf(b.DefRange(), fmt.Sprintf("Missing selector in policy %q", p.Name),
+			`Every policy says which endpoints it applies to: selector = "app=api"; selector = "" selects every managed endpoint.`)
+	}
+
+	for _, rb := range b.Body.Blocks {
+		if !contains(ruleBlocks, rb.Type) {
+			switch {
+			case rb.Type == "http":
+				l.errorf(rb.TypeRange, "http block outside a rule",
+					"http blocks go inside an ingress or egress block, next to the ports they apply to.")
+			case contains(policyAttrs, rb.Type):
+				l.errorf(rb.TypeRange, fmt.Sprintf("%s is an attribute, not a block", rb.Type),
+					"Write %s = VALUE.", rb.Type)
+			default:
+				l.unknownBlock(rb, fmt.Sprintf("in policy %q", p.Name), append(append([]string{}, ruleBlocks...), policyAttrs...),
+					"A policy block takes ingress, egress, ingress_deny and egress_deny blocks.")
+			}
+			continue
+		}
+		if r := l.rule(rb, p); r != nil {
+			p.Rules = append(p.Rules, r)
+		}
+	}
+	if nameOK {
+		l.set.Policies = append(l.set.Policies, p)
+	}
+}
+
+func (l *loader) rule(b *hclsyntax.Block, p *Policy) *Rule {
+	l.nextID++
+	r := &Rule{
+		ID:     l.nextID,
+		Policy: p,
+		Block:  b.Type,
+		Pos:    hclPos(b.TypeRange.Filename, b.TypeRange.Start),
+	}
+	if strings.HasPrefix(b.Type, "egress") {
+		r.Direction = Egress
+	}
+	if strings.HasSuffix(b.Type, "_deny") {
+		r.Action = Deny
+	}
+	if len(b.Labels) > 0 {
+		l.errorf(b.LabelRanges[0], fmt.Sprintf("Unexpected label on %s block", b.Type),
+			"Rule blocks have no name: write %s { ... }.", b.Type)
+	}
+	peers, wrong, prefix := fromAttrs, toAttrs, "from_"
+	if r.Direction == Egress {
+		peers, wrong, prefix = toAttrs, fromAttrs, "to_"
+	}
+	allowed := append(append(append([]string{}, peers...), l4Attrs...), "except")
+	if r.Action == Allow {
+		allowed = append(allowed, "http")
+	}
+
+	var rs ruleSyntax
+	for _, a := range sortedAttrs(b.Body) {
+		switch a.Name {
+		case peers[0]:
+			rs.endpoints = l.listAttr(a, false)
+			for _, e := range rs.endpoints.elems {
+				if sel, ok := l.selector(e.val, e.rng, a.Name); ok {
+					r.Endpoints = append(r.Endpoints, sel)
+				}
+			}
+		case peers[1]:
+			rs.cidr = l.listAttr(a, false)
+			r.CIDRs = l.prefixes(rs.cidr, a.Name)
+		case "except":
+			rs.except = l.listAttr(a, false)
+			r.Except = l.prefixes(rs.except, a.Name)
+		case peers[2]:
+			rs.entities = l.listAttr(a, false)
+			for _, e := range rs.entities.elems {
+				if ent, ok := l.entity(e); ok {
+					r.Entities = append(r.Entities, ent)
+				}
+			}
+		case "ports":
+			rs.ports = l.listAttr(a, true)
+			for _, e := range rs.ports.elems {
+				pr, err := ParsePort(e.val)
+				if err != nil {
+					l.errorf(e.rng, fmt.Sprintf("Invalid port %q: %s", e.val, err), "%s", portHelp)
+					continue
+				}
+				r.Ports = append(r.Ports, pr...)
+			}
+		case "icmp", "icmpv6":
+			v6 := a.Name == "icmpv6"
+			list := l.listAttr(a, true)
+			for _, e := range list.elems {
+				t, ok := l.icmpType(e, v6)
+				if !ok {
+					continue
+				}
+				if v6 {
+					r.ICMPv6 = append(r.ICMPv6, t)
+				} else {
+					r.ICMP = append(r.ICMP, t)
+				}
+			}
+			if v6 {
+				rs.icmpv6 = list
+			} else {
+				rs.icmp = list
+			}
+		default:
+			switch {
+			case contains(wrong, a.Name):
+				right := prefix + strings.SplitN(a.Name, "_", 2)[1]
+				l.errorf(a.NameRange, fmt.Sprintf("%s is not allowed in an %s block; use %s", a.Name, b.Type, right),
+					"%s blocks name their peers with %s attributes (%s); %s belongs in the opposite direction.",
+					b.Type, prefix+"*", strings.Join(peers, ", "), a.Name)
+			case a.Name == "http" || contains(ruleBlocks, a.Name):
+				l.errorf(a.NameRange, fmt.Sprintf("%s is a block, not an attribute", a.Name),
+					"Write %s { ... } without '='.", a.Name)
+			case contains(policyAttrs, a.Name):
+				l.errorf(a.NameRange, fmt.Sprintf("Attribute %q belongs in the policy block", a.Name),
+					"%s is set once per policy, outside its rule blocks.", a.Name)
+			default:
+				l.unknownAttr(a, "in "+b.Type, allowed,
+					fmt.Sprintf("An %s block takes %s.", b.Type, strings.Join(allowed, ", ")))
+			}
+		}
+	}
+	for _, hb := range b.Body.Blocks {
+		switch {
+		case hb.Type == "http" && r.Action == Deny:
+			l.errorf(hb.TypeRange, fmt.Sprintf("http is not allowed in %s", b.Type),
+				"Deny rules work at L3/L4 only: they drop connections, which no HTTP rule can refine. Put http blocks in an ingress or egress block.")
+		case hb.Type == "http":
+			if h, ok := l.http(hb); ok {
+				r.HTTP = append(r.HTTP, h)
+			}
+			rs.http = append(rs.http, hb)
+		case contains(allowed, hb.Type) || contains(wrong, hb.Type):
+			l.errorf(hb.TypeRange, fmt.Sprintf("%s is an attribute, not a block", hb.Type),
+				"Write %s = [ ... ].", hb.Type)
+		default:
+			l.unknownBlock(hb, "in "+b.Type, allowed,
+				fmt.Sprintf("An %s block takes %s.", b.Type, strings.Join(allowed, ", ")))
+		}
+	}
+	l.checkRule(r, b, &rs)
+	return r
+}
+
+// ruleSyntax keeps what a rule block said, with positions, for the checks
+// that look at the block as a whole.
+type ruleSyntax struct {
+	endpoints, cidr, except, entities, ports, icmp, icmpv6 listValue
+	http                                                   []*hclsyntax.Block
+}
+
+func (l *loader) http(b *hclsyntax.Block) (HTTPRule, bool) {
+	h := HTTPRule{Pos: hclPos(b.TypeRange.Filename, b.TypeRange.Start)}
+	ok := true
+	if len(b.Labels) > 0 {
+		l.errorf(b.LabelRanges[0], "Unexpected label on http block", "Write http { ... }.")
+		ok = false
+	}
+	for _, a := range sortedAttrs(b.Body) {
+		switch a.Name {
+		case "method", "path", "host":
+			s, rng, sok := l.stringAttr(a)
+			if !sok {
+				if !isNull(a.Expr) {
+					ok = false
+				}
+				continue
+			}
+			re, good := l.regexp(s, rng, a.Name)
+			if !good {
+				ok = false
+				continue
+			}
+			switch a.Name {
+			case "method":
+				h.Method, h.MethodSrc = re, s
+			case "path":
+				h.Path, h.PathSrc = re, s
+			case "host":
+				h.Host, h.HostSrc = re, s
+			}
+		case "headers":
+			hs, good := l.headers(a)
+			ok = ok && good
+			h.Headers = hs
+		default:
+			l.unknownAttr(a, "in http", httpAttrs, "An http block takes method, path, host (RE2 regular expressions) and headers (a map of exact values).")
+			ok = false
+		}
+	}
+	for _, nb := range b.Body.Blocks {
+		if contains(httpAttrs, nb.Type) {
+			l.errorf(nb.TypeRange, fmt.Sprintf("%s is an attribute, not a block", nb.Type), "Write %s = ... .", nb.Type)
+		} else {
+			l.unknownBlock(nb, "in http", httpAttrs, "An http block takes no blocks.")
+		}
+		ok = false
+	}
+	return h, ok
+}
+
+// suggest returns the allowed name closest to given, if it is close enough
+// to be a likely typo.
+func suggest(given string, allowed []string) string {
+	best, bestDist := "", 3
+	for _, a := range allowed {
+		if d := levenshteinDistance(given, a); d < bestDist {
+			best, bestDist = a, d
+		}
+	}
+	return best
+}

@@ -1,0 +1,518 @@
+package policies
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"net/textproto"
+	"regexp"
+	"regexp/syntax"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/agext/levenshtein"
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/zclconf/go-cty/cty"
+	"github.com/zclconf/go-cty/cty/convert"
+)
+
+// listValue is a list attribute as written: present (not absent, not null)
+// and its string elements, each with its own range.
+type listValue struct {
+	present bool
+	rng     hcl.Range // the value
+	nameRng hcl.Range // the attribute name
+	name    string
+	n       int // elements written, good or bad
+	elems   []listElem
+}
+
+type listElem struct {
+	val string
+	rng hcl.Range
+}
+
+func isNull(e hclsyntax.Expression) bool {
+	v, d := e.Value(nil)
+	return !d.HasErrors() && v.IsNull()
+}
+
+// value evaluates an expression without variables or functions: policy
+// files are static data.
+func (l *loader) value(e hclsyntax.Expression) (cty.Value, bool) {
+	v, d := e.Value(nil)
+	l.diags = append(l.diags, d...)
+	if d.HasErrors() {
+		return cty.NilVal, false
+	}
+	if !v.IsWhollyKnown() {
+		l.errorf(e.Range(), "Value not known", "Policy files are static: the value must be a literal.")
+		return cty.NilVal, false
+	}
+	v, _ = v.Unmark()
+	return v, true
+}
+
+func typeName(v cty.Value) string {
+	t := v.Type()
+	switch {
+	case t == cty.String:
+		return "a string"
+	case t == cty.Number:
+		return "a number"
+	case t == cty.Bool:
+		return "a bool"
+	case t.IsListType() || t.IsTupleType() || t.IsSetType():
+		return "a list"
+	case t.IsMapType() || t.IsObjectType():
+		return "a map"
+	}
+	return t.FriendlyName()
+}
+
+// stringAttr reads a string attribute. A null value counts as absent
+// (ok=false, no diagnostic).
+func (l *loader) stringAttr(a *hclsyntax.Attribute) (string, hcl.Range, bool) {
+	v, ok := l.value(a.Expr)
+	if !ok || v.IsNull() {
+		return "", a.Expr.Range(), false
+	}
+	if v.Type() != cty.String {
+		l.errorf(a.Expr.Range(), fmt.Sprintf("%s must be a string, not %s", a.Name, typeName(v)),
+			`Write %s = "...".`, a.Name)
+		return "", a.Expr.Range(), false
+	}
+	return v.AsString(), a.Expr.Range(), true
+}
+
+func (l *loader) boolAttr(a *hclsyntax.Attribute) (bool, bool) {
+	v, ok := l.value(a.Expr)
+	if !ok || v.IsNull() {
+		return false, false
+	}
+	if v.Type() != cty.Bool {
+		l.errorf(a.Expr.Range(), fmt.Sprintf("%s must be true or false, not %s", a.Name, typeName(v)),
+			"Write %s = true or %s = false, without quotes.", a.Name, a.Name)
+		return false, false
+	}
+	return v.True(), true
+}
+
+// elemString converts one list element to a string. Numbers are accepted
+// where numbers mean something (ports, ICMP types): ports = [8080].
+func (l *loader) elemString(attr string, v cty.Value, rng hcl.Range, numbers bool) (string, bool) {
+	switch {
+	case v.IsNull():
+		l.errorf(rng, fmt.Sprintf("null in %s", attr), "List elements must be strings.")
+		return "", false
+	case v.Type() == cty.String:
+		return v.AsString(), true
+	case v.Type() == cty.Number && numbers:
+		s, err := convert.Convert(v, cty.String)
+		if err != nil {
+			l.errorf(rng, fmt.Sprintf("Invalid number in %s", attr), "%s", err)
+			return "", false
+		}
+		return s.AsString(), true
+	}
+	l.errorf(rng, fmt.Sprintf("%s elements must be strings, not %s", attr, typeName(v)),
+		`Write %s = ["...", "..."].`, attr)
+	return "", false
+}
+
+// listAttr reads a list of strings, keeping each element's range when the
+// list is written out literally.
+func (l *loader) listAttr(a *hclsyntax.Attribute, numbers bool) listValue {
+	lv := listValue{rng: a.Expr.Range(), nameRng: a.NameRange, name: a.Name}
+	if tup, ok := a.Expr.(*hclsyntax.TupleConsExpr); ok {
+		lv.present = true
+		lv.n = len(tup.Exprs)
+		for _, e := range tup.Exprs {
+			v, ok := l.value(e)
+			if !ok {
+				continue
+			}
+			if s, ok := l.elemString(a.Name, v, e.Range(), numbers); ok {
+				lv.elems = append(lv.elems, listElem{val: s, rng: e.Range()})
+			}
+		}
+		return lv
+	}
+	v, ok := l.value(a.Expr)
+	if !ok {
+		lv.present, lv.n = true, 1 // a broken value still counts as written
+		return lv
+	}
+	if v.IsNull() {
+		return lv
+	}
+	lv.present = true
+	t := v.Type()
+	if !(t.IsListType() || t.IsTupleType() || t.IsSetType()) {
+		hint := fmt.Sprintf(`Write %s = ["..."].`, a.Name)
+		if t == cty.String {
+			hint = fmt.Sprintf("Write %s = [%q], a list even for one element.", a.Name, v.AsString())
+		}
+		l.errorf(a.Expr.Range(), fmt.Sprintf("%s must be a list of strings, not %s", a.Name, typeName(v)), "%s", hint)
+		lv.n = 1
+		return lv
+	}
+	lv.n = v.LengthInt()
+	for it := v.ElementIterator(); it.Next(); {
+		_, ev := it.Element()
+		if s, ok := l.elemString(a.Name, ev, a.Expr.Range(), numbers); ok {
+			lv.elems = append(lv.elems, listElem{val: s, rng: a.Expr.Range()})
+		}
+	}
+	return lv
+}
+
+// subRange points at byte offset off of the string literal at rng whose
+// value is val, when the literal is written plainly (no escapes, one line);
+// otherwise at the whole literal.
+func (l *loader) subRange(rng hcl.Range, val string, off int) hcl.Range {
+	if rng.Start.Byte < 0 || rng.End.Byte > len(l.src) || rng.End.Byte-rng.Start.Byte != len(val)+2 || off < 0 || off > len(val) {
+		return rng
+	}
+	lit := l.src[rng.Start.Byte:rng.End.Byte]
+	if lit[0] != '"' || lit[len(lit)-1] != '"' || string(lit[1:len(lit)-1]) != val || strings.ContainsAny(val, "\n$%\\") {
+		return rng
+	}
+	start := rng.Start
+	start.Byte += 1 + off
+	start.Column += 1 + utf8.RuneCountInString(val[:off])
+	end := start
+	if off < len(val) {
+		_, n := utf8.DecodeRuneInString(val[off:])
+		end.Byte += n
+		end.Column++
+	}
+	return hcl.Range{Filename: rng.Filename, Start: start, End: end}
+}
+
+func (l *loader) selector(s string, rng hcl.Range, attr string) (Selector, bool) {
+	sel, err := ParseSelector(s)
+	if err != nil {
+		var se *SelectorError
+		at := rng
+		msg := err.Error()
+		if errors.As(err, &se) {
+			at = l.subRange(rng, s, se.Offset)
+			msg = se.Msg
+		}
+		l.errorf(at, fmt.Sprintf("Invalid selector in %s: %s", attr, msg),
+			"Selectors use the Kubernetes grammar: k=v, k==v, k!=v, k in (a, b), k notin (a, b), k, !k, joined by commas. Keys and values are letters, digits, '.', '-', '_' and '/'; \"\" selects every endpoint.")
+		return Selector{}, false
+	}
+	return sel, true
+}
+
+// ParsePrefix parses a CIDR of the policy language: an IPv4 or IPv6 prefix,
+// or a bare address meaning a single host. Host bits are allowed and masked
+// off (as Cilium and net.ParseCIDR do); hostBits reports that it happened.
+func ParsePrefix(s string) (p netip.Prefix, hostBits bool, err error) {
+	if !strings.Contains(s, "/") {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return netip.Prefix{}, false, err
+		}
+		if a.Zone() != "" {
+			return netip.Prefix{}, false, errors.New("zones are not allowed")
+		}
+		return netip.PrefixFrom(a, a.BitLen()), false, nil
+	}
+	p, err = netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, false, err
+	}
+	m := p.Masked()
+	return m, m != p, nil
+}
+
+func (l *loader) prefixes(lv listValue, attr string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, e := range lv.elems {
+		p, hostBits, err := ParsePrefix(e.val)
+		if err != nil {
+			l.errorf(e.rng, fmt.Sprintf("Invalid CIDR %q in %s", e.val, attr),
+				"%s. Write an IPv4 or IPv6 prefix such as \"10.0.0.0/8\" or \"2001:db8::/32\", or a single address.", err)
+			continue
+		}
+		if hostBits {
+			l.warnf(e.rng, fmt.Sprintf("CIDR %q has host bits set; it means %s", e.val, p),
+				"The bits after the prefix length are ignored. Write %q to say what is meant.", p.String())
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+var entityNames = []string{string(EntityHost), string(EntityWorld), string(EntityCluster), string(EntityInit), string(EntityAll)}
+
+func (l *loader) entity(e listElem) (Entity, bool) {
+	if contains(entityNames, e.val) {
+		return Entity(e.val), true
+	}
+	summary := fmt.Sprintf("Unknown entity %q", e.val)
+	if s := suggest(strings.ToLower(e.val), entityNames); s != "" {
+		summary += fmt.Sprintf("; did you mean %q?", s)
+	}
+	l.errorf(e.rng, summary, "Entities are %s.", strings.Join(entityNames, ", "))
+	return "", false
+}
+
+const portHelp = `Ports are "PORT/PROTO", "LOW-HIGH/PROTO", "PORT" or "LOW-HIGH"; ports are 1-65535 and PROTO is tcp, udp, sctp or any (the default: all three). ICMP goes in icmp = [...] or icmpv6 = [...].`
+
+// ParsePort parses one entry of `ports`: "PORT/PROTO", "LOW-HIGH/PROTO",
+// "PORT" or "LOW-HIGH". Without a protocol, or with "any", it gives three
+// ranges: tcp, udp and sctp. The protocol is case-insensitive.
+func ParsePort(s string) ([]PortRange, error) {
+	spec, proto, hasProto := strings.Cut(s, "/")
+	protos := []Proto{ProtoTCP, ProtoUDP, ProtoSCTP}
+	if hasProto {
+		switch strings.ToLower(proto) {
+		case "tcp":
+			protos = []Proto{ProtoTCP}
+		case "udp":
+			protos = []Proto{ProtoUDP}
+		case "sctp":
+			protos = []Proto{ProtoSCTP}
+		case "any":
+		case "icmp", "icmpv6", "icmp6", "ipv6-icmp":
+			return nil, fmt.Errorf("ICMP has no ports; use icmp = [...] or icmpv6 = [...]")
+		case "":
+			return nil, fmt.Errorf("missing protocol after '/'")
+		default:
+			return nil, fmt.Errorf("unknown protocol %q (tcp, udp, sctp or any)", proto)
+		}
+	}
+	lowS, highS, isRange := strings.Cut(spec, "-")
+	low, err := portNumber(lowS)
+	if err != nil {
+		return nil, err
+	}
+	high := low
+	if isRange {
+		if high, err = portNumber(highS); err != nil {
+			return nil, err
+		}
+		if low > high {
+			return nil, fmt.Errorf("range %d-%d is backwards (LOW must not be above HIGH)", low, high)
+		}
+	}
+	out := make([]PortRange, 0, len(protos))
+	for _, p := range protos {
+		out = append(out, PortRange{Proto: p, Low: low, High: high})
+	}
+	return out, nil
+}
+
+func portNumber(s string) (uint16, error) {
+	if s == "" {
+		return 0, errors.New("missing port number")
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return 0, fmt.Errorf("%q is not a port number", s)
+		}
+	}
+	n, err := strconv.ParseUint(s, 10, 32)
+	if err != nil || n > 65535 {
+		return 0, fmt.Errorf("port %s is out of range 1-65535", s)
+	}
+	if n == 0 {
+		return 0, errors.New("port 0 is not allowed; ports are 1-65535")
+	}
+	return uint16(n), nil
+}
+
+// ICMP type names of the policy language. The two families number their
+// types differently, so each has its own table.
+var (
+	icmpv4Names = map[string]uint8{
+		"echo-reply":              0,
+		"destination-unreachable": 3,
+		"redirect":                5,
+		"echo-request":            8,
+		"time-exceeded":           11,
+		"parameter-problem":       12,
+	}
+	icmpv6Names = map[string]uint8{
+		"destination-unreachable": 1,
+		"packet-too-big":          2,
+		"time-exceeded":           3,
+		"parameter-problem":       4,
+		"echo-request":            128,
+		"echo-reply":              129,
+		"router-solicitation":     133,
+		"router-advertisement":    134,
+		"neighbor-solicitation":   135,
+		"neighbor-advertisement":  136,
+	}
+)
+
+// ParseICMPType parses an ICMP (v6=false) or ICMPv6 type: a name from the
+// policy language's table (case-insensitive) or a number 0-255.
+func ParseICMPType(s string, v6 bool) (uint8, error) {
+	names, other, fam, otherAttr := icmpv4Names, icmpv6Names, "ICMPv4", "icmpv6"
+	if v6 {
+		names, other, fam, otherAttr = icmpv6Names, icmpv4Names, "ICMPv6", "icmp"
+	}
+	if t, ok := names[strings.ToLower(s)]; ok {
+		return t, nil
+	}
+	if s != "" && strings.Trim(s, "0123456789") == "" {
+		n, err := strconv.ParseUint(s, 10, 16)
+		if err != nil || n > 255 {
+			return 0, fmt.Errorf("ICMP type %s is out of range 0-255", s)
+		}
+		return uint8(n), nil
+	}
+	if _, ok := other[strings.ToLower(s)]; ok {
+		return 0, fmt.Errorf("%q is not an %s type name; it is one of %s's, write it in %s = [...]", s, fam, otherAttr, otherAttr)
+	}
+	known := make([]string, 0, len(names))
+	for n := range names {
+		known = append(known, n)
+	}
+	msg := fmt.Sprintf("unknown %s type %q", fam, s)
+	if sug := suggest(strings.ToLower(s), known); sug != "" {
+		msg += fmt.Sprintf("; did you mean %q?", sug)
+	}
+	return 0, errors.New(msg)
+}
+
+func (l *loader) icmpType(e listElem, v6 bool) (uint8, bool) {
+	t, err := ParseICMPType(e.val, v6)
+	if err != nil {
+		attr, list := "icmp", "echo-reply, destination-unreachable, redirect, echo-request, time-exceeded, parameter-problem"
+		if v6 {
+			attr, list = "icmpv6", "destination-unreachable, packet-too-big, time-exceeded, parameter-problem, echo-request, echo-reply, router-solicitation, router-advertisement, neighbor-solicitation, neighbor-advertisement"
+		}
+		l.errorf(e.rng, fmt.Sprintf("Invalid %s type: %s", attr, err), "Write a type number 0-255 or one of: %s.", list)
+		return 0, false
+	}
+	return t, true
+}
+
+// CompileHTTPPattern compiles an http attribute the way the policy language
+// means it: RE2, anchored at both ends.
+func CompileHTTPPattern(s string) (*regexp.Regexp, error) {
+	return regexp.Compile(`^(?:` + s + `)$`)
+}
+
+func (l *loader) regexp(s string, rng hcl.Range, attr string) (*regexp.Regexp, bool) {
+	if s == "" {
+		l.errorf(rng, fmt.Sprintf("Empty %s pattern", attr),
+			"An empty pattern would match only an empty %s; leave %s out to match any.", attr, attr)
+		return nil, false
+	}
+	// Compile the pattern as written first, so that an error quotes the
+	// user's text rather than the anchored wrapper.
+	_, err := regexp.Compile(s)
+	var re *regexp.Regexp
+	if err == nil {
+		re, err = CompileHTTPPattern(s)
+	}
+	if err != nil {
+		msg := err.Error()
+		var se *syntaxError
+		if errors.As(err, &se) {
+			msg = se.Code.String() + ": " + se.Expr
+		}
+		l.errorf(rng, fmt.Sprintf("Invalid regular expression in %s: %s", attr, msg),
+			"%s is an RE2 regular expression (https://github.com/google/re2/wiki/Syntax), matched against the whole %s.", attr, attr)
+		return nil, false
+	}
+	return re, true
+}
+
+func (l *loader) headers(a *hclsyntax.Attribute) (map[string]string, bool) {
+	out := map[string]string{}
+	ok := true
+	set := func(k, v string, krng, vrng hcl.Range) {
+		if !validHeaderName(k) {
+			l.errorf(krng, fmt.Sprintf("Invalid header name %q", k),
+				"Header names are HTTP tokens: letters, digits and !#$%%&'*+-.^_`|~.")
+			ok = false
+			return
+		}
+		if strings.ContainsAny(v, "\r\n\x00") {
+			l.errorf(vrng, fmt.Sprintf("Invalid value for header %q", k), "Header values cannot hold line breaks or NUL.")
+			ok = false
+			return
+		}
+		c := textproto.CanonicalMIMEHeaderKey(k)
+		if _, dup := out[c]; dup {
+			l.errorf(krng, fmt.Sprintf("Header %q given twice", c), "Header names are case-insensitive; give each once.")
+			ok = false
+			return
+		}
+		out[c] = v
+	}
+	if obj, isObj := a.Expr.(*hclsyntax.ObjectConsExpr); isObj {
+		for _, it := range obj.Items {
+			kv, kok := l.value(it.KeyExpr)
+			vv, vok := l.value(it.ValueExpr)
+			if !kok || !vok {
+				ok = false
+				continue
+			}
+			if kv.IsNull() || kv.Type() != cty.String {
+				l.errorf(it.KeyExpr.Range(), "Header names must be strings", `Write headers = { "X-Name" = "value" }.`)
+				ok = false
+				continue
+			}
+			v, vgood := l.elemString("headers", vv, it.ValueExpr.Range(), true)
+			if !vgood {
+				ok = false
+				continue
+			}
+			set(kv.AsString(), v, it.KeyExpr.Range(), it.ValueExpr.Range())
+		}
+		return out, ok
+	}
+	v, good := l.value(a.Expr)
+	if !good {
+		return nil, false
+	}
+	if v.IsNull() {
+		return nil, true
+	}
+	if !(v.Type().IsMapType() || v.Type().IsObjectType()) {
+		l.errorf(a.Expr.Range(), fmt.Sprintf("headers must be a map, not %s", typeName(v)), `Write headers = { "X-Name" = "value" }.`)
+		return nil, false
+	}
+	for it := v.ElementIterator(); it.Next(); {
+		k, ev := it.Element()
+		s, sok := l.elemString("headers", ev, a.Expr.Range(), true)
+		if !sok {
+			ok = false
+			continue
+		}
+		set(k.AsString(), s, a.Expr.Range(), a.Expr.Range())
+	}
+	return out, ok
+}
+
+func validHeaderName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+type syntaxError = syntax.Error
+
+func levenshteinDistance(a, b string) int { return levenshtein.Distance(a, b, nil) }
