@@ -1,0 +1,322 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/membrane-fw/membrane/internal/testenv"
+)
+
+type fakeBackend struct {
+	hub     *FlowHub
+	reloads atomic.Int32
+}
+
+func (f *fakeBackend) Status() Status {
+	return Status{Up: true, Reconciled: true, Endpoints: 2, Identities: 3, Policies: 1, PolicyRevision: 7, Errors: []string{}}
+}
+func (f *fakeBackend) Endpoints() []Endpoint {
+	return []Endpoint{{ID: 1, Identity: 256, Labels: map[string]string{"app": "api"}, Addresses: []string{"172.17.0.2"}, Containers: []Container{{ID: "abc", Name: "api"}}}}
+}
+func (f *fakeBackend) Endpoint(ref string) (Endpoint, bool) {
+	if ref == "api" || ref == "1" {
+		return f.Endpoints()[0], true
+	}
+	return Endpoint{}, false
+}
+func (f *fakeBackend) Identities() []Identity { return nil }
+func (f *fakeBackend) Policy() Policy         { return Policy{Revision: 7} }
+func (f *fakeBackend) Trace(ctx context.Context, req TraceRequest) (TraceResult, error) {
+	if req.FromContainer == "missing" {
+		return TraceResult{}, fmt.Errorf("container %q: %w", req.FromContainer, ErrNotFound)
+	}
+	return TraceResult{Text: "allowed"}, nil
+}
+func (f *fakeBackend) Flows(ctx context.Context, follow bool) ([]Flow, <-chan Flow) {
+	return f.hub.Flows(ctx, follow)
+}
+func (f *fakeBackend) ReloadPolicies(ctx context.Context) error { f.reloads.Add(1); return nil }
+func (f *fakeBackend) Resync(ctx context.Context) error         { return nil }
+
+// start serves a fake backend in a world-traversable directory (so the
+// unprivileged helper processes can reach the socket).
+func start(t *testing.T, opts Options) (*fakeBackend, string) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "membrane-api-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	opts.Socket = filepath.Join(dir, "api.sock")
+	b := &fakeBackend{hub: NewFlowHub(100)}
+	srv, err := NewServer(opts, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { srv.Serve(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return b, opts.Socket
+}
+
+func TestClientReadsStatusAndEndpoints(t *testing.T) {
+	_, sock := start(t, Options{})
+	c := NewClient(sock)
+	ctx := context.Background()
+	st, err := c.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.Up || st.PolicyRevision != 7 || st.Endpoints != 2 {
+		t.Fatalf("status %+v", st)
+	}
+	ep, err := c.Endpoint(ctx, "api")
+	if err != nil || ep.Identity != 256 {
+		t.Fatalf("endpoint %+v %v", ep, err)
+	}
+	_, err = c.Endpoint(ctx, "nope")
+	var se *StatusError
+	if !errors.As(err, &se) || se.Code != 404 {
+		t.Fatalf("want 404, got %v", err)
+	}
+	ids, err := c.Identities(ctx)
+	if err != nil || ids == nil {
+		t.Fatalf("identities %v %v (want empty list, not null)", ids, err)
+	}
+	_, err = c.Trace(ctx, TraceRequest{FromContainer: "missing"})
+	if !errors.As(err, &se) || se.Code != 404 {
+		t.Fatalf("trace of missing container: %v", err)
+	}
+}
+
+func TestSocketModeAndStaleSocket(t *testing.T) {
+	_, sock := start(t, Options{Mode: 0o660, Group: "no-such-group-membrane-test"})
+	fi, err := os.Stat(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("without the group the socket must be 0600, is %v", fi.Mode().Perm())
+	}
+	// A live daemon on the socket: refuse to start a second one.
+	if _, err := Listen(sock); !errors.Is(err, ErrAlreadyRunning) {
+		t.Fatalf("second listener: want ErrAlreadyRunning, got %v", err)
+	}
+
+	// A stale socket (nobody listening) is replaced.
+	stale := filepath.Join(t.TempDir(), "stale.sock")
+	ln, err := net.Listen("unix", stale)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	ln.Close()
+	ln2, err := Listen(stale)
+	if err != nil {
+		t.Fatalf("stale socket not replaced: %v", err)
+	}
+	ln2.Close()
+
+	// A regular file is not a socket: refuse, do not delete it.
+	reg := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(reg, []byte("x"), 0o600)
+	if _, err := Listen(reg); err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Fatalf("regular file: %v", err)
+	}
+	if _, err := os.Stat(reg); err != nil {
+		t.Fatal("regular file removed")
+	}
+}
+
+func TestSocketGroupOwnership(t *testing.T) {
+	testenv.RequireRoot(t)
+	_, sock := start(t, Options{Mode: 0o660, Group: "nogroup"})
+	fi, err := os.Stat(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	if fi.Mode().Perm() != 0o660 || st.Uid != 0 || st.Gid != 65534 {
+		t.Fatalf("socket mode %v owner %d:%d, want 0660 0:65534", fi.Mode().Perm(), st.Uid, st.Gid)
+	}
+}
+
+func TestBrowserRequestsRefused(t *testing.T) {
+	_, sock := start(t, Options{})
+	c := NewClient(sock)
+	for _, h := range []string{"Origin", "Referer"} {
+		req, _ := http.NewRequest("GET", "http://membraned/v1/status", nil)
+		req.Header.Set(h, "http://evil.example")
+		resp, err := c.http.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Fatalf("%s: status %d, want 403", h, resp.StatusCode)
+		}
+	}
+}
+
+func TestDaemonDownIsClear(t *testing.T) {
+	c := NewClient(filepath.Join(t.TempDir(), "none.sock"))
+	_, err := c.Status(context.Background())
+	if !errors.Is(err, ErrDaemonDown) {
+		t.Fatalf("want ErrDaemonDown, got %v", err)
+	}
+}
+
+// TestHelperClient is the unprivileged client, run in a child process.
+func TestHelperClient(t *testing.T) {
+	sock := os.Getenv("MEMBRANE_API_HELPER_SOCKET")
+	if sock == "" {
+		return
+	}
+	c := NewClient(sock)
+	ctx := context.Background()
+	res := map[string]string{}
+	if _, err := c.Status(ctx); err != nil {
+		res["read"] = err.Error()
+	} else {
+		res["read"] = "ok"
+	}
+	if _, err := c.ReloadPolicies(ctx); err != nil {
+		res["write"] = err.Error()
+	} else {
+		res["write"] = "ok"
+	}
+	json.NewEncoder(os.Stdout).Encode(res)
+}
+
+// helperBinary copies the test binary where an unprivileged user may run
+// it (go test builds it in a 0700 directory).
+func helperBinary(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "membrane-api-bin-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	data, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "api.test")
+	if err := os.WriteFile(p, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func runAs(t *testing.T, sock string, cred *syscall.Credential) map[string]string {
+	t.Helper()
+	cmd := exec.Command(helperBinary(t), "-test.run=^TestHelperClient$")
+	cmd.Env = append(os.Environ(), "MEMBRANE_API_HELPER_SOCKET="+sock)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	cmd.Dir = "/"
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("helper as uid %d: %v: %s", cred.Uid, err, out)
+	}
+	var res map[string]string
+	line := strings.SplitN(string(out), "\n", 2)[0]
+	if err := json.Unmarshal([]byte(line), &res); err != nil {
+		t.Fatalf("helper output %q: %v", out, err)
+	}
+	return res
+}
+
+func TestNonRootNonGroupUserCannotWrite(t *testing.T) {
+	testenv.RequireRoot(t)
+	b, sock := start(t, Options{Mode: 0o666, Group: "nogroup"})
+	// uid/gid 65533: neither root nor in nogroup. Reads work (the socket
+	// mode lets it connect), writes are refused.
+	res := runAs(t, sock, &syscall.Credential{Uid: 65533, Gid: 65533})
+	if res["read"] != "ok" {
+		t.Fatalf("read refused: %v", res)
+	}
+	if !strings.Contains(res["write"], "permission denied") {
+		t.Fatalf("write by outsider: %q, want permission denied", res["write"])
+	}
+	if n := b.reloads.Load(); n != 0 {
+		t.Fatalf("outsider's write reached the backend %d times", n)
+	}
+	// Primary group member may write.
+	if res := runAs(t, sock, &syscall.Credential{Uid: 65533, Gid: 65534}); res["write"] != "ok" {
+		t.Fatalf("group member (primary gid) refused: %v", res)
+	}
+	// Supplementary group member may write (SO_PEERGROUPS).
+	if res := runAs(t, sock, &syscall.Credential{Uid: 65533, Gid: 65533, Groups: []uint32{65534}}); res["write"] != "ok" {
+		t.Fatalf("group member (supplementary) refused: %v", res)
+	}
+	if n := b.reloads.Load(); n != 2 {
+		t.Fatalf("backend saw %d writes, want 2", n)
+	}
+}
+
+func TestObserveBacklogFilterAndFollow(t *testing.T) {
+	b, sock := start(t, Options{})
+	b.hub.Publish(Flow{Verdict: "allowed", Source: Peer{Container: "web"}})
+	b.hub.Publish(Flow{Verdict: "dropped", Reason: "policy", Source: Peer{Container: "web"}})
+	b.hub.Publish(Flow{Verdict: "dropped", Reason: "policy", Source: Peer{Container: "other"}})
+	c := NewClient(sock)
+	var got []Flow
+	err := c.Observe(context.Background(), ObserveFilter{Verdict: "dropped", Container: "web"}, func(f Flow) error {
+		got = append(got, f)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].Source.Container != "web" || got[0].Verdict != "dropped" {
+		t.Fatalf("backlog filtered: %+v", got)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	recv := make(chan Flow, 10)
+	go c.Observe(ctx, ObserveFilter{Follow: true, Verdict: "audit"}, func(f Flow) error { recv <- f; return nil })
+	// Publish until the follower has subscribed and sees one.
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case f := <-recv:
+			if f.Verdict != "audit" {
+				t.Fatalf("follow got %+v", f)
+			}
+			return
+		case <-tick.C:
+			b.hub.Publish(Flow{Verdict: "allowed"})
+			b.hub.Publish(Flow{Verdict: "audit", Reason: "policy"})
+		case <-ctx.Done():
+			t.Fatal("no followed flow")
+		}
+	}
+}
+
+func TestFlowHubKeepsTheLastN(t *testing.T) {
+	h := NewFlowHub(3)
+	for i := range 5 {
+		h.Publish(Flow{Bytes: i})
+	}
+	got, _ := h.Flows(context.Background(), false)
+	if len(got) != 3 || got[0].Bytes != 2 || got[2].Bytes != 4 {
+		t.Fatalf("backlog %+v", got)
+	}
+}

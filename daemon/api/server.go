@@ -1,0 +1,357 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// Backend is what the daemon offers the API. Reads must be cheap and safe
+// for concurrent use; writes are requests to the reconciler.
+type Backend interface {
+	Status() Status
+	Endpoints() []Endpoint
+	// Endpoint finds an endpoint by id, container name or container id.
+	Endpoint(ref string) (Endpoint, bool)
+	Identities() []Identity
+	Policy() Policy
+	Trace(ctx context.Context, req TraceRequest) (TraceResult, error)
+	// Flows returns the kept backlog and, when follow, a channel of new
+	// flows that is closed when ctx ends or the subscriber falls behind.
+	Flows(ctx context.Context, follow bool) ([]Flow, <-chan Flow)
+	ReloadPolicies(ctx context.Context) error
+	Resync(ctx context.Context) error
+}
+
+// ErrNotFound is returned by backends for unknown objects (404).
+var ErrNotFound = errors.New("not found")
+
+// BadRequestError is a client error (400).
+type BadRequestError struct{ Err error }
+
+func (e *BadRequestError) Error() string { return e.Err.Error() }
+func (e *BadRequestError) Unwrap() error { return e.Err }
+
+// Options configure a Server.
+type Options struct {
+	Socket string
+	// Group may write besides root; its gid also owns the socket when the
+	// group exists.
+	Group string
+	// Mode is the socket's mode; 0660 when zero.
+	Mode   os.FileMode
+	Logger *slog.Logger
+}
+
+// Server serves the API on a unix socket.
+type Server struct {
+	opts     Options
+	backend  Backend
+	log      *slog.Logger
+	writeGID int // -1 when the group does not exist
+	ln       net.Listener
+	srv      *http.Server
+}
+
+// ErrAlreadyRunning means another daemon answers on the socket.
+var ErrAlreadyRunning = errors.New("another membraned is serving the API socket")
+
+// NewServer creates the socket (removing a stale one) and prepares the
+// server; Serve runs it.
+func NewServer(opts Options, backend Backend) (*Server, error) {
+	if opts.Mode == 0 {
+		opts.Mode = 0o660
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{opts: opts, backend: backend, log: opts.Logger, writeGID: -1}
+	if opts.Group != "" {
+		if g, err := user.LookupGroup(opts.Group); err == nil {
+			if gid, err := strconv.Atoi(g.Gid); err == nil {
+				s.writeGID = gid
+			}
+		}
+	}
+	ln, err := Listen(opts.Socket)
+	if err != nil {
+		return nil, err
+	}
+	gid := -1
+	mode := opts.Mode
+	if s.writeGID >= 0 {
+		gid = s.writeGID
+	} else if mode&0o070 != 0 && mode&0o007 == 0 {
+		// Without the group nobody but root may connect.
+		mode &^= 0o070
+	}
+	if err := os.Chmod(opts.Socket, mode); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("api socket: %w", err)
+	}
+	if gid >= 0 {
+		if err := os.Chown(opts.Socket, 0, gid); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("api socket: %w", err)
+		}
+	}
+	s.ln = ln
+	s.srv = &http.Server{
+		Handler:           s.routes(),
+		ReadHeaderTimeout: 5 * time.Second,
+		ConnContext:       connContext,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	return s, nil
+}
+
+// Listen opens a unix socket at path. A socket file left by a crashed
+// daemon is replaced; a live one is ErrAlreadyRunning.
+func Listen(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("api socket directory: %w", err)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != fs.ModeSocket {
+			return nil, fmt.Errorf("api socket %s exists and is not a socket; remove it or set api_socket", path)
+		}
+		c, err := net.DialTimeout("unix", path, time.Second)
+		if err == nil {
+			c.Close()
+			return nil, fmt.Errorf("%w (%s)", ErrAlreadyRunning, path)
+		}
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, fmt.Errorf("api socket %s: probing existing socket: %w", path, err)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("removing stale api socket: %w", err)
+		}
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("api socket: %w", err)
+	}
+	// Close must not unlink: on a restart the new daemon replaces the file.
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	return ln, nil
+}
+
+// Serve answers requests until ctx ends, then shuts down gracefully and
+// removes the socket file.
+func (s *Server) Serve(ctx context.Context) error {
+	errc := make(chan error, 1)
+	go func() { errc <- s.srv.Serve(s.ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = s.srv.Shutdown(sctx)
+	_ = s.srv.Close()
+	_ = os.Remove(s.opts.Socket)
+	return nil
+}
+
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, s.backend.Status())
+	})
+	mux.HandleFunc("GET /v1/endpoints", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, nonNil(s.backend.Endpoints()))
+	})
+	mux.HandleFunc("GET /v1/endpoints/{ref}", func(w http.ResponseWriter, r *http.Request) {
+		ep, ok := s.backend.Endpoint(r.PathValue("ref"))
+		if !ok {
+			writeError(w, http.StatusNotFound, fmt.Errorf("no endpoint %q (try `membrane endpoint list`)", r.PathValue("ref")))
+			return
+		}
+		writeJSON(w, http.StatusOK, ep)
+	})
+	mux.HandleFunc("GET /v1/identities", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, nonNil(s.backend.Identities()))
+	})
+	mux.HandleFunc("GET /v1/policy", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, s.backend.Policy())
+	})
+	mux.HandleFunc("POST /v1/policy/trace", func(w http.ResponseWriter, r *http.Request) {
+		var req TraceRequest
+		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("trace request: %w", err))
+			return
+		}
+		res, err := s.backend.Trace(r.Context(), req)
+		if err != nil {
+			writeBackendError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, res)
+	})
+	mux.HandleFunc("GET /v1/observe", s.observe)
+	mux.HandleFunc("POST /v1/policy/reload", s.writer(func(w http.ResponseWriter, r *http.Request) {
+		if err := s.backend.ReloadPolicies(r.Context()); err != nil {
+			writeBackendError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, s.backend.Policy())
+	}))
+	mux.HandleFunc("POST /v1/resync", s.writer(func(w http.ResponseWriter, r *http.Request) {
+		if err := s.backend.Resync(r.Context()); err != nil {
+			writeBackendError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, s.backend.Status())
+	}))
+	return s.guard(mux)
+}
+
+// guard refuses browser-originated requests and logs the peer.
+func (s *Server) guard(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Origin") != "" || r.Header.Get("Referer") != "" {
+			writeError(w, http.StatusForbidden, errors.New("requests with Origin or Referer are refused: the API is for the local membrane CLI"))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// writer wraps a handler that changes state: the peer must be root or in
+// the API group.
+func (s *Server) writer(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		cred, ok := r.Context().Value(credKey{}).(*PeerCred)
+		if !ok || !s.mayWrite(cred) {
+			who := "unknown peer"
+			if cred != nil {
+				who = fmt.Sprintf("uid %d", cred.UID)
+			}
+			s.log.Warn("api write refused", "peer", who, "path", r.URL.Path)
+			writeError(w, http.StatusForbidden, fmt.Errorf("permission denied for %s: changing membraned needs root or membership of group %q", who, s.opts.Group))
+			return
+		}
+		h(w, r)
+	}
+}
+
+func (s *Server) mayWrite(c *PeerCred) bool {
+	if c == nil {
+		return false
+	}
+	if c.UID == 0 {
+		return true
+	}
+	if s.writeGID < 0 {
+		return false
+	}
+	if c.GID == uint32(s.writeGID) {
+		return true
+	}
+	for _, g := range c.Groups {
+		if g == uint32(s.writeGID) {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Server) observe(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	f := ObserveFilter{Follow: q.Get("follow") == "1" || q.Get("follow") == "true", Verdict: q.Get("verdict"), Container: q.Get("container")}
+	switch f.Verdict {
+	case "", "dropped", "audit", "allowed":
+	default:
+		writeError(w, http.StatusBadRequest, fmt.Errorf("verdict %q: must be dropped, audit or allowed", f.Verdict))
+		return
+	}
+	if v := q.Get("last"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("last %q: must be a count", v))
+			return
+		}
+		f.Last = n
+	}
+	backlog, live := s.backend.Flows(r.Context(), f.Follow)
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	enc := json.NewEncoder(w)
+	var sel []Flow
+	for i := range backlog {
+		if f.Matches(&backlog[i]) {
+			sel = append(sel, backlog[i])
+		}
+	}
+	if f.Last > 0 && len(sel) > f.Last {
+		sel = sel[len(sel)-f.Last:]
+	}
+	for i := range sel {
+		if enc.Encode(&sel[i]) != nil {
+			return
+		}
+	}
+	fl, _ := w.(http.Flusher)
+	if fl != nil {
+		fl.Flush()
+	}
+	if !f.Follow || live == nil {
+		return
+	}
+	for fw := range live {
+		if !f.Matches(&fw) {
+			continue
+		}
+		if enc.Encode(&fw) != nil {
+			return
+		}
+		if fl != nil {
+			fl.Flush()
+		}
+	}
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, err error) {
+	writeJSON(w, code, ErrorBody{Error: err.Error()})
+}
+
+func writeBackendError(w http.ResponseWriter, err error) {
+	var bre *BadRequestError
+	switch {
+	case errors.Is(err, ErrNotFound):
+		writeError(w, http.StatusNotFound, err)
+	case errors.As(err, &bre):
+		writeError(w, http.StatusBadRequest, err)
+	default:
+		writeError(w, http.StatusInternalServerError, err)
+	}
+}
+
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}

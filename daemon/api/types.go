@@ -1,0 +1,212 @@
+package api
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Status is GET /v1/status.
+type Status struct {
+	Version string `json:"version"`
+	// Up is always true in an answer: the daemon answered.
+	Up bool `json:"up"`
+	// Reconciled is true once the first full reconcile finished.
+	Reconciled    bool      `json:"reconciled"`
+	StartedAt     time.Time `json:"started_at"`
+	LastReconcile time.Time `json:"last_reconcile,omitzero"`
+
+	Endpoints  int `json:"endpoints"`
+	Identities int `json:"identities"`
+	Policies   int `json:"policies"`
+	Rules      int `json:"rules"`
+
+	PolicyRevision uint64 `json:"policy_revision"`
+	// PolicyDir is the directory the policies come from.
+	PolicyDir string `json:"policy_dir"`
+	// LastPolicyError is the last rejected policy set, or null when the
+	// last load succeeded.
+	LastPolicyError *PolicyError `json:"last_policy_error"`
+
+	Enforcement string `json:"enforcement"`
+	Audit       bool   `json:"audit"`
+	Attach      string `json:"attach,omitempty"`
+	// Errors lists current problems of the datapath (full maps, failed
+	// attachments, runtime connection loss).
+	Errors []string `json:"errors"`
+}
+
+// PolicyError is a rejected policy set.
+type PolicyError struct {
+	Time        time.Time    `json:"time"`
+	Message     string       `json:"message"`
+	Diagnostics []Diagnostic `json:"diagnostics"`
+}
+
+// Diagnostic is one positioned policy error, as `membrane policy check`
+// prints it.
+type Diagnostic struct {
+	File     string `json:"file"`
+	Line     int    `json:"line"`
+	Column   int    `json:"column"`
+	Severity string `json:"severity"`
+	Summary  string `json:"summary"`
+	Detail   string `json:"detail,omitempty"`
+}
+
+// Endpoint is one managed endpoint (a network namespace).
+type Endpoint struct {
+	ID         uint32            `json:"id"`
+	Identity   uint32            `json:"identity"`
+	Labels     map[string]string `json:"labels"`
+	Addresses  []string          `json:"addresses"`
+	Containers []Container       `json:"containers"`
+	Interfaces []Interface       `json:"interfaces"`
+	// HostNetwork endpoints share the host's namespace: their processes
+	// are the host entity and no program is attached for them.
+	HostNetwork bool   `json:"host_network,omitempty"`
+	Audit       bool   `json:"audit,omitempty"`
+	Runtime     string `json:"runtime,omitempty"`
+	// Policies names the policies that select the endpoint.
+	Policies []string `json:"policies"`
+	// Enforcing reports whether programs are attached on every interface.
+	Enforcing bool `json:"enforcing"`
+}
+
+// Container is one container of an endpoint.
+type Container struct {
+	ID        string `json:"id"`
+	Name      string `json:"name"`
+	Runtime   string `json:"runtime"`
+	Namespace string `json:"namespace,omitempty"`
+}
+
+// Interface is a host-side veth of an endpoint.
+type Interface struct {
+	Name    string `json:"name"`
+	Ifindex int    `json:"ifindex"`
+}
+
+// Identity is GET /v1/identities's element.
+type Identity struct {
+	ID        uint32            `json:"id"`
+	Labels    map[string]string `json:"labels"`
+	Reserved  string            `json:"reserved,omitempty"` // name of a reserved identity
+	Endpoints int               `json:"endpoints"`
+}
+
+// Policy is GET /v1/policy.
+type Policy struct {
+	Revision        uint64          `json:"revision"`
+	Dir             string          `json:"dir"`
+	LoadedAt        time.Time       `json:"loaded_at,omitzero"`
+	Files           []string        `json:"files"`
+	Policies        []PolicySummary `json:"policies"`
+	LastPolicyError *PolicyError    `json:"last_policy_error"`
+}
+
+// PolicySummary is one enforced policy.
+type PolicySummary struct {
+	Name      string   `json:"name"`
+	File      string   `json:"file"`
+	Line      int      `json:"line"`
+	Selector  string   `json:"selector"`
+	Rules     int      `json:"rules"`
+	Endpoints []uint32 `json:"endpoints"` // endpoint ids it selects
+}
+
+// Flow is one observed verdict (GET /v1/observe).
+type Flow struct {
+	Time      time.Time `json:"time"`
+	Verdict   string    `json:"verdict"` // allowed | dropped | audit
+	Reason    string    `json:"reason"`
+	Direction string    `json:"direction"` // ingress | egress, relative to Endpoint
+	Protocol  string    `json:"protocol"`
+	Source    Peer      `json:"source"`
+	Dest      Peer      `json:"destination"`
+	// Endpoint is the endpoint whose program judged the packet.
+	Endpoint uint32 `json:"endpoint"`
+	// Rule is the rule that decided, when one did (no rule: default deny).
+	Rule *RuleRef `json:"rule"`
+	// PolicyRevision is the revision that judged the packet.
+	PolicyRevision uint64 `json:"policy_revision,omitempty"`
+	Bytes          int    `json:"bytes,omitempty"`
+}
+
+// Peer is one end of a flow.
+type Peer struct {
+	IP        string            `json:"ip"`
+	Port      uint16            `json:"port,omitempty"`
+	Identity  uint32            `json:"identity"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	Container string            `json:"container,omitempty"`
+}
+
+// RuleRef names a rule.
+type RuleRef struct {
+	ID     uint32 `json:"id"`
+	Policy string `json:"policy"`
+	Block  string `json:"block"`
+	File   string `json:"file"`
+	Line   int    `json:"line"`
+}
+
+// ObserveFilter selects flows.
+type ObserveFilter struct {
+	Follow    bool
+	Verdict   string // "", dropped, audit, allowed
+	Container string // name or id
+	// Last limits the backlog sent before following (0: all kept).
+	Last int
+}
+
+// Matches reports whether f passes the filter.
+func (o ObserveFilter) Matches(f *Flow) bool {
+	if o.Verdict != "" && f.Verdict != o.Verdict {
+		return false
+	}
+	if o.Container != "" && !peerIs(f.Source, o.Container) && !peerIs(f.Dest, o.Container) {
+		return false
+	}
+	return true
+}
+
+func peerIs(p Peer, c string) bool {
+	if p.Container == "" {
+		return false
+	}
+	return p.Container == c || p.Labels["container.name"] == c
+}
+
+// TraceRequest is POST /v1/policy/trace: one new connection, its ends
+// named by container, labels, entity or address.
+type TraceRequest struct {
+	FromContainer string            `json:"from_container,omitempty"`
+	FromLabels    map[string]string `json:"from_labels,omitempty"`
+	FromEntity    string            `json:"from_entity,omitempty"`
+	FromIP        string            `json:"from_ip,omitempty"`
+	ToContainer   string            `json:"to_container,omitempty"`
+	ToLabels      map[string]string `json:"to_labels,omitempty"`
+	ToEntity      string            `json:"to_entity,omitempty"`
+	ToIP          string            `json:"to_ip,omitempty"`
+	Proto         string            `json:"proto,omitempty"` // tcp, udp, sctp, icmp, icmpv6
+	Port          uint16            `json:"port,omitempty"`
+	ICMPType      *uint8            `json:"icmp_type,omitempty"`
+	HTTPMethod    string            `json:"http_method,omitempty"`
+	HTTPPath      string            `json:"http_path,omitempty"`
+	HTTPHost      string            `json:"http_host,omitempty"`
+	HTTPHeaders   map[string]string `json:"http_headers,omitempty"`
+}
+
+// TraceResult is the evaluator's answer, passed through as the policy
+// package renders it, plus the resolved ends.
+type TraceResult struct {
+	From   Peer            `json:"from"`
+	To     Peer            `json:"to"`
+	Result json.RawMessage `json:"result"`
+	Text   string          `json:"text"`
+}
+
+// ErrorBody is every error answer's body.
+type ErrorBody struct {
+	Error string `json:"error"`
+}
