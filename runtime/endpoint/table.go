@@ -14,12 +14,12 @@ import (
 type Table struct {
 	mu  sync.Mutex
 	eps map[string]Endpoint
-	out *Queue
+	out *Queue[Event]
 	now func() time.Time
 }
 
 // NewTable returns an empty table that reports to out.
-func NewTable(out *Queue) *Table {
+func NewTable(out *Queue[Event]) *Table {
 	return &Table{eps: map[string]Endpoint{}, out: out, now: time.Now}
 }
 
@@ -126,26 +126,26 @@ func (t *Table) FindByNetns(ino uint64) (Endpoint, bool) {
 	return Endpoint{}, false
 }
 
-// Queue is an unbounded FIFO of events between a source and its consumer.
-// Push never blocks, so a slow consumer never stalls a runtime's event reader
-// (Docker drops events for readers that fall behind); Run forwards the queued
-// events to the channel that Events returns.
-type Queue struct {
+// Queue is an unbounded FIFO between a source and its consumer. Push never
+// blocks, so a slow consumer never stalls a runtime's event reader (Docker
+// drops events for readers that fall behind, netlink overruns the socket);
+// Run forwards the queued items to the channel that Events returns.
+type Queue[T any] struct {
 	mu     sync.Mutex
-	items  []Event
+	items  []T
 	notify chan struct{}
-	out    chan Event
+	out    chan T
 }
 
 // NewQueue returns an empty queue.
-func NewQueue() *Queue {
-	return &Queue{notify: make(chan struct{}, 1), out: make(chan Event)}
+func NewQueue[T any]() *Queue[T] {
+	return &Queue[T]{notify: make(chan struct{}, 1), out: make(chan T)}
 }
 
-// Push appends ev.
-func (q *Queue) Push(ev Event) {
+// Push appends v.
+func (q *Queue[T]) Push(v T) {
 	q.mu.Lock()
-	q.items = append(q.items, ev)
+	q.items = append(q.items, v)
 	q.mu.Unlock()
 	select {
 	case q.notify <- struct{}{}:
@@ -153,26 +153,27 @@ func (q *Queue) Push(ev Event) {
 	}
 }
 
-// Len is the number of events not yet taken by the consumer.
-func (q *Queue) Len() int {
+// Len is the number of items not yet taken by the consumer.
+func (q *Queue[T]) Len() int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return len(q.items)
 }
 
 // Events is the consumer's channel. It is closed when Run returns.
-func (q *Queue) Events() <-chan Event { return q.out }
+func (q *Queue[T]) Events() <-chan T { return q.out }
 
-// Run forwards events until ctx is done, then closes the Events channel.
-func (q *Queue) Run(ctx context.Context) {
+// Run forwards items until ctx is done, then closes the Events channel.
+func (q *Queue[T]) Run(ctx context.Context) {
 	defer close(q.out)
+	var zero T
 	for {
 		q.mu.Lock()
-		var ev Event
+		var v T
 		have := len(q.items) > 0
 		if have {
-			ev = q.items[0]
-			q.items[0] = Event{}
+			v = q.items[0]
+			q.items[0] = zero
 			q.items = q.items[1:]
 		}
 		q.mu.Unlock()
@@ -185,7 +186,7 @@ func (q *Queue) Run(ctx context.Context) {
 			}
 		}
 		select {
-		case q.out <- ev:
+		case q.out <- v:
 		case <-ctx.Done():
 			return
 		}

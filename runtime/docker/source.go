@@ -1,0 +1,431 @@
+package docker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/events"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/client"
+
+	"github.com/membrane-fw/membrane/runtime/endpoint"
+	"github.com/membrane-fw/membrane/runtime/nsinfo"
+)
+
+// Config configures a Source. The zero value works against the local dockerd.
+type Config struct {
+	// Host is the Docker endpoint (unix:///var/run/docker.sock); "" uses
+	// DOCKER_HOST or Docker's default.
+	Host string
+	// Logger gets the source's logs; nil discards them.
+	Logger *slog.Logger
+	// MinBackoff and MaxBackoff bound the reconnect delay (defaults 100ms, 5s).
+	MinBackoff, MaxBackoff time.Duration
+	// Workers is how many containers are inspected at once (default 8).
+	Workers int
+}
+
+// Source follows one dockerd. Create it with New; call Run once.
+type Source struct {
+	cfg   Config
+	log   *slog.Logger
+	queue *endpoint.Queue[endpoint.Event]
+	table *endpoint.Table
+
+	syncOnce sync.Once
+	synced   chan struct{}
+
+	mu   sync.Mutex
+	ctrs map[string]*record // running containers by id
+
+	statsMu    sync.Mutex
+	reconnects int
+}
+
+// record is what the source knows of one running container.
+type record struct {
+	id, name, image string
+	labels          map[string]string
+	pid             int
+	paused          bool
+	joins           string // owner container id for network_mode container:X
+	mode            endpoint.NetworkMode
+	ns              nsinfo.Info
+	macNetwork      map[string]string // MAC -> Docker network name
+	created         time.Time
+}
+
+// New returns a source for the configured dockerd.
+func New(cfg Config) *Source {
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = 100 * time.Millisecond
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = 5 * time.Second
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 8
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	q := endpoint.NewQueue[endpoint.Event]()
+	return &Source{
+		cfg:    cfg,
+		log:    log.With("subsys", "runtime.docker"),
+		queue:  q,
+		table:  endpoint.NewTable(q),
+		synced: make(chan struct{}),
+		ctrs:   map[string]*record{},
+	}
+}
+
+var _ endpoint.Source = (*Source)(nil)
+
+// Events delivers endpoint changes in order; closed when Run returns.
+func (s *Source) Events() <-chan endpoint.Event { return s.queue.Events() }
+
+// Snapshot returns the endpoints as last reported.
+func (s *Source) Snapshot() []endpoint.Endpoint { return s.table.Snapshot() }
+
+// Synced is closed after the first full list has been reported.
+func (s *Source) Synced() <-chan struct{} { return s.synced }
+
+// Reconnects counts the sessions after the first (for status and tests).
+func (s *Source) Reconnects() int {
+	s.statsMu.Lock()
+	defer s.statsMu.Unlock()
+	return s.reconnects
+}
+
+// ContainerByNetns returns the endpoint whose network namespace has inode
+// ino; the link watcher uses it to name the container behind a new veth.
+func (s *Source) ContainerByNetns(ino uint64) (endpoint.Endpoint, bool) {
+	return s.table.FindByNetns(ino)
+}
+
+// Run follows dockerd until ctx is done; see the package doc.
+func (s *Source) Run(ctx context.Context) error {
+	opts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
+	if s.cfg.Host != "" {
+		opts = append(opts, client.WithHost(s.cfg.Host))
+	}
+	cli, err := client.NewClientWithOpts(opts...)
+	if err != nil {
+		return fmt.Errorf("docker client (check DOCKER_HOST or the configured host): %w", err)
+	}
+	defer cli.Close()
+
+	qctx, qcancel := context.WithCancel(context.Background())
+	qdone := make(chan struct{})
+	go func() { s.queue.Run(qctx); close(qdone) }()
+	defer func() {
+		// Let the consumer drain what is queued before closing Events? No:
+		// cancellation is the consumer's own request to stop.
+		qcancel()
+		<-qdone
+	}()
+
+	backoff := s.cfg.MinBackoff
+	for first := true; ; first = false {
+		if !first {
+			s.statsMu.Lock()
+			s.reconnects++
+			s.statsMu.Unlock()
+		}
+		start := time.Now()
+		err := s.session(ctx, cli)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if time.Since(start) > 10*time.Second {
+			backoff = s.cfg.MinBackoff
+		}
+		s.log.Warn("lost dockerd; reconnecting", "err", err, "backoff", backoff)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, s.cfg.MaxBackoff)
+	}
+}
+
+var eventFilter = func() filters.Args {
+	f := filters.NewArgs(filters.Arg("type", "container"), filters.Arg("type", "network"))
+	for _, e := range []string{"create", "start", "die", "destroy", "rename", "pause", "unpause", "connect", "disconnect"} {
+		f.Add("event", e)
+	}
+	return f
+}()
+
+// session is one connection: subscribe, resync, follow. It returns when the
+// stream breaks or ctx is done.
+func (s *Source) session(ctx context.Context, cli *client.Client) error {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if _, err := cli.Ping(sctx); err != nil {
+		return fmt.Errorf("ping dockerd: %w", err)
+	}
+	since := time.Now().Add(-time.Second)
+	msgs, errs := cli.Events(sctx, events.ListOptions{
+		Filters: eventFilter,
+		Since:   strconv.FormatInt(since.Unix(), 10) + "." + fmt.Sprintf("%09d", since.Nanosecond()),
+	})
+	d := newDispatcher(s.cfg.Workers, func(id string) error { return s.refresh(sctx, cli, id) })
+	defer d.stop()
+
+	readErr := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case m := <-msgs:
+				if id := containerOf(m); id != "" {
+					d.push(id)
+				}
+			case err := <-errs:
+				if err == nil {
+					err = errors.New("events stream closed")
+				}
+				readErr <- err
+				return
+			}
+		}
+	}()
+
+	if err := s.resync(sctx, cli); err != nil {
+		return fmt.Errorf("resync: %w", err)
+	}
+	s.syncOnce.Do(func() { close(s.synced) })
+	d.start()
+	select {
+	case err := <-readErr:
+		return fmt.Errorf("events stream: %w", err)
+	case err := <-d.failed:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func containerOf(m events.Message) string {
+	switch m.Type {
+	case events.ContainerEventType:
+		return m.Actor.ID
+	case events.NetworkEventType:
+		return m.Actor.Attributes["container"]
+	}
+	return ""
+}
+
+// resync lists and inspects every running container and makes the table
+// hold exactly their endpoints.
+func (s *Source) resync(ctx context.Context, cli *client.Client) error {
+	list, err := cli.ContainerList(ctx, container.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("list containers: %w", err)
+	}
+	recs := make([]*record, len(list))
+	errs := make([]error, len(list))
+	sem := make(chan struct{}, s.cfg.Workers)
+	var wg sync.WaitGroup
+	for i, c := range list {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			recs[i], errs[i] = s.inspect(ctx, cli, c.ID)
+		}()
+	}
+	wg.Wait()
+	ctrs := map[string]*record{}
+	for i, r := range recs {
+		if errs[i] != nil {
+			return errs[i]
+		}
+		if r != nil {
+			ctrs[r.id] = r
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ctrs = ctrs
+	var eps []endpoint.Endpoint
+	for id := range ctrs {
+		if ep, ok := s.endpointLocked(id); ok {
+			eps = append(eps, ep)
+		}
+	}
+	s.table.Replace(eps)
+	s.log.Info("resynced with dockerd", "containers", len(ctrs), "endpoints", len(eps))
+	return nil
+}
+
+// refresh re-inspects one container and reports what changed.
+func (s *Source) refresh(ctx context.Context, cli *client.Client, id string) error {
+	r, err := s.inspect(ctx, cli, id)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := s.ctrs[id]
+	if r == nil {
+		delete(s.ctrs, id)
+	} else {
+		s.ctrs[id] = r
+	}
+	affected := map[string]bool{id: true}
+	if old != nil && old.joins != "" {
+		affected[old.joins] = true
+	}
+	if r != nil && r.joins != "" {
+		affected[r.joins] = true
+	}
+	for ep := range affected {
+		s.updateLocked(ep, false)
+	}
+	return nil
+}
+
+func (s *Source) updateLocked(id string, resync bool) {
+	if ep, ok := s.endpointLocked(id); ok {
+		s.table.Set(ep, resync)
+	} else {
+		s.table.Delete(id, resync)
+	}
+}
+
+// endpointLocked builds the endpoint owned by container id, if it owns one.
+func (s *Source) endpointLocked(id string) (endpoint.Endpoint, bool) {
+	o := s.ctrs[id]
+	if o == nil || o.joins != "" {
+		return endpoint.Endpoint{}, false
+	}
+	var joined []*record
+	for _, r := range s.ctrs {
+		if r.joins == id {
+			joined = append(joined, r)
+		}
+	}
+	sort.Slice(joined, func(i, j int) bool { return joined[i].id < joined[j].id })
+	ep := endpoint.Endpoint{
+		ID:          id,
+		Runtime:     endpoint.RuntimeDocker,
+		Netns:       o.ns.Netns,
+		NetworkMode: o.mode,
+		State:       endpoint.StateRunning,
+	}
+	if o.paused {
+		ep.State = endpoint.StatePaused
+	}
+	var joinedLabels []map[string]string
+	for _, r := range append([]*record{o}, joined...) {
+		ep.Containers = append(ep.Containers, endpoint.Container{
+			ID: r.id, Name: r.name, Labels: maps.Clone(r.labels), Image: r.image, Pid: r.pid,
+		})
+		if r != o {
+			joinedLabels = append(joinedLabels, r.labels)
+		}
+	}
+	ep.Labels = endpoint.DeriveLabels(endpoint.MergeLabels(o.labels, joinedLabels), o.name, "")
+	for _, itf := range o.ns.Interfaces {
+		itf.Network = o.macNetwork[itf.MAC.String()]
+		ep.Interfaces = append(ep.Interfaces, itf)
+	}
+	return ep, true
+}
+
+// inspect returns the record of a running container, or nil when it is not
+// running (or gone). Errors are only those that say dockerd is unreachable.
+func (s *Source) inspect(ctx context.Context, cli *client.Client, id string) (*record, error) {
+	info, err := cli.ContainerInspect(ctx, id)
+	if err != nil {
+		if client.IsErrNotFound(err) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("inspect container %.12s: %w", id, err)
+	}
+	if info.ContainerJSONBase == nil || info.State == nil || !info.State.Running {
+		return nil, nil
+	}
+	r := &record{
+		id:         info.ID,
+		name:       strings.TrimPrefix(info.Name, "/"),
+		pid:        info.State.Pid,
+		paused:     info.State.Paused,
+		macNetwork: map[string]string{},
+	}
+	if t, err := time.Parse(time.RFC3339Nano, info.Created); err == nil {
+		r.created = t
+	}
+	if info.Config != nil {
+		r.labels = maps.Clone(info.Config.Labels)
+		r.image = info.Config.Image
+	}
+	if r.labels == nil {
+		r.labels = map[string]string{}
+	}
+	var mode container.NetworkMode
+	if info.HostConfig != nil {
+		mode = info.HostConfig.NetworkMode
+	}
+	if mode.IsContainer() {
+		target := mode.ConnectedContainer()
+		owner, err := cli.ContainerInspect(ctx, target)
+		if err != nil {
+			if client.IsErrNotFound(err) {
+				return nil, nil
+			}
+			return nil, fmt.Errorf("inspect network owner %s of %.12s: %w", target, id, err)
+		}
+		r.joins = owner.ID
+		return r, nil
+	}
+	if info.NetworkSettings != nil {
+		for name, n := range info.NetworkSettings.Networks {
+			if n != nil && n.MacAddress != "" {
+				r.macNetwork[strings.ToLower(n.MacAddress)] = name
+			}
+		}
+	}
+	var key string
+	if info.NetworkSettings != nil {
+		key = info.NetworkSettings.SandboxKey
+	}
+	ns, err := nsinfo.Inspect(key)
+	if key == "" || err != nil {
+		if r.pid == 0 {
+			return nil, nil
+		}
+		var perr error
+		ns, perr = nsinfo.Inspect(nsinfo.PidPath(r.pid))
+		if perr != nil {
+			// Stopped between inspect and now: its die event follows.
+			s.log.Debug("container netns unreadable", "container", r.id, "sandbox_key", key, "err", err, "pid_err", perr)
+			return nil, nil
+		}
+	}
+	r.ns = ns
+	switch {
+	case ns.Host || mode.IsHost():
+		r.mode = endpoint.ModeHost
+		r.ns.Interfaces = nil
+	case len(ns.Interfaces) == 0:
+		r.mode = endpoint.ModeNone
+	default:
+		r.mode = endpoint.ModeBridge
+	}
+	return r, nil
+}
