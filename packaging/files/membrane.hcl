@@ -1,0 +1,87 @@
+# /etc/membrane/membrane.hcl: membraned's configuration.
+#
+# Every setting below is shown with its default value, commented out: this
+# file changes nothing until you uncomment a line. After editing, check it
+# and apply it:
+#
+#   systemctl restart membraned      # keeps the datapath; see operations.md
+#
+# Reference: /usr/share/doc/membrane/operations.md ("Configuration").
+
+# Where policies live: every *.hcl file in this directory, loaded as one set.
+# policy_dir = "/etc/membrane/policies.d"
+
+# Identity store (numeric identities survive restarts).
+# state_dir = "/var/lib/membrane"
+
+# BPF pins: programs, maps and links live here so that enforcement outlives
+# the daemon (restarts and upgrades never drop protection).
+# bpffs_dir = "/sys/fs/bpf/membrane"
+
+# The local API (HTTP+JSON). Reading needs access to the socket; changes need
+# root or membership of api_group.
+# api_socket = "/run/membrane/membrane.sock"
+# api_group  = "membrane"
+
+# "default": policies decide, default-deny as the policy language says.
+# "always":  every endpoint is in default-deny both ways.
+# "never":   nothing is enforced (verdicts are still computed and reported).
+# enforcement = "default"
+
+# Audit mode: drops that policy would cause are let through and reported
+# with the verdict "audit". audit_selector limits it to matching endpoints.
+# audit          = false
+# audit_selector = ""
+
+# Traffic of a container whose labels are not known yet (identity "init"):
+# "drop" (no packet passes unjudged) or "allow".
+# unknown_endpoint = "drop"
+
+# How programs are attached: "tcx" (kernel >= 6.6), "tc" (clsact + cls_bpf),
+# or "auto" (tcx where the kernel has it).
+# attach = "auto"
+
+# debug, info, warn or error.
+# log_level = "info"
+
+# How long an identity nobody uses is kept before its number is freed.
+# identity_grace = "5m"
+# Full resync with the runtimes and conntrack garbage collection.
+# resync_interval = "1m"
+# How long policy-directory changes settle before the set is reloaded.
+# policy_debounce = "50ms"
+
+# runtime "docker" {
+#   enabled = true
+#   socket  = "/var/run/docker.sock"
+# }
+#
+# runtime "containerd" {
+#   enabled    = true
+#   socket     = "/run/containerd/containerd.sock"
+#   namespaces = []          # empty: every namespace
+# }
+
+# Which labels are identity-relevant: regular expressions on label keys.
+# include brings back keys that the default exclusions (volatile labels such
+# as com.docker.compose.config-hash) drop; exclude drops more.
+# labels {
+#   include = []
+#   exclude = []
+# }
+
+# BPF map sizes (entries; events is the ring buffer size in bytes).
+# maps {
+#   endpoints      = 4096
+#   ipcache        = 65536
+#   policy         = 4096
+#   policy_entries = 16384
+#   conntrack      = 262144
+#   events         = 4194304
+# }
+
+# Prometheus metrics; "" disables them. Keep it on loopback unless a
+# firewall protects the port.
+# metrics {
+#   listen = "127.0.0.1:9964"
+# }
