@@ -1,0 +1,281 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Hooks on the host-side veth. "ingress" is the tc ingress hook (the
+// container's egress), "egress" the tc egress hook (the container's ingress).
+const (
+	hookIngress = "ingress"
+	hookEgress  = "egress"
+)
+
+// tc filters we make carry this priority and handle, so that we find and
+// remove exactly ours.
+const (
+	tcPriority = 0x4d42 // "MB"
+	tcHandle   = 0x4d42
+)
+
+// Attachment is one interface with the programs on it.
+type Attachment struct {
+	Ifindex int
+	Mode    AttachMode // tcx or tc
+}
+
+func (d *Datapath) progFor(hook string) *ebpf.Program {
+	if hook == hookIngress {
+		return d.objs.MembraneEgress
+	}
+	return d.objs.MembraneIngress
+}
+
+func (d *Datapath) linkPin(mode AttachMode, ifindex int, hook string) string {
+	return filepath.Join(d.linkDir(), fmt.Sprintf("%s_%d_%s", mode, ifindex, hook))
+}
+
+// Attach puts both programs on the interface (idempotent: an existing
+// attachment gets the current programs). The attachment is pinned and
+// outlives the process.
+func (d *Datapath) Attach(ifindex int) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return errors.New("datapath closed")
+	}
+	mode, err := d.modeFor(ifindex)
+	if err != nil {
+		return err
+	}
+	for _, hook := range []string{hookIngress, hookEgress} {
+		var err error
+		if mode == AttachTCX {
+			err = d.attachTCX(ifindex, hook)
+		} else {
+			err = d.attachTC(ifindex, hook)
+		}
+		if err != nil {
+			return fmt.Errorf("attaching to interface %d (%s, %s): %w", ifindex, mode, hook, err)
+		}
+	}
+	d.log.Debug("attached", "ifindex", ifindex, "mode", mode)
+	return nil
+}
+
+// modeFor keeps an interface's existing mode, else applies the configured
+// one (auto: tcx when the kernel supports it).
+func (d *Datapath) modeFor(ifindex int) (AttachMode, error) {
+	for _, m := range []AttachMode{AttachTCX, AttachTC} {
+		if _, err := os.Stat(d.linkPin(m, ifindex, hookIngress)); err == nil {
+			if d.cfg.Attach == AttachAuto || d.cfg.Attach == m {
+				return m, nil
+			}
+			// The configured mode changed: move the interface over.
+			if err := d.detachLocked(ifindex); err != nil {
+				return "", err
+			}
+		}
+	}
+	if d.cfg.Attach != AttachAuto {
+		return d.cfg.Attach, nil
+	}
+	if haveTCX() {
+		return AttachTCX, nil
+	}
+	return AttachTC, nil
+}
+
+func haveTCX() bool {
+	// Attaching to interface 0 fails with EINVAL/ENODEV where tcx exists and
+	// with ErrNotSupported where it does not; features has no tcx probe.
+	l, err := link.AttachTCX(link.TCXOptions{Interface: 1, Program: nil, Attach: ebpf.AttachTCXIngress})
+	if l != nil {
+		l.Close()
+	}
+	return !errors.Is(err, ebpf.ErrNotSupported)
+}
+
+func (d *Datapath) attachTCX(ifindex int, hook string) error {
+	pin := d.linkPin(AttachTCX, ifindex, hook)
+	prog := d.progFor(hook)
+	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+		defer l.Close()
+		if info, err := l.Info(); err == nil && info.TCX() != nil && info.TCX().Ifindex == uint32(ifindex) {
+			return l.Update(prog)
+		}
+		// The interface went away (and its index may be reused): start over.
+		_ = l.Unpin()
+	}
+	at := ebpf.AttachTCXIngress
+	if hook == hookEgress {
+		at = ebpf.AttachTCXEgress
+	}
+	l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: at})
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	if err := l.Pin(pin); err != nil {
+		return fmt.Errorf("pinning link: %w", err)
+	}
+	return nil
+}
+
+func tcParent(hook string) uint32 {
+	if hook == hookIngress {
+		return netlink.HANDLE_MIN_INGRESS
+	}
+	return netlink.HANDLE_MIN_EGRESS
+}
+
+func (d *Datapath) attachTC(ifindex int, hook string) error {
+	attrs := netlink.QdiscAttrs{LinkIndex: ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}
+	if err := netlink.QdiscAdd(&netlink.GenericQdisc{QdiscAttrs: attrs, QdiscType: "clsact"}); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("adding clsact qdisc: %w", err)
+	}
+	prog := d.progFor(hook)
+	f := &netlink.BpfFilter{
+		FilterAttrs: netlink.FilterAttrs{
+			LinkIndex: ifindex,
+			Parent:    tcParent(hook),
+			Handle:    tcHandle,
+			Priority:  tcPriority,
+			Protocol:  unix.ETH_P_ALL,
+		},
+		Fd:           prog.FD(),
+		Name:         "membrane_" + hook,
+		DirectAction: true,
+	}
+	if err := netlink.FilterReplace(f); err != nil {
+		return fmt.Errorf("adding cls_bpf filter: %w", err)
+	}
+	pin := d.linkPin(AttachTC, ifindex, hook)
+	_ = os.Remove(pin)
+	// A clone has no pin path of its own, so pinning it adds the marker
+	// instead of moving progs/<name>.
+	marker, err := prog.Clone()
+	if err != nil {
+		return err
+	}
+	defer marker.Close()
+	if err := marker.Pin(pin); err != nil {
+		return fmt.Errorf("pinning tc marker: %w", err)
+	}
+	return nil
+}
+
+// Detach removes the programs from the interface and its pins. A vanished
+// interface is not an error.
+func (d *Datapath) Detach(ifindex int) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.detachLocked(ifindex)
+}
+
+func (d *Datapath) detachLocked(ifindex int) error {
+	var errs []error
+	for _, hook := range []string{hookIngress, hookEgress} {
+		pin := d.linkPin(AttachTCX, ifindex, hook)
+		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+			if err := l.Unpin(); err != nil {
+				errs = append(errs, err)
+			}
+			// Closing the last reference of an unpinned link detaches it.
+			l.Close()
+		} else if !os.IsNotExist(err) && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("loading pinned link %s: %w", pin, err))
+		}
+		pin = d.linkPin(AttachTC, ifindex, hook)
+		if _, err := os.Stat(pin); err == nil {
+			f := &netlink.BpfFilter{FilterAttrs: netlink.FilterAttrs{
+				LinkIndex: ifindex, Parent: tcParent(hook), Handle: tcHandle,
+				Priority: tcPriority, Protocol: unix.ETH_P_ALL,
+			}}
+			if err := netlink.FilterDel(f); err != nil && !errors.Is(err, unix.ENOENT) &&
+				!errors.Is(err, unix.ENODEV) && !errors.Is(err, unix.EINVAL) {
+				errs = append(errs, fmt.Errorf("removing tc filter on %d: %w", ifindex, err))
+			}
+			if err := os.Remove(pin); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Attached lists the interfaces that have the programs, from the pins.
+func (d *Datapath) Attached() ([]Attachment, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.attachedLocked()
+}
+
+func (d *Datapath) attachedLocked() ([]Attachment, error) {
+	ents, err := os.ReadDir(d.linkDir())
+	if os.IsNotExist(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	seen := map[int]AttachMode{}
+	for _, e := range ents {
+		parts := strings.Split(e.Name(), "_")
+		if len(parts) != 3 {
+			continue
+		}
+		idx, err := strconv.Atoi(parts[1])
+		if err != nil {
+			continue
+		}
+		seen[idx] = AttachMode(parts[0])
+	}
+	var out []Attachment
+	for idx, m := range seen {
+		out = append(out, Attachment{Ifindex: idx, Mode: m})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Ifindex < out[j].Ifindex })
+	return out, nil
+}
+
+// adoptAttachments puts the freshly loaded programs into every attachment
+// that a previous process pinned (same maps, new code).
+func (d *Datapath) adoptAttachments() error {
+	atts, err := d.attachedLocked()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, a := range atts {
+		for _, hook := range []string{hookIngress, hookEgress} {
+			switch a.Mode {
+			case AttachTCX:
+				l, err := link.LoadPinnedLink(d.linkPin(AttachTCX, a.Ifindex, hook), nil)
+				if err != nil {
+					continue
+				}
+				if err := l.Update(d.progFor(hook)); err != nil {
+					errs = append(errs, fmt.Errorf("updating link on %d: %w", a.Ifindex, err))
+				}
+				l.Close()
+			case AttachTC:
+				if err := d.attachTC(a.Ifindex, hook); err != nil {
+					d.log.Warn("could not replace tc filter; interface gone?", "ifindex", a.Ifindex, "err", err)
+				}
+			}
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,683 @@
+//go:build ignore
+
+/* Membrane's container programs. membrane_egress runs at tc ingress of a
+ * container's host-side veth (what the container sends), membrane_ingress at
+ * tc egress of the same veth (what the container receives). Both share every
+ * map. The lookup order is the contract in policies/model.go. */
+
+#include "membrane.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define ETH_HLEN 14
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define ETH_P_ARP 0x0806
+
+#define IPPROTO_ICMP 1
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define IPPROTO_ICMPV6 58
+#define IPPROTO_SCTP 132
+#define NEXTHDR_HOP 0
+#define NEXTHDR_ROUTING 43
+#define NEXTHDR_FRAGMENT 44
+#define NEXTHDR_AUTH 51
+#define NEXTHDR_NONE 59
+#define NEXTHDR_DEST 60
+
+/* How many IPv6 extension headers we walk before giving up (drop). */
+#define MAX_EXT_HEADERS 8
+
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
+
+#define NSEC 1000000000ULL
+
+/* Pass lets later tc programs and filters run (TC_ACT_UNSPEC == TCX_NEXT). */
+#define VERDICT_PASS TC_ACT_UNSPEC
+#define VERDICT_DROP TC_ACT_SHOT
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32); /* host-side veth ifindex */
+	__type(value, struct endpoint_info);
+	__uint(max_entries, 1024);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} membrane_endpoints SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_value);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} membrane_ipcache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__type(key, __u32); /* local identity */
+	__uint(max_entries, 4096);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	/* one LPM trie per local identity, swapped whole by the writer */
+	__array(values, struct {
+		__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+		__type(key, struct policy_key);
+		__type(value, struct policy_value);
+		__uint(max_entries, 16384);
+		__uint(map_flags, BPF_F_NO_PREALLOC);
+	});
+} membrane_policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key);
+	__type(value, struct ct_entry);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} membrane_ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct frag_key);
+	__type(value, struct frag_value);
+	__uint(max_entries, 8192);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} membrane_frag SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct config);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} membrane_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32); /* reason * 2 + direction */
+	__type(value, struct counter);
+	__uint(max_entries, COUNTER_SLOTS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} membrane_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} membrane_events SEC(".maps");
+
+/* Force BTF for the types only userspace uses. */
+const struct event *unused_event __attribute__((unused));
+const struct ipcache_key *unused_ipcache_key __attribute__((unused));
+const struct policy_key *unused_policy_key __attribute__((unused));
+const struct policy_value *unused_policy_value __attribute__((unused));
+const struct frag_key *unused_frag_key __attribute__((unused));
+
+struct ipv4hdr {
+	__u8 ver_ihl;
+	__u8 tos;
+	__u16 tot_len;
+	__u16 id;
+	__u16 frag_off;
+	__u8 ttl;
+	__u8 protocol;
+	__u16 check;
+	__u32 saddr;
+	__u32 daddr;
+};
+
+struct ipv6hdr {
+	__u32 vtc_flow;
+	__u16 payload_len;
+	__u8 nexthdr;
+	__u8 hop_limit;
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+/* What the parser learnt about one packet. */
+struct pkt {
+	struct ct_key tuple; /* as the packet travels; ifindex filled in later */
+	struct ct_key inner; /* ICMP errors: the tuple of the packet they quote */
+	__u32 frag_id;
+	__u16 policy_port; /* host order: dport, or ICMP type */
+	__u8 tcp_flags;
+	__u8 has_inner;
+	__u8 first_frag;
+	__u8 later_frag;
+	__u8 neighbor;
+	__u8 pad;
+};
+
+struct verdict {
+	__u32 rule_id;
+	__u32 remote;
+	__u16 proxy_port;
+	__u8 reason;
+	__u8 audit;
+};
+
+static __always_inline void count(__u8 reason, __u8 dir, __u32 len)
+{
+	__u32 slot = (__u32)reason * 2 + dir;
+	struct counter *c = bpf_map_lookup_elem(&membrane_counters, &slot);
+	if (c) {
+		c->packets++;
+		c->bytes += len;
+	}
+}
+
+static __always_inline void emit(struct __sk_buff *skb, struct pkt *p, __u8 type, __u8 reason,
+				 __u8 dir, __u8 flags, const struct endpoint_info *ep, __u32 local,
+				 const struct verdict *v)
+{
+	struct event *e = bpf_ringbuf_reserve(&membrane_events, sizeof(*e), 0);
+	if (!e) {
+		__u32 slot = COUNTER_EVENTS_LOST;
+		struct counter *c = bpf_map_lookup_elem(&membrane_counters, &slot);
+		if (c)
+			c->packets++;
+		return;
+	}
+	e->timestamp = bpf_ktime_get_ns();
+	e->ifindex = skb->ifindex;
+	e->endpoint_id = ep ? ep->endpoint_id : 0;
+	e->local_identity = local;
+	e->remote_identity = v ? v->remote : 0;
+	e->rule_id = v ? v->rule_id : 0;
+	e->len = skb->len;
+	e->sport = bpf_ntohs(p->tuple.sport);
+	e->dport = bpf_ntohs(p->tuple.dport);
+	e->proxy_port = v ? v->proxy_port : 0;
+	e->type = type;
+	e->reason = reason;
+	e->direction = dir;
+	e->protocol = p->tuple.protocol;
+	e->family = p->tuple.family;
+	e->flags = flags;
+	__builtin_memcpy(e->saddr, p->tuple.saddr, 16);
+	__builtin_memcpy(e->daddr, p->tuple.daddr, 16);
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline int is_icmp_error(__u8 proto, __u8 type)
+{
+	if (proto == IPPROTO_ICMP)
+		return type == 3 || type == 11 || type == 12;
+	return type >= 1 && type <= 4;
+}
+
+/* Ports of a transport header at off; the ICMP echo identifier stands in
+ * for both ports of an echo flow. Returns <0 when truncated. */
+static __always_inline int load_ports(struct __sk_buff *skb, __u32 off, __u8 proto, struct ct_key *k,
+				      __u16 *policy_port, __u8 *tcp_flags)
+{
+	__u8 buf[14];
+
+	switch (proto) {
+	case IPPROTO_TCP:
+		if (bpf_skb_load_bytes(skb, off, buf, 14) < 0)
+			return -1;
+		/* the fixed 20-byte header must be there */
+		if (skb->len < off + 20)
+			return -1;
+		*tcp_flags = buf[13];
+		break;
+	case IPPROTO_UDP:
+		if (bpf_skb_load_bytes(skb, off, buf, 8) < 0)
+			return -1;
+		break;
+	case IPPROTO_SCTP:
+		if (bpf_skb_load_bytes(skb, off, buf, 12) < 0)
+			return -1;
+		break;
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6: {
+		if (bpf_skb_load_bytes(skb, off, buf, 8) < 0)
+			return -1;
+		__u8 type = buf[0];
+		*policy_port = type;
+		if ((proto == IPPROTO_ICMP && (type == 0 || type == 8)) ||
+		    (proto == IPPROTO_ICMPV6 && (type == 128 || type == 129))) {
+			__builtin_memcpy(&k->sport, &buf[4], 2);
+			k->dport = k->sport;
+		}
+		return 0;
+	}
+	default:
+		return 0;
+	}
+	__builtin_memcpy(&k->sport, &buf[0], 2);
+	__builtin_memcpy(&k->dport, &buf[2], 2);
+	*policy_port = bpf_ntohs(k->dport);
+	return 0;
+}
+
+/* The packet quoted by an ICMP error, for the related-flow lookup. Failure
+ * just means "not related": the error is then judged as plain ICMP. */
+static __always_inline void load_inner(struct __sk_buff *skb, __u32 off, struct pkt *p)
+{
+	struct ct_key *k = &p->inner;
+	__u16 pp = 0;
+	__u8 fl = 0;
+	__u8 proto;
+
+	if (p->tuple.family == 4) {
+		struct ipv4hdr ip;
+		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0)
+			return;
+		__u32 ihl = (ip.ver_ihl & 0x0f) * 4;
+		if (ihl < 20)
+			return;
+		proto = ip.protocol;
+		__builtin_memcpy(k->saddr, &ip.saddr, 4);
+		__builtin_memcpy(k->daddr, &ip.daddr, 4);
+		off += ihl;
+	} else {
+		struct ipv6hdr ip6;
+		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) < 0)
+			return;
+		proto = ip6.nexthdr;
+		__builtin_memcpy(k->saddr, ip6.saddr, 16);
+		__builtin_memcpy(k->daddr, ip6.daddr, 16);
+		off += sizeof(ip6);
+	}
+	k->protocol = proto;
+	k->family = p->tuple.family;
+	if (load_ports(skb, off, proto, k, &pp, &fl) < 0)
+		return;
+	p->has_inner = 1;
+}
+
+/* Returns 0 or a drop reason. */
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	__u32 off = ETH_HLEN;
+	__u8 proto;
+
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct ipv4hdr ip;
+		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0)
+			return REASON_DROP_MALFORMED_L3;
+		__u32 ihl = (ip.ver_ihl & 0x0f) * 4;
+		__u32 tot = bpf_ntohs(ip.tot_len);
+		if ((ip.ver_ihl >> 4) != 4 || ihl < 20 || tot < ihl || off + tot > skb->len)
+			return REASON_DROP_MALFORMED_L3;
+		p->tuple.family = 4;
+		__builtin_memcpy(p->tuple.saddr, &ip.saddr, 4);
+		__builtin_memcpy(p->tuple.daddr, &ip.daddr, 4);
+		proto = ip.protocol;
+		__u16 frag = bpf_ntohs(ip.frag_off);
+		if (frag & 0x1fff)
+			p->later_frag = 1;
+		else if (frag & 0x2000)
+			p->first_frag = 1;
+		p->frag_id = ip.id;
+		off += ihl;
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr ip6;
+		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) < 0)
+			return REASON_DROP_MALFORMED_L3;
+		if ((bpf_ntohl(ip6.vtc_flow) >> 28) != 6 ||
+		    off + sizeof(ip6) + bpf_ntohs(ip6.payload_len) > skb->len)
+			return REASON_DROP_MALFORMED_L3;
+		p->tuple.family = 6;
+		__builtin_memcpy(p->tuple.saddr, ip6.saddr, 16);
+		__builtin_memcpy(p->tuple.daddr, ip6.daddr, 16);
+		proto = ip6.nexthdr;
+		off += sizeof(ip6);
+		int i;
+#pragma unroll
+		for (i = 0; i < MAX_EXT_HEADERS; i++) {
+			__u8 h[8];
+			if (proto != NEXTHDR_HOP && proto != NEXTHDR_ROUTING && proto != NEXTHDR_FRAGMENT &&
+			    proto != NEXTHDR_AUTH && proto != NEXTHDR_DEST)
+				break;
+			if (bpf_skb_load_bytes(skb, off, h, 8) < 0)
+				return REASON_DROP_MALFORMED_L3;
+			if (proto == NEXTHDR_FRAGMENT) {
+				__u16 fo = ((__u16)h[2] << 8) | h[3];
+				if (fo & 0xfff8)
+					p->later_frag = 1;
+				else if (fo & 1)
+					p->first_frag = 1;
+				__builtin_memcpy(&p->frag_id, &h[4], 4);
+				off += 8;
+			} else if (proto == NEXTHDR_AUTH) {
+				off += ((__u32)h[1] + 2) * 4;
+			} else {
+				off += ((__u32)h[1] + 1) * 8;
+			}
+			proto = h[0];
+		}
+		if (proto == NEXTHDR_HOP || proto == NEXTHDR_ROUTING || proto == NEXTHDR_FRAGMENT ||
+		    proto == NEXTHDR_AUTH || proto == NEXTHDR_DEST)
+			return REASON_DROP_EXTHDR;
+	} else if (skb->protocol == bpf_htons(ETH_P_ARP)) {
+		p->neighbor = 1;
+		return 0;
+	} else {
+		return REASON_DROP_UNSUPPORTED_L3;
+	}
+
+	p->tuple.protocol = proto;
+	if (p->later_frag)
+		return 0;
+	if (load_ports(skb, off, proto, &p->tuple, &p->policy_port, &p->tcp_flags) < 0)
+		return REASON_DROP_MALFORMED_L4;
+	if (proto == IPPROTO_ICMPV6 && p->policy_port >= 133 && p->policy_port <= 137) {
+		p->neighbor = 1; /* router/neighbour solicitation/advertisement, redirect */
+		return 0;
+	}
+	if ((proto == IPPROTO_ICMP && p->tuple.family == 4) || (proto == IPPROTO_ICMPV6 && p->tuple.family == 6)) {
+		if (is_icmp_error(proto, (__u8)p->policy_port))
+			load_inner(skb, off + 8, p);
+	}
+	return 0;
+}
+
+static __always_inline __u32 ipcache_identity(__u8 family, const __u8 *addr)
+{
+	struct ipcache_key k = {};
+	k.family = family;
+	if (family == 4) {
+		k.prefixlen = 32 + 32;
+		__builtin_memcpy(k.addr, addr, 4);
+	} else {
+		k.prefixlen = 32 + 128;
+		__builtin_memcpy(k.addr, addr, 16);
+	}
+	struct ipcache_value *v = bpf_map_lookup_elem(&membrane_ipcache, &k);
+	return v ? v->identity : IDENTITY_WORLD;
+}
+
+/* The policy lookup of policies/model.go: exact remote, then any remote;
+ * the writer stores a default-deny catch-all as an any-remote entry. */
+static __always_inline void judge(__u32 local, __u8 dir, __u8 proto, __u16 port, struct verdict *v)
+{
+	v->rule_id = 0;
+	v->proxy_port = 0;
+	v->audit = 0;
+	v->reason = REASON_ALLOW_DEFAULT;
+
+	void *inner = bpf_map_lookup_elem(&membrane_policy, &local);
+	if (!inner)
+		return;
+	struct policy_key k = {
+		.prefixlen = 64,
+		.identity = bpf_htonl(v->remote),
+		.direction = dir,
+		.protocol = proto,
+		.port = bpf_htons(port),
+	};
+	struct policy_value *pv = bpf_map_lookup_elem(inner, &k);
+	if (!pv) {
+		k.identity = IDENTITY_ANY;
+		pv = bpf_map_lookup_elem(inner, &k);
+	}
+	if (!pv)
+		return;
+	v->rule_id = pv->rule_id;
+	v->audit = pv->flags & POLICY_F_AUDIT;
+	if (pv->action == ACTION_DENY) {
+		v->reason = (pv->flags & POLICY_F_DEFAULT) ? REASON_DROP_DEFAULT_DENY : REASON_DROP_POLICY;
+		return;
+	}
+	v->proxy_port = pv->proxy_port;
+	v->reason = pv->proxy_port ? REASON_REDIRECT : REASON_ALLOW_POLICY;
+}
+
+static __always_inline __u64 lifetime(const struct config *cfg, const struct ct_entry *e, __u8 proto)
+{
+	__u32 s;
+	if (proto != IPPROTO_TCP)
+		s = cfg->lifetime_nontcp;
+	else if (e->state == CT_CLOSING)
+		s = cfg->lifetime_close;
+	else if (e->state == CT_SYN)
+		s = cfg->lifetime_syn;
+	else
+		s = cfg->lifetime_tcp;
+	return (__u64)s * NSEC;
+}
+
+static __always_inline void ct_tcp(struct ct_entry *e, __u8 flags, int reply)
+{
+	if (flags & TCP_RST) {
+		e->state = CT_CLOSING;
+		return;
+	}
+	if ((flags & TCP_SYN) && !(flags & TCP_ACK) && !reply && e->state == CT_CLOSING) {
+		/* port reuse: a new connection on a closed tuple */
+		e->state = CT_SYN;
+		e->flags &= ~(CT_F_FIN_ORIG | CT_F_FIN_REPLY);
+		return;
+	}
+	if (flags & TCP_FIN)
+		e->flags |= reply ? CT_F_FIN_REPLY : CT_F_FIN_ORIG;
+	if ((e->flags & (CT_F_FIN_ORIG | CT_F_FIN_REPLY)) == (CT_F_FIN_ORIG | CT_F_FIN_REPLY))
+		e->state = CT_CLOSING;
+	else if (e->state == CT_SYN && reply && (flags & TCP_ACK))
+		e->state = CT_ESTABLISHED;
+}
+
+static __always_inline void swap_tuple(struct ct_key *dst, const struct ct_key *src)
+{
+	__builtin_memcpy(dst->saddr, src->daddr, 16);
+	__builtin_memcpy(dst->daddr, src->saddr, 16);
+	dst->sport = src->dport;
+	dst->dport = src->sport;
+	dst->protocol = src->protocol;
+	dst->family = src->family;
+	dst->pad = 0;
+	dst->ifindex = src->ifindex;
+}
+
+static __always_inline int drop_or_audit(struct __sk_buff *skb, struct pkt *p, __u8 dir, __u8 evflags,
+					 const struct endpoint_info *ep, __u32 local, struct verdict *v,
+					 int audit)
+{
+	if (audit) {
+		count(REASON_AUDIT, dir, skb->len);
+		emit(skb, p, EVENT_AUDIT, v->reason, dir, evflags, ep, local, v);
+		return VERDICT_PASS;
+	}
+	count(v->reason, dir, skb->len);
+	emit(skb, p, EVENT_DROP, v->reason, dir, evflags, ep, local, v);
+	return VERDICT_DROP;
+}
+
+static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
+{
+	__u32 zero = 0;
+	struct config *cfg = bpf_map_lookup_elem(&membrane_config, &zero);
+	if (!cfg)
+		return VERDICT_DROP;
+
+	struct pkt p = {};
+	__u32 ifindex = skb->ifindex;
+	struct endpoint_info *ep = bpf_map_lookup_elem(&membrane_endpoints, &ifindex);
+	__u32 local = ep ? ep->identity : IDENTITY_INIT;
+	struct verdict v = {};
+
+	int r = parse(skb, &p);
+	if (r) {
+		v.reason = r;
+		count(r, dir, skb->len);
+		emit(skb, &p, EVENT_DROP, r, dir, 0, ep, local, 0);
+		return VERDICT_DROP;
+	}
+	if (p.neighbor) {
+		count(REASON_ALLOW_NEIGHBOR, dir, skb->len);
+		return VERDICT_PASS;
+	}
+	if (ep && !(ep->flags & (dir == DIR_EGRESS ? EP_ENFORCE_EGRESS : EP_ENFORCE_INGRESS))) {
+		count(REASON_ALLOW_NOT_ENFORCED, dir, skb->len);
+		return VERDICT_PASS;
+	}
+	if (!ep && !(cfg->flags & CFG_UNKNOWN_ALLOW)) {
+		count(REASON_DROP_UNKNOWN_ENDPOINT, dir, skb->len);
+		emit(skb, &p, EVENT_DROP, REASON_DROP_UNKNOWN_ENDPOINT, dir, 0, ep, local, 0);
+		return VERDICT_DROP;
+	}
+	int audit_ep = ep && (ep->flags & EP_AUDIT);
+	__u8 evflags = 0;
+
+	/* Fragments: the first records its ports, later ones borrow them. */
+	if (p.first_frag || p.later_frag) {
+		struct frag_key fk = {};
+		__builtin_memcpy(fk.saddr, p.tuple.saddr, 16);
+		__builtin_memcpy(fk.daddr, p.tuple.daddr, 16);
+		fk.id = p.frag_id;
+		fk.protocol = p.tuple.protocol;
+		fk.family = p.tuple.family;
+		if (p.first_frag) {
+			struct frag_value fv = {
+				.sport = p.tuple.sport, .dport = p.tuple.dport, .policy_port = p.policy_port};
+			bpf_map_update_elem(&membrane_frag, &fk, &fv, BPF_ANY);
+		} else {
+			struct frag_value *fv = bpf_map_lookup_elem(&membrane_frag, &fk);
+			if (!fv) {
+				v.reason = REASON_DROP_FRAG_NO_FLOW;
+				count(REASON_DROP_FRAG_NO_FLOW, dir, skb->len);
+				emit(skb, &p, EVENT_DROP, REASON_DROP_FRAG_NO_FLOW, dir, EV_F_FRAGMENT, ep, local, 0);
+				return VERDICT_DROP;
+			}
+			p.tuple.sport = fv->sport;
+			p.tuple.dport = fv->dport;
+			p.policy_port = fv->policy_port;
+			evflags |= EV_F_FRAGMENT;
+		}
+	}
+
+	/* Remote identity: from the proxy's mark, else the ipcache. */
+	int from_proxy = 0;
+	if (dir == DIR_INGRESS && (skb->mark & MARK_MAGIC_MASK) == MARK_MAGIC_FROM_PROXY &&
+	    (skb->mark & MARK_IDENTITY_MASK)) {
+		from_proxy = 1;
+		evflags |= EV_F_FROM_PROXY;
+	}
+
+	__u64 now = bpf_ktime_get_ns();
+	p.tuple.ifindex = ifindex;
+	struct ct_key rk;
+	swap_tuple(&rk, &p.tuple);
+	int reply = 0;
+	struct ct_entry *e = bpf_map_lookup_elem(&membrane_ct, &p.tuple);
+	if (!e) {
+		e = bpf_map_lookup_elem(&membrane_ct, &rk);
+		reply = 1;
+	}
+	if (e && e->expires < now)
+		e = 0;
+	if (e) {
+		if (e->revision != cfg->revision) {
+			/* Re-judge the flow as its first packet was judged. */
+			const struct ct_key *orig = reply ? &rk : &p.tuple;
+			if (e->flags & CT_F_FROM_PROXY)
+				v.remote = e->remote_identity;
+			else
+				v.remote = ipcache_identity(orig->family,
+							    e->direction == DIR_EGRESS ? orig->daddr : orig->saddr);
+			judge(local, e->direction, orig->protocol, e->policy_port, &v);
+			if (v.reason >= REASON_FIRST_DROP) {
+				if (!(audit_ep || v.audit)) {
+					bpf_map_delete_elem(&membrane_ct, orig);
+					return drop_or_audit(skb, &p, dir, evflags | EV_F_REVALIDATED, ep, local, &v, 0);
+				}
+				e->flags |= CT_F_AUDIT;
+				emit(skb, &p, EVENT_AUDIT, v.reason, dir, evflags | EV_F_REVALIDATED, ep, local, &v);
+			}
+			e->revision = cfg->revision;
+			e->rule_id = v.rule_id;
+			e->proxy_port = v.proxy_port;
+			e->remote_identity = v.remote;
+		}
+		if (p.tuple.protocol == IPPROTO_TCP)
+			ct_tcp(e, p.tcp_flags, reply);
+		e->expires = now + lifetime(cfg, e, p.tuple.protocol);
+		__sync_fetch_and_add(&e->packets, 1);
+		__sync_fetch_and_add(&e->bytes, skb->len);
+		count(reply ? REASON_ALLOW_REPLY : REASON_ALLOW_ESTABLISHED, dir, skb->len);
+		return VERDICT_PASS;
+	}
+
+	if (p.has_inner) {
+		p.inner.ifindex = ifindex;
+		struct ct_key ri;
+		swap_tuple(&ri, &p.inner);
+		struct ct_entry *ie = bpf_map_lookup_elem(&membrane_ct, &p.inner);
+		if (!ie)
+			ie = bpf_map_lookup_elem(&membrane_ct, &ri);
+		if (ie && ie->expires >= now) {
+			count(REASON_ALLOW_RELATED, dir, skb->len);
+			return VERDICT_PASS;
+		}
+	}
+
+	/* A new flow. */
+	if (from_proxy)
+		v.remote = skb->mark & MARK_IDENTITY_MASK;
+	else
+		v.remote = ipcache_identity(p.tuple.family, dir == DIR_EGRESS ? p.tuple.daddr : p.tuple.saddr);
+	judge(local, dir, p.tuple.protocol, p.policy_port, &v);
+	int audited = 0;
+	if (v.reason >= REASON_FIRST_DROP) {
+		if (!(audit_ep || v.audit))
+			return drop_or_audit(skb, &p, dir, evflags, ep, local, &v, 0);
+		drop_or_audit(skb, &p, dir, evflags, ep, local, &v, 1);
+		audited = 1;
+	}
+
+	struct ct_entry ne = {
+		.revision = cfg->revision,
+		.rule_id = v.rule_id,
+		.remote_identity = v.remote,
+		.proxy_port = v.proxy_port,
+		.policy_port = p.policy_port,
+		.direction = dir,
+		.state = CT_SYN,
+		.flags = (audited ? CT_F_AUDIT : 0) | (from_proxy ? CT_F_FROM_PROXY : 0),
+		.packets = 1,
+		.bytes = skb->len,
+	};
+	if (p.tuple.protocol == IPPROTO_TCP && !(p.tcp_flags & TCP_SYN))
+		ne.state = CT_ESTABLISHED; /* picked up mid-stream (e.g. after a restart) */
+	if (p.tuple.protocol == IPPROTO_TCP)
+		ct_tcp(&ne, p.tcp_flags, 0);
+	ne.expires = now + lifetime(cfg, &ne, p.tuple.protocol);
+	bpf_map_update_elem(&membrane_ct, &p.tuple, &ne, BPF_ANY);
+
+	if (audited)
+		return VERDICT_PASS;
+	count(v.reason, dir, skb->len);
+	if (v.proxy_port) {
+		/* L7 next phase: instead of passing, mark the packet with
+		 * MARK_MAGIC_TO_PROXY | proxy port and bpf_redirect it to the
+		 * bridge's ingress, where a second program bpf_sk_assigns it to the
+		 * proxy's transparent socket (design.md "L7"). Until then the flow is
+		 * allowed and reported. */
+		emit(skb, &p, EVENT_REDIRECT, v.reason, dir, evflags, ep, local, &v);
+	} else if (cfg->allow_sample && bpf_get_prandom_u32() % cfg->allow_sample == 0) {
+		emit(skb, &p, EVENT_ALLOW, v.reason, dir, evflags, ep, local, &v);
+	}
+	return VERDICT_PASS;
+}
+
+/* tc ingress of the host-side veth: what the container sends. */
+SEC("tc")
+int membrane_egress(struct __sk_buff *skb)
+{
+	return handle(skb, DIR_EGRESS);
+}
+
+/* tc egress of the host-side veth: what the container receives. */
+SEC("tc")
+int membrane_ingress(struct __sk_buff *skb)
+{
+	return handle(skb, DIR_INGRESS);
+}

@@ -1,0 +1,131 @@
+// Package bpf is Membrane's datapath: the tc eBPF programs that enforce the
+// compiled policy model on every container's host-side veth, their maps, and
+// the typed Go API that loads, pins, attaches and writes them. Nothing outside
+// this package touches a raw *ebpf.Map.
+//
+// # Programs
+//
+// One object (datapath.c, compiled by bpf2go, `make generate`) holds two
+// programs that share every map:
+//
+//   - membrane_egress at tc ingress of the host-side veth: what the container
+//     sends (policy direction egress).
+//   - membrane_ingress at tc egress of the host-side veth: what the container
+//     receives (policy direction ingress).
+//
+// Per packet: ARP and IPv6 neighbour discovery (ICMPv6 133-137) pass; other
+// non-IP ethertypes drop (unsupported-l3); a truncated or invalid IPv4/IPv6
+// header drops (malformed-l3), a truncated TCP/UDP/SCTP/ICMP header drops
+// (malformed-l4); IPv6 extension headers are walked up to 8 deep (deeper:
+// ipv6-ext-headers). The endpoint comes from the endpoints map by the skb's
+// ifindex; an interface not in it is identity init (5) and is dropped
+// (unknown-endpoint) unless Config.UnknownEndpoint is "allow", in which case
+// init's policy judges it. A direction the endpoint does not enforce passes.
+//
+// Fragments: a first fragment is judged like any packet and leaves its ports
+// in the fragments map (keyed by addresses, IP id and protocol); a later
+// fragment takes those ports and so follows its flow (conntrack hit, or the
+// same verdict). A later fragment whose first fragment was never seen drops
+// with reason frag-no-flow.
+//
+// Conntrack: an LRU hash keyed by the 5-tuple plus the interface, so each end
+// of a container-to-container flow keeps its own entry. A hit in the original
+// or reply direction passes (established, reply); an ICMP error quoting a
+// tracked flow passes (related). When the config map's policy revision differs
+// from the revision stored in the entry, the flow is judged again as its first
+// packet was; if the policy now denies it, the packet drops and the entry is
+// deleted (events carry the revalidated flag). TCP entries follow SYN, FIN
+// (both sides) and RST with their own lifetimes (Config.Lifetimes); GC removes
+// expired entries, and an expired entry is never honoured.
+//
+// A new flow gets its remote identity from the ipcache (longest prefix on the
+// peer address; miss: world, 2) — or, on ingress, from skb->mark when the L7
+// proxy sent it (see below) — and is judged by the policy map: the local
+// identity's inner map is searched for the exact remote identity, then for
+// the any-remote entries (longest match on protocol and port each time), as
+// policies.Model documents. No inner map for the identity: allow. Deny drops
+// (policy-deny, or default-deny for the writer's catch-all); in audit mode
+// (endpoint flag, or the entry's audit bit) the drop becomes a pass and an
+// audit event. An allow with a proxy port is a redirect: for now it passes and
+// is counted and reported as redirect; the next phase marks it
+// (MarkToProxy|port) and bpf_redirects it to the bridge, where a second
+// program bpf_sk_assigns it to the proxy (design.md "L7").
+//
+// Passing returns TC_ACT_UNSPEC (TCX_NEXT), so later programs still run.
+//
+// # skb->mark from the proxy
+//
+// The proxy marks upstream traffic MarkFromProxy (0xb7 in the top byte) with
+// the source identity in the low 24 bits. membrane_ingress then takes the
+// remote identity from the mark instead of the ipcache and never redirects the
+// flow again (redirect is allow today). Identities >= 1<<24 (CIDR identities)
+// do not fit; the proxy sends 0 and the ipcache decides. MarkToProxy (0xb6,
+// port in the low 16 bits) is reserved for the redirect.
+//
+// # Maps
+//
+// All maps are pinned by name under Config.PinDir (default
+// /sys/fs/bpf/membrane). Integers are host byte order unless marked (NBO).
+//
+//	membrane_endpoints  hash     u32 ifindex -> endpoint_info{endpoint_id u32, identity u32,
+//	                             flags u32 (1 enforce ingress, 2 enforce egress, 4 audit), pad u32}
+//	membrane_ipcache    LPM trie ipcache_key{prefixlen u32 = 32 + prefix bits, family u8 (4|6),
+//	                             pad [3]u8, addr [16]u8 (IPv4 in the first 4)}
+//	                             -> ipcache_value{identity u32, flags u32}
+//	membrane_policy     hash of maps: u32 local identity -> LPM trie
+//	                             policy_key{prefixlen u32, identity u32 NBO (remote, 0 any),
+//	                             direction u8, protocol u8, port u16 NBO (ICMP: type)}
+//	                             -> policy_value{rule_id u32, proxy_port u16, action u8
+//	                             (0 allow, 1 deny), flags u8 (1 audit, 2 default-deny catch-all)}
+//	                             prefixlen = 32 + 8, + 8 when the entry names a protocol,
+//	                             + the port prefix bits; the writer adds {40, any, dir} ->
+//	                             deny/default for each default-deny direction with no such entry.
+//	membrane_ct         LRU hash ct_key{saddr, daddr [16]u8, sport, dport u16 NBO (ICMP echo:
+//	                             the identifier in both), protocol u8, family u8, pad u16,
+//	                             ifindex u32} -> ct_entry{expires u64 (CLOCK_MONOTONIC ns),
+//	                             packets, bytes u64, revision, rule_id, remote_identity u32,
+//	                             proxy_port, policy_port u16, direction, state (1 syn,
+//	                             2 established, 3 closing), flags u8 (1 audit, 2 from proxy,
+//	                             4/8 FIN seen original/reply), pad [5]u8}
+//	membrane_frag       LRU hash frag_key{saddr, daddr [16]u8, id u32, protocol, family u8,
+//	                             pad u16} -> frag_value{sport, dport u16 NBO, policy_port u16, pad}
+//	membrane_config     array[1] config{abi, revision, flags (1 unknown endpoint allow),
+//	                             allow_sample (1 in N new allowed flows reported; 0 none),
+//	                             lifetime_tcp, lifetime_syn, lifetime_nontcp, lifetime_close
+//	                             (seconds)} — all u32
+//	membrane_counters   per-CPU array, slot reason*2 + direction -> counter{packets, bytes u64};
+//	                             slot 48 counts events lost to a full ring buffer
+//	membrane_events     ring buffer of event{timestamp u64, ifindex, endpoint_id,
+//	                             local_identity, remote_identity, rule_id, len u32, sport,
+//	                             dport, proxy_port u16, type (1 drop, 2 audit, 3 allow,
+//	                             4 redirect), reason, direction, protocol, family, flags
+//	                             (1 revalidated, 2 from proxy, 4 fragment) u8, saddr,
+//	                             daddr [16]u8}
+//
+// # Pins and restarts
+//
+// Under PinDir: the maps, progs/ (the two programs) and links/ (tcx links
+// "tcx_<ifindex>_<hook>", and for legacy tc a pinned program per filter as a
+// marker, "tc_<ifindex>_<hook>"). Open adopts the maps when their layout and
+// ABI match, loads the new programs and swaps them into every pinned
+// attachment at once (tcx link update, tc filter replace). If a pinned map no
+// longer matches (size changed in the config, new layout), the old map pins
+// are removed and fresh maps created; the existing attachments keep running
+// the old programs with the old maps until Attach is called for each
+// interface, which the daemon does after it has filled the new maps — so
+// enforcement never lapses. Close releases the Go objects and leaves pins and
+// attachments in place (enforcement continues with no daemon); Cleanup removes
+// every attachment, filter and pin this package made.
+//
+// # Go API (what the daemon calls)
+//
+//	dp, err := bpf.Open(bpf.Config{PinDir: ..., Attach: "auto", Logger: log})
+//	dp.SetEndpoint(ifindex, bpf.Endpoint{ID: 7, Identity: 300, Flags: bpf.EnforceIngress|bpf.EnforceEgress})
+//	dp.IPCacheSync(map[netip.Prefix]policies.Identity{...}) // endpoints, host (1), model.CIDRs
+//	dp.SyncPolicy(model, proxyPortOf)                       // per-identity atomic swap; bumps the revision
+//	dp.Attach(ifindex)                                      // both hooks; idempotent
+//	r, _ := dp.NewEventReader(); ev, err := r.Read()
+//	dp.Counters(); dp.GC(time.Now()); dp.Close() // or dp.Cleanup() on package removal
+//
+// A full map is returned as an error wrapping ErrMapFull, never dropped.
+package bpf

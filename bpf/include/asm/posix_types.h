@@ -1,0 +1,3 @@
+/* See types.h. */
+#pragma once
+#include <asm-generic/posix_types.h>

@@ -1,0 +1,302 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/membrane-fw/membrane/policies"
+)
+
+// EndpointFlags say what the datapath enforces for an endpoint.
+type EndpointFlags uint32
+
+const (
+	EnforceIngress EndpointFlags = 1
+	EnforceEgress  EndpointFlags = 2
+	Audit          EndpointFlags = 4 // would-be drops pass and are reported
+)
+
+// Endpoint is a container's entry in the endpoints map.
+type Endpoint struct {
+	ID       uint32
+	Identity policies.Identity
+	Flags    EndpointFlags
+}
+
+func wrapFull(err error, what, knob string, size uint32) error {
+	if errors.Is(err, unix.E2BIG) || errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.ENOMEM) {
+		return fmt.Errorf("%s map full (%d entries; raise %s): %w", what, size, knob, ErrMapFull)
+	}
+	return fmt.Errorf("writing %s map: %w", what, err)
+}
+
+// SetEndpoint adds or replaces the endpoint of a host-side interface.
+func (d *Datapath) SetEndpoint(ifindex int, ep Endpoint) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	v := datapathEndpointInfo{EndpointId: ep.ID, Identity: uint32(ep.Identity), Flags: uint32(ep.Flags)}
+	if err := d.objs.MembraneEndpoints.Put(uint32(ifindex), &v); err != nil {
+		return wrapFull(err, "endpoints", "max_endpoints", d.cfg.MaxEndpoints)
+	}
+	return nil
+}
+
+// DeleteEndpoint removes an interface's endpoint; missing is not an error.
+func (d *Datapath) DeleteEndpoint(ifindex int) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.objs.MembraneEndpoints.Delete(uint32(ifindex)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("deleting endpoint %d: %w", ifindex, err)
+	}
+	return nil
+}
+
+// Endpoints returns the endpoints map by ifindex.
+func (d *Datapath) Endpoints() (map[int]Endpoint, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := map[int]Endpoint{}
+	var k uint32
+	var v datapathEndpointInfo
+	it := d.objs.MembraneEndpoints.Iterate()
+	for it.Next(&k, &v) {
+		out[int(k)] = Endpoint{ID: v.EndpointId, Identity: policies.Identity(v.Identity), Flags: EndpointFlags(v.Flags)}
+	}
+	return out, it.Err()
+}
+
+func ipcacheKey(p netip.Prefix) (datapathIpcacheKey, error) {
+	var k datapathIpcacheKey
+	if !p.IsValid() {
+		return k, fmt.Errorf("invalid prefix %v", p)
+	}
+	p = p.Masked()
+	a := p.Addr()
+	if a.Is4() {
+		k.Family = 4
+		b := a.As4()
+		copy(k.Addr[:], b[:])
+	} else {
+		k.Family = 6
+		b := a.As16()
+		copy(k.Addr[:], b[:])
+	}
+	k.Prefixlen = 32 + uint32(p.Bits())
+	return k, nil
+}
+
+func (k datapathIpcacheKey) prefix() netip.Prefix {
+	bits := int(k.Prefixlen) - 32
+	if k.Family == 4 {
+		return netip.PrefixFrom(netip.AddrFrom4([4]byte(k.Addr[:4])), bits)
+	}
+	return netip.PrefixFrom(netip.AddrFrom16(k.Addr), bits)
+}
+
+// IPCacheSet maps a prefix to an identity (IPv4-mapped IPv6 addresses are
+// stored as IPv4).
+func (d *Datapath) IPCacheSet(p netip.Prefix, id policies.Identity) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.ipcacheSet(p, id)
+}
+
+func (d *Datapath) ipcacheSet(p netip.Prefix, id policies.Identity) error {
+	k, err := ipcacheKey(unmapPrefix(p))
+	if err != nil {
+		return err
+	}
+	if err := d.objs.MembraneIpcache.Put(&k, &datapathIpcacheValue{Identity: uint32(id)}); err != nil {
+		return wrapFull(err, "ipcache", "max_ipcache", d.cfg.MaxIPCache)
+	}
+	return nil
+}
+
+func unmapPrefix(p netip.Prefix) netip.Prefix {
+	if p.Addr().Is4In6() && p.Bits() >= 96 {
+		return netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+	}
+	return p
+}
+
+// IPCacheDelete removes a prefix; missing is not an error.
+func (d *Datapath) IPCacheDelete(p netip.Prefix) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	k, err := ipcacheKey(unmapPrefix(p))
+	if err != nil {
+		return err
+	}
+	if err := d.objs.MembraneIpcache.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("deleting ipcache %v: %w", p, err)
+	}
+	return nil
+}
+
+// IPCache returns the ipcache's contents.
+func (d *Datapath) IPCache() (map[netip.Prefix]policies.Identity, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.ipcache()
+}
+
+func (d *Datapath) ipcache() (map[netip.Prefix]policies.Identity, error) {
+	out := map[netip.Prefix]policies.Identity{}
+	var k datapathIpcacheKey
+	var v datapathIpcacheValue
+	it := d.objs.MembraneIpcache.Iterate()
+	for it.Next(&k, &v) {
+		out[k.prefix()] = policies.Identity(v.Identity)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("reading ipcache: %w", err)
+	}
+	return out, nil
+}
+
+// IPCacheSync makes the ipcache hold exactly want, writing only the
+// difference (additions and changes first, then removals).
+func (d *Datapath) IPCacheSync(want map[netip.Prefix]policies.Identity) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	norm := make(map[netip.Prefix]policies.Identity, len(want))
+	for p, id := range want {
+		if !p.IsValid() {
+			return fmt.Errorf("invalid prefix %v", p)
+		}
+		norm[unmapPrefix(p).Masked()] = id
+	}
+	have, err := d.ipcache()
+	if err != nil {
+		return err
+	}
+	if uint32(len(norm)) > d.cfg.MaxIPCache {
+		return fmt.Errorf("ipcache needs %d entries, max_ipcache is %d: %w", len(norm), d.cfg.MaxIPCache, ErrMapFull)
+	}
+	for p, id := range norm {
+		if cur, ok := have[p]; ok && cur == id {
+			continue
+		}
+		if err := d.ipcacheSet(p, id); err != nil {
+			return err
+		}
+	}
+	for p := range have {
+		if _, ok := norm[p]; ok {
+			continue
+		}
+		k, _ := ipcacheKey(p)
+		if err := d.objs.MembraneIpcache.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("deleting ipcache %v: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// Counter is a packet and byte count.
+type Counter struct {
+	Packets uint64
+	Bytes   uint64
+}
+
+// CounterKey names one verdict counter.
+type CounterKey struct {
+	Reason    Reason
+	Direction policies.Direction
+}
+
+// Counters is a snapshot of the verdict counters, summed over CPUs.
+type Counters struct {
+	Verdicts   map[CounterKey]Counter
+	EventsLost uint64 // records the ring buffer had no room for
+}
+
+// Counters reads the per-CPU verdict counters.
+func (d *Datapath) Counters() (Counters, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := Counters{Verdicts: map[CounterKey]Counter{}}
+	var slot uint32
+	var per []datapathCounter
+	it := d.objs.MembraneCounters.Iterate()
+	for it.Next(&slot, &per) {
+		var sum Counter
+		for _, c := range per {
+			sum.Packets += c.Packets
+			sum.Bytes += c.Bytes
+		}
+		if slot == reasonMax*2 {
+			out.EventsLost = sum.Packets
+			continue
+		}
+		if sum.Packets == 0 {
+			continue
+		}
+		out.Verdicts[CounterKey{Reason: Reason(slot / 2), Direction: policies.Direction(slot % 2)}] = sum
+	}
+	if err := it.Err(); err != nil {
+		return out, fmt.Errorf("reading counters: %w", err)
+	}
+	return out, nil
+}
+
+// monotonic converts a wall-clock time to the kernel's CLOCK_MONOTONIC ns
+// (bpf_ktime_get_ns), which conntrack deadlines use.
+func monotonic(t time.Time) uint64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	ns := ts.Nano() + int64(t.Sub(time.Now()))
+	if ns < 0 {
+		return 0
+	}
+	return uint64(ns)
+}
+
+// GC deletes the conntrack entries that have expired at now (pass a later
+// time to expire more) and returns how many it deleted.
+func (d *Datapath) GC(now time.Time) (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	deadline := monotonic(now)
+	var k datapathCtKey
+	var v datapathCtEntry
+	var dead []datapathCtKey
+	it := d.objs.MembraneCt.Iterate()
+	for it.Next(&k, &v) {
+		if v.Expires < deadline {
+			dead = append(dead, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("reading conntrack: %w", err)
+	}
+	n := 0
+	for i := range dead {
+		if err := d.objs.MembraneCt.Delete(&dead[i]); err == nil {
+			n++
+		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return n, fmt.Errorf("deleting conntrack entry: %w", err)
+		}
+	}
+	return n, nil
+}
+
+// ConntrackEntries returns how many conntrack entries exist (expired ones
+// included until GC).
+func (d *Datapath) ConntrackEntries() (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var k datapathCtKey
+	var v datapathCtEntry
+	n := 0
+	it := d.objs.MembraneCt.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	return n, it.Err()
+}

@@ -1,0 +1,203 @@
+package bpf
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"maps"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/membrane-fw/membrane/policies"
+)
+
+const (
+	policyActionAllow = 0
+	policyActionDeny  = 1
+	policyFlagAudit   = 1
+	policyFlagDefault = 2
+)
+
+// SyncStats says what SyncPolicy wrote.
+type SyncStats struct {
+	Replaced  int    // identities whose policy map was swapped
+	Removed   int    // identities whose policy was deleted
+	Unchanged int    // identities left alone
+	Revision  uint32 // revision in force afterwards
+}
+
+func htonl(v uint32) uint32 { return binary.BigEndian.Uint32(binary.NativeEndian.AppendUint32(nil, v)) }
+func htons(v uint16) uint16 { return binary.BigEndian.Uint16(binary.NativeEndian.AppendUint16(nil, v)) }
+
+// policyEntries turns one identity's model into the inner map's contents.
+func policyEntries(ip *policies.IdentityPolicy, proxyPort func(uint32) uint16) (map[datapathPolicyKey]datapathPolicyValue, error) {
+	out := make(map[datapathPolicyKey]datapathPolicyValue, len(ip.Entries)+2)
+	catchAll := [2]bool{}
+	for i, e := range ip.Entries {
+		if e.Direction != policies.Ingress && e.Direction != policies.Egress {
+			return nil, fmt.Errorf("identity %d entry %d: direction %d", ip.Identity, i, e.Direction)
+		}
+		if e.PortPrefix > 16 || (e.Proto == policies.ProtoAny && (e.PortPrefix != 0 || e.Port != 0)) {
+			return nil, fmt.Errorf("identity %d entry %d: proto %v port %d/%d is not a valid prefix", ip.Identity, i, e.Proto, e.Port, e.PortPrefix)
+		}
+		k := datapathPolicyKey{Prefixlen: 40, Identity: htonl(uint32(e.Remote)), Direction: uint8(e.Direction)}
+		if e.Proto != policies.ProtoAny {
+			k.Prefixlen += 8 + uint32(e.PortPrefix)
+			k.Protocol = uint8(e.Proto)
+			mask := uint16(0)
+			if e.PortPrefix > 0 {
+				mask = ^uint16(0) << (16 - e.PortPrefix)
+			}
+			k.Port = htons(e.Port & mask)
+		} else if e.Remote == policies.IdentityAny {
+			catchAll[e.Direction] = true
+		}
+		v := datapathPolicyValue{RuleId: e.RuleID, Action: policyActionAllow}
+		if e.Action == policies.Deny {
+			v.Action = policyActionDeny
+		} else if e.L7 != 0 && proxyPort != nil {
+			v.ProxyPort = proxyPort(e.L7)
+		}
+		if e.Audit || ip.Audit {
+			v.Flags |= policyFlagAudit
+		}
+		if _, dup := out[k]; dup {
+			return nil, fmt.Errorf("identity %d: duplicate entry %s remote %d %v %d/%d", ip.Identity, e.Direction, e.Remote, e.Proto, e.Port, e.PortPrefix)
+		}
+		out[k] = v
+	}
+	for dir, dd := range [2]bool{ip.IngressDefaultDeny, ip.EgressDefaultDeny} {
+		if !dd || catchAll[dir] {
+			continue
+		}
+		v := datapathPolicyValue{Action: policyActionDeny, Flags: policyFlagDefault}
+		if ip.Audit {
+			v.Flags |= policyFlagAudit
+		}
+		out[datapathPolicyKey{Prefixlen: 40, Direction: uint8(dir)}] = v
+	}
+	return out, nil
+}
+
+// SyncPolicy makes the policy maps hold model: every identity whose entries
+// differ gets a freshly filled inner map swapped into the outer map in one
+// update (no packet sees half a policy), identities no longer in the model are
+// removed, and the revision moves on when anything changed so that
+// established flows are judged again. proxyPort maps an L7 ruleset id to the
+// proxy's port (nil, or 0: plain allow). Everything is validated before the
+// first write; on a kernel error the identities already swapped stay swapped.
+func (d *Datapath) SyncPolicy(m *policies.Model, proxyPort func(l7 uint32) uint16) (SyncStats, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var st SyncStats
+	if m == nil {
+		m = &policies.Model{}
+	}
+	want := make(map[policies.Identity]map[datapathPolicyKey]datapathPolicyValue, len(m.Identities))
+	for i := range m.Identities {
+		ip := &m.Identities[i]
+		if _, dup := want[ip.Identity]; dup {
+			return st, fmt.Errorf("model has identity %d twice", ip.Identity)
+		}
+		ents, err := policyEntries(ip, proxyPort)
+		if err != nil {
+			return st, err
+		}
+		if uint32(len(ents)) > d.cfg.MaxPolicyEntries {
+			return st, fmt.Errorf("identity %d needs %d policy entries, max_policy_entries is %d: %w",
+				ip.Identity, len(ents), d.cfg.MaxPolicyEntries, ErrMapFull)
+		}
+		want[ip.Identity] = ents
+	}
+	if uint32(len(want)) > d.cfg.MaxIdentities {
+		return st, fmt.Errorf("policy for %d identities, max_identities is %d: %w", len(want), d.cfg.MaxIdentities, ErrMapFull)
+	}
+	changed := false
+	for id, ents := range want {
+		if cur, ok := d.policy[id]; ok && maps.Equal(cur, ents) {
+			st.Unchanged++
+			continue
+		}
+		if err := d.swapPolicy(id, ents); err != nil {
+			return st, err
+		}
+		d.policy[id] = ents
+		st.Replaced++
+		changed = true
+	}
+	for id := range d.policy {
+		if _, ok := want[id]; ok {
+			continue
+		}
+		if err := d.objs.MembranePolicy.Delete(uint32(id)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return st, fmt.Errorf("removing policy of identity %d: %w", id, err)
+		}
+		delete(d.policy, id)
+		st.Removed++
+		changed = true
+	}
+	var err error
+	if changed {
+		st.Revision, err = d.bumpRevision()
+	} else {
+		var c datapathConfig
+		err = d.objs.MembraneConfig.Lookup(uint32(0), &c)
+		st.Revision = c.Revision
+	}
+	return st, err
+}
+
+func (d *Datapath) swapPolicy(id policies.Identity, ents map[datapathPolicyKey]datapathPolicyValue) error {
+	inner, err := ebpf.NewMap(d.inner)
+	if err != nil {
+		return fmt.Errorf("creating policy map for identity %d: %w", id, err)
+	}
+	defer inner.Close()
+	for k, v := range ents {
+		if err := inner.Put(&k, &v); err != nil {
+			return wrapFull(err, fmt.Sprintf("policy (identity %d)", id), "max_policy_entries", d.cfg.MaxPolicyEntries)
+		}
+	}
+	if err := d.objs.MembranePolicy.Put(uint32(id), inner); err != nil {
+		return wrapFull(err, "policy identities", "max_identities", d.cfg.MaxIdentities)
+	}
+	return nil
+}
+
+// readPolicy fills the mirror from the (possibly adopted) maps.
+func (d *Datapath) readPolicy() error {
+	d.policy = map[policies.Identity]map[datapathPolicyKey]datapathPolicyValue{}
+	var id uint32
+	var innerID uint32
+	var ids []uint32
+	var innerIDs []uint32
+	it := d.objs.MembranePolicy.Iterate()
+	for it.Next(&id, &innerID) {
+		ids = append(ids, id)
+		innerIDs = append(innerIDs, innerID)
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("reading policy map: %w", err)
+	}
+	for i, id := range ids {
+		inner, err := ebpf.NewMapFromID(ebpf.MapID(innerIDs[i]))
+		if err != nil {
+			// Swapped out since we listed it; the next sync rewrites it.
+			continue
+		}
+		ents := map[datapathPolicyKey]datapathPolicyValue{}
+		var k datapathPolicyKey
+		var v datapathPolicyValue
+		iit := inner.Iterate()
+		for iit.Next(&k, &v) {
+			ents[k] = v
+		}
+		err = iit.Err()
+		inner.Close()
+		if err != nil {
+			return fmt.Errorf("reading policy of identity %d: %w", id, err)
+		}
+		d.policy[policies.Identity(id)] = ents
+	}
+	return nil
+}

@@ -1,0 +1,71 @@
+package bpf
+
+import "fmt"
+
+// Reason is why the datapath passed or dropped a packet (enum reason in
+// include/membrane.h).
+type Reason uint8
+
+const (
+	ReasonAllowPolicy      Reason = 0
+	ReasonAllowDefault     Reason = 1
+	ReasonAllowEstablished Reason = 2
+	ReasonAllowReply       Reason = 3
+	ReasonAllowRelated     Reason = 4
+	ReasonAllowNeighbor    Reason = 5
+	ReasonAllowNotEnforced Reason = 6
+	ReasonRedirect         Reason = 7
+	ReasonAudit            Reason = 8
+	ReasonDropPolicy       Reason = 16
+	ReasonDropDefaultDeny  Reason = 17
+	ReasonDropUnknown      Reason = 18
+	ReasonDropMalformedL3  Reason = 19
+	ReasonDropMalformedL4  Reason = 20
+	ReasonDropExtHeaders   Reason = 21
+	ReasonDropFragNoFlow   Reason = 22
+	ReasonDropUnsupported  Reason = 23
+
+	reasonMax       = 24
+	reasonFirstDrop = 16
+)
+
+var reasonNames = map[Reason]string{
+	ReasonAllowPolicy:      "allow-policy",
+	ReasonAllowDefault:     "allow-default",
+	ReasonAllowEstablished: "established",
+	ReasonAllowReply:       "reply",
+	ReasonAllowRelated:     "related",
+	ReasonAllowNeighbor:    "neighbor",
+	ReasonAllowNotEnforced: "not-enforced",
+	ReasonRedirect:         "redirect",
+	ReasonAudit:            "audit",
+	ReasonDropPolicy:       "policy-deny",
+	ReasonDropDefaultDeny:  "default-deny",
+	ReasonDropUnknown:      "unknown-endpoint",
+	ReasonDropMalformedL3:  "malformed-l3",
+	ReasonDropMalformedL4:  "malformed-l4",
+	ReasonDropExtHeaders:   "ipv6-ext-headers",
+	ReasonDropFragNoFlow:   "frag-no-flow",
+	ReasonDropUnsupported:  "unsupported-l3",
+}
+
+func (r Reason) String() string {
+	if n, ok := reasonNames[r]; ok {
+		return n
+	}
+	return fmt.Sprintf("reason-%d", uint8(r))
+}
+
+// Drop reports whether the reason drops the packet.
+func (r Reason) Drop() bool { return r >= reasonFirstDrop }
+
+// Reasons lists every reason, for metrics.
+func Reasons() []Reason {
+	var out []Reason
+	for r := Reason(0); r < reasonMax; r++ {
+		if _, ok := reasonNames[r]; ok {
+			out = append(out, r)
+		}
+	}
+	return out
+}
