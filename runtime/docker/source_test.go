@@ -205,7 +205,7 @@ func checkLifecycles(t *testing.T, evs []endpoint.Event, ids []string) {
 	for _, id := range ids {
 		s := seq[id]
 		bad := len(s) < 2 || s[0] != "added" || s[len(s)-1] != "removed"
-		for _, x := range s[1 : max(len(s)-1, 1)] {
+		for _, x := range s[1:max(len(s)-1, 1)] {
 			if x != "updated" {
 				bad = true
 			}
