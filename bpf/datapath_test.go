@@ -1,12 +1,528 @@
 package bpf
 
 import (
+	"errors"
+	"net/netip"
 	"testing"
+	"time"
+
+	"github.com/membrane-fw/membrane/policies"
 )
 
-func TestLoadAndVerify(t *testing.T) {
-	h := newHarness(t, 1, Config{})
-	if h.dp == nil {
-		t.Fatal("no datapath")
+const (
+	idA policies.Identity = 300
+	idB policies.Identity = 301
+)
+
+var (
+	in  = policies.Ingress
+	out = policies.Egress
+)
+
+// twoEndpoints is a harness with endpoints A (ifs[0]) and B (ifs[1]),
+// enforcing both ways, and their v4/v6 addresses in the ipcache.
+func twoEndpoints(t *testing.T, cfg Config) *harness {
+	h := newHarness(t, 3, cfg)
+	both := EnforceIngress | EnforceEgress
+	must(t, h.dp.SetEndpoint(h.ifs[0], Endpoint{ID: 1, Identity: idA, Flags: both}))
+	must(t, h.dp.SetEndpoint(h.ifs[1], Endpoint{ID: 2, Identity: idB, Flags: both}))
+	must(t, h.dp.IPCacheSync(map[netip.Prefix]policies.Identity{
+		netip.PrefixFrom(addrA, 32):   idA,
+		netip.PrefixFrom(addrB, 32):   idB,
+		netip.PrefixFrom(addrA6, 128): idA,
+		netip.PrefixFrom(addrB6, 128): idB,
+	}))
+	return h
+}
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func entry(dir policies.Direction, remote policies.Identity, proto policies.Proto, port uint16, prefix uint8, act policies.Action, rule uint32) policies.Entry {
+	return policies.Entry{Direction: dir, Remote: remote, Proto: proto, Port: port, PortPrefix: prefix, Action: act, RuleID: rule}
+}
+
+func (h *harness) sync(ips ...policies.IdentityPolicy) SyncStats {
+	h.t.Helper()
+	st, err := h.dp.SyncPolicy(&policies.Model{Identities: ips}, func(l7 uint32) uint16 { return 15000 + uint16(l7) })
+	if err != nil {
+		h.t.Fatalf("SyncPolicy: %v", err)
+	}
+	return st
+}
+
+func (h *harness) expect(dir policies.Direction, ifindex int, p pkt, want Reason) {
+	h.t.Helper()
+	got, _ := h.verdict(dir, ifindex, p.bytes())
+	if got != want {
+		h.t.Errorf("%v %v:%d -> %v:%d proto %d at if %d: got %v, want %v", dir, p.src, p.sport, p.dst, p.dport, p.proto, ifindex, got, want)
+	}
+}
+
+func tcp(src, dst netip.Addr, sport, dport uint16, flags uint8) pkt {
+	return pkt{src: src, dst: dst, proto: 6, sport: sport, dport: dport, tcpFlags: flags}
+}
+
+func udp(src, dst netip.Addr, sport, dport uint16) pkt {
+	return pkt{src: src, dst: dst, proto: 17, sport: sport, dport: dport}
+}
+
+func TestEgressAllowAndDefaultDeny(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	h.sync(policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, Entries: []policies.Entry{
+		entry(out, idB, policies.ProtoTCP, 80, 16, policies.Allow, 7),
+	}})
+	for _, fam := range [][3]netip.Addr{{addrA, addrB, addrW}, {addrA6, addrB6, addrW6}} {
+		a, b, w := fam[0], fam[1], fam[2]
+		h.expect(out, h.ifs[0], tcp(a, b, 40000, 80, tcpSYN), ReasonAllowPolicy)
+		h.expect(out, h.ifs[0], tcp(a, b, 40001, 81, tcpSYN), ReasonDropDefaultDeny)
+		h.expect(out, h.ifs[0], tcp(a, w, 40002, 80, tcpSYN), ReasonDropDefaultDeny)
+		h.expect(out, h.ifs[0], udp(a, b, 40003, 80), ReasonDropDefaultDeny)
+		// B has no policy: everything passes.
+		h.expect(out, h.ifs[1], tcp(b, w, 40004, 443, tcpSYN), ReasonAllowDefault)
+	}
+}
+
+func TestExactRemoteBeforeWildcard(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	h.sync(policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, Entries: []policies.Entry{
+		entry(out, policies.IdentityAny, policies.ProtoTCP, 0, 0, policies.Allow, 1),
+		entry(out, idB, policies.ProtoTCP, 22, 16, policies.Deny, 2),
+	}})
+	h.expect(out, h.ifs[0], tcp(addrA, addrB, 1000, 22, tcpSYN), ReasonDropPolicy)
+	// 80 to B: the exact-remote lookup finds nothing, the wildcard allows.
+	h.expect(out, h.ifs[0], tcp(addrA, addrB, 1001, 80, tcpSYN), ReasonAllowPolicy)
+	h.expect(out, h.ifs[0], tcp(addrA, addrW, 1002, 22, tcpSYN), ReasonAllowPolicy)
+	h.expect(out, h.ifs[0], udp(addrA, addrW, 1003, 53), ReasonDropDefaultDeny)
+}
+
+func TestPortRangePrefixes(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	// 8080/13 is 8080-8087; 0/1 is 0-32767 for udp.
+	h.sync(policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, Entries: []policies.Entry{
+		entry(out, idB, policies.ProtoTCP, 8080, 13, policies.Allow, 1),
+		entry(out, idB, policies.ProtoUDP, 0, 1, policies.Allow, 2),
+		entry(out, idB, policies.ProtoTCP, 8084, 16, policies.Deny, 3),
+	}})
+	h.expect(out, h.ifs[0], tcp(addrA, addrB, 1, 8080, tcpSYN), ReasonAllowPolicy)
+	h.expect(out, h.ifs[0], tcp(addrA, addrB, 1, 8087, tcpSYN), ReasonAllowPolicy)
+	h.expect(out, h.ifs[0], tcp(addrA, addrB, 1, 8084, tcpSYN), ReasonDropPolicy)
+	h.expect(out, h.ifs[0], tcp(addrA, addrB, 1, 8088, tcpSYN), ReasonDropDefaultDeny)
+	h.expect(out, h.ifs[0], tcp(addrA, addrB, 1, 8079, tcpSYN), ReasonDropDefaultDeny)
+	h.expect(out, h.ifs[0], udp(addrA, addrB, 1, 32767), ReasonAllowPolicy)
+	h.expect(out, h.ifs[0], udp(addrA, addrB, 1, 32768), ReasonDropDefaultDeny)
+}
+
+func TestEveryProtocolBothFamilies(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	h.sync(policies.IdentityPolicy{Identity: idB, IngressDefaultDeny: true, Entries: []policies.Entry{
+		entry(in, idA, policies.ProtoTCP, 80, 16, policies.Allow, 1),
+		entry(in, idA, policies.ProtoUDP, 53, 16, policies.Allow, 2),
+		entry(in, idA, policies.ProtoSCTP, 9000, 16, policies.Allow, 3),
+		entry(in, idA, policies.ProtoICMP, 8, 16, policies.Allow, 4),
+		entry(in, idA, policies.ProtoICMPv6, 128, 16, policies.Allow, 5),
+		entry(in, policies.IdentityWorld, policies.ProtoAny, 0, 0, policies.Allow, 6),
+	}})
+	for _, fam := range [][2]netip.Addr{{addrA, addrB}, {addrA6, addrB6}} {
+		a, b := fam[0], fam[1]
+		h.expect(in, h.ifs[1], tcp(a, b, 5, 80, tcpSYN), ReasonAllowPolicy)
+		h.expect(in, h.ifs[1], tcp(a, b, 5, 81, tcpSYN), ReasonDropDefaultDeny)
+		h.expect(in, h.ifs[1], udp(a, b, 5, 53), ReasonAllowPolicy)
+		h.expect(in, h.ifs[1], udp(a, b, 5, 54), ReasonDropDefaultDeny)
+		h.expect(in, h.ifs[1], pkt{src: a, dst: b, proto: 132, sport: 5, dport: 9000}, ReasonAllowPolicy)
+		h.expect(in, h.ifs[1], pkt{src: a, dst: b, proto: 132, sport: 5, dport: 9001}, ReasonDropDefaultDeny)
+		// Other protocols (GRE) only match any-protocol entries.
+		h.expect(in, h.ifs[1], pkt{src: a, dst: b, proto: 47}, ReasonDropDefaultDeny)
+	}
+	h.expect(in, h.ifs[1], pkt{src: addrA, dst: addrB, proto: 1, icmpType: 8, icmpID: 9}, ReasonAllowPolicy)
+	h.expect(in, h.ifs[1], pkt{src: addrA, dst: addrB, proto: 1, icmpType: 13, icmpID: 9}, ReasonDropDefaultDeny)
+	h.expect(in, h.ifs[1], pkt{src: addrA6, dst: addrB6, proto: 58, icmpType: 128, icmpID: 9}, ReasonAllowPolicy)
+	h.expect(in, h.ifs[1], pkt{src: addrA6, dst: addrB6, proto: 58, icmpType: 130, icmpID: 9}, ReasonDropDefaultDeny)
+	// World may do anything.
+	h.expect(in, h.ifs[1], pkt{src: addrW, dst: addrB, proto: 47}, ReasonAllowPolicy)
+	h.expect(in, h.ifs[1], udp(addrW6, addrB6, 5, 5), ReasonAllowPolicy)
+}
+
+func TestConntrackRepliesAndEstablished(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	h.sync(policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, IngressDefaultDeny: true, Entries: []policies.Entry{
+		entry(out, idB, policies.ProtoTCP, 80, 16, policies.Allow, 1),
+		entry(out, policies.IdentityAny, policies.ProtoICMP, 8, 16, policies.Allow, 2),
+	}})
+	syn := tcp(addrA, addrB, 33000, 80, tcpSYN)
+	h.expect(out, h.ifs[0], syn, ReasonAllowPolicy)
+	synack := syn.reverse()
+	synack.tcpFlags = tcpSYN | tcpACK
+	h.expect(in, h.ifs[0], synack, ReasonAllowReply)
+	ack := syn
+	ack.tcpFlags = tcpACK
+	h.expect(out, h.ifs[0], ack, ReasonAllowEstablished)
+	// The same tuple started by B is not a reply at B's own interface.
+	h.expect(in, h.ifs[0], tcp(addrB, addrA, 80, 33001, tcpSYN), ReasonDropDefaultDeny)
+
+	echo := pkt{src: addrA, dst: addrW, proto: 1, icmpType: 8, icmpID: 77}
+	h.expect(out, h.ifs[0], echo, ReasonAllowPolicy)
+	h.expect(in, h.ifs[0], echo.reverse(), ReasonAllowReply)
+	other := echo.reverse()
+	other.icmpID = 78
+	h.expect(in, h.ifs[0], other, ReasonDropDefaultDeny)
+}
+
+func TestRelatedICMPErrors(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	h.sync(policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, IngressDefaultDeny: true, Entries: []policies.Entry{
+		entry(out, policies.IdentityAny, policies.ProtoUDP, 53, 16, policies.Allow, 1),
+	}})
+	for _, fam := range [][2]netip.Addr{{addrA, addrW}, {addrA6, addrW6}} {
+		a, w := fam[0], fam[1]
+		q := udp(a, w, 5353, 53)
+		h.expect(out, h.ifs[0], q, ReasonAllowPolicy)
+		typ, proto := uint8(3), uint8(1)
+		if a.Is6() {
+			typ, proto = 1, 58
+		}
+		icmpErr := pkt{src: w, dst: a, proto: proto, icmpType: typ, payload: q.ip()}
+		h.expect(in, h.ifs[0], icmpErr, ReasonAllowRelated)
+		unrelated := udp(a, w, 5354, 53)
+		icmpErr.payload = unrelated.ip()
+		h.expect(in, h.ifs[0], icmpErr, ReasonDropDefaultDeny)
+	}
+}
+
+func TestPolicyChangeCutsEstablishedFlows(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	allow := func(ports ...uint16) policies.IdentityPolicy {
+		ip := policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true}
+		for _, p := range ports {
+			ip.Entries = append(ip.Entries, entry(out, idB, policies.ProtoTCP, p, 16, policies.Allow, uint32(p)))
+		}
+		return ip
+	}
+	st := h.sync(allow(80, 443))
+	kept := tcp(addrA, addrB, 1000, 443, tcpSYN)
+	cut := tcp(addrA, addrB, 1001, 80, tcpSYN)
+	h.expect(out, h.ifs[0], kept, ReasonAllowPolicy)
+	h.expect(out, h.ifs[0], cut, ReasonAllowPolicy)
+	kept.tcpFlags, cut.tcpFlags = tcpACK, tcpACK
+	h.expect(out, h.ifs[0], cut, ReasonAllowEstablished)
+
+	reader, err := h.dp.NewEventReader()
+	must(t, err)
+	defer reader.Close()
+	st2 := h.sync(allow(443))
+	if st2.Revision == st.Revision || st2.Replaced != 1 {
+		t.Fatalf("sync stats %+v after %+v", st2, st)
+	}
+	h.expect(out, h.ifs[0], kept, ReasonAllowEstablished)
+	h.expect(out, h.ifs[0], cut, ReasonDropDefaultDeny)
+	ev := readEvent(t, reader)
+	if !ev.Revalidated || ev.Reason != ReasonDropDefaultDeny || ev.Dst.Port() != 80 {
+		t.Errorf("event %+v", ev)
+	}
+	// The entry is gone: the reply direction is now judged afresh too.
+	rep := cut.reverse()
+	h.expect(in, h.ifs[0], rep, ReasonAllowDefault)
+	// Unchanged sync: nothing rewritten, revision stays.
+	st3 := h.sync(allow(443))
+	if st3.Replaced != 0 || st3.Unchanged != 1 || st3.Revision != st2.Revision {
+		t.Errorf("idempotent sync: %+v", st3)
+	}
+}
+
+func readEvent(t *testing.T, r *EventReader) Event {
+	t.Helper()
+	r.SetDeadline(time.Now().Add(2 * time.Second))
+	ev, err := r.Read()
+	if err != nil {
+		t.Fatalf("reading event: %v", err)
+	}
+	return ev
+}
+
+func TestMalformedPackets(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	ok := tcp(addrA, addrB, 1, 80, tcpSYN)
+	// BPF_PROG_TEST_RUN refuses frames shorter than the fixed IP header,
+	// so truncation is shown with headers that claim more than is there.
+	// IHL of 60 bytes in a 40-byte packet.
+	b := ok.bytes()
+	b[14] = 0x4f
+	if r, pass := h.verdict(out, h.ifs[0], b); r != ReasonDropMalformedL3 || pass {
+		t.Errorf("IHL beyond the packet: %v", r)
+	}
+	// IPv4 total length beyond the packet.
+	b = ok.bytes()
+	b[14+2], b[14+3] = 0x05, 0xdc
+	if r, _ := h.verdict(out, h.ifs[0], b); r != ReasonDropMalformedL3 {
+		t.Errorf("long tot_len: %v", r)
+	}
+	// IHL < 5.
+	b = ok.bytes()
+	b[14] = 0x44
+	if r, _ := h.verdict(out, h.ifs[0], b); r != ReasonDropMalformedL3 {
+		t.Errorf("ihl 4: %v", r)
+	}
+	bad := ok
+	bad.badVersion = true
+	h.expect(out, h.ifs[0], bad, ReasonDropMalformedL3)
+	bad6 := tcp(addrA6, addrB6, 1, 80, tcpSYN)
+	bad6.badVersion = true
+	h.expect(out, h.ifs[0], bad6, ReasonDropMalformedL3)
+	b = tcp(addrA6, addrB6, 1, 80, tcpSYN).bytes()
+	b[14+4], b[14+5] = 0, 21 // payload length one more than there is
+	if r, _ := h.verdict(out, h.ifs[0], b); r != ReasonDropMalformedL3 {
+		t.Errorf("short IPv6: %v", r)
+	}
+	for _, p := range []pkt{
+		tcp(addrA, addrB, 1, 80, tcpSYN), tcp(addrA6, addrB6, 1, 80, tcpSYN),
+		udp(addrA, addrB, 1, 53), {src: addrA, dst: addrB, proto: 132, sport: 1, dport: 2},
+		{src: addrA, dst: addrB, proto: 1, icmpType: 8}, {src: addrA6, dst: addrB6, proto: 58, icmpType: 128},
+	} {
+		p.truncL4 = 3
+		h.expect(out, h.ifs[0], p, ReasonDropMalformedL4)
+	}
+	// TCP with only 14 of its 20 header bytes.
+	p := tcp(addrA, addrB, 1, 80, tcpSYN)
+	p.truncL4 = 6
+	h.expect(out, h.ifs[0], p, ReasonDropMalformedL4)
+	// Non-IP.
+	h.expect(out, h.ifs[0], pkt{src: addrA, dst: addrB, proto: 6, etherType: 0x88cc}, ReasonDropUnsupported)
+}
+
+func TestIPv6ExtensionHeaders(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	h.sync(policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, Entries: []policies.Entry{
+		entry(out, idB, policies.ProtoTCP, 80, 16, policies.Allow, 1),
+	}})
+	p := tcp(addrA6, addrB6, 1, 80, tcpSYN)
+	p.v6ExtHeader = []uint8{0, 60, 43}
+	h.expect(out, h.ifs[0], p, ReasonAllowPolicy)
+	p.dport = 81
+	h.expect(out, h.ifs[0], p, ReasonDropDefaultDeny)
+	p.v6ExtHeader = []uint8{60, 60, 60, 60, 60, 60, 60, 60, 60}
+	h.expect(out, h.ifs[0], p, ReasonDropExtHeaders)
+	p.v6ExtHeader = []uint8{60}
+	p.truncL4 = 20 // the whole TCP header is gone
+	h.expect(out, h.ifs[0], p, ReasonDropMalformedL4)
+}
+
+func TestFragmentsFollowTheirFlow(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	h.sync(policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, Entries: []policies.Entry{
+		entry(out, idB, policies.ProtoUDP, 53, 16, policies.Allow, 1),
+	}})
+	for i, fam := range [][2]netip.Addr{{addrA, addrB}, {addrA6, addrB6}} {
+		a, b := fam[0], fam[1]
+		first := udp(a, b, 999, 53)
+		first.moreFrags, first.fragID = true, uint32(100+i)
+		first.payload = make([]byte, 16)
+		h.expect(out, h.ifs[0], first, ReasonAllowPolicy)
+		later := first
+		later.moreFrags, later.fragOff = false, 3
+		h.expect(out, h.ifs[0], later, ReasonAllowEstablished)
+
+		denied := udp(a, b, 999, 54)
+		denied.moreFrags, denied.fragID = true, uint32(200+i)
+		denied.payload = make([]byte, 16)
+		h.expect(out, h.ifs[0], denied, ReasonDropDefaultDeny)
+		dl := denied
+		dl.moreFrags, dl.fragOff = false, 3
+		h.expect(out, h.ifs[0], dl, ReasonDropDefaultDeny)
+
+		orphan := later
+		orphan.fragID = uint32(300 + i)
+		h.expect(out, h.ifs[0], orphan, ReasonDropFragNoFlow)
+	}
+}
+
+func TestNeighbourDiscoveryAndARPPass(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	h.sync(policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, IngressDefaultDeny: true})
+	arp := make([]byte, 14+28)
+	arp[12], arp[13] = 0x08, 0x06
+	if r, pass := h.verdict(out, h.ifs[0], arp); r != ReasonAllowNeighbor || !pass {
+		t.Errorf("ARP: %v", r)
+	}
+	for _, typ := range []uint8{133, 134, 135, 136, 137} {
+		h.expect(in, h.ifs[0], pkt{src: addrW6, dst: addrA6, proto: 58, icmpType: typ}, ReasonAllowNeighbor)
+	}
+	h.expect(in, h.ifs[0], pkt{src: addrW6, dst: addrA6, proto: 58, icmpType: 128}, ReasonDropDefaultDeny)
+}
+
+func TestAuditPassesAndReports(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	h.sync(
+		policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, Audit: true},
+		policies.IdentityPolicy{Identity: idB, Entries: []policies.Entry{
+			func() policies.Entry {
+				e := entry(in, policies.IdentityAny, policies.ProtoTCP, 22, 16, policies.Deny, 9)
+				e.Audit = true
+				return e
+			}(),
+			entry(in, policies.IdentityAny, policies.ProtoTCP, 23, 16, policies.Deny, 10),
+		}},
+	)
+	r, err := h.dp.NewEventReader()
+	must(t, err)
+	defer r.Close()
+	p := tcp(addrA, addrW, 1, 443, tcpSYN)
+	h.expect(out, h.ifs[0], p, ReasonAudit)
+	ev := readEvent(t, r)
+	if ev.Type != EventAudit || ev.Reason != ReasonDropDefaultDeny || ev.LocalIdentity != idA || ev.RemoteIdentity != policies.IdentityWorld {
+		t.Errorf("audit event %+v", ev)
+	}
+	p.tcpFlags = tcpACK
+	h.expect(out, h.ifs[0], p, ReasonAllowEstablished)
+	h.expect(in, h.ifs[1], tcp(addrW, addrB, 1, 22, tcpSYN), ReasonAudit)
+	h.expect(in, h.ifs[1], tcp(addrW, addrB, 1, 23, tcpSYN), ReasonDropPolicy)
+	// Endpoint-wide audit flag.
+	must(t, h.dp.SetEndpoint(h.ifs[1], Endpoint{ID: 2, Identity: idB, Flags: EnforceIngress | Audit}))
+	h.expect(in, h.ifs[1], tcp(addrW, addrB, 2, 23, tcpSYN), ReasonAudit)
+	// Not enforcing egress: passes untouched.
+	h.expect(out, h.ifs[1], tcp(addrB, addrW, 2, 23, tcpSYN), ReasonAllowNotEnforced)
+}
+
+func TestUnknownEndpoint(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	unknown := h.ifs[2]
+	h.expect(out, unknown, tcp(addrA, addrW, 1, 80, tcpSYN), ReasonDropUnknown)
+	must(t, h.dp.SetUnknownEndpoint(UnknownAllow))
+	h.expect(out, unknown, tcp(addrA, addrW, 2, 80, tcpSYN), ReasonAllowDefault)
+	h.sync(policies.IdentityPolicy{Identity: policies.IdentityInit, EgressDefaultDeny: true, Entries: []policies.Entry{
+		entry(out, policies.IdentityAny, policies.ProtoUDP, 53, 16, policies.Allow, 1),
+	}})
+	h.expect(out, unknown, tcp(addrA, addrW, 3, 80, tcpSYN), ReasonDropDefaultDeny)
+	h.expect(out, unknown, udp(addrA, addrW, 3, 53), ReasonAllowPolicy)
+	// ARP always passes, known or not.
+	must(t, h.dp.SetUnknownEndpoint(UnknownDrop))
+	arp := make([]byte, 14+28)
+	arp[12], arp[13] = 0x08, 0x06
+	if r, _ := h.verdict(out, unknown, arp); r != ReasonAllowNeighbor {
+		t.Errorf("ARP from unknown endpoint: %v", r)
+	}
+}
+
+func TestRedirectAndFromProxyMark(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	l7 := entry(in, idA, policies.ProtoTCP, 80, 16, policies.Allow, 4)
+	l7.L7 = 2
+	h.sync(policies.IdentityPolicy{Identity: idB, IngressDefaultDeny: true, Entries: []policies.Entry{l7}})
+	r, err := h.dp.NewEventReader()
+	must(t, err)
+	defer r.Close()
+	h.expect(in, h.ifs[1], tcp(addrA, addrB, 1, 80, tcpSYN), ReasonRedirect)
+	ev := readEvent(t, r)
+	if ev.Type != EventRedirect || ev.ProxyPort != 15002 || ev.RuleID != 4 {
+		t.Errorf("redirect event %+v", ev)
+	}
+	// The proxy connects from the host's address, marked with A's identity.
+	fromProxy := tcp(addrW, addrB, 2, 80, tcpSYN)
+	mark := uint32(0xb7000000) | uint32(idA)
+	if got, _ := h.verdictMark(in, h.ifs[1], mark, fromProxy.bytes()); got != ReasonRedirect {
+		t.Errorf("marked: %v", got)
+	}
+	fromProxy.sport = 3
+	h.expect(in, h.ifs[1], fromProxy, ReasonDropDefaultDeny)
+}
+
+func TestEventFields(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	h.sync(policies.IdentityPolicy{Identity: idA, Entries: []policies.Entry{
+		entry(out, idB, policies.ProtoUDP, 5000, 16, policies.Deny, 42),
+	}})
+	r, err := h.dp.NewEventReader()
+	must(t, err)
+	defer r.Close()
+	h.expect(out, h.ifs[0], udp(addrA6, addrB6, 4000, 5000), ReasonDropPolicy)
+	ev := readEvent(t, r)
+	want := Event{Type: EventDrop, Reason: ReasonDropPolicy, Direction: out, Ifindex: h.ifs[0], EndpointID: 1,
+		LocalIdentity: idA, RemoteIdentity: idB, RuleID: 42, Proto: policies.ProtoUDP,
+		Src: netip.AddrPortFrom(addrA6, 4000), Dst: netip.AddrPortFrom(addrB6, 5000), Len: ev.Len}
+	ev.Time = time.Time{}
+	if ev != want {
+		t.Errorf("event\n got %+v\nwant %+v", ev, want)
+	}
+	if ev.Reason.String() != "policy-deny" || ev.Type.String() != "drop" {
+		t.Errorf("names %s %s", ev.Reason, ev.Type)
+	}
+}
+
+func TestConntrackLifetimesAndGC(t *testing.T) {
+	h := twoEndpoints(t, Config{Lifetimes: Lifetimes{Close: 5 * time.Second, SYN: 30 * time.Second, TCP: time.Hour}})
+	flow := tcp(addrA, addrB, 1, 80, tcpSYN)
+	h.expect(out, h.ifs[0], flow, ReasonAllowDefault)
+	rst := flow.reverse()
+	rst.tcpFlags = tcpRST
+	h.expect(in, h.ifs[0], rst, ReasonAllowReply)
+	long := tcp(addrA, addrB, 2, 80, tcpSYN)
+	h.expect(out, h.ifs[0], long, ReasonAllowDefault)
+	sa := long.reverse()
+	sa.tcpFlags = tcpSYN | tcpACK
+	h.expect(in, h.ifs[0], sa, ReasonAllowReply)
+	n, err := h.dp.ConntrackEntries()
+	must(t, err)
+	if n != 2 {
+		t.Fatalf("%d conntrack entries, want 2", n)
+	}
+	if n, err := h.dp.GC(time.Now()); err != nil || n != 0 {
+		t.Fatalf("GC now: %d %v", n, err)
+	}
+	// After 6 s the reset flow is gone, the established one stays an hour.
+	if n, err := h.dp.GC(time.Now().Add(6 * time.Second)); err != nil || n != 1 {
+		t.Fatalf("GC +6s: %d %v", n, err)
+	}
+	if n, err := h.dp.GC(time.Now().Add(2 * time.Hour)); err != nil || n != 1 {
+		t.Fatalf("GC +2h: %d %v", n, err)
+	}
+}
+
+func TestFullMapsAreErrors(t *testing.T) {
+	h := newHarness(t, 1, Config{MaxEndpoints: 2, MaxPolicyEntries: 2, MaxIdentities: 1, MaxIPCache: 2})
+	must(t, h.dp.SetEndpoint(10, Endpoint{Identity: 300}))
+	must(t, h.dp.SetEndpoint(11, Endpoint{Identity: 301}))
+	if err := h.dp.SetEndpoint(12, Endpoint{Identity: 302}); !errors.Is(err, ErrMapFull) {
+		t.Errorf("third endpoint: %v", err)
+	}
+	_, err := h.dp.SyncPolicy(&policies.Model{Identities: []policies.IdentityPolicy{{Identity: 300, Entries: []policies.Entry{
+		entry(out, 1, 6, 1, 16, 0, 1), entry(out, 1, 6, 2, 16, 0, 1), entry(out, 1, 6, 3, 16, 0, 1),
+	}}}}, nil)
+	if !errors.Is(err, ErrMapFull) {
+		t.Errorf("too many entries: %v", err)
+	}
+	_, err = h.dp.SyncPolicy(&policies.Model{Identities: []policies.IdentityPolicy{{Identity: 300}, {Identity: 301}}}, nil)
+	if !errors.Is(err, ErrMapFull) {
+		t.Errorf("too many identities: %v", err)
+	}
+	err = h.dp.IPCacheSync(map[netip.Prefix]policies.Identity{
+		netip.MustParsePrefix("10.0.0.1/32"): 1, netip.MustParsePrefix("10.0.0.2/32"): 1, netip.MustParsePrefix("10.0.0.3/32"): 1,
+	})
+	if !errors.Is(err, ErrMapFull) {
+		t.Errorf("ipcache: %v", err)
+	}
+}
+
+func TestIPCacheLongestPrefix(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	must(t, h.dp.IPCacheSet(netip.MustParsePrefix("192.0.2.0/24"), 1<<24))
+	must(t, h.dp.IPCacheSet(netip.MustParsePrefix("192.0.2.8/29"), 1<<24+1))
+	h.sync(policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, Entries: []policies.Entry{
+		entry(out, 1<<24, policies.ProtoAny, 0, 0, policies.Allow, 1),
+	}})
+	h.expect(out, h.ifs[0], udp(addrA, netip.MustParseAddr("192.0.2.1"), 1, 1), ReasonAllowPolicy)
+	h.expect(out, h.ifs[0], udp(addrA, addrW, 1, 1), ReasonDropDefaultDeny) // .9 is in the /29
+	got, err := h.dp.IPCache()
+	must(t, err)
+	if got[netip.MustParsePrefix("192.0.2.8/29")] != 1<<24+1 || len(got) != 6 {
+		t.Errorf("ipcache %v", got)
+	}
+	// Sync removes what is not wanted.
+	must(t, h.dp.IPCacheSync(map[netip.Prefix]policies.Identity{netip.PrefixFrom(addrA, 32): idA}))
+	got, _ = h.dp.IPCache()
+	if len(got) != 1 {
+		t.Errorf("after sync %v", got)
 	}
 }
