@@ -20,6 +20,10 @@ audit_selector = ""
 unknown_endpoint = "drop"
 
 attach    = "auto" # auto | tcx | tc
+
+# Bridges whose container veths are enforced (shell patterns). Containers on
+# other networks are not managed. Default: Docker's, Compose's and CNI's.
+bridges = ["docker0", "br-*", "cni0", "cni-*", "cbr0", "nerdctl*"]
 log_level = "info" # debug | info | warn | error
 
 identity_grace  = "5m"  # unused identities keep their number this long

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -16,6 +17,8 @@ import (
 	"github.com/hashicorp/hcl/v2/gohcl"
 	"github.com/hashicorp/hcl/v2/hclparse"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
+
+	"github.com/membrane-fw/membrane/policies"
 )
 
 // DefaultPath is where membraned looks for its configuration when --config
@@ -63,6 +66,9 @@ type Config struct {
 	UnknownEndpoint string
 	Attach          string
 	LogLevel        slog.Level
+	// Bridges are shell patterns of the bridges whose veths are enforced;
+	// nil means the link watcher's defaults (docker0, br-*, cni0, ...).
+	Bridges []string
 
 	// IdentityGrace is how long an unused identity is kept before its
 	// number is released.
@@ -221,20 +227,21 @@ func errorsOnly(diags hcl.Diagnostics) hcl.Diagnostics {
 // The schema: pointers mark optional attributes; the *Range fields keep the
 // attribute positions for validation errors.
 type fileSchema struct {
-	PolicyDir       *string `hcl:"policy_dir"`
-	StateDir        *string `hcl:"state_dir"`
-	BPFFSDir        *string `hcl:"bpffs_dir"`
-	APISocket       *string `hcl:"api_socket"`
-	APIGroup        *string `hcl:"api_group"`
-	Enforcement     *string `hcl:"enforcement"`
-	Audit           *bool   `hcl:"audit"`
-	AuditSelector   *string `hcl:"audit_selector"`
-	UnknownEndpoint *string `hcl:"unknown_endpoint"`
-	Attach          *string `hcl:"attach"`
-	LogLevel        *string `hcl:"log_level"`
-	IdentityGrace   *string `hcl:"identity_grace"`
-	ResyncInterval  *string `hcl:"resync_interval"`
-	PolicyDebounce  *string `hcl:"policy_debounce"`
+	PolicyDir       *string   `hcl:"policy_dir"`
+	StateDir        *string   `hcl:"state_dir"`
+	BPFFSDir        *string   `hcl:"bpffs_dir"`
+	APISocket       *string   `hcl:"api_socket"`
+	APIGroup        *string   `hcl:"api_group"`
+	Enforcement     *string   `hcl:"enforcement"`
+	Audit           *bool     `hcl:"audit"`
+	AuditSelector   *string   `hcl:"audit_selector"`
+	UnknownEndpoint *string   `hcl:"unknown_endpoint"`
+	Attach          *string   `hcl:"attach"`
+	LogLevel        *string   `hcl:"log_level"`
+	Bridges         *[]string `hcl:"bridges"`
+	IdentityGrace   *string   `hcl:"identity_grace"`
+	ResyncInterval  *string   `hcl:"resync_interval"`
+	PolicyDebounce  *string   `hcl:"policy_debounce"`
 
 	Runtimes []runtimeSchema `hcl:"runtime,block"`
 	Labels   []labelsSchema  `hcl:"labels,block"`
@@ -325,6 +332,14 @@ func compile(raw *fileSchema, body hcl.Body) (*Config, hcl.Diagnostics) {
 		default:
 			errAt(top["log_level"], fmt.Sprintf("invalid log_level %q", *raw.LogLevel), `must be one of "debug", "info", "warn", "error"`)
 		}
+	}
+	if raw.Bridges != nil {
+		for _, b := range *raw.Bridges {
+			if _, err := path.Match(b, ""); err != nil || b == "" {
+				errAt(top["bridges"], fmt.Sprintf("invalid bridge pattern %q", b), "must be an interface name or a shell pattern like \"br-*\"")
+			}
+		}
+		cfg.Bridges = *raw.Bridges
 	}
 	if raw.Audit != nil {
 		cfg.Audit = *raw.Audit
@@ -502,6 +517,9 @@ func short(r hcl.Range) string {
 	return fmt.Sprintf("%s:%d", r.Filename, r.Start.Line)
 }
 
-// checkSelector validates audit_selector. It is a variable so that the
-// policy language's selector parser is the single authority once wired.
-var checkSelector = func(s string) error { return nil }
+// checkSelector validates audit_selector with the policy language's own
+// selector parser, so the config accepts exactly what policies accept.
+func checkSelector(s string) error {
+	_, err := policies.ParseSelector(s)
+	return err
+}

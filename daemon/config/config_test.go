@@ -38,6 +38,7 @@ audit            = true
 audit_selector   = "env=staging"
 unknown_endpoint = "allow"
 attach           = "tc"
+bridges          = ["docker0", "br-*"]
 log_level        = "debug"
 identity_grace   = "30s"
 
@@ -70,6 +71,9 @@ metrics {
 	}
 	if cfg.Enforcement != "always" || !cfg.Audit || cfg.AuditSelector != "env=staging" || cfg.UnknownEndpoint != "allow" || cfg.Attach != "tc" || cfg.LogLevel != slog.LevelDebug {
 		t.Errorf("modes: %+v", cfg)
+	}
+	if strings.Join(cfg.Bridges, ",") != "docker0,br-*" {
+		t.Errorf("bridges %v", cfg.Bridges)
 	}
 	if cfg.IdentityGrace != 30*time.Second {
 		t.Errorf("grace %v", cfg.IdentityGrace)
@@ -109,6 +113,8 @@ func TestInvalidConfigsNamePosition(t *testing.T) {
 		{"map too small", "maps {\n  endpoints = 1\n}\n", "m.hcl:2:3: error: maps.endpoints = 1 is out of range"},
 		{"ring not power of two", "maps {\n  events = 5000\n}\n", "m.hcl:2:3: error: maps.events = 5000 is not a valid ring buffer size"},
 		{"bad listen", "metrics {\n  listen = \"9964\"\n}\n", `m.hcl:2:3: error: invalid metrics listen address "9964"`},
+		{"bad bridge pattern", "bridges = [\"br-[\"]\n", `m.hcl:1:1: error: invalid bridge pattern "br-["`},
+		{"bad audit selector", "audit_selector = \"app in (\"\n", `m.hcl:1:1: error: invalid audit_selector`},
 		{"bad duration", "identity_grace = \"soon\"\n", `m.hcl:1:1: error: invalid identity_grace "soon"`},
 		{"unknown attr in block", "maps {\n  endpoint = 5\n}\n", "m.hcl:2:3: error: Unsupported argument"},
 	} {

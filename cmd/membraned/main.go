@@ -1,0 +1,111 @@
+// Command membraned is Membrane's daemon: it gives every container a
+// security identity from its labels and enforces the policies of its
+// policy directory with eBPF on the containers' veths.
+//
+//	membraned [--config PATH]            run (systemd: Type=notify)
+//	membraned --config PATH --cleanup    remove every pin and attachment
+//	membraned --check-config [--config PATH]
+//
+// Exit codes: 0 stopped by a signal (or --cleanup done); 1 error (an
+// invalid config is printed FILE:LINE:COL: error: ...); 2 usage error.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/membrane-fw/membrane/daemon"
+	"github.com/membrane-fw/membrane/daemon/config"
+	"github.com/membrane-fw/membrane/internal/version"
+)
+
+func main() {
+	// Signal handling starts before anything slow: a SIGTERM during start-up
+	// cancels the start cleanly.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stderr))
+}
+
+func run(ctx context.Context, args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("membraned", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", config.DefaultPath, "configuration file (HCL)")
+	cleanup := fs.Bool("cleanup", false, "remove every pinned map, program and attachment, then exit (package removal)")
+	check := fs.Bool("check-config", false, "validate the configuration and exit")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	logFormat := fs.String("log-format", "text", "log format: text or json")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: membraned [--config PATH] [--cleanup | --check-config] [--log-format text|json]\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "membraned: unexpected argument %q\n", fs.Arg(0))
+		fs.Usage()
+		return 2
+	}
+	if *showVersion {
+		fmt.Fprintln(os.Stdout, "membraned", version.Version)
+		return 0
+	}
+	if *logFormat != "text" && *logFormat != "json" {
+		fmt.Fprintf(stderr, "membraned: --log-format %q: want text or json\n", *logFormat)
+		return 2
+	}
+	explicit := false
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "config" {
+			explicit = true
+		}
+	})
+	cfg, err := config.Load(*cfgPath, explicit)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		fmt.Fprintf(stderr, "membraned: invalid configuration; not starting\n")
+		return 1
+	}
+	if *check {
+		fmt.Fprintf(os.Stdout, "%s: configuration is valid\n", orDefaults(cfg.Path))
+		return 0
+	}
+	hopts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	var h slog.Handler = slog.NewTextHandler(stderr, hopts)
+	if *logFormat == "json" {
+		h = slog.NewJSONHandler(stderr, hopts)
+	}
+	log := slog.New(h)
+	if *cleanup {
+		if err := daemon.Cleanup(cfg); err != nil {
+			fmt.Fprintf(stderr, "membraned: cleanup: %v\n", err)
+			return 1
+		}
+		log.Info("removed every pin and attachment", "bpffs_dir", cfg.BPFFSDir)
+		return 0
+	}
+	log.Info("membraned starting", "version", version.Version, "config", orDefaults(cfg.Path), "policy_dir", cfg.PolicyDir)
+	if err := daemon.Run(ctx, cfg, daemon.Options{Logger: log}); err != nil {
+		fmt.Fprintf(stderr, "membraned: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func orDefaults(p string) string {
+	if p == "" {
+		return "(defaults)"
+	}
+	return p
+}

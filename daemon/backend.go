@@ -1,0 +1,199 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/membrane-fw/membrane/daemon/api"
+	"github.com/membrane-fw/membrane/policies"
+)
+
+// backend serves the API from the reconciler's published view; writes go
+// to the reconciler as requests.
+type backend struct{ r *reconciler }
+
+var reservedNames = []struct {
+	id   policies.Identity
+	name string
+}{
+	{policies.IdentityUnknown, "unknown"}, {policies.IdentityHost, "host"}, {policies.IdentityWorld, "world"},
+	{policies.IdentityUnmanaged, "unmanaged"}, {policies.IdentityInit, "init"},
+}
+
+func parseAddr(s string) (netip.Addr, error) { return netip.ParseAddr(s) }
+
+func (b *backend) Status() api.Status        { return b.r.view.get().status }
+func (b *backend) Endpoints() []api.Endpoint { return b.r.view.get().endpoints }
+func (b *backend) Identities() []api.Identity {
+	return b.r.view.get().identities
+}
+func (b *backend) Policy() api.Policy { return b.r.view.get().policy }
+
+func (b *backend) Endpoint(ref string) (api.Endpoint, bool) {
+	ep := findEndpoint(b.r.view.get(), ref)
+	if ep == nil {
+		return api.Endpoint{}, false
+	}
+	return *ep, true
+}
+
+// findEndpoint resolves an endpoint id, container name, container id or
+// unique container id prefix (as docker accepts).
+func findEndpoint(v *view, ref string) *api.Endpoint {
+	ref = strings.TrimPrefix(ref, "/")
+	if n, err := strconv.ParseUint(ref, 10, 32); err == nil {
+		for i := range v.endpoints {
+			if v.endpoints[i].ID == uint32(n) {
+				return &v.endpoints[i]
+			}
+		}
+	}
+	var prefix *api.Endpoint
+	ambiguous := false
+	for i := range v.endpoints {
+		e := &v.endpoints[i]
+		for _, c := range e.Containers {
+			if c.Name == ref || c.ID == ref {
+				return e
+			}
+			if len(ref) >= 4 && strings.HasPrefix(c.ID, ref) {
+				if prefix != nil && prefix != e {
+					ambiguous = true
+				}
+				prefix = e
+			}
+		}
+	}
+	if ambiguous {
+		return nil
+	}
+	return prefix
+}
+
+func (b *backend) Flows(ctx context.Context, follow bool) ([]api.Flow, <-chan api.Flow) {
+	return b.r.flows.Flows(ctx, follow)
+}
+
+func (b *backend) ReloadPolicies(ctx context.Context) error {
+	var perr *api.PolicyError
+	err := b.r.do(ctx, func(context.Context) error {
+		b.r.loadPolicies(time.Now())
+		perr = b.r.policyErr
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if perr != nil {
+		var lines []string
+		for _, d := range perr.Diagnostics {
+			lines = append(lines, fmt.Sprintf("%s:%d:%d: %s: %s", d.File, d.Line, d.Column, d.Severity, d.Summary))
+		}
+		return &api.BadRequestError{Err: fmt.Errorf("%s\n%s", perr.Message, strings.Join(lines, "\n"))}
+	}
+	return nil
+}
+
+func (b *backend) Resync(ctx context.Context) error {
+	return b.r.do(ctx, func(context.Context) error {
+		b.r.fullSync("api")
+		return nil
+	})
+}
+
+// Trace evaluates one connection with the reference evaluator against the
+// live state: the enforced set, the current endpoints and host addresses.
+func (b *backend) Trace(ctx context.Context, req api.TraceRequest) (api.TraceResult, error) {
+	v := b.r.view.get()
+	if v.set == nil {
+		return api.TraceResult{}, fmt.Errorf("no valid policy set is loaded (see `membrane status`)")
+	}
+	from, fromPeer, err := tracePeer(v, "from", req.FromContainer, req.FromLabels, req.FromEntity, req.FromIP)
+	if err != nil {
+		return api.TraceResult{}, err
+	}
+	to, toPeer, err := tracePeer(v, "to", req.ToContainer, req.ToLabels, req.ToEntity, req.ToIP)
+	if err != nil {
+		return api.TraceResult{}, err
+	}
+	conn := policies.Connection{From: from, To: to, Port: req.Port}
+	switch strings.ToLower(req.Proto) {
+	case "", "any":
+		conn.Proto = policies.ProtoAny
+	case "tcp":
+		conn.Proto = policies.ProtoTCP
+	case "udp":
+		conn.Proto = policies.ProtoUDP
+	case "sctp":
+		conn.Proto = policies.ProtoSCTP
+	case "icmp":
+		conn.Proto = policies.ProtoICMP
+	case "icmpv6":
+		conn.Proto = policies.ProtoICMPv6
+	default:
+		return api.TraceResult{}, &api.BadRequestError{Err: fmt.Errorf("protocol %q: want tcp, udp, sctp, icmp or icmpv6", req.Proto)}
+	}
+	if req.ICMPType != nil {
+		conn.ICMPType = *req.ICMPType
+	}
+	if req.HTTPMethod != "" || req.HTTPPath != "" {
+		conn.HTTP = &policies.HTTPRequest{Method: req.HTTPMethod, Path: req.HTTPPath, Host: req.HTTPHost, Headers: req.HTTPHeaders}
+	}
+	env := v.env
+	res := v.set.Evaluate(&env, conn)
+	raw, err := json.Marshal(res)
+	if err != nil {
+		return api.TraceResult{}, err
+	}
+	return api.TraceResult{From: fromPeer, To: toPeer, Result: raw, Text: string(res.Verdict)}, nil
+}
+
+func tracePeer(v *view, side, container string, labels map[string]string, entity, ip string) (policies.Peer, api.Peer, error) {
+	n := 0
+	for _, s := range []bool{container != "", labels != nil, entity != "", ip != ""} {
+		if s {
+			n++
+		}
+	}
+	if n != 1 {
+		return policies.Peer{}, api.Peer{}, &api.BadRequestError{Err: fmt.Errorf("name the %s end exactly one way: container, labels, entity or ip", side)}
+	}
+	switch {
+	case container != "":
+		ep := findEndpoint(v, container)
+		if ep == nil {
+			return policies.Peer{}, api.Peer{}, fmt.Errorf("%s container %q is not a managed endpoint (see `membrane endpoint list`): %w", side, container, api.ErrNotFound)
+		}
+		ap := api.Peer{Identity: ep.Identity, Container: container}
+		if len(ep.Addresses) > 0 {
+			ap.IP = ep.Addresses[0]
+		}
+		if ep.HostNetwork {
+			return policies.Peer{Entity: policies.EntityHost}, ap, nil
+		}
+		l := v.labels[policies.Identity(ep.Identity)]
+		ap.Labels = l
+		return policies.Peer{Labels: l}, ap, nil
+	case labels != nil:
+		return policies.Peer{Labels: labels}, api.Peer{Labels: labels}, nil
+	case entity != "":
+		e := policies.Entity(entity)
+		switch e {
+		case policies.EntityHost, policies.EntityWorld, policies.EntityInit:
+		default:
+			return policies.Peer{}, api.Peer{}, &api.BadRequestError{Err: fmt.Errorf("%s entity %q: want host, world or init", side, entity)}
+		}
+		return policies.Peer{Entity: e}, api.Peer{}, nil
+	default:
+		a, err := netip.ParseAddr(ip)
+		if err != nil {
+			return policies.Peer{}, api.Peer{}, &api.BadRequestError{Err: fmt.Errorf("%s ip: %w", side, err)}
+		}
+		return policies.Peer{IP: a}, api.Peer{IP: a.String()}, nil
+	}
+}

@@ -1,0 +1,166 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/membrane-fw/membrane/bpf"
+	"github.com/membrane-fw/membrane/daemon/api"
+	"github.com/membrane-fw/membrane/daemon/config"
+	"github.com/membrane-fw/membrane/daemon/identity"
+	"github.com/membrane-fw/membrane/daemon/metrics"
+	"github.com/membrane-fw/membrane/daemon/notify"
+	"github.com/membrane-fw/membrane/policies"
+	"github.com/membrane-fw/membrane/runtime/docker"
+	"github.com/membrane-fw/membrane/runtime/endpoint"
+	"github.com/membrane-fw/membrane/runtime/linkwatch"
+)
+
+// Options are the parts of a daemon that tests and later phases replace.
+type Options struct {
+	Logger *slog.Logger
+	// ProxyPort maps an L7 ruleset id to the proxy's listening port. The
+	// L7 proxy is wired in a later phase; nil means 0 (plain allow).
+	ProxyPort func(l7 uint32) uint16
+	// Ready is called once after the first full reconcile (besides
+	// READY=1 to systemd).
+	Ready func()
+}
+
+// Run runs membraned until ctx is cancelled. The datapath stays in place
+// when it returns.
+func Run(ctx context.Context, cfg *config.Config, opts Options) error {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	notifier := notify.New(log)
+	defer notifier.Stopping()
+
+	var auditSel *policies.Selector
+	if cfg.AuditSelector != "" {
+		s, err := policies.ParseSelector(cfg.AuditSelector)
+		if err != nil {
+			return fmt.Errorf("audit_selector: %w", err)
+		}
+		auditSel = &s
+	}
+
+	ids, err := identity.Open(cfg.StateDir, identity.Options{Grace: cfg.IdentityGrace})
+	if err != nil {
+		return err
+	}
+	dp, err := bpf.Open(bpf.Config{
+		PinDir:           cfg.BPFFSDir,
+		Attach:           bpf.AttachMode(cfg.Attach),
+		MaxEndpoints:     uint32(cfg.Maps.Endpoints),
+		MaxIPCache:       uint32(cfg.Maps.IPCache),
+		MaxIdentities:    uint32(cfg.Maps.Policy),
+		MaxPolicyEntries: uint32(cfg.Maps.PolicyEntries),
+		MaxConntrack:     uint32(cfg.Maps.Conntrack),
+		EventsBytes:      uint32(cfg.Maps.Events),
+		UnknownEndpoint:  bpf.UnknownVerdict(cfg.UnknownEndpoint),
+		Logger:           log,
+	})
+	if err != nil {
+		return fmt.Errorf("opening the datapath: %w", err)
+	}
+	defer dp.Close() // keeps pins and attachments: enforcement continues
+
+	filter := endpoint.LabelFilter{Include: cfg.Labels.Include, Exclude: cfg.Labels.Exclude}
+
+	r := newReconciler(cfg, log.With("subsys", "reconcile"), dp, ids, filter, auditSel, opts.ProxyPort)
+	r.notifier = notifier
+	r.onReady = opts.Ready
+
+	m := metrics.New(metrics.Sampler{Verdicts: r.sampleVerdicts, Maps: r.sampleMaps})
+	r.metrics = m
+
+	var sources []namedSource
+	var resolvers []linkwatch.Resolver
+	if cfg.Docker.Enabled {
+		host := ""
+		if cfg.Docker.Socket != "" {
+			host = "unix://" + cfg.Docker.Socket
+		}
+		ds := docker.New(docker.Config{Host: host, Logger: log})
+		sources = append(sources, namedSource{name: "docker", src: ds})
+		resolvers = append(resolvers, ds)
+	}
+	sources = append(sources, extraSources(cfg, log, &resolvers)...)
+	bridges := cfg.Bridges
+	if bridges == nil {
+		bridges = linkwatch.DefaultBridges
+	}
+	r.bridges = bridges
+	lw, err := linkwatch.New(linkwatch.Config{Bridges: bridges, Resolvers: resolvers, Logger: log})
+	if err != nil {
+		return err
+	}
+	r.sources = sources
+	r.links = lw
+
+	srv, err := api.NewServer(api.Options{Socket: cfg.APISocket, Group: cfg.APIGroup, Logger: log.With("subsys", "api")}, &backend{r: r})
+	if err != nil {
+		return err
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	for _, s := range sources {
+		g.Go(func() error {
+			if err := s.src.Run(gctx); err != nil {
+				return fmt.Errorf("%s: %w", s.name, err)
+			}
+			return nil
+		})
+	}
+	g.Go(func() error { return lw.Run(gctx) })
+	g.Go(func() error {
+		return watchPolicyDir(gctx, cfg.PolicyDir, cfg.PolicyDebounce, r.requestPolicyReload, log)
+	})
+	g.Go(func() error { return watchHostAddrs(gctx, r.requestHostAddrs, log) })
+	g.Go(func() error { return r.readEvents(gctx) })
+	g.Go(func() error { return srv.Serve(gctx) })
+	g.Go(func() error {
+		if err := m.Serve(gctx, cfg.Metrics.Listen, log); err != nil {
+			return fmt.Errorf("metrics on %s: %w", cfg.Metrics.Listen, err)
+		}
+		return nil
+	})
+	g.Go(func() error { return r.run(gctx) })
+	err = g.Wait()
+	if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled)) {
+		log.Info("membraned stopped; the datapath stays in place")
+		return nil
+	}
+	return err
+}
+
+// Cleanup removes every pin and attachment of the datapath in cfg's bpffs
+// directory (package removal), and the API socket.
+func Cleanup(cfg *config.Config) error {
+	err := bpf.Cleanup(cfg.BPFFSDir)
+	if rerr := os.Remove(cfg.APISocket); rerr != nil && !errors.Is(rerr, os.ErrNotExist) && err == nil {
+		err = rerr
+	}
+	return err
+}
+
+type namedSource struct {
+	name string
+	src  endpoint.Source
+}
+
+// extraSources builds the runtime sources besides Docker (containerd).
+func extraSources(cfg *config.Config, log *slog.Logger, resolvers *[]linkwatch.Resolver) []namedSource {
+	return containerdSource(cfg, log, resolvers)
+}
+
+// sinceMillis is a helper for logging durations.
+func sinceMillis(t time.Time) float64 { return float64(time.Since(t).Microseconds()) / 1000 }

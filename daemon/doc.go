@@ -1,0 +1,31 @@
+// Package daemon is membraned: it owns the lifecycle and the reconcile loop,
+// the only writer of kernel state.
+//
+// Run opens the identity store and the datapath (adopting the pins a
+// previous membraned left, so enforcement never lapses), then runs its
+// subsystems under one errgroup: the runtime sources (Docker, containerd),
+// the link watcher, the policy-directory watcher, the host-address watcher,
+// the flow-event reader, the local API and the metrics endpoint. They only
+// send requests; the reconciler goroutine applies them to the datapath in
+// order:
+//
+//   - a veth appearing on a managed bridge gets the programs at once
+//     (fail-closed: until its endpoint is known its traffic is identity
+//     init, dropped by default);
+//   - an endpoint event allocates the identity of its label set, updates
+//     the ipcache, recompiles the policy model when the identity set
+//     changed, and only then writes the endpoint map entry, so the first
+//     packet judged under the endpoint's identity already meets its policy;
+//   - a policy change (fsnotify, debounced) loads the directory as one set:
+//     an invalid set is rejected whole, logged with positions, shown in
+//     status and metrics, and the last good set stays enforced;
+//   - host address changes go to the ipcache as identity host (1);
+//   - a periodic full resync rewrites everything from scratch (idempotent)
+//     and prunes what is no longer wanted; conntrack GC runs with it.
+//
+// READY=1 goes to systemd after the first full reconcile, which waits for
+// the runtime sources' first list and the link watcher's first scan.
+// Cancellation of Run's context is the normal way to stop: pins and
+// attachments stay (SIGTERM never drops protection); Cleanup removes them
+// (package removal).
+package daemon

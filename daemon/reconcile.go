@@ -1,0 +1,816 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"path"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/membrane-fw/membrane/bpf"
+	"github.com/membrane-fw/membrane/daemon/api"
+	"github.com/membrane-fw/membrane/daemon/config"
+	"github.com/membrane-fw/membrane/daemon/identity"
+	"github.com/membrane-fw/membrane/daemon/metrics"
+	"github.com/membrane-fw/membrane/daemon/notify"
+	"github.com/membrane-fw/membrane/internal/version"
+	"github.com/membrane-fw/membrane/policies"
+	"github.com/membrane-fw/membrane/runtime/endpoint"
+	"github.com/membrane-fw/membrane/runtime/linkwatch"
+)
+
+// syncWait is how long the first reconcile waits for the runtime sources'
+// first list before membraned reports ready without them. Until they have
+// listed, the pinned datapath is left as the previous daemon wrote it:
+// nothing is pruned on partial knowledge.
+const syncWait = 20 * time.Second
+
+// reconciler is the only writer of kernel state. Everything in the "loop
+// state" block is touched by its goroutine alone; readers see the
+// immutable view it publishes after every change.
+type reconciler struct {
+	cfg       *config.Config
+	log       *slog.Logger
+	dp        *bpf.Datapath
+	ids       *identity.Store
+	filter    endpoint.LabelFilter
+	auditSel  *policies.Selector
+	proxyPort func(uint32) uint16
+	notifier  *notify.Notifier
+	onReady   func()
+	metrics   *metrics.Metrics
+	sources   []namedSource
+	links     *linkwatch.Watcher
+	flows     *api.FlowHub
+	bridges   []string // managed bridge patterns
+	startedAt time.Time
+
+	reqs chan request
+
+	// loop state
+	eps        map[string]*epState // by runtime endpoint id
+	veths      map[int]linkwatch.Event
+	nextEpID   uint32
+	set        *policies.Set
+	setFiles   []string
+	setLoaded  time.Time
+	revision   uint64
+	policyErr  *api.PolicyError
+	model      *policies.Model
+	modelKey   string
+	hostAddrs  []netip.Prefix
+	synced     bool // every source listed once: pruning is safe
+	reconciled bool
+	lastSync   time.Time
+	problems   map[string]string // current datapath problems by key
+	lastStatus string
+
+	view viewHolder
+}
+
+type epState struct {
+	ep       endpoint.Endpoint
+	id       uint32
+	identity policies.Identity
+	labels   policies.Labels // identity-relevant
+	audit    bool
+	ifaces   []int // host ifindexes written to the endpoints map
+}
+
+type request struct {
+	fn   func(ctx context.Context) error
+	done chan error
+}
+
+func newReconciler(cfg *config.Config, log *slog.Logger, dp *bpf.Datapath, ids *identity.Store, filter endpoint.LabelFilter, auditSel *policies.Selector, proxyPort func(uint32) uint16) *reconciler {
+	if proxyPort == nil {
+		// The L7 proxy is a later phase: connections that need it are
+		// plainly allowed until it is wired here.
+		proxyPort = func(uint32) uint16 { return 0 }
+	}
+	r := &reconciler{
+		cfg: cfg, log: log, dp: dp, ids: ids, filter: filter, auditSel: auditSel, proxyPort: proxyPort,
+		flows:     api.NewFlowHub(4096),
+		startedAt: time.Now(),
+		reqs:      make(chan request, 64),
+		eps:       map[string]*epState{},
+		veths:     map[int]linkwatch.Event{},
+		nextEpID:  1,
+		problems:  map[string]string{},
+	}
+	r.publish()
+	return r
+}
+
+// do runs fn on the reconciler's goroutine and waits for it.
+func (r *reconciler) do(ctx context.Context, fn func(ctx context.Context) error) error {
+	req := request{fn: fn, done: make(chan error, 1)}
+	select {
+	case r.reqs <- req:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-req.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// send queues fn without waiting (watchers).
+func (r *reconciler) send(ctx context.Context, fn func(ctx context.Context) error) {
+	select {
+	case r.reqs <- request{fn: fn}:
+	case <-ctx.Done():
+	}
+}
+
+func (r *reconciler) requestPolicyReload(ctx context.Context, since time.Time) {
+	r.send(ctx, func(context.Context) error {
+		r.loadPolicies(since)
+		return nil
+	})
+}
+
+func (r *reconciler) requestHostAddrs(ctx context.Context, addrs []netip.Prefix) {
+	r.send(ctx, func(context.Context) error {
+		r.hostAddrs = addrs
+		if r.synced {
+			r.syncIPCache()
+		}
+		r.publish()
+		return nil
+	})
+}
+
+// run is the reconcile loop.
+func (r *reconciler) run(ctx context.Context) error {
+	// The policy set first: the first reconcile must enforce it.
+	r.loadPolicies(time.Now())
+
+	allSynced := make(chan struct{})
+	go func() {
+		for _, s := range r.sources {
+			select {
+			case <-s.src.Synced():
+			case <-ctx.Done():
+				return
+			}
+		}
+		select {
+		case <-r.links.Ready():
+		case <-ctx.Done():
+			return
+		}
+		close(allSynced)
+	}()
+	syncTimer := time.NewTimer(syncWait)
+	defer syncTimer.Stop()
+
+	resync := time.NewTicker(r.cfg.ResyncInterval)
+	defer resync.Stop()
+	var watchdog <-chan time.Time
+	if iv := r.notifier.WatchdogInterval(); iv > 0 {
+		t := time.NewTicker(iv)
+		defer t.Stop()
+		watchdog = t.C
+	}
+	srcEvents := make(chan endpoint.Event)
+	for _, s := range r.sources {
+		go func() {
+			for ev := range s.src.Events() {
+				select {
+				case srcEvents <- ev:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}()
+	}
+	linkEvents := r.links.Events()
+
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-allSynced:
+			allSynced = nil
+			r.synced = true
+			r.fullSync("initial")
+			r.markReady()
+		case <-syncTimer.C:
+			if !r.reconciled {
+				r.log.Warn("runtime sources have not listed their containers yet; keeping the pinned datapath as it is until they do")
+				r.problems["sources"] = "runtime sources not synced yet (is dockerd running?)"
+				r.fullSync("initial-partial")
+				r.markReady()
+			}
+		case ev := <-srcEvents:
+			start := time.Now()
+			r.applyEndpointEvent(ev)
+			r.observe("endpoint", start, ev.Time)
+		case ev, ok := <-linkEvents:
+			if !ok {
+				linkEvents = nil
+				continue
+			}
+			start := time.Now()
+			r.applyLinkEvent(ev)
+			r.observe("link", start, ev.Time)
+		case req := <-r.reqs:
+			err := req.fn(ctx)
+			if req.done != nil {
+				req.done <- err
+			}
+		case <-resync.C:
+			r.fullSync("periodic")
+		case <-watchdog:
+			r.notifier.Watchdog()
+		}
+	}
+}
+
+func (r *reconciler) markReady() {
+	if r.reconciled {
+		return
+	}
+	r.reconciled = true
+	r.publish()
+	r.notifier.Ready()
+	r.log.Info("first reconcile done", "endpoints", len(r.eps), "identities", r.ids.Len(), "policy_revision", r.revision)
+	if r.onReady != nil {
+		r.onReady()
+	}
+}
+
+func (r *reconciler) observe(kind string, start, evTime time.Time) {
+	r.metrics.ReconcileDuration.WithLabelValues(kind).Observe(time.Since(start).Seconds())
+	if !evTime.IsZero() {
+		r.metrics.EventLag.WithLabelValues(kind).Observe(time.Since(evTime).Seconds())
+	}
+}
+
+// problem records (err != nil) or clears a datapath problem under key.
+func (r *reconciler) problem(key, op string, err error) {
+	if err == nil {
+		delete(r.problems, key)
+		return
+	}
+	r.problems[key] = err.Error()
+	r.metrics.DatapathErrors.WithLabelValues(op).Inc()
+	lvl := slog.LevelWarn
+	if errors.Is(err, bpf.ErrMapFull) {
+		lvl = slog.LevelError
+	}
+	r.log.Log(context.Background(), lvl, "datapath write failed", "op", op, "key", key, "err", err)
+}
+
+// ---- policies
+
+func (r *reconciler) loadPolicies(since time.Time) {
+	start := time.Now()
+	files, _ := policies.ListDir(r.cfg.PolicyDir)
+	set, rep := policies.Load(r.cfg.PolicyDir)
+	if rep.HasErrors() || set == nil {
+		pe := &api.PolicyError{Time: time.Now(), Message: "policy set rejected; the last good set stays enforced"}
+		for _, d := range rep.Diagnostics {
+			pe.Diagnostics = append(pe.Diagnostics, api.Diagnostic{
+				File: d.Pos.File, Line: d.Pos.Line, Column: d.Pos.Column,
+				Severity: d.Severity, Summary: d.Summary, Detail: d.Detail,
+			})
+			if d.Severity == policies.SeverityError {
+				r.log.Error("invalid policy", "pos", d.Pos.String(), "summary", d.Summary, "detail", d.Detail)
+			}
+		}
+		if len(rep.Diagnostics) == 0 {
+			pe.Message = "policy directory " + r.cfg.PolicyDir + " could not be loaded"
+		}
+		r.policyErr = pe
+		r.metrics.PolicyLoadErrors.Inc()
+		r.metrics.PolicyLoadFailing.Set(1)
+		r.log.Error("policy set rejected; the last good set stays enforced", "dir", r.cfg.PolicyDir, "errors", len(rep.Errors()), "revision", r.revision)
+		r.publish()
+		return
+	}
+	for _, d := range rep.Warnings() {
+		r.log.Warn("policy warning", "pos", d.Pos.String(), "summary", d.Summary)
+	}
+	r.policyErr = nil
+	r.metrics.PolicyLoadFailing.Set(0)
+	r.set = set
+	r.setFiles = files
+	r.setLoaded = time.Now()
+	r.revision++
+	r.metrics.PolicyRevision.Set(float64(r.revision))
+	r.metrics.Policies.Set(float64(len(set.Policies)))
+	r.log.Info("policy set loaded", "dir", r.cfg.PolicyDir, "policies", len(set.Policies), "revision", r.revision)
+	if r.synced || r.reconciled {
+		r.recompile(true)
+		r.syncIPCache()
+	}
+	r.publish()
+	r.metrics.ReconcileDuration.WithLabelValues("policy").Observe(time.Since(start).Seconds())
+	r.metrics.EventLag.WithLabelValues("policy").Observe(time.Since(since).Seconds())
+}
+
+// localIdentities returns the allocated identities of the current
+// endpoints with their labels, sorted.
+func (r *reconciler) localIdentities() []policies.IdentityLabels {
+	seen := map[policies.Identity]bool{}
+	var out []policies.IdentityLabels
+	for _, st := range r.eps {
+		if st.identity < policies.FirstAllocated || seen[st.identity] {
+			continue
+		}
+		seen[st.identity] = true
+		out = append(out, policies.IdentityLabels{Identity: st.identity, Labels: st.labels})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Identity < out[j].Identity })
+	return out
+}
+
+// recompile compiles the model for the current identities and writes the
+// difference to the policy maps. force recompiles even when the identity
+// set is unchanged (the policy set changed).
+func (r *reconciler) recompile(force bool) {
+	if !r.synced {
+		// Without the full endpoint list a model would lack identities and
+		// SyncPolicy would remove their policies: keep the pinned ones.
+		return
+	}
+	locals := r.localIdentities()
+	var kb strings.Builder
+	for _, il := range locals {
+		kb.WriteString(strconv.FormatUint(uint64(il.Identity), 10))
+		kb.WriteByte(',')
+	}
+	key := kb.String()
+	if !force && key == r.modelKey && r.model != nil {
+		return
+	}
+	if r.set == nil {
+		// No valid set was ever loaded by this daemon: the pinned policy
+		// maps (the previous daemon's last good set) stay as they are.
+		return
+	}
+	m, err := policies.Compile(r.set, locals, policies.CompileOptions{
+		Enforcement: r.cfg.Enforcement, Audit: r.cfg.Audit, AuditSelector: r.auditSel,
+	})
+	if err != nil {
+		r.problem("compile", "compile", err)
+		return
+	}
+	r.problem("compile", "compile", nil)
+	stats, err := r.dp.SyncPolicy(m, r.proxyPort)
+	r.problem("policy", "sync-policy", err)
+	if err != nil {
+		return
+	}
+	r.model = m
+	r.modelKey = key
+	r.log.Debug("policy maps synced", "identities", len(locals), "stats", fmt.Sprintf("%+v", stats))
+}
+
+// ---- endpoints
+
+func (r *reconciler) endpointFlags(st *epState) bpf.EndpointFlags {
+	var f bpf.EndpointFlags
+	if r.cfg.Enforcement != config.EnforcementNever {
+		f |= bpf.EnforceIngress | bpf.EnforceEgress
+	}
+	if st.audit {
+		f |= bpf.Audit
+	}
+	return f
+}
+
+func (r *reconciler) applyEndpointEvent(ev endpoint.Event) {
+	switch ev.Type {
+	case endpoint.Removed:
+		st, ok := r.eps[ev.Endpoint.ID]
+		if !ok {
+			return
+		}
+		delete(r.eps, ev.Endpoint.ID)
+		if r.synced {
+			for _, ifx := range st.ifaces {
+				// The veth keeps its programs while it exists (fail-closed);
+				// without an endpoint entry it is judged as init.
+				r.problem(fmt.Sprintf("endpoint/%d", ifx), "delete-endpoint", r.dp.DeleteEndpoint(ifx))
+			}
+			r.syncIPCache()
+			r.updateIdentityUse()
+			r.recompile(false)
+		}
+		r.log.Info("endpoint removed", "endpoint", ev.Endpoint.ID, "containers", containerNames(ev.Endpoint))
+	default:
+		st := r.eps[ev.Endpoint.ID]
+		if st == nil {
+			st = &epState{id: r.nextEpID}
+			r.nextEpID++
+			r.eps[ev.Endpoint.ID] = st
+		}
+		st.ep = ev.Endpoint.Clone()
+		if st.ep.NetworkMode == endpoint.ModeHost {
+			// Processes in the host namespace are the host entity.
+			st.identity = policies.IdentityHost
+			st.labels = nil
+		} else {
+			st.labels = policies.Labels(endpoint.IdentityLabels(st.ep.Labels, r.filter))
+			id, err := r.ids.Allocate(st.labels)
+			r.problem("identity/"+ev.Endpoint.ID, "allocate-identity", err)
+			if err != nil {
+				return
+			}
+			st.identity = id
+		}
+		st.audit = r.cfg.Audit || (r.auditSel != nil && r.auditSel.Matches(st.labels))
+		if r.synced {
+			r.updateIdentityUse()
+			// Order matters for the first packet: the ipcache and the
+			// policy of the new identity first, then the endpoint entry
+			// that makes the datapath judge the veth under that identity.
+			r.syncIPCache()
+			r.recompile(false)
+			r.writeEndpoint(st)
+		}
+		r.log.Info("endpoint "+string(ev.Type), "endpoint", ev.Endpoint.ID, "containers", containerNames(ev.Endpoint), "identity", st.identity, "ifaces", st.ep.HostIfindexes())
+	}
+	r.publish()
+}
+
+// writeEndpoint puts st's interfaces into the endpoints map and attaches
+// the programs (idempotent), and removes interfaces it no longer has.
+func (r *reconciler) writeEndpoint(st *epState) {
+	if st.ep.NetworkMode == endpoint.ModeHost {
+		return
+	}
+	var now []int
+	for _, itf := range st.ep.Interfaces {
+		if itf.HostIfindex > 0 && r.managed(itf) {
+			now = append(now, itf.HostIfindex)
+		}
+	}
+	for _, ifx := range now {
+		e := bpf.Endpoint{ID: st.id, Identity: st.identity, Flags: r.endpointFlags(st)}
+		r.problem(fmt.Sprintf("endpoint/%d", ifx), "set-endpoint", r.dp.SetEndpoint(ifx, e))
+		r.problem(fmt.Sprintf("attach/%d", ifx), "attach", r.dp.Attach(ifx))
+	}
+	for _, old := range st.ifaces {
+		if !slices.Contains(now, old) {
+			r.problem(fmt.Sprintf("endpoint/%d", old), "delete-endpoint", r.dp.DeleteEndpoint(old))
+		}
+	}
+	st.ifaces = now
+}
+
+func (r *reconciler) updateIdentityUse() {
+	inUse := map[policies.Identity]bool{}
+	for _, st := range r.eps {
+		inUse[st.identity] = true
+	}
+	r.ids.SetInUse(inUse)
+	r.metrics.Identities.Set(float64(r.ids.Len()))
+	r.metrics.Endpoints.Set(float64(len(r.eps)))
+}
+
+// managed reports whether an endpoint interface is on a managed bridge:
+// the link watcher reported it, or its bridge matches the patterns.
+// Containers on other networks are not enforced.
+func (r *reconciler) managed(itf endpoint.Interface) bool {
+	if _, ok := r.veths[itf.HostIfindex]; ok {
+		return true
+	}
+	for _, p := range r.bridges {
+		if ok, _ := path.Match(p, itf.Bridge); ok && itf.Bridge != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// ---- links
+
+func (r *reconciler) applyLinkEvent(ev linkwatch.Event) {
+	switch ev.Type {
+	case linkwatch.Removed:
+		delete(r.veths, ev.Ifindex)
+		r.problem(fmt.Sprintf("attach/%d", ev.Ifindex), "detach", r.dp.Detach(ev.Ifindex))
+		r.problem(fmt.Sprintf("endpoint/%d", ev.Ifindex), "delete-endpoint", r.dp.DeleteEndpoint(ev.Ifindex))
+		delete(r.problems, fmt.Sprintf("endpoint/%d", ev.Ifindex))
+		delete(r.problems, fmt.Sprintf("attach/%d", ev.Ifindex))
+	default:
+		_, known := r.veths[ev.Ifindex]
+		r.veths[ev.Ifindex] = ev
+		if !known {
+			// Fail-closed: the programs go on at once. Until an endpoint
+			// entry exists the veth's traffic is identity init.
+			r.problem(fmt.Sprintf("attach/%d", ev.Ifindex), "attach", r.dp.Attach(ev.Ifindex))
+			r.log.Debug("veth attached", "ifindex", ev.Ifindex, "name", ev.Name, "master", ev.Master)
+			// An endpoint that already names this veth (the runtime was
+			// faster than the kernel notification) gets its entry now.
+			if r.synced {
+				for _, st := range r.eps {
+					if slices.Contains(st.ep.HostIfindexes(), ev.Ifindex) && !slices.Contains(st.ifaces, ev.Ifindex) {
+						r.writeEndpoint(st)
+					}
+				}
+			}
+		}
+	}
+	r.publish()
+}
+
+// ---- ipcache
+
+func (r *reconciler) wantIPCache() map[netip.Prefix]policies.Identity {
+	want := map[netip.Prefix]policies.Identity{}
+	for _, p := range r.hostAddrs {
+		a := p.Addr()
+		want[netip.PrefixFrom(a, a.BitLen())] = policies.IdentityHost
+	}
+	if r.model != nil {
+		for _, c := range r.model.CIDRs {
+			want[c.Prefix] = c.Identity
+		}
+	}
+	for _, st := range r.eps {
+		if st.ep.NetworkMode == endpoint.ModeHost {
+			continue
+		}
+		for _, a := range st.ep.Addrs() {
+			want[netip.PrefixFrom(a, a.BitLen())] = st.identity
+		}
+	}
+	return want
+}
+
+func (r *reconciler) syncIPCache() {
+	r.problem("ipcache", "ipcache", r.dp.IPCacheSync(r.wantIPCache()))
+}
+
+// ---- full resync
+
+// fullSync rewrites the whole datapath from the loop's state and prunes
+// what is not wanted any more. Every write is idempotent.
+func (r *reconciler) fullSync(why string) {
+	start := time.Now()
+	for ifx := range r.veths {
+		r.problem(fmt.Sprintf("attach/%d", ifx), "attach", r.dp.Attach(ifx))
+	}
+	if r.synced {
+		r.updateIdentityUse()
+		r.recompile(true)
+		r.syncIPCache()
+		want := map[int]bool{}
+		for _, st := range r.eps {
+			r.writeEndpoint(st)
+			for _, ifx := range st.ifaces {
+				want[ifx] = true
+			}
+		}
+		if have, err := r.dp.Endpoints(); err == nil {
+			for ifx := range have {
+				if !want[ifx] {
+					r.problem(fmt.Sprintf("endpoint/%d", ifx), "delete-endpoint", r.dp.DeleteEndpoint(ifx))
+				}
+			}
+		}
+		if att, err := r.dp.Attached(); err == nil {
+			for _, a := range att {
+				if _, ok := r.veths[a.Ifindex]; !ok && !want[a.Ifindex] {
+					r.problem(fmt.Sprintf("attach/%d", a.Ifindex), "detach", r.dp.Detach(a.Ifindex))
+					delete(r.problems, fmt.Sprintf("attach/%d", a.Ifindex))
+				}
+			}
+		}
+		if released, err := r.ids.Release(); err != nil {
+			r.log.Warn("releasing identities", "err", err)
+		} else if len(released) > 0 {
+			r.log.Info("identities released after the grace period", "identities", released)
+		}
+		delete(r.problems, "sources")
+	}
+	if n, err := r.dp.GC(time.Now()); err != nil {
+		r.log.Warn("conntrack gc", "err", err)
+	} else if n > 0 {
+		r.log.Debug("conntrack gc", "expired", n)
+	}
+	r.lastSync = time.Now()
+	r.metrics.ReconcileDuration.WithLabelValues("full").Observe(time.Since(start).Seconds())
+	r.log.Debug("full resync", "why", why, "took_ms", sinceMillis(start))
+	r.publish()
+}
+
+// ---- the published view
+
+// view is an immutable snapshot of the loop's state for the API, the flow
+// reader and metrics.
+type view struct {
+	status     api.Status
+	endpoints  []api.Endpoint
+	byIfindex  map[int]*api.Endpoint
+	byAddr     map[netip.Addr]*api.Endpoint
+	labels     map[policies.Identity]policies.Labels
+	identities []api.Identity
+	set        *policies.Set
+	rules      []*policies.Rule
+	env        policies.Env
+	policy     api.Policy
+}
+
+type viewHolder struct {
+	mu sync.RWMutex
+	v  *view
+}
+
+func (h *viewHolder) get() *view {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.v
+}
+
+func (h *viewHolder) set(v *view) {
+	h.mu.Lock()
+	h.v = v
+	h.mu.Unlock()
+}
+
+func containerNames(ep endpoint.Endpoint) []string {
+	var out []string
+	for _, c := range ep.Containers {
+		out = append(out, c.Name)
+	}
+	return out
+}
+
+func (r *reconciler) publish() {
+	v := &view{
+		byIfindex: map[int]*api.Endpoint{},
+		byAddr:    map[netip.Addr]*api.Endpoint{},
+		labels:    map[policies.Identity]policies.Labels{},
+		set:       r.set,
+	}
+	if r.set != nil {
+		v.rules = r.set.Rules()
+	}
+	idEndpoints := map[policies.Identity]int{}
+	keys := slices.Sorted(maps.Keys(r.eps))
+	for _, k := range keys {
+		st := r.eps[k]
+		e := api.Endpoint{
+			ID: st.id, Identity: uint32(st.identity), Labels: st.ep.Labels, HostNetwork: st.ep.NetworkMode == endpoint.ModeHost,
+			Audit: st.audit, Runtime: string(st.ep.Runtime), Addresses: []string{}, Policies: []string{},
+			Enforcing: r.synced && st.ep.NetworkMode != endpoint.ModeHost && len(st.ep.HostIfindexes()) > 0,
+		}
+		for _, a := range st.ep.Addrs() {
+			e.Addresses = append(e.Addresses, a.String())
+		}
+		for _, c := range st.ep.Containers {
+			e.Containers = append(e.Containers, api.Container{ID: c.ID, Name: c.Name, Runtime: string(st.ep.Runtime), Namespace: c.Namespace})
+		}
+		for _, i := range st.ep.Interfaces {
+			if i.HostIfindex > 0 {
+				e.Interfaces = append(e.Interfaces, api.Interface{Name: i.HostName, Ifindex: i.HostIfindex})
+			}
+		}
+		if r.set != nil && !e.HostNetwork {
+			for _, p := range r.set.Policies {
+				if p.Selector.Matches(st.labels) {
+					e.Policies = append(e.Policies, p.Name)
+				}
+			}
+		}
+		v.endpoints = append(v.endpoints, e)
+		idEndpoints[st.identity]++
+		if !e.HostNetwork {
+			v.env.Endpoints = append(v.env.Endpoints, policies.Endpoint{Name: containerName(st.ep), Labels: st.labels, Addrs: st.ep.Addrs()})
+		}
+	}
+	for i := range v.endpoints {
+		e := &v.endpoints[i]
+		for _, itf := range e.Interfaces {
+			v.byIfindex[itf.Ifindex] = e
+		}
+		if !e.HostNetwork {
+			for _, a := range e.Addresses {
+				if ad, err := netip.ParseAddr(a); err == nil {
+					v.byAddr[ad] = e
+				}
+			}
+		}
+	}
+	for _, res := range identity.Reserved() {
+		v.identities = append(v.identities, api.Identity{ID: uint32(res.ID), Labels: map[string]string{"reserved": res.Name}, Reserved: res.Name, Endpoints: idEndpoints[res.ID]})
+	}
+	for _, id := range r.ids.List() {
+		v.labels[id.ID] = id.Labels
+		v.identities = append(v.identities, api.Identity{ID: uint32(id.ID), Labels: id.Labels, Endpoints: idEndpoints[id.ID]})
+	}
+	for _, p := range r.hostAddrs {
+		v.env.HostAddrs = append(v.env.HostAddrs, p.Addr())
+	}
+	v.env.Enforcement = r.cfg.Enforcement
+	v.env.Audit = r.cfg.Audit
+	v.env.AuditSelector = r.auditSel
+
+	nPol, nRules := 0, 0
+	if r.set != nil {
+		nPol = len(r.set.Policies)
+		nRules = len(v.rules)
+	}
+	problems := []string{}
+	for _, k := range slices.Sorted(maps.Keys(r.problems)) {
+		problems = append(problems, r.problems[k])
+	}
+	v.status = api.Status{
+		Version: version.Version, Up: true, Reconciled: r.reconciled, StartedAt: r.startedAt, LastReconcile: r.lastSync,
+		Endpoints: len(r.eps), Identities: r.ids.Len(), Policies: nPol, Rules: nRules,
+		PolicyRevision: r.revision, PolicyDir: r.cfg.PolicyDir, LastPolicyError: r.policyErr,
+		Enforcement: r.cfg.Enforcement, Audit: r.cfg.Audit, Attach: r.cfg.Attach, Errors: problems,
+	}
+	v.policy = api.Policy{Revision: r.revision, Dir: r.cfg.PolicyDir, LoadedAt: r.setLoaded, Files: r.setFiles, LastPolicyError: r.policyErr, Policies: []api.PolicySummary{}}
+	if v.policy.Files == nil {
+		v.policy.Files = []string{}
+	}
+	if r.set != nil {
+		for _, p := range r.set.Policies {
+			ps := api.PolicySummary{Name: p.Name, File: p.Pos.File, Line: p.Pos.Line, Selector: p.Selector.Source, Rules: len(p.Rules), Endpoints: []uint32{}}
+			for _, e := range v.endpoints {
+				if slices.Contains(e.Policies, p.Name) {
+					ps.Endpoints = append(ps.Endpoints, e.ID)
+				}
+			}
+			v.policy.Policies = append(v.policy.Policies, ps)
+		}
+	}
+	r.view.set(v)
+
+	st := fmt.Sprintf("%d endpoints, %d identities, %d policies (revision %d)", len(r.eps), r.ids.Len(), nPol, r.revision)
+	if r.policyErr != nil {
+		st += "; policy set rejected, last good set enforced"
+	}
+	if len(problems) > 0 {
+		st += fmt.Sprintf("; %d datapath problems", len(problems))
+	}
+	if st != r.lastStatus && r.notifier != nil {
+		r.lastStatus = st
+		r.notifier.Status(st)
+	}
+}
+
+func containerName(ep endpoint.Endpoint) string {
+	if len(ep.Containers) > 0 {
+		return ep.Containers[0].Name
+	}
+	return ep.ID
+}
+
+// ---- metrics sampling (scrape time, any goroutine)
+
+func (r *reconciler) sampleVerdicts() []metrics.VerdictCount {
+	c, err := r.dp.Counters()
+	if err != nil {
+		return nil
+	}
+	var out []metrics.VerdictCount
+	for k, v := range c.Verdicts {
+		verdict := "allowed"
+		switch {
+		case k.Reason == bpf.ReasonAudit:
+			verdict = "audit"
+		case k.Reason == bpf.ReasonRedirect:
+			verdict = "redirect"
+		case k.Reason.Drop():
+			verdict = "dropped"
+		}
+		out = append(out, metrics.VerdictCount{Direction: k.Direction.String(), Reason: k.Reason.String(), Verdict: verdict, Packets: v.Packets, Bytes: v.Bytes})
+	}
+	return out
+}
+
+func (r *reconciler) sampleMaps() []metrics.MapFill {
+	var out []metrics.MapFill
+	if eps, err := r.dp.Endpoints(); err == nil {
+		out = append(out, metrics.MapFill{Map: "endpoints", Entries: len(eps), Capacity: r.cfg.Maps.Endpoints})
+	}
+	if ipc, err := r.dp.IPCache(); err == nil {
+		out = append(out, metrics.MapFill{Map: "ipcache", Entries: len(ipc), Capacity: r.cfg.Maps.IPCache})
+	}
+	if n, err := r.dp.ConntrackEntries(); err == nil {
+		out = append(out, metrics.MapFill{Map: "conntrack", Entries: n, Capacity: r.cfg.Maps.Conntrack})
+	}
+	if v := r.view.get(); v != nil {
+		out = append(out, metrics.MapFill{Map: "policy", Entries: v.status.Identities, Capacity: r.cfg.Maps.Policy})
+	}
+	return out
+}

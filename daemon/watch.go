@@ -1,0 +1,172 @@
+package daemon
+
+import (
+	"context"
+	"log/slog"
+	"net/netip"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"github.com/vishvananda/netlink"
+)
+
+// watchPolicyDir calls reload (debounced) whenever something in dir
+// changes. Editors write a file in several steps (truncate, write, rename
+// a temporary over it): debounce gathers those into one reload, and
+// reload reads the whole directory, so the order of events does not
+// matter. A directory that does not exist yet is polled for.
+func watchPolicyDir(ctx context.Context, dir string, debounce time.Duration, reload func(context.Context, time.Time), log *slog.Logger) error {
+	log = log.With("subsys", "policywatch")
+	for {
+		if fi, err := os.Stat(dir); err == nil && fi.IsDir() {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(2 * time.Second):
+		}
+		if _, err := os.Stat(dir); err == nil {
+			reload(ctx, time.Now())
+		}
+	}
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	if err := w.Add(dir); err != nil {
+		return err
+	}
+	var timer *time.Timer
+	var fire <-chan time.Time
+	var first time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-w.Events:
+			if !ok {
+				return nil
+			}
+			log.Debug("policy directory changed", "op", ev.Op.String(), "name", ev.Name)
+			if ev.Name == dir && (ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename)) {
+				// The directory itself went away: reload (which reports
+				// the error and keeps the last good set), then wait for it
+				// to come back.
+				reload(ctx, time.Now())
+				return watchPolicyDir(ctx, dir, debounce, reload, log)
+			}
+			if first.IsZero() {
+				first = time.Now()
+			}
+			if timer == nil {
+				timer = time.NewTimer(debounce)
+			} else {
+				timer.Reset(debounce)
+			}
+			fire = timer.C
+		case err, ok := <-w.Errors:
+			if !ok {
+				return nil
+			}
+			// An overflow loses events: reload to be sure.
+			log.Warn("policy directory watch", "err", err)
+			reload(ctx, time.Now())
+		case <-fire:
+			fire = nil
+			reload(ctx, first)
+			first = time.Time{}
+		}
+	}
+}
+
+// watchHostAddrs reports the host's addresses (every interface of the
+// daemon's network namespace) now and after every change.
+func watchHostAddrs(ctx context.Context, report func(context.Context, []netip.Prefix), log *slog.Logger) error {
+	log = log.With("subsys", "hostaddr")
+	for ctx.Err() == nil {
+		updates := make(chan netlink.AddrUpdate, 64)
+		done := make(chan struct{})
+		err := netlink.AddrSubscribeWithOptions(updates, done, netlink.AddrSubscribeOptions{
+			ErrorCallback: func(err error) { log.Warn("address subscription", "err", err) },
+		})
+		if err != nil {
+			close(done)
+			log.Warn("cannot watch host addresses; retrying", "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(5 * time.Second):
+			}
+			continue
+		}
+		var last []netip.Prefix
+		relist := func() {
+			addrs, err := hostAddrs()
+			if err != nil {
+				log.Warn("listing host addresses", "err", err)
+				return
+			}
+			if !slices.Equal(addrs, last) {
+				last = addrs
+				report(ctx, addrs)
+			}
+		}
+		relist()
+	loop:
+		for {
+			select {
+			case <-ctx.Done():
+				break loop
+			case _, ok := <-updates:
+				if !ok {
+					break loop // subscription broke: resubscribe and relist
+				}
+				// Several updates come in a burst; list once after it.
+				drain(updates)
+				relist()
+			}
+		}
+		close(done)
+	}
+	return nil
+}
+
+func drain(ch <-chan netlink.AddrUpdate) {
+	for {
+		select {
+		case <-ch:
+		case <-time.After(20 * time.Millisecond):
+			return
+		}
+	}
+}
+
+func hostAddrs() ([]netip.Prefix, error) {
+	list, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Prefix
+	for _, a := range list {
+		if a.IPNet == nil {
+			continue
+		}
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok {
+			continue
+		}
+		ip = ip.Unmap()
+		ones, _ := a.Mask.Size()
+		out = append(out, netip.PrefixFrom(ip, ones))
+	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	return slices.Compact(out), nil
+}
