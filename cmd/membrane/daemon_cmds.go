@@ -1,7 +1,63 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/membrane-fw/membrane/daemon/api"
+)
 
 // addDaemonCommands adds the commands that talk to a running membraned
-// (status, endpoint, identity, observe, policy show). Owned by the daemon work.
-func addDaemonCommands(root, policy *cobra.Command) {}
+// (status, endpoint, identity, observe, policy show/reload) and the
+// --socket flag they share.
+func addDaemonCommands(root, policy *cobra.Command) {
+	root.PersistentFlags().String("socket", "", "membraned's API socket (env MEMBRANE_SOCKET; default "+api.DefaultSocket+")")
+	root.AddCommand(newStatusCmd(), newEndpointCmd(), newIdentityCmd(), newObserveCmd())
+	policy.AddCommand(newPolicyShowCmd(), newPolicyReloadCmd())
+}
+
+// client returns the API client for the socket named by --socket,
+// MEMBRANE_SOCKET or the default, in that order.
+func client(c *cobra.Command) *api.Client {
+	sock, _ := c.Flags().GetString("socket")
+	if sock == "" {
+		sock = os.Getenv("MEMBRANE_SOCKET")
+	}
+	if sock == "" {
+		sock = api.DefaultSocket
+	}
+	return api.NewClient(sock)
+}
+
+// addOutput adds -o/--output text|json.
+func addOutput(c *cobra.Command) *string {
+	return c.Flags().StringP("output", "o", "text", "output format: text or json")
+}
+
+func checkOutput(o string) error {
+	if o != "text" && o != "json" {
+		return usageError("--output %q: want text or json", o)
+	}
+	return nil
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// signalContext is cancelled on SIGINT/SIGTERM (observe --follow).
+func signalContext(parent context.Context) (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(parent, syscall.SIGINT, syscall.SIGTERM)
+}
+
+// apiError is the CLI's error for a failed API call (exit 1); the API
+// client's messages already say what to do.
+func apiError(err error) error { return err }

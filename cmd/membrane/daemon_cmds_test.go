@@ -1,0 +1,169 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/membrane-fw/membrane/daemon/api"
+)
+
+type cliBackend struct {
+	reconciled bool
+	hub        *api.FlowHub
+}
+
+func (b *cliBackend) Status() api.Status {
+	return api.Status{Up: true, Reconciled: b.reconciled, Endpoints: 1, Identities: 6, Policies: 2, PolicyRevision: 3, Errors: []string{}}
+}
+func (b *cliBackend) Endpoints() []api.Endpoint {
+	return []api.Endpoint{{ID: 1, Identity: 300, Labels: map[string]string{"app": "web"}, Addresses: []string{"172.17.0.5"}, Containers: []api.Container{{ID: "c1", Name: "web-1"}}, Policies: []string{"web"}}}
+}
+func (b *cliBackend) Endpoint(ref string) (api.Endpoint, bool) {
+	if ref == "web-1" {
+		return b.Endpoints()[0], true
+	}
+	return api.Endpoint{}, false
+}
+func (b *cliBackend) Identities() []api.Identity {
+	return []api.Identity{{ID: 1, Reserved: "host"}, {ID: 300, Labels: map[string]string{"app": "web"}, Endpoints: 1}}
+}
+func (b *cliBackend) Policy() api.Policy { return api.Policy{Revision: 3} }
+func (b *cliBackend) Trace(context.Context, api.TraceRequest) (api.TraceResult, error) {
+	return api.TraceResult{}, nil
+}
+func (b *cliBackend) Flows(ctx context.Context, follow bool) ([]api.Flow, <-chan api.Flow) {
+	return b.hub.Flows(ctx, follow)
+}
+func (b *cliBackend) ReloadPolicies(context.Context) error { return nil }
+func (b *cliBackend) Resync(context.Context) error         { return nil }
+
+func serve(t *testing.T, b *cliBackend) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	srv, err := api.NewServer(api.Options{Socket: sock}, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { srv.Serve(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return sock
+}
+
+// run executes the CLI and returns stdout and the exit code main would use.
+func run(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	root := newRootCmd()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs(args)
+	err := root.Execute()
+	code := 0
+	if err != nil {
+		code = 1
+		var ee *exitError
+		if errors.As(err, &ee) {
+			code = ee.code
+		} else if isUsage(err) {
+			code = 2
+		}
+		out.WriteString("ERR: " + err.Error())
+	}
+	return out.String(), code
+}
+
+func TestStatusExitCodeFollowsReconcile(t *testing.T) {
+	b := &cliBackend{hub: api.NewFlowHub(10)}
+	sock := serve(t, b)
+	if out, code := run(t, "status", "--socket", sock); code != 1 || !strings.Contains(out, "first reconcile not finished") {
+		t.Fatalf("not reconciled: code %d, out %s", code, out)
+	}
+	b.reconciled = true
+	out, code := run(t, "status", "--socket", sock, "-o", "json")
+	if code != 0 {
+		t.Fatalf("reconciled: code %d, out %s", code, out)
+	}
+	var st map[string]any
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("status json: %v: %s", err, out)
+	}
+	for _, k := range []string{"endpoints", "identities", "policies", "policy_revision", "last_policy_error"} {
+		if _, ok := st[k]; !ok {
+			t.Errorf("status json lacks %q", k)
+		}
+	}
+	if st["last_policy_error"] != nil {
+		t.Errorf("last_policy_error = %v, want null", st["last_policy_error"])
+	}
+}
+
+func TestStatusWithoutDaemonFails(t *testing.T) {
+	out, code := run(t, "status", "--socket", filepath.Join(t.TempDir(), "none.sock"))
+	if code != 1 || !strings.Contains(out, "not running") {
+		t.Fatalf("code %d out %s", code, out)
+	}
+}
+
+func TestSocketFromEnvironment(t *testing.T) {
+	b := &cliBackend{reconciled: true, hub: api.NewFlowHub(10)}
+	t.Setenv("MEMBRANE_SOCKET", serve(t, b))
+	if _, code := run(t, "status"); code != 0 {
+		t.Fatalf("MEMBRANE_SOCKET not used (code %d)", code)
+	}
+}
+
+func TestEndpointListJSONAndGet(t *testing.T) {
+	sock := serve(t, &cliBackend{hub: api.NewFlowHub(10)})
+	out, code := run(t, "endpoint", "list", "--socket", sock, "-o", "json")
+	if code != 0 {
+		t.Fatal(out)
+	}
+	var eps []map[string]any
+	if err := json.Unmarshal([]byte(out), &eps); err != nil || len(eps) != 1 {
+		t.Fatalf("%v %s", err, out)
+	}
+	for _, k := range []string{"id", "identity", "labels", "addresses", "containers"} {
+		if _, ok := eps[0][k]; !ok {
+			t.Errorf("endpoint json lacks %q", k)
+		}
+	}
+	out, code = run(t, "endpoint", "get", "web-1", "--socket", sock)
+	if code != 0 || !strings.Contains(out, "app=web") || !strings.Contains(out, "172.17.0.5") {
+		t.Fatalf("get: %d %s", code, out)
+	}
+	if out, code := run(t, "endpoint", "get", "nope", "--socket", sock); code != 1 || !strings.Contains(out, "no endpoint") {
+		t.Fatalf("get missing: %d %s", code, out)
+	}
+	if _, code := run(t, "endpoint", "list", "-o", "yaml", "--socket", sock); code != 2 {
+		t.Fatalf("bad -o: exit %d, want 2", code)
+	}
+}
+
+func TestObserveFiltersAndPrintsRule(t *testing.T) {
+	b := &cliBackend{hub: api.NewFlowHub(10)}
+	sock := serve(t, b)
+	b.hub.Publish(api.Flow{Time: time.Now(), Verdict: "dropped", Reason: "policy-deny", Direction: "egress", Protocol: "tcp",
+		Source: api.Peer{IP: "172.17.0.5", Port: 40000, Identity: 300, Container: "web-1"}, Dest: api.Peer{IP: "172.17.0.6", Port: 5432, Identity: 301},
+		Rule: &api.RuleRef{ID: 2, Policy: "db", Block: "egress_deny", File: "db.hcl", Line: 7}})
+	b.hub.Publish(api.Flow{Time: time.Now(), Verdict: "allowed", Reason: "allow-policy"})
+	out, code := run(t, "observe", "--verdict", "dropped", "--socket", sock)
+	if code != 0 || strings.Count(out, "\n") != 1 || !strings.Contains(out, `policy "db" egress_deny (db.hcl:7)`) || !strings.Contains(out, "web-1") {
+		t.Fatalf("observe: %d %q", code, out)
+	}
+	out, _ = run(t, "observe", "--verdict", "dropped", "-o", "json", "--socket", sock)
+	var f api.Flow
+	if err := json.Unmarshal([]byte(out), &f); err != nil || f.Rule == nil || f.Rule.Policy != "db" {
+		t.Fatalf("observe json: %v %s", err, out)
+	}
+	if _, code := run(t, "observe", "--verdict", "maybe", "--socket", sock); code != 2 {
+		t.Fatalf("bad verdict exit %d, want 2", code)
+	}
+}

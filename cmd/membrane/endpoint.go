@@ -1,0 +1,120 @@
+package main
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/membrane-fw/membrane/daemon/api"
+)
+
+func newEndpointCmd() *cobra.Command {
+	c := &cobra.Command{Use: "endpoint", Short: "List and inspect managed endpoints"}
+	var listOut, getOut *string
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List managed endpoints",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if err := checkOutput(*listOut); err != nil {
+				return err
+			}
+			eps, err := client(c).Endpoints(c.Context())
+			if err != nil {
+				return apiError(err)
+			}
+			if *listOut == "json" {
+				return printJSON(c.OutOrStdout(), eps)
+			}
+			tw := tabwriter.NewWriter(c.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tIDENTITY\tCONTAINERS\tADDRESSES\tPOLICIES\tLABELS")
+			for _, e := range eps {
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", e.ID, identityText(e), containersText(e.Containers), dash(strings.Join(e.Addresses, ",")), dash(strings.Join(e.Policies, ",")), labelsText(e.Labels))
+			}
+			return tw.Flush()
+		},
+	}
+	listOut = addOutput(list)
+	get := &cobra.Command{
+		Use:   "get ID|CONTAINER",
+		Short: "Show one endpoint, by endpoint id, container name or container id",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			if err := checkOutput(*getOut); err != nil {
+				return err
+			}
+			e, err := client(c).Endpoint(c.Context(), args[0])
+			if err != nil {
+				return apiError(err)
+			}
+			if *getOut == "json" {
+				return printJSON(c.OutOrStdout(), e)
+			}
+			w := c.OutOrStdout()
+			fmt.Fprintf(w, "endpoint:   %d\n", e.ID)
+			fmt.Fprintf(w, "identity:   %s\n", identityText(e))
+			fmt.Fprintf(w, "containers: %s\n", containersText(e.Containers))
+			fmt.Fprintf(w, "addresses:  %s\n", dash(strings.Join(e.Addresses, ", ")))
+			var ifs []string
+			for _, i := range e.Interfaces {
+				ifs = append(ifs, fmt.Sprintf("%s (%d)", i.Name, i.Ifindex))
+			}
+			fmt.Fprintf(w, "interfaces: %s\n", dash(strings.Join(ifs, ", ")))
+			fmt.Fprintf(w, "enforcing:  %v\n", e.Enforcing)
+			if e.Audit {
+				fmt.Fprintf(w, "audit:      true\n")
+			}
+			fmt.Fprintf(w, "policies:   %s\n", dash(strings.Join(e.Policies, ", ")))
+			fmt.Fprintf(w, "labels:\n")
+			for _, k := range sortedKeys(e.Labels) {
+				fmt.Fprintf(w, "  %s=%s\n", k, e.Labels[k])
+			}
+			return nil
+		},
+	}
+	getOut = addOutput(get)
+	c.AddCommand(list, get)
+	return c
+}
+
+func identityText(e api.Endpoint) string {
+	if e.HostNetwork {
+		return fmt.Sprintf("%d (host network)", e.Identity)
+	}
+	return fmt.Sprint(e.Identity)
+}
+
+func containersText(cs []api.Container) string {
+	var n []string
+	for _, c := range cs {
+		n = append(n, c.Name)
+	}
+	return dash(strings.Join(n, ","))
+}
+
+func labelsText(l map[string]string) string {
+	var parts []string
+	for _, k := range sortedKeys(l) {
+		parts = append(parts, k+"="+l[k])
+	}
+	return dash(strings.Join(parts, ","))
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

@@ -1,0 +1,96 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/membrane-fw/membrane/daemon/api"
+)
+
+func newObserveCmd() *cobra.Command {
+	var f api.ObserveFilter
+	var out *string
+	c := &cobra.Command{
+		Use:   "observe [--follow] [--verdict dropped|audit|allowed] [--container NAME] [-o json]",
+		Short: "Show the datapath's verdicts: drops, audit records and sampled allowed flows",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if err := checkOutput(*out); err != nil {
+				return err
+			}
+			switch f.Verdict {
+			case "", "dropped", "audit", "allowed":
+			default:
+				return usageError("--verdict %q: want dropped, audit or allowed", f.Verdict)
+			}
+			ctx, cancel := signalContext(c.Context())
+			defer cancel()
+			w := c.OutOrStdout()
+			err := client(c).Observe(ctx, f, func(fl api.Flow) error {
+				if *out == "json" {
+					return printJSONLine(w, fl)
+				}
+				_, err := fmt.Fprintln(w, flowText(fl))
+				return err
+			})
+			if err != nil {
+				return apiError(err)
+			}
+			return nil
+		},
+	}
+	c.Flags().BoolVarP(&f.Follow, "follow", "f", false, "keep printing new records")
+	c.Flags().StringVar(&f.Verdict, "verdict", "", "only records with this verdict: dropped, audit or allowed")
+	c.Flags().StringVar(&f.Container, "container", "", "only records with this container (name or id) at either end")
+	c.Flags().IntVar(&f.Last, "last", 0, "print at most this many past records (0: all kept)")
+	out = addOutput(c)
+	return c
+}
+
+func printJSONLine(w io.Writer, v any) error {
+	return jsonLine(w, v)
+}
+
+// flowText is one line per record:
+// TIME VERDICT(REASON) DIR PROTO SRC -> DST by POLICY/BLOCK (FILE:LINE)
+func flowText(f api.Flow) string {
+	rule := "no rule (" + f.Reason + ")"
+	if f.Rule != nil {
+		rule = fmt.Sprintf("policy %q %s (%s:%d)", f.Rule.Policy, f.Rule.Block, f.Rule.File, f.Rule.Line)
+	}
+	return fmt.Sprintf("%s %-7s %-14s %-7s %-4s %s -> %s  %s",
+		f.Time.Local().Format(time.TimeOnly+".000"), f.Verdict, f.Reason, f.Direction, f.Protocol,
+		peerText(f.Source), peerText(f.Dest), rule)
+}
+
+func peerText(p api.Peer) string {
+	addr := p.IP
+	if p.Port != 0 {
+		if strings.Contains(addr, ":") {
+			addr = "[" + addr + "]"
+		}
+		addr = fmt.Sprintf("%s:%d", addr, p.Port)
+	}
+	who := fmt.Sprint(p.Identity)
+	if p.Container != "" {
+		who = p.Container + "/" + who
+	} else if r := p.Labels["reserved"]; r != "" {
+		who = r
+	}
+	var l []string
+	for k, v := range p.Labels {
+		if k != "reserved" {
+			l = append(l, k+"="+v)
+		}
+	}
+	sort.Strings(l)
+	if len(l) > 0 {
+		who += "{" + strings.Join(l, ",") + "}"
+	}
+	return addr + " (" + who + ")"
+}
