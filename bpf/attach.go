@@ -91,16 +91,17 @@ func (d *Datapath) modeFor(ifindex int) (AttachMode, error) {
 	if d.cfg.Attach != AttachAuto {
 		return d.cfg.Attach, nil
 	}
-	if haveTCX() {
+	if d.haveTCX() {
 		return AttachTCX, nil
 	}
 	return AttachTC, nil
 }
 
-func haveTCX() bool {
-	// Attaching to interface 0 fails with EINVAL/ENODEV where tcx exists and
-	// with ErrNotSupported where it does not; features has no tcx probe.
-	l, err := link.AttachTCX(link.TCXOptions{Interface: 1, Program: nil, Attach: ebpf.AttachTCXIngress})
+// haveTCX asks the kernel to attach to an interface that cannot exist:
+// where tcx exists that fails with ENODEV, elsewhere link reports
+// ErrNotSupported (its own feature probe).
+func (d *Datapath) haveTCX() bool {
+	l, err := link.AttachTCX(link.TCXOptions{Interface: 0x7fffffff, Program: d.objs.MembraneEgress, Attach: ebpf.AttachTCXIngress})
 	if l != nil {
 		l.Close()
 	}
