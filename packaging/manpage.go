@@ -54,6 +54,13 @@ func parseHelp(text string) helpDoc {
 			section, cur = "Flags", &d.Flags
 			continue
 		}
+		// A Go flag.FlagSet with a custom Usage: "Usage: prog [options]"
+		// followed by PrintDefaults.
+		if u, ok := strings.CutPrefix(line, "Usage: "); ok && strings.TrimSpace(u) != "" {
+			d.Usage = append(d.Usage, strings.TrimSpace(u))
+			section, cur = "Flags", &d.Flags
+			continue
+		}
 		if m := sectionHeading.FindStringSubmatch(line); m != nil {
 			section = m[1]
 			switch {
@@ -185,7 +192,16 @@ func DaemonManPage(ctx context.Context, bin, version string, date time.Time) (Ma
 	var b strings.Builder
 	header(&b, "membraned", 8, version, date, "System Administration")
 	b.WriteString(".SH NAME\nmembraned \\- Membrane's identity\\-aware container firewall daemon\n")
-	b.WriteString(".SH SYNOPSIS\n.B membraned\n[\\fIoptions\\fR]\n")
+	b.WriteString(".SH SYNOPSIS\n")
+	if len(d.Usage) == 0 {
+		d.Usage = []string{"membraned [options]"}
+	}
+	for i, u := range d.Usage {
+		if i > 0 {
+			b.WriteString(".br\n")
+		}
+		b.WriteString(roffLine("\\fBmembraned\\fR" + escape(strings.TrimPrefix(u, "membraned"))))
+	}
 	b.WriteString(".SH DESCRIPTION\n")
 	for _, p := range []string{
 		"membraned gives every container on the host a numeric security identity from its labels and enforces the policies in /etc/membrane/policies.d with eBPF programs on the containers' host-side veths. It follows Docker and containerd (including Compose projects and Nomad allocations), sends HTTP rules to a transparent L7 proxy, and serves a local API that membrane(1) uses.",
@@ -199,7 +215,7 @@ func DaemonManPage(ctx context.Context, bin, version string, date time.Time) (Ma
 	}
 	writeFlags(&b, "OPTIONS", d.Flags)
 	b.WriteString(".SH SIGNALS\n.TP\n.B SIGTERM, SIGINT\nStop; the pinned datapath stays and keeps enforcing.\n")
-	b.WriteString(".TP\n.B SIGHUP\nReload the configuration and the policy set.\n")
+	b.WriteString(".PP\nPolicy files are watched: a change in the policy directory is loaded without a signal.\n")
 	b.WriteString(".SH FILES\n")
 	for _, f := range [][2]string{
 		{"/etc/membrane/membrane.hcl", "configuration"},

@@ -1,10 +1,10 @@
 # /etc/membrane/membrane.hcl: membraned's configuration.
 #
 # Every setting below is shown with its default value, commented out: this
-# file changes nothing until you uncomment a line. After editing, check it
-# and apply it:
+# file changes nothing until you uncomment a line. After editing, apply it
+# (a restart keeps the datapath, so enforcement does not stop):
 #
-#   systemctl restart membraned      # keeps the datapath; see operations.md
+#   systemctl restart membraned
 #
 # Reference: /usr/share/doc/membrane/operations.md ("Configuration").
 

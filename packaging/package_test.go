@@ -1,0 +1,193 @@
+package packaging
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/membrane-fw/membrane/internal/testenv"
+)
+
+// The paths the packaging issue lists; both packages must hold them (the
+// unit directory differs: /lib on Debian 12, /usr/lib on RPM systems).
+var requiredPaths = []string{
+	"/usr/sbin/membraned",
+	"/usr/bin/membrane",
+	"/etc/membrane/membrane.hcl",
+	"/etc/membrane/policies.d/example.hcl",
+	"/usr/share/man/man1/membrane.1.gz",
+	"/usr/share/man/man1/membrane-policy.1.gz",
+	"/usr/share/man/man1/membrane-policy-check.1.gz",
+	"/usr/share/man/man1/membrane-policy-trace.1.gz",
+	"/usr/share/man/man5/membrane-policy.5.gz",
+	"/usr/share/man/man8/membraned.8.gz",
+	"/usr/share/bash-completion/completions/membrane",
+	"/usr/share/fish/vendor_completions.d/membrane.fish",
+	"/usr/share/doc/membrane/README.md",
+	"/usr/share/doc/membrane/operations.md",
+}
+
+// lintianExplained are the lintian warnings docs/operations.md explains
+// ("lintian"). Any other warning, and any error, fails the test.
+var lintianExplained = map[string]bool{
+	"hardening-no-pie":                  true,
+	"hardening-no-relro":                true,
+	"maintainer-script-calls-systemctl": true,
+}
+
+func TestBuildFailsClearlyWithoutBinaries(t *testing.T) {
+	_, err := Build(t.Context(), Options{RepoRoot: repoRoot(t), BinDir: t.TempDir(), OutDir: t.TempDir()})
+	if !errors.Is(err, ErrMissingBinary) || !strings.Contains(err.Error(), "make build") {
+		t.Fatalf("Build with an empty bin dir: %v; want ErrMissingBinary telling to run make build", err)
+	}
+}
+
+func TestDebHoldsTheListedFilesAndPassesLintian(t *testing.T) {
+	testenv.RequireBinary(t, "dpkg-deb")
+	testenv.RequireBinary(t, "lintian")
+	res := testPackages(t)
+	v, _ := PackageVersion(testVersion)
+	if want := "membrane_" + v + "_amd64.deb"; filepath.Base(res.Deb) != want {
+		t.Fatalf("deb is named %s, want %s", filepath.Base(res.Deb), want)
+	}
+
+	list := run(t, "dpkg-deb", "--contents", res.Deb)
+	for _, p := range append(requiredPaths, "/lib/systemd/system/membraned.service",
+		"/usr/share/zsh/vendor-completions/_membrane", "/usr/share/doc/membrane/copyright",
+		"/usr/share/doc/membrane/changelog.gz", "/etc/membrane/policies.d/") {
+		if !strings.Contains(list, " ."+p+"\n") && !strings.Contains(list, " ."+p+" ") {
+			t.Errorf("the deb lacks %s", p)
+		}
+	}
+	if !regexp.MustCompile(`(?m)^-rwxr-xr-x root/root .* \./usr/sbin/membraned$`).MatchString(list) {
+		t.Errorf("membraned is not an executable owned by root:\n%s", list)
+	}
+
+	ctrl := t.TempDir()
+	run(t, "dpkg-deb", "--control", res.Deb, ctrl)
+	conffiles, err := os.ReadFile(filepath.Join(ctrl, "conffiles"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []string{"/etc/membrane/membrane.hcl", "/etc/membrane/policies.d/example.hcl"} {
+		if !strings.Contains(string(conffiles), c+"\n") {
+			t.Errorf("%s is not a conffile; conffiles:\n%s", c, conffiles)
+		}
+	}
+	prerm, _ := os.ReadFile(filepath.Join(ctrl, "prerm"))
+	if !strings.Contains(string(prerm), "membraned --cleanup") {
+		t.Errorf("prerm does not run membraned --cleanup:\n%s", prerm)
+	}
+	postinst, _ := os.ReadFile(filepath.Join(ctrl, "postinst"))
+	for _, want := range []string{"deb-systemd-invoke start", "deb-systemd-invoke try-restart", "systemctl --system preset", "groupadd --system membrane", "daemon-reload"} {
+		if !strings.Contains(string(postinst), want) {
+			t.Errorf("postinst lacks %q", want)
+		}
+	}
+
+	// lintian: no error; only the warnings operations.md explains.
+	cmd := exec.Command("lintian", "--tag-display-limit", "0", "--no-cfg", res.Deb)
+	out, _ := cmd.CombinedOutput() // exit status 2 on errors; judged below
+	var unexplained []string
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 3 || (f[0] != "E:" && f[0] != "W:") {
+			continue
+		}
+		if f[0] == "E:" || !lintianExplained[f[2]] {
+			unexplained = append(unexplained, line)
+		}
+	}
+	if len(unexplained) > 0 {
+		t.Errorf("lintian reports what docs/operations.md does not explain:\n%s\n\nfull output:\n%s", strings.Join(unexplained, "\n"), out)
+	}
+	t.Logf("lintian:\n%s", out)
+}
+
+func TestManPagesRenderWithoutWarnings(t *testing.T) {
+	testenv.RequireBinary(t, "dpkg-deb")
+	res := testPackages(t)
+	root := t.TempDir()
+	run(t, "dpkg-deb", "--extract", res.Deb, root)
+	pages, _ := filepath.Glob(filepath.Join(root, "usr/share/man/man*/*.gz"))
+	if len(pages) < 6 {
+		t.Fatalf("only %d man pages: %v", len(pages), pages)
+	}
+	for _, p := range pages {
+		data := run(t, "zcat", p)
+		checkRoff(t, strings.TrimSuffix(filepath.Base(p), ".gz"), data)
+	}
+	// membrane-policy(5) really is docs/policy.md.
+	md, err := os.ReadFile(filepath.Join(repoRoot(t), "docs", "policy.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	page := run(t, "zcat", filepath.Join(root, "usr/share/man/man5/membrane-policy.5.gz"))
+	for _, line := range strings.Split(string(md), "\n") {
+		if h, ok := strings.CutPrefix(line, "## "); ok {
+			if !strings.Contains(page, strings.ToUpper(escape(plain(strings.TrimSpace(h))))) {
+				t.Errorf("membrane-policy(5) lacks the section %q of docs/policy.md", h)
+			}
+		}
+	}
+}
+
+func TestRPMHoldsTheListedFilesScriptsAndRequirements(t *testing.T) {
+	testenv.RequireBinary(t, "rpm")
+	res := testPackages(t)
+	v, _ := PackageVersion(testVersion)
+	if want := "membrane-" + v + ".x86_64.rpm"; filepath.Base(res.RPM) != want {
+		t.Fatalf("rpm is named %s, want %s", filepath.Base(res.RPM), want)
+	}
+	list := "\n" + run(t, "rpm", "-qpl", res.RPM)
+	for _, p := range append(requiredPaths, "/usr/lib/systemd/system/membraned.service", "/usr/share/zsh/site-functions/_membrane", "/usr/share/doc/membrane/LICENSE") {
+		if !strings.Contains(list, "\n"+p+"\n") {
+			t.Errorf("the rpm lacks %s", p)
+		}
+	}
+	reqs := run(t, "rpm", "-qpR", res.RPM)
+	for _, want := range []string{"systemd", "shadow-utils"} {
+		if !regexp.MustCompile(`(?m)^` + want + `\s*$`).MatchString(reqs) {
+			t.Errorf("rpm -qpR lacks %s:\n%s", want, reqs)
+		}
+	}
+	confs := strings.Fields(run(t, "rpm", "-qpc", res.RPM))
+	sort.Strings(confs)
+	if got := strings.Join(confs, " "); got != "/etc/membrane/membrane.hcl /etc/membrane/policies.d/example.hcl" {
+		t.Errorf("rpm config files: %s", got)
+	}
+	scripts := run(t, "rpm", "-qp", "--scripts", res.RPM)
+	for _, want := range []string{"preinstall scriptlet", "groupadd --system membrane", "systemctl --system preset", "membraned --cleanup", "try-restart"} {
+		if !strings.Contains(scripts, want) {
+			t.Errorf("rpm scripts lack %q:\n%s", want, scripts)
+		}
+	}
+	info := run(t, "rpm", "-qpi", res.RPM)
+	for _, want := range []string{"Name        : membrane", "Version     : " + v, "License     : Apache-2.0"} {
+		if !strings.Contains(info, want) {
+			t.Errorf("rpm -qpi lacks %q:\n%s", want, info)
+		}
+	}
+}
+
+func TestBuildIsReproducible(t *testing.T) {
+	first := testPackages(t)
+	again, err := Build(t.Context(), Options{
+		RepoRoot: repoRoot(t), BinDir: testBinaries(t), OutDir: t.TempDir(), Formats: []string{FormatDeb},
+		MTime: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := os.ReadFile(first.Deb)
+	b, _ := os.ReadFile(again.Deb)
+	if string(a) != string(b) {
+		t.Fatalf("two builds of the same inputs differ (%d and %d bytes)", len(a), len(b))
+	}
+}
