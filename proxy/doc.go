@@ -1,0 +1,26 @@
+// Package proxy is Membrane's L7 layer: the pieces every L7 engine shares.
+//
+// The datapath sends a connection that an L7 policy entry admits to the
+// proxy's transparent listener (design.md, "L7"). An engine accepts it, learns
+// the original destination from the accepted socket's local address, asks a
+// Resolver which HTTP rules apply to (source, destination), judges every
+// request, answers 403 on a miss, and forwards allowed requests upstream on a
+// socket whose SO_MARK carries the source identity and the from-proxy flag,
+// so the destination's program judges the true source and never redirects the
+// connection again.
+//
+// This package holds:
+//   - Engine, Resolver, Decision, Check, Event: the contract between the
+//     daemon and an engine (proxy/builtin, proxy/envoy); proxy/engines picks
+//     one from the config's `l7 { engine = "auto|builtin|envoy" }`.
+//   - ModelResolver: a Resolver built from a compiled policies.Model and the
+//     ipcache (prefix -> identity); what the daemon hands to Update.
+//   - Match: the reference HTTP rule matcher (anchored regexps, headers
+//     exact or present).
+//   - The socket plumbing: ListenTransparent (IP_TRANSPARENT listeners),
+//     OriginalDst, DialMarked (SO_MARK upstream), and InstallRouting /
+//     RemoveRouting (the fwmark rule and its `local default dev lo` table,
+//     installed idempotently through netlink, removed by --cleanup).
+//   - The skb->mark layout shared with the datapath (mark.go).
+//   - Metrics: the Prometheus collectors both engines report through.
+package proxy

@@ -1,0 +1,132 @@
+package proxy
+
+import (
+	"net"
+	"net/http"
+	"path"
+	"strings"
+
+	"github.com/membrane-fw/membrane/policies"
+)
+
+// Request is what the HTTP rules look at, in the form the rules match.
+type Request struct {
+	Method string
+	// Path is the normalized path, without the query (see NormalizePath).
+	Path string
+	// Host is the Host header or :authority, lower-cased, without a port.
+	Host    string
+	Headers http.Header
+}
+
+// RequestOf extracts the matched attributes of r. Path normalization here is
+// also what the engine forwards upstream, so the rule and the server see the
+// same path.
+func RequestOf(r *http.Request) Request {
+	return Request{
+		Method:  r.Method,
+		Path:    NormalizePath(r.URL.Path),
+		Host:    MatchHost(r.Host),
+		Headers: r.Header,
+	}
+}
+
+// NormalizePath removes dot segments and repeated slashes (RFC 3986 section
+// 5.2.4), keeping a trailing slash, so "/public/../admin" is judged as
+// "/admin" and not matched by "/public/.*". An empty path is "/".
+func NormalizePath(p string) string {
+	if p == "" || p[0] != '/' {
+		p = "/" + p
+	}
+	c := path.Clean(p)
+	if strings.HasSuffix(p, "/") && c != "/" {
+		c += "/"
+	}
+	return c
+}
+
+// MatchHost strips the port from a Host header and lower-cases it, so that
+// `host = "api\\.example\\.com"` matches "API.example.com:8080".
+func MatchHost(h string) string {
+	if host, _, err := net.SplitHostPort(h); err == nil {
+		h = host
+	} else if strings.HasPrefix(h, "[") && strings.HasSuffix(h, "]") {
+		h = h[1 : len(h)-1]
+	}
+	return strings.ToLower(h)
+}
+
+// MatchRule reports whether one http block matches: every attribute it names
+// holds.
+func MatchRule(rule *policies.HTTPRule, req *Request) bool {
+	if rule.Method != nil && !rule.Method.MatchString(req.Method) {
+		return false
+	}
+	if rule.Path != nil && !rule.Path.MatchString(req.Path) {
+		return false
+	}
+	if rule.Host != nil && !rule.Host.MatchString(req.Host) {
+		return false
+	}
+	for name, want := range rule.Headers {
+		vals, ok := req.Headers[name]
+		if !ok {
+			return false
+		}
+		if want == "" {
+			continue
+		}
+		found := false
+		for _, v := range vals {
+			if v == want {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+// Match returns the first rule of set that matches req. ok is false when no
+// rule does (the request is denied).
+func Match(set *policies.L7Set, req *Request) (ruleID uint32, ok bool) {
+	for i := range set.Rules {
+		if MatchRule(&set.Rules[i].HTTP, req) {
+			return set.Rules[i].RuleID, true
+		}
+	}
+	return 0, false
+}
+
+// Verdict judges req against every check of d. When allowed, ruleID is the
+// rule that allowed it under the last check that had rules (0 when nothing
+// restricted the request). When denied, denied is the check that failed.
+func (d *Decision) Verdict(req *Request) (ruleID uint32, denied *Check) {
+	for i := range d.Checks {
+		id, ok := Match(&d.Checks[i].Rules, req)
+		if !ok {
+			return 0, &d.Checks[i]
+		}
+		ruleID = id
+	}
+	return ruleID, nil
+}
+
+// PolicyNames lists, once each and in rule order, the policies that hold the
+// rules of c.
+func PolicyNames(r Resolver, c *Check) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, rule := range c.Rules.Rules {
+		n := r.PolicyName(rule.RuleID)
+		if n == "" || seen[n] {
+			continue
+		}
+		seen[n] = true
+		out = append(out, n)
+	}
+	return out
+}

@@ -1,0 +1,51 @@
+package proxy
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the collectors both engines report through; the names are
+// the same whichever engine runs, labelled by engine.
+type Metrics struct {
+	Requests          *prometheus.CounterVec
+	Duration          *prometheus.HistogramVec
+	ConnectionsActive prometheus.Gauge
+	Connections       prometheus.Counter
+	engine            string
+}
+
+// NewMetrics makes the collectors of one engine.
+func NewMetrics(engine string) *Metrics {
+	cl := prometheus.Labels{"engine": engine}
+	return &Metrics{
+		engine: engine,
+		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "membrane_proxy_requests_total", ConstLabels: cl,
+			Help: "HTTP requests judged by the L7 proxy, by verdict (forwarded, denied, error).",
+		}, []string{"verdict"}),
+		Duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "membrane_proxy_request_duration_seconds", ConstLabels: cl,
+			Help:    "Time from a request's headers to the end of its response, by verdict.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10},
+		}, []string{"verdict"}),
+		ConnectionsActive: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "membrane_proxy_connections_active", ConstLabels: cl,
+			Help: "Client connections the L7 proxy holds open.",
+		}),
+		Connections: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "membrane_proxy_connections_total", ConstLabels: cl,
+			Help: "Client connections the L7 proxy accepted.",
+		}),
+	}
+}
+
+// Observe counts one event.
+func (m *Metrics) Observe(e *Event) {
+	m.Requests.WithLabelValues(e.Verdict).Inc()
+	m.Duration.WithLabelValues(e.Verdict).Observe(e.Duration.Seconds())
+}
+
+// Collectors lists the collectors, for Engine.Collectors.
+func (m *Metrics) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.Requests, m.Duration, m.ConnectionsActive, m.Connections}
+}
