@@ -233,11 +233,11 @@ type targetKey struct{}
 
 // target is one allowed request's upstream.
 type target struct {
-	dst      netip.AddrPort
-	mark     uint32
-	h2       bool
-	path     string // normalized path to forward, "" to keep the original
-	err      error  // upstream failure, set by upstreamError
+	dst  netip.AddrPort
+	mark uint32
+	h2   bool
+	path string // normalized path to forward, "" to keep the original
+	err  error  // upstream failure, set by upstreamError
 }
 
 // ServeHTTP judges one request (one HTTP/2 stream).
