@@ -107,3 +107,42 @@ func RequireContainerd(t testing.TB) {
 		Skip(t, fmt.Sprintf("needs a running containerd (hack/docker-up.sh starts one): %v: %s", err, out))
 	}
 }
+
+// ContainerdBusyboxImage imports the busybox test image (BusyboxImage) into
+// containerd namespace ns (`docker save | ctr -n ns images import`, which
+// also unpacks it) and returns its containerd name.
+func ContainerdBusyboxImage(t testing.TB, ns string) string {
+	t.Helper()
+	RequireContainerd(t)
+	img := BusyboxImage(t)
+	save := exec.Command("docker", "save", img)
+	imp := exec.Command("ctr", "-n", ns, "images", "import", "-")
+	pipe, err := save.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	imp.Stdin = pipe
+	if err := save.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := imp.CombinedOutput(); err != nil {
+		t.Fatalf("ctr images import: %v: %s", err, out)
+	}
+	if err := save.Wait(); err != nil {
+		t.Fatalf("docker save: %v", err)
+	}
+	name := "docker.io/" + img
+	t.Cleanup(func() { _ = exec.Command("ctr", "-n", ns, "images", "rm", "--sync", name).Run() })
+	return name
+}
+
+// NetnsAdd creates a named network namespace (`ip netns add`, so it is
+// /run/netns/NAME) and removes it when the test ends.
+func NetnsAdd(t testing.TB, name string) string {
+	t.Helper()
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
+	return "/run/netns/" + name
+}

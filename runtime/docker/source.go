@@ -182,8 +182,8 @@ func (s *Source) session(ctx context.Context, cli *client.Client) error {
 		Filters: eventFilter,
 		Since:   strconv.FormatInt(since.Unix(), 10) + "." + fmt.Sprintf("%09d", since.Nanosecond()),
 	})
-	d := newDispatcher(s.cfg.Workers, func(id string) error { return s.refresh(sctx, cli, id) })
-	defer d.stop()
+	d := endpoint.NewDispatcher(s.cfg.Workers, func(id string) error { return s.refresh(sctx, cli, id) })
+	defer d.Stop()
 
 	readErr := make(chan error, 1)
 	go func() {
@@ -191,7 +191,7 @@ func (s *Source) session(ctx context.Context, cli *client.Client) error {
 			select {
 			case m := <-msgs:
 				if id := containerOf(m); id != "" {
-					d.push(id)
+					d.Push(id)
 				}
 			case err := <-errs:
 				if err == nil {
@@ -207,11 +207,11 @@ func (s *Source) session(ctx context.Context, cli *client.Client) error {
 		return fmt.Errorf("resync: %w", err)
 	}
 	s.syncOnce.Do(func() { close(s.synced) })
-	d.start()
+	d.Start()
 	select {
 	case err := <-readErr:
 		return fmt.Errorf("events stream: %w", err)
-	case err := <-d.failed:
+	case err := <-d.Failed():
 		return err
 	case <-ctx.Done():
 		return ctx.Err()

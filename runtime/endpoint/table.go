@@ -66,7 +66,13 @@ func (t *Table) deleteLocked(id string, resync bool) bool {
 // Replace makes the table hold exactly eps: Removed for every endpoint not in
 // eps (stale after an outage), Added/Updated for new or changed ones, nothing
 // for the unchanged. This is the full resync.
-func (t *Table) Replace(eps []Endpoint) {
+func (t *Table) Replace(eps []Endpoint) { t.replace(eps, true) }
+
+// Converge is Replace for a source that recomputes all its endpoints after
+// each runtime event: the same diff, reported as event-driven (Resync false).
+func (t *Table) Converge(eps []Endpoint) { t.replace(eps, false) }
+
+func (t *Table) replace(eps []Endpoint, resync bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	keep := make(map[string]bool, len(eps))
@@ -75,11 +81,11 @@ func (t *Table) Replace(eps []Endpoint) {
 	}
 	for _, id := range t.idsLocked() {
 		if !keep[id] {
-			t.deleteLocked(id, true)
+			t.deleteLocked(id, resync)
 		}
 	}
 	for _, ep := range eps {
-		t.setLocked(ep, true)
+		t.setLocked(ep, resync)
 	}
 }
 

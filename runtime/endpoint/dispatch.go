@@ -1,13 +1,13 @@
-package docker
+package endpoint
 
 import "sync"
 
-// dispatcher runs one refresh at a time per container, in the order the
+// Dispatcher runs one refresh at a time per container, in the order the
 // container's events arrived, with at most `workers` refreshes at once.
 // Several events for a container that queue up while it is being refreshed
 // collapse into one more refresh: each refresh reads the container's current
 // state, so one read after the last event sees everything they announced.
-type dispatcher struct {
+type Dispatcher struct {
 	mu      sync.Mutex
 	pending map[string]bool // container has events not yet refreshed
 	active  map[string]bool // a goroutine is draining the container
@@ -17,11 +17,15 @@ type dispatcher struct {
 	sem     chan struct{}
 	wg      sync.WaitGroup
 	refresh func(id string) error
-	failed  chan error // first refresh error (dockerd unreachable)
+	failed  chan error // first refresh error (runtime unreachable)
 }
 
-func newDispatcher(workers int, refresh func(string) error) *dispatcher {
-	return &dispatcher{
+// NewDispatcher returns a stopped dispatcher that calls refresh with a
+// container key (the sources use the container id, or namespace/id). A
+// refresh error (the runtime is unreachable) stops the dispatcher and is
+// delivered on Failed; the source then reconnects and resyncs.
+func NewDispatcher(workers int, refresh func(key string) error) *Dispatcher {
+	return &Dispatcher{
 		pending: map[string]bool{},
 		active:  map[string]bool{},
 		sem:     make(chan struct{}, workers),
@@ -30,8 +34,8 @@ func newDispatcher(workers int, refresh func(string) error) *dispatcher {
 	}
 }
 
-// push never blocks: it is called by the events reader.
-func (d *dispatcher) push(id string) {
+// Push never blocks: it is called by the events reader.
+func (d *Dispatcher) Push(id string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.stopped {
@@ -50,8 +54,8 @@ func (d *dispatcher) push(id string) {
 	}
 }
 
-// start begins processing (after the resync).
-func (d *dispatcher) start() {
+// Start begins processing (after the resync).
+func (d *Dispatcher) Start() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.started = true
@@ -65,7 +69,7 @@ func (d *dispatcher) start() {
 	d.order = nil
 }
 
-func (d *dispatcher) drain(id string) {
+func (d *Dispatcher) drain(id string) {
 	defer d.wg.Done()
 	for {
 		d.mu.Lock()
@@ -94,10 +98,13 @@ func (d *dispatcher) drain(id string) {
 	}
 }
 
-// stop ends processing and waits for running refreshes.
-func (d *dispatcher) stop() {
+// Stop ends processing and waits for running refreshes.
+func (d *Dispatcher) Stop() {
 	d.mu.Lock()
 	d.stopped = true
 	d.mu.Unlock()
 	d.wg.Wait()
 }
+
+// Failed delivers the first refresh error.
+func (d *Dispatcher) Failed() <-chan error { return d.failed }

@@ -1,0 +1,515 @@
+package containerd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	apievents "github.com/containerd/containerd/api/events"
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/typeurl/v2"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/membrane-fw/membrane/runtime/endpoint"
+	"github.com/membrane-fw/membrane/runtime/nsinfo"
+)
+
+// DefaultAddress is containerd's default socket.
+const DefaultAddress = "/run/containerd/containerd.sock"
+
+// Config configures a Source.
+type Config struct {
+	// Address is containerd's socket; "" means DefaultAddress.
+	Address string
+	// Namespaces to watch; empty means every namespace.
+	Namespaces []string
+	// SkipMoby skips the "moby" namespace (Docker's containers, which
+	// runtime/docker reports with their Docker names and labels).
+	SkipMoby bool
+	Logger   *slog.Logger
+	// MinBackoff and MaxBackoff bound the reconnect delay (defaults 100ms, 5s).
+	MinBackoff, MaxBackoff time.Duration
+	// Workers is how many containers are read at once (default 8).
+	Workers int
+}
+
+// Source follows one containerd.
+type Source struct {
+	cfg   Config
+	log   *slog.Logger
+	queue *endpoint.Queue[endpoint.Event]
+	table *endpoint.Table
+
+	syncOnce sync.Once
+	synced   chan struct{}
+
+	mu      sync.Mutex
+	ctrs    map[string]*record            // running containers by "ns/id"
+	pending map[uint64]endpoint.Container // created containers by their spec netns inode
+	byKey   map[string]uint64             // "ns/id" -> pending inode
+	owner   map[string]string             // "ns/id" -> endpoint id it was last part of
+
+	statsMu    sync.Mutex
+	reconnects int
+}
+
+type record struct {
+	key, ns, id string
+	name, image string
+	labels      map[string]string
+	created     time.Time
+	pid         int
+	paused      bool
+	host        bool
+	info        nsinfo.Info
+}
+
+// New returns a source.
+func New(cfg Config) *Source {
+	if cfg.Address == "" {
+		cfg.Address = DefaultAddress
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = 100 * time.Millisecond
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = 5 * time.Second
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 8
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	q := endpoint.NewQueue[endpoint.Event]()
+	return &Source{
+		cfg: cfg, log: log.With("subsys", "runtime.containerd"),
+		queue: q, table: endpoint.NewTable(q), synced: make(chan struct{}),
+		ctrs: map[string]*record{}, pending: map[uint64]endpoint.Container{},
+		byKey: map[string]uint64{},
+	}
+}
+
+var _ endpoint.Source = (*Source)(nil)
+
+// Events delivers endpoint changes in order; closed when Run returns.
+func (s *Source) Events() <-chan endpoint.Event { return s.queue.Events() }
+
+// Snapshot returns the endpoints as last reported.
+func (s *Source) Snapshot() []endpoint.Endpoint { return s.table.Snapshot() }
+
+// Synced is closed after the first full list has been reported.
+func (s *Source) Synced() <-chan struct{} { return s.synced }
+
+// Reconnects counts the sessions after the first.
+func (s *Source) Reconnects() int {
+	s.statsMu.Lock()
+	defer s.statsMu.Unlock()
+	return s.reconnects
+}
+
+// ContainerByNetns returns the endpoint whose netns has inode ino, or, for a
+// container created but not started yet, an endpoint holding just that
+// container (no interfaces, ID "NAMESPACE/ID").
+func (s *Source) ContainerByNetns(ino uint64) (endpoint.Endpoint, bool) {
+	if ep, ok := s.table.FindByNetns(ino); ok {
+		return ep, true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.pending[ino]
+	if !ok {
+		return endpoint.Endpoint{}, false
+	}
+	return endpoint.Endpoint{
+		ID: c.Namespace + "/" + c.ID, Runtime: endpoint.RuntimeContainerd,
+		Containers: []endpoint.Container{c}, Netns: endpoint.Netns{Inode: ino},
+	}, true
+}
+
+func (s *Source) watched(ns string) bool {
+	if ns == "moby" && s.cfg.SkipMoby {
+		return false
+	}
+	return len(s.cfg.Namespaces) == 0 || slices.Contains(s.cfg.Namespaces, ns)
+}
+
+// Run follows containerd until ctx is done.
+func (s *Source) Run(ctx context.Context) error {
+	cli, err := containerd.New(s.cfg.Address)
+	if err != nil {
+		return fmt.Errorf("containerd client for %s: %w", s.cfg.Address, err)
+	}
+	defer cli.Close()
+	qctx, qcancel := context.WithCancel(context.Background())
+	qdone := make(chan struct{})
+	go func() { s.queue.Run(qctx); close(qdone) }()
+	defer func() { qcancel(); <-qdone }()
+
+	backoff := s.cfg.MinBackoff
+	for first := true; ; first = false {
+		if !first {
+			s.statsMu.Lock()
+			s.reconnects++
+			s.statsMu.Unlock()
+		}
+		start := time.Now()
+		err := s.session(ctx, cli)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if time.Since(start) > 10*time.Second {
+			backoff = s.cfg.MinBackoff
+		}
+		s.log.Warn("lost containerd; reconnecting", "err", err, "backoff", backoff)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, s.cfg.MaxBackoff)
+	}
+}
+
+var topics = []string{
+	`topic=="/tasks/start"`, `topic=="/tasks/exit"`, `topic=="/tasks/delete"`,
+	`topic=="/tasks/paused"`, `topic=="/tasks/resumed"`,
+	`topic=="/containers/create"`, `topic=="/containers/update"`, `topic=="/containers/delete"`,
+}
+
+func (s *Source) session(ctx context.Context, cli *containerd.Client) error {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	vctx, vcancel := context.WithTimeout(sctx, 5*time.Second)
+	_, err := cli.Version(vctx)
+	vcancel()
+	if err != nil {
+		return fmt.Errorf("containerd version: %w", err)
+	}
+	envs, errs := cli.Subscribe(sctx, topics...)
+	d := endpoint.NewDispatcher(s.cfg.Workers, func(key string) error {
+		ns, id, _ := cut(key)
+		return s.refresh(sctx, cli, ns, id)
+	})
+	defer d.Stop()
+	readErr := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case env := <-envs:
+				if env == nil || !s.watched(env.Namespace) {
+					continue
+				}
+				if id := containerOf(env.Event); id != "" {
+					d.Push(env.Namespace + "/" + id)
+				}
+			case err := <-errs:
+				if err == nil {
+					err = errors.New("event stream closed")
+				}
+				readErr <- err
+				return
+			}
+		}
+	}()
+	if err := s.resync(sctx, cli); err != nil {
+		return fmt.Errorf("resync: %w", err)
+	}
+	s.syncOnce.Do(func() { close(s.synced) })
+	d.Start()
+	select {
+	case err := <-readErr:
+		return fmt.Errorf("event stream: %w", err)
+	case err := <-d.Failed():
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func cut(key string) (ns, id string, ok bool) {
+	for i := 0; i < len(key); i++ {
+		if key[i] == '/' {
+			return key[:i], key[i+1:], true
+		}
+	}
+	return "", key, false
+}
+
+func containerOf(a typeurl.Any) string {
+	if a == nil {
+		return ""
+	}
+	v, err := typeurl.UnmarshalAny(a)
+	if err != nil {
+		return ""
+	}
+	switch e := v.(type) {
+	case *apievents.TaskStart:
+		return e.ContainerID
+	case *apievents.TaskExit:
+		return e.ContainerID
+	case *apievents.TaskDelete:
+		return e.ContainerID
+	case *apievents.TaskPaused:
+		return e.ContainerID
+	case *apievents.TaskResumed:
+		return e.ContainerID
+	case *apievents.ContainerCreate:
+		return e.ID
+	case *apievents.ContainerUpdate:
+		return e.ID
+	case *apievents.ContainerDelete:
+		return e.ID
+	}
+	return ""
+}
+
+func (s *Source) resync(ctx context.Context, cli *containerd.Client) error {
+	nss, err := cli.NamespaceService().List(ctx)
+	if err != nil {
+		return fmt.Errorf("list namespaces: %w", err)
+	}
+	type item struct{ ns, id string }
+	var items []item
+	for _, ns := range nss {
+		if !s.watched(ns) {
+			continue
+		}
+		cs, err := cli.Containers(namespaces.WithNamespace(ctx, ns))
+		if err != nil {
+			return fmt.Errorf("list containers in namespace %s: %w", ns, err)
+		}
+		for _, c := range cs {
+			items = append(items, item{ns, c.ID()})
+		}
+	}
+	type result struct {
+		rec     *record
+		pending *endpoint.Container
+		ino     uint64
+		err     error
+	}
+	res := make([]result, len(items))
+	sem := make(chan struct{}, s.cfg.Workers)
+	var wg sync.WaitGroup
+	for i, it := range items {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			r := &res[i]
+			r.rec, r.pending, r.ino, r.err = s.read(ctx, cli, it.ns, it.id)
+		}()
+	}
+	wg.Wait()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ctrs = map[string]*record{}
+	s.pending = map[uint64]endpoint.Container{}
+	s.byKey = map[string]uint64{}
+	for _, r := range res {
+		if r.err != nil {
+			return r.err
+		}
+		if r.rec != nil {
+			s.ctrs[r.rec.key] = r.rec
+		}
+		if r.pending != nil {
+			s.pending[r.ino] = *r.pending
+			s.byKey[r.pending.Namespace+"/"+r.pending.ID] = r.ino
+		}
+	}
+	eps := s.endpointsLocked()
+	s.table.Replace(eps)
+	s.log.Info("resynced with containerd", "containers", len(s.ctrs), "endpoints", len(eps))
+	return nil
+}
+
+// refresh re-reads one container and reports the endpoints it changed.
+func (s *Source) refresh(ctx context.Context, cli *containerd.Client, ns, id string) error {
+	rec, pend, ino, err := s.read(ctx, cli, ns, id)
+	if err != nil {
+		return err
+	}
+	key := ns + "/" + id
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old, ok := s.byKey[key]; ok {
+		delete(s.pending, old)
+		delete(s.byKey, key)
+	}
+	if pend != nil {
+		s.pending[ino] = *pend
+		s.byKey[key] = ino
+	}
+	if rec == nil {
+		delete(s.ctrs, key)
+	} else {
+		s.ctrs[key] = rec
+	}
+	// Grouping by netns can move containers between endpoints (the owner
+	// leaves, another becomes the owner), so recompute them all and let the
+	// table report only what differs.
+	s.table.Converge(s.endpointsLocked())
+	return nil
+}
+
+// endpointsLocked groups the running containers into endpoints.
+func (s *Source) endpointsLocked() []endpoint.Endpoint {
+	groups := map[string][]*record{}
+	for _, r := range s.ctrs {
+		g := r.key // host-mode containers are each their own endpoint
+		if !r.host {
+			g = fmt.Sprintf("ino:%d", r.info.Netns.Inode)
+		}
+		groups[g] = append(groups[g], r)
+	}
+	var eps []endpoint.Endpoint
+	for _, rs := range groups {
+		sort.Slice(rs, func(i, j int) bool {
+			if !rs[i].created.Equal(rs[j].created) {
+				return rs[i].created.Before(rs[j].created)
+			}
+			return rs[i].key < rs[j].key
+		})
+		o := rs[0]
+		ep := endpoint.Endpoint{
+			ID: o.key, Runtime: endpoint.RuntimeContainerd, Netns: o.info.Netns, State: endpoint.StateRunning,
+		}
+		if o.paused {
+			ep.State = endpoint.StatePaused
+		}
+		var joined []map[string]string
+		for _, r := range rs {
+			ep.Containers = append(ep.Containers, endpoint.Container{
+				ID: r.id, Name: r.name, Labels: maps.Clone(r.labels), Image: r.image, Pid: r.pid, Namespace: r.ns,
+			})
+			if r != o {
+				joined = append(joined, r.labels)
+			}
+		}
+		ep.Labels = endpoint.DeriveLabels(endpoint.MergeLabels(o.labels, joined), o.name, o.ns)
+		switch {
+		case o.host:
+			ep.NetworkMode = endpoint.ModeHost
+		case len(o.info.Interfaces) == 0:
+			ep.NetworkMode = endpoint.ModeNone
+		default:
+			ep.NetworkMode = endpoint.ModeBridge
+			ep.Interfaces = append(ep.Interfaces, o.info.Interfaces...)
+		}
+		eps = append(eps, ep)
+	}
+	sort.Slice(eps, func(i, j int) bool { return eps[i].ID < eps[j].ID })
+	return eps
+}
+
+// read returns the record of a running container (nil when it has no
+// running task) and, for a container whose spec names a netns path, the
+// container and that netns's inode (so the link watcher can name it before
+// the task starts). Only errors that mean containerd is unreachable are
+// returned.
+func (s *Source) read(ctx context.Context, cli *containerd.Client, ns, id string) (*record, *endpoint.Container, uint64, error) {
+	ctx = namespaces.WithNamespace(ctx, ns)
+	c, err := cli.LoadContainer(ctx, id)
+	if err != nil {
+		return nil, nil, 0, s.classify(err, ns, id)
+	}
+	info, err := c.Info(ctx)
+	if err != nil {
+		return nil, nil, 0, s.classify(err, ns, id)
+	}
+	spec, err := c.Spec(ctx)
+	if err != nil {
+		s.log.Warn("container spec unreadable; ignoring the container", "namespace", ns, "container", id, "err", err)
+		return nil, nil, 0, nil
+	}
+	hasNet, nsPath := false, ""
+	if spec.Linux != nil {
+		for _, n := range spec.Linux.Namespaces {
+			if n.Type == specs.NetworkNamespace {
+				hasNet, nsPath = true, n.Path
+			}
+		}
+	}
+	name := id
+	if n := info.Labels["nerdctl/name"]; n != "" {
+		name = n
+	}
+	ct := endpoint.Container{ID: id, Name: name, Labels: maps.Clone(info.Labels), Image: info.Image, Namespace: ns}
+	if ct.Labels == nil {
+		ct.Labels = map[string]string{}
+	}
+	var pend *endpoint.Container
+	var pendIno uint64
+	if nsPath != "" {
+		if ino, err := nsinfo.Inode(nsPath); err == nil {
+			pend, pendIno = &ct, ino
+		}
+	}
+
+	task, err := c.Task(ctx, nil)
+	if err != nil {
+		if errdefs.IsNotFound(err) {
+			return nil, pend, pendIno, nil
+		}
+		return nil, nil, 0, s.classify(err, ns, id)
+	}
+	st, err := task.Status(ctx)
+	if err != nil {
+		if errdefs.IsNotFound(err) {
+			return nil, pend, pendIno, nil
+		}
+		return nil, nil, 0, s.classify(err, ns, id)
+	}
+	if st.Status != containerd.Running && st.Status != containerd.Paused && st.Status != containerd.Pausing {
+		return nil, pend, pendIno, nil
+	}
+	r := &record{
+		key: ns + "/" + id, ns: ns, id: id, name: name, image: info.Image, labels: ct.Labels,
+		created: info.CreatedAt, pid: int(task.Pid()), paused: st.Status != containerd.Running,
+	}
+	var ni nsinfo.Info
+	switch {
+	case !hasNet:
+		r.host = true
+		ni, err = nsinfo.Inspect(nsinfo.PidPath(r.pid))
+	case nsPath != "":
+		ni, err = nsinfo.Inspect(nsPath)
+		if err != nil {
+			ni, err = nsinfo.Inspect(nsinfo.PidPath(r.pid))
+		}
+	default:
+		ni, err = nsinfo.Inspect(nsinfo.PidPath(r.pid))
+	}
+	if err != nil {
+		s.log.Debug("container netns unreadable (exited?)", "namespace", ns, "container", id, "err", err)
+		return nil, pend, pendIno, nil
+	}
+	if ni.Host {
+		r.host = true
+		ni.Interfaces = nil
+	}
+	r.info = ni
+	return r, pend, pendIno, nil
+}
+
+// classify turns "not found" into no error (the container is gone) and
+// passes everything else on as a reason to reconnect.
+func (s *Source) classify(err error, ns, id string) error {
+	if errdefs.IsNotFound(err) {
+		return nil
+	}
+	return fmt.Errorf("read container %s/%s: %w", ns, id, err)
+}

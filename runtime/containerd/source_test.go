@@ -1,0 +1,311 @@
+package containerd
+
+import (
+	"context"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/oci"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/vishvananda/netlink"
+
+	"github.com/membrane-fw/membrane/internal/testenv"
+	"github.com/membrane-fw/membrane/runtime/endpoint"
+	"github.com/membrane-fw/membrane/runtime/linkwatch"
+)
+
+type collector struct {
+	mu     sync.Mutex
+	evs    []endpoint.Event
+	state  map[string]endpoint.Endpoint
+	notify chan struct{}
+}
+
+func startSource(t *testing.T, cfg Config) (*Source, *collector) {
+	t.Helper()
+	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	src := New(cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := src.Run(ctx); err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	c := &collector{state: map[string]endpoint.Endpoint{}, notify: make(chan struct{}, 1)}
+	cdone := make(chan struct{})
+	go func() {
+		defer close(cdone)
+		for ev := range src.Events() {
+			c.mu.Lock()
+			c.evs = append(c.evs, ev)
+			if ev.Type == endpoint.Removed {
+				delete(c.state, ev.Endpoint.ID)
+			} else {
+				c.state[ev.Endpoint.ID] = ev.Endpoint
+			}
+			c.mu.Unlock()
+			select {
+			case c.notify <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done; <-cdone })
+	select {
+	case <-src.Synced():
+	case <-time.After(30 * time.Second):
+		t.Fatal("source did not sync")
+	}
+	return src, c
+}
+
+func (c *collector) waitFor(t *testing.T, what string, cond func(map[string]endpoint.Endpoint) bool) {
+	t.Helper()
+	deadline := time.After(30 * time.Second)
+	for {
+		c.mu.Lock()
+		ok := cond(c.state)
+		c.mu.Unlock()
+		if ok {
+			return
+		}
+		select {
+		case <-c.notify:
+		case <-time.After(100 * time.Millisecond):
+		case <-deadline:
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+func sh(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
+	}
+}
+
+// TestContainerdEndpoints creates containers through the containerd client
+// in a namespace of the test's own: one with a netns the test made (and then
+// wires up like a CNI bridge plugin), one without a netns of its own (host).
+func TestContainerdEndpoints(t *testing.T) {
+	testenv.RequireContainerd(t)
+	suffix := testenv.RandomSuffix(6)
+	ns := "membrane-rt-" + suffix
+	img := testenv.ContainerdBusyboxImage(t, ns)
+	nsPath := testenv.NetnsAdd(t, "rt-"+suffix)
+
+	cli, err := containerd.New(DefaultAddress)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	ctx := namespaces.WithNamespace(context.Background(), ns)
+	t.Cleanup(func() { _ = cli.NamespaceService().Delete(context.Background(), ns) })
+	image, err := cli.GetImage(ctx, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	src, c := startSource(t, Config{Namespaces: []string{ns}})
+	_, lc := startLinkWatcher(t, src)
+
+	create := func(id string, labels map[string]string, netns ...oci.SpecOpts) containerd.Container {
+		t.Helper()
+		opts := append([]oci.SpecOpts{oci.WithImageConfig(image), oci.WithProcessArgs("sleep", "300")}, netns...)
+		ctr, err := cli.NewContainer(ctx, id,
+			containerd.WithImage(image),
+			containerd.WithNewSnapshot(id+"-snap", image),
+			containerd.WithNewSpec(opts...),
+			containerd.WithContainerLabels(labels))
+		if err != nil {
+			t.Fatalf("create %s: %v", id, err)
+		}
+		t.Cleanup(func() {
+			cctx := namespaces.WithNamespace(context.Background(), ns)
+			if task, err := ctr.Task(cctx, nil); err == nil {
+				_ = task.Kill(cctx, syscall.SIGKILL)
+				_, _ = task.Delete(cctx, containerd.WithProcessKill)
+			}
+			_ = ctr.Delete(cctx, containerd.WithSnapshotCleanup)
+		})
+		return ctr
+	}
+	start := func(ctr containerd.Container) containerd.Task {
+		t.Helper()
+		task, err := ctr.NewTask(ctx, cio.NullIO)
+		if err != nil {
+			t.Fatalf("task of %s: %v", ctr.ID(), err)
+		}
+		if err := task.Start(ctx); err != nil {
+			t.Fatalf("start %s: %v", ctr.ID(), err)
+		}
+		return task
+	}
+
+	web := create("web-"+suffix, map[string]string{"app": "web"},
+		oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: nsPath}))
+	hostc := create("hostnet-"+suffix, map[string]string{"app": "agent"}, oci.WithHostNamespace(specs.NetworkNamespace))
+
+	// Wire the netns like a CNI bridge plugin, after the container exists
+	// and before its task starts: veth made inside the netns, host end moved
+	// out and enslaved to a cni-* bridge.
+	br, hostVeth := "cni-rt"+suffix, "rtv"+suffix
+	sh(t, "ip", "link", "add", br, "type", "bridge")
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", br).Run() })
+	sh(t, "ip", "-n", "rt-"+suffix, "link", "add", "eth0", "type", "veth", "peer", "name", hostVeth, "netns", "1")
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", hostVeth).Run() })
+	sh(t, "ip", "link", "set", hostVeth, "master", br, "up")
+	sh(t, "ip", "-n", "rt-"+suffix, "addr", "add", "10.213.7.2/24", "dev", "eth0")
+	sh(t, "ip", "-n", "rt-"+suffix, "addr", "add", "fd00:213:7::2/64", "dev", "eth0", "nodad")
+	sh(t, "ip", "-n", "rt-"+suffix, "link", "set", "eth0", "up")
+
+	webTask := start(web)
+	start(hostc)
+
+	webID, hostID := ns+"/web-"+suffix, ns+"/hostnet-"+suffix
+	c.waitFor(t, "both endpoints", func(s map[string]endpoint.Endpoint) bool {
+		_, a := s[webID]
+		_, b := s[hostID]
+		return a && b
+	})
+	c.mu.Lock()
+	ep, hep := c.state[webID], c.state[hostID]
+	c.mu.Unlock()
+
+	hl, err := netlink.LinkByName(hostVeth)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ep.NetworkMode != endpoint.ModeBridge || ep.Runtime != endpoint.RuntimeContainerd || ep.Netns.Path != nsPath || len(ep.Interfaces) != 1 {
+		t.Fatalf("endpoint %+v", ep)
+	}
+	itf := ep.Interfaces[0]
+	if itf.Name != "eth0" || itf.HostIfindex != hl.Attrs().Index || itf.HostName != hostVeth || itf.Bridge != br {
+		t.Fatalf("interface %+v; want host side %s (%d) on %s", itf, hostVeth, hl.Attrs().Index, br)
+	}
+	want := []netip.Prefix{netip.MustParsePrefix("10.213.7.2/24"), netip.MustParsePrefix("fd00:213:7::2/64")}
+	if len(itf.Addrs) != 2 || itf.Addrs[0] != want[0] || itf.Addrs[1] != want[1] {
+		t.Fatalf("addrs %v, want %v", itf.Addrs, want)
+	}
+	if ep.Labels["containerd.namespace"] != ns || ep.Labels["container.name"] != "web-"+suffix || ep.Labels["app"] != "web" {
+		t.Fatalf("labels %v", ep.Labels)
+	}
+	if ep.Containers[0].Pid != int(webTask.Pid()) {
+		t.Fatalf("pid %d, task pid %d", ep.Containers[0].Pid, webTask.Pid())
+	}
+	if hep.NetworkMode != endpoint.ModeHost || len(hep.Interfaces) != 0 || hep.Labels["app"] != "agent" {
+		t.Fatalf("host endpoint %+v", hep)
+	}
+
+	// The link watcher named the container: it was known from its create
+	// event when the veth appeared.
+	var named bool
+	for _, ev := range lc.events() {
+		if ev.Ifindex == hl.Attrs().Index && ev.EndpointID == webID && ev.Container.ID == "web-"+suffix {
+			named = true
+		}
+	}
+	if !named {
+		t.Fatalf("link watcher never named web for %s: %+v", hostVeth, lc.events())
+	}
+
+	// Task exit removes the endpoint; the container's delete forgets it.
+	if err := webTask.Kill(ctx, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor(t, "web removed after its task exits", func(s map[string]endpoint.Endpoint) bool {
+		_, ok := s[webID]
+		return !ok
+	})
+	var seq []endpoint.EventType
+	c.mu.Lock()
+	for _, ev := range c.evs {
+		if ev.Endpoint.ID == webID {
+			seq = append(seq, ev.Type)
+		}
+	}
+	c.mu.Unlock()
+	if len(seq) < 2 || seq[0] != endpoint.Added || seq[len(seq)-1] != endpoint.Removed {
+		t.Fatalf("web events %v", seq)
+	}
+}
+
+// TestContainerdSkipsMoby checks that the moby namespace (Docker's own
+// containers) is left to the Docker source.
+func TestContainerdSkipsMoby(t *testing.T) {
+	testenv.RequireContainerd(t)
+	testenv.RequireDocker(t)
+	img := testenv.BusyboxImage(t)
+	suffix := testenv.RandomSuffix(6)
+	id := strings.TrimSpace(run(t, "docker", "run", "-d", "--label", "membrane.test.runtime="+suffix, img, "sleep", "300"))
+	t.Cleanup(func() { _ = exec.Command("docker", "rm", "-f", id).Run() })
+
+	_, with := startSource(t, Config{Namespaces: []string{"moby"}})
+	with.waitFor(t, "the docker container in namespace moby", func(s map[string]endpoint.Endpoint) bool {
+		_, ok := s["moby/"+id]
+		return ok
+	})
+	src, _ := startSource(t, Config{SkipMoby: true})
+	for _, ep := range src.Snapshot() {
+		if strings.HasPrefix(ep.ID, "moby/") {
+			t.Fatalf("SkipMoby source reported %s", ep.ID)
+		}
+	}
+}
+
+func run(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+type linkCollector struct {
+	mu  sync.Mutex
+	evs []linkwatch.Event
+}
+
+func (lc *linkCollector) events() []linkwatch.Event {
+	lc.mu.Lock()
+	defer lc.mu.Unlock()
+	return append([]linkwatch.Event(nil), lc.evs...)
+}
+
+func startLinkWatcher(t *testing.T, r linkwatch.Resolver) (*linkwatch.Watcher, *linkCollector) {
+	t.Helper()
+	w, err := linkwatch.New(linkwatch.Config{Resolvers: []linkwatch.Resolver{r}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = w.Run(ctx) }()
+	lc := &linkCollector{}
+	cdone := make(chan struct{})
+	go func() {
+		defer close(cdone)
+		for ev := range w.Events() {
+			lc.mu.Lock()
+			lc.evs = append(lc.evs, ev)
+			lc.mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done; <-cdone })
+	<-w.Ready()
+	return w, lc
+}
