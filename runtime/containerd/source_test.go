@@ -104,6 +104,12 @@ func TestContainerdEndpoints(t *testing.T) {
 	testenv.RequireContainerd(t)
 	suffix := testenv.RandomSuffix(6)
 	ns := "membrane-rt-" + suffix
+	// Registered first, so it runs last, once images and containers are gone.
+	t.Cleanup(func() {
+		if out, err := exec.Command("ctr", "namespaces", "rm", ns).CombinedOutput(); err != nil {
+			t.Logf("ctr namespaces rm %s: %v: %s", ns, err, out)
+		}
+	})
 	img := testenv.ContainerdBusyboxImage(t, ns)
 	nsPath := testenv.NetnsAdd(t, "rt-"+suffix)
 
@@ -113,7 +119,6 @@ func TestContainerdEndpoints(t *testing.T) {
 	}
 	t.Cleanup(func() { cli.Close() })
 	ctx := namespaces.WithNamespace(context.Background(), ns)
-	t.Cleanup(func() { _ = cli.NamespaceService().Delete(context.Background(), ns) })
 	image, err := cli.GetImage(ctx, img)
 	if err != nil {
 		t.Fatal(err)
