@@ -18,8 +18,8 @@
 //   - Match: the reference HTTP rule matcher (anchored regexps, headers
 //     exact or present).
 //   - The socket plumbing: ListenTransparent (IP_TRANSPARENT listeners),
-//     OriginalDst, DialMarked (SO_MARK upstream), and InstallRouting /
-//     RemoveRouting (the fwmark rule and its `local default dev lo` table,
+//     OriginalDst, DialMarked (SO_MARK upstream), InNetNS, and Routing
+//     (Install/Remove: the fwmark rule and its `local default dev lo` table,
 //     installed idempotently through netlink, removed by --cleanup).
 //   - The skb->mark layout shared with the datapath (mark.go).
 //   - Metrics: the Prometheus collectors both engines report through.

@@ -1,59 +1,51 @@
 package proxy
 
 import (
-	"fmt"
-
 	"github.com/membrane-fw/membrane/policies"
 )
 
-// The skb->mark layout shared with the datapath (bpf/). Bits 8-11 hold a
-// magic that says what the rest of the mark means; the other bits are free for
-// the magic's payload. The layout follows Cilium's, so that marks set by other
-// software that uses bit ranges outside 8-11 (Docker sets none) do not collide.
+// The skb->mark layout shared with the datapath; it mirrors
+// bpf/include/membrane.h (TestMarkLayoutMatchesDatapath keeps them equal).
+// The top byte is a magic that says what the low bits mean:
 //
-//	to proxy   (set by the datapath on packets it sends to the proxy):
-//	  bits 8-11  = 0xA
-//	  bits 16-31 = the proxy port (informational; the socket was assigned already)
-//	from proxy (set by the proxy with SO_MARK on its upstream sockets):
-//	  bits 8-11  = 0xB
-//	  bits 16-31 = source identity bits 0-15
-//	  bits 0-7   = source identity bits 16-23
-//	  bit  12    = source identity bit 24 (CIDR identities start at 1<<24)
-//	  bits 13-15 = 0
+//	to proxy   0xb6000000 | proxy port        set by the datapath on packets it
+//	                                          redirects to the proxy; the
+//	                                          policy-routing rule matches it
+//	from proxy 0xb7000000 | source identity   set by the proxy with SO_MARK on
+//	                       (low 24 bits)      its upstream sockets; the
+//	                                          destination's program takes the
+//	                                          remote identity from it and never
+//	                                          redirects the flow again
 //
-// The policy-routing rule that delivers redirected packets locally matches
-// MarkMagicToProxy under MarkMagicMask.
+// Identities >= 1<<24 (CIDR identities) do not fit: the proxy sends the magic
+// with identity 0 and the datapath takes the identity from the ipcache.
 const (
-	MarkMagicMask      uint32 = 0x0F00
-	MarkMagicToProxy   uint32 = 0x0A00
-	MarkMagicFromProxy uint32 = 0x0B00
-
-	// MaxMarkIdentity is the largest identity a from-proxy mark can carry.
-	MaxMarkIdentity policies.Identity = 1<<25 - 1
+	MarkMagicMask      uint32 = 0xff000000
+	MarkMagicToProxy   uint32 = 0xb6000000
+	MarkMagicFromProxy uint32 = 0xb7000000
+	MarkIdentityMask   uint32 = 0x00ffffff
 )
 
 // ToProxyMark is the mark the datapath sets on a packet it redirects to the
 // proxy listening on port.
 func ToProxyMark(port uint16) uint32 {
-	return MarkMagicToProxy | uint32(port)<<16
+	return MarkMagicToProxy | uint32(port)
 }
 
 // FromProxyMark is the SO_MARK of an upstream socket that carries traffic of
 // source identity id.
-func FromProxyMark(id policies.Identity) (uint32, error) {
-	if id > MaxMarkIdentity {
-		return 0, fmt.Errorf("identity %d does not fit the from-proxy mark (max %d)", id, MaxMarkIdentity)
+func FromProxyMark(id policies.Identity) uint32 {
+	if uint32(id) > MarkIdentityMask {
+		return MarkMagicFromProxy
 	}
-	v := uint32(id)
-	return MarkMagicFromProxy | (v&0xFFFF)<<16 | (v>>16)&0xFF | (v>>24&1)<<12, nil
+	return MarkMagicFromProxy | uint32(id)
 }
 
 // IdentityFromMark decodes a from-proxy mark. ok is false when mark does not
-// carry the from-proxy magic.
+// carry the from-proxy magic or carries no identity.
 func IdentityFromMark(mark uint32) (id policies.Identity, ok bool) {
-	if mark&MarkMagicMask != MarkMagicFromProxy {
+	if mark&MarkMagicMask != MarkMagicFromProxy || mark&MarkIdentityMask == 0 {
 		return 0, false
 	}
-	v := mark>>16 | (mark&0xFF)<<16 | (mark>>12&1)<<24
-	return policies.Identity(v), true
+	return policies.Identity(mark & MarkIdentityMask), true
 }

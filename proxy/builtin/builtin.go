@@ -274,14 +274,7 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if ruleID != 0 {
 		ev.Policy = box.r.PolicyName(ruleID)
 	}
-	mark, err := proxy.FromProxyMark(dec.SrcIdentity)
-	if err != nil {
-		ev.Verdict, ev.Status, ev.Error = proxy.VerdictError, http.StatusBadGateway, err.Error()
-		http.Error(w, "membrane: "+err.Error(), http.StatusBadGateway)
-		e.finish(&ev, start)
-		return
-	}
-	t := &target{dst: cs.dst, mark: mark, h2: r.ProtoMajor == 2}
+	t := &target{dst: cs.dst, mark: proxy.FromProxyMark(dec.SrcIdentity), h2: r.ProtoMajor == 2}
 	if req.Path != r.URL.Path {
 		t.path = req.Path
 	}
