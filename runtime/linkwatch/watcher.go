@@ -263,6 +263,19 @@ func (w *Watcher) handle(deleted bool, l netlink.Link, now time.Time) {
 				w.queue.Push(ev)
 			}
 		}
+		// Moving a veth end into another namespace is announced as its
+		// deletion here, and the end that stays gets no notification of
+		// its own although its IFLA_LINK_NETNSID changed: re-read it.
+		for idx, v := range w.veths {
+			if v.reported && v.ev.PeerNetnsID < 0 && v.ev.PeerIfindex == a.Index {
+				if l, err := netlink.LinkByIndex(idx); err == nil {
+					w.mu.Unlock()
+					w.handle(false, l, now)
+					w.mu.Lock()
+				}
+				break
+			}
+		}
 		return
 	}
 	w.names[a.Index] = a.Name
