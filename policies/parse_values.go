@@ -3,6 +3,7 @@ package policies
 import (
 	"errors"
 	"fmt"
+	"math/big"
 	"net/netip"
 	"net/textproto"
 	"regexp"
@@ -15,7 +16,6 @@ import (
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/zclconf/go-cty/cty"
-	"github.com/zclconf/go-cty/cty/convert"
 )
 
 // listValue is a list attribute as written: present (not absent, not null)
@@ -110,12 +110,14 @@ func (l *loader) elemString(attr string, v cty.Value, rng hcl.Range, numbers boo
 	case v.Type() == cty.String:
 		return v.AsString(), true
 	case v.Type() == cty.Number && numbers:
-		s, err := convert.Convert(v, cty.String)
-		if err != nil {
-			l.errorf(rng, fmt.Sprintf("Invalid number in %s", attr), "%s", err)
-			return "", false
+		// Only whole numbers mean something here; print nothing bigger
+		// than fits a port, whatever digits the file holds.
+		bf := v.AsBigFloat()
+		if n, acc := bf.Int64(); acc == big.Exact && n >= 0 && n <= 1<<20 {
+			return strconv.FormatInt(n, 10), true
 		}
-		return s.AsString(), true
+		l.errorf(rng, fmt.Sprintf("Invalid number in %s", attr), "Numbers here are whole numbers: ports 1-65535, ICMP types 0-255.")
+		return "", false
 	}
 	l.errorf(rng, fmt.Sprintf("%s elements must be strings, not %s", attr, typeName(v)),
 		`Write %s = ["...", "..."].`, attr)

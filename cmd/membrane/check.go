@@ -1,9 +1,209 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
 
-// newPolicyCheckCmd: `membrane policy check` (owned by the policy-language work).
+	"github.com/membrane-fw/membrane/policies"
+	"github.com/spf13/cobra"
+)
+
+// newPolicyCheckCmd: `membrane policy check [--format text|json] PATH...`.
 func newPolicyCheckCmd() *cobra.Command {
-	return &cobra.Command{Use: "check [--format text|json] PATH...", Short: "Validate policy files",
-		RunE: func(*cobra.Command, []string) error { return usageError("policy check is not built yet") }}
+	var format string
+	cmd := &cobra.Command{
+		Use:   "check [--format text|json] PATH...",
+		Short: "Validate policy files",
+		Long: `Validate policy files offline, as membraned would load them.
+
+The files and directories named are loaded together as one policy set (a
+directory contributes its *.hcl files in lexical order, like the daemon's
+policies.d). Each subdirectory of a named directory that holds *.hcl files is
+checked as a set of its own, since the daemon never merges subdirectories.
+
+Exit status: 0 valid (warnings may be printed), 1 invalid, 2 usage error
+(no PATH, a PATH that does not exist, an unknown --format).`,
+		RunE: func(c *cobra.Command, args []string) error {
+			return runCheck(c.OutOrStdout(), format, args)
+		},
+	}
+	cmd.Flags().StringVar(&format, "format", "text", "output format: text or json")
+	return cmd
+}
+
+// checkSet is one policy set that check validates: the named paths, or one
+// subdirectory of a named directory.
+type checkSet struct {
+	name  string // "" for the set of the named paths
+	paths []string
+	set   *policies.Set
+	rep   *policies.Report
+}
+
+func runCheck(out io.Writer, format string, args []string) error {
+	if format != "text" && format != "json" {
+		return usageError("--format must be text or json, not %q", format)
+	}
+	if len(args) == 0 {
+		return usageError("policy check needs at least one PATH (a policy file or directory)")
+	}
+	sets := []*checkSet{{paths: args}}
+	for _, p := range args {
+		st, err := os.Stat(p)
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return usageError("%s does not exist", p)
+			}
+			return usageError("%v", err)
+		}
+		if !st.IsDir() {
+			continue
+		}
+		subs, err := subdirSets(p)
+		if err != nil {
+			return err
+		}
+		sets = append(sets, subs...)
+	}
+	for _, s := range sets {
+		s.set, s.rep = policies.Load(s.paths...)
+	}
+	// A named directory without *.hcl files of its own, whose
+	// subdirectories hold the policies (examples/), is not a set worth a
+	// line of its own.
+	if len(sets) > 1 && len(sets[0].rep.Files) == 0 && len(sets[0].rep.Diagnostics) == 0 {
+		sets = sets[1:]
+	}
+
+	invalid := false
+	for _, s := range sets {
+		invalid = invalid || s.rep.HasErrors()
+	}
+	if format == "json" {
+		if err := writeCheckJSON(out, sets); err != nil {
+			return err
+		}
+	} else if err := writeCheckText(out, sets); err != nil {
+		return err
+	}
+	if invalid {
+		return silentExit(1)
+	}
+	return nil
+}
+
+// subdirSets finds, under dir, every subdirectory (not hidden) that holds
+// policy files, in lexical order.
+func subdirSets(dir string) ([]*checkSet, error) {
+	var out []*checkSet
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() || p == dir {
+			return nil
+		}
+		if strings.HasPrefix(d.Name(), ".") {
+			return filepath.SkipDir
+		}
+		files, err := policies.ListDir(p)
+		if err != nil {
+			return err
+		}
+		if len(files) > 0 {
+			out = append(out, &checkSet{name: p, paths: []string{p}})
+		}
+		return nil
+	})
+	return out, err
+}
+
+func writeCheckJSON(out io.Writer, sets []*checkSet) error {
+	all := []json.RawMessage{}
+	for _, s := range sets {
+		b, err := s.rep.JSON()
+		if err != nil {
+			return err
+		}
+		var items []json.RawMessage
+		if err := json.Unmarshal(b, &items); err != nil {
+			return err
+		}
+		all = append(all, items...)
+	}
+	b, err := json.MarshalIndent(all, "", "  ")
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(out, "%s\n", b)
+	return err
+}
+
+func writeCheckText(out io.Writer, sets []*checkSet) error {
+	color := isTerminal(out) && os.Getenv("NO_COLOR") == ""
+	for _, s := range sets {
+		// The contract's line form first, one per diagnostic, so that
+		// scripts and editors can read them; then HCL's rendering with the
+		// source lines and the details.
+		for _, d := range s.rep.Diagnostics {
+			if _, err := fmt.Fprintln(out, d.String()); err != nil {
+				return err
+			}
+		}
+		if len(s.rep.Diagnostics) > 0 {
+			if _, err := fmt.Fprintln(out); err != nil {
+				return err
+			}
+			if err := s.rep.WriteText(out, color); err != nil {
+				return err
+			}
+		}
+		prefix := ""
+		if s.name != "" || len(sets) > 1 {
+			name := s.name
+			if name == "" {
+				name = strings.Join(s.paths, " ")
+			}
+			prefix = name + ": "
+		}
+		nerr, nwarn := len(s.rep.Errors()), len(s.rep.Warnings())
+		var line string
+		if s.rep.HasErrors() {
+			line = fmt.Sprintf("%s%s, %s in %s: invalid", prefix,
+				plural(nerr, "error", "errors"), plural(nwarn, "warning", "warnings"), plural(len(s.rep.Files), "file", "files"))
+		} else {
+			line = fmt.Sprintf("%s%s, %s in %s: valid", prefix,
+				plural(len(s.set.Policies), "policy", "policies"), plural(len(s.set.Rules()), "rule", "rules"),
+				plural(len(s.rep.Files), "file", "files"))
+			if nwarn > 0 {
+				line += fmt.Sprintf(" (%s)", plural(nwarn, "warning", "warnings"))
+			}
+		}
+		if _, err := fmt.Fprintln(out, line); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }

@@ -1,0 +1,159 @@
+package policies
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A directory is one set: its *.hcl files in lexical order; hidden files,
+// other files and subdirectories are not read; symlinked files are.
+func TestLoadDirectoryReadsOnlyItsPolicyFiles(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "policies.d")
+	writeFile(t, filepath.Join(dir, "b.hcl"), "policy \"b\" {\n  selector = \"app=b\"\n  ingress {}\n}\n")
+	writeFile(t, filepath.Join(dir, "a.hcl"), "policy \"a\" {\n  selector = \"app=a\"\n  egress {}\n}\n")
+	writeFile(t, filepath.Join(dir, ".hidden.hcl"), "this is not HCL {")
+	writeFile(t, filepath.Join(dir, "notes.txt"), "this is not HCL {")
+	writeFile(t, filepath.Join(dir, "a.hcl.bak"), "this is not HCL {")
+	writeFile(t, filepath.Join(dir, "sub", "c.hcl"), "this is not HCL {")
+	if err := os.MkdirAll(filepath.Join(dir, "dir.hcl"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(root, "elsewhere.hcl"), "policy \"c\" {\n  selector = \"app=c\"\n}\n")
+	if err := os.Symlink(filepath.Join(root, "elsewhere.hcl"), filepath.Join(dir, "c.hcl")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(root, "missing.hcl"), filepath.Join(dir, "dangling.hcl")); err != nil {
+		t.Fatal(err)
+	}
+
+	set, rep := Load(dir)
+	if err := rep.Err(); err != nil {
+		t.Fatalf("unexpected errors:\n%v", err)
+	}
+	wantFiles := []string{filepath.Join(dir, "a.hcl"), filepath.Join(dir, "b.hcl"), filepath.Join(dir, "c.hcl")}
+	if !reflect.DeepEqual(rep.Files, wantFiles) {
+		t.Errorf("files %v, want %v", rep.Files, wantFiles)
+	}
+	var names []string
+	for _, p := range set.Policies {
+		names = append(names, p.Name)
+	}
+	if !reflect.DeepEqual(names, []string{"a", "b", "c"}) {
+		t.Errorf("policies %v", names)
+	}
+	if r := set.Rules(); len(r) != 2 || r[0].Policy.Name != "a" || r[0].ID != 1 || r[1].ID != 2 {
+		t.Errorf("rules out of file order: %+v", r)
+	}
+
+	// Naming a file of the directory again reads it once.
+	set, rep = Load(dir, filepath.Join(dir, "a.hcl"))
+	if rep.HasErrors() || len(set.Policies) != 3 {
+		t.Errorf("a file named twice must be read once: %v", rep.Err())
+	}
+	// A file named explicitly is read whatever its name.
+	if _, rep = Load(filepath.Join(dir, "notes.txt")); !rep.HasErrors() {
+		t.Error("an explicitly named file must be read")
+	}
+}
+
+func TestLoadMissingPathIsAnError(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "nope")
+	set, rep := Load(missing)
+	if set != nil {
+		t.Fatal("set for a missing path")
+	}
+	errs := rep.Errors()
+	if len(errs) != 1 || errs[0].Pos.File != missing || errs[0].Pos.Line != 0 || !strings.Contains(errs[0].Detail, "no such file") {
+		t.Fatalf("errors %+v", errs)
+	}
+	if got := rep.Err().Error(); got != missing+": error: Cannot read policy path" {
+		t.Errorf("Err() = %q", got)
+	}
+}
+
+func TestLoadNothingIsAnEmptyValidSet(t *testing.T) {
+	set, rep := Load(t.TempDir())
+	if rep.HasErrors() || set == nil || len(set.Policies) != 0 || len(rep.Files) != 0 {
+		t.Errorf("empty directory: set %v report %+v", set, rep)
+	}
+}
+
+func TestReportFormats(t *testing.T) {
+	_, rep := Load("testdata/invalid/port_zero.hcl", "testdata/valid/41-cidr.hcl")
+	if !rep.HasErrors() {
+		t.Fatal("want errors")
+	}
+	err := rep.Err()
+	if !errors.Is(err, ErrInvalid) {
+		t.Errorf("Err() does not wrap ErrInvalid")
+	}
+	// Err holds errors only, one per line, in the contract's form.
+	if got, want := err.Error(), `testdata/invalid/port_zero.hcl:5:14: error: Invalid port "0/tcp": port 0 is not allowed; ports are 1-65535`; got != want {
+		t.Errorf("Err() = %q, want %q", got, want)
+	}
+	if len(rep.Warnings()) != 1 {
+		t.Errorf("warnings %v", rep.Warnings())
+	}
+
+	b, jerr := rep.JSON()
+	if jerr != nil {
+		t.Fatal(jerr)
+	}
+	var items []map[string]any
+	if err := json.Unmarshal(b, &items); err != nil {
+		t.Fatal(err)
+	}
+	if len(items) != 2 {
+		t.Fatalf("JSON has %d items: %s", len(items), b)
+	}
+	want := map[string]any{
+		"file": "testdata/invalid/port_zero.hcl", "line": 5.0, "column": 14.0, "severity": "error",
+		"summary": `Invalid port "0/tcp": port 0 is not allowed; ports are 1-65535`, "detail": items[0]["detail"],
+	}
+	if !reflect.DeepEqual(items[0], want) {
+		t.Errorf("JSON item %v, want %v", items[0], want)
+	}
+	if items[1]["severity"] != "warning" || items[1]["file"] != "testdata/valid/41-cidr.hcl" {
+		t.Errorf("JSON item %v", items[1])
+	}
+
+	var buf bytes.Buffer
+	if err := rep.WriteText(&buf, false); err != nil {
+		t.Fatal(err)
+	}
+	text := buf.String()
+	for _, s := range []string{"Error: Invalid port", `5:     ports = ["0/tcp"]`, "Warning: CIDR", "on testdata/invalid/port_zero.hcl line 5"} {
+		if !strings.Contains(text, s) {
+			t.Errorf("WriteText output lacks %q:\n%s", s, text)
+		}
+	}
+	buf.Reset()
+	if err := rep.WriteText(&buf, true); err != nil || !strings.Contains(buf.String(), "\x1b[31m") {
+		t.Errorf("color output has no escapes: %v", err)
+	}
+
+	_, ok := Load("testdata/valid/10-spec-example.hcl")
+	if b, _ := ok.JSON(); string(b) != "[]" {
+		t.Errorf("JSON of a clean report = %s, want []", b)
+	}
+	if ok.Err() != nil {
+		t.Errorf("Err of a clean report = %v", ok.Err())
+	}
+}

@@ -1,0 +1,8 @@
+# want: 5:5 ports is an attribute, not a block
+policy "api" {
+  selector = "app=api"
+  ingress {
+    ports {
+    }
+  }
+}

@@ -1,0 +1,3 @@
+policy "api" {
+  selector = "app=api"
+}

@@ -1,0 +1,7 @@
+# want: 5:20 Unknown entity "kube-apiserver"
+policy "api" {
+  selector = "app=api"
+  egress {
+    to_entities = ["kube-apiserver"]
+  }
+}

@@ -1,0 +1,4 @@
+# want: 2:8 Invalid policy name
+policy "a123456789012345678901234567890123456789012345678901234567890123" {
+  selector = "app=api"
+}

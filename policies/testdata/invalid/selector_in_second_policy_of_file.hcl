@@ -1,0 +1,9 @@
+# want: 8:18 Invalid selector in selector: expected a label key after '!'
+policy "ok" {
+  selector = "app=ok"
+}
+
+policy "bad" {
+  # "!" alone names no key
+  selector = "a,!"
+}

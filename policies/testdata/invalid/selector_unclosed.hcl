@@ -1,0 +1,4 @@
+# want: 3:22 unclosed '(': missing ')'
+policy "api" {
+  selector = "app in (a, b"
+}

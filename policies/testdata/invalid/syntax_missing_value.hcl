@@ -1,0 +1,4 @@
+# want: 3:13 Invalid expression
+policy "api" {
+  selector =
+}

@@ -1,0 +1,1 @@
+policy "IGNORED" { this is not even HCL
