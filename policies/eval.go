@@ -107,7 +107,8 @@ type Match struct {
 	File   string `json:"file"`
 	Line   int    `json:"line"`
 	RuleID uint32 `json:"rule_id"`
-	Action string `json:"action"` // "allow" or "deny"
+	Action string `json:"action"`              // "allow" or "deny"
+	Dir    string `json:"direction,omitempty"` // "egress" or "ingress"
 }
 
 // EndResult is the judgement of one end of a connection: the sender's egress
@@ -145,6 +146,11 @@ type Result struct {
 	// L7 combines both ends: Redirect when either end sends the connection
 	// to the proxy; HTTP is 403 when either end refuses the request.
 	L7 *L7Result `json:"l7,omitempty"`
+}
+
+// Matched lists the rules that decided, the egress end's first.
+func (r Result) Matched() []Match {
+	return append(append([]Match{}, r.Egress.Matched...), r.Ingress.Matched...)
 }
 
 // Evaluate judges one new connection against the policy set, exactly as the
@@ -324,12 +330,12 @@ func judgeEnd(env *Env, selecting func(Labels) []*Policy, local, peer resolvedPe
 	switch {
 	case len(denies) > 0:
 		end.Verdict = VerdictDenied
-		end.Matched = matches(denies)
+		end.Matched = matches(denies, dir)
 	case end.DefaultDeny && len(allows) == 0:
 		end.Verdict = VerdictDenied
 	default:
 		end.Verdict = VerdictAllowed
-		end.Matched = matches(allows)
+		end.Matched = matches(allows, dir)
 		end.L7 = l7For(allows, c)
 	}
 
@@ -439,10 +445,12 @@ func containsByte(list []uint8, v uint8) bool {
 	return false
 }
 
-func matches(rules []*Rule) []Match {
+func matches(rules []*Rule, dir Direction) []Match {
 	out := make([]Match, 0, len(rules))
 	for _, r := range rules {
-		out = append(out, matchOf(r))
+		m := matchOf(r)
+		m.Dir = dir.String()
+		out = append(out, m)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].RuleID < out[j].RuleID })
 	return out
@@ -477,7 +485,7 @@ func l7For(allows []*Rule, c Connection) *L7Result {
 		l7.HTTP = &HTTPVerdict{Verdict: "403"}
 		for _, lr := range l7.Rules {
 			if lr.HTTP.MatchesRequest(c.HTTP) {
-				m := Match{RuleID: lr.RuleID, Block: "http", File: lr.HTTP.Pos.File, Line: lr.HTTP.Pos.Line, Action: "allow"}
+				m := Match{RuleID: lr.RuleID, Block: "http", File: lr.HTTP.Pos.File, Line: lr.HTTP.Pos.Line, Action: "allow", Dir: dirOf(allows)}
 				for _, r := range allows {
 					if r.ID == lr.RuleID && r.Policy != nil {
 						m.Policy = r.Policy.Name
@@ -489,6 +497,13 @@ func l7For(allows []*Rule, c Connection) *L7Result {
 		}
 	}
 	return l7
+}
+
+func dirOf(rules []*Rule) string {
+	if len(rules) == 0 {
+		return ""
+	}
+	return rules[0].Direction.String()
 }
 
 // MatchesRequest reports whether every attribute of the http block holds for

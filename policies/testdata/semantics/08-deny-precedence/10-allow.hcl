@@ -1,0 +1,7 @@
+policy "allow-all" {
+  selector = "app=web"
+  ingress {}
+  egress {
+    to_entities = ["all"]
+  }
+}

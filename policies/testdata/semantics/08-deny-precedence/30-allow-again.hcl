@@ -1,0 +1,7 @@
+policy "allow-ssh" {
+  selector = "app=web"
+  ingress {
+    from_entities = ["all"]
+    ports         = ["22/tcp"]
+  }
+}

@@ -1,0 +1,129 @@
+package policies
+
+// Rendering of evaluator results for `membrane policy trace` (offline and
+// --live): the JSON object of the CLI contract and a text form for people.
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+)
+
+// Check reports whether the connection is well formed: each peer names
+// exactly one of labels, entity or IP, and an entity peer is host, world or
+// init (cluster and all are classes of peers, not one peer).
+func (c Connection) Check() error {
+	for _, side := range []struct {
+		name string
+		p    Peer
+	}{{"from", c.From}, {"to", c.To}} {
+		n := 0
+		if side.p.Labels != nil {
+			n++
+		}
+		if side.p.Entity != "" {
+			n++
+			switch side.p.Entity {
+			case EntityHost, EntityWorld, EntityInit:
+			default:
+				return fmt.Errorf("%s: entity %q cannot be one end of a connection (use host, world or init)", side.name, side.p.Entity)
+			}
+		}
+		if side.p.IP.IsValid() {
+			n++
+		}
+		if n != 1 {
+			return fmt.Errorf("%s: give exactly one of labels, entity or IP (got %d)", side.name, n)
+		}
+	}
+	if c.HTTP != nil && c.Proto != ProtoTCP {
+		return errors.New("an HTTP request needs a TCP connection")
+	}
+	return nil
+}
+
+// resultJSON is the JSON shape of a Result: the CLI contract's "verdict",
+// "egress" and "ingress" (verdict strings) and "matched", plus the details.
+type resultJSON struct {
+	Verdict      Verdict   `json:"verdict"`
+	Egress       Verdict   `json:"egress"`
+	Ingress      Verdict   `json:"ingress"`
+	Matched      []Match   `json:"matched"`
+	From         string    `json:"from"`
+	To           string    `json:"to"`
+	EgressCheck  EndResult `json:"egress_check"`
+	IngressCheck EndResult `json:"ingress_check"`
+	L7           *L7Result `json:"l7,omitempty"`
+}
+
+// MarshalJSON renders the result as `membrane policy trace --format json` prints it.
+func (r Result) MarshalJSON() ([]byte, error) {
+	return json.Marshal(resultJSON{
+		Verdict: r.Verdict, Egress: r.Egress.Verdict, Ingress: r.Ingress.Verdict, Matched: r.Matched(),
+		From: r.From, To: r.To, EgressCheck: r.Egress, IngressCheck: r.Ingress, L7: r.L7,
+	})
+}
+
+// UnmarshalJSON reads what MarshalJSON wrote (for --live, where the daemon
+// evaluates and the CLI prints). L7 rule sets are not carried.
+func (r *Result) UnmarshalJSON(b []byte) error {
+	var j resultJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	*r = Result{Verdict: j.Verdict, From: j.From, To: j.To, Egress: j.EgressCheck, Ingress: j.IngressCheck, L7: j.L7}
+	return nil
+}
+
+// WriteText prints the result for people: the verdict, each end's check and
+// the rules that decided, and the L7 outcome.
+func (r Result) WriteText(w io.Writer) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "verdict: %s\n", r.Verdict)
+	fmt.Fprintf(&b, "from:    %s\n", r.From)
+	fmt.Fprintf(&b, "to:      %s\n", r.To)
+	writeEnd(&b, "egress", "sender", r.Egress)
+	writeEnd(&b, "ingress", "receiver", r.Ingress)
+	if r.L7 != nil && r.L7.Redirect {
+		b.WriteString("l7:      the connection goes to the L7 proxy")
+		if h := r.L7.HTTP; h != nil {
+			if h.Verdict == "403" {
+				b.WriteString("; the request matches no http block: 403 Forbidden")
+			} else if h.Matched != nil {
+				fmt.Fprintf(&b, "; the request is allowed by the http block at %s:%d (policy %q)", h.Matched.File, h.Matched.Line, h.Matched.Policy)
+			} else {
+				b.WriteString("; the request is allowed")
+			}
+		}
+		b.WriteByte('\n')
+	} else if r.Verdict != VerdictDenied {
+		b.WriteString("l7:      not restricted (no admitting rule carries http, or not TCP)\n")
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func writeEnd(b *strings.Builder, dir, role string, e EndResult) {
+	if e.Verdict == VerdictNotApplicable {
+		fmt.Fprintf(b, "%-8s not-applicable (the %s is not a managed endpoint)\n", dir+":", role)
+		return
+	}
+	dd := "off"
+	if e.DefaultDeny {
+		dd = "on"
+	}
+	fmt.Fprintf(b, "%-8s %s (endpoint %s, default-deny %s)\n", dir+":", e.Verdict, e.Endpoint, dd)
+	for _, m := range e.Matched {
+		fmt.Fprintf(b, "  %-5s policy %q %s at %s:%d (rule %d)\n", m.Action, m.Policy, m.Block, m.File, m.Line, m.RuleID)
+	}
+	if len(e.Matched) == 0 {
+		switch {
+		case e.Verdict == VerdictAllowed:
+			fmt.Fprintf(b, "  no rule matched; %s is not in default-deny\n", dir)
+		default:
+			fmt.Fprintf(b, "  no allow rule matched; %s is in default-deny\n", dir)
+		}
+	}
+}
