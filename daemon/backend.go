@@ -150,7 +150,9 @@ func (b *backend) Trace(ctx context.Context, req api.TraceRequest) (api.TraceRes
 	if err != nil {
 		return api.TraceResult{}, err
 	}
-	return api.TraceResult{From: fromPeer, To: toPeer, Result: raw, Text: string(res.Verdict)}, nil
+	var text strings.Builder
+	_ = res.WriteText(&text)
+	return api.TraceResult{From: fromPeer, To: toPeer, Result: raw, Text: text.String()}, nil
 }
 
 func tracePeer(v *view, side, container string, labels map[string]string, entity, ip string) (policies.Peer, api.Peer, error) {

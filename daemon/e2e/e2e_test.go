@@ -1,0 +1,481 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/membrane-fw/membrane/daemon/api"
+	"github.com/membrane-fw/membrane/internal/testenv"
+)
+
+// The shop: a Compose-labelled frontend may call the api on 8080 and 9000;
+// only the api may call the db; the frontend is explicitly denied the db.
+const shopPolicies = `
+policy "api" {
+  selector = "app=api,e2e=SFX"
+  ingress {
+    from_endpoints = ["compose.service=frontend,e2e=SFX"]
+    ports          = ["8080/tcp", "9000/tcp"]
+  }
+}
+
+policy "db" {
+  selector = "app=db,e2e=SFX"
+  ingress {
+    from_endpoints = ["app=api,e2e=SFX"]
+    ports          = ["8080/tcp"]
+  }
+}
+
+policy "frontend" {
+  selector = "compose.service=frontend,e2e=SFX"
+  egress_deny {
+    to_endpoints = ["app=db,e2e=SFX"]
+  }
+}
+`
+
+var frontendLabels = []string{"com.docker.compose.project=shop", "com.docker.compose.service=frontend", "com.docker.compose.container-number=1"}
+
+type shop struct {
+	frontend, api, db string
+	apiIP, dbIP       string
+}
+
+func startShop(e *env) shop {
+	e.writePolicy("shop.hcl", shopPolicies)
+	e.startDaemon()
+	s := shop{
+		frontend: e.idle("frontend", frontendLabels...),
+		api:      e.server("api", "app=api"),
+		db:       e.server("db", "app=db"),
+	}
+	s.apiIP, s.dbIP = e.ip(s.api), e.ip(s.db)
+	for _, c := range []string{s.frontend, s.api, s.db} {
+		e.endpoint(c)
+	}
+	return s
+}
+
+func (s shop) check(t *testing.T, e *env, when string) {
+	t.Helper()
+	for _, c := range []struct {
+		from, to, toIP string
+		allowed        bool
+	}{
+		{s.frontend, "api", s.apiIP, true},
+		{s.api, "db", s.dbIP, true},
+		{s.frontend, "db", s.dbIP, false},
+		{s.db, "api", s.apiIP, false},
+	} {
+		if got := e.get(c.from, c.toIP); got != c.allowed {
+			t.Errorf("%s: %s -> %s: allowed=%v, want %v", when, c.from, c.to, got, c.allowed)
+		}
+	}
+}
+
+func TestShopAllowDenyMatrixWithComposeLabels(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	s := startShop(e)
+	// The first allowed request may race the last endpoint write; retry
+	// once before judging the matrix.
+	e.eventually("frontend reaches api", 10*time.Second, func() error {
+		if !e.get(s.frontend, s.apiIP) {
+			return os.ErrDeadlineExceeded
+		}
+		return nil
+	})
+	s.check(t, e, "steady")
+
+	// Compose labels are derived and the volatile ones left out of the
+	// identity.
+	fe := e.endpoint(s.frontend)
+	if fe.Labels["compose.service"] != "frontend" || fe.Labels["compose.project"] != "shop" {
+		t.Errorf("frontend labels lack compose.*: %v", fe.Labels)
+	}
+	ids, err := e.client.Identities(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		if id.ID == fe.Identity {
+			if _, ok := id.Labels["com.docker.compose.container-number"]; ok {
+				t.Errorf("identity %d keeps the volatile container-number label: %v", id.ID, id.Labels)
+			}
+			if id.Labels["compose.service"] != "frontend" {
+				t.Errorf("identity %d labels %v", id.ID, id.Labels)
+			}
+		}
+	}
+	if !strings.Contains(strings.Join(fe.Policies, ","), "frontend") {
+		t.Errorf("frontend endpoint policies %v", fe.Policies)
+	}
+
+	// `membrane observe`: the frontend -> db drop names the egress_deny
+	// rule of policy "frontend".
+	var drop *api.Flow
+	e.eventually("drop record", 5*time.Second, func() error {
+		for _, f := range e.observe(api.ObserveFilter{Verdict: "dropped", Container: s.frontend}) {
+			if f.Dest.IP == s.dbIP && f.Rule != nil {
+				drop = &f
+				return nil
+			}
+		}
+		e.get(s.frontend, s.dbIP)
+		return os.ErrNotExist
+	})
+	if drop.Rule.Policy != "frontend" || drop.Rule.Block != "egress_deny" || drop.Direction != "egress" || drop.Reason != "policy-deny" || drop.Protocol != "tcp" || drop.Dest.Port != 8080 {
+		t.Errorf("drop record %s", dump(drop))
+	}
+	if drop.Source.Identity != fe.Identity || drop.Source.Labels["compose.service"] != "frontend" || drop.Dest.Labels["app"] != "db" {
+		t.Errorf("drop record ends %s", dump(drop))
+	}
+
+	// Live trace by container agrees.
+	tr, err := e.client.Trace(context.Background(), api.TraceRequest{FromContainer: s.frontend, ToContainer: s.db, Proto: "tcp", Port: 8080})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res struct {
+		Verdict string `json:"verdict"`
+		Egress  string `json:"egress"`
+		Matched []struct{ Policy, Block string }
+	}
+	if err := json.Unmarshal(tr.Result, &res); err != nil {
+		t.Fatal(err)
+	}
+	if res.Verdict != "denied" || res.Egress != "denied" || len(res.Matched) == 0 || res.Matched[0].Policy != "frontend" {
+		t.Errorf("live trace frontend -> db: %s", tr.Result)
+	}
+}
+
+func TestNomadPauseContainerLabels(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.writePolicy("nomad.hcl", `
+policy "nomad-api" {
+  selector = "nomad.job=shop,nomad.task=api,e2e=SFX"
+  ingress {
+    from_endpoints = ["role=client,e2e=SFX"]
+    ports          = ["8080"]
+  }
+}
+`)
+	e.startDaemon()
+	pause := e.idle("pause")
+	e.run("task", []string{
+		"com.hashicorp.nomad.job_name=shop", "com.hashicorp.nomad.task_group_name=web",
+		"com.hashicorp.nomad.task_name=api", "com.hashicorp.nomad.namespace=default",
+		"com.hashicorp.nomad.alloc_id=0b7d3c9e-aaaa-bbbb-cccc-0123456789ab",
+	}, "echo ok > /var/www/index.html; httpd -f -p 8080 -h /var/www", "--network", "container:"+pause)
+	client := e.idle("client", "role=client")
+	other := e.idle("other", "role=other")
+	e.endpoint(client)
+	e.endpoint(other)
+	var ep api.Endpoint
+	e.eventually("pause endpoint carries the task's nomad labels", 20*time.Second, func() error {
+		ep = e.endpoint(pause)
+		if ep.Labels["nomad.task"] != "api" || ep.Labels["nomad.job"] != "shop" || len(ep.Containers) != 2 {
+			return os.ErrNotExist
+		}
+		return nil
+	})
+	if _, ok := ep.Labels["com.hashicorp.nomad.alloc_id"]; ok {
+		ids, _ := e.client.Identities(context.Background())
+		for _, id := range ids {
+			if id.ID == ep.Identity {
+				if _, ok := id.Labels["com.hashicorp.nomad.alloc_id"]; ok {
+					t.Errorf("alloc_id is identity-relevant: %v", id.Labels)
+				}
+			}
+		}
+	}
+	ip := e.ip(pause)
+	e.eventually("client reaches the task", 10*time.Second, func() error {
+		if !e.get(client, ip) {
+			return os.ErrDeadlineExceeded
+		}
+		return nil
+	})
+	if e.get(other, ip) {
+		t.Error("a non-client reached the nomad task")
+	}
+}
+
+func TestLivePolicyEditAndBrokenEdit(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	s := startShop(e)
+	f := e.startFlow(s.frontend, s.api)
+	rev := e.status().PolicyRevision
+
+	// A broken edit is rejected whole with its position; the last good
+	// set stays enforced (the flow keeps going, the matrix holds).
+	e.writePolicy("zz-broken.hcl", "policy \"broken\" {\n  selector = \"app=x\"\n  ingres {\n  }\n}\n")
+	st := e.waitRevision(rev, true)
+	pe := st.LastPolicyError
+	if st.PolicyRevision != rev || len(pe.Diagnostics) == 0 || !strings.HasSuffix(pe.Diagnostics[0].File, "zz-broken.hcl") || pe.Diagnostics[0].Line != 3 {
+		t.Fatalf("broken edit: revision %d (was %d), error %s", st.PolicyRevision, rev, dump(pe))
+	}
+	if !f.flowing(500 * time.Millisecond) {
+		t.Error("allowed flow stopped after a rejected edit")
+	}
+	s.check(t, e, "after broken edit")
+	os.Remove(filepath.Join(e.dir, "policies", "zz-broken.hcl"))
+	st = e.waitRevision(rev, false)
+	rev = st.PolicyRevision
+
+	// A live edit: the api now takes 8080 only. New connections follow it
+	// and the established flow to 9000 is cut at its next packet.
+	e.writePolicy("shop.hcl", strings.Replace(shopPolicies, `["8080/tcp", "9000/tcp"]`, `["8080/tcp"]`, 1))
+	e.waitRevision(rev, false)
+	time.Sleep(300 * time.Millisecond)
+	if f.flowing(time.Second) {
+		t.Error("established flow that the new policy denies still passes")
+	}
+	if !e.get(s.frontend, s.apiIP) {
+		t.Error("frontend -> api:8080 denied after the edit")
+	}
+}
+
+func TestFirstPacketOfNewContainerIsJudged(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	s := startShop(e)
+	// The container's very first action is a denied connection: it must
+	// fail even though membraned learns of the container only as it starts.
+	for i := range 3 {
+		name := e.run("eager"+string(rune('a'+i)), frontendLabels,
+			"if "+httpGet(s.dbIP, 2)+"; then echo LEAK; else echo BLOCKED; fi; sleep 600")
+		e.eventually("eager container done", 15*time.Second, func() error {
+			out, _ := exec.Command("docker", "logs", name).CombinedOutput()
+			switch strings.TrimSpace(string(out)) {
+			case "BLOCKED":
+				return nil
+			case "LEAK":
+				t.Fatalf("%s: first denied connection passed", name)
+			}
+			return os.ErrNotExist
+		})
+	}
+	// And a new frontend whose first action is an allowed call gets
+	// through (TCP retries cover the moment its endpoint is learnt).
+	ok := e.run("polite", frontendLabels, "if "+httpGet(s.apiIP, 5)+"; then echo OK; else echo FAIL; fi; sleep 600")
+	e.eventually("polite container done", 15*time.Second, func() error {
+		out, _ := exec.Command("docker", "logs", ok).CombinedOutput()
+		switch strings.TrimSpace(string(out)) {
+		case "OK":
+			return nil
+		case "FAIL":
+			t.Fatalf("first allowed connection of a new container failed")
+		}
+		return os.ErrNotExist
+	})
+}
+
+func TestAuditModeLetsDropThroughAndReportsIt(t *testing.T) {
+	e := newEnv(t, envOpts{extraConfig: `audit_selector = "audit=yes"`})
+	e.writePolicy("shop.hcl", shopPolicies)
+	e.startDaemon()
+	db := e.server("db", "app=db", "audit=yes")
+	stranger := e.idle("stranger", "app=stranger")
+	dbEp := e.endpoint(db)
+	e.endpoint(stranger)
+	if !dbEp.Audit {
+		t.Errorf("db endpoint not in audit mode: %s", dump(dbEp))
+	}
+	ip := e.ip(db)
+	e.eventually("audited request passes", 10*time.Second, func() error {
+		if !e.get(stranger, ip) {
+			return os.ErrDeadlineExceeded
+		}
+		return nil
+	})
+	e.eventually("audit record", 5*time.Second, func() error {
+		for _, f := range e.observe(api.ObserveFilter{Verdict: "audit"}) {
+			if f.Dest.IP == ip && f.Direction == "ingress" {
+				return nil
+			}
+		}
+		return os.ErrNotExist
+	})
+}
+
+func TestContainerRestartKeepsIdentity(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	s := startShop(e)
+	before := e.endpoint(s.api)
+	e.docker("restart", "-t", "0", s.api)
+	var after api.Endpoint
+	e.eventually("api back", 20*time.Second, func() error {
+		after = e.endpoint(s.api)
+		if len(after.Interfaces) == 0 || len(before.Interfaces) == 0 || after.Interfaces[0].Ifindex == before.Interfaces[0].Ifindex {
+			return os.ErrNotExist // still the old veth
+		}
+		return nil
+	})
+	if after.Identity != before.Identity {
+		t.Errorf("identity changed across a container restart: %d -> %d", before.Identity, after.Identity)
+	}
+	s.apiIP = e.ip(s.api)
+	e.eventually("frontend reaches restarted api", 10*time.Second, func() error {
+		if !e.get(s.frontend, s.apiIP) {
+			return os.ErrDeadlineExceeded
+		}
+		return nil
+	})
+	s.check(t, e, "after container restart")
+}
+
+// TestDaemonKilledAndRestartedKeepsEnforcing SIGKILLs membraned: the
+// pinned datapath goes on alone (allowed flow continues, denied requests
+// stay denied), and the restarted daemon adopts it without a gap.
+func TestDaemonKilledAndRestartedKeepsEnforcing(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	s := startShop(e)
+	idsBefore := map[string]uint32{}
+	for _, c := range []string{s.frontend, s.api, s.db} {
+		idsBefore[c] = e.endpoint(c).Identity
+	}
+	f := e.startFlow(s.frontend, s.api)
+	// A prober hammering a denied path the whole time.
+	e.docker("exec", "-d", s.db, "sh", "-c", "while :; do "+httpGet(s.apiIP, 1)+" && echo LEAK >> /tmp/leaks; sleep 0.05; done")
+
+	e.stopDaemon(syscall.SIGKILL)
+	down := f.bytes()
+	time.Sleep(1500 * time.Millisecond)
+	if f.bytes() <= down {
+		t.Error("allowed flow stopped while membraned was down")
+	}
+	if e.get(s.db, s.apiIP) {
+		t.Error("denied request passed while membraned was down")
+	}
+	if !e.get(s.frontend, s.apiIP) {
+		t.Error("allowed request failed while membraned was down")
+	}
+	restart := f.bytes()
+	e.startDaemon()
+	if !f.flowing(time.Second) || f.bytes() <= restart {
+		t.Error("allowed flow stopped across the restart")
+	}
+	for c, id := range idsBefore {
+		if got := e.endpoint(c).Identity; got != id {
+			t.Errorf("%s identity %d -> %d across the daemon restart", c, id, got)
+		}
+	}
+	s.check(t, e, "after daemon restart")
+	if out, _ := exec.Command("docker", "exec", s.db, "sh", "-c", "cat /tmp/leaks 2>/dev/null | wc -l").CombinedOutput(); strings.TrimSpace(string(out)) != "0" {
+		t.Errorf("%s denied requests passed during the kill and restart", strings.TrimSpace(string(out)))
+	}
+	// SIGTERM leaves the datapath in place as well.
+	e.stopDaemon(syscall.SIGTERM)
+	if !f.flowing(time.Second) {
+		t.Error("allowed flow stopped after SIGTERM")
+	}
+	if e.get(s.db, s.apiIP) {
+		t.Error("denied request passed after SIGTERM")
+	}
+	if _, err := os.Stat(e.pinDir); err != nil {
+		t.Errorf("pins gone after SIGTERM: %v", err)
+	}
+}
+
+func TestDockerdRestartIsSurvived(t *testing.T) {
+	testenv.RequireBinary(t, "dockerd")
+	e := newEnv(t, envOpts{})
+	e.writePolicy("shop.hcl", shopPolicies)
+	e.startDaemon()
+	s := shop{
+		frontend: e.run("frontend", frontendLabels, "sleep 600", "--restart", "always"),
+		api:      e.run("api", []string{"app=api"}, "echo ok > /var/www/index.html; httpd -f -p 8080 -h /var/www", "--restart", "always"),
+		db:       e.run("db", []string{"app=db"}, "echo ok > /var/www/index.html; httpd -f -p 8080 -h /var/www", "--restart", "always"),
+	}
+	for _, c := range []string{s.frontend, s.api, s.db} {
+		e.endpoint(c)
+	}
+	apiID := e.endpoint(s.api).Identity
+	testenv.KillDockerd(t)
+	time.Sleep(500 * time.Millisecond)
+	if err := testenv.EnsureDockerd(); err != nil {
+		t.Fatal(err)
+	}
+	// The containers come back with new veths; membraned reconnects,
+	// resyncs, and enforces them again.
+	e.eventually("containers running again", 60*time.Second, func() error {
+		for _, c := range []string{s.frontend, s.api, s.db} {
+			out, err := exec.Command("docker", "inspect", "-f", "{{.State.Running}}", c).CombinedOutput()
+			if err != nil || strings.TrimSpace(string(out)) != "true" {
+				return os.ErrNotExist
+			}
+		}
+		return nil
+	})
+	s.apiIP, s.dbIP = e.ip(s.api), e.ip(s.db)
+	for _, c := range []string{s.frontend, s.api, s.db} {
+		e.endpoint(c)
+	}
+	e.eventually("frontend reaches api after the dockerd restart", 20*time.Second, func() error {
+		if !e.get(s.frontend, s.apiIP) {
+			return os.ErrDeadlineExceeded
+		}
+		return nil
+	})
+	s.check(t, e, "after dockerd restart")
+	if got := e.endpoint(s.api).Identity; got != apiID {
+		t.Errorf("api identity %d -> %d across the dockerd restart", apiID, got)
+	}
+	eps, _ := e.client.Endpoints(context.Background())
+	seen := map[string]int{}
+	for _, ep := range eps {
+		for _, c := range ep.Containers {
+			seen[c.Name]++
+		}
+	}
+	for _, c := range []string{s.frontend, s.api, s.db} {
+		if seen[c] != 1 {
+			t.Errorf("container %s in %d endpoints after the resync", c, seen[c])
+		}
+	}
+}
+
+// TestOutsiderCannotChangeAnything: a user who is neither root nor in the
+// API group cannot change membraned through its socket.
+func TestOutsiderCannotChangeAnything(t *testing.T) {
+	e := newEnv(t, envOpts{extraConfig: `api_group = "membrane-e2e-nonexistent"`})
+	e.writePolicy("shop.hcl", shopPolicies)
+	e.startDaemon()
+	bin := copyForOthers(t)
+	cmd := exec.Command(bin, "-test.run=^$")
+	cmd.Env = append(os.Environ(), "MEMBRANE_E2E_WRITE="+e.sock)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65533, Gid: 65533}}
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "permission denied") {
+		t.Fatalf("outsider's policy reload: err=%v out=%s", err, out)
+	}
+	// Root can.
+	if _, err := e.client.ReloadPolicies(context.Background()); err != nil {
+		t.Fatalf("root reload: %v", err)
+	}
+}
+
+func copyForOthers(t *testing.T) string {
+	dir, err := os.MkdirTemp("", "membrane-e2e-bin-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	b, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "e2e.test")
+	if err := os.WriteFile(p, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}

@@ -1,0 +1,387 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/membrane-fw/membrane/daemon"
+	"github.com/membrane-fw/membrane/daemon/api"
+	"github.com/membrane-fw/membrane/daemon/config"
+	"github.com/membrane-fw/membrane/internal/testenv"
+)
+
+// The test binary doubles as membraned (MEMBRANE_E2E_DAEMON=config path)
+// and as an API client run under another uid (MEMBRANE_E2E_WRITE=socket).
+func TestMain(m *testing.M) {
+	if path := os.Getenv("MEMBRANE_E2E_DAEMON"); path != "" {
+		os.Exit(runDaemon(path))
+	}
+	if sock := os.Getenv("MEMBRANE_E2E_WRITE"); sock != "" {
+		c := api.NewClient(sock)
+		_, err := c.ReloadPolicies(context.Background())
+		if err != nil {
+			fmt.Println("ERR", err)
+			os.Exit(1)
+		}
+		fmt.Println("OK")
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func runDaemon(path string) int {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	cfg, err := config.Load(path, true)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	if err := daemon.Run(ctx, cfg, daemon.Options{Logger: log}); err != nil {
+		fmt.Fprintln(os.Stderr, "membraned:", err)
+		return 1
+	}
+	return 0
+}
+
+// env is one test's world: a Docker network with its own bridge, a
+// policy directory, and a membraned managing only that bridge.
+type env struct {
+	t       *testing.T
+	sfx     string
+	dir     string
+	network string
+	bridge  string
+	image   string
+	cfgPath string
+	sock    string
+	pinDir  string
+	client  *api.Client
+	cmd     *exec.Cmd
+	logPath string
+	names   []string
+}
+
+type envOpts struct {
+	extraConfig string // appended to membrane.hcl
+}
+
+func newEnv(t *testing.T, o envOpts) *env {
+	t.Helper()
+	testenv.RequireRoot(t)
+	img := testenv.BusyboxImage(t)
+	sfx := testenv.RandomSuffix(8)
+	dir, err := os.MkdirTemp("", "membrane-e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, sfx: sfx, dir: dir, image: img, network: "mte2e-" + sfx, bridge: "mte" + sfx,
+		sock: filepath.Join(dir, "api.sock"), pinDir: "/sys/fs/bpf/membrane-e2e-" + sfx,
+		logPath: filepath.Join(dir, "membraned.log")}
+	os.Chmod(dir, 0o755)
+	os.MkdirAll(filepath.Join(dir, "policies"), 0o755)
+	e.cfgPath = filepath.Join(dir, "membrane.hcl")
+	cfg := fmt.Sprintf(`
+policy_dir      = %q
+state_dir       = %q
+bpffs_dir       = %q
+api_socket      = %q
+bridges         = [%q]
+log_level       = "debug"
+policy_debounce = "20ms"
+identity_grace  = "10m"
+runtime "containerd" {
+  enabled = false
+}
+metrics {
+  listen = ""
+}
+%s
+`, filepath.Join(dir, "policies"), filepath.Join(dir, "state"), e.pinDir, e.sock, e.bridge, o.extraConfig)
+	if err := os.WriteFile(e.cfgPath, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.docker("network", "create", "--driver", "bridge", "-o", "com.docker.network.bridge.name="+e.bridge, e.network)
+	t.Cleanup(func() {
+		e.stopDaemon(syscall.SIGTERM)
+		for _, n := range e.names {
+			exec.Command("docker", "rm", "-f", n).Run()
+		}
+		exec.Command("docker", "network", "rm", e.network).Run()
+		// What `membraned --cleanup` does with the same config: remove
+		// every pin and attachment.
+		if cfg, err := config.Load(e.cfgPath, true); err != nil {
+			t.Errorf("config: %v", err)
+		} else if err := daemon.Cleanup(cfg); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+		if _, err := os.Stat(e.pinDir); err == nil {
+			t.Errorf("pins left in %s after --cleanup", e.pinDir)
+		}
+		if t.Failed() {
+			if b, err := os.ReadFile(e.logPath); err == nil {
+				lines := strings.Split(string(b), "\n")
+				if len(lines) > 150 {
+					lines = lines[len(lines)-150:]
+				}
+				t.Logf("membraned log (tail):\n%s", strings.Join(lines, "\n"))
+			}
+		}
+		os.RemoveAll(dir)
+	})
+	e.client = api.NewClient(e.sock)
+	return e
+}
+
+// daemonCmd runs the test binary as membraned with e's config.
+func (e *env) daemonCmd() *exec.Cmd {
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "MEMBRANE_E2E_DAEMON="+e.cfgPath)
+	return cmd
+}
+
+// startDaemon starts membraned and waits for its first reconcile.
+func (e *env) startDaemon() {
+	e.t.Helper()
+	logf, err := os.OpenFile(e.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cmd := e.daemonCmd()
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	logf.Close()
+	e.cmd = cmd
+	e.eventually("membraned reconciled", 30*time.Second, func() error {
+		st, err := e.client.Status(context.Background())
+		if err != nil {
+			return err
+		}
+		if !st.Reconciled {
+			return fmt.Errorf("not reconciled yet")
+		}
+		return nil
+	})
+}
+
+func (e *env) stopDaemon(sig syscall.Signal) {
+	if e.cmd == nil || e.cmd.Process == nil {
+		return
+	}
+	e.cmd.Process.Signal(sig)
+	e.cmd.Wait()
+	e.cmd = nil
+}
+
+func (e *env) docker(args ...string) string {
+	e.t.Helper()
+	out, err := exec.Command("docker", args...).CombinedOutput()
+	if err != nil {
+		e.t.Fatalf("docker %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// run starts a container on the test network with labels (plus e2e=SFX)
+// running sh -c script, and returns its name.
+func (e *env) run(name string, labels []string, script string, extra ...string) string {
+	e.t.Helper()
+	full := "mte2e-" + e.sfx + "-" + name
+	args := []string{"run", "-d", "--name", full, "--label", "e2e=" + e.sfx}
+	if !hasPrefix(extra, "--network") {
+		args = append(args, "--network", e.network)
+	}
+	for _, l := range labels {
+		args = append(args, "--label", l)
+	}
+	args = append(args, extra...)
+	args = append(args, e.image, "sh", "-c", script)
+	e.docker(args...)
+	e.names = append(e.names, full)
+	return full
+}
+
+func hasPrefix(list []string, p string) bool {
+	for _, s := range list {
+		if strings.HasPrefix(s, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// server is a container answering HTTP on 8080 with "ok" and keeping the
+// bytes received on 9000 in /tmp/recv (nc's stdin is held open by sleep:
+// busybox nc ends the connection when its stdin ends).
+func (e *env) server(name string, labels ...string) string {
+	return e.run(name, labels, "echo ok > /var/www/index.html; httpd -p 8080 -h /var/www; sleep 600 | nc -l -p 9000 > /tmp/recv; sleep 600")
+}
+
+func (e *env) idle(name string, labels ...string) string {
+	return e.run(name, labels, "sleep 600")
+}
+
+func (e *env) ip(container string) string {
+	e.t.Helper()
+	return e.docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", container)
+}
+
+// httpGet is a shell command fetching http://IP:8080/ with busybox nc
+// (busybox-static's wget crashes on this machine), connect timeout T
+// seconds; it prints the body's "ok" on success.
+func httpGet(ip string, timeout int) string {
+	return fmt.Sprintf("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w %d %s 8080 | grep -q '^ok'", timeout, ip)
+}
+
+// get reports whether container can fetch http://ip:8080/ (1 s timeout).
+func (e *env) get(container, ip string) bool {
+	return exec.Command("docker", "exec", container, "sh", "-c", httpGet(ip, 1)).Run() == nil
+}
+
+// endpoint waits until membraned enforces container and returns it.
+func (e *env) endpoint(container string) api.Endpoint {
+	e.t.Helper()
+	var ep api.Endpoint
+	e.eventually("endpoint "+container+" enforced", 20*time.Second, func() error {
+		var err error
+		ep, err = e.client.Endpoint(context.Background(), container)
+		if err != nil {
+			return err
+		}
+		if !ep.Enforcing || ep.Identity < 256 {
+			return fmt.Errorf("endpoint %+v not enforced yet", ep)
+		}
+		return nil
+	})
+	return ep
+}
+
+func (e *env) writePolicy(name, text string) {
+	e.t.Helper()
+	text = strings.ReplaceAll(text, "SFX", e.sfx)
+	p := filepath.Join(e.dir, "policies", name)
+	tmp := p + ".tmp"
+	if err := os.WriteFile(tmp, []byte(text), 0o644); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// waitRevision waits until the daemon enforces a policy revision > after
+// (or reports a policy error when wantErr).
+func (e *env) waitRevision(after uint64, wantErr bool) api.Status {
+	e.t.Helper()
+	var st api.Status
+	e.eventually("policy reload", 10*time.Second, func() error {
+		var err error
+		st, err = e.client.Status(context.Background())
+		if err != nil {
+			return err
+		}
+		if wantErr {
+			if st.LastPolicyError == nil {
+				return fmt.Errorf("no policy error yet")
+			}
+			return nil
+		}
+		if st.PolicyRevision <= after || st.LastPolicyError != nil {
+			return fmt.Errorf("revision %d, error %v", st.PolicyRevision, st.LastPolicyError)
+		}
+		return nil
+	})
+	return st
+}
+
+func (e *env) status() api.Status {
+	e.t.Helper()
+	st, err := e.client.Status(context.Background())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return st
+}
+
+func (e *env) eventually(what string, timeout time.Duration, fn func() error) {
+	e.t.Helper()
+	deadline := time.Now().Add(timeout)
+	var err error
+	for time.Now().Before(deadline) {
+		if err = fn(); err == nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	e.t.Fatalf("%s: not within %v: %v", what, timeout, err)
+}
+
+// flow is a long-lived TCP connection from a client container to a
+// server's port 9000 that sends a line every 100 ms.
+type flow struct {
+	e              *env
+	client, server string
+}
+
+func (e *env) startFlow(client, server string) *flow {
+	e.t.Helper()
+	ip := e.ip(server)
+	e.docker("exec", "-d", client, "sh", "-c", "while :; do echo ping; sleep 0.1; done | nc "+ip+" 9000")
+	f := &flow{e: e, client: client, server: server}
+	e.eventually("flow established", 10*time.Second, func() error {
+		if f.bytes() < 10 {
+			return fmt.Errorf("no data yet")
+		}
+		return nil
+	})
+	return f
+}
+
+func (f *flow) bytes() int {
+	out, err := exec.Command("docker", "exec", f.server, "sh", "-c", "wc -c < /tmp/recv").CombinedOutput()
+	if err != nil {
+		return -1
+	}
+	var n int
+	fmt.Sscan(strings.TrimSpace(string(out)), &n)
+	return n
+}
+
+// flowing reports whether data arrived within d.
+func (f *flow) flowing(d time.Duration) bool {
+	a := f.bytes()
+	time.Sleep(d)
+	return f.bytes() > a
+}
+
+// observe returns the flows kept by the daemon that match filter.
+func (e *env) observe(filter api.ObserveFilter) []api.Flow {
+	e.t.Helper()
+	var out []api.Flow
+	err := e.client.Observe(context.Background(), filter, func(f api.Flow) error {
+		out = append(out, f)
+		return nil
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return out
+}
+
+func dump(v any) string {
+	b, _ := json.MarshalIndent(v, "", "  ")
+	return string(b)
+}
