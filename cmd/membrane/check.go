@@ -26,6 +26,9 @@ The files and directories named are loaded together as one policy set (a
 directory contributes its *.hcl files in lexical order, like the daemon's
 policies.d). Each subdirectory of a named directory that holds *.hcl files is
 checked as a set of its own, since the daemon never merges subdirectories.
+Inside directories, membrane.hcl (the daemon configuration) and *.nomad.hcl
+(Nomad job specifications) are not policy files and are skipped; a file named
+on the command line is always checked.
 
 Exit status: 0 valid (warnings may be printed), 1 invalid, 2 usage error
 (no PATH, a PATH that does not exist, an unknown --format).`,
@@ -40,7 +43,8 @@ Exit status: 0 valid (warnings may be printed), 1 invalid, 2 usage error
 // checkSet is one policy set that check validates: the named paths, or one
 // subdirectory of a named directory.
 type checkSet struct {
-	name  string // "" for the set of the named paths
+	name  string // the directory, or the named paths
+	sub   bool   // a subdirectory found by the walk
 	paths []string
 	set   *policies.Set
 	rep   *policies.Report
@@ -53,7 +57,9 @@ func runCheck(out io.Writer, format string, args []string) error {
 	if len(args) == 0 {
 		return usageError("policy check needs at least one PATH (a policy file or directory)")
 	}
-	sets := []*checkSet{{paths: args}}
+	top := &checkSet{}
+	sets := []*checkSet{top}
+	var skipped []string
 	for _, p := range args {
 		st, err := os.Stat(p)
 		if err != nil {
@@ -63,14 +69,23 @@ func runCheck(out io.Writer, format string, args []string) error {
 			return usageError("%v", err)
 		}
 		if !st.IsDir() {
+			top.paths = append(top.paths, p)
 			continue
 		}
-		subs, err := subdirSets(p)
+		files, skip, err := policyFiles(p)
+		if err != nil {
+			return err
+		}
+		top.paths = append(top.paths, files...)
+		skipped = append(skipped, skip...)
+		subs, skip, err := subdirSets(p)
 		if err != nil {
 			return err
 		}
 		sets = append(sets, subs...)
+		skipped = append(skipped, skip...)
 	}
+	top.name = strings.Join(args, " ")
 	for _, s := range sets {
 		s.set, s.rep = policies.Load(s.paths...)
 	}
@@ -89,7 +104,7 @@ func runCheck(out io.Writer, format string, args []string) error {
 		if err := writeCheckJSON(out, sets); err != nil {
 			return err
 		}
-	} else if err := writeCheckText(out, sets); err != nil {
+	} else if err := writeCheckText(out, sets, skipped); err != nil {
 		return err
 	}
 	if invalid {
@@ -98,11 +113,41 @@ func runCheck(out io.Writer, format string, args []string) error {
 	return nil
 }
 
+// notPolicyFile says why a *.hcl file found in a directory is not a policy
+// file: deployment trees (examples/, a host's /etc/membrane) keep the
+// daemon's configuration and Nomad job specifications, HCL too, next to
+// their policies.
+func notPolicyFile(name string) string {
+	switch {
+	case name == "membrane.hcl":
+		return "the daemon configuration"
+	case strings.HasSuffix(name, ".nomad.hcl"):
+		return "a Nomad job specification"
+	}
+	return ""
+}
+
+// policyFiles lists the policy files of dir, as the daemon would read them,
+// less the files that are not policies; skipped explains those.
+func policyFiles(dir string) (files, skipped []string, err error) {
+	all, err := policies.ListDir(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, f := range all {
+		if why := notPolicyFile(filepath.Base(f)); why != "" {
+			skipped = append(skipped, fmt.Sprintf("%s: %s, not a policy file", f, why))
+			continue
+		}
+		files = append(files, f)
+	}
+	return files, skipped, nil
+}
+
 // subdirSets finds, under dir, every subdirectory (not hidden) that holds
 // policy files, in lexical order.
-func subdirSets(dir string) ([]*checkSet, error) {
-	var out []*checkSet
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+func subdirSets(dir string) (sets []*checkSet, skipped []string, err error) {
+	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -112,16 +157,17 @@ func subdirSets(dir string) ([]*checkSet, error) {
 		if strings.HasPrefix(d.Name(), ".") {
 			return filepath.SkipDir
 		}
-		files, err := policies.ListDir(p)
+		files, skip, err := policyFiles(p)
 		if err != nil {
 			return err
 		}
+		skipped = append(skipped, skip...)
 		if len(files) > 0 {
-			out = append(out, &checkSet{name: p, paths: []string{p}})
+			sets = append(sets, &checkSet{name: p, paths: files, sub: true})
 		}
 		return nil
 	})
-	return out, err
+	return sets, skipped, err
 }
 
 func writeCheckJSON(out io.Writer, sets []*checkSet) error {
@@ -145,8 +191,13 @@ func writeCheckJSON(out io.Writer, sets []*checkSet) error {
 	return err
 }
 
-func writeCheckText(out io.Writer, sets []*checkSet) error {
+func writeCheckText(out io.Writer, sets []*checkSet, skipped []string) error {
 	color := isTerminal(out) && os.Getenv("NO_COLOR") == ""
+	for _, s := range skipped {
+		if _, err := fmt.Fprintf(out, "skipped %s\n", s); err != nil {
+			return err
+		}
+	}
 	for _, s := range sets {
 		// The contract's line form first, one per diagnostic, so that
 		// scripts and editors can read them; then HCL's rendering with the
@@ -165,12 +216,8 @@ func writeCheckText(out io.Writer, sets []*checkSet) error {
 			}
 		}
 		prefix := ""
-		if s.name != "" || len(sets) > 1 {
-			name := s.name
-			if name == "" {
-				name = strings.Join(s.paths, " ")
-			}
-			prefix = name + ": "
+		if s.sub || len(sets) > 1 {
+			prefix = s.name + ": "
 		}
 		nerr, nwarn := len(s.rep.Errors()), len(s.rep.Warnings())
 		var line string

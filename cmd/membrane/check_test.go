@@ -1,0 +1,213 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// runCLI runs the command in-process and returns its stdout and the exit
+// code main would give.
+func runCLI(t *testing.T, args ...string) (string, int, error) {
+	t.Helper()
+	root := newRootCmd()
+	var out, errOut bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&errOut)
+	root.SetArgs(args)
+	err := root.Execute()
+	code := 0
+	if err != nil {
+		code = 1
+		var ee *exitError
+		if errors.As(err, &ee) {
+			code = ee.code
+		} else if isUsage(err) {
+			code = 2
+		}
+	}
+	return out.String(), code, err
+}
+
+func writePolicy(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+const testdata = "../../policies/testdata"
+
+func TestCheckValidFileExitsZeroWithSummary(t *testing.T) {
+	out, code, err := runCLI(t, "policy", "check", testdata+"/valid/10-spec-example.hcl")
+	if code != 0 || err != nil {
+		t.Fatalf("exit %d, err %v, output:\n%s", code, err, out)
+	}
+	if out != "1 policy, 5 rules in 1 file: valid\n" {
+		t.Errorf("output %q", out)
+	}
+}
+
+func TestCheckValidDirectoryPrintsWarnings(t *testing.T) {
+	out, code, _ := runCLI(t, "policy", "check", testdata+"/valid")
+	if code != 0 {
+		t.Fatalf("exit %d, output:\n%s", code, out)
+	}
+	if !strings.Contains(out, testdata+"/valid/41-cidr.hcl:11:37: warning: CIDR \"10.1.2.3/8\" has host bits set") {
+		t.Errorf("warning line missing:\n%s", out)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if last := lines[len(lines)-1]; !strings.HasPrefix(last, "11 policies, ") || !strings.HasSuffix(last, " in 12 files: valid (5 warnings)") {
+		t.Errorf("summary %q", last)
+	}
+}
+
+func TestCheckInvalidFileExitsOneWithContractLines(t *testing.T) {
+	out, code, _ := runCLI(t, "policy", "check", testdata+"/invalid/port_zero.hcl", testdata+"/invalid/unknown_entity.hcl")
+	if code != 1 {
+		t.Fatalf("exit %d, output:\n%s", code, out)
+	}
+	lines := strings.Split(out, "\n")
+	// Both files declare "api", so the second one also has a duplicate.
+	want := []string{
+		testdata + `/invalid/port_zero.hcl:5:14: error: Invalid port "0/tcp": port 0 is not allowed; ports are 1-65535`,
+		testdata + `/invalid/unknown_entity.hcl:2:8: error: Duplicate policy "api"`,
+		testdata + `/invalid/unknown_entity.hcl:5:28: error: Unknown entity "wrld"; did you mean "world"?`,
+	}
+	for i, w := range want {
+		if lines[i] != w {
+			t.Errorf("line %d = %q, want %q", i+1, lines[i], w)
+		}
+	}
+	for _, s := range []string{"Error: Invalid port", "   5:     ports = [\"0/tcp\"]", "3 errors, 0 warnings in 2 files: invalid"} {
+		if !strings.Contains(out, s) {
+			t.Errorf("output lacks %q:\n%s", s, out)
+		}
+	}
+}
+
+func TestCheckJSON(t *testing.T) {
+	out, code, _ := runCLI(t, "policy", "check", "--format", "json", testdata+"/invalid/bad_cidr.hcl", testdata+"/valid/41-cidr.hcl")
+	if code != 1 {
+		t.Fatalf("exit %d, output:\n%s", code, out)
+	}
+	var items []map[string]any
+	if err := json.Unmarshal([]byte(out), &items); err != nil {
+		t.Fatalf("stdout is not one JSON array: %v\n%s", err, out)
+	}
+	if len(items) != 2 {
+		t.Fatalf("%d items:\n%s", len(items), out)
+	}
+	first := items[0]
+	for k, v := range map[string]any{"file": testdata + "/invalid/bad_cidr.hcl", "line": 5.0, "column": 34.0, "severity": "error", "summary": `Invalid CIDR "10.0.0.0/33" in to_cidr`} {
+		if first[k] != v {
+			t.Errorf("%s = %v, want %v", k, first[k], v)
+		}
+	}
+	if d, _ := first["detail"].(string); !strings.Contains(d, "prefix length out of range") {
+		t.Errorf("detail %q", d)
+	}
+	if items[1]["severity"] != "warning" {
+		t.Errorf("second item %v", items[1])
+	}
+
+	out, code, _ = runCLI(t, "policy", "check", "--format=json", testdata+"/valid/10-spec-example.hcl")
+	if code != 0 || strings.TrimSpace(out) != "[]" {
+		t.Errorf("valid set: exit %d, output %q", code, out)
+	}
+}
+
+func TestCheckUsageErrorsExitTwo(t *testing.T) {
+	for _, args := range [][]string{
+		{"policy", "check"},
+		{"policy", "check", "--format", "yaml", testdata + "/valid"},
+		{"policy", "check", filepath.Join(t.TempDir(), "missing")},
+		{"policy", "check", "--colour", testdata + "/valid"},
+		{"policy", "check", "--format"},
+	} {
+		out, code, err := runCLI(t, args...)
+		if code != 2 {
+			t.Errorf("%v: exit %d (err %v), want 2; output:\n%s", args, code, err, out)
+		}
+	}
+}
+
+// Subdirectories are sets of their own: the same policy name in two of
+// them is fine, an error in one fails the check, hidden ones are skipped.
+func TestCheckRecursesIntoSubdirectoriesAsSeparateSets(t *testing.T) {
+	root := t.TempDir()
+	ok := "policy \"api\" {\n  selector = \"app=api\"\n}\n"
+	writePolicy(t, filepath.Join(root, "compose", "policies", "api.hcl"), ok)
+	writePolicy(t, filepath.Join(root, "nomad", "api.hcl"), ok)
+	writePolicy(t, filepath.Join(root, "nomad", "job.nomad"), "job {")
+	writePolicy(t, filepath.Join(root, ".git", "x.hcl"), "junk {")
+	out, code, _ := runCLI(t, "policy", "check", root)
+	if code != 0 {
+		t.Fatalf("exit %d, output:\n%s", code, out)
+	}
+	want := filepath.Join(root, "compose", "policies") + ": 1 policy, 0 rules in 1 file: valid\n" +
+		filepath.Join(root, "nomad") + ": 1 policy, 0 rules in 1 file: valid\n"
+	if out != want {
+		t.Errorf("output:\n%s\nwant:\n%s", out, want)
+	}
+
+	writePolicy(t, filepath.Join(root, "nomad", "bad.hcl"), "policy \"x\" {\n  selector = \"a in\"\n}\n")
+	out, code, _ = runCLI(t, "policy", "check", root)
+	if code != 1 || !strings.Contains(out, filepath.Join(root, "nomad", "bad.hcl")+":2:19: error: Invalid selector") {
+		t.Errorf("exit %d, output:\n%s", code, out)
+	}
+}
+
+func TestCheckAcceptsTheExamples(t *testing.T) {
+	if _, err := os.Stat("../../examples/policies"); err != nil {
+		t.Fatalf("examples/policies missing: %v", err)
+	}
+	out, code, _ := runCLI(t, "policy", "check", "../../examples")
+	if code != 0 || !strings.Contains(out, "examples/policies: ") {
+		t.Errorf("exit %d, output:\n%s", code, out)
+	}
+}
+
+// TestCheckBinaryExitCodes runs the real binary, so that main's mapping of
+// errors to exit codes and to stderr is covered too.
+func TestCheckBinaryExitCodes(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "membrane")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	for _, tc := range []struct {
+		args       []string
+		code       int
+		stdout     string
+		stderrPart string
+	}{
+		{[]string{testdata + "/valid/10-spec-example.hcl"}, 0, "1 policy, 5 rules in 1 file: valid\n", ""},
+		{[]string{testdata + "/invalid/port_zero.hcl"}, 1, testdata + "/invalid/port_zero.hcl:5:14: error: Invalid port", ""},
+		{[]string{}, 2, "", "needs at least one PATH"},
+		{[]string{"/nonexistent/policies.d"}, 2, "", "/nonexistent/policies.d does not exist"},
+	} {
+		cmd := exec.Command(bin, append([]string{"policy", "check"}, tc.args...)...)
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		code := 0
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if code != tc.code || !strings.HasPrefix(stdout.String(), tc.stdout) || !strings.Contains(stderr.String(), tc.stderrPart) {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q; want exit %d, stdout prefix %q, stderr containing %q",
+				tc.args, code, stdout.String(), stderr.String(), tc.code, tc.stdout, tc.stderrPart)
+		}
+	}
+}
