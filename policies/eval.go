@@ -148,9 +148,18 @@ type Result struct {
 	L7 *L7Result `json:"l7,omitempty"`
 }
 
-// Matched lists the rules that decided, the egress end's first.
+// Matched lists the rules that decided the verdict, the egress end's first:
+// for an allowed connection the allow rules of both ends; for a denied (or
+// audited) one, the rules of the ends that denied it (none when default deny
+// did).
 func (r Result) Matched() []Match {
-	return append(append([]Match{}, r.Egress.Matched...), r.Ingress.Matched...)
+	out := []Match{}
+	for _, e := range []EndResult{r.Egress, r.Ingress} {
+		if r.Verdict == VerdictAllowed || e.Verdict == r.Verdict {
+			out = append(out, e.Matched...)
+		}
+	}
+	return out
 }
 
 // Evaluate judges one new connection against the policy set, exactly as the

@@ -1,9 +1,366 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
 
-// newPolicyTraceCmd: `membrane policy trace` (owned by the evaluator work).
+	"github.com/membrane-fw/membrane/policies"
+	"github.com/spf13/cobra"
+)
+
+// traceQuery is one `policy trace` question as the flags give it. Its fields
+// are those of daemon/api.TraceRequest, so the daemon side converts it with
+// api.TraceRequest(q).
+type traceQuery struct {
+	FromContainer string
+	FromLabels    map[string]string
+	FromEntity    string
+	FromIP        string
+	ToContainer   string
+	ToLabels      map[string]string
+	ToEntity      string
+	ToIP          string
+	Proto         string // "" (not given), tcp, udp, sctp, icmp, icmpv6
+	Port          uint16
+	ICMPType      *uint8
+	HTTPMethod    string
+	HTTPPath      string
+	HTTPHost      string
+	HTTPHeaders   map[string]string
+}
+
+// liveTrace asks a running membraned to evaluate q against its live state
+// (enforced set, endpoints, host addresses, enforcement and audit settings).
+// The daemon client code sets it; nil means this build cannot reach a daemon.
+var liveTrace func(ctx context.Context, q traceQuery) (policies.Result, error)
+
+type traceOpts struct {
+	policies []string
+	format   string
+	live     bool
+
+	fromLabels, fromEntity, fromIP, fromContainer string
+	toLabels, toEntity, toIP, toContainer         string
+
+	port, icmp, icmpv6 string
+
+	httpMethod, httpPath, httpHost string
+	httpHeaders                    []string
+}
+
+// newPolicyTraceCmd: `membrane policy trace`, per the CLI contract of the
+// policy language.
 func newPolicyTraceCmd() *cobra.Command {
-	return &cobra.Command{Use: "trace", Short: "Evaluate policies for one connection",
-		RunE: func(*cobra.Command, []string) error { return usageError("policy trace is not built yet") }}
+	o := &traceOpts{}
+	cmd := &cobra.Command{
+		Use:   "trace --policies PATH FROM TO [--port N/PROTO | --icmp TYPE] [--http-method M --http-path P ...]",
+		Short: "Evaluate policies for one connection",
+		Long: `Evaluate the policy files offline for one new connection and print the verdict,
+the direction checks made (the sender's egress, the receiver's ingress) and the
+rules that decided.
+
+Name each end exactly once:
+  --from-labels "k=v,..."   a managed endpoint with these labels
+  --from-entity NAME        host, world or init
+  --from-ip IP              an address; offline, no endpoint or host address is
+                            known, so every IP is the world (CIDR rules apply)
+  --from-container NAME|ID  a running container (--live only)
+and the same with --to-*.
+
+The connection is --port N/PROTO (tcp, udp or sctp), --icmp TYPE (ICMPv4, or
+ICMPv6 when an IP end is IPv6) or --icmpv6 TYPE; with none of them the protocol
+is unknown and only rules without ports or ICMP types match. An HTTP request
+(--http-method and --http-path, optionally --http-host and --http-header K=V,
+repeatable) needs --port N/tcp and is checked against the L7 rules.
+
+With --live the running membraned evaluates the connection against its current
+endpoints, host addresses and settings instead of --policies.
+
+Exit status: 0 whatever the verdict, 1 when the policies are invalid (the
+diagnostics are printed), 2 on a usage error.`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return runTrace(c.Context(), c.OutOrStdout(), c.ErrOrStderr(), o)
+		},
+	}
+	f := cmd.Flags()
+	f.StringArrayVar(&o.policies, "policies", nil, "policy file or directory (repeatable)")
+	f.StringVar(&o.format, "format", "text", "output format: text or json")
+	f.BoolVar(&o.live, "live", false, "evaluate in the running membraned against its live state")
+	f.StringVar(&o.fromLabels, "from-labels", "", `sender: a managed endpoint with these labels ("k=v,...")`)
+	f.StringVar(&o.fromEntity, "from-entity", "", "sender: host, world or init")
+	f.StringVar(&o.fromIP, "from-ip", "", "sender: an IP address")
+	f.StringVar(&o.fromContainer, "from-container", "", "sender: a container name or ID (--live only)")
+	f.StringVar(&o.toLabels, "to-labels", "", `receiver: a managed endpoint with these labels ("k=v,...")`)
+	f.StringVar(&o.toEntity, "to-entity", "", "receiver: host, world or init")
+	f.StringVar(&o.toIP, "to-ip", "", "receiver: an IP address")
+	f.StringVar(&o.toContainer, "to-container", "", "receiver: a container name or ID (--live only)")
+	f.StringVar(&o.port, "port", "", "destination port and protocol, N/PROTO (tcp, udp, sctp)")
+	f.StringVar(&o.icmp, "icmp", "", "ICMP type, by name or number")
+	f.StringVar(&o.icmpv6, "icmpv6", "", "ICMPv6 type, by name or number")
+	f.StringVar(&o.httpMethod, "http-method", "", "HTTP request method")
+	f.StringVar(&o.httpPath, "http-path", "", "HTTP request path")
+	f.StringVar(&o.httpHost, "http-host", "", "HTTP request host")
+	f.StringArrayVar(&o.httpHeaders, "http-header", nil, "HTTP request header K=V (repeatable)")
+	return cmd
+}
+
+func runTrace(ctx context.Context, out, errOut io.Writer, o *traceOpts) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	if o.format != "text" && o.format != "json" {
+		return usageError("--format must be text or json, not %q", o.format)
+	}
+	q, err := o.query()
+	if err != nil {
+		return err
+	}
+	var res policies.Result
+	if o.live {
+		if len(o.policies) > 0 {
+			return usageError("--live evaluates the daemon's own policies; leave out --policies")
+		}
+		if liveTrace == nil {
+			return errors.New("--live needs a running membraned, and this build of membrane cannot reach one")
+		}
+		if res, err = liveTrace(ctx, q); err != nil {
+			return err
+		}
+	} else {
+		if q.FromContainer != "" || q.ToContainer != "" {
+			return usageError("--from-container and --to-container need --live (offline, containers are unknown)")
+		}
+		if len(o.policies) == 0 {
+			return usageError("policy trace needs --policies PATH (or --live)")
+		}
+		for _, p := range o.policies {
+			if _, err := os.Stat(p); err != nil {
+				if errors.Is(err, fs.ErrNotExist) {
+					return usageError("--policies %s does not exist", p)
+				}
+				return usageError("--policies: %v", err)
+			}
+		}
+		set, rep := policies.Load(o.policies...)
+		if rep.HasErrors() {
+			if o.format == "json" {
+				b, err := rep.JSON()
+				if err != nil {
+					return err
+				}
+				if _, err := fmt.Fprintf(out, "%s\n", b); err != nil {
+					return err
+				}
+			} else {
+				// The contract's FILE:LINE:COL: error: SUMMARY lines, then
+				// HCL's rendering with the source and the details.
+				for _, d := range rep.Diagnostics {
+					if _, err := fmt.Fprintln(errOut, d.String()); err != nil {
+						return err
+					}
+				}
+				fmt.Fprintln(errOut)
+				if err := rep.WriteText(errOut, false); err != nil {
+					return err
+				}
+			}
+			return silentExit(1)
+		}
+		conn, err := q.connection()
+		if err != nil {
+			return err
+		}
+		res = set.Evaluate(&policies.Env{}, conn)
+	}
+	if o.format == "json" {
+		b, err := json.MarshalIndent(res, "", "  ")
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(out, "%s\n", b)
+		return err
+	}
+	return res.WriteText(out)
+}
+
+// query checks the flags and turns them into a traceQuery; every problem is
+// a usage error.
+func (o *traceOpts) query() (traceQuery, error) {
+	var q traceQuery
+	var err error
+	if q.FromLabels, q.FromEntity, q.FromIP, q.FromContainer, err = peerFlags("from", o.fromLabels, o.fromEntity, o.fromIP, o.fromContainer); err != nil {
+		return q, err
+	}
+	if q.ToLabels, q.ToEntity, q.ToIP, q.ToContainer, err = peerFlags("to", o.toLabels, o.toEntity, o.toIP, o.toContainer); err != nil {
+		return q, err
+	}
+
+	given := 0
+	for _, s := range []string{o.port, o.icmp, o.icmpv6} {
+		if s != "" {
+			given++
+		}
+	}
+	if given > 1 {
+		return q, usageError("give at most one of --port, --icmp and --icmpv6")
+	}
+	switch {
+	case o.port != "":
+		num, proto, ok := strings.Cut(o.port, "/")
+		n, perr := strconv.ParseUint(num, 10, 16)
+		if !ok || perr != nil || n == 0 {
+			return q, usageError("--port %q: want N/PROTO, N in 1-65535 and PROTO tcp, udp or sctp (e.g. 443/tcp)", o.port)
+		}
+		switch proto {
+		case "tcp", "udp", "sctp":
+		default:
+			return q, usageError("--port %q: the protocol must be tcp, udp or sctp (ICMP goes in --icmp)", o.port)
+		}
+		q.Proto, q.Port = proto, uint16(n)
+	case o.icmp != "":
+		// ICMPv4 unless an end is an IPv6 address.
+		v6 := isIPv6(q.FromIP) || isIPv6(q.ToIP)
+		t, ok := icmpType(o.icmp, v6)
+		if !ok {
+			return q, usageError("--icmp %q: not an ICMP%s type name or a number 0-255", o.icmp, map[bool]string{true: "v6"}[v6])
+		}
+		q.Proto, q.ICMPType = "icmp", &t
+		if v6 {
+			q.Proto = "icmpv6"
+		}
+	case o.icmpv6 != "":
+		t, ok := icmpType(o.icmpv6, true)
+		if !ok {
+			return q, usageError("--icmpv6 %q: not an ICMPv6 type name or a number 0-255", o.icmpv6)
+		}
+		q.Proto, q.ICMPType = "icmpv6", &t
+	}
+
+	if o.httpMethod != "" || o.httpPath != "" || o.httpHost != "" || len(o.httpHeaders) > 0 {
+		if o.httpMethod == "" || o.httpPath == "" {
+			return q, usageError("an HTTP request needs both --http-method and --http-path")
+		}
+		if q.Proto != "tcp" {
+			return q, usageError("an HTTP request needs a TCP connection: add --port N/tcp")
+		}
+		q.HTTPMethod, q.HTTPPath, q.HTTPHost = o.httpMethod, o.httpPath, o.httpHost
+		for _, h := range o.httpHeaders {
+			k, v, ok := strings.Cut(h, "=")
+			if !ok || strings.TrimSpace(k) == "" {
+				return q, usageError("--http-header %q: want NAME=VALUE", h)
+			}
+			if q.HTTPHeaders == nil {
+				q.HTTPHeaders = map[string]string{}
+			}
+			q.HTTPHeaders[k] = v
+		}
+	}
+	return q, nil
+}
+
+// peerFlags checks that one end is named exactly once and that the value is
+// well formed.
+func peerFlags(side, labels, entity, ip, container string) (map[string]string, string, string, string, error) {
+	n := 0
+	for _, s := range []string{labels, entity, ip, container} {
+		if s != "" {
+			n++
+		}
+	}
+	if n != 1 {
+		return nil, "", "", "", usageError("name the %s end exactly once: --%s-labels, --%s-entity, --%s-ip or --%s-container (got %d)", side, side, side, side, side, n)
+	}
+	switch {
+	case labels != "":
+		l, err := policies.ParseLabels(labels)
+		if err != nil {
+			return nil, "", "", "", usageError("--%s-labels %q: %v", side, labels, err)
+		}
+		if l == nil {
+			l = policies.Labels{}
+		}
+		return l, "", "", "", nil
+	case entity != "":
+		switch policies.Entity(entity) {
+		case policies.EntityHost, policies.EntityWorld, policies.EntityInit:
+		case policies.EntityCluster, policies.EntityAll:
+			return nil, "", "", "", usageError("--%s-entity %s is a class of peers, not one peer: use host, world or init, or --%s-labels", side, entity, side)
+		default:
+			return nil, "", "", "", usageError("--%s-entity %q: want host, world or init", side, entity)
+		}
+		return nil, entity, "", "", nil
+	case ip != "":
+		if _, err := netip.ParseAddr(ip); err != nil {
+			return nil, "", "", "", usageError("--%s-ip %q is not an IP address", side, ip)
+		}
+		return nil, "", ip, "", nil
+	}
+	return nil, "", "", container, nil
+}
+
+func isIPv6(ip string) bool {
+	a, err := netip.ParseAddr(ip)
+	return err == nil && a.Unmap().Is6()
+}
+
+// connection builds the evaluator's Connection from an offline query.
+func (q traceQuery) connection() (policies.Connection, error) {
+	c := policies.Connection{
+		From: offlinePeer(q.FromLabels, q.FromEntity, q.FromIP),
+		To:   offlinePeer(q.ToLabels, q.ToEntity, q.ToIP),
+		Port: q.Port,
+	}
+	c.Proto = map[string]policies.Proto{"": policies.ProtoAny, "tcp": policies.ProtoTCP, "udp": policies.ProtoUDP,
+		"sctp": policies.ProtoSCTP, "icmp": policies.ProtoICMP, "icmpv6": policies.ProtoICMPv6}[q.Proto]
+	if q.ICMPType != nil {
+		c.ICMPType = *q.ICMPType
+	}
+	if q.HTTPMethod != "" {
+		c.HTTP = &policies.HTTPRequest{Method: q.HTTPMethod, Path: q.HTTPPath, Host: q.HTTPHost, Headers: q.HTTPHeaders}
+	}
+	if err := c.Check(); err != nil {
+		return c, usageError("%v", err)
+	}
+	return c, nil
+}
+
+func offlinePeer(labels map[string]string, entity, ip string) policies.Peer {
+	switch {
+	case labels != nil:
+		return policies.Peer{Labels: labels}
+	case entity != "":
+		return policies.Peer{Entity: policies.Entity(entity)}
+	}
+	a, _ := netip.ParseAddr(ip)
+	return policies.Peer{IP: a}
+}
+
+// ICMP type names of the policy language ("Ports").
+var (
+	icmpv4Names = map[string]uint8{"echo-reply": 0, "destination-unreachable": 3, "redirect": 5,
+		"echo-request": 8, "time-exceeded": 11, "parameter-problem": 12}
+	icmpv6Names = map[string]uint8{"destination-unreachable": 1, "packet-too-big": 2, "time-exceeded": 3,
+		"parameter-problem": 4, "echo-request": 128, "echo-reply": 129, "router-solicitation": 133,
+		"router-advertisement": 134, "neighbor-solicitation": 135, "neighbor-advertisement": 136}
+)
+
+func icmpType(s string, v6 bool) (uint8, bool) {
+	names := icmpv4Names
+	if v6 {
+		names = icmpv6Names
+	}
+	if t, ok := names[strings.ToLower(s)]; ok {
+		return t, true
+	}
+	n, err := strconv.ParseUint(s, 10, 8)
+	return uint8(n), err == nil
 }

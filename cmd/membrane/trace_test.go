@@ -1,0 +1,243 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/membrane-fw/membrane/policies"
+)
+
+const traceSemantics = "../../policies/testdata/semantics"
+
+// traceCLI runs `membrane policy trace ARGS` in-process and returns stdout,
+// stderr (including the error main would print) and the exit code.
+func traceCLI(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	root := newRootCmd()
+	var out, errOut bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&errOut)
+	root.SetArgs(append([]string{"policy", "trace"}, args...))
+	err := root.Execute()
+	code := 0
+	if err != nil {
+		code = 1
+		var ee *exitError
+		if errors.As(err, &ee) {
+			code = ee.code
+		} else if isUsage(err) {
+			code = 2
+		}
+		errOut.WriteString(err.Error())
+	}
+	return out.String(), errOut.String(), code
+}
+
+func TestTraceTextAllowedNamesTheRules(t *testing.T) {
+	out, errOut, code := traceCLI(t, "--policies", filepath.Join(traceSemantics, "09-both-ends"),
+		"--from-labels", "app=client", "--to-labels", "app=server", "--port", "443/tcp")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	for _, want := range []string{
+		"verdict: allowed",
+		"egress:  allowed (endpoint app=client, default-deny on)",
+		`allow policy "client" egress at ../../policies/testdata/semantics/09-both-ends/policies.hcl:4`,
+		"ingress: allowed (endpoint app=server, default-deny on)",
+		`allow policy "server" ingress at ../../policies/testdata/semantics/09-both-ends/policies.hcl:12`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestTraceDeniedStillExitsZero(t *testing.T) {
+	out, errOut, code := traceCLI(t, "--policies", filepath.Join(traceSemantics, "09-both-ends"),
+		"--from-entity", "world", "--to-labels", "app=server", "--port", "443/tcp")
+	if code != 0 {
+		t.Fatalf("exit %d for a denied connection: %s", code, errOut)
+	}
+	for _, want := range []string{"verdict: denied", "egress:  not-applicable", "no allow rule matched; ingress is in default-deny"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+type traceJSON struct {
+	Verdict string `json:"verdict"`
+	Egress  string `json:"egress"`
+	Ingress string `json:"ingress"`
+	Matched []struct {
+		Policy string `json:"policy"`
+		Block  string `json:"block"`
+		File   string `json:"file"`
+		Line   int    `json:"line"`
+	} `json:"matched"`
+	L7 *struct {
+		Redirect bool `json:"redirect"`
+		HTTP     *struct {
+			Verdict string `json:"verdict"`
+		} `json:"http"`
+	} `json:"l7"`
+}
+
+func traceJSONOf(t *testing.T, args ...string) traceJSON {
+	t.Helper()
+	out, errOut, code := traceCLI(t, append(args, "--format", "json")...)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	var j traceJSON
+	if err := json.Unmarshal([]byte(out), &j); err != nil {
+		t.Fatalf("output is not one JSON object: %v\n%s", err, out)
+	}
+	return j
+}
+
+func TestTraceJSONContract(t *testing.T) {
+	dir := filepath.Join(traceSemantics, "08-deny-precedence")
+	j := traceJSONOf(t, "--policies", dir, "--from-labels", "role=intruder", "--to-labels", "app=web", "--port", "22/tcp")
+	if j.Verdict != "denied" || j.Egress != "allowed" || j.Ingress != "denied" {
+		t.Errorf("verdict/egress/ingress = %s/%s/%s, want denied/allowed/denied", j.Verdict, j.Egress, j.Ingress)
+	}
+	if len(j.Matched) != 2 || j.Matched[0].Policy != "deny-admin" || j.Matched[1].Policy != "deny-ssh" ||
+		j.Matched[0].Block != "ingress_deny" || j.Matched[0].Line != 3 ||
+		j.Matched[0].File != filepath.Join(dir, "05-early-deny.hcl") {
+		t.Errorf("matched = %+v, want deny-admin (05-early-deny.hcl:3) then deny-ssh", j.Matched)
+	}
+
+	j = traceJSONOf(t, "--policies", dir, "--from-ip", "203.0.113.7", "--to-labels", "app=web", "--port", "80/tcp")
+	if j.Verdict != "allowed" || j.Egress != "not-applicable" || j.Ingress != "allowed" || len(j.Matched) != 1 || j.Matched[0].Policy != "allow-all" {
+		t.Errorf("world IP to web: %+v", j)
+	}
+}
+
+func TestTraceHTTP(t *testing.T) {
+	dir := filepath.Join(traceSemantics, "10-l7")
+	base := []string{"--policies", dir, "--from-labels", "app=web", "--to-labels", "app=api", "--port", "8080/tcp"}
+	j := traceJSONOf(t, append(base, "--http-method", "POST", "--http-path", "/submit", "--http-header", "X-Tenant=acme")...)
+	if j.Verdict != "allowed" || j.L7 == nil || !j.L7.Redirect || j.L7.HTTP == nil || j.L7.HTTP.Verdict != "allowed" {
+		t.Errorf("POST /submit with X-Tenant=acme: %+v", j)
+	}
+	j = traceJSONOf(t, append(base, "--http-method", "POST", "--http-path", "/submit", "--http-header", "X-Tenant=evil")...)
+	if j.L7 == nil || j.L7.HTTP == nil || j.L7.HTTP.Verdict != "403" {
+		t.Errorf("POST /submit with X-Tenant=evil should be refused: %+v", j)
+	}
+	out, _, code := traceCLI(t, append(base, "--http-method", "GET", "--http-path", "/nope", "--http-host", "x")...)
+	if code != 0 || !strings.Contains(out, "403 Forbidden") {
+		t.Errorf("text output for a refused request (exit %d):\n%s", code, out)
+	}
+}
+
+func TestTraceICMPAndIPv6(t *testing.T) {
+	dir := filepath.Join(traceSemantics, "05-ports-icmp")
+	if j := traceJSONOf(t, "--policies", dir, "--from-ip", "192.0.2.1", "--to-labels", "app=srv", "--icmp", "echo-request"); j.Verdict != "allowed" {
+		t.Errorf("ICMPv4 echo-request: %+v", j)
+	}
+	// An IPv6 end makes --icmp an ICMPv6 type: echo-request is 128 there.
+	if j := traceJSONOf(t, "--policies", dir, "--from-ip", "2001:db8::1", "--to-labels", "app=srv", "--icmp", "echo-request"); j.Verdict != "allowed" {
+		t.Errorf("ICMPv6 echo-request via --icmp: %+v", j)
+	}
+	if j := traceJSONOf(t, "--policies", dir, "--from-ip", "192.0.2.1", "--to-labels", "app=srv", "--icmpv6", "echo-reply"); j.Verdict != "denied" {
+		t.Errorf("ICMPv6 echo-reply: %+v", j)
+	}
+	if j := traceJSONOf(t, "--policies", dir, "--from-ip", "192.0.2.1", "--to-labels", "app=srv", "--icmp", "0"); j.Verdict != "denied" {
+		t.Errorf("ICMPv4 type 0: %+v", j)
+	}
+}
+
+func TestTraceInvalidPoliciesExitOneWithDiagnostics(t *testing.T) {
+	dir := t.TempDir()
+	writePolicy(t, filepath.Join(dir, "bad.hcl"), "policy \"x\" {\n  selector = \"app=web\"\n  ingres {}\n}\n")
+	out, errOut, code := traceCLI(t, "--policies", dir, "--from-entity", "world", "--to-labels", "app=web")
+	if code != 1 {
+		t.Fatalf("exit %d, want 1 (stdout %q, stderr %q)", code, out, errOut)
+	}
+	if !strings.Contains(errOut, filepath.Join(dir, "bad.hcl")+":3:3: error: ") {
+		t.Errorf("diagnostics lack the position bad.hcl:3:\n%s", errOut)
+	}
+	out, _, code = traceCLI(t, "--policies", dir, "--from-entity", "world", "--to-labels", "app=web", "--format", "json")
+	var diags []map[string]any
+	if code != 1 || json.Unmarshal([]byte(out), &diags) != nil || len(diags) == 0 {
+		t.Errorf("json: exit %d, want 1 and a diagnostics array, got %q", code, out)
+	}
+}
+
+func TestTraceUsageErrorsExitTwo(t *testing.T) {
+	pol := filepath.Join(traceSemantics, "09-both-ends")
+	ends := []string{"--from-labels", "app=a", "--to-labels", "app=b"}
+	for name, args := range map[string][]string{
+		"two from flags":       {"--policies", pol, "--from-labels", "app=a", "--from-entity", "host", "--to-labels", "app=b"},
+		"no from flag":         {"--policies", pol, "--to-labels", "app=b"},
+		"no to flag":           {"--policies", pol, "--from-labels", "app=b"},
+		"port without proto":   append([]string{"--policies", pol, "--port", "80"}, ends...),
+		"port zero":            append([]string{"--policies", pol, "--port", "0/tcp"}, ends...),
+		"port too big":         append([]string{"--policies", pol, "--port", "65536/tcp"}, ends...),
+		"port bad proto":       append([]string{"--policies", pol, "--port", "80/icmp"}, ends...),
+		"port not a number":    append([]string{"--policies", pol, "--port", "http/tcp"}, ends...),
+		"port and icmp":        append([]string{"--policies", pol, "--port", "80/tcp", "--icmp", "8"}, ends...),
+		"bad icmp":             append([]string{"--policies", pol, "--icmp", "ping"}, ends...),
+		"http without port":    append([]string{"--policies", pol, "--http-method", "GET", "--http-path", "/"}, ends...),
+		"http over udp":        append([]string{"--policies", pol, "--port", "80/udp", "--http-method", "GET", "--http-path", "/"}, ends...),
+		"http without path":    append([]string{"--policies", pol, "--port", "80/tcp", "--http-method", "GET"}, ends...),
+		"bad header":           append([]string{"--policies", pol, "--port", "80/tcp", "--http-method", "GET", "--http-path", "/", "--http-header", "X"}, ends...),
+		"entity cluster":       {"--policies", pol, "--from-entity", "cluster", "--to-labels", "app=b"},
+		"unknown entity":       {"--policies", pol, "--from-entity", "moon", "--to-labels", "app=b"},
+		"bad ip":               {"--policies", pol, "--from-ip", "10.0.0.300", "--to-labels", "app=b"},
+		"bad labels":           {"--policies", pol, "--from-labels", "a b c", "--to-labels", "app=b"},
+		"no policies":          ends,
+		"missing policies":     append([]string{"--policies", filepath.Join(t.TempDir(), "nope")}, ends...),
+		"bad format":           append([]string{"--policies", pol, "--format", "yaml"}, ends...),
+		"container offline":    {"--policies", pol, "--from-container", "web", "--to-labels", "app=b"},
+		"positional argument":  append([]string{"--policies", pol, "extra"}, ends...),
+		"unknown flag":         append([]string{"--policies", pol, "--to-port", "80"}, ends...),
+		"live with --policies": append([]string{"--live", "--policies", pol}, ends...),
+	} {
+		t.Run(name, func(t *testing.T) {
+			out, errOut, code := traceCLI(t, args...)
+			if code != 2 {
+				t.Errorf("exit %d, want 2 (stdout %q, stderr %q)", code, out, errOut)
+			}
+			if strings.TrimSpace(errOut) == "" {
+				t.Errorf("a usage error must say what is wrong")
+			}
+		})
+	}
+}
+
+func TestTraceLive(t *testing.T) {
+	saved := liveTrace
+	t.Cleanup(func() { liveTrace = saved })
+
+	liveTrace = nil
+	_, errOut, code := traceCLI(t, "--live", "--from-container", "web", "--to-entity", "world", "--port", "443/tcp")
+	if code != 1 || !strings.Contains(errOut, "--live needs a running membraned") {
+		t.Errorf("without a daemon client: exit %d, %q", code, errOut)
+	}
+
+	var got traceQuery
+	liveTrace = func(_ context.Context, q traceQuery) (policies.Result, error) {
+		got = q
+		return policies.Result{Verdict: policies.VerdictDenied, From: "endpoint web", To: "world",
+			Egress:  policies.EndResult{Verdict: policies.VerdictDenied, DefaultDeny: true},
+			Ingress: policies.EndResult{Verdict: policies.VerdictNotApplicable}}, nil
+	}
+	out, errOut, code := traceCLI(t, "--live", "--from-container", "web", "--to-entity", "world", "--port", "443/tcp", "--format", "json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	if got.FromContainer != "web" || got.ToEntity != "world" || got.Proto != "tcp" || got.Port != 443 {
+		t.Errorf("liveTrace got %+v", got)
+	}
+	var j traceJSON
+	if err := json.Unmarshal([]byte(out), &j); err != nil || j.Verdict != "denied" || j.Egress != "denied" || j.Ingress != "not-applicable" {
+		t.Errorf("live json output %q (%v)", out, err)
+	}
+}
