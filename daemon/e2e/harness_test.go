@@ -243,7 +243,7 @@ func (e *env) ip(container string) string {
 // (busybox-static's wget crashes on this machine), connect timeout T
 // seconds; it prints the body's "ok" on success.
 func httpGet(ip string, timeout int) string {
-	return fmt.Sprintf("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w %d %s 8080 | grep -q '^ok'", timeout, ip)
+	return fmt.Sprintf("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w %d %s 8080 2>/dev/null | grep -q '^ok'", timeout, ip)
 }
 
 // get reports whether container can fetch http://ip:8080/ (1 s timeout).
