@@ -47,7 +47,7 @@ func Load(paths ...string) (*Set, *Report) {
 		seen[key] = true
 		b, err := readPolicyFile(path)
 		if err != nil {
-			readErrs = append(readErrs, fileDiag(path, "Cannot read policy file", err.Error()))
+			readErrs = append(readErrs, fileDiag(path, "Cannot read policy file: "+reason(err), err.Error()))
 			return
 		}
 		srcs = append(srcs, Source{Name: path, Bytes: b})
@@ -62,7 +62,7 @@ func Load(paths ...string) (*Set, *Report) {
 		case errors.Is(err, errNotDir):
 			add(p)
 		default:
-			readErrs = append(readErrs, fileDiag(p, "Cannot read policy path", err.Error()))
+			readErrs = append(readErrs, fileDiag(p, "Cannot read policy path: "+reason(err), err.Error()))
 		}
 	}
 	set, rep := Parse(srcs...)
@@ -75,6 +75,16 @@ func Load(paths ...string) (*Set, *Report) {
 }
 
 var errNotDir = errors.New("not a directory")
+
+// reason is the short cause of a file system error ("no such file or
+// directory"), for a one-line summary that already names the file.
+func reason(err error) string {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err.Error()
+	}
+	return err.Error()
+}
 
 // ListDir returns the policy files of directory dir, as Load reads them:
 // the *.hcl regular files (symlinks followed), not hidden, in lexical order

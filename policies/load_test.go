@@ -83,7 +83,7 @@ func TestLoadMissingPathIsAnError(t *testing.T) {
 	if len(errs) != 1 || errs[0].Pos.File != missing || errs[0].Pos.Line != 0 || !strings.Contains(errs[0].Detail, "no such file") {
 		t.Fatalf("errors %+v", errs)
 	}
-	if got := rep.Err().Error(); got != missing+": error: Cannot read policy path" {
+	if got := rep.Err().Error(); got != missing+": error: Cannot read policy path: no such file or directory" {
 		t.Errorf("Err() = %q", got)
 	}
 }

@@ -149,14 +149,25 @@ func TestCheckRecursesIntoSubdirectoriesAsSeparateSets(t *testing.T) {
 	writePolicy(t, filepath.Join(root, "nomad", "api.hcl"), ok)
 	writePolicy(t, filepath.Join(root, "nomad", "job.nomad"), "job {")
 	writePolicy(t, filepath.Join(root, ".git", "x.hcl"), "junk {")
+	// HCL that is not a policy file: skipped inside directories.
+	writePolicy(t, filepath.Join(root, "membrane.hcl"), "policy_dir = \"/etc/membrane/policies.d\"\n")
+	writePolicy(t, filepath.Join(root, "nomad", "web.nomad.hcl"), "job \"web\" {\n}\n")
 	out, code, _ := runCLI(t, "policy", "check", root)
 	if code != 0 {
 		t.Fatalf("exit %d, output:\n%s", code, out)
 	}
-	want := filepath.Join(root, "compose", "policies") + ": 1 policy, 0 rules in 1 file: valid\n" +
+	want := "skipped " + filepath.Join(root, "membrane.hcl") + ": the daemon configuration, not a policy file\n" +
+		"skipped " + filepath.Join(root, "nomad", "web.nomad.hcl") + ": a Nomad job specification, not a policy file\n" +
+		filepath.Join(root, "compose", "policies") + ": 1 policy, 0 rules in 1 file: valid\n" +
 		filepath.Join(root, "nomad") + ": 1 policy, 0 rules in 1 file: valid\n"
 	if out != want {
 		t.Errorf("output:\n%s\nwant:\n%s", out, want)
+	}
+
+	// Named explicitly, a file is always checked.
+	out, code, _ = runCLI(t, "policy", "check", filepath.Join(root, "nomad", "web.nomad.hcl"))
+	if code != 1 || !strings.Contains(out, `Unknown block "job"`) {
+		t.Errorf("explicit non-policy file: exit %d, output:\n%s", code, out)
 	}
 
 	writePolicy(t, filepath.Join(root, "nomad", "bad.hcl"), "policy \"x\" {\n  selector = \"a in\"\n}\n")
