@@ -204,7 +204,11 @@ func (l *loader) selector(s string, rng hcl.Range, attr string) (Selector, bool)
 			at = l.subRange(rng, s, se.Offset)
 			msg = se.Msg
 		}
-		l.errorf(at, fmt.Sprintf("Invalid selector in %s: %s", attr, msg),
+		where := " in " + attr
+		if attr == "selector" {
+			where = ""
+		}
+		l.errorf(at, fmt.Sprintf("Invalid selector%s: %s", where, msg),
 			"Selectors use the Kubernetes grammar: k=v, k==v, k!=v, k in (a, b), k notin (a, b), k, !k, joined by commas. Keys and values are letters, digits, '.', '-', '_' and '/'; \"\" selects every endpoint.")
 		return Selector{}, false
 	}

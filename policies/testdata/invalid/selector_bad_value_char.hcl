@@ -1,4 +1,4 @@
-# want: 3:21 Invalid selector in selector: unexpected ":" after value "my"
+# want: 3:21 Invalid selector: unexpected ":" after value "my"
 policy "api" {
   selector = "app=my:app"
 }

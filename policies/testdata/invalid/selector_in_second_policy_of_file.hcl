@@ -1,4 +1,4 @@
-# want: 8:18 Invalid selector in selector: expected a label key after '!'
+# want: 8:18 Invalid selector: expected a label key after '!'
 policy "ok" {
   selector = "app=ok"
 }
