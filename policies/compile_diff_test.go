@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -420,6 +421,9 @@ func diffCase(g genSpec, w genWorld) (string, Connection) {
 
 func diffConn(set *Set, m *Model, w genWorld, c Connection) string {
 	res := set.Evaluate(w.env, c)
+	if fast := NewEvaluator(set, w.env).Evaluate(c); !reflect.DeepEqual(fast, res) {
+		return fmt.Sprintf("Evaluator %+v, Set.Evaluate %+v", fast, res)
+	}
 	fromID, fromLocal := modelRemote(m, w, c.From)
 	toID, toLocal := modelRemote(m, w, c.To)
 	if msg := compareEnd(m, fromID, fromLocal, toID, Egress, c, res.Egress); msg != "" {

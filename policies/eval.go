@@ -34,6 +34,7 @@ package policies
 
 import (
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -165,7 +166,7 @@ func (r Result) Matched() []Match {
 // Evaluate judges one new connection against the policy set, exactly as the
 // "Semantics" section of the policy language says.
 func (s *Set) Evaluate(env *Env, c Connection) Result {
-	return evaluate(env, c, func(labels Labels) []*Policy { return s.selecting(labels) })
+	return evaluate(env, c, func(p resolvedPeer) *selection { return newSelection(s.selecting(p.labels)) }, resolvePeer)
 }
 
 // selecting returns the policies that select an endpoint with labels, in set order.
@@ -177,6 +178,29 @@ func (s *Set) selecting(labels Labels) []*Policy {
 		}
 	}
 	return out
+}
+
+// selection is what the policies selecting one endpoint say, per direction
+// (indexed by Direction): their rules in that direction, in set order, and
+// whether they put it in default-deny (semantics 3: at least one of them has
+// an allow rule in that direction and does not set default_deny = false;
+// deny rules alone never switch it on).
+type selection struct {
+	rules       [2][]*Rule
+	defaultDeny [2]bool
+}
+
+func newSelection(policies []*Policy) *selection {
+	sel := &selection{}
+	for _, p := range policies {
+		for _, r := range p.Rules {
+			sel.rules[r.Direction] = append(sel.rules[r.Direction], r)
+			if r.Action == Allow && p.DefaultDeny {
+				sel.defaultDeny[r.Direction] = true
+			}
+		}
+	}
+	return sel
 }
 
 // peerKind is what a resolved peer is.
@@ -193,14 +217,19 @@ const (
 type resolvedPeer struct {
 	kind   peerKind
 	labels Labels     // peerEndpoint
+	desc   string     // peerEndpoint: FormatLabels(labels)
 	name   string     // peerEndpoint found by address
 	ip     netip.Addr // the address, when known (CIDR rules need it)
+	sel    *selection // peerEndpoint: what selects it, when already known (Evaluator)
+	// peerEndpoint, Evaluator only: bit i set when an endpoint selector of
+	// the rule with ID i matches labels (nil: match the selectors).
+	epRules []uint64
 }
 
 func resolvePeer(env *Env, p Peer) resolvedPeer {
 	switch {
 	case p.Labels != nil:
-		return resolvedPeer{kind: peerEndpoint, labels: p.Labels}
+		return resolvedPeer{kind: peerEndpoint, labels: p.Labels, desc: FormatLabels(p.Labels)}
 	case p.Entity == EntityHost:
 		return resolvedPeer{kind: peerHost}
 	case p.Entity == EntityInit:
@@ -213,7 +242,7 @@ func resolvePeer(env *Env, p Peer) resolvedPeer {
 			for _, ep := range env.Endpoints {
 				for _, a := range ep.Addrs {
 					if a.Unmap() == ip {
-						return resolvedPeer{kind: peerEndpoint, labels: ep.Labels, name: ep.Name, ip: ip}
+						return resolvedPeer{kind: peerEndpoint, labels: ep.Labels, desc: FormatLabels(ep.Labels), name: ep.Name, ip: ip}
 					}
 				}
 			}
@@ -232,9 +261,9 @@ func (p resolvedPeer) String() string {
 	var s string
 	switch p.kind {
 	case peerEndpoint:
-		s = "endpoint " + FormatLabels(p.labels)
+		s = "endpoint " + p.desc
 		if p.name != "" {
-			s = "endpoint " + p.name + " (" + FormatLabels(p.labels) + ")"
+			s = "endpoint " + p.name + " (" + p.desc + ")"
 		}
 	case peerHost:
 		s = "host"
@@ -251,11 +280,12 @@ func (p resolvedPeer) String() string {
 
 // FormatLabels renders labels as "k=v,k2=v2", sorted by key.
 func FormatLabels(l Labels) string {
-	keys := make([]string, 0, len(l))
+	var buf [8]string
+	keys := buf[:0]
 	for k := range l {
 		keys = append(keys, k)
 	}
-	sort.Strings(keys)
+	slices.Sort(keys)
 	var b strings.Builder
 	for i, k := range keys {
 		if i > 0 {
@@ -268,11 +298,13 @@ func FormatLabels(l Labels) string {
 	return b.String()
 }
 
-func evaluate(env *Env, c Connection, selecting func(Labels) []*Policy) Result {
+// evaluate is Evaluate with the two steps that Evaluator precomputes passed
+// in: which policies select an endpoint, and how a Peer resolves.
+func evaluate(env *Env, c Connection, selecting func(resolvedPeer) *selection, resolve func(*Env, Peer) resolvedPeer) Result {
 	if env == nil {
 		env = &Env{}
 	}
-	from, to := resolvePeer(env, c.From), resolvePeer(env, c.To)
+	from, to := resolve(env, c.From), resolve(env, c.To)
 	res := Result{From: from.String(), To: to.String()}
 
 	// Semantics 5: the sender's egress and the receiver's ingress, each only
@@ -297,13 +329,13 @@ func evaluate(env *Env, c Connection, selecting func(Labels) []*Policy) Result {
 
 // judgeEnd judges the connection at the side of local (the sender for
 // Egress, the receiver for Ingress) against peer.
-func judgeEnd(env *Env, selecting func(Labels) []*Policy, local, peer resolvedPeer, dir Direction, c Connection) EndResult {
+func judgeEnd(env *Env, selecting func(resolvedPeer) *selection, local, peer resolvedPeer, dir Direction, c Connection) EndResult {
 	if local.kind != peerEndpoint {
 		return EndResult{Verdict: VerdictNotApplicable, Matched: []Match{}}
 	}
 	end := EndResult{Endpoint: local.name, Matched: []Match{}}
 	if end.Endpoint == "" {
-		end.Endpoint = FormatLabels(local.labels)
+		end.Endpoint = local.desc
 	}
 	if env.Enforcement == EnforcementNever {
 		end.Verdict = VerdictAllowed
@@ -312,26 +344,19 @@ func judgeEnd(env *Env, selecting func(Labels) []*Policy, local, peer resolvedPe
 
 	// Semantics 1 and 3: the policies selecting the endpoint, and whether
 	// they put this direction in default-deny.
-	policies := selecting(local.labels)
-	end.DefaultDeny = env.Enforcement == EnforcementAlways
-	var allows, denies []*Rule
-	for _, p := range policies {
-		for _, r := range p.Rules {
-			if r.Direction != dir {
-				continue
-			}
-			if r.Action == Allow && p.DefaultDeny {
-				end.DefaultDeny = true
-			}
-			// Semantics 2: peer condition and L4 condition.
-			if !peerMatches(r, peer) || !l4Matches(r, c) {
-				continue
-			}
-			if r.Action == Deny {
-				denies = append(denies, r)
-			} else {
-				allows = append(allows, r)
-			}
+	sel := selecting(local)
+	end.DefaultDeny = sel.defaultDeny[dir] || env.Enforcement == EnforcementAlways
+	var allowBuf, denyBuf [8]*Rule
+	allows, denies := allowBuf[:0], denyBuf[:0]
+	for _, r := range sel.rules[dir] {
+		// Semantics 2: peer condition and L4 condition.
+		if !peerMatches(r, peer) || !l4Matches(r, c) {
+			continue
+		}
+		if r.Action == Deny {
+			denies = append(denies, r)
+		} else {
+			allows = append(allows, r)
 		}
 	}
 
@@ -364,7 +389,11 @@ func peerMatches(r *Rule, peer resolvedPeer) bool {
 	if !r.HasPeer() {
 		return true
 	}
-	if peer.kind == peerEndpoint {
+	if peer.kind == peerEndpoint && peer.epRules != nil {
+		if w := r.ID / 64; int(w) < len(peer.epRules) && peer.epRules[w]&(1<<(r.ID%64)) != 0 {
+			return true
+		}
+	} else if peer.kind == peerEndpoint {
 		for _, sel := range r.Endpoints {
 			if sel.Matches(peer.labels) {
 				return true
@@ -461,7 +490,7 @@ func matches(rules []*Rule, dir Direction) []Match {
 		m.Dir = dir.String()
 		out = append(out, m)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].RuleID < out[j].RuleID })
+	slices.SortFunc(out, func(a, b Match) int { return int(a.RuleID) - int(b.RuleID) })
 	return out
 }
 
