@@ -1,0 +1,37 @@
+// Package envoy is Membrane's managed-Envoy L7 engine.
+//
+// membraned serves xDS to Envoy (ADS, state of the world, over a unix
+// socket) with envoyproxy/go-control-plane, writes Envoy's bootstrap, and
+// supervises the `envoy` process: start, readiness through the admin
+// socket's /ready, restart with exponential backoff. (Or it leaves the
+// process to a systemd unit shipped in the packages: Config.Unit.)
+//
+// Translation (Translate) from a proxy.Resolver that can enumerate itself
+// (proxy.ModelResolver) into Envoy resources:
+//   - one listener "membrane_proxy" on the proxy port (IPv4 plus an IPv6
+//     additional address), transparent, with the original_dst listener
+//     filter, so a connection the datapath assigned to it is handled under
+//     its original destination;
+//   - per (source identity, destination identity, port) that carries L7
+//     checks, a filter chain matched by source prefixes, destination
+//     prefixes and destination port (the ipcache, turned around); world is
+//     the chain without source (or destination) prefixes;
+//   - in each chain an HTTP connection manager (HTTP/1.1 and h2c with prior
+//     knowledge, WebSocket upgrades, path normalization) with one RBAC filter
+//     per check (ALLOW; a policy per rule: method, path, :authority and
+//     header matchers), a local reply mapper that turns the RBAC 403 into a
+//     short text naming the policy, routes named "rule-<id>" so the access
+//     log says which rule allowed the request, and a JSON access log that
+//     becomes the engine's events;
+//   - per source identity an ORIGINAL_DST cluster whose upstream sockets
+//     carry SO_MARK = proxy.FromProxyMark(identity), so the destination's
+//     program judges the true source;
+//   - a default filter chain that answers 403 (no L7 policy for this
+//     connection), so a connection Envoy has no rules for yet is never
+//     forwarded unjudged.
+//
+// A resolver that cannot enumerate (proxy.StaticResolver, in tests) becomes a
+// single catch-all chain with its one decision. Every resource and every
+// typed config inside it passes go-control-plane's ValidateAll before it is
+// served; a translation error keeps the last good snapshot in force.
+package envoy

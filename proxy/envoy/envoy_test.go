@@ -1,0 +1,472 @@
+package envoy
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	sotw "github.com/envoyproxy/go-control-plane/pkg/client/sotw/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/membrane-fw/membrane/internal/testenv"
+	"github.com/membrane-fw/membrane/policies"
+	"github.com/membrane-fw/membrane/proxy"
+	"github.com/membrane-fw/membrane/proxy/conformance"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+
+func re(s string) *regexp.Regexp { return regexp.MustCompile("^(?:" + s + ")$") }
+
+func httpRule(method, path, host string, headers map[string]string) policies.HTTPRule {
+	h := policies.HTTPRule{MethodSrc: method, PathSrc: path, HostSrc: host, Headers: headers}
+	if method != "" {
+		h.Method = re(method)
+	}
+	if path != "" {
+		h.Path = re(path)
+	}
+	if host != "" {
+		h.Host = re(host)
+	}
+	return h
+}
+
+var (
+	client4 = netip.MustParsePrefix("172.17.0.3/32")
+	client6 = netip.MustParsePrefix("fd00:17::3/128")
+	server4 = netip.MustParsePrefix("172.17.0.4/32")
+	other4  = netip.MustParsePrefix("172.17.0.5/32")
+)
+
+// scenarios are the golden policy sets: name -> resolver.
+func scenarios() map[string]proxy.Resolver {
+	names := map[uint32]string{1: "server-api", 2: "server-api", 3: "client-egress", 4: "tenant", 5: "lockdown"}
+	ingressOnly := &policies.Model{
+		Identities: []policies.IdentityPolicy{{Identity: 400, Entries: []policies.Entry{
+			{Direction: policies.Ingress, Remote: 300, Proto: policies.ProtoTCP, Port: 80, PortPrefix: 16, L7: 1, RuleID: 1},
+		}}},
+		L7: map[uint32]policies.L7Set{1: {Rules: []policies.L7Rule{
+			{RuleID: 1, HTTP: httpRule("GET|HEAD", "/api/v[0-9]+/.*", "", nil)},
+			{RuleID: 2, HTTP: httpRule("POST", "/api/v1/orders", "", map[string]string{"Content-Type": "application/json"})},
+		}}},
+	}
+	bothEnds := &policies.Model{
+		Identities: []policies.IdentityPolicy{
+			{Identity: 300, Entries: []policies.Entry{
+				{Direction: policies.Egress, Remote: 400, Proto: policies.ProtoTCP, Port: 8080, PortPrefix: 16, L7: 2, RuleID: 3},
+			}},
+			{Identity: 400, Entries: []policies.Entry{
+				{Direction: policies.Ingress, Remote: policies.IdentityAny, Proto: policies.ProtoTCP, Port: 8080, PortPrefix: 16, L7: 3, RuleID: 4},
+				{Direction: policies.Ingress, Remote: 500, Proto: policies.ProtoAny, Action: policies.Deny, RuleID: 5},
+			}},
+		},
+		L7: map[uint32]policies.L7Set{
+			2: {Rules: []policies.L7Rule{{RuleID: 3, HTTP: httpRule("GET", "", `api\.example\.com`, nil)}}},
+			3: {Rules: []policies.L7Rule{{RuleID: 4, HTTP: httpRule("", "/.*", "", map[string]string{"X-Tenant": "acme", "Authorization": ""})}}},
+		},
+	}
+	ipcache := map[netip.Prefix]policies.Identity{client4: 300, client6: 300, server4: 400, other4: 500}
+	return map[string]proxy.Resolver{
+		"ingress-only":  proxy.NewModelResolver(ingressOnly, ipcache, names),
+		"both-ends":     proxy.NewModelResolver(bothEnds, ipcache, names),
+		"no-l7":         proxy.NewModelResolver(&policies.Model{}, ipcache, names),
+		"static-policy": conformance.Policy(),
+	}
+}
+
+// validateDeep runs ValidateAll on m and on every message packed in an Any
+// inside it, recursively (ValidateAll itself does not look into Anys).
+func validateDeep(m proto.Message) error {
+	if v, ok := m.(interface{ ValidateAll() error }); ok {
+		if err := v.ValidateAll(); err != nil {
+			return fmt.Errorf("%T: %w", m, err)
+		}
+	}
+	var err error
+	var walk func(protoreflect.Message)
+	walk = func(r protoreflect.Message) {
+		if a, ok := r.Interface().(*anypb.Any); ok {
+			inner, uerr := a.UnmarshalNew()
+			if uerr != nil {
+				err = fmt.Errorf("unpacking %s: %w", a.TypeUrl, uerr)
+				return
+			}
+			if verr := validateDeep(inner); verr != nil && err == nil {
+				err = verr
+			}
+			return
+		}
+		r.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+			switch {
+			case fd.IsList() && fd.Kind() == protoreflect.MessageKind:
+				for i := 0; i < v.List().Len(); i++ {
+					walk(v.List().Get(i).Message())
+				}
+			case fd.IsMap() && fd.MapValue().Kind() == protoreflect.MessageKind:
+				v.Map().Range(func(_ protoreflect.MapKey, mv protoreflect.Value) bool { walk(mv.Message()); return true })
+			case !fd.IsList() && !fd.IsMap() && fd.Kind() == protoreflect.MessageKind:
+				walk(v.Message())
+			}
+			return err == nil
+		})
+	}
+	walk(m.ProtoReflect())
+	return err
+}
+
+func golden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run `go test ./proxy/envoy -update` to create it)", err)
+	}
+	if string(want) != string(got) {
+		t.Errorf("%s differs from the translation (rerun with -update after checking the change):\n%s", path, firstDiff(string(want), string(got)))
+	}
+}
+
+func firstDiff(a, b string) string {
+	al, bl := strings.Split(a, "\n"), strings.Split(b, "\n")
+	for i := 0; i < len(al) && i < len(bl); i++ {
+		if al[i] != bl[i] {
+			return fmt.Sprintf("line %d:\n-%s\n+%s", i+1, al[i], bl[i])
+		}
+	}
+	return fmt.Sprintf("lengths %d vs %d lines", len(al), len(bl))
+}
+
+func marshalResources(t *testing.T, rs []types.Resource) []byte {
+	var parts []json.RawMessage
+	for _, r := range rs {
+		b, err := marshalStable(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		parts = append(parts, b)
+	}
+	out, err := json.MarshalIndent(parts, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append(out, '\n')
+}
+
+func TestTranslationValidatesAndMatchesGolden(t *testing.T) {
+	for name, r := range scenarios() {
+		t.Run(name, func(t *testing.T) {
+			o := Options{Port: 15001, AccessLogPath: "/run/membrane/envoy/access.log.fifo"}
+			if name == "static-policy" {
+				o.FixedUpstream = netip.MustParseAddrPort("127.0.0.1:8080")
+			}
+			res, err := Translate(r, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, x := range append(append([]types.Resource{}, res.Listeners...), res.Clusters...) {
+				if err := validateDeep(x); err != nil {
+					t.Errorf("%s fails ValidateAll: %v", cachev3.GetResourceName(x), err)
+				}
+			}
+			golden(t, name+".listeners.json", marshalResources(t, res.Listeners))
+			golden(t, name+".clusters.json", marshalResources(t, res.Clusters))
+		})
+	}
+}
+
+// TestTranslationShape checks the properties the golden files encode, so a
+// careless -update cannot bless a wrong translation.
+func TestTranslationShape(t *testing.T) {
+	res, err := Translate(scenarios()["both-ends"], Options{Port: 15001})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := res.Listeners[0].(*listener.Listener)
+	if !l.GetTransparent().GetValue() || len(l.ListenerFilters) != 1 || l.ListenerFilters[0].Name != "envoy.filters.listener.original_dst" {
+		t.Fatalf("listener is not transparent with original_dst: %v", l)
+	}
+	chains := map[string]*listener.FilterChain{}
+	for _, c := range l.FilterChains {
+		chains[c.Name] = c
+	}
+	// 300 -> 400:8080 has both checks; world -> 400 only the ingress one; 500 is denied.
+	for name, wantRBAC := range map[string]int{"s300_d400_p8080": 2, "s2_d400_p8080": 1, "s500_d400_p8080": 1} {
+		c, ok := chains[name]
+		if !ok {
+			t.Fatalf("no filter chain %s; have %v", name, keys(chains))
+		}
+		var m hcm.HttpConnectionManager
+		if err := c.Filters[0].GetTypedConfig().UnmarshalTo(&m); err != nil {
+			t.Fatal(err)
+		}
+		if n := len(m.HttpFilters) - 1; n != wantRBAC {
+			t.Errorf("%s: %d RBAC filters, want %d", name, n, wantRBAC)
+		}
+		if c.FilterChainMatch.GetDestinationPort().GetValue() != 8080 {
+			t.Errorf("%s: destination port %v", name, c.FilterChainMatch.GetDestinationPort())
+		}
+	}
+	if got := chains["s300_d400_p8080"].FilterChainMatch.SourcePrefixRanges; len(got) != 2 {
+		t.Errorf("client chain matches sources %v, want its IPv4 and IPv6 addresses", got)
+	}
+	if got := chains["s2_d400_p8080"].FilterChainMatch.SourcePrefixRanges; len(got) != 0 {
+		t.Errorf("world chain matches sources %v, want any", got)
+	}
+	// The client's cluster marks upstream sockets with its identity.
+	var found bool
+	for _, r := range res.Clusters {
+		c := r.(*cluster.Cluster)
+		if c.Name != "membrane_upstream_300" {
+			continue
+		}
+		found = true
+		so := c.UpstreamBindConfig.SocketOptions[0]
+		if so.Level != 1 || so.Name != 36 || so.GetIntValue() != int64(proxy.FromProxyMark(300)) || so.State != core.SocketOption_STATE_PREBIND {
+			t.Errorf("cluster 300 socket option %v, want SO_MARK %#x before bind", so, proxy.FromProxyMark(300))
+		}
+		if c.GetType() != cluster.Cluster_ORIGINAL_DST {
+			t.Errorf("cluster 300 type %v, want ORIGINAL_DST", c.GetType())
+		}
+	}
+	if !found {
+		t.Error("no cluster for source identity 300")
+	}
+}
+
+func keys[V any](m map[string]V) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+func TestBootstrapValidatesAndMatchesGolden(t *testing.T) {
+	b, err := Bootstrap("/run/membrane/envoy/xds.sock", "/run/membrane/envoy/admin.sock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "bootstrap.json", b)
+}
+
+func TestParseAccessLogVerdicts(t *testing.T) {
+	for _, c := range []struct {
+		line    string
+		verdict string
+		rule    uint32
+		status  int
+	}{
+		{`{"engine":"envoy","time":"2026-11-26T07:00:00.123Z","src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"proto":"HTTP/1.1","method":"GET","path":"/api/v1/x?q=1","host":"API.example.com:80","status":200,"details":"via_upstream","route":"rule-1","duration_ms":3,"policies":"server-api"}`, proxy.VerdictForwarded, 1, 200},
+		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"method":"DELETE","path":"/api","status":"403","details":"rbac_access_denied_matched_policy[none]","route":"rule-0","duration_ms":"0","policies":"server-api"}`, proxy.VerdictDenied, 0, 403},
+		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":0,"dst_identity":0,"method":"GET","path":"/","status":403,"details":"direct_response","route":"no-policy","duration_ms":0,"policies":""}`, proxy.VerdictDenied, 0, 403},
+		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"method":"GET","path":"/","status":503,"details":"upstream_reset_before_response_started","route":"rule-1","duration_ms":1,"policies":""}`, proxy.VerdictError, 0, 503},
+	} {
+		ev, err := ParseAccessLog([]byte(c.line))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ev.Verdict != c.verdict || ev.RuleID != c.rule || ev.Status != c.status || ev.Src.String() != "172.17.0.3:40000" {
+			t.Errorf("%s\n-> %+v; want verdict %s rule %d status %d", c.line, ev, c.verdict, c.rule, c.status)
+		}
+	}
+	ev, _ := ParseAccessLog([]byte(`{"path":"/a?b","host":"API.example.com:80","src_identity":300,"policies":"p"}`))
+	if ev.Path != "/a" || ev.Host != "api.example.com" || ev.SrcIdentity != 300 {
+		t.Errorf("normalization: %+v", ev)
+	}
+	if _, err := ParseAccessLog([]byte("not json")); err == nil {
+		t.Error("garbage parsed without error")
+	}
+}
+
+// TestADSClientReceivesConsistentSnapshots runs the engine without Envoy and
+// talks to its xDS socket with go-control-plane's ADS client: the first
+// snapshot, then new ones as the endpoints and the policy change.
+func TestADSClientReceivesConsistentSnapshots(t *testing.T) {
+	dir := t.TempDir()
+	sc := scenarios()
+	e, err := New(Config{Port: 15001, RunDir: dir, NoProcess: true, Resolver: sc["ingress-only"]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if _, err := os.Stat(e.Paths().Bootstrap); err != nil {
+		t.Fatalf("bootstrap not written: %v", err)
+	}
+
+	cc, err := grpc.NewClient("unix://"+e.Paths().XDSSocket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	node := &core.Node{Id: NodeID}
+	lc := sotw.NewADSClient(ctx, node, resource.ListenerType)
+	cl := sotw.NewADSClient(ctx, node, resource.ClusterType)
+	if err := lc.InitConnect(cc); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.InitConnect(cc); err != nil {
+		t.Fatal(err)
+	}
+	fetch := func() (chains map[string]bool, clusters map[string]bool) {
+		t.Helper()
+		lr, err := lc.Fetch()
+		if err != nil {
+			t.Fatalf("listener fetch: %v", err)
+		}
+		if err := lc.Ack(); err != nil {
+			t.Fatal(err)
+		}
+		cr, err := cl.Fetch()
+		if err != nil {
+			t.Fatalf("cluster fetch: %v", err)
+		}
+		if err := cl.Ack(); err != nil {
+			t.Fatal(err)
+		}
+		chains, clusters = map[string]bool{}, map[string]bool{}
+		for _, a := range cr.Resources {
+			var c cluster.Cluster
+			if err := a.UnmarshalTo(&c); err != nil {
+				t.Fatal(err)
+			}
+			clusters[c.Name] = true
+		}
+		if len(lr.Resources) != 1 {
+			t.Fatalf("%d listeners, want 1", len(lr.Resources))
+		}
+		var l listener.Listener
+		if err := lr.Resources[0].UnmarshalTo(&l); err != nil {
+			t.Fatal(err)
+		}
+		if err := validateDeep(&l); err != nil {
+			t.Fatalf("received listener fails validation: %v", err)
+		}
+		// Consistency: every cluster a route names was sent.
+		for _, c := range append(l.FilterChains, l.DefaultFilterChain) {
+			chains[c.Name] = true
+			var m hcm.HttpConnectionManager
+			if err := c.Filters[0].GetTypedConfig().UnmarshalTo(&m); err != nil {
+				t.Fatal(err)
+			}
+			for _, vh := range m.GetRouteConfig().VirtualHosts {
+				for _, r := range vh.Routes {
+					if cn := r.GetRoute().GetCluster(); cn != "" && !clusters[cn] {
+						t.Errorf("chain %s routes to cluster %s, which the snapshot lacks", c.Name, cn)
+					}
+				}
+			}
+		}
+		return chains, clusters
+	}
+	chains, clusters := fetch()
+	if !chains["s300_d400_p80"] || len(chains) != 2 || !clusters["membrane_upstream_300"] {
+		t.Fatalf("first snapshot: chains %v clusters %v", chains, clusters)
+	}
+
+	// A new endpoint with identity 300 appears and the policy moves to
+	// both-ends: the next snapshot carries it.
+	m := sc["both-ends"].(*proxy.ModelResolver)
+	_ = m
+	r2 := proxy.NewModelResolver(bothEndsModel(), map[netip.Prefix]policies.Identity{
+		client4: 300, client6: 300, server4: 400, other4: 500, netip.MustParsePrefix("172.17.0.9/32"): 600,
+	}, nil)
+	if err := e.Update(r2); err != nil {
+		t.Fatal(err)
+	}
+	chains, clusters = fetch()
+	for _, want := range []string{"s300_d400_p8080", "s600_d400_p8080", "s2_d400_p8080", "s500_d400_p8080"} {
+		if !chains[want] {
+			t.Errorf("second snapshot lacks chain %s: %v", want, chains)
+		}
+	}
+	if chains["s300_d400_p80"] || !clusters["membrane_upstream_600"] {
+		t.Errorf("second snapshot: chains %v clusters %v", chains, clusters)
+	}
+
+	// A policy the translation refuses leaves the last snapshot in force.
+	if err := e.Update(badResolver{}); err == nil {
+		t.Fatal("Update accepted an untranslatable policy")
+	}
+}
+
+func bothEndsModel() *policies.Model {
+	return &policies.Model{
+		Identities: []policies.IdentityPolicy{
+			{Identity: 400, Entries: []policies.Entry{
+				{Direction: policies.Ingress, Remote: policies.IdentityAny, Proto: policies.ProtoTCP, Port: 8080, PortPrefix: 16, L7: 3, RuleID: 4},
+				{Direction: policies.Ingress, Remote: 500, Proto: policies.ProtoAny, Action: policies.Deny, RuleID: 5},
+			}},
+		},
+		L7: map[uint32]policies.L7Set{3: {Rules: []policies.L7Rule{{RuleID: 4, HTTP: httpRule("", "/.*", "", nil)}}}},
+	}
+}
+
+// badResolver fails to resolve, as a broken policy source would.
+type badResolver struct{}
+
+func (badResolver) Resolve(src, dst netip.AddrPort) (proxy.Decision, error) {
+	return proxy.Decision{}, fmt.Errorf("broken")
+}
+func (badResolver) PolicyName(uint32) string { return "" }
+
+// TestConformanceEnvoy runs the L7 conformance suite against a real Envoy.
+func TestConformanceEnvoy(t *testing.T) {
+	envoyPath := testenv.RequireEnvoy(t)
+	conformance.Run(t, func(t *testing.T, upstream netip.AddrPort) conformance.Target {
+		l, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := uint16(l.Addr().(*net.TCPAddr).Port)
+		l.Close()
+		events := make(chan proxy.Event, 4096)
+		e, err := New(Config{
+			Port: port, RunDir: t.TempDir(), EnvoyPath: envoyPath, FixedUpstream: upstream,
+			Events: func(ev proxy.Event) {
+				select {
+				case events <- ev:
+				default:
+				}
+			},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { e.Close() })
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := e.WaitReady(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return conformance.Target{Addr: fmt.Sprintf("127.0.0.1:%d", port), Engine: e, Events: events}
+	})
+}

@@ -1,0 +1,82 @@
+package envoy
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/membrane-fw/membrane/policies"
+	"github.com/membrane-fw/membrane/proxy"
+)
+
+// accessLine is one line of the JSON access log the translation configures.
+// Envoy renders some commands as numbers and some as strings ("-" when
+// absent), so the numeric fields accept both.
+type accessLine struct {
+	Time        string      `json:"time"`
+	Src         string      `json:"src"`
+	Dst         string      `json:"dst"`
+	SrcIdentity json.Number `json:"src_identity"`
+	DstIdentity json.Number `json:"dst_identity"`
+	Proto       string      `json:"proto"`
+	Method      string      `json:"method"`
+	Path        string      `json:"path"`
+	Host        string      `json:"host"`
+	Status      any         `json:"status"`
+	Details     string      `json:"details"`
+	Flags       string      `json:"flags"`
+	Route       string      `json:"route"`
+	DurationMS  any         `json:"duration_ms"`
+	Policies    string      `json:"policies"`
+}
+
+func number(v any) int64 {
+	switch x := v.(type) {
+	case float64:
+		return int64(x)
+	case string:
+		n, _ := strconv.ParseInt(x, 10, 64)
+		return n
+	}
+	return 0
+}
+
+// ParseAccessLog turns one access log line into an event.
+func ParseAccessLog(line []byte) (proxy.Event, error) {
+	var a accessLine
+	if err := json.Unmarshal(line, &a); err != nil {
+		return proxy.Event{}, fmt.Errorf("envoy access log: %w", err)
+	}
+	ev := proxy.Event{
+		Engine: "envoy", Proto: a.Proto, Method: a.Method, Host: proxy.MatchHost(a.Host),
+		Status: int(number(a.Status)), Duration: time.Duration(number(a.DurationMS)) * time.Millisecond,
+	}
+	ev.Time, _ = time.Parse(time.RFC3339Nano, a.Time)
+	ev.Src, _ = netip.ParseAddrPort(a.Src)
+	ev.Dst, _ = netip.ParseAddrPort(a.Dst)
+	if n, err := a.SrcIdentity.Int64(); err == nil {
+		ev.SrcIdentity = policies.Identity(n)
+	}
+	if n, err := a.DstIdentity.Int64(); err == nil {
+		ev.DstIdentity = policies.Identity(n)
+	}
+	ev.Path, _, _ = strings.Cut(a.Path, "?")
+	switch {
+	case strings.HasPrefix(a.Details, "rbac_access_denied") || a.Route == "no-policy":
+		ev.Verdict = proxy.VerdictDenied
+		ev.Policy = a.Policies
+	case ev.Status >= 500 || ev.Status == 0:
+		ev.Verdict = proxy.VerdictError
+		ev.Error = a.Details
+	default:
+		ev.Verdict = proxy.VerdictForwarded
+		if id, ok := strings.CutPrefix(a.Route, "rule-"); ok {
+			n, _ := strconv.ParseUint(id, 10, 32)
+			ev.RuleID = uint32(n)
+		}
+	}
+	return ev, nil
+}

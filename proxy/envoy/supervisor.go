@@ -1,0 +1,128 @@
+package envoy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os/exec"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// Supervisor runs one Envoy process and restarts it when it exits, with
+// exponential backoff (reset after a minute of uptime).
+type Supervisor struct {
+	Path        string   // the envoy binary
+	Args        []string // its arguments
+	AdminSocket string
+	Logger      *slog.Logger
+	// MinBackoff and MaxBackoff bound the wait before a restart; defaults
+	// 250ms and 30s.
+	MinBackoff, MaxBackoff time.Duration
+	// OnExit, when set, is told every exit (for metrics).
+	OnExit func(err error)
+
+	starts atomic.Int64
+}
+
+// Starts counts how often the process was started.
+func (s *Supervisor) Starts() int64 { return s.starts.Load() }
+
+// Run starts Envoy and keeps it running until ctx is done; then it stops the
+// process (SIGTERM, then SIGKILL after 5s) and returns nil.
+func (s *Supervisor) Run(ctx context.Context) error {
+	log := s.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	minB, maxB := s.MinBackoff, s.MaxBackoff
+	if minB == 0 {
+		minB = 250 * time.Millisecond
+	}
+	if maxB == 0 {
+		maxB = 30 * time.Second
+	}
+	backoff := minB
+	for {
+		cmd := exec.Command(s.Path, s.Args...)
+		stderr, err := cmd.StderrPipe()
+		if err != nil {
+			return err
+		}
+		started := time.Now()
+		if err := cmd.Start(); err != nil {
+			return fmt.Errorf("starting %s: %w", s.Path, err)
+		}
+		s.starts.Add(1)
+		log.Info("envoy started", "pid", cmd.Process.Pid)
+		go logLines(stderr, log)
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		select {
+		case <-ctx.Done():
+			_ = cmd.Process.Signal(terminate)
+			select {
+			case <-exited:
+			case <-time.After(5 * time.Second):
+				_ = cmd.Process.Kill()
+				<-exited
+			}
+			return nil
+		case err := <-exited:
+			if s.OnExit != nil {
+				s.OnExit(err)
+			}
+			if time.Since(started) > time.Minute {
+				backoff = minB
+			}
+			log.Warn("envoy exited; restarting", "err", err, "after", backoff)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, maxB)
+		}
+	}
+}
+
+func logLines(r io.Reader, log *slog.Logger) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		log.Debug("envoy", "line", sc.Text())
+	}
+}
+
+// ErrNotReady is returned by Ready while Envoy runs but is not serving yet.
+var ErrNotReady = errors.New("envoy is not ready")
+
+// Ready asks Envoy's admin interface (GET /ready on the admin socket)
+// whether it is serving: nil when it answers 200 LIVE.
+func Ready(ctx context.Context, adminSocket string) error {
+	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", adminSocket)
+	}}}
+	defer c.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, "GET", "http://envoy/ready", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return fmt.Errorf("envoy admin: %w", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 256))
+	if resp.StatusCode != 200 || !strings.Contains(string(b), "LIVE") {
+		return fmt.Errorf("%w: /ready answered %d %q", ErrNotReady, resp.StatusCode, strings.TrimSpace(string(b)))
+	}
+	return nil
+}

@@ -1,0 +1,137 @@
+package envoy
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// A stand-in for the envoy binary, run by re-executing the test binary with
+// MEMBRANE_FAKE_ENVOY set: it reads the admin socket from the bootstrap (-c)
+// like Envoy does, serves /ready there, and exits with status 3 when its
+// start count (kept in MEMBRANE_FAKE_ENVOY's directory) is in the crash list.
+// It tests the supervisor; the real Envoy runs in TestConformanceEnvoy.
+func TestMain(m *testing.M) {
+	if dir := os.Getenv("MEMBRANE_FAKE_ENVOY"); dir != "" {
+		os.Exit(fakeEnvoy(dir))
+	}
+	os.Exit(m.Run())
+}
+
+func fakeEnvoy(dir string) int {
+	var cfgPath string
+	for i, a := range os.Args {
+		if a == "-c" && i+1 < len(os.Args) {
+			cfgPath = os.Args[i+1]
+		}
+	}
+	raw, err := os.ReadFile(cfgPath)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	var b struct {
+		Admin struct {
+			Address struct {
+				Pipe struct{ Path string } `json:"pipe"`
+			} `json:"address"`
+		} `json:"admin"`
+	}
+	if err := json.Unmarshal(raw, &b); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	countFile := filepath.Join(dir, "starts")
+	data, _ := os.ReadFile(countFile)
+	n, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+	n++
+	os.WriteFile(countFile, []byte(strconv.Itoa(n)), 0o600)
+	crash, _ := os.ReadFile(filepath.Join(dir, "crash"))
+	for _, c := range strings.Fields(string(crash)) {
+		if c == strconv.Itoa(n) {
+			return 3
+		}
+	}
+	os.Remove(b.Admin.Address.Pipe.Path)
+	l, err := net.Listen("unix", b.Admin.Address.Pipe.Path)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/ready" {
+			fmt.Fprintln(w, "LIVE")
+			return
+		}
+		if r.URL.Path == "/quitquitquit" {
+			fmt.Fprintln(w, "OK")
+			go func() { time.Sleep(10 * time.Millisecond); os.Exit(0) }()
+			return
+		}
+		http.NotFound(w, r)
+	}))
+	return 0
+}
+
+func TestSupervisorStartsRestartsWithBackoffAndStops(t *testing.T) {
+	dir := t.TempDir()
+	// Starts 1 and 2 crash at once; 3 serves.
+	os.WriteFile(filepath.Join(dir, "crash"), []byte("1 2"), 0o600)
+	t.Setenv("MEMBRANE_FAKE_ENVOY", dir)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	exits := make(chan error, 10)
+	e, err := New(Config{Port: 15001, RunDir: filepath.Join(dir, "run"), EnvoyPath: exe})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	e.sup.OnExit = func(err error) { e.restarts.Inc(); exits <- err }
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := e.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Two crashes: backoff 250ms then 500ms before the third start.
+	if got := e.sup.Starts(); got != 3 {
+		t.Fatalf("ready after %d starts, want 3 (two crashes)", got)
+	}
+	if el := time.Since(start); el < 700*time.Millisecond {
+		t.Errorf("ready %v after two crashes; the backoff (250ms+500ms) was not applied", el)
+	}
+	// A clean exit of a running Envoy is restarted too.
+	resp, err := (&http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return net.Dial("unix", e.Paths().AdminSocket)
+	}}}).Post("http://envoy/quitquitquit", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for e.sup.Starts() < 4 {
+		if time.Now().After(deadline) {
+			t.Fatal("the supervisor did not restart Envoy after it exited")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := e.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := Ready(context.Background(), e.Paths().AdminSocket); err == nil {
+		t.Fatal("Envoy still answers after Close")
+	}
+}

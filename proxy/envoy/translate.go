@@ -1,0 +1,527 @@
+package envoy
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	accesslog "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	rbacconfig "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	fileal "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
+	rbac "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
+	router "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	origdst "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	upstreamhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/membrane-fw/membrane/policies"
+	"github.com/membrane-fw/membrane/proxy"
+)
+
+// ListenerName is the name of the proxy's listener.
+const ListenerName = "membrane_proxy"
+
+// Table is a Resolver that can list everything it would answer; Envoy
+// compiles policy ahead of time, so it needs the whole table.
+// proxy.ModelResolver implements it.
+type Table interface {
+	proxy.Resolver
+	Prefixes() map[policies.Identity][]netip.Prefix
+	L7Ports() (ports []uint16, truncated bool)
+	Decide(src, dst policies.Identity, port uint16) proxy.Decision
+}
+
+// Options shape the translation.
+type Options struct {
+	// Port is the proxy port (the listener's).
+	Port uint16
+	// FixedUpstream, when valid, is the test mode: a plain listener on
+	// 127.0.0.1 and every request sent to this address (no transparency, no
+	// original destination).
+	FixedUpstream netip.AddrPort
+	// AccessLogPath receives the JSON access log (the events); default
+	// /dev/stdout, which the supervisor reads.
+	AccessLogPath string
+}
+
+// Resources is one translation: what goes into an xDS snapshot.
+type Resources struct {
+	Listeners []types.Resource
+	Clusters  []types.Resource
+	// Warnings name what could not be expressed exactly (e.g. L7 port ranges
+	// wider than 1024 ports).
+	Warnings []string
+}
+
+type validator interface{ ValidateAll() error }
+
+// pack validates m (ValidateAll) and wraps it in an Any.
+func pack(m proto.Message) (*anypb.Any, error) {
+	if v, ok := m.(validator); ok {
+		if err := v.ValidateAll(); err != nil {
+			return nil, fmt.Errorf("%T: %w", m, err)
+		}
+	}
+	return anypb.New(m)
+}
+
+// Translate turns r into Envoy resources.
+func Translate(r proxy.Resolver, o Options) (*Resources, error) {
+	if o.Port == 0 {
+		return nil, errors.New("envoy: no proxy port")
+	}
+	if o.AccessLogPath == "" {
+		o.AccessLogPath = "/dev/stdout"
+	}
+	t := &translator{o: o, r: r, clusters: map[policies.Identity]bool{}}
+	res := &Resources{}
+	var chains []*listener.FilterChain
+	var def *listener.FilterChain
+	var err error
+	if tab, ok := r.(Table); ok && !o.FixedUpstream.IsValid() {
+		chains, res.Warnings, err = t.tableChains(tab)
+		if err == nil {
+			def, err = t.denyChain()
+		}
+	} else {
+		// One decision for every connection (tests, and resolvers that cannot
+		// enumerate): it becomes the default chain.
+		var d proxy.Decision
+		if r == nil {
+			def, err = t.denyChain()
+		} else if d, err = r.Resolve(netip.AddrPort{}, netip.AddrPort{}); err == nil {
+			def, err = t.chain("all", d, nil, nil, 0)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	l := &listener.Listener{
+		Name:               ListenerName,
+		FilterChains:       chains,
+		DefaultFilterChain: def,
+	}
+	if o.FixedUpstream.IsValid() {
+		l.Address = socketAddress(netip.AddrFrom4([4]byte{127, 0, 0, 1}), o.Port)
+	} else {
+		l.Address = socketAddress(netip.IPv4Unspecified(), o.Port)
+		l.AdditionalAddresses = []*listener.AdditionalAddress{{Address: socketAddress(netip.IPv6Unspecified(), o.Port)}}
+		l.Transparent = wrapperspb.Bool(true)
+		od, err := pack(&origdst.OriginalDst{})
+		if err != nil {
+			return nil, err
+		}
+		l.ListenerFilters = []*listener.ListenerFilter{{
+			Name: wellknown.OriginalDestination, ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: od},
+		}}
+	}
+	if err := l.ValidateAll(); err != nil {
+		return nil, fmt.Errorf("envoy: listener: %w", err)
+	}
+	res.Listeners = append(res.Listeners, l)
+	ids := make([]policies.Identity, 0, len(t.clusters))
+	for id := range t.clusters {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		c, err := t.cluster(id)
+		if err != nil {
+			return nil, err
+		}
+		res.Clusters = append(res.Clusters, c)
+	}
+	return res, nil
+}
+
+type translator struct {
+	o        Options
+	r        proxy.Resolver
+	clusters map[policies.Identity]bool
+}
+
+func socketAddress(a netip.Addr, port uint16) *core.Address {
+	return &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{
+		Address: a.String(), PortSpecifier: &core.SocketAddress_PortValue{PortValue: uint32(port)},
+	}}}
+}
+
+func cidrs(ps []netip.Prefix) []*core.CidrRange {
+	var out []*core.CidrRange
+	for _, p := range ps {
+		out = append(out, &core.CidrRange{AddressPrefix: p.Addr().String(), PrefixLen: wrapperspb.UInt32(uint32(p.Bits()))})
+	}
+	return out
+}
+
+// tableChains makes a filter chain per (source, destination, port) with checks.
+func (t *translator) tableChains(tab Table) ([]*listener.FilterChain, []string, error) {
+	var warnings []string
+	ports, truncated := tab.L7Ports()
+	if truncated {
+		warnings = append(warnings, "an L7 rule covers more than 1024 ports or any protocol; Envoy gets filter chains only for ranges up to 1024 ports, connections on other ports are answered 403")
+	}
+	prefixes := tab.Prefixes()
+	ids := []policies.Identity{policies.IdentityWorld}
+	for id := range prefixes {
+		if id != policies.IdentityWorld {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	var chains []*listener.FilterChain
+	for _, dst := range ids {
+		for _, src := range ids {
+			for _, port := range ports {
+				d := tab.Decide(src, dst, port)
+				if len(d.Checks) == 0 {
+					continue
+				}
+				// World has no prefixes of its own: its chain matches any
+				// address, and Envoy prefers the chains with a longer match.
+				var sp, dp []netip.Prefix
+				if src != policies.IdentityWorld {
+					sp = prefixes[src]
+				}
+				if dst != policies.IdentityWorld {
+					dp = prefixes[dst]
+				}
+				c, err := t.chain(fmt.Sprintf("s%d_d%d_p%d", src, dst, port), d, sp, dp, port)
+				if err != nil {
+					return nil, nil, err
+				}
+				chains = append(chains, c)
+			}
+		}
+	}
+	return chains, warnings, nil
+}
+
+// denyChain answers every request 403: connections Envoy has no rules for.
+func (t *translator) denyChain() (*listener.FilterChain, error) {
+	rc := &route.RouteConfiguration{Name: "deny", VirtualHosts: []*route.VirtualHost{{
+		Name: "deny", Domains: []string{"*"},
+		Routes: []*route.Route{{
+			Name:  "no-policy",
+			Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
+			Action: &route.Route_DirectResponse{DirectResponse: &route.DirectResponseAction{
+				Status: 403,
+				Body:   inline("Access denied by Membrane: no L7 policy for this connection\n"),
+			}},
+		}},
+	}}}
+	return t.hcmChain("deny", rc, nil, proxy.Decision{}, nil)
+}
+
+func inline(s string) *core.DataSource {
+	return &core.DataSource{Specifier: &core.DataSource_InlineString{InlineString: s}}
+}
+
+// chain makes one filter chain for decision d.
+func (t *translator) chain(name string, d proxy.Decision, src, dst []netip.Prefix, port uint16) (*listener.FilterChain, error) {
+	t.clusters[d.SrcIdentity] = true
+	clusterName := t.clusterName(d.SrcIdentity)
+	var routes []*route.Route
+	if n := len(d.Checks); n > 0 {
+		for _, rule := range d.Checks[n-1].Rules.Rules {
+			m, err := routeMatch(&rule.HTTP)
+			if err != nil {
+				return nil, fmt.Errorf("rule %d: %w", rule.RuleID, err)
+			}
+			routes = append(routes, forward("rule-"+strconv.FormatUint(uint64(rule.RuleID), 10), m, clusterName))
+		}
+	}
+	routes = append(routes, forward("rule-0", &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}}, clusterName))
+	rc := &route.RouteConfiguration{Name: name, VirtualHosts: []*route.VirtualHost{{Name: name, Domains: []string{"*"}, Routes: routes}}}
+
+	var filters []*hcm.HttpFilter
+	var names []string
+	for i := range d.Checks {
+		f, err := rbacFilter(&d.Checks[i], i)
+		if err != nil {
+			return nil, err
+		}
+		filters = append(filters, f)
+		names = append(names, proxy.PolicyNames(t.r, &d.Checks[i])...)
+	}
+	c, err := t.hcmChain(name, rc, filters, d, names)
+	if err != nil {
+		return nil, err
+	}
+	if len(src) > 0 || len(dst) > 0 || port != 0 {
+		c.FilterChainMatch = &listener.FilterChainMatch{
+			SourcePrefixRanges: cidrs(src),
+			PrefixRanges:       cidrs(dst),
+		}
+		if port != 0 {
+			c.FilterChainMatch.DestinationPort = wrapperspb.UInt32(uint32(port))
+		}
+	}
+	return c, nil
+}
+
+func forward(name string, m *route.RouteMatch, clusterName string) *route.Route {
+	return &route.Route{
+		Name:  name,
+		Match: m,
+		Action: &route.Route_Route{Route: &route.RouteAction{
+			ClusterSpecifier: &route.RouteAction_Cluster{Cluster: clusterName},
+			// Streams (gRPC, downloads, WebSocket) may last; no route timeout.
+			Timeout: durationpb.New(0),
+		}},
+	}
+}
+
+func (t *translator) clusterName(id policies.Identity) string {
+	return fmt.Sprintf("membrane_upstream_%d", id)
+}
+
+// hcmChain wraps an HTTP connection manager into a filter chain.
+func (t *translator) hcmChain(name string, rc *route.RouteConfiguration, filters []*hcm.HttpFilter, d proxy.Decision, policyNames []string) (*listener.FilterChain, error) {
+	rt, err := pack(&router.Router{})
+	if err != nil {
+		return nil, err
+	}
+	filters = append(filters, &hcm.HttpFilter{Name: wellknown.Router, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: rt}})
+	al, err := t.accessLog(d, policyNames)
+	if err != nil {
+		return nil, err
+	}
+	body := "Access denied by Membrane: no http rule matches this request\n"
+	if len(policyNames) > 0 {
+		q := make([]string, len(policyNames))
+		for i, n := range policyNames {
+			q[i] = strconv.Quote(n)
+		}
+		body = fmt.Sprintf("Access denied by Membrane policy %s: no http rule matches this request\n", strings.Join(q, ", "))
+	}
+	m := &hcm.HttpConnectionManager{
+		StatPrefix:           "membrane_" + name,
+		CodecType:            hcm.HttpConnectionManager_AUTO, // HTTP/1.1, and h2c by its preface
+		RouteSpecifier:       &hcm.HttpConnectionManager_RouteConfig{RouteConfig: rc},
+		HttpFilters:          filters,
+		UpgradeConfigs:       []*hcm.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}},
+		NormalizePath:        wrapperspb.Bool(true),
+		MergeSlashes:         true,
+		AccessLog:            []*accesslog.AccessLog{al},
+		MaxRequestHeadersKb:  wrapperspb.UInt32(64),
+		Http2ProtocolOptions: &core.Http2ProtocolOptions{},
+		StreamIdleTimeout:    durationpb.New(5 * time.Minute),
+		LocalReplyConfig: &hcm.LocalReplyConfig{Mappers: []*hcm.ResponseMapper{{
+			// Local replies with 403 in this connection manager come only
+			// from its RBAC filters (an upstream 403 is not a local reply).
+			Filter: &accesslog.AccessLogFilter{FilterSpecifier: &accesslog.AccessLogFilter_StatusCodeFilter{
+				StatusCodeFilter: &accesslog.StatusCodeFilter{Comparison: &accesslog.ComparisonFilter{
+					Op:    accesslog.ComparisonFilter_EQ,
+					Value: &core.RuntimeUInt32{DefaultValue: 403, RuntimeKey: "membrane.l7.deny_status"},
+				}},
+			}},
+			Body: inline(body),
+		}}},
+	}
+	tc, err := pack(m)
+	if err != nil {
+		return nil, fmt.Errorf("envoy: chain %s: %w", name, err)
+	}
+	return &listener.FilterChain{
+		Name: name,
+		Filters: []*listener.Filter{{
+			Name: wellknown.HTTPConnectionManager, ConfigType: &listener.Filter_TypedConfig{TypedConfig: tc},
+		}},
+	}, nil
+}
+
+// accessLog writes one JSON line per request: the event (see ParseAccessLog).
+func (t *translator) accessLog(d proxy.Decision, policyNames []string) (*accesslog.AccessLog, error) {
+	fields := map[string]any{
+		"engine":       "envoy",
+		"time":         "%START_TIME(%Y-%m-%dT%H:%M:%S.%3fZ)%",
+		"src":          "%DOWNSTREAM_REMOTE_ADDRESS%",
+		"dst":          "%DOWNSTREAM_LOCAL_ADDRESS%",
+		"src_identity": float64(d.SrcIdentity),
+		"dst_identity": float64(d.DstIdentity),
+		"proto":        "%PROTOCOL%",
+		"method":       "%REQ(:METHOD)%",
+		"path":         "%REQ(:PATH)%",
+		"host":         "%REQ(:AUTHORITY)%",
+		"status":       "%RESPONSE_CODE%",
+		"details":      "%RESPONSE_CODE_DETAILS%",
+		"flags":        "%RESPONSE_FLAGS%",
+		"route":        "%ROUTE_NAME%",
+		"duration_ms":  "%DURATION%",
+		"policies":     strings.Join(policyNames, ","),
+	}
+	s, err := structpb.NewStruct(fields)
+	if err != nil {
+		return nil, err
+	}
+	fl, err := pack(&fileal.FileAccessLog{
+		Path: t.o.AccessLogPath,
+		AccessLogFormat: &fileal.FileAccessLog_LogFormat{LogFormat: &core.SubstitutionFormatString{
+			Format: &core.SubstitutionFormatString_JsonFormat{JsonFormat: s},
+		}},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &accesslog.AccessLog{Name: wellknown.FileAccessLog, ConfigType: &accesslog.AccessLog_TypedConfig{TypedConfig: fl}}, nil
+}
+
+// reSource is the RE2 source of a compiled rule regexp. Envoy's safe_regex
+// must match the whole value, as the anchored Go regexp does.
+func reSource(re *regexp.Regexp, src string) string {
+	if src != "" {
+		return "(?:" + src + ")"
+	}
+	s := strings.TrimPrefix(re.String(), "^")
+	return strings.TrimSuffix(s, "$")
+}
+
+func safeRegex(re string) *matcher.StringMatcher {
+	return &matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_SafeRegex{SafeRegex: &matcher.RegexMatcher{Regex: re}}}
+}
+
+// hostRegex matches :authority the way proxy.MatchHost does: any case, an
+// optional port.
+func hostRegex(h *policies.HTTPRule) string {
+	return "(?i)" + reSource(h.Host, h.HostSrc) + `(?::[0-9]+)?`
+}
+
+func headerMatchers(h *policies.HTTPRule) []*route.HeaderMatcher {
+	var out []*route.HeaderMatcher
+	if h.Method != nil {
+		out = append(out, &route.HeaderMatcher{Name: ":method", HeaderMatchSpecifier: &route.HeaderMatcher_StringMatch{StringMatch: safeRegex(reSource(h.Method, h.MethodSrc))}})
+	}
+	if h.Host != nil {
+		out = append(out, &route.HeaderMatcher{Name: ":authority", HeaderMatchSpecifier: &route.HeaderMatcher_StringMatch{StringMatch: safeRegex(hostRegex(h))}})
+	}
+	names := make([]string, 0, len(h.Headers))
+	for n := range h.Headers {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		hm := &route.HeaderMatcher{Name: strings.ToLower(n)}
+		if v := h.Headers[n]; v == "" {
+			hm.HeaderMatchSpecifier = &route.HeaderMatcher_PresentMatch{PresentMatch: true}
+		} else {
+			hm.HeaderMatchSpecifier = &route.HeaderMatcher_StringMatch{StringMatch: &matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_Exact{Exact: v}}}
+		}
+		out = append(out, hm)
+	}
+	return out
+}
+
+func routeMatch(h *policies.HTTPRule) (*route.RouteMatch, error) {
+	m := &route.RouteMatch{Headers: headerMatchers(h)}
+	if h.Path != nil {
+		m.PathSpecifier = &route.RouteMatch_SafeRegex{SafeRegex: &matcher.RegexMatcher{Regex: reSource(h.Path, h.PathSrc)}}
+	} else {
+		m.PathSpecifier = &route.RouteMatch_Prefix{Prefix: "/"}
+	}
+	return m, m.ValidateAll()
+}
+
+// permission is one http block as an RBAC permission: all its attributes.
+func permission(h *policies.HTTPRule) *rbacconfig.Permission {
+	var and []*rbacconfig.Permission
+	if h.Path != nil {
+		and = append(and, &rbacconfig.Permission{Rule: &rbacconfig.Permission_UrlPath{UrlPath: &matcher.PathMatcher{
+			Rule: &matcher.PathMatcher_Path{Path: safeRegex(reSource(h.Path, h.PathSrc))},
+		}}})
+	}
+	for _, hm := range headerMatchers(h) {
+		and = append(and, &rbacconfig.Permission{Rule: &rbacconfig.Permission_Header{Header: hm}})
+	}
+	if len(and) == 0 {
+		return &rbacconfig.Permission{Rule: &rbacconfig.Permission_Any{Any: true}}
+	}
+	return &rbacconfig.Permission{Rule: &rbacconfig.Permission_AndRules{AndRules: &rbacconfig.Permission_Set{Rules: and}}}
+}
+
+// rbacFilter allows what any rule of c allows; a check without rules
+// allows nothing.
+func rbacFilter(c *proxy.Check, i int) (*hcm.HttpFilter, error) {
+	pols := map[string]*rbacconfig.Policy{}
+	for _, r := range c.Rules.Rules {
+		key := "rule-" + strconv.FormatUint(uint64(r.RuleID), 10)
+		p, ok := pols[key]
+		if !ok {
+			p = &rbacconfig.Policy{Principals: []*rbacconfig.Principal{{Identifier: &rbacconfig.Principal_Any{Any: true}}}}
+			pols[key] = p
+		}
+		p.Permissions = append(p.Permissions, permission(&r.HTTP))
+	}
+	tc, err := pack(&rbac.RBAC{Rules: &rbacconfig.RBAC{Action: rbacconfig.RBAC_ALLOW, Policies: pols}})
+	if err != nil {
+		return nil, err
+	}
+	return &hcm.HttpFilter{Name: fmt.Sprintf("%s.%s.%d", wellknown.HTTPRoleBasedAccessControl, c.Direction, i), ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: tc}}, nil
+}
+
+// cluster is the upstream of one source identity: the original destination
+// (or the fixed upstream in test mode), reached over sockets marked with the
+// identity, speaking the protocol the client spoke.
+func (t *translator) cluster(id policies.Identity) (*cluster.Cluster, error) {
+	po, err := pack(&upstreamhttp.HttpProtocolOptions{
+		UpstreamProtocolOptions: &upstreamhttp.HttpProtocolOptions_UseDownstreamProtocolConfig{
+			UseDownstreamProtocolConfig: &upstreamhttp.HttpProtocolOptions_UseDownstreamHttpConfig{
+				HttpProtocolOptions:  &core.Http1ProtocolOptions{},
+				Http2ProtocolOptions: &core.Http2ProtocolOptions{},
+			},
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	c := &cluster.Cluster{
+		Name:           t.clusterName(id),
+		ConnectTimeout: durationpb.New(5 * time.Second),
+		TypedExtensionProtocolOptions: map[string]*anypb.Any{
+			"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": po,
+		},
+		UpstreamBindConfig: &core.BindConfig{SocketOptions: []*core.SocketOption{{
+			Description: "membrane from-proxy mark",
+			Level:       1,  // SOL_SOCKET
+			Name:        36, // SO_MARK
+			Value:       &core.SocketOption_IntValue{IntValue: int64(proxy.FromProxyMark(id))},
+			State:       core.SocketOption_STATE_PREBIND,
+		}}},
+	}
+	if t.o.FixedUpstream.IsValid() {
+		c.ClusterDiscoveryType = &cluster.Cluster_Type{Type: cluster.Cluster_STATIC}
+		c.LoadAssignment = &endpoint.ClusterLoadAssignment{
+			ClusterName: c.Name,
+			Endpoints: []*endpoint.LocalityLbEndpoints{{LbEndpoints: []*endpoint.LbEndpoint{{
+				HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{
+					Address: socketAddress(t.o.FixedUpstream.Addr(), t.o.FixedUpstream.Port()),
+				}},
+			}}}},
+		}
+	} else {
+		c.ClusterDiscoveryType = &cluster.Cluster_Type{Type: cluster.Cluster_ORIGINAL_DST}
+		c.LbPolicy = cluster.Cluster_CLUSTER_PROVIDED
+	}
+	if err := c.ValidateAll(); err != nil {
+		return nil, fmt.Errorf("envoy: cluster %s: %w", c.Name, err)
+	}
+	return c, nil
+}
