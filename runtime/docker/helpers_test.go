@@ -73,7 +73,7 @@ func startSource(t *testing.T) (*Source, *collector) {
 // waitFor waits until cond holds for the collected state.
 func (c *collector) waitFor(t *testing.T, what string, cond func(state map[string]endpoint.Endpoint) bool) {
 	t.Helper()
-	deadline := time.After(60 * time.Second)
+	deadline := time.After(120 * time.Second) // long: a colleague's test may restart the shared dockerd
 	for {
 		c.mu.Lock()
 		ok := cond(c.state)

@@ -78,7 +78,7 @@ func runContainers(t testing.TB, cli *client.Client, n, workers int, prefix, lab
 			ctx := context.Background()
 			r, err := cli.ContainerCreate(ctx, &container.Config{
 				Image: img, Cmd: []string{"sleep", "300"}, Labels: map[string]string{k: v, "app": "scale"},
-			}, &container.HostConfig{}, nil, nil, fmt.Sprintf("%s-%03d", prefix, i))
+			}, &container.HostConfig{LogConfig: container.LogConfig{Type: "none"}}, nil, nil, fmt.Sprintf("%s-%03d", prefix, i))
 			if err != nil {
 				errs <- err
 				return

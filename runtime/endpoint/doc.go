@@ -21,3 +21,24 @@
 // config's include/exclude regular expressions) and is what the daemon feeds
 // to the identity allocator and selectors.
 package endpoint
+
+// How the daemon wires the runtime packages (all of them run until the root
+// context is cancelled; Run returns nil then):
+//
+//	dsrc := docker.New(docker.Config{Logger: log})
+//	csrc := containerd.New(containerd.Config{SkipMoby: true, Namespaces: cfg.Namespaces, Logger: log})
+//	lw, err := linkwatch.New(linkwatch.Config{Bridges: cfg.Bridges, Resolvers: []linkwatch.Resolver{dsrc, csrc}, Logger: log})
+//	g.Go(func() error { return dsrc.Run(ctx) })
+//	g.Go(func() error { return csrc.Run(ctx) })
+//	g.Go(func() error { return lw.Run(ctx) })
+//	<-dsrc.Synced(); <-csrc.Synced()  // then the first full reconcile, then READY=1
+//	for { select { case ev := <-dsrc.Events(): ...; case ev := <-lw.Events(): ... } }
+//
+// A linkwatch Added event (host ifindex, bridge) arrives first: attach the
+// programs with identity init (fail-closed). The runtime's endpoint event
+// follows with the same host ifindex in Endpoint.Interfaces[i].HostIfindex,
+// the addresses and the labels: compute IdentityLabels(ep.Labels, filter),
+// allocate the identity and update the endpoint map and ipcache. Removed
+// events carry the endpoint as last reported, so its ifindexes and addresses
+// can be withdrawn without a lookup. ModeHost endpoints have no interface:
+// policy treats them as the entity host.
