@@ -56,10 +56,11 @@ func benchSet(tb testing.TB, n, apps int) *Set {
 		in := &Rule{Direction: Ingress,
 			Endpoints: []Selector{sel(fmt.Sprintf("app=svc%d", (i+1)%apps)), sel(fmt.Sprintf("app=svc%d", (i+7)%apps))},
 			Ports:     []PortRange{{ProtoTCP, 8080, 8080}, {ProtoTCP, 9000, 9100}}}
-		if i%10 == 0 {
-			in.HTTP = []HTTPRule{{MethodSrc: "GET", PathSrc: "/api/.*"}}
-		}
 		add(in)
+		if i%10 == 0 {
+			add(&Rule{Direction: Ingress, Endpoints: []Selector{sel(fmt.Sprintf("app=svc%d", (i+2)%apps))},
+				Ports: []PortRange{{ProtoTCP, 8443, 8443}}, HTTP: []HTTPRule{{MethodSrc: "GET", PathSrc: "/api/.*"}}})
+		}
 		add(&Rule{Direction: Ingress, CIDRs: []netip.Prefix{pfx(fmt.Sprintf("10.%d.0.0/16", i%256))},
 			Except: []netip.Prefix{pfx(fmt.Sprintf("10.%d.1.0/24", i%256))}, Ports: []PortRange{{ProtoTCP, 443, 443}}})
 		add(&Rule{Direction: Egress, Endpoints: []Selector{sel(fmt.Sprintf("app=svc%d", (i+3)%apps))}, Ports: []PortRange{{ProtoTCP, 5432, 5432}}})
@@ -88,7 +89,7 @@ func benchConnections(ids []IdentityLabels, n int) []Connection {
 	conns := make([]Connection, n)
 	for i := range conns {
 		c := Connection{From: Peer{Labels: ids[r.IntN(len(ids))].Labels}, To: Peer{Labels: ids[r.IntN(len(ids))].Labels},
-			Proto: ProtoTCP, Port: []uint16{8080, 9050, 5432, 443, 22}[r.IntN(5)]}
+			Proto: ProtoTCP, Port: []uint16{8080, 9050, 5432, 443, 22, 8443}[r.IntN(6)]}
 		switch r.IntN(4) {
 		case 0:
 			c.From = Peer{IP: netip.AddrFrom4([4]byte{10, byte(r.IntN(256)), byte(r.IntN(3)), 9})}
