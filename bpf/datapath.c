@@ -650,7 +650,8 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 	if (p.tuple.protocol == IPPROTO_TCP)
 		ct_tcp(&ne, p.tcp_flags, 0);
 	ne.expires = now + lifetime(cfg, &ne, p.tuple.protocol);
-	bpf_map_update_elem(&membrane_ct, &p.tuple, &ne, BPF_ANY);
+	if (!(cfg->flags & CFG_NO_CT_INSERT))
+		bpf_map_update_elem(&membrane_ct, &p.tuple, &ne, BPF_ANY);
 
 	if (audited)
 		return VERDICT_PASS;

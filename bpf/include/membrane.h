@@ -29,6 +29,9 @@
 
 /* config.flags */
 #define CFG_UNKNOWN_ALLOW 1
+/* Benchmarks only: new flows leave no conntrack entry, so BPF_PROG_TEST_RUN
+ * with a repeat count measures the new-flow path every time. */
+#define CFG_NO_CT_INSERT 2
 
 /* policy_value.flags */
 #define POLICY_F_AUDIT 1

@@ -1,0 +1,97 @@
+package bpf
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/membrane-fw/membrane/policies"
+)
+
+const cfgNoCTInsert = 2
+
+// BenchmarkVerdict measures one packet through membrane_egress with
+// BPF_PROG_TEST_RUN (the kernel repeats it b.N times in one call): a new flow
+// (conntrack miss, ipcache and policy lookups; CFG_NO_CT_INSERT keeps the
+// flow new on every repeat) with 10, 1000 and 10000 policy entries for the
+// local identity, and an established flow (conntrack hit). The ipcache holds
+// 1000 identities.
+func BenchmarkVerdict(b *testing.B) {
+	h := newHarness(b, 1, Config{})
+	const ifindex = 1 // the namespace's lo: where a context-less run lands, too
+	must(b, h.dp.SetEndpoint(ifindex, Endpoint{ID: 1, Identity: idA, Flags: EnforceIngress | EnforceEgress}))
+	ipc := map[netip.Prefix]policies.Identity{netip.PrefixFrom(addrA, 32): idA}
+	for i := 0; i < 1000; i++ {
+		a := netip.AddrFrom4([4]byte{10, 50, byte(i / 256), byte(i % 256)})
+		ipc[netip.PrefixFrom(a, 32)] = policies.Identity(1000 + i)
+	}
+	must(b, h.dp.IPCacheSync(ipc))
+	dst := netip.AddrFrom4([4]byte{10, 50, 1, 44}) // identity 1300
+	policy := func(n int) *policies.Model {
+		ip := policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, IngressDefaultDeny: true}
+		ip.Entries = append(ip.Entries, entry(out, 1300, policies.ProtoTCP, 443, 16, policies.Allow, 1))
+		for i := 1; i < n; i++ {
+			remote := policies.Identity(1000 + i%1000)
+			port := uint16(2000 + i/1000)
+			ip.Entries = append(ip.Entries, entry(out, remote, policies.ProtoTCP, port, 16, policies.Allow, uint32(i+1)))
+		}
+		return &policies.Model{Identities: []policies.IdentityPolicy{ip}}
+	}
+	pktBytes := tcp(addrA, dst, 40000, 443, tcpSYN).bytes()
+	run := func(b *testing.B) {
+		var ret uint32
+		err := h.ns.Do(func() error {
+			b.ResetTimer()
+			var err error
+			ret, err = h.dp.objs.MembraneEgress.Run(&ebpf.RunOptions{
+				Data: pktBytes, Context: skbCtx{Ifindex: ifindex}, Repeat: uint32(b.N),
+			})
+			b.StopTimer()
+			return err
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if ret != retPass {
+			b.Fatalf("benchmark packet not allowed: %d", int32(ret))
+		}
+	}
+	setNoCT := func(on bool) {
+		must(b, h.dp.updateConfig(func(c *datapathConfig) {
+			c.Flags &^= cfgNoCTInsert
+			if on {
+				c.Flags |= cfgNoCTInsert
+			}
+		}))
+	}
+	for _, n := range []int{10, 1000, 10000} {
+		b.Run(fmt.Sprintf("new/entries=%d", n), func(b *testing.B) {
+			_, err := h.dp.SyncPolicy(policy(n), nil)
+			must(b, err)
+			setNoCT(true)
+			_, err = h.dp.GC(farFuture())
+			must(b, err)
+			run(b)
+			if n, _ := h.dp.ConntrackEntries(); n != 0 {
+				b.Fatalf("%d conntrack entries: the flow was not new", n)
+			}
+		})
+	}
+	b.Run("established/entries=10000", func(b *testing.B) {
+		_, err := h.dp.SyncPolicy(policy(10000), nil)
+		must(b, err)
+		setNoCT(false)
+		before, _ := h.dp.Counters()
+		run(b)
+		after, _ := h.dp.Counters()
+		k := CounterKey{Reason: ReasonAllowEstablished, Direction: out}
+		if b.N > 1 && after.Verdicts[k].Packets-before.Verdicts[k].Packets < uint64(b.N-1) {
+			b.Fatalf("not the established path: %+v", after.Verdicts)
+		}
+	})
+}
+
+func farFuture() time.Time { return time.Now().Add(1000 * time.Hour) }
