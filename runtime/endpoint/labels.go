@@ -114,16 +114,18 @@ func DefaultExcluded(key string) bool {
 	return false
 }
 
-// LabelFilter is the config's `labels { include = [...] exclude = [...] }`.
-// The zero value applies only the default excludes.
+// LabelFilter is the config's `labels { include = [...] exclude = [...] }`:
+// it changes the list of labels that do not count. The zero value applies
+// only the default excludes.
 //
-// Semantics (regular expressions on the key, anchored like the policy
-// language's http regexps):
-//   - with Include empty, every key is a candidate; otherwise only keys that
-//     match an Include pattern are;
-//   - a candidate is dropped when it matches an Exclude pattern, or when it is
-//     a default-excluded key that no Include pattern names (so
-//     include = ["container\\.name"] brings container.name back).
+// Semantics (regular expressions on the key, matched like
+// regexp.MatchString, so unanchored unless the pattern says ^...$, the same
+// way daemon/config compiles them):
+//   - a key that matches an Exclude pattern does not count;
+//   - a default-excluded (volatile) key does not count unless an Include
+//     pattern matches it (include = ["^container\\.name$"] brings
+//     container.name back);
+//   - every other key counts.
 type LabelFilter struct {
 	Include []*regexp.Regexp
 	Exclude []*regexp.Regexp
@@ -143,19 +145,19 @@ func (e *PatternError) Error() string {
 
 func (e *PatternError) Unwrap() error { return e.Err }
 
-// NewLabelFilter compiles include and exclude patterns. Each is anchored
-// (^(?:PATTERN)$). A bad pattern is a *PatternError naming its list and index.
+// NewLabelFilter compiles include and exclude patterns (regexp.Compile, as
+// given). A bad pattern is a *PatternError naming its list and index.
 func NewLabelFilter(include, exclude []string) (LabelFilter, error) {
 	var f LabelFilter
 	for i, p := range include {
-		re, err := regexp.Compile("^(?:" + p + ")$")
+		re, err := regexp.Compile(p)
 		if err != nil {
 			return LabelFilter{}, &PatternError{List: "include", Index: i, Pattern: p, Err: err}
 		}
 		f.Include = append(f.Include, re)
 	}
 	for i, p := range exclude {
-		re, err := regexp.Compile("^(?:" + p + ")$")
+		re, err := regexp.Compile(p)
 		if err != nil {
 			return LabelFilter{}, &PatternError{List: "exclude", Index: i, Pattern: p, Err: err}
 		}
@@ -166,7 +168,7 @@ func NewLabelFilter(include, exclude []string) (LabelFilter, error) {
 
 func anyMatch(res []*regexp.Regexp, key string) bool {
 	for _, re := range res {
-		if re.MatchString(key) {
+		if re != nil && re.MatchString(key) {
 			return true
 		}
 	}
@@ -175,14 +177,10 @@ func anyMatch(res []*regexp.Regexp, key string) bool {
 
 // Relevant reports whether key counts for identity and selection.
 func (f LabelFilter) Relevant(key string) bool {
-	included := anyMatch(f.Include, key)
-	if len(f.Include) > 0 && !included {
-		return false
-	}
 	if anyMatch(f.Exclude, key) {
 		return false
 	}
-	if DefaultExcluded(key) && !included {
+	if DefaultExcluded(key) && !anyMatch(f.Include, key) {
 		return false
 	}
 	return true

@@ -69,27 +69,30 @@ func TestIdentityLabelsDefaultExcludes(t *testing.T) {
 }
 
 func TestLabelFilterIncludeExclude(t *testing.T) {
-	labels := map[string]string{"app": "web", "team": "a", "container.name": "web-1", "build": "42"}
-	f, err := NewLabelFilter(nil, []string{"build|team"})
+	labels := map[string]string{"app": "web", "team": "a", "container.name": "web-1", "build": "42",
+		"com.docker.compose.config-hash": "h"}
+	f, err := NewLabelFilter(nil, []string{"^(build|team)$"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := IdentityLabels(labels, f); !maps.Equal(got, map[string]string{"app": "web"}) {
 		t.Fatalf("exclude: %v", got)
 	}
-	// Include narrows to its keys and can bring a default-excluded key back.
-	f, _ = NewLabelFilter([]string{"app", `container\.name`}, nil)
-	if got := IdentityLabels(labels, f); !maps.Equal(got, map[string]string{"app": "web", "container.name": "web-1"}) {
+	// Include brings default-excluded keys back and leaves the rest alone.
+	f, _ = NewLabelFilter([]string{`^container\.name$`}, nil)
+	want := map[string]string{"app": "web", "team": "a", "build": "42", "container.name": "web-1"}
+	if got := IdentityLabels(labels, f); !maps.Equal(got, want) {
 		t.Fatalf("include: %v", got)
 	}
-	// Anchored: "app" does not match "apple".
-	if f.Relevant("apple") {
-		t.Fatal("include pattern matched a longer key")
+	// Patterns are unanchored unless they say so, as daemon/config compiles them.
+	f, _ = NewLabelFilter(nil, []string{"uil"})
+	if f.Relevant("build") {
+		t.Fatal("unanchored exclude did not match inside the key")
 	}
 	// Exclude beats include.
-	f, _ = NewLabelFilter([]string{"app|team"}, []string{"team"})
-	if got := IdentityLabels(labels, f); !maps.Equal(got, map[string]string{"app": "web"}) {
-		t.Fatalf("include+exclude: %v", got)
+	f, _ = NewLabelFilter([]string{"container"}, []string{"container"})
+	if f.Relevant("container.name") {
+		t.Fatal("include beat exclude")
 	}
 }
 
