@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
@@ -48,7 +49,8 @@ func TestDockerNetworkModes(t *testing.T) {
 	n1, n2 := prefix+"-n1", prefix+"-n2"
 	n1id := dockerNetwork(t, n1)
 	n2id := dockerNetwork(t, n2)
-	_, c := startSource(t)
+	src, c := startSource(t)
+	_, lc := startLinkWatcher(t, src)
 
 	run := func(name string, args ...string) string {
 		a := append([]string{"run", "-d", "--label", label, "--name", name}, args...)
@@ -149,6 +151,32 @@ func TestDockerNetworkModes(t *testing.T) {
 		c.waitFor(t, "second interface after connect", func(s map[string]endpoint.Endpoint) bool {
 			return len(s[userID].Interfaces) == 2
 		})
+		// The container was known when its new veth appeared: the link
+		// watcher names it once the veth's peer is in its netns.
+		c.mu.Lock()
+		var newItf endpoint.Interface
+		for _, itf := range c.state[userID].Interfaces {
+			if itf.Network == n2 {
+				newItf = itf
+			}
+		}
+		c.mu.Unlock()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			var named bool
+			for _, ev := range lc.events() {
+				if ev.Ifindex == newItf.HostIfindex && ev.EndpointID == userID && ev.Container.Name == prefix+"-user" {
+					named = true
+				}
+			}
+			if named {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("link watcher never named %s for veth %s: %+v", prefix+"-user", newItf.HostName, lc.events())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 		docker(t, "network", "disconnect", n1, userID)
 		c.waitFor(t, "one interface on n2 after disconnect", func(s map[string]endpoint.Endpoint) bool {
 			ep := s[userID]
