@@ -183,7 +183,7 @@ func TestValidFilesLoad(t *testing.T) {
 				}
 			}
 		}
-		want := []string{"api", "selectors", "select-all", "ports", "icmp", "entities", "cidr", "http", "deny", "warnings", "misc.v2_x-1"}
+		want := []string{"api", "selectors", "select-all", "ports", "icmp", "entities", "cidr", "http", "deny", "warnings", "misc.v2_x-1", "windows-editor"}
 		if !equalStrings(names, want) {
 			t.Errorf("policies %v, want %v", names, want)
 		}
