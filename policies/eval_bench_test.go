@@ -133,4 +133,15 @@ func BenchmarkEvaluate(b *testing.B) {
 		}
 		reportRate(b, start, cpuStart)
 	})
+	b.Run("Evaluator/parallel", func(b *testing.B) {
+		ev := NewEvaluator(set, env)
+		b.ReportAllocs()
+		start, cpuStart := time.Now(), cpuTime()
+		b.RunParallel(func(pb *testing.PB) {
+			for i := 0; pb.Next(); i++ {
+				ev.Evaluate(conns[i%len(conns)])
+			}
+		})
+		reportRate(b, start, cpuStart)
+	})
 }

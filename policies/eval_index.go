@@ -173,12 +173,7 @@ func (e *Evaluator) entry(labels Labels) *labelEntry {
 func (e *Evaluator) labelsHash(labels Labels) uint64 {
 	var sum uint64
 	for k, v := range labels {
-		var h maphash.Hash
-		h.SetSeed(e.seed)
-		h.WriteString(k)
-		h.WriteByte(0)
-		h.WriteString(v)
-		sum += h.Sum64()
+		sum += maphash.String(e.seed, k) ^ (maphash.String(e.seed, v) * 0x9E3779B97F4A7C15)
 	}
 	return sum
 }
