@@ -208,12 +208,10 @@ func allocateCIDRs(set *Set) []CIDRIdentity {
 	return out
 }
 
-// canonicalPrefix masks a prefix and unmaps IPv4-mapped IPv6 prefixes that
-// cover only IPv4 space.
+// canonicalPrefix masks a prefix. IPv4-mapped IPv6 prefixes stay IPv6, as
+// the loader takes them (docs/policy.md); since peers' addresses are
+// unmapped, such a prefix matches no IPv4 peer, in the evaluator as here.
 func canonicalPrefix(p netip.Prefix) netip.Prefix {
-	if p.Addr().Is4In6() && p.Bits() >= 96 {
-		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
-	}
 	return p.Masked()
 }
 

@@ -151,6 +151,7 @@ var (
 		netip.MustParsePrefix("192.168.0.0/16"), netip.MustParsePrefix("172.17.0.0/16"),
 		netip.MustParsePrefix("10.1.2.3/32"), netip.MustParsePrefix("2001:db8::/32"),
 		netip.MustParsePrefix("::/0"), netip.MustParsePrefix("2001:db8:1::/48"),
+		netip.MustParsePrefix("::ffff:10.1.0.0/112"), // IPv4-mapped: stays IPv6
 	}
 	genAddrs = []netip.Addr{
 		netip.MustParseAddr("10.1.2.3"), netip.MustParseAddr("10.1.2.9"), netip.MustParseAddr("10.1.5.5"),

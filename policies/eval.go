@@ -3,19 +3,24 @@ package policies
 // The reference evaluator. It is written for clarity, not speed: it is the
 // oracle that the compiled model (Compile + Model.Verdict) and the eBPF
 // datapath are tested against, so every line here should read like the
-// "Semantics" section of the policy language it implements.
+// "Semantics" section of the policy language it implements. Evaluator
+// (eval_index.go) adds precomputation for many calls and is tested to give
+// identical results.
 //
-// Decisions the language leaves open, made here and written into docs/policy.md:
+// Decisions the language leaves open (to be mirrored in docs/policy.md):
 //
 //   - Peers. A Peer is given by labels (a managed endpoint with those labels),
 //     by entity (host, world or init) or by IP. An IP is resolved against the
 //     Env: an endpoint's address is that endpoint, a host address is the host,
 //     anything else is the world (keeping the IP for CIDR rules). A Peer with
 //     nothing set is the world without an address. "cluster" and "all" are
-//     classes, not peers, and are rejected by Connection.Check.
+//     classes, not peers, and are rejected by Connection.Check. IPv4-mapped
+//     IPv6 addresses are taken as the IPv4 address.
 //   - CIDR rules match neither managed endpoints nor the host (as in Cilium:
 //     the host is named by the `host` entity). They match world peers whose
-//     address is known and inside the CIDR and not inside an except.
+//     address is known and inside the CIDR and not inside an except; the
+//     world entity without an address matches no CIDR rule, not even
+//     0.0.0.0/0 (trace with an IP to exercise CIDR rules).
 //   - init. An endpoint whose labels are not known yet is matched by no
 //     selector, not even "" (which selects every endpoint whose labels are
 //     known), so no policy selects it and its own side is never judged by
@@ -27,7 +32,10 @@ package policies
 //     policies judge. Host, world and init ends are "not-applicable"; a
 //     connection with no managed end at all is allowed.
 //   - L7 applies to TCP only. An allow rule with http blocks admits UDP, SCTP
-//     or ICMP traffic that it matches without any L7 check.
+//     or ICMP traffic that it matches without any L7 check. When both ends
+//     send a connection to the proxy, a request passes only when both ends'
+//     http blocks admit it (each end's blocks are the union over its
+//     admitting rules). Header names compare case-insensitively.
 //   - A connection with ProtoAny (no protocol known, e.g. `policy trace`
 //     without --port) matches only rules without an L4 condition.
 //   - Enforcement "never": every end is allowed and no rule is reported.
