@@ -1,0 +1,339 @@
+package packaging
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf/link"
+
+	"github.com/membrane-fw/membrane/internal/testenv"
+)
+
+// TestDebUnderSystemd is the packaging issue's end-to-end check: a Debian 12
+// rootfs boots systemd as PID 1 in a container of the host's Docker (every
+// capability but CAP_SYS_RESOURCE, seccomp unconfined, host cgroups, host
+// network, /sys/fs/bpf, the Docker socket and /run/docker/netns mounted), the
+// .deb is installed with dpkg, and then:
+//   - postinst honours policy-rc.d (no start while it says 101) and enables
+//     the unit; `systemd-analyze verify` is clean;
+//   - the unit reaches active and `membrane status` answers;
+//   - a policy dropped into /etc/membrane/policies.d is enforced between two
+//     containers of the host's Docker;
+//   - `systemctl restart membraned` does not drop an allowed established
+//     connection;
+//   - `dpkg --purge` removes every pin and attachment (the denied client can
+//     connect again; no tcx link or tc filter is left on the veth).
+func TestDebUnderSystemd(t *testing.T) {
+	testenv.RequireDocker(t)
+	busybox := testenv.BusyboxImage(t)
+	res := testPackages(t)
+	image := systemdImage(t)
+	makeRootShared(t)
+
+	id := "pkgtest-" + testenv.RandomSuffix(8)
+	// The daemon pins under /sys/fs/bpf/membrane inside the container; on
+	// the host that is a directory of our own, so nothing of another test or
+	// daemon is touched and the purge check looks only at ours.
+	bpfDir := filepath.Join("/sys/fs/bpf", id)
+	if err := os.MkdirAll(bpfDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(bpfDir) })
+
+	sys := id + "-systemd"
+	docker(t, "run", "-d", "--name", sys,
+		"--network", "host", "--cgroupns", "host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+		"--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
+		"--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
+		"--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/tmp",
+		"-v", bpfDir+":/sys/fs/bpf",
+		"-v", "/var/run/docker.sock:/run/docker.sock",
+		"-v", "/run/docker/netns:/run/docker/netns:rslave",
+		"-e", "container=docker", "--stop-signal", "SIGRTMIN+3",
+		image, "/lib/systemd/systemd")
+	t.Cleanup(func() {
+		if t.Failed() {
+			out, _ := sh(sys, "journalctl --no-pager -u membraned | tail -n 60")
+			t.Logf("membraned journal:\n%s", out)
+		}
+		// Take our datapath down even when the test failed half-way.
+		_, _ = sh(sys, "systemctl stop membraned; membraned --cleanup")
+		_ = exec.Command("docker", "rm", "-f", sys).Run()
+	})
+	waitFor(t, 60*time.Second, "systemd to boot", func() (bool, string) {
+		out, _ := sh(sys, "systemctl is-system-running")
+		s := strings.TrimSpace(out)
+		return s == "running" || s == "degraded", s
+	})
+
+	// Install while policy-rc.d forbids starting services: the unit must be
+	// enabled (preset) but not started.
+	put(t, sys, "/root/membrane.deb", mustRead(t, res.Deb), "0644")
+	put(t, sys, "/usr/sbin/policy-rc.d", []byte("#!/bin/sh\nexit 101\n"), "0755")
+	mustSh(t, sys, "dpkg -i /root/membrane.deb")
+	if out, _ := sh(sys, "systemctl is-enabled membraned"); strings.TrimSpace(out) != "enabled" {
+		t.Fatalf("after install membraned is %q, want enabled", strings.TrimSpace(out))
+	}
+	if out, _ := sh(sys, "systemctl is-active membraned"); strings.TrimSpace(out) != "inactive" {
+		t.Fatalf("membraned is %q although policy-rc.d forbade starting it", strings.TrimSpace(out))
+	}
+	mustSh(t, sys, "getent group membrane")
+	if out, err := sh(sys, "systemd-analyze verify --man=no membraned.service"); err != nil || strings.TrimSpace(out) != "" {
+		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+	}
+	if out, _ := sh(sys, "systemd-analyze security --no-pager membraned.service | tail -n 1"); out != "" {
+		t.Logf("systemd-analyze security: %s", strings.TrimSpace(out))
+	}
+
+	// Metrics on a port of our own: the container shares the host's network.
+	metricsPort := 20000 + rand.IntN(20000)
+	mustSh(t, sys, fmt.Sprintf(`rm /usr/sbin/policy-rc.d && printf 'metrics {\n  listen = "127.0.0.1:%d"\n}\n' >> /etc/membrane/membrane.hcl`, metricsPort))
+	mustSh(t, sys, "systemctl start membraned")
+	waitActive(t, sys)
+	waitFor(t, 30*time.Second, "membrane status to answer", func() (bool, string) {
+		out, err := sh(sys, "membrane status")
+		return err == nil, out
+	})
+
+	// Three containers of the host's Docker: srv serves 8080 (httpd) and
+	// 9000 (nc, one connection; its stdin never ends, or busybox nc would
+	// close the connection at EOF); cli is allowed, other is not.
+	label := func(role string) string { return "app=" + id + "-" + role }
+	run := func(role string, cmd ...string) string {
+		name := id + "-" + role
+		docker(t, append([]string{"run", "-d", "--name", name, "--label", label(role), busybox}, cmd...)...)
+		t.Cleanup(func() { _ = exec.Command("docker", "rm", "-f", name).Run() })
+		return name
+	}
+	srv := run("srv", "sh", "-c", "mkdir -p /www && echo hello > /www/index.html && httpd -p 8080 -h /www && sleep 100000 | nc -l -p 9000 > /tmp/recv")
+	cli := run("cli", "sleep", "3600")
+	other := run("other", "sleep", "3600")
+	srvIP := strings.TrimSpace(docker(t, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", srv))
+	// busybox nc, not wget: Debian's static busybox wget crashes here.
+	reaches := func(from string) bool {
+		out, _ := exec.Command("docker", "exec", from, "sh", "-c", fmt.Sprintf(`printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 %s 8080`, srvIP)).Output()
+		return bytes.Contains(out, []byte("hello"))
+	}
+	waitFor(t, 30*time.Second, "other to reach srv before any policy", func() (bool, string) { return reaches(other), "" })
+
+	policy := fmt.Sprintf(`policy %q {
+  selector = %q
+  ingress {
+    from_endpoints = [%q]
+    ports          = ["8080/tcp", "9000/tcp"]
+  }
+}
+`, id, label("srv"), label("cli"))
+	put(t, sys, "/etc/membrane/policies.d/"+id+".hcl", []byte(policy), "0644")
+	waitFor(t, 30*time.Second, "the dropped-in policy to deny other", func() (bool, string) { return !reaches(other), "" })
+	if !reaches(cli) {
+		t.Fatalf("the policy allows cli -> srv:8080, but cli cannot connect")
+	}
+
+	// An allowed, established connection across `systemctl restart`.
+	docker(t, "exec", "-d", cli, "sh", "-c", fmt.Sprintf("i=0; while :; do echo $i; i=$((i+1)); sleep 0.1; done | nc %s 9000", srvIP))
+	received := func() int {
+		out, _ := exec.Command("docker", "exec", srv, "wc", "-l", "/tmp/recv").Output()
+		n, _ := strconv.Atoi(strings.Fields(string(out) + " 0")[0])
+		return n
+	}
+	waitFor(t, 15*time.Second, "the stream cli -> srv:9000 to flow", func() (bool, string) { return received() >= 10, "" })
+	mustSh(t, sys, "systemctl restart membraned")
+	waitActive(t, sys)
+	before := received()
+	waitFor(t, 15*time.Second, "the stream to keep flowing after the restart", func() (bool, string) {
+		n := received()
+		return n >= before+20, fmt.Sprintf("%d lines, %d before", n, before)
+	})
+	if exec.Command("docker", "exec", cli, "pidof", "nc").Run() != nil {
+		t.Fatalf("the client's connection ended across the restart")
+	}
+	if reaches(other) {
+		t.Fatalf("after the restart other reaches srv: the policy is not enforced")
+	}
+
+	// Purge: no pin, no attachment, no enforcement left.
+	srvVeth := hostVeth(t, srv)
+	mustSh(t, sys, "dpkg --purge membrane")
+	if out, _ := sh(sys, "systemctl is-active membraned"); strings.TrimSpace(out) == "active" {
+		t.Errorf("membraned still active after purge")
+	}
+	var left []string
+	filepath.Walk(bpfDir, func(p string, _ os.FileInfo, err error) error {
+		if err == nil && p != bpfDir {
+			left = append(left, p)
+		}
+		return nil
+	})
+	if len(left) > 0 {
+		t.Errorf("pins left after dpkg --purge: %v", left)
+	}
+	if links := tcxLinks(t, srvVeth.Index); len(links) > 0 {
+		t.Errorf("tcx links left on %s after purge: %v", srvVeth.Name, links)
+	}
+	for _, dir := range []string{"ingress", "egress"} {
+		out, _ := exec.Command("tc", "filter", "show", "dev", srvVeth.Name, dir).CombinedOutput()
+		if bytes.Contains(out, []byte("bpf")) {
+			t.Errorf("tc %s filter left on %s after purge:\n%s", dir, srvVeth.Name, out)
+		}
+	}
+	if !reaches(other) {
+		t.Errorf("after purge other still cannot reach srv")
+	}
+}
+
+// makeRootShared makes the host's / a shared mount, as it is on every host
+// that systemd boots: Docker refuses the rslave bind of /run/docker/netns
+// otherwise, and without propagation the namespaces of containers created
+// after the systemd container starts would not appear in it. This machine
+// boots without systemd, with / private.
+func makeRootShared(t *testing.T) {
+	t.Helper()
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 6 && f[4] == "/" {
+			for _, opt := range f[6:] {
+				if strings.HasPrefix(opt, "shared:") {
+					return
+				}
+				if opt == "-" {
+					break
+				}
+			}
+		}
+	}
+	if out, err := exec.Command("mount", "--make-shared", "/").CombinedOutput(); err != nil {
+		t.Fatalf("mount --make-shared /: %v: %s", err, out)
+	}
+}
+
+// hostVeth finds the host side of container's eth0.
+func hostVeth(t *testing.T, container string) *net.Interface {
+	t.Helper()
+	out := docker(t, "exec", container, "cat", "/sys/class/net/eth0/iflink")
+	idx, err := strconv.Atoi(strings.TrimSpace(out))
+	if err != nil {
+		t.Fatalf("iflink of %s: %q", container, out)
+	}
+	ifc, err := net.InterfaceByIndex(idx)
+	if err != nil {
+		t.Fatalf("host veth of %s: %v", container, err)
+	}
+	return ifc
+}
+
+// tcxLinks lists the tcx links attached to ifindex.
+func tcxLinks(t *testing.T, ifindex int) []string {
+	t.Helper()
+	var found []string
+	it := new(link.Iterator)
+	defer it.Close()
+	for it.Next() {
+		info, err := it.Link.Info()
+		if err != nil {
+			continue
+		}
+		if tcx := info.TCX(); tcx != nil && int(tcx.Ifindex) == ifindex {
+			found = append(found, fmt.Sprintf("link %d (program %d)", it.ID, info.Program))
+		}
+	}
+	if err := it.Err(); err != nil {
+		t.Fatalf("listing BPF links: %v", err)
+	}
+	return found
+}
+
+func docker(t *testing.T, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "docker", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("docker %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// sh runs a shell command in container.
+func sh(container, script string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "docker", "exec", container, "sh", "-c", script).CombinedOutput()
+	return string(out), err
+}
+
+func mustSh(t *testing.T, container, script string) string {
+	t.Helper()
+	out, err := sh(container, script)
+	if err != nil {
+		t.Fatalf("in %s: %s: %v\n%s", container, script, err, out)
+	}
+	return out
+}
+
+// put writes a file into a container (docker cp cannot write into the
+// tmpfs mounts a systemd container has).
+func put(t *testing.T, container, path string, data []byte, mode string) {
+	t.Helper()
+	cmd := exec.Command("docker", "exec", "-i", container, "sh", "-c", fmt.Sprintf("cat > %s && chmod %s %s", path, mode, path))
+	cmd.Stdin = bytes.NewReader(data)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("writing %s in %s: %v: %s", path, container, err, out)
+	}
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+func waitActive(t *testing.T, container string) {
+	t.Helper()
+	waitFor(t, 60*time.Second, "membraned to be active", func() (bool, string) {
+		out, _ := sh(container, "systemctl is-active membraned")
+		s := strings.TrimSpace(out)
+		if s == "failed" {
+			st, _ := sh(container, "systemctl status --no-pager membraned; journalctl --no-pager -u membraned | tail -n 30")
+			t.Fatalf("membraned failed:\n%s", st)
+		}
+		return s == "active", s
+	})
+}
+
+// waitFor polls cond until it holds or timeout passes. Polling, not
+// sleeping a fixed time: the test is as fast as the system allows and only
+// the upper bound is fixed.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	last := ""
+	for {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		last = state
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s (last: %s)", timeout, what, last)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
