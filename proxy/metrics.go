@@ -12,12 +12,20 @@ type Metrics struct {
 	ConnectionsActive prometheus.Gauge
 	Connections       prometheus.Counter
 	engine            string
+
+	// Children of the vectors for the known verdicts, looked up once.
+	byVerdict map[string]verdictMetrics
+}
+
+type verdictMetrics struct {
+	requests prometheus.Counter
+	duration prometheus.Observer
 }
 
 // NewMetrics makes the collectors of one engine.
 func NewMetrics(engine string) *Metrics {
 	cl := prometheus.Labels{"engine": engine}
-	return &Metrics{
+	m := &Metrics{
 		engine: engine,
 		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "membrane_proxy_requests_total", ConstLabels: cl,
@@ -36,11 +44,21 @@ func NewMetrics(engine string) *Metrics {
 			Name: "membrane_proxy_connections_total", ConstLabels: cl,
 			Help: "Client connections the L7 proxy accepted.",
 		}),
+		byVerdict: map[string]verdictMetrics{},
 	}
+	for _, v := range []string{VerdictForwarded, VerdictDenied, VerdictError} {
+		m.byVerdict[v] = verdictMetrics{m.Requests.WithLabelValues(v), m.Duration.WithLabelValues(v)}
+	}
+	return m
 }
 
 // Observe counts one event.
 func (m *Metrics) Observe(e *Event) {
+	if v, ok := m.byVerdict[e.Verdict]; ok {
+		v.requests.Inc()
+		v.duration.Observe(e.Duration.Seconds())
+		return
+	}
 	m.Requests.WithLabelValues(e.Verdict).Inc()
 	m.Duration.WithLabelValues(e.Verdict).Observe(e.Duration.Seconds())
 }

@@ -56,6 +56,7 @@ type Engine struct {
 	upstreams map[uint32]*upstream
 	closed    bool
 	hijacked  map[net.Conn]struct{}
+	conns     sync.Map // net.Conn -> *conn, to close upstreams with their clients
 	serveDone sync.WaitGroup
 }
 
@@ -154,6 +155,11 @@ func (e *Engine) Close() error {
 	e.upstreams = map[uint32]*upstream{}
 	e.mu.Unlock()
 	err := e.srv.Close()
+	e.conns.Range(func(k, v any) bool {
+		v.(*conn).closeUpstream()
+		e.conns.Delete(k)
+		return true
+	})
 	for _, u := range ups {
 		u.h1.CloseIdleConnections()
 		u.h2.CloseIdleConnections()
@@ -170,6 +176,9 @@ type conn struct {
 	src, dst netip.AddrPort
 	dstErr   error
 
+	upMu sync.Mutex // serializes the fast path's use of up
+	up   *upConn
+
 	mu       sync.Mutex
 	resolved *resolverBox
 	decision proxy.Decision
@@ -179,7 +188,15 @@ type conn struct {
 func (e *Engine) connContext(ctx context.Context, c net.Conn) context.Context {
 	cs := &conn{c: c, src: proxy.RemoteAddrPort(c)}
 	cs.dst, cs.dstErr = e.cfg.OriginalDst(c)
+	e.conns.Store(c, cs)
 	return context.WithValue(ctx, connKey{}, cs)
+}
+
+// closeUpstreamOf closes the upstream connection of client connection c.
+func (e *Engine) closeUpstreamOf(c net.Conn) {
+	if v, ok := e.conns.LoadAndDelete(c); ok {
+		v.(*conn).closeUpstream()
+	}
 }
 
 func (e *Engine) connState(c net.Conn, s http.ConnState) {
@@ -189,7 +206,9 @@ func (e *Engine) connState(c net.Conn, s http.ConnState) {
 		e.metrics.ConnectionsActive.Inc()
 	case http.StateClosed:
 		e.metrics.ConnectionsActive.Dec()
+		e.closeUpstreamOf(c)
 	case http.StateHijacked:
+		e.closeUpstreamOf(c)
 		// Upgraded (WebSocket) connections: net/http forgets them, so Close
 		// must find them here.
 		e.mu.Lock()
@@ -277,6 +296,30 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	t := &target{dst: cs.dst, mark: proxy.FromProxyMark(dec.SrcIdentity), h2: r.ProtoMajor == 2}
 	if req.Path != r.URL.Path {
 		t.path = req.Path
+	}
+	if fastPath(r) {
+		status, err := e.forward1(w, r, cs, t)
+		if errors.Is(err, errAborted) {
+			ev.Status, ev.Verdict, ev.Error = status, proxy.VerdictError, err.Error()
+			e.finish(&ev, start)
+			panic(http.ErrAbortHandler)
+		}
+		if err != nil {
+			t.err = err
+			status = http.StatusBadGateway
+			if r.Context().Err() != nil {
+				status = 499
+			} else {
+				e.log.Debug("upstream failed", "dst", t.dst.String(), "err", err)
+				http.Error(w, "membrane: upstream unavailable", http.StatusBadGateway)
+			}
+		}
+		ev.Status, ev.Verdict = status, proxy.VerdictForwarded
+		if t.err != nil {
+			ev.Verdict, ev.Error = proxy.VerdictError, t.err.Error()
+		}
+		e.finish(&ev, start)
+		return
 	}
 	sw := &statusWriter{ResponseWriter: w}
 	e.rp.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), targetKey{}, t)))
