@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -39,8 +38,16 @@ type traceQuery struct {
 
 // liveTrace asks a running membraned to evaluate q against its live state
 // (enforced set, endpoints, host addresses, enforcement and audit settings).
-// The daemon client code sets it; nil means this build cannot reach a daemon.
-var liveTrace func(ctx context.Context, q traceQuery) (policies.Result, error)
+// cmd is the trace command (for --socket and its context). The daemon
+// client code sets it, e.g. in addDaemonCommands:
+//
+//	liveTrace = func(c *cobra.Command, q traceQuery) (policies.Result, error) {
+//		r, err := client(c).Trace(c.Context(), api.TraceRequest(q))
+//		...json.Unmarshal(r.Result, &res)...
+//	}
+//
+// nil means this build cannot reach a daemon.
+var liveTrace func(cmd *cobra.Command, q traceQuery) (policies.Result, error)
 
 type traceOpts struct {
 	policies []string
@@ -88,7 +95,7 @@ Exit status: 0 whatever the verdict, 1 when the policies are invalid (the
 diagnostics are printed), 2 on a usage error.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			return runTrace(c.Context(), c.OutOrStdout(), c.ErrOrStderr(), o)
+			return runTrace(c, c.OutOrStdout(), c.ErrOrStderr(), o)
 		},
 	}
 	f := cmd.Flags()
@@ -113,10 +120,7 @@ diagnostics are printed), 2 on a usage error.`,
 	return cmd
 }
 
-func runTrace(ctx context.Context, out, errOut io.Writer, o *traceOpts) error {
-	if ctx == nil {
-		ctx = context.Background()
-	}
+func runTrace(cmd *cobra.Command, out, errOut io.Writer, o *traceOpts) error {
 	if o.format != "text" && o.format != "json" {
 		return usageError("--format must be text or json, not %q", o.format)
 	}
@@ -132,7 +136,7 @@ func runTrace(ctx context.Context, out, errOut io.Writer, o *traceOpts) error {
 		if liveTrace == nil {
 			return errors.New("--live needs a running membraned, and this build of membrane cannot reach one")
 		}
-		if res, err = liveTrace(ctx, q); err != nil {
+		if res, err = liveTrace(cmd, q); err != nil {
 			return err
 		}
 	} else {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"path/filepath"
@@ -10,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/membrane-fw/membrane/policies"
+	"github.com/spf13/cobra"
 )
 
 const traceSemantics = "../../policies/testdata/semantics"
@@ -223,7 +223,7 @@ func TestTraceLive(t *testing.T) {
 	}
 
 	var got traceQuery
-	liveTrace = func(_ context.Context, q traceQuery) (policies.Result, error) {
+	liveTrace = func(_ *cobra.Command, q traceQuery) (policies.Result, error) {
 		got = q
 		return policies.Result{Verdict: policies.VerdictDenied, From: "endpoint web", To: "world",
 			Egress:  policies.EndResult{Verdict: policies.VerdictDenied, DefaultDeny: true},
