@@ -51,6 +51,7 @@ package policies
 
 import (
 	"cmp"
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -104,6 +105,7 @@ func (k l4Key) covers(o l4Key) bool {
 // compiledRule is a rule with its remote set and keys resolved.
 type compiledRule struct {
 	rule    *Rule
+	index   int // position in the set's rules
 	anyPeer bool
 	remotes []Identity // sorted; when !anyPeer
 	keys    []l4Key
@@ -233,7 +235,7 @@ func prefixInside(p, outer netip.Prefix) bool {
 // resolveRules computes every rule's remote identities and L4 keys.
 func (c *compiler) resolveRules(cidrs []CIDRIdentity) {
 	for _, r := range c.set.Rules() {
-		cr := &compiledRule{rule: r, keys: ruleKeys(r)}
+		cr := &compiledRule{rule: r, index: len(c.rules), keys: ruleKeys(r)}
 		if !r.HasPeer() || slices.Contains(r.Entities, EntityAll) {
 			cr.anyPeer = true
 		} else {
@@ -424,13 +426,14 @@ func (c *compiler) direction(sel []*Policy, dir Direction, audit bool, entries [
 	return dd, entries
 }
 
+// ruleSig identifies a list of rules (by their position in the set, which
+// is unique even when IDs are not).
 func ruleSig(rules []*compiledRule) string {
-	var b strings.Builder
+	b := make([]byte, 0, 4*len(rules))
 	for _, cr := range rules {
-		b.WriteString(strconv.FormatUint(uint64(cr.rule.ID), 10))
-		b.WriteByte(',')
+		b = binary.LittleEndian.AppendUint32(b, uint32(cr.index))
 	}
-	return b.String()
+	return string(b)
 }
 
 func unionKeys(rules []*compiledRule) []l4Key {
