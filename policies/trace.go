@@ -118,6 +118,16 @@ func writeEnd(b *strings.Builder, dir, role string, e EndResult) {
 	for _, m := range e.Matched {
 		fmt.Fprintf(b, "  %-5s policy %q %s at %s:%d (rule %d)\n", m.Action, m.Policy, m.Block, m.File, m.Line, m.RuleID)
 	}
+	if e.L7 != nil && e.L7.Redirect {
+		switch h := e.L7.HTTP; {
+		case h == nil:
+			b.WriteString("  l7: every admitting rule carries http: requests are checked by the proxy\n")
+		case h.Verdict == "403":
+			b.WriteString("  l7: the request matches no http block of the admitting rules: 403\n")
+		case h.Matched != nil:
+			fmt.Fprintf(b, "  l7: the request matches the http block at %s:%d\n", h.Matched.File, h.Matched.Line)
+		}
+	}
 	if len(e.Matched) == 0 {
 		switch {
 		case e.Verdict == VerdictAllowed:
