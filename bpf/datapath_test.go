@@ -526,3 +526,37 @@ func TestIPCacheLongestPrefix(t *testing.T) {
 		t.Errorf("after sync %v", got)
 	}
 }
+
+func TestIdentityChangeRejudgesFlows(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	h.sync(policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, Entries: []policies.Entry{
+		entry(out, idB, policies.ProtoTCP, 80, 16, policies.Allow, 1),
+	}})
+	flow := tcp(addrA, addrB, 1, 80, tcpSYN)
+	h.expect(out, h.ifs[0], flow, ReasonAllowPolicy)
+	flow.tcpFlags = tcpACK
+	h.expect(out, h.ifs[0], flow, ReasonAllowEstablished)
+	// B's address now belongs to another identity: A may not talk to it.
+	must(t, h.dp.IPCacheSet(netip.PrefixFrom(addrB, 32), 999))
+	h.expect(out, h.ifs[0], flow, ReasonDropDefaultDeny)
+	// The same through a sync: B6 changes hands.
+	flow6 := tcp(addrA6, addrB6, 1, 80, tcpSYN)
+	h.expect(out, h.ifs[0], flow6, ReasonAllowPolicy)
+	must(t, h.dp.IPCacheSync(map[netip.Prefix]policies.Identity{
+		netip.PrefixFrom(addrA, 32): idA, netip.PrefixFrom(addrB, 32): 999,
+		netip.PrefixFrom(addrA6, 128): idA, netip.PrefixFrom(addrB6, 128): 999,
+	}))
+	flow6.tcpFlags = tcpACK
+	h.expect(out, h.ifs[0], flow6, ReasonDropDefaultDeny)
+
+	// A's own identity changes to one without policy: its flows go on as new.
+	flow2 := udp(addrA, addrW, 7, 7)
+	h.expect(out, h.ifs[0], flow2, ReasonDropDefaultDeny)
+	must(t, h.dp.SetEndpoint(h.ifs[0], Endpoint{ID: 1, Identity: 777, Flags: EnforceEgress}))
+	h.expect(out, h.ifs[0], flow2, ReasonAllowDefault)
+	rev, err := h.dp.Revision()
+	must(t, err)
+	if rev < 3 {
+		t.Errorf("revision %d: SyncPolicy, IPCacheSync and SetEndpoint should each have moved it", rev)
+	}
+}

@@ -35,13 +35,22 @@ func wrapFull(err error, what, knob string, size uint32) error {
 	return fmt.Errorf("writing %s map: %w", what, err)
 }
 
-// SetEndpoint adds or replaces the endpoint of a host-side interface.
+// SetEndpoint adds or replaces the endpoint of a host-side interface. A new
+// identity for a known interface moves the policy revision on, so its
+// established flows are judged again under its new policy.
 func (d *Datapath) SetEndpoint(ifindex int, ep Endpoint) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	v := datapathEndpointInfo{EndpointId: ep.ID, Identity: uint32(ep.Identity), Flags: uint32(ep.Flags)}
+	var old datapathEndpointInfo
+	hadOld := d.objs.MembraneEndpoints.Lookup(uint32(ifindex), &old) == nil
 	if err := d.objs.MembraneEndpoints.Put(uint32(ifindex), &v); err != nil {
 		return wrapFull(err, "endpoints", "max_endpoints", d.cfg.MaxEndpoints)
+	}
+	if hadOld && old.Identity != v.Identity {
+		// Its flows were admitted under another identity's policy.
+		_, err := d.bumpRevision()
+		return err
 	}
 	return nil
 }
@@ -100,10 +109,23 @@ func (k datapathIpcacheKey) prefix() netip.Prefix {
 
 // IPCacheSet maps a prefix to an identity (IPv4-mapped IPv6 addresses are
 // stored as IPv4).
+// Changing an existing prefix's identity moves the policy revision on.
 func (d *Datapath) IPCacheSet(p netip.Prefix, id policies.Identity) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.ipcacheSet(p, id)
+	k, err := ipcacheKey(unmapPrefix(p))
+	if err != nil {
+		return err
+	}
+	var old datapathIpcacheValue
+	existed := d.objs.MembraneIpcache.Lookup(&k, &old) == nil
+	if err := d.ipcacheSet(p, id); err != nil {
+		return err
+	}
+	if existed && old.Identity != uint32(id) {
+		_, err = d.bumpRevision()
+	}
+	return err
 }
 
 func (d *Datapath) ipcacheSet(p netip.Prefix, id policies.Identity) error {
@@ -124,7 +146,8 @@ func unmapPrefix(p netip.Prefix) netip.Prefix {
 	return p
 }
 
-// IPCacheDelete removes a prefix; missing is not an error.
+// IPCacheDelete removes a prefix (moving the policy revision on); missing
+// is not an error.
 func (d *Datapath) IPCacheDelete(p netip.Prefix) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -132,10 +155,15 @@ func (d *Datapath) IPCacheDelete(p netip.Prefix) error {
 	if err != nil {
 		return err
 	}
-	if err := d.objs.MembraneIpcache.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	err = d.objs.MembraneIpcache.Delete(&k)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return nil
+	}
+	if err != nil {
 		return fmt.Errorf("deleting ipcache %v: %w", p, err)
 	}
-	return nil
+	_, err = d.bumpRevision()
+	return err
 }
 
 // IPCache returns the ipcache's contents.
@@ -160,7 +188,9 @@ func (d *Datapath) ipcache() (map[netip.Prefix]policies.Identity, error) {
 }
 
 // IPCacheSync makes the ipcache hold exactly want, writing only the
-// difference (additions and changes first, then removals).
+// difference (additions and changes first, then removals). Any change moves
+// the policy revision on, so established flows are judged again with the
+// new identities.
 func (d *Datapath) IPCacheSync(want map[netip.Prefix]policies.Identity) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -178,6 +208,11 @@ func (d *Datapath) IPCacheSync(want map[netip.Prefix]policies.Identity) error {
 	if uint32(len(norm)) > d.cfg.MaxIPCache {
 		return fmt.Errorf("ipcache needs %d entries, max_ipcache is %d: %w", len(norm), d.cfg.MaxIPCache, ErrMapFull)
 	}
+	// A peer whose identity changed (or went) may now be denied: flows are
+	// judged again when an existing entry changes. New entries only cover
+	// addresses that were world (or a shorter prefix) before, which a
+	// re-judge also catches, so they count too.
+	changed := false
 	for p, id := range norm {
 		if cur, ok := have[p]; ok && cur == id {
 			continue
@@ -185,6 +220,7 @@ func (d *Datapath) IPCacheSync(want map[netip.Prefix]policies.Identity) error {
 		if err := d.ipcacheSet(p, id); err != nil {
 			return err
 		}
+		changed = true
 	}
 	for p := range have {
 		if _, ok := norm[p]; ok {
@@ -194,6 +230,11 @@ func (d *Datapath) IPCacheSync(want map[netip.Prefix]policies.Identity) error {
 		if err := d.objs.MembraneIpcache.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("deleting ipcache %v: %w", p, err)
 		}
+		changed = true
+	}
+	if changed {
+		_, err := d.bumpRevision()
+		return err
 	}
 	return nil
 }
