@@ -560,3 +560,39 @@ func TestIdentityChangeRejudgesFlows(t *testing.T) {
 		t.Errorf("revision %d: SyncPolicy, IPCacheSync and SetEndpoint should each have moved it", rev)
 	}
 }
+
+func TestSampledAllowEvents(t *testing.T) {
+	h := twoEndpoints(t, Config{AllowSample: 1})
+	r, err := h.dp.NewEventReader()
+	must(t, err)
+	defer r.Close()
+	h.expect(out, h.ifs[0], udp(addrA, addrW, 1, 53), ReasonAllowDefault)
+	ev := readEvent(t, r)
+	if ev.Type != EventAllow || ev.Dst.Port() != 53 || ev.Reason != ReasonAllowDefault {
+		t.Errorf("allow event %+v", ev)
+	}
+	// Established packets are never sampled.
+	h.expect(out, h.ifs[0], udp(addrA, addrW, 1, 53), ReasonAllowEstablished)
+	must(t, h.dp.SetAllowSample(0))
+	h.expect(out, h.ifs[0], udp(addrA, addrW, 2, 53), ReasonAllowDefault)
+	r.SetDeadline(time.Now().Add(200 * time.Millisecond))
+	if ev, err := r.Read(); err == nil {
+		t.Errorf("unexpected event %+v", ev)
+	}
+}
+
+func TestResyncRepairsDrift(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	m := &policies.Model{Identities: []policies.IdentityPolicy{{Identity: idA, EgressDefaultDeny: true}}}
+	_, err := h.dp.SyncPolicy(m, nil)
+	must(t, err)
+	// Someone removes A's policy behind the writer's back.
+	must(t, h.dp.objs.MembranePolicy.Delete(uint32(idA)))
+	h.expect(out, h.ifs[0], udp(addrA, addrW, 1, 1), ReasonAllowDefault)
+	st, err := h.dp.ResyncPolicy(m, nil)
+	must(t, err)
+	if st.Replaced != 1 {
+		t.Errorf("resync %+v", st)
+	}
+	h.expect(out, h.ifs[0], udp(addrA, addrW, 1, 1), ReasonDropDefaultDeny)
+}

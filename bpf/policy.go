@@ -147,6 +147,19 @@ func (d *Datapath) SyncPolicy(m *policies.Model, proxyPort func(l7 uint32) uint1
 	return st, err
 }
 
+// ResyncPolicy is SyncPolicy after reading back what the kernel's maps hold,
+// so that a map changed behind our back (or a mirror gone stale) is
+// corrected: the periodic full resync.
+func (d *Datapath) ResyncPolicy(m *policies.Model, proxyPort func(l7 uint32) uint16) (SyncStats, error) {
+	d.mu.Lock()
+	err := d.readPolicy()
+	d.mu.Unlock()
+	if err != nil {
+		return SyncStats{}, err
+	}
+	return d.SyncPolicy(m, proxyPort)
+}
+
 func (d *Datapath) swapPolicy(id policies.Identity, ents map[datapathPolicyKey]datapathPolicyValue) error {
 	inner, err := ebpf.NewMap(d.inner)
 	if err != nil {
