@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/membrane-fw/membrane/policies"
 )
 
