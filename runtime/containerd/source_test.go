@@ -179,12 +179,15 @@ func TestContainerdEndpoints(t *testing.T) {
 
 	webTask := start(web)
 	start(hostc)
+	// A sidecar created later in the same netns joins web's endpoint.
+	side := create("side-"+suffix, map[string]string{"app": "sidecar", "team": "shop"},
+		oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: nsPath}))
+	sideTask := start(side)
 
 	webID, hostID := ns+"/web-"+suffix, ns+"/hostnet-"+suffix
 	c.waitFor(t, "both endpoints", func(s map[string]endpoint.Endpoint) bool {
-		_, a := s[webID]
 		_, b := s[hostID]
-		return a && b
+		return len(s[webID].Containers) == 2 && b
 	})
 	c.mu.Lock()
 	ep, hep := c.state[webID], c.state[hostID]
@@ -208,9 +211,26 @@ func TestContainerdEndpoints(t *testing.T) {
 	if ep.Labels["containerd.namespace"] != ns || ep.Labels["container.name"] != "web-"+suffix || ep.Labels["app"] != "web" {
 		t.Fatalf("labels %v", ep.Labels)
 	}
-	if ep.Containers[0].Pid != int(webTask.Pid()) {
-		t.Fatalf("pid %d, task pid %d", ep.Containers[0].Pid, webTask.Pid())
+	if ep.Containers[0].Pid != int(webTask.Pid()) || ep.Containers[1].ID != "side-"+suffix {
+		t.Fatalf("containers %+v, want web (pid %d) then side", ep.Containers, webTask.Pid())
 	}
+	c.mu.Lock()
+	_, own := c.state[ns+"/side-"+suffix]
+	c.mu.Unlock()
+	if own {
+		t.Fatal("the sidecar sharing web's netns got an endpoint of its own")
+	}
+	// The owner's app wins; the sidecar's team is shared by every joined one.
+	if ep.Labels["team"] != "shop" {
+		t.Fatalf("labels %v", ep.Labels)
+	}
+	if err := sideTask.Kill(ctx, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor(t, "web without the sidecar", func(s map[string]endpoint.Endpoint) bool {
+		_, team := s[webID].Labels["team"]
+		return len(s[webID].Containers) == 1 && !team
+	})
 	if hep.NetworkMode != endpoint.ModeHost || len(hep.Interfaces) != 0 || hep.Labels["app"] != "agent" {
 		t.Fatalf("host endpoint %+v", hep)
 	}

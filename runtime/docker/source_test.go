@@ -188,6 +188,17 @@ func TestDockerNetworkModes(t *testing.T) {
 		})
 	})
 
+	t.Run("PauseUnpause", func(t *testing.T) {
+		docker(t, "pause", noneID)
+		c.waitFor(t, "paused state", func(s map[string]endpoint.Endpoint) bool {
+			return s[noneID].State == endpoint.StatePaused
+		})
+		docker(t, "unpause", noneID)
+		c.waitFor(t, "running state", func(s map[string]endpoint.Endpoint) bool {
+			return s[noneID].State == endpoint.StateRunning
+		})
+	})
+
 	t.Run("JoinedStopUpdatesOwner", func(t *testing.T) {
 		docker(t, "rm", "-f", joinedID)
 		c.waitFor(t, "owner without the joined container", func(s map[string]endpoint.Endpoint) bool {
