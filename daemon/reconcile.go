@@ -72,6 +72,7 @@ type reconciler struct {
 	lastSync   time.Time
 	problems   map[string]string // current datapath problems by key
 	lastStatus string
+	peersDirty bool // deferred peer policies to write (see recompile)
 
 	view viewHolder
 }
@@ -83,6 +84,7 @@ type epState struct {
 	labels   policies.Labels // identity-relevant
 	audit    bool
 	ifaces   []int // host ifindexes written to the endpoints map
+	enforced time.Time
 }
 
 type request struct {
@@ -197,9 +199,24 @@ func (r *reconciler) run(ctx context.Context) error {
 		}()
 	}
 	linkEvents := r.links.Events()
+	// peerSync writes the deferred peer policies once events pause.
+	peerSync := time.NewTimer(time.Hour)
+	peerSync.Stop()
+	armed := false
 
 	for {
+		if r.peersDirty && !armed {
+			peerSync.Reset(20 * time.Millisecond)
+			armed = true
+		}
 		select {
+		case <-peerSync.C:
+			armed = false
+			if r.peersDirty {
+				start := time.Now()
+				r.recompile(true)
+				r.metrics.ReconcileDuration.WithLabelValues("peers").Observe(time.Since(start).Seconds())
+			}
 		case <-ctx.Done():
 			return nil
 		case <-allSynced:
@@ -341,6 +358,16 @@ func (r *reconciler) localIdentities() []policies.IdentityLabels {
 // recompile compiles the model for the current identities and writes the
 // difference to the policy maps. force recompiles even when the identity
 // set is unchanged (the policy set changed).
+//
+// When new identities appear (a container starts) every identity whose
+// policy names them changes too, and swapping all those maps is what
+// costs time. So the write is split in two, fail-closed: first every
+// identity whose change is anything but "allow entries added for the new
+// identities" (the new identities themselves, and every identity gaining
+// a deny, losing an entry or changing flags); the endpoint is enforced
+// right after that. The deferred identities only lack allow entries, so
+// meanwhile they are stricter than the target, never looser. Their maps
+// follow in a batch when the event queue is quiet (peerSync).
 func (r *reconciler) recompile(force bool) {
 	if !r.synced {
 		// Without the full endpoint list a model would lack identities and
@@ -370,14 +397,78 @@ func (r *reconciler) recompile(force bool) {
 		return
 	}
 	r.problem("compile", "compile", nil)
-	stats, err := r.dp.SyncPolicy(m, r.proxyPort)
+	write, deferred := m, 0
+	if !force && r.model != nil {
+		write, deferred = deferPeers(r.model, m)
+	}
+	stats, err := r.dp.SyncPolicy(write, r.proxyPort)
 	r.problem("policy", "sync-policy", err)
 	if err != nil {
 		return
 	}
-	r.model = m
-	r.modelKey = key
-	r.log.Debug("policy maps synced", "identities", len(locals), "stats", fmt.Sprintf("%+v", stats))
+	r.model = write
+	if deferred > 0 {
+		r.modelKey = "" // the next recompile writes the whole model
+		r.peersDirty = true
+	} else {
+		r.modelKey = key
+		r.peersDirty = false
+	}
+	r.log.Debug("policy maps synced", "identities", len(locals), "deferred", deferred, "stats", fmt.Sprintf("%+v", stats))
+}
+
+// deferPeers returns the model to write first (see recompile) and how many
+// identities keep their current policy for now.
+func deferPeers(cur, next *policies.Model) (*policies.Model, int) {
+	old := map[policies.Identity]*policies.IdentityPolicy{}
+	for i := range cur.Identities {
+		old[cur.Identities[i].Identity] = &cur.Identities[i]
+	}
+	added := map[policies.Identity]bool{}
+	for _, ip := range next.Identities {
+		if old[ip.Identity] == nil {
+			added[ip.Identity] = true
+		}
+	}
+	if len(added) == 0 {
+		return next, 0
+	}
+	out := &policies.Model{CIDRs: next.CIDRs, L7: next.L7, Identities: make([]policies.IdentityPolicy, len(next.Identities))}
+	n := 0
+	for i, ip := range next.Identities {
+		out.Identities[i] = ip
+		if o := old[ip.Identity]; o != nil && len(o.Entries) != len(ip.Entries) && onlyAllowsAdded(o, &ip, added) {
+			out.Identities[i] = *o
+			n++
+		}
+	}
+	return out, n
+}
+
+// onlyAllowsAdded reports whether next differs from cur only by plain
+// allow entries whose remote is one of the added identities.
+func onlyAllowsAdded(cur, next *policies.IdentityPolicy, added map[policies.Identity]bool) bool {
+	if cur.IngressDefaultDeny != next.IngressDefaultDeny || cur.EgressDefaultDeny != next.EgressDefaultDeny || cur.Audit || next.Audit {
+		return false
+	}
+	have := make(map[policies.Entry]bool, len(cur.Entries))
+	for _, e := range cur.Entries {
+		if e.L7 != 0 {
+			return false
+		}
+		have[e] = true
+	}
+	matched := 0
+	for _, e := range next.Entries {
+		if have[e] {
+			matched++
+			continue
+		}
+		if e.Action != policies.Allow || e.L7 != 0 || e.Audit || !added[e.Remote] {
+			return false
+		}
+	}
+	return matched == len(have)
 }
 
 // ---- endpoints
@@ -394,6 +485,7 @@ func (r *reconciler) endpointFlags(st *epState) bpf.EndpointFlags {
 }
 
 func (r *reconciler) applyEndpointEvent(ev endpoint.Event) {
+	start := time.Now()
 	switch ev.Type {
 	case endpoint.Removed:
 		st, ok := r.eps[ev.Endpoint.ID]
@@ -434,16 +526,22 @@ func (r *reconciler) applyEndpointEvent(ev endpoint.Event) {
 			st.identity = id
 		}
 		st.audit = r.cfg.Audit || (r.auditSel != nil && r.auditSel.Matches(st.labels))
+		tAlloc := time.Now()
+		var tIPC, tPol time.Time
 		if r.synced {
 			r.updateIdentityUse()
 			// Order matters for the first packet: the ipcache and the
 			// policy of the new identity first, then the endpoint entry
 			// that makes the datapath judge the veth under that identity.
 			r.syncIPCache()
+			tIPC = time.Now()
 			r.recompile(false)
+			tPol = time.Now()
 			r.writeEndpoint(st)
 		}
-		r.log.Info("endpoint "+string(ev.Type), "endpoint", ev.Endpoint.ID, "containers", containerNames(ev.Endpoint), "identity", st.identity, "ifaces", st.ep.HostIfindexes())
+		r.log.Debug("endpoint timing", "alloc_ms", float64(tAlloc.Sub(start).Microseconds())/1000, "ipcache_ms", float64(tIPC.Sub(tAlloc).Microseconds())/1000, "policy_ms", float64(tPol.Sub(tIPC).Microseconds())/1000, "write_ms", sinceMillis(tPol))
+		r.log.Info("endpoint "+string(ev.Type), "endpoint", ev.Endpoint.ID, "containers", containerNames(ev.Endpoint), "identity", st.identity, "ifaces", st.ifaces,
+			"took_ms", sinceMillis(start), "event_lag_ms", float64(start.Sub(ev.Time).Microseconds())/1000)
 	}
 	r.publish()
 }
@@ -471,6 +569,9 @@ func (r *reconciler) writeEndpoint(st *epState) {
 		}
 	}
 	st.ifaces = now
+	if len(now) > 0 && st.enforced.IsZero() {
+		st.enforced = time.Now()
+	}
 }
 
 func (r *reconciler) updateIdentityUse() {
@@ -670,7 +771,8 @@ func (r *reconciler) publish() {
 		e := api.Endpoint{
 			ID: st.id, Identity: uint32(st.identity), Labels: st.ep.Labels, HostNetwork: st.ep.NetworkMode == endpoint.ModeHost,
 			Audit: st.audit, Runtime: string(st.ep.Runtime), Addresses: []string{}, Policies: []string{},
-			Enforcing: r.synced && st.ep.NetworkMode != endpoint.ModeHost && len(st.ep.HostIfindexes()) > 0,
+			Enforcing:  r.synced && st.ep.NetworkMode != endpoint.ModeHost && len(st.ifaces) > 0,
+			EnforcedAt: st.enforced,
 		}
 		for _, a := range st.ep.Addrs() {
 			e.Addresses = append(e.Addresses, a.String())

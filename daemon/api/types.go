@@ -70,6 +70,10 @@ type Endpoint struct {
 	Policies []string `json:"policies"`
 	// Enforcing reports whether programs are attached on every interface.
 	Enforcing bool `json:"enforcing"`
+	// EnforcedAt is when the endpoint's entry (its identity and policy)
+	// was first written to the datapath; until then its veth was judged
+	// as identity init.
+	EnforcedAt time.Time `json:"enforced_at,omitzero"`
 }
 
 // Container is one container of an endpoint.

@@ -58,7 +58,7 @@ func runDaemon(path string) int {
 // env is one test's world: a Docker network with its own bridge, a
 // policy directory, and a membraned managing only that bridge.
 type env struct {
-	t       *testing.T
+	t       testing.TB
 	sfx     string
 	dir     string
 	network string
@@ -77,7 +77,7 @@ type envOpts struct {
 	extraConfig string // appended to membrane.hcl
 }
 
-func newEnv(t *testing.T, o envOpts) *env {
+func newEnv(t testing.TB, o envOpts) *env {
 	t.Helper()
 	testenv.RequireRoot(t)
 	img := testenv.BusyboxImage(t)
