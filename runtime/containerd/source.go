@@ -315,21 +315,28 @@ func (s *Source) resync(ctx context.Context, cli *containerd.Client) error {
 	wg.Wait()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.ctrs = map[string]*record{}
-	s.pending = map[uint64]endpoint.Container{}
-	s.byKey = map[string]uint64{}
-	for _, r := range res {
+	ctrs := map[string]*record{}
+	pending := map[uint64]endpoint.Container{}
+	byKey := map[string]uint64{}
+	for i, r := range res {
+		if errors.Is(r.err, errSkip) {
+			if o := s.ctrs[items[i].ns+"/"+items[i].id]; o != nil {
+				ctrs[o.key] = o
+			}
+			continue
+		}
 		if r.err != nil {
 			return r.err
 		}
 		if r.rec != nil {
-			s.ctrs[r.rec.key] = r.rec
+			ctrs[r.rec.key] = r.rec
 		}
 		if r.pending != nil {
-			s.pending[r.ino] = *r.pending
-			s.byKey[r.pending.Namespace+"/"+r.pending.ID] = r.ino
+			pending[r.ino] = *r.pending
+			byKey[r.pending.Namespace+"/"+r.pending.ID] = r.ino
 		}
 	}
+	s.ctrs, s.pending, s.byKey = ctrs, pending, byKey
 	eps := s.endpointsLocked()
 	s.table.Replace(eps)
 	s.log.Info("resynced with containerd", "containers", len(s.ctrs), "endpoints", len(eps))
@@ -339,6 +346,9 @@ func (s *Source) resync(ctx context.Context, cli *containerd.Client) error {
 // refresh re-reads one container and reports the endpoints it changed.
 func (s *Source) refresh(ctx context.Context, cli *containerd.Client, ns, id string) error {
 	rec, pend, ino, err := s.read(ctx, cli, ns, id)
+	if errors.Is(err, errSkip) {
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -505,11 +515,21 @@ func (s *Source) read(ctx context.Context, cli *containerd.Client, ns, id string
 	return r, pend, pendIno, nil
 }
 
-// classify turns "not found" into no error (the container is gone) and
-// passes everything else on as a reason to reconnect.
+// errSkip says containerd answered with an error about one container (not
+// a connection problem): keep what is known of it and carry on.
+var errSkip = errors.New("container skipped")
+
+// classify turns "not found" into no error (the container is gone), an
+// error about this one container into errSkip, and a connection problem
+// into a reason to reconnect.
 func (s *Source) classify(err error, ns, id string) error {
-	if errdefs.IsNotFound(err) {
+	switch {
+	case errdefs.IsNotFound(err):
 		return nil
+	case errdefs.IsUnavailable(err) || errdefs.IsCanceled(err) || errdefs.IsDeadlineExceeded(err) ||
+		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("read container %s/%s: %w", ns, id, err)
 	}
-	return fmt.Errorf("read container %s/%s: %w", ns, id, err)
+	s.log.Warn("containerd refused to read a container; keeping what is known of it", "namespace", ns, "container", id, "err", err)
+	return errSkip
 }

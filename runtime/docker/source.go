@@ -64,6 +64,17 @@ type record struct {
 	created         time.Time
 }
 
+// errSkip says dockerd answered with an error about one container (not a
+// connection problem): keep what is known of it and carry on, rather than
+// reconnecting forever over one broken container.
+var errSkip = errors.New("container skipped")
+
+// transient reports whether err means dockerd is unreachable (reconnect) as
+// opposed to an error response about one container.
+func transient(err error) bool {
+	return client.IsErrConnectionFailed(err) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}
+
 // New returns a source for the configured dockerd.
 func New(cfg Config) *Source {
 	if cfg.MinBackoff <= 0 {
@@ -249,8 +260,16 @@ func (s *Source) resync(ctx context.Context, cli *client.Client) error {
 		}()
 	}
 	wg.Wait()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	ctrs := map[string]*record{}
 	for i, r := range recs {
+		if errors.Is(errs[i], errSkip) {
+			if old := s.ctrs[list[i].ID]; old != nil {
+				ctrs[old.id] = old
+			}
+			continue
+		}
 		if errs[i] != nil {
 			return errs[i]
 		}
@@ -258,8 +277,6 @@ func (s *Source) resync(ctx context.Context, cli *client.Client) error {
 			ctrs[r.id] = r
 		}
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.ctrs = ctrs
 	var eps []endpoint.Endpoint
 	for id := range ctrs {
@@ -275,6 +292,9 @@ func (s *Source) resync(ctx context.Context, cli *client.Client) error {
 // refresh re-inspects one container and reports what changed.
 func (s *Source) refresh(ctx context.Context, cli *client.Client, id string) error {
 	r, err := s.inspect(ctx, cli, id)
+	if errors.Is(err, errSkip) {
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -348,12 +368,17 @@ func (s *Source) endpointLocked(id string) (endpoint.Endpoint, bool) {
 }
 
 // inspect returns the record of a running container, or nil when it is not
-// running (or gone). Errors are only those that say dockerd is unreachable.
+// running (or gone). Errors are errSkip (dockerd answered with an error about
+// this container) or a reason to reconnect.
 func (s *Source) inspect(ctx context.Context, cli *client.Client, id string) (*record, error) {
 	info, err := cli.ContainerInspect(ctx, id)
 	if err != nil {
 		if client.IsErrNotFound(err) {
 			return nil, nil
+		}
+		if !transient(err) {
+			s.log.Warn("dockerd refused to inspect a container; keeping what is known of it", "container", id, "err", err)
+			return nil, errSkip
 		}
 		return nil, fmt.Errorf("inspect container %.12s: %w", id, err)
 	}
@@ -387,6 +412,10 @@ func (s *Source) inspect(ctx context.Context, cli *client.Client, id string) (*r
 		if err != nil {
 			if client.IsErrNotFound(err) {
 				return nil, nil
+			}
+			if !transient(err) {
+				s.log.Warn("dockerd refused to inspect a network owner; keeping what is known", "container", id, "owner", target, "err", err)
+				return nil, errSkip
 			}
 			return nil, fmt.Errorf("inspect network owner %s of %.12s: %w", target, id, err)
 		}
