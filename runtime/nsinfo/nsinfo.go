@@ -3,6 +3,7 @@ package nsinfo
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"sort"
@@ -99,7 +100,7 @@ func Inspect(path string) (Info, error) {
 	}
 	for _, l := range links {
 		a := l.Attrs()
-		if a.Flags&(1<<3) != 0 || a.EncapType == "loopback" { // net.FlagLoopback
+		if a.Flags&net.FlagLoopback != 0 || a.EncapType == "loopback" {
 			continue
 		}
 		itf := endpoint.Interface{Name: a.Name, Ifindex: a.Index}
