@@ -470,3 +470,10 @@ func TestConformanceEnvoy(t *testing.T) {
 		return conformance.Target{Addr: fmt.Sprintf("127.0.0.1:%d", port), Engine: e, Events: events}
 	})
 }
+
+func TestUnitFileRunsTheBootstrapTheEngineWrites(t *testing.T) {
+	p := PathsIn("/run/membrane/envoy")
+	if !strings.Contains(UnitFile, "-c "+p.Bootstrap) || !strings.Contains(UnitFile, "CAP_NET_ADMIN") {
+		t.Fatalf("%s does not run envoy with %s and CAP_NET_ADMIN:\n%s", UnitName, p.Bootstrap, UnitFile)
+	}
+}
