@@ -229,6 +229,7 @@ type resolvedPeer struct {
 	name   string     // peerEndpoint found by address
 	ip     netip.Addr // the address, when known (CIDR rules need it)
 	sel    *selection // peerEndpoint: what selects it, when already known (Evaluator)
+	str    string     // String(), when already known (Evaluator)
 	// peerEndpoint, Evaluator only: bit i set when an endpoint selector of
 	// the rule with ID i matches labels (nil: match the selectors).
 	epRules []uint64
@@ -266,6 +267,9 @@ func resolvePeer(env *Env, p Peer) resolvedPeer {
 }
 
 func (p resolvedPeer) String() string {
+	if p.str != "" {
+		return p.str
+	}
 	var s string
 	switch p.kind {
 	case peerEndpoint:

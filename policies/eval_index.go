@@ -44,6 +44,7 @@ type Evaluator struct {
 type labelEntry struct {
 	labels  Labels // a copy
 	desc    string // FormatLabels(labels)
+	str     string // "endpoint " + desc, the peer's String()
 	sel     *selection
 	epRules []uint64 // see resolvedPeer.epRules
 }
@@ -89,13 +90,17 @@ func NewEvaluator(set *Set, env *Env) *Evaluator {
 	// checks first) wins when both claim one; the first endpoint wins among
 	// endpoints, as in resolvePeer.
 	for _, a := range env.HostAddrs {
-		e.addrs[a.Unmap()] = resolvedPeer{kind: peerHost, ip: a.Unmap()}
+		rp := resolvedPeer{kind: peerHost, ip: a.Unmap()}
+		rp.str = rp.String()
+		e.addrs[a.Unmap()] = rp
 	}
 	for i := len(env.Endpoints) - 1; i >= 0; i-- {
 		ep := env.Endpoints[i]
 		le := e.entry(ep.Labels)
 		for _, a := range ep.Addrs {
-			e.addrs[a.Unmap()] = resolvedPeer{kind: peerEndpoint, labels: ep.Labels, desc: le.desc, name: ep.Name, ip: a.Unmap(), sel: le.sel, epRules: le.epRules}
+			rp := resolvedPeer{kind: peerEndpoint, labels: ep.Labels, desc: le.desc, name: ep.Name, ip: a.Unmap(), sel: le.sel, epRules: le.epRules}
+			rp.str = rp.String()
+			e.addrs[a.Unmap()] = rp
 		}
 	}
 	return e
@@ -109,7 +114,7 @@ func (e *Evaluator) Evaluate(c Connection) Result {
 func (e *Evaluator) resolve(_ *Env, p Peer) resolvedPeer {
 	if p.Labels != nil {
 		le := e.entry(p.Labels)
-		return resolvedPeer{kind: peerEndpoint, labels: p.Labels, desc: le.desc, sel: le.sel, epRules: le.epRules}
+		return resolvedPeer{kind: peerEndpoint, labels: p.Labels, desc: le.desc, sel: le.sel, epRules: le.epRules, str: le.str}
 	}
 	if p.Entity == "" && p.IP.IsValid() {
 		if rp, ok := e.addrs[p.IP.Unmap()]; ok {
@@ -151,6 +156,7 @@ func (e *Evaluator) entry(labels Labels) *labelEntry {
 		}
 	}
 	le := &labelEntry{labels: maps.Clone(labels), desc: FormatLabels(labels), sel: newSelection(policies)}
+	le.str = "endpoint " + le.desc
 	if e.ruleBits > 0 {
 		le.epRules = make([]uint64, e.ruleBits)
 		for _, r := range e.rules {
