@@ -200,7 +200,7 @@ func (s *Source) session(ctx context.Context, cli *containerd.Client) error {
 		ns, id, _ := cut(key)
 		return s.refresh(sctx, cli, ns, id)
 	})
-	defer d.Stop()
+	defer func() { cancel(); d.Stop() }() // cancel first: in-flight refreshes must not outlive the session
 	readErr := make(chan error, 1)
 	go func() {
 		for {

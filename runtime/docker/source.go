@@ -194,7 +194,7 @@ func (s *Source) session(ctx context.Context, cli *client.Client) error {
 		Since:   strconv.FormatInt(since.Unix(), 10) + "." + fmt.Sprintf("%09d", since.Nanosecond()),
 	})
 	d := endpoint.NewDispatcher(s.cfg.Workers, func(id string) error { return s.refresh(sctx, cli, id) })
-	defer d.Stop()
+	defer func() { cancel(); d.Stop() }() // cancel first: in-flight refreshes must not outlive the session
 
 	readErr := make(chan error, 1)
 	go func() {
