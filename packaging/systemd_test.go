@@ -95,9 +95,16 @@ func TestDebUnderSystemd(t *testing.T) {
 		t.Logf("systemd-analyze security: %s", strings.TrimSpace(out))
 	}
 
-	// Metrics on a port of our own: the container shares the host's network.
+	// The test's containers live on a Docker network of their own, and the
+	// daemon manages only its bridge: other containers on this machine are
+	// not touched. Metrics on a port of our own: the container shares the
+	// host's network.
+	bridge := "mpk" + id[len(id)-8:]
+	network := id + "-net"
+	docker(t, "network", "create", "--driver", "bridge", "-o", "com.docker.network.bridge.name="+bridge, network)
+	t.Cleanup(func() { _ = exec.Command("docker", "network", "rm", network).Run() })
 	metricsPort := 20000 + rand.IntN(20000)
-	mustSh(t, sys, fmt.Sprintf(`rm /usr/sbin/policy-rc.d && printf 'metrics {\n  listen = "127.0.0.1:%d"\n}\n' >> /etc/membrane/membrane.hcl`, metricsPort))
+	mustSh(t, sys, fmt.Sprintf(`rm /usr/sbin/policy-rc.d && printf 'bridges = ["%s"]\nmetrics {\n  listen = "127.0.0.1:%d"\n}\n' >> /etc/membrane/membrane.hcl`, bridge, metricsPort))
 	mustSh(t, sys, "systemctl start membraned")
 	waitActive(t, sys)
 	waitFor(t, 30*time.Second, "membrane status to answer", func() (bool, string) {
@@ -111,7 +118,7 @@ func TestDebUnderSystemd(t *testing.T) {
 	label := func(role string) string { return "app=" + id + "-" + role }
 	run := func(role string, cmd ...string) string {
 		name := id + "-" + role
-		docker(t, append([]string{"run", "-d", "--name", name, "--label", label(role), busybox}, cmd...)...)
+		docker(t, append([]string{"run", "-d", "--name", name, "--network", network, "--label", label(role), busybox}, cmd...)...)
 		t.Cleanup(func() { _ = exec.Command("docker", "rm", "-f", name).Run() })
 		return name
 	}

@@ -41,6 +41,11 @@
 # or "auto" (tcx where the kernel has it).
 # attach = "auto"
 
+# The bridges whose containers' veths are enforced (interface names or shell
+# patterns): Docker's, Compose's, CNI's (Nomad bridge networking) and
+# nerdctl's. Containers on other networks are not managed.
+# bridges = ["docker0", "br-*", "cni0", "cni-*", "cbr0", "nerdctl*"]
+
 # debug, info, warn or error.
 # log_level = "info"
 
