@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"os/signal"
@@ -11,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/membrane-fw/membrane/daemon/api"
+	"github.com/membrane-fw/membrane/policies"
 )
 
 // addDaemonCommands adds the commands that talk to a running membraned
@@ -20,6 +22,25 @@ func addDaemonCommands(root, policy *cobra.Command) {
 	root.PersistentFlags().String("socket", "", "membraned's API socket (env MEMBRANE_SOCKET; default "+api.DefaultSocket+")")
 	root.AddCommand(newStatusCmd(), newEndpointCmd(), newIdentityCmd(), newObserveCmd())
 	policy.AddCommand(newPolicyShowCmd(), newPolicyReloadCmd())
+}
+
+// init wires `policy trace --live` to the daemon client once, at program
+// start, rather than in addDaemonCommands: trace.go's tests replace
+// liveTrace before building a root command and must keep their stand-in.
+func init() { liveTrace = traceLive }
+
+// traceLive is `membrane policy trace --live`: the daemon evaluates the
+// connection against its enforced set, endpoints and host addresses.
+func traceLive(c *cobra.Command, q traceQuery) (policies.Result, error) {
+	r, err := client(c).Trace(c.Context(), api.TraceRequest(q))
+	if err != nil {
+		return policies.Result{}, err
+	}
+	var res policies.Result
+	if err := json.Unmarshal(r.Result, &res); err != nil {
+		return policies.Result{}, fmt.Errorf("reading membraned's trace: %w", err)
+	}
+	return res, nil
 }
 
 // client returns the API client for the socket named by --socket,

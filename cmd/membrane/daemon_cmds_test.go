@@ -5,12 +5,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/membrane-fw/membrane/daemon/api"
+	"github.com/membrane-fw/membrane/policies"
 )
 
 type cliBackend struct {
@@ -34,8 +36,15 @@ func (b *cliBackend) Identities() []api.Identity {
 	return []api.Identity{{ID: 1, Reserved: "host"}, {ID: 300, Labels: map[string]string{"app": "web"}, Endpoints: 1}}
 }
 func (b *cliBackend) Policy() api.Policy { return api.Policy{Revision: 3} }
-func (b *cliBackend) Trace(context.Context, api.TraceRequest) (api.TraceResult, error) {
-	return api.TraceResult{}, nil
+func (b *cliBackend) Trace(_ context.Context, req api.TraceRequest) (api.TraceResult, error) {
+	if req.FromContainer != "web-1" || req.Port != 5432 || req.Proto != "tcp" {
+		return api.TraceResult{}, &api.BadRequestError{Err: fmt.Errorf("unexpected request %+v", req)}
+	}
+	res := policies.Result{Verdict: policies.VerdictDenied, From: "endpoint app=web", To: "endpoint app=db",
+		Egress:  policies.EndResult{Verdict: policies.VerdictAllowed},
+		Ingress: policies.EndResult{Verdict: policies.VerdictDenied, DefaultDeny: true}}
+	raw, err := json.Marshal(res)
+	return api.TraceResult{Result: raw}, err
 }
 func (b *cliBackend) Flows(ctx context.Context, follow bool) ([]api.Flow, <-chan api.Flow) {
 	return b.hub.Flows(ctx, follow)
@@ -165,5 +174,17 @@ func TestObserveFiltersAndPrintsRule(t *testing.T) {
 	}
 	if _, code := run(t, "observe", "--verdict", "maybe", "--socket", sock); code != 2 {
 		t.Fatalf("bad verdict exit %d, want 2", code)
+	}
+}
+
+func TestPolicyTraceLiveAsksTheDaemon(t *testing.T) {
+	sock := serve(t, &cliBackend{hub: api.NewFlowHub(10)})
+	out, code := run(t, "policy", "trace", "--live", "--socket", sock, "--from-container", "web-1", "--to-container", "db", "--port", "5432/tcp", "--format", "json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, out)
+	}
+	var j struct{ Verdict, Egress, Ingress string }
+	if err := json.Unmarshal([]byte(out), &j); err != nil || j.Verdict != "denied" || j.Ingress != "denied" || j.Egress != "allowed" {
+		t.Fatalf("live trace output %q (%v)", out, err)
 	}
 }
