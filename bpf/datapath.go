@@ -231,11 +231,18 @@ func (d *Datapath) load() error {
 				return err
 			}
 			if abi == ABI {
-				d.objs = objs
-				return nil
+				perr := d.probeInner(&objs)
+				if perr == nil {
+					d.objs = objs
+					return nil
+				}
+				objs.Close()
+				err = perr
+				d.log.Warn("pinned policy map takes another inner map size; replacing the maps", "err", perr)
+			} else {
+				objs.Close()
+				d.log.Warn("pinned maps have another ABI; replacing them", "pinned_abi", abi, "abi", ABI)
 			}
-			objs.Close()
-			d.log.Warn("pinned maps have another ABI; replacing them", "pinned_abi", abi, "abi", ABI)
 		} else {
 			d.log.Warn("pinned maps do not match this configuration; replacing them", "err", err)
 		}
@@ -249,6 +256,22 @@ func (d *Datapath) load() error {
 		}
 		d.replaced = true
 	}
+}
+
+// probeInner checks that an inner map of today's size fits the (possibly
+// adopted) outer policy map: the kernel fixes the inner map's size when the
+// outer map is created, and the pin compatibility check does not look at it.
+// Identity 0 is never a local identity, so the probe slot is free.
+func (d *Datapath) probeInner(objs *datapathObjects) error {
+	inner, err := ebpf.NewMap(d.inner)
+	if err != nil {
+		return fmt.Errorf("creating policy map: %w", err)
+	}
+	defer inner.Close()
+	if err := objs.MembranePolicy.Put(uint32(0), inner); err != nil {
+		return fmt.Errorf("%w: inner policy map: %v", ebpf.ErrMapIncompatible, err)
+	}
+	return objs.MembranePolicy.Delete(uint32(0))
 }
 
 // initConfig writes the config map (keeping the revision of adopted maps) and

@@ -1,8 +1,7 @@
 package bpf
 
 import (
-	"net"
-	"net/netip"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -10,7 +9,6 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 
-	"github.com/membrane-fw/membrane/internal/testenv"
 	"github.com/membrane-fw/membrane/policies"
 )
 
@@ -170,7 +168,29 @@ func TestDetachVanishedInterface(t *testing.T) {
 	if ents, _ := os.ReadDir(filepath.Join(h.dp.cfg.PinDir, "links")); len(ents) != 0 {
 		t.Errorf("link pins left: %v", ents)
 	}
-	_ = net.IPv4len
-	_ = netip.Addr{}
-	_ = testenv.InCI
+}
+
+// The kernel accepts inner LPM maps of any size into the outer map, so a new
+// max_policy_entries needs no replacement; the probe in Open would catch an
+// inner map the outer one refuses.
+func TestChangedPolicySizeIsAdopted(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	pinDir := h.dp.cfg.PinDir
+	must(t, h.dp.Close())
+	dp2, err := Open(Config{PinDir: pinDir, MaxPolicyEntries: 100})
+	must(t, err)
+	h.dp = dp2
+	t.Cleanup(func() { dp2.Cleanup() })
+	if dp2.replaced {
+		t.Errorf("maps replaced for a new inner size")
+	}
+	ip := policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true}
+	h.sync(ip)
+	h.expect(out, h.ifs[0], udp(addrA, addrW, 1, 1), ReasonDropDefaultDeny)
+	for i := 0; i < 100; i++ {
+		ip.Entries = append(ip.Entries, entry(out, idB, policies.ProtoTCP, uint16(i+1), 16, policies.Allow, 1))
+	}
+	if _, err := dp2.SyncPolicy(&policies.Model{Identities: []policies.IdentityPolicy{ip}}, nil); !errors.Is(err, ErrMapFull) {
+		t.Errorf("101 entries with max 100: %v", err)
+	}
 }
