@@ -362,7 +362,7 @@ func judgeEnd(env *Env, selecting func(resolvedPeer) *selection, local, peer res
 	allows, denies := allowBuf[:0], denyBuf[:0]
 	for _, r := range sel.rules[dir] {
 		// Semantics 2: peer condition and L4 condition.
-		if !peerMatches(r, peer) || !l4Matches(r, c) {
+		if !l4Matches(r, c) || !peerMatches(r, peer) {
 			continue
 		}
 		if r.Action == Deny {
