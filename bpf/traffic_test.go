@@ -97,7 +97,7 @@ func udpEchoServer(t *testing.T, c *testenv.NetNS, addr string) {
 	}))
 	t.Cleanup(func() { pc.Close() })
 	go func() {
-		buf := make([]byte, 1500)
+		buf := make([]byte, 65536)
 		for {
 			n, from, err := pc.ReadFrom(buf)
 			if err != nil {
@@ -156,6 +156,33 @@ func canUDP(c *testenv.NetNS, addr string, timeout time.Duration) error {
 	}
 	defer conn.Close()
 	return echo(conn, timeout)
+}
+
+// canUDPBig sends a datagram larger than the MTU: it crosses the veths as
+// IP fragments, and only comes back whole if later fragments follow their flow.
+func canUDPBig(c *testenv.NetNS, addr string, timeout time.Duration) error {
+	conn, err := dial(c, "udp", addr, timeout)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(timeout))
+	msg := make([]byte, 4000)
+	for i := range msg {
+		msg[i] = byte(i)
+	}
+	if _, err := conn.Write(msg); err != nil {
+		return err
+	}
+	buf := make([]byte, 8000)
+	n, err := conn.Read(buf)
+	if err != nil {
+		return err
+	}
+	if n != len(msg) {
+		return fmt.Errorf("got %d bytes back, want %d", n, len(msg))
+	}
+	return nil
 }
 
 func canPing(c *testenv.NetNS, addr string) error {
@@ -249,6 +276,12 @@ func realTraffic(t *testing.T, mode AttachMode) {
 	}
 	if err := canUDP(tp.c[0], b+":5353", allowTimeout); err != nil {
 		t.Errorf("allowed UDP: %v", err)
+	}
+	if err := canUDPBig(tp.c[0], b+":5353", allowTimeout); err != nil {
+		t.Errorf("allowed fragmented UDP: %v", err)
+	}
+	if err := canUDPBig(tp.c[0], b+":5354", denyTimeout); err == nil {
+		t.Errorf("denied fragmented UDP got an answer")
 	}
 	if err := canUDP(tp.c[0], b+":5354", denyTimeout); err == nil {
 		t.Errorf("denied UDP got an answer")
