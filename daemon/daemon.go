@@ -41,7 +41,6 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 		log = slog.New(slog.DiscardHandler)
 	}
 	notifier := notify.New(log)
-	defer notifier.Stopping()
 
 	var auditSel *policies.Selector
 	if cfg.AuditSelector != "" {
@@ -112,6 +111,11 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
+	// STOPPING=1 as soon as the signal arrives, not after the drain.
+	go func() {
+		<-gctx.Done()
+		notifier.Stopping()
+	}()
 	for _, s := range sources {
 		g.Go(func() error {
 			if err := s.src.Run(gctx); err != nil {

@@ -670,7 +670,10 @@ func (r *reconciler) fullSync(why string) {
 	}
 	if r.synced {
 		r.updateIdentityUse()
-		r.recompile(true)
+		// The policy maps are diffed against their mirror, so a periodic
+		// recompile of an unchanged set and identity list would only burn
+		// CPU; the first reconcile and an API resync rewrite it all.
+		r.recompile(why != "periodic")
 		r.syncIPCache()
 		want := map[int]bool{}
 		for _, st := range r.eps {

@@ -91,7 +91,11 @@ func watchHostAddrs(ctx context.Context, report func(context.Context, []netip.Pr
 		updates := make(chan netlink.AddrUpdate, 64)
 		done := make(chan struct{})
 		err := netlink.AddrSubscribeWithOptions(updates, done, netlink.AddrSubscribeOptions{
-			ErrorCallback: func(err error) { log.Warn("address subscription", "err", err) },
+			ErrorCallback: func(err error) {
+				if ctx.Err() == nil {
+					log.Warn("address subscription", "err", err)
+				}
+			},
 		})
 		if err != nil {
 			close(done)

@@ -12,7 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/membrane-fw/membrane/daemon"
 	"github.com/membrane-fw/membrane/daemon/api"
+	"github.com/membrane-fw/membrane/daemon/config"
 	"github.com/membrane-fw/membrane/internal/testenv"
 )
 
@@ -383,6 +385,24 @@ func TestDaemonKilledAndRestartedKeepsEnforcing(t *testing.T) {
 	if _, err := os.Stat(e.pinDir); err != nil {
 		t.Errorf("pins gone after SIGTERM: %v", err)
 	}
+	// `membraned --cleanup` with the same config removes every pin and
+	// attachment: nothing filters the containers any more.
+	cfg, err := config.Load(e.cfgPath, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := daemon.Cleanup(cfg); err != nil {
+		t.Fatalf("cleanup: %v", err)
+	}
+	if _, err := os.Stat(e.pinDir); !os.IsNotExist(err) {
+		t.Errorf("pin directory still there after cleanup: %v", err)
+	}
+	e.eventually("denied path open after cleanup", 5*time.Second, func() error {
+		if !e.get(s.db, s.apiIP) {
+			return os.ErrDeadlineExceeded
+		}
+		return nil
+	})
 }
 
 func TestDockerdRestartIsSurvived(t *testing.T) {
