@@ -179,6 +179,9 @@ func (s *Set) Evaluate(env *Env, c Connection) Result {
 
 // selecting returns the policies that select an endpoint with labels, in set order.
 func (s *Set) selecting(labels Labels) []*Policy {
+	if s == nil { // no policy set: nothing selects anything
+		return nil
+	}
 	var out []*Policy
 	for _, p := range s.Policies {
 		if p.Selector.Matches(labels) {

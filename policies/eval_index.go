@@ -54,6 +54,9 @@ func NewEvaluator(set *Set, env *Env) *Evaluator {
 	if env == nil {
 		env = &Env{}
 	}
+	if set == nil {
+		set = &Set{}
+	}
 	e := &Evaluator{set: set, env: env, byLabel: map[string]map[string][]int{}, addrs: map[netip.Addr]resolvedPeer{},
 		seed: maphash.MakeSeed(), cache: map[uint64][]*labelEntry{}}
 	e.rules = set.Rules()

@@ -95,3 +95,18 @@ func TestWriteTextNamesEndsAndRules(t *testing.T) {
 		}
 	}
 }
+
+func TestNilSetAllowsEverything(t *testing.T) {
+	c := Connection{From: Peer{Labels: Labels{"app": "a"}}, To: Peer{Entity: EntityWorld}, Proto: ProtoTCP, Port: 1}
+	var set *Set
+	if r := set.Evaluate(nil, c); r.Verdict != VerdictAllowed || r.Egress.Verdict != VerdictAllowed {
+		t.Errorf("nil set: %+v", r)
+	}
+	if r := NewEvaluator(nil, nil).Evaluate(c); r.Verdict != VerdictAllowed {
+		t.Errorf("nil set, Evaluator: %+v", r)
+	}
+	r := (&Set{}).Evaluate(&Env{Enforcement: EnforcementAlways}, c)
+	if r.Verdict != VerdictDenied || !r.Egress.DefaultDeny {
+		t.Errorf("empty set under enforcement always: %+v", r)
+	}
+}
