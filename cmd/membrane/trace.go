@@ -76,7 +76,8 @@ rules that decided.
 
 Name each end exactly once:
   --from-labels "k=v,..."   a managed endpoint with these labels
-  --from-entity NAME        host, world or init
+  --from-entity NAME        host, world or init (world without an address:
+                            CIDR rules do not match it, use --from-ip)
   --from-ip IP              an address; offline, no endpoint or host address is
                             known, so every IP is the world (CIDR rules apply)
   --from-container NAME|ID  a running container (--live only)
