@@ -3,8 +3,9 @@
 // membraned serves xDS to Envoy (ADS, state of the world, over a unix
 // socket) with envoyproxy/go-control-plane, writes Envoy's bootstrap, and
 // supervises the `envoy` process: start, readiness through the admin
-// socket's /ready, restart with exponential backoff. (Or it leaves the
-// process to a systemd unit shipped in the packages: Config.Unit.)
+// socket's /ready (a process that was ready and stops answering is killed),
+// restart with exponential backoff. Or it leaves the process to the systemd
+// unit membrane-envoy.service (UnitFile; Config.Unit).
 //
 // Translation (Translate) from a proxy.Resolver that can enumerate itself
 // (proxy.ModelResolver) into Envoy resources:
@@ -17,12 +18,19 @@
 //     prefixes and destination port (the ipcache, turned around); world is
 //     the chain without source (or destination) prefixes;
 //   - in each chain an HTTP connection manager (HTTP/1.1 and h2c with prior
-//     knowledge, WebSocket upgrades, path normalization) with one RBAC filter
-//     per check (ALLOW; a policy per rule: method, path, :authority and
-//     header matchers), a local reply mapper that turns the RBAC 403 into a
-//     short text naming the policy, routes named "rule-<id>" so the access
-//     log says which rule allowed the request, and a JSON access log that
-//     becomes the engine's events;
+//     knowledge, WebSocket upgrades, path normalization) whose filters are the
+//     same everywhere (an egress and an ingress RBAC filter without rules,
+//     then the router), a local reply mapper that turns an RBAC 403 into a
+//     short text naming the policy, and a JSON access log that becomes the
+//     engine's events;
+//   - per chain a route configuration, served over RDS, holding the rules:
+//     per-route RBAC overrides (ALLOW; a policy per rule: method, path,
+//     :authority and header matchers), routes named "rule-<id>" so the access
+//     log says which rule allowed a request, and the policy names as route
+//     metadata. A rule change that keeps the topology changes only routes,
+//     which Envoy applies to the next request on existing connections (a
+//     listener change would drain them); resources are packed
+//     deterministically so an unchanged listener stays byte-identical;
 //   - per source identity an ORIGINAL_DST cluster whose upstream sockets
 //     carry SO_MARK = proxy.FromProxyMark(identity), so the destination's
 //     program judges the true source;

@@ -17,6 +17,9 @@ import (
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	rbacconfig "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	rbac "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -62,15 +65,7 @@ var (
 // scenarios are the golden policy sets: name -> resolver.
 func scenarios() map[string]proxy.Resolver {
 	names := map[uint32]string{1: "server-api", 2: "server-api", 3: "client-egress", 4: "tenant", 5: "lockdown"}
-	ingressOnly := &policies.Model{
-		Identities: []policies.IdentityPolicy{{Identity: 400, Entries: []policies.Entry{
-			{Direction: policies.Ingress, Remote: 300, Proto: policies.ProtoTCP, Port: 80, PortPrefix: 16, L7: 1, RuleID: 1},
-		}}},
-		L7: map[uint32]policies.L7Set{1: {Rules: []policies.L7Rule{
-			{RuleID: 1, HTTP: httpRule("GET|HEAD", "/api/v[0-9]+/.*", "", nil)},
-			{RuleID: 2, HTTP: httpRule("POST", "/api/v1/orders", "", map[string]string{"Content-Type": "application/json"})},
-		}}},
-	}
+	ingressOnly := ingressOnlyModel()
 	bothEnds := &policies.Model{
 		Identities: []policies.IdentityPolicy{
 			{Identity: 300, Entries: []policies.Entry{
@@ -190,12 +185,14 @@ func TestTranslationValidatesAndMatchesGolden(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, x := range append(append([]types.Resource{}, res.Listeners...), res.Clusters...) {
+			all := append(append(append([]types.Resource{}, res.Listeners...), res.Routes...), res.Clusters...)
+			for _, x := range all {
 				if err := validateDeep(x); err != nil {
 					t.Errorf("%s fails ValidateAll: %v", cachev3.GetResourceName(x), err)
 				}
 			}
 			golden(t, name+".listeners.json", marshalResources(t, res.Listeners))
+			golden(t, name+".routes.json", marshalResources(t, res.Routes))
 			golden(t, name+".clusters.json", marshalResources(t, res.Clusters))
 		})
 	}
@@ -216,7 +213,13 @@ func TestTranslationShape(t *testing.T) {
 	for _, c := range l.FilterChains {
 		chains[c.Name] = c
 	}
-	// 300 -> 400:8080 has both checks; world -> 400 only the ingress one; 500 is denied.
+	routes := map[string]*route.RouteConfiguration{}
+	for _, r := range res.Routes {
+		rc := r.(*route.RouteConfiguration)
+		routes[rc.Name] = rc
+	}
+	// 300 -> 400:8080 has both checks; world -> 400 only the ingress one;
+	// 500 is denied (an RBAC override without policies).
 	for name, wantRBAC := range map[string]int{"s300_d400_p8080": 2, "s2_d400_p8080": 1, "s500_d400_p8080": 1} {
 		c, ok := chains[name]
 		if !ok {
@@ -226,12 +229,26 @@ func TestTranslationShape(t *testing.T) {
 		if err := c.Filters[0].GetTypedConfig().UnmarshalTo(&m); err != nil {
 			t.Fatal(err)
 		}
-		if n := len(m.HttpFilters) - 1; n != wantRBAC {
-			t.Errorf("%s: %d RBAC filters, want %d", name, n, wantRBAC)
+		if got := m.GetRds().GetRouteConfigName(); got != name {
+			t.Errorf("%s: RDS name %q", name, got)
+		}
+		rc, ok := routes[name]
+		if !ok {
+			t.Fatalf("no route configuration %s", name)
+		}
+		if n := len(rc.VirtualHosts[0].TypedPerFilterConfig); n != wantRBAC {
+			t.Errorf("%s: %d RBAC overrides, want %d", name, n, wantRBAC)
 		}
 		if c.FilterChainMatch.GetDestinationPort().GetValue() != 8080 {
 			t.Errorf("%s: destination port %v", name, c.FilterChainMatch.GetDestinationPort())
 		}
+	}
+	var denyAll rbac.RBACPerRoute
+	if err := routes["s500_d400_p8080"].VirtualHosts[0].TypedPerFilterConfig["envoy.filters.http.rbac.ingress"].UnmarshalTo(&denyAll); err != nil {
+		t.Fatal(err)
+	}
+	if len(denyAll.GetRbac().GetRules().GetPolicies()) != 0 || denyAll.GetRbac().GetRules().GetAction() != rbacconfig.RBAC_ALLOW {
+		t.Errorf("denied identity 500 gets RBAC %v, want ALLOW with no policies", denyAll.GetRbac())
 	}
 	if got := chains["s300_d400_p8080"].FilterChainMatch.SourcePrefixRanges; len(got) != 2 {
 		t.Errorf("client chain matches sources %v, want its IPv4 and IPv6 addresses", got)
@@ -328,93 +345,139 @@ func TestADSClientReceivesConsistentSnapshots(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	node := &core.Node{Id: NodeID}
-	lc := sotw.NewADSClient(ctx, node, resource.ListenerType)
-	cl := sotw.NewADSClient(ctx, node, resource.ClusterType)
-	if err := lc.InitConnect(cc); err != nil {
-		t.Fatal(err)
+	clients := map[string]sotw.ADSClient{}
+	for _, typ := range []string{resource.ListenerType, resource.RouteType, resource.ClusterType} {
+		c := sotw.NewADSClient(ctx, node, typ)
+		if err := c.InitConnect(cc); err != nil {
+			t.Fatal(err)
+		}
+		clients[typ] = c
 	}
-	if err := cl.InitConnect(cc); err != nil {
-		t.Fatal(err)
+	type snapshot struct {
+		listener *listener.Listener
+		routes   map[string]*route.RouteConfiguration
+		clusters map[string]bool
+		chains   map[string]bool
 	}
-	fetch := func() (chains map[string]bool, clusters map[string]bool) {
+	fetch := func() snapshot {
 		t.Helper()
-		lr, err := lc.Fetch()
-		if err != nil {
-			t.Fatalf("listener fetch: %v", err)
+		got := map[string][]*anypb.Any{}
+		for typ, c := range clients {
+			r, err := c.Fetch()
+			if err != nil {
+				t.Fatalf("%s fetch: %v", typ, err)
+			}
+			if err := c.Ack(); err != nil {
+				t.Fatal(err)
+			}
+			got[typ] = r.Resources
 		}
-		if err := lc.Ack(); err != nil {
-			t.Fatal(err)
-		}
-		cr, err := cl.Fetch()
-		if err != nil {
-			t.Fatalf("cluster fetch: %v", err)
-		}
-		if err := cl.Ack(); err != nil {
-			t.Fatal(err)
-		}
-		chains, clusters = map[string]bool{}, map[string]bool{}
-		for _, a := range cr.Resources {
+		sn := snapshot{routes: map[string]*route.RouteConfiguration{}, clusters: map[string]bool{}, chains: map[string]bool{}}
+		for _, a := range got[resource.ClusterType] {
 			var c cluster.Cluster
 			if err := a.UnmarshalTo(&c); err != nil {
 				t.Fatal(err)
 			}
-			clusters[c.Name] = true
+			sn.clusters[c.Name] = true
 		}
-		if len(lr.Resources) != 1 {
-			t.Fatalf("%d listeners, want 1", len(lr.Resources))
+		for _, a := range got[resource.RouteType] {
+			var rc route.RouteConfiguration
+			if err := a.UnmarshalTo(&rc); err != nil {
+				t.Fatal(err)
+			}
+			if err := validateDeep(&rc); err != nil {
+				t.Fatalf("received routes fail validation: %v", err)
+			}
+			sn.routes[rc.Name] = &rc
 		}
-		var l listener.Listener
-		if err := lr.Resources[0].UnmarshalTo(&l); err != nil {
+		if len(got[resource.ListenerType]) != 1 {
+			t.Fatalf("%d listeners, want 1", len(got[resource.ListenerType]))
+		}
+		sn.listener = &listener.Listener{}
+		if err := got[resource.ListenerType][0].UnmarshalTo(sn.listener); err != nil {
 			t.Fatal(err)
 		}
-		if err := validateDeep(&l); err != nil {
+		if err := validateDeep(sn.listener); err != nil {
 			t.Fatalf("received listener fails validation: %v", err)
 		}
-		// Consistency: every cluster a route names was sent.
-		for _, c := range append(l.FilterChains, l.DefaultFilterChain) {
-			chains[c.Name] = true
+		// Consistency: every route configuration a chain names was sent, and
+		// every cluster a route names.
+		for _, c := range append(sn.listener.FilterChains, sn.listener.DefaultFilterChain) {
+			sn.chains[c.Name] = true
 			var m hcm.HttpConnectionManager
 			if err := c.Filters[0].GetTypedConfig().UnmarshalTo(&m); err != nil {
 				t.Fatal(err)
 			}
-			for _, vh := range m.GetRouteConfig().VirtualHosts {
+			rc := m.GetRouteConfig()
+			if name := m.GetRds().GetRouteConfigName(); name != "" {
+				if rc = sn.routes[name]; rc == nil {
+					t.Fatalf("chain %s names route configuration %s, which the snapshot lacks", c.Name, name)
+				}
+			}
+			for _, vh := range rc.VirtualHosts {
 				for _, r := range vh.Routes {
-					if cn := r.GetRoute().GetCluster(); cn != "" && !clusters[cn] {
+					if cn := r.GetRoute().GetCluster(); cn != "" && !sn.clusters[cn] {
 						t.Errorf("chain %s routes to cluster %s, which the snapshot lacks", c.Name, cn)
 					}
 				}
 			}
 		}
-		return chains, clusters
+		return sn
 	}
-	chains, clusters := fetch()
-	if !chains["s300_d400_p80"] || len(chains) != 2 || !clusters["membrane_upstream_300"] {
-		t.Fatalf("first snapshot: chains %v clusters %v", chains, clusters)
+	first := fetch()
+	if !first.chains["s300_d400_p80"] || len(first.chains) != 2 || !first.clusters["membrane_upstream_300"] {
+		t.Fatalf("first snapshot: chains %v clusters %v", first.chains, first.clusters)
 	}
 
-	// A new endpoint with identity 300 appears and the policy moves to
-	// both-ends: the next snapshot carries it.
-	m := sc["both-ends"].(*proxy.ModelResolver)
-	_ = m
-	r2 := proxy.NewModelResolver(bothEndsModel(), map[netip.Prefix]policies.Identity{
-		client4: 300, client6: 300, server4: 400, other4: 500, netip.MustParsePrefix("172.17.0.9/32"): 600,
-	}, nil)
-	if err := e.Update(r2); err != nil {
+	// The rules change, the topology does not: only the route configuration
+	// changes, so Envoy applies it to the next request on existing
+	// connections instead of draining them.
+	changed := ingressOnlyModel()
+	changed.L7[1].Rules[0].HTTP = httpRule("GET", "/v2/.*", "", nil)
+	if err := e.Update(proxy.NewModelResolver(changed, map[netip.Prefix]policies.Identity{client4: 300, client6: 300, server4: 400, other4: 500}, nil)); err != nil {
 		t.Fatal(err)
 	}
-	chains, clusters = fetch()
+	second := fetch()
+	if !proto.Equal(first.listener, second.listener) {
+		t.Error("a rule-only change changed the listener (Envoy would drain its connections)")
+	}
+	if proto.Equal(first.routes["s300_d400_p80"], second.routes["s300_d400_p80"]) {
+		t.Error("a rule change did not change the route configuration")
+	}
+
+	// A new endpoint with identity 600 appears and the policy moves to
+	// both-ends: the next snapshot carries its chain and cluster.
+	r3 := proxy.NewModelResolver(bothEndsModel(), map[netip.Prefix]policies.Identity{
+		client4: 300, client6: 300, server4: 400, other4: 500, netip.MustParsePrefix("172.17.0.9/32"): 600,
+	}, nil)
+	if err := e.Update(r3); err != nil {
+		t.Fatal(err)
+	}
+	third := fetch()
 	for _, want := range []string{"s300_d400_p8080", "s600_d400_p8080", "s2_d400_p8080", "s500_d400_p8080"} {
-		if !chains[want] {
-			t.Errorf("second snapshot lacks chain %s: %v", want, chains)
+		if !third.chains[want] || third.routes[want] == nil {
+			t.Errorf("third snapshot lacks chain or routes %s: %v", want, third.chains)
 		}
 	}
-	if chains["s300_d400_p80"] || !clusters["membrane_upstream_600"] {
-		t.Errorf("second snapshot: chains %v clusters %v", chains, clusters)
+	if third.chains["s300_d400_p80"] || !third.clusters["membrane_upstream_600"] {
+		t.Errorf("third snapshot: chains %v clusters %v", third.chains, third.clusters)
 	}
 
 	// A policy the translation refuses leaves the last snapshot in force.
 	if err := e.Update(badResolver{}); err == nil {
 		t.Fatal("Update accepted an untranslatable policy")
+	}
+}
+
+func ingressOnlyModel() *policies.Model {
+	return &policies.Model{
+		Identities: []policies.IdentityPolicy{{Identity: 400, Entries: []policies.Entry{
+			{Direction: policies.Ingress, Remote: 300, Proto: policies.ProtoTCP, Port: 80, PortPrefix: 16, L7: 1, RuleID: 1},
+		}}},
+		L7: map[uint32]policies.L7Set{1: {Rules: []policies.L7Rule{
+			{RuleID: 1, HTTP: httpRule("GET|HEAD", "/api/v[0-9]+/.*", "", nil)},
+			{RuleID: 2, HTTP: httpRule("POST", "/api/v1/orders", "", map[string]string{"Content-Type": "application/json"})},
+		}}},
 	}
 }
 

@@ -27,6 +27,11 @@ type Supervisor struct {
 	MinBackoff, MaxBackoff time.Duration
 	// OnExit, when set, is told every exit (for metrics).
 	OnExit func(err error)
+	// HealthInterval is how often a running Envoy's /ready is checked once
+	// it has been ready; after HealthFailures failures in a row the process
+	// is killed (and so restarted). Defaults 5s and 3.
+	HealthInterval time.Duration
+	HealthFailures int
 
 	starts atomic.Int64
 }
@@ -64,8 +69,11 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		go logLines(stderr, log)
 		exited := make(chan error, 1)
 		go func() { exited <- cmd.Wait() }()
+		healthCtx, stopHealth := context.WithCancel(ctx)
+		go s.watchHealth(healthCtx, cmd, log)
 		select {
 		case <-ctx.Done():
+			stopHealth()
 			_ = cmd.Process.Signal(terminate)
 			select {
 			case <-exited:
@@ -75,6 +83,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			}
 			return nil
 		case err := <-exited:
+			stopHealth()
 			if s.OnExit != nil {
 				s.OnExit(err)
 			}
@@ -88,6 +97,45 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			case <-time.After(backoff):
 			}
 			backoff = min(backoff*2, maxB)
+		}
+	}
+}
+
+// watchHealth kills a hung Envoy: one that was ready and then stopped
+// answering /ready.
+func (s *Supervisor) watchHealth(ctx context.Context, cmd *exec.Cmd, log *slog.Logger) {
+	if s.AdminSocket == "" {
+		return
+	}
+	interval, limit := s.HealthInterval, s.HealthFailures
+	if interval == 0 {
+		interval = 5 * time.Second
+	}
+	if limit == 0 {
+		limit = 3
+	}
+	wasReady, failures := false, 0
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		cctx, cancel := context.WithTimeout(ctx, interval)
+		err := Ready(cctx, s.AdminSocket)
+		cancel()
+		switch {
+		case err == nil:
+			wasReady, failures = true, 0
+		case wasReady && ctx.Err() == nil:
+			failures++
+			if failures >= limit {
+				log.Warn("envoy stopped answering its admin socket; killing it for a restart", "err", err)
+				_ = cmd.Process.Kill()
+				return
+			}
 		}
 	}
 }

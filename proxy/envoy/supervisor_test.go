@@ -66,6 +66,12 @@ func fakeEnvoy(dir string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	_, err = os.Stat(filepath.Join(dir, "hang"+strconv.Itoa(n)))
+	hang := err == nil
+	if hang {
+		// Answer for a while, then hang: alive but deaf.
+		go func() { time.Sleep(500 * time.Millisecond); l.Close() }()
+	}
 	http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/ready" {
 			fmt.Fprintln(w, "LIVE")
@@ -78,6 +84,9 @@ func fakeEnvoy(dir string) int {
 		}
 		http.NotFound(w, r)
 	}))
+	if hang {
+		time.Sleep(time.Hour)
+	}
 	return 0
 }
 
@@ -133,5 +142,47 @@ func TestSupervisorStartsRestartsWithBackoffAndStops(t *testing.T) {
 	}
 	if err := Ready(context.Background(), e.Paths().AdminSocket); err == nil {
 		t.Fatal("Envoy still answers after Close")
+	}
+}
+
+func TestSupervisorKillsAHungEnvoy(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "hang1"), nil, 0o600)
+	t.Setenv("MEMBRANE_FAKE_ENVOY", dir)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := PathsIn(dir)
+	boot, err := Bootstrap(p.XDSSocket, p.AdminSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(p.Bootstrap, boot, 0o600)
+	s := &Supervisor{Path: exe, Args: []string{"-c", p.Bootstrap}, AdminSocket: p.AdminSocket,
+		HealthInterval: 100 * time.Millisecond, HealthFailures: 2, MinBackoff: 10 * time.Millisecond}
+	exits := make(chan error, 4)
+	s.OnExit = func(err error) { exits <- err }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	deadline := time.Now().Add(15 * time.Second)
+	for s.Starts() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("a hung Envoy (no /ready answers) was not restarted")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := <-exits; err == nil || !strings.Contains(err.Error(), "killed") {
+		t.Fatalf("the hung Envoy ended with %v, want killed by the supervisor", err)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer wcancel()
+	for Ready(wctx, p.AdminSocket) != nil {
+		if wctx.Err() != nil {
+			t.Fatal("the restarted Envoy never became ready")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

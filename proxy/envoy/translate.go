@@ -65,6 +65,7 @@ type Options struct {
 // Resources is one translation: what goes into an xDS snapshot.
 type Resources struct {
 	Listeners []types.Resource
+	Routes    []types.Resource
 	Clusters  []types.Resource
 	// Warnings name what could not be expressed exactly (e.g. L7 port ranges
 	// wider than 1024 ports).
@@ -80,7 +81,13 @@ func pack(m proto.Message) (*anypb.Any, error) {
 			return nil, fmt.Errorf("%T: %w", m, err)
 		}
 	}
-	return anypb.New(m)
+	// Deterministic bytes: an unchanged config (maps included) packs to
+	// the same Any, so Envoy sees no change and drains nothing.
+	a := &anypb.Any{}
+	if err := anypb.MarshalFrom(a, m, proto.MarshalOptions{Deterministic: true}); err != nil {
+		return nil, err
+	}
+	return a, nil
 }
 
 // Translate turns r into Envoy resources.
@@ -137,6 +144,9 @@ func Translate(r proxy.Resolver, o Options) (*Resources, error) {
 		return nil, fmt.Errorf("envoy: listener: %w", err)
 	}
 	res.Listeners = append(res.Listeners, l)
+	for _, rc := range t.routes {
+		res.Routes = append(res.Routes, rc)
+	}
 	ids := make([]policies.Identity, 0, len(t.clusters))
 	for id := range t.clusters {
 		ids = append(ids, id)
@@ -156,6 +166,7 @@ type translator struct {
 	o        Options
 	r        proxy.Resolver
 	clusters map[policies.Identity]bool
+	routes   []*route.RouteConfiguration
 }
 
 func socketAddress(a netip.Addr, port uint16) *core.Address {
@@ -228,14 +239,23 @@ func (t *translator) denyChain() (*listener.FilterChain, error) {
 			}},
 		}},
 	}}}
-	return t.hcmChain("deny", rc, nil, proxy.Decision{}, nil)
+	return t.hcmChain("deny", func(m *hcm.HttpConnectionManager) {
+		m.RouteSpecifier = &hcm.HttpConnectionManager_RouteConfig{RouteConfig: rc}
+	}, proxy.Decision{})
 }
 
 func inline(s string) *core.DataSource {
 	return &core.DataSource{Specifier: &core.DataSource_InlineString{InlineString: s}}
 }
 
-// chain makes one filter chain for decision d.
+// chain makes one filter chain for decision d and its route configuration.
+//
+// The rules live in the route configuration (RDS), as per-route RBAC
+// overrides on the virtual host, and the connection manager's filters are
+// the same in every chain (an egress and an ingress RBAC filter without
+// rules, then the router). A policy change that keeps the topology therefore
+// changes only route configurations, which Envoy applies to the next request
+// on existing connections; a listener change would drain them.
 func (t *translator) chain(name string, d proxy.Decision, src, dst []netip.Prefix, port uint16) (*listener.FilterChain, error) {
 	t.clusters[d.SrcIdentity] = true
 	clusterName := t.clusterName(d.SrcIdentity)
@@ -250,19 +270,43 @@ func (t *translator) chain(name string, d proxy.Decision, src, dst []netip.Prefi
 		}
 	}
 	routes = append(routes, forward("rule-0", &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}}, clusterName))
-	rc := &route.RouteConfiguration{Name: name, VirtualHosts: []*route.VirtualHost{{Name: name, Domains: []string{"*"}, Routes: routes}}}
 
-	var filters []*hcm.HttpFilter
 	var names []string
+	perFilter := map[string]*anypb.Any{}
 	for i := range d.Checks {
-		f, err := rbacFilter(&d.Checks[i], i)
+		c := &d.Checks[i]
+		pr, err := pack(&rbac.RBACPerRoute{Rbac: rbacRules(c)})
 		if err != nil {
 			return nil, err
 		}
-		filters = append(filters, f)
-		names = append(names, proxy.PolicyNames(t.r, &d.Checks[i])...)
+		perFilter[rbacFilterName(c.Direction)] = pr
+		names = append(names, proxy.PolicyNames(t.r, c)...)
 	}
-	c, err := t.hcmChain(name, rc, filters, d, names)
+	// The policy names ride on every route as metadata, for the 403 body
+	// and the access log.
+	md, err := structpb.NewStruct(map[string]any{"policies": strings.Join(quoteAll(names), ", ")})
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range routes {
+		r.Metadata = &core.Metadata{FilterMetadata: map[string]*structpb.Struct{"membrane": md}}
+	}
+	rc := &route.RouteConfiguration{Name: name, VirtualHosts: []*route.VirtualHost{{
+		Name: name, Domains: []string{"*"}, Routes: routes, TypedPerFilterConfig: perFilter,
+	}}}
+	if err := rc.ValidateAll(); err != nil {
+		return nil, fmt.Errorf("envoy: routes %s: %w", name, err)
+	}
+	t.routes = append(t.routes, rc)
+	c, err := t.hcmChain(name, func(m *hcm.HttpConnectionManager) {
+		m.RouteSpecifier = &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{
+			ConfigSource: &core.ConfigSource{
+				ResourceApiVersion:    core.ApiVersion_V3,
+				ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}},
+			},
+			RouteConfigName: name,
+		}}
+	}, d)
 	if err != nil {
 		return nil, err
 	}
@@ -276,6 +320,14 @@ func (t *translator) chain(name string, d proxy.Decision, src, dst []netip.Prefi
 		}
 	}
 	return c, nil
+}
+
+func quoteAll(ss []string) []string {
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = strconv.Quote(s)
+	}
+	return out
 }
 
 func forward(name string, m *route.RouteMatch, clusterName string) *route.Route {
@@ -294,29 +346,37 @@ func (t *translator) clusterName(id policies.Identity) string {
 	return fmt.Sprintf("membrane_upstream_%d", id)
 }
 
-// hcmChain wraps an HTTP connection manager into a filter chain.
-func (t *translator) hcmChain(name string, rc *route.RouteConfiguration, filters []*hcm.HttpFilter, d proxy.Decision, policyNames []string) (*listener.FilterChain, error) {
+func rbacFilterName(d policies.Direction) string {
+	return wellknown.HTTPRoleBasedAccessControl + "." + d.String()
+}
+
+// denyBody is the 403 text; the route's metadata names the policies.
+const denyBody = "Access denied by Membrane policy %METADATA(ROUTE:membrane:policies)%: no http rule matches this request\n"
+
+// hcmChain wraps an HTTP connection manager into a filter chain. The
+// filters are the same for every chain: an RBAC filter per direction
+// without rules (no-ops unless a route overrides them), then the router.
+func (t *translator) hcmChain(name string, rs hcmRoutes, d proxy.Decision) (*listener.FilterChain, error) {
+	var filters []*hcm.HttpFilter
+	for _, dir := range []policies.Direction{policies.Egress, policies.Ingress} {
+		f, err := pack(&rbac.RBAC{})
+		if err != nil {
+			return nil, err
+		}
+		filters = append(filters, &hcm.HttpFilter{Name: rbacFilterName(dir), ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: f}})
+	}
 	rt, err := pack(&router.Router{})
 	if err != nil {
 		return nil, err
 	}
 	filters = append(filters, &hcm.HttpFilter{Name: wellknown.Router, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: rt}})
-	al, err := t.accessLog(d, policyNames)
+	al, err := t.accessLog(d)
 	if err != nil {
 		return nil, err
-	}
-	body := "Access denied by Membrane: no http rule matches this request\n"
-	if len(policyNames) > 0 {
-		q := make([]string, len(policyNames))
-		for i, n := range policyNames {
-			q[i] = strconv.Quote(n)
-		}
-		body = fmt.Sprintf("Access denied by Membrane policy %s: no http rule matches this request\n", strings.Join(q, ", "))
 	}
 	m := &hcm.HttpConnectionManager{
 		StatPrefix:           "membrane_" + name,
 		CodecType:            hcm.HttpConnectionManager_AUTO, // HTTP/1.1, and h2c by its preface
-		RouteSpecifier:       &hcm.HttpConnectionManager_RouteConfig{RouteConfig: rc},
 		HttpFilters:          filters,
 		UpgradeConfigs:       []*hcm.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}},
 		NormalizePath:        wrapperspb.Bool(true),
@@ -326,17 +386,22 @@ func (t *translator) hcmChain(name string, rc *route.RouteConfiguration, filters
 		Http2ProtocolOptions: &core.Http2ProtocolOptions{},
 		StreamIdleTimeout:    durationpb.New(5 * time.Minute),
 		LocalReplyConfig: &hcm.LocalReplyConfig{Mappers: []*hcm.ResponseMapper{{
-			// Local replies with 403 in this connection manager come only
-			// from its RBAC filters (an upstream 403 is not a local reply).
+			// Local replies with 403 come only from the RBAC filters (an
+			// upstream 403 is not a local reply; the no-policy chain answers
+			// with a direct response).
 			Filter: &accesslog.AccessLogFilter{FilterSpecifier: &accesslog.AccessLogFilter_StatusCodeFilter{
 				StatusCodeFilter: &accesslog.StatusCodeFilter{Comparison: &accesslog.ComparisonFilter{
 					Op:    accesslog.ComparisonFilter_EQ,
 					Value: &core.RuntimeUInt32{DefaultValue: 403, RuntimeKey: "membrane.l7.deny_status"},
 				}},
 			}},
-			Body: inline(body),
+			BodyFormatOverride: &core.SubstitutionFormatString{
+				Format:      &core.SubstitutionFormatString_TextFormatSource{TextFormatSource: inline(denyBody)},
+				ContentType: "text/plain; charset=utf-8",
+			},
 		}}},
 	}
+	rs(m)
 	tc, err := pack(m)
 	if err != nil {
 		return nil, fmt.Errorf("envoy: chain %s: %w", name, err)
@@ -349,8 +414,12 @@ func (t *translator) hcmChain(name string, rc *route.RouteConfiguration, filters
 	}, nil
 }
 
+// hcmRoutes sets a connection manager's route specifier (an RDS name or an
+// inline configuration); the oneof's interface type is not exported.
+type hcmRoutes func(*hcm.HttpConnectionManager)
+
 // accessLog writes one JSON line per request: the event (see ParseAccessLog).
-func (t *translator) accessLog(d proxy.Decision, policyNames []string) (*accesslog.AccessLog, error) {
+func (t *translator) accessLog(d proxy.Decision) (*accesslog.AccessLog, error) {
 	fields := map[string]any{
 		"engine":       "envoy",
 		"time":         "%START_TIME(%Y-%m-%dT%H:%M:%S.%3fZ)%",
@@ -367,7 +436,7 @@ func (t *translator) accessLog(d proxy.Decision, policyNames []string) (*accessl
 		"flags":        "%RESPONSE_FLAGS%",
 		"route":        "%ROUTE_NAME%",
 		"duration_ms":  "%DURATION%",
-		"policies":     strings.Join(policyNames, ","),
+		"policies":     "%METADATA(ROUTE:membrane:policies)%",
 	}
 	s, err := structpb.NewStruct(fields)
 	if err != nil {
@@ -457,9 +526,9 @@ func permission(h *policies.HTTPRule) *rbacconfig.Permission {
 	return &rbacconfig.Permission{Rule: &rbacconfig.Permission_AndRules{AndRules: &rbacconfig.Permission_Set{Rules: and}}}
 }
 
-// rbacFilter allows what any rule of c allows; a check without rules
+// rbacRules allows what any rule of c allows; a check without rules
 // allows nothing.
-func rbacFilter(c *proxy.Check, i int) (*hcm.HttpFilter, error) {
+func rbacRules(c *proxy.Check) *rbac.RBAC {
 	pols := map[string]*rbacconfig.Policy{}
 	for _, r := range c.Rules.Rules {
 		key := "rule-" + strconv.FormatUint(uint64(r.RuleID), 10)
@@ -470,11 +539,7 @@ func rbacFilter(c *proxy.Check, i int) (*hcm.HttpFilter, error) {
 		}
 		p.Permissions = append(p.Permissions, permission(&r.HTTP))
 	}
-	tc, err := pack(&rbac.RBAC{Rules: &rbacconfig.RBAC{Action: rbacconfig.RBAC_ALLOW, Policies: pols}})
-	if err != nil {
-		return nil, err
-	}
-	return &hcm.HttpFilter{Name: fmt.Sprintf("%s.%s.%d", wellknown.HTTPRoleBasedAccessControl, c.Direction, i), ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: tc}}, nil
+	return &rbac.RBAC{Rules: &rbacconfig.RBAC{Action: rbacconfig.RBAC_ALLOW, Policies: pols}}
 }
 
 // cluster is the upstream of one source identity: the original destination

@@ -13,6 +13,7 @@ import (
 	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
+	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/log"
@@ -69,6 +70,7 @@ func ServeXDS(socketPath string, logger *slog.Logger) (*XDS, error) {
 	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(x.srv, s)
 	listenerservice.RegisterListenerDiscoveryServiceServer(x.srv, s)
 	clusterservice.RegisterClusterDiscoveryServiceServer(x.srv, s)
+	routeservice.RegisterRouteDiscoveryServiceServer(x.srv, s)
 	go func() {
 		defer close(x.done)
 		if err := x.srv.Serve(l); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
@@ -86,6 +88,7 @@ func (x *XDS) Set(res *Resources) (version string, err error) {
 	v := strconv.FormatUint(x.version+1, 10)
 	snap, err := cachev3.NewSnapshot(v, map[resource.Type][]types.Resource{
 		resource.ListenerType: res.Listeners,
+		resource.RouteType:    res.Routes,
 		resource.ClusterType:  res.Clusters,
 	})
 	if err != nil {
