@@ -10,11 +10,11 @@ import (
 // ModelResolver is the daemon's Resolver: it finds both ends' identities in
 // the ipcache (longest prefix; a miss is world) and, for each end that is a
 // local endpoint with policy, the L7 ruleset of the entry that admits the
-// connection (the lookup contract of policies.Model). It is immutable: build
+// connection (policies.Model.Lookup, the datapath's contract). The model's
+// entries must be sorted as the compiler emits them. It is immutable: build
 // a new one and pass it to Engine.Update when the model or ipcache changes.
 type ModelResolver struct {
 	model     *policies.Model
-	local     map[policies.Identity]*policies.IdentityPolicy
 	ipcache   map[netip.Prefix]policies.Identity
 	lengths4  []int // prefix lengths present, longest first
 	lengths6  []int
@@ -28,14 +28,10 @@ type ModelResolver struct {
 func NewModelResolver(m *policies.Model, ipcache map[netip.Prefix]policies.Identity, ruleNames map[uint32]string) *ModelResolver {
 	r := &ModelResolver{
 		model:     m,
-		local:     map[policies.Identity]*policies.IdentityPolicy{},
 		ipcache:   map[netip.Prefix]policies.Identity{},
 		ruleNames: ruleNames,
 	}
 	if m != nil {
-		for i := range m.Identities {
-			r.local[m.Identities[i].Identity] = &m.Identities[i]
-		}
 		for _, c := range m.CIDRs {
 			r.ipcache[c.Prefix.Masked()] = c.Identity
 		}
@@ -99,19 +95,16 @@ func (r *ModelResolver) Decide(src, dst policies.Identity, port uint16) Decision
 }
 
 // check returns the L7 check that local's policy in dir puts on traffic
-// with remote on TCP port. A deny entry yields a check without rules, which
-// denies every request: the datapath should not have sent such a connection
-// here, but during a policy change it may have.
+// with remote on TCP port, by the model's own lookup (the datapath's
+// contract). A deny entry yields a check without rules, which denies every
+// request: the datapath should not have sent such a connection here, but
+// during a policy change it may have.
 func (r *ModelResolver) check(local policies.Identity, dir policies.Direction, remote policies.Identity, port uint16) (Check, bool) {
-	ip, ok := r.local[local]
-	if !ok {
+	if r.model == nil {
 		return Check{}, false
 	}
-	e := lookup(ip.Entries, dir, remote, port)
-	if e == nil {
-		e = lookup(ip.Entries, dir, policies.IdentityAny, port)
-	}
-	if e == nil {
+	e, ok := r.model.Lookup(local, remote, dir, policies.ProtoTCP, port)
+	if !ok {
 		return Check{}, false
 	}
 	if e.Action == policies.Deny {
@@ -121,38 +114,6 @@ func (r *ModelResolver) check(local policies.Identity, dir policies.Direction, r
 		return Check{}, false
 	}
 	return Check{Direction: dir, Rules: r.model.L7[e.L7]}, true
-}
-
-// lookup is the longest match on (proto, port) among the entries of (dir,
-// remote) for a TCP packet, as the datapath does it.
-func lookup(entries []policies.Entry, dir policies.Direction, remote policies.Identity, port uint16) *policies.Entry {
-	var best *policies.Entry
-	bestScore := -2
-	for i := range entries {
-		e := &entries[i]
-		if e.Direction != dir || e.Remote != remote {
-			continue
-		}
-		score := -2
-		switch {
-		case e.Proto == policies.ProtoAny:
-			score = -1
-		case e.Proto == policies.ProtoTCP && portMatch(e.Port, e.PortPrefix, port):
-			score = int(e.PortPrefix)
-		}
-		if score > bestScore {
-			best, bestScore = e, score
-		}
-	}
-	return best
-}
-
-func portMatch(base uint16, prefix uint8, port uint16) bool {
-	if prefix == 0 {
-		return true
-	}
-	mask := uint16(0xFFFF) << (16 - prefix)
-	return base&mask == port&mask
 }
 
 // PolicyName implements Resolver.
@@ -220,3 +181,18 @@ func (s *StaticResolver) Resolve(src, dst netip.AddrPort) (Decision, error) { re
 
 // PolicyName implements Resolver.
 func (s *StaticResolver) PolicyName(id uint32) string { return s.Names[id] }
+
+// RuleNames maps every rule id of set to its policy's name, for
+// NewModelResolver.
+func RuleNames(set *policies.Set) map[uint32]string {
+	out := map[uint32]string{}
+	if set == nil {
+		return out
+	}
+	for _, p := range set.Policies {
+		for _, r := range p.Rules {
+			out[r.ID] = p.Name
+		}
+	}
+	return out
+}

@@ -21,10 +21,11 @@ func testModel() *policies.Model {
 				{Direction: policies.Egress, Remote: 400, Proto: policies.ProtoTCP, Port: 80, PortPrefix: 16, L7: 1, RuleID: 1},
 			}},
 			{Identity: 400, Entries: []policies.Entry{ // the server
-				{Direction: policies.Ingress, Remote: 300, Proto: policies.ProtoTCP, Port: 80, PortPrefix: 16, L7: 2, RuleID: 2},
-				// A narrower plain allow lifts L7 for port 81 from anyone.
+				// Sorted as the compiler emits them: (Direction, Remote, Proto, Port, PortPrefix).
 				{Direction: policies.Ingress, Remote: policies.IdentityAny, Proto: policies.ProtoTCP, Port: 80, PortPrefix: 15, L7: 3, RuleID: 3},
+				// A narrower plain allow lifts L7 for port 81 from anyone.
 				{Direction: policies.Ingress, Remote: policies.IdentityAny, Proto: policies.ProtoTCP, Port: 81, PortPrefix: 16, RuleID: 4},
+				{Direction: policies.Ingress, Remote: 300, Proto: policies.ProtoTCP, Port: 80, PortPrefix: 16, L7: 2, RuleID: 2},
 				{Direction: policies.Ingress, Remote: 500, Proto: policies.ProtoAny, Action: policies.Deny, RuleID: 5},
 			}},
 		},
