@@ -30,12 +30,19 @@ func dockerUp() bool {
 
 // EnsureDockerd starts dockerd the way hack/docker-up.sh does (against the
 // running containerd, logging to /var/log/dockerd.log) when `docker version`
-// does not answer, and waits up to a minute until it does. Tests that stop
+// does not answer, and waits up to five minutes until it does (dockerd
+// restores every container before it listens). Tests that stop
 // dockerd call it from t.Cleanup so the machine's shared engine is back even
 // when they fail.
 func EnsureDockerd() error {
 	if dockerUp() {
 		return nil
+	}
+	// A dockerd that is still loading its containers (which takes minutes
+	// with a few hundred stopped ones on a loaded machine) is waited for,
+	// not started twice.
+	if pid, err := DockerdPid(); err == nil && syscall.Kill(pid, 0) == nil {
+		return waitDockerd()
 	}
 	log, err := os.OpenFile("/var/log/dockerd.log", os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -50,14 +57,18 @@ func EnsureDockerd() error {
 		return fmt.Errorf("start dockerd: %w", err)
 	}
 	_ = cmd.Process.Release()
-	deadline := time.Now().Add(time.Minute)
+	return waitDockerd()
+}
+
+func waitDockerd() error {
+	deadline := time.Now().Add(5 * time.Minute)
 	for time.Now().Before(deadline) {
 		if dockerUp() {
 			return nil
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(200 * time.Millisecond)
 	}
-	return fmt.Errorf("dockerd did not answer within a minute; see /var/log/dockerd.log")
+	return fmt.Errorf("dockerd did not answer within 5 minutes; see /var/log/dockerd.log")
 }
 
 // DockerdPid returns the pid of the running dockerd (from its pid file).

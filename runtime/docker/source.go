@@ -434,6 +434,15 @@ func (s *Source) inspect(ctx context.Context, cli *client.Client, id string) (*r
 		key = info.NetworkSettings.SandboxKey
 	}
 	ns, err := nsinfo.Inspect(key)
+	// A veth caught half set up (or a sandbox being replaced) has no host
+	// peer yet: look again briefly before reporting it without one.
+	for try := 0; err == nil && len(ns.Unpaired) > 0 && try < 10; try++ {
+		time.Sleep(20 * time.Millisecond)
+		ns, err = nsinfo.Inspect(key)
+	}
+	if err == nil && len(ns.Unpaired) > 0 {
+		s.log.Warn("container interface without a host-side veth", "container", r.id, "netns", key, "why", ns.Unpaired)
+	}
 	if key == "" || err != nil {
 		if r.pid == 0 {
 			return nil, nil

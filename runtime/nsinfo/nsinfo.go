@@ -27,6 +27,11 @@ type Info struct {
 	// network_mode host, or a containerd container without its own netns).
 	Host       bool
 	Interfaces []endpoint.Interface // loopback excluded, sorted by name
+	// Unpaired describes the interfaces that have a peer (IFLA_LINK) but
+	// whose peer was not found in the daemon's namespace, and why: a veth
+	// to some other namespace, or a veth caught while it is being set up or
+	// torn down. Callers may look again a little later.
+	Unpaired []string
 }
 
 // Inode returns the inode of the namespace file at path.
@@ -107,8 +112,16 @@ func Inspect(path string) (Info, error) {
 		if len(a.HardwareAddr) > 0 {
 			itf.MAC = append(itf.MAC, a.HardwareAddr...)
 		}
-		if a.ParentIndex != 0 && hostID >= 0 && a.NetNsID == hostID {
-			if peer, err := netlink.LinkByIndex(a.ParentIndex); err == nil && peer.Attrs().ParentIndex == a.Index {
+		if a.ParentIndex != 0 {
+			peer, err := netlink.LinkByIndex(a.ParentIndex)
+			switch {
+			case hostID < 0 || a.NetNsID != hostID:
+				info.Unpaired = append(info.Unpaired, fmt.Sprintf("%s: peer %d in netnsid %d, the host is %d", a.Name, a.ParentIndex, a.NetNsID, hostID))
+			case err != nil:
+				info.Unpaired = append(info.Unpaired, fmt.Sprintf("%s: host peer %d: %v", a.Name, a.ParentIndex, err))
+			case peer.Attrs().ParentIndex != a.Index:
+				info.Unpaired = append(info.Unpaired, fmt.Sprintf("%s: host link %d (%s) points at %d, not %d", a.Name, a.ParentIndex, peer.Attrs().Name, peer.Attrs().ParentIndex, a.Index))
+			default:
 				itf.HostIfindex = peer.Attrs().Index
 				itf.HostName = peer.Attrs().Name
 				if m := peer.Attrs().MasterIndex; m != 0 {
