@@ -43,5 +43,11 @@
 //   - none: ModeNone, no interfaces (loopback is not reported).
 //
 // Only running (or paused) containers have endpoints; a container that is
-// created but not started has no network namespace yet.
+// created but not started has no network namespace yet, and one that Docker
+// is restarting (restart policy) has none until the restart's start event.
+//
+// Safety net: every Config.RecheckInterval (default 5 minutes) every known
+// and listed container is pushed through the same ordered per-container
+// queue, so a state no event announced is corrected without racing the
+// container's own events.
 package docker

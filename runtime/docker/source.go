@@ -32,6 +32,10 @@ type Config struct {
 	MinBackoff, MaxBackoff time.Duration
 	// Workers is how many containers are inspected at once (default 8).
 	Workers int
+	// RecheckInterval is how often every container is looked at again
+	// through the ordered per-container queue, as a safety net against a
+	// state the events did not announce (default 5m; negative disables).
+	RecheckInterval time.Duration
 }
 
 // Source follows one dockerd. Create it with New; call Run once.
@@ -85,6 +89,9 @@ func New(cfg Config) *Source {
 	}
 	if cfg.Workers <= 0 {
 		cfg.Workers = 8
+	}
+	if cfg.RecheckInterval == 0 {
+		cfg.RecheckInterval = 5 * time.Minute
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -219,13 +226,40 @@ func (s *Source) session(ctx context.Context, cli *client.Client) error {
 	}
 	s.syncOnce.Do(func() { close(s.synced) })
 	d.Start()
-	select {
-	case err := <-readErr:
-		return fmt.Errorf("events stream: %w", err)
-	case err := <-d.Failed():
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
+	var recheck <-chan time.Time
+	if s.cfg.RecheckInterval > 0 {
+		t := time.NewTicker(s.cfg.RecheckInterval)
+		defer t.Stop()
+		recheck = t.C
+	}
+	for {
+		select {
+		case err := <-readErr:
+			return fmt.Errorf("events stream: %w", err)
+		case err := <-d.Failed():
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-recheck:
+			// Through the dispatcher, so a recheck never races a
+			// container's own events.
+			list, err := cli.ContainerList(sctx, container.ListOptions{})
+			if err != nil {
+				return fmt.Errorf("recheck: list containers: %w", err)
+			}
+			s.mu.Lock()
+			ids := make([]string, 0, len(s.ctrs)+len(list))
+			for id := range s.ctrs {
+				ids = append(ids, id)
+			}
+			s.mu.Unlock()
+			for _, c := range list {
+				ids = append(ids, c.ID)
+			}
+			for _, id := range ids {
+				d.Push(id)
+			}
+		}
 	}
 }
 
@@ -382,7 +416,10 @@ func (s *Source) inspect(ctx context.Context, cli *client.Client, id string) (*r
 		}
 		return nil, fmt.Errorf("inspect container %.12s: %w", id, err)
 	}
-	if info.ContainerJSONBase == nil || info.State == nil || !info.State.Running {
+	if info.ContainerJSONBase == nil || info.State == nil || !info.State.Running || info.State.Restarting {
+		// Restarting counts as running for Docker, but the old sandbox is
+		// being torn down and the new one does not exist yet: the start
+		// event that ends the restart brings the endpoint back.
 		return nil, nil
 	}
 	r := &record{
