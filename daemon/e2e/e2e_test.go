@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -499,4 +500,63 @@ func copyForOthers(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// TestSystemdNotify: READY=1 only after the first full reconcile, STATUS=
+// with counts, WATCHDOG=1 from the reconcile loop, STOPPING=1 on SIGTERM.
+func TestSystemdNotify(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.writePolicy("shop.hcl", shopPolicies)
+	sock := filepath.Join(e.dir, "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	msgs := make(chan string, 100)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				close(msgs)
+				return
+			}
+			msgs <- string(buf[:n])
+		}
+	}()
+	e.daemonEnv = []string{"NOTIFY_SOCKET=" + sock, "WATCHDOG_USEC=400000"}
+	e.startDaemon()
+	want := map[string]bool{"READY=1": false, "STATUS=": false, "WATCHDOG=1": false}
+	deadline := time.After(10 * time.Second)
+	for !want["READY=1"] || !want["STATUS="] || !want["WATCHDOG=1"] {
+		select {
+		case m := <-msgs:
+			for k := range want {
+				if strings.HasPrefix(m, k) {
+					want[k] = true
+				}
+			}
+			if strings.HasPrefix(m, "STATUS=") && !strings.Contains(m, "policies (revision 1)") {
+				t.Errorf("status line without counts: %q", m)
+			}
+			if m == "READY=1" && !e.status().Reconciled {
+				t.Error("READY=1 before the first reconcile")
+			}
+		case <-deadline:
+			t.Fatalf("notify messages seen: %v", want)
+		}
+	}
+	e.stopDaemon(syscall.SIGTERM)
+	stop := time.After(5 * time.Second)
+	for {
+		select {
+		case m := <-msgs:
+			if m == "STOPPING=1" {
+				return
+			}
+		case <-stop:
+			t.Fatal("no STOPPING=1 on SIGTERM")
+		}
+	}
 }

@@ -71,6 +71,8 @@ type env struct {
 	cmd     *exec.Cmd
 	logPath string
 	names   []string
+	// daemonEnv is added to membraned's environment (NOTIFY_SOCKET, ...).
+	daemonEnv []string
 }
 
 type envOpts struct {
@@ -147,7 +149,7 @@ metrics {
 // daemonCmd runs the test binary as membraned with e's config.
 func (e *env) daemonCmd() *exec.Cmd {
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "MEMBRANE_E2E_DAEMON="+e.cfgPath)
+	cmd.Env = append(append(os.Environ(), "MEMBRANE_E2E_DAEMON="+e.cfgPath), e.daemonEnv...)
 	return cmd
 }
 
