@@ -1,0 +1,389 @@
+package examples
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/membrane-fw/membrane/daemon/api"
+	"github.com/membrane-fw/membrane/internal/testenv"
+)
+
+// membraned is built once for the test binary (TestMain).
+var membraned string
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		dir, err := os.MkdirTemp("", "membrane-examples-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		out, err := exec.Command("go", "build", "-o", dir+"/", "../cmd/membraned").CombinedOutput()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "go build ./cmd/membraned: %v\n%s", err, out)
+			return 1
+		}
+		membraned = filepath.Join(dir, "membraned")
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+// world is one test's Docker network (with a bridge of its own name) and
+// a membraned that manages only that bridge and loads policyDir.
+type world struct {
+	t       *testing.T
+	sfx     string
+	network string
+	bridge  string
+	dir     string
+	cfg     string
+	pinDir  string
+	client  *api.Client
+	cmd     *exec.Cmd
+	log     string
+}
+
+// newWorld makes the world's names; with ownNetwork it also creates the
+// Docker network (the Compose test lets docker-compose create its own).
+func newWorld(t *testing.T, prefix string, ownNetwork bool) *world {
+	t.Helper()
+	testenv.RequireDocker(t)
+	sfx := testenv.RandomSuffix(8)
+	w := &world{t: t, sfx: sfx, network: prefix + "-" + sfx, bridge: "mex" + sfx,
+		dir: t.TempDir(), pinDir: "/sys/fs/bpf/membrane-ex-" + sfx}
+	w.log = filepath.Join(w.dir, "membraned.log")
+	if !ownNetwork {
+		return w
+	}
+	docker(t, "network", "create", "--driver", "bridge", "-o", "com.docker.network.bridge.name="+w.bridge, w.network)
+	t.Cleanup(func() { _ = exec.Command("docker", "network", "rm", w.network).Run() })
+	return w
+}
+
+// startDaemon runs membraned on policyDir and waits for its first
+// reconcile. Cleanup stops it and runs `membraned --cleanup`, which must
+// leave no pin.
+func (w *world) startDaemon(policyDir string) {
+	t := w.t
+	t.Helper()
+	abs, err := filepath.Abs(policyDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(w.dir, "api.sock")
+	w.cfg = filepath.Join(w.dir, "membrane.hcl")
+	cfg := fmt.Sprintf(`policy_dir      = %q
+state_dir       = %q
+bpffs_dir       = %q
+api_socket      = %q
+bridges         = [%q]
+policy_debounce = "20ms"
+runtime "containerd" {
+  enabled = false
+}
+metrics {
+  listen = ""
+}
+`, abs, filepath.Join(w.dir, "state"), w.pinDir, sock, w.bridge)
+	if err := os.WriteFile(w.cfg, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logf, err := os.Create(w.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.cmd = exec.Command(membraned, "--config", w.cfg)
+	w.cmd.Stdout, w.cmd.Stderr = logf, logf
+	if err := w.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	logf.Close()
+	t.Cleanup(func() {
+		_ = w.cmd.Process.Signal(syscall.SIGTERM)
+		_ = w.cmd.Wait()
+		if out, err := exec.Command(membraned, "--config", w.cfg, "--cleanup").CombinedOutput(); err != nil {
+			t.Errorf("membraned --cleanup: %v: %s", err, out)
+		}
+		if _, err := os.Stat(w.pinDir); err == nil {
+			t.Errorf("pins left in %s after membraned --cleanup", w.pinDir)
+			os.RemoveAll(w.pinDir)
+		}
+		if t.Failed() {
+			b, _ := os.ReadFile(w.log)
+			t.Logf("membraned log (tail):\n%s", lastLines(string(b), 60))
+		}
+	})
+	w.client = api.NewClient(sock)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		st, err := w.client.Status(context.Background())
+		if err == nil && st.Reconciled {
+			return
+		}
+		if w.cmd.ProcessState != nil || time.Now().After(deadline) {
+			b, _ := os.ReadFile(w.log)
+			t.Fatalf("membraned did not reconcile (last: %v, %+v):\n%s", err, st, lastLines(string(b), 40))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// probe is one cell of an allow/deny matrix: from a container (or the host
+// when from is "") to ip:port, where a listener answers HTTP with body.
+type probe struct {
+	name    string
+	from    string
+	ip      string
+	port    int
+	body    string
+	allowed bool
+}
+
+// reach makes one HTTP request and reports whether the answer came from
+// the expected listener. busybox nc, not wget: Debian's static busybox wget
+// crashes here.
+func reach(p probe) bool {
+	req := "GET / HTTP/1.0\r\n\r\n"
+	if p.from == "" {
+		c, err := net.DialTimeout("tcp", net.JoinHostPort(p.ip, fmt.Sprint(p.port)), 1500*time.Millisecond)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := io.WriteString(c, req); err != nil {
+			return false
+		}
+		b, _ := io.ReadAll(bufio.NewReader(c))
+		return strings.Contains(string(b), p.body)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	out, _ := exec.CommandContext(ctx, "docker", "exec", p.from, "sh", "-c",
+		fmt.Sprintf(`printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 %s %d`, p.ip, p.port)).Output()
+	return strings.Contains(string(out), p.body)
+}
+
+// mismatches runs every probe (concurrently: a denied one waits for its
+// timeout) and lists those whose outcome differs from the matrix.
+func mismatches(probes []probe) []string {
+	var mu sync.Mutex
+	var wrong []string
+	var wg sync.WaitGroup
+	for _, p := range probes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if got := reach(p); got != p.allowed {
+				mu.Lock()
+				wrong = append(wrong, fmt.Sprintf("%s: connected=%v, want %v", p.name, got, p.allowed))
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	sort.Strings(wrong)
+	return wrong
+}
+
+// expectMatrix polls until every probe has its expected outcome: policies
+// and endpoints settle within seconds, and only the upper bound is fixed.
+func expectMatrix(t *testing.T, probes []probe) {
+	t.Helper()
+	deadline := time.Now().Add(45 * time.Second)
+	for {
+		wrong := mismatches(probes)
+		if len(wrong) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("allow/deny matrix differs from the example's policies:\n  %s", strings.Join(wrong, "\n  "))
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+func docker(t *testing.T, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "docker", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("docker %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func containerIP(t *testing.T, name string) string {
+	t.Helper()
+	ip := docker(t, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name)
+	if net.ParseIP(ip) == nil {
+		t.Fatalf("container %s has no IP address (%q)", name, ip)
+	}
+	return ip
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// TestComposeExampleMatrix brings examples/compose up with Debian's
+// docker-compose (the services replaced by busybox listeners on their real
+// ports, testdata/docker-compose.test.yml) and checks the README's matrix
+// against membraned running the example's policies.
+func TestComposeExampleMatrix(t *testing.T) {
+	testenv.RequireBinary(t, "docker-compose")
+	img := testenv.BusyboxImage(t)
+	w := newWorld(t, "mexc", false)
+	project := "mexc" + w.sfx
+	compose := func(args ...string) string {
+		t.Helper()
+		full := append([]string{"-p", project, "-f", "compose/docker-compose.yml", "-f", "compose/testdata/docker-compose.test.yml"}, args...)
+		cmd := exec.Command("docker-compose", full...)
+		cmd.Env = append(os.Environ(),
+			"MEMBRANE_TEST_IMAGE="+img,
+			"MEMBRANE_TEST_BRIDGE="+w.bridge,
+			fmt.Sprintf("WEB_PORT=%d", 20000+rand.IntN(20000)))
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("docker-compose %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	// Compose makes its own network; its bridge gets the name the test
+	// gives it (w.bridge), and membraned manages that one.
+	t.Cleanup(func() { compose("down", "-v", "--remove-orphans", "-t", "1") })
+	compose("up", "-d", "--no-build")
+
+	svc := map[string]string{} // service -> container id
+	ip := map[string]string{}
+	for _, s := range []string{"web", "api", "db", "worker"} {
+		id := compose("ps", "-q", s)
+		if id == "" {
+			t.Fatalf("service %s has no container", s)
+		}
+		svc[s] = id
+		ip[s] = containerIP(t, id)
+	}
+	port := map[string]int{"web": 80, "api": 8000, "db": 5432, "worker": 9000}
+	cell := func(from, to string, allowed bool) probe {
+		p := probe{name: from + " -> " + to, ip: ip[to], port: port[to], body: to, allowed: allowed}
+		if from != "host" {
+			p.from = svc[from]
+		}
+		return p
+	}
+	// Before membraned, everything connects: the denials below are the
+	// policies' doing.
+	if wrong := mismatches([]probe{cell("web", "db", true), cell("worker", "api", true)}); len(wrong) > 0 {
+		t.Fatalf("without membraned: %v", wrong)
+	}
+
+	w.startDaemon("compose/policies")
+	expectMatrix(t, []probe{
+		cell("host", "web", true),
+		cell("host", "api", false),
+		cell("web", "api", true),
+		cell("web", "db", false),
+		cell("web", "worker", false),
+		cell("api", "db", true),
+		cell("api", "web", false),
+		cell("worker", "db", true),
+		cell("worker", "api", false),
+		cell("db", "api", false),
+		cell("db", "worker", false),
+	})
+}
+
+// nomadAlloc recreates what Nomad's docker driver makes for one allocation
+// with bridge networking: a pause container holding the network namespace
+// (nomad_init_ALLOC) and one container per task joined to it, each task
+// labelled with the fields client.nomad.hcl's extra_labels asks for.
+type nomadTask struct{ name, script string }
+
+func nomadAlloc(t *testing.T, w *world, img, job, group string, tasks ...nomadTask) (pause string, taskContainers []string) {
+	t.Helper()
+	alloc := fmt.Sprintf("%s-%s-%s-%s-%s", testenv.RandomSuffix(8), testenv.RandomSuffix(4), testenv.RandomSuffix(4), testenv.RandomSuffix(4), testenv.RandomSuffix(12))
+	pause = "nomad_init_" + alloc
+	docker(t, "run", "-d", "--name", pause, "--network", w.network,
+		"--label", "com.hashicorp.nomad.alloc_id="+alloc, img, "sleep", "3600")
+	t.Cleanup(func() { _ = exec.Command("docker", "rm", "-f", pause).Run() })
+	for _, task := range tasks {
+		name := task.name + "-" + alloc
+		docker(t, "run", "-d", "--name", name, "--network", "container:"+pause,
+			"--label", "com.hashicorp.nomad.alloc_id="+alloc,
+			"--label", "com.hashicorp.nomad.job_id="+job,
+			"--label", "com.hashicorp.nomad.job_name="+job,
+			"--label", "com.hashicorp.nomad.task_group_name="+group,
+			"--label", "com.hashicorp.nomad.task_name="+task.name,
+			"--label", "com.hashicorp.nomad.namespace=default",
+			"--label", "com.hashicorp.nomad.node_name=client-1",
+			img, "sh", "-c", task.script)
+		// Removed before the pause container (cleanups run last-in first-out).
+		t.Cleanup(func() { _ = exec.Command("docker", "rm", "-f", name).Run() })
+		taskContainers = append(taskContainers, name)
+	}
+	return pause, taskContainers
+}
+
+func listener(port int, body string) string {
+	return fmt.Sprintf("mkdir -p /www && echo %s > /www/index.html && exec httpd -f -p %d -h /www", body, port)
+}
+
+// TestNomadExampleMatrix recreates the containers examples/nomad's job
+// creates and checks the README's matrix against membraned running the
+// example's policies on the nomad.* labels.
+func TestNomadExampleMatrix(t *testing.T) {
+	img := testenv.BusyboxImage(t)
+	w := newWorld(t, "mexn", true)
+	fePause, fe := nomadAlloc(t, w, img, "shop", "frontend", nomadTask{"web", listener(80, "frontend")})
+	bePause, be := nomadAlloc(t, w, img, "shop", "backend",
+		nomadTask{"api", listener(8000, "backend")}, nomadTask{"log-shipper", "exec sleep 3600"})
+	dbPause, db := nomadAlloc(t, w, img, "shop", "db", nomadTask{"postgres", listener(5432, "db")})
+	_, other := nomadAlloc(t, w, img, "batch", "jobs", nomadTask{"runner", "exec sleep 3600"})
+
+	ip := map[string]string{"frontend": containerIP(t, fePause), "backend": containerIP(t, bePause), "db": containerIP(t, dbPause)}
+	port := map[string]int{"frontend": 80, "backend": 8000, "db": 5432}
+	from := map[string]string{"frontend": fe[0], "backend": be[0], "sidecar": be[1], "db": db[0], "batch": other[0], "host": ""}
+	cell := func(src, dst string, allowed bool) probe {
+		return probe{name: src + " -> " + dst, from: from[src], ip: ip[dst], port: port[dst], body: dst, allowed: allowed}
+	}
+	if wrong := mismatches([]probe{cell("frontend", "db", true), cell("batch", "backend", true)}); len(wrong) > 0 {
+		t.Fatalf("without membraned: %v", wrong)
+	}
+
+	w.startDaemon("nomad/policies")
+	expectMatrix(t, []probe{
+		cell("host", "frontend", true),
+		cell("host", "backend", false),
+		cell("frontend", "backend", true),
+		cell("frontend", "db", false),
+		cell("backend", "db", true),
+		// The sidecar shares the backend's network namespace: same endpoint.
+		cell("sidecar", "db", true),
+		cell("backend", "frontend", false),
+		cell("db", "backend", false),
+		cell("batch", "backend", false),
+		cell("batch", "frontend", false),
+		cell("batch", "db", false),
+	})
+}
