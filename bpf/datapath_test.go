@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"context"
 	"errors"
 	"net/netip"
 	"testing"
@@ -595,4 +596,31 @@ func TestResyncRepairsDrift(t *testing.T) {
 		t.Errorf("resync %+v", st)
 	}
 	h.expect(out, h.ifs[0], udp(addrA, addrW, 1, 1), ReasonDropDefaultDeny)
+}
+
+func TestEventsUntilCancelled(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	got := make(chan Event, 10)
+	done := make(chan error, 1)
+	go func() { done <- h.dp.Events(ctx, func(ev Event) { got <- ev }) }()
+	time.Sleep(50 * time.Millisecond) // let the reader open
+	h.expect(out, h.ifs[2], udp(addrA, addrW, 1, 1), ReasonDropUnknown)
+	select {
+	case ev := <-got:
+		if ev.Reason != ReasonDropUnknown || ev.LocalIdentity != policies.IdentityInit {
+			t.Errorf("event %+v", ev)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("no event")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Events after cancel: %v", err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("Events did not return after cancel")
+	}
 }

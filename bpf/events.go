@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -92,13 +93,47 @@ func (e *EventReader) Read() (Event, error) {
 	return decodeEvent(rec.RawSample)
 }
 
+// Events delivers decoded records to fn until ctx is cancelled (then it
+// returns nil) or reading fails. A record that does not decode is skipped.
+func (d *Datapath) Events(ctx context.Context, fn func(Event)) error {
+	r, err := d.NewEventReader()
+	if err != nil {
+		return err
+	}
+	stop := context.AfterFunc(ctx, func() { r.Close() })
+	defer stop()
+	defer r.Close()
+	for {
+		ev, err := r.Read()
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			if errors.Is(err, os.ErrClosed) {
+				return nil
+			}
+			var de *decodeError
+			if errors.As(err, &de) {
+				continue
+			}
+			return err
+		}
+		fn(ev)
+	}
+}
+
+type decodeError struct{ err error }
+
+func (e *decodeError) Error() string { return e.err.Error() }
+func (e *decodeError) Unwrap() error { return e.err }
+
 // Close stops the reader; a blocked Read returns.
 func (e *EventReader) Close() error { return e.r.Close() }
 
 func decodeEvent(raw []byte) (Event, error) {
 	var r datapathEvent
 	if err := binary.Read(bytes.NewReader(raw), binary.NativeEndian, &r); err != nil {
-		return Event{}, fmt.Errorf("decoding event (%d bytes): %w", len(raw), err)
+		return Event{}, &decodeError{fmt.Errorf("decoding event (%d bytes): %w", len(raw), err)}
 	}
 	ev := Event{
 		Time:           wallClock(r.Timestamp),
