@@ -39,6 +39,10 @@ type Config struct {
 	MinBackoff, MaxBackoff time.Duration
 	// Workers is how many containers are read at once (default 8).
 	Workers int
+	// RecheckInterval is how often every container is read again through
+	// the ordered per-container queue, as a safety net (default 5m;
+	// negative disables).
+	RecheckInterval time.Duration
 }
 
 // Source follows one containerd.
@@ -85,6 +89,9 @@ func New(cfg Config) *Source {
 	}
 	if cfg.Workers <= 0 {
 		cfg.Workers = 8
+	}
+	if cfg.RecheckInterval == 0 {
+		cfg.RecheckInterval = 5 * time.Minute
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -226,14 +233,57 @@ func (s *Source) session(ctx context.Context, cli *containerd.Client) error {
 	}
 	s.syncOnce.Do(func() { close(s.synced) })
 	d.Start()
-	select {
-	case err := <-readErr:
-		return fmt.Errorf("event stream: %w", err)
-	case err := <-d.Failed():
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
+	var recheck <-chan time.Time
+	if s.cfg.RecheckInterval > 0 {
+		t := time.NewTicker(s.cfg.RecheckInterval)
+		defer t.Stop()
+		recheck = t.C
 	}
+	for {
+		select {
+		case err := <-readErr:
+			return fmt.Errorf("event stream: %w", err)
+		case err := <-d.Failed():
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-recheck:
+			keys, err := s.listKeys(sctx, cli)
+			if err != nil {
+				return fmt.Errorf("recheck: %w", err)
+			}
+			s.mu.Lock()
+			for k := range s.ctrs {
+				keys = append(keys, k)
+			}
+			s.mu.Unlock()
+			for _, k := range keys {
+				d.Push(k)
+			}
+		}
+	}
+}
+
+// listKeys lists "ns/id" of every container in the watched namespaces.
+func (s *Source) listKeys(ctx context.Context, cli *containerd.Client) ([]string, error) {
+	nss, err := cli.NamespaceService().List(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list namespaces: %w", err)
+	}
+	var keys []string
+	for _, ns := range nss {
+		if !s.watched(ns) {
+			continue
+		}
+		cs, err := cli.Containers(namespaces.WithNamespace(ctx, ns))
+		if err != nil {
+			return nil, fmt.Errorf("list containers in namespace %s: %w", ns, err)
+		}
+		for _, c := range cs {
+			keys = append(keys, ns+"/"+c.ID())
+		}
+	}
+	return keys, nil
 }
 
 func cut(key string) (ns, id string, ok bool) {
@@ -275,23 +325,15 @@ func containerOf(a typeurl.Any) string {
 }
 
 func (s *Source) resync(ctx context.Context, cli *containerd.Client) error {
-	nss, err := cli.NamespaceService().List(ctx)
+	keys, err := s.listKeys(ctx, cli)
 	if err != nil {
-		return fmt.Errorf("list namespaces: %w", err)
+		return err
 	}
 	type item struct{ ns, id string }
 	var items []item
-	for _, ns := range nss {
-		if !s.watched(ns) {
-			continue
-		}
-		cs, err := cli.Containers(namespaces.WithNamespace(ctx, ns))
-		if err != nil {
-			return fmt.Errorf("list containers in namespace %s: %w", ns, err)
-		}
-		for _, c := range cs {
-			items = append(items, item{ns, c.ID()})
-		}
+	for _, k := range keys {
+		ns, id, _ := cut(k)
+		items = append(items, item{ns, id})
 	}
 	type result struct {
 		rec     *record

@@ -124,7 +124,8 @@ func TestContainerdEndpoints(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	src, c := startSource(t, Config{Namespaces: []string{ns}})
+	// A short recheck: it must never report anything that did not change.
+	src, c := startSource(t, Config{Namespaces: []string{ns}, RecheckInterval: 200 * time.Millisecond})
 	_, lc := startLinkWatcher(t, src)
 
 	create := func(id string, labels map[string]string, netns ...oci.SpecOpts) containerd.Container {
@@ -265,6 +266,20 @@ func TestContainerdEndpoints(t *testing.T) {
 	c.mu.Unlock()
 	if len(seq) < 2 || seq[0] != endpoint.Added || seq[len(seq)-1] != endpoint.Removed {
 		t.Fatalf("web events %v", seq)
+	}
+	// The host-mode container never changed: across the rechecks it got
+	// exactly one event.
+	time.Sleep(500 * time.Millisecond)
+	c.mu.Lock()
+	var hostEvents []endpoint.EventType
+	for _, ev := range c.evs {
+		if ev.Endpoint.ID == hostID {
+			hostEvents = append(hostEvents, ev.Type)
+		}
+	}
+	c.mu.Unlock()
+	if len(hostEvents) != 1 || hostEvents[0] != endpoint.Added {
+		t.Fatalf("unchanged host endpoint got %v across rechecks", hostEvents)
 	}
 }
 
