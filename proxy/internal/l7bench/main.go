@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"regexp"
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -43,6 +44,7 @@ func run(args []string) error {
 	rps := fs.Int("rps", 1000, "requests per second (rate)")
 	dur := fs.Duration("duration", 10*time.Second, "duration (rate)")
 	conns := fs.Int("conns", 8, "keep-alive connections (rate)")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the proxy to this file (proxy)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -50,6 +52,16 @@ func run(args []string) error {
 	case "upstream":
 		return serveUpstream(ctx, *listen)
 	case "proxy":
+		if *cpuprofile != "" {
+			f, err := os.Create(*cpuprofile)
+			if err != nil {
+				return err
+			}
+			if err := pprof.StartCPUProfile(f); err != nil {
+				return err
+			}
+			defer pprof.StopCPUProfile()
+		}
 		return serveProxy(ctx, *listen, *upstream)
 	case "rate":
 		return rate(ctx, *url, *rps, *dur, *conns)
