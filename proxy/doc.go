@@ -23,4 +23,24 @@
 //     installed idempotently through netlink, removed by --cleanup).
 //   - The skb->mark layout shared with the datapath (mark.go).
 //   - Metrics: the Prometheus collectors both engines report through.
+//
+// # Wiring (membraned)
+//
+//	name, envoyPath, err := proxy.ChooseEngine(cfg.L7.Engine, nil) // auto|builtin|envoy
+//	if err := proxy.DefaultRouting.Install(nil); err != nil { ... }  // idempotent
+//	var eng proxy.Engine
+//	if name == proxy.EngineEnvoy {
+//		eng, err = envoy.New(envoy.Config{Port: port, EnvoyPath: envoyPath, Logger: log, Events: sink})
+//		// eng.(*envoy.Engine).WaitReady(ctx) before the datapath redirects to it
+//	} else {
+//		ls, err := proxy.ListenTransparent(ctx, port)
+//		eng, err = builtin.New(builtin.Config{Listeners: ls, Logger: log, Events: sink})
+//	}
+//	registry.MustRegister(eng.Collectors()...)
+//	// after every compile or ipcache change:
+//	eng.Update(proxy.NewModelResolver(model, ipcache, proxy.RuleNames(set)))
+//	// the datapath's proxy port for every L7 ruleset:
+//	proxyPort := func(l7 uint32) uint16 { return eng.Port() }
+//	// --cleanup:
+//	proxy.DefaultRouting.Remove(nil)
 package proxy
