@@ -57,6 +57,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } membrane_ipcache SEC(".maps");
 
+/* Full-length ipcache entries (endpoint and host addresses), keyed like the
+ * LPM trie with prefixlen 64 or 160: one hash lookup instead of a trie walk
+ * for the peers that matter most; the trie holds the shorter prefixes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_value);
+	__uint(max_entries, 16384);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} membrane_ipcache_exact SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
 	__type(key, __u32); /* local identity */
@@ -409,7 +420,10 @@ static __always_inline __u32 ipcache_identity(__u8 family, const __u8 *addr)
 		k.prefixlen = 32 + 128;
 		__builtin_memcpy(k.addr, addr, 16);
 	}
-	struct ipcache_value *v = bpf_map_lookup_elem(&membrane_ipcache, &k);
+	struct ipcache_value *v = bpf_map_lookup_elem(&membrane_ipcache_exact, &k);
+	if (v)
+		return v->identity;
+	v = bpf_map_lookup_elem(&membrane_ipcache, &k);
 	return v ? v->identity : IDENTITY_WORLD;
 }
 

@@ -58,7 +58,7 @@ type Config struct {
 	Attach AttachMode // default auto
 
 	MaxEndpoints     uint32 // default 1024
-	MaxIPCache       uint32 // default 16384
+	MaxIPCache       uint32 // full-length addresses, and shorter prefixes, each; default 16384
 	MaxIdentities    uint32 // local identities with a policy, default 4096
 	MaxPolicyEntries uint32 // entries per identity, default 16384
 	MaxConntrack     uint32 // default 65536
@@ -138,7 +138,7 @@ type Datapath struct {
 }
 
 var mapNames = []string{
-	"membrane_endpoints", "membrane_ipcache", "membrane_policy", "membrane_ct",
+	"membrane_endpoints", "membrane_ipcache", "membrane_ipcache_exact", "membrane_policy", "membrane_ct",
 	"membrane_frag", "membrane_config", "membrane_counters", "membrane_events",
 }
 
@@ -188,12 +188,13 @@ func (d *Datapath) spec() (*ebpf.CollectionSpec, error) {
 	}
 	c := &d.cfg
 	sizes := map[string]uint32{
-		"membrane_endpoints": c.MaxEndpoints,
-		"membrane_ipcache":   c.MaxIPCache,
-		"membrane_policy":    c.MaxIdentities,
-		"membrane_ct":        c.MaxConntrack,
-		"membrane_frag":      c.MaxFragments,
-		"membrane_events":    c.EventsBytes,
+		"membrane_endpoints":     c.MaxEndpoints,
+		"membrane_ipcache":       c.MaxIPCache,
+		"membrane_ipcache_exact": c.MaxIPCache,
+		"membrane_policy":        c.MaxIdentities,
+		"membrane_ct":            c.MaxConntrack,
+		"membrane_frag":          c.MaxFragments,
+		"membrane_events":        c.EventsBytes,
 	}
 	for name, n := range sizes {
 		spec.Maps[name].MaxEntries = n

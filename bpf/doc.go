@@ -71,7 +71,11 @@
 //	                             flags u32 (1 enforce ingress, 2 enforce egress, 4 audit), pad u32}
 //	membrane_ipcache    LPM trie ipcache_key{prefixlen u32 = 32 + prefix bits, family u8 (4|6),
 //	                             pad [3]u8, addr [16]u8 (IPv4 in the first 4)}
-//	                             -> ipcache_value{identity u32, flags u32}
+//	                             -> ipcache_value{identity u32, flags u32}; prefixes shorter
+//	                             than the address only
+//	membrane_ipcache_exact hash  same key and value for full-length addresses (prefixlen 64
+//	                             or 160): looked up first, one hash lookup for endpoint and
+//	                             host addresses
 //	membrane_policy     hash of maps: u32 local identity -> LPM trie
 //	                             policy_key{prefixlen u32, identity u32 NBO (remote, 0 any),
 //	                             direction u8, protocol u8, port u16 NBO (ICMP: type)}

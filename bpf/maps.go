@@ -99,6 +99,15 @@ func ipcacheKey(p netip.Prefix) (datapathIpcacheKey, error) {
 	return k, nil
 }
 
+// ipcacheMap is where a prefix lives: full-length addresses in the exact
+// hash (one lookup in the datapath), shorter prefixes in the LPM trie.
+func (d *Datapath) ipcacheMap(p netip.Prefix) *ebpf.Map {
+	if p.Bits() == p.Addr().BitLen() {
+		return d.objs.MembraneIpcacheExact
+	}
+	return d.objs.MembraneIpcache
+}
+
 func (k datapathIpcacheKey) prefix() netip.Prefix {
 	bits := int(k.Prefixlen) - 32
 	if k.Family == 4 {
@@ -118,7 +127,7 @@ func (d *Datapath) IPCacheSet(p netip.Prefix, id policies.Identity) error {
 		return err
 	}
 	var old datapathIpcacheValue
-	existed := d.objs.MembraneIpcache.Lookup(&k, &old) == nil
+	existed := d.ipcacheMap(unmapPrefix(p)).Lookup(&k, &old) == nil
 	if err := d.ipcacheSet(p, id); err != nil {
 		return err
 	}
@@ -129,11 +138,12 @@ func (d *Datapath) IPCacheSet(p netip.Prefix, id policies.Identity) error {
 }
 
 func (d *Datapath) ipcacheSet(p netip.Prefix, id policies.Identity) error {
-	k, err := ipcacheKey(unmapPrefix(p))
+	p = unmapPrefix(p)
+	k, err := ipcacheKey(p)
 	if err != nil {
 		return err
 	}
-	if err := d.objs.MembraneIpcache.Put(&k, &datapathIpcacheValue{Identity: uint32(id)}); err != nil {
+	if err := d.ipcacheMap(p).Put(&k, &datapathIpcacheValue{Identity: uint32(id)}); err != nil {
 		return wrapFull(err, "ipcache", "max_ipcache", d.cfg.MaxIPCache)
 	}
 	return nil
@@ -155,7 +165,7 @@ func (d *Datapath) IPCacheDelete(p netip.Prefix) error {
 	if err != nil {
 		return err
 	}
-	err = d.objs.MembraneIpcache.Delete(&k)
+	err = d.ipcacheMap(unmapPrefix(p)).Delete(&k)
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
 		return nil
 	}
@@ -175,14 +185,16 @@ func (d *Datapath) IPCache() (map[netip.Prefix]policies.Identity, error) {
 
 func (d *Datapath) ipcache() (map[netip.Prefix]policies.Identity, error) {
 	out := map[netip.Prefix]policies.Identity{}
-	var k datapathIpcacheKey
-	var v datapathIpcacheValue
-	it := d.objs.MembraneIpcache.Iterate()
-	for it.Next(&k, &v) {
-		out[k.prefix()] = policies.Identity(v.Identity)
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("reading ipcache: %w", err)
+	for _, m := range []*ebpf.Map{d.objs.MembraneIpcacheExact, d.objs.MembraneIpcache} {
+		var k datapathIpcacheKey
+		var v datapathIpcacheValue
+		it := m.Iterate()
+		for it.Next(&k, &v) {
+			out[k.prefix()] = policies.Identity(v.Identity)
+		}
+		if err := it.Err(); err != nil {
+			return nil, fmt.Errorf("reading ipcache: %w", err)
+		}
 	}
 	return out, nil
 }
@@ -227,7 +239,7 @@ func (d *Datapath) IPCacheSync(want map[netip.Prefix]policies.Identity) error {
 			continue
 		}
 		k, _ := ipcacheKey(p)
-		if err := d.objs.MembraneIpcache.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := d.ipcacheMap(p).Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("deleting ipcache %v: %w", p, err)
 		}
 		changed = true
