@@ -464,16 +464,28 @@ func TestConntrackLifetimesAndGC(t *testing.T) {
 	sa := long.reverse()
 	sa.tcpFlags = tcpSYN | tcpACK
 	h.expect(in, h.ifs[0], sa, ReasonAllowReply)
+	// A third flow closes with FIN from both sides.
+	fin := tcp(addrA, addrB, 3, 80, tcpSYN)
+	h.expect(out, h.ifs[0], fin, ReasonAllowDefault)
+	finSA := fin.reverse()
+	finSA.tcpFlags = tcpSYN | tcpACK
+	h.expect(in, h.ifs[0], finSA, ReasonAllowReply)
+	fin.tcpFlags = tcpFIN | tcpACK
+	h.expect(out, h.ifs[0], fin, ReasonAllowEstablished)
+	finR := fin.reverse()
+	finR.tcpFlags = tcpFIN | tcpACK
+	h.expect(in, h.ifs[0], finR, ReasonAllowReply)
 	n, err := h.dp.ConntrackEntries()
 	must(t, err)
-	if n != 2 {
-		t.Fatalf("%d conntrack entries, want 2", n)
+	if n != 3 {
+		t.Fatalf("%d conntrack entries, want 3", n)
 	}
 	if n, err := h.dp.GC(time.Now()); err != nil || n != 0 {
 		t.Fatalf("GC now: %d %v", n, err)
 	}
-	// After 6 s the reset flow is gone, the established one stays an hour.
-	if n, err := h.dp.GC(time.Now().Add(6 * time.Second)); err != nil || n != 1 {
+	// After 6 s the reset and the closed flows are gone, the established
+	// one stays an hour.
+	if n, err := h.dp.GC(time.Now().Add(6 * time.Second)); err != nil || n != 2 {
 		t.Fatalf("GC +6s: %d %v", n, err)
 	}
 	if n, err := h.dp.GC(time.Now().Add(2 * time.Hour)); err != nil || n != 1 {

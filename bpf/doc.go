@@ -130,7 +130,7 @@
 //	dp.SyncPolicy(model, proxyPortOf)                       // per-identity atomic swap; bumps the revision
 //	dp.ResyncPolicy(model, proxyPortOf)                     // same, after reading the maps back (periodic)
 //	dp.Attach(ifindex)                                      // both hooks; idempotent
-//	r, _ := dp.NewEventReader(); ev, err := r.Read()
+//	dp.Events(ctx, func(ev bpf.Event) {...})                // or NewEventReader + Read
 //	dp.Counters(); dp.GC(time.Now()); dp.Close() // or dp.Cleanup() on package removal
 //
 // The policy revision moves on by itself whenever a change can alter the
