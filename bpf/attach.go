@@ -258,25 +258,61 @@ func (d *Datapath) adoptAttachments() error {
 	if err != nil {
 		return err
 	}
-	var errs []error
+	// An interface that went away while no daemon ran leaves a pin behind:
+	// it is pruned, never a reason to fail the start.
 	for _, a := range atts {
 		for _, hook := range []string{hookIngress, hookEgress} {
 			switch a.Mode {
 			case AttachTCX:
-				l, err := link.LoadPinnedLink(d.linkPin(AttachTCX, a.Ifindex, hook), nil)
+				pin := d.linkPin(AttachTCX, a.Ifindex, hook)
+				l, err := link.LoadPinnedLink(pin, nil)
 				if err != nil {
+					d.log.Warn("unreadable link pin; removing it", "pin", pin, "err", err)
+					_ = os.Remove(pin)
 					continue
 				}
-				if err := l.Update(d.progFor(hook)); err != nil {
-					errs = append(errs, fmt.Errorf("updating link on %d: %w", a.Ifindex, err))
+				info, ierr := l.Info()
+				live := ierr == nil && info.TCX() != nil && info.TCX().Ifindex == uint32(a.Ifindex)
+				if !live {
+					d.log.Info("interface gone; removing its link pin", "ifindex", a.Ifindex)
+					_ = l.Unpin()
+				} else if err := l.Update(d.progFor(hook)); err != nil {
+					d.log.Warn("could not put the new program on a link", "ifindex", a.Ifindex, "err", err)
 				}
 				l.Close()
 			case AttachTC:
+				// Only where our filter still is: an index whose device
+				// went away may since name another interface.
+				if !haveOurFilter(a.Ifindex, hook) {
+					d.log.Info("interface gone; removing its tc marker", "ifindex", a.Ifindex)
+					_ = os.Remove(d.linkPin(AttachTC, a.Ifindex, hook))
+					continue
+				}
 				if err := d.attachTC(a.Ifindex, hook); err != nil {
-					d.log.Warn("could not replace tc filter; interface gone?", "ifindex", a.Ifindex, "err", err)
+					d.log.Warn("could not put the new program on a tc filter", "ifindex", a.Ifindex, "err", err)
 				}
 			}
 		}
 	}
-	return errors.Join(errs...)
+	return nil
+}
+
+// haveOurFilter reports whether the interface carries the cls_bpf filter
+// this package makes (our priority and handle) on the hook.
+func haveOurFilter(ifindex int, hook string) bool {
+	l, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		return false
+	}
+	fs, err := netlink.FilterList(l, tcParent(hook))
+	if err != nil {
+		return false
+	}
+	for _, f := range fs {
+		a := f.Attrs()
+		if a.Handle == tcHandle && a.Priority == tcPriority {
+			return true
+		}
+	}
+	return false
 }

@@ -170,6 +170,44 @@ func TestDetachVanishedInterface(t *testing.T) {
 	}
 }
 
+// A restart after an interface vanished must not fail: the stale pin is pruned.
+func TestRestartPrunesVanishedInterfaces(t *testing.T) {
+	for _, mode := range []AttachMode{AttachTCX, AttachTC} {
+		t.Run(string(mode), func(t *testing.T) {
+			h := newHarness(t, 2, Config{Attach: mode})
+			gone, kept := h.ifs[0], h.ifs[1]
+			must(t, h.ns.Do(func() error {
+				if err := h.dp.Attach(gone); err != nil {
+					return err
+				}
+				if err := h.dp.Attach(kept); err != nil {
+					return err
+				}
+				l, err := netlink.LinkByIndex(gone)
+				if err != nil {
+					return err
+				}
+				return netlink.LinkDel(l)
+			}))
+			pinDir := h.dp.cfg.PinDir
+			must(t, h.dp.Close())
+			var dp2 *Datapath
+			must(t, h.ns.Do(func() error {
+				var err error
+				dp2, err = Open(Config{PinDir: pinDir, Attach: mode})
+				return err
+			}))
+			h.dp = dp2
+			t.Cleanup(func() { h.ns.Do(dp2.Cleanup) })
+			atts, err := dp2.Attached()
+			must(t, err)
+			if len(atts) != 1 || atts[0].Ifindex != kept {
+				t.Errorf("attachments after restart: %+v (kept %d)", atts, kept)
+			}
+		})
+	}
+}
+
 // The kernel accepts inner LPM maps of any size into the outer map, so a new
 // max_policy_entries needs no replacement; the probe in Open would catch an
 // inner map the outer one refuses.
