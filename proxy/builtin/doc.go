@@ -11,8 +11,12 @@
 // a miss is answered 403 with a short text body naming the policy, and an
 // allowed request goes upstream to the original destination on a socket
 // whose SO_MARK carries the source identity and the from-proxy flag.
-// Upstream connections are pooled per mark, so one source's connection is
-// never reused for another source. Update swaps the resolver; a connection
+// An HTTP/1.x client connection gets its own upstream connection (request
+// and response handled on the handler's goroutine, pipelined requests in
+// order; a kept-alive upstream connection the server dropped is replaced and
+// a body-less request retried once); HTTP/2 streams and upgrades go through
+// httputil.ReverseProxy with transports pooled per mark. Either way one
+// source's upstream connection is never reused for another source. Update swaps the resolver; a connection
 // re-resolves at its next request, so rule changes apply to kept-alive
 // connections. Bad requests get 400 and oversized headers 431 from net/http
 // without reaching the handler.
