@@ -284,7 +284,8 @@ func (t *translator) chain(name string, d proxy.Decision, src, dst []netip.Prefi
 	}
 	// The policy names ride on every route as metadata, for the 403 body
 	// and the access log.
-	md, err := structpb.NewStruct(map[string]any{"policies": strings.Join(quoteAll(names), ", ")})
+	// Unquoted: Envoy may render string metadata JSON-quoted in text.
+	md, err := structpb.NewStruct(map[string]any{"policies": strings.Join(names, ", ")})
 	if err != nil {
 		return nil, err
 	}
@@ -320,14 +321,6 @@ func (t *translator) chain(name string, d proxy.Decision, src, dst []netip.Prefi
 		}
 	}
 	return c, nil
-}
-
-func quoteAll(ss []string) []string {
-	out := make([]string, len(ss))
-	for i, s := range ss {
-		out[i] = strconv.Quote(s)
-	}
-	return out
 }
 
 func forward(name string, m *route.RouteMatch, clusterName string) *route.Route {
