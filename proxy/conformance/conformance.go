@@ -20,6 +20,7 @@ import (
 
 	"github.com/membrane-fw/membrane/policies"
 	"github.com/membrane-fw/membrane/proxy"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -116,6 +117,7 @@ func Run(t *testing.T, f Factory) {
 	if tg.Events != nil {
 		t.Run("Events", s.events)
 	}
+	t.Run("Metrics", s.metrics)
 	// Last: it changes the policy.
 	t.Run("RuleChangeAppliesToKeptAliveConnection", s.ruleChange)
 }
@@ -562,6 +564,58 @@ func (s *suite) events(t *testing.T) {
 			t.Errorf("event %+v; want path %s verdict %s status %d rule %d policy %s identities 300->400",
 				ev, w.path, w.verdict, w.status, w.rule, w.policy)
 		}
+	}
+}
+
+func (s *suite) metrics(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(collectors(s.tg.Engine)); err != nil {
+		t.Fatalf("registering the engine's collectors: %v", err)
+	}
+	// Engines that learn verdicts asynchronously (Envoy's access log) may lag.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatalf("gather: %v", err)
+		}
+		counts := map[string]float64{}
+		for _, mf := range mfs {
+			if mf.GetName() != "membrane_proxy_requests_total" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "verdict" {
+						counts[l.GetValue()] += m.GetCounter().GetValue()
+					}
+				}
+			}
+		}
+		if counts[proxy.VerdictForwarded] > 0 && counts[proxy.VerdictDenied] > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("membrane_proxy_requests_total by verdict = %v after the suite's requests; want forwarded and denied counted", counts)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// collectors bundles an engine's collectors into one.
+type collectorSet []prometheus.Collector
+
+func collectors(e proxy.Engine) collectorSet { return collectorSet(e.Collectors()) }
+
+func (c collectorSet) Describe(ch chan<- *prometheus.Desc) {
+	for _, x := range c {
+		x.Describe(ch)
+	}
+}
+
+func (c collectorSet) Collect(ch chan<- prometheus.Metric) {
+	for _, x := range c {
+		x.Collect(ch)
 	}
 }
 

@@ -13,5 +13,6 @@
 // pipelining; rule changes on a kept-alive connection; large uploads
 // (chunked, Expect: 100-continue) and downloads; WebSocket; h2c streams; a
 // gRPC call allowed by path and one denied; bad and oversized requests; and,
-// when the engine reports events, the verdict records.
+// when the engine reports events, the verdict records; and the Prometheus
+// request counters by verdict.
 package conformance
