@@ -73,6 +73,9 @@ type reconciler struct {
 	problems   map[string]string // current datapath problems by key
 	lastStatus string
 	peersDirty bool // deferred peer policies to write (see recompile)
+	// ipcache mirrors what the ipcache map holds after our last write; nil
+	// when unknown (start, or after a failed write).
+	ipcache map[netip.Prefix]policies.Identity
 
 	view viewHolder
 }
@@ -655,8 +658,51 @@ func (r *reconciler) wantIPCache() map[netip.Prefix]policies.Identity {
 	return want
 }
 
+// syncIPCache writes the difference between what the ipcache should hold
+// and what this daemon last wrote (reading the LPM trie back costs more
+// than the write); full resyncs compare with the kernel instead.
 func (r *reconciler) syncIPCache() {
-	r.problem("ipcache", "ipcache", r.dp.IPCacheSync(r.wantIPCache()))
+	want := r.wantIPCache()
+	if r.ipcache == nil {
+		r.syncIPCacheFull(want)
+		return
+	}
+	var err error
+	for p, id := range want {
+		if cur, ok := r.ipcache[p]; ok && cur == id {
+			continue
+		}
+		if err = r.dp.IPCacheSet(p, id); err != nil {
+			break
+		}
+		r.ipcache[p] = id
+	}
+	if err == nil {
+		for p := range r.ipcache {
+			if _, ok := want[p]; ok {
+				continue
+			}
+			if err = r.dp.IPCacheDelete(p); err != nil {
+				break
+			}
+			delete(r.ipcache, p)
+		}
+	}
+	if err != nil {
+		// Fall back to a full comparison with the kernel next time.
+		r.ipcache = nil
+	}
+	r.problem("ipcache", "ipcache", err)
+}
+
+func (r *reconciler) syncIPCacheFull(want map[netip.Prefix]policies.Identity) {
+	err := r.dp.IPCacheSync(want)
+	r.problem("ipcache", "ipcache", err)
+	if err != nil {
+		r.ipcache = nil
+		return
+	}
+	r.ipcache = maps.Clone(want)
 }
 
 // ---- full resync
@@ -674,7 +720,7 @@ func (r *reconciler) fullSync(why string) {
 		// recompile of an unchanged set and identity list would only burn
 		// CPU; the first reconcile and an API resync rewrite it all.
 		r.recompile(why != "periodic")
-		r.syncIPCache()
+		r.syncIPCacheFull(r.wantIPCache())
 		want := map[int]bool{}
 		for _, st := range r.eps {
 			r.writeEndpoint(st)
@@ -768,6 +814,7 @@ func (r *reconciler) publish() {
 		v.rules = r.set.Rules()
 	}
 	idEndpoints := map[policies.Identity]int{}
+	selected := map[*policies.Policy][]uint32{}
 	keys := slices.Sorted(maps.Keys(r.eps))
 	for _, k := range keys {
 		st := r.eps[k]
@@ -792,6 +839,7 @@ func (r *reconciler) publish() {
 			for _, p := range r.set.Policies {
 				if p.Selector.Matches(st.labels) {
 					e.Policies = append(e.Policies, p.Name)
+					selected[p] = append(selected[p], e.ID)
 				}
 			}
 		}
@@ -849,11 +897,9 @@ func (r *reconciler) publish() {
 	}
 	if r.set != nil {
 		for _, p := range r.set.Policies {
-			ps := api.PolicySummary{Name: p.Name, File: p.Pos.File, Line: p.Pos.Line, Selector: p.Selector.Source, Rules: len(p.Rules), Endpoints: []uint32{}}
-			for _, e := range v.endpoints {
-				if slices.Contains(e.Policies, p.Name) {
-					ps.Endpoints = append(ps.Endpoints, e.ID)
-				}
+			ps := api.PolicySummary{Name: p.Name, File: p.Pos.File, Line: p.Pos.Line, Selector: p.Selector.Source, Rules: len(p.Rules), Endpoints: selected[p]}
+			if ps.Endpoints == nil {
+				ps.Endpoints = []uint32{}
 			}
 			v.policy.Policies = append(v.policy.Policies, ps)
 		}
