@@ -94,6 +94,8 @@ func (r *reconciler) peer(v *view, ip string, port uint16, id policies.Identity)
 	p := api.Peer{IP: ip, Port: port, Identity: uint32(id)}
 	if l, ok := v.labels[id]; ok {
 		p.Labels = l
+	} else if c, ok := v.cidrs[id]; ok {
+		p.Labels = map[string]string{"cidr": c.String()}
 	} else {
 		for _, res := range reservedNames {
 			if res.id == id {

@@ -771,6 +771,7 @@ type view struct {
 	byIfindex  map[int]*api.Endpoint
 	byAddr     map[netip.Addr]*api.Endpoint
 	labels     map[policies.Identity]policies.Labels
+	cidrs      map[policies.Identity]netip.Prefix // CIDR identities of the model
 	identities []api.Identity
 	set        *policies.Set
 	rules      []*policies.Rule
@@ -808,7 +809,13 @@ func (r *reconciler) publish() {
 		byIfindex: map[int]*api.Endpoint{},
 		byAddr:    map[netip.Addr]*api.Endpoint{},
 		labels:    map[policies.Identity]policies.Labels{},
+		cidrs:     map[policies.Identity]netip.Prefix{},
 		set:       r.set,
+	}
+	if r.model != nil {
+		for _, c := range r.model.CIDRs {
+			v.cidrs[c.Identity] = c.Prefix
+		}
 	}
 	if r.set != nil {
 		v.rules = r.set.Rules()
@@ -901,6 +908,7 @@ func (r *reconciler) publish() {
 			if ps.Endpoints == nil {
 				ps.Endpoints = []uint32{}
 			}
+			slices.Sort(ps.Endpoints)
 			v.policy.Policies = append(v.policy.Policies, ps)
 		}
 	}

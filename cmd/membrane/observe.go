@@ -81,10 +81,12 @@ func peerText(p api.Peer) string {
 		who = p.Container + "/" + who
 	} else if r := p.Labels["reserved"]; r != "" {
 		who = r
+	} else if c := p.Labels["cidr"]; c != "" {
+		who = "cidr " + c
 	}
 	var l []string
 	for k, v := range p.Labels {
-		if k != "reserved" {
+		if k != "reserved" && k != "cidr" {
 			l = append(l, k+"="+v)
 		}
 	}
