@@ -139,17 +139,21 @@ func rate(ctx context.Context, url string, rps int, dur time.Duration, conns int
 	var mu sync.Mutex
 	var lat []time.Duration
 	var errs int
-	interval := time.Second / time.Duration(rps)
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	end := time.Now().Add(dur)
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, conns*4)
-	for time.Now().Before(end) {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-tick.C:
+	// Open-loop schedule: request i is due at start + i/rps whatever
+	// happened before (a late request goes at once), so a slow response
+	// does not lower the offered rate.
+	interval := time.Second / time.Duration(rps)
+	start := time.Now()
+	total := int(dur / interval)
+	for i := 0; i < total; i++ {
+		if d := time.Until(start.Add(time.Duration(i) * interval)); d > 0 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(d):
+			}
 		}
 		sem <- struct{}{}
 		wg.Add(1)
@@ -180,6 +184,6 @@ func rate(ctx context.Context, url string, rps int, dur time.Duration, conns int
 	}
 	slices.Sort(lat)
 	p := func(q float64) float64 { return float64(lat[int(q*float64(len(lat)-1))].Microseconds()) }
-	fmt.Printf("requests %d errors %d rate %.0f/s p50_us %.0f p99_us %.0f\n", len(lat), errs, float64(len(lat))/dur.Seconds(), p(0.50), p(0.99))
+	fmt.Printf("requests %d errors %d rate %.0f/s p50_us %.0f p99_us %.0f\n", len(lat), errs, float64(len(lat))/time.Since(start).Seconds(), p(0.50), p(0.99))
 	return nil
 }
