@@ -6,6 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+
 	"github.com/membrane-fw/membrane/policies"
 )
 
@@ -66,6 +69,21 @@ func BenchmarkVerdict(b *testing.B) {
 			}
 		}))
 	}
+	// The same-run reference: an empty tc program through the same harness,
+	// i.e. what BPF_PROG_TEST_RUN itself costs per packet on this machine now.
+	b.Run("baseline/empty-program", func(b *testing.B) {
+		empty, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "Dual BSD/GPL",
+			Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()}})
+		must(b, err)
+		defer empty.Close()
+		var per time.Duration
+		must(b, h.ns.Do(func() error {
+			var err error
+			_, per, err = empty.Benchmark(pktBytes, b.N, b.ResetTimer)
+			return err
+		}))
+		b.ReportMetric(float64(per.Nanoseconds()), "ns/packet")
+	})
 	for _, n := range []int{10, 1000, 10000} {
 		b.Run(fmt.Sprintf("new/entries=%d", n), func(b *testing.B) {
 			_, err := h.dp.SyncPolicy(policy(n), nil)

@@ -194,7 +194,7 @@ static __always_inline void emit(struct __sk_buff *skb, struct pkt *p, __u8 type
 			c->packets++;
 		return;
 	}
-	e->timestamp = bpf_ktime_get_ns();
+	e->timestamp = bpf_ktime_get_coarse_ns();
 	e->ifindex = skb->ifindex;
 	e->endpoint_id = ep ? ep->endpoint_id : 0;
 	e->local_identity = local;
@@ -594,7 +594,7 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 		evflags |= EV_F_FROM_PROXY;
 	}
 
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = bpf_ktime_get_coarse_ns();
 	p.tuple.ifindex = ifindex;
 	struct ct_key rk;
 	int reply = 0;

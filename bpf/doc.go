@@ -86,7 +86,8 @@
 //	                             deny/default for each default-deny direction with no such entry.
 //	membrane_ct         LRU hash ct_key{saddr, daddr [16]u8, sport, dport u16 NBO (ICMP echo:
 //	                             the identifier in both), protocol u8, family u8, pad u16,
-//	                             ifindex u32} -> ct_entry{expires u64 (CLOCK_MONOTONIC ns),
+//	                             ifindex u32} -> ct_entry{expires u64 (CLOCK_MONOTONIC ns, coarse:
+//	                             bpf_ktime_get_coarse_ns, a tick's resolution is plenty),
 //	                             packets, bytes u64, revision, rule_id, remote_identity u32,
 //	                             proxy_port, policy_port u16, direction, state (1 syn,
 //	                             2 established, 3 closing), flags u8 (1 audit, 2 from proxy,
