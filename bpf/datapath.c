@@ -594,6 +594,8 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 		evflags |= EV_F_FROM_PROXY;
 	}
 
+	/* Coarse time: a tick's resolution is plenty for lifetimes of seconds,
+	 * and it reads no clock source (rdtsc is costly in many VMs). */
 	__u64 now = bpf_ktime_get_coarse_ns();
 	p.tuple.ifindex = ifindex;
 	struct ct_key rk;
