@@ -601,7 +601,13 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 	struct ct_key rk;
 	int reply = 0;
 	struct ct_entry *e = bpf_map_lookup_elem(&membrane_ct, &p.tuple);
-	if (!e) {
+	/* A bare SYN or an echo request opens a flow, it never answers one:
+	 * no reverse lookup (cheaper, and an echo request from the peer that
+	 * reuses our identifier is not let in as a reply). */
+	int opener = (p.tuple.protocol == IPPROTO_TCP && (p.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN) ||
+		     (p.tuple.protocol == IPPROTO_ICMP && p.policy_port == 8) ||
+		     (p.tuple.protocol == IPPROTO_ICMPV6 && p.policy_port == 128);
+	if (!e && !opener) {
 		swap_tuple(&rk, &p.tuple);
 		e = bpf_map_lookup_elem(&membrane_ct, &rk);
 		reply = 1;

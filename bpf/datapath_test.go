@@ -171,6 +171,13 @@ func TestConntrackRepliesAndEstablished(t *testing.T) {
 	other := echo.reverse()
 	other.icmpID = 78
 	h.expect(in, h.ifs[0], other, ReasonDropDefaultDeny)
+	// An echo request from the peer that reuses our identifier opens a flow
+	// of its own; it is not a reply.
+	req := echo.reverse()
+	req.icmpType = 8
+	h.expect(in, h.ifs[0], req, ReasonDropDefaultDeny)
+	// Nor is a SYN from the peer on our tuple.
+	h.expect(in, h.ifs[0], pkt{src: addrB, dst: addrA, proto: 6, sport: 80, dport: 33000, tcpFlags: tcpSYN}, ReasonDropDefaultDeny)
 }
 
 func TestRelatedICMPErrors(t *testing.T) {
