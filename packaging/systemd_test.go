@@ -29,15 +29,20 @@ import (
 //   - the unit reaches active and `membrane status` answers;
 //   - a policy dropped into /etc/membrane/policies.d is enforced between two
 //     containers of the host's Docker;
-//   - `systemctl restart membraned` does not drop an allowed established
-//     connection;
+//   - `systemctl restart membraned`, and an upgrade to a newer .deb, do not
+//     drop an allowed established connection;
+//   - each capability the unit keeps is needed;
 //   - `dpkg --purge` removes every pin and attachment (the denied client can
 //     connect again; no tcx link or tc filter is left on the veth).
 func TestDebUnderSystemd(t *testing.T) {
 	testenv.RequireDocker(t)
+	start := time.Now()
+	step := func(what string) { t.Logf("%6.1fs %s", time.Since(start).Seconds(), what) }
 	busybox := testenv.BusyboxImage(t)
 	res := testPackages(t)
+	step("packages built")
 	image := systemdImage(t)
+	step("rootfs image ready")
 	makeRootShared(t)
 
 	id := "pkgtest-" + testenv.RandomSuffix(8)
@@ -76,6 +81,8 @@ func TestDebUnderSystemd(t *testing.T) {
 		return s == "running" || s == "degraded", s
 	})
 
+	step("systemd booted")
+
 	// Install while policy-rc.d forbids starting services: the unit must be
 	// enabled (preset) but not started.
 	put(t, sys, "/root/membrane.deb", mustRead(t, res.Deb), "0644")
@@ -95,6 +102,8 @@ func TestDebUnderSystemd(t *testing.T) {
 		t.Logf("systemd-analyze security: %s", strings.TrimSpace(out))
 	}
 
+	step("installed; verify and security done")
+
 	// The test's containers live on a Docker network of their own, and the
 	// daemon manages only its bridge: other containers on this machine are
 	// not touched. Metrics on a port of our own: the container shares the
@@ -111,6 +120,8 @@ func TestDebUnderSystemd(t *testing.T) {
 		out, err := sh(sys, "membrane status")
 		return err == nil, out
 	})
+
+	step("membraned active, membrane status answers")
 
 	// Three containers of the host's Docker: srv serves 8080 (httpd) and
 	// 9000 (nc, one connection; its stdin never ends, or busybox nc would
@@ -147,6 +158,8 @@ func TestDebUnderSystemd(t *testing.T) {
 		t.Fatalf("the policy allows cli -> srv:8080, but cli cannot connect")
 	}
 
+	step("policy enforced")
+
 	// An allowed, established connection across `systemctl restart`.
 	docker(t, "exec", "-d", cli, "sh", "-c", fmt.Sprintf("i=0; while :; do echo $i; i=$((i+1)); sleep 0.1; done | nc %s 9000", srvIP))
 	received := func() int {
@@ -169,6 +182,39 @@ func TestDebUnderSystemd(t *testing.T) {
 		t.Fatalf("after the restart other reaches srv: the policy is not enforced")
 	}
 
+	step("restart kept the connection")
+
+	// A package upgrade: prerm leaves the daemon running, postinst restarts
+	// it (a new main PID) with the datapath kept, so the stream goes on.
+	newer, err := Build(t.Context(), Options{RepoRoot: repoRoot(t), BinDir: testBinaries(t), OutDir: t.TempDir(),
+		Version: "1.0.1-test", Formats: []string{FormatDeb}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pidBefore := strings.TrimSpace(mustSh(t, sys, "systemctl show -p MainPID --value membraned"))
+	put(t, sys, "/root/membrane-new.deb", mustRead(t, newer.Deb), "0644")
+	mustSh(t, sys, "dpkg -i /root/membrane-new.deb")
+	if v := strings.TrimSpace(mustSh(t, sys, "dpkg-query -W -f '${Version}' membrane")); v != newer.Version {
+		t.Fatalf("after the upgrade dpkg says %s, want %s", v, newer.Version)
+	}
+	waitActive(t, sys)
+	if pid := strings.TrimSpace(mustSh(t, sys, "systemctl show -p MainPID --value membraned")); pid == pidBefore {
+		t.Fatalf("the upgrade did not restart membraned (main PID still %s)", pid)
+	}
+	before = received()
+	waitFor(t, 15*time.Second, "the stream to keep flowing after the upgrade", func() (bool, string) {
+		n := received()
+		return n >= before+20, fmt.Sprintf("%d lines, %d before", n, before)
+	})
+	if exec.Command("docker", "exec", cli, "pidof", "nc").Run() != nil {
+		t.Fatalf("the client's connection ended across the upgrade")
+	}
+	if reaches(other) {
+		t.Fatalf("after the upgrade other reaches srv: the policy is not enforced")
+	}
+
+	step("upgrade kept the connection")
+
 	// Every capability the unit keeps must be needed: without it membraned
 	// fails or does not enforce. Each probe starts from a clean datapath
 	// (--cleanup), so a denial can only come from the probed daemon.
@@ -187,6 +233,7 @@ func TestDebUnderSystemd(t *testing.T) {
 		put(t, sys, "/etc/systemd/system/membraned.service.d/probe.conf", []byte(fmt.Sprintf(
 			"[Service]\nCapabilityBoundingSet=\nCapabilityBoundingSet=%s\nAmbientCapabilities=\nAmbientCapabilities=%s\nRestart=no\n", set, set)), "0644")
 		mustSh(t, sys, "systemctl stop membraned && membraned --cleanup && systemctl daemon-reload && systemctl reset-failed membraned")
+		since := strings.TrimSpace(mustSh(t, sys, "date +%s"))
 		if !reaches(other) {
 			t.Fatalf("after --cleanup other still cannot reach srv")
 		}
@@ -207,13 +254,15 @@ func TestDebUnderSystemd(t *testing.T) {
 		if enforced {
 			t.Errorf("membraned enforces without %s: drop it from the unit's CapabilityBoundingSet", c)
 		} else {
-			out, _ := sh(sys, "journalctl --no-pager -u membraned -n 200 | grep -iE 'not permitted|denied|error' | tail -n 2")
+			out, _ := sh(sys, "journalctl --no-pager -u membraned --since @"+since+" | grep -iE 'not permitted|denied|error' | tail -n 1")
 			t.Logf("without %s: membraned does not work (needed): %s", c, strings.TrimSpace(out))
 		}
 	}
 	mustSh(t, sys, "rm -rf /etc/systemd/system/membraned.service.d && systemctl stop membraned; membraned --cleanup && systemctl daemon-reload && systemctl reset-failed membraned; systemctl start membraned")
 	waitActive(t, sys)
 	waitFor(t, 30*time.Second, "the policy to be enforced again", func() (bool, string) { return !reaches(other), "" })
+
+	step("capabilities probed")
 
 	// Purge: no pin, no attachment, no enforcement left.
 	srvVeth := hostVeth(t, srv)
