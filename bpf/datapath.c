@@ -334,6 +334,8 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 			return REASON_DROP_MALFORMED_L3;
 		__u32 ihl = (ip.ver_ihl & 0x0f) * 4;
 		__u32 tot = bpf_ntohs(ip.tot_len);
+		if (tot == 0 && skb->gso_size)
+			tot = skb->len - off; /* IPv4 BIG TCP: the length lives in the skb */
 		if ((ip.ver_ihl >> 4) != 4 || ihl < 20 || tot < ihl || off + tot > skb->len)
 			return REASON_DROP_MALFORMED_L3;
 		p->tuple.family = 4;
