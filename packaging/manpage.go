@@ -132,8 +132,10 @@ func runHelp(ctx context.Context, bin string, args ...string) (string, error) {
 // (membrane-policy-check(1), ...). "help" is left out.
 func CLIManPages(ctx context.Context, bin, version string, date time.Time) ([]ManPage, error) {
 	var pages []ManPage
-	var walk func(path []string) error
-	walk = func(path []string) error {
+	// short is the one-line summary the parent lists the command with
+	// (cobra's Short); the page's NAME line uses it.
+	var walk func(path []string, short string) error
+	walk = func(path []string, short string) error {
 		text, err := runHelp(ctx, bin, path...)
 		if err != nil {
 			return err
@@ -142,10 +144,15 @@ func CLIManPages(ctx context.Context, bin, version string, date time.Time) ([]Ma
 		if len(d.Usage) == 0 {
 			return fmt.Errorf("membrane %s --help has no Usage section; is %s the membrane CLI?", strings.Join(path, " "), bin)
 		}
+		if short == "" {
+			short = strings.Join(strings.Fields(strings.SplitN(d.Description, "\n\n", 2)[0]), " ")
+		}
 		var children []string
+		shorts := map[string]string{}
 		for _, c := range d.Commands {
 			if c[0] != "help" {
 				children = append(children, c[0])
+				shorts[c[0]] = c[1]
 			}
 		}
 		full := append([]string{"membrane"}, path...)
@@ -163,16 +170,16 @@ func CLIManPages(ctx context.Context, bin, version string, date time.Time) ([]Ma
 		pages = append(pages, ManPage{
 			Name:    name + ".1",
 			Section: 1,
-			Roff:    renderCommandPage(name, strings.Join(full, " "), 1, version, date, d, see),
+			Roff:    renderCommandPage(name, strings.Join(full, " "), short, 1, version, date, d, see),
 		})
 		for _, c := range children {
-			if err := walk(append(append([]string{}, path...), c)); err != nil {
+			if err := walk(append(append([]string{}, path...), c), shorts[c]); err != nil {
 				return err
 			}
 		}
 		return nil
 	}
-	if err := walk(nil); err != nil {
+	if err := walk(nil, ""); err != nil {
 		return nil, err
 	}
 	return pages, nil
@@ -235,14 +242,10 @@ func header(b *strings.Builder, name string, section int, version string, date t
 	fmt.Fprintf(b, ".TH %s %d \"%s\" \"membrane %s\" \"%s\"\n", strings.ToUpper(roffText(name)), section, date.UTC().Format("2006-01-02"), roffText(version), manual)
 }
 
-func renderCommandPage(name, command string, section int, version string, date time.Time, d helpDoc, see []string) string {
+func renderCommandPage(name, command, short string, section int, version string, date time.Time, d helpDoc, see []string) string {
 	var b strings.Builder
 	header(&b, name, section, version, date, "Membrane Manual")
-	short := d.Description
-	if i := strings.IndexByte(short, '\n'); i >= 0 {
-		short = short[:i]
-	}
-	short = strings.TrimSuffix(short, ".")
+	short = strings.TrimSuffix(strings.TrimSpace(short), ".")
 	fmt.Fprintf(&b, ".SH NAME\n%s \\- %s\n", roffText(name), roffText(lowerFirst(short)))
 	b.WriteString(".SH SYNOPSIS\n")
 	for i, u := range d.Usage {

@@ -99,11 +99,10 @@ func MarkdownManPage(name string, section int, md, version string, date time.Tim
 		}
 		if m := mdListItem.FindStringSubmatch(line); m != nil {
 			flush()
-			bullet := `\(bu`
+			bullet, indent := `\(bu`, 2
 			if m[2][0] >= '0' && m[2][0] <= '9' {
-				bullet = m[2]
+				bullet, indent = m[2], len(m[2])+1
 			}
-			indent := 2 + len(bullet)
 			if len(m[1]) >= 2 {
 				b.WriteString(".RS 2\n")
 				fmt.Fprintf(&b, ".IP %s %d\n%s\n.RE\n", bullet, indent, inline(m[3]))
@@ -126,9 +125,20 @@ func MarkdownManPage(name string, section int, md, version string, date time.Tim
 	return ManPage{Name: fmt.Sprintf("%s.%d", name, section), Section: section, Roff: b.String()}
 }
 
+// mdLinkText renders a Markdown link for a man page: the text alone for links
+// inside the documentation (anchors and relative paths mean nothing in
+// man), the text and the address for web links.
+func mdLinkText(m string) string {
+	sub := mdLink.FindStringSubmatch(m)
+	if strings.HasPrefix(sub[2], "http://") || strings.HasPrefix(sub[2], "https://") {
+		return sub[1] + " <" + sub[2] + ">"
+	}
+	return sub[1]
+}
+
 // plain drops Markdown emphasis and code marks (inside preformatted text).
 func plain(s string) string {
-	s = mdLink.ReplaceAllString(s, "$1 <$2>")
+	s = mdLink.ReplaceAllStringFunc(s, mdLinkText)
 	s = mdCode.ReplaceAllString(s, "$1")
 	s = mdBold.ReplaceAllString(s, "$1")
 	return s
@@ -136,7 +146,7 @@ func plain(s string) string {
 
 // inline converts inline Markdown to roff font changes on escaped text.
 func inline(s string) string {
-	s = mdLink.ReplaceAllString(s, "$1 <$2>")
+	s = mdLink.ReplaceAllStringFunc(s, mdLinkText)
 	// Protect code spans from the other rules by escaping them first.
 	var codes []string
 	s = mdCode.ReplaceAllStringFunc(s, func(m string) string {
