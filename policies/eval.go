@@ -174,7 +174,19 @@ func (r Result) Matched() []Match {
 // Evaluate judges one new connection against the policy set, exactly as the
 // "Semantics" section of the policy language says.
 func (s *Set) Evaluate(env *Env, c Connection) Result {
-	return evaluate(env, c, func(p resolvedPeer) *selection { return newSelection(s.selecting(p.labels)) }, resolvePeer)
+	if env == nil {
+		env = &Env{}
+	}
+	from, to := resolvePeer(env, c.From), resolvePeer(env, c.To)
+	selecting := func(p resolvedPeer) *selection { return newSelection(s.selecting(p.labels)) }
+
+	// Semantics 5: the sender's egress and the receiver's ingress, each only
+	// when that end is a managed endpoint.
+	res := Result{From: from.String(), To: to.String(),
+		Egress:  judgeEnd(env, selecting, from, to, Egress, c),
+		Ingress: judgeEnd(env, selecting, to, from, Ingress, c)}
+	combineEnds(&res)
+	return res
 }
 
 // selecting returns the policies that select an endpoint with labels, in set order.
@@ -231,11 +243,6 @@ type resolvedPeer struct {
 	desc   string     // peerEndpoint: FormatLabels(labels)
 	name   string     // peerEndpoint found by address
 	ip     netip.Addr // the address, when known (CIDR rules need it)
-	sel    *selection // peerEndpoint: what selects it, when already known (Evaluator)
-	str    string     // String(), when already known (Evaluator)
-	// peerEndpoint, Evaluator only: bit i set when an endpoint selector of
-	// the rule with ID i matches labels (nil: match the selectors).
-	epRules []uint64
 }
 
 func resolvePeer(env *Env, p Peer) resolvedPeer {
@@ -270,9 +277,6 @@ func resolvePeer(env *Env, p Peer) resolvedPeer {
 }
 
 func (p resolvedPeer) String() string {
-	if p.str != "" {
-		return p.str
-	}
 	var s string
 	switch p.kind {
 	case peerEndpoint:
@@ -313,33 +317,22 @@ func FormatLabels(l Labels) string {
 	return b.String()
 }
 
-// evaluate is Evaluate with the two steps that Evaluator precomputes passed
-// in: which policies select an endpoint, and how a Peer resolves.
-func evaluate(env *Env, c Connection, selecting func(resolvedPeer) *selection, resolve func(*Env, Peer) resolvedPeer) Result {
-	if env == nil {
-		env = &Env{}
-	}
-	from, to := resolve(env, c.From), resolve(env, c.To)
-	res := Result{From: from.String(), To: to.String()}
-
-	// Semantics 5: the sender's egress and the receiver's ingress, each only
-	// when that end is a managed endpoint.
-	res.Egress = judgeEnd(env, selecting, from, to, Egress, c)
-	res.Ingress = judgeEnd(env, selecting, to, from, Ingress, c)
-
+// combineEnds sets the connection's verdict from its two ends (semantics 5:
+// a connection passes only when both ends let it; audit when an end let a
+// drop through and none denied) and, when it is not denied, its L7 handling.
+func combineEnds(res *Result) {
 	res.Verdict = VerdictAllowed
-	for _, e := range []EndResult{res.Egress, res.Ingress} {
+	for _, v := range [2]Verdict{res.Egress.Verdict, res.Ingress.Verdict} {
 		switch {
-		case e.Verdict == VerdictDenied:
+		case v == VerdictDenied:
 			res.Verdict = VerdictDenied
-		case e.Verdict == VerdictAudit && res.Verdict != VerdictDenied:
+		case v == VerdictAudit && res.Verdict != VerdictDenied:
 			res.Verdict = VerdictAudit
 		}
 	}
 	if res.Verdict != VerdictDenied {
 		res.L7 = combineL7(res.Egress.L7, res.Ingress.L7)
 	}
-	return res
 }
 
 // judgeEnd judges the connection at the side of local (the sender for
@@ -404,11 +397,7 @@ func peerMatches(r *Rule, peer resolvedPeer) bool {
 	if !r.HasPeer() {
 		return true
 	}
-	if peer.kind == peerEndpoint && peer.epRules != nil {
-		if w := r.ID / 64; int(w) < len(peer.epRules) && peer.epRules[w]&(1<<(r.ID%64)) != 0 {
-			return true
-		}
-	} else if peer.kind == peerEndpoint {
+	if peer.kind == peerEndpoint {
 		for _, sel := range r.Endpoints {
 			if sel.Matches(peer.labels) {
 				return true
@@ -459,17 +448,25 @@ func entityMatches(e Entity, peer resolvedPeer) bool {
 
 // l4Matches is the L4 condition of semantics 2.
 func l4Matches(r *Rule, c Connection) bool {
+	return l4MatchesPacket(r, c.Proto, c.Port, c.ICMPType)
+}
+
+func l4MatchesPacket(r *Rule, proto Proto, port uint16, icmpType uint8) bool {
 	if !r.HasL4() {
 		return true
 	}
-	switch c.Proto {
+	switch proto {
 	case ProtoICMP:
-		return containsByte(r.ICMP, c.ICMPType)
+		return containsByte(r.ICMP, icmpType)
 	case ProtoICMPv6:
-		return containsByte(r.ICMPv6, c.ICMPType)
+		return containsByte(r.ICMPv6, icmpType)
 	}
-	for _, pr := range r.Ports {
-		if portRangeMatches(pr, c.Proto, c.Port) {
+	return portsMatch(r.Ports, proto, port)
+}
+
+func portsMatch(ports []PortRange, proto Proto, port uint16) bool {
+	for _, pr := range ports {
+		if portRangeMatches(pr, proto, port) {
 			return true
 		}
 	}
