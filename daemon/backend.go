@@ -27,15 +27,26 @@ var reservedNames = []struct {
 
 func parseAddr(s string) (netip.Addr, error) { return netip.ParseAddr(s) }
 
-func (b *backend) Status() api.Status        { return b.r.view.get().status }
-func (b *backend) Endpoints() []api.Endpoint { return b.r.view.get().endpoints }
-func (b *backend) Identities() []api.Identity {
-	return b.r.view.get().identities
+func (b *backend) Status() api.Status { return b.r.view.get().status }
+
+func (b *backend) Endpoints() []api.Endpoint {
+	v := b.r.view.get()
+	v.selected()
+	return v.endpoints
 }
-func (b *backend) Policy() api.Policy { return b.r.view.get().policy }
+
+func (b *backend) Identities() []api.Identity { return b.r.view.get().identities }
+
+func (b *backend) Policy() api.Policy {
+	v := b.r.view.get()
+	v.selected()
+	return v.policy
+}
 
 func (b *backend) Endpoint(ref string) (api.Endpoint, bool) {
-	ep := findEndpoint(b.r.view.get(), ref)
+	v := b.r.view.get()
+	v.selected()
+	ep := findEndpoint(v, ref)
 	if ep == nil {
 		return api.Endpoint{}, false
 	}

@@ -777,6 +777,42 @@ type view struct {
 	rules      []*policies.Rule
 	env        policies.Env
 	policy     api.Policy
+	// epLabels are the identity labels of endpoints[i]. Which policies
+	// select which endpoint is computed on the first API request for the
+	// view (selection), not on every change: with 1,000 policies it is
+	// the costliest part of a view.
+	epLabels  []policies.Labels
+	selection sync.Once
+}
+
+// selected fills endpoints[i].Policies and policy.Policies once per view.
+func (v *view) selected() {
+	v.selection.Do(func() {
+		if v.set == nil {
+			return
+		}
+		byPolicy := make([][]uint32, len(v.set.Policies))
+		for i := range v.endpoints {
+			e := &v.endpoints[i]
+			if e.HostNetwork {
+				continue
+			}
+			for j, p := range v.set.Policies {
+				if p.Selector.Matches(v.epLabels[i]) {
+					e.Policies = append(e.Policies, p.Name)
+					byPolicy[j] = append(byPolicy[j], e.ID)
+				}
+			}
+		}
+		for j, p := range v.set.Policies {
+			ps := api.PolicySummary{Name: p.Name, File: p.Pos.File, Line: p.Pos.Line, Selector: p.Selector.Source, Rules: len(p.Rules), Endpoints: byPolicy[j]}
+			if ps.Endpoints == nil {
+				ps.Endpoints = []uint32{}
+			}
+			slices.Sort(ps.Endpoints)
+			v.policy.Policies = append(v.policy.Policies, ps)
+		}
+	})
 }
 
 type viewHolder struct {
@@ -821,7 +857,6 @@ func (r *reconciler) publish() {
 		v.rules = r.set.Rules()
 	}
 	idEndpoints := map[policies.Identity]int{}
-	selected := map[*policies.Policy][]uint32{}
 	keys := slices.Sorted(maps.Keys(r.eps))
 	for _, k := range keys {
 		st := r.eps[k]
@@ -842,15 +877,8 @@ func (r *reconciler) publish() {
 				e.Interfaces = append(e.Interfaces, api.Interface{Name: i.HostName, Ifindex: i.HostIfindex})
 			}
 		}
-		if r.set != nil && !e.HostNetwork {
-			for _, p := range r.set.Policies {
-				if p.Selector.Matches(st.labels) {
-					e.Policies = append(e.Policies, p.Name)
-					selected[p] = append(selected[p], e.ID)
-				}
-			}
-		}
 		v.endpoints = append(v.endpoints, e)
+		v.epLabels = append(v.epLabels, st.labels)
 		idEndpoints[st.identity]++
 		if !e.HostNetwork {
 			v.env.Endpoints = append(v.env.Endpoints, policies.Endpoint{Name: containerName(st.ep), Labels: st.labels, Addrs: st.ep.Addrs()})
@@ -901,16 +929,6 @@ func (r *reconciler) publish() {
 	v.policy = api.Policy{Revision: r.revision, Dir: r.cfg.PolicyDir, LoadedAt: r.setLoaded, Files: r.setFiles, LastPolicyError: r.policyErr, Policies: []api.PolicySummary{}}
 	if v.policy.Files == nil {
 		v.policy.Files = []string{}
-	}
-	if r.set != nil {
-		for _, p := range r.set.Policies {
-			ps := api.PolicySummary{Name: p.Name, File: p.Pos.File, Line: p.Pos.Line, Selector: p.Selector.Source, Rules: len(p.Rules), Endpoints: selected[p]}
-			if ps.Endpoints == nil {
-				ps.Endpoints = []uint32{}
-			}
-			slices.Sort(ps.Endpoints)
-			v.policy.Policies = append(v.policy.Policies, ps)
-		}
 	}
 	r.view.set(v)
 
