@@ -234,18 +234,18 @@ func (o *traceOpts) query() (traceQuery, error) {
 	case o.icmp != "":
 		// ICMPv4 unless an end is an IPv6 address.
 		v6 := isIPv6(q.FromIP) || isIPv6(q.ToIP)
-		t, ok := icmpType(o.icmp, v6)
-		if !ok {
-			return q, usageError("--icmp %q: not an ICMP%s type name or a number 0-255", o.icmp, map[bool]string{true: "v6"}[v6])
+		t, err := icmpType("--icmp", o.icmp, v6)
+		if err != nil {
+			return q, err
 		}
 		q.Proto, q.ICMPType = "icmp", &t
 		if v6 {
 			q.Proto = "icmpv6"
 		}
 	case o.icmpv6 != "":
-		t, ok := icmpType(o.icmpv6, true)
-		if !ok {
-			return q, usageError("--icmpv6 %q: not an ICMPv6 type name or a number 0-255", o.icmpv6)
+		t, err := icmpType("--icmpv6", o.icmpv6, true)
+		if err != nil {
+			return q, err
 		}
 		q.Proto, q.ICMPType = "icmpv6", &t
 	}
@@ -349,23 +349,23 @@ func offlinePeer(labels map[string]string, entity, ip string) policies.Peer {
 	return policies.Peer{IP: a}
 }
 
-// ICMP type names of the policy language ("Ports").
-var (
-	icmpv4Names = map[string]uint8{"echo-reply": 0, "destination-unreachable": 3, "redirect": 5,
-		"echo-request": 8, "time-exceeded": 11, "parameter-problem": 12}
-	icmpv6Names = map[string]uint8{"destination-unreachable": 1, "packet-too-big": 2, "time-exceeded": 3,
-		"parameter-problem": 4, "echo-request": 128, "echo-reply": 129, "router-solicitation": 133,
-		"router-advertisement": 134, "neighbor-solicitation": 135, "neighbor-advertisement": 136}
-)
-
-func icmpType(s string, v6 bool) (uint8, bool) {
-	names := icmpv4Names
-	if v6 {
-		names = icmpv6Names
+// icmpType parses the value of flag as an ICMP (v6: ICMPv6) type, a name or
+// a number 0-255, with the policy language's names (policies.ParseICMPType).
+func icmpType(flag, s string, v6 bool) (uint8, error) {
+	t, err := policies.ParseICMPType(s, v6)
+	if err == nil {
+		return t, nil
 	}
-	if t, ok := names[strings.ToLower(s)]; ok {
-		return t, true
+	if _, otherErr := policies.ParseICMPType(s, !v6); otherErr == nil {
+		// A name of the other family: say which flag takes it.
+		switch {
+		case v6 && flag == "--icmp":
+			return 0, usageError("%s %q: an end is an IPv6 address, so --icmp means ICMPv6, and %q is an ICMPv4 type name only", flag, s, s)
+		case v6:
+			return 0, usageError("%s %q: %q is an ICMPv4 type name, not an ICMPv6 one: use --icmp", flag, s, s)
+		default:
+			return 0, usageError("%s %q: %q is an ICMPv6 type name, not an ICMPv4 one: use --icmpv6", flag, s, s)
+		}
 	}
-	n, err := strconv.ParseUint(s, 10, 8)
-	return uint8(n), err == nil
+	return 0, usageError("%s %q: %v", flag, s, err)
 }

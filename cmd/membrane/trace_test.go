@@ -241,3 +241,26 @@ func TestTraceLive(t *testing.T) {
 		t.Errorf("live json output %q (%v)", out, err)
 	}
 }
+
+// --icmp and --icmpv6 take the policy language's names (one table, in
+// policies.ParseICMPType); a name of the other family says which flag takes it.
+func TestTraceICMPTypeNames(t *testing.T) {
+	pol := filepath.Join(traceSemantics, "05-ports-icmp")
+	ends := []string{"--from-ip", "192.0.2.1", "--to-labels", "app=srv"}
+	for _, name := range []string{"echo-request", "Echo-Request", "8"} {
+		if _, errOut, code := traceCLI(t, append([]string{"--policies", pol, "--icmp", name}, ends...)...); code != 0 {
+			t.Errorf("--icmp %s: exit %d (%s)", name, code, errOut)
+		}
+	}
+	for _, tc := range []struct{ flag, value, want string }{
+		{"--icmp", "packet-too-big", "use --icmpv6"},
+		{"--icmpv6", "redirect", "use --icmp"},
+		{"--icmpv6", "echo-reqest", `did you mean "echo-request"`},
+		{"--icmp", "256", "out of range 0-255"},
+	} {
+		_, errOut, code := traceCLI(t, append([]string{"--policies", pol, tc.flag, tc.value}, ends...)...)
+		if code != 2 || !strings.Contains(errOut, tc.want) {
+			t.Errorf("%s %s: exit %d, stderr %q; want exit 2 and %q", tc.flag, tc.value, code, errOut, tc.want)
+		}
+	}
+}
