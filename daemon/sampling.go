@@ -1,0 +1,46 @@
+package daemon
+
+import (
+	"github.com/membrane-fw/membrane/bpf"
+	"github.com/membrane-fw/membrane/daemon/metrics"
+)
+
+// ---- metrics sampling (scrape time, any goroutine)
+
+func (r *reconciler) sampleVerdicts() []metrics.VerdictCount {
+	c, err := r.dp.Counters()
+	if err != nil {
+		return nil
+	}
+	var out []metrics.VerdictCount
+	for k, v := range c.Verdicts {
+		verdict := "allowed"
+		switch {
+		case k.Reason == bpf.ReasonAudit:
+			verdict = "audit"
+		case k.Reason == bpf.ReasonRedirect:
+			verdict = "redirect"
+		case k.Reason.Drop():
+			verdict = "dropped"
+		}
+		out = append(out, metrics.VerdictCount{Direction: k.Direction.String(), Reason: k.Reason.String(), Verdict: verdict, Packets: v.Packets, Bytes: v.Bytes})
+	}
+	return out
+}
+
+func (r *reconciler) sampleMaps() []metrics.MapFill {
+	var out []metrics.MapFill
+	if eps, err := r.dp.Endpoints(); err == nil {
+		out = append(out, metrics.MapFill{Map: "endpoints", Entries: len(eps), Capacity: r.cfg.Maps.Endpoints})
+	}
+	if ipc, err := r.dp.IPCache(); err == nil {
+		out = append(out, metrics.MapFill{Map: "ipcache", Entries: len(ipc), Capacity: r.cfg.Maps.IPCache})
+	}
+	if n, err := r.dp.ConntrackEntries(); err == nil {
+		out = append(out, metrics.MapFill{Map: "conntrack", Entries: n, Capacity: r.cfg.Maps.Conntrack})
+	}
+	if v := r.view.get(); v != nil {
+		out = append(out, metrics.MapFill{Map: "policy", Entries: v.status.Identities, Capacity: r.cfg.Maps.Policy})
+	}
+	return out
+}
