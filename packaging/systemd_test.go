@@ -33,7 +33,8 @@ import (
 //     drop an allowed established connection;
 //   - each capability the unit keeps is needed;
 //   - `dpkg --purge` removes every pin and attachment (the denied client can
-//     connect again; no tcx link or tc filter is left on the veth).
+//     connect again; no tcx link or tc filter is left on the veth);
+//   - a systemd preset that disables the unit is honoured on install.
 func TestDebUnderSystemd(t *testing.T) {
 	testenv.RequireDocker(t)
 	start := time.Now()
@@ -292,6 +293,19 @@ func TestDebUnderSystemd(t *testing.T) {
 	if !reaches(other) {
 		t.Errorf("after purge other still cannot reach srv")
 	}
+
+	// Presets are honoured: where the admin's preset disables the unit, a
+	// fresh install neither enables nor starts it.
+	step("purged")
+	put(t, sys, "/etc/systemd/system-preset/00-membrane-test.preset", []byte("disable membraned.service\n"), "0644")
+	mustSh(t, sys, "dpkg -i /root/membrane.deb")
+	if out, _ := sh(sys, "systemctl is-enabled membraned"); strings.TrimSpace(out) != "disabled" {
+		t.Errorf("with a disabling preset membraned is %q after install, want disabled", strings.TrimSpace(out))
+	}
+	if out, _ := sh(sys, "systemctl is-active membraned"); strings.TrimSpace(out) == "active" {
+		t.Errorf("with a disabling preset membraned was started")
+	}
+	mustSh(t, sys, "dpkg --purge membrane")
 }
 
 // capabilityNotProbed: capabilities of the unit this test cannot show the
