@@ -48,6 +48,19 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } membrane_endpoints SEC(".maps");
 
+/* The same endpoints as an array indexed by ifindex (below EP_FAST_SLOTS):
+ * the verifier inlines an array lookup into a bounds check and an add, where
+ * a hash lookup is a call, a jhash and a bucket walk on every packet. The
+ * writer fills both; the hash stays the list of endpoints and covers the rare
+ * large ifindex. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct endpoint_info);
+	__uint(max_entries, EP_FAST_SLOTS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} membrane_endpoints_fast SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__type(key, struct ipcache_key);
@@ -171,6 +184,15 @@ struct verdict {
 	__u8 reason;
 	__u8 audit;
 };
+
+static __always_inline struct endpoint_info *endpoint(__u32 ifindex)
+{
+	if (ifindex < EP_FAST_SLOTS) {
+		struct endpoint_info *ep = bpf_map_lookup_elem(&membrane_endpoints_fast, &ifindex);
+		return ep && ep->present ? ep : 0;
+	}
+	return bpf_map_lookup_elem(&membrane_endpoints, &ifindex);
+}
 
 static __always_inline void count(__u8 reason, __u8 dir, __u32 len)
 {
@@ -534,7 +556,7 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 
 	struct pkt p = {};
 	__u32 ifindex = skb->ifindex;
-	struct endpoint_info *ep = bpf_map_lookup_elem(&membrane_endpoints, &ifindex);
+	struct endpoint_info *ep = endpoint(ifindex);
 	__u32 local = ep ? ep->identity : IDENTITY_INIT;
 	struct verdict v = {};
 

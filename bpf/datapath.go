@@ -18,7 +18,7 @@ import (
 // ABI is the layout version of the maps' contents; a pinned config map with
 // another ABI makes Open replace every pinned map. Keep equal to MEMBRANE_ABI
 // in include/membrane.h.
-const ABI = 1
+const ABI = 2
 
 // DefaultPinDir is where the maps, programs and links are pinned.
 const DefaultPinDir = "/sys/fs/bpf/membrane"
@@ -138,7 +138,7 @@ type Datapath struct {
 }
 
 var mapNames = []string{
-	"membrane_endpoints", "membrane_ipcache", "membrane_ipcache_exact", "membrane_policy", "membrane_ct",
+	"membrane_endpoints", "membrane_endpoints_fast", "membrane_ipcache", "membrane_ipcache_exact", "membrane_policy", "membrane_ct",
 	"membrane_frag", "membrane_config", "membrane_counters", "membrane_events",
 }
 

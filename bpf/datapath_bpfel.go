@@ -64,7 +64,7 @@ type datapathEndpointInfo struct {
 	EndpointId uint32
 	Identity   uint32
 	Flags      uint32
-	Pad        uint32
+	Present    uint32
 }
 
 type datapathEvent struct {
@@ -143,22 +143,23 @@ type datapathPolicyValue struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	datapathMapMembraneConfig       = "membrane_config"
-	datapathMapMembraneCounters     = "membrane_counters"
-	datapathMapMembraneCt           = "membrane_ct"
-	datapathMapMembraneEndpoints    = "membrane_endpoints"
-	datapathMapMembraneEvents       = "membrane_events"
-	datapathMapMembraneFrag         = "membrane_frag"
-	datapathMapMembraneIpcache      = "membrane_ipcache"
-	datapathMapMembraneIpcacheExact = "membrane_ipcache_exact"
-	datapathMapMembranePolicy       = "membrane_policy"
-	datapathProgMembraneEgress      = "membrane_egress"
-	datapathProgMembraneIngress     = "membrane_ingress"
-	datapathVarUnusedEvent          = "unused_event"
-	datapathVarUnusedFragKey        = "unused_frag_key"
-	datapathVarUnusedIpcacheKey     = "unused_ipcache_key"
-	datapathVarUnusedPolicyKey      = "unused_policy_key"
-	datapathVarUnusedPolicyValue    = "unused_policy_value"
+	datapathMapMembraneConfig        = "membrane_config"
+	datapathMapMembraneCounters      = "membrane_counters"
+	datapathMapMembraneCt            = "membrane_ct"
+	datapathMapMembraneEndpoints     = "membrane_endpoints"
+	datapathMapMembraneEndpointsFast = "membrane_endpoints_fast"
+	datapathMapMembraneEvents        = "membrane_events"
+	datapathMapMembraneFrag          = "membrane_frag"
+	datapathMapMembraneIpcache       = "membrane_ipcache"
+	datapathMapMembraneIpcacheExact  = "membrane_ipcache_exact"
+	datapathMapMembranePolicy        = "membrane_policy"
+	datapathProgMembraneEgress       = "membrane_egress"
+	datapathProgMembraneIngress      = "membrane_ingress"
+	datapathVarUnusedEvent           = "unused_event"
+	datapathVarUnusedFragKey         = "unused_frag_key"
+	datapathVarUnusedIpcacheKey      = "unused_ipcache_key"
+	datapathVarUnusedPolicyKey       = "unused_policy_key"
+	datapathVarUnusedPolicyValue     = "unused_policy_value"
 )
 
 // loadDatapath returns the embedded CollectionSpec for datapath.
@@ -211,15 +212,16 @@ type datapathProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathMapSpecs struct {
-	MembraneConfig       *ebpf.MapSpec `ebpf:"membrane_config"`
-	MembraneCounters     *ebpf.MapSpec `ebpf:"membrane_counters"`
-	MembraneCt           *ebpf.MapSpec `ebpf:"membrane_ct"`
-	MembraneEndpoints    *ebpf.MapSpec `ebpf:"membrane_endpoints"`
-	MembraneEvents       *ebpf.MapSpec `ebpf:"membrane_events"`
-	MembraneFrag         *ebpf.MapSpec `ebpf:"membrane_frag"`
-	MembraneIpcache      *ebpf.MapSpec `ebpf:"membrane_ipcache"`
-	MembraneIpcacheExact *ebpf.MapSpec `ebpf:"membrane_ipcache_exact"`
-	MembranePolicy       *ebpf.MapSpec `ebpf:"membrane_policy"`
+	MembraneConfig        *ebpf.MapSpec `ebpf:"membrane_config"`
+	MembraneCounters      *ebpf.MapSpec `ebpf:"membrane_counters"`
+	MembraneCt            *ebpf.MapSpec `ebpf:"membrane_ct"`
+	MembraneEndpoints     *ebpf.MapSpec `ebpf:"membrane_endpoints"`
+	MembraneEndpointsFast *ebpf.MapSpec `ebpf:"membrane_endpoints_fast"`
+	MembraneEvents        *ebpf.MapSpec `ebpf:"membrane_events"`
+	MembraneFrag          *ebpf.MapSpec `ebpf:"membrane_frag"`
+	MembraneIpcache       *ebpf.MapSpec `ebpf:"membrane_ipcache"`
+	MembraneIpcacheExact  *ebpf.MapSpec `ebpf:"membrane_ipcache_exact"`
+	MembranePolicy        *ebpf.MapSpec `ebpf:"membrane_policy"`
 }
 
 // datapathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -253,15 +255,16 @@ func (o *datapathObjects) Close() error {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathMaps struct {
-	MembraneConfig       *ebpf.Map `ebpf:"membrane_config"`
-	MembraneCounters     *ebpf.Map `ebpf:"membrane_counters"`
-	MembraneCt           *ebpf.Map `ebpf:"membrane_ct"`
-	MembraneEndpoints    *ebpf.Map `ebpf:"membrane_endpoints"`
-	MembraneEvents       *ebpf.Map `ebpf:"membrane_events"`
-	MembraneFrag         *ebpf.Map `ebpf:"membrane_frag"`
-	MembraneIpcache      *ebpf.Map `ebpf:"membrane_ipcache"`
-	MembraneIpcacheExact *ebpf.Map `ebpf:"membrane_ipcache_exact"`
-	MembranePolicy       *ebpf.Map `ebpf:"membrane_policy"`
+	MembraneConfig        *ebpf.Map `ebpf:"membrane_config"`
+	MembraneCounters      *ebpf.Map `ebpf:"membrane_counters"`
+	MembraneCt            *ebpf.Map `ebpf:"membrane_ct"`
+	MembraneEndpoints     *ebpf.Map `ebpf:"membrane_endpoints"`
+	MembraneEndpointsFast *ebpf.Map `ebpf:"membrane_endpoints_fast"`
+	MembraneEvents        *ebpf.Map `ebpf:"membrane_events"`
+	MembraneFrag          *ebpf.Map `ebpf:"membrane_frag"`
+	MembraneIpcache       *ebpf.Map `ebpf:"membrane_ipcache"`
+	MembraneIpcacheExact  *ebpf.Map `ebpf:"membrane_ipcache_exact"`
+	MembranePolicy        *ebpf.Map `ebpf:"membrane_policy"`
 }
 
 func (m *datapathMaps) Close() error {
@@ -270,6 +273,7 @@ func (m *datapathMaps) Close() error {
 		m.MembraneCounters,
 		m.MembraneCt,
 		m.MembraneEndpoints,
+		m.MembraneEndpointsFast,
 		m.MembraneEvents,
 		m.MembraneFrag,
 		m.MembraneIpcache,

@@ -69,7 +69,11 @@
 // /sys/fs/bpf/membrane). Integers are host byte order unless marked (NBO).
 //
 //	membrane_endpoints  hash     u32 ifindex -> endpoint_info{endpoint_id u32, identity u32,
-//	                             flags u32 (1 enforce ingress, 2 enforce egress, 4 audit), pad u32}
+//	                             flags u32 (1 enforce ingress, 2 enforce egress, 4 audit),
+//	                             present u32 (1)}: the list of endpoints; read by the programs
+//	                             for ifindex >= 65536 only
+//	membrane_endpoints_fast array[65536] ifindex -> the same endpoint_info (present 0: none):
+//	                             what the programs read (an inlined array lookup, no hash call)
 //	membrane_ipcache    LPM trie ipcache_key{prefixlen u32 = 32 + prefix bits, family u8 (4|6),
 //	                             pad [3]u8, addr [16]u8 (IPv4 in the first 4)}
 //	                             -> ipcache_value{identity u32, flags u32}; prefixes shorter

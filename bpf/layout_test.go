@@ -46,7 +46,10 @@ func TestGoMirrorsMatchC(t *testing.T) {
 	if unsafe.Sizeof(datapathPolicyKey{}) != 12 || unsafe.Sizeof(datapathCtKey{}) != 44 {
 		t.Errorf("documented key sizes changed; update doc.go")
 	}
-	if ABI != 1 {
+	if n := spec.Maps["membrane_endpoints_fast"].MaxEntries; n != epFastSlots {
+		t.Errorf("membrane_endpoints_fast has %d slots, epFastSlots %d: keep equal to EP_FAST_SLOTS", n, epFastSlots)
+	}
+	if ABI != 2 {
 		t.Errorf("ABI %d: keep equal to MEMBRANE_ABI in include/membrane.h", ABI)
 	}
 }

@@ -3,6 +3,7 @@ package bpf
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"time"
 
@@ -35,17 +36,30 @@ func wrapFull(err error, what, knob string, size uint32) error {
 	return fmt.Errorf("writing %s map: %w", what, err)
 }
 
+// epFastSlots is EP_FAST_SLOTS: interfaces below it are also in the
+// membrane_endpoints_fast array the programs read.
+const epFastSlots = 65536
+
 // SetEndpoint adds or replaces the endpoint of a host-side interface. A new
 // identity for a known interface moves the policy revision on, so its
 // established flows are judged again under its new policy.
 func (d *Datapath) SetEndpoint(ifindex int, ep Endpoint) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	v := datapathEndpointInfo{EndpointId: ep.ID, Identity: uint32(ep.Identity), Flags: uint32(ep.Flags)}
+	if ifindex <= 0 || int64(ifindex) > math.MaxUint32 {
+		return fmt.Errorf("endpoint ifindex %d out of range", ifindex)
+	}
+	v := datapathEndpointInfo{EndpointId: ep.ID, Identity: uint32(ep.Identity), Flags: uint32(ep.Flags), Present: 1}
 	var old datapathEndpointInfo
 	hadOld := d.objs.MembraneEndpoints.Lookup(uint32(ifindex), &old) == nil
+	// The hash first: it is the list of endpoints and enforces MaxEndpoints.
 	if err := d.objs.MembraneEndpoints.Put(uint32(ifindex), &v); err != nil {
 		return wrapFull(err, "endpoints", "max_endpoints", d.cfg.MaxEndpoints)
+	}
+	if ifindex < epFastSlots {
+		if err := d.objs.MembraneEndpointsFast.Put(uint32(ifindex), &v); err != nil {
+			return fmt.Errorf("writing endpoint %d: %w", ifindex, err)
+		}
 	}
 	if hadOld && old.Identity != v.Identity {
 		// Its flows were admitted under another identity's policy.
@@ -59,6 +73,14 @@ func (d *Datapath) SetEndpoint(ifindex int, ep Endpoint) error {
 func (d *Datapath) DeleteEndpoint(ifindex int) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if ifindex > 0 && ifindex < epFastSlots {
+		if err := d.objs.MembraneEndpointsFast.Put(uint32(ifindex), &datapathEndpointInfo{}); err != nil {
+			return fmt.Errorf("deleting endpoint %d: %w", ifindex, err)
+		}
+	}
+	if ifindex <= 0 || int64(ifindex) > math.MaxUint32 {
+		return nil
+	}
 	if err := d.objs.MembraneEndpoints.Delete(uint32(ifindex)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("deleting endpoint %d: %w", ifindex, err)
 	}

@@ -11,7 +11,7 @@
 
 /* Bumped whenever a map's meaning changes without its size changing; a pinned
  * config map with another ABI makes the loader replace every pinned map. */
-#define MEMBRANE_ABI 1
+#define MEMBRANE_ABI 2
 
 /* Directions, as in policies.Direction: relative to the container. */
 #define DIR_INGRESS 0
@@ -21,6 +21,10 @@
 #define IDENTITY_ANY 0
 #define IDENTITY_WORLD 2
 #define IDENTITY_INIT 5
+
+/* membrane_endpoints_fast covers ifindexes below this; larger ones are
+ * looked up in the membrane_endpoints hash only. */
+#define EP_FAST_SLOTS 65536
 
 /* endpoint_info.flags */
 #define EP_ENFORCE_INGRESS 1
@@ -104,7 +108,7 @@ struct endpoint_info {
 	__u32 endpoint_id;
 	__u32 identity;
 	__u32 flags;
-	__u32 pad;
+	__u32 present; /* 1: the slot holds an endpoint (array slots start zeroed) */
 };
 
 /* LPM key: prefixlen counts family (8) + pad (24) + address bits. */
