@@ -52,9 +52,9 @@ import (
 // (Matched slices, L7 results): callers must not modify them.
 //
 // The Set and Env must not change while the Evaluator is in use. It is safe
-// for concurrent use: what NewEvaluator computes (including the entries of
-// the Env's endpoints) is read without locks; entries for label sets first
-// seen in Evaluate are added under a lock; the caches use atomic pointers.
+// for concurrent use: what NewEvaluator computes is read without locks;
+// label entries are made on first use and kept under a lock (taken only
+// when a map's hint misses); the caches use atomic words.
 type Evaluator struct {
 	set *Set
 	env *Env
@@ -66,15 +66,27 @@ type Evaluator struct {
 	byLabel     map[string]map[string][]int // key -> value -> policy indexes
 	always      []int                       // policies without an equality requirement
 
-	seed  maphash.Seed
-	known map[uint64][]*labelEntry // the Env's endpoints, by labelsHash; read-only
 	addrs map[netip.Addr]*fastPeer // endpoint and host addresses; read-only
 
+	seed  maphash.Seed
 	mu    sync.RWMutex
-	cache map[uint64][]*labelEntry // other label sets, by labelsHash
+	cache map[uint64][]*labelEntry // by labelsHash
 
-	hints    [hintSlots]mapHint
-	worldStr [worldStrSlots]atomic.Pointer[addrString]
+	// The caches, direct-mapped, 2^cacheBits slots each (see cacheBitsFor).
+	cacheBits uint8
+	hints     []mapHint
+	worldStr  []atomic.Pointer[addrString]
+}
+
+// cacheBitsFor sizes the caches for an Env: 16 slots per endpoint, from 64
+// to 1024, so that a small Evaluator is cheap to make and the label maps of
+// a host's endpoints rarely share a slot.
+func cacheBitsFor(env *Env) uint8 {
+	bits := uint8(6)
+	for bits < 10 && 1<<bits < 16*len(env.Endpoints) {
+		bits++
+	}
+	return bits
 }
 
 // mapHint names the entry found for a Labels map (by address) last time.
@@ -84,8 +96,6 @@ type mapHint struct {
 	m  atomic.Uintptr
 	le atomic.Pointer[labelEntry]
 }
-
-const hintSlots = 1024
 
 // Candidate rules are kept per peer kind and one more class, world peers
 // with an address (the only peers CIDR rules can match).
@@ -176,8 +186,11 @@ func NewEvaluator(set *Set, env *Env) *Evaluator {
 		set = &Set{}
 	}
 	e := &Evaluator{set: set, env: env, byLabel: map[string]map[string][]int{},
-		seed: maphash.MakeSeed(), known: map[uint64][]*labelEntry{}, addrs: map[netip.Addr]*fastPeer{},
+		seed: maphash.MakeSeed(), addrs: map[netip.Addr]*fastPeer{},
 		cache: map[uint64][]*labelEntry{}}
+	e.cacheBits = cacheBitsFor(env)
+	e.hints = make([]mapHint, 1<<e.cacheBits)
+	e.worldStr = make([]atomic.Pointer[addrString], 1<<e.cacheBits)
 	e.rules = set.Rules()
 	for i, r := range e.rules {
 		if (i > 0 && r.ID <= e.rules[i-1].ID) || r.Direction > Egress {
@@ -207,12 +220,6 @@ func NewEvaluator(set *Set, env *Env) *Evaluator {
 			e.always = append(e.always, i)
 		}
 	}
-	for _, ep := range env.Endpoints {
-		h := e.labelsHash(ep.Labels)
-		if find(e.known[h], ep.Labels) == nil {
-			e.known[h] = append(e.known[h], e.newEntry(ep.Labels))
-		}
-	}
 	// Host addresses first, so that an endpoint address (which resolvePeer
 	// checks first) wins when both claim one; the first endpoint wins among
 	// endpoints, as in resolvePeer.
@@ -222,6 +229,9 @@ func NewEvaluator(set *Set, env *Env) *Evaluator {
 	}
 	for i := len(env.Endpoints) - 1; i >= 0; i-- {
 		ep := env.Endpoints[i]
+		if len(ep.Addrs) == 0 {
+			continue
+		}
 		le := e.entry(ep.Labels)
 		for _, a := range ep.Addrs {
 			rp := resolvedPeer{kind: peerEndpoint, labels: ep.Labels, desc: le.desc, name: ep.Name, ip: a.Unmap()}
@@ -445,7 +455,7 @@ func (e *Evaluator) entry(labels Labels) *labelEntry {
 	// its labels now, so a map changed (or freed and its address reused)
 	// since costs nothing but the comparison.
 	mp := reflect.ValueOf(labels).Pointer()
-	hint := &e.hints[(uint64(mp)*0x9E3779B97F4A7C15)>>54] // 10 bits: hintSlots
+	hint := &e.hints[(uint64(mp)*0x9E3779B97F4A7C15)>>(64-e.cacheBits)]
 	if hint.m.Load() == mp {
 		if le := hint.le.Load(); le != nil && le.equal(labels) {
 			return le
@@ -460,9 +470,6 @@ func (e *Evaluator) entry(labels Labels) *labelEntry {
 // lookup finds the entry of a label set by its hash, or makes it.
 func (e *Evaluator) lookup(labels Labels) *labelEntry {
 	h := e.labelsHash(labels)
-	if le := find(e.known[h], labels); le != nil {
-		return le
-	}
 	e.mu.RLock()
 	le := find(e.cache[h], labels)
 	e.mu.RUnlock()
@@ -504,19 +511,22 @@ func (le *labelEntry) equal(labels Labels) bool {
 // newEntry computes what the Evaluator keeps for a label set.
 func (e *Evaluator) newEntry(labels Labels) *labelEntry {
 	le := &labelEntry{desc: FormatLabels(labels), audit: auditApplies(e.env, labels)}
+	le.pairs = make([]labelPair, 0, len(labels))
 	for k, v := range labels {
 		le.pairs = append(le.pairs, labelPair{k, v})
 	}
 	slices.SortFunc(le.pairs, func(a, b labelPair) int { return strings.Compare(a.k, b.k) })
 	le.str = resolvedPeer{kind: peerEndpoint, labels: labels, desc: le.desc}.String()
 
-	// Semantics 1 and 3: the selecting policies, in set order.
-	cand := slices.Clone(e.always)
+	// Semantics 1 and 3: the selecting policies, in set order, their rules
+	// and whether they switch default-deny on.
+	pols := slices.Clone(e.always)
 	for k, v := range labels {
-		cand = append(cand, e.byLabel[k][v]...)
+		pols = append(pols, e.byLabel[k][v]...)
 	}
-	slices.Sort(cand)
-	for _, pi := range cand {
+	slices.Sort(pols)
+	var selected []int // rule indexes, in set order
+	for _, pi := range pols {
 		p := e.set.Policies[pi]
 		if !p.Selector.Matches(labels) {
 			continue
@@ -525,17 +535,29 @@ func (e *Evaluator) newEntry(labels Labels) *labelEntry {
 			if r.Action == Allow && p.DefaultDeny {
 				le.defaultDeny[r.Direction] = true
 			}
-			i := e.policyFirst[pi] + j
-			ri := &e.info[i]
-			cd := candidate{i: int32(i), kinds: ri.kinds, deny: ri.deny, anyL4: ri.anyL4, rule: r, ports: r.Ports}
-			for k := peerKind(0); k < numPeerKinds; k++ {
-				if ri.kinds&(1<<k) != 0 || (k == peerEndpoint && ri.hasEPs) {
-					le.cand[r.Direction][k] = append(le.cand[r.Direction][k], cd)
+			selected = append(selected, e.policyFirst[pi]+j)
+		}
+	}
+	// The candidates per direction and class, in one array.
+	total := 0
+	for _, i := range selected {
+		for class := range numCandidates {
+			if e.info[i].inClass(class) {
+				total++
+			}
+		}
+	}
+	all := make([]candidate, 0, total)
+	for dir := range 2 {
+		for class := range numCandidates {
+			start := len(all)
+			for _, i := range selected {
+				ri := &e.info[i]
+				if int(ri.rule.Direction) == dir && ri.inClass(class) {
+					all = append(all, candidate{i: int32(i), kinds: ri.kinds, deny: ri.deny, anyL4: ri.anyL4, rule: ri.rule, ports: ri.rule.Ports})
 				}
 			}
-			if ri.kinds&(1<<peerWorld) != 0 || ri.hasCIDR {
-				le.cand[r.Direction][classWorldIP] = append(le.cand[r.Direction][classWorldIP], cd)
-			}
+			le.cand[dir][class] = all[start:len(all):len(all)]
 		}
 	}
 
@@ -549,6 +571,18 @@ func (e *Evaluator) newEntry(labels Labels) *labelEntry {
 		}
 	}
 	return le
+}
+
+// inClass reports whether a peer of class (a peerKind, or classWorldIP)
+// can meet the rule's peer condition at all.
+func (ri *ruleInfo) inClass(class int) bool {
+	switch class {
+	case classWorldIP:
+		return ri.kinds&(1<<peerWorld) != 0 || ri.hasCIDR
+	case int(peerEndpoint):
+		return ri.kinds&(1<<peerEndpoint) != 0 || ri.hasEPs
+	}
+	return ri.kinds&(1<<class) != 0
 }
 
 // labelsHash hashes a label set independently of map order (a sum of the
@@ -575,8 +609,6 @@ func (e *Evaluator) pairHash(k, v string) uint64 {
 // World addresses' descriptions ("world 203.0.113.7") are kept in a small
 // direct-mapped cache, so that a busy address costs no allocation; a slot
 // holds one address and is replaced by the next address that hashes there.
-const worldStrSlots = 1024
-
 type addrString struct {
 	addr netip.Addr
 	s    string
@@ -585,7 +617,7 @@ type addrString struct {
 func (e *Evaluator) worldString(ip netip.Addr) string {
 	b := ip.As16()
 	h := (binary.LittleEndian.Uint64(b[:8])*31 + binary.LittleEndian.Uint64(b[8:])) * 0x9E3779B97F4A7C15
-	slot := &e.worldStr[h>>54] // 10 bits: worldStrSlots
+	slot := &e.worldStr[h>>(64-e.cacheBits)]
 	if as := slot.Load(); as != nil && as.addr == ip {
 		return as.s
 	}
