@@ -12,9 +12,10 @@ import (
 )
 
 // Evaluator gives exactly Set.Evaluate's results for a fixed set and
-// environment, fast, for callers that judge many connections (the daemon's
-// trace endpoint, the datapath's differential tests, benchmarks). Tests
-// check on random sets that every Result is deeply equal to the reference's.
+// environment, fast, for callers that judge many connections (differential
+// tests of the datapath and the proxy, benchmarks, a daemon answering many
+// trace requests). Tests check on random sets that every Result is deeply
+// equal to the reference's.
 //
 // Everything that depends only on an endpoint's labels is computed once per
 // distinct label set and kept (a labelEntry):
@@ -37,8 +38,8 @@ import (
 // the Result from parts prepared per rule (one matching rule) or kept per
 // set of matching rules (several). It allocates nothing in the common case.
 //
-// Three small caches keep that so; each entry is checked before use, so they
-// change how fast, never what: a hint per Labels map (by address) naming the
+// Three small caches keep that so; their entries are keyed exactly or
+// checked before use, so they change how fast, never what: a hint per Labels map (by address) naming the
 // entry found for it last time, used only when the map's contents still
 // equal the entry's labels; per entry, the Matched lists of sets of several
 // matching rules; and the descriptions of recent world addresses.

@@ -226,8 +226,16 @@ func TestEvaluatorAllocations(t *testing.T) {
 	for _, c := range conns { // first sight: entries, memos, descriptions
 		ev.Evaluate(c)
 	}
-	i := 0
-	if a := testing.AllocsPerRun(2000, func() { ev.Evaluate(conns[i%len(conns)]); i++ }); a != 0 {
-		t.Fatalf("%.2f allocations per connection, want 0", a)
+	// All the connections in one run: AllocsPerRun rounds down per run. A
+	// few world addresses share a slot of the description cache and evict
+	// each other; nothing else may allocate.
+	a := testing.AllocsPerRun(3, func() {
+		for _, c := range conns {
+			ev.Evaluate(c)
+		}
+	})
+	t.Logf("%.0f allocations for %d connections", a, len(conns))
+	if a > float64(len(conns))/50 {
+		t.Fatalf("%.0f allocations for %d connections, want at most %d", a, len(conns), len(conns)/50)
 	}
 }
