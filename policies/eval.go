@@ -7,7 +7,7 @@ package policies
 // (eval_index.go) adds precomputation for many calls and is tested to give
 // identical results.
 //
-// Decisions the language leaves open (to be mirrored in docs/policy.md):
+// Decisions the language leaves open (docs/policy.md, "Decisions", 22-30):
 //
 //   - Peers. A Peer is given by labels (a managed endpoint with those labels),
 //     by entity (host, world or init) or by IP. An IP is resolved against the
