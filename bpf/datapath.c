@@ -96,6 +96,21 @@ struct {
 	});
 } membrane_policy SEC(".maps");
 
+/* The full-length entries (exact remote, protocol, port) of every local
+ * identity's trie, in one hash: one lookup answers the common first packet
+ * with no outer lookup and no trie walk, however many entries the identity
+ * has. A full-length entry is the longest match the trie can return for its
+ * key, and every entry is in the trie too, so a hit here is the trie's
+ * answer and a miss just falls through to the trie; the writer may leave
+ * entries out (a full map) but never keeps one the trie no longer has. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct policy_exact_key);
+	__type(value, struct policy_value);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} membrane_policy_exact SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct ct_key);
@@ -139,6 +154,7 @@ const struct event *unused_event __attribute__((unused));
 const struct ipcache_key *unused_ipcache_key __attribute__((unused));
 const struct policy_key *unused_policy_key __attribute__((unused));
 const struct policy_value *unused_policy_value __attribute__((unused));
+const struct policy_exact_key *unused_policy_exact_key __attribute__((unused));
 const struct frag_key *unused_frag_key __attribute__((unused));
 
 struct ipv4hdr {
@@ -460,23 +476,31 @@ static __always_inline void judge(__u32 local, __u8 dir, __u8 proto, __u16 port,
 	v->audit = 0;
 	v->reason = REASON_ALLOW_DEFAULT;
 
-	void *inner = bpf_map_lookup_elem(&membrane_policy, &local);
-	if (!inner)
-		return;
-	struct policy_key k = {
-		.prefixlen = 64,
-		.identity = bpf_htonl(v->remote),
-		.direction = dir,
-		.protocol = proto,
-		.port = bpf_htons(port),
-	};
-	struct policy_value *pv = bpf_map_lookup_elem(inner, &k);
-	if (!pv) {
-		k.identity = IDENTITY_ANY;
-		pv = bpf_map_lookup_elem(inner, &k);
+	struct policy_value *pv = 0;
+	if (v->remote != IDENTITY_ANY) {
+		struct policy_exact_key ek = {
+			.local = local, .remote = v->remote, .direction = dir, .protocol = proto, .port = port};
+		pv = bpf_map_lookup_elem(&membrane_policy_exact, &ek);
 	}
-	if (!pv)
-		return;
+	if (!pv) {
+		void *inner = bpf_map_lookup_elem(&membrane_policy, &local);
+		if (!inner)
+			return;
+		struct policy_key k = {
+			.prefixlen = 64,
+			.identity = bpf_htonl(v->remote),
+			.direction = dir,
+			.protocol = proto,
+			.port = bpf_htons(port),
+		};
+		pv = bpf_map_lookup_elem(inner, &k);
+		if (!pv) {
+			k.identity = IDENTITY_ANY;
+			pv = bpf_map_lookup_elem(inner, &k);
+		}
+		if (!pv)
+			return;
+	}
 	v->rule_id = pv->rule_id;
 	v->audit = pv->flags & POLICY_F_AUDIT;
 	if (pv->action == ACTION_DENY) {

@@ -61,6 +61,7 @@ type Config struct {
 	MaxIPCache       uint32 // full-length addresses, and shorter prefixes, each; default 16384
 	MaxIdentities    uint32 // local identities with a policy, default 4096
 	MaxPolicyEntries uint32 // entries per identity, default 16384
+	MaxPolicyExact   uint32 // full-length entries cached in one hash, all identities; default 65536
 	MaxConntrack     uint32 // default 65536
 	MaxFragments     uint32 // default 8192
 	EventsBytes      uint32 // ring buffer size, power of two pages; default 256 KiB
@@ -99,6 +100,7 @@ func (c *Config) setDefaults() error {
 	def(&c.MaxIPCache, 16384)
 	def(&c.MaxIdentities, 4096)
 	def(&c.MaxPolicyEntries, 16384)
+	def(&c.MaxPolicyExact, 65536)
 	def(&c.MaxConntrack, 65536)
 	def(&c.MaxFragments, 8192)
 	def(&c.EventsBytes, 256*1024)
@@ -131,6 +133,8 @@ type Datapath struct {
 	inner *ebpf.MapSpec
 	// policy mirrors what the policy maps hold, per local identity.
 	policy map[policies.Identity]map[datapathPolicyKey]datapathPolicyValue
+	// exact mirrors membrane_policy_exact, per local identity.
+	exact map[policies.Identity]map[datapathPolicyExactKey]datapathPolicyValue
 	// replaced is set when Open had to create fresh maps: the pinned
 	// attachments keep the old programs until Attach replaces them.
 	replaced bool
@@ -138,7 +142,7 @@ type Datapath struct {
 }
 
 var mapNames = []string{
-	"membrane_endpoints", "membrane_endpoints_fast", "membrane_ipcache", "membrane_ipcache_exact", "membrane_policy", "membrane_ct",
+	"membrane_endpoints", "membrane_endpoints_fast", "membrane_ipcache", "membrane_ipcache_exact", "membrane_policy", "membrane_policy_exact", "membrane_ct",
 	"membrane_frag", "membrane_config", "membrane_counters", "membrane_events",
 }
 
@@ -193,6 +197,7 @@ func (d *Datapath) spec() (*ebpf.CollectionSpec, error) {
 		"membrane_ipcache_exact": c.MaxIPCache,
 		"membrane_policy":        c.MaxIdentities,
 		"membrane_ct":            c.MaxConntrack,
+		"membrane_policy_exact":  c.MaxPolicyExact,
 		"membrane_frag":          c.MaxFragments,
 		"membrane_events":        c.EventsBytes,
 	}

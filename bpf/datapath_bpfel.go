@@ -122,6 +122,15 @@ type datapathIpcacheValue struct {
 	Flags    uint32
 }
 
+type datapathPolicyExactKey struct {
+	_         structs.HostLayout
+	Local     uint32
+	Remote    uint32
+	Direction uint8
+	Protocol  uint8
+	Port      uint16
+}
+
 type datapathPolicyKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -153,11 +162,13 @@ const (
 	datapathMapMembraneIpcache       = "membrane_ipcache"
 	datapathMapMembraneIpcacheExact  = "membrane_ipcache_exact"
 	datapathMapMembranePolicy        = "membrane_policy"
+	datapathMapMembranePolicyExact   = "membrane_policy_exact"
 	datapathProgMembraneEgress       = "membrane_egress"
 	datapathProgMembraneIngress      = "membrane_ingress"
 	datapathVarUnusedEvent           = "unused_event"
 	datapathVarUnusedFragKey         = "unused_frag_key"
 	datapathVarUnusedIpcacheKey      = "unused_ipcache_key"
+	datapathVarUnusedPolicyExactKey  = "unused_policy_exact_key"
 	datapathVarUnusedPolicyKey       = "unused_policy_key"
 	datapathVarUnusedPolicyValue     = "unused_policy_value"
 )
@@ -222,17 +233,19 @@ type datapathMapSpecs struct {
 	MembraneIpcache       *ebpf.MapSpec `ebpf:"membrane_ipcache"`
 	MembraneIpcacheExact  *ebpf.MapSpec `ebpf:"membrane_ipcache_exact"`
 	MembranePolicy        *ebpf.MapSpec `ebpf:"membrane_policy"`
+	MembranePolicyExact   *ebpf.MapSpec `ebpf:"membrane_policy_exact"`
 }
 
 // datapathVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathVariableSpecs struct {
-	UnusedEvent       *ebpf.VariableSpec `ebpf:"unused_event"`
-	UnusedFragKey     *ebpf.VariableSpec `ebpf:"unused_frag_key"`
-	UnusedIpcacheKey  *ebpf.VariableSpec `ebpf:"unused_ipcache_key"`
-	UnusedPolicyKey   *ebpf.VariableSpec `ebpf:"unused_policy_key"`
-	UnusedPolicyValue *ebpf.VariableSpec `ebpf:"unused_policy_value"`
+	UnusedEvent          *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedFragKey        *ebpf.VariableSpec `ebpf:"unused_frag_key"`
+	UnusedIpcacheKey     *ebpf.VariableSpec `ebpf:"unused_ipcache_key"`
+	UnusedPolicyExactKey *ebpf.VariableSpec `ebpf:"unused_policy_exact_key"`
+	UnusedPolicyKey      *ebpf.VariableSpec `ebpf:"unused_policy_key"`
+	UnusedPolicyValue    *ebpf.VariableSpec `ebpf:"unused_policy_value"`
 }
 
 // datapathObjects contains all objects after they have been loaded into the kernel.
@@ -265,6 +278,7 @@ type datapathMaps struct {
 	MembraneIpcache       *ebpf.Map `ebpf:"membrane_ipcache"`
 	MembraneIpcacheExact  *ebpf.Map `ebpf:"membrane_ipcache_exact"`
 	MembranePolicy        *ebpf.Map `ebpf:"membrane_policy"`
+	MembranePolicyExact   *ebpf.Map `ebpf:"membrane_policy_exact"`
 }
 
 func (m *datapathMaps) Close() error {
@@ -279,6 +293,7 @@ func (m *datapathMaps) Close() error {
 		m.MembraneIpcache,
 		m.MembraneIpcacheExact,
 		m.MembranePolicy,
+		m.MembranePolicyExact,
 	)
 }
 
@@ -286,11 +301,12 @@ func (m *datapathMaps) Close() error {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathVariables struct {
-	UnusedEvent       *ebpf.Variable `ebpf:"unused_event"`
-	UnusedFragKey     *ebpf.Variable `ebpf:"unused_frag_key"`
-	UnusedIpcacheKey  *ebpf.Variable `ebpf:"unused_ipcache_key"`
-	UnusedPolicyKey   *ebpf.Variable `ebpf:"unused_policy_key"`
-	UnusedPolicyValue *ebpf.Variable `ebpf:"unused_policy_value"`
+	UnusedEvent          *ebpf.Variable `ebpf:"unused_event"`
+	UnusedFragKey        *ebpf.Variable `ebpf:"unused_frag_key"`
+	UnusedIpcacheKey     *ebpf.Variable `ebpf:"unused_ipcache_key"`
+	UnusedPolicyExactKey *ebpf.Variable `ebpf:"unused_policy_exact_key"`
+	UnusedPolicyKey      *ebpf.Variable `ebpf:"unused_policy_key"`
+	UnusedPolicyValue    *ebpf.Variable `ebpf:"unused_policy_value"`
 }
 
 // datapathPrograms contains all programs after they have been loaded into the kernel.

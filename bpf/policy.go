@@ -116,14 +116,20 @@ func (d *Datapath) SyncPolicy(m *policies.Model, proxyPort func(l7 uint32) uint1
 	for id, ents := range want {
 		if cur, ok := d.policy[id]; ok && maps.Equal(cur, ents) {
 			st.Unchanged++
-			continue
+		} else {
+			if err := d.swapPolicy(id, ents); err != nil {
+				return st, err
+			}
+			d.policy[id] = ents
+			st.Replaced++
+			changed = true
 		}
-		if err := d.swapPolicy(id, ents); err != nil {
+		// After the trie: the cache then never answers for an entry the
+		// trie does not hold (see syncExact). Also for unchanged tries, so
+		// an adopted or partly filled cache heals.
+		if err := d.syncExact(id, exactEntries(id, ents)); err != nil {
 			return st, err
 		}
-		d.policy[id] = ents
-		st.Replaced++
-		changed = true
 	}
 	for id := range d.policy {
 		if _, ok := want[id]; ok {
@@ -133,6 +139,9 @@ func (d *Datapath) SyncPolicy(m *policies.Model, proxyPort func(l7 uint32) uint1
 			return st, fmt.Errorf("removing policy of identity %d: %w", id, err)
 		}
 		delete(d.policy, id)
+		if err := d.syncExact(id, nil); err != nil {
+			return st, err
+		}
 		st.Removed++
 		changed = true
 	}
@@ -177,9 +186,88 @@ func (d *Datapath) swapPolicy(id policies.Identity, ents map[datapathPolicyKey]d
 	return nil
 }
 
-// readPolicy fills the mirror from the (possibly adopted) maps.
+// exactEntries picks an identity's full-length entries (exact remote,
+// protocol and port) for membrane_policy_exact. Any-remote entries stay out:
+// the program consults the cache only before the exact-remote trie lookup.
+func exactEntries(id policies.Identity, ents map[datapathPolicyKey]datapathPolicyValue) map[datapathPolicyExactKey]datapathPolicyValue {
+	out := map[datapathPolicyExactKey]datapathPolicyValue{}
+	for k, v := range ents {
+		if k.Prefixlen != 64 || k.Identity == 0 {
+			continue
+		}
+		out[datapathPolicyExactKey{Local: uint32(id), Remote: htonl(k.Identity), Direction: k.Direction,
+			Protocol: k.Protocol, Port: htons(k.Port)}] = v
+	}
+	return out
+}
+
+// syncExact makes membrane_policy_exact hold want for local identity id, as
+// far as it fits. The map is a cache in front of the trie: an entry left out
+// (map full) costs a trie walk, but a stale one would override the trie, so
+// stale entries are deleted first and a failed overwrite deletes the old
+// value; only a failed delete is an error (the mirror keeps the entry, so
+// the next sync tries again).
+func (d *Datapath) syncExact(id policies.Identity, want map[datapathPolicyExactKey]datapathPolicyValue) error {
+	cur := d.exact[id]
+	if cur == nil {
+		cur = map[datapathPolicyExactKey]datapathPolicyValue{}
+		d.exact[id] = cur
+	}
+	del := func(k datapathPolicyExactKey) error {
+		if err := d.objs.MembranePolicyExact.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("removing cached policy entry of identity %d: %w", id, err)
+		}
+		delete(cur, k)
+		return nil
+	}
+	for k, v := range cur {
+		if w, ok := want[k]; !ok || w != v {
+			if err := del(k); err != nil {
+				return err
+			}
+		}
+	}
+	full := false
+	for k, v := range want {
+		if _, ok := cur[k]; ok || full {
+			continue
+		}
+		if err := d.objs.MembranePolicyExact.Put(&k, &v); err != nil {
+			if errors.Is(wrapFull(err, "", "", 0), ErrMapFull) {
+				full = true // the rest goes through the trie
+				continue
+			}
+			return fmt.Errorf("writing cached policy entry of identity %d: %w", id, err)
+		}
+		cur[k] = v
+	}
+	if full {
+		d.log.Debug("exact policy cache full; the rest of the identity's entries take the trie",
+			"identity", id, "cached", len(cur), "entries", len(want), "max_policy_exact", d.cfg.MaxPolicyExact)
+	}
+	if len(cur) == 0 {
+		delete(d.exact, id)
+	}
+	return nil
+}
+
+// readPolicy fills the mirrors from the (possibly adopted) maps.
 func (d *Datapath) readPolicy() error {
 	d.policy = map[policies.Identity]map[datapathPolicyKey]datapathPolicyValue{}
+	d.exact = map[policies.Identity]map[datapathPolicyExactKey]datapathPolicyValue{}
+	var ek datapathPolicyExactKey
+	var ev datapathPolicyValue
+	eit := d.objs.MembranePolicyExact.Iterate()
+	for eit.Next(&ek, &ev) {
+		id := policies.Identity(ek.Local)
+		if d.exact[id] == nil {
+			d.exact[id] = map[datapathPolicyExactKey]datapathPolicyValue{}
+		}
+		d.exact[id][ek] = ev
+	}
+	if err := eit.Err(); err != nil {
+		return fmt.Errorf("reading exact policy map: %w", err)
+	}
 	var id uint32
 	var innerID uint32
 	var ids []uint32

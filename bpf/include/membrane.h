@@ -136,6 +136,17 @@ struct policy_key {
 	__u16 port; /* network order */
 };
 
+/* Key of membrane_policy_exact: a cache of the full-length entries (exact
+ * remote identity, protocol and port) of every identity's trie, all host
+ * byte order. */
+struct policy_exact_key {
+	__u32 local;  /* local identity */
+	__u32 remote; /* remote identity, never 0 */
+	__u8 direction;
+	__u8 protocol;
+	__u16 port; /* dport, or ICMP type */
+};
+
 struct policy_value {
 	__u32 rule_id;
 	__u16 proxy_port; /* host order; 0 = none */
