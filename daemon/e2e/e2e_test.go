@@ -213,7 +213,8 @@ policy "nomad-api" {
 }
 
 func TestLivePolicyEditAndBrokenEdit(t *testing.T) {
-	e := newEnv(t, envOpts{})
+	metrics := freePort(t)
+	e := newEnv(t, envOpts{metrics: metrics})
 	s := startShop(e)
 	f := e.startFlow(s.frontend, s.api)
 	rev := e.status().PolicyRevision
@@ -225,6 +226,15 @@ func TestLivePolicyEditAndBrokenEdit(t *testing.T) {
 	pe := st.LastPolicyError
 	if st.PolicyRevision != rev || len(pe.Diagnostics) == 0 || !strings.HasSuffix(pe.Diagnostics[0].File, "zz-broken.hcl") || pe.Diagnostics[0].Line != 3 {
 		t.Fatalf("broken edit: revision %d (was %d), error %s", st.PolicyRevision, rev, dump(pe))
+	}
+	if v, ok := scrape(t, metrics, "membrane_policy_load_errors_total"); !ok || v != 1 {
+		t.Errorf("membrane_policy_load_errors_total = %v (found %v), want 1", v, ok)
+	}
+	if v, _ := scrape(t, metrics, "membrane_policy_load_failing"); v != 1 {
+		t.Errorf("membrane_policy_load_failing = %v, want 1", v)
+	}
+	if v, _ := scrape(t, metrics, "membrane_policy_revision"); v != float64(rev) {
+		t.Errorf("membrane_policy_revision = %v, want %d", v, rev)
 	}
 	if !f.flowing(500 * time.Millisecond) {
 		t.Error("allowed flow stopped after a rejected edit")

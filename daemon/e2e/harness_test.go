@@ -4,7 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -77,6 +80,7 @@ type env struct {
 
 type envOpts struct {
 	extraConfig string // appended to membrane.hcl
+	metrics     string // metrics listen address ("" disables)
 }
 
 func newEnv(t testing.TB, o envOpts) *env {
@@ -107,10 +111,10 @@ runtime "containerd" {
   enabled = false
 }
 metrics {
-  listen = ""
+  listen = %q
 }
 %s
-`, filepath.Join(dir, "policies"), filepath.Join(dir, "state"), e.pinDir, e.sock, e.bridge, o.extraConfig)
+`, filepath.Join(dir, "policies"), filepath.Join(dir, "state"), e.pinDir, e.sock, e.bridge, o.metrics, o.extraConfig)
 	if err := os.WriteFile(e.cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -386,4 +390,32 @@ func (e *env) observe(filter api.ObserveFilter) []api.Flow {
 func dump(v any) string {
 	b, _ := json.MarshalIndent(v, "", "  ")
 	return string(b)
+}
+
+// freePort returns a loopback address with a port nobody listens on now.
+func freePort(t testing.TB) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// scrape returns the value of the metric line that starts with name.
+func scrape(t testing.TB, addr, name string) (float64, bool) {
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, name+" ") {
+			var v float64
+			fmt.Sscan(strings.TrimPrefix(l, name+" "), &v)
+			return v, true
+		}
+	}
+	return 0, false
 }
