@@ -1,0 +1,225 @@
+//go:build ignore
+
+/* Membrane's bridge program: the second half of the L7 redirect
+ * (design.md "L7"). The container programs mark a packet that an L7 entry
+ * sends to the proxy (MARK_MAGIC_TO_PROXY | direction << 16 | proxy port)
+ * and bpf_redirect it to the ingress of the container's bridge. Here, at tc
+ * ingress of that bridge, the packet is given to the proxy's socket with
+ * bpf_sk_assign: the established socket of this tuple first (every packet
+ * after the SYN), else the transparent listener on the proxy port. The
+ * redirect ran eth_type_trans, which called the frame OTHERHOST (its
+ * destination MAC is the container's); it becomes HOST again so IP accepts
+ * it, and the fwmark rule (proxy.DefaultRouting) delivers it locally.
+ *
+ * Assigning at the veth does not work on a bridge: the bridge forwards the
+ * frame at L2 and the assignment is lost.
+ *
+ * Packets without the to-proxy mark are the bridge's ordinary traffic and
+ * pass untouched. The program shares the datapath's counters and events
+ * (the loader replaces these two maps with the datapath's own). */
+
+#include "membrane.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define ETH_HLEN 14
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define IPPROTO_TCP 6
+#define PACKET_HOST 0
+
+#define VERDICT_PASS TC_ACT_UNSPEC
+#define VERDICT_DROP TC_ACT_SHOT
+
+/* Normally from membrane.h; these let the file build against an older one. */
+#ifndef REASON_DROP_PROXY_NO_LISTENER
+#define REASON_DROP_PROXY_NO_LISTENER 24
+#define REASON_DROP_PROXY_ASSIGN 25
+#endif
+#ifndef MARK_TO_PROXY_EGRESS
+#define MARK_TO_PROXY_EGRESS 0x00010000
+#define MARK_PORT_MASK 0x0000ffff
+#endif
+
+/* Just the fields we read (no kernel headers that need asm/). */
+struct br_ipv4hdr {
+	__u8 ver_ihl;
+	__u8 tos;
+	__u16 tot_len;
+	__u16 id;
+	__u16 frag_off;
+	__u8 ttl;
+	__u8 protocol;
+	__u16 check;
+	__u32 saddr;
+	__u32 daddr;
+};
+
+struct br_ipv6hdr {
+	__u32 vtc_flow;
+	__u16 payload_len;
+	__u8 nexthdr;
+	__u8 hop_limit;
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+/* Replaced at load time by the datapath's maps of the same name. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct counter);
+	__uint(max_entries, COUNTER_SLOTS);
+} membrane_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} membrane_events SEC(".maps");
+
+static __always_inline void count(__u32 reason, __u8 dir, __u32 len)
+{
+	__u32 slot = reason * 2 + dir;
+	if (slot >= COUNTER_EVENTS_LOST)
+		return;
+	struct counter *c = bpf_map_lookup_elem(&membrane_counters, &slot);
+	if (c) {
+		c->packets++;
+		c->bytes += len;
+	}
+}
+
+static __always_inline int drop(struct __sk_buff *skb, __u32 reason, __u8 dir, __u8 family,
+				const __u8 *saddr, const __u8 *daddr, __u16 sport, __u16 dport, __u16 port)
+{
+	count(reason, dir, skb->len);
+	struct event *e = bpf_ringbuf_reserve(&membrane_events, sizeof(*e), 0);
+	if (!e) {
+		__u32 slot = COUNTER_EVENTS_LOST;
+		struct counter *c = bpf_map_lookup_elem(&membrane_counters, &slot);
+		if (c)
+			c->packets++;
+		return VERDICT_DROP;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->timestamp = bpf_ktime_get_coarse_ns();
+	e->ifindex = skb->ifindex;
+	e->len = skb->len;
+	e->sport = bpf_ntohs(sport);
+	e->dport = bpf_ntohs(dport);
+	e->proxy_port = port;
+	e->type = EVENT_DROP;
+	e->reason = reason;
+	e->direction = dir;
+	e->protocol = IPPROTO_TCP;
+	e->family = family;
+	__builtin_memcpy(e->saddr, saddr, 16);
+	__builtin_memcpy(e->daddr, daddr, 16);
+	bpf_ringbuf_submit(e, 0);
+	return VERDICT_DROP;
+}
+
+/* lookup returns the socket for tuple: established == 1 wants a connection
+ * (request sockets included; listeners and TIME_WAIT are not one), else
+ * anything the lookup finds (the listener). */
+static __always_inline struct bpf_sock *lookup(struct __sk_buff *skb, struct bpf_sock_tuple *t, __u32 len,
+					       int established)
+{
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, t, len, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	if (established && (sk->state == BPF_TCP_LISTEN || sk->state == BPF_TCP_TIME_WAIT)) {
+		bpf_sk_release(sk);
+		return 0;
+	}
+	return sk;
+}
+
+SEC("tc")
+int membrane_bridge(struct __sk_buff *skb)
+{
+	__u32 mark = skb->mark;
+	if ((mark & MARK_MAGIC_MASK) != MARK_MAGIC_TO_PROXY)
+		return VERDICT_PASS;
+	__u16 port = mark & MARK_PORT_MASK;
+	__u8 dir = (mark & MARK_TO_PROXY_EGRESS) ? DIR_EGRESS : DIR_INGRESS;
+
+	/* Addresses on the stack for events (IPv4 in the first 4 bytes). */
+	__u8 saddr[16] = {}, daddr[16] = {};
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	if (data + ETH_HLEN > end)
+		return drop(skb, REASON_DROP_PROXY_ASSIGN, dir, 0, saddr, daddr, 0, 0, port);
+	__u16 proto = ((__u8 *)data)[12] << 8 | ((__u8 *)data)[13];
+
+	struct bpf_sock_tuple t = {};
+	__u32 tlen;
+	__u8 family;
+	struct tcphdr_ports {
+		__be16 source;
+		__be16 dest;
+	} *tcp;
+	if (proto == ETH_P_IP) {
+		struct br_ipv4hdr *ip = data + ETH_HLEN;
+		if ((void *)(ip + 1) > end)
+			return drop(skb, REASON_DROP_PROXY_ASSIGN, dir, 0, saddr, daddr, 0, 0, port);
+		__u32 ihl = (ip->ver_ihl & 0x0f) * 4;
+		family = 4;
+		__builtin_memcpy(saddr, &ip->saddr, 4);
+		__builtin_memcpy(daddr, &ip->daddr, 4);
+		if (ip->protocol != IPPROTO_TCP || ihl < 20)
+			return drop(skb, REASON_DROP_PROXY_ASSIGN, dir, family, saddr, daddr, 0, 0, port);
+		tcp = (void *)ip + ihl;
+		if ((void *)(tcp + 1) > end)
+			return drop(skb, REASON_DROP_PROXY_ASSIGN, dir, family, saddr, daddr, 0, 0, port);
+		t.ipv4.saddr = ip->saddr;
+		t.ipv4.daddr = ip->daddr;
+		t.ipv4.sport = tcp->source;
+		t.ipv4.dport = tcp->dest;
+		tlen = sizeof(t.ipv4);
+	} else if (proto == ETH_P_IPV6) {
+		struct br_ipv6hdr *ip6 = data + ETH_HLEN;
+		if ((void *)(ip6 + 1) > end)
+			return drop(skb, REASON_DROP_PROXY_ASSIGN, dir, 0, saddr, daddr, 0, 0, port);
+		family = 6;
+		__builtin_memcpy(saddr, ip6->saddr, 16);
+		__builtin_memcpy(daddr, ip6->daddr, 16);
+		/* The container program redirects TCP only, and a TCP segment
+		 * with extension headers is not worth the walk here. */
+		if (ip6->nexthdr != IPPROTO_TCP)
+			return drop(skb, REASON_DROP_PROXY_ASSIGN, dir, family, saddr, daddr, 0, 0, port);
+		tcp = (void *)(ip6 + 1);
+		if ((void *)(tcp + 1) > end)
+			return drop(skb, REASON_DROP_PROXY_ASSIGN, dir, family, saddr, daddr, 0, 0, port);
+		__builtin_memcpy(t.ipv6.saddr, ip6->saddr, 16);
+		__builtin_memcpy(t.ipv6.daddr, ip6->daddr, 16);
+		t.ipv6.sport = tcp->source;
+		t.ipv6.dport = tcp->dest;
+		tlen = sizeof(t.ipv6);
+	} else {
+		return drop(skb, REASON_DROP_PROXY_ASSIGN, dir, 0, saddr, daddr, 0, 0, port);
+	}
+	__u16 sport = tcp->source, dport = tcp->dest;
+
+	/* The proxy's side of this connection, once it exists; else the
+	 * listener on the proxy port (bound to the wildcard address, so the
+	 * original destination address still matches it). */
+	struct bpf_sock *sk = lookup(skb, &t, tlen, 1);
+	if (!sk) {
+		if (family == 4)
+			t.ipv4.dport = bpf_htons(port);
+		else
+			t.ipv6.dport = bpf_htons(port);
+		sk = lookup(skb, &t, tlen, 0);
+	}
+	if (!sk)
+		return drop(skb, REASON_DROP_PROXY_NO_LISTENER, dir, family, saddr, daddr, sport, dport, port);
+	long err = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	if (err)
+		return drop(skb, REASON_DROP_PROXY_ASSIGN, dir, family, saddr, daddr, sport, dport, port);
+	/* bpf_redirect ran eth_type_trans: the container's MAC made the
+	 * frame OTHERHOST, which IP would discard. */
+	bpf_skb_change_type(skb, PACKET_HOST);
+	return VERDICT_PASS;
+}
