@@ -76,6 +76,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 
 	r := newReconciler(cfg, log.With("subsys", "reconcile"), dp, ids, filter, auditSel, opts.ProxyPort)
 	r.notifier = notifier
+	r.lastGood = newLastGoodStore(cfg.StateDir)
 	r.onReady = opts.Ready
 
 	m := metrics.New(metrics.Sampler{Verdicts: r.sampleVerdicts, Maps: r.sampleMaps})

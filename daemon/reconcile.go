@@ -71,6 +71,7 @@ type reconciler struct {
 	problems   map[string]string // current datapath problems by key
 	lastStatus string
 	peersDirty bool // deferred peer policies to write (see recompile)
+	lastGood   *lastGoodStore
 	// ipcache mirrors what the ipcache map holds after our last write; nil
 	// when unknown (start, or after a failed write).
 	ipcache map[netip.Prefix]policies.Identity
@@ -316,6 +317,9 @@ func (r *reconciler) loadPolicies(since time.Time) {
 		r.metrics.PolicyLoadErrors.Inc()
 		r.metrics.PolicyLoadFailing.Set(1)
 		r.log.Error("policy set rejected; the last good set stays enforced", "dir", r.cfg.PolicyDir, "errors", len(rep.Errors()), "revision", r.revision)
+		if r.set == nil {
+			r.adoptLastGood()
+		}
 		r.publish()
 		return
 	}
@@ -331,6 +335,9 @@ func (r *reconciler) loadPolicies(since time.Time) {
 	r.metrics.PolicyRevision.Set(float64(r.revision))
 	r.metrics.Policies.Set(float64(len(set.Policies)))
 	r.log.Info("policy set loaded", "dir", r.cfg.PolicyDir, "policies", len(set.Policies), "revision", r.revision)
+	if r.lastGood != nil {
+		r.lastGood.save(rep.Files, func(err error) { r.log.Warn("saving the last good policy set", "err", err) })
+	}
 	if r.synced || r.reconciled {
 		r.recompile(true)
 		r.syncIPCache()
@@ -338,6 +345,37 @@ func (r *reconciler) loadPolicies(since time.Time) {
 	r.publish()
 	r.metrics.ReconcileDuration.WithLabelValues("policy").Observe(time.Since(start).Seconds())
 	r.metrics.EventLag.WithLabelValues("policy").Observe(time.Since(since).Seconds())
+}
+
+// adoptLastGood enforces the set saved by an earlier run when this daemon
+// has none of its own (it started while the directory was invalid).
+func (r *reconciler) adoptLastGood() {
+	if r.lastGood == nil {
+		return
+	}
+	set, files, saved, err := r.lastGood.load()
+	if err != nil {
+		r.log.Warn("cannot use the last good policy set", "err", err)
+		return
+	}
+	if set == nil {
+		r.log.Warn("no last good policy set saved; the pinned policy maps stay as they are")
+		return
+	}
+	r.set = set
+	r.setFiles = files
+	r.setLoaded = saved
+	r.revision++
+	r.metrics.PolicyRevision.Set(float64(r.revision))
+	r.metrics.Policies.Set(float64(len(set.Policies)))
+	r.log.Warn("enforcing the last good policy set saved before", "saved", saved, "policies", len(set.Policies))
+	if r.policyErr != nil {
+		r.policyErr.Message = fmt.Sprintf("policy set rejected; enforcing the last good set (saved %s)", saved.Format(time.RFC3339))
+	}
+	if r.synced {
+		r.recompile(true)
+		r.syncIPCache()
+	}
 }
 
 // localIdentities returns the allocated identities of the current

@@ -570,3 +570,38 @@ func TestSystemdNotify(t *testing.T) {
 		}
 	}
 }
+
+// TestLastGoodSetSurvivesRestart: membraned restarted while the policy
+// directory is invalid enforces the last set it accepted, also for
+// containers that start afterwards.
+func TestLastGoodSetSurvivesRestart(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	s := startShop(e)
+	e.eventually("last good set saved", 10*time.Second, func() error {
+		_, err := os.Stat(filepath.Join(e.dir, "state", "last-good-policies.json"))
+		return err
+	})
+	rev := e.status().PolicyRevision
+	e.writePolicy("zz-broken.hcl", "policy \"broken\" {\n  selector = 42\n}\n")
+	e.waitRevision(rev, true)
+	e.stopDaemon(syscall.SIGTERM)
+	e.startDaemon()
+	st := e.status()
+	if st.LastPolicyError == nil || st.Policies != 3 {
+		t.Fatalf("after restart with a broken directory: %d policies, error %v", st.Policies, st.LastPolicyError)
+	}
+	// A label set never seen before: a new identity, whose policy only a
+	// loaded set can give.
+	api2 := e.server("api2", "app=api", "tier=two")
+	e.endpoint(api2)
+	ip := e.ip(api2)
+	e.eventually("frontend reaches the new api", 10*time.Second, func() error {
+		if !e.get(s.frontend, ip) {
+			return os.ErrDeadlineExceeded
+		}
+		return nil
+	})
+	if e.get(s.db, ip) {
+		t.Error("db reached a new api container: the last good set is not enforced")
+	}
+}
