@@ -18,7 +18,16 @@
 //     packet judged under the endpoint's identity already meets its policy;
 //   - a policy change (fsnotify, debounced) loads the directory as one set:
 //     an invalid set is rejected whole, logged with positions, shown in
-//     status and metrics, and the last good set stays enforced;
+//     status and metrics, and the last good set stays enforced. The last
+//     good set's sources are saved in the state directory, so a daemon
+//     that starts while the directory is invalid enforces them too (with
+//     no saved set and no pins, nothing is enforced until a valid set
+//     arrives: the error is in status and metrics);
+//   - when a new identity appears, its own policy and every change that
+//     adds a deny or removes an allow are written first, then its endpoint
+//     entry; peers that only gain allow entries for it follow in one batch
+//     when the event queue is quiet (meanwhile they are stricter, never
+//     looser, than the target);
 //   - host address changes go to the ipcache as identity host (1);
 //   - a periodic full resync rewrites everything from scratch (idempotent)
 //     and prunes what is no longer wanted; conntrack GC runs with it.
