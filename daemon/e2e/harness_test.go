@@ -135,6 +135,9 @@ metrics {
 		if _, err := os.Stat(e.pinDir); err == nil {
 			t.Errorf("pins left in %s after --cleanup", e.pinDir)
 		}
+		if b, err := os.ReadFile(e.logPath); err == nil && strings.Contains(string(b), "WARNING: DATA RACE") {
+			t.Errorf("membraned reported a data race (go test -race)")
+		}
 		if t.Failed() {
 			if b, err := os.ReadFile(e.logPath); err == nil {
 				lines := strings.Split(string(b), "\n")
