@@ -149,6 +149,19 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } membrane_events SEC(".maps");
 
+/* Per-CPU memo of the coarse clock for the current jiffy (see now_ns). */
+struct clock_memo {
+	__u64 jiffies;
+	__u64 ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct clock_memo);
+	__uint(max_entries, 1);
+} membrane_clock SEC(".maps");
+
 /* Force BTF for the types only userspace uses. */
 const struct event *unused_event __attribute__((unused));
 const struct ipcache_key *unused_ipcache_key __attribute__((unused));
@@ -273,6 +286,30 @@ static __always_inline int load(struct __sk_buff *skb, __u32 off, void *to, cons
 		}
 	}
 	return bpf_skb_load_bytes(skb, off, to, len);
+}
+
+/* Coarse monotonic time: a tick's resolution is plenty for lifetimes of
+ * seconds, and it reads no clock source (rdtsc is costly in many VMs). The
+ * coarse clock only moves when jiffies do, so it is read once per jiffy and
+ * CPU: bpf_jiffies64 and the per-CPU array lookup are inlined by the
+ * verifier (64-bit JIT), where bpf_ktime_get_coarse_ns is a helper call,
+ * about 20 ns a packet on a kernel with retpolines. A CPU that reads the
+ * new jiffy before the tick has moved the coarse clock keeps the previous
+ * tick's time for that jiffy: at most one tick behind, the clock's own
+ * resolution. */
+static __always_inline __u64 now_ns(void)
+{
+	__u32 zero = 0;
+	__u64 j = bpf_jiffies64();
+	struct clock_memo *m = bpf_map_lookup_elem(&membrane_clock, &zero);
+	if (m && m->jiffies == j && m->ns)
+		return m->ns;
+	__u64 ns = bpf_ktime_get_coarse_ns();
+	if (m) {
+		m->jiffies = j;
+		m->ns = ns;
+	}
+	return ns;
 }
 
 static __always_inline int is_icmp_error(__u8 proto, __u8 type)
@@ -646,9 +683,7 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 		evflags |= EV_F_FROM_PROXY;
 	}
 
-	/* Coarse time: a tick's resolution is plenty for lifetimes of seconds,
-	 * and it reads no clock source (rdtsc is costly in many VMs). */
-	__u64 now = bpf_ktime_get_coarse_ns();
+	__u64 now = now_ns();
 	p.tuple.ifindex = ifindex;
 	struct ct_key rk;
 	int reply = 0;

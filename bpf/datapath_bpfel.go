@@ -13,6 +13,12 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type datapathClockMemo struct {
+	_       structs.HostLayout
+	Jiffies uint64
+	Ns      uint64
+}
+
 type datapathConfig struct {
 	_              structs.HostLayout
 	Abi            uint32
@@ -152,6 +158,7 @@ type datapathPolicyValue struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	datapathMapMembraneClock         = "membrane_clock"
 	datapathMapMembraneConfig        = "membrane_config"
 	datapathMapMembraneCounters      = "membrane_counters"
 	datapathMapMembraneCt            = "membrane_ct"
@@ -223,6 +230,7 @@ type datapathProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathMapSpecs struct {
+	MembraneClock         *ebpf.MapSpec `ebpf:"membrane_clock"`
 	MembraneConfig        *ebpf.MapSpec `ebpf:"membrane_config"`
 	MembraneCounters      *ebpf.MapSpec `ebpf:"membrane_counters"`
 	MembraneCt            *ebpf.MapSpec `ebpf:"membrane_ct"`
@@ -268,6 +276,7 @@ func (o *datapathObjects) Close() error {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathMaps struct {
+	MembraneClock         *ebpf.Map `ebpf:"membrane_clock"`
 	MembraneConfig        *ebpf.Map `ebpf:"membrane_config"`
 	MembraneCounters      *ebpf.Map `ebpf:"membrane_counters"`
 	MembraneCt            *ebpf.Map `ebpf:"membrane_ct"`
@@ -283,6 +292,7 @@ type datapathMaps struct {
 
 func (m *datapathMaps) Close() error {
 	return _DatapathClose(
+		m.MembraneClock,
 		m.MembraneConfig,
 		m.MembraneCounters,
 		m.MembraneCt,
