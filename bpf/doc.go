@@ -163,7 +163,8 @@
 // On a kernel with retpolines and return thunks (most VMs) every helper call
 // and every non-inlined map lookup costs tens of ns, so the hot paths count
 // them. Established flow: endpoint (array lookup, inlined), one conntrack hash
-// hit, the coarse clock, a per-CPU counter (inlined) — no ipcache, policy or
+// hit, the coarse clock (read once per jiffy and CPU: inlined bpf_jiffies64
+// and a per-CPU memo), a per-CPU counter (inlined) — no ipcache, policy or
 // ring buffer. New flow (a bare SYN): endpoint, one conntrack miss (openers
 // never look for a reply entry), one ipcache hash hit for endpoint and host
 // peers (the LPM trie only for shorter prefixes), one exact policy hash hit
