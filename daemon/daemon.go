@@ -65,6 +65,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 		MaxConntrack:     uint32(cfg.Maps.Conntrack),
 		EventsBytes:      uint32(cfg.Maps.Events),
 		UnknownEndpoint:  bpf.UnknownVerdict(cfg.UnknownEndpoint),
+		AllowSample:      uint32(cfg.FlowSample),
 		Logger:           log,
 	})
 	if err != nil {

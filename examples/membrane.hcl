@@ -27,6 +27,7 @@ bridges = ["docker0", "br-*", "cni0", "cni-*", "cbr0", "nerdctl*"]
 log_level = "info" # debug | info | warn | error
 
 identity_grace  = "5m"  # unused identities keep their number this long
+flow_sample     = 0     # report 1 new allowed flow in N to `membrane observe` (0: none)
 resync_interval = "1m"  # full resync and conntrack GC
 
 runtime "docker" {

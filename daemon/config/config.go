@@ -75,6 +75,9 @@ type Config struct {
 	IdentityGrace time.Duration
 	// ResyncInterval is the period of the full resync and conntrack GC.
 	ResyncInterval time.Duration
+	// FlowSample reports one new allowed flow in N to `membrane observe`
+	// (0: none; drops and audit records are always reported).
+	FlowSample int
 	// PolicyDebounce is how long policy-directory changes settle before the
 	// set is reloaded (editors write files in several steps).
 	PolicyDebounce time.Duration
@@ -242,6 +245,7 @@ type fileSchema struct {
 	IdentityGrace   *string   `hcl:"identity_grace"`
 	ResyncInterval  *string   `hcl:"resync_interval"`
 	PolicyDebounce  *string   `hcl:"policy_debounce"`
+	FlowSample      *int      `hcl:"flow_sample"`
 
 	Runtimes []runtimeSchema `hcl:"runtime,block"`
 	Labels   []labelsSchema  `hcl:"labels,block"`
@@ -360,6 +364,13 @@ func compile(raw *fileSchema, body hcl.Body) (*Config, hcl.Diagnostics) {
 			return
 		}
 		*dst = d
+	}
+	if raw.FlowSample != nil {
+		if *raw.FlowSample < 0 {
+			errAt(top["flow_sample"], fmt.Sprintf("invalid flow_sample %d", *raw.FlowSample), "must be 0 (no allowed flows reported) or N (one new allowed flow in N)")
+		} else {
+			cfg.FlowSample = *raw.FlowSample
+		}
 	}
 	duration("identity_grace", raw.IdentityGrace, &cfg.IdentityGrace, 0)
 	duration("resync_interval", raw.ResyncInterval, &cfg.ResyncInterval, time.Second)

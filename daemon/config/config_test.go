@@ -41,6 +41,7 @@ attach           = "tc"
 bridges          = ["docker0", "br-*"]
 log_level        = "debug"
 identity_grace   = "30s"
+flow_sample      = 100
 
 runtime "docker" {
   socket = "/run/docker.sock"
@@ -74,6 +75,9 @@ metrics {
 	}
 	if strings.Join(cfg.Bridges, ",") != "docker0,br-*" {
 		t.Errorf("bridges %v", cfg.Bridges)
+	}
+	if cfg.FlowSample != 100 {
+		t.Errorf("flow_sample %d", cfg.FlowSample)
 	}
 	if cfg.IdentityGrace != 30*time.Second {
 		t.Errorf("grace %v", cfg.IdentityGrace)
@@ -115,6 +119,7 @@ func TestInvalidConfigsNamePosition(t *testing.T) {
 		{"bad listen", "metrics {\n  listen = \"9964\"\n}\n", `m.hcl:2:3: error: invalid metrics listen address "9964"`},
 		{"bad bridge pattern", "bridges = [\"br-[\"]\n", `m.hcl:1:1: error: invalid bridge pattern "br-["`},
 		{"bad audit selector", "audit_selector = \"app in (\"\n", `m.hcl:1:1: error: invalid audit_selector`},
+		{"negative flow sample", "flow_sample = -1\n", "m.hcl:1:1: error: invalid flow_sample -1"},
 		{"bad duration", "identity_grace = \"soon\"\n", `m.hcl:1:1: error: invalid identity_grace "soon"`},
 		{"unknown attr in block", "maps {\n  endpoint = 5\n}\n", "m.hcl:2:3: error: Unsupported argument"},
 	} {

@@ -161,7 +161,7 @@ func TestShopAllowDenyMatrixWithComposeLabels(t *testing.T) {
 }
 
 func TestNomadPauseContainerLabels(t *testing.T) {
-	e := newEnv(t, envOpts{})
+	e := newEnv(t, envOpts{extraConfig: "flow_sample = 1"})
 	e.writePolicy("nomad.hcl", `
 policy "nomad-api" {
   selector = "nomad.job=shop,nomad.task=api,e2e=SFX"
@@ -210,6 +210,15 @@ policy "nomad-api" {
 	if e.get(other, ip) {
 		t.Error("a non-client reached the nomad task")
 	}
+	// flow_sample = 1: every new allowed flow is reported too.
+	e.eventually("allowed flow record", 5*time.Second, func() error {
+		for _, f := range e.observe(api.ObserveFilter{Verdict: "allowed"}) {
+			if f.Dest.IP == ip && f.Dest.Port == 8080 {
+				return nil
+			}
+		}
+		return os.ErrNotExist
+	})
 }
 
 func TestLivePolicyEditAndBrokenEdit(t *testing.T) {
