@@ -732,10 +732,9 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 		__u64 exp = now + lifetime(cfg, e, p.tuple.protocol);
 		if (e->expires != exp)
 			e->expires = exp;
-		/* Plain adds: a lost count under a cross-CPU race is cheaper
-		 * than a locked instruction on every packet. */
-		e->packets++;
-		e->bytes += skb->len;
+		/* No per-flow packet/byte counts: a write to the shared entry on
+		 * every packet would bounce its cache line between the CPUs of
+		 * the two directions. The per-CPU counters count. */
 		count(reply ? REASON_ALLOW_REPLY : REASON_ALLOW_ESTABLISHED, dir, skb->len);
 		return VERDICT_PASS;
 	}

@@ -99,7 +99,8 @@
 //	                             the identifier in both), protocol u8, family u8, pad u16,
 //	                             ifindex u32} -> ct_entry{expires u64 (CLOCK_MONOTONIC ns, coarse:
 //	                             bpf_ktime_get_coarse_ns, a tick's resolution is plenty),
-//	                             packets, bytes u64, revision, rule_id, remote_identity u32,
+//	                             packets, bytes u64 (the first packet's: not counted per
+//	                             packet, the shared entry stays clean), revision, rule_id, remote_identity u32,
 //	                             proxy_port, policy_port u16, direction, state (1 syn,
 //	                             2 established, 3 closing), flags u8 (1 audit, 2 from proxy,
 //	                             4/8 FIN seen original/reply), pad [5]u8}

@@ -167,8 +167,8 @@ struct ct_key {
 
 struct ct_entry {
 	__u64 expires; /* bpf_ktime_get_ns() deadline */
-	__u64 packets;
-	__u64 bytes;
+	__u64 packets; /* of the first packet only: the entry is not */
+	__u64 bytes;   /* written per packet (see datapath.c) */
 	__u32 revision;	      /* policy revision the flow was last judged under */
 	__u32 rule_id;	      /* entry that admitted it */
 	__u32 remote_identity; /* at admission (from-proxy flows keep it) */
