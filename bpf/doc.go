@@ -173,4 +173,11 @@
 // number of entries; other entries take the outer map and one or two trie
 // lookups. Packet headers are read with direct packet access;
 // bpf_skb_load_bytes only for non-linear data and IPv6 extension headers.
+//
+// On the 2-core Firecracker VM (kernel 6.18, retpolines) where this was
+// tuned, with the empty program at ~40 ns: new flow ~200 ns for 10, 1000 and
+// 10000 entries alike, established ~140 ns (from 294/367/363 and 205). There
+// a single hash lookup costs 30-45 ns, and a new flow needs three (conntrack,
+// ipcache, policy), so ~100 ns new / ~60 ns established is out of reach on
+// such a machine without dropping a lookup.
 package bpf
