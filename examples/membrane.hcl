@@ -61,3 +61,14 @@ maps {
 metrics {
   listen = "127.0.0.1:9964" # "" disables the Prometheus endpoint
 }
+
+# The L7 proxy that policies' `http` rules go to. engine: "auto" runs a
+# managed Envoy when an `envoy` binary is on PATH, else the built-in Go
+# proxy; "builtin" / "envoy" force one. port is the proxy's transparent
+# listener (only redirected connections reach it). envoy_unit: a systemd
+# unit that runs Envoy (membrane-envoy.service) instead of a child process.
+l7 {
+  engine     = "auto"
+  port       = 15001
+  envoy_unit = ""
+}

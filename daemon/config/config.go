@@ -87,6 +87,30 @@ type Config struct {
 	Labels     Labels
 	Maps       Maps
 	Metrics    Metrics
+	L7         L7
+}
+
+// L7 engine kinds (the `l7 { engine = ... }` attribute).
+const (
+	L7Auto    = "auto"    // envoy when an `envoy` binary is on PATH, else builtin
+	L7Builtin = "builtin" // the Go proxy in proxy/builtin
+	L7Envoy   = "envoy"   // a managed Envoy fed over xDS
+)
+
+// DefaultL7Port is the proxy's transparent listener port when the config
+// names none. Envoy's customary sidecar port; it is bound with
+// IP_TRANSPARENT and only ever receives redirected connections.
+const DefaultL7Port = 15001
+
+// L7 is the `l7 {}` block: the proxy that HTTP rules are sent to.
+type L7 struct {
+	Engine string
+	// Port is the transparent listener's TCP port (the datapath's proxy
+	// port for every L7 ruleset).
+	Port int
+	// EnvoyUnit, when set, is the systemd unit that runs Envoy; membraned
+	// starts it instead of supervising its own Envoy process.
+	EnvoyUnit string
 }
 
 // Runtime is one `runtime "NAME" {}` block.
@@ -148,6 +172,7 @@ func Default() *Config {
 			Events:        1 << 22,
 		},
 		Metrics: Metrics{Listen: "127.0.0.1:9964"},
+		L7:      L7{Engine: L7Auto, Port: DefaultL7Port},
 	}
 }
 
@@ -251,6 +276,14 @@ type fileSchema struct {
 	Labels   []labelsSchema  `hcl:"labels,block"`
 	Maps     []mapsSchema    `hcl:"maps,block"`
 	Metrics  []metricsSchema `hcl:"metrics,block"`
+	L7       []l7Schema      `hcl:"l7,block"`
+}
+
+type l7Schema struct {
+	Engine    *string   `hcl:"engine"`
+	Port      *int      `hcl:"port"`
+	EnvoyUnit *string   `hcl:"envoy_unit"`
+	DefRange  hcl.Range `hcl:",def_range"`
 }
 
 type runtimeSchema struct {
@@ -478,6 +511,41 @@ func compile(raw *fileSchema, body hcl.Body) (*Config, hcl.Diagnostics) {
 				}
 			}
 			cfg.Metrics.Listen = *m.Listen
+		}
+	}
+
+	for i, l := range raw.L7 {
+		if i > 0 {
+			errAt(l.DefRange, "l7 block already declared at "+short(raw.L7[0].DefRange), "merge the blocks into one")
+			continue
+		}
+		lr := blockAttrRanges(body, "l7", i)
+		if l.Engine != nil {
+			switch *l.Engine {
+			case L7Auto, L7Builtin, L7Envoy:
+				cfg.L7.Engine = *l.Engine
+			default:
+				errAt(lr["engine"], fmt.Sprintf("invalid l7 engine %q", *l.Engine), "must be one of "+quoteList([]string{L7Auto, L7Builtin, L7Envoy}))
+			}
+		}
+		if l.Port != nil {
+			if *l.Port < 1 || *l.Port > 65535 {
+				errAt(lr["port"], fmt.Sprintf("l7.port = %d is out of range", *l.Port), "must be a TCP port between 1 and 65535")
+			} else {
+				cfg.L7.Port = *l.Port
+			}
+		}
+		if l.EnvoyUnit != nil {
+			u := *l.EnvoyUnit
+			switch {
+			case u == "":
+			case strings.ContainsAny(u, "/ \t") || !strings.HasSuffix(u, ".service"):
+				errAt(lr["envoy_unit"], fmt.Sprintf("invalid l7.envoy_unit %q", u), `must be a systemd service name like "membrane-envoy.service", or "" to let membraned run Envoy itself`)
+			case cfg.L7.Engine == L7Builtin:
+				errAt(lr["envoy_unit"], "l7.envoy_unit is set but engine is \"builtin\"", `remove envoy_unit, or set engine = "envoy" or "auto"`)
+			default:
+				cfg.L7.EnvoyUnit = u
+			}
 		}
 	}
 	return cfg, diags

@@ -122,6 +122,13 @@ func TestInvalidConfigsNamePosition(t *testing.T) {
 		{"negative flow sample", "flow_sample = -1\n", "m.hcl:1:1: error: invalid flow_sample -1"},
 		{"bad duration", "identity_grace = \"soon\"\n", `m.hcl:1:1: error: invalid identity_grace "soon"`},
 		{"unknown attr in block", "maps {\n  endpoint = 5\n}\n", "m.hcl:2:3: error: Unsupported argument"},
+		{"bad l7 engine", "l7 {\n  engine = \"nginx\"\n}\n", `m.hcl:2:3: error: invalid l7 engine "nginx": must be one of "auto", "builtin", "envoy"`},
+		{"l7 port zero", "l7 {\n  port = 0\n}\n", "m.hcl:2:3: error: l7.port = 0 is out of range"},
+		{"l7 port too big", "l7 {\n  port = 70000\n}\n", "m.hcl:2:3: error: l7.port = 70000 is out of range"},
+		{"l7 bad unit", "l7 {\n  envoy_unit = \"envoy\"\n}\n", `m.hcl:2:3: error: invalid l7.envoy_unit "envoy"`},
+		{"l7 unit with builtin", "l7 {\n  engine = \"builtin\"\n  envoy_unit = \"membrane-envoy.service\"\n}\n", `m.hcl:3:3: error: l7.envoy_unit is set but engine is "builtin"`},
+		{"l7 twice", "l7 {\n}\nl7 {\n}\n", "m.hcl:3:1: error: l7 block already declared at m.hcl:1"},
+		{"l7 unknown attr", "l7 {\n  engin = \"auto\"\n}\n", "m.hcl:2:3: error: Unsupported argument"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse("m.hcl", []byte(tc.src))
@@ -146,6 +153,19 @@ func TestSeveralErrorsAreAllReported(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "m.hcl:1:1") || !strings.Contains(err.Error(), "m.hcl:2:1") {
 		t.Fatalf("want both positions, got %v", err)
+	}
+}
+
+func TestL7BlockDecodes(t *testing.T) {
+	c, err := Parse("m.hcl", []byte("l7 {\n  engine = \"envoy\"\n  port = 15555\n  envoy_unit = \"membrane-envoy.service\"\n}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.L7 != (L7{Engine: L7Envoy, Port: 15555, EnvoyUnit: "membrane-envoy.service"}) {
+		t.Fatalf("l7 = %+v", c.L7)
+	}
+	if d := Default().L7; d != (L7{Engine: L7Auto, Port: DefaultL7Port}) {
+		t.Fatalf("default l7 = %+v", d)
 	}
 }
 
