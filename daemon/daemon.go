@@ -25,8 +25,9 @@ import (
 // Options are the parts of a daemon that tests and later phases replace.
 type Options struct {
 	Logger *slog.Logger
-	// ProxyPort maps an L7 ruleset id to the proxy's listening port. The
-	// L7 proxy is wired in a later phase; nil means 0 (plain allow).
+	// ProxyPort maps an L7 ruleset id to the proxy's listening port. nil
+	// (membraned): the daemon starts the L7 engine of cfg.L7 and uses its
+	// port. Tests that set it get no L7 engine.
 	ProxyPort func(l7 uint32) uint16
 	// Ready is called once after the first full reconcile (besides
 	// READY=1 to systemd).
@@ -82,6 +83,25 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 
 	m := metrics.New(metrics.Sampler{Verdicts: r.sampleVerdicts, Maps: r.sampleMaps})
 	r.metrics = m
+
+	// The L7 proxy listens before the first policy with a proxy port is
+	// written. When it cannot start, the datapath still redirects to the
+	// configured port, where the bridge program finds no listener and
+	// drops: L7-ruled connections fail closed, everything else runs.
+	if opts.ProxyPort == nil {
+		p, err := startL7(ctx, cfg, log, r.publishL7)
+		if err != nil {
+			log.Error("the L7 proxy did not start; connections that policies send to it are dropped", "err", err)
+			r.problem("l7", "l7-start", err)
+			port := uint16(cfg.L7.Port)
+			r.proxyPort = func(uint32) uint16 { return port }
+		} else {
+			defer p.close()
+			r.l7 = p
+			r.proxyPort = p.proxyPort
+			m.Registry.MustRegister(p.engine.Collectors()...)
+		}
+	}
 
 	var sources []namedSource
 	var resolvers []linkwatch.Resolver
@@ -148,15 +168,27 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	return err
 }
 
-// Cleanup removes every pin and attachment of the datapath in cfg's bpffs
-// directory (package removal), and the API socket.
+// Cleanup is `membraned --cleanup` (package removal): CleanupDatapath,
+// then CleanupL7.
 func Cleanup(cfg *config.Config) error {
+	return errors.Join(CleanupDatapath(cfg), CleanupL7())
+}
+
+// CleanupDatapath removes every pin and attachment of the datapath in cfg's
+// bpffs directory (container and bridge programs) and the API socket.
+func CleanupDatapath(cfg *config.Config) error {
 	err := bpf.Cleanup(cfg.BPFFSDir)
 	if rerr := os.Remove(cfg.APISocket); rerr != nil && !errors.Is(rerr, os.ErrNotExist) && err == nil {
 		err = rerr
 	}
 	return err
 }
+
+// CleanupL7 removes the host-wide state of the L7 path: the proxy's policy
+// routing, the nftables table membrane_l7 and the Envoy run directory.
+// Every membraned on the host shares them (tests run several daemons with
+// their own pin directories and call CleanupDatapath only).
+func CleanupL7() error { return cleanupL7() }
 
 type namedSource struct {
 	name string

@@ -51,6 +51,7 @@ func (r *reconciler) flowOf(ev bpf.Event) api.Flow {
 	v := r.view.get()
 	f := api.Flow{
 		Time:      ev.Time,
+		Type:      api.FlowL3,
 		Reason:    ev.Reason.String(),
 		Direction: ev.Direction.String(),
 		Protocol:  ev.Proto.String(),

@@ -49,6 +49,7 @@ type reconciler struct {
 	links     *linkwatch.Watcher
 	flows     *api.FlowHub
 	bridges   []string // managed bridge patterns
+	l7        *l7      // nil: no L7 proxy (tests, engine failed to start)
 	startedAt time.Time
 
 	reqs chan request
@@ -446,6 +447,7 @@ func (r *reconciler) recompile(force bool) {
 		return
 	}
 	r.model = write
+	r.updateL7()
 	if deferred > 0 {
 		r.modelKey = "" // the next recompile writes the whole model
 		r.peersDirty = true
@@ -651,6 +653,7 @@ func (r *reconciler) applyLinkEvent(ev linkwatch.Event) {
 	default:
 		_, known := r.veths[ev.Ifindex]
 		r.veths[ev.Ifindex] = ev
+		r.attachBridge(ev.MasterIndex)
 		if !known {
 			// Fail-closed: the programs go on at once. Until an endpoint
 			// entry exists the veth's traffic is identity init.
@@ -729,6 +732,7 @@ func (r *reconciler) syncIPCache() {
 		r.ipcache = nil
 	}
 	r.problem("ipcache", "ipcache", err)
+	r.updateL7()
 }
 
 func (r *reconciler) syncIPCacheFull(want map[netip.Prefix]policies.Identity) {
@@ -747,8 +751,10 @@ func (r *reconciler) syncIPCacheFull(want map[netip.Prefix]policies.Identity) {
 // what is not wanted any more. Every write is idempotent.
 func (r *reconciler) fullSync(why string) {
 	start := time.Now()
-	for ifx := range r.veths {
+	r.forgetBridges()
+	for ifx, ev := range r.veths {
 		r.problem(fmt.Sprintf("attach/%d", ifx), "attach", r.dp.Attach(ifx))
+		r.attachBridge(ev.MasterIndex)
 	}
 	if r.synced {
 		r.updateIdentityUse()

@@ -16,17 +16,18 @@ func newObserveCmd() *cobra.Command {
 	var f api.ObserveFilter
 	var out *string
 	c := &cobra.Command{
-		Use:   "observe [--follow] [--verdict dropped|audit|allowed] [--container NAME] [-o json]",
-		Short: "Show the datapath's verdicts: drops, audit records and sampled allowed flows",
+		Use:   "observe [--follow] [--type l3|l7|all] [--verdict V] [--container NAME] [-o json]",
+		Short: "Show the verdicts: datapath drops, audit records and sampled allowed flows, and every HTTP request the L7 proxy judged",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if err := checkOutput(*out); err != nil {
 				return err
 			}
-			switch f.Verdict {
-			case "", "dropped", "audit", "allowed":
-			default:
-				return usageError("--verdict %q: want dropped, audit or allowed", f.Verdict)
+			if !api.ValidVerdict(f.Verdict) {
+				return usageError("--verdict %q: want dropped, audit or allowed (l3), or forwarded, denied or error (l7)", f.Verdict)
+			}
+			if !api.ValidFlowType(f.Type) {
+				return usageError("--type %q: want l3, l7 or all", f.Type)
 			}
 			ctx, cancel := signalContext(c.Context())
 			defer cancel()
@@ -45,7 +46,8 @@ func newObserveCmd() *cobra.Command {
 		},
 	}
 	c.Flags().BoolVarP(&f.Follow, "follow", "f", false, "keep printing new records")
-	c.Flags().StringVar(&f.Verdict, "verdict", "", "only records with this verdict: dropped, audit or allowed")
+	c.Flags().StringVar(&f.Type, "type", "all", "which records: l3 (datapath), l7 (HTTP requests the proxy judged) or all")
+	c.Flags().StringVar(&f.Verdict, "verdict", "", "only records with this verdict: dropped, audit, allowed (l3); forwarded, denied, error (l7)")
 	c.Flags().StringVar(&f.Container, "container", "", "only records with this container (name or id) at either end")
 	c.Flags().IntVar(&f.Last, "last", 0, "print at most this many past records (0: all kept)")
 	out = addOutput(c)
@@ -59,6 +61,9 @@ func printJSONLine(w io.Writer, v any) error {
 // flowText is one line per record:
 // TIME VERDICT(REASON) DIR PROTO SRC -> DST by POLICY/BLOCK (FILE:LINE)
 func flowText(f api.Flow) string {
+	if f.Type == api.FlowL7 && f.HTTP != nil {
+		return l7Text(f)
+	}
 	rule := "no rule (" + f.Reason + ")"
 	if f.Rule != nil {
 		rule = fmt.Sprintf("policy %q %s (%s:%d)", f.Rule.Policy, f.Rule.Block, f.Rule.File, f.Rule.Line)
@@ -66,6 +71,28 @@ func flowText(f api.Flow) string {
 	return fmt.Sprintf("%s %-7s %-14s %-7s %-4s %s -> %s  %s",
 		f.Time.Local().Format(time.TimeOnly+".000"), f.Verdict, f.Reason, f.Direction, f.Protocol,
 		peerText(f.Source), peerText(f.Dest), rule)
+}
+
+// l7Text is one line per HTTP request:
+// TIME VERDICT STATUS l7 SRC -> DST METHOD HOST PATH by POLICY/BLOCK (FILE:LINE)
+func l7Text(f api.Flow) string {
+	h := f.HTTP
+	rule := "no rule"
+	switch {
+	case f.Rule != nil && f.Rule.Block != "":
+		rule = fmt.Sprintf("policy %q %s (%s:%d)", f.Rule.Policy, f.Rule.Block, f.Rule.File, f.Rule.Line)
+	case f.Rule != nil:
+		rule = fmt.Sprintf("policy %q (%s:%d)", f.Rule.Policy, f.Rule.File, f.Rule.Line)
+	case h.Policy != "":
+		rule = fmt.Sprintf("policy %q", h.Policy)
+	}
+	s := fmt.Sprintf("%s %-9s %d l7 %s -> %s  %s %s %s  %s",
+		f.Time.Local().Format(time.TimeOnly+".000"), f.Verdict, h.Status,
+		peerText(f.Source), peerText(f.Dest), h.Method, h.Host, h.Path, rule)
+	if h.Error != "" {
+		s += "  error: " + h.Error
+	}
+	return s
 }
 
 func peerText(p api.Peer) string {

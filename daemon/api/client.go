@@ -175,6 +175,9 @@ func (c *Client) Observe(ctx context.Context, f ObserveFilter, fn func(Flow) err
 	if f.Container != "" {
 		q.Set("container", f.Container)
 	}
+	if f.Type != "" {
+		q.Set("type", f.Type)
+	}
 	if f.Last > 0 {
 		q.Set("last", strconv.Itoa(f.Last))
 	}

@@ -118,15 +118,25 @@ type PolicySummary struct {
 	Endpoints []uint32 `json:"endpoints"` // endpoint ids it selects
 }
 
+// Flow types (Flow.Type, ObserveFilter.Type).
+const (
+	FlowL3 = "l3" // a datapath verdict on a packet or connection
+	FlowL7 = "l7" // the L7 proxy's verdict on one HTTP request
+)
+
 // Flow is one observed verdict (GET /v1/observe).
 type Flow struct {
-	Time      time.Time `json:"time"`
-	Verdict   string    `json:"verdict"` // allowed | dropped | audit
-	Reason    string    `json:"reason"`
-	Direction string    `json:"direction"` // ingress | egress, relative to Endpoint
-	Protocol  string    `json:"protocol"`
-	Source    Peer      `json:"source"`
-	Dest      Peer      `json:"destination"`
+	Time time.Time `json:"time"`
+	// Type is "l3" (datapath) or "l7" (proxy; HTTP is set).
+	Type string `json:"type"`
+	// Verdict is allowed | dropped | audit for l3 records, forwarded |
+	// denied | error for l7 records.
+	Verdict   string `json:"verdict"`
+	Reason    string `json:"reason"`
+	Direction string `json:"direction"` // ingress | egress, relative to Endpoint
+	Protocol  string `json:"protocol"`
+	Source    Peer   `json:"source"`
+	Dest      Peer   `json:"destination"`
 	// Endpoint is the endpoint whose program judged the packet.
 	Endpoint uint32 `json:"endpoint"`
 	// Rule is the rule that decided, when one did (no rule: default deny).
@@ -134,6 +144,23 @@ type Flow struct {
 	// PolicyRevision is the revision that judged the packet.
 	PolicyRevision uint64 `json:"policy_revision,omitempty"`
 	Bytes          int    `json:"bytes,omitempty"`
+	// HTTP is the request an l7 record judged.
+	HTTP *HTTPInfo `json:"http,omitempty"`
+}
+
+// HTTPInfo is one HTTP request the L7 proxy judged.
+type HTTPInfo struct {
+	Engine string `json:"engine"` // builtin | envoy
+	Proto  string `json:"proto"`  // HTTP/1.1, HTTP/2.0
+	Method string `json:"method"`
+	Path   string `json:"path"`
+	Host   string `json:"host"`
+	Status int    `json:"status"`
+	// Policy names the policy whose rule allowed the request or, on a
+	// deny, whose rules did not match.
+	Policy     string `json:"policy,omitempty"`
+	DurationNS int64  `json:"duration_ns"`
+	Error      string `json:"error,omitempty"`
 }
 
 // Peer is one end of a flow.
@@ -156,8 +183,10 @@ type RuleRef struct {
 
 // ObserveFilter selects flows.
 type ObserveFilter struct {
-	Follow    bool
-	Verdict   string // "", dropped, audit, allowed
+	Follow bool
+	// Type is "", "all", "l3" or "l7".
+	Type      string
+	Verdict   string // "", dropped, audit, allowed, forwarded, denied, error
 	Container string // name or id
 	// Last limits the backlog sent before following (0: all kept).
 	Last int
@@ -165,6 +194,16 @@ type ObserveFilter struct {
 
 // Matches reports whether f passes the filter.
 func (o ObserveFilter) Matches(f *Flow) bool {
+	switch o.Type {
+	case FlowL7:
+		if f.Type != FlowL7 {
+			return false
+		}
+	case FlowL3:
+		if f.Type == FlowL7 {
+			return false
+		}
+	}
 	if o.Verdict != "" && f.Verdict != o.Verdict {
 		return false
 	}
@@ -172,6 +211,24 @@ func (o ObserveFilter) Matches(f *Flow) bool {
 		return false
 	}
 	return true
+}
+
+// ValidVerdict reports whether v is a verdict ObserveFilter can select.
+func ValidVerdict(v string) bool {
+	switch v {
+	case "", "dropped", "audit", "allowed", "forwarded", "denied", "error":
+		return true
+	}
+	return false
+}
+
+// ValidFlowType reports whether t is a type ObserveFilter can select.
+func ValidFlowType(t string) bool {
+	switch t {
+	case "", "all", FlowL3, FlowL7:
+		return true
+	}
+	return false
 }
 
 func peerIs(p Peer, c string) bool {

@@ -98,6 +98,11 @@ func newEnv(t testing.TB, o envOpts) *env {
 	os.Chmod(dir, 0o755)
 	os.MkdirAll(filepath.Join(dir, "policies"), 0o755)
 	e.cfgPath = filepath.Join(dir, "membrane.hcl")
+	if !strings.Contains(o.extraConfig, "l7 {") {
+		// A port of its own: daemons of concurrent tests each run a proxy.
+		_, port, _ := net.SplitHostPort(freePort(t))
+		o.extraConfig += "\nl7 {\n  engine = \"builtin\"\n  port = " + port + "\n}\n"
+	}
 	cfg := fmt.Sprintf(`
 policy_dir      = %q
 state_dir       = %q
@@ -126,10 +131,11 @@ metrics {
 		}
 		exec.Command("docker", "network", "rm", e.network).Run()
 		// What `membraned --cleanup` does with the same config: remove
-		// every pin and attachment.
+		// every pin and attachment (not the host-wide L7 routing, which
+		// daemons of concurrent tests share).
 		if cfg, err := config.Load(e.cfgPath, true); err != nil {
 			t.Errorf("config: %v", err)
-		} else if err := daemon.Cleanup(cfg); err != nil {
+		} else if err := daemon.CleanupDatapath(cfg); err != nil {
 			t.Errorf("cleanup: %v", err)
 		}
 		if _, err := os.Stat(e.pinDir); err == nil {

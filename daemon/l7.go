@@ -1,0 +1,184 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"time"
+
+	"github.com/membrane-fw/membrane/bpf"
+	"github.com/membrane-fw/membrane/daemon/api"
+	"github.com/membrane-fw/membrane/daemon/config"
+	"github.com/membrane-fw/membrane/proxy"
+	"github.com/membrane-fw/membrane/proxy/builtin"
+	"github.com/membrane-fw/membrane/proxy/envoy"
+)
+
+// envoyRunDir is where the Envoy engine keeps its xDS and admin sockets,
+// bootstrap and access-log FIFO; --cleanup removes it.
+const envoyRunDir = "/run/membrane/envoy"
+
+// l7 is the daemon's side of the L7 proxy: the engine, and what the
+// datapath needs besides the container programs (policy routing, the
+// nftables notrack table, the bridge program on every managed bridge).
+type l7 struct {
+	log    *slog.Logger
+	engine proxy.Engine
+	// bridges holds the bridge ifindexes that have the bridge program
+	// (loop state: touched by the reconciler goroutine only).
+	bridges map[int]bool
+}
+
+// startL7 prepares the host for the redirect and starts the configured
+// engine. Its listener is up before the first policy with a proxy port is
+// written, so no redirected connection finds nothing listening.
+func startL7(ctx context.Context, cfg *config.Config, log *slog.Logger, sink proxy.EventSink) (*l7, error) {
+	log = log.With("subsys", "l7")
+	name, envoyPath, err := proxy.ChooseEngine(cfg.L7.Engine, nil)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.L7.EnvoyUnit != "" && name == proxy.EngineBuiltin {
+		// auto without an envoy binary: the unit runs Envoy, so use it.
+		name = proxy.EngineEnvoy
+	}
+	if err := proxy.DefaultRouting.Install(nil); err != nil {
+		return nil, fmt.Errorf("l7: policy routing: %w", err)
+	}
+	if err := bpf.PrepareProxyPath(); err != nil {
+		return nil, err
+	}
+	port := uint16(cfg.L7.Port)
+	var eng proxy.Engine
+	if name == proxy.EngineEnvoy {
+		e, err := envoy.New(envoy.Config{Port: port, RunDir: envoyRunDir, EnvoyPath: envoyPath, Unit: cfg.L7.EnvoyUnit, Logger: log, Events: sink})
+		if err != nil {
+			return nil, err
+		}
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err = e.WaitReady(wctx)
+		cancel()
+		if err != nil {
+			e.Close()
+			return nil, err
+		}
+		eng = e
+	} else {
+		ls, err := proxy.ListenTransparent(ctx, port)
+		if err != nil {
+			return nil, fmt.Errorf("l7: listening on proxy port %d: %w", port, err)
+		}
+		e, err := builtin.New(builtin.Config{Listeners: ls, Logger: log, Events: sink})
+		if err != nil {
+			for _, l := range ls {
+				l.Close()
+			}
+			return nil, err
+		}
+		eng = e
+	}
+	log.Info("L7 proxy started", "engine", eng.Name(), "port", eng.Port())
+	return &l7{log: log, engine: eng, bridges: map[int]bool{}}, nil
+}
+
+func (p *l7) close() {
+	if p == nil {
+		return
+	}
+	if err := p.engine.Close(); err != nil {
+		p.log.Warn("stopping the L7 proxy", "err", err)
+	}
+}
+
+// proxyPort is the datapath's proxy port for every L7 ruleset.
+func (p *l7) proxyPort(uint32) uint16 { return p.engine.Port() }
+
+// cleanupL7 removes what startL7 set up on the host (--cleanup).
+func cleanupL7() error {
+	var errs []error
+	errs = append(errs, proxy.DefaultRouting.Remove(nil))
+	errs = append(errs, bpf.RemoveProxyPath())
+	if err := os.RemoveAll(envoyRunDir); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// updateL7 hands the current model and ipcache to the engine: the next
+// request on every connection, kept-alive ones included, is judged by it.
+func (r *reconciler) updateL7() {
+	if r.l7 == nil || r.model == nil {
+		return
+	}
+	res := proxy.NewModelResolver(r.model, r.wantIPCache(), proxy.RuleNames(r.set))
+	r.problem("l7", "l7-update", r.l7.engine.Update(res))
+}
+
+// attachBridge puts the bridge program on the bridge a managed veth is a
+// port of (once per bridge; the kernel keeps it until --cleanup).
+func (r *reconciler) attachBridge(master int) {
+	if r.l7 == nil || master <= 0 || r.l7.bridges[master] {
+		return
+	}
+	err := r.dp.AttachBridge(master)
+	r.problem(fmt.Sprintf("bridge/%d", master), "attach-bridge", err)
+	if err == nil {
+		r.l7.bridges[master] = true
+		if l, lerr := net.InterfaceByIndex(master); lerr == nil {
+			r.log.Info("L7 bridge program attached", "bridge", l.Name, "ifindex", master)
+		}
+	}
+}
+
+// forgetBridges makes the next link event re-attach (a bridge may have
+// been deleted and recreated with the same ifindex; attaching is
+// idempotent).
+func (r *reconciler) forgetBridges() {
+	if r.l7 != nil {
+		clear(r.l7.bridges)
+	}
+}
+
+// publishL7 turns one proxy verdict into an l7 flow for `membrane
+// observe`. Called on the request's goroutine: it only reads the published
+// view and FlowHub.Publish never blocks.
+func (r *reconciler) publishL7(ev proxy.Event) {
+	v := r.view.get()
+	f := api.Flow{
+		Time:           ev.Time,
+		Type:           api.FlowL7,
+		Verdict:        ev.Verdict,
+		Reason:         "l7-" + ev.Verdict,
+		Protocol:       "tcp",
+		PolicyRevision: v.status.PolicyRevision,
+		Source:         r.peer(v, ev.Src.Addr().Unmap().String(), ev.Src.Port(), ev.SrcIdentity),
+		Dest:           r.peer(v, ev.Dst.Addr().Unmap().String(), ev.Dst.Port(), ev.DstIdentity),
+		HTTP: &api.HTTPInfo{
+			Engine: ev.Engine, Proto: ev.Proto, Method: ev.Method, Path: ev.Path, Host: ev.Host,
+			Status: ev.Status, Policy: ev.Policy, DurationNS: int64(ev.Duration), Error: ev.Error,
+		},
+	}
+	if ev.RuleID > 0 && int(ev.RuleID) <= len(v.rules) {
+		if rule := v.rules[ev.RuleID-1]; rule.ID == ev.RuleID {
+			f.Rule = &api.RuleRef{ID: rule.ID, Policy: rule.Policy.Name, Block: rule.Block, File: rule.Pos.File, Line: rule.Pos.Line}
+		}
+	}
+	if f.Rule == nil && ev.Policy != "" {
+		f.Rule = r.policyRef(v, ev.Policy)
+	}
+	r.flows.Publish(f)
+}
+
+// policyRef names a policy (no single rule: an L7 deny names the policy
+// whose rules did not match).
+func (r *reconciler) policyRef(v *view, name string) *api.RuleRef {
+	for _, rule := range v.rules {
+		if rule.Policy != nil && rule.Policy.Name == name {
+			return &api.RuleRef{Policy: name, File: rule.Pos.File, Line: rule.Policy.Pos.Line}
+		}
+	}
+	return &api.RuleRef{Policy: name}
+}
