@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
 )
 
 // Severity of a diagnostic: "error" rejects the set, "warning" does not.
@@ -108,7 +109,19 @@ func (r *Report) WriteText(w io.Writer, color bool) error {
 	if r == nil {
 		return nil
 	}
-	wr := hcl.NewDiagnosticTextWriter(w, r.files, 0, color)
+	files := make(map[string]*hcl.File, len(r.files))
+	for name, f := range r.files {
+		if f != nil && f.Nav == nil {
+			// Parsed by the subset parser: HCL's parse of the same
+			// bytes gives the same tree plus the navigation that
+			// names the enclosing block above each snippet.
+			if hf, _ := hclsyntax.ParseConfig(f.Bytes, name, hcl.InitialPos); hf != nil {
+				f = hf
+			}
+		}
+		files[name] = f
+	}
+	wr := hcl.NewDiagnosticTextWriter(w, files, 0, color)
 	return wr.WriteDiagnostics(r.diags)
 }
 

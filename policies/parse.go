@@ -10,23 +10,23 @@ import (
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 )
 
-// loader carries one Parse call: the HCL parser (one for every file, so
-// that diagnostics can quote any of them), the set being built and the
+// loader carries one Parse call: the parsed files (kept so that
+// diagnostics can quote any of them), the set being built and the
 // diagnostics found so far. Stages: HCL syntax -> walk of the syntax tree
 // into the plain types of types.go, checking each value where it stands ->
 // checks across a block (validate.go) -> checks across the set (duplicate
 // names).
 type loader struct {
-	parser interface {
-		ParseHCL([]byte, string) (*hcl.File, hcl.Diagnostics)
-		Files() map[string]*hcl.File
-	}
+	files  map[string]*hcl.File
 	set    Set
 	names  map[string]*Policy
 	nextID uint32
 	diags  hcl.Diagnostics
 	rep    *Report
 	src    []byte // bytes of the file being walked
+	// res caches compiled http patterns by source: a large set repeats
+	// the same few patterns, and *regexp.Regexp is safe to share.
+	res map[string]*regexp.Regexp
 }
 
 var policyNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)

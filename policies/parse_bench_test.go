@@ -2,6 +2,7 @@ package policies
 
 import (
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -113,4 +114,48 @@ func BenchmarkParseSelector(b *testing.B) {
 		tSel += time.Since(t1)
 	}
 	b.ReportMetric(float64(tSel)/float64(tSplit), "x-strings.Split")
+}
+
+// load1000Source is the policy file of the daemon's scale benchmark
+// (daemon/e2e/bench_test.go): n small policies in one file.
+func load1000Source(n int) Source {
+	var b strings.Builder
+	for i := range n {
+		fmt.Fprintf(&b, "policy \"p%04d\" {\n  selector = \"grp=g%d,bench=x\"\n  ingress {\n    from_endpoints = [\"grp=g%d,bench=x\"]\n    ports = [\"%d/tcp\"]\n  }\n}\n", i, i%50, (i+1)%50, 8000+i%500)
+	}
+	return Source{Name: "bench.hcl", Bytes: []byte(b.String())}
+}
+
+// BenchmarkLoad1000 measures Load of a directory holding the daemon scale
+// benchmark's 1,000-policy file, read from disk as the daemon does, and
+// reports it as a ratio to HCL's own parse of the same bytes in the same run.
+func BenchmarkLoad1000(b *testing.B) {
+	src := load1000Source(1000)
+	dir := b.TempDir()
+	path := dir + "/" + src.Name
+	if err := os.WriteFile(path, src.Bytes, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	set, rep := Load(dir)
+	if rep.HasErrors() || len(set.Policies) != 1000 {
+		b.Fatalf("bench set: %v", rep.Err())
+	}
+	b.SetBytes(int64(len(src.Bytes)))
+	b.ResetTimer()
+	var tLoad, tHCL time.Duration
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		if _, d := hclparse.NewParser().ParseHCL(src.Bytes, path); d.HasErrors() {
+			b.Fatal(d)
+		}
+		t1 := time.Now()
+		if _, rep := Load(dir); rep.HasErrors() {
+			b.Fatal(rep.Err())
+		}
+		tHCL += t1.Sub(t0)
+		tLoad += time.Since(t1)
+	}
+	b.ReportMetric(float64(tLoad.Nanoseconds())/float64(b.N)/1e6, "ms/load")
+	b.ReportMetric(float64(tHCL.Nanoseconds())/float64(b.N)/1e6, "ms/hcl-parse")
+	b.ReportMetric(float64(tLoad)/float64(tHCL), "x-hcl-parse")
 }

@@ -415,9 +415,14 @@ func (l *loader) regexp(s string, rng hcl.Range, attr string) (*regexp.Regexp, b
 			"An empty pattern would match only an empty %s; leave %s out to match any.", attr, attr)
 		return nil, false
 	}
-	// Compile the pattern as written first, so that an error quotes the
-	// user's text rather than the anchored wrapper.
-	_, err := regexp.Compile(s)
+	if re, ok := l.res[s]; ok {
+		return re, true
+	}
+	// Check the pattern as written first, so that an error quotes the
+	// user's text rather than the anchored wrapper (and "a)|(b" cannot
+	// escape it). syntax.Parse is the check regexp.Compile makes, without
+	// compiling a program that would be thrown away.
+	_, err := syntax.Parse(s, syntax.Perl)
 	var re *regexp.Regexp
 	if err == nil {
 		re, err = CompileHTTPPattern(s)
@@ -431,6 +436,9 @@ func (l *loader) regexp(s string, rng hcl.Range, attr string) (*regexp.Regexp, b
 		l.errorf(rng, fmt.Sprintf("Invalid regular expression in %s: %s", attr, msg),
 			"%s is an RE2 regular expression (https://github.com/google/re2/wiki/Syntax), matched against the whole %s.", attr, attr)
 		return nil, false
+	}
+	if l.res != nil {
+		l.res[s] = re
 	}
 	return re, true
 }

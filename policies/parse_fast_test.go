@@ -1,0 +1,162 @@
+package policies
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
+)
+
+// fastParseSources is every policy file the tests know: testdata, the
+// benchmark sets and hand-written cases at the edges of the subset.
+func fastParseSources(t *testing.T) map[string][]byte {
+	out := map[string][]byte{}
+	for _, pattern := range []string{"testdata/valid/*.hcl", "testdata/invalid/*.hcl", "testdata/invalid/*/*.hcl", "testdata/semantics/*.hcl", "testdata/golden/*.hcl"} {
+		files, _ := filepath.Glob(pattern)
+		for _, file := range files {
+			b, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[file] = b
+		}
+	}
+	for _, s := range parseBenchSources(20) {
+		out["bench/"+s.Name] = s.Bytes
+	}
+	out["bench/load"] = load1000Source(40).Bytes
+	for i, s := range []string{
+		"",
+		"# only a comment",
+		"policy \"a\" {\n\tselector = \"\"\n}",
+		"policy \"a\" { # c\n  selector = \"app=x\" // c\n  default_deny = false\n  x = null\n  n = 8080\n}\n",
+		"policy \"a\" {\n  ingress {\n    ports = [\n      \"80\", # c\n      443,\n    ]\n    from_cidr = []\n  }\n}\n",
+		"policy \"a\" {\n  ingress {\n    http {\n      headers = {\n        \"A\" = \"b\"\n        \"C\" = 1, \"D\" = \"\"\n      }\n      path = \"$x%y\"\n    }\n  }\n}\n",
+		"policy \"a\" \"b\"{\n}\n",
+		"a = \"x\"\na = \"y\"\n",
+		"a = 1.5\n",
+		"a = -1\n",
+		"a = [1][0]\n",
+		"a = {k = 1}\n",
+		"a = {\"k\": 1}\n",
+		"a = true ? 1 : 2\n",
+		"a = \"x\" \"y\"\n",
+		"b { x = 1 }\n",
+		"b {}\n",
+		"b x {\n}\n",
+		"policy \"a\" {\n  selector = \"app=x\"\n",
+		"a = \"x\\\"\"\n",
+		"a = <<EOT\nx\nEOT\n",
+		"a = \"é\"\n",
+		"a = [\"x\"\n",
+		"a = {\n  \"k\"\n  = 1\n}\n",
+		"a = { \"k\" = \"v\" \"k2\" = \"v\" }\n",
+		"a = tru\n",
+		"a = null.x\n",
+		"a == 1\n",
+	} {
+		out["case/"+string(rune('a'+i%26))+strings.Repeat("+", i/26)] = []byte(s)
+	}
+	return out
+}
+
+// TestFastParseMatchesHCL checks the subset parser against HCL on every known
+// file and on every single-byte deletion and a set of insertions in some of
+// them: whenever the subset parser accepts input, HCL must accept it too and
+// build the same tree.
+func TestFastParseMatchesHCL(t *testing.T) {
+	accepted := 0
+	check := func(name string, src []byte) {
+		t.Helper()
+		body, ok := fastParse(src, name)
+		if !ok {
+			return
+		}
+		accepted++
+		f, diags := hclsyntax.ParseConfig(src, name, hcl.InitialPos)
+		if diags.HasErrors() {
+			t.Fatalf("%s: subset parser accepted what HCL rejects: %v\n%s", name, diags, src)
+		}
+		want := f.Body.(*hclsyntax.Body)
+		clearBodyRanges(want)
+		clearBodyRanges(body)
+		if !reflect.DeepEqual(body, want) {
+			t.Fatalf("%s: tree differs from HCL's\n%s", name, src)
+		}
+	}
+	srcs := fastParseSources(t)
+	for name, src := range srcs {
+		check(name, src)
+	}
+	if accepted < len(srcs)/2 {
+		t.Fatalf("subset parser took only %d of %d files", accepted, len(srcs))
+	}
+	// Mutations of small files, to explore the edges of the subset.
+	inserts := []string{"\n", " ", "#", "/", "\"", "=", "{", "}", "[", "]", ",", "1", "x", "."}
+	names := make([]string, 0, len(srcs))
+	for name, src := range srcs {
+		if len(src) <= 200 && !testing.Short() {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	for k, name := range names {
+		src := srcs[name]
+		if k%4 != 0 && !strings.HasPrefix(name, "case/") {
+			continue // a quarter of testdata keeps the test near a second
+		}
+		for i := 0; i <= len(src); i++ {
+			if i < len(src) {
+				check(name+"-del", append(append([]byte{}, src[:i]...), src[i+1:]...))
+			}
+			for _, ins := range inserts {
+				check(name+"-ins", append(append(append([]byte{}, src[:i]...), ins...), src[i:]...))
+			}
+		}
+	}
+}
+
+// clearBodyRanges zeroes the bodies' own ranges, which the subset parser
+// only approximates and the loader never reads.
+func clearBodyRanges(b *hclsyntax.Body) {
+	b.SrcRange, b.EndRange = hcl.Range{}, hcl.Range{}
+	for _, blk := range b.Blocks {
+		clearBodyRanges(blk.Body)
+	}
+}
+
+// TestFastParseReportsLikeHCL checks that the loader gives the same report,
+// text snippets included, whichever parser read the file.
+func TestFastParseReportsLikeHCL(t *testing.T) {
+	for name, src := range fastParseSources(t) {
+		if _, ok := fastParse(src, name); !ok {
+			continue
+		}
+		_, got := Parse(Source{Name: name, Bytes: src})
+		l := &loader{files: map[string]*hcl.File{}, names: map[string]*Policy{}, rep: &Report{}}
+		f, _ := hclsyntax.ParseConfig(src, name, hcl.InitialPos)
+		l.files[name] = f
+		l.rep.Files = []string{name}
+		l.file(f)
+		l.rep.diags, l.rep.files = l.diags, l.files
+		l.rep.finish(l.rep.fileOrder())
+		if !reflect.DeepEqual(got.Diagnostics, l.rep.Diagnostics) {
+			t.Fatalf("%s: diagnostics differ:\n%v\n%v", name, got.Diagnostics, l.rep.Diagnostics)
+		}
+		var a, b strings.Builder
+		if err := got.WriteText(&a, false); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.rep.WriteText(&b, false); err != nil {
+			t.Fatal(err)
+		}
+		if a.String() != b.String() {
+			t.Fatalf("%s: text differs:\n%s\n---\n%s", name, a.String(), b.String())
+		}
+	}
+}
