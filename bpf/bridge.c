@@ -31,16 +31,6 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define VERDICT_PASS TC_ACT_UNSPEC
 #define VERDICT_DROP TC_ACT_SHOT
 
-/* Normally from membrane.h; these let the file build against an older one. */
-#ifndef REASON_DROP_PROXY_NO_LISTENER
-#define REASON_DROP_PROXY_NO_LISTENER 24
-#define REASON_DROP_PROXY_ASSIGN 25
-#endif
-#ifndef MARK_TO_PROXY_EGRESS
-#define MARK_TO_PROXY_EGRESS 0x00010000
-#define MARK_PORT_MASK 0x0000ffff
-#endif
-
 /* Just the fields we read (no kernel headers that need asm/). */
 struct br_ipv4hdr {
 	__u8 ver_ihl;

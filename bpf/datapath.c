@@ -612,6 +612,21 @@ static __always_inline int drop_or_audit(struct __sk_buff *skb, struct pkt *p, _
 	return VERDICT_DROP;
 }
 
+/* to_proxy sends a packet of an L7 flow to the proxy: marked with the
+ * to-proxy magic and port, redirected to the ingress of the endpoint's
+ * bridge, where membrane_bridge (bridge.c) assigns it to the proxy's socket. */
+static __always_inline int to_proxy(struct __sk_buff *skb, struct pkt *p, const struct endpoint_info *ep,
+				    __u32 local, __u16 port, __u8 flow_dir, __u8 dir)
+{
+	if (!ep || !ep->bridge_ifindex) {
+		count(REASON_DROP_PROXY_NO_BRIDGE, dir, skb->len);
+		emit(skb, p, EVENT_DROP, REASON_DROP_PROXY_NO_BRIDGE, dir, 0, ep, local, 0);
+		return VERDICT_DROP;
+	}
+	skb->mark = MARK_MAGIC_TO_PROXY | (flow_dir == DIR_EGRESS ? MARK_TO_PROXY_EGRESS : 0) | port;
+	return bpf_redirect(ep->bridge_ifindex, BPF_F_INGRESS);
+}
+
 static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 {
 	__u32 zero = 0;
@@ -721,7 +736,8 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 			}
 			e->revision = cfg->revision;
 			e->rule_id = v.rule_id;
-			e->proxy_port = v.proxy_port;
+			/* the proxy's own upstream flows are never redirected */
+			e->proxy_port = (e->flags & CT_F_FROM_PROXY) ? 0 : v.proxy_port;
 			e->remote_identity = v.remote;
 		}
 		if (p.tuple.protocol == IPPROTO_TCP)
@@ -736,6 +752,10 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 		 * every packet would bounce its cache line between the CPUs of
 		 * the two directions. The per-CPU counters count. */
 		count(reply ? REASON_ALLOW_REPLY : REASON_ALLOW_ESTABLISHED, dir, skb->len);
+		/* Every packet of a redirected flow follows it to the proxy; the
+		 * replies come from the proxy's socket and pass. */
+		if (!reply && e->proxy_port && p.tuple.protocol == IPPROTO_TCP)
+			return to_proxy(skb, &p, ep, local, e->proxy_port, e->direction, dir);
 		return VERDICT_PASS;
 	}
 
@@ -758,6 +778,13 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 	else
 		v.remote = ipcache_identity(p.tuple.family, dir == DIR_EGRESS ? p.tuple.daddr : p.tuple.saddr);
 	judge(local, dir, p.tuple.protocol, p.policy_port, &v);
+	/* The proxy's own upstream traffic was judged there: never again; and
+	 * only TCP can be redirected (L7 entries are HTTP). */
+	if (from_proxy || p.tuple.protocol != IPPROTO_TCP) {
+		v.proxy_port = 0;
+		if (v.reason == REASON_REDIRECT)
+			v.reason = REASON_ALLOW_POLICY;
+	}
 	int audited = 0;
 	if (v.reason >= REASON_FIRST_DROP) {
 		if (!(audit_ep || v.audit))
@@ -788,15 +815,18 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 
 	if (audited)
 		return VERDICT_PASS;
-	count(v.reason, dir, skb->len);
 	if (v.proxy_port) {
-		/* L7 next phase: instead of passing, mark the packet with
-		 * MARK_MAGIC_TO_PROXY | proxy port and bpf_redirect it to the
-		 * bridge's ingress, where a second program bpf_sk_assigns it to the
-		 * proxy's transparent socket (design.md "L7"). Until then the flow is
-		 * allowed and reported. */
-		emit(skb, &p, EVENT_REDIRECT, v.reason, dir, evflags, ep, local, &v);
-	} else if (cfg->allow_sample && bpf_get_prandom_u32() % cfg->allow_sample == 0) {
+		/* Conntrack records the flow with its proxy port: its later
+		 * packets follow it (above), and the proxy's replies, which carry
+		 * the original destination's address, are its replies. */
+		if (ep && ep->bridge_ifindex) {
+			count(v.reason, dir, skb->len);
+			emit(skb, &p, EVENT_REDIRECT, v.reason, dir, evflags, ep, local, &v);
+		}
+		return to_proxy(skb, &p, ep, local, v.proxy_port, dir, dir);
+	}
+	count(v.reason, dir, skb->len);
+	if (cfg->allow_sample && bpf_get_prandom_u32() % cfg->allow_sample == 0) {
 		emit(skb, &p, EVENT_ALLOW, v.reason, dir, evflags, ep, local, &v);
 	}
 	return VERDICT_PASS;

@@ -18,7 +18,7 @@ import (
 // ABI is the layout version of the maps' contents; a pinned config map with
 // another ABI makes Open replace every pinned map. Keep equal to MEMBRANE_ABI
 // in include/membrane.h.
-const ABI = 2
+const ABI = 3
 
 // DefaultPinDir is where the maps, programs and links are pinned.
 const DefaultPinDir = "/sys/fs/bpf/membrane"
@@ -421,6 +421,7 @@ func (d *Datapath) Cleanup() error {
 			errs = append(errs, err)
 		}
 	}
+	errs = append(errs, cleanupBridges(d.cfg.PinDir))
 	errs = append(errs, d.Close())
 	errs = append(errs, removePins(d.cfg.PinDir))
 	return errors.Join(errs...)
@@ -446,6 +447,7 @@ func Cleanup(pinDir string) error {
 			errs = append(errs, err)
 		}
 	}
+	errs = append(errs, cleanupBridges(pinDir))
 	errs = append(errs, removePins(pinDir))
 	return errors.Join(errs...)
 }

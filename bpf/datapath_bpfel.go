@@ -66,11 +66,13 @@ type datapathCtKey struct {
 }
 
 type datapathEndpointInfo struct {
-	_          structs.HostLayout
-	EndpointId uint32
-	Identity   uint32
-	Flags      uint32
-	Present    uint32
+	_             structs.HostLayout
+	EndpointId    uint32
+	Identity      uint32
+	Flags         uint32
+	Present       uint32
+	BridgeIfindex uint32
+	Pad           uint32
 }
 
 type datapathEvent struct {

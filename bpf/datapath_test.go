@@ -414,29 +414,6 @@ func TestUnknownEndpoint(t *testing.T) {
 	}
 }
 
-func TestRedirectAndFromProxyMark(t *testing.T) {
-	h := twoEndpoints(t, Config{})
-	l7 := entry(in, idA, policies.ProtoTCP, 80, 16, policies.Allow, 4)
-	l7.L7 = 2
-	h.sync(policies.IdentityPolicy{Identity: idB, IngressDefaultDeny: true, Entries: []policies.Entry{l7}})
-	r, err := h.dp.NewEventReader()
-	must(t, err)
-	defer r.Close()
-	h.expect(in, h.ifs[1], tcp(addrA, addrB, 1, 80, tcpSYN), ReasonRedirect)
-	ev := readEvent(t, r)
-	if ev.Type != EventRedirect || ev.ProxyPort != 15002 || ev.RuleID != 4 {
-		t.Errorf("redirect event %+v", ev)
-	}
-	// The proxy connects from the host's address, marked with A's identity.
-	fromProxy := tcp(addrW, addrB, 2, 80, tcpSYN)
-	mark := uint32(0xb7000000) | uint32(idA)
-	if got, _ := h.verdictMark(in, h.ifs[1], mark, fromProxy.bytes()); got != ReasonRedirect {
-		t.Errorf("marked: %v", got)
-	}
-	fromProxy.sport = 3
-	h.expect(in, h.ifs[1], fromProxy, ReasonDropDefaultDeny)
-}
-
 func TestEventFields(t *testing.T) {
 	h := twoEndpoints(t, Config{})
 	h.sync(policies.IdentityPolicy{Identity: idA, Entries: []policies.Entry{

@@ -428,7 +428,10 @@ func (d *dRunner) load(g dSpec, w dWorld) (*policies.Set, error) {
 		}
 	}
 	for i, il := range w.ids {
-		if err := dp.SetEndpoint(d.h.ifs[i], Endpoint{ID: uint32(i + 1), Identity: il.Identity, Flags: EnforceIngress | EnforceEgress}); err != nil {
+		// Bridge: any interface, so that L7 entries redirect (to the
+		// evaluator, a redirect is allowed).
+		ep := Endpoint{ID: uint32(i + 1), Identity: il.Identity, Flags: EnforceIngress | EnforceEgress, Bridge: d.h.ifs[0]}
+		if err := dp.SetEndpoint(d.h.ifs[i], ep); err != nil {
 			return nil, err
 		}
 	}

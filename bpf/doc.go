@@ -13,6 +13,10 @@
 //   - membrane_ingress at tc egress of the host-side veth: what the container
 //     receives (policy direction ingress).
 //
+// A second object (bridge.c) holds membrane_bridge, at tc ingress of each
+// bridge device (docker0, br-*): the second half of the L7 redirect, below.
+// It shares the datapath's counters and events maps.
+//
 // Per packet: ARP and IPv6 neighbour discovery (ICMPv6 133-137) pass; other
 // non-IP ethertypes drop (unsupported-l3); a truncated or invalid IPv4/IPv6
 // header drops (malformed-l3), a truncated TCP/UDP/SCTP/ICMP header drops
@@ -47,10 +51,28 @@
 // policies.Model documents. No inner map for the identity: allow. Deny drops
 // (policy-deny, or default-deny for the writer's catch-all); in audit mode
 // (endpoint flag, or the entry's audit bit) the drop becomes a pass and an
-// audit event. An allow with a proxy port is a redirect: for now it passes and
-// is counted and reported as redirect; the next phase marks it
-// (MarkToProxy|port) and bpf_redirects it to the bridge, where a second
-// program bpf_sk_assigns it to the proxy (design.md "L7").
+// audit event. An allow with a proxy port is a redirect (TCP only).
+//
+// # L7 redirect
+//
+// A redirected flow's conntrack entry keeps its proxy port, and every packet
+// of it in the original direction (the first and every later one) is marked
+// MarkToProxy|port (bit 16 set when the redirect was for the container's
+// egress) and bpf_redirected to the ingress of the endpoint's bridge
+// (Endpoint.Bridge; none: drop, proxy-no-bridge). There membrane_bridge looks
+// up the proxy's socket with bpf_skc_lookup_tcp (the established one for the
+// tuple first, else the listener on the proxy port; the listener is bound to
+// the wildcard address with IP_TRANSPARENT), bpf_sk_assigns it (failure:
+// proxy-assign-failed; no socket: proxy-no-listener, both counted and
+// reported with the bridge's ifindex) and makes the frame PACKET_HOST again.
+// proxy.DefaultRouting's fwmark rule delivers it locally. The proxy answers
+// from the original destination's address; the client's program sees those
+// packets as the replies of its flow and passes them. Assigning at the veth
+// does not work: the bridge forwards the frame at L2 and loses it.
+// PrepareProxyPath sets what the host needs besides (notrack for
+// redirected packets, tcp_early_demux=0: both for Docker's published ports),
+// and AttachBridge sets accept_local on the bridge (a connection from the
+// host itself comes back with the host's address as its source).
 //
 // Passing returns TC_ACT_UNSPEC (TCX_NEXT), so later programs still run.
 //
@@ -59,9 +81,8 @@
 // The proxy marks upstream traffic MarkFromProxy (0xb7 in the top byte) with
 // the source identity in the low 24 bits. membrane_ingress then takes the
 // remote identity from the mark instead of the ipcache and never redirects the
-// flow again (redirect is allow today). Identities >= 1<<24 (CIDR identities)
-// do not fit; the proxy sends 0 and the ipcache decides. MarkToProxy (0xb6,
-// port in the low 16 bits) is reserved for the redirect.
+// flow again. Identities >= 1<<24 (CIDR identities) do not fit; the proxy
+// sends 0 and the ipcache decides.
 //
 // # Maps
 //
@@ -70,7 +91,8 @@
 //
 //	membrane_endpoints  hash     u32 ifindex -> endpoint_info{endpoint_id u32, identity u32,
 //	                             flags u32 (1 enforce ingress, 2 enforce egress, 4 audit),
-//	                             present u32 (1)}: the list of endpoints; read by the programs
+//	                             present u32 (1), bridge_ifindex u32 (where L7 redirects go;
+//	                             0 none), pad u32}: the list of endpoints; read by the programs
 //	                             for ifindex >= 65536 only
 //	membrane_endpoints_fast array[65536] ifindex -> the same endpoint_info (present 0: none):
 //	                             what the programs read (an inlined array lookup, no hash call)
@@ -124,7 +146,11 @@
 //
 // Under PinDir: the maps, progs/ (the two programs) and links/ (tcx links
 // "tcx_<ifindex>_<hook>", and for legacy tc a pinned program per filter as a
-// marker, "tc_<ifindex>_<hook>"). Open adopts the maps when their layout and
+// marker, "tc_<ifindex>_<hook>"), and bridges/ ("tcx_<ifindex>" or
+// "tc_<ifindex>" for membrane_bridge, whose program is progs/membrane_bridge).
+// AttachBridge loads the bridge program anew each time and swaps it into an
+// existing attachment, so the daemon calls it for every bridge after Open.
+// Open adopts the maps when their layout and
 // ABI match, loads the new programs and swaps them into every pinned
 // attachment at once (tcx link update, tc filter replace). If a pinned map no
 // longer matches (size changed in the config, new layout), the old map pins
@@ -138,13 +164,17 @@
 // # Go API (what the daemon calls)
 //
 //	dp, err := bpf.Open(bpf.Config{PinDir: ..., Attach: "auto", Logger: log})
-//	dp.SetEndpoint(ifindex, bpf.Endpoint{ID: 7, Identity: 300, Flags: bpf.EnforceIngress|bpf.EnforceEgress})
+//	br, _ := bpf.BridgeOf(ifindex)                          // the veth's master
+//	dp.SetEndpoint(ifindex, bpf.Endpoint{ID: 7, Identity: 300, Flags: bpf.EnforceIngress|bpf.EnforceEgress, Bridge: br})
 //	dp.IPCacheSync(map[netip.Prefix]policies.Identity{...}) // endpoints, host (1), model.CIDRs
 //	dp.SyncPolicy(model, proxyPortOf)                       // per-identity atomic swap; bumps the revision
 //	dp.ResyncPolicy(model, proxyPortOf)                     // same, after reading the maps back (periodic)
 //	dp.Attach(ifindex)                                      // both hooks; idempotent
+//	dp.AttachBridge(br)                                     // every managed bridge; idempotent
+//	bpf.PrepareProxyPath()                                  // with proxy.DefaultRouting.Install, when L7 is on
 //	dp.Events(ctx, func(ev bpf.Event) {...})                // or NewEventReader + Read
 //	dp.Counters(); dp.GC(time.Now()); dp.Close() // or dp.Cleanup() on package removal
+//	                                                        // (and bpf.RemoveProxyPath())
 //
 // The policy revision moves on by itself whenever a change can alter the
 // verdict of an established flow: SyncPolicy changing an identity's entries,

@@ -84,8 +84,9 @@ func newHarness(t testing.TB, nifs int, cfg Config) *harness {
 }
 
 const (
-	retPass = 0xffffffff // TC_ACT_UNSPEC
-	retDrop = 2          // TC_ACT_SHOT
+	retPass     = 0xffffffff // TC_ACT_UNSPEC
+	retDrop     = 2          // TC_ACT_SHOT
+	retRedirect = 7          // TC_ACT_REDIRECT: an L7 flow sent to the bridge
 )
 
 // run judges one packet at ifindex in direction dir and returns the program's
@@ -140,8 +141,8 @@ func (h *harness) verdictMark(dir policies.Direction, ifindex int, mark uint32, 
 	if len(got) != 1 {
 		h.t.Fatalf("want one counter to move, got %v", got)
 	}
-	pass := ret == retPass
-	if ret != retPass && ret != retDrop {
+	pass := ret == retPass || ret == retRedirect
+	if !pass && ret != retDrop {
 		h.t.Fatalf("program returned %d", int32(ret))
 	}
 	if pass == got[0].Drop() {

@@ -27,6 +27,11 @@ type Endpoint struct {
 	ID       uint32
 	Identity policies.Identity
 	Flags    EndpointFlags
+	// Bridge is the ifindex of the bridge the host-side veth is a port of
+	// (docker0, br-*): L7 redirects go to its ingress, where AttachBridge
+	// put the bridge program (BridgeOf finds it). 0: none; a redirect of
+	// this endpoint then drops with ReasonDropProxyNoBridge.
+	Bridge int
 }
 
 func wrapFull(err error, what, knob string, size uint32) error {
@@ -49,7 +54,7 @@ func (d *Datapath) SetEndpoint(ifindex int, ep Endpoint) error {
 	if ifindex <= 0 || int64(ifindex) > math.MaxUint32 {
 		return fmt.Errorf("endpoint ifindex %d out of range", ifindex)
 	}
-	v := datapathEndpointInfo{EndpointId: ep.ID, Identity: uint32(ep.Identity), Flags: uint32(ep.Flags), Present: 1}
+	v := datapathEndpointInfo{EndpointId: ep.ID, Identity: uint32(ep.Identity), Flags: uint32(ep.Flags), Present: 1, BridgeIfindex: uint32(ep.Bridge)}
 	var old datapathEndpointInfo
 	hadOld := d.objs.MembraneEndpoints.Lookup(uint32(ifindex), &old) == nil
 	// The hash first: it is the list of endpoints and enforces MaxEndpoints.
@@ -96,7 +101,7 @@ func (d *Datapath) Endpoints() (map[int]Endpoint, error) {
 	var v datapathEndpointInfo
 	it := d.objs.MembraneEndpoints.Iterate()
 	for it.Next(&k, &v) {
-		out[int(k)] = Endpoint{ID: v.EndpointId, Identity: policies.Identity(v.Identity), Flags: EndpointFlags(v.Flags)}
+		out[int(k)] = Endpoint{ID: v.EndpointId, Identity: policies.Identity(v.Identity), Flags: EndpointFlags(v.Flags), Bridge: int(v.BridgeIfindex)}
 	}
 	return out, it.Err()
 }

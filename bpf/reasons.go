@@ -24,8 +24,15 @@ const (
 	ReasonDropExtHeaders   Reason = 21
 	ReasonDropFragNoFlow   Reason = 22
 	ReasonDropUnsupported  Reason = 23
+	// L7 redirect failures. The bridge program drops a redirected packet
+	// when no proxy socket listens on its port (proxy down, wrong port) or
+	// bpf_sk_assign refuses it (or it is not TCP); the container program
+	// drops it when the endpoint has no bridge to send it through.
+	ReasonDropProxyNoListener Reason = 24
+	ReasonDropProxyAssign     Reason = 25
+	ReasonDropProxyNoBridge   Reason = 26
 
-	reasonMax       = 24
+	reasonMax       = 27
 	reasonFirstDrop = 16
 )
 
@@ -47,6 +54,10 @@ var reasonNames = map[Reason]string{
 	ReasonDropExtHeaders:   "ipv6-ext-headers",
 	ReasonDropFragNoFlow:   "frag-no-flow",
 	ReasonDropUnsupported:  "unsupported-l3",
+
+	ReasonDropProxyNoListener: "proxy-no-listener",
+	ReasonDropProxyAssign:     "proxy-assign-failed",
+	ReasonDropProxyNoBridge:   "proxy-no-bridge",
 }
 
 func (r Reason) String() string {

@@ -11,7 +11,7 @@
 
 /* Bumped whenever a map's meaning changes without its size changing; a pinned
  * config map with another ABI makes the loader replace every pinned map. */
-#define MEMBRANE_ABI 2
+#define MEMBRANE_ABI 3
 
 /* Directions, as in policies.Direction: relative to the container. */
 #define DIR_INGRESS 0
@@ -70,12 +70,15 @@
 /* skb->mark layout for traffic the L7 proxy sends upstream: the top byte is
  * MARK_MAGIC_FROM_PROXY, the low 24 bits the source identity (0: take it from
  * the ipcache). Allocated identities (< 1<<24) fit; CIDR identities do not and
- * are sent as 0. MARK_MAGIC_TO_PROXY (next phase) carries the proxy port in
- * the low 16 bits. */
+ * are sent as 0. MARK_MAGIC_TO_PROXY is set on packets redirected to the
+ * proxy: the proxy port in the low 16 bits, MARK_TO_PROXY_EGRESS when the
+ * redirect was for the container's egress (counters and events only). */
 #define MARK_MAGIC_MASK 0xff000000
 #define MARK_MAGIC_FROM_PROXY 0xb7000000
 #define MARK_MAGIC_TO_PROXY 0xb6000000
 #define MARK_IDENTITY_MASK 0x00ffffff
+#define MARK_TO_PROXY_EGRESS 0x00010000
+#define MARK_PORT_MASK 0x0000ffff
 
 /* Verdict reasons. Values below REASON_FIRST_DROP pass the packet. The Go
  * side names them (reasons.go); keep both lists in step. */
@@ -97,7 +100,10 @@ enum reason {
 	REASON_DROP_EXTHDR = 21,	/* more IPv6 extension headers than we walk */
 	REASON_DROP_FRAG_NO_FLOW = 22,	/* later fragment whose first fragment was never seen */
 	REASON_DROP_UNSUPPORTED_L3 = 23, /* ethertype other than IPv4, IPv6, ARP */
-	REASON_MAX = 24,
+	REASON_DROP_PROXY_NO_LISTENER = 24, /* L7 redirect: no proxy socket on the port (bridge program) */
+	REASON_DROP_PROXY_ASSIGN = 25,	/* L7 redirect: bpf_sk_assign failed, or not TCP (bridge program) */
+	REASON_DROP_PROXY_NO_BRIDGE = 26, /* L7 redirect: the endpoint has no bridge to send it through */
+	REASON_MAX = 27,
 };
 #define REASON_FIRST_DROP 16
 /* Counter slot for ring-buffer records that could not be reserved. */
@@ -109,6 +115,8 @@ struct endpoint_info {
 	__u32 identity;
 	__u32 flags;
 	__u32 present; /* 1: the slot holds an endpoint (array slots start zeroed) */
+	__u32 bridge_ifindex; /* the bridge the veth is a port of: L7 redirects go to its ingress; 0 none */
+	__u32 pad;
 };
 
 /* LPM key: prefixlen counts family (8) + pad (24) + address bits. */

@@ -1,0 +1,204 @@
+package bpf
+
+import (
+	"bytes"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+
+	"github.com/membrane-fw/membrane/internal/testenv"
+)
+
+// TestBridgeGeneratedFilesInSync regenerates the bridge object with the
+// command in gen_bridge.go and fails on any difference.
+func TestBridgeGeneratedFilesInSync(t *testing.T) {
+	testenv.RequireBinary(t, "clang")
+	src, err := os.ReadFile("gen_bridge.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var args []string
+	for _, line := range bytes.Split(src, []byte("\n")) {
+		if rest, ok := bytes.CutPrefix(line, []byte("//go:generate go tool bpf2go ")); ok {
+			args = strings.Fields(string(rest))
+		}
+	}
+	if len(args) == 0 {
+		t.Fatal("no go:generate line in gen_bridge.go")
+	}
+	tmp := t.TempDir()
+	cmd := exec.Command("go", append([]string{"tool", "bpf2go", "-output-dir", tmp}, args...)...)
+	cmd.Env = append(os.Environ(), "GOPACKAGE=bpf")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("bpf2go: %v\n%s", err, out)
+	}
+	for _, f := range []string{"bridge_bpfel.go", "bridge_bpfel.o"} {
+		want, err := os.ReadFile(filepath.Join(tmp, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("%s is out of date: run `make generate` and commit the result", f)
+		}
+	}
+}
+
+// TestBridgeProgramVerdicts runs membrane_bridge on crafted packets: traffic
+// without the to-proxy mark is the bridge's own and passes untouched; a
+// redirected packet with no socket on its proxy port drops with its reason.
+func TestBridgeProgramVerdicts(t *testing.T) {
+	h := newHarness(t, 1, Config{})
+	prog, err := h.dp.bridgeProgram()
+	must(t, err)
+	defer prog.Close()
+	run := func(mark uint32, p pkt) uint32 {
+		t.Helper()
+		var ret uint32
+		must(t, h.ns.Do(func() (err error) {
+			ret, err = prog.Run(&ebpf.RunOptions{Data: p.bytes(), Context: skbCtx{Ifindex: uint32(h.ifs[0]), Mark: mark}})
+			return err
+		}))
+		return ret
+	}
+	count := func(r Reason) uint64 {
+		c, err := h.dp.Counters()
+		must(t, err)
+		var n uint64
+		for k, v := range c.Verdicts {
+			if k.Reason == r {
+				n += v.Packets
+			}
+		}
+		return n
+	}
+	r, err := h.dp.NewEventReader()
+	must(t, err)
+	defer r.Close()
+
+	syn := tcp(addrA, addrB, 40000, 80, tcpSYN)
+	if ret := run(0, syn); ret != retPass {
+		t.Errorf("unmarked packet: %d, want pass", int32(ret))
+	}
+	if ret := run(0xb7000000|uint32(idA), syn); ret != retPass {
+		t.Errorf("from-proxy packet: %d, want pass", int32(ret))
+	}
+	for _, p := range []pkt{syn, tcp(addrA6, addrB6, 40000, 80, tcpSYN)} {
+		before := count(ReasonDropProxyNoListener)
+		if ret := run(0xb6000000|0x10000|9, p); ret != retDrop {
+			t.Errorf("%v to a proxy port nobody listens on: %d, want drop", p.dst, int32(ret))
+		}
+		if count(ReasonDropProxyNoListener) != before+1 {
+			t.Errorf("%v: proxy-no-listener not counted", p.dst)
+		}
+		ev := readEvent(t, r)
+		want := Event{Type: EventDrop, Reason: ReasonDropProxyNoListener, Direction: out, Ifindex: h.ifs[0],
+			ProxyPort: 9, Proto: 6, Src: netip.AddrPortFrom(p.src, 40000), Dst: netip.AddrPortFrom(p.dst, 80)}
+		if ev.Type != want.Type || ev.Reason != want.Reason || ev.Direction != want.Direction || ev.Ifindex != want.Ifindex ||
+			ev.ProxyPort != want.ProxyPort || ev.Src != want.Src || ev.Dst != want.Dst {
+			t.Errorf("event %+v\nwant %+v", ev, want)
+		}
+	}
+	// Not TCP: nothing to assign it to.
+	before := count(ReasonDropProxyAssign)
+	if ret := run(0xb6000000|9, udp(addrA, addrB, 40000, 53)); ret != retDrop || count(ReasonDropProxyAssign) != before+1 {
+		t.Errorf("redirected UDP: %d, want a proxy-assign-failed drop", int32(ret))
+	}
+
+	// A listener on the proxy port is found (the assignment itself needs
+	// tc ingress, which BPF_PROG_TEST_RUN is not): no longer no-listener.
+	var ln net.Listener
+	must(t, h.ns.Do(func() (err error) { ln, err = net.Listen("tcp4", "0.0.0.0:0"); return err }))
+	defer ln.Close()
+	port := uint32(ln.Addr().(*net.TCPAddr).Port)
+	before = count(ReasonDropProxyNoListener)
+	run(0xb6000000|port, syn)
+	if count(ReasonDropProxyNoListener) != before {
+		t.Errorf("listener on port %d not found by the bridge program", port)
+	}
+}
+
+// TestAttachBridgePinsAndCleanup attaches the bridge program to a real
+// bridge in both modes: idempotent, listed, detached, and removed by
+// Cleanup together with its tc filter.
+func TestAttachBridgePinsAndCleanup(t *testing.T) {
+	for _, mode := range []AttachMode{AttachTCX, AttachTC} {
+		t.Run(string(mode), func(t *testing.T) {
+			testenv.RequireRoot(t)
+			ns := testenv.NewNetNS(t, "mbbr-")
+			ns.MustExec(t, "ip", "link", "add", "br0", "type", "bridge")
+			ns.MustExec(t, "ip", "link", "set", "br0", "up")
+			var idx int
+			must(t, ns.Do(func() error {
+				l, err := netlink.LinkByName("br0")
+				if err == nil {
+					idx = l.Attrs().Index
+				}
+				return err
+			}))
+			pinDir := testPinDir(t)
+			dp, err := Open(Config{PinDir: pinDir, Attach: mode})
+			must(t, err)
+			for i := 0; i < 2; i++ {
+				must(t, ns.Do(func() error { return dp.AttachBridge(idx) }))
+			}
+			bs, err := dp.Bridges()
+			must(t, err)
+			if len(bs) != 1 || bs[0].Ifindex != idx || bs[0].Mode != mode {
+				t.Fatalf("Bridges() = %+v, want ifindex %d in %s", bs, idx, mode)
+			}
+			if atts, _ := dp.Attached(); len(atts) != 0 {
+				t.Errorf("a bridge is listed among the container attachments: %+v", atts)
+			}
+			if got := strings.TrimSpace(ns.MustExec(t, "cat", "/proc/sys/net/ipv4/conf/br0/accept_local")); got != "1" {
+				t.Errorf("accept_local on the bridge = %s, want 1", got)
+			}
+			attached := func() bool {
+				if mode == AttachTC {
+					return strings.Contains(ns.MustExec(t, "tc", "filter", "show", "dev", "br0", "ingress"), "membrane_bridge")
+				}
+				var ok bool
+				must(t, ns.Do(func() error {
+					it := new(link.Iterator)
+					for it.Next() {
+						if info, err := it.Link.Info(); err == nil && info.TCX() != nil && int(info.TCX().Ifindex) == idx {
+							ok = true
+						}
+						it.Link.Close()
+					}
+					return it.Err()
+				}))
+				return ok
+			}
+			if !attached() {
+				t.Fatalf("no %s attachment on the bridge", mode)
+			}
+			must(t, ns.Do(func() error { return dp.DetachBridge(idx) }))
+			if attached() {
+				t.Fatalf("DetachBridge left the program on the bridge")
+			}
+			if bs, _ := dp.Bridges(); len(bs) != 0 {
+				t.Fatalf("Bridges() after detach = %+v", bs)
+			}
+			must(t, ns.Do(func() error { return dp.AttachBridge(idx) }))
+			must(t, ns.Do(func() error { return dp.Cleanup() }))
+			if attached() {
+				t.Errorf("Cleanup left the program on the bridge")
+			}
+			if _, err := os.Stat(pinDir); !os.IsNotExist(err) {
+				t.Errorf("pin directory still there after Cleanup: %v", err)
+			}
+		})
+	}
+}

@@ -1,0 +1,378 @@
+package bpf
+
+import (
+	"context"
+
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"regexp"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/membrane-fw/membrane/internal/testenv"
+	"github.com/membrane-fw/membrane/policies"
+	"github.com/membrane-fw/membrane/proxy"
+	"github.com/membrane-fw/membrane/proxy/builtin"
+)
+
+// l7Env is the L7 path for real: the topo's "host" namespace runs the
+// built-in engine on transparent listeners with the proxy routing installed,
+// its bridge has membrane_bridge, both veths the container programs.
+// Container 0 (A, idA) is the client, container 1 (B, idB) the HTTP server
+// on 8080-8082.
+type l7Env struct {
+	tp     *topo
+	dp     *Datapath
+	eng    *builtin.Engine
+	port   uint16
+	bridge int
+	model  *policies.Model
+	ipc    map[netip.Prefix]policies.Identity
+	served map[string]int // path -> requests the server saw
+	seen   chan string
+}
+
+const l7Rule = 7
+
+func newL7Env(t *testing.T, mode AttachMode) *l7Env {
+	tp := newTopo(t)
+	env := &l7Env{tp: tp, seen: make(chan string, 64)}
+	tp.host.MustExec(t, "ip", "-6", "route", "add", "default", "dev", "br0")
+	for _, c := range tp.c {
+		c.MustExec(t, "ip", "-6", "route", "add", "default", "via", "fd77::1")
+	}
+
+	// B serves HTTP on 8080-8082, both families.
+	for _, port := range []int{8080, 8081, 8082} {
+		var ln net.Listener
+		must(t, tp.c[1].Do(func() (err error) { ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port)); return err }))
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			env.seen <- r.URL.Path
+			fmt.Fprintf(w, "B:%d %s", port, r.URL.Path)
+		})}
+		go srv.Serve(ln)
+		t.Cleanup(func() { srv.Close() })
+	}
+
+	pinDir := testPinDir(t)
+	dp, err := Open(Config{PinDir: pinDir, Attach: mode})
+	must(t, err)
+	env.dp = dp
+	t.Cleanup(func() {
+		if err := tp.host.Do(func() error { return dp.Cleanup() }); err != nil {
+			t.Errorf("Cleanup: %v", err)
+		}
+	})
+
+	// The proxy, as membraned runs it (proxy package doc, "Wiring").
+	var ls []net.Listener
+	must(t, tp.host.Do(func() (err error) { ls, err = proxy.ListenTransparent(context.Background(), 0); return err }))
+	for i := 0; i < 2; i++ { // idempotent
+		must(t, tp.host.Do(func() error { return proxy.DefaultRouting.Install(nil) }))
+	}
+	must(t, tp.host.Do(PrepareProxyPath))
+	env.ipc = map[netip.Prefix]policies.Identity{
+		netip.PrefixFrom(tp.addr[0], 32): idA, netip.PrefixFrom(tp.addr[1], 32): idB,
+		netip.PrefixFrom(tp.addr6[0], 128): idA, netip.PrefixFrom(tp.addr6[1], 128): idB,
+		netip.PrefixFrom(tp.bridgeIP, 32): policies.IdentityHost, netip.PrefixFrom(tp.bridgeIP6, 128): policies.IdentityHost,
+	}
+	l7 := func(dir policies.Direction, remote policies.Identity, port uint16, rule uint32) policies.Entry {
+		e := entry(dir, remote, policies.ProtoTCP, port, 16, policies.Allow, rule)
+		e.L7 = 1
+		return e
+	}
+	env.model = &policies.Model{
+		Identities: []policies.IdentityPolicy{
+			{Identity: idA, EgressDefaultDeny: true, Entries: []policies.Entry{
+				entry(out, idB, policies.ProtoTCP, 8080, 16, policies.Allow, 1),
+				l7(out, idB, 8081, 2),
+				l7(out, idB, 8082, 3),
+			}},
+			{Identity: idB, IngressDefaultDeny: true, EgressDefaultDeny: true, Entries: []policies.Entry{
+				// 8080: B's ingress sends A and the host to the proxy.
+				l7(in, idA, 8080, 4),
+				l7(in, policies.IdentityHost, 8080, 5),
+				// 8081: after A's egress proxy, A is allowed in.
+				entry(in, idA, policies.ProtoTCP, 8081, 16, policies.Allow, 6),
+				// 8082: A is denied, the host (the proxy's address) is not:
+				// only the identity in the mark can make this drop.
+				entry(in, idA, policies.ProtoTCP, 8082, 16, policies.Deny, 8),
+				entry(in, policies.IdentityHost, policies.ProtoTCP, 8082, 16, policies.Allow, 9),
+			}},
+		},
+		L7: map[uint32]policies.L7Set{1: {Rules: []policies.L7Rule{{RuleID: l7Rule, HTTP: policies.HTTPRule{
+			Method: regexp.MustCompile("^(?:GET)$"), Path: regexp.MustCompile("^(?:/allowed.*)$"),
+		}}}}},
+	}
+	// Model.Lookup (the proxy's resolver) wants the entries in their
+	// compiled order: by direction, then remote.
+	for i := range env.model.Identities {
+		es := env.model.Identities[i].Entries
+		sort.SliceStable(es, func(a, b int) bool {
+			if es[a].Direction != es[b].Direction {
+				return es[a].Direction < es[b].Direction
+			}
+			return es[a].Remote < es[b].Remote
+		})
+	}
+	eng, err := builtin.New(builtin.Config{
+		Listeners: ls,
+		Resolver:  proxy.NewModelResolver(env.model, env.ipc, map[uint32]string{l7Rule: "b-api"}),
+		Dial: func(ctx context.Context, dst netip.AddrPort, mark uint32) (c net.Conn, err error) {
+			err = tp.host.Do(func() error { c, err = proxy.DialMarked(ctx, dst, mark); return err })
+			return c, err
+		},
+	})
+	must(t, err)
+	t.Cleanup(func() { eng.Close() })
+	env.eng = eng
+	env.port = eng.Port()
+
+	must(t, tp.host.Do(func() error {
+		for _, idx := range tp.hostIf {
+			br, err := BridgeOf(idx)
+			if err != nil {
+				return err
+			}
+			env.bridge = br
+		}
+		return nil
+	}))
+	if env.bridge == 0 {
+		t.Fatal("BridgeOf: the veth has no master")
+	}
+	both := EnforceIngress | EnforceEgress
+	must(t, dp.SetEndpoint(tp.hostIf[0], Endpoint{ID: 1, Identity: idA, Flags: both, Bridge: env.bridge}))
+	must(t, dp.SetEndpoint(tp.hostIf[1], Endpoint{ID: 2, Identity: idB, Flags: both, Bridge: env.bridge}))
+	must(t, dp.IPCacheSync(env.ipc))
+	env.sync(t, env.port)
+	must(t, tp.host.Do(func() error {
+		for _, idx := range tp.hostIf {
+			if err := dp.Attach(idx); err != nil {
+				return err
+			}
+		}
+		for i := 0; i < 2; i++ { // idempotent
+			if err := dp.AttachBridge(env.bridge); err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
+	return env
+}
+
+func (env *l7Env) sync(t *testing.T, port uint16) {
+	t.Helper()
+	_, err := env.dp.SyncPolicy(env.model, func(uint32) uint16 { return port })
+	must(t, err)
+}
+
+// get does one request from namespace ns (nil: the host namespace) on a
+// fresh connection.
+func (env *l7Env) get(ns *testenv.NetNS, url string, timeout time.Duration) (int, string, error) {
+	dial := func(ctx context.Context, network, addr string) (c net.Conn, err error) {
+		if ns == nil {
+			ns = env.tp.host
+		}
+		err = ns.Do(func() error {
+			d := net.Dialer{Timeout: timeout}
+			c, err = d.DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
+	cl := &http.Client{Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}, Timeout: timeout}
+	resp, err := cl.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body), err
+}
+
+// reached drains what the server saw and reports whether path was among it.
+func (env *l7Env) reached(path string) bool {
+	hit := false
+	for {
+		select {
+		case p := <-env.seen:
+			if p == path {
+				hit = true
+			}
+		default:
+			return hit
+		}
+	}
+}
+
+func (env *l7Env) counter(r Reason) uint64 {
+	c, err := env.dp.Counters()
+	if err != nil {
+		return 0
+	}
+	var n uint64
+	for k, v := range c.Verdicts {
+		if k.Reason == r {
+			n += v.Packets
+		}
+	}
+	return n
+}
+
+// ctProxied reports whether conntrack holds a flow to dport at ifindex that
+// follows the proxy.
+func (env *l7Env) ctProxied(ifindex int, dport uint16) bool {
+	var k datapathCtKey
+	var v datapathCtEntry
+	it := env.dp.objs.MembraneCt.Iterate()
+	for it.Next(&k, &v) {
+		if int(k.Ifindex) == ifindex && k.Dport == htons(dport) && v.ProxyPort == env.port {
+			return true
+		}
+	}
+	return false
+}
+
+func TestL7RedirectThroughBridge(t *testing.T) {
+	for _, mode := range []AttachMode{AttachTCX, AttachTC} {
+		t.Run(string(mode), func(t *testing.T) { l7RedirectThroughBridge(t, mode) })
+	}
+}
+
+func l7RedirectThroughBridge(t *testing.T, mode AttachMode) {
+	env := newL7Env(t, mode)
+	tp := env.tp
+	hosts := map[string][2]string{
+		"IPv4": {tp.addr[1].String(), tp.addr[1].String()},
+		"IPv6": {"[" + tp.addr6[1].String() + "]", tp.addr6[1].String()},
+	}
+	for fam, h := range hosts {
+		b := h[0]
+		for _, c := range []struct {
+			name   string
+			from   *testenv.NetNS
+			port   int
+			path   string
+			status int
+		}{
+			// B's ingress redirect, from A and from the host.
+			{"A->B ingress L7 allowed", tp.c[0], 8080, "/allowed/a", 200},
+			{"A->B ingress L7 denied", tp.c[0], 8080, "/secret", 403},
+			{"host->B ingress L7 allowed", nil, 8080, "/allowed/host", 200},
+			{"host->B ingress L7 denied", nil, 8080, "/other", 403},
+			// A's egress redirect; B admits A's identity from the mark.
+			{"A egress L7 allowed", tp.c[0], 8081, "/allowed/egress", 200},
+			{"A egress L7 denied", tp.c[0], 8081, "/nope", 403},
+		} {
+			url := fmt.Sprintf("http://%s:%d%s", b, c.port, c.path)
+			status, body, err := env.get(c.from, url, 5*time.Second)
+			if err != nil {
+				t.Errorf("%s %s: GET %s: %v", fam, c.name, url, err)
+				continue
+			}
+			if status != c.status {
+				t.Errorf("%s %s: GET %s: %d %q, want %d", fam, c.name, url, status, body, c.status)
+			}
+			if got := env.reached(c.path); got != (c.status == 200) {
+				t.Errorf("%s %s: request reached B: %v", fam, c.name, got)
+			}
+		}
+		// The proxy's upstream sockets: B judges the identity in the mark,
+		// not the proxy's address (the host, which B admits on 8082).
+		for _, c := range []struct {
+			port  uint16
+			mark  uint32
+			allow bool
+		}{
+			{8082, 0, true},                             // the host itself
+			{8082, proxy.FromProxyMark(idA), false},     // A through the proxy: denied
+			{8081, proxy.FromProxyMark(idA), true},      // A through the proxy: allowed
+			{8081, proxy.FromProxyMark(idB + 1), false}, // an identity B does not admit
+		} {
+			dst := netip.AddrPortFrom(netip.MustParseAddr(h[1]), c.port)
+			drops := env.counter(ReasonDropPolicy) + env.counter(ReasonDropDefaultDeny)
+			ctx, cancel := context.WithTimeout(context.Background(), map[bool]time.Duration{true: allowTimeout, false: denyTimeout}[c.allow])
+			var conn net.Conn
+			err := tp.host.Do(func() (err error) { conn, err = proxy.DialMarked(ctx, dst, c.mark); return err })
+			cancel()
+			if err == nil {
+				conn.Close()
+			}
+			if (err == nil) != c.allow {
+				t.Errorf("%s: dial %s with mark %#x: err %v, want allowed %v", fam, dst, c.mark, err, c.allow)
+			}
+			if !c.allow && env.counter(ReasonDropPolicy)+env.counter(ReasonDropDefaultDeny) == drops {
+				t.Errorf("%s: dial %s with mark %#x: no drop counted at B", fam, dst, c.mark)
+			}
+		}
+	}
+
+	// Conntrack recorded the redirected flows with the proxy port: B's
+	// ingress flows (8080), A's egress flows (8081).
+	if !env.ctProxied(tp.hostIf[1], 8080) {
+		t.Errorf("no conntrack entry with proxy port %d for B:8080 at B's veth", env.port)
+	}
+	if !env.ctProxied(tp.hostIf[0], 8081) {
+		t.Errorf("no conntrack entry with proxy port %d for B:8081 at A's veth", env.port)
+	}
+	if env.ctProxied(tp.hostIf[1], 8081) {
+		t.Errorf("the proxy's upstream flow to B:8081 was marked for the proxy again")
+	}
+	if env.counter(ReasonRedirect) == 0 {
+		t.Errorf("no redirect counted")
+	}
+}
+
+func TestL7RedirectDropsWithoutListener(t *testing.T) {
+	env := newL7Env(t, AttachTCX)
+	tp := env.tp
+	r, err := env.dp.NewEventReader()
+	must(t, err)
+	defer r.Close()
+	// Port 9: nothing listens there in the host namespace.
+	env.sync(t, 9)
+	url := fmt.Sprintf("http://%s:8080/allowed/x", tp.addr[1])
+	if status, _, err := env.get(tp.c[0], url, denyTimeout); err == nil {
+		t.Fatalf("GET %s with no proxy listening: %d", url, status)
+	}
+	if env.reached("/allowed/x") {
+		t.Fatal("the request reached B without the proxy")
+	}
+	if env.counter(ReasonDropProxyNoListener) == 0 {
+		t.Errorf("no proxy-no-listener drop counted")
+	}
+	r.SetDeadline(time.Now().Add(3 * time.Second))
+	for {
+		ev, err := r.Read()
+		if err != nil {
+			t.Fatalf("no proxy-no-listener event: %v", err)
+		}
+		if ev.Type == EventDrop && ev.Reason == ReasonDropProxyNoListener {
+			if ev.ProxyPort != 9 || ev.Dst != netip.AddrPortFrom(tp.addr[1], 8080) || ev.Ifindex != env.bridge {
+				t.Errorf("event %+v: want proxy port 9, dst B:8080, bridge %d", ev, env.bridge)
+			}
+			break
+		}
+	}
+
+	// An endpoint without a bridge cannot redirect: it drops with its reason.
+	must(t, env.dp.SetEndpoint(tp.hostIf[1], Endpoint{ID: 2, Identity: idB, Flags: EnforceIngress | EnforceEgress}))
+	env.sync(t, env.port)
+	if status, _, err := env.get(tp.c[0], url, denyTimeout); err == nil {
+		t.Fatalf("GET %s with no bridge to redirect through: %d", url, status)
+	}
+	if env.counter(ReasonDropProxyNoBridge) == 0 {
+		t.Errorf("no proxy-no-bridge drop counted")
+	}
+	// Back to a working setup: the listener answers again.
+	must(t, env.dp.SetEndpoint(tp.hostIf[1], Endpoint{ID: 2, Identity: idB, Flags: EnforceIngress | EnforceEgress, Bridge: env.bridge}))
+	if status, _, err := env.get(tp.c[0], url, allowTimeout); err != nil || status != 200 {
+		t.Errorf("GET %s after the fix: %d %v", url, status, err)
+	}
+}
