@@ -33,7 +33,7 @@ func fastParse(src []byte, filename string) (body *hclsyntax.Body, ok bool) {
 			return nil, false
 		}
 	}
-	p := &fastParser{src: src, file: filename, line: 1}
+	p := &fastParser{src: src, file: filename, line: 1, names: map[string]string{}}
 	defer func() {
 		// A failed parse unwinds with errFallback from anywhere below.
 		if r := recover(); r != nil {
@@ -58,6 +58,7 @@ type fastParser struct {
 	pos       int // byte offset
 	line      int // 1-based line of pos
 	lineStart int // byte offset of that line's first byte
+	names     map[string]string // identifiers seen, to share one string each
 }
 
 func (p *fastParser) fail() { panic(errFallback) }
@@ -134,7 +135,13 @@ func (p *fastParser) ident() (string, hcl.Range) {
 	for p.pos < len(p.src) && isIdentChar(p.src[p.pos]) {
 		p.pos++
 	}
-	return string(p.src[start.Byte:p.pos]), p.rng(start)
+	b := p.src[start.Byte:p.pos]
+	name, ok := p.names[string(b)] // no allocation for the lookup
+	if !ok {
+		name = string(b)
+		p.names[name] = name
+	}
+	return name, p.rng(start)
 }
 
 // body parses items up to the end of the file (top) or a closing brace,

@@ -160,3 +160,12 @@ func TestFastParseReportsLikeHCL(t *testing.T) {
 		}
 	}
 }
+
+func TestValidPolicyNameMatchesRE(t *testing.T) {
+	for _, s := range []string{"", "a", "0", "-a", ".a", "_a", "a-b.c_d", "A", "aB", "a b", "é", "a\n",
+		strings.Repeat("a", 63), strings.Repeat("a", 64), "a" + strings.Repeat("-", 62), "a" + strings.Repeat("-", 63)} {
+		if got, want := validPolicyName(s), policyNameRE.MatchString(s); got != want {
+			t.Errorf("validPolicyName(%q) = %v, regexp says %v", s, got, want)
+		}
+	}
+}

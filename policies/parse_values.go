@@ -42,6 +42,21 @@ func isNull(e hclsyntax.Expression) bool {
 // value evaluates an expression without variables or functions: policy
 // files are static data.
 func (l *loader) value(e hclsyntax.Expression) (cty.Value, bool) {
+	// Literals, by far the most common values, are their own value; a
+	// quoted string without interpolation is a template of one literal
+	// part, whose value HCL would rebuild through a strings.Builder.
+	switch x := e.(type) {
+	case *hclsyntax.LiteralValueExpr:
+		if x.Val.IsWhollyKnown() && !x.Val.IsMarked() {
+			return x.Val, true
+		}
+	case *hclsyntax.TemplateExpr:
+		if len(x.Parts) == 1 {
+			if lit, ok := x.Parts[0].(*hclsyntax.LiteralValueExpr); ok && lit.Val.Type() == cty.String && !lit.Val.IsNull() && lit.Val.IsKnown() && !lit.Val.IsMarked() {
+				return lit.Val, true
+			}
+		}
+	}
 	v, d := e.Value(nil)
 	l.diags = append(l.diags, d...)
 	if d.HasErrors() {
