@@ -25,7 +25,7 @@ type topo struct {
 	bridgeIP6 netip.Addr
 }
 
-func newTopo(t *testing.T) *topo {
+func newTopo(t testing.TB) *topo {
 	testenv.RequireRoot(t)
 	tp := &topo{
 		host:      testenv.NewNetNS(t, "mbh-"),
