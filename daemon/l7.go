@@ -133,6 +133,19 @@ func (r *reconciler) attachBridge(master int) {
 	}
 }
 
+// bridgeOf is the bridge a host-side veth is a port of: the link
+// watcher's report, else the kernel's (0: none).
+func (r *reconciler) bridgeOf(ifx int) int {
+	if ev, ok := r.veths[ifx]; ok && ev.MasterIndex > 0 {
+		return ev.MasterIndex
+	}
+	br, err := bpf.BridgeOf(ifx)
+	if err != nil {
+		r.log.Debug("finding the bridge of a veth", "ifindex", ifx, "err", err)
+	}
+	return br
+}
+
 // forgetBridges makes the next link event re-attach (a bridge may have
 // been deleted and recreated with the same ifindex; attaching is
 // idempotent).

@@ -600,7 +600,11 @@ func (r *reconciler) writeEndpoint(st *epState) {
 		}
 	}
 	for _, ifx := range now {
-		e := bpf.Endpoint{ID: st.id, Identity: st.identity, Flags: r.endpointFlags(st)}
+		// L7 redirects go to the ingress of the veth's bridge, which gets
+		// the bridge program first.
+		br := r.bridgeOf(ifx)
+		r.attachBridge(br)
+		e := bpf.Endpoint{ID: st.id, Identity: st.identity, Flags: r.endpointFlags(st), Bridge: br}
 		r.problem(fmt.Sprintf("endpoint/%d", ifx), "set-endpoint", r.dp.SetEndpoint(ifx, e))
 		r.problem(fmt.Sprintf("attach/%d", ifx), "attach", r.dp.Attach(ifx))
 	}

@@ -1,0 +1,219 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/membrane-fw/membrane/daemon/api"
+)
+
+// l7Policy: the api answers on 80. role=client may GET /public* only;
+// admin=yes (also role=client) has a second rule without http, so its
+// requests are unrestricted; the host may GET /public* (the path is what
+// the keep-alive test edits); role=other has no rule at all.
+const l7Policy = `
+policy "api" {
+  selector = "app=api"
+  ingress {
+    from_endpoints = ["role=client"]
+    ports          = ["80/tcp"]
+    http {
+      method = "GET"
+      path   = "/public.*"
+    }
+  }
+  ingress {
+    from_endpoints = ["admin=yes"]
+    ports          = ["80/tcp"]
+  }
+  ingress {
+    from_entities = ["host"]
+    ports         = ["80/tcp"]
+    http {
+      method = "GET"
+      path   = "HOSTPATH"
+    }
+  }
+}
+`
+
+func l7PolicyWith(hostPath string) string {
+	return strings.ReplaceAll(l7Policy, "HOSTPATH", hostPath)
+}
+
+// httpStatus sends one HTTP/1.0 request with busybox nc from container
+// and returns the response's status code (0: no response at all).
+func (e *env) httpStatus(container, addr, method, path string) int {
+	host, port, _ := net.SplitHostPort(addr)
+	// stdin stays open a second: a half-close right after the request
+	// reads as an aborted request to Go's HTTP server (the proxy).
+	script := fmt.Sprintf("(printf '%s %s HTTP/1.0\\r\\nHost: api\\r\\n\\r\\n'; sleep 1) | nc -w 2 %s %s 2>/dev/null | head -1", method, path, host, port)
+	out, _ := exec.Command("docker", "exec", container, "sh", "-c", script).Output()
+	f := strings.Fields(string(out))
+	if len(f) < 2 || !strings.HasPrefix(f[0], "HTTP/") {
+		return 0
+	}
+	n, _ := strconv.Atoi(f[1])
+	return n
+}
+
+// TestL7 is the L7 path end to end with real containers and the built-in
+// engine: verdicts per request for containers, the host and a published
+// port; no connection at all without an L3 rule; a rule without http
+// unrestricts; every verdict in `membrane observe --type l7` and the
+// metrics; a policy edit judges the next request of a kept-alive
+// connection.
+func TestL7(t *testing.T) {
+	metricsAddr := freePort(t)
+	e := newEnv(t, envOpts{metrics: metricsAddr})
+	e.writePolicy("api.hcl", l7PolicyWith("/public.*"))
+	e.startDaemon()
+	hostPort := strings.TrimPrefix(freePort(t), "127.0.0.1:")
+	apiC := e.run("api", []string{"app=api"},
+		"mkdir -p /var/www && echo public > /var/www/public && echo secret > /var/www/secret; httpd -f -p 80 -h /var/www",
+		"-p", hostPort+":80")
+	client := e.idle("client", "role=client")
+	admin := e.idle("admin", "role=client", "admin=yes")
+	other := e.idle("other", "role=other")
+	for _, c := range []string{apiC, client, admin, other} {
+		e.endpoint(c)
+	}
+	apiAddr := net.JoinHostPort(e.ip(apiC), "80")
+	gw := e.docker("network", "inspect", "-f", "{{(index .IPAM.Config 0).Gateway}}", e.network)
+	published := net.JoinHostPort(gw, hostPort)
+
+	// The first request may race the last peer-policy write.
+	e.eventually("client reaches the api through the proxy", 10*time.Second, func() error {
+		if s := e.httpStatus(client, apiAddr, "GET", "/public"); s != 200 {
+			return fmt.Errorf("GET /public: status %d", s)
+		}
+		return nil
+	})
+
+	// anyButDenied: the server's own answer (busybox httpd has no POST
+	// for files), anything but the proxy's 403.
+	const anyButDenied = -1
+	type req struct {
+		who, from, addr, method, path string
+		want                          int
+	}
+	for _, r := range []req{
+		{"client", client, apiAddr, "GET", "/public", 200},
+		{"client", client, apiAddr, "GET", "/secret", 403},
+		{"client", client, apiAddr, "POST", "/public", 403},
+		{"admin (rule without http)", admin, apiAddr, "GET", "/secret", 200},
+		{"admin (rule without http)", admin, apiAddr, "POST", "/public", anyButDenied},
+		{"other (no L3 rule)", other, apiAddr, "GET", "/public", 0},
+		{"client via published port", client, published, "GET", "/public", 200},
+		{"client via published port", client, published, "GET", "/secret", 403},
+	} {
+		if got := e.httpStatus(r.from, r.addr, r.method, r.path); got != r.want && !(r.want == anyButDenied && got != 403 && got != 0) {
+			t.Errorf("%s: %s http://%s%s: status %d, want %d", r.who, r.method, r.addr, r.path, got, r.want)
+		}
+	}
+
+	// From the host (identity host), on one kept-alive connection.
+	var conns []string
+	hc := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{MaxConnsPerHost: 1, MaxIdleConnsPerHost: 1, DisableCompression: true}}
+	defer hc.CloseIdleConnections()
+	hostGet := func(path string) (int, bool) {
+		t.Helper()
+		reused := false
+		ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) {
+			reused = i.Reused
+			conns = append(conns, i.Conn.LocalAddr().String())
+		}})
+		rq, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+apiAddr+path, nil)
+		resp, err := hc.Do(rq)
+		if err != nil {
+			t.Errorf("host GET %s: %v", path, err)
+			return 0, reused
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, reused
+	}
+	if s, _ := hostGet("/public"); s != 200 {
+		t.Errorf("host GET /public: %d, want 200", s)
+	}
+	if s, reused := hostGet("/secret"); s != 403 || !reused {
+		t.Errorf("host GET /secret: %d (reused connection %v), want 403 on the kept-alive connection", s, reused)
+	}
+	// The edit: the host may now GET /secret* only.
+	e.writePolicy("api.hcl", l7PolicyWith("/secret.*"))
+	e.waitRevision(e.status().PolicyRevision, false)
+	if s, reused := hostGet("/public"); s != 403 || !reused {
+		t.Errorf("after the edit, host GET /public: %d (reused connection %v), want 403 on the same connection", s, reused)
+	}
+	if s, reused := hostGet("/secret"); s != 200 || !reused {
+		t.Errorf("after the edit, host GET /secret: %d (reused connection %v), want 200 on the same connection", s, reused)
+	}
+	if len(conns) > 1 && conns[0] != conns[len(conns)-1] {
+		t.Errorf("the host's requests used several connections: %v", conns)
+	}
+
+	// `membrane observe --type l7` shows every request's verdict.
+	var denied, forwarded *api.Flow
+	e.eventually("l7 records", 5*time.Second, func() error {
+		denied, forwarded = nil, nil
+		for _, f := range e.observe(api.ObserveFilter{Type: "l7", Container: client}) {
+			if f.Type != api.FlowL7 || f.HTTP == nil {
+				return fmt.Errorf("not an l7 record: %s", dump(f))
+			}
+			switch {
+			case f.HTTP.Path == "/secret" && f.Verdict == "denied" && denied == nil:
+				denied = &f
+			case f.HTTP.Path == "/public" && f.Verdict == "forwarded" && forwarded == nil:
+				forwarded = &f
+			}
+		}
+		if denied == nil || forwarded == nil {
+			return fmt.Errorf("denied %v forwarded %v in %s", denied != nil, forwarded != nil, dump(e.observe(api.ObserveFilter{Type: "l7"})))
+		}
+		return nil
+	})
+	if h := denied.HTTP; h.Method != "GET" || h.Status != 403 || h.Host != "api" || h.Policy != "api" || denied.Source.Container != client || denied.Dest.Container != apiC || denied.Dest.Port != 80 {
+		t.Errorf("denied record %s", dump(denied))
+	}
+	if h := forwarded.HTTP; h.Method != "GET" || h.Status != 200 || forwarded.Rule == nil || forwarded.Rule.Policy != "api" || forwarded.Rule.Block != "ingress" || forwarded.Rule.Line == 0 {
+		t.Errorf("forwarded record %s", dump(forwarded))
+	}
+	hostRecs := 0
+	for _, f := range e.observe(api.ObserveFilter{Type: "l7"}) {
+		if f.Source.Labels["reserved"] == "host" {
+			hostRecs++
+		}
+		if f.Source.Container == other {
+			t.Errorf("a client without an L3 rule reached the proxy: %s", dump(f))
+		}
+	}
+	if hostRecs < 4 {
+		t.Errorf("%d l7 records from the host, want 4", hostRecs)
+	}
+	for _, f := range e.observe(api.ObserveFilter{Type: "l3"}) {
+		if f.Type == api.FlowL7 {
+			t.Errorf("--type l3 returned an l7 record %s", dump(f))
+		}
+	}
+	// Metrics: the engine's counters are in membraned's registry and count
+	// what observe shows.
+	byVerdict := map[string]float64{}
+	for _, f := range e.observe(api.ObserveFilter{Type: "l7"}) {
+		byVerdict[f.Verdict]++
+	}
+	for _, v := range []string{"denied", "forwarded"} {
+		got, ok := scrape(t, metricsAddr, `membrane_proxy_requests_total{engine="builtin",verdict="`+v+`"}`)
+		if !ok || got != byVerdict[v] || got < 3 {
+			t.Errorf("metric of %s requests %v (present %v); observe has %v", v, got, ok, byVerdict[v])
+		}
+	}
+}
