@@ -15,16 +15,17 @@ import (
 // HCL's lexer and general expression parser are most of the cost of loading
 // a large policy set; this subset parser is several times faster.
 //
-// The subset: printable ASCII, tabs and '\n' (no '\r'), without '\\', "${", "%{", "<<" or "/*";
+// The subset: printable ASCII, tabs and '\n' (no '\r'), without "${", "%{", "<<" or "/*";
 // blocks with quoted labels and a body on the following lines; attributes
 // whose value is a quoted string, whole number, true, false, null, a list of
-// those or a map with quoted keys; '#' and '//' comments. Anything else, any
+// those or a map with quoted keys; strings with no escapes but \\ and \";
+// '#' and '//' comments. Anything else, any
 // syntax error included, returns ok=false and the caller parses the file
 // with HCL itself, so that every diagnostic of the syntax is HCL's own.
 // parse_fast_test.go checks the trees against HCL's.
 func fastParse(src []byte, filename string) (body *hclsyntax.Body, ok bool) {
 	for _, c := range src {
-		if c >= 0x7f || c < 0x20 && c != '\n' && c != '\t' || c == '\\' {
+		if c >= 0x7f || c < 0x20 && c != '\n' && c != '\t' {
 			return nil, false
 		}
 	}
@@ -59,6 +60,17 @@ type fastParser struct {
 	line      int // 1-based line of pos
 	lineStart int // byte offset of that line's first byte
 	names     map[string]string // identifiers seen, to share one string each
+	depth     int               // nesting of blocks and collections
+}
+
+// maxFastDepth bounds the recursion; deeper files are HCL's to parse.
+const maxFastDepth = 64
+
+func (p *fastParser) enter() {
+	p.depth++
+	if p.depth > maxFastDepth {
+		p.fail()
+	}
 }
 
 func (p *fastParser) fail() { panic(errFallback) }
@@ -201,6 +213,8 @@ func (p *fastParser) body(top bool) *hclsyntax.Body {
 }
 
 func (p *fastParser) block(typ string, typRng hcl.Range, top bool) *hclsyntax.Block {
+	p.enter()
+	defer func() { p.depth-- }()
 	blk := &hclsyntax.Block{Type: typ, TypeRange: typRng}
 	for p.peek() == '"' {
 		s, r := p.quoted()
@@ -228,27 +242,52 @@ func (p *fastParser) block(typ string, typRng hcl.Range, top bool) *hclsyntax.Bl
 	return blk
 }
 
-// quoted reads a string literal (no escapes or templates: the subset check
-// excluded them) and returns its value and the range with the quotes.
+// quoted reads a string literal and returns its value and the range with
+// the quotes. Templates are excluded by the subset check; of the escapes,
+// \\ and \" are read (regular expressions need the first), the others go to
+// HCL.
 func (p *fastParser) quoted() (string, hcl.Range) {
 	start := p.at()
 	p.pos++
+	escaped := false
 	for p.pos < len(p.src) && p.src[p.pos] != '"' {
-		if p.src[p.pos] == '\n' {
+		switch p.src[p.pos] {
+		case '\n':
 			p.fail()
+		case '\\':
+			if p.pos+1 >= len(p.src) || p.src[p.pos+1] != '\\' && p.src[p.pos+1] != '"' {
+				p.fail()
+			}
+			escaped = true
+			p.pos++
 		}
 		p.pos++
 	}
 	if p.pos >= len(p.src) {
 		p.fail()
 	}
-	s := string(p.src[start.Byte+1 : p.pos])
+	raw := p.src[start.Byte+1 : p.pos]
+	var s string
+	if escaped {
+		b := make([]byte, 0, len(raw))
+		for i := 0; i < len(raw); i++ {
+			if raw[i] == '\\' {
+				i++
+			}
+			b = append(b, raw[i])
+		}
+		s = string(b)
+	} else {
+		s = string(raw)
+	}
 	p.pos++
 	return s, p.rng(start)
 }
 
 // expr parses one value of the subset.
 func (p *fastParser) expr() hclsyntax.Expression {
+	p.enter()
+	defer func() { p.depth-- }()
 	start := p.at()
 	switch c := p.peek(); {
 	case c == '"':

@@ -51,6 +51,10 @@ func fastParseSources(t *testing.T) map[string][]byte {
 		"b x {\n}\n",
 		"policy \"a\" {\n  selector = \"app=x\"\n",
 		"a = \"x\\\"\"\n",
+		"a = \"x\\\\.y\\\\\"\n",
+		"a = \"\\n\"\n",
+		"a = \"\\u00e9\"\n",
+		"policy \"a\\\"b\" {\n  b = [\"\\\\\", \"\\\"\"]\n}\n",
 		"a = <<EOT\nx\nEOT\n",
 		"a = \"é\"\n",
 		"a = [\"x\"\n",
@@ -59,6 +63,16 @@ func fastParseSources(t *testing.T) map[string][]byte {
 		"a = tru\n",
 		"a = null.x\n",
 		"a == 1\n",
+		"a = 1\na {\n}\n",
+		"_a = 1\n",
+		"a-1 = 2\n",
+		"a = [{\"k\" = 1}, [2], {\n}]\n",
+		"a = 1 # c",
+		"a = 1 // c",
+		"a = \"\" \n",
+		"policy \"\" {\n  \"x\" = 1\n}\n",
+		"a = " + strings.Repeat("[", 100) + strings.Repeat("]", 100) + "\n",
+		"a = " + strings.Repeat("[", 30) + strings.Repeat("]", 30) + "\n",
 	} {
 		out["case/"+string(rune('a'+i%26))+strings.Repeat("+", i/26)] = []byte(s)
 	}
@@ -92,6 +106,16 @@ func TestFastParseMatchesHCL(t *testing.T) {
 	srcs := fastParseSources(t)
 	for name, src := range srcs {
 		check(name, src)
+	}
+	// The files the benchmarks and the daemon load must take the fast path.
+	for _, name := range []string{"bench/load", "bench/00.hcl", "testdata/valid/10-spec-example.hcl"} {
+		if src, ok := srcs[name]; ok {
+			if _, fast := fastParse(src, name); !fast {
+				t.Errorf("%s: not in the subset", name)
+			}
+		} else if !strings.HasPrefix(name, "testdata/") {
+			t.Errorf("%s: missing", name)
+		}
 	}
 	if accepted < len(srcs)/2 {
 		t.Fatalf("subset parser took only %d of %d files", accepted, len(srcs))
