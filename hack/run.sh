@@ -39,6 +39,12 @@ policy_dir = "$root/examples/policies"
 state_dir  = "/var/lib/membrane-dev"
 api_socket = "/run/membrane/membrane.sock"
 log_level  = "${MEMBRANE_LOG_LEVEL:-info}"
+# The L7 proxy for the policies' http rules: auto = Envoy when on PATH,
+# else the built-in Go proxy (MEMBRANE_L7_ENGINE=builtin|envoy forces one).
+l7 {
+  engine = "${MEMBRANE_L7_ENGINE:-auto}"
+  port   = ${MEMBRANE_L7_PORT:-15001}
+}
 HCL
 # MEMBRANE_BRIDGES="br-x docker0" limits enforcement to those bridges.
 if [ -n "${MEMBRANE_BRIDGES:-}" ]; then
@@ -51,6 +57,7 @@ In another terminal:
   bin/membrane status
   bin/membrane endpoint list
   bin/membrane observe --follow --verdict dropped
+  bin/membrane observe --follow --type l7      (every HTTP request the L7 proxy judged)
 Ctrl-C stops membraned; enforcement stays until 'bin/membraned --config $cfg --cleanup'.
 MSG
 exec bin/membraned --config "$cfg"

@@ -3,7 +3,9 @@
 // policy directory with eBPF on the containers' veths.
 //
 //	membraned [--config PATH]            run (systemd: Type=notify)
-//	membraned --config PATH --cleanup    remove every pin and attachment
+//	membraned --config PATH --cleanup    remove every pin and attachment, and the
+//	                                     L7 proxy's policy routing, nftables table
+//	                                     and Envoy run directory
 //	membraned --check-config [--config PATH]
 //
 // Exit codes: 0 stopped by a signal (or --cleanup done); 1 error (an
@@ -38,7 +40,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("membraned", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("config", config.DefaultPath, "configuration file (HCL)")
-	cleanup := fs.Bool("cleanup", false, "remove every pinned map, program and attachment, then exit (package removal)")
+	cleanup := fs.Bool("cleanup", false, "remove every pinned map, program and attachment and the L7 proxy's routing, then exit (package removal)")
 	check := fs.Bool("check-config", false, "validate the configuration and exit")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	logFormat := fs.String("log-format", "text", "log format: text or json")

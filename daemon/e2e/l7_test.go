@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/membrane-fw/membrane/daemon/api"
+	"github.com/membrane-fw/membrane/internal/testenv"
 )
 
 // l7Policy: the api answers on 80. role=client may GET /public* only;
@@ -72,9 +73,19 @@ func (e *env) httpStatus(container, addr, method, path string) int {
 // unrestricts; every verdict in `membrane observe --type l7` and the
 // metrics; a policy edit judges the next request of a kept-alive
 // connection.
-func TestL7(t *testing.T) {
+func TestL7(t *testing.T) { testL7(t, "builtin") }
+
+// TestL7Envoy is TestL7 with the managed Envoy (only where `envoy` is on
+// PATH).
+func TestL7Envoy(t *testing.T) {
+	testenv.RequireEnvoy(t)
+	testL7(t, "envoy")
+}
+
+func testL7(t *testing.T, engine string) {
 	metricsAddr := freePort(t)
-	e := newEnv(t, envOpts{metrics: metricsAddr})
+	_, l7Port, _ := net.SplitHostPort(freePort(t))
+	e := newEnv(t, envOpts{metrics: metricsAddr, extraConfig: fmt.Sprintf("l7 {\n  engine = %q\n  port = %s\n}\n", engine, l7Port)})
 	e.writePolicy("api.hcl", l7PolicyWith("/public.*"))
 	e.startDaemon()
 	hostPort := strings.TrimPrefix(freePort(t), "127.0.0.1:")
@@ -211,7 +222,7 @@ func TestL7(t *testing.T) {
 		byVerdict[f.Verdict]++
 	}
 	for _, v := range []string{"denied", "forwarded"} {
-		got, ok := scrape(t, metricsAddr, `membrane_proxy_requests_total{engine="builtin",verdict="`+v+`"}`)
+		got, ok := scrape(t, metricsAddr, `membrane_proxy_requests_total{engine="`+engine+`",verdict="`+v+`"}`)
 		if !ok || got != byVerdict[v] || got < 3 {
 			t.Errorf("metric of %s requests %v (present %v); observe has %v", v, got, ok, byVerdict[v])
 		}
