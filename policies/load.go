@@ -3,6 +3,7 @@ package policies
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -137,7 +138,25 @@ func readPolicyFile(path string) ([]byte, error) {
 	if st.Size() > maxFileSize {
 		return nil, fmt.Errorf("%s is %d bytes; policy files are limited to %d", path, st.Size(), maxFileSize)
 	}
-	return os.ReadFile(path)
+	// Read from the file already open, into a buffer of the size just
+	// seen (plus one byte, to find EOF without growing).
+	b := make([]byte, 0, st.Size()+1)
+	for {
+		n, err := f.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if len(b) == cap(b) {
+			if len(b) > maxFileSize {
+				return nil, fmt.Errorf("%s is over %d bytes; policy files are limited to %d", path, maxFileSize, maxFileSize)
+			}
+			b = append(b, 0)[:len(b)] // grew while being read
+		}
+	}
 }
 
 // fileDiag is an error about a whole file (no line).

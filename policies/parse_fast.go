@@ -16,9 +16,9 @@ import (
 // a large policy set; this subset parser is several times faster.
 //
 // The subset: printable ASCII, tabs and '\n' (no '\r'), without "${", "%{", "<<" or "/*";
-// blocks with quoted labels and a body on the following lines; attributes
+// blocks with quoted labels and a body on the following lines (or {}); attributes
 // whose value is a quoted string, whole number, true, false, null, a list of
-// those or a map with quoted keys; strings with no escapes but \\ and \";
+// those or a map with quoted or bare keys; strings with no escapes but \\ and \";
 // '#' and '//' comments. Anything else, any
 // syntax error included, returns ok=false and the caller parses the file
 // with HCL itself, so that every diagnostic of the syntax is HCL's own.
@@ -229,8 +229,9 @@ func (p *fastParser) block(typ string, typRng hcl.Range, top bool) *hclsyntax.Bl
 	p.pos++
 	blk.OpenBraceRange = p.rng(open)
 	p.spaces()
-	// The body starts on a new line: one-line blocks go to HCL.
-	if p.pos < len(p.src) && p.src[p.pos] != '\n' && !p.isComment() {
+	// The body starts on a new line, or is empty ({}): one-line blocks
+	// with an attribute go to HCL.
+	if p.pos < len(p.src) && p.src[p.pos] != '\n' && p.src[p.pos] != '}' && !p.isComment() {
 		p.fail()
 	}
 	blk.Body = p.body(false)
@@ -364,10 +365,24 @@ func (p *fastParser) expr() hclsyntax.Expression {
 			if p.peek() == '}' {
 				break
 			}
-			if p.peek() != '"' {
+			var k hclsyntax.Expression
+			switch c := p.peek(); {
+			case c == '"':
+				k = p.expr()
+			case isIdentStart(c):
+				// A bare key is a one-name traversal that HCL's
+				// ObjectConsKeyExpr reads as a string.
+				name, r := p.ident()
+				if name == "true" || name == "false" || name == "null" {
+					p.fail()
+				}
+				k = &hclsyntax.ScopeTraversalExpr{
+					Traversal: hcl.Traversal{hcl.TraverseRoot{Name: name, SrcRange: r}},
+					SrcRange:  r,
+				}
+			default:
 				p.fail()
 			}
-			k := p.expr()
 			p.spaces()
 			if p.peek() != '=' || p.pos+1 < len(p.src) && p.src[p.pos+1] == '=' {
 				p.fail()

@@ -64,6 +64,13 @@ func fastParseSources(t *testing.T) map[string][]byte {
 		"a = null.x\n",
 		"a == 1\n",
 		"a = 1\na {\n}\n",
+		"a {}\nb \"x\" {} # c\nc { }\n",
+		"a {\n  h = { x-y = 1, _z = \"\", \"q\" = 2\n  w = 3 }\n}\n",
+		"a = { true = 1 }\n",
+		"a = { null = 1 }\n",
+		"a = { x.y = 1 }\n",
+		"a = { x[0] = 1 }\n",
+		"a = { x: 1 }\n",
 		"_a = 1\n",
 		"a-1 = 2\n",
 		"a = [{\"k\" = 1}, [2], {\n}]\n",
@@ -108,7 +115,7 @@ func TestFastParseMatchesHCL(t *testing.T) {
 		check(name, src)
 	}
 	// The files the benchmarks and the daemon load must take the fast path.
-	for _, name := range []string{"bench/load", "bench/00.hcl", "testdata/valid/10-spec-example.hcl"} {
+	for _, name := range []string{"bench/load", "bench/00.hcl", "testdata/valid/10-spec-example.hcl", "testdata/valid/50-http.hcl"} {
 		if src, ok := srcs[name]; ok {
 			if _, fast := fastParse(src, name); !fast {
 				t.Errorf("%s: not in the subset", name)
