@@ -13,6 +13,7 @@ import (
 
 	apievents "github.com/containerd/containerd/api/events"
 	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/events"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
@@ -157,34 +158,29 @@ func (s *Source) Run(ctx context.Context) error {
 		return fmt.Errorf("containerd client for %s: %w", s.cfg.Address, err)
 	}
 	defer cli.Close()
-	qctx, qcancel := context.WithCancel(context.Background())
-	qdone := make(chan struct{})
-	go func() { s.queue.Run(qctx); close(qdone) }()
-	defer func() { qcancel(); <-qdone }()
-
-	backoff := s.cfg.MinBackoff
-	for first := true; ; first = false {
-		if !first {
+	f := &endpoint.Follower[*events.Envelope]{
+		Queue: s.queue, Log: s.log, Peer: "containerd",
+		MinBackoff: s.cfg.MinBackoff, MaxBackoff: s.cfg.MaxBackoff,
+		Workers: s.cfg.Workers, RecheckInterval: s.cfg.RecheckInterval,
+		Stream: "event stream",
+		Subscribe: func(ctx context.Context) (<-chan *events.Envelope, <-chan error, error) {
+			return subscribe(ctx, cli)
+		},
+		Key:    s.keyOf,
+		Resync: func(ctx context.Context) error { return s.resync(ctx, cli) },
+		Refresh: func(ctx context.Context, key string) error {
+			ns, id, _ := cut(key)
+			return s.refresh(ctx, cli, ns, id)
+		},
+		Recheck: func(ctx context.Context) ([]string, error) { return s.recheckKeys(ctx, cli) },
+		Synced:  func() { s.syncOnce.Do(func() { close(s.synced) }) },
+		Reconnected: func() {
 			s.statsMu.Lock()
 			s.reconnects++
 			s.statsMu.Unlock()
-		}
-		start := time.Now()
-		err := s.session(ctx, cli)
-		if ctx.Err() != nil {
-			return nil
-		}
-		if time.Since(start) > 10*time.Second {
-			backoff = s.cfg.MinBackoff
-		}
-		s.log.Warn("lost containerd; reconnecting", "err", err, "backoff", backoff)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, s.cfg.MaxBackoff)
+		},
 	}
+	return f.Run(ctx)
 }
 
 var topics = []string{
@@ -193,75 +189,43 @@ var topics = []string{
 	`topic=="/containers/create"`, `topic=="/containers/update"`, `topic=="/containers/delete"`,
 }
 
-func (s *Source) session(ctx context.Context, cli *containerd.Client) error {
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	vctx, vcancel := context.WithTimeout(sctx, 5*time.Second)
+// subscribe checks that containerd answers (within 5 s) and subscribes to
+// the topics above.
+func subscribe(ctx context.Context, cli *containerd.Client) (<-chan *events.Envelope, <-chan error, error) {
+	vctx, vcancel := context.WithTimeout(ctx, 5*time.Second)
 	_, err := cli.Version(vctx)
 	vcancel()
 	if err != nil {
-		return fmt.Errorf("containerd version: %w", err)
+		return nil, nil, fmt.Errorf("containerd version: %w", err)
 	}
-	envs, errs := cli.Subscribe(sctx, topics...)
-	d := endpoint.NewDispatcher(s.cfg.Workers, func(key string) error {
-		ns, id, _ := cut(key)
-		return s.refresh(sctx, cli, ns, id)
-	})
-	defer func() { cancel(); d.Stop() }() // cancel first: in-flight refreshes must not outlive the session
-	readErr := make(chan error, 1)
-	go func() {
-		for {
-			select {
-			case env := <-envs:
-				if env == nil || !s.watched(env.Namespace) {
-					continue
-				}
-				if id := containerOf(env.Event); id != "" {
-					d.Push(env.Namespace + "/" + id)
-				}
-			case err := <-errs:
-				if err == nil {
-					err = errors.New("event stream closed")
-				}
-				readErr <- err
-				return
-			}
-		}
-	}()
-	if err := s.resync(sctx, cli); err != nil {
-		return fmt.Errorf("resync: %w", err)
+	envs, errs := cli.Subscribe(ctx, topics...)
+	return envs, errs, nil
+}
+
+// keyOf returns "ns/id" of the container an event of a watched namespace
+// concerns, or "".
+func (s *Source) keyOf(env *events.Envelope) string {
+	if env == nil || !s.watched(env.Namespace) {
+		return ""
 	}
-	s.syncOnce.Do(func() { close(s.synced) })
-	d.Start()
-	var recheck <-chan time.Time
-	if s.cfg.RecheckInterval > 0 {
-		t := time.NewTicker(s.cfg.RecheckInterval)
-		defer t.Stop()
-		recheck = t.C
+	if id := containerOf(env.Event); id != "" {
+		return env.Namespace + "/" + id
 	}
-	for {
-		select {
-		case err := <-readErr:
-			return fmt.Errorf("event stream: %w", err)
-		case err := <-d.Failed():
-			return err
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-recheck:
-			keys, err := s.listKeys(sctx, cli)
-			if err != nil {
-				return fmt.Errorf("recheck: %w", err)
-			}
-			s.mu.Lock()
-			for k := range s.ctrs {
-				keys = append(keys, k)
-			}
-			s.mu.Unlock()
-			for _, k := range keys {
-				d.Push(k)
-			}
-		}
+	return ""
+}
+
+// recheckKeys returns every listed and every known container key.
+func (s *Source) recheckKeys(ctx context.Context, cli *containerd.Client) ([]string, error) {
+	keys, err := s.listKeys(ctx, cli)
+	if err != nil {
+		return nil, err
 	}
+	s.mu.Lock()
+	for k := range s.ctrs {
+		keys = append(keys, k)
+	}
+	s.mu.Unlock()
+	return keys, nil
 }
 
 // listKeys lists "ns/id" of every container in the watched namespaces.
@@ -342,19 +306,10 @@ func (s *Source) resync(ctx context.Context, cli *containerd.Client) error {
 		err     error
 	}
 	res := make([]result, len(items))
-	sem := make(chan struct{}, s.cfg.Workers)
-	var wg sync.WaitGroup
-	for i, it := range items {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			r := &res[i]
-			r.rec, r.pending, r.ino, r.err = s.read(ctx, cli, it.ns, it.id)
-		}()
-	}
-	wg.Wait()
+	endpoint.Parallel(len(items), s.cfg.Workers, func(i int) {
+		r := &res[i]
+		r.rec, r.pending, r.ino, r.err = s.read(ctx, cli, items[i].ns, items[i].id)
+	})
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ctrs := map[string]*record{}

@@ -144,39 +144,26 @@ func (s *Source) Run(ctx context.Context) error {
 	}
 	defer cli.Close()
 
-	qctx, qcancel := context.WithCancel(context.Background())
-	qdone := make(chan struct{})
-	go func() { s.queue.Run(qctx); close(qdone) }()
-	defer func() {
-		// Let the consumer drain what is queued before closing Events? No:
-		// cancellation is the consumer's own request to stop.
-		qcancel()
-		<-qdone
-	}()
-
-	backoff := s.cfg.MinBackoff
-	for first := true; ; first = false {
-		if !first {
+	f := &endpoint.Follower[events.Message]{
+		Queue: s.queue, Log: s.log, Peer: "dockerd",
+		MinBackoff: s.cfg.MinBackoff, MaxBackoff: s.cfg.MaxBackoff,
+		Workers: s.cfg.Workers, RecheckInterval: s.cfg.RecheckInterval,
+		Stream: "events stream",
+		Subscribe: func(ctx context.Context) (<-chan events.Message, <-chan error, error) {
+			return subscribe(ctx, cli)
+		},
+		Key:     containerOf,
+		Resync:  func(ctx context.Context) error { return s.resync(ctx, cli) },
+		Refresh: func(ctx context.Context, id string) error { return s.refresh(ctx, cli, id) },
+		Recheck: func(ctx context.Context) ([]string, error) { return s.recheckIDs(ctx, cli) },
+		Synced:  func() { s.syncOnce.Do(func() { close(s.synced) }) },
+		Reconnected: func() {
 			s.statsMu.Lock()
 			s.reconnects++
 			s.statsMu.Unlock()
-		}
-		start := time.Now()
-		err := s.session(ctx, cli)
-		if ctx.Err() != nil {
-			return nil
-		}
-		if time.Since(start) > 10*time.Second {
-			backoff = s.cfg.MinBackoff
-		}
-		s.log.Warn("lost dockerd; reconnecting", "err", err, "backoff", backoff)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, s.cfg.MaxBackoff)
+		},
 	}
+	return f.Run(ctx)
 }
 
 var eventFilter = func() filters.Args {
@@ -187,80 +174,36 @@ var eventFilter = func() filters.Args {
 	return f
 }()
 
-// session is one connection: subscribe, resync, follow. It returns when the
-// stream breaks or ctx is done.
-func (s *Source) session(ctx context.Context, cli *client.Client) error {
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	if _, err := cli.Ping(sctx); err != nil {
-		return fmt.Errorf("ping dockerd: %w", err)
+// subscribe checks that dockerd answers and subscribes to its events, with
+// a Since a second in the past (see the package doc).
+func subscribe(ctx context.Context, cli *client.Client) (<-chan events.Message, <-chan error, error) {
+	if _, err := cli.Ping(ctx); err != nil {
+		return nil, nil, fmt.Errorf("ping dockerd: %w", err)
 	}
 	since := time.Now().Add(-time.Second)
-	msgs, errs := cli.Events(sctx, events.ListOptions{
+	msgs, errs := cli.Events(ctx, events.ListOptions{
 		Filters: eventFilter,
 		Since:   strconv.FormatInt(since.Unix(), 10) + "." + fmt.Sprintf("%09d", since.Nanosecond()),
 	})
-	d := endpoint.NewDispatcher(s.cfg.Workers, func(id string) error { return s.refresh(sctx, cli, id) })
-	defer func() { cancel(); d.Stop() }() // cancel first: in-flight refreshes must not outlive the session
+	return msgs, errs, nil
+}
 
-	readErr := make(chan error, 1)
-	go func() {
-		for {
-			select {
-			case m := <-msgs:
-				if id := containerOf(m); id != "" {
-					d.Push(id)
-				}
-			case err := <-errs:
-				if err == nil {
-					err = errors.New("events stream closed")
-				}
-				readErr <- err
-				return
-			}
-		}
-	}()
-
-	if err := s.resync(sctx, cli); err != nil {
-		return fmt.Errorf("resync: %w", err)
+// recheckIDs returns every known and every listed container id.
+func (s *Source) recheckIDs(ctx context.Context, cli *client.Client) ([]string, error) {
+	list, err := cli.ContainerList(ctx, container.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list containers: %w", err)
 	}
-	s.syncOnce.Do(func() { close(s.synced) })
-	d.Start()
-	var recheck <-chan time.Time
-	if s.cfg.RecheckInterval > 0 {
-		t := time.NewTicker(s.cfg.RecheckInterval)
-		defer t.Stop()
-		recheck = t.C
+	s.mu.Lock()
+	ids := make([]string, 0, len(s.ctrs)+len(list))
+	for id := range s.ctrs {
+		ids = append(ids, id)
 	}
-	for {
-		select {
-		case err := <-readErr:
-			return fmt.Errorf("events stream: %w", err)
-		case err := <-d.Failed():
-			return err
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-recheck:
-			// Through the dispatcher, so a recheck never races a
-			// container's own events.
-			list, err := cli.ContainerList(sctx, container.ListOptions{})
-			if err != nil {
-				return fmt.Errorf("recheck: list containers: %w", err)
-			}
-			s.mu.Lock()
-			ids := make([]string, 0, len(s.ctrs)+len(list))
-			for id := range s.ctrs {
-				ids = append(ids, id)
-			}
-			s.mu.Unlock()
-			for _, c := range list {
-				ids = append(ids, c.ID)
-			}
-			for _, id := range ids {
-				d.Push(id)
-			}
-		}
+	s.mu.Unlock()
+	for _, c := range list {
+		ids = append(ids, c.ID)
 	}
+	return ids, nil
 }
 
 func containerOf(m events.Message) string {
@@ -282,18 +225,9 @@ func (s *Source) resync(ctx context.Context, cli *client.Client) error {
 	}
 	recs := make([]*record, len(list))
 	errs := make([]error, len(list))
-	sem := make(chan struct{}, s.cfg.Workers)
-	var wg sync.WaitGroup
-	for i, c := range list {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			recs[i], errs[i] = s.inspect(ctx, cli, c.ID)
-		}()
-	}
-	wg.Wait()
+	endpoint.Parallel(len(list), s.cfg.Workers, func(i int) {
+		recs[i], errs[i] = s.inspect(ctx, cli, list[i].ID)
+	})
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ctrs := map[string]*record{}

@@ -1,0 +1,171 @@
+package endpoint
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// Follower is how a runtime source (runtime/docker, runtime/containerd)
+// follows its runtime: the reconnect loop and, per connection, the session
+// (subscribe first, resync in full, then refresh each container its events
+// name, in order, through a Dispatcher, plus the periodic recheck). Both
+// runtimes follow the same protocol, so it lives here once; a source fills in
+// the runtime-specific parts. M is the runtime's event message type.
+type Follower[M any] struct {
+	// Queue delivers the source's events; Run runs it and stops it (closing
+	// its Events) when Run returns.
+	Queue *Queue[Event]
+	// Log gets the reconnect warnings; Peer names the runtime in them
+	// ("dockerd", "containerd").
+	Log  *slog.Logger
+	Peer string
+	// MinBackoff and MaxBackoff bound the reconnect delay.
+	MinBackoff, MaxBackoff time.Duration
+	// Workers is how many containers are refreshed at once.
+	Workers int
+	// RecheckInterval is how often Recheck's containers are refreshed again
+	// (0 or negative: never).
+	RecheckInterval time.Duration
+	// Stream names the event stream in errors ("events stream").
+	Stream string
+
+	// Subscribe checks that the runtime answers and opens its event stream.
+	// It is called before Resync, so nothing that happens during the
+	// resync is missed.
+	Subscribe func(ctx context.Context) (<-chan M, <-chan error, error)
+	// Key returns the container key an event concerns ("" to ignore it).
+	Key func(M) string
+	// Resync lists every container and makes the table hold exactly their
+	// endpoints.
+	Resync func(ctx context.Context) error
+	// Refresh re-reads one container and reports what changed; an error
+	// means the runtime is unreachable (the session ends).
+	Refresh func(ctx context.Context, key string) error
+	// Recheck returns the keys to push through the dispatcher on every
+	// recheck tick: the listed and the known containers.
+	Recheck func(ctx context.Context) ([]string, error)
+	// Synced is called after every successful resync; Reconnected before
+	// every session after the first.
+	Synced, Reconnected func()
+}
+
+// Run follows the runtime, session after session, until ctx is done, and
+// returns nil then. A session that lasted over 10 s resets the backoff.
+func (f *Follower[M]) Run(ctx context.Context) error {
+	qctx, qcancel := context.WithCancel(context.Background())
+	qdone := make(chan struct{})
+	go func() { f.Queue.Run(qctx); close(qdone) }()
+	// Not drained before Events closes: cancellation is the consumer's own
+	// request to stop.
+	defer func() { qcancel(); <-qdone }()
+
+	backoff := f.MinBackoff
+	for first := true; ; first = false {
+		if !first && f.Reconnected != nil {
+			f.Reconnected()
+		}
+		start := time.Now()
+		err := f.session(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if time.Since(start) > 10*time.Second {
+			backoff = f.MinBackoff
+		}
+		f.Log.Warn("lost "+f.Peer+"; reconnecting", "err", err, "backoff", backoff)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, f.MaxBackoff)
+	}
+}
+
+// session is one connection: subscribe, resync, follow. It returns when the
+// stream breaks, a refresh finds the runtime unreachable, or ctx is done.
+func (f *Follower[M]) session(ctx context.Context) error {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	msgs, errs, err := f.Subscribe(sctx)
+	if err != nil {
+		return err
+	}
+	d := NewDispatcher(f.Workers, func(key string) error { return f.Refresh(sctx, key) })
+	defer func() { cancel(); d.Stop() }() // cancel first: in-flight refreshes must not outlive the session
+
+	// The reader never does slow work: the runtime drops events for readers
+	// that fall behind, and Push never blocks.
+	readErr := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case m := <-msgs:
+				if key := f.Key(m); key != "" {
+					d.Push(key)
+				}
+			case err := <-errs:
+				if err == nil {
+					err = errors.New(f.Stream + " closed")
+				}
+				readErr <- err
+				return
+			}
+		}
+	}()
+
+	if err := f.Resync(sctx); err != nil {
+		return fmt.Errorf("resync: %w", err)
+	}
+	if f.Synced != nil {
+		f.Synced()
+	}
+	d.Start()
+	var recheck <-chan time.Time
+	if f.RecheckInterval > 0 {
+		t := time.NewTicker(f.RecheckInterval)
+		defer t.Stop()
+		recheck = t.C
+	}
+	for {
+		select {
+		case err := <-readErr:
+			return fmt.Errorf("%s: %w", f.Stream, err)
+		case err := <-d.Failed():
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-recheck:
+			// Through the dispatcher, so a recheck never races a
+			// container's own events.
+			keys, err := f.Recheck(sctx)
+			if err != nil {
+				return fmt.Errorf("recheck: %w", err)
+			}
+			for _, k := range keys {
+				d.Push(k)
+			}
+		}
+	}
+}
+
+// Parallel calls f(0) .. f(n-1), at most workers at once, and returns when
+// all have returned (the sources read containers in parallel on a resync).
+func Parallel(n, workers int, f func(i int)) {
+	sem := make(chan struct{}, max(workers, 1))
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			f(i)
+		}()
+	}
+	wg.Wait()
+}
