@@ -5,7 +5,10 @@
 // (the reference evaluator that the datapath is tested against).
 //
 // The front end is a staged pipeline, in the manner of HCL tools: every file
-// of a set is parsed with one hclparse.Parser; the syntax tree is walked into
+// of a set is parsed into HCL's syntax tree (by a subset parser when the file
+// is plain data, as policy files are: parse_fast.go, several times faster
+// than HCL's lexer and parser, checked against them; by HCL otherwise, which
+// gives every syntax diagnostic); the syntax tree is walked into
 // the plain types of types.go (Set, Policy, Rule, Selector, ...) checking
 // each value where it stands, so that every diagnostic carries the
 // file:line:col of the offending attribute, list element or selector term;

@@ -15,14 +15,14 @@ import (
 // HCL's lexer and general expression parser are most of the cost of loading
 // a large policy set; this subset parser is several times faster.
 //
-// The subset: printable ASCII, tabs and '\n' (no '\r'), without "${", "%{", "<<" or "/*";
-// blocks with quoted labels and a body on the following lines (or {}); attributes
-// whose value is a quoted string, whole number, true, false, null, a list of
-// those or a map with quoted or bare keys; strings with no escapes but \\ and \";
-// '#' and '//' comments. Anything else, any
-// syntax error included, returns ok=false and the caller parses the file
-// with HCL itself, so that every diagnostic of the syntax is HCL's own.
-// parse_fast_test.go checks the trees against HCL's.
+// The subset: printable ASCII, tabs and '\n' (no '\r'), without "${", "%{",
+// "<<" or "/*"; blocks with quoted labels and a body on the following lines
+// (or {}); attributes whose value is a quoted string, whole number, true,
+// false, null, a list of those or a map with quoted or bare keys; no string
+// escapes but \\ and \"; '#' and '//' comments. Anything else, any syntax
+// error included, returns ok=false and the caller parses the file with HCL
+// itself, so that every syntax diagnostic is HCL's own. parse_fast_test.go
+// checks the trees against HCL's.
 func fastParse(src []byte, filename string) (body *hclsyntax.Body, ok bool) {
 	for _, c := range src {
 		if c >= 0x7f || c < 0x20 && c != '\n' && c != '\t' {
@@ -36,9 +36,10 @@ func fastParse(src []byte, filename string) (body *hclsyntax.Body, ok bool) {
 	}
 	p := &fastParser{src: src, file: filename, line: 1, names: map[string]string{}}
 	defer func() {
-		// A failed parse unwinds with errFallback from anywhere below.
+		// A failed parse unwinds with a fallback panic from anywhere
+		// below; any other panic is a bug and goes on.
 		if r := recover(); r != nil {
-			if r != errFallback {
+			if _, is := r.(fallback); !is {
 				panic(r)
 			}
 			body, ok = nil, false
@@ -48,17 +49,16 @@ func fastParse(src []byte, filename string) (body *hclsyntax.Body, ok bool) {
 	return body, true
 }
 
+// fallback is the panic value that unwinds fastParse when the input leaves
+// the subset.
 type fallback struct{}
-
-// errFallback unwinds fastParse when the input leaves the subset.
-var errFallback = &fallback{}
 
 type fastParser struct {
 	src       []byte
 	file      string
-	pos       int // byte offset
-	line      int // 1-based line of pos
-	lineStart int // byte offset of that line's first byte
+	pos       int               // byte offset
+	line      int               // 1-based line of pos
+	lineStart int               // byte offset of that line's first byte
 	names     map[string]string // identifiers seen, to share one string each
 	depth     int               // nesting of blocks and collections
 }
@@ -73,7 +73,7 @@ func (p *fastParser) enter() {
 	}
 }
 
-func (p *fastParser) fail() { panic(errFallback) }
+func (p *fastParser) fail() { panic(fallback{}) }
 
 func (p *fastParser) at() hcl.Pos {
 	return hcl.Pos{Line: p.line, Column: p.pos - p.lineStart + 1, Byte: p.pos}

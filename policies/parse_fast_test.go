@@ -14,7 +14,7 @@ import (
 
 // fastParseSources is every policy file the tests know: testdata, the
 // benchmark sets and hand-written cases at the edges of the subset.
-func fastParseSources(t *testing.T) map[string][]byte {
+func fastParseSources(t testing.TB) map[string][]byte {
 	out := map[string][]byte{}
 	for _, pattern := range []string{"testdata/valid/*.hcl", "testdata/invalid/*.hcl", "testdata/invalid/*/*.hcl", "testdata/semantics/*.hcl", "testdata/golden/*.hcl"} {
 		files, _ := filepath.Glob(pattern)
@@ -150,6 +150,32 @@ func TestFastParseMatchesHCL(t *testing.T) {
 			}
 		}
 	}
+}
+
+// FuzzFastParse looks for input that the subset parser accepts but parses
+// differently from HCL (seeds: every file of fastParseSources).
+func FuzzFastParse(f *testing.F) {
+	for _, src := range fastParseSources(f) {
+		if len(src) < 3000 {
+			f.Add(src)
+		}
+	}
+	f.Fuzz(func(t *testing.T, src []byte) {
+		body, ok := fastParse(src, "f.hcl")
+		if !ok {
+			return
+		}
+		hf, diags := hclsyntax.ParseConfig(src, "f.hcl", hcl.InitialPos)
+		if diags.HasErrors() {
+			t.Fatalf("subset parser accepted what HCL rejects: %v", diags)
+		}
+		want := hf.Body.(*hclsyntax.Body)
+		clearBodyRanges(want)
+		clearBodyRanges(body)
+		if !reflect.DeepEqual(body, want) {
+			t.Fatal("tree differs from HCL's")
+		}
+	})
 }
 
 // clearBodyRanges zeroes the bodies' own ranges, which the subset parser
