@@ -8,9 +8,14 @@ import (
 // bpf/include/membrane.h (TestMarkLayoutMatchesDatapath keeps them equal).
 // The top byte is a magic that says what the low bits mean:
 //
-//	to proxy   0xb6000000 | proxy port        set by the datapath on packets it
-//	                                          redirects to the proxy; the
+//	to proxy   0xb6000000 | egress flag       set by the datapath on packets it
+//	           (1<<16) | proxy port (low 16)  redirects to the proxy; the
 //	                                          policy-routing rule matches it
+//	                                          (on the magic only). The egress
+//	                                          flag (MARK_TO_PROXY_EGRESS) is
+//	                                          set when the redirect was for the
+//	                                          container's egress, clear for its
+//	                                          ingress
 //	from proxy 0xb7000000 | source identity   set by the proxy with SO_MARK on
 //	                       (low 24 bits)      its upstream sockets; the
 //	                                          destination's program takes the
@@ -27,7 +32,9 @@ const (
 )
 
 // ToProxyMark is the mark the datapath sets on a packet it redirects to the
-// proxy listening on port.
+// proxy listening on port, for a container's ingress; an egress redirect
+// also carries bit 16 (ToProxyMark(port) | 1<<16). Match the magic
+// (MarkMagicMask), not the whole mark.
 func ToProxyMark(port uint16) uint32 {
 	return MarkMagicToProxy | uint32(port)
 }
