@@ -19,6 +19,7 @@ import (
 
 	"github.com/membrane-fw/membrane/daemon/api"
 	"github.com/membrane-fw/membrane/internal/testenv"
+	"github.com/membrane-fw/membrane/policies"
 )
 
 // membraned is built once for the test binary (TestMain).
@@ -386,4 +387,111 @@ func TestNomadExampleMatrix(t *testing.T) {
 		cell("batch", "frontend", false),
 		cell("batch", "db", false),
 	})
+}
+
+// readmeHCL returns the ```hcl blocks of a Markdown file, each padded with
+// blank lines so that a diagnostic's line is the line in the file.
+func readmeHCL(t *testing.T, path string) []policies.Source {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		out   []policies.Source
+		block *strings.Builder
+		start int
+	)
+	for i, line := range strings.Split(string(b), "\n") {
+		trimmed := strings.TrimSpace(line)
+		switch {
+		case block == nil && trimmed == "```hcl":
+			block, start = &strings.Builder{}, i+2
+			block.WriteString(strings.Repeat("\n", i+1))
+		case block != nil && trimmed == "```":
+			out = append(out, policies.Source{Name: fmt.Sprintf("%s (block at line %d)", path, start), Bytes: []byte(block.String())})
+			block = nil
+		case block != nil:
+			block.WriteString(line + "\n")
+		}
+	}
+	if block != nil {
+		t.Fatalf("%s: an ```hcl block is never closed", path)
+	}
+	return out
+}
+
+// The policy the README shows a newcomer must load as written. Each block
+// is a set of its own (a file one would drop into policies.d).
+func TestReadmePolicyIsValid(t *testing.T) {
+	blocks := readmeHCL(t, "../README.md")
+	if len(blocks) == 0 {
+		t.Fatal("README.md has no ```hcl block; this test would check nothing")
+	}
+	for _, src := range blocks {
+		set, rep := policies.Parse(src)
+		for _, d := range rep.Warnings() {
+			t.Logf("%s: %v", src.Name, d)
+		}
+		if rep.HasErrors() || set == nil {
+			t.Errorf("%s is not a valid policy file:\n%v", src.Name, rep.Err())
+			continue
+		}
+		if len(set.Policies) == 0 || len(set.Rules()) == 0 {
+			t.Errorf("%s: parsed to %d policies and %d rules; the README shows a policy with rules", src.Name, len(set.Policies), len(set.Rules()))
+		}
+	}
+}
+
+// `membrane policy check examples/` semantics through the policies API:
+// every directory under examples/ that holds policy files (*.hcl other than
+// the daemon's membrane.hcl and Nomad's *.nomad.hcl) is a set of its own,
+// and each must be valid. The three policy directories the examples'
+// READMEs point at must be among them, with their files.
+func TestExamplesDirectoryChecks(t *testing.T) {
+	sets := map[string][]string{}
+	err := filepath.WalkDir(".", func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() {
+			return nil
+		}
+		if p != "." && strings.HasPrefix(d.Name(), ".") {
+			return filepath.SkipDir
+		}
+		all, err := policies.ListDir(p)
+		if err != nil {
+			return err
+		}
+		for _, f := range all {
+			name := filepath.Base(f)
+			if name == "membrane.hcl" || strings.HasSuffix(name, ".nomad.hcl") {
+				continue
+			}
+			sets[p] = append(sets[p], f)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"policies", "compose/policies", "nomad/policies"} {
+		if len(sets[want]) == 0 {
+			t.Errorf("examples/%s holds no policy files (sets found: %v)", want, sets)
+		}
+	}
+	for dir, files := range sets {
+		set, rep := policies.Load(files...)
+		for _, d := range rep.Warnings() {
+			t.Logf("examples/%s: %v", dir, d)
+		}
+		if rep.HasErrors() || set == nil {
+			t.Errorf("examples/%s is not a valid policy set:\n%v", dir, rep.Err())
+			continue
+		}
+		if len(rep.Files) != len(files) || len(set.Policies) < len(files) {
+			t.Errorf("examples/%s: %d files loaded of %d, %d policies", dir, len(rep.Files), len(files), len(set.Policies))
+		}
+	}
 }
