@@ -138,8 +138,8 @@ func TestFastParseMatchesHCL(t *testing.T) {
 	sort.Strings(names)
 	for k, name := range names {
 		src := srcs[name]
-		if k%4 != 0 && !strings.HasPrefix(name, "case/") {
-			continue // a quarter of testdata keeps the test near a second
+		if k%8 != 0 && !strings.HasPrefix(name, "case/") {
+			continue // an eighth of testdata keeps the test near a second; FuzzFastParse explores further
 		}
 		for i := 0; i <= len(src); i++ {
 			if i < len(src) {
