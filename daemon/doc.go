@@ -32,9 +32,25 @@
 //   - a periodic full resync rewrites everything from scratch (idempotent)
 //     and prunes what is no longer wanted; conntrack GC runs with it.
 //
+// The L7 proxy (l7.go) starts before the reconcile loop: the policy
+// routing (proxy.DefaultRouting) and bpf.PrepareProxyPath are installed, and
+// the engine of the config's l7 block (built-in: a transparent listener on
+// l7.port, default 15001; envoy: a managed Envoy fed over xDS) listens
+// before any policy with a proxy port is written. Every policy entry with
+// an L7 ruleset gets the engine's port; every new model or ipcache goes to
+// the engine as a proxy.ModelResolver, so the next request on every
+// connection, kept-alive ones too, meets the current rules. Each managed
+// veth's bridge gets the bridge program and is written into the veth's
+// endpoint entry (the redirect target). Each request's verdict becomes an
+// "l7" flow for `membrane observe --type l7`; the engine's collectors are
+// in the metrics registry. An engine that cannot start is a status
+// problem: redirected connections then find no listener and are dropped
+// (fail-closed), everything else runs.
+//
 // READY=1 goes to systemd after the first full reconcile, which waits for
 // the runtime sources' first list and the link watcher's first scan.
 // Cancellation of Run's context is the normal way to stop: pins and
 // attachments stay (SIGTERM never drops protection); Cleanup removes them
-// (package removal).
+// (package removal): CleanupDatapath (pins, container and bridge programs)
+// and CleanupL7 (routing, nftables table, Envoy run directory).
 package daemon

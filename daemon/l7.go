@@ -96,6 +96,21 @@ func (p *l7) close() {
 // proxyPort is the datapath's proxy port for every L7 ruleset.
 func (p *l7) proxyPort(uint32) uint16 { return p.engine.Port() }
 
+// l7Name and l7Port are what status shows.
+func (r *reconciler) l7Name() string {
+	if r.l7 == nil {
+		return ""
+	}
+	return r.l7.engine.Name()
+}
+
+func (r *reconciler) l7Port() uint16 {
+	if r.l7 == nil {
+		return 0
+	}
+	return r.l7.engine.Port()
+}
+
 // cleanupL7 removes what startL7 set up on the host (--cleanup).
 func cleanupL7() error {
 	var errs []error
@@ -128,8 +143,29 @@ func (r *reconciler) attachBridge(master int) {
 	if err == nil {
 		r.l7.bridges[master] = true
 		if l, lerr := net.InterfaceByIndex(master); lerr == nil {
-			r.log.Info("L7 bridge program attached", "bridge", l.Name, "ifindex", master)
+			r.log.Debug("L7 bridge program attached", "bridge", l.Name, "ifindex", master)
 		}
+	}
+}
+
+// pruneBridges removes the bridge program's pins of bridges that are gone
+// (a deleted Docker network), on full resyncs.
+func (r *reconciler) pruneBridges() {
+	if r.l7 == nil {
+		return
+	}
+	atts, err := r.dp.Bridges()
+	if err != nil {
+		r.log.Warn("listing bridge attachments", "err", err)
+		return
+	}
+	for _, a := range atts {
+		if _, err := net.InterfaceByIndex(a.Ifindex); err == nil {
+			continue
+		}
+		r.problem(fmt.Sprintf("bridge/%d", a.Ifindex), "detach-bridge", r.dp.DetachBridge(a.Ifindex))
+		delete(r.problems, fmt.Sprintf("bridge/%d", a.Ifindex))
+		delete(r.l7.bridges, a.Ifindex)
 	}
 }
 

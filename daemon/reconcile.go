@@ -796,6 +796,7 @@ func (r *reconciler) fullSync(why string) {
 		}
 		delete(r.problems, "sources")
 	}
+	r.pruneBridges()
 	if n, err := r.dp.GC(time.Now()); err != nil {
 		r.log.Warn("conntrack gc", "err", err)
 	} else if n > 0 {

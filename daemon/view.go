@@ -178,6 +178,7 @@ func (r *reconciler) publish() {
 		Endpoints: len(r.eps), Identities: r.ids.Len(), Policies: nPol, Rules: nRules,
 		PolicyRevision: r.revision, PolicyDir: r.cfg.PolicyDir, LastPolicyError: r.policyErr,
 		Enforcement: r.cfg.Enforcement, Audit: r.cfg.Audit, Attach: r.cfg.Attach, Errors: problems,
+		L7Engine: r.l7Name(), L7Port: r.l7Port(),
 	}
 	v.policy = api.Policy{Revision: r.revision, Dir: r.cfg.PolicyDir, LoadedAt: r.setLoaded, Files: r.setFiles, LastPolicyError: r.policyErr, Policies: []api.PolicySummary{}}
 	if v.policy.Files == nil {

@@ -44,6 +44,11 @@ func newStatusCmd() *cobra.Command {
 					mode += ", audit"
 				}
 				fmt.Fprintf(w, "enforcement: %s\n", mode)
+				if st.L7Engine != "" {
+					fmt.Fprintf(w, "l7 proxy:    %s on port %d\n", st.L7Engine, st.L7Port)
+				} else {
+					fmt.Fprintf(w, "l7 proxy:    not running\n")
+				}
 				if st.LastPolicyError != nil {
 					fmt.Fprintf(w, "policy error: %s (%s)\n", st.LastPolicyError.Message, st.LastPolicyError.Time.Local().Format(time.DateTime))
 					for _, d := range st.LastPolicyError.Diagnostics {

@@ -30,6 +30,10 @@ type Status struct {
 	Enforcement string `json:"enforcement"`
 	Audit       bool   `json:"audit"`
 	Attach      string `json:"attach,omitempty"`
+	// L7Engine is the running L7 proxy ("builtin", "envoy"; "" when it did
+	// not start: Errors says why) and L7Port its transparent listener.
+	L7Engine string `json:"l7_engine,omitempty"`
+	L7Port   uint16 `json:"l7_port,omitempty"`
 	// Errors lists current problems of the datapath (full maps, failed
 	// attachments, runtime connection loss).
 	Errors []string `json:"errors"`

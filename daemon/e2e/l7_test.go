@@ -88,6 +88,9 @@ func testL7(t *testing.T, engine string) {
 	e := newEnv(t, envOpts{metrics: metricsAddr, extraConfig: fmt.Sprintf("l7 {\n  engine = %q\n  port = %s\n}\n", engine, l7Port)})
 	e.writePolicy("api.hcl", l7PolicyWith("/public.*"))
 	e.startDaemon()
+	if st := e.status(); st.L7Engine != engine || strconv.Itoa(int(st.L7Port)) != l7Port {
+		t.Errorf("status shows l7 %q on %d, want %s on %s (problems %v)", st.L7Engine, st.L7Port, engine, l7Port, st.Errors)
+	}
 	hostPort := strings.TrimPrefix(freePort(t), "127.0.0.1:")
 	apiC := e.run("api", []string{"app=api"},
 		"mkdir -p /var/www && echo public > /var/www/public && echo secret > /var/www/secret; httpd -f -p 80 -h /var/www",
