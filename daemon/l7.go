@@ -54,19 +54,18 @@ func startL7(ctx context.Context, cfg *config.Config, log *slog.Logger, sink pro
 	port := uint16(cfg.L7.Port)
 	var eng proxy.Engine
 	if name == proxy.EngineEnvoy {
-		e, err := envoy.New(envoy.Config{Port: port, RunDir: envoyRunDir, EnvoyPath: envoyPath, Unit: cfg.L7.EnvoyUnit, Logger: log, Events: sink})
-		if err != nil {
+		e, err := startEnvoy(ctx, cfg, port, envoyPath, log, sink)
+		switch {
+		case err == nil:
+			eng = e
+		case cfg.L7.Engine == config.L7Auto && cfg.L7.EnvoyUnit == "":
+			// auto promises a working proxy: the built-in one it is.
+			log.Warn("envoy did not start; using the built-in L7 proxy", "err", err)
+		default:
 			return nil, err
 		}
-		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err = e.WaitReady(wctx)
-		cancel()
-		if err != nil {
-			e.Close()
-			return nil, err
-		}
-		eng = e
-	} else {
+	}
+	if eng == nil {
 		ls, err := proxy.ListenTransparent(ctx, port)
 		if err != nil {
 			return nil, fmt.Errorf("l7: listening on proxy port %d: %w", port, err)
@@ -82,6 +81,21 @@ func startL7(ctx context.Context, cfg *config.Config, log *slog.Logger, sink pro
 	}
 	log.Info("L7 proxy started", "engine", eng.Name(), "port", eng.Port())
 	return &l7{log: log, engine: eng, bridges: map[int]bool{}}, nil
+}
+
+func startEnvoy(ctx context.Context, cfg *config.Config, port uint16, envoyPath string, log *slog.Logger, sink proxy.EventSink) (*envoy.Engine, error) {
+	e, err := envoy.New(envoy.Config{Port: port, RunDir: envoyRunDir, EnvoyPath: envoyPath, Unit: cfg.L7.EnvoyUnit, Logger: log, Events: sink})
+	if err != nil {
+		return nil, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	err = e.WaitReady(wctx)
+	cancel()
+	if err != nil {
+		e.Close()
+		return nil, err
+	}
+	return e, nil
 }
 
 func (p *l7) close() {

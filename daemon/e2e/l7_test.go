@@ -231,3 +231,38 @@ func testL7(t *testing.T, engine string) {
 		}
 	}
 }
+
+// TestL7EngineDownFailsClosed: when the proxy cannot start (its port is
+// taken), status says so, connections that policy sends to the proxy are
+// dropped, and plain allows still pass.
+func TestL7EngineDownFailsClosed(t *testing.T) {
+	squat, err := net.Listen("tcp", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer squat.Close()
+	port := squat.Addr().(*net.TCPAddr).Port
+	e := newEnv(t, envOpts{extraConfig: fmt.Sprintf("l7 {\n  engine = \"builtin\"\n  port = %d\n}\n", port)})
+	e.writePolicy("api.hcl", l7PolicyWith("/public.*"))
+	e.startDaemon()
+	st := e.status()
+	if st.L7Engine != "" || !strings.Contains(strings.Join(st.Errors, "\n"), "proxy port") {
+		t.Errorf("status: l7 %q, problems %v; want no engine and the listen error", st.L7Engine, st.Errors)
+	}
+	apiC := e.run("api", []string{"app=api"}, "mkdir -p /var/www && echo public > /var/www/public; httpd -f -p 80 -h /var/www")
+	client := e.idle("client", "role=client")
+	admin := e.idle("admin", "role=client", "admin=yes")
+	for _, c := range []string{apiC, client, admin} {
+		e.endpoint(c)
+	}
+	apiAddr := net.JoinHostPort(e.ip(apiC), "80")
+	e.eventually("plain allow passes", 10*time.Second, func() error {
+		if s := e.httpStatus(admin, apiAddr, "GET", "/public"); s != 200 {
+			return fmt.Errorf("admin GET /public: %d", s)
+		}
+		return nil
+	})
+	if s := e.httpStatus(client, apiAddr, "GET", "/public"); s != 0 {
+		t.Errorf("client GET /public with the proxy down: status %d, want no connection", s)
+	}
+}
