@@ -53,17 +53,13 @@ type Source struct {
 	queue *endpoint.Queue[endpoint.Event]
 	table *endpoint.Table
 
-	syncOnce sync.Once
-	synced   chan struct{}
+	progress *endpoint.Progress
 
 	mu      sync.Mutex
 	ctrs    map[string]*record            // running containers by "ns/id"
 	pending map[uint64]endpoint.Container // created containers by their spec netns inode
 	byKey   map[string]uint64             // "ns/id" -> pending inode
 	owner   map[string]string             // "ns/id" -> endpoint id it was last part of
-
-	statsMu    sync.Mutex
-	reconnects int
 }
 
 type record struct {
@@ -101,7 +97,7 @@ func New(cfg Config) *Source {
 	q := endpoint.NewQueue[endpoint.Event]()
 	return &Source{
 		cfg: cfg, log: log.With("subsys", "runtime.containerd"),
-		queue: q, table: endpoint.NewTable(q), synced: make(chan struct{}),
+		queue: q, table: endpoint.NewTable(q), progress: endpoint.NewProgress(),
 		ctrs: map[string]*record{}, pending: map[uint64]endpoint.Container{},
 		byKey: map[string]uint64{},
 	}
@@ -116,14 +112,10 @@ func (s *Source) Events() <-chan endpoint.Event { return s.queue.Events() }
 func (s *Source) Snapshot() []endpoint.Endpoint { return s.table.Snapshot() }
 
 // Synced is closed after the first full list has been reported.
-func (s *Source) Synced() <-chan struct{} { return s.synced }
+func (s *Source) Synced() <-chan struct{} { return s.progress.Synced() }
 
 // Reconnects counts the sessions after the first.
-func (s *Source) Reconnects() int {
-	s.statsMu.Lock()
-	defer s.statsMu.Unlock()
-	return s.reconnects
-}
+func (s *Source) Reconnects() int { return s.progress.Reconnects() }
 
 // ContainerByNetns returns the endpoint whose netns has inode ino, or, for a
 // container created but not started yet, an endpoint holding just that
@@ -172,13 +164,8 @@ func (s *Source) Run(ctx context.Context) error {
 			ns, id, _ := cut(key)
 			return s.refresh(ctx, cli, ns, id)
 		},
-		Recheck: func(ctx context.Context) ([]string, error) { return s.recheckKeys(ctx, cli) },
-		Synced:  func() { s.syncOnce.Do(func() { close(s.synced) }) },
-		Reconnected: func() {
-			s.statsMu.Lock()
-			s.reconnects++
-			s.statsMu.Unlock()
-		},
+		Recheck:  func(ctx context.Context) ([]string, error) { return s.recheckKeys(ctx, cli) },
+		Progress: s.progress,
 	}
 	return f.Run(ctx)
 }
@@ -267,23 +254,13 @@ func containerOf(a typeurl.Any) string {
 	if err != nil {
 		return ""
 	}
+	// The task events name their container ContainerID (their ID is an
+	// exec's), the container events ID.
 	switch e := v.(type) {
-	case *apievents.TaskStart:
-		return e.ContainerID
-	case *apievents.TaskExit:
-		return e.ContainerID
-	case *apievents.TaskDelete:
-		return e.ContainerID
-	case *apievents.TaskPaused:
-		return e.ContainerID
-	case *apievents.TaskResumed:
-		return e.ContainerID
-	case *apievents.ContainerCreate:
-		return e.ID
-	case *apievents.ContainerUpdate:
-		return e.ID
-	case *apievents.ContainerDelete:
-		return e.ID
+	case *apievents.TaskStart, *apievents.TaskExit, *apievents.TaskDelete, *apievents.TaskPaused, *apievents.TaskResumed:
+		return e.(interface{ GetContainerID() string }).GetContainerID()
+	case *apievents.ContainerCreate, *apievents.ContainerUpdate, *apievents.ContainerDelete:
+		return e.(interface{ GetID() string }).GetID()
 	}
 	return ""
 }

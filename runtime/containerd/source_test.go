@@ -2,12 +2,9 @@ package containerd
 
 import (
 	"context"
-	"log/slog"
 	"net/netip"
-	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,81 +18,17 @@ import (
 
 	"github.com/membrane-fw/membrane/internal/testenv"
 	"github.com/membrane-fw/membrane/runtime/endpoint"
-	"github.com/membrane-fw/membrane/runtime/linkwatch"
+	"github.com/membrane-fw/membrane/runtime/internal/runtimetest"
 )
 
-type collector struct {
-	mu     sync.Mutex
-	evs    []endpoint.Event
-	state  map[string]endpoint.Endpoint
-	notify chan struct{}
-}
-
-func startSource(t *testing.T, cfg Config) (*Source, *collector) {
+func startSource(t *testing.T, cfg Config) (*Source, *runtimetest.Collector) {
 	t.Helper()
-	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	cfg.Logger = runtimetest.Logger()
 	src := New(cfg)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := src.Run(ctx); err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
-	c := &collector{state: map[string]endpoint.Endpoint{}, notify: make(chan struct{}, 1)}
-	cdone := make(chan struct{})
-	go func() {
-		defer close(cdone)
-		for ev := range src.Events() {
-			c.mu.Lock()
-			c.evs = append(c.evs, ev)
-			if ev.Type == endpoint.Removed {
-				delete(c.state, ev.Endpoint.ID)
-			} else {
-				c.state[ev.Endpoint.ID] = ev.Endpoint
-			}
-			c.mu.Unlock()
-			select {
-			case c.notify <- struct{}{}:
-			default:
-			}
-		}
-	}()
-	t.Cleanup(func() { cancel(); <-done; <-cdone })
-	select {
-	case <-src.Synced():
-	case <-time.After(30 * time.Second):
-		t.Fatal("source did not sync")
-	}
-	return src, c
+	return src, runtimetest.StartSource(t, src, 30*time.Second)
 }
 
-func (c *collector) waitFor(t *testing.T, what string, cond func(map[string]endpoint.Endpoint) bool) {
-	t.Helper()
-	deadline := time.After(30 * time.Second)
-	for {
-		c.mu.Lock()
-		ok := cond(c.state)
-		c.mu.Unlock()
-		if ok {
-			return
-		}
-		select {
-		case <-c.notify:
-		case <-time.After(100 * time.Millisecond):
-		case <-deadline:
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
-}
-
-func sh(t *testing.T, args ...string) {
-	t.Helper()
-	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-		t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
-	}
-}
+func sh(t *testing.T, args ...string) { t.Helper(); runtimetest.Run(t, args...) }
 
 // TestContainerdEndpoints creates containers through the containerd client
 // in a namespace of the test's own: one with a netns the test made (and then
@@ -126,7 +59,7 @@ func TestContainerdEndpoints(t *testing.T) {
 
 	// A short recheck: it must never report anything that did not change.
 	src, c := startSource(t, Config{Namespaces: []string{ns}, RecheckInterval: 200 * time.Millisecond})
-	_, lc := startLinkWatcher(t, src)
+	_, lc := runtimetest.StartLinkWatcher(t, src)
 
 	create := func(id string, labels map[string]string, netns ...oci.SpecOpts) containerd.Container {
 		t.Helper()
@@ -186,13 +119,12 @@ func TestContainerdEndpoints(t *testing.T) {
 	sideTask := start(side)
 
 	webID, hostID := ns+"/web-"+suffix, ns+"/hostnet-"+suffix
-	c.waitFor(t, "both endpoints", func(s map[string]endpoint.Endpoint) bool {
+	c.WaitFor(t, "both endpoints", func(s map[string]endpoint.Endpoint) bool {
 		_, b := s[hostID]
 		return len(s[webID].Containers) == 2 && b
 	})
-	c.mu.Lock()
-	ep, hep := c.state[webID], c.state[hostID]
-	c.mu.Unlock()
+	state := c.State()
+	ep, hep := state[webID], state[hostID]
 
 	hl, err := netlink.LinkByName(hostVeth)
 	if err != nil {
@@ -215,9 +147,7 @@ func TestContainerdEndpoints(t *testing.T) {
 	if ep.Containers[0].Pid != int(webTask.Pid()) || ep.Containers[1].ID != "side-"+suffix {
 		t.Fatalf("containers %+v, want web (pid %d) then side", ep.Containers, webTask.Pid())
 	}
-	c.mu.Lock()
-	_, own := c.state[ns+"/side-"+suffix]
-	c.mu.Unlock()
+	_, own := c.State()[ns+"/side-"+suffix]
 	if own {
 		t.Fatal("the sidecar sharing web's netns got an endpoint of its own")
 	}
@@ -228,7 +158,7 @@ func TestContainerdEndpoints(t *testing.T) {
 	if err := sideTask.Kill(ctx, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	c.waitFor(t, "web without the sidecar", func(s map[string]endpoint.Endpoint) bool {
+	c.WaitFor(t, "web without the sidecar", func(s map[string]endpoint.Endpoint) bool {
 		_, team := s[webID].Labels["team"]
 		return len(s[webID].Containers) == 1 && !team
 	})
@@ -239,45 +169,41 @@ func TestContainerdEndpoints(t *testing.T) {
 	// The link watcher named the container: it was known from its create
 	// event when the veth appeared.
 	var named bool
-	for _, ev := range lc.events() {
+	for _, ev := range lc.Events() {
 		if ev.Ifindex == hl.Attrs().Index && ev.EndpointID == webID && ev.Container.ID == "web-"+suffix {
 			named = true
 		}
 	}
 	if !named {
-		t.Fatalf("link watcher never named web for %s: %+v", hostVeth, lc.events())
+		t.Fatalf("link watcher never named web for %s: %+v", hostVeth, lc.Events())
 	}
 
 	// Task exit removes the endpoint; the container's delete forgets it.
 	if err := webTask.Kill(ctx, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	c.waitFor(t, "web removed after its task exits", func(s map[string]endpoint.Endpoint) bool {
+	c.WaitFor(t, "web removed after its task exits", func(s map[string]endpoint.Endpoint) bool {
 		_, ok := s[webID]
 		return !ok
 	})
 	var seq []endpoint.EventType
-	c.mu.Lock()
-	for _, ev := range c.evs {
+	for _, ev := range c.Events() {
 		if ev.Endpoint.ID == webID {
 			seq = append(seq, ev.Type)
 		}
 	}
-	c.mu.Unlock()
 	if len(seq) < 2 || seq[0] != endpoint.Added || seq[len(seq)-1] != endpoint.Removed {
 		t.Fatalf("web events %v", seq)
 	}
 	// The host-mode container never changed: across the rechecks it got
 	// exactly one event.
 	time.Sleep(500 * time.Millisecond)
-	c.mu.Lock()
 	var hostEvents []endpoint.EventType
-	for _, ev := range c.evs {
+	for _, ev := range c.Events() {
 		if ev.Endpoint.ID == hostID {
 			hostEvents = append(hostEvents, ev.Type)
 		}
 	}
-	c.mu.Unlock()
 	if len(hostEvents) != 1 || hostEvents[0] != endpoint.Added {
 		t.Fatalf("unchanged host endpoint got %v across rechecks", hostEvents)
 	}
@@ -290,11 +216,11 @@ func TestContainerdSkipsMoby(t *testing.T) {
 	testenv.RequireDocker(t)
 	img := testenv.BusyboxImage(t)
 	suffix := testenv.RandomSuffix(6)
-	id := strings.TrimSpace(run(t, "docker", "run", "-d", "--label", "membrane.test.runtime="+suffix, img, "sleep", "300"))
+	id := strings.TrimSpace(runtimetest.Run(t, "docker", "run", "-d", "--label", "membrane.test.runtime="+suffix, img, "sleep", "300"))
 	t.Cleanup(func() { _ = exec.Command("docker", "rm", "-f", id).Run() })
 
 	_, with := startSource(t, Config{Namespaces: []string{"moby"}})
-	with.waitFor(t, "the docker container in namespace moby", func(s map[string]endpoint.Endpoint) bool {
+	with.WaitFor(t, "the docker container in namespace moby", func(s map[string]endpoint.Endpoint) bool {
 		_, ok := s["moby/"+id]
 		return ok
 	})
@@ -304,48 +230,4 @@ func TestContainerdSkipsMoby(t *testing.T) {
 			t.Fatalf("SkipMoby source reported %s", ep.ID)
 		}
 	}
-}
-
-func run(t *testing.T, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
-
-type linkCollector struct {
-	mu  sync.Mutex
-	evs []linkwatch.Event
-}
-
-func (lc *linkCollector) events() []linkwatch.Event {
-	lc.mu.Lock()
-	defer lc.mu.Unlock()
-	return append([]linkwatch.Event(nil), lc.evs...)
-}
-
-func startLinkWatcher(t *testing.T, r linkwatch.Resolver) (*linkwatch.Watcher, *linkCollector) {
-	t.Helper()
-	w, err := linkwatch.New(linkwatch.Config{Resolvers: []linkwatch.Resolver{r}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = w.Run(ctx) }()
-	lc := &linkCollector{}
-	cdone := make(chan struct{})
-	go func() {
-		defer close(cdone)
-		for ev := range w.Events() {
-			lc.mu.Lock()
-			lc.evs = append(lc.evs, ev)
-			lc.mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() { cancel(); <-done; <-cdone })
-	<-w.Ready()
-	return w, lc
 }

@@ -61,15 +61,14 @@ services:
 		}
 		return endpoint.Endpoint{}, false
 	}
-	c.waitFor(t, "both compose services", func(s map[string]endpoint.Endpoint) bool {
+	c.WaitFor(t, "both compose services", func(s map[string]endpoint.Endpoint) bool {
 		_, a := find(s, "web")
 		_, b := find(s, "api")
 		return a && b
 	})
-	c.mu.Lock()
-	web, _ := find(c.state, "web")
-	api, _ := find(c.state, "api")
-	c.mu.Unlock()
+	state := c.State()
+	web, _ := find(state, "web")
+	api, _ := find(state, "api")
 	for _, ep := range []endpoint.Endpoint{web, api} {
 		if len(ep.Interfaces) != 1 || ep.Interfaces[0].Network != project+"_default" || ep.Interfaces[0].HostIfindex == 0 {
 			t.Fatalf("compose endpoint interfaces %+v", ep.Interfaces)
@@ -92,7 +91,7 @@ services:
 		t.Errorf("web labels %v", web.Labels)
 	}
 	composeCmd("down", "-t", "0")
-	c.waitFor(t, "compose endpoints removed", func(s map[string]endpoint.Endpoint) bool {
+	c.WaitFor(t, "compose endpoints removed", func(s map[string]endpoint.Endpoint) bool {
 		_, a := s[web.ID]
 		_, b := s[api.ID]
 		return !a && !b
@@ -122,14 +121,13 @@ func TestNomadPauseContainerPattern(t *testing.T) {
 	}
 	t1 := task("web")
 	t2 := task("envoy")
-	c.waitFor(t, "pause endpoint with two tasks", func(s map[string]endpoint.Endpoint) bool {
+	c.WaitFor(t, "pause endpoint with two tasks", func(s map[string]endpoint.Endpoint) bool {
 		return len(s[pause].Containers) == 3
 	})
-	c.mu.Lock()
-	ep := c.state[pause]
-	_, own1 := c.state[t1]
-	_, own2 := c.state[t2]
-	c.mu.Unlock()
+	state := c.State()
+	ep := state[pause]
+	_, own1 := state[t1]
+	_, own2 := state[t2]
 	if own1 || own2 {
 		t.Fatal("task containers got endpoints of their own")
 	}
@@ -151,7 +149,7 @@ func TestNomadPauseContainerPattern(t *testing.T) {
 	}
 	// With one task left, its task name is shared by every joined container.
 	docker(t, "rm", "-f", t2)
-	c.waitFor(t, "nomad.task after the second task stops", func(s map[string]endpoint.Endpoint) bool {
+	c.WaitFor(t, "nomad.task after the second task stops", func(s map[string]endpoint.Endpoint) bool {
 		ep := s[pause]
 		return len(ep.Containers) == 2 && ep.Labels["nomad.task"] == "web"
 	})

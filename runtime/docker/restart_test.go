@@ -32,7 +32,7 @@ func TestDockerdKilledAndRestartedResyncs(t *testing.T) {
 		}
 		before = append(before, docker(t, append(args, img, "sleep", "300")...))
 	}
-	c.waitFor(t, "steady containers", func(s map[string]endpoint.Endpoint) bool {
+	c.WaitFor(t, "steady containers", func(s map[string]endpoint.Endpoint) bool {
 		for _, id := range before {
 			if _, ok := s[id]; !ok {
 				return false
@@ -104,7 +104,7 @@ func TestDockerdKilledAndRestartedResyncs(t *testing.T) {
 	}
 	var want []string
 	stable := 0
-	c.waitFor(t, "endpoints equal to docker ps", func(s map[string]endpoint.Endpoint) bool {
+	c.WaitFor(t, "endpoints equal to docker ps", func(s map[string]endpoint.Endpoint) bool {
 		want = ps()
 		if slices.Equal(ours(s), want) {
 			stable++
@@ -131,7 +131,7 @@ func TestDockerdKilledAndRestartedResyncs(t *testing.T) {
 	// Every endpoint's event history is consistent: added when absent,
 	// updated or removed only when present.
 	present := map[string]bool{}
-	for _, ev := range c.events() {
+	for _, ev := range c.Events() {
 		id := ev.Endpoint.ID
 		switch ev.Type {
 		case endpoint.Added:

@@ -14,48 +14,9 @@ import (
 
 	"github.com/membrane-fw/membrane/internal/testenv"
 	"github.com/membrane-fw/membrane/runtime/endpoint"
+	"github.com/membrane-fw/membrane/runtime/internal/runtimetest"
 	"github.com/membrane-fw/membrane/runtime/linkwatch"
 )
-
-// linkCollector records a link watcher's events.
-type linkCollector struct {
-	mu  sync.Mutex
-	evs []linkwatch.Event
-}
-
-func startLinkWatcher(t testing.TB, resolvers ...linkwatch.Resolver) (*linkwatch.Watcher, *linkCollector) {
-	t.Helper()
-	w, err := linkwatch.New(linkwatch.Config{Resolvers: resolvers})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = w.Run(ctx) }()
-	lc := &linkCollector{}
-	cdone := make(chan struct{})
-	go func() {
-		defer close(cdone)
-		for ev := range w.Events() {
-			lc.mu.Lock()
-			lc.evs = append(lc.evs, ev)
-			lc.mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() { cancel(); <-done; <-cdone })
-	select {
-	case <-w.Ready():
-	case <-time.After(10 * time.Second):
-		t.Fatal("link watcher not ready")
-	}
-	return w, lc
-}
-
-func (lc *linkCollector) events() []linkwatch.Event {
-	lc.mu.Lock()
-	defer lc.mu.Unlock()
-	return append([]linkwatch.Event(nil), lc.evs...)
-}
 
 // runContainers creates and starts n labelled containers on the default
 // bridge, `workers` at a time, and returns their ids and the time each
@@ -67,31 +28,22 @@ func runContainers(t testing.TB, cli *client.Client, n, workers int, prefix, lab
 	ids := make([]string, n)
 	started := make([]time.Time, n)
 	errs := make(chan error, n)
-	sem := make(chan struct{}, workers)
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			ctx := context.Background()
-			r, err := cli.ContainerCreate(ctx, &container.Config{
-				Image: img, Cmd: []string{"sleep", "300"}, Labels: map[string]string{k: v, "app": "scale"},
-			}, &container.HostConfig{LogConfig: container.LogConfig{Type: "none"}}, nil, nil, fmt.Sprintf("%s-%03d", prefix, i))
-			if err != nil {
-				errs <- err
-				return
-			}
-			ids[i] = r.ID
-			if err := cli.ContainerStart(ctx, r.ID, container.StartOptions{}); err != nil {
-				errs <- err
-				return
-			}
-			started[i] = time.Now()
-		}()
-	}
-	wg.Wait()
+	endpoint.Parallel(n, workers, func(i int) {
+		ctx := context.Background()
+		r, err := cli.ContainerCreate(ctx, &container.Config{
+			Image: img, Cmd: []string{"sleep", "300"}, Labels: map[string]string{k: v, "app": "scale"},
+		}, &container.HostConfig{LogConfig: container.LogConfig{Type: "none"}}, nil, nil, fmt.Sprintf("%s-%03d", prefix, i))
+		if err != nil {
+			errs <- err
+			return
+		}
+		ids[i] = r.ID
+		if err := cli.ContainerStart(ctx, r.ID, container.StartOptions{}); err != nil {
+			errs <- err
+			return
+		}
+		started[i] = time.Now()
+	})
 	close(errs)
 	for err := range errs {
 		t.Fatalf("starting containers: %v", err)
@@ -101,20 +53,11 @@ func runContainers(t testing.TB, cli *client.Client, n, workers int, prefix, lab
 
 func removeContainers(t testing.TB, cli *client.Client, ids []string, workers int) {
 	t.Helper()
-	sem := make(chan struct{}, workers)
-	var wg sync.WaitGroup
-	for _, id := range ids {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			if err := cli.ContainerRemove(context.Background(), id, container.RemoveOptions{Force: true}); err != nil {
-				t.Errorf("remove %.12s: %v", id, err)
-			}
-		}()
-	}
-	wg.Wait()
+	endpoint.Parallel(len(ids), workers, func(i int) {
+		if err := cli.ContainerRemove(context.Background(), ids[i], container.RemoveOptions{Force: true}); err != nil {
+			t.Errorf("remove %.12s: %v", ids[i], err)
+		}
+	})
 }
 
 func newClient(t testing.TB) *client.Client {
@@ -135,7 +78,7 @@ func TestHundredContainersConcurrently(t *testing.T) {
 	const n = 100
 	prefix, label := testRun(t)
 	src, c := startSource(t)
-	_, lc := startLinkWatcher(t, src)
+	_, lc := runtimetest.StartLinkWatcher(t, src)
 	cli := newClient(t)
 
 	// Docker's own start events, to compare the watcher's times against.
@@ -156,7 +99,7 @@ func TestHundredContainersConcurrently(t *testing.T) {
 	t0 := time.Now()
 	ids, _ := runContainers(t, cli, n, 8, prefix, label)
 	t.Logf("started %d containers in %v", n, time.Since(t0))
-	c.waitFor(t, "100 endpoints", func(s map[string]endpoint.Endpoint) bool {
+	c.WaitFor(t, "100 endpoints", func(s map[string]endpoint.Endpoint) bool {
 		for _, id := range ids {
 			if len(s[id].Interfaces) != 1 {
 				return false
@@ -164,11 +107,9 @@ func TestHundredContainersConcurrently(t *testing.T) {
 		}
 		return true
 	})
-	c.mu.Lock()
-	eps := copyState(c.state)
-	c.mu.Unlock()
+	eps := c.State()
 
-	lEvents := lc.events()
+	lEvents := lc.Events()
 	added := map[int]linkwatch.Event{}
 	for _, ev := range lEvents {
 		if ev.Type == linkwatch.Added {
@@ -211,7 +152,7 @@ func TestHundredContainersConcurrently(t *testing.T) {
 	t0 = time.Now()
 	removeContainers(t, cli, ids, 8)
 	t.Logf("removed %d containers in %v", n, time.Since(t0))
-	c.waitFor(t, "100 endpoints removed", func(s map[string]endpoint.Endpoint) bool {
+	c.WaitFor(t, "100 endpoints removed", func(s map[string]endpoint.Endpoint) bool {
 		for _, id := range ids {
 			if _, ok := s[id]; ok {
 				return false
@@ -219,12 +160,12 @@ func TestHundredContainersConcurrently(t *testing.T) {
 		}
 		return true
 	})
-	checkLifecycles(t, c.events(), ids)
+	checkLifecycles(t, c.Events(), ids)
 	// And the watcher saw every veth go.
 	deadline = time.Now().Add(10 * time.Second)
 	for {
 		removed := map[int]bool{}
-		for _, ev := range lc.events() {
+		for _, ev := range lc.Events() {
 			if ev.Type == linkwatch.Removed {
 				removed[ev.Ifindex] = true
 			}

@@ -45,14 +45,10 @@ type Source struct {
 	queue *endpoint.Queue[endpoint.Event]
 	table *endpoint.Table
 
-	syncOnce sync.Once
-	synced   chan struct{}
+	progress *endpoint.Progress
 
 	mu   sync.Mutex
 	ctrs map[string]*record // running containers by id
-
-	statsMu    sync.Mutex
-	reconnects int
 }
 
 // record is what the source knows of one running container.
@@ -99,12 +95,12 @@ func New(cfg Config) *Source {
 	}
 	q := endpoint.NewQueue[endpoint.Event]()
 	return &Source{
-		cfg:    cfg,
-		log:    log.With("subsys", "runtime.docker"),
-		queue:  q,
-		table:  endpoint.NewTable(q),
-		synced: make(chan struct{}),
-		ctrs:   map[string]*record{},
+		cfg:      cfg,
+		log:      log.With("subsys", "runtime.docker"),
+		queue:    q,
+		table:    endpoint.NewTable(q),
+		progress: endpoint.NewProgress(),
+		ctrs:     map[string]*record{},
 	}
 }
 
@@ -117,14 +113,10 @@ func (s *Source) Events() <-chan endpoint.Event { return s.queue.Events() }
 func (s *Source) Snapshot() []endpoint.Endpoint { return s.table.Snapshot() }
 
 // Synced is closed after the first full list has been reported.
-func (s *Source) Synced() <-chan struct{} { return s.synced }
+func (s *Source) Synced() <-chan struct{} { return s.progress.Synced() }
 
 // Reconnects counts the sessions after the first (for status and tests).
-func (s *Source) Reconnects() int {
-	s.statsMu.Lock()
-	defer s.statsMu.Unlock()
-	return s.reconnects
-}
+func (s *Source) Reconnects() int { return s.progress.Reconnects() }
 
 // ContainerByNetns returns the endpoint whose network namespace has inode
 // ino; the link watcher uses it to name the container behind a new veth.
@@ -152,16 +144,11 @@ func (s *Source) Run(ctx context.Context) error {
 		Subscribe: func(ctx context.Context) (<-chan events.Message, <-chan error, error) {
 			return subscribe(ctx, cli)
 		},
-		Key:     containerOf,
-		Resync:  func(ctx context.Context) error { return s.resync(ctx, cli) },
-		Refresh: func(ctx context.Context, id string) error { return s.refresh(ctx, cli, id) },
-		Recheck: func(ctx context.Context) ([]string, error) { return s.recheckIDs(ctx, cli) },
-		Synced:  func() { s.syncOnce.Do(func() { close(s.synced) }) },
-		Reconnected: func() {
-			s.statsMu.Lock()
-			s.reconnects++
-			s.statsMu.Unlock()
-		},
+		Key:      containerOf,
+		Resync:   func(ctx context.Context) error { return s.resync(ctx, cli) },
+		Refresh:  func(ctx context.Context, id string) error { return s.refresh(ctx, cli, id) },
+		Recheck:  func(ctx context.Context) ([]string, error) { return s.recheckIDs(ctx, cli) },
+		Progress: s.progress,
 	}
 	return f.Run(ctx)
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/membrane-fw/membrane/internal/testenv"
 	"github.com/membrane-fw/membrane/runtime/endpoint"
+	"github.com/membrane-fw/membrane/runtime/internal/runtimetest"
 	"github.com/membrane-fw/membrane/runtime/nsinfo"
 )
 
@@ -50,7 +51,7 @@ func TestDockerNetworkModes(t *testing.T) {
 	n1id := dockerNetwork(t, n1)
 	n2id := dockerNetwork(t, n2)
 	src, c := startSource(t)
-	_, lc := startLinkWatcher(t, src)
+	_, lc := runtimetest.StartLinkWatcher(t, src)
 
 	run := func(name string, args ...string) string {
 		a := append([]string{"run", "-d", "--label", label, "--name", name}, args...)
@@ -65,7 +66,7 @@ func TestDockerNetworkModes(t *testing.T) {
 	hostID := run(prefix+"-host", "--network", "host", "--label", "app=hostnet")
 	noneID := run(prefix+"-none", "--network", "none")
 
-	c.waitFor(t, "all six containers", func(s map[string]endpoint.Endpoint) bool {
+	c.WaitFor(t, "all six containers", func(s map[string]endpoint.Endpoint) bool {
 		for _, n := range []string{"bridge", "user", "two", "joined", "host", "none"} {
 			if _, ok := byName(s, prefix+"-"+n); !ok {
 				return false
@@ -74,9 +75,7 @@ func TestDockerNetworkModes(t *testing.T) {
 		ep, _ := byName(s, prefix+"-bridge")
 		return len(ep.Containers) == 2
 	})
-	c.mu.Lock()
-	state := copyState(c.state)
-	c.mu.Unlock()
+	state := c.State()
 
 	t.Run("DefaultBridge", func(t *testing.T) {
 		ep := state[bridgeID]
@@ -148,23 +147,21 @@ func TestDockerNetworkModes(t *testing.T) {
 
 	t.Run("ConnectDisconnectRename", func(t *testing.T) {
 		docker(t, "network", "connect", n2, userID)
-		c.waitFor(t, "second interface after connect", func(s map[string]endpoint.Endpoint) bool {
+		c.WaitFor(t, "second interface after connect", func(s map[string]endpoint.Endpoint) bool {
 			return len(s[userID].Interfaces) == 2
 		})
 		// The container was known when its new veth appeared: the link
 		// watcher names it once the veth's peer is in its netns.
-		c.mu.Lock()
 		var newItf endpoint.Interface
-		for _, itf := range c.state[userID].Interfaces {
+		for _, itf := range c.State()[userID].Interfaces {
 			if itf.Network == n2 {
 				newItf = itf
 			}
 		}
-		c.mu.Unlock()
 		deadline := time.Now().Add(10 * time.Second)
 		for {
 			var named bool
-			for _, ev := range lc.events() {
+			for _, ev := range lc.Events() {
 				if ev.Ifindex == newItf.HostIfindex && ev.EndpointID == userID && ev.Container.Name == prefix+"-user" {
 					named = true
 				}
@@ -173,35 +170,35 @@ func TestDockerNetworkModes(t *testing.T) {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("link watcher never named %s for veth %s: %+v", prefix+"-user", newItf.HostName, lc.events())
+				t.Fatalf("link watcher never named %s for veth %s: %+v", prefix+"-user", newItf.HostName, lc.Events())
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
 		docker(t, "network", "disconnect", n1, userID)
-		c.waitFor(t, "one interface on n2 after disconnect", func(s map[string]endpoint.Endpoint) bool {
+		c.WaitFor(t, "one interface on n2 after disconnect", func(s map[string]endpoint.Endpoint) bool {
 			ep := s[userID]
 			return len(ep.Interfaces) == 1 && ep.Interfaces[0].Network == n2
 		})
 		docker(t, "rename", prefix+"-user", prefix+"-renamed")
-		c.waitFor(t, "container.name after rename", func(s map[string]endpoint.Endpoint) bool {
+		c.WaitFor(t, "container.name after rename", func(s map[string]endpoint.Endpoint) bool {
 			return s[userID].Labels["container.name"] == prefix+"-renamed"
 		})
 	})
 
 	t.Run("PauseUnpause", func(t *testing.T) {
 		docker(t, "pause", noneID)
-		c.waitFor(t, "paused state", func(s map[string]endpoint.Endpoint) bool {
+		c.WaitFor(t, "paused state", func(s map[string]endpoint.Endpoint) bool {
 			return s[noneID].State == endpoint.StatePaused
 		})
 		docker(t, "unpause", noneID)
-		c.waitFor(t, "running state", func(s map[string]endpoint.Endpoint) bool {
+		c.WaitFor(t, "running state", func(s map[string]endpoint.Endpoint) bool {
 			return s[noneID].State == endpoint.StateRunning
 		})
 	})
 
 	t.Run("JoinedStopUpdatesOwner", func(t *testing.T) {
 		docker(t, "rm", "-f", joinedID)
-		c.waitFor(t, "owner without the joined container", func(s map[string]endpoint.Endpoint) bool {
+		c.WaitFor(t, "owner without the joined container", func(s map[string]endpoint.Endpoint) bool {
 			ep := s[bridgeID]
 			_, team := ep.Labels["team"]
 			return len(ep.Containers) == 1 && !team
@@ -213,7 +210,7 @@ func TestDockerNetworkModes(t *testing.T) {
 		two, _ := byName(state, prefix+"-two")
 		ids = append(ids, two.ID)
 		docker(t, append([]string{"rm", "-f"}, ids...)...)
-		c.waitFor(t, "every endpoint removed", func(s map[string]endpoint.Endpoint) bool {
+		c.WaitFor(t, "every endpoint removed", func(s map[string]endpoint.Endpoint) bool {
 			for _, id := range ids {
 				if _, ok := s[id]; ok {
 					return false
@@ -221,16 +218,8 @@ func TestDockerNetworkModes(t *testing.T) {
 			}
 			return true
 		})
-		checkLifecycles(t, c.events(), ids)
+		checkLifecycles(t, c.Events(), ids)
 	})
-}
-
-func copyState(m map[string]endpoint.Endpoint) map[string]endpoint.Endpoint {
-	out := make(map[string]endpoint.Endpoint, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
 }
 
 // checkLifecycles asserts that each id's events are exactly one Added, any

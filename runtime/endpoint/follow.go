@@ -48,9 +48,41 @@ type Follower[M any] struct {
 	// Recheck returns the keys to push through the dispatcher on every
 	// recheck tick: the listed and the known containers.
 	Recheck func(ctx context.Context) ([]string, error)
-	// Synced is called after every successful resync; Reconnected before
-	// every session after the first.
-	Synced, Reconnected func()
+	// Progress is marked synced after every successful resync (it closes
+	// Synced once) and counts every session after the first.
+	Progress *Progress
+}
+
+// Progress is what a source's users see of its Follower: Synced closes
+// after the first full resync, Reconnects counts the sessions after the
+// first. A source makes one in New, so both work before Run.
+type Progress struct {
+	once   sync.Once
+	synced chan struct{}
+
+	mu         sync.Mutex
+	reconnects int
+}
+
+// NewProgress returns a Progress that has not synced.
+func NewProgress() *Progress { return &Progress{synced: make(chan struct{})} }
+
+// Synced is closed after the first full resync.
+func (p *Progress) Synced() <-chan struct{} { return p.synced }
+
+// Reconnects counts the sessions after the first.
+func (p *Progress) Reconnects() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.reconnects
+}
+
+func (p *Progress) resynced() { p.once.Do(func() { close(p.synced) }) }
+
+func (p *Progress) reconnected() {
+	p.mu.Lock()
+	p.reconnects++
+	p.mu.Unlock()
 }
 
 // Run follows the runtime, session after session, until ctx is done, and
@@ -65,8 +97,8 @@ func (f *Follower[M]) Run(ctx context.Context) error {
 
 	backoff := f.MinBackoff
 	for first := true; ; first = false {
-		if !first && f.Reconnected != nil {
-			f.Reconnected()
+		if !first {
+			f.Progress.reconnected()
 		}
 		start := time.Now()
 		err := f.session(ctx)
@@ -121,9 +153,7 @@ func (f *Follower[M]) session(ctx context.Context) error {
 	if err := f.Resync(sctx); err != nil {
 		return fmt.Errorf("resync: %w", err)
 	}
-	if f.Synced != nil {
-		f.Synced()
-	}
+	f.Progress.resynced()
 	d.Start()
 	var recheck <-chan time.Time
 	if f.RecheckInterval > 0 {
