@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"os/exec"
+	"path/filepath"
+	goruntime "runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -200,6 +202,20 @@ func testL7(t *testing.T, engine string) {
 	}
 	if h := forwarded.HTTP; h.Method != "GET" || h.Status != 200 || forwarded.Rule == nil || forwarded.Rule.Policy != "api" || forwarded.Rule.Block != "ingress" || forwarded.Rule.Line == 0 {
 		t.Errorf("forwarded record %s", dump(forwarded))
+	}
+	// The CLI renders the same records: `membrane observe --type l7`.
+	cli := filepath.Join(t.TempDir(), "membrane")
+	if out, err := exec.Command(filepath.Join(goruntime.GOROOT(), "bin", "go"), "build", "-o", cli, "github.com/membrane-fw/membrane/cmd/membrane").CombinedOutput(); err != nil {
+		t.Fatalf("building the CLI: %v: %s", err, out)
+	}
+	out, err := exec.Command(cli, "observe", "--type", "l7", "--container", client, "--socket", e.sock).CombinedOutput()
+	if err != nil {
+		t.Fatalf("membrane observe --type l7: %v: %s", err, out)
+	}
+	for _, want := range []string{"denied", "403", "GET api /secret", "forwarded", "200", "GET api /public", `policy "api" ingress`, client} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("membrane observe --type l7 lacks %q:\n%s", want, out)
+		}
 	}
 	hostRecs := 0
 	for _, f := range e.observe(api.ObserveFilter{Type: "l7"}) {
