@@ -11,6 +11,15 @@
 // those that did, and a Removed for those that disappeared while the runtime
 // was out of reach.
 //
+// Both sources follow their runtime the same way, so that protocol is here
+// once: a Follower runs the reconnect loop with backoff and, per connection,
+// subscribes to the runtime's events before it resyncs, refreshes each
+// container an event names in order through a Dispatcher, and pushes every
+// container through the same queue on each recheck tick; a source supplies
+// only the runtime-specific parts (subscribe, an event's container key,
+// resync, refresh, the recheck list). Progress is what its users see of it
+// (Synced, Reconnects).
+//
 // Labels: an endpoint's Labels are the raw labels of its netns owner, plus
 // the labels that every container joined to that netns shares with the same
 // value (design.md, data flow 1), plus the derived labels of the policy
