@@ -483,6 +483,11 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		p->neighbor = 1; /* router/neighbour solicitation/advertisement, redirect */
 		return 0;
 	}
+	if (proto == IPPROTO_ICMPV6 && (p->policy_port == 130 || p->policy_port == 131 || p->policy_port == 132 ||
+					p->policy_port == 143)) {
+		p->neighbor = 1; /* multicast listener discovery: MLDv1 query/report/done, MLDv2 report */
+		return 0;
+	}
 	if ((proto == IPPROTO_ICMP && p->tuple.family == 4) || (proto == IPPROTO_ICMPV6 && p->tuple.family == 6)) {
 		if (is_icmp_error(proto, (__u8)p->policy_port))
 			load_inner(skb, off + 8, p);

@@ -142,7 +142,7 @@ func TestEveryProtocolBothFamilies(t *testing.T) {
 	h.expect(in, h.ifs[1], pkt{src: addrA, dst: addrB, proto: 1, icmpType: 8, icmpID: 9}, ReasonAllowPolicy)
 	h.expect(in, h.ifs[1], pkt{src: addrA, dst: addrB, proto: 1, icmpType: 13, icmpID: 9}, ReasonDropDefaultDeny)
 	h.expect(in, h.ifs[1], pkt{src: addrA6, dst: addrB6, proto: 58, icmpType: 128, icmpID: 9}, ReasonAllowPolicy)
-	h.expect(in, h.ifs[1], pkt{src: addrA6, dst: addrB6, proto: 58, icmpType: 130, icmpID: 9}, ReasonDropDefaultDeny)
+	h.expect(in, h.ifs[1], pkt{src: addrA6, dst: addrB6, proto: 58, icmpType: 144, icmpID: 9}, ReasonDropDefaultDeny) // 130-132 and 143 are MLD: they pass
 	// World may do anything.
 	h.expect(in, h.ifs[1], pkt{src: addrW, dst: addrB, proto: 47}, ReasonAllowPolicy)
 	h.expect(in, h.ifs[1], udp(addrW6, addrB6, 5, 5), ReasonAllowPolicy)
@@ -359,6 +359,28 @@ func TestNeighbourDiscoveryAndARPPass(t *testing.T) {
 		h.expect(in, h.ifs[0], pkt{src: addrW6, dst: addrA6, proto: 58, icmpType: typ}, ReasonAllowNeighbor)
 	}
 	h.expect(in, h.ifs[0], pkt{src: addrW6, dst: addrA6, proto: 58, icmpType: 128}, ReasonDropDefaultDeny)
+}
+
+// MLD (ICMPv6 130-132 query/report/done, 143 MLDv2 report) passes like
+// neighbour discovery: an endpoint in default-deny joins its multicast
+// groups (reports to ff02::16 behind a hop-by-hop router-alert header) and
+// the router's queries reach it. Echo requests and types around MLD still
+// meet the policy.
+func TestMulticastListenerDiscoveryPasses(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	h.sync(policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, IngressDefaultDeny: true})
+	mldv2 := netip.MustParseAddr("ff02::16")
+	for _, typ := range []uint8{130, 131, 132, 143} {
+		// from the endpoint, with the router-alert hop-by-hop header real reports carry
+		h.expect(out, h.ifs[0], pkt{src: addrA6, dst: mldv2, proto: 58, icmpType: typ, v6ExtHeader: []uint8{0}}, ReasonAllowNeighbor)
+		// and without it
+		h.expect(out, h.ifs[0], pkt{src: addrA6, dst: mldv2, proto: 58, icmpType: typ}, ReasonAllowNeighbor)
+		h.expect(in, h.ifs[0], pkt{src: addrW6, dst: addrA6, proto: 58, icmpType: typ}, ReasonAllowNeighbor)
+	}
+	for _, typ := range []uint8{128, 129, 144} {
+		h.expect(out, h.ifs[0], pkt{src: addrA6, dst: addrW6, proto: 58, icmpType: typ, icmpID: 9}, ReasonDropDefaultDeny)
+		h.expect(out, h.ifs[0], pkt{src: addrA6, dst: mldv2, proto: 58, icmpType: typ, v6ExtHeader: []uint8{0}}, ReasonDropDefaultDeny)
+	}
 }
 
 func TestAuditPassesAndReports(t *testing.T) {

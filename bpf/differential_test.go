@@ -26,7 +26,7 @@ var (
 // must agree: allowed, audit and redirect pass; denied drops.
 //
 // Not generated, because the datapath decides them before policy by design:
-// IPv6 neighbour discovery (ICMPv6 133-137 always pass) and init peers
+// IPv6 neighbour discovery and MLD (ICMPv6 130-137 and 143 always pass) and init peers
 // (there is no packet from "init" other than from an unknown interface).
 
 type dRule struct {
@@ -372,7 +372,7 @@ func genConn(r *rand.Rand, w dWorld) dConn {
 	switch r.IntN(10) {
 	case 0:
 		if c.v6 {
-			c.proto, c.icmpType = policies.ProtoICMPv6, pick(r, []uint8{128, 129, 1, 2, 3, 130})
+			c.proto, c.icmpType = policies.ProtoICMPv6, pick(r, []uint8{128, 129, 1, 2, 3, 144})
 		} else {
 			c.proto, c.icmpType = policies.ProtoICMP, pick(r, []uint8{0, 3, 8, 11, 13})
 		}
