@@ -52,6 +52,11 @@ type Engine struct {
 	resolver atomic.Pointer[resolverBox]
 	port     uint16
 
+	// closing is done when Close begins: it ends upstream dials that do
+	// not follow the client's context (forward1).
+	closing     context.Context
+	closeCancel context.CancelFunc
+
 	mu        sync.Mutex
 	upstreams map[uint32]*upstream
 	closed    bool
@@ -93,6 +98,7 @@ func New(cfg Config) (*Engine, error) {
 		upstreams: map[uint32]*upstream{},
 		hijacked:  map[net.Conn]struct{}{},
 	}
+	e.closing, e.closeCancel = context.WithCancel(context.Background())
 	if a, ok := cfg.Listeners[0].Addr().(*net.TCPAddr); ok {
 		e.port = uint16(a.Port)
 	}
@@ -146,6 +152,7 @@ func (e *Engine) Collectors() []prometheus.Collector { return e.metrics.Collecto
 // Close implements proxy.Engine: it closes the listeners, every client
 // connection (upgraded ones too) and the idle upstream connections.
 func (e *Engine) Close() error {
+	e.closeCancel()
 	e.mu.Lock()
 	e.closed = true
 	for c := range e.hijacked {
@@ -307,7 +314,8 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			t.err = err
 			status = http.StatusBadGateway
-			if r.Context().Err() != nil {
+			if errors.Is(err, context.Canceled) {
+				// Engine.Close: nobody is left to answer.
 				status = 499
 			} else {
 				e.log.Debug("upstream failed", "dst", t.dst.String(), "err", err)

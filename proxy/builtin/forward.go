@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"net/textproto"
 	"strings"
+	"time"
 )
 
 // The HTTP/1.x fast path: each client connection owns at most one upstream
@@ -19,6 +20,10 @@ import (
 // keeps the request on one goroutine (net/http's Transport hands every
 // request to two more) and pipelines in order for free. Upgrades and HTTP/2
 // go through httputil.ReverseProxy instead.
+
+// dialTimeout bounds an upstream connect of the fast path (whose context
+// is not the client's; see forward1).
+const dialTimeout = 30 * time.Second
 
 // errAborted says a response broke off after its header was sent; the
 // client connection must be aborted (http.ErrAbortHandler).
@@ -96,10 +101,20 @@ func (e *Engine) forward1(w http.ResponseWriter, r *http.Request, cs *conn, t *t
 	if r.ContentLength == 0 {
 		out.Body = nil
 	}
+	// The dial does not end with the request's context: net/http cancels
+	// that when the client's read side reaches EOF, which is also what a
+	// half-close (shutdown(SHUT_WR)) right after a complete request looks
+	// like, and that client still waits for its response. The request
+	// goes upstream anyway; a client that really went away shows when its
+	// response is written (errAborted). Engine.Close still ends the dial.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), dialTimeout)
+	defer cancel()
+	stop := context.AfterFunc(e.closing, cancel)
+	defer stop()
 	cs.upMu.Lock()
 	defer cs.upMu.Unlock()
 	for attempt := 0; ; attempt++ {
-		up, err := e.upstreamConn(r.Context(), cs, t)
+		up, err := e.upstreamConn(ctx, cs, t)
 		if err != nil {
 			return 0, err
 		}

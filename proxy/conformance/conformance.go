@@ -107,6 +107,7 @@ func Run(t *testing.T, f Factory) {
 	t.Run("DotSegmentsAreJudgedNormalized", s.dotSegments)
 	t.Run("KeepAliveMixesAllowedAndDenied", s.keepAlive)
 	t.Run("Pipelining", s.pipelining)
+	t.Run("HalfCloseAfterRequest", s.halfClose)
 	t.Run("LargeUpload", s.largeUpload)
 	t.Run("UploadWithExpectContinue", s.expectContinue)
 	t.Run("LargeDownload", s.largeDownload)
@@ -302,6 +303,75 @@ func (s *suite) pipelining(t *testing.T) {
 	resp, body := rc.read("POST")
 	if resp.StatusCode != 200 || !strings.Contains(body, "n=5 ") {
 		t.Fatalf("pipelined POST: status %d body %q", resp.StatusCode, body)
+	}
+}
+
+// halfClose: a client that shuts down its sending side right after a
+// complete request (`printf 'GET / HTTP/1.0\r\n\r\n' | nc host 80`) still
+// gets its answer: the request is forwarded (or denied) and the response
+// comes back before the proxy closes. A half-close is legal HTTP; it is not
+// the client going away.
+func (s *suite) halfClose(t *testing.T) {
+	for _, tc := range []struct {
+		name, req, method string
+		want              int
+		body              string // prefix (200) or substring (403) of the body
+	}{
+		{"HTTP/1.0 GET allowed", "GET /public/hc1 HTTP/1.0\r\n\r\n", "GET", 200, "upstream GET /public/hc1"},
+		{"HTTP/1.1 GET allowed", "GET /public/hc2 HTTP/1.1\r\nHost: svc\r\n\r\n", "GET", 200, "upstream GET /public/hc2"},
+		{"HTTP/1.1 POST with body allowed", "POST /upload HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\n\r\nhello", "POST", 200, "upstream POST /upload"},
+		{"HTTP/1.0 GET denied", "GET /private/hc3 HTTP/1.0\r\n\r\n", "GET", 403, "denied"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rc := s.dialRaw(t)
+			rc.send(tc.req)
+			if err := rc.c.(*net.TCPConn).CloseWrite(); err != nil {
+				t.Fatalf("shutdown(SHUT_WR): %v", err)
+			}
+			resp, body := rc.read(tc.method)
+			if resp.StatusCode != tc.want {
+				t.Fatalf("after a half-close: status %d, want %d (body %q)", resp.StatusCode, tc.want, body)
+			}
+			if tc.want == 200 && !strings.HasPrefix(body, tc.body) {
+				t.Fatalf("after a half-close: body %q, want the upstream's answer %q...", body, tc.body)
+			}
+			if tc.want == 403 && (!strings.Contains(body, tc.body) || resp.Header.Get("X-Upstream") != "") {
+				t.Fatalf("after a half-close: denied request answered %q (X-Upstream %q)", body, resp.Header.Get("X-Upstream"))
+			}
+			if tc.method == "POST" && !strings.Contains(body, "n=5 ") {
+				t.Fatalf("after a half-close: the upload's body did not reach the upstream whole: %q", body)
+			}
+			// Then the proxy closes: nothing more comes, and no hang.
+			if rest, err := io.ReadAll(rc.r); err != nil || len(rest) != 0 {
+				t.Fatalf("after the response: %q, %v; want EOF", rest, err)
+			}
+			// The record says what happened: forwarded (or denied) with
+			// the status the client got, not an error or 499.
+			if s.tg.Events == nil {
+				return
+			}
+			path := strings.Fields(tc.req)[1]
+			verdict := proxy.VerdictForwarded
+			if tc.want == 403 {
+				verdict = proxy.VerdictDenied
+			}
+			timeout := time.After(10 * time.Second)
+			for {
+				select {
+				case ev := <-s.tg.Events:
+					if ev.Path != path || ev.Method != tc.method {
+						continue // left by an earlier subtest
+					}
+					if ev.Verdict != verdict || ev.Status != tc.want {
+						t.Errorf("event for the half-closed %s %s: verdict %s status %d error %q; want %s %d",
+							tc.method, path, ev.Verdict, ev.Status, ev.Error, verdict, tc.want)
+					}
+					return
+				case <-timeout:
+					t.Fatalf("no event for the half-closed %s %s", tc.method, path)
+				}
+			}
+		})
 	}
 }
 
