@@ -447,7 +447,9 @@ func (s *stager) info(format, version string) *nfpm.Info {
 	case FormatDeb:
 		// deb-systemd-helper and deb-systemd-invoke; groupadd (passwd) is
 		// essential on Debian.
-		info.Depends = []string{"init-system-helpers (>= 1.54~)"}
+		// nftables: the L7 proxy path runs nft(8) for its notrack table
+		// (bpf.PrepareProxyPath).
+		info.Depends = []string{"init-system-helpers (>= 1.54~)", "nftables"}
 		if s.glibc != "" {
 			info.Depends = append(info.Depends, "libc6 (>= "+s.glibc+")")
 		}
@@ -455,7 +457,7 @@ func (s *stager) info(format, version string) *nfpm.Info {
 		info.Scripts = nfpm.Scripts{PostInstall: sc["postinst"], PreRemove: sc["prerm"], PostRemove: sc["postrm"]}
 	case FormatRPM:
 		info.Release = "1"
-		info.Depends = []string{"systemd", "shadow-utils"}
+		info.Depends = []string{"systemd", "shadow-utils", "nftables"}
 		info.RPM.Summary = "Identity-aware eBPF firewall for container hosts"
 		info.RPM.Group = "System Environment/Daemons"
 		info.Scripts = nfpm.Scripts{PreInstall: sc["pre"], PostInstall: sc["post"], PreRemove: sc["preun"], PostRemove: sc["postun"]}

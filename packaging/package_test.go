@@ -80,6 +80,15 @@ func TestDebHoldsTheListedFilesAndPassesLintian(t *testing.T) {
 			t.Errorf("%s is not a conffile; conffiles:\n%s", c, conffiles)
 		}
 	}
+	control, err := os.ReadFile(filepath.Join(ctrl, "control"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The L7 proxy path runs nft: without nftables the proxy cannot start.
+	depends := regexp.MustCompile(`(?m)^Depends: (.*)$`).FindSubmatch(control)
+	if depends == nil || !regexp.MustCompile(`(^|, )nftables(,|$| )`).Match(depends[1]) {
+		t.Errorf("the deb does not depend on nftables; control:\n%s", control)
+	}
 	prerm, _ := os.ReadFile(filepath.Join(ctrl, "prerm"))
 	if !strings.Contains(string(prerm), "membraned --cleanup") {
 		t.Errorf("prerm does not run membraned --cleanup:\n%s", prerm)
@@ -152,7 +161,7 @@ func TestRPMHoldsTheListedFilesScriptsAndRequirements(t *testing.T) {
 		}
 	}
 	reqs := run(t, "rpm", "-qpR", res.RPM)
-	for _, want := range []string{"systemd", "shadow-utils"} {
+	for _, want := range []string{"systemd", "shadow-utils", "nftables"} {
 		if !regexp.MustCompile(`(?m)^` + want + `\s*$`).MatchString(reqs) {
 			t.Errorf("rpm -qpR lacks %s:\n%s", want, reqs)
 		}

@@ -18,14 +18,15 @@ import (
 
 // The Debian 12 rootfs that the systemd test boots: the smallest set that
 // runs systemd as PID 1 and installs the package (init-system-helpers comes
-// with systemd; passwd is essential).
+// with systemd; passwd is essential; nftables is the package's dependency
+// for the L7 proxy path: dpkg -i does not fetch it).
 const (
 	rootfsSuite    = "bookworm"
 	rootfsVariant  = "minbase"
 	rootfsCacheDir = "/var/cache/membrane-test"
 )
 
-var rootfsPackages = []string{"systemd", "systemd-sysv", "dbus"}
+var rootfsPackages = []string{"systemd", "systemd-sysv", "dbus", "nftables"}
 
 // aptMirror returns the Debian mirror this machine's apt uses for suite:
 // the test never names an outside host of its own.

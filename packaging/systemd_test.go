@@ -3,6 +3,7 @@ package packaging
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -61,6 +62,9 @@ func TestDebUnderSystemd(t *testing.T) {
 		"--network", "host", "--cgroupns", "host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
 		"--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
 		"--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
+		// /proc/sys writable as on a real host (Docker mounts it read-only
+		// otherwise): what stays read-only is then the unit's doing.
+		"--security-opt", "systempaths=unconfined",
 		"--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/tmp",
 		"-v", bpfDir+":/sys/fs/bpf",
 		"-v", "/var/run/docker.sock:/run/docker.sock",
@@ -114,7 +118,8 @@ func TestDebUnderSystemd(t *testing.T) {
 	docker(t, "network", "create", "--driver", "bridge", "-o", "com.docker.network.bridge.name="+bridge, network)
 	t.Cleanup(func() { _ = exec.Command("docker", "network", "rm", network).Run() })
 	metricsPort := 20000 + rand.IntN(20000)
-	mustSh(t, sys, fmt.Sprintf(`rm /usr/sbin/policy-rc.d && printf 'bridges = ["%s"]\nmetrics {\n  listen = "127.0.0.1:%d"\n}\n' >> /etc/membrane/membrane.hcl`, bridge, metricsPort))
+	l7Port := metricsPort + 1
+	mustSh(t, sys, fmt.Sprintf(`rm /usr/sbin/policy-rc.d && printf 'bridges = ["%s"]\nmetrics {\n  listen = "127.0.0.1:%d"\n}\nl7 {\n  port = %d\n}\n' >> /etc/membrane/membrane.hcl`, bridge, metricsPort, l7Port))
 	mustSh(t, sys, "systemctl start membraned")
 	waitActive(t, sys)
 	waitFor(t, 30*time.Second, "membrane status to answer", func() (bool, string) {
@@ -122,7 +127,25 @@ func TestDebUnderSystemd(t *testing.T) {
 		return err == nil, out
 	})
 
-	step("membraned active, membrane status answers")
+	// The L7 proxy path starts inside the unit's sandbox: nft (the
+	// nftables dependency) makes its table, net.ipv4.tcp_early_demux is
+	// written, and the built-in engine (no Envoy in the rootfs) listens.
+	var st struct {
+		L7Engine string   `json:"l7_engine"`
+		L7Port   int      `json:"l7_port"`
+		Errors   []string `json:"errors"`
+	}
+	if err := json.Unmarshal([]byte(mustSh(t, sys, "membrane status -o json")), &st); err != nil {
+		t.Fatalf("membrane status -o json: %v", err)
+	}
+	if st.L7Engine != "builtin" || st.L7Port != l7Port {
+		t.Fatalf("under the unit the L7 proxy is %q on port %d, want builtin on %d; errors: %q", st.L7Engine, st.L7Port, l7Port, st.Errors)
+	}
+	if out, err := sh(sys, "nft list table inet membrane_l7"); err != nil {
+		t.Errorf("no nftables table inet membrane_l7 after the L7 proxy started: %v\n%s", err, out)
+	}
+
+	step("membraned active, membrane status answers, L7 proxy up")
 
 	// Three containers of the host's Docker: srv serves 8080 (httpd) and
 	// 9000 (nc, one connection; its stdin never ends, or busybox nc would
@@ -157,6 +180,22 @@ func TestDebUnderSystemd(t *testing.T) {
 	waitFor(t, 30*time.Second, "the dropped-in policy to deny other", func() (bool, string) { return !reaches(other), "" })
 	if !reaches(cli) {
 		t.Fatalf("the policy allows cli -> srv:8080, but cli cannot connect")
+	}
+	// The bridge program went on the managed bridge, and with it
+	// accept_local=1 in /proc/sys/net/ipv4/conf (writable under the unit).
+	waitFor(t, 15*time.Second, "accept_local=1 on the managed bridge", func() (bool, string) {
+		b, _ := os.ReadFile("/proc/sys/net/ipv4/conf/" + bridge + "/accept_local")
+		errs, _ := sh(sys, "membrane status -o json")
+		return strings.TrimSpace(string(b)) == "1", fmt.Sprintf("accept_local=%q; status: %s", strings.TrimSpace(string(b)), errs)
+	})
+	st.Errors = nil
+	if err := json.Unmarshal([]byte(mustSh(t, sys, "membrane status -o json")), &st); err != nil {
+		t.Fatalf("membrane status -o json: %v", err)
+	}
+	for _, e := range st.Errors {
+		if strings.Contains(e, "bridge") || strings.Contains(e, "L7") || strings.Contains(e, "l7") {
+			t.Errorf("status reports an L7 problem under the unit: %s", e)
+		}
 	}
 
 	step("policy enforced")
