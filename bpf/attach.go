@@ -60,13 +60,7 @@ func (d *Datapath) Attach(ifindex int) error {
 		return err
 	}
 	for _, hook := range []string{hookIngress, hookEgress} {
-		var err error
-		if mode == AttachTCX {
-			err = d.attachTCX(ifindex, hook)
-		} else {
-			err = d.attachTC(ifindex, hook)
-		}
-		if err != nil {
+		if err := d.vethPoint(ifindex, hook).attach(mode, d.progFor(hook)); err != nil {
 			return fmt.Errorf("attaching to interface %d (%s, %s): %w", ifindex, mode, hook, err)
 		}
 	}
@@ -74,16 +68,40 @@ func (d *Datapath) Attach(ifindex int) error {
 	return nil
 }
 
-// modeFor keeps an interface's existing mode, else applies the configured
-// one (auto: tcx when the kernel supports it).
-func (d *Datapath) modeFor(ifindex int) (AttachMode, error) {
+// attachPoint is one program's place on an interface: a tc hook, the
+// cls_bpf filter legacy tc mode makes there (a priority and handle of its
+// own, so we find and remove exactly ours) and the pin that records the
+// attachment in each mode. A container veth has two (one per hook), a
+// bridge one; both are attached, replaced and detached by the same code.
+type attachPoint struct {
+	ifindex int
+	hook    string // hookIngress or hookEgress
+	name    string // the cls_bpf filter's name
+	prio    uint16
+	handle  uint32
+	pin     func(AttachMode) string
+}
+
+func (d *Datapath) vethPoint(ifindex int, hook string) attachPoint {
+	return attachPoint{
+		ifindex: ifindex, hook: hook, name: "membrane_" + hook,
+		prio: tcPriority, handle: tcHandle,
+		pin: func(m AttachMode) string { return d.linkPin(m, ifindex, hook) },
+	}
+}
+
+// chooseMode keeps an attachment's existing mode (pinned tells where its
+// pin would be in each mode), else applies the configured one (auto: tcx
+// when the kernel supports it). When the configured mode changed, detach
+// moves it over.
+func (d *Datapath) chooseMode(pinned func(AttachMode) string, detach func() error) (AttachMode, error) {
 	for _, m := range []AttachMode{AttachTCX, AttachTC} {
-		if _, err := os.Stat(d.linkPin(m, ifindex, hookIngress)); err == nil {
+		if _, err := os.Stat(pinned(m)); err == nil {
 			if d.cfg.Attach == AttachAuto || d.cfg.Attach == m {
 				return m, nil
 			}
 			// The configured mode changed: move the interface over.
-			if err := d.detachLocked(ifindex); err != nil {
+			if err := detach(); err != nil {
 				return "", err
 			}
 		}
@@ -97,6 +115,12 @@ func (d *Datapath) modeFor(ifindex int) (AttachMode, error) {
 	return AttachTC, nil
 }
 
+// modeFor is chooseMode for a container veth (its ingress pin stands for
+// both hooks).
+func (d *Datapath) modeFor(ifindex int) (AttachMode, error) {
+	return d.chooseMode(d.vethPoint(ifindex, hookIngress).pin, func() error { return d.detachLocked(ifindex) })
+}
+
 // haveTCX asks the kernel to attach to an interface that cannot exist:
 // where tcx exists that fails with ENODEV, elsewhere link reports
 // ErrNotSupported (its own feature probe).
@@ -108,22 +132,28 @@ func (d *Datapath) haveTCX() bool {
 	return !errors.Is(err, ebpf.ErrNotSupported)
 }
 
-func (d *Datapath) attachTCX(ifindex int, hook string) error {
-	pin := d.linkPin(AttachTCX, ifindex, hook)
-	prog := d.progFor(hook)
+func (p attachPoint) attach(mode AttachMode, prog *ebpf.Program) error {
+	if mode == AttachTCX {
+		return p.attachTCX(prog)
+	}
+	return p.attachTC(prog)
+}
+
+func (p attachPoint) attachTCX(prog *ebpf.Program) error {
+	pin := p.pin(AttachTCX)
 	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
 		defer l.Close()
-		if info, err := l.Info(); err == nil && info.TCX() != nil && info.TCX().Ifindex == uint32(ifindex) {
+		if info, err := l.Info(); err == nil && info.TCX() != nil && info.TCX().Ifindex == uint32(p.ifindex) {
 			return l.Update(prog)
 		}
 		// The interface went away (and its index may be reused): start over.
 		_ = l.Unpin()
 	}
 	at := ebpf.AttachTCXIngress
-	if hook == hookEgress {
+	if p.hook == hookEgress {
 		at = ebpf.AttachTCXEgress
 	}
-	l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: at})
+	l, err := link.AttachTCX(link.TCXOptions{Interface: p.ifindex, Program: prog, Attach: at})
 	if err != nil {
 		return err
 	}
@@ -141,28 +171,28 @@ func tcParent(hook string) uint32 {
 	return netlink.HANDLE_MIN_EGRESS
 }
 
-func (d *Datapath) attachTC(ifindex int, hook string) error {
-	attrs := netlink.QdiscAttrs{LinkIndex: ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}
+// filter is the point's cls_bpf filter, without a program: what FilterDel
+// wants, and FilterReplace with Fd set.
+func (p attachPoint) filter() *netlink.BpfFilter {
+	return &netlink.BpfFilter{FilterAttrs: netlink.FilterAttrs{
+		LinkIndex: p.ifindex, Parent: tcParent(p.hook), Handle: p.handle,
+		Priority: p.prio, Protocol: unix.ETH_P_ALL,
+	}}
+}
+
+func (p attachPoint) attachTC(prog *ebpf.Program) error {
+	attrs := netlink.QdiscAttrs{LinkIndex: p.ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}
 	if err := netlink.QdiscAdd(&netlink.GenericQdisc{QdiscAttrs: attrs, QdiscType: "clsact"}); err != nil && !errors.Is(err, unix.EEXIST) {
 		return fmt.Errorf("adding clsact qdisc: %w", err)
 	}
-	prog := d.progFor(hook)
-	f := &netlink.BpfFilter{
-		FilterAttrs: netlink.FilterAttrs{
-			LinkIndex: ifindex,
-			Parent:    tcParent(hook),
-			Handle:    tcHandle,
-			Priority:  tcPriority,
-			Protocol:  unix.ETH_P_ALL,
-		},
-		Fd:           prog.FD(),
-		Name:         "membrane_" + hook,
-		DirectAction: true,
-	}
+	f := p.filter()
+	f.Fd = prog.FD()
+	f.Name = p.name
+	f.DirectAction = true
 	if err := netlink.FilterReplace(f); err != nil {
 		return fmt.Errorf("adding cls_bpf filter: %w", err)
 	}
-	pin := d.linkPin(AttachTC, ifindex, hook)
+	pin := p.pin(AttachTC)
 	_ = os.Remove(pin)
 	// A clone has no pin path of its own, so pinning it adds the marker
 	// instead of moving progs/<name>.
@@ -177,6 +207,33 @@ func (d *Datapath) attachTC(ifindex int, hook string) error {
 	return nil
 }
 
+// detach removes the point's tcx link or tc filter, whichever its pins
+// say it has, and the pins. A vanished interface is not an error.
+func (p attachPoint) detach() []error {
+	var errs []error
+	pin := p.pin(AttachTCX)
+	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+		if err := l.Unpin(); err != nil {
+			errs = append(errs, err)
+		}
+		// Closing the last reference of an unpinned link detaches it.
+		l.Close()
+	} else if !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("loading pinned link %s: %w", pin, err))
+	}
+	pin = p.pin(AttachTC)
+	if _, err := os.Stat(pin); err == nil {
+		if err := netlink.FilterDel(p.filter()); err != nil && !errors.Is(err, unix.ENOENT) &&
+			!errors.Is(err, unix.ENODEV) && !errors.Is(err, unix.EINVAL) {
+			errs = append(errs, fmt.Errorf("removing tc filter on %d: %w", p.ifindex, err))
+		}
+		if err := os.Remove(pin); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errs
+}
+
 // Detach removes the programs from the interface and its pins. A vanished
 // interface is not an error.
 func (d *Datapath) Detach(ifindex int) error {
@@ -188,30 +245,7 @@ func (d *Datapath) Detach(ifindex int) error {
 func (d *Datapath) detachLocked(ifindex int) error {
 	var errs []error
 	for _, hook := range []string{hookIngress, hookEgress} {
-		pin := d.linkPin(AttachTCX, ifindex, hook)
-		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
-			if err := l.Unpin(); err != nil {
-				errs = append(errs, err)
-			}
-			// Closing the last reference of an unpinned link detaches it.
-			l.Close()
-		} else if !os.IsNotExist(err) && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, fmt.Errorf("loading pinned link %s: %w", pin, err))
-		}
-		pin = d.linkPin(AttachTC, ifindex, hook)
-		if _, err := os.Stat(pin); err == nil {
-			f := &netlink.BpfFilter{FilterAttrs: netlink.FilterAttrs{
-				LinkIndex: ifindex, Parent: tcParent(hook), Handle: tcHandle,
-				Priority: tcPriority, Protocol: unix.ETH_P_ALL,
-			}}
-			if err := netlink.FilterDel(f); err != nil && !errors.Is(err, unix.ENOENT) &&
-				!errors.Is(err, unix.ENODEV) && !errors.Is(err, unix.EINVAL) {
-				errs = append(errs, fmt.Errorf("removing tc filter on %d: %w", ifindex, err))
-			}
-			if err := os.Remove(pin); err != nil {
-				errs = append(errs, err)
-			}
-		}
+		errs = append(errs, d.vethPoint(ifindex, hook).detach()...)
 	}
 	return errors.Join(errs...)
 }
@@ -224,30 +258,46 @@ func (d *Datapath) Attached() ([]Attachment, error) {
 }
 
 func (d *Datapath) attachedLocked() ([]Attachment, error) {
-	ents, err := os.ReadDir(d.linkDir())
+	// Two pins an interface (one per hook), one mode: if both modes are
+	// pinned for a moment, the last pin by name (tcx) wins.
+	atts, err := pinnedAttachments(d.linkDir(), 3)
+	var out []Attachment
+	for _, a := range atts {
+		if n := len(out); n > 0 && out[n-1].Ifindex == a.Ifindex {
+			out[n-1] = a
+			continue
+		}
+		out = append(out, a)
+	}
+	return out, err
+}
+
+// pinnedAttachments lists the attachments the pins in dir record, one a
+// pin, sorted by ifindex (stable: pins of one interface stay in name
+// order). A pin is named <mode>_<ifindex>, with the hook as a third field
+// where fields is 3; other names are not ours and are passed over. A
+// missing dir has none.
+func pinnedAttachments(dir string, fields int) ([]Attachment, error) {
+	ents, err := os.ReadDir(dir)
 	if os.IsNotExist(err) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	seen := map[int]AttachMode{}
+	var out []Attachment
 	for _, e := range ents {
 		parts := strings.Split(e.Name(), "_")
-		if len(parts) != 3 {
+		if len(parts) != fields {
 			continue
 		}
 		idx, err := strconv.Atoi(parts[1])
 		if err != nil {
 			continue
 		}
-		seen[idx] = AttachMode(parts[0])
+		out = append(out, Attachment{Ifindex: idx, Mode: AttachMode(parts[0])})
 	}
-	var out []Attachment
-	for idx, m := range seen {
-		out = append(out, Attachment{Ifindex: idx, Mode: m})
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Ifindex < out[j].Ifindex })
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Ifindex < out[j].Ifindex })
 	return out, nil
 }
 
@@ -288,7 +338,7 @@ func (d *Datapath) adoptAttachments() error {
 					_ = os.Remove(d.linkPin(AttachTC, a.Ifindex, hook))
 					continue
 				}
-				if err := d.attachTC(a.Ifindex, hook); err != nil {
+				if err := d.vethPoint(a.Ifindex, hook).attachTC(d.progFor(hook)); err != nil {
 					d.log.Warn("could not put the new program on a tc filter", "ifindex", a.Ifindex, "err", err)
 				}
 			}

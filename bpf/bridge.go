@@ -5,14 +5,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
-	"strconv"
-	"strings"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 )
 
 // The bridge program's tc filter (legacy tc mode) has a priority and handle
@@ -24,8 +19,14 @@ const (
 
 func (d *Datapath) bridgeDir() string { return filepath.Join(d.cfg.PinDir, "bridges") }
 
-func (d *Datapath) bridgePin(mode AttachMode, ifindex int) string {
-	return filepath.Join(d.bridgeDir(), fmt.Sprintf("%s_%d", mode, ifindex))
+// bridgePoint is a bridge's attachment: tc ingress, under dir (the
+// bridges/ pin directory).
+func bridgePoint(dir string, ifindex int) attachPoint {
+	return attachPoint{
+		ifindex: ifindex, hook: hookIngress, name: "membrane_bridge",
+		prio: tcBridgePriority, handle: tcBridgeHandle,
+		pin: func(m AttachMode) string { return filepath.Join(dir, fmt.Sprintf("%s_%d", m, ifindex)) },
+	}
 }
 
 // bridgeProgram loads membrane_bridge, sharing the datapath's counters and
@@ -88,15 +89,12 @@ func (d *Datapath) AttachBridge(ifindex int) error {
 	if err := os.MkdirAll(d.bridgeDir(), 0o700); err != nil {
 		return fmt.Errorf("bridge pin directory: %w", err)
 	}
-	mode, err := d.bridgeModeFor(ifindex)
+	bp := bridgePoint(d.bridgeDir(), ifindex)
+	mode, err := d.chooseMode(bp.pin, func() error { return d.detachBridgeLocked(ifindex) })
 	if err != nil {
 		return err
 	}
-	if mode == AttachTCX {
-		err = d.attachBridgeTCX(ifindex, prog)
-	} else {
-		err = d.attachBridgeTC(ifindex, prog)
-	}
+	err = bp.attach(mode, prog)
 	if err != nil {
 		return fmt.Errorf("attaching the bridge program to interface %d (%s): %w", ifindex, mode, err)
 	}
@@ -119,78 +117,6 @@ func acceptLocal(ifindex int) error {
 	return nil
 }
 
-func (d *Datapath) bridgeModeFor(ifindex int) (AttachMode, error) {
-	for _, m := range []AttachMode{AttachTCX, AttachTC} {
-		if _, err := os.Stat(d.bridgePin(m, ifindex)); err == nil {
-			if d.cfg.Attach == AttachAuto || d.cfg.Attach == m {
-				return m, nil
-			}
-			if err := d.detachBridgeLocked(ifindex); err != nil {
-				return "", err
-			}
-		}
-	}
-	if d.cfg.Attach != AttachAuto {
-		return d.cfg.Attach, nil
-	}
-	if d.haveTCX() {
-		return AttachTCX, nil
-	}
-	return AttachTC, nil
-}
-
-func (d *Datapath) attachBridgeTCX(ifindex int, prog *ebpf.Program) error {
-	pin := d.bridgePin(AttachTCX, ifindex)
-	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
-		defer l.Close()
-		if info, err := l.Info(); err == nil && info.TCX() != nil && info.TCX().Ifindex == uint32(ifindex) {
-			return l.Update(prog)
-		}
-		_ = l.Unpin()
-	}
-	l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: ebpf.AttachTCXIngress})
-	if err != nil {
-		return err
-	}
-	defer l.Close()
-	if err := l.Pin(pin); err != nil {
-		return fmt.Errorf("pinning link: %w", err)
-	}
-	return nil
-}
-
-func bridgeFilter(ifindex int) *netlink.BpfFilter {
-	return &netlink.BpfFilter{FilterAttrs: netlink.FilterAttrs{
-		LinkIndex: ifindex, Parent: netlink.HANDLE_MIN_INGRESS, Handle: tcBridgeHandle,
-		Priority: tcBridgePriority, Protocol: unix.ETH_P_ALL,
-	}}
-}
-
-func (d *Datapath) attachBridgeTC(ifindex int, prog *ebpf.Program) error {
-	attrs := netlink.QdiscAttrs{LinkIndex: ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}
-	if err := netlink.QdiscAdd(&netlink.GenericQdisc{QdiscAttrs: attrs, QdiscType: "clsact"}); err != nil && !errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("adding clsact qdisc: %w", err)
-	}
-	f := bridgeFilter(ifindex)
-	f.Fd = prog.FD()
-	f.Name = "membrane_bridge"
-	f.DirectAction = true
-	if err := netlink.FilterReplace(f); err != nil {
-		return fmt.Errorf("adding cls_bpf filter: %w", err)
-	}
-	pin := d.bridgePin(AttachTC, ifindex)
-	_ = os.Remove(pin)
-	marker, err := prog.Clone()
-	if err != nil {
-		return err
-	}
-	defer marker.Close()
-	if err := marker.Pin(pin); err != nil {
-		return fmt.Errorf("pinning tc marker: %w", err)
-	}
-	return nil
-}
-
 // DetachBridge removes the bridge program from the device and its pin. A
 // vanished device is not an error.
 func (d *Datapath) DetachBridge(ifindex int) error {
@@ -204,27 +130,7 @@ func (d *Datapath) detachBridgeLocked(ifindex int) error {
 }
 
 func detachBridge(dir string, ifindex int) error {
-	var errs []error
-	pin := filepath.Join(dir, fmt.Sprintf("%s_%d", AttachTCX, ifindex))
-	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
-		if err := l.Unpin(); err != nil {
-			errs = append(errs, err)
-		}
-		l.Close()
-	} else if !errors.Is(err, os.ErrNotExist) {
-		errs = append(errs, fmt.Errorf("loading pinned link %s: %w", pin, err))
-	}
-	pin = filepath.Join(dir, fmt.Sprintf("%s_%d", AttachTC, ifindex))
-	if _, err := os.Stat(pin); err == nil {
-		if err := netlink.FilterDel(bridgeFilter(ifindex)); err != nil && !errors.Is(err, unix.ENOENT) &&
-			!errors.Is(err, unix.ENODEV) && !errors.Is(err, unix.EINVAL) {
-			errs = append(errs, fmt.Errorf("removing tc filter on %d: %w", ifindex, err))
-		}
-		if err := os.Remove(pin); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
+	return errors.Join(bridgePoint(dir, ifindex).detach()...)
 }
 
 // Bridges lists the devices that have the bridge program, from the pins.
@@ -235,27 +141,7 @@ func (d *Datapath) Bridges() ([]Attachment, error) {
 }
 
 func bridgesIn(dir string) ([]Attachment, error) {
-	ents, err := os.ReadDir(dir)
-	if os.IsNotExist(err) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	var out []Attachment
-	for _, e := range ents {
-		mode, idx, ok := strings.Cut(e.Name(), "_")
-		if !ok {
-			continue
-		}
-		n, err := strconv.Atoi(idx)
-		if err != nil {
-			continue
-		}
-		out = append(out, Attachment{Ifindex: n, Mode: AttachMode(mode)})
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Ifindex < out[j].Ifindex })
-	return out, nil
+	return pinnedAttachments(dir, 2)
 }
 
 // cleanupBridges detaches every bridge attachment pinned under pinDir.
