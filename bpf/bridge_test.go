@@ -1,12 +1,9 @@
 package bpf
 
 import (
-	"bytes"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -20,39 +17,7 @@ import (
 // TestBridgeGeneratedFilesInSync regenerates the bridge object with the
 // command in gen_bridge.go and fails on any difference.
 func TestBridgeGeneratedFilesInSync(t *testing.T) {
-	testenv.RequireBinary(t, "clang")
-	src, err := os.ReadFile("gen_bridge.go")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var args []string
-	for _, line := range bytes.Split(src, []byte("\n")) {
-		if rest, ok := bytes.CutPrefix(line, []byte("//go:generate go tool bpf2go ")); ok {
-			args = strings.Fields(string(rest))
-		}
-	}
-	if len(args) == 0 {
-		t.Fatal("no go:generate line in gen_bridge.go")
-	}
-	tmp := t.TempDir()
-	cmd := exec.Command("go", append([]string{"tool", "bpf2go", "-output-dir", tmp}, args...)...)
-	cmd.Env = append(os.Environ(), "GOPACKAGE=bpf")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("bpf2go: %v\n%s", err, out)
-	}
-	for _, f := range []string{"bridge_bpfel.go", "bridge_bpfel.o"} {
-		want, err := os.ReadFile(filepath.Join(tmp, f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(got, want) {
-			t.Errorf("%s is out of date: run `make generate` and commit the result", f)
-		}
-	}
+	checkGenerated(t, "gen_bridge.go", "bridge")
 }
 
 // TestBridgeProgramVerdicts runs membrane_bridge on crafted packets: traffic

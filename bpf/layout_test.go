@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"unsafe"
 
@@ -57,21 +58,27 @@ func TestGoMirrorsMatchC(t *testing.T) {
 // TestGeneratedFilesInSync regenerates the object and Go bindings into a temp
 // dir with the same command as gen.go and fails on any difference.
 func TestGeneratedFilesInSync(t *testing.T) {
+	checkGenerated(t, "gen.go", "datapath")
+}
+
+// checkGenerated runs the bpf2go command of genFile's go:generate line into a
+// temp dir and fails on any difference from the committed <stem>_bpfel.go
+// and <stem>_bpfel.o.
+func checkGenerated(t *testing.T, genFile, stem string) {
+	t.Helper()
 	testenv.RequireBinary(t, "clang")
-	src, err := os.ReadFile("gen.go")
+	src, err := os.ReadFile(genFile)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var args []string
 	for _, line := range bytes.Split(src, []byte("\n")) {
 		if rest, ok := bytes.CutPrefix(line, []byte("//go:generate go tool bpf2go ")); ok {
-			for _, f := range bytes.Fields(rest) {
-				args = append(args, string(f))
-			}
+			args = strings.Fields(string(rest))
 		}
 	}
 	if len(args) == 0 {
-		t.Fatal("no go:generate line in gen.go")
+		t.Fatalf("no go:generate line in %s", genFile)
 	}
 	tmp := t.TempDir()
 	cmd := exec.Command("go", append([]string{"tool", "bpf2go", "-output-dir", tmp}, args...)...)
@@ -79,7 +86,7 @@ func TestGeneratedFilesInSync(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("bpf2go: %v\n%s", err, out)
 	}
-	for _, f := range []string{"datapath_bpfel.go", "datapath_bpfel.o"} {
+	for _, f := range []string{stem + "_bpfel.go", stem + "_bpfel.o"} {
 		want, err := os.ReadFile(filepath.Join(tmp, f))
 		if err != nil {
 			t.Fatal(err)
