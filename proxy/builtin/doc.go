@@ -14,7 +14,10 @@
 // An HTTP/1.x client connection gets its own upstream connection (request
 // and response handled on the handler's goroutine, pipelined requests in
 // order; a kept-alive upstream connection the server dropped is replaced and
-// a body-less request retried once); HTTP/2 streams and upgrades go through
+// a body-less request retried once; a client that half-closes after its
+// request still gets the response, since net/http's cancellation of the
+// request context at the client's EOF does not stop the upstream dial);
+// HTTP/2 streams and upgrades go through
 // httputil.ReverseProxy with transports pooled per mark. Either way one
 // source's upstream connection is never reused for another source. Update swaps the resolver; a connection
 // re-resolves at its next request, so rule changes apply to kept-alive
