@@ -19,40 +19,9 @@
  * (the loader replaces these two maps with the datapath's own). */
 
 #include "membrane.h"
+#include "packet.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
-
-#define ETH_HLEN 14
-#define ETH_P_IP 0x0800
-#define ETH_P_IPV6 0x86DD
-#define IPPROTO_TCP 6
-#define PACKET_HOST 0
-
-#define VERDICT_PASS TC_ACT_UNSPEC
-#define VERDICT_DROP TC_ACT_SHOT
-
-/* Just the fields we read (no kernel headers that need asm/). */
-struct br_ipv4hdr {
-	__u8 ver_ihl;
-	__u8 tos;
-	__u16 tot_len;
-	__u16 id;
-	__u16 frag_off;
-	__u8 ttl;
-	__u8 protocol;
-	__u16 check;
-	__u32 saddr;
-	__u32 daddr;
-};
-
-struct br_ipv6hdr {
-	__u32 vtc_flow;
-	__u16 payload_len;
-	__u8 nexthdr;
-	__u8 hop_limit;
-	__u8 saddr[16];
-	__u8 daddr[16];
-};
 
 /* Replaced at load time by the datapath's maps of the same name. */
 struct {
@@ -83,14 +52,9 @@ static __always_inline int drop(struct __sk_buff *skb, __u32 reason, __u8 dir, _
 				const __u8 *saddr, const __u8 *daddr, __u16 sport, __u16 dport, __u16 port)
 {
 	count(reason, dir, skb->len);
-	struct event *e = bpf_ringbuf_reserve(&membrane_events, sizeof(*e), 0);
-	if (!e) {
-		__u32 slot = COUNTER_EVENTS_LOST;
-		struct counter *c = bpf_map_lookup_elem(&membrane_counters, &slot);
-		if (c)
-			c->packets++;
+	struct event *e = event_reserve(&membrane_events, &membrane_counters);
+	if (!e)
 		return VERDICT_DROP;
-	}
 	__builtin_memset(e, 0, sizeof(*e));
 	e->timestamp = bpf_ktime_get_coarse_ns();
 	e->ifindex = skb->ifindex;
@@ -150,7 +114,7 @@ int membrane_bridge(struct __sk_buff *skb)
 		__be16 dest;
 	} *tcp;
 	if (proto == ETH_P_IP) {
-		struct br_ipv4hdr *ip = data + ETH_HLEN;
+		struct ipv4hdr *ip = data + ETH_HLEN;
 		if ((void *)(ip + 1) > end)
 			return drop(skb, REASON_DROP_PROXY_ASSIGN, dir, 0, saddr, daddr, 0, 0, port);
 		__u32 ihl = (ip->ver_ihl & 0x0f) * 4;
@@ -168,7 +132,7 @@ int membrane_bridge(struct __sk_buff *skb)
 		t.ipv4.dport = tcp->dest;
 		tlen = sizeof(t.ipv4);
 	} else if (proto == ETH_P_IPV6) {
-		struct br_ipv6hdr *ip6 = data + ETH_HLEN;
+		struct ipv6hdr *ip6 = data + ETH_HLEN;
 		if ((void *)(ip6 + 1) > end)
 			return drop(skb, REASON_DROP_PROXY_ASSIGN, dir, 0, saddr, daddr, 0, 0, port);
 		family = 6;

@@ -6,39 +6,14 @@
  * map. The lookup order is the contract in policies/model.go. */
 
 #include "membrane.h"
+#include "packet.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
-
-#define ETH_HLEN 14
-#define ETH_P_IP 0x0800
-#define ETH_P_IPV6 0x86DD
-#define ETH_P_ARP 0x0806
-
-#define IPPROTO_ICMP 1
-#define IPPROTO_TCP 6
-#define IPPROTO_UDP 17
-#define IPPROTO_ICMPV6 58
-#define IPPROTO_SCTP 132
-#define NEXTHDR_HOP 0
-#define NEXTHDR_ROUTING 43
-#define NEXTHDR_FRAGMENT 44
-#define NEXTHDR_AUTH 51
-#define NEXTHDR_NONE 59
-#define NEXTHDR_DEST 60
 
 /* How many IPv6 extension headers we walk before giving up (drop). */
 #define MAX_EXT_HEADERS 8
 
-#define TCP_FIN 0x01
-#define TCP_SYN 0x02
-#define TCP_RST 0x04
-#define TCP_ACK 0x10
-
 #define NSEC 1000000000ULL
-
-/* Pass lets later tc programs and filters run (TC_ACT_UNSPEC == TCX_NEXT). */
-#define VERDICT_PASS TC_ACT_UNSPEC
-#define VERDICT_DROP TC_ACT_SHOT
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -170,28 +145,6 @@ const struct policy_value *unused_policy_value __attribute__((unused));
 const struct policy_exact_key *unused_policy_exact_key __attribute__((unused));
 const struct frag_key *unused_frag_key __attribute__((unused));
 
-struct ipv4hdr {
-	__u8 ver_ihl;
-	__u8 tos;
-	__u16 tot_len;
-	__u16 id;
-	__u16 frag_off;
-	__u8 ttl;
-	__u8 protocol;
-	__u16 check;
-	__u32 saddr;
-	__u32 daddr;
-};
-
-struct ipv6hdr {
-	__u32 vtc_flow;
-	__u16 payload_len;
-	__u8 nexthdr;
-	__u8 hop_limit;
-	__u8 saddr[16];
-	__u8 daddr[16];
-};
-
 /* What the parser learnt about one packet. */
 struct pkt {
 	struct ct_key tuple; /* as the packet travels; ifindex filled in later */
@@ -237,14 +190,9 @@ static __always_inline void emit(struct __sk_buff *skb, struct pkt *p, __u8 type
 				 __u8 dir, __u8 flags, const struct endpoint_info *ep, __u32 local,
 				 const struct verdict *v)
 {
-	struct event *e = bpf_ringbuf_reserve(&membrane_events, sizeof(*e), 0);
-	if (!e) {
-		__u32 slot = COUNTER_EVENTS_LOST;
-		struct counter *c = bpf_map_lookup_elem(&membrane_counters, &slot);
-		if (c)
-			c->packets++;
+	struct event *e = event_reserve(&membrane_events, &membrane_counters);
+	if (!e)
 		return;
-	}
 	e->timestamp = bpf_ktime_get_coarse_ns();
 	e->ifindex = skb->ifindex;
 	e->endpoint_id = ep ? ep->endpoint_id : 0;

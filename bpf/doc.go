@@ -15,7 +15,9 @@
 //
 // A second object (bridge.c) holds membrane_bridge, at tc ingress of each
 // bridge device (docker0, br-*): the second half of the L7 redirect, below.
-// It shares the datapath's counters and events maps.
+// It shares the datapath's counters and events maps. Both objects include
+// include/membrane.h (the map layouts, mirrored in Go) and include/packet.h
+// (the packet header layouts and constants, the verdicts, event_reserve).
 //
 // Per packet: ARP, IPv6 neighbour discovery (ICMPv6 133-137) and multicast
 // listener discovery (ICMPv6 130-132, MLDv1 query/report/done, and 143,
