@@ -28,11 +28,16 @@ import (
 //   - postinst honours policy-rc.d (no start while it says 101) and enables
 //     the unit; `systemd-analyze verify` is clean;
 //   - the unit reaches active and `membrane status` answers;
+//   - the L7 proxy path starts inside the unit's sandbox: status shows the
+//     builtin engine on the configured port, nft made table inet
+//     membrane_l7, and accept_local=1 is set on the managed bridges (one
+//     made after the start too);
 //   - a policy dropped into /etc/membrane/policies.d is enforced between two
 //     containers of the host's Docker;
 //   - `systemctl restart membraned`, and an upgrade to a newer .deb, do not
 //     drop an allowed established connection;
-//   - each capability the unit keeps is needed;
+//   - each capability the unit keeps is needed (without it membraned
+//     fails, stops enforcing, or runs no L7 proxy);
 //   - `dpkg --purge` removes every pin and attachment (the denied client can
 //     connect again; no tcx link or tc filter is left on the veth);
 //   - a systemd preset that disables the unit is honoured on install.
@@ -119,7 +124,7 @@ func TestDebUnderSystemd(t *testing.T) {
 	t.Cleanup(func() { _ = exec.Command("docker", "network", "rm", network).Run() })
 	metricsPort := 20000 + rand.IntN(20000)
 	l7Port := metricsPort + 1
-	mustSh(t, sys, fmt.Sprintf(`rm /usr/sbin/policy-rc.d && printf 'bridges = ["%s"]\nmetrics {\n  listen = "127.0.0.1:%d"\n}\nl7 {\n  port = %d\n}\n' >> /etc/membrane/membrane.hcl`, bridge, metricsPort, l7Port))
+	mustSh(t, sys, fmt.Sprintf(`rm /usr/sbin/policy-rc.d && printf 'bridges = ["%s", "%sb"]\nmetrics {\n  listen = "127.0.0.1:%d"\n}\nl7 {\n  port = %d\n}\n' >> /etc/membrane/membrane.hcl`, bridge, bridge, metricsPort, l7Port))
 	mustSh(t, sys, "systemctl start membraned")
 	waitActive(t, sys)
 	waitFor(t, 30*time.Second, "membrane status to answer", func() (bool, string) {
@@ -185,6 +190,18 @@ func TestDebUnderSystemd(t *testing.T) {
 	// accept_local=1 in /proc/sys/net/ipv4/conf (writable under the unit).
 	waitFor(t, 15*time.Second, "accept_local=1 on the managed bridge", func() (bool, string) {
 		b, _ := os.ReadFile("/proc/sys/net/ipv4/conf/" + bridge + "/accept_local")
+		errs, _ := sh(sys, "membrane status -o json")
+		return strings.TrimSpace(string(b)) == "1", fmt.Sprintf("accept_local=%q; status: %s", strings.TrimSpace(string(b)), errs)
+	})
+	// A bridge made after the daemon started (the unit's bind mount of
+	// /proc/sys/net/ipv4/conf was set up before it existed) gets it too.
+	lateBridge, lateNet, late := bridge+"b", id+"-net2", id+"-late"
+	docker(t, "network", "create", "--driver", "bridge", "-o", "com.docker.network.bridge.name="+lateBridge, lateNet)
+	t.Cleanup(func() { _ = exec.Command("docker", "network", "rm", lateNet).Run() })
+	docker(t, "run", "-d", "--name", late, "--network", lateNet, "--label", label("late"), busybox, "sleep", "3600")
+	t.Cleanup(func() { _ = exec.Command("docker", "rm", "-f", late).Run() })
+	waitFor(t, 15*time.Second, "accept_local=1 on a bridge created after the start", func() (bool, string) {
+		b, _ := os.ReadFile("/proc/sys/net/ipv4/conf/" + lateBridge + "/accept_local")
 		errs, _ := sh(sys, "membrane status -o json")
 		return strings.TrimSpace(string(b)) == "1", fmt.Sprintf("accept_local=%q; status: %s", strings.TrimSpace(string(b)), errs)
 	})
