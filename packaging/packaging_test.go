@@ -180,7 +180,7 @@ func TestDefaultConfigParsesToTheDefaults(t *testing.T) {
 	}
 }
 
-var settingLine = regexp.MustCompile(`^# ( *[a-z_]+ *= .*| *[a-z_]+( "[a-z]+")? \{| *\})$`)
+var settingLine = regexp.MustCompile(`^# ( *[a-z0-9_]+ *= .*| *[a-z0-9_]+( "[a-z]+")? \{| *\})$`)
 
 // uncommentSettings strips "# " from the lines that are settings (an
 // attribute, a block's opening or closing line), leaving prose commented.

@@ -90,3 +90,17 @@
 # metrics {
 #   listen = "127.0.0.1:9964"
 # }
+
+# Report one new allowed flow in N to `membrane observe` (0: none; drops and
+# audits are always reported).
+# flow_sample = 0
+
+# The L7 proxy for rules with http blocks: "builtin" (in membraned), "envoy"
+# (a managed Envoy over xDS) or "auto" (Envoy when `envoy` is on PATH).
+# port is its transparent listener; envoy_unit names a systemd unit that runs
+# Envoy instead of membraned starting it. Changes need a restart.
+# l7 {
+#   engine     = "auto"
+#   port       = 15001
+#   envoy_unit = ""
+# }
