@@ -185,27 +185,6 @@ func (g dSpec) build() *policies.Set {
 	return s
 }
 
-func selString(s policies.Selector) string {
-	var parts []string
-	for _, q := range s.Requirements {
-		switch q.Op {
-		case policies.OpEquals:
-			parts = append(parts, q.Key+"="+q.Values[0])
-		case policies.OpNotEquals:
-			parts = append(parts, q.Key+"!="+q.Values[0])
-		case policies.OpIn:
-			parts = append(parts, q.Key+" in ("+strings.Join(q.Values, ", ")+")")
-		case policies.OpNotIn:
-			parts = append(parts, q.Key+" notin ("+strings.Join(q.Values, ", ")+")")
-		case policies.OpExists:
-			parts = append(parts, q.Key)
-		case policies.OpDoesNotExist:
-			parts = append(parts, "!"+q.Key)
-		}
-	}
-	return strings.Join(parts, ",")
-}
-
 // String prints the spec in the policy language.
 func (g dSpec) String() string {
 	var b strings.Builder
@@ -216,7 +195,7 @@ func (g dSpec) String() string {
 		return "[" + strings.Join(list, ", ") + "]"
 	}
 	for i, p := range g.policies {
-		fmt.Fprintf(&b, "policy \"p%d\" {\n  selector = %q\n  default_deny = %v\n", i, selString(p.sel), p.defaultDeny)
+		fmt.Fprintf(&b, "policy \"p%d\" {\n  selector = %q\n  default_deny = %v\n", i, p.sel.Canonical(), p.defaultDeny)
 		for _, r := range p.rules {
 			block := [2][2]string{{"ingress", "ingress_deny"}, {"egress", "egress_deny"}}[r.dir][r.action]
 			pre := "from_"
@@ -227,7 +206,7 @@ func (g dSpec) String() string {
 			if len(r.eps) > 0 {
 				var s []string
 				for _, e := range r.eps {
-					s = append(s, selString(e))
+					s = append(s, e.Canonical())
 				}
 				fmt.Fprintf(&b, "    %sendpoints = %s\n", pre, q(s))
 			}

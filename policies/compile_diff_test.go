@@ -69,7 +69,7 @@ func (g genSpec) build() *Set {
 func (g genSpec) String() string {
 	var b strings.Builder
 	for i, gp := range g.policies {
-		fmt.Fprintf(&b, "policy \"p%d\" {\n  selector = %q\n  default_deny = %v\n", i, selString(gp.sel), gp.defaultDeny)
+		fmt.Fprintf(&b, "policy \"p%d\" {\n  selector = %q\n  default_deny = %v\n", i, gp.sel.Canonical(), gp.defaultDeny)
 		for _, gr := range gp.rules {
 			name := gr.dir.String()
 			if gr.action == Deny {
@@ -83,7 +83,7 @@ func (g genSpec) String() string {
 			if len(gr.eps) > 0 {
 				var ss []string
 				for _, s := range gr.eps {
-					ss = append(ss, fmt.Sprintf("%q", selString(s)))
+					ss = append(ss, fmt.Sprintf("%q", s.Canonical()))
 				}
 				fmt.Fprintf(&b, "    %sendpoints = [%s]\n", peer, strings.Join(ss, ", "))
 			}
@@ -117,29 +117,6 @@ func (g genSpec) String() string {
 		fmt.Fprintf(&b, "}\n")
 	}
 	return b.String()
-}
-
-// selString renders a selector built by the generator (the generator does
-// not go through the parser, so Source is empty).
-func selString(s Selector) string {
-	var parts []string
-	for _, r := range s.Requirements {
-		switch r.Op {
-		case OpEquals:
-			parts = append(parts, r.Key+"="+r.Values[0])
-		case OpNotEquals:
-			parts = append(parts, r.Key+"!="+r.Values[0])
-		case OpIn:
-			parts = append(parts, r.Key+" in ("+strings.Join(r.Values, ", ")+")")
-		case OpNotIn:
-			parts = append(parts, r.Key+" notin ("+strings.Join(r.Values, ", ")+")")
-		case OpExists:
-			parts = append(parts, r.Key)
-		case OpDoesNotExist:
-			parts = append(parts, "!"+r.Key)
-		}
-	}
-	return strings.Join(parts, ",")
 }
 
 var (

@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
-	"strings"
 	"testing"
 )
 
@@ -89,28 +88,6 @@ func FuzzParse(f *testing.F) {
 	})
 }
 
-// render writes a parsed selector back in the grammar.
-func render(sel Selector) string {
-	var parts []string
-	for _, r := range sel.Requirements {
-		switch r.Op {
-		case OpEquals:
-			parts = append(parts, r.Key+"="+r.Values[0])
-		case OpNotEquals:
-			parts = append(parts, r.Key+"!="+r.Values[0])
-		case OpIn:
-			parts = append(parts, r.Key+" in ("+strings.Join(r.Values, ",")+")")
-		case OpNotIn:
-			parts = append(parts, r.Key+" notin ("+strings.Join(r.Values, ",")+")")
-		case OpExists:
-			parts = append(parts, r.Key)
-		case OpDoesNotExist:
-			parts = append(parts, "!"+r.Key)
-		}
-	}
-	return strings.Join(parts, ",")
-}
-
 func stripOffsets(rs []Requirement) []Requirement {
 	out := make([]Requirement, len(rs))
 	for i, r := range rs {
@@ -146,9 +123,9 @@ func FuzzSelector(f *testing.F) {
 				t.Fatalf("bad requirement %+v in %q", r, s)
 			}
 		}
-		again, err := ParseSelector(render(sel))
+		again, err := ParseSelector(sel.Canonical())
 		if err != nil {
-			t.Fatalf("rendered %q does not parse: %v", render(sel), err)
+			t.Fatalf("rendered %q does not parse: %v", sel.Canonical(), err)
 		}
 		if !reflect.DeepEqual(stripOffsets(again.Requirements), stripOffsets(sel.Requirements)) {
 			t.Fatalf("round trip of %q: %+v != %+v", s, again.Requirements, sel.Requirements)

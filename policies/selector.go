@@ -1,5 +1,7 @@
 package policies
 
+import "strings"
+
 // Operator is the relation of one selector requirement.
 type Operator uint8
 
@@ -66,3 +68,27 @@ func contains(list []string, v string) bool {
 }
 
 func (s Selector) String() string { return s.Source }
+
+// Canonical writes the requirements back in the selector grammar, whatever
+// the Source says (selectors built in Go have none). ParseSelector of the
+// result gives the same requirements.
+func (s Selector) Canonical() string {
+	parts := make([]string, 0, len(s.Requirements))
+	for _, r := range s.Requirements {
+		switch r.Op {
+		case OpEquals:
+			parts = append(parts, r.Key+"="+r.Values[0])
+		case OpNotEquals:
+			parts = append(parts, r.Key+"!="+r.Values[0])
+		case OpIn:
+			parts = append(parts, r.Key+" in ("+strings.Join(r.Values, ", ")+")")
+		case OpNotIn:
+			parts = append(parts, r.Key+" notin ("+strings.Join(r.Values, ", ")+")")
+		case OpExists:
+			parts = append(parts, r.Key)
+		case OpDoesNotExist:
+			parts = append(parts, "!"+r.Key)
+		}
+	}
+	return strings.Join(parts, ",")
+}
