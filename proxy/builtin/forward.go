@@ -101,20 +101,10 @@ func (e *Engine) forward1(w http.ResponseWriter, r *http.Request, cs *conn, t *t
 	if r.ContentLength == 0 {
 		out.Body = nil
 	}
-	// The dial does not end with the request's context: net/http cancels
-	// that when the client's read side reaches EOF, which is also what a
-	// half-close (shutdown(SHUT_WR)) right after a complete request looks
-	// like, and that client still waits for its response. The request
-	// goes upstream anyway; a client that really went away shows when its
-	// response is written (errAborted). Engine.Close still ends the dial.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), dialTimeout)
-	defer cancel()
-	stop := context.AfterFunc(e.closing, cancel)
-	defer stop()
 	cs.upMu.Lock()
 	defer cs.upMu.Unlock()
 	for attempt := 0; ; attempt++ {
-		up, err := e.upstreamConn(ctx, cs, t)
+		up, err := e.upstreamConn(r.Context(), cs, t)
 		if err != nil {
 			return 0, err
 		}
@@ -145,7 +135,19 @@ func (e *Engine) upstreamConn(ctx context.Context, cs *conn, t *target) (*upConn
 		u.c.Close()
 		cs.up = nil
 	}
-	c, err := e.cfg.Dial(ctx, t.dst, t.mark)
+	// The dial does not end with the request's context: net/http cancels
+	// that when the client's read side reaches EOF, which is also what a
+	// half-close (shutdown(SHUT_WR)) right after a complete request looks
+	// like, and that client still waits for its response. The request
+	// goes upstream anyway; a client that really went away shows when its
+	// response is written (errAborted). Engine.Close still ends the dial.
+	// The timer and the AfterFunc exist only while dialing: a request on a
+	// kept-alive upstream connection pays for neither.
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), dialTimeout)
+	stop := context.AfterFunc(e.closing, cancel)
+	c, err := e.cfg.Dial(dctx, t.dst, t.mark)
+	stop()
+	cancel()
 	if err != nil {
 		return nil, err
 	}
