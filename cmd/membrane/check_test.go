@@ -21,17 +21,7 @@ func runCLI(t *testing.T, args ...string) (string, int, error) {
 	root.SetErr(&errOut)
 	root.SetArgs(args)
 	err := root.Execute()
-	code := 0
-	if err != nil {
-		code = 1
-		var ee *exitError
-		if errors.As(err, &ee) {
-			code = ee.code
-		} else if isUsage(err) {
-			code = 2
-		}
-	}
-	return out.String(), code, err
+	return out.String(), exitCode(err), err
 }
 
 func writePolicy(t *testing.T, path, content string) {

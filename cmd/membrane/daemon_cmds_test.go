@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -75,15 +74,8 @@ func run(t *testing.T, args ...string) (string, int) {
 	root.SetErr(&out)
 	root.SetArgs(args)
 	err := root.Execute()
-	code := 0
+	code := exitCode(err)
 	if err != nil {
-		code = 1
-		var ee *exitError
-		if errors.As(err, &ee) {
-			code = ee.code
-		} else if isUsage(err) {
-			code = 2
-		}
 		out.WriteString("ERR: " + err.Error())
 	}
 	return out.String(), code

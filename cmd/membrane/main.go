@@ -53,21 +53,30 @@ func newRootCmd() *cobra.Command {
 	return root
 }
 
+// exitCode is the process exit code for what Execute returned: 0 on
+// success, the code an exitError carries, 2 for cobra's usage errors, else 1.
+func exitCode(err error) int {
+	if err == nil {
+		return 0
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	if isUsage(err) {
+		return 2
+	}
+	return 1
+}
+
 func main() {
 	err := newRootCmd().Execute()
 	if err == nil {
 		return
 	}
-	code := 1
 	var ee *exitError
-	if errors.As(err, &ee) {
-		code = ee.code
-		if ee.err == nil {
-			os.Exit(code)
-		}
-	} else if isUsage(err) {
-		code = 2
+	if !errors.As(err, &ee) || ee.err != nil {
+		fmt.Fprintln(os.Stderr, "membrane:", err)
 	}
-	fmt.Fprintln(os.Stderr, "membrane:", err)
-	os.Exit(code)
+	os.Exit(exitCode(err))
 }
