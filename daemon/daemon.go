@@ -133,11 +133,14 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
-	// STOPPING=1 as soon as the signal arrives, not after the drain.
-	go func() {
+	// STOPPING=1 as soon as the signal arrives, not after the drain. It is
+	// one of the group's goroutines so that Run cannot return (and the
+	// process exit) before it is sent.
+	g.Go(func() error {
 		<-gctx.Done()
 		notifier.Stopping()
-	}()
+		return nil
+	})
 	for _, s := range sources {
 		g.Go(func() error {
 			if err := s.src.Run(gctx); err != nil {
