@@ -46,28 +46,26 @@ type Config struct {
 type Engine struct {
 	cfg      Config
 	log      *slog.Logger
-	srv      *http.Server
+	srv      *http.Server // HTTP/2 (prior knowledge) connections, handed over by the HTTP/1 loop
+	h2l      *chanListener
 	rp       *httputil.ReverseProxy
 	metrics  *proxy.Metrics
 	resolver atomic.Pointer[resolverBox]
 	port     uint16
 
-	// closing is done when Close begins: it ends upstream dials that do
-	// not follow the client's context (forward1).
+	// closing is done when Close begins: it ends upstream dials, which do
+	// not follow the client.
 	closing     context.Context
 	closeCancel context.CancelFunc
 
 	mu        sync.Mutex
-	upstreams map[uint32]*upstream
+	upstreams map[uint32]*http.Transport // HTTP/2 upstream transports by mark
 	closed    bool
-	hijacked  map[net.Conn]struct{}
-	conns     sync.Map // net.Conn -> *conn, to close upstreams with their clients
-	serveDone sync.WaitGroup
+	h1conns   map[*h1]struct{}
+	serveDone sync.WaitGroup // accept loops and HTTP/1 connections
 }
 
 type resolverBox struct{ r proxy.Resolver }
-
-type upstream struct{ h1, h2 *http.Transport }
 
 var _ proxy.Engine = (*Engine)(nil)
 
@@ -95,8 +93,9 @@ func New(cfg Config) (*Engine, error) {
 		cfg:       cfg,
 		log:       cfg.Logger.With("subsys", "proxy", "engine", "builtin"),
 		metrics:   proxy.NewMetrics("builtin"),
-		upstreams: map[uint32]*upstream{},
-		hijacked:  map[net.Conn]struct{}{},
+		upstreams: map[uint32]*http.Transport{},
+		h1conns:   map[*h1]struct{}{},
+		h2l:       newChanListener(cfg.Listeners[0].Addr()),
 	}
 	e.closing, e.closeCancel = context.WithCancel(context.Background())
 	if a, ok := cfg.Listeners[0].Addr().(*net.TCPAddr); ok {
@@ -110,7 +109,6 @@ func New(cfg Config) (*Engine, error) {
 		ErrorLog:     slog.NewLogLogger(e.log.Handler(), slog.LevelDebug),
 	}
 	var protos http.Protocols
-	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
 	e.srv = &http.Server{
 		Handler:           e,
@@ -118,20 +116,76 @@ func New(cfg Config) (*Engine, error) {
 		ConnContext:       e.connContext,
 		ConnState:         e.connState,
 		MaxHeaderBytes:    cfg.MaxHeaderBytes,
-		ReadHeaderTimeout: 30 * time.Second,
+		ReadHeaderTimeout: readHeaderTimeout,
 		IdleTimeout:       cfg.IdleTimeout,
 		ErrorLog:          slog.NewLogLogger(e.log.Handler(), slog.LevelDebug),
 	}
+	e.serveDone.Add(1)
+	go func() {
+		defer e.serveDone.Done()
+		e.srv.Serve(e.h2l)
+	}()
 	for _, l := range cfg.Listeners {
 		e.serveDone.Add(1)
 		go func() {
 			defer e.serveDone.Done()
-			if err := e.srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				e.log.Error("proxy listener stopped", "addr", l.Addr().String(), "err", err)
-			}
+			e.accept(l)
 		}()
 	}
 	return e, nil
+}
+
+// accept serves l until it is closed.
+func (e *Engine) accept(l net.Listener) {
+	var backoff time.Duration
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if e.closing.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors and the like: wait, as net/http does.
+			if backoff == 0 {
+				backoff = 5 * time.Millisecond
+			} else if backoff *= 2; backoff > time.Second {
+				backoff = time.Second
+			}
+			e.log.Error("proxy accept failed", "addr", l.Addr().String(), "err", err, "retry_in", backoff)
+			select {
+			case <-time.After(backoff):
+				continue
+			case <-e.closing.Done():
+				return
+			}
+		}
+		backoff = 0
+		e.metrics.Connections.Inc()
+		e.metrics.ConnectionsActive.Inc()
+		cs := &conn{src: proxy.RemoteAddrPort(c)}
+		cs.dst, cs.dstErr = e.cfg.OriginalDst(c)
+		e.serveDone.Add(1)
+		go func() {
+			defer e.serveDone.Done()
+			e.serveH1(c, cs)
+		}()
+	}
+}
+
+// track registers a client connection for Close; false when closing.
+func (e *Engine) track(h *h1) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return false
+	}
+	e.h1conns[h] = struct{}{}
+	return true
+}
+
+func (e *Engine) untrack(h *h1) {
+	e.mu.Lock()
+	delete(e.h1conns, h)
+	e.mu.Unlock()
 }
 
 // Name implements proxy.Engine.
@@ -150,41 +204,36 @@ func (e *Engine) Update(r proxy.Resolver) error {
 func (e *Engine) Collectors() []prometheus.Collector { return e.metrics.Collectors() }
 
 // Close implements proxy.Engine: it closes the listeners, every client
-// connection (upgraded ones too) and the idle upstream connections.
+// connection (upgraded ones too) and the upstream connections, and waits
+// for the connections' goroutines.
 func (e *Engine) Close() error {
 	e.closeCancel()
+	var err error
+	for _, l := range e.cfg.Listeners {
+		if cerr := l.Close(); cerr != nil && !errors.Is(cerr, net.ErrClosed) && err == nil {
+			err = cerr
+		}
+	}
 	e.mu.Lock()
 	e.closed = true
-	for c := range e.hijacked {
-		c.Close()
+	for h := range e.h1conns {
+		h.abort()
 	}
 	ups := e.upstreams
-	e.upstreams = map[uint32]*upstream{}
+	e.upstreams = map[uint32]*http.Transport{}
 	e.mu.Unlock()
-	err := e.srv.Close()
-	e.conns.Range(func(k, v any) bool {
-		v.(*conn).closeUpstream()
-		e.conns.Delete(k)
-		return true
-	})
+	e.srv.Close()
 	for _, u := range ups {
-		u.h1.CloseIdleConnections()
-		u.h2.CloseIdleConnections()
+		u.CloseIdleConnections()
 	}
 	e.serveDone.Wait()
 	return err
 }
 
-type connKey struct{}
-
 // conn is what the engine knows about one client connection.
 type conn struct {
-	c        net.Conn
 	src, dst netip.AddrPort
 	dstErr   error
-
-	upMu sync.Mutex // serializes the fast path's use of up
-	up   *upConn
 
 	mu       sync.Mutex
 	resolved *resolverBox
@@ -192,47 +241,27 @@ type conn struct {
 	err      error
 }
 
+// connContext gives HTTP/2 requests their connection's state.
 func (e *Engine) connContext(ctx context.Context, c net.Conn) context.Context {
-	cs := &conn{c: c, src: proxy.RemoteAddrPort(c)}
-	cs.dst, cs.dstErr = e.cfg.OriginalDst(c)
-	e.conns.Store(c, cs)
-	return context.WithValue(ctx, connKey{}, cs)
-}
-
-// closeUpstreamOf closes the upstream connection of client connection c.
-func (e *Engine) closeUpstreamOf(c net.Conn) {
-	if v, ok := e.conns.LoadAndDelete(c); ok {
-		v.(*conn).closeUpstream()
+	hc, ok := c.(*handoffConn)
+	if !ok {
+		// Only the HTTP/1 loop hands connections over; just in case.
+		cs := &conn{src: proxy.RemoteAddrPort(c)}
+		cs.dst, cs.dstErr = e.cfg.OriginalDst(c)
+		return context.WithValue(ctx, connKey{}, cs)
 	}
+	return context.WithValue(ctx, connKey{}, hc.cs)
 }
 
+type connKey struct{}
+
+// connState counts the end of a handed-over connection (its start was
+// counted when accepted).
 func (e *Engine) connState(c net.Conn, s http.ConnState) {
 	switch s {
-	case http.StateNew:
-		e.metrics.Connections.Inc()
-		e.metrics.ConnectionsActive.Inc()
-	case http.StateClosed:
-		e.metrics.ConnectionsActive.Dec()
-		e.closeUpstreamOf(c)
-	case http.StateHijacked:
-		e.closeUpstreamOf(c)
-		// Upgraded (WebSocket) connections: net/http forgets them, so Close
-		// must find them here.
-		e.mu.Lock()
-		if e.closed {
-			c.Close()
-		} else {
-			e.hijacked[c] = struct{}{}
-		}
-		e.mu.Unlock()
+	case http.StateClosed, http.StateHijacked:
 		e.metrics.ConnectionsActive.Dec()
 	}
-}
-
-func (e *Engine) forgetHijacked(c net.Conn) {
-	e.mu.Lock()
-	delete(e.hijacked, c)
-	e.mu.Unlock()
 }
 
 // decide returns the connection's decision under the current resolver,
@@ -261,12 +290,12 @@ type targetKey struct{}
 type target struct {
 	dst  netip.AddrPort
 	mark uint32
-	h2   bool
 	path string // normalized path to forward, "" to keep the original
 	err  error  // upstream failure, set by upstreamError
 }
 
-// ServeHTTP judges one request (one HTTP/2 stream).
+// ServeHTTP judges one HTTP/2 stream (HTTP/1.x requests never get here:
+// the HTTP/1 loop serves them).
 func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	cs, _ := r.Context().Value(connKey{}).(*conn)
@@ -300,42 +329,13 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if ruleID != 0 {
 		ev.Policy = box.r.PolicyName(ruleID)
 	}
-	t := &target{dst: cs.dst, mark: proxy.FromProxyMark(dec.SrcIdentity), h2: r.ProtoMajor == 2}
+	t := &target{dst: cs.dst, mark: proxy.FromProxyMark(dec.SrcIdentity)}
 	if req.Path != r.URL.Path {
 		t.path = req.Path
-	}
-	if fastPath(r) {
-		status, err := e.forward1(w, r, cs, t)
-		if errors.Is(err, errAborted) {
-			ev.Status, ev.Verdict, ev.Error = status, proxy.VerdictError, err.Error()
-			e.finish(&ev, start)
-			panic(http.ErrAbortHandler)
-		}
-		if err != nil {
-			t.err = err
-			status = http.StatusBadGateway
-			if errors.Is(err, context.Canceled) {
-				// Engine.Close: nobody is left to answer.
-				status = 499
-			} else {
-				e.log.Debug("upstream failed", "dst", t.dst.String(), "err", err)
-				http.Error(w, "membrane: upstream unavailable", http.StatusBadGateway)
-			}
-		}
-		ev.Status, ev.Verdict = status, proxy.VerdictForwarded
-		if t.err != nil {
-			ev.Verdict, ev.Error = proxy.VerdictError, t.err.Error()
-		}
-		e.finish(&ev, start)
-		return
 	}
 	sw := &statusWriter{ResponseWriter: w}
 	e.rp.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), targetKey{}, t)))
 	ev.Status = sw.status
-	if sw.status == http.StatusSwitchingProtocols {
-		// The upgraded connection ended with ServeHTTP.
-		e.forgetHijacked(cs.c)
-	}
 	ev.Verdict = proxy.VerdictForwarded
 	if t.err != nil {
 		ev.Verdict, ev.Error = proxy.VerdictError, t.err.Error()
@@ -397,19 +397,15 @@ func (e *Engine) upstreamError(w http.ResponseWriter, r *http.Request, err error
 	http.Error(w, "membrane: upstream unavailable", http.StatusBadGateway)
 }
 
-// roundTripper sends a request over the transport of its mark and protocol.
+// roundTripper sends a request over the HTTP/2 transport of its mark.
 type roundTripper struct{ e *Engine }
 
 func (rt roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 	t := r.Context().Value(targetKey{}).(*target)
-	u := rt.e.upstream(t.mark)
-	if t.h2 {
-		return u.h2.RoundTrip(r)
-	}
-	return u.h1.RoundTrip(r)
+	return rt.e.upstream(t.mark).RoundTrip(r)
 }
 
-func (e *Engine) upstream(mark uint32) *upstream {
+func (e *Engine) upstream(mark uint32) *http.Transport {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if u, ok := e.upstreams[mark]; ok {
@@ -422,23 +418,54 @@ func (e *Engine) upstream(mark uint32) *upstream {
 		}
 		return e.cfg.Dial(ctx, ap, mark)
 	}
-	var p1, p2 http.Protocols
-	p1.SetHTTP1(true)
+	var p2 http.Protocols
 	p2.SetUnencryptedHTTP2(true)
-	u := &upstream{
-		h1: &http.Transport{
-			DialContext: dial, Protocols: &p1,
-			MaxIdleConnsPerHost: 256, IdleConnTimeout: 90 * time.Second,
-			ExpectContinueTimeout: time.Second, DisableCompression: true,
-		},
-		h2: &http.Transport{
-			DialContext: dial, Protocols: &p2,
-			IdleConnTimeout: 90 * time.Second, DisableCompression: true,
-		},
+	u := &http.Transport{
+		DialContext: dial, Protocols: &p2,
+		IdleConnTimeout: 90 * time.Second, DisableCompression: true,
 	}
 	e.upstreams[mark] = u
 	return u
 }
+
+// chanListener is the HTTP/2 server's listener: the connections the
+// HTTP/1 loop hands over.
+type chanListener struct {
+	addr net.Addr
+	ch   chan net.Conn
+	once sync.Once
+	done chan struct{}
+}
+
+func newChanListener(addr net.Addr) *chanListener {
+	return &chanListener{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+// push hands c over; false (c not taken) once the listener is closed.
+func (l *chanListener) push(c net.Conn) bool {
+	select {
+	case l.ch <- c:
+		return true
+	case <-l.done:
+		return false
+	}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return l.addr }
 
 // statusWriter records the final status for the event. Unwrap lets
 // http.ResponseController reach Flush and Hijack (WebSocket) underneath.

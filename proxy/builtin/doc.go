@@ -11,18 +11,28 @@
 // a miss is answered 403 with a short text body naming the policy, and an
 // allowed request goes upstream to the original destination on a socket
 // whose SO_MARK carries the source identity and the from-proxy flag.
-// An HTTP/1.x client connection gets its own upstream connection (request
-// and response handled on the handler's goroutine, pipelined requests in
-// order; a kept-alive upstream connection the server dropped is replaced and
-// a body-less request retried once; a client that half-closes after its
-// request still gets the response, since net/http's cancellation of the
-// request context at the client's EOF does not stop the upstream dial);
-// HTTP/2 streams and upgrades go through
+// An HTTP/1.x client connection is served by one goroutine with the
+// engine's own parser (h1.go): no net/http server on that path. It owns one
+// upstream connection to the original destination, dialed at the first
+// allowed request and again when the upstream closed it (a body-less
+// request on a kept-alive upstream connection the server just dropped is
+// retried once); request and response bodies are relayed by their framing
+// (Content-Length, chunked, until close) without buffering whole bodies;
+// pipelined requests are answered in order, and responses are flushed when
+// the client has nothing more buffered. A client that half-closes after
+// its request still gets the response. Upgrades (WebSocket) and CONNECT,
+// judged at the request, become a byte tunnel once the upstream agrees
+// (101, 2xx); an upgrade to h2c is forwarded as a plain request, since its
+// streams could not be judged. A connection that opens with the HTTP/2
+// preface is handed to net/http's HTTP/2 server, whose streams go through
 // httputil.ReverseProxy with transports pooled per mark. Either way one
-// source's upstream connection is never reused for another source. Update swaps the resolver; a connection
-// re-resolves at its next request, so rule changes apply to kept-alive
-// connections. Bad requests get 400 and oversized headers 431 from net/http
-// without reaching the handler.
+// source's upstream connection is never reused for another source. Update
+// swaps the resolver; a connection re-resolves at its next request, so rule
+// changes apply to kept-alive connections. A request that does not parse
+// gets 400 (Content-Length with Transfer-Encoding, differing
+// Content-Lengths, a malformed request line, field or chunk), oversized
+// headers 431, another Transfer-Encoding than chunked 501, an Expect other
+// than 100-continue 417; then the connection closes.
 //
 // Paths are judged after removing dot segments and repeated slashes, and a
 // request whose path changed that way is forwarded with the normalized path,

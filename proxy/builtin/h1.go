@@ -1,0 +1,1344 @@
+package builtin
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/textproto"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/membrane-fw/membrane/proxy"
+)
+
+// The HTTP/1.x path: one goroutine per client connection reads requests
+// with its own parser, judges each, and forwards it on the connection's
+// own upstream connection (to its original destination, with its source's
+// mark), dialed at the first allowed request and again when the upstream
+// closed it. Nothing per request goes through net/http: that keeps a
+// request to a few syscalls and one goroutine wake-up per side, and
+// pipelined requests are answered in order for free. Responses are
+// buffered and flushed when the client has no more requests buffered (or
+// before the proxy would wait for the upstream), so a response head and a
+// small body leave in one write and pipelined responses leave together.
+// A connection that opens with the HTTP/2 preface is handed to net/http's
+// HTTP/2 server (ServeHTTP); upgrades (WebSocket) and CONNECT become a byte
+// tunnel after the upstream accepts them.
+
+// Limits of the HTTP/1.x path.
+const (
+	// dialTimeout bounds an upstream connect (whose context is not the
+	// client's: a client's half-close does not cancel its request).
+	dialTimeout = 30 * time.Second
+	// readHeaderTimeout bounds the arrival of a request head that began.
+	readHeaderTimeout = 30 * time.Second
+	// maxDrainBytes of an unread request body (a denied upload) are read
+	// and dropped to keep the connection; beyond, it is closed.
+	maxDrainBytes = 256 << 10
+	// maxResponseHead bounds an upstream response head.
+	maxResponseHead = 1 << 20
+	// maxTrailerBytes bounds a chunked body's trailer section.
+	maxTrailerBytes = 64 << 10
+	// drainTimeout is how long a closing connection reads what the client
+	// still sends, so that the kernel does not reset the connection (and
+	// lose the response) for unread data.
+	drainTimeout = 500 * time.Millisecond
+)
+
+var (
+	// errAborted says a response broke off after its head was sent: the
+	// client connection is closed.
+	errAborted = errors.New("response aborted mid-body")
+	// errMalformedChunk is a chunked body that does not parse.
+	errMalformedChunk = errors.New("malformed chunked body")
+	errBadResponse    = errors.New("malformed upstream response")
+)
+
+// readErr is an error reading the source of a copy (as opposed to writing
+// its destination).
+type readErr struct {
+	err        error
+	fromClient bool // the client's request body (else the upstream's response)
+}
+
+func (e readErr) Error() string { return e.err.Error() }
+func (e readErr) Unwrap() error { return e.err }
+
+var copyBufs = sync.Pool{New: func() any { return new([32 << 10]byte) }}
+
+// upConn is a client connection's upstream connection.
+type upConn struct {
+	c    net.Conn
+	r    *bufio.Reader
+	w    *bufio.Writer
+	dst  netip.AddrPort
+	mark uint32
+	used bool // served a request before (a failure may be a stale keep-alive)
+
+	head []byte // the current response head
+	resp response
+}
+
+// request is the parsed head of the current request; spans index h1.head.
+type request struct {
+	method, target span
+	minor          int // HTTP/1.minor
+	fields         []field
+	host           span
+	hosts          int
+	contentLength  int64 // -1: none
+	chunked        bool
+	closeConn      bool // Connection: close
+	keepAlive      bool // Connection: keep-alive (HTTP/1.0)
+	connUpgrade    bool // Connection: upgrade
+	expect100      bool
+	upgrade        span // the Upgrade field's value
+	connTokens     []span
+}
+
+func (r *request) hasBody() bool { return r.chunked || r.contentLength > 0 }
+
+// response is the parsed head of an upstream response; spans index
+// upConn.head.
+type response struct {
+	minor         int
+	status        int
+	statusRest    span // "200 OK": the status line after the version
+	fields        []field
+	contentLength int64
+	chunked       bool
+	te            span // Transfer-Encoding value when not just "chunked"
+	closeConn     bool
+	keepAlive     bool
+	connTokens    []span
+}
+
+// h1 is one HTTP/1.x client connection.
+type h1 struct {
+	e  *Engine
+	cs *conn
+	c  net.Conn
+	br *bufio.Reader
+	bw *bufio.Writer
+
+	up atomic.Pointer[upConn] // atomic: Engine.Close closes it from outside
+
+	head     []byte
+	rq       request
+	deadline time.Time // the client read deadline in force (zero: none)
+	now      time.Time // when the last request finished
+
+	handedOff bool
+	// linger: the client may still be sending what the proxy will not
+	// read (a refused body, a bad request); the connection half-closes and
+	// drains before it closes (after the request's event is out).
+	linger bool
+
+	// What the previous request's target and Host resolved to: a
+	// kept-alive client usually repeats them, and then they cost no
+	// allocation.
+	lastTarget []byte
+	lastPath   string
+	lastFwd    []byte // nil: forward the target as received
+	lastOver   string // Host override of an absolute-form target
+	lastHost   []byte
+	lastHostM  string
+}
+
+func (e *Engine) serveH1(c net.Conn, cs *conn) {
+	h := &h1{e: e, cs: cs, c: c, br: bufio.NewReaderSize(c, 4<<10), bw: bufio.NewWriterSize(c, 4<<10), now: time.Now()}
+	if !e.track(h) {
+		c.Close()
+		e.metrics.ConnectionsActive.Dec()
+		return
+	}
+	defer func() {
+		e.untrack(h)
+		if u := h.up.Swap(nil); u != nil {
+			u.c.Close()
+		}
+		if !h.handedOff {
+			if h.linger {
+				h.closeWriteAndDrain()
+			} else {
+				h.bw.Flush() // a last response (Connection: close)
+			}
+			c.Close()
+			e.metrics.ConnectionsActive.Dec()
+		}
+	}()
+	for first := true; ; first = false {
+		if !h.serveOne(first) {
+			return
+		}
+	}
+}
+
+// abort closes both connections (Engine.Close).
+func (h *h1) abort() {
+	h.c.Close()
+	if u := h.up.Load(); u != nil {
+		u.c.Close()
+	}
+}
+
+func (h *h1) setDeadline(t time.Time) {
+	h.c.SetReadDeadline(t)
+	h.deadline = t
+}
+
+func (h *h1) clearDeadline() {
+	if !h.deadline.IsZero() {
+		h.setDeadline(time.Time{})
+	}
+}
+
+// readHead reads the next request head into h.head and h.rq. ok false
+// with a nil error: the client closed or idled out between requests.
+func (h *h1) readHead(first bool) (ok bool, err error) {
+	if h.br.Buffered() == 0 {
+		if err := h.bw.Flush(); err != nil {
+			return false, nil
+		}
+		// The idle timeout, moved only when it lags by more than a second
+		// (setting a deadline per request costs).
+		if want := h.now.Add(h.e.cfg.IdleTimeout); h.deadline.IsZero() || want.Sub(h.deadline) > time.Second {
+			h.setDeadline(want)
+		}
+	}
+	limit := h.e.cfg.MaxHeaderBytes
+	var line span
+	for empty := 0; ; empty++ {
+		h.head = h.head[:0]
+		h.head, line, err = readLine(h.br, h.head, limit)
+		if err != nil {
+			if err == errHeadTooLarge {
+				return false, err
+			}
+			return false, nil
+		}
+		// RFC 9112 section 2.2: ignore empty lines before a request.
+		if !line.empty() || empty == 4 {
+			break
+		}
+	}
+	if first && string(line.of(h.head)) == "PRI * HTTP/2.0" {
+		h.handoff()
+		return false, nil
+	}
+	rq := &h.rq
+	*rq = request{fields: rq.fields[:0], connTokens: rq.connTokens[:0], contentLength: -1}
+	if err := parseRequestLine(h.head, line, rq); err != nil {
+		return false, err
+	}
+	for {
+		if h.br.Buffered() == 0 {
+			// The head arrives in pieces: bound how long it may take.
+			if want := time.Now().Add(readHeaderTimeout); h.deadline.IsZero() || want.Before(h.deadline) {
+				h.setDeadline(want)
+			}
+		}
+		h.head, line, err = readLine(h.br, h.head, limit)
+		if err != nil {
+			if err == errHeadTooLarge {
+				return false, err
+			}
+			return false, nil
+		}
+		if line.empty() {
+			break
+		}
+		f, ok := parseField(h.head, line)
+		if !ok {
+			return false, badRequest("malformed header field")
+		}
+		if err := rq.classify(h.head, f); err != nil {
+			return false, err
+		}
+		rq.fields = append(rq.fields, f)
+	}
+	return true, rq.validate()
+}
+
+func parseRequestLine(buf []byte, line span, rq *request) error {
+	b := line.of(buf)
+	sp1 := bytes.IndexByte(b, ' ')
+	if sp1 <= 0 {
+		return badRequest("malformed request line")
+	}
+	sp2 := bytes.IndexByte(b[sp1+1:], ' ')
+	if sp2 <= 0 {
+		return badRequest("malformed request line")
+	}
+	sp2 += sp1 + 1
+	rq.method = span{line.s, line.s + sp1}
+	rq.target = span{line.s + sp1 + 1, line.s + sp2}
+	if !isToken(rq.method.of(buf)) {
+		return badRequest("invalid method")
+	}
+	for _, c := range rq.target.of(buf) {
+		if c <= ' ' || c == 0x7f {
+			return badRequest("invalid request target")
+		}
+	}
+	switch string(b[sp2+1:]) {
+	case "HTTP/1.1":
+		rq.minor = 1
+	case "HTTP/1.0":
+		rq.minor = 0
+	default:
+		v := b[sp2+1:]
+		if len(v) == 8 && string(v[:5]) == "HTTP/" && v[6] == '.' && v[5] >= '2' && v[5] <= '9' {
+			return &httpError{http.StatusHTTPVersionNotSupported, "unsupported HTTP version"}
+		}
+		if len(v) == 8 && string(v[:7]) == "HTTP/1." && v[7] >= '0' && v[7] <= '9' {
+			rq.minor = 1
+			break
+		}
+		return badRequest("malformed HTTP version")
+	}
+	return nil
+}
+
+// classify records what the proxy must know of one request header field.
+func (rq *request) classify(buf []byte, f field) error {
+	name, val := f.name.of(buf), f.value.of(buf)
+	switch len(name) {
+	case 4:
+		if equalFold(name, "host") {
+			rq.host = f.value
+			rq.hosts++
+		}
+	case 6:
+		if equalFold(name, "expect") && rq.minor >= 1 {
+			if !equalFold(val, "100-continue") {
+				return &httpError{http.StatusExpectationFailed, "unsupported Expect"}
+			}
+			rq.expect100 = true
+		}
+	case 7:
+		if equalFold(name, "upgrade") {
+			rq.upgrade = f.value
+		}
+	case 10:
+		if equalFold(name, "connection") {
+			tokens(val, func(t []byte) {
+				switch {
+				case equalFold(t, "close"):
+					rq.closeConn = true
+				case equalFold(t, "keep-alive"):
+					rq.keepAlive = true
+				case equalFold(t, "upgrade"):
+					rq.connUpgrade = true
+				}
+				off := f.value.s + (cap(val) - cap(t)) // t's offset within the value
+				rq.connTokens = append(rq.connTokens, span{off, off + len(t)})
+			})
+		}
+	case 14:
+		if equalFold(name, "content-length") {
+			n, ok := parseContentLength(val)
+			if !ok {
+				return badRequest("invalid Content-Length")
+			}
+			if rq.contentLength >= 0 && rq.contentLength != n {
+				return badRequest("conflicting Content-Length fields")
+			}
+			rq.contentLength = n
+		}
+	case 17:
+		if equalFold(name, "transfer-encoding") {
+			if rq.minor == 0 {
+				return badRequest("Transfer-Encoding in an HTTP/1.0 request")
+			}
+			if rq.chunked || !equalFold(val, "chunked") {
+				return &httpError{http.StatusNotImplemented, "unsupported Transfer-Encoding"}
+			}
+			rq.chunked = true
+		}
+	}
+	return nil
+}
+
+func (rq *request) validate() error {
+	if rq.chunked && rq.contentLength >= 0 {
+		// RFC 9112 section 6.1: the classic request smuggling vector.
+		return badRequest("both Transfer-Encoding and Content-Length")
+	}
+	if rq.hosts > 1 || rq.minor >= 1 && rq.hosts == 0 {
+		return badRequest("missing or repeated Host")
+	}
+	return nil
+}
+
+// hopByHop reports the header fields a proxy does not forward (RFC 9110
+// section 7.6.1), plus the framing fields it writes itself.
+func hopByHop(name []byte) bool {
+	switch len(name) {
+	case 2:
+		return equalFold(name, "te")
+	case 6:
+		return equalFold(name, "expect")
+	case 7:
+		return equalFold(name, "upgrade") || equalFold(name, "trailer")
+	case 10:
+		return equalFold(name, "connection") || equalFold(name, "keep-alive")
+	case 14:
+		return equalFold(name, "content-length")
+	case 16:
+		return equalFold(name, "proxy-connection")
+	case 17:
+		return equalFold(name, "transfer-encoding")
+	case 18:
+		return equalFold(name, "proxy-authenticate")
+	case 19:
+		return equalFold(name, "proxy-authorization")
+	}
+	return false
+}
+
+// listed reports whether name is one of the Connection field's tokens.
+func listed(buf []byte, toks []span, name []byte) bool {
+	for _, t := range toks {
+		if bytes.EqualFold(t.of(buf), name) {
+			return true
+		}
+	}
+	return false
+}
+
+// serveOne serves one request; false means the connection is done.
+func (h *h1) serveOne(first bool) bool {
+	ok, err := h.readHead(first)
+	if err != nil {
+		h.fail(err)
+		return false
+	}
+	if !ok {
+		return false
+	}
+	e, cs, rq := h.e, h.cs, &h.rq
+	start := time.Now()
+	method := methodString(rq.method.of(h.head))
+	path, fwd, over, err := h.target(method)
+	if err != nil {
+		h.fail(err)
+		return false
+	}
+	var host string
+	if over != "" {
+		host = proxy.MatchHost(over)
+	} else {
+		host, err = h.matchHost()
+		if err != nil {
+			h.fail(err)
+			return false
+		}
+	}
+	ev := proxy.Event{
+		Time: start, Engine: "builtin", Src: cs.src, Dst: cs.dst,
+		Proto: "HTTP/1.1", Method: method, Path: path, Host: host,
+	}
+	if rq.minor == 0 {
+		ev.Proto = "HTTP/1.0"
+	}
+	box := e.resolver.Load()
+	dec, err := cs.decide(box)
+	ev.SrcIdentity, ev.DstIdentity = dec.SrcIdentity, dec.DstIdentity
+	if err != nil {
+		ev.Verdict, ev.Status, ev.Error = proxy.VerdictDenied, http.StatusForbidden, err.Error()
+		keep := h.deny(method, "Access denied by Membrane: "+err.Error())
+		h.finish(&ev, start)
+		return keep
+	}
+	req := proxy.Request{Method: method, Path: path, Host: host}
+	if needHeaders(&dec) {
+		req.Headers = h.header()
+	}
+	ruleID, denied := dec.Verdict(&req)
+	if denied != nil {
+		names := proxy.PolicyNames(box.r, denied)
+		ev.Verdict, ev.Status, ev.Policy = proxy.VerdictDenied, http.StatusForbidden, strings.Join(names, ",")
+		keep := h.deny(method, denyText(names, denied))
+		h.finish(&ev, start)
+		return keep
+	}
+	ev.RuleID = ruleID
+	if ruleID != 0 {
+		ev.Policy = box.r.PolicyName(ruleID)
+	}
+	keep := h.forward(&ev, method, fwd, over, cs.dst, proxy.FromProxyMark(dec.SrcIdentity))
+	h.finish(&ev, start)
+	return keep
+}
+
+func (h *h1) finish(ev *proxy.Event, start time.Time) {
+	h.now = time.Now()
+	ev.Duration = h.now.Sub(start)
+	h.e.metrics.Observe(ev)
+	if h.e.cfg.Events != nil {
+		h.e.cfg.Events(*ev)
+	}
+}
+
+// needHeaders reports whether a rule of d looks at headers (only then is
+// the request's http.Header built).
+func needHeaders(d *proxy.Decision) bool {
+	for i := range d.Checks {
+		for j := range d.Checks[i].Rules.Rules {
+			if len(d.Checks[i].Rules.Rules[j].HTTP.Headers) > 0 {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// header is the request's fields as net/http presents them to a handler:
+// canonical names, Host and Transfer-Encoding left out.
+func (h *h1) header() http.Header {
+	hd := make(http.Header, len(h.rq.fields))
+	for _, f := range h.rq.fields {
+		name := f.name.of(h.head)
+		if equalFold(name, "host") || equalFold(name, "transfer-encoding") {
+			continue
+		}
+		k := textproto.CanonicalMIMEHeaderKey(string(name))
+		hd[k] = append(hd[k], string(f.value.of(h.head)))
+	}
+	return hd
+}
+
+// target resolves the request target: the path the rules judge (decoded,
+// dot segments removed), the target to forward (nil: as received) and,
+// for an absolute-form target or CONNECT, the authority that stands for
+// Host.
+func (h *h1) target(method string) (path string, fwd []byte, over string, err error) {
+	t := h.rq.target.of(h.head)
+	if h.lastTarget != nil && bytes.Equal(t, h.lastTarget) {
+		return h.lastPath, h.lastFwd, h.lastOver, nil
+	}
+	switch {
+	case method == http.MethodConnect && t[0] != '/':
+		// authority-form: judged as path "/" with the authority as host,
+		// as net/http presents it.
+		path, over = "/", string(t)
+	case len(t) == 1 && t[0] == '*':
+		path = proxy.NormalizePath("*")
+	case t[0] == '/':
+		raw, query := t, []byte(nil)
+		if i := bytes.IndexByte(t, '?'); i >= 0 {
+			raw, query = t[:i], t[i:]
+		}
+		decoded := string(raw)
+		if bytes.IndexByte(raw, '%') >= 0 {
+			u, err := url.ParseRequestURI(string(t))
+			if err != nil {
+				return "", nil, "", badRequest("invalid request target")
+			}
+			decoded = u.Path
+		}
+		path = proxy.NormalizePath(decoded)
+		if path != decoded {
+			fwd = append([]byte((&url.URL{Path: path}).EscapedPath()), query...)
+		}
+	case len(t) > 7 && (equalFold(t[:7], "http://") || len(t) > 8 && equalFold(t[:8], "https://")):
+		u, err := url.ParseRequestURI(string(t))
+		if err != nil || u.Host == "" {
+			return "", nil, "", badRequest("invalid request target")
+		}
+		over = u.Host
+		path = proxy.NormalizePath(u.Path)
+		if path != u.Path {
+			u.Path, u.RawPath = path, ""
+		}
+		fwd = []byte(u.RequestURI())
+	default:
+		return "", nil, "", badRequest("invalid request target")
+	}
+	h.lastTarget = append(h.lastTarget[:0], t...)
+	h.lastPath, h.lastFwd, h.lastOver = path, fwd, over
+	return path, fwd, over, nil
+}
+
+// validHostByte are the bytes net/http accepts in a Host field.
+var validHostByte = func() (t [256]bool) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		t[c] = true
+		t[c-'a'+'A'] = true
+	}
+	for _, c := range "!$%&'()*+,-.:;=[]_~" {
+		t[c] = true
+	}
+	return t
+}()
+
+// matchHost is the Host field as the rules match it (proxy.MatchHost).
+func (h *h1) matchHost() (string, error) {
+	raw := h.rq.host.of(h.head)
+	if h.lastHost != nil && bytes.Equal(raw, h.lastHost) {
+		return h.lastHostM, nil
+	}
+	simple := true
+	for _, c := range raw {
+		if !validHostByte[c] {
+			return "", badRequest("malformed Host")
+		}
+		if c == ':' || c == '[' || c == '%' || 'A' <= c && c <= 'Z' {
+			simple = false
+		}
+	}
+	var m string
+	if simple {
+		m = string(raw)
+	} else {
+		m = proxy.MatchHost(string(raw))
+	}
+	h.lastHost = append(h.lastHost[:0], raw...)
+	h.lastHostM = m
+	return m, nil
+}
+
+// fail answers a request the proxy could not parse and closes.
+func (h *h1) fail(err error) {
+	var he *httpError
+	if !errors.As(err, &he) {
+		return
+	}
+	text := strconv.Itoa(he.status) + " " + http.StatusText(he.status)
+	h.bw.WriteString("HTTP/1.1 " + text + "\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n" + text + ": " + he.msg + "\n")
+	h.linger = true
+}
+
+// closeWriteAndDrain flushes, half-closes, and reads (and drops) what the
+// client still sends for a while, so the kernel does not answer that
+// unread data with a reset that would destroy the response in flight.
+func (h *h1) closeWriteAndDrain() {
+	if h.bw.Flush() != nil {
+		return
+	}
+	if cw, ok := h.c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	h.setDeadline(time.Now().Add(drainTimeout))
+	io.CopyN(io.Discard, h.br, 4<<20)
+}
+
+// writeDate writes a Date field (RFC 9110 section 6.6.1).
+func writeDate(w *bufio.Writer) {
+	w.WriteString("Date: ")
+	w.Write(time.Now().UTC().AppendFormat(w.AvailableBuffer(), http.TimeFormat))
+	w.WriteString("\r\n")
+}
+
+// respond writes a response of the proxy's own (403, 502) with a text
+// body; closing adds Connection: close.
+func (h *h1) respond(method string, status int, body string, closing bool) {
+	w := h.bw
+	if h.rq.minor == 0 {
+		w.WriteString("HTTP/1.0 ")
+	} else {
+		w.WriteString("HTTP/1.1 ")
+	}
+	w.Write(strconv.AppendInt(w.AvailableBuffer(), int64(status), 10))
+	w.WriteString(" " + http.StatusText(status) + "\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: ")
+	w.Write(strconv.AppendInt(w.AvailableBuffer(), int64(len(body)), 10))
+	w.WriteString("\r\n")
+	writeDate(w)
+	if closing {
+		w.WriteString("Connection: close\r\n")
+	} else if h.rq.minor == 0 {
+		w.WriteString("Connection: keep-alive\r\n")
+	}
+	w.WriteString("\r\n")
+	if method != http.MethodHead {
+		w.WriteString(body)
+	}
+}
+
+// clientKeepsAlive reports whether the client wants the connection after
+// this request.
+func (h *h1) clientKeepsAlive() bool {
+	return !h.rq.closeConn && (h.rq.minor >= 1 || h.rq.keepAlive)
+}
+
+// deny answers 403 without forwarding. An unread request body is read and
+// dropped when small; a large one, or one the client holds back for a 100
+// Continue it will not get, closes the connection.
+func (h *h1) deny(method, body string) bool {
+	if !strings.HasSuffix(body, "\n") {
+		body += "\n"
+	}
+	keep := h.clientKeepsAlive()
+	drained := true
+	if h.rq.hasBody() {
+		drained = false
+		if !h.rq.expect100 && (h.rq.chunked || h.rq.contentLength <= maxDrainBytes) {
+			drained = h.drainBody()
+		}
+	}
+	h.respond(method, http.StatusForbidden, body, !keep || !drained)
+	if !drained {
+		h.linger = true
+		return false
+	}
+	return keep
+}
+
+// drainBody reads and drops the request body, up to maxDrainBytes.
+func (h *h1) drainBody() bool {
+	h.clearDeadline()
+	w := bufio.NewWriterSize(&limitWriter{n: maxDrainBytes}, 64)
+	buf := copyBufs.Get().(*[32 << 10]byte)
+	defer copyBufs.Put(buf)
+	var err error
+	if h.rq.chunked {
+		var line []byte
+		err = copyChunked(w, h.br, buf[:], &line, false)
+	} else {
+		err = copyN(w, h.br, h.rq.contentLength, buf[:])
+	}
+	if err == nil {
+		err = w.Flush()
+	}
+	return err == nil
+}
+
+type limitWriter struct{ n int }
+
+func (w *limitWriter) Write(b []byte) (int, error) {
+	if w.n -= len(b); w.n < 0 {
+		return 0, errors.New("body too large to drain")
+	}
+	return len(b), nil
+}
+
+// upstream returns the connection's upstream connection to dst with mark,
+// dialing it when there is none (or it was for another mark: the source
+// identity changed with a policy update).
+func (h *h1) upstream(dst netip.AddrPort, mark uint32) (*upConn, error) {
+	if u := h.up.Load(); u != nil {
+		if u.dst == dst && u.mark == mark {
+			return u, nil
+		}
+		h.dropUp(u)
+	}
+	// The dial does not follow the client: a client's half-close after its
+	// request is not a cancellation. Engine.Close ends it.
+	dctx, cancel := context.WithTimeout(context.Background(), dialTimeout)
+	stop := context.AfterFunc(h.e.closing, cancel)
+	c, err := h.e.cfg.Dial(dctx, dst, mark)
+	stop()
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+	u := &upConn{c: c, r: bufio.NewReaderSize(c, 8<<10), w: bufio.NewWriterSize(c, 4<<10), dst: dst, mark: mark}
+	h.up.Store(u)
+	if h.e.closing.Err() != nil {
+		// Close ran between the dial and the Store, and missed u.
+		c.Close()
+	}
+	return u, nil
+}
+
+func (h *h1) dropUp(u *upConn) {
+	u.c.Close()
+	h.up.CompareAndSwap(u, nil)
+}
+
+// forward sends the allowed request upstream and relays the response. It
+// fills ev's status and verdict and reports whether the client connection
+// goes on.
+func (h *h1) forward(ev *proxy.Event, method string, fwd []byte, over string, dst netip.AddrPort, mark uint32) bool {
+	rq := &h.rq
+	ev.Verdict = proxy.VerdictForwarded
+	upgrade := rq.connUpgrade && !rq.upgrade.empty() && rq.minor >= 1 && !isH2CUpgrade(rq.upgrade.of(h.head))
+	if rq.hasBody() {
+		h.clearDeadline()
+	}
+	for attempt := 0; ; attempt++ {
+		u, err := h.upstream(dst, mark)
+		if err != nil {
+			return h.upstreamFailed(ev, method, err, !rq.hasBody())
+		}
+		err = h.writeRequest(u, method, fwd, over, upgrade)
+		if err == nil {
+			err = u.readResponseHead(method)
+		}
+		if err != nil {
+			h.dropUp(u)
+			var re readErr
+			if errors.As(err, &re) && re.fromClient {
+				// The request body broke off or did not parse.
+				ev.Verdict, ev.Error = proxy.VerdictError, re.err.Error()
+				if errors.Is(re.err, errMalformedChunk) {
+					ev.Status = http.StatusBadRequest
+					h.fail(badRequest(re.err.Error()))
+				} else {
+					ev.Status = 499
+				}
+				return false
+			}
+			// A kept-alive upstream connection may have been closed by the
+			// server just before this request: retry once on a fresh one
+			// when nothing of a body was consumed.
+			if u.used && attempt == 0 && !rq.hasBody() {
+				continue
+			}
+			return h.upstreamFailed(ev, method, err, !rq.hasBody() || errors.Is(err, errBadResponse) || isReadSide(err))
+		}
+		u.used = true
+		return h.relay(ev, u, method, upgrade)
+	}
+}
+
+// isReadSide: the request went out whole (the upstream failed answering),
+// so the client connection is still in step.
+func isReadSide(err error) bool {
+	var re readErr
+	return errors.As(err, &re) && !re.fromClient
+}
+
+// upstreamFailed answers 502 (or records 499 when the engine is closing).
+func (h *h1) upstreamFailed(ev *proxy.Event, method string, err error, inStep bool) bool {
+	ev.Verdict, ev.Error = proxy.VerdictError, err.Error()
+	if h.e.closing.Err() != nil {
+		ev.Status = 499
+		return false
+	}
+	ev.Status = http.StatusBadGateway
+	h.e.log.Debug("upstream failed", "dst", h.cs.dst.String(), "err", err)
+	keep := inStep && h.clientKeepsAlive()
+	h.respond(method, http.StatusBadGateway, "membrane: upstream unavailable\n", !keep)
+	h.linger = !inStep
+	return keep
+}
+
+// isH2CUpgrade: an upgrade to HTTP/2 would carry streams the proxy could
+// not judge; such a request is forwarded as a plain one.
+func isH2CUpgrade(v []byte) bool {
+	h2c := false
+	tokens(v, func(t []byte) {
+		if equalFold(t, "h2c") {
+			h2c = true
+		}
+	})
+	return h2c
+}
+
+// writeRequest writes the request head and body to u.
+func (h *h1) writeRequest(u *upConn, method string, fwd []byte, over string, upgrade bool) error {
+	rq, w, buf := &h.rq, u.w, h.head
+	w.WriteString(method)
+	w.WriteByte(' ')
+	if fwd != nil {
+		w.Write(fwd)
+	} else {
+		w.Write(rq.target.of(buf))
+	}
+	w.WriteString(" HTTP/1.1\r\n")
+	if over != "" || rq.hosts == 0 {
+		// Absolute-form: its authority is the Host; HTTP/1.0 without Host
+		// gets an empty one.
+		w.WriteString("Host: " + over + "\r\n")
+	}
+	h2cUpgrade := !upgrade && !rq.upgrade.empty()
+	for _, f := range rq.fields {
+		name := f.name.of(buf)
+		if hopByHop(name) || listed(buf, rq.connTokens, name) {
+			continue
+		}
+		if over != "" && equalFold(name, "host") {
+			continue
+		}
+		if h2cUpgrade && equalFold(name, "http2-settings") {
+			continue
+		}
+		w.Write(name)
+		w.WriteString(": ")
+		w.Write(f.value.of(buf))
+		w.WriteString("\r\n")
+	}
+	if upgrade {
+		w.WriteString("Connection: Upgrade\r\nUpgrade: ")
+		w.Write(rq.upgrade.of(buf))
+		w.WriteString("\r\n")
+	}
+	switch {
+	case rq.chunked:
+		w.WriteString("Transfer-Encoding: chunked\r\n")
+	case rq.contentLength >= 0:
+		w.WriteString("Content-Length: ")
+		w.Write(strconv.AppendInt(w.AvailableBuffer(), rq.contentLength, 10))
+		w.WriteString("\r\n")
+	}
+	w.WriteString("\r\n")
+	if rq.hasBody() {
+		if rq.expect100 {
+			// The policy accepted the request; the proxy answers the
+			// client's Expect itself, so the upstream is not asked again.
+			h.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
+			if err := h.bw.Flush(); err != nil {
+				return readErr{err: err, fromClient: true}
+			}
+		}
+		bufp := copyBufs.Get().(*[32 << 10]byte)
+		var err error
+		if rq.chunked {
+			var line []byte
+			err = copyChunked(w, h.br, bufp[:], &line, true)
+		} else {
+			err = copyN(w, h.br, rq.contentLength, bufp[:])
+		}
+		copyBufs.Put(bufp)
+		if err != nil {
+			var re readErr
+			if errors.As(err, &re) {
+				re.fromClient = true
+				return re
+			}
+			return fmt.Errorf("writing request upstream: %w", err)
+		}
+	}
+	if err := w.Flush(); err != nil {
+		return fmt.Errorf("writing request upstream: %w", err)
+	}
+	return nil
+}
+
+// readResponseHead reads the next final response head (interim 1xx other
+// than 101 are dropped) into u.head and u.resp.
+func (u *upConn) readResponseHead(method string) error {
+	for {
+		if err := u.readOneHead(); err != nil {
+			return err
+		}
+		if s := u.resp.status; s >= 200 || s == http.StatusSwitchingProtocols {
+			return nil
+		}
+	}
+}
+
+func (u *upConn) readOneHead() error {
+	if cap(u.head) > 64<<10 {
+		u.head = nil // do not keep a rare huge head's buffer
+	}
+	u.head = u.head[:0]
+	rs := &u.resp
+	*rs = response{fields: rs.fields[:0], connTokens: rs.connTokens[:0], contentLength: -1}
+	var line span
+	var err error
+	u.head, line, err = readLine(u.r, u.head, maxResponseHead)
+	if err != nil {
+		if err == errHeadTooLarge {
+			err = errBadResponse
+		}
+		return readErr{err: fmt.Errorf("reading upstream response: %w", err)}
+	}
+	b := line.of(u.head)
+	// HTTP/1.x SP 3DIGIT [SP reason]
+	if len(b) < 12 || string(b[:7]) != "HTTP/1." || b[7] < '0' || b[7] > '9' || b[8] != ' ' ||
+		len(b) > 12 && b[12] != ' ' {
+		return readErr{err: fmt.Errorf("%w: status line %q", errBadResponse, b[:min(len(b), 40)])}
+	}
+	rs.minor = int(b[7] - '0')
+	for _, c := range b[9:12] {
+		if c < '0' || c > '9' {
+			return readErr{err: fmt.Errorf("%w: status line %q", errBadResponse, b[:min(len(b), 40)])}
+		}
+		rs.status = rs.status*10 + int(c-'0')
+	}
+	if rs.status < 100 || !validValue(b) {
+		return readErr{err: fmt.Errorf("%w: status line %q", errBadResponse, b[:min(len(b), 40)])}
+	}
+	rs.statusRest = span{line.s + 9, line.e}
+	for {
+		u.head, line, err = readLine(u.r, u.head, maxResponseHead)
+		if err != nil {
+			if err == errHeadTooLarge {
+				err = errBadResponse
+			}
+			return readErr{err: fmt.Errorf("reading upstream response: %w", err)}
+		}
+		if line.empty() {
+			return nil
+		}
+		f, ok := parseField(u.head, line)
+		if !ok {
+			return readErr{err: fmt.Errorf("%w: header field %q", errBadResponse, line.of(u.head)[:min(line.e-line.s, 40)])}
+		}
+		name, val := f.name.of(u.head), f.value.of(u.head)
+		switch {
+		case equalFold(name, "content-length"):
+			n, ok := parseContentLength(val)
+			if !ok || rs.contentLength >= 0 && rs.contentLength != n {
+				return readErr{err: fmt.Errorf("%w: Content-Length %q", errBadResponse, val)}
+			}
+			rs.contentLength = n
+		case equalFold(name, "transfer-encoding"):
+			rs.chunked = false
+			last := []byte(nil)
+			tokens(val, func(t []byte) { last = t })
+			if last != nil && equalFold(last, "chunked") {
+				rs.chunked = true
+			}
+			if !equalFold(val, "chunked") {
+				rs.te = f.value
+			}
+		case equalFold(name, "connection"):
+			tokens(val, func(t []byte) {
+				switch {
+				case equalFold(t, "close"):
+					rs.closeConn = true
+				case equalFold(t, "keep-alive"):
+					rs.keepAlive = true
+				}
+				off := f.value.s + (cap(val) - cap(t))
+				rs.connTokens = append(rs.connTokens, span{off, off + len(t)})
+			})
+		}
+		rs.fields = append(rs.fields, f)
+	}
+}
+
+// Response body framings.
+const (
+	bodyNone = iota
+	bodyLength
+	bodyChunked
+	bodyUntilClose
+	bodyTunnel
+)
+
+// relay writes the response in u.resp and its body to the client.
+func (h *h1) relay(ev *proxy.Event, u *upConn, method string, upgrade bool) bool {
+	rs, rq, w, buf := &u.resp, &h.rq, h.bw, u.head
+	ev.Status = rs.status
+	mode := bodyUntilClose
+	switch {
+	case rs.status == http.StatusSwitchingProtocols:
+		if !upgrade {
+			h.dropUp(u)
+			return h.upstreamFailed(ev, method, fmt.Errorf("%w: 101 to a request that asked no upgrade", errBadResponse), true)
+		}
+		mode = bodyTunnel
+	case method == http.MethodConnect && rs.status/100 == 2:
+		mode = bodyTunnel
+	case method == http.MethodHead || rs.status < 200 || rs.status == 204 || rs.status == 304:
+		mode = bodyNone
+	case rs.chunked:
+		mode = bodyChunked
+	case rs.te.s != rs.te.e:
+		mode = bodyUntilClose // a coding other than chunked last: until close
+	case rs.contentLength >= 0:
+		mode = bodyLength
+	}
+	keepClient := h.clientKeepsAlive() && mode != bodyTunnel
+	// What the client is sent: chunked when the length is unknown and the
+	// client speaks 1.1, else until close.
+	chunkOut := rq.minor >= 1 && (mode == bodyChunked || mode == bodyUntilClose)
+	if (mode == bodyChunked || mode == bodyUntilClose) && !chunkOut {
+		keepClient = false
+	}
+	keepUp := !rs.closeConn && (rs.minor >= 1 || rs.keepAlive) && mode != bodyUntilClose && mode != bodyTunnel
+
+	if rq.minor == 0 {
+		w.WriteString("HTTP/1.0 ")
+	} else {
+		w.WriteString("HTTP/1.1 ")
+	}
+	w.Write(rs.statusRest.of(buf))
+	w.WriteString("\r\n")
+	for _, f := range rs.fields {
+		name := f.name.of(buf)
+		if hopByHop(name) || listed(buf, rs.connTokens, name) {
+			// A body-less response's Content-Length describes what a GET
+			// would get (HEAD, 304): it stays.
+			if !(mode == bodyNone && equalFold(name, "content-length")) {
+				continue
+			}
+		}
+		w.Write(name)
+		w.WriteString(": ")
+		w.Write(f.value.of(buf))
+		w.WriteString("\r\n")
+	}
+	switch {
+	case mode == bodyTunnel && rs.status == http.StatusSwitchingProtocols:
+		w.WriteString("Connection: Upgrade\r\nUpgrade: ")
+		w.Write(upgradeOf(u))
+		w.WriteString("\r\n")
+	case mode == bodyLength:
+		w.WriteString("Content-Length: ")
+		w.Write(strconv.AppendInt(w.AvailableBuffer(), rs.contentLength, 10))
+		w.WriteString("\r\n")
+	case chunkOut:
+		if rs.te.s != rs.te.e {
+			// Keep the codings applied before chunked.
+			w.WriteString("Transfer-Encoding: ")
+			w.Write(rs.te.of(buf))
+			if !rs.chunked {
+				w.WriteString(", chunked")
+			}
+			w.WriteString("\r\n")
+		} else {
+			w.WriteString("Transfer-Encoding: chunked\r\n")
+		}
+	}
+	if mode != bodyTunnel {
+		if !keepClient {
+			w.WriteString("Connection: close\r\n")
+		} else if rq.minor == 0 {
+			w.WriteString("Connection: keep-alive\r\n")
+		}
+	}
+	w.WriteString("\r\n")
+
+	var err error
+	switch mode {
+	case bodyTunnel:
+		h.tunnel(u)
+		return false
+	case bodyLength, bodyChunked, bodyUntilClose:
+		bufp := copyBufs.Get().(*[32 << 10]byte)
+		switch mode {
+		case bodyLength:
+			err = copyN(w, u.r, rs.contentLength, bufp[:])
+		case bodyChunked:
+			err = copyChunked(w, u.r, bufp[:], &u.head, chunkOut)
+			u.head = u.head[:0]
+		default:
+			err = copyUntilEOF(w, u.r, bufp[:], chunkOut)
+		}
+		copyBufs.Put(bufp)
+	}
+	if err != nil {
+		// The client or the upstream went away mid-body: neither
+		// connection is in a known state.
+		h.dropUp(u)
+		ev.Verdict, ev.Error = proxy.VerdictError, fmt.Errorf("%w: %w", errAborted, err).Error()
+		h.bw.Flush()
+		return false
+	}
+	if !keepUp {
+		h.dropUp(u)
+	}
+	if !keepClient {
+		h.bw.Flush()
+		return false
+	}
+	return true
+}
+
+// upgradeOf is the protocol the upstream switched to (its Upgrade field).
+func upgradeOf(u *upConn) []byte {
+	for _, f := range u.resp.fields {
+		if equalFold(f.name.of(u.head), "upgrade") {
+			return f.value.of(u.head)
+		}
+	}
+	return nil
+}
+
+// tunnel relays bytes both ways after a 101 or a CONNECT's 2xx, until
+// either side ends; then both connections close.
+func (h *h1) tunnel(u *upConn) {
+	if h.bw.Flush() != nil {
+		return
+	}
+	h.clearDeadline()
+	done := make(chan struct{}, 2)
+	go func() {
+		io.Copy(u.c, h.br) // what the client sent after the request, then the stream
+		done <- struct{}{}
+	}()
+	go func() {
+		io.Copy(h.c, u.r)
+		done <- struct{}{}
+	}()
+	<-done
+	h.c.Close()
+	u.c.Close()
+	<-done
+}
+
+// handoff gives a connection that opened with the HTTP/2 preface to the
+// HTTP/2 server, replaying the line already read.
+func (h *h1) handoff() {
+	pre := append([]byte(nil), h.head...)
+	hc := &handoffConn{Conn: h.c, r: io.MultiReader(bytes.NewReader(pre), h.br), cs: h.cs}
+	if h.e.h2l.push(hc) {
+		h.handedOff = true
+	}
+}
+
+// handoffConn is a client connection handed to net/http: reads start with
+// what the HTTP/1 loop had read, and it carries the connection's state.
+type handoffConn struct {
+	net.Conn
+	r  io.Reader
+	cs *conn
+}
+
+func (c *handoffConn) Read(b []byte) (int, error) { return c.r.Read(b) }
+
+// copyN copies n bytes from src to dst, flushing dst whenever src would
+// have to wait for the network, so a stream flows while bytes already at
+// hand leave together.
+func copyN(dst *bufio.Writer, src *bufio.Reader, n int64, buf []byte) error {
+	for n > 0 {
+		if src.Buffered() == 0 {
+			if err := dst.Flush(); err != nil {
+				return err
+			}
+		}
+		m := int64(len(buf))
+		if n < m {
+			m = n
+		}
+		k, err := src.Read(buf[:m])
+		if k > 0 {
+			if _, werr := dst.Write(buf[:k]); werr != nil {
+				return werr
+			}
+			n -= int64(k)
+		}
+		if err != nil && n > 0 {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return readErr{err: err}
+		}
+	}
+	return nil
+}
+
+// copyChunked copies a chunked body from src to dst, re-chunked (chunk
+// extensions dropped, trailers kept) when rechunk, else decoded (trailers
+// dropped). line is scratch space.
+func copyChunked(dst *bufio.Writer, src *bufio.Reader, buf []byte, line *[]byte, rechunk bool) error {
+	for {
+		if src.Buffered() == 0 {
+			if err := dst.Flush(); err != nil {
+				return err
+			}
+		}
+		var l span
+		var err error
+		*line, l, err = readLine(src, (*line)[:0], maxLineBytes)
+		if err != nil {
+			return chunkReadErr(err)
+		}
+		n, ok := parseChunkSize(l.of(*line))
+		if !ok {
+			return readErr{err: errMalformedChunk}
+		}
+		if n == 0 {
+			if rechunk {
+				dst.WriteString("0\r\n")
+			}
+			// Trailer fields, then the empty line.
+			total := 0
+			for {
+				*line, l, err = readLine(src, (*line)[:0], maxLineBytes)
+				if err != nil {
+					return chunkReadErr(err)
+				}
+				if l.empty() {
+					break
+				}
+				if total += l.e - l.s; total > maxTrailerBytes {
+					return readErr{err: errMalformedChunk}
+				}
+				if _, ok := parseField(*line, l); !ok {
+					return readErr{err: errMalformedChunk}
+				}
+				if rechunk {
+					dst.Write(l.of(*line))
+					dst.WriteString("\r\n")
+				}
+			}
+			if rechunk {
+				dst.WriteString("\r\n")
+			}
+			return nil
+		}
+		if rechunk {
+			dst.Write(strconv.AppendInt(dst.AvailableBuffer(), n, 16))
+			dst.WriteString("\r\n")
+		}
+		if err := copyN(dst, src, n, buf); err != nil {
+			return err
+		}
+		*line, l, err = readLine(src, (*line)[:0], maxLineBytes)
+		if err != nil {
+			return chunkReadErr(err)
+		}
+		if !l.empty() {
+			return readErr{err: errMalformedChunk}
+		}
+		if rechunk {
+			if _, err := dst.WriteString("\r\n"); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func chunkReadErr(err error) error {
+	switch err {
+	case errHeadTooLarge:
+		err = fmt.Errorf("%w: %w", errMalformedChunk, errLineTooLong)
+	case io.EOF:
+		err = io.ErrUnexpectedEOF
+	}
+	return readErr{err: err}
+}
+
+// copyUntilEOF copies src to dst until src ends, as chunks when chunk.
+func copyUntilEOF(dst *bufio.Writer, src *bufio.Reader, buf []byte, chunk bool) error {
+	for {
+		if src.Buffered() == 0 {
+			if err := dst.Flush(); err != nil {
+				return err
+			}
+		}
+		k, err := src.Read(buf)
+		if k > 0 {
+			if chunk {
+				dst.Write(strconv.AppendInt(dst.AvailableBuffer(), int64(k), 16))
+				dst.WriteString("\r\n")
+			}
+			if _, werr := dst.Write(buf[:k]); werr != nil {
+				return werr
+			}
+			if chunk {
+				dst.WriteString("\r\n")
+			}
+		}
+		if err == io.EOF {
+			if chunk {
+				_, err := dst.WriteString("0\r\n\r\n")
+				return err
+			}
+			return nil
+		}
+		if err != nil {
+			return readErr{err: err}
+		}
+	}
+}

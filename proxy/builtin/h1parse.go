@@ -1,0 +1,260 @@
+package builtin
+
+import (
+	"bufio"
+	"errors"
+	"io"
+)
+
+// Parsing of HTTP/1.x message heads and chunked framing (RFC 9112), without
+// allocating per message: a head is read into a buffer the connection
+// reuses, and its parts are spans (offsets) into that buffer.
+
+// span is a part of a head buffer: buf[s:e].
+type span struct{ s, e int }
+
+func (p span) of(buf []byte) []byte { return buf[p.s:p.e] }
+func (p span) empty() bool          { return p.s == p.e }
+
+// field is one header field line, name and (trimmed) value.
+type field struct{ name, value span }
+
+// httpError is a request the proxy answers itself with status (400, 431,
+// 501, ...) and then closes.
+type httpError struct {
+	status int
+	msg    string
+}
+
+func (e *httpError) Error() string { return e.msg }
+
+func badRequest(msg string) error { return &httpError{400, msg} }
+
+var (
+	errHeadTooLarge = &httpError{431, "request header fields too large"}
+	// errLineTooLong is a chunk-size or trailer line beyond maxLineBytes.
+	errLineTooLong = errors.New("line too long")
+)
+
+// maxLineBytes bounds chunk-size lines (RFC 9112 section 7.1 puts no limit;
+// real ones are a few bytes plus extensions).
+const maxLineBytes = 4096
+
+// readLine appends one line (up to and including '\n') from br to buf and
+// returns the grown buffer and the line's span without its CRLF or LF. The
+// whole buf may not exceed limit bytes (errHeadTooLarge). io.EOF before any
+// byte is returned as is; a line cut short by EOF is io.ErrUnexpectedEOF.
+func readLine(br *bufio.Reader, buf []byte, limit int) ([]byte, span, error) {
+	start := len(buf)
+	for {
+		frag, err := br.ReadSlice('\n')
+		if len(buf)+len(frag) > limit {
+			return buf, span{}, errHeadTooLarge
+		}
+		buf = append(buf, frag...)
+		if err == nil {
+			break
+		}
+		if err == bufio.ErrBufferFull {
+			continue
+		}
+		if err == io.EOF && len(buf) > start {
+			err = io.ErrUnexpectedEOF
+		}
+		return buf, span{}, err
+	}
+	end := len(buf) - 1 // the '\n'
+	if end > start && buf[end-1] == '\r' {
+		end--
+	}
+	return buf, span{start, end}, nil
+}
+
+// tokenChar reports the tchar of RFC 9110 section 5.6.2.
+var tokenChar = func() (t [256]bool) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		t[c] = true
+		t[c-'a'+'A'] = true
+	}
+	for _, c := range "!#$%&'*+-.^_`|~" {
+		t[c] = true
+	}
+	return t
+}()
+
+func isToken(b []byte) bool {
+	if len(b) == 0 {
+		return false
+	}
+	for _, c := range b {
+		if !tokenChar[c] {
+			return false
+		}
+	}
+	return true
+}
+
+// validValue: field-value characters (RFC 9110 section 5.5): visible ASCII,
+// SP, HTAB and obs-text; no other control characters (a lone CR is one).
+func validValue(b []byte) bool {
+	for _, c := range b {
+		if c < ' ' && c != '\t' || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// parseField splits line (a span of buf) into a header field. Whitespace
+// before the colon and obs-fold continuation lines are rejected (RFC 9112
+// section 5.1 and 5.2 allow a server to), as is any invalid character.
+func parseField(buf []byte, line span) (field, bool) {
+	b := line.of(buf)
+	colon := -1
+	for i, c := range b {
+		if c == ':' {
+			colon = i
+			break
+		}
+	}
+	if colon <= 0 || !isToken(b[:colon]) {
+		return field{}, false
+	}
+	vs, ve := line.s+colon+1, line.e
+	for vs < ve && (buf[vs] == ' ' || buf[vs] == '\t') {
+		vs++
+	}
+	for ve > vs && (buf[ve-1] == ' ' || buf[ve-1] == '\t') {
+		ve--
+	}
+	if !validValue(buf[vs:ve]) {
+		return field{}, false
+	}
+	return field{name: span{line.s, line.s + colon}, value: span{vs, ve}}, true
+}
+
+// equalFold compares ASCII case-insensitively; want is lower-case.
+func equalFold(b []byte, want string) bool {
+	if len(b) != len(want) {
+		return false
+	}
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != want[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// tokens calls fn with each element of a comma-separated list, trimmed,
+// empty elements skipped.
+func tokens(b []byte, fn func([]byte)) {
+	for len(b) > 0 {
+		i := 0
+		for i < len(b) && b[i] != ',' {
+			i++
+		}
+		t := b[:i]
+		for len(t) > 0 && (t[0] == ' ' || t[0] == '\t') {
+			t = t[1:]
+		}
+		for len(t) > 0 && (t[len(t)-1] == ' ' || t[len(t)-1] == '\t') {
+			t = t[:len(t)-1]
+		}
+		if len(t) > 0 {
+			fn(t)
+		}
+		if i == len(b) {
+			return
+		}
+		b = b[i+1:]
+	}
+}
+
+// parseContentLength parses a Content-Length value: digits only.
+func parseContentLength(b []byte) (int64, bool) {
+	if len(b) == 0 || len(b) > 18 {
+		return 0, false
+	}
+	var n int64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
+}
+
+// parseChunkSize parses a chunk-size line: hex digits, then optional
+// whitespace and chunk extensions, which are dropped.
+func parseChunkSize(b []byte) (int64, bool) {
+	var n int64
+	i := 0
+	for ; i < len(b); i++ {
+		c := b[i]
+		var d byte
+		switch {
+		case '0' <= c && c <= '9':
+			d = c - '0'
+		case 'a' <= c && c <= 'f':
+			d = c - 'a' + 10
+		case 'A' <= c && c <= 'F':
+			d = c - 'A' + 10
+		default:
+			goto rest
+		}
+		if i >= 15 {
+			return 0, false // beyond 2^60: not a real chunk
+		}
+		n = n<<4 | int64(d)
+	}
+rest:
+	if i == 0 {
+		return 0, false
+	}
+	r := b[i:]
+	for len(r) > 0 && (r[0] == ' ' || r[0] == '\t') {
+		r = r[1:]
+	}
+	if len(r) > 0 && r[0] != ';' {
+		return 0, false
+	}
+	if !validValue(r) {
+		return 0, false
+	}
+	return n, true
+}
+
+// methodString returns method as a string, the common ones without
+// allocating.
+func methodString(b []byte) string {
+	switch string(b) {
+	case "GET":
+		return "GET"
+	case "POST":
+		return "POST"
+	case "PUT":
+		return "PUT"
+	case "HEAD":
+		return "HEAD"
+	case "DELETE":
+		return "DELETE"
+	case "OPTIONS":
+		return "OPTIONS"
+	case "PATCH":
+		return "PATCH"
+	case "CONNECT":
+		return "CONNECT"
+	case "TRACE":
+		return "TRACE"
+	}
+	return string(b)
+}
