@@ -1,0 +1,708 @@
+package builtin
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/membrane-fw/membrane/internal/testenv"
+	"github.com/membrane-fw/membrane/proxy"
+	"github.com/membrane-fw/membrane/proxy/conformance"
+)
+
+// Tests of the HTTP/1.x loop's edge cases, against scripted upstreams that
+// write exactly the bytes a case needs.
+
+// scripted is an upstream that runs serve on every connection it accepts.
+type scripted struct {
+	addr  netip.AddrPort
+	conns atomic.Int32
+	mu    sync.Mutex
+	heads []string // request heads the upstream read, in order
+}
+
+func startScripted(t *testing.T, serve func(s *scripted, c net.Conn, br *bufio.Reader)) *scripted {
+	t.Helper()
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &scripted{addr: l.Addr().(*net.TCPAddr).AddrPort()}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { l.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			s.conns.Add(1)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(20 * time.Second))
+				serve(s, c, bufio.NewReader(c))
+			}()
+		}
+	}()
+	return s
+}
+
+// readHead reads one request head (through the empty line) and records it.
+func (s *scripted) readHead(br *bufio.Reader) (string, bool) {
+	var b strings.Builder
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return "", false
+		}
+		b.WriteString(line)
+		if line == "\r\n" {
+			break
+		}
+	}
+	s.mu.Lock()
+	s.heads = append(s.heads, b.String())
+	s.mu.Unlock()
+	return b.String(), true
+}
+
+func (s *scripted) seen() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.heads...)
+}
+
+// engineFor starts an engine whose connections all go to up.
+func engineFor(t *testing.T, up netip.AddrPort, r proxy.Resolver) (string, chan proxy.Event) {
+	t.Helper()
+	testenv.RequireRoot(t) // SO_MARK on upstream sockets
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	events := make(chan proxy.Event, 256)
+	e, err := New(Config{
+		Listeners:   []net.Listener{l},
+		Resolver:    r,
+		OriginalDst: func(net.Conn) (netip.AddrPort, error) { return up, nil },
+		Events: func(ev proxy.Event) {
+			select {
+			case events <- ev:
+			default:
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	return l.Addr().String(), events
+}
+
+type client struct {
+	t  *testing.T
+	c  net.Conn
+	br *bufio.Reader
+}
+
+func dialClient(t *testing.T, addr string) *client {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	return &client{t: t, c: c, br: bufio.NewReader(c)}
+}
+
+func (c *client) send(s string) {
+	c.t.Helper()
+	if _, err := io.WriteString(c.c, s); err != nil {
+		c.t.Fatalf("write: %v", err)
+	}
+}
+
+func (c *client) read(method string) (*http.Response, string) {
+	c.t.Helper()
+	resp, err := http.ReadResponse(c.br, &http.Request{Method: method})
+	if err != nil {
+		c.t.Fatalf("read response: %v", err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		c.t.Fatalf("read body: %v", err)
+	}
+	resp.Body.Close()
+	return resp, string(b)
+}
+
+// expectEOF asserts the proxy closed the connection.
+func (c *client) expectEOF() {
+	c.t.Helper()
+	if rest, err := io.ReadAll(c.br); err != nil || len(rest) != 0 {
+		c.t.Fatalf("after the last response: %q, %v; want EOF", rest, err)
+	}
+}
+
+// respondOK answers every request with its request line as the body.
+func respondOK(s *scripted, c net.Conn, br *bufio.Reader) {
+	for {
+		head, ok := s.readHead(br)
+		if !ok {
+			return
+		}
+		line := strings.SplitN(head, "\r\n", 2)[0]
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(line), line)
+	}
+}
+
+func TestPipelinedRequestsAnsweredInOrder(t *testing.T) {
+	up := startScripted(t, respondOK)
+	addr, _ := engineFor(t, up.addr, conformance.AllowAll())
+	c := dialClient(t, addr)
+	var all strings.Builder
+	for i := 0; i < 20; i++ {
+		fmt.Fprintf(&all, "GET /p%d HTTP/1.1\r\nHost: svc\r\n\r\n", i)
+	}
+	c.send(all.String()) // one segment: the proxy reads them all at once
+	for i := 0; i < 20; i++ {
+		resp, body := c.read("GET")
+		if want := fmt.Sprintf("GET /p%d HTTP/1.1", i); resp.StatusCode != 200 || body != want {
+			t.Fatalf("pipelined response %d: %d %q, want %q", i, resp.StatusCode, body, want)
+		}
+	}
+	if n := up.conns.Load(); n != 1 {
+		t.Errorf("the upstream saw %d connections for one client connection, want 1", n)
+	}
+}
+
+func TestChunkedRequestBodyReachesUpstreamWhole(t *testing.T) {
+	up := conformance.StartUpstream(t)
+	addr, _ := engineFor(t, up, conformance.AllowAll())
+	c := dialClient(t, addr)
+	// Chunks with an extension, upper-case hex, a trailer field, then a
+	// second request on the same connection.
+	body := "hello, " + strings.Repeat("x", 300) + " world"
+	req := "POST /upload HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n" +
+		"7;ext=1\r\n" + body[:7] + "\r\n" +
+		strconv.FormatInt(int64(len(body)-7), 16) + "\r\n" + body[7:] + "\r\n" +
+		"0\r\nX-Checksum: abc\r\n\r\n"
+	c.send(req + "GET /public/after HTTP/1.1\r\nHost: svc\r\n\r\n")
+	sum := sha256.Sum256([]byte(body))
+	resp, got := c.read("POST")
+	if want := fmt.Sprintf("n=%d sha=%s", len(body), hex.EncodeToString(sum[:])); resp.StatusCode != 200 || !strings.Contains(got, want) {
+		t.Fatalf("chunked upload: %d %q, want %q", resp.StatusCode, got, want)
+	}
+	if resp, got := c.read("GET"); resp.StatusCode != 200 || !strings.HasPrefix(got, "upstream GET /public/after") {
+		t.Fatalf("request after a chunked upload: %d %q", resp.StatusCode, got)
+	}
+}
+
+// chunkedUpstream answers with a chunked body with a trailer, or (for
+// /close) a body delimited by closing the connection.
+func chunkedUpstream(s *scripted, c net.Conn, br *bufio.Reader) {
+	for {
+		head, ok := s.readHead(br)
+		if !ok {
+			return
+		}
+		switch {
+		case strings.HasPrefix(head, "GET /close"):
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+			for i := 0; i < 64; i++ {
+				c.Write(bytes.Repeat([]byte{byte('a' + i%26)}, 16<<10)) // 1 MiB in all
+			}
+			return
+		default:
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n"+
+				"5;note=x\r\nhello\r\n1\r\n \r\n6\r\nworld!\r\n0\r\nX-Sum: 42\r\n\r\n")
+		}
+	}
+}
+
+func TestChunkedAndUntilCloseResponses(t *testing.T) {
+	up := startScripted(t, chunkedUpstream)
+	addr, _ := engineFor(t, up.addr, conformance.AllowAll())
+
+	// HTTP/1.1: chunked stays chunked, trailers and keep-alive kept.
+	c := dialClient(t, addr)
+	for i := 0; i < 2; i++ {
+		c.send("GET /chunked HTTP/1.1\r\nHost: svc\r\n\r\n")
+		resp, body := c.read("GET")
+		if resp.StatusCode != 200 || body != "hello world!" {
+			t.Fatalf("chunked response %d: %d %q", i, resp.StatusCode, body)
+		}
+		if len(resp.TransferEncoding) != 1 || resp.TransferEncoding[0] != "chunked" || resp.Trailer.Get("X-Sum") != "42" {
+			t.Fatalf("chunked response %d: transfer-encoding %v trailer %v, want chunked with X-Sum: 42", i, resp.TransferEncoding, resp.Trailer)
+		}
+	}
+	// A body until close reaches an HTTP/1.1 client chunked, on a
+	// connection that stays usable.
+	c.send("GET /close HTTP/1.1\r\nHost: svc\r\n\r\n")
+	resp, body := c.read("GET")
+	if resp.StatusCode != 200 || len(body) != 1<<20 || body[16<<10] != 'b' || resp.Close {
+		t.Fatalf("until-close body to HTTP/1.1: %d, %d bytes, close=%v; want 200, 1 MiB, kept alive", resp.StatusCode, len(body), resp.Close)
+	}
+	c.send("GET /chunked HTTP/1.1\r\nHost: svc\r\n\r\n")
+	if resp, body := c.read("GET"); body != "hello world!" {
+		t.Fatalf("after an until-close body (the upstream redialed): %d %q", resp.StatusCode, body)
+	}
+	if n := up.conns.Load(); n != 2 {
+		t.Errorf("upstream connections: %d, want 2 (the until-close one, then a new one)", n)
+	}
+
+	// HTTP/1.0: decoded, delimited by close.
+	c10 := dialClient(t, addr)
+	c10.send("GET /chunked HTTP/1.0\r\n\r\n")
+	resp, body = c10.read("GET")
+	if resp.StatusCode != 200 || body != "hello world!" || len(resp.TransferEncoding) != 0 || !resp.Close {
+		t.Fatalf("chunked response to HTTP/1.0: %d %q te=%v close=%v", resp.StatusCode, body, resp.TransferEncoding, resp.Close)
+	}
+	c10.expectEOF()
+}
+
+// bodylessUpstream: HEAD gets a Content-Length without body; /204 and
+// /304 get no body; anything else a short one.
+func bodylessUpstream(s *scripted, c net.Conn, br *bufio.Reader) {
+	for {
+		head, ok := s.readHead(br)
+		if !ok {
+			return
+		}
+		switch {
+		case strings.HasPrefix(head, "HEAD "):
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n")
+		case strings.HasPrefix(head, "GET /204"):
+			io.WriteString(c, "HTTP/1.1 204 No Content\r\n\r\n")
+		case strings.HasPrefix(head, "GET /304"):
+			io.WriteString(c, "HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nContent-Length: 99\r\n\r\n")
+		default:
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		}
+	}
+}
+
+func TestBodylessResponsesKeepTheConnectionInStep(t *testing.T) {
+	up := startScripted(t, bodylessUpstream)
+	addr, _ := engineFor(t, up.addr, conformance.AllowAll())
+	c := dialClient(t, addr)
+	for _, st := range []struct {
+		method, path string
+		status       int
+		cl           int64
+	}{
+		{"HEAD", "/h", 200, 1234}, {"GET", "/x", 200, 2}, {"GET", "/204", 204, -1},
+		{"GET", "/x", 200, 2}, {"GET", "/304", 304, 99}, {"GET", "/x", 200, 2},
+	} {
+		c.send(st.method + " " + st.path + " HTTP/1.1\r\nHost: svc\r\n\r\n")
+		resp, body := c.read(st.method)
+		if resp.StatusCode != st.status {
+			t.Fatalf("%s %s: status %d, want %d", st.method, st.path, resp.StatusCode, st.status)
+		}
+		if st.status == 200 && st.method == "GET" && body != "ok" {
+			t.Fatalf("%s %s after a body-less response: body %q, want ok (connection out of step)", st.method, st.path, body)
+		}
+		if st.cl >= 0 && resp.Header.Get("Content-Length") != strconv.FormatInt(st.cl, 10) && resp.ContentLength != st.cl {
+			t.Fatalf("%s %s: Content-Length %q, want %d kept", st.method, st.path, resp.Header.Get("Content-Length"), st.cl)
+		}
+	}
+	if n := up.conns.Load(); n != 1 {
+		t.Errorf("upstream connections: %d, want 1", n)
+	}
+}
+
+// closingUpstream answers each request with Connection: close and closes.
+func closingUpstream(s *scripted, c net.Conn, br *bufio.Reader) {
+	if _, ok := s.readHead(br); !ok {
+		return
+	}
+	io.WriteString(c, "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 3\r\n\r\nbye")
+}
+
+func TestUpstreamClosingBetweenRequestsIsRedialed(t *testing.T) {
+	up := startScripted(t, closingUpstream)
+	addr, _ := engineFor(t, up.addr, conformance.AllowAll())
+	c := dialClient(t, addr)
+	for i := 0; i < 3; i++ {
+		c.send("GET /r HTTP/1.1\r\nHost: svc\r\n\r\n")
+		resp, body := c.read("GET")
+		if resp.StatusCode != 200 || body != "bye" {
+			t.Fatalf("request %d: %d %q", i, resp.StatusCode, body)
+		}
+		if resp.Close {
+			t.Fatalf("request %d: the upstream's Connection: close reached the client", i)
+		}
+	}
+	if n := up.conns.Load(); n != 3 {
+		t.Errorf("upstream connections: %d, want 3 (one per request)", n)
+	}
+}
+
+func TestClientConnectionClose(t *testing.T) {
+	up := startScripted(t, respondOK)
+	addr, events := engineFor(t, up.addr, conformance.AllowAll())
+	c := dialClient(t, addr)
+	c.send("GET /a HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\nGET /never HTTP/1.1\r\nHost: svc\r\n\r\n")
+	resp, body := c.read("GET")
+	if resp.StatusCode != 200 || body != "GET /a HTTP/1.1" || !resp.Close {
+		t.Fatalf("Connection: close request: %d %q close=%v", resp.StatusCode, body, resp.Close)
+	}
+	c.expectEOF()
+	for _, h := range up.seen() {
+		if strings.Contains(h, "/never") {
+			t.Fatalf("a request after Connection: close was forwarded: %q", h)
+		}
+		if strings.Contains(strings.ToLower(h), "connection:") {
+			t.Errorf("hop-by-hop Connection forwarded upstream: %q", h)
+		}
+	}
+	ev := <-events
+	if ev.Path != "/a" || ev.Status != 200 || ev.Verdict != proxy.VerdictForwarded {
+		t.Errorf("event %+v", ev)
+	}
+}
+
+func TestExpectContinueNotForwarded(t *testing.T) {
+	up := startScripted(t, func(s *scripted, c net.Conn, br *bufio.Reader) {
+		head, ok := s.readHead(br)
+		if !ok {
+			return
+		}
+		n, _ := strconv.Atoi(between(head, "Content-Length: ", "\r\n"))
+		b := make([]byte, n)
+		io.ReadFull(br, b)
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", n, b)
+	})
+	addr, _ := engineFor(t, up.addr, conformance.AllowAll())
+	c := dialClient(t, addr)
+	c.send("PUT /e HTTP/1.1\r\nHost: svc\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
+	if resp, _ := c.read("PUT"); resp.StatusCode != 100 {
+		t.Fatalf("first response %d, want 100 Continue", resp.StatusCode)
+	}
+	c.send("data")
+	if resp, body := c.read("PUT"); resp.StatusCode != 200 || body != "data" {
+		t.Fatalf("after 100 Continue: %d %q", resp.StatusCode, body)
+	}
+	if h := up.seen(); len(h) != 1 || strings.Contains(strings.ToLower(h[0]), "expect") {
+		t.Fatalf("upstream heads %q: want one, without Expect", h)
+	}
+}
+
+func between(s, a, b string) string {
+	_, rest, _ := strings.Cut(s, a)
+	v, _, _ := strings.Cut(rest, b)
+	return v
+}
+
+// TestRejectedRequests: what must not parse gets its status, never reaches
+// the upstream, and the connection closes.
+func TestRejectedRequests(t *testing.T) {
+	up := startScripted(t, respondOK)
+	addr, _ := engineFor(t, up.addr, conformance.AllowAll())
+	for _, tc := range []struct {
+		name, req string
+		status    int
+	}{
+		{"no version", "GET /x\r\nHost: svc\r\n\r\n", 400},
+		{"two spaces", "GET  /x HTTP/1.1\r\nHost: svc\r\n\r\n", 400},
+		{"bad method", "G(T /x HTTP/1.1\r\nHost: svc\r\n\r\n", 400},
+		{"bad version", "GET /x HTTP/1.x\r\nHost: svc\r\n\r\n", 400},
+		{"HTTP/2 on the wire", "GET /x HTTP/2.0\r\nHost: svc\r\n\r\n", 505},
+		{"relative target", "GET x HTTP/1.1\r\nHost: svc\r\n\r\n", 400},
+		{"bad escape", "GET /a%zz HTTP/1.1\r\nHost: svc\r\n\r\n", 400},
+		{"control character", "GET /a\x01b HTTP/1.1\r\nHost: svc\r\n\r\n", 400},
+		{"no Host in 1.1", "GET /x HTTP/1.1\r\n\r\n", 400},
+		{"two Hosts", "GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400},
+		{"bad Host", "GET /x HTTP/1.1\r\nHost: a b\r\n\r\n", 400},
+		{"space before colon", "GET /x HTTP/1.1\r\nHost : svc\r\n\r\n", 400},
+		{"obs-fold", "GET /x HTTP/1.1\r\nHost: svc\r\nX-A: 1\r\n 2\r\n\r\n", 400},
+		{"no colon", "GET /x HTTP/1.1\r\nHost: svc\r\nnocolon\r\n\r\n", 400},
+		{"CL and TE (smuggling)", "POST /x HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400},
+		{"TE and CL (smuggling)", "POST /x HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n", 400},
+		{"differing Content-Lengths", "POST /x HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400},
+		{"signed Content-Length", "POST /x HTTP/1.1\r\nHost: svc\r\nContent-Length: +5\r\n\r\nhello", 400},
+		{"list Content-Length", "POST /x HTTP/1.1\r\nHost: svc\r\nContent-Length: 5, 5\r\n\r\nhello", 400},
+		{"TE in HTTP/1.0", "POST /x HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400},
+		{"TE not chunked", "POST /x HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: gzip\r\n\r\n", 501},
+		{"TE chunked twice", "POST /x HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 501},
+		{"bad chunk size", "POST /x HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400},
+		{"chunk without CRLF", "POST /x HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n0\r\n\r\n", 400},
+		{"unknown Expect", "PUT /x HTTP/1.1\r\nHost: svc\r\nExpect: magic\r\nContent-Length: 1\r\n\r\nx", 417},
+		{"header too large", "GET /x HTTP/1.1\r\nHost: svc\r\nX-Big: " + strings.Repeat("a", 100<<10) + "\r\n\r\n", 431},
+		{"many headers too large", "GET /x HTTP/1.1\r\nHost: svc\r\n" + strings.Repeat("X-Many: "+strings.Repeat("b", 100)+"\r\n", 700) + "\r\n", 431},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := len(up.seen())
+			c := dialClient(t, addr)
+			c.send(tc.req)
+			resp, _ := c.read("GET")
+			if resp.StatusCode != tc.status {
+				t.Fatalf("%q: status %d, want %d", tc.req[:min(len(tc.req), 60)], resp.StatusCode, tc.status)
+			}
+			if !resp.Close {
+				t.Errorf("status %d without Connection: close", resp.StatusCode)
+			}
+			c.expectEOF()
+			// A body that did not parse may be cut off after its head
+			// went upstream; a head that did not parse never goes.
+			if tc.name != "bad chunk size" && tc.name != "chunk without CRLF" && len(up.seen()) != before {
+				t.Fatalf("the rejected request reached the upstream: %q", up.seen()[before:])
+			}
+		})
+	}
+}
+
+// TestSmuggledRequestIsNotForwarded: a request hidden in a body by a
+// Content-Length / Transfer-Encoding disagreement never reaches the
+// upstream as a request of its own.
+func TestSmuggledRequestIsNotForwarded(t *testing.T) {
+	up := startScripted(t, respondOK)
+	addr, _ := engineFor(t, up.addr, conformance.Policy())
+	c := dialClient(t, addr)
+	smuggled := "GET /admin/secret HTTP/1.1\r\nHost: svc\r\n\r\n"
+	c.send("POST /upload HTTP/1.1\r\nHost: svc\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + smuggled)
+	if resp, _ := c.read("POST"); resp.StatusCode != 400 {
+		t.Fatalf("status %d, want 400", resp.StatusCode)
+	}
+	c.expectEOF()
+	for _, h := range up.seen() {
+		if strings.Contains(h, "/admin") {
+			t.Fatalf("smuggled request reached the upstream: %q", h)
+		}
+	}
+}
+
+// TestDeniedUploadKeepsConnection: a denied request's small body is read
+// and dropped, so the next request on the connection is parsed right.
+func TestDeniedUploadKeepsConnection(t *testing.T) {
+	up := startScripted(t, respondOK)
+	addr, events := engineFor(t, up.addr, conformance.Policy())
+	c := dialClient(t, addr)
+	fake := "GET /public/fake HTTP/1.1\r\nHost: svc\r\n\r\n" // a body that looks like a request
+	c.send(fmt.Sprintf("POST /denied HTTP/1.1\r\nHost: svc\r\nContent-Length: %d\r\n\r\n%s", len(fake), fake) +
+		"POST /denied HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n" +
+		"GET /public/real HTTP/1.1\r\nHost: svc\r\n\r\n")
+	for i := 0; i < 2; i++ {
+		if resp, body := c.read("POST"); resp.StatusCode != 403 || !strings.Contains(body, `"web"`) {
+			t.Fatalf("denied POST %d: %d %q", i, resp.StatusCode, body)
+		}
+	}
+	if resp, body := c.read("GET"); resp.StatusCode != 200 || body != "GET /public/real HTTP/1.1" {
+		t.Fatalf("request after denied uploads: %d %q", resp.StatusCode, body)
+	}
+	if h := up.seen(); len(h) != 1 {
+		t.Fatalf("upstream heads %q, want only /public/real", h)
+	}
+	var got []string
+	for i := 0; i < 3; i++ {
+		ev := <-events
+		got = append(got, fmt.Sprintf("%s %s %d %s", ev.Method, ev.Path, ev.Status, ev.Verdict))
+	}
+	if want := "POST /denied 403 denied|POST /denied 403 denied|GET /public/real 200 forwarded"; strings.Join(got, "|") != want {
+		t.Fatalf("events %q, want %q", got, want)
+	}
+}
+
+// TestH2CUpgradeIsNotTunnelled: a tunnel after an upgrade to h2c would
+// carry HTTP/2 streams nobody judges; the request goes as a plain one.
+func TestH2CUpgradeIsNotTunnelled(t *testing.T) {
+	up := startScripted(t, func(s *scripted, c net.Conn, br *bufio.Reader) {
+		head, ok := s.readHead(br)
+		if !ok {
+			return
+		}
+		if strings.Contains(strings.ToLower(head), "upgrade: h2c") {
+			// What an h2c server would do.
+			io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain")
+	})
+	addr, _ := engineFor(t, up.addr, conformance.AllowAll())
+	c := dialClient(t, addr)
+	c.send("GET /u HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+	if resp, body := c.read("GET"); resp.StatusCode != 200 || body != "plain" {
+		t.Fatalf("h2c upgrade: %d %q, want the plain 200", resp.StatusCode, body)
+	}
+	if h := up.seen(); len(h) != 1 || strings.Contains(strings.ToLower(h[0]), "upgrade") || strings.Contains(strings.ToLower(h[0]), "http2-settings") {
+		t.Fatalf("upstream heads %q: want one without Upgrade or HTTP2-Settings", h)
+	}
+}
+
+// TestUpgradeAfterKeepAliveRequests: an upgrade later on a kept-alive
+// connection still becomes a tunnel, with what the client sent after it.
+func TestUpgradeAfterKeepAliveRequests(t *testing.T) {
+	up := conformance.StartUpstream(t)
+	addr, events := engineFor(t, up, conformance.Policy())
+	c := dialClient(t, addr)
+	c.send("GET /public/first HTTP/1.1\r\nHost: svc\r\n\r\n")
+	if resp, _ := c.read("GET"); resp.StatusCode != 200 {
+		t.Fatalf("first request: %d", resp.StatusCode)
+	}
+	// The upgrade and the first frame bytes in one segment.
+	c.send("GET /ws HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n" +
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\nearly-bytes")
+	resp, err := http.ReadResponse(c.br, &http.Request{Method: "GET"})
+	if err != nil || resp.StatusCode != 101 || !strings.EqualFold(resp.Header.Get("Upgrade"), "websocket") {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	got := make([]byte, len("early-bytes"))
+	if _, err := io.ReadFull(c.br, got); err != nil || string(got) != "early-bytes" {
+		t.Fatalf("echo of bytes sent with the upgrade: %q %v", got, err)
+	}
+	c.send("later")
+	got = make([]byte, 5)
+	if _, err := io.ReadFull(c.br, got); err != nil || string(got) != "later" {
+		t.Fatalf("echo: %q %v", got, err)
+	}
+	c.c.Close()
+	for {
+		select {
+		case ev := <-events:
+			if ev.Path != "/ws" {
+				continue
+			}
+			if ev.Status != 101 || ev.Verdict != proxy.VerdictForwarded || ev.RuleID != conformance.RuleWS {
+				t.Fatalf("upgrade event %+v", ev)
+			}
+			return
+		case <-time.After(10 * time.Second):
+			t.Fatal("no event for the upgrade")
+		}
+	}
+}
+
+// TestConnectTunnel: an allowed CONNECT becomes a tunnel when the
+// upstream answers 2xx.
+func TestConnectTunnel(t *testing.T) {
+	up := startScripted(t, func(s *scripted, c net.Conn, br *bufio.Reader) {
+		if _, ok := s.readHead(br); !ok {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 200 Connection Established\r\n\r\n")
+		io.Copy(c, br)
+	})
+	addr, _ := engineFor(t, up.addr, conformance.AllowAll())
+	c := dialClient(t, addr)
+	c.send("CONNECT db.internal:5432 HTTP/1.1\r\nHost: db.internal:5432\r\n\r\n")
+	resp, err := http.ReadResponse(c.br, &http.Request{Method: "CONNECT"})
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("CONNECT: %v %v", resp, err)
+	}
+	c.send("ping")
+	got := make([]byte, 4)
+	if _, err := io.ReadFull(c.br, got); err != nil || string(got) != "ping" {
+		t.Fatalf("tunnel echo: %q %v", got, err)
+	}
+	if h := up.seen(); len(h) != 1 || !strings.HasPrefix(h[0], "CONNECT db.internal:5432 HTTP/1.1\r\n") {
+		t.Fatalf("upstream head %q", h)
+	}
+}
+
+// TestAbsoluteFormTarget: the authority of an absolute-form target is the
+// host the rules judge and the Host the upstream gets; the upstream gets
+// the origin form.
+func TestAbsoluteFormTarget(t *testing.T) {
+	up := startScripted(t, respondOK)
+	addr, events := engineFor(t, up.addr, conformance.Policy())
+	c := dialClient(t, addr)
+	c.send("GET http://API.example.com:8080/api/v1/x?q=1 HTTP/1.1\r\nHost: other\r\nX-Tenant: acme\r\n\r\n")
+	if resp, body := c.read("GET"); resp.StatusCode != 200 || body != "GET /api/v1/x?q=1 HTTP/1.1" {
+		t.Fatalf("absolute-form: %d %q", resp.StatusCode, body)
+	}
+	h := up.seen()
+	if len(h) != 1 || !strings.Contains(h[0], "\r\nHost: API.example.com:8080\r\n") || strings.Contains(h[0], "Host: other") {
+		t.Fatalf("upstream head %q: want Host from the target", h)
+	}
+	if ev := <-events; ev.Host != "api.example.com" || ev.Path != "/api/v1/x" || ev.RuleID != conformance.RuleAPI {
+		t.Fatalf("event %+v", ev)
+	}
+}
+
+// TestEncodedPathJudgedDecoded: %2e%2e is a dot segment for the rules, and
+// the upstream gets the path the rules judged.
+func TestEncodedPathJudgedDecoded(t *testing.T) {
+	up := startScripted(t, respondOK)
+	addr, _ := engineFor(t, up.addr, conformance.Policy())
+	c := dialClient(t, addr)
+	c.send("GET /public/%2e%2e/admin HTTP/1.1\r\nHost: svc\r\n\r\n")
+	if resp, _ := c.read("GET"); resp.StatusCode != 403 {
+		t.Fatalf("/public/%%2e%%2e/admin: %d, want 403", resp.StatusCode)
+	}
+	c.send("GET /public/a/%2e%2e/b%20c?x=%41 HTTP/1.1\r\nHost: svc\r\n\r\n")
+	if resp, body := c.read("GET"); resp.StatusCode != 200 || body != "GET /public/b%20c?x=%41 HTTP/1.1" {
+		t.Fatalf("encoded dot segments: %d %q", resp.StatusCode, body)
+	}
+}
+
+// TestHTTP10KeepAlive: an HTTP/1.0 client that asks for keep-alive keeps
+// its connection.
+func TestHTTP10KeepAlive(t *testing.T) {
+	up := startScripted(t, respondOK)
+	addr, _ := engineFor(t, up.addr, conformance.AllowAll())
+	c := dialClient(t, addr)
+	for i := 0; i < 2; i++ {
+		c.send("GET /k HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+		resp, body := c.read("GET")
+		if resp.StatusCode != 200 || body != "GET /k HTTP/1.1" || resp.Close || resp.ProtoMinor != 0 {
+			t.Fatalf("HTTP/1.0 keep-alive %d: %d %q close=%v proto %s", i, resp.StatusCode, body, resp.Close, resp.Proto)
+		}
+	}
+}
+
+// TestHeaderRulesSeeCanonicalHeaders: header rules match whatever the
+// case on the wire, values trimmed.
+func TestHeaderRulesSeeCanonicalHeaders(t *testing.T) {
+	up := startScripted(t, respondOK)
+	addr, _ := engineFor(t, up.addr, conformance.Policy())
+	c := dialClient(t, addr)
+	for _, tc := range []struct {
+		hdr  string
+		want int
+	}{{"x-tenant:   acme  ", 200}, {"X-TENANT: acme", 200}, {"X-Tenant: acme2", 403}, {"X-Other: acme", 403}} {
+		c.send("GET /api/v1/items HTTP/1.1\r\nHost: api.example.com\r\n" + tc.hdr + "\r\n\r\n")
+		if resp, _ := c.read("GET"); resp.StatusCode != tc.want {
+			t.Fatalf("%q: %d, want %d", tc.hdr, resp.StatusCode, tc.want)
+		}
+	}
+}
+
+// TestBodyLargerThanBuffersBothWays: a Content-Length body of several MiB
+// each way through one kept-alive connection.
+func TestBodyLargerThanBuffersBothWays(t *testing.T) {
+	up := conformance.StartUpstream(t)
+	addr, _ := engineFor(t, up, conformance.Policy())
+	c := dialClient(t, addr)
+	const n = 5 << 20
+	body := bytes.Repeat([]byte("0123456789abcdef"), n/16)
+	sum := sha256.Sum256(body)
+	go func() {
+		fmt.Fprintf(c.c, "PUT /upload HTTP/1.1\r\nHost: svc\r\nContent-Length: %d\r\n\r\n", n)
+		c.c.Write(body)
+		fmt.Fprintf(c.c, "GET /download/x?n=%d HTTP/1.1\r\nHost: svc\r\n\r\n", n)
+	}()
+	if resp, got := c.read("PUT"); resp.StatusCode != 200 || !strings.Contains(got, fmt.Sprintf("n=%d sha=%s", n, hex.EncodeToString(sum[:]))) {
+		t.Fatalf("5 MiB upload: %d %q", resp.StatusCode, got)
+	}
+	resp, got := c.read("GET")
+	if resp.StatusCode != 200 || len(got) != n {
+		t.Fatalf("5 MiB download: %d, %d bytes", resp.StatusCode, len(got))
+	}
+}
