@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"net/textproto"
 	"net/url"
 	"strconv"
 	"strings"
@@ -493,10 +492,7 @@ func (h *h1) serveOne(first bool) bool {
 		h.finish(&ev, start)
 		return keep
 	}
-	req := proxy.Request{Method: method, Path: path, Host: host}
-	if needHeaders(&dec) {
-		req.Headers = h.header()
-	}
+	req := proxy.Request{Method: method, Path: path, Host: host, Headers: h.header(&dec)}
 	ruleID, denied := dec.Verdict(&req)
 	if denied != nil {
 		names := proxy.PolicyNames(box.r, denied)
@@ -523,30 +519,29 @@ func (h *h1) finish(ev *proxy.Event, start time.Time) {
 	}
 }
 
-// needHeaders reports whether a rule of d looks at headers (only then is
-// the request's http.Header built).
-func needHeaders(d *proxy.Decision) bool {
+// header is what the rules of d see of the request's fields: the fields
+// they name (canonical names), as net/http would present them to a handler
+// (Host and Transfer-Encoding are not among its fields). nil when no rule
+// looks at headers; fields no rule names are left out, which no rule can
+// tell.
+func (h *h1) header(d *proxy.Decision) http.Header {
+	var hd http.Header
 	for i := range d.Checks {
 		for j := range d.Checks[i].Rules.Rules {
-			if len(d.Checks[i].Rules.Rules[j].HTTP.Headers) > 0 {
-				return true
+			for name := range d.Checks[i].Rules.Rules[j].HTTP.Headers {
+				if hd == nil {
+					hd = make(http.Header, 2)
+				}
+				if _, done := hd[name]; done || name == "Host" || name == "Transfer-Encoding" {
+					continue
+				}
+				for _, f := range h.rq.fields {
+					if bytes.EqualFold(f.name.of(h.head), []byte(name)) {
+						hd[name] = append(hd[name], string(f.value.of(h.head)))
+					}
+				}
 			}
 		}
-	}
-	return false
-}
-
-// header is the request's fields as net/http presents them to a handler:
-// canonical names, Host and Transfer-Encoding left out.
-func (h *h1) header() http.Header {
-	hd := make(http.Header, len(h.rq.fields))
-	for _, f := range h.rq.fields {
-		name := f.name.of(h.head)
-		if equalFold(name, "host") || equalFold(name, "transfer-encoding") {
-			continue
-		}
-		k := textproto.CanonicalMIMEHeaderKey(string(name))
-		hd[k] = append(hd[k], string(f.value.of(h.head)))
 	}
 	return hd
 }
