@@ -241,11 +241,11 @@ func (h *h1) readHead(first bool) (ok bool, err error) {
 		if err := h.bw.Flush(); err != nil {
 			return false, nil
 		}
-		// The idle timeout, moved only when it lags by more than a second
-		// (setting a deadline per request costs).
-		if want := h.now.Add(h.e.cfg.IdleTimeout); h.deadline.IsZero() || want.Sub(h.deadline) > time.Second {
-			h.setDeadline(want)
-		}
+	}
+	// The idle timeout, moved only when it lags by more than a second
+	// (setting a deadline per request costs).
+	if want := h.now.Add(h.e.cfg.IdleTimeout); h.deadline.IsZero() || want.Sub(h.deadline) > time.Second {
+		h.setDeadline(want)
 	}
 	limit := h.e.cfg.MaxHeaderBytes
 	var line span
