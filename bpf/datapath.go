@@ -135,6 +135,8 @@ type Datapath struct {
 	policy map[policies.Identity]map[datapathPolicyKey]datapathPolicyValue
 	// exact mirrors membrane_policy_exact, per local identity.
 	exact map[policies.Identity]map[datapathPolicyExactKey]datapathPolicyValue
+	// inline is the shared mapping of the inline tables (inline.go).
+	inline inlineTables
 	// replaced is set when Open had to create fresh maps: the pinned
 	// attachments keep the old programs until Attach replaces them.
 	replaced bool
@@ -143,7 +145,8 @@ type Datapath struct {
 
 var mapNames = []string{
 	"membrane_endpoints", "membrane_endpoints_fast", "membrane_ipcache", "membrane_ipcache_exact", "membrane_policy", "membrane_policy_exact", "membrane_ct",
-	"membrane_frag", "membrane_config", "membrane_counters", "membrane_events",
+	"membrane_frag", "membrane_config", "membrane_counters", "membrane_events", "membrane_flow_gen",
+	"membrane_ipcache4", "membrane_policy4",
 }
 
 // Open loads the programs, adopting the maps pinned under cfg.PinDir when they
@@ -169,12 +172,19 @@ func Open(cfg Config) (*Datapath, error) {
 		d.objs.Close()
 		return nil, err
 	}
+	if err := d.openInline(); err != nil {
+		d.closeInline()
+		d.objs.Close()
+		return nil, err
+	}
 	if err := d.pinPrograms(); err != nil {
+		d.closeInline()
 		d.objs.Close()
 		return nil, err
 	}
 	if !d.replaced {
 		if err := d.adoptAttachments(); err != nil {
+			d.closeInline()
 			d.objs.Close()
 			return nil, err
 		}
@@ -402,6 +412,7 @@ func (d *Datapath) Close() error {
 		return nil
 	}
 	d.closed = true
+	d.closeInline()
 	return d.objs.Close()
 }
 

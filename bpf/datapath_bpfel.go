@@ -98,6 +98,17 @@ type datapathEvent struct {
 	_              [4]byte
 }
 
+type datapathFlowSlot struct {
+	_     structs.HostLayout
+	Key   datapathCtKey
+	Local uint32
+	Tag   uint64
+	Until uint64
+	Dir   uint8
+	Reply uint8
+	Pad   [6]uint8
+}
+
 type datapathFragKey struct {
 	_        structs.HostLayout
 	Saddr    [16]uint8
@@ -116,6 +127,11 @@ type datapathFragValue struct {
 	Pad        uint16
 }
 
+type datapathIpc4Set struct {
+	_    structs.HostLayout
+	Slot [4]uint64
+}
+
 type datapathIpcacheKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -128,6 +144,19 @@ type datapathIpcacheValue struct {
 	_        structs.HostLayout
 	Identity uint32
 	Flags    uint32
+}
+
+type datapathPol4Set struct {
+	_    structs.HostLayout
+	Slot [4]struct {
+		_      structs.HostLayout
+		Seq    uint32
+		Local  uint32
+		Remote uint32
+		Key    uint32
+		RuleId uint32
+		Value  uint32
+	}
 }
 
 type datapathPolicyExactKey struct {
@@ -167,10 +196,14 @@ const (
 	datapathMapMembraneEndpoints     = "membrane_endpoints"
 	datapathMapMembraneEndpointsFast = "membrane_endpoints_fast"
 	datapathMapMembraneEvents        = "membrane_events"
+	datapathMapMembraneFlowCache     = "membrane_flow_cache"
+	datapathMapMembraneFlowGen       = "membrane_flow_gen"
 	datapathMapMembraneFrag          = "membrane_frag"
 	datapathMapMembraneIpcache       = "membrane_ipcache"
+	datapathMapMembraneIpcache4      = "membrane_ipcache4"
 	datapathMapMembraneIpcacheExact  = "membrane_ipcache_exact"
 	datapathMapMembranePolicy        = "membrane_policy"
+	datapathMapMembranePolicy4       = "membrane_policy4"
 	datapathMapMembranePolicyExact   = "membrane_policy_exact"
 	datapathProgMembraneEgress       = "membrane_egress"
 	datapathProgMembraneIngress      = "membrane_ingress"
@@ -239,10 +272,14 @@ type datapathMapSpecs struct {
 	MembraneEndpoints     *ebpf.MapSpec `ebpf:"membrane_endpoints"`
 	MembraneEndpointsFast *ebpf.MapSpec `ebpf:"membrane_endpoints_fast"`
 	MembraneEvents        *ebpf.MapSpec `ebpf:"membrane_events"`
+	MembraneFlowCache     *ebpf.MapSpec `ebpf:"membrane_flow_cache"`
+	MembraneFlowGen       *ebpf.MapSpec `ebpf:"membrane_flow_gen"`
 	MembraneFrag          *ebpf.MapSpec `ebpf:"membrane_frag"`
 	MembraneIpcache       *ebpf.MapSpec `ebpf:"membrane_ipcache"`
+	MembraneIpcache4      *ebpf.MapSpec `ebpf:"membrane_ipcache4"`
 	MembraneIpcacheExact  *ebpf.MapSpec `ebpf:"membrane_ipcache_exact"`
 	MembranePolicy        *ebpf.MapSpec `ebpf:"membrane_policy"`
+	MembranePolicy4       *ebpf.MapSpec `ebpf:"membrane_policy4"`
 	MembranePolicyExact   *ebpf.MapSpec `ebpf:"membrane_policy_exact"`
 }
 
@@ -285,10 +322,14 @@ type datapathMaps struct {
 	MembraneEndpoints     *ebpf.Map `ebpf:"membrane_endpoints"`
 	MembraneEndpointsFast *ebpf.Map `ebpf:"membrane_endpoints_fast"`
 	MembraneEvents        *ebpf.Map `ebpf:"membrane_events"`
+	MembraneFlowCache     *ebpf.Map `ebpf:"membrane_flow_cache"`
+	MembraneFlowGen       *ebpf.Map `ebpf:"membrane_flow_gen"`
 	MembraneFrag          *ebpf.Map `ebpf:"membrane_frag"`
 	MembraneIpcache       *ebpf.Map `ebpf:"membrane_ipcache"`
+	MembraneIpcache4      *ebpf.Map `ebpf:"membrane_ipcache4"`
 	MembraneIpcacheExact  *ebpf.Map `ebpf:"membrane_ipcache_exact"`
 	MembranePolicy        *ebpf.Map `ebpf:"membrane_policy"`
+	MembranePolicy4       *ebpf.Map `ebpf:"membrane_policy4"`
 	MembranePolicyExact   *ebpf.Map `ebpf:"membrane_policy_exact"`
 }
 
@@ -301,10 +342,14 @@ func (m *datapathMaps) Close() error {
 		m.MembraneEndpoints,
 		m.MembraneEndpointsFast,
 		m.MembraneEvents,
+		m.MembraneFlowCache,
+		m.MembraneFlowGen,
 		m.MembraneFrag,
 		m.MembraneIpcache,
+		m.MembraneIpcache4,
 		m.MembraneIpcacheExact,
 		m.MembranePolicy,
+		m.MembranePolicy4,
 		m.MembranePolicyExact,
 	)
 }

@@ -173,7 +173,24 @@ func (d *Datapath) ipcacheSet(p netip.Prefix, id policies.Identity) error {
 	if err := d.ipcacheMap(p).Put(&k, &datapathIpcacheValue{Identity: uint32(id)}); err != nil {
 		return wrapFull(err, "ipcache", "max_ipcache", d.cfg.MaxIPCache)
 	}
+	if p.Addr().Is4() && p.Bits() == 32 {
+		d.inlineIPCacheSet(p.Addr(), id)
+	}
 	return nil
+}
+
+// ipcacheDelete removes a prefix from its map (its inline slot first);
+// missing is ebpf.ErrKeyNotExist.
+func (d *Datapath) ipcacheDelete(p netip.Prefix) error {
+	p = unmapPrefix(p)
+	k, err := ipcacheKey(p)
+	if err != nil {
+		return err
+	}
+	if p.Addr().Is4() && p.Bits() == 32 {
+		d.inlineIPCacheDelete(p.Addr())
+	}
+	return d.ipcacheMap(p).Delete(&k)
 }
 
 func unmapPrefix(p netip.Prefix) netip.Prefix {
@@ -188,16 +205,15 @@ func unmapPrefix(p netip.Prefix) netip.Prefix {
 func (d *Datapath) IPCacheDelete(p netip.Prefix) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	k, err := ipcacheKey(unmapPrefix(p))
-	if err != nil {
-		return err
-	}
-	err = d.ipcacheMap(unmapPrefix(p)).Delete(&k)
+	err := d.ipcacheDelete(p)
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("deleting ipcache %v: %w", p, err)
+	}
+	if err := d.refillInline(); err != nil {
+		return err
 	}
 	_, err = d.bumpRevision()
 	return err
@@ -265,11 +281,13 @@ func (d *Datapath) IPCacheSync(want map[netip.Prefix]policies.Identity) error {
 		if _, ok := norm[p]; ok {
 			continue
 		}
-		k, _ := ipcacheKey(p)
-		if err := d.ipcacheMap(p).Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := d.ipcacheDelete(p); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("deleting ipcache %v: %w", p, err)
 		}
 		changed = true
+	}
+	if err := d.refillInline(); err != nil {
+		return err
 	}
 	if changed {
 		_, err := d.bumpRevision()
@@ -363,7 +381,28 @@ func (d *Datapath) GC(now time.Time) (int, error) {
 			return n, fmt.Errorf("deleting conntrack entry: %w", err)
 		}
 	}
+	if n > 0 {
+		// The flow caches' slots must not outlive the entries they copy
+		// (now may be later than the real time).
+		if err := d.bumpFlowGen(); err != nil {
+			return n, err
+		}
+	}
 	return n, nil
+}
+
+// bumpFlowGen moves membrane_flow_gen on: every flow cache slot filled
+// before is stale, and the next packet of each flow takes the conntrack
+// path. Callers hold d.mu.
+func (d *Datapath) bumpFlowGen() error {
+	var gen uint32
+	if err := d.objs.MembraneFlowGen.Lookup(uint32(0), &gen); err != nil {
+		return fmt.Errorf("reading the flow generation: %w", err)
+	}
+	if err := d.objs.MembraneFlowGen.Put(uint32(0), gen+1); err != nil {
+		return fmt.Errorf("moving the flow generation on: %w", err)
+	}
+	return nil
 }
 
 // ConntrackEntries returns how many conntrack entries exist (expired ones

@@ -145,6 +145,9 @@ func (d *Datapath) SyncPolicy(m *policies.Model, proxyPort func(l7 uint32) uint1
 		st.Removed++
 		changed = true
 	}
+	if err := d.refillInline(); err != nil {
+		return st, err
+	}
 	var err error
 	if changed {
 		st.Revision, err = d.bumpRevision()
@@ -214,6 +217,7 @@ func (d *Datapath) syncExact(id policies.Identity, want map[datapathPolicyExactK
 		d.exact[id] = cur
 	}
 	del := func(k datapathPolicyExactKey) error {
+		d.inlinePolicyDelete(k)
 		if err := d.objs.MembranePolicyExact.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("removing cached policy entry of identity %d: %w", id, err)
 		}
@@ -239,6 +243,7 @@ func (d *Datapath) syncExact(id policies.Identity, want map[datapathPolicyExactK
 			}
 			return fmt.Errorf("writing cached policy entry of identity %d: %w", id, err)
 		}
+		d.inlinePolicySet(k, v)
 		cur[k] = v
 	}
 	if full {

@@ -1,0 +1,141 @@
+package bpf
+
+import (
+	"runtime"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/membrane-fw/membrane/policies"
+)
+
+// onOneCPU keeps the test's goroutine on one thread bound to one CPU until
+// the test ends, so that every BPF_PROG_TEST_RUN sees the same per-CPU flow
+// cache.
+func onOneCPU(t *testing.T) {
+	t.Helper()
+	runtime.LockOSThread()
+	var old, one unix.CPUSet
+	must(t, unix.SchedGetaffinity(0, &old))
+	for cpu := 0; cpu < 1024; cpu++ {
+		if old.IsSet(cpu) {
+			one.Set(cpu)
+			break
+		}
+	}
+	must(t, unix.SchedSetaffinity(0, &one))
+	t.Cleanup(func() {
+		unix.SchedSetaffinity(0, &old)
+		runtime.UnlockOSThread()
+	})
+}
+
+// cachedSlots counts the flow cache slots (over every CPU) that hold the
+// packet's tuple at ifindex.
+func (h *harness) cachedSlots(p pkt, ifindex int) int {
+	h.t.Helper()
+	k := datapathCtKey{Protocol: p.proto, Ifindex: uint32(ifindex), Sport: htons(p.sport), Dport: htons(p.dport)}
+	if p.src.Is4() {
+		k.Family = 4
+		s, d := p.src.As4(), p.dst.As4()
+		copy(k.Saddr[:], s[:])
+		copy(k.Daddr[:], d[:])
+	} else {
+		k.Family = 6
+		k.Saddr, k.Daddr = p.src.As16(), p.dst.As16()
+	}
+	n := 0
+	var slots []datapathFlowSlot
+	for i := uint32(0); i < flowCacheSlots; i++ {
+		must(h.t, h.dp.objs.MembraneFlowCache.Lookup(i, &slots))
+		for _, s := range slots {
+			if s.Key == k {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+const flowCacheSlots = 4096 // FLOW_CACHE_SLOTS
+
+// TestFlowCache: established packets are served from the per-CPU flow cache
+// once their flow is known, and the cache never outlives what conntrack and
+// the policy say: a policy change, a conntrack entry deleted from userspace,
+// a FIN and a change of the endpoint's identity each send the next packet
+// down the conntrack path again.
+func TestFlowCache(t *testing.T) {
+	onOneCPU(t)
+	h := twoEndpoints(t, Config{})
+	allow := policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, IngressDefaultDeny: true, Entries: []policies.Entry{
+		entry(out, idB, policies.ProtoTCP, 80, 16, policies.Allow, 1),
+		entry(out, idB, policies.ProtoUDP, 53, 16, policies.Allow, 2),
+	}}
+	h.sync(allow)
+	open := func(sport uint16) (ack, reply pkt) {
+		syn := tcp(addrA, addrB, sport, 80, tcpSYN)
+		h.expect(out, h.ifs[0], syn, ReasonAllowPolicy)
+		synack := syn.reverse()
+		synack.tcpFlags = tcpSYN | tcpACK
+		h.expect(in, h.ifs[0], synack, ReasonAllowReply)
+		ack, reply = syn, syn.reverse()
+		ack.tcpFlags, reply.tcpFlags = tcpACK, tcpACK
+		for range 3 {
+			h.expect(out, h.ifs[0], ack, ReasonAllowEstablished)
+			h.expect(in, h.ifs[0], reply, ReasonAllowReply)
+		}
+		return ack, reply
+	}
+
+	ack, reply := open(40000)
+	if n := h.cachedSlots(ack, h.ifs[0]); n != 1 {
+		t.Fatalf("established flow in %d flow cache slots, want 1", n)
+	}
+	if n := h.cachedSlots(reply, h.ifs[0]); n != 1 {
+		t.Fatalf("its replies in %d flow cache slots, want 1", n)
+	}
+	// Not a SYN, FIN or RST, nor an opener of the reverse flow: the SYN of
+	// the peer on the reply's tuple is judged as a new ingress flow.
+	peerSyn := reply
+	peerSyn.tcpFlags = tcpSYN
+	h.expect(in, h.ifs[0], peerSyn, ReasonDropDefaultDeny)
+	// UDP flows are cached as well.
+	dns := udp(addrA, addrB, 5353, 53)
+	h.expect(out, h.ifs[0], dns, ReasonAllowPolicy)
+	h.expect(out, h.ifs[0], dns, ReasonAllowEstablished)
+	h.expect(out, h.ifs[0], dns, ReasonAllowEstablished)
+	if n := h.cachedSlots(dns, h.ifs[0]); n != 1 {
+		t.Fatalf("UDP flow in %d flow cache slots, want 1", n)
+	}
+
+	// Conntrack entries deleted from userspace (GC): the cached replies
+	// are now new ingress flows, which ingress default deny drops.
+	if n, err := h.dp.GC(farFuture()); err != nil || n == 0 {
+		t.Fatalf("GC: %d, %v", n, err)
+	}
+	h.expect(in, h.ifs[0], reply, ReasonDropDefaultDeny)
+
+	// A policy change that denies the flow: the next packet is judged
+	// again and dropped.
+	ack, _ = open(40001)
+	deny := allow
+	deny.Entries = allow.Entries[1:]
+	h.sync(deny)
+	h.expect(out, h.ifs[0], ack, ReasonDropDefaultDeny)
+	h.sync(allow)
+
+	// A FIN takes the conntrack path (state), the packets after it may
+	// be served again.
+	ack, reply = open(40002)
+	fin := ack
+	fin.tcpFlags = tcpFIN | tcpACK
+	h.expect(out, h.ifs[0], fin, ReasonAllowEstablished)
+	h.expect(out, h.ifs[0], ack, ReasonAllowEstablished)
+
+	// The endpoint's identity changes to one whose policy denies the flow:
+	// the next packet is judged under it.
+	h.sync(allow, policies.IdentityPolicy{Identity: 778, EgressDefaultDeny: true})
+	ack, _ = open(40003)
+	must(t, h.dp.SetEndpoint(h.ifs[0], Endpoint{ID: 1, Identity: 778, Flags: EnforceEgress | EnforceIngress}))
+	h.expect(out, h.ifs[0], ack, ReasonDropDefaultDeny)
+}
