@@ -235,7 +235,8 @@ func (h *h1) clearDeadline() {
 }
 
 // readHead reads the next request head into h.head and h.rq. ok false
-// with a nil error: the client closed or idled out between requests.
+// with a nil error: the client closed or idled out between requests, or
+// the connection went to the HTTP/2 server.
 func (h *h1) readHead(first bool) (ok bool, err error) {
 	if h.br.Buffered() == 0 {
 		if err := h.bw.Flush(); err != nil {
@@ -247,58 +248,73 @@ func (h *h1) readHead(first bool) (ok bool, err error) {
 	if want := h.now.Add(h.e.cfg.IdleTimeout); h.deadline.IsZero() || want.Sub(h.deadline) > time.Second {
 		h.setDeadline(want)
 	}
-	limit := h.e.cfg.MaxHeaderBytes
+	var preface bool
+	h.head, preface, err = readRequestHead(h.br, h.head[:0], &h.rq, h.e.cfg.MaxHeaderBytes, first, func() {
+		// The head arrives in pieces: bound how long it may take.
+		if want := time.Now().Add(readHeaderTimeout); h.deadline.IsZero() || want.Before(h.deadline) {
+			h.setDeadline(want)
+		}
+	})
+	switch {
+	case preface:
+		h.handoff()
+		return false, nil
+	case err == nil:
+		return true, nil
+	case errors.As(err, new(*httpError)):
+		return false, err
+	}
+	return false, nil // EOF, reset, timeout: nobody to answer
+}
+
+// readRequestHead reads a request head from br into head (returned grown)
+// and rq. waiting is called before a read of the head's fields that would
+// wait for the network. preface is true, with nothing parsed, when first
+// and the line read is the HTTP/2 connection preface's.
+func readRequestHead(br *bufio.Reader, head []byte, rq *request, limit int, first bool, waiting func()) (_ []byte, preface bool, err error) {
 	var line span
 	for empty := 0; ; empty++ {
-		h.head = h.head[:0]
-		h.head, line, err = readLine(h.br, h.head, limit)
+		head = head[:0]
+		head, line, err = readLine(br, head, limit)
 		if err != nil {
-			if err == errHeadTooLarge {
-				return false, err
-			}
-			return false, nil
+			return head, false, err
 		}
 		// RFC 9112 section 2.2: ignore empty lines before a request.
 		if !line.empty() || empty == 4 {
 			break
 		}
 	}
-	if first && string(line.of(h.head)) == "PRI * HTTP/2.0" {
-		h.handoff()
-		return false, nil
+	if first && string(line.of(head)) == "PRI * HTTP/2.0" {
+		return head, true, nil
 	}
-	rq := &h.rq
 	*rq = request{fields: rq.fields[:0], connTokens: rq.connTokens[:0], contentLength: -1}
-	if err := parseRequestLine(h.head, line, rq); err != nil {
-		return false, err
+	if err := parseRequestLine(head, line, rq); err != nil {
+		return head, false, err
 	}
 	for {
-		if h.br.Buffered() == 0 {
-			// The head arrives in pieces: bound how long it may take.
-			if want := time.Now().Add(readHeaderTimeout); h.deadline.IsZero() || want.Before(h.deadline) {
-				h.setDeadline(want)
-			}
+		if br.Buffered() == 0 {
+			waiting()
 		}
-		h.head, line, err = readLine(h.br, h.head, limit)
+		head, line, err = readLine(br, head, limit)
 		if err != nil {
-			if err == errHeadTooLarge {
-				return false, err
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
 			}
-			return false, nil
+			return head, false, err
 		}
 		if line.empty() {
 			break
 		}
-		f, ok := parseField(h.head, line)
+		f, ok := parseField(head, line)
 		if !ok {
-			return false, badRequest("malformed header field")
+			return head, false, badRequest("malformed header field")
 		}
-		if err := rq.classify(h.head, f); err != nil {
-			return false, err
+		if err := rq.classify(head, f); err != nil {
+			return head, false, err
 		}
 		rq.fields = append(rq.fields, f)
 	}
-	return true, rq.validate()
+	return head, false, rq.validate()
 }
 
 func parseRequestLine(buf []byte, line span, rq *request) error {
