@@ -718,27 +718,37 @@ func (h *h1) clientKeepsAlive() bool {
 	return !h.rq.closeConn && (h.rq.minor >= 1 || h.rq.keepAlive)
 }
 
-// deny answers 403 without forwarding. An unread request body is read and
-// dropped when small; a large one, or one the client holds back for a 100
-// Continue it will not get, closes the connection.
+// deny answers 403 without forwarding. An unread request body is then
+// read and dropped when small; a large one, or one the client holds back
+// for a 100 Continue it will not get, closes the connection.
 func (h *h1) deny(method, body string) bool {
 	if !strings.HasSuffix(body, "\n") {
 		body += "\n"
 	}
 	keep := h.clientKeepsAlive()
-	drained := true
-	if h.rq.hasBody() {
-		drained = false
-		if !h.rq.expect100 && (h.rq.chunked || h.rq.contentLength <= maxDrainBytes) {
-			drained = h.drainBody()
-		}
+	drain := h.rq.hasBody() && !h.rq.expect100 && (h.rq.chunked || h.rq.contentLength <= maxDrainBytes)
+	if h.rq.hasBody() && !drain {
+		keep = false
 	}
-	h.respond(method, http.StatusForbidden, body, !keep || !drained)
-	if !drained {
+	h.respond(method, http.StatusForbidden, body, !keep)
+	if !h.rq.hasBody() {
+		return keep
+	}
+	if !keep {
 		h.linger = true
 		return false
 	}
-	return keep
+	// The answer goes first: the client need not finish sending for it.
+	if h.bw.Flush() != nil {
+		return false
+	}
+	if !h.drainBody() {
+		// Larger than announced: what is still coming must not reset the
+		// connection before the client read the answer.
+		h.linger = true
+		return false
+	}
+	return true
 }
 
 // drainBody reads and drops the request body, up to maxDrainBytes.
@@ -907,10 +917,8 @@ func (h *h1) writeRequest(u *upConn, method string, fwd []byte, over string, upg
 	h2cUpgrade := !upgrade && !rq.upgrade.empty()
 	for _, f := range rq.fields {
 		name := f.name.of(buf)
-		if hopByHop(name) || listed(buf, rq.connTokens, name) {
-			continue
-		}
-		if over != "" && equalFold(name, "host") {
+		isHost := equalFold(name, "host")
+		if hopByHop(name) || !isHost && listed(buf, rq.connTokens, name) || isHost && over != "" {
 			continue
 		}
 		if h2cUpgrade && equalFold(name, "http2-settings") {
