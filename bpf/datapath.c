@@ -265,11 +265,11 @@ const struct frag_key *unused_frag_key __attribute__((unused));
 /* What the parser learnt about one packet. */
 struct pkt {
 	struct ct_key tuple; /* as the packet travels; ifindex filled in later */
-	struct ct_key inner; /* ICMP errors: the tuple of the packet they quote */
 	__u32 frag_id;
+	__u32 inner_off; /* ICMP errors: where the packet they quote starts */
 	__u16 policy_port; /* host order: dport, or ICMP type */
 	__u8 tcp_flags;
-	__u8 has_inner;
+	__u8 icmp_error;
 	__u8 first_frag;
 	__u8 later_frag;
 	__u8 neighbor;
@@ -460,11 +460,12 @@ static __always_inline int load_ports(struct __sk_buff *skb, __u32 off, __u8 pro
 	return 0;
 }
 
-/* The packet quoted by an ICMP error, for the related-flow lookup. Failure
- * just means "not related": the error is then judged as plain ICMP. */
-static __always_inline void load_inner(struct __sk_buff *skb, __u32 off, struct pkt *p)
+/* The tuple of the packet quoted by an ICMP error (k zeroed), for the
+ * related-flow lookup; read only when it is needed, so that struct pkt
+ * stays small (the hot path zeroes it). Failure (<0) just means "not
+ * related": the error is then judged as plain ICMP. */
+static __always_inline int load_inner(struct __sk_buff *skb, __u32 off, const struct pkt *p, struct ct_key *k)
 {
-	struct ct_key *k = &p->inner;
 	__u16 pp = 0;
 	__u8 fl = 0;
 	__u8 proto;
@@ -472,10 +473,10 @@ static __always_inline void load_inner(struct __sk_buff *skb, __u32 off, struct 
 	if (p->tuple.family == 4) {
 		struct ipv4hdr ip;
 		if (load(skb, off, &ip, sizeof(ip)) < 0)
-			return;
+			return -1;
 		__u32 ihl = (ip.ver_ihl & 0x0f) * 4;
 		if (ihl < 20)
-			return;
+			return -1;
 		proto = ip.protocol;
 		__builtin_memcpy(k->saddr, &ip.saddr, 4);
 		__builtin_memcpy(k->daddr, &ip.daddr, 4);
@@ -483,7 +484,7 @@ static __always_inline void load_inner(struct __sk_buff *skb, __u32 off, struct 
 	} else {
 		struct ipv6hdr ip6;
 		if (load(skb, off, &ip6, sizeof(ip6)) < 0)
-			return;
+			return -1;
 		proto = ip6.nexthdr;
 		__builtin_memcpy(k->saddr, ip6.saddr, 16);
 		__builtin_memcpy(k->daddr, ip6.daddr, 16);
@@ -491,9 +492,7 @@ static __always_inline void load_inner(struct __sk_buff *skb, __u32 off, struct 
 	}
 	k->protocol = proto;
 	k->family = p->tuple.family;
-	if (load_ports(skb, off, proto, k, &pp, &fl) < 0)
-		return;
-	p->has_inner = 1;
+	return load_ports(skb, off, proto, k, &pp, &fl);
 }
 
 /* Returns 0 or a drop reason. */
@@ -584,8 +583,10 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		return 0;
 	}
 	if ((proto == IPPROTO_ICMP && p->tuple.family == 4) || (proto == IPPROTO_ICMPV6 && p->tuple.family == 6)) {
-		if (is_icmp_error(proto, (__u8)p->policy_port))
-			load_inner(skb, off + 8, p);
+		if (is_icmp_error(proto, (__u8)p->policy_port)) {
+			p->icmp_error = 1;
+			p->inner_off = off + 8;
+		}
 	}
 	return 0;
 }
@@ -950,11 +951,12 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 		return VERDICT_PASS;
 	}
 
-	if (p.has_inner) {
-		p.inner.ifindex = ifindex;
+	struct ct_key inner = {};
+	if (p.icmp_error && load_inner(skb, p.inner_off, &p, &inner) == 0) {
+		inner.ifindex = ifindex;
 		struct ct_key ri;
-		swap_tuple(&ri, &p.inner);
-		struct ct_entry *ie = bpf_map_lookup_elem(&membrane_ct, &p.inner);
+		swap_tuple(&ri, &inner);
+		struct ct_entry *ie = bpf_map_lookup_elem(&membrane_ct, &inner);
 		if (!ie)
 			ie = bpf_map_lookup_elem(&membrane_ct, &ri);
 		if (ie && ie->expires >= now) {
