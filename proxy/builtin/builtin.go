@@ -52,6 +52,9 @@ type Engine struct {
 	metrics  *proxy.Metrics
 	resolver atomic.Pointer[resolverBox]
 	port     uint16
+	// idleSlack is how far a client's idle deadline may lag before it is
+	// moved.
+	idleSlack time.Duration
 
 	// closing is done when Close begins: it ends upstream dials, which do
 	// not follow the client.
@@ -97,6 +100,7 @@ func New(cfg Config) (*Engine, error) {
 		h1conns:   map[*h1]struct{}{},
 		h2l:       newChanListener(cfg.Listeners[0].Addr()),
 	}
+	e.idleSlack = min(cfg.IdleTimeout/8, time.Second)
 	e.closing, e.closeCancel = context.WithCancel(context.Background())
 	if a, ok := cfg.Listeners[0].Addr().(*net.TCPAddr); ok {
 		e.port = uint16(a.Port)

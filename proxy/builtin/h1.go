@@ -243,9 +243,9 @@ func (h *h1) readHead(first bool) (ok bool, err error) {
 			return false, nil
 		}
 	}
-	// The idle timeout, moved only when it lags by more than a second
-	// (setting a deadline per request costs).
-	if want := h.now.Add(h.e.cfg.IdleTimeout); h.deadline.IsZero() || want.Sub(h.deadline) > time.Second {
+	// The idle timeout, moved only when it lags by more than an eighth of
+	// it, at most a second (setting a deadline per request costs).
+	if want := h.now.Add(h.e.cfg.IdleTimeout); h.deadline.IsZero() || want.Sub(h.deadline) > h.e.idleSlack {
 		h.setDeadline(want)
 	}
 	var preface bool

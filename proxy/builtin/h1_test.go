@@ -706,3 +706,97 @@ func TestBodyLargerThanBuffersBothWays(t *testing.T) {
 		t.Fatalf("5 MiB download: %d, %d bytes", resp.StatusCode, len(got))
 	}
 }
+
+// TestIdleClientConnectionIsClosed: a kept-alive client connection that
+// sends nothing for IdleTimeout is closed; one that sends more often than
+// that is not.
+func TestIdleClientConnectionIsClosed(t *testing.T) {
+	testenv.RequireRoot(t)
+	up := startScripted(t, respondOK)
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := New(Config{
+		Listeners: []net.Listener{l}, Resolver: conformance.AllowAll(), IdleTimeout: 600 * time.Millisecond,
+		OriginalDst: func(net.Conn) (netip.AddrPort, error) { return up.addr, nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	busy, idle := dialClient(t, l.Addr().String()), dialClient(t, l.Addr().String())
+	idle.send("GET /i HTTP/1.1\r\nHost: svc\r\n\r\n")
+	idle.read("GET")
+	start := time.Now()
+	for time.Since(start) < 1500*time.Millisecond {
+		busy.send("GET /b HTTP/1.1\r\nHost: svc\r\n\r\n")
+		if resp, _ := busy.read("GET"); resp.StatusCode != 200 {
+			t.Fatalf("busy connection: %d", resp.StatusCode)
+		}
+		time.Sleep(400 * time.Millisecond)
+	}
+	idle.expectEOF()
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("idle connection closed after %v, want about 0.6s", d)
+	}
+}
+
+// TestCloseEndsTunnelsAndRequests: Engine.Close closes an upgraded
+// connection and one waiting for its upstream, and returns.
+func TestCloseEndsTunnelsAndRequests(t *testing.T) {
+	testenv.RequireRoot(t)
+	hold := make(chan struct{})
+	defer close(hold)
+	up := startScripted(t, func(s *scripted, c net.Conn, br *bufio.Reader) {
+		head, ok := s.readHead(br)
+		if !ok {
+			return
+		}
+		if strings.Contains(head, "/ws") {
+			io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+			io.Copy(c, br)
+			return
+		}
+		<-hold // never answers
+	})
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := New(Config{
+		Listeners: []net.Listener{l}, Resolver: conformance.AllowAll(),
+		OriginalDst: func(net.Conn) (netip.AddrPort, error) { return up.addr, nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws, slow := dialClient(t, l.Addr().String()), dialClient(t, l.Addr().String())
+	ws.send("GET /ws HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+	if resp, err := http.ReadResponse(ws.br, nil); err != nil || resp.StatusCode != 101 {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	slow.send("GET /slow HTTP/1.1\r\nHost: svc\r\n\r\n")
+	for len(up.seen()) < 2 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	done := make(chan error)
+	go func() { done <- e.Close() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not return with a tunnel and a pending request open")
+	}
+	for _, c := range []*client{ws, slow} {
+		c.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadAll(c.br); err != nil {
+			t.Fatalf("after Close: %v, want EOF", err)
+		}
+	}
+	if _, err := net.DialTimeout("tcp", l.Addr().String(), time.Second); err == nil {
+		t.Fatal("the listener still accepts after Close")
+	}
+}
