@@ -439,25 +439,7 @@ func (d *dRunner) judge(w dWorld, c dConn) (egress, ingress string, err error) {
 			return "drop", nil
 		}
 		// Forget the flow, so that no later packet is judged as its reply.
-		k := datapathCtKey{Protocol: uint8(c.proto), Ifindex: uint32(ifindex)}
-		s, dst := p.src.As16(), p.dst.As16()
-		if p.src.Is4() {
-			k.Family = 4
-			s4, d4 := p.src.As4(), p.dst.As4()
-			copy(k.Saddr[:], s4[:])
-			copy(k.Daddr[:], d4[:])
-		} else {
-			k.Family = 6
-			k.Saddr, k.Daddr = s, dst
-		}
-		switch c.proto {
-		case policies.ProtoTCP, policies.ProtoUDP, policies.ProtoSCTP:
-			k.Sport, k.Dport = htons(p.sport), htons(p.dport)
-		case policies.ProtoICMP, policies.ProtoICMPv6:
-			if c.icmpType == 0 || c.icmpType == 8 || c.icmpType == 128 || c.icmpType == 129 {
-				k.Sport, k.Dport = htons(p.icmpID), htons(p.icmpID)
-			}
-		}
+		k := p.ctKey(ifindex)
 		if err := d.h.dp.objs.MembraneCt.Delete(&k); err != nil {
 			return "", fmt.Errorf("packet passed without a conntrack entry: %w", err)
 		}

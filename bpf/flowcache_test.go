@@ -34,16 +34,7 @@ func onOneCPU(t *testing.T) {
 // packet's tuple at ifindex.
 func (h *harness) cachedSlots(p pkt, ifindex int) int {
 	h.t.Helper()
-	k := datapathCtKey{Protocol: p.proto, Ifindex: uint32(ifindex), Sport: htons(p.sport), Dport: htons(p.dport)}
-	if p.src.Is4() {
-		k.Family = 4
-		s, d := p.src.As4(), p.dst.As4()
-		copy(k.Saddr[:], s[:])
-		copy(k.Daddr[:], d[:])
-	} else {
-		k.Family = 6
-		k.Saddr, k.Daddr = p.src.As16(), p.dst.As16()
-	}
+	k := p.ctKey(ifindex)
 	n := 0
 	var slots []datapathFlowSlot
 	for i := uint32(0); i < flowCacheSlots; i++ {

@@ -293,6 +293,30 @@ func (p pkt) bytes() []byte {
 }
 
 // reverse is the reply direction of a TCP/UDP/SCTP/ICMP echo packet.
+// ctKey is the conntrack key of the packet at ifindex, as the program
+// makes it: ports for TCP, UDP and SCTP, the identifier for ICMP echo.
+func (p pkt) ctKey(ifindex int) datapathCtKey {
+	k := datapathCtKey{Protocol: p.proto, Ifindex: uint32(ifindex)}
+	if p.src.Is4() {
+		k.Family = 4
+		s, d := p.src.As4(), p.dst.As4()
+		copy(k.Saddr[:], s[:])
+		copy(k.Daddr[:], d[:])
+	} else {
+		k.Family = 6
+		k.Saddr, k.Daddr = p.src.As16(), p.dst.As16()
+	}
+	switch policies.Proto(p.proto) {
+	case policies.ProtoTCP, policies.ProtoUDP, policies.ProtoSCTP:
+		k.Sport, k.Dport = htons(p.sport), htons(p.dport)
+	case policies.ProtoICMP, policies.ProtoICMPv6:
+		if p.icmpType == 0 || p.icmpType == 8 || p.icmpType == 128 || p.icmpType == 129 {
+			k.Sport, k.Dport = htons(p.icmpID), htons(p.icmpID)
+		}
+	}
+	return k
+}
+
 func (p pkt) reverse() pkt {
 	r := p
 	r.src, r.dst = p.dst, p.src
