@@ -5,12 +5,12 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
-	"slices"
 	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
 
+	"github.com/membrane-fw/membrane/internal/policygen"
 	"github.com/membrane-fw/membrane/policies"
 )
 
@@ -29,37 +29,24 @@ var (
 // IPv6 neighbour discovery and MLD (ICMPv6 130-137 and 143 always pass) and init peers
 // (there is no packet from "init" other than from an unknown interface).
 
-type dRule struct {
-	dir      policies.Direction
-	action   policies.Action
-	eps      []policies.Selector
-	cidrs    []netip.Prefix
-	except   []netip.Prefix
-	entities []policies.Entity
-	ports    []policies.PortRange
-	icmp     []uint8
-	icmpv6   []uint8
-	http     bool
-}
-
-type dPolicy struct {
-	sel         policies.Selector
-	defaultDeny bool
-	rules       []dRule
-}
-
-type dSpec struct{ policies []dPolicy }
-
-var (
-	dKeys   = []string{"app", "role", "tier"}
-	dValues = []string{"a", "b", "c"}
-	dCIDRs  = []netip.Prefix{
+// dGen is the generator's distribution for this world: the prefixes cover
+// endpoint addresses (172.30.0.0/16), world addresses and the host's, in
+// both families; the ICMP types are ones genConn sends (ND types are left
+// out: the datapath passes them before policy).
+var dGen = policygen.Options{
+	CIDRs: []netip.Prefix{
 		netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("10.1.0.0/16"),
 		netip.MustParsePrefix("10.1.2.0/24"), netip.MustParsePrefix("0.0.0.0/0"),
 		netip.MustParsePrefix("192.168.0.0/16"), netip.MustParsePrefix("10.1.2.3/32"),
 		netip.MustParsePrefix("2001:db8::/32"), netip.MustParsePrefix("::/0"),
 		netip.MustParsePrefix("2001:db8:1::/48"), netip.MustParsePrefix("172.30.0.0/16"),
-	}
+	},
+	ICMPTypes:   []uint8{0, 3, 8, 11},
+	ICMPv6Types: []uint8{1, 128, 129},
+	HTTPOneIn:   4, MaxHTTP: 1,
+}
+
+var (
 	dWorld4 = []netip.Addr{
 		netip.MustParseAddr("10.1.2.3"), netip.MustParseAddr("10.1.2.9"), netip.MustParseAddr("10.1.5.5"),
 		netip.MustParseAddr("10.9.9.9"), netip.MustParseAddr("8.8.8.8"), netip.MustParseAddr("192.168.7.7"),
@@ -67,192 +54,9 @@ var (
 	dWorld6 = []netip.Addr{
 		netip.MustParseAddr("2001:db8:1::1"), netip.MustParseAddr("2001:db8:2::1"), netip.MustParseAddr("2002::1"),
 	}
-	dHost4     = netip.MustParseAddr("192.168.1.1")
-	dHost6     = netip.MustParseAddr("fd00:1::1")
-	dEntities  = []policies.Entity{policies.EntityHost, policies.EntityWorld, policies.EntityCluster, policies.EntityInit, policies.EntityAll}
-	dL4Protos  = []policies.Proto{policies.ProtoTCP, policies.ProtoUDP, policies.ProtoSCTP}
-	dICMPTypes = []uint8{0, 3, 8, 11}
-	dICMP6     = []uint8{1, 128, 129}
+	dHost4 = netip.MustParseAddr("192.168.1.1")
+	dHost6 = netip.MustParseAddr("fd00:1::1")
 )
-
-func pick[T any](r *rand.Rand, list []T) T { return list[r.IntN(len(list))] }
-
-func genSel(r *rand.Rand) policies.Selector {
-	var s policies.Selector
-	for n := r.IntN(3); n > 0; n-- {
-		req := policies.Requirement{Key: pick(r, dKeys), Op: policies.Operator(r.IntN(6))}
-		switch req.Op {
-		case policies.OpEquals, policies.OpNotEquals:
-			req.Values = []string{pick(r, dValues)}
-		case policies.OpIn, policies.OpNotIn:
-			req.Values = []string{pick(r, dValues), pick(r, dValues)}
-		}
-		s.Requirements = append(s.Requirements, req)
-	}
-	return s
-}
-
-func genPorts(r *rand.Rand) policies.PortRange {
-	proto := pick(r, dL4Protos)
-	switch r.IntN(6) {
-	case 0:
-		return policies.PortRange{Proto: proto, Low: 1, High: 65535}
-	case 1, 2:
-		p := uint16(1 + r.IntN(40))
-		return policies.PortRange{Proto: proto, Low: p, High: p}
-	default:
-		lo := uint16(1 + r.IntN(40))
-		return policies.PortRange{Proto: proto, Low: lo, High: lo + uint16(r.IntN(30))}
-	}
-}
-
-func genRule(r *rand.Rand) dRule {
-	g := dRule{dir: policies.Direction(r.IntN(2))}
-	if r.IntN(3) == 0 {
-		g.action = policies.Deny
-	}
-	switch r.IntN(8) {
-	case 0:
-	case 1, 2:
-		for n := 1 + r.IntN(2); n > 0; n-- {
-			g.eps = append(g.eps, genSel(r))
-		}
-	case 3, 4:
-		for n := 1 + r.IntN(2); n > 0; n-- {
-			g.cidrs = append(g.cidrs, pick(r, dCIDRs))
-		}
-		if r.IntN(2) == 0 {
-			g.except = append(g.except, pick(r, dCIDRs))
-		}
-	case 5, 6:
-		for n := 1 + r.IntN(2); n > 0; n-- {
-			g.entities = append(g.entities, pick(r, dEntities))
-		}
-	default:
-		g.eps = []policies.Selector{genSel(r)}
-		g.cidrs = []netip.Prefix{pick(r, dCIDRs)}
-		g.entities = []policies.Entity{pick(r, dEntities)}
-	}
-	switch r.IntN(6) {
-	case 0, 1:
-	case 2:
-		g.icmp = []uint8{pick(r, dICMPTypes)}
-		g.icmpv6 = []uint8{pick(r, dICMP6)}
-		if r.IntN(2) == 0 {
-			g.ports = []policies.PortRange{genPorts(r)}
-		}
-	default:
-		for n := 1 + r.IntN(3); n > 0; n-- {
-			g.ports = append(g.ports, genPorts(r))
-		}
-	}
-	g.http = g.action == policies.Allow && r.IntN(4) == 0
-	return g
-}
-
-func genSpec(r *rand.Rand) dSpec {
-	var g dSpec
-	for n := 1 + r.IntN(5); n > 0; n-- {
-		p := dPolicy{sel: genSel(r), defaultDeny: r.IntN(5) > 0}
-		for m := r.IntN(5); m > 0; m-- {
-			p.rules = append(p.rules, genRule(r))
-		}
-		g.policies = append(g.policies, p)
-	}
-	return g
-}
-
-func (g dSpec) build() *policies.Set {
-	s := &policies.Set{}
-	id := uint32(0)
-	for i, gp := range g.policies {
-		p := &policies.Policy{Name: fmt.Sprintf("p%d", i), Selector: gp.sel, DefaultDeny: gp.defaultDeny,
-			Pos: policies.Position{File: fmt.Sprintf("%02d.hcl", i), Line: 1, Column: 1}}
-		for j, gr := range gp.rules {
-			id++
-			block := [2][2]string{{"ingress", "ingress_deny"}, {"egress", "egress_deny"}}[gr.dir][gr.action]
-			rule := &policies.Rule{ID: id, Policy: p, Block: block, Direction: gr.dir, Action: gr.action,
-				Endpoints: gr.eps, CIDRs: gr.cidrs, Except: gr.except, Entities: gr.entities,
-				Ports: gr.ports, ICMP: gr.icmp, ICMPv6: gr.icmpv6,
-				Pos: policies.Position{File: p.Pos.File, Line: 2 + j, Column: 3}}
-			if gr.http {
-				rule.HTTP = []policies.HTTPRule{{MethodSrc: "GET"}}
-			}
-			p.Rules = append(p.Rules, rule)
-		}
-		s.Policies = append(s.Policies, p)
-	}
-	return s
-}
-
-// String prints the spec in the policy language.
-func (g dSpec) String() string {
-	var b strings.Builder
-	q := func(list []string) string {
-		for i := range list {
-			list[i] = fmt.Sprintf("%q", list[i])
-		}
-		return "[" + strings.Join(list, ", ") + "]"
-	}
-	for i, p := range g.policies {
-		fmt.Fprintf(&b, "policy \"p%d\" {\n  selector = %q\n  default_deny = %v\n", i, p.sel.Canonical(), p.defaultDeny)
-		for _, r := range p.rules {
-			block := [2][2]string{{"ingress", "ingress_deny"}, {"egress", "egress_deny"}}[r.dir][r.action]
-			pre := "from_"
-			if r.dir == policies.Egress {
-				pre = "to_"
-			}
-			fmt.Fprintf(&b, "  %s {\n", block)
-			if len(r.eps) > 0 {
-				var s []string
-				for _, e := range r.eps {
-					s = append(s, e.Canonical())
-				}
-				fmt.Fprintf(&b, "    %sendpoints = %s\n", pre, q(s))
-			}
-			if len(r.cidrs) > 0 {
-				var s []string
-				for _, c := range r.cidrs {
-					s = append(s, c.String())
-				}
-				fmt.Fprintf(&b, "    %scidr = %s\n", pre, q(s))
-			}
-			if len(r.except) > 0 {
-				var s []string
-				for _, c := range r.except {
-					s = append(s, c.String())
-				}
-				fmt.Fprintf(&b, "    except = %s\n", q(s))
-			}
-			if len(r.entities) > 0 {
-				var s []string
-				for _, e := range r.entities {
-					s = append(s, string(e))
-				}
-				fmt.Fprintf(&b, "    %sentities = %s\n", pre, q(s))
-			}
-			if len(r.ports) > 0 {
-				var s []string
-				for _, p := range r.ports {
-					s = append(s, fmt.Sprintf("%d-%d/%v", p.Low, p.High, p.Proto))
-				}
-				fmt.Fprintf(&b, "    ports = %s\n", q(s))
-			}
-			if len(r.icmp) > 0 {
-				fmt.Fprintf(&b, "    icmp = %v\n", r.icmp)
-			}
-			if len(r.icmpv6) > 0 {
-				fmt.Fprintf(&b, "    icmpv6 = %v\n", r.icmpv6)
-			}
-			if r.http {
-				b.WriteString("    http { method = \"GET\" }\n")
-			}
-			b.WriteString("  }\n")
-		}
-		b.WriteString("}\n")
-	}
-	return b.String()
-}
 
 // dWorld is the endpoints and settings of one batch.
 type dWorld struct {
@@ -268,12 +72,7 @@ func genWorld(r *rand.Rand) dWorld {
 	seen := map[string]bool{}
 	w.env = &policies.Env{HostAddrs: []netip.Addr{dHost4, dHost6}}
 	for n := 1 + r.IntN(6); n > 0; n-- {
-		l := policies.Labels{}
-		for _, k := range dKeys {
-			if r.IntN(3) > 0 {
-				l[k] = pick(r, dValues)
-			}
-		}
+		l := policygen.Labels(r)
 		if seen[policies.FormatLabels(l)] {
 			continue
 		}
@@ -296,7 +95,7 @@ func genWorld(r *rand.Rand) dWorld {
 	case 0:
 		w.env.Audit = true
 	case 1:
-		s := genSel(r)
+		s := policygen.Selector(r)
 		w.env.AuditSelector = &s
 	}
 	w.opts = policies.CompileOptions{Enforcement: w.env.Enforcement, Audit: w.env.Audit, AuditSelector: w.env.AuditSelector}
@@ -344,22 +143,22 @@ func genConn(r *rand.Rand, w dWorld) dConn {
 		c.to = r.IntN(len(w.ids))
 	}
 	if c.v6 {
-		c.world = pick(r, dWorld6)
+		c.world = policygen.Pick(r, dWorld6)
 	} else {
-		c.world = pick(r, dWorld4)
+		c.world = policygen.Pick(r, dWorld4)
 	}
 	switch r.IntN(10) {
 	case 0:
 		if c.v6 {
-			c.proto, c.icmpType = policies.ProtoICMPv6, pick(r, []uint8{128, 129, 1, 2, 3, 144})
+			c.proto, c.icmpType = policies.ProtoICMPv6, policygen.Pick(r, []uint8{128, 129, 1, 2, 3, 144})
 		} else {
-			c.proto, c.icmpType = policies.ProtoICMP, pick(r, []uint8{0, 3, 8, 11, 13})
+			c.proto, c.icmpType = policies.ProtoICMP, policygen.Pick(r, []uint8{0, 3, 8, 11, 13})
 		}
 	case 1:
 		c.proto = 47
 	default:
-		c.proto = pick(r, dL4Protos)
-		c.port = pick(r, []uint16{uint16(r.IntN(75)), 1, 65535, 1024, 32768})
+		c.proto = policygen.L4Proto(r)
+		c.port = policygen.Pick(r, []uint16{uint16(r.IntN(75)), 1, 65535, 1024, 32768})
 	}
 	return c
 }
@@ -377,8 +176,8 @@ type dRunner struct {
 	sport uint16
 }
 
-func (d *dRunner) load(g dSpec, w dWorld) (*policies.Set, error) {
-	set := g.build()
+func (d *dRunner) load(g policygen.Spec, w dWorld) (*policies.Set, error) {
+	set := g.Build()
 	m, err := policies.Compile(set, w.ids, w.opts)
 	if err != nil {
 		return nil, fmt.Errorf("compile: %w", err)
@@ -467,7 +266,7 @@ func expected(v policies.Verdict) string {
 }
 
 // check runs one batch and returns the first disagreement.
-func (d *dRunner) check(g dSpec, w dWorld, conns []dConn) (string, dConn, error) {
+func (d *dRunner) check(g policygen.Spec, w dWorld, conns []dConn) (string, dConn, error) {
 	set, err := d.load(g, w)
 	if err != nil {
 		return "", dConn{}, err
@@ -496,54 +295,11 @@ func (d *dRunner) check(g dSpec, w dWorld, conns []dConn) (string, dConn, error)
 }
 
 // shrink drops policies, rules and attributes while the case still fails.
-func (d *dRunner) shrink(g dSpec, w dWorld, c dConn) dSpec {
-	fails := func(g dSpec) bool {
+func (d *dRunner) shrink(g policygen.Spec, w dWorld, c dConn) policygen.Spec {
+	return policygen.Shrink(g, func(g policygen.Spec) bool {
 		msg, _, err := d.check(g, w, []dConn{c})
 		return err == nil && msg != ""
-	}
-	clone := func(g dSpec) dSpec {
-		n := dSpec{policies: slices.Clone(g.policies)}
-		for i := range n.policies {
-			n.policies[i].rules = slices.Clone(n.policies[i].rules)
-		}
-		return n
-	}
-	for changed := true; changed; {
-		changed = false
-		var cands []dSpec
-		for i := range g.policies {
-			n := clone(g)
-			n.policies = slices.Delete(n.policies, i, i+1)
-			cands = append(cands, n)
-			for j := range g.policies[i].rules {
-				n := clone(g)
-				n.policies[i].rules = slices.Delete(n.policies[i].rules, j, j+1)
-				cands = append(cands, n)
-				for _, strip := range []func(*dRule){
-					func(r *dRule) { r.eps = nil }, func(r *dRule) { r.cidrs, r.except = nil, nil },
-					func(r *dRule) { r.except = nil }, func(r *dRule) { r.entities = nil },
-					func(r *dRule) { r.ports = nil }, func(r *dRule) { r.icmp, r.icmpv6 = nil, nil },
-					func(r *dRule) { r.http = false },
-				} {
-					n := clone(g)
-					strip(&n.policies[i].rules[j])
-					cands = append(cands, n)
-				}
-			}
-			if len(g.policies[i].sel.Requirements) > 0 {
-				n := clone(g)
-				n.policies[i].sel = policies.Selector{}
-				cands = append(cands, n)
-			}
-		}
-		for _, cand := range cands {
-			if cand.String() != g.String() && fails(cand) {
-				g, changed = cand, true
-				break
-			}
-		}
-	}
-	return g
+	})
 }
 
 func TestDifferential(t *testing.T) {
@@ -552,7 +308,7 @@ func TestDifferential(t *testing.T) {
 	r := rand.New(rand.NewPCG(*diffSeed, 2))
 	cases, sets := 0, 0
 	for cases < *diffCases {
-		g := genSpec(r)
+		g := policygen.Generate(r, dGen)
 		w := genWorld(r)
 		conns := make([]dConn, 250) // many per set: each policy swap waits for an RCU grace period
 		for i := range conns {
@@ -586,8 +342,8 @@ func TestDifferential(t *testing.T) {
 // modelSays reports the compiled model's own verdicts for the case, which
 // tells a compiler bug (model disagrees with the evaluator too) from a
 // datapath bug (model agrees with the evaluator, BPF does not).
-func modelSays(g dSpec, w dWorld, c dConn) string {
-	m, err := policies.Compile(g.build(), w.ids, w.opts)
+func modelSays(g policygen.Spec, w dWorld, c dConn) string {
+	m, err := policies.Compile(g.Build(), w.ids, w.opts)
 	if err != nil {
 		return "compile: " + err.Error()
 	}
