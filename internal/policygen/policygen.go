@@ -54,6 +54,16 @@ type Options struct {
 	HTTPOneIn, MaxHTTP int
 }
 
+// Prefixes parses a table of prefixes for Options.CIDRs; it panics on a
+// malformed one (a table is a constant of the test).
+func Prefixes(s ...string) []netip.Prefix {
+	out := make([]netip.Prefix, len(s))
+	for i := range s {
+		out[i] = netip.MustParsePrefix(s[i])
+	}
+	return out
+}
+
 // The tables every test shares: three keys and three values make random
 // selectors and random endpoints' labels match each other often.
 var (
@@ -96,6 +106,44 @@ func Labels(r *rand.Rand) policies.Labels {
 		}
 	}
 	return l
+}
+
+// Identities returns the identities of 1 to 6 endpoints with distinct
+// random Labels: FirstAllocated, then every 7th number, so that an
+// identity off by a few is nobody's.
+func Identities(r *rand.Rand) []policies.IdentityLabels {
+	var ids []policies.IdentityLabels
+	seen := map[string]bool{}
+	for n := 1 + r.IntN(6); n > 0; n-- {
+		l := Labels(r)
+		if seen[policies.FormatLabels(l)] {
+			continue
+		}
+		seen[policies.FormatLabels(l)] = true
+		ids = append(ids, policies.IdentityLabels{Identity: policies.FirstAllocated + policies.Identity(len(ids))*7, Labels: l})
+	}
+	return ids
+}
+
+// Settings draws the daemon settings a differential case runs under (the
+// defaults in most cases: enforcement "always" or "never" in one of ten
+// each, audit mode or an audit selector in one of eight each), sets them
+// in env and returns the compile options that match.
+func Settings(r *rand.Rand, env *policies.Env) policies.CompileOptions {
+	switch r.IntN(10) {
+	case 0:
+		env.Enforcement = policies.EnforcementAlways
+	case 1:
+		env.Enforcement = policies.EnforcementNever
+	}
+	switch r.IntN(8) {
+	case 0:
+		env.Audit = true
+	case 1:
+		s := Selector(r)
+		env.AuditSelector = &s
+	}
+	return policies.CompileOptions{Enforcement: env.Enforcement, Audit: env.Audit, AuditSelector: env.AuditSelector}
 }
 
 // PortRange returns a port range of an L4 protocol: all ports, one port

@@ -3,7 +3,6 @@ package policygen_test
 import (
 	"fmt"
 	"math/rand/v2"
-	"net/netip"
 	"reflect"
 	"regexp"
 	"slices"
@@ -14,7 +13,7 @@ import (
 )
 
 var opts = policygen.Options{
-	CIDRs:       []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("10.1.2.3/32"), netip.MustParsePrefix("2001:db8::/32"), netip.MustParsePrefix("::ffff:10.1.0.0/112")},
+	CIDRs:       policygen.Prefixes("10.0.0.0/8", "10.1.2.3/32", "2001:db8::/32", "::ffff:10.1.0.0/112"),
 	ICMPTypes:   []uint8{0, 8},
 	ICMPv6Types: []uint8{128, 135},
 	HTTPOneIn:   4, MaxHTTP: 3,
@@ -144,5 +143,42 @@ func TestShrinkOfPassingSpecIsTheSpec(t *testing.T) {
 	g := policygen.Generate(rand.New(rand.NewPCG(9, 9)), opts)
 	if min := policygen.Shrink(g, func(policygen.Spec) bool { return false }); !reflect.DeepEqual(min, g) {
 		t.Fatalf("shrunk to\n%s\nfrom\n%s", min, g)
+	}
+}
+
+func TestIdentitiesAreDistinct(t *testing.T) {
+	r := rand.New(rand.NewPCG(4, 4))
+	sizes := map[int]bool{}
+	for range 500 {
+		ids := policygen.Identities(r)
+		sizes[len(ids)] = true
+		seen := map[string]bool{}
+		for i, il := range ids {
+			if il.Identity != policies.FirstAllocated+policies.Identity(7*i) || seen[policies.FormatLabels(il.Labels)] {
+				t.Fatalf("identity %d of %v", i, ids)
+			}
+			seen[policies.FormatLabels(il.Labels)] = true
+		}
+	}
+	for n := 1; n <= 6; n++ {
+		if !sizes[n] {
+			t.Fatalf("never %d identities in 500 draws (%v)", n, sizes)
+		}
+	}
+}
+
+func TestSettingsMatchEnv(t *testing.T) {
+	r := rand.New(rand.NewPCG(6, 6))
+	kinds := map[string]bool{}
+	for range 500 {
+		env := &policies.Env{}
+		o := policygen.Settings(r, env)
+		if o.Enforcement != env.Enforcement || o.Audit != env.Audit || o.AuditSelector != env.AuditSelector {
+			t.Fatalf("options %+v for env %+v", o, env)
+		}
+		kinds[fmt.Sprintf("%q %v %v", env.Enforcement, env.Audit, env.AuditSelector != nil)] = true
+	}
+	if len(kinds) != 9 {
+		t.Fatalf("%d combinations of enforcement and audit settings in 500 draws, want 9: %v", len(kinds), kinds)
 	}
 }
