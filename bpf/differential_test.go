@@ -34,16 +34,10 @@ var (
 // both families; the ICMP types are ones genConn sends (ND types are left
 // out: the datapath passes them before policy).
 var dGen = policygen.Options{
-	CIDRs: []netip.Prefix{
-		netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("10.1.0.0/16"),
-		netip.MustParsePrefix("10.1.2.0/24"), netip.MustParsePrefix("0.0.0.0/0"),
-		netip.MustParsePrefix("192.168.0.0/16"), netip.MustParsePrefix("10.1.2.3/32"),
-		netip.MustParsePrefix("2001:db8::/32"), netip.MustParsePrefix("::/0"),
-		netip.MustParsePrefix("2001:db8:1::/48"), netip.MustParsePrefix("172.30.0.0/16"),
-	},
-	ICMPTypes:   []uint8{0, 3, 8, 11},
-	ICMPv6Types: []uint8{1, 128, 129},
-	HTTPOneIn:   4, MaxHTTP: 1,
+	CIDRs: policygen.Prefixes("10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "0.0.0.0/0", "192.168.0.0/16",
+		"10.1.2.3/32", "2001:db8::/32", "::/0", "2001:db8:1::/48", "172.30.0.0/16"),
+	ICMPTypes: []uint8{0, 3, 8, 11}, ICMPv6Types: []uint8{1, 128, 129},
+	HTTPOneIn: 4, MaxHTTP: 1,
 }
 
 var (
@@ -68,37 +62,15 @@ type dWorld struct {
 }
 
 func genWorld(r *rand.Rand) dWorld {
-	var w dWorld
-	seen := map[string]bool{}
-	w.env = &policies.Env{HostAddrs: []netip.Addr{dHost4, dHost6}}
-	for n := 1 + r.IntN(6); n > 0; n-- {
-		l := policygen.Labels(r)
-		if seen[policies.FormatLabels(l)] {
-			continue
-		}
-		seen[policies.FormatLabels(l)] = true
-		i := len(w.ids)
-		w.ids = append(w.ids, policies.IdentityLabels{Identity: policies.FirstAllocated + policies.Identity(i)*7, Labels: l})
+	w := dWorld{ids: policygen.Identities(r), env: &policies.Env{HostAddrs: []netip.Addr{dHost4, dHost6}}}
+	for i, il := range w.ids {
 		a4 := netip.AddrFrom4([4]byte{172, 30, 0, byte(2 + i)})
 		a6 := netip.AddrFrom16([16]byte{0xfd, 0, 0, 0x30, 15: byte(2 + i)})
 		w.addr4 = append(w.addr4, a4)
 		w.addr6 = append(w.addr6, a6)
-		w.env.Endpoints = append(w.env.Endpoints, policies.Endpoint{Name: fmt.Sprintf("ep%d", i), Labels: l, Addrs: []netip.Addr{a4, a6}})
+		w.env.Endpoints = append(w.env.Endpoints, policies.Endpoint{Name: fmt.Sprintf("ep%d", i), Labels: il.Labels, Addrs: []netip.Addr{a4, a6}})
 	}
-	switch r.IntN(10) {
-	case 0:
-		w.env.Enforcement = policies.EnforcementAlways
-	case 1:
-		w.env.Enforcement = policies.EnforcementNever
-	}
-	switch r.IntN(8) {
-	case 0:
-		w.env.Audit = true
-	case 1:
-		s := policygen.Selector(r)
-		w.env.AuditSelector = &s
-	}
-	w.opts = policies.CompileOptions{Enforcement: w.env.Enforcement, Audit: w.env.Audit, AuditSelector: w.env.AuditSelector}
+	w.opts = policygen.Settings(r, w.env)
 	return w
 }
 
