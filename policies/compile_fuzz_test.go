@@ -1,11 +1,12 @@
-package policies
+package policies_test
 
 import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
+
+	"github.com/membrane-fw/membrane/policies"
 )
 
 // FuzzCompiledModelAgreesWithEvaluator is the differential test driven by
@@ -36,7 +37,7 @@ func FuzzEvaluateParsedSet(f *testing.F) {
 		}
 	}
 	f.Fuzz(func(t *testing.T, src []byte, seed uint64) {
-		set, rep := Parse(Source{Name: "fuzz.hcl", Bytes: src})
+		set, rep := policies.Parse(policies.Source{Name: "fuzz.hcl", Bytes: src})
 		if rep.HasErrors() || set == nil {
 			return
 		}
@@ -44,23 +45,23 @@ func FuzzEvaluateParsedSet(f *testing.F) {
 		w := genEnv(r)
 		// Endpoints labelled like the policies' own selectors make matches likely.
 		for i, p := range set.Policies {
-			l := Labels{}
+			l := policies.Labels{}
 			for _, req := range p.Selector.Requirements {
 				if len(req.Values) > 0 {
 					l[req.Key] = req.Values[0]
-				} else if req.Op == OpExists {
+				} else if req.Op == policies.OpExists {
 					l[req.Key] = ""
 				}
 			}
 			if !hasLabels(w.ids, l) {
-				w.ids = append(w.ids, IdentityLabels{Identity: 5000 + Identity(i), Labels: l})
-				w.env.Endpoints = append(w.env.Endpoints, Endpoint{Name: p.Name, Labels: l})
+				w.ids = append(w.ids, policies.IdentityLabels{Identity: 5000 + policies.Identity(i), Labels: l})
+				w.env.Endpoints = append(w.env.Endpoints, policies.Endpoint{Name: p.Name, Labels: l})
 			}
 		}
 		for n := 0; n < 20; n++ {
 			w.conns = append(w.conns, genConn(r, w.ids))
 		}
-		m, err := Compile(set, w.ids, w.opts)
+		m, err := policies.Compile(set, w.ids, w.opts)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -72,37 +73,11 @@ func FuzzEvaluateParsedSet(f *testing.F) {
 	})
 }
 
-func hasLabels(ids []IdentityLabels, l Labels) bool {
+func hasLabels(ids []policies.IdentityLabels, l policies.Labels) bool {
 	for _, il := range ids {
-		if FormatLabels(il.Labels) == FormatLabels(l) {
+		if policies.FormatLabels(il.Labels) == policies.FormatLabels(l) {
 			return true
 		}
 	}
 	return false
-}
-
-// The Evaluator is used concurrently (the daemon's API); run with -race.
-func TestEvaluatorConcurrentUse(t *testing.T) {
-	set := benchSet(t, 30, 8)
-	ids := benchIdentities(20, 8)
-	conns := benchConnections(ids, 400)
-	ev := NewEvaluator(set, &Env{})
-	want := make([]Result, len(conns))
-	for i, c := range conns {
-		want[i] = set.Evaluate(&Env{}, c)
-	}
-	var wg sync.WaitGroup
-	for g := 0; g < 4; g++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i, c := range conns {
-				if got := ev.Evaluate(c); got.Verdict != want[i].Verdict || got.Egress.Verdict != want[i].Egress.Verdict {
-					t.Errorf("connection %d: %s, want %s", i, got.Verdict, want[i].Verdict)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
 }

@@ -7,91 +7,20 @@ package policies
 // rules, world descriptions) is made, reused and shared, and add what that
 // test does not generate: peers outside the Env, HTTP requests (allowed and
 // refused), sets the fast path does not take, label maps changed between
-// calls, many rules matching at once, and concurrent callers.
+// calls, many rules matching at once, and concurrent callers. The one on
+// generated sets, TestEvaluatorAgreesWithReference, is in
+// eval_reference_test.go (package policies_test: internal/policygen
+// imports policies).
 
 import (
 	"fmt"
 	"maps"
-	"math/rand/v2"
 	"net/netip"
 	"reflect"
 	"regexp"
-	"slices"
 	"sync"
 	"testing"
 )
-
-func TestEvaluatorAgreesWithReference(t *testing.T) {
-	r := rand.New(rand.NewPCG(*diffSeed, 7))
-	cases, slow := 0, 0
-	for n := 0; n < 500; n++ {
-		g := genSet(r)
-		w := genEnv(r)
-		set := g.build()
-		// Some http blocks that refuse some requests.
-		for _, rule := range set.Rules() {
-			for i := range rule.HTTP {
-				if r.IntN(2) == 0 {
-					rule.HTTP[i].Method = regexp.MustCompile("^(?:GET)$")
-				}
-			}
-		}
-		// Sets whose rule IDs do not increase in set order (Load never
-		// makes them; the Evaluator must still agree, through Set.Evaluate).
-		if n%10 == 7 {
-			for i, rule := range set.Rules() {
-				rule.ID = uint32(100 - i%3)
-			}
-		}
-		// Peers outside the Env (label sets first seen in Evaluate), and
-		// HTTP requests on TCP connections.
-		var outsiders []IdentityLabels
-		for range 3 {
-			outsiders = append(outsiders, IdentityLabels{Labels: genLabels(r)})
-		}
-		conns := slices.Clone(w.conns)
-		for range 20 {
-			c := genConn(r, outsiders)
-			if r.IntN(2) == 0 {
-				c.From = genPeer(r, w.ids)
-			}
-			conns = append(conns, c)
-		}
-		for i := range conns {
-			if conns[i].Proto == ProtoTCP && r.IntN(3) == 0 {
-				conns[i].HTTP = &HTTPRequest{Method: pick(r, []string{"GET", "POST"}), Path: "/"}
-			}
-		}
-
-		ev := NewEvaluator(set, w.env)
-		if !ev.fast {
-			slow++
-		}
-		for pass := range 3 {
-			for _, c := range conns {
-				if pass == 2 { // the same label sets in new maps
-					c.From.Labels, c.To.Labels = cloneLabels(c.From.Labels), cloneLabels(c.To.Labels)
-				}
-				want := set.Evaluate(w.env, c)
-				if got := ev.Evaluate(c); !reflect.DeepEqual(got, want) {
-					t.Fatalf("set %d pass %d: connection %+v\nEvaluator:    %+v\nSet.Evaluate: %+v\nenv: %+v\nset:\n%s", n, pass, c, got, want, w.env, g)
-				}
-				cases++
-			}
-		}
-	}
-	if slow == 0 {
-		t.Fatal("no set took Set.Evaluate's path")
-	}
-	t.Logf("%d evaluations agree (%d sets outside the fast path)", cases, slow)
-}
-
-func cloneLabels(l Labels) Labels {
-	if l == nil {
-		return nil
-	}
-	return maps.Clone(l)
-}
 
 // A caller may change a Labels map between calls: the Evaluator must judge
 // what the map holds now, not what it held when first seen.
@@ -238,4 +167,30 @@ func TestEvaluatorAllocations(t *testing.T) {
 	if a > float64(len(conns))/50 {
 		t.Fatalf("%.0f allocations for %d connections, want at most %d", a, len(conns), len(conns)/50)
 	}
+}
+
+// The Evaluator is used concurrently (the daemon's API); run with -race.
+func TestEvaluatorConcurrentUse(t *testing.T) {
+	set := benchSet(t, 30, 8)
+	ids := benchIdentities(20, 8)
+	conns := benchConnections(ids, 400)
+	ev := NewEvaluator(set, &Env{})
+	want := make([]Result, len(conns))
+	for i, c := range conns {
+		want[i] = set.Evaluate(&Env{}, c)
+	}
+	var wg sync.WaitGroup
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i, c := range conns {
+				if got := ev.Evaluate(c); got.Verdict != want[i].Verdict || got.Egress.Verdict != want[i].Egress.Verdict {
+					t.Errorf("connection %d: %s, want %s", i, got.Verdict, want[i].Verdict)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }
