@@ -4,8 +4,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"reflect"
-	"regexp"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/membrane-fw/membrane/internal/policygen"
@@ -38,9 +38,13 @@ func rulesOf(s *policies.Set) []string {
 }
 
 // The generator makes sets the loader rejects (http blocks on rules with
-// non-TCP ports, except outside the rule's prefixes): the compiler and
-// the evaluator must still agree on them. Only those.
-var loaderRejects = regexp.MustCompile(`^(Port "[^"]*" is not TCP-only, but the rule has http blocks|http needs TCP ports in its rule|except \S+ (covers all of|is outside every) (from|to)_cidr.*)$`)
+// non-TCP ports, except outside the rule's prefixes or covering them): the
+// compiler and the evaluator must still agree on them. Only those.
+func loaderRejects(summary string) bool {
+	return strings.HasSuffix(summary, " is not TCP-only, but the rule has http blocks") ||
+		summary == "http needs TCP ports in its rule" ||
+		strings.HasPrefix(summary, "except ") && (strings.Contains(summary, " covers all of ") || strings.Contains(summary, " is outside every "))
+}
 
 // What String prints is what Build returns: the loader reads it back to
 // the same policies and rules (where it accepts the set), so the minimal
@@ -53,7 +57,7 @@ func TestStringLoadsAsBuild(t *testing.T) {
 		set, rep := policies.Parse(policies.Source{Name: "gen.hcl", Bytes: []byte(g.String())})
 		if rep.HasErrors() {
 			for _, d := range rep.Diagnostics {
-				if !loaderRejects.MatchString(d.Summary) {
+				if !loaderRejects(d.Summary) {
 					t.Fatalf("set %d: %s\n%s", n, d, g)
 				}
 			}
