@@ -2,8 +2,10 @@ package builtin
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"io"
+	"net/http"
 )
 
 // Parsing of HTTP/1.x message heads and chunked framing (RFC 9112), without
@@ -257,4 +259,201 @@ func methodString(b []byte) string {
 		return "TRACE"
 	}
 	return string(b)
+}
+
+// readRequestHead reads a request head from br into head (returned grown)
+// and rq. waiting is called before a read of the head's fields that would
+// wait for the network. preface is true, with nothing parsed, when first
+// and the line read is the HTTP/2 connection preface's.
+func readRequestHead(br *bufio.Reader, head []byte, rq *request, limit int, first bool, waiting func()) (_ []byte, preface bool, err error) {
+	var line span
+	for empty := 0; ; empty++ {
+		head = head[:0]
+		head, line, err = readLine(br, head, limit)
+		if err != nil {
+			return head, false, err
+		}
+		// RFC 9112 section 2.2: ignore empty lines before a request.
+		if !line.empty() || empty == 4 {
+			break
+		}
+	}
+	if first && string(line.of(head)) == "PRI * HTTP/2.0" {
+		return head, true, nil
+	}
+	*rq = request{fields: rq.fields[:0], connTokens: rq.connTokens[:0], contentLength: -1}
+	if err := parseRequestLine(head, line, rq); err != nil {
+		return head, false, err
+	}
+	for {
+		if br.Buffered() == 0 {
+			waiting()
+		}
+		head, line, err = readLine(br, head, limit)
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return head, false, err
+		}
+		if line.empty() {
+			break
+		}
+		f, ok := parseField(head, line)
+		if !ok {
+			return head, false, badRequest("malformed header field")
+		}
+		if err := rq.classify(head, f); err != nil {
+			return head, false, err
+		}
+		rq.fields = append(rq.fields, f)
+	}
+	return head, false, rq.validate()
+}
+
+func parseRequestLine(buf []byte, line span, rq *request) error {
+	b := line.of(buf)
+	sp1 := bytes.IndexByte(b, ' ')
+	if sp1 <= 0 {
+		return badRequest("malformed request line")
+	}
+	sp2 := bytes.IndexByte(b[sp1+1:], ' ')
+	if sp2 <= 0 {
+		return badRequest("malformed request line")
+	}
+	sp2 += sp1 + 1
+	rq.method = span{line.s, line.s + sp1}
+	rq.target = span{line.s + sp1 + 1, line.s + sp2}
+	if !isToken(rq.method.of(buf)) {
+		return badRequest("invalid method")
+	}
+	for _, c := range rq.target.of(buf) {
+		if c <= ' ' || c == 0x7f {
+			return badRequest("invalid request target")
+		}
+	}
+	switch string(b[sp2+1:]) {
+	case "HTTP/1.1":
+		rq.minor = 1
+	case "HTTP/1.0":
+		rq.minor = 0
+	default:
+		v := b[sp2+1:]
+		if len(v) == 8 && string(v[:5]) == "HTTP/" && v[6] == '.' && v[5] >= '2' && v[5] <= '9' {
+			return &httpError{http.StatusHTTPVersionNotSupported, "unsupported HTTP version"}
+		}
+		if len(v) == 8 && string(v[:7]) == "HTTP/1." && v[7] >= '0' && v[7] <= '9' {
+			rq.minor = 1
+			break
+		}
+		return badRequest("malformed HTTP version")
+	}
+	return nil
+}
+
+// classify records what the proxy must know of one request header field.
+func (rq *request) classify(buf []byte, f field) error {
+	name, val := f.name.of(buf), f.value.of(buf)
+	switch len(name) {
+	case 4:
+		if equalFold(name, "host") {
+			rq.host = f.value
+			rq.hosts++
+		}
+	case 6:
+		if equalFold(name, "expect") && rq.minor >= 1 {
+			if !equalFold(val, "100-continue") {
+				return &httpError{http.StatusExpectationFailed, "unsupported Expect"}
+			}
+			rq.expect100 = true
+		}
+	case 7:
+		if equalFold(name, "upgrade") {
+			rq.upgrade = f.value
+		}
+	case 10:
+		if equalFold(name, "connection") {
+			tokens(val, func(t []byte) {
+				switch {
+				case equalFold(t, "close"):
+					rq.closeConn = true
+				case equalFold(t, "keep-alive"):
+					rq.keepAlive = true
+				case equalFold(t, "upgrade"):
+					rq.connUpgrade = true
+				}
+				off := f.value.s + (cap(val) - cap(t)) // t's offset within the value
+				rq.connTokens = append(rq.connTokens, span{off, off + len(t)})
+			})
+		}
+	case 14:
+		if equalFold(name, "content-length") {
+			n, ok := parseContentLength(val)
+			if !ok {
+				return badRequest("invalid Content-Length")
+			}
+			if rq.contentLength >= 0 && rq.contentLength != n {
+				return badRequest("conflicting Content-Length fields")
+			}
+			rq.contentLength = n
+		}
+	case 17:
+		if equalFold(name, "transfer-encoding") {
+			if rq.minor == 0 {
+				return badRequest("Transfer-Encoding in an HTTP/1.0 request")
+			}
+			if rq.chunked || !equalFold(val, "chunked") {
+				return &httpError{http.StatusNotImplemented, "unsupported Transfer-Encoding"}
+			}
+			rq.chunked = true
+		}
+	}
+	return nil
+}
+
+func (rq *request) validate() error {
+	if rq.chunked && rq.contentLength >= 0 {
+		// RFC 9112 section 6.1: the classic request smuggling vector.
+		return badRequest("both Transfer-Encoding and Content-Length")
+	}
+	if rq.hosts > 1 || rq.minor >= 1 && rq.hosts == 0 {
+		return badRequest("missing or repeated Host")
+	}
+	return nil
+}
+
+// hopByHop reports the header fields a proxy does not forward (RFC 9110
+// section 7.6.1), plus the framing fields it writes itself.
+func hopByHop(name []byte) bool {
+	switch len(name) {
+	case 2:
+		return equalFold(name, "te")
+	case 6:
+		return equalFold(name, "expect")
+	case 7:
+		return equalFold(name, "upgrade") || equalFold(name, "trailer")
+	case 10:
+		return equalFold(name, "connection") || equalFold(name, "keep-alive")
+	case 14:
+		return equalFold(name, "content-length")
+	case 16:
+		return equalFold(name, "proxy-connection")
+	case 17:
+		return equalFold(name, "transfer-encoding")
+	case 18:
+		return equalFold(name, "proxy-authenticate")
+	case 19:
+		return equalFold(name, "proxy-authorization")
+	}
+	return false
+}
+
+// listed reports whether name is one of the Connection field's tokens.
+func listed(buf []byte, toks []span, name []byte) bool {
+	for _, t := range toks {
+		if bytes.EqualFold(t.of(buf), name) {
+			return true
+		}
+	}
+	return false
 }
