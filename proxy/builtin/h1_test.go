@@ -20,6 +20,7 @@ import (
 	"github.com/membrane-fw/membrane/internal/testenv"
 	"github.com/membrane-fw/membrane/proxy"
 	"github.com/membrane-fw/membrane/proxy/conformance"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // Tests of the HTTP/1.x loop's edge cases, against scripted upstreams that
@@ -799,4 +800,69 @@ func TestCloseEndsTunnelsAndRequests(t *testing.T) {
 	if _, err := net.DialTimeout("tcp", l.Addr().String(), time.Second); err == nil {
 		t.Fatal("the listener still accepts after Close")
 	}
+}
+
+// TestActiveConnectionsGauge: every kind of client connection (HTTP/1.1,
+// HTTP/2 handed to net/http, upgraded) counts while open and not after.
+func TestActiveConnectionsGauge(t *testing.T) {
+	testenv.RequireRoot(t)
+	up := conformance.StartUpstream(t)
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := New(Config{
+		Listeners: []net.Listener{l}, Resolver: conformance.Policy(),
+		OriginalDst: func(net.Conn) (netip.AddrPort, error) { return up, nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	gauge := func() float64 {
+		var m dto.Metric
+		e.metrics.ConnectionsActive.Write(&m)
+		return m.GetGauge().GetValue()
+	}
+	waitGauge := func(want float64) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for gauge() != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("membrane_proxy_connections_active = %v, want %v", gauge(), want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	addr := l.Addr().String()
+	plain := dialClient(t, addr)
+	plain.send("GET /public/g HTTP/1.1\r\nHost: svc\r\n\r\n")
+	plain.read("GET")
+	ws := dialClient(t, addr)
+	ws.send("GET /ws HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+	if resp, err := http.ReadResponse(ws.br, nil); err != nil || resp.StatusCode != 101 {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	h2 := h2cTestClient()
+	resp, err := h2.Get("http://" + addr + "/public/h2")
+	if err != nil || resp.ProtoMajor != 2 || resp.StatusCode != 200 {
+		t.Fatalf("h2c: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	waitGauge(3)
+	var total dto.Metric
+	e.metrics.Connections.Write(&total)
+	if n := total.GetCounter().GetValue(); n != 3 {
+		t.Errorf("membrane_proxy_connections_total = %v, want 3", n)
+	}
+	plain.c.Close()
+	ws.c.Close()
+	h2.CloseIdleConnections()
+	waitGauge(0)
+}
+
+func h2cTestClient() *http.Client {
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	return &http.Client{Transport: &http.Transport{Protocols: &p}, Timeout: 10 * time.Second}
 }
