@@ -12,7 +12,8 @@
 // allowed request goes upstream to the original destination on a socket
 // whose SO_MARK carries the source identity and the from-proxy flag.
 // An HTTP/1.x client connection is served by one goroutine with the
-// engine's own parser (h1.go): no net/http server on that path. It owns one
+// engine's own parser (h1.go, h1parse.go, h1body.go): no net/http server
+// on that path. It owns one
 // upstream connection to the original destination, dialed at the first
 // allowed request and again when the upstream closed it (a body-less
 // request on a kept-alive upstream connection the server just dropped is

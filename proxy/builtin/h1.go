@@ -27,9 +27,11 @@ import (
 // closed it. Nothing per request goes through net/http: that keeps a
 // request to a few syscalls and one goroutine wake-up per side, and
 // pipelined requests are answered in order for free. Responses are
-// buffered and flushed when the client has no more requests buffered (or
-// before the proxy would wait for the upstream), so a response head and a
-// small body leave in one write and pipelined responses leave together.
+// buffered and flushed when the client has no more requests buffered, and
+// within a body whenever the proxy would wait for more of it, so a
+// response head and a small body leave in one write, pipelined responses
+// leave together, and streams flow. (A pipelined response waits for the
+// ones after it that were already requested.)
 // A connection that opens with the HTTP/2 preface is handed to net/http's
 // HTTP/2 server (ServeHTTP); upgrades (WebSocket) and CONNECT become a byte
 // tunnel after the upstream accepts them.
