@@ -1040,6 +1040,9 @@ func (h *h1) tunnel(u *upConn) {
 // handoff gives a connection that opened with the HTTP/2 preface to the
 // HTTP/2 server, replaying the line already read.
 func (h *h1) handoff() {
+	// The HTTP/2 server keeps its own timeouts (it resets the deadline
+	// itself today); the idle deadline of this loop must not outlive it.
+	h.clearDeadline()
 	pre := append([]byte(nil), h.head...)
 	hc := &handoffConn{Conn: h.c, r: io.MultiReader(bytes.NewReader(pre), h.br), cs: h.cs}
 	if h.e.h2l.push(hc) {
