@@ -24,43 +24,86 @@ import (
 //     net.ipv4.tcp_early_demux=0 (covers IPv6 TCP too).
 const proxyPathTable = "membrane_l7"
 
-const proxyPathRules = `table inet membrane_l7 {
+// earlyDemux is the sysctl PrepareProxyPath turns off. The value it had
+// before is kept in the comment of our nftables table, which lives exactly
+// as long as the setting is ours, so that RemoveProxyPath can put it back
+// (and a restarted daemon does not mistake its own 0 for the host's).
+const earlyDemux = "/proc/sys/net/ipv4/tcp_early_demux"
+
+func proxyPathRules(demux string) string {
+	return `table inet membrane_l7 {
+	comment "membrane L7 path; tcp_early_demux was ` + demux + `"
 	chain prerouting {
 		type filter hook prerouting priority raw; policy accept;
 		meta mark & 0xff000000 == 0xb6000000 notrack
 	}
 }
 `
+}
+
+// savedEarlyDemux is the tcp_early_demux value recorded in our table's
+// comment ("" when the table or the record is missing).
+func savedEarlyDemux(nft string) string {
+	out, err := exec.Command(nft, "list", "table", "inet", proxyPathTable).Output()
+	if err != nil {
+		return ""
+	}
+	_, rest, ok := strings.Cut(string(out), "tcp_early_demux was ")
+	if !ok {
+		return ""
+	}
+	v, _, _ := strings.Cut(rest, `"`)
+	if v != "0" && v != "1" {
+		return ""
+	}
+	return v
+}
 
 // PrepareProxyPath installs the host settings of the L7 path in the
 // current network namespace (see above). Idempotent; RemoveProxyPath (for
-// --cleanup) takes the nftables table away. Needs the nft binary.
+// --cleanup) takes them away again. Needs the nft binary.
 func PrepareProxyPath() error {
 	nft, err := exec.LookPath("nft")
 	if err != nil {
 		return fmt.Errorf("L7 path: nft not found (package nftables): %w", err)
 	}
+	was := savedEarlyDemux(nft)
+	if was == "" {
+		b, err := os.ReadFile(earlyDemux)
+		if err != nil {
+			return fmt.Errorf("L7 path: reading net.ipv4.tcp_early_demux: %w", err)
+		}
+		was = strings.TrimSpace(string(b))
+		if was != "0" && was != "1" {
+			return fmt.Errorf("L7 path: net.ipv4.tcp_early_demux is %q, want 0 or 1", was)
+		}
+	}
 	// Replace, not add: "delete" of a missing table fails, so flush first
 	// by (re)declaring it, then delete and create in one transaction.
-	script := "table inet " + proxyPathTable + "\ndelete table inet " + proxyPathTable + "\n" + proxyPathRules
+	script := "table inet " + proxyPathTable + "\ndelete table inet " + proxyPathTable + "\n" + proxyPathRules(was)
 	cmd := exec.Command(nft, "-f", "-")
 	cmd.Stdin = strings.NewReader(script)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("L7 path: nft: %v: %s", err, bytes.TrimSpace(out))
 	}
-	if err := os.WriteFile("/proc/sys/net/ipv4/tcp_early_demux", []byte("0\n"), 0o644); err != nil {
+	if err := os.WriteFile(earlyDemux, []byte("0\n"), 0o644); err != nil {
 		return fmt.Errorf("L7 path: net.ipv4.tcp_early_demux=0: %w", err)
 	}
 	return nil
 }
 
-// RemoveProxyPath deletes the nftables table PrepareProxyPath made; a
-// missing table is not an error. tcp_early_demux is left as it is: the
-// original value is unknown, and 0 costs only a little speed.
+// RemoveProxyPath puts tcp_early_demux back to the value PrepareProxyPath
+// recorded and deletes the nftables table; a missing table is not an error
+// (and leaves the sysctl alone).
 func RemoveProxyPath() error {
 	nft, err := exec.LookPath("nft")
 	if err != nil {
 		return nil // no nft, so no table of ours either
+	}
+	if was := savedEarlyDemux(nft); was != "" {
+		if err := os.WriteFile(earlyDemux, []byte(was+"\n"), 0o644); err != nil {
+			return fmt.Errorf("L7 path: restoring net.ipv4.tcp_early_demux=%s: %w", was, err)
+		}
 	}
 	cmd := exec.Command(nft, "-f", "-")
 	cmd.Stdin = strings.NewReader("table inet " + proxyPathTable + "\ndelete table inet " + proxyPathTable + "\n")
