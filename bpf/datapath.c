@@ -501,6 +501,34 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	__u32 off = ETH_HLEN;
 	__u8 proto;
 
+	/* The common packet first, read in place: IPv4 without options, not a
+	 * fragment, TCP with its fixed header in the linear data and a total
+	 * length the skb holds. Anything else (and anything malformed) takes
+	 * the general parser below, which judges it the same way. */
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		void *data = (void *)(long)skb->data;
+		void *data_end = (void *)(long)skb->data_end;
+		struct ipv4hdr *iph = data + ETH_HLEN;
+		__u8 *th = (__u8 *)(iph + 1);
+		if ((void *)(th + 20) <= data_end && iph->ver_ihl == 0x45 && iph->protocol == IPPROTO_TCP &&
+		    !(iph->frag_off & bpf_htons(0x3fff))) {
+			__u32 tot = bpf_ntohs(iph->tot_len);
+			if (tot == 0 && skb->gso_size)
+				tot = skb->len - ETH_HLEN; /* IPv4 BIG TCP */
+			if (tot >= 40 && ETH_HLEN + tot <= skb->len) {
+				p->tuple.family = 4;
+				__builtin_memcpy(p->tuple.saddr, &iph->saddr, 4);
+				__builtin_memcpy(p->tuple.daddr, &iph->daddr, 4);
+				p->tuple.protocol = IPPROTO_TCP;
+				p->frag_id = iph->id;
+				__builtin_memcpy(&p->tuple.sport, th, 2);
+				__builtin_memcpy(&p->tuple.dport, th + 2, 2);
+				p->policy_port = bpf_ntohs(p->tuple.dport);
+				p->tcp_flags = th[13];
+				return 0;
+			}
+		}
+	}
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
 		struct ipv4hdr ip;
 		if (load(skb, off, &ip, sizeof(ip)) < 0)
