@@ -80,8 +80,10 @@ func policyEntries(ip *policies.IdentityPolicy, proxyPort func(uint32) uint16) (
 }
 
 // SyncPolicy makes the policy maps hold model: every identity whose entries
-// differ gets a freshly filled inner map swapped into the outer map in one
-// update (no packet sees half a policy), identities no longer in the model are
+// differ gets a freshly filled inner map, and all of them are swapped into
+// the outer map by one batch update (no packet sees half an identity's
+// policy; the kernel's wait for running programs is paid once, not once per
+// identity), identities no longer in the model are
 // removed, and the revision moves on when anything changed so that
 // established flows are judged again. proxyPort maps an L7 ruleset id to the
 // proxy's port (nil, or 0: plain allow). Everything is validated before the
@@ -112,21 +114,40 @@ func (d *Datapath) SyncPolicy(m *policies.Model, proxyPort func(l7 uint32) uint1
 	if uint32(len(want)) > d.cfg.MaxIdentities {
 		return st, fmt.Errorf("policy for %d identities, max_identities is %d: %w", len(want), d.cfg.MaxIdentities, ErrMapFull)
 	}
+	// Per changed identity: its stale cached entries go first (the old
+	// trie still answers for them), then every new trie is filled and all
+	// are swapped in with one batch update of the outer map (the kernel
+	// waits for running programs once per update call, ~9 ms here, so one
+	// call, not one per identity), then the new cached entries are added
+	// (the new trie already answers for them).
 	changed := false
+	var swapIDs []policies.Identity
 	for id, ents := range want {
 		if cur, ok := d.policy[id]; ok && maps.Equal(cur, ents) {
 			st.Unchanged++
-		} else {
-			if err := d.swapPolicy(id, ents); err != nil {
-				return st, err
-			}
-			d.policy[id] = ents
-			st.Replaced++
-			changed = true
+			continue
 		}
-		// After the trie: the cache then never answers for an entry the
-		// trie does not hold (see syncExact). Also for unchanged tries, so
-		// an adopted or partly filled cache heals.
+		swapIDs = append(swapIDs, id)
+	}
+	for _, id := range swapIDs {
+		if err := d.pruneExact(id, exactEntries(id, want[id])); err != nil {
+			return st, err
+		}
+	}
+	n, err := d.swapPolicies(swapIDs, want)
+	for _, id := range swapIDs[:n] {
+		d.policy[id] = want[id]
+		st.Replaced++
+		changed = true
+	}
+	if err != nil {
+		if changed {
+			d.bumpRevision()
+		}
+		return st, err
+	}
+	// Also for unchanged tries, so an adopted or partly filled cache heals.
+	for id, ents := range want {
 		if err := d.syncExact(id, exactEntries(id, ents)); err != nil {
 			return st, err
 		}
@@ -135,20 +156,21 @@ func (d *Datapath) SyncPolicy(m *policies.Model, proxyPort func(l7 uint32) uint1
 		if _, ok := want[id]; ok {
 			continue
 		}
+		// Cached entries first: they must never answer for a trie that
+		// is gone.
+		if err := d.syncExact(id, nil); err != nil {
+			return st, err
+		}
 		if err := d.objs.MembranePolicy.Delete(uint32(id)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return st, fmt.Errorf("removing policy of identity %d: %w", id, err)
 		}
 		delete(d.policy, id)
-		if err := d.syncExact(id, nil); err != nil {
-			return st, err
-		}
 		st.Removed++
 		changed = true
 	}
 	if err := d.refillInline(); err != nil {
 		return st, err
 	}
-	var err error
 	if changed {
 		st.Revision, err = d.bumpRevision()
 	} else {
@@ -172,21 +194,49 @@ func (d *Datapath) ResyncPolicy(m *policies.Model, proxyPort func(l7 uint32) uin
 	return d.SyncPolicy(m, proxyPort)
 }
 
-func (d *Datapath) swapPolicy(id policies.Identity, ents map[datapathPolicyKey]datapathPolicyValue) error {
-	inner, err := ebpf.NewMap(d.inner)
-	if err != nil {
-		return fmt.Errorf("creating policy map for identity %d: %w", id, err)
+// swapPolicies fills a new inner map for each of ids and puts them all into
+// the outer map with one batch update (one update per identity where the
+// kernel has no batch update for the map). It returns how many identities
+// were swapped, in the order of ids.
+func (d *Datapath) swapPolicies(ids []policies.Identity, want map[policies.Identity]map[datapathPolicyKey]datapathPolicyValue) (int, error) {
+	if len(ids) == 0 {
+		return 0, nil
 	}
-	defer inner.Close()
-	for k, v := range ents {
-		if err := inner.Put(&k, &v); err != nil {
-			return wrapFull(err, fmt.Sprintf("policy (identity %d)", id), "max_policy_entries", d.cfg.MaxPolicyEntries)
+	inners := make([]*ebpf.Map, 0, len(ids))
+	defer func() {
+		for _, m := range inners {
+			m.Close()
+		}
+	}()
+	keys := make([]uint32, len(ids))
+	fds := make([]uint32, len(ids))
+	for i, id := range ids {
+		inner, err := ebpf.NewMap(d.inner)
+		if err != nil {
+			return 0, fmt.Errorf("creating policy map for identity %d: %w", id, err)
+		}
+		inners = append(inners, inner)
+		for k, v := range want[id] {
+			if err := inner.Put(&k, &v); err != nil {
+				return 0, wrapFull(err, fmt.Sprintf("policy (identity %d)", id), "max_policy_entries", d.cfg.MaxPolicyEntries)
+			}
+		}
+		keys[i] = uint32(id)
+		fds[i] = uint32(inner.FD())
+	}
+	n, err := d.objs.MembranePolicy.BatchUpdate(keys, fds, nil)
+	if err == nil {
+		return n, nil
+	}
+	if !errors.Is(err, ebpf.ErrNotSupported) {
+		return n, wrapFull(err, "policy identities", "max_identities", d.cfg.MaxIdentities)
+	}
+	for i, id := range ids {
+		if err := d.objs.MembranePolicy.Put(uint32(id), inners[i]); err != nil {
+			return i, wrapFull(err, "policy identities", "max_identities", d.cfg.MaxIdentities)
 		}
 	}
-	if err := d.objs.MembranePolicy.Put(uint32(id), inner); err != nil {
-		return wrapFull(err, "policy identities", "max_identities", d.cfg.MaxIdentities)
-	}
-	return nil
+	return len(ids), nil
 }
 
 // exactEntries picks an identity's full-length entries (exact remote,
@@ -202,6 +252,22 @@ func exactEntries(id policies.Identity, ents map[datapathPolicyKey]datapathPolic
 			Protocol: k.Protocol, Port: htons(k.Port)}] = v
 	}
 	return out
+}
+
+// pruneExact removes identity id's cached entries that want does not hold
+// (or holds with another value): the first half of syncExact, for before
+// the identity's trie is swapped.
+func (d *Datapath) pruneExact(id policies.Identity, want map[datapathPolicyExactKey]datapathPolicyValue) error {
+	for k, v := range d.exact[id] {
+		if w, ok := want[k]; !ok || w != v {
+			d.inlinePolicyDelete(k)
+			if err := d.objs.MembranePolicyExact.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("removing cached policy entry of identity %d: %w", id, err)
+			}
+			delete(d.exact[id], k)
+		}
+	}
+	return nil
 }
 
 // syncExact makes membrane_policy_exact hold want for local identity id, as
