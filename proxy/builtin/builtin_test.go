@@ -10,18 +10,21 @@ import (
 	"github.com/membrane-fw/membrane/proxy/conformance"
 )
 
-// loopbackFactory runs the engine in the suite's non-transparent mode: a
-// plain loopback listener, every connection sent to the suite's upstream.
-func loopbackFactory(t *testing.T, upstream netip.AddrPort) conformance.Target {
+// loopbackEngine starts the engine on a plain loopback listener (the
+// suite's non-transparent mode) with every connection sent to upstream; its
+// events go to a channel of n (dropped when full).
+func loopbackEngine(t *testing.T, upstream netip.AddrPort, r proxy.Resolver, n int) (*Engine, string, chan proxy.Event) {
+	t.Helper()
 	// SO_MARK on the upstream sockets needs CAP_NET_ADMIN.
 	testenv.RequireRoot(t)
 	l, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	events := make(chan proxy.Event, 4096)
+	events := make(chan proxy.Event, n)
 	e, err := New(Config{
 		Listeners:   []net.Listener{l},
+		Resolver:    r,
 		OriginalDst: func(net.Conn) (netip.AddrPort, error) { return upstream, nil },
 		Events: func(ev proxy.Event) {
 			select {
@@ -34,7 +37,12 @@ func loopbackFactory(t *testing.T, upstream netip.AddrPort) conformance.Target {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.Close() })
-	return conformance.Target{Addr: l.Addr().String(), Engine: e, Events: events}
+	return e, l.Addr().String(), events
+}
+
+func loopbackFactory(t *testing.T, upstream netip.AddrPort) conformance.Target {
+	e, addr, events := loopbackEngine(t, upstream, nil, 4096)
+	return conformance.Target{Addr: addr, Engine: e, Events: events}
 }
 
 func TestConformance(t *testing.T) {

@@ -92,73 +92,26 @@ func (s *scripted) seen() []string {
 // engineFor starts an engine whose connections all go to up.
 func engineFor(t *testing.T, up netip.AddrPort, r proxy.Resolver) (string, chan proxy.Event) {
 	t.Helper()
-	testenv.RequireRoot(t) // SO_MARK on upstream sockets
-	l, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	events := make(chan proxy.Event, 256)
-	e, err := New(Config{
-		Listeners:   []net.Listener{l},
-		Resolver:    r,
-		OriginalDst: func(net.Conn) (netip.AddrPort, error) { return up, nil },
-		Events: func(ev proxy.Event) {
-			select {
-			case events <- ev:
-			default:
-			}
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.Close() })
-	return l.Addr().String(), events
+	_, addr, events := loopbackEngine(t, up, r, 256)
+	return addr, events
 }
 
-type client struct {
-	t  *testing.T
-	c  net.Conn
-	br *bufio.Reader
-}
+// client is the conformance suite's raw connection.
+type client struct{ *conformance.Conn }
 
 func dialClient(t *testing.T, addr string) *client {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	c.SetDeadline(time.Now().Add(20 * time.Second))
-	return &client{t: t, c: c, br: bufio.NewReader(c)}
+	return &client{conformance.Dial(t, addr, 20*time.Second)}
 }
 
-func (c *client) send(s string) {
-	c.t.Helper()
-	if _, err := io.WriteString(c.c, s); err != nil {
-		c.t.Fatalf("write: %v", err)
-	}
-}
-
-func (c *client) read(method string) (*http.Response, string) {
-	c.t.Helper()
-	resp, err := http.ReadResponse(c.br, &http.Request{Method: method})
-	if err != nil {
-		c.t.Fatalf("read response: %v", err)
-	}
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		c.t.Fatalf("read body: %v", err)
-	}
-	resp.Body.Close()
-	return resp, string(b)
-}
+func (c *client) send(s string)                               { c.Send(s) }
+func (c *client) read(method string) (*http.Response, string) { return c.Read(method) }
 
 // expectEOF asserts the proxy closed the connection.
 func (c *client) expectEOF() {
-	c.t.Helper()
-	if rest, err := io.ReadAll(c.br); err != nil || len(rest) != 0 {
-		c.t.Fatalf("after the last response: %q, %v; want EOF", rest, err)
+	c.T.Helper()
+	if rest, err := io.ReadAll(c.R); err != nil || len(rest) != 0 {
+		c.T.Fatalf("after the last response: %q, %v; want EOF", rest, err)
 	}
 }
 
@@ -560,20 +513,20 @@ func TestUpgradeAfterKeepAliveRequests(t *testing.T) {
 	// The upgrade and the first frame bytes in one segment.
 	c.send("GET /ws HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n" +
 		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\nearly-bytes")
-	resp, err := http.ReadResponse(c.br, &http.Request{Method: "GET"})
+	resp, err := http.ReadResponse(c.R, &http.Request{Method: "GET"})
 	if err != nil || resp.StatusCode != 101 || !strings.EqualFold(resp.Header.Get("Upgrade"), "websocket") {
 		t.Fatalf("upgrade: %v %v", resp, err)
 	}
 	got := make([]byte, len("early-bytes"))
-	if _, err := io.ReadFull(c.br, got); err != nil || string(got) != "early-bytes" {
+	if _, err := io.ReadFull(c.R, got); err != nil || string(got) != "early-bytes" {
 		t.Fatalf("echo of bytes sent with the upgrade: %q %v", got, err)
 	}
 	c.send("later")
 	got = make([]byte, 5)
-	if _, err := io.ReadFull(c.br, got); err != nil || string(got) != "later" {
+	if _, err := io.ReadFull(c.R, got); err != nil || string(got) != "later" {
 		t.Fatalf("echo: %q %v", got, err)
 	}
-	c.c.Close()
+	c.C.Close()
 	for {
 		select {
 		case ev := <-events:
@@ -603,13 +556,13 @@ func TestConnectTunnel(t *testing.T) {
 	addr, _ := engineFor(t, up.addr, conformance.AllowAll())
 	c := dialClient(t, addr)
 	c.send("CONNECT db.internal:5432 HTTP/1.1\r\nHost: db.internal:5432\r\n\r\n")
-	resp, err := http.ReadResponse(c.br, &http.Request{Method: "CONNECT"})
+	resp, err := http.ReadResponse(c.R, &http.Request{Method: "CONNECT"})
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("CONNECT: %v %v", resp, err)
 	}
 	c.send("ping")
 	got := make([]byte, 4)
-	if _, err := io.ReadFull(c.br, got); err != nil || string(got) != "ping" {
+	if _, err := io.ReadFull(c.R, got); err != nil || string(got) != "ping" {
 		t.Fatalf("tunnel echo: %q %v", got, err)
 	}
 	if h := up.seen(); len(h) != 1 || !strings.HasPrefix(h[0], "CONNECT db.internal:5432 HTTP/1.1\r\n") {
@@ -695,9 +648,9 @@ func TestBodyLargerThanBuffersBothWays(t *testing.T) {
 	body := bytes.Repeat([]byte("0123456789abcdef"), n/16)
 	sum := sha256.Sum256(body)
 	go func() {
-		fmt.Fprintf(c.c, "PUT /upload HTTP/1.1\r\nHost: svc\r\nContent-Length: %d\r\n\r\n", n)
-		c.c.Write(body)
-		fmt.Fprintf(c.c, "GET /download/x?n=%d HTTP/1.1\r\nHost: svc\r\n\r\n", n)
+		fmt.Fprintf(c.C, "PUT /upload HTTP/1.1\r\nHost: svc\r\nContent-Length: %d\r\n\r\n", n)
+		c.C.Write(body)
+		fmt.Fprintf(c.C, "GET /download/x?n=%d HTTP/1.1\r\nHost: svc\r\n\r\n", n)
 	}()
 	if resp, got := c.read("PUT"); resp.StatusCode != 200 || !strings.Contains(got, fmt.Sprintf("n=%d sha=%s", n, hex.EncodeToString(sum[:]))) {
 		t.Fatalf("5 MiB upload: %d %q", resp.StatusCode, got)
@@ -774,7 +727,7 @@ func TestCloseEndsTunnelsAndRequests(t *testing.T) {
 	}
 	ws, slow := dialClient(t, l.Addr().String()), dialClient(t, l.Addr().String())
 	ws.send("GET /ws HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-	if resp, err := http.ReadResponse(ws.br, nil); err != nil || resp.StatusCode != 101 {
+	if resp, err := http.ReadResponse(ws.R, nil); err != nil || resp.StatusCode != 101 {
 		t.Fatalf("upgrade: %v %v", resp, err)
 	}
 	slow.send("GET /slow HTTP/1.1\r\nHost: svc\r\n\r\n")
@@ -792,8 +745,8 @@ func TestCloseEndsTunnelsAndRequests(t *testing.T) {
 		t.Fatal("Close did not return with a tunnel and a pending request open")
 	}
 	for _, c := range []*client{ws, slow} {
-		c.c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		if _, err := io.ReadAll(c.br); err != nil {
+		c.C.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadAll(c.R); err != nil {
 			t.Fatalf("after Close: %v, want EOF", err)
 		}
 	}
@@ -840,7 +793,7 @@ func TestActiveConnectionsGauge(t *testing.T) {
 	plain.read("GET")
 	ws := dialClient(t, addr)
 	ws.send("GET /ws HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-	if resp, err := http.ReadResponse(ws.br, nil); err != nil || resp.StatusCode != 101 {
+	if resp, err := http.ReadResponse(ws.R, nil); err != nil || resp.StatusCode != 101 {
 		t.Fatalf("upgrade: %v %v", resp, err)
 	}
 	h2 := h2cTestClient()
@@ -855,8 +808,8 @@ func TestActiveConnectionsGauge(t *testing.T) {
 	if n := total.GetCounter().GetValue(); n != 3 {
 		t.Errorf("membrane_proxy_connections_total = %v, want 3", n)
 	}
-	plain.c.Close()
-	ws.c.Close()
+	plain.C.Close()
+	ws.C.Close()
 	h2.CloseIdleConnections()
 	waitGauge(0)
 }

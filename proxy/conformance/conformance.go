@@ -205,39 +205,48 @@ func (s *suite) allowedAndDenied(t *testing.T) {
 	}
 }
 
-// rawConn is a client connection for exchanges net/http would not make.
-type rawConn struct {
-	t *testing.T
-	c net.Conn
-	r *bufio.Reader
+// Conn is a raw HTTP/1 client connection to an engine, for exchanges
+// net/http would not make: requests go out as written, responses are read
+// one at a time. The suite and the engines' own tests use it.
+type Conn struct {
+	T *testing.T
+	C net.Conn
+	R *bufio.Reader
 }
 
-func (s *suite) dialRaw(t *testing.T) *rawConn {
-	c, err := net.DialTimeout("tcp", s.tg.Addr, 5*time.Second)
+// Dial connects to addr with a deadline of d for the whole exchange; the
+// connection closes when the test ends.
+func Dial(t *testing.T, addr string, d time.Duration) *Conn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		t.Fatalf("dial proxy: %v", err)
 	}
 	t.Cleanup(func() { c.Close() })
-	c.SetDeadline(time.Now().Add(30 * time.Second))
-	return &rawConn{t: t, c: c, r: bufio.NewReader(c)}
+	c.SetDeadline(time.Now().Add(d))
+	return &Conn{T: t, C: c, R: bufio.NewReader(c)}
 }
 
-func (rc *rawConn) send(s string) {
-	rc.t.Helper()
-	if _, err := io.WriteString(rc.c, s); err != nil {
-		rc.t.Fatalf("write: %v", err)
+func (s *suite) dialRaw(t *testing.T) *Conn { return Dial(t, s.tg.Addr, 30*time.Second) }
+
+// Send writes s as it is.
+func (c *Conn) Send(s string) {
+	c.T.Helper()
+	if _, err := io.WriteString(c.C, s); err != nil {
+		c.T.Fatalf("write: %v", err)
 	}
 }
 
-func (rc *rawConn) read(method string) (*http.Response, string) {
-	rc.t.Helper()
-	resp, err := http.ReadResponse(rc.r, &http.Request{Method: method})
+// Read reads one response to a request with method, and its whole body.
+func (c *Conn) Read(method string) (*http.Response, string) {
+	c.T.Helper()
+	resp, err := http.ReadResponse(c.R, &http.Request{Method: method})
 	if err != nil {
-		rc.t.Fatalf("read response: %v", err)
+		c.T.Fatalf("read response: %v", err)
 	}
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		rc.t.Fatalf("read body: %v", err)
+		c.T.Fatalf("read body: %v", err)
 	}
 	resp.Body.Close()
 	return resp, string(b)
@@ -249,12 +258,12 @@ func get(path string) string {
 
 func (s *suite) dotSegments(t *testing.T) {
 	rc := s.dialRaw(t)
-	rc.send(get("/public/../private/secret"))
-	if resp, body := rc.read("GET"); resp.StatusCode != 403 {
+	rc.Send(get("/public/../private/secret"))
+	if resp, body := rc.Read("GET"); resp.StatusCode != 403 {
 		t.Fatalf("/public/../private/secret: status %d, want 403 (body %q)", resp.StatusCode, body)
 	}
-	rc.send(get("/public//./a/../b"))
-	resp, body := rc.read("GET")
+	rc.Send(get("/public//./a/../b"))
+	resp, body := rc.Read("GET")
 	if resp.StatusCode != 200 || !strings.HasPrefix(body, "upstream GET /public/b") {
 		t.Fatalf("/public//./a/../b: status %d body %q, want 200 forwarded as /public/b", resp.StatusCode, body)
 	}
@@ -267,8 +276,8 @@ func (s *suite) keepAlive(t *testing.T) {
 		want int
 	}{{"/public/1", 200}, {"/denied/1", 403}, {"/public/2", 200}, {"/denied/2", 403}, {"/denied/3", 403}, {"/public/3", 200}}
 	for _, st := range seq {
-		rc.send(get(st.path))
-		resp, body := rc.read("GET")
+		rc.Send(get(st.path))
+		resp, body := rc.Read("GET")
 		if resp.StatusCode != st.want {
 			t.Fatalf("GET %s on a kept-alive connection: status %d, want %d (%q)", st.path, resp.StatusCode, st.want, body)
 		}
@@ -286,9 +295,9 @@ func (s *suite) pipelining(t *testing.T) {
 		all.WriteString(get(p))
 	}
 	all.WriteString("POST /upload HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\n\r\nhello")
-	rc.send(all.String())
+	rc.Send(all.String())
 	for _, p := range paths {
-		resp, body := rc.read("GET")
+		resp, body := rc.Read("GET")
 		want := 200
 		if strings.HasPrefix(p, "/denied") {
 			want = 403
@@ -300,7 +309,7 @@ func (s *suite) pipelining(t *testing.T) {
 			t.Fatalf("pipelined GET %s answered out of order: %q", p, body)
 		}
 	}
-	resp, body := rc.read("POST")
+	resp, body := rc.Read("POST")
 	if resp.StatusCode != 200 || !strings.Contains(body, "n=5 ") {
 		t.Fatalf("pipelined POST: status %d body %q", resp.StatusCode, body)
 	}
@@ -324,11 +333,11 @@ func (s *suite) halfClose(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rc := s.dialRaw(t)
-			rc.send(tc.req)
-			if err := rc.c.(*net.TCPConn).CloseWrite(); err != nil {
+			rc.Send(tc.req)
+			if err := rc.C.(*net.TCPConn).CloseWrite(); err != nil {
 				t.Fatalf("shutdown(SHUT_WR): %v", err)
 			}
-			resp, body := rc.read(tc.method)
+			resp, body := rc.Read(tc.method)
 			if resp.StatusCode != tc.want {
 				t.Fatalf("after a half-close: status %d, want %d (body %q)", resp.StatusCode, tc.want, body)
 			}
@@ -342,7 +351,7 @@ func (s *suite) halfClose(t *testing.T) {
 				t.Fatalf("after a half-close: the upload's body did not reach the upstream whole: %q", body)
 			}
 			// Then the proxy closes: nothing more comes, and no hang.
-			if rest, err := io.ReadAll(rc.r); err != nil || len(rest) != 0 {
+			if rest, err := io.ReadAll(rc.R); err != nil || len(rest) != 0 {
 				t.Fatalf("after the response: %q, %v; want EOF", rest, err)
 			}
 			// The record says what happened: forwarded (or denied) with
@@ -425,18 +434,18 @@ func (s *suite) largeUpload(t *testing.T) {
 
 func (s *suite) expectContinue(t *testing.T) {
 	rc := s.dialRaw(t)
-	rc.send("PUT /upload HTTP/1.1\r\nHost: svc\r\nContent-Length: 11\r\nExpect: 100-continue\r\n\r\n")
-	resp, err := http.ReadResponse(rc.r, &http.Request{Method: "PUT"})
+	rc.Send("PUT /upload HTTP/1.1\r\nHost: svc\r\nContent-Length: 11\r\nExpect: 100-continue\r\n\r\n")
+	resp, err := http.ReadResponse(rc.R, &http.Request{Method: "PUT"})
 	if err != nil {
 		t.Fatalf("read interim response: %v", err)
 	}
 	if resp.StatusCode != 100 {
 		t.Fatalf("PUT with Expect: 100-continue: first response %d, want 100 Continue", resp.StatusCode)
 	}
-	rc.send("hello world")
+	rc.Send("hello world")
 	// Some engines send more than one 100; skip them.
 	for {
-		resp, body := rc.read("PUT")
+		resp, body := rc.Read("PUT")
 		if resp.StatusCode == 100 {
 			continue
 		}
@@ -448,8 +457,8 @@ func (s *suite) expectContinue(t *testing.T) {
 	// Denied: 403 at once, no 100 Continue, and the connection stays usable
 	// or is closed cleanly.
 	rc2 := s.dialRaw(t)
-	rc2.send("PUT /forbidden HTTP/1.1\r\nHost: svc\r\nContent-Length: 1000000\r\nExpect: 100-continue\r\n\r\n")
-	resp2, _ := rc2.read("PUT")
+	rc2.Send("PUT /forbidden HTTP/1.1\r\nHost: svc\r\nContent-Length: 1000000\r\nExpect: 100-continue\r\n\r\n")
+	resp2, _ := rc2.Read("PUT")
 	if resp2.StatusCode != 403 {
 		t.Fatalf("denied PUT with Expect: status %d, want 403 without 100 Continue", resp2.StatusCode)
 	}
@@ -479,8 +488,8 @@ const wsUpgrade = "GET %s HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrad
 
 func (s *suite) webSocket(t *testing.T) {
 	rc := s.dialRaw(t)
-	rc.send(fmt.Sprintf(wsUpgrade, "/ws"))
-	resp, err := http.ReadResponse(rc.r, &http.Request{Method: "GET"})
+	rc.Send(fmt.Sprintf(wsUpgrade, "/ws"))
+	resp, err := http.ReadResponse(rc.R, &http.Request{Method: "GET"})
 	if err != nil {
 		t.Fatalf("upgrade response: %v", err)
 	}
@@ -491,9 +500,9 @@ func (s *suite) webSocket(t *testing.T) {
 	// upstream echoes. Frames are opaque to the proxy, so plain bytes do.
 	for i := 0; i < 3; i++ {
 		msg := fmt.Sprintf("frame-%d-%s", i, strings.Repeat("x", i*1000))
-		rc.send(msg)
+		rc.Send(msg)
 		got := make([]byte, len(msg))
-		if _, err := io.ReadFull(rc.r, got); err != nil {
+		if _, err := io.ReadFull(rc.R, got); err != nil {
 			t.Fatalf("WebSocket echo %d: %v", i, err)
 		}
 		if string(got) != msg {
@@ -501,8 +510,8 @@ func (s *suite) webSocket(t *testing.T) {
 		}
 	}
 	rc2 := s.dialRaw(t)
-	rc2.send(fmt.Sprintf(wsUpgrade, "/ws-admin"))
-	if resp, _ := rc2.read("GET"); resp.StatusCode != 403 {
+	rc2.Send(fmt.Sprintf(wsUpgrade, "/ws-admin"))
+	if resp, _ := rc2.Read("GET"); resp.StatusCode != 403 {
 		t.Fatalf("denied WebSocket upgrade: status %d, want 403", resp.StatusCode)
 	}
 }
@@ -581,18 +590,18 @@ func (s *suite) grpc(t *testing.T) {
 func (s *suite) badRequests(t *testing.T) {
 	rc := s.dialRaw(t)
 	// Longer than "PRI * HTTP/2.0": an h2c-capable server peeks that much.
-	rc.send("GARBAGE-THAT-IS-NOT-HTTP\r\n\r\n")
-	if resp, _ := rc.read("GET"); resp.StatusCode != 400 {
+	rc.Send("GARBAGE-THAT-IS-NOT-HTTP\r\n\r\n")
+	if resp, _ := rc.Read("GET"); resp.StatusCode != 400 {
 		t.Fatalf("malformed request line: status %d, want 400", resp.StatusCode)
 	}
 	rc2 := s.dialRaw(t)
-	rc2.send("GET /public/x HTTP/1.1\r\nHost: svc\r\nX-Big: " + strings.Repeat("a", 200<<10) + "\r\n\r\n")
-	if resp, _ := rc2.read("GET"); resp.StatusCode != 431 && resp.StatusCode != 400 {
+	rc2.Send("GET /public/x HTTP/1.1\r\nHost: svc\r\nX-Big: " + strings.Repeat("a", 200<<10) + "\r\n\r\n")
+	if resp, _ := rc2.Read("GET"); resp.StatusCode != 431 && resp.StatusCode != 400 {
 		t.Fatalf("200 KiB header: status %d, want 431 (or 400)", resp.StatusCode)
 	}
 	rc3 := s.dialRaw(t)
-	rc3.send("POST /upload HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
-	if resp, _ := rc3.read("POST"); resp.StatusCode < 400 {
+	rc3.Send("POST /upload HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+	if resp, _ := rc3.Read("POST"); resp.StatusCode < 400 {
 		t.Fatalf("bad chunk size: status %d, want an error status", resp.StatusCode)
 	}
 	// The proxy survived all of it.
@@ -691,24 +700,24 @@ func (c collectorSet) Collect(ch chan<- prometheus.Metric) {
 
 func (s *suite) ruleChange(t *testing.T) {
 	rc := s.dialRaw(t)
-	rc.send(get("/changes/x"))
-	if resp, _ := rc.read("GET"); resp.StatusCode != 403 {
+	rc.Send(get("/changes/x"))
+	if resp, _ := rc.Read("GET"); resp.StatusCode != 403 {
 		t.Fatalf("before the update: status %d, want 403", resp.StatusCode)
 	}
 	if err := s.tg.Engine.Update(AllowAll()); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, func() bool {
-		rc.send(get("/changes/x"))
-		resp, _ := rc.read("GET")
+		rc.Send(get("/changes/x"))
+		resp, _ := rc.Read("GET")
 		return resp.StatusCode == 200
 	})
 	if err := s.tg.Engine.Update(Policy()); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, func() bool {
-		rc.send(get("/changes/x"))
-		resp, _ := rc.read("GET")
+		rc.Send(get("/changes/x"))
+		resp, _ := rc.Read("GET")
 		return resp.StatusCode == 403
 	})
 }
