@@ -9,6 +9,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 
+	"github.com/membrane-fw/membrane/internal/testenv"
 	"github.com/membrane-fw/membrane/policies"
 )
 
@@ -121,6 +122,42 @@ func BenchmarkVerdict(b *testing.B) {
 		if after.Verdicts[k].Packets-before.Verdicts[k].Packets < uint64(b.N) {
 			b.Fatalf("not the established path: %+v", after.Verdicts)
 		}
+	})
+}
+
+// BenchmarkHelperCall measures what one kernel function call costs a BPF
+// program on this machine, the figure the datapath's hot paths are built
+// around (bpf/doc.go, Performance): an empty tc program against the same
+// program calling bpf_get_prandom_u32 (a helper that does almost nothing)
+// ten times, in the same run; the ns-per-call metric is their difference
+// over ten.
+func BenchmarkHelperCall(b *testing.B) {
+	testenv.RequireRoot(b)
+	prog := func(calls int) *ebpf.Program {
+		var ins asm.Instructions
+		for range calls {
+			ins = append(ins, asm.FnGetPrandomU32.Call())
+		}
+		ins = append(ins, asm.Mov.Imm(asm.R0, -1), asm.Return())
+		p, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "Dual BSD/GPL", Instructions: ins})
+		must(b, err)
+		b.Cleanup(func() { p.Close() })
+		return p
+	}
+	empty, ten := prog(0), prog(10)
+	pkt := tcp(addrA, addrB, 40000, 443, tcpSYN).bytes()
+	var base time.Duration
+	b.Run("empty-program", func(b *testing.B) {
+		_, per, err := empty.Benchmark(pkt, b.N, b.ResetTimer)
+		must(b, err)
+		base = per
+		b.ReportMetric(float64(per.Nanoseconds()), "ns/packet")
+	})
+	b.Run("ten-calls", func(b *testing.B) {
+		_, per, err := ten.Benchmark(pkt, b.N, b.ResetTimer)
+		must(b, err)
+		b.ReportMetric(float64(per.Nanoseconds()), "ns/packet")
+		b.ReportMetric(float64((per-base).Nanoseconds())/10, "ns/call")
 	})
 }
 
