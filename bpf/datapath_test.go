@@ -580,6 +580,29 @@ func TestIdentityChangeRejudgesFlows(t *testing.T) {
 	}
 }
 
+// An address that was world (no entry) and gets an identity of its own is
+// a peer that changed: flows to it admitted as world are judged again.
+func TestNewIPCacheEntryRejudgesFlows(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	h.sync(policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, Entries: []policies.Entry{
+		entry(out, policies.IdentityWorld, policies.ProtoTCP, 80, 16, policies.Allow, 1),
+	}})
+	flow := tcp(addrA, addrW, 1, 80, tcpSYN)
+	h.expect(out, h.ifs[0], flow, ReasonAllowPolicy)
+	flow.tcpFlags = tcpACK
+	h.expect(out, h.ifs[0], flow, ReasonAllowEstablished)
+	h.expect(out, h.ifs[0], flow, ReasonAllowEstablished) // from the flow cache
+	must(t, h.dp.IPCacheSet(netip.PrefixFrom(addrW, 32), 999))
+	h.expect(out, h.ifs[0], flow, ReasonDropDefaultDeny)
+	// Setting the identity it already has changes nothing.
+	rev, err := h.dp.Revision()
+	must(t, err)
+	must(t, h.dp.IPCacheSet(netip.PrefixFrom(addrW, 32), 999))
+	if again, _ := h.dp.Revision(); again != rev {
+		t.Errorf("revision moved from %d to %d for an unchanged entry", rev, again)
+	}
+}
+
 func TestSampledAllowEvents(t *testing.T) {
 	h := twoEndpoints(t, Config{AllowSample: 1})
 	r, err := h.dp.NewEventReader()

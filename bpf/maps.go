@@ -145,7 +145,9 @@ func (k datapathIpcacheKey) prefix() netip.Prefix {
 
 // IPCacheSet maps a prefix to an identity (IPv4-mapped IPv6 addresses are
 // stored as IPv4).
-// Changing an existing prefix's identity moves the policy revision on.
+// A new prefix, or an existing one's new identity, moves the policy revision
+// on: its addresses were another identity's (world, or a shorter prefix's)
+// when their flows were admitted, so those flows are judged again.
 func (d *Datapath) IPCacheSet(p netip.Prefix, id policies.Identity) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -158,7 +160,7 @@ func (d *Datapath) IPCacheSet(p netip.Prefix, id policies.Identity) error {
 	if err := d.ipcacheSet(p, id); err != nil {
 		return err
 	}
-	if existed && old.Identity != uint32(id) {
+	if !existed || old.Identity != uint32(id) {
 		_, err = d.bumpRevision()
 	}
 	return err
