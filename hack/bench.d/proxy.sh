@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# L7 proxy benchmark (`make bench`): the built-in engine vs direct, same run,
-# on loopback. wrk keep-alive GETs of a small response (requests/s ratio,
-# target >= 0.6); a fixed 1,000 requests/s load for the added p50/p99 latency
-# (target p99 <= 1 ms added) and the proxy's CPU per 1,000 requests/s (target
-# <= 0.1 core, from /proc/PID/stat of the proxy process); and new connections
-# per second (wrk with Connection: close) through the proxy vs direct.
-# The CPU line has a baseline measured in the same run: the upstream, a bare
-# Go net/http server returning the same 24 bytes, and its CPU per 1,000
-# requests/s under the direct load. An informational last part repeats the
-# keep-alive and 1,000 requests/s runs against a second proxy process with
-# GOMAXPROCS=1 (the built-in engine runs inside membraned, whose GOMAXPROCS
-# is the daemon's call).
+# L7 proxy benchmark (`make bench`): the built-in engine against direct
+# requests and against the floor, a relay that only copies bytes (one thread,
+# epoll, no parsing: `l7bench relay`), all in the same run on loopback with
+# the same upstream (a bare Go net/http server returning 24 bytes).
+#
+#   1. wrk keep-alive GETs (-t2 -c50): requests/s through the proxy and the
+#      relay as ratios to direct (target: proxy >= 0.6), and each server
+#      process's CPU per 1,000 requests/s at that saturated rate.
+#   2. A fixed 1,000 requests/s load (l7bench rate, open loop, 8 keep-alive
+#      connections) on one target at a time: CPU per 1,000 requests/s of the
+#      proxy (target <= 0.1 core), the relay and the bare upstream, from
+#      /proc/PID/stat.
+#   3. The same load on direct, proxy and relay at once, interleaved (one
+#      request to each per tick), for the added p50/p99 latency of the proxy
+#      and the relay over direct (target: proxy p99 <= +1 ms). Interleaving
+#      makes a moment of noise on the machine hit all three alike.
+#   4. New connections/s (wrk with Connection: close): proxy and relay as
+#      ratios to direct.
 # L7BENCH_DURATION sets each run's length (default 10s).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -43,52 +49,53 @@ addr_of() { # wait for "listening ADDR" in $1
 UP=$(addr_of "$tmp/up.out")
 "$tmp/l7bench" proxy -listen 127.0.0.1:0 -upstream "$UP" >"$tmp/px.out" 2>&1 & PXPID=$!; pids+=($PXPID)
 PX=$(addr_of "$tmp/px.out")
+"$tmp/l7bench" relay -listen 127.0.0.1:0 -upstream "$UP" >"$tmp/rl.out" 2>&1 & RLPID=$!; pids+=($RLPID)
+RL=$(addr_of "$tmp/rl.out")
 PATHQ=/public/index.html
-
-rps() { wrk -t2 -c50 -d"$DUR" "$@" | awk '/^Requests\/sec/{print $2}'; }
-cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
-
-echo "== L7 proxy: built-in engine vs direct (upstream $UP, proxy $PX, ${DUR} per run)"
-direct=$(rps "http://$UP$PATHQ")
-proxied=$(rps "http://$PX$PATHQ")
-echo "keep-alive GET req/s: direct $direct, proxy $proxied, ratio $(awk -v a="$proxied" -v b="$direct" 'BEGIN{printf "%.2f", a/b}') (target >= 0.6)"
-
-u0=$(cpu_ticks "$UPPID")
-d=$("$tmp/l7bench" rate -url "http://$UP$PATHQ" -rps 1000 -duration "$DUR")
-u1=$(cpu_ticks "$UPPID")
-t0=$(cpu_ticks "$PXPID")
-p=$("$tmp/l7bench" rate -url "http://$PX$PATHQ" -rps 1000 -duration "$DUR")
-t1=$(cpu_ticks "$PXPID")
 hz=$(getconf CLK_TCK)
-echo "at 1000 req/s direct: $d"
-echo "at 1000 req/s proxy:  $p"
-awk -v d="$d" -v p="$p" -v dt=$((t1 - t0)) -v ut=$((u1 - u0)) -v hz="$hz" -v secs="$SECS" 'BEGIN{
-	split(d, D, " "); split(p, P, " ");
-	for (i in D) { if (D[i]=="p50_us") dp50=D[i+1]; if (D[i]=="p99_us") dp99=D[i+1] }
-	for (i in P) { if (P[i]=="p50_us") pp50=P[i+1]; if (P[i]=="p99_us") pp99=P[i+1]; if (P[i]=="rate") prate=P[i+1] }
-	for (i in D) { if (D[i]=="rate") drate=D[i+1] }
-	sub("/s","",prate); sub("/s","",drate);
-	cores = dt / hz / secs; ucores = ut / hz / secs;
-	printf "added latency at 1000 req/s: p50 %+.0f us, p99 %+.0f us (target p99 <= +1000 us)\n", pp50-dp50, pp99-dp99;
-	printf "proxy CPU: %.3f cores at %.0f req/s = %.3f cores per 1000 req/s (target <= 0.1)\n", cores, prate, cores / (prate/1000);
-	printf "baseline: bare Go net/http server (the upstream, direct load) %.3f cores per 1000 req/s; proxy/bare %.2f\n", ucores / (drate/1000), (cores / (prate/1000)) / (ucores / (drate/1000));
-}'
 
-cdirect=$(rps -H "Connection: close" "http://$UP$PATHQ")
-cproxied=$(rps -H "Connection: close" "http://$PX$PATHQ")
-echo "new connections/s (Connection: close): direct $cdirect, proxy $cproxied, ratio $(awk -v a="$cproxied" -v b="$cdirect" 'BEGIN{printf "%.2f", a/b}')"
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+# measure PID CMD...: runs CMD and prints its output; cores then prints the
+# CPU PID used meanwhile, in cores.
+measure() {
+	local pid=$1 t0 t1 s0 s1 out
+	shift
+	t0=$(cpu_ticks "$pid"); s0=$(date +%s.%N)
+	out=$("$@")
+	t1=$(cpu_ticks "$pid"); s1=$(date +%s.%N)
+	awk -v d=$((t1 - t0)) -v hz="$hz" -v a="$s0" -v b="$s1" 'BEGIN{printf "%.3f", d / hz / (b - a)}' >"$tmp/cores"
+	echo "$out"
+}
+cores() { cat "$tmp/cores"; }
+rps() { wrk -t2 -c50 -d"$DUR" "$@" | awk '/^Requests\/sec/{print $2}'; }
+per1000() { awk -v c="$1" -v r="$2" 'BEGIN{printf "%.3f", c / (r / 1000)}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a / b}'; }
+field() { # field NAME LINE
+	awk -v n="$1" '{for (i = 1; i < NF; i++) if ($i == n) {v = $(i + 1); sub("/s", "", v); print v}}' <<<"$2"
+}
 
-# Informational: the same proxy with GOMAXPROCS=1.
-GOMAXPROCS=1 "$tmp/l7bench" proxy -listen 127.0.0.1:0 -upstream "$UP" >"$tmp/px1.out" 2>&1 & PX1PID=$!; pids+=($PX1PID)
-PX1=$(addr_of "$tmp/px1.out")
-proxied1=$(rps "http://$PX1$PATHQ")
-t0=$(cpu_ticks "$PX1PID")
-p1=$("$tmp/l7bench" rate -url "http://$PX1$PATHQ" -rps 1000 -duration "$DUR")
-t1=$(cpu_ticks "$PX1PID")
-awk -v p="$p1" -v dt=$((t1 - t0)) -v hz="$hz" -v secs="$SECS" -v ka="$proxied1" -v direct="$direct" 'BEGIN{
-	split(p, P, " ");
-	for (i in P) { if (P[i]=="p50_us") pp50=P[i+1]; if (P[i]=="p99_us") pp99=P[i+1]; if (P[i]=="rate") prate=P[i+1] }
-	sub("/s","",prate);
-	cores = dt / hz / secs;
-	printf "proxy with GOMAXPROCS=1 (informational): keep-alive %s req/s (ratio %.2f to the direct run above); at 1000 req/s p50 %s us p99 %s us, %.3f cores per 1000 req/s\n", ka, ka/direct, pp50, pp99, cores / (prate/1000);
-}'
+echo "== L7 proxy: built-in engine, relay floor and direct (upstream $UP, proxy $PX, relay $RL, ${DUR} per run)"
+
+kd=$(measure "$UPPID" rps "http://$UP$PATHQ"); kdc=$(cores)
+kp=$(measure "$PXPID" rps "http://$PX$PATHQ"); kpc=$(cores)
+kr=$(measure "$RLPID" rps "http://$RL$PATHQ"); krc=$(cores)
+echo "keep-alive GET req/s: direct $kd, proxy $kp, relay $kr"
+echo "keep-alive ratio to direct: proxy $(ratio "$kp" "$kd") (target >= 0.6), relay floor $(ratio "$kr" "$kd")"
+echo "CPU per 1000 req/s at those rates: proxy $(per1000 "$kpc" "$kp") (target <= 0.1), relay $(per1000 "$krc" "$kr"), bare upstream $(per1000 "$kdc" "$kd") cores"
+
+fd=$(measure "$UPPID" "$tmp/l7bench" rate -url "http://$UP$PATHQ" -rps 1000 -duration "$DUR"); fdc=$(cores)
+fp=$(measure "$PXPID" "$tmp/l7bench" rate -url "http://$PX$PATHQ" -rps 1000 -duration "$DUR"); fpc=$(cores)
+fr=$(measure "$RLPID" "$tmp/l7bench" rate -url "http://$RL$PATHQ" -rps 1000 -duration "$DUR"); frc=$(cores)
+echo "CPU per 1000 req/s at a fixed 1000 req/s: proxy $(per1000 "$fpc" "$(field rate "$fp")") (target <= 0.1), relay $(per1000 "$frc" "$(field rate "$fr")"), bare upstream $(per1000 "$fdc" "$(field rate "$fd")") cores"
+
+il=$("$tmp/l7bench" rate -url "http://$UP$PATHQ,http://$PX$PATHQ,http://$RL$PATHQ" -rps 1000 -duration "$DUR")
+ld=$(grep -F "url http://$UP" <<<"$il"); lp=$(grep -F "url http://$PX" <<<"$il"); lr=$(grep -F "url http://$RL" <<<"$il")
+echo "at 1000 req/s each, interleaved (p50/p99 us): direct $(field p50_us "$ld")/$(field p99_us "$ld"), proxy $(field p50_us "$lp")/$(field p99_us "$lp"), relay $(field p50_us "$lr")/$(field p99_us "$lr")"
+awk -v dp50="$(field p50_us "$ld")" -v dp99="$(field p99_us "$ld")" -v pp50="$(field p50_us "$lp")" -v pp99="$(field p99_us "$lp")" \
+	-v rp50="$(field p50_us "$lr")" -v rp99="$(field p99_us "$lr")" 'BEGIN{
+	printf "added latency: proxy p50 %+.0f us, p99 %+.0f us (target p99 <= +1000 us); relay p50 %+.0f us, p99 %+.0f us\n", pp50-dp50, pp99-dp99, rp50-dp50, rp99-dp99 }'
+
+cd_=$(rps -H "Connection: close" "http://$UP$PATHQ")
+cp_=$(rps -H "Connection: close" "http://$PX$PATHQ")
+cr_=$(rps -H "Connection: close" "http://$RL$PATHQ")
+echo "new connections/s (Connection: close): direct $cd_, proxy $cp_ (ratio $(ratio "$cp_" "$cd_")), relay $cr_ (ratio $(ratio "$cr_" "$cd_"))"

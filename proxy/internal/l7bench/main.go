@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"runtime/pprof"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -33,14 +34,14 @@ func main() {
 
 func run(args []string) error {
 	if len(args) == 0 {
-		return errors.New("usage: l7bench upstream|proxy|rate [flags]")
+		return errors.New("usage: l7bench upstream|proxy|relay|rate [flags]")
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
 	listen := fs.String("listen", "127.0.0.1:0", "listen address")
 	upstream := fs.String("upstream", "", "upstream address (proxy)")
-	url := fs.String("url", "", "URL to load (rate)")
+	url := fs.String("url", "", "URLs to load, comma-separated (rate)")
 	rps := fs.Int("rps", 1000, "requests per second (rate)")
 	dur := fs.Duration("duration", 10*time.Second, "duration (rate)")
 	conns := fs.Int("conns", 8, "keep-alive connections (rate)")
@@ -64,7 +65,9 @@ func run(args []string) error {
 		}
 		return serveProxy(ctx, *listen, *upstream)
 	case "rate":
-		return rate(ctx, *url, *rps, *dur, *conns)
+		return rate(ctx, strings.Split(*url, ","), *rps, *dur, *conns)
+	case "relay":
+		return serveRelay(ctx, *listen, *upstream)
 	}
 	return fmt.Errorf("unknown mode %q", args[0])
 }
@@ -124,26 +127,37 @@ func serveProxy(ctx context.Context, addr, upstream string) error {
 	return e.Close()
 }
 
-// rate sends rps requests per second, spread over conns keep-alive
-// connections, and prints achieved rate and latency percentiles.
-func rate(ctx context.Context, url string, rps int, dur time.Duration, conns int) error {
-	tr := &http.Transport{MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns}
-	c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
-	// Warm up the connections.
-	for i := 0; i < conns; i++ {
-		if resp, err := c.Get(url); err == nil {
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-		}
+// rate sends rps requests per second to each of urls, each over its own
+// conns keep-alive connections, and prints a line per URL with its achieved
+// rate and latency percentiles. With several URLs the requests interleave
+// (one to each at every tick), so a moment of noise on the machine hits
+// them all alike and their percentiles compare.
+func rate(ctx context.Context, urls []string, rps int, dur time.Duration, conns int) error {
+	type target struct {
+		url  string
+		c    *http.Client
+		sem  chan struct{}
+		mu   sync.Mutex
+		lat  []time.Duration
+		errs int
 	}
-	var mu sync.Mutex
-	var lat []time.Duration
-	var errs int
+	var ts []*target
+	for _, u := range urls {
+		tr := &http.Transport{MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns}
+		t := &target{url: u, c: &http.Client{Transport: tr, Timeout: 10 * time.Second}, sem: make(chan struct{}, conns*4)}
+		// Warm up the connections.
+		for i := 0; i < conns; i++ {
+			if resp, err := t.c.Get(u); err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		}
+		ts = append(ts, t)
+	}
 	var wg sync.WaitGroup
-	sem := make(chan struct{}, conns*4)
-	// Open-loop schedule: request i is due at start + i/rps whatever
-	// happened before (a late request goes at once), so a slow response
-	// does not lower the offered rate.
+	// Open-loop schedule: tick i is due at start + i/rps whatever happened
+	// before (a late tick goes at once), so a slow response does not lower
+	// the offered rate.
 	interval := time.Second / time.Duration(rps)
 	start := time.Now()
 	total := int(dur / interval)
@@ -155,35 +169,41 @@ func rate(ctx context.Context, url string, rps int, dur time.Duration, conns int
 			case <-time.After(d):
 			}
 		}
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			t0 := time.Now()
-			resp, err := c.Get(url)
-			if err == nil {
-				_, err = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != 200 {
-					err = fmt.Errorf("status %d", resp.StatusCode)
+		for _, t := range ts {
+			t.sem <- struct{}{}
+			wg.Add(1)
+			go func() {
+				defer func() { <-t.sem; wg.Done() }()
+				t0 := time.Now()
+				resp, err := t.c.Get(t.url)
+				if err == nil {
+					_, err = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != 200 {
+						err = fmt.Errorf("status %d", resp.StatusCode)
+					}
 				}
-			}
-			d := time.Since(t0)
-			mu.Lock()
-			if err != nil {
-				errs++
-			} else {
-				lat = append(lat, d)
-			}
-			mu.Unlock()
-		}()
+				d := time.Since(t0)
+				t.mu.Lock()
+				if err != nil {
+					t.errs++
+				} else {
+					t.lat = append(t.lat, d)
+				}
+				t.mu.Unlock()
+			}()
+		}
 	}
 	wg.Wait()
-	if len(lat) == 0 {
-		return errors.New("no successful requests")
+	elapsed := time.Since(start)
+	for _, t := range ts {
+		if len(t.lat) == 0 {
+			return fmt.Errorf("%s: no successful requests", t.url)
+		}
+		slices.Sort(t.lat)
+		p := func(q float64) float64 { return float64(t.lat[int(q*float64(len(t.lat)-1))].Microseconds()) }
+		fmt.Printf("requests %d errors %d rate %.0f/s p50_us %.0f p99_us %.0f url %s\n",
+			len(t.lat), t.errs, float64(len(t.lat))/elapsed.Seconds(), p(0.50), p(0.99), t.url)
 	}
-	slices.Sort(lat)
-	p := func(q float64) float64 { return float64(lat[int(q*float64(len(lat)-1))].Microseconds()) }
-	fmt.Printf("requests %d errors %d rate %.0f/s p50_us %.0f p99_us %.0f\n", len(lat), errs, float64(len(lat))/time.Since(start).Seconds(), p(0.50), p(0.99))
 	return nil
 }
