@@ -437,7 +437,8 @@ func TestContainerNetnsNeedsSysPtrace(t *testing.T) {
 // that systemd boots: Docker refuses the rslave bind of /run/docker/netns
 // otherwise, and without propagation the namespaces of containers created
 // after the systemd container starts would not appear in it. This machine
-// boots without systemd, with / private.
+// boots without systemd, with / private; it is made private again when the
+// test ends.
 func makeRootShared(t *testing.T) {
 	t.Helper()
 	data, err := os.ReadFile("/proc/self/mountinfo")
@@ -460,6 +461,11 @@ func makeRootShared(t *testing.T) {
 	if out, err := exec.Command("mount", "--make-shared", "/").CombinedOutput(); err != nil {
 		t.Fatalf("mount --make-shared /: %v: %s", err, out)
 	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("mount", "--make-private", "/").CombinedOutput(); err != nil {
+			t.Errorf("mount --make-private /: %v: %s", err, out)
+		}
+	})
 }
 
 // hostVeth finds the host side of container's eth0.
