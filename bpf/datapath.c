@@ -135,7 +135,8 @@ struct {
  * (on one interface, in one direction) that needs nothing but a pass: it is
  * used only while the policy revision, the local identity and the flow
  * generation (membrane_flow_gen, moved on by userspace when it deletes
- * conntrack entries) are those it was filled under and its deadline is
+ * conntrack entries, changes an endpoint or the verdict for unknown ones)
+ * are those it was filled under and its deadline is
  * ahead, and never for TCP packets with SYN, FIN or RST, which take the
  * conntrack path for their state changes. The deadline is a few jiffies ahead (FLOW_CACHE_AHEAD_JIFFIES, less
  * than the shortest lifetime) and the conntrack path that fills the slot
@@ -237,9 +238,8 @@ static __always_inline __u32 ipc4_set_of(__u32 addr)
 
 static __always_inline __u32 pol4_set_of(__u32 local, __u32 remote, __u32 key)
 {
-	__u64 h = (__u64)local * 0x9e3779b97f4a7c15ULL ^ (__u64)remote * 0xc2b2ae3d27d4eb4fULL ^
-		  (__u64)key * 0x165667b19e3779f9ULL;
-	return h >> (64 - POL4_SET_BITS);
+	__u32 h = local * 0x9e3779b1u + remote * 0x85ebca77u + key * 0xc2b2ae3du;
+	return h >> (32 - POL4_SET_BITS);
 }
 
 /* Per-CPU memo of the coarse clock for the current jiffy (see now_ns). */
@@ -816,11 +816,11 @@ static __always_inline int to_proxy(struct __sk_buff *skb, struct pkt *p, const 
 
 /* The packet most often seen, read straight from the packet with nothing
  * copied: IPv4 without options, TCP with no SYN, FIN or RST, not a
- * fragment, on an enforced endpoint, whose flow has a live flow cache slot
- * on this CPU. It takes exactly the branch of handle() below that the same
- * packet would (parse's fast path, the endpoint checks, the slot check), so
- * a hit passes with the same count and anything else returns -1 to let
- * handle() judge the packet from the start. */
+ * fragment, whose flow has a live flow cache slot on this CPU. It takes
+ * exactly the branch of handle() below that the same packet would (parse's
+ * fast path, the endpoint checks, the slot check), so a hit (1) passes with
+ * the same count, and anything else (0) lets handle() judge the packet from
+ * the start. */
 static __always_inline int established_fast(struct __sk_buff *skb, const __u8 dir)
 {
 	if (skb->protocol != bpf_htons(ETH_P_IP))
@@ -837,13 +837,10 @@ static __always_inline int established_fast(struct __sk_buff *skb, const __u8 di
 	if (tot < 40 || ETH_HLEN + tot > len)
 		return 0;
 
+	/* No endpoint lookup: a slot is only filled for a packet that passed
+	 * the endpoint checks, and any change to an endpoint (or to the verdict
+	 * for unknown ones) moves the flow generation on, which the tag holds. */
 	__u32 ifindex = skb->ifindex;
-	if (ifindex >= EP_FAST_SLOTS)
-		return 0;
-	/* An empty slot's flags are 0 (removal zeroes it): no need to read present. */
-	struct endpoint_info *ep = bpf_map_lookup_elem(&membrane_endpoints_fast, &ifindex);
-	if (!ep || !(ep->flags & (dir == DIR_EGRESS ? EP_ENFORCE_EGRESS : EP_ENFORCE_INGRESS)))
-		return 0;
 	__u32 zero = 0;
 	struct config *cfg = bpf_map_lookup_elem(&membrane_config, &zero);
 	__u32 *genp = bpf_map_lookup_elem(&membrane_flow_gen, &zero);
@@ -861,8 +858,8 @@ static __always_inline int established_fast(struct __sk_buff *skb, const __u8 di
 	if (!fs)
 		return 0;
 	const __u32 *x = (const __u32 *)&fs->key;
-	if ((fs->tag ^ tag) | (fs->local ^ ep->identity) | (fs->dir ^ dir) | (x[0] ^ saddr) | (x[4] ^ daddr) |
-	    (x[8] ^ ports) | (x[9] ^ proto_family) | (x[10] ^ ifindex))
+	if ((fs->tag ^ tag) | (fs->dir ^ dir) | (x[0] ^ saddr) | (x[4] ^ daddr) | (x[8] ^ ports) |
+	    (x[9] ^ proto_family) | (x[10] ^ ifindex))
 		return 0;
 	if (bpf_jiffies64() >= fs->until)
 		return 0;
@@ -879,6 +876,18 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 	struct config *cfg = bpf_map_lookup_elem(&membrane_config, &zero);
 	if (!cfg)
 		return VERDICT_DROP;
+
+	/* Read once, before any lookup (the endpoint's included): what is
+	 * judged below is tagged with the revision and flow generation that
+	 * were current before the maps were read, so a change that lands
+	 * meanwhile (its bump comes after its map writes) leaves the tag
+	 * stale, never the verdict. */
+	__u32 rev = *(volatile __u32 *)&cfg->revision;
+	__u32 gen = 0;
+	__u32 *genp = bpf_map_lookup_elem(&membrane_flow_gen, &zero);
+	if (genp)
+		gen = *(volatile __u32 *)genp;
+	__u64 tag = rev | (__u64)gen << 32;
 
 	struct pkt p = {};
 	__u32 ifindex = skb->ifindex;
@@ -945,16 +954,6 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 	}
 
 	p.tuple.ifindex = ifindex;
-	/* Read once, before any lookup: what is judged below is tagged with
-	 * the revision that was current before the maps were read, so a
-	 * change that lands meanwhile (its revision bump comes after its map
-	 * writes) leaves the tag stale, never the verdict. */
-	__u32 rev = *(volatile __u32 *)&cfg->revision;
-	__u32 gen = 0;
-	__u32 *genp = bpf_map_lookup_elem(&membrane_flow_gen, &zero);
-	if (genp)
-		gen = *(volatile __u32 *)genp;
-	__u64 tag = rev | (__u64)gen << 32;
 	int syn = p.tuple.protocol == IPPROTO_TCP && (p.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
 	/* A bare SYN or an echo request opens a flow, it never answers one
 	 * (an echo request has the tuple of the replies to the peer's own). */
@@ -973,7 +972,8 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 		}
 	}
 
-	__u64 now = now_ns();
+	/* A bare SYN reads no entry, so it needs the clock only to insert one. */
+	__u64 now = syn ? 0 : now_ns();
 	struct ct_key rk;
 	int reply = 0;
 	struct ct_entry *e = 0;
@@ -1077,25 +1077,29 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 		audited = 1;
 	}
 
-	struct ct_entry ne = {
-		.revision = rev,
-		.rule_id = v.rule_id,
-		.remote_identity = v.remote,
-		.proxy_port = v.proxy_port,
-		.policy_port = p.policy_port,
-		.direction = dir,
-		.state = CT_SYN,
-		.flags = (audited ? CT_F_AUDIT : 0) | (from_proxy ? CT_F_FROM_PROXY : 0),
-		.packets = 1,
-		.bytes = skb->len,
-	};
-	if (p.tuple.protocol == IPPROTO_TCP && !(p.tcp_flags & TCP_SYN))
-		ne.state = CT_ESTABLISHED; /* picked up mid-stream (e.g. after a restart) */
-	if (p.tuple.protocol == IPPROTO_TCP)
-		ct_tcp(&ne, p.tcp_flags, 0);
-	ne.expires = now + lifetime(cfg, &ne, p.tuple.protocol);
-	if (!(cfg->flags & CFG_NO_CT_INSERT))
+	/* CFG_NO_CT_INSERT (benchmarks only): judge, record nothing. */
+	if (!(cfg->flags & CFG_NO_CT_INSERT)) {
+		if (syn)
+			now = now_ns();
+		struct ct_entry ne = {
+			.revision = rev,
+			.rule_id = v.rule_id,
+			.remote_identity = v.remote,
+			.proxy_port = v.proxy_port,
+			.policy_port = p.policy_port,
+			.direction = dir,
+			.state = CT_SYN,
+			.flags = (audited ? CT_F_AUDIT : 0) | (from_proxy ? CT_F_FROM_PROXY : 0),
+			.packets = 1,
+			.bytes = skb->len,
+		};
+		if (p.tuple.protocol == IPPROTO_TCP && !(p.tcp_flags & TCP_SYN))
+			ne.state = CT_ESTABLISHED; /* picked up mid-stream (e.g. after a restart) */
+		if (p.tuple.protocol == IPPROTO_TCP)
+			ct_tcp(&ne, p.tcp_flags, 0);
+		ne.expires = now + lifetime(cfg, &ne, p.tuple.protocol);
 		bpf_map_update_elem(&membrane_ct, &p.tuple, &ne, BPF_ANY);
+	}
 
 	if (audited)
 		return VERDICT_PASS;

@@ -388,12 +388,21 @@ func (d *Datapath) SetUnknownEndpoint(v UnknownVerdict) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.updateConfig(func(c *datapathConfig) {
+	changed := false
+	err := d.updateConfig(func(c *datapathConfig) {
+		old := c.Flags
 		c.Flags &^= cfgUnknownAllow
 		if v == UnknownAllow {
 			c.Flags |= cfgUnknownAllow
 		}
+		changed = c.Flags != old
 	})
+	if err != nil || !changed {
+		return err
+	}
+	// Slots filled for an unknown endpoint's packets were allowed by the
+	// old verdict.
+	return d.bumpFlowGen()
 }
 
 // SetAllowSample reports one new allowed flow in n as an event (0: none).

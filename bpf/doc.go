@@ -148,7 +148,8 @@
 //	                             action << 16 | flags << 24} (u32 each): the entries of
 //	                             membrane_policy_exact again, read inline before it
 //	                             (see "Inline tables" below)
-//	membrane_flow_gen   array[1] u32: moved on when userspace deletes conntrack entries
+//	membrane_flow_gen   array[1] u32: moved on when userspace deletes conntrack entries,
+//	                             changes an endpoint or the verdict for unknown endpoints
 //	membrane_flow_cache per-CPU array[4096] of flow_slot{ct_key, local u32, tag u64 (revision |
 //	                             flow_gen << 32), until u64 (jiffies), dir, reply u8, pad [6]u8}:
 //	                             not pinned (see "Flow cache" below)
@@ -223,8 +224,10 @@
 // counts the packet (ALLOW_ESTABLISHED or ALLOW_REPLY) and passes it. It is
 // used only while the policy revision (which moves on any change that can
 // alter a verdict: policy, ipcache, an endpoint's identity), the local
-// identity and membrane_flow_gen (moved on by GC when it deletes entries)
-// are those it was filled under, and for at most 64 jiffies (64-640 ms,
+// identity and membrane_flow_gen (moved on by GC when it deletes entries,
+// and by any change to an endpoint or to the verdict for unknown endpoints,
+// so that established_fast below need not read the endpoint) are those it
+// was filled under, and for at most 64 jiffies (64-640 ms,
 // under the shortest lifetime, 1 s), after which the conntrack path runs
 // again and refreshes the entry, so a slot never outlives its entry. Never
 // for TCP packets with SYN, FIN or RST (state changes), openers (a SYN, an
@@ -259,10 +262,9 @@
 // data and IPv6 extension headers.
 //
 // The established IPv4 TCP packet (no options, not a fragment, no SYN, FIN
-// or RST, on an enforced endpoint below EP_FAST_SLOTS) is tried first by
-// established_fast, which reads its tuple from the packet into registers,
-// checks the flow cache slot against them and passes it: no copy of the
-// tuple, no zeroed parse state. It takes the same branch handle() would take
+// or RST) is tried first by established_fast, which reads its tuple from the
+// packet into registers, checks the flow cache slot against them and passes
+// it: no endpoint lookup, no copy of the tuple, no zeroed parse state. It takes the same branch handle() would take
 // for the packet, and anything it does not serve goes through handle() from
 // the start. New flows (a bare SYN) and the rest share a parser that reads
 // the common packet (IPv4 without options, TCP, not a fragment) in place;

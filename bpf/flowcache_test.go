@@ -53,7 +53,8 @@ const flowCacheSlots = 4096 // FLOW_CACHE_SLOTS
 // TestFlowCache: established packets are served from the per-CPU flow cache
 // once their flow is known, and the cache never outlives what conntrack and
 // the policy say: a policy change, a conntrack entry deleted from userspace,
-// a FIN and a change of the endpoint's identity each send the next packet
+// a FIN, a change of the endpoint's identity or flags, its removal and a
+// change of the verdict for unknown endpoints each send the next packet
 // down the conntrack path again.
 func TestFlowCache(t *testing.T) {
 	onOneCPU(t)
@@ -129,4 +130,27 @@ func TestFlowCache(t *testing.T) {
 	ack, _ = open(40003)
 	must(t, h.dp.SetEndpoint(h.ifs[0], Endpoint{ID: 1, Identity: 778, Flags: EnforceEgress | EnforceIngress}))
 	h.expect(out, h.ifs[0], ack, ReasonDropDefaultDeny)
+
+	// The cache does not read the endpoint: every change to one must
+	// still reach the next packet. It stops enforcing egress:
+	both := EnforceEgress | EnforceIngress
+	must(t, h.dp.SetEndpoint(h.ifs[0], Endpoint{ID: 1, Identity: idA, Flags: both}))
+	ack, _ = open(40004)
+	must(t, h.dp.SetEndpoint(h.ifs[0], Endpoint{ID: 1, Identity: idA, Flags: EnforceIngress}))
+	h.expect(out, h.ifs[0], ack, ReasonAllowNotEnforced)
+	// It goes away: its interface is an unknown endpoint's, dropped.
+	must(t, h.dp.SetEndpoint(h.ifs[0], Endpoint{ID: 1, Identity: idA, Flags: both}))
+	ack, _ = open(40005)
+	must(t, h.dp.DeleteEndpoint(h.ifs[0]))
+	h.expect(out, h.ifs[0], ack, ReasonDropUnknown)
+	// Unknown endpoints are allowed, then dropped again.
+	must(t, h.dp.SetUnknownEndpoint(UnknownAllow))
+	syn := tcp(addrA, addrB, 40006, 80, tcpSYN)
+	h.expect(out, h.ifs[0], syn, ReasonAllowDefault)
+	ack = syn
+	ack.tcpFlags = tcpACK
+	h.expect(out, h.ifs[0], ack, ReasonAllowEstablished)
+	h.expect(out, h.ifs[0], ack, ReasonAllowEstablished)
+	must(t, h.dp.SetUnknownEndpoint(UnknownDrop))
+	h.expect(out, h.ifs[0], ack, ReasonDropUnknown)
 }

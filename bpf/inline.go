@@ -156,8 +156,8 @@ func ipc4Addr(w uint32) netip.Addr {
 func ipc4SetOf(a uint32) int { return int((a * 0x9e3779b1) >> (32 - ipc4SetBits)) }
 
 func pol4SetOf(local, remote, key uint32) int {
-	h := uint64(local)*0x9e3779b97f4a7c15 ^ uint64(remote)*0xc2b2ae3d27d4eb4f ^ uint64(key)*0x165667b19e3779f9
-	return int(h >> (64 - pol4SetBits))
+	h := local*0x9e3779b1 + remote*0x85ebca77 + key*0xc2b2ae3d
+	return int(h >> (32 - pol4SetBits))
 }
 
 func (d *Datapath) ipc4Word(set, way int) *uint64 {

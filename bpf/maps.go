@@ -47,7 +47,8 @@ const epFastSlots = 65536
 
 // SetEndpoint adds or replaces the endpoint of a host-side interface. A new
 // identity for a known interface moves the policy revision on, so its
-// established flows are judged again under its new policy.
+// established flows are judged again under its new policy; any change moves
+// the flow generation on (the flow caches do not read the endpoint).
 func (d *Datapath) SetEndpoint(ifindex int, ep Endpoint) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -65,6 +66,14 @@ func (d *Datapath) SetEndpoint(ifindex int, ep Endpoint) error {
 		if err := d.objs.MembraneEndpointsFast.Put(uint32(ifindex), &v); err != nil {
 			return fmt.Errorf("writing endpoint %d: %w", ifindex, err)
 		}
+	}
+	if hadOld && old == v {
+		return nil
+	}
+	// The flow caches pass packets without reading the endpoint: any
+	// change to it makes their slots stale.
+	if err := d.bumpFlowGen(); err != nil {
+		return err
 	}
 	if hadOld && old.Identity != v.Identity {
 		// Its flows were admitted under another identity's policy.
@@ -86,10 +95,15 @@ func (d *Datapath) DeleteEndpoint(ifindex int) error {
 	if ifindex <= 0 || int64(ifindex) > math.MaxUint32 {
 		return nil
 	}
-	if err := d.objs.MembraneEndpoints.Delete(uint32(ifindex)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	err := d.objs.MembraneEndpoints.Delete(uint32(ifindex))
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return nil
+	}
+	if err != nil {
 		return fmt.Errorf("deleting endpoint %d: %w", ifindex, err)
 	}
-	return nil
+	// Its packets are now an unknown endpoint's: no cached slot may pass them.
+	return d.bumpFlowGen()
 }
 
 // Endpoints returns the endpoints map by ifindex.
