@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # L7 proxy benchmark (`make bench`): the built-in engine against direct
-# requests and against the floor, a relay that only copies bytes (one thread,
+# requests and against a minimal relay that only copies bytes (one thread,
 # epoll, no parsing: `l7bench relay`), all in the same run on loopback with
 # the same upstream (a bare Go net/http server returning 24 bytes).
 #
@@ -74,13 +74,13 @@ field() { # field NAME LINE
 	awk -v n="$1" '{for (i = 1; i < NF; i++) if ($i == n) {v = $(i + 1); sub("/s", "", v); print v}}' <<<"$2"
 }
 
-echo "== L7 proxy: built-in engine, relay floor and direct (upstream $UP, proxy $PX, relay $RL, ${DUR} per run)"
+echo "== L7 proxy: built-in engine, minimal relay and direct (upstream $UP, proxy $PX, relay $RL, ${DUR} per run)"
 
 kd=$(measure "$UPPID" rps "http://$UP$PATHQ"); kdc=$(cores)
 kp=$(measure "$PXPID" rps "http://$PX$PATHQ"); kpc=$(cores)
 kr=$(measure "$RLPID" rps "http://$RL$PATHQ"); krc=$(cores)
 echo "keep-alive GET req/s: direct $kd, proxy $kp, relay $kr"
-echo "keep-alive ratio to direct: proxy $(ratio "$kp" "$kd") (target >= 0.6), relay floor $(ratio "$kr" "$kd")"
+echo "keep-alive ratio to direct: proxy $(ratio "$kp" "$kd") (target >= 0.6), relay $(ratio "$kr" "$kd")"
 echo "CPU per 1000 req/s at those rates: proxy $(per1000 "$kpc" "$kp") (target <= 0.1), relay $(per1000 "$krc" "$kr"), bare upstream $(per1000 "$kdc" "$kd") cores"
 
 fd=$(measure "$UPPID" "$tmp/l7bench" rate -url "http://$UP$PATHQ" -rps 1000 -duration "$DUR"); fdc=$(cores)

@@ -1,6 +1,6 @@
 // Command l7bench is the helper of hack/bench.d/proxy.sh: it runs the
 // benchmark's upstream, the built-in engine in front of it (in its own
-// process, so its CPU time can be read from /proc), the floor it is
+// process, so its CPU time can be read from /proc), the minimal relay it is
 // compared with (a relay that only copies bytes, one thread and epoll), and
 // a fixed-rate load generator that reports latency percentiles, for one URL
 // or several interleaved. It is not installed.

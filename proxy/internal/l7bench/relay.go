@@ -9,12 +9,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// serveRelay is the benchmark's floor: the cheapest relay a userspace proxy
-// can be. One thread, one epoll set, non-blocking sockets, and every byte
+// serveRelay is the benchmark's reference: about the least work a userspace
+// proxy can do per request. One thread, one epoll set, non-blocking sockets, and every byte
 // read from one side written to the other at once: no parsing, no policy,
 // no Go scheduler between a socket's readiness and its read. What the
 // built-in engine costs beyond this is its own; what this costs is the
-// machine's (the loopback writes, the wake-ups). IPv4 only.
+// machine's (the loopback writes, the wake-ups). Its one thread can be
+// slower than a proxy with more when the machine is busy. IPv4 only.
 func serveRelay(ctx context.Context, listen, upstream string) error {
 	la, err := netip.ParseAddrPort(listen)
 	if err != nil {
