@@ -274,11 +274,12 @@
 // kernel 5.1 or later), which saves the zero-extension shifts v1 needs
 // around every 32-bit value.
 //
-// On that VM, with the empty program at 34-40 ns, ten runs: new flow 66-99
-// ns (medians 70-89) for 10, 1000 and 10000 entries, established 45-60 ns
-// (median 53). Before established_fast and v3 they were 68-115 (medians
-// 73-99) and 56-80 (median 65); before the flow cache and the inline tables
-// 161-176 and 105-123 ns, and 294/367/363 and 205 ns before the first round
-// of this work. The spread is the machine's (other guests): the empty
-// program itself moves by 6 ns between runs.
+// On that VM, two runs of ten at the end of this work, with the empty
+// program at 35-43 ns: new flow 58-95 ns (medians 69-82) for 10, 1000 and
+// 10000 entries alike, established 44-58 ns (medians 49 and 54). Before
+// established_fast, the endpoint-free slot check and v3 they were 68-115
+// (medians 73-99) and 56-80 (median 65); before the flow cache and the
+// inline tables 161-176 and 105-123 ns, and 294/367/363 and 205 ns before
+// the first round of this work. The spread is the machine's (other guests):
+// the empty program itself moves by 6 ns between runs.
 package bpf
