@@ -13,7 +13,9 @@
 // whose SO_MARK carries the source identity and the from-proxy flag.
 // An HTTP/1.x client connection is served by one goroutine with the
 // engine's own parser (h1.go, h1parse.go, h1body.go): no net/http server
-// on that path. It owns one
+// on that path; its sockets are read and written with raw system calls
+// through the runtime's poller (rawio.go), which keeps a write that runs
+// the peer's receive path inline from costing a thread hand-off. It owns one
 // upstream connection to the original destination, dialed at the first
 // allowed request and again when the upstream closed it (a body-less
 // request on a kept-alive upstream connection the server just dropped is

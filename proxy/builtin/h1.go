@@ -187,7 +187,8 @@ type h1 struct {
 }
 
 func (e *Engine) serveH1(c net.Conn, cs *conn) {
-	h := &h1{e: e, cs: cs, c: c, br: getReader(&readers4k, c), bw: getWriter(c), now: time.Now()}
+	rw := newRawIO(c)
+	h := &h1{e: e, cs: cs, c: c, br: getReader(&readers4k, rw), bw: getWriter(rw), now: time.Now()}
 	if !e.track(h) {
 		c.Close()
 		e.metrics.ConnectionsActive.Dec()
@@ -604,7 +605,8 @@ func (h *h1) upstream(dst netip.AddrPort, mark uint32) (*upConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	u := &upConn{c: c, r: getReader(&readers8k, c), w: getWriter(c), dst: dst, mark: mark}
+	rw := newRawIO(c)
+	u := &upConn{c: c, r: getReader(&readers8k, rw), w: getWriter(rw), dst: dst, mark: mark}
 	h.up.Store(u)
 	if h.e.closing.Err() != nil {
 		// Close ran between the dial and the Store, and missed u.

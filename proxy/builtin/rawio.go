@@ -1,0 +1,84 @@
+package builtin
+
+import (
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"unsafe"
+)
+
+// rawIO reads and writes a connected socket with raw system calls, through
+// the connection's syscall.RawConn, so the runtime's poller still waits for
+// readiness and keeps deadlines. Reads and writes on a non-blocking socket
+// never block, so they need not tell the scheduler they are in a system
+// call (net.Conn's do): on a loopback or veth a write runs the peer's whole
+// receive path inline and often lasts long enough for the scheduler's
+// monitor to hand the processor to another thread, a wake-up per request
+// for nothing.
+type rawIO struct {
+	rc syscall.RawConn
+}
+
+// newRawIO is rawIO for c, or c itself when it has no raw connection.
+func newRawIO(c net.Conn) io.ReadWriter {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return c
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return c
+	}
+	return &rawIO{rc: rc}
+}
+
+func (r *rawIO) Read(b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	var n uintptr
+	var errno syscall.Errno
+	err := r.rc.Read(func(fd uintptr) bool {
+		for {
+			n, _, errno = syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+			if errno != syscall.EINTR {
+				return errno != syscall.EAGAIN
+			}
+		}
+	})
+	switch {
+	case err != nil:
+		return 0, err
+	case errno != 0:
+		return 0, os.NewSyscallError("read", errno)
+	case n == 0:
+		return 0, io.EOF
+	}
+	return int(n), nil
+}
+
+func (r *rawIO) Write(b []byte) (int, error) {
+	var done int
+	var errno syscall.Errno
+	err := r.rc.Write(func(fd uintptr) bool {
+		for done < len(b) {
+			n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[done])), uintptr(len(b)-done))
+			switch e {
+			case 0:
+				done += int(n)
+			case syscall.EINTR:
+			case syscall.EAGAIN:
+				return false
+			default:
+				errno = e
+				return true
+			}
+		}
+		return true
+	})
+	if err == nil && errno != 0 {
+		err = os.NewSyscallError("write", errno)
+	}
+	return done, err
+}
