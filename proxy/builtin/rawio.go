@@ -58,12 +58,17 @@ func (r *rawIO) Read(b []byte) (int, error) {
 	return int(n), nil
 }
 
+// maxRawWrite bounds one write system call.
+const maxRawWrite = 64 << 10
+
 func (r *rawIO) Write(b []byte) (int, error) {
 	var done int
 	var errno syscall.Errno
 	err := r.rc.Write(func(fd uintptr) bool {
 		for done < len(b) {
-			n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[done])), uintptr(len(b)-done))
+			// In pieces, so that a long body's copy is not one stretch the
+			// scheduler cannot preempt.
+			n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[done])), uintptr(min(len(b)-done, maxRawWrite)))
 			switch e {
 			case 0:
 				done += int(n)
