@@ -40,7 +40,7 @@ func run(args []string) error {
 	defer stop()
 	fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
 	listen := fs.String("listen", "127.0.0.1:0", "listen address")
-	upstream := fs.String("upstream", "", "upstream address (proxy)")
+	upstream := fs.String("upstream", "", "upstream address (proxy, relay)")
 	url := fs.String("url", "", "URLs to load, comma-separated (rate)")
 	rps := fs.Int("rps", 1000, "requests per second (rate)")
 	dur := fs.Duration("duration", 10*time.Second, "duration (rate)")
