@@ -1,0 +1,101 @@
+package builtin
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+)
+
+// tcpPair is a connected pair of loopback TCP connections.
+func tcpPair(t *testing.T) (a, b net.Conn) {
+	t.Helper()
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	a, err = net.Dial("tcp4", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err = l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
+}
+
+// rawIO moves bytes as net.Conn does and reports the same end-of-stream,
+// deadline and closed-connection errors the engine relies on.
+func TestRawIO(t *testing.T) {
+	a, b := tcpPair(t)
+	ra, rb := newRawIO(a), newRawIO(b)
+	if _, ok := ra.(*rawIO); !ok {
+		t.Fatalf("newRawIO(%T) = %T, want *rawIO", a, ra)
+	}
+
+	// Far more than the (shrunk) socket buffers hold, and several raw
+	// write pieces, written before anyone reads: the writer must wait for
+	// room, and the reader gets every byte in order.
+	a.(*net.TCPConn).SetWriteBuffer(32 << 10)
+	b.(*net.TCPConn).SetReadBuffer(32 << 10)
+	want := make([]byte, 5<<20+123)
+	for i := range want {
+		want[i] = byte(i * 7)
+	}
+	done := make(chan error, 1)
+	go func() {
+		n, err := ra.Write(want)
+		if err == nil && n != len(want) {
+			err = io.ErrShortWrite
+		}
+		done <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	// A writer that gives up early must fail the test, not hang it.
+	b.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got := make([]byte, len(want))
+	_, rerr := io.ReadFull(rb, got)
+	if err := <-done; err != nil {
+		t.Fatalf("writing: %v", err)
+	}
+	if rerr != nil {
+		t.Fatalf("reading: %v", rerr)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("the bytes read differ from the bytes written")
+	}
+
+	// A read deadline ends a read that has nothing to read.
+	b.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if _, err := rb.Read(make([]byte, 10)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read past the deadline: %v, want a deadline error", err)
+	}
+	b.SetReadDeadline(time.Time{})
+
+	// The peer's close is io.EOF once its bytes are read.
+	if _, err := ra.Write([]byte("last")); err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	tail, err := io.ReadAll(rb)
+	if err != nil || string(tail) != "last" {
+		t.Fatalf("after the peer closed: %q, %v; want \"last\", nil", tail, err)
+	}
+
+	// Our own close ends a blocked read with net.ErrClosed.
+	_, d := tcpPair(t)
+	rd := newRawIO(d)
+	errc := make(chan error, 1)
+	go func() { _, err := rd.Read(make([]byte, 10)); errc <- err }()
+	time.Sleep(20 * time.Millisecond)
+	d.Close()
+	if err := <-errc; !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("read on a closed connection: %v, want net.ErrClosed", err)
+	}
+}
