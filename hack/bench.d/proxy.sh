@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # L7 proxy benchmark (`make bench`): the built-in engine against direct
-# requests and against a minimal relay that only copies bytes (one thread,
-# epoll, no parsing: `l7bench relay`), all in the same run on loopback with
-# the same upstream (a bare Go net/http server returning 24 bytes).
+# requests and against the floor, a relay in C that only copies bytes (one
+# thread, epoll, no parsing, no runtime: hack/bench.d/relay.c), all in the
+# same run on loopback with the same upstream (a bare Go net/http server
+# returning 24 bytes). What the relay costs, any userspace proxy on this
+# machine costs; what the engine costs beyond it is its own.
 #
 #   1. wrk keep-alive GETs (-t2 -c50): requests/s through the proxy and the
 #      relay as ratios to direct (target: proxy >= 0.6), and each server
@@ -35,6 +37,7 @@ cleanup() {
 trap cleanup EXIT
 
 go build -o "$tmp/l7bench" ./proxy/internal/l7bench
+clang -O2 -Wall -Werror -o "$tmp/relay" hack/bench.d/relay.c
 
 addr_of() { # wait for "listening ADDR" in $1
 	for _ in $(seq 100); do
@@ -49,7 +52,7 @@ addr_of() { # wait for "listening ADDR" in $1
 UP=$(addr_of "$tmp/up.out")
 "$tmp/l7bench" proxy -listen 127.0.0.1:0 -upstream "$UP" >"$tmp/px.out" 2>&1 & PXPID=$!; pids+=($PXPID)
 PX=$(addr_of "$tmp/px.out")
-"$tmp/l7bench" relay -listen 127.0.0.1:0 -upstream "$UP" >"$tmp/rl.out" 2>&1 & RLPID=$!; pids+=($RLPID)
+"$tmp/relay" 0 "${UP##*:}" >"$tmp/rl.out" 2>&1 & RLPID=$!; pids+=($RLPID)
 RL=$(addr_of "$tmp/rl.out")
 PATHQ=/public/index.html
 hz=$(getconf CLK_TCK)
@@ -74,7 +77,7 @@ field() { # field NAME LINE
 	awk -v n="$1" '{for (i = 1; i < NF; i++) if ($i == n) {v = $(i + 1); sub("/s", "", v); print v}}' <<<"$2"
 }
 
-echo "== L7 proxy: built-in engine, minimal relay and direct (upstream $UP, proxy $PX, relay $RL, ${DUR} per run)"
+echo "== L7 proxy: built-in engine, C relay (the floor) and direct (upstream $UP, proxy $PX, relay $RL, ${DUR} per run)"
 
 kd=$(measure "$UPPID" rps "http://$UP$PATHQ"); kdc=$(cores)
 kp=$(measure "$PXPID" rps "http://$PX$PATHQ"); kpc=$(cores)

@@ -34,13 +34,13 @@ func main() {
 
 func run(args []string) error {
 	if len(args) == 0 {
-		return errors.New("usage: l7bench upstream|proxy|relay|rate [flags]")
+		return errors.New("usage: l7bench upstream|proxy|rate [flags]")
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
 	listen := fs.String("listen", "127.0.0.1:0", "listen address")
-	upstream := fs.String("upstream", "", "upstream address (proxy, relay)")
+	upstream := fs.String("upstream", "", "upstream address (proxy)")
 	url := fs.String("url", "", "URLs to load, comma-separated (rate)")
 	rps := fs.Int("rps", 1000, "requests per second (rate)")
 	dur := fs.Duration("duration", 10*time.Second, "duration (rate)")
@@ -66,8 +66,6 @@ func run(args []string) error {
 		return serveProxy(ctx, *listen, *upstream)
 	case "rate":
 		return rate(ctx, strings.Split(*url, ","), *rps, *dur, *conns)
-	case "relay":
-		return serveRelay(ctx, *listen, *upstream)
 	}
 	return fmt.Errorf("unknown mode %q", args[0])
 }
