@@ -12,6 +12,7 @@ import (
 	"github.com/membrane-fw/membrane/bpf"
 	"github.com/membrane-fw/membrane/daemon/api"
 	"github.com/membrane-fw/membrane/daemon/config"
+	"github.com/membrane-fw/membrane/policies"
 	"github.com/membrane-fw/membrane/proxy"
 	"github.com/membrane-fw/membrane/proxy/builtin"
 	"github.com/membrane-fw/membrane/proxy/envoy"
@@ -223,6 +224,18 @@ func (r *reconciler) publishL7(ev proxy.Event) {
 			Engine: ev.Engine, Proto: ev.Proto, Method: ev.Method, Path: ev.Path, Host: ev.Host,
 			Status: ev.Status, Policy: ev.Policy, DurationNS: int64(ev.Duration), Error: ev.Error,
 		},
+	}
+	// Direction and Endpoint say whose rules decided, as for l3 records:
+	// the source endpoint's egress or the destination's ingress.
+	f.Direction = ev.Direction
+	decider := ev.Dst.Addr()
+	if ev.Direction == policies.Egress.String() {
+		decider = ev.Src.Addr()
+	}
+	if ev.Direction != "" {
+		if ep := v.byAddr[decider.Unmap()]; ep != nil {
+			f.Endpoint = ep.ID
+		}
 	}
 	if ev.RuleID > 0 && int(ev.RuleID) <= len(v.rules) {
 		if rule := v.rules[ev.RuleID-1]; rule.ID == ev.RuleID {

@@ -101,18 +101,18 @@ func Match(set *policies.L7Set, req *Request) (ruleID uint32, ok bool) {
 	return 0, false
 }
 
-// Verdict judges req against every check of d. When allowed, ruleID is the
-// rule that allowed it under the last check that had rules (0 when nothing
-// restricted the request). When denied, denied is the check that failed.
-func (d *Decision) Verdict(req *Request) (ruleID uint32, denied *Check) {
+// Verdict judges req against every check of d. by is the check that
+// decided: when allowed, the last one (ruleID is its rule that matched), nil
+// when no check restricted the request; when denied, the first that failed.
+func (d *Decision) Verdict(req *Request) (ruleID uint32, by *Check, allowed bool) {
 	for i := range d.Checks {
 		id, ok := Match(&d.Checks[i].Rules, req)
 		if !ok {
-			return 0, &d.Checks[i]
+			return 0, &d.Checks[i], false
 		}
-		ruleID = id
+		ruleID, by = id, &d.Checks[i]
 	}
-	return ruleID, nil
+	return ruleID, by, true
 }
 
 // PolicyNames lists, once each and in rule order, the policies that hold the

@@ -80,10 +80,22 @@ func TestModelResolverCombinesBothEndsAndLongestMatch(t *testing.T) {
 	// Both checks must allow.
 	d, _ := r.Resolve(ap("10.0.0.3:5555"), ap("10.0.0.4:80"))
 	for path, wantDenied := range map[string]policies.Direction{"/out/x": policies.Ingress, "/in/x": policies.Egress} {
-		_, denied := d.Verdict(&Request{Method: "GET", Path: path})
-		if denied == nil || denied.Direction != wantDenied {
-			t.Errorf("%s: denied by %+v, want the %s check", path, denied, wantDenied)
+		_, by, allowed := d.Verdict(&Request{Method: "GET", Path: path})
+		if allowed || by == nil || by.Direction != wantDenied {
+			t.Errorf("%s: allowed %v by %+v, want denied by the %s check", path, allowed, by, wantDenied)
 		}
+	}
+	// Allowed by both: the last check (ingress) decided, and its rule is
+	// the one reported.
+	both := Decision{Checks: []Check{
+		{Direction: policies.Egress, Rules: set(7, "/.*")},
+		{Direction: policies.Ingress, Rules: set(8, "/in/.*")},
+	}}
+	if id, by, allowed := both.Verdict(&Request{Method: "GET", Path: "/in/x"}); !allowed || by == nil || by.Direction != policies.Ingress || id != 8 {
+		t.Errorf("/in/x: rule %d, allowed %v by %+v; want allowed by ingress rule 8", id, allowed, by)
+	}
+	if _, by, allowed := (&Decision{}).Verdict(&Request{Method: "GET", Path: "/"}); !allowed || by != nil {
+		t.Errorf("no checks: allowed %v by %+v, want allowed by none", allowed, by)
 	}
 	if names := PolicyNames(r, &d.Checks[0]); !slices.Equal(names, []string{"client"}) {
 		t.Errorf("PolicyNames = %v", names)

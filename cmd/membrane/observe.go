@@ -74,7 +74,9 @@ func flowText(f api.Flow) string {
 }
 
 // l7Text is one line per HTTP request:
-// TIME VERDICT STATUS l7 SRC -> DST METHOD HOST PATH by POLICY/BLOCK (FILE:LINE)
+// TIME VERDICT STATUS l7 [DIR] SRC -> DST METHOD HOST PATH by POLICY/BLOCK (FILE:LINE)
+// where DIR, when known, says whose rules decided (the source's egress or
+// the destination's ingress).
 func l7Text(f api.Flow) string {
 	h := f.HTTP
 	rule := "no rule"
@@ -86,8 +88,12 @@ func l7Text(f api.Flow) string {
 	case h.Policy != "":
 		rule = fmt.Sprintf("policy %q", h.Policy)
 	}
-	s := fmt.Sprintf("%s %-9s %d l7 %s -> %s  %s %s %s  %s",
-		f.Time.Local().Format(time.TimeOnly+".000"), f.Verdict, h.Status,
+	kind := "l7"
+	if f.Direction != "" {
+		kind += " " + f.Direction
+	}
+	s := fmt.Sprintf("%s %-9s %d %s %s -> %s  %s %s %s  %s",
+		f.Time.Local().Format(time.TimeOnly+".000"), f.Verdict, h.Status, kind,
 		peerText(f.Source), peerText(f.Dest), h.Method, h.Host, h.Path, rule)
 	if h.Error != "" {
 		s += "  error: " + h.Error

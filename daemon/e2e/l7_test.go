@@ -203,6 +203,13 @@ func testL7(t *testing.T, engine string) {
 	if h := forwarded.HTTP; h.Method != "GET" || h.Status != 200 || forwarded.Rule == nil || forwarded.Rule.Policy != "api" || forwarded.Rule.Block != "ingress" || forwarded.Rule.Line == 0 {
 		t.Errorf("forwarded record %s", dump(forwarded))
 	}
+	// Both were decided by the api endpoint's ingress rules.
+	apiEP := e.endpoint(apiC).ID
+	for _, f := range []*api.Flow{denied, forwarded} {
+		if f.Direction != "ingress" || f.Endpoint != apiEP {
+			t.Errorf("record %s: want direction ingress and endpoint %d (the api's)", dump(f), apiEP)
+		}
+	}
 	// The CLI renders the same records: `membrane observe --type l7`.
 	cli := filepath.Join(t.TempDir(), "membrane")
 	if out, err := exec.Command(filepath.Join(goruntime.GOROOT(), "bin", "go"), "build", "-o", cli, "github.com/membrane-fw/membrane/cmd/membrane").CombinedOutput(); err != nil {
@@ -212,7 +219,7 @@ func testL7(t *testing.T, engine string) {
 	if err != nil {
 		t.Fatalf("membrane observe --type l7: %v: %s", err, out)
 	}
-	for _, want := range []string{"denied", "403", "GET api /secret", "forwarded", "200", "GET api /public", `policy "api" ingress`, client} {
+	for _, want := range []string{"denied", "403", "GET api /secret", "forwarded", "200", "GET api /public", `policy "api" ingress`, "l7 ingress", client} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("membrane observe --type l7 lacks %q:\n%s", want, out)
 		}

@@ -321,11 +321,14 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		e.finish(&ev, start)
 		return
 	}
-	ruleID, denied := dec.Verdict(&req)
-	if denied != nil {
-		names := proxy.PolicyNames(box.r, denied)
+	ruleID, by, allowed := dec.Verdict(&req)
+	if by != nil {
+		ev.Direction = by.Direction.String()
+	}
+	if !allowed {
+		names := proxy.PolicyNames(box.r, by)
 		ev.Verdict, ev.Status, ev.Policy = proxy.VerdictDenied, http.StatusForbidden, strings.Join(names, ",")
-		deny(w, denyText(names, denied))
+		deny(w, denyText(names, by))
 		e.finish(&ev, start)
 		return
 	}

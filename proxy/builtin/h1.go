@@ -315,11 +315,14 @@ func (h *h1) serveOne(first bool) bool {
 		return keep
 	}
 	req := proxy.Request{Method: method, Path: path, Host: host, Headers: h.header(&dec)}
-	ruleID, denied := dec.Verdict(&req)
-	if denied != nil {
-		names := proxy.PolicyNames(box.r, denied)
+	ruleID, by, allowed := dec.Verdict(&req)
+	if by != nil {
+		ev.Direction = by.Direction.String()
+	}
+	if !allowed {
+		names := proxy.PolicyNames(box.r, by)
 		ev.Verdict, ev.Status, ev.Policy = proxy.VerdictDenied, http.StatusForbidden, strings.Join(names, ",")
-		keep := h.deny(method, denyText(names, denied))
+		keep := h.deny(method, denyText(names, by))
 		h.finish(&ev, start)
 		return keep
 	}

@@ -639,8 +639,9 @@ func (s *suite) events(t *testing.T) {
 			t.Fatalf("no event for %s", w.path)
 		}
 		if ev.Path != w.path || ev.Verdict != w.verdict || ev.Status != w.status || ev.RuleID != w.rule ||
-			!strings.Contains(ev.Policy, w.policy) || ev.Method != "GET" || ev.SrcIdentity != 300 || ev.DstIdentity != 400 {
-			t.Errorf("event %+v; want path %s verdict %s status %d rule %d policy %s identities 300->400",
+			!strings.Contains(ev.Policy, w.policy) || ev.Method != "GET" || ev.SrcIdentity != 300 || ev.DstIdentity != 400 ||
+			ev.Direction != "ingress" {
+			t.Errorf("event %+v; want path %s verdict %s status %d rule %d policy %s identities 300->400, decided by ingress rules",
 				ev, w.path, w.verdict, w.status, w.rule, w.policy)
 		}
 	}

@@ -295,22 +295,25 @@ func TestBootstrapValidatesAndMatchesGolden(t *testing.T) {
 
 func TestParseAccessLogVerdicts(t *testing.T) {
 	for _, c := range []struct {
-		line    string
-		verdict string
-		rule    uint32
-		status  int
+		line      string
+		verdict   string
+		rule      uint32
+		status    int
+		direction string
 	}{
-		{`{"engine":"envoy","time":"2026-11-26T07:00:00.123Z","src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"proto":"HTTP/1.1","method":"GET","path":"/api/v1/x?q=1","host":"API.example.com:80","status":200,"details":"via_upstream","route":"rule-1","duration_ms":3,"policies":"server-api"}`, proxy.VerdictForwarded, 1, 200},
-		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"method":"DELETE","path":"/api","status":"403","details":"rbac_access_denied_matched_policy[none]","route":"rule-0","duration_ms":"0","policies":"server-api"}`, proxy.VerdictDenied, 0, 403},
-		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":0,"dst_identity":0,"method":"GET","path":"/","status":403,"details":"direct_response","route":"no-policy","duration_ms":0,"policies":""}`, proxy.VerdictDenied, 0, 403},
-		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"method":"GET","path":"/","status":503,"details":"upstream_reset_before_response_started","route":"rule-1","duration_ms":1,"policies":""}`, proxy.VerdictError, 0, 503},
+		{`{"engine":"envoy","time":"2026-11-26T07:00:00.123Z","src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"proto":"HTTP/1.1","method":"GET","path":"/api/v1/x?q=1","host":"API.example.com:80","status":200,"details":"via_upstream","route":"rule-1","duration_ms":3,"policies":"server-api","allow_direction":"ingress","deny_direction":"ingress"}`, proxy.VerdictForwarded, 1, 200, "ingress"},
+		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"method":"DELETE","path":"/api","status":"403","details":"rbac_access_denied_matched_policy[none]","route":"rule-0","duration_ms":"0","policies":"server-api","allow_direction":"ingress","deny_direction":"egress"}`, proxy.VerdictDenied, 0, 403, "egress"},
+		// Both sides have rules: a deny cannot say whose.
+		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"method":"DELETE","path":"/api","status":"403","details":"rbac_access_denied_matched_policy[none]","route":"rule-0","duration_ms":"0","policies":"server-api","allow_direction":"ingress"}`, proxy.VerdictDenied, 0, 403, ""},
+		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":0,"dst_identity":0,"method":"GET","path":"/","status":403,"details":"direct_response","route":"no-policy","duration_ms":0,"policies":""}`, proxy.VerdictDenied, 0, 403, ""},
+		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"method":"GET","path":"/","status":503,"details":"upstream_reset_before_response_started","route":"rule-1","duration_ms":1,"policies":"","allow_direction":"egress"}`, proxy.VerdictError, 0, 503, ""},
 	} {
 		ev, err := ParseAccessLog([]byte(c.line))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if ev.Verdict != c.verdict || ev.RuleID != c.rule || ev.Status != c.status || ev.Src.String() != "172.17.0.3:40000" {
-			t.Errorf("%s\n-> %+v; want verdict %s rule %d status %d", c.line, ev, c.verdict, c.rule, c.status)
+		if ev.Verdict != c.verdict || ev.RuleID != c.rule || ev.Status != c.status || ev.Src.String() != "172.17.0.3:40000" || ev.Direction != c.direction {
+			t.Errorf("%s\n-> %+v; want verdict %s rule %d status %d direction %q", c.line, ev, c.verdict, c.rule, c.status, c.direction)
 		}
 	}
 	ev, _ := ParseAccessLog([]byte(`{"path":"/a?b","host":"API.example.com:80","src_identity":300,"policies":"p"}`))

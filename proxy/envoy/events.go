@@ -31,6 +31,10 @@ type accessLine struct {
 	Route       string      `json:"route"`
 	DurationMS  any         `json:"duration_ms"`
 	Policies    string      `json:"policies"`
+	// Whose rules decided an allowed and a denied request (translate.go's
+	// accessLog); absent when no rules apply or it cannot tell.
+	AllowDirection string `json:"allow_direction"`
+	DenyDirection  string `json:"deny_direction"`
 }
 
 func number(v any) int64 {
@@ -68,11 +72,13 @@ func ParseAccessLog(line []byte) (proxy.Event, error) {
 	case strings.HasPrefix(a.Details, "rbac_access_denied") || a.Route == "no-policy":
 		ev.Verdict = proxy.VerdictDenied
 		ev.Policy = a.Policies
+		ev.Direction = a.DenyDirection
 	case ev.Status >= 500 || ev.Status == 0:
 		ev.Verdict = proxy.VerdictError
 		ev.Error = a.Details
 	default:
 		ev.Verdict = proxy.VerdictForwarded
+		ev.Direction = a.AllowDirection
 		if id, ok := strings.CutPrefix(a.Route, "rule-"); ok {
 			n, _ := strconv.ParseUint(id, 10, 32)
 			ev.RuleID = uint32(n)

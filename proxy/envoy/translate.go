@@ -431,6 +431,16 @@ func (t *translator) accessLog(d proxy.Decision) (*accesslog.AccessLog, error) {
 		"duration_ms":  "%DURATION%",
 		"policies":     "%METADATA(ROUTE:membrane:policies)%",
 	}
+	// Whose rules decided, as the built-in engine reports it: an allowed
+	// request names the last check (its rule is the route); a denied one
+	// names the only check, and nothing when both sides have rules (the
+	// RBAC filters' denial does not say which of them refused).
+	if n := len(d.Checks); n > 0 {
+		fields["allow_direction"] = d.Checks[n-1].Direction.String()
+		if n == 1 {
+			fields["deny_direction"] = d.Checks[0].Direction.String()
+		}
+	}
 	s, err := structpb.NewStruct(fields)
 	if err != nil {
 		return nil, err
