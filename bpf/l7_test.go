@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"bufio"
 	"context"
 
 	"fmt"
@@ -379,6 +380,100 @@ func TestL7RedirectDropsWithoutListener(t *testing.T) {
 	must(t, env.dp.SetEndpoint(tp.hostIf[1], Endpoint{ID: 2, Identity: idB, Flags: EnforceIngress | EnforceEgress, Bridge: env.bridge}))
 	if status, _, err := env.get(tp.c[0], url, allowTimeout); err != nil || status != 200 {
 		t.Errorf("GET %s after the fix: %d %v", url, status, err)
+	}
+}
+
+// TestL7RuleChangeOnOpenConnection: a connection cannot move into or out of
+// the proxy midway (docs/policy.md, "HTTP rules"). One established before
+// its rule gained an http block is reset at the client's next request,
+// which never reaches the server unjudged; one established through the
+// proxy before the rule lost it is reset too. New connections take the new
+// path.
+func TestL7RuleChangeOnOpenConnection(t *testing.T) {
+	env := newL7Env(t, AttachTCX)
+	tp := env.tp
+	b := tp.addr[1].String()
+	// setL7 gives identity id's entry (dir, remote, port) the L7 set 1, or
+	// takes it away, and applies the model to the datapath and the proxy.
+	setL7 := func(id policies.Identity, dir policies.Direction, remote policies.Identity, port uint16, on bool) {
+		t.Helper()
+		found := false
+		for i := range env.model.Identities {
+			ip := &env.model.Identities[i]
+			for j := range ip.Entries {
+				if e := &ip.Entries[j]; ip.Identity == id && e.Direction == dir && e.Remote == remote && e.Port == port {
+					e.L7, found = 0, true
+					if on {
+						e.L7 = 1
+					}
+				}
+			}
+		}
+		if !found {
+			t.Fatalf("no entry %d %s %d:%d in the model", id, dir, remote, port)
+		}
+		env.sync(t, env.port)
+		must(t, env.eng.Update(proxy.NewModelResolver(env.model, env.ipc, map[uint32]string{l7Rule: "b-api"})))
+	}
+	open := func(port int) (net.Conn, *bufio.Reader) {
+		t.Helper()
+		var c net.Conn
+		must(t, tp.c[0].Do(func() (err error) {
+			c, err = net.DialTimeout("tcp", fmt.Sprintf("%s:%d", b, port), allowTimeout)
+			return err
+		}))
+		t.Cleanup(func() { c.Close() })
+		return c, bufio.NewReader(c)
+	}
+	// get sends one request on c and returns its status, or the error that
+	// ended the connection.
+	get := func(c net.Conn, br *bufio.Reader, path string) (int, error) {
+		c.SetDeadline(time.Now().Add(allowTimeout))
+		if _, err := fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: b\r\n\r\n", path); err != nil {
+			return 0, err
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			return 0, err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+
+	// 8083: plain allow both ways. A connection opened now goes direct.
+	c, br := open(8083)
+	if st, err := get(c, br, "/before"); err != nil || st != 200 || !env.reached("/before") {
+		t.Fatalf("GET /before on 8083: %d %v", st, err)
+	}
+	setL7(idA, out, idB, 8083, true)
+	if st, err := get(c, br, "/secret-after"); err == nil {
+		t.Errorf("after A's 8083 rule gained http: the open connection answered %d, want it reset", st)
+	}
+	if env.reached("/secret-after") {
+		t.Error("a request on the open connection reached B unjudged after its rule gained http")
+	}
+	c2, br2 := open(8083)
+	if st, err := get(c2, br2, "/secret"); err != nil || st != 403 {
+		t.Errorf("new connection to 8083, GET /secret: %d %v, want 403 from the proxy", st, err)
+	}
+	if st, err := get(c2, br2, "/allowed/new"); err != nil || st != 200 || !env.reached("/allowed/new") {
+		t.Errorf("new connection to 8083, GET /allowed/new: %d %v, want 200 through the proxy", st, err)
+	}
+
+	// 8080: B's ingress sends A to the proxy. A connection opened now goes
+	// through it; when the rule loses http, it is reset.
+	c3, br3 := open(8080)
+	if st, err := get(c3, br3, "/allowed/before"); err != nil || st != 200 {
+		t.Fatalf("GET /allowed/before on 8080: %d %v", st, err)
+	}
+	setL7(idB, in, idA, 8080, false)
+	if st, err := get(c3, br3, "/allowed/after"); err == nil {
+		t.Errorf("after B's 8080 rule lost http: the proxied connection answered %d, want it reset", st)
+	}
+	c4, br4 := open(8080)
+	if st, err := get(c4, br4, "/secret"); err != nil || st != 200 || !env.reached("/secret") {
+		t.Errorf("new connection to 8080 without http, GET /secret: %d %v, want 200 from B", st, err)
 	}
 }
 
