@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"regexp"
+	"slices"
 	"sort"
 	"testing"
 	"time"
@@ -397,6 +398,13 @@ func TestL7RuleChangeOnOpenConnection(t *testing.T) {
 	// takes it away, and applies the model to the datapath and the proxy.
 	setL7 := func(id policies.Identity, dir policies.Direction, remote policies.Identity, port uint16, on bool) {
 		t.Helper()
+		// A new model: the proxy's current resolver goes on reading the old.
+		m := *env.model
+		m.Identities = slices.Clone(m.Identities)
+		for i := range m.Identities {
+			m.Identities[i].Entries = slices.Clone(m.Identities[i].Entries)
+		}
+		env.model = &m
 		found := false
 		for i := range env.model.Identities {
 			ip := &env.model.Identities[i]
