@@ -173,18 +173,18 @@ func TestObserveTypeL7(t *testing.T) {
 	b := &cliBackend{hub: api.NewFlowHub(10)}
 	sock := serve(t, b)
 	b.hub.Publish(api.Flow{Time: time.Now(), Type: api.FlowL3, Verdict: "dropped", Reason: "policy-deny", Protocol: "tcp"})
-	b.hub.Publish(api.Flow{Time: time.Now(), Type: api.FlowL7, Verdict: "denied", Reason: "l7-denied", Protocol: "tcp",
+	b.hub.Publish(api.Flow{Time: time.Now(), Type: api.FlowL7, Verdict: "denied", Reason: "l7-denied", Protocol: "tcp", Direction: "egress",
 		Source: api.Peer{IP: "172.17.0.5", Port: 40000, Identity: 300, Container: "web-1"}, Dest: api.Peer{IP: "172.17.0.6", Port: 80, Identity: 301, Container: "api-1"},
 		Rule: &api.RuleRef{Policy: "api", File: "api.hcl", Line: 1},
 		HTTP: &api.HTTPInfo{Engine: "builtin", Proto: "HTTP/1.1", Method: "POST", Path: "/admin", Host: "api", Status: 403, Policy: "api"}})
-	b.hub.Publish(api.Flow{Time: time.Now(), Type: api.FlowL7, Verdict: "forwarded", Reason: "l7-forwarded", Protocol: "tcp",
+	b.hub.Publish(api.Flow{Time: time.Now(), Type: api.FlowL7, Verdict: "forwarded", Reason: "l7-forwarded", Protocol: "tcp", Direction: "ingress",
 		Rule: &api.RuleRef{ID: 3, Policy: "api", Block: "ingress", File: "api.hcl", Line: 4},
 		HTTP: &api.HTTPInfo{Engine: "builtin", Proto: "HTTP/1.1", Method: "GET", Path: "/ok", Host: "api", Status: 200, Policy: "api"}})
 	out, code := run(t, "observe", "--type", "l7", "--socket", sock)
 	if code != 0 || strings.Count(out, "\n") != 2 || strings.Contains(out, "policy-deny") {
 		t.Fatalf("observe --type l7: %d %q", code, out)
 	}
-	for _, want := range []string{"denied", "403", "POST api /admin", `policy "api" (api.hcl:1)`, "web-1", "api-1", "forwarded", "200", "GET api /ok", `policy "api" ingress (api.hcl:4)`} {
+	for _, want := range []string{"denied", "403", "l7 egress", "POST api /admin", `policy "api" (api.hcl:1)`, "web-1", "api-1", "forwarded", "200", "l7 ingress", "GET api /ok", `policy "api" ingress (api.hcl:4)`} {
 		if !strings.Contains(out, want) {
 			t.Errorf("observe --type l7 lacks %q:\n%s", want, out)
 		}
@@ -204,6 +204,13 @@ func TestObserveTypeL7(t *testing.T) {
 	}
 	if _, code := run(t, "observe", "--type", "l4", "--socket", sock); code != 2 {
 		t.Fatalf("bad type exit %d, want 2", code)
+	}
+	out, _ = run(t, "observe", "--direction", "ingress", "--socket", sock)
+	if strings.Count(out, "\n") != 1 || !strings.Contains(out, "GET api /ok") {
+		t.Errorf("observe --direction ingress: %q", out)
+	}
+	if _, code := run(t, "observe", "--direction", "up", "--socket", sock); code != 2 {
+		t.Fatalf("bad direction exit %d, want 2", code)
 	}
 }
 

@@ -16,7 +16,7 @@ func newObserveCmd() *cobra.Command {
 	var f api.ObserveFilter
 	var out *string
 	c := &cobra.Command{
-		Use:   "observe [--follow] [--type l3|l7|all] [--verdict V] [--container NAME] [-o json]",
+		Use:   "observe [--follow] [--type l3|l7|all] [--verdict V] [--container NAME] [--direction egress|ingress] [-o json]",
 		Short: "Show the verdicts: datapath drops, audit records and sampled allowed flows, and every HTTP request the L7 proxy judged",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
@@ -28,6 +28,9 @@ func newObserveCmd() *cobra.Command {
 			}
 			if !api.ValidFlowType(f.Type) {
 				return usageError("--type %q: want l3, l7 or all", f.Type)
+			}
+			if !api.ValidDirection(f.Direction) {
+				return usageError("--direction %q: want egress or ingress", f.Direction)
 			}
 			ctx, cancel := signalContext(c.Context())
 			defer cancel()
@@ -49,6 +52,7 @@ func newObserveCmd() *cobra.Command {
 	c.Flags().StringVar(&f.Type, "type", "all", "which records: l3 (datapath), l7 (HTTP requests the proxy judged) or all")
 	c.Flags().StringVar(&f.Verdict, "verdict", "", "only records with this verdict: dropped, audit, allowed (l3); forwarded, denied, error (l7)")
 	c.Flags().StringVar(&f.Container, "container", "", "only records with this container (name or id) at either end")
+	c.Flags().StringVar(&f.Direction, "direction", "", "only records judged by this side's rules: egress (the source's) or ingress (the destination's)")
 	c.Flags().IntVar(&f.Last, "last", 0, "print at most this many past records (0: all kept)")
 	out = addOutput(c)
 	return c

@@ -286,6 +286,19 @@ func TestObserveBacklogFilterAndFollow(t *testing.T) {
 	if len(got) != 1 || got[0].Source.Container != "web" || got[0].Verdict != "dropped" {
 		t.Fatalf("backlog filtered: %+v", got)
 	}
+	b.hub.Publish(Flow{Type: FlowL7, Verdict: "denied", Direction: "ingress"})
+	b.hub.Publish(Flow{Type: FlowL7, Verdict: "denied", Direction: "egress"})
+	got = nil
+	err = c.Observe(context.Background(), ObserveFilter{Type: FlowL7, Direction: "egress"}, func(f Flow) error {
+		got = append(got, f)
+		return nil
+	})
+	if err != nil || len(got) != 1 || got[0].Direction != "egress" {
+		t.Fatalf("--direction egress: %v %+v", err, got)
+	}
+	if err := c.Observe(context.Background(), ObserveFilter{Direction: "sideways"}, func(Flow) error { return nil }); err == nil || !strings.Contains(err.Error(), `direction "sideways"`) {
+		t.Fatalf("a bad direction: %v, want the server's error naming it", err)
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

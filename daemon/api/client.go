@@ -178,6 +178,9 @@ func (c *Client) Observe(ctx context.Context, f ObserveFilter, fn func(Flow) err
 	if f.Type != "" {
 		q.Set("type", f.Type)
 	}
+	if f.Direction != "" {
+		q.Set("direction", f.Direction)
+	}
 	if f.Last > 0 {
 		q.Set("last", strconv.Itoa(f.Last))
 	}

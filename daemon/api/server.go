@@ -272,13 +272,17 @@ func (s *Server) mayWrite(c *PeerCred) bool {
 
 func (s *Server) observe(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	f := ObserveFilter{Follow: q.Get("follow") == "1" || q.Get("follow") == "true", Verdict: q.Get("verdict"), Container: q.Get("container"), Type: q.Get("type")}
+	f := ObserveFilter{Follow: q.Get("follow") == "1" || q.Get("follow") == "true", Verdict: q.Get("verdict"), Container: q.Get("container"), Type: q.Get("type"), Direction: q.Get("direction")}
 	if !ValidVerdict(f.Verdict) {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("verdict %q: must be dropped, audit or allowed (l3), or forwarded, denied or error (l7)", f.Verdict))
 		return
 	}
 	if !ValidFlowType(f.Type) {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("type %q: must be l3, l7 or all", f.Type))
+		return
+	}
+	if !ValidDirection(f.Direction) {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("direction %q: must be egress or ingress", f.Direction))
 		return
 	}
 	if v := q.Get("last"); v != "" {

@@ -192,6 +192,9 @@ type ObserveFilter struct {
 	Type      string
 	Verdict   string // "", dropped, audit, allowed, forwarded, denied, error
 	Container string // name or id
+	// Direction is "", "egress" or "ingress": whose rules judged the record
+	// (the source endpoint's egress or the destination's ingress).
+	Direction string
 	// Last limits the backlog sent before following (0: all kept).
 	Last int
 }
@@ -214,7 +217,15 @@ func (o ObserveFilter) Matches(f *Flow) bool {
 	if o.Container != "" && !peerIs(f.Source, o.Container) && !peerIs(f.Dest, o.Container) {
 		return false
 	}
+	if o.Direction != "" && f.Direction != o.Direction {
+		return false
+	}
 	return true
+}
+
+// ValidDirection reports whether d is a direction ObserveFilter can select.
+func ValidDirection(d string) bool {
+	return d == "" || d == "egress" || d == "ingress"
 }
 
 // ValidVerdict reports whether v is a verdict ObserveFilter can select.
