@@ -83,8 +83,7 @@ type Event struct {
 	Verdict     string            `json:"verdict"`
 	// Direction says whose rules decided: "egress" for the source
 	// endpoint's, "ingress" for the destination's; empty when no rules
-	// restricted the request, or the engine cannot tell (Envoy, a deny
-	// when both sides have rules).
+	// restricted the request.
 	Direction string `json:"direction,omitempty"`
 	// Policy and RuleID name the rule that allowed the request, or, on a
 	// deny, the policy whose rules did not match (RuleID 0).

@@ -24,10 +24,12 @@
 //     short text naming the policy, and a JSON access log that becomes the
 //     engine's events;
 //   - per chain a route configuration, served over RDS, holding the rules:
-//     per-route RBAC overrides (ALLOW; a policy per rule: method, path,
-//     :authority and header matchers), routes named "rule-<id>" so the access
-//     log says which rule allowed a request, and the policy names as route
-//     metadata. A rule change that keeps the topology changes only routes,
+//     per-route RBAC overrides (a DENY of whatever no rule allows, under a
+//     policy named for the direction, so a denial's response code details
+//     say whose rules refused; method, path, :authority and header
+//     matchers), routes named "rule-<id>" so the access log says which rule
+//     allowed a request, and the policy names, all and per direction, as
+//     route metadata. A rule change that keeps the topology changes only routes,
 //     which Envoy applies to the next request on existing connections (a
 //     listener change would drain them); resources are packed
 //     deterministically so an unchanged listener stays byte-identical;

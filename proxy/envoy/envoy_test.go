@@ -247,8 +247,10 @@ func TestTranslationShape(t *testing.T) {
 	if err := routes["s500_d400_p8080"].VirtualHosts[0].TypedPerFilterConfig["envoy.filters.http.rbac.ingress"].UnmarshalTo(&denyAll); err != nil {
 		t.Fatal(err)
 	}
-	if len(denyAll.GetRbac().GetRules().GetPolicies()) != 0 || denyAll.GetRbac().GetRules().GetAction() != rbacconfig.RBAC_ALLOW {
-		t.Errorf("denied identity 500 gets RBAC %v, want ALLOW with no policies", denyAll.GetRbac())
+	rules := denyAll.GetRbac().GetRules()
+	if p := rules.GetPolicies()["membrane-ingress"]; rules.GetAction() != rbacconfig.RBAC_DENY || len(rules.GetPolicies()) != 1 ||
+		len(p.GetPermissions()) != 1 || !p.GetPermissions()[0].GetAny() {
+		t.Errorf("denied identity 500 gets RBAC %v, want a DENY of anything under membrane-ingress", denyAll.GetRbac())
 	}
 	if got := chains["s300_d400_p8080"].FilterChainMatch.SourcePrefixRanges; len(got) != 2 {
 		t.Errorf("client chain matches sources %v, want its IPv4 and IPv6 addresses", got)
@@ -300,20 +302,24 @@ func TestParseAccessLogVerdicts(t *testing.T) {
 		rule      uint32
 		status    int
 		direction string
+		policy    string
 	}{
-		{`{"engine":"envoy","time":"2026-11-26T07:00:00.123Z","src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"proto":"HTTP/1.1","method":"GET","path":"/api/v1/x?q=1","host":"API.example.com:80","status":200,"details":"via_upstream","route":"rule-1","duration_ms":3,"policies":"server-api","allow_direction":"ingress","deny_direction":"ingress"}`, proxy.VerdictForwarded, 1, 200, "ingress"},
-		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"method":"DELETE","path":"/api","status":"403","details":"rbac_access_denied_matched_policy[none]","route":"rule-0","duration_ms":"0","policies":"server-api","allow_direction":"ingress","deny_direction":"egress"}`, proxy.VerdictDenied, 0, 403, "egress"},
-		// Both sides have rules: a deny cannot say whose.
-		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"method":"DELETE","path":"/api","status":"403","details":"rbac_access_denied_matched_policy[none]","route":"rule-0","duration_ms":"0","policies":"server-api","allow_direction":"ingress"}`, proxy.VerdictDenied, 0, 403, ""},
-		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":0,"dst_identity":0,"method":"GET","path":"/","status":403,"details":"direct_response","route":"no-policy","duration_ms":0,"policies":""}`, proxy.VerdictDenied, 0, 403, ""},
-		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"method":"GET","path":"/","status":503,"details":"upstream_reset_before_response_started","route":"rule-1","duration_ms":1,"policies":"","allow_direction":"egress"}`, proxy.VerdictError, 0, 503, ""},
+		{`{"engine":"envoy","time":"2026-11-26T07:00:00.123Z","src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"proto":"HTTP/1.1","method":"GET","path":"/api/v1/x?q=1","host":"API.example.com:80","status":200,"details":"via_upstream","route":"rule-1","duration_ms":3,"policies":"server-api","allow_direction":"ingress","ingress_policies":"server-api"}`, proxy.VerdictForwarded, 1, 200, "ingress", ""},
+		// Both sides have rules: the details name the filter that refused,
+		// and the event names that side's policies.
+		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"method":"DELETE","path":"/api","status":"403","details":"rbac_access_denied_matched_policy[membrane-egress]","route":"rule-0","duration_ms":"0","policies":"client-egress, server-api","allow_direction":"ingress","egress_policies":"client-egress","ingress_policies":"server-api"}`, proxy.VerdictDenied, 0, 403, "egress", "client-egress"},
+		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"method":"DELETE","path":"/api","status":"403","details":"rbac_access_denied_matched_policy[membrane-ingress]","route":"rule-0","duration_ms":"0","policies":"client-egress, server-api","allow_direction":"ingress","egress_policies":"client-egress","ingress_policies":"server-api"}`, proxy.VerdictDenied, 0, 403, "ingress", "server-api"},
+		// A denial that names no policy of ours stays unattributed.
+		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"method":"DELETE","path":"/api","status":"403","details":"rbac_access_denied_matched_policy[none]","route":"rule-0","duration_ms":"0","policies":"server-api","allow_direction":"ingress","ingress_policies":"server-api"}`, proxy.VerdictDenied, 0, 403, "", "server-api"},
+		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":0,"dst_identity":0,"method":"GET","path":"/","status":403,"details":"direct_response","route":"no-policy","duration_ms":0,"policies":""}`, proxy.VerdictDenied, 0, 403, "", ""},
+		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"method":"GET","path":"/","status":503,"details":"upstream_reset_before_response_started","route":"rule-1","duration_ms":1,"policies":"","allow_direction":"egress"}`, proxy.VerdictError, 0, 503, "", ""},
 	} {
 		ev, err := ParseAccessLog([]byte(c.line))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if ev.Verdict != c.verdict || ev.RuleID != c.rule || ev.Status != c.status || ev.Src.String() != "172.17.0.3:40000" || ev.Direction != c.direction {
-			t.Errorf("%s\n-> %+v; want verdict %s rule %d status %d direction %q", c.line, ev, c.verdict, c.rule, c.status, c.direction)
+		if ev.Verdict != c.verdict || ev.RuleID != c.rule || ev.Status != c.status || ev.Src.String() != "172.17.0.3:40000" || ev.Direction != c.direction || ev.Policy != c.policy {
+			t.Errorf("%s\n-> %+v; want verdict %s rule %d status %d direction %q policy %q", c.line, ev, c.verdict, c.rule, c.status, c.direction, c.policy)
 		}
 	}
 	ev, _ := ParseAccessLog([]byte(`{"path":"/a?b","host":"API.example.com:80","src_identity":300,"policies":"p"}`))

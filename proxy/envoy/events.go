@@ -31,10 +31,28 @@ type accessLine struct {
 	Route       string      `json:"route"`
 	DurationMS  any         `json:"duration_ms"`
 	Policies    string      `json:"policies"`
-	// Whose rules decided an allowed and a denied request (translate.go's
-	// accessLog); absent when no rules apply or it cannot tell.
-	AllowDirection string `json:"allow_direction"`
-	DenyDirection  string `json:"deny_direction"`
+	// Whose rules decide an allowed request, and each check's policies
+	// (translate.go's accessLog); absent when no rules apply.
+	AllowDirection  string `json:"allow_direction"`
+	EgressPolicies  string `json:"egress_policies"`
+	IngressPolicies string `json:"ingress_policies"`
+}
+
+// deniedBy is the direction whose RBAC filter refused, from the response
+// code details "rbac_access_denied_matched_policy[membrane-DIRECTION]";
+// empty for any other denial.
+func deniedBy(details string) string {
+	name, ok := strings.CutPrefix(details, "rbac_access_denied_matched_policy[")
+	if !ok {
+		return ""
+	}
+	name, ok = strings.CutSuffix(name, "]")
+	for _, d := range []policies.Direction{policies.Egress, policies.Ingress} {
+		if ok && name == denyPolicy(d) {
+			return d.String()
+		}
+	}
+	return ""
 }
 
 func number(v any) int64 {
@@ -72,7 +90,11 @@ func ParseAccessLog(line []byte) (proxy.Event, error) {
 	case strings.HasPrefix(a.Details, "rbac_access_denied") || a.Route == "no-policy":
 		ev.Verdict = proxy.VerdictDenied
 		ev.Policy = a.Policies
-		ev.Direction = a.DenyDirection
+		ev.Direction = deniedBy(a.Details)
+		own := map[string]string{"egress": a.EgressPolicies, "ingress": a.IngressPolicies}[ev.Direction]
+		if own != "" && own != "-" {
+			ev.Policy = own
+		}
 	case ev.Status >= 500 || ev.Status == 0:
 		ev.Verdict = proxy.VerdictError
 		ev.Error = a.Details

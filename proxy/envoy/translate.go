@@ -272,6 +272,7 @@ func (t *translator) chain(name string, d proxy.Decision, src, dst []netip.Prefi
 	routes = append(routes, forward("rule-0", &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}}, clusterName))
 
 	var names []string
+	meta := map[string]any{}
 	perFilter := map[string]*anypb.Any{}
 	for i := range d.Checks {
 		c := &d.Checks[i]
@@ -280,12 +281,16 @@ func (t *translator) chain(name string, d proxy.Decision, src, dst []netip.Prefi
 			return nil, err
 		}
 		perFilter[rbacFilterName(c.Direction)] = pr
-		names = append(names, proxy.PolicyNames(t.r, c)...)
+		own := proxy.PolicyNames(t.r, c)
+		names = append(names, own...)
+		meta[c.Direction.String()+"_policies"] = strings.Join(own, ",")
 	}
-	// The policy names ride on every route as metadata, for the 403 body
-	// and the access log.
+	// The policy names ride on every route as metadata: all of them for
+	// the 403 body, and each check's own for the access log, which names
+	// those of the check that refused, as the built-in engine does.
 	// Unquoted: Envoy may render string metadata JSON-quoted in text.
-	md, err := structpb.NewStruct(map[string]any{"policies": strings.Join(names, ", ")})
+	meta["policies"] = strings.Join(names, ", ")
+	md, err := structpb.NewStruct(meta)
 	if err != nil {
 		return nil, err
 	}
@@ -433,13 +438,13 @@ func (t *translator) accessLog(d proxy.Decision) (*accesslog.AccessLog, error) {
 	}
 	// Whose rules decided, as the built-in engine reports it: an allowed
 	// request names the last check (its rule is the route); a denied one
-	// names the only check, and nothing when both sides have rules (the
-	// RBAC filters' denial does not say which of them refused).
+	// names the check that refused, which the details give (denyPolicy).
 	if n := len(d.Checks); n > 0 {
 		fields["allow_direction"] = d.Checks[n-1].Direction.String()
-		if n == 1 {
-			fields["deny_direction"] = d.Checks[0].Direction.String()
-		}
+	}
+	for _, c := range d.Checks {
+		k := c.Direction.String() + "_policies"
+		fields[k] = "%METADATA(ROUTE:membrane:" + k + ")%"
 	}
 	s, err := structpb.NewStruct(fields)
 	if err != nil {
@@ -530,20 +535,33 @@ func permission(h *policies.HTTPRule) *rbacconfig.Permission {
 }
 
 // rbacRules allows what any rule of c allows; a check without rules
-// allows nothing.
+// allows nothing. It is written as a DENY of everything else under one
+// policy named for c's direction (denyPolicy), because a denial's response
+// code details name the policy that matched: with an ALLOW list they say
+// "none" whichever filter refused, and the access log could not tell the
+// egress check's refusal from the ingress one's.
 func rbacRules(c *proxy.Check) *rbac.RBAC {
-	pols := map[string]*rbacconfig.Policy{}
+	var allowed []*rbacconfig.Permission
 	for _, r := range c.Rules.Rules {
-		key := "rule-" + strconv.FormatUint(uint64(r.RuleID), 10)
-		p, ok := pols[key]
-		if !ok {
-			p = &rbacconfig.Policy{Principals: []*rbacconfig.Principal{{Identifier: &rbacconfig.Principal_Any{Any: true}}}}
-			pols[key] = p
-		}
-		p.Permissions = append(p.Permissions, permission(&r.HTTP))
+		allowed = append(allowed, permission(&r.HTTP))
 	}
-	return &rbac.RBAC{Rules: &rbacconfig.RBAC{Action: rbacconfig.RBAC_ALLOW, Policies: pols}}
+	deny := &rbacconfig.Permission{Rule: &rbacconfig.Permission_Any{Any: true}}
+	if len(allowed) > 0 {
+		deny = &rbacconfig.Permission{Rule: &rbacconfig.Permission_NotRule{NotRule: &rbacconfig.Permission{
+			Rule: &rbacconfig.Permission_OrRules{OrRules: &rbacconfig.Permission_Set{Rules: allowed}},
+		}}}
+	}
+	return &rbac.RBAC{Rules: &rbacconfig.RBAC{Action: rbacconfig.RBAC_DENY, Policies: map[string]*rbacconfig.Policy{
+		denyPolicy(c.Direction): {
+			Permissions: []*rbacconfig.Permission{deny},
+			Principals:  []*rbacconfig.Principal{{Identifier: &rbacconfig.Principal_Any{Any: true}}},
+		},
+	}}}
 }
+
+// denyPolicy names the RBAC policy of a direction's check; Envoy reports a
+// denial as "rbac_access_denied_matched_policy[NAME]" (ParseAccessLog).
+func denyPolicy(d policies.Direction) string { return "membrane-" + d.String() }
 
 // cluster is the upstream of one source identity: the original destination
 // (or the fixed upstream in test mode), reached over sockets marked with the

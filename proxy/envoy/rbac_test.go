@@ -1,0 +1,189 @@
+package envoy
+
+import (
+	"net/http"
+	"net/netip"
+	"regexp"
+	"testing"
+
+	rbacconfig "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	rbac "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
+	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+
+	"github.com/membrane-fw/membrane/policies"
+	"github.com/membrane-fw/membrane/proxy"
+)
+
+// envoyRequest is a request as Envoy's RBAC filter sees it.
+type envoyRequest struct {
+	method, path, authority string
+	headers                 http.Header
+}
+
+// stringMatch is Envoy's StringMatcher for the kinds the translation
+// writes: exact, and safe_regex, which must match the whole value.
+func stringMatch(t *testing.T, m *matcher.StringMatcher, v string) bool {
+	switch {
+	case m.GetSafeRegex() != nil:
+		return regexp.MustCompile(`^(?:` + m.GetSafeRegex().GetRegex() + `)$`).MatchString(v)
+	case m.GetMatchPattern() != nil:
+		if e, ok := m.GetMatchPattern().(*matcher.StringMatcher_Exact); ok {
+			return e.Exact == v
+		}
+	}
+	t.Fatalf("string matcher %v: not a kind the translation writes", m)
+	return false
+}
+
+func headerMatch(t *testing.T, h *route.HeaderMatcher, r *envoyRequest) bool {
+	var vals []string
+	switch h.GetName() {
+	case ":method":
+		vals = []string{r.method}
+	case ":authority":
+		vals = []string{r.authority}
+	default:
+		vals = r.headers.Values(h.GetName())
+	}
+	if h.GetPresentMatch() {
+		return len(vals) > 0
+	}
+	for _, v := range vals {
+		if stringMatch(t, h.GetStringMatch(), v) {
+			return true
+		}
+	}
+	return false
+}
+
+// permits evaluates an RBAC permission over the subset the translation
+// writes; anything else fails the test rather than guess.
+func permits(t *testing.T, p *rbacconfig.Permission, r *envoyRequest) bool {
+	switch {
+	case p.GetAny():
+		return true
+	case p.GetNotRule() != nil:
+		return !permits(t, p.GetNotRule(), r)
+	case p.GetOrRules() != nil:
+		for _, q := range p.GetOrRules().GetRules() {
+			if permits(t, q, r) {
+				return true
+			}
+		}
+		return false
+	case p.GetAndRules() != nil:
+		for _, q := range p.GetAndRules().GetRules() {
+			if !permits(t, q, r) {
+				return false
+			}
+		}
+		return true
+	case p.GetUrlPath() != nil:
+		return stringMatch(t, p.GetUrlPath().GetPath(), r.path)
+	case p.GetHeader() != nil:
+		return headerMatch(t, p.GetHeader(), r)
+	}
+	t.Fatalf("permission %v: not a kind the translation writes", p)
+	return false
+}
+
+// refusal runs one RBAC filter's rules: the policy that denies r, if any.
+func refusal(t *testing.T, rules *rbacconfig.RBAC, r *envoyRequest) (policy string, denied bool) {
+	if rules.GetAction() != rbacconfig.RBAC_DENY {
+		t.Fatalf("RBAC action %v, want DENY", rules.GetAction())
+	}
+	for name, p := range rules.GetPolicies() {
+		for _, pr := range p.GetPrincipals() {
+			if !pr.GetAny() {
+				t.Fatalf("principal %v: not a kind the translation writes", pr)
+			}
+		}
+		for _, perm := range p.GetPermissions() {
+			if permits(t, perm, r) {
+				return name, true
+			}
+		}
+	}
+	return "", false
+}
+
+// TestRBACRefusesWhatTheResolverRefuses runs the RBAC overrides of a chain
+// whose source and destination both have rules, in the filters' order
+// (egress, then ingress), over requests that each side may refuse, and
+// checks that Envoy would refuse exactly what the built-in engine refuses,
+// and that the details it would write name the same side (deniedBy).
+func TestRBACRefusesWhatTheResolverRefuses(t *testing.T) {
+	r := scenarios()["both-ends"]
+	res, err := Translate(r, Options{Port: 15001})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vh *route.VirtualHost
+	for _, x := range res.Routes {
+		if rc := x.(*route.RouteConfiguration); rc.Name == "s300_d400_p8080" {
+			vh = rc.VirtualHosts[0]
+		}
+	}
+	if vh == nil {
+		t.Fatal("no route configuration for 300 -> 400:8080")
+	}
+	dec, err := r.Resolve(netip.MustParseAddrPort("172.17.0.3:40000"), netip.MustParseAddrPort("172.17.0.4:8080"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dec.Checks) != 2 {
+		t.Fatalf("decision has %d checks, want egress and ingress", len(dec.Checks))
+	}
+
+	tenant := http.Header{"X-Tenant": {"acme"}, "Authorization": {"Bearer x"}}
+	for _, c := range []struct {
+		name string
+		req  envoyRequest
+		want string // "" allowed, else the direction that refuses
+	}{
+		{"both sides allow", envoyRequest{"GET", "/v1/orders", "api.example.com", tenant}, ""},
+		{"host with port, any case", envoyRequest{"GET", "/", "API.example.com:8080", tenant}, ""},
+		{"egress refuses the method", envoyRequest{"POST", "/v1/orders", "api.example.com", tenant}, "egress"},
+		{"egress refuses the host", envoyRequest{"GET", "/v1/orders", "evil.example.com", tenant}, "egress"},
+		{"ingress refuses a missing header", envoyRequest{"GET", "/v1/orders", "api.example.com", http.Header{"X-Tenant": {"acme"}}}, "ingress"},
+		{"ingress refuses a header's value", envoyRequest{"GET", "/v1/orders", "api.example.com", http.Header{"X-Tenant": {"other"}, "Authorization": {"x"}}}, "ingress"},
+		{"the first refusal counts", envoyRequest{"DELETE", "/", "api.example.com", nil}, "egress"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			// The built-in engine's verdict on the same request.
+			_, by, allowed := dec.Verdict(&proxy.Request{
+				Method: c.req.method, Path: c.req.path, Host: proxy.MatchHost(c.req.authority), Headers: c.req.headers,
+			})
+			builtin := ""
+			if !allowed {
+				builtin = by.Direction.String()
+			}
+			if builtin != c.want {
+				t.Fatalf("built-in engine: refused by %q, want %q", builtin, c.want)
+			}
+
+			got := ""
+			for _, dir := range []policies.Direction{policies.Egress, policies.Ingress} {
+				a, ok := vh.TypedPerFilterConfig[rbacFilterName(dir)]
+				if !ok {
+					t.Fatalf("no %s RBAC override", dir)
+				}
+				var pr rbac.RBACPerRoute
+				if err := a.UnmarshalTo(&pr); err != nil {
+					t.Fatal(err)
+				}
+				if policy, denied := refusal(t, pr.GetRbac().GetRules(), &c.req); denied {
+					got = deniedBy("rbac_access_denied_matched_policy[" + policy + "]")
+					if got == "" {
+						t.Fatalf("%s filter refused under policy %q, which the access log cannot attribute", dir, policy)
+					}
+					break
+				}
+			}
+			if got != c.want {
+				t.Errorf("Envoy's RBAC: refused by %q, want %q", got, c.want)
+			}
+		})
+	}
+}
