@@ -13,20 +13,28 @@
 #      connections) on one target at a time: CPU per 1,000 requests/s of the
 #      proxy (target <= 0.1 core), the relay and the bare upstream, from
 #      /proc/PID/stat.
+#   Parts 1 and 2 run in interleaved rounds (direct, proxy and relay one
+#   after another, the order turning each round) and report the totals over
+#   all rounds with the range of the per-round figures: the host's load
+#   drifts over a minute, and a round compares targets that ran seconds
+#   apart.
 #   3. The same load on direct, proxy and relay at once, interleaved (one
 #      request to each per tick), for the added p50/p99 latency of the proxy
 #      and the relay over direct (target: proxy p99 <= +1 ms). Interleaving
 #      makes a moment of noise on the machine hit all three alike.
 #   4. New connections/s (wrk with Connection: close): proxy and relay as
 #      ratios to direct.
-# L7BENCH_DURATION sets each run's length (default 10s).
+# L7BENCH_DURATION sets the length of parts 3 and 4 (default 10s),
+# L7BENCH_ROUNDS and L7BENCH_ROUND the rounds of parts 1 and 2 and the
+# length of each target's run in them (default 5 and 4s).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PATH=/usr/local/go/bin:$PATH
 command -v wrk >/dev/null || { echo "proxy.sh: wrk is not installed (hack/deps.sh installs it)" >&2; exit 1; }
 
 DUR=${L7BENCH_DURATION:-10s}
-SECS=${DUR%s}
+ROUNDS=${L7BENCH_ROUNDS:-5}
+ROUND=${L7BENCH_ROUND:-4s}
 tmp=$(mktemp -d)
 pids=()
 cleanup() {
@@ -58,20 +66,7 @@ PATHQ=/public/index.html
 hz=$(getconf CLK_TCK)
 
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
-# measure PID CMD...: runs CMD and prints its output; cores then prints the
-# CPU PID used meanwhile, in cores.
-measure() {
-	local pid=$1 t0 t1 s0 s1 out
-	shift
-	t0=$(cpu_ticks "$pid"); s0=$(date +%s.%N)
-	out=$("$@")
-	t1=$(cpu_ticks "$pid"); s1=$(date +%s.%N)
-	awk -v d=$((t1 - t0)) -v hz="$hz" -v a="$s0" -v b="$s1" 'BEGIN{printf "%.3f", d / hz / (b - a)}' >"$tmp/cores"
-	echo "$out"
-}
-cores() { cat "$tmp/cores"; }
 rps() { wrk -t2 -c50 -d"$DUR" "$@" | awk '/^Requests\/sec/{print $2}'; }
-per1000() { awk -v c="$1" -v r="$2" 'BEGIN{printf "%.3f", c / (r / 1000)}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a / b}'; }
 field() { # field NAME LINE
 	awk -v n="$1" '{for (i = 1; i < NF; i++) if ($i == n) {v = $(i + 1); sub("/s", "", v); print v}}' <<<"$2"
@@ -79,17 +74,51 @@ field() { # field NAME LINE
 
 echo "== L7 proxy: built-in engine, C relay (the floor) and direct (upstream $UP, proxy $PX, relay $RL, ${DUR} per run)"
 
-kd=$(measure "$UPPID" rps "http://$UP$PATHQ"); kdc=$(cores)
-kp=$(measure "$PXPID" rps "http://$PX$PATHQ"); kpc=$(cores)
-kr=$(measure "$RLPID" rps "http://$RL$PATHQ"); krc=$(cores)
-echo "keep-alive GET req/s: direct $kd, proxy $kp, relay $kr"
-echo "keep-alive ratio to direct: proxy $(ratio "$kp" "$kd") (target >= 0.6), relay $(ratio "$kr" "$kd")"
-echo "CPU per 1000 req/s at those rates: proxy $(per1000 "$kpc" "$kp") (target <= 0.1), relay $(per1000 "$krc" "$kr"), bare upstream $(per1000 "$kdc" "$kd") cores"
+# rounds PART: runs PART (keepalive or fixed) on direct (D), proxy (P) and
+# relay (R) in ROUNDS interleaved rounds; writes "T requests cpu_s wall_s"
+# totals to $tmp/T.tot and each round's requests/s and cores to $tmp/T.rounds.
+declare -A PID_OF=([D]=$UPPID [P]=$PXPID [R]=$RLPID) ADDR_OF=([D]=$UP [P]=$PX [R]=$RL)
+rounds() {
+	local part=$1 r k out t0 t1 s0 s1 rate
+	for k in D P R; do : >"$tmp/$k.rounds"; echo "0 0 0" >"$tmp/$k.tot"; done
+	for r in $(seq "$ROUNDS"); do
+		case $((r % 3)) in 1) order="D P R" ;; 2) order="P R D" ;; 0) order="R D P" ;; esac
+		for k in $order; do
+			t0=$(cpu_ticks "${PID_OF[$k]}"); s0=$(date +%s.%N)
+			if [ "$part" = keepalive ]; then
+				rate=$(wrk -t2 -c50 -d"$ROUND" "http://${ADDR_OF[$k]}$PATHQ" | awk '/^Requests\/sec/{print $2}')
+			else
+				out=$("$tmp/l7bench" rate -url "http://${ADDR_OF[$k]}$PATHQ" -rps 1000 -duration "$ROUND")
+				rate=$(field rate "$out")
+			fi
+			t1=$(cpu_ticks "${PID_OF[$k]}"); s1=$(date +%s.%N)
+			awk -v rate="$rate" -v d=$((t1 - t0)) -v hz="$hz" -v a="$s0" -v b="$s1" \
+				'{printf "%.0f %.3f %.3f\n", $1 + rate * (b - a), $2 + d / hz, $3 + (b - a)}' "$tmp/$k.tot" >"$tmp/$k.tot.new"
+			mv "$tmp/$k.tot.new" "$tmp/$k.tot"
+			awk -v rate="$rate" -v d=$((t1 - t0)) -v hz="$hz" -v a="$s0" -v b="$s1" \
+				'BEGIN{printf "%s %.4f\n", rate, d / hz / (b - a)}' >>"$tmp/$k.rounds"
+		done
+	done
+}
+# mean T: requests/s over all rounds; cpu1000 T: cores per 1,000 req/s.
+mean() { awk '{printf "%.0f", $1 / $3}' "$tmp/$1.tot"; }
+cpu1000() { awk '{printf "%.3f", $2 / ($1 / 1000)}' "$tmp/$1.tot"; }
+# ratio_range T: the lowest and highest per-round ratio of T's req/s to direct's.
+ratio_range() {
+	paste -d' ' "$tmp/$1.rounds" "$tmp/D.rounds" | awk 'NR == 1 || $1 / $3 < lo {lo = $1 / $3} NR == 1 || $1 / $3 > hi {hi = $1 / $3} END {printf "%.2f-%.2f", lo, hi}'
+}
+# cpu_range T: the lowest and highest per-round cores per 1,000 req/s.
+cpu_range() {
+	awk '{c = $2 / ($1 / 1000)} NR == 1 || c < lo {lo = c} NR == 1 || c > hi {hi = c} END {printf "%.3f-%.3f", lo, hi}' "$tmp/$1.rounds"
+}
 
-fd=$(measure "$UPPID" "$tmp/l7bench" rate -url "http://$UP$PATHQ" -rps 1000 -duration "$DUR"); fdc=$(cores)
-fp=$(measure "$PXPID" "$tmp/l7bench" rate -url "http://$PX$PATHQ" -rps 1000 -duration "$DUR"); fpc=$(cores)
-fr=$(measure "$RLPID" "$tmp/l7bench" rate -url "http://$RL$PATHQ" -rps 1000 -duration "$DUR"); frc=$(cores)
-echo "CPU per 1000 req/s at a fixed 1000 req/s: proxy $(per1000 "$fpc" "$(field rate "$fp")") (target <= 0.1), relay $(per1000 "$frc" "$(field rate "$fr")"), bare upstream $(per1000 "$fdc" "$(field rate "$fd")") cores"
+rounds keepalive
+echo "keep-alive GET req/s over $ROUNDS interleaved rounds of $ROUND each: direct $(mean D), proxy $(mean P), relay $(mean R)"
+echo "keep-alive ratio to direct: proxy $(ratio "$(mean P)" "$(mean D)") (rounds $(ratio_range P); target >= 0.6), relay $(ratio "$(mean R)" "$(mean D)") (rounds $(ratio_range R))"
+echo "CPU per 1000 req/s at those rates: proxy $(cpu1000 P) (rounds $(cpu_range P); target <= 0.1), relay $(cpu1000 R) ($(cpu_range R)), bare upstream $(cpu1000 D) cores"
+
+rounds fixed
+echo "CPU per 1000 req/s at a fixed 1000 req/s, $ROUNDS interleaved rounds of $ROUND: proxy $(cpu1000 P) (rounds $(cpu_range P); target <= 0.1), relay $(cpu1000 R) ($(cpu_range R)), bare upstream $(cpu1000 D) ($(cpu_range D)) cores"
 
 il=$("$tmp/l7bench" rate -url "http://$UP$PATHQ,http://$PX$PATHQ,http://$RL$PATHQ" -rps 1000 -duration "$DUR")
 ld=$(grep -F "url http://$UP" <<<"$il"); lp=$(grep -F "url http://$PX" <<<"$il"); lr=$(grep -F "url http://$RL" <<<"$il")
