@@ -109,7 +109,9 @@ func putWriter(bw *bufio.Writer) {
 
 // upConn is a client connection's upstream connection.
 type upConn struct {
-	c    net.Conn
+	c  net.Conn
+	rw io.ReadWriter
+	// r and w are nil while the connection idles between requests (park).
 	r    *bufio.Reader
 	w    *bufio.Writer
 	dst  netip.AddrPort
@@ -159,8 +161,9 @@ type h1 struct {
 	e  *Engine
 	cs *conn
 	c  net.Conn
+	rw io.ReadWriter
 	br *bufio.Reader
-	bw *bufio.Writer
+	bw *bufio.Writer // nil while waiting for a request (readHead)
 
 	up atomic.Pointer[upConn] // atomic: Engine.Close closes it from outside
 
@@ -188,7 +191,7 @@ type h1 struct {
 
 func (e *Engine) serveH1(c net.Conn, cs *conn) {
 	rw := newRawIO(c)
-	h := &h1{e: e, cs: cs, c: c, br: getReader(&readers4k, rw), bw: getWriter(rw), now: time.Now()}
+	h := &h1{e: e, cs: cs, c: c, rw: rw, br: getReader(&readers4k, rw), bw: getWriter(rw), now: time.Now()}
 	if !e.track(h) {
 		c.Close()
 		e.metrics.ConnectionsActive.Dec()
@@ -245,6 +248,16 @@ func (h *h1) readHead(first bool) (ok bool, err error) {
 		if err := h.bw.Flush(); err != nil {
 			return false, nil
 		}
+		// Nothing to write until a request comes, and the client may keep
+		// the connection idle for minutes: its write buffer and the
+		// upstream connection's buffers go back to the pools meanwhile,
+		// which halves what an idle connection holds.
+		putWriter(h.bw)
+		h.bw = nil
+		if u := h.up.Load(); u != nil {
+			u.park()
+		}
+		defer func() { h.bw = getWriter(h.rw) }()
 	}
 	// The idle timeout, moved only when it lags by more than an eighth of
 	// it, at most a second (setting a deadline per request costs).
@@ -594,6 +607,7 @@ func (w *limitWriter) Write(b []byte) (int, error) {
 func (h *h1) upstream(dst netip.AddrPort, mark uint32) (*upConn, error) {
 	if u := h.up.Load(); u != nil {
 		if u.dst == dst && u.mark == mark {
+			u.unpark()
 			return u, nil
 		}
 		h.dropUp(u)
@@ -609,7 +623,7 @@ func (h *h1) upstream(dst netip.AddrPort, mark uint32) (*upConn, error) {
 		return nil, err
 	}
 	rw := newRawIO(c)
-	u := &upConn{c: c, r: getReader(&readers8k, rw), w: getWriter(rw), dst: dst, mark: mark}
+	u := &upConn{c: c, rw: rw, r: getReader(&readers8k, rw), w: getWriter(rw), dst: dst, mark: mark}
 	h.up.Store(u)
 	if h.e.closing.Err() != nil {
 		// Close ran between the dial and the Store, and missed u.
@@ -622,9 +636,25 @@ func (h *h1) upstream(dst netip.AddrPort, mark uint32) (*upConn, error) {
 func (h *h1) dropUp(u *upConn) {
 	u.c.Close()
 	if h.up.CompareAndSwap(u, nil) {
-		putReader(&readers8k, u.r)
-		putWriter(u.w)
-		u.r, u.w = nil, nil
+		u.park()
+	}
+}
+
+// park returns u's buffers to the pools while it idles between requests
+// (unless the server sent more than its response: that stays buffered).
+func (u *upConn) park() {
+	if u.r == nil || u.r.Buffered() > 0 || u.w.Buffered() > 0 {
+		return
+	}
+	putReader(&readers8k, u.r)
+	putWriter(u.w)
+	u.r, u.w = nil, nil
+}
+
+// unpark gives u buffers again for the next request.
+func (u *upConn) unpark() {
+	if u.r == nil {
+		u.r, u.w = getReader(&readers8k, u.rw), getWriter(u.rw)
 	}
 }
 
