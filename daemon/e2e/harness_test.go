@@ -81,6 +81,7 @@ type env struct {
 type envOpts struct {
 	extraConfig string // appended to membrane.hcl
 	metrics     string // metrics listen address ("" disables)
+	ipv6        bool   // the network has an IPv6 subnet too (ip6)
 }
 
 func newEnv(t testing.TB, o envOpts) *env {
@@ -123,7 +124,12 @@ metrics {
 	if err := os.WriteFile(e.cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	e.docker("network", "create", "--driver", "bridge", "-o", "com.docker.network.bridge.name="+e.bridge, e.network)
+	netArgs := []string{"network", "create", "--driver", "bridge", "-o", "com.docker.network.bridge.name=" + e.bridge}
+	if o.ipv6 {
+		// A unique-local /64 of this test's own, from its random suffix.
+		netArgs = append(netArgs, "--ipv6", "--subnet", "fd00:6e2e:"+sfx[:4]+":"+sfx[4:8]+"::/64")
+	}
+	e.docker(append(netArgs, e.network)...)
 	t.Cleanup(func() {
 		e.stopDaemon(syscall.SIGTERM)
 		for _, n := range e.names {
@@ -252,6 +258,16 @@ func (e *env) idle(name string, labels ...string) string {
 func (e *env) ip(container string) string {
 	e.t.Helper()
 	return e.docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", container)
+}
+
+// ip6 is container's IPv6 address on an ipv6 env's network.
+func (e *env) ip6(container string) string {
+	e.t.Helper()
+	ip := e.docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.GlobalIPv6Address}}{{end}}", container)
+	if ip == "" {
+		e.t.Fatalf("%s has no IPv6 address", container)
+	}
+	return ip
 }
 
 // httpGet is a shell command fetching http://IP:8080/ with busybox nc

@@ -255,6 +255,79 @@ func testL7(t *testing.T, engine string) {
 	}
 }
 
+// TestL7IPv6 is the L7 path over IPv6, on a Docker network with an IPv6
+// subnet: per-request verdicts for a container and for the host, a rule
+// without http unrestricted, no connection at all without an L3 rule, and
+// records that carry the IPv6 peers.
+func TestL7IPv6(t *testing.T) {
+	e := newEnv(t, envOpts{ipv6: true})
+	e.writePolicy("api.hcl", l7PolicyWith("/public.*"))
+	e.startDaemon()
+	apiC := e.run("api", []string{"app=api"},
+		"mkdir -p /var/www && echo public > /var/www/public && echo secret > /var/www/secret; httpd -f -p 80 -h /var/www")
+	client := e.idle("client", "role=client")
+	admin := e.idle("admin", "role=client", "admin=yes")
+	other := e.idle("other", "role=other")
+	for _, c := range []string{apiC, client, admin, other} {
+		e.endpoint(c)
+	}
+	apiIP := e.ip6(apiC)
+	apiAddr := net.JoinHostPort(apiIP, "80")
+
+	e.eventually("client reaches the api over IPv6 through the proxy", 10*time.Second, func() error {
+		if s := e.httpStatus(client, apiAddr, "GET", "/public"); s != 200 {
+			return fmt.Errorf("GET /public: status %d", s)
+		}
+		return nil
+	})
+	for _, r := range []struct {
+		who, from, method, path string
+		want                    int
+	}{
+		{"client", client, "GET", "/secret", 403},
+		{"client", client, "POST", "/public", 403},
+		{"admin (rule without http)", admin, "GET", "/secret", 200},
+		{"other (no L3 rule)", other, "GET", "/public", 0},
+	} {
+		if got := e.httpStatus(r.from, apiAddr, r.method, r.path); got != r.want {
+			t.Errorf("%s: %s http://%s%s: status %d, want %d", r.who, r.method, apiAddr, r.path, got, r.want)
+		}
+	}
+	// From the host, over the bridge's IPv6 address.
+	hc := &http.Client{Timeout: 3 * time.Second}
+	for path, want := range map[string]int{"/public": 200, "/secret": 403} {
+		resp, err := hc.Get("http://" + apiAddr + path)
+		if err != nil {
+			t.Errorf("host GET %s: %v", path, err)
+			continue
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("host GET %s over IPv6: %d, want %d", path, resp.StatusCode, want)
+		}
+	}
+
+	var denied *api.Flow
+	e.eventually("the IPv6 client's denied request in observe", 5*time.Second, func() error {
+		for _, f := range e.observe(api.ObserveFilter{Type: "l7", Container: client}) {
+			if f.HTTP != nil && f.HTTP.Path == "/secret" && f.Verdict == "denied" {
+				denied = &f
+				return nil
+			}
+		}
+		return fmt.Errorf("none in %s", dump(e.observe(api.ObserveFilter{Type: "l7"})))
+	})
+	if denied.Dest.IP != apiIP || denied.Dest.Port != 80 || denied.Source.IP != e.ip6(client) || denied.Direction != "ingress" || denied.HTTP.Policy != "api" {
+		t.Errorf("denied record %s: want %s -> [%s]:80, decided by the api's ingress rules", dump(denied), e.ip6(client), apiIP)
+	}
+	for _, f := range e.observe(api.ObserveFilter{Type: "l7"}) {
+		if f.Source.Container == other {
+			t.Errorf("a client without an L3 rule reached the proxy: %s", dump(f))
+		}
+	}
+}
+
 // TestL7EngineDownFailsClosed: when the proxy cannot start (its port is
 // taken), status says so, connections that policy sends to the proxy are
 // dropped, and plain allows still pass.
