@@ -71,7 +71,8 @@ func startL7(ctx context.Context, cfg *config.Config, log *slog.Logger, sink pro
 		if err != nil {
 			return nil, fmt.Errorf("l7: listening on proxy port %d: %w", port, err)
 		}
-		e, err := builtin.New(builtin.Config{Listeners: ls, Logger: log, Events: sink})
+		e, err := builtin.New(builtin.Config{Listeners: ls, Logger: log, Events: sink,
+			MaxConnections: cfg.L7.MaxConnections, MaxConnectionsPerSource: cfg.L7.MaxConnectionsPerSource})
 		if err != nil {
 			for _, l := range ls {
 				l.Close()
@@ -85,7 +86,8 @@ func startL7(ctx context.Context, cfg *config.Config, log *slog.Logger, sink pro
 }
 
 func startEnvoy(ctx context.Context, cfg *config.Config, port uint16, envoyPath string, log *slog.Logger, sink proxy.EventSink) (*envoy.Engine, error) {
-	e, err := envoy.New(envoy.Config{Port: port, RunDir: envoyRunDir, EnvoyPath: envoyPath, Unit: cfg.L7.EnvoyUnit, Logger: log, Events: sink})
+	e, err := envoy.New(envoy.Config{Port: port, RunDir: envoyRunDir, EnvoyPath: envoyPath, Unit: cfg.L7.EnvoyUnit,
+		MaxConnections: cfg.L7.MaxConnections, Logger: log, Events: sink})
 	if err != nil {
 		return nil, err
 	}

@@ -67,8 +67,13 @@ metrics {
 # proxy; "builtin" / "envoy" force one. port is the proxy's transparent
 # listener (only redirected connections reach it). envoy_unit: a systemd
 # unit that runs Envoy (membrane-envoy.service) instead of a child process.
+# max_connections bounds the client connections the proxy holds open, and
+# max_connections_per_source those from one address (built-in engine only);
+# a connection over either is reset.
 l7 {
-  engine     = "auto"
-  port       = 15001
-  envoy_unit = ""
+  engine                     = "auto"
+  port                       = 15001
+  envoy_unit                 = ""
+  max_connections            = 16384
+  max_connections_per_source = 4096
 }

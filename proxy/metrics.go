@@ -11,7 +11,10 @@ type Metrics struct {
 	Duration          *prometheus.HistogramVec
 	ConnectionsActive prometheus.Gauge
 	Connections       prometheus.Counter
-	engine            string
+	// ConnectionsRefused counts client connections reset at once because
+	// the engine was at a connection limit, by limit (reason).
+	ConnectionsRefused *prometheus.CounterVec
+	engine             string
 
 	// Children of the vectors for the known verdicts, looked up once.
 	byVerdict map[string]verdictMetrics
@@ -44,6 +47,10 @@ func NewMetrics(engine string) *Metrics {
 			Name: "membrane_proxy_connections_total", ConstLabels: cl,
 			Help: "Client connections the L7 proxy accepted.",
 		}),
+		ConnectionsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "membrane_proxy_connections_refused_total", ConstLabels: cl,
+			Help: "Client connections the L7 proxy reset at once because it was at a limit, by reason (max_connections, max_connections_per_source).",
+		}, []string{"reason"}),
 		byVerdict: map[string]verdictMetrics{},
 	}
 	for _, v := range []string{VerdictForwarded, VerdictDenied, VerdictError} {
@@ -65,5 +72,5 @@ func (m *Metrics) Observe(e *Event) {
 
 // Collectors lists the collectors, for Engine.Collectors.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.Requests, m.Duration, m.ConnectionsActive, m.Connections}
+	return []prometheus.Collector{m.Requests, m.Duration, m.ConnectionsActive, m.Connections, m.ConnectionsRefused}
 }

@@ -102,6 +102,14 @@ const (
 // IP_TRANSPARENT and only ever receives redirected connections.
 const DefaultL7Port = 15001
 
+// The proxy's connection limits when the config names none: enough for
+// busy keep-alive pools, few enough that one container cannot take all of
+// membraned's file descriptors (two a proxied connection) or memory.
+const (
+	DefaultL7MaxConnections          = 16384
+	DefaultL7MaxConnectionsPerSource = 4096
+)
+
 // L7 is the `l7 {}` block: the proxy that HTTP rules are sent to.
 type L7 struct {
 	Engine string
@@ -111,6 +119,11 @@ type L7 struct {
 	// EnvoyUnit, when set, is the systemd unit that runs Envoy; membraned
 	// starts it instead of supervising its own Envoy process.
 	EnvoyUnit string
+	// MaxConnections bounds the client connections the proxy holds open
+	// at once, MaxConnectionsPerSource those from one source address (the
+	// built-in engine only); a connection over either is reset.
+	MaxConnections          int
+	MaxConnectionsPerSource int
 }
 
 // Runtime is one `runtime "NAME" {}` block.
@@ -172,7 +185,8 @@ func Default() *Config {
 			Events:        1 << 22,
 		},
 		Metrics: Metrics{Listen: "127.0.0.1:9964"},
-		L7:      L7{Engine: L7Auto, Port: DefaultL7Port},
+		L7: L7{Engine: L7Auto, Port: DefaultL7Port,
+			MaxConnections: DefaultL7MaxConnections, MaxConnectionsPerSource: DefaultL7MaxConnectionsPerSource},
 	}
 }
 
@@ -280,10 +294,12 @@ type fileSchema struct {
 }
 
 type l7Schema struct {
-	Engine    *string   `hcl:"engine"`
-	Port      *int      `hcl:"port"`
-	EnvoyUnit *string   `hcl:"envoy_unit"`
-	DefRange  hcl.Range `hcl:",def_range"`
+	Engine                  *string   `hcl:"engine"`
+	Port                    *int      `hcl:"port"`
+	EnvoyUnit               *string   `hcl:"envoy_unit"`
+	MaxConnections          *int      `hcl:"max_connections"`
+	MaxConnectionsPerSource *int      `hcl:"max_connections_per_source"`
+	DefRange                hcl.Range `hcl:",def_range"`
 }
 
 type runtimeSchema struct {
@@ -545,6 +561,22 @@ func compile(raw *fileSchema, body hcl.Body) (*Config, hcl.Diagnostics) {
 				errAt(lr["envoy_unit"], "l7.envoy_unit is set but engine is \"builtin\"", `remove envoy_unit, or set engine = "envoy" or "auto"`)
 			default:
 				cfg.L7.EnvoyUnit = u
+			}
+		}
+		for _, lim := range []struct {
+			name string
+			v    *int
+			dst  *int
+		}{
+			{"max_connections", l.MaxConnections, &cfg.L7.MaxConnections},
+			{"max_connections_per_source", l.MaxConnectionsPerSource, &cfg.L7.MaxConnectionsPerSource},
+		} {
+			switch {
+			case lim.v == nil:
+			case *lim.v < 1 || *lim.v > 1<<20:
+				errAt(lr[lim.name], fmt.Sprintf("l7.%s = %d is out of range", lim.name, *lim.v), "must be between 1 and 1048576 connections")
+			default:
+				*lim.dst = *lim.v
 			}
 		}
 	}

@@ -125,6 +125,8 @@ func TestInvalidConfigsNamePosition(t *testing.T) {
 		{"bad l7 engine", "l7 {\n  engine = \"nginx\"\n}\n", `m.hcl:2:3: error: invalid l7 engine "nginx": must be one of "auto", "builtin", "envoy"`},
 		{"l7 port zero", "l7 {\n  port = 0\n}\n", "m.hcl:2:3: error: l7.port = 0 is out of range"},
 		{"l7 port too big", "l7 {\n  port = 70000\n}\n", "m.hcl:2:3: error: l7.port = 70000 is out of range"},
+		{"l7 no connections", "l7 {\n  max_connections = 0\n}\n", "m.hcl:2:3: error: l7.max_connections = 0 is out of range"},
+		{"l7 negative per source", "l7 {\n\n  max_connections_per_source = -5\n}\n", "m.hcl:3:3: error: l7.max_connections_per_source = -5 is out of range"},
 		{"l7 bad unit", "l7 {\n  envoy_unit = \"envoy\"\n}\n", `m.hcl:2:3: error: invalid l7.envoy_unit "envoy"`},
 		{"l7 unit with builtin", "l7 {\n  engine = \"builtin\"\n  envoy_unit = \"membrane-envoy.service\"\n}\n", `m.hcl:3:3: error: l7.envoy_unit is set but engine is "builtin"`},
 		{"l7 twice", "l7 {\n}\nl7 {\n}\n", "m.hcl:3:1: error: l7 block already declared at m.hcl:1"},
@@ -157,14 +159,14 @@ func TestSeveralErrorsAreAllReported(t *testing.T) {
 }
 
 func TestL7BlockDecodes(t *testing.T) {
-	c, err := Parse("m.hcl", []byte("l7 {\n  engine = \"envoy\"\n  port = 15555\n  envoy_unit = \"membrane-envoy.service\"\n}\n"))
+	c, err := Parse("m.hcl", []byte("l7 {\n  engine = \"envoy\"\n  port = 15555\n  envoy_unit = \"membrane-envoy.service\"\n  max_connections = 100\n  max_connections_per_source = 10\n}\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.L7 != (L7{Engine: L7Envoy, Port: 15555, EnvoyUnit: "membrane-envoy.service"}) {
+	if c.L7 != (L7{Engine: L7Envoy, Port: 15555, EnvoyUnit: "membrane-envoy.service", MaxConnections: 100, MaxConnectionsPerSource: 10}) {
 		t.Fatalf("l7 = %+v", c.L7)
 	}
-	if d := Default().L7; d != (L7{Engine: L7Auto, Port: DefaultL7Port}) {
+	if d := Default().L7; d != (L7{Engine: L7Auto, Port: DefaultL7Port, MaxConnections: 16384, MaxConnectionsPerSource: 4096}) {
 		t.Fatalf("default l7 = %+v", d)
 	}
 }

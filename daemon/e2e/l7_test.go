@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -324,6 +325,72 @@ func TestL7IPv6(t *testing.T) {
 	for _, f := range e.observe(api.ObserveFilter{Type: "l7"}) {
 		if f.Source.Container == other {
 			t.Errorf("a client without an L3 rule reached the proxy: %s", dump(f))
+		}
+	}
+}
+
+// TestL7ConnectionLimit: membrane.hcl's l7.max_connections_per_source
+// reaches the engine; a connection over it, through the real redirect, is
+// reset at once, and the refusal is in the metrics.
+func TestL7ConnectionLimit(t *testing.T) {
+	metricsAddr := freePort(t)
+	_, l7Port, _ := net.SplitHostPort(freePort(t))
+	e := newEnv(t, envOpts{metrics: metricsAddr,
+		extraConfig: fmt.Sprintf("l7 {\n  engine = \"builtin\"\n  port = %s\n  max_connections_per_source = 2\n}\n", l7Port)})
+	e.writePolicy("api.hcl", l7PolicyWith("/public.*"))
+	e.startDaemon()
+	apiC := e.run("api", []string{"app=api"}, "mkdir -p /var/www && echo public > /var/www/public; httpd -f -p 80 -h /var/www")
+	e.endpoint(apiC)
+	apiAddr := net.JoinHostPort(e.ip(apiC), "80")
+
+	// From the host, whose connections all come from the bridge's address.
+	get := func(c net.Conn) error {
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		if _, err := io.WriteString(c, "GET /public HTTP/1.1\r\nHost: api\r\n\r\n"); err != nil {
+			return err
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	}
+	dial := func() net.Conn {
+		c, err := net.DialTimeout("tcp", apiAddr, 3*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	var held []net.Conn
+	e.eventually("two kept-alive connections from the host", 10*time.Second, func() error {
+		for _, c := range held {
+			c.Close()
+		}
+		held = []net.Conn{dial(), dial()}
+		for _, c := range held {
+			if err := get(c); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err := get(dial()); err == nil {
+		t.Error("a third connection from the host was served; l7.max_connections_per_source is 2")
+	}
+	got, ok := scrape(t, metricsAddr, `membrane_proxy_connections_refused_total{engine="builtin",reason="max_connections_per_source"}`)
+	if !ok || got < 1 {
+		t.Errorf("refused connections metric %v (present %v), want at least 1", got, ok)
+	}
+	// The held ones still work.
+	for _, c := range held {
+		if err := get(c); err != nil {
+			t.Errorf("a connection within the limit, after the refusal: %v", err)
 		}
 	}
 }

@@ -98,9 +98,14 @@
 # The L7 proxy for rules with http blocks: "builtin" (in membraned), "envoy"
 # (a managed Envoy over xDS) or "auto" (Envoy when `envoy` is on PATH).
 # port is its transparent listener; envoy_unit names a systemd unit that runs
-# Envoy instead of membraned starting it. Changes need a restart.
+# Envoy instead of membraned starting it. max_connections bounds the client
+# connections the proxy holds open, max_connections_per_source those from one
+# address (built-in engine only); a connection over either is reset. Changes
+# need a restart.
 # l7 {
-#   engine     = "auto"
-#   port       = 15001
-#   envoy_unit = ""
+#   engine                     = "auto"
+#   port                       = 15001
+#   envoy_unit                 = ""
+#   max_connections            = 16384
+#   max_connections_per_source = 4096
 # }

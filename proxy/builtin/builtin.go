@@ -40,7 +40,19 @@ type Config struct {
 	MaxHeaderBytes int
 	// IdleTimeout closes idle client connections; default 2 minutes.
 	IdleTimeout time.Duration
+	// MaxConnections bounds the client connections held open at once, and
+	// MaxConnectionsPerSource those from one source address; a connection
+	// over either is reset when accepted. Defaults 16384 and 4096; negative:
+	// no bound.
+	MaxConnections          int
+	MaxConnectionsPerSource int
 }
+
+// The connection limits' defaults (see Config).
+const (
+	DefaultMaxConnections          = 16384
+	DefaultMaxConnectionsPerSource = 4096
+)
 
 // Engine is the built-in engine; it implements proxy.Engine.
 type Engine struct {
@@ -55,6 +67,10 @@ type Engine struct {
 	// idleSlack is how far a client's idle deadline may lag before it is
 	// moved.
 	idleSlack time.Duration
+	limit     *limiter
+	// lastRefusalLog is when a refused connection was last logged
+	// (UnixNano).
+	lastRefusalLog atomic.Int64
 
 	// closing is done when Close begins: it ends upstream dials, which do
 	// not follow the client.
@@ -92,6 +108,12 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.IdleTimeout == 0 {
 		cfg.IdleTimeout = 2 * time.Minute
 	}
+	if cfg.MaxConnections == 0 {
+		cfg.MaxConnections = DefaultMaxConnections
+	}
+	if cfg.MaxConnectionsPerSource == 0 {
+		cfg.MaxConnectionsPerSource = DefaultMaxConnectionsPerSource
+	}
 	e := &Engine{
 		cfg:       cfg,
 		log:       cfg.Logger.With("subsys", "proxy", "engine", "builtin"),
@@ -99,6 +121,7 @@ func New(cfg Config) (*Engine, error) {
 		upstreams: map[uint32]*http.Transport{},
 		h1conns:   map[*h1]struct{}{},
 		h2l:       newChanListener(cfg.Listeners[0].Addr()),
+		limit:     newLimiter(cfg.MaxConnections, cfg.MaxConnectionsPerSource),
 	}
 	e.idleSlack = min(cfg.IdleTimeout/8, time.Second)
 	e.closing, e.closeCancel = context.WithCancel(context.Background())
@@ -163,9 +186,13 @@ func (e *Engine) accept(l net.Listener) {
 			}
 		}
 		backoff = 0
+		cs := &conn{src: proxy.RemoteAddrPort(c)}
+		if reason := e.limit.admit(cs.src.Addr()); reason != "" {
+			e.refuse(c, cs.src, reason)
+			continue
+		}
 		e.metrics.Connections.Inc()
 		e.metrics.ConnectionsActive.Inc()
-		cs := &conn{src: proxy.RemoteAddrPort(c)}
 		cs.dst, cs.dstErr = e.cfg.OriginalDst(c)
 		e.serveDone.Add(1)
 		go func() {
@@ -264,8 +291,16 @@ type connKey struct{}
 func (e *Engine) connState(c net.Conn, s http.ConnState) {
 	switch s {
 	case http.StateClosed, http.StateHijacked:
-		e.metrics.ConnectionsActive.Dec()
+		if hc, ok := c.(*handoffConn); ok {
+			e.connEnded(hc.cs)
+		}
 	}
+}
+
+// connEnded counts the end of a client connection the accept loop admitted.
+func (e *Engine) connEnded(cs *conn) {
+	e.metrics.ConnectionsActive.Dec()
+	e.limit.release(cs.src.Addr())
 }
 
 // decide returns the connection's decision under the current resolver,

@@ -194,7 +194,7 @@ func (e *Engine) serveH1(c net.Conn, cs *conn) {
 	h := &h1{e: e, cs: cs, c: c, rw: rw, br: getReader(&readers4k, rw), bw: getWriter(rw), now: time.Now()}
 	if !e.track(h) {
 		c.Close()
-		e.metrics.ConnectionsActive.Dec()
+		e.connEnded(cs)
 		return
 	}
 	defer func() {
@@ -209,7 +209,7 @@ func (e *Engine) serveH1(c net.Conn, cs *conn) {
 				h.bw.Flush() // a last response (Connection: close)
 			}
 			c.Close()
-			e.metrics.ConnectionsActive.Dec()
+			e.connEnded(cs)
 			putReader(&readers4k, h.br) // (a handed-off connection reads on from it)
 		}
 		putWriter(h.bw)

@@ -9,6 +9,8 @@ import (
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	overload "github.com/envoyproxy/go-control-plane/envoy/config/overload/v3"
+	downstreamconns "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/downstream_connections/v3"
 	upstreamhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -24,8 +26,10 @@ const NodeID = "membrane"
 const xdsCluster = "membrane_xds"
 
 // Bootstrap is Envoy's bootstrap config (JSON): node, admin on a unix
-// socket, and ADS for listeners and clusters from membraned over xdsSocket.
-func Bootstrap(xdsSocket, adminSocket string) ([]byte, error) {
+// socket, ADS for listeners and clusters from membraned over xdsSocket,
+// and, when maxConnections > 0, a bound on the downstream connections held
+// open at once (Envoy refuses those beyond it).
+func Bootstrap(xdsSocket, adminSocket string, maxConnections int) ([]byte, error) {
 	po, err := anypb.New(&upstreamhttp.HttpProtocolOptions{
 		UpstreamProtocolOptions: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig_{
 			ExplicitHttpConfig: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig{
@@ -87,6 +91,16 @@ func Bootstrap(xdsSocket, adminSocket string) ([]byte, error) {
 			Name:           "membrane",
 			LayerSpecifier: &bootstrap.RuntimeLayer_StaticLayer{StaticLayer: rt},
 		}}},
+	}
+	if maxConnections > 0 {
+		mc, err := anypb.New(&downstreamconns.DownstreamConnectionsConfig{MaxActiveDownstreamConnections: int64(maxConnections)})
+		if err != nil {
+			return nil, err
+		}
+		b.OverloadManager = &overload.OverloadManager{ResourceMonitors: []*overload.ResourceMonitor{{
+			Name:       "envoy.resource_monitors.global_downstream_max_connections",
+			ConfigType: &overload.ResourceMonitor_TypedConfig{TypedConfig: mc},
+		}}}
 	}
 	if err := b.ValidateAll(); err != nil {
 		return nil, fmt.Errorf("envoy bootstrap: %w", err)

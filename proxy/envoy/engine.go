@@ -32,6 +32,9 @@ type Config struct {
 	// membrane-envoy.service); the engine starts it with systemctl instead of
 	// supervising a child process.
 	Unit string
+	// MaxConnections bounds the client connections Envoy holds open at
+	// once (0: no bound).
+	MaxConnections int
 	// NoProcess serves xDS and writes the bootstrap but starts no Envoy
 	// (tests; an Envoy managed elsewhere).
 	NoProcess bool
@@ -122,7 +125,7 @@ func New(cfg Config) (*Engine, error) {
 	if err := e.Update(cfg.Resolver); err != nil {
 		return nil, err
 	}
-	boot, err := Bootstrap(e.paths.XDSSocket, e.paths.AdminSocket)
+	boot, err := Bootstrap(e.paths.XDSSocket, e.paths.AdminSocket, e.cfg.MaxConnections)
 	if err != nil {
 		return nil, err
 	}

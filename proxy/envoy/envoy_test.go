@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	bootstrap "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -21,12 +22,14 @@ import (
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	rbac "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	downstreamconns "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/downstream_connections/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	sotw "github.com/envoyproxy/go-control-plane/pkg/client/sotw/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -288,11 +291,32 @@ func keys[V any](m map[string]V) []string {
 }
 
 func TestBootstrapValidatesAndMatchesGolden(t *testing.T) {
-	b, err := Bootstrap("/run/membrane/envoy/xds.sock", "/run/membrane/envoy/admin.sock")
+	b, err := Bootstrap("/run/membrane/envoy/xds.sock", "/run/membrane/envoy/admin.sock", 16384)
 	if err != nil {
 		t.Fatal(err)
 	}
 	golden(t, "bootstrap.json", b)
+	var bs bootstrap.Bootstrap
+	if err := protojson.Unmarshal(b, &bs); err != nil {
+		t.Fatal(err)
+	}
+	if err := validateDeep(&bs); err != nil {
+		t.Fatal(err)
+	}
+	// The connection bound (membrane.hcl's l7.max_connections), and none
+	// when it is 0.
+	var dc downstreamconns.DownstreamConnectionsConfig
+	mons := bs.GetOverloadManager().GetResourceMonitors()
+	if len(mons) != 1 || mons[0].GetTypedConfig().UnmarshalTo(&dc) != nil || dc.GetMaxActiveDownstreamConnections() != 16384 {
+		t.Errorf("overload manager %v, want a downstream connections monitor of 16384", bs.GetOverloadManager())
+	}
+	b, err = Bootstrap("/x.sock", "/a.sock", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := protojson.Unmarshal(b, &bs); err != nil || bs.GetOverloadManager() != nil {
+		t.Errorf("bootstrap without a connection bound: overload manager %v (%v)", bs.GetOverloadManager(), err)
+	}
 }
 
 func TestParseAccessLogVerdicts(t *testing.T) {

@@ -152,7 +152,7 @@ func TestSupervisorKillsAHungEnvoy(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := PathsIn(dir)
-	boot, err := Bootstrap(p.XDSSocket, p.AdminSocket)
+	boot, err := Bootstrap(p.XDSSocket, p.AdminSocket, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

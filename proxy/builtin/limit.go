@@ -1,0 +1,82 @@
+package builtin
+
+import (
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// Why a connection was refused (the reason label of
+// membrane_proxy_connections_refused_total).
+const (
+	refusedTotal     = "max_connections"
+	refusedPerSource = "max_connections_per_source"
+)
+
+// limiter bounds the client connections the engine holds open, in all and
+// per source address, so that no client, and no container in particular,
+// can take all of membraned's file descriptors and memory, or every slot
+// of the proxy that its neighbours need.
+type limiter struct {
+	max, perSource int // < 0: no bound
+
+	mu       sync.Mutex
+	total    int
+	bySource map[netip.Addr]int
+}
+
+func newLimiter(max, perSource int) *limiter {
+	return &limiter{max: max, perSource: perSource, bySource: map[netip.Addr]int{}}
+}
+
+// admit takes a slot for a connection from src; reason is why not ("" when
+// taken). Every admitted connection is released exactly once.
+func (l *limiter) admit(src netip.Addr) (reason string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case l.max >= 0 && l.total >= l.max:
+		return refusedTotal
+	case l.perSource >= 0 && l.bySource[src] >= l.perSource:
+		return refusedPerSource
+	}
+	l.total++
+	l.bySource[src]++
+	return ""
+}
+
+func (l *limiter) release(src netip.Addr) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.total--
+	if n := l.bySource[src] - 1; n > 0 {
+		l.bySource[src] = n
+	} else {
+		delete(l.bySource, src)
+	}
+}
+
+// refuse resets a connection the limiter did not admit: the client learns
+// at once, and no FIN_WAIT socket lingers for it.
+func (e *Engine) refuse(c net.Conn, src netip.AddrPort, reason string) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	c.Close()
+	e.metrics.ConnectionsRefused.WithLabelValues(reason).Inc()
+	// A flood of refusals logs a line per interval, not per connection.
+	now := time.Now().UnixNano()
+	last := e.lastRefusalLog.Load()
+	if now-last >= int64(refusalLogInterval) && e.lastRefusalLog.CompareAndSwap(last, now) {
+		limit := e.cfg.MaxConnections
+		if reason == refusedPerSource {
+			limit = e.cfg.MaxConnectionsPerSource
+		}
+		e.log.Warn("L7 proxy refused a connection: at its limit (raise it in the l7 block of membrane.hcl)",
+			"src", src.String(), "reason", reason, "limit", limit)
+	}
+}
+
+// refusalLogInterval spaces the warnings of refused connections.
+const refusalLogInterval = 10 * time.Second

@@ -1,0 +1,173 @@
+package builtin
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/membrane-fw/membrane/internal/testenv"
+	"github.com/membrane-fw/membrane/proxy/conformance"
+	dto "github.com/prometheus/client_model/go"
+)
+
+// dialFrom connects to addr from the loopback address src (every 127/8
+// address is this host's).
+func dialFrom(src, addr string) (net.Conn, error) {
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 2 * time.Second}
+	return d.Dial("tcp4", addr)
+}
+
+// served reports whether a GET on c gets the upstream's answer: the
+// connection was admitted.
+func served(c net.Conn) error {
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	defer c.SetDeadline(time.Time{})
+	if _, err := io.WriteString(c, "GET /public/a HTTP/1.1\r\nHost: api\r\n\r\n"); err != nil {
+		return err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return nil
+}
+
+// TestConnectionLimits: a connection over the per-source or the total
+// limit is reset as soon as it is accepted and counted by reason; others'
+// connections are unaffected; a slot comes back when its connection ends,
+// HTTP/2 connections (handed to net/http) included.
+func TestConnectionLimits(t *testing.T) {
+	testenv.RequireRoot(t) // SO_MARK on the upstream sockets
+	up := conformance.StartUpstream(t)
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := New(Config{
+		Listeners:               []net.Listener{l},
+		Resolver:                conformance.Policy(),
+		OriginalDst:             func(net.Conn) (netip.AddrPort, error) { return up, nil },
+		MaxConnections:          3,
+		MaxConnectionsPerSource: 2,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	addr := l.Addr().String()
+	refused := func(reason string) float64 {
+		var m dto.Metric
+		if err := e.metrics.ConnectionsRefused.WithLabelValues(reason).Write(&m); err != nil {
+			t.Fatal(err)
+		}
+		return m.GetCounter().GetValue()
+	}
+
+	open := func(src string) net.Conn {
+		t.Helper()
+		c, err := dialFrom(src, addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	a1, a2 := open("127.0.0.1"), open("127.0.0.1")
+	for _, c := range []net.Conn{a1, a2} {
+		if err := served(c); err != nil {
+			t.Fatalf("a connection within the limits: %v", err)
+		}
+	}
+	if err := served(open("127.0.0.1")); err == nil {
+		t.Error("a third connection from one source was served; the per-source limit is 2")
+	}
+	if got := refused(refusedPerSource); got != 1 {
+		t.Errorf("refused for the per-source limit: %v, want 1", got)
+	}
+	b1 := open("127.0.0.2")
+	if err := served(b1); err != nil {
+		t.Fatalf("another source's connection, third in all: %v", err)
+	}
+	if err := served(open("127.0.0.3")); err == nil {
+		t.Error("a fourth connection in all was served; the limit is 3")
+	}
+	if got := refused(refusedTotal); got != 1 {
+		t.Errorf("refused for the total limit: %v, want 1", got)
+	}
+
+	// A slot comes back when its connection ends.
+	a1.Close()
+	eventually(t, "a freed slot is taken again", func() error {
+		c, err := dialFrom("127.0.0.1", addr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		return served(c)
+	})
+
+	// An HTTP/2 connection holds a slot while it lives, and gives it back.
+	b1.Close()
+	a2.Close()
+	var h2c http.Protocols
+	h2c.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{Protocols: &h2c, DialContext: func(_ context.Context, _, a string) (net.Conn, error) {
+		return dialFrom("127.0.0.4", a)
+	}}
+	hc := &http.Client{Transport: tr, Timeout: 3 * time.Second}
+	eventually(t, "an h2c request once the other slots are free", func() error {
+		resp, err := hc.Get("http://" + addr + "/public/a")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	})
+	var held []net.Conn
+	for _, src := range []string{"127.0.0.5", "127.0.0.6"} {
+		c := open(src)
+		if err := served(c); err != nil {
+			t.Fatalf("%s, with the h2c connection open: %v", src, err)
+		}
+		held = append(held, c)
+	}
+	if err := served(open("127.0.0.7")); err == nil {
+		t.Error("a connection was served while the h2c connection and two others held the three slots")
+	}
+	tr.CloseIdleConnections()
+	eventually(t, "the h2c connection's slot comes back", func() error {
+		c, err := dialFrom("127.0.0.7", addr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		return served(c)
+	})
+	for _, c := range held {
+		c.Close()
+	}
+}
+
+func eventually(t *testing.T, what string, f func() error) {
+	t.Helper()
+	var err error
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if err = f(); err == nil {
+			return
+		}
+	}
+	t.Fatalf("%s: %v", what, err)
+}
