@@ -37,6 +37,12 @@
 // headers 431, another Transfer-Encoding than chunked 501, an Expect other
 // than 100-continue 417; then the connection closes.
 //
+// The engine holds at most Config.MaxConnections client connections, and
+// MaxConnectionsPerSource from one source address; one over either is reset
+// when accepted (limit.go). Between requests an idle connection keeps only
+// its read buffer: its write buffer and its upstream connection's buffers
+// go back to pools.
+//
 // Paths are judged after removing dot segments and repeated slashes, and a
 // request whose path changed that way is forwarded with the normalized path,
 // so the rule and the server see the same thing. Hosts are judged without
