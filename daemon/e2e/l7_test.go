@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/membrane-fw/membrane/daemon/api"
 	"github.com/membrane-fw/membrane/internal/testenv"
+	"github.com/membrane-fw/membrane/proxy/conformance"
 )
 
 // l7Policy: the api answers on 80. role=client may GET /public* only;
@@ -344,21 +344,7 @@ func TestL7ConnectionLimit(t *testing.T) {
 	apiAddr := net.JoinHostPort(e.ip(apiC), "80")
 
 	// From the host, whose connections all come from the bridge's address.
-	get := func(c net.Conn) error {
-		c.SetDeadline(time.Now().Add(3 * time.Second))
-		if _, err := io.WriteString(c, "GET /public HTTP/1.1\r\nHost: api\r\n\r\n"); err != nil {
-			return err
-		}
-		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != 200 {
-			return fmt.Errorf("status %d", resp.StatusCode)
-		}
-		return nil
-	}
+	get := func(c net.Conn) error { return conformance.GetOK(c, "/public") }
 	dial := func() net.Conn {
 		c, err := net.DialTimeout("tcp", apiAddr, 3*time.Second)
 		if err != nil {

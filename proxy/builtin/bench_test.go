@@ -20,23 +20,8 @@ import (
 // in the same run; compare their ns/op for the proxy's cost per request.
 func BenchmarkKeepAliveGET(b *testing.B) {
 	up := conformance.StartUpstream(b)
-	l, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	e, err := New(Config{
-		Listeners:   []net.Listener{l},
-		Resolver:    conformance.Policy(),
-		OriginalDst: func(net.Conn) (netip.AddrPort, error) { return up, nil },
-		Dial: func(ctx context.Context, dst netip.AddrPort, mark uint32) (net.Conn, error) {
-			return proxy.DialMarked(ctx, dst, 0)
-		},
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { e.Close() })
-	for _, c := range []struct{ name, addr string }{{"direct", up.String()}, {"builtin", l.Addr().String()}} {
+	_, addr := engineOn(b, up, Config{Dial: unmarked})
+	for _, c := range []struct{ name, addr string }{{"direct", up.String()}, {"builtin", addr}} {
 		b.Run(c.name, func(b *testing.B) {
 			tr := &http.Transport{MaxIdleConnsPerHost: 64}
 			defer tr.CloseIdleConnections()
@@ -68,22 +53,7 @@ func BenchmarkKeepAliveGET(b *testing.B) {
 func BenchmarkIdleConnectionMemory(b *testing.B) {
 	const conns = 500
 	up := conformance.StartUpstream(b)
-	l, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	e, err := New(Config{
-		Listeners:   []net.Listener{l},
-		Resolver:    conformance.Policy(),
-		OriginalDst: func(net.Conn) (netip.AddrPort, error) { return up, nil },
-		Dial: func(ctx context.Context, dst netip.AddrPort, mark uint32) (net.Conn, error) {
-			return proxy.DialMarked(ctx, dst, 0)
-		},
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { e.Close() })
+	_, addr := engineOn(b, up, Config{Dial: unmarked})
 	inUse := func() int64 {
 		// Twice: the second empties what sync.Pools kept from the first.
 		runtime.GC()
@@ -129,10 +99,37 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 	var direct, builtin int64
 	for b.Loop() {
 		direct += hold(up.String())
-		builtin += hold(l.Addr().String())
+		builtin += hold(addr)
 	}
 	n := float64(b.N * conns)
 	b.ReportMetric(float64(direct)/n, "direct-B/conn")
 	b.ReportMetric(float64(builtin)/n, "builtin-B/conn")
 	b.ReportMetric(float64(builtin-direct)/n, "engine-B/conn")
+}
+
+// engineOn starts the engine on a loopback listener with conformance's
+// policy (unless cfg has a resolver) and every connection sent to up, and
+// returns it and its address.
+func engineOn(tb testing.TB, up netip.AddrPort, cfg Config) (*Engine, string) {
+	tb.Helper()
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cfg.Listeners = []net.Listener{l}
+	if cfg.Resolver == nil {
+		cfg.Resolver = conformance.Policy()
+	}
+	cfg.OriginalDst = func(net.Conn) (netip.AddrPort, error) { return up, nil }
+	e, err := New(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { e.Close() })
+	return e, l.Addr().String()
+}
+
+// unmarked dials upstream without SO_MARK, which needs no privilege.
+func unmarked(ctx context.Context, dst netip.AddrPort, _ uint32) (net.Conn, error) {
+	return proxy.DialMarked(ctx, dst, 0)
 }

@@ -1,19 +1,17 @@
 package builtin
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
-	"net/netip"
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/membrane-fw/membrane/internal/testenv"
 	"github.com/membrane-fw/membrane/proxy/conformance"
-	dto "github.com/prometheus/client_model/go"
 )
 
 // dialFrom connects to addr from the loopback address src (every 127/8
@@ -25,22 +23,7 @@ func dialFrom(src, addr string) (net.Conn, error) {
 
 // served reports whether a GET on c gets the upstream's answer: the
 // connection was admitted.
-func served(c net.Conn) error {
-	c.SetDeadline(time.Now().Add(3 * time.Second))
-	defer c.SetDeadline(time.Time{})
-	if _, err := io.WriteString(c, "GET /public/a HTTP/1.1\r\nHost: api\r\n\r\n"); err != nil {
-		return err
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		return err
-	}
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		return fmt.Errorf("status %d", resp.StatusCode)
-	}
-	return nil
-}
+func served(c net.Conn) error { return conformance.GetOK(c, "/public/a") }
 
 // TestConnectionLimits: a connection over the per-source or the total
 // limit is reset as soon as it is accepted and counted by reason; others'
@@ -49,22 +32,7 @@ func served(c net.Conn) error {
 func TestConnectionLimits(t *testing.T) {
 	testenv.RequireRoot(t) // SO_MARK on the upstream sockets
 	up := conformance.StartUpstream(t)
-	l, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := New(Config{
-		Listeners:               []net.Listener{l},
-		Resolver:                conformance.Policy(),
-		OriginalDst:             func(net.Conn) (netip.AddrPort, error) { return up, nil },
-		MaxConnections:          3,
-		MaxConnectionsPerSource: 2,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.Close() })
-	addr := l.Addr().String()
+	e, addr := engineOn(t, up, Config{MaxConnections: 3, MaxConnectionsPerSource: 2})
 	refused := func(reason string) float64 {
 		var m dto.Metric
 		if err := e.metrics.ConnectionsRefused.WithLabelValues(reason).Write(&m); err != nil {

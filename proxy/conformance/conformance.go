@@ -214,6 +214,27 @@ type Conn struct {
 	R *bufio.Reader
 }
 
+// GetOK sends a GET for path on c, which stays open for more, and reports
+// whether the answer is 200; an error within 3 s otherwise (a connection
+// the proxy reset, say).
+func GetOK(c net.Conn, path string) error {
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	defer c.SetDeadline(time.Time{})
+	if _, err := io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: api\r\n\r\n"); err != nil {
+		return err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: status %d", path, resp.StatusCode)
+	}
+	return nil
+}
+
 // Dial connects to addr with a deadline of d for the whole exchange; the
 // connection closes when the test ends.
 func Dial(t *testing.T, addr string, d time.Duration) *Conn {
