@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptrace"
+	"os"
 	"os/exec"
 	"path/filepath"
 	goruntime "runtime"
@@ -326,6 +327,85 @@ func TestL7IPv6(t *testing.T) {
 		if f.Source.Container == other {
 			t.Errorf("a client without an L3 rule reached the proxy: %s", dump(f))
 		}
+	}
+}
+
+// TestL7H2C is HTTP/2 cleartext (prior knowledge) through the real
+// redirect: the host's streams on one connection to a container's h2c
+// server are judged one by one, the allowed ones reach the server as
+// HTTP/2 on an upstream connection marked with the host's identity (the
+// server's ingress program takes it from the mark and does not redirect it
+// again), and a policy edit judges the next stream of the same connection.
+func TestL7H2C(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "h2cserver")
+	build := exec.Command(filepath.Join(goruntime.GOROOT(), "bin", "go"), "build", "-o", bin, "./testdata/h2cserver")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the h2c server: %v: %s", err, out)
+	}
+	e := newEnv(t, envOpts{})
+	e.writePolicy("api.hcl", l7PolicyWith("/public.*"))
+	e.startDaemon()
+	apiC := e.run("api", []string{"app=api"}, "exec /h2cserver", "-v", bin+":/h2cserver:ro")
+	e.endpoint(apiC)
+	apiAddr := net.JoinHostPort(e.ip(apiC), "80")
+
+	var h2c http.Protocols
+	h2c.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{Protocols: &h2c}
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Transport: tr, Timeout: 3 * time.Second}
+	var conns []string
+	get := func(path string) (status int, body string, err error) {
+		ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) {
+			conns = append(conns, i.Conn.LocalAddr().String())
+		}})
+		rq, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+apiAddr+path, nil)
+		resp, err := hc.Do(rq)
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.ProtoMajor != 2 {
+			return 0, "", fmt.Errorf("answered over %s, not HTTP/2", resp.Proto)
+		}
+		return resp.StatusCode, string(b), nil
+	}
+	e.eventually("the host reaches the h2c server through the proxy", 10*time.Second, func() error {
+		s, body, err := get("/public/a")
+		if err != nil || s != 200 || body != "HTTP/2.0 /public/a\n" {
+			return fmt.Errorf("GET /public/a: %d %q %v", s, body, err)
+		}
+		return nil
+	})
+	n0 := len(conns) - 1 // the connection of the first answer
+	if s, body, err := get("/secret"); err != nil || s != 403 || !strings.Contains(body, "api") {
+		t.Errorf("GET /secret: %d %q %v; want the proxy's 403 naming policy api", s, body, err)
+	}
+	// The edit: the host may now GET /secret* only.
+	e.writePolicy("api.hcl", l7PolicyWith("/secret.*"))
+	e.waitRevision(e.status().PolicyRevision, false)
+	if s, _, err := get("/public/a"); err != nil || s != 403 {
+		t.Errorf("after the edit, GET /public/a: %d %v, want 403", s, err)
+	}
+	if s, body, err := get("/secret"); err != nil || s != 200 || body != "HTTP/2.0 /secret\n" {
+		t.Errorf("after the edit, GET /secret: %d %q %v, want 200 from the server", s, body, err)
+	}
+	for _, c := range conns[n0:] {
+		if c != conns[n0] {
+			t.Errorf("the streams from the first answer on used several connections: %v", conns[n0:])
+			break
+		}
+	}
+	var h2Records int
+	for _, f := range e.observe(api.ObserveFilter{Type: "l7"}) {
+		if f.HTTP != nil && f.HTTP.Proto == "HTTP/2.0" {
+			h2Records++
+		}
+	}
+	if h2Records < 4 {
+		t.Errorf("%d HTTP/2 records in observe, want at least 4: %s", h2Records, dump(e.observe(api.ObserveFilter{Type: "l7"})))
 	}
 }
 
