@@ -60,11 +60,12 @@ func (l *limiter) release(src netip.Addr) {
 // refuse resets a connection the limiter did not admit: the client learns
 // at once, and no FIN_WAIT socket lingers for it.
 func (e *Engine) refuse(c net.Conn, src netip.AddrPort, reason string) {
+	// Counted first: whoever sees the reset sees it counted.
+	e.metrics.ConnectionsRefused.WithLabelValues(reason).Inc()
 	if tc, ok := c.(*net.TCPConn); ok {
 		tc.SetLinger(0)
 	}
 	c.Close()
-	e.metrics.ConnectionsRefused.WithLabelValues(reason).Inc()
 	// A flood of refusals logs a line per interval, not per connection.
 	now := time.Now().UnixNano()
 	last := e.lastRefusalLog.Load()
