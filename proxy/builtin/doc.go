@@ -39,9 +39,9 @@
 //
 // The engine holds at most Config.MaxConnections client connections, and
 // MaxConnectionsPerSource from one source address; one over either is reset
-// when accepted (limit.go). Between requests an idle connection keeps only
-// its read buffer: its write buffer and its upstream connection's buffers
-// go back to pools.
+// when accepted (limit.go). Between requests an idle connection holds no
+// buffer: it waits for the client's next bytes with a one-byte peek, and its
+// read and write buffers and its upstream connection's go back to pools.
 //
 // Paths are judged after removing dot segments and repeated slashes, and a
 // request whose path changed that way is forwarded with the normalized path,

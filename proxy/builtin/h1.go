@@ -244,14 +244,15 @@ func (h *h1) clearDeadline() {
 // with a nil error: the client closed or idled out between requests, or
 // the connection went to the HTTP/2 server.
 func (h *h1) readHead(first bool) (ok bool, err error) {
-	if h.br.Buffered() == 0 {
+	idle := h.br.Buffered() == 0
+	if idle {
 		if err := h.bw.Flush(); err != nil {
 			return false, nil
 		}
 		// Nothing to write until a request comes, and the client may keep
 		// the connection idle for minutes: its write buffer and the
 		// upstream connection's buffers go back to the pools meanwhile,
-		// which halves what an idle connection holds.
+		// and its read buffer too (below).
 		putWriter(h.bw)
 		h.bw = nil
 		if u := h.up.Load(); u != nil {
@@ -263,6 +264,14 @@ func (h *h1) readHead(first bool) (ok bool, err error) {
 	// it, at most a second (setting a deadline per request costs).
 	if want := h.now.Add(h.e.cfg.IdleTimeout); h.deadline.IsZero() || want.Sub(h.deadline) > h.e.idleSlack {
 		h.setDeadline(want)
+	}
+	if r, ok := h.rw.(*rawIO); ok && idle {
+		putReader(&readers4k, h.br)
+		err := r.waitReadable()
+		h.br = getReader(&readers4k, h.rw)
+		if err != nil {
+			return false, nil // timeout, reset: nobody to answer
+		}
 	}
 	var preface bool
 	h.head, preface, err = readRequestHead(h.br, h.head[:0], &h.rq, h.e.cfg.MaxHeaderBytes, first, func() {

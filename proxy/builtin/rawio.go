@@ -17,7 +17,8 @@ import (
 // monitor to hand the processor to another thread, a wake-up per request
 // for nothing.
 type rawIO struct {
-	rc syscall.RawConn
+	rc   syscall.RawConn
+	peek [1]byte
 }
 
 // newRawIO is rawIO for c, or c itself when it has no raw connection.
@@ -56,6 +57,38 @@ func (r *rawIO) Read(b []byte) (int, error) {
 		return 0, io.EOF
 	}
 	return int(n), nil
+}
+
+// waitReadable returns when the socket has something to read (data, the
+// peer's FIN or an error), without reading it and without a buffer, or
+// with the read deadline's error. It peeks where a read would have found
+// nothing, and takes the wake that follows as readiness without another
+// system call: a spurious one only costs the next read a wait.
+func (r *rawIO) waitReadable() error {
+	waited := false
+	var errno syscall.Errno
+	err := r.rc.Read(func(fd uintptr) bool {
+		if waited {
+			errno = 0
+			return true
+		}
+		for {
+			_, _, errno = syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&r.peek[0])), 1,
+				syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+			switch errno {
+			case syscall.EINTR:
+				continue
+			case syscall.EAGAIN:
+				waited = true
+				return false
+			}
+			return true
+		}
+	})
+	if err == nil && errno != 0 {
+		err = os.NewSyscallError("recvfrom", errno)
+	}
+	return err
 }
 
 // maxRawWrite bounds one write system call.

@@ -99,3 +99,39 @@ func TestRawIO(t *testing.T) {
 		t.Fatalf("read on a closed connection: %v, want net.ErrClosed", err)
 	}
 }
+
+// waitReadable returns when bytes arrive, leaving them to the next read;
+// when the peer closes (the read then sees the end); and with the deadline
+// error when nothing comes in time.
+func TestWaitReadable(t *testing.T) {
+	a, b := tcpPair(t)
+	rb := newRawIO(b).(*rawIO)
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		a.Write([]byte("GET / HTTP/1.1\r\n"))
+	}()
+	if err := rb.waitReadable(); err != nil {
+		t.Fatalf("waiting for bytes: %v", err)
+	}
+	buf := make([]byte, 64)
+	if n, err := rb.Read(buf); err != nil || string(buf[:n]) != "GET / HTTP/1.1\r\n" {
+		t.Fatalf("read after the wait: %q %v, want every byte the peer sent", buf[:n], err)
+	}
+
+	b.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if err := rb.waitReadable(); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("waiting past the deadline: %v, want os.ErrDeadlineExceeded", err)
+	}
+	b.SetReadDeadline(time.Time{})
+
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		a.Close()
+	}()
+	if err := rb.waitReadable(); err != nil {
+		t.Fatalf("waiting for the peer's close: %v", err)
+	}
+	if _, err := rb.Read(buf); err != io.EOF {
+		t.Fatalf("read after the close: %v, want io.EOF", err)
+	}
+}
