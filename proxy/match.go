@@ -73,21 +73,22 @@ func MatchRule(rule *policies.HTTPRule, req *Request) bool {
 		if !ok {
 			return false
 		}
-		if want == "" {
-			continue
-		}
-		found := false
-		for _, v := range vals {
-			if v == want {
-				found = true
-				break
-			}
-		}
-		if !found {
+		if want != "" && !joinedEqual(vals, want) {
 			return false
 		}
 	}
 	return true
+}
+
+// joinedEqual reports whether a header's field lines, joined with "," as
+// RFC 9110 section 5.3 combines them and as Envoy matches them, equal want.
+// A request cannot pass `X-Tenant = "acme"` by sending a second X-Tenant
+// that the server might read instead: "evil,acme" is not "acme".
+func joinedEqual(vals []string, want string) bool {
+	if len(vals) == 1 {
+		return vals[0] == want
+	}
+	return strings.Join(vals, ",") == want
 }
 
 // Match returns the first rule of set that matches req. ok is false when no

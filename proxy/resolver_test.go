@@ -124,13 +124,21 @@ func TestMatchNormalizesPathAndHost(t *testing.T) {
 			t.Errorf("MatchHost(%q) = %q, want %q", in, got, want)
 		}
 	}
+}
+
+// A header's repeated field lines are judged joined with ",", as Envoy
+// matches them: a second value the server might read instead does not pass
+// an exact-value rule.
+func TestHeaderRuleJudgesEveryFieldLine(t *testing.T) {
 	rule := policies.HTTPRule{Headers: map[string]string{"X-A": "1", "X-B": ""}}
 	for _, c := range []struct {
 		h    http.Header
 		want bool
 	}{
 		{http.Header{"X-A": {"1"}, "X-B": {""}}, true},
-		{http.Header{"X-A": {"0", "1"}, "X-B": {"z"}}, true},
+		{http.Header{"X-A": {"0", "1"}, "X-B": {"z"}}, false},
+		{http.Header{"X-A": {"1", "1"}, "X-B": {"z"}}, false},
+		{http.Header{"X-A": {"1"}, "X-B": {"y", "z"}}, true},
 		{http.Header{"X-A": {"2"}, "X-B": {"z"}}, false},
 		{http.Header{"X-A": {"1"}}, false},
 	} {

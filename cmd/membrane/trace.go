@@ -258,6 +258,10 @@ func (o *traceOpts) query() (traceQuery, error) {
 			return q, usageError("an HTTP request needs a TCP connection: add --port N/tcp")
 		}
 		q.HTTPMethod, q.HTTPPath, q.HTTPHost = o.httpMethod, o.httpPath, o.httpHost
+		// A header given more than once is judged as its values joined
+		// with ",", as the proxies judge a repeated header; names compare
+		// case-insensitively, and the first spelling is kept.
+		spelled := map[string]string{}
 		for _, h := range o.httpHeaders {
 			k, v, ok := strings.Cut(h, "=")
 			if !ok || strings.TrimSpace(k) == "" {
@@ -266,6 +270,11 @@ func (o *traceOpts) query() (traceQuery, error) {
 			if q.HTTPHeaders == nil {
 				q.HTTPHeaders = map[string]string{}
 			}
+			if first, ok := spelled[strings.ToLower(k)]; ok {
+				q.HTTPHeaders[first] += "," + v
+				continue
+			}
+			spelled[strings.ToLower(k)] = k
 			q.HTTPHeaders[k] = v
 		}
 	}

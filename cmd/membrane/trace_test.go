@@ -130,6 +130,11 @@ func TestTraceHTTP(t *testing.T) {
 	if j.L7 == nil || j.L7.HTTP == nil || j.L7.HTTP.Verdict != "403" {
 		t.Errorf("POST /submit with X-Tenant=evil should be refused: %+v", j)
 	}
+	// A repeated header is judged joined, as the proxies judge it.
+	j = traceJSONOf(t, append(base, "--http-method", "POST", "--http-path", "/submit", "--http-header", "X-Tenant=evil", "--http-header", "X-Tenant=acme")...)
+	if j.L7 == nil || j.L7.HTTP == nil || j.L7.HTTP.Verdict != "403" {
+		t.Errorf("POST /submit with X-Tenant evil and acme should be refused: %+v", j)
+	}
 	out, _, code := traceCLI(t, append(base, "--http-method", "GET", "--http-path", "/nope", "--http-host", "x")...)
 	if code != 0 || !strings.Contains(out, "403 Forbidden") {
 		t.Errorf("text output for a refused request (exit %d):\n%s", code, out)

@@ -141,7 +141,7 @@ type reqCase struct {
 	method  string
 	path    string
 	host    string
-	headers map[string]string
+	headers http.Header
 	want    int
 	policy  string // a policy name the 403 body must contain
 }
@@ -155,14 +155,16 @@ func (s *suite) allowedAndDenied(t *testing.T) {
 		{name: "path denied", method: "GET", path: "/private/secret", want: 403},
 		{name: "path anchored at end", method: "POST", path: "/upload/more", want: 403},
 		{name: "path anchored at start", method: "GET", path: "/x/public/y", want: 403},
-		{name: "host and header allowed", method: "GET", path: "/api/v1/items", host: "api.example.com", headers: map[string]string{"X-Tenant": "acme"}, want: 200},
-		{name: "host case and port ignored", method: "GET", path: "/api/v1/items", host: "API.Example.com:8080", headers: map[string]string{"X-Tenant": "acme"}, want: 200},
-		{name: "host denied", method: "GET", path: "/api/v1/items", host: "evil.example.com", headers: map[string]string{"X-Tenant": "acme"}, want: 403, policy: "api"},
-		{name: "host anchored", method: "GET", path: "/api/v1/items", host: "api.example.com.evil.org", headers: map[string]string{"X-Tenant": "acme"}, want: 403},
-		{name: "header value wrong", method: "GET", path: "/api/v1/items", host: "api.example.com", headers: map[string]string{"X-Tenant": "other"}, want: 403},
+		{name: "host and header allowed", method: "GET", path: "/api/v1/items", host: "api.example.com", headers: http.Header{"X-Tenant": {"acme"}}, want: 200},
+		{name: "host case and port ignored", method: "GET", path: "/api/v1/items", host: "API.Example.com:8080", headers: http.Header{"X-Tenant": {"acme"}}, want: 200},
+		{name: "host denied", method: "GET", path: "/api/v1/items", host: "evil.example.com", headers: http.Header{"X-Tenant": {"acme"}}, want: 403, policy: "api"},
+		{name: "host anchored", method: "GET", path: "/api/v1/items", host: "api.example.com.evil.org", headers: http.Header{"X-Tenant": {"acme"}}, want: 403},
+		{name: "header value wrong", method: "GET", path: "/api/v1/items", host: "api.example.com", headers: http.Header{"X-Tenant": {"other"}}, want: 403},
+		{name: "header repeated with another value", method: "GET", path: "/api/v1/items", host: "api.example.com", headers: http.Header{"X-Tenant": {"evil", "acme"}}, want: 403},
+		{name: "header repeated", method: "GET", path: "/api/v1/items", host: "api.example.com", headers: http.Header{"X-Tenant": {"acme", "acme"}}, want: 403},
 		{name: "header missing", method: "GET", path: "/api/v1/items", host: "api.example.com", want: 403},
-		{name: "header present any value", method: "GET", path: "/present", headers: map[string]string{"X-Token": "whatever"}, want: 200},
-		{name: "header present empty value", method: "PATCH", path: "/present", headers: map[string]string{"X-Token": ""}, want: 200},
+		{name: "header present any value", method: "GET", path: "/present", headers: http.Header{"X-Token": {"whatever"}}, want: 200},
+		{name: "header present empty value", method: "PATCH", path: "/present", headers: http.Header{"X-Token": {""}}, want: 200},
 		{name: "header absent", method: "GET", path: "/present", want: 403},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -174,7 +176,7 @@ func (s *suite) allowedAndDenied(t *testing.T) {
 				req.Host = tc.host
 			}
 			for k, v := range tc.headers {
-				req.Header[k] = []string{v}
+				req.Header[k] = v
 			}
 			resp, err := c.Do(req)
 			if err != nil {

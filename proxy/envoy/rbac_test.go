@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"net/netip"
 	"regexp"
+	"strings"
 	"testing"
 
 	rbacconfig "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
@@ -46,15 +47,15 @@ func headerMatch(t *testing.T, h *route.HeaderMatcher, r *envoyRequest) bool {
 	default:
 		vals = r.headers.Values(h.GetName())
 	}
+	if len(vals) == 0 {
+		return false
+	}
 	if h.GetPresentMatch() {
-		return len(vals) > 0
+		return true
 	}
-	for _, v := range vals {
-		if stringMatch(t, h.GetStringMatch(), v) {
-			return true
-		}
-	}
-	return false
+	// Envoy matches a repeated header's values joined with ","
+	// (HeaderUtility::getAllOfHeaderAsString).
+	return stringMatch(t, h.GetStringMatch(), strings.Join(vals, ","))
 }
 
 // permits evaluates an RBAC permission over the subset the translation
@@ -148,6 +149,8 @@ func TestRBACRefusesWhatTheResolverRefuses(t *testing.T) {
 		{"egress refuses the host", envoyRequest{"GET", "/v1/orders", "evil.example.com", tenant}, "egress"},
 		{"ingress refuses a missing header", envoyRequest{"GET", "/v1/orders", "api.example.com", http.Header{"X-Tenant": {"acme"}}}, "ingress"},
 		{"ingress refuses a header's value", envoyRequest{"GET", "/v1/orders", "api.example.com", http.Header{"X-Tenant": {"other"}, "Authorization": {"x"}}}, "ingress"},
+		{"ingress refuses a second value of its header", envoyRequest{"GET", "/v1/orders", "api.example.com", http.Header{"X-Tenant": {"evil", "acme"}, "Authorization": {"x"}}}, "ingress"},
+		{"a repeated presence header passes", envoyRequest{"GET", "/v1/orders", "api.example.com", http.Header{"X-Tenant": {"acme"}, "Authorization": {"x", "y"}}}, ""},
 		{"the first refusal counts", envoyRequest{"DELETE", "/", "api.example.com", nil}, "egress"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
