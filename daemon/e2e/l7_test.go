@@ -258,15 +258,18 @@ func testL7(t *testing.T, engine string) {
 }
 
 // TestL7IPv6 is the L7 path over IPv6, on a Docker network with an IPv6
-// subnet: per-request verdicts for a container and for the host, a rule
-// without http unrestricted, no connection at all without an L3 rule, and
-// records that carry the IPv6 peers.
+// subnet: per-request verdicts for a container, for the host and through a
+// port published on the host's IPv6 address, a rule without http
+// unrestricted, no connection at all without an L3 rule, and records that
+// carry the IPv6 peers.
 func TestL7IPv6(t *testing.T) {
 	e := newEnv(t, envOpts{ipv6: true})
 	e.writePolicy("api.hcl", l7PolicyWith("/public.*"))
 	e.startDaemon()
+	hostPort := strings.TrimPrefix(freePort(t), "127.0.0.1:")
 	apiC := e.run("api", []string{"app=api"},
-		"mkdir -p /var/www && echo public > /var/www/public && echo secret > /var/www/secret; httpd -f -p 80 -h /var/www")
+		"mkdir -p /var/www && echo public > /var/www/public && echo secret > /var/www/secret; httpd -f -p 80 -h /var/www",
+		"-p", hostPort+":80")
 	client := e.idle("client", "role=client")
 	admin := e.idle("admin", "role=client", "admin=yes")
 	other := e.idle("other", "role=other")
@@ -309,6 +312,34 @@ func TestL7IPv6(t *testing.T) {
 			t.Errorf("host GET %s over IPv6: %d, want %d", path, resp.StatusCode, want)
 		}
 	}
+	// Through the published port on the host's IPv6 loopback. Docker 20.10
+	// forwards IPv6 published ports with its userland proxy (no ip6tables),
+	// so the connection reaches the container from the host: the host's
+	// rules judge each request.
+	published := net.JoinHostPort("::1", hostPort)
+	for path, want := range map[string]int{"/public": 200, "/secret-published": 403} {
+		resp, err := hc.Get("http://" + published + path)
+		if err != nil {
+			t.Errorf("GET %s through the published port [::1]:%s: %v", path, hostPort, err)
+			continue
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("GET %s through the published port [::1]:%s: %d, want %d", path, hostPort, resp.StatusCode, want)
+		}
+	}
+	e.eventually("the published port's denied request in observe", 5*time.Second, func() error {
+		for _, f := range e.observe(api.ObserveFilter{Type: "l7"}) {
+			if f.HTTP != nil && f.HTTP.Path == "/secret-published" && f.Verdict == "denied" {
+				if f.Source.Identity != 1 || f.Direction != "ingress" {
+					return fmt.Errorf("record %s: want the host (identity 1) judged by the api's ingress rules", dump(f))
+				}
+				return nil
+			}
+		}
+		return fmt.Errorf("none in %s", dump(e.observe(api.ObserveFilter{Type: "l7"})))
+	})
 
 	var denied *api.Flow
 	e.eventually("the IPv6 client's denied request in observe", 5*time.Second, func() error {
