@@ -46,9 +46,11 @@ func deniedBy(details string) string {
 	if !ok {
 		return ""
 	}
-	name, ok = strings.CutSuffix(name, "]")
+	if name, ok = strings.CutSuffix(name, "]"); !ok {
+		return ""
+	}
 	for _, d := range []policies.Direction{policies.Egress, policies.Ingress} {
-		if ok && name == denyPolicy(d) {
+		if name == denyPolicy(d) {
 			return d.String()
 		}
 	}
