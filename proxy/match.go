@@ -3,6 +3,7 @@ package proxy
 import (
 	"net"
 	"net/http"
+	"net/netip"
 	"path"
 	"strings"
 
@@ -46,14 +47,22 @@ func NormalizePath(p string) string {
 }
 
 // MatchHost strips the port from a Host header and lower-cases it, so that
-// `host = "api\\.example\\.com"` matches "API.example.com:8080".
+// `host = "api\\.example\\.com"` matches "API.example.com:8080". Brackets
+// come off an IPv6 literal only: "[api.example.com]" is judged as it is,
+// since a server does not take it for api.example.com.
 func MatchHost(h string) string {
-	if host, _, err := net.SplitHostPort(h); err == nil {
-		h = host
+	host := h
+	if hp, _, err := net.SplitHostPort(h); err == nil {
+		host = hp
 	} else if strings.HasPrefix(h, "[") && strings.HasSuffix(h, "]") {
-		h = h[1 : len(h)-1]
+		host = h[1 : len(h)-1]
 	}
-	return strings.ToLower(h)
+	if strings.HasPrefix(h, "[") {
+		if a, err := netip.ParseAddr(host); err != nil || !a.Is6() {
+			return strings.ToLower(h)
+		}
+	}
+	return strings.ToLower(host)
 }
 
 // MatchRule reports whether one http block matches: every attribute it names

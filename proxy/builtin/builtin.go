@@ -350,6 +350,9 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	dec, err := cs.decide(box)
 	ev.SrcIdentity, ev.DstIdentity = dec.SrcIdentity, dec.DstIdentity
+	if err == nil && r.Method == http.MethodConnect {
+		err = errConnect
+	}
 	if err != nil {
 		ev.Verdict, ev.Status, ev.Error = proxy.VerdictDenied, http.StatusForbidden, err.Error()
 		deny(w, "Access denied by Membrane: "+err.Error())

@@ -33,8 +33,8 @@ import (
 // leave together, and streams flow. (A pipelined response waits for the
 // ones after it that were already requested.)
 // A connection that opens with the HTTP/2 preface is handed to net/http's
-// HTTP/2 server (ServeHTTP); upgrades (WebSocket) and CONNECT become a byte
-// tunnel after the upstream accepts them.
+// HTTP/2 server (ServeHTTP); upgrades (WebSocket) become a byte tunnel
+// after the upstream accepts them. CONNECT is refused (see errConnect).
 
 // Limits of the HTTP/1.x path.
 const (
@@ -63,6 +63,8 @@ var (
 	// errMalformedChunk is a chunked body that does not parse.
 	errMalformedChunk = errors.New("malformed chunked body")
 	errBadResponse    = errors.New("malformed upstream response")
+	// errConnect: CONNECT is refused whatever the rules (HTTP/1 and 2).
+	errConnect = errors.New("CONNECT is not proxied")
 )
 
 // readErr is an error reading the source of a copy (as opposed to writing
@@ -305,9 +307,23 @@ func (h *h1) serveOne(first bool) bool {
 	e, cs, rq := h.e, h.cs, &h.rq
 	start := time.Now()
 	method := methodString(rq.method.of(h.head))
-	path, fwd, over, err := h.target(method)
+	if method == http.MethodConnect {
+		h.refuseConnect(start)
+		return false
+	}
+	path, fwd, over, err := h.target()
 	if err != nil {
+		// Recorded: a refused target may be someone probing the rules.
 		h.fail(err)
+		ev := proxy.Event{
+			Time: start, Engine: "builtin", Src: cs.src, Dst: cs.dst, Proto: "HTTP/1.1",
+			Method: method, Path: string(rq.target.of(h.head)),
+			Verdict: proxy.VerdictError, Status: http.StatusBadRequest, Error: err.Error(),
+		}
+		if rq.minor == 0 {
+			ev.Proto = "HTTP/1.0"
+		}
+		h.finish(&ev, start)
 		return false
 	}
 	var host string
@@ -368,9 +384,10 @@ func (h *h1) finish(ev *proxy.Event, start time.Time) {
 
 // header is what the rules of d see of the request's fields: the fields
 // they name (canonical names), as net/http would present them to a handler
-// (Host and Transfer-Encoding are not among its fields). nil when no rule
-// looks at headers; fields no rule names are left out, which no rule can
-// tell.
+// (Host and Transfer-Encoding are not among its fields), less those its
+// Connection field names: the proxy does not forward them, and a rule
+// must not pass a field the server will not get. nil when no rule looks at
+// headers; fields no rule names are left out, which no rule can tell.
 func (h *h1) header(d *proxy.Decision) http.Header {
 	var hd http.Header
 	for i := range d.Checks {
@@ -380,6 +397,9 @@ func (h *h1) header(d *proxy.Decision) http.Header {
 					hd = make(http.Header, 2)
 				}
 				if _, done := hd[name]; done || name == "Host" || name == "Transfer-Encoding" {
+					continue
+				}
+				if len(h.rq.connTokens) > 0 && listed(h.head, h.rq.connTokens, []byte(name)) {
 					continue
 				}
 				for _, f := range h.rq.fields {
@@ -395,18 +415,16 @@ func (h *h1) header(d *proxy.Decision) http.Header {
 
 // target resolves the request target: the path the rules judge (decoded,
 // dot segments removed), the target to forward (nil: as received) and,
-// for an absolute-form target or CONNECT, the authority that stands for
-// Host.
-func (h *h1) target(method string) (path string, fwd []byte, over string, err error) {
+// for an absolute-form target, the authority that stands for Host.
+func (h *h1) target() (path string, fwd []byte, over string, err error) {
 	t := h.rq.target.of(h.head)
 	if h.lastTarget != nil && bytes.Equal(t, h.lastTarget) {
 		return h.lastPath, h.lastFwd, h.lastOver, nil
 	}
+	if err := ambiguousTarget(t); err != nil {
+		return "", nil, "", err
+	}
 	switch {
-	case method == http.MethodConnect && t[0] != '/':
-		// authority-form: judged as path "/" with the authority as host,
-		// as net/http presents it.
-		path, over = "/", string(t)
 	case len(t) == 1 && t[0] == '*':
 		path = proxy.NormalizePath("*")
 	case t[0] == '/':
@@ -422,6 +440,9 @@ func (h *h1) target(method string) (path string, fwd []byte, over string, err er
 			}
 			decoded = u.Path
 		}
+		if err := dotParams(decoded); err != nil {
+			return "", nil, "", err
+		}
 		path = proxy.NormalizePath(decoded)
 		if path != decoded {
 			fwd = append([]byte((&url.URL{Path: path}).EscapedPath()), query...)
@@ -430,6 +451,9 @@ func (h *h1) target(method string) (path string, fwd []byte, over string, err er
 		u, err := url.ParseRequestURI(string(t))
 		if err != nil || u.Host == "" {
 			return "", nil, "", badRequest("invalid request target")
+		}
+		if err := dotParams(u.Path); err != nil {
+			return "", nil, "", err
 		}
 		over = u.Host
 		path = proxy.NormalizePath(u.Path)
@@ -443,6 +467,60 @@ func (h *h1) target(method string) (path string, fwd []byte, over string, err er
 	h.lastTarget = append(h.lastTarget[:0], t...)
 	h.lastPath, h.lastFwd, h.lastOver = path, fwd, over
 	return path, fwd, over, nil
+}
+
+// ambiguousTarget refuses what servers read differently from the path the
+// rules judge: a '#' (a fragment has no place in a request; WHATWG URL
+// parsers cut the path there) and a '\' in the path (WHATWG parsers, so
+// Node's, take it for '/', so "/public/..\admin" would reach "/admin").
+// Neither may appear raw in a target (RFC 3986); clients percent-encode
+// them.
+func ambiguousTarget(t []byte) error {
+	if bytes.IndexByte(t, '#') >= 0 {
+		return badRequest("invalid request target: '#'")
+	}
+	p := t
+	if i := bytes.IndexByte(p, '?'); i >= 0 {
+		p = p[:i]
+	}
+	if bytes.IndexByte(p, '\\') >= 0 {
+		return badRequest("invalid request target: '\\' in the path")
+	}
+	return nil
+}
+
+// dotParams refuses a dot segment with parameters ("/..;x/"): Tomcat and
+// the servers that follow it drop the parameters and then the segment, so
+// "/public/..;/admin" would reach "/admin" while the rules judge a path
+// under /public.
+func dotParams(p string) error {
+	for seg := range strings.SplitSeq(p, "/") {
+		if i := strings.IndexByte(seg, ';'); i >= 0 && (seg[:i] == "." || seg[:i] == "..") {
+			return badRequest("invalid request target: dot segment with parameters")
+		}
+	}
+	return nil
+}
+
+// refuseConnect answers CONNECT 403 and closes: the proxy stands in front
+// of one server, not the way to others, and a tunnel would carry requests
+// past the rules to a server that answers CONNECT with 2xx and goes on
+// reading HTTP (a catch-all handler does). Envoy refuses CONNECT too.
+func (h *h1) refuseConnect(start time.Time) {
+	authority := string(h.rq.target.of(h.head))
+	ev := proxy.Event{
+		Time: start, Engine: "builtin", Src: h.cs.src, Dst: h.cs.dst, Proto: "HTTP/1.1",
+		Method: http.MethodConnect, Host: proxy.MatchHost(authority),
+		Verdict: proxy.VerdictDenied, Status: http.StatusForbidden, Error: errConnect.Error(),
+	}
+	dec, _ := h.cs.decide(h.e.resolver.Load())
+	ev.SrcIdentity, ev.DstIdentity = dec.SrcIdentity, dec.DstIdentity
+	if h.rq.minor == 0 {
+		ev.Proto = "HTTP/1.0"
+	}
+	h.respond(http.MethodConnect, http.StatusForbidden, "Access denied by Membrane: "+errConnect.Error()+"\n", true)
+	h.linger = true
+	h.finish(&ev, start)
 }
 
 // validHostByte are the bytes net/http accepts in a Host field.
@@ -940,8 +1018,6 @@ func (h *h1) relay(ev *proxy.Event, u *upConn, method string, upgrade bool) bool
 			h.dropUp(u)
 			return h.upstreamFailed(ev, method, fmt.Errorf("%w: 101 to a request that asked no upgrade", errBadResponse), true)
 		}
-		mode = bodyTunnel
-	case method == http.MethodConnect && rs.status/100 == 2:
 		mode = bodyTunnel
 	case method == http.MethodHead || rs.status < 200 || rs.status == 204 || rs.status == 304:
 		mode = bodyNone

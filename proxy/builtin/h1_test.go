@@ -543,30 +543,89 @@ func TestUpgradeAfterKeepAliveRequests(t *testing.T) {
 	}
 }
 
-// TestConnectTunnel: an allowed CONNECT becomes a tunnel when the
-// upstream answers 2xx.
-func TestConnectTunnel(t *testing.T) {
+// TestConnectRefused: CONNECT gets 403 and the connection closes, under
+// rules that allow everything and with an upstream that would accept it and
+// go on reading HTTP: nothing reaches the upstream, not the CONNECT and not
+// the request that would have followed it through the tunnel.
+func TestConnectRefused(t *testing.T) {
 	up := startScripted(t, func(s *scripted, c net.Conn, br *bufio.Reader) {
-		if _, ok := s.readHead(br); !ok {
-			return
+		for {
+			if _, ok := s.readHead(br); !ok {
+				return
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
 		}
-		io.WriteString(c, "HTTP/1.1 200 Connection Established\r\n\r\n")
-		io.Copy(c, br)
 	})
-	addr, _ := engineFor(t, up.addr, conformance.AllowAll())
+	addr, events := engineFor(t, up.addr, conformance.AllowAll())
 	c := dialClient(t, addr)
-	c.send("CONNECT db.internal:5432 HTTP/1.1\r\nHost: db.internal:5432\r\n\r\n")
-	resp, err := http.ReadResponse(c.R, &http.Request{Method: "CONNECT"})
-	if err != nil || resp.StatusCode != 200 {
-		t.Fatalf("CONNECT: %v %v", resp, err)
+	c.send("CONNECT api.example.com:80 HTTP/1.1\r\nHost: api.example.com:80\r\n\r\n" +
+		"DELETE /admin/users HTTP/1.1\r\nHost: admin.internal\r\n\r\n")
+	resp, body := c.read("CONNECT")
+	if resp.StatusCode != 403 || !resp.Close || !strings.Contains(body, "CONNECT is not proxied") {
+		t.Fatalf("CONNECT: %d (close %v) %q, want 403 and the connection closed", resp.StatusCode, resp.Close, body)
 	}
-	c.send("ping")
-	got := make([]byte, 4)
-	if _, err := io.ReadFull(c.R, got); err != nil || string(got) != "ping" {
-		t.Fatalf("tunnel echo: %q %v", got, err)
+	if _, err := c.R.ReadByte(); err != io.EOF {
+		t.Fatalf("after the refused CONNECT: %v, want the connection closed", err)
 	}
-	if h := up.seen(); len(h) != 1 || !strings.HasPrefix(h[0], "CONNECT db.internal:5432 HTTP/1.1\r\n") {
-		t.Fatalf("upstream head %q", h)
+	if h := up.seen(); len(h) != 0 {
+		t.Fatalf("the upstream got %q", h)
+	}
+	if ev := <-events; ev.Method != "CONNECT" || ev.Verdict != proxy.VerdictDenied || ev.Status != 403 || ev.Host != "api.example.com" || ev.Error == "" {
+		t.Fatalf("event %+v", ev)
+	}
+}
+
+// TestAmbiguousTargetRefused: targets that servers read as another path
+// than the one the rules judge get 400 and reach nothing: a '\' in the
+// path (WHATWG parsers take it for '/'), a '#', a dot segment with
+// parameters (Tomcat drops them, then the segment). A ';' elsewhere and a
+// '\' in the query are ordinary.
+func TestAmbiguousTargetRefused(t *testing.T) {
+	up := startScripted(t, respondOK)
+	addr, events := engineFor(t, up.addr, conformance.Policy())
+	for _, target := range []string{
+		`/public/..\admin`, `/public\..\..\admin`, "/public/..#", "/public/x#frag",
+		"/public/..;/admin", "/public/.;x/../../admin", "/public/%2e%2e;/admin",
+		"http://svc/public/..;/admin", `http://svc/public/..\admin`,
+	} {
+		c := dialClient(t, addr)
+		c.send("GET " + target + " HTTP/1.1\r\nHost: svc\r\n\r\n")
+		if resp, body := c.read("GET"); resp.StatusCode != 400 {
+			t.Errorf("GET %s: %d %q, want 400", target, resp.StatusCode, body)
+		}
+	}
+	if h := up.seen(); len(h) != 0 {
+		t.Fatalf("the upstream got %q", h)
+	}
+	if ev := <-events; ev.Verdict != proxy.VerdictError || ev.Status != 400 || ev.Path != `/public/..\admin` || ev.Error == "" {
+		t.Fatalf("event %+v, want an error record of the refused target", ev)
+	}
+	c := dialClient(t, addr)
+	for _, target := range []string{"/public/a;jsessionid=1", `/public/x?q=a\b`} {
+		c.send("GET " + target + " HTTP/1.1\r\nHost: svc\r\n\r\n")
+		if resp, body := c.read("GET"); resp.StatusCode != 200 || body != "GET "+target+" HTTP/1.1" {
+			t.Errorf("GET %s: %d %q, want 200 forwarded as sent", target, resp.StatusCode, body)
+		}
+	}
+}
+
+// TestConnectionNominatedFieldNotJudged: a field the client's Connection
+// names is not forwarded, so the rules do not see it either: a header rule
+// cannot pass on a value the server never gets.
+func TestConnectionNominatedFieldNotJudged(t *testing.T) {
+	up := startScripted(t, respondOK)
+	addr, _ := engineFor(t, up.addr, conformance.Policy())
+	c := dialClient(t, addr)
+	c.send("GET /api/v1/items HTTP/1.1\r\nHost: api.example.com\r\nX-Tenant: acme\r\nConnection: keep-alive, X-Tenant\r\n\r\n")
+	if resp, body := c.read("GET"); resp.StatusCode != 403 {
+		t.Fatalf("X-Tenant named by Connection: %d %q, want 403", resp.StatusCode, body)
+	}
+	c.send("GET /api/v1/items HTTP/1.1\r\nHost: api.example.com\r\nX-Tenant: acme\r\nConnection: keep-alive\r\n\r\n")
+	if resp, body := c.read("GET"); resp.StatusCode != 200 {
+		t.Fatalf("X-Tenant: %d %q, want 200", resp.StatusCode, body)
+	}
+	if h := up.seen(); len(h) != 1 || !strings.Contains(h[0], "\r\nX-Tenant: acme\r\n") {
+		t.Fatalf("upstream heads %q", h)
 	}
 }
 

@@ -115,6 +115,7 @@ func Run(t *testing.T, f Factory) {
 	t.Run("H2CStreamsJudgedEach", s.h2c)
 	t.Run("GRPCAllowedByPathAndDenied", s.grpc)
 	t.Run("BadAndOversizedRequests", s.badRequests)
+	t.Run("ConnectIsRefused", s.connectRefused)
 	if tg.Events != nil {
 		t.Run("Events", s.events)
 	}
@@ -159,6 +160,7 @@ func (s *suite) allowedAndDenied(t *testing.T) {
 		{name: "host case and port ignored", method: "GET", path: "/api/v1/items", host: "API.Example.com:8080", headers: http.Header{"X-Tenant": {"acme"}}, want: 200},
 		{name: "host denied", method: "GET", path: "/api/v1/items", host: "evil.example.com", headers: http.Header{"X-Tenant": {"acme"}}, want: 403, policy: "api"},
 		{name: "host anchored", method: "GET", path: "/api/v1/items", host: "api.example.com.evil.org", headers: http.Header{"X-Tenant": {"acme"}}, want: 403},
+		{name: "host in brackets", method: "GET", path: "/api/v1/items", host: "[api.example.com]", headers: http.Header{"X-Tenant": {"acme"}}, want: 403},
 		{name: "header value wrong", method: "GET", path: "/api/v1/items", host: "api.example.com", headers: http.Header{"X-Tenant": {"other"}}, want: 403},
 		{name: "header repeated with another value", method: "GET", path: "/api/v1/items", host: "api.example.com", headers: http.Header{"X-Tenant": {"evil", "acme"}}, want: 403},
 		{name: "header repeated", method: "GET", path: "/api/v1/items", host: "api.example.com", headers: http.Header{"X-Tenant": {"acme", "acme"}}, want: 403},
@@ -633,6 +635,43 @@ func (s *suite) badRequests(t *testing.T) {
 		t.Fatalf("request after bad ones: %v %v", err, resp)
 	}
 	resp.Body.Close()
+}
+
+// connectRefused: CONNECT is answered 403 whatever the rules, even under
+// rules that allow every request and with a server that would accept it
+// (the suite's upstream answers anything 200 and goes on reading HTTP): the
+// tunnel would carry requests past the rules. Over HTTP/1.1 and HTTP/2.
+func (s *suite) connectRefused(t *testing.T) {
+	if err := s.tg.Engine.Update(AllowAll()); err != nil {
+		t.Fatalf("Update: %v", err)
+	}
+	defer func() {
+		if err := s.tg.Engine.Update(Policy()); err != nil {
+			t.Fatalf("Update: %v", err)
+		}
+	}()
+	rc := s.dialRaw(t)
+	rc.Send("CONNECT svc:80 HTTP/1.1\r\nHost: svc:80\r\n\r\n")
+	resp, body := rc.Read("CONNECT")
+	if resp.StatusCode != 403 || resp.Header.Get("X-Upstream") != "" {
+		t.Fatalf("HTTP/1.1 CONNECT: status %d (X-Upstream %q), want 403 from the proxy (body %q)", resp.StatusCode, resp.Header.Get("X-Upstream"), body)
+	}
+
+	c := h2cClient()
+	defer c.CloseIdleConnections()
+	req, err := http.NewRequest(http.MethodConnect, s.url(""), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp2, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("HTTP/2 CONNECT: %v", err)
+	}
+	b, _ := io.ReadAll(resp2.Body)
+	resp2.Body.Close()
+	if resp2.ProtoMajor != 2 || resp2.StatusCode != 403 || resp2.Header.Get("X-Upstream") != "" {
+		t.Fatalf("HTTP/2 CONNECT: %s status %d (X-Upstream %q), want 403 from the proxy over HTTP/2 (body %q)", resp2.Proto, resp2.StatusCode, resp2.Header.Get("X-Upstream"), b)
+	}
 }
 
 func (s *suite) events(t *testing.T) {

@@ -336,6 +336,8 @@ func TestParseAccessLogVerdicts(t *testing.T) {
 		// A denial that names no policy of ours stays unattributed.
 		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"method":"DELETE","path":"/api","status":"403","details":"rbac_access_denied_matched_policy[none]","route":"rule-0","duration_ms":"0","policies":"server-api","allow_direction":"ingress","ingress_policies":"server-api"}`, proxy.VerdictDenied, 0, 403, "", "server-api"},
 		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":0,"dst_identity":0,"method":"GET","path":"/","status":403,"details":"direct_response","route":"no-policy","duration_ms":0,"policies":""}`, proxy.VerdictDenied, 0, 403, "", ""},
+		// The ambiguous-target route's 400: an error, not a forwarded request.
+		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"method":"GET","path":"/public/..;/admin","status":400,"details":"direct_response","route":"ambiguous-target","duration_ms":0,"policies":"server-api","allow_direction":"ingress"}`, proxy.VerdictError, 0, 400, "", ""},
 		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"method":"GET","path":"/","status":503,"details":"upstream_reset_before_response_started","route":"rule-1","duration_ms":1,"policies":"","allow_direction":"egress"}`, proxy.VerdictError, 0, 503, "", ""},
 	} {
 		ev, err := ParseAccessLog([]byte(c.line))
@@ -571,5 +573,48 @@ func TestUnitFileRunsTheBootstrapTheEngineWrites(t *testing.T) {
 	p := PathsIn("/run/membrane/envoy")
 	if !strings.Contains(UnitFile, "-c "+p.Bootstrap) || !strings.Contains(UnitFile, "CAP_NET_ADMIN") {
 		t.Fatalf("%s does not run envoy with %s and CAP_NET_ADMIN:\n%s", UnitName, p.Bootstrap, UnitFile)
+	}
+}
+
+// TestAmbiguousTargetsRefused: Envoy refuses what the built-in engine
+// refuses as ambiguous and its own normalization leaves alone: every route
+// configuration with rules first answers a dot segment with parameters
+// 400, whatever the rules; and %2F and %5C are decoded before the rules
+// judge the path, as the built-in engine decodes them.
+func TestAmbiguousTargetsRefused(t *testing.T) {
+	res, err := Translate(scenarios()["both-ends"], Options{Port: 15001})
+	if err != nil {
+		t.Fatal(err)
+	}
+	re := regexp.MustCompile(`^(?:` + ambiguousTargetRegex + `)$`)
+	for path, want := range map[string]bool{
+		"/public/..;/admin": true, "/public/.;x/../admin": true, "/..;": true,
+		"/public/a;jsessionid=1": false, "/public/..x;y": false, "/public/../admin": false,
+	} {
+		if got := re.MatchString(path); got != want {
+			t.Errorf("%s: refused %v, want %v", path, got, want)
+		}
+	}
+	n := 0
+	for _, r := range res.Routes {
+		rc := r.(*route.RouteConfiguration)
+		first := rc.VirtualHosts[0].Routes[0]
+		if first.Name != "ambiguous-target" || first.GetDirectResponse().GetStatus() != 400 || first.GetMatch().GetSafeRegex().GetRegex() != ambiguousTargetRegex {
+			t.Errorf("%s: first route %v, want the ambiguous-target 400", rc.Name, first)
+		}
+		n++
+	}
+	if n == 0 {
+		t.Fatal("no route configurations")
+	}
+	l := res.Listeners[0].(*listener.Listener)
+	for _, c := range l.FilterChains {
+		var m hcm.HttpConnectionManager
+		if err := c.Filters[0].GetTypedConfig().UnmarshalTo(&m); err != nil {
+			t.Fatal(err)
+		}
+		if m.PathWithEscapedSlashesAction != hcm.HttpConnectionManager_UNESCAPE_AND_FORWARD || !m.GetNormalizePath().GetValue() || !m.MergeSlashes {
+			t.Errorf("chain %s: path handling %v normalize %v merge %v", c.Name, m.PathWithEscapedSlashesAction, m.GetNormalizePath(), m.MergeSlashes)
+		}
 	}
 }

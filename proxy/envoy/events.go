@@ -97,6 +97,8 @@ func ParseAccessLog(line []byte) (proxy.Event, error) {
 		if own != "" && own != "-" {
 			ev.Policy = own
 		}
+	case a.Route == "ambiguous-target":
+		ev.Verdict, ev.Error = proxy.VerdictError, "invalid request target: dot segment with parameters"
 	case ev.Status >= 500 || ev.Status == 0:
 		ev.Verdict = proxy.VerdictError
 		ev.Error = a.Details

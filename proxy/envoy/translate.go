@@ -244,6 +244,10 @@ func (t *translator) denyChain() (*listener.FilterChain, error) {
 	}, proxy.Decision{})
 }
 
+// ambiguousTargetRegex matches a path (after Envoy's normalization, which
+// decodes %2e) holding a dot segment with parameters: "/public/..;/admin".
+const ambiguousTargetRegex = `.*/\.\.?;.*`
+
 func inline(s string) *core.DataSource {
 	return &core.DataSource{Specifier: &core.DataSource_InlineString{InlineString: s}}
 }
@@ -259,7 +263,17 @@ func inline(s string) *core.DataSource {
 func (t *translator) chain(name string, d proxy.Decision, src, dst []netip.Prefix, port uint16) (*listener.FilterChain, error) {
 	t.clusters[d.SrcIdentity] = true
 	clusterName := t.clusterName(d.SrcIdentity)
-	var routes []*route.Route
+	// First, what the built-in engine refuses as ambiguous and Envoy's
+	// normalization leaves alone: a dot segment with parameters, which
+	// Tomcat resolves after dropping them (ambiguousTargetRegex).
+	routes := []*route.Route{{
+		Name:  "ambiguous-target",
+		Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_SafeRegex{SafeRegex: &matcher.RegexMatcher{Regex: ambiguousTargetRegex}}},
+		Action: &route.Route_DirectResponse{DirectResponse: &route.DirectResponseAction{
+			Status: 400,
+			Body:   inline("Bad Request: invalid request target: dot segment with parameters\n"),
+		}},
+	}}
 	if n := len(d.Checks); n > 0 {
 		for _, rule := range d.Checks[n-1].Rules.Rules {
 			m, err := routeMatch(&rule.HTTP)
@@ -373,16 +387,19 @@ func (t *translator) hcmChain(name string, rs hcmRoutes, d proxy.Decision) (*lis
 		return nil, err
 	}
 	m := &hcm.HttpConnectionManager{
-		StatPrefix:           "membrane_" + name,
-		CodecType:            hcm.HttpConnectionManager_AUTO, // HTTP/1.1, and h2c by its preface
-		HttpFilters:          filters,
-		UpgradeConfigs:       []*hcm.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}},
-		NormalizePath:        wrapperspb.Bool(true),
-		MergeSlashes:         true,
-		AccessLog:            []*accesslog.AccessLog{al},
-		MaxRequestHeadersKb:  wrapperspb.UInt32(64),
-		Http2ProtocolOptions: &core.Http2ProtocolOptions{},
-		StreamIdleTimeout:    durationpb.New(5 * time.Minute),
+		StatPrefix:     "membrane_" + name,
+		CodecType:      hcm.HttpConnectionManager_AUTO, // HTTP/1.1, and h2c by its preface
+		HttpFilters:    filters,
+		UpgradeConfigs: []*hcm.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}},
+		NormalizePath:  wrapperspb.Bool(true),
+		MergeSlashes:   true,
+		// %2F and %5C decoded before the rules, as the built-in engine
+		// decodes the path it judges and forwards.
+		PathWithEscapedSlashesAction: hcm.HttpConnectionManager_UNESCAPE_AND_FORWARD,
+		AccessLog:                    []*accesslog.AccessLog{al},
+		MaxRequestHeadersKb:          wrapperspb.UInt32(64),
+		Http2ProtocolOptions:         &core.Http2ProtocolOptions{},
+		StreamIdleTimeout:            durationpb.New(5 * time.Minute),
 		LocalReplyConfig: &hcm.LocalReplyConfig{Mappers: []*hcm.ResponseMapper{{
 			// Local replies with 403 come only from the RBAC filters (an
 			// upstream 403 is not a local reply; the no-policy chain answers
