@@ -40,6 +40,12 @@ type Config struct {
 	MaxHeaderBytes int
 	// IdleTimeout closes idle client connections; default 2 minutes.
 	IdleTimeout time.Duration
+	// StreamIdleTimeout ends an HTTP/1 exchange in which no byte moved
+	// for that long: a request body that stalls, an upstream that does
+	// not answer (504), a client that does not read its response. Default
+	// 5 minutes, Envoy's stream idle timeout as the Envoy engine sets it.
+	// Upgraded connections (WebSocket) have none.
+	StreamIdleTimeout time.Duration
 	// MaxConnections bounds the client connections held open at once, and
 	// MaxConnectionsPerSource those from one source address; a connection
 	// over either is reset when accepted. Defaults 16384 and 4096; negative:
@@ -67,7 +73,10 @@ type Engine struct {
 	// idleSlack is how far a client's idle deadline may lag before it is
 	// moved.
 	idleSlack time.Duration
-	limit     *limiter
+	// streamSlack is how often, at most, an exchange's deadlines move
+	// while its bytes flow.
+	streamSlack time.Duration
+	limit       *limiter
 	// lastRefusalLog is when a refused connection was last logged
 	// (UnixNano).
 	lastRefusalLog atomic.Int64
@@ -108,6 +117,9 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.IdleTimeout == 0 {
 		cfg.IdleTimeout = 2 * time.Minute
 	}
+	if cfg.StreamIdleTimeout == 0 {
+		cfg.StreamIdleTimeout = 5 * time.Minute
+	}
 	if cfg.MaxConnections == 0 {
 		cfg.MaxConnections = DefaultMaxConnections
 	}
@@ -124,6 +136,7 @@ func New(cfg Config) (*Engine, error) {
 		limit:     newLimiter(cfg.MaxConnections, cfg.MaxConnectionsPerSource),
 	}
 	e.idleSlack = min(cfg.IdleTimeout/8, time.Second)
+	e.streamSlack = min(cfg.StreamIdleTimeout/8, time.Second)
 	e.closing, e.closeCancel = context.WithCancel(context.Background())
 	if a, ok := cfg.Listeners[0].Addr().(*net.TCPAddr); ok {
 		e.port = uint16(a.Port)

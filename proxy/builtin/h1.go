@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -174,6 +175,13 @@ type h1 struct {
 	deadline time.Time // the client read deadline in force (zero: none)
 	now      time.Time // when the last request finished
 
+	// The stream idle timeout (Config.StreamIdleTimeout) while a request
+	// is being served: touch moves the deadlines of both connections
+	// (the client's read deadline only while its body is read) to until,
+	// at most once per streamSlack.
+	exchange, bodyIn bool
+	until, nextTouch time.Time
+
 	handedOff bool
 	// linger: the client may still be sending what the proxy will not
 	// read (a refused body, a bad request); the connection half-closes and
@@ -194,6 +202,9 @@ type h1 struct {
 func (e *Engine) serveH1(c net.Conn, cs *conn) {
 	rw := newRawIO(c)
 	h := &h1{e: e, cs: cs, c: c, rw: rw, br: getReader(&readers4k, rw), bw: getWriter(rw), now: time.Now()}
+	if r, ok := rw.(*rawIO); ok {
+		r.progress = h.touch
+	}
 	if !e.track(h) {
 		c.Close()
 		e.connEnded(cs)
@@ -242,6 +253,50 @@ func (h *h1) clearDeadline() {
 	}
 }
 
+// touch moves the deadlines of a request being served to a stream idle
+// timeout from now, when they last moved more than streamSlack ago: bytes
+// are flowing. Outside an exchange it does nothing.
+func (h *h1) touch() {
+	if !h.exchange {
+		return
+	}
+	now := time.Now()
+	if now.Before(h.nextTouch) {
+		return
+	}
+	h.nextTouch = now.Add(h.e.streamSlack)
+	h.until = now.Add(h.e.cfg.StreamIdleTimeout)
+	h.c.SetWriteDeadline(h.until)
+	if h.bodyIn {
+		h.setDeadline(h.until)
+	}
+	if u := h.up.Load(); u != nil {
+		u.c.SetDeadline(h.until)
+	}
+}
+
+// readBody begins (or ends) reading a request body: the client's read
+// deadline follows the stream idle timeout meanwhile.
+func (h *h1) readBody(on bool) {
+	h.bodyIn = on
+	if on {
+		h.nextTouch = time.Time{}
+		h.touch()
+	}
+}
+
+// noDeadlines clears every deadline of both connections and ends the
+// stream idle timeout: the connection leaves the HTTP/1 loop's
+// exchanges (a tunnel, or the HTTP/2 server and its own timeouts).
+func (h *h1) noDeadlines(u *upConn) {
+	h.exchange = false
+	h.c.SetDeadline(time.Time{})
+	h.deadline = time.Time{}
+	if u != nil {
+		u.c.SetDeadline(time.Time{})
+	}
+}
+
 // readHead reads the next request head into h.head and h.rq. ok false
 // with a nil error: the client closed or idled out between requests, or
 // the connection went to the HTTP/2 server.
@@ -263,8 +318,9 @@ func (h *h1) readHead(first bool) (ok bool, err error) {
 		defer func() { h.bw = getWriter(h.rw) }()
 	}
 	// The idle timeout, moved only when it lags by more than an eighth of
-	// it, at most a second (setting a deadline per request costs).
-	if want := h.now.Add(h.e.cfg.IdleTimeout); h.deadline.IsZero() || want.Sub(h.deadline) > h.e.idleSlack {
+	// it, at most a second (setting a deadline per request costs), or
+	// leads by as much (a request body's stream deadline).
+	if want := h.now.Add(h.e.cfg.IdleTimeout); h.deadline.IsZero() || want.Sub(h.deadline) > h.e.idleSlack || h.deadline.Sub(want) > h.e.idleSlack {
 		h.setDeadline(want)
 	}
 	if r, ok := h.rw.(*rawIO); ok && idle {
@@ -304,6 +360,9 @@ func (h *h1) serveOne(first bool) bool {
 	if !ok {
 		return false
 	}
+	h.exchange = true
+	defer func() { h.exchange, h.bodyIn = false, false }()
+	h.touch()
 	e, cs, rq := h.e, h.cs, &h.rq
 	start := time.Now()
 	method := methodString(rq.method.of(h.head))
@@ -662,7 +721,8 @@ func (h *h1) deny(method, body string) bool {
 
 // drainBody reads and drops the request body, up to maxDrainBytes.
 func (h *h1) drainBody() bool {
-	h.clearDeadline()
+	h.readBody(true)
+	defer h.readBody(false)
 	w := bufio.NewWriterSize(&limitWriter{n: maxDrainBytes}, 64)
 	buf := copyBufs.Get().(*[32 << 10]byte)
 	defer copyBufs.Put(buf)
@@ -710,6 +770,12 @@ func (h *h1) upstream(dst netip.AddrPort, mark uint32) (*upConn, error) {
 		return nil, err
 	}
 	rw := newRawIO(c)
+	if r, ok := rw.(*rawIO); ok {
+		r.progress = h.touch
+	}
+	if h.exchange && !h.until.IsZero() {
+		c.SetDeadline(h.until)
+	}
 	u := &upConn{c: c, rw: rw, r: getReader(&readers8k, rw), w: getWriter(rw), dst: dst, mark: mark}
 	h.up.Store(u)
 	if h.e.closing.Err() != nil {
@@ -752,15 +818,14 @@ func (h *h1) forward(ev *proxy.Event, method string, fwd []byte, over string, ds
 	rq := &h.rq
 	ev.Verdict = proxy.VerdictForwarded
 	upgrade := rq.connUpgrade && !rq.upgrade.empty() && rq.minor >= 1 && !isH2CUpgrade(rq.upgrade.of(h.head))
-	if rq.hasBody() {
-		h.clearDeadline()
-	}
 	for attempt := 0; ; attempt++ {
 		u, err := h.upstream(dst, mark)
 		if err != nil {
 			return h.upstreamFailed(ev, method, err, !rq.hasBody())
 		}
+		h.readBody(rq.hasBody())
 		err = h.writeRequest(u, method, fwd, over, upgrade)
+		h.readBody(false)
 		if err == nil {
 			err = u.readResponseHead(method)
 		}
@@ -781,7 +846,7 @@ func (h *h1) forward(ev *proxy.Event, method string, fwd []byte, over string, ds
 			// A kept-alive upstream connection may have been closed by the
 			// server just before this request: retry once on a fresh one
 			// when nothing of a body was consumed.
-			if u.used && attempt == 0 && !rq.hasBody() {
+			if u.used && attempt == 0 && !rq.hasBody() && !errors.Is(err, os.ErrDeadlineExceeded) {
 				continue
 			}
 			return h.upstreamFailed(ev, method, err, !rq.hasBody() || errors.Is(err, errBadResponse) || isReadSide(err))
@@ -805,10 +870,18 @@ func (h *h1) upstreamFailed(ev *proxy.Event, method string, err error, inStep bo
 		ev.Status = 499
 		return false
 	}
-	ev.Status = http.StatusBadGateway
+	status, text := http.StatusBadGateway, "membrane: upstream unavailable\n"
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		status, text = http.StatusGatewayTimeout, "membrane: upstream did not answer in time\n"
+		// The client's write deadline ran out with the upstream's: the
+		// answer gets a timeout of its own.
+		h.nextTouch = time.Time{}
+		h.touch()
+	}
+	ev.Status = status
 	h.e.log.Debug("upstream failed", "dst", h.cs.dst.String(), "err", err)
 	keep := inStep && h.clientKeepsAlive()
-	h.respond(method, http.StatusBadGateway, "membrane: upstream unavailable\n", !keep)
+	h.respond(method, status, text, !keep)
 	h.linger = !inStep
 	return keep
 }
@@ -1141,7 +1214,7 @@ func (h *h1) tunnel(u *upConn) {
 	if h.bw.Flush() != nil {
 		return
 	}
-	h.clearDeadline()
+	h.noDeadlines(u)
 	done := make(chan struct{}, 2)
 	go func() {
 		io.Copy(u.c, h.br) // what the client sent after the request, then the stream
@@ -1161,8 +1234,8 @@ func (h *h1) tunnel(u *upConn) {
 // HTTP/2 server, replaying the line already read.
 func (h *h1) handoff() {
 	// The HTTP/2 server keeps its own timeouts (it resets the deadline
-	// itself today); the idle deadline of this loop must not outlive it.
-	h.clearDeadline()
+	// itself today); the deadlines of this loop must not outlive it.
+	h.noDeadlines(nil)
 	pre := append([]byte(nil), h.head...)
 	hc := &handoffConn{Conn: h.c, r: io.MultiReader(bytes.NewReader(pre), h.br), cs: h.cs}
 	if h.e.h2l.push(hc) {

@@ -878,3 +878,62 @@ func h2cTestClient() *http.Client {
 	p.SetUnencryptedHTTP2(true)
 	return &http.Client{Transport: &http.Transport{Protocols: &p}, Timeout: 10 * time.Second}
 }
+
+// TestStreamIdleTimeout: an exchange in which no byte moves for the
+// stream idle timeout ends, so a client or server that stalls cannot hold
+// the proxy's connections (and their goroutine) for ever: a request body
+// that stops (allowed or refused), and an upstream that never answers
+// (504, not retried). A slow body that keeps moving is not cut.
+func TestStreamIdleTimeout(t *testing.T) {
+	silent := startScripted(t, func(s *scripted, c net.Conn, br *bufio.Reader) {
+		s.readHead(br)
+		io.Copy(io.Discard, br) // reads on, never answers
+	})
+	cfg := Config{StreamIdleTimeout: 300 * time.Millisecond, Dial: unmarked}
+	_, silentAddr := engineOn(t, silent.addr, cfg)
+	_, addr := engineOn(t, conformance.StartUpstream(t), cfg)
+
+	t.Run("upstream never answers", func(t *testing.T) {
+		c := dialClient(t, silentAddr)
+		c.send("GET /public/x HTTP/1.1\r\nHost: svc\r\n\r\n")
+		if resp, body := c.read("GET"); resp.StatusCode != http.StatusGatewayTimeout {
+			t.Fatalf("status %d %q, want 504", resp.StatusCode, body)
+		}
+		if n := len(silent.seen()); n != 1 {
+			t.Fatalf("the upstream got the request %d times, want once (a timeout is not retried)", n)
+		}
+	})
+	t.Run("allowed body stalls", func(t *testing.T) {
+		c := dialClient(t, addr)
+		c.send("POST /upload HTTP/1.1\r\nHost: svc\r\nContent-Length: 100\r\n\r\nabc")
+		if rest, err := io.ReadAll(c.R); err != nil || len(rest) != 0 {
+			t.Fatalf("after the body stalled: %q %v, want the connection closed", rest, err)
+		}
+	})
+	t.Run("refused body stalls", func(t *testing.T) {
+		c := dialClient(t, addr)
+		c.send("POST /denied HTTP/1.1\r\nHost: svc\r\nContent-Length: 100\r\n\r\nabc")
+		if resp, _ := c.read("POST"); resp.StatusCode != 403 {
+			t.Fatalf("status %d, want 403", resp.StatusCode)
+		}
+		if rest, err := io.ReadAll(c.R); err != nil || len(rest) != 0 {
+			t.Fatalf("after the refused body stalled: %q %v, want the connection closed", rest, err)
+		}
+	})
+	t.Run("slow body keeps moving", func(t *testing.T) {
+		c := dialClient(t, addr)
+		c.send("POST /upload HTTP/1.1\r\nHost: svc\r\nContent-Length: 12\r\n\r\n")
+		for i := 0; i < 12; i++ { // 1.2 s in all, four times the timeout
+			time.Sleep(100 * time.Millisecond)
+			c.send("x")
+		}
+		if resp, body := c.read("POST"); resp.StatusCode != 200 || !strings.Contains(body, "n=12 ") {
+			t.Fatalf("slow upload: %d %q, want 200 with the whole body", resp.StatusCode, body)
+		}
+		// The connection serves the next request.
+		c.send("GET /public/after HTTP/1.1\r\nHost: svc\r\n\r\n")
+		if resp, _ := c.read("GET"); resp.StatusCode != 200 {
+			t.Fatalf("next request: %d", resp.StatusCode)
+		}
+	})
+}

@@ -19,6 +19,9 @@ import (
 type rawIO struct {
 	rc   syscall.RawConn
 	peek [1]byte
+	// progress, when set, is called after every read or write that moved
+	// bytes (the HTTP/1 loop's stream idle timeout).
+	progress func()
 }
 
 // newRawIO is rawIO for c, or c itself when it has no raw connection.
@@ -55,6 +58,9 @@ func (r *rawIO) Read(b []byte) (int, error) {
 		return 0, os.NewSyscallError("read", errno)
 	case n == 0:
 		return 0, io.EOF
+	}
+	if r.progress != nil {
+		r.progress()
 	}
 	return int(n), nil
 }
@@ -117,6 +123,9 @@ func (r *rawIO) Write(b []byte) (int, error) {
 	})
 	if err == nil && errno != 0 {
 		err = os.NewSyscallError("write", errno)
+	}
+	if done > 0 && r.progress != nil {
+		r.progress()
 	}
 	return done, err
 }
