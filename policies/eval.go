@@ -143,6 +143,8 @@ type HTTPVerdict struct {
 	Verdict string `json:"verdict"` // "allowed" or "403"
 	// The http block that allowed the request (nil for 403).
 	Matched *Match `json:"matched,omitempty"`
+	// Reason says why a request is refused whatever the rules (CONNECT).
+	Reason string `json:"reason,omitempty"`
 }
 
 // Result is the evaluator's answer for one connection.
@@ -533,8 +535,13 @@ func l7For(allows []*Rule, c Connection) *L7Result {
 	sort.SliceStable(l7.Rules, func(i, j int) bool { return l7.Rules[i].RuleID < l7.Rules[j].RuleID })
 	if c.HTTP != nil {
 		l7.HTTP = &HTTPVerdict{Verdict: "403"}
+		if c.HTTP.Method == "CONNECT" {
+			l7.HTTP.Reason = HTTPConnectRefused
+			return l7
+		}
+		req := c.HTTP.asJudged()
 		for _, lr := range l7.Rules {
-			if lr.HTTP.MatchesRequest(c.HTTP) {
+			if lr.HTTP.MatchesRequest(req) {
 				m := Match{RuleID: lr.RuleID, Block: "http", File: lr.HTTP.Pos.File, Line: lr.HTTP.Pos.Line, Action: "allow", Dir: dirOf(allows)}
 				for _, r := range allows {
 					if r.ID == lr.RuleID && r.Policy != nil {

@@ -89,7 +89,9 @@ func (r Result) WriteText(w io.Writer) error {
 	if r.L7 != nil && r.L7.Redirect {
 		b.WriteString("l7:      the connection goes to the L7 proxy")
 		if h := r.L7.HTTP; h != nil {
-			if h.Verdict == "403" {
+			if h.Verdict == "403" && h.Reason != "" {
+				fmt.Fprintf(&b, "; 403 Forbidden whatever the rules: %s", h.Reason)
+			} else if h.Verdict == "403" {
 				b.WriteString("; the request matches no http block: 403 Forbidden")
 			} else if h.Matched != nil {
 				fmt.Fprintf(&b, "; the request is allowed by the http block at %s:%d (policy %q)", h.Matched.File, h.Matched.Line, h.Matched.Policy)
@@ -122,6 +124,8 @@ func writeEnd(b *strings.Builder, dir, role string, e EndResult) {
 		switch h := e.L7.HTTP; {
 		case h == nil:
 			b.WriteString("  l7: every admitting rule carries http: requests are checked by the proxy\n")
+		case h.Verdict == "403" && h.Reason != "":
+			fmt.Fprintf(b, "  l7: 403 whatever the rules: %s\n", h.Reason)
 		case h.Verdict == "403":
 			b.WriteString("  l7: the request matches no http block of the admitting rules: 403\n")
 		case h.Matched != nil:

@@ -1,10 +1,7 @@
 package proxy
 
 import (
-	"net"
 	"net/http"
-	"net/netip"
-	"path"
 	"strings"
 
 	"github.com/membrane-fw/membrane/policies"
@@ -32,38 +29,14 @@ func RequestOf(r *http.Request) Request {
 	}
 }
 
-// NormalizePath removes dot segments and repeated slashes (RFC 3986 section
-// 5.2.4), keeping a trailing slash, so "/public/../admin" is judged as
-// "/admin" and not matched by "/public/.*". An empty path is "/".
-func NormalizePath(p string) string {
-	if p == "" || p[0] != '/' {
-		p = "/" + p
-	}
-	c := path.Clean(p)
-	if strings.HasSuffix(p, "/") && c != "/" {
-		c += "/"
-	}
-	return c
-}
+// NormalizePath is the path the rules match (policies.HTTPPath): dot
+// segments removed and repeated slashes merged, so "/public/../admin" is
+// judged as "/admin".
+func NormalizePath(p string) string { return policies.HTTPPath(p) }
 
-// MatchHost strips the port from a Host header and lower-cases it, so that
-// `host = "api\\.example\\.com"` matches "API.example.com:8080". Brackets
-// come off an IPv6 literal only: "[api.example.com]" is judged as it is,
-// since a server does not take it for api.example.com.
-func MatchHost(h string) string {
-	host := h
-	if hp, _, err := net.SplitHostPort(h); err == nil {
-		host = hp
-	} else if strings.HasPrefix(h, "[") && strings.HasSuffix(h, "]") {
-		host = h[1 : len(h)-1]
-	}
-	if strings.HasPrefix(h, "[") {
-		if a, err := netip.ParseAddr(host); err != nil || !a.Is6() {
-			return strings.ToLower(h)
-		}
-	}
-	return strings.ToLower(host)
-}
+// MatchHost is the host the rules match (policies.HTTPHost): lower-cased,
+// without its port, brackets off an IPv6 literal only.
+func MatchHost(h string) string { return policies.HTTPHost(h) }
 
 // MatchRule reports whether one http block matches: every attribute it names
 // holds.

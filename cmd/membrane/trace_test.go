@@ -135,6 +135,14 @@ func TestTraceHTTP(t *testing.T) {
 	if j.L7 == nil || j.L7.HTTP == nil || j.L7.HTTP.Verdict != "403" {
 		t.Errorf("POST /submit with X-Tenant evil and acme should be refused: %+v", j)
 	}
+	// The path as the proxy judges it: /x/../submit is /submit.
+	j = traceJSONOf(t, append(base, "--http-method", "POST", "--http-path", "/x/../submit", "--http-header", "X-Tenant=acme")...)
+	if j.L7 == nil || j.L7.HTTP == nil || j.L7.HTTP.Verdict != "allowed" {
+		t.Errorf("POST /x/../submit with X-Tenant=acme should be judged as /submit: %+v", j)
+	}
+	if out, _, code := traceCLI(t, append(base, "--http-method", "CONNECT", "--http-path", "/", "--http-host", "admin.example.com", "--http-header", "X-Token=1")...); code != 0 || !strings.Contains(out, "CONNECT is not proxied") {
+		t.Errorf("CONNECT (exit %d) should be refused whatever the rules:\n%s", code, out)
+	}
 	out, _, code := traceCLI(t, append(base, "--http-method", "GET", "--http-path", "/nope", "--http-host", "x")...)
 	if code != 0 || !strings.Contains(out, "403 Forbidden") {
 		t.Errorf("text output for a refused request (exit %d):\n%s", code, out)

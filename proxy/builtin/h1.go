@@ -18,6 +18,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/membrane-fw/membrane/policies"
 	"github.com/membrane-fw/membrane/proxy"
 )
 
@@ -65,7 +66,7 @@ var (
 	errMalformedChunk = errors.New("malformed chunked body")
 	errBadResponse    = errors.New("malformed upstream response")
 	// errConnect: CONNECT is refused whatever the rules (HTTP/1 and 2).
-	errConnect = errors.New("CONNECT is not proxied")
+	errConnect = errors.New(policies.HTTPConnectRefused)
 )
 
 // readErr is an error reading the source of a copy (as opposed to writing
