@@ -140,10 +140,11 @@ type L7Result struct {
 
 // HTTPVerdict is the proxy's decision on one request.
 type HTTPVerdict struct {
-	Verdict string `json:"verdict"` // "allowed" or "403"
+	Verdict string `json:"verdict"` // "allowed", "403", or "400" (a target the proxies refuse)
 	// The http block that allowed the request (nil for 403).
 	Matched *Match `json:"matched,omitempty"`
-	// Reason says why a request is refused whatever the rules (CONNECT).
+	// Reason says why a request is refused whatever the rules (CONNECT,
+	// an ambiguous target).
 	Reason string `json:"reason,omitempty"`
 }
 
@@ -539,7 +540,11 @@ func l7For(allows []*Rule, c Connection) *L7Result {
 			l7.HTTP.Reason = HTTPConnectRefused
 			return l7
 		}
-		req := c.HTTP.asJudged()
+		req, why := c.HTTP.asJudged()
+		if why != "" {
+			l7.HTTP = &HTTPVerdict{Verdict: "400", Reason: why}
+			return l7
+		}
 		for _, lr := range l7.Rules {
 			if lr.HTTP.MatchesRequest(req) {
 				m := Match{RuleID: lr.RuleID, Block: "http", File: lr.HTTP.Pos.File, Line: lr.HTTP.Pos.Line, Action: "allow", Dir: dirOf(allows)}
@@ -609,9 +614,9 @@ func combineL7(a, b *L7Result) *L7Result {
 	}
 	out := &L7Result{Redirect: true, Rules: append(append([]L7Rule{}, a.Rules...), b.Rules...)}
 	switch {
-	case a.HTTP != nil && a.HTTP.Verdict == "403":
+	case a.HTTP != nil && a.HTTP.Verdict != "allowed":
 		out.HTTP = a.HTTP
-	case b.HTTP != nil && b.HTTP.Verdict == "403":
+	case b.HTTP != nil && b.HTTP.Verdict != "allowed":
 		out.HTTP = b.HTTP
 	case a.HTTP != nil:
 		out.HTTP = a.HTTP

@@ -49,23 +49,56 @@ func HTTPHost(h string) string {
 	return strings.ToLower(host)
 }
 
+// HTTPAmbiguousTarget says why a request target is refused (400) whatever
+// the rules, or "" when it is not: servers would read it as another path
+// than the one the rules judge. target is the target as sent, path its
+// path percent-decoded.
+//   - '#': a fragment has no place in a request; WHATWG URL parsers
+//     (Node's) cut the path there.
+//   - '\', raw or encoded: WHATWG parsers take it for '/', and servers that
+//     decode %5C (IIS) too, so "/public/..\admin" would reach "/admin".
+//   - a dot segment with parameters ("/..;x/"): Tomcat and the servers
+//     that follow it drop the parameters, then the segment, so
+//     "/public/..;/admin" would reach "/admin".
+//
+// Clients percent-encode '#' and '\', and send no such segments.
+func HTTPAmbiguousTarget(target, path string) string {
+	if strings.IndexByte(target, '#') >= 0 {
+		return "'#' in the request target"
+	}
+	if strings.IndexByte(path, '\\') >= 0 {
+		return "'\\' in the path"
+	}
+	for seg := range strings.SplitSeq(path, "/") {
+		if i := strings.IndexByte(seg, ';'); i >= 0 && (seg[:i] == "." || seg[:i] == "..") {
+			return "dot segment with parameters in the path"
+		}
+	}
+	return ""
+}
+
 // HTTPConnectRefused says why the proxies refuse every CONNECT, whatever
 // the rules: they stand in front of one server, and a tunnel would carry
 // requests past the rules.
 const HTTPConnectRefused = "CONNECT is not proxied"
 
 // asJudged is req in the form http blocks match: the path percent-decoded
-// (when it decodes) and normalized, the query dropped, the host as
-// HTTPHost has it.
-func (req *HTTPRequest) asJudged() *HTTPRequest {
+// and normalized, the query dropped, the host as HTTPHost has it. A
+// request the proxies refuse whatever the rules gets the reason instead.
+func (req *HTTPRequest) asJudged() (*HTTPRequest, string) {
 	q := *req
 	p, _, _ := strings.Cut(q.Path, "?")
 	if strings.IndexByte(p, '%') >= 0 {
-		if d, err := url.PathUnescape(p); err == nil {
-			p = d
+		d, err := url.PathUnescape(p)
+		if err != nil {
+			return nil, "invalid percent-encoding in the path"
 		}
+		p = d
+	}
+	if why := HTTPAmbiguousTarget(q.Path, p); why != "" {
+		return nil, why
 	}
 	q.Path = HTTPPath(p)
 	q.Host = HTTPHost(q.Host)
-	return &q
+	return &q, ""
 }

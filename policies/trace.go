@@ -89,8 +89,8 @@ func (r Result) WriteText(w io.Writer) error {
 	if r.L7 != nil && r.L7.Redirect {
 		b.WriteString("l7:      the connection goes to the L7 proxy")
 		if h := r.L7.HTTP; h != nil {
-			if h.Verdict == "403" && h.Reason != "" {
-				fmt.Fprintf(&b, "; 403 Forbidden whatever the rules: %s", h.Reason)
+			if h.Reason != "" {
+				fmt.Fprintf(&b, "; %s whatever the rules: %s", statusText(h.Verdict), h.Reason)
 			} else if h.Verdict == "403" {
 				b.WriteString("; the request matches no http block: 403 Forbidden")
 			} else if h.Matched != nil {
@@ -124,8 +124,8 @@ func writeEnd(b *strings.Builder, dir, role string, e EndResult) {
 		switch h := e.L7.HTTP; {
 		case h == nil:
 			b.WriteString("  l7: every admitting rule carries http: requests are checked by the proxy\n")
-		case h.Verdict == "403" && h.Reason != "":
-			fmt.Fprintf(b, "  l7: 403 whatever the rules: %s\n", h.Reason)
+		case h.Reason != "":
+			fmt.Fprintf(b, "  l7: %s whatever the rules: %s\n", h.Verdict, h.Reason)
 		case h.Verdict == "403":
 			b.WriteString("  l7: the request matches no http block of the admitting rules: 403\n")
 		case h.Matched != nil:
@@ -140,4 +140,15 @@ func writeEnd(b *strings.Builder, dir, role string, e EndResult) {
 			fmt.Fprintf(b, "  no allow rule matched; %s is in default-deny\n", dir)
 		}
 	}
+}
+
+// statusText is an l7 verdict's status line ("403 Forbidden").
+func statusText(v string) string {
+	switch v {
+	case "400":
+		return "400 Bad Request"
+	case "403":
+		return "403 Forbidden"
+	}
+	return v
 }

@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/membrane-fw/membrane/policies"
 	"github.com/membrane-fw/membrane/proxy"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -158,7 +159,10 @@ func New(cfg Config) (*Engine, error) {
 		MaxHeaderBytes:    cfg.MaxHeaderBytes,
 		ReadHeaderTimeout: readHeaderTimeout,
 		IdleTimeout:       cfg.IdleTimeout,
-		ErrorLog:          slog.NewLogLogger(e.log.Handler(), slog.LevelDebug),
+		// A client that takes none of what is written to it is closed
+		// (stream idle timeouts end the streams waiting on it too).
+		HTTP2:    &http.HTTP2Config{WriteByteTimeout: cfg.StreamIdleTimeout},
+		ErrorLog: slog.NewLogLogger(e.log.Handler(), slog.LevelDebug),
 	}
 	e.serveDone.Add(1)
 	go func() {
@@ -357,6 +361,7 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	box := e.resolver.Load()
 	req := proxy.RequestOf(r)
+	req.Headers = forwardedHeader(r.Header)
 	ev := proxy.Event{
 		Time: start, Engine: "builtin", Src: cs.src, Dst: cs.dst,
 		Proto: r.Proto, Method: r.Method, Path: req.Path, Host: req.Host,
@@ -365,6 +370,13 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ev.SrcIdentity, ev.DstIdentity = dec.SrcIdentity, dec.DstIdentity
 	if err == nil && r.Method == http.MethodConnect {
 		err = errConnect
+	}
+	if why := policies.HTTPAmbiguousTarget(r.RequestURI, r.URL.Path); err == nil && why != "" {
+		ev.Path = r.RequestURI
+		ev.Verdict, ev.Status, ev.Error = proxy.VerdictError, http.StatusBadRequest, "invalid request target: "+why
+		http.Error(w, "400 Bad Request: invalid request target: "+why, http.StatusBadRequest)
+		e.finish(&ev, start)
+		return
 	}
 	if err != nil {
 		ev.Verdict, ev.Status, ev.Error = proxy.VerdictDenied, http.StatusForbidden, err.Error()
@@ -391,8 +403,17 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if req.Path != r.URL.Path {
 		t.path = req.Path
 	}
-	sw := &statusWriter{ResponseWriter: w}
-	e.rp.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), targetKey{}, t)))
+	// The stream idle timeout: the stream ends when none of its bytes
+	// moved for that long (errStreamIdle; 504 before a response).
+	ctx, cancel := context.WithCancelCause(context.WithValue(r.Context(), targetKey{}, t))
+	defer cancel(nil)
+	idle := newStreamIdle(e.cfg.StreamIdleTimeout, func() { cancel(errStreamIdle) })
+	defer idle.close()
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = idleBody{r.Body, idle}
+	}
+	sw := &statusWriter{ResponseWriter: w, idle: idle}
+	e.rp.ServeHTTP(sw, r.WithContext(ctx))
 	ev.Status = sw.status
 	ev.Verdict = proxy.VerdictForwarded
 	if t.err != nil {
@@ -407,6 +428,42 @@ func (e *Engine) finish(ev *proxy.Event, start time.Time) {
 	if e.cfg.Events != nil {
 		e.cfg.Events(*ev)
 	}
+}
+
+// hopHeaders are the fields the reverse proxy removes from a request
+// before it goes upstream (net/http/httputil); TE survives as "trailers"
+// when it says so.
+var hopHeaders = []string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
+	"Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+// forwardedHeader is h as the upstream gets it through the reverse proxy:
+// without the hop-by-hop fields, so a rule cannot pass on a field the
+// server will not get. h itself when it has none of them.
+func forwardedHeader(h http.Header) http.Header {
+	has := false
+	for _, k := range hopHeaders {
+		if _, ok := h[k]; ok {
+			has = true
+			break
+		}
+	}
+	if !has {
+		return h
+	}
+	out := h.Clone()
+	for _, k := range hopHeaders {
+		delete(out, k)
+	}
+	for _, v := range h["Te"] {
+		for t := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), "trailers") {
+				out["Te"] = []string{"trailers"}
+			}
+		}
+	}
+	return out
 }
 
 func denyText(policies []string, c *proxy.Check) string {
@@ -446,6 +503,11 @@ func (e *Engine) rewrite(pr *httputil.ProxyRequest) {
 func (e *Engine) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
 	t := r.Context().Value(targetKey{}).(*target)
 	t.err = err
+	if errors.Is(context.Cause(r.Context()), errStreamIdle) {
+		t.err = errStreamIdle
+		http.Error(w, "membrane: upstream did not answer in time", http.StatusGatewayTimeout)
+		return
+	}
 	if errors.Is(err, context.Canceled) {
 		// The client went away; nobody reads the answer.
 		w.WriteHeader(499)
@@ -530,6 +592,7 @@ func (l *chanListener) Addr() net.Addr { return l.addr }
 type statusWriter struct {
 	http.ResponseWriter
 	status int
+	idle   *streamIdle // marked on every write (nil: none)
 }
 
 func (w *statusWriter) WriteHeader(code int) {
@@ -543,7 +606,11 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 	if w.status == 0 {
 		w.status = http.StatusOK
 	}
-	return w.ResponseWriter.Write(b)
+	n, err := w.ResponseWriter.Write(b)
+	if n > 0 && w.idle != nil {
+		w.idle.mark()
+	}
+	return n, err
 }
 
 func (w *statusWriter) Flush() { _ = http.NewResponseController(w.ResponseWriter).Flush() }

@@ -36,7 +36,8 @@ import (
 // ones after it that were already requested.)
 // A connection that opens with the HTTP/2 preface is handed to net/http's
 // HTTP/2 server (ServeHTTP); upgrades (WebSocket) become a byte tunnel
-// after the upstream accepts them. CONNECT is refused (see errConnect).
+// after the upstream accepts them. CONNECT and other upgrades are refused
+// (see refuse).
 
 // Limits of the HTTP/1.x path.
 const (
@@ -368,7 +369,13 @@ func (h *h1) serveOne(first bool) bool {
 	start := time.Now()
 	method := methodString(rq.method.of(h.head))
 	if method == http.MethodConnect {
-		h.refuseConnect(start)
+		authority := string(rq.target.of(h.head))
+		h.refuse(start, errConnect, proxy.MatchHost(authority), "")
+		return false
+	}
+	if h.upgradeKind() == upgradeOther {
+		host, _ := h.matchHost()
+		h.refuse(start, fmt.Errorf("upgrade to %q is not proxied (WebSocket only)", rq.upgrade.of(h.head)), host, string(rq.target.of(h.head)))
 		return false
 	}
 	path, fwd, over, err := h.target()
@@ -459,7 +466,7 @@ func (h *h1) header(d *proxy.Decision) http.Header {
 				if _, done := hd[name]; done || name == "Host" || name == "Transfer-Encoding" {
 					continue
 				}
-				if len(h.rq.connTokens) > 0 && listed(h.head, h.rq.connTokens, []byte(name)) {
+				if !h.forwardsField([]byte(name)) {
 					continue
 				}
 				for _, f := range h.rq.fields {
@@ -473,6 +480,22 @@ func (h *h1) header(d *proxy.Decision) http.Header {
 	return hd
 }
 
+// forwardsField reports whether a request field named name reaches the
+// server (writeRequest): not a hop-by-hop field (Content-Length is
+// rewritten with its value, Upgrade kept for a WebSocket upgrade), nor
+// one the Connection field names.
+func (h *h1) forwardsField(name []byte) bool {
+	switch {
+	case equalFold(name, "content-length"):
+		return true
+	case equalFold(name, "upgrade"):
+		return h.upgrading()
+	case hopByHop(name):
+		return false
+	}
+	return len(h.rq.connTokens) == 0 || !listed(h.head, h.rq.connTokens, name)
+}
+
 // target resolves the request target: the path the rules judge (decoded,
 // dot segments removed), the target to forward (nil: as received) and,
 // for an absolute-form target, the authority that stands for Host.
@@ -480,9 +503,6 @@ func (h *h1) target() (path string, fwd []byte, over string, err error) {
 	t := h.rq.target.of(h.head)
 	if h.lastTarget != nil && bytes.Equal(t, h.lastTarget) {
 		return h.lastPath, h.lastFwd, h.lastOver, nil
-	}
-	if err := ambiguousTarget(t); err != nil {
-		return "", nil, "", err
 	}
 	switch {
 	case len(t) == 1 && t[0] == '*':
@@ -500,8 +520,8 @@ func (h *h1) target() (path string, fwd []byte, over string, err error) {
 			}
 			decoded = u.Path
 		}
-		if err := dotParams(decoded); err != nil {
-			return "", nil, "", err
+		if why := policies.HTTPAmbiguousTarget(string(t), decoded); why != "" {
+			return "", nil, "", badRequest("invalid request target: " + why)
 		}
 		path = proxy.NormalizePath(decoded)
 		if path != decoded {
@@ -512,8 +532,8 @@ func (h *h1) target() (path string, fwd []byte, over string, err error) {
 		if err != nil || u.Host == "" {
 			return "", nil, "", badRequest("invalid request target")
 		}
-		if err := dotParams(u.Path); err != nil {
-			return "", nil, "", err
+		if why := policies.HTTPAmbiguousTarget(string(t), u.Path); why != "" {
+			return "", nil, "", badRequest("invalid request target: " + why)
 		}
 		over = u.Host
 		path = proxy.NormalizePath(u.Path)
@@ -529,56 +549,24 @@ func (h *h1) target() (path string, fwd []byte, over string, err error) {
 	return path, fwd, over, nil
 }
 
-// ambiguousTarget refuses what servers read differently from the path the
-// rules judge: a '#' (a fragment has no place in a request; WHATWG URL
-// parsers cut the path there) and a '\' in the path (WHATWG parsers, so
-// Node's, take it for '/', so "/public/..\admin" would reach "/admin").
-// Neither may appear raw in a target (RFC 3986); clients percent-encode
-// them.
-func ambiguousTarget(t []byte) error {
-	if bytes.IndexByte(t, '#') >= 0 {
-		return badRequest("invalid request target: '#'")
-	}
-	p := t
-	if i := bytes.IndexByte(p, '?'); i >= 0 {
-		p = p[:i]
-	}
-	if bytes.IndexByte(p, '\\') >= 0 {
-		return badRequest("invalid request target: '\\' in the path")
-	}
-	return nil
-}
-
-// dotParams refuses a dot segment with parameters ("/..;x/"): Tomcat and
-// the servers that follow it drop the parameters and then the segment, so
-// "/public/..;/admin" would reach "/admin" while the rules judge a path
-// under /public.
-func dotParams(p string) error {
-	for seg := range strings.SplitSeq(p, "/") {
-		if i := strings.IndexByte(seg, ';'); i >= 0 && (seg[:i] == "." || seg[:i] == "..") {
-			return badRequest("invalid request target: dot segment with parameters")
-		}
-	}
-	return nil
-}
-
-// refuseConnect answers CONNECT 403 and closes: the proxy stands in front
-// of one server, not the way to others, and a tunnel would carry requests
-// past the rules to a server that answers CONNECT with 2xx and goes on
-// reading HTTP (a catch-all handler does). Envoy refuses CONNECT too.
-func (h *h1) refuseConnect(start time.Time) {
-	authority := string(h.rq.target.of(h.head))
+// refuse answers 403 and closes, whatever the rules, for what the proxy
+// does not carry: CONNECT (it stands in front of one server, not the way
+// to others, and a tunnel would carry requests past the rules to a server
+// that answers CONNECT with 2xx and goes on reading HTTP, as a catch-all
+// handler does) and upgrades other than WebSocket. Envoy refuses both
+// too, and closes.
+func (h *h1) refuse(start time.Time, why error, host, path string) {
 	ev := proxy.Event{
 		Time: start, Engine: "builtin", Src: h.cs.src, Dst: h.cs.dst, Proto: "HTTP/1.1",
-		Method: http.MethodConnect, Host: proxy.MatchHost(authority),
-		Verdict: proxy.VerdictDenied, Status: http.StatusForbidden, Error: errConnect.Error(),
+		Method: methodString(h.rq.method.of(h.head)), Host: host, Path: path,
+		Verdict: proxy.VerdictDenied, Status: http.StatusForbidden, Error: why.Error(),
 	}
 	dec, _ := h.cs.decide(h.e.resolver.Load())
 	ev.SrcIdentity, ev.DstIdentity = dec.SrcIdentity, dec.DstIdentity
 	if h.rq.minor == 0 {
 		ev.Proto = "HTTP/1.0"
 	}
-	h.respond(http.MethodConnect, http.StatusForbidden, "Access denied by Membrane: "+errConnect.Error()+"\n", true)
+	h.respond(ev.Method, http.StatusForbidden, "Access denied by Membrane: "+why.Error()+"\n", true)
 	h.linger = true
 	h.finish(&ev, start)
 }
@@ -818,7 +806,7 @@ func (u *upConn) unpark() {
 func (h *h1) forward(ev *proxy.Event, method string, fwd []byte, over string, dst netip.AddrPort, mark uint32) bool {
 	rq := &h.rq
 	ev.Verdict = proxy.VerdictForwarded
-	upgrade := rq.connUpgrade && !rq.upgrade.empty() && rq.minor >= 1 && !isH2CUpgrade(rq.upgrade.of(h.head))
+	upgrade := h.upgrading()
 	for attempt := 0; ; attempt++ {
 		u, err := h.upstream(dst, mark)
 		if err != nil {
@@ -887,17 +875,36 @@ func (h *h1) upstreamFailed(ev *proxy.Event, method string, err error, inStep bo
 	return keep
 }
 
-// isH2CUpgrade: an upgrade to HTTP/2 would carry streams the proxy could
-// not judge; such a request is forwarded as a plain one.
-func isH2CUpgrade(v []byte) bool {
-	h2c := false
-	tokens(v, func(t []byte) {
-		if equalFold(t, "h2c") {
-			h2c = true
-		}
+// What a request's Upgrade asks (upgradeKind).
+const (
+	upgradeNone      = iota // no upgrade: no Connection: upgrade, or HTTP/1.0
+	upgradeWebSocket        // tunnelled once the server answers 101
+	upgradeH2C              // forwarded as a plain request: its streams could not be judged
+	upgradeOther            // refused (refuse), as Envoy configured for WebSocket refuses it
+)
+
+func (h *h1) upgradeKind() int {
+	rq := &h.rq
+	if !rq.connUpgrade || rq.minor < 1 || rq.upgrade.empty() {
+		return upgradeNone
+	}
+	n, ws, h2c := 0, false, false
+	tokens(rq.upgrade.of(h.head), func(t []byte) {
+		n++
+		ws, h2c = equalFold(t, "websocket"), equalFold(t, "h2c")
 	})
-	return h2c
+	switch {
+	case n == 1 && ws:
+		return upgradeWebSocket
+	case n == 1 && h2c:
+		return upgradeH2C
+	}
+	return upgradeOther
 }
+
+// upgrading reports whether the request is a WebSocket upgrade, the one
+// upgrade the proxy tunnels.
+func (h *h1) upgrading() bool { return h.upgradeKind() == upgradeWebSocket }
 
 // writeRequest writes the request head and body to u.
 func (h *h1) writeRequest(u *upConn, method string, fwd []byte, over string, upgrade bool) error {
@@ -915,14 +922,14 @@ func (h *h1) writeRequest(u *upConn, method string, fwd []byte, over string, upg
 		// gets an empty one.
 		w.WriteString("Host: " + over + "\r\n")
 	}
-	h2cUpgrade := !upgrade && !rq.upgrade.empty()
+	plainUpgrade := !upgrade && !rq.upgrade.empty()
 	for _, f := range rq.fields {
 		name := f.name.of(buf)
 		isHost := equalFold(name, "host")
 		if hopByHop(name) || !isHost && listed(buf, rq.connTokens, name) || isHost && over != "" {
 			continue
 		}
-		if h2cUpgrade && equalFold(name, "http2-settings") {
+		if plainUpgrade && equalFold(name, "http2-settings") {
 			continue
 		}
 		w.Write(name)

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/membrane-fw/membrane/internal/testenv"
+	"github.com/membrane-fw/membrane/policies"
 	"github.com/membrane-fw/membrane/proxy"
 	"github.com/membrane-fw/membrane/proxy/conformance"
 	dto "github.com/prometheus/client_model/go"
@@ -936,4 +937,172 @@ func TestStreamIdleTimeout(t *testing.T) {
 			t.Fatalf("next request: %d", resp.StatusCode)
 		}
 	})
+}
+
+// TestH2StreamIdleTimeout: HTTP/2 streams have the stream idle timeout
+// too: a stream whose upstream never answers gets 504, a stream whose
+// request body stalls ends, and a body that keeps moving is not cut.
+func TestH2StreamIdleTimeout(t *testing.T) {
+	block := make(chan struct{})
+	var mu sync.Mutex
+	var got []string
+	up := startH2Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/public/silent" {
+			<-block
+			return
+		}
+		n, err := io.Copy(io.Discard, r.Body)
+		mu.Lock()
+		got = append(got, fmt.Sprintf("%s n=%d err=%v", r.URL.Path, n, err))
+		mu.Unlock()
+		fmt.Fprintf(w, "n=%d", n)
+	}))
+	t.Cleanup(func() { close(block) })
+	_, addr := engineOn(t, up, Config{StreamIdleTimeout: 300 * time.Millisecond, Dial: unmarked, Resolver: conformance.AllowAll()})
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	c := &http.Client{Transport: &http.Transport{Protocols: &p}, Timeout: 20 * time.Second}
+	defer c.CloseIdleConnections()
+
+	resp, err := c.Get("http://" + addr + "/public/silent")
+	if err != nil {
+		t.Fatalf("silent upstream: %v", err)
+	}
+	resp.Body.Close()
+	if resp.ProtoMajor != 2 || resp.StatusCode != http.StatusGatewayTimeout {
+		t.Fatalf("silent upstream: %s %d, want 504 over HTTP/2", resp.Proto, resp.StatusCode)
+	}
+
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	go pw.Write([]byte("abc")) // then nothing
+	req, _ := http.NewRequest("POST", "http://"+addr+"/public/stalled", pr)
+	req.ContentLength = 100
+	if resp, err := c.Do(req); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode < 400 {
+			t.Fatalf("stalled body: status %d, want the stream ended", resp.StatusCode)
+		}
+	}
+
+	pr2, pw2 := io.Pipe()
+	go func() {
+		for i := 0; i < 12; i++ { // 1.2 s in all, four times the timeout
+			time.Sleep(100 * time.Millisecond)
+			pw2.Write([]byte("x"))
+		}
+		pw2.Close()
+	}()
+	req, _ = http.NewRequest("POST", "http://"+addr+"/public/slow", pr2)
+	req.ContentLength = 12
+	resp, err = c.Do(req)
+	if err != nil {
+		t.Fatalf("slow body: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != "n=12" {
+		t.Fatalf("slow body: %d %q, want 200 n=12", resp.StatusCode, body)
+	}
+}
+
+// startH2Upstream serves h on loopback over HTTP/1.1 and h2c.
+func startH2Upstream(t *testing.T, h http.Handler) netip.AddrPort {
+	t.Helper()
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p http.Protocols
+	p.SetHTTP1(true)
+	p.SetUnencryptedHTTP2(true)
+	srv := &http.Server{Handler: h, Protocols: &p}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	return l.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// headerRuleResolver allows requests that carry header name with value
+// ("" = present), and nothing else.
+func headerRuleResolver(name, value string) *proxy.StaticResolver {
+	return &proxy.StaticResolver{
+		Decision: proxy.Decision{SrcIdentity: 300, DstIdentity: 400, Checks: []proxy.Check{{
+			Direction: policies.Ingress,
+			Rules: policies.L7Set{Rules: []policies.L7Rule{{RuleID: 1, HTTP: policies.HTTPRule{
+				Headers: map[string]string{name: value},
+			}}}},
+		}}},
+		Names: map[uint32]string{1: "hdr"},
+	}
+}
+
+// TestHopByHopFieldNotJudged: a hop-by-hop field does not reach the server,
+// so no rule can pass on it: Proxy-Authorization, TE, and Upgrade on a
+// request that is no WebSocket upgrade; over HTTP/1.1 and HTTP/2.
+func TestHopByHopFieldNotJudged(t *testing.T) {
+	up := startScripted(t, respondOK)
+	for _, c := range []struct{ rule, value, field string }{
+		{"Proxy-Authorization", "Bearer s3cret", "Proxy-Authorization: Bearer s3cret"},
+		{"Te", "", "TE: trailers"},
+		{"Upgrade", "websocket", "Upgrade: websocket"}, // no Connection: upgrade
+	} {
+		addr, _ := engineFor(t, up.addr, headerRuleResolver(c.rule, c.value))
+		cl := dialClient(t, addr)
+		cl.send("GET /x HTTP/1.1\r\nHost: svc\r\n" + c.field + "\r\n\r\n")
+		if resp, body := cl.read("GET"); resp.StatusCode != 403 {
+			t.Errorf("HTTP/1.1 rule on %s: %d %q, want 403", c.rule, resp.StatusCode, body)
+		}
+	}
+	if h := up.seen(); len(h) != 0 {
+		t.Fatalf("the upstream got %q", h)
+	}
+	h := http.Header{"Proxy-Authorization": {"x"}, "Te": {"trailers, deflate"}, "X-A": {"1"}}
+	got := forwardedHeader(h)
+	if _, ok := got["Proxy-Authorization"]; ok || len(got["Te"]) != 1 || got["Te"][0] != "trailers" || got.Get("X-A") != "1" {
+		t.Errorf("HTTP/2 judged header %v", got)
+	}
+	if plain := (http.Header{"X-A": {"1"}}); fmt.Sprintf("%p", forwardedHeader(plain)) != fmt.Sprintf("%p", plain) {
+		t.Errorf("a header without hop-by-hop fields was copied")
+	}
+}
+
+// TestOnlyWebSocketUpgrades: the proxy tunnels WebSocket upgrades only,
+// as Envoy configured for WebSocket does: another Upgrade is refused (403,
+// connection closed) before the rules, and an h2c upgrade is forwarded as
+// a plain request without it, so no server switches the connection to a
+// protocol whose bytes no rule judges.
+func TestOnlyWebSocketUpgrades(t *testing.T) {
+	up := startScripted(t, func(s *scripted, c net.Conn, br *bufio.Reader) {
+		for {
+			head, ok := s.readHead(br)
+			if !ok {
+				return
+			}
+			if strings.Contains(strings.ToLower(head), "\r\nupgrade:") {
+				io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: foo/1\r\n\r\n")
+				io.Copy(c, br)
+				return
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		}
+	})
+	addr, events := engineFor(t, up.addr, conformance.AllowAll())
+	for _, upgrade := range []string{"foo/1", "websocket, foo/1", "h2c, foo"} {
+		c := dialClient(t, addr)
+		c.send("GET /x HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: " + upgrade + "\r\n\r\n")
+		if resp, body := c.read("GET"); resp.StatusCode != 403 || !resp.Close || !strings.Contains(body, "not proxied") {
+			t.Errorf("Upgrade: %s: %d (close %v) %q, want 403 and the connection closed", upgrade, resp.StatusCode, resp.Close, body)
+		}
+		if ev := <-events; ev.Verdict != proxy.VerdictDenied || ev.Status != 403 || ev.Path != "/x" || ev.Error == "" {
+			t.Errorf("Upgrade: %s: event %+v", upgrade, ev)
+		}
+	}
+	c := dialClient(t, addr)
+	c.send("GET /x HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n")
+	if resp, body := c.read("GET"); resp.StatusCode != 200 || body != "ok" {
+		t.Errorf("Upgrade: h2c: %d %q, want 200 as a plain request", resp.StatusCode, body)
+	}
+	if h := up.seen(); len(h) != 1 || strings.Contains(strings.ToLower(h[0]), "upgrade") || strings.Contains(strings.ToLower(h[0]), "http2-settings") {
+		t.Errorf("the upstream got %q, want one plain request", h)
+	}
 }

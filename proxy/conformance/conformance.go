@@ -116,6 +116,7 @@ func Run(t *testing.T, f Factory) {
 	t.Run("GRPCAllowedByPathAndDenied", s.grpc)
 	t.Run("BadAndOversizedRequests", s.badRequests)
 	t.Run("ConnectIsRefused", s.connectRefused)
+	t.Run("AmbiguousTargetsRefused", s.ambiguousTargets)
 	if tg.Events != nil {
 		t.Run("Events", s.events)
 	}
@@ -671,6 +672,37 @@ func (s *suite) connectRefused(t *testing.T) {
 	resp2.Body.Close()
 	if resp2.ProtoMajor != 2 || resp2.StatusCode != 403 || resp2.Header.Get("X-Upstream") != "" {
 		t.Fatalf("HTTP/2 CONNECT: %s status %d (X-Upstream %q), want 403 from the proxy over HTTP/2 (body %q)", resp2.Proto, resp2.StatusCode, resp2.Header.Get("X-Upstream"), b)
+	}
+}
+
+// ambiguousTargets: targets that servers read as another path than the
+// one the rules judge are refused, over HTTP/1.1 and HTTP/2, and reach
+// nothing. "/public/..;/private/x" is under /public/ for the rules and
+// /private/x for Tomcat; "/public/..%5Cprivate" is /private to a server
+// that decodes %5C and reads it as '/'.
+func (s *suite) ambiguousTargets(t *testing.T) {
+	c := h2cClient()
+	defer c.CloseIdleConnections()
+	for _, target := range []string{"/public/..;/private/x", "/public/%2e%2e;/private/x", "/public/..%5Cprivate"} {
+		rc := s.dialRaw(t)
+		rc.Send(get(target))
+		if resp, body := rc.Read("GET"); resp.StatusCode < 400 || resp.Header.Get("X-Upstream") != "" {
+			t.Errorf("HTTP/1.1 GET %s: status %d (X-Upstream %q) %q, want refused by the proxy", target, resp.StatusCode, resp.Header.Get("X-Upstream"), body)
+		}
+		req, err := http.NewRequest("GET", s.url("/"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.URL.Opaque = target // sent as it is
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("HTTP/2 GET %s: %v", target, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.ProtoMajor != 2 || resp.StatusCode < 400 || resp.Header.Get("X-Upstream") != "" {
+			t.Errorf("HTTP/2 GET %s: %s status %d (X-Upstream %q) %q, want refused by the proxy", target, resp.Proto, resp.StatusCode, resp.Header.Get("X-Upstream"), body)
+		}
 	}
 }
 
