@@ -390,6 +390,9 @@ func (h *h1) serveOne(first bool) bool {
 		if rq.minor == 0 {
 			ev.Proto = "HTTP/1.0"
 		}
+		dec, _ := cs.decide(e.resolver.Load())
+		ev.SrcIdentity, ev.DstIdentity = dec.SrcIdentity, dec.DstIdentity
+		ev.Host, _ = h.matchHost()
 		h.finish(&ev, start)
 		return false
 	}

@@ -598,7 +598,7 @@ func TestAmbiguousTargetRefused(t *testing.T) {
 	if h := up.seen(); len(h) != 0 {
 		t.Fatalf("the upstream got %q", h)
 	}
-	if ev := <-events; ev.Verdict != proxy.VerdictError || ev.Status != 400 || ev.Path != `/public/..\admin` || ev.Error == "" {
+	if ev := <-events; ev.Verdict != proxy.VerdictError || ev.Status != 400 || ev.Path != `/public/..\admin` || ev.Error == "" || ev.SrcIdentity != 300 || ev.Host != "svc" {
 		t.Fatalf("event %+v, want an error record of the refused target", ev)
 	}
 	c := dialClient(t, addr)
