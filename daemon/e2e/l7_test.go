@@ -71,6 +71,24 @@ func (e *env) httpStatus(container, addr, method, path string) int {
 	return n
 }
 
+// l7Containers starts the L7 tests' containers and waits for their
+// endpoints: api (busybox httpd serving /public and /secret on port 80,
+// published on hostPort), a client (role=client), an admin client
+// (role=client, admin=yes) and another (role=other).
+func (e *env) l7Containers() (api, client, admin, other, hostPort string) {
+	hostPort = strings.TrimPrefix(freePort(e.t), "127.0.0.1:")
+	api = e.run("api", []string{"app=api"},
+		"mkdir -p /var/www && echo public > /var/www/public && echo secret > /var/www/secret; httpd -f -p 80 -h /var/www",
+		"-p", hostPort+":80")
+	client = e.idle("client", "role=client")
+	admin = e.idle("admin", "role=client", "admin=yes")
+	other = e.idle("other", "role=other")
+	for _, c := range []string{api, client, admin, other} {
+		e.endpoint(c)
+	}
+	return api, client, admin, other, hostPort
+}
+
 // TestL7 is the L7 path end to end with real containers and the built-in
 // engine: verdicts per request for containers, the host and a published
 // port; no connection at all without an L3 rule; a rule without http
@@ -95,16 +113,7 @@ func testL7(t *testing.T, engine string) {
 	if st := e.status(); st.L7Engine != engine || strconv.Itoa(int(st.L7Port)) != l7Port {
 		t.Errorf("status shows l7 %q on %d, want %s on %s (problems %v)", st.L7Engine, st.L7Port, engine, l7Port, st.Errors)
 	}
-	hostPort := strings.TrimPrefix(freePort(t), "127.0.0.1:")
-	apiC := e.run("api", []string{"app=api"},
-		"mkdir -p /var/www && echo public > /var/www/public && echo secret > /var/www/secret; httpd -f -p 80 -h /var/www",
-		"-p", hostPort+":80")
-	client := e.idle("client", "role=client")
-	admin := e.idle("admin", "role=client", "admin=yes")
-	other := e.idle("other", "role=other")
-	for _, c := range []string{apiC, client, admin, other} {
-		e.endpoint(c)
-	}
+	apiC, client, admin, other, hostPort := e.l7Containers()
 	apiAddr := net.JoinHostPort(e.ip(apiC), "80")
 	gw := e.docker("network", "inspect", "-f", "{{(index .IPAM.Config 0).Gateway}}", e.network)
 	published := net.JoinHostPort(gw, hostPort)
@@ -266,16 +275,7 @@ func TestL7IPv6(t *testing.T) {
 	e := newEnv(t, envOpts{ipv6: true})
 	e.writePolicy("api.hcl", l7PolicyWith("/public.*"))
 	e.startDaemon()
-	hostPort := strings.TrimPrefix(freePort(t), "127.0.0.1:")
-	apiC := e.run("api", []string{"app=api"},
-		"mkdir -p /var/www && echo public > /var/www/public && echo secret > /var/www/secret; httpd -f -p 80 -h /var/www",
-		"-p", hostPort+":80")
-	client := e.idle("client", "role=client")
-	admin := e.idle("admin", "role=client", "admin=yes")
-	other := e.idle("other", "role=other")
-	for _, c := range []string{apiC, client, admin, other} {
-		e.endpoint(c)
-	}
+	apiC, client, admin, other, hostPort := e.l7Containers()
 	apiIP := e.ip6(apiC)
 	apiAddr := net.JoinHostPort(apiIP, "80")
 
