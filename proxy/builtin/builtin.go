@@ -41,11 +41,11 @@ type Config struct {
 	MaxHeaderBytes int
 	// IdleTimeout closes idle client connections; default 2 minutes.
 	IdleTimeout time.Duration
-	// StreamIdleTimeout ends an HTTP/1 exchange in which no byte moved
-	// for that long: a request body that stalls, an upstream that does
-	// not answer (504), a client that does not read its response. Default
-	// 5 minutes, Envoy's stream idle timeout as the Envoy engine sets it.
-	// Upgraded connections (WebSocket) have none.
+	// StreamIdleTimeout ends a request (an HTTP/1 exchange, an HTTP/2
+	// stream) in which no byte moved for that long: a request body that
+	// stalls, an upstream that does not answer (504), a client that does
+	// not read its response. Default 5 minutes, Envoy's stream idle
+	// timeout as the Envoy engine sets it. WebSocket tunnels have none.
 	StreamIdleTimeout time.Duration
 	// MaxConnections bounds the client connections held open at once, and
 	// MaxConnectionsPerSource those from one source address; a connection
