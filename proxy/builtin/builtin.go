@@ -366,6 +366,18 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Time: start, Engine: "builtin", Src: cs.src, Dst: cs.dst,
 		Proto: r.Proto, Method: r.Method, Path: req.Path, Host: req.Host,
 	}
+	// A stream holds what an HTTP/1 connection holds (goroutines, an
+	// upstream stream), so streams take slots of the connection limits
+	// too: one client cannot open 250 streams on each of its connections.
+	if reason := e.limit.admit(cs.src.Addr()); reason != "" {
+		e.metrics.ConnectionsRefused.WithLabelValues(reason).Inc()
+		ev.Verdict, ev.Status, ev.Error = proxy.VerdictError, http.StatusServiceUnavailable, "refused: "+reason
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "membrane: too many connections and requests in flight ("+reason+")", http.StatusServiceUnavailable)
+		e.finish(&ev, start)
+		return
+	}
+	defer e.limit.release(cs.src.Addr())
 	dec, err := cs.decide(box)
 	ev.SrcIdentity, ev.DstIdentity = dec.SrcIdentity, dec.DstIdentity
 	if err == nil && r.Method == http.MethodConnect {

@@ -135,3 +135,70 @@ func eventually(t *testing.T, what string, f func() error) {
 	}
 	t.Fatalf("%s: %v", what, err)
 }
+
+// TestHTTP2StreamsTakeSlots: an HTTP/2 request in flight takes a slot of
+// the connection limits as a connection does, so one client cannot hold
+// hundreds of requests (and their goroutines) on each connection it may
+// open: over the per-source limit a stream gets 503, counted by reason,
+// and the slot comes back when the stream ends.
+func TestHTTP2StreamsTakeSlots(t *testing.T) {
+	release := make(chan struct{})
+	up := startH2Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/public/hold" {
+			<-release
+		}
+		fmt.Fprint(w, "ok")
+	}))
+	e, addr := engineOn(t, up, Config{MaxConnectionsPerSource: 3, Dial: unmarked, Resolver: conformance.AllowAll()})
+	var h2c http.Protocols
+	h2c.SetUnencryptedHTTP2(true)
+	hc := &http.Client{Transport: &http.Transport{Protocols: &h2c}, Timeout: 10 * time.Second}
+	defer hc.CloseIdleConnections()
+	get := func(path string) (int, error) {
+		resp, err := hc.Get("http://" + addr + path)
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+	if s, err := get("/public/first"); err != nil || s != 200 {
+		t.Fatalf("first request: %d %v", s, err)
+	}
+	// The connection holds one slot; two held streams take the others.
+	slots := func() int {
+		e.limit.mu.Lock()
+		defer e.limit.mu.Unlock()
+		return e.limit.total
+	}
+	held := make(chan int, 2)
+	for i := range 2 {
+		go func() {
+			s, _ := get("/public/hold")
+			held <- s
+		}()
+		eventually(t, "a held stream takes a slot", func() error {
+			if n := slots(); n != 2+i {
+				return fmt.Errorf("%d slots taken, want %d", n, 2+i)
+			}
+			return nil
+		})
+	}
+	if s, err := get("/public/third"); err != nil || s != http.StatusServiceUnavailable {
+		t.Fatalf("a third stream while two are held: %d %v, want 503", s, err)
+	}
+	var m dto.Metric
+	e.metrics.ConnectionsRefused.WithLabelValues(refusedPerSource).Write(&m)
+	if m.GetCounter().GetValue() < 1 {
+		t.Errorf("refused streams not counted: %v", m.GetCounter().GetValue())
+	}
+	close(release)
+	for range 2 {
+		if s := <-held; s != 200 {
+			t.Errorf("a held stream ended %d, want 200", s)
+		}
+	}
+	if s, err := get("/public/after"); err != nil || s != 200 {
+		t.Fatalf("after the held streams ended: %d %v, want 200 (their slots back)", s, err)
+	}
+}
