@@ -204,13 +204,17 @@ func (e *Engine) accept(l net.Listener) {
 		}
 		backoff = 0
 		cs := &conn{src: proxy.RemoteAddrPort(c)}
+		cs.dst, cs.dstErr = e.cfg.OriginalDst(c)
+		if cs.dstErr == nil && e.direct(cs.dst) {
+			e.refuse(c, cs.src, refusedDirect)
+			continue
+		}
 		if reason := e.limit.admit(cs.src.Addr()); reason != "" {
 			e.refuse(c, cs.src, reason)
 			continue
 		}
 		e.metrics.Connections.Inc()
 		e.metrics.ConnectionsActive.Inc()
-		cs.dst, cs.dstErr = e.cfg.OriginalDst(c)
 		e.serveDone.Add(1)
 		go func() {
 			defer e.serveDone.Done()

@@ -12,7 +12,38 @@ import (
 const (
 	refusedTotal     = "max_connections"
 	refusedPerSource = "max_connections_per_source"
+	refusedDirect    = "direct"
 )
+
+// direct reports whether a connection came to the proxy's port itself
+// rather than through the datapath's redirect: its original destination
+// is the proxy port on an address of this host (the listeners take the
+// wildcard address, so anyone who can reach the host may connect). Serving
+// it would dial that destination, the proxy, again, and again, until the
+// connection limits. A redirected connection's destination is a container's
+// address, or a host address on another port: no host service can listen
+// on the proxy's port.
+func (e *Engine) direct(dst netip.AddrPort) bool {
+	if dst.Port() != e.port {
+		return false
+	}
+	a := dst.Addr().Unmap()
+	if a.IsLoopback() || a.IsUnspecified() {
+		return true
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return true // cannot tell: refuse rather than risk the loop
+	}
+	for _, ia := range addrs {
+		if n, ok := ia.(*net.IPNet); ok {
+			if h, ok := netip.AddrFromSlice(n.IP); ok && h.Unmap() == a {
+				return true
+			}
+		}
+	}
+	return false
+}
 
 // limiter bounds the client connections the engine holds open, in all and
 // per source address, so that no client, and no container in particular,
@@ -70,12 +101,18 @@ func (e *Engine) refuse(c net.Conn, src netip.AddrPort, reason string) {
 	now := time.Now().UnixNano()
 	last := e.lastRefusalLog.Load()
 	if now-last >= int64(refusalLogInterval) && e.lastRefusalLog.CompareAndSwap(last, now) {
-		limit := e.cfg.MaxConnections
-		if reason == refusedPerSource {
-			limit = e.cfg.MaxConnectionsPerSource
+		switch reason {
+		case refusedDirect:
+			e.log.Warn("L7 proxy refused a connection made to its own port, not redirected by the datapath",
+				"src", src.String(), "port", e.port)
+		default:
+			limit := e.cfg.MaxConnections
+			if reason == refusedPerSource {
+				limit = e.cfg.MaxConnectionsPerSource
+			}
+			e.log.Warn("L7 proxy refused a connection: at its limit (raise it in the l7 block of membrane.hcl)",
+				"src", src.String(), "reason", reason, "limit", limit)
 		}
-		e.log.Warn("L7 proxy refused a connection: at its limit (raise it in the l7 block of membrane.hcl)",
-			"src", src.String(), "reason", reason, "limit", limit)
 	}
 }
 

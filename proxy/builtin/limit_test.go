@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
+	"strconv"
 	"testing"
 	"time"
 
@@ -200,5 +202,44 @@ func TestHTTP2StreamsTakeSlots(t *testing.T) {
 	}
 	if s, err := get("/public/after"); err != nil || s != 200 {
 		t.Fatalf("after the held streams ended: %d %v, want 200 (their slots back)", s, err)
+	}
+}
+
+// TestDirectConnectionRefused: a connection made to the proxy's port
+// itself (its original destination is the proxy's own address, as the
+// default OriginalDst reads it) is reset and counted, instead of being
+// served by dialing that destination, the proxy, in a loop that ended
+// only at the connection limits.
+func TestDirectConnectionRefused(t *testing.T) {
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := New(Config{Listeners: []net.Listener{l}, Resolver: conformance.AllowAll(), Dial: unmarked,
+		MaxConnections: 50, MaxConnectionsPerSource: 50})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	c, err := net.Dial("tcp4", l.Addr().String())
+	if err == nil {
+		defer c.Close()
+		err = served(c)
+	}
+	if err == nil {
+		t.Fatal("a request made to the proxy's port directly was served")
+	}
+	var m dto.Metric
+	e.metrics.ConnectionsRefused.WithLabelValues(refusedDirect).Write(&m)
+	if m.GetCounter().GetValue() != 1 {
+		t.Errorf("refused direct connections: %v, want 1", m.GetCounter().GetValue())
+	}
+	var accepted dto.Metric
+	e.metrics.Connections.Write(&accepted)
+	if accepted.GetCounter().GetValue() != 0 {
+		t.Errorf("%v connections served, want none", accepted.GetCounter().GetValue())
+	}
+	if e.direct(netip.MustParseAddrPort("192.0.2.1:" + strconv.Itoa(int(e.port)))) {
+		t.Error("a destination that is no address of this host counted as direct")
 	}
 }
