@@ -49,7 +49,7 @@ func NewMetrics(engine string) *Metrics {
 		}),
 		ConnectionsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "membrane_proxy_connections_refused_total", ConstLabels: cl,
-			Help: "Client connections the L7 proxy reset at once because it was at a limit, by reason (max_connections, max_connections_per_source).",
+			Help: "Client connections the L7 proxy reset at once, by reason: at a limit (max_connections, max_connections_per_source; HTTP/2 requests get 503 instead), or made to its own port directly (direct).",
 		}, []string{"reason"}),
 		byVerdict: map[string]verdictMetrics{},
 	}
