@@ -37,7 +37,7 @@ import (
 // A connection that opens with the HTTP/2 preface is handed to net/http's
 // HTTP/2 server (ServeHTTP); upgrades (WebSocket) become a byte tunnel
 // after the upstream accepts them. CONNECT and other upgrades are refused
-// (see refuse).
+// (see refuseRequest).
 
 // Limits of the HTTP/1.x path.
 const (
@@ -370,29 +370,22 @@ func (h *h1) serveOne(first bool) bool {
 	method := methodString(rq.method.of(h.head))
 	if method == http.MethodConnect {
 		authority := string(rq.target.of(h.head))
-		h.refuse(start, errConnect, proxy.MatchHost(authority), "")
+		h.refuseRequest(start, errConnect, proxy.MatchHost(authority), "")
 		return false
 	}
 	if h.upgradeKind() == upgradeOther {
 		host, _ := h.matchHost()
-		h.refuse(start, fmt.Errorf("upgrade to %q is not proxied (WebSocket only)", rq.upgrade.of(h.head)), host, string(rq.target.of(h.head)))
+		h.refuseRequest(start, fmt.Errorf("upgrade to %q is not proxied (WebSocket only)", rq.upgrade.of(h.head)), host, string(rq.target.of(h.head)))
 		return false
 	}
 	path, fwd, over, err := h.target()
 	if err != nil {
 		// Recorded: a refused target may be someone probing the rules.
 		h.fail(err)
-		ev := proxy.Event{
-			Time: start, Engine: "builtin", Src: cs.src, Dst: cs.dst, Proto: "HTTP/1.1",
-			Method: method, Path: string(rq.target.of(h.head)),
-			Verdict: proxy.VerdictError, Status: http.StatusBadRequest, Error: err.Error(),
-		}
-		if rq.minor == 0 {
-			ev.Proto = "HTTP/1.0"
-		}
-		dec, _ := cs.decide(e.resolver.Load())
-		ev.SrcIdentity, ev.DstIdentity = dec.SrcIdentity, dec.DstIdentity
+		ev := h.eventUndecided(start, method)
+		ev.Path = string(rq.target.of(h.head))
 		ev.Host, _ = h.matchHost()
+		ev.Verdict, ev.Status, ev.Error = proxy.VerdictError, http.StatusBadRequest, err.Error()
 		h.finish(&ev, start)
 		return false
 	}
@@ -406,16 +399,10 @@ func (h *h1) serveOne(first bool) bool {
 			return false
 		}
 	}
-	ev := proxy.Event{
-		Time: start, Engine: "builtin", Src: cs.src, Dst: cs.dst,
-		Proto: "HTTP/1.1", Method: method, Path: path, Host: host,
-	}
-	if rq.minor == 0 {
-		ev.Proto = "HTTP/1.0"
-	}
 	box := e.resolver.Load()
 	dec, err := cs.decide(box)
-	ev.SrcIdentity, ev.DstIdentity = dec.SrcIdentity, dec.DstIdentity
+	ev := h.event(start, method, &dec)
+	ev.Path, ev.Host = path, host
 	if err != nil {
 		ev.Verdict, ev.Status, ev.Error = proxy.VerdictDenied, http.StatusForbidden, err.Error()
 		keep := h.deny(method, "Access denied by Membrane: "+err.Error())
@@ -552,26 +539,39 @@ func (h *h1) target() (path string, fwd []byte, over string, err error) {
 	return path, fwd, over, nil
 }
 
-// refuse answers 403 and closes, whatever the rules, for what the proxy
+// refuseRequest answers 403 and closes, whatever the rules, for what the proxy
 // does not carry: CONNECT (it stands in front of one server, not the way
 // to others, and a tunnel would carry requests past the rules to a server
 // that answers CONNECT with 2xx and goes on reading HTTP, as a catch-all
 // handler does) and upgrades other than WebSocket. Envoy refuses both
 // too, and closes.
-func (h *h1) refuse(start time.Time, why error, host, path string) {
-	ev := proxy.Event{
-		Time: start, Engine: "builtin", Src: h.cs.src, Dst: h.cs.dst, Proto: "HTTP/1.1",
-		Method: methodString(h.rq.method.of(h.head)), Host: host, Path: path,
-		Verdict: proxy.VerdictDenied, Status: http.StatusForbidden, Error: why.Error(),
-	}
-	dec, _ := h.cs.decide(h.e.resolver.Load())
-	ev.SrcIdentity, ev.DstIdentity = dec.SrcIdentity, dec.DstIdentity
-	if h.rq.minor == 0 {
-		ev.Proto = "HTTP/1.0"
-	}
+func (h *h1) refuseRequest(start time.Time, why error, host, path string) {
+	ev := h.eventUndecided(start, methodString(h.rq.method.of(h.head)))
+	ev.Host, ev.Path = host, path
+	ev.Verdict, ev.Status, ev.Error = proxy.VerdictDenied, http.StatusForbidden, why.Error()
 	h.respond(ev.Method, http.StatusForbidden, "Access denied by Membrane: "+why.Error()+"\n", true)
 	h.linger = true
 	h.finish(&ev, start)
+}
+
+// event begins the record of the current request: its connection, its
+// peers' identities as dec has them, its protocol and method.
+func (h *h1) event(start time.Time, method string, dec *proxy.Decision) proxy.Event {
+	ev := proxy.Event{
+		Time: start, Engine: "builtin", Src: h.cs.src, Dst: h.cs.dst, Proto: "HTTP/1.1", Method: method,
+		SrcIdentity: dec.SrcIdentity, DstIdentity: dec.DstIdentity,
+	}
+	if h.rq.minor == 0 {
+		ev.Proto = "HTTP/1.0"
+	}
+	return ev
+}
+
+// eventUndecided is event for a request refused before the rules: the
+// identities come from the connection's decision all the same.
+func (h *h1) eventUndecided(start time.Time, method string) proxy.Event {
+	dec, _ := h.cs.decide(h.e.resolver.Load())
+	return h.event(start, method, &dec)
 }
 
 // validHostByte are the bytes net/http accepts in a Host field.
@@ -883,7 +883,7 @@ const (
 	upgradeNone      = iota // no upgrade: no Connection: upgrade, or HTTP/1.0
 	upgradeWebSocket        // tunnelled once the server answers 101
 	upgradeH2C              // forwarded as a plain request: its streams could not be judged
-	upgradeOther            // refused (refuse), as Envoy configured for WebSocket refuses it
+	upgradeOther            // refused (refuseRequest), as Envoy configured for WebSocket refuses it
 )
 
 func (h *h1) upgradeKind() int {
