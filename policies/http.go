@@ -43,7 +43,7 @@ func HTTPHost(h string) string {
 	}
 	if strings.HasPrefix(h, "[") {
 		if a, err := netip.ParseAddr(host); err != nil || !a.Is6() {
-			return strings.ToLower(h)
+			return strings.ToLower("[" + host + "]")
 		}
 	}
 	return strings.ToLower(host)

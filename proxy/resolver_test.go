@@ -120,7 +120,7 @@ func TestMatchNormalizesPathAndHost(t *testing.T) {
 	for in, want := range map[string]string{
 		"API.example.com": "api.example.com", "api.example.com:8080": "api.example.com", "[fd00::1]:80": "fd00::1", "[fd00::1]": "fd00::1",
 		// Brackets come off an IPv6 literal only.
-		"[API.example.com]": "[api.example.com]", "[api.example.com]:8080": "[api.example.com]:8080", "[192.0.2.1]": "[192.0.2.1]",
+		"[API.example.com]": "[api.example.com]", "[api.example.com]:8080": "[api.example.com]", "[192.0.2.1]": "[192.0.2.1]",
 	} {
 		if got := MatchHost(in); got != want {
 			t.Errorf("MatchHost(%q) = %q, want %q", in, got, want)

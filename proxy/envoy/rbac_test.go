@@ -190,3 +190,30 @@ func TestRBACRefusesWhatTheResolverRefuses(t *testing.T) {
 		})
 	}
 }
+
+// TestHostMatchersJudgeAsTheBuiltinEngine runs the :authority matchers of
+// a host rule over authorities bare, with ports, in brackets and in other
+// cases, and checks that Envoy would match exactly those whose host the
+// built-in engine's form (policies.HTTPHost) lets the rule match.
+func TestHostMatchersJudgeAsTheBuiltinEngine(t *testing.T) {
+	authorities := []string{
+		"api.example.com", "API.Example.com:8080", "[api.example.com]", "[api.example.com]:80",
+		"fd00::1", "[fd00::1]", "[FD00::1]:8080", "[fd00::2]:80", "[::ffff:192.0.2.1]:80",
+		"192.0.2.1", "192.0.2.1:80", "[192.0.2.1]", "api.example.com.evil", "x[fd00::1]",
+	}
+	for _, src := range []string{`api\.example\.com`, `fd00::1`, `fd00::[0-9]`, `192\.0\.2\.1`, `.*\.example\.com`, `.*`, `\[api\.example\.com\]`} {
+		re := regexp.MustCompile(`^(?:` + src + `)$`)
+		ms := headerMatchers(&policies.HTTPRule{Host: re, HostSrc: src})
+		for _, a := range authorities {
+			want := re.MatchString(policies.HTTPHost(a))
+			r := &envoyRequest{authority: a}
+			got := true
+			for _, m := range ms {
+				got = got && headerMatch(t, m, r)
+			}
+			if got != want {
+				t.Errorf("host %q, :authority %q: Envoy matches %v, the built-in engine %v", src, a, got, want)
+			}
+		}
+	}
+}

@@ -493,10 +493,21 @@ func safeRegex(re string) *matcher.StringMatcher {
 	return &matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_SafeRegex{SafeRegex: &matcher.RegexMatcher{Regex: re}}}
 }
 
-// hostRegex matches :authority the way proxy.MatchHost does: any case, an
-// optional port.
-func hostRegex(h *policies.HTTPRule) string {
-	return "(?i)" + reSource(h.Host, h.HostSrc) + `(?::[0-9]+)?`
+// hostRegexes match :authority the way policies.HTTPHost judges a host:
+// any case, an optional port, and brackets off an IPv6 literal only, so
+// that host = "fd00::1" matches "[fd00::1]:8080" and
+// host = "api\\.example\\.com" does not match "[api.example.com]". Both
+// must match: the first takes the host bare or in brackets, the second
+// lets brackets through only around what looks like an IPv6 address.
+// (Envoy keeps the brackets in :authority, and RE2 has no lookahead to say
+// it in one expression.)
+func hostRegexes(h *policies.HTTPRule) [2]string {
+	const port = `(?::[0-9]+)?`
+	re := reSource(h.Host, h.HostSrc)
+	return [2]string{
+		`(?i)(?:` + re + `|\[` + re + `\])` + port,
+		`(?i)` + re + port + `|\[[0-9a-f.]*:[0-9a-f:.]*\]` + port,
+	}
 }
 
 func headerMatchers(h *policies.HTTPRule) []*route.HeaderMatcher {
@@ -505,7 +516,9 @@ func headerMatchers(h *policies.HTTPRule) []*route.HeaderMatcher {
 		out = append(out, &route.HeaderMatcher{Name: ":method", HeaderMatchSpecifier: &route.HeaderMatcher_StringMatch{StringMatch: safeRegex(reSource(h.Method, h.MethodSrc))}})
 	}
 	if h.Host != nil {
-		out = append(out, &route.HeaderMatcher{Name: ":authority", HeaderMatchSpecifier: &route.HeaderMatcher_StringMatch{StringMatch: safeRegex(hostRegex(h))}})
+		for _, re := range hostRegexes(h) {
+			out = append(out, &route.HeaderMatcher{Name: ":authority", HeaderMatchSpecifier: &route.HeaderMatcher_StringMatch{StringMatch: safeRegex(re)}})
+		}
 	}
 	names := make([]string, 0, len(h.Headers))
 	for n := range h.Headers {
