@@ -23,10 +23,11 @@
 // (Content-Length, chunked, until close) without buffering whole bodies;
 // pipelined requests are answered in order, and responses are flushed when
 // the client has nothing more buffered. A client that half-closes after
-// its request still gets the response. Upgrades (WebSocket) and CONNECT,
-// judged at the request, become a byte tunnel once the upstream agrees
-// (101, 2xx); an upgrade to h2c is forwarded as a plain request, since its
-// streams could not be judged. A connection that opens with the HTTP/2
+// its request still gets the response. A WebSocket upgrade, judged at the
+// request, becomes a byte tunnel once the upstream agrees (101), until it
+// idles for the stream idle timeout; an upgrade to h2c is forwarded as a
+// plain request, since its streams could not be judged, and CONNECT and
+// other upgrades are refused. A connection that opens with the HTTP/2
 // preface is handed to net/http's HTTP/2 server, whose streams go through
 // httputil.ReverseProxy with transports pooled per mark. Either way one
 // source's upstream connection is never reused for another source. Update

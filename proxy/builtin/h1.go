@@ -1219,26 +1219,65 @@ func upgradeOf(u *upConn) []byte {
 	return nil
 }
 
-// tunnel relays bytes both ways after a 101 or a CONNECT's 2xx, until
-// either side ends; then both connections close.
+// tunnel relays bytes both ways after a 101, until either side ends or no
+// byte moved either way for the stream idle timeout (as Envoy's covers an
+// upgraded stream); then both connections close.
 func (h *h1) tunnel(u *upConn) {
 	if h.bw.Flush() != nil {
 		return
 	}
 	h.noDeadlines(u)
+	var moved atomic.Bool
 	done := make(chan struct{}, 2)
 	go func() {
-		io.Copy(u.c, h.br) // what the client sent after the request, then the stream
+		// What the client sent after the request, then the stream.
+		io.Copy(u.c, movedReader{h.br, &moved})
 		done <- struct{}{}
 	}()
 	go func() {
-		io.Copy(h.c, u.r)
+		io.Copy(h.c, movedReader{u.r, &moved})
 		done <- struct{}{}
 	}()
-	<-done
+	// Idle when nothing moved for eight periods in a row: closed after
+	// between one and one and an eighth timeouts without a byte.
+	var tick <-chan time.Time
+	if t := h.e.cfg.StreamIdleTimeout; t > 0 {
+		tk := time.NewTicker(t / 8)
+		defer tk.Stop()
+		tick = tk.C
+	}
+	ended := 0
+	for idle := 0; ended == 0 && idle < 8; {
+		select {
+		case <-done:
+			ended++
+		case <-tick:
+			if moved.Swap(false) {
+				idle = 0
+			} else {
+				idle++
+			}
+		}
+	}
 	h.c.Close()
 	u.c.Close()
-	<-done
+	for ; ended < 2; ended++ {
+		<-done
+	}
+}
+
+// movedReader notes that bytes moved through a tunnel.
+type movedReader struct {
+	r     io.Reader
+	moved *atomic.Bool
+}
+
+func (m movedReader) Read(b []byte) (int, error) {
+	n, err := m.r.Read(b)
+	if n > 0 {
+		m.moved.Store(true)
+	}
+	return n, err
 }
 
 // handoff gives a connection that opened with the HTTP/2 preface to the

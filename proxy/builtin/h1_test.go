@@ -1101,3 +1101,30 @@ func TestOnlyWebSocketUpgrades(t *testing.T) {
 		t.Errorf("the upstream got %q", h)
 	}
 }
+
+// TestWebSocketIdleTimeout: a WebSocket tunnel ends when no byte moved
+// either way for the stream idle timeout, and not while bytes keep moving.
+func TestWebSocketIdleTimeout(t *testing.T) {
+	_, addr := engineOn(t, conformance.StartUpstream(t), Config{StreamIdleTimeout: 300 * time.Millisecond, Dial: unmarked})
+	c := dialClient(t, addr)
+	c.send("GET /ws HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n" +
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+	resp, err := http.ReadResponse(c.R, &http.Request{Method: "GET"})
+	if err != nil || resp.StatusCode != 101 {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	for i := range 12 { // 1.2 s in all, four times the timeout
+		time.Sleep(100 * time.Millisecond)
+		c.send("x")
+		if b, err := c.R.ReadByte(); err != nil || b != 'x' {
+			t.Fatalf("echo %d after %d ms of traffic: %q %v, want the tunnel open", i, 100*(i+1), b, err)
+		}
+	}
+	start := time.Now()
+	if rest, err := io.ReadAll(c.R); err != nil || len(rest) != 0 {
+		t.Fatalf("silent tunnel: %q %v, want it closed", rest, err)
+	}
+	if d := time.Since(start); d < 300*time.Millisecond {
+		t.Fatalf("silent tunnel closed after %v, before the idle timeout", d)
+	}
+}
