@@ -154,8 +154,8 @@ type response struct {
 	statusRest    span // "200 OK": the status line after the version
 	fields        []field
 	contentLength int64
-	chunked       bool
-	te            span // Transfer-Encoding value when not just "chunked"
+	chunked       bool // chunked is the final transfer coding
+	te            bool // a Transfer-Encoding field came
 	closeConn     bool
 	keepAlive     bool
 	connTokens    []span
@@ -745,7 +745,7 @@ func (w *limitWriter) Write(b []byte) (int, error) {
 // identity changed with a policy update).
 func (h *h1) upstream(dst netip.AddrPort, mark uint32) (*upConn, error) {
 	if u := h.up.Load(); u != nil {
-		if u.dst == dst && u.mark == mark {
+		if u.dst == dst && u.mark == mark && !u.unsolicited() {
 			u.unpark()
 			return u, nil
 		}
@@ -785,8 +785,19 @@ func (h *h1) dropUp(u *upConn) {
 	}
 }
 
-// park returns u's buffers to the pools while it idles between requests
-// (unless the server sent more than its response: that stays buffered).
+// unsolicited reports whether the server sent something since its last
+// response, before the next request was written: bytes that would be read
+// as the next request's response (a server that answered a request hidden
+// in a body it ignored, say), or its close. The connection is not reused.
+func (u *upConn) unsolicited() bool {
+	if u.r != nil && u.r.Buffered() > 0 {
+		return true
+	}
+	r, ok := u.rw.(*rawIO)
+	return ok && r.readable()
+}
+
+// park returns u's buffers to the pools while it idles between requests.
 func (u *upConn) park() {
 	if u.r == nil || u.r.Buffered() > 0 || u.w.Buffered() > 0 {
 		return
@@ -1057,14 +1068,12 @@ func (u *upConn) readOneHead() error {
 			}
 			rs.contentLength = n
 		case equalFold(name, "transfer-encoding"):
-			rs.chunked = false
+			// The codings are those of every field, in order.
+			rs.te = true
 			last := []byte(nil)
 			tokens(val, func(t []byte) { last = t })
-			if last != nil && equalFold(last, "chunked") {
-				rs.chunked = true
-			}
-			if !equalFold(val, "chunked") {
-				rs.te = f.value
+			if last != nil {
+				rs.chunked = equalFold(last, "chunked")
 			}
 		case equalFold(name, "connection"):
 			tokens(val, func(t []byte) {
@@ -1107,7 +1116,7 @@ func (h *h1) relay(ev *proxy.Event, u *upConn, method string, upgrade bool) bool
 		mode = bodyNone
 	case rs.chunked:
 		mode = bodyChunked
-	case rs.te.s != rs.te.e:
+	case rs.te:
 		mode = bodyUntilClose // a coding other than chunked last: until close
 	case rs.contentLength >= 0:
 		mode = bodyLength
@@ -1152,17 +1161,9 @@ func (h *h1) relay(ev *proxy.Event, u *upConn, method string, upgrade bool) bool
 		w.Write(strconv.AppendInt(w.AvailableBuffer(), rs.contentLength, 10))
 		w.WriteString("\r\n")
 	case chunkOut:
-		if rs.te.s != rs.te.e {
-			// Keep the codings applied before chunked.
-			w.WriteString("Transfer-Encoding: ")
-			w.Write(rs.te.of(buf))
-			if !rs.chunked {
-				w.WriteString(", chunked")
-			}
-			w.WriteString("\r\n")
-		} else {
-			w.WriteString("Transfer-Encoding: chunked\r\n")
-		}
+		w.WriteString("Transfer-Encoding: ")
+		writeCodings(w, rs, buf)
+		w.WriteString("chunked\r\n")
 	}
 	if mode != bodyTunnel {
 		if !keepClient {
@@ -1207,6 +1208,35 @@ func (h *h1) relay(ev *proxy.Event, u *upConn, method string, upgrade bool) bool
 		return false
 	}
 	return true
+}
+
+// writeCodings writes the transfer codings of rs that come before a final
+// chunked, each followed by ", ": those of every Transfer-Encoding field
+// in order, less the last when it is chunked.
+func writeCodings(w *bufio.Writer, rs *response, buf []byte) {
+	if !rs.te {
+		return
+	}
+	n := 0
+	for _, f := range rs.fields {
+		if equalFold(f.name.of(buf), "transfer-encoding") {
+			tokens(f.value.of(buf), func([]byte) { n++ })
+		}
+	}
+	if rs.chunked {
+		n--
+	}
+	for _, f := range rs.fields {
+		if equalFold(f.name.of(buf), "transfer-encoding") {
+			tokens(f.value.of(buf), func(t []byte) {
+				if n > 0 {
+					w.Write(t)
+					w.WriteString(", ")
+					n--
+				}
+			})
+		}
+	}
 }
 
 // upgradeOf is the protocol the upstream switched to (its Upgrade field).

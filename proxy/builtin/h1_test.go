@@ -9,7 +9,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httputil"
 	"net/netip"
+	"net/textproto"
 	"strconv"
 	"strings"
 	"sync"
@@ -1126,5 +1128,88 @@ func TestWebSocketIdleTimeout(t *testing.T) {
 	}
 	if d := time.Since(start); d < 300*time.Millisecond {
 		t.Fatalf("silent tunnel closed after %v, before the idle timeout", d)
+	}
+}
+
+// TestUnsolicitedUpstreamBytesNotServed: bytes an upstream sends after its
+// response and before the next request (a server that answered a request
+// hidden in a body it did not read) are never taken for the next request's
+// response: that request goes on a new connection. Whether they came with
+// the response or after it.
+func TestUnsolicitedUpstreamBytesNotServed(t *testing.T) {
+	for _, late := range []bool{false, true} {
+		t.Run(fmt.Sprintf("late=%v", late), func(t *testing.T) {
+			up := startScripted(t, func(s *scripted, c net.Conn, br *bufio.Reader) {
+				for n := 0; ; n++ {
+					if _, ok := s.readHead(br); !ok {
+						return
+					}
+					if n > 0 || s.conns.Load() > 1 {
+						io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond")
+						continue
+					}
+					extra := "HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nunsolicited"
+					if !late {
+						io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst"+extra)
+						continue
+					}
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
+					time.Sleep(100 * time.Millisecond)
+					io.WriteString(c, extra)
+				}
+			})
+			addr, _ := engineFor(t, up.addr, conformance.Policy())
+			c := dialClient(t, addr)
+			c.send("GET /public/a HTTP/1.1\r\nHost: svc\r\n\r\n")
+			if _, body := c.read("GET"); body != "first" {
+				t.Fatalf("first response %q", body)
+			}
+			time.Sleep(300 * time.Millisecond) // the extra bytes are in
+			c.send("GET /public/b HTTP/1.1\r\nHost: svc\r\n\r\n")
+			if _, body := c.read("GET"); body != "second" {
+				t.Fatalf("the answer to the second request is %q, want %q from a new upstream connection", body, "second")
+			}
+			if n := up.conns.Load(); n != 2 {
+				t.Fatalf("upstream connections %d, want 2", n)
+			}
+		})
+	}
+}
+
+// TestResponseCodingsOverSeveralFields: a response whose transfer codings
+// come in two Transfer-Encoding fields (gzip, then chunked) reaches the
+// client with both, chunked last, and the connection stays in step.
+func TestResponseCodingsOverSeveralFields(t *testing.T) {
+	up := startScripted(t, func(s *scripted, c net.Conn, br *bufio.Reader) {
+		for {
+			if _, ok := s.readHead(br); !ok {
+				return
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+		}
+	})
+	addr, _ := engineFor(t, up.addr, conformance.Policy())
+	c := dialClient(t, addr)
+	c.send("GET /public/a HTTP/1.1\r\nHost: svc\r\n\r\nGET /public/b HTTP/1.1\r\nHost: svc\r\n\r\n")
+	for i := range 2 {
+		// net/http reads no gzip transfer coding: the head by hand.
+		tp := textproto.NewReader(c.R)
+		if line, err := tp.ReadLine(); err != nil || line != "HTTP/1.1 200 OK" {
+			t.Fatalf("response %d: status line %q %v", i, line, err)
+		}
+		hd, err := tp.ReadMIMEHeader()
+		if err != nil {
+			t.Fatalf("response %d: %v", i, err)
+		}
+		if te := hd.Values("Transfer-Encoding"); len(te) != 1 || te[0] != "gzip, chunked" {
+			t.Fatalf("response %d: Transfer-Encoding %q, want gzip, chunked", i, te)
+		}
+		b, err := io.ReadAll(httputil.NewChunkedReader(c.R))
+		if err != nil || string(b) != "hello" {
+			t.Fatalf("response %d: body %q %v", i, b, err)
+		}
+		if crlf, err := tp.ReadLine(); err != nil || crlf != "" {
+			t.Fatalf("response %d: after the last chunk %q %v", i, crlf, err)
+		}
 	}
 }

@@ -97,6 +97,22 @@ func (r *rawIO) waitReadable() error {
 	return err
 }
 
+// readable reports, without waiting and without reading, whether the
+// socket has something to read: data, the peer's FIN or an error.
+func (r *rawIO) readable() bool {
+	var errno syscall.Errno
+	r.rc.Read(func(fd uintptr) bool {
+		for {
+			_, _, errno = syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&r.peek[0])), 1,
+				syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+			if errno != syscall.EINTR {
+				return true
+			}
+		}
+	})
+	return errno != syscall.EAGAIN
+}
+
 // maxRawWrite bounds one write system call.
 const maxRawWrite = 64 << 10
 
