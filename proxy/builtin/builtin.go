@@ -158,7 +158,9 @@ func New(cfg Config) (*Engine, error) {
 		ConnState:         e.connState,
 		MaxHeaderBytes:    cfg.MaxHeaderBytes,
 		ReadHeaderTimeout: readHeaderTimeout,
-		IdleTimeout:       cfg.IdleTimeout,
+		// OPTIONS * is judged like any request, not answered by net/http.
+		DisableGeneralOptionsHandler: true,
+		IdleTimeout:                  cfg.IdleTimeout,
 		// A client that takes none of what is written to it is closed
 		// (stream idle timeouts end the streams waiting on it too).
 		HTTP2:    &http.HTTP2Config{WriteByteTimeout: cfg.StreamIdleTimeout},
@@ -416,7 +418,7 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ev.Policy = box.r.PolicyName(ruleID)
 	}
 	t := &target{dst: cs.dst, mark: proxy.FromProxyMark(dec.SrcIdentity)}
-	if req.Path != r.URL.Path {
+	if req.Path != r.URL.Path && r.URL.Path != "*" { // "*" is judged as "/*", sent as it is
 		t.path = req.Path
 	}
 	// The stream idle timeout: the stream ends when none of its bytes
@@ -514,7 +516,17 @@ func (e *Engine) rewrite(pr *httputil.ProxyRequest) {
 		pr.Out.URL.Path, pr.Out.URL.RawPath = t.path, ""
 	}
 	pr.Out.Host = pr.In.Host
+	// Rewrite mode drops these; the rules judged them, and a transparent
+	// proxy forwards them as the HTTP/1 loop does.
+	for _, k := range forwardedFor {
+		if v, ok := pr.In.Header[k]; ok {
+			pr.Out.Header[k] = v
+		}
+	}
 }
+
+// forwardedFor are the fields httputil.ReverseProxy removes in Rewrite mode.
+var forwardedFor = []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
 
 func (e *Engine) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
 	t := r.Context().Value(targetKey{}).(*target)

@@ -12,6 +12,8 @@ import (
 	"net/http/httputil"
 	"net/netip"
 	"net/textproto"
+	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -1211,5 +1213,64 @@ func TestResponseCodingsOverSeveralFields(t *testing.T) {
 		if crlf, err := tp.ReadLine(); err != nil || crlf != "" {
 			t.Fatalf("response %d: after the last chunk %q %v", i, crlf, err)
 		}
+	}
+}
+
+// TestH2ForwardsWhatItJudges: over HTTP/2 the server gets the fields the
+// rules judged, X-Forwarded-For among them (httputil.ReverseProxy drops it
+// in Rewrite mode), and OPTIONS * is judged and forwarded as it is, not
+// answered by net/http.
+func TestH2ForwardsWhatItJudges(t *testing.T) {
+	type seen struct{ method, uri, xff string }
+	got := make(chan seen, 8)
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	srv := &http.Server{Protocols: &p, DisableGeneralOptionsHandler: true, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- seen{r.Method, r.RequestURI, r.Header.Get("X-Forwarded-For")}
+	})}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+
+	rules := []policies.L7Rule{
+		{RuleID: 1, HTTP: policies.HTTPRule{Path: regexp.MustCompile(`^(?:/x)$`), Headers: map[string]string{"X-Forwarded-For": "192.0.2.1"}}},
+		{RuleID: 2, HTTP: policies.HTTPRule{Method: regexp.MustCompile(`^(?:OPTIONS)$`), Path: regexp.MustCompile(`^(?:/\*)$`), Headers: map[string]string{"X-Options": ""}}},
+	}
+	r := &proxy.StaticResolver{Decision: proxy.Decision{SrcIdentity: 300, DstIdentity: 400, Checks: []proxy.Check{{
+		Direction: policies.Ingress, Rules: policies.L7Set{Rules: rules},
+	}}}, Names: map[uint32]string{1: "p", 2: "p"}}
+	addr, _ := engineFor(t, l.Addr().(*net.TCPAddr).AddrPort(), r)
+	hc := h2cTestClient()
+	do := func(method string, u *url.URL, hdr http.Header) int {
+		t.Helper()
+		resp, err := hc.Do(&http.Request{Method: method, URL: u, Header: hdr, Host: "svc"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	x := &url.URL{Scheme: "http", Host: addr, Path: "/x"}
+	star := &url.URL{Scheme: "http", Host: addr, Opaque: "*"}
+	if st := do("GET", x, nil); st != 403 {
+		t.Fatalf("GET /x without X-Forwarded-For: %d, want 403", st)
+	}
+	if st := do("GET", x, http.Header{"X-Forwarded-For": {"192.0.2.1"}}); st != 200 {
+		t.Fatalf("GET /x with X-Forwarded-For: %d, want 200", st)
+	}
+	if s := <-got; s.xff != "192.0.2.1" {
+		t.Fatalf("the server got %+v, want the X-Forwarded-For the rule judged", s)
+	}
+	if st := do("OPTIONS", star, nil); st != 403 {
+		t.Fatalf("OPTIONS * without X-Options: %d, want 403 (judged)", st)
+	}
+	if st := do("OPTIONS", star, http.Header{"X-Options": {"1"}}); st != 200 {
+		t.Fatalf("OPTIONS * with X-Options: %d, want 200", st)
+	}
+	if s := <-got; s.method != "OPTIONS" || s.uri != "*" {
+		t.Fatalf("the server got %+v, want OPTIONS *", s)
 	}
 }
