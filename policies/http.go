@@ -1,6 +1,7 @@
 package policies
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"net/url"
@@ -31,9 +32,9 @@ func HTTPPath(p string) string {
 
 // HTTPHost is the host http blocks match for a Host field (or authority):
 // lower-cased, without its port, so that `host = "api\\.example\\.com"`
-// matches "API.example.com:8080". Brackets come off an IPv6 literal only:
-// "[api.example.com]" is judged as it is, since a server does not take it
-// for api.example.com.
+// matches "API.example.com:8080". Brackets come off an IPv6 literal only.
+// The proxies refuse the hosts HTTPAmbiguousHost names before they judge,
+// "[api.example.com]" among them; were one judged, it would be as it is.
 func HTTPHost(h string) string {
 	host := h
 	if hp, _, err := net.SplitHostPort(h); err == nil {
@@ -47,6 +48,54 @@ func HTTPHost(h string) string {
 		}
 	}
 	return strings.ToLower(host)
+}
+
+// HTTPAmbiguousHost says why a Host field (or authority) is refused (400)
+// whatever the rules, or "" when it is not. A host is a registered name
+// or IPv4 address, or an IPv6 address in brackets, with an optional
+// numeric port; anything else servers split differently from the rules:
+// "evil.com:x.example.com" is evil.com to Go's ServeMux and to nginx, and
+// "[api.example.com]" is no address at all. "" (no host) is not refused.
+func HTTPAmbiguousHost(h string) string {
+	port := ""
+	if strings.HasPrefix(h, "[") {
+		end := strings.IndexByte(h, ']')
+		if end < 0 {
+			return "unclosed '[' in the host"
+		}
+		if a, err := netip.ParseAddr(h[1:end]); err != nil || !a.Is6() || a.Zone() != "" {
+			return "brackets around something other than an IPv6 address in the host"
+		}
+		if rest := h[end+1:]; rest != "" {
+			if rest[0] != ':' {
+				return "bytes after ']' in the host"
+			}
+			port = rest[1:]
+		}
+	} else {
+		host := h
+		if i := strings.IndexByte(h, ':'); i >= 0 {
+			host, port = h[:i], h[i+1:]
+		}
+		for i := 0; i < len(host); i++ {
+			if !regNameByte(host[i]) {
+				return fmt.Sprintf("%q in the host", host[i])
+			}
+		}
+	}
+	for i := 0; i < len(port); i++ {
+		if port[i] < '0' || port[i] > '9' {
+			return "a port that is not a number in the host"
+		}
+	}
+	return ""
+}
+
+// regNameByte: a byte of a registered name (RFC 3986), less '%': no
+// client percent-encodes a host name, and servers would differ on it.
+func regNameByte(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
+		strings.IndexByte("-._~!$&'()*+,;=", c) >= 0
 }
 
 // HTTPAmbiguousTarget says why a request target is refused (400) whatever
@@ -96,6 +145,9 @@ func (req *HTTPRequest) asJudged() (*HTTPRequest, string) {
 		p = d
 	}
 	if why := HTTPAmbiguousTarget(q.Path, p); why != "" {
+		return nil, why
+	}
+	if why := HTTPAmbiguousHost(q.Host); why != "" {
 		return nil, why
 	}
 	q.Path = HTTPPath(p)

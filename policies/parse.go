@@ -371,7 +371,9 @@ func (l *loader) http(b *hclsyntax.Block) (HTTPRule, bool) {
 			case "path":
 				h.Path, h.PathSrc = re, s
 			case "host":
-				h.Host, h.HostSrc = re, s
+				// Host names ignore case: the host is judged lower-cased, and
+				// "API\\.example\\.com" means the same host.
+				h.Host, h.HostSrc = regexp.MustCompile("(?i)"+re.String()), s
 			}
 		case "headers":
 			hs, good := l.headers(a)

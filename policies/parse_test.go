@@ -205,6 +205,28 @@ policy "web" {
 	}
 }
 
+// TestHTTPHostPatternIgnoresCase: a host pattern matches the host in any
+// case, as the hosts it names do, anchored all the same.
+func TestHTTPHostPatternIgnoresCase(t *testing.T) {
+	set := mustParse(t, `
+policy "web" {
+  selector = "app=web"
+  ingress {
+    ports = ["80/tcp"]
+    http { host = "API\\.Example\\.com" }
+  }
+}`)
+	h := set.Policies[0].Rules[0].HTTP[0]
+	if h.HostSrc != `API\.Example\.com` {
+		t.Errorf("host source %q", h.HostSrc)
+	}
+	for s, want := range map[string]bool{"api.example.com": true, "API.EXAMPLE.COM": true, "x.api.example.com": false, "api.example.com.x": false} {
+		if h.Host.MatchString(s) != want {
+			t.Errorf("host %q match = %v, want %v", s, !want, want)
+		}
+	}
+}
+
 func TestDefaultDenyDefaultsToTrue(t *testing.T) {
 	set := mustParse(t, `
 policy "a" { selector = "app=a" }

@@ -389,10 +389,16 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err == nil && r.Method == http.MethodConnect {
 		err = errConnect
 	}
-	if why := policies.HTTPAmbiguousTarget(r.RequestURI, r.URL.Path); err == nil && why != "" {
+	why := policies.HTTPAmbiguousTarget(r.RequestURI, r.URL.Path)
+	if why != "" {
+		why = "invalid request target: " + why
+	} else if why = policies.HTTPAmbiguousHost(r.Host); why != "" {
+		why = "invalid host: " + why
+	}
+	if err == nil && why != "" {
 		ev.Path = r.RequestURI
-		ev.Verdict, ev.Status, ev.Error = proxy.VerdictError, http.StatusBadRequest, "invalid request target: "+why
-		http.Error(w, "400 Bad Request: invalid request target: "+why, http.StatusBadRequest)
+		ev.Verdict, ev.Status, ev.Error = proxy.VerdictError, http.StatusBadRequest, why
+		http.Error(w, "400 Bad Request: "+why, http.StatusBadRequest)
 		e.finish(&ev, start)
 		return
 	}

@@ -379,25 +379,30 @@ func (h *h1) serveOne(first bool) bool {
 		return false
 	}
 	path, fwd, over, err := h.target()
+	var host string
+	switch {
+	case err != nil:
+	case over != "":
+		if why := policies.HTTPAmbiguousHost(over); why != "" {
+			err = badRequest("invalid request target: " + why)
+		}
+		host = proxy.MatchHost(over)
+	default:
+		host, err = h.matchHost()
+	}
 	if err != nil {
-		// Recorded: a refused target may be someone probing the rules.
+		// Recorded: a refused target or host may be someone probing the
+		// rules.
 		h.fail(err)
 		ev := h.eventUndecided(start, method)
 		ev.Path = string(rq.target.of(h.head))
-		ev.Host, _ = h.matchHost()
+		if ev.Host = over; over == "" {
+			ev.Host = string(rq.host.of(h.head))
+		}
+		ev.Host = proxy.MatchHost(ev.Host)
 		ev.Verdict, ev.Status, ev.Error = proxy.VerdictError, http.StatusBadRequest, err.Error()
 		h.finish(&ev, start)
 		return false
-	}
-	var host string
-	if over != "" {
-		host = proxy.MatchHost(over)
-	} else {
-		host, err = h.matchHost()
-		if err != nil {
-			h.fail(err)
-			return false
-		}
 	}
 	box := e.resolver.Load()
 	dec, err := cs.decide(box)
@@ -574,45 +579,19 @@ func (h *h1) eventUndecided(start time.Time, method string) proxy.Event {
 	return h.event(start, method, &dec)
 }
 
-// validHostByte are the bytes net/http accepts in a Host field.
-var validHostByte = func() (t [256]bool) {
-	for c := '0'; c <= '9'; c++ {
-		t[c] = true
-	}
-	for c := 'a'; c <= 'z'; c++ {
-		t[c] = true
-		t[c-'a'+'A'] = true
-	}
-	for _, c := range "!$%&'()*+,-.:;=[]_~" {
-		t[c] = true
-	}
-	return t
-}()
-
 // matchHost is the Host field as the rules match it (proxy.MatchHost).
 func (h *h1) matchHost() (string, error) {
 	raw := h.rq.host.of(h.head)
 	if h.lastHost != nil && bytes.Equal(raw, h.lastHost) {
 		return h.lastHostM, nil
 	}
-	simple := true
-	for _, c := range raw {
-		if !validHostByte[c] {
-			return "", badRequest("malformed Host")
-		}
-		if c == ':' || c == '[' || c == '%' || 'A' <= c && c <= 'Z' {
-			simple = false
-		}
-	}
-	var m string
-	if simple {
-		m = string(raw)
-	} else {
-		m = proxy.MatchHost(string(raw))
+	host := string(raw)
+	if why := policies.HTTPAmbiguousHost(host); why != "" {
+		return "", badRequest("invalid host: " + why)
 	}
 	h.lastHost = append(h.lastHost[:0], raw...)
-	h.lastHostM = m
-	return m, nil
+	h.lastHostM = proxy.MatchHost(host)
+	return h.lastHostM, nil
 }
 
 // fail answers a request the proxy could not parse and closes.

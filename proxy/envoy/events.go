@@ -99,6 +99,8 @@ func ParseAccessLog(line []byte) (proxy.Event, error) {
 		}
 	case a.Route == "ambiguous-target":
 		ev.Verdict, ev.Error = proxy.VerdictError, "invalid request target: dot segment with parameters"
+	case a.Route == "invalid-host":
+		ev.Verdict, ev.Error = proxy.VerdictError, "invalid host"
 	case ev.Status >= 500 || ev.Status == 0:
 		ev.Verdict = proxy.VerdictError
 		ev.Error = a.Details

@@ -191,28 +191,75 @@ func TestRBACRefusesWhatTheResolverRefuses(t *testing.T) {
 	}
 }
 
-// TestHostMatchersJudgeAsTheBuiltinEngine runs the :authority matchers of
-// a host rule over authorities bare, with ports, in brackets and in other
-// cases, and checks that Envoy would match exactly those whose host the
-// built-in engine's form (policies.HTTPHost) lets the rule match.
+// TestHostMatchersJudgeAsTheBuiltinEngine runs the Host checks of the
+// Envoy configuration over authorities bare, with ports, in brackets, in
+// other cases and malformed, and checks that Envoy would refuse (400, the
+// invalid-host route) exactly the hosts the built-in engine refuses
+// (policies.HTTPAmbiguousHost), and that a host rule's RBAC permission
+// matches exactly those whose host the built-in engine's form
+// (policies.HTTPHost) lets the rule match, a pattern being compiled as the
+// policy parser does (any case).
 func TestHostMatchersJudgeAsTheBuiltinEngine(t *testing.T) {
 	authorities := []string{
-		"api.example.com", "API.Example.com:8080", "[api.example.com]", "[api.example.com]:80",
-		"fd00::1", "[fd00::1]", "[FD00::1]:8080", "[fd00::2]:80", "[::ffff:192.0.2.1]:80",
-		"192.0.2.1", "192.0.2.1:80", "[192.0.2.1]", "api.example.com.evil", "x[fd00::1]",
+		"api.example.com", "API.Example.com:8080", "api.example.com:", "[api.example.com]", "[api.example.com]:80",
+		"fd00::1", "[fd00::1]", "[FD00::1]:8080", "[fd00::2]:80", "[::ffff:192.0.2.1]:80", "[fd00::1]x",
+		"192.0.2.1", "192.0.2.1:80", "[192.0.2.1]", "api.example.com.evil", "x[fd00::1]", "",
+		"evil.com:x.example.com", "evil.com:1:x.example.com", "api.example.com:80:80", "evil.com@x.example.com",
 	}
-	for _, src := range []string{`api\.example\.com`, `fd00::1`, `fd00::[0-9]`, `192\.0\.2\.1`, `.*\.example\.com`, `.*`, `\[api\.example\.com\]`} {
-		re := regexp.MustCompile(`^(?:` + src + `)$`)
-		ms := headerMatchers(&policies.HTTPRule{Host: re, HostSrc: src})
+	valid := regexp.MustCompile(`^(?:` + validHostRegex + `)$`)
+	for _, a := range authorities {
+		if got, want := !valid.MatchString(a), policies.HTTPAmbiguousHost(a) != ""; got != want {
+			t.Errorf(":authority %q: Envoy refuses it %v, the built-in engine %v", a, got, want)
+		}
+	}
+	for _, src := range []string{`api\.example\.com`, `API\.example\.com`, `fd00::1`, `fd00::[0-9]`, `192\.0\.2\.1`,
+		`.*\.example\.com`, `.*`, `\[api\.example\.com\]`, `api\.example\.com:8080`, `[a-z.]+:[0-9]+`} {
+		re := regexp.MustCompile(`(?i)^(?:` + src + `)$`)
+		p := hostPermission(&policies.HTTPRule{Host: re, HostSrc: src})
 		for _, a := range authorities {
-			want := re.MatchString(policies.HTTPHost(a))
-			r := &envoyRequest{authority: a}
-			got := true
-			for _, m := range ms {
-				got = got && headerMatch(t, m, r)
+			if !valid.MatchString(a) {
+				continue
 			}
-			if got != want {
-				t.Errorf("host %q, :authority %q: Envoy matches %v, the built-in engine %v", src, a, got, want)
+			want := re.MatchString(policies.HTTPHost(a))
+			if got := permits(t, p, &envoyRequest{authority: a}); got != want {
+				t.Errorf("host %q, :authority %q: Envoy's RBAC matches %v, the built-in engine %v", src, a, got, want)
+			}
+		}
+	}
+}
+
+// TestRefusalRoutesAnswerBeforeRBAC: the routes that answer 400 whatever
+// the rules (ambiguous-target, invalid-host) come first and turn both RBAC
+// filters off, so Envoy answers 400 where the built-in engine does, not the
+// 403 of a rule that would refuse the request too; every other route keeps
+// the virtual host's rules.
+func TestRefusalRoutesAnswerBeforeRBAC(t *testing.T) {
+	res, err := Translate(scenarios()["both-ends"], Options{Port: 15001})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range res.Routes {
+		vh := x.(*route.RouteConfiguration).VirtualHosts[0]
+		for i, r := range vh.Routes {
+			refusal := r.Name == "ambiguous-target" || r.Name == "invalid-host"
+			if refusal != (i < 2) {
+				t.Fatalf("%s: route %d is %q; the two refusal routes come first", vh.Name, i, r.Name)
+			}
+			if !refusal {
+				if len(r.TypedPerFilterConfig) != 0 {
+					t.Errorf("%s: route %q overrides the RBAC filters", vh.Name, r.Name)
+				}
+				continue
+			}
+			if r.GetDirectResponse().GetStatus() != 400 {
+				t.Errorf("%s: route %q answers %v, want 400", vh.Name, r.Name, r.GetDirectResponse())
+			}
+			for _, dir := range []policies.Direction{policies.Egress, policies.Ingress} {
+				var pr rbac.RBACPerRoute
+				a, ok := r.TypedPerFilterConfig[rbacFilterName(dir)]
+				if !ok || a.UnmarshalTo(&pr) != nil || pr.Rbac != nil {
+					t.Errorf("%s: route %q does not turn the %s RBAC filter off", vh.Name, r.Name, dir)
+				}
 			}
 		}
 	}

@@ -263,9 +263,12 @@ func inline(s string) *core.DataSource {
 func (t *translator) chain(name string, d proxy.Decision, src, dst []netip.Prefix, port uint16) (*listener.FilterChain, error) {
 	t.clusters[d.SrcIdentity] = true
 	clusterName := t.clusterName(d.SrcIdentity)
-	// First, what the built-in engine refuses as ambiguous and Envoy's
-	// normalization leaves alone: a dot segment with parameters, which
-	// Tomcat resolves after dropping them (ambiguousTargetRegex).
+	// First, what the built-in engine refuses as ambiguous and Envoy
+	// leaves alone, answered 400 whatever the rules (RBAC off on these
+	// routes, as the built-in engine answers before it judges): a dot
+	// segment with parameters, which Tomcat resolves after dropping them
+	// (ambiguousTargetRegex), and a Host servers split otherwise than the
+	// rules (validHostRegex).
 	routes := []*route.Route{{
 		Name:  "ambiguous-target",
 		Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_SafeRegex{SafeRegex: &matcher.RegexMatcher{Regex: ambiguousTargetRegex}}},
@@ -273,7 +276,28 @@ func (t *translator) chain(name string, d proxy.Decision, src, dst []netip.Prefi
 			Status: 400,
 			Body:   inline("Bad Request: invalid request target: dot segment with parameters\n"),
 		}},
+	}, {
+		Name: "invalid-host",
+		Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: ""}, Headers: []*route.HeaderMatcher{{
+			Name: ":authority", InvertMatch: true, TreatMissingHeaderAsEmpty: true,
+			HeaderMatchSpecifier: &route.HeaderMatcher_StringMatch{StringMatch: safeRegex(validHostRegex)},
+		}}},
+		Action: &route.Route_DirectResponse{DirectResponse: &route.DirectResponseAction{
+			Status: 400,
+			Body:   inline("Bad Request: invalid host\n"),
+		}},
 	}}
+	noRBAC := map[string]*anypb.Any{}
+	for _, dir := range []policies.Direction{policies.Egress, policies.Ingress} {
+		off, err := pack(&rbac.RBACPerRoute{})
+		if err != nil {
+			return nil, err
+		}
+		noRBAC[rbacFilterName(dir)] = off
+	}
+	for _, r := range routes {
+		r.TypedPerFilterConfig = noRBAC
+	}
 	if n := len(d.Checks); n > 0 {
 		for _, rule := range d.Checks[n-1].Rules.Rules {
 			m, err := routeMatch(&rule.HTTP)
@@ -493,32 +517,48 @@ func safeRegex(re string) *matcher.StringMatcher {
 	return &matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_SafeRegex{SafeRegex: &matcher.RegexMatcher{Regex: re}}}
 }
 
-// hostRegexes match :authority the way policies.HTTPHost judges a host:
-// any case, an optional port, and brackets off an IPv6 literal only, so
-// that host = "fd00::1" matches "[fd00::1]:8080" and
-// host = "api\\.example\\.com" does not match "[api.example.com]". Both
-// must match: the first takes the host bare or in brackets, the second
-// lets brackets through only around what looks like an IPv6 address.
-// (Envoy keeps the brackets in :authority, and RE2 has no lookahead to say
-// it in one expression.)
-func hostRegexes(h *policies.HTTPRule) [2]string {
-	const port = `(?::[0-9]+)?`
+// validHostRegex matches the Host values the built-in engine judges
+// (policies.HTTPAmbiguousHost): a name or IPv4 address, or an IPv6 address
+// in brackets, with an optional numeric port; or none. Envoy's own check
+// lets "evil.com:x.example.com" through, which servers read as evil.com.
+const validHostRegex = `[A-Za-z0-9._~!$&'()*+,;=-]*(?::[0-9]*)?|\[[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\](?::[0-9]*)?`
+
+// hostRouteRegex matches :authority for a route, which only names the rule
+// that allowed a request (RBAC judges): the host bare or in brackets, any
+// case, an optional port.
+func hostRouteRegex(h *policies.HTTPRule) string {
 	re := reSource(h.Host, h.HostSrc)
-	return [2]string{
-		`(?i)(?:` + re + `|\[` + re + `\])` + port,
-		`(?i)` + re + port + `|\[[0-9a-f.]*:[0-9a-f:.]*\]` + port,
-	}
+	return `(?i)(?:` + re + `|\[` + re + `\])(?::[0-9]*)?`
 }
 
+// hostPermission matches :authority as the built-in engine judges a host,
+// once the invalid-host route refused what validHostRegex does not match:
+// the pattern over the host without its port, and without the brackets of
+// an IPv6 address, in any case. Envoy keeps port and brackets in
+// :authority, and a pattern over the whole value could take the port in,
+// hence one alternative per form.
+func hostPermission(h *policies.HTTPRule) *rbacconfig.Permission {
+	re := `(?i)(?:` + reSource(h.Host, h.HostSrc) + `)`
+	authority := func(regex string) *rbacconfig.Permission {
+		return &rbacconfig.Permission{Rule: &rbacconfig.Permission_Header{Header: &route.HeaderMatcher{
+			Name: ":authority", HeaderMatchSpecifier: &route.HeaderMatcher_StringMatch{StringMatch: safeRegex(regex)},
+		}}}
+	}
+	and := func(p ...*rbacconfig.Permission) *rbacconfig.Permission {
+		return &rbacconfig.Permission{Rule: &rbacconfig.Permission_AndRules{AndRules: &rbacconfig.Permission_Set{Rules: p}}}
+	}
+	return &rbacconfig.Permission{Rule: &rbacconfig.Permission_OrRules{OrRules: &rbacconfig.Permission_Set{Rules: []*rbacconfig.Permission{
+		and(authority(`[^:\[]*`), authority(re)),          // a name, no port
+		and(authority(`[^\[]*`), authority(re+`:[0-9]*`)), // a name and a port
+		authority(`\[` + re + `\](?::[0-9]*)?`),           // an IPv6 address
+	}}}}
+}
+
+// headerMatchers are the matchers of h's method and header fields.
 func headerMatchers(h *policies.HTTPRule) []*route.HeaderMatcher {
 	var out []*route.HeaderMatcher
 	if h.Method != nil {
 		out = append(out, &route.HeaderMatcher{Name: ":method", HeaderMatchSpecifier: &route.HeaderMatcher_StringMatch{StringMatch: safeRegex(reSource(h.Method, h.MethodSrc))}})
-	}
-	if h.Host != nil {
-		for _, re := range hostRegexes(h) {
-			out = append(out, &route.HeaderMatcher{Name: ":authority", HeaderMatchSpecifier: &route.HeaderMatcher_StringMatch{StringMatch: safeRegex(re)}})
-		}
 	}
 	names := make([]string, 0, len(h.Headers))
 	for n := range h.Headers {
@@ -539,6 +579,9 @@ func headerMatchers(h *policies.HTTPRule) []*route.HeaderMatcher {
 
 func routeMatch(h *policies.HTTPRule) (*route.RouteMatch, error) {
 	m := &route.RouteMatch{Headers: headerMatchers(h)}
+	if h.Host != nil {
+		m.Headers = append(m.Headers, &route.HeaderMatcher{Name: ":authority", HeaderMatchSpecifier: &route.HeaderMatcher_StringMatch{StringMatch: safeRegex(hostRouteRegex(h))}})
+	}
 	if h.Path != nil {
 		m.PathSpecifier = &route.RouteMatch_SafeRegex{SafeRegex: &matcher.RegexMatcher{Regex: reSource(h.Path, h.PathSrc)}}
 	} else {
@@ -557,6 +600,9 @@ func permission(h *policies.HTTPRule) *rbacconfig.Permission {
 	}
 	for _, hm := range headerMatchers(h) {
 		and = append(and, &rbacconfig.Permission{Rule: &rbacconfig.Permission_Header{Header: hm}})
+	}
+	if h.Host != nil {
+		and = append(and, hostPermission(h))
 	}
 	if len(and) == 0 {
 		return &rbacconfig.Permission{Rule: &rbacconfig.Permission_Any{Any: true}}
