@@ -328,7 +328,7 @@ func TestParseAccessLogVerdicts(t *testing.T) {
 		direction string
 		policy    string
 	}{
-		{`{"engine":"envoy","time":"2026-11-26T07:00:00.123Z","src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"proto":"HTTP/1.1","method":"GET","path":"/api/v1/x?q=1","host":"API.example.com:80","status":200,"details":"via_upstream","route":"rule-1","duration_ms":3,"policies":"server-api","allow_direction":"ingress","ingress_policies":"server-api"}`, proxy.VerdictForwarded, 1, 200, "ingress", ""},
+		{`{"engine":"envoy","time":"2026-11-26T07:00:00.123Z","src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"proto":"HTTP/1.1","method":"GET","path":"/api/v1/x?q=1","host":"API.example.com:80","status":200,"details":"via_upstream","route":"rule-1","duration_ms":3,"policies":"server-api","rule_policy":"server-api","allow_direction":"ingress","ingress_policies":"server-api"}`, proxy.VerdictForwarded, 1, 200, "ingress", "server-api"},
 		// Both sides have rules: the details name the filter that refused,
 		// and the event names that side's policies.
 		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"method":"DELETE","path":"/api","status":"403","details":"rbac_access_denied_matched_policy[membrane-egress]","route":"rule-0","duration_ms":"0","policies":"client-egress, server-api","allow_direction":"ingress","egress_policies":"client-egress","ingress_policies":"server-api"}`, proxy.VerdictDenied, 0, 403, "egress", "client-egress"},
@@ -339,6 +339,16 @@ func TestParseAccessLogVerdicts(t *testing.T) {
 		// The ambiguous-target route's 400: an error, not a forwarded request.
 		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"method":"GET","path":"/public/..;/admin","status":400,"details":"direct_response","route":"ambiguous-target","duration_ms":0,"policies":"server-api","allow_direction":"ingress"}`, proxy.VerdictError, 0, 400, "", ""},
 		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"method":"GET","path":"/","status":503,"details":"upstream_reset_before_response_started","route":"rule-1","duration_ms":1,"policies":"","allow_direction":"egress"}`, proxy.VerdictError, 0, 503, "", ""},
+		// The invalid-host route's 400.
+		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"method":"GET","path":"/","host":"evil.com:x.example.com","status":400,"details":"direct_response","route":"invalid-host","duration_ms":0,"policies":"server-api","allow_direction":"ingress"}`, proxy.VerdictError, 0, 400, "", ""},
+		// CONNECT or an upgrade other than WebSocket: refused, not forwarded.
+		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"method":"GET","path":"/","status":403,"details":"upgrade_failed","route":"rule-1","duration_ms":0,"policies":"server-api","allow_direction":"ingress"}`, proxy.VerdictDenied, 0, 403, "", ""},
+		// Envoy's own answers are errors with their details, whatever route
+		// matched: a stream idle timeout, a path it could not normalize.
+		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"method":"POST","path":"/up","status":408,"details":"stream_idle_timeout","route":"rule-1","duration_ms":300000,"policies":"server-api","allow_direction":"ingress"}`, proxy.VerdictError, 0, 408, "", ""},
+		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"method":"GET","path":"/%","status":400,"details":"path_normalization_failed","route":"-","duration_ms":0,"policies":"-"}`, proxy.VerdictError, 0, 400, "", ""},
+		// The refusing side has no rules: no policy of the other side is named.
+		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"method":"GET","path":"/","status":403,"details":"rbac_access_denied_matched_policy[membrane-egress]","route":"rule-0","duration_ms":0,"policies":"server-api","allow_direction":"ingress","egress_policies":"-","ingress_policies":"server-api"}`, proxy.VerdictDenied, 0, 403, "egress", ""},
 	} {
 		ev, err := ParseAccessLog([]byte(c.line))
 		if err != nil {
@@ -348,8 +358,8 @@ func TestParseAccessLogVerdicts(t *testing.T) {
 			t.Errorf("%s\n-> %+v; want verdict %s rule %d status %d direction %q policy %q", c.line, ev, c.verdict, c.rule, c.status, c.direction, c.policy)
 		}
 	}
-	ev, _ := ParseAccessLog([]byte(`{"path":"/a?b","host":"API.example.com:80","src_identity":300,"policies":"p"}`))
-	if ev.Path != "/a" || ev.Host != "api.example.com" || ev.SrcIdentity != 300 {
+	ev, _ := ParseAccessLog([]byte(`{"path":"/a?b","host":"API.example.com:80","src_identity":300,"policies":"p","proto":"HTTP/2"}`))
+	if ev.Path != "/a" || ev.Host != "api.example.com" || ev.SrcIdentity != 300 || ev.Proto != "HTTP/2.0" {
 		t.Errorf("normalization: %+v", ev)
 	}
 	if _, err := ParseAccessLog([]byte("not json")); err == nil {

@@ -31,6 +31,7 @@ type accessLine struct {
 	Route       string      `json:"route"`
 	DurationMS  any         `json:"duration_ms"`
 	Policies    string      `json:"policies"`
+	RulePolicy  string      `json:"rule_policy"` // the allowing rule's policy
 	// Whose rules decide an allowed request, and each check's policies
 	// (translate.go's accessLog); absent when no rules apply.
 	AllowDirection  string `json:"allow_direction"`
@@ -74,8 +75,12 @@ func ParseAccessLog(line []byte) (proxy.Event, error) {
 	if err := json.Unmarshal(line, &a); err != nil {
 		return proxy.Event{}, fmt.Errorf("envoy access log: %w", err)
 	}
+	proto := a.Proto
+	if proto == "HTTP/2" {
+		proto = "HTTP/2.0" // as net/http names it, so the built-in engine
+	}
 	ev := proxy.Event{
-		Engine: "envoy", Proto: a.Proto, Method: a.Method, Host: proxy.MatchHost(a.Host),
+		Engine: "envoy", Proto: proto, Method: a.Method, Host: proxy.MatchHost(a.Host),
 		Status: int(number(a.Status)), Duration: time.Duration(number(a.DurationMS)) * time.Millisecond,
 	}
 	ev.Time, _ = time.Parse(time.RFC3339Nano, a.Time)
@@ -92,16 +97,25 @@ func ParseAccessLog(line []byte) (proxy.Event, error) {
 	case strings.HasPrefix(a.Details, "rbac_access_denied") || a.Route == "no-policy":
 		ev.Verdict = proxy.VerdictDenied
 		ev.Policy = a.Policies
-		ev.Direction = deniedBy(a.Details)
-		own := map[string]string{"egress": a.EgressPolicies, "ingress": a.IngressPolicies}[ev.Direction]
-		if own != "" && own != "-" {
-			ev.Policy = own
+		if ev.Direction = deniedBy(a.Details); ev.Direction != "" {
+			// The refusing check's own policies; none when it has no
+			// rules (the other side's policies did not refuse).
+			ev.Policy = map[string]string{"egress": a.EgressPolicies, "ingress": a.IngressPolicies}[ev.Direction]
+			if ev.Policy == "-" {
+				ev.Policy = ""
+			}
 		}
 	case a.Route == "ambiguous-target":
 		ev.Verdict, ev.Error = proxy.VerdictError, "invalid request target: dot segment with parameters"
 	case a.Route == "invalid-host":
 		ev.Verdict, ev.Error = proxy.VerdictError, "invalid host"
-	case ev.Status >= 500 || ev.Status == 0:
+	case a.Details == "upgrade_failed":
+		// CONNECT, or an upgrade other than WebSocket: refused whatever
+		// the rules, as the built-in engine records it.
+		ev.Verdict, ev.Error = proxy.VerdictDenied, "upgrade or CONNECT refused"
+	case ev.Status >= 500 || ev.Status == 0 || a.Details != "" && a.Details != "via_upstream":
+		// Envoy's own answers (426, 400, 408, 431, ...) are no forwarded
+		// requests; its details say why.
 		ev.Verdict = proxy.VerdictError
 		ev.Error = a.Details
 	default:
@@ -110,6 +124,9 @@ func ParseAccessLog(line []byte) (proxy.Event, error) {
 		if id, ok := strings.CutPrefix(a.Route, "rule-"); ok {
 			n, _ := strconv.ParseUint(id, 10, 32)
 			ev.RuleID = uint32(n)
+		}
+		if a.RulePolicy != "-" {
+			ev.Policy = a.RulePolicy
 		}
 	}
 	return ev, nil

@@ -327,12 +327,19 @@ func (t *translator) chain(name string, d proxy.Decision, src, dst []netip.Prefi
 	// the 403 body, and each check's own for the access log, which names
 	// those of the check that refused, as the built-in engine does.
 	// Unquoted: Envoy may render string metadata JSON-quoted in text.
+	// A rule's route also names the policy of that rule, for the record of
+	// the requests it allows.
 	meta["policies"] = strings.Join(names, ", ")
-	md, err := structpb.NewStruct(meta)
-	if err != nil {
-		return nil, err
-	}
 	for _, r := range routes {
+		meta["rule_policy"] = ""
+		if id, ok := strings.CutPrefix(r.Name, "rule-"); ok && id != "0" {
+			n, _ := strconv.ParseUint(id, 10, 32)
+			meta["rule_policy"] = t.r.PolicyName(uint32(n))
+		}
+		md, err := structpb.NewStruct(meta)
+		if err != nil {
+			return nil, err
+		}
 		r.Metadata = &core.Metadata{FilterMetadata: map[string]*structpb.Struct{"membrane": md}}
 	}
 	rc := &route.RouteConfiguration{Name: name, VirtualHosts: []*route.VirtualHost{{
@@ -422,8 +429,14 @@ func (t *translator) hcmChain(name string, rs hcmRoutes, d proxy.Decision) (*lis
 		PathWithEscapedSlashesAction: hcm.HttpConnectionManager_UNESCAPE_AND_FORWARD,
 		AccessLog:                    []*accesslog.AccessLog{al},
 		MaxRequestHeadersKb:          wrapperspb.UInt32(64),
-		Http2ProtocolOptions:         &core.Http2ProtocolOptions{},
-		StreamIdleTimeout:            durationpb.New(5 * time.Minute),
+		// HTTP/1.0 too, as the built-in engine serves it (ab, nginx's
+		// proxy_pass); without a Host Envoy still refuses it.
+		HttpProtocolOptions:  &core.Http1ProtocolOptions{AcceptHttp_10: true},
+		Http2ProtocolOptions: &core.Http2ProtocolOptions{},
+		// No x-request-id of Envoy's own: the rules would see it, and a
+		// rule requiring one would pass a request that came without.
+		GenerateRequestId: wrapperspb.Bool(false),
+		StreamIdleTimeout: durationpb.New(5 * time.Minute),
 		LocalReplyConfig: &hcm.LocalReplyConfig{Mappers: []*hcm.ResponseMapper{{
 			// Local replies with 403 come only from the RBAC filters (an
 			// upstream 403 is not a local reply; the no-policy chain answers
@@ -462,7 +475,7 @@ func (t *translator) accessLog(d proxy.Decision) (*accesslog.AccessLog, error) {
 	fields := map[string]any{
 		"engine":       "envoy",
 		"time":         "%START_TIME(%Y-%m-%dT%H:%M:%S.%3fZ)%",
-		"src":          "%DOWNSTREAM_REMOTE_ADDRESS%",
+		"src":          "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%", // not X-Forwarded-For's
 		"dst":          "%DOWNSTREAM_LOCAL_ADDRESS%",
 		"src_identity": float64(d.SrcIdentity),
 		"dst_identity": float64(d.DstIdentity),
@@ -476,6 +489,7 @@ func (t *translator) accessLog(d proxy.Decision) (*accesslog.AccessLog, error) {
 		"route":        "%ROUTE_NAME%",
 		"duration_ms":  "%DURATION%",
 		"policies":     "%METADATA(ROUTE:membrane:policies)%",
+		"rule_policy":  "%METADATA(ROUTE:membrane:rule_policy)%",
 	}
 	// Whose rules decided, as the built-in engine reports it: an allowed
 	// request names the last check (its rule is the route); a denied one
