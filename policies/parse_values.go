@@ -458,6 +458,15 @@ func (l *loader) regexp(s string, rng hcl.Range, attr string) (*regexp.Regexp, b
 	return re, true
 }
 
+// unjudgedHeaders are the hop-by-hop fields (RFC 9110 section 7.6.1 and
+// the legacy ones proxies drop): the proxies do not forward them, so the
+// rules do not see them. Upgrade is not among them: a WebSocket upgrade
+// carries it to the server.
+var unjudgedHeaders = map[string]bool{
+	"Connection": true, "Keep-Alive": true, "Proxy-Connection": true, "Te": true, "Trailer": true,
+	"Transfer-Encoding": true, "Proxy-Authorization": true, "Proxy-Authenticate": true,
+}
+
 func (l *loader) headers(a *hclsyntax.Attribute) (map[string]string, bool) {
 	out := map[string]string{}
 	ok := true
@@ -474,6 +483,18 @@ func (l *loader) headers(a *hclsyntax.Attribute) (map[string]string, bool) {
 			return
 		}
 		c := textproto.CanonicalMIMEHeaderKey(k)
+		if c == "Host" {
+			l.errorf(krng, `"Host" is not a header rule`,
+				`Write host = "..." in the http block: a pattern over the host without its port, as both engines judge it.`)
+			ok = false
+			return
+		}
+		if unjudgedHeaders[c] {
+			l.errorf(krng, fmt.Sprintf("%q is a hop-by-hop field", c),
+				"The proxy does not forward it, so no rule can require it: the server would never get it.")
+			ok = false
+			return
+		}
 		if _, dup := out[c]; dup {
 			l.errorf(krng, fmt.Sprintf("Header %q given twice", c), "Header names are case-insensitive; give each once.")
 			ok = false
