@@ -5,7 +5,6 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
-	"path"
 	"strings"
 )
 
@@ -13,21 +12,44 @@ import (
 // and the evaluator (so `policy trace`) share it, so that a traced request
 // is judged as the proxy judges it on the wire.
 
-// HTTPPath is the path http blocks match for a request path: without its
-// query, dot segments removed and repeated slashes merged (RFC 3986
-// section 5.2.4), a trailing slash kept, "/" when empty. So
-// "/public/../admin" is judged as "/admin" and not matched by
-// "/public/.*". The path is taken as decoded (the proxies decode the
-// target before).
+// HTTPPath is the path http blocks match for a request path, as Envoy
+// normalizes it: dot segments removed as RFC 3986 section 5.2.4 says (a
+// ".." takes out the segment before it, an empty one too, and a final "."
+// or ".." leaves a trailing slash), then repeated slashes merged; "/"
+// when empty. So "/public/../admin" is judged as "/admin" and not matched
+// by "/public/.*", "/public//../admin" as "/public/admin", "/api/v1/.."
+// as "/api/". The path is taken as decoded (the proxies decode the target
+// before) and without its query.
 func HTTPPath(p string) string {
 	if p == "" || p[0] != '/' {
 		p = "/" + p
 	}
-	c := path.Clean(p)
-	if strings.HasSuffix(p, "/") && c != "/" {
-		c += "/"
+	if !strings.Contains(p, "/.") && !strings.Contains(p, "//") {
+		return p
 	}
-	return c
+	segs := strings.Split(p[1:], "/")
+	out := segs[:0]
+	for i, seg := range segs {
+		last := i == len(segs)-1
+		switch seg {
+		case ".":
+		case "..":
+			if len(out) > 0 {
+				out = out[:len(out)-1]
+			}
+		default:
+			out = append(out, seg)
+			continue
+		}
+		if last {
+			out = append(out, "")
+		}
+	}
+	n := "/" + strings.Join(out, "/")
+	for strings.Contains(n, "//") {
+		n = strings.ReplaceAll(n, "//", "/")
+	}
+	return n
 }
 
 // HTTPHost is the host http blocks match for a Host field (or authority):

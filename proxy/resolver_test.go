@@ -111,7 +111,11 @@ func TestModelResolverCombinesBothEndsAndLongestMatch(t *testing.T) {
 
 func TestMatchNormalizesPathAndHost(t *testing.T) {
 	for in, want := range map[string]string{
-		"": "/", "/": "/", "/a/../b": "/b", "/a//b/": "/a/b/", "/../../etc": "/etc", "/a/./b/..": "/a", "x": "/x",
+		"": "/", "/": "/", "/a/../b": "/b", "/a//b/": "/a/b/", "/../../etc": "/etc", "/a/./b/..": "/a/", "x": "/x",
+		// As Envoy: dot segments first (".." takes out an empty segment
+		// too), then repeated slashes.
+		"/public//../admin": "/public/admin", "/api/v1/..": "/api/", "/api/.": "/api/", "/a/b/../../..": "/",
+		"//x//y/": "/x/y/", "/a/.//./b": "/a/b", "/.hidden/x": "/.hidden/x", "/a/..b": "/a/..b",
 	} {
 		if got := NormalizePath(in); got != want {
 			t.Errorf("NormalizePath(%q) = %q, want %q", in, got, want)

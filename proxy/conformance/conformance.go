@@ -293,6 +293,13 @@ func (s *suite) dotSegments(t *testing.T) {
 	if resp.StatusCode != 200 || !strings.HasPrefix(body, "upstream GET /public/b") {
 		t.Fatalf("/public//./a/../b: status %d body %q, want 200 forwarded as /public/b", resp.StatusCode, body)
 	}
+	// Dot segments first, as RFC 3986 (and Envoy) resolve them: ".."
+	// takes out the empty segment, so this is /public/b, not /b.
+	rc.Send(get("/public//../b"))
+	resp, body = rc.Read("GET")
+	if resp.StatusCode != 200 || !strings.HasPrefix(body, "upstream GET /public/b") {
+		t.Fatalf("/public//../b: status %d body %q, want 200 forwarded as /public/b", resp.StatusCode, body)
+	}
 }
 
 func (s *suite) keepAlive(t *testing.T) {
