@@ -113,11 +113,13 @@ func HTTPAmbiguousHost(h string) string {
 	return ""
 }
 
-// regNameByte: a byte of a registered name (RFC 3986), less '%': no
-// client percent-encodes a host name, and servers would differ on it.
+// regNameByte: a byte of a host name: the unreserved bytes of RFC 3986.
+// Its registered names also allow sub-delimiters and percent-encoding,
+// which no host name holds and which servers would read differently: a
+// repeated Host joined with ',' ("evil.com,api.example.com"), say.
 func regNameByte(c byte) bool {
 	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
-		strings.IndexByte("-._~!$&'()*+,;=", c) >= 0
+		c == '-' || c == '.' || c == '_' || c == '~'
 }
 
 // HTTPAmbiguousTarget says why a request target is refused (400) whatever

@@ -727,7 +727,7 @@ func (s *suite) ambiguousHosts(t *testing.T) {
 		want int
 	}{
 		{"evil.com:x.example.com", 400}, {"api.example.com:80:80", 400}, {"[api.example.com]", 400},
-		{"[fd00::1]x", 400}, {"[fd00::1]:8080", 200}, {"api.example.com:", 200},
+		{"[fd00::1]x", 400}, {"evil.com,api.example.com", 400}, {"[fd00::1]:8080", 200}, {"api.example.com:", 200}, {"my_service", 200},
 	} {
 		rc := s.dialRaw(t)
 		rc.Send("GET /public/x HTTP/1.1\r\nHost: " + tc.host + "\r\n\r\n")

@@ -205,6 +205,7 @@ func TestHostMatchersJudgeAsTheBuiltinEngine(t *testing.T) {
 		"fd00::1", "[fd00::1]", "[FD00::1]:8080", "[fd00::2]:80", "[::ffff:192.0.2.1]:80", "[fd00::1]x",
 		"192.0.2.1", "192.0.2.1:80", "[192.0.2.1]", "api.example.com.evil", "x[fd00::1]", "",
 		"evil.com:x.example.com", "evil.com:1:x.example.com", "api.example.com:80:80", "evil.com@x.example.com",
+		"evil.com,x.example.com", "x.example.com;evil.com", "my_service:8080",
 	}
 	valid := regexp.MustCompile(`^(?:` + validHostRegex + `)$`)
 	for _, a := range authorities {

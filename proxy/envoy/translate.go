@@ -535,7 +535,7 @@ func safeRegex(re string) *matcher.StringMatcher {
 // (policies.HTTPAmbiguousHost): a name or IPv4 address, or an IPv6 address
 // in brackets, with an optional numeric port; or none. Envoy's own check
 // lets "evil.com:x.example.com" through, which servers read as evil.com.
-const validHostRegex = `[A-Za-z0-9._~!$&'()*+,;=-]*(?::[0-9]*)?|\[[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\](?::[0-9]*)?`
+const validHostRegex = `[A-Za-z0-9._~-]*(?::[0-9]*)?|\[[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\](?::[0-9]*)?`
 
 // hostRouteRegex matches :authority for a route, which only names the rule
 // that allowed a request (RBAC judges): the host bare or in brackets, any
