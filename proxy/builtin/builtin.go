@@ -394,6 +394,10 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		why = "invalid request target: " + why
 	} else if why = policies.HTTPAmbiguousHost(r.Host); why != "" {
 		why = "invalid host: " + why
+	} else if r.Host == "" {
+		// The transport would send the destination's address as the
+		// authority, which no rule judged; HTTP/1.1 requires a Host too.
+		why = "invalid host: no :authority or Host"
 	}
 	if err == nil && why != "" {
 		ev.Path = r.RequestURI

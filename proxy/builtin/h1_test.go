@@ -21,6 +21,9 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
 	"github.com/membrane-fw/membrane/internal/testenv"
 	"github.com/membrane-fw/membrane/policies"
 	"github.com/membrane-fw/membrane/proxy"
@@ -1272,5 +1275,55 @@ func TestH2ForwardsWhatItJudges(t *testing.T) {
 	}
 	if s := <-got; s.method != "OPTIONS" || s.uri != "*" {
 		t.Fatalf("the server got %+v, want OPTIONS *", s)
+	}
+}
+
+// TestH2WithoutAuthorityRefused: an HTTP/2 request with neither :authority
+// nor Host gets 400 and reaches nothing: the upstream would have got the
+// destination's address as its authority, which no host rule judged.
+func TestH2WithoutAuthorityRefused(t *testing.T) {
+	up := conformance.StartUpstream(t)
+	addr, events := engineFor(t, up, conformance.AllowAll())
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, http2.ClientPreface)
+	fr := http2.NewFramer(c, c)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	fr.WriteSettings()
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":path", "/public/x"}} {
+		enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndHeaders: true, EndStream: true})
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("no response: %v", err)
+		}
+		mh, ok := f.(*http2.MetaHeadersFrame)
+		if !ok || mh.StreamID != 1 {
+			if s, ok := f.(*http2.SettingsFrame); ok && !s.IsAck() {
+				fr.WriteSettingsAck()
+			}
+			continue
+		}
+		for _, f := range mh.RegularFields() {
+			if f.Name == "x-upstream" {
+				t.Fatalf("the upstream answered (fields %v), want 400 from the proxy", mh.Fields)
+			}
+		}
+		if st := mh.PseudoValue("status"); st != "400" {
+			t.Fatalf("status %s, want 400", st)
+		}
+		break
+	}
+	ev := <-events
+	if ev.Verdict != proxy.VerdictError || ev.Status != 400 {
+		t.Fatalf("event %+v, want an error with 400", ev)
 	}
 }
