@@ -45,7 +45,8 @@ type Config struct {
 	// stream) in which no byte moved for that long: a request body that
 	// stalls, an upstream that does not answer (504), a client that does
 	// not read its response. Default 5 minutes, Envoy's stream idle
-	// timeout as the Envoy engine sets it. WebSocket tunnels have none.
+	// timeout as the Envoy engine sets it. A WebSocket tunnel ends after
+	// it too, when neither side sent a byte.
 	StreamIdleTimeout time.Duration
 	// MaxConnections bounds the client connections held open at once, and
 	// MaxConnectionsPerSource those from one source address; a connection

@@ -1107,7 +1107,8 @@ func (h *h1) relay(ev *proxy.Event, u *upConn, method string, upgrade bool) bool
 	if (mode == bodyChunked || mode == bodyUntilClose) && !chunkOut {
 		keepClient = false
 	}
-	keepUp := !rs.closeConn && (rs.minor >= 1 || rs.keepAlive) && mode != bodyUntilClose && mode != bodyTunnel
+	keepUp := !rs.closeConn && (rs.minor >= 1 || rs.keepAlive) && mode != bodyUntilClose && mode != bodyTunnel &&
+		!(rq.hasBody() && bodyIgnored(method))
 
 	if rq.minor == 0 {
 		w.WriteString("HTTP/1.0 ")
@@ -1218,6 +1219,20 @@ func writeCodings(w *bufio.Writer, rs *response, buf []byte) {
 	}
 }
 
+// bodyIgnored: methods whose request body many servers do not read (no
+// semantics are defined for it). Such a server takes the body for the
+// next request, one the rules never judged, and answers it: the upstream
+// connection is not reused after a request of these with a body, so that
+// its answer is never read, whenever it comes. (The hidden request still
+// reaches that server; no proxy can stop a server from misreading bytes.)
+func bodyIgnored(method string) bool {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodDelete, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	return false
+}
+
 // upgradeOf is the protocol the upstream switched to (its Upgrade field).
 func upgradeOf(u *upConn) []byte {
 	for _, f := range u.resp.fields {
@@ -1251,7 +1266,7 @@ func (h *h1) tunnel(u *upConn) {
 	// between one and one and an eighth timeouts without a byte.
 	var tick <-chan time.Time
 	if t := h.e.cfg.StreamIdleTimeout; t > 0 {
-		tk := time.NewTicker(t / 8)
+		tk := time.NewTicker(max(t/8, time.Millisecond))
 		defer tk.Stop()
 		tick = tk.C
 	}

@@ -1327,3 +1327,46 @@ func TestH2WithoutAuthorityRefused(t *testing.T) {
 		t.Fatalf("event %+v, want an error with 400", ev)
 	}
 }
+
+// TestBodyOfGETNotAnsweredFromAHiddenRequest: a server that does not read
+// a GET's body takes it for the next request and answers it (after a
+// while here, or at once); the client's next request, pipelined or sent
+// later, still gets its own answer: the upstream connection is not reused
+// after a GET with a body.
+func TestBodyOfGETNotAnsweredFromAHiddenRequest(t *testing.T) {
+	up := startScripted(t, func(s *scripted, c net.Conn, br *bufio.Reader) {
+		for {
+			head, ok := s.readHead(br)
+			if !ok {
+				return
+			}
+			path := strings.Fields(head)[1]
+			if path == "/private" {
+				time.Sleep(150 * time.Millisecond)
+			}
+			// The body is left unread, as a server that ignores it does.
+			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(path), path)
+		}
+	})
+	addr, _ := engineFor(t, up.addr, conformance.Policy())
+	hidden := "GET /private HTTP/1.1\r\nHost: svc\r\n\r\n"
+	for _, pipelined := range []bool{true, false} {
+		c := dialClient(t, addr)
+		first := fmt.Sprintf("GET /public/a HTTP/1.1\r\nHost: svc\r\nContent-Length: %d\r\n\r\n%s", len(hidden), hidden)
+		next := "GET /public/b HTTP/1.1\r\nHost: svc\r\n\r\n"
+		if pipelined {
+			c.send(first + next)
+		} else {
+			c.send(first)
+		}
+		if _, body := c.read("GET"); body != "/public/a" {
+			t.Fatalf("pipelined=%v: first answer %q", pipelined, body)
+		}
+		if !pipelined {
+			c.send(next)
+		}
+		if _, body := c.read("GET"); body != "/public/b" {
+			t.Fatalf("pipelined=%v: the answer to GET /public/b is %q, want its own", pipelined, body)
+		}
+	}
+}
