@@ -371,6 +371,11 @@ func (l *loader) http(b *hclsyntax.Block) (HTTPRule, bool) {
 			case "path":
 				h.Path, h.PathSrc = re, s
 			case "host":
+				if summary, detail := hostPatternProblem(s); summary != "" {
+					l.errorf(rng, summary, "%s", detail)
+					ok = false
+					continue
+				}
 				// Host names ignore case: the host is judged lower-cased, and
 				// "API\\.example\\.com" means the same host.
 				h.Host, h.HostSrc = regexp.MustCompile("(?i)"+re.String()), s

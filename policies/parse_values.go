@@ -8,6 +8,7 @@ import (
 	"net/textproto"
 	"regexp"
 	"regexp/syntax"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -423,6 +424,38 @@ func (l *loader) icmpType(e listElem, v6 bool) (uint8, bool) {
 func CompileHTTPPattern(s string) (*regexp.Regexp, error) {
 	return regexp.Compile(`^(?:` + s + `)$`)
 }
+
+// hostPatternProblem says what a valid host pattern holds that the two
+// engines could not judge alike, or "". Envoy matches the pattern inside
+// a larger expression (the port or the brackets of an IPv6 address come
+// after it), where an anchor fails; and the built-in engine lower-cases
+// the host, where (?-i) would match nothing upper-case that Envoy matches.
+func hostPatternProblem(s string) (summary, detail string) {
+	re, err := syntax.Parse(s, syntax.Perl)
+	if err != nil {
+		return "", ""
+	}
+	var anchored func(*syntax.Regexp) bool
+	anchored = func(r *syntax.Regexp) bool {
+		switch r.Op {
+		case syntax.OpBeginLine, syntax.OpEndLine, syntax.OpBeginText, syntax.OpEndText:
+			return true
+		}
+		return slices.ContainsFunc(r.Sub, anchored)
+	}
+	if anchored(re) {
+		return "Anchor in a host pattern",
+			`Host patterns are anchored already and match the host without its port: write "api\\.example\\.com", not "^api\\.example\\.com$".`
+	}
+	if caseSensitive.MatchString(s) {
+		return "Case-sensitive host pattern",
+			"Host patterns ignore case, as host names do: remove the (?-i) flag."
+	}
+	return "", ""
+}
+
+// caseSensitive finds a flag group that turns case-insensitivity off.
+var caseSensitive = regexp.MustCompile(`\(\?[a-zA-Z]*-[a-zA-Z]*i`)
 
 func (l *loader) regexp(s string, rng hcl.Range, attr string) (*regexp.Regexp, bool) {
 	if s == "" {
