@@ -1,6 +1,7 @@
 package envoy
 
 import (
+	"math/rand/v2"
 	"net/http"
 	"net/netip"
 	"regexp"
@@ -263,5 +264,48 @@ func TestRefusalRoutesAnswerBeforeRBAC(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestIPv6RegexIsParseAddr: the bracketed form Envoy lets through is the
+// one the built-in engine reads with netip.ParseAddr, over edge cases,
+// 100,000 random strings of hex digits, colons and dots, and as many
+// addresses written short and long.
+func TestIPv6RegexIsParseAddr(t *testing.T) {
+	re := regexp.MustCompile(`^(?:` + ipv6Regex() + `)$`)
+	check := func(s string) {
+		a, err := netip.ParseAddr(s)
+		want := err == nil && a.Is6() && a.Zone() == ""
+		if got := re.MatchString(s); got != want {
+			t.Errorf("%q: the regex matches %v, ParseAddr reads an IPv6 address %v", s, got, want)
+		}
+	}
+	for _, s := range []string{
+		"::", "::1", "1::", "fd00::1", "FD00::1", "1:2:3:4:5:6:7:8", "1:2:3:4:5:6:7::", "::2:3:4:5:6:7:8",
+		"1:2:3:4:5:6:1.2.3.4", "::1.2.3.4", "::ffff:192.0.2.1", "1::1.2.3.4", "1:2:3:4:5::1.2.3.4",
+		":", ":::", "1:2:3:4:5:6:7:8:9", "00000::1", "::01.2.3.4", "::256.1.1.1", "1.2.3.4", "[::1]",
+		"1::2::3", "::1.2.3", "1:2:3:4:5:6:7:1.2.3.4", "a:", ":a", "fe80::1%25eth0",
+	} {
+		check(s)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	const alphabet = "0123456789abcdefABCDEF:::::....."
+	b := make([]byte, 0, 24)
+	for range 100000 {
+		b = b[:0]
+		for range 2 + rng.IntN(22) {
+			b = append(b, alphabet[rng.IntN(len(alphabet))])
+		}
+		check(string(b))
+		// And addresses, in their short and long forms, zeros likely.
+		var a [16]byte
+		for i := range a {
+			if rng.IntN(3) == 0 {
+				a[i] = byte(rng.IntN(256))
+			}
+		}
+		ip := netip.AddrFrom16(a)
+		check(ip.String())
+		check(ip.StringExpanded())
 	}
 }

@@ -535,7 +535,29 @@ func safeRegex(re string) *matcher.StringMatcher {
 // (policies.HTTPAmbiguousHost): a name or IPv4 address, or an IPv6 address
 // in brackets, with an optional numeric port; or none. Envoy's own check
 // lets "evil.com:x.example.com" through, which servers read as evil.com.
-const validHostRegex = `[A-Za-z0-9._~-]*(?::[0-9]*)?|\[[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\](?::[0-9]*)?`
+var validHostRegex = `[A-Za-z0-9._~-]*(?::[0-9]*)?|\[` + ipv6Regex() + `\](?::[0-9]*)?`
+
+// ipv6Regex is RFC 3986's IPv6address (section 3.2.2), which is what
+// netip.ParseAddr takes for an IPv6 address without a zone.
+func ipv6Regex() string {
+	const h16 = `[0-9A-Fa-f]{1,4}`
+	const dec = `(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])`
+	ls32 := `(?:` + h16 + `:` + h16 + `|` + dec + `\.` + dec + `\.` + dec + `\.` + dec + `)`
+	// n groups "h16:", and up to n+1 h16s joined by ':' before a "::".
+	groups := func(n int) string { return `(?:` + h16 + `:){` + strconv.Itoa(n) + `}` }
+	head := func(n int) string { return `(?:(?:` + h16 + `:){0,` + strconv.Itoa(n) + `}` + h16 + `)?` }
+	return `(?:` + strings.Join([]string{
+		groups(6) + ls32,
+		`::` + groups(5) + ls32,
+		head(0) + `::` + groups(4) + ls32,
+		head(1) + `::` + groups(3) + ls32,
+		head(2) + `::` + groups(2) + ls32,
+		head(3) + `::` + groups(1) + ls32,
+		head(4) + `::` + ls32,
+		head(5) + `::` + h16,
+		head(6) + `::`,
+	}, `|`) + `)`
+}
 
 // hostRouteRegex matches :authority for a route, which only names the rule
 // that allowed a request (RBAC judges): the host bare or in brackets, any
