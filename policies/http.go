@@ -150,6 +150,16 @@ func HTTPAmbiguousTarget(target, path string) string {
 	return ""
 }
 
+// HTTPAsteriskTarget says why a "*" target is refused (400): it names no
+// resource, and HTTP allows it for OPTIONS only, which is judged as the
+// path "/*". "" for any other target.
+func HTTPAsteriskTarget(method, target string) string {
+	if target == "*" && method != "OPTIONS" {
+		return "'*' is a target for OPTIONS only"
+	}
+	return ""
+}
+
 // HTTPConnectRefused says why the proxies refuse every CONNECT, whatever
 // the rules: they stand in front of one server, and a tunnel would carry
 // requests past the rules.
@@ -169,6 +179,9 @@ func (req *HTTPRequest) asJudged() (*HTTPRequest, string) {
 		p = d
 	}
 	if why := HTTPAmbiguousTarget(q.Path, p); why != "" {
+		return nil, why
+	}
+	if why := HTTPAsteriskTarget(q.Method, q.Path); why != "" {
 		return nil, why
 	}
 	if why := HTTPAmbiguousHost(q.Host); why != "" {

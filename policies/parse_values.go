@@ -522,6 +522,12 @@ func (l *loader) headers(a *hclsyntax.Attribute) (map[string]string, bool) {
 			ok = false
 			return
 		}
+		if c == "Expect" {
+			l.errorf(krng, `"Expect" is not a header rule`,
+				"The proxy answers Expect itself (100 Continue, or 417 for anything else) and does not forward it.")
+			ok = false
+			return
+		}
 		if unjudgedHeaders[c] {
 			l.errorf(krng, fmt.Sprintf("%q is a hop-by-hop field", c),
 				"The proxy does not forward it, so no rule can require it: the server would never get it.")

@@ -391,6 +391,9 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		err = errConnect
 	}
 	why := policies.HTTPAmbiguousTarget(r.RequestURI, r.URL.Path)
+	if why == "" {
+		why = policies.HTTPAsteriskTarget(r.Method, r.RequestURI)
+	}
 	if why != "" {
 		why = "invalid request target: " + why
 	} else if why = policies.HTTPAmbiguousHost(r.Host); why != "" {

@@ -382,6 +382,8 @@ func (h *h1) serveOne(first bool) bool {
 	var host string
 	switch {
 	case err != nil:
+	case path == "/*" && len(rq.target.of(h.head)) == 1 && method != http.MethodOptions:
+		err = badRequest("invalid request target: " + policies.HTTPAsteriskTarget(method, "*"))
 	case over != "":
 		if why := policies.HTTPAmbiguousHost(over); why != "" {
 			err = badRequest("invalid request target: " + why)

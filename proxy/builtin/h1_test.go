@@ -1370,3 +1370,38 @@ func TestBodyOfGETNotAnsweredFromAHiddenRequest(t *testing.T) {
 		}
 	}
 }
+
+// TestAsteriskTargetOnlyForOptions: "*" names no resource and is a target
+// for OPTIONS only: GET * gets 400 over HTTP/1.1 and HTTP/2 and reaches
+// nothing, where OPTIONS * is judged (as /*) and forwarded.
+func TestAsteriskTargetOnlyForOptions(t *testing.T) {
+	up := startScripted(t, func(s *scripted, c net.Conn, br *bufio.Reader) {
+		for {
+			if _, ok := s.readHead(br); !ok {
+				return
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		}
+	})
+	addr, _ := engineFor(t, up.addr, conformance.AllowAll())
+	c := dialClient(t, addr)
+	c.send("OPTIONS * HTTP/1.1\r\nHost: svc\r\n\r\n")
+	if resp, _ := c.read("OPTIONS"); resp.StatusCode != 200 {
+		t.Fatalf("OPTIONS *: %d, want 200", resp.StatusCode)
+	}
+	c.send("GET * HTTP/1.1\r\nHost: svc\r\n\r\n")
+	if resp, body := c.read("GET"); resp.StatusCode != 400 {
+		t.Fatalf("GET *: %d %q, want 400", resp.StatusCode, body)
+	}
+	resp, err := h2cTestClient().Do(&http.Request{Method: "GET", URL: &url.URL{Scheme: "http", Host: addr, Opaque: "*"}, Host: "svc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 400 {
+		t.Fatalf("HTTP/2 GET *: %d, want 400", resp.StatusCode)
+	}
+	if h := up.seen(); len(h) != 1 || !strings.HasPrefix(h[0], "OPTIONS * ") {
+		t.Fatalf("upstream heads %q, want OPTIONS * alone", h)
+	}
+}
