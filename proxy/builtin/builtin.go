@@ -405,6 +405,9 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if err == nil && why != "" {
 		ev.Path = r.RequestURI
+		if policies.HTTPAmbiguousHost(r.Host) != "" {
+			ev.Host = r.Host // as sent, to show what was refused
+		}
 		ev.Verdict, ev.Status, ev.Error = proxy.VerdictError, http.StatusBadRequest, why
 		http.Error(w, "400 Bad Request: "+why, http.StatusBadRequest)
 		e.finish(&ev, start)

@@ -401,7 +401,9 @@ func (h *h1) serveOne(first bool) bool {
 		if ev.Host = over; over == "" {
 			ev.Host = string(rq.host.of(h.head))
 		}
-		ev.Host = proxy.MatchHost(ev.Host)
+		if policies.HTTPAmbiguousHost(ev.Host) == "" {
+			ev.Host = proxy.MatchHost(ev.Host) // else as sent, to show what was refused
+		}
 		ev.Verdict, ev.Status, ev.Error = proxy.VerdictError, http.StatusBadRequest, err.Error()
 		h.finish(&ev, start)
 		return false

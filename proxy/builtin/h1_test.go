@@ -1405,3 +1405,31 @@ func TestAsteriskTargetOnlyForOptions(t *testing.T) {
 		t.Fatalf("upstream heads %q, want OPTIONS * alone", h)
 	}
 }
+
+// TestRefusedHostRecordedAsSent: a Host refused whatever the rules is
+// recorded as the client sent it, over HTTP/1.1 and HTTP/2, not cut to
+// the part a rule would have judged.
+func TestRefusedHostRecordedAsSent(t *testing.T) {
+	addr, events := engineFor(t, conformance.StartUpstream(t), conformance.AllowAll())
+	const host = "evil.com:x.example.com"
+	c := dialClient(t, addr)
+	c.send("GET /public/x HTTP/1.1\r\nHost: " + host + "\r\n\r\n")
+	if resp, _ := c.read("GET"); resp.StatusCode != 400 {
+		t.Fatalf("HTTP/1.1: %d, want 400", resp.StatusCode)
+	}
+	req, _ := http.NewRequest("GET", "http://"+addr+"/public/x", nil)
+	req.Host = host
+	resp, err := h2cTestClient().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 400 {
+		t.Fatalf("HTTP/2: %d, want 400", resp.StatusCode)
+	}
+	for range 2 {
+		if ev := <-events; ev.Host != host || ev.Verdict != proxy.VerdictError || ev.Status != 400 {
+			t.Errorf("event %+v, want an error with 400 for host %q", ev, host)
+		}
+	}
+}
