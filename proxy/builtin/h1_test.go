@@ -290,6 +290,19 @@ func TestBodylessResponsesKeepTheConnectionInStep(t *testing.T) {
 	}
 }
 
+// answering is a scripted upstream that reads each request head (not a
+// body) and answers it with response.
+func answering(response string) func(s *scripted, c net.Conn, br *bufio.Reader) {
+	return func(s *scripted, c net.Conn, br *bufio.Reader) {
+		for {
+			if _, ok := s.readHead(br); !ok {
+				return
+			}
+			io.WriteString(c, response)
+		}
+	}
+}
+
 // closingUpstream answers each request with Connection: close and closes.
 func closingUpstream(s *scripted, c net.Conn, br *bufio.Reader) {
 	if _, ok := s.readHead(br); !ok {
@@ -556,14 +569,7 @@ func TestUpgradeAfterKeepAliveRequests(t *testing.T) {
 // go on reading HTTP: nothing reaches the upstream, not the CONNECT and not
 // the request that would have followed it through the tunnel.
 func TestConnectRefused(t *testing.T) {
-	up := startScripted(t, func(s *scripted, c net.Conn, br *bufio.Reader) {
-		for {
-			if _, ok := s.readHead(br); !ok {
-				return
-			}
-			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-		}
-	})
+	up := startScripted(t, answering("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
 	addr, events := engineFor(t, up.addr, conformance.AllowAll())
 	c := dialClient(t, addr)
 	c.send("CONNECT api.example.com:80 HTTP/1.1\r\nHost: api.example.com:80\r\n\r\n" +
@@ -1185,14 +1191,7 @@ func TestUnsolicitedUpstreamBytesNotServed(t *testing.T) {
 // come in two Transfer-Encoding fields (gzip, then chunked) reaches the
 // client with both, chunked last, and the connection stays in step.
 func TestResponseCodingsOverSeveralFields(t *testing.T) {
-	up := startScripted(t, func(s *scripted, c net.Conn, br *bufio.Reader) {
-		for {
-			if _, ok := s.readHead(br); !ok {
-				return
-			}
-			io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
-		}
-	})
+	up := startScripted(t, answering("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"))
 	addr, _ := engineFor(t, up.addr, conformance.Policy())
 	c := dialClient(t, addr)
 	c.send("GET /public/a HTTP/1.1\r\nHost: svc\r\n\r\nGET /public/b HTTP/1.1\r\nHost: svc\r\n\r\n")
@@ -1375,14 +1374,7 @@ func TestBodyOfGETNotAnsweredFromAHiddenRequest(t *testing.T) {
 // for OPTIONS only: GET * gets 400 over HTTP/1.1 and HTTP/2 and reaches
 // nothing, where OPTIONS * is judged (as /*) and forwarded.
 func TestAsteriskTargetOnlyForOptions(t *testing.T) {
-	up := startScripted(t, func(s *scripted, c net.Conn, br *bufio.Reader) {
-		for {
-			if _, ok := s.readHead(br); !ok {
-				return
-			}
-			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-		}
-	})
+	up := startScripted(t, answering("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
 	addr, _ := engineFor(t, up.addr, conformance.AllowAll())
 	c := dialClient(t, addr)
 	c.send("OPTIONS * HTTP/1.1\r\nHost: svc\r\n\r\n")
