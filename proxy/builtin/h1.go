@@ -379,14 +379,17 @@ func (h *h1) serveOne(first bool) bool {
 		return false
 	}
 	path, fwd, over, err := h.target()
+	if err == nil && path == "/*" && len(rq.target.of(h.head)) == 1 {
+		if why := policies.HTTPAsteriskTarget(method, "*"); why != "" {
+			err = badRequest("invalid request target: " + why)
+		}
+	}
 	var host string
 	switch {
 	case err != nil:
-	case path == "/*" && len(rq.target.of(h.head)) == 1 && method != http.MethodOptions:
-		err = badRequest("invalid request target: " + policies.HTTPAsteriskTarget(method, "*"))
 	case over != "":
 		if why := policies.HTTPAmbiguousHost(over); why != "" {
-			err = badRequest("invalid request target: " + why)
+			err = badRequest("invalid host: " + why)
 		}
 		host = proxy.MatchHost(over)
 	default:
