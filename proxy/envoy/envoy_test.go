@@ -354,6 +354,9 @@ func TestParseAccessLogVerdicts(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if strings.Contains(c.line, `"invalid-host"`) && ev.Host != "evil.com:x.example.com" {
+			t.Errorf("refused host recorded as %q, want it as sent", ev.Host)
+		}
 		if ev.Verdict != c.verdict || ev.RuleID != c.rule || ev.Status != c.status || ev.Src.String() != "172.17.0.3:40000" || ev.Direction != c.direction || ev.Policy != c.policy {
 			t.Errorf("%s\n-> %+v; want verdict %s rule %d status %d direction %q policy %q", c.line, ev, c.verdict, c.rule, c.status, c.direction, c.policy)
 		}

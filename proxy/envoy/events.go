@@ -109,6 +109,7 @@ func ParseAccessLog(line []byte) (proxy.Event, error) {
 		ev.Verdict, ev.Error = proxy.VerdictError, "invalid request target: dot segment with parameters"
 	case a.Route == "invalid-host":
 		ev.Verdict, ev.Error = proxy.VerdictError, "invalid host"
+		ev.Host = a.Host // as sent, to show what was refused
 	case a.Details == "upgrade_failed":
 		// CONNECT, or an upgrade other than WebSocket: refused whatever
 		// the rules, as the built-in engine records it.
