@@ -655,6 +655,27 @@ static __always_inline __u32 ipcache_identity(__u8 family, const __u8 *addr)
 	return v ? v->identity : IDENTITY_WORLD;
 }
 
+/* spoofed: the packet's source address (an ARP sender's, which claims
+ * it) belongs to another identity than local. Neighbour discovery and
+ * MLD come from link-local or unspecified addresses, which the ipcache
+ * does not hold; they pass. Other traffic from a link-local address is
+ * dropped: it cannot be told from another endpoint's. */
+static __always_inline int spoofed(struct __sk_buff *skb, const struct pkt *p, __u32 local)
+{
+	if (skb->protocol == bpf_htons(ETH_P_ARP)) {
+		__u8 spa[16] = {};
+		/* Ethernet/IPv4 ARP: the sender's protocol address at 14 + 14. */
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + 14, spa, 4) < 0)
+			return 1;
+		if (!*(__u32 *)spa) /* a probe: "who has", from no address yet */
+			return 0;
+		return ipcache_identity(4, spa) != local;
+	}
+	if (p->neighbor)
+		return 0;
+	return ipcache_identity(p->tuple.family, p->tuple.saddr) != local;
+}
+
 /* A policy entry from membrane_policy4; 0 when it is not there (or was
  * changing while we read it). */
 static __always_inline int pol4_lookup(__u32 local, __u32 remote, __u8 dir, __u8 proto, __u16 port,
@@ -900,6 +921,17 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 		v.reason = r;
 		count(r, dir, skb->len);
 		emit(skb, &p, EVENT_DROP, r, dir, 0, ep, local, 0);
+		return VERDICT_DROP;
+	}
+	/* What an endpoint sends carries an address of its own: the identity
+	 * of a packet's source is read from its address, and an endpoint that
+	 * sent from another's (the host's, a neighbour's), or claimed one in
+	 * ARP to take its replies, would pass for it. Checked before anything
+	 * may pass, whatever the endpoint enforces. An endpoint whose labels
+	 * are not known yet (init) is left to the policy. */
+	if (dir == DIR_EGRESS && ep && local != IDENTITY_INIT && spoofed(skb, &p, local)) {
+		count(REASON_DROP_SPOOFED_SOURCE, dir, skb->len);
+		emit(skb, &p, EVENT_DROP, REASON_DROP_SPOOFED_SOURCE, dir, 0, ep, local, 0);
 		return VERDICT_DROP;
 	}
 	if (p.neighbor) {

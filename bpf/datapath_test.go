@@ -571,6 +571,9 @@ func TestIdentityChangeRejudgesFlows(t *testing.T) {
 	// A's own identity changes to one without policy: its flows go on as new.
 	flow2 := udp(addrA, addrW, 7, 7)
 	h.expect(out, h.ifs[0], flow2, ReasonDropDefaultDeny)
+	// (Its address first, as the daemon writes them: the source of what
+	// it sends must be its own.)
+	must(t, h.dp.IPCacheSet(netip.PrefixFrom(addrA, 32), 777))
 	must(t, h.dp.SetEndpoint(h.ifs[0], Endpoint{ID: 1, Identity: 777, Flags: EnforceEgress}))
 	h.expect(out, h.ifs[0], flow2, ReasonAllowDefault)
 	rev, err := h.dp.Revision()
@@ -664,4 +667,55 @@ func TestEventsUntilCancelled(t *testing.T) {
 	case <-time.After(3 * time.Second):
 		t.Fatal("Events did not return after cancel")
 	}
+}
+
+// TestSpoofedSourceDropped: what an endpoint sends carries an address of
+// its own identity. From another endpoint's address, the host's, a world
+// address or a link-local one (other than neighbour discovery), a packet is
+// dropped as spoofed-source, before its policy, and even when the endpoint
+// enforces nothing; so is ARP claiming another's address. Its own
+// addresses, neighbour discovery from link-local and ARP probes pass.
+func TestSpoofedSourceDropped(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	host := netip.MustParseAddr("10.1.0.1")
+	must(t, h.dp.IPCacheSet(netip.PrefixFrom(host, 32), policies.IdentityHost))
+	h.sync(policies.IdentityPolicy{Identity: idA, Entries: []policies.Entry{
+		entry(out, policies.IdentityAny, policies.ProtoTCP, 80, 16, policies.Allow, 1),
+	}})
+	linkLocal := netip.MustParseAddr("fe80::1")
+	for _, flags := range []EndpointFlags{EnforceEgress | EnforceIngress, 0} {
+		must(t, h.dp.SetEndpoint(h.ifs[0], Endpoint{ID: 1, Identity: idA, Flags: flags}))
+		for _, src := range []netip.Addr{addrB, host, addrW, addrB6, addrW6, linkLocal} {
+			dst := addrB
+			if src.Is6() {
+				dst = addrB6
+			}
+			h.expect(out, h.ifs[0], tcp(src, dst, 1, 80, tcpSYN), ReasonDropSpoofedSource)
+		}
+		want := ReasonAllowPolicy
+		if flags == 0 {
+			want = ReasonAllowNotEnforced
+		}
+		h.expect(out, h.ifs[0], tcp(addrA, addrB, 2, 80, tcpSYN), want)
+		h.expect(out, h.ifs[0], tcp(addrA6, addrB6, 2, 80, tcpSYN), want)
+		h.expect(out, h.ifs[0], pkt{src: linkLocal, dst: addrB6, proto: 58, icmpType: 135}, ReasonAllowNeighbor)
+	}
+	arp := func(sender netip.Addr) []byte {
+		b := make([]byte, 14+28)
+		b[12], b[13] = 0x08, 0x06
+		if sender.IsValid() {
+			copy(b[14+14:], sender.AsSlice())
+		}
+		return b
+	}
+	for _, c := range []struct {
+		sender netip.Addr
+		want   Reason
+	}{{addrA, ReasonAllowNeighbor}, {netip.Addr{}, ReasonAllowNeighbor}, {addrB, ReasonDropSpoofedSource}, {host, ReasonDropSpoofedSource}} {
+		if r, _ := h.verdict(out, h.ifs[0], arp(c.sender)); r != c.want {
+			t.Errorf("ARP from endpoint A claiming %v: %v, want %v", c.sender, r, c.want)
+		}
+	}
+	// Into an endpoint, any source is judged by the policy as before.
+	h.expect(in, h.ifs[0], tcp(addrW, addrA, 3, 80, tcpSYN), ReasonAllowNotEnforced)
 }

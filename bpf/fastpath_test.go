@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"net/netip"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -97,6 +98,7 @@ func TestEndpointLargeIfindex(t *testing.T) {
 		t.Fatalf("veth with ifindex %d: %v", big, err)
 	}
 	must(t, h.dp.SetEndpoint(big, Endpoint{ID: 9, Identity: idA, Flags: EnforceEgress}))
+	must(t, h.dp.IPCacheSet(netip.PrefixFrom(addrA, 32), idA)) // the source it sends from
 	h.sync(policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, Entries: []policies.Entry{
 		entry(out, policies.IdentityAny, policies.ProtoTCP, 80, 16, policies.Allow, 1),
 	}})

@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"net/netip"
 	"runtime"
 	"testing"
 
@@ -128,12 +129,14 @@ func TestFlowCache(t *testing.T) {
 	// the next packet is judged under it.
 	h.sync(allow, policies.IdentityPolicy{Identity: 778, EgressDefaultDeny: true})
 	ack, _ = open(40003)
+	must(t, h.dp.IPCacheSet(netip.PrefixFrom(addrA, 32), 778)) // its address moves with it
 	must(t, h.dp.SetEndpoint(h.ifs[0], Endpoint{ID: 1, Identity: 778, Flags: EnforceEgress | EnforceIngress}))
 	h.expect(out, h.ifs[0], ack, ReasonDropDefaultDeny)
 
 	// The cache does not read the endpoint: every change to one must
 	// still reach the next packet. It stops enforcing egress:
 	both := EnforceEgress | EnforceIngress
+	must(t, h.dp.IPCacheSet(netip.PrefixFrom(addrA, 32), idA))
 	must(t, h.dp.SetEndpoint(h.ifs[0], Endpoint{ID: 1, Identity: idA, Flags: both}))
 	ack, _ = open(40004)
 	must(t, h.dp.SetEndpoint(h.ifs[0], Endpoint{ID: 1, Identity: idA, Flags: EnforceIngress}))

@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
@@ -87,6 +88,7 @@ func TestChangedLayoutReplacesMaps(t *testing.T) {
 		t.Errorf("fresh maps hold %d endpoints", len(eps))
 	}
 	// Fresh maps work.
+	must(t, dp2.IPCacheSet(netip.PrefixFrom(addrA, 32), idA))
 	must(t, dp2.SetEndpoint(h.ifs[0], Endpoint{Identity: idA, Flags: EnforceEgress}))
 	h.expect(out, h.ifs[0], tcp(addrA, addrB, 1, 2, tcpSYN), ReasonAllowDefault)
 }

@@ -31,8 +31,11 @@ const (
 	ReasonDropProxyNoListener Reason = 24
 	ReasonDropProxyAssign     Reason = 25
 	ReasonDropProxyNoBridge   Reason = 26
+	// ReasonDropSpoofedSource: an endpoint sent from an address of another
+	// identity (or claimed one in ARP).
+	ReasonDropSpoofedSource Reason = 27
 
-	reasonMax       = 27
+	reasonMax       = 28
 	reasonFirstDrop = 16
 )
 
@@ -58,6 +61,7 @@ var reasonNames = map[Reason]string{
 	ReasonDropProxyNoListener: "proxy-no-listener",
 	ReasonDropProxyAssign:     "proxy-assign-failed",
 	ReasonDropProxyNoBridge:   "proxy-no-bridge",
+	ReasonDropSpoofedSource:   "spoofed-source",
 }
 
 func (r Reason) String() string {

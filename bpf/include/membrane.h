@@ -103,7 +103,8 @@ enum reason {
 	REASON_DROP_PROXY_NO_LISTENER = 24, /* L7 redirect: no proxy socket on the port (bridge program) */
 	REASON_DROP_PROXY_ASSIGN = 25,	/* L7 redirect: bpf_sk_assign failed, or not TCP (bridge program) */
 	REASON_DROP_PROXY_NO_BRIDGE = 26, /* L7 redirect: the endpoint has no bridge to send it through */
-	REASON_MAX = 27,
+	REASON_DROP_SPOOFED_SOURCE = 27, /* an endpoint sent from an address (IP or ARP) of another identity */
+	REASON_MAX = 28,
 };
 #define REASON_FIRST_DROP 16
 /* Counter slot for ring-buffer records that could not be reserved. */
