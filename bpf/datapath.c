@@ -268,6 +268,7 @@ struct pkt {
 	struct ct_key tuple; /* as the packet travels; ifindex filled in later */
 	__u32 frag_id;
 	__u32 inner_off; /* ICMP errors: where the packet they quote starts */
+	__u32 nd_target_off; /* neighbour advertisements: where the target address is; 0 none */
 	__u16 policy_port; /* host order: dport, or ICMP type */
 	__u8 tcp_flags;
 	__u8 icmp_error;
@@ -607,6 +608,8 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		return REASON_DROP_MALFORMED_L4;
 	if (proto == IPPROTO_ICMPV6 && p->policy_port >= 133 && p->policy_port <= 137) {
 		p->neighbor = 1; /* router/neighbour solicitation/advertisement, redirect */
+		if (p->policy_port == 136)
+			p->nd_target_off = off + 8; /* after type, code, checksum and flags */
 		return 0;
 	}
 	if (proto == IPPROTO_ICMPV6 && (p->policy_port == 130 || p->policy_port == 131 || p->policy_port == 132 ||
@@ -655,11 +658,12 @@ static __always_inline __u32 ipcache_identity(__u8 family, const __u8 *addr)
 	return v ? v->identity : IDENTITY_WORLD;
 }
 
-/* spoofed: the packet's source address (an ARP sender's, which claims
- * it) belongs to another identity than local. Neighbour discovery and
- * MLD come from link-local or unspecified addresses, which the ipcache
- * does not hold; they pass. Other traffic from a link-local address is
- * dropped: it cannot be told from another endpoint's. */
+/* spoofed: the packet's source address (or the address an ARP sender or
+ * a neighbour advertisement's target claims) belongs to another identity
+ * than local. Neighbour discovery and MLD come from link-local or
+ * unspecified addresses, which the ipcache does not hold; they pass. Other
+ * traffic from a link-local address is dropped: it cannot be told from
+ * another endpoint's. */
 static __always_inline int spoofed(struct __sk_buff *skb, const struct pkt *p, __u32 local)
 {
 	if (skb->protocol == bpf_htons(ETH_P_ARP)) {
@@ -670,6 +674,17 @@ static __always_inline int spoofed(struct __sk_buff *skb, const struct pkt *p, _
 		if (!*(__u32 *)spa) /* a probe: "who has", from no address yet */
 			return 0;
 		return ipcache_identity(4, spa) != local;
+	}
+	if (p->nd_target_off) {
+		/* A neighbour advertisement claims its target address, as ARP its
+		 * sender's. A link-local target cannot be told from another's and
+		 * passes: the traffic it would draw is dropped below. */
+		__u8 target[16];
+		if (bpf_skb_load_bytes(skb, p->nd_target_off, target, 16) < 0)
+			return 1;
+		if (target[0] == 0xfe && (target[1] & 0xc0) == 0x80)
+			return 0;
+		return ipcache_identity(6, target) != local;
 	}
 	if (p->neighbor)
 		return 0;

@@ -673,8 +673,9 @@ func TestEventsUntilCancelled(t *testing.T) {
 // its own identity. From another endpoint's address, the host's, a world
 // address or a link-local one (other than neighbour discovery), a packet is
 // dropped as spoofed-source, before its policy, and even when the endpoint
-// enforces nothing; so is ARP claiming another's address. Its own
-// addresses, neighbour discovery from link-local and ARP probes pass.
+// enforces nothing; so are ARP and neighbour advertisements claiming
+// another's address. Its own addresses, neighbour discovery from
+// link-local and ARP probes pass.
 func TestSpoofedSourceDropped(t *testing.T) {
 	h := twoEndpoints(t, Config{})
 	host := netip.MustParseAddr("10.1.0.1")
@@ -699,6 +700,14 @@ func TestSpoofedSourceDropped(t *testing.T) {
 		h.expect(out, h.ifs[0], tcp(addrA, addrB, 2, 80, tcpSYN), want)
 		h.expect(out, h.ifs[0], tcp(addrA6, addrB6, 2, 80, tcpSYN), want)
 		h.expect(out, h.ifs[0], pkt{src: linkLocal, dst: addrB6, proto: 58, icmpType: 135}, ReasonAllowNeighbor)
+		// A neighbour advertisement claims its target, as ARP its sender.
+		for _, c := range []struct {
+			target netip.Addr
+			want   Reason
+		}{{addrA6, ReasonAllowNeighbor}, {linkLocal, ReasonAllowNeighbor}, {addrB6, ReasonDropSpoofedSource}, {addrW6, ReasonDropSpoofedSource}} {
+			na := pkt{src: linkLocal, dst: addrB6, proto: 58, icmpType: 136, payload: c.target.AsSlice()}
+			h.expect(out, h.ifs[0], na, c.want)
+		}
 	}
 	arp := func(sender netip.Addr) []byte {
 		b := make([]byte, 14+28)
