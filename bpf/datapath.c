@@ -664,16 +664,18 @@ static __always_inline __u32 ipcache_identity(__u8 family, const __u8 *addr)
  * unspecified addresses, which the ipcache does not hold; they pass. Other
  * traffic from a link-local address is dropped: it cannot be told from
  * another endpoint's. */
-static __always_inline int spoofed(struct __sk_buff *skb, const struct pkt *p, __u32 local)
+static __always_inline int spoofed(struct __sk_buff *skb, struct pkt *p, __u32 local)
 {
 	if (skb->protocol == bpf_htons(ETH_P_ARP)) {
-		__u8 spa[16] = {};
-		/* Ethernet/IPv4 ARP: the sender's protocol address at 14 + 14. */
-		if (bpf_skb_load_bytes(skb, ETH_HLEN + 14, spa, 4) < 0)
+		/* Ethernet/IPv4 ARP: the sender's protocol address at 14 + 14,
+		 * the target's at 14 + 24; they stand for the tuple in a record. */
+		p->tuple.family = 4;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + 14, p->tuple.saddr, 4) < 0 ||
+		    bpf_skb_load_bytes(skb, ETH_HLEN + 24, p->tuple.daddr, 4) < 0)
 			return 1;
-		if (!*(__u32 *)spa) /* a probe: "who has", from no address yet */
+		if (!*(__u32 *)p->tuple.saddr) /* a probe: "who has", from no address yet */
 			return 0;
-		return ipcache_identity(4, spa) != local;
+		return ipcache_identity(4, p->tuple.saddr) != local;
 	}
 	if (p->nd_target_off) {
 		/* A neighbour advertisement claims its target address, as ARP its
@@ -946,7 +948,8 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 	 * are not known yet (init) is left to the policy. */
 	if (dir == DIR_EGRESS && ep && local != IDENTITY_INIT && spoofed(skb, &p, local)) {
 		count(REASON_DROP_SPOOFED_SOURCE, dir, skb->len);
-		emit(skb, &p, EVENT_DROP, REASON_DROP_SPOOFED_SOURCE, dir, 0, ep, local, 0);
+		v.remote = ipcache_identity(p.tuple.family, p.tuple.daddr);
+		emit(skb, &p, EVENT_DROP, REASON_DROP_SPOOFED_SOURCE, dir, 0, ep, local, &v);
 		return VERDICT_DROP;
 	}
 	if (p.neighbor) {

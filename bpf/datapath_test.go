@@ -727,4 +727,34 @@ func TestSpoofedSourceDropped(t *testing.T) {
 	}
 	// Into an endpoint, any source is judged by the policy as before.
 	h.expect(in, h.ifs[0], tcp(addrW, addrA, 3, 80, tcpSYN), ReasonAllowNotEnforced)
+
+	// The record of a spoofed packet names the address claimed and the
+	// identity of the one it was sent to; an ARP claim's, its addresses.
+	r, err := h.dp.NewEventReader()
+	must(t, err)
+	defer r.Close()
+	// (The ring still holds the records of the drops above.)
+	next := func(src netip.AddrPort) Event {
+		for range 100 {
+			if ev := readEvent(t, r); ev.Src == src {
+				return ev
+			}
+		}
+		t.Fatalf("no record from %v", src)
+		return Event{}
+	}
+	h.expect(out, h.ifs[0], tcp(host, addrB, 4, 80, tcpSYN), ReasonDropSpoofedSource)
+	if ev := next(netip.AddrPortFrom(host, 4)); ev.Reason != ReasonDropSpoofedSource || ev.LocalIdentity != idA || ev.RemoteIdentity != idB {
+		t.Errorf("spoofed TCP record %+v", ev)
+	}
+	claim := arp(host)
+	copy(claim[14+24:], addrB.AsSlice())
+	h.verdict(out, h.ifs[0], claim)
+	ev := next(netip.AddrPortFrom(host, 0))
+	for ev.Dst.Addr() != addrB { // past the claims of the table above, to no one
+		ev = next(netip.AddrPortFrom(host, 0))
+	}
+	if ev.Reason != ReasonDropSpoofedSource || ev.LocalIdentity != idA || ev.RemoteIdentity != idB {
+		t.Errorf("spoofed ARP record %+v", ev)
+	}
 }
