@@ -997,10 +997,18 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 
 	/* Remote identity: from the proxy's mark, else the ipcache. */
 	int from_proxy = 0;
-	if (dir == DIR_INGRESS && (skb->mark & MARK_MAGIC_MASK) == MARK_MAGIC_FROM_PROXY &&
-	    (skb->mark & MARK_IDENTITY_MASK)) {
-		from_proxy = 1;
-		evflags |= EV_F_FROM_PROXY;
+	__u32 mark_identity = 0;
+	if (dir == DIR_INGRESS) {
+		__u32 magic = skb->mark & MARK_MAGIC_MASK;
+		if (magic == MARK_MAGIC_FROM_PROXY && (skb->mark & MARK_IDENTITY_MASK)) {
+			from_proxy = 1;
+			mark_identity = skb->mark & MARK_IDENTITY_MASK;
+		} else if (magic == MARK_MAGIC_FROM_PROXY_CIDR) {
+			from_proxy = 1;
+			mark_identity = FIRST_CIDR_IDENTITY + (skb->mark & MARK_IDENTITY_MASK);
+		}
+		if (from_proxy)
+			evflags |= EV_F_FROM_PROXY;
 	}
 
 	p.tuple.ifindex = ifindex;
@@ -1108,7 +1116,7 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 
 	/* A new flow. */
 	if (from_proxy)
-		v.remote = skb->mark & MARK_IDENTITY_MASK;
+		v.remote = mark_identity;
 	else
 		v.remote = ipcache_identity(p.tuple.family, dir == DIR_EGRESS ? p.tuple.daddr : p.tuple.saddr);
 	judge(local, dir, p.tuple.protocol, p.policy_port, &v);

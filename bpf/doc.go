@@ -84,10 +84,11 @@
 // # skb->mark from the proxy
 //
 // The proxy marks upstream traffic MarkFromProxy (0xb7 in the top byte) with
-// the source identity in the low 24 bits. membrane_ingress then takes the
-// remote identity from the mark instead of the ipcache and never redirects the
-// flow again. Identities >= 1<<24 (CIDR identities) do not fit; the proxy
-// sends 0 and the ipcache decides.
+// the source identity in the low 24 bits, or, for a CIDR identity (1<<24 and
+// up), 0xb8 with the identity less 1<<24 (proxy.FromProxyMark). membrane_ingress
+// then takes the remote identity from the mark instead of the ipcache and
+// never redirects the flow again. A 0xb7 mark with identity 0 is not taken:
+// the ipcache decides, which gives the proxy's address, the host.
 //
 // # Maps
 //

@@ -7,6 +7,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/membrane-fw/membrane/policies"
+	"github.com/membrane-fw/membrane/proxy"
 )
 
 func TestRedirectAndFromProxyMark(t *testing.T) {
@@ -15,7 +16,12 @@ func TestRedirectAndFromProxyMark(t *testing.T) {
 	must(t, h.dp.SetEndpoint(h.ifs[1], Endpoint{ID: 2, Identity: idB, Flags: EnforceIngress | EnforceEgress, Bridge: bridge}))
 	l7 := entry(in, idA, policies.ProtoTCP, 80, 16, policies.Allow, 4)
 	l7.L7 = 2
-	h.sync(policies.IdentityPolicy{Identity: idB, IngressDefaultDeny: true, Entries: []policies.Entry{l7}})
+	// A CIDR identity (a client outside that a from_cidr rule admits) on
+	// port 81: the proxy's mark must carry it too.
+	cidrID := policies.FirstCIDR + 3
+	h.sync(policies.IdentityPolicy{Identity: idB, IngressDefaultDeny: true, Entries: []policies.Entry{
+		l7, entry(in, cidrID, policies.ProtoTCP, 81, 16, policies.Allow, 5),
+	}})
 	r, err := h.dp.NewEventReader()
 	must(t, err)
 	defer r.Close()
@@ -67,6 +73,21 @@ func TestRedirectAndFromProxyMark(t *testing.T) {
 	}
 	fromProxy.sport, fromProxy.tcpFlags = 3, tcpSYN
 	h.expect(in, h.ifs[1], fromProxy, ReasonDropDefaultDeny)
+
+	// A CIDR identity is past the 24 bits of the first form: it travels
+	// under the CIDR magic, and B judges it, not the host's address.
+	fromProxy = tcp(addrW, addrB, 6, 81, tcpSYN)
+	if got, _ := h.verdictMark(in, h.ifs[1], proxy.FromProxyMark(cidrID), fromProxy.bytes()); got != ReasonAllowPolicy {
+		t.Errorf("from the proxy with CIDR identity %d (mark %#x): %v, want allow-policy", cidrID, proxy.FromProxyMark(cidrID), got)
+	}
+	fromProxy.sport = 7
+	if got, _ := h.verdictMark(in, h.ifs[1], proxy.FromProxyMark(cidrID+1), fromProxy.bytes()); got != ReasonDropDefaultDeny {
+		t.Errorf("from the proxy with CIDR identity %d: %v, want drop-default-deny", cidrID+1, got)
+	}
+	fromProxy.sport = 8
+	if got, _ := h.verdictMark(in, h.ifs[1], proxy.MarkMagicFromProxyCIDR|0xffffff, fromProxy.bytes()); got != ReasonDropDefaultDeny {
+		t.Errorf("from the proxy with the last CIDR identity: %v, want drop-default-deny", got)
+	}
 
 	// An endpoint without a bridge cannot redirect.
 	must(t, h.dp.SetEndpoint(h.ifs[1], Endpoint{ID: 2, Identity: idB, Flags: EnforceIngress | EnforceEgress}))

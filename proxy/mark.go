@@ -21,14 +21,18 @@ import (
 //	                                          destination's program takes the
 //	                                          remote identity from it and never
 //	                                          redirects the flow again
+//	from proxy 0xb8000000 | source identity   the same for a CIDR identity
+//	(CIDR)     less FirstCIDR (low 24 bits)   (FirstCIDR and up), which the
+//	                                          first form cannot hold
 //
-// Identities >= 1<<24 (CIDR identities) do not fit: the proxy sends the magic
-// with identity 0 and the datapath takes the identity from the ipcache.
+// No identity fits in neither: the compiler gives CIDR identities one per
+// prefix that policies name, far fewer than 1<<24.
 const (
-	MarkMagicMask      uint32 = 0xff000000
-	MarkMagicToProxy   uint32 = 0xb6000000
-	MarkMagicFromProxy uint32 = 0xb7000000
-	MarkIdentityMask   uint32 = 0x00ffffff
+	MarkMagicMask          uint32 = 0xff000000
+	MarkMagicToProxy       uint32 = 0xb6000000
+	MarkMagicFromProxy     uint32 = 0xb7000000
+	MarkMagicFromProxyCIDR uint32 = 0xb8000000
+	MarkIdentityMask       uint32 = 0x00ffffff
 )
 
 // ToProxyMark is the mark the datapath sets on a packet it redirects to the
@@ -40,19 +44,30 @@ func ToProxyMark(port uint16) uint32 {
 }
 
 // FromProxyMark is the SO_MARK of an upstream socket that carries traffic of
-// source identity id.
+// source identity id. An identity that fits in neither form (none does: see
+// above) gets the bare magic, which the datapath judges as the proxy's own
+// address, the host.
 func FromProxyMark(id policies.Identity) uint32 {
-	if uint32(id) > MarkIdentityMask {
-		return MarkMagicFromProxy
+	switch {
+	case id < policies.FirstCIDR:
+		return MarkMagicFromProxy | uint32(id)
+	case id-policies.FirstCIDR <= policies.Identity(MarkIdentityMask):
+		return MarkMagicFromProxyCIDR | uint32(id-policies.FirstCIDR)
 	}
-	return MarkMagicFromProxy | uint32(id)
+	return MarkMagicFromProxy
 }
 
 // IdentityFromMark decodes a from-proxy mark. ok is false when mark does not
-// carry the from-proxy magic or carries no identity.
+// carry a from-proxy magic or carries no identity.
 func IdentityFromMark(mark uint32) (id policies.Identity, ok bool) {
-	if mark&MarkMagicMask != MarkMagicFromProxy || mark&MarkIdentityMask == 0 {
-		return 0, false
+	switch mark & MarkMagicMask {
+	case MarkMagicFromProxy:
+		if mark&MarkIdentityMask == 0 {
+			return 0, false
+		}
+		return policies.Identity(mark & MarkIdentityMask), true
+	case MarkMagicFromProxyCIDR:
+		return policies.FirstCIDR + policies.Identity(mark&MarkIdentityMask), true
 	}
-	return policies.Identity(mark & MarkIdentityMask), true
+	return 0, false
 }

@@ -12,19 +12,24 @@ import (
 func TestFromProxyMarkRoundTripsLocalIdentities(t *testing.T) {
 	for _, id := range []policies.Identity{
 		policies.IdentityHost, policies.IdentityWorld, policies.FirstAllocated, 0xFFFF, 0x10000, 0xABCDEF, policies.FirstCIDR - 1,
+		policies.FirstCIDR, policies.FirstCIDR + 5, 2*policies.FirstCIDR - 1,
 	} {
 		m := FromProxyMark(id)
-		if m&MarkMagicMask != MarkMagicFromProxy {
-			t.Errorf("mark %#x for %d lost the magic", m, id)
+		magic := MarkMagicFromProxy
+		if id >= policies.FirstCIDR {
+			magic = MarkMagicFromProxyCIDR
+		}
+		if m&MarkMagicMask != magic {
+			t.Errorf("mark %#x for %d: magic %#x, want %#x", m, id, m&MarkMagicMask, magic)
 		}
 		got, ok := IdentityFromMark(m)
 		if !ok || got != id {
 			t.Errorf("IdentityFromMark(%#x) = %d, %v; want %d", m, got, ok, id)
 		}
 	}
-	// CIDR identities do not fit: magic only, the datapath uses the ipcache.
-	if m := FromProxyMark(policies.FirstCIDR + 5); m != MarkMagicFromProxy {
-		t.Errorf("CIDR identity mark %#x, want bare magic %#x", m, MarkMagicFromProxy)
+	// Past both forms: the bare magic, judged as the host.
+	if m := FromProxyMark(2 * policies.FirstCIDR); m != MarkMagicFromProxy {
+		t.Errorf("identity 1<<25: mark %#x, want bare magic %#x", m, MarkMagicFromProxy)
 	}
 	if _, ok := IdentityFromMark(MarkMagicFromProxy); ok {
 		t.Error("a bare from-proxy magic decoded as an identity")
@@ -44,10 +49,12 @@ func TestMarkLayoutMatchesDatapath(t *testing.T) {
 		t.Fatalf("reading the datapath's header: %v", err)
 	}
 	for name, want := range map[string]uint32{
-		"MARK_MAGIC_MASK":       MarkMagicMask,
-		"MARK_MAGIC_FROM_PROXY": MarkMagicFromProxy,
-		"MARK_MAGIC_TO_PROXY":   MarkMagicToProxy,
-		"MARK_IDENTITY_MASK":    MarkIdentityMask,
+		"MARK_MAGIC_MASK":            MarkMagicMask,
+		"MARK_MAGIC_FROM_PROXY":      MarkMagicFromProxy,
+		"MARK_MAGIC_FROM_PROXY_CIDR": MarkMagicFromProxyCIDR,
+		"MARK_MAGIC_TO_PROXY":        MarkMagicToProxy,
+		"MARK_IDENTITY_MASK":         MarkIdentityMask,
+		"FIRST_CIDR_IDENTITY":        uint32(policies.FirstCIDR),
 	} {
 		m := regexp.MustCompile(`#define\s+` + name + `\s+(0x[0-9a-fA-F]+)`).FindSubmatch(h)
 		if m == nil {

@@ -69,12 +69,16 @@
 
 /* skb->mark layout for traffic the L7 proxy sends upstream: the top byte is
  * MARK_MAGIC_FROM_PROXY, the low 24 bits the source identity (0: take it from
- * the ipcache). Allocated identities (< 1<<24) fit; CIDR identities do not and
- * are sent as 0. MARK_MAGIC_TO_PROXY is set on packets redirected to the
+ * the ipcache), or, for a CIDR identity (FIRST_CIDR_IDENTITY and up, which 24
+ * bits cannot hold), MARK_MAGIC_FROM_PROXY_CIDR with the identity less
+ * FIRST_CIDR_IDENTITY in the low 24 bits (proxy.FromProxyMark).
+ * MARK_MAGIC_TO_PROXY is set on packets redirected to the
  * proxy: the proxy port in the low 16 bits, MARK_TO_PROXY_EGRESS when the
  * redirect was for the container's egress (counters and events only). */
 #define MARK_MAGIC_MASK 0xff000000
 #define MARK_MAGIC_FROM_PROXY 0xb7000000
+#define MARK_MAGIC_FROM_PROXY_CIDR 0xb8000000
+#define FIRST_CIDR_IDENTITY 0x01000000
 #define MARK_MAGIC_TO_PROXY 0xb6000000
 #define MARK_IDENTITY_MASK 0x00ffffff
 #define MARK_TO_PROXY_EGRESS 0x00010000
