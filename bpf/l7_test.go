@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 
 	"fmt"
@@ -526,4 +527,72 @@ func BenchmarkL7Redirect(b *testing.B) {
 	b.ReportMetric(float64(direct.Nanoseconds())/float64(b.N), "direct-ns/req")
 	b.ReportMetric(float64(proxied.Nanoseconds())/float64(b.N), "proxied-ns/req")
 	b.ReportMetric(float64(proxied)/float64(direct), "proxied/direct")
+}
+
+// A client that only a CIDR rule admits (a from_cidr peer: CIDR identities
+// start at 1<<24) goes through B's ingress redirect, and B then admits the
+// proxy's upstream connection under that identity: the mark carries it past
+// the 24 bits of allocated identities. B admits neither the host (the
+// proxy's own address) nor world on that port, so a mark without the
+// identity makes the upstream leg drop and the request fail.
+func TestL7RedirectCIDRClient(t *testing.T) {
+	env := newL7Env(t, AttachTCX)
+	tp := env.tp
+	const client = "10.77.0.9" // on the test's bridge, in its host namespace
+	cidrID := policies.FirstCIDR + 1
+	tp.host.MustExec(t, "ip", "addr", "add", client+"/32", "dev", "br0")
+	env.ipc[netip.MustParsePrefix("10.77.0.8/29")] = cidrID
+	must(t, env.dp.IPCacheSync(env.ipc))
+	for i := range env.model.Identities {
+		ip := &env.model.Identities[i]
+		if ip.Identity != idB {
+			continue
+		}
+		e := entry(in, cidrID, policies.ProtoTCP, 8081, 16, policies.Allow, 12)
+		e.L7 = 1
+		ip.Entries = append(ip.Entries, e)
+		slices.SortStableFunc(ip.Entries, func(a, b policies.Entry) int {
+			if a.Direction != b.Direction {
+				return cmp.Compare(a.Direction, b.Direction)
+			}
+			return cmp.Compare(a.Remote, b.Remote)
+		})
+	}
+	env.sync(t, env.port)
+	must(t, env.eng.Update(proxy.NewModelResolver(env.model, env.ipc, map[uint32]string{l7Rule: "b-api"})))
+
+	get := func(path string) (int, error) {
+		d := net.Dialer{Timeout: allowTimeout, LocalAddr: &net.TCPAddr{IP: net.ParseIP(client)}}
+		var c net.Conn
+		if err := tp.host.Do(func() (err error) {
+			c, err = d.Dial("tcp", net.JoinHostPort(tp.addr[1].String(), "8081"))
+			return err
+		}); err != nil {
+			return 0, err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(allowTimeout))
+		if _, err := fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n", path); err != nil {
+			return 0, err
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+	redirects := env.counter(ReasonRedirect)
+	if status, err := get("/allowed/cidr"); err != nil || status != 200 {
+		t.Errorf("CIDR client, allowed path: status %d, err %v; want 200", status, err)
+	}
+	if !env.reached("/allowed/cidr") {
+		t.Error("the allowed request of the CIDR client did not reach B")
+	}
+	if env.counter(ReasonRedirect) == redirects {
+		t.Error("the CIDR client's connection was not redirected to the proxy")
+	}
+	if status, err := get("/secret"); err != nil || status != 403 {
+		t.Errorf("CIDR client, denied path: status %d, err %v; want 403", status, err)
+	}
 }
