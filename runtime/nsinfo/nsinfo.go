@@ -27,10 +27,14 @@ type Info struct {
 	// network_mode host, or a containerd container without its own netns).
 	Host       bool
 	Interfaces []endpoint.Interface // loopback excluded, sorted by name
-	// Unpaired describes the interfaces that have a peer (IFLA_LINK) but
-	// whose peer was not found in the daemon's namespace, and why: a veth
-	// to some other namespace, or a veth caught while it is being set up or
-	// torn down. Callers may look again a little later.
+	// Unpaired describes the interfaces that lead out of the namespace
+	// (IFLA_LINK) other than through a veth whose peer is in the daemon's
+	// namespace, and why: a macvlan or ipvlan on a host device, a veth to
+	// some other namespace, or a veth caught while it is being set up or
+	// torn down (callers may look again a little later). No program on a
+	// host-side veth sees what crosses them. A link whose peer or lower
+	// device is in the same namespace (a veth pair, a macvlan on eth0)
+	// leads nowhere new and is not among them.
 	Unpaired []string
 }
 
@@ -112,15 +116,19 @@ func Inspect(path string) (Info, error) {
 		if len(a.HardwareAddr) > 0 {
 			itf.MAC = append(itf.MAC, a.HardwareAddr...)
 		}
-		if a.ParentIndex != 0 {
+		// A link whose peer or lower device is in this namespace
+		// (no IFLA_LINK_NETNSID) leads nowhere a program would not see.
+		if a.ParentIndex != 0 && a.NetNsID >= 0 {
 			peer, err := netlink.LinkByIndex(a.ParentIndex)
 			switch {
 			case hostID < 0 || a.NetNsID != hostID:
-				info.Unpaired = append(info.Unpaired, fmt.Sprintf("%s: peer %d in netnsid %d, the host is %d", a.Name, a.ParentIndex, a.NetNsID, hostID))
+				info.Unpaired = append(info.Unpaired, fmt.Sprintf("%s (%s): peer %d in netnsid %d, the host is %d", a.Name, l.Type(), a.ParentIndex, a.NetNsID, hostID))
 			case err != nil:
-				info.Unpaired = append(info.Unpaired, fmt.Sprintf("%s: host peer %d: %v", a.Name, a.ParentIndex, err))
+				info.Unpaired = append(info.Unpaired, fmt.Sprintf("%s (%s): host link %d: %v", a.Name, l.Type(), a.ParentIndex, err))
+			case l.Type() != "veth":
+				info.Unpaired = append(info.Unpaired, fmt.Sprintf("%s (%s on host device %s): not a veth", a.Name, l.Type(), peer.Attrs().Name))
 			case peer.Attrs().ParentIndex != a.Index:
-				info.Unpaired = append(info.Unpaired, fmt.Sprintf("%s: host link %d (%s) points at %d, not %d", a.Name, a.ParentIndex, peer.Attrs().Name, peer.Attrs().ParentIndex, a.Index))
+				info.Unpaired = append(info.Unpaired, fmt.Sprintf("%s (%s): host link %d (%s) points at %d, not %d", a.Name, l.Type(), a.ParentIndex, peer.Attrs().Name, peer.Attrs().ParentIndex, a.Index))
 			default:
 				itf.HostIfindex = peer.Attrs().Index
 				itf.HostName = peer.Attrs().Name

@@ -62,6 +62,44 @@ func TestInspectFindsHostPeerThroughIFLALink(t *testing.T) {
 			t.Fatalf("%s has a host side although its peer is in the same netns: %+v", itf.Name, itf)
 		}
 	}
+	if len(info.Unpaired) != 0 {
+		t.Fatalf("unpaired %q: a veth pair inside the namespace leads nowhere", info.Unpaired)
+	}
+}
+
+// Interfaces that leave the namespace other than through a veth to the
+// host: no program sees their traffic, and Unpaired says so.
+func TestInspectReportsLinksNoProgramSees(t *testing.T) {
+	testenv.RequireRoot(t)
+	s := testenv.RandomSuffix(6)
+	name, other := "nsu-"+s, "nsv-"+s
+	path := testenv.NetnsAdd(t, name)
+	testenv.NetnsAdd(t, other)
+	parent := "nsud" + s
+	ip(t, "link", "add", parent, "type", "veth", "peer", "name", parent+"p") // (no dummy driver here)
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", parent).Run() })
+	// A macvlan on a host device (Docker's macvlan driver), a veth into
+	// another container's namespace, and a macvlan on a link of the
+	// namespace itself (its traffic leaves through that link).
+	ip(t, "link", "add", "mv0", "link", parent, "type", "macvlan", "mode", "bridge")
+	ip(t, "link", "set", "mv0", "netns", name)
+	ip(t, "-n", name, "link", "add", "x0", "type", "veth", "peer", "name", "x1", "netns", other)
+	ip(t, "-n", name, "link", "add", "in0", "type", "veth", "peer", "name", "in1")
+	ip(t, "-n", name, "link", "add", "mv1", "link", "in0", "type", "macvlan")
+
+	info, err := Inspect(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(info.Unpaired, "\n")
+	for _, want := range []string{"mv0 (macvlan on host device " + parent + ")", "x0 (veth): peer"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("unpaired %q: want an entry %q", info.Unpaired, want)
+		}
+	}
+	if len(info.Unpaired) != 2 {
+		t.Errorf("unpaired %q: want mv0 and x0 only", info.Unpaired)
+	}
 }
 
 func TestInspectHostAndGone(t *testing.T) {
