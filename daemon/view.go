@@ -5,6 +5,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/membrane-fw/membrane/daemon/api"
@@ -116,8 +117,8 @@ func (r *reconciler) publish() {
 		e := api.Endpoint{
 			ID: st.id, Identity: uint32(st.identity), Labels: st.ep.Labels, HostNetwork: st.ep.NetworkMode == endpoint.ModeHost,
 			Audit: st.audit, Runtime: string(st.ep.Runtime), Addresses: []string{}, Policies: []string{},
-			Enforcing:  r.synced && st.ep.NetworkMode != endpoint.ModeHost && len(st.ifaces) > 0,
-			EnforcedAt: st.enforced,
+			Enforcing:  r.synced && st.ep.NetworkMode != endpoint.ModeHost && len(st.ifaces) > 0 && len(st.ep.Unenforced) == 0,
+			EnforcedAt: st.enforced, Unenforced: st.ep.Unenforced,
 		}
 		for _, a := range st.ep.Addrs() {
 			e.Addresses = append(e.Addresses, a.String())
@@ -172,6 +173,12 @@ func (r *reconciler) publish() {
 	problems := []string{}
 	for _, k := range slices.Sorted(maps.Keys(r.problems)) {
 		problems = append(problems, r.problems[k])
+	}
+	for _, k := range keys {
+		if st := r.eps[k]; len(st.ep.Unenforced) > 0 {
+			problems = append(problems, fmt.Sprintf("endpoint %d (%s): no program sees %s; its traffic there is not judged",
+				st.id, strings.Join(containerNames(st.ep), ","), strings.Join(st.ep.Unenforced, "; ")))
+		}
 	}
 	v.status = api.Status{
 		Version: version.Version, Up: true, Reconciled: r.reconciled, StartedAt: r.startedAt, LastReconcile: r.lastSync,

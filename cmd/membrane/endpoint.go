@@ -64,6 +64,9 @@ func newEndpointCmd() *cobra.Command {
 			}
 			fmt.Fprintf(w, "interfaces: %s\n", dash(strings.Join(ifs, ", ")))
 			fmt.Fprintf(w, "enforcing:  %v\n", e.Enforcing)
+			for _, u := range e.Unenforced {
+				fmt.Fprintf(w, "unenforced: %s (no program sees this interface; its traffic is not judged)\n", u)
+			}
 			if e.Audit {
 				fmt.Fprintf(w, "audit:      true\n")
 			}

@@ -74,6 +74,10 @@ type Endpoint struct {
 	Policies []string `json:"policies"`
 	// Enforcing reports whether programs are attached on every interface.
 	Enforcing bool `json:"enforcing"`
+	// Unenforced describes the interfaces no program sees (a macvlan or
+	// ipvlan on a host device, a veth into another namespace): their
+	// traffic is not judged at all, and Enforcing is false.
+	Unenforced []string `json:"unenforced,omitempty"`
 	// EnforcedAt is when the endpoint's entry (its identity and policy)
 	// was first written to the datapath; until then its veth was judged
 	// as identity init.

@@ -614,3 +614,59 @@ func TestLastGoodSetSurvivesRestart(t *testing.T) {
 		t.Error("db reached a new api container: the last good set is not enforced")
 	}
 }
+
+// A container with an interface no program sees (here a macvlan on a host
+// device, beside its bridge veth) is shown as not enforcing, with the
+// interface named, in `membrane endpoint get` and in status's problems: its
+// traffic on that interface is not judged at all.
+func TestUnenforcedInterfaceIsShown(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.startDaemon()
+	parent := "mtmv" + e.sfx[:6]
+	if out, err := exec.Command("ip", "link", "add", parent, "type", "veth", "peer", "name", parent+"p").CombinedOutput(); err != nil {
+		t.Fatalf("ip link add: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "link", "del", parent).Run() })
+	mv := "mte2e-mv-" + e.sfx
+	// A /24 of the test's own on a link that leads nowhere.
+	subnet := fmt.Sprintf("10.79.%d.0/24", 1+int(e.sfx[0])%200)
+	e.docker("network", "create", "--driver", "macvlan", "-o", "parent="+parent, "--subnet", subnet, mv)
+	t.Cleanup(func() { exec.Command("docker", "network", "rm", mv).Run() })
+
+	name := "mte2e-" + e.sfx + "-dual"
+	e.docker("create", "--name", name, "--label", "e2e="+e.sfx, "--network", e.network, e.image, "sleep", "600")
+	e.names = append(e.names, name)
+	e.docker("network", "connect", mv, name)
+	e.docker("start", name)
+
+	var ep api.Endpoint
+	e.eventually("endpoint "+name+" known with its macvlan", 20*time.Second, func() error {
+		var err error
+		if ep, err = e.client.Endpoint(context.Background(), name); err != nil {
+			return err
+		}
+		if len(ep.Unenforced) == 0 {
+			return fmt.Errorf("endpoint %+v: no unenforced interface", ep)
+		}
+		return nil
+	})
+	if ep.Enforcing || !strings.Contains(strings.Join(ep.Unenforced, " "), "macvlan on host device "+parent) {
+		t.Errorf("endpoint enforcing %v, unenforced %q; want not enforcing, the macvlan on %s named", ep.Enforcing, ep.Unenforced, parent)
+	}
+	problems := strings.Join(e.status().Errors, "\n")
+	if !strings.Contains(problems, name) || !strings.Contains(problems, "macvlan") {
+		t.Errorf("status problems %q do not name %s's macvlan", problems, name)
+	}
+	// The same container on its bridge alone is enforced again.
+	e.docker("network", "disconnect", mv, name)
+	e.eventually("endpoint "+name+" enforced without its macvlan", 20*time.Second, func() error {
+		ep, err := e.client.Endpoint(context.Background(), name)
+		if err != nil {
+			return err
+		}
+		if !ep.Enforcing || len(ep.Unenforced) > 0 {
+			return fmt.Errorf("endpoint enforcing %v, unenforced %q", ep.Enforcing, ep.Unenforced)
+		}
+		return nil
+	})
+}

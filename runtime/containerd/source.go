@@ -393,6 +393,9 @@ func (s *Source) endpointsLocked() []endpoint.Endpoint {
 			ep.NetworkMode = endpoint.ModeBridge
 			ep.Interfaces = append(ep.Interfaces, o.info.Interfaces...)
 		}
+		if !o.host {
+			ep.Unenforced = slices.Clone(o.info.Unpaired)
+		}
 		eps = append(eps, ep)
 	}
 	sort.Slice(eps, func(i, j int) bool { return eps[i].ID < eps[j].ID })

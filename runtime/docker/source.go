@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -319,6 +320,7 @@ func (s *Source) endpointLocked(id string) (endpoint.Endpoint, bool) {
 		itf.Network = o.macNetwork[itf.MAC.String()]
 		ep.Interfaces = append(ep.Interfaces, itf)
 	}
+	ep.Unenforced = slices.Clone(o.ns.Unpaired)
 	return ep, true
 }
 

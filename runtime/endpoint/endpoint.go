@@ -101,6 +101,11 @@ type Endpoint struct {
 	Labels      map[string]string `json:"labels"`               // raw merged labels plus derived ones
 	NetworkMode NetworkMode       `json:"network_mode"`
 	State       State             `json:"state"`
+	// Unenforced describes the interfaces whose traffic no program sees,
+	// because it leaves the namespace other than through a veth to the host
+	// (a macvlan or ipvlan on a host device, a veth into another
+	// namespace), and why (nsinfo.Info.Unpaired).
+	Unenforced []string `json:"unenforced,omitempty"`
 }
 
 // HostIfindexes returns the host-side ifindex of every interface that has one.
@@ -140,6 +145,7 @@ func (e Endpoint) Clone() Endpoint {
 		c.Interfaces[i] = itf
 	}
 	c.Labels = maps.Clone(e.Labels)
+	c.Unenforced = slices.Clone(e.Unenforced)
 	return c
 }
 
@@ -148,7 +154,8 @@ func (e *Endpoint) Equal(o *Endpoint) bool {
 	if e.ID != o.ID || e.Runtime != o.Runtime || e.Netns != o.Netns || e.NetworkMode != o.NetworkMode || e.State != o.State {
 		return false
 	}
-	if !maps.Equal(e.Labels, o.Labels) || len(e.Containers) != len(o.Containers) || len(e.Interfaces) != len(o.Interfaces) {
+	if !maps.Equal(e.Labels, o.Labels) || len(e.Containers) != len(o.Containers) || len(e.Interfaces) != len(o.Interfaces) ||
+		!slices.Equal(e.Unenforced, o.Unenforced) {
 		return false
 	}
 	for i := range e.Containers {
