@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
@@ -74,7 +76,9 @@ func (d *Datapath) bridgeProgram() (*ebpf.Program, error) {
 //
 // It also sets net.ipv4.conf.<bridge>.accept_local=1: a connection from the
 // host itself to a container comes back into the bridge with the host's
-// address as its source, which IPv4 would otherwise call martian.
+// address as its source, which IPv4 would otherwise call martian. The value
+// it had is recorded beside the attachment's pin (acceptLocalMarker), and
+// DetachBridge and Cleanup put it back.
 func (d *Datapath) AttachBridge(ifindex int) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -98,23 +102,77 @@ func (d *Datapath) AttachBridge(ifindex int) error {
 	if err != nil {
 		return fmt.Errorf("attaching the bridge program to interface %d (%s): %w", ifindex, mode, err)
 	}
-	if err := acceptLocal(ifindex); err != nil {
+	if err := acceptLocal(d.bridgeDir(), ifindex); err != nil {
 		return err
 	}
 	d.log.Debug("bridge attached", "ifindex", ifindex, "mode", mode)
 	return nil
 }
 
-func acceptLocal(ifindex int) error {
+// acceptLocalMarker is the name of the empty directory, beside a bridge's
+// attachment pin (a bpffs holds no plain files), that records the bridge's
+// accept_local before AttachBridge set it: "acceptlocal_IFINDEX_WAS". Three
+// fields, so pinnedAttachments does not take it for an attachment.
+func acceptLocalMarker(dir string, ifindex int, was string) string {
+	return filepath.Join(dir, fmt.Sprintf("acceptlocal_%d_%s", ifindex, was))
+}
+
+func acceptLocalPath(ifindex int) (string, error) {
 	l, err := netlink.LinkByIndex(ifindex)
 	if err != nil {
-		return fmt.Errorf("bridge %d: %w", ifindex, err)
+		return "", fmt.Errorf("bridge %d: %w", ifindex, err)
 	}
-	p := filepath.Join("/proc/sys/net/ipv4/conf", l.Attrs().Name, "accept_local")
+	return filepath.Join("/proc/sys/net/ipv4/conf", l.Attrs().Name, "accept_local"), nil
+}
+
+// recordedAcceptLocal returns the accept_local value recorded for ifindex
+// under dir, and the marker's path ("" when there is none).
+func recordedAcceptLocal(dir string, ifindex int) (was, marker string) {
+	ms, _ := filepath.Glob(acceptLocalMarker(dir, ifindex, "*"))
+	if len(ms) != 1 {
+		return "", ""
+	}
+	return strings.TrimPrefix(filepath.Base(ms[0]), fmt.Sprintf("acceptlocal_%d_", ifindex)), ms[0]
+}
+
+func acceptLocal(dir string, ifindex int) error {
+	p, err := acceptLocalPath(ifindex)
+	if err != nil {
+		return err
+	}
+	if was, _ := recordedAcceptLocal(dir, ifindex); was == "" {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return fmt.Errorf("bridge %d: reading accept_local: %w", ifindex, err)
+		}
+		was = strings.TrimSpace(string(b))
+		if was != "0" && was != "1" {
+			return fmt.Errorf("bridge %d: accept_local is %q, want 0 or 1", ifindex, was)
+		}
+		if err := os.Mkdir(acceptLocalMarker(dir, ifindex, was), 0o700); err != nil {
+			return fmt.Errorf("bridge %d: recording accept_local: %w", ifindex, err)
+		}
+	}
 	if err := os.WriteFile(p, []byte("1\n"), 0o644); err != nil {
-		return fmt.Errorf("bridge %s: setting accept_local: %w", l.Attrs().Name, err)
+		return fmt.Errorf("bridge %d: setting accept_local: %w", ifindex, err)
 	}
 	return nil
+}
+
+// restoreAcceptLocal puts back the accept_local that AttachBridge recorded
+// for ifindex, if it recorded one, and drops the record. A vanished bridge
+// only loses the record.
+func restoreAcceptLocal(dir string, ifindex int) error {
+	was, marker := recordedAcceptLocal(dir, ifindex)
+	if marker == "" {
+		return nil
+	}
+	if p, err := acceptLocalPath(ifindex); err == nil {
+		if err := os.WriteFile(p, []byte(was+"\n"), 0o644); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("bridge %d: restoring accept_local=%s: %w", ifindex, was, err)
+		}
+	}
+	return os.Remove(marker)
 }
 
 // DetachBridge removes the bridge program from the device and its pin. A
@@ -130,7 +188,8 @@ func (d *Datapath) detachBridgeLocked(ifindex int) error {
 }
 
 func detachBridge(dir string, ifindex int) error {
-	return errors.Join(bridgePoint(dir, ifindex).detach()...)
+	errs := bridgePoint(dir, ifindex).detach()
+	return errors.Join(append(errs, restoreAcceptLocal(dir, ifindex))...)
 }
 
 // Bridges lists the devices that have the bridge program, from the pins.
@@ -154,6 +213,16 @@ func cleanupBridges(pinDir string) error {
 	var errs []error
 	for _, a := range atts {
 		errs = append(errs, detachBridge(dir, a.Ifindex))
+	}
+	// Records without an attachment (a bridge whose program went away
+	// some other way) are put back too.
+	ms, _ := filepath.Glob(filepath.Join(dir, "acceptlocal_*_*"))
+	for _, m := range ms {
+		if f := strings.Split(filepath.Base(m), "_"); len(f) == 3 {
+			if idx, err := strconv.Atoi(f[1]); err == nil {
+				errs = append(errs, restoreAcceptLocal(dir, idx))
+			}
+		}
 	}
 	return errors.Join(errs...)
 }

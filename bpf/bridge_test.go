@@ -126,7 +126,10 @@ func TestAttachBridgePinsAndCleanup(t *testing.T) {
 			if atts, _ := dp.Attached(); len(atts) != 0 {
 				t.Errorf("a bridge is listed among the container attachments: %+v", atts)
 			}
-			if got := strings.TrimSpace(ns.MustExec(t, "cat", "/proc/sys/net/ipv4/conf/br0/accept_local")); got != "1" {
+			acceptLocal := func() string {
+				return strings.TrimSpace(ns.MustExec(t, "cat", "/proc/sys/net/ipv4/conf/br0/accept_local"))
+			}
+			if got := acceptLocal(); got != "1" {
 				t.Errorf("accept_local on the bridge = %s, want 1", got)
 			}
 			attached := func() bool {
@@ -153,13 +156,23 @@ func TestAttachBridgePinsAndCleanup(t *testing.T) {
 			if attached() {
 				t.Fatalf("DetachBridge left the program on the bridge")
 			}
+			if got := acceptLocal(); got != "0" {
+				t.Errorf("accept_local after DetachBridge = %s, want the 0 it was", got)
+			}
 			if bs, _ := dp.Bridges(); len(bs) != 0 {
 				t.Fatalf("Bridges() after detach = %+v", bs)
 			}
+			// A bridge whose accept_local was already 1 keeps it.
+			ns.MustExec(t, "sysctl", "-qw", "net.ipv4.conf.br0.accept_local=1")
 			must(t, ns.Do(func() error { return dp.AttachBridge(idx) }))
+			ns.MustExec(t, "sysctl", "-qw", "net.ipv4.conf.br0.accept_local=0")
+			must(t, ns.Do(func() error { return dp.AttachBridge(idx) })) // (a restart: the record stays)
 			must(t, ns.Do(func() error { return dp.Cleanup() }))
 			if attached() {
 				t.Errorf("Cleanup left the program on the bridge")
+			}
+			if got := acceptLocal(); got != "1" {
+				t.Errorf("accept_local after Cleanup = %s, want the 1 it was", got)
 			}
 			if _, err := os.Stat(pinDir); !os.IsNotExist(err) {
 				t.Errorf("pin directory still there after Cleanup: %v", err)
