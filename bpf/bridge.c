@@ -165,9 +165,17 @@ int membrane_bridge(struct __sk_buff *skb)
 		else
 			t.ipv6.dport = bpf_htons(port);
 		sk = lookup(skb, &t, tlen, 0);
+		if (!sk)
+			return drop(skb, REASON_DROP_PROXY_NO_LISTENER, dir, family, saddr, daddr, sport, dport, port);
+		/* Only the proxy's own listener: anyone may bind a port above
+		 * 1024 while membraned is down, nobody without CAP_NET_ADMIN
+		 * can mark the socket. */
+		struct bpf_sock *full = bpf_sk_fullsock(sk);
+		if (!full || full->mark != MARK_PROXY_LISTENER) {
+			bpf_sk_release(sk);
+			return drop(skb, REASON_DROP_PROXY_FOREIGN, dir, family, saddr, daddr, sport, dport, port);
+		}
 	}
-	if (!sk)
-		return drop(skb, REASON_DROP_PROXY_NO_LISTENER, dir, family, saddr, daddr, sport, dport, port);
 	long err = bpf_sk_assign(skb, sk, 0);
 	bpf_sk_release(sk);
 	if (err)

@@ -10,8 +10,10 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/membrane-fw/membrane/internal/testenv"
+	"github.com/membrane-fw/membrane/proxy"
 )
 
 // TestBridgeGeneratedFilesInSync regenerates the bridge object with the
@@ -81,16 +83,29 @@ func TestBridgeProgramVerdicts(t *testing.T) {
 		t.Errorf("redirected UDP: %d, want a proxy-assign-failed drop", int32(ret))
 	}
 
-	// A listener on the proxy port is found (the assignment itself needs
-	// tc ingress, which BPF_PROG_TEST_RUN is not): no longer no-listener.
+	// A listener on the proxy port without the proxy's mark is not the
+	// proxy: nothing is handed to it.
 	var ln net.Listener
 	must(t, h.ns.Do(func() (err error) { ln, err = net.Listen("tcp4", "0.0.0.0:0"); return err }))
 	defer ln.Close()
 	port := uint32(ln.Addr().(*net.TCPAddr).Port)
-	before = count(ReasonDropProxyNoListener)
+	before = count(ReasonDropProxyForeign)
+	if ret := run(0xb6000000|port, syn); ret != retDrop || count(ReasonDropProxyForeign) != before+1 {
+		t.Errorf("listener without the proxy's mark: %d, want a proxy-foreign-listener drop", int32(ret))
+	}
+	// With the mark it is found (the assignment itself needs tc ingress,
+	// which BPF_PROG_TEST_RUN is not): neither no-listener nor foreign.
+	rc, err := ln.(*net.TCPListener).SyscallConn()
+	must(t, err)
+	var serr error
+	must(t, rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(proxy.MarkProxyListener))
+	}))
+	must(t, serr)
+	noListener, foreign := count(ReasonDropProxyNoListener), count(ReasonDropProxyForeign)
 	run(0xb6000000|port, syn)
-	if count(ReasonDropProxyNoListener) != before {
-		t.Errorf("listener on port %d not found by the bridge program", port)
+	if count(ReasonDropProxyNoListener) != noListener || count(ReasonDropProxyForeign) != foreign {
+		t.Errorf("the proxy's listener on port %d not found by the bridge program", port)
 	}
 }
 

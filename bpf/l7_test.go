@@ -385,6 +385,49 @@ func TestL7RedirectDropsWithoutListener(t *testing.T) {
 	}
 }
 
+// While membraned is down its programs stay and go on redirecting to the
+// proxy port. A process that takes that port meanwhile (any user may bind
+// a port above 1024) gets no redirected connection: the bridge program
+// hands them only to a socket with the proxy's mark, which takes
+// CAP_NET_ADMIN to set. (Without that check the kernel completes the
+// handshake for a plain listener, and it reads the client's requests.)
+func TestL7RedirectToSquatterFails(t *testing.T) {
+	env := newL7Env(t, AttachTCX)
+	tp := env.tp
+	var ln net.Listener
+	must(t, tp.host.Do(func() (err error) { ln, err = net.Listen("tcp", ":0"); return err }))
+	defer ln.Close()
+	env.sync(t, uint16(ln.Addr().(*net.TCPAddr).Port))
+	accepted := make(chan net.Conn, 4)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	for _, b := range []string{tp.addr[1].String(), "[" + tp.addr6[1].String() + "]"} {
+		url := fmt.Sprintf("http://%s:8080/allowed/squat", b)
+		if status, _, err := env.get(tp.c[0], url, denyTimeout); err == nil {
+			t.Errorf("GET %s through a squatter on the proxy port: %d", url, status)
+		}
+	}
+	select {
+	case c := <-accepted:
+		c.Close()
+		t.Error("a listener that is not the proxy's accepted a redirected connection")
+	default:
+	}
+	if env.reached("/allowed/squat") {
+		t.Error("the request reached B")
+	}
+	if env.counter(ReasonDropProxyForeign) == 0 {
+		t.Error("no proxy-foreign-listener drop counted")
+	}
+}
+
 // TestL7RuleChangeOnOpenConnection: a connection cannot move into or out of
 // the proxy midway (docs/policy.md, "HTTP rules"). One established before
 // its rule gained an http block is reset at the client's next request,

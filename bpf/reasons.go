@@ -34,8 +34,12 @@ const (
 	// ReasonDropSpoofedSource: an endpoint sent from an address of another
 	// identity (or claimed one in ARP).
 	ReasonDropSpoofedSource Reason = 27
+	// ReasonDropProxyForeign: the socket listening on the proxy port is not
+	// the proxy's (it lacks proxy.MarkProxyListener): a process took the
+	// port while membraned was down.
+	ReasonDropProxyForeign Reason = 28
 
-	reasonMax       = 28
+	reasonMax       = 29
 	reasonFirstDrop = 16
 )
 
@@ -62,6 +66,7 @@ var reasonNames = map[Reason]string{
 	ReasonDropProxyAssign:     "proxy-assign-failed",
 	ReasonDropProxyNoBridge:   "proxy-no-bridge",
 	ReasonDropSpoofedSource:   "spoofed-source",
+	ReasonDropProxyForeign:    "proxy-foreign-listener",
 }
 
 func (r Reason) String() string {

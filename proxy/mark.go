@@ -35,6 +35,13 @@ const (
 	MarkIdentityMask       uint32 = 0x00ffffff
 )
 
+// MarkProxyListener is the SO_MARK of the proxy's listening sockets (setting
+// it takes CAP_NET_ADMIN). The datapath hands redirected connections to no
+// other listener on the proxy port, so a process that binds the port while
+// membraned is down gets none. Accepted sockets inherit it; no routing rule
+// or program looks at it on their packets.
+const MarkProxyListener uint32 = 0xb9000000
+
 // ToProxyMark is the mark the datapath sets on a packet it redirects to the
 // proxy listening on port, for a container's ingress; an egress redirect
 // also carries bit 16 (ToProxyMark(port) | 1<<16). Match the magic

@@ -55,6 +55,7 @@ func TestMarkLayoutMatchesDatapath(t *testing.T) {
 		"MARK_MAGIC_TO_PROXY":        MarkMagicToProxy,
 		"MARK_IDENTITY_MASK":         MarkIdentityMask,
 		"FIRST_CIDR_IDENTITY":        uint32(policies.FirstCIDR),
+		"MARK_PROXY_LISTENER":        MarkProxyListener,
 	} {
 		m := regexp.MustCompile(`#define\s+` + name + `\s+(0x[0-9a-fA-F]+)`).FindSubmatch(h)
 		if m == nil {

@@ -16,7 +16,9 @@ import (
 // ListenTransparent opens the proxy's listeners on port: one IPv4 and one
 // IPv6 (IPV6_V6ONLY) socket, both with IP_TRANSPARENT, so the datapath can
 // assign connections to any destination address to them and the accepted
-// socket's local address is the original destination. Port 0 picks a free
+// socket's local address is the original destination, and both marked
+// MarkProxyListener, so the datapath assigns them to no other socket that
+// holds the port. Port 0 picks a free
 // port (the same for both families). Needs CAP_NET_ADMIN. When the host has
 // no IPv6, the IPv6 listener is skipped.
 func ListenTransparent(ctx context.Context, port uint16) ([]net.Listener, error) {
@@ -42,6 +44,10 @@ func ListenTransparent(ctx context.Context, port uint16) ([]net.Listener, error)
 func setTransparent(network string, c syscall.RawConn) error {
 	var serr error
 	err := c.Control(func(fd uintptr) {
+		if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(MarkProxyListener)); serr != nil {
+			serr = fmt.Errorf("SO_MARK: %w", serr)
+			return
+		}
 		if network == "tcp6" {
 			if serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1); serr != nil {
 				return

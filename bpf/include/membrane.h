@@ -82,6 +82,11 @@
 #define MARK_MAGIC_TO_PROXY 0xb6000000
 #define MARK_IDENTITY_MASK 0x00ffffff
 #define MARK_TO_PROXY_EGRESS 0x00010000
+/* The SO_MARK of the proxy's listening sockets (setting it takes
+ * CAP_NET_ADMIN): the bridge program hands redirected connections to no other
+ * listener, so a process that takes the proxy port while membraned is down
+ * gets none. Accepted sockets inherit it; nothing routes on it. */
+#define MARK_PROXY_LISTENER 0xb9000000
 #define MARK_PORT_MASK 0x0000ffff
 
 /* Verdict reasons. Values below REASON_FIRST_DROP pass the packet. The Go
@@ -108,7 +113,8 @@ enum reason {
 	REASON_DROP_PROXY_ASSIGN = 25,	/* L7 redirect: bpf_sk_assign failed, or not TCP (bridge program) */
 	REASON_DROP_PROXY_NO_BRIDGE = 26, /* L7 redirect: the endpoint has no bridge to send it through */
 	REASON_DROP_SPOOFED_SOURCE = 27, /* an endpoint sent from an address (IP or ARP) of another identity */
-	REASON_MAX = 28,
+	REASON_DROP_PROXY_FOREIGN = 28, /* L7 redirect: the socket on the proxy port is not the proxy's (bridge program) */
+	REASON_MAX = 29,
 };
 #define REASON_FIRST_DROP 16
 /* Counter slot for ring-buffer records that could not be reserved. */

@@ -132,6 +132,15 @@ func Translate(r proxy.Resolver, o Options) (*Resources, error) {
 		l.Address = socketAddress(netip.IPv4Unspecified(), o.Port)
 		l.AdditionalAddresses = []*listener.AdditionalAddress{{Address: socketAddress(netip.IPv6Unspecified(), o.Port)}}
 		l.Transparent = wrapperspb.Bool(true)
+		// The datapath hands redirected connections only to a socket with
+		// the proxy's mark (proxy.MarkProxyListener).
+		l.SocketOptions = []*core.SocketOption{{
+			Description: "membrane proxy listener mark",
+			Level:       1,  // SOL_SOCKET
+			Name:        36, // SO_MARK
+			Value:       &core.SocketOption_IntValue{IntValue: int64(proxy.MarkProxyListener)},
+			State:       core.SocketOption_STATE_PREBIND,
+		}}
 		od, err := pack(&origdst.OriginalDst{})
 		if err != nil {
 			return nil, err
