@@ -5,8 +5,9 @@
  * sends to the proxy (MARK_MAGIC_TO_PROXY | direction << 16 | proxy port)
  * and bpf_redirect it to the ingress of the container's bridge. Here, at tc
  * ingress of that bridge, the packet is given to the proxy's socket with
- * bpf_sk_assign: the established socket of this tuple first (every packet
- * after the SYN), else the transparent listener on the proxy port. The
+ * bpf_sk_assign: the socket of this tuple first (every packet after the
+ * SYN; and the proxy's side of a connection it closed first, in TIME_WAIT,
+ * see below), else the transparent listener on the proxy port. The
  * redirect ran eth_type_trans, which called the frame OTHERHOST (its
  * destination MAC is the container's); it becomes HOST again so IP accepts
  * it, and the fwmark rule (proxy.DefaultRouting) delivers it locally.
@@ -73,22 +74,6 @@ static __always_inline int drop(struct __sk_buff *skb, __u32 reason, __u8 dir, _
 	return VERDICT_DROP;
 }
 
-/* lookup returns the socket for tuple: established == 1 wants a connection
- * (request sockets included; listeners and TIME_WAIT are not one), else
- * anything the lookup finds (the listener). */
-static __always_inline struct bpf_sock *lookup(struct __sk_buff *skb, struct bpf_sock_tuple *t, __u32 len,
-					       int established)
-{
-	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, t, len, BPF_F_CURRENT_NETNS, 0);
-	if (!sk)
-		return 0;
-	if (established && (sk->state == BPF_TCP_LISTEN || sk->state == BPF_TCP_TIME_WAIT)) {
-		bpf_sk_release(sk);
-		return 0;
-	}
-	return sk;
-}
-
 SEC("tc")
 int membrane_bridge(struct __sk_buff *skb)
 {
@@ -109,10 +94,16 @@ int membrane_bridge(struct __sk_buff *skb)
 	struct bpf_sock_tuple t = {};
 	__u32 tlen;
 	__u8 family;
-	struct tcphdr_ports {
+	/* The TCP header up to its flags. */
+	struct tcphdr_head {
 		__be16 source;
 		__be16 dest;
+		__be32 seq;
+		__be32 ack_seq;
+		__u8 doff;
+		__u8 flags;
 	} *tcp;
+	__u32 l4off;
 	if (proto == ETH_P_IP) {
 		struct ipv4hdr *ip = data + ETH_HLEN;
 		if ((void *)(ip + 1) > end)
@@ -123,6 +114,7 @@ int membrane_bridge(struct __sk_buff *skb)
 		__builtin_memcpy(daddr, &ip->daddr, 4);
 		if (ip->protocol != IPPROTO_TCP || ihl < 20)
 			return drop(skb, REASON_DROP_PROXY_ASSIGN, dir, family, saddr, daddr, 0, 0, port);
+		l4off = ETH_HLEN + ihl;
 		tcp = (void *)ip + ihl;
 		if ((void *)(tcp + 1) > end)
 			return drop(skb, REASON_DROP_PROXY_ASSIGN, dir, family, saddr, daddr, 0, 0, port);
@@ -142,6 +134,7 @@ int membrane_bridge(struct __sk_buff *skb)
 		 * with extension headers is not worth the walk here. */
 		if (ip6->nexthdr != IPPROTO_TCP)
 			return drop(skb, REASON_DROP_PROXY_ASSIGN, dir, family, saddr, daddr, 0, 0, port);
+		l4off = ETH_HLEN + sizeof(*ip6);
 		tcp = (void *)(ip6 + 1);
 		if ((void *)(tcp + 1) > end)
 			return drop(skb, REASON_DROP_PROXY_ASSIGN, dir, family, saddr, daddr, 0, 0, port);
@@ -154,17 +147,45 @@ int membrane_bridge(struct __sk_buff *skb)
 		return drop(skb, REASON_DROP_PROXY_ASSIGN, dir, 0, saddr, daddr, 0, 0, port);
 	}
 	__u16 sport = tcp->source, dport = tcp->dest;
+	__u8 flags = tcp->flags;
 
-	/* The proxy's side of this connection, once it exists; else the
-	 * listener on the proxy port (bound to the wildcard address, so the
-	 * original destination address still matches it). */
-	struct bpf_sock *sk = lookup(skb, &t, tlen, 1);
+	/* The proxy's side of this connection once it exists (request
+	 * sockets included), or in TIME_WAIT; a listener on the original
+	 * destination port is not the proxy's. */
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, tlen, BPF_F_CURRENT_NETNS, 0);
+	if (sk && sk->state == BPF_TCP_LISTEN) {
+		bpf_sk_release(sk);
+		sk = 0;
+	}
+	int timewait = sk && sk->state == BPF_TCP_TIME_WAIT;
+	if (timewait && (flags & TCP_SYN)) {
+		/* A client reusing the source port of a connection the proxy
+		 * closed first. Given this SYN, the TIME_WAIT socket would
+		 * hand it to whatever listens on the original destination
+		 * port in this namespace (a host service: not the proxy, and
+		 * a way around the policy); the proxy's listener cannot take
+		 * the tuple while TIME_WAIT holds it. Without its SYN flag
+		 * the segment is one the TIME_WAIT socket answers with an
+		 * ACK; the client, in SYN-SENT, answers that with a RST,
+		 * which retires the TIME_WAIT socket (below, like every
+		 * packet of the tuple), and retransmits its SYN at once
+		 * (TCP_TIMEOUT_MIN), which then finds the listener. */
+		__be16 old = bpf_htons((__u16)tcp->doff << 8 | flags);
+		__be16 new = bpf_htons((__u16)tcp->doff << 8 | (flags & ~TCP_SYN));
+		if (bpf_l4_csum_replace(skb, l4off + 16, old, new, sizeof(new)) ||
+		    bpf_skb_store_bytes(skb, l4off + 12, &new, sizeof(new), 0)) {
+			bpf_sk_release(sk);
+			return drop(skb, REASON_DROP_PROXY_ASSIGN, dir, family, saddr, daddr, sport, dport, port);
+		}
+	}
+	/* Else the listener on the proxy port (bound to the wildcard address,
+	 * so the original destination address still matches it). */
 	if (!sk) {
 		if (family == 4)
 			t.ipv4.dport = bpf_htons(port);
 		else
 			t.ipv6.dport = bpf_htons(port);
-		sk = lookup(skb, &t, tlen, 0);
+		sk = bpf_skc_lookup_tcp(skb, &t, tlen, BPF_F_CURRENT_NETNS, 0);
 		if (!sk)
 			return drop(skb, REASON_DROP_PROXY_NO_LISTENER, dir, family, saddr, daddr, sport, dport, port);
 		/* Only the proxy's own listener: anyone may bind a port above
@@ -183,5 +204,7 @@ int membrane_bridge(struct __sk_buff *skb)
 	/* bpf_redirect ran eth_type_trans: the container's MAC made the
 	 * frame OTHERHOST, which IP would discard. */
 	bpf_skb_change_type(skb, PACKET_HOST);
+	if (timewait)
+		count(REASON_PROXY_TIMEWAIT, dir, skb->len);
 	return VERDICT_PASS;
 }

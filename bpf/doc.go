@@ -65,11 +65,35 @@
 // MarkToProxy|port (bit 16 set when the redirect was for the container's
 // egress) and bpf_redirected to the ingress of the endpoint's bridge
 // (Endpoint.Bridge; none: drop, proxy-no-bridge). There membrane_bridge looks
-// up the proxy's socket with bpf_skc_lookup_tcp (the established one for the
-// tuple first, else the listener on the proxy port; the listener is bound to
-// the wildcard address with IP_TRANSPARENT), bpf_sk_assigns it (failure:
-// proxy-assign-failed; no socket: proxy-no-listener, both counted and
-// reported with the bridge's ifindex) and makes the frame PACKET_HOST again.
+// up the proxy's socket with bpf_skc_lookup_tcp (the one of the tuple first,
+// established, a request socket or in TIME_WAIT, else the listener on the
+// proxy port; the listener is bound to the wildcard address with
+// IP_TRANSPARENT; a listener found for the tuple is never the proxy's),
+// bpf_sk_assigns it (failure: proxy-assign-failed; no socket:
+// proxy-no-listener, both counted and reported with the bridge's ifindex)
+// and makes the frame PACKET_HOST again.
+//
+// TIME_WAIT: the proxy's side of a connection it closed first (Connection:
+// close, an idle timeout, a 403) stays in TIME_WAIT for 60 s and holds the
+// tuple. Every packet of that tuple goes to the TIME_WAIT socket (counted as
+// proxy-timewait, a pass), so the kernel's TIME_WAIT rules apply to a late
+// ACK, a retransmitted FIN or a RST. A client that reuses the source port
+// sends a SYN: the listener cannot take it (the kernel cannot add the new
+// connection while TIME_WAIT holds the tuple and drops it, and every
+// retransmit, for 60 s), and the TIME_WAIT socket given a SYN would hand it
+// to a listener on the original destination port in the host namespace —
+// a host service, not the proxy. So the program clears the SYN flag (and
+// updates the checksum): the TIME_WAIT socket answers the segment with an
+// ACK, the client (in SYN-SENT) answers that with a RST, which retires the
+// TIME_WAIT socket, and retransmits its SYN after TCP_TIMEOUT_MIN (2
+// jiffies), which finds the listener. Measured here (HZ=250, three runs of
+// TestL7SourcePortReuseAfterProxyTimeWait): a GET on the reused port's
+// connection takes 10-17 ms instead of 1-2 ms.
+// It needs net.ipv4.tcp_rfc1337=0 (the default): with 1, the TIME_WAIT
+// socket ignores the RST and the client waits for it to expire. A
+// sk_lookup program handing the SYN to the proxy's listener through a
+// SOCKMAP (no extra round trip) is not possible on kernel 6.18 here: a
+// listening socket cannot be added to a SOCKMAP or SOCKHASH (EOPNOTSUPP).
 // proxy.DefaultRouting's fwmark rule delivers it locally. The proxy answers
 // from the original destination's address; the client's program sees those
 // packets as the replies of its flow and passes them. Assigning at the veth

@@ -16,17 +16,26 @@ const (
 	ReasonAllowNotEnforced Reason = 6
 	ReasonRedirect         Reason = 7
 	ReasonAudit            Reason = 8
-	ReasonDropPolicy       Reason = 16
-	ReasonDropDefaultDeny  Reason = 17
-	ReasonDropUnknown      Reason = 18
-	ReasonDropMalformedL3  Reason = 19
-	ReasonDropMalformedL4  Reason = 20
-	ReasonDropExtHeaders   Reason = 21
-	ReasonDropFragNoFlow   Reason = 22
-	ReasonDropUnsupported  Reason = 23
+
+	// ReasonProxyTimeWait: an L7-redirected packet went to the proxy's
+	// socket of its tuple in TIME_WAIT (the proxy closed that connection
+	// first), not to a listener; a SYN among them is a client reusing the
+	// source port, and reached that socket with its SYN flag cleared
+	// (bridge.c). Not a drop: the connection gets through.
+	ReasonProxyTimeWait Reason = 9
+
+	ReasonDropPolicy      Reason = 16
+	ReasonDropDefaultDeny Reason = 17
+	ReasonDropUnknown     Reason = 18
+	ReasonDropMalformedL3 Reason = 19
+	ReasonDropMalformedL4 Reason = 20
+	ReasonDropExtHeaders  Reason = 21
+	ReasonDropFragNoFlow  Reason = 22
+	ReasonDropUnsupported Reason = 23
 	// L7 redirect failures. The bridge program drops a redirected packet
 	// when no proxy socket listens on its port (proxy down, wrong port) or
-	// bpf_sk_assign refuses it (or it is not TCP); the container program
+	// bpf_sk_assign refuses it (or it is not TCP, or it is a SYN for a
+	// TIME_WAIT socket whose SYN flag could not be cleared); the container program
 	// drops it when the endpoint has no bridge to send it through.
 	ReasonDropProxyNoListener Reason = 24
 	ReasonDropProxyAssign     Reason = 25
@@ -53,14 +62,17 @@ var reasonNames = map[Reason]string{
 	ReasonAllowNotEnforced: "not-enforced",
 	ReasonRedirect:         "redirect",
 	ReasonAudit:            "audit",
-	ReasonDropPolicy:       "policy-deny",
-	ReasonDropDefaultDeny:  "default-deny",
-	ReasonDropUnknown:      "unknown-endpoint",
-	ReasonDropMalformedL3:  "malformed-l3",
-	ReasonDropMalformedL4:  "malformed-l4",
-	ReasonDropExtHeaders:   "ipv6-ext-headers",
-	ReasonDropFragNoFlow:   "frag-no-flow",
-	ReasonDropUnsupported:  "unsupported-l3",
+
+	ReasonProxyTimeWait: "proxy-timewait",
+
+	ReasonDropPolicy:      "policy-deny",
+	ReasonDropDefaultDeny: "default-deny",
+	ReasonDropUnknown:     "unknown-endpoint",
+	ReasonDropMalformedL3: "malformed-l3",
+	ReasonDropMalformedL4: "malformed-l4",
+	ReasonDropExtHeaders:  "ipv6-ext-headers",
+	ReasonDropFragNoFlow:  "frag-no-flow",
+	ReasonDropUnsupported: "unsupported-l3",
 
 	ReasonDropProxyNoListener: "proxy-no-listener",
 	ReasonDropProxyAssign:     "proxy-assign-failed",

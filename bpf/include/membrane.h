@@ -101,6 +101,8 @@ enum reason {
 	REASON_ALLOW_NOT_ENFORCED = 6,	/* endpoint does not enforce this direction */
 	REASON_REDIRECT = 7,		/* allowed with a proxy port (L7) */
 	REASON_AUDIT = 8,		/* would have been dropped; audit mode */
+	REASON_PROXY_TIMEWAIT = 9,	/* L7 redirect: given to the proxy's socket of the tuple in
+					 * TIME_WAIT, a SYN with its SYN flag cleared (bridge program) */
 	REASON_DROP_POLICY = 16,	/* a deny entry matched */
 	REASON_DROP_DEFAULT_DENY = 17,	/* no allow entry, direction in default deny */
 	REASON_DROP_UNKNOWN_ENDPOINT = 18, /* interface not in the endpoints map, unknown verdict drop */
@@ -110,7 +112,8 @@ enum reason {
 	REASON_DROP_FRAG_NO_FLOW = 22,	/* later fragment whose first fragment was never seen */
 	REASON_DROP_UNSUPPORTED_L3 = 23, /* ethertype other than IPv4, IPv6, ARP */
 	REASON_DROP_PROXY_NO_LISTENER = 24, /* L7 redirect: no proxy socket on the port (bridge program) */
-	REASON_DROP_PROXY_ASSIGN = 25,	/* L7 redirect: bpf_sk_assign failed, or not TCP (bridge program) */
+	REASON_DROP_PROXY_ASSIGN = 25,	/* L7 redirect: bpf_sk_assign failed, not TCP, or a SYN for a
+					 * TIME_WAIT socket could not be rewritten (bridge program) */
 	REASON_DROP_PROXY_NO_BRIDGE = 26, /* L7 redirect: the endpoint has no bridge to send it through */
 	REASON_DROP_SPOOFED_SOURCE = 27, /* an endpoint sent from an address (IP or ARP) of another identity */
 	REASON_DROP_PROXY_FOREIGN = 28, /* L7 redirect: the socket on the proxy port is not the proxy's (bridge program) */
