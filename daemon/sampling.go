@@ -18,7 +18,9 @@ func (r *reconciler) sampleVerdicts() []metrics.VerdictCount {
 		switch {
 		case k.Reason == bpf.ReasonAudit:
 			verdict = "audit"
-		case k.Reason == bpf.ReasonRedirect:
+		case k.Reason == bpf.ReasonRedirect, k.Reason == bpf.ReasonProxyTimeWait:
+			// proxy-timewait counts, at the bridge, packets the
+			// container's program counted as redirect already.
 			verdict = "redirect"
 		case k.Reason.Drop():
 			verdict = "dropped"
