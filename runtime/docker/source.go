@@ -16,6 +16,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/events"
 	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/client"
 
 	"github.com/membrane-fw/membrane/runtime/endpoint"
@@ -50,6 +51,19 @@ type Source struct {
 
 	mu   sync.Mutex
 	ctrs map[string]*record // running containers by id
+
+	// iccMu guards noICCByID: whether a network (by id) has
+	// inter-container communication disabled. A network's options are
+	// fixed when it is created and a recreated network has a new id, so
+	// each network is inspected once.
+	iccMu     sync.Mutex
+	noICCByID map[string]bool
+}
+
+// dockerNet is the Docker network behind one container interface.
+type dockerNet struct {
+	name, id string
+	noICC    bool
 }
 
 // record is what the source knows of one running container.
@@ -61,7 +75,7 @@ type record struct {
 	joins           string // owner container id for network_mode container:X
 	mode            endpoint.NetworkMode
 	ns              nsinfo.Info
-	macNetwork      map[string]string // MAC -> Docker network name
+	macNetwork      map[string]dockerNet // MAC -> the Docker network of that interface
 	created         time.Time
 }
 
@@ -96,12 +110,13 @@ func New(cfg Config) *Source {
 	}
 	q := endpoint.NewQueue[endpoint.Event]()
 	return &Source{
-		cfg:      cfg,
-		log:      log.With("subsys", "runtime.docker"),
-		queue:    q,
-		table:    endpoint.NewTable(q),
-		progress: endpoint.NewProgress(),
-		ctrs:     map[string]*record{},
+		cfg:       cfg,
+		log:       log.With("subsys", "runtime.docker"),
+		queue:     q,
+		table:     endpoint.NewTable(q),
+		progress:  endpoint.NewProgress(),
+		ctrs:      map[string]*record{},
+		noICCByID: map[string]bool{},
 	}
 }
 
@@ -234,6 +249,7 @@ func (s *Source) resync(ctx context.Context, cli *client.Client) error {
 		}
 	}
 	s.ctrs = ctrs
+	s.pruneNetworks()
 	var eps []endpoint.Endpoint
 	for id := range ctrs {
 		if ep, ok := s.endpointLocked(id); ok {
@@ -317,11 +333,60 @@ func (s *Source) endpointLocked(id string) (endpoint.Endpoint, bool) {
 	}
 	ep.Labels = endpoint.DeriveLabels(endpoint.MergeLabels(o.labels, joinedLabels), o.name, "")
 	for _, itf := range o.ns.Interfaces {
-		itf.Network = o.macNetwork[itf.MAC.String()]
+		n := o.macNetwork[itf.MAC.String()]
+		itf.Network, itf.NetworkID, itf.NoICC = n.name, n.id, n.noICC
 		ep.Interfaces = append(ep.Interfaces, itf)
 	}
 	ep.Unenforced = slices.Clone(o.ns.Unpaired)
 	return ep, true
+}
+
+// noICC reports whether Docker network id has inter-container
+// communication disabled (the bridge driver's enable_icc option, which
+// dockerd sets on the default bridge from its --icc flag too). Errors are
+// errSkip or a reason to reconnect, as inspect's.
+func (s *Source) noICC(ctx context.Context, cli *client.Client, id string) (bool, error) {
+	if id == "" {
+		return false, nil
+	}
+	s.iccMu.Lock()
+	v, ok := s.noICCByID[id]
+	s.iccMu.Unlock()
+	if ok {
+		return v, nil
+	}
+	nw, err := cli.NetworkInspect(ctx, id, network.InspectOptions{})
+	if err != nil {
+		if client.IsErrNotFound(err) || !transient(err) {
+			// Removed meanwhile (the container's die or disconnect
+			// event follows), or refused: not cached, asked again next
+			// time.
+			s.log.Debug("inspecting a container's network", "network", id, "err", err)
+			return false, nil
+		}
+		return false, fmt.Errorf("inspect network %.12s: %w", id, err)
+	}
+	if icc, err := strconv.ParseBool(nw.Options["com.docker.network.bridge.enable_icc"]); err == nil {
+		v = !icc
+	}
+	s.iccMu.Lock()
+	s.noICCByID[id] = v
+	s.iccMu.Unlock()
+	return v, nil
+}
+
+// pruneNetworks forgets the networks no known container is on (deleted
+// ones, whose ids never come back). Called with s.mu held, on resyncs.
+func (s *Source) pruneNetworks() {
+	used := map[string]bool{}
+	for _, r := range s.ctrs {
+		for _, n := range r.macNetwork {
+			used[n.id] = true
+		}
+	}
+	s.iccMu.Lock()
+	maps.DeleteFunc(s.noICCByID, func(id string, _ bool) bool { return !used[id] })
+	s.iccMu.Unlock()
 }
 
 // inspect returns the record of a running container, or nil when it is not
@@ -350,7 +415,7 @@ func (s *Source) inspect(ctx context.Context, cli *client.Client, id string) (*r
 		name:       strings.TrimPrefix(info.Name, "/"),
 		pid:        info.State.Pid,
 		paused:     info.State.Paused,
-		macNetwork: map[string]string{},
+		macNetwork: map[string]dockerNet{},
 	}
 	if t, err := time.Parse(time.RFC3339Nano, info.Created); err == nil {
 		r.created = t
@@ -385,7 +450,11 @@ func (s *Source) inspect(ctx context.Context, cli *client.Client, id string) (*r
 	if info.NetworkSettings != nil {
 		for name, n := range info.NetworkSettings.Networks {
 			if n != nil && n.MacAddress != "" {
-				r.macNetwork[strings.ToLower(n.MacAddress)] = name
+				noICC, err := s.noICC(ctx, cli, n.NetworkID)
+				if err != nil {
+					return nil, err
+				}
+				r.macNetwork[strings.ToLower(n.MacAddress)] = dockerNet{name: name, id: n.NetworkID, noICC: noICC}
 			}
 		}
 	}

@@ -2,6 +2,7 @@ package docker
 
 import (
 	"net/netip"
+	"os/exec"
 	"slices"
 	"sort"
 	"strings"
@@ -254,3 +255,34 @@ func sortedKeys(m map[string]string) []string {
 }
 
 var _ = strings.Join
+
+// TestDockerReportsNetworkIDAndICC: each interface carries its Docker
+// network's id and whether the network has inter-container communication
+// disabled, which the L7 proxy needs to keep Docker's isolation.
+func TestDockerReportsNetworkIDAndICC(t *testing.T) {
+	prefix, label := testRun(t)
+	img := testenv.BusyboxImage(t)
+	open, closed := prefix+"-icc", prefix+"-noicc"
+	openID := dockerNetwork(t, open)
+	closedID := docker(t, "network", "create", "--label", testLabel+"=1", "-o", "com.docker.network.bridge.enable_icc=false", closed)
+	t.Cleanup(func() { _ = exec.Command("docker", "network", "rm", closed).Run() })
+	_, c := startSource(t)
+	docker(t, "create", "--label", label, "--name", prefix+"-two", "--network", open, img, "sleep", "300")
+	docker(t, "network", "connect", closed, prefix+"-two")
+	docker(t, "start", prefix+"-two")
+	c.WaitFor(t, "the container on both networks", func(s map[string]endpoint.Endpoint) bool {
+		ep, ok := byName(s, prefix+"-two")
+		return ok && len(ep.Interfaces) == 2
+	})
+	ep, _ := byName(c.State(), prefix+"-two")
+	got := map[string]endpoint.Interface{}
+	for _, itf := range ep.Interfaces {
+		got[itf.Network] = itf
+	}
+	if itf := got[open]; itf.NetworkID != openID || itf.NoICC {
+		t.Errorf("interface on %s: id %q no_icc %v, want %s and false", open, itf.NetworkID, itf.NoICC, openID)
+	}
+	if itf := got[closed]; itf.NetworkID != closedID || !itf.NoICC {
+		t.Errorf("interface on %s: id %q no_icc %v, want %s and true", closed, itf.NetworkID, itf.NoICC, closedID)
+	}
+}

@@ -85,6 +85,16 @@ type Interface struct {
 	// Network is the runtime's network name (Docker: "bridge", a user or
 	// Compose network), "" when the runtime does not say.
 	Network string `json:"network,omitempty"`
+	// NetworkID is Docker's network id ("" for other runtimes, or when
+	// dockerd did not say). Two Docker endpoints reach each other at L3
+	// only through a network they share: Docker drops traffic between
+	// its networks (DOCKER-ISOLATION), which the L7 proxy must respect.
+	NetworkID string `json:"network_id,omitempty"`
+	// NoICC: the Docker network has inter-container communication
+	// disabled (com.docker.network.bridge.enable_icc=false, or dockerd's
+	// --icc=false for the default bridge): its containers do not reach
+	// each other through it.
+	NoICC bool `json:"no_icc,omitempty"`
 }
 
 // Endpoint is one network namespace and what lives in it.
@@ -167,7 +177,7 @@ func (e *Endpoint) Equal(o *Endpoint) bool {
 	for i := range e.Interfaces {
 		a, b := e.Interfaces[i], o.Interfaces[i]
 		if a.Name != b.Name || a.Ifindex != b.Ifindex || a.HostIfindex != b.HostIfindex || a.HostName != b.HostName ||
-			a.Bridge != b.Bridge || a.Network != b.Network || a.MAC.String() != b.MAC.String() || !slices.Equal(a.Addrs, b.Addrs) {
+			a.Bridge != b.Bridge || a.Network != b.Network || a.NetworkID != b.NetworkID || a.NoICC != b.NoICC || a.MAC.String() != b.MAC.String() || !slices.Equal(a.Addrs, b.Addrs) {
 			return false
 		}
 	}
