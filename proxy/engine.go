@@ -50,6 +50,16 @@ type Decision struct {
 	Checks []Check
 }
 
+// Has reports whether d holds a check of direction dir.
+func (d *Decision) Has(dir policies.Direction) bool {
+	for i := range d.Checks {
+		if d.Checks[i].Direction == dir {
+			return true
+		}
+	}
+	return false
+}
+
 // Check is one side's L7 rules.
 type Check struct {
 	// Direction says whose policy this is: Egress for the source endpoint's,
@@ -91,6 +101,9 @@ type Event struct {
 	RuleID   uint32        `json:"rule_id,omitempty"`
 	Duration time.Duration `json:"duration_ns"`
 	Error    string        `json:"error,omitempty"`
+	// Reason is set when the proxy refused the connection before any rule
+	// judged the request: ReasonNoSharedNetwork, ReasonNoICC.
+	Reason string `json:"reason,omitempty"`
 }
 
 // EventSink receives events. It is called on the request's goroutine, so it

@@ -19,6 +19,7 @@ type ModelResolver struct {
 	lengths4  []int // prefix lengths present, longest first
 	lengths6  []int
 	ruleNames map[uint32]string
+	networks  *Networks
 }
 
 // NewModelResolver builds a resolver. ipcache maps prefixes to identities
@@ -76,9 +77,42 @@ func (r *ModelResolver) Identity(addr netip.Addr) policies.Identity {
 	return policies.IdentityWorld
 }
 
-// Resolve implements Resolver.
+// WithNetworks gives r the Docker networks of the endpoints, so that
+// Resolve refuses what Docker keeps apart (see Isolated). Call it before
+// handing r to an engine; it returns r.
+func (r *ModelResolver) WithNetworks(n *Networks) *ModelResolver {
+	r.networks = n
+	return r
+}
+
+// Networks returns what WithNetworks gave (nil: none).
+func (r *ModelResolver) Networks() *Networks { return r.networks }
+
+// Resolve implements Resolver. A connection that Docker keeps apart gets
+// its decision and an *IsolatedError (see Isolated).
 func (r *ModelResolver) Resolve(src, dst netip.AddrPort) (Decision, error) {
-	return r.Decide(r.Identity(src.Addr()), r.Identity(dst.Addr()), dst.Port()), nil
+	d := r.Decide(r.Identity(src.Addr()), r.Identity(dst.Addr()), dst.Port())
+	if why := Isolated(r.networks, &d, src.Addr(), dst.Addr()); why != "" {
+		return d, &IsolatedError{Reason: why}
+	}
+	return d, nil
+}
+
+// Isolated is why the proxy must not connect src to dst under decision d
+// ("" when it may): the decision holds the client's egress check, so the
+// datapath sent the connection here from the client's own veth, before
+// Docker forwarded anything, and Docker would not let src reach dst
+// (Networks.Reachable). A connection with the destination's ingress check
+// only was redirected at the destination's veth: Docker had forwarded it
+// there already, so L3 allowed it, and it is not judged again.
+func Isolated(n *Networks, d *Decision, src, dst netip.Addr) string {
+	if n == nil || !d.Has(policies.Egress) {
+		return ""
+	}
+	if ok, why := n.Reachable(src, dst); !ok {
+		return why
+	}
+	return ""
 }
 
 // Decide is Resolve at the level of identities: the checks for a TCP
