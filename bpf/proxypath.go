@@ -22,6 +22,12 @@ import (
 //     socket to them in PREROUTING, and ip_forward drops any packet with a
 //     socket before it reaches the container, where it would be redirected.
 //     net.ipv4.tcp_early_demux=0 (covers IPv6 TCP too).
+//   - A connection the proxy refuses because Docker isolates its ends
+//     (proxy.MarkRefused, the refused mark) is answered from the address of
+//     a container on another network; tracked, Docker's MASQUERADE rule for
+//     that network's subnet would rewrite it on the way out of the client's
+//     bridge, and the client would never see the refusal. Untracked too
+//     (the output chain).
 const proxyPathTable = "membrane_l7"
 
 // earlyDemux is the sysctl PrepareProxyPath turns off. The value it had
@@ -36,6 +42,10 @@ func proxyPathRules(demux string) string {
 	chain prerouting {
 		type filter hook prerouting priority raw; policy accept;
 		meta mark & 0xff000000 == 0xb6000000 notrack
+	}
+	chain output {
+		type filter hook output priority raw; policy accept;
+		meta mark & 0xff000000 == 0xba000000 notrack
 	}
 }
 `

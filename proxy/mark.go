@@ -24,6 +24,15 @@ import (
 //	from proxy 0xb8000000 | source identity   the same for a CIDR identity
 //	(CIDR)     less FirstCIDR (low 24 bits)   (FirstCIDR and up), which the
 //	                                          first form cannot hold
+//	refused    0xba000000                     set by the proxy with SO_MARK on a
+//	                                          client connection it refuses because
+//	                                          Docker isolates its ends
+//	                                          (IsolatedError); the host's nftables
+//	                                          table membrane_l7 leaves its packets
+//	                                          untracked (bpf.PrepareProxyPath), so
+//	                                          Docker's MASQUERADE does not rewrite
+//	                                          the destination's address in the
+//	                                          refusal. The datapath ignores it
 //
 // No identity fits in neither: the compiler gives CIDR identities one per
 // prefix that policies name, far fewer than 1<<24.
@@ -32,6 +41,7 @@ const (
 	MarkMagicToProxy       uint32 = 0xb6000000
 	MarkMagicFromProxy     uint32 = 0xb7000000
 	MarkMagicFromProxyCIDR uint32 = 0xb8000000
+	MarkMagicRefused       uint32 = 0xba000000
 	MarkIdentityMask       uint32 = 0x00ffffff
 )
 

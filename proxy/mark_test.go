@@ -40,6 +40,14 @@ func TestFromProxyMarkRoundTripsLocalIdentities(t *testing.T) {
 	if ToProxyMark(15001)&MarkMagicMask == MarkMagicFromProxy&MarkMagicMask {
 		t.Error("to-proxy and from-proxy magics collide")
 	}
+	// The refused mark is neither: the policy-routing rule (to-proxy) and
+	// the datapath (both) must leave a refusal's packets alone.
+	if r := MarkMagicRefused & MarkMagicMask; r == MarkMagicToProxy || r == MarkMagicFromProxy || MarkMagicRefused&^MarkMagicMask != 0 {
+		t.Errorf("refused mark %#x collides with another magic", MarkMagicRefused)
+	}
+	if _, ok := IdentityFromMark(MarkMagicRefused); ok {
+		t.Error("the refused mark decoded as from-proxy")
+	}
 }
 
 // The datapath's C header is the other half of the contract.

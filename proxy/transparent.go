@@ -133,3 +133,31 @@ func InNetNS(ns netns.NsHandle, fn func() error) error {
 	}()
 	return fn()
 }
+
+// MarkRefused sets SO_MARK = MarkMagicRefused on c, an accepted client
+// connection the proxy refuses because Docker isolates its ends: its
+// answer leaves the host untracked (see mark.go). Without this, the first
+// packet of the proxy's side that conntrack picks up (an ACK, the 403)
+// would meet Docker's MASQUERADE rule for the destination's subnet on the
+// way out of another bridge, the client would get it from the bridge's
+// address, and would hang instead of being refused.
+func MarkRefused(c net.Conn) error {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return fmt.Errorf("mark refused connection: %T has no socket", c)
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(MarkMagicRefused))
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("SO_MARK on a refused connection: %w", serr)
+	}
+	return nil
+}

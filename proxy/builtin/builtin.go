@@ -415,6 +415,7 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		ev.Verdict, ev.Status, ev.Error = proxy.VerdictDenied, http.StatusForbidden, err.Error()
+		refused(&ev, err)
 		deny(w, "Access denied by Membrane: "+err.Error())
 		e.finish(&ev, start)
 		return
@@ -455,6 +456,15 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ev.Verdict, ev.Error = proxy.VerdictError, t.err.Error()
 	}
 	e.finish(&ev, start)
+}
+
+// refused marks ev as a connection the resolver refused before any rule
+// (proxy.RefusalReason): Docker keeps its ends apart, which is the
+// client's concern, so its egress is named as the deciding side.
+func refused(ev *proxy.Event, err error) {
+	if ev.Reason = proxy.RefusalReason(err); ev.Reason != "" {
+		ev.Direction = policies.Egress.String()
+	}
 }
 
 func (e *Engine) finish(ev *proxy.Event, start time.Time) {

@@ -172,6 +172,9 @@ type h1 struct {
 
 	up atomic.Pointer[upConn] // atomic: Engine.Close closes it from outside
 
+	// marked: the connection carries the refused mark (markRefused).
+	marked bool
+
 	head     []byte
 	rq       request
 	deadline time.Time // the client read deadline in force (zero: none)
@@ -229,10 +232,29 @@ func (e *Engine) serveH1(c net.Conn, cs *conn) {
 		}
 		putWriter(h.bw)
 	}()
+	// Judged once, before the first request: a connection Docker would
+	// not have carried is marked at once, so all that answers it leaves
+	// untracked (it gets 403 at each request, which is then judged again
+	// only if the policy or the endpoints change).
+	if _, err := cs.decide(e.resolver.Load()); err != nil {
+		h.markRefused(err)
+	}
 	for first := true; ; first = false {
 		if !h.serveOne(first) {
 			return
 		}
+	}
+}
+
+// markRefused puts the refused mark (proxy.MarkRefused) on the client
+// connection when err is a refusal for Docker's isolation, once.
+func (h *h1) markRefused(err error) {
+	if h.marked || proxy.RefusalReason(err) == "" {
+		return
+	}
+	h.marked = true
+	if merr := proxy.MarkRefused(h.c); merr != nil {
+		h.e.log.Debug("marking a refused connection", "src", h.cs.src.String(), "err", merr)
 	}
 }
 
@@ -417,6 +439,8 @@ func (h *h1) serveOne(first bool) bool {
 	ev.Path, ev.Host = path, host
 	if err != nil {
 		ev.Verdict, ev.Status, ev.Error = proxy.VerdictDenied, http.StatusForbidden, err.Error()
+		refused(&ev, err)
+		h.markRefused(err)
 		keep := h.deny(method, "Access denied by Membrane: "+err.Error())
 		h.finish(&ev, start)
 		return keep
