@@ -105,6 +105,12 @@ func ParseAccessLog(line []byte) (proxy.Event, error) {
 				ev.Policy = ""
 			}
 		}
+	case a.Route == proxy.ReasonNoSharedNetwork || a.Route == proxy.ReasonNoICC:
+		// The isolated chains' answer (translate.go's isolatedChain), as
+		// the built-in engine records it: refused before any rule, the
+		// client's concern.
+		ev.Verdict, ev.Reason, ev.Direction = proxy.VerdictDenied, a.Route, policies.Egress.String()
+		ev.Error = (&proxy.IsolatedError{Reason: a.Route}).Error()
 	case a.Route == "ambiguous-target":
 		ev.Verdict, ev.Error = proxy.VerdictError, "invalid request target: dot segment with parameters"
 	case a.Route == "invalid-host":

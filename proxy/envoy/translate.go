@@ -3,6 +3,7 @@ package envoy
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"regexp"
 	"slices"
@@ -200,6 +201,10 @@ func (t *translator) tableChains(tab Table) ([]*listener.FilterChain, []string, 
 		warnings = append(warnings, "an L7 rule covers more than 1024 ports or any protocol; Envoy gets filter chains only for ranges up to 1024 ports, connections on other ports are answered 403")
 	}
 	prefixes := tab.Prefixes()
+	var nets *proxy.Networks
+	if n, ok := tab.(interface{ Networks() *proxy.Networks }); ok {
+		nets = n.Networks()
+	}
 	ids := []policies.Identity{policies.IdentityWorld}
 	for id := range prefixes {
 		if id != policies.IdentityWorld {
@@ -224,15 +229,118 @@ func (t *translator) tableChains(tab Table) ([]*listener.FilterChain, []string, 
 				if dst != policies.IdentityWorld {
 					dp = prefixes[dst]
 				}
-				c, err := t.chain(fmt.Sprintf("s%d_d%d_p%d", src, dst, port), d, sp, dp, port)
-				if err != nil {
-					return nil, nil, err
+				name := fmt.Sprintf("s%d_d%d_p%d", src, dst, port)
+				groups := splitIsolated(nets, &d, sp, dp)
+				if groups == nil {
+					c, err := t.chain(name, d, sp, dp, port)
+					if err != nil {
+						return nil, nil, err
+					}
+					chains = append(chains, c)
+					continue
 				}
-				chains = append(chains, c)
+				for i, g := range groups {
+					gname := fmt.Sprintf("%s_g%d", name, i)
+					if len(g.allowed) > 0 {
+						c, err := t.chain(gname, d, g.allowed, g.dst, port)
+						if err != nil {
+							return nil, nil, err
+						}
+						chains = append(chains, c)
+					}
+					for _, reason := range slices.Sorted(maps.Keys(g.refused)) {
+						c, err := t.isolatedChain(gname+"_"+reason, reason, d, g.refused[reason], g.dst, port)
+						if err != nil {
+							return nil, nil, err
+						}
+						chains = append(chains, c)
+					}
+				}
 			}
 		}
 	}
 	return chains, warnings, nil
+}
+
+// isolatedGroup is the destination prefixes of one (source, destination,
+// port) chain that the same sources may not reach (proxy.Isolated): the
+// sources that may (allowed) and those that may not, by reason (refused).
+type isolatedGroup struct {
+	dst     []netip.Prefix
+	allowed []netip.Prefix
+	refused map[string][]netip.Prefix
+}
+
+// splitIsolated groups the destination prefixes dp of a chain by which of
+// the source prefixes sp Docker keeps apart from them (the built-in
+// engine's proxy.Isolated, judged here ahead of time for every address
+// pair); nil when it keeps none apart, so the chain stays whole. Envoy
+// picks a chain by destination, then by the most specific source: every
+// source address of a destination is in exactly one of a group's chains.
+func splitIsolated(nets *proxy.Networks, d *proxy.Decision, sp, dp []netip.Prefix) []isolatedGroup {
+	if nets == nil || len(sp) == 0 || len(dp) == 0 {
+		return nil
+	}
+	var groups []isolatedGroup
+	bySig := map[string]int{}
+	split := false
+	for _, p := range dp {
+		g := isolatedGroup{refused: map[string][]netip.Prefix{}}
+		var sig strings.Builder
+		for _, q := range sp {
+			why := ""
+			if p.IsSingleIP() && q.IsSingleIP() {
+				why = proxy.Isolated(nets, d, q.Addr(), p.Addr())
+			}
+			if why == "" {
+				g.allowed = append(g.allowed, q)
+				continue
+			}
+			g.refused[why] = append(g.refused[why], q)
+			fmt.Fprintf(&sig, "%s=%s;", q, why)
+			split = true
+		}
+		i, ok := bySig[sig.String()]
+		if !ok {
+			i = len(groups)
+			bySig[sig.String()] = i
+			groups = append(groups, g)
+		}
+		groups[i].dst = append(groups[i].dst, p)
+	}
+	if !split {
+		return nil
+	}
+	return groups
+}
+
+// isolatedChain answers every request on a connection from src to dst
+// 403, naming the reason (proxy.IsolatedError): Docker keeps them apart,
+// and the proxy must not connect them.
+func (t *translator) isolatedChain(name, reason string, d proxy.Decision, src, dst []netip.Prefix, port uint16) (*listener.FilterChain, error) {
+	rc := &route.RouteConfiguration{Name: name, VirtualHosts: []*route.VirtualHost{{
+		Name: name, Domains: []string{"*"},
+		Routes: []*route.Route{{
+			Name:  reason,
+			Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: ""}},
+			Action: &route.Route_DirectResponse{DirectResponse: &route.DirectResponseAction{
+				Status: 403,
+				Body:   inline("Access denied by Membrane: " + (&proxy.IsolatedError{Reason: reason}).Error() + "\n"),
+			}},
+		}},
+	}}}
+	c, err := t.hcmChain(name, func(m *hcm.HttpConnectionManager) {
+		m.RouteSpecifier = &hcm.HttpConnectionManager_RouteConfig{RouteConfig: rc}
+	}, proxy.Decision{SrcIdentity: d.SrcIdentity, DstIdentity: d.DstIdentity})
+	if err != nil {
+		return nil, err
+	}
+	c.FilterChainMatch = &listener.FilterChainMatch{
+		SourcePrefixRanges: cidrs(src),
+		PrefixRanges:       cidrs(dst),
+		DestinationPort:    wrapperspb.UInt32(uint32(port)),
+	}
+	return c, nil
 }
 
 // denyChain answers every request 403: connections Envoy has no rules for.
