@@ -16,6 +16,7 @@ import (
 	"github.com/membrane-fw/membrane/proxy"
 	"github.com/membrane-fw/membrane/proxy/builtin"
 	"github.com/membrane-fw/membrane/proxy/envoy"
+	"github.com/membrane-fw/membrane/runtime/endpoint"
 )
 
 // envoyRunDir is where the Envoy engine keeps its xDS and admin sockets,
@@ -145,8 +146,30 @@ func (r *reconciler) updateL7() {
 	if r.l7 == nil || r.model == nil {
 		return
 	}
-	res := proxy.NewModelResolver(r.model, r.wantIPCache(), proxy.RuleNames(r.set))
+	res := proxy.NewModelResolver(r.model, r.wantIPCache(), proxy.RuleNames(r.set)).WithNetworks(r.dockerNetworks())
 	r.problem("l7", "l7-update", r.l7.engine.Update(res))
+}
+
+// dockerNetworks is, for the proxy, the Docker networks each Docker
+// endpoint is attached to (and its addresses on each), so that the proxy
+// never connects two containers that Docker keeps apart.
+func (r *reconciler) dockerNetworks() *proxy.Networks {
+	var eps [][]proxy.Attachment
+	for _, st := range r.eps {
+		if st.ep.Runtime != endpoint.RuntimeDocker || st.ep.NetworkMode != endpoint.ModeBridge {
+			continue
+		}
+		var atts []proxy.Attachment
+		for _, itf := range st.ep.Interfaces {
+			a := proxy.Attachment{Network: itf.NetworkID, NoICC: itf.NoICC}
+			for _, p := range itf.Addrs {
+				a.Addrs = append(a.Addrs, p.Addr())
+			}
+			atts = append(atts, a)
+		}
+		eps = append(eps, atts)
+	}
+	return proxy.NewNetworks(eps)
 }
 
 // attachBridge puts the bridge program on the bridge a managed veth is a
@@ -230,6 +253,10 @@ func (r *reconciler) publishL7(ev proxy.Event) {
 	// Direction and Endpoint say whose rules decided, as for l3 records:
 	// the source endpoint's egress or the destination's ingress.
 	f.Direction = ev.Direction
+	if ev.Reason != "" {
+		// Refused before any rule judged it (Docker isolates the ends).
+		f.Reason = ev.Reason
+	}
 	decider := ev.Dst.Addr()
 	if ev.Direction == policies.Egress.String() {
 		decider = ev.Src.Addr()

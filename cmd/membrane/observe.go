@@ -91,6 +91,9 @@ func l7Text(f api.Flow) string {
 		rule = fmt.Sprintf("policy %q (%s:%d)", f.Rule.Policy, f.Rule.File, f.Rule.Line)
 	case h.Policy != "":
 		rule = fmt.Sprintf("policy %q", h.Policy)
+	case f.Reason != "" && !strings.HasPrefix(f.Reason, "l7-"):
+		// Refused before any rule (docker-isolation, ...).
+		rule = "no rule (" + f.Reason + ")"
 	}
 	kind := "l7"
 	if f.Direction != "" {

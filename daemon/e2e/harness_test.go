@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -74,6 +75,8 @@ type env struct {
 	cmd     *exec.Cmd
 	logPath string
 	names   []string
+	// nets are the extra networks (envOpts.networks) by key.
+	nets map[string]string
 	// daemonEnv is added to membraned's environment (NOTIFY_SOCKET, ...).
 	daemonEnv []string
 }
@@ -82,6 +85,10 @@ type envOpts struct {
 	extraConfig string // appended to membrane.hcl
 	metrics     string // metrics listen address ("" disables)
 	ipv6        bool   // the network has an IPv6 subnet too (ip6)
+	// networks are more Docker networks the daemon manages, by key (one
+	// letter), each with its `docker network create -o` options; e.net(key)
+	// names them.
+	networks map[string][]string
 }
 
 func newEnv(t testing.TB, o envOpts) *env {
@@ -95,7 +102,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 	}
 	e := &env{t: t, sfx: sfx, dir: dir, image: img, network: "mte2e-" + sfx, bridge: "mte" + sfx,
 		sock: filepath.Join(dir, "api.sock"), pinDir: "/sys/fs/bpf/membrane-e2e-" + sfx,
-		logPath: filepath.Join(dir, "membraned.log")}
+		logPath: filepath.Join(dir, "membraned.log"), nets: map[string]string{}}
 	os.Chmod(dir, 0o755)
 	os.MkdirAll(filepath.Join(dir, "policies"), 0o755)
 	e.cfgPath = filepath.Join(dir, "membrane.hcl")
@@ -104,12 +111,16 @@ func newEnv(t testing.TB, o envOpts) *env {
 		_, port, _ := net.SplitHostPort(freePort(t))
 		o.extraConfig += "\nl7 {\n  engine = \"builtin\"\n  port = " + port + "\n}\n"
 	}
+	bridges := []string{strconv.Quote(e.bridge)}
+	for key := range o.networks {
+		bridges = append(bridges, strconv.Quote("mt"+key+sfx))
+	}
 	cfg := fmt.Sprintf(`
 policy_dir      = %q
 state_dir       = %q
 bpffs_dir       = %q
 api_socket      = %q
-bridges         = [%q]
+bridges         = [%s]
 log_level       = "debug"
 policy_debounce = "20ms"
 identity_grace  = "10m"
@@ -120,7 +131,7 @@ metrics {
   listen = %q
 }
 %s
-`, filepath.Join(dir, "policies"), filepath.Join(dir, "state"), e.pinDir, e.sock, e.bridge, o.metrics, o.extraConfig)
+`, filepath.Join(dir, "policies"), filepath.Join(dir, "state"), e.pinDir, e.sock, strings.Join(bridges, ", "), o.metrics, o.extraConfig)
 	if err := os.WriteFile(e.cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -130,12 +141,24 @@ metrics {
 		netArgs = append(netArgs, "--ipv6", "--subnet", "fd00:6e2e:"+sfx[:4]+":"+sfx[4:8]+"::/64")
 	}
 	e.docker(append(netArgs, e.network)...)
+	for key, opts := range o.networks {
+		name := e.network + "-" + key
+		args := []string{"network", "create", "--driver", "bridge", "-o", "com.docker.network.bridge.name=mt" + key + sfx}
+		for _, opt := range opts {
+			args = append(args, "-o", opt)
+		}
+		e.nets[key] = name
+		e.docker(append(args, name)...)
+	}
 	t.Cleanup(func() {
 		e.stopDaemon(syscall.SIGTERM)
 		for _, n := range e.names {
 			exec.Command("docker", "rm", "-f", n).Run()
 		}
 		exec.Command("docker", "network", "rm", e.network).Run()
+		for _, n := range e.nets {
+			exec.Command("docker", "network", "rm", n).Run()
+		}
 		// What `membraned --cleanup` does with the same config: remove
 		// every pin and attachment (not the host-wide L7 routing, which
 		// daemons of concurrent tests share).

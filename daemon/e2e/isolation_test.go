@@ -1,0 +1,115 @@
+package e2e
+
+import (
+	"fmt"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/membrane-fw/membrane/daemon/api"
+)
+
+// isolationPolicy: app=web may send HTTP to app=db on 8080 and 9000; the
+// db side has no policy (its ingress is open).
+const isolationPolicy = `
+policy "web" {
+  selector = "app=web"
+  egress {
+    to_endpoints = ["app=db"]
+    ports        = ["8080/tcp", "9000/tcp"]
+    http {}
+  }
+}
+`
+
+// isolatedRequest sends one HTTP/1.0 request from container to ip:9000
+// (the server container's nc, which records what it receives and never
+// answers) and returns what came back and how long it took.
+func (e *env) isolatedRequest(container, ip string) (string, time.Duration) {
+	// stdin stays open 2 s (see httpStatus); a client that hangs is cut
+	// at 8 s.
+	script := fmt.Sprintf("timeout 8 sh -c \"(printf 'GET /x HTTP/1.0\\r\\nHost: db\\r\\n\\r\\n'; sleep 2) | nc -w 3 %s 9000\" 2>&1", ip)
+	start := time.Now()
+	out, _ := exec.Command("docker", "exec", container, "sh", "-c", script).CombinedOutput()
+	return string(out), time.Since(start)
+}
+
+// received is how many bytes the server container's nc on 9000 got.
+func (e *env) received(server string) int {
+	out, err := exec.Command("docker", "exec", server, "sh", "-c", "wc -c < /tmp/recv").CombinedOutput()
+	if err != nil {
+		e.t.Fatalf("reading %s's /tmp/recv: %v: %s", server, err, out)
+	}
+	var n int
+	fmt.Sscan(strings.TrimSpace(string(out)), &n)
+	return n
+}
+
+// TestL7KeepsDockerIsolation: an egress http rule must not carry a
+// container past Docker's isolation. web (on network A) may send HTTP to
+// app=db by policy, but db is on network B, and Docker drops traffic
+// between its networks; the proxy, a host process, would connect them all
+// the same. So would it two containers on a network without
+// inter-container communication (C, enable_icc=false). The client is
+// refused promptly with a 403 that says why, the server never sees a byte,
+// and `membrane observe` records the reason; a db on web's own network is
+// reached through the proxy as before.
+func TestL7KeepsDockerIsolation(t *testing.T) {
+	e := newEnv(t, envOpts{networks: map[string][]string{
+		"b": nil,
+		"c": {"com.docker.network.bridge.enable_icc=false"},
+	}})
+	e.writePolicy("web.hcl", isolationPolicy)
+	e.startDaemon()
+	web := e.idle("web", "app=web")
+	peer := e.server("peer", "app=db") // on web's network
+	db := e.run("db", []string{"app=db"}, "sleep 600 | nc -l -p 9000 > /tmp/recv; sleep 600", "--network", e.nets["b"])
+	webC := e.run("webc", []string{"app=web"}, "sleep 600", "--network", e.nets["c"])
+	dbC := e.run("dbc", []string{"app=db"}, "sleep 600 | nc -l -p 9000 > /tmp/recv; sleep 600", "--network", e.nets["c"])
+	for _, c := range []string{web, peer, db, webC, dbC} {
+		e.endpoint(c)
+	}
+
+	// Control: the same rule, a db on the client's own network.
+	e.eventually("web reaches the db on its network through the proxy", 10*time.Second, func() error {
+		if s := e.httpStatus(web, e.ip(peer)+":8080", "GET", "/"); s != 200 {
+			return fmt.Errorf("GET: status %d", s)
+		}
+		return nil
+	})
+
+	for _, c := range []struct {
+		name           string
+		client, server string
+		reason         string
+	}{
+		{"no shared network", web, db, "docker-isolation"},
+		{"network without ICC", webC, dbC, "docker-icc-disabled"},
+	} {
+		out, took := e.isolatedRequest(c.client, e.ip(c.server))
+		first, _, _ := strings.Cut(out, "\r\n")
+		t.Logf("%s: %s got %q after %v", c.name, c.client, first, took.Round(time.Millisecond))
+		if !strings.HasPrefix(out, "HTTP/1.0 403") || !strings.Contains(out, "Docker") || took > 4*time.Second {
+			t.Errorf("%s: %s got %q after %v; want a prompt 403 naming Docker's isolation", c.name, c.client, out, took.Round(time.Millisecond))
+		}
+		time.Sleep(500 * time.Millisecond)
+		if n := e.received(c.server); n != 0 {
+			t.Errorf("%s: the server received %d bytes through the proxy", c.name, n)
+		}
+		var rec *api.Flow
+		for _, f := range e.observe(api.ObserveFilter{Type: api.FlowL7, Container: c.client}) {
+			if f.Reason == c.reason {
+				rec = &f
+			}
+		}
+		if rec == nil {
+			t.Errorf("%s: no l7 record with reason %s: %s", c.name, c.reason, dump(e.observe(api.ObserveFilter{Type: api.FlowL7})))
+			continue
+		}
+		if rec.Verdict != "denied" || rec.Direction != "egress" || rec.Source.Container != c.client || rec.Dest.Container != c.server ||
+			rec.HTTP == nil || rec.HTTP.Status != 403 || !strings.Contains(rec.HTTP.Error, "Docker") {
+			t.Errorf("%s: record %s", c.name, dump(rec))
+		}
+	}
+}
