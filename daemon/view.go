@@ -128,7 +128,7 @@ func (r *reconciler) publish() {
 		}
 		for _, i := range st.ep.Interfaces {
 			if i.HostIfindex > 0 {
-				e.Interfaces = append(e.Interfaces, api.Interface{Name: i.HostName, Ifindex: i.HostIfindex})
+				e.Interfaces = append(e.Interfaces, api.Interface{Name: i.HostName, Ifindex: i.HostIfindex, Network: i.Network, NoICC: i.NoICC})
 			}
 		}
 		v.endpoints = append(v.endpoints, e)

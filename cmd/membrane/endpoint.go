@@ -60,7 +60,14 @@ func newEndpointCmd() *cobra.Command {
 			fmt.Fprintf(w, "addresses:  %s\n", dash(strings.Join(e.Addresses, ", ")))
 			var ifs []string
 			for _, i := range e.Interfaces {
-				ifs = append(ifs, fmt.Sprintf("%s (%d)", i.Name, i.Ifindex))
+				f := fmt.Sprintf("%s (%d)", i.Name, i.Ifindex)
+				if i.Network != "" {
+					f += " on " + i.Network
+				}
+				if i.NoICC {
+					f += " (inter-container communication disabled)"
+				}
+				ifs = append(ifs, f)
 			}
 			fmt.Fprintf(w, "interfaces: %s\n", dash(strings.Join(ifs, ", ")))
 			fmt.Fprintf(w, "enforcing:  %v\n", e.Enforcing)

@@ -96,6 +96,11 @@ type Container struct {
 type Interface struct {
 	Name    string `json:"name"`
 	Ifindex int    `json:"ifindex"`
+	// Network is the runtime's network of the interface (Docker's network
+	// name), and NoICC says that the network has inter-container
+	// communication disabled: what the L7 proxy keeps apart.
+	Network string `json:"network,omitempty"`
+	NoICC   bool   `json:"no_icc,omitempty"`
 }
 
 // Identity is GET /v1/identities's element.

@@ -70,6 +70,13 @@ func TestL7KeepsDockerIsolation(t *testing.T) {
 	for _, c := range []string{web, peer, db, webC, dbC} {
 		e.endpoint(c)
 	}
+	// `membrane endpoint get` shows the networks, to debug a refusal.
+	if itf := e.endpoint(webC).Interfaces; len(itf) != 1 || itf[0].Network != e.nets["c"] || !itf[0].NoICC {
+		t.Errorf("webc's interfaces %s, want one on %s with ICC disabled", dump(itf), e.nets["c"])
+	}
+	if itf := e.endpoint(db).Interfaces; len(itf) != 1 || itf[0].Network != e.nets["b"] || itf[0].NoICC {
+		t.Errorf("db's interfaces %s, want one on %s", dump(itf), e.nets["b"])
+	}
 
 	// Control: the same rule, a db on the client's own network.
 	e.eventually("web reaches the db on its network through the proxy", 10*time.Second, func() error {
