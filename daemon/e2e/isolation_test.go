@@ -10,8 +10,9 @@ import (
 	"github.com/membrane-fw/membrane/daemon/api"
 )
 
-// isolationPolicy: app=web may send HTTP to app=db on 8080 and 9000; the
-// db side has no policy (its ingress is open).
+// isolationPolicy: app=web may send HTTP to app=db on 8080 and 9000 (its
+// egress rules judge it) and connect to 8081, where app=db's ingress rules
+// judge HTTP; db accepts web on 8080 and 9000 without rules of its own.
 const isolationPolicy = `
 policy "web" {
   selector = "app=web"
@@ -20,8 +21,28 @@ policy "web" {
     ports        = ["8080/tcp", "9000/tcp"]
     http {}
   }
+  egress {
+    to_endpoints = ["app=db"]
+    ports        = ["8081/tcp"]
+  }
+}
+policy "db" {
+  selector = "app=db"
+  ingress {
+    from_endpoints = ["app=web"]
+    ports          = ["8081/tcp"]
+    http {}
+  }
+  ingress {
+    from_endpoints = ["app=web"]
+    ports          = ["8080/tcp", "9000/tcp"]
+  }
 }
 `
+
+// dbServer answers HTTP on 8080 and 8081 and keeps what it receives on
+// 9000 in /tmp/recv (nc, which never answers).
+const dbServer = "echo ok > /var/www/index.html; httpd -p 8080 -h /var/www; httpd -p 8081 -h /var/www; sleep 600 | nc -l -p 9000 > /tmp/recv; sleep 600"
 
 // isolatedRequest sends one HTTP/1.0 request from container to ip:9000
 // (the server container's nc, which records what it receives and never
@@ -54,7 +75,9 @@ func (e *env) received(server string) int {
 // inter-container communication (C, enable_icc=false). The client is
 // refused promptly with a 403 that says why, the server never sees a byte,
 // and `membrane observe` records the reason; a db on web's own network is
-// reached through the proxy as before.
+// reached through the proxy as before. The reverse needs no check: a
+// connection that only db's ingress rules send to the proxy is taken at
+// db's veth, which Docker delivers to from db's networks only.
 func TestL7KeepsDockerIsolation(t *testing.T) {
 	e := newEnv(t, envOpts{networks: map[string][]string{
 		"b": nil,
@@ -63,8 +86,8 @@ func TestL7KeepsDockerIsolation(t *testing.T) {
 	e.writePolicy("web.hcl", isolationPolicy)
 	e.startDaemon()
 	web := e.idle("web", "app=web")
-	peer := e.server("peer", "app=db") // on web's network
-	db := e.run("db", []string{"app=db"}, "sleep 600 | nc -l -p 9000 > /tmp/recv; sleep 600", "--network", e.nets["b"])
+	peer := e.run("peer", []string{"app=db"}, dbServer) // on web's network
+	db := e.run("db", []string{"app=db"}, dbServer, "--network", e.nets["b"])
 	webC := e.run("webc", []string{"app=web"}, "sleep 600", "--network", e.nets["c"])
 	dbC := e.run("dbc", []string{"app=db"}, "sleep 600 | nc -l -p 9000 > /tmp/recv; sleep 600", "--network", e.nets["c"])
 	for _, c := range []string{web, peer, db, webC, dbC} {
@@ -85,6 +108,29 @@ func TestL7KeepsDockerIsolation(t *testing.T) {
 		}
 		return nil
 	})
+
+	// The reverse: db's ingress rules judge 8081, so the datapath sends the
+	// connection to the proxy at db's veth, after Docker forwarded it. On
+	// web's network it is proxied as before; across networks Docker drops
+	// it before the proxy could see it.
+	if s := e.httpStatus(web, e.ip(peer)+":8081", "GET", "/"); s != 200 {
+		t.Errorf("web -> peer:8081 (db's ingress rules): status %d, want 200", s)
+	}
+	if s := e.httpStatus(web, e.ip(db)+":8081", "GET", "/"); s != 0 {
+		t.Errorf("web -> db:8081 across networks (db's ingress rules): status %d, want no answer (Docker drops it)", s)
+	}
+	for _, f := range e.observe(api.ObserveFilter{Type: api.FlowL7}) {
+		if f.Dest.Container == db && f.Dest.Port == 8081 {
+			t.Errorf("the proxy saw web -> db:8081, which Docker drops: %s", dump(f))
+		}
+	}
+	peerIngress := false
+	for _, f := range e.observe(api.ObserveFilter{Type: api.FlowL7, Container: peer}) {
+		peerIngress = peerIngress || (f.Dest.Port == 8081 && f.Verdict == "forwarded" && f.Direction == "ingress")
+	}
+	if !peerIngress {
+		t.Errorf("no forwarded l7 record of web -> peer:8081 judged by peer's ingress: %s", dump(e.observe(api.ObserveFilter{Type: api.FlowL7})))
+	}
 
 	for _, c := range []struct {
 		name           string
