@@ -109,6 +109,17 @@ func TestConnectionLimits(t *testing.T) {
 		}
 		return nil
 	})
+	// The connections closed above give their slots back as the engine
+	// sees them end, which may come after the h2c request: wait until the
+	// h2c connection is the only one holding a slot.
+	eventually(t, "only the h2c connection holds a slot", func() error {
+		e.limit.mu.Lock()
+		defer e.limit.mu.Unlock()
+		if e.limit.total != 1 {
+			return fmt.Errorf("%d slots held", e.limit.total)
+		}
+		return nil
+	})
 	var held []net.Conn
 	for _, src := range []string{"127.0.0.5", "127.0.0.6"} {
 		c := open(src)
