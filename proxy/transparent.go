@@ -95,18 +95,23 @@ func DialMarked(ctx context.Context, dst netip.AddrPort, mark uint32) (net.Conn,
 		if mark == 0 {
 			return nil
 		}
-		var serr error
-		if err := c.Control(func(fd uintptr) {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark))
-		}); err != nil {
-			return err
-		}
-		if serr != nil {
-			return fmt.Errorf("SO_MARK %#x: %w", mark, serr)
-		}
-		return nil
+		return setMark(c, mark)
 	}}
 	return d.DialContext(ctx, "tcp", dst.String())
+}
+
+// setMark sets SO_MARK = mark on the socket behind c.
+func setMark(c syscall.RawConn, mark uint32) error {
+	var serr error
+	if err := c.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark))
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("SO_MARK %#x: %w", mark, serr)
+	}
+	return nil
 }
 
 // InNetNS runs fn on a thread switched into network namespace ns, so the
@@ -150,14 +155,8 @@ func MarkRefused(c net.Conn) error {
 	if err != nil {
 		return err
 	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(MarkMagicRefused))
-	}); err != nil {
-		return err
-	}
-	if serr != nil {
-		return fmt.Errorf("SO_MARK on a refused connection: %w", serr)
+	if err := setMark(rc, MarkMagicRefused); err != nil {
+		return fmt.Errorf("refused connection: %w", err)
 	}
 	return nil
 }
