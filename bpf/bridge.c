@@ -114,6 +114,14 @@ int membrane_bridge(struct __sk_buff *skb)
 		__builtin_memcpy(daddr, &ip->daddr, 4);
 		if (ip->protocol != IPPROTO_TCP || ihl < 20)
 			return drop(skb, REASON_DROP_PROXY_ASSIGN, dir, family, saddr, daddr, 0, 0, port);
+		/* A fragment cannot reach the proxy: IP reassembly builds a new
+		 * skb without the assignment, and the stack then looks the
+		 * datagram up as if it were its own (a host service on the
+		 * original destination port gets the SYN, and the later packets
+		 * of the tuple follow it there, below). A later fragment has no
+		 * TCP header to look up by either. */
+		if (ip->frag_off & bpf_htons(0x3fff))
+			return drop(skb, REASON_DROP_PROXY_ASSIGN, dir, family, saddr, daddr, 0, 0, port);
 		l4off = ETH_HLEN + ihl;
 		tcp = (void *)ip + ihl;
 		if ((void *)(tcp + 1) > end)
@@ -156,6 +164,20 @@ int membrane_bridge(struct __sk_buff *skb)
 	if (sk && sk->state == BPF_TCP_LISTEN) {
 		bpf_sk_release(sk);
 		sk = 0;
+	}
+	/* A full socket of the tuple must be the proxy's (its accepted
+	 * sockets inherit the listener's mark): a host service's socket of
+	 * the same tuple (a host destination whose connection predates the
+	 * redirect) is not, and is treated like a listener: the proxy's
+	 * listener answers the segment (a RST, as for a container
+	 * destination). Request and TIME_WAIT sockets carry no readable
+	 * mark. */
+	if (sk) {
+		struct bpf_sock *full = bpf_sk_fullsock(sk);
+		if (full && full->mark != MARK_PROXY_LISTENER) {
+			bpf_sk_release(sk);
+			sk = 0;
+		}
 	}
 	int timewait = sk && sk->state == BPF_TCP_TIME_WAIT;
 	if (timewait && (flags & TCP_SYN)) {

@@ -71,7 +71,13 @@
 // IP_TRANSPARENT; a listener found for the tuple is never the proxy's),
 // bpf_sk_assigns it (failure: proxy-assign-failed; no socket:
 // proxy-no-listener, both counted and reported with the bridge's ifindex)
-// and makes the frame PACKET_HOST again.
+// and makes the frame PACKET_HOST again. A full socket found for the tuple
+// must carry the proxy's mark (accepted sockets inherit the listener's);
+// another (a host service's socket of a host destination) is passed over
+// for the listener, which resets the connection. An IPv4 fragment drops
+// (proxy-assign-failed): reassembly makes a new skb without the
+// assignment, which the stack would then hand to whatever listens on the
+// original destination.
 //
 // TIME_WAIT: the proxy's side of a connection it closed first (Connection:
 // close, an idle timeout, a 403) stays in TIME_WAIT for 60 s and holds the
