@@ -26,6 +26,13 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* Replaced at load time by the datapath's maps of the same name. */
 struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct config);
+	__uint(max_entries, 1);
+} membrane_config SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__type(key, __u32);
 	__type(value, struct counter);
@@ -174,7 +181,7 @@ int membrane_bridge(struct __sk_buff *skb)
 	 * mark. */
 	if (sk) {
 		struct bpf_sock *full = bpf_sk_fullsock(sk);
-		if (full && full->mark != MARK_PROXY_LISTENER) {
+		if (full && (full->mark & MARK_MAGIC_MASK) != MARK_PROXY_LISTENER) {
 			bpf_sk_release(sk);
 			sk = 0;
 		}
@@ -211,10 +218,10 @@ int membrane_bridge(struct __sk_buff *skb)
 		if (!sk)
 			return drop(skb, REASON_DROP_PROXY_NO_LISTENER, dir, family, saddr, daddr, sport, dport, port);
 		/* Only the proxy's own listener: anyone may bind a port above
-		 * 1024 while membraned is down, nobody without CAP_NET_ADMIN
-		 * can mark the socket. */
+		 * 1024 while membraned is down. The mark takes CAP_NET_RAW or
+		 * CAP_NET_ADMIN (the cgroup check below closes the rest). */
 		struct bpf_sock *full = bpf_sk_fullsock(sk);
-		if (!full || full->mark != MARK_PROXY_LISTENER) {
+		if (!full || (full->mark & MARK_MAGIC_MASK) != MARK_PROXY_LISTENER) {
 			bpf_sk_release(sk);
 			return drop(skb, REASON_DROP_PROXY_FOREIGN, dir, family, saddr, daddr, sport, dport, port);
 		}
@@ -223,6 +230,15 @@ int membrane_bridge(struct __sk_buff *skb)
 	bpf_sk_release(sk);
 	if (err)
 		return drop(skb, REASON_DROP_PROXY_ASSIGN, dir, family, saddr, daddr, sport, dport, port);
+	/* The mark takes only CAP_NET_RAW (a --network host container has
+	 * it): with Config.ProxyCgroup, the socket must also be in the
+	 * proxy's cgroup v2. bpf_sk_cgroup_id is refused to tc programs, but
+	 * the assigned socket is skb->sk now (a request socket counts as its
+	 * listener). A TIME_WAIT socket is no full socket and has none. */
+	__u32 zero = 0;
+	struct config *cfg = bpf_map_lookup_elem(&membrane_config, &zero);
+	if (!timewait && cfg && cfg->proxy_cgroup && bpf_skb_cgroup_id(skb) != cfg->proxy_cgroup)
+		return drop(skb, REASON_DROP_PROXY_FOREIGN, dir, family, saddr, daddr, sport, dport, port);
 	/* bpf_redirect ran eth_type_trans: the container's MAC made the
 	 * frame OTHERHOST, which IP would discard. */
 	bpf_skb_change_type(skb, PACKET_HOST);

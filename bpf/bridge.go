@@ -46,6 +46,7 @@ func (d *Datapath) bridgeProgram() (*ebpf.Program, error) {
 	err = spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
 		"membrane_counters": d.objs.MembraneCounters,
 		"membrane_events":   d.objs.MembraneEvents,
+		"membrane_config":   d.objs.MembraneConfig,
 	}})
 	if err != nil {
 		var ve *ebpf.VerifierError
@@ -57,6 +58,7 @@ func (d *Datapath) bridgeProgram() (*ebpf.Program, error) {
 	// The maps are the datapath's; only the program is ours to keep.
 	objs.MembraneCounters.Close()
 	objs.MembraneEvents.Close()
+	objs.MembraneConfig.Close()
 	prog := objs.MembraneBridge
 	path := filepath.Join(d.progDir(), "membrane_bridge")
 	_ = os.Remove(path)

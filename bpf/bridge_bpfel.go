@@ -13,6 +13,19 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type bridgeConfig struct {
+	_              structs.HostLayout
+	Abi            uint32
+	Revision       uint32
+	Flags          uint32
+	AllowSample    uint32
+	LifetimeTcp    uint32
+	LifetimeSyn    uint32
+	LifetimeNontcp uint32
+	LifetimeClose  uint32
+	ProxyCgroup    uint64
+}
+
 type bridgeCounter struct {
 	_       structs.HostLayout
 	Packets uint64
@@ -23,6 +36,7 @@ type bridgeCounter struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	bridgeMapMembraneConfig   = "membrane_config"
 	bridgeMapMembraneCounters = "membrane_counters"
 	bridgeMapMembraneEvents   = "membrane_events"
 	bridgeProgMembraneBridge  = "membrane_bridge"
@@ -77,6 +91,7 @@ type bridgeProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bridgeMapSpecs struct {
+	MembraneConfig   *ebpf.MapSpec `ebpf:"membrane_config"`
 	MembraneCounters *ebpf.MapSpec `ebpf:"membrane_counters"`
 	MembraneEvents   *ebpf.MapSpec `ebpf:"membrane_events"`
 }
@@ -107,12 +122,14 @@ func (o *bridgeObjects) Close() error {
 //
 // It can be passed to loadBridgeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bridgeMaps struct {
+	MembraneConfig   *ebpf.Map `ebpf:"membrane_config"`
 	MembraneCounters *ebpf.Map `ebpf:"membrane_counters"`
 	MembraneEvents   *ebpf.Map `ebpf:"membrane_events"`
 }
 
 func (m *bridgeMaps) Close() error {
 	return _BridgeClose(
+		m.MembraneConfig,
 		m.MembraneCounters,
 		m.MembraneEvents,
 	)

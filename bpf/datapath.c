@@ -1007,6 +1007,13 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 			from_proxy = 1;
 			mark_identity = FIRST_CIDR_IDENTITY + (skb->mark & MARK_IDENTITY_MASK);
 		}
+		/* Only the proxy's own sockets: SO_MARK takes CAP_NET_RAW, not
+		 * CAP_NET_ADMIN, so a host-network container can set it. A
+		 * packet with no local socket (forwarded) has cgroup id 0. */
+		if (from_proxy && cfg->proxy_cgroup && bpf_skb_cgroup_id(skb) != cfg->proxy_cgroup) {
+			from_proxy = 0;
+			mark_identity = 0;
+		}
 		if (from_proxy)
 			evflags |= EV_F_FROM_PROXY;
 	}

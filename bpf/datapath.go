@@ -18,7 +18,7 @@ import (
 // ABI is the layout version of the maps' contents; a pinned config map with
 // another ABI makes Open replace every pinned map. Keep equal to MEMBRANE_ABI
 // in include/membrane.h.
-const ABI = 3
+const ABI = 4
 
 // DefaultPinDir is where the maps, programs and links are pinned.
 const DefaultPinDir = "/sys/fs/bpf/membrane"
@@ -69,6 +69,11 @@ type Config struct {
 	UnknownEndpoint UnknownVerdict // default drop
 	AllowSample     uint32         // report one new allowed flow in N (0: none)
 	Lifetimes       Lifetimes
+	// ProxyCgroup is the cgroup v2 id of the proxy's process (membraned's,
+	// or Envoy's; SelfCgroupID, CgroupIDOf): only its sockets' from-proxy
+	// marks are taken. 0: not checked (SO_MARK alone decides, and it takes
+	// only CAP_NET_RAW).
+	ProxyCgroup uint64
 
 	Logger *slog.Logger
 }
@@ -309,6 +314,7 @@ func (d *Datapath) initConfig(objs *datapathObjects) (uint32, error) {
 		LifetimeSyn:    uint32(c.Lifetimes.SYN / time.Second),
 		LifetimeNontcp: uint32(c.Lifetimes.NonTCP / time.Second),
 		LifetimeClose:  uint32(c.Lifetimes.Close / time.Second),
+		ProxyCgroup:    c.ProxyCgroup,
 	}
 	if c.UnknownEndpoint == UnknownAllow {
 		next.Flags |= cfgUnknownAllow

@@ -29,6 +29,7 @@ type datapathConfig struct {
 	LifetimeSyn    uint32
 	LifetimeNontcp uint32
 	LifetimeClose  uint32
+	ProxyCgroup    uint64
 }
 
 type datapathCounter struct {

@@ -118,7 +118,14 @@
 // up), 0xb8 with the identity less 1<<24 (proxy.FromProxyMark). membrane_ingress
 // then takes the remote identity from the mark instead of the ipcache and
 // never redirects the flow again. A 0xb7 mark with identity 0 is not taken:
-// the ipcache decides, which gives the proxy's address, the host.
+// the ipcache decides, which gives the proxy's address, the host. SO_MARK
+// takes only CAP_NET_RAW (Linux 5.17 and later; a --network host container
+// has it by default), so with Config.ProxyCgroup set the mark is taken only
+// from a packet whose socket is in that cgroup v2 (bpf_skb_cgroup_id; a
+// forwarded packet has none); any other is judged by its address. The
+// bridge program likewise drops (proxy-foreign-listener) a connection whose
+// assigned socket (skb->sk after bpf_sk_assign; bpf_sk_cgroup_id is refused
+// to tc programs) is in another cgroup.
 //
 // # Maps
 //

@@ -65,7 +65,10 @@ func newL7Env(t testing.TB, mode AttachMode) *l7Env {
 	}
 
 	pinDir := testPinDir(t)
-	dp, err := Open(Config{PinDir: pinDir, Attach: mode})
+	// The proxy runs in this process: only its cgroup's sockets count.
+	cg, err := SelfCgroupID()
+	must(t, err)
+	dp, err := Open(Config{PinDir: pinDir, Attach: mode, ProxyCgroup: cg})
 	must(t, err)
 	env.dp = dp
 	t.Cleanup(func() {

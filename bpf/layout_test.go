@@ -50,7 +50,7 @@ func TestGoMirrorsMatchC(t *testing.T) {
 	if n := spec.Maps["membrane_endpoints_fast"].MaxEntries; n != epFastSlots {
 		t.Errorf("membrane_endpoints_fast has %d slots, epFastSlots %d: keep equal to EP_FAST_SLOTS", n, epFastSlots)
 	}
-	if ABI != 3 {
+	if ABI != 4 {
 		t.Errorf("ABI %d: keep equal to MEMBRANE_ABI in include/membrane.h", ABI)
 	}
 }

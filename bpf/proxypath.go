@@ -45,7 +45,7 @@ func proxyPathRules(demux string) string {
 	}
 	chain output {
 		type filter hook output priority raw; policy accept;
-		meta mark & 0xff000000 == 0xba000000 notrack
+		meta mark == 0xb9000001 notrack
 	}
 }
 `

@@ -56,7 +56,19 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	if err != nil {
 		return err
 	}
+	// The proxy's upstream sockets are this process's (the built-in engine)
+	// or its Envoy child's, which stays in this cgroup: only their
+	// from-proxy marks are taken. An Envoy in a unit of its own is in
+	// another cgroup, left unchecked (0) for now.
+	var proxyCgroup uint64
+	if cfg.L7.EnvoyUnit == "" {
+		if proxyCgroup, err = bpf.SelfCgroupID(); err != nil {
+			log.Warn("no cgroup v2 id for this process: from-proxy marks are taken from any socket", "err", err)
+			proxyCgroup = 0
+		}
+	}
 	dp, err := bpf.Open(bpf.Config{
+		ProxyCgroup:      proxyCgroup,
 		PinDir:           cfg.BPFFSDir,
 		Attach:           bpf.AttachMode(cfg.Attach),
 		MaxEndpoints:     uint32(cfg.Maps.Endpoints),

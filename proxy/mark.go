@@ -24,7 +24,7 @@ import (
 //	from proxy 0xb8000000 | source identity   the same for a CIDR identity
 //	(CIDR)     less FirstCIDR (low 24 bits)   (FirstCIDR and up), which the
 //	                                          first form cannot hold
-//	refused    0xba000000                     set by the proxy with SO_MARK on a
+//	refused    0xb9000001                     set by the proxy with SO_MARK on a
 //	                                          client connection it refuses because
 //	                                          Docker isolates its ends
 //	                                          (IsolatedError); the host's nftables
@@ -41,16 +41,23 @@ const (
 	MarkMagicToProxy       uint32 = 0xb6000000
 	MarkMagicFromProxy     uint32 = 0xb7000000
 	MarkMagicFromProxyCIDR uint32 = 0xb8000000
-	MarkMagicRefused       uint32 = 0xba000000
 	MarkIdentityMask       uint32 = 0x00ffffff
 )
 
-// MarkProxyListener is the SO_MARK of the proxy's listening sockets (setting
-// it takes CAP_NET_ADMIN). The datapath hands redirected connections to no
-// other listener on the proxy port, so a process that binds the port while
-// membraned is down gets none. Accepted sockets inherit it; no routing rule
-// or program looks at it on their packets.
-const MarkProxyListener uint32 = 0xb9000000
+// MarkProxyListener is the SO_MARK of the proxy's listening sockets. The
+// datapath hands redirected connections, and their later packets, only to
+// sockets with this magic in the top byte (accepted sockets inherit it),
+// and, when bpf.Config.ProxyCgroup is set, only in the proxy's cgroup: the
+// mark takes CAP_NET_RAW (Linux 5.17 and later), which Docker gives every
+// container. So a process that binds the port while membraned is down gets
+// no connection. No routing rule looks at it.
+//
+// MarkRefused is the same magic with bit 0: an accepted connection the
+// proxy refuses because Docker isolates its ends (see above).
+const (
+	MarkProxyListener uint32 = 0xb9000000
+	MarkRefused       uint32 = MarkProxyListener | 1
+)
 
 // ToProxyMark is the mark the datapath sets on a packet it redirects to the
 // proxy listening on port, for a container's ingress; an egress redirect

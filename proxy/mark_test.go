@@ -40,12 +40,14 @@ func TestFromProxyMarkRoundTripsLocalIdentities(t *testing.T) {
 	if ToProxyMark(15001)&MarkMagicMask == MarkMagicFromProxy&MarkMagicMask {
 		t.Error("to-proxy and from-proxy magics collide")
 	}
-	// The refused mark is neither: the policy-routing rule (to-proxy) and
-	// the datapath (both) must leave a refusal's packets alone.
-	if r := MarkMagicRefused & MarkMagicMask; r == MarkMagicToProxy || r == MarkMagicFromProxy || MarkMagicRefused&^MarkMagicMask != 0 {
-		t.Errorf("refused mark %#x collides with another magic", MarkMagicRefused)
+	// The refused mark is the proxy's socket magic: the policy-routing
+	// rule (to-proxy) and the datapath (from-proxy) leave a refusal's
+	// packets alone, and the bridge program still takes its socket for
+	// the proxy's.
+	if MarkRefused&MarkMagicMask != MarkProxyListener || MarkRefused == MarkProxyListener {
+		t.Errorf("refused mark %#x: want the proxy listener's magic %#x and a bit of its own", MarkRefused, MarkProxyListener)
 	}
-	if _, ok := IdentityFromMark(MarkMagicRefused); ok {
+	if _, ok := IdentityFromMark(MarkRefused); ok {
 		t.Error("the refused mark decoded as from-proxy")
 	}
 }

@@ -139,14 +139,14 @@ func InNetNS(ns netns.NsHandle, fn func() error) error {
 	return fn()
 }
 
-// MarkRefused sets SO_MARK = MarkMagicRefused on c, an accepted client
+// SetRefused sets SO_MARK = MarkRefused on c, an accepted client
 // connection the proxy refuses because Docker isolates its ends: its
 // answer leaves the host untracked (see mark.go). Without this, the first
 // packet of the proxy's side that conntrack picks up (an ACK, the 403)
 // would meet Docker's MASQUERADE rule for the destination's subnet on the
 // way out of another bridge, the client would get it from the bridge's
 // address, and would hang instead of being refused.
-func MarkRefused(c net.Conn) error {
+func SetRefused(c net.Conn) error {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return fmt.Errorf("mark refused connection: %T has no socket", c)
@@ -155,7 +155,7 @@ func MarkRefused(c net.Conn) error {
 	if err != nil {
 		return err
 	}
-	if err := setMark(rc, MarkMagicRefused); err != nil {
+	if err := setMark(rc, MarkRefused); err != nil {
 		return fmt.Errorf("refused connection: %w", err)
 	}
 	return nil

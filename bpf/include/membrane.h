@@ -11,7 +11,7 @@
 
 /* Bumped whenever a map's meaning changes without its size changing; a pinned
  * config map with another ABI makes the loader replace every pinned map. */
-#define MEMBRANE_ABI 3
+#define MEMBRANE_ABI 4
 
 /* Directions, as in policies.Direction: relative to the container. */
 #define DIR_INGRESS 0
@@ -82,10 +82,11 @@
 #define MARK_MAGIC_TO_PROXY 0xb6000000
 #define MARK_IDENTITY_MASK 0x00ffffff
 #define MARK_TO_PROXY_EGRESS 0x00010000
-/* The SO_MARK of the proxy's listening sockets (setting it takes
- * CAP_NET_ADMIN): the bridge program hands redirected connections to no other
- * listener, so a process that takes the proxy port while membraned is down
- * gets none. Accepted sockets inherit it; nothing routes on it. */
+/* The magic (top byte) of the SO_MARK of the proxy's listening sockets and
+ * the connections they accept (proxy.MarkProxyListener; a refused one has
+ * bit 0 too): the bridge program hands redirected packets to no other
+ * socket. The mark takes only CAP_NET_RAW, so with config.proxy_cgroup the
+ * socket must also be in the proxy's cgroup. Nothing routes on it. */
 #define MARK_PROXY_LISTENER 0xb9000000
 #define MARK_PORT_MASK 0x0000ffff
 
@@ -227,6 +228,12 @@ struct config {
 	__u32 lifetime_syn;
 	__u32 lifetime_nontcp;
 	__u32 lifetime_close;
+	/* cgroup v2 id of the proxy's upstream sockets (Config.ProxyCgroup);
+	 * 0: not checked. A from-proxy mark on a packet whose socket is in
+	 * another cgroup (or that has none: forwarded) is not taken: SO_MARK
+	 * takes only CAP_NET_RAW (Linux 5.17 and later), which a --network
+	 * host container has by default. */
+	__u64 proxy_cgroup;
 };
 
 struct counter {

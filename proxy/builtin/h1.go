@@ -253,7 +253,7 @@ func (h *h1) markRefused(err error) {
 		return
 	}
 	h.marked = true
-	if merr := proxy.MarkRefused(h.c); merr != nil {
+	if merr := proxy.SetRefused(h.c); merr != nil {
 		h.e.log.Debug("marking a refused connection", "src", h.cs.src.String(), "err", merr)
 	}
 }

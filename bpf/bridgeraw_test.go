@@ -83,7 +83,7 @@ func ip4(src, dst netip.Addr, id uint16, off int, more bool, l4 []byte) []byte {
 // the bridge, but reassembly builds a new head skb without the assignment,
 // so the reassembled SYN is looked up normally and a host service on the
 // original destination port gets it instead of the proxy.
-func TestAudit11FragmentedSYNBypassesProxy(t *testing.T) {
+func TestL7RedirectDropsFragmentedSYN(t *testing.T) {
 	for _, toHost := range []bool{true, false} {
 		t.Run(fmt.Sprintf("toHost=%v", toHost), func(t *testing.T) { fragBypass(t, toHost) })
 	}
@@ -207,7 +207,7 @@ func nstatAbs(t *testing.T, env *l7Env, name string) int {
 // lookup finds the host service's own socket and assigns them to it, so the
 // request reaches the service unjudged (docs/policy.md says it is reset,
 // as TestL7RuleChangeOnOpenConnection checks for a container destination).
-func TestAudit11HostConnectionMovesIntoProxy(t *testing.T) {
+func TestL7HostConnectionCannotMoveIntoProxy(t *testing.T) {
 	env := newL7Env(t, AttachTCX)
 	tp := env.tp
 	var ln net.Listener
@@ -272,7 +272,7 @@ func TestAudit11HostConnectionMovesIntoProxy(t *testing.T) {
 // without options and with payload: the TIME_WAIT socket must answer it
 // with an ACK (the rewritten checksum is right) and nothing may reach the
 // host service on the destination port.
-func TestAudit11RawSYNIntoTimeWait(t *testing.T) {
+func TestBridgeTimeWaitRewriteOnRawSYNs(t *testing.T) {
 	env := newL7Env(t, AttachTCX)
 	tp := env.tp
 	var ln net.Listener

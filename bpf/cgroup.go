@@ -1,0 +1,64 @@
+package bpf
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+)
+
+// SelfCgroupID is the cgroup v2 id of the calling process (what
+// bpf_skb_cgroup_id and bpf_sk_cgroup_id return for its sockets): the
+// inode number of its directory in the cgroup2 hierarchy. For
+// Config.ProxyCgroup when the proxy runs in this process.
+func SelfCgroupID() (uint64, error) {
+	return CgroupIDOf(os.Getpid())
+}
+
+// CgroupIDOf is the cgroup v2 id of process pid.
+func CgroupIDOf(pid int) (uint64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		return 0, err
+	}
+	var rel string
+	found := false
+	for _, l := range strings.Split(string(b), "\n") {
+		if p, ok := strings.CutPrefix(l, "0::"); ok {
+			rel, found = p, true
+		}
+	}
+	if !found {
+		return 0, fmt.Errorf("process %d has no cgroup v2 entry", pid)
+	}
+	root, err := cgroup2Mount()
+	if err != nil {
+		return 0, err
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(root, rel), &st); err != nil {
+		return 0, fmt.Errorf("cgroup %s: %w", rel, err)
+	}
+	return st.Ino, nil
+}
+
+func cgroup2Mount() (string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		// ... mountpoint ... - fstype source opts
+		fs := strings.Fields(s.Text())
+		for i, x := range fs {
+			if x == "-" && i+1 < len(fs) && fs[i+1] == "cgroup2" && fs[3] == "/" {
+				return fs[4], nil
+			}
+		}
+	}
+	return "", fmt.Errorf("no cgroup2 mount")
+}
