@@ -12,6 +12,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/membrane-fw/membrane/internal/testenv"
+
 	"github.com/membrane-fw/membrane/policies"
 	"github.com/membrane-fw/membrane/proxy"
 )
@@ -131,16 +133,7 @@ func fragBypass(t *testing.T, toHost bool) {
 	}
 	syn := tcpSeg(src, dst, isn, 0, tcpSYN, opts, nil)
 
-	var rx, tx int
-	must(t, tp.c[0].Do(func() (err error) {
-		if rx, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_TCP); err != nil {
-			return err
-		}
-		tx, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
-		return err
-	}))
-	defer unix.Close(rx)
-	defer unix.Close(tx)
+	rx, tx := rawTCPSockets(t, tp.c[0])
 	to := &unix.SockaddrInet4{Addr: dst.Addr().As4()}
 	send := func(p []byte) { must(t, unix.Sendto(tx, p, 0, to)) }
 	unix.SetsockoptTimeval(rx, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 2})
@@ -290,16 +283,7 @@ func TestBridgeTimeWaitRewriteOnRawSYNs(t *testing.T) {
 	}()
 	t.Cleanup(func() { ln.Close() })
 	tp.c[0].MustExec(t, "iptables", "-A", "OUTPUT", "-p", "tcp", "--tcp-flags", "RST", "RST", "-j", "DROP")
-	var rx, tx int
-	must(t, tp.c[0].Do(func() (err error) {
-		if rx, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_TCP); err != nil {
-			return err
-		}
-		tx, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
-		return err
-	}))
-	defer unix.Close(rx)
-	defer unix.Close(tx)
+	rx, tx := rawTCPSockets(t, tp.c[0])
 	unix.SetsockoptTimeval(rx, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 1})
 	dst := netip.AddrPortFrom(tp.addr[1], 8080)
 	for i, c := range []struct {
@@ -350,4 +334,19 @@ func TestBridgeTimeWaitRewriteOnRawSYNs(t *testing.T) {
 		t.Errorf("the host service accepted a connection")
 	default:
 	}
+}
+
+// rawTCPSockets opens, in ns, a raw socket that receives TCP segments (rx)
+// and one that sends whole IPv4 packets (tx); the test's cleanup closes them.
+func rawTCPSockets(t *testing.T, ns *testenv.NetNS) (rx, tx int) {
+	t.Helper()
+	must(t, ns.Do(func() (err error) {
+		if rx, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_TCP); err != nil {
+			return err
+		}
+		tx, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
+		return err
+	}))
+	t.Cleanup(func() { unix.Close(rx); unix.Close(tx) })
+	return rx, tx
 }
