@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
+	"strings"
 	"time"
 
 	"github.com/membrane-fw/membrane/bpf"
@@ -32,6 +34,10 @@ type l7 struct {
 	// bridges holds the bridge ifindexes that have the bridge program
 	// (loop state: touched by the reconciler goroutine only).
 	bridges map[int]bool
+
+	// ip6Isolated caches dockerIsolatesIPv6, looked up at ip6At.
+	ip6Isolated bool
+	ip6At       time.Time
 }
 
 // startL7 prepares the host for the redirect and starts the configured
@@ -169,7 +175,35 @@ func (r *reconciler) dockerNetworks() *proxy.Networks {
 		}
 		eps = append(eps, atts)
 	}
-	return proxy.NewNetworks(eps)
+	n := proxy.NewNetworks(eps)
+	if r.l7 != nil && !r.l7.dockerIsolatesIPv6() {
+		n = n.WithoutIPv6Isolation()
+	}
+	return n
+}
+
+// dockerIsolatesIPv6 reports whether dockerd filters IPv6 between its
+// networks. With ip6tables (the default from Docker 27) it has DOCKER*
+// chains in ip6tables' filter table, or with the nftables backend (Docker
+// 29) a table "ip6 docker-bridges"; without either, IPv6 crosses Docker's
+// networks freely and the proxy must not refuse it. Anything uncertain
+// (no ip6tables binary, an error) counts as isolated: a false refusal is
+// better than a bypass. Looked up at most once a minute.
+func (p *l7) dockerIsolatesIPv6() bool {
+	if time.Since(p.ip6At) < time.Minute {
+		return p.ip6Isolated
+	}
+	p.ip6At = time.Now()
+	p.ip6Isolated = true
+	if err := exec.Command("nft", "list", "table", "ip6", "docker-bridges").Run(); err == nil {
+		return true
+	}
+	out, err := exec.Command("ip6tables", "-w", "-S").Output()
+	if err != nil {
+		return true
+	}
+	p.ip6Isolated = strings.Contains(string(out), "-N DOCKER")
+	return p.ip6Isolated
 }
 
 // attachBridge puts the bridge program on the bridge a managed veth is a

@@ -62,6 +62,21 @@ type Networks struct {
 	// nets[endpoint]: the network ids the endpoint is attached to, with
 	// NoICC.
 	nets [][]Attachment
+	// ipv4Only: dockerd isolates IPv4 only (it runs without ip6tables,
+	// the default before Docker 27): its networks reach each other over
+	// IPv6, so no IPv6 destination is judged (WithoutIPv6Isolation).
+	ipv4Only bool
+}
+
+// WithoutIPv6Isolation tells n that dockerd does not isolate IPv6 traffic
+// (no ip6tables rules: neither DOCKER-ISOLATION nor enable_icc=false
+// apply to it), so Reachable judges IPv4 destinations only: refusing what
+// the L3 path carries would be a false refusal. Returns n.
+func (n *Networks) WithoutIPv6Isolation() *Networks {
+	if n != nil {
+		n.ipv4Only = true
+	}
+	return n
 }
 
 type attachRef struct{ ep, att int }
@@ -95,7 +110,7 @@ func NewNetworks(endpoints [][]Attachment) *Networks {
 // inter-container communication disabled. An endpoint reaching its own
 // address is always reachable.
 func (n *Networks) Reachable(src, dst netip.Addr) (ok bool, reason string) {
-	if n == nil {
+	if n == nil || (n.ipv4Only && !dst.Unmap().Is4()) {
 		return true, ""
 	}
 	s, sok := n.byAddr[src.Unmap()]

@@ -116,3 +116,26 @@ func TestModelResolverRefusesWhatDockerIsolates(t *testing.T) {
 		t.Errorf("resolver without networks refused: %v", err)
 	}
 }
+
+// TestReachableIPv6WithoutIP6Tables (aud12): dockerd without ip6tables
+// does not isolate IPv6, so an IPv6 destination on another network is
+// reachable; IPv4 stays judged.
+func TestReachableIPv6WithoutIP6Tables(t *testing.T) {
+	a := func(s string) []netip.Addr { return []netip.Addr{netip.MustParseAddr(s)} }
+	mk := func() *Networks {
+		return NewNetworks([][]Attachment{
+			{{Network: "A", Addrs: append(a("172.18.0.2"), a("fd00:a::2")...)}},
+			{{Network: "B", Addrs: append(a("172.19.0.2"), a("fd00:b::2")...)}},
+		})
+	}
+	if ok, _ := mk().Reachable(netip.MustParseAddr("fd00:a::2"), netip.MustParseAddr("fd00:b::2")); ok {
+		t.Error("with ip6tables: IPv6 across networks reachable, want refused")
+	}
+	n := mk().WithoutIPv6Isolation()
+	if ok, why := n.Reachable(netip.MustParseAddr("fd00:a::2"), netip.MustParseAddr("fd00:b::2")); !ok {
+		t.Errorf("without ip6tables: IPv6 across networks refused (%s), want reachable", why)
+	}
+	if ok, _ := n.Reachable(netip.MustParseAddr("172.18.0.2"), netip.MustParseAddr("172.19.0.2")); ok {
+		t.Error("without ip6tables: IPv4 across networks reachable, want refused")
+	}
+}
