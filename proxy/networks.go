@@ -122,17 +122,22 @@ func (n *Networks) Reachable(src, dst netip.Addr) (ok bool, reason string) {
 	if dn.Network == "" {
 		return true, ""
 	}
+	// A known attachment to the destination's network decides, whatever
+	// the order of the client's interfaces; only then does an unknown one
+	// (it could be the destination's network) keep a refusal off.
+	unknown := false
 	for _, a := range n.nets[s.ep] {
 		switch {
 		case a.Network == "":
-			// Unknown: it could be the destination's network; do not
-			// refuse what may be allowed.
-			return true, ""
+			unknown = true
 		case a.Network == dn.Network && dn.NoICC:
 			return false, ReasonNoICC
 		case a.Network == dn.Network:
 			return true, ""
 		}
+	}
+	if unknown {
+		return true, ""
 	}
 	return false, ReasonNoSharedNetwork
 }

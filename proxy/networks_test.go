@@ -139,3 +139,24 @@ func TestReachableIPv6WithoutIP6Tables(t *testing.T) {
 		t.Error("without ip6tables: IPv4 across networks reachable, want refused")
 	}
 }
+
+// TestReachableUnknownAttachmentDoesNotOverrideKnownNoICC (aud12): an
+// interface of unknown network (a MAC dockerd does not report: an
+// interface seen between `docker network connect` and its inspect, or a
+// MAC changed with NET_ADMIN) may stand for the destination's network;
+// it cannot make a network the client is known to share with ICC off
+// reachable (the client routes to that subnet through that bridge), and
+// the verdict must not depend on the interfaces' order.
+func TestReachableUnknownAttachmentDoesNotOverrideKnownNoICC(t *testing.T) {
+	a := func(s string) []netip.Addr { return []netip.Addr{netip.MustParseAddr(s)} }
+	for _, order := range []string{"unknown first", "unknown last"} {
+		cli := []Attachment{{Network: "", Addrs: a("10.99.0.3")}, {Network: "C", NoICC: true, Addrs: a("172.20.0.8")}}
+		if order == "unknown last" {
+			cli[0], cli[1] = cli[1], cli[0]
+		}
+		n := NewNetworks([][]Attachment{cli, {{Network: "C", NoICC: true, Addrs: a("172.20.0.2")}}})
+		if ok, why := n.Reachable(netip.MustParseAddr("172.20.0.8"), netip.MustParseAddr("172.20.0.2")); ok || why != ReasonNoICC {
+			t.Errorf("%s: client on C (ICC off) and an unknown network -> C: reachable %v (%q), want refused (%s)", order, ok, why, ReasonNoICC)
+		}
+	}
+}
