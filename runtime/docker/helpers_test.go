@@ -60,9 +60,17 @@ func testRun(t *testing.T) (prefix, label string) {
 	return prefix, label
 }
 
-func dockerNetwork(t *testing.T, name string) string {
+func dockerNetwork(t *testing.T, name string, opts ...string) string {
 	t.Helper()
-	id := docker(t, "network", "create", "--label", testLabel+"=1", name)
-	t.Cleanup(func() { _ = exec.Command("docker", "network", "rm", name).Run() })
+	id := docker(t, append(append([]string{"network", "create", "--label", testLabel + "=1"}, opts...), name)...)
+	t.Cleanup(func() {
+		// Cleanups run last first: the test's containers may still be
+		// attached, and dockerd refuses to remove a network in use.
+		out, _ := exec.Command("docker", "network", "inspect", "-f", "{{range $id, $c := .Containers}}{{$id}} {{end}}", name).Output()
+		if ids := strings.Fields(string(out)); len(ids) > 0 {
+			_ = exec.Command("docker", append([]string{"rm", "-f"}, ids...)...).Run()
+		}
+		_ = exec.Command("docker", "network", "rm", name).Run()
+	})
 	return id
 }

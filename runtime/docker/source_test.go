@@ -2,7 +2,6 @@ package docker
 
 import (
 	"net/netip"
-	"os/exec"
 	"slices"
 	"sort"
 	"strings"
@@ -264,8 +263,7 @@ func TestDockerReportsNetworkIDAndICC(t *testing.T) {
 	img := testenv.BusyboxImage(t)
 	open, closed := prefix+"-icc", prefix+"-noicc"
 	openID := dockerNetwork(t, open)
-	closedID := docker(t, "network", "create", "--label", testLabel+"=1", "-o", "com.docker.network.bridge.enable_icc=false", closed)
-	t.Cleanup(func() { _ = exec.Command("docker", "network", "rm", closed).Run() })
+	closedID := dockerNetwork(t, closed, "-o", "com.docker.network.bridge.enable_icc=false")
 	_, c := startSource(t)
 	docker(t, "create", "--label", label, "--name", prefix+"-two", "--network", open, img, "sleep", "300")
 	docker(t, "network", "connect", closed, prefix+"-two")
