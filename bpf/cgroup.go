@@ -10,16 +10,11 @@ import (
 )
 
 // SelfCgroupID is the cgroup v2 id of the calling process (what
-// bpf_skb_cgroup_id and bpf_sk_cgroup_id return for its sockets): the
-// inode number of its directory in the cgroup2 hierarchy. For
-// Config.ProxyCgroup when the proxy runs in this process.
+// bpf_skb_cgroup_id returns for its sockets): the inode number of its
+// directory in the cgroup2 hierarchy. For Config.ProxyCgroup when the proxy
+// runs in this process.
 func SelfCgroupID() (uint64, error) {
-	return CgroupIDOf(os.Getpid())
-}
-
-// CgroupIDOf is the cgroup v2 id of process pid.
-func CgroupIDOf(pid int) (uint64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	b, err := os.ReadFile("/proc/self/cgroup")
 	if err != nil {
 		return 0, err
 	}
@@ -31,7 +26,7 @@ func CgroupIDOf(pid int) (uint64, error) {
 		}
 	}
 	if !found {
-		return 0, fmt.Errorf("process %d has no cgroup v2 entry", pid)
+		return 0, fmt.Errorf("this process has no cgroup v2 entry in /proc/self/cgroup")
 	}
 	root, err := cgroup2Mount()
 	if err != nil {

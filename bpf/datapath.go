@@ -70,7 +70,7 @@ type Config struct {
 	AllowSample     uint32         // report one new allowed flow in N (0: none)
 	Lifetimes       Lifetimes
 	// ProxyCgroup is the cgroup v2 id of the proxy's process (membraned's,
-	// or Envoy's; SelfCgroupID, CgroupIDOf): only its sockets' from-proxy
+	// or Envoy's; SelfCgroupID): only its sockets' from-proxy
 	// marks are taken. 0: not checked (SO_MARK alone decides, and it takes
 	// only CAP_NET_RAW).
 	ProxyCgroup uint64
