@@ -17,11 +17,22 @@ import (
 // monitor to hand the processor to another thread, a wake-up per request
 // for nothing.
 type rawIO struct {
-	rc   syscall.RawConn
-	peek [1]byte
+	rc syscall.RawConn
 	// progress, when set, is called after every read or write that moved
 	// bytes (the HTTP/1 loop's stream idle timeout).
 	progress func()
+
+	// The callbacks given to rc and their arguments and results, bound
+	// once in newRawIO: a closure per call would be allocated per call.
+	// A read, a peek and a write may run at once (a tunnel's two copies),
+	// so each has its own.
+	readFn, peekFn, waitFn, writeFn func(fd uintptr) bool
+	rbuf, wbuf                      []byte
+	rn                              uintptr
+	wdone                           int
+	waited                          bool
+	rerr, perr, werr                syscall.Errno
+	peek                            [1]byte
 }
 
 // newRawIO is rawIO for c, or c itself when it has no raw connection.
@@ -34,23 +45,19 @@ func newRawIO(c net.Conn) io.ReadWriter {
 	if err != nil {
 		return c
 	}
-	return &rawIO{rc: rc}
+	r := &rawIO{rc: rc}
+	r.readFn, r.peekFn, r.waitFn, r.writeFn = r.read, r.peekNow, r.peekWait, r.write
+	return r
 }
 
 func (r *rawIO) Read(b []byte) (int, error) {
 	if len(b) == 0 {
 		return 0, nil
 	}
-	var n uintptr
-	var errno syscall.Errno
-	err := r.rc.Read(func(fd uintptr) bool {
-		for {
-			n, _, errno = syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
-			if errno != syscall.EINTR {
-				return errno != syscall.EAGAIN
-			}
-		}
-	})
+	r.rbuf = b
+	err := r.rc.Read(r.readFn)
+	r.rbuf = nil
+	n, errno := r.rn, r.rerr
 	switch {
 	case err != nil:
 		return 0, err
@@ -65,83 +72,104 @@ func (r *rawIO) Read(b []byte) (int, error) {
 	return int(n), nil
 }
 
+// read is Read's callback: false while the socket has nothing to read.
+func (r *rawIO) read(fd uintptr) bool {
+	for {
+		n, _, errno := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&r.rbuf[0])), uintptr(len(r.rbuf)))
+		if errno == syscall.EINTR {
+			continue
+		}
+		r.rn, r.rerr = n, errno
+		return errno != syscall.EAGAIN
+	}
+}
+
+// peekSocket peeks at one byte without waiting.
+func (r *rawIO) peekSocket(fd uintptr) syscall.Errno {
+	for {
+		_, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&r.peek[0])), 1,
+			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+		if errno != syscall.EINTR {
+			return errno
+		}
+	}
+}
+
 // waitReadable returns when the socket has something to read (data, the
 // peer's FIN or an error), without reading it and without a buffer, or
 // with the read deadline's error. It peeks where a read would have found
 // nothing, and takes the wake that follows as readiness without another
 // system call: a spurious one only costs the next read a wait.
 func (r *rawIO) waitReadable() error {
-	waited := false
-	var errno syscall.Errno
-	err := r.rc.Read(func(fd uintptr) bool {
-		if waited {
-			errno = 0
-			return true
-		}
-		for {
-			_, _, errno = syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&r.peek[0])), 1,
-				syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
-			switch errno {
-			case syscall.EINTR:
-				continue
-			case syscall.EAGAIN:
-				waited = true
-				return false
-			}
-			return true
-		}
-	})
-	if err == nil && errno != 0 {
-		err = os.NewSyscallError("recvfrom", errno)
+	r.waited = false
+	err := r.rc.Read(r.waitFn)
+	if err == nil && r.perr != 0 {
+		err = os.NewSyscallError("recvfrom", r.perr)
 	}
 	return err
+}
+
+// peekWait is waitReadable's callback.
+func (r *rawIO) peekWait(fd uintptr) bool {
+	if r.waited {
+		r.perr = 0
+		return true
+	}
+	r.perr = r.peekSocket(fd)
+	if r.perr == syscall.EAGAIN {
+		r.waited = true
+		return false
+	}
+	return true
 }
 
 // readable reports, without waiting and without reading, whether the
 // socket has something to read: data, the peer's FIN or an error.
 func (r *rawIO) readable() bool {
-	var errno syscall.Errno
-	r.rc.Read(func(fd uintptr) bool {
-		for {
-			_, _, errno = syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&r.peek[0])), 1,
-				syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
-			if errno != syscall.EINTR {
-				return true
-			}
-		}
-	})
-	return errno != syscall.EAGAIN
+	r.rc.Read(r.peekFn)
+	return r.perr != syscall.EAGAIN
+}
+
+// peekNow is readable's callback.
+func (r *rawIO) peekNow(fd uintptr) bool {
+	r.perr = r.peekSocket(fd)
+	return true
 }
 
 // maxRawWrite bounds one write system call.
 const maxRawWrite = 64 << 10
 
 func (r *rawIO) Write(b []byte) (int, error) {
-	var done int
-	var errno syscall.Errno
-	err := r.rc.Write(func(fd uintptr) bool {
-		for done < len(b) {
-			// In pieces, so that a long body's copy is not one stretch the
-			// scheduler cannot preempt.
-			n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[done])), uintptr(min(len(b)-done, maxRawWrite)))
-			switch e {
-			case 0:
-				done += int(n)
-			case syscall.EINTR:
-			case syscall.EAGAIN:
-				return false
-			default:
-				errno = e
-				return true
-			}
-		}
-		return true
-	})
-	if err == nil && errno != 0 {
-		err = os.NewSyscallError("write", errno)
+	r.wbuf, r.wdone, r.werr = b, 0, 0
+	err := r.rc.Write(r.writeFn)
+	r.wbuf = nil
+	done := r.wdone
+	if err == nil && r.werr != 0 {
+		err = os.NewSyscallError("write", r.werr)
 	}
 	if done > 0 && r.progress != nil {
 		r.progress()
 	}
 	return done, err
+}
+
+// write is Write's callback: false while the socket's send buffer is full.
+func (r *rawIO) write(fd uintptr) bool {
+	b := r.wbuf
+	for r.wdone < len(b) {
+		// In pieces, so that a long body's copy is not one stretch the
+		// scheduler cannot preempt.
+		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[r.wdone])), uintptr(min(len(b)-r.wdone, maxRawWrite)))
+		switch e {
+		case 0:
+			r.wdone += int(n)
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false
+		default:
+			r.werr = e
+			return true
+		}
+	}
+	return true
 }
