@@ -541,6 +541,9 @@ func l7For(allows []*Rule, c Connection) *L7Result {
 			return l7
 		}
 		req, why := c.HTTP.asJudged()
+		if why == "" {
+			why = httpFieldAliases(c.HTTP, l7.Rules)
+		}
 		if why != "" {
 			l7.HTTP = &HTTPVerdict{Verdict: "400", Reason: why}
 			return l7
@@ -614,6 +617,11 @@ func combineL7(a, b *L7Result) *L7Result {
 	}
 	out := &L7Result{Redirect: true, Rules: append(append([]L7Rule{}, a.Rules...), b.Rules...)}
 	switch {
+	case a.HTTP != nil && a.HTTP.Verdict == "400":
+		// The proxies refuse a bad request before they judge it.
+		out.HTTP = a.HTTP
+	case b.HTTP != nil && b.HTTP.Verdict == "400":
+		out.HTTP = b.HTTP
 	case a.HTTP != nil && a.HTTP.Verdict != "allowed":
 		out.HTTP = a.HTTP
 	case b.HTTP != nil && b.HTTP.Verdict != "allowed":

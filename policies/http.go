@@ -150,6 +150,58 @@ func HTTPAmbiguousTarget(target, path string) string {
 	return ""
 }
 
+// MaxHeaderNameSeparators bounds the '-' and '_' in a header name a rule
+// names: the Envoy engine refuses every other spelling of it with '_' for
+// '-' (HTTPFieldAlias) by a route of its own, 2^n-1 of them.
+const MaxHeaderNameSeparators = 8
+
+// HTTPFieldAlias says why a request is refused (400) for carrying a field
+// named field when a rule judging the request names the field judged, or
+// "" when it is not: the two names are the same but for '_' where the
+// other has '-'. CGI gives X_Tenant and X-Tenant one variable,
+// HTTP_X_TENANT, and so do PHP and the WSGI and Rack servers that follow
+// it, so such a field could carry a value to the server past a rule on
+// the other. Clients do not send both spellings of one field.
+func HTTPFieldAlias(field, judged string) string {
+	if len(field) != len(judged) || strings.EqualFold(field, judged) {
+		return ""
+	}
+	for i := 0; i < len(field); i++ {
+		a, b := aliasFold(field[i]), aliasFold(judged[i])
+		if a != b {
+			return ""
+		}
+	}
+	return fmt.Sprintf("header %q is %q to servers that read '_' as '-'", field, judged)
+}
+
+// aliasFold folds c as HTTPFieldAlias compares names: case and '_' against
+// '-' ignored.
+func aliasFold(c byte) byte {
+	switch {
+	case c == '_':
+		return '-'
+	case 'A' <= c && c <= 'Z':
+		return c + 'a' - 'A'
+	}
+	return c
+}
+
+// httpFieldAliases is the first of req's fields that HTTPFieldAlias
+// refuses against the header names of rules, as its reason; "" for none.
+func httpFieldAliases(req *HTTPRequest, rules []L7Rule) string {
+	for _, r := range rules {
+		for judged := range r.HTTP.Headers {
+			for field := range req.Headers {
+				if why := HTTPFieldAlias(field, judged); why != "" {
+					return why
+				}
+			}
+		}
+	}
+	return ""
+}
+
 // HTTPAsteriskTarget says why a "*" target is refused (400): it names no
 // resource, and HTTP allows it for OPTIONS only, which is judged as the
 // path "/*". "" for any other target.

@@ -539,6 +539,20 @@ func (l *loader) headers(a *hclsyntax.Attribute) (map[string]string, bool) {
 			ok = false
 			return
 		}
+		for o := range out {
+			if HTTPFieldAlias(c, o) != "" {
+				l.errorf(krng, fmt.Sprintf("Headers %q and %q are one field to many servers", o, k),
+					"CGI, PHP, WSGI and Rack servers read '_' as '-'; the proxies refuse a request carrying both (400). Give one.")
+				ok = false
+				return
+			}
+		}
+		if strings.Count(c, "-")+strings.Count(c, "_") > MaxHeaderNameSeparators {
+			l.errorf(krng, fmt.Sprintf("Header name %q has more than %d '-' or '_'", k, MaxHeaderNameSeparators),
+				"The proxies refuse every spelling of a judged name with '_' for '-', and the Envoy engine needs a route for each.")
+			ok = false
+			return
+		}
 		out[c] = v
 	}
 	if obj, isObj := a.Expr.(*hclsyntax.ObjectConsExpr); isObj {

@@ -98,6 +98,24 @@ func (d *Decision) Verdict(req *Request) (ruleID uint32, by *Check, allowed bool
 	return ruleID, by, true
 }
 
+// FieldAlias says why a request with the fields h is refused (400) under
+// d: one of them is a field d's rules name, spelled with '_' for '-'
+// (policies.HTTPFieldAlias). "" when none is.
+func (d *Decision) FieldAlias(h http.Header) string {
+	for i := range d.Checks {
+		for j := range d.Checks[i].Rules.Rules {
+			for judged := range d.Checks[i].Rules.Rules[j].HTTP.Headers {
+				for field := range h {
+					if why := policies.HTTPFieldAlias(field, judged); why != "" {
+						return why
+					}
+				}
+			}
+		}
+	}
+	return ""
+}
+
 // PolicyNames lists, once each and in rule order, the policies that hold the
 // rules of c.
 func PolicyNames(r Resolver, c *Check) []string {

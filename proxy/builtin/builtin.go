@@ -402,6 +402,8 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// The transport would send the destination's address as the
 		// authority, which no rule judged; HTTP/1.1 requires a Host too.
 		why = "invalid host: no :authority or Host"
+	} else if why = dec.FieldAlias(req.Headers); why != "" {
+		why = "invalid header: " + why
 	}
 	if err == nil && why != "" {
 		ev.Path = r.RequestURI

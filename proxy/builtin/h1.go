@@ -445,7 +445,14 @@ func (h *h1) serveOne(first bool) bool {
 		h.finish(&ev, start)
 		return keep
 	}
-	req := proxy.Request{Method: method, Path: path, Host: host, Headers: h.header(&dec)}
+	hd, err := h.header(&dec)
+	if err != nil {
+		h.fail(err)
+		ev.Verdict, ev.Status, ev.Error = proxy.VerdictError, http.StatusBadRequest, err.Error()
+		h.finish(&ev, start)
+		return false
+	}
+	req := proxy.Request{Method: method, Path: path, Host: host, Headers: hd}
 	ruleID, by, allowed := dec.Verdict(&req)
 	if by != nil {
 		ev.Direction = by.Direction.String()
@@ -480,8 +487,10 @@ func (h *h1) finish(ev *proxy.Event, start time.Time) {
 // (Host and Transfer-Encoding are not among its fields), less those its
 // Connection field names: the proxy does not forward them, and a rule
 // must not pass a field the server will not get. nil when no rule looks at
-// headers; fields no rule names are left out, which no rule can tell.
-func (h *h1) header(d *proxy.Decision) http.Header {
+// headers; fields no rule names are left out, which no rule can tell. A
+// forwarded field that is a named one spelled with '_' for '-' is a bad
+// request (policies.HTTPFieldAlias).
+func (h *h1) header(d *proxy.Decision) (http.Header, error) {
 	var hd http.Header
 	for i := range d.Checks {
 		for j := range d.Checks[i].Rules.Rules {
@@ -495,15 +504,24 @@ func (h *h1) header(d *proxy.Decision) http.Header {
 				if !h.forwardsField([]byte(name)) {
 					continue
 				}
+				under := strings.IndexByte(name, '_') >= 0
 				for _, f := range h.rq.fields {
-					if bytes.EqualFold(f.name.of(h.head), []byte(name)) {
+					fn := f.name.of(h.head)
+					if bytes.EqualFold(fn, []byte(name)) {
 						hd[name] = append(hd[name], string(f.value.of(h.head)))
+						continue
+					}
+					if len(fn) != len(name) || !under && bytes.IndexByte(fn, '_') < 0 {
+						continue
+					}
+					if why := policies.HTTPFieldAlias(string(fn), name); why != "" && h.forwardsField(fn) {
+						return nil, badRequest("invalid header: " + why)
 					}
 				}
 			}
 		}
 	}
-	return hd
+	return hd, nil
 }
 
 // forwardsField reports whether a request field named name reaches the

@@ -118,6 +118,7 @@ func Run(t *testing.T, f Factory) {
 	t.Run("ConnectIsRefused", s.connectRefused)
 	t.Run("AmbiguousTargetsRefused", s.ambiguousTargets)
 	t.Run("AmbiguousHostsRefused", s.ambiguousHosts)
+	t.Run("UnderscoreAliasesRefused", s.underscoreAliases)
 	if tg.Events != nil {
 		t.Run("Events", s.events)
 	}
@@ -748,6 +749,54 @@ func (s *suite) ambiguousHosts(t *testing.T) {
 		resp.Body.Close()
 		if resp.ProtoMajor != 2 || resp.StatusCode != tc.want || (tc.want == 400) != (resp.Header.Get("X-Upstream") == "") {
 			t.Errorf("HTTP/2 Host %q: %s status %d (X-Upstream %q) %q, want %d", tc.host, resp.Proto, resp.StatusCode, resp.Header.Get("X-Upstream"), b, tc.want)
+		}
+	}
+}
+
+// underscoreAliases: a field that is one the rules name but for '_' in
+// place of '-' gets 400 and does not reach the server, beside the named
+// field or alone, over HTTP/1.1 and HTTP/2 (CGI reads X_Tenant as
+// X-Tenant). Other fields with '_' pass.
+func (s *suite) underscoreAliases(t *testing.T) {
+	c := h2cClient()
+	defer c.CloseIdleConnections()
+	for _, tc := range []struct {
+		path   string
+		fields [][2]string
+		want   int
+	}{
+		{"/api/v1/items", [][2]string{{"X-Tenant", "acme"}, {"X_Tenant", "evil"}}, 400},
+		{"/api/v1/items", [][2]string{{"x_tenant", "acme"}}, 400},
+		{"/public/x", [][2]string{{"X_Token", "1"}}, 400}, // another rule names X-Token
+		{"/api/v1/items", [][2]string{{"X-Tenant", "acme"}, {"X_Other", "1"}}, 200},
+		{"/public/x", [][2]string{{"X_Tenant_Id", "1"}}, 200},
+	} {
+		raw := "GET " + tc.path + " HTTP/1.1\r\nHost: api.example.com\r\n"
+		for _, f := range tc.fields {
+			raw += f[0] + ": " + f[1] + "\r\n"
+		}
+		rc := s.dialRaw(t)
+		rc.Send(raw + "\r\n")
+		resp, body := rc.Read("GET")
+		if resp.StatusCode != tc.want || (tc.want == 400) != (resp.Header.Get("X-Upstream") == "") {
+			t.Errorf("HTTP/1.1 %s %v: status %d (X-Upstream %q) %q, want %d", tc.path, tc.fields, resp.StatusCode, resp.Header.Get("X-Upstream"), body, tc.want)
+		}
+		req, err := http.NewRequest("GET", s.url(tc.path), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Host = "api.example.com"
+		for _, f := range tc.fields {
+			req.Header[f[0]] = append(req.Header[f[0]], f[1])
+		}
+		resp, err = c.Do(req)
+		if err != nil {
+			t.Fatalf("HTTP/2 %s %v: %v", tc.path, tc.fields, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.ProtoMajor != 2 || resp.StatusCode != tc.want || (tc.want == 400) != (resp.Header.Get("X-Upstream") == "") {
+			t.Errorf("HTTP/2 %s %v: %s status %d (X-Upstream %q) %q, want %d", tc.path, tc.fields, resp.Proto, resp.StatusCode, resp.Header.Get("X-Upstream"), b, tc.want)
 		}
 	}
 }

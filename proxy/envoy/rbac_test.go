@@ -242,11 +242,13 @@ func TestRefusalRoutesAnswerBeforeRBAC(t *testing.T) {
 	}
 	for _, x := range res.Routes {
 		vh := x.(*route.RouteConfiguration).VirtualHosts[0]
+		rules := false
 		for i, r := range vh.Routes {
-			refusal := r.Name == "ambiguous-target" || r.Name == "invalid-host"
-			if refusal != (i < 2) {
-				t.Fatalf("%s: route %d is %q; the two refusal routes come first", vh.Name, i, r.Name)
+			refusal := r.Name == "ambiguous-target" || r.Name == "invalid-host" || r.Name == "invalid-header"
+			if refusal && rules || (i < 2) != (r.Name == "ambiguous-target" || r.Name == "invalid-host") {
+				t.Fatalf("%s: route %d is %q; the refusal routes come first, these two first of them", vh.Name, i, r.Name)
 			}
+			rules = !refusal
 			if !refusal {
 				if len(r.TypedPerFilterConfig) != 0 {
 					t.Errorf("%s: route %q overrides the RBAC filters", vh.Name, r.Name)
@@ -264,6 +266,59 @@ func TestRefusalRoutesAnswerBeforeRBAC(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestFieldAliasRoutesJudgeAsTheBuiltinEngine: Envoy's invalid-header
+// routes refuse exactly the requests the built-in engine refuses for a
+// field that is a judged one with '_' for '-' (proxy.Decision.FieldAlias),
+// over names with no, one and several separators.
+func TestFieldAliasRoutesJudgeAsTheBuiltinEngine(t *testing.T) {
+	d := proxy.Decision{SrcIdentity: 300, DstIdentity: 400, Checks: []proxy.Check{
+		{Direction: policies.Egress, Rules: policies.L7Set{Rules: []policies.L7Rule{
+			{RuleID: 1, HTTP: httpRule("GET", "", "", map[string]string{"X-Tenant": "acme", "Token": ""})},
+		}}},
+		{Direction: policies.Ingress, Rules: policies.L7Set{Rules: []policies.L7Rule{
+			{RuleID: 2, HTTP: httpRule("", "/.*", "", map[string]string{"X-Api-Key_V2": ""})},
+		}}},
+	}}
+	res, err := Translate(&proxy.StaticResolver{Decision: d}, Options{Port: 15001})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checked := 0
+	for _, x := range res.Routes {
+		vh := x.(*route.RouteConfiguration).VirtualHosts[0]
+		if vh.Name == "deny" {
+			continue
+		}
+		checked++
+		for _, field := range []string{
+			"X-Tenant", "x-tenant", "X_Tenant", "x_TENANT", "X-Tenant-Id", "X_Tenan", "Token", "To_ken",
+			"X-Api-Key_V2", "X_Api_Key_V2", "X-Api-Key-V2", "x_api-key_v2", "X-Api-Key", "X-Other",
+		} {
+			r := &envoyRequest{method: "GET", path: "/", authority: "api", headers: http.Header{}}
+			r.headers[http.CanonicalHeaderKey(field)] = []string{"v"}
+			// Envoy keeps names as sent, lower-case; the test's matcher
+			// looks them up case-insensitively through http.Header.
+			refused := ""
+			for _, rt := range vh.Routes {
+				if rt.Name != "invalid-header" {
+					continue
+				}
+				if headerMatch(t, rt.Match.Headers[0], r) {
+					refused = rt.Match.Headers[0].Name
+					break
+				}
+			}
+			want := d.FieldAlias(http.Header{field: {"v"}})
+			if (refused != "") != (want != "") {
+				t.Errorf("%s: field %q: Envoy refuses %v (route %q), the built-in engine %v (%s)", vh.Name, field, refused != "", refused, want != "", want)
+			}
+		}
+	}
+	if checked == 0 {
+		t.Fatal("the translation has no route configuration for the decision")
 	}
 }
 

@@ -361,6 +361,50 @@ func (t *translator) denyChain() (*listener.FilterChain, error) {
 	}, proxy.Decision{})
 }
 
+// fieldAliases lists, sorted, every lower-case spelling of the header names
+// d's rules judge with '_' for '-' or the reverse, but each name itself:
+// the fields policies.HTTPFieldAlias refuses. (A name two rules judge in
+// two spellings is then refused in both, as the built-in engine does.)
+// The policy loader bounds the separators in a name
+// (policies.MaxHeaderNameSeparators).
+func fieldAliases(d *proxy.Decision) []string {
+	judged := map[string]bool{}
+	for i := range d.Checks {
+		for _, r := range d.Checks[i].Rules.Rules {
+			for name := range r.HTTP.Headers {
+				judged[strings.ToLower(name)] = true
+			}
+		}
+	}
+	seen := map[string]bool{}
+	for name := range judged {
+		var at []int
+		for i := 0; i < len(name); i++ {
+			if name[i] == '-' || name[i] == '_' {
+				at = append(at, i)
+			}
+		}
+		if len(at) > policies.MaxHeaderNameSeparators {
+			at = at[:policies.MaxHeaderNameSeparators]
+		}
+		b := []byte(name)
+		for mask := 0; mask < 1<<len(at); mask++ {
+			for k, i := range at {
+				b[i] = "-_"[mask>>k&1]
+			}
+			if v := string(b); v != name {
+				seen[v] = true
+			}
+		}
+	}
+	out := make([]string, 0, len(seen))
+	for v := range seen {
+		out = append(out, v)
+	}
+	slices.Sort(out)
+	return out
+}
+
 // ambiguousTargetRegex matches a path (after Envoy's normalization, which
 // decodes %2e) holding a dot segment with parameters: "/public/..;/admin".
 const ambiguousTargetRegex = `.*/\.\.?;.*`
@@ -404,6 +448,21 @@ func (t *translator) chain(name string, d proxy.Decision, src, dst []netip.Prefi
 			Body:   inline("Bad Request: invalid host\n"),
 		}},
 	}}
+	// A field that is one the rules name but for '_' in place of '-' is
+	// refused too (policies.HTTPFieldAlias): a route per spelling, as
+	// Envoy matches a header by its exact (lower-case) name.
+	for _, alias := range fieldAliases(&d) {
+		routes = append(routes, &route.Route{
+			Name: "invalid-header",
+			Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: ""}, Headers: []*route.HeaderMatcher{{
+				Name: alias, HeaderMatchSpecifier: &route.HeaderMatcher_PresentMatch{PresentMatch: true},
+			}}},
+			Action: &route.Route_DirectResponse{DirectResponse: &route.DirectResponseAction{
+				Status: 400,
+				Body:   inline("Bad Request: invalid header\n"),
+			}},
+		})
+	}
 	noRBAC := map[string]*anypb.Any{}
 	for _, dir := range []policies.Direction{policies.Egress, policies.Ingress} {
 		off, err := pack(&rbac.RBACPerRoute{})
