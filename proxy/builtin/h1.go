@@ -501,14 +501,14 @@ func (h *h1) header(d *proxy.Decision) (http.Header, error) {
 				if _, done := hd[name]; done || name == "Host" || name == "Transfer-Encoding" {
 					continue
 				}
-				if !h.forwardsField([]byte(name)) {
-					continue
-				}
+				fwd := h.forwardsField([]byte(name))
 				under := strings.IndexByte(name, '_') >= 0
 				for _, f := range h.rq.fields {
 					fn := f.name.of(h.head)
 					if bytes.EqualFold(fn, []byte(name)) {
-						hd[name] = append(hd[name], string(f.value.of(h.head)))
+						if fwd {
+							hd[name] = append(hd[name], string(f.value.of(h.head)))
+						}
 						continue
 					}
 					if len(fn) != len(name) || !under && bytes.IndexByte(fn, '_') < 0 {
