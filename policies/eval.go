@@ -143,8 +143,8 @@ type HTTPVerdict struct {
 	Verdict string `json:"verdict"` // "allowed", "403", or "400" (a target the proxies refuse)
 	// The http block that allowed the request (nil for 403).
 	Matched *Match `json:"matched,omitempty"`
-	// Reason says why a request is refused whatever the rules (CONNECT,
-	// an ambiguous target).
+	// Reason says why the proxies refuse a request before the rules judge
+	// it (CONNECT, an ambiguous target or host, a judged field's alias).
 	Reason string `json:"reason,omitempty"`
 }
 

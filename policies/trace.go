@@ -90,7 +90,7 @@ func (r Result) WriteText(w io.Writer) error {
 		b.WriteString("l7:      the connection goes to the L7 proxy")
 		if h := r.L7.HTTP; h != nil {
 			if h.Reason != "" {
-				fmt.Fprintf(&b, "; %s whatever the rules: %s", statusText(h.Verdict), h.Reason)
+				fmt.Fprintf(&b, "; the proxy answers %s before the rules judge the request: %s", statusText(h.Verdict), h.Reason)
 			} else if h.Verdict == "403" {
 				b.WriteString("; the request matches no http block: 403 Forbidden")
 			} else if h.Matched != nil {
@@ -125,7 +125,7 @@ func writeEnd(b *strings.Builder, dir, role string, e EndResult) {
 		case h == nil:
 			b.WriteString("  l7: every admitting rule carries http: requests are checked by the proxy\n")
 		case h.Reason != "":
-			fmt.Fprintf(b, "  l7: %s whatever the rules: %s\n", h.Verdict, h.Reason)
+			fmt.Fprintf(b, "  l7: %s before the rules: %s\n", h.Verdict, h.Reason)
 		case h.Verdict == "403":
 			b.WriteString("  l7: the request matches no http block of the admitting rules: 403\n")
 		case h.Matched != nil:
