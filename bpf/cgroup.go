@@ -18,17 +18,19 @@ func SelfCgroupID() (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	var rel string
-	found := false
 	for _, l := range strings.Split(string(b), "\n") {
-		if p, ok := strings.CutPrefix(l, "0::"); ok {
-			rel, found = p, true
+		if rel, ok := strings.CutPrefix(l, "0::"); ok {
+			return CgroupID(rel)
 		}
 	}
-	if !found {
-		return 0, fmt.Errorf("this process has no cgroup v2 entry in /proc/self/cgroup")
-	}
-	root, err := cgroup2Mount()
+	return 0, fmt.Errorf("this process has no cgroup v2 entry in /proc/self/cgroup")
+}
+
+// CgroupID is the cgroup v2 id of the cgroup at rel in the hierarchy
+// ("/system.slice/membrane-envoy.service"). A cgroup removed and made
+// again (a unit restarted) has a new id.
+func CgroupID(rel string) (uint64, error) {
+	root, err := Cgroup2Mount()
 	if err != nil {
 		return 0, err
 	}
@@ -39,7 +41,14 @@ func SelfCgroupID() (uint64, error) {
 	return st.Ino, nil
 }
 
-func cgroup2Mount() (string, error) {
+// NoCgroup as Config.ProxyCgroup is a cgroup no socket is in: from-proxy
+// marks are taken from none, and the proxy port is handed no connection
+// (the proxy is not running). 0 would turn the check off.
+const NoCgroup = ^uint64(0)
+
+// Cgroup2Mount is where the cgroup v2 hierarchy is mounted
+// (/sys/fs/cgroup, or /sys/fs/cgroup/unified on a hybrid host).
+func Cgroup2Mount() (string, error) {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		return "", err

@@ -353,6 +353,15 @@ func (d *Datapath) updateConfig(fn func(*datapathConfig)) error {
 	return nil
 }
 
+// SetProxyCgroup changes Config.ProxyCgroup in force: the cgroup whose
+// sockets' from-proxy marks count (an Envoy unit's, which changes when the
+// unit restarts). NoCgroup trusts none.
+func (d *Datapath) SetProxyCgroup(id uint64) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.updateConfig(func(c *datapathConfig) { c.ProxyCgroup = id })
+}
+
 // Revision returns the policy revision in force.
 func (d *Datapath) Revision() (uint32, error) {
 	d.mu.Lock()

@@ -79,7 +79,7 @@ func TestFromProxyMarkFromContainerIsScrubbed(t *testing.T) {
 // CAP_NET_RAW only (what a --network host container has by default).
 func (env *l7Env) nobodyNetRaw(t *testing.T, args ...string) *exec.Cmd {
 	// In a cgroup of its own, as a container is.
-	root, err := cgroup2Mount()
+	root, err := Cgroup2Mount()
 	must(t, err)
 	cg := filepath.Join(root, "membrane-test-"+env.tp.host.Name)
 	if _, err := exec.Command("mkdir", "-p", cg).CombinedOutput(); err != nil {
@@ -115,6 +115,38 @@ func TestFromProxyMarkTakenOnlyFromProxyCgroup(t *testing.T) {
 	}
 	if err == nil && strings.Contains(string(out), "connected") {
 		t.Errorf("a host process without CAP_NET_ADMIN passed B's ingress as identity %d via SO_MARK", idA)
+	}
+}
+
+// SetProxyCgroup moves the trust at run time (an Envoy unit restarted in a
+// new cgroup): a marked socket in the cgroup now named speaks for idA at
+// B's ingress, and with NoCgroup none does, this process's included.
+func TestSetProxyCgroupMovesTheTrust(t *testing.T) {
+	env := newL7Env(t, AttachTCX)
+	dst := net.JoinHostPort(env.tp.addr[1].String(), "8081")
+	mark := fmt.Sprint(proxy.FromProxyMark(idA))
+	dial := func() (string, bool) {
+		out, err := env.nobodyNetRaw(t, "dial", mark, dst).CombinedOutput()
+		if !strings.Contains(string(out), "marked") {
+			t.Fatalf("the process could not set the mark, so the test proves nothing: %s", out)
+		}
+		return string(out), err == nil && strings.Contains(string(out), "connected")
+	}
+	if out, ok := dial(); ok {
+		t.Fatalf("a marked socket outside the proxy's cgroup passed before the change: %s", out)
+	}
+	cg, err := CgroupID("/membrane-test-" + env.tp.host.Name) // nobodyNetRaw's
+	must(t, err)
+	must(t, env.dp.SetProxyCgroup(cg))
+	if out, ok := dial(); !ok {
+		t.Errorf("with ProxyCgroup its cgroup (%d), a marked socket there did not pass as identity %d: %s", cg, idA, out)
+	}
+	must(t, env.dp.SetProxyCgroup(NoCgroup))
+	if out, ok := dial(); ok {
+		t.Errorf("with NoCgroup, a marked socket passed as identity %d: %s", idA, out)
+	}
+	if err := dialMarkIn(env.tp.host.Do, dst, proxy.FromProxyMark(idA)); err == nil {
+		t.Errorf("with NoCgroup, this process's marked socket passed as identity %d", idA)
 	}
 }
 
