@@ -58,14 +58,19 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	}
 	// The proxy's upstream sockets are this process's (the built-in engine)
 	// or its Envoy child's, which stays in this cgroup: only their
-	// from-proxy marks are taken. An Envoy in a unit of its own is in
-	// another cgroup, left unchecked (0) for now.
+	// from-proxy marks are taken. An Envoy in a unit of its own is in the
+	// unit's cgroup, followed as the unit restarts (unitCgroup).
 	var proxyCgroup uint64
+	var envoyUnit *unitCgroup
 	if cfg.L7.EnvoyUnit == "" {
 		if proxyCgroup, err = bpf.SelfCgroupID(); err != nil {
 			log.Warn("no cgroup v2 id for this process: from-proxy marks are taken from any socket", "err", err)
 			proxyCgroup = 0
 		}
+	} else {
+		envoyUnit = &unitCgroup{unit: cfg.L7.EnvoyUnit, path: envoyUnitCgroupPath, log: log}
+		proxyCgroup = envoyUnit.id()
+		envoyUnit.cur = proxyCgroup
 	}
 	dp, err := bpf.Open(bpf.Config{
 		ProxyCgroup:      proxyCgroup,
@@ -174,6 +179,10 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 		}
 		return nil
 	})
+	if envoyUnit != nil {
+		envoyUnit.set = dp.SetProxyCgroup
+		g.Go(func() error { return envoyUnit.run(gctx, time.Second) })
+	}
 	g.Go(func() error { return r.run(gctx) })
 	err = g.Wait()
 	if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled)) {
