@@ -227,7 +227,7 @@
 //	dp.ResyncPolicy(model, proxyPortOf)                     // same, after reading the maps back (periodic)
 //	dp.Attach(ifindex)                                      // both hooks; idempotent
 //	dp.AttachBridge(br)                                     // every managed bridge; idempotent
-//	bpf.PrepareProxyPath()                                  // with proxy.DefaultRouting.Install, when L7 is on
+//	bpf.PrepareProxyPath(cg)                                // cg from SelfCgroup (zero if none); with proxy.DefaultRouting.Install, when L7 is on
 //	dp.Events(ctx, func(ev bpf.Event) {...})                // or NewEventReader + Read
 //	dp.Counters(); dp.GC(time.Now()); dp.Close() // or dp.Cleanup() on package removal
 //	                                                        // (and bpf.RemoveProxyPath())

@@ -83,7 +83,7 @@ func newL7Env(t testing.TB, mode AttachMode) *l7Env {
 	for i := 0; i < 2; i++ { // idempotent
 		must(t, tp.host.Do(func() error { return proxy.DefaultRouting.Install(nil) }))
 	}
-	must(t, tp.host.Do(PrepareProxyPath))
+	must(t, tp.host.Do(func() error { return PrepareProxyPath(selfCgroupOrZero(t)) }))
 	env.ipc = map[netip.Prefix]policies.Identity{
 		netip.PrefixFrom(tp.addr[0], 32): idA, netip.PrefixFrom(tp.addr[1], 32): idB,
 		netip.PrefixFrom(tp.addr6[0], 128): idA, netip.PrefixFrom(tp.addr6[1], 128): idB,

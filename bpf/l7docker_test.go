@@ -87,8 +87,8 @@ func TestL7RedirectPublishedPort(t *testing.T) {
 	if old, err := os.ReadFile(demux); err == nil {
 		t.Cleanup(func() { os.WriteFile(demux, old, 0o644) })
 	}
-	must(t, PrepareProxyPath())
-	must(t, PrepareProxyPath()) // idempotent
+	must(t, PrepareProxyPath(selfCgroupOrZero(t))) // as the daemon does
+	must(t, PrepareProxyPath(selfCgroupOrZero(t))) // idempotent
 	t.Cleanup(func() {
 		if err := RemoveProxyPath(); err != nil {
 			t.Errorf("RemoveProxyPath: %v", err)

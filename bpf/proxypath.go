@@ -36,7 +36,17 @@ const proxyPathTable = "membrane_l7"
 // (and a restarted daemon does not mistake its own 0 for the host's).
 const earlyDemux = "/proc/sys/net/ipv4/tcp_early_demux"
 
-func proxyPathRules(demux string) string {
+// refusedMatch is the output chain's match for the refused mark: from the
+// proxy's cgroup when it is known.
+func refusedMatch(proxy Cgroup) string {
+	m := "meta mark == 0xb9000001"
+	if proxy.Level > 0 {
+		m += fmt.Sprintf(` socket cgroupv2 level %d "%s"`, proxy.Level, proxy.Path)
+	}
+	return m
+}
+
+func proxyPathRules(demux string, proxy Cgroup) string {
 	return `table inet membrane_l7 {
 	comment "membrane L7 path; tcp_early_demux was ` + demux + `"
 	chain prerouting {
@@ -45,7 +55,7 @@ func proxyPathRules(demux string) string {
 	}
 	chain output {
 		type filter hook output priority raw; policy accept;
-		meta mark == 0xb9000001 notrack
+		` + refusedMatch(proxy) + ` notrack
 	}
 }
 `
@@ -70,9 +80,15 @@ func savedEarlyDemux(nft string) string {
 }
 
 // PrepareProxyPath installs the host settings of the L7 path in the
-// current network namespace (see above). Idempotent; RemoveProxyPath (for
-// --cleanup) takes them away again. Needs the nft binary.
-func PrepareProxyPath() error {
+// current network namespace (see above); proxy is the cgroup of the
+// process whose sockets carry the refused mark (SelfCgroup; the zero value
+// when it has none). Idempotent, and a later call replaces the rules of an
+// earlier one (a restarted daemon's cgroup is a new directory);
+// RemoveProxyPath (for --cleanup) takes them away again. Needs the nft
+// binary; with a proxy cgroup, also an nft and a kernel that take
+// `socket cgroupv2` in the output hook (where they do not, the error says
+// so and the caller may go on with the zero Cgroup).
+func PrepareProxyPath(proxy Cgroup) error {
 	nft, err := exec.LookPath("nft")
 	if err != nil {
 		return fmt.Errorf("L7 path: nft not found (package nftables): %w", err)
@@ -90,7 +106,7 @@ func PrepareProxyPath() error {
 	}
 	// Replace, not add: "delete" of a missing table fails, so flush first
 	// by (re)declaring it, then delete and create in one transaction.
-	script := "table inet " + proxyPathTable + "\ndelete table inet " + proxyPathTable + "\n" + proxyPathRules(was)
+	script := "table inet " + proxyPathTable + "\ndelete table inet " + proxyPathTable + "\n" + proxyPathRules(was, proxy)
 	cmd := exec.Command(nft, "-f", "-")
 	cmd.Stdin = strings.NewReader(script)
 	if out, err := cmd.CombinedOutput(); err != nil {

@@ -56,7 +56,7 @@ func startL7(ctx context.Context, cfg *config.Config, log *slog.Logger, sink pro
 	if err := proxy.DefaultRouting.Install(nil); err != nil {
 		return nil, fmt.Errorf("l7: policy routing: %w", err)
 	}
-	if err := bpf.PrepareProxyPath(); err != nil {
+	if err := prepareProxyPath(log); err != nil {
 		return nil, err
 	}
 	port := uint16(cfg.L7.Port)
@@ -90,6 +90,25 @@ func startL7(ctx context.Context, cfg *config.Config, log *slog.Logger, sink pro
 	}
 	log.Info("L7 proxy started", "engine", eng.Name(), "port", eng.Port())
 	return &l7{log: log, engine: eng, bridges: map[int]bool{}}, nil
+}
+
+// prepareProxyPath installs bpf.PrepareProxyPath with this process's
+// cgroup, whose sockets (the built-in engine's; an Envoy never sets the
+// refused mark) are the only ones whose refused mark is trusted. Without a
+// cgroup of its own, or where nft cannot match one, the mark is trusted
+// from any socket, as the datapath does with ProxyCgroup 0, and the daemon
+// warns.
+func prepareProxyPath(log *slog.Logger) error {
+	cg, err := bpf.SelfCgroup()
+	if err != nil {
+		log.Warn("no cgroup of its own for nftables: the refused mark is trusted from any socket", "err", err)
+		return bpf.PrepareProxyPath(bpf.Cgroup{})
+	}
+	if err := bpf.PrepareProxyPath(cg); err != nil {
+		log.Warn("nftables cannot match the proxy's cgroup: the refused mark is trusted from any socket", "cgroup", cg.Path, "err", err)
+		return bpf.PrepareProxyPath(bpf.Cgroup{})
+	}
+	return nil
 }
 
 func startEnvoy(ctx context.Context, cfg *config.Config, port uint16, envoyPath string, log *slog.Logger, sink proxy.EventSink) (*envoy.Engine, error) {
