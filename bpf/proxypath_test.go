@@ -259,3 +259,103 @@ func TestRefusedMarkUntrackedOnlyFromProxyCgroup(t *testing.T) {
 		t.Errorf("RemoveProxyPath left the table:\n%s", out)
 	}
 }
+
+// TestToProxyMarkFromLocalProcessStaysTracked: the prerouting chain of
+// membrane_l7 untracks every packet with the to-proxy magic, from any
+// source: its packets come from the datapath and have no socket, so no
+// cgroup can be asked. A local process that sets the magic with SO_MARK
+// (uid 65534, CAP_NET_RAW alone) gets no untracked packet out of it: its
+// packets pass OUTPUT first, where conntrack takes them, and loopback
+// keeps that entry. They do follow proxy.DefaultRouting's fwmark rule to
+// local delivery, to any destination address, and so reach the proxy's
+// transparent listener as if redirected; operations.md says why that
+// gives the process nothing it does not have.
+func TestToProxyMarkFromLocalProcessStaysTracked(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireBinary(t, "nft")
+	testenv.RequireBinary(t, "setpriv")
+	ns := testenv.NewNetNS(t, "mttp-")
+	bin := t.TempDir() + "/markdial"
+	if out, err := exec.Command("go", "build", "-o", bin, "./internal/markdial").CombinedOutput(); err != nil {
+		t.Fatalf("building markdial: %v: %s", err, out)
+	}
+	var ln net.Listener
+	must(t, ns.Do(func() error {
+		demux, err := os.ReadFile(earlyDemux)
+		if err != nil {
+			return err
+		}
+		t.Cleanup(func() { ns.Do(func() error { return os.WriteFile(earlyDemux, demux, 0o644) }) })
+		if err := proxy.DefaultRouting.Install(nil); err != nil {
+			return err
+		}
+		if err := PrepareProxyPath(Cgroup{}); err != nil {
+			return err
+		}
+		// The proxy's listener: only a transparent one answers a
+		// connection to an address that is not local.
+		ls, err := proxy.ListenTransparent(context.Background(), 0)
+		if err != nil {
+			return err
+		}
+		ln = ls[0]
+		return nil
+	}))
+	t.Cleanup(func() { ln.Close() })
+	port := ln.Addr().(*net.TCPAddr).Port
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.SetDeadline(time.Now().Add(3 * time.Second))
+			bufio.NewReader(c).ReadString('\n')
+			c.Write([]byte("HTTP/1.0 200 OK\r\n\r\n"))
+			c.Close()
+		}
+	}()
+	probe := fmt.Sprintf(`table inet mt_probe {
+	counter untracked {}
+	counter tracked {}
+	chain input {
+		type filter hook input priority filter; policy accept;
+		meta mark & 0xff000000 == 0xb6000000 tcp dport %[1]d ct state untracked counter name untracked
+		meta mark & 0xff000000 == 0xb6000000 tcp dport %[1]d ct state != untracked counter name tracked
+	}
+}
+`, port)
+	cmd := ns.Command("nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(probe)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("nft: %v: %s", err, out)
+	}
+	counter := func(name string) int {
+		out := ns.MustExec(t, "nft", "list", "counter", "inet", "mt_probe", name)
+		_, rest, ok := strings.Cut(out, "packets ")
+		n, err := strconv.Atoi(strings.Fields(rest + " x")[0])
+		if !ok || err != nil {
+			t.Fatalf("counter %s: %s", name, out)
+		}
+		return n
+	}
+	ns.MustExec(t, "ip", "addr", "add", "10.254.1.1/32", "dev", "lo")
+	mark := proxy.ToProxyMark(uint16(port)) | 1<<16
+	// 10.254.0.1 is on no interface: only the fwmark rule delivers it here.
+	// Unbound, the connect fails (the local route makes the destination
+	// the source, which is not local), so the process binds a local one.
+	for _, dst := range []string{"127.0.0.1", "10.254.0.1"} {
+		out, err := exec.Command("ip", "netns", "exec", ns.Name, "setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+			"--inh-caps", "-all,+net_raw", "--ambient-caps", "+net_raw", "--bounding-set", "-all,+net_raw",
+			bin, "dial", fmt.Sprint(mark), fmt.Sprintf("%s:%d", dst, port), "10.254.1.1").CombinedOutput()
+		t.Logf("uid 65534 + CAP_NET_RAW, SO_MARK %#x, 10.254.1.1 -> %s:%d: %s", mark, dst, port, out)
+		if err != nil || !strings.Contains(string(out), "marked") || !strings.Contains(string(out), "connected") {
+			t.Fatalf("the process did not mark and connect, so the test proves nothing: %v", err)
+		}
+	}
+	u, tr := counter("untracked"), counter("tracked")
+	t.Logf("to-proxy-marked packets at input: %d untracked, %d tracked", u, tr)
+	if tr == 0 || u != 0 {
+		t.Errorf("a local process's own to-proxy mark: %d packets untracked, %d tracked; want all tracked", u, tr)
+	}
+}

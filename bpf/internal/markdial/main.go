@@ -3,7 +3,7 @@
 // such a process can do (proxytrust_test.go). It prints "marked" once the
 // options are set. Usage:
 //
-//	markdial dial MARK ADDR:PORT   -> prints "connected" or error
+//	markdial dial MARK ADDR:PORT [SRC]  -> prints "connected" or error; SRC: local address to bind
 //	markdial listen MARK PORT      -> listens on 0.0.0.0:PORT with SO_MARK and IP_TRANSPARENT, prints first request line
 package main
 
@@ -47,6 +47,9 @@ func main() {
 	switch os.Args[1] {
 	case "dial":
 		d := net.Dialer{Timeout: 2 * time.Second, Control: ctl(int(m), false)}
+		if len(os.Args) > 4 {
+			d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(os.Args[4])}
+		}
 		c, err := d.Dial("tcp4", os.Args[3])
 		if err != nil {
 			fmt.Println("error:", err)
