@@ -27,7 +27,22 @@ import (
 //     a container on another network; tracked, Docker's MASQUERADE rule for
 //     that network's subnet would rewrite it on the way out of the client's
 //     bridge, and the client would never see the refusal. Untracked too
-//     (the output chain).
+//     (the output chain), but only from a socket in the proxy's cgroup:
+//     SO_MARK takes only CAP_NET_RAW (Linux 5.17 and later), so any host
+//     process with it (a --network host container) could otherwise mark
+//     its own packets and send them past conntrack, and so past NAT and
+//     every `ct state` rule of the host's firewall. Without a cgroup of
+//     the proxy's own (Cgroup's zero value) the rule trusts the mark from
+//     any socket, as the datapath does with Config.ProxyCgroup 0.
+//
+// The prerouting chain cannot ask for a cgroup: its packets come from the
+// datapath and have no socket. It leaves out what comes in on lo, where the
+// datapath's never do (they come in on a bridge): a local process with
+// CAP_NET_RAW marks its own packets there. Those of its sockets pass
+// OUTPUT first, where conntrack takes them (loopback keeps that entry, and
+// notrack leaves a tracked packet alone), but a packet socket skips OUTPUT
+// and its frames carry its SO_MARK. A mark set in a container's namespace
+// is scrubbed on the veth into the host.
 const proxyPathTable = "membrane_l7"
 
 // earlyDemux is the sysctl PrepareProxyPath turns off. The value it had
@@ -51,7 +66,7 @@ func proxyPathRules(demux string, proxy Cgroup) string {
 	comment "membrane L7 path; tcp_early_demux was ` + demux + `"
 	chain prerouting {
 		type filter hook prerouting priority raw; policy accept;
-		meta mark & 0xff000000 == 0xb6000000 notrack
+		meta mark & 0xff000000 == 0xb6000000 iifname != "lo" notrack
 	}
 	chain output {
 		type filter hook output priority raw; policy accept;

@@ -261,15 +261,16 @@ func TestRefusedMarkUntrackedOnlyFromProxyCgroup(t *testing.T) {
 }
 
 // TestToProxyMarkFromLocalProcessStaysTracked: the prerouting chain of
-// membrane_l7 untracks every packet with the to-proxy magic, from any
-// source: its packets come from the datapath and have no socket, so no
-// cgroup can be asked. A local process that sets the magic with SO_MARK
-// (uid 65534, CAP_NET_RAW alone) gets no untracked packet out of it: its
-// packets pass OUTPUT first, where conntrack takes them, and loopback
-// keeps that entry. They do follow proxy.DefaultRouting's fwmark rule to
-// local delivery, to any destination address, and so reach the proxy's
-// transparent listener as if redirected; operations.md says why that
-// gives the process nothing it does not have.
+// membrane_l7 untracks packets with the to-proxy magic, which come from
+// the datapath and have no socket, so no cgroup can be asked. A local
+// process that sets the magic with SO_MARK (uid 65534, CAP_NET_RAW alone)
+// must get no untracked packet out of it. Its sockets' packets pass OUTPUT
+// first, where conntrack takes them, and loopback keeps that entry; they
+// do follow proxy.DefaultRouting's fwmark rule to local delivery, to any
+// destination address, and so reach the proxy's transparent listener as
+// if redirected (operations.md says why that gives the process nothing it
+// does not have). A packet socket skips OUTPUT, and its frames on lo carry
+// the mark into prerouting: the chain leaves lo out.
 func TestToProxyMarkFromLocalProcessStaysTracked(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireBinary(t, "nft")
@@ -353,9 +354,68 @@ func TestToProxyMarkFromLocalProcessStaysTracked(t *testing.T) {
 			t.Fatalf("the process did not mark and connect, so the test proves nothing: %v", err)
 		}
 	}
+	// A packet socket skips OUTPUT, and its frames carry its SO_MARK: on
+	// lo they come back into prerouting untracked and marked. The
+	// datapath's redirected packets never come in on lo.
+	out, err := exec.Command("ip", "netns", "exec", ns.Name, "setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+		"--inh-caps", "-all,+net_raw", "--ambient-caps", "+net_raw", "--bounding-set", "-all,+net_raw",
+		bin, "inject", fmt.Sprint(mark), fmt.Sprintf("10.254.1.1:%d", port)).CombinedOutput()
+	t.Logf("uid 65534 + CAP_NET_RAW, a packet socket on lo with SO_MARK %#x: %s", mark, out)
+	if err != nil || !strings.Contains(string(out), "injected") {
+		t.Fatalf("the process did not inject its SYN, so the test proves nothing: %v", err)
+	}
 	u, tr := counter("untracked"), counter("tracked")
 	t.Logf("to-proxy-marked packets at input: %d untracked, %d tracked", u, tr)
 	if tr == 0 || u != 0 {
 		t.Errorf("a local process's own to-proxy mark: %d packets untracked, %d tracked; want all tracked", u, tr)
+	}
+}
+
+// TestL7RedirectedPacketsUntracked: the datapath's redirected packets are
+// the ones the prerouting chain is for; they come in on the bridge, not on
+// lo (which the chain leaves out), and must reach the proxy untracked, as
+// Docker's published ports need (l7docker_test.go).
+func TestL7RedirectedPacketsUntracked(t *testing.T) {
+	env := newL7Env(t, AttachTCX)
+	tp := env.tp
+	nft := func(args ...string) *exec.Cmd {
+		return exec.Command("nsenter", append([]string{"--net=/run/netns/" + tp.host.Name, "nft"}, args...)...)
+	}
+	cmd := nft("-f", "-")
+	cmd.Stdin = strings.NewReader(`table inet mt_probe {
+	counter untracked {}
+	counter tracked {}
+	chain input {
+		type filter hook input priority filter; policy accept;
+		meta mark & 0xff000000 == 0xb6000000 ct state untracked counter name untracked
+		meta mark & 0xff000000 == 0xb6000000 ct state != untracked counter name tracked
+	}
+}
+`)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("nft: %v: %s", err, out)
+	}
+	counter := func(name string) int {
+		out, err := nft("list", "counter", "inet", "mt_probe", name).CombinedOutput()
+		_, rest, ok := strings.Cut(string(out), "packets ")
+		n, aerr := strconv.Atoi(strings.Fields(rest + " x")[0])
+		if err != nil || !ok || aerr != nil {
+			t.Fatalf("counter %s: %v: %s", name, err, out)
+		}
+		return n
+	}
+	for _, c := range []struct {
+		from *testenv.NetNS
+		port int
+	}{{tp.c[0], 8080}, {tp.c[0], 8081}, {nil, 8080}} {
+		url := fmt.Sprintf("http://%s:%d/allowed/x", tp.addr[1], c.port)
+		if st, body, err := env.get(c.from, url, 5*time.Second); err != nil || st != 200 {
+			t.Fatalf("GET %s: %d %q %v", url, st, body, err)
+		}
+	}
+	u, tr := counter("untracked"), counter("tracked")
+	t.Logf("redirected packets at input: %d untracked, %d tracked", u, tr)
+	if u == 0 || tr != 0 {
+		t.Errorf("redirected packets: %d untracked, %d tracked; want all untracked", u, tr)
 	}
 }
