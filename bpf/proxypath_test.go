@@ -92,7 +92,7 @@ func TestRefusedMarkUntrackedOnlyFromProxyCgroup(t *testing.T) {
 	testenv.RequireBinary(t, "nft")
 	testenv.RequireBinary(t, "setpriv")
 	ns := testenv.NewNetNS(t, "mtrf-")
-	root, err := cgroup2Mount()
+	root, err := Cgroup2Mount()
 	if err != nil {
 		testenv.Skip(t, "no cgroup v2: "+err.Error())
 	}

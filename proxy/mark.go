@@ -32,7 +32,10 @@ import (
 //	                                          untracked (bpf.PrepareProxyPath), so
 //	                                          Docker's MASQUERADE does not rewrite
 //	                                          the destination's address in the
-//	                                          refusal. The datapath ignores it
+//	                                          refusal, when they come from the
+//	                                          daemon's cgroup (bpf.SelfCgroup): the
+//	                                          mark takes only CAP_NET_RAW. The
+//	                                          datapath ignores it
 //
 // No identity fits in neither: the compiler gives CIDR identities one per
 // prefix that policies name, far fewer than 1<<24.
