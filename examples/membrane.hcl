@@ -66,8 +66,8 @@ metrics {
 # managed Envoy when an `envoy` binary is on PATH, else the built-in Go
 # proxy; "builtin" / "envoy" force one. port is the proxy's transparent
 # listener (only redirected connections reach it). envoy_unit: a systemd
-# unit that runs Envoy instead of a child process (the source tree has one,
-# proxy/envoy/membrane-envoy.service; the packages do not install it).
+# unit that runs Envoy instead of a child process (the packages install
+# membrane-envoy.service for this; membraned starts and stops it).
 # max_connections bounds the client connections the proxy holds open, and
 # max_connections_per_source those from one address (built-in engine only);
 # a connection over either is reset.

@@ -258,6 +258,19 @@ func (s *stager) populate(ctx context.Context, opts Options, cli, daemon, versio
 	if err := s.add("/usr/lib/systemd/system/membraned.service", unit, 0o644, "", FormatRPM); err != nil {
 		return err
 	}
+	// The unit that runs Envoy when membraned's config names it
+	// (l7 { envoy_unit = "membrane-envoy.service" }); membraned starts and
+	// stops it, so it is installed and not enabled.
+	envoyUnit, err := os.ReadFile(filepath.Join(opts.RepoRoot, "proxy", "envoy", "membrane-envoy.service"))
+	if err != nil {
+		return fmt.Errorf("reading the Envoy unit: %w", err)
+	}
+	if err := s.add("/lib/systemd/system/membrane-envoy.service", envoyUnit, 0o644, "", FormatDeb); err != nil {
+		return err
+	}
+	if err := s.add("/usr/lib/systemd/system/membrane-envoy.service", envoyUnit, 0o644, "", FormatRPM); err != nil {
+		return err
+	}
 
 	// Configuration: conffiles, so dpkg and rpm keep local edits.
 	for _, c := range []struct{ src, dst string }{

@@ -58,7 +58,7 @@ func TestDebHoldsTheListedFilesAndPassesLintian(t *testing.T) {
 	}
 
 	list := run(t, "dpkg-deb", "--contents", res.Deb)
-	for _, p := range append(requiredPaths, "/lib/systemd/system/membraned.service",
+	for _, p := range append(requiredPaths, "/lib/systemd/system/membraned.service", "/lib/systemd/system/membrane-envoy.service",
 		"/usr/share/zsh/vendor-completions/_membrane", "/usr/share/doc/membrane/copyright",
 		"/usr/share/doc/membrane/changelog.gz", "/etc/membrane/policies.d/") {
 		if !strings.Contains(list, " ."+p+"\n") && !strings.Contains(list, " ."+p+" ") {
@@ -155,7 +155,7 @@ func TestRPMHoldsTheListedFilesScriptsAndRequirements(t *testing.T) {
 		t.Fatalf("rpm is named %s, want %s", filepath.Base(res.RPM), want)
 	}
 	list := "\n" + run(t, "rpm", "-qpl", res.RPM)
-	for _, p := range append(requiredPaths, "/usr/lib/systemd/system/membraned.service", "/usr/share/zsh/site-functions/_membrane", "/usr/share/doc/membrane/LICENSE") {
+	for _, p := range append(requiredPaths, "/usr/lib/systemd/system/membraned.service", "/usr/lib/systemd/system/membrane-envoy.service", "/usr/share/zsh/site-functions/_membrane", "/usr/share/doc/membrane/LICENSE") {
 		if !strings.Contains(list, "\n"+p+"\n") {
 			t.Errorf("the rpm lacks %s", p)
 		}

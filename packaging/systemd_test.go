@@ -108,6 +108,14 @@ func TestDebUnderSystemd(t *testing.T) {
 	if out, err := sh(sys, "systemd-analyze verify --man=no membraned.service"); err != nil || strings.TrimSpace(out) != "" {
 		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
 	}
+	// The Envoy unit is installed for l7.envoy_unit, loadable, and left to
+	// membraned to start: not enabled, not started.
+	if out, _ := sh(sys, "systemctl show --property=LoadState --value membrane-envoy.service"); strings.TrimSpace(out) != "loaded" {
+		t.Errorf("membrane-envoy.service is %q after install, want loaded", strings.TrimSpace(out))
+	}
+	if out, _ := sh(sys, "systemctl is-enabled membrane-envoy.service"); strings.TrimSpace(out) == "enabled" {
+		t.Errorf("membrane-envoy.service is enabled after install; membraned starts it when its config says so")
+	}
 	if out, _ := sh(sys, "systemd-analyze security --no-pager membraned.service | tail -n 1"); out != "" {
 		t.Logf("systemd-analyze security: %s", strings.TrimSpace(out))
 	}
