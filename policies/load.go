@@ -159,12 +159,15 @@ func readPolicyFile(path string) ([]byte, error) {
 	}
 }
 
-// fileDiag is an error about a whole file (no line).
+// fileDiag is an error about a whole file, reported at its 1:1.
 func fileDiag(path, summary, detail string) *hcl.Diagnostic {
+	// At 1:1: the CLI contract gives every diagnostic a line and column.
+	at := hcl.Pos{Line: 1, Column: 1}
 	return &hcl.Diagnostic{
 		Severity: hcl.DiagError,
 		Summary:  summary,
 		Detail:   detail,
+		Subject:  &hcl.Range{Filename: path, Start: at, End: at},
 		Extra:    wholeFile(path),
 	}
 }

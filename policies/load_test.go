@@ -80,10 +80,10 @@ func TestLoadMissingPathIsAnError(t *testing.T) {
 		t.Fatal("set for a missing path")
 	}
 	errs := rep.Errors()
-	if len(errs) != 1 || errs[0].Pos.File != missing || errs[0].Pos.Line != 0 || !strings.Contains(errs[0].Detail, "no such file") {
+	if len(errs) != 1 || errs[0].Pos.File != missing || errs[0].Pos.Line != 1 || errs[0].Pos.Column != 1 || !strings.Contains(errs[0].Detail, "no such file") {
 		t.Fatalf("errors %+v", errs)
 	}
-	if got := rep.Err().Error(); got != missing+": error: Cannot read policy path: no such file or directory" {
+	if got := rep.Err().Error(); got != missing+":1:1: error: Cannot read policy path: no such file or directory" {
 		t.Errorf("Err() = %q", got)
 	}
 }
