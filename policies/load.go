@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -33,6 +34,22 @@ const maxFileSize = 16 << 20
 // report holds an error: a policy set is accepted or rejected as a whole.
 // The report is never nil.
 func Load(paths ...string) (*Set, *Report) {
+	return LoadWithNetworks(nil, paths...)
+}
+
+// ContainerNetwork is the subnet of a container network that the caller
+// can see, such as a Docker bridge's, for LoadWithNetworks.
+type ContainerNetwork struct {
+	Name   string // the bridge, say
+	Prefix netip.Prefix
+}
+
+// LoadWithNetworks is Load that also warns at every CIDR of a peer
+// attribute (from_cidr, to_cidr) that overlaps one of nets: CIDR rules
+// match only peers that are not managed endpoints, so such a CIDR does not
+// reach the containers on that network. A default route (0.0.0.0/0, ::/0)
+// overlaps every network and is not reported.
+func LoadWithNetworks(nets []ContainerNetwork, paths ...string) (*Set, *Report) {
 	var (
 		srcs     []Source
 		readErrs hcl.Diagnostics
@@ -67,7 +84,7 @@ func Load(paths ...string) (*Set, *Report) {
 			readErrs = append(readErrs, fileDiag(p, "Cannot read policy path: "+reason(err), err.Error()))
 		}
 	}
-	set, rep := Parse(srcs...)
+	set, rep := parse(nets, srcs...)
 	if len(readErrs) > 0 {
 		rep.diags = append(rep.diags, readErrs...)
 		rep.finish(rep.fileOrder())
@@ -179,11 +196,16 @@ type wholeFile string
 // is the order of rule IDs). Like Load, the Set is nil when the report holds
 // an error.
 func Parse(sources ...Source) (*Set, *Report) {
+	return parse(nil, sources...)
+}
+
+func parse(nets []ContainerNetwork, sources ...Source) (*Set, *Report) {
 	l := &loader{
 		files: map[string]*hcl.File{},
 		names: map[string]*Policy{},
 		rep:   &Report{},
 		res:   map[string]*regexp.Regexp{},
+		nets:  nets,
 	}
 	seen := map[string]bool{}
 	for _, s := range sources {

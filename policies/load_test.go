@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -155,5 +157,49 @@ func TestReportFormats(t *testing.T) {
 	}
 	if ok.Err() != nil {
 		t.Errorf("Err of a clean report = %v", ok.Err())
+	}
+}
+
+// TestLoadWithNetworksWarnsAtOverlappingCIDRs: a peer CIDR overlapping a
+// container network (IPv4 or IPv6, inside it or around it, in allow and
+// deny blocks) is a warning at that CIDR; except, default routes and
+// CIDRs elsewhere are not.
+func TestLoadWithNetworksWarnsAtOverlappingCIDRs(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "p.hcl")
+	if err := os.WriteFile(f, []byte(`policy "x" {
+  selector = "app=x"
+  egress {
+    to_cidr = ["172.17.3.0/24", "203.0.113.0/24", "::/0", "fd00:1::/32"]
+    except  = ["172.17.3.128/25"]
+  }
+  ingress_deny {
+    from_cidr = ["172.16.0.0/12", "0.0.0.0/0"]
+  }
+}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	nets := []ContainerNetwork{
+		{Name: "docker0", Prefix: netip.MustParsePrefix("172.17.0.0/16")},
+		{Name: "br-6", Prefix: netip.MustParsePrefix("fd00:1:2::/64")},
+	}
+	set, rep := LoadWithNetworks(nets, f)
+	if set == nil {
+		t.Fatalf("invalid: %v", rep.Err())
+	}
+	var got []string
+	for _, d := range rep.Diagnostics {
+		got = append(got, d.String())
+	}
+	want := []string{
+		f + `:4:16: warning: CIDR "172.17.3.0/24" overlaps container network 172.17.0.0/16 (docker0)`,
+		f + `:4:59: warning: CIDR "fd00:1::/32" overlaps container network fd00:1:2::/64 (br-6)`,
+		f + `:8:18: warning: CIDR "172.16.0.0/12" overlaps container network 172.17.0.0/16 (docker0)`,
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("diagnostics\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if _, rep := Load(f); len(rep.Diagnostics) != 0 {
+		t.Errorf("Load warned without networks: %v", rep.Diagnostics)
 	}
 }

@@ -27,6 +27,9 @@ type loader struct {
 	// res caches compiled http patterns by source: a large set repeats
 	// the same few patterns, and *regexp.Regexp is safe to share.
 	res map[string]*regexp.Regexp
+	// nets are the container networks to warn about CIDRs overlapping
+	// (LoadWithNetworks).
+	nets []ContainerNetwork
 }
 
 var policyNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
@@ -256,6 +259,7 @@ func (l *loader) rule(b *hclsyntax.Block, p *Policy) *Rule {
 		case peers[1]:
 			rs.cidr = l.listAttr(a, false)
 			r.CIDRs = l.prefixes(rs.cidr, a.Name)
+			l.overlaps(rs.cidr)
 		case "except":
 			rs.except = l.listAttr(a, false)
 			r.Except = l.prefixes(rs.except, a.Name)

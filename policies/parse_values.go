@@ -271,6 +271,27 @@ func (l *loader) prefixes(lv listValue, attr string) []netip.Prefix {
 	return out
 }
 
+// overlaps warns at each CIDR of lv that overlaps a container network of
+// l.nets (LoadWithNetworks).
+func (l *loader) overlaps(lv listValue) {
+	if len(l.nets) == 0 {
+		return
+	}
+	for _, e := range lv.elems {
+		p, _, err := ParsePrefix(e.val)
+		if err != nil || p.Bits() == 0 {
+			continue
+		}
+		for _, n := range l.nets {
+			if p.Overlaps(n.Prefix) {
+				l.warnf(e.rng, fmt.Sprintf("CIDR %q overlaps container network %s (%s)", e.val, n.Prefix, n.Name),
+					"CIDR rules match only peers that are not managed endpoints, so this CIDR does not reach the containers on %s. Name them with from_endpoints/to_endpoints selectors or the cluster entity.", n.Name)
+				break
+			}
+		}
+	}
+}
+
 var entityNames = []string{string(EntityHost), string(EntityWorld), string(EntityCluster), string(EntityInit), string(EntityAll)}
 
 func (l *loader) entity(e listElem) (Entity, bool) {

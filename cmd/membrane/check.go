@@ -6,11 +6,16 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
+	"net/netip"
 	"os"
+	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/membrane-fw/membrane/policies"
+	"github.com/membrane-fw/membrane/runtime/linkwatch"
 	"github.com/spf13/cobra"
 )
 
@@ -86,8 +91,9 @@ func runCheck(out io.Writer, format string, args []string) error {
 		skipped = append(skipped, skip...)
 	}
 	top.name = strings.Join(args, " ")
+	nets := hostNetworks()
 	for _, s := range sets {
-		s.set, s.rep = policies.Load(s.paths...)
+		s.set, s.rep = policies.LoadWithNetworks(nets, s.paths...)
 	}
 	// A named directory without *.hcl files of its own, whose
 	// subdirectories hold the policies (examples/), is not a set worth a
@@ -253,4 +259,59 @@ func isTerminal(w io.Writer) bool {
 	}
 	st, err := f.Stat()
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+// hostNetworks is containerNetworks; tests that must not depend on this
+// host's bridges replace it.
+var hostNetworks = containerNetworks
+
+// containerNetworks are the subnets of the container networks this host
+// has, as check can see them without a daemon: the addresses of the
+// bridges membraned manages by default (linkwatch.DefaultBridges: Docker's
+// docker0 and br-*, CNI's and nerdctl's). Link-local addresses are left
+// out. None when the interfaces cannot be listed.
+func containerNetworks() []policies.ContainerNetwork {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return nil
+	}
+	var out []policies.ContainerNetwork
+	for _, ifc := range ifs {
+		if !slices.ContainsFunc(linkwatch.DefaultBridges, func(pat string) bool {
+			ok, _ := path.Match(pat, ifc.Name)
+			return ok
+		}) {
+			continue
+		}
+		addrs, err := ifc.Addrs()
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			ipn, ok := a.(*net.IPNet)
+			if !ok {
+				continue
+			}
+			p, ok := netipPrefix(ipn)
+			if !ok || p.Addr().IsLinkLocalUnicast() {
+				continue
+			}
+			out = append(out, policies.ContainerNetwork{Name: ifc.Name, Prefix: p.Masked()})
+		}
+	}
+	return out
+}
+
+// netipPrefix is ipn as a netip.Prefix.
+func netipPrefix(ipn *net.IPNet) (netip.Prefix, bool) {
+	a, ok := netip.AddrFromSlice(ipn.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	a = a.Unmap()
+	ones, bits := ipn.Mask.Size()
+	if bits != a.BitLen() {
+		return netip.Prefix{}, false
+	}
+	return netip.PrefixFrom(a, ones), true
 }

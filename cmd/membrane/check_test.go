@@ -9,12 +9,18 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/membrane-fw/membrane/internal/testenv"
+	"github.com/membrane-fw/membrane/policies"
 )
 
-// runCLI runs the command in-process and returns its stdout and the exit
-// code main would give.
+// runCLI runs the command line with args in this process. policy check
+// sees no container network: its output must not depend on this host's
+// bridges (TestCheckWarnsAboutCIDROverlappingABridge sees one).
 func runCLI(t *testing.T, args ...string) (string, int, error) {
 	t.Helper()
+	defer func(f func() []policies.ContainerNetwork) { hostNetworks = f }(hostNetworks)
+	hostNetworks = func() []policies.ContainerNetwork { return nil }
 	root := newRootCmd()
 	var out, errOut bytes.Buffer
 	root.SetOut(&out)
@@ -210,5 +216,40 @@ func TestCheckBinaryExitCodes(t *testing.T) {
 			t.Errorf("%v: exit %d, stdout %q, stderr %q; want exit %d, stdout prefix %q, stderr containing %q",
 				tc.args, code, stdout.String(), stderr.String(), tc.code, tc.stdout, tc.stderrPart)
 		}
+	}
+}
+
+// TestCheckWarnsAboutCIDROverlappingABridge: with a Docker-named bridge on
+// the host (here in a network namespace of the test's own), a CIDR that
+// overlaps its subnet is a warning at the CIDR (a CIDR rule does not reach
+// managed containers); a CIDR elsewhere, and 0.0.0.0/0, are not.
+func TestCheckWarnsAboutCIDROverlappingABridge(t *testing.T) {
+	testenv.RequireRoot(t)
+	ns := testenv.NewNetNS(t, "mtck-")
+	ns.MustExec(t, "ip", "link", "add", "br-mtcheck", "type", "bridge")
+	ns.MustExec(t, "ip", "addr", "add", "172.31.250.1/24", "dev", "br-mtcheck")
+	ns.MustExec(t, "ip", "link", "add", "mtother", "type", "bridge")
+	ns.MustExec(t, "ip", "addr", "add", "198.51.100.1/24", "dev", "mtother") // not a container bridge's name
+	file := filepath.Join(t.TempDir(), "p.hcl")
+	writePolicy(t, file, `policy "x" {
+  selector = "app=x"
+  egress {
+    to_cidr = ["203.0.113.0/24", "172.31.250.128/25", "0.0.0.0/0", "198.51.100.0/24"]
+    ports   = ["443/tcp"]
+  }
+}
+`)
+	var out bytes.Buffer
+	var code int
+	if err := ns.Do(func() error {
+		code = exitCode(runCheck(&out, "text", []string{file}))
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	want := file + `:4:34: warning: CIDR "172.31.250.128/25" overlaps container network 172.31.250.0/24 (br-mtcheck)`
+	if code != 0 || !strings.Contains(out.String(), want+"\n") || strings.Count(out.String(), "overlaps container network") != 2 {
+		// Twice: the contract line and the snippet's heading.
+		t.Errorf("exit %d, output:\n%s\nwant only the warning %q", code, out.String(), want)
 	}
 }
