@@ -66,7 +66,12 @@ func LoadWithNetworks(nets []ContainerNetwork, paths ...string) (*Set, *Report) 
 		seen[key] = true
 		b, err := readPolicyFile(path)
 		if err != nil {
-			readErrs = append(readErrs, fileDiag(path, "Cannot read policy file: "+reason(err), err.Error()))
+			summary, detail := "Cannot read policy file: "+reason(err), err.Error()
+			if target, lerr := os.Readlink(path); lerr == nil {
+				summary = fmt.Sprintf("Cannot read policy file: it links to %s: %s", target, reason(err))
+				detail = fmt.Sprintf("%s is a symbolic link to %s, which cannot be read (%v). Restore the link's target, or remove the link to drop its policies.", path, target, reason(err))
+			}
+			readErrs = append(readErrs, fileDiag(path, summary, detail))
 			return
 		}
 		srcs = append(srcs, Source{Name: path, Bytes: b})
@@ -107,7 +112,9 @@ func reason(err error) string {
 
 // ListDir returns the policy files of directory dir, as Load reads them:
 // the *.hcl regular files (symlinks followed), not hidden, in lexical order
-// of file name. It returns an error wrapping errNotDir when dir is a file.
+// of file name. A *.hcl symlink whose target cannot be reached is listed
+// too, so that Load reports it. It returns an error wrapping errNotDir
+// when dir is a file.
 func ListDir(dir string) ([]string, error) {
 	st, err := os.Stat(dir)
 	if err != nil {
@@ -127,8 +134,16 @@ func ListDir(dir string) ([]string, error) {
 			continue
 		}
 		p := filepath.Join(dir, name)
-		if e.Type()&fs.ModeSymlink != 0 || !e.Type().IsRegular() {
+		if !e.Type().IsRegular() {
 			fi, err := os.Stat(p)
+			if err != nil && e.Type()&fs.ModeSymlink != 0 {
+				// A link whose target cannot be reached (gone, not
+				// mounted yet, a loop) names a policy file that cannot be
+				// read: Load reports it, and the set is rejected instead
+				// of being loaded without that file's policies.
+				out = append(out, p)
+				continue
+			}
 			if err != nil || !fi.Mode().IsRegular() {
 				continue
 			}

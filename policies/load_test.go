@@ -41,7 +41,7 @@ func TestLoadDirectoryReadsOnlyItsPolicyFiles(t *testing.T) {
 	if err := os.Symlink(filepath.Join(root, "elsewhere.hcl"), filepath.Join(dir, "c.hcl")); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Symlink(filepath.Join(root, "missing.hcl"), filepath.Join(dir, "dangling.hcl")); err != nil {
+	if err := os.Symlink(filepath.Join(root, "missing.hcl"), filepath.Join(dir, ".#emacs-lock.hcl")); err != nil {
 		t.Fatal(err)
 	}
 
@@ -72,6 +72,45 @@ func TestLoadDirectoryReadsOnlyItsPolicyFiles(t *testing.T) {
 	// A file named explicitly is read whatever its name.
 	if _, rep = Load(filepath.Join(dir, "notes.txt")); !rep.HasErrors() {
 		t.Error("an explicitly named file must be read")
+	}
+}
+
+// A *.hcl link whose target is gone is a policy file that cannot be read,
+// not a file to skip: skipping it would load the set without its policies
+// (and so loosen what they enforced) with no error at all.
+func TestLoadDanglingLinkIsAnError(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "policies.d")
+	writeFile(t, filepath.Join(dir, "a.hcl"), "policy \"a\" {\n  selector = \"app=a\"\n  ingress {}\n}\n")
+	link := filepath.Join(dir, "b.hcl")
+	target := filepath.Join(root, "shared", "b.hcl")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	set, rep := Load(dir)
+	if set != nil {
+		t.Fatalf("a set was loaded without the dangling link's file: %d policies", len(set.Policies))
+	}
+	errs := rep.Errors()
+	if len(errs) != 1 || errs[0].Pos.File != link || !strings.Contains(errs[0].Summary, target) || !strings.Contains(errs[0].Summary, "no such file") {
+		t.Fatalf("errors %+v", errs)
+	}
+	// A link loop is the same.
+	os.Remove(link)
+	if err := os.Symlink(link, link); err != nil {
+		t.Fatal(err)
+	}
+	if set, rep := Load(dir); set != nil || len(rep.Errors()) != 1 {
+		t.Fatalf("link loop: set %v, errors %+v", set, rep.Errors())
+	}
+	// Its target back, the set loads with it.
+	os.Remove(link)
+	writeFile(t, target, "policy \"b\" {\n  selector = \"app=b\"\n}\n")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	if set, rep := Load(dir); set == nil || len(set.Policies) != 2 {
+		t.Fatalf("restored link: %v", rep.Err())
 	}
 }
 

@@ -1,0 +1,76 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// A policy file that is a symbolic link whose target disappears (a volume
+// not mounted yet, a tool that deletes and recreates the target) cannot be
+// read: the set is rejected with the link named, and the last good set,
+// the link's policies included, stays enforced, across a restart too.
+func TestDanglingPolicyLinkKeepsLastGoodSet(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	target := filepath.Join(e.dir, "shared", "shop.hcl")
+	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(target, []byte(strings.ReplaceAll(shopPolicies, "SFX", e.sfx)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(e.dir, "policies", "shop.hcl")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	e.startDaemon()
+	s := shop{
+		frontend: e.idle("frontend", frontendLabels...),
+		api:      e.server("api", "app=api"),
+		db:       e.server("db", "app=db"),
+	}
+	s.apiIP, s.dbIP = e.ip(s.api), e.ip(s.db)
+	for _, c := range []string{s.frontend, s.api, s.db} {
+		e.endpoint(c)
+	}
+	e.eventually("frontend reaches api", 10*time.Second, func() error {
+		if !e.get(s.frontend, s.apiIP) {
+			return os.ErrDeadlineExceeded
+		}
+		return nil
+	})
+	s.check(t, e, "steady")
+	e.eventually("last good set saved", 10*time.Second, func() error {
+		_, err := os.Stat(filepath.Join(e.dir, "state", "last-good-policies.json"))
+		return err
+	})
+	rev := e.status().PolicyRevision
+
+	if err := os.Remove(target); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.client.ReloadPolicies(context.Background()); err == nil || !strings.Contains(err.Error(), "shop.hcl") {
+		t.Errorf("reload with a dangling link: err %v, want the link named", err)
+	}
+	s.check(t, e, "after the link's target went away")
+	st := e.status()
+	pe := st.LastPolicyError
+	if st.PolicyRevision != rev || st.Policies != 3 || pe == nil || len(pe.Diagnostics) != 1 || pe.Diagnostics[0].File != link || !strings.Contains(pe.Diagnostics[0].Summary, target) {
+		t.Fatalf("dangling link: revision %d (was %d), %d policies, error %s", st.PolicyRevision, rev, st.Policies, dump(pe))
+	}
+
+	// A restart with the link still dangling enforces the last good set.
+	e.stopDaemon(syscall.SIGTERM)
+	e.startDaemon()
+	if st := e.status(); st.LastPolicyError == nil || st.Policies != 3 {
+		t.Fatalf("after restart with a dangling link: %d policies, error %v", st.Policies, st.LastPolicyError)
+	}
+	for _, c := range []string{s.frontend, s.api, s.db} {
+		e.endpoint(c)
+	}
+	s.check(t, e, "after restart with the link dangling")
+}
