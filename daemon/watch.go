@@ -19,26 +19,49 @@ import (
 // matter. A directory that does not exist yet is polled for.
 func watchPolicyDir(ctx context.Context, dir string, debounce time.Duration, reload func(context.Context, time.Time), log *slog.Logger) error {
 	log = log.With("subsys", "policywatch")
+	// The reconciler loads the set when it starts; after that, every time
+	// the directory comes (back), the set is read again once the watch is
+	// in place, so that no file written meanwhile goes unseen.
+	appeared := false
 	for {
-		if fi, err := os.Stat(dir); err == nil && fi.IsDir() {
-			break
+		for {
+			if fi, err := os.Stat(dir); err == nil && fi.IsDir() {
+				break
+			}
+			appeared = true
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(2 * time.Second):
+			}
 		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(2 * time.Second):
+		gone, err := watchPolicyDirOnce(ctx, dir, debounce, reload, appeared, log)
+		if err != nil || !gone {
+			return err
 		}
-		if _, err := os.Stat(dir); err == nil {
-			reload(ctx, time.Now())
-		}
+		appeared = true
 	}
+}
+
+// watchPolicyDirOnce watches dir until ctx ends (false) or dir goes away
+// (true, after a reload that reports it). reloadFirst reads the set once
+// the watch is in place: dir has just (re)appeared, and a reload before
+// the watch existed would miss files written in between, a whole
+// directory renamed into place included.
+func watchPolicyDirOnce(ctx context.Context, dir string, debounce time.Duration, reload func(context.Context, time.Time), reloadFirst bool, log *slog.Logger) (gone bool, err error) {
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer w.Close()
 	if err := w.Add(dir); err != nil {
-		return err
+		if _, serr := os.Stat(dir); serr != nil {
+			return true, nil // went away again before the watch: poll
+		}
+		return false, err
+	}
+	if reloadFirst {
+		reload(ctx, time.Now())
 	}
 	var timer *time.Timer
 	var fire <-chan time.Time
@@ -46,10 +69,10 @@ func watchPolicyDir(ctx context.Context, dir string, debounce time.Duration, rel
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			return false, nil
 		case ev, ok := <-w.Events:
 			if !ok {
-				return nil
+				return false, nil
 			}
 			log.Debug("policy directory changed", "op", ev.Op.String(), "name", ev.Name)
 			if ev.Name == dir && (ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename)) {
@@ -57,7 +80,7 @@ func watchPolicyDir(ctx context.Context, dir string, debounce time.Duration, rel
 				// the error and keeps the last good set), then wait for it
 				// to come back.
 				reload(ctx, time.Now())
-				return watchPolicyDir(ctx, dir, debounce, reload, log)
+				return true, nil
 			}
 			if first.IsZero() {
 				first = time.Now()
@@ -70,7 +93,7 @@ func watchPolicyDir(ctx context.Context, dir string, debounce time.Duration, rel
 			fire = timer.C
 		case err, ok := <-w.Errors:
 			if !ok {
-				return nil
+				return false, nil
 			}
 			// An overflow loses events: reload to be sure.
 			log.Warn("policy directory watch", "err", err)
