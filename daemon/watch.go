@@ -2,14 +2,18 @@ package daemon
 
 import (
 	"context"
+	"io/fs"
 	"log/slog"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
 	"github.com/vishvananda/netlink"
+
+	"github.com/membrane-fw/membrane/policies"
 )
 
 // watchPolicyDir calls reload (debounced) whenever something in dir
@@ -19,6 +23,7 @@ import (
 // matter. A directory that does not exist yet is polled for.
 func watchPolicyDir(ctx context.Context, dir string, debounce time.Duration, reload func(context.Context, time.Time), log *slog.Logger) error {
 	log = log.With("subsys", "policywatch")
+	dir = filepath.Clean(dir)
 	// The reconciler loads the set when it starts; after that, every time
 	// the directory comes (back), the set is read again once the watch is
 	// in place, so that no file written meanwhile goes unseen.
@@ -60,6 +65,28 @@ func watchPolicyDirOnce(ctx context.Context, dir string, debounce time.Duration,
 		}
 		return false, err
 	}
+	// links are the paths dir's symlinked policy files lead to; their
+	// directories are watched besides dir.
+	links := map[string]bool{}
+	watchLinks := func() {
+		var dirs map[string]bool
+		links, dirs = linkTargets(dir)
+		watched := map[string]bool{}
+		for _, d := range w.WatchList() {
+			watched[d] = true
+			if !dirs[d] && d != dir {
+				_ = w.Remove(d)
+			}
+		}
+		for d := range dirs {
+			if !watched[d] && d != dir {
+				if err := w.Add(d); err != nil {
+					log.Debug("cannot watch a policy link's directory", "dir", d, "err", err)
+				}
+			}
+		}
+	}
+	watchLinks()
 	if reloadFirst {
 		reload(ctx, time.Now())
 	}
@@ -73,6 +100,9 @@ func watchPolicyDirOnce(ctx context.Context, dir string, debounce time.Duration,
 		case ev, ok := <-w.Events:
 			if !ok {
 				return false, nil
+			}
+			if ev.Name != dir && filepath.Dir(ev.Name) != dir && !links[ev.Name] {
+				continue // elsewhere in a link target's directory
 			}
 			log.Debug("policy directory changed", "op", ev.Op.String(), "name", ev.Name)
 			if ev.Name == dir && (ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename)) {
@@ -100,10 +130,42 @@ func watchPolicyDirOnce(ctx context.Context, dir string, debounce time.Duration,
 			reload(ctx, time.Now())
 		case <-fire:
 			fire = nil
+			watchLinks()
 			reload(ctx, first)
 			first = time.Time{}
 		}
 	}
+}
+
+// linkTargets returns the paths that dir's symlinked policy files lead to,
+// every hop of each link, and the directories holding them. A change there
+// changes the policy set as much as one in dir does, but inotify on dir
+// does not see it: those directories are watched too, for these names.
+func linkTargets(dir string) (paths, dirs map[string]bool) {
+	paths, dirs = map[string]bool{}, map[string]bool{}
+	files, err := policies.ListDir(dir)
+	if err != nil {
+		return paths, dirs
+	}
+	for _, p := range files {
+		for hop := 0; hop < 16; hop++ {
+			fi, err := os.Lstat(p)
+			if err != nil || fi.Mode()&fs.ModeSymlink == 0 {
+				break
+			}
+			t, err := os.Readlink(p)
+			if err != nil {
+				break
+			}
+			if !filepath.IsAbs(t) {
+				t = filepath.Join(filepath.Dir(p), t)
+			}
+			p = filepath.Clean(t)
+			paths[p] = true
+			dirs[filepath.Dir(p)] = true
+		}
+	}
+	return paths, dirs
 }
 
 // watchHostAddrs reports the host's addresses (every interface of the

@@ -103,3 +103,43 @@ func TestPolicyWatchFollowsADirectorySwappedIntoPlace(t *testing.T) {
 		t.Error("the second reload did not see the new directory")
 	}
 }
+
+// A policy file that is a symbolic link is reloaded when the file it leads
+// to changes, though that happens outside the policy directory; other
+// files beside the target do not cause reloads.
+func TestPolicyWatchFollowsLinkTargets(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "policies.d")
+	shared := filepath.Join(root, "shared")
+	for _, d := range []string{dir, shared} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	target := filepath.Join(shared, "a.hcl")
+	if err := os.WriteFile(target, []byte("# a\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// A relative link, as `ln -s ../shared/a.hcl` makes.
+	if err := os.Symlink("../shared/a.hcl", filepath.Join(dir, "a.hcl")); err != nil {
+		t.Fatal(err)
+	}
+	reloads := policyWatch(t, dir, func(int) {})
+	time.Sleep(100 * time.Millisecond) // the watch is in place
+	if err := os.WriteFile(filepath.Join(shared, "unrelated.txt"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case n := <-reloads:
+		t.Fatalf("reload %d for a file no link leads to", n)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if err := os.WriteFile(target, []byte("# a, edited\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitReload(t, reloads, 1, 3*time.Second, "the link's target was edited")
+	if err := os.Remove(target); err != nil {
+		t.Fatal(err)
+	}
+	waitReload(t, reloads, 2, 3*time.Second, "the link's target was removed")
+}

@@ -15,35 +15,7 @@ import (
 // read: the set is rejected with the link named, and the last good set,
 // the link's policies included, stays enforced, across a restart too.
 func TestDanglingPolicyLinkKeepsLastGoodSet(t *testing.T) {
-	e := newEnv(t, envOpts{})
-	target := filepath.Join(e.dir, "shared", "shop.hcl")
-	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(target, []byte(strings.ReplaceAll(shopPolicies, "SFX", e.sfx)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	link := filepath.Join(e.dir, "policies", "shop.hcl")
-	if err := os.Symlink(target, link); err != nil {
-		t.Fatal(err)
-	}
-	e.startDaemon()
-	s := shop{
-		frontend: e.idle("frontend", frontendLabels...),
-		api:      e.server("api", "app=api"),
-		db:       e.server("db", "app=db"),
-	}
-	s.apiIP, s.dbIP = e.ip(s.api), e.ip(s.db)
-	for _, c := range []string{s.frontend, s.api, s.db} {
-		e.endpoint(c)
-	}
-	e.eventually("frontend reaches api", 10*time.Second, func() error {
-		if !e.get(s.frontend, s.apiIP) {
-			return os.ErrDeadlineExceeded
-		}
-		return nil
-	})
-	s.check(t, e, "steady")
+	e, s, target, link := linkedShop(t)
 	e.eventually("last good set saved", 10*time.Second, func() error {
 		_, err := os.Stat(filepath.Join(e.dir, "state", "last-good-policies.json"))
 		return err
@@ -73,4 +45,73 @@ func TestDanglingPolicyLinkKeepsLastGoodSet(t *testing.T) {
 		e.endpoint(c)
 	}
 	s.check(t, e, "after restart with the link dangling")
+}
+
+// linkedShop starts the shop with its policy file a symbolic link
+// (policies/shop.hcl) to a file elsewhere (shared/shop.hcl), as
+// configuration management or a mounted volume lays it out.
+func linkedShop(t *testing.T) (e *env, s shop, target, link string) {
+	t.Helper()
+	e = newEnv(t, envOpts{})
+	target = filepath.Join(e.dir, "shared", "shop.hcl")
+	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(target, []byte(strings.ReplaceAll(shopPolicies, "SFX", e.sfx)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	link = filepath.Join(e.dir, "policies", "shop.hcl")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	e.startDaemon()
+	s = shop{
+		frontend: e.idle("frontend", frontendLabels...),
+		api:      e.server("api", "app=api"),
+		db:       e.server("db", "app=db"),
+	}
+	s.apiIP, s.dbIP = e.ip(s.api), e.ip(s.db)
+	for _, c := range []string{s.frontend, s.api, s.db} {
+		e.endpoint(c)
+	}
+	e.eventually("frontend reaches api", 10*time.Second, func() error {
+		if !e.get(s.frontend, s.apiIP) {
+			return os.ErrDeadlineExceeded
+		}
+		return nil
+	})
+	s.check(t, e, "steady")
+	return e, s, target, link
+}
+
+// Editing the file a policy link leads to is editing the policy set: a
+// broken edit is reported with its position (the last good set staying
+// enforced), a good one is enforced. Neither is left unseen because the
+// change happened outside the policy directory.
+func TestEditOfPolicyLinkTargetIsReloaded(t *testing.T) {
+	e, s, target, link := linkedShop(t)
+	rev := e.status().PolicyRevision
+
+	if err := os.WriteFile(target, []byte("policy \"api\" {\n  selector = \"app=api\"\n  ingres {\n  }\n}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	st := e.waitRevision(rev, true)
+	pe := st.LastPolicyError
+	if st.PolicyRevision != rev || len(pe.Diagnostics) == 0 || pe.Diagnostics[0].File != link || pe.Diagnostics[0].Line != 3 {
+		t.Fatalf("broken edit of the link's target: revision %d (was %d), error %s", st.PolicyRevision, rev, dump(pe))
+	}
+	s.check(t, e, "after a broken edit of the link's target")
+
+	// Written the way editors do: a temporary renamed over the target.
+	tightened := strings.Replace(strings.ReplaceAll(shopPolicies, "SFX", e.sfx), `["8080/tcp", "9000/tcp"]`, `["9000/tcp"]`, 1)
+	if err := os.WriteFile(target+".tmp", []byte(tightened), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(target+".tmp", target); err != nil {
+		t.Fatal(err)
+	}
+	e.waitRevision(rev, false)
+	if e.get(s.frontend, s.apiIP) {
+		t.Error("frontend -> api:8080 still allowed after the link's target took 8080 away")
+	}
 }
