@@ -103,7 +103,7 @@ func (b *backend) ReloadPolicies(ctx context.Context) error {
 	if perr != nil {
 		var lines []string
 		for _, d := range perr.Diagnostics {
-			lines = append(lines, fmt.Sprintf("%s:%d:%d: %s: %s", d.File, d.Line, d.Column, d.Severity, d.Summary))
+			lines = append(lines, d.String())
 		}
 		return &api.BadRequestError{Err: fmt.Errorf("%s\n%s", perr.Message, strings.Join(lines, "\n"))}
 	}

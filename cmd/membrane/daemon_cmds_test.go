@@ -17,10 +17,11 @@ import (
 type cliBackend struct {
 	reconciled bool
 	hub        *api.FlowHub
+	policyErr  *api.PolicyError
 }
 
 func (b *cliBackend) Status() api.Status {
-	return api.Status{Up: true, Reconciled: b.reconciled, Endpoints: 1, Identities: 6, Policies: 2, PolicyRevision: 3, Errors: []string{}}
+	return api.Status{Up: true, Reconciled: b.reconciled, Endpoints: 1, Identities: 6, Policies: 2, PolicyRevision: 3, Errors: []string{}, LastPolicyError: b.policyErr}
 }
 func (b *cliBackend) Endpoints() []api.Endpoint {
 	return []api.Endpoint{{ID: 1, Identity: 300, Labels: map[string]string{"app": "web"}, Addresses: []string{"172.17.0.5"}, Containers: []api.Container{{ID: "c1", Name: "web-1"}}, Policies: []string{"web"}}}
@@ -34,7 +35,9 @@ func (b *cliBackend) Endpoint(ref string) (api.Endpoint, bool) {
 func (b *cliBackend) Identities() []api.Identity {
 	return []api.Identity{{ID: 1, Reserved: "host"}, {ID: 300, Labels: map[string]string{"app": "web"}, Endpoints: 1}}
 }
-func (b *cliBackend) Policy() api.Policy { return api.Policy{Revision: 3} }
+func (b *cliBackend) Policy() api.Policy {
+	return api.Policy{Revision: 3, LastPolicyError: b.policyErr}
+}
 func (b *cliBackend) Trace(_ context.Context, req api.TraceRequest) (api.TraceResult, error) {
 	if req.FromContainer != "web-1" || req.Port != 5432 || req.Proto != "tcp" {
 		return api.TraceResult{}, &api.BadRequestError{Err: fmt.Errorf("unexpected request %+v", req)}
@@ -103,6 +106,34 @@ func TestStatusExitCodeFollowsReconcile(t *testing.T) {
 	}
 	if st["last_policy_error"] != nil {
 		t.Errorf("last_policy_error = %v, want null", st["last_policy_error"])
+	}
+}
+
+// A rejected set's diagnostics print as `membrane policy check` prints
+// them: FILE:LINE:COL for a position in a file, FILE alone for a file that
+// could not be read at all (never a made-up FILE:0:0).
+func TestStatusPrintsRejectedSetPositionsLikePolicyCheck(t *testing.T) {
+	b := &cliBackend{reconciled: true, hub: api.NewFlowHub(10), policyErr: &api.PolicyError{
+		Message: "policy set rejected; the last good set stays enforced",
+		Diagnostics: []api.Diagnostic{
+			{File: "/p/a.hcl", Line: 3, Column: 5, Severity: "error", Summary: `Unsupported block type "ingres"`},
+			{File: "/p/b.hcl", Severity: "error", Summary: "Cannot read policy file: it links to /srv/b.hcl: no such file or directory"},
+		},
+	}}
+	sock := serve(t, b)
+	for _, args := range [][]string{{"status"}, {"policy", "show"}} {
+		out, _ := run(t, append(args, "--socket", sock)...)
+		for _, want := range []string{
+			"  /p/a.hcl:3:5: error: Unsupported block type \"ingres\"\n",
+			"  /p/b.hcl: error: Cannot read policy file: it links to /srv/b.hcl: no such file or directory\n",
+		} {
+			if !strings.Contains(out, want) {
+				t.Errorf("membrane %s lacks %q:\n%s", strings.Join(args, " "), want, out)
+			}
+		}
+		if strings.Contains(out, ":0:0") {
+			t.Errorf("membrane %s prints a position 0:0:\n%s", strings.Join(args, " "), out)
+		}
 	}
 }
 

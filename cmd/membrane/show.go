@@ -35,7 +35,7 @@ func newPolicyShowCmd() *cobra.Command {
 			if p.LastPolicyError != nil {
 				fmt.Fprintf(w, "last change rejected: %s\n", p.LastPolicyError.Message)
 				for _, d := range p.LastPolicyError.Diagnostics {
-					fmt.Fprintf(w, "  %s:%d:%d: %s: %s\n", d.File, d.Line, d.Column, d.Severity, d.Summary)
+					fmt.Fprintf(w, "  %s\n", d)
 				}
 			}
 			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)

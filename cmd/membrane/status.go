@@ -52,7 +52,7 @@ func newStatusCmd() *cobra.Command {
 				if st.LastPolicyError != nil {
 					fmt.Fprintf(w, "policy error: %s (%s)\n", st.LastPolicyError.Message, st.LastPolicyError.Time.Local().Format(time.DateTime))
 					for _, d := range st.LastPolicyError.Diagnostics {
-						fmt.Fprintf(w, "  %s:%d:%d: %s: %s\n", d.File, d.Line, d.Column, d.Severity, d.Summary)
+						fmt.Fprintf(w, "  %s\n", d)
 					}
 				}
 				if len(st.Errors) > 0 {

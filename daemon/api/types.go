@@ -2,6 +2,7 @@ package api
 
 import (
 	"encoding/json"
+	"fmt"
 	"time"
 )
 
@@ -55,6 +56,16 @@ type Diagnostic struct {
 	Severity string `json:"severity"`
 	Summary  string `json:"summary"`
 	Detail   string `json:"detail,omitempty"`
+}
+
+// String is the diagnostic as `membrane policy check` prints it:
+// FILE:LINE:COL: SEVERITY: SUMMARY, or FILE: SEVERITY: SUMMARY for a
+// problem with a whole file (one that cannot be read), which has no line.
+func (d Diagnostic) String() string {
+	if d.Line == 0 {
+		return fmt.Sprintf("%s: %s: %s", d.File, d.Severity, d.Summary)
+	}
+	return fmt.Sprintf("%s:%d:%d: %s: %s", d.File, d.Line, d.Column, d.Severity, d.Summary)
 }
 
 // Endpoint is one managed endpoint (a network namespace).
