@@ -333,3 +333,38 @@ func TestFlowHubKeepsTheLastN(t *testing.T) {
 		t.Fatalf("backlog %+v", got)
 	}
 }
+
+// A trace request that is not exactly one JSON object of known fields is
+// refused (400) with where the problem is; a request with more after its
+// object is not half-read and answered as if it were whole.
+func TestTraceRequestBodyErrorsSayWhere(t *testing.T) {
+	_, sock := start(t, Options{})
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	for _, c := range []struct{ body, want string }{
+		{``, "the body is empty"},
+		{`{"from_container": "a"`, "the body ends at byte"},
+		{`{"from_container": "a",,}`, "invalid JSON at byte 24"},
+		{`{"from_containr": "a"}`, `unknown field "from_containr"`},
+		{`{"port": 99999}`, `field "port" (byte 14): JSON number 99999 does not fit uint16`},
+		{`{"from_container": "a"} {"from_container": "b"}`, "unexpected data after the JSON object, which ends at byte 23"},
+		{`{"from_container": "a"} garbage`, "unexpected data after the JSON object"},
+		{`{"from_container": "` + strings.Repeat("a", 2<<20) + `"}`, "the body is over 1048576 bytes"},
+	} {
+		resp, err := hc.Post("http://membrane/v1/policy/trace", "application/json", strings.NewReader(c.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var eb ErrorBody
+		json.NewDecoder(resp.Body).Decode(&eb)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(eb.Error, c.want) {
+			name := c.body
+			if len(name) > 60 {
+				name = name[:60] + "..."
+			}
+			t.Errorf("body %q: %d %q, want 400 with %q", name, resp.StatusCode, eb.Error, c.want)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -189,9 +190,7 @@ func (s *Server) routes() http.Handler {
 	})
 	mux.HandleFunc("POST /v1/policy/trace", func(w http.ResponseWriter, r *http.Request) {
 		var req TraceRequest
-		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&req); err != nil {
+		if err := decodeBody(w, r, &req); err != nil {
 			writeError(w, http.StatusBadRequest, fmt.Errorf("trace request: %w", err))
 			return
 		}
@@ -329,6 +328,43 @@ func (s *Server) observe(w http.ResponseWriter, r *http.Request) {
 			fl.Flush()
 		}
 	}
+}
+
+// maxBody bounds a request body; requests are small JSON objects.
+const maxBody = 1 << 20
+
+// decodeBody reads r's body as exactly one JSON object into v, with no
+// unknown field and nothing after it. Its errors say where in the body
+// the problem is (a byte offset, or the field).
+func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	var (
+		syn *json.SyntaxError
+		typ *json.UnmarshalTypeError
+		big *http.MaxBytesError
+	)
+	switch {
+	case err == nil:
+	case errors.Is(err, io.EOF):
+		return errors.New("the body is empty: want one JSON object")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return fmt.Errorf("the body ends at byte %d inside its JSON object", dec.InputOffset())
+	case errors.As(err, &syn):
+		return fmt.Errorf("invalid JSON at byte %d: %v", syn.Offset, err)
+	case errors.As(err, &typ):
+		return fmt.Errorf("field %q (byte %d): JSON %s does not fit %s", typ.Field, typ.Offset, typ.Value, typ.Type)
+	case errors.As(err, &big):
+		return fmt.Errorf("the body is over %d bytes", big.Limit)
+	default:
+		return fmt.Errorf("%w (at byte %d)", err, dec.InputOffset())
+	}
+	end := dec.InputOffset()
+	if _, err := dec.Token(); err != io.EOF {
+		return fmt.Errorf("unexpected data after the JSON object, which ends at byte %d: send one object", end)
+	}
+	return nil
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
