@@ -79,6 +79,20 @@ func policyEntries(ip *policies.IdentityPolicy, proxyPort func(uint32) uint16) (
 	return out, nil
 }
 
+// PolicyCapacityError is a model with an identity whose policy needs more
+// entries than an inner policy map holds (max_policy_entries). Nothing is
+// written. It wraps ErrMapFull.
+type PolicyCapacityError struct {
+	Identity  policies.Identity
+	Need, Max int
+}
+
+func (e *PolicyCapacityError) Error() string {
+	return fmt.Sprintf("identity %d needs %d policy entries, max_policy_entries is %d: %v", e.Identity, e.Need, e.Max, ErrMapFull)
+}
+
+func (e *PolicyCapacityError) Unwrap() error { return ErrMapFull }
+
 // SyncPolicy makes the policy maps hold model: every identity whose entries
 // differ gets a freshly filled inner map, and all of them are swapped into
 // the outer map by one batch update (no packet sees half an identity's
@@ -106,8 +120,7 @@ func (d *Datapath) SyncPolicy(m *policies.Model, proxyPort func(l7 uint32) uint1
 			return st, err
 		}
 		if uint32(len(ents)) > d.cfg.MaxPolicyEntries {
-			return st, fmt.Errorf("identity %d needs %d policy entries, max_policy_entries is %d: %w",
-				ip.Identity, len(ents), d.cfg.MaxPolicyEntries, ErrMapFull)
+			return st, &PolicyCapacityError{Identity: ip.Identity, Need: len(ents), Max: int(d.cfg.MaxPolicyEntries)}
 		}
 		want[ip.Identity] = ents
 	}

@@ -301,31 +301,45 @@ func (r *reconciler) loadPolicies(since time.Time) {
 	files, _ := policies.ListDir(r.cfg.PolicyDir)
 	set, rep := policies.Load(r.cfg.PolicyDir)
 	if rep.HasErrors() || set == nil {
-		pe := &api.PolicyError{Time: time.Now(), Message: "policy set rejected; the last good set stays enforced"}
+		var diags []api.Diagnostic
 		for _, d := range rep.Diagnostics {
-			pe.Diagnostics = append(pe.Diagnostics, api.Diagnostic{
+			diags = append(diags, api.Diagnostic{
 				File: d.Pos.File, Line: d.Pos.Line, Column: d.Pos.Column,
 				Severity: d.Severity, Summary: d.Summary, Detail: d.Detail,
 			})
-			if d.Severity == policies.SeverityError {
-				r.log.Error("invalid policy", "pos", d.Pos.String(), "summary", d.Summary, "detail", d.Detail)
-			}
 		}
-		if len(rep.Diagnostics) == 0 {
-			pe.Message = "policy directory " + r.cfg.PolicyDir + " could not be loaded"
-		}
-		r.policyErr = pe
-		r.metrics.PolicyLoadErrors.Inc()
-		r.metrics.PolicyLoadFailing.Set(1)
-		r.log.Error("policy set rejected; the last good set stays enforced", "dir", r.cfg.PolicyDir, "errors", len(rep.Errors()), "revision", r.revision)
-		if r.set == nil {
-			r.adoptLastGood()
-		}
-		r.publish()
+		r.rejectPolicies(diags)
 		return
 	}
 	for _, d := range rep.Warnings() {
 		r.log.Warn("policy warning", "pos", d.Pos.String(), "summary", d.Summary)
+	}
+	applied := false
+	if r.synced && r.set != nil {
+		applied = true
+		// A valid set can still be one the datapath cannot hold (an
+		// identity selected by more rules than a policy map has room
+		// for). Try it; when it does not fit and the enforced set still
+		// does, it is rejected like an invalid one and the enforced set
+		// is written back whole.
+		prev := r.set
+		r.set = set
+		err := r.recompile(true)
+		if err == nil {
+			err = r.syncIPCache()
+		}
+		if errors.Is(err, bpf.ErrMapFull) {
+			r.set = prev
+			if r.recompile(true) == nil && r.syncIPCache() == nil {
+				r.rejectPolicies(r.capacityDiagnostics(set, err))
+				return
+			}
+			// The enforced set does not fit either (too many endpoints,
+			// say): the newer set is what the user wants.
+			r.set = set
+			r.recompile(true)
+			r.syncIPCache()
+		}
 	}
 	r.policyErr = nil
 	r.metrics.PolicyLoadFailing.Set(0)
@@ -339,13 +353,91 @@ func (r *reconciler) loadPolicies(since time.Time) {
 	if r.lastGood != nil {
 		r.lastGood.save(rep.Files, func(err error) { r.log.Warn("saving the last good policy set", "err", err) })
 	}
-	if r.synced || r.reconciled {
+	if !applied && (r.synced || r.reconciled) {
 		r.recompile(true)
 		r.syncIPCache()
 	}
 	r.publish()
 	r.metrics.ReconcileDuration.WithLabelValues("policy").Observe(time.Since(start).Seconds())
 	r.metrics.EventLag.WithLabelValues("policy").Observe(time.Since(since).Seconds())
+}
+
+// rejectPolicies records a rejected policy set (diags are its problems)
+// and keeps the last good set enforced.
+func (r *reconciler) rejectPolicies(diags []api.Diagnostic) {
+	pe := &api.PolicyError{Time: time.Now(), Message: "policy set rejected; the last good set stays enforced", Diagnostics: diags}
+	nerr := 0
+	for _, d := range diags {
+		if d.Severity == policies.SeverityError {
+			nerr++
+			pos := d.File
+			if d.Line > 0 {
+				pos = fmt.Sprintf("%s:%d:%d", d.File, d.Line, d.Column)
+			}
+			r.log.Error("invalid policy", "pos", pos, "summary", d.Summary, "detail", d.Detail)
+		}
+	}
+	if len(diags) == 0 {
+		pe.Message = "policy directory " + r.cfg.PolicyDir + " could not be loaded"
+	}
+	r.policyErr = pe
+	r.metrics.PolicyLoadErrors.Inc()
+	r.metrics.PolicyLoadFailing.Set(1)
+	r.log.Error("policy set rejected; the last good set stays enforced", "dir", r.cfg.PolicyDir, "errors", nerr, "revision", r.revision)
+	if r.set == nil {
+		r.adoptLastGood()
+	}
+	r.publish()
+}
+
+// capacityDiagnostics explains why set does not fit the datapath (err,
+// from recompile or syncIPCache): at every policy that selects the
+// identity whose policy map would overflow, or, for the ipcache, at the
+// policy directory.
+func (r *reconciler) capacityDiagnostics(set *policies.Set, err error) []api.Diagnostic {
+	var ce *bpf.PolicyCapacityError
+	if errors.As(err, &ce) {
+		var labels policies.Labels
+		for _, st := range r.eps {
+			if st.identity == ce.Identity {
+				labels = st.labels
+				break
+			}
+		}
+		var diags []api.Diagnostic
+		for _, p := range set.Policies {
+			if !p.Selector.Matches(labels) {
+				continue
+			}
+			diags = append(diags, api.Diagnostic{
+				File: p.Pos.File, Line: p.Pos.Line, Column: p.Pos.Column, Severity: policies.SeverityError,
+				Summary: fmt.Sprintf("Policy %q cannot be enforced: identity %d (%s) would need %d policy entries; maps.policy_entries is %d",
+					p.Name, ce.Identity, labelString(labels), ce.Need, ce.Max),
+				Detail: "The rules of the policies that select this identity add up to more policy map entries than one identity's map holds. " +
+					"Use port ranges instead of long lists of single ports, or fewer peers, or raise maps { policy_entries = N } in membrane.hcl.",
+			})
+		}
+		if len(diags) > 0 {
+			return diags
+		}
+	}
+	return []api.Diagnostic{{
+		File: r.cfg.PolicyDir, Severity: policies.SeverityError,
+		Summary: "Policy set cannot be enforced: " + err.Error(),
+		Detail:  "The set is valid but does not fit the datapath's maps; make it smaller or raise the map sizes (maps { ... }) in membrane.hcl.",
+	}}
+}
+
+func labelString(l policies.Labels) string {
+	keys := slices.Sorted(maps.Keys(l))
+	parts := make([]string, 0, len(keys))
+	for _, k := range keys {
+		parts = append(parts, k+"="+l[k])
+	}
+	if len(parts) == 0 {
+		return "no labels"
+	}
+	return strings.Join(parts, ",")
 }
 
 // adoptLastGood enforces the set saved by an earlier run when this daemon
@@ -408,11 +500,11 @@ func (r *reconciler) localIdentities() []policies.IdentityLabels {
 // right after that. The deferred identities only lack allow entries, so
 // meanwhile they are stricter than the target, never looser. Their maps
 // follow in a batch when the event queue is quiet (peerSync).
-func (r *reconciler) recompile(force bool) {
+func (r *reconciler) recompile(force bool) error {
 	if !r.synced {
 		// Without the full endpoint list a model would lack identities and
 		// SyncPolicy would remove their policies: keep the pinned ones.
-		return
+		return nil
 	}
 	locals := r.localIdentities()
 	var kb strings.Builder
@@ -422,19 +514,19 @@ func (r *reconciler) recompile(force bool) {
 	}
 	key := kb.String()
 	if !force && key == r.modelKey && r.model != nil {
-		return
+		return nil
 	}
 	if r.set == nil {
 		// No valid set was ever loaded by this daemon: the pinned policy
 		// maps (the previous daemon's last good set) stay as they are.
-		return
+		return nil
 	}
 	m, err := policies.Compile(r.set, locals, policies.CompileOptions{
 		Enforcement: r.cfg.Enforcement, Audit: r.cfg.Audit, AuditSelector: r.auditSel,
 	})
 	if err != nil {
 		r.problem("compile", "compile", err)
-		return
+		return err
 	}
 	r.problem("compile", "compile", nil)
 	write, deferred := m, 0
@@ -444,7 +536,7 @@ func (r *reconciler) recompile(force bool) {
 	stats, err := r.dp.SyncPolicy(write, r.proxyPort)
 	r.problem("policy", "sync-policy", err)
 	if err != nil {
-		return
+		return err
 	}
 	r.model = write
 	r.updateL7()
@@ -456,6 +548,7 @@ func (r *reconciler) recompile(force bool) {
 		r.peersDirty = false
 	}
 	r.log.Debug("policy maps synced", "identities", len(locals), "deferred", deferred, "stats", fmt.Sprintf("%+v", stats))
+	return nil
 }
 
 // deferPeers returns the model to write first (see recompile) and how many
@@ -704,11 +797,10 @@ func (r *reconciler) wantIPCache() map[netip.Prefix]policies.Identity {
 // syncIPCache writes the difference between what the ipcache should hold
 // and what this daemon last wrote (reading the LPM trie back costs more
 // than the write); full resyncs compare with the kernel instead.
-func (r *reconciler) syncIPCache() {
+func (r *reconciler) syncIPCache() error {
 	want := r.wantIPCache()
 	if r.ipcache == nil {
-		r.syncIPCacheFull(want)
-		return
+		return r.syncIPCacheFull(want)
 	}
 	var err error
 	for p, id := range want {
@@ -737,16 +829,18 @@ func (r *reconciler) syncIPCache() {
 	}
 	r.problem("ipcache", "ipcache", err)
 	r.updateL7()
+	return err
 }
 
-func (r *reconciler) syncIPCacheFull(want map[netip.Prefix]policies.Identity) {
+func (r *reconciler) syncIPCacheFull(want map[netip.Prefix]policies.Identity) error {
 	err := r.dp.IPCacheSync(want)
 	r.problem("ipcache", "ipcache", err)
 	if err != nil {
 		r.ipcache = nil
-		return
+		return err
 	}
 	r.ipcache = maps.Clone(want)
+	return nil
 }
 
 // ---- full resync

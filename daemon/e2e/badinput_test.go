@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -113,5 +114,69 @@ func TestEditOfPolicyLinkTargetIsReloaded(t *testing.T) {
 	e.waitRevision(rev, false)
 	if e.get(s.frontend, s.apiIP) {
 		t.Error("frontend -> api:8080 still allowed after the link's target took 8080 away")
+	}
+}
+
+// manyPorts is a ports list of n single TCP ports from first on (each one
+// a policy map entry per peer identity).
+func manyPorts(first, n int) string {
+	var b strings.Builder
+	for i := range n {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "\"%d/tcp\"", first+2*i)
+	}
+	return "[" + b.String() + "]"
+}
+
+// A valid set that the datapath cannot hold (here: the api's identity
+// would need more entries than maps.policy_entries) is rejected like an
+// invalid one, at the policies that select that identity; the last good
+// set stays enforced, for containers that start afterwards too.
+func TestPolicySetTooBigForTheMapsIsRejected(t *testing.T) {
+	e := newEnv(t, envOpts{extraConfig: "maps {\n  policy_entries = 64\n}\n"})
+	s := startShop(e)
+	e.eventually("frontend reaches api", 10*time.Second, func() error {
+		if !e.get(s.frontend, s.apiIP) {
+			return os.ErrDeadlineExceeded
+		}
+		return nil
+	})
+	rev := e.status().PolicyRevision
+
+	e.writePolicy("zz-big.hcl", `
+policy "api-big" {
+  selector = "app=api,e2e=SFX"
+  ingress {
+    from_endpoints = ["compose.service=frontend,e2e=SFX"]
+    ports          = `+manyPorts(20001, 70)+`
+  }
+}
+`)
+	st := e.waitRevision(rev, true)
+	pe := st.LastPolicyError
+	var atBig bool
+	for _, d := range pe.Diagnostics {
+		if strings.HasSuffix(d.File, "zz-big.hcl") && d.Line == 2 && strings.Contains(d.Summary, "policy_entries") {
+			atBig = true
+		}
+	}
+	if st.PolicyRevision != rev || st.Policies != 3 || !atBig {
+		t.Errorf("set too big for the maps: revision %d (was %d), %d policies, error %s", st.PolicyRevision, rev, st.Policies, dump(pe))
+	}
+	s.check(t, e, "after a set too big for the maps")
+	// A label set never seen before: its policy comes from the enforced set.
+	api2 := e.server("api2", "app=api", "tier=two")
+	e.endpoint(api2)
+	ip := e.ip(api2)
+	e.eventually("frontend reaches the new api", 10*time.Second, func() error {
+		if !e.get(s.frontend, ip) {
+			return os.ErrDeadlineExceeded
+		}
+		return nil
+	})
+	if e.get(s.db, ip) {
+		t.Error("db reached a new api container: it has no policy")
 	}
 }
