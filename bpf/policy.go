@@ -335,6 +335,15 @@ func (d *Datapath) syncExact(id policies.Identity, want map[datapathPolicyExactK
 	return nil
 }
 
+// HasPolicy reports whether the policy map holds a policy for identity id
+// (written by this process, or adopted from the pins).
+func (d *Datapath) HasPolicy(id policies.Identity) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	_, ok := d.policy[id]
+	return ok
+}
+
 // readPolicy fills the mirrors from the (possibly adopted) maps.
 func (d *Datapath) readPolicy() error {
 	d.policy = map[policies.Identity]map[datapathPolicyKey]datapathPolicyValue{}

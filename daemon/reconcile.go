@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -72,7 +73,9 @@ type reconciler struct {
 	problems   map[string]string // current datapath problems by key
 	lastStatus string
 	peersDirty bool // deferred peer policies to write (see recompile)
-	lastGood   *lastGoodStore
+	// policyFailed: the last policy write failed (see policyWritten).
+	policyFailed bool
+	lastGood     *lastGoodStore
 	// ipcache mirrors what the ipcache map holds after our last write; nil
 	// when unknown (start, or after a failed write).
 	ipcache map[netip.Prefix]policies.Identity
@@ -526,6 +529,7 @@ func (r *reconciler) recompile(force bool) error {
 	})
 	if err != nil {
 		r.problem("compile", "compile", err)
+		r.policyFailed = true
 		return err
 	}
 	r.problem("compile", "compile", nil)
@@ -535,11 +539,19 @@ func (r *reconciler) recompile(force bool) error {
 	}
 	stats, err := r.dp.SyncPolicy(write, r.proxyPort)
 	r.problem("policy", "sync-policy", err)
+	r.policyFailed = err != nil
 	if err != nil {
 		return err
 	}
 	r.model = write
 	r.updateL7()
+	// Endpoints held back while their identity's policy was missing
+	// (writeEndpoint) are enforced now that it is written.
+	for _, st := range r.eps {
+		if _, held := r.problems["held/"+st.ep.ID]; held && r.policyWritten(st.identity) {
+			r.writeEndpoint(st)
+		}
+	}
 	if deferred > 0 {
 		r.modelKey = "" // the next recompile writes the whole model
 		r.peersDirty = true
@@ -627,6 +639,7 @@ func (r *reconciler) applyEndpointEvent(ev endpoint.Event) {
 			return
 		}
 		delete(r.eps, ev.Endpoint.ID)
+		delete(r.problems, "held/"+ev.Endpoint.ID)
 		if r.synced {
 			for _, ifx := range st.ifaces {
 				// The veth keeps its programs while it exists (fail-closed);
@@ -692,6 +705,28 @@ func (r *reconciler) writeEndpoint(st *epState) {
 			now = append(now, itf.HostIfindex)
 		}
 	}
+	heldKey := "held/" + st.ep.ID
+	if !r.policyWritten(st.identity) {
+		// Fail closed: an endpoint entry would have the datapath judge
+		// the veth under an identity whose policy is not in the maps, that
+		// is with no rule at all (everything allowed). Until its policy is
+		// written, the veth keeps its programs and no entry: identity
+		// init, dropped by default (unknown_endpoint).
+		for _, ifx := range now {
+			r.attachBridge(r.bridgeOf(ifx))
+			r.problem(fmt.Sprintf("attach/%d", ifx), "attach", r.dp.Attach(ifx))
+		}
+		for _, old := range st.ifaces {
+			r.problem(fmt.Sprintf("endpoint/%d", old), "delete-endpoint", r.dp.DeleteEndpoint(old))
+		}
+		st.ifaces = nil
+		if _, known := r.problems[heldKey]; !known {
+			r.problem(heldKey, "hold-endpoint", fmt.Errorf("endpoint %d (%s) is not enforced under identity %d: its policy could not be written to the policy maps (see the policy problem); its traffic is judged as identity init meanwhile",
+				st.id, strings.Join(containerNames(st.ep), ","), st.identity))
+		}
+		return
+	}
+	delete(r.problems, heldKey)
 	for _, ifx := range now {
 		// L7 redirects go to the ingress of the veth's bridge, which gets
 		// the bridge program first.
@@ -710,6 +745,20 @@ func (r *reconciler) writeEndpoint(st *epState) {
 	if len(now) > 0 && st.enforced.IsZero() {
 		st.enforced = time.Now()
 	}
+}
+
+// policyWritten reports whether the policy maps hold identity id's policy
+// as this daemon last wrote it. Before this daemon has written a model
+// the pinned maps are the previous daemon's and are trusted as they are,
+// except, once a write has failed, for identities they have no policy for.
+func (r *reconciler) policyWritten(id policies.Identity) bool {
+	if r.model == nil {
+		return !r.policyFailed || r.dp.HasPolicy(id)
+	}
+	_, ok := slices.BinarySearchFunc(r.model.Identities, id, func(ip policies.IdentityPolicy, id policies.Identity) int {
+		return cmp.Compare(ip.Identity, id)
+	})
+	return ok
 }
 
 func (r *reconciler) updateIdentityUse() {

@@ -180,3 +180,59 @@ policy "api-big" {
 		t.Error("db reached a new api container: it has no policy")
 	}
 }
+
+// A container whose identity's policy cannot be written (its labels put
+// it under more rules than maps.policy_entries holds) is not enforced
+// under an identity without rules, which would let everything in: it stays
+// identity init (dropped) and status says why, until its policy fits.
+func TestEndpointWhosePolicyCannotBeWrittenIsHeldBack(t *testing.T) {
+	e := newEnv(t, envOpts{extraConfig: "maps {\n  policy_entries = 64\n}\n"})
+	s := startShop(e)
+	e.writePolicy("wide.hcl", `
+policy "wide" {
+  selector = "tier=wide,e2e=SFX"
+  ingress {
+    from_endpoints = ["compose.service=frontend,e2e=SFX"]
+    ports          = `+manyPorts(20001, 70)+`
+  }
+}
+`)
+	e.waitRevision(e.status().PolicyRevision, false)
+	wide := e.server("wide", "app=api", "tier=wide")
+	ip := e.ip(wide)
+	e.eventually("endpoint known", 20*time.Second, func() error {
+		_, err := e.client.Endpoint(context.Background(), wide)
+		return err
+	})
+	time.Sleep(500 * time.Millisecond)
+	for _, from := range []string{s.frontend, s.db} {
+		if e.get(from, ip) {
+			t.Errorf("%s reached a container whose policy is not written", from)
+		}
+	}
+	e.eventually("status names the held endpoint", 20*time.Second, func() error {
+		for _, p := range e.status().Errors {
+			if strings.Contains(p, wide) && strings.Contains(p, "not enforced") {
+				return nil
+			}
+		}
+		return fmt.Errorf("problems %q", e.status().Errors)
+	})
+	if ep, err := e.client.Endpoint(context.Background(), wide); err != nil || ep.Enforcing {
+		t.Errorf("held endpoint: %+v, %v; want it known and not enforcing", ep, err)
+	}
+	s.check(t, e, "with an endpoint held back")
+
+	// Its policy fits again: it is enforced by it.
+	os.Remove(filepath.Join(e.dir, "policies", "wide.hcl"))
+	e.endpoint(wide)
+	e.eventually("frontend reaches the api once its policy is written", 10*time.Second, func() error {
+		if !e.get(s.frontend, ip) {
+			return os.ErrDeadlineExceeded
+		}
+		return nil
+	})
+	if e.get(s.db, ip) {
+		t.Error("db reached the api once its policy was written")
+	}
+}
