@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/netip"
+	"os"
 	"path"
 	"slices"
 	"sort"
@@ -301,6 +302,17 @@ func (r *reconciler) problem(key, op string, err error) {
 
 func (r *reconciler) loadPolicies(since time.Time) {
 	start := time.Now()
+	if fi, err := os.Stat(r.cfg.PolicyDir); err == nil && !fi.IsDir() {
+		// Load would read the file as a set of one, but the directory
+		// watch would never see it change: every later edit, broken or
+		// not, would go unseen.
+		r.rejectPolicies([]api.Diagnostic{{
+			File: r.cfg.PolicyDir, Severity: policies.SeverityError,
+			Summary: "Cannot read policy directory: policy_dir is a file, not a directory",
+			Detail:  "Policies live in *.hcl files in a directory: move this file into one and point policy_dir (in " + r.cfgPathOrDefault() + ") at it.",
+		}})
+		return
+	}
 	files, _ := policies.ListDir(r.cfg.PolicyDir)
 	set, rep := policies.Load(r.cfg.PolicyDir)
 	if rep.HasErrors() || set == nil {
@@ -363,6 +375,13 @@ func (r *reconciler) loadPolicies(since time.Time) {
 	r.publish()
 	r.metrics.ReconcileDuration.WithLabelValues("policy").Observe(time.Since(start).Seconds())
 	r.metrics.EventLag.WithLabelValues("policy").Observe(time.Since(since).Seconds())
+}
+
+func (r *reconciler) cfgPathOrDefault() string {
+	if r.cfg.Path == "" {
+		return config.DefaultPath
+	}
+	return r.cfg.Path
 }
 
 // rejectPolicies records a rejected policy set (diags are its problems)

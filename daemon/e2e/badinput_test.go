@@ -236,3 +236,32 @@ policy "wide" {
 		t.Error("db reached the api once its policy was written")
 	}
 }
+
+// policy_dir naming a file, not a directory, is reported: the daemon used
+// to load the file once and then never see an edit of it (the watch waits
+// for a directory), broken or not, with nothing in status.
+func TestPolicyDirThatIsAFileIsReported(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	file := filepath.Join(e.dir, "policies.hcl")
+	if err := os.WriteFile(file, []byte(strings.ReplaceAll(shopPolicies, "SFX", e.sfx)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := os.ReadFile(e.cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dirLine := fmt.Sprintf("policy_dir      = %q", filepath.Join(e.dir, "policies"))
+	if !strings.Contains(string(cfg), dirLine) {
+		t.Fatalf("config has no %s:\n%s", dirLine, cfg)
+	}
+	cfg = []byte(strings.Replace(string(cfg), dirLine, fmt.Sprintf("policy_dir      = %q", file), 1))
+	if err := os.WriteFile(e.cfgPath, cfg, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.startDaemon()
+	st := e.status()
+	pe := st.LastPolicyError
+	if pe == nil || len(pe.Diagnostics) != 1 || pe.Diagnostics[0].File != file || !strings.Contains(pe.Diagnostics[0].Summary, "not a directory") {
+		t.Fatalf("policy_dir is a file: %d policies, error %s", st.Policies, dump(pe))
+	}
+}
