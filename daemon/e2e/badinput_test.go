@@ -265,3 +265,39 @@ func TestPolicyDirThatIsAFileIsReported(t *testing.T) {
 		t.Fatalf("policy_dir is a file: %d policies, error %s", st.Policies, dump(pe))
 	}
 }
+
+// A container cannot take another's identity, and so its rules, with a
+// label value that prints like several labels: {a: "x,app=client"} is not
+// {a: "x", app: "client"}.
+func TestCraftedLabelValueDoesNotShareAnIdentity(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.writePolicy("api.hcl", `
+policy "api" {
+  selector = "app=api,e2e=SFX"
+  ingress {
+    from_endpoints = ["app=client,e2e=SFX"]
+    ports          = ["8080/tcp"]
+  }
+}
+`)
+	e.startDaemon()
+	api := e.server("api", "app=api")
+	client := e.idle("client", "a=x", "app=client")
+	// docker run --label 'a=x,app=client': key "a", value "x,app=client".
+	crafted := e.idle("crafted", "a=x,app=client")
+	apiIP := e.ip(api)
+	e.endpoint(api)
+	cl, cr := e.endpoint(client), e.endpoint(crafted)
+	if cl.Identity == cr.Identity {
+		t.Errorf("%v and %v share identity %d", cl.Labels, cr.Labels, cl.Identity)
+	}
+	e.eventually("client reaches api", 10*time.Second, func() error {
+		if !e.get(client, apiIP) {
+			return os.ErrDeadlineExceeded
+		}
+		return nil
+	})
+	if e.get(crafted, apiIP) {
+		t.Error("a container labelled a=\"x,app=client\" reached the api that only app=client may reach")
+	}
+}

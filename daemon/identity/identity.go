@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -143,23 +144,27 @@ func Open(dir string, opts Options) (*Store, error) {
 	return s, nil
 }
 
-// Key is the canonical form of a label set: sorted k=v pairs joined by
-// commas. Two label sets have the same identity exactly when their keys
-// are equal.
+// Key is the canonical form of a label set: sorted "k"="v" pairs (Go-quoted)
+// joined by commas. Two label sets have the same identity exactly when
+// their keys are equal.
 func Key(labels policies.Labels) string {
 	keys := make([]string, 0, len(labels))
 	for k := range labels {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
+	// Keys and values are quoted: label values may hold ',' and '=' (and
+	// keys '=', through the runtimes' APIs), and a plain k=v,k2=v2 would
+	// give {app: "x", team: "web"} and {app: "x,team=web"} one key, so one
+	// identity, whose rules the second set was never granted.
 	var b strings.Builder
 	for i, k := range keys {
 		if i > 0 {
 			b.WriteByte(',')
 		}
-		b.WriteString(k)
+		b.WriteString(strconv.Quote(k))
 		b.WriteByte('=')
-		b.WriteString(labels[k])
+		b.WriteString(strconv.Quote(labels[k]))
 	}
 	return b.String()
 }

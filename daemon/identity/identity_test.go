@@ -166,3 +166,39 @@ func TestReservedIdentitiesNeverAllocated(t *testing.T) {
 		}
 	}
 }
+
+// Label values may hold ',' and '=' (and keys '=', through the runtimes'
+// APIs): label sets that only print alike are different identities, so
+// that no container can take another's identity (and its rules) with a
+// crafted label, across a restart too.
+func TestLabelSetsThatPrintAlikeGetDifferentIdentities(t *testing.T) {
+	dir := t.TempDir()
+	c := &clock{t: time.Unix(1000, 0)}
+	s := open(t, dir, c)
+	sets := []policies.Labels{
+		{"app": "web", "team": "payments"},
+		{"app": "web,team=payments"},
+		{"app=web,team": "payments"},
+		{"a": "b=c"},
+		{"a=b": "c"},
+		{"a": "", "b": ""},
+		{"a": ",b="},
+	}
+	ids := map[policies.Identity]int{}
+	for i, l := range sets {
+		id, err := s.Allocate(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if j, dup := ids[id]; dup {
+			t.Fatalf("label sets %v and %v got the same identity %d", sets[j], l, id)
+		}
+		ids[id] = i
+	}
+	s2 := open(t, dir, c)
+	for id, i := range ids {
+		if got, _ := s2.Allocate(sets[i]); got != id {
+			t.Errorf("after restart %v got %d, was %d", sets[i], got, id)
+		}
+	}
+}
