@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -170,6 +172,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	g.Go(func() error {
 		return watchPolicyDir(gctx, cfg.PolicyDir, cfg.PolicyDebounce, r.requestPolicyReload, log)
 	})
+	g.Go(func() error { return watchHangup(gctx, cfg, r, log) })
 	g.Go(func() error { return watchHostAddrs(gctx, r.requestHostAddrs, log) })
 	g.Go(func() error { return r.readEvents(gctx) })
 	g.Go(func() error { return srv.Serve(gctx) })
@@ -222,6 +225,48 @@ type namedSource struct {
 // extraSources builds the runtime sources besides Docker (containerd).
 func extraSources(cfg *config.Config, log *slog.Logger, resolvers *[]linkwatch.Resolver) []namedSource {
 	return containerdSource(cfg, log, resolvers)
+}
+
+// watchHangup handles SIGHUP, the conventional "reload" signal. Its
+// default action ends the process, and systemd counts that a clean exit
+// (no restart): an operator's `kill -HUP` would leave membraned stopped and
+// new containers' veths without programs. It reloads the policy directory
+// instead, and checks the configuration file, which is read at start
+// only: an invalid one is reported (log and status) with its positions,
+// since the next restart would fail on it; the running configuration
+// stays.
+func watchHangup(ctx context.Context, cfg *config.Config, r *reconciler, log *slog.Logger) error {
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGHUP)
+	defer signal.Stop(ch)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-ch:
+		}
+		log.Info("SIGHUP: reloading the policy directory", "dir", cfg.PolicyDir)
+		r.requestPolicyReload(ctx, time.Now())
+		if cfg.Path == "" {
+			continue
+		}
+		_, err := config.Load(cfg.Path, true)
+		if err != nil {
+			log.Error("SIGHUP: the configuration file is invalid; the running configuration stays, but membraned would not start with it", "config", cfg.Path, "err", err.Error())
+			err = fmt.Errorf("configuration %s is invalid; the running configuration stays, but membraned would not start with it: %w", cfg.Path, err)
+		} else {
+			log.Info("SIGHUP: the configuration file is valid; it is read at start only: restart membraned to apply changes to it", "config", cfg.Path)
+		}
+		r.send(ctx, func(context.Context) error {
+			if err != nil {
+				r.problems["config"] = err.Error()
+			} else {
+				delete(r.problems, "config")
+			}
+			r.publish()
+			return nil
+		})
+	}
 }
 
 // sinceMillis is a helper for logging durations.

@@ -301,3 +301,51 @@ policy "api" {
 		t.Error("a container labelled a=\"x,app=client\" reached the api that only app=client may reach")
 	}
 }
+
+// SIGHUP, the usual "reload", does not stop membraned (its default
+// action, which systemd would count a clean exit and not restart): it
+// reloads the policies and reports a configuration file that the next
+// start would refuse, with its position, while enforcement goes on.
+func TestHangupReloadsAndReportsABrokenConfig(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	s := startShop(e)
+	rev := e.status().PolicyRevision
+	cfg, err := os.ReadFile(e.cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Count(string(cfg), "\n")
+	if err := os.WriteFile(e.cfgPath, append(cfg, "enforcement = \"sometimes\"\n"...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.WriteFile(e.cfgPath, cfg, 0o644) }) // for the cleanup's config.Load
+	if err := e.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	e.waitRevision(rev, false)
+	want := fmt.Sprintf("%s:%d:1: error: invalid enforcement", e.cfgPath, lines+1)
+	e.eventually("status reports the broken configuration", 5*time.Second, func() error {
+		if p := strings.Join(e.status().Errors, "\n"); !strings.Contains(p, want) {
+			return fmt.Errorf("problems %q lack %q", p, want)
+		}
+		return nil
+	})
+	e.eventually("frontend reaches api", 10*time.Second, func() error {
+		if !e.get(s.frontend, s.apiIP) {
+			return os.ErrDeadlineExceeded
+		}
+		return nil
+	})
+	s.check(t, e, "after SIGHUP with a broken configuration")
+	// Fixed, the problem goes.
+	if err := os.WriteFile(e.cfgPath, cfg, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.cmd.Process.Signal(syscall.SIGHUP)
+	e.eventually("the configuration problem goes", 5*time.Second, func() error {
+		if p := strings.Join(e.status().Errors, "\n"); strings.Contains(p, "invalid enforcement") {
+			return fmt.Errorf("problems %q", p)
+		}
+		return nil
+	})
+}
