@@ -65,6 +65,15 @@ func watchPolicyDirOnce(ctx context.Context, dir string, debounce time.Duration,
 		}
 		return false, err
 	}
+	// The parent too, for dir's own name: when dir is a symbolic link
+	// swapped to a new target (ln -s v2 tmp && mv -T tmp policies.d, the
+	// usual atomic deploy), the watch above stays on the old target, which
+	// does not change.
+	if parent := filepath.Dir(dir); parent != dir {
+		if err := w.Add(parent); err != nil {
+			log.Debug("cannot watch the policy directory's parent", "dir", parent, "err", err)
+		}
+	}
 	// links are the paths dir's symlinked policy files lead to; their
 	// directories are watched besides dir.
 	links := map[string]bool{}
@@ -74,12 +83,12 @@ func watchPolicyDirOnce(ctx context.Context, dir string, debounce time.Duration,
 		watched := map[string]bool{}
 		for _, d := range w.WatchList() {
 			watched[d] = true
-			if !dirs[d] && d != dir {
+			if !dirs[d] && d != dir && d != filepath.Dir(dir) {
 				_ = w.Remove(d)
 			}
 		}
 		for d := range dirs {
-			if !watched[d] && d != dir {
+			if !watched[d] && d != dir && d != filepath.Dir(dir) {
 				if err := w.Add(d); err != nil {
 					log.Debug("cannot watch a policy link's directory", "dir", d, "err", err)
 				}
@@ -105,6 +114,11 @@ func watchPolicyDirOnce(ctx context.Context, dir string, debounce time.Duration,
 				continue // elsewhere in a link target's directory
 			}
 			log.Debug("policy directory changed", "op", ev.Op.String(), "name", ev.Name)
+			if ev.Name == dir && ev.Has(fsnotify.Create) {
+				// Something new under dir's name (a swapped link, a
+				// directory renamed into place): watch it and read it.
+				return true, nil
+			}
 			if ev.Name == dir && (ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename)) {
 				// The directory itself went away: reload (which reports
 				// the error and keeps the last good set), then wait for it

@@ -143,3 +143,43 @@ func TestPolicyWatchFollowsLinkTargets(t *testing.T) {
 	}
 	waitReload(t, reloads, 2, 3*time.Second, "the link's target was removed")
 }
+
+// A policy directory that is a symbolic link swapped to a new target (ln
+// -s v2 tmp && mv -T tmp policies.d, the usual atomic deploy) is read
+// again: the old target, which the watch was on, does not change.
+func TestPolicyWatchFollowsADirectoryLinkSwap(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "policies.d")
+	for _, v := range []string{"v1", "v2"} {
+		if err := os.Mkdir(filepath.Join(root, v), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(root, "v2", "b.hcl"), []byte("# b\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("v1", dir); err != nil {
+		t.Fatal(err)
+	}
+	var sawV2 bool
+	reloads := policyWatch(t, dir, func(int) {
+		_, err := os.Stat(filepath.Join(dir, "b.hcl"))
+		sawV2 = err == nil
+	})
+	time.Sleep(100 * time.Millisecond) // the watch is in place
+	if err := os.Symlink("v2", filepath.Join(root, "tmp")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(root, "tmp"), dir); err != nil {
+		t.Fatal(err)
+	}
+	waitReload(t, reloads, 1, 3*time.Second, "the directory link was swapped to a new target")
+	if !sawV2 {
+		t.Error("the reload did not see the new target")
+	}
+	// And the new target is watched.
+	if err := os.WriteFile(filepath.Join(root, "v2", "c.hcl"), []byte("# c\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitReload(t, reloads, 2, 3*time.Second, "a file was added to the new target")
+}
