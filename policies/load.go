@@ -85,6 +85,8 @@ func LoadWithNetworks(nets []ContainerNetwork, paths ...string) (*Set, *Report) 
 			}
 		case errors.Is(err, errNotDir):
 			add(p)
+		case isLink(p):
+			add(p) // a broken link: add names its target
 		default:
 			readErrs = append(readErrs, fileDiag(p, "Cannot read policy path: "+reason(err), err.Error()))
 		}
@@ -99,6 +101,11 @@ func LoadWithNetworks(nets []ContainerNetwork, paths ...string) (*Set, *Report) 
 }
 
 var errNotDir = errors.New("not a directory")
+
+func isLink(path string) bool {
+	fi, err := os.Lstat(path)
+	return err == nil && fi.Mode()&fs.ModeSymlink != 0
+}
 
 // reason is the short cause of a file system error ("no such file or
 // directory"), for a one-line summary that already names the file.

@@ -95,6 +95,11 @@ func TestLoadDanglingLinkIsAnError(t *testing.T) {
 	if len(errs) != 1 || errs[0].Pos.File != link || !strings.Contains(errs[0].Summary, target) || !strings.Contains(errs[0].Summary, "no such file") {
 		t.Fatalf("errors %+v", errs)
 	}
+	// Named explicitly (as policy check names the files of a directory),
+	// the same error.
+	if set, rep := Load(link); set != nil || len(rep.Errors()) != 1 || !strings.Contains(rep.Errors()[0].Summary, target) {
+		t.Fatalf("dangling link named explicitly: errors %+v", rep.Errors())
+	}
 	// A link loop is the same.
 	os.Remove(link)
 	if err := os.Symlink(link, link); err != nil {
