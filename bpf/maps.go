@@ -60,7 +60,7 @@ func (d *Datapath) SetEndpoint(ifindex int, ep Endpoint) error {
 	hadOld := d.objs.MembraneEndpoints.Lookup(uint32(ifindex), &old) == nil
 	// The hash first: it is the list of endpoints and enforces MaxEndpoints.
 	if err := d.objs.MembraneEndpoints.Put(uint32(ifindex), &v); err != nil {
-		return wrapFull(err, "endpoints", "max_endpoints", d.cfg.MaxEndpoints)
+		return wrapFull(err, "endpoints", "maps.endpoints", d.cfg.MaxEndpoints)
 	}
 	if ifindex < epFastSlots {
 		if err := d.objs.MembraneEndpointsFast.Put(uint32(ifindex), &v); err != nil {
@@ -187,7 +187,7 @@ func (d *Datapath) ipcacheSet(p netip.Prefix, id policies.Identity) error {
 		return err
 	}
 	if err := d.ipcacheMap(p).Put(&k, &datapathIpcacheValue{Identity: uint32(id)}); err != nil {
-		return wrapFull(err, "ipcache", "max_ipcache", d.cfg.MaxIPCache)
+		return wrapFull(err, "ipcache", "maps.ipcache", d.cfg.MaxIPCache)
 	}
 	if p.Addr().Is4() && p.Bits() == 32 {
 		d.inlineIPCacheSet(p.Addr(), id)
@@ -277,7 +277,7 @@ func (d *Datapath) IPCacheSync(want map[netip.Prefix]policies.Identity) error {
 		return err
 	}
 	if uint32(len(norm)) > d.cfg.MaxIPCache {
-		return fmt.Errorf("ipcache needs %d entries, max_ipcache is %d: %w", len(norm), d.cfg.MaxIPCache, ErrMapFull)
+		return fmt.Errorf("ipcache needs %d entries, maps.ipcache is %d: %w", len(norm), d.cfg.MaxIPCache, ErrMapFull)
 	}
 	// A peer whose identity changed (or went) may now be denied: flows are
 	// judged again when an existing entry changes. New entries only cover

@@ -80,7 +80,7 @@ func policyEntries(ip *policies.IdentityPolicy, proxyPort func(uint32) uint16) (
 }
 
 // PolicyCapacityError is a model with an identity whose policy needs more
-// entries than an inner policy map holds (max_policy_entries). Nothing is
+// entries than an inner policy map holds (maps.policy_entries). Nothing is
 // written. It wraps ErrMapFull.
 type PolicyCapacityError struct {
 	Identity  policies.Identity
@@ -88,7 +88,7 @@ type PolicyCapacityError struct {
 }
 
 func (e *PolicyCapacityError) Error() string {
-	return fmt.Sprintf("identity %d needs %d policy entries, max_policy_entries is %d: %v", e.Identity, e.Need, e.Max, ErrMapFull)
+	return fmt.Sprintf("identity %d needs %d policy entries, maps.policy_entries is %d: %v", e.Identity, e.Need, e.Max, ErrMapFull)
 }
 
 func (e *PolicyCapacityError) Unwrap() error { return ErrMapFull }
@@ -125,7 +125,7 @@ func (d *Datapath) SyncPolicy(m *policies.Model, proxyPort func(l7 uint32) uint1
 		want[ip.Identity] = ents
 	}
 	if uint32(len(want)) > d.cfg.MaxIdentities {
-		return st, fmt.Errorf("policy for %d identities, max_identities is %d: %w", len(want), d.cfg.MaxIdentities, ErrMapFull)
+		return st, fmt.Errorf("policy for %d identities, maps.policy is %d: %w", len(want), d.cfg.MaxIdentities, ErrMapFull)
 	}
 	// Per changed identity: its stale cached entries go first (the old
 	// trie still answers for them), then every new trie is filled and all
@@ -231,7 +231,7 @@ func (d *Datapath) swapPolicies(ids []policies.Identity, want map[policies.Ident
 		inners = append(inners, inner)
 		for k, v := range want[id] {
 			if err := inner.Put(&k, &v); err != nil {
-				return 0, wrapFull(err, fmt.Sprintf("policy (identity %d)", id), "max_policy_entries", d.cfg.MaxPolicyEntries)
+				return 0, wrapFull(err, fmt.Sprintf("policy (identity %d)", id), "maps.policy_entries", d.cfg.MaxPolicyEntries)
 			}
 		}
 		keys[i] = uint32(id)
@@ -242,11 +242,11 @@ func (d *Datapath) swapPolicies(ids []policies.Identity, want map[policies.Ident
 		return n, nil
 	}
 	if !errors.Is(err, ebpf.ErrNotSupported) {
-		return n, wrapFull(err, "policy identities", "max_identities", d.cfg.MaxIdentities)
+		return n, wrapFull(err, "policy identities", "maps.policy", d.cfg.MaxIdentities)
 	}
 	for i, id := range ids {
 		if err := d.objs.MembranePolicy.Put(uint32(id), inners[i]); err != nil {
-			return i, wrapFull(err, "policy identities", "max_identities", d.cfg.MaxIdentities)
+			return i, wrapFull(err, "policy identities", "maps.policy", d.cfg.MaxIdentities)
 		}
 	}
 	return len(ids), nil

@@ -221,6 +221,10 @@ policy "wide" {
 	if ep, err := e.client.Endpoint(context.Background(), wide); err != nil || ep.Enforcing {
 		t.Errorf("held endpoint: %+v, %v; want it known and not enforcing", ep, err)
 	}
+	// The map full names the setting to raise as membrane.hcl spells it.
+	if p := strings.Join(e.status().Errors, "\n"); !strings.Contains(p, "maps.policy_entries is 64") {
+		t.Errorf("problems %q do not name maps.policy_entries", p)
+	}
 	s.check(t, e, "with an endpoint held back")
 
 	// Its policy fits again: it is enforced by it.
