@@ -26,8 +26,8 @@ func TestDanglingPolicyLinkKeepsLastGoodSet(t *testing.T) {
 	if err := os.Remove(target); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.client.ReloadPolicies(context.Background()); err == nil || !strings.Contains(err.Error(), link+": error: Cannot read policy file") {
-		t.Errorf("reload with a dangling link: err %v, want the link named (with no line: the whole file is unreadable)", err)
+	if _, err := e.client.ReloadPolicies(context.Background()); err == nil || !strings.Contains(err.Error(), link+":1:1: error: Cannot read policy file") {
+		t.Errorf("reload with a dangling link: err %v, want the link named (at 1:1: the whole file is unreadable)", err)
 	}
 	s.check(t, e, "after the link's target went away")
 	st := e.status()
