@@ -166,19 +166,7 @@ policy "api-big" {
 		t.Errorf("set too big for the maps: revision %d (was %d), %d policies, error %s", st.PolicyRevision, rev, st.Policies, dump(pe))
 	}
 	s.check(t, e, "after a set too big for the maps")
-	// A label set never seen before: its policy comes from the enforced set.
-	api2 := e.server("api2", "app=api", "tier=two")
-	e.endpoint(api2)
-	ip := e.ip(api2)
-	e.eventually("frontend reaches the new api", 10*time.Second, func() error {
-		if !e.get(s.frontend, ip) {
-			return os.ErrDeadlineExceeded
-		}
-		return nil
-	})
-	if e.get(s.db, ip) {
-		t.Error("db reached a new api container: it has no policy")
-	}
+	s.checkNewAPI(t, e, "the set that fits enforced")
 }
 
 // A container whose identity's policy cannot be written (its labels put

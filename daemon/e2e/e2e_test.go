@@ -85,6 +85,25 @@ func (s shop) check(t *testing.T, e *env, when string) {
 	}
 }
 
+// checkNewAPI starts an api container with a label set never seen before
+// (a new identity, whose policy only the enforced set can give) and checks
+// that the frontend reaches it and db does not.
+func (s shop) checkNewAPI(t *testing.T, e *env, when string) {
+	t.Helper()
+	api2 := e.server("api2", "app=api", "tier=two")
+	e.endpoint(api2)
+	ip := e.ip(api2)
+	e.eventually("frontend reaches the new api", 10*time.Second, func() error {
+		if !e.get(s.frontend, ip) {
+			return os.ErrDeadlineExceeded
+		}
+		return nil
+	})
+	if e.get(s.db, ip) {
+		t.Errorf("%s: db reached a new api container", when)
+	}
+}
+
 func TestShopAllowDenyMatrixWithComposeLabels(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	s := startShop(e)
@@ -599,20 +618,7 @@ func TestLastGoodSetSurvivesRestart(t *testing.T) {
 	if st.LastPolicyError == nil || st.Policies != 3 {
 		t.Fatalf("after restart with a broken directory: %d policies, error %v", st.Policies, st.LastPolicyError)
 	}
-	// A label set never seen before: a new identity, whose policy only a
-	// loaded set can give.
-	api2 := e.server("api2", "app=api", "tier=two")
-	e.endpoint(api2)
-	ip := e.ip(api2)
-	e.eventually("frontend reaches the new api", 10*time.Second, func() error {
-		if !e.get(s.frontend, ip) {
-			return os.ErrDeadlineExceeded
-		}
-		return nil
-	})
-	if e.get(s.db, ip) {
-		t.Error("db reached a new api container: the last good set is not enforced")
-	}
+	s.checkNewAPI(t, e, "the last good set enforced")
 }
 
 // A container with an interface no program sees (here a macvlan on a host
