@@ -66,15 +66,7 @@ func linkedShop(t *testing.T) (e *env, s shop, target, link string) {
 		t.Fatal(err)
 	}
 	e.startDaemon()
-	s = shop{
-		frontend: e.idle("frontend", frontendLabels...),
-		api:      e.server("api", "app=api"),
-		db:       e.server("db", "app=db"),
-	}
-	s.apiIP, s.dbIP = e.ip(s.api), e.ip(s.db)
-	for _, c := range []string{s.frontend, s.api, s.db} {
-		e.endpoint(c)
-	}
+	s = shopContainers(e)
 	e.eventually("frontend reaches api", 10*time.Second, func() error {
 		if !e.get(s.frontend, s.apiIP) {
 			return os.ErrDeadlineExceeded

@@ -56,6 +56,12 @@ type shop struct {
 func startShop(e *env) shop {
 	e.writePolicy("shop.hcl", shopPolicies)
 	e.startDaemon()
+	return shopContainers(e)
+}
+
+// shopContainers starts the shop's containers under a running daemon and
+// waits until each is a managed endpoint.
+func shopContainers(e *env) shop {
 	s := shop{
 		frontend: e.idle("frontend", frontendLabels...),
 		api:      e.server("api", "app=api"),
