@@ -34,6 +34,16 @@ type Options struct {
 	// Ready is called once after the first full reconcile (besides
 	// READY=1 to systemd).
 	Ready func()
+
+	hooks *testHooks
+}
+
+// testHooks are where this package's tests step into a running daemon, to
+// make a race that is otherwise a matter of microseconds happen every
+// time. nil in membraned.
+type testHooks struct {
+	// beforePolicyWatch runs before the policy directory's watch is set up.
+	beforePolicyWatch func()
 }
 
 // Run runs membraned until ctx is cancelled. The datapath stays in place
@@ -169,8 +179,14 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 		})
 	}
 	g.Go(func() error { return lw.Run(gctx) })
+	// The first load waits for the watch (see watchPolicyDir).
+	policyWatching := make(chan struct{})
+	r.policyWatching = policyWatching
 	g.Go(func() error {
-		return watchPolicyDir(gctx, cfg.PolicyDir, cfg.PolicyDebounce, r.requestPolicyReload, log)
+		if opts.hooks != nil && opts.hooks.beforePolicyWatch != nil {
+			opts.hooks.beforePolicyWatch()
+		}
+		return watchPolicyDir(gctx, cfg.PolicyDir, cfg.PolicyDebounce, r.requestPolicyReload, func() { close(policyWatching) }, log)
 	})
 	g.Go(func() error { return watchHangup(gctx, cfg, r, log) })
 	g.Go(func() error { return watchHostAddrs(gctx, r.requestHostAddrs, log) })

@@ -16,7 +16,9 @@
 //     the ipcache, recompiles the policy model when the identity set
 //     changed, and only then writes the endpoint map entry, so the first
 //     packet judged under the endpoint's identity already meets its policy;
-//   - a policy change (fsnotify, debounced) loads the directory as one set:
+//   - a policy change (fsnotify, debounced) loads the directory as one set
+//     (the first load waits until the watch is in place, so no file
+//     written during start-up goes unseen):
 //     an invalid set is rejected whole, logged with positions, shown in
 //     status and metrics, and the last good set stays enforced. The last
 //     good set's sources are saved in the state directory, so a daemon

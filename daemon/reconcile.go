@@ -55,6 +55,9 @@ type reconciler struct {
 	startedAt time.Time
 
 	reqs chan request
+	// policyWatching is closed once the policy directory is watched (nil:
+	// not waited for).
+	policyWatching <-chan struct{}
 
 	// loop state
 	eps        map[string]*epState // by runtime endpoint id
@@ -163,7 +166,16 @@ func (r *reconciler) requestHostAddrs(ctx context.Context, addrs []netip.Prefix)
 
 // run is the reconcile loop.
 func (r *reconciler) run(ctx context.Context) error {
-	// The policy set first: the first reconcile must enforce it.
+	// The policy set first: the first reconcile must enforce it. It is
+	// read once the directory's watch is in place, so that a file written
+	// between the two is not missed until the next change.
+	if r.policyWatching != nil {
+		select {
+		case <-r.policyWatching:
+		case <-ctx.Done():
+			return nil
+		}
+	}
 	r.loadPolicies(time.Now())
 
 	allSynced := make(chan struct{})

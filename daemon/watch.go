@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -21,12 +22,25 @@ import (
 // a temporary over it): debounce gathers those into one reload, and
 // reload reads the whole directory, so the order of events does not
 // matter. A directory that does not exist yet is polled for.
-func watchPolicyDir(ctx context.Context, dir string, debounce time.Duration, reload func(context.Context, time.Time), log *slog.Logger) error {
+//
+// watching (nil: none) is called once, when the watch is in place or the
+// directory was found missing (it is then read again once it appears).
+// The reconciler's first load waits for it: a load before the watch
+// existed would miss a file written in between until the next change.
+func watchPolicyDir(ctx context.Context, dir string, debounce time.Duration, reload func(context.Context, time.Time), watching func(), log *slog.Logger) error {
 	log = log.With("subsys", "policywatch")
 	dir = filepath.Clean(dir)
-	// The reconciler loads the set when it starts; after that, every time
-	// the directory comes (back), the set is read again once the watch is
-	// in place, so that no file written meanwhile goes unseen.
+	var once sync.Once
+	started := func() {
+		if watching != nil {
+			once.Do(watching)
+		}
+	}
+	defer started() // never leave the reconciler waiting
+	// The reconciler loads the set when the watch has started; after
+	// that, every time the directory comes (back), the set is read again
+	// once the watch is in place, so that no file written meanwhile goes
+	// unseen.
 	appeared := false
 	for {
 		for {
@@ -34,13 +48,14 @@ func watchPolicyDir(ctx context.Context, dir string, debounce time.Duration, rel
 				break
 			}
 			appeared = true
+			started()
 			select {
 			case <-ctx.Done():
 				return nil
 			case <-time.After(2 * time.Second):
 			}
 		}
-		gone, err := watchPolicyDirOnce(ctx, dir, debounce, reload, appeared, log)
+		gone, err := watchPolicyDirOnce(ctx, dir, debounce, reload, appeared, started, log)
 		if err != nil || !gone {
 			return err
 		}
@@ -53,7 +68,7 @@ func watchPolicyDir(ctx context.Context, dir string, debounce time.Duration, rel
 // the watch is in place: dir has just (re)appeared, and a reload before
 // the watch existed would miss files written in between, a whole
 // directory renamed into place included.
-func watchPolicyDirOnce(ctx context.Context, dir string, debounce time.Duration, reload func(context.Context, time.Time), reloadFirst bool, log *slog.Logger) (gone bool, err error) {
+func watchPolicyDirOnce(ctx context.Context, dir string, debounce time.Duration, reload func(context.Context, time.Time), reloadFirst bool, watching func(), log *slog.Logger) (gone bool, err error) {
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
 		return false, err
@@ -96,6 +111,7 @@ func watchPolicyDirOnce(ctx context.Context, dir string, debounce time.Duration,
 		}
 	}
 	watchLinks()
+	watching()
 	if reloadFirst {
 		reload(ctx, time.Now())
 	}

@@ -23,7 +23,7 @@ func policyWatch(t *testing.T, dir string, onReload func(n int)) <-chan int {
 			n++
 			onReload(n)
 			reloads <- n
-		}, slog.New(slog.DiscardHandler))
+		}, nil, slog.New(slog.DiscardHandler))
 	}()
 	t.Cleanup(func() { cancel(); <-done })
 	return reloads

@@ -1,0 +1,207 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/membrane-fw/membrane/daemon/api"
+	"github.com/membrane-fw/membrane/daemon/config"
+	"github.com/membrane-fw/membrane/internal/testenv"
+)
+
+// testDaemon is membraned run in this test process (Run), with its own
+// pin directory, state, policy directory and API socket, so that tests can
+// step in through Options.hooks at the moment a race would happen. Names
+// start with rl- (agents of this machine share /tmp and the bpffs).
+type testDaemon struct {
+	t       *testing.T
+	dir     string
+	cfg     *config.Config
+	client  *api.Client
+	logPath string
+}
+
+type testDaemonOpts struct {
+	docker  bool     // follow dockerd (else no runtime source at all)
+	bridges []string // managed bridges (default: one that does not exist)
+	extra   string   // appended to membrane.hcl
+}
+
+// newTestDaemon prepares a daemon's files; start runs it.
+func newTestDaemon(t *testing.T, o testDaemonOpts) *testDaemon {
+	t.Helper()
+	testenv.RequireRoot(t)
+	sfx := testenv.RandomSuffix(8)
+	dir, err := os.MkdirTemp("", "rl-daemon-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.MkdirAll(filepath.Join(dir, "policies"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if o.bridges == nil {
+		o.bridges = []string{"rln" + sfx}
+	}
+	var quoted []string
+	for _, b := range o.bridges {
+		quoted = append(quoted, fmt.Sprintf("%q", b))
+	}
+	text := fmt.Sprintf(`
+policy_dir      = %q
+state_dir       = %q
+bpffs_dir       = %q
+api_socket      = %q
+bridges         = [%s]
+log_level       = "debug"
+policy_debounce = "20ms"
+runtime "docker" {
+  enabled = %v
+}
+runtime "containerd" {
+  enabled = false
+}
+metrics {
+  listen = ""
+}
+%s
+`, filepath.Join(dir, "policies"), filepath.Join(dir, "state"), "/sys/fs/bpf/rl-"+sfx,
+		filepath.Join(dir, "api.sock"), strings.Join(quoted, ", "), o.docker, o.extra)
+	path := filepath.Join(dir, "membrane.hcl")
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &testDaemon{t: t, dir: dir, cfg: cfg, client: api.NewClient(cfg.APISocket), logPath: filepath.Join(dir, "membraned.log")}
+	t.Cleanup(func() {
+		if err := CleanupDatapath(cfg); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	return d
+}
+
+// start runs the daemon until the test ends, with hooks (nil: none) and
+// ready (Options.Ready; nil: none). It does not wait for anything.
+func (d *testDaemon) start(hooks *testHooks, ready func()) {
+	d.t.Helper()
+	logf, err := os.OpenFile(d.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, d.cfg, Options{
+			Logger:    log,
+			ProxyPort: func(uint32) uint16 { return 0 },
+			Ready:     ready,
+			hooks:     hooks,
+		})
+	}()
+	d.t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				d.t.Errorf("Run: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			d.t.Errorf("Run did not return after its context ended")
+		}
+		logf.Close()
+		if d.t.Failed() {
+			if b, err := os.ReadFile(d.logPath); err == nil {
+				lines := strings.Split(string(b), "\n")
+				if len(lines) > 80 {
+					lines = lines[len(lines)-80:]
+				}
+				d.t.Logf("membraned log (tail):\n%s", strings.Join(lines, "\n"))
+			}
+		}
+	})
+}
+
+func (d *testDaemon) writePolicy(name, text string) {
+	d.t.Helper()
+	p := filepath.Join(d.cfg.PolicyDir, name)
+	if err := os.WriteFile(p+".tmp", []byte(text), 0o644); err != nil {
+		d.t.Fatal(err)
+	}
+	if err := os.Rename(p+".tmp", p); err != nil {
+		d.t.Fatal(err)
+	}
+}
+
+// waitStatus waits (up to within) for a status that pass accepts.
+func (d *testDaemon) waitStatus(what string, within time.Duration, pass func(api.Status) bool) api.Status {
+	d.t.Helper()
+	var st api.Status
+	var err error
+	for deadline := time.Now().Add(within); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if st, err = d.client.Status(context.Background()); err == nil && pass(st) {
+			return st
+		}
+	}
+	d.t.Fatalf("%s: not within %v: status %s, err %v", what, within, dumpJSON(st), err)
+	return st
+}
+
+func dumpJSON(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+const policyA = `
+policy "a" {
+  selector = "app=a"
+  ingress {
+    from_endpoints = ["app=b"]
+    ports          = ["80/tcp"]
+  }
+}
+`
+
+const policyB = `
+policy "b" {
+  selector = "app=b"
+  egress {
+    to_endpoints = ["app=a"]
+  }
+}
+`
+
+// A policy file written while membraned sets up its directory watch (after
+// the first load of the directory, if that came first) is loaded: nothing
+// written at any moment of start-up waits for the next change to be seen.
+func TestPolicyFileWrittenAsTheWatchStartsIsLoaded(t *testing.T) {
+	d := newTestDaemon(t, testDaemonOpts{})
+	d.writePolicy("a.hcl", policyA)
+	wrote := make(chan struct{})
+	d.start(&testHooks{beforePolicyWatch: func() {
+		defer close(wrote)
+		// Give the first load every chance to come first (it did, before
+		// the watch was ordered before it), then write.
+		for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if st, err := d.client.Status(context.Background()); err == nil && st.PolicyRevision > 0 {
+				break
+			}
+		}
+		d.writePolicy("b.hcl", policyB)
+	}}, nil)
+	<-wrote
+	d.waitStatus("both files loaded", 5*time.Second, func(st api.Status) bool {
+		return st.Policies == 2 && st.LastPolicyError == nil
+	})
+}
