@@ -44,6 +44,9 @@ type Options struct {
 type testHooks struct {
 	// beforePolicyWatch runs before the policy directory's watch is set up.
 	beforePolicyWatch func()
+	// beforeLastGoodSave runs in the goroutine that saves an accepted
+	// set as the last good one, before it does.
+	beforeLastGoodSave func()
 }
 
 // Run runs membraned until ctx is cancelled. The datapath stays in place
@@ -108,6 +111,9 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	r := newReconciler(cfg, log.With("subsys", "reconcile"), dp, ids, filter, auditSel, opts.ProxyPort)
 	r.notifier = notifier
 	r.lastGood = newLastGoodStore(cfg.StateDir)
+	if opts.hooks != nil {
+		r.lastGood.beforeSave = opts.hooks.beforeLastGoodSave
+	}
 	r.onReady = opts.Ready
 
 	m := metrics.New(metrics.Sampler{Verdicts: r.sampleVerdicts, Maps: r.sampleMaps})

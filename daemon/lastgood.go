@@ -35,35 +35,33 @@ type lastGoodStore struct {
 	path string
 	mu   sync.Mutex
 	gen  uint64
+	// beforeSave (tests) runs first in the saving goroutine.
+	beforeSave func()
 }
 
 func newLastGoodStore(stateDir string) *lastGoodStore {
 	return &lastGoodStore{path: filepath.Join(stateDir, lastGoodFile)}
 }
 
-// save snapshots files (the set just accepted) in the background. The files
-// are read again and parsed: if one changed meanwhile into something
-// invalid, the snapshot is not replaced.
-func (s *lastGoodStore) save(files []string, onErr func(error)) {
+// save snapshots srcs, the sources of the set just accepted, as they were
+// parsed (policies.Report.Sources), in the background: the encoding and
+// the write stay off the reconcile loop, and the files are not read
+// again, so a file that changed since (even into something invalid) does
+// not change the snapshot. When a newer set was accepted meanwhile, its
+// save wins.
+func (s *lastGoodStore) save(srcs []policies.Source, onErr func(error)) {
 	s.mu.Lock()
 	s.gen++
 	gen := s.gen
 	s.mu.Unlock()
+	lg := lastGood{Saved: time.Now(), Files: make([]sourceFile, 0, len(srcs))}
+	for _, src := range srcs {
+		lg.Files = append(lg.Files, sourceFile{Name: src.Name, Content: string(src.Bytes)})
+	}
 	go func() {
-		var lg lastGood
-		var srcs []policies.Source
-		for _, f := range files {
-			b, err := os.ReadFile(f)
-			if err != nil {
-				return // changed under us; the next load saves again
-			}
-			lg.Files = append(lg.Files, sourceFile{Name: f, Content: string(b)})
-			srcs = append(srcs, policies.Source{Name: f, Bytes: b})
+		if s.beforeSave != nil {
+			s.beforeSave()
 		}
-		if _, rep := policies.Parse(srcs...); rep.HasErrors() {
-			return
-		}
-		lg.Saved = time.Now()
 		data, err := json.Marshal(&lg)
 		if err != nil {
 			onErr(err)

@@ -378,7 +378,7 @@ func (r *reconciler) loadPolicies(since time.Time) {
 	r.metrics.Policies.Set(float64(len(set.Policies)))
 	r.log.Info("policy set loaded", "dir", r.cfg.PolicyDir, "policies", len(set.Policies), "revision", r.revision)
 	if r.lastGood != nil {
-		r.lastGood.save(rep.Files, func(err error) { r.log.Warn("saving the last good policy set", "err", err) })
+		r.lastGood.save(rep.Sources, func(err error) { r.log.Warn("saving the last good policy set", "err", err) })
 	}
 	if !applied && (r.synced || r.reconciled) {
 		r.recompile(true)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -204,4 +205,66 @@ func TestPolicyFileWrittenAsTheWatchStartsIsLoaded(t *testing.T) {
 	d.waitStatus("both files loaded", 5*time.Second, func(st api.Status) bool {
 		return st.Policies == 2 && st.LastPolicyError == nil
 	})
+}
+
+// lastGoodContent returns the saved last good set, file by file.
+func (d *testDaemon) lastGoodContent() map[string]string {
+	b, err := os.ReadFile(filepath.Join(d.cfg.StateDir, lastGoodFile))
+	if err != nil {
+		return nil
+	}
+	var lg lastGood
+	if err := json.Unmarshal(b, &lg); err != nil {
+		d.t.Fatalf("%s: %v", lastGoodFile, err)
+	}
+	out := map[string]string{}
+	for _, f := range lg.Files {
+		out[filepath.Base(f.Name)] = f.Content
+	}
+	return out
+}
+
+// The last good set saved in the state directory is the set the daemon
+// accepted, byte for byte, even when a file changes again (here: turns
+// invalid) the moment after it was accepted. The snapshot used to be
+// taken by reading the files again, which then gave up and kept an older
+// set (or could save bytes that were never validated).
+func TestLastGoodSnapshotIsTheSetAccepted(t *testing.T) {
+	d := newTestDaemon(t, testDaemonOpts{})
+	d.writePolicy("a.hcl", policyA)
+	policyA2 := strings.Replace(policyA, `"80/tcp"`, `"8080/tcp"`, 1)
+	const broken = "policy \"a\" {\n  selector = 42\n}\n"
+	var saves atomic.Int32
+	d.start(&testHooks{beforeLastGoodSave: func() {
+		if saves.Add(1) != 2 {
+			return
+		}
+		// policyA2 was just accepted; the file turns bad before its
+		// snapshot is saved, and the daemon rejects that.
+		d.writePolicy("a.hcl", broken)
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if st, err := d.client.Status(context.Background()); err == nil && st.LastPolicyError != nil {
+				return
+			}
+		}
+		t.Errorf("the broken edit was not rejected")
+	}}, nil)
+	d.waitStatus("first set loaded", 10*time.Second, func(st api.Status) bool { return st.Reconciled && st.Policies == 1 })
+	for deadline := time.Now().Add(5 * time.Second); d.lastGoodContent()["a.hcl"] != policyA; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("first set never saved: %q", d.lastGoodContent())
+		}
+	}
+	rev := d.waitStatus("revision", time.Second, func(api.Status) bool { return true }).PolicyRevision
+	d.writePolicy("a.hcl", policyA2)
+	d.waitStatus("the broken edit rejected after policyA2", 10*time.Second, func(st api.Status) bool {
+		return st.PolicyRevision == rev+1 && st.LastPolicyError != nil
+	})
+	var got map[string]string
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if got = d.lastGoodContent(); got["a.hcl"] == policyA2 {
+			return
+		}
+	}
+	t.Errorf("last good snapshot holds %q, want the accepted set %q", got["a.hcl"], policyA2)
 }

@@ -40,6 +40,10 @@ type Report struct {
 	Diagnostics []Diagnostic
 	// Files are the policy files that were read, in load order.
 	Files []string
+	// Sources are those files' contents as they were parsed, in load
+	// order: what a caller that keeps an accepted set (the daemon's last
+	// good snapshot) must keep, since the files may have changed since.
+	Sources []Source
 
 	diags hcl.Diagnostics
 	files map[string]*hcl.File

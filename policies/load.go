@@ -237,6 +237,7 @@ func parse(nets []ContainerNetwork, sources ...Source) (*Set, *Report) {
 		}
 		seen[s.Name] = true
 		l.rep.Files = append(l.rep.Files, s.Name)
+		l.rep.Sources = append(l.rep.Sources, s)
 		f, d := parseFile(s.Bytes, s.Name)
 		l.files[s.Name] = f
 		l.diags = append(l.diags, d...)
