@@ -50,7 +50,15 @@
 // (fail-closed), everything else runs.
 //
 // READY=1 goes to systemd after the first full reconcile, which waits for
-// the runtime sources' first list and the link watcher's first scan.
+// the runtime sources' first list and the link watcher's first scan, and
+// then until every endpoint and veth of those lists has been applied by
+// the reconcile loop (their events are queued behind the lists): at
+// READY=1 every container present at start is enforced, or held back as
+// init (dropped) when its identity's policy cannot be written. The first
+// full reconcile prunes what it does not know, so it must not run on a
+// half-applied list either. When that has not happened within 20 s
+// (dockerd not answering, say), READY=1 goes anyway, with a problem in
+// status, and the pinned datapath is left as it is until it has.
 // Cancellation of Run's context is the normal way to stop: pins and
 // attachments stay (SIGTERM never drops protection); Cleanup removes them
 // (package removal): CleanupDatapath (pins, container and bridge programs)

@@ -222,6 +222,12 @@ func (r *reconciler) run(ctx context.Context) error {
 	peerSync := time.NewTimer(time.Hour)
 	peerSync.Stop()
 	armed := false
+	// waiting: the sources and the link watcher have listed; the first
+	// full reconcile waits for the pending endpoints and veths of their
+	// lists (listedNotApplied) to be applied.
+	waiting := false
+	var pendingEps map[string]bool
+	var pendingVeths map[int]bool
 
 	for {
 		if r.peersDirty && !armed {
@@ -240,20 +246,17 @@ func (r *reconciler) run(ctx context.Context) error {
 			return nil
 		case <-allSynced:
 			allSynced = nil
-			r.synced = true
-			r.fullSync("initial")
-			r.markReady()
-		case <-syncTimer.C:
-			if !r.reconciled {
-				r.log.Warn("runtime sources have not listed their containers yet; keeping the pinned datapath as it is until they do")
-				r.problems["sources"] = "runtime sources not synced yet (is dockerd running?)"
-				r.fullSync("initial-partial")
-				r.markReady()
-			}
+			// Synced means listed, not applied: the list's events may
+			// still be queued for this loop. The first full reconcile
+			// (which prunes what it does not know) and READY=1 wait
+			// until every endpoint and veth listed by then is applied.
+			pendingEps, pendingVeths = r.listedNotApplied()
+			waiting = true
 		case ev := <-srcEvents:
 			start := time.Now()
 			r.applyEndpointEvent(ev)
 			r.observe("endpoint", start, ev.Time)
+			delete(pendingEps, ev.Endpoint.ID)
 		case ev, ok := <-linkEvents:
 			if !ok {
 				linkEvents = nil
@@ -262,6 +265,14 @@ func (r *reconciler) run(ctx context.Context) error {
 			start := time.Now()
 			r.applyLinkEvent(ev)
 			r.observe("link", start, ev.Time)
+			delete(pendingVeths, ev.Ifindex)
+		case <-syncTimer.C:
+			if !r.reconciled {
+				r.log.Warn("runtime sources have not listed their containers yet; keeping the pinned datapath as it is until they do")
+				r.problems["sources"] = "runtime sources not synced yet (is dockerd running?)"
+				r.fullSync("initial-partial")
+				r.markReady()
+			}
 		case req := <-r.reqs:
 			err := req.fn(ctx)
 			if req.done != nil {
@@ -272,7 +283,34 @@ func (r *reconciler) run(ctx context.Context) error {
 		case <-watchdog:
 			r.notifier.Watchdog()
 		}
+		if waiting && len(pendingEps) == 0 && len(pendingVeths) == 0 {
+			waiting = false
+			r.synced = true
+			r.fullSync("initial")
+			r.markReady()
+		}
 	}
+}
+
+// listedNotApplied returns the endpoints that the runtime sources and the
+// veths that the link watcher have reported (their events are queued, in
+// order, behind what this loop applied) and that the loop does not know
+// yet.
+func (r *reconciler) listedNotApplied() (eps map[string]bool, veths map[int]bool) {
+	eps, veths = map[string]bool{}, map[int]bool{}
+	for _, s := range r.sources {
+		for _, ep := range s.src.Snapshot() {
+			if _, ok := r.eps[ep.ID]; !ok {
+				eps[ep.ID] = true
+			}
+		}
+	}
+	for _, ev := range r.links.Snapshot() {
+		if _, ok := r.veths[ev.Ifindex]; !ok {
+			veths[ev.Ifindex] = true
+		}
+	}
+	return eps, veths
 }
 
 func (r *reconciler) markReady() {

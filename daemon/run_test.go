@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -267,4 +268,80 @@ func TestLastGoodSnapshotIsTheSetAccepted(t *testing.T) {
 		}
 	}
 	t.Errorf("last good snapshot holds %q, want the accepted set %q", got["a.hcl"], policyA2)
+}
+
+// dockerNet creates a Docker network whose bridge is rlb+SFX and n idle
+// busybox containers on it, removed when the test ends; it returns the
+// bridge and the containers' names.
+func dockerNet(t *testing.T, n int) (bridge string, names []string) {
+	t.Helper()
+	img := testenv.BusyboxImage(t)
+	sfx := testenv.RandomSuffix(8)
+	bridge, network := "rlb"+sfx, "rl-"+sfx
+	docker := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("docker", args...).CombinedOutput(); err != nil {
+			t.Fatalf("docker %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	docker("network", "create", "--driver", "bridge", "-o", "com.docker.network.bridge.name="+bridge, network)
+	t.Cleanup(func() {
+		for _, c := range names {
+			exec.Command("docker", "rm", "-f", c).Run()
+		}
+		exec.Command("docker", "network", "rm", network).Run()
+	})
+	for i := range n {
+		name := fmt.Sprintf("rl-%s-%d", sfx, i)
+		names = append(names, name)
+		docker("run", "-d", "--name", name, "--network", network, "--label", fmt.Sprintf("app=rl%d", i%3), img, "sleep", "600")
+	}
+	return bridge, names
+}
+
+// READY=1 (Options.Ready is called with it) means that every container
+// that existed when membraned started is enforced: the first full
+// reconcile used to run as soon as the runtime sources had listed, while
+// the endpoints of that list were still queued for the reconcile loop, so
+// READY=1 came before some were enforced (and the initial prune deleted
+// pinned endpoint entries of containers not applied yet).
+func TestReadyMeansEveryExistingContainerIsEnforced(t *testing.T) {
+	bridge, names := dockerNet(t, 12)
+	d := newTestDaemon(t, testDaemonOpts{docker: true, bridges: []string{bridge}})
+	d.writePolicy("a.hcl", policyA)
+	readyErr := make(chan error, 1)
+	d.start(nil, func() {
+		// On the reconcile loop: its state cannot move while this runs,
+		// and the API answers from the view it published.
+		eps, err := d.client.Endpoints(context.Background())
+		if err != nil {
+			readyErr <- err
+			return
+		}
+		enforced := map[string]bool{}
+		for _, ep := range eps {
+			for _, c := range ep.Containers {
+				enforced[c.Name] = ep.Enforcing
+			}
+		}
+		var missing []string
+		for _, n := range names {
+			if !enforced[n] {
+				missing = append(missing, n)
+			}
+		}
+		if len(missing) > 0 {
+			readyErr <- fmt.Errorf("%d of %d containers not enforced at READY: %v", len(missing), len(names), missing)
+			return
+		}
+		readyErr <- nil
+	})
+	select {
+	case err := <-readyErr:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("not ready within 30s")
+	}
 }
