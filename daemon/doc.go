@@ -20,11 +20,16 @@
 //     (the first load waits until the watch is in place, so no file
 //     written during start-up goes unseen):
 //     an invalid set is rejected whole, logged with positions, shown in
-//     status and metrics, and the last good set stays enforced. The last
-//     good set's sources are saved in the state directory, so a daemon
-//     that starts while the directory is invalid enforces them too (with
-//     no saved set and no pins, nothing is enforced until a valid set
-//     arrives: the error is in status and metrics);
+//     status and metrics, and the last good set stays enforced. A valid
+//     set that does not fit the maps (maps.policy_entries, maps.policy,
+//     maps.ipcache) is rejected the same way, at start too, where it is
+//     checked at the first full reconcile. The last good set's sources,
+//     the bytes that were parsed and accepted, are saved in the state
+//     directory once the set is written, so a daemon that starts while
+//     the directory is invalid or too big enforces them too (with no
+//     saved set, nothing is loaded and the pinned policy maps stay as the
+//     previous daemon left them; with no pins either, nothing is enforced
+//     until a valid set arrives: the error is in status and metrics);
 //   - when a new identity appears, its own policy and every change that
 //     adds a deny or removes an allow are written first, then its endpoint
 //     entry; peers that only gain allow entries for it follow in one batch

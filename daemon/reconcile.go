@@ -60,23 +60,29 @@ type reconciler struct {
 	policyWatching <-chan struct{}
 
 	// loop state
-	eps        map[string]*epState // by runtime endpoint id
-	veths      map[int]linkwatch.Event
-	nextEpID   uint32
-	set        *policies.Set
-	setFiles   []string
-	setLoaded  time.Time
-	revision   uint64
-	policyErr  *api.PolicyError
-	model      *policies.Model
-	modelKey   string
-	hostAddrs  []netip.Prefix
-	synced     bool // every source listed once: pruning is safe
-	reconciled bool
-	lastSync   time.Time
-	problems   map[string]string // current datapath problems by key
-	lastStatus string
-	peersDirty bool // deferred peer policies to write (see recompile)
+	eps       map[string]*epState // by runtime endpoint id
+	veths     map[int]linkwatch.Event
+	nextEpID  uint32
+	set       *policies.Set
+	setFiles  []string
+	setLoaded time.Time
+	// setSources are the sources of set as they were parsed (nil for a
+	// set adopted from the last good snapshot). setUnwritten: set was
+	// accepted before the first full reconcile; it is checked against the
+	// maps, and saved as the last good set, then (checkFirstSet).
+	setSources   []policies.Source
+	setUnwritten bool
+	revision     uint64
+	policyErr    *api.PolicyError
+	model        *policies.Model
+	modelKey     string
+	hostAddrs    []netip.Prefix
+	synced       bool // every source listed once: pruning is safe
+	reconciled   bool
+	lastSync     time.Time
+	problems     map[string]string // current datapath problems by key
+	lastStatus   string
+	peersDirty   bool // deferred peer policies to write (see recompile)
 	// policyFailed: the last policy write failed (see policyWritten).
 	policyFailed bool
 	lastGood     *lastGoodStore
@@ -286,6 +292,7 @@ func (r *reconciler) run(ctx context.Context) error {
 		if waiting && len(pendingEps) == 0 && len(pendingVeths) == 0 {
 			waiting = false
 			r.synced = true
+			r.checkFirstSet()
 			r.fullSync("initial")
 			r.markReady()
 		}
@@ -379,32 +386,12 @@ func (r *reconciler) loadPolicies(since time.Time) {
 	for _, d := range rep.Warnings() {
 		r.log.Warn("policy warning", "pos", d.Pos.String(), "summary", d.Summary)
 	}
-	applied := false
-	if r.synced && r.set != nil {
-		applied = true
-		// A valid set can still be one the datapath cannot hold (an
-		// identity selected by more rules than a policy map has room
-		// for). Try it; when it does not fit and the enforced set still
-		// does, it is rejected like an invalid one and the enforced set
-		// is written back whole.
-		prev := r.set
-		r.set = set
-		err := r.recompile(true)
-		if err == nil {
-			err = r.syncIPCache()
-		}
-		if errors.Is(err, bpf.ErrMapFull) {
-			r.set = prev
-			if r.recompile(true) == nil && r.syncIPCache() == nil {
-				r.rejectPolicies(r.capacityDiagnostics(set, err))
-				return
-			}
-			// The enforced set does not fit either (too many endpoints,
-			// say): the newer set is what the user wants.
-			r.set = set
-			r.recompile(true)
-			r.syncIPCache()
-		}
+	// A valid set can still be one the datapath cannot hold (an identity
+	// selected by more rules than a policy map has room for). Before the
+	// first full reconcile the loop cannot know (it writes nothing): the
+	// set is checked then (checkFirstSet).
+	if r.synced && !r.enforce(set) {
+		return
 	}
 	r.policyErr = nil
 	r.metrics.PolicyLoadFailing.Set(0)
@@ -415,16 +402,88 @@ func (r *reconciler) loadPolicies(since time.Time) {
 	r.metrics.PolicyRevision.Set(float64(r.revision))
 	r.metrics.Policies.Set(float64(len(set.Policies)))
 	r.log.Info("policy set loaded", "dir", r.cfg.PolicyDir, "policies", len(set.Policies), "revision", r.revision)
-	if r.lastGood != nil {
-		r.lastGood.save(rep.Sources, func(err error) { r.log.Warn("saving the last good policy set", "err", err) })
-	}
-	if !applied && (r.synced || r.reconciled) {
-		r.recompile(true)
-		r.syncIPCache()
+	r.setUnwritten = !r.synced
+	r.setSources = rep.Sources
+	if r.synced {
+		r.saveLastGood()
 	}
 	r.publish()
 	r.metrics.ReconcileDuration.WithLabelValues("policy").Observe(time.Since(start).Seconds())
 	r.metrics.EventLag.WithLabelValues("policy").Observe(time.Since(since).Seconds())
+}
+
+// enforce writes set, a valid set, to the datapath (the loop is synced)
+// and reports whether set is to be accepted. A set that does not fit the
+// maps is rejected like an invalid one (false) when what was in force
+// before it still fits and is written back: the set this daemon enforced,
+// or, when it has written none yet (at start), the last good set saved in
+// the state directory, or with none saved, nothing: the pinned policy
+// maps stay as the previous daemon left them, as for an invalid set at
+// start. Only when the set in force (or the last good one) does not fit
+// either is set kept anyway (too many endpoints, say): it is what the
+// user wants.
+func (r *reconciler) enforce(set *policies.Set) bool {
+	prev := r.set
+	r.set = set
+	err := r.recompile(true)
+	if err == nil {
+		err = r.syncIPCache()
+	}
+	if !errors.Is(err, bpf.ErrMapFull) {
+		return true
+	}
+	diags := r.capacityDiagnostics(set, err)
+	r.set = prev
+	switch {
+	case prev != nil:
+		if r.recompile(true) == nil && r.syncIPCache() == nil {
+			r.rejectPolicies(diags)
+			return false
+		}
+	case r.model == nil:
+		// This daemon has written no policy: SyncPolicy checks the whole
+		// model before it writes, so the maps are the previous daemon's.
+		r.policyFailed = false
+		r.problem("policy", "sync-policy", nil)
+		if err := r.rejectPolicies(diags); !errors.Is(err, bpf.ErrMapFull) {
+			return false
+		}
+	}
+	r.set = set
+	r.recompile(true)
+	r.syncIPCache()
+	return true
+}
+
+// checkFirstSet runs at the first full reconcile: a set accepted before
+// it (the loop could not write yet) is checked against the maps now, as
+// loadPolicies checks every set after it, and only then saved as the last
+// good set.
+func (r *reconciler) checkFirstSet() {
+	if !r.setUnwritten {
+		return
+	}
+	r.setUnwritten = false
+	set := r.set
+	r.set = nil
+	if r.enforce(set) {
+		r.set = set
+		r.saveLastGood()
+		return
+	}
+	if r.set == nil {
+		// Rejected, and no last good set in its place.
+		r.setFiles = nil
+		r.metrics.Policies.Set(0)
+	}
+	r.publish()
+}
+
+// saveLastGood saves the sources of the set in force as the last good set.
+func (r *reconciler) saveLastGood() {
+	if r.lastGood != nil {
+		r.lastGood.save(r.setSources, func(err error) { r.log.Warn("saving the last good policy set", "err", err) })
+	}
 }
 
 func (r *reconciler) cfgPathOrDefault() string {
@@ -435,8 +494,10 @@ func (r *reconciler) cfgPathOrDefault() string {
 }
 
 // rejectPolicies records a rejected policy set (diags are its problems)
-// and keeps the last good set enforced.
-func (r *reconciler) rejectPolicies(diags []api.Diagnostic) {
+// and keeps the last good set enforced. When this daemon has no set, it
+// adopts the one saved in the state directory; the error is that of
+// writing it (adoptLastGood).
+func (r *reconciler) rejectPolicies(diags []api.Diagnostic) error {
 	pe := &api.PolicyError{Time: time.Now(), Message: "policy set rejected; the last good set stays enforced", Diagnostics: diags}
 	nerr := 0
 	for _, d := range diags {
@@ -456,10 +517,12 @@ func (r *reconciler) rejectPolicies(diags []api.Diagnostic) {
 	r.metrics.PolicyLoadErrors.Inc()
 	r.metrics.PolicyLoadFailing.Set(1)
 	r.log.Error("policy set rejected; the last good set stays enforced", "dir", r.cfg.PolicyDir, "errors", nerr, "revision", r.revision)
+	var err error
 	if r.set == nil {
-		r.adoptLastGood()
+		err = r.adoptLastGood()
 	}
 	r.publish()
+	return err
 }
 
 // capacityDiagnostics explains why set does not fit the datapath (err,
@@ -513,19 +576,20 @@ func labelString(l policies.Labels) string {
 }
 
 // adoptLastGood enforces the set saved by an earlier run when this daemon
-// has none of its own (it started while the directory was invalid).
-func (r *reconciler) adoptLastGood() {
+// has none of its own (it started while the directory was invalid). The
+// error is that of writing it to the datapath (synced loop only).
+func (r *reconciler) adoptLastGood() error {
 	if r.lastGood == nil {
-		return
+		return nil
 	}
 	set, files, saved, err := r.lastGood.load()
 	if err != nil {
 		r.log.Warn("cannot use the last good policy set", "err", err)
-		return
+		return nil
 	}
 	if set == nil {
 		r.log.Warn("no last good policy set saved; the pinned policy maps stay as they are")
-		return
+		return nil
 	}
 	r.set = set
 	r.setFiles = files
@@ -537,10 +601,16 @@ func (r *reconciler) adoptLastGood() {
 	if r.policyErr != nil {
 		r.policyErr.Message = fmt.Sprintf("policy set rejected; enforcing the last good set (saved %s)", saved.Format(time.RFC3339))
 	}
-	if r.synced {
-		r.recompile(true)
-		r.syncIPCache()
+	r.setUnwritten = false
+	r.setSources = nil // it is saved already
+	if !r.synced {
+		return nil
 	}
+	err = r.recompile(true)
+	if err == nil {
+		err = r.syncIPCache()
+	}
+	return err
 }
 
 // localIdentities returns the allocated identities of the current

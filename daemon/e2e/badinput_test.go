@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/membrane-fw/membrane/daemon/api"
 )
 
 // A policy file that is a symbolic link whose target disappears (a volume
@@ -159,6 +161,99 @@ policy "api-big" {
 	}
 	s.check(t, e, "after a set too big for the maps")
 	s.checkNewAPI(t, e, "the set that fits enforced")
+}
+
+// bigAPIPolicy selects the shop's api with more rules than
+// maps.policy_entries = 64 holds.
+func bigAPIPolicy() string {
+	return `
+policy "api-big" {
+  selector = "app=api,e2e=SFX"
+  ingress {
+    from_endpoints = ["compose.service=frontend,e2e=SFX"]
+    ports          = ` + manyPorts(20001, 70) + `
+  }
+}
+`
+}
+
+// bigRejected reports whether pe rejects a set for zz-big.hcl's policy not
+// fitting maps.policy_entries.
+func bigRejected(pe *api.PolicyError) bool {
+	if pe == nil {
+		return false
+	}
+	for _, d := range pe.Diagnostics {
+		if strings.HasSuffix(d.File, "zz-big.hcl") && d.Line == 2 && strings.Contains(d.Summary, "policy_entries") {
+			return true
+		}
+	}
+	return false
+}
+
+// A set too big for the maps when membraned starts is rejected as it is
+// after start, like an invalid set: the last good set saved in the state
+// directory is enforced; with none saved, nothing is loaded and the
+// pinned policy maps stay as the previous daemon left them. It used to be
+// accepted (and saved as the last good set), its identities' endpoints
+// held back.
+func TestPolicySetTooBigAtStartupIsRejected(t *testing.T) {
+	e := newEnv(t, envOpts{extraConfig: "maps {\n  policy_entries = 64\n}\n"})
+	s := startShop(e)
+	lastGood := filepath.Join(e.dir, "state", "last-good-policies.json")
+	e.eventually("last good set saved", 10*time.Second, func() error {
+		_, err := os.Stat(lastGood)
+		return err
+	})
+	e.eventually("frontend reaches api", 10*time.Second, func() error {
+		if !e.get(s.frontend, s.apiIP) {
+			return os.ErrDeadlineExceeded
+		}
+		return nil
+	})
+
+	e.stopDaemon(syscall.SIGTERM)
+	e.writePolicy("zz-big.hcl", bigAPIPolicy())
+	e.startDaemon()
+	st := e.status()
+	if !bigRejected(st.LastPolicyError) || st.Policies != 3 {
+		t.Fatalf("started with a set too big for the maps: %d policies, error %s", st.Policies, dump(st.LastPolicyError))
+	}
+	s.check(t, e, "started with a set too big for the maps")
+	s.checkNewAPI(t, e, "the last good set enforced at start")
+	if b, err := os.ReadFile(lastGood); err != nil || strings.Contains(string(b), "api-big") {
+		t.Errorf("last good set after a start with a set too big: %v, %s", err, b)
+	}
+
+	// No last good set saved: rejected all the same; the policy maps stay
+	// as the previous daemon wrote them (the shop's set).
+	e.stopDaemon(syscall.SIGTERM)
+	if err := os.Remove(lastGood); err != nil {
+		t.Fatal(err)
+	}
+	e.startDaemon()
+	st = e.status()
+	if !bigRejected(st.LastPolicyError) || st.Policies != 0 {
+		t.Fatalf("started with a set too big and no last good set: %d policies, error %s", st.Policies, dump(st.LastPolicyError))
+	}
+	if _, err := os.Stat(lastGood); err == nil {
+		t.Errorf("a set that does not fit was saved as the last good set")
+	}
+	s.check(t, e, "started with a set too big and no last good set")
+
+	// The directory fixed, its set is enforced and saved.
+	rev := st.PolicyRevision
+	if err := os.Remove(filepath.Join(e.dir, "policies", "zz-big.hcl")); err != nil {
+		t.Fatal(err)
+	}
+	if st := e.waitRevision(rev, false); st.Policies != 3 {
+		t.Errorf("after removing the big file: %d policies", st.Policies)
+	}
+	s.check(t, e, "after removing the big file")
+	e.eventually("last good set saved again", 10*time.Second, func() error {
+		_, err := os.Stat(lastGood)
+		return err
+	})
 }
 
 // A container whose identity's policy cannot be written (its labels put
