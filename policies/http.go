@@ -150,37 +150,63 @@ func HTTPAmbiguousTarget(target, path string) string {
 	return ""
 }
 
-// MaxHeaderNameSeparators bounds the '-' and '_' in a header name a rule
-// names: the Envoy engine refuses every other spelling of it with '_' for
-// '-' (HTTPFieldAlias) by a route of its own, 2^n-1 of them.
+// MaxHeaderNameSeparators bounds the separators (HTTPNameSeparator) in a
+// header name a rule names: the Envoy engine refuses other spellings of it
+// (HTTPFieldAlias) by a route of its own each.
 const MaxHeaderNameSeparators = 8
+
+// HTTPNameSeparator reports whether c, a byte of a field name, is one that
+// CGI servers turn to '_' in the field's variable: anything but an ASCII
+// letter or digit. Of the token characters, these are !#$%&'*+-.^_`|~.
+func HTTPNameSeparator(c byte) bool {
+	return !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9')
+}
 
 // HTTPFieldAlias says why a request is refused (400) for carrying a field
 // named field when a rule judging the request names the field judged, or
-// "" when it is not: the two names are the same but for '_' where the
-// other has '-'. CGI gives X_Tenant and X-Tenant one variable,
-// HTTP_X_TENANT, and so do PHP and the WSGI and Rack servers that follow
-// it, so such a field could carry a value to the server past a rule on
-// the other. Clients do not send both spellings of one field.
+// "" when it is not: the two names are the same but for their separators
+// (HTTPNameSeparator), which differ. CGI gives X_Tenant and X-Tenant one
+// variable, HTTP_X_TENANT, and so do PHP and the WSGI and Rack servers
+// that follow it; busybox httpd and lighttpd turn every separator to '_'
+// (X.Tenant, X~Tenant and X+Tenant are HTTP_X_TENANT too), and PHP turns
+// '.' to '_' in its variable names. So such a field could carry a value
+// to the server past a rule on the other. Clients do not send two
+// spellings of one field.
 func HTTPFieldAlias(field, judged string) string {
-	if len(field) != len(judged) || strings.EqualFold(field, judged) {
+	if !IsHTTPFieldAlias(field, judged) {
 		return ""
 	}
-	for i := 0; i < len(field); i++ {
-		a, b := aliasFold(field[i]), aliasFold(judged[i])
-		if a != b {
-			return ""
-		}
-	}
-	return fmt.Sprintf("header %q is %q to servers that read '_' as '-'", field, judged)
+	return fmt.Sprintf("header %q is %q to CGI servers, which read every character but letters and digits as '_'", field, judged)
 }
 
-// aliasFold folds c as HTTPFieldAlias compares names: case and '_' against
-// '-' ignored.
+// IsHTTPFieldAlias reports whether HTTPFieldAlias refuses field against
+// judged, without allocating (the proxy's per-request check).
+func IsHTTPFieldAlias[S string | []byte](field S, judged string) bool {
+	if len(field) != len(judged) {
+		return false
+	}
+	same := true
+	for i := 0; i < len(judged); i++ {
+		a, b := field[i], judged[i]
+		if a == b {
+			continue
+		}
+		if aliasFold(a) != aliasFold(b) {
+			return false
+		}
+		if HTTPNameSeparator(a) {
+			same = false // a separator differs: another spelling
+		}
+	}
+	return !same
+}
+
+// aliasFold folds c as HTTPFieldAlias compares names: case ignored, and
+// every separator is '_'.
 func aliasFold(c byte) byte {
 	switch {
-	case c == '_':
-		return '-'
+	case HTTPNameSeparator(c):
+		return '_'
 	case 'A' <= c && c <= 'Z':
 		return c + 'a' - 'A'
 	}

@@ -16,7 +16,12 @@ func TestHTTPFieldAlias(t *testing.T) {
 		{"X_Tenant", "X_Tenant", false},
 		{"X_Tenants", "X-Tenant", false},
 		{"X_Tenan", "X-Tenant", false},
-		{"X.Tenant", "X-Tenant", false},
+		{"X.Tenant", "X-Tenant", true},
+		{"x~tenant", "X-Tenant", true},
+		{"X+Tenant", "X_Tenant", true},
+		{"X.Tenant", "X.Tenant", false},
+		{"X.Tenant", "XaTenant", false},
+		{"X1Tenant", "X-Tenant", false},
 		{"Y_Tenant", "X-Tenant", false},
 	} {
 		if got := HTTPFieldAlias(c.field, c.judged) != ""; got != c.alias {

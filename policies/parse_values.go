@@ -563,14 +563,14 @@ func (l *loader) headers(a *hclsyntax.Attribute) (map[string]string, bool) {
 		for o := range out {
 			if HTTPFieldAlias(c, o) != "" {
 				l.errorf(krng, fmt.Sprintf("Headers %q and %q are one field to many servers", o, k),
-					"CGI, PHP, WSGI and Rack servers read '_' as '-'; the proxies refuse a request carrying both (400). Give one.")
+					"CGI, PHP, WSGI and Rack servers read '_' as '-', and CGI servers such as busybox httpd every character but letters and digits as '_'; the proxies refuse a request carrying both (400). Give one.")
 				ok = false
 				return
 			}
 		}
-		if strings.Count(c, "-")+strings.Count(c, "_") > MaxHeaderNameSeparators {
-			l.errorf(krng, fmt.Sprintf("Header name %q has more than %d '-' or '_'", k, MaxHeaderNameSeparators),
-				"The proxies refuse every spelling of a judged name with '_' for '-', and the Envoy engine needs a route for each.")
+		if seps := countSeparators(c); seps > MaxHeaderNameSeparators {
+			l.errorf(krng, fmt.Sprintf("Header name %q has more than %d separators ('-', '_', '.' and other characters than letters and digits)", k, MaxHeaderNameSeparators),
+				"The proxies refuse every other spelling of a judged name's separators, and the Envoy engine needs a route for each.")
 			ok = false
 			return
 		}
@@ -640,3 +640,15 @@ func validHeaderName(s string) bool {
 type syntaxError = syntax.Error
 
 func levenshteinDistance(a, b string) int { return levenshtein.Distance(a, b, nil) }
+
+// countSeparators counts the bytes of a header name that HTTPFieldAlias
+// may spell otherwise (HTTPNameSeparator).
+func countSeparators(name string) int {
+	n := 0
+	for i := 0; i < len(name); i++ {
+		if HTTPNameSeparator(name[i]) {
+			n++
+		}
+	}
+	return n
+}

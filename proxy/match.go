@@ -99,7 +99,7 @@ func (d *Decision) Verdict(req *Request) (ruleID uint32, by *Check, allowed bool
 }
 
 // FieldAlias says why a request with the fields h is refused (400) under
-// d: one of them is a field d's rules name, spelled with '_' for '-'
+// d: one of them is a field d's rules name, spelled with other separators
 // (policies.HTTPFieldAlias). "" when none is.
 func (d *Decision) FieldAlias(h http.Header) string {
 	for i := range d.Checks {

@@ -488,8 +488,8 @@ func (h *h1) finish(ev *proxy.Event, start time.Time) {
 // Connection field names: the proxy does not forward them, and a rule
 // must not pass a field the server will not get. nil when no rule looks at
 // headers; fields no rule names are left out, which no rule can tell. A
-// forwarded field that is a named one spelled with '_' for '-' is a bad
-// request (policies.HTTPFieldAlias).
+// forwarded field that is a named one spelled with other separators is a
+// bad request (policies.HTTPFieldAlias).
 func (h *h1) header(d *proxy.Decision) (http.Header, error) {
 	var hd http.Header
 	for i := range d.Checks {
@@ -502,7 +502,6 @@ func (h *h1) header(d *proxy.Decision) (http.Header, error) {
 					continue
 				}
 				fwd := h.forwardsField([]byte(name))
-				under := strings.IndexByte(name, '_') >= 0
 				for _, f := range h.rq.fields {
 					fn := f.name.of(h.head)
 					if bytes.EqualFold(fn, []byte(name)) {
@@ -511,11 +510,8 @@ func (h *h1) header(d *proxy.Decision) (http.Header, error) {
 						}
 						continue
 					}
-					if len(fn) != len(name) || !under && bytes.IndexByte(fn, '_') < 0 {
-						continue
-					}
-					if why := policies.HTTPFieldAlias(string(fn), name); why != "" && h.forwardsField(fn) {
-						return nil, badRequest("invalid header: " + why)
+					if policies.IsHTTPFieldAlias(fn, name) && h.forwardsField(fn) {
+						return nil, badRequest("invalid header: " + policies.HTTPFieldAlias(string(fn), name))
 					}
 				}
 			}

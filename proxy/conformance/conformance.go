@@ -754,9 +754,10 @@ func (s *suite) ambiguousHosts(t *testing.T) {
 }
 
 // underscoreAliases: a field that is one the rules name but for '_' in
-// place of '-' gets 400 and does not reach the server, beside the named
-// field or alone, over HTTP/1.1 and HTTP/2 (CGI reads X_Tenant as
-// X-Tenant). Other fields with '_' pass.
+// place of '-' (or another separator: '.', '~') gets 400 and does not
+// reach the server, beside the named field or alone, over HTTP/1.1 and
+// HTTP/2 (CGI reads X_Tenant as X-Tenant, busybox httpd X.Tenant too).
+// Other fields with '_' or '.' pass.
 func (s *suite) underscoreAliases(t *testing.T) {
 	c := h2cClient()
 	defer c.CloseIdleConnections()
@@ -771,7 +772,11 @@ func (s *suite) underscoreAliases(t *testing.T) {
 		// The judged field named in Connection (HTTP/1.1 only) still
 		// makes its alias refused.
 		{"/public/x", [][2]string{{"Connection", "X-Tenant"}, {"X_Tenant", "1"}}, 400},
+		// busybox httpd and lighttpd read every separator as '_'.
+		{"/api/v1/items", [][2]string{{"X-Tenant", "acme"}, {"X.Tenant", "evil"}}, 400},
+		{"/public/x", [][2]string{{"X~Token", "1"}}, 400},
 		{"/api/v1/items", [][2]string{{"X-Tenant", "acme"}, {"X_Other", "1"}}, 200},
+		{"/api/v1/items", [][2]string{{"X-Tenant", "acme"}, {"X.Other", "1"}}, 200},
 		{"/public/x", [][2]string{{"X_Tenant_Id", "1"}}, 200},
 	} {
 		raw := "GET " + tc.path + " HTTP/1.1\r\nHost: api.example.com\r\n"

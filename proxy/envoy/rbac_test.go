@@ -271,8 +271,11 @@ func TestRefusalRoutesAnswerBeforeRBAC(t *testing.T) {
 
 // TestFieldAliasRoutesJudgeAsTheBuiltinEngine: Envoy's invalid-header
 // routes refuse exactly the requests the built-in engine refuses for a
-// field that is a judged one with '_' for '-' (proxy.Decision.FieldAlias),
-// over names with no, one and several separators.
+// field that is a judged one with other separators ('_' for '-', '.', '~':
+// proxy.Decision.FieldAlias), over names with no, one and several
+// separators; but for a name of more than fullAliasSeparators
+// separators, Envoy refuses only the spellings with '-' and '_' (the
+// others would take 15^n routes): that difference is checked as such.
 func TestFieldAliasRoutesJudgeAsTheBuiltinEngine(t *testing.T) {
 	d := proxy.Decision{SrcIdentity: 300, DstIdentity: 400, Checks: []proxy.Check{
 		{Direction: policies.Egress, Rules: policies.L7Set{Rules: []policies.L7Rule{
@@ -296,6 +299,8 @@ func TestFieldAliasRoutesJudgeAsTheBuiltinEngine(t *testing.T) {
 		for _, field := range []string{
 			"X-Tenant", "x-tenant", "X_Tenant", "x_TENANT", "X-Tenant-Id", "X_Tenan", "Token", "To_ken",
 			"X-Api-Key_V2", "X_Api_Key_V2", "X-Api-Key-V2", "x_api-key_v2", "X-Api-Key", "X-Other",
+			"X.Tenant", "x~tenant", "X+Tenant", "X!TENANT", "X`Tenant", "X.Tenants", "X.Other", "X1Tenant",
+			"X.Api-Key_V2", "X-Api.Key_V2",
 		} {
 			r := &envoyRequest{method: "GET", path: "/", authority: "api", headers: http.Header{}}
 			r.headers[http.CanonicalHeaderKey(field)] = []string{"v"}
@@ -312,6 +317,14 @@ func TestFieldAliasRoutesJudgeAsTheBuiltinEngine(t *testing.T) {
 				}
 			}
 			want := d.FieldAlias(http.Header{field: {"v"}})
+			if len(field) == len("X-Api-Key_V2") && strings.ContainsAny(field, ".~+!`") {
+				// X-Api-Key_V2 holds 3 separators: Envoy refuses the
+				// spellings with '-' and '_' only.
+				if want == "" || refused != "" {
+					t.Errorf("%s: field %q: Envoy refuses %v, the built-in engine %v; want only the built-in engine to", vh.Name, field, refused != "", want != "")
+				}
+				continue
+			}
 			if (refused != "") != (want != "") {
 				t.Errorf("%s: field %q: Envoy refuses %v (route %q), the built-in engine %v (%s)", vh.Name, field, refused != "", refused, want != "", want)
 			}

@@ -362,11 +362,14 @@ func (t *translator) denyChain() (*listener.FilterChain, error) {
 }
 
 // fieldAliases lists, sorted, every lower-case spelling of the header names
-// d's rules judge with '_' for '-' or the reverse, but each name itself:
-// the fields policies.HTTPFieldAlias refuses. (A name two rules judge in
-// two spellings is then refused in both, as the built-in engine does.)
-// The policy loader bounds the separators in a name
-// (policies.MaxHeaderNameSeparators).
+// d's rules judge with other separators (policies.HTTPNameSeparator), but
+// each name itself: the fields policies.HTTPFieldAlias refuses. (A name two
+// rules judge in two spellings is then refused in both, as the built-in
+// engine does.) Envoy matches a field by its exact name, so each spelling
+// is a route: a name with at most fullAliasSeparators separators gets
+// every spelling over the token's separators (at most 15^2-1 routes);
+// longer names only those with '-' and '_' (at most 2^8-1, as the policy
+// loader bounds the separators in a name, policies.MaxHeaderNameSeparators).
 func fieldAliases(d *proxy.Decision) []string {
 	judged := map[string]bool{}
 	for i := range d.Checks {
@@ -380,22 +383,32 @@ func fieldAliases(d *proxy.Decision) []string {
 	for name := range judged {
 		var at []int
 		for i := 0; i < len(name); i++ {
-			if name[i] == '-' || name[i] == '_' {
+			if policies.HTTPNameSeparator(name[i]) {
 				at = append(at, i)
 			}
+		}
+		seps := tokenSeparators
+		if len(at) > fullAliasSeparators {
+			seps = "-_"
 		}
 		if len(at) > policies.MaxHeaderNameSeparators {
 			at = at[:policies.MaxHeaderNameSeparators]
 		}
 		b := []byte(name)
-		for mask := 0; mask < 1<<len(at); mask++ {
-			for k, i := range at {
-				b[i] = "-_"[mask>>k&1]
+		var spell func(k int)
+		spell = func(k int) {
+			if k == len(at) {
+				if v := string(b); v != name {
+					seen[v] = true
+				}
+				return
 			}
-			if v := string(b); v != name {
-				seen[v] = true
+			for j := 0; j < len(seps); j++ {
+				b[at[k]] = seps[j]
+				spell(k + 1)
 			}
 		}
+		spell(0)
 	}
 	out := make([]string, 0, len(seen))
 	for v := range seen {
@@ -404,6 +417,16 @@ func fieldAliases(d *proxy.Decision) []string {
 	slices.Sort(out)
 	return out
 }
+
+// tokenSeparators are the token characters (RFC 9110 section 5.6.2) that
+// are no letter or digit: what a field name may hold where a judged name
+// has a separator.
+const tokenSeparators = "!#$%&'*+-.^_`|~"
+
+// fullAliasSeparators is the most separators a judged name may hold for
+// Envoy to refuse its every spelling (policies.HTTPFieldAlias); beyond,
+// it refuses those with '-' and '_' only (docs/policy.md says so).
+const fullAliasSeparators = 2
 
 // ambiguousTargetRegex matches a path (after Envoy's normalization, which
 // decodes %2e) holding a dot segment with parameters: "/public/..;/admin".
@@ -448,9 +471,10 @@ func (t *translator) chain(name string, d proxy.Decision, src, dst []netip.Prefi
 			Body:   inline("Bad Request: invalid host\n"),
 		}},
 	}}
-	// A field that is one the rules name but for '_' in place of '-' is
-	// refused too (policies.HTTPFieldAlias): a route per spelling, as
-	// Envoy matches a header by its exact (lower-case) name.
+	// A field that is one the rules name but for its separators ('_' in
+	// place of '-', '.', ...) is refused too (policies.HTTPFieldAlias): a
+	// route per spelling (fieldAliases), as Envoy matches a header by its
+	// exact (lower-case) name.
 	for _, alias := range fieldAliases(&d) {
 		routes = append(routes, &route.Route{
 			Name: "invalid-header",
