@@ -544,6 +544,9 @@ func l7For(allows []*Rule, c Connection) *L7Result {
 		if why == "" {
 			why = httpFieldAliases(c.HTTP, l7.Rules)
 		}
+		if why == "" && JudgesHost(l7.Rules) {
+			why = HTTPHostCase(c.HTTP.Host)
+		}
 		if why != "" {
 			l7.HTTP = &HTTPVerdict{Verdict: "400", Reason: why}
 			return l7

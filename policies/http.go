@@ -113,6 +113,32 @@ func HTTPAmbiguousHost(h string) string {
 	return ""
 }
 
+// HTTPHostCase says why a request is refused (400) when a rule that
+// judges it looks at the host, or "" when it is not: the host holds
+// upper-case letters. Host patterns ignore case (a host name does), but
+// not every server routes hosts so: Go's ServeMux sends Host:
+// API.example.com past its "api.example.com/" handler to its "/" one, so
+// a rule on api\.example\.com would pass a request to another handler
+// than the host it judged. Clients send host names in lower case.
+func HTTPHostCase[S string | []byte](host S) string {
+	for i := 0; i < len(host); i++ {
+		if 'A' <= host[i] && host[i] <= 'Z' {
+			return "upper-case letters in the host, which servers (Go's ServeMux) route apart from the lower-case host the rules judge"
+		}
+	}
+	return ""
+}
+
+// JudgesHost reports whether one of rules looks at the host.
+func JudgesHost(rules []L7Rule) bool {
+	for i := range rules {
+		if rules[i].HTTP.Host != nil {
+			return true
+		}
+	}
+	return false
+}
+
 // regNameByte: a byte of a host name: the unreserved bytes of RFC 3986.
 // Its registered names also allow sub-delimiters and percent-encoding,
 // which no host name holds and which servers would read differently: a

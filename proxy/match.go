@@ -116,6 +116,17 @@ func (d *Decision) FieldAlias(h http.Header) string {
 	return ""
 }
 
+// JudgesHost reports whether a rule of d looks at the host: then a host
+// with upper-case letters is refused (policies.HTTPHostCase).
+func (d *Decision) JudgesHost() bool {
+	for i := range d.Checks {
+		if policies.JudgesHost(d.Checks[i].Rules.Rules) {
+			return true
+		}
+	}
+	return false
+}
+
 // PolicyNames lists, once each and in rule order, the policies that hold the
 // rules of c.
 func PolicyNames(r Resolver, c *Check) []string {

@@ -404,10 +404,14 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		why = "invalid host: no :authority or Host"
 	} else if why = dec.FieldAlias(req.Headers); why != "" {
 		why = "invalid header: " + why
+	} else if dec.JudgesHost() {
+		if why = policies.HTTPHostCase(r.Host); why != "" {
+			why = "invalid host: " + why
+		}
 	}
 	if err == nil && why != "" {
 		ev.Path = r.RequestURI
-		if policies.HTTPAmbiguousHost(r.Host) != "" {
+		if policies.HTTPAmbiguousHost(r.Host) != "" || dec.JudgesHost() && policies.HTTPHostCase(r.Host) != "" {
 			ev.Host = r.Host // as sent, to show what was refused
 		}
 		ev.Verdict, ev.Status, ev.Error = proxy.VerdictError, http.StatusBadRequest, why

@@ -446,6 +446,16 @@ func (h *h1) serveOne(first bool) bool {
 		return keep
 	}
 	hd, err := h.header(&dec)
+	if err == nil && dec.JudgesHost() {
+		raw := rq.host.of(h.head)
+		if over != "" {
+			raw = []byte(over)
+		}
+		if why := policies.HTTPHostCase(raw); why != "" {
+			err = badRequest("invalid host: " + why)
+			ev.Host = string(raw) // as sent, to show what was refused
+		}
+	}
 	if err != nil {
 		h.fail(err)
 		ev.Verdict, ev.Status, ev.Error = proxy.VerdictError, http.StatusBadRequest, err.Error()

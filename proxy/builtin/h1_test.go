@@ -650,12 +650,12 @@ func TestAbsoluteFormTarget(t *testing.T) {
 	up := startScripted(t, respondOK)
 	addr, events := engineFor(t, up.addr, conformance.Policy())
 	c := dialClient(t, addr)
-	c.send("GET http://API.example.com:8080/api/v1/x?q=1 HTTP/1.1\r\nHost: other\r\nX-Tenant: acme\r\n\r\n")
+	c.send("GET http://api.example.com:8080/api/v1/x?q=1 HTTP/1.1\r\nHost: other\r\nX-Tenant: acme\r\n\r\n")
 	if resp, body := c.read("GET"); resp.StatusCode != 200 || body != "GET /api/v1/x?q=1 HTTP/1.1" {
 		t.Fatalf("absolute-form: %d %q", resp.StatusCode, body)
 	}
 	h := up.seen()
-	if len(h) != 1 || !strings.Contains(h[0], "\r\nHost: API.example.com:8080\r\n") || strings.Contains(h[0], "Host: other") {
+	if len(h) != 1 || !strings.Contains(h[0], "\r\nHost: api.example.com:8080\r\n") || strings.Contains(h[0], "Host: other") {
 		t.Fatalf("upstream head %q: want Host from the target", h)
 	}
 	if ev := <-events; ev.Host != "api.example.com" || ev.Path != "/api/v1/x" || ev.RuleID != conformance.RuleAPI {

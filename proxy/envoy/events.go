@@ -116,8 +116,11 @@ func ParseAccessLog(line []byte) (proxy.Event, error) {
 	case a.Route == "invalid-host":
 		ev.Verdict, ev.Error = proxy.VerdictError, "invalid host"
 		ev.Host = a.Host // as sent, to show what was refused
+	case a.Route == "invalid-host-case":
+		ev.Verdict, ev.Error = proxy.VerdictError, "invalid host: upper-case letters"
+		ev.Host = a.Host // as sent, to show what was refused
 	case a.Route == "invalid-header":
-		ev.Verdict, ev.Error = proxy.VerdictError, "invalid header: a judged field spelled with '_' for '-'"
+		ev.Verdict, ev.Error = proxy.VerdictError, "invalid header: a judged field spelled with other separators"
 	case a.Details == "upgrade_failed":
 		// CONNECT, or an upgrade other than WebSocket: refused whatever
 		// the rules, as the built-in engine records it.

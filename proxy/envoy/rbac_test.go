@@ -230,6 +230,64 @@ func TestHostMatchersJudgeAsTheBuiltinEngine(t *testing.T) {
 	}
 }
 
+// TestHostCaseRouteJudgesAsTheBuiltinEngine: where a rule judges the host,
+// Envoy's invalid-host-case route refuses exactly the authorities the
+// built-in engine refuses for upper-case letters (policies.HTTPHostCase);
+// where none does, there is no such route.
+func TestHostCaseRouteJudgesAsTheBuiltinEngine(t *testing.T) {
+	for _, judged := range []bool{true, false} {
+		host := ""
+		if judged {
+			host = `api\.example\.com`
+		}
+		d := proxy.Decision{SrcIdentity: 300, DstIdentity: 400, Checks: []proxy.Check{
+			{Direction: policies.Ingress, Rules: policies.L7Set{Rules: []policies.L7Rule{
+				{RuleID: 1, HTTP: httpRule("GET", "/.*", host, nil)},
+			}}},
+		}}
+		if d.JudgesHost() != judged {
+			t.Fatalf("JudgesHost = %v, want %v", d.JudgesHost(), judged)
+		}
+		res, err := Translate(&proxy.StaticResolver{Decision: d}, Options{Port: 15001})
+		if err != nil {
+			t.Fatal(err)
+		}
+		checked := 0
+		for _, x := range res.Routes {
+			vh := x.(*route.RouteConfiguration).VirtualHosts[0]
+			if vh.Name == "deny" {
+				continue
+			}
+			var rt *route.Route
+			for _, r := range vh.Routes {
+				if r.Name == "invalid-host-case" {
+					rt = r
+				}
+			}
+			if (rt != nil) != judged {
+				t.Fatalf("%s: a rule judges the host %v, the invalid-host-case route is there %v", vh.Name, judged, rt != nil)
+			}
+			if rt == nil {
+				continue
+			}
+			checked++
+			for _, a := range []string{"api.example.com", "API.example.com", "api.Example.com:8080", "[fd00::1]", "[FD00::1]:80", "192.0.2.1", "my_service", ""} {
+				hm := rt.Match.Headers[0]
+				if hm.GetName() != ":authority" || !hm.GetTreatMissingHeaderAsEmpty() {
+					t.Fatalf("%s: invalid-host-case matches %v", vh.Name, hm)
+				}
+				got := headerMatch(t, hm, &envoyRequest{method: "GET", path: "/", authority: a, headers: http.Header{}}) != hm.GetInvertMatch()
+				if want := policies.HTTPHostCase(a) != ""; got != want {
+					t.Errorf("%s: :authority %q: Envoy refuses %v, the built-in engine %v", vh.Name, a, got, want)
+				}
+			}
+		}
+		if judged && checked == 0 {
+			t.Fatal("the translation has no route configuration for the decision")
+		}
+	}
+}
+
 // TestRefusalRoutesAnswerBeforeRBAC: the routes that answer 400 whatever
 // the rules (ambiguous-target, invalid-host) come first and turn both RBAC
 // filters off, so Envoy answers 400 where the built-in engine does, not the
@@ -244,7 +302,7 @@ func TestRefusalRoutesAnswerBeforeRBAC(t *testing.T) {
 		vh := x.(*route.RouteConfiguration).VirtualHosts[0]
 		rules := false
 		for i, r := range vh.Routes {
-			refusal := r.Name == "ambiguous-target" || r.Name == "invalid-host" || r.Name == "invalid-header"
+			refusal := r.Name == "ambiguous-target" || r.Name == "invalid-host" || r.Name == "invalid-host-case" || r.Name == "invalid-header"
 			if refusal && rules || (i < 2) != (r.Name == "ambiguous-target" || r.Name == "invalid-host") {
 				t.Fatalf("%s: route %d is %q; the refusal routes come first, these two first of them", vh.Name, i, r.Name)
 			}

@@ -471,6 +471,22 @@ func (t *translator) chain(name string, d proxy.Decision, src, dst []netip.Prefi
 			Body:   inline("Bad Request: invalid host\n"),
 		}},
 	}}
+	// A host in upper case, where a rule judges the host: host patterns
+	// ignore case, servers that route hosts (Go's ServeMux) may not
+	// (policies.HTTPHostCase).
+	if d.JudgesHost() {
+		routes = append(routes, &route.Route{
+			Name: "invalid-host-case",
+			Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: ""}, Headers: []*route.HeaderMatcher{{
+				Name: ":authority", InvertMatch: true, TreatMissingHeaderAsEmpty: true,
+				HeaderMatchSpecifier: &route.HeaderMatcher_StringMatch{StringMatch: safeRegex(`[^A-Z]*`)},
+			}}},
+			Action: &route.Route_DirectResponse{DirectResponse: &route.DirectResponseAction{
+				Status: 400,
+				Body:   inline("Bad Request: invalid host: upper-case letters\n"),
+			}},
+		})
+	}
 	// A field that is one the rules name but for its separators ('_' in
 	// place of '-', '.', ...) is refused too (policies.HTTPFieldAlias): a
 	// route per spelling (fieldAliases), as Envoy matches a header by its

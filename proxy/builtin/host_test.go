@@ -1,0 +1,80 @@
+package builtin
+
+import (
+	"io"
+	"net/http"
+	"regexp"
+	"testing"
+
+	"github.com/membrane-fw/membrane/policies"
+	"github.com/membrane-fw/membrane/proxy"
+)
+
+// TestUpperCaseHostRefusedWhereHostIsJudged: host patterns ignore case,
+// but Go's ServeMux routes a host case-sensitively: with handlers for
+// "api.example.com/" and "/" (everything else), Host: API.example.com
+// reaches "/". So a rule host = "api\\.example\\.com" must not pass
+// API.example.com to such a server: 400 over HTTP/1.1 and HTTP/2, where a
+// rule judges the host. Checked against the ServeMux itself, directly and
+// through the engine.
+func TestUpperCaseHostRefusedWhereHostIsJudged(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("api.example.com/", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "api") })
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "internal") })
+	up := startH2Upstream(t, mux)
+	rule := policies.HTTPRule{Host: regexp.MustCompile(`(?i)^(?:api\.example\.com)$`), HostSrc: `api\.example\.com`}
+	r := &proxy.StaticResolver{
+		Decision: proxy.Decision{SrcIdentity: 300, DstIdentity: 400, Checks: []proxy.Check{{
+			Direction: policies.Ingress,
+			Rules:     policies.L7Set{Rules: []policies.L7Rule{{RuleID: 1, HTTP: rule}}},
+		}}},
+		Names: map[uint32]string{1: "api"},
+	}
+	addr, _ := engineFor(t, up, r)
+	direct := dialClient(t, up.String())
+	direct.send("GET /x HTTP/1.1\r\nHost: API.example.com\r\n\r\n")
+	if _, body := direct.read("GET"); body != "internal" {
+		t.Fatalf("Host: API.example.com straight to the ServeMux: %q; want it served by \"/\" (else the test shows nothing)", body)
+	}
+	h2 := h2cTestClient()
+	defer h2.CloseIdleConnections()
+	for _, tc := range []struct {
+		host string
+		want int
+		body string
+	}{
+		{"api.example.com", 200, "api"},
+		{"api.example.com:8080", 200, "api"},
+		{"API.example.com", 400, ""},
+		{"api.Example.com:8080", 400, ""},
+		{"evil.example.com", 403, ""},
+	} {
+		c := dialClient(t, addr)
+		c.send("GET /x HTTP/1.1\r\nHost: " + tc.host + "\r\n\r\n")
+		resp, body := c.read("GET")
+		if resp.StatusCode != tc.want || tc.want == 200 && body != tc.body {
+			t.Errorf("HTTP/1.1 Host %q: %d %q, want %d %q", tc.host, resp.StatusCode, body, tc.want, tc.body)
+		}
+		req, err := http.NewRequest("GET", "http://"+addr+"/x", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Host = tc.host
+		hr, err := h2.Do(req)
+		if err != nil {
+			t.Fatalf("HTTP/2 Host %q: %v", tc.host, err)
+		}
+		b, _ := io.ReadAll(hr.Body)
+		hr.Body.Close()
+		if hr.ProtoMajor != 2 || hr.StatusCode != tc.want || tc.want == 200 && string(b) != tc.body {
+			t.Errorf("HTTP/2 Host %q: %s %d %q, want %d %q", tc.host, hr.Proto, hr.StatusCode, b, tc.want, tc.body)
+		}
+	}
+	// Without a rule on the host, the host is not judged and passes as sent.
+	addr2, _ := engineFor(t, up, headerRuleResolver("X-Tenant", ""))
+	c := dialClient(t, addr2)
+	c.send("GET /x HTTP/1.1\r\nHost: API.example.com\r\nX-Tenant: a\r\n\r\n")
+	if resp, body := c.read("GET"); resp.StatusCode != 200 || body != "internal" {
+		t.Errorf("Host: API.example.com without a host rule: %d %q, want 200 \"internal\"", resp.StatusCode, body)
+	}
+}
