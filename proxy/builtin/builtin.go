@@ -442,7 +442,8 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ev.Policy = box.r.PolicyName(ruleID)
 	}
 	t := &target{dst: cs.dst, mark: proxy.FromProxyMark(dec.SrcIdentity)}
-	if req.Path != r.URL.Path && r.URL.Path != "*" { // "*" is judged as "/*", sent as it is
+	// Forwarded as judged: normalized, and with %2F decoded (encodedSlash).
+	if req.Path != r.URL.Path && r.URL.Path != "*" || encodedSlash(r.URL.RawPath) { // "*" is judged as "/*", sent as it is
 		t.path = req.Path
 	}
 	// The stream idle timeout: the stream ends when none of its bytes

@@ -574,7 +574,10 @@ func (h *h1) target() (path string, fwd []byte, over string, err error) {
 			return "", nil, "", badRequest("invalid request target: " + why)
 		}
 		path = proxy.NormalizePath(decoded)
-		if path != decoded {
+		if path != decoded || encodedSlash(raw) {
+			// Forwarded as judged: with dot segments resolved, and with
+			// %2F decoded, which servers that route by segment (Go's
+			// ServeMux) would read as a character of one.
 			fwd = append([]byte((&url.URL{Path: path}).EscapedPath()), query...)
 		}
 	case len(t) > 7 && (equalFold(t[:7], "http://") || len(t) > 8 && equalFold(t[:8], "https://")):
@@ -587,7 +590,7 @@ func (h *h1) target() (path string, fwd []byte, over string, err error) {
 		}
 		over = u.Host
 		path = proxy.NormalizePath(u.Path)
-		if path != u.Path {
+		if path != u.Path || encodedSlash([]byte(u.RawPath)) {
 			u.Path, u.RawPath = path, ""
 		}
 		fwd = []byte(u.RequestURI())
@@ -597,6 +600,17 @@ func (h *h1) target() (path string, fwd []byte, over string, err error) {
 	h.lastTarget = append(h.lastTarget[:0], t...)
 	h.lastPath, h.lastFwd, h.lastOver = path, fwd, over
 	return path, fwd, over, nil
+}
+
+// encodedSlash reports whether a raw path holds %2F, which the rules
+// judge decoded (as '/').
+func encodedSlash[S string | []byte](raw S) bool {
+	for i := 0; i+2 < len(raw); i++ {
+		if raw[i] == '%' && raw[i+1] == '2' && (raw[i+2] == 'F' || raw[i+2] == 'f') {
+			return true
+		}
+	}
+	return false
 }
 
 // refuseRequest answers 403 and closes, whatever the rules, for what the proxy

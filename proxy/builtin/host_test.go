@@ -78,3 +78,57 @@ func TestUpperCaseHostRefusedWhereHostIsJudged(t *testing.T) {
 		t.Errorf("Host: API.example.com without a host rule: %d %q, want 200 \"internal\"", resp.StatusCode, body)
 	}
 }
+
+// TestEncodedSlashForwardedAsJudged: the rules judge a path with %2F
+// decoded (as Envoy does), but Go's ServeMux reads %2F as a character of a
+// segment: /api%2Fadmin is one segment, "api/admin", which its "/api/"
+// handler does not take, so "/" serves it. The request must reach the
+// server as the path the rules judged, /api/admin, as Envoy forwards it
+// (UNESCAPE_AND_FORWARD): over HTTP/1.1 and HTTP/2.
+func TestEncodedSlashForwardedAsJudged(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "api "+r.URL.EscapedPath()) })
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "internal "+r.URL.EscapedPath()) })
+	up := startH2Upstream(t, mux)
+	rule := policies.HTTPRule{Path: regexp.MustCompile(`^(?:/api/.*)$`), PathSrc: `/api/.*`}
+	r := &proxy.StaticResolver{
+		Decision: proxy.Decision{SrcIdentity: 300, DstIdentity: 400, Checks: []proxy.Check{{
+			Direction: policies.Ingress,
+			Rules:     policies.L7Set{Rules: []policies.L7Rule{{RuleID: 1, HTTP: rule}}},
+		}}},
+		Names: map[uint32]string{1: "api"},
+	}
+	addr, _ := engineFor(t, up, r)
+	direct := dialClient(t, up.String())
+	direct.send("GET /api%2Fadmin HTTP/1.1\r\nHost: svc\r\n\r\n")
+	if _, body := direct.read("GET"); body != "internal /api%2Fadmin" {
+		t.Fatalf("/api%%2Fadmin straight to the ServeMux: %q; want it served by \"/\" (else the test shows nothing)", body)
+	}
+	h2 := h2cTestClient()
+	defer h2.CloseIdleConnections()
+	for _, tc := range []struct{ target, want string }{
+		{"/api%2Fadmin", "api /api/admin"},
+		{"/api%2fadmin?q=%2F", "api /api/admin"},
+		{"/api/a%2Fb", "api /api/a/b"},
+		{"/api/a%20b", "api /api/a%20b"},
+	} {
+		c := dialClient(t, addr)
+		c.send("GET " + tc.target + " HTTP/1.1\r\nHost: svc\r\n\r\n")
+		if resp, body := c.read("GET"); resp.StatusCode != 200 || body != tc.want {
+			t.Errorf("HTTP/1.1 %s: %d %q, want 200 %q", tc.target, resp.StatusCode, body, tc.want)
+		}
+		req, err := http.NewRequest("GET", "http://"+addr+tc.target, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hr, err := h2.Do(req)
+		if err != nil {
+			t.Fatalf("HTTP/2 %s: %v", tc.target, err)
+		}
+		b, _ := io.ReadAll(hr.Body)
+		hr.Body.Close()
+		if hr.ProtoMajor != 2 || hr.StatusCode != 200 || string(b) != tc.want {
+			t.Errorf("HTTP/2 %s: %s %d %q, want 200 %q", tc.target, hr.Proto, hr.StatusCode, b, tc.want)
+		}
+	}
+}
