@@ -354,7 +354,9 @@ type target struct {
 	dst  netip.AddrPort
 	mark uint32
 	path string // normalized path to forward, "" to keep the original
-	err  error  // upstream failure, set by upstreamError
+	// rawPath is the original path's encoding to forward, "" to keep it.
+	rawPath string
+	err     error // upstream failure, set by upstreamError
 }
 
 // ServeHTTP judges one HTTP/2 stream (HTTP/1.x requests never get here:
@@ -442,9 +444,12 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ev.Policy = box.r.PolicyName(ruleID)
 	}
 	t := &target{dst: cs.dst, mark: proxy.FromProxyMark(dec.SrcIdentity)}
-	// Forwarded as judged: normalized, and with %2F decoded (encodedSlash).
-	if req.Path != r.URL.Path && r.URL.Path != "*" || encodedSlash(r.URL.RawPath) { // "*" is judged as "/*", sent as it is
+	// Forwarded as judged: normalized, or with the escapes the rules read
+	// as letters or '/' decoded (decodeRouting).
+	if req.Path != r.URL.Path && r.URL.Path != "*" { // "*" is judged as "/*", sent as it is
 		t.path = req.Path
+	} else if routingEscapes(r.URL.RawPath) {
+		t.rawPath = string(decodeRouting([]byte(r.URL.RawPath)))
 	}
 	// The stream idle timeout: the stream ends when none of its bytes
 	// moved for that long (errStreamIdle; 504 before a response).
@@ -548,6 +553,8 @@ func (e *Engine) rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.URL.Host = t.dst.String()
 	if t.path != "" {
 		pr.Out.URL.Path, pr.Out.URL.RawPath = t.path, ""
+	} else if t.rawPath != "" {
+		pr.Out.URL.RawPath = t.rawPath
 	}
 	pr.Out.Host = pr.In.Host
 	// Rewrite mode drops these; the rules judged them, and a transparent

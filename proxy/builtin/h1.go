@@ -574,11 +574,14 @@ func (h *h1) target() (path string, fwd []byte, over string, err error) {
 			return "", nil, "", badRequest("invalid request target: " + why)
 		}
 		path = proxy.NormalizePath(decoded)
-		if path != decoded || encodedSlash(raw) {
-			// Forwarded as judged: with dot segments resolved, and with
-			// %2F decoded, which servers that route by segment (Go's
-			// ServeMux) would read as a character of one.
+		switch {
+		case path != decoded:
+			// Forwarded as judged: with dot segments resolved.
 			fwd = append([]byte((&url.URL{Path: path}).EscapedPath()), query...)
+		case routingEscapes(raw):
+			// The escapes the rules read as letters or '/' decoded, as a
+			// server may route on the raw path (decodeRouting).
+			fwd = append(decodeRouting(raw), query...)
 		}
 	case len(t) > 7 && (equalFold(t[:7], "http://") || len(t) > 8 && equalFold(t[:8], "https://")):
 		u, err := url.ParseRequestURI(string(t))
@@ -590,8 +593,11 @@ func (h *h1) target() (path string, fwd []byte, over string, err error) {
 		}
 		over = u.Host
 		path = proxy.NormalizePath(u.Path)
-		if path != u.Path || encodedSlash([]byte(u.RawPath)) {
+		switch {
+		case path != u.Path:
 			u.Path, u.RawPath = path, ""
+		case routingEscapes(u.RawPath):
+			u.RawPath = string(decodeRouting([]byte(u.RawPath)))
 		}
 		fwd = []byte(u.RequestURI())
 	default:
@@ -602,15 +608,63 @@ func (h *h1) target() (path string, fwd []byte, over string, err error) {
 	return path, fwd, over, nil
 }
 
-// encodedSlash reports whether a raw path holds %2F, which the rules
-// judge decoded (as '/').
-func encodedSlash[S string | []byte](raw S) bool {
+// routingEscapes reports whether a raw path holds an escape that
+// decodeRouting decodes.
+func routingEscapes[S string | []byte](raw S) bool {
 	for i := 0; i+2 < len(raw); i++ {
-		if raw[i] == '%' && raw[i+1] == '2' && (raw[i+2] == 'F' || raw[i+2] == 'f') {
+		if raw[i] == '%' && routingEscape(raw[i+1], raw[i+2]) >= 0 {
 			return true
 		}
 	}
 	return false
+}
+
+// decodeRouting returns raw (a path as sent, without its query) with the
+// escapes of letters, digits, "-._~" and '/' decoded, the others kept: the
+// path as the rules judged it, in the form servers route on. Servers that
+// route on the raw path (Node's req.url, Express) would read /%61pi/x
+// outside /api/, and those that route by segment (Go's ServeMux)
+// /api%2Fadmin as one segment; Envoy's normalization forwards the same
+// decoding. Decoding these makes no dot segment nor "//" the judged path
+// did not have: the caller forwards the normalized path when it had.
+func decodeRouting(raw []byte) []byte {
+	out := make([]byte, 0, len(raw))
+	for i := 0; i < len(raw); i++ {
+		if raw[i] == '%' && i+2 < len(raw) {
+			if c := routingEscape(raw[i+1], raw[i+2]); c >= 0 {
+				out = append(out, byte(c))
+				i += 2
+				continue
+			}
+		}
+		out = append(out, raw[i])
+	}
+	return out
+}
+
+// routingEscape is the byte an escape %hl stands for when decodeRouting
+// decodes it, else -1.
+func routingEscape(h, l byte) int {
+	hex := func(c byte) int {
+		switch {
+		case '0' <= c && c <= '9':
+			return int(c - '0')
+		case 'a' <= c && c <= 'f':
+			return int(c-'a') + 10
+		case 'A' <= c && c <= 'F':
+			return int(c-'A') + 10
+		}
+		return -1
+	}
+	a, b := hex(h), hex(l)
+	if a < 0 || b < 0 {
+		return -1
+	}
+	c := byte(a<<4 | b)
+	if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_' || c == '~' || c == '/' {
+		return int(c)
+	}
+	return -1
 }
 
 // refuseRequest answers 403 and closes, whatever the rules, for what the proxy

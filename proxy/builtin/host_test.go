@@ -1,10 +1,20 @@
 package builtin
 
 import (
+	"bufio"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/netip"
+	"os/exec"
 	"regexp"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/membrane-fw/membrane/internal/testenv"
 
 	"github.com/membrane-fw/membrane/policies"
 	"github.com/membrane-fw/membrane/proxy"
@@ -111,6 +121,7 @@ func TestEncodedSlashForwardedAsJudged(t *testing.T) {
 		{"/api%2fadmin?q=%2F", "api /api/admin"},
 		{"/api/a%2Fb", "api /api/a/b"},
 		{"/api/a%20b", "api /api/a%20b"},
+		{"/%61pi/%78", "api /api/x"}, // see TestEncodedUnreservedForwardedAsJudged
 	} {
 		c := dialClient(t, addr)
 		c.send("GET " + tc.target + " HTTP/1.1\r\nHost: svc\r\n\r\n")
@@ -129,6 +140,98 @@ func TestEncodedSlashForwardedAsJudged(t *testing.T) {
 		hr.Body.Close()
 		if hr.ProtoMajor != 2 || hr.StatusCode != 200 || string(b) != tc.want {
 			t.Errorf("HTTP/2 %s: %s %d %q, want 200 %q", tc.target, hr.Proto, hr.StatusCode, b, tc.want)
+		}
+	}
+}
+
+// startNodeRouter runs a Node.js http server that routes on the raw
+// request target, as Node's own req.url gives it (and as Express matches
+// its routes): "api <target>" for targets under /api/, "internal
+// <target>" for the rest.
+func startNodeRouter(t *testing.T) netip.AddrPort {
+	t.Helper()
+	node := testenv.RequireBinary(t, "node")
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := netip.MustParseAddrPort(l.Addr().String())
+	l.Close()
+	script := `require("http").createServer((req, res) => {
+  res.end((req.url.startsWith("/api/") ? "api " : "internal ") + req.url);
+}).listen(` + strconv.Itoa(int(addr.Port())) + `, "127.0.0.1", () => console.log("ready"));`
+	cmd := exec.Command(node, "-e", script)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	ready := make(chan error, 1)
+	go func() {
+		line, err := bufio.NewReader(out).ReadString('\n')
+		if err == nil && line != "ready\n" {
+			err = fmt.Errorf("node said %q", line)
+		}
+		ready <- err
+	}()
+	select {
+	case err := <-ready:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("node did not start")
+	}
+	return addr
+}
+
+// TestEncodedUnreservedForwardedAsJudged: the rules judge /%61pi/x as
+// /api/x, but a server that routes on the raw target (Node's req.url,
+// Express) reads /%61pi/x as outside /api/. The request must reach the
+// server as the path the rules judged: the escapes of letters, digits,
+// "-._~" and "/" decoded, as Envoy's normalization forwards them; other
+// escapes (a space, ';') stay as sent.
+func TestEncodedUnreservedForwardedAsJudged(t *testing.T) {
+	up := startNodeRouter(t)
+	rule := policies.HTTPRule{Path: regexp.MustCompile(`^(?:/api/.*)$`), PathSrc: `/api/.*`}
+	r := &proxy.StaticResolver{
+		Decision: proxy.Decision{SrcIdentity: 300, DstIdentity: 400, Checks: []proxy.Check{{
+			Direction: policies.Ingress,
+			Rules:     policies.L7Set{Rules: []policies.L7Rule{{RuleID: 1, HTTP: rule}}},
+		}}},
+		Names: map[uint32]string{1: "api"},
+	}
+	addr, _ := engineFor(t, up, r)
+	direct := dialClient(t, up.String())
+	direct.send("GET /%61pi/x HTTP/1.1\r\nHost: svc\r\n\r\n")
+	if _, body := direct.read("GET"); body != "internal /%61pi/x" {
+		t.Fatalf("/%%61pi/x straight to node: %q; want it routed outside /api/ (else the test shows nothing)", body)
+	}
+	for _, tc := range []struct{ target, want string }{
+		{"/%61pi/x", "api /api/x"},
+		{"/%41%50%49/x", "internal /API/x"}, // judged /API/x: refused below
+		{"/ap%69%2Fx?q=%61", "api /api/x?q=%61"},
+		{"/api/%7e%2d%5f%2E%30", "api /api/~-_.0"},
+		{"/api/a%20b%3Bc%25", "api /api/a%20b%3Bc%25"},
+		{"/api/(x)", "api /api/(x)"},
+	} {
+		c := dialClient(t, addr)
+		c.send("GET " + tc.target + " HTTP/1.1\r\nHost: svc\r\n\r\n")
+		resp, body := c.read("GET")
+		if strings.HasPrefix(tc.want, "internal") {
+			if resp.StatusCode != 403 {
+				t.Errorf("HTTP/1.1 %s: %d %q, want 403", tc.target, resp.StatusCode, body)
+			}
+			continue
+		}
+		if resp.StatusCode != 200 || body != tc.want {
+			t.Errorf("HTTP/1.1 %s: %d %q, want 200 %q", tc.target, resp.StatusCode, body, tc.want)
 		}
 	}
 }
