@@ -547,6 +547,13 @@ func l7For(allows []*Rule, c Connection) *L7Result {
 		if why == "" && JudgesHost(l7.Rules) {
 			why = HTTPHostCase(c.HTTP.Host)
 		}
+		if why == "" && JudgesMethod(l7.Rules) {
+			for field := range c.HTTP.Headers {
+				if why = HTTPMethodOverride(field); why != "" {
+					break
+				}
+			}
+		}
 		if why != "" {
 			l7.HTTP = &HTTPVerdict{Verdict: "400", Reason: why}
 			return l7

@@ -139,6 +139,40 @@ func JudgesHost(rules []L7Rule) bool {
 	return false
 }
 
+// HTTPMethodOverrides are the fields servers take for a POST's method:
+// Rails (Rack::MethodOverride), Symfony and Laravel, ASP.NET Core's
+// UseHttpMethodOverride and Express's method-override read
+// X-HTTP-Method-Override; OData and Google's APIs X-HTTP-Method and
+// X-Method-Override.
+var HTTPMethodOverrides = []string{"X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"}
+
+// HTTPMethodOverride says why a request is refused (400) for carrying a
+// field named field when a rule that judges it looks at the method, or ""
+// when it is not: the field is one servers take for the method
+// (HTTPMethodOverrides), in any spelling of its separators
+// (HTTPFieldAlias). With method = "GET|POST", a POST carrying
+// X-HTTP-Method-Override: DELETE would be a DELETE to a Rails or Laravel
+// application. Clients send it to tunnel a method through proxies that
+// refuse it, which a rule on the method means to refuse.
+func HTTPMethodOverride[S string | []byte](field S) string {
+	for _, o := range HTTPMethodOverrides {
+		if sameField(field, o) {
+			return fmt.Sprintf("header %q sets the method to servers (Rails, Symfony, ASP.NET Core), which a rule judges", o)
+		}
+	}
+	return ""
+}
+
+// JudgesMethod reports whether one of rules looks at the method.
+func JudgesMethod(rules []L7Rule) bool {
+	for i := range rules {
+		if rules[i].HTTP.Method != nil {
+			return true
+		}
+	}
+	return false
+}
+
 // regNameByte: a byte of a host name: the unreserved bytes of RFC 3986.
 // Its registered names also allow sub-delimiters and percent-encoding,
 // which no host name holds and which servers would read differently: a
@@ -225,6 +259,20 @@ func IsHTTPFieldAlias[S string | []byte](field S, judged string) bool {
 		}
 	}
 	return !same
+}
+
+// sameField reports whether field is name in any case and any spelling
+// of its separators.
+func sameField[S string | []byte](field S, name string) bool {
+	if len(field) != len(name) {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		if aliasFold(field[i]) != aliasFold(name[i]) {
+			return false
+		}
+	}
+	return true
 }
 
 // aliasFold folds c as HTTPFieldAlias compares names: case ignored, and

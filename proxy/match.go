@@ -127,6 +127,32 @@ func (d *Decision) JudgesHost() bool {
 	return false
 }
 
+// JudgesMethod reports whether a rule of d looks at the method: then a
+// field servers take for the method is refused
+// (policies.HTTPMethodOverride).
+func (d *Decision) JudgesMethod() bool {
+	for i := range d.Checks {
+		if policies.JudgesMethod(d.Checks[i].Rules.Rules) {
+			return true
+		}
+	}
+	return false
+}
+
+// MethodOverride says why a request with the fields h is refused (400)
+// under d (policies.HTTPMethodOverride), "" when it is not.
+func (d *Decision) MethodOverride(h http.Header) string {
+	if !d.JudgesMethod() {
+		return ""
+	}
+	for field := range h {
+		if why := policies.HTTPMethodOverride(field); why != "" {
+			return why
+		}
+	}
+	return ""
+}
+
 // PolicyNames lists, once each and in rule order, the policies that hold the
 // rules of c.
 func PolicyNames(r Resolver, c *Check) []string {

@@ -406,6 +406,8 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		why = "invalid host: no :authority or Host"
 	} else if why = dec.FieldAlias(req.Headers); why != "" {
 		why = "invalid header: " + why
+	} else if why = dec.MethodOverride(req.Headers); why != "" {
+		why = "invalid header: " + why
 	} else if dec.JudgesHost() {
 		if why = policies.HTTPHostCase(r.Host); why != "" {
 			why = "invalid host: " + why

@@ -446,6 +446,16 @@ func (h *h1) serveOne(first bool) bool {
 		return keep
 	}
 	hd, err := h.header(&dec)
+	if err == nil && dec.JudgesMethod() {
+		for _, f := range rq.fields {
+			if fn := f.name.of(h.head); h.forwardsField(fn) {
+				if why := policies.HTTPMethodOverride(fn); why != "" {
+					err = badRequest("invalid header: " + why)
+					break
+				}
+			}
+		}
+	}
 	if err == nil && dec.JudgesHost() {
 		raw := rq.host.of(h.head)
 		if over != "" {

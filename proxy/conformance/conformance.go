@@ -780,6 +780,10 @@ func (s *suite) underscoreAliases(t *testing.T) {
 		{"/public/x", [][2]string{{"X~Token", "1"}}, 400},
 		{"/api/v1/items", [][2]string{{"X-Tenant", "acme"}, {"X_Other", "1"}}, 200},
 		{"/api/v1/items", [][2]string{{"X-Tenant", "acme"}, {"X.Other", "1"}}, 200},
+		// A field servers take for a POST's method (Rails, Symfony), where
+		// a rule of the connection judges the method.
+		{"/public/x", [][2]string{{"X-HTTP-Method-Override", "DELETE"}}, 400},
+		{"/public/x", [][2]string{{"x_http_method", "DELETE"}}, 400},
 		{"/public/x", [][2]string{{"X_Tenant_Id", "1"}}, 200},
 	} {
 		raw := "GET " + tc.path + " HTTP/1.1\r\nHost: api.example.com\r\n"

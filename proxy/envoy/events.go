@@ -119,6 +119,8 @@ func ParseAccessLog(line []byte) (proxy.Event, error) {
 	case a.Route == "invalid-host-case":
 		ev.Verdict, ev.Error = proxy.VerdictError, "invalid host: upper-case letters"
 		ev.Host = a.Host // as sent, to show what was refused
+	case a.Route == "invalid-method-override":
+		ev.Verdict, ev.Error = proxy.VerdictError, "invalid header: a field that sets the method, which a rule judges"
 	case a.Route == "invalid-header":
 		ev.Verdict, ev.Error = proxy.VerdictError, "invalid header: a judged field spelled with other separators"
 	case a.Details == "upgrade_failed":

@@ -288,6 +288,61 @@ func TestHostCaseRouteJudgesAsTheBuiltinEngine(t *testing.T) {
 	}
 }
 
+// TestMethodOverrideRoutesJudgeAsTheBuiltinEngine: where a rule judges
+// the method, Envoy's invalid-method-override routes refuse the fields the
+// built-in engine refuses (proxy.Decision.MethodOverride) in their '-' and
+// '_' spellings; the built-in engine refuses the other separators' too
+// (checked as that difference); where no rule judges the method, neither
+// refuses.
+func TestMethodOverrideRoutesJudgeAsTheBuiltinEngine(t *testing.T) {
+	for _, method := range []string{"GET|POST", ""} {
+		d := proxy.Decision{SrcIdentity: 300, DstIdentity: 400, Checks: []proxy.Check{
+			{Direction: policies.Ingress, Rules: policies.L7Set{Rules: []policies.L7Rule{
+				{RuleID: 1, HTTP: httpRule(method, "/.*", "", nil)},
+			}}},
+		}}
+		res, err := Translate(&proxy.StaticResolver{Decision: d}, Options{Port: 15001})
+		if err != nil {
+			t.Fatal(err)
+		}
+		checked := 0
+		for _, x := range res.Routes {
+			vh := x.(*route.RouteConfiguration).VirtualHosts[0]
+			if vh.Name == "deny" {
+				continue
+			}
+			checked++
+			for _, field := range []string{
+				"X-HTTP-Method-Override", "x-http-method-override", "X_HTTP_Method_Override", "X-HTTP_Method-Override",
+				"X-HTTP-Method", "x_http_method", "X-Method-Override", "X-Method_Override", "X.HTTP.Method",
+				"X-HTTP-Method-Overrides", "X-Method", "X-Tenant",
+			} {
+				r := &envoyRequest{method: "POST", path: "/", authority: "api", headers: http.Header{}}
+				r.headers[http.CanonicalHeaderKey(field)] = []string{"DELETE"}
+				refused := false
+				for _, rt := range vh.Routes {
+					if rt.Name == "invalid-method-override" && headerMatch(t, rt.Match.Headers[0], r) {
+						refused = true
+					}
+				}
+				want := d.MethodOverride(http.Header{field: {"DELETE"}}) != ""
+				if strings.ContainsAny(field, ".") {
+					if refused || want != (method != "") {
+						t.Errorf("%s (method %q): field %q: Envoy refuses %v, the built-in engine %v; want the built-in engine only", vh.Name, method, field, refused, want)
+					}
+					continue
+				}
+				if refused != want {
+					t.Errorf("%s (method %q): field %q: Envoy refuses %v, the built-in engine %v", vh.Name, method, field, refused, want)
+				}
+			}
+		}
+		if checked == 0 {
+			t.Fatal("the translation has no route configuration for the decision")
+		}
+	}
+}
+
 // TestRefusalRoutesAnswerBeforeRBAC: the routes that answer 400 whatever
 // the rules (ambiguous-target, invalid-host) come first and turn both RBAC
 // filters off, so Envoy answers 400 where the built-in engine does, not the
@@ -302,7 +357,7 @@ func TestRefusalRoutesAnswerBeforeRBAC(t *testing.T) {
 		vh := x.(*route.RouteConfiguration).VirtualHosts[0]
 		rules := false
 		for i, r := range vh.Routes {
-			refusal := r.Name == "ambiguous-target" || r.Name == "invalid-host" || r.Name == "invalid-host-case" || r.Name == "invalid-header"
+			refusal := r.Name == "ambiguous-target" || r.Name == "invalid-host" || r.Name == "invalid-host-case" || r.Name == "invalid-header" || r.Name == "invalid-method-override"
 			if refusal && rules || (i < 2) != (r.Name == "ambiguous-target" || r.Name == "invalid-host") {
 				t.Fatalf("%s: route %d is %q; the refusal routes come first, these two first of them", vh.Name, i, r.Name)
 			}

@@ -418,6 +418,30 @@ func fieldAliases(d *proxy.Decision) []string {
 	return out
 }
 
+// methodOverrideSpellings lists, sorted, the lower-case spellings with '-'
+// and '_' of the fields policies.HTTPMethodOverrides names.
+func methodOverrideSpellings() []string {
+	var out []string
+	for _, name := range policies.HTTPMethodOverrides {
+		name = strings.ToLower(name)
+		var at []int
+		for i := 0; i < len(name); i++ {
+			if name[i] == '-' {
+				at = append(at, i)
+			}
+		}
+		b := []byte(name)
+		for mask := 0; mask < 1<<len(at); mask++ {
+			for k, i := range at {
+				b[i] = "-_"[mask>>k&1]
+			}
+			out = append(out, string(b))
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
 // tokenSeparators are the token characters (RFC 9110 section 5.6.2) that
 // are no letter or digit: what a field name may hold where a judged name
 // has a separator.
@@ -502,6 +526,23 @@ func (t *translator) chain(name string, d proxy.Decision, src, dst []netip.Prefi
 				Body:   inline("Bad Request: invalid header\n"),
 			}},
 		})
+	}
+	// A field servers take for the method, where a rule judges the
+	// method (policies.HTTPMethodOverride): a route per spelling with '-'
+	// and '_' (the built-in engine refuses every separator's).
+	if d.JudgesMethod() {
+		for _, name := range methodOverrideSpellings() {
+			routes = append(routes, &route.Route{
+				Name: "invalid-method-override",
+				Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: ""}, Headers: []*route.HeaderMatcher{{
+					Name: name, HeaderMatchSpecifier: &route.HeaderMatcher_PresentMatch{PresentMatch: true},
+				}}},
+				Action: &route.Route_DirectResponse{DirectResponse: &route.DirectResponseAction{
+					Status: 400,
+					Body:   inline("Bad Request: invalid header: a field that sets the method, which a rule judges\n"),
+				}},
+			})
+		}
 	}
 	noRBAC := map[string]*anypb.Any{}
 	for _, dir := range []policies.Direction{policies.Egress, policies.Ingress} {

@@ -1,0 +1,97 @@
+package builtin
+
+import (
+	"io"
+	"net/http"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/membrane-fw/membrane/policies"
+	"github.com/membrane-fw/membrane/proxy"
+)
+
+// rackMethod is the method a Rails application acts on:
+// Rack::MethodOverride (in Rails' default middleware) takes a POST's
+// X-HTTP-Method-Override for its method, as Symfony and Laravel do, and
+// a CGI-style server hands the field over as HTTP_X_HTTP_METHOD_OVERRIDE,
+// which X_HTTP_Method_Override is too.
+func rackMethod(r *http.Request) string {
+	if r.Method != http.MethodPost {
+		return r.Method
+	}
+	for k, v := range r.Header {
+		if strings.EqualFold(strings.ReplaceAll(k, "_", "-"), "X-HTTP-Method-Override") && v[0] != "" {
+			return strings.ToUpper(v[0])
+		}
+	}
+	return r.Method
+}
+
+// TestMethodOverrideRefusedWhereMethodIsJudged: with method = "GET|POST",
+// a POST carrying X-HTTP-Method-Override: DELETE is a DELETE to Rails,
+// Symfony and Laravel: where a rule judges the method, a field servers
+// take for the method gets 400, in any spelling, over HTTP/1.1 and HTTP/2.
+// Without a rule on the method it passes.
+func TestMethodOverrideRefusedWhereMethodIsJudged(t *testing.T) {
+	up := startH2Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "acted on "+rackMethod(r))
+	}))
+	rule := policies.HTTPRule{Method: regexp.MustCompile(`^(?:GET|POST)$`), MethodSrc: "GET|POST"}
+	r := &proxy.StaticResolver{
+		Decision: proxy.Decision{SrcIdentity: 300, DstIdentity: 400, Checks: []proxy.Check{{
+			Direction: policies.Ingress,
+			Rules:     policies.L7Set{Rules: []policies.L7Rule{{RuleID: 1, HTTP: rule}}},
+		}}},
+		Names: map[uint32]string{1: "api"},
+	}
+	addr, _ := engineFor(t, up, r)
+	h2 := h2cTestClient()
+	defer h2.CloseIdleConnections()
+	for _, tc := range []struct {
+		field string
+		want  int
+		body  string
+	}{
+		{"", 200, "acted on POST"},
+		{"X-HTTP-Method-Override", 400, ""},
+		{"x-http-method-override", 400, ""},
+		{"X_HTTP_Method_Override", 400, ""},
+		{"X-HTTP-Method", 400, ""},
+		{"X-Method-Override", 400, ""},
+		{"X-HTTP-Method-Overrides", 200, "acted on POST"},
+	} {
+		raw := "POST /items HTTP/1.1\r\nHost: svc\r\nContent-Length: 0\r\n"
+		if tc.field != "" {
+			raw += tc.field + ": DELETE\r\n"
+		}
+		c := dialClient(t, addr)
+		c.send(raw + "\r\n")
+		if resp, body := c.read("POST"); resp.StatusCode != tc.want || tc.want == 200 && body != tc.body {
+			t.Errorf("HTTP/1.1 POST with %q: %d %q, want %d %q", tc.field, resp.StatusCode, body, tc.want, tc.body)
+		}
+		req, err := http.NewRequest("POST", "http://"+addr+"/items", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tc.field != "" {
+			req.Header[tc.field] = []string{"DELETE"}
+		}
+		hr, err := h2.Do(req)
+		if err != nil {
+			t.Fatalf("HTTP/2 POST with %q: %v", tc.field, err)
+		}
+		b, _ := io.ReadAll(hr.Body)
+		hr.Body.Close()
+		if hr.ProtoMajor != 2 || hr.StatusCode != tc.want || tc.want == 200 && string(b) != tc.body {
+			t.Errorf("HTTP/2 POST with %q: %s %d %q, want %d %q", tc.field, hr.Proto, hr.StatusCode, b, tc.want, tc.body)
+		}
+	}
+	// Without a rule on the method the field passes.
+	addr2, _ := engineFor(t, up, headerRuleResolver("X-Tenant", ""))
+	c := dialClient(t, addr2)
+	c.send("POST /items HTTP/1.1\r\nHost: svc\r\nContent-Length: 0\r\nX-Tenant: a\r\nX-HTTP-Method-Override: DELETE\r\n\r\n")
+	if resp, body := c.read("POST"); resp.StatusCode != 200 || body != "acted on DELETE" {
+		t.Errorf("without a method rule: %d %q, want 200 \"acted on DELETE\"", resp.StatusCode, body)
+	}
+}
