@@ -11,6 +11,7 @@ import (
 
 	"github.com/membrane-fw/membrane/daemon/api"
 	"github.com/membrane-fw/membrane/policies"
+	"github.com/membrane-fw/membrane/proxy"
 )
 
 // backend serves the API from the reconciler's published view; writes go
@@ -157,6 +158,9 @@ func (b *backend) Trace(ctx context.Context, req api.TraceRequest) (api.TraceRes
 	}
 	env := v.env
 	res := v.set.Evaluate(&env, conn)
+	if why := dockerIsolation(v.networks, traceAddrs(v, req.FromContainer, req.FromIP), traceAddrs(v, req.ToContainer, req.ToIP)); why != "" {
+		res.SetDockerIsolation(conn, why, proxy.IsolationText(why), (&proxy.IsolatedError{Reason: why}).Error())
+	}
 	raw, err := json.Marshal(res)
 	if err != nil {
 		return api.TraceResult{}, err
@@ -164,6 +168,57 @@ func (b *backend) Trace(ctx context.Context, req api.TraceRequest) (api.TraceRes
 	var text strings.Builder
 	_ = res.WriteText(&text)
 	return api.TraceResult{From: fromPeer, To: toPeer, Result: raw, Text: text.String()}, nil
+}
+
+// traceAddrs are the addresses of a trace's end when it is named by
+// container (all of its addresses) or by IP; nil for labels and entities,
+// which name no particular container, so Docker's networks cannot be
+// judged for them.
+func traceAddrs(v *view, container, ip string) []netip.Addr {
+	switch {
+	case container != "":
+		ep := findEndpoint(v, container)
+		if ep == nil || ep.HostNetwork {
+			return nil
+		}
+		var out []netip.Addr
+		for _, s := range ep.Addresses {
+			if a, err := netip.ParseAddr(s); err == nil {
+				out = append(out, a)
+			}
+		}
+		return out
+	case ip != "":
+		if a, err := netip.ParseAddr(ip); err == nil {
+			return []netip.Addr{a}
+		}
+	}
+	return nil
+}
+
+// dockerIsolation is why Docker keeps a client at src from a destination
+// at dst (proxy.Networks.Reachable), "" when it does not or it cannot be
+// told. A destination container with several addresses is isolated only
+// when every one of them is: a client reaches it by the address on a
+// network they share (Docker's DNS gives no other). The client's addresses
+// all belong to one endpoint, so any one of them will do. Sharing only
+// networks without ICC is the more telling reason when the destination is
+// on several.
+func dockerIsolation(n *proxy.Networks, src, dst []netip.Addr) string {
+	if n == nil || len(src) == 0 || len(dst) == 0 {
+		return ""
+	}
+	why := ""
+	for _, d := range dst {
+		ok, r := n.Reachable(src[0], d)
+		if ok {
+			return ""
+		}
+		if why == "" || r == proxy.ReasonNoICC {
+			why = r
+		}
+	}
+	return why
 }
 
 func tracePeer(v *view, side, container string, labels map[string]string, entity, ip string) (policies.Peer, api.Peer, error) {

@@ -177,7 +177,10 @@ func (r *reconciler) updateL7() {
 
 // dockerNetworks is, for the proxy, the Docker networks each Docker
 // endpoint is attached to (and its addresses on each), so that the proxy
-// never connects two containers that Docker keeps apart.
+// never connects two containers that Docker keeps apart; the live trace
+// reports the same (backend.Trace). Without a proxy, whether dockerd
+// isolates IPv6 is not looked up, and IPv6 is not judged: the trace then
+// says nothing it does not know.
 func (r *reconciler) dockerNetworks() *proxy.Networks {
 	var eps [][]proxy.Attachment
 	for _, st := range r.eps {
@@ -195,7 +198,7 @@ func (r *reconciler) dockerNetworks() *proxy.Networks {
 		eps = append(eps, atts)
 	}
 	n := proxy.NewNetworks(eps)
-	if r.l7 != nil && !r.l7.dockerIsolatesIPv6() {
+	if r.l7 == nil || !r.l7.dockerIsolatesIPv6() {
 		n = n.WithoutIPv6Isolation()
 	}
 	return n

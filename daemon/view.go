@@ -12,6 +12,7 @@ import (
 	"github.com/membrane-fw/membrane/daemon/identity"
 	"github.com/membrane-fw/membrane/internal/version"
 	"github.com/membrane-fw/membrane/policies"
+	"github.com/membrane-fw/membrane/proxy"
 	"github.com/membrane-fw/membrane/runtime/endpoint"
 )
 
@@ -31,6 +32,9 @@ type view struct {
 	rules      []*policies.Rule
 	env        policies.Env
 	policy     api.Policy
+	// networks are the Docker networks of the Docker endpoints, as the
+	// proxy gets them (dockerNetworks), for the live trace.
+	networks *proxy.Networks
 	// epLabels are the identity labels of endpoints[i]. Which policies
 	// select which endpoint is computed on the first API request for the
 	// view (selection), not on every change: with 1,000 policies it is
@@ -161,6 +165,7 @@ func (r *reconciler) publish() {
 	for _, p := range r.hostAddrs {
 		v.env.HostAddrs = append(v.env.HostAddrs, p.Addr())
 	}
+	v.networks = r.dockerNetworks()
 	v.env.Enforcement = r.cfg.Enforcement
 	v.env.Audit = r.cfg.Audit
 	v.env.AuditSelector = r.auditSel

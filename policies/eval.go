@@ -158,6 +158,10 @@ type Result struct {
 	// L7 combines both ends: Redirect when either end sends the connection
 	// to the proxy; HTTP is 403 when either end refuses the request.
 	L7 *L7Result `json:"l7,omitempty"`
+	// Docker is set when Docker's own network isolation stops a connection
+	// the policies let through (SetDockerIsolation). Only the live trace
+	// knows the containers' networks; offline it is always nil.
+	Docker *DockerIsolation `json:"docker,omitempty"`
 }
 
 // Matched lists the rules that decided the verdict, the egress end's first:

@@ -47,22 +47,23 @@ func (c Connection) Check() error {
 // resultJSON is the JSON shape of a Result: the CLI contract's "verdict",
 // "egress" and "ingress" (verdict strings) and "matched", plus the details.
 type resultJSON struct {
-	Verdict      Verdict   `json:"verdict"`
-	Egress       Verdict   `json:"egress"`
-	Ingress      Verdict   `json:"ingress"`
-	Matched      []Match   `json:"matched"`
-	From         string    `json:"from"`
-	To           string    `json:"to"`
-	EgressCheck  EndResult `json:"egress_check"`
-	IngressCheck EndResult `json:"ingress_check"`
-	L7           *L7Result `json:"l7,omitempty"`
+	Verdict      Verdict          `json:"verdict"`
+	Egress       Verdict          `json:"egress"`
+	Ingress      Verdict          `json:"ingress"`
+	Matched      []Match          `json:"matched"`
+	From         string           `json:"from"`
+	To           string           `json:"to"`
+	EgressCheck  EndResult        `json:"egress_check"`
+	IngressCheck EndResult        `json:"ingress_check"`
+	L7           *L7Result        `json:"l7,omitempty"`
+	Docker       *DockerIsolation `json:"docker,omitempty"`
 }
 
 // MarshalJSON renders the result as `membrane policy trace --format json` prints it.
 func (r Result) MarshalJSON() ([]byte, error) {
 	return json.Marshal(resultJSON{
 		Verdict: r.Verdict, Egress: r.Egress.Verdict, Ingress: r.Ingress.Verdict, Matched: r.Matched(),
-		From: r.From, To: r.To, EgressCheck: r.Egress, IngressCheck: r.Ingress, L7: r.L7,
+		From: r.From, To: r.To, EgressCheck: r.Egress, IngressCheck: r.Ingress, L7: r.L7, Docker: r.Docker,
 	})
 }
 
@@ -73,7 +74,7 @@ func (r *Result) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &j); err != nil {
 		return err
 	}
-	*r = Result{Verdict: j.Verdict, From: j.From, To: j.To, Egress: j.EgressCheck, Ingress: j.IngressCheck, L7: j.L7}
+	*r = Result{Verdict: j.Verdict, From: j.From, To: j.To, Egress: j.EgressCheck, Ingress: j.IngressCheck, L7: j.L7, Docker: j.Docker}
 	return nil
 }
 
@@ -89,7 +90,9 @@ func (r Result) WriteText(w io.Writer) error {
 	if r.L7 != nil && r.L7.Redirect {
 		b.WriteString("l7:      the connection goes to the L7 proxy")
 		if h := r.L7.HTTP; h != nil {
-			if h.Reason != "" {
+			if d := r.Docker; d != nil && d.By == DockerByProxy && h.Verdict == "403" && h.Reason != "" && h.Reason != HTTPConnectRefused {
+				fmt.Fprintf(&b, "; the proxy answers every request on it %s before the rules judge it: %s", statusText(h.Verdict), h.Reason)
+			} else if h.Reason != "" {
 				fmt.Fprintf(&b, "; the proxy answers %s before the rules judge the request: %s", statusText(h.Verdict), h.Reason)
 			} else if h.Verdict == "403" {
 				b.WriteString("; the request matches no http block: 403 Forbidden")
@@ -102,6 +105,14 @@ func (r Result) WriteText(w io.Writer) error {
 		b.WriteByte('\n')
 	} else if r.Verdict != VerdictDenied {
 		b.WriteString("l7:      not restricted (no admitting rule carries http, or not TCP)\n")
+	}
+	if d := r.Docker; d != nil {
+		fmt.Fprintf(&b, "docker:  %s (%s): ", d.Reason, d.Detail)
+		if d.By == DockerByProxy {
+			b.WriteString("the client's egress sends the connection to the L7 proxy, which refuses it and never connects the destination\n")
+		} else {
+			b.WriteString("Docker drops the connection, whatever the policies allow; the client gets no answer\n")
+		}
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
@@ -151,4 +162,67 @@ func statusText(v string) string {
 		return "403 Forbidden"
 	}
 	return v
+}
+
+// DockerIsolation is what Docker's own network isolation does to a
+// connection that the policies let through between two Docker containers.
+// The policies cannot see it, and the offline trace cannot know Docker's
+// networks: the live trace sets it, from the networks the daemon hands the
+// proxy (docs/policy.md, decision 32).
+type DockerIsolation struct {
+	// Reason is the one `membrane observe` records for the proxy's
+	// refusal: "docker-isolation" (the destination is on a Docker network
+	// the client is not attached to) or "docker-icc-disabled" (they share
+	// only networks with inter-container communication disabled).
+	Reason string `json:"reason"`
+	// By says what stops the connection: DockerByProxy or DockerByDocker.
+	By string `json:"by"`
+	// Detail says Reason for people.
+	Detail string `json:"detail"`
+}
+
+// What stops a connection Docker isolates (DockerIsolation.By).
+const (
+	// DockerByProxy: the client's egress sends the connection to the L7
+	// proxy from the client's own veth, before Docker has forwarded
+	// anything; the proxy answers every request on it 403 and never
+	// connects the destination.
+	DockerByProxy = "proxy"
+	// DockerByDocker: the connection goes through Docker's networks
+	// (without the proxy, or to the proxy at the destination's veth only),
+	// and Docker drops its packets; the client gets no answer.
+	DockerByDocker = "docker"
+)
+
+// SetDockerIsolation records that Docker keeps the two ends of c apart,
+// for reason (see DockerIsolation), said for people by detail; proxyAnswer
+// is the reason the proxy's 403 gives. A connection the policies deny is
+// left as it is: Membrane drops it first. When the client's egress sends
+// it to the proxy, L7.HTTP becomes the proxy's 403, given a request or
+// not, since every request gets it; only the refusals the proxy makes
+// before it looks at the connection's ends (CONNECT, a target or host it
+// cannot judge) come first, as in the built-in engine.
+func (r *Result) SetDockerIsolation(c Connection, reason, detail, proxyAnswer string) {
+	if r.Verdict == VerdictDenied {
+		return
+	}
+	d := &DockerIsolation{Reason: reason, By: DockerByDocker, Detail: detail}
+	r.Docker = d
+	if r.Egress.L7 == nil || !r.Egress.L7.Redirect || r.L7 == nil {
+		return
+	}
+	d.By = DockerByProxy
+	if c.HTTP != nil {
+		if c.HTTP.Method == "CONNECT" {
+			return
+		}
+		if _, why := c.HTTP.asJudged(); why != "" {
+			return
+		}
+	}
+	// A copy: r.L7 may be the egress end's own, which says what its rules
+	// would answer.
+	l7 := *r.L7
+	l7.HTTP = &HTTPVerdict{Verdict: "403", Reason: proxyAnswer}
+	r.L7 = &l7
 }

@@ -3,6 +3,8 @@ package policies
 import (
 	"encoding/json"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -108,5 +110,89 @@ func TestNilSetAllowsEverything(t *testing.T) {
 	r := (&Set{}).Evaluate(&Env{Enforcement: EnforcementAlways}, c)
 	if r.Verdict != VerdictDenied || !r.Egress.DefaultDeny {
 		t.Errorf("empty set under enforcement always: %+v", r)
+	}
+}
+
+// TestDockerIsolationIsTheProxysAnswer: what the live trace does with two
+// containers Docker keeps apart (SetDockerIsolation). The client's egress
+// http sends the connection to the proxy, which answers 403 whatever the
+// rules; only a target it cannot judge is refused first (400), as in the
+// built-in engine. Without the egress redirect Docker drops it; a denied
+// connection is left alone. The JSON carries it to the CLI.
+func TestDockerIsolationIsTheProxysAnswer(t *testing.T) {
+	dir := t.TempDir()
+	src := `
+policy "web" {
+  selector = "app=web"
+  egress {
+    to_endpoints = ["app=db"]
+    ports        = ["8080/tcp"]
+    http {
+      headers = { "X-Tenant" = "acme" }
+    }
+  }
+  egress {
+    to_endpoints = ["app=db"]
+    ports        = ["8081/tcp"]
+  }
+}
+`
+	if err := os.WriteFile(filepath.Join(dir, "p.hcl"), []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	set, rep := Load(dir)
+	if err := rep.Err(); err != nil {
+		t.Fatal(err)
+	}
+	web, db := Peer{Labels: Labels{"app": "web"}}, Peer{Labels: Labels{"app": "db"}}
+	for _, c := range []struct {
+		name       string
+		conn       Connection
+		http, by   string // the l7 answer after, who stops it
+		httpReason string
+	}{
+		{"rules would allow", Connection{From: web, To: db, Proto: ProtoTCP, Port: 8080, HTTP: &HTTPRequest{Method: "GET", Path: "/", Headers: map[string]string{"X-Tenant": "acme"}}}, "403", DockerByProxy, "ANSWER"},
+		{"no request", Connection{From: web, To: db, Proto: ProtoTCP, Port: 8080}, "403", DockerByProxy, "ANSWER"},
+		{"alias field: isolation first", Connection{From: web, To: db, Proto: ProtoTCP, Port: 8080, HTTP: &HTTPRequest{Method: "GET", Path: "/", Headers: map[string]string{"X_Tenant": "x"}}}, "403", DockerByProxy, "ANSWER"},
+		{"bad target: 400 first", Connection{From: web, To: db, Proto: ProtoTCP, Port: 8080, HTTP: &HTTPRequest{Method: "GET", Path: `/a\b`}}, "400", DockerByProxy, ""},
+		{"no http: Docker drops it", Connection{From: web, To: db, Proto: ProtoTCP, Port: 8081}, "", DockerByDocker, ""},
+		{"denied: left alone", Connection{From: web, To: db, Proto: ProtoTCP, Port: 9999}, "", "", ""},
+	} {
+		res := set.Evaluate(&Env{}, c.conn)
+		before, _ := json.Marshal(res.Egress)
+		res.SetDockerIsolation(c.conn, "docker-isolation", "DETAIL", "ANSWER")
+		after, _ := json.Marshal(res.Egress)
+		if string(before) != string(after) {
+			t.Errorf("%s: the egress end changed:\n%s\n%s", c.name, before, after)
+		}
+		b, err := json.Marshal(res)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back Result
+		if err := json.Unmarshal(b, &back); err != nil {
+			t.Fatal(err)
+		}
+		gotHTTP, gotReason := "", ""
+		if back.L7 != nil && back.L7.HTTP != nil {
+			gotHTTP, gotReason = back.L7.HTTP.Verdict, back.L7.HTTP.Reason
+		}
+		if gotHTTP != c.http || (c.httpReason != "" && gotReason != c.httpReason) {
+			t.Errorf("%s: l7 %q (%q), want %q (%q): %s", c.name, gotHTTP, gotReason, c.http, c.httpReason, b)
+		}
+		switch {
+		case c.by == "" && back.Docker != nil:
+			t.Errorf("%s: docker %+v on a denied connection", c.name, back.Docker)
+		case c.by != "" && (back.Docker == nil || back.Docker.By != c.by || back.Docker.Reason != "docker-isolation" || back.Docker.Detail != "DETAIL"):
+			t.Errorf("%s: docker %+v, want by %s: %s", c.name, back.Docker, c.by, b)
+		}
+		var text strings.Builder
+		back.WriteText(&text)
+		if c.by != "" && !strings.Contains(text.String(), "docker:  docker-isolation (DETAIL): ") {
+			t.Errorf("%s: text:\n%s", c.name, text.String())
+		}
+		if c.http == "403" && !strings.Contains(text.String(), "every request on it 403 Forbidden before the rules judge it: ANSWER") {
+			t.Errorf("%s: text:\n%s", c.name, text.String())
+		}
 	}
 }

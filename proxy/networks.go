@@ -31,12 +31,18 @@ type IsolatedError struct {
 }
 
 func (e *IsolatedError) Error() string {
-	switch e.Reason {
-	case ReasonNoICC:
-		return "the client and the destination share only a Docker network with inter-container communication disabled (enable_icc=false); the proxy does not connect what Docker keeps apart"
-	default:
-		return "the destination is on a Docker network the client is not attached to; the proxy does not connect what Docker keeps apart"
+	return IsolationText(e.Reason) + "; the proxy does not connect what Docker keeps apart"
+}
+
+// IsolationText says for people what a refusal reason (ReasonNoICC,
+// ReasonNoSharedNetwork) means, without naming a container or network: the
+// start of IsolatedError's text, and what `membrane policy trace --live`
+// says of two containers Docker keeps apart.
+func IsolationText(reason string) string {
+	if reason == ReasonNoICC {
+		return "the client and the destination share only a Docker network with inter-container communication disabled (enable_icc=false)"
 	}
+	return "the destination is on a Docker network the client is not attached to"
 }
 
 func (e *IsolatedError) Unwrap() error { return ErrDockerIsolated }

@@ -90,7 +90,11 @@ is unknown and only rules without ports or ICMP types match. An HTTP request
 repeatable) needs --port N/tcp and is checked against the L7 rules.
 
 With --live the running membraned evaluates the connection against its current
-endpoints, host addresses and settings instead of --policies.
+endpoints, host addresses and settings instead of --policies. It knows Docker's
+networks too: when both ends are containers (by --*-container or address) that
+Docker keeps apart, a "docker:" line (JSON: "docker") says so, and when the
+client's egress sends the connection to the L7 proxy its requests get the
+proxy's 403 with the reason; the verdict stays the policies'.
 
 Exit status: 0 whatever the verdict, 1 when the policies are invalid (the
 diagnostics are printed), 2 on a usage error.`,

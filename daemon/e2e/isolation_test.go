@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 	"os/exec"
 	"strings"
@@ -8,6 +10,8 @@ import (
 	"time"
 
 	"github.com/membrane-fw/membrane/daemon/api"
+	"github.com/membrane-fw/membrane/policies"
+	"github.com/membrane-fw/membrane/proxy"
 )
 
 // isolationPolicy: app=web may send HTTP to app=db on 8080 and 9000 (its
@@ -163,6 +167,97 @@ func TestL7KeepsDockerIsolation(t *testing.T) {
 		if rec.Verdict != "denied" || rec.Direction != "egress" || rec.Source.Container != c.client || rec.Dest.Container != c.server ||
 			rec.HTTP == nil || rec.HTTP.Status != 403 || !strings.Contains(rec.HTTP.Error, "Docker") {
 			t.Errorf("%s: record %s", c.name, dump(rec))
+		}
+	}
+}
+
+// TestLiveTraceReportsDockerIsolation: `membrane policy trace --live`
+// says what the proxy will do with an egress http rule between containers
+// that Docker keeps apart (decision 32): 403 with the reason, in the JSON
+// result and in the text the CLI prints from it. Without http (or with
+// db's ingress rules only) Docker drops the connection itself, and the
+// trace says so. Containers on a shared network are traced as before, and
+// an end named by labels (no particular container) is not judged.
+func TestLiveTraceReportsDockerIsolation(t *testing.T) {
+	e := newEnv(t, envOpts{networks: map[string][]string{
+		"b": nil,
+		"c": {"com.docker.network.bridge.enable_icc=false"},
+	}})
+	e.writePolicy("web.hcl", isolationPolicy)
+	e.startDaemon()
+	web := e.idle("web", "app=web")
+	peer := e.idle("peer", "app=db") // on web's network
+	db := e.run("db", []string{"app=db"}, "sleep 600", "--network", e.nets["b"])
+	webC := e.run("webc", []string{"app=web"}, "sleep 600", "--network", e.nets["c"])
+	dbC := e.run("dbc", []string{"app=db"}, "sleep 600", "--network", e.nets["c"])
+	for _, c := range []string{web, peer, db, webC, dbC} {
+		e.endpoint(c)
+	}
+	get := &policies.HTTPRequest{Method: "GET", Path: "/"}
+	noShared := (&proxy.IsolatedError{Reason: proxy.ReasonNoSharedNetwork}).Error()
+	noICC := (&proxy.IsolatedError{Reason: proxy.ReasonNoICC}).Error()
+	for _, c := range []struct {
+		name string
+		req  api.TraceRequest
+		// want: the l7 answer ("" none), its reason, and Docker's
+		// isolation (reason, by; "" none).
+		http, httpReason, docker, by string
+	}{
+		{"no shared network", api.TraceRequest{FromContainer: web, ToContainer: db, Port: 9000}, "403", noShared, "docker-isolation", "proxy"},
+		{"no shared network, by IP", api.TraceRequest{FromIP: e.ip(web), ToIP: e.ip(db), Port: 8080}, "403", noShared, "docker-isolation", "proxy"},
+		{"network without ICC", api.TraceRequest{FromContainer: webC, ToContainer: dbC, Port: 8080}, "403", noICC, "docker-icc-disabled", "proxy"},
+		{"no request given", api.TraceRequest{FromContainer: web, ToContainer: db, Port: 9000, HTTPMethod: "-"}, "403", noShared, "docker-isolation", "proxy"},
+		{"CONNECT is refused first", api.TraceRequest{FromContainer: web, ToContainer: db, Port: 8080, HTTPMethod: "CONNECT", HTTPPath: "db:8080"}, "403", policies.HTTPConnectRefused, "docker-isolation", "proxy"},
+		{"shared network", api.TraceRequest{FromContainer: web, ToContainer: peer, Port: 8080}, "allowed", "", "", ""},
+		{"ingress http only: Docker drops it", api.TraceRequest{FromContainer: web, ToContainer: db, Port: 8081}, "allowed", "", "docker-isolation", "docker"},
+		{"by labels: not judged", api.TraceRequest{FromLabels: map[string]string{"app": "web"}, ToContainer: db, Port: 9000}, "allowed", "", "", ""},
+	} {
+		c.req.Proto = "tcp"
+		switch c.req.HTTPMethod {
+		case "-":
+			c.req.HTTPMethod = ""
+		case "":
+			c.req.HTTPMethod, c.req.HTTPPath = get.Method, get.Path
+		}
+		tr, err := e.client.Trace(context.Background(), c.req)
+		if err != nil {
+			t.Errorf("%s: %v", c.name, err)
+			continue
+		}
+		// What the CLI does with --live: read the result, print it.
+		var res policies.Result
+		if err := json.Unmarshal(tr.Result, &res); err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		var text strings.Builder
+		res.WriteText(&text)
+		t.Logf("%s:\n%s", c.name, text.String())
+		if res.Verdict != policies.VerdictAllowed {
+			t.Errorf("%s: verdict %s, want allowed (the policies allow it): %s", c.name, res.Verdict, tr.Result)
+		}
+		gotHTTP, gotReason := "", ""
+		if res.L7 != nil && res.L7.HTTP != nil {
+			gotHTTP, gotReason = res.L7.HTTP.Verdict, res.L7.HTTP.Reason
+		}
+		if gotHTTP != c.http || gotReason != c.httpReason {
+			t.Errorf("%s: l7 answer %q (reason %q), want %q (%q): %s", c.name, gotHTTP, gotReason, c.http, c.httpReason, tr.Result)
+		}
+		switch {
+		case c.docker == "" && res.Docker != nil:
+			t.Errorf("%s: docker %s, want none", c.name, dump(res.Docker))
+		case c.docker != "" && (res.Docker == nil || res.Docker.Reason != c.docker || res.Docker.By != c.by):
+			t.Errorf("%s: docker %s, want reason %s by %s: %s", c.name, dump(res.Docker), c.docker, c.by, tr.Result)
+		}
+		for _, out := range []string{text.String(), tr.Text} {
+			if c.http == "403" && !strings.Contains(out, "403 Forbidden") {
+				t.Errorf("%s: the text does not say 403:\n%s", c.name, out)
+			}
+			if c.docker != "" && !strings.Contains(out, "docker:  "+c.docker+" (") {
+				t.Errorf("%s: the text does not give the reason %s:\n%s", c.name, c.docker, out)
+			}
+			if c.docker == "" && strings.Contains(out, "docker:") {
+				t.Errorf("%s: the text speaks of Docker:\n%s", c.name, out)
+			}
 		}
 	}
 }
