@@ -398,18 +398,30 @@ func (r *reconciler) loadPolicies(since time.Time) {
 	r.set = set
 	r.setFiles = files
 	r.setLoaded = time.Now()
-	r.revision++
-	r.metrics.PolicyRevision.Set(float64(r.revision))
 	r.metrics.Policies.Set(float64(len(set.Policies)))
-	r.log.Info("policy set loaded", "dir", r.cfg.PolicyDir, "policies", len(set.Policies), "revision", r.revision)
 	r.setUnwritten = !r.synced
 	r.setSources = rep.Sources
 	if r.synced {
+		r.accepted("policy set loaded")
 		r.saveLastGood()
+	} else {
+		// Not accepted yet: it takes a revision once checkFirstSet finds
+		// that it fits.
+		r.log.Info("policy set read; it is checked against the maps at the first full reconcile", "dir", r.cfg.PolicyDir, "policies", len(set.Policies))
 	}
 	r.publish()
 	r.metrics.ReconcileDuration.WithLabelValues("policy").Observe(time.Since(start).Seconds())
 	r.metrics.EventLag.WithLabelValues("policy").Observe(time.Since(since).Seconds())
+}
+
+// accepted counts r.set, just put in force, as a new policy revision: the
+// revision counts the sets that were accepted (status, metrics, flows),
+// not the sets read.
+func (r *reconciler) accepted(msg string) {
+	r.revision++
+	r.metrics.PolicyRevision.Set(float64(r.revision))
+	r.metrics.Policies.Set(float64(len(r.set.Policies)))
+	r.log.Info(msg, "dir", r.cfg.PolicyDir, "policies", len(r.set.Policies), "revision", r.revision)
 }
 
 // enforce writes set, a valid set, to the datapath (the loop is synced)
@@ -445,9 +457,10 @@ func (r *reconciler) enforce(set *policies.Set) bool {
 		// model before it writes, so the maps are the previous daemon's.
 		r.policyFailed = false
 		r.problem("policy", "sync-policy", nil)
-		if err := r.rejectPolicies(diags); !errors.Is(err, bpf.ErrMapFull) {
+		if err := r.reject(diags, true); !errors.Is(err, bpf.ErrMapFull) {
 			return false
 		}
+		// The last good set does not fit either: nothing was rejected.
 	}
 	r.set = set
 	r.recompile(true)
@@ -455,10 +468,10 @@ func (r *reconciler) enforce(set *policies.Set) bool {
 	return true
 }
 
-// checkFirstSet runs at the first full reconcile: a set accepted before
-// it (the loop could not write yet) is checked against the maps now, as
-// loadPolicies checks every set after it, and only then saved as the last
-// good set.
+// checkFirstSet runs at the first full reconcile: a set read before it
+// (the loop could not write yet) is checked against the maps now, as
+// loadPolicies checks every set after it, and only then accepted (a
+// revision) and saved as the last good set.
 func (r *reconciler) checkFirstSet() {
 	if !r.setUnwritten {
 		return
@@ -468,6 +481,7 @@ func (r *reconciler) checkFirstSet() {
 	r.set = nil
 	if r.enforce(set) {
 		r.set = set
+		r.accepted("policy set loaded")
 		r.saveLastGood()
 		return
 	}
@@ -498,7 +512,28 @@ func (r *reconciler) cfgPathOrDefault() string {
 // adopts the one saved in the state directory; the error is that of
 // writing it (adoptLastGood).
 func (r *reconciler) rejectPolicies(diags []api.Diagnostic) error {
+	return r.reject(diags, false)
+}
+
+// reject is rejectPolicies. tooBig: the set is valid but does not fit the
+// maps, and the caller keeps it when the last good set does not fit
+// either; then nothing is rejected (nor counted, nor logged as such) and
+// the error is adoptLastGood's ErrMapFull.
+func (r *reconciler) reject(diags []api.Diagnostic, tooBig bool) error {
 	pe := &api.PolicyError{Time: time.Now(), Message: "policy set rejected; the last good set stays enforced", Diagnostics: diags}
+	if len(diags) == 0 {
+		pe.Message = "policy directory " + r.cfg.PolicyDir + " could not be loaded"
+	}
+	prevErr := r.policyErr
+	r.policyErr = pe
+	var err error
+	if r.set == nil {
+		err = r.adoptLastGood(tooBig)
+	}
+	if tooBig && errors.Is(err, bpf.ErrMapFull) {
+		r.policyErr = prevErr
+		return err
+	}
 	nerr := 0
 	for _, d := range diags {
 		if d.Severity == policies.SeverityError {
@@ -510,17 +545,9 @@ func (r *reconciler) rejectPolicies(diags []api.Diagnostic) error {
 			r.log.Error("invalid policy", "pos", pos, "summary", d.Summary, "detail", d.Detail)
 		}
 	}
-	if len(diags) == 0 {
-		pe.Message = "policy directory " + r.cfg.PolicyDir + " could not be loaded"
-	}
-	r.policyErr = pe
 	r.metrics.PolicyLoadErrors.Inc()
 	r.metrics.PolicyLoadFailing.Set(1)
 	r.log.Error("policy set rejected; the last good set stays enforced", "dir", r.cfg.PolicyDir, "errors", nerr, "revision", r.revision)
-	var err error
-	if r.set == nil {
-		err = r.adoptLastGood()
-	}
 	r.publish()
 	return err
 }
@@ -577,8 +604,10 @@ func labelString(l policies.Labels) string {
 
 // adoptLastGood enforces the set saved by an earlier run when this daemon
 // has none of its own (it started while the directory was invalid). The
-// error is that of writing it to the datapath (synced loop only).
-func (r *reconciler) adoptLastGood() error {
+// error is that of writing it to the datapath (synced loop only). With
+// orNew, a set that does not fit the maps (ErrMapFull) is not accepted
+// (no revision): the caller puts the new set in its place.
+func (r *reconciler) adoptLastGood(orNew bool) error {
 	if r.lastGood == nil {
 		return nil
 	}
@@ -592,23 +621,26 @@ func (r *reconciler) adoptLastGood() error {
 		return nil
 	}
 	r.set = set
+	if r.synced {
+		err = r.recompile(true)
+		if err == nil {
+			err = r.syncIPCache()
+		}
+	}
+	if orNew && errors.Is(err, bpf.ErrMapFull) {
+		// The caller's set takes its place, with its own files and
+		// sources (to save).
+		r.log.Warn("the last good policy set saved before does not fit the maps either", "saved", saved, "policies", len(set.Policies))
+		return err
+	}
 	r.setFiles = files
 	r.setLoaded = saved
-	r.revision++
-	r.metrics.PolicyRevision.Set(float64(r.revision))
-	r.metrics.Policies.Set(float64(len(set.Policies)))
-	r.log.Warn("enforcing the last good policy set saved before", "saved", saved, "policies", len(set.Policies))
-	if r.policyErr != nil {
-		r.policyErr.Message = fmt.Sprintf("policy set rejected; enforcing the last good set (saved %s)", saved.Format(time.RFC3339))
-	}
 	r.setUnwritten = false
 	r.setSources = nil // it is saved already
-	if !r.synced {
-		return nil
-	}
-	err = r.recompile(true)
-	if err == nil {
-		err = r.syncIPCache()
+	r.log.Warn("enforcing the last good policy set saved before", "saved", saved, "policies", len(set.Policies))
+	r.accepted("last good policy set loaded")
+	if r.policyErr != nil {
+		r.policyErr.Message = fmt.Sprintf("policy set rejected; enforcing the last good set (saved %s)", saved.Format(time.RFC3339))
 	}
 	return err
 }

@@ -198,7 +198,13 @@ func (r *reconciler) publish() {
 	}
 	r.view.set(v)
 
-	st := fmt.Sprintf("%d endpoints, %d identities, %d policies (revision %d)", len(r.eps), r.ids.Len(), nPol, r.revision)
+	rev := fmt.Sprintf("revision %d", r.revision)
+	if r.setUnwritten {
+		// Read before the first reconcile: no revision until it is
+		// checked against the maps there (checkFirstSet).
+		rev = "not checked against the maps yet"
+	}
+	st := fmt.Sprintf("%d endpoints, %d identities, %d policies (%s)", len(r.eps), r.ids.Len(), nPol, rev)
 	if r.policyErr != nil {
 		st += "; policy set rejected, last good set enforced"
 	}

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -219,6 +220,10 @@ func TestPolicySetTooBigAtStartupIsRejected(t *testing.T) {
 	if !bigRejected(st.LastPolicyError) || st.Policies != 3 {
 		t.Fatalf("started with a set too big for the maps: %d policies, error %s", st.Policies, dump(st.LastPolicyError))
 	}
+	// The revision counts the sets accepted: the saved one only.
+	if st.PolicyRevision != 1 {
+		t.Errorf("started with a set too big for the maps: revision %d, want 1 (the last good set)", st.PolicyRevision)
+	}
 	s.check(t, e, "started with a set too big for the maps")
 	s.checkNewAPI(t, e, "the last good set enforced at start")
 	if b, err := os.ReadFile(lastGood); err != nil || strings.Contains(string(b), "api-big") {
@@ -236,6 +241,9 @@ func TestPolicySetTooBigAtStartupIsRejected(t *testing.T) {
 	if !bigRejected(st.LastPolicyError) || st.Policies != 0 {
 		t.Fatalf("started with a set too big and no last good set: %d policies, error %s", st.Policies, dump(st.LastPolicyError))
 	}
+	if st.PolicyRevision != 0 {
+		t.Errorf("started with a set too big and no last good set: revision %d, want 0 (no set accepted)", st.PolicyRevision)
+	}
 	if _, err := os.Stat(lastGood); err == nil {
 		t.Errorf("a set that does not fit was saved as the last good set")
 	}
@@ -246,14 +254,82 @@ func TestPolicySetTooBigAtStartupIsRejected(t *testing.T) {
 	if err := os.Remove(filepath.Join(e.dir, "policies", "zz-big.hcl")); err != nil {
 		t.Fatal(err)
 	}
-	if st := e.waitRevision(rev, false); st.Policies != 3 {
-		t.Errorf("after removing the big file: %d policies", st.Policies)
+	if st := e.waitRevision(rev, false); st.Policies != 3 || st.PolicyRevision != 1 {
+		t.Errorf("after removing the big file: %d policies, revision %d (want 3, 1)", st.Policies, st.PolicyRevision)
 	}
 	s.check(t, e, "after removing the big file")
 	e.eventually("last good set saved again", 10*time.Second, func() error {
 		_, err := os.Stat(lastGood)
 		return err
 	})
+}
+
+// When at start neither the directory's set nor the last good one saved
+// fits the maps, the directory's set is kept (decision: it is what the
+// user wants), so nothing was rejected: no error in status, and
+// membrane_policy_load_errors_total does not count one (it did: the saved
+// set was tried through the rejection path). The revision is 1: one set
+// accepted.
+func TestPolicySetAndLastGoodBothTooBigAtStartupIsKept(t *testing.T) {
+	metrics := freePort(t)
+	e := newEnv(t, envOpts{metrics: metrics, extraConfig: "maps {\n  policy_entries = 64\n}\n"})
+	startShop(e)
+	lastGood := filepath.Join(e.dir, "state", "last-good-policies.json")
+	e.eventually("last good set saved", 10*time.Second, func() error {
+		_, err := os.Stat(lastGood)
+		return err
+	})
+	e.stopDaemon(syscall.SIGTERM)
+	// The saved set gets the big file too (as if the maps were larger
+	// when it was accepted).
+	e.writePolicy("zz-big.hcl", bigAPIPolicy())
+	b, err := os.ReadFile(lastGood)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lg struct {
+		Saved time.Time `json:"saved"`
+		Files []struct {
+			Name    string `json:"name"`
+			Content string `json:"content"`
+		} `json:"files"`
+	}
+	if err := json.Unmarshal(b, &lg); err != nil || len(lg.Files) != 1 {
+		t.Fatalf("last good set %s: %v", b, err)
+	}
+	big, err := os.ReadFile(filepath.Join(e.dir, "policies", "zz-big.hcl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lg.Files = append(lg.Files, struct {
+		Name    string `json:"name"`
+		Content string `json:"content"`
+	}{filepath.Join(filepath.Dir(lg.Files[0].Name), "zz-big.hcl"), string(big)})
+	if b, err = json.Marshal(lg); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(lastGood, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	e.startDaemon()
+	st := e.status()
+	if st.LastPolicyError != nil || st.Policies != 4 || st.PolicyRevision != 1 {
+		t.Errorf("started with a set and a last good set both too big: %d policies, revision %d, error %s; want 4, 1, none",
+			st.Policies, st.PolicyRevision, dump(st.LastPolicyError))
+	}
+	if v, ok := scrape(t, metrics, "membrane_policy_load_errors_total"); !ok || v != 0 {
+		t.Errorf("membrane_policy_load_errors_total = %v (%v), want 0: no set was rejected", v, ok)
+	}
+	if v, _ := scrape(t, metrics, "membrane_policy_load_failing"); v != 0 {
+		t.Errorf("membrane_policy_load_failing = %v, want 0", v)
+	}
+	if v, _ := scrape(t, metrics, "membrane_policy_revision"); v != 1 {
+		t.Errorf("membrane_policy_revision = %v, want 1", v)
+	}
+	if v, _ := scrape(t, metrics, "membrane_policies"); v != 4 {
+		t.Errorf("membrane_policies = %v, want 4", v)
+	}
 }
 
 // A container whose identity's policy cannot be written (its labels put
