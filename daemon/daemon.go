@@ -47,6 +47,12 @@ type testHooks struct {
 	// beforeLastGoodSave runs in the goroutine that saves an accepted
 	// set as the last good one, before it does.
 	beforeLastGoodSave func()
+	// syncWait replaces syncWait when not zero.
+	syncWait time.Duration
+	// holdEndpointEvents, when not nil, keeps the runtime sources' events
+	// from the reconcile loop until it is closed (they list, but their
+	// events stay queued).
+	holdEndpointEvents <-chan struct{}
 }
 
 // Run runs membraned until ctx is cancelled. The datapath stays in place
@@ -113,6 +119,10 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	r.lastGood = newLastGoodStore(cfg.StateDir)
 	if opts.hooks != nil {
 		r.lastGood.beforeSave = opts.hooks.beforeLastGoodSave
+		if opts.hooks.syncWait > 0 {
+			r.syncWait = opts.hooks.syncWait
+		}
+		r.holdEndpointEvents = opts.hooks.holdEndpointEvents
 	}
 	r.onReady = opts.Ready
 

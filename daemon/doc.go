@@ -63,7 +63,10 @@
 // full reconcile prunes what it does not know, so it must not run on a
 // half-applied list either. When that has not happened within 20 s
 // (dockerd not answering, say), READY=1 goes anyway, with a problem in
-// status, and the pinned datapath is left as it is until it has.
+// status that says what is still awaited (the sources that have not
+// listed, or how many listed endpoints and veths are not applied yet;
+// kept up to date until the first full reconcile), and the pinned
+// datapath is left as it is until it has.
 // Cancellation of Run's context is the normal way to stop: pins and
 // attachments stay (SIGTERM never drops protection); Cleanup removes them
 // (package removal): CleanupDatapath (pins, container and bridge programs)

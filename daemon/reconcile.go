@@ -54,6 +54,11 @@ type reconciler struct {
 	l7        *l7      // nil: no L7 proxy (tests, engine failed to start)
 	startedAt time.Time
 
+	// syncWait is the const syncWait but in tests; holdEndpointEvents
+	// (tests) holds the sources' events until closed (testHooks).
+	syncWait           time.Duration
+	holdEndpointEvents <-chan struct{}
+
 	reqs chan request
 	// policyWatching is closed once the policy directory is watched (nil:
 	// not waited for).
@@ -200,7 +205,11 @@ func (r *reconciler) run(ctx context.Context) error {
 		}
 		close(allSynced)
 	}()
-	syncTimer := time.NewTimer(syncWait)
+	wait := syncWait
+	if r.syncWait > 0 {
+		wait = r.syncWait
+	}
+	syncTimer := time.NewTimer(wait)
 	defer syncTimer.Stop()
 
 	resync := time.NewTicker(r.cfg.ResyncInterval)
@@ -214,6 +223,13 @@ func (r *reconciler) run(ctx context.Context) error {
 	srcEvents := make(chan endpoint.Event)
 	for _, s := range r.sources {
 		go func() {
+			if r.holdEndpointEvents != nil {
+				select {
+				case <-r.holdEndpointEvents:
+				case <-ctx.Done():
+					return
+				}
+			}
 			for ev := range s.src.Events() {
 				select {
 				case srcEvents <- ev:
@@ -274,8 +290,9 @@ func (r *reconciler) run(ctx context.Context) error {
 			delete(pendingVeths, ev.Ifindex)
 		case <-syncTimer.C:
 			if !r.reconciled {
-				r.log.Warn("runtime sources have not listed their containers yet; keeping the pinned datapath as it is until they do")
-				r.problems["sources"] = "runtime sources not synced yet (is dockerd running?)"
+				msg, problem := r.notSynced(waiting, pendingEps, pendingVeths)
+				r.log.Warn(msg + "; keeping the pinned datapath as it is until then")
+				r.problems["sources"] = problem
 				r.fullSync("initial-partial")
 				r.markReady()
 			}
@@ -289,6 +306,14 @@ func (r *reconciler) run(ctx context.Context) error {
 		case <-watchdog:
 			r.notifier.Watchdog()
 		}
+		if p, ok := r.problems["sources"]; ok && !r.synced {
+			// Past syncWait: status says what is still awaited, as it
+			// changes (listed, then applied one by one).
+			if _, now := r.notSynced(waiting, pendingEps, pendingVeths); now != p {
+				r.problems["sources"] = now
+				r.publish()
+			}
+		}
 		if waiting && len(pendingEps) == 0 && len(pendingVeths) == 0 {
 			waiting = false
 			r.synced = true
@@ -297,6 +322,68 @@ func (r *reconciler) run(ctx context.Context) error {
 			r.markReady()
 		}
 	}
+}
+
+// notSynced says, for the log and for status, what the first full
+// reconcile is still waiting for when syncWait has passed: the sources
+// (or the link watcher) that have not listed, or, once all have
+// (waiting), how much of their lists is not applied yet (pendingEps,
+// pendingVeths). The loop may see the timer before the close of
+// allSynced that came first: then everything has listed, and what is not
+// applied is counted here.
+func (r *reconciler) notSynced(waiting bool, pendingEps map[string]bool, pendingVeths map[int]bool) (logMsg, problem string) {
+	if !waiting {
+		var missing []string
+		for _, s := range r.sources {
+			select {
+			case <-s.src.Synced():
+			default:
+				missing = append(missing, s.name)
+			}
+		}
+		var parts []string
+		hint := ""
+		switch len(missing) {
+		case 0:
+		case 1:
+			parts = append(parts, "runtime source "+missing[0]+" has not listed its containers")
+		default:
+			parts = append(parts, "runtime sources "+strings.Join(missing, ", ")+" have not listed their containers")
+		}
+		switch {
+		case slices.Contains(missing, "docker"):
+			hint = " (is dockerd running?)"
+		case slices.Contains(missing, "containerd"):
+			hint = " (is containerd running?)"
+		}
+		select {
+		case <-r.links.Ready():
+		default:
+			parts = append(parts, "the link watcher has not listed the veths")
+		}
+		if len(parts) > 0 {
+			what := strings.Join(parts, "; ")
+			return what + " yet", "not synced yet: " + what + hint
+		}
+		pendingEps, pendingVeths = r.listedNotApplied()
+	}
+	var parts []string
+	for _, c := range []struct {
+		n    int
+		what string
+	}{{len(pendingEps), "endpoint"}, {len(pendingVeths), "veth"}} {
+		switch {
+		case c.n == 1:
+			parts = append(parts, "1 "+c.what)
+		case c.n > 1:
+			parts = append(parts, fmt.Sprintf("%d %ss", c.n, c.what))
+		}
+	}
+	if len(parts) == 0 {
+		parts = []string{"0 endpoints"} // applied as the timer fired
+	}
+	what := "the runtime sources and the link watcher have listed, but " + strings.Join(parts, " and ") + " of their lists are not applied yet"
+	return what, "not synced yet: " + what
 }
 
 // listedNotApplied returns the endpoints that the runtime sources and the

@@ -345,3 +345,50 @@ func TestReadyMeansEveryExistingContainerIsEnforced(t *testing.T) {
 		t.Fatal("not ready within 30s")
 	}
 }
+
+// When the first full reconcile is still waiting after syncWait, the
+// warning and status's problem say what for. Here the runtime source has
+// listed its containers but their events are held from the loop: the
+// message used to say the sources had not listed ("is dockerd
+// running?"), sending the operator to look at a dockerd that was fine.
+// Once the events are applied the problem goes.
+func TestSyncWarningSaysWhatIsPending(t *testing.T) {
+	bridge, _ := dockerNet(t, 2)
+	d := newTestDaemon(t, testDaemonOpts{docker: true, bridges: []string{bridge}})
+	d.writePolicy("a.hcl", policyA)
+	hold := make(chan struct{})
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			close(hold)
+		}
+	}
+	t.Cleanup(release)
+	d.start(&testHooks{syncWait: time.Second, holdEndpointEvents: hold}, nil)
+	problem := func(st api.Status) string {
+		for _, p := range st.Errors {
+			if strings.HasPrefix(p, "not synced yet") || strings.Contains(p, "not synced") {
+				return p
+			}
+		}
+		return ""
+	}
+	st := d.waitStatus("ready after syncWait with a sync problem", 10*time.Second, func(st api.Status) bool {
+		return st.Reconciled && problem(st) != ""
+	})
+	p := problem(st)
+	t.Logf("status problem: %s", p)
+	if !strings.Contains(p, "have listed") || !strings.Contains(p, "not applied yet") || strings.Contains(p, "dockerd running") ||
+		strings.Contains(p, " 0 endpoints") {
+		t.Errorf("status problem %q; want it to say the sources listed and what is not applied", p)
+	}
+	logText, _ := os.ReadFile(d.logPath)
+	if strings.Contains(string(logText), "have not listed") || !strings.Contains(string(logText), "not applied yet") {
+		t.Errorf("the warning does not say what is pending:\n%s", logText)
+	}
+	release()
+	d.waitStatus("the sync problem gone once the events are applied", 10*time.Second, func(st api.Status) bool {
+		return problem(st) == ""
+	})
+}
