@@ -6,7 +6,7 @@ set -euo pipefail
 pkgs=(
 	docker.io containerd docker-compose
 	clang llvm libbpf-dev bpftool iproute2 busybox-static
-	iptables nftables iperf3 wrk
+	iptables nftables iperf3 wrk nodejs
 	debootstrap lintian rpm
 	ca-certificates make git
 )
