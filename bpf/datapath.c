@@ -658,12 +658,24 @@ static __always_inline __u32 ipcache_identity(__u8 family, const __u8 *addr)
 	return v ? v->identity : IDENTITY_WORLD;
 }
 
+/* fe80::/10 or :: (IPv6). */
+static __always_inline int link_local_or_unspecified(const __u8 *a)
+{
+	if (a[0] == 0xfe && (a[1] & 0xc0) == 0x80)
+		return 1;
+	const __u32 *w = (const __u32 *)a;
+	return (w[0] | w[1] | w[2] | w[3]) == 0;
+}
+
 /* spoofed: the packet's source address (or the address an ARP sender or
  * a neighbour advertisement's target claims) belongs to another identity
- * than local. Neighbour discovery and MLD come from link-local or
- * unspecified addresses, which the ipcache does not hold; they pass. Other
- * traffic from a link-local address is dropped: it cannot be told from
- * another endpoint's. */
+ * than local. Neighbour discovery and MLD may come from link-local or
+ * unspecified addresses, which the ipcache does not hold; those pass. From
+ * any other address they are checked like the rest: a neighbour or router
+ * solicitation updates its receivers' neighbour entry for its source
+ * address, as an ARP request does for its sender's. Other traffic from a
+ * link-local address is dropped: it cannot be told from another
+ * endpoint's. */
 static __always_inline int spoofed(struct __sk_buff *skb, struct pkt *p, __u32 local)
 {
 	if (skb->protocol == bpf_htons(ETH_P_ARP)) {
@@ -680,15 +692,15 @@ static __always_inline int spoofed(struct __sk_buff *skb, struct pkt *p, __u32 l
 	if (p->nd_target_off) {
 		/* A neighbour advertisement claims its target address, as ARP its
 		 * sender's. A link-local target cannot be told from another's and
-		 * passes: the traffic it would draw is dropped below. */
+		 * is not checked (the traffic it would draw is dropped below); its
+		 * source address still is. */
 		__u8 target[16];
 		if (bpf_skb_load_bytes(skb, p->nd_target_off, target, 16) < 0)
 			return 1;
-		if (target[0] == 0xfe && (target[1] & 0xc0) == 0x80)
-			return 0;
-		return ipcache_identity(6, target) != local;
+		if (!(target[0] == 0xfe && (target[1] & 0xc0) == 0x80) && ipcache_identity(6, target) != local)
+			return 1;
 	}
-	if (p->neighbor)
+	if (p->neighbor && link_local_or_unspecified(p->tuple.saddr))
 		return 0;
 	return ipcache_identity(p->tuple.family, p->tuple.saddr) != local;
 }

@@ -758,3 +758,45 @@ func TestSpoofedSourceDropped(t *testing.T) {
 		t.Errorf("spoofed ARP record %+v", ev)
 	}
 }
+
+// TestNeighbourDiscoveryFromAnothersAddressIsSpoofed: neighbour discovery
+// and MLD from an endpoint pass its source check only from a link-local or
+// unspecified address, or one of its own. A neighbour or router
+// solicitation from another's address (its Source Link-Layer Address option
+// naming the sender's MAC) makes every receiver point its neighbour entry
+// for that address at the sender, as an ARP request claiming it would: the
+// neighbours' traffic for B would go to A.
+func TestNeighbourDiscoveryFromAnothersAddressIsSpoofed(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	host6 := netip.MustParseAddr("fd00::1")
+	must(t, h.dp.IPCacheSet(netip.PrefixFrom(host6, 128), policies.IdentityHost))
+	h.sync(policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true})
+	linkLocal := netip.MustParseAddr("fe80::2")
+	solicited := netip.MustParseAddr("ff02::1:ff00:1")
+	for _, c := range []struct {
+		typ     uint8
+		dst     netip.Addr
+		payload []byte
+	}{
+		{133, netip.MustParseAddr("ff02::2"), nil},
+		{135, solicited, host6.AsSlice()},
+		{135, host6, host6.AsSlice()}, // unicast, as neighbour unreachability detection sends it
+		{136, host6, addrA6.AsSlice()},
+		{136, host6, netip.MustParseAddr("fe80::9").AsSlice()},
+		{143, netip.MustParseAddr("ff02::16"), nil},
+		{131, netip.MustParseAddr("ff02::fb"), nil},
+	} {
+		for _, s := range []struct {
+			src  netip.Addr
+			want Reason
+		}{
+			{addrA6, ReasonAllowNeighbor}, {linkLocal, ReasonAllowNeighbor}, {netip.IPv6Unspecified(), ReasonAllowNeighbor},
+			{addrB6, ReasonDropSpoofedSource}, {host6, ReasonDropSpoofedSource}, {addrW6, ReasonDropSpoofedSource},
+		} {
+			p := pkt{src: s.src, dst: c.dst, proto: 58, icmpType: c.typ, hopLimit: 255, payload: c.payload}
+			if got, _ := h.verdict(out, h.ifs[0], p.bytes()); got != s.want {
+				t.Errorf("ICMPv6 %d %v -> %v from endpoint A: %v, want %v", c.typ, s.src, c.dst, got, s.want)
+			}
+		}
+	}
+}

@@ -168,6 +168,7 @@ type pkt struct {
 	truncL4     int     // cut this many bytes off the end
 	badVersion  bool
 	etherType   uint16 // override
+	hopLimit    uint8  // IPv4 TTL / IPv6 hop limit; 0: 64
 }
 
 const (
@@ -205,6 +206,13 @@ func (p pkt) l4() []byte {
 	return append(b, p.payload...)
 }
 
+func (p pkt) ttl() uint8 {
+	if p.hopLimit == 0 {
+		return 64
+	}
+	return p.hopLimit
+}
+
 // ip returns the IP packet (no Ethernet header).
 func (p pkt) ip() []byte {
 	l4 := p.l4()
@@ -224,7 +232,7 @@ func (p pkt) ip() []byte {
 			fo |= 0x2000
 		}
 		binary.BigEndian.PutUint16(h[6:], fo)
-		h[8] = 64
+		h[8] = p.ttl()
 		h[9] = p.proto
 		s, d := p.src.As4(), p.dst.As4()
 		copy(h[12:], s[:])
@@ -259,7 +267,7 @@ func (p pkt) ip() []byte {
 	}
 	binary.BigEndian.PutUint16(h[4:], uint16(len(ext)+len(l4)))
 	h[6] = next
-	h[7] = 64
+	h[7] = p.ttl()
 	s, d := p.src.As16(), p.dst.As16()
 	copy(h[8:], s[:])
 	copy(h[24:], d[:])
