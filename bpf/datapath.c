@@ -321,6 +321,11 @@ static __always_inline void emit(struct __sk_buff *skb, struct pkt *p, __u8 type
 	e->len = skb->len;
 	e->sport = bpf_ntohs(p->tuple.sport);
 	e->dport = bpf_ntohs(p->tuple.dport);
+	/* ICMP other than echo keeps its type in the tuple's ports (see
+	 * load_ports); a record shows none, as before. Echo's are equal. */
+	if ((p->tuple.protocol == IPPROTO_ICMP || p->tuple.protocol == IPPROTO_ICMPV6) &&
+	    p->tuple.sport != p->tuple.dport)
+		e->sport = e->dport = 0;
 	e->proxy_port = v ? v->proxy_port : 0;
 	e->type = type;
 	e->reason = reason;
@@ -453,7 +458,24 @@ static __always_inline int load_ports(struct __sk_buff *skb, __u32 off, __u8 pro
 		    (proto == IPPROTO_ICMPV6 && (type == 128 || type == 129))) {
 			__builtin_memcpy(&k->sport, &buf[4], 2);
 			k->dport = k->sport;
+			return 0;
 		}
+		/* Every other type is a flow of its own: with the same ports
+		 * for all, one type that a policy admits (or one that passes as
+		 * related) would make any other type between the same two
+		 * addresses an established packet or a reply. The type goes in
+		 * sport; the reply of a request/reply pair (timestamp,
+		 * information, address mask; ICMPv6 node information) puts its
+		 * request's type in dport, so that it is the request's reply. */
+		__u8 req = 0;
+		if (proto == IPPROTO_ICMP && (type == 14 || type == 16 || type == 18))
+			req = type - 1;
+		else if (proto == IPPROTO_ICMPV6 && type == 140)
+			req = 139;
+		if (req)
+			k->dport = bpf_htons(req);
+		else
+			k->sport = bpf_htons(type);
 		return 0;
 	}
 	default:

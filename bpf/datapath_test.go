@@ -800,3 +800,46 @@ func TestNeighbourDiscoveryFromAnothersAddressIsSpoofed(t *testing.T) {
 		}
 	}
 }
+
+// TestICMPTypesAreFlowsOfTheirOwn: conntrack keeps ICMP types other than
+// echo apart. With the same (zero) ports for every type, one ICMP packet
+// that a policy admits made every other type between the same two
+// addresses an established packet or a reply: after one allowed
+// destination-unreachable, an endpoint could send any ICMP type past its
+// egress rules, and the peer any type back past its ingress rules. A
+// request/reply pair (timestamp, ICMPv6 node information) still gets its
+// reply through.
+func TestICMPTypesAreFlowsOfTheirOwn(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	h.sync(policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, IngressDefaultDeny: true, Entries: []policies.Entry{
+		entry(out, policies.IdentityAny, policies.ProtoICMP, 3, 16, policies.Allow, 1),
+		entry(out, policies.IdentityAny, policies.ProtoICMP, 13, 16, policies.Allow, 2),
+		entry(out, policies.IdentityAny, policies.ProtoICMPv6, 1, 16, policies.Allow, 3),
+		entry(out, policies.IdentityAny, policies.ProtoICMPv6, 139, 16, policies.Allow, 4),
+	}})
+	for _, c := range []struct {
+		proto             uint8
+		a, w              netip.Addr
+		allowed, req, rep uint8
+		others            []uint8
+	}{
+		{1, addrA, addrW, 3, 13, 14, []uint8{3, 5, 11, 12, 13, 9, 200}},
+		{58, addrA6, addrW6, 1, 139, 140, []uint8{1, 2, 3, 4, 139, 144, 200}},
+	} {
+		icmp := func(src, dst netip.Addr, typ uint8) pkt {
+			return pkt{src: src, dst: dst, proto: c.proto, icmpType: typ, payload: make([]byte, 8)}
+		}
+		h.expect(out, h.ifs[0], icmp(c.a, c.w, c.allowed), ReasonAllowPolicy)
+		h.expect(out, h.ifs[0], icmp(c.a, c.w, c.allowed), ReasonAllowEstablished)
+		for _, typ := range c.others {
+			if typ != c.allowed && typ != c.req {
+				h.expect(out, h.ifs[0], icmp(c.a, c.w, typ), ReasonDropDefaultDeny)
+			}
+			h.expect(in, h.ifs[0], icmp(c.w, c.a, typ), ReasonDropDefaultDeny)
+		}
+		h.expect(out, h.ifs[0], icmp(c.a, c.w, c.req), ReasonAllowPolicy)
+		h.expect(in, h.ifs[0], icmp(c.w, c.a, c.rep), ReasonAllowReply)
+		// The peer's own request is no reply of ours.
+		h.expect(in, h.ifs[0], icmp(c.w, c.a, c.req), ReasonDropDefaultDeny)
+	}
+}

@@ -40,7 +40,9 @@
 // Conntrack: an LRU hash keyed by the 5-tuple plus the interface, so each end
 // of a container-to-container flow keeps its own entry. A hit in the original
 // or reply direction passes (established, reply); an ICMP error quoting a
-// tracked flow passes (related). A bare TCP SYN and an ICMP echo request
+// tracked flow passes (related). ICMP types other than echo are flows of
+// their own (the type is in the key), so one admitted type lets no other
+// through. A bare TCP SYN and an ICMP echo request
 // open flows and are never taken for replies. When the config map's policy revision differs
 // from the revision stored in the entry, the flow is judged again as its first
 // packet was; if the policy now denies it, the packet drops and the entry is
@@ -161,7 +163,8 @@
 //	                             miss falls through to the trie; the writer may leave entries out
 //	                             (Config.MaxPolicyExact, default 65536) but never keeps a stale one
 //	membrane_ct         LRU hash ct_key{saddr, daddr [16]u8, sport, dport u16 NBO (ICMP echo:
-//	                             the identifier in both), protocol u8, family u8, pad u16,
+//	                             the identifier in both; other ICMP: the type in sport, or a
+//	                             pair's reply the request's type in dport), protocol u8, family u8, pad u16,
 //	                             ifindex u32} -> ct_entry{expires u64 (CLOCK_MONOTONIC ns, coarse:
 //	                             bpf_ktime_get_coarse_ns, a tick's resolution is plenty),
 //	                             packets, bytes u64 (the first packet's: not counted per

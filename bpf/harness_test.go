@@ -302,7 +302,8 @@ func (p pkt) bytes() []byte {
 
 // reverse is the reply direction of a TCP/UDP/SCTP/ICMP echo packet.
 // ctKey is the conntrack key of the packet at ifindex, as the program
-// makes it: ports for TCP, UDP and SCTP, the identifier for ICMP echo.
+// makes it: ports for TCP, UDP and SCTP, the identifier for ICMP echo, the
+// type for other ICMP (see load_ports).
 func (p pkt) ctKey(ifindex int) datapathCtKey {
 	k := datapathCtKey{Protocol: p.proto, Ifindex: uint32(ifindex)}
 	if p.src.Is4() {
@@ -318,8 +319,16 @@ func (p pkt) ctKey(ifindex int) datapathCtKey {
 	case policies.ProtoTCP, policies.ProtoUDP, policies.ProtoSCTP:
 		k.Sport, k.Dport = htons(p.sport), htons(p.dport)
 	case policies.ProtoICMP, policies.ProtoICMPv6:
-		if p.icmpType == 0 || p.icmpType == 8 || p.icmpType == 128 || p.icmpType == 129 {
+		v6 := policies.Proto(p.proto) == policies.ProtoICMPv6
+		switch t := p.icmpType; {
+		case !v6 && (t == 0 || t == 8), v6 && (t == 128 || t == 129):
 			k.Sport, k.Dport = htons(p.icmpID), htons(p.icmpID)
+		case !v6 && (t == 14 || t == 16 || t == 18):
+			k.Dport = htons(uint16(t - 1)) // the reply of a request/reply pair
+		case v6 && t == 140:
+			k.Dport = htons(139)
+		default:
+			k.Sport = htons(uint16(t))
 		}
 	}
 	return k
