@@ -275,7 +275,7 @@ struct pkt {
 	__u8 first_frag;
 	__u8 later_frag;
 	__u8 neighbor;
-	__u8 pad;
+	__u8 hop_limit; /* IPv6 */
 };
 
 struct verdict {
@@ -585,6 +585,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		    off + sizeof(ip6) + bpf_ntohs(ip6.payload_len) > skb->len)
 			return REASON_DROP_MALFORMED_L3;
 		p->tuple.family = 6;
+		p->hop_limit = ip6.hop_limit;
 		__builtin_memcpy(p->tuple.saddr, ip6.saddr, 16);
 		__builtin_memcpy(p->tuple.daddr, ip6.daddr, 16);
 		proto = ip6.nexthdr;
@@ -687,6 +688,27 @@ static __always_inline int link_local_or_unspecified(const __u8 *a)
 		return 1;
 	const __u32 *w = (const __u32 *)a;
 	return (w[0] | w[1] | w[2] | w[3]) == 0;
+}
+
+/* on_link: a neighbour discovery or MLD packet that stays on the bridge's
+ * link, where it needs no rule. What the endpoint receives came from a
+ * neighbour when its hop limit is still 255 (RFC 4861 makes receivers drop
+ * ND with less, and a router lowers it) or its source is link-local or
+ * unspecified (which no router forwards; MLD must have one). What it sends
+ * stays on the link when it goes to a link-local or multicast address,
+ * comes from a link-local or unspecified one, or goes to a neighbour the
+ * ipcache knows (the host, an endpoint). Else it would be routed to or
+ * from the world, and the policy judges it like any ICMPv6 packet: ND and
+ * MLD types are no way around a policy. */
+static __always_inline int on_link(const struct pkt *p, __u8 dir)
+{
+	if (dir == DIR_INGRESS)
+		return p->hop_limit == 255 || link_local_or_unspecified(p->tuple.saddr);
+	const __u8 *d = p->tuple.daddr;
+	if (d[0] == 0xff || link_local_or_unspecified(d) || link_local_or_unspecified(p->tuple.saddr))
+		return 1;
+	__u32 id = ipcache_identity(6, d);
+	return id != IDENTITY_WORLD && id < FIRST_CIDR_IDENTITY;
 }
 
 /* spoofed: the packet's source address (or the address an ARP sender or
@@ -986,7 +1008,9 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 		emit(skb, &p, EVENT_DROP, REASON_DROP_SPOOFED_SOURCE, dir, 0, ep, local, &v);
 		return VERDICT_DROP;
 	}
-	if (p.neighbor) {
+	/* ND and MLD that a router carries to or from the world fall through:
+	 * the policy judges them by their ICMPv6 type. */
+	if (p.neighbor && (skb->protocol == bpf_htons(ETH_P_ARP) || on_link(&p, dir))) {
 		count(REASON_ALLOW_NEIGHBOR, dir, skb->len);
 		return VERDICT_PASS;
 	}

@@ -356,9 +356,10 @@ func TestNeighbourDiscoveryAndARPPass(t *testing.T) {
 		t.Errorf("ARP: %v", r)
 	}
 	for _, typ := range []uint8{133, 134, 135, 136, 137} {
-		h.expect(in, h.ifs[0], pkt{src: addrW6, dst: addrA6, proto: 58, icmpType: typ}, ReasonAllowNeighbor)
+		// from a neighbour, as ND is sent: hop limit 255
+		h.expect(in, h.ifs[0], pkt{src: addrW6, dst: addrA6, proto: 58, icmpType: typ, hopLimit: 255}, ReasonAllowNeighbor)
 	}
-	h.expect(in, h.ifs[0], pkt{src: addrW6, dst: addrA6, proto: 58, icmpType: 128}, ReasonDropDefaultDeny)
+	h.expect(in, h.ifs[0], pkt{src: addrW6, dst: addrA6, proto: 58, icmpType: 128, hopLimit: 255}, ReasonDropDefaultDeny)
 }
 
 // MLD (ICMPv6 130-132 query/report/done, 143 MLDv2 report) passes like
@@ -375,7 +376,8 @@ func TestMulticastListenerDiscoveryPasses(t *testing.T) {
 		h.expect(out, h.ifs[0], pkt{src: addrA6, dst: mldv2, proto: 58, icmpType: typ, v6ExtHeader: []uint8{0}}, ReasonAllowNeighbor)
 		// and without it
 		h.expect(out, h.ifs[0], pkt{src: addrA6, dst: mldv2, proto: 58, icmpType: typ}, ReasonAllowNeighbor)
-		h.expect(in, h.ifs[0], pkt{src: addrW6, dst: addrA6, proto: 58, icmpType: typ}, ReasonAllowNeighbor)
+		// from the router's link-local address, hop limit 1, as MLD is sent
+		h.expect(in, h.ifs[0], pkt{src: netip.MustParseAddr("fe80::1"), dst: addrA6, proto: 58, icmpType: typ, hopLimit: 1}, ReasonAllowNeighbor)
 	}
 	for _, typ := range []uint8{128, 129, 144} {
 		h.expect(out, h.ifs[0], pkt{src: addrA6, dst: addrW6, proto: 58, icmpType: typ, icmpID: 9}, ReasonDropDefaultDeny)
@@ -841,5 +843,61 @@ func TestICMPTypesAreFlowsOfTheirOwn(t *testing.T) {
 		h.expect(in, h.ifs[0], icmp(c.w, c.a, c.rep), ReasonAllowReply)
 		// The peer's own request is no reply of ours.
 		h.expect(in, h.ifs[0], icmp(c.w, c.a, c.req), ReasonDropDefaultDeny)
+	}
+}
+
+// TestNeighbourDiscoveryStaysOnLink: ND and MLD pass without a rule only
+// while they stay on the bridge's link. An endpoint in default-deny could
+// otherwise send ICMPv6 of types 130-137 and 143, with any payload, to any
+// world address (the host routes them like any packet), and receive them
+// from there: a channel through egress_deny and ingress rules alike. What it
+// sends to a link-local or multicast address, from a link-local or
+// unspecified one, or to the host or an endpoint passes; what it receives
+// with hop limit 255 (no router forwarded it) or from a link-local or
+// unspecified address passes. Anything else is judged by its ICMPv6 type.
+func TestNeighbourDiscoveryStaysOnLink(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	host6 := netip.MustParseAddr("fd00::1")
+	must(t, h.dp.IPCacheSet(netip.PrefixFrom(host6, 128), policies.IdentityHost))
+	h.sync(policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, IngressDefaultDeny: true, Entries: []policies.Entry{
+		entry(out, policies.IdentityAny, policies.ProtoICMPv6, 135, 16, policies.Allow, 1),
+		entry(in, policies.IdentityAny, policies.ProtoICMPv6, 136, 16, policies.Allow, 2),
+	}})
+	linkLocal := netip.MustParseAddr("fe80::2")
+	payload := func(typ uint8) []byte {
+		if typ == 136 {
+			return addrA6.AsSlice() // its own target
+		}
+		return make([]byte, 16)
+	}
+	nd := []uint8{130, 131, 132, 133, 134, 135, 136, 137, 143}
+	for _, typ := range nd {
+		// From A: on the link.
+		for _, dst := range []netip.Addr{netip.MustParseAddr("ff02::1:ff00:3"), netip.MustParseAddr("ff02::16"), linkLocal, addrB6, host6} {
+			h.expect(out, h.ifs[0], pkt{src: addrA6, dst: dst, proto: 58, icmpType: typ, hopLimit: 255, payload: payload(typ)}, ReasonAllowNeighbor)
+		}
+		h.expect(out, h.ifs[0], pkt{src: linkLocal, dst: addrW6, proto: 58, icmpType: typ, hopLimit: 255, payload: payload(typ)}, ReasonAllowNeighbor)
+		// From A to the world: the policy's, allowed for 135 only.
+		want := ReasonDropDefaultDeny
+		if typ == 135 {
+			want = ReasonAllowPolicy
+		}
+		h.expect(out, h.ifs[0], pkt{src: addrA6, dst: addrW6, proto: 58, icmpType: typ, hopLimit: 255, payload: payload(typ)}, want)
+
+		// Into A from a neighbour.
+		h.expect(in, h.ifs[0], pkt{src: addrW6, dst: addrA6, proto: 58, icmpType: typ, hopLimit: 255}, ReasonAllowNeighbor)
+		h.expect(in, h.ifs[0], pkt{src: linkLocal, dst: addrA6, proto: 58, icmpType: typ, hopLimit: 1}, ReasonAllowNeighbor)
+		h.expect(in, h.ifs[0], pkt{src: netip.IPv6Unspecified(), dst: addrA6, proto: 58, icmpType: typ, hopLimit: 1}, ReasonAllowNeighbor)
+		// Into A through a router: the policy's, allowed for 136 only.
+		want = ReasonDropDefaultDeny
+		if typ == 136 {
+			want = ReasonAllowPolicy
+		}
+		for _, hl := range []uint8{254, 64, 1} {
+			h.expect(in, h.ifs[0], pkt{src: addrW6, dst: addrA6, proto: 58, icmpType: typ, hopLimit: hl}, want)
+			if want == ReasonAllowPolicy {
+				want = ReasonAllowEstablished // the same flow now
+			}
+		}
 	}
 }

@@ -22,7 +22,8 @@
 // Per packet: ARP, IPv6 neighbour discovery (ICMPv6 133-137) and multicast
 // listener discovery (ICMPv6 130-132, MLDv1 query/report/done, and 143,
 // MLDv2 report: a container joining ff02::1:ff00:0/104 groups sends them)
-// pass, reason neighbor, whatever the policy; other
+// pass, reason neighbor, whatever the policy, while they stay on the link
+// (datapath.c on_link; otherwise the policy judges them by type); other
 // non-IP ethertypes drop (unsupported-l3); a truncated or invalid IPv4/IPv6
 // header drops (malformed-l3), a truncated TCP/UDP/SCTP/ICMP header drops
 // (malformed-l4); IPv6 extension headers are walked up to 8 deep (deeper:
