@@ -417,6 +417,14 @@ static __always_inline int same_tuple(const struct ct_key *slot, const struct ct
 	return diff == 0;
 }
 
+/* Whether two addresses as struct ct_key holds them (IPv4: the first word,
+ * the rest zero) are the same. */
+static __always_inline int same_addr(const __u8 *x, const __u8 *y)
+{
+	const __u32 *a = (const __u32 *)x, *b = (const __u32 *)y;
+	return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3])) == 0;
+}
+
 static __always_inline int is_icmp_error(__u8 proto, __u8 type)
 {
 	if (proto == IPPROTO_ICMP)
@@ -1165,8 +1173,14 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 		return VERDICT_PASS;
 	}
 
+	/* An ICMP error is related to the flow of the packet it quotes only
+	 * when it goes to that packet's source, as every error does: else an
+	 * endpoint could send errors, whatever follows the quote, to anyone by
+	 * quoting any of its flows. Where it comes from is free (any router on
+	 * the way may send one). */
 	struct ct_key inner = {};
-	if (p.icmp_error && load_inner(skb, p.inner_off, &p, &inner) == 0) {
+	if (p.icmp_error && load_inner(skb, p.inner_off, &p, &inner) == 0 &&
+	    same_addr(inner.saddr, p.tuple.daddr)) {
 		inner.ifindex = ifindex;
 		struct ct_key ri;
 		swap_tuple(&ri, &inner);

@@ -901,3 +901,46 @@ func TestNeighbourDiscoveryStaysOnLink(t *testing.T) {
 		}
 	}
 }
+
+// TestRelatedICMPErrorGoesToTheQuotedSource: an ICMP error is related to a
+// tracked flow only when it goes to the source of the packet it quotes, as
+// every error does (the sender of the offending packet is told). Else an
+// endpoint could send errors with any payload after the quote to any
+// address, past its egress rules, by quoting any of its flows (Linux's
+// conntrack checks the same). Errors the endpoint sends about packets it
+// received, and errors it receives from anywhere about packets it sent,
+// stay related.
+func TestRelatedICMPErrorGoesToTheQuotedSource(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	h.sync(policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, IngressDefaultDeny: true, Entries: []policies.Entry{
+		entry(out, idB, policies.ProtoUDP, 53, 16, policies.Allow, 1),
+		entry(in, policies.IdentityAny, policies.ProtoUDP, 5353, 16, policies.Allow, 2),
+	}})
+	router := netip.MustParseAddr("192.0.2.1")
+	router6 := netip.MustParseAddr("2001:db8::1")
+	for _, fam := range [][4]netip.Addr{{addrA, addrB, addrW, router}, {addrA6, addrB6, addrW6, router6}} {
+		a, b, w, r := fam[0], fam[1], fam[2], fam[3]
+		typ, proto := uint8(3), uint8(1)
+		if a.Is6() {
+			typ, proto = 1, 58
+		}
+		sent := udp(a, b, 4000, 53) // A's flow to B
+		h.expect(out, h.ifs[0], sent, ReasonAllowPolicy)
+		got := udp(w, a, 4001, 5353) // W's flow to A
+		h.expect(in, h.ifs[0], got, ReasonAllowPolicy)
+		icmpErr := func(src, dst netip.Addr, quoted pkt) pkt {
+			return pkt{src: src, dst: dst, proto: proto, icmpType: typ, payload: append(quoted.ip(), make([]byte, 64)...)}
+		}
+		// Received from a router on the way, about what A sent.
+		h.expect(in, h.ifs[0], icmpErr(r, a, sent), ReasonAllowRelated)
+		// Sent by A to W, about what W sent it (port unreachable).
+		h.expect(out, h.ifs[0], icmpErr(a, w, got), ReasonAllowRelated)
+		// Sent by A to W (or B) quoting its own flow to B, or W's to A to B:
+		// to no one the quote concerns; the policy's.
+		h.expect(out, h.ifs[0], icmpErr(a, w, sent), ReasonDropDefaultDeny)
+		h.expect(out, h.ifs[0], icmpErr(a, r, got.reverse()), ReasonDropDefaultDeny)
+		h.expect(out, h.ifs[0], icmpErr(a, b, got), ReasonDropDefaultDeny)
+		// Received about someone else's packet.
+		h.expect(in, h.ifs[0], icmpErr(r, a, got), ReasonDropDefaultDeny)
+	}
+}

@@ -41,10 +41,10 @@
 // Conntrack: an LRU hash keyed by the 5-tuple plus the interface, so each end
 // of a container-to-container flow keeps its own entry. A hit in the original
 // or reply direction passes (established, reply); an ICMP error quoting a
-// tracked flow passes (related). ICMP types other than echo are flows of
-// their own (the type is in the key), so one admitted type lets no other
-// through. A bare TCP SYN and an ICMP echo request
-// open flows and are never taken for replies. When the config map's policy revision differs
+// tracked flow, sent to the quoted packet's source, passes (related). ICMP
+// types other than echo are flows of their own (the type is in the key), so
+// one admitted type lets no other through. A bare TCP SYN and an ICMP echo
+// request open flows and are never taken for replies. When the config map's policy revision differs
 // from the revision stored in the entry, the flow is judged again as its first
 // packet was; if the policy now denies it, the packet drops and the entry is
 // deleted (events carry the revalidated flag). TCP entries follow SYN, FIN
