@@ -592,6 +592,14 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		if ((bpf_ntohl(ip6.vtc_flow) >> 28) != 6 ||
 		    off + sizeof(ip6) + bpf_ntohs(ip6.payload_len) > skb->len)
 			return REASON_DROP_MALFORMED_L3;
+		/* An IPv4-mapped source (::ffff:a.b.c.d) never appears on the
+		 * wire (RFC 4291 2.5.5.2). It would have the IPv4 address's
+		 * identity (ipcache_identity): a world sender could pass for an
+		 * endpoint; judged as world instead, it would slip past a rule
+		 * denying that IPv4 address. Neither: it is malformed. */
+		const __u32 *sw = (const __u32 *)ip6.saddr;
+		if ((sw[0] | sw[1]) == 0 && sw[2] == bpf_htonl(0x0000ffff))
+			return REASON_DROP_MALFORMED_L3;
 		p->tuple.family = 6;
 		p->hop_limit = ip6.hop_limit;
 		__builtin_memcpy(p->tuple.saddr, ip6.saddr, 16);
@@ -657,8 +665,18 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	return 0;
 }
 
+/* The identity of an address. An IPv4-mapped IPv6 address (::ffff:a.b.c.d)
+ * has its IPv4 address's (policy decision 27; the writer unmaps prefixes):
+ * a destination only, since parse drops a packet with a mapped source. */
 static __always_inline __u32 ipcache_identity(__u8 family, const __u8 *addr)
 {
+	if (family == 6) {
+		const __u32 *w = (const __u32 *)addr;
+		if ((w[0] | w[1]) == 0 && w[2] == bpf_htonl(0x0000ffff)) {
+			family = 4;
+			addr += 12;
+		}
+	}
 	if (family == 4) {
 		__u32 a = *(const __u32 *)addr;
 		__u32 idx = ipc4_set_of(a);

@@ -944,3 +944,30 @@ func TestRelatedICMPErrorGoesToTheQuotedSource(t *testing.T) {
 		h.expect(in, h.ifs[0], icmpErr(r, a, got), ReasonDropDefaultDeny)
 	}
 }
+
+// TestIPv4MappedPeerCountsAsIPv4: a peer's IPv4-mapped IPv6 address
+// (::ffff:a.b.c.d) has the identity of the IPv4 address (decision 27, as
+// the evaluator and policy trace have it), so a rule about B or about an
+// IPv4 CIDR is not passed by an IPv6 packet to B's address in mapped form.
+// A mapped source never appears on the wire (RFC 4291): such a packet is
+// malformed, both ways, so it can neither pass for B nor slip past a rule
+// about B's IPv4 address as world.
+func TestIPv4MappedPeerCountsAsIPv4(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	cidrID := policies.Identity(1 << 24)
+	must(t, h.dp.IPCacheSet(netip.MustParsePrefix("192.0.2.0/24"), cidrID))
+	h.sync(policies.IdentityPolicy{Identity: idA, Entries: []policies.Entry{
+		entry(out, idB, policies.ProtoUDP, 53, 16, policies.Deny, 1),
+		entry(out, cidrID, policies.ProtoUDP, 53, 16, policies.Deny, 2),
+	}})
+	mapped := func(a netip.Addr) netip.Addr { return netip.AddrFrom16(a.As16()) }
+	for _, dst := range []netip.Addr{addrB, addrW} {
+		h.expect(out, h.ifs[0], udp(addrA, dst, 1000, 53), ReasonDropPolicy)
+		h.expect(out, h.ifs[0], udp(addrA6, mapped(dst), 1000, 53), ReasonDropPolicy)
+	}
+	h.expect(out, h.ifs[0], udp(addrA6, addrW6, 1000, 53), ReasonAllowDefault)
+	h.expect(out, h.ifs[0], udp(addrA6, mapped(netip.MustParseAddr("198.51.100.1")), 1000, 53), ReasonAllowDefault)
+	h.expect(in, h.ifs[0], udp(mapped(addrB), addrA6, 53, 1000), ReasonDropMalformedL3)
+	h.expect(in, h.ifs[0], udp(mapped(addrW), addrA6, 53, 1000), ReasonDropMalformedL3)
+	h.expect(out, h.ifs[0], udp(mapped(addrA), addrW6, 1000, 53), ReasonDropMalformedL3)
+}

@@ -25,7 +25,9 @@
 // pass, reason neighbor, whatever the policy, while they stay on the link
 // (datapath.c on_link; otherwise the policy judges them by type); other
 // non-IP ethertypes drop (unsupported-l3); a truncated or invalid IPv4/IPv6
-// header drops (malformed-l3), a truncated TCP/UDP/SCTP/ICMP header drops
+// header drops (malformed-l3; so does an IPv6 packet from an IPv4-mapped
+// address, while one to such an address is judged as to the IPv4 address),
+// a truncated TCP/UDP/SCTP/ICMP header drops
 // (malformed-l4); IPv6 extension headers are walked up to 8 deep (deeper:
 // ipv6-ext-headers). The endpoint comes from the endpoints map by the skb's
 // ifindex; an interface not in it is identity init (5) and is dropped
