@@ -1034,6 +1034,22 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 		emit(skb, &p, EVENT_DROP, REASON_DROP_SPOOFED_SOURCE, dir, 0, ep, local, &v);
 		return VERDICT_DROP;
 	}
+	/* What reaches an endpoint is addressed to it: a container that sends
+	 * a frame from another's MAC address makes the bridge forward that
+	 * one's traffic to its port, where it would be judged (and received,
+	 * by a packet socket) as if it were its own. A destination of another
+	 * identity (an endpoint, the host) drops, whatever the endpoint
+	 * enforces; world and CIDR identities (multicast, broadcast, addresses
+	 * not known yet) pass on. */
+	if (dir == DIR_INGRESS && ep && local != IDENTITY_INIT && p.tuple.family) {
+		__u32 to = ipcache_identity(p.tuple.family, p.tuple.daddr);
+		if (to != local && to != IDENTITY_WORLD && to < FIRST_CIDR_IDENTITY) {
+			count(REASON_DROP_NOT_ADDRESSED, dir, skb->len);
+			v.remote = to;
+			emit(skb, &p, EVENT_DROP, REASON_DROP_NOT_ADDRESSED, dir, 0, ep, local, &v);
+			return VERDICT_DROP;
+		}
+	}
 	/* ND and MLD that a router carries to or from the world fall through:
 	 * the policy judges them by their ICMPv6 type. */
 	if (p.neighbor && (skb->protocol == bpf_htons(ETH_P_ARP) || on_link(&p, dir))) {

@@ -27,12 +27,15 @@
 // non-IP ethertypes drop (unsupported-l3); a truncated or invalid IPv4/IPv6
 // header drops (malformed-l3; so does an IPv6 packet from an IPv4-mapped
 // address, while one to such an address is judged as to the IPv4 address),
-// a truncated TCP/UDP/SCTP/ICMP header drops
-// (malformed-l4); IPv6 extension headers are walked up to 8 deep (deeper:
-// ipv6-ext-headers). The endpoint comes from the endpoints map by the skb's
-// ifindex; an interface not in it is identity init (5) and is dropped
-// (unknown-endpoint) unless Config.UnknownEndpoint is "allow", in which case
-// init's policy judges it. A direction the endpoint does not enforce passes.
+// a truncated TCP/UDP/SCTP/ICMP header drops (malformed-l4); IPv6
+// extension headers are walked up to 8 deep (deeper: ipv6-ext-headers). The
+// endpoint comes from the endpoints map by the skb's ifindex; an interface
+// not in it is identity init (5) and is dropped (unknown-endpoint) unless
+// Config.UnknownEndpoint is "allow", in which case init's policy judges it.
+// What an endpoint sends must come from an address of its identity
+// (spoofed-source); what it receives must be addressed to one, or to an
+// address of no endpoint and not the host (not-addressed). A direction the
+// endpoint does not enforce passes.
 //
 // Fragments: a first fragment is judged like any packet and leaves its ports
 // in the fragments map (keyed by addresses, IP id and protocol); a later

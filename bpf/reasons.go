@@ -47,8 +47,13 @@ const (
 	// the proxy's (it lacks proxy.MarkProxyListener): a process took the
 	// port while membraned was down.
 	ReasonDropProxyForeign Reason = 28
+	// ReasonDropNotAddressed: a packet reached an endpoint's veth that is
+	// addressed to another endpoint or the host (a container that took
+	// another's MAC address in the bridge's forwarding table draws its
+	// traffic).
+	ReasonDropNotAddressed Reason = 29
 
-	reasonMax       = 29
+	reasonMax       = 30
 	reasonFirstDrop = 16
 )
 
@@ -79,6 +84,7 @@ var reasonNames = map[Reason]string{
 	ReasonDropProxyNoBridge:   "proxy-no-bridge",
 	ReasonDropSpoofedSource:   "spoofed-source",
 	ReasonDropProxyForeign:    "proxy-foreign-listener",
+	ReasonDropNotAddressed:    "not-addressed",
 }
 
 func (r Reason) String() string {

@@ -118,7 +118,8 @@ enum reason {
 	REASON_DROP_PROXY_NO_BRIDGE = 26, /* L7 redirect: the endpoint has no bridge to send it through */
 	REASON_DROP_SPOOFED_SOURCE = 27, /* an endpoint sent from an address (IP or ARP) of another identity */
 	REASON_DROP_PROXY_FOREIGN = 28, /* L7 redirect: the socket on the proxy port is not the proxy's (bridge program) */
-	REASON_MAX = 29,
+	REASON_DROP_NOT_ADDRESSED = 29, /* to an endpoint, a packet addressed to another identity's address */
+	REASON_MAX = 30,
 };
 #define REASON_FIRST_DROP 16
 /* Counter slot for ring-buffer records that could not be reserved. */
