@@ -737,9 +737,19 @@ static __always_inline int on_link(const struct pkt *p, __u8 dir)
 	return id != IDENTITY_WORLD && id < FIRST_CIDR_IDENTITY;
 }
 
+/* own: id, read from an address the endpoint sends from or claims, may be
+ * its own. An endpoint whose identity is not known yet (init) may use no
+ * address of another endpoint or of the host: only world and CIDR ones. */
+static __always_inline int own(__u32 id, __u32 local)
+{
+	if (local == IDENTITY_INIT)
+		return id == IDENTITY_WORLD || id >= FIRST_CIDR_IDENTITY;
+	return id == local;
+}
+
 /* spoofed: the packet's source address (or the address an ARP sender or
  * a neighbour advertisement's target claims) belongs to another identity
- * than local. Neighbour discovery and MLD may come from link-local or
+ * than local (see own). Neighbour discovery and MLD may come from link-local or
  * unspecified addresses, which the ipcache does not hold; those pass. From
  * any other address they are checked like the rest: a neighbour or router
  * solicitation updates its receivers' neighbour entry for its source
@@ -757,7 +767,7 @@ static __always_inline int spoofed(struct __sk_buff *skb, struct pkt *p, __u32 l
 			return 1;
 		if (!*(__u32 *)p->tuple.saddr) /* a probe: "who has", from no address yet */
 			return 0;
-		return ipcache_identity(4, p->tuple.saddr) != local;
+		return !own(ipcache_identity(4, p->tuple.saddr), local);
 	}
 	if (p->nd_target_off) {
 		/* A neighbour advertisement claims its target address, as ARP its
@@ -767,12 +777,12 @@ static __always_inline int spoofed(struct __sk_buff *skb, struct pkt *p, __u32 l
 		__u8 target[16];
 		if (bpf_skb_load_bytes(skb, p->nd_target_off, target, 16) < 0)
 			return 1;
-		if (!(target[0] == 0xfe && (target[1] & 0xc0) == 0x80) && ipcache_identity(6, target) != local)
+		if (!(target[0] == 0xfe && (target[1] & 0xc0) == 0x80) && !own(ipcache_identity(6, target), local))
 			return 1;
 	}
 	if (p->neighbor && link_local_or_unspecified(p->tuple.saddr))
 		return 0;
-	return ipcache_identity(p->tuple.family, p->tuple.saddr) != local;
+	return !own(ipcache_identity(p->tuple.family, p->tuple.saddr), local);
 }
 
 /* A policy entry from membrane_policy4; 0 when it is not there (or was
@@ -1026,9 +1036,12 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 	 * of a packet's source is read from its address, and an endpoint that
 	 * sent from another's (the host's, a neighbour's), or claimed one in
 	 * ARP to take its replies, would pass for it. Checked before anything
-	 * may pass, whatever the endpoint enforces. An endpoint whose labels
-	 * are not known yet (init) is left to the policy. */
-	if (dir == DIR_EGRESS && ep && local != IDENTITY_INIT && spoofed(skb, &p, local)) {
+	 * may pass, whatever the endpoint enforces. An interface whose
+	 * endpoint is not known yet (init) is checked too where its traffic
+	 * is let through (CFG_UNKNOWN_ALLOW): its own addresses are not known
+	 * yet, but those of the endpoints and the host are not its own. */
+	if (dir == DIR_EGRESS && ((ep && local != IDENTITY_INIT) || (cfg->flags & CFG_UNKNOWN_ALLOW)) &&
+	    spoofed(skb, &p, local)) {
 		count(REASON_DROP_SPOOFED_SOURCE, dir, skb->len);
 		v.remote = ipcache_identity(p.tuple.family, p.tuple.daddr);
 		emit(skb, &p, EVENT_DROP, REASON_DROP_SPOOFED_SOURCE, dir, 0, ep, local, &v);

@@ -421,14 +421,17 @@ func TestAuditPassesAndReports(t *testing.T) {
 func TestUnknownEndpoint(t *testing.T) {
 	h := twoEndpoints(t, Config{})
 	unknown := h.ifs[2]
-	h.expect(out, unknown, tcp(addrA, addrW, 1, 80, tcpSYN), ReasonDropUnknown)
+	// Its address is not in the ipcache yet (an endpoint's would be
+	// spoofed-source: TestUnknownEndpointCannotPassForAnother).
+	src := netip.MustParseAddr("10.1.0.9")
+	h.expect(out, unknown, tcp(src, addrW, 1, 80, tcpSYN), ReasonDropUnknown)
 	must(t, h.dp.SetUnknownEndpoint(UnknownAllow))
-	h.expect(out, unknown, tcp(addrA, addrW, 2, 80, tcpSYN), ReasonAllowDefault)
+	h.expect(out, unknown, tcp(src, addrW, 2, 80, tcpSYN), ReasonAllowDefault)
 	h.sync(policies.IdentityPolicy{Identity: policies.IdentityInit, EgressDefaultDeny: true, Entries: []policies.Entry{
 		entry(out, policies.IdentityAny, policies.ProtoUDP, 53, 16, policies.Allow, 1),
 	}})
-	h.expect(out, unknown, tcp(addrA, addrW, 3, 80, tcpSYN), ReasonDropDefaultDeny)
-	h.expect(out, unknown, udp(addrA, addrW, 3, 53), ReasonAllowPolicy)
+	h.expect(out, unknown, tcp(src, addrW, 3, 80, tcpSYN), ReasonDropDefaultDeny)
+	h.expect(out, unknown, udp(src, addrW, 3, 53), ReasonAllowPolicy)
 	// ARP always passes, known or not.
 	must(t, h.dp.SetUnknownEndpoint(UnknownDrop))
 	arp := make([]byte, 14+28)
@@ -970,4 +973,50 @@ func TestIPv4MappedPeerCountsAsIPv4(t *testing.T) {
 	h.expect(in, h.ifs[0], udp(mapped(addrB), addrA6, 53, 1000), ReasonDropMalformedL3)
 	h.expect(in, h.ifs[0], udp(mapped(addrW), addrA6, 53, 1000), ReasonDropMalformedL3)
 	h.expect(out, h.ifs[0], udp(mapped(addrA), addrW6, 1000, 53), ReasonDropMalformedL3)
+}
+
+// TestUnknownEndpointCannotPassForAnother: with unknown_endpoint "allow",
+// the traffic of a veth whose endpoint is not known yet (identity init) is
+// judged by init's policy, and its source address names its identity to
+// the receivers as for anyone. Sent from an address of an endpoint or of
+// the host, it would pass for them at every receiver's ingress; so it may
+// send only from addresses that are neither (its own is not known yet), or
+// it is spoofed-source, ARP claims included. With "drop" it stays
+// unknown-endpoint.
+func TestUnknownEndpointCannotPassForAnother(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	host := netip.MustParseAddr("10.1.0.1")
+	must(t, h.dp.IPCacheSet(netip.PrefixFrom(host, 32), policies.IdentityHost))
+	must(t, h.dp.IPCacheSet(netip.MustParsePrefix("10.0.0.0/8"), 1<<24))
+	unknown := h.ifs[2]
+	fresh, fresh6 := netip.MustParseAddr("10.1.0.9"), netip.MustParseAddr("fd00::9")
+	must(t, h.dp.SetUnknownEndpoint(UnknownAllow))
+	for _, c := range []struct {
+		src, dst netip.Addr
+		want     Reason
+	}{
+		{addrB, addrA, ReasonDropSpoofedSource},
+		{host, addrA, ReasonDropSpoofedSource},
+		{addrB6, addrA6, ReasonDropSpoofedSource},
+		{fresh, addrA, ReasonAllowDefault},  // in the 10.0.0.0/8 CIDR identity
+		{fresh6, addrA6, ReasonAllowDefault}, // world
+	} {
+		h.expect(out, unknown, tcp(c.src, c.dst, 7, 22, tcpSYN), c.want)
+	}
+	arp := func(sender netip.Addr) []byte {
+		b := make([]byte, 14+28)
+		b[12], b[13] = 0x08, 0x06
+		copy(b[14+14:], sender.AsSlice())
+		return b
+	}
+	for _, c := range []struct {
+		sender netip.Addr
+		want   Reason
+	}{{addrB, ReasonDropSpoofedSource}, {host, ReasonDropSpoofedSource}, {fresh, ReasonAllowNeighbor}} {
+		if r, _ := h.verdict(out, unknown, arp(c.sender)); r != c.want {
+			t.Errorf("ARP from an unknown endpoint claiming %v: %v, want %v", c.sender, r, c.want)
+		}
+	}
+	must(t, h.dp.SetUnknownEndpoint(UnknownDrop))
+	h.expect(out, unknown, tcp(addrB, addrA, 8, 22, tcpSYN), ReasonDropUnknown)
 }

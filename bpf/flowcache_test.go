@@ -146,7 +146,9 @@ func TestFlowCache(t *testing.T) {
 	ack, _ = open(40005)
 	must(t, h.dp.DeleteEndpoint(h.ifs[0]))
 	h.expect(out, h.ifs[0], ack, ReasonDropUnknown)
-	// Unknown endpoints are allowed, then dropped again.
+	// Unknown endpoints are allowed, then dropped again. (Its address goes
+	// too: an unknown endpoint may not send from an endpoint's address.)
+	must(t, h.dp.IPCacheDelete(netip.PrefixFrom(addrA, 32)))
 	must(t, h.dp.SetUnknownEndpoint(UnknownAllow))
 	syn := tcp(addrA, addrB, 40006, 80, tcpSYN)
 	h.expect(out, h.ifs[0], syn, ReasonAllowDefault)
