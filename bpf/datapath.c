@@ -1053,8 +1053,10 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 	 * by a packet socket) as if it were its own. A destination of another
 	 * identity (an endpoint, the host) drops, whatever the endpoint
 	 * enforces; world and CIDR identities (multicast, broadcast, addresses
-	 * not known yet) pass on. */
-	if (dir == DIR_INGRESS && ep && local != IDENTITY_INIT && p.tuple.family) {
+	 * not known yet) pass on. So for an interface whose endpoint is not
+	 * known yet, where its traffic is let through. */
+	if (dir == DIR_INGRESS && ((ep && local != IDENTITY_INIT) || (cfg->flags & CFG_UNKNOWN_ALLOW)) &&
+	    p.tuple.family) {
 		__u32 to = ipcache_identity(p.tuple.family, p.tuple.daddr);
 		if (to != local && to != IDENTITY_WORLD && to < FIRST_CIDR_IDENTITY) {
 			count(REASON_DROP_NOT_ADDRESSED, dir, skb->len);

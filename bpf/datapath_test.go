@@ -1017,6 +1017,11 @@ func TestUnknownEndpointCannotPassForAnother(t *testing.T) {
 			t.Errorf("ARP from an unknown endpoint claiming %v: %v, want %v", c.sender, r, c.want)
 		}
 	}
+	// Nor does it receive what is addressed to them (not-addressed).
+	h.expect(in, unknown, tcp(addrW, addrB, 9, 22, tcpSYN), ReasonDropNotAddressed)
+	h.expect(in, unknown, tcp(addrW, host, 9, 22, tcpSYN), ReasonDropNotAddressed)
+	h.expect(in, unknown, tcp(addrW, fresh, 9, 22, tcpSYN), ReasonAllowDefault)
 	must(t, h.dp.SetUnknownEndpoint(UnknownDrop))
 	h.expect(out, unknown, tcp(addrB, addrA, 8, 22, tcpSYN), ReasonDropUnknown)
+	h.expect(in, unknown, tcp(addrW, addrB, 9, 22, tcpSYN), ReasonDropUnknown)
 }
