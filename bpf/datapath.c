@@ -617,12 +617,18 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 				return REASON_DROP_MALFORMED_L3;
 			if (proto == NEXTHDR_FRAGMENT) {
 				__u16 fo = ((__u16)h[2] << 8) | h[3];
-				if (fo & 0xfff8)
-					p->later_frag = 1;
-				else if (fo & 1)
-					p->first_frag = 1;
 				__builtin_memcpy(&p->frag_id, &h[4], 4);
 				off += 8;
+				if (fo & 0xfff8) {
+					/* What follows a later fragment's header is
+					 * data, not headers: stop there (no next
+					 * header); its protocol is the first
+					 * fragment's (handle). */
+					p->later_frag = 1;
+					h[0] = NEXTHDR_NONE;
+				} else if (fo & 1) {
+					p->first_frag = 1;
+				}
 			} else if (proto == NEXTHDR_AUTH) {
 				off += ((__u32)h[1] + 2) * 4;
 			} else {
@@ -1083,17 +1089,25 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 	int audit_ep = ep && (ep->flags & EP_AUDIT);
 	__u8 evflags = 0;
 
-	/* Fragments: the first records its ports, later ones borrow them. */
+	/* Fragments: the first records its protocol and ports, later ones
+	 * borrow them. The key holds no protocol: an IPv6 datagram is
+	 * reassembled by addresses and identifier alone, and its later
+	 * fragments show no transport header (extension headers may follow
+	 * the fragment header); IPv4's protocol is the first fragment's too.
+	 * Two datagrams of one address pair and identifier meet in one entry
+	 * only to be judged by the later first fragment's ports, which that
+	 * one was judged by too. */
 	if (p.first_frag || p.later_frag) {
 		struct frag_key fk = {};
 		__builtin_memcpy(fk.saddr, p.tuple.saddr, 16);
 		__builtin_memcpy(fk.daddr, p.tuple.daddr, 16);
 		fk.id = p.frag_id;
-		fk.protocol = p.tuple.protocol;
 		fk.family = p.tuple.family;
 		if (p.first_frag) {
-			struct frag_value fv = {
-				.sport = p.tuple.sport, .dport = p.tuple.dport, .policy_port = p.policy_port};
+			struct frag_value fv = {.sport = p.tuple.sport,
+						.dport = p.tuple.dport,
+						.policy_port = p.policy_port,
+						.protocol = p.tuple.protocol};
 			bpf_map_update_elem(&membrane_frag, &fk, &fv, BPF_ANY);
 		} else {
 			struct frag_value *fv = bpf_map_lookup_elem(&membrane_frag, &fk);
@@ -1105,6 +1119,7 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 			}
 			p.tuple.sport = fv->sport;
 			p.tuple.dport = fv->dport;
+			p.tuple.protocol = fv->protocol;
 			p.policy_port = fv->policy_port;
 			evflags |= EV_F_FRAGMENT;
 		}

@@ -125,7 +125,8 @@ type datapathFragValue struct {
 	Sport      uint16
 	Dport      uint16
 	PolicyPort uint16
-	Pad        uint16
+	Protocol   uint8
+	Pad        uint8
 }
 
 type datapathIpc4Set struct {

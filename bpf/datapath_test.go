@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"net/netip"
 	"testing"
@@ -998,7 +999,7 @@ func TestUnknownEndpointCannotPassForAnother(t *testing.T) {
 		{addrB, addrA, ReasonDropSpoofedSource},
 		{host, addrA, ReasonDropSpoofedSource},
 		{addrB6, addrA6, ReasonDropSpoofedSource},
-		{fresh, addrA, ReasonAllowDefault},  // in the 10.0.0.0/8 CIDR identity
+		{fresh, addrA, ReasonAllowDefault},   // in the 10.0.0.0/8 CIDR identity
 		{fresh6, addrA6, ReasonAllowDefault}, // world
 	} {
 		h.expect(out, unknown, tcp(c.src, c.dst, 7, 22, tcpSYN), c.want)
@@ -1024,4 +1025,59 @@ func TestUnknownEndpointCannotPassForAnother(t *testing.T) {
 	must(t, h.dp.SetUnknownEndpoint(UnknownDrop))
 	h.expect(out, unknown, tcp(addrB, addrA, 8, 22, tcpSYN), ReasonDropUnknown)
 	h.expect(in, unknown, tcp(addrW, addrB, 9, 22, tcpSYN), ReasonDropUnknown)
+}
+
+// TestIPv6FragmentsWithHeadersAfterTheFragmentHeader: extension headers
+// may follow the fragment header (a destination options header for the
+// final destination belongs to the fragmentable part). The later fragments
+// of such a datagram carry data there, not headers; the parser walked that
+// data as headers and dropped them (malformed-l3, or frag-no-flow under a
+// protocol read from the data). They now take the first fragment's
+// protocol and ports, whatever their fragment header's next header says, as
+// reassembly does: allowed when the first was, denied when it was.
+func TestIPv6FragmentsWithHeadersAfterTheFragmentHeader(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	h.sync(policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, Entries: []policies.Entry{
+		entry(out, idB, policies.ProtoUDP, 53, 16, policies.Allow, 1),
+	}})
+	// frag builds an IPv6 fragment: fragment header (next header next,
+	// offset off in 8-byte units), then body.
+	frag := func(id uint32, next uint8, off uint16, more bool, body []byte) []byte {
+		b := udp(addrA6, addrB6, 999, 53).bytes()[:14+40]
+		b[14+6] = 44
+		f := make([]byte, 8)
+		f[0] = next
+		fo := off << 3
+		if more {
+			fo |= 1
+		}
+		binary.BigEndian.PutUint16(f[2:], fo)
+		binary.BigEndian.PutUint32(f[4:], id)
+		b = append(append(b, f...), body...)
+		binary.BigEndian.PutUint16(b[14+4:], uint16(len(b)-14-40))
+		return b
+	}
+	dest := []byte{17, 0, 1, 4, 0, 0, 0, 0} // next header UDP; a PadN option
+	for i, c := range []struct {
+		dport       uint16
+		first, rest Reason
+	}{{53, ReasonAllowPolicy, ReasonAllowEstablished}, {54, ReasonDropDefaultDeny, ReasonDropDefaultDeny}} {
+		id := uint32(500 + i)
+		first := frag(id, 60, 0, true, append(append(append([]byte{}, dest...), udp(addrA6, addrB6, 999, c.dport).l4()...), make([]byte, 16)...))
+		if r, _ := h.verdict(out, h.ifs[0], first); r != c.first {
+			t.Errorf("first fragment to %d: %v, want %v", c.dport, r, c.first)
+		}
+		for _, later := range []struct {
+			name string
+			b    []byte
+		}{
+			{"zeros", frag(id, 60, 4, true, make([]byte, 16))},
+			{"data that reads as a hop-by-hop header", frag(id, 60, 6, true, []byte{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})},
+			{"a next header of TCP", frag(id, 6, 8, false, make([]byte, 16))},
+		} {
+			if r, _ := h.verdict(out, h.ifs[0], later.b); r != c.rest {
+				t.Errorf("later fragment to %d (%s): %v, want %v", c.dport, later.name, r, c.rest)
+			}
+		}
+	}
 }

@@ -208,7 +208,7 @@ struct frag_key {
 	__u8 saddr[16];
 	__u8 daddr[16];
 	__u32 id;
-	__u8 protocol;
+	__u8 protocol; /* 0: the protocol is the first fragment's, in the value */
 	__u8 family;
 	__u16 pad;
 };
@@ -217,7 +217,8 @@ struct frag_value {
 	__u16 sport;
 	__u16 dport;
 	__u16 policy_port;
-	__u16 pad;
+	__u8 protocol; /* the first fragment's transport protocol */
+	__u8 pad;
 };
 
 struct config {
