@@ -1038,15 +1038,32 @@ func startH2Upstream(t *testing.T, h http.Handler) netip.AddrPort {
 // headerRuleResolver allows requests that carry header name with value
 // ("" = present), and nothing else.
 func headerRuleResolver(name, value string) *proxy.StaticResolver {
+	return ruleResolver("hdr", policies.HTTPRule{Headers: map[string]string{name: value}})
+}
+
+// ruleResolver decides every connection 300 -> 400 with rule, the one rule
+// of the destination's ingress, of a policy named policy.
+func ruleResolver(policy string, rule policies.HTTPRule) *proxy.StaticResolver {
 	return &proxy.StaticResolver{
 		Decision: proxy.Decision{SrcIdentity: 300, DstIdentity: 400, Checks: []proxy.Check{{
 			Direction: policies.Ingress,
-			Rules: policies.L7Set{Rules: []policies.L7Rule{{RuleID: 1, HTTP: policies.HTTPRule{
-				Headers: map[string]string{name: value},
-			}}}},
+			Rules:     policies.L7Set{Rules: []policies.L7Rule{{RuleID: 1, HTTP: rule}}},
 		}}},
-		Names: map[uint32]string{1: "hdr"},
+		Names: map[uint32]string{1: policy},
 	}
+}
+
+// h2Send sends req with the h2c client c and returns the response's
+// protocol, status and body.
+func h2Send(t *testing.T, c *http.Client, req *http.Request) (proto string, status int, body string) {
+	t.Helper()
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("HTTP/2 %s %s: %v", req.Method, req.URL, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.Proto, resp.StatusCode, string(b)
 }
 
 // TestHopByHopFieldNotJudged: a hop-by-hop field does not reach the server,

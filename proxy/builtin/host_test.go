@@ -17,7 +17,6 @@ import (
 	"github.com/membrane-fw/membrane/internal/testenv"
 
 	"github.com/membrane-fw/membrane/policies"
-	"github.com/membrane-fw/membrane/proxy"
 )
 
 // TestUpperCaseHostRefusedWhereHostIsJudged: host patterns ignore case,
@@ -33,13 +32,7 @@ func TestUpperCaseHostRefusedWhereHostIsJudged(t *testing.T) {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "internal") })
 	up := startH2Upstream(t, mux)
 	rule := policies.HTTPRule{Host: regexp.MustCompile(`(?i)^(?:api\.example\.com)$`), HostSrc: `api\.example\.com`}
-	r := &proxy.StaticResolver{
-		Decision: proxy.Decision{SrcIdentity: 300, DstIdentity: 400, Checks: []proxy.Check{{
-			Direction: policies.Ingress,
-			Rules:     policies.L7Set{Rules: []policies.L7Rule{{RuleID: 1, HTTP: rule}}},
-		}}},
-		Names: map[uint32]string{1: "api"},
-	}
+	r := ruleResolver("api", rule)
 	addr, _ := engineFor(t, up, r)
 	direct := dialClient(t, up.String())
 	direct.send("GET /x HTTP/1.1\r\nHost: API.example.com\r\n\r\n")
@@ -70,14 +63,8 @@ func TestUpperCaseHostRefusedWhereHostIsJudged(t *testing.T) {
 			t.Fatal(err)
 		}
 		req.Host = tc.host
-		hr, err := h2.Do(req)
-		if err != nil {
-			t.Fatalf("HTTP/2 Host %q: %v", tc.host, err)
-		}
-		b, _ := io.ReadAll(hr.Body)
-		hr.Body.Close()
-		if hr.ProtoMajor != 2 || hr.StatusCode != tc.want || tc.want == 200 && string(b) != tc.body {
-			t.Errorf("HTTP/2 Host %q: %s %d %q, want %d %q", tc.host, hr.Proto, hr.StatusCode, b, tc.want, tc.body)
+		if proto, status, b := h2Send(t, h2, req); proto != "HTTP/2.0" || status != tc.want || tc.want == 200 && b != tc.body {
+			t.Errorf("HTTP/2 Host %q: %s %d %q, want %d %q", tc.host, proto, status, b, tc.want, tc.body)
 		}
 	}
 	// Without a rule on the host, the host is not judged and passes as sent.
@@ -101,13 +88,7 @@ func TestEncodedSlashForwardedAsJudged(t *testing.T) {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "internal "+r.URL.EscapedPath()) })
 	up := startH2Upstream(t, mux)
 	rule := policies.HTTPRule{Path: regexp.MustCompile(`^(?:/api/.*)$`), PathSrc: `/api/.*`}
-	r := &proxy.StaticResolver{
-		Decision: proxy.Decision{SrcIdentity: 300, DstIdentity: 400, Checks: []proxy.Check{{
-			Direction: policies.Ingress,
-			Rules:     policies.L7Set{Rules: []policies.L7Rule{{RuleID: 1, HTTP: rule}}},
-		}}},
-		Names: map[uint32]string{1: "api"},
-	}
+	r := ruleResolver("api", rule)
 	addr, _ := engineFor(t, up, r)
 	direct := dialClient(t, up.String())
 	direct.send("GET /api%2Fadmin HTTP/1.1\r\nHost: svc\r\n\r\n")
@@ -132,14 +113,8 @@ func TestEncodedSlashForwardedAsJudged(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		hr, err := h2.Do(req)
-		if err != nil {
-			t.Fatalf("HTTP/2 %s: %v", tc.target, err)
-		}
-		b, _ := io.ReadAll(hr.Body)
-		hr.Body.Close()
-		if hr.ProtoMajor != 2 || hr.StatusCode != 200 || string(b) != tc.want {
-			t.Errorf("HTTP/2 %s: %s %d %q, want 200 %q", tc.target, hr.Proto, hr.StatusCode, b, tc.want)
+		if proto, status, b := h2Send(t, h2, req); proto != "HTTP/2.0" || status != 200 || b != tc.want {
+			t.Errorf("HTTP/2 %s: %s %d %q, want 200 %q", tc.target, proto, status, b, tc.want)
 		}
 	}
 }
@@ -200,13 +175,7 @@ func startNodeRouter(t *testing.T) netip.AddrPort {
 func TestEncodedUnreservedForwardedAsJudged(t *testing.T) {
 	up := startNodeRouter(t)
 	rule := policies.HTTPRule{Path: regexp.MustCompile(`^(?:/api/.*)$`), PathSrc: `/api/.*`}
-	r := &proxy.StaticResolver{
-		Decision: proxy.Decision{SrcIdentity: 300, DstIdentity: 400, Checks: []proxy.Check{{
-			Direction: policies.Ingress,
-			Rules:     policies.L7Set{Rules: []policies.L7Rule{{RuleID: 1, HTTP: rule}}},
-		}}},
-		Names: map[uint32]string{1: "api"},
-	}
+	r := ruleResolver("api", rule)
 	addr, _ := engineFor(t, up, r)
 	direct := dialClient(t, up.String())
 	direct.send("GET /%61pi/x HTTP/1.1\r\nHost: svc\r\n\r\n")

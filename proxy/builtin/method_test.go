@@ -8,7 +8,6 @@ import (
 	"testing"
 
 	"github.com/membrane-fw/membrane/policies"
-	"github.com/membrane-fw/membrane/proxy"
 )
 
 // rackMethod is the method a Rails application acts on:
@@ -38,13 +37,7 @@ func TestMethodOverrideRefusedWhereMethodIsJudged(t *testing.T) {
 		io.WriteString(w, "acted on "+rackMethod(r))
 	}))
 	rule := policies.HTTPRule{Method: regexp.MustCompile(`^(?:GET|POST)$`), MethodSrc: "GET|POST"}
-	r := &proxy.StaticResolver{
-		Decision: proxy.Decision{SrcIdentity: 300, DstIdentity: 400, Checks: []proxy.Check{{
-			Direction: policies.Ingress,
-			Rules:     policies.L7Set{Rules: []policies.L7Rule{{RuleID: 1, HTTP: rule}}},
-		}}},
-		Names: map[uint32]string{1: "api"},
-	}
+	r := ruleResolver("api", rule)
 	addr, _ := engineFor(t, up, r)
 	h2 := h2cTestClient()
 	defer h2.CloseIdleConnections()
@@ -77,14 +70,8 @@ func TestMethodOverrideRefusedWhereMethodIsJudged(t *testing.T) {
 		if tc.field != "" {
 			req.Header[tc.field] = []string{"DELETE"}
 		}
-		hr, err := h2.Do(req)
-		if err != nil {
-			t.Fatalf("HTTP/2 POST with %q: %v", tc.field, err)
-		}
-		b, _ := io.ReadAll(hr.Body)
-		hr.Body.Close()
-		if hr.ProtoMajor != 2 || hr.StatusCode != tc.want || tc.want == 200 && string(b) != tc.body {
-			t.Errorf("HTTP/2 POST with %q: %s %d %q, want %d %q", tc.field, hr.Proto, hr.StatusCode, b, tc.want, tc.body)
+		if proto, status, b := h2Send(t, h2, req); proto != "HTTP/2.0" || status != tc.want || tc.want == 200 && b != tc.body {
+			t.Errorf("HTTP/2 POST with %q: %s %d %q, want %d %q", tc.field, proto, status, b, tc.want, tc.body)
 		}
 	}
 	// Without a rule on the method the field passes.
