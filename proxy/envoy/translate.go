@@ -442,6 +442,21 @@ func methodOverrideSpellings() []string {
 	return out
 }
 
+// refuseField is a route, named name, that answers a request carrying the
+// field (a lower-case name) 400 with body.
+func refuseField(name, field, body string) *route.Route {
+	return &route.Route{
+		Name: name,
+		Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: ""}, Headers: []*route.HeaderMatcher{{
+			Name: field, HeaderMatchSpecifier: &route.HeaderMatcher_PresentMatch{PresentMatch: true},
+		}}},
+		Action: &route.Route_DirectResponse{DirectResponse: &route.DirectResponseAction{
+			Status: 400,
+			Body:   inline(body),
+		}},
+	}
+}
+
 // tokenSeparators are the token characters (RFC 9110 section 5.6.2) that
 // are no letter or digit: what a field name may hold where a judged name
 // has a separator.
@@ -516,32 +531,14 @@ func (t *translator) chain(name string, d proxy.Decision, src, dst []netip.Prefi
 	// route per spelling (fieldAliases), as Envoy matches a header by its
 	// exact (lower-case) name.
 	for _, alias := range fieldAliases(&d) {
-		routes = append(routes, &route.Route{
-			Name: "invalid-header",
-			Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: ""}, Headers: []*route.HeaderMatcher{{
-				Name: alias, HeaderMatchSpecifier: &route.HeaderMatcher_PresentMatch{PresentMatch: true},
-			}}},
-			Action: &route.Route_DirectResponse{DirectResponse: &route.DirectResponseAction{
-				Status: 400,
-				Body:   inline("Bad Request: invalid header\n"),
-			}},
-		})
+		routes = append(routes, refuseField("invalid-header", alias, "Bad Request: invalid header\n"))
 	}
 	// A field servers take for the method, where a rule judges the
 	// method (policies.HTTPMethodOverride): a route per spelling with '-'
 	// and '_' (the built-in engine refuses every separator's).
 	if d.JudgesMethod() {
 		for _, name := range methodOverrideSpellings() {
-			routes = append(routes, &route.Route{
-				Name: "invalid-method-override",
-				Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: ""}, Headers: []*route.HeaderMatcher{{
-					Name: name, HeaderMatchSpecifier: &route.HeaderMatcher_PresentMatch{PresentMatch: true},
-				}}},
-				Action: &route.Route_DirectResponse{DirectResponse: &route.DirectResponseAction{
-					Status: 400,
-					Body:   inline("Bad Request: invalid header: a field that sets the method, which a rule judges\n"),
-				}},
-			})
+			routes = append(routes, refuseField("invalid-method-override", name, "Bad Request: invalid header: a field that sets the method, which a rule judges\n"))
 		}
 	}
 	noRBAC := map[string]*anypb.Any{}
