@@ -248,16 +248,8 @@ func TestHostCaseRouteJudgesAsTheBuiltinEngine(t *testing.T) {
 		if d.JudgesHost() != judged {
 			t.Fatalf("JudgesHost = %v, want %v", d.JudgesHost(), judged)
 		}
-		res, err := Translate(&proxy.StaticResolver{Decision: d}, Options{Port: 15001})
-		if err != nil {
-			t.Fatal(err)
-		}
 		checked := 0
-		for _, x := range res.Routes {
-			vh := x.(*route.RouteConfiguration).VirtualHosts[0]
-			if vh.Name == "deny" {
-				continue
-			}
+		for _, vh := range ruleHosts(t, d) {
 			var rt *route.Route
 			for _, r := range vh.Routes {
 				if r.Name == "invalid-host-case" {
@@ -301,16 +293,8 @@ func TestMethodOverrideRoutesJudgeAsTheBuiltinEngine(t *testing.T) {
 				{RuleID: 1, HTTP: httpRule(method, "/.*", "", nil)},
 			}}},
 		}}
-		res, err := Translate(&proxy.StaticResolver{Decision: d}, Options{Port: 15001})
-		if err != nil {
-			t.Fatal(err)
-		}
 		checked := 0
-		for _, x := range res.Routes {
-			vh := x.(*route.RouteConfiguration).VirtualHosts[0]
-			if vh.Name == "deny" {
-				continue
-			}
+		for _, vh := range ruleHosts(t, d) {
 			checked++
 			for _, field := range []string{
 				"X-HTTP-Method-Override", "x-http-method-override", "X_HTTP_Method_Override", "X-HTTP_Method-Override",
@@ -398,16 +382,8 @@ func TestFieldAliasRoutesJudgeAsTheBuiltinEngine(t *testing.T) {
 			{RuleID: 2, HTTP: httpRule("", "/.*", "", map[string]string{"X-Api-Key_V2": ""})},
 		}}},
 	}}
-	res, err := Translate(&proxy.StaticResolver{Decision: d}, Options{Port: 15001})
-	if err != nil {
-		t.Fatal(err)
-	}
 	checked := 0
-	for _, x := range res.Routes {
-		vh := x.(*route.RouteConfiguration).VirtualHosts[0]
-		if vh.Name == "deny" {
-			continue
-		}
+	for _, vh := range ruleHosts(t, d) {
 		checked++
 		for _, field := range []string{
 			"X-Tenant", "x-tenant", "X_Tenant", "x_TENANT", "X-Tenant-Id", "X_Tenan", "Token", "To_ken",
@@ -489,4 +465,21 @@ func TestIPv6RegexIsParseAddr(t *testing.T) {
 		check(ip.String())
 		check(ip.StringExpanded())
 	}
+}
+
+// ruleHosts translates d and returns the virtual hosts of its rules' filter
+// chains (each route configuration's first; not the deny chain's).
+func ruleHosts(t *testing.T, d proxy.Decision) []*route.VirtualHost {
+	t.Helper()
+	res, err := Translate(&proxy.StaticResolver{Decision: d}, Options{Port: 15001})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*route.VirtualHost
+	for _, x := range res.Routes {
+		if vh := x.(*route.RouteConfiguration).VirtualHosts[0]; vh.Name != "deny" {
+			out = append(out, vh)
+		}
+	}
+	return out
 }
