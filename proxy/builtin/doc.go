@@ -24,8 +24,9 @@
 // pipelined requests are answered in order, and responses are flushed when
 // the client has nothing more buffered. A client that half-closes after
 // its request still gets the response. A WebSocket upgrade, judged at the
-// request, becomes a byte tunnel once the upstream agrees (101), until it
-// idles for the stream idle timeout; an upgrade to h2c is forwarded as a
+// request, becomes a byte tunnel once the upstream agrees (101 with
+// Upgrade: websocket and Connection: upgrade; a bare 101 gets 502), until
+// it idles for the stream idle timeout; an upgrade to h2c is forwarded as a
 // plain request, since its streams could not be judged, and CONNECT and
 // other upgrades are refused. A connection that opens with the HTTP/2
 // preface is handed to net/http's HTTP/2 server, whose streams go through

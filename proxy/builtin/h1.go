@@ -1223,6 +1223,15 @@ func (h *h1) relay(ev *proxy.Event, u *upConn, method string, upgrade bool) bool
 			h.dropUp(u)
 			return h.upstreamFailed(ev, method, fmt.Errorf("%w: 101 to a request that asked no upgrade", errBadResponse), true)
 		}
+		if !switchedToWebSocket(u) {
+			// A 101 without them switched nothing (a server that answers
+			// the status a request names): it reads on as HTTP, and a
+			// tunnel would carry the client's next requests past the
+			// rules. The client's bytes after its request may be frames:
+			// its connection closes.
+			h.dropUp(u)
+			return h.upstreamFailed(ev, method, fmt.Errorf("%w: 101 without Upgrade: websocket and Connection: upgrade", errBadResponse), false)
+		}
 		mode = bodyTunnel
 	case method == http.MethodHead || rs.status < 200 || rs.status == 204 || rs.status == 304:
 		mode = bodyNone
@@ -1374,6 +1383,27 @@ func upgradeOf(u *upConn) []byte {
 		}
 	}
 	return nil
+}
+
+// switchedToWebSocket reports whether u's 101 says what RFC 6455 (section
+// 4.1) has a client check before it takes the connection for WebSocket:
+// Upgrade: websocket and Connection: upgrade. (Envoy's codec switches to
+// a tunnel only on a response with Connection: upgrade and an Upgrade.)
+func switchedToWebSocket(u *upConn) bool {
+	n, ws := 0, false
+	tokens(upgradeOf(u), func(t []byte) {
+		n++
+		ws = equalFold(t, "websocket")
+	})
+	if n != 1 || !ws {
+		return false
+	}
+	for _, t := range u.resp.connTokens {
+		if equalFold(t.of(u.head), "upgrade") {
+			return true
+		}
+	}
+	return false
 }
 
 // tunnel relays bytes both ways after a 101, until either side ends or no

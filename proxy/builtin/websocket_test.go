@@ -1,0 +1,77 @@
+package builtin
+
+import (
+	"io"
+	"net/http"
+	"net/netip"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/membrane-fw/membrane/policies"
+)
+
+// startStatusServer runs a Go net/http server (HTTP/1.1) whose
+// /status/CODE answers CODE with no other field, as httpbin's /status
+// does, and whose other paths answer "served PATH". A 101 from a Go
+// handler switches nothing: the server reads its next request off the
+// connection as HTTP.
+func startStatusServer(t *testing.T) netip.AddrPort {
+	t.Helper()
+	up := startH2Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if code, ok := strings.CutPrefix(r.URL.Path, "/status/"); ok {
+			n, err := strconv.Atoi(code)
+			if err != nil {
+				http.Error(w, "bad code", http.StatusBadRequest)
+				return
+			}
+			w.WriteHeader(n)
+			return
+		}
+		io.WriteString(w, "served "+r.URL.Path)
+	}))
+	return up
+}
+
+// TestWebSocket101WithoutUpgradeNotTunnelled: a 101 that names no
+// WebSocket upgrade (Upgrade: websocket, Connection: upgrade) is a server
+// that switched nothing, such as one that answers a status a request
+// asks for: a tunnel over it would carry the client's next requests to a
+// server that reads them as HTTP, past the rules. With a rule that allows
+// /status/.* only, GET /admin after such a "101" reaches the server
+// directly; through the proxy the 101 is refused (502) and the
+// connection closes, so /admin is judged (and refused) on a connection of
+// its own.
+func TestWebSocket101WithoutUpgradeNotTunnelled(t *testing.T) {
+	up := startStatusServer(t)
+	const upgrade = "GET /status/101 HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n" +
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+	const admin = "GET /admin HTTP/1.1\r\nHost: svc\r\n\r\n"
+	direct := dialClient(t, up.String())
+	direct.send(upgrade)
+	if resp, _ := direct.read("GET"); resp.StatusCode != 101 || resp.Header.Get("Upgrade") != "" {
+		t.Fatalf("/status/101 straight to the server: %d %v, want a bare 101 (else the test shows nothing)", resp.StatusCode, resp.Header)
+	}
+	direct.send(admin)
+	if resp, body := direct.read("GET"); resp.StatusCode != 200 || body != "served /admin" {
+		t.Fatalf("GET /admin after the bare 101, straight to the server: %d %q; want it served as HTTP (else the test shows nothing)", resp.StatusCode, body)
+	}
+
+	rule := policies.HTTPRule{Path: regexp.MustCompile(`^(?:/status/.*)$`), PathSrc: `/status/.*`}
+	addr, _ := engineFor(t, up, ruleResolver("status", rule))
+	c := dialClient(t, addr)
+	c.send(upgrade)
+	resp, _ := c.read("GET")
+	if resp.StatusCode == 101 {
+		c.send(admin)
+		if resp, body := c.read("GET"); resp.StatusCode == 200 {
+			t.Fatalf("through the proxy, GET /admin after the bare 101 reached the server: %d %q", resp.StatusCode, body)
+		}
+		t.Fatalf("through the proxy, the bare 101 became a tunnel")
+	}
+	if resp.StatusCode != http.StatusBadGateway || !resp.Close {
+		t.Fatalf("through the proxy, the bare 101: %d (close %v), want 502 and the connection closed", resp.StatusCode, resp.Close)
+	}
+	c.expectEOF()
+}
