@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/membrane-fw/membrane/policies"
+	"github.com/membrane-fw/membrane/proxy"
 )
 
 // startStatusServer runs a Go net/http server (HTTP/1.1) whose
@@ -59,7 +60,13 @@ func TestWebSocket101WithoutUpgradeNotTunnelled(t *testing.T) {
 	}
 
 	rule := policies.HTTPRule{Path: regexp.MustCompile(`^(?:/status/.*)$`), PathSrc: `/status/.*`}
-	addr, _ := engineFor(t, up, ruleResolver("status", rule))
+	addr, events := engineFor(t, up, ruleResolver("status", rule))
+	// A 101 to a request that asked no upgrade was refused already.
+	plain := dialClient(t, addr)
+	plain.send("GET /status/101 HTTP/1.1\r\nHost: svc\r\n\r\n")
+	if resp, _ := plain.read("GET"); resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("a 101 to a plain request through the proxy: %d, want 502", resp.StatusCode)
+	}
 	c := dialClient(t, addr)
 	c.send(upgrade)
 	resp, _ := c.read("GET")
@@ -74,4 +81,41 @@ func TestWebSocket101WithoutUpgradeNotTunnelled(t *testing.T) {
 		t.Fatalf("through the proxy, the bare 101: %d (close %v), want 502 and the connection closed", resp.StatusCode, resp.Close)
 	}
 	c.expectEOF()
+	for range 2 { // the plain request's, then the upgrade's
+		if ev := <-events; ev.Verdict != proxy.VerdictError || ev.Status != http.StatusBadGateway || ev.Path != "/status/101" {
+			t.Errorf("event %+v, want an error with 502", ev)
+		}
+	}
+}
+
+// TestBytesAfterUnacceptedUpgradeAreJudged: a client may send bytes
+// after its upgrade request before the answer (WebSocket frames, or
+// another request). Until the server agrees (101), they stay with the
+// proxy: when it answers otherwise, as a Go server does to an upgrade on
+// a path that serves none, they are read as the next request and judged,
+// where the server would have served them (Envoy forwards them before the
+// answer; docs/policy.md says so).
+func TestBytesAfterUnacceptedUpgradeAreJudged(t *testing.T) {
+	up := startStatusServer(t)
+	const req = "GET /status/200 HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n" +
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n" +
+		"GET /admin HTTP/1.1\r\nHost: svc\r\n\r\n"
+	direct := dialClient(t, up.String())
+	direct.send(req)
+	if resp, _ := direct.read("GET"); resp.StatusCode != 200 {
+		t.Fatalf("the upgrade straight to the server: %d, want 200 (else the test shows nothing)", resp.StatusCode)
+	}
+	if resp, body := direct.read("GET"); resp.StatusCode != 200 || body != "served /admin" {
+		t.Fatalf("the bytes after it, straight to the server: %d %q, want /admin served (else the test shows nothing)", resp.StatusCode, body)
+	}
+	rule := policies.HTTPRule{Path: regexp.MustCompile(`^(?:/status/.*)$`), PathSrc: `/status/.*`}
+	addr, _ := engineFor(t, up, ruleResolver("status", rule))
+	c := dialClient(t, addr)
+	c.send(req)
+	if resp, _ := c.read("GET"); resp.StatusCode != 200 {
+		t.Fatalf("the upgrade through the proxy: %d, want the server's 200", resp.StatusCode)
+	}
+	if resp, body := c.read("GET"); resp.StatusCode != 403 {
+		t.Fatalf("the bytes after it through the proxy: %d %q, want them judged: 403", resp.StatusCode, body)
+	}
 }
