@@ -42,6 +42,7 @@ package policies
 
 import (
 	"net/netip"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -550,6 +551,12 @@ func l7For(allows []*Rule, c Connection) *L7Result {
 		}
 		if why == "" && JudgesHost(l7.Rules) {
 			why = HTTPHostCase(c.HTTP.Host)
+			for field := range c.HTTP.Headers {
+				if why != "" {
+					break
+				}
+				why = HTTPForwardedHostAlias(field)
+			}
 		}
 		if why == "" && JudgesMethod(l7.Rules) {
 			for field := range c.HTTP.Headers {
@@ -596,7 +603,7 @@ func (h HTTPRule) MatchesRequest(req *HTTPRequest) bool {
 	if h.Path != nil && !h.Path.MatchString(req.Path) {
 		return false
 	}
-	if h.Host != nil && !h.Host.MatchString(req.Host) {
+	if h.Host != nil && !(h.Host.MatchString(req.Host) && forwardedHostsMatch(h.Host, req.Headers)) {
 		return false
 	}
 	for name, want := range h.Headers {
@@ -606,6 +613,21 @@ func (h HTTPRule) MatchesRequest(req *HTTPRequest) bool {
 		}
 	}
 	return true
+}
+
+// forwardedHostsMatch is HTTPForwardedHostsMatch over the fields of a
+// traced request, one value each.
+func forwardedHostsMatch(host *regexp.Regexp, headers map[string]string) bool {
+	var xfh, fwd []string
+	for k, v := range headers {
+		switch x, f := IsHTTPForwardedHost(k); {
+		case x:
+			xfh = append(xfh, v)
+		case f:
+			fwd = append(fwd, v)
+		}
+	}
+	return HTTPForwardedHostsMatch(host, xfh, fwd)
 }
 
 func lookupHeader(headers map[string]string, name string) (string, bool) {

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"regexp"
 	"strings"
 )
 
@@ -137,6 +138,132 @@ func JudgesHost(rules []L7Rule) bool {
 		}
 	}
 	return false
+}
+
+// HTTPForwardedHostField is the field in which reverse proxies (nginx,
+// Traefik) pass on the Host they received, and which Rack (so Rails'
+// request.host) reads before Host by default; Express with "trust proxy",
+// Django with USE_X_FORWARDED_HOST and Flask's ProxyFix when configured.
+// Forwarded's host= parameter (RFC 7239) serves the same, for Rack and
+// Spring among others.
+const HTTPForwardedHostField = "X-Forwarded-Host"
+
+// IsHTTPForwardedHost reports whether a field named field names hosts that
+// a rule on the host judges too (HTTPForwardedHostsMatch), and which of
+// the two kinds: X-Forwarded-Host in any case and any spelling of its
+// separators (CGI servers read X_Forwarded_Host as HTTP_X_FORWARDED_HOST),
+// or Forwarded in any case.
+func IsHTTPForwardedHost[S string | []byte](field S) (xfh, fwd bool) {
+	switch len(field) {
+	case len(HTTPForwardedHostField):
+		return sameField(field, HTTPForwardedHostField), false
+	case len("Forwarded"):
+		return false, sameField(field, "Forwarded")
+	}
+	return false, false
+}
+
+// HTTPForwardedHostAlias says why a request is refused (400) for carrying
+// a field named field when a rule that judges it looks at the host, or ""
+// when it is not: the field is X-Forwarded-Host spelled with a separator
+// other than '-' and '_' (X.Forwarded.Host), which busybox httpd and
+// lighttpd give CGI programs as HTTP_X_FORWARDED_HOST (HTTPFieldAlias).
+// The '-' and '_' spellings are judged (HTTPForwardedHostsMatch); these
+// are refused, as Envoy cannot judge them (a route per spelling refuses
+// them there). Clients and proxies send none of them.
+func HTTPForwardedHostAlias[S string | []byte](field S) string {
+	if xfh, _ := IsHTTPForwardedHost(field); !xfh {
+		return ""
+	}
+	for i := 0; i < len(field); i++ {
+		if c := field[i]; HTTPNameSeparator(c) && c != '-' && c != '_' {
+			return fmt.Sprintf("header %q is %q to CGI servers, which read every character but letters and digits as '_'", string(field), HTTPForwardedHostField)
+		}
+	}
+	return ""
+}
+
+// HTTPForwardedHostsMatch reports whether every host that a request names
+// in its X-Forwarded-Host values xfh and Forwarded values fwd (every
+// occurrence of the fields) matches host, the pattern of a rule that
+// judges the host; true when there are none. Servers take these for the
+// host the client asked for (HTTPForwardedHostField), so a rule on
+// api\.example\.com must not pass "X-Forwarded-Host: admin.internal"
+// along with "Host: api.example.com"; a reverse proxy that forwards the
+// host it received passes.
+//
+// X-Forwarded-Host is a comma-separated list (servers take the first,
+// Express, or the last, Rack): every element is judged. In Forwarded,
+// every "host" followed by '=' (any case, blanks before '=') starts a
+// value up to the next ',' or ';', with blanks and one quote on either
+// side taken off; it is judged wherever it stands, inside a quoted
+// string or another parameter's name too, as Spring's parser finds it
+// anywhere, and Rack's splits at every ',' and ';'. A host is judged as
+// Host is (HTTPHost, without port and brackets) and must be one that
+// HTTPAmbiguousHost and HTTPHostCase let through: no upper-case letters.
+func HTTPForwardedHostsMatch(host *regexp.Regexp, xfh, fwd []string) bool {
+	for _, v := range xfh {
+		for e := range strings.SplitSeq(v, ",") {
+			if !forwardedHostMatches(host, e) {
+				return false
+			}
+		}
+	}
+	for _, v := range fwd {
+		for v != "" {
+			i := indexFold(v, "host")
+			if i < 0 {
+				break
+			}
+			v = v[i+len("host"):]
+			rest := strings.TrimLeft(v, " \t")
+			if rest == "" || rest[0] != '=' {
+				continue
+			}
+			e := rest[1:]
+			if end := strings.IndexAny(e, ",;"); end >= 0 {
+				e = e[:end]
+			}
+			e = strings.Trim(e, " \t")
+			e = strings.TrimPrefix(e, `"`)
+			e = strings.TrimSuffix(e, `"`)
+			if !forwardedHostMatches(host, e) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// forwardedHostMatches reports whether one forwarded host e, blanks
+// around it, matches host.
+func forwardedHostMatches(host *regexp.Regexp, e string) bool {
+	e = strings.Trim(e, " \t")
+	if HTTPAmbiguousHost(e) != "" || HTTPHostCase(e) != "" {
+		return false
+	}
+	return host.MatchString(HTTPHost(e))
+}
+
+// indexFold is the index of the first occurrence of lower, a lower-case
+// ASCII word, in s in any case; -1 when there is none.
+func indexFold(s, lower string) int {
+	for i := 0; i+len(lower) <= len(s); i++ {
+		j := 0
+		for ; j < len(lower); j++ {
+			c := s[i+j]
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			if c != lower[j] {
+				break
+			}
+		}
+		if j == len(lower) {
+			return i
+		}
+	}
+	return -1
 }
 
 // HTTPMethodOverrides are the fields servers take for a POST's method:
