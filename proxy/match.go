@@ -15,6 +15,24 @@ type Request struct {
 	// Host is the Host header or :authority, lower-cased, without a port.
 	Host    string
 	Headers http.Header
+	// XForwardedHost and Forwarded are the values of the request's
+	// forwarded X-Forwarded-Host (any spelling of its separators) and
+	// Forwarded fields, every occurrence, which a rule on the host judges
+	// too (policies.HTTPForwardedHostsMatch). The engine fills them only
+	// where a rule judges the host (Decision.JudgesHost).
+	XForwardedHost, Forwarded []string
+}
+
+// AddForwardedHost adds the value of a field named name to
+// XForwardedHost or Forwarded when it is one of those
+// (policies.IsHTTPForwardedHost).
+func (r *Request) AddForwardedHost(name, value string) {
+	switch xfh, fwd := policies.IsHTTPForwardedHost(name); {
+	case xfh:
+		r.XForwardedHost = append(r.XForwardedHost, value)
+	case fwd:
+		r.Forwarded = append(r.Forwarded, value)
+	}
 }
 
 // RequestOf extracts the matched attributes of r. Path normalization here is
@@ -47,7 +65,7 @@ func MatchRule(rule *policies.HTTPRule, req *Request) bool {
 	if rule.Path != nil && !rule.Path.MatchString(req.Path) {
 		return false
 	}
-	if rule.Host != nil && !rule.Host.MatchString(req.Host) {
+	if rule.Host != nil && !(rule.Host.MatchString(req.Host) && policies.HTTPForwardedHostsMatch(rule.Host, req.XForwardedHost, req.Forwarded)) {
 		return false
 	}
 	for name, want := range rule.Headers {

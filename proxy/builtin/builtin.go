@@ -412,6 +412,18 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if why = policies.HTTPHostCase(r.Host); why != "" {
 			why = "invalid host: " + why
 		}
+		for name, vals := range req.Headers {
+			if why != "" {
+				break
+			}
+			if why = policies.HTTPForwardedHostAlias(name); why != "" {
+				why = "invalid header: " + why
+				break
+			}
+			for _, v := range vals {
+				req.AddForwardedHost(name, v)
+			}
+		}
 	}
 	if err == nil && why != "" {
 		ev.Path = r.RequestURI

@@ -48,5 +48,7 @@
 // Paths are judged after removing dot segments and repeated slashes, and a
 // request whose path changed that way is forwarded with the normalized path,
 // so the rule and the server see the same thing. Hosts are judged without
-// port, lower-cased.
+// port, lower-cased; a rule on the host judges the hosts X-Forwarded-Host
+// and Forwarded name too (policies.HTTPForwardedHostsMatch), collected
+// only for connections whose rules look at the host.
 package builtin

@@ -456,6 +456,7 @@ func (h *h1) serveOne(first bool) bool {
 			}
 		}
 	}
+	var req proxy.Request
 	if err == nil && dec.JudgesHost() {
 		raw := rq.host.of(h.head)
 		if over != "" {
@@ -465,6 +466,18 @@ func (h *h1) serveOne(first bool) bool {
 			err = badRequest("invalid host: " + why)
 			ev.Host = string(raw) // as sent, to show what was refused
 		}
+		// The hosts servers read before Host, judged by the rules on the
+		// host; nothing to copy when the request has no such field.
+		for _, f := range rq.fields {
+			fn := f.name.of(h.head)
+			if xfh, fwd := policies.IsHTTPForwardedHost(fn); err == nil && (xfh || fwd) && h.forwardsField(fn) {
+				if why := policies.HTTPForwardedHostAlias(fn); why != "" {
+					err = badRequest("invalid header: " + why)
+					break
+				}
+				req.AddForwardedHost(string(fn), string(f.value.of(h.head)))
+			}
+		}
 	}
 	if err != nil {
 		h.fail(err)
@@ -472,7 +485,7 @@ func (h *h1) serveOne(first bool) bool {
 		h.finish(&ev, start)
 		return false
 	}
-	req := proxy.Request{Method: method, Path: path, Host: host, Headers: hd}
+	req.Method, req.Path, req.Host, req.Headers = method, path, host, hd
 	ruleID, by, allowed := dec.Verdict(&req)
 	if by != nil {
 		ev.Direction = by.Direction.String()
