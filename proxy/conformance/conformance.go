@@ -165,6 +165,15 @@ func (s *suite) allowedAndDenied(t *testing.T) {
 		// the host, upper case is refused (policies.HTTPHostCase).
 		{name: "host in upper case refused", method: "GET", path: "/api/v1/items", host: "API.Example.com:8080", headers: http.Header{"X-Tenant": {"acme"}}, want: 400},
 		{name: "host denied", method: "GET", path: "/api/v1/items", host: "evil.example.com", headers: http.Header{"X-Tenant": {"acme"}}, want: 403, policy: "api"},
+		// Where a rule judges the host, the hosts servers read before Host
+		// (Rack, so Rails) are judged too: every element of every
+		// X-Forwarded-Host, and every host= of Forwarded.
+		{name: "forwarded host allowed", method: "GET", path: "/api/v1/items", host: "api.example.com", headers: http.Header{"X-Tenant": {"acme"}, "X-Forwarded-Host": {"api.example.com:443"}}, want: 200},
+		{name: "forwarded host denied", method: "GET", path: "/api/v1/items", host: "api.example.com", headers: http.Header{"X-Tenant": {"acme"}, "X-Forwarded-Host": {"admin.internal"}}, want: 403, policy: "api"},
+		{name: "forwarded host among others denied", method: "GET", path: "/api/v1/items", host: "api.example.com", headers: http.Header{"X-Tenant": {"acme"}, "X-Forwarded-Host": {"api.example.com, admin.internal"}}, want: 403},
+		{name: "Forwarded host allowed", method: "GET", path: "/api/v1/items", host: "api.example.com", headers: http.Header{"X-Tenant": {"acme"}, "Forwarded": {`for=192.0.2.1;host="api.example.com:443";proto=https`}}, want: 200},
+		{name: "Forwarded host denied", method: "GET", path: "/api/v1/items", host: "api.example.com", headers: http.Header{"X-Tenant": {"acme"}, "Forwarded": {"for=192.0.2.1;host=admin.internal"}}, want: 403},
+		{name: "forwarded host, a rule without host", method: "GET", path: "/public/x", headers: http.Header{"X-Forwarded-Host": {"admin.internal"}}, want: 200},
 		{name: "host anchored", method: "GET", path: "/api/v1/items", host: "api.example.com.evil.org", headers: http.Header{"X-Tenant": {"acme"}}, want: 403},
 		{name: "header value wrong", method: "GET", path: "/api/v1/items", host: "api.example.com", headers: http.Header{"X-Tenant": {"other"}}, want: 403},
 		{name: "header repeated with another value", method: "GET", path: "/api/v1/items", host: "api.example.com", headers: http.Header{"X-Tenant": {"evil", "acme"}}, want: 403},

@@ -27,7 +27,8 @@
 //     per-route RBAC overrides (a DENY of whatever no rule allows, under a
 //     policy named for the direction, so a denial's response code details
 //     say whose rules refused; method, path, :authority and header
-//     matchers), routes named "rule-<id>" so the access log says which rule
+//     matchers, and for a host pattern the X-Forwarded-Host and Forwarded
+//     matchers of forwarded.go), routes named "rule-<id>" so the access log says which rule
 //     allowed a request, and the policy names, all and per direction, as
 //     route metadata. A rule change that keeps the topology changes only routes,
 //     which Envoy applies to the next request on existing connections (a

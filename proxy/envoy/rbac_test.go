@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 
 	rbacconfig "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
@@ -23,12 +24,20 @@ type envoyRequest struct {
 	headers                 http.Header
 }
 
+// compiled holds the regexps stringMatch compiled, by source.
+var compiled sync.Map
+
 // stringMatch is Envoy's StringMatcher for the kinds the translation
 // writes: exact, and safe_regex, which must match the whole value.
 func stringMatch(t *testing.T, m *matcher.StringMatcher, v string) bool {
 	switch {
 	case m.GetSafeRegex() != nil:
-		return regexp.MustCompile(`^(?:` + m.GetSafeRegex().GetRegex() + `)$`).MatchString(v)
+		src := `^(?:` + m.GetSafeRegex().GetRegex() + `)$`
+		re, ok := compiled.Load(src)
+		if !ok {
+			re, _ = compiled.LoadOrStore(src, regexp.MustCompile(src))
+		}
+		return re.(*regexp.Regexp).MatchString(v)
 	case m.GetMatchPattern() != nil:
 		if e, ok := m.GetMatchPattern().(*matcher.StringMatcher_Exact); ok {
 			return e.Exact == v
@@ -48,15 +57,21 @@ func headerMatch(t *testing.T, h *route.HeaderMatcher, r *envoyRequest) bool {
 	default:
 		vals = r.headers.Values(h.GetName())
 	}
+	// An absent field matches only an inverted presence matcher, or is
+	// taken as empty (treat_missing_header_as_empty); the match is then
+	// inverted (HeaderUtility::matchHeaders).
 	if len(vals) == 0 {
-		return false
+		if !h.GetTreatMissingHeaderAsEmpty() {
+			return h.GetInvertMatch() && h.GetPresentMatch()
+		}
+		vals = []string{""}
 	}
 	if h.GetPresentMatch() {
-		return true
+		return !h.GetInvertMatch()
 	}
 	// Envoy matches a repeated header's values joined with ","
 	// (HeaderUtility::getAllOfHeaderAsString).
-	return stringMatch(t, h.GetStringMatch(), strings.Join(vals, ","))
+	return stringMatch(t, h.GetStringMatch(), strings.Join(vals, ",")) != h.GetInvertMatch()
 }
 
 // permits evaluates an RBAC permission over the subset the translation
@@ -268,7 +283,7 @@ func TestHostCaseRouteJudgesAsTheBuiltinEngine(t *testing.T) {
 				if hm.GetName() != ":authority" || !hm.GetTreatMissingHeaderAsEmpty() {
 					t.Fatalf("%s: invalid-host-case matches %v", vh.Name, hm)
 				}
-				got := headerMatch(t, hm, &envoyRequest{method: "GET", path: "/", authority: a, headers: http.Header{}}) != hm.GetInvertMatch()
+				got := headerMatch(t, hm, &envoyRequest{method: "GET", path: "/", authority: a, headers: http.Header{}})
 				if want := policies.HTTPHostCase(a) != ""; got != want {
 					t.Errorf("%s: :authority %q: Envoy refuses %v, the built-in engine %v", vh.Name, a, got, want)
 				}
@@ -341,7 +356,7 @@ func TestRefusalRoutesAnswerBeforeRBAC(t *testing.T) {
 		vh := x.(*route.RouteConfiguration).VirtualHosts[0]
 		rules := false
 		for i, r := range vh.Routes {
-			refusal := r.Name == "ambiguous-target" || r.Name == "invalid-host" || r.Name == "invalid-host-case" || r.Name == "invalid-header" || r.Name == "invalid-method-override"
+			refusal := r.Name == "ambiguous-target" || r.Name == "invalid-host" || r.Name == "invalid-host-case" || r.Name == "invalid-header" || r.Name == "invalid-method-override" || r.Name == "invalid-forwarded-host"
 			if refusal && rules || (i < 2) != (r.Name == "ambiguous-target" || r.Name == "invalid-host") {
 				t.Fatalf("%s: route %d is %q; the refusal routes come first, these two first of them", vh.Name, i, r.Name)
 			}
@@ -482,4 +497,141 @@ func ruleHosts(t *testing.T, d proxy.Decision) []*route.VirtualHost {
 		}
 	}
 	return out
+}
+
+// TestForwardedHostMatchersJudgeAsTheBuiltinEngine: a rule's RBAC
+// permission for the host judges X-Forwarded-Host (every spelling with '-'
+// and '_', every element, repeated fields joined as Envoy joins them) and
+// Forwarded exactly as the built-in engine does
+// (policies.HTTPForwardedHostsMatch): over chosen values, and over random
+// ones made of the bytes that matter (the letters of "host", blanks, '=',
+// quotes, separators, a host's characters). The rule's route, which names
+// it in the record, agrees but for an empty X-Forwarded-Host.
+func TestForwardedHostMatchersJudgeAsTheBuiltinEngine(t *testing.T) {
+	values := [][]string{
+		nil, {"api.example.com"}, {"api.example.com:8443"}, {"api.example.com:"}, {"admin.internal"},
+		{"api.example.com, admin.internal"}, {"admin.internal,api.example.com"}, {"api.example.com , api.example.com:80"},
+		{"api.example.com", "admin.internal"}, {"api.example.com", "api.example.com"}, {"API.example.com"},
+		{"x.example.com"}, {"evil.internal, x.example.com"}, {"evil.internal,x.example.com"}, {"x.example.com evil"},
+		{"[fd00::1]"}, {"[fd00::1]:80"}, {"fd00::1"}, {"[FD00::1]"}, {"[fd00::1"}, {"[api.example.com]"},
+		{"api.example.com;host=evil"}, {"api.example.com:x.internal"}, {"a,,api.example.com"}, {"api.example.com,"},
+		{"my_service"}, {"\tapi.example.com"}, {"api.example.com:80:80"}, {""},
+	}
+	forwarded := []string{"", "for=192.0.2.1", "for=192.0.2.1;proto=https", "host=api.example.com", "for=192.0.2.1;Host=\"api.example.com:8443\"",
+		"host=admin.internal", "for=\"_x;host=admin.internal\"", "xhost=admin.internal", "HOST =admin.internal", "for=192.0.2.1, host=admin.internal",
+		"hostname", "host=api.example.com;host=admin.internal", "host=api.example.com, host=x.example.com", "host=\"[fd00::1]:80\"",
+		"host=", "host=\"\"", "host=\"\"\"", "host = \" api.example.com \" ", "host=api.example.com host=evil", "hohost=api.example.com",
+		"host\t=api.example.com", "by=host;host=api.example.com", "host=api.example.com=x", "host==api.example.com"}
+	patterns := []string{`api\.example\.com`, `API\.example\.com`, `.*\.example\.com`, `.*`, `fd00::[0-9]`,
+		`[a-z.]+:[0-9]+`, `api\.example\.com|x\.example\.com`, `my_service`, `(?:api|x)\.example\.com(?::80)?`, `.*,.*`, `[^,]*`,
+		`host`, `a?`, `[a-z]+`}
+	rnd := rand.New(rand.NewPCG(1, 2))
+	random := func(alphabet string) string {
+		b := make([]byte, rnd.IntN(16))
+		for i := range b {
+			b[i] = alphabet[rnd.IntN(len(alphabet))]
+		}
+		return string(b)
+	}
+	for range 3000 {
+		values = append(values, []string{random("aA.:, \t[]1f")})
+		forwarded = append(forwarded, random("hHoOsStT =;,\"a.:x\t"))
+	}
+	for _, src := range patterns {
+		rule := policies.HTTPRule{Host: regexp.MustCompile(`(?i)^(?:` + src + `)$`), HostSrc: src}
+		p, err := forwardedHostPermission(&rule)
+		if err != nil {
+			t.Fatalf("host %q: %v", src, err)
+		}
+		rm, err := forwardedHostRouteMatchers(&rule)
+		if err != nil {
+			t.Fatalf("host %q: %v", src, err)
+		}
+		route := func(r *envoyRequest) bool {
+			for _, hm := range rm {
+				if !headerMatch(t, hm, r) {
+					return false
+				}
+			}
+			return true
+		}
+		for _, vals := range values {
+			for _, field := range []string{"X-Forwarded-Host", "x_forwarded_host", "X-Forwarded_Host"} {
+				r := &envoyRequest{authority: "api.example.com", headers: http.Header{}}
+				if vals != nil {
+					r.headers[http.CanonicalHeaderKey(field)] = vals
+				}
+				want := policies.HTTPForwardedHostsMatch(rule.Host, vals, nil)
+				if got := permits(t, p, r); got != want {
+					t.Errorf("host %q, %s %q: Envoy's RBAC matches %v, the built-in engine %v", src, field, vals, got, want)
+				}
+				if got := route(r); got != want && !(len(vals) == 1 && vals[0] == "") {
+					t.Errorf("host %q, %s %q: the rule's route matches %v, the built-in engine %v", src, field, vals, got, want)
+				}
+			}
+		}
+		for _, fwd := range forwarded {
+			r := &envoyRequest{authority: "api.example.com", headers: http.Header{"Forwarded": {fwd}}}
+			want := policies.HTTPForwardedHostsMatch(rule.Host, nil, []string{fwd})
+			if got := permits(t, p, r); got != want {
+				t.Errorf("host %q, Forwarded %q: Envoy's RBAC matches %v, the built-in engine %v", src, fwd, got, want)
+			}
+			if got := route(r); got != want {
+				t.Errorf("host %q, Forwarded %q: the rule's route matches %v, the built-in engine %v", src, fwd, got, want)
+			}
+		}
+		// Repeated Forwarded fields: Envoy joins them with ','.
+		r := &envoyRequest{authority: "api.example.com", headers: http.Header{"Forwarded": {"host=api.example.com", "for=x;host=admin.internal"}}}
+		if got, want := permits(t, p, r), policies.HTTPForwardedHostsMatch(rule.Host, nil, r.headers["Forwarded"]); got != want {
+			t.Errorf("host %q, two Forwarded fields: Envoy's RBAC matches %v, the built-in engine %v", src, got, want)
+		}
+	}
+}
+
+// TestForwardedHostAliasRoutesJudgeAsTheBuiltinEngine: where a rule judges
+// the host, Envoy's invalid-forwarded-host routes refuse exactly the
+// spellings of X-Forwarded-Host the built-in engine refuses
+// (policies.HTTPForwardedHostAlias): every one with a separator other
+// than '-' and '_'; the others are judged as forwarded hosts. Where no
+// rule judges the host, there are no such routes.
+func TestForwardedHostAliasRoutesJudgeAsTheBuiltinEngine(t *testing.T) {
+	for _, host := range []string{`api\.example\.com`, ""} {
+		d := proxy.Decision{SrcIdentity: 300, DstIdentity: 400, Checks: []proxy.Check{
+			{Direction: policies.Ingress, Rules: policies.L7Set{Rules: []policies.L7Rule{
+				{RuleID: 1, HTTP: httpRule("GET", "/.*", host, nil)},
+			}}},
+		}}
+		checked := 0
+		for _, vh := range ruleHosts(t, d) {
+			checked++
+			n := 0
+			for _, rt := range vh.Routes {
+				if rt.Name == "invalid-forwarded-host" {
+					n++
+				}
+			}
+			if want := len(forwardedHostAliases()); host != "" && n != want || host == "" && n != 0 {
+				t.Errorf("%s (host %q): %d invalid-forwarded-host routes, want %d where a rule judges the host, else none", vh.Name, host, n, want)
+			}
+			for _, field := range []string{
+				"X-Forwarded-Host", "x_forwarded_host", "X-Forwarded_Host", "X.Forwarded.Host", "x~forwarded-host",
+				"X-Forwarded+Host", "X|Forwarded`Host", "X-Forwarded-Hosts", "Forwarded", "X-Forwarded-For",
+			} {
+				r := &envoyRequest{method: "GET", path: "/", authority: "api.example.com", headers: http.Header{}}
+				r.headers[http.CanonicalHeaderKey(field)] = []string{"api.example.com"}
+				refused := false
+				for _, rt := range vh.Routes {
+					if rt.Name == "invalid-forwarded-host" && headerMatch(t, rt.Match.Headers[0], r) {
+						refused = true
+					}
+				}
+				if want := host != "" && policies.HTTPForwardedHostAlias(field) != ""; refused != want {
+					t.Errorf("%s (host %q): field %q: Envoy refuses %v, the built-in engine %v", vh.Name, host, field, refused, want)
+				}
+			}
+		}
+		if checked == 0 {
+			t.Fatal("the translation has no route configuration for the decision")
+		}
+	}
 }

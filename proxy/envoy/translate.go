@@ -421,8 +421,14 @@ func fieldAliases(d *proxy.Decision) []string {
 // methodOverrideSpellings lists, sorted, the lower-case spellings with '-'
 // and '_' of the fields policies.HTTPMethodOverrides names.
 func methodOverrideSpellings() []string {
+	return dashUnderscoreSpellings(policies.HTTPMethodOverrides...)
+}
+
+// dashUnderscoreSpellings lists, sorted, the lower-case spellings with '-'
+// and '_' of the fields names.
+func dashUnderscoreSpellings(names ...string) []string {
 	var out []string
-	for _, name := range policies.HTTPMethodOverrides {
+	for _, name := range names {
 		name = strings.ToLower(name)
 		var at []int
 		for i := 0; i < len(name); i++ {
@@ -526,6 +532,14 @@ func (t *translator) chain(name string, d proxy.Decision, src, dst []netip.Prefi
 			}},
 		})
 	}
+	// X-Forwarded-Host spelled with other separators than '-' and '_',
+	// where a rule judges the host (policies.HTTPForwardedHostAlias): the
+	// rules judge the hosts of the other spellings (forwardedHostPermission).
+	if d.JudgesHost() {
+		for _, name := range forwardedHostAliases() {
+			routes = append(routes, refuseField("invalid-forwarded-host", name, "Bad Request: invalid header: X-Forwarded-Host spelled with other separators\n"))
+		}
+	}
 	// A field that is one the rules name but for its separators ('_' in
 	// place of '-', '.', ...) is refused too (policies.HTTPFieldAlias): a
 	// route per spelling (fieldAliases), as Envoy matches a header by its
@@ -568,7 +582,11 @@ func (t *translator) chain(name string, d proxy.Decision, src, dst []netip.Prefi
 	perFilter := map[string]*anypb.Any{}
 	for i := range d.Checks {
 		c := &d.Checks[i]
-		pr, err := pack(&rbac.RBACPerRoute{Rbac: rbacRules(c)})
+		rules, err := rbacRules(c)
+		if err != nil {
+			return nil, err
+		}
+		pr, err := pack(&rbac.RBACPerRoute{Rbac: rules})
 		if err != nil {
 			return nil, err
 		}
@@ -871,6 +889,11 @@ func routeMatch(h *policies.HTTPRule) (*route.RouteMatch, error) {
 	m := &route.RouteMatch{Headers: headerMatchers(h)}
 	if h.Host != nil {
 		m.Headers = append(m.Headers, &route.HeaderMatcher{Name: ":authority", HeaderMatchSpecifier: &route.HeaderMatcher_StringMatch{StringMatch: safeRegex(hostRouteRegex(h))}})
+		fwd, err := forwardedHostRouteMatchers(h)
+		if err != nil {
+			return nil, err
+		}
+		m.Headers = append(m.Headers, fwd...)
 	}
 	if h.Path != nil {
 		m.PathSpecifier = &route.RouteMatch_SafeRegex{SafeRegex: &matcher.RegexMatcher{Regex: reSource(h.Path, h.PathSrc)}}
@@ -881,7 +904,8 @@ func routeMatch(h *policies.HTTPRule) (*route.RouteMatch, error) {
 }
 
 // permission is one http block as an RBAC permission: all its attributes.
-func permission(h *policies.HTTPRule) *rbacconfig.Permission {
+// A host pattern judges the forwarded hosts too (forwardedHostPermission).
+func permission(h *policies.HTTPRule) (*rbacconfig.Permission, error) {
 	var and []*rbacconfig.Permission
 	if h.Path != nil {
 		and = append(and, &rbacconfig.Permission{Rule: &rbacconfig.Permission_UrlPath{UrlPath: &matcher.PathMatcher{
@@ -892,12 +916,16 @@ func permission(h *policies.HTTPRule) *rbacconfig.Permission {
 		and = append(and, &rbacconfig.Permission{Rule: &rbacconfig.Permission_Header{Header: hm}})
 	}
 	if h.Host != nil {
-		and = append(and, hostPermission(h))
+		fwd, err := forwardedHostPermission(h)
+		if err != nil {
+			return nil, err
+		}
+		and = append(and, hostPermission(h), fwd)
 	}
 	if len(and) == 0 {
-		return &rbacconfig.Permission{Rule: &rbacconfig.Permission_Any{Any: true}}
+		return &rbacconfig.Permission{Rule: &rbacconfig.Permission_Any{Any: true}}, nil
 	}
-	return &rbacconfig.Permission{Rule: &rbacconfig.Permission_AndRules{AndRules: &rbacconfig.Permission_Set{Rules: and}}}
+	return &rbacconfig.Permission{Rule: &rbacconfig.Permission_AndRules{AndRules: &rbacconfig.Permission_Set{Rules: and}}}, nil
 }
 
 // rbacRules allows what any rule of c allows; a check without rules
@@ -906,10 +934,14 @@ func permission(h *policies.HTTPRule) *rbacconfig.Permission {
 // code details name the policy that matched: with an ALLOW list they say
 // "none" whichever filter refused, and the access log could not tell the
 // egress check's refusal from the ingress one's.
-func rbacRules(c *proxy.Check) *rbac.RBAC {
+func rbacRules(c *proxy.Check) (*rbac.RBAC, error) {
 	var allowed []*rbacconfig.Permission
 	for _, r := range c.Rules.Rules {
-		allowed = append(allowed, permission(&r.HTTP))
+		p, err := permission(&r.HTTP)
+		if err != nil {
+			return nil, fmt.Errorf("rule %d: %w", r.RuleID, err)
+		}
+		allowed = append(allowed, p)
 	}
 	deny := &rbacconfig.Permission{Rule: &rbacconfig.Permission_Any{Any: true}}
 	if len(allowed) > 0 {
@@ -922,7 +954,7 @@ func rbacRules(c *proxy.Check) *rbac.RBAC {
 			Permissions: []*rbacconfig.Permission{deny},
 			Principals:  []*rbacconfig.Principal{{Identifier: &rbacconfig.Principal_Any{Any: true}}},
 		},
-	}}}
+	}}}, nil
 }
 
 // denyPolicy names the RBAC policy of a direction's check; Envoy reports a
