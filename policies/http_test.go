@@ -1,6 +1,9 @@
 package policies
 
-import "testing"
+import (
+	"regexp"
+	"testing"
+)
 
 func TestHTTPFieldAlias(t *testing.T) {
 	for _, c := range []struct {
@@ -46,5 +49,50 @@ func TestCombineL7PrefersTheBadRequest(t *testing.T) {
 		if got := combineL7(c.a, c.b).HTTP.Verdict; got != c.want {
 			t.Errorf("combineL7(%s, %s) = %s, want %s", c.a.HTTP.Verdict, c.b.HTTP.Verdict, got, c.want)
 		}
+	}
+}
+
+// TestHTTPForwardedHostsMatch: every host a request names for servers
+// behind proxies must match the rule's host pattern: each element of each
+// X-Forwarded-Host, each value after "host" and '=' in Forwarded wherever
+// it stands (as Rack and Spring find them), judged as Host is, in lower
+// case.
+func TestHTTPForwardedHostsMatch(t *testing.T) {
+	host := regexp.MustCompile(`(?i)^(?:api\.example\.com|fd00::1)$`)
+	for _, c := range []struct {
+		xfh, fwd []string
+		match    bool
+	}{
+		{nil, nil, true},
+		{[]string{"api.example.com"}, nil, true},
+		{[]string{"api.example.com:8443"}, nil, true},
+		{[]string{" api.example.com , api.example.com:80 "}, nil, true},
+		{[]string{"[fd00::1]:80"}, nil, true},
+		{[]string{"fd00::1"}, nil, false},                         // an IPv6 address without brackets is no host
+		{[]string{"admin.internal"}, nil, false},                  // another host
+		{[]string{"api.example.com, admin.internal"}, nil, false}, // Rack takes the last
+		{[]string{"admin.internal,api.example.com"}, nil, false},  // Express the first
+		{[]string{"api.example.com", "admin.internal"}, nil, false},
+		{[]string{"API.example.com"}, nil, false}, // upper case, as decision 34
+		{[]string{"api.example.com:x"}, nil, false},
+		{[]string{""}, nil, false},
+		{nil, []string{"for=192.0.2.1;proto=https"}, true},
+		{nil, []string{`for=192.0.2.1;host="api.example.com:443"`}, true},
+		{nil, []string{`Host = " api.example.com "`}, true},
+		{nil, []string{"host=admin.internal"}, false},
+		{nil, []string{"HOST=admin.internal"}, false},
+		{nil, []string{`for="_x;host=admin.internal"`}, false}, // Rack splits inside quotes
+		{nil, []string{"xhost=admin.internal"}, false},         // Spring finds host= anywhere
+		{nil, []string{"host=api.example.com, host=admin.internal"}, false},
+		{nil, []string{"host=api.example.com host=admin.internal"}, false},
+		{nil, []string{"hostname=x;by=host"}, true},
+		{[]string{"api.example.com"}, []string{"host=admin.internal"}, false},
+	} {
+		if got := HTTPForwardedHostsMatch(host, c.xfh, c.fwd); got != c.match {
+			t.Errorf("X-Forwarded-Host %q, Forwarded %q: %v, want %v", c.xfh, c.fwd, got, c.match)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() { HTTPForwardedHostsMatch(host, nil, nil) }); n != 0 {
+		t.Errorf("without the fields: %v allocations, want none", n)
 	}
 }
