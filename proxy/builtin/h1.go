@@ -1427,36 +1427,34 @@ func (h *h1) tunnel(u *upConn) {
 		return
 	}
 	h.noDeadlines(u)
-	var moved atomic.Bool
+	mv := moved{since: time.Now()}
 	done := make(chan struct{}, 2)
 	go func() {
 		// What the client sent after the request, then the stream.
-		io.Copy(u.c, movedReader{h.br, &moved})
+		io.Copy(u.c, movedReader{h.br, &mv})
 		done <- struct{}{}
 	}()
 	go func() {
-		io.Copy(h.c, movedReader{u.r, &moved})
+		io.Copy(h.c, movedReader{u.r, &mv})
 		done <- struct{}{}
 	}()
-	// Idle when nothing moved for eight periods in a row: closed after
-	// between one and one and an eighth timeouts without a byte.
+	// Checked every eighth of the timeout: closed after between one and
+	// one and an eighth timeouts without a byte (later if the checks run
+	// late, never sooner).
+	t := h.e.cfg.StreamIdleTimeout
 	var tick <-chan time.Time
-	if t := h.e.cfg.StreamIdleTimeout; t > 0 {
+	if t > 0 {
 		tk := time.NewTicker(max(t/8, time.Millisecond))
 		defer tk.Stop()
 		tick = tk.C
 	}
 	ended := 0
-	for idle := 0; ended == 0 && idle < 8; {
+	for idle := false; ended == 0 && !idle; {
 		select {
 		case <-done:
 			ended++
 		case <-tick:
-			if moved.Swap(false) {
-				idle = 0
-			} else {
-				idle++
-			}
+			idle = mv.idleFor() >= t
 		}
 	}
 	h.c.Close()
@@ -1466,16 +1464,25 @@ func (h *h1) tunnel(u *upConn) {
 	}
 }
 
-// movedReader notes that bytes moved through a tunnel.
+// moved is when bytes last moved through a tunnel, either way.
+type moved struct {
+	since time.Time    // the tunnel's start, for monotonic offsets
+	last  atomic.Int64 // the last move, as an offset from since
+}
+
+func (m *moved) note()                  { m.last.Store(int64(time.Since(m.since))) }
+func (m *moved) idleFor() time.Duration { return time.Since(m.since) - time.Duration(m.last.Load()) }
+
+// movedReader notes on m the reads that moved bytes through a tunnel.
 type movedReader struct {
-	r     io.Reader
-	moved *atomic.Bool
+	r io.Reader
+	m *moved
 }
 
 func (m movedReader) Read(b []byte) (int, error) {
 	n, err := m.r.Read(b)
 	if n > 0 {
-		m.moved.Store(true)
+		m.m.note()
 	}
 	return n, err
 }
