@@ -3,6 +3,7 @@ package policies
 import (
 	"fmt"
 	"strings"
+	"unicode/utf8"
 )
 
 // SelectorError is a malformed selector or label list. Offset is the byte
@@ -67,9 +68,19 @@ func (sc *selectorScanner) describe(off int) string {
 	}
 	c := sc.s[off]
 	if c < 0x20 || c >= 0x7f {
-		return fmt.Sprintf("character %q", rune(c))
+		return "character " + quoteChar(sc.s[off:])
 	}
 	return fmt.Sprintf("%q", string(c))
+}
+
+// quoteChar quotes the character s starts with: a whole UTF-8 sequence
+// ('é', not the 'Ã' of its first byte), or the byte when it is no UTF-8.
+func quoteChar(s string) string {
+	r, n := utf8.DecodeRuneInString(s)
+	if r == utf8.RuneError && n <= 1 {
+		return fmt.Sprintf(`'\x%02x'`, s[0])
+	}
+	return fmt.Sprintf("%q", r)
 }
 
 // ParseSelector parses a label selector in the Kubernetes grammar of the
@@ -234,7 +245,7 @@ func ParseLabels(s string) (Labels, error) {
 		}
 		for i := 0; i < len(key); i++ {
 			if !isLabelChar(key[i]) {
-				return nil, &SelectorError{Offset: partOff + lead + i, Msg: fmt.Sprintf("invalid character %q in key %q (keys are letters, digits, '.', '-', '_' and '/')", rune(key[i]), key)}
+				return nil, &SelectorError{Offset: partOff + lead + i, Msg: fmt.Sprintf("invalid character %s in key %q (keys are letters, digits, '.', '-', '_' and '/')", quoteChar(key[i:]), key)}
 			}
 		}
 		if _, dup := out[key]; dup {

@@ -143,3 +143,30 @@ func TestParseLabels(t *testing.T) {
 		}
 	}
 }
+
+// An error about a character outside ASCII names that character, not the
+// first byte of its UTF-8 encoding read as Latin-1 ('é' is not 'Ã'); a
+// byte that is no UTF-8 is shown as the byte.
+func TestSelectorErrorNamesNonASCIICharacter(t *testing.T) {
+	for _, tc := range []struct {
+		in  string
+		off int
+		msg string
+	}{
+		{"app=é", 4, `invalid character 'é' in value of "app"`},
+		{"app=web,ключ=v", 8, `expected a label key, found character 'к'`},
+		{"app in (a, ü)", 11, `invalid character 'ü' in value list`},
+		{"app=b\xff", 5, `unexpected character '\xff' after value "b"`},
+	} {
+		_, err := ParseSelector(tc.in)
+		var se *SelectorError
+		if !errors.As(err, &se) || se.Offset != tc.off || !strings.Contains(se.Msg, tc.msg) {
+			t.Errorf("ParseSelector(%q) error %v, want offset %d containing %q", tc.in, err, tc.off, tc.msg)
+		}
+	}
+	_, err := ParseLabels("a=1,kéy=2")
+	var se *SelectorError
+	if !errors.As(err, &se) || se.Offset != 5 || !strings.Contains(se.Msg, `invalid character 'é' in key "kéy"`) {
+		t.Errorf("ParseLabels error %v, want offset 5 naming 'é'", err)
+	}
+}
