@@ -15,7 +15,8 @@ package policies
 //     anything else is the world (keeping the IP for CIDR rules). A Peer with
 //     nothing set is the world without an address. "cluster" and "all" are
 //     classes, not peers, and are rejected by Connection.Check. IPv4-mapped
-//     IPv6 addresses are taken as the IPv4 address.
+//     IPv6 addresses are taken as the IPv4 address, and an IPv6 zone is
+//     dropped (decision 45).
 //   - CIDR rules match neither managed endpoints nor the host (as in Cilium:
 //     the host is named by the `host` entity). They match world peers whose
 //     address is known and inside the CIDR and not inside an except; the
@@ -264,17 +265,17 @@ func resolvePeer(env *Env, p Peer) resolvedPeer {
 	case p.Entity != "":
 		return resolvedPeer{kind: peerWorld}
 	case p.IP.IsValid():
-		ip := p.IP.Unmap()
+		ip := peerAddr(p.IP)
 		if env != nil {
 			for _, ep := range env.Endpoints {
 				for _, a := range ep.Addrs {
-					if a.Unmap() == ip {
+					if peerAddr(a) == ip {
 						return resolvedPeer{kind: peerEndpoint, labels: ep.Labels, desc: FormatLabels(ep.Labels), name: ep.Name, ip: ip}
 					}
 				}
 			}
 			for _, a := range env.HostAddrs {
-				if a.Unmap() == ip {
+				if peerAddr(a) == ip {
 					return resolvedPeer{kind: peerHost, ip: ip}
 				}
 			}
@@ -282,6 +283,15 @@ func resolvePeer(env *Env, p Peer) resolvedPeer {
 		return resolvedPeer{kind: peerWorld, ip: ip}
 	}
 	return resolvedPeer{kind: peerWorld}
+}
+
+// peerAddr is the address a packet of peer a carries, as the datapath
+// judges it: an IPv4-mapped IPv6 address is its IPv4 address, and an IPv6
+// zone (fe80::1%eth0, as `ip addr` prints it) is dropped, since it names a
+// link of the host and is no part of the address; netip.Prefix.Contains
+// would otherwise match no CIDR for it, not even a deny rule's.
+func peerAddr(a netip.Addr) netip.Addr {
+	return a.Unmap().WithZone("")
 }
 
 func (p resolvedPeer) String() string {

@@ -225,7 +225,7 @@ func NewEvaluator(set *Set, env *Env) *Evaluator {
 	// checks first) wins when both claim one; the first endpoint wins among
 	// endpoints, as in resolvePeer.
 	for _, a := range env.HostAddrs {
-		rp := resolvedPeer{kind: peerHost, ip: a.Unmap()}
+		rp := resolvedPeer{kind: peerHost, ip: peerAddr(a)}
 		e.addrs[rp.ip] = &fastPeer{kind: peerHost, ip: rp.ip, str: rp.String()}
 	}
 	for i := len(env.Endpoints) - 1; i >= 0; i-- {
@@ -235,7 +235,7 @@ func NewEvaluator(set *Set, env *Env) *Evaluator {
 		}
 		le := e.entry(ep.Labels)
 		for _, a := range ep.Addrs {
-			rp := resolvedPeer{kind: peerEndpoint, labels: ep.Labels, desc: le.desc, name: ep.Name, ip: a.Unmap()}
+			rp := resolvedPeer{kind: peerEndpoint, labels: ep.Labels, desc: le.desc, name: ep.Name, ip: peerAddr(a)}
 			e.addrs[rp.ip] = &fastPeer{kind: peerEndpoint, le: le, name: ep.Name, ip: rp.ip, str: rp.String()}
 		}
 	}
@@ -281,7 +281,7 @@ func (e *Evaluator) resolve(fp *fastPeer, p *Peer) {
 		le := e.entry(p.Labels)
 		*fp = fastPeer{kind: peerEndpoint, le: le, str: le.str}
 	case p.Entity == "" && p.IP.IsValid():
-		ip := p.IP.Unmap()
+		ip := peerAddr(p.IP)
 		if known := e.addrs[ip]; known != nil {
 			*fp = *known
 		} else {

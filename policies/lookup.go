@@ -103,7 +103,7 @@ func (m *Model) Verdict(local, remote Identity, dir Direction, proto Proto, port
 // an endpoint's nor the host's: the CIDR identity of the longest named prefix
 // holding it, or IdentityWorld when no policy names such a prefix.
 func (m *Model) AddrIdentity(addr netip.Addr) Identity {
-	addr = addr.Unmap()
+	addr = peerAddr(addr)
 	best, bestBits := IdentityWorld, -1
 	for _, c := range m.CIDRs {
 		if c.Prefix.Contains(addr) && c.Prefix.Bits() > bestBits {

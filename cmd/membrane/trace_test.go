@@ -166,6 +166,25 @@ func TestTraceICMPAndIPv6(t *testing.T) {
 	}
 }
 
+// An address copied from `ip addr` carries its link's zone (fe80::1%eth0);
+// the packet does not, and the trace judges the address, so a CIDR deny
+// rule holding it denies the connection.
+func TestTraceZonedAddressIsJudgedWithoutItsZone(t *testing.T) {
+	dir := t.TempDir()
+	writePolicy(t, filepath.Join(dir, "p.hcl"), `policy "web" {
+  selector = "app=web"
+  ingress {}
+  ingress_deny {
+    from_cidr = ["fe80::/10"]
+  }
+}
+`)
+	j := traceJSONOf(t, "--policies", dir, "--from-ip", "fe80::1%eth0", "--to-labels", "app=web", "--port", "80/tcp")
+	if j.Verdict != "denied" || len(j.Matched) != 1 || j.Matched[0].Block != "ingress_deny" {
+		t.Errorf("from fe80::1%%eth0: %+v, want denied by the ingress_deny", j)
+	}
+}
+
 func TestTraceInvalidPoliciesExitOneWithDiagnostics(t *testing.T) {
 	dir := t.TempDir()
 	writePolicy(t, filepath.Join(dir, "bad.hcl"), "policy \"x\" {\n  selector = \"app=web\"\n  ingres {}\n}\n")
