@@ -266,6 +266,15 @@ func (l *loader) prefixes(lv listValue, attr string) []netip.Prefix {
 			l.warnf(e.rng, fmt.Sprintf("CIDR %q has host bits set; it means %s", e.val, p),
 				"The bits after the prefix length are ignored. Write %q to say what is meant.", p.String())
 		}
+		if p.Addr().Is4In6() && p.Bits() >= 96 {
+			// Every address of the prefix is IPv4-mapped, and a peer's
+			// mapped address counts as its IPv4 address (decision 27):
+			// the prefix, IPv6 as written (decision 12), holds no peer,
+			// and a deny or except naming it would stop nothing.
+			v4 := netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+			l.warnf(e.rng, fmt.Sprintf("CIDR %q is IPv4-mapped: it matches no address", e.val),
+				"A peer's IPv4-mapped address (::ffff:192.0.2.1) counts as its IPv4 address, so no peer is inside an IPv4-mapped prefix and this %s entry has no effect. Write %q.", attr, v4.String())
+		}
 		out = append(out, p)
 	}
 	return out

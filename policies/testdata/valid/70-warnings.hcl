@@ -24,4 +24,16 @@ policy "warnings" {
     except    = [
                   "10.0.0.0/8"]
   }
+  # IPv4-mapped prefixes match no peer (decision 27): the deny below
+  # would deny nothing. Prefixes that also hold other IPv6 addresses are fine.
+  egress_deny {
+    to_cidr = ["::ffff:169.254.169.254", "::/0", "::/95", "::fffe:0:0/95"]
+  }
+  egress {
+    to_cidr = ["0.0.0.0/0", "::/0"]
+    except  = ["::ffff:10.0.0.0/104", "::FFFF:0:0/96"]
+  }
 }
+# warn: 30:16 CIDR "::ffff:169.254.169.254" is IPv4-mapped: it matches no address
+# warn: 34:16 CIDR "::ffff:10.0.0.0/104" is IPv4-mapped: it matches no address
+# warn: 34:39 CIDR "::FFFF:0:0/96" is IPv4-mapped: it matches no address
