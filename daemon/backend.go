@@ -12,6 +12,7 @@ import (
 	"github.com/membrane-fw/membrane/daemon/api"
 	"github.com/membrane-fw/membrane/policies"
 	"github.com/membrane-fw/membrane/proxy"
+	"github.com/membrane-fw/membrane/runtime/endpoint"
 )
 
 // backend serves the API from the reconciler's published view; writes go
@@ -125,11 +126,13 @@ func (b *backend) Trace(ctx context.Context, req api.TraceRequest) (api.TraceRes
 	if v.set == nil {
 		return api.TraceResult{}, fmt.Errorf("no valid policy set is loaded (see `membrane status`)")
 	}
-	from, fromPeer, err := tracePeer(v, "from", req.FromContainer, req.FromLabels, req.FromEntity, req.FromIP)
+	// Labels given for an end count as an endpoint's do: only those that
+	// the config's label filter leaves to identity and selection.
+	from, fromPeer, err := tracePeer(v, "from", req.FromContainer, b.identityLabels(req.FromLabels), req.FromEntity, req.FromIP)
 	if err != nil {
 		return api.TraceResult{}, err
 	}
-	to, toPeer, err := tracePeer(v, "to", req.ToContainer, req.ToLabels, req.ToEntity, req.ToIP)
+	to, toPeer, err := tracePeer(v, "to", req.ToContainer, b.identityLabels(req.ToLabels), req.ToEntity, req.ToIP)
 	if err != nil {
 		return api.TraceResult{}, err
 	}
@@ -168,6 +171,15 @@ func (b *backend) Trace(ctx context.Context, req api.TraceRequest) (api.TraceRes
 	var text strings.Builder
 	_ = res.WriteText(&text)
 	return api.TraceResult{From: fromPeer, To: toPeer, Result: raw, Text: text.String()}, nil
+}
+
+// identityLabels is the identity-relevant part of labels (nil stays nil:
+// the end is not named by labels).
+func (b *backend) identityLabels(labels map[string]string) map[string]string {
+	if labels == nil {
+		return nil
+	}
+	return endpoint.IdentityLabels(labels, b.r.filter)
 }
 
 // traceAddrs are the addresses of a trace's end when it is named by

@@ -8,10 +8,12 @@ import (
 	"io/fs"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/membrane-fw/membrane/policies"
+	"github.com/membrane-fw/membrane/runtime/endpoint"
 	"github.com/spf13/cobra"
 )
 
@@ -75,7 +77,9 @@ the direction checks made (the sender's egress, the receiver's ingress) and the
 rules that decided.
 
 Name each end exactly once:
-  --from-labels "k=v,..."   a managed endpoint with these labels
+  --from-labels "k=v,..."   a managed endpoint with these labels (those that
+                            do not count for identity, such as container.name,
+                            are left out, as the daemon leaves them out)
   --from-entity NAME        host, world or init (world without an address:
                             CIDR rules do not match it, use --from-ip)
   --from-ip IP              an address; offline, no endpoint or host address is
@@ -184,6 +188,11 @@ func runTrace(cmd *cobra.Command, out, errOut io.Writer, o *traceOpts) error {
 			}
 			return silentExit(1)
 		}
+		// Only identity-relevant labels count for selection; offline,
+		// the default label filter says which (decision 46). The daemon
+		// applies its configured one to --live's labels.
+		q.FromLabels = identityLabels(errOut, "--from-labels", q.FromLabels)
+		q.ToLabels = identityLabels(errOut, "--to-labels", q.ToLabels)
 		conn, err := q.connection()
 		if err != nil {
 			return err
@@ -323,6 +332,28 @@ func peerFlags(side, labels, entity, ip, container string) (map[string]string, s
 		return nil, "", ip, "", nil
 	}
 	return nil, "", "", container, nil
+}
+
+// identityLabels is the identity-relevant part of the labels given to flag,
+// under the default label filter, as the daemon would keep them for an
+// endpoint; it notes on errOut the labels it leaves out.
+func identityLabels(errOut io.Writer, flag string, labels map[string]string) map[string]string {
+	if labels == nil {
+		return nil
+	}
+	kept := endpoint.IdentityLabels(labels, endpoint.LabelFilter{})
+	var left []string
+	for k := range labels {
+		if _, ok := kept[k]; !ok {
+			left = append(left, k)
+		}
+	}
+	if len(left) > 0 {
+		slices.Sort(left)
+		fmt.Fprintf(errOut, "membrane: %s: left out %s: volatile labels do not count for identity and selection (unless membrane.hcl's labels { include = [...] } brings them back)\n",
+			flag, strings.Join(left, ", "))
+	}
+	return kept
 }
 
 func isIPv6(ip string) bool {

@@ -185,6 +185,41 @@ func TestTraceZonedAddressIsJudgedWithoutItsZone(t *testing.T) {
 	}
 }
 
+// Only identity-relevant labels count for selection (policy-language.md,
+// "Labels an endpoint carries"): container.name and the other volatile
+// labels are no endpoint's in the daemon unless its config includes them,
+// so a rule naming one does not match, and the offline trace (the default
+// config) says so instead of judging by labels no endpoint has.
+func TestTraceLabelsCountOnlyWhenIdentityRelevant(t *testing.T) {
+	dir := t.TempDir()
+	writePolicy(t, filepath.Join(dir, "p.hcl"), `policy "db" {
+  selector = "app=db"
+  ingress_deny {
+    from_endpoints = ["container.name=evil"]
+  }
+  ingress_deny {
+    from_endpoints = ["com.docker.compose.project=shop, compose.service=bad"]
+  }
+}
+`)
+	out, errOut, code := traceCLI(t, "--policies", dir, "--from-labels", "container.name=evil,app=x,com.docker.compose.config-hash=ab12",
+		"--to-labels", "app=db", "--port", "5432/tcp")
+	if code != 0 || !strings.Contains(out, "verdict: allowed") || !strings.Contains(out, "from:    endpoint app=x\n") {
+		t.Errorf("a volatile label selected the peer: exit %d\n%s%s", code, out, errOut)
+	}
+	for _, want := range []string{`container.name`, `com.docker.compose.config-hash`, "identity"} {
+		if !strings.Contains(errOut, want) {
+			t.Errorf("stderr does not say that %s does not count:\n%s", want, errOut)
+		}
+	}
+	// com.docker.compose.project itself counts (only .project.* is volatile).
+	j := traceJSONOf(t, "--policies", dir, "--from-labels", "com.docker.compose.project=shop,compose.service=bad",
+		"--to-labels", "app=db", "--port", "5432/tcp")
+	if j.Verdict != "denied" {
+		t.Errorf("identity labels: %+v, want denied", j)
+	}
+}
+
 func TestTraceInvalidPoliciesExitOneWithDiagnostics(t *testing.T) {
 	dir := t.TempDir()
 	writePolicy(t, filepath.Join(dir, "bad.hcl"), "policy \"x\" {\n  selector = \"app=web\"\n  ingres {}\n}\n")

@@ -1,0 +1,52 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"regexp"
+	"testing"
+
+	"github.com/membrane-fw/membrane/daemon/api"
+	"github.com/membrane-fw/membrane/policies"
+	"github.com/membrane-fw/membrane/runtime/endpoint"
+)
+
+// The live trace judges labels given by flag as the daemon judges an
+// endpoint's: only the identity-relevant ones count, under the daemon's
+// own label filter.
+func TestLiveTraceLabelsCountOnlyWhenIdentityRelevant(t *testing.T) {
+	set, rep := policies.Parse(policies.Source{Name: "p.hcl", Bytes: []byte(`policy "db" {
+  selector = "app=db"
+  ingress_deny {
+    from_endpoints = ["container.name=evil"]
+  }
+}
+`)})
+	if err := rep.Err(); err != nil {
+		t.Fatal(err)
+	}
+	req := api.TraceRequest{FromLabels: map[string]string{"app": "x", "container.name": "evil"},
+		ToLabels: map[string]string{"app": "db"}, Proto: "tcp", Port: 5432}
+	for _, tc := range []struct {
+		name   string
+		filter endpoint.LabelFilter
+		want   policies.Verdict
+	}{
+		{"default filter", endpoint.LabelFilter{}, policies.VerdictAllowed},
+		{"container.name included", endpoint.LabelFilter{Include: []*regexp.Regexp{regexp.MustCompile(`^container\.name$`)}}, policies.VerdictDenied},
+	} {
+		r := &reconciler{filter: tc.filter}
+		r.view.set(&view{set: set})
+		tr, err := (&backend{r: r}).Trace(context.Background(), req)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		var res struct{ Verdict policies.Verdict }
+		if err := json.Unmarshal(tr.Result, &res); err != nil {
+			t.Fatal(err)
+		}
+		if res.Verdict != tc.want {
+			t.Errorf("%s: verdict %s, want %s", tc.name, res.Verdict, tc.want)
+		}
+	}
+}
