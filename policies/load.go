@@ -50,6 +50,23 @@ type ContainerNetwork struct {
 // reach the containers on that network. A default route (0.0.0.0/0, ::/0)
 // overlaps every network and is not reported.
 func LoadWithNetworks(nets []ContainerNetwork, paths ...string) (*Set, *Report) {
+	return LoadForCheck(CheckEnv{Networks: nets}, paths...)
+}
+
+// CheckEnv is what `policy check` knows beyond the files, for warnings
+// that the daemon's loading does not give.
+type CheckEnv struct {
+	// Networks: see LoadWithNetworks.
+	Networks []ContainerNetwork
+	// Uncounted reports whether a label key does not count for identity
+	// and selection (the daemon's default label filter); a selector
+	// requirement on such a key gets a warning, since it never holds
+	// (k=v, k in (...), k) or always holds (k!=v, k notin (...), !k).
+	Uncounted func(key string) bool
+}
+
+// LoadForCheck is Load with the warnings that env makes possible.
+func LoadForCheck(env CheckEnv, paths ...string) (*Set, *Report) {
 	var (
 		srcs     []Source
 		readErrs hcl.Diagnostics
@@ -91,7 +108,7 @@ func LoadWithNetworks(nets []ContainerNetwork, paths ...string) (*Set, *Report) 
 			readErrs = append(readErrs, fileDiag(p, "Cannot read policy path: "+reason(err), err.Error()))
 		}
 	}
-	set, rep := parse(nets, srcs...)
+	set, rep := parse(env, srcs...)
 	if len(readErrs) > 0 {
 		rep.diags = append(rep.diags, readErrs...)
 		rep.finish(rep.fileOrder())
@@ -218,16 +235,16 @@ type wholeFile string
 // is the order of rule IDs). Like Load, the Set is nil when the report holds
 // an error.
 func Parse(sources ...Source) (*Set, *Report) {
-	return parse(nil, sources...)
+	return parse(CheckEnv{}, sources...)
 }
 
-func parse(nets []ContainerNetwork, sources ...Source) (*Set, *Report) {
+func parse(env CheckEnv, sources ...Source) (*Set, *Report) {
 	l := &loader{
 		files: map[string]*hcl.File{},
 		names: map[string]*Policy{},
 		rep:   &Report{},
 		res:   map[string]*regexp.Regexp{},
-		nets:  nets,
+		check: env,
 	}
 	seen := map[string]bool{}
 	for _, s := range sources {

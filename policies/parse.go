@@ -27,9 +27,8 @@ type loader struct {
 	// res caches compiled http patterns by source: a large set repeats
 	// the same few patterns, and *regexp.Regexp is safe to share.
 	res map[string]*regexp.Regexp
-	// nets are the container networks to warn about CIDRs overlapping
-	// (LoadWithNetworks).
-	nets []ContainerNetwork
+	// check is what policy check knows beyond the files (LoadForCheck).
+	check CheckEnv
 }
 
 var policyNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)

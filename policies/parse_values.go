@@ -228,7 +228,29 @@ func (l *loader) selector(s string, rng hcl.Range, attr string) (Selector, bool)
 			"Selectors use the Kubernetes grammar: k=v, k==v, k!=v, k in (a, b), k notin (a, b), k, !k, joined by commas. Keys and values are letters, digits, '.', '-', '_' and '/'; \"\" selects every endpoint.")
 		return Selector{}, false
 	}
+	l.uncounted(sel, s, rng)
 	return sel, true
+}
+
+// uncounted warns at each requirement of sel on a label key that does not
+// count for selection (l.check.Uncounted): no endpoint carries such a
+// label, so the requirement never holds, or always holds.
+func (l *loader) uncounted(sel Selector, s string, rng hcl.Range) {
+	if l.check.Uncounted == nil {
+		return
+	}
+	for _, r := range sel.Requirements {
+		if !l.check.Uncounted(r.Key) {
+			continue
+		}
+		holds, effect := "never holds", "the selector matches no endpoint"
+		switch r.Op {
+		case OpNotEquals, OpNotIn, OpDoesNotExist:
+			holds, effect = "always holds", "it has no effect"
+		}
+		l.warnf(l.subRange(rng, s, r.Offset), fmt.Sprintf("Label %q does not count for selection by default; this requirement %s", r.Key, holds),
+			"Volatile labels (container.name, com.docker.compose.config-hash and the others of the policy language) are left out of an endpoint's labels unless membrane.hcl's labels { include = [...] } brings them back, so %s. Name the endpoints by labels that count (compose.service, app=...).", effect)
+	}
 }
 
 // ParsePrefix parses a CIDR of the policy language: an IPv4 or IPv6 prefix,
@@ -281,9 +303,9 @@ func (l *loader) prefixes(lv listValue, attr string) []netip.Prefix {
 }
 
 // overlaps warns at each CIDR of lv that overlaps a container network of
-// l.nets (LoadWithNetworks).
+// l.check.Networks (LoadWithNetworks).
 func (l *loader) overlaps(lv listValue) {
-	if len(l.nets) == 0 {
+	if len(l.check.Networks) == 0 {
 		return
 	}
 	for _, e := range lv.elems {
@@ -291,7 +313,7 @@ func (l *loader) overlaps(lv listValue) {
 		if err != nil || p.Bits() == 0 {
 			continue
 		}
-		for _, n := range l.nets {
+		for _, n := range l.check.Networks {
 			if p.Overlaps(n.Prefix) {
 				l.warnf(e.rng, fmt.Sprintf("CIDR %q overlaps container network %s (%s)", e.val, n.Prefix, n.Name),
 					"CIDR rules match only peers that are not managed endpoints, so this CIDR does not reach the containers on %s. Name them with from_endpoints/to_endpoints selectors or the cluster entity.", n.Name)

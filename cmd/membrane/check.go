@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"github.com/membrane-fw/membrane/policies"
+	"github.com/membrane-fw/membrane/runtime/endpoint"
 	"github.com/membrane-fw/membrane/runtime/linkwatch"
 	"github.com/spf13/cobra"
 )
@@ -93,7 +94,7 @@ func runCheck(out io.Writer, format string, args []string) error {
 	top.name = strings.Join(args, " ")
 	nets := hostNetworks()
 	for _, s := range sets {
-		s.set, s.rep = policies.LoadWithNetworks(nets, s.paths...)
+		s.set, s.rep = policies.LoadForCheck(policies.CheckEnv{Networks: nets, Uncounted: endpoint.DefaultExcluded}, s.paths...)
 	}
 	// A named directory without *.hcl files of its own, whose
 	// subdirectories hold the policies (examples/), is not a set worth a

@@ -253,3 +253,36 @@ func TestCheckWarnsAboutCIDROverlappingABridge(t *testing.T) {
 		t.Errorf("exit %d, output:\n%s\nwant only the warning %q", code, out.String(), want)
 	}
 }
+
+// A selector requirement on a label that does not count for identity and
+// selection by default (container.name, the volatile Compose labels) can
+// never select an endpoint, or always holds: policy check warns at it, so a
+// deny naming a container by container.name does not pass for one that
+// works. The daemon's config may bring such labels back, so it is no error.
+func TestCheckWarnsAtSelectorOnUncountedLabel(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "p.hcl")
+	writePolicy(t, f, `policy "db" {
+  selector = "app=db"
+  ingress_deny {
+    from_endpoints = ["container.name=evil", "app=x, com.docker.compose.oneoff"]
+  }
+  ingress {
+    from_endpoints = ["!org.opencontainers.image.version, app=y", "com.docker.compose.project=shop"]
+  }
+}
+`)
+	out, code, _ := runCLI(t, "policy", "check", f)
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	for _, want := range []string{
+		f + `:4:24: warning: Label "container.name" does not count for selection by default; this requirement never holds`,
+		f + `:4:54: warning: Label "com.docker.compose.oneoff" does not count for selection by default; this requirement never holds`,
+		f + `:7:24: warning: Label "org.opencontainers.image.version" does not count for selection by default; this requirement always holds`,
+		"(3 warnings)",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}
