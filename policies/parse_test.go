@@ -365,3 +365,34 @@ func TestSelectorErrorPointsInsideEscapedStringConservatively(t *testing.T) {
 		t.Errorf("errors %v", errs)
 	}
 }
+
+// The contract's diagnostic line is FILE:LINE:COL: error: SUMMARY, with a
+// one-line summary: values quoted in a summary keep their line breaks
+// escaped, or a CI script would read the rest of the value as a line of
+// its own.
+func TestDiagnosticSummariesAreOneLine(t *testing.T) {
+	_, rep := Parse(Source{Name: "t.hcl", Bytes: []byte(`policy "a" {
+  selector = "app=a\n!"
+  ingress {
+    from_entities = ["wo\nrld"]
+    from_cidr     = ["10.0.0.0/8\n"]
+    ports         = ["80\n/tcp"]
+    icmp          = ["echo\nrequest"]
+    http {
+      method  = "GET\n("
+      path    = "/a\n["
+      host    = "a\n^b"
+      headers = { "X\nY" = "a", "Z" = "b\nc" }
+    }
+  }
+}
+`)})
+	if len(rep.Errors()) < 9 {
+		t.Fatalf("want an error per bad value, got:\n%s", dump(rep))
+	}
+	for _, d := range rep.Diagnostics {
+		if strings.ContainsAny(d.Summary, "\r\n") || strings.ContainsAny(d.String(), "\r\n") {
+			t.Errorf("summary of more than one line: %q", d.String())
+		}
+	}
+}

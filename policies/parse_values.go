@@ -531,7 +531,9 @@ func (l *loader) regexp(s string, rng hcl.Range, attr string) (*regexp.Regexp, b
 		msg := err.Error()
 		var se *syntaxError
 		if errors.As(err, &se) {
-			msg = se.Code.String() + ": " + se.Expr
+			// Quoted, as HCL would write it: the summary stays one
+			// line whatever the pattern holds.
+			msg = se.Code.String() + ": " + strconv.Quote(se.Expr)
 		}
 		l.errorf(rng, fmt.Sprintf("Invalid regular expression in %s: %s", attr, msg),
 			"%s is an RE2 regular expression (https://github.com/google/re2/wiki/Syntax), matched against the whole %s.", attr, attr)
