@@ -63,12 +63,74 @@ func (l *loader) value(e hclsyntax.Expression) (cty.Value, bool) {
 	if d.HasErrors() {
 		return cty.NilVal, false
 	}
+	// HCL evaluates more than variables and function calls without a
+	// context: operators, conditionals, for expressions, interpolation of
+	// literals. A policy file says its values; it does not compute them.
+	if bad, interp := computed(e); bad != nil {
+		if interp {
+			l.errorf(bad.Range(), "Interpolation not allowed",
+				`Policy files are static data: write the string itself, without "${...}" or "%%{...}".`)
+		} else {
+			l.errorf(bad.Range(), "Expressions not allowed",
+				"Policy files are static data: write the value itself, without operators, conditionals, for expressions or parentheses.")
+		}
+		return cty.NilVal, false
+	}
 	if !v.IsWhollyKnown() {
 		l.errorf(e.Range(), "Value not known", "Policy files are static: the value must be a literal.")
 		return cty.NilVal, false
 	}
 	v, _ = v.Unmark()
 	return v, true
+}
+
+// computed returns the first part of e that computes its value rather than
+// states it (nil when e is static data: literals, strings without
+// interpolation, lists and maps of those, a negative number), and whether
+// that part is an interpolation or template directive of a string.
+func computed(e hclsyntax.Expression) (hclsyntax.Expression, bool) {
+	switch x := e.(type) {
+	case *hclsyntax.LiteralValueExpr:
+		return nil, false
+	case *hclsyntax.TemplateExpr:
+		// Text is a string literal part; "${5}" is a number literal.
+		for _, p := range x.Parts {
+			if lit, ok := p.(*hclsyntax.LiteralValueExpr); !ok || lit.Val.Type() != cty.String {
+				return p, true
+			}
+		}
+		return nil, false
+	case *hclsyntax.TemplateWrapExpr:
+		return x.Wrapped, true
+	case *hclsyntax.TupleConsExpr:
+		for _, el := range x.Exprs {
+			if bad, interp := computed(el); bad != nil {
+				return bad, interp
+			}
+		}
+		return nil, false
+	case *hclsyntax.ObjectConsExpr:
+		for _, it := range x.Items {
+			for _, sub := range []hclsyntax.Expression{it.KeyExpr, it.ValueExpr} {
+				if bad, interp := computed(sub); bad != nil {
+					return bad, interp
+				}
+			}
+		}
+		return nil, false
+	case *hclsyntax.ObjectConsKeyExpr:
+		// A bare key (X-Tenant = ...) is a name HCL reads as a string.
+		if hcl.ExprAsKeyword(x.Wrapped) != "" && !x.ForceNonLiteral {
+			return nil, false
+		}
+		return computed(x.Wrapped)
+	case *hclsyntax.UnaryOpExpr:
+		// -80 is HCL's negation of 80: a (bad) number, not a computation.
+		if lit, ok := x.Val.(*hclsyntax.LiteralValueExpr); ok && x.Op == hclsyntax.OpNegate && lit.Val.Type() == cty.Number {
+			return nil, false
+		}
+	}
+	return e, false
 }
 
 func typeName(v cty.Value) string {
