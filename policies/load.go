@@ -14,6 +14,7 @@ import (
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/membrane-fw/membrane/internal/hcldepth"
 )
 
 // Source is one policy file's name and content, for callers that hold the
@@ -283,50 +284,10 @@ func parseFile(src []byte, name string) (*hcl.File, hcl.Diagnostics) {
 	if body, ok := fastParse(src, name); ok {
 		return &hcl.File{Body: body, Bytes: src}, nil
 	}
-	if d := tooDeep(src, name); d != nil {
+	if d := hcldepth.Check(src, name); d != nil {
 		return nil, hcl.Diagnostics{d}
 	}
 	return hclsyntax.ParseConfig(src, name, hcl.InitialPos)
-}
-
-// maxNesting bounds how deep a policy file may nest, and how many unary
-// operators it may chain, for HCL's parser.
-const maxNesting = 256
-
-// tooDeep is an error at the first token of src that nests deeper than
-// maxNesting, or nil. HCL's parser recurses once per level of brackets,
-// braces, parentheses, strings and templates, and per unary operator, and
-// a Go stack overflow is fatal: a few hundred kilobytes of "[" would kill
-// policy check, and the daemon loading its policy directory. The lexer
-// does not recurse, so its tokens are counted first.
-func tooDeep(src []byte, name string) *hcl.Diagnostic {
-	depth, unary := 0, 0
-	toks, _ := hclsyntax.LexConfig(src, name, hcl.InitialPos) // the parser reports lexing errors
-	for _, tok := range toks {
-		switch tok.Type {
-		case hclsyntax.TokenOBrace, hclsyntax.TokenOBrack, hclsyntax.TokenOParen, hclsyntax.TokenOQuote,
-			hclsyntax.TokenOHeredoc, hclsyntax.TokenTemplateInterp, hclsyntax.TokenTemplateControl:
-			depth++
-		case hclsyntax.TokenCBrace, hclsyntax.TokenCBrack, hclsyntax.TokenCParen, hclsyntax.TokenCQuote,
-			hclsyntax.TokenCHeredoc, hclsyntax.TokenTemplateSeqEnd:
-			depth--
-		}
-		if tok.Type == hclsyntax.TokenBang || tok.Type == hclsyntax.TokenMinus {
-			unary++
-		} else if tok.Type != hclsyntax.TokenNewline {
-			unary = 0
-		}
-		if depth > maxNesting || unary > maxNesting {
-			rng := tok.Range
-			return &hcl.Diagnostic{
-				Severity: hcl.DiagError,
-				Summary:  "Nesting too deep",
-				Detail:   fmt.Sprintf("Policy files nest blocks, lists, maps, parentheses and strings at most %d deep, and chain at most as many operators.", maxNesting),
-				Subject:  &rng,
-			}
-		}
-	}
-	return nil
 }
 
 func (r *Report) fileOrder() map[string]int {

@@ -18,6 +18,7 @@ import (
 	"github.com/hashicorp/hcl/v2/hclparse"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 
+	"github.com/membrane-fw/membrane/internal/hcldepth"
 	"github.com/membrane-fw/membrane/policies"
 )
 
@@ -238,6 +239,9 @@ func Load(path string, explicit bool) (*Config, error) {
 // Parse decodes and validates a configuration file's contents; filename is
 // used in positions.
 func Parse(filename string, src []byte) (*Config, error) {
+	if d := hcldepth.Check(src, filename); d != nil {
+		return nil, &Error{Diagnostics: hcl.Diagnostics{d}}
+	}
 	p := hclparse.NewParser()
 	f, diags := p.ParseHCL(src, filename)
 	if diags.HasErrors() {

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -178,5 +179,17 @@ func TestExampleConfigIsValid(t *testing.T) {
 	}
 	if _, err := Load(path, true); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A configuration nested past what HCL's recursive parser can take is an
+// error with its position, not a fatal stack overflow of membraned (the
+// stack is bounded here so that a parser that still recurses fails fast).
+func TestDeepNestingIsAnErrorNotACrash(t *testing.T) {
+	defer debug.SetMaxStack(debug.SetMaxStack(32 << 20))
+	const n = 20000
+	_, err := Parse("membrane.hcl", []byte("bridges = "+strings.Repeat("[", n)+strings.Repeat("]", n)+"\n"))
+	if err == nil || !strings.Contains(err.Error(), "membrane.hcl:1:") || !strings.Contains(err.Error(), "Nesting too deep") {
+		t.Errorf("err = %v", err)
 	}
 }
