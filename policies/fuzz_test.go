@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -41,7 +42,7 @@ func FuzzParse(f *testing.F) {
 			t.Fatal("Err disagrees with HasErrors")
 		}
 		for _, d := range rep.Diagnostics {
-			if d.Pos.File != "fuzz.hcl" || d.Summary == "" || d.Pos.Line < 0 ||
+			if d.Pos.File != "fuzz.hcl" || d.Summary == "" || strings.ContainsAny(d.Summary, "\r\n") || d.Pos.Line < 0 ||
 				(d.Severity != SeverityError && d.Severity != SeverityWarning) {
 				t.Fatalf("malformed diagnostic %+v", d)
 			}
