@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/hashicorp/hcl/v2"
@@ -118,17 +119,13 @@ func (l *loader) file(f *hcl.File) {
 // with a suggestion among allowed.
 func (l *loader) unknownAttr(a *hclsyntax.Attribute, where string, allowed []string, detail string) {
 	summary := fmt.Sprintf("Unknown attribute %q %s", a.Name, where)
-	if s := suggest(a.Name, allowed); s != "" {
-		summary += fmt.Sprintf("; did you mean %q?", s)
-	}
+	summary += suggest(a.Name, allowed)
 	l.errorf(a.NameRange, summary, "%s", detail)
 }
 
 func (l *loader) unknownBlock(b *hclsyntax.Block, where string, allowed []string, detail string) {
 	summary := fmt.Sprintf("Unknown block %q %s", b.Type, where)
-	if s := suggest(b.Type, allowed); s != "" {
-		summary += fmt.Sprintf("; did you mean %q?", s)
-	}
+	summary += suggest(b.Type, allowed)
 	l.errorf(b.TypeRange, summary, "%s", detail)
 }
 
@@ -403,14 +400,27 @@ func (l *loader) http(b *hclsyntax.Block) (HTTPRule, bool) {
 	return h, ok
 }
 
-// suggest returns the allowed name closest to given, if it is close enough
-// to be a likely typo.
+// suggest returns "; did you mean ...?" naming the allowed names closest to
+// given, if they are close enough to be a likely typo, or "". Names equally
+// close are all given: "icmp6" is one letter from both icmp and icmpv6, and
+// naming only icmp would lead to the other family.
 func suggest(given string, allowed []string) string {
-	best, bestDist := "", 3
+	var best []string
+	bestDist := 3
 	for _, a := range allowed {
-		if d := levenshteinDistance(given, a); d < bestDist {
-			best, bestDist = a, d
+		switch d := levenshteinDistance(given, a); {
+		case d < bestDist:
+			best, bestDist = []string{a}, d
+		case d == bestDist && len(best) > 0:
+			best = append(best, a)
 		}
 	}
-	return best
+	if len(best) == 0 {
+		return ""
+	}
+	quoted := make([]string, len(best))
+	for i, b := range best {
+		quoted[i] = strconv.Quote(b)
+	}
+	return "; did you mean " + strings.Join(quoted, " or ") + "?"
 }

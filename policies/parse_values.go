@@ -391,10 +391,7 @@ func (l *loader) entity(e listElem) (Entity, bool) {
 	if contains(entityNames, e.val) {
 		return Entity(e.val), true
 	}
-	summary := fmt.Sprintf("Unknown entity %q", e.val)
-	if s := suggest(strings.ToLower(e.val), entityNames); s != "" {
-		summary += fmt.Sprintf("; did you mean %q?", s)
-	}
+	summary := fmt.Sprintf("Unknown entity %q", e.val) + suggest(strings.ToLower(e.val), entityNames)
 	l.errorf(e.rng, summary, "Entities are %s.", strings.Join(entityNames, ", "))
 	return "", false
 }
@@ -513,11 +510,8 @@ func ParseICMPType(s string, v6 bool) (uint8, error) {
 	for n := range names {
 		known = append(known, n)
 	}
-	msg := fmt.Sprintf("unknown %s type %q", fam, s)
-	if sug := suggest(strings.ToLower(s), known); sug != "" {
-		msg += fmt.Sprintf("; did you mean %q?", sug)
-	}
-	return 0, errors.New(msg)
+	slices.Sort(known) // map order would change the suggestions of a tie
+	return 0, fmt.Errorf("unknown %s type %q%s", fam, s, suggest(strings.ToLower(s), known))
 }
 
 func (l *loader) icmpType(e listElem, v6 bool) (uint8, bool) {
