@@ -50,22 +50,24 @@ func (l *loader) checkRule(r *Rule, b *hclsyntax.Block, rs *ruleSyntax) {
 			if err != nil {
 				continue // already reported
 			}
+			// An except equal to a CIDR swallows it as much as a larger
+			// one does, and one inside a CIDR may still swallow another.
 			inside, covers := false, netip.Prefix{}
 			for _, c := range r.CIDRs {
-				if c.Bits() <= ex.Bits() && c.Contains(ex.Addr()) {
+				switch {
+				case ex.Bits() <= c.Bits() && ex.Contains(c.Addr()):
+					if !covers.IsValid() {
+						covers = c
+					}
+				case c.Bits() <= ex.Bits() && c.Contains(ex.Addr()):
 					inside = true
-					break
-				}
-				if ex.Bits() < c.Bits() && ex.Contains(c.Addr()) && !covers.IsValid() {
-					covers = c
 				}
 			}
 			switch {
-			case inside:
 			case covers.IsValid():
 				l.warnf(e.rng, fmt.Sprintf("except %s covers all of %s %s", ex, peerAttr, covers),
 					"Every address of %s is carved out again, so that part of the rule matches nothing.", covers)
-			default:
+			case !inside:
 				l.warnf(e.rng, fmt.Sprintf("except %s is outside every %s of this block", ex, peerAttr),
 					"except only removes addresses from the block's %s; this entry has no effect.", peerAttr)
 			}

@@ -4,7 +4,7 @@ policy "cidr" {
   selector = "app=cidr"
   egress {
     to_cidr = ["192.0.2.10", "2001:db8::1", "2001:db8:1::/48", "0.0.0.0/0", "::/0"]
-    except  = ["192.0.2.10/32", "2001:db8:1:2::/64"]
+    except  = ["192.0.2.11/32", "2001:db8:1:2::/64"]
   }
   ingress {
     # host bits are masked off, with a warning

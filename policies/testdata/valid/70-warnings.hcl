@@ -33,7 +33,15 @@ policy "warnings" {
     to_cidr = ["0.0.0.0/0", "::/0"]
     except  = ["::ffff:10.0.0.0/104", "::FFFF:0:0/96"]
   }
+  # An except equal to a CIDR, or covering one while inside another,
+  # swallows that CIDR whole: that entry denies nothing.
+  egress_deny {
+    to_cidr = ["169.254.169.254/32", "0.0.0.0/0", "10.1.0.0/16"]
+    except  = ["169.254.169.254", "10.0.0.0/8"]
+  }
 }
 # warn: 30:16 CIDR "::ffff:169.254.169.254" is IPv4-mapped: it matches no address
 # warn: 34:16 CIDR "::ffff:10.0.0.0/104" is IPv4-mapped: it matches no address
 # warn: 34:39 CIDR "::FFFF:0:0/96" is IPv4-mapped: it matches no address
+# warn: 40:16 except 169.254.169.254/32 covers all of to_cidr 169.254.169.254/32
+# warn: 40:35 except 10.0.0.0/8 covers all of to_cidr 10.1.0.0/16
