@@ -47,9 +47,12 @@ func (c Connection) Check() error {
 // resultJSON is the JSON shape of a Result: the CLI contract's "verdict",
 // "egress" and "ingress" (verdict strings) and "matched", plus the details.
 type resultJSON struct {
-	Verdict      Verdict          `json:"verdict"`
-	Egress       Verdict          `json:"egress"`
-	Ingress      Verdict          `json:"ingress"`
+	Verdict Verdict `json:"verdict"`
+	Egress  Verdict `json:"egress"`
+	Ingress Verdict `json:"ingress"`
+	// Audit: the policies deny the connection (Verdict is "denied"), and
+	// audit mode lets it through and reports it.
+	Audit        bool             `json:"audit,omitempty"`
 	Matched      []Match          `json:"matched"`
 	From         string           `json:"from"`
 	To           string           `json:"to"`
@@ -60,9 +63,12 @@ type resultJSON struct {
 }
 
 // MarshalJSON renders the result as `membrane policy trace --format json` prints it.
+// The contract's verdicts are allowed and denied (and not-applicable for an
+// end): an audited drop is "denied", what the policies say, with "audit".
 func (r Result) MarshalJSON() ([]byte, error) {
 	return json.Marshal(resultJSON{
-		Verdict: r.Verdict, Egress: r.Egress.Verdict, Ingress: r.Ingress.Verdict, Matched: r.Matched(),
+		Verdict: contractVerdict(r.Verdict), Egress: contractVerdict(r.Egress.Verdict), Ingress: contractVerdict(r.Ingress.Verdict),
+		Audit: r.Verdict == VerdictAudit, Matched: r.Matched(),
 		From: r.From, To: r.To, EgressCheck: r.Egress, IngressCheck: r.Ingress, L7: r.L7, Docker: r.Docker,
 	})
 }
@@ -74,8 +80,20 @@ func (r *Result) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &j); err != nil {
 		return err
 	}
+	if j.Audit && j.Verdict == VerdictDenied {
+		j.Verdict = VerdictAudit
+	}
 	*r = Result{Verdict: j.Verdict, From: j.From, To: j.To, Egress: j.EgressCheck, Ingress: j.IngressCheck, L7: j.L7, Docker: j.Docker}
 	return nil
+}
+
+// contractVerdict is v in the words of the trace contract: an audited drop
+// is a denial that audit mode lets through.
+func contractVerdict(v Verdict) Verdict {
+	if v == VerdictAudit {
+		return VerdictDenied
+	}
+	return v
 }
 
 // WriteText prints the result for people: the verdict, each end's check and

@@ -196,3 +196,39 @@ policy "web" {
 		}
 	}
 }
+
+// The contract's "verdict" is "allowed" or "denied", and an end's verdict
+// is that or "not-applicable": in audit mode (a live trace against a daemon
+// in audit mode) a connection the policies deny is "denied", as the
+// policies say (decision 32's rule), and "audit": true says that the
+// datapath lets it through and reports it. The round trip keeps audit.
+// (The text, for people, says "verdict: audit".)
+func TestResultJSONAuditKeepsTheContractVerdicts(t *testing.T) {
+	set, rep := Load("testdata/semantics/09-both-ends")
+	if err := rep.Err(); err != nil {
+		t.Fatal(err)
+	}
+	res := set.Evaluate(&Env{Audit: true}, Connection{From: Peer{Entity: EntityWorld}, To: Peer{Labels: Labels{"app": "server"}},
+		Proto: ProtoTCP, Port: 443})
+	if res.Verdict != VerdictAudit {
+		t.Fatalf("setup: verdict %s, want audit", res.Verdict)
+	}
+	b, err := json.Marshal(res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var top map[string]any
+	if err := json.Unmarshal(b, &top); err != nil {
+		t.Fatal(err)
+	}
+	if top["verdict"] != "denied" || top["ingress"] != "denied" || top["egress"] != "not-applicable" || top["audit"] != true {
+		t.Errorf("audit result is not in the contract's words: %s", b)
+	}
+	var back Result
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(back, res) {
+		t.Errorf("round trip changed the result:\n got %+v\nwant %+v", back, res)
+	}
+}
