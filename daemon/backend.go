@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -173,13 +174,14 @@ func (b *backend) Trace(ctx context.Context, req api.TraceRequest) (api.TraceRes
 	return api.TraceResult{From: fromPeer, To: toPeer, Result: raw, Text: text.String()}, nil
 }
 
-// identityLabels is the identity-relevant part of labels (nil stays nil:
+// identityLabels is what the daemon makes of an endpoint's labels: the
+// derived labels added, then the identity-relevant part (nil stays nil:
 // the end is not named by labels).
 func (b *backend) identityLabels(labels map[string]string) map[string]string {
 	if labels == nil {
 		return nil
 	}
-	return endpoint.IdentityLabels(labels, b.r.filter)
+	return endpoint.IdentityLabels(endpoint.DeriveLabels(maps.Clone(labels), "", ""), b.r.filter)
 }
 
 // traceAddrs are the addresses of a trace's end when it is named by

@@ -50,3 +50,32 @@ func TestLiveTraceLabelsCountOnlyWhenIdentityRelevant(t *testing.T) {
 		}
 	}
 }
+
+// The live trace derives labels as the daemon derives an endpoint's:
+// compose.service from com.docker.compose.service.
+func TestLiveTraceLabelsGetTheDerivedLabels(t *testing.T) {
+	set, rep := policies.Parse(policies.Source{Name: "p.hcl", Bytes: []byte(`policy "web" {
+  selector = "compose.service=web"
+  ingress {
+    from_entities = ["host"]
+  }
+}
+`)})
+	if err := rep.Err(); err != nil {
+		t.Fatal(err)
+	}
+	r := &reconciler{}
+	r.view.set(&view{set: set})
+	tr, err := (&backend{r: r}).Trace(context.Background(), api.TraceRequest{FromEntity: "world",
+		ToLabels: map[string]string{"com.docker.compose.service": "web"}, Proto: "tcp", Port: 443})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res struct{ Verdict policies.Verdict }
+	if err := json.Unmarshal(tr.Result, &res); err != nil {
+		t.Fatal(err)
+	}
+	if res.Verdict != policies.VerdictDenied {
+		t.Errorf("verdict %s, want denied: the policy selects the Compose service", res.Verdict)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"net/netip"
 	"os"
 	"slices"
@@ -77,9 +78,10 @@ the direction checks made (the sender's egress, the receiver's ingress) and the
 rules that decided.
 
 Name each end exactly once:
-  --from-labels "k=v,..."   a managed endpoint with these labels (those that
-                            do not count for identity, such as container.name,
-                            are left out, as the daemon leaves them out)
+  --from-labels "k=v,..."   a managed endpoint with these labels, as the daemon
+                            takes a container's: derived labels added
+                            (compose.service, nomad.job, ...), those that do
+                            not count for identity (container.name, ...) left out
   --from-entity NAME        host, world or init (world without an address:
                             CIDR rules do not match it, use --from-ip)
   --from-ip IP              an address; offline, no endpoint or host address is
@@ -334,13 +336,15 @@ func peerFlags(side, labels, entity, ip, container string) (map[string]string, s
 	return nil, "", "", container, nil
 }
 
-// identityLabels is the identity-relevant part of the labels given to flag,
-// under the default label filter, as the daemon would keep them for an
-// endpoint; it notes on errOut the labels it leaves out.
+// identityLabels is what the daemon makes of the labels given to flag for
+// an endpoint: the derived labels added (compose.service, nomad.job, ...),
+// then the identity-relevant part under the default label filter. It notes
+// on errOut the labels it leaves out.
 func identityLabels(errOut io.Writer, flag string, labels map[string]string) map[string]string {
 	if labels == nil {
 		return nil
 	}
+	labels = endpoint.DeriveLabels(maps.Clone(labels), "", "")
 	kept := endpoint.IdentityLabels(labels, endpoint.LabelFilter{})
 	var left []string
 	for k := range labels {

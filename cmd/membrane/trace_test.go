@@ -220,6 +220,31 @@ func TestTraceLabelsCountOnlyWhenIdentityRelevant(t *testing.T) {
 	}
 }
 
+// An endpoint carries the derived labels of its runtime labels
+// (compose.service from com.docker.compose.service, nomad.job from
+// com.hashicorp.nomad.job_name, ...): labels copied from docker inspect are
+// judged as the daemon judges that container.
+func TestTraceLabelsGetTheDerivedLabels(t *testing.T) {
+	dir := t.TempDir()
+	writePolicy(t, filepath.Join(dir, "p.hcl"), `policy "web" {
+  selector = "compose.project=shop, compose.service=web"
+  ingress {
+    from_endpoints = ["nomad.job=billing"]
+  }
+}
+`)
+	j := traceJSONOf(t, "--policies", dir, "--from-entity", "world",
+		"--to-labels", "com.docker.compose.project=shop,com.docker.compose.service=web", "--port", "443/tcp")
+	if j.Verdict != "denied" || j.Ingress != "denied" {
+		t.Errorf("world to the Compose service: %+v, want denied by its default-deny", j)
+	}
+	j = traceJSONOf(t, "--policies", dir, "--from-labels", "com.hashicorp.nomad.job_name=billing",
+		"--to-labels", "com.docker.compose.project=shop,com.docker.compose.service=web", "--port", "443/tcp")
+	if j.Verdict != "allowed" || len(j.Matched) != 1 {
+		t.Errorf("the Nomad job to the Compose service: %+v, want allowed by the ingress", j)
+	}
+}
+
 func TestTraceInvalidPoliciesExitOneWithDiagnostics(t *testing.T) {
 	dir := t.TempDir()
 	writePolicy(t, filepath.Join(dir, "bad.hcl"), "policy \"x\" {\n  selector = \"app=web\"\n  ingres {}\n}\n")
