@@ -575,6 +575,13 @@ func l7For(allows []*Rule, c Connection) *L7Result {
 				}
 			}
 		}
+		if why == "" && JudgesPath(l7.Rules) {
+			for field := range c.HTTP.Headers {
+				if why = HTTPPathOverride(field); why != "" {
+					break
+				}
+			}
+		}
 		if why != "" {
 			l7.HTTP = &HTTPVerdict{Verdict: "400", Reason: why}
 			return l7

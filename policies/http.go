@@ -300,6 +300,40 @@ func JudgesMethod(rules []L7Rule) bool {
 	return false
 }
 
+// HTTPPathOverrides are the fields servers take for the request's path:
+// IIS's URL Rewrite module (so ARR in front of it) sets X-Original-URL and
+// ISAPI_Rewrite X-Rewrite-URL, and Symfony before the CVE-2018-14773 fix,
+// Zend/Laminas and other PHP frameworks route by them, taken from the
+// request, before the request line.
+var HTTPPathOverrides = []string{"X-Original-URL", "X-Rewrite-URL"}
+
+// HTTPPathOverride says why a request is refused (400) for carrying a
+// field named field when a rule that judges it looks at the path, or ""
+// when it is not: the field is one servers take for the path
+// (HTTPPathOverrides), in any spelling of its separators
+// (HTTPFieldAlias), as HTTPMethodOverride does for the method. With
+// path = "/public/.*", GET /public/x carrying X-Original-URL: /admin would
+// be a request for /admin to such a server. Clients do not send them;
+// rewriting servers set them for the application behind them.
+func HTTPPathOverride[S string | []byte](field S) string {
+	for _, o := range HTTPPathOverrides {
+		if sameField(field, o) {
+			return fmt.Sprintf("header %q sets the path to servers (IIS URL Rewrite, Symfony, Zend), which a rule judges", o)
+		}
+	}
+	return ""
+}
+
+// JudgesPath reports whether one of rules looks at the path.
+func JudgesPath(rules []L7Rule) bool {
+	for i := range rules {
+		if rules[i].HTTP.Path != nil {
+			return true
+		}
+	}
+	return false
+}
+
 // regNameByte: a byte of a host name: the unreserved bytes of RFC 3986.
 // Its registered names also allow sub-delimiters and percent-encoding,
 // which no host name holds and which servers would read differently: a

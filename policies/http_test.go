@@ -96,3 +96,32 @@ func TestHTTPForwardedHostsMatch(t *testing.T) {
 		t.Errorf("without the fields: %v allocations, want none", n)
 	}
 }
+
+// TestHTTPPathOverride: X-Original-URL and X-Rewrite-URL, which servers
+// behind IIS's URL Rewrite (old Symfony, Zend) route by, in any case and
+// any spelling of their separators; other names pass, without allocating.
+func TestHTTPPathOverride(t *testing.T) {
+	for _, c := range []struct {
+		field  string
+		refuse bool
+	}{
+		{"X-Original-URL", true},
+		{"x-original-url", true},
+		{"X_Original_Url", true},
+		{"X.Original~URL", true},
+		{"X-Rewrite-URL", true},
+		{"x_rewrite_url", true},
+		{"X-Original-URLs", false},
+		{"X-Original-URI", false},
+		{"XOriginal-URL", false},
+		{"X-Forwarded-Host", false},
+	} {
+		if got := HTTPPathOverride(c.field) != ""; got != c.refuse {
+			t.Errorf("HTTPPathOverride(%q) refuses %v, want %v", c.field, got, c.refuse)
+		}
+	}
+	name := []byte("X-Request-Id")
+	if n := testing.AllocsPerRun(100, func() { HTTPPathOverride(name) }); n != 0 {
+		t.Errorf("another field: %v allocations, want none", n)
+	}
+}
