@@ -171,6 +171,31 @@ func (d *Decision) MethodOverride(h http.Header) string {
 	return ""
 }
 
+// JudgesPath reports whether a rule of d looks at the path: then a field
+// servers take for the path is refused (policies.HTTPPathOverride).
+func (d *Decision) JudgesPath() bool {
+	for i := range d.Checks {
+		if policies.JudgesPath(d.Checks[i].Rules.Rules) {
+			return true
+		}
+	}
+	return false
+}
+
+// PathOverride says why a request with the fields h is refused (400)
+// under d (policies.HTTPPathOverride), "" when it is not.
+func (d *Decision) PathOverride(h http.Header) string {
+	if !d.JudgesPath() {
+		return ""
+	}
+	for field := range h {
+		if why := policies.HTTPPathOverride(field); why != "" {
+			return why
+		}
+	}
+	return ""
+}
+
 // PolicyNames lists, once each and in rule order, the policies that hold the
 // rules of c.
 func PolicyNames(r Resolver, c *Check) []string {

@@ -408,6 +408,8 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		why = "invalid header: " + why
 	} else if why = dec.MethodOverride(req.Headers); why != "" {
 		why = "invalid header: " + why
+	} else if why = dec.PathOverride(req.Headers); why != "" {
+		why = "invalid header: " + why
 	} else if dec.JudgesHost() {
 		if why = policies.HTTPHostCase(r.Host); why != "" {
 			why = "invalid host: " + why

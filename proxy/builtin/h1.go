@@ -446,13 +446,22 @@ func (h *h1) serveOne(first bool) bool {
 		return keep
 	}
 	hd, err := h.header(&dec)
-	if err == nil && dec.JudgesMethod() {
+	// Fields servers take for the method or the path, where a rule judges
+	// it: one pass over the names, only for connections whose rules look
+	// at either.
+	if onMethod, onPath := dec.JudgesMethod(), dec.JudgesPath(); err == nil && (onMethod || onPath) {
 		for _, f := range rq.fields {
-			if fn := f.name.of(h.head); h.forwardsField(fn) {
-				if why := policies.HTTPMethodOverride(fn); why != "" {
-					err = badRequest("invalid header: " + why)
-					break
-				}
+			fn := f.name.of(h.head)
+			var why string
+			if onMethod {
+				why = policies.HTTPMethodOverride(fn)
+			}
+			if why == "" && onPath {
+				why = policies.HTTPPathOverride(fn)
+			}
+			if why != "" && h.forwardsField(fn) {
+				err = badRequest("invalid header: " + why)
+				break
 			}
 		}
 	}
