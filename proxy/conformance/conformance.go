@@ -793,6 +793,11 @@ func (s *suite) underscoreAliases(t *testing.T) {
 		// a rule of the connection judges the method.
 		{"/public/x", [][2]string{{"X-HTTP-Method-Override", "DELETE"}}, 400},
 		{"/public/x", [][2]string{{"x_http_method", "DELETE"}}, 400},
+		// A field servers take for the path (IIS URL Rewrite, old
+		// Symfony), where a rule of the connection judges the path.
+		{"/public/x", [][2]string{{"X-Original-URL", "/admin"}}, 400},
+		{"/public/x", [][2]string{{"x_rewrite_url", "/admin"}}, 400},
+		{"/public/x", [][2]string{{"X-Original-URI", "/admin"}}, 200},
 		{"/public/x", [][2]string{{"X_Tenant_Id", "1"}}, 200},
 	} {
 		raw := "GET " + tc.path + " HTTP/1.1\r\nHost: api.example.com\r\n"

@@ -343,6 +343,9 @@ func TestParseAccessLogVerdicts(t *testing.T) {
 		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"method":"GET","path":"/","host":"evil.com:x.example.com","status":400,"details":"direct_response","route":"invalid-host","duration_ms":0,"policies":"server-api","allow_direction":"ingress"}`, proxy.VerdictError, 0, 400, "", ""},
 		// The invalid-header route's 400.
 		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"method":"GET","path":"/","status":400,"details":"direct_response","route":"invalid-header","duration_ms":0,"policies":"server-api","allow_direction":"ingress"}`, proxy.VerdictError, 0, 400, "", ""},
+		// The invalid-path-override route's 400 (X-Original-URL where a
+		// rule judges the path).
+		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"method":"GET","path":"/public/x","status":400,"details":"direct_response","route":"invalid-path-override","duration_ms":0,"policies":"server-api","allow_direction":"ingress"}`, proxy.VerdictError, 0, 400, "", ""},
 		// CONNECT or an upgrade other than WebSocket: refused, not forwarded.
 		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"method":"GET","path":"/","status":403,"details":"upgrade_failed","route":"rule-1","duration_ms":0,"policies":"server-api","allow_direction":"ingress"}`, proxy.VerdictDenied, 0, 403, "", ""},
 		// Envoy's own answers are errors with their details, whatever route
@@ -356,7 +359,7 @@ func TestParseAccessLogVerdicts(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if strings.Contains(c.line, `"invalid-header"`) && !strings.HasPrefix(ev.Error, "invalid header") {
+		if (strings.Contains(c.line, `"invalid-header"`) || strings.Contains(c.line, `"invalid-path-override"`)) && !strings.HasPrefix(ev.Error, "invalid header") {
 			t.Errorf("invalid-header route recorded with error %q", ev.Error)
 		}
 		if strings.Contains(c.line, `"invalid-host"`) && ev.Host != "evil.com:x.example.com" {

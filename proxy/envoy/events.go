@@ -121,6 +121,8 @@ func ParseAccessLog(line []byte) (proxy.Event, error) {
 		ev.Host = a.Host // as sent, to show what was refused
 	case a.Route == "invalid-method-override":
 		ev.Verdict, ev.Error = proxy.VerdictError, "invalid header: a field that sets the method, which a rule judges"
+	case a.Route == "invalid-path-override":
+		ev.Verdict, ev.Error = proxy.VerdictError, "invalid header: a field that sets the path, which a rule judges"
 	case a.Route == "invalid-forwarded-host":
 		ev.Verdict, ev.Error = proxy.VerdictError, "invalid header: X-Forwarded-Host spelled with other separators"
 	case a.Route == "invalid-header":

@@ -342,6 +342,62 @@ func TestMethodOverrideRoutesJudgeAsTheBuiltinEngine(t *testing.T) {
 	}
 }
 
+// TestPathOverrideRoutesJudgeAsTheBuiltinEngine: where a rule judges the
+// path, Envoy's invalid-path-override routes refuse the fields the
+// built-in engine refuses (proxy.Decision.PathOverride) in their '-' and
+// '_' spellings; the built-in engine refuses the other separators' too
+// (checked as that difference); where no rule judges the path, neither
+// refuses.
+func TestPathOverrideRoutesJudgeAsTheBuiltinEngine(t *testing.T) {
+	for _, path := range []string{"/public/.*", ""} {
+		d := proxy.Decision{SrcIdentity: 300, DstIdentity: 400, Checks: []proxy.Check{
+			{Direction: policies.Ingress, Rules: policies.L7Set{Rules: []policies.L7Rule{
+				{RuleID: 1, HTTP: httpRule("GET", path, "", nil)},
+			}}},
+		}}
+		checked := 0
+		for _, vh := range ruleHosts(t, d) {
+			checked++
+			n := 0
+			for _, rt := range vh.Routes {
+				if rt.Name == "invalid-path-override" {
+					n++
+				}
+			}
+			if want := 8; path != "" && n != want || path == "" && n != 0 {
+				t.Errorf("%s (path %q): %d invalid-path-override routes, want %d where a rule judges the path, else none", vh.Name, path, n, want)
+			}
+			for _, field := range []string{
+				"X-Original-URL", "x-original-url", "X_Original_URL", "X-Original_Url",
+				"X-Rewrite-URL", "x_rewrite_url", "X_Rewrite-URL", "X.Original.URL", "X-Rewrite~URL",
+				"X-Original-URLs", "X-Original-URI", "X-Original", "X-Tenant",
+			} {
+				r := &envoyRequest{method: "GET", path: "/public/x", authority: "api", headers: http.Header{}}
+				r.headers[http.CanonicalHeaderKey(field)] = []string{"/admin"}
+				refused := false
+				for _, rt := range vh.Routes {
+					if rt.Name == "invalid-path-override" && headerMatch(t, rt.Match.Headers[0], r) {
+						refused = true
+					}
+				}
+				want := d.PathOverride(http.Header{field: {"/admin"}}) != ""
+				if strings.ContainsAny(field, ".~") {
+					if refused || want != (path != "") {
+						t.Errorf("%s (path %q): field %q: Envoy refuses %v, the built-in engine %v; want the built-in engine only", vh.Name, path, field, refused, want)
+					}
+					continue
+				}
+				if refused != want {
+					t.Errorf("%s (path %q): field %q: Envoy refuses %v, the built-in engine %v", vh.Name, path, field, refused, want)
+				}
+			}
+		}
+		if checked == 0 {
+			t.Fatal("the translation has no route configuration for the decision")
+		}
+	}
+}
+
 // TestRefusalRoutesAnswerBeforeRBAC: the routes that answer 400 whatever
 // the rules (ambiguous-target, invalid-host) come first and turn both RBAC
 // filters off, so Envoy answers 400 where the built-in engine does, not the
@@ -356,7 +412,7 @@ func TestRefusalRoutesAnswerBeforeRBAC(t *testing.T) {
 		vh := x.(*route.RouteConfiguration).VirtualHosts[0]
 		rules := false
 		for i, r := range vh.Routes {
-			refusal := r.Name == "ambiguous-target" || r.Name == "invalid-host" || r.Name == "invalid-host-case" || r.Name == "invalid-header" || r.Name == "invalid-method-override" || r.Name == "invalid-forwarded-host"
+			refusal := r.Name == "ambiguous-target" || r.Name == "invalid-host" || r.Name == "invalid-host-case" || r.Name == "invalid-header" || r.Name == "invalid-method-override" || r.Name == "invalid-path-override" || r.Name == "invalid-forwarded-host"
 			if refusal && rules || (i < 2) != (r.Name == "ambiguous-target" || r.Name == "invalid-host") {
 				t.Fatalf("%s: route %d is %q; the refusal routes come first, these two first of them", vh.Name, i, r.Name)
 			}

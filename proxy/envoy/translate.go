@@ -424,6 +424,12 @@ func methodOverrideSpellings() []string {
 	return dashUnderscoreSpellings(policies.HTTPMethodOverrides...)
 }
 
+// pathOverrideSpellings lists, sorted, the lower-case spellings with '-'
+// and '_' of the fields policies.HTTPPathOverrides names.
+func pathOverrideSpellings() []string {
+	return dashUnderscoreSpellings(policies.HTTPPathOverrides...)
+}
+
 // dashUnderscoreSpellings lists, sorted, the lower-case spellings with '-'
 // and '_' of the fields names.
 func dashUnderscoreSpellings(names ...string) []string {
@@ -553,6 +559,14 @@ func (t *translator) chain(name string, d proxy.Decision, src, dst []netip.Prefi
 	if d.JudgesMethod() {
 		for _, name := range methodOverrideSpellings() {
 			routes = append(routes, refuseField("invalid-method-override", name, "Bad Request: invalid header: a field that sets the method, which a rule judges\n"))
+		}
+	}
+	// A field servers take for the path (X-Original-URL, X-Rewrite-URL),
+	// where a rule judges the path (policies.HTTPPathOverride): likewise
+	// a route per spelling with '-' and '_'.
+	if d.JudgesPath() {
+		for _, name := range pathOverrideSpellings() {
+			routes = append(routes, refuseField("invalid-path-override", name, "Bad Request: invalid header: a field that sets the path, which a rule judges\n"))
 		}
 	}
 	noRBAC := map[string]*anypb.Any{}
