@@ -301,9 +301,10 @@ func JudgesMethod(rules []L7Rule) bool {
 }
 
 // HTTPPathOverrides are the fields servers take for the request's path:
-// IIS's URL Rewrite module (so ARR in front of it) sets X-Original-URL and
-// ISAPI_Rewrite X-Rewrite-URL, and Symfony before the CVE-2018-14773 fix,
-// Zend/Laminas and other PHP frameworks route by them, taken from the
+// IIS's URL Rewrite module sets X-Original-URL when it rewrites a request
+// and ISAPI_Rewrite X-Rewrite-URL, and Symfony before the CVE-2018-14773
+// fix, Zend Framework before the same fix (version 1, so Magento 1, for
+// good) and other PHP code written for IIS route by them, taken from the
 // request, before the request line.
 var HTTPPathOverrides = []string{"X-Original-URL", "X-Rewrite-URL"}
 
@@ -318,7 +319,7 @@ var HTTPPathOverrides = []string{"X-Original-URL", "X-Rewrite-URL"}
 func HTTPPathOverride[S string | []byte](field S) string {
 	for _, o := range HTTPPathOverrides {
 		if sameField(field, o) {
-			return fmt.Sprintf("header %q sets the path to servers (IIS URL Rewrite, Symfony, Zend), which a rule judges", o)
+			return fmt.Sprintf("header %q sets the path to servers (Symfony, Zend Framework), which a rule judges", o)
 		}
 	}
 	return ""

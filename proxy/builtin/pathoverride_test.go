@@ -14,13 +14,13 @@ import (
 
 // symfonyPath is the path an application routes by when its framework
 // takes the request URI the way Symfony's Request::prepareRequestUri did
-// before the CVE-2018-14773 fix (and Zend/Laminas' and other PHP
-// frameworks' still do behind IIS): X-Original-URL (IIS URL Rewrite),
-// else X-Rewrite-URL (ISAPI_Rewrite), else the request line. PHP reads
-// them from $_SERVER as HTTP_X_ORIGINAL_URL and HTTP_X_REWRITE_URL, which
-// a CGI server gives every spelling of the separators (busybox httpd
-// turns each character but letters and digits into '_'). There is no
-// PHP on this machine: this Go handler stands in for it.
+// before the CVE-2018-14773 fix (and Zend Framework 1's still does):
+// X-Original-URL (IIS URL Rewrite), else X-Rewrite-URL (ISAPI_Rewrite),
+// else the request line. PHP reads them from $_SERVER as
+// HTTP_X_ORIGINAL_URL and HTTP_X_REWRITE_URL, which a CGI server gives
+// every spelling of the separators (busybox httpd turns each character
+// but letters and digits into '_'). There is no PHP on this machine: this
+// Go handler stands in for it.
 func symfonyPath(r *http.Request) string {
 	cgi := func(name string) string {
 		return strings.Map(func(c rune) rune {
@@ -43,8 +43,9 @@ func symfonyPath(r *http.Request) string {
 
 // TestPathOverrideRefusedWhereThePathIsJudged: with path = "/public/.*",
 // GET /public/x carrying X-Original-URL: /admin is a request for /admin to
-// a server that routes by that field (IIS's URL Rewrite behind ARR, old
-// Symfony, Zend/Laminas): shown against such a server directly first.
+// a server that routes by that field (old Symfony, Zend Framework, PHP
+// code written for IIS's URL Rewrite): shown against such a server
+// directly first.
 // Where a rule judges the path, a field servers take for the path gets
 // 400 from the engine, in any spelling of its separators, over HTTP/1.1
 // and HTTP/2, and the server sees nothing. Without a rule on the path it
