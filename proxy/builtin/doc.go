@@ -50,5 +50,11 @@
 // so the rule and the server see the same thing. Hosts are judged without
 // port, lower-cased; a rule on the host judges the hosts X-Forwarded-Host
 // and Forwarded name too (policies.HTTPForwardedHostsMatch), collected
-// only for connections whose rules look at the host.
+// only for connections whose rules look at the host. Where a rule looks
+// at the method or the path, a request carrying a field servers take for
+// it gets 400: X-HTTP-Method-Override and its kin
+// (policies.HTTPMethodOverride), X-Original-URL and X-Rewrite-URL
+// (policies.HTTPPathOverride), in any spelling of their separators; over
+// HTTP/1 in one pass over the field names, made only for connections
+// whose rules look at either.
 package builtin
