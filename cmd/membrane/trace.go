@@ -236,6 +236,7 @@ func (o *traceOpts) query() (traceQuery, error) {
 	switch {
 	case o.port != "":
 		num, proto, ok := strings.Cut(o.port, "/")
+		proto = strings.ToLower(proto) // as in policies' ports
 		n, perr := strconv.ParseUint(num, 10, 16)
 		if !ok || perr != nil || n == 0 {
 			return q, usageError("--port %q: want N/PROTO, N in 1-65535 and PROTO tcp, udp or sctp (e.g. 443/tcp)", o.port)

@@ -57,6 +57,16 @@ func TestTraceTextAllowedNamesTheRules(t *testing.T) {
 	}
 }
 
+// TestTracePortProtocolIgnoresCase: --port takes the protocol in any case,
+// as policies do (ports = ["443/TCP"] is valid).
+func TestTracePortProtocolIgnoresCase(t *testing.T) {
+	out, errOut, code := traceCLI(t, "--policies", filepath.Join(traceSemantics, "09-both-ends"),
+		"--from-labels", "app=client", "--to-labels", "app=server", "--port", "443/TCP")
+	if code != 0 || !strings.Contains(out, "verdict: allowed") {
+		t.Fatalf("--port 443/TCP: exit %d, stdout %q, stderr %q; want the verdict of 443/tcp", code, out, errOut)
+	}
+}
+
 func TestTraceDeniedStillExitsZero(t *testing.T) {
 	out, errOut, code := traceCLI(t, "--policies", filepath.Join(traceSemantics, "09-both-ends"),
 		"--from-entity", "world", "--to-labels", "app=server", "--port", "443/tcp")
