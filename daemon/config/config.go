@@ -402,10 +402,13 @@ func compile(raw *fileSchema, body hcl.Body) (*Config, hcl.Diagnostics) {
 		cfg.Audit = *raw.Audit
 	}
 	if raw.AuditSelector != nil {
-		if err := checkSelector(*raw.AuditSelector); err != nil {
+		// Empty means no endpoint, and so does blank: parsed, blanks are
+		// the policy language's empty selector, which selects them all.
+		sel := strings.TrimSpace(*raw.AuditSelector)
+		if err := checkSelector(sel); err != nil {
 			errAt(top["audit_selector"], "invalid audit_selector", err.Error())
 		}
-		cfg.AuditSelector = *raw.AuditSelector
+		cfg.AuditSelector = sel
 	}
 	duration := func(name string, v *string, dst *time.Duration, min time.Duration) {
 		if v == nil {

@@ -172,6 +172,22 @@ func TestL7BlockDecodes(t *testing.T) {
 	}
 }
 
+// TestBlankAuditSelectorAuditsNone: audit_selector = "" audits no endpoint
+// (the shipped configurations say so); one of blanks must not be parsed
+// as the policy language's empty selector, which selects every endpoint
+// and would turn enforcement into audit for all.
+func TestBlankAuditSelectorAuditsNone(t *testing.T) {
+	for _, v := range []string{"", " ", "\t  "} {
+		c, err := Parse("m.hcl", []byte("audit_selector = \""+v+"\"\n"))
+		if err != nil {
+			t.Fatalf("audit_selector = %q: %v", v, err)
+		}
+		if c.AuditSelector != "" || c.Audit {
+			t.Errorf("audit_selector = %q: AuditSelector %q, Audit %v; want no endpoint audited", v, c.AuditSelector, c.Audit)
+		}
+	}
+}
+
 func TestExampleConfigIsValid(t *testing.T) {
 	path := "../../examples/membrane.hcl"
 	if _, err := os.Stat(path); err != nil {
