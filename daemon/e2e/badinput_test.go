@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -503,4 +505,78 @@ func TestHangupReloadsAndReportsABrokenConfig(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// A container with NET_ADMIN can put any address on its interface: another
+// container's, or the host's own on its bridge (the gateway, the source of
+// the host's connections into the network). Such an address is not the
+// container's: Docker did not give it one. Once the daemon looks at the
+// container again (any event of it: a rename here), the addresses it
+// claims must not move to its identity, where the host's connections to db
+// would be judged as coming from it, and db's own traffic would be taken
+// for a stranger's (not-addressed, spoofed-source).
+func TestAddressAContainerAddsItselfIsNotItsOwn(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.writePolicy("db.hcl", `
+policy "db" {
+  selector = "app=db,e2e=SFX"
+  ingress {
+    from_endpoints = ["app=api,e2e=SFX"]
+    from_entities  = ["host"]
+    ports          = ["8080/tcp"]
+  }
+}
+`)
+	e.startDaemon()
+	db, api := e.server("db", "app=db"), e.idle("api", "app=api")
+	mallory := e.idle("mallory", "app=mallory")
+	mallory2 := e.run("mallory2", []string{"app=mallory"}, "sleep 600", "--cap-add", "NET_ADMIN")
+	for _, c := range []string{db, api, mallory, mallory2} {
+		e.endpoint(c)
+	}
+	dbIP := e.ip(db)
+	gw := e.docker("network", "inspect", "-f", "{{range .IPAM.Config}}{{.Gateway}}{{end}}", e.network)
+	hostGet := func() bool {
+		c, err := net.DialTimeout("tcp", net.JoinHostPort(dbIP, "8080"), time.Second)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(time.Second))
+		fmt.Fprint(c, "GET / HTTP/1.0\r\n\r\n")
+		b, _ := io.ReadAll(c)
+		return strings.HasSuffix(string(b), "ok\n")
+	}
+	e.eventually("api and the host reach db", 10*time.Second, func() error {
+		if !e.get(api, dbIP) || !hostGet() {
+			return os.ErrDeadlineExceeded
+		}
+		return nil
+	})
+
+	e.docker("exec", mallory2, "ip", "addr", "add", dbIP+"/32", "dev", "eth0")
+	e.docker("exec", mallory2, "ip", "addr", "add", gw+"/32", "dev", "eth0")
+	name := mallory2
+	for i := range 4 {
+		// Each rename makes the daemon read the container again.
+		next := fmt.Sprintf("%s-%d", mallory2, i)
+		e.docker("rename", name, next)
+		name = next
+		e.names = append(e.names, name)
+		ep := e.endpoint(name)
+		for _, a := range ep.Addresses {
+			if a == dbIP || a == gw {
+				t.Errorf("%s's endpoint has address %s, which it added itself: %v", name, a, ep.Addresses)
+			}
+		}
+		if !e.get(api, dbIP) {
+			t.Errorf("after rename %d: api -> db dropped", i)
+		}
+		if !hostGet() {
+			t.Errorf("after rename %d: host -> db dropped", i)
+		}
+		if e.get(mallory, dbIP) {
+			t.Errorf("after rename %d: mallory -> db allowed", i)
+		}
+	}
 }

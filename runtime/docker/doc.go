@@ -35,7 +35,11 @@
 //   - bridge, user-defined bridges (Compose networks), several networks on
 //     one container: ModeBridge, one Interface per network with the host-side
 //     veth (found through IFLA_LINK, see runtime/nsinfo) and Network set from
-//     the matching MAC in the inspect output;
+//     the matching MAC in the inspect output. Its Addrs are those of the
+//     interface that Docker gave it on that network (IPAddress,
+//     GlobalIPv6Address): a container with NET_ADMIN can add any address,
+//     another container's or the host's, and would otherwise take that
+//     address's identity in the ipcache;
 //   - container:<id|name>: the container joins that endpoint. The endpoint's
 //     Containers list it after the owner and its labels merge as
 //     endpoint.MergeLabels says (Nomad's pause-container pattern);

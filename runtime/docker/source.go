@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"slices"
 	"sort"
 	"strconv"
@@ -64,6 +65,8 @@ type Source struct {
 type dockerNet struct {
 	name, id string
 	noICC    bool
+	// addrs are the addresses Docker gave the container on it.
+	addrs []netip.Addr
 }
 
 // record is what the source knows of one running container.
@@ -335,6 +338,13 @@ func (s *Source) endpointLocked(id string) (endpoint.Endpoint, bool) {
 	for _, itf := range o.ns.Interfaces {
 		n := o.macNetwork[itf.MAC.String()]
 		itf.Network, itf.NetworkID, itf.NoICC = n.name, n.id, n.noICC
+		// Only the addresses Docker gave this interface are the
+		// container's. One with NET_ADMIN can put any address on its
+		// interfaces, another container's or the host's among them;
+		// reported, it would take that address's identity.
+		itf.Addrs = slices.DeleteFunc(slices.Clone(itf.Addrs), func(p netip.Prefix) bool {
+			return !slices.Contains(n.addrs, p.Addr())
+		})
 		ep.Interfaces = append(ep.Interfaces, itf)
 	}
 	ep.Unenforced = slices.Clone(o.ns.Unpaired)
@@ -454,7 +464,13 @@ func (s *Source) inspect(ctx context.Context, cli *client.Client, id string) (*r
 				if err != nil {
 					return nil, err
 				}
-				r.macNetwork[strings.ToLower(n.MacAddress)] = dockerNet{name: name, id: n.NetworkID, noICC: noICC}
+				dn := dockerNet{name: name, id: n.NetworkID, noICC: noICC}
+				for _, a := range []string{n.IPAddress, n.GlobalIPv6Address} {
+					if ip, err := netip.ParseAddr(a); err == nil {
+						dn.addrs = append(dn.addrs, ip.Unmap())
+					}
+				}
+				r.macNetwork[strings.ToLower(n.MacAddress)] = dn
 			}
 		}
 	}

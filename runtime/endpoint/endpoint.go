@@ -72,7 +72,9 @@ type Interface struct {
 	MAC     net.HardwareAddr `json:"mac,omitempty"`
 	// Addrs are the interface's addresses, IPv4 and IPv6, without the
 	// IPv6 link-local ones (fe80::/10 are the same on every link and never
-	// name an endpoint in the ipcache).
+	// name an endpoint in the ipcache). A runtime that assigns addresses
+	// reports only those it assigned (Docker): one that a container with
+	// NET_ADMIN put there itself is not its own.
 	Addrs []netip.Prefix `json:"addrs,omitempty"`
 	// HostIfindex and HostName are the host-side peer of the veth, found
 	// through IFLA_LINK and checked against the peer's own IFLA_LINK. Zero /
