@@ -362,6 +362,12 @@ func (d *Datapath) SetProxyCgroup(id uint64) error {
 	return d.updateConfig(func(c *datapathConfig) { c.ProxyCgroup = id })
 }
 
+// Replaced reports whether Open created fresh maps in place of pinned ones
+// that no longer matched: the pinned attachments then run the previous
+// programs, with the previous maps, until Attach is called for each, which
+// must wait until the new maps hold what those interfaces need.
+func (d *Datapath) Replaced() bool { return d.replaced }
+
 // Revision returns the policy revision in force.
 func (d *Datapath) Revision() (uint32, error) {
 	d.mu.Lock()

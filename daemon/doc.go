@@ -2,7 +2,9 @@
 // the only writer of kernel state.
 //
 // Run opens the identity store and the datapath (adopting the pins a
-// previous membraned left, so enforcement never lapses), then runs its
+// previous membraned left, so enforcement never lapses; when the maps had
+// to be replaced, the veths keep the previous programs and maps until the
+// first full reconcile has filled the new ones), then runs its
 // subsystems under one errgroup: the runtime sources (Docker, containerd),
 // the link watcher, the policy-directory watcher, the host-address watcher,
 // the flow-event reader, the local API and the metrics endpoint. They only

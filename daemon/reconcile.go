@@ -94,6 +94,11 @@ type reconciler struct {
 	// ipcache mirrors what the ipcache map holds after our last write; nil
 	// when unknown (start, or after a failed write).
 	ipcache map[netip.Prefix]policies.Identity
+	// oldPrograms are the veths still on the previous daemon's programs
+	// and maps, when Open replaced the maps (bpf.Datapath.Replaced): they
+	// keep them until the first full reconcile has filled the new maps,
+	// where each veth gets the new programs after its endpoint entry.
+	oldPrograms map[int]bool
 
 	view viewHolder
 }
@@ -128,6 +133,14 @@ func newReconciler(cfg *config.Config, log *slog.Logger, dp *bpf.Datapath, ids *
 		veths:     map[int]linkwatch.Event{},
 		nextEpID:  1,
 		problems:  map[string]string{},
+	}
+	if dp.Replaced() {
+		if att, err := dp.Attached(); err == nil {
+			r.oldPrograms = map[int]bool{}
+			for _, a := range att {
+				r.oldPrograms[a.Ifindex] = true
+			}
+		}
 	}
 	r.publish()
 	return r
@@ -1058,7 +1071,7 @@ func (r *reconciler) applyLinkEvent(ev linkwatch.Event) {
 		_, known := r.veths[ev.Ifindex]
 		r.veths[ev.Ifindex] = ev
 		r.attachBridge(ev.MasterIndex)
-		if !known {
+		if !known && !r.oldPrograms[ev.Ifindex] {
 			// Fail-closed: the programs go on at once. Until an endpoint
 			// entry exists the veth's traffic is identity init.
 			r.problem(fmt.Sprintf("attach/%d", ev.Ifindex), "attach", r.dp.Attach(ev.Ifindex))
@@ -1158,7 +1171,9 @@ func (r *reconciler) fullSync(why string) {
 	start := time.Now()
 	r.forgetBridges()
 	for ifx, ev := range r.veths {
-		r.problem(fmt.Sprintf("attach/%d", ifx), "attach", r.dp.Attach(ifx))
+		if !r.oldPrograms[ifx] {
+			r.problem(fmt.Sprintf("attach/%d", ifx), "attach", r.dp.Attach(ifx))
+		}
 		r.attachBridge(ev.MasterIndex)
 	}
 	if r.synced {
@@ -1175,6 +1190,14 @@ func (r *reconciler) fullSync(why string) {
 				want[ifx] = true
 			}
 		}
+		// The new maps are full: the veths without an endpoint (init)
+		// leave the old programs too.
+		for ifx := range r.veths {
+			if r.oldPrograms[ifx] {
+				r.problem(fmt.Sprintf("attach/%d", ifx), "attach", r.dp.Attach(ifx))
+			}
+		}
+		r.oldPrograms = nil
 		if have, err := r.dp.Endpoints(); err == nil {
 			for ifx := range have {
 				if !want[ifx] {

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -89,13 +90,24 @@ metrics {
 		if err := CleanupDatapath(cfg); err != nil {
 			t.Errorf("cleanup: %v", err)
 		}
+		// After every daemon this test started has stopped.
+		if t.Failed() {
+			if b, err := os.ReadFile(d.logPath); err == nil {
+				lines := strings.Split(string(b), "\n")
+				if len(lines) > 80 {
+					lines = lines[len(lines)-80:]
+				}
+				t.Logf("membraned log (tail):\n%s", strings.Join(lines, "\n"))
+			}
+		}
 	})
 	return d
 }
 
-// start runs the daemon until the test ends, with hooks (nil: none) and
+// start runs the daemon until the test ends, or until the function it
+// returns is called (as SIGTERM would stop it), with hooks (nil: none) and
 // ready (Options.Ready; nil: none). It does not wait for anything.
-func (d *testDaemon) start(hooks *testHooks, ready func()) {
+func (d *testDaemon) start(hooks *testHooks, ready func()) (stop func()) {
 	d.t.Helper()
 	logf, err := os.OpenFile(d.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -112,27 +124,23 @@ func (d *testDaemon) start(hooks *testHooks, ready func()) {
 			hooks:     hooks,
 		})
 	}()
-	d.t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				d.t.Errorf("Run: %v", err)
-			}
-		case <-time.After(20 * time.Second):
-			d.t.Errorf("Run did not return after its context ended")
-		}
-		logf.Close()
-		if d.t.Failed() {
-			if b, err := os.ReadFile(d.logPath); err == nil {
-				lines := strings.Split(string(b), "\n")
-				if len(lines) > 80 {
-					lines = lines[len(lines)-80:]
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					d.t.Errorf("Run: %v", err)
 				}
-				d.t.Logf("membraned log (tail):\n%s", strings.Join(lines, "\n"))
+			case <-time.After(20 * time.Second):
+				d.t.Errorf("Run did not return after its context ended")
 			}
-		}
-	})
+			logf.Close()
+		})
+	}
+	d.t.Cleanup(stop)
+	return stop
 }
 
 func (d *testDaemon) writePolicy(name, text string) {
@@ -391,4 +399,90 @@ func TestSyncWarningSaysWhatIsPending(t *testing.T) {
 	d.waitStatus("the sync problem gone once the events are applied", 10*time.Second, func(st api.Status) bool {
 		return problem(st) == ""
 	})
+}
+
+// A restart whose configuration changes a map's size (or an upgrade that
+// changes the maps' layout) gets fresh, empty maps: the veths keep running
+// the previous daemon's programs, with the previous maps, until the new
+// maps hold their endpoints, policies and addresses (bpf.Open). Here the
+// runtime source's events are held, so the first full reconcile waits: the
+// veths must stay on the old programs meanwhile. The link watcher's first
+// list used to attach the new programs to every veth at once, before
+// anything was written: no endpoint entry, so every container was init,
+// its traffic all dropped (unknown_endpoint "drop") or all let through
+// ("allow") until the first full reconcile.
+func TestReplacedMapsAreFilledBeforeTheVethsSwitch(t *testing.T) {
+	for _, unknown := range []string{"drop", "allow"} {
+		t.Run(unknown, func(t *testing.T) {
+			bridge, _ := dockerNet(t, 0)
+			network := strings.Replace(bridge, "rlb", "rl-", 1)
+			img := testenv.BusyboxImage(t)
+			run := func(name, label string, cmd ...string) string {
+				t.Helper()
+				name = network + "-" + name
+				args := append([]string{"run", "-d", "--name", name, "--network", network, "--label", label, img}, cmd...)
+				if out, err := exec.Command("docker", args...).CombinedOutput(); err != nil {
+					t.Fatalf("docker run: %v: %s", err, out)
+				}
+				t.Cleanup(func() { exec.Command("docker", "rm", "-f", name).Run() })
+				return name
+			}
+			a := run("a", "app=a", "nc", "-ll", "-p", "80", "-e", "echo", "ok")
+			b := run("b", "app=b", "sleep", "600")
+			c := run("c", "app=c", "sleep", "600")
+			out, err := exec.Command("docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", a).Output()
+			if err != nil {
+				t.Fatal(err)
+			}
+			aIP := strings.TrimSpace(string(out))
+			reaches := func(from string) bool {
+				return exec.Command("docker", "exec", from, "sh", "-c", "nc -w 1 "+aIP+" 80 </dev/null | grep -q ok").Run() == nil
+			}
+			check := func(when string) {
+				t.Helper()
+				if !reaches(b) {
+					t.Errorf("%s: b -> a dropped; policy a allows it", when)
+				}
+				if reaches(c) {
+					t.Errorf("%s: c -> a allowed; policy a does not allow it", when)
+				}
+			}
+
+			d := newTestDaemon(t, testDaemonOpts{docker: true, bridges: []string{bridge}, extra: "unknown_endpoint = \"" + unknown + "\""})
+			d.writePolicy("a.hcl", policyA)
+			stop := d.start(nil, nil)
+			d.waitStatus("the three containers enforced", 20*time.Second, func(st api.Status) bool { return st.Reconciled && st.Endpoints == 3 })
+			for deadline := time.Now().Add(10 * time.Second); !reaches(b) && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+			}
+			check("first daemon")
+			stop()
+
+			d.cfg.Maps.Conntrack *= 2
+			hold := make(chan struct{})
+			released := false
+			release := func() {
+				if !released {
+					released = true
+					close(hold)
+				}
+			}
+			t.Cleanup(release)
+			d.start(&testHooks{holdEndpointEvents: hold}, nil)
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+				b, _ := os.ReadFile(d.logPath)
+				if strings.Contains(string(b), "replacing them") {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the second daemon did not replace the maps")
+				}
+			}
+			d.waitStatus("the second daemon answers", 10*time.Second, func(api.Status) bool { return true })
+			time.Sleep(time.Second) // the link watcher lists the veths
+			check("new maps, first reconcile waiting")
+			release()
+			d.waitStatus("first reconcile of the second daemon", 20*time.Second, func(st api.Status) bool { return st.Reconciled && st.Endpoints == 3 })
+			check("new maps filled")
+		})
+	}
 }
