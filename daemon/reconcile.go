@@ -1094,21 +1094,30 @@ func (r *reconciler) applyLinkEvent(ev linkwatch.Event) {
 
 func (r *reconciler) wantIPCache() map[netip.Prefix]policies.Identity {
 	want := map[netip.Prefix]policies.Identity{}
-	for _, p := range r.hostAddrs {
-		a := p.Addr()
-		want[netip.PrefixFrom(a, a.BitLen())] = policies.IdentityHost
-	}
 	if r.model != nil {
 		for _, c := range r.model.CIDRs {
 			want[c.Prefix] = c.Identity
 		}
+	}
+	// The host's addresses stay the host's: a CIDR rule never matches
+	// the host (decision 26), and an endpoint that holds one (a
+	// containerd container with NET_ADMIN can add any address) must not
+	// pass for the host, nor the host's connections for it.
+	host := map[netip.Prefix]bool{}
+	for _, p := range r.hostAddrs {
+		a := p.Addr()
+		hp := netip.PrefixFrom(a, a.BitLen())
+		want[hp] = policies.IdentityHost
+		host[hp] = true
 	}
 	for _, st := range r.eps {
 		if st.ep.NetworkMode == endpoint.ModeHost {
 			continue
 		}
 		for _, a := range st.ep.Addrs() {
-			want[netip.PrefixFrom(a, a.BitLen())] = st.identity
+			if p := netip.PrefixFrom(a, a.BitLen()); !host[p] {
+				want[p] = st.identity
+			}
 		}
 	}
 	return want

@@ -4,10 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -32,9 +35,11 @@ type testDaemon struct {
 }
 
 type testDaemonOpts struct {
-	docker  bool     // follow dockerd (else no runtime source at all)
-	bridges []string // managed bridges (default: one that does not exist)
-	extra   string   // appended to membrane.hcl
+	docker bool // follow dockerd
+	// containerd are the containerd namespaces to follow (nil: none)
+	containerd []string
+	bridges    []string // managed bridges (default: one that does not exist)
+	extra      string   // appended to membrane.hcl
 }
 
 // newTestDaemon prepares a daemon's files; start runs it.
@@ -53,10 +58,7 @@ func newTestDaemon(t *testing.T, o testDaemonOpts) *testDaemon {
 	if o.bridges == nil {
 		o.bridges = []string{"rln" + sfx}
 	}
-	var quoted []string
-	for _, b := range o.bridges {
-		quoted = append(quoted, fmt.Sprintf("%q", b))
-	}
+	quoted := quote(o.bridges)
 	text := fmt.Sprintf(`
 policy_dir      = %q
 state_dir       = %q
@@ -69,14 +71,15 @@ runtime "docker" {
   enabled = %v
 }
 runtime "containerd" {
-  enabled = false
+  enabled    = %v
+  namespaces = [%s]
 }
 metrics {
   listen = ""
 }
 %s
 `, filepath.Join(dir, "policies"), filepath.Join(dir, "state"), "/sys/fs/bpf/rl-"+sfx,
-		filepath.Join(dir, "api.sock"), strings.Join(quoted, ", "), o.docker, o.extra)
+		filepath.Join(dir, "api.sock"), quoted, o.docker, o.containerd != nil, quote(o.containerd), o.extra)
 	path := filepath.Join(dir, "membrane.hcl")
 	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
@@ -102,6 +105,15 @@ metrics {
 		}
 	})
 	return d
+}
+
+// quote is list as the elements of an HCL list of strings.
+func quote(list []string) string {
+	var q []string
+	for _, s := range list {
+		q = append(q, fmt.Sprintf("%q", s))
+	}
+	return strings.Join(q, ", ")
 }
 
 // start runs the daemon until the test ends, or until the function it
@@ -484,5 +496,126 @@ func TestReplacedMapsAreFilledBeforeTheVethsSwitch(t *testing.T) {
 			d.waitStatus("first reconcile of the second daemon", 20*time.Second, func(st api.Status) bool { return st.Reconciled && st.Endpoints == 3 })
 			check("new maps filled")
 		})
+	}
+}
+
+// The host's addresses are the host's in the ipcache, whatever else names
+// them: a policy's CIDR (decision 26: CIDR rules never match the host),
+// or an endpoint that holds one. A containerd container's addresses are
+// what its network namespace holds (containerd assigns none), so one with
+// NET_ADMIN can add the host's address on a Docker bridge (the gateway,
+// the source of the host's connections into that network). Either used to
+// take the address from the host: the host's connections to a Docker
+// container that allows the host were judged as coming from the CIDR or
+// the container, and dropped.
+func TestHostAddressesStayTheHosts(t *testing.T) {
+	testenv.RequireContainerd(t)
+	bridge, _ := dockerNet(t, 0)
+	network := strings.Replace(bridge, "rlb", "rl-", 1)
+	img := testenv.BusyboxImage(t)
+	db := network + "-db"
+	if out, err := exec.Command("docker", "run", "-d", "--name", db, "--network", network, "--label", "app=db",
+		img, "nc", "-ll", "-p", "80", "-e", "echo", "ok").CombinedOutput(); err != nil {
+		t.Fatalf("docker run: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("docker", "rm", "-f", db).Run() })
+	inspect := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command("docker", args...).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	dbIP := inspect("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", db)
+	gw := inspect("network", "inspect", "-f", "{{range .IPAM.Config}}{{.Gateway}}{{end}}", network)
+	hostReaches := func() bool {
+		c, err := net.DialTimeout("tcp", net.JoinHostPort(dbIP, "80"), time.Second)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(time.Second))
+		b, _ := io.ReadAll(c)
+		return strings.TrimSpace(string(b)) == "ok"
+	}
+
+	// A containerd container in a namespace wired like a CNI bridge
+	// plugin does it.
+	sfx := testenv.RandomSuffix(6)
+	ns, nsName := "rl-"+sfx, "rl-"+sfx
+	t.Cleanup(func() { exec.Command("ctr", "namespaces", "rm", ns).Run() })
+	cimg := testenv.ContainerdBusyboxImage(t, ns)
+	nsPath := testenv.NetnsAdd(t, nsName)
+	cbr, veth := "rlc"+sfx, "rlv"+sfx
+	sh := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	sh("ip", "link", "add", cbr, "type", "bridge")
+	t.Cleanup(func() { exec.Command("ip", "link", "del", cbr).Run() })
+	sh("ip", "-n", nsName, "link", "add", "eth0", "type", "veth", "peer", "name", veth, "netns", "1")
+	sh("ip", "link", "set", veth, "master", cbr, "up")
+	sh("ip", "-n", nsName, "addr", "add", "10.214.9.2/24", "dev", "eth0")
+	sh("ip", "-n", nsName, "link", "set", "eth0", "up")
+	ctr := "m-" + sfx
+	sh("ctr", "-n", ns, "run", "-d", "--with-ns", "network:"+nsPath, "--label", "app=mallory", cimg, ctr, "sleep", "600")
+	t.Cleanup(func() {
+		exec.Command("ctr", "-n", ns, "task", "kill", "-s", "SIGKILL", ctr).Run()
+		time.Sleep(200 * time.Millisecond)
+		exec.Command("ctr", "-n", ns, "task", "rm", "-f", ctr).Run()
+		exec.Command("ctr", "-n", ns, "containers", "rm", ctr).Run()
+	})
+
+	d := newTestDaemon(t, testDaemonOpts{docker: true, containerd: []string{ns}, bridges: []string{bridge, cbr}})
+	d.writePolicy("db.hcl", `
+policy "db" {
+  selector = "app=db"
+  ingress {
+    from_entities = ["host"]
+    ports         = ["80/tcp"]
+  }
+}
+`)
+	d.start(nil, nil)
+	d.waitStatus("both containers enforced", 30*time.Second, func(st api.Status) bool { return st.Reconciled && st.Endpoints == 2 })
+	for deadline := time.Now().Add(10 * time.Second); !hostReaches() && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+	}
+	if !hostReaches() {
+		t.Fatal("the host does not reach db")
+	}
+
+	// A policy names the gateway's address as a CIDR.
+	rev := d.waitStatus("revision", time.Second, func(api.Status) bool { return true }).PolicyRevision
+	d.writePolicy("cidr.hcl", `
+policy "cidr" {
+  selector = "app=nobody"
+  ingress {
+    from_cidr = ["`+gw+`/32"]
+  }
+}
+`)
+	d.waitStatus("the CIDR policy loaded", 10*time.Second, func(st api.Status) bool { return st.PolicyRevision > rev })
+	if !hostReaches() {
+		t.Error("the host's connection to db was dropped once a policy named the host's address as a CIDR")
+	}
+
+	// The container takes the gateway's address; a pause makes the
+	// daemon read it again.
+	sh("ip", "-n", nsName, "addr", "add", gw+"/32", "dev", "eth0")
+	sh("ctr", "-n", ns, "task", "pause", ctr)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		ep, err := d.client.Endpoint(context.Background(), ctr)
+		if err == nil && slices.Contains(ep.Addresses, gw) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the daemon did not read the container again: %+v, %v", ep, err)
+		}
+	}
+	if !hostReaches() {
+		t.Error("the host's connection to db was dropped after a container added the host's address")
 	}
 }
