@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -244,6 +245,65 @@ policy "nomad-api" {
 		}
 		return os.ErrNotExist
 	})
+}
+
+// A container can join the network namespace of one that joined another
+// (`--network container:B` where B runs with `--network container:A`,
+// Compose's `network_mode: service:b` on a service that has one too):
+// Docker puts it in A's namespace. It belongs to A's endpoint like any
+// joined container, and its labels count: a label that B carries and it
+// does not is not shared by every joined container. It used to be left
+// out of the endpoint (unknown to `membrane endpoint get`), and B's label
+// went into the identity of the namespace it shares.
+func TestContainerJoinedThroughAJoinedOneBelongsToTheEndpoint(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.writePolicy("db.hcl", `
+policy "db" {
+  selector = "app=db,e2e=SFX"
+  ingress {
+    from_endpoints = ["team=pay,e2e=SFX"]
+    ports          = ["8080/tcp"]
+  }
+}
+`)
+	e.startDaemon()
+	db := e.server("db", "app=db")
+	a := e.idle("a", "app=web")
+	b := e.run("b", []string{"team=pay"}, "sleep 600", "--network", "container:"+a)
+	c := e.run("c", nil, "sleep 600", "--network", "container:"+b)
+	e.endpoint(db)
+	// c started after b: once b is in a's endpoint, c's start has been
+	// seen too (the events come in order).
+	var ep api.Endpoint
+	e.eventually("b in a's endpoint", 20*time.Second, func() error {
+		var err error
+		if ep, err = e.client.Endpoint(context.Background(), a); err != nil {
+			return err
+		}
+		if len(ep.Containers) < 2 {
+			return fmt.Errorf("containers %+v", ep.Containers)
+		}
+		return nil
+	})
+	time.Sleep(time.Second)
+	ep = e.endpoint(a)
+	var names []string
+	for _, ct := range ep.Containers {
+		names = append(names, ct.Name)
+	}
+	if len(names) > 1 {
+		slices.Sort(names[1:]) // joined ones in id order
+	}
+	if want := []string{a, b, c}; !slices.Equal(names, want) {
+		t.Errorf("a's endpoint has containers %v, want %v", names, want)
+	}
+	if _, ok := ep.Labels["team"]; ok {
+		t.Errorf("labels %v: team is not shared by every joined container", ep.Labels)
+	}
+	dbIP := e.ip(db)
+	if e.get(c, dbIP) {
+		t.Error("c reaches db, which takes team=pay only")
+	}
 }
 
 func TestLivePolicyEditAndBrokenEdit(t *testing.T) {

@@ -42,7 +42,10 @@
 //     address's identity in the ipcache;
 //   - container:<id|name>: the container joins that endpoint. The endpoint's
 //     Containers list it after the owner and its labels merge as
-//     endpoint.MergeLabels says (Nomad's pause-container pattern);
+//     endpoint.MergeLabels says (Nomad's pause-container pattern). When the
+//     container it names joined another itself, Docker puts it in that
+//     other's namespace, and so does the source (following the chain to the
+//     owner, up to 8 hops);
 //   - host: ModeHost, no interfaces, Netns is the host's;
 //   - none: ModeNone, no interfaces (loopback is not reported).
 //

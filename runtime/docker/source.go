@@ -82,6 +82,10 @@ type record struct {
 	created         time.Time
 }
 
+// maxJoinHops bounds the chain of containers joined to one that joined
+// another (network_mode container:X) followed to the namespace's owner.
+const maxJoinHops = 8
+
 // errSkip says dockerd answered with an error about one container (not a
 // connection problem): keep what is known of it and carry on, rather than
 // reconnecting forever over one broken container.
@@ -442,20 +446,30 @@ func (s *Source) inspect(ctx context.Context, cli *client.Client, id string) (*r
 		mode = info.HostConfig.NetworkMode
 	}
 	if mode.IsContainer() {
+		// The owner of the namespace: a container that joins one which
+		// joined another is in that other's namespace.
 		target := mode.ConnectedContainer()
-		owner, err := cli.ContainerInspect(ctx, target)
-		if err != nil {
-			if client.IsErrNotFound(err) {
+		for hop := 0; ; hop++ {
+			owner, err := cli.ContainerInspect(ctx, target)
+			if err != nil {
+				if client.IsErrNotFound(err) {
+					return nil, nil
+				}
+				if !transient(err) {
+					s.log.Warn("dockerd refused to inspect a network owner; keeping what is known", "container", id, "owner", target, "err", err)
+					return nil, errSkip
+				}
+				return nil, fmt.Errorf("inspect network owner %s of %.12s: %w", target, id, err)
+			}
+			if owner.ContainerJSONBase == nil {
 				return nil, nil
 			}
-			if !transient(err) {
-				s.log.Warn("dockerd refused to inspect a network owner; keeping what is known", "container", id, "owner", target, "err", err)
-				return nil, errSkip
+			if owner.HostConfig == nil || !owner.HostConfig.NetworkMode.IsContainer() || hop == maxJoinHops {
+				r.joins = owner.ID
+				return r, nil
 			}
-			return nil, fmt.Errorf("inspect network owner %s of %.12s: %w", target, id, err)
+			target = owner.HostConfig.NetworkMode.ConnectedContainer()
 		}
-		r.joins = owner.ID
-		return r, nil
 	}
 	if info.NetworkSettings != nil {
 		for name, n := range info.NetworkSettings.Networks {
