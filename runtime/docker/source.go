@@ -479,7 +479,11 @@ func (s *Source) inspect(ctx context.Context, cli *client.Client, id string) (*r
 					return nil, err
 				}
 				dn := dockerNet{name: name, id: n.NetworkID, noICC: noICC}
-				for _, a := range []string{n.IPAddress, n.GlobalIPv6Address} {
+				assigned := []string{n.IPAddress, n.GlobalIPv6Address}
+				if n.IPAMConfig != nil {
+					assigned = append(assigned, n.IPAMConfig.LinkLocalIPs...) // --link-local-ip
+				}
+				for _, a := range assigned {
 					if ip, err := netip.ParseAddr(a); err == nil {
 						dn.addrs = append(dn.addrs, ip.Unmap())
 					}

@@ -58,7 +58,7 @@ func TestDockerNetworkModes(t *testing.T) {
 		return docker(t, append(a, img, "sleep", "300")...)
 	}
 	bridgeID := run(prefix+"-bridge", "--label", "app=web")
-	userID := run(prefix+"-user", "--network", n1, "--label", "app=db")
+	userID := run(prefix+"-user", "--network", n1, "--link-local-ip", "169.254.77.7", "--label", "app=db")
 	docker(t, "create", "--label", label, "--name", prefix+"-two", "--network", n1, img, "sleep", "300")
 	docker(t, "network", "connect", n2, prefix+"-two")
 	docker(t, "start", prefix+"-two")
@@ -96,6 +96,11 @@ func TestDockerNetworkModes(t *testing.T) {
 		ep := state[userID]
 		if len(ep.Interfaces) != 1 || ep.Interfaces[0].Network != n1 || ep.Labels["app"] != "db" {
 			t.Fatalf("endpoint %+v", ep)
+		}
+		// Docker gives it the link-local address too.
+		ip := docker(t, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", userID)
+		if !hasAddr(ep.Interfaces[0], ip) || !hasAddr(ep.Interfaces[0], "169.254.77.7") {
+			t.Fatalf("interface %+v, want %s and 169.254.77.7", ep.Interfaces[0], ip)
 		}
 		checkVeth(t, ep.Interfaces[0], "br-"+n1id[:12])
 	})
