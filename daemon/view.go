@@ -118,11 +118,12 @@ func (r *reconciler) publish() {
 	keys := slices.Sorted(maps.Keys(r.eps))
 	for _, k := range keys {
 		st := r.eps[k]
+		unenforced := r.unenforced(st)
 		e := api.Endpoint{
 			ID: st.id, Identity: uint32(st.identity), Labels: st.ep.Labels, HostNetwork: st.ep.NetworkMode == endpoint.ModeHost,
 			Audit: st.audit, Runtime: string(st.ep.Runtime), Addresses: []string{}, Policies: []string{},
-			Enforcing:  r.synced && st.ep.NetworkMode != endpoint.ModeHost && len(st.ifaces) > 0 && len(st.ep.Unenforced) == 0,
-			EnforcedAt: st.enforced, Unenforced: st.ep.Unenforced,
+			Enforcing:  r.synced && st.ep.NetworkMode != endpoint.ModeHost && len(st.ifaces) > 0 && len(unenforced) == 0,
+			EnforcedAt: st.enforced, Unenforced: unenforced,
 		}
 		for _, a := range st.ep.Addrs() {
 			e.Addresses = append(e.Addresses, a.String())
@@ -180,9 +181,9 @@ func (r *reconciler) publish() {
 		problems = append(problems, r.problems[k])
 	}
 	for _, k := range keys {
-		if st := r.eps[k]; len(st.ep.Unenforced) > 0 {
+		if st := r.eps[k]; len(r.unenforced(st)) > 0 {
 			problems = append(problems, fmt.Sprintf("endpoint %d (%s): no program sees %s; its traffic there is not judged",
-				st.id, strings.Join(containerNames(st.ep), ","), strings.Join(st.ep.Unenforced, "; ")))
+				st.id, strings.Join(containerNames(st.ep), ","), strings.Join(r.unenforced(st), "; ")))
 		}
 	}
 	v.status = api.Status{
@@ -222,4 +223,17 @@ func containerName(ep endpoint.Endpoint) string {
 		return ep.Containers[0].Name
 	}
 	return ep.ID
+}
+
+// unenforced describes st's interfaces whose traffic no program sees: those
+// the runtime found without a host-side veth (endpoint.Endpoint.Unenforced),
+// and veths on a bridge that `bridges` does not name, which get none.
+func (r *reconciler) unenforced(st *epState) []string {
+	out := st.ep.Unenforced
+	for _, itf := range st.ep.Interfaces {
+		if itf.HostIfindex > 0 && !r.managed(itf) {
+			out = append(slices.Clone(out), fmt.Sprintf("%s (veth %s on bridge %q, which bridges does not name)", itf.Name, itf.HostName, itf.Bridge))
+		}
+	}
+	return out
 }

@@ -86,8 +86,9 @@ type Endpoint struct {
 	// Enforcing reports whether programs are attached on every interface.
 	Enforcing bool `json:"enforcing"`
 	// Unenforced describes the interfaces no program sees (a macvlan or
-	// ipvlan on a host device, a veth into another namespace): their
-	// traffic is not judged at all, and Enforcing is false.
+	// ipvlan on a host device, a veth into another namespace, a veth on a
+	// bridge that the config's bridges does not name): their traffic is
+	// not judged at all, and Enforcing is false.
 	Unenforced []string `json:"unenforced,omitempty"`
 	// EnforcedAt is when the endpoint's entry (its identity and policy)
 	// was first written to the datapath; until then its veth was judged

@@ -694,6 +694,55 @@ func TestLastGoodSetSurvivesRestart(t *testing.T) {
 	s.checkNewAPI(t, e, "the last good set enforced")
 }
 
+// A container connected to a network whose bridge `bridges` does not name
+// has a veth no program is attached to: its traffic there is not judged.
+// Like a macvlan, that shows: the endpoint is not enforcing, the interface
+// is named under unenforced and in status's problems. It used to show
+// enforcing, since its other interface was.
+func TestInterfaceOnAnUnmanagedBridgeIsShown(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.startDaemon()
+	name := e.idle("dual")
+	other, br := "mte2e-um-"+e.sfx, "mtum"+e.sfx[:6]
+	e.docker("network", "create", "--driver", "bridge", "-o", "com.docker.network.bridge.name="+br, other)
+	t.Cleanup(func() {
+		exec.Command("docker", "network", "disconnect", "-f", other, name).Run()
+		exec.Command("docker", "network", "rm", other).Run()
+	})
+	e.endpoint(name)
+	e.docker("network", "connect", other, name)
+
+	var ep api.Endpoint
+	e.eventually("endpoint "+name+" known with its second interface", 20*time.Second, func() error {
+		var err error
+		if ep, err = e.client.Endpoint(context.Background(), name); err != nil {
+			return err
+		}
+		if len(ep.Addresses) < 2 {
+			return fmt.Errorf("endpoint %+v: one address", ep)
+		}
+		return nil
+	})
+	if ep.Enforcing || !strings.Contains(strings.Join(ep.Unenforced, " "), br) {
+		t.Errorf("endpoint enforcing %v, unenforced %q; want not enforcing, the veth on %s named", ep.Enforcing, ep.Unenforced, br)
+	}
+	problems := strings.Join(e.status().Errors, "\n")
+	if !strings.Contains(problems, name) || !strings.Contains(problems, br) {
+		t.Errorf("status problems %q do not name %s's interface on %s", problems, name, br)
+	}
+	e.docker("network", "disconnect", other, name)
+	e.eventually("endpoint "+name+" enforced on its managed bridge alone", 20*time.Second, func() error {
+		ep, err := e.client.Endpoint(context.Background(), name)
+		if err != nil {
+			return err
+		}
+		if !ep.Enforcing || len(ep.Unenforced) > 0 {
+			return fmt.Errorf("endpoint enforcing %v, unenforced %q", ep.Enforcing, ep.Unenforced)
+		}
+		return nil
+	})
+}
+
 // A container with an interface no program sees (here a macvlan on a host
 // device, beside its bridge veth) is shown as not enforcing, with the
 // interface named, in `membrane endpoint get` and in status's problems: its
