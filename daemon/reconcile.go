@@ -1110,14 +1110,33 @@ func (r *reconciler) wantIPCache() map[netip.Prefix]policies.Identity {
 		want[hp] = policies.IdentityHost
 		host[hp] = true
 	}
-	for _, st := range r.eps {
+	// An address two endpoints hold (a containerd container added
+	// another's; a runtime reported a new container before the one whose
+	// address it reuses went) stays with the identity the ipcache gives
+	// it now, else with the endpoint known first: never one picked anew
+	// at every write, which would take it from its owner half the time.
+	have := r.ipcache
+	if have == nil {
+		have, _ = r.dp.IPCache()
+	}
+	sts := slices.SortedFunc(maps.Values(r.eps), func(a, b *epState) int { return cmp.Compare(a.id, b.id) })
+	held := map[netip.Prefix]policies.Identity{}
+	for _, st := range sts {
 		if st.ep.NetworkMode == endpoint.ModeHost {
 			continue
 		}
 		for _, a := range st.ep.Addrs() {
-			if p := netip.PrefixFrom(a, a.BitLen()); !host[p] {
-				want[p] = st.identity
+			p := netip.PrefixFrom(a, a.BitLen())
+			if host[p] {
+				continue
 			}
+			if first, ok := held[p]; ok {
+				if cur, known := have[p]; !known || cur == first || cur != st.identity {
+					continue
+				}
+			}
+			held[p] = st.identity
+			want[p] = st.identity
 		}
 	}
 	return want

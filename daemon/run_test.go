@@ -508,7 +508,20 @@ func TestReplacedMapsAreFilledBeforeTheVethsSwitch(t *testing.T) {
 // take the address from the host: the host's connections to a Docker
 // container that allows the host were judged as coming from the CIDR or
 // the container, and dropped.
-func TestHostAddressesStayTheHosts(t *testing.T) {
+// addressClaim is a Docker container, db, whose policy lets the host in
+// on port 80, and a containerd container in a namespace wired like a CNI
+// bridge plugin does it, whose addresses the test sets (`ip -n nsName`), as
+// one with NET_ADMIN could; and a daemon following both, not started yet.
+type addressClaim struct {
+	d           *testDaemon
+	dbIP, gw    string // db's address, and its bridge's (the host's)
+	nsName      string // the containerd container's network namespace
+	ns, ctr     string // its containerd namespace and id
+	sh          func(args ...string)
+	hostReaches func() bool // the host's connection to db on 80 is answered
+}
+
+func newAddressClaim(t *testing.T) *addressClaim {
 	testenv.RequireContainerd(t)
 	bridge, _ := dockerNet(t, 0)
 	network := strings.Replace(bridge, "rlb", "rl-", 1)
@@ -579,13 +592,51 @@ policy "db" {
   }
 }
 `)
-	d.start(nil, nil)
-	d.waitStatus("both containers enforced", 30*time.Second, func(st api.Status) bool { return st.Reconciled && st.Endpoints == 2 })
-	for deadline := time.Now().Add(10 * time.Second); !hostReaches() && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+	return &addressClaim{d: d, dbIP: dbIP, gw: gw, nsName: nsName, ns: ns, ctr: ctr, sh: sh, hostReaches: hostReaches}
+}
+
+// start starts the daemon and waits until the host reaches db.
+func (c *addressClaim) start(t *testing.T) {
+	t.Helper()
+	c.d.start(nil, nil)
+	c.d.waitStatus("both containers enforced", 30*time.Second, func(st api.Status) bool { return st.Reconciled && st.Endpoints == 2 })
+	for deadline := time.Now().Add(10 * time.Second); !c.hostReaches() && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 	}
-	if !hostReaches() {
+	if !c.hostReaches() {
 		t.Fatal("the host does not reach db")
 	}
+}
+
+// updates counts the containerd container's endpoint updates the daemon
+// applied (its log).
+func (c *addressClaim) updates() int {
+	b, _ := os.ReadFile(c.d.logPath)
+	n := 0
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, `msg="endpoint updated"`) && strings.Contains(l, c.ctr) {
+			n++
+		}
+	}
+	return n
+}
+
+// toggle pauses or resumes the containerd container and waits until the
+// daemon has applied the endpoint's update: it read the container again.
+func (c *addressClaim) toggle(t *testing.T, op string) {
+	t.Helper()
+	n := c.updates()
+	c.sh("ctr", "-n", c.ns, "task", op, c.ctr)
+	for deadline := time.Now().Add(10 * time.Second); c.updates() == n; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the daemon did not apply the update after %s", op)
+		}
+	}
+}
+
+func TestHostAddressesStayTheHosts(t *testing.T) {
+	c := newAddressClaim(t)
+	d, gw, hostReaches := c.d, c.gw, c.hostReaches
+	c.start(t)
 
 	// A policy names the gateway's address as a CIDR.
 	rev := d.waitStatus("revision", time.Second, func(api.Status) bool { return true }).PolicyRevision
@@ -604,18 +655,35 @@ policy "cidr" {
 
 	// The container takes the gateway's address; a pause makes the
 	// daemon read it again.
-	sh("ip", "-n", nsName, "addr", "add", gw+"/32", "dev", "eth0")
-	sh("ctr", "-n", ns, "task", "pause", ctr)
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		ep, err := d.client.Endpoint(context.Background(), ctr)
-		if err == nil && slices.Contains(ep.Addresses, gw) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the daemon did not read the container again: %+v, %v", ep, err)
-		}
+	c.sh("ip", "-n", c.nsName, "addr", "add", gw+"/32", "dev", "eth0")
+	c.toggle(t, "pause")
+	if ep, err := d.client.Endpoint(context.Background(), c.ctr); err != nil || !slices.Contains(ep.Addresses, gw) {
+		t.Fatalf("the daemon did not read the container's addresses again: %+v, %v", ep, err)
 	}
 	if !hostReaches() {
 		t.Error("the host's connection to db was dropped after a container added the host's address")
+	}
+}
+
+// Two endpoints can hold one address: a containerd container (whose
+// addresses are what its namespace holds) adds another container's, or a
+// runtime reports a new container before the one whose address it reuses
+// is gone. The address stays with the endpoint the ipcache gives it to
+// (until that one lets it go). It used to go to either at random, anew at
+// every write of the ipcache: when the container that added it won, the
+// owner's traffic was dropped (not-addressed, spoofed-source).
+func TestAddressHeldByTwoEndpointsStaysWithItsHolder(t *testing.T) {
+	c := newAddressClaim(t)
+	c.start(t)
+	c.sh("ip", "-n", c.nsName, "addr", "add", c.dbIP+"/32", "dev", "eth0")
+	for i := range 8 {
+		c.toggle(t, "pause")
+		if !c.hostReaches() {
+			t.Fatalf("after update %d: the host's connection to db was dropped; a container that added db's address took it", 2*i+1)
+		}
+		c.toggle(t, "resume")
+		if !c.hostReaches() {
+			t.Fatalf("after update %d: the host's connection to db was dropped; a container that added db's address took it", 2*i+2)
+		}
 	}
 }
