@@ -127,23 +127,7 @@ func TestForwardedHostJudgedWhereHostIsJudged(t *testing.T) {
 			}
 			want = ""
 		}
-		c := dialClient(t, addr)
-		c.send(raw + "\r\n")
-		resp, body := c.read("GET")
-		if resp.StatusCode != tc.want || body != want && tc.want == 200 {
-			t.Errorf("HTTP/1.1 %s: %d %q, want %d %q", tc.name, resp.StatusCode, body, tc.want, want)
-		}
-		req, err := http.NewRequest("GET", "http://"+addr+"/x", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Host = "api.example.com"
-		for _, f := range tc.fields {
-			req.Header[f[0]] = append(req.Header[f[0]], f[1])
-		}
-		if proto, status, b := h2Send(t, h2, req); proto != "HTTP/2.0" || status != tc.want || tc.want == 200 && b != want {
-			t.Errorf("HTTP/2 %s: %s %d %q, want %d %q", tc.name, proto, status, b, tc.want, want)
-		}
+		expectBothWays(t, addr, h2, sentBothWays{name: tc.name, method: "GET", target: "/x", host: "api.example.com", fields: tc.fields}, tc.want, want)
 	}
 	// Without a rule on the host, the fields are not judged.
 	addr2, _ := engineFor(t, up, headerRuleResolver("X-Tenant", ""))

@@ -1066,6 +1066,43 @@ func h2Send(t *testing.T, c *http.Client, req *http.Request) (proto string, stat
 	return resp.Proto, resp.StatusCode, string(b)
 }
 
+// sentBothWays is one request of a table of cases: method target with
+// Host host and fields (in order, a name repeated for a second field).
+type sentBothWays struct {
+	name, method, target, host string
+	fields                     [][2]string
+}
+
+// expectBothWays sends r to the engine at addr over HTTP/1.1 and over
+// HTTP/2 (with the h2c client h2) and checks that each answer has status
+// want and, for a 200, body.
+func expectBothWays(t *testing.T, addr string, h2 *http.Client, r sentBothWays, want int, body string) {
+	t.Helper()
+	raw := r.method + " " + r.target + " HTTP/1.1\r\nHost: " + r.host + "\r\n"
+	if r.method == http.MethodPost {
+		raw += "Content-Length: 0\r\n"
+	}
+	for _, f := range r.fields {
+		raw += f[0] + ": " + f[1] + "\r\n"
+	}
+	c := dialClient(t, addr)
+	c.send(raw + "\r\n")
+	if resp, b := c.read(r.method); resp.StatusCode != want || want == 200 && b != body {
+		t.Errorf("HTTP/1.1 %s: %d %q, want %d %q", r.name, resp.StatusCode, b, want, body)
+	}
+	req, err := http.NewRequest(r.method, "http://"+addr+r.target, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Host = r.host
+	for _, f := range r.fields {
+		req.Header[f[0]] = append(req.Header[f[0]], f[1])
+	}
+	if proto, status, b := h2Send(t, h2, req); proto != "HTTP/2.0" || status != want || want == 200 && b != body {
+		t.Errorf("HTTP/2 %s: %s %d %q, want %d %q", r.name, proto, status, b, want, body)
+	}
+}
+
 // TestHopByHopFieldNotJudged: a hop-by-hop field does not reach the server,
 // so no rule can pass on it: Proxy-Authorization, TE, and Upgrade on a
 // request that is no WebSocket upgrade; over HTTP/1.1 and HTTP/2.

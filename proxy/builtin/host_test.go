@@ -52,20 +52,7 @@ func TestUpperCaseHostRefusedWhereHostIsJudged(t *testing.T) {
 		{"api.Example.com:8080", 400, ""},
 		{"evil.example.com", 403, ""},
 	} {
-		c := dialClient(t, addr)
-		c.send("GET /x HTTP/1.1\r\nHost: " + tc.host + "\r\n\r\n")
-		resp, body := c.read("GET")
-		if resp.StatusCode != tc.want || tc.want == 200 && body != tc.body {
-			t.Errorf("HTTP/1.1 Host %q: %d %q, want %d %q", tc.host, resp.StatusCode, body, tc.want, tc.body)
-		}
-		req, err := http.NewRequest("GET", "http://"+addr+"/x", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Host = tc.host
-		if proto, status, b := h2Send(t, h2, req); proto != "HTTP/2.0" || status != tc.want || tc.want == 200 && b != tc.body {
-			t.Errorf("HTTP/2 Host %q: %s %d %q, want %d %q", tc.host, proto, status, b, tc.want, tc.body)
-		}
+		expectBothWays(t, addr, h2, sentBothWays{name: "Host " + tc.host, method: "GET", target: "/x", host: tc.host}, tc.want, tc.body)
 	}
 	// Without a rule on the host, the host is not judged and passes as sent.
 	addr2, _ := engineFor(t, up, headerRuleResolver("X-Tenant", ""))

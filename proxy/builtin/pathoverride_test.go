@@ -99,25 +99,11 @@ func TestPathOverrideRefusedWhereThePathIsJudged(t *testing.T) {
 		{"X-Original-URLs", 200, "routed to /public/x"},
 		{"X-Original-URI", 200, "routed to /public/x"}, // nginx's auth_request field; no server routes by it
 	} {
-		raw := "GET /public/x HTTP/1.1\r\nHost: svc\r\n"
+		r := sentBothWays{name: "GET /public/x with " + tc.field, method: "GET", target: "/public/x", host: "svc"}
 		if tc.field != "" {
-			raw += tc.field + ": /admin\r\n"
+			r.fields = [][2]string{{tc.field, "/admin"}}
 		}
-		c := dialClient(t, addr)
-		c.send(raw + "\r\n")
-		if resp, body := c.read("GET"); resp.StatusCode != tc.want || tc.want == 200 && body != tc.body {
-			t.Errorf("HTTP/1.1 GET /public/x with %q: %d %q, want %d %q", tc.field, resp.StatusCode, body, tc.want, tc.body)
-		}
-		req, err := http.NewRequest("GET", "http://"+addr+"/public/x", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if tc.field != "" {
-			req.Header[tc.field] = []string{"/admin"}
-		}
-		if proto, status, b := h2Send(t, h2, req); proto != "HTTP/2.0" || status != tc.want || tc.want == 200 && b != tc.body {
-			t.Errorf("HTTP/2 GET /public/x with %q: %s %d %q, want %d %q", tc.field, proto, status, b, tc.want, tc.body)
-		}
+		expectBothWays(t, addr, h2, r, tc.want, tc.body)
 	}
 	mu.Lock()
 	for _, p := range seen {
