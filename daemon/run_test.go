@@ -366,6 +366,16 @@ func TestReadyMeansEveryExistingContainerIsEnforced(t *testing.T) {
 	}
 }
 
+// heldEvents is a channel for testHooks.holdEndpointEvents and the release
+// that closes it, once however often it is called; the test's end calls it.
+func heldEvents(t *testing.T) (hold chan struct{}, release func()) {
+	hold = make(chan struct{})
+	var once sync.Once
+	release = func() { once.Do(func() { close(hold) }) }
+	t.Cleanup(release)
+	return hold, release
+}
+
 // When the first full reconcile is still waiting after syncWait, the
 // warning and status's problem say what for. Here the runtime source has
 // listed its containers but their events are held from the loop: the
@@ -376,15 +386,7 @@ func TestSyncWarningSaysWhatIsPending(t *testing.T) {
 	bridge, _ := dockerNet(t, 2)
 	d := newTestDaemon(t, testDaemonOpts{docker: true, bridges: []string{bridge}})
 	d.writePolicy("a.hcl", policyA)
-	hold := make(chan struct{})
-	released := false
-	release := func() {
-		if !released {
-			released = true
-			close(hold)
-		}
-	}
-	t.Cleanup(release)
+	hold, release := heldEvents(t)
 	d.start(&testHooks{syncWait: time.Second, holdEndpointEvents: hold}, nil)
 	problem := func(st api.Status) string {
 		for _, p := range st.Errors {
@@ -470,15 +472,7 @@ func TestReplacedMapsAreFilledBeforeTheVethsSwitch(t *testing.T) {
 			stop()
 
 			d.cfg.Maps.Conntrack *= 2
-			hold := make(chan struct{})
-			released := false
-			release := func() {
-				if !released {
-					released = true
-					close(hold)
-				}
-			}
-			t.Cleanup(release)
+			hold, release := heldEvents(t)
 			d.start(&testHooks{holdEndpointEvents: hold}, nil)
 			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 				b, _ := os.ReadFile(d.logPath)

@@ -17,14 +17,7 @@ func TestResultJSONIsTheTraceContractAndRoundTrips(t *testing.T) {
 	}
 	res := set.Evaluate(&Env{}, Connection{From: Peer{Labels: Labels{"app": "web"}}, To: Peer{Labels: Labels{"app": "api"}},
 		Proto: ProtoTCP, Port: 8080, HTTP: &HTTPRequest{Method: "GET", Path: "/api/v1/x"}})
-	b, err := json.Marshal(res)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var top map[string]any
-	if err := json.Unmarshal(b, &top); err != nil {
-		t.Fatal(err)
-	}
+	b, top := marshalResult(t, res)
 	if top["verdict"] != "allowed" || top["egress"] != "allowed" || top["ingress"] != "allowed" {
 		t.Errorf("verdict/egress/ingress are not the contract's strings: %s", b)
 	}
@@ -213,14 +206,7 @@ func TestResultJSONAuditKeepsTheContractVerdicts(t *testing.T) {
 	if res.Verdict != VerdictAudit {
 		t.Fatalf("setup: verdict %s, want audit", res.Verdict)
 	}
-	b, err := json.Marshal(res)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var top map[string]any
-	if err := json.Unmarshal(b, &top); err != nil {
-		t.Fatal(err)
-	}
+	b, top := marshalResult(t, res)
 	if top["verdict"] != "denied" || top["ingress"] != "denied" || top["egress"] != "not-applicable" || top["audit"] != true {
 		t.Errorf("audit result is not in the contract's words: %s", b)
 	}
@@ -231,4 +217,18 @@ func TestResultJSONAuditKeepsTheContractVerdicts(t *testing.T) {
 	if !reflect.DeepEqual(back, res) {
 		t.Errorf("round trip changed the result:\n got %+v\nwant %+v", back, res)
 	}
+}
+
+// marshalResult is res in JSON, and that JSON's top-level object.
+func marshalResult(t *testing.T, res Result) ([]byte, map[string]any) {
+	t.Helper()
+	b, err := json.Marshal(res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var top map[string]any
+	if err := json.Unmarshal(b, &top); err != nil {
+		t.Fatal(err)
+	}
+	return b, top
 }

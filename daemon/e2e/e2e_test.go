@@ -731,16 +731,7 @@ func TestInterfaceOnAnUnmanagedBridgeIsShown(t *testing.T) {
 		t.Errorf("status problems %q do not name %s's interface on %s", problems, name, br)
 	}
 	e.docker("network", "disconnect", other, name)
-	e.eventually("endpoint "+name+" enforced on its managed bridge alone", 20*time.Second, func() error {
-		ep, err := e.client.Endpoint(context.Background(), name)
-		if err != nil {
-			return err
-		}
-		if !ep.Enforcing || len(ep.Unenforced) > 0 {
-			return fmt.Errorf("endpoint enforcing %v, unenforced %q", ep.Enforcing, ep.Unenforced)
-		}
-		return nil
-	})
+	e.eventuallyEnforcedWhole(name, "on its managed bridge alone")
 }
 
 // A container with an interface no program sees (here a macvlan on a host
@@ -787,7 +778,14 @@ func TestUnenforcedInterfaceIsShown(t *testing.T) {
 	}
 	// The same container on its bridge alone is enforced again.
 	e.docker("network", "disconnect", mv, name)
-	e.eventually("endpoint "+name+" enforced without its macvlan", 20*time.Second, func() error {
+	e.eventuallyEnforcedWhole(name, "without its macvlan")
+}
+
+// eventuallyEnforcedWhole waits until the endpoint of container name is
+// enforced on every interface it has; when says after what.
+func (e *env) eventuallyEnforcedWhole(name, when string) {
+	e.t.Helper()
+	e.eventually("endpoint "+name+" enforced "+when, 20*time.Second, func() error {
 		ep, err := e.client.Endpoint(context.Background(), name)
 		if err != nil {
 			return err
