@@ -352,7 +352,7 @@ func TestTraceRequestBodyErrorsSayWhere(t *testing.T) {
 		{`{"from_container": "a"} garbage`, "unexpected data after the JSON object"},
 		{`{"from_container": "` + strings.Repeat("a", 2<<20) + `"}`, "the body is over 1048576 bytes"},
 	} {
-		resp, err := hc.Post("http://membrane/v1/policy/trace", "application/json", strings.NewReader(c.body))
+		resp, err := hc.Post("http://membraned/v1/policy/trace", "application/json", strings.NewReader(c.body))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -365,6 +365,41 @@ func TestTraceRequestBodyErrorsSayWhere(t *testing.T) {
 				name = name[:60] + "..."
 			}
 			t.Errorf("body %q: %d %q, want 400 with %q", name, resp.StatusCode, eb.Error, c.want)
+		}
+	}
+}
+
+// A page that rebinds its own name to 127.0.0.1, where something forwards
+// to the socket, sends a same-origin GET: no Origin, and no Referer when it
+// asks for none. Its Host is the page's name, never the CLI's.
+func TestRebindingHostRefused(t *testing.T) {
+	_, sock := start(t, Options{})
+	c := NewClient(sock)
+	for _, host := range []string{"attacker.example:8080", "127.0.0.1:8080", "attacker.example"} {
+		req, _ := http.NewRequest("GET", "http://membraned/v1/status", nil)
+		req.Host = host
+		resp, err := c.http.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var eb ErrorBody
+		json.NewDecoder(resp.Body).Decode(&eb)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden || !strings.Contains(eb.Error, "Host") {
+			t.Fatalf("Host %q: %d %q, want 403 naming the Host", host, resp.StatusCode, eb.Error)
+		}
+	}
+	// The CLI's Host, and curl's (curl --unix-socket ... http://localhost/...).
+	for _, host := range []string{"membraned", "localhost"} {
+		req, _ := http.NewRequest("GET", "http://membraned/v1/status", nil)
+		req.Host = host
+		resp, err := c.http.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("Host %q: %d, want 200", host, resp.StatusCode)
 		}
 	}
 }

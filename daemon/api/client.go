@@ -20,6 +20,10 @@ import (
 // MEMBRANE_SOCKET says otherwise.
 const DefaultSocket = "/run/membrane/membrane.sock"
 
+// apiHost is the Host the client sends and the server accepts (besides
+// localhost).
+const apiHost = "membraned"
+
 // ErrDaemonDown means nothing answers on the socket.
 var ErrDaemonDown = errors.New("membraned is not running")
 
@@ -63,7 +67,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://membraned"+path, body)
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+apiHost+path, body)
 	if err != nil {
 		return err
 	}
@@ -184,7 +188,7 @@ func (c *Client) Observe(ctx context.Context, f ObserveFilter, fn func(Flow) err
 	if f.Last > 0 {
 		q.Set("last", strconv.Itoa(f.Last))
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://membraned/v1/observe?"+q.Encode(), nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+apiHost+"/v1/observe?"+q.Encode(), nil)
 	if err != nil {
 		return err
 	}

@@ -20,7 +20,9 @@
 // "membrane"); reads are open to whoever can connect, which the socket's
 // mode (0660 root:membrane when the group exists, else 0600 root) decides.
 // Requests carrying Origin or Referer are refused: a browser tricked into
-// talking to a local proxy must never reach the API.
+// talking to a local proxy must never reach the API. So are requests whose
+// Host is not the client's "membraned" or "localhost": a page that rebinds
+// its name to such a proxy sends neither header but its own Host.
 //
 // Listen detects a stale socket left by a crashed daemon (connection
 // refused: removed and replaced) and refuses to start when another

@@ -226,8 +226,22 @@ func (s *Server) guard(next http.Handler) http.Handler {
 			writeError(w, http.StatusForbidden, errors.New("requests with Origin or Referer are refused: the API is for the local membrane CLI"))
 			return
 		}
+		// A page that rebinds its name to a local port forwarded to the
+		// socket sends same-origin GETs, which carry no Origin and, when
+		// it asks, no Referer; its Host is still its own name.
+		if !localHost(r.Host) {
+			writeError(w, http.StatusForbidden, fmt.Errorf("Host %q is refused: the API answers Host membraned (the CLI's) or localhost", r.Host))
+			return
+		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// localHost reports whether a request's Host is one a local client sends:
+// the CLI's "membraned", "localhost" (curl --unix-socket), or none
+// (HTTP/1.0).
+func localHost(h string) bool {
+	return h == "" || h == apiHost || h == "localhost"
 }
 
 // writer wraps a handler that changes state: the peer must be root or in
