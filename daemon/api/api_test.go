@@ -403,3 +403,54 @@ func TestRebindingHostRefused(t *testing.T) {
 		}
 	}
 }
+
+// A follower that stops reading loses its subscription rather than
+// stalling the publisher (the datapath's event reader); when it reads
+// again it gets what was queued and then an error saying it fell behind,
+// not the quiet end of a finished stream.
+func TestObserveFollowerThatFallsBehindIsTold(t *testing.T) {
+	b, sock := start(t, Options{})
+	c := NewClient(sock)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	first := make(chan struct{})
+	resume := make(chan struct{})
+	done := make(chan error, 1)
+	n := 0
+	go func() {
+		done <- c.Observe(ctx, ObserveFilter{Follow: true}, func(Flow) error {
+			if n++; n == 1 {
+				close(first)
+				<-resume
+			}
+			return nil
+		})
+	}()
+	// Publish until the follower has subscribed and holds one.
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+wait:
+	for {
+		select {
+		case <-first:
+			break wait
+		case <-tick.C:
+			b.hub.Publish(Flow{Verdict: "dropped"})
+		case <-ctx.Done():
+			t.Fatal("no followed flow")
+		}
+	}
+	// Far more than the socket's buffers and the subscription's queue
+	// hold: every Publish returns although nobody reads.
+	for i := range 50000 {
+		b.hub.Publish(Flow{Verdict: "dropped", Bytes: i, Reason: strings.Repeat("x", 200)})
+	}
+	close(resume)
+	err := <-done
+	if err == nil || !strings.Contains(err.Error(), "fell behind") {
+		t.Fatalf("after %d flows: %v, want an error saying the follower fell behind", n, err)
+	}
+	if n >= 50000 {
+		t.Fatalf("got all %d flows: the follower was never dropped", n)
+	}
+}

@@ -24,6 +24,10 @@ const DefaultSocket = "/run/membrane/membrane.sock"
 // localhost).
 const apiHost = "membraned"
 
+// StreamErrorTrailer is the trailer that ends an observe stream cut short
+// by the daemon (a follower that fell behind), with what happened.
+const StreamErrorTrailer = "Membrane-Stream-Error"
+
 // ErrDaemonDown means nothing answers on the socket.
 var ErrDaemonDown = errors.New("membraned is not running")
 
@@ -217,5 +221,12 @@ func (c *Client) Observe(ctx context.Context, f ObserveFilter, fn func(Flow) err
 	if ctx.Err() != nil {
 		return nil
 	}
-	return sc.Err()
+	if err := sc.Err(); err != nil {
+		return err
+	}
+	// Trailers are read with the body's end.
+	if msg := resp.Trailer.Get(StreamErrorTrailer); msg != "" {
+		return &StatusError{Code: resp.StatusCode, Message: msg}
+	}
+	return nil
 }

@@ -308,6 +308,7 @@ func (s *Server) observe(w http.ResponseWriter, r *http.Request) {
 	}
 	backlog, live := s.backend.Flows(r.Context(), f.Follow)
 	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.Header().Set("Trailer", StreamErrorTrailer)
 	w.WriteHeader(http.StatusOK)
 	enc := json.NewEncoder(w)
 	var sel []Flow
@@ -342,6 +343,20 @@ func (s *Server) observe(w http.ResponseWriter, r *http.Request) {
 			fl.Flush()
 		}
 	}
+	if r.Context().Err() == nil {
+		// The channel closed under a live request: the follower did not
+		// keep up and lost its subscription (FlowHub.Publish never waits).
+		s.log.Warn("observe follower fell behind, its stream ends", "peer", peerName(r))
+		w.Header().Set(StreamErrorTrailer, "the stream fell behind: the daemon does not wait for a reader that is slower than the events, and dropped this one; start again, and narrow it with --verdict, --container or --type")
+	}
+}
+
+// peerName is who sent r, for the log.
+func peerName(r *http.Request) string {
+	if cred, ok := r.Context().Value(credKey{}).(*PeerCred); ok {
+		return fmt.Sprintf("uid %d pid %d", cred.UID, cred.PID)
+	}
+	return "unknown peer"
 }
 
 // maxBody bounds a request body; requests are small JSON objects.
