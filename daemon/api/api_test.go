@@ -1,10 +1,12 @@
 package api
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -52,7 +54,7 @@ func (f *fakeBackend) Resync(ctx context.Context) error         { return nil }
 
 // start serves a fake backend in a world-traversable directory (so the
 // unprivileged helper processes can reach the socket).
-func start(t *testing.T, opts Options) (*fakeBackend, string) {
+func start(t *testing.T, opts Options, tweak ...func(*Server)) (*fakeBackend, string) {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "membrane-api-")
 	if err != nil {
@@ -65,6 +67,9 @@ func start(t *testing.T, opts Options) (*fakeBackend, string) {
 	srv, err := NewServer(opts, b)
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, f := range tweak {
+		f(srv)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -452,5 +457,108 @@ wait:
 	}
 	if n >= 50000 {
 		t.Fatalf("got all %d flows: the follower was never dropped", n)
+	}
+}
+
+// shortTimeouts makes the read and idle limits that NewServer sets short
+// enough to reach in a test; one it does not set stays off.
+func shortTimeouts(s *Server) {
+	if s.srv.ReadTimeout > 0 {
+		s.srv.ReadTimeout = 200 * time.Millisecond
+	}
+	if s.srv.IdleTimeout > 0 {
+		s.srv.IdleTimeout = 200 * time.Millisecond
+	}
+}
+
+// rawRequest sends req on a new connection to sock and returns the
+// connection, with a deadline far beyond the server's limits (it only
+// turns a hang into a failure).
+func rawRequest(t *testing.T, sock, req string) net.Conn {
+	t.Helper()
+	conn, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.WriteString(conn, req); err != nil {
+		t.Fatal(err)
+	}
+	return conn
+}
+
+// A client that sends the headers and then stops partway through its body
+// does not hold a handler (and its connection) for ever: it gets 400.
+func TestSlowRequestBodyIsCut(t *testing.T) {
+	_, sock := start(t, Options{}, shortTimeouts)
+	conn := rawRequest(t, sock, "POST /v1/policy/trace HTTP/1.1\r\nHost: membraned\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"from_container\"")
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("no answer to a request whose body stopped: %v", err)
+	}
+	var eb ErrorBody
+	json.NewDecoder(resp.Body).Decode(&eb)
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(eb.Error, "did not arrive") {
+		t.Fatalf("%d %q, want 400 saying the body did not arrive", resp.StatusCode, eb.Error)
+	}
+}
+
+// A kept-alive connection that sends no next request is closed.
+func TestIdleConnectionIsClosed(t *testing.T) {
+	_, sock := start(t, Options{}, shortTimeouts)
+	conn := rawRequest(t, sock, "GET /v1/status HTTP/1.1\r\nHost: membraned\r\n\r\n")
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != http.StatusOK || resp.Close {
+		t.Fatalf("status %d, close %v: want a kept-alive 200", resp.StatusCode, resp.Close)
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("idle connection: %v, want it closed by the server (EOF)", err)
+	}
+}
+
+// A follow stream lasts beyond the server's read limit, which is for
+// reading requests.
+func TestObserveFollowOutlivesReadTimeout(t *testing.T) {
+	b, sock := start(t, Options{}, shortTimeouts)
+	c := NewClient(sock)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	recv := make(chan Flow, 10)
+	done := make(chan error, 1)
+	go func() {
+		done <- c.Observe(ctx, ObserveFilter{Follow: true}, func(f Flow) error { recv <- f; return nil })
+	}()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for len(recv) == 0 {
+		select {
+		case <-tick.C:
+			b.hub.Publish(Flow{Verdict: "dropped"})
+		case err := <-done:
+			t.Fatalf("stream ended before the first flow: %v", err)
+		case <-ctx.Done():
+			t.Fatal("no followed flow")
+		}
+	}
+	time.Sleep(600 * time.Millisecond) // three read limits
+	for len(recv) > 0 {
+		<-recv
+	}
+	b.hub.Publish(Flow{Verdict: "audit"})
+	select {
+	case f := <-recv:
+		if f.Verdict != "audit" {
+			t.Fatalf("got %+v", f)
+		}
+	case err := <-done:
+		t.Fatalf("stream ended after the read limit: %v", err)
+	case <-ctx.Done():
+		t.Fatal("no flow after the read limit")
 	}
 }

@@ -65,6 +65,11 @@ type Server struct {
 	srv      *http.Server
 }
 
+const (
+	readTimeout = 10 * time.Second
+	idleTimeout = time.Minute
+)
+
 // ErrAlreadyRunning means another daemon answers on the socket.
 var ErrAlreadyRunning = errors.New("another membraned is serving the API socket")
 
@@ -111,8 +116,15 @@ func NewServer(opts Options, backend Backend) (*Server, error) {
 	s.srv = &http.Server{
 		Handler:           s.routes(),
 		ReadHeaderTimeout: 5 * time.Second,
-		ConnContext:       connContext,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		// Requests are small: one that has not arrived whole in readTimeout
+		// (a client stopped partway through its body) is answered 400 and
+		// its connection freed, and so is a kept-alive connection idle for
+		// idleTimeout. A stream (observe) is not cut: net/http lifts the
+		// read limit once the request has been read.
+		ReadTimeout: readTimeout,
+		IdleTimeout: idleTimeout,
+		ConnContext: connContext,
+		ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	return s, nil
 }
@@ -370,9 +382,10 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
 	dec.DisallowUnknownFields()
 	err := dec.Decode(v)
 	var (
-		syn *json.SyntaxError
-		typ *json.UnmarshalTypeError
-		big *http.MaxBytesError
+		syn     *json.SyntaxError
+		typ     *json.UnmarshalTypeError
+		big     *http.MaxBytesError
+		timeout net.Error
 	)
 	switch {
 	case err == nil:
@@ -386,6 +399,8 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
 		return fmt.Errorf("field %q (byte %d): JSON %s does not fit %s", typ.Field, typ.Offset, typ.Value, typ.Type)
 	case errors.As(err, &big):
 		return fmt.Errorf("the body is over %d bytes", big.Limit)
+	case errors.As(err, &timeout) && timeout.Timeout():
+		return fmt.Errorf("the body did not arrive within %s", readTimeout)
 	default:
 		return fmt.Errorf("%w (at byte %d)", err, dec.InputOffset())
 	}
