@@ -562,3 +562,45 @@ func TestObserveFollowOutlivesReadTimeout(t *testing.T) {
 		t.Fatal("no flow after the read limit")
 	}
 }
+
+// Each observe stream holds a queue of its own and costs the publisher a
+// send per record; one user may hold maxStreamsPerUser of them, the next
+// gets 429, and a stream that ends gives its place back.
+func TestObserveStreamsPerUserAreBounded(t *testing.T) {
+	_, sock := start(t, Options{})
+	open := func() (net.Conn, *http.Response) {
+		conn := rawRequest(t, sock, "GET /v1/observe?follow=1 HTTP/1.1\r\nHost: membraned\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return conn, resp
+	}
+	var conns []net.Conn
+	for range maxStreamsPerUser {
+		conn, resp := open()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("stream %d: %d, want 200", len(conns)+1, resp.StatusCode)
+		}
+		conns = append(conns, conn)
+	}
+	conn, resp := open()
+	var eb ErrorBody
+	json.NewDecoder(resp.Body).Decode(&eb)
+	conn.Close()
+	if resp.StatusCode != http.StatusTooManyRequests || !strings.Contains(eb.Error, "observe streams") {
+		t.Fatalf("stream %d: %d %q, want 429 naming the limit", maxStreamsPerUser+1, resp.StatusCode, eb.Error)
+	}
+	conns[0].Close()
+	for {
+		conn, resp := open()
+		conn.Close()
+		if resp.StatusCode == http.StatusOK {
+			break
+		}
+		if resp.StatusCode != http.StatusTooManyRequests {
+			t.Fatalf("after one stream ended: %d", resp.StatusCode)
+		}
+		time.Sleep(20 * time.Millisecond) // the server sees the close
+	}
+}

@@ -8,12 +8,14 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -63,7 +65,16 @@ type Server struct {
 	writeGID int // -1 when the group does not exist
 	ln       net.Listener
 	srv      *http.Server
+
+	mu      sync.Mutex
+	streams map[uint32]int // open observe streams by peer uid
 }
+
+// maxStreamsPerUser bounds the observe streams one uid holds at once.
+// Each has its own queue (FlowHub's 1024 records) and costs the event
+// reader a send per record; a per-user bound keeps one group member from
+// growing the daemon without end, and from taking the places of others.
+const maxStreamsPerUser = 32
 
 const (
 	readTimeout = 10 * time.Second
@@ -82,7 +93,7 @@ func NewServer(opts Options, backend Backend) (*Server, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{opts: opts, backend: backend, log: opts.Logger, writeGID: -1}
+	s := &Server{opts: opts, backend: backend, log: opts.Logger, writeGID: -1, streams: map[uint32]int{}}
 	if opts.Group != "" {
 		if g, err := user.LookupGroup(opts.Group); err == nil {
 			if gid, err := strconv.Atoi(g.Gid); err == nil {
@@ -318,6 +329,12 @@ func (s *Server) observe(w http.ResponseWriter, r *http.Request) {
 		}
 		f.Last = n
 	}
+	uid, ok := s.openStream(r)
+	if !ok {
+		writeError(w, http.StatusTooManyRequests, fmt.Errorf("uid %d holds %d observe streams, the most one user may: end one first", uid, maxStreamsPerUser))
+		return
+	}
+	defer s.closeStream(uid)
 	backlog, live := s.backend.Flows(r.Context(), f.Follow)
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.Header().Set("Trailer", StreamErrorTrailer)
@@ -360,6 +377,30 @@ func (s *Server) observe(w http.ResponseWriter, r *http.Request) {
 		// keep up and lost its subscription (FlowHub.Publish never waits).
 		s.log.Warn("observe follower fell behind, its stream ends", "peer", peerName(r))
 		w.Header().Set(StreamErrorTrailer, "the stream fell behind: the daemon does not wait for a reader that is slower than the events, and dropped this one; start again, and narrow it with --verdict, --container or --type")
+	}
+}
+
+// openStream takes one of the peer's observe stream places; false when it
+// holds them all. A peer without credentials counts as one user.
+func (s *Server) openStream(r *http.Request) (uint32, bool) {
+	uid := uint32(math.MaxUint32)
+	if cred, ok := r.Context().Value(credKey{}).(*PeerCred); ok {
+		uid = cred.UID
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.streams[uid] >= maxStreamsPerUser {
+		return uid, false
+	}
+	s.streams[uid]++
+	return uid, true
+}
+
+func (s *Server) closeStream(uid uint32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.streams[uid]--; s.streams[uid] == 0 {
+		delete(s.streams, uid)
 	}
 }
 
