@@ -355,6 +355,7 @@ func TestTraceRequestBodyErrorsSayWhere(t *testing.T) {
 		{`{"port": 99999}`, `field "port" (byte 14): JSON number 99999 does not fit uint16`},
 		{`{"from_container": "a"} {"from_container": "b"}`, "unexpected data after the JSON object, which ends at byte 23"},
 		{`{"from_container": "a"} garbage`, "unexpected data after the JSON object"},
+		{`[{"from_container": "a"}]`, "JSON array at byte 1: want one JSON object"},
 		{`{"from_container": "` + strings.Repeat("a", 2<<20) + `"}`, "the body is over 1048576 bytes"},
 	} {
 		resp, err := hc.Post("http://membraned/v1/policy/trace", "application/json", strings.NewReader(c.body))
@@ -602,5 +603,49 @@ func TestObserveStreamsPerUserAreBounded(t *testing.T) {
 			t.Fatalf("after one stream ended: %d", resp.StatusCode)
 		}
 		time.Sleep(20 * time.Millisecond) // the server sees the close
+	}
+}
+
+// The requests that change something take no fields: one that sends some
+// (an option this daemon does not know, or anything not JSON) gets 400 and
+// changes nothing, rather than the change without the option.
+func TestWriteRequestWithFieldsRefused(t *testing.T) {
+	b, sock := start(t, Options{})
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	for _, c := range []struct{ body, want string }{
+		{`{"dry_run": true}`, `unknown field "dry_run"`},
+		{`reload please`, "invalid JSON at byte 1"},
+		{`{} {}`, "unexpected data after the JSON object"},
+		{`[]`, "JSON array at byte 1: want one JSON object"},
+	} {
+		resp, err := hc.Post("http://membraned/v1/policy/reload", "application/json", strings.NewReader(c.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var eb ErrorBody
+		json.NewDecoder(resp.Body).Decode(&eb)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(eb.Error, c.want) {
+			t.Errorf("body %q: %d %q, want 400 with %q", c.body, resp.StatusCode, eb.Error, c.want)
+		}
+	}
+	if n := b.reloads.Load(); n != 0 {
+		t.Fatalf("refused requests reloaded %d times", n)
+	}
+	// What the CLI sends, and no body at all (curl -X POST).
+	for _, body := range []string{`{}`, ``} {
+		resp, err := hc.Post("http://membraned/v1/policy/reload", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("body %q: %d, want 200", body, resp.StatusCode)
+		}
+	}
+	if n := b.reloads.Load(); n != 2 {
+		t.Fatalf("reloads %d, want 2", n)
 	}
 }

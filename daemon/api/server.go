@@ -281,6 +281,13 @@ func (s *Server) writer(h http.HandlerFunc) http.HandlerFunc {
 			writeError(w, http.StatusForbidden, fmt.Errorf("permission denied for %s: changing membraned needs root or membership of group %q", who, s.opts.Group))
 			return
 		}
+		// These requests take no fields: one sent with some (an option
+		// this daemon does not know) must not be carried out without it.
+		var none struct{}
+		if err := decodeBody(w, r, &none); err != nil && !errors.Is(err, errEmptyBody) {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("%s takes no fields, send {} or nothing: %w", r.URL.Path, err))
+			return
+		}
 		h(w, r)
 	}
 }
@@ -415,6 +422,8 @@ func peerName(r *http.Request) string {
 // maxBody bounds a request body; requests are small JSON objects.
 const maxBody = 1 << 20
 
+var errEmptyBody = errors.New("the body is empty: want one JSON object")
+
 // decodeBody reads r's body as exactly one JSON object into v, with no
 // unknown field and nothing after it. Its errors say where in the body
 // the problem is (a byte offset, or the field).
@@ -431,11 +440,13 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
 	switch {
 	case err == nil:
 	case errors.Is(err, io.EOF):
-		return errors.New("the body is empty: want one JSON object")
+		return errEmptyBody
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		return fmt.Errorf("the body ends at byte %d inside its JSON object", dec.InputOffset())
 	case errors.As(err, &syn):
 		return fmt.Errorf("invalid JSON at byte %d: %v", syn.Offset, err)
+	case errors.As(err, &typ) && typ.Field == "":
+		return fmt.Errorf("JSON %s at byte %d: want one JSON object", typ.Value, typ.Offset)
 	case errors.As(err, &typ):
 		return fmt.Errorf("field %q (byte %d): JSON %s does not fit %s", typ.Field, typ.Offset, typ.Value, typ.Type)
 	case errors.As(err, &big):
