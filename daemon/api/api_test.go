@@ -649,3 +649,22 @@ func TestWriteRequestWithFieldsRefused(t *testing.T) {
 		t.Fatalf("reloads %d, want 2", n)
 	}
 }
+
+// A member of the API group who is also in many other groups (hosts joined
+// to a directory often give hundreds) may write: the supplementary groups
+// are read whole, however many there are.
+func TestGroupMemberWithManyGroupsMayWrite(t *testing.T) {
+	testenv.RequireRoot(t)
+	b, sock := start(t, Options{Mode: 0o666, Group: "nogroup"})
+	groups := []uint32{65534}
+	for g := uint32(70000); len(groups) < 300; g++ {
+		groups = append(groups, g)
+	}
+	res := runAs(t, sock, &syscall.Credential{Uid: 65533, Gid: 65533, Groups: groups})
+	if res["write"] != "ok" {
+		t.Fatalf("member of nogroup among %d groups: %v", len(groups), res)
+	}
+	if n := b.reloads.Load(); n != 1 {
+		t.Fatalf("backend saw %d writes, want 1", n)
+	}
+}

@@ -58,17 +58,25 @@ func peerCred(c *net.UnixConn) (*PeerCred, error) {
 }
 
 // peerGroups reads SO_PEERGROUPS (Linux 4.13+); nil when unavailable.
+// The kernel answers ERANGE with the length it needs when the buffer is
+// short (a peer may have up to NGROUPS_MAX groups): ask again with it.
 func peerGroups(fd int) []uint32 {
 	buf := make([]byte, 4*256)
-	l := uint32(len(buf))
-	_, _, e := syscall.Syscall6(syscall.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_PEERGROUPS,
-		uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&l)), 0)
-	if e != 0 {
-		return nil
+	for {
+		l := uint32(len(buf))
+		_, _, e := syscall.Syscall6(syscall.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_PEERGROUPS,
+			uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&l)), 0)
+		if e == syscall.ERANGE && int(l) > len(buf) {
+			buf = make([]byte, l)
+			continue
+		}
+		if e != 0 {
+			return nil
+		}
+		out := make([]uint32, 0, l/4)
+		for i := 0; i+4 <= int(l); i += 4 {
+			out = append(out, binary.NativeEndian.Uint32(buf[i:]))
+		}
+		return out
 	}
-	out := make([]uint32, 0, l/4)
-	for i := 0; i+4 <= int(l); i += 4 {
-		out = append(out, binary.NativeEndian.Uint32(buf[i:]))
-	}
-	return out
 }
