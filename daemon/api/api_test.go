@@ -461,15 +461,13 @@ wait:
 	}
 }
 
-// shortTimeouts makes the read and idle limits that NewServer sets short
-// enough to reach in a test; one it does not set stays off.
+// shortTimeouts divides the read, idle and write limits that NewServer
+// sets by 50 (10s, 1m and 30s become 200ms, 1.2s and 600ms), short enough
+// to reach in a test; one it does not set stays off.
 func shortTimeouts(s *Server) {
-	if s.srv.ReadTimeout > 0 {
-		s.srv.ReadTimeout = 200 * time.Millisecond
-	}
-	if s.srv.IdleTimeout > 0 {
-		s.srv.IdleTimeout = 200 * time.Millisecond
-	}
+	s.srv.ReadTimeout /= 50
+	s.srv.IdleTimeout /= 50
+	s.srv.WriteTimeout /= 50
 }
 
 // rawRequest sends req on a new connection to sock and returns the
@@ -547,7 +545,7 @@ func TestObserveFollowOutlivesReadTimeout(t *testing.T) {
 			t.Fatal("no followed flow")
 		}
 	}
-	time.Sleep(600 * time.Millisecond) // three read limits
+	time.Sleep(2 * time.Second) // past the read, idle and write limits
 	for len(recv) > 0 {
 		<-recv
 	}
@@ -666,5 +664,27 @@ func TestGroupMemberWithManyGroupsMayWrite(t *testing.T) {
 	}
 	if n := b.reloads.Load(); n != 1 {
 		t.Fatalf("backend saw %d writes, want 1", n)
+	}
+}
+
+// A client that asks and then never reads does not hold its handler, the
+// answer it was given and its place among its streams for ever: once a
+// write has waited the server's write limit, the connection is cut.
+func TestClientThatStopsReadingIsCut(t *testing.T) {
+	b, sock := start(t, Options{}, shortTimeouts)
+	for range 100 {
+		b.hub.Publish(Flow{Verdict: "dropped", Reason: strings.Repeat("x", 20000)})
+	}
+	for _, path := range []string{"/v1/observe", "/v1/observe?follow=1"} {
+		conn := rawRequest(t, sock, "GET "+path+" HTTP/1.1\r\nHost: membraned\r\n\r\n")
+		time.Sleep(3 * time.Second) // five write limits, not reading
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		n, err := io.Copy(io.Discard, resp.Body)
+		if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("%s: read %d bytes and then %v, want the server to have cut the stream (unexpected EOF)", path, n, err)
+		}
 	}
 }

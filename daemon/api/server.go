@@ -77,8 +77,9 @@ type Server struct {
 const maxStreamsPerUser = 32
 
 const (
-	readTimeout = 10 * time.Second
-	idleTimeout = time.Minute
+	readTimeout  = 10 * time.Second
+	idleTimeout  = time.Minute
+	writeTimeout = 30 * time.Second
 )
 
 // ErrAlreadyRunning means another daemon answers on the socket.
@@ -134,8 +135,12 @@ func NewServer(opts Options, backend Backend) (*Server, error) {
 		// read limit once the request has been read.
 		ReadTimeout: readTimeout,
 		IdleTimeout: idleTimeout,
-		ConnContext: connContext,
-		ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		// A client that stops reading does not hold its handler and the
+		// answer for ever. observe, which has no end, applies it to each
+		// write instead.
+		WriteTimeout: writeTimeout,
+		ConnContext:  connContext,
+		ErrorLog:     slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	return s, nil
 }
@@ -347,6 +352,13 @@ func (s *Server) observe(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Trailer", StreamErrorTrailer)
 	w.WriteHeader(http.StatusOK)
 	enc := json.NewEncoder(w)
+	rc := http.NewResponseController(w)
+	// send writes one record, which must go through within the server's
+	// write limit (a stream has no end to hold the whole answer to).
+	send := func(f *Flow) bool {
+		_ = rc.SetWriteDeadline(time.Now().Add(s.srv.WriteTimeout))
+		return enc.Encode(f) == nil
+	}
 	var sel []Flow
 	for i := range backlog {
 		if f.Matches(&backlog[i]) {
@@ -357,26 +369,19 @@ func (s *Server) observe(w http.ResponseWriter, r *http.Request) {
 		sel = sel[len(sel)-f.Last:]
 	}
 	for i := range sel {
-		if enc.Encode(&sel[i]) != nil {
+		if !send(&sel[i]) {
 			return
 		}
 	}
-	fl, _ := w.(http.Flusher)
-	if fl != nil {
-		fl.Flush()
-	}
-	if !f.Follow || live == nil {
+	if rc.Flush() != nil || !f.Follow || live == nil {
 		return
 	}
 	for fw := range live {
 		if !f.Matches(&fw) {
 			continue
 		}
-		if enc.Encode(&fw) != nil {
+		if !send(&fw) || rc.Flush() != nil {
 			return
-		}
-		if fl != nil {
-			fl.Flush()
 		}
 	}
 	if r.Context().Err() == nil {
