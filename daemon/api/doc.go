@@ -24,6 +24,11 @@
 // Host is not the client's "membraned" or "localhost": a page that rebinds
 // its name to such a proxy sends neither header but its own Host.
 //
+// Requests that change something take no body fields. A request must
+// arrive within 10s and each write to the client go through within 30s;
+// one uid may hold 32 observe streams, and a follower that falls behind is
+// dropped and told so in the Membrane-Stream-Error trailer.
+//
 // Listen detects a stale socket left by a crashed daemon (connection
 // refused: removed and replaced) and refuses to start when another
 // membraned answers on it.
