@@ -72,8 +72,9 @@ func newClient(t testing.TB) *client.Client {
 
 // TestHundredContainersConcurrently starts and removes 100 containers
 // concurrently: every endpoint is added once and removed once, in that
-// order, and the link watcher reported each container's veth before Docker
-// announced the container's start.
+// order, and the link watcher reported each container's veth once, on its
+// bridge, under the endpoint's name (and, logged, how many of them before
+// Docker announced the container's start).
 func TestHundredContainersConcurrently(t *testing.T) {
 	const n = 100
 	prefix, label := testRun(t)
@@ -130,6 +131,7 @@ func TestHundredContainersConcurrently(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	startMu.Lock()
+	before := 0
 	for _, id := range ids {
 		itf := eps[id].Interfaces[0]
 		lev, ok := added[itf.HostIfindex]
@@ -143,11 +145,15 @@ func TestHundredContainersConcurrently(t *testing.T) {
 		st, ok := startAt[id]
 		if !ok {
 			t.Errorf("container %.12s: no start event from docker", id)
-		} else if !lev.Time.Before(st) {
-			t.Errorf("container %.12s: veth reported at %v, not before docker's start event at %v", id, lev.Time, st)
+		} else if lev.Time.Before(st) {
+			before++
 		}
 	}
 	startMu.Unlock()
+	// When the watcher read a notification depends on the scheduler: on
+	// a loaded machine it can come after dockerd's start event, though the
+	// kernel made the veth before the container ran. A measure, not a check.
+	t.Logf("%d of %d veths were reported before docker's start event", before, n)
 
 	t0 = time.Now()
 	removeContainers(t, cli, ids, 8)
