@@ -1,0 +1,141 @@
+package packaging
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/membrane-fw/membrane/internal/testenv"
+)
+
+// The maintainer scripts of the built .deb, run with the arguments dpkg
+// passes them in the order dpkg runs them, against stand-ins for systemd
+// (systemctl, deb-systemd-helper, deb-systemd-invoke) and membraned that
+// keep three facts in a state directory: the unit is enabled, the daemon is
+// active, the datapath is pinned (a started daemon pins it; only
+// `membraned --cleanup` takes it down, as a stop keeps it). The scripts run
+// in a mount namespace of their own where /run (with /run/systemd/system, as
+// under systemd), /var/lib and /sys/fs/bpf are empty tmpfs: nothing they
+// write or remove is this machine's.
+
+// scriptStubs are the stand-ins, as shell scripts; $STATE is the state
+// directory, $STATE/calls logs every call.
+var scriptStubs = map[string]string{
+	"systemctl": `for a; do :; done
+case " $* " in
+*" daemon-reload "*) ;;
+*" preset "*) touch "$STATE/enabled" ;; # Debian's default preset enables
+*" is-enabled "*) [ -e "$STATE/enabled" ] || exit 1 ;;
+*) echo "systemctl: unexpected $*" >&2; exit 1 ;;
+esac`,
+	"deb-systemd-helper": `case "$1" in --quiet) shift ;; esac
+case "$1" in
+enable) touch "$STATE/enabled" ;;
+was-enabled | is-enabled) [ -e "$STATE/enabled" ] || exit 1 ;;
+purge) rm -f "$STATE/enabled" ;;
+mask | unmask | update-state) ;;
+*) echo "deb-systemd-helper: unexpected $*" >&2; exit 1 ;;
+esac`,
+	// systemctl's semantics: restart starts a stopped unit, try-restart
+	// does not.
+	"deb-systemd-invoke": `case "$1" in
+start | restart) touch "$STATE/active" "$STATE/pinned" ;;
+try-restart) [ ! -e "$STATE/active" ] || touch "$STATE/pinned" ;;
+stop) rm -f "$STATE/active" ;;
+*) echo "deb-systemd-invoke: unexpected $*" >&2; exit 1 ;;
+esac`,
+	"membraned": `case " $* " in
+*" --cleanup "*) rm -f "$STATE/pinned" ;;
+*) echo "membraned: unexpected $*" >&2; exit 1 ;;
+esac`,
+	"getent": `exit 0`,
+}
+
+// debScripts runs steps (each a maintainer script and its arguments, as
+// "prerm remove") of the built .deb and returns the state after each:
+// "enabled active pinned", with "-" for a fact that does not hold.
+func debScripts(t *testing.T, steps ...string) []string {
+	t.Helper()
+	testenv.RequireBinary(t, "dpkg-deb")
+	testenv.RequireBinary(t, "unshare")
+	if os.Geteuid() != 0 {
+		testenv.Skip(t, "mounting tmpfs in a mount namespace of its own needs root")
+	}
+	res := testPackages(t)
+	dir := t.TempDir()
+	ctrl, stubs, state := filepath.Join(dir, "control"), filepath.Join(dir, "stubs"), filepath.Join(dir, "state")
+	run(t, "dpkg-deb", "--control", res.Deb, ctrl)
+	for _, d := range []string{stubs, state} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name, body := range scriptStubs {
+		body = "#!/bin/sh\necho " + name + ` "$@" >> "$STATE/calls"` + "\n" + body + "\n"
+		if err := os.WriteFile(filepath.Join(stubs, name), []byte(body), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var driver strings.Builder
+	driver.WriteString("set -e\nfor d in /run /var/lib /sys/fs/bpf; do mount -t tmpfs tmpfs $d; done\nmkdir -p /run/systemd/system\n")
+	driver.WriteString(`fact() { if [ -e "$STATE/$1" ]; then printf %s "$1"; else printf -; fi; }` + "\n")
+	for _, s := range steps {
+		f := strings.Fields(s)
+		fmt.Fprintf(&driver, "%s/%s %s\n", ctrl, f[0], strings.Join(f[1:], " "))
+		driver.WriteString(`echo "$(fact enabled) $(fact active) $(fact pinned)"` + "\n")
+	}
+	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", driver.String())
+	cmd.Env = append(os.Environ(), "STATE="+state, "PATH="+stubs+":"+os.Getenv("PATH"))
+	out, err := cmd.Output()
+	calls, _ := os.ReadFile(filepath.Join(state, "calls"))
+	if err != nil {
+		stderr := ""
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = string(ee.Stderr)
+		}
+		t.Fatalf("maintainer scripts %q: %v\n%s%s\ncalls:\n%s", steps, err, out, stderr, calls)
+	}
+	got := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(got) != len(steps) {
+		t.Fatalf("maintainer scripts %q printed %q", steps, out)
+	}
+	t.Logf("steps %q\nstates %q\ncalls:\n%s", steps, got, calls)
+	return got
+}
+
+const upState = "enabled active pinned"
+
+func TestDebScriptsInstallStartsAndUpgradeKeepsTheDatapath(t *testing.T) {
+	v, _ := PackageVersion(testVersion)
+	got := debScripts(t,
+		"postinst configure",
+		"prerm upgrade 9.9.9", "postrm upgrade 9.9.9", "postinst configure "+v,
+	)
+	for i, s := range got {
+		if s != upState {
+			t.Errorf("step %d: %q, want %q (protection must not stop on an upgrade)", i, s, upState)
+		}
+	}
+}
+
+// A package removed but not purged (dpkg -r) and installed again is
+// configured with the version it had ("postinst configure 1.0"), as an
+// upgrade is; the removal stopped the daemon and took the datapath down, so
+// a try-restart would leave the host without protection until a reboot.
+func TestDebReinstallAfterRemoveStartsTheDaemon(t *testing.T) {
+	v, _ := PackageVersion(testVersion)
+	got := debScripts(t,
+		"postinst configure",
+		"prerm remove", "postrm remove",
+		"postinst configure "+v,
+	)
+	if got[2] != "enabled - -" {
+		t.Errorf("after remove: %q, want the daemon stopped and the datapath down", got[2])
+	}
+	if got[3] != upState {
+		t.Errorf("reinstalled after remove: %q, want %q", got[3], upState)
+	}
+}
