@@ -139,3 +139,21 @@ func TestDebReinstallAfterRemoveStartsTheDaemon(t *testing.T) {
 		t.Errorf("reinstalled after remove: %q, want %q", got[3], upState)
 	}
 }
+
+// dpkg deconfigures the package when a package it depends on (nftables,
+// say) is removed for a conflicting one, and configures it again once the
+// dependency is back: that is no removal, and protection must not stop
+// (dh_installsystemd's prerm stops a unit on remove only).
+func TestDebDeconfigureKeepsTheDatapath(t *testing.T) {
+	v, _ := PackageVersion(testVersion)
+	got := debScripts(t,
+		"postinst configure",
+		"prerm deconfigure in-favour iptables-nft 1.0 removing nftables 1.0.6",
+		"postinst configure "+v,
+	)
+	for i, s := range got {
+		if s != upState {
+			t.Errorf("step %d: %q, want %q", i, s, upState)
+		}
+	}
+}
