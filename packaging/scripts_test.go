@@ -157,3 +157,46 @@ func TestDebDeconfigureKeepsTheDatapath(t *testing.T) {
 		}
 	}
 }
+
+// The removal script runs `membraned --cleanup --config
+// /etc/membrane/membrane.hcl`. A configuration membraned cannot read (an
+// edit with a typo that the admin gave up on, and removes the package) must
+// not leave the datapath enforcing with no daemon: cleanup then takes down
+// the default pin directory. Run in mount and network namespaces of its own
+// (a bpffs of its own at /sys/fs/bpf, a tmpfs at /run): the L7 cleanup
+// removes host-wide nftables and routing state.
+func TestCleanupWithAnInvalidConfigTakesTheDatapathDown(t *testing.T) {
+	testenv.RequireBinary(t, "unshare")
+	if os.Geteuid() != 0 {
+		testenv.Skip(t, "mounting bpffs in a mount namespace of its own needs root")
+	}
+	daemon := filepath.Join(testBinaries(t), "membraned")
+	dir := t.TempDir()
+	for name, cfg := range map[string]string{
+		"invalid": "enforcement = \"sometimes\"\n",
+		"missing": "",
+	} {
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(dir, name+".hcl")
+			if cfg != "" {
+				if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			script := `set -e
+mount -t bpf bpf /sys/fs/bpf
+mount -t tmpfs tmpfs /run
+mkdir -p /sys/fs/bpf/membrane/links
+"$0" --cleanup --config "$1" || echo "exit $?"
+if [ -e /sys/fs/bpf/membrane ]; then echo "pins left"; fi`
+			out, err := exec.Command("unshare", "--mount", "--net", "--propagation", "private", "sh", "-c", script, daemon, path).CombinedOutput()
+			if err != nil {
+				t.Fatalf("%v\n%s", err, out)
+			}
+			if strings.Contains(string(out), "pins left") || strings.Contains(string(out), "exit ") {
+				t.Fatalf("membraned --cleanup with a config it cannot read left the datapath:\n%s", out)
+			}
+			t.Logf("%s", out)
+		})
+	}
+}

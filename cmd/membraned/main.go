@@ -5,7 +5,8 @@
 //	membraned [--config PATH]            run (systemd: Type=notify)
 //	membraned --config PATH --cleanup    remove every pin and attachment, and the
 //	                                     L7 proxy's policy routing, nftables table
-//	                                     and Envoy run directory
+//	                                     and Envoy run directory (with the
+//	                                     defaults when PATH cannot be read)
 //	membraned --check-config [--config PATH]
 //
 // Exit codes: 0 stopped by a signal (or --cleanup done); 1 error (an
@@ -74,7 +75,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		}
 	})
 	cfg, err := config.Load(*cfgPath, explicit)
-	if err != nil {
+	if err != nil && *cleanup {
+		// The package's removal runs --cleanup: a configuration that cannot
+		// be read must not leave the datapath enforcing with no daemon.
+		fmt.Fprintln(stderr, err)
+		cfg = config.Default()
+		fmt.Fprintf(stderr, "membraned: cannot read the configuration; cleaning up with the defaults (%s)\n", cfg.BPFFSDir)
+	} else if err != nil {
 		fmt.Fprintln(stderr, err)
 		fmt.Fprintf(stderr, "membraned: invalid configuration; not starting\n")
 		return 1
