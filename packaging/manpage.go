@@ -222,6 +222,7 @@ func DaemonManPage(ctx context.Context, bin, version string, date time.Time) (Ma
 	}
 	writeFlags(&b, "OPTIONS", d.Flags)
 	b.WriteString(".SH SIGNALS\n.TP\n.B SIGTERM, SIGINT\nStop; the pinned datapath stays and keeps enforcing.\n")
+	b.WriteString(".TP\n.B SIGHUP\nReload the policy directory, and check the configuration file, which is read at start only: an invalid one is logged and shown by \\fBmembrane status\\fR (the running configuration stays, but the next start would fail).\n")
 	b.WriteString(".PP\nPolicy files are watched: a change in the policy directory is loaded without a signal.\n")
 	b.WriteString(".SH FILES\n")
 	for _, f := range [][2]string{

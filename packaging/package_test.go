@@ -203,3 +203,39 @@ func TestBuildIsReproducible(t *testing.T) {
 		t.Fatalf("two builds of the same inputs differ (%d and %d bytes)", len(a), len(b))
 	}
 }
+
+// membraned(8) lists every signal the daemon handles (signal.Notify and
+// signal.NotifyContext in cmd/membraned and daemon).
+func TestDaemonManPageNamesEverySignalItHandles(t *testing.T) {
+	testenv.RequireBinary(t, "dpkg-deb")
+	res := testPackages(t)
+	root := t.TempDir()
+	run(t, "dpkg-deb", "--extract", res.Deb, root)
+	page := run(t, "zcat", filepath.Join(root, "usr/share/man/man8/membraned.8.gz"))
+	_, signals, _ := strings.Cut(page, ".SH SIGNALS\n")
+	signals, _, _ = strings.Cut(signals, ".SH ")
+	notify := regexp.MustCompile(`signal\.Notify(Context)?\(.*`)
+	sig := regexp.MustCompile(`syscall\.(SIG[A-Z0-9]+)`)
+	handled := map[string]bool{}
+	for _, dir := range []string{"cmd/membraned", "daemon"} {
+		srcs, _ := filepath.Glob(filepath.Join(repoRoot(t), dir, "*.go"))
+		for _, src := range srcs {
+			if strings.HasSuffix(src, "_test.go") {
+				continue
+			}
+			for _, call := range notify.FindAllString(string(mustRead(t, src)), -1) {
+				for _, m := range sig.FindAllStringSubmatch(call, -1) {
+					handled[m[1]] = true
+				}
+			}
+		}
+	}
+	if !handled["SIGTERM"] {
+		t.Fatalf("found no signal.Notify of SIGTERM in cmd/membraned or daemon: the scan is broken")
+	}
+	for s := range handled {
+		if !strings.Contains(signals, s) {
+			t.Errorf("membraned handles %s, but membraned(8)'s SIGNALS does not name it:\n%s", s, signals)
+		}
+	}
+}
