@@ -73,13 +73,15 @@ func nspawnSystemd(t *testing.T) (root string, in func(args ...string) (string, 
 	}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		if initPID == 0 {
-			if out, err := exec.Command("pgrep", "-P", strconv.Itoa(cmd.Process.Pid)).Output(); err == nil {
-				initPID, _ = strconv.Atoi(strings.Fields(string(out))[0])
-			}
+		// The container's PID 1 is nspawn's child once it runs systemd.
+		initPID = 0
+		if out, err := exec.Command("pgrep", "-P", strconv.Itoa(cmd.Process.Pid), "-x", "systemd").Output(); err == nil {
+			initPID, _ = strconv.Atoi(strings.Fields(string(out))[0])
 		}
 		if initPID > 0 {
-			if out, _ := in("systemctl", "is-system-running"); strings.TrimSpace(out) != "" && !strings.Contains(out, "offline") && !strings.Contains(out, "Failed") {
+			out, _ := in("systemctl", "is-system-running")
+			switch strings.TrimSpace(out) {
+			case "starting", "running", "degraded":
 				return root, in
 			}
 		}
@@ -90,14 +92,11 @@ func nspawnSystemd(t *testing.T) (root string, in func(args ...string) (string, 
 	}
 }
 
-// membraned starts the Envoy unit (l7.envoy_unit) with `systemctl start`
-// while its own start job runs: the L7 proxy starts before the first full
-// reconcile and READY=1. The Envoy unit must not be ordered after
-// membraned.service, or its start job waits for membraned's, which waits
-// for READY=1: both hang until TimeoutStartSec kills membraned. The
-// packaged membraned.service, hardening and all, runs here with a stand-in
-// ExecStart that does what startL7 does (no BPF inside nspawn).
-func TestEnvoyUnitStartsFromMembranedBeforeReady(t *testing.T) {
+// packagedUnits boots systemd in nspawn with the packaged units and a
+// drop-in that replaces membraned's ExecStart with standIn (no BPF inside
+// nspawn), keeping the rest of the unit, hardening and all.
+func packagedUnits(t *testing.T, standIn string) func(args ...string) (string, error) {
+	t.Helper()
 	root, in := nspawnSystemd(t)
 	put := func(p string, data []byte, mode os.FileMode) {
 		p = filepath.Join(root, p)
@@ -117,7 +116,7 @@ func TestEnvoyUnitStartsFromMembranedBeforeReady(t *testing.T) {
 	put("/usr/bin/envoy", []byte("#!/bin/sh\nexec sleep 100000\n"), 0o755)
 	put("/etc/systemd/system/membraned.service.d/standin.conf", []byte(`[Service]
 ExecStart=
-ExecStart=/bin/sh -c 'mkdir -p /run/membrane/envoy && echo {} > /run/membrane/envoy/bootstrap.json && systemctl start membrane-envoy.service && systemd-notify --ready && exec sleep 100000'
+ExecStart=/bin/sh -c '`+standIn+`'
 NotifyAccess=all
 WatchdogSec=0
 TimeoutStartSec=20s
@@ -127,6 +126,16 @@ ReadWritePaths=
 	if out, err := in("systemctl", "daemon-reload"); err != nil {
 		t.Fatalf("daemon-reload: %v\n%s", err, out)
 	}
+	return in
+}
+
+// membraned starts the Envoy unit (l7.envoy_unit) with `systemctl start`
+// while its own start job runs: the L7 proxy starts before the first full
+// reconcile and READY=1. The Envoy unit must not be ordered after
+// membraned.service, or its start job waits for membraned's, which waits
+// for READY=1: both hang until TimeoutStartSec kills membraned.
+func TestEnvoyUnitStartsFromMembranedBeforeReady(t *testing.T) {
+	in := packagedUnits(t, "mkdir -p /run/membrane/envoy && echo {} > /run/membrane/envoy/bootstrap.json && systemctl start membrane-envoy.service && systemd-notify --ready && exec sleep 100000")
 	if out, err := in("timeout", "60", "systemctl", "start", "membraned.service"); err != nil {
 		status, _ := in("systemctl", "--no-pager", "status", "membraned.service", "membrane-envoy.service")
 		t.Fatalf("systemctl start membraned (which starts membrane-envoy.service before READY=1): %v\n%s\n%s", err, out, status)
@@ -138,5 +147,31 @@ ReadWritePaths=
 	in("systemctl", "stop", "membraned.service")
 	if out, _ := in("systemctl", "is-active", "membrane-envoy.service"); strings.TrimSpace(out) == "active" {
 		t.Fatalf("membrane-envoy.service still active after membraned stopped")
+	}
+}
+
+// membraned reloads its policy directory on SIGHUP (watchHangup): `systemctl
+// reload membraned`, the usual way to ask a daemon for that, must send it.
+func TestUnitReloadSendsSIGHUP(t *testing.T) {
+	in := packagedUnits(t, "trap \"echo hup >> /run/membrane/hup\" HUP; systemd-notify --ready; while :; do sleep 0.1; done")
+	if out, err := in("timeout", "60", "systemctl", "start", "membraned.service"); err != nil {
+		t.Fatalf("systemctl start membraned: %v\n%s", err, out)
+	}
+	if out, err := in("timeout", "30", "systemctl", "reload", "membraned.service"); err != nil {
+		t.Fatalf("systemctl reload membraned: %v\n%s", err, out)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		out, _ := in("cat", "/run/membrane/hup")
+		if strings.TrimSpace(out) == "hup" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("membraned got no SIGHUP from systemctl reload")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if out, _ := in("systemctl", "is-active", "membraned.service"); strings.TrimSpace(out) != "active" {
+		t.Fatalf("membraned is %q after reload", strings.TrimSpace(out))
 	}
 }
