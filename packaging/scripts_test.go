@@ -24,11 +24,13 @@ import (
 // scriptStubs are the stand-ins, as shell scripts; $STATE is the state
 // directory, $STATE/calls logs every call.
 var scriptStubs = map[string]string{
-	"systemctl": `for a; do :; done
-case " $* " in
+	"systemctl": `case " $* " in
 *" daemon-reload "*) ;;
 *" preset "*) touch "$STATE/enabled" ;; # Debian's default preset enables
 *" is-enabled "*) [ -e "$STATE/enabled" ] || exit 1 ;;
+*" disable --now "*) rm -f "$STATE/enabled" "$STATE/active" ;;
+*" start "*) touch "$STATE/active" "$STATE/pinned" ;;
+*" try-restart "*) [ ! -e "$STATE/active" ] || touch "$STATE/pinned" ;;
 *) echo "systemctl: unexpected $*" >&2; exit 1 ;;
 esac`,
 	"deb-systemd-helper": `case "$1" in --quiet) shift ;; esac
@@ -60,14 +62,37 @@ esac`,
 func debScripts(t *testing.T, steps ...string) []string {
 	t.Helper()
 	testenv.RequireBinary(t, "dpkg-deb")
+	res := testPackages(t)
+	ctrl := t.TempDir()
+	run(t, "dpkg-deb", "--control", res.Deb, ctrl)
+	return runScripts(t, ctrl, steps)
+}
+
+// rpmScripts is debScripts for the built .rpm: steps name its scriptlets
+// as rpm does (pre, post, preun, postun) with rpm's count as $1.
+func rpmScripts(t *testing.T, steps ...string) []string {
+	t.Helper()
+	testenv.RequireBinary(t, "rpm")
+	res := testPackages(t)
+	dir := t.TempDir()
+	for name, tag := range map[string]string{"pre": "PREIN", "post": "POSTIN", "preun": "PREUN", "postun": "POSTUN"} {
+		body := run(t, "rpm", "-qp", "--qf", "%{"+tag+"}", res.RPM)
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return runScripts(t, dir, steps)
+}
+
+// runScripts runs steps of the scripts in dir; see debScripts.
+func runScripts(t *testing.T, ctrl string, steps []string) []string {
+	t.Helper()
 	testenv.RequireBinary(t, "unshare")
 	if os.Geteuid() != 0 {
 		testenv.Skip(t, "mounting tmpfs in a mount namespace of its own needs root")
 	}
-	res := testPackages(t)
 	dir := t.TempDir()
-	ctrl, stubs, state := filepath.Join(dir, "control"), filepath.Join(dir, "stubs"), filepath.Join(dir, "state")
-	run(t, "dpkg-deb", "--control", res.Deb, ctrl)
+	stubs, state := filepath.Join(dir, "stubs"), filepath.Join(dir, "state")
 	for _, d := range []string{stubs, state} {
 		if err := os.Mkdir(d, 0o755); err != nil {
 			t.Fatal(err)
@@ -84,7 +109,7 @@ func debScripts(t *testing.T, steps ...string) []string {
 	driver.WriteString(`fact() { if [ -e "$STATE/$1" ]; then printf %s "$1"; else printf -; fi; }` + "\n")
 	for _, s := range steps {
 		f := strings.Fields(s)
-		fmt.Fprintf(&driver, "%s/%s %s\n", ctrl, f[0], strings.Join(f[1:], " "))
+		fmt.Fprintf(&driver, "sh %s/%s %s\n", ctrl, f[0], strings.Join(f[1:], " "))
 		driver.WriteString(`echo "$(fact enabled) $(fact active) $(fact pinned)"` + "\n")
 	}
 	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", driver.String())
@@ -137,6 +162,24 @@ func TestDebReinstallAfterRemoveStartsTheDaemon(t *testing.T) {
 	}
 	if got[3] != upState {
 		t.Errorf("reinstalled after remove: %q, want %q", got[3], upState)
+	}
+}
+
+// rpm upgrades in this order: the new package's %pre and %post ($1 = 2),
+// then the old one's %preun and %postun ($1 = 1) once its files are gone;
+// protection must hold throughout, and the old %postun restarts the daemon.
+// An erase ($1 = 0) takes the datapath down; an install starts it.
+func TestRPMScriptsInstallUpgradeErase(t *testing.T) {
+	got := rpmScripts(t,
+		"pre 1", "post 1",
+		"pre 2", "post 2", "preun 1", "postun 1",
+		"preun 0", "postun 0",
+	)
+	want := []string{"- - -", upState, upState, upState, upState, upState, "- - -", "- - -"}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("step %d: %q, want %q", i, got[i], want[i])
+		}
 	}
 }
 
