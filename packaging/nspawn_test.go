@@ -136,6 +136,10 @@ ReadWritePaths=
 // for READY=1: both hang until TimeoutStartSec kills membraned.
 func TestEnvoyUnitStartsFromMembranedBeforeReady(t *testing.T) {
 	in := packagedUnits(t, "mkdir -p /run/membrane/envoy && echo {} > /run/membrane/envoy/bootstrap.json && systemctl start membrane-envoy.service && systemd-notify --ready && exec sleep 100000")
+	// The Envoy unit is verified here (TestDebUnderSystemd verifies membraned's).
+	if out, err := in("systemd-analyze", "verify", "--man=no", "membrane-envoy.service"); err != nil || strings.TrimSpace(out) != "" {
+		t.Errorf("systemd-analyze verify membrane-envoy.service: %v\n%s", err, out)
+	}
 	if out, err := in("timeout", "60", "systemctl", "start", "membraned.service"); err != nil {
 		status, _ := in("systemctl", "--no-pager", "status", "membraned.service", "membrane-envoy.service")
 		t.Fatalf("systemctl start membraned (which starts membrane-envoy.service before READY=1): %v\n%s\n%s", err, out, status)
