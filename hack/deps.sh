@@ -7,7 +7,7 @@ pkgs=(
 	docker.io containerd docker-compose
 	clang llvm libbpf-dev bpftool iproute2 busybox-static
 	iptables nftables iperf3 wrk nodejs
-	debootstrap lintian rpm
+	debootstrap lintian rpm systemd-container
 	ca-certificates make git
 )
 

@@ -15,7 +15,7 @@ import (
 )
 
 // nspawnSystemd boots systemd as PID 1 of a systemd-nspawn container (no
-// Docker: a rootfs tarball that systemdImage cached, extracted under
+// Docker: the rootfs tarball of systemdRootfs, extracted under
 // /var/tmp, a network namespace of its own, /run a tmpfs of the test's own
 // mount namespace) and returns the rootfs and a function that runs a
 // command inside it. The container is shut down and removed on cleanup.
@@ -27,16 +27,13 @@ func nspawnSystemd(t *testing.T) (root string, in func(args ...string) (string, 
 	if os.Geteuid() != 0 {
 		testenv.Skip(t, "systemd-nspawn needs root")
 	}
-	tarballs, _ := filepath.Glob(filepath.Join(rootfsCacheDir, "debian12-systemd-*.tar"))
-	if len(tarballs) == 0 {
-		testenv.Skip(t, "no Debian 12 rootfs cached in "+rootfsCacheDir+" (TestDebUnderSystemd makes one)")
-	}
+	tarball := systemdRootfs(t)
 	root, err := os.MkdirTemp("/var/tmp", "membrane-nspawn-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(root) })
-	run(t, "tar", "-C", root, "-xf", tarballs[len(tarballs)-1])
+	run(t, "tar", "-C", root, "-xf", tarball)
 
 	var log bytes.Buffer
 	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c",

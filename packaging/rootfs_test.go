@@ -101,17 +101,43 @@ func hasWord(list, w string) bool {
 func systemdImage(t *testing.T) string {
 	t.Helper()
 	testenv.RequireDocker(t)
+	key := rootfsKey(t)
+	image := "membrane-test/debian12-systemd:" + key
+	if exec.Command("docker", "image", "inspect", image).Run() == nil {
+		return image
+	}
+	tarball := systemdRootfs(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, "docker", "import", "-c", `CMD ["/lib/systemd/systemd"]`, "-c", "ENV container=docker", tarball, image).CombinedOutput(); err != nil {
+		t.Fatalf("docker import %s: %v: %s", tarball, err, out)
+	}
+	return image
+}
+
+// rootfsKey is a hash of everything that shapes the rootfs (suite, variant,
+// packages, apt's mirror), which names its tarball and image.
+func rootfsKey(t *testing.T) string {
+	t.Helper()
 	mirror, err := aptMirror(rootfsSuite)
 	if err != nil {
 		t.Fatal(err)
 	}
 	h := sha256.Sum256([]byte(strings.Join([]string{rootfsSuite, rootfsVariant, strings.Join(rootfsPackages, ","), mirror}, "|")))
-	key := hex.EncodeToString(h[:])[:16]
-	image := "membrane-test/debian12-systemd:" + key
-	if exec.Command("docker", "image", "inspect", image).Run() == nil {
-		return image
+	return hex.EncodeToString(h[:])[:16]
+}
+
+// systemdRootfs returns the tarball of a Debian 12 rootfs with systemd in
+// /var/cache/membrane-test, made with debootstrap from apt's mirror when
+// missing (about a minute). No Docker: systemdImage imports it, and
+// nspawnSystemd boots it as it is.
+func systemdRootfs(t *testing.T) string {
+	t.Helper()
+	mirror, err := aptMirror(rootfsSuite)
+	if err != nil {
+		t.Fatal(err)
 	}
-	tarball := filepath.Join(rootfsCacheDir, "debian12-systemd-"+key+".tar")
+	tarball := filepath.Join(rootfsCacheDir, "debian12-systemd-"+rootfsKey(t)+".tar")
 	if _, err := os.Stat(tarball); err != nil {
 		testenv.RequireBinary(t, "debootstrap")
 		if err := os.MkdirAll(rootfsCacheDir, 0o755); err != nil {
@@ -144,12 +170,7 @@ func systemdImage(t *testing.T) string {
 			t.Fatal(err)
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	if out, err := exec.CommandContext(ctx, "docker", "import", "-c", `CMD ["/lib/systemd/systemd"]`, "-c", "ENV container=docker", tarball, image).CombinedOutput(); err != nil {
-		t.Fatalf("docker import %s: %v: %s", tarball, err, out)
-	}
-	return image
+	return tarball
 }
 
 func tail(s string, n int) string {
