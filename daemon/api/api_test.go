@@ -164,17 +164,32 @@ func TestBrowserRequestsRefused(t *testing.T) {
 	_, sock := start(t, Options{})
 	c := NewClient(sock)
 	for _, h := range []string{"Origin", "Referer"} {
-		req, _ := http.NewRequest("GET", "http://membraned/v1/status", nil)
-		req.Header.Set(h, "http://evil.example")
-		resp, err := c.http.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusForbidden {
-			t.Fatalf("%s: status %d, want 403", h, resp.StatusCode)
+		if status, _ := statusWith(t, c, "", h, "http://evil.example"); status != http.StatusForbidden {
+			t.Fatalf("%s: status %d, want 403", h, status)
 		}
 	}
+}
+
+// statusWith sends GET /v1/status through c with Host host (the client's
+// when empty) and field: value (none when field is empty), and returns the
+// answer's status and, for an error, its text.
+func statusWith(t *testing.T, c *Client, host, field, value string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", "http://membraned/v1/status", nil)
+	if host != "" {
+		req.Host = host
+	}
+	if field != "" {
+		req.Header.Set(field, value)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var eb ErrorBody
+	json.NewDecoder(resp.Body).Decode(&eb)
+	return resp.StatusCode, eb.Error
 }
 
 func TestDaemonDownIsClear(t *testing.T) {
@@ -382,30 +397,14 @@ func TestRebindingHostRefused(t *testing.T) {
 	_, sock := start(t, Options{})
 	c := NewClient(sock)
 	for _, host := range []string{"attacker.example:8080", "127.0.0.1:8080", "attacker.example"} {
-		req, _ := http.NewRequest("GET", "http://membraned/v1/status", nil)
-		req.Host = host
-		resp, err := c.http.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var eb ErrorBody
-		json.NewDecoder(resp.Body).Decode(&eb)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusForbidden || !strings.Contains(eb.Error, "Host") {
-			t.Fatalf("Host %q: %d %q, want 403 naming the Host", host, resp.StatusCode, eb.Error)
+		if status, msg := statusWith(t, c, host, "", ""); status != http.StatusForbidden || !strings.Contains(msg, "Host") {
+			t.Fatalf("Host %q: %d %q, want 403 naming the Host", host, status, msg)
 		}
 	}
 	// The CLI's Host, and curl's (curl --unix-socket ... http://localhost/...).
 	for _, host := range []string{"membraned", "localhost"} {
-		req, _ := http.NewRequest("GET", "http://membraned/v1/status", nil)
-		req.Host = host
-		resp, err := c.http.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("Host %q: %d, want 200", host, resp.StatusCode)
+		if status, _ := statusWith(t, c, host, "", ""); status != http.StatusOK {
+			t.Fatalf("Host %q: %d, want 200", host, status)
 		}
 	}
 }
