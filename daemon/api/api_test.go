@@ -182,14 +182,33 @@ func statusWith(t *testing.T, c *Client, host, field, value string) (int, string
 	if field != "" {
 		req.Header.Set(field, value)
 	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		t.Fatal(err)
+	return answer(t)(c.http.Do(req))
+}
+
+// postRaw posts body as it is (the CLI's client would marshal it) and
+// returns the status and the error body's message.
+func postRaw(t *testing.T, sock, path, body string) (int, string) {
+	t.Helper()
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	defer hc.CloseIdleConnections()
+	return answer(t)(hc.Post("http://membraned"+path, "application/json", strings.NewReader(body)))
+}
+
+// answer reads a response's status and error body's message, failing t
+// where there was no response.
+func answer(t *testing.T) func(*http.Response, error) (int, string) {
+	return func(resp *http.Response, err error) (int, string) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var eb ErrorBody
+		json.NewDecoder(resp.Body).Decode(&eb)
+		return resp.StatusCode, eb.Error
 	}
-	defer resp.Body.Close()
-	var eb ErrorBody
-	json.NewDecoder(resp.Body).Decode(&eb)
-	return resp.StatusCode, eb.Error
 }
 
 func TestDaemonDownIsClear(t *testing.T) {
@@ -359,9 +378,6 @@ func TestFlowHubKeepsTheLastN(t *testing.T) {
 // object is not half-read and answered as if it were whole.
 func TestTraceRequestBodyErrorsSayWhere(t *testing.T) {
 	_, sock := start(t, Options{})
-	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
-	}}}
 	for _, c := range []struct{ body, want string }{
 		{``, "the body is empty"},
 		{`{"from_container": "a"`, "the body ends at byte"},
@@ -373,19 +389,12 @@ func TestTraceRequestBodyErrorsSayWhere(t *testing.T) {
 		{`[{"from_container": "a"}]`, "JSON array at byte 1: want one JSON object"},
 		{`{"from_container": "` + strings.Repeat("a", 2<<20) + `"}`, "the body is over 1048576 bytes"},
 	} {
-		resp, err := hc.Post("http://membraned/v1/policy/trace", "application/json", strings.NewReader(c.body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var eb ErrorBody
-		json.NewDecoder(resp.Body).Decode(&eb)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(eb.Error, c.want) {
+		if status, msg := postRaw(t, sock, "/v1/policy/trace", c.body); status != http.StatusBadRequest || !strings.Contains(msg, c.want) {
 			name := c.body
 			if len(name) > 60 {
 				name = name[:60] + "..."
 			}
-			t.Errorf("body %q: %d %q, want 400 with %q", name, resp.StatusCode, eb.Error, c.want)
+			t.Errorf("body %q: %d %q, want 400 with %q", name, status, msg, c.want)
 		}
 	}
 }
@@ -608,24 +617,14 @@ func TestObserveStreamsPerUserAreBounded(t *testing.T) {
 // changes nothing, rather than the change without the option.
 func TestWriteRequestWithFieldsRefused(t *testing.T) {
 	b, sock := start(t, Options{})
-	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
-	}}}
 	for _, c := range []struct{ body, want string }{
 		{`{"dry_run": true}`, `unknown field "dry_run"`},
 		{`reload please`, "invalid JSON at byte 1"},
 		{`{} {}`, "unexpected data after the JSON object"},
 		{`[]`, "JSON array at byte 1: want one JSON object"},
 	} {
-		resp, err := hc.Post("http://membraned/v1/policy/reload", "application/json", strings.NewReader(c.body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var eb ErrorBody
-		json.NewDecoder(resp.Body).Decode(&eb)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(eb.Error, c.want) {
-			t.Errorf("body %q: %d %q, want 400 with %q", c.body, resp.StatusCode, eb.Error, c.want)
+		if status, msg := postRaw(t, sock, "/v1/policy/reload", c.body); status != http.StatusBadRequest || !strings.Contains(msg, c.want) {
+			t.Errorf("body %q: %d %q, want 400 with %q", c.body, status, msg, c.want)
 		}
 	}
 	if n := b.reloads.Load(); n != 0 {
@@ -633,13 +632,8 @@ func TestWriteRequestWithFieldsRefused(t *testing.T) {
 	}
 	// What the CLI sends, and no body at all (curl -X POST).
 	for _, body := range []string{`{}`, ``} {
-		resp, err := hc.Post("http://membraned/v1/policy/reload", "application/json", strings.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("body %q: %d, want 200", body, resp.StatusCode)
+		if status, msg := postRaw(t, sock, "/v1/policy/reload", body); status != http.StatusOK {
+			t.Fatalf("body %q: %d %q, want 200", body, status, msg)
 		}
 	}
 	if n := b.reloads.Load(); n != 2 {
