@@ -286,3 +286,22 @@ func TestCheckWarnsAtSelectorOnUncountedLabel(t *testing.T) {
 		}
 	}
 }
+
+// A mistyped subcommand of a command group (`policy chek`) is a usage
+// error, as a mistyped top-level command is: printing the group's help and
+// exiting 0 would let a CI step that meant `policy check` pass unchecked.
+func TestUnknownSubcommandIsAUsageError(t *testing.T) {
+	for _, args := range [][]string{
+		{"policy", "chek", "x.hcl"},
+		{"endpoint", "lst"},
+		{"identity", "bogus"},
+	} {
+		_, code, err := runCLI(t, args...)
+		if code != 2 || err == nil || !strings.Contains(err.Error(), `unknown command "`+args[1]+`"`) {
+			t.Errorf("membrane %s: exit %d, err %v; want exit 2 and unknown command", strings.Join(args, " "), code, err)
+		}
+	}
+	if out, code, err := runCLI(t, "policy"); code != 0 || !strings.Contains(out, "Available Commands:") {
+		t.Errorf("membrane policy: exit %d, err %v, output:\n%s", code, err, out)
+	}
+}

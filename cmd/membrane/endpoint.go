@@ -12,7 +12,7 @@ import (
 )
 
 func newEndpointCmd() *cobra.Command {
-	c := &cobra.Command{Use: "endpoint", Short: "List and inspect managed endpoints"}
+	c := groupCmd("endpoint", "List and inspect managed endpoints")
 	var listOut, getOut *string
 	list := &cobra.Command{
 		Use:   "list",

@@ -8,7 +8,7 @@ import (
 )
 
 func newIdentityCmd() *cobra.Command {
-	c := &cobra.Command{Use: "identity", Short: "List security identities"}
+	c := groupCmd("identity", "List security identities")
 	var out *string
 	list := &cobra.Command{
 		Use:   "list",

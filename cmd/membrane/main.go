@@ -43,14 +43,36 @@ func newRootCmd() *cobra.Command {
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return &exitError{code: 2, err: fmt.Errorf("%w\nSee '%s --help'.", err, c.CommandPath())}
 	})
-	policy := &cobra.Command{
-		Use:   "policy",
-		Short: "Check, trace and show policies",
-	}
+	policy := groupCmd("policy", "Check, trace and show policies")
 	policy.AddCommand(newPolicyCheckCmd(), newPolicyTraceCmd())
 	root.AddCommand(policy, newVersionCmd())
 	addDaemonCommands(root, policy)
 	return root
+}
+
+// groupCmd is a command that only holds subcommands. Cobra prints the help
+// of such a command and succeeds whatever follows it, so `membrane policy
+// chek` would exit 0; here an argument that names no subcommand is a usage
+// error (exit 2), as an unknown top-level command is.
+func groupCmd(use, short string) *cobra.Command {
+	return &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  cobra.ArbitraryArgs,
+		// The usage line stays "membrane policy [command]" alone.
+		DisableFlagsInUseLine:      true,
+		SuggestionsMinimumDistance: 2,
+		RunE: func(c *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return c.Help()
+			}
+			msg := fmt.Sprintf("unknown command %q for %q", args[0], c.CommandPath())
+			if s := c.SuggestionsFor(args[0]); len(s) > 0 {
+				msg += fmt.Sprintf("; did you mean %q?", s[0])
+			}
+			return usageError("%s\nSee '%s --help'.", msg, c.CommandPath())
+		},
+	}
 }
 
 // exitCode is the process exit code for what Execute returned: 0 on
