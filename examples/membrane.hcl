@@ -29,6 +29,7 @@ log_level = "info" # debug | info | warn | error
 identity_grace  = "5m"  # unused identities keep their number this long
 flow_sample     = 0     # report 1 new allowed flow in N to `membrane observe` (0: none)
 resync_interval = "1m"  # full resync and conntrack GC
+policy_debounce = "50ms" # policy-directory changes settle this long before a reload
 
 runtime "docker" {
   enabled = true
