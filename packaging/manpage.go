@@ -224,6 +224,14 @@ func DaemonManPage(ctx context.Context, bin, version string, date time.Time) (Ma
 	b.WriteString(".SH SIGNALS\n.TP\n.B SIGTERM, SIGINT\nStop; the pinned datapath stays and keeps enforcing.\n")
 	b.WriteString(".TP\n.B SIGHUP\nReload the policy directory, and check the configuration file, which is read at start only: an invalid one is logged and shown by \\fBmembrane status\\fR (the running configuration stays, but the next start would fail).\n")
 	b.WriteString(".PP\nPolicy files are watched: a change in the policy directory is loaded without a signal.\n")
+	b.WriteString(".SH \"EXIT STATUS\"\n")
+	for _, e := range [][2]string{
+		{"0", "stopped by SIGTERM or SIGINT, or --cleanup, --check-config, --version or --help done"},
+		{"1", "an error: an invalid configuration (printed FILE:LINE:COL: error: ...), a failed start or a failed cleanup"},
+		{"2", "a usage error: an unknown option, an argument, or an unknown --log-format"},
+	} {
+		b.WriteString(".TP\n.B " + e[0] + "\n" + roffText(e[1]) + "\n")
+	}
 	b.WriteString(".SH FILES\n")
 	for _, f := range [][2]string{
 		{"/etc/membrane/membrane.hcl", "configuration"},

@@ -1,6 +1,7 @@
 package packaging
 
 import (
+	"context"
 	"errors"
 	"os"
 	"os/exec"
@@ -236,6 +237,29 @@ func TestDaemonManPageNamesEverySignalItHandles(t *testing.T) {
 	for s := range handled {
 		if !strings.Contains(signals, s) {
 			t.Errorf("membraned handles %s, but membraned(8)'s SIGNALS does not name it:\n%s", s, signals)
+		}
+	}
+}
+
+// membraned(8) has an EXIT STATUS section naming every code that
+// cmd/membraned's run returns.
+func TestDaemonManPageNamesEveryExitCode(t *testing.T) {
+	page, err := DaemonManPage(context.Background(), filepath.Join(testBinaries(t), "membraned"), testVersion, time.Unix(0, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, status, ok := strings.Cut(page.Roff, ".SH \"EXIT STATUS\"\n")
+	if !ok {
+		t.Fatalf("membraned(8) has no EXIT STATUS section:\n%s", page.Roff)
+	}
+	status, _, _ = strings.Cut(status, ".SH ")
+	codes := regexp.MustCompile(`(?m)^\s*return ([0-9]+)$`).FindAllStringSubmatch(string(mustRead(t, filepath.Join(repoRoot(t), "cmd/membraned/main.go"))), -1)
+	if len(codes) < 3 {
+		t.Fatalf("found %d exit codes in cmd/membraned/main.go: the scan is broken", len(codes))
+	}
+	for _, c := range codes {
+		if !strings.Contains(status, ".B "+c[1]+"\n") {
+			t.Errorf("cmd/membraned exits %s, but membraned(8)'s EXIT STATUS does not name it:\n%s", c[1], status)
 		}
 	}
 }

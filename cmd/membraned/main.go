@@ -46,7 +46,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: membraned [--config PATH] [--cleanup | --check-config] [--log-format text|json]\n\n")
+		fmt.Fprintf(stderr, "Usage: membraned [--config PATH] [--cleanup | --check-config | --version] [--log-format text|json]\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
