@@ -17,7 +17,7 @@ func newObserveCmd() *cobra.Command {
 	var out *string
 	c := &cobra.Command{
 		Use:   "observe [--follow] [--type l3|l7|all] [--verdict V] [--container NAME] [--direction egress|ingress] [-o json]",
-		Short: "Show the verdicts: datapath drops, audit records and sampled allowed flows, and every HTTP request the L7 proxy judged",
+		Short: "Show the verdicts: datapath drops, audit records, connections sent to the L7 proxy and sampled allowed flows, and every HTTP request the proxy judged",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if err := checkOutput(*out); err != nil {
