@@ -83,7 +83,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "membraned: cannot read the configuration; cleaning up with the defaults (%s)\n", cfg.BPFFSDir)
 	} else if err != nil {
 		fmt.Fprintln(stderr, err)
-		fmt.Fprintf(stderr, "membraned: invalid configuration; not starting\n")
+		if *check {
+			fmt.Fprintf(stderr, "membraned: invalid configuration\n")
+		} else {
+			fmt.Fprintf(stderr, "membraned: invalid configuration; not starting\n")
+		}
 		return 1
 	}
 	if *check {

@@ -27,6 +27,7 @@ func TestExitCodes(t *testing.T) {
 		{"invalid config names file:line:col", []string{"--config", bad}, 1, bad + `:3:1: error: invalid enforcement "sometimes"`},
 		{"missing explicit config", []string{"--config", filepath.Join(dir, "nope.hcl")}, 1, "no such file"},
 		{"check valid config", []string{"--config", good, "--check-config"}, 0, ""},
+		{"check invalid config", []string{"--config", bad, "--check-config"}, 1, "membraned: invalid configuration\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var stderr bytes.Buffer

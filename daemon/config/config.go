@@ -9,6 +9,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"sort"
 	"regexp"
 	"strings"
 	"time"
@@ -249,12 +250,18 @@ func Parse(filename string, src []byte) (*Config, error) {
 	}
 	var raw fileSchema
 	diags = gohcl.DecodeBody(f.Body, nil, &raw)
+	// The attributes that decoded are checked even where others did not
+	// (each is a pointer, nil when absent or undecodable), so one run of
+	// --check-config shows every mistake in the file.
+	cfg, cdiags := compile(&raw, f.Body)
+	diags = append(diags, cdiags...)
 	if diags.HasErrors() {
-		return nil, &Error{Diagnostics: errorsOnly(diags)}
-	}
-	cfg, diags := compile(&raw, f.Body)
-	if diags.HasErrors() {
-		return nil, &Error{Diagnostics: errorsOnly(diags)}
+		errs := errorsOnly(diags)
+		sort.SliceStable(errs, func(i, j int) bool {
+			a, b := errs[i].Subject, errs[j].Subject
+			return a != nil && (b == nil || a.Start.Byte < b.Start.Byte)
+		})
+		return nil, &Error{Diagnostics: errs}
 	}
 	cfg.Path = filename
 	return cfg, nil

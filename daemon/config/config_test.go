@@ -159,6 +159,25 @@ func TestSeveralErrorsAreAllReported(t *testing.T) {
 	}
 }
 
+// A file with a misspelt or mistyped attribute still has its other
+// attributes checked: one --check-config run shows every mistake, in the
+// order of the file.
+func TestErrorsOfEveryKindAreReportedTogether(t *testing.T) {
+	src := "log_levle = \"debug\"\nlog_level = \"loud\"\nl7 {\n  port = \"x\"\n  engine = \"nginx\"\n}\n"
+	_, err := Parse("m.hcl", []byte(src))
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	var positions []string
+	for _, d := range err.(*Error).Diagnostics {
+		positions = append(positions, short(*d.Subject))
+	}
+	want := []string{"m.hcl:1", "m.hcl:2", "m.hcl:4", "m.hcl:5"}
+	if strings.Join(positions, " ") != strings.Join(want, " ") {
+		t.Fatalf("errors at %v, want %v:\n%v", positions, want, err)
+	}
+}
+
 func TestL7BlockDecodes(t *testing.T) {
 	c, err := Parse("m.hcl", []byte("l7 {\n  engine = \"envoy\"\n  port = 15555\n  envoy_unit = \"membrane-envoy.service\"\n  max_connections = 100\n  max_connections_per_source = 10\n}\n"))
 	if err != nil {
