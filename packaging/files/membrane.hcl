@@ -25,7 +25,7 @@
 
 # "default": policies decide, default-deny as the policy language says.
 # "always":  every endpoint is in default-deny both ways.
-# "never":   nothing is enforced (verdicts are still computed and reported).
+# "never":   nothing is enforced (traffic is still observed).
 # enforcement = "default"
 
 # Audit mode: drops that policy would cause are let through and reported
