@@ -361,7 +361,41 @@ type target struct {
 
 // ServeHTTP judges one HTTP/2 stream (HTTP/1.x requests never get here:
 // the HTTP/1 loop serves them).
+//
+// The stream idle timeout runs from the start: the stream ends when none
+// of its bytes moved for that long (errStreamIdle; 504 before a
+// response). A response write that waits for the client's flow-control
+// window does not end with the context, and a client that never opens
+// its window while it reads the connection (so that no connection write
+// stalls, and WriteByteTimeout never fires) would hold the stream, its
+// goroutine and buffers for ever: once the response began, the timeout
+// resets the stream (a 504 written after it gets another timeout to
+// leave). What a handler leaves buffered is written after it
+// returns, where nothing can reset the stream (a 403 whole, the tail of a
+// body), so the response is flushed before, the timeout still running.
 func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	sw := &statusWriter{ResponseWriter: w}
+	ctx, cancel := context.WithCancelCause(r.Context())
+	defer cancel(nil)
+	idle := newStreamIdle(e.cfg.StreamIdleTimeout, func() (again bool) {
+		cancel(errStreamIdle)
+		if !sw.started.Load() {
+			// The 504 that follows gets a timeout of its own.
+			return true
+		}
+		// No 504 can follow a response that began.
+		http.NewResponseController(w).SetWriteDeadline(time.Unix(1, 0))
+		return false
+	})
+	defer idle.close()
+	sw.idle = idle
+	e.serveStream(sw, r, ctx)
+	sw.Flush()
+}
+
+// serveStream judges and serves one HTTP/2 stream; ctx ends with the
+// stream idle timeout.
+func (e *Engine) serveStream(w *statusWriter, r *http.Request, ctx context.Context) {
 	start := time.Now()
 	cs, _ := r.Context().Value(connKey{}).(*conn)
 	if cs == nil {
@@ -467,18 +501,11 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	} else if routingEscapes(r.URL.RawPath) {
 		t.rawPath = string(decodeRouting([]byte(r.URL.RawPath)))
 	}
-	// The stream idle timeout: the stream ends when none of its bytes
-	// moved for that long (errStreamIdle; 504 before a response).
-	ctx, cancel := context.WithCancelCause(context.WithValue(r.Context(), targetKey{}, t))
-	defer cancel(nil)
-	idle := newStreamIdle(e.cfg.StreamIdleTimeout, func() { cancel(errStreamIdle) })
-	defer idle.close()
 	if r.Body != nil && r.Body != http.NoBody {
-		r.Body = idleBody{r.Body, idle}
+		r.Body = idleBody{r.Body, w.idle}
 	}
-	sw := &statusWriter{ResponseWriter: w, idle: idle}
-	e.rp.ServeHTTP(sw, r.WithContext(ctx))
-	ev.Status = sw.status
+	e.rp.ServeHTTP(w, r.WithContext(context.WithValue(ctx, targetKey{}, t)))
+	ev.Status = w.status
 	ev.Verdict = proxy.VerdictForwarded
 	if t.err != nil {
 		ev.Verdict, ev.Error = proxy.VerdictError, t.err.Error()
@@ -678,11 +705,15 @@ type statusWriter struct {
 	http.ResponseWriter
 	status int
 	idle   *streamIdle // marked on every write (nil: none)
+	// started: the response began (read by idle's expiry, on the timer's
+	// goroutine).
+	started atomic.Bool
 }
 
 func (w *statusWriter) WriteHeader(code int) {
 	if w.status == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
 		w.status = code
+		w.started.Store(true)
 	}
 	w.ResponseWriter.WriteHeader(code)
 }
@@ -690,6 +721,7 @@ func (w *statusWriter) WriteHeader(code int) {
 func (w *statusWriter) Write(b []byte) (int, error) {
 	if w.status == 0 {
 		w.status = http.StatusOK
+		w.started.Store(true)
 	}
 	n, err := w.ResponseWriter.Write(b)
 	if n > 0 && w.idle != nil {

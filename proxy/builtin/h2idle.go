@@ -14,19 +14,20 @@ import (
 // answer (504), a response the client does not take.
 var errStreamIdle = errors.New("no byte of the stream moved for the stream idle timeout")
 
-// streamIdle calls expire when no activity was marked for d. Marking is an
-// atomic store; the timer re-arms itself for what is left, so a busy
-// stream costs no timer operation per read or write.
+// streamIdle calls expire when no activity was marked for d, and again
+// after d more without activity while expire asks to be called again.
+// Marking is an atomic store; the timer re-arms itself for what is left,
+// so a busy stream costs no timer operation per read or write.
 type streamIdle struct {
 	d      time.Duration
 	last   atomic.Int64 // UnixNano of the last activity
 	mu     sync.Mutex
 	t      *time.Timer
 	stop   bool
-	expire func()
+	expire func() (again bool)
 }
 
-func newStreamIdle(d time.Duration, expire func()) *streamIdle {
+func newStreamIdle(d time.Duration, expire func() (again bool)) *streamIdle {
 	s := &streamIdle{d: d, expire: expire}
 	s.mark()
 	s.t = time.AfterFunc(d, s.check)
@@ -45,8 +46,12 @@ func (s *streamIdle) check() {
 		s.t.Reset(left)
 		return
 	}
+	if s.expire() {
+		s.mark()
+		s.t.Reset(s.d)
+		return
+	}
 	s.stop = true
-	s.expire()
 }
 
 func (s *streamIdle) close() {

@@ -1,0 +1,89 @@
+package builtin
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// TestH2StreamStalledByFlowControlEnds: an HTTP/2 client that gives the
+// proxy no flow-control window (SETTINGS_INITIAL_WINDOW_SIZE 0, no
+// WINDOW_UPDATE) while it reads the connection, so that the connection's
+// writes never stall, cannot hold its streams for ever: a stream whose
+// response cannot move for the stream idle timeout is reset, an allowed
+// one in the middle of its body and a refused one whose 403 was written
+// whole, and one whose upstream did not answer and whose 504 cannot
+// leave; and the streams' slots of the connection limits come back.
+func TestH2StreamStalledByFlowControlEnds(t *testing.T) {
+	block := make(chan struct{})
+	t.Cleanup(func() { close(block) })
+	up := startH2Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/public/silent" {
+			<-block
+			return
+		}
+		w.Write(make([]byte, 1<<20))
+	}))
+	e, addr := engineOn(t, up, Config{StreamIdleTimeout: 300 * time.Millisecond, Dial: unmarked})
+	c, err := net.Dial("tcp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte(http2.ClientPreface)); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(c, c)
+	fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	get := func(id uint32, path string) {
+		hb.Reset()
+		for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "svc"}, {":path", path}} {
+			enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+		}
+		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	get(1, "/public/big") // allowed, 1 MiB
+	get(3, "/denied")     // 403
+	get(5, "/public/silent")
+	// The client reads everything the proxy writes, and acknowledges its
+	// settings, but never opens a window.
+	reset := map[uint32]bool{}
+	deadline := time.Now().Add(10 * time.Second) // the streams end after 300 ms
+	c.SetReadDeadline(deadline)
+	for len(reset) < 3 {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("streams still open after %v without a window (reset: %v): %v", 10*time.Second, reset, err)
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				fr.WriteSettingsAck()
+			}
+		case *http2.RSTStreamFrame:
+			reset[f.StreamID] = true
+		case *http2.DataFrame:
+			if f.StreamEnded() {
+				t.Fatalf("stream %d ended with no window given", f.StreamID)
+			}
+		}
+	}
+	eventually(t, "the stalled streams' slots come back", func() error {
+		e.limit.mu.Lock()
+		defer e.limit.mu.Unlock()
+		if e.limit.total != 1 { // the connection's own
+			return fmt.Errorf("%d slots taken, want 1", e.limit.total)
+		}
+		return nil
+	})
+}
