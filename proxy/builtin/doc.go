@@ -42,8 +42,9 @@
 // The engine holds at most Config.MaxConnections client connections, and
 // MaxConnectionsPerSource from one source address; one over either is reset
 // when accepted (limit.go). Between requests an idle connection holds no
-// buffer: it waits for the client's next bytes with a one-byte peek, and its
-// read and write buffers and its upstream connection's go back to pools.
+// buffer: it waits for the client's next bytes with a one-byte peek, its
+// read and write buffers and its upstream connection's go back to pools,
+// and what a large request head made its own buffers grow to is dropped.
 //
 // Paths are judged after removing dot segments and repeated slashes, and a
 // request whose path changed that way is forwarded with the normalized path,

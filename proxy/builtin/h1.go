@@ -340,6 +340,7 @@ func (h *h1) readHead(first bool) (ok bool, err error) {
 			u.park()
 		}
 		defer func() { h.bw = getWriter(h.rw) }()
+		h.shrink()
 	}
 	// The idle timeout, moved only when it lags by more than an eighth of
 	// it, at most a second (setting a deadline per request costs), or
@@ -372,6 +373,37 @@ func (h *h1) readHead(first bool) (ok bool, err error) {
 		return false, err
 	}
 	return false, nil // EOF, reset, timeout: nobody to answer
+}
+
+// keepHead is the most of a request head's bytes, and of what was
+// derived from its target and Host, that an idle connection keeps for the
+// next request; keepFields, the most fields. A larger head (up to
+// Config.MaxHeaderBytes) is rare, and without this every idle connection
+// that once carried one would keep its buffers.
+const (
+	keepHead   = 8 << 10
+	keepFields = 128
+)
+
+// shrink drops the connection's request buffers that a large head grew
+// beyond keepHead or keepFields (and the resolved target and Host kept
+// from it).
+func (h *h1) shrink() {
+	if cap(h.head) > keepHead {
+		h.head = nil
+	}
+	if cap(h.rq.fields) > keepFields {
+		h.rq.fields = nil
+	}
+	if cap(h.rq.connTokens) > keepFields {
+		h.rq.connTokens = nil
+	}
+	if cap(h.lastTarget) > keepHead || len(h.lastPath)+len(h.lastFwd)+len(h.lastOver) > keepHead {
+		h.lastTarget, h.lastPath, h.lastFwd, h.lastOver = nil, "", nil, ""
+	}
+	if cap(h.lastHost) > keepHead || len(h.lastHostM) > keepHead {
+		h.lastHost, h.lastHostM = nil, ""
+	}
 }
 
 // serveOne serves one request; false means the connection is done.
