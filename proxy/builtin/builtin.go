@@ -37,7 +37,8 @@ type Config struct {
 	OriginalDst func(net.Conn) (netip.AddrPort, error)
 	// Dial opens upstream connections; default proxy.DialMarked.
 	Dial proxy.Dialer
-	// MaxHeaderBytes bounds a request's header block (431 beyond); default 64 KiB.
+	// MaxHeaderBytes bounds a request's header block (431 beyond), each
+	// field counting 32 bytes beside its own as in HTTP/2; default 64 KiB.
 	MaxHeaderBytes int
 	// IdleTimeout closes idle client connections; default 2 minutes.
 	IdleTimeout time.Duration

@@ -13,6 +13,31 @@ import (
 	"github.com/membrane-fw/membrane/proxy/conformance"
 )
 
+// TestShortFieldsCountTowardHeaderLimit: each field of a request head
+// counts 32 bytes toward MaxHeaderBytes beside its own, as in HTTP/2, so
+// a head of tiny fields cannot make its parsed fields eight times the
+// limit: 1,500 fields of 8 bytes fit 64 KiB, 4,000 of 4 bytes (16 KB on
+// the wire) get 431.
+func TestShortFieldsCountTowardHeaderLimit(t *testing.T) {
+	up := startScripted(t, respondOK)
+	addr, _ := engineFor(t, up.addr, conformance.AllowAll())
+	c := dialClient(t, addr)
+	c.send("GET /fit HTTP/1.1\r\nHost: svc\r\n" + strings.Repeat("X-A: 1\r\n", 1500) + "\r\n")
+	if resp, body := c.read("GET"); resp.StatusCode != 200 {
+		t.Fatalf("1,500 short fields: %d %q, want 200", resp.StatusCode, body)
+	}
+	before := len(up.seen())
+	c = dialClient(t, addr)
+	c.send("GET /many HTTP/1.1\r\nHost: svc\r\n" + strings.Repeat("a:\r\n", 4000) + "\r\n")
+	if resp, body := c.read("GET"); resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Fatalf("4,000 empty fields: %d %q, want 431", resp.StatusCode, body)
+	}
+	c.expectEOF()
+	if len(up.seen()) != before {
+		t.Fatalf("the refused request reached the upstream")
+	}
+}
+
 // TestIdleConnectionKeepsNoLargeHead: a connection that carried a large
 // request head (60 KB of fields, a 30 KB target) and then idles does not
 // keep the buffers that head grew, so that connections which each sent

@@ -21,6 +21,13 @@ func (p span) empty() bool          { return p.s == p.e }
 // field is one header field line, name and (trimmed) value.
 type field struct{ name, value span }
 
+// fieldOverhead is what each field of a request head counts toward
+// Config.MaxHeaderBytes beside its bytes, as HTTP/2 counts a field's
+// size (RFC 7541 section 4.1) against SETTINGS_MAX_HEADER_LIST_SIZE: a
+// head of short fields ("a:\r\n") would otherwise make its parsed fields
+// take eight times the bytes the limit allows.
+const fieldOverhead = 32
+
 // httpError is a request the proxy answers itself with status (400, 431,
 // 501, ...) and then closes.
 type httpError struct {
@@ -289,7 +296,8 @@ func readRequestHead(br *bufio.Reader, head []byte, rq *request, limit int, firs
 		if br.Buffered() == 0 {
 			waiting()
 		}
-		head, line, err = readLine(br, head, limit)
+		// Each field counts fieldOverhead bytes toward the limit too.
+		head, line, err = readLine(br, head, limit-fieldOverhead*len(rq.fields))
 		if err != nil {
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF
