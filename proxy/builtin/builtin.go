@@ -656,6 +656,9 @@ func (e *Engine) upstream(mark uint32) *http.Transport {
 	u := &http.Transport{
 		DialContext: dial, Protocols: &p2,
 		IdleConnTimeout: 90 * time.Second, DisableCompression: true,
+		// As the HTTP/1 loop bounds a response head (Go's default is
+		// 10 MB a stream).
+		MaxResponseHeaderBytes: maxResponseHead,
 	}
 	e.upstreams[mark] = u
 	return u

@@ -2,6 +2,7 @@ package builtin
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/membrane-fw/membrane/proxy"
 	"github.com/membrane-fw/membrane/proxy/conformance"
 )
 
@@ -97,5 +99,43 @@ func TestIdleConnectionKeepsNoLargeHead(t *testing.T) {
 	t.Logf("held per idle connection: %d bytes after a small head, %d after 60 KB of fields, %d after a 30 KB target", small, fields, target)
 	if fields > small+16<<10 || target > small+16<<10 {
 		t.Fatalf("an idle connection holds %d bytes after a large head of fields and %d after a large target, %d after a small head", fields, target, small)
+	}
+}
+
+// TestH2ResponseHeadLimit: an HTTP/2 upstream's response head is bounded
+// as an HTTP/1 one is (maxResponseHead, 1 MiB): 2 MB of fields get the
+// client 502 and an error event over HTTP/2 too, instead of going
+// through whole (Go's transport takes 10 MB), which let an upstream
+// make the proxy hold ten times the bytes on each stream.
+func TestH2ResponseHeadLimit(t *testing.T) {
+	up := startH2Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/big" {
+			for i := range 2000 {
+				w.Header().Set(fmt.Sprintf("X-Big-%d", i), strings.Repeat("v", 1000))
+			}
+		}
+		io.WriteString(w, "ok")
+	}))
+	events := make(chan proxy.Event, 4)
+	_, addr := engineOn(t, up, Config{Dial: unmarked, Resolver: conformance.AllowAll(),
+		Events: func(ev proxy.Event) { events <- ev }})
+	c := h2cTestClient()
+	defer c.CloseIdleConnections()
+	for _, tc := range []struct {
+		path   string
+		status int
+	}{{"/big", http.StatusBadGateway}, {"/small", 200}} {
+		resp, err := c.Get("http://" + addr + tc.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.ProtoMajor != 2 || resp.StatusCode != tc.status {
+			t.Fatalf("%s: %s %d (%d fields), want %d over HTTP/2", tc.path, resp.Proto, resp.StatusCode, len(resp.Header), tc.status)
+		}
+		ev := <-events
+		if tc.status == http.StatusBadGateway && (ev.Verdict != proxy.VerdictError || ev.Error == "") {
+			t.Fatalf("%s: event %+v, want an error", tc.path, ev)
+		}
 	}
 }
