@@ -55,6 +55,10 @@ type Config struct {
 	// no bound.
 	MaxConnections          int
 	MaxConnectionsPerSource int
+
+	// headerTimeout bounds the arrival of an HTTP/1 request head from its
+	// first byte; default readHeaderTimeout (tests shorten it).
+	headerTimeout time.Duration
 }
 
 // The connection limits' defaults (see Config).
@@ -128,6 +132,9 @@ func New(cfg Config) (*Engine, error) {
 	}
 	if cfg.MaxConnectionsPerSource == 0 {
 		cfg.MaxConnectionsPerSource = DefaultMaxConnectionsPerSource
+	}
+	if cfg.headerTimeout == 0 {
+		cfg.headerTimeout = readHeaderTimeout
 	}
 	e := &Engine{
 		cfg:       cfg,

@@ -2,12 +2,14 @@ package builtin
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -137,5 +139,47 @@ func TestH2ResponseHeadLimit(t *testing.T) {
 		if tc.status == http.StatusBadGateway && (ev.Verdict != proxy.VerdictError || ev.Error == "") {
 			t.Fatalf("%s: event %+v, want an error", tc.path, ev)
 		}
+	}
+}
+
+// TestTrickledHeadIsCutAtTheHeaderTimeout: a request head sent a byte at
+// a time must arrive whole within the header timeout of its first byte
+// (30 seconds), its request line too, which had until the idle timeout
+// (2 minutes on a new connection) before the fields' timeout began.
+func TestTrickledHeadIsCutAtTheHeaderTimeout(t *testing.T) {
+	_, addr := engineOn(t, conformance.StartUpstream(t), Config{Dial: unmarked, IdleTimeout: time.Minute, headerTimeout: 300 * time.Millisecond})
+	for _, tc := range []struct{ name, whole, head string }{
+		{"request line", "", "GET /public/" + strings.Repeat("a", 200)},
+		{"fields", "GET /public/x HTTP/1.1\r\nHost: api\r\n", "X-Slow: " + strings.Repeat("a", 200)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.Dial("tcp4", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if _, err := io.WriteString(c, tc.whole); err != nil {
+				t.Fatal(err)
+			}
+			stop := make(chan struct{})
+			defer close(stop)
+			go func() {
+				for i := range len(tc.head) {
+					select {
+					case <-stop:
+						return
+					case <-time.After(50 * time.Millisecond):
+					}
+					if _, err := c.Write([]byte{tc.head[i]}); err != nil {
+						return
+					}
+				}
+			}()
+			// Cut after 300 ms; the idle timeout would take a minute.
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if n, err := io.Copy(io.Discard, c); err != nil && !errors.Is(err, syscall.ECONNRESET) {
+				t.Fatalf("a head trickled for 10 s is not cut: read %d, %v", n, err)
+			}
+		})
 	}
 }

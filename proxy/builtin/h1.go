@@ -359,7 +359,7 @@ func (h *h1) readHead(first bool) (ok bool, err error) {
 	var preface bool
 	h.head, preface, err = readRequestHead(h.br, h.head[:0], &h.rq, h.e.cfg.MaxHeaderBytes, first, func() {
 		// The head arrives in pieces: bound how long it may take.
-		if want := time.Now().Add(readHeaderTimeout); h.deadline.IsZero() || want.Before(h.deadline) {
+		if want := time.Now().Add(h.e.cfg.headerTimeout); h.deadline.IsZero() || want.Before(h.deadline) {
 			h.setDeadline(want)
 		}
 	})

@@ -269,11 +269,20 @@ func methodString(b []byte) string {
 }
 
 // readRequestHead reads a request head from br into head (returned grown)
-// and rq. waiting is called before a read of the head's fields that would
-// wait for the network. preface is true, with nothing parsed, when first
+// and rq. waiting is called before a read of the head that would wait for
+// the network (of its request line, when that is not whole in br once its
+// first bytes came). preface is true, with nothing parsed, when first
 // and the line read is the HTTP/2 connection preface's.
 func readRequestHead(br *bufio.Reader, head []byte, rq *request, limit int, first bool, waiting func()) (_ []byte, preface bool, err error) {
 	var line span
+	// The head's first bytes are here (or on their way): when its request
+	// line is not whole in the buffer, the head is arriving in pieces.
+	// Peek reads what ReadSlice would read first, no more.
+	if b, _ := br.Peek(1); len(b) > 0 {
+		if b, _ = br.Peek(br.Buffered()); bytes.IndexByte(b, '\n') < 0 {
+			waiting()
+		}
+	}
 	for empty := 0; ; empty++ {
 		head = head[:0]
 		head, line, err = readLine(br, head, limit)
