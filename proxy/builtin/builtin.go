@@ -512,6 +512,21 @@ func (e *Engine) serveStream(w *statusWriter, r *http.Request, ctx context.Conte
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = idleBody{r.Body, w.idle}
 	}
+	defer func() {
+		// httputil.ReverseProxy aborts a response that broke off mid-body
+		// with this panic (net/http resets the stream): it is recorded as
+		// the HTTP/1 loop records it.
+		if p := recover(); p != nil {
+			if p == http.ErrAbortHandler {
+				ev.Status, ev.Verdict, ev.Error = w.status, proxy.VerdictError, errAborted.Error()
+				if context.Cause(ctx) == errStreamIdle {
+					ev.Error += ": " + errStreamIdle.Error()
+				}
+				e.finish(&ev, start)
+			}
+			panic(p)
+		}
+	}()
 	e.rp.ServeHTTP(w, r.WithContext(context.WithValue(ctx, targetKey{}, t)))
 	ev.Status = w.status
 	ev.Verdict = proxy.VerdictForwarded

@@ -15,6 +15,7 @@ import (
 
 	"github.com/membrane-fw/membrane/proxy"
 	"github.com/membrane-fw/membrane/proxy/conformance"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // TestShortFieldsCountTowardHeaderLimit: each field of a request head
@@ -181,5 +182,45 @@ func TestTrickledHeadIsCutAtTheHeaderTimeout(t *testing.T) {
 				t.Fatalf("a head trickled for 10 s is not cut: read %d, %v", n, err)
 			}
 		})
+	}
+}
+
+// TestH2AbortedResponseHasEvent: an HTTP/2 stream whose response breaks
+// off mid-body (here the upstream resets its stream; a stalled client's
+// stream reset by the stream idle timeout is the same) is recorded as an
+// error, as the HTTP/1 loop records it, not dropped from the events and
+// metrics with the panic httputil.ReverseProxy aborts the stream with.
+func TestH2AbortedResponseHasEvent(t *testing.T) {
+	up := startH2Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write(make([]byte, 64<<10))
+		http.NewResponseController(w).Flush()
+		panic(http.ErrAbortHandler)
+	}))
+	events := make(chan proxy.Event, 4)
+	e, addr := engineOn(t, up, Config{Dial: unmarked, Resolver: conformance.AllowAll(),
+		Events: func(ev proxy.Event) { events <- ev }})
+	c := h2cTestClient()
+	defer c.CloseIdleConnections()
+	resp, err := c.Get("http://" + addr + "/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err == nil {
+		t.Fatalf("the client read %d bytes and a clean end of the aborted body", n)
+	}
+	select {
+	case ev := <-events:
+		if ev.Verdict != proxy.VerdictError || ev.Status != 200 || !strings.Contains(ev.Error, errAborted.Error()) {
+			t.Fatalf("event %+v, want an error with status 200 and %q", ev, errAborted)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no event for the aborted stream")
+	}
+	var m dto.Metric
+	e.metrics.Requests.WithLabelValues(proxy.VerdictError).Write(&m)
+	if m.GetCounter().GetValue() != 1 {
+		t.Errorf("requests counted as errors: %v, want 1", m.GetCounter().GetValue())
 	}
 }
