@@ -224,3 +224,68 @@ func TestH2AbortedResponseHasEvent(t *testing.T) {
 		t.Errorf("requests counted as errors: %v, want 1", m.GetCounter().GetValue())
 	}
 }
+
+// TestUpstreamResponseFieldsBounded: an upstream's response head is
+// bounded as a request head is, each field counting 32 bytes toward its
+// 1 MiB beside its own, so 100,000 empty fields (400 KB on the wire,
+// 3.2 MB parsed) get 502; and a connection that idles after a response
+// of 20,000 short fields (which pass) does not keep what they were
+// parsed into: it holds what it holds after a small response, give or
+// take 16 KB.
+func TestUpstreamResponseFieldsBounded(t *testing.T) {
+	fields := func(n int, f string) string { return strings.Repeat(f, n) }
+	up := startScripted(t, func(s *scripted, c net.Conn, br *bufio.Reader) {
+		for {
+			head, ok := s.readHead(br)
+			if !ok {
+				return
+			}
+			switch {
+			case strings.HasPrefix(head, "GET /empty "):
+				io.WriteString(c, "HTTP/1.1 200 OK\r\n"+fields(100000, "a:\r\n")+"Content-Length: 2\r\n\r\nok")
+			case strings.HasPrefix(head, "GET /short "):
+				io.WriteString(c, "HTTP/1.1 200 OK\r\n"+fields(20000, "X-A: 1\r\n")+"Content-Length: 2\r\n\r\nok")
+			default:
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			}
+		}
+	})
+	addr, _ := engineFor(t, up.addr, conformance.AllowAll())
+	c := dialClient(t, addr)
+	c.send("GET /empty HTTP/1.1\r\nHost: svc\r\n\r\n")
+	if resp, _ := c.read("GET"); resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("100,000 empty response fields: %d, want 502", resp.StatusCode)
+	}
+
+	const conns = 50
+	inUse := func() int64 {
+		runtime.GC()
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return int64(m.HeapInuse + m.StackInuse)
+	}
+	held := func(path string) int64 {
+		before := inUse()
+		var cs []*client
+		for range conns {
+			c := dialClient(t, addr)
+			cs = append(cs, c)
+			c.send("GET " + path + " HTTP/1.1\r\nHost: svc\r\n\r\n")
+			if resp, body := c.read("GET"); resp.StatusCode != 200 || body != "ok" {
+				t.Fatalf("%s: %d %q", path, resp.StatusCode, body)
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+		n := (inUse() - before) / conns
+		for _, c := range cs {
+			c.C.Close()
+		}
+		return n
+	}
+	small, short := held("/small"), held("/short")
+	t.Logf("held per idle connection: %d bytes after a small response, %d after 20,000 short fields", small, short)
+	if short > small+16<<10 {
+		t.Fatalf("an idle connection holds %d bytes after a response of 20,000 short fields, %d after a small one", short, small)
+	}
+}

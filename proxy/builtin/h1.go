@@ -963,8 +963,23 @@ func (u *upConn) unsolicited() bool {
 	return ok && r.readable()
 }
 
-// park returns u's buffers to the pools while it idles between requests.
+// shrink drops the response buffers a rare huge head grew.
+func (u *upConn) shrink() {
+	if cap(u.head) > 64<<10 {
+		u.head = nil
+	}
+	if cap(u.resp.fields) > keepFields {
+		u.resp.fields = nil
+	}
+	if cap(u.resp.connTokens) > keepFields {
+		u.resp.connTokens = nil
+	}
+}
+
+// park returns u's buffers to the pools while it idles between requests,
+// and drops those a huge response head grew.
 func (u *upConn) park() {
+	u.shrink()
 	if u.r == nil || u.r.Buffered() > 0 || u.w.Buffered() > 0 {
 		return
 	}
@@ -1178,9 +1193,7 @@ func (u *upConn) readResponseHead(method string) error {
 }
 
 func (u *upConn) readOneHead() error {
-	if cap(u.head) > 64<<10 {
-		u.head = nil // do not keep a rare huge head's buffer
-	}
+	u.shrink()
 	u.head = u.head[:0]
 	rs := &u.resp
 	*rs = response{fields: rs.fields[:0], connTokens: rs.connTokens[:0], contentLength: -1}
@@ -1211,7 +1224,8 @@ func (u *upConn) readOneHead() error {
 	}
 	rs.statusRest = span{line.s + 9, line.e}
 	for {
-		u.head, line, err = readLine(u.r, u.head, maxResponseHead)
+		// Each field counts fieldOverhead bytes too, as in a request head.
+		u.head, line, err = readLine(u.r, u.head, maxResponseHead-fieldOverhead*len(rs.fields))
 		if err != nil {
 			if err == errHeadTooLarge {
 				err = errBadResponse
