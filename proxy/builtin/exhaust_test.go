@@ -2,6 +2,7 @@ package builtin
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,8 @@ import (
 	"github.com/membrane-fw/membrane/proxy"
 	"github.com/membrane-fw/membrane/proxy/conformance"
 	dto "github.com/prometheus/client_model/go"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 )
 
 // TestShortFieldsCountTowardHeaderLimit: each field of a request head
@@ -287,5 +290,76 @@ func TestUpstreamResponseFieldsBounded(t *testing.T) {
 	t.Logf("held per idle connection: %d bytes after a small response, %d after 20,000 short fields", small, short)
 	if short > small+16<<10 {
 		t.Fatalf("an idle connection holds %d bytes after a response of 20,000 short fields, %d after a small one", short, small)
+	}
+}
+
+// TestH2StalledResponsesBufferBounded: what an HTTP/2 upstream sends for
+// streams whose client does not read (here a client that opens no
+// flow-control window) waits in membraned up to the upstream stream's
+// window, and that window is 1 MiB (Go's transport takes 4 MiB a
+// stream): 10 stalled downloads hold less than 2 MiB each.
+func TestH2StalledResponsesBufferBounded(t *testing.T) {
+	const streams = 10
+	chunk := make([]byte, 64<<10)
+	up := startH2Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for range 256 { // 16 MiB
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+		}
+	}))
+	e, addr := engineOn(t, up, Config{Dial: unmarked, Resolver: conformance.AllowAll()})
+	inUse := func() int64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return int64(m.HeapInuse)
+	}
+	before := inUse()
+	c, err := net.Dial("tcp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, http2.ClientPreface)
+	fr := http2.NewFramer(c, c)
+	fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for i := range streams {
+		hb.Reset()
+		for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "svc"}, {":path", "/big"}} {
+			enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+		}
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
+	}
+	go func() { // reads, so that no connection write stalls
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			if s, ok := f.(*http2.SettingsFrame); ok && !s.IsAck() {
+				fr.WriteSettingsAck()
+			}
+		}
+	}()
+	eventually(t, "the streams start", func() error {
+		e.limit.mu.Lock()
+		defer e.limit.mu.Unlock()
+		if e.limit.total != 1+streams {
+			return fmt.Errorf("%d slots taken, want %d", e.limit.total, 1+streams)
+		}
+		return nil
+	})
+	// Let the upstream fill what it may.
+	var held int64
+	for range 10 {
+		time.Sleep(200 * time.Millisecond)
+		held = max(held, inUse()-before)
+	}
+	t.Logf("%d stalled streams hold %d KB", streams, held>>10)
+	if held > streams*2<<20 {
+		t.Fatalf("%d stalled streams hold %d KB, more than 2 MiB each", streams, held>>10)
 	}
 }
