@@ -397,13 +397,28 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	})
 	defer idle.close()
 	sw.idle = idle
-	e.serveStream(sw, r, ctx)
+	var slot streamSlot
+	defer slot.release(e)
+	e.serveStream(sw, r, ctx, &slot)
 	sw.Flush()
+}
+
+// streamSlot is the slot of the connection limits a stream took, held
+// until its response has left (ServeHTTP's flush).
+type streamSlot struct {
+	src  netip.Addr
+	held bool
+}
+
+func (s *streamSlot) release(e *Engine) {
+	if s.held {
+		e.limit.release(s.src)
+	}
 }
 
 // serveStream judges and serves one HTTP/2 stream; ctx ends with the
 // stream idle timeout.
-func (e *Engine) serveStream(w *statusWriter, r *http.Request, ctx context.Context) {
+func (e *Engine) serveStream(w *statusWriter, r *http.Request, ctx context.Context, slot *streamSlot) {
 	start := time.Now()
 	cs, _ := r.Context().Value(connKey{}).(*conn)
 	if cs == nil {
@@ -418,8 +433,9 @@ func (e *Engine) serveStream(w *statusWriter, r *http.Request, ctx context.Conte
 		Proto: r.Proto, Method: r.Method, Path: req.Path, Host: req.Host,
 	}
 	// A stream holds what an HTTP/1 connection holds (goroutines, an
-	// upstream stream), so streams take slots of the connection limits
-	// too: one client cannot open 250 streams on each of its connections.
+	// upstream stream, buffers), so streams take slots of the connection
+	// limits too, until their response left: one client cannot open 250
+	// streams on each of its connections.
 	if reason := e.limit.admit(cs.src.Addr()); reason != "" {
 		e.metrics.ConnectionsRefused.WithLabelValues(reason).Inc()
 		ev.Verdict, ev.Status, ev.Error = proxy.VerdictError, http.StatusServiceUnavailable, "refused: "+reason
@@ -428,7 +444,7 @@ func (e *Engine) serveStream(w *statusWriter, r *http.Request, ctx context.Conte
 		e.finish(&ev, start)
 		return
 	}
-	defer e.limit.release(cs.src.Addr())
+	slot.src, slot.held = cs.src.Addr(), true
 	dec, err := cs.decide(box)
 	ev.SrcIdentity, ev.DstIdentity = dec.SrcIdentity, dec.DstIdentity
 	if err == nil && r.Method == http.MethodConnect {

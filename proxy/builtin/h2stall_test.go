@@ -87,3 +87,64 @@ func TestH2StreamStalledByFlowControlEnds(t *testing.T) {
 		return nil
 	})
 }
+
+// TestH2StreamHoldsItsSlotUntilItsResponseLeft: an HTTP/2 stream keeps
+// its slot of the connection limits until its response has left, not
+// only while it is judged and forwarded: refused streams whose 403 waits
+// on a window the client does not open take slots, so a client cannot
+// park more of them than the limits allow (250 on each connection).
+func TestH2StreamHoldsItsSlotUntilItsResponseLeft(t *testing.T) {
+	const streams = 3
+	e, addr := engineOn(t, startH2Upstream(t, http.NotFoundHandler()), Config{StreamIdleTimeout: time.Minute, Dial: unmarked})
+	c, err := net.Dial("tcp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte(http2.ClientPreface)); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(c, c)
+	fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for i := range streams {
+		hb.Reset()
+		for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "svc"}, {":path", "/denied"}} {
+			enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+		}
+		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	go func() {
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			if s, ok := f.(*http2.SettingsFrame); ok && !s.IsAck() {
+				fr.WriteSettingsAck()
+			}
+		}
+	}()
+	// The streams are refused at once; their 403s cannot leave.
+	time.Sleep(300 * time.Millisecond)
+	eventually(t, "the stalled refused streams hold their slots", func() error {
+		e.limit.mu.Lock()
+		defer e.limit.mu.Unlock()
+		if e.limit.total != 1+streams {
+			return fmt.Errorf("%d slots taken, want %d (the connection's and the streams')", e.limit.total, 1+streams)
+		}
+		return nil
+	})
+	c.Close()
+	eventually(t, "the slots come back when the connection closes", func() error {
+		e.limit.mu.Lock()
+		defer e.limit.mu.Unlock()
+		if e.limit.total != 0 {
+			return fmt.Errorf("%d slots taken", e.limit.total)
+		}
+		return nil
+	})
+}
