@@ -228,9 +228,14 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 }
 
 // Cleanup is `membraned --cleanup` (package removal): CleanupDatapath,
-// then CleanupL7.
+// then bpf.DetachEverywhere, then CleanupL7. CleanupDatapath works from
+// the pins of cfg's bpffs directory; what they do not name (pins of a
+// bpffs_dir the configuration no longer says, or removed by hand while a
+// tc filter stayed) would go on judging every packet with no daemon to
+// update its maps, so every Membrane program still on an interface comes
+// off too.
 func Cleanup(cfg *config.Config) error {
-	return errors.Join(CleanupDatapath(cfg), CleanupL7())
+	return errors.Join(CleanupDatapath(cfg), bpf.DetachEverywhere(), CleanupL7())
 }
 
 // CleanupDatapath removes every pin and attachment of the datapath in cfg's

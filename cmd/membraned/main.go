@@ -3,10 +3,12 @@
 // policy directory with eBPF on the containers' veths.
 //
 //	membraned [--config PATH]            run (systemd: Type=notify)
-//	membraned --config PATH --cleanup    remove every pin and attachment, and the
-//	                                     L7 proxy's policy routing, nftables table
-//	                                     and Envoy run directory (with the
-//	                                     defaults when PATH cannot be read)
+//	membraned --config PATH --cleanup    remove every pin and attachment, every
+//	                                     Membrane program left on an interface,
+//	                                     and the L7 proxy's policy routing,
+//	                                     nftables table and Envoy run directory
+//	                                     (with the defaults when PATH cannot be
+//	                                     read)
 //	membraned --check-config [--config PATH]
 //
 // Exit codes: 0 stopped by a signal (or --cleanup done); 1 error (an
@@ -41,7 +43,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("membraned", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("config", config.DefaultPath, "configuration file (HCL)")
-	cleanup := fs.Bool("cleanup", false, "remove every pinned map, program and attachment and the L7 proxy's routing, then exit (package removal)")
+	cleanup := fs.Bool("cleanup", false, "remove every pinned map, program and attachment, every Membrane program left on an interface and the L7 proxy's routing, then exit (package removal)")
 	check := fs.Bool("check-config", false, "validate the configuration and exit")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
@@ -80,7 +82,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		// be read must not leave the datapath enforcing with no daemon.
 		fmt.Fprintln(stderr, err)
 		cfg = config.Default()
-		fmt.Fprintf(stderr, "membraned: cannot read the configuration; cleaning up with the defaults (%s)\n", cfg.BPFFSDir)
+		fmt.Fprintf(stderr, "membraned: cannot read the configuration; cleaning up with the defaults (%s), and every Membrane program on an interface\n", cfg.BPFFSDir)
 	} else if err != nil {
 		fmt.Fprintln(stderr, err)
 		if *check {
