@@ -68,6 +68,8 @@ func TestRemovalLeavesNoProgramBehind(t *testing.T) {
 			for _, c := range []removalCase{
 				{name: "purge", pins: "/sys/fs/bpf/custom"},
 				{name: "stopped-then-purge", pins: "/sys/fs/bpf/custom", stopFirst: true},
+				{name: "invalid-config", pins: "/sys/fs/bpf/custom",
+					before: `echo 'enforcement = "sometimes"' >>/etc/membrane/membrane.hcl`},
 				{name: "deleted-config", pins: "/sys/fs/bpf/custom",
 					before: `rm /etc/membrane/membrane.hcl`, pinsLeft: true},
 			} {

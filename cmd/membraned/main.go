@@ -7,8 +7,8 @@
 //	                                     Membrane program left on an interface,
 //	                                     and the L7 proxy's policy routing,
 //	                                     nftables table and Envoy run directory
-//	                                     (with the defaults when PATH cannot be
-//	                                     read)
+//	                                     (with the defaults, but a bpffs_dir PATH
+//	                                     still names, when PATH cannot be read)
 //	membraned --check-config [--config PATH]
 //
 // Exit codes: 0 stopped by a signal (or --cleanup done); 1 error (an
@@ -80,9 +80,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	if err != nil && *cleanup {
 		// The package's removal runs --cleanup: a configuration that cannot
 		// be read must not leave the datapath enforcing with no daemon.
+		// Salvage keeps the file's bpffs_dir where it is still readable.
 		fmt.Fprintln(stderr, err)
-		cfg = config.Default()
-		fmt.Fprintf(stderr, "membraned: cannot read the configuration; cleaning up with the defaults (%s), and every Membrane program on an interface\n", cfg.BPFFSDir)
+		cfg = config.Salvage(*cfgPath)
+		fmt.Fprintf(stderr, "membraned: cannot read the configuration; cleaning up %s, and every Membrane program on an interface\n", cfg.BPFFSDir)
 	} else if err != nil {
 		fmt.Fprintln(stderr, err)
 		if *check {

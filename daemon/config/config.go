@@ -18,6 +18,7 @@ import (
 	"github.com/hashicorp/hcl/v2/gohcl"
 	"github.com/hashicorp/hcl/v2/hclparse"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/zclconf/go-cty/cty"
 
 	"github.com/membrane-fw/membrane/internal/hcldepth"
 	"github.com/membrane-fw/membrane/policies"
@@ -235,6 +236,41 @@ func Load(path string, explicit bool) (*Config, error) {
 		return nil, fmt.Errorf("reading config: %w", err)
 	}
 	return Parse(path, src)
+}
+
+// Salvage is the configuration for `membraned --cleanup` when Load fails
+// on path: the defaults, but with the bpffs_dir and api_socket that the
+// file sets wherever they can still be read (an absolute path as a string
+// literal, in a file that is invalid elsewhere), so that a package removal
+// takes down the pins the daemon used, not only the default ones.
+func Salvage(path string) *Config {
+	cfg := Default()
+	src, err := os.ReadFile(path)
+	if err != nil || hcldepth.Check(src, path) != nil {
+		return cfg
+	}
+	f, _ := hclparse.NewParser().ParseHCL(src, path)
+	if f == nil {
+		return cfg
+	}
+	body, ok := f.Body.(*hclsyntax.Body)
+	if !ok {
+		return cfg
+	}
+	for name, dst := range map[string]*string{"bpffs_dir": &cfg.BPFFSDir, "api_socket": &cfg.APISocket} {
+		a, ok := body.Attributes[name]
+		if !ok {
+			continue
+		}
+		v, diags := a.Expr.Value(nil)
+		if diags.HasErrors() || !v.IsKnown() || v.IsNull() || v.Type() != cty.String {
+			continue
+		}
+		if p := v.AsString(); filepath.IsAbs(p) {
+			*dst = filepath.Clean(p)
+		}
+	}
+	return cfg
 }
 
 // Parse decodes and validates a configuration file's contents; filename is

@@ -228,3 +228,34 @@ func TestDeepNestingIsAnErrorNotACrash(t *testing.T) {
 		t.Errorf("err = %v", err)
 	}
 }
+
+// `membraned --cleanup` with a file Load rejects: the pins it names are
+// still the ones to take down, when the file still says them readably.
+func TestSalvageKeepsTheReadablePinDirectory(t *testing.T) {
+	def := Default()
+	for _, c := range []struct {
+		name, text       string
+		bpffs, apiSocket string
+	}{
+		{"invalid elsewhere", "bpffs_dir = \"/sys/fs/bpf/prod//\"\napi_socket = \"/run/m/api.sock\"\nenforcement = \"sometimes\"\nruntime \"docker\" {\n  enabled = \"maybe\"\n}\n",
+			"/sys/fs/bpf/prod", "/run/m/api.sock"},
+		{"syntax error after it", "bpffs_dir = \"/sys/fs/bpf/prod\"\nmaps {\n", "/sys/fs/bpf/prod", def.APISocket},
+		{"relative", "bpffs_dir = \"prod\"\n", def.BPFFSDir, def.APISocket},
+		{"not a literal", "bpffs_dir = var.dir\n", def.BPFFSDir, def.APISocket},
+		{"not a string", "bpffs_dir = 3\n", def.BPFFSDir, def.APISocket},
+		{"missing", "", def.BPFFSDir, def.APISocket},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "membrane.hcl")
+			if c.name != "missing" {
+				if err := os.WriteFile(path, []byte(c.text), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got := Salvage(path)
+			if got.BPFFSDir != c.bpffs || got.APISocket != c.apiSocket {
+				t.Errorf("Salvage: bpffs_dir %q, api_socket %q; want %q, %q", got.BPFFSDir, got.APISocket, c.bpffs, c.apiSocket)
+			}
+		})
+	}
+}
