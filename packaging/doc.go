@@ -16,7 +16,9 @@
 // The maintainer scripts (files/scripts) create the `membrane` group, apply
 // systemd presets, start the daemon on install (through deb-systemd-invoke,
 // which honours policy-rc.d), restart it on upgrade without taking the pinned
-// datapath down, and run `membraned --cleanup` on removal.
+// datapath down, and run `membraned --cleanup` on removal (and, where it
+// fails, remove the default pins, Membrane's tc filters and the L7 routing
+// themselves).
 //
 // The program in ./mkpkg is what `make package` (hack/package.sh) runs.
 package packaging

@@ -72,6 +72,7 @@ func TestRemovalLeavesNoProgramBehind(t *testing.T) {
 					before: `echo 'enforcement = "sometimes"' >>/etc/membrane/membrane.hcl`},
 				{name: "deleted-config", pins: "/sys/fs/bpf/custom",
 					before: `rm /etc/membrane/membrane.hcl`, pinsLeft: true},
+				{name: "failed-cleanup", failCleanup: true},
 			} {
 				t.Run(pkg.name+"/"+mode+"/"+c.name, func(t *testing.T) {
 					cfg := fmt.Sprintf(`attach  = %q
