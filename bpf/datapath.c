@@ -745,11 +745,13 @@ static __always_inline int on_link(const struct pkt *p, __u8 dir)
 
 /* own: id, read from an address the endpoint sends from or claims, may be
  * its own. An endpoint whose identity is not known yet (init) may use no
- * address of another endpoint or of the host: only world and CIDR ones. */
+ * address of another endpoint or of the host: only world, CIDR and init
+ * ones (the daemon maps the addresses of the endpoints it judges as init
+ * to init, so that their peers judge them as init too). */
 static __always_inline int own(__u32 id, __u32 local)
 {
 	if (local == IDENTITY_INIT)
-		return id == IDENTITY_WORLD || id >= FIRST_CIDR_IDENTITY;
+		return id == IDENTITY_WORLD || id == IDENTITY_INIT || id >= FIRST_CIDR_IDENTITY;
 	return id == local;
 }
 

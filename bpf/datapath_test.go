@@ -1027,6 +1027,32 @@ func TestUnknownEndpointCannotPassForAnother(t *testing.T) {
 	h.expect(in, unknown, tcp(addrW, addrB, 9, 22, tcpSYN), ReasonDropUnknown)
 }
 
+// An endpoint the daemon knows but judges as init (no identity could be
+// allocated for it, or its identity's policy is not written) has its
+// addresses in the ipcache as init: it may send from them and receive what
+// is addressed to them (with "allow"), and its peers judge it as init,
+// never as world: a peer's rule for the world does not admit it, one for
+// init does.
+func TestInitEndpointUsesItsInitAddress(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	unknown := h.ifs[2]
+	initAddr := netip.MustParseAddr("10.1.0.7")
+	must(t, h.dp.IPCacheSet(netip.PrefixFrom(initAddr, 32), policies.IdentityInit))
+	must(t, h.dp.SetUnknownEndpoint(UnknownAllow))
+	h.sync(policies.IdentityPolicy{Identity: idA, IngressDefaultDeny: true, Entries: []policies.Entry{
+		entry(in, policies.IdentityWorld, policies.ProtoTCP, 80, 16, policies.Allow, 1),
+		entry(in, policies.IdentityInit, policies.ProtoTCP, 81, 16, policies.Allow, 2),
+	}})
+	h.expect(out, unknown, tcp(initAddr, addrA, 7, 80, tcpSYN), ReasonAllowDefault)
+	h.expect(out, unknown, tcp(initAddr, addrA, 7, 81, tcpSYN), ReasonAllowDefault)
+	h.expect(in, h.ifs[0], tcp(initAddr, addrA, 7, 80, tcpSYN), ReasonDropDefaultDeny)
+	h.expect(in, h.ifs[0], tcp(initAddr, addrA, 7, 81, tcpSYN), ReasonAllowPolicy)
+	h.expect(in, unknown, tcp(addrW, initAddr, 9, 22, tcpSYN), ReasonAllowDefault)
+	// A known endpoint may neither send from it nor receive for it.
+	h.expect(out, h.ifs[1], tcp(initAddr, addrA, 8, 81, tcpSYN), ReasonDropSpoofedSource)
+	h.expect(in, h.ifs[1], tcp(addrW, initAddr, 9, 22, tcpSYN), ReasonDropNotAddressed)
+}
+
 // TestIPv6FragmentsWithHeadersAfterTheFragmentHeader: extension headers
 // may follow the fragment header (a destination options header for the
 // final destination belongs to the fragmentable part). The later fragments

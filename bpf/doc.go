@@ -31,7 +31,9 @@
 // extension headers are walked up to 8 deep (deeper: ipv6-ext-headers). The
 // endpoint comes from the endpoints map by the skb's ifindex; an interface
 // not in it is identity init (5) and is dropped (unknown-endpoint) unless
-// Config.UnknownEndpoint is "allow", in which case init's policy judges it.
+// Config.UnknownEndpoint is "allow", in which case init's policy judges it
+// and it may send from world, CIDR and init addresses (the daemon maps the
+// addresses of the endpoints it judges as init to init).
 // What an endpoint sends must come from an address of its identity
 // (spoofed-source); what it receives must be addressed to one, or to an
 // address of no endpoint and not the host (not-addressed). A direction the
