@@ -69,6 +69,10 @@
 // listed, or how many listed endpoints and veths are not applied yet;
 // kept up to date until the first full reconcile), and the pinned
 // datapath is left as it is until it has.
+// An endpoint judged as init while the daemon knows it (its identity could
+// not be allocated, retried at every full resync; its policy could not be
+// written) has its addresses in the ipcache as init, so that its peers
+// judge it as init too, never as world.
 // Cancellation of Run's context is the normal way to stop: pins and
 // attachments stay (SIGTERM never drops protection); Cleanup removes them
 // (package removal): CleanupDatapath (pins, container and bridge programs)

@@ -104,10 +104,16 @@ type reconciler struct {
 }
 
 type epState struct {
-	ep       endpoint.Endpoint
-	id       uint32
+	ep endpoint.Endpoint
+	id uint32
+	// identity is the endpoint's allocated identity, IdentityHost for
+	// the host's namespace, or IdentityInit while none could be
+	// allocated for it (its labels are retried at every full resync).
 	identity policies.Identity
-	labels   policies.Labels // identity-relevant
+	labels   policies.Labels // identity-relevant, those of identity
+	// held: its veths have no endpoint entry although it has an
+	// identity: that identity's policy is not in the maps (writeEndpoint).
+	held     bool
 	audit    bool
 	ifaces   []int // host ifindexes written to the endpoints map
 	enforced time.Time
@@ -911,6 +917,7 @@ func (r *reconciler) applyEndpointEvent(ev endpoint.Event) {
 		}
 		delete(r.eps, ev.Endpoint.ID)
 		delete(r.problems, "held/"+ev.Endpoint.ID)
+		delete(r.problems, "identity/"+ev.Endpoint.ID)
 		if r.synced {
 			for _, ifx := range st.ifaces {
 				// The veth keeps its programs while it exists (fail-closed);
@@ -934,14 +941,9 @@ func (r *reconciler) applyEndpointEvent(ev endpoint.Event) {
 			// Processes in the host namespace are the host entity.
 			st.identity = policies.IdentityHost
 			st.labels = nil
+			delete(r.problems, "identity/"+ev.Endpoint.ID)
 		} else {
-			st.labels = policies.Labels(endpoint.IdentityLabels(st.ep.Labels, r.filter))
-			id, err := r.ids.Allocate(st.labels)
-			r.problem("identity/"+ev.Endpoint.ID, "allocate-identity", err)
-			if err != nil {
-				return
-			}
-			st.identity = id
+			r.allocate(st)
 		}
 		st.audit = r.cfg.Audit || (r.auditSel != nil && r.auditSel.Matches(st.labels))
 		tAlloc := time.Now()
@@ -977,7 +979,9 @@ func (r *reconciler) writeEndpoint(st *epState) {
 		}
 	}
 	heldKey := "held/" + st.ep.ID
-	if !r.policyWritten(st.identity) {
+	if st.identity == policies.IdentityInit || !r.policyWritten(st.identity) {
+		wasHeld := st.held
+		st.held = true
 		// Fail closed: an endpoint entry would have the datapath judge
 		// the veth under an identity whose policy is not in the maps, that
 		// is with no rule at all (everything allowed). Until its policy is
@@ -991,6 +995,14 @@ func (r *reconciler) writeEndpoint(st *epState) {
 			r.problem(fmt.Sprintf("endpoint/%d", old), "delete-endpoint", r.dp.DeleteEndpoint(old))
 		}
 		st.ifaces = nil
+		if !wasHeld {
+			// Its addresses are init's now, as its veths' traffic is.
+			r.syncIPCache()
+		}
+		if st.identity == policies.IdentityInit {
+			// The identity problem says why.
+			return
+		}
 		if _, known := r.problems[heldKey]; !known {
 			r.problem(heldKey, "hold-endpoint", fmt.Errorf("endpoint %d (%s) is not enforced under identity %d: its policy could not be written to the policy maps (see the policy problem); its traffic is judged as identity init meanwhile",
 				st.id, strings.Join(containerNames(st.ep), ","), st.identity))
@@ -998,6 +1010,12 @@ func (r *reconciler) writeEndpoint(st *epState) {
 		return
 	}
 	delete(r.problems, heldKey)
+	if st.held {
+		// Its addresses are its identity's again before its veths are:
+		// the ipcache first, as for a new endpoint.
+		st.held = false
+		r.syncIPCache()
+	}
 	for _, ifx := range now {
 		// L7 redirects go to the ingress of the veth's bridge, which gets
 		// the bridge program first.
@@ -1030,6 +1048,43 @@ func (r *reconciler) policyWritten(id policies.Identity) bool {
 		return cmp.Compare(ip.Identity, id)
 	})
 	return ok
+}
+
+// allocate gives st the identity of its labels. When that fails (the
+// identity store cannot be written, every number is taken) the endpoint
+// keeps the identity it has, as its labels (a new endpoint: init, so its
+// addresses are init's in the ipcache, never world's), the problem is in
+// status, and the next full resync tries again. It reports whether the
+// identity changed.
+func (r *reconciler) allocate(st *epState) bool {
+	labels := policies.Labels(endpoint.IdentityLabels(st.ep.Labels, r.filter))
+	id, err := r.ids.Allocate(labels)
+	if err != nil {
+		err = fmt.Errorf("endpoint %s (%s) has no identity for its labels {%s}: %w; it stays under identity %d meanwhile and the allocation is retried at every full resync",
+			st.ep.ID, strings.Join(containerNames(st.ep), ","), labelString(labels), err, cmp.Or(st.identity, policies.IdentityInit))
+	}
+	r.problem("identity/"+st.ep.ID, "allocate-identity", err)
+	if err != nil {
+		if st.identity == 0 {
+			st.identity = policies.IdentityInit
+		}
+		return false
+	}
+	changed := id != st.identity
+	st.identity, st.labels = id, labels
+	return changed
+}
+
+// judgedAs is the identity st's traffic is judged as, and so what its
+// addresses map to in the ipcache: init while its veths have no endpoint
+// entry (no identity yet, or its policy not written), as Cilium's
+// reserved:init. Otherwise its peers would see its addresses as world
+// (no ipcache entry) or as an identity whose policy does not judge it.
+func judgedAs(st *epState) policies.Identity {
+	if st.held {
+		return policies.IdentityInit
+	}
+	return st.identity
 }
 
 func (r *reconciler) updateIdentityUse() {
@@ -1130,13 +1185,14 @@ func (r *reconciler) wantIPCache() map[netip.Prefix]policies.Identity {
 			if host[p] {
 				continue
 			}
+			id := judgedAs(st)
 			if first, ok := held[p]; ok {
-				if cur, known := have[p]; !known || cur == first || cur != st.identity {
+				if cur, known := have[p]; !known || cur == first || cur != id {
 					continue
 				}
 			}
-			held[p] = st.identity
-			want[p] = st.identity
+			held[p] = id
+			want[p] = id
 		}
 	}
 	return want
@@ -1205,6 +1261,12 @@ func (r *reconciler) fullSync(why string) {
 		r.attachBridge(ev.MasterIndex)
 	}
 	if r.synced {
+		for _, st := range r.eps {
+			if _, failed := r.problems["identity/"+st.ep.ID]; failed && st.ep.NetworkMode != endpoint.ModeHost && r.allocate(st) {
+				st.audit = r.cfg.Audit || (r.auditSel != nil && r.auditSel.Matches(st.labels))
+				r.log.Info("endpoint has its identity now", "endpoint", st.ep.ID, "containers", containerNames(st.ep), "identity", st.identity)
+			}
+		}
 		r.updateIdentityUse()
 		// The policy maps are diffed against their mirror, so a periodic
 		// recompile of an unchanged set and identity list would only burn
