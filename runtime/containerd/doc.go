@@ -8,7 +8,13 @@
 // which the daemon does whenever it also watches Docker) and subscribes to
 // the event service first so nothing is missed between the two: /tasks/start,
 // /tasks/exit, /tasks/delete, /tasks/paused, /tasks/resumed,
-// /containers/create, /containers/update, /containers/delete. As in
+// /containers/create, /containers/update, /containers/delete. containerd's
+// Subscribe returns before the server has registered the subscriber, so an
+// event published in between would reach no one: the source publishes a
+// probe event (topic /membrane/subscribed, namespace "membrane", a token
+// of its own) until the probe comes back through its stream, and lists only
+// then (a containerd that refuses the probe is followed unconfirmed, with a
+// warning). As in
 // runtime/docker, every event only triggers a re-read of that container,
 // per container in order (endpoint.Dispatcher), and the result is diffed
 // against what was reported; a broken event stream means reconnect with

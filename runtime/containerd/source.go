@@ -2,6 +2,8 @@ package containerd
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,6 +20,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/membrane-fw/membrane/runtime/endpoint"
 	"github.com/membrane-fw/membrane/runtime/nsinfo"
@@ -54,6 +57,10 @@ type Source struct {
 	table *endpoint.Table
 
 	progress *endpoint.Progress
+
+	// stream opens the event stream (tests: a slow server); nil means
+	// the client's Subscribe.
+	stream func(ctx context.Context, cli *containerd.Client, filters ...string) (<-chan *events.Envelope, <-chan error)
 
 	mu      sync.Mutex
 	ctrs    map[string]*record            // running containers by "ns/id"
@@ -156,7 +163,7 @@ func (s *Source) Run(ctx context.Context) error {
 		Workers: s.cfg.Workers, RecheckInterval: s.cfg.RecheckInterval,
 		Stream: "event stream",
 		Subscribe: func(ctx context.Context) (<-chan *events.Envelope, <-chan error, error) {
-			return subscribe(ctx, cli)
+			return s.subscribe(ctx, cli)
 		},
 		Key:    s.keyOf,
 		Resync: func(ctx context.Context) error { return s.resync(ctx, cli) },
@@ -176,23 +183,109 @@ var topics = []string{
 	`topic=="/containers/create"`, `topic=="/containers/update"`, `topic=="/containers/delete"`,
 }
 
-// subscribe checks that containerd answers (within 5 s) and subscribes to
-// the topics above.
-func subscribe(ctx context.Context, cli *containerd.Client) (<-chan *events.Envelope, <-chan error, error) {
+// The probe that confirms a subscription: an event of this topic, in this
+// namespace, carrying a token of the subscription (wrapperspb.StringValue).
+const (
+	probeTopic     = "/membrane/subscribed"
+	probeNamespace = "membrane"
+)
+
+// probeWait bounds the wait for the probe; probeEvery is how often it is
+// published again meanwhile (one published before the server registered
+// the subscriber reaches nobody).
+const (
+	probeWait  = 10 * time.Second
+	probeEvery = 250 * time.Millisecond
+)
+
+// subscribe checks that containerd answers (within 5 s), subscribes to the
+// topics above, and returns once the subscription is live. containerd's
+// Subscribe returns as soon as the request is sent, before the server has
+// registered the subscriber: an event published in between reaches no one,
+// and a container that started then, after the list, would wait for the
+// recheck. So subscribe publishes a probe event until it comes back
+// through the stream: every event published after that is delivered, and
+// the list (Resync) that follows sees everything published before.
+// Events that arrive before the probe precede the list and are dropped
+// (the list reads their containers). A containerd that refuses the probe
+// (Publish fails) is followed unconfirmed, with a warning.
+func (s *Source) subscribe(ctx context.Context, cli *containerd.Client) (<-chan *events.Envelope, <-chan error, error) {
 	vctx, vcancel := context.WithTimeout(ctx, 5*time.Second)
 	_, err := cli.Version(vctx)
 	vcancel()
 	if err != nil {
 		return nil, nil, fmt.Errorf("containerd version: %w", err)
 	}
-	envs, errs := cli.Subscribe(ctx, topics...)
-	return envs, errs, nil
+	filters := append(slices.Clone(topics), `topic=="`+probeTopic+`"`)
+	var envs <-chan *events.Envelope
+	var errs <-chan error
+	if s.stream != nil {
+		envs, errs = s.stream(ctx, cli, filters...)
+	} else {
+		envs, errs = cli.Subscribe(ctx, filters...)
+	}
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	token := hex.EncodeToString(b[:])
+	pctx := namespaces.WithNamespace(ctx, probeNamespace)
+	publish := func() error {
+		return cli.EventService().Publish(pctx, probeTopic, wrapperspb.String(token))
+	}
+	if err := publish(); err != nil {
+		if ctx.Err() != nil {
+			return nil, nil, ctx.Err()
+		}
+		s.log.Warn("containerd refused the subscription probe; following its events unconfirmed (a container started while the subscription is set up waits for the recheck)", "err", err)
+		return envs, errs, nil
+	}
+	deadline := time.NewTimer(probeWait)
+	defer deadline.Stop()
+	again := time.NewTicker(probeEvery)
+	defer again.Stop()
+	for {
+		select {
+		case env := <-envs:
+			if isProbe(env, token) {
+				return envs, errs, nil
+			}
+		case err := <-errs:
+			if err == nil {
+				err = errors.New("event stream closed")
+			}
+			return nil, nil, fmt.Errorf("event stream: %w", err)
+		case <-again.C:
+			if err := publish(); err != nil {
+				return nil, nil, fmt.Errorf("publishing the subscription probe: %w", err)
+			}
+		case <-deadline.C:
+			return nil, nil, fmt.Errorf("the event subscription did not deliver its probe within %v", probeWait)
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		}
+	}
+}
+
+// isProbe reports whether env is a subscription probe, with token when
+// token is not "" (any subscriber's, this daemon's or another's, otherwise).
+func isProbe(env *events.Envelope, token string) bool {
+	if env == nil || env.Topic != probeTopic || env.Namespace != probeNamespace {
+		return false
+	}
+	if token == "" {
+		return true
+	}
+	v, err := typeurl.UnmarshalAny(env.Event)
+	if err != nil {
+		return false
+	}
+	sv, ok := v.(*wrapperspb.StringValue)
+	return ok && sv.GetValue() == token
 }
 
 // keyOf returns "ns/id" of the container an event of a watched namespace
 // concerns, or "".
 func (s *Source) keyOf(env *events.Envelope) string {
-	if env == nil || !s.watched(env.Namespace) {
+	if env == nil || !s.watched(env.Namespace) || isProbe(env, "") {
 		return ""
 	}
 	if id := containerOf(env.Event); id != "" {

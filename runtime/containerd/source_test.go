@@ -4,12 +4,14 @@ import (
 	"context"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/events"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/oci"
@@ -228,6 +230,104 @@ func TestContainerdSkipsMoby(t *testing.T) {
 	for _, ep := range src.Snapshot() {
 		if strings.HasPrefix(ep.ID, "moby/") {
 			t.Fatalf("SkipMoby source reported %s", ep.ID)
+		}
+	}
+}
+
+// containerd's Subscribe returns once the request is sent, before the
+// server has registered the subscriber. A container that starts in between,
+// after the source's list, used to be seen only at the next recheck (5
+// minutes by default; none here). The stream here reaches the server only
+// when the test lets it (a slow server): the container starts meanwhile.
+func TestContainerStartedWhileTheSubscriptionIsSetUpIsSeen(t *testing.T) {
+	testenv.RequireContainerd(t)
+	suffix := testenv.RandomSuffix(6)
+	ns := "membrane-rt-" + suffix
+	t.Cleanup(func() {
+		if out, err := exec.Command("ctr", "namespaces", "rm", ns).CombinedOutput(); err != nil {
+			t.Logf("ctr namespaces rm %s: %v: %s", ns, err, out)
+		}
+	})
+	img := testenv.ContainerdBusyboxImage(t, ns)
+
+	src := New(Config{Namespaces: []string{ns}, RecheckInterval: -1, Logger: runtimetest.Logger()})
+	registered := make(chan struct{})
+	subscribing := make(chan struct{}, 1)
+	src.stream = func(ctx context.Context, cli *containerd.Client, filters ...string) (<-chan *events.Envelope, <-chan error) {
+		envs, errs := make(chan *events.Envelope), make(chan error, 1)
+		select {
+		case subscribing <- struct{}{}:
+		default:
+		}
+		go func() {
+			select {
+			case <-registered:
+			case <-ctx.Done():
+				return
+			}
+			in, ierrs := cli.Subscribe(ctx, filters...)
+			for {
+				select {
+				case e := <-in:
+					select {
+					case envs <- e:
+					case <-ctx.Done():
+						return
+					}
+				case err := <-ierrs:
+					errs <- err
+					return
+				}
+			}
+		}()
+		return envs, errs
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := src.Run(ctx); err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	go func() {
+		for range src.Events() {
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	<-subscribing
+	// Before the fix the source lists at once: give it the time to, so
+	// that the container below starts after its list.
+	select {
+	case <-src.Synced():
+	case <-time.After(5 * time.Second):
+	}
+
+	id := "late-" + suffix
+	runtimetest.Run(t, "ctr", "-n", ns, "run", "-d", "--label", "app=late", img, id, "sleep", "300")
+	t.Cleanup(func() {
+		exec.Command("ctr", "-n", ns, "task", "kill", "-s", "SIGKILL", id).Run()
+		for range 50 {
+			if exec.Command("ctr", "-n", ns, "task", "rm", "-f", id).Run() == nil {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		exec.Command("ctr", "-n", ns, "containers", "rm", id).Run()
+	})
+	close(registered)
+
+	select {
+	case <-src.Synced():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the source did not sync within 30s")
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if slices.ContainsFunc(src.Snapshot(), func(ep endpoint.Endpoint) bool { return ep.ID == ns+"/"+id }) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the container started while the subscription was set up is not reported: %+v", src.Snapshot())
 		}
 	}
 }

@@ -8,7 +8,12 @@
 //     disconnect) with a Since a second in the past, and only then list and
 //     inspect every container: nothing that happens during the list is missed,
 //     and events seen twice are harmless because every event only triggers a
-//     re-inspection whose result is diffed against what was reported.
+//     re-inspection whose result is diffed against what was reported. The
+//     client's Events call returns before dockerd has registered the
+//     subscriber, but that leaves no gap (unlike containerd's, see
+//     runtime/containerd): dockerd takes the events since Since from its
+//     buffer of the last 256 and registers the subscriber under one lock,
+//     so an event logged in between is replayed.
 //   - The events reader never does slow work: it appends to an unbounded
 //     per-container queue (dockerd drops events for readers that fall behind).
 //     Workers (Config.Workers at a time) drain each container's queue in
