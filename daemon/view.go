@@ -123,7 +123,7 @@ func (r *reconciler) publish() {
 			ID: st.id, Identity: uint32(st.identity), Labels: st.ep.Labels, HostNetwork: st.ep.NetworkMode == endpoint.ModeHost,
 			Audit: st.audit, Runtime: string(st.ep.Runtime), Addresses: []string{}, Policies: []string{},
 			Enforcing:  r.synced && st.ep.NetworkMode != endpoint.ModeHost && len(st.ifaces) > 0 && len(unenforced) == 0,
-			EnforcedAt: st.enforced, Unenforced: unenforced,
+			EnforcedAt: st.enforced, Unenforced: unenforced, Stale: st.ep.Stale,
 		}
 		for _, a := range st.ep.Addrs() {
 			e.Addresses = append(e.Addresses, a.String())
@@ -181,9 +181,14 @@ func (r *reconciler) publish() {
 		problems = append(problems, r.problems[k])
 	}
 	for _, k := range keys {
-		if st := r.eps[k]; len(r.unenforced(st)) > 0 {
+		st := r.eps[k]
+		if len(r.unenforced(st)) > 0 {
 			problems = append(problems, fmt.Sprintf("endpoint %d (%s): no program sees %s; its traffic there is not judged",
 				st.id, strings.Join(containerNames(st.ep), ","), strings.Join(r.unenforced(st), "; ")))
+		}
+		if st.ep.Stale != "" {
+			problems = append(problems, fmt.Sprintf("endpoint %d (%s): %s; its interfaces and addresses as last read stay enforced, and the runtime source reads them again until it can",
+				st.id, strings.Join(containerNames(st.ep), ","), st.ep.Stale))
 		}
 	}
 	v.status = api.Status{

@@ -74,6 +74,9 @@ func newEndpointCmd() *cobra.Command {
 			for _, u := range e.Unenforced {
 				fmt.Fprintf(w, "unenforced: %s (no program sees this interface; its traffic is not judged)\n", u)
 			}
+			if e.Stale != "" {
+				fmt.Fprintf(w, "stale:      %s (the interfaces and addresses above are the last read; read again until they can be)\n", e.Stale)
+			}
 			if e.Audit {
 				fmt.Fprintf(w, "audit:      true\n")
 			}

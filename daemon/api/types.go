@@ -90,6 +90,11 @@ type Endpoint struct {
 	// bridge that the config's bridges does not name): their traffic is
 	// not judged at all, and Enforcing is false.
 	Unenforced []string `json:"unenforced,omitempty"`
+	// Stale says why the endpoint's interfaces and addresses may not be
+	// current: the runtime source could not read its network namespace.
+	// They are the last read (enforced as such), read again until they
+	// can be.
+	Stale string `json:"stale,omitempty"`
 	// EnforcedAt is when the endpoint's entry (its identity and policy)
 	// was first written to the datapath; until then its veth was judged
 	// as identity init.

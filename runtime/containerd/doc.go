@@ -36,6 +36,10 @@
 // container.name) is the nerdctl/name label when present, else the id; the
 // containerd.namespace label is always set.
 //
+// A network namespace that exists but cannot be read keeps the endpoint's
+// network state last read, with Endpoint.Stale saying why, and the
+// container is read again until it can be (as in runtime/docker).
+//
 // A created container whose spec names a netns path is remembered before its
 // task starts, so the link watcher can name it when a CNI plugin puts a veth
 // in that namespace (ContainerByNetns).

@@ -61,12 +61,16 @@ type Source struct {
 	// stream opens the event stream (tests: a slow server); nil means
 	// the client's Subscribe.
 	stream func(ctx context.Context, cli *containerd.Client, filters ...string) (<-chan *events.Envelope, <-chan error)
+	// inspect reads a network namespace (tests: one that fails); nil
+	// means nsinfo.Inspect.
+	inspect func(path string) (nsinfo.Info, error)
 
 	mu      sync.Mutex
 	ctrs    map[string]*record            // running containers by "ns/id"
 	pending map[uint64]endpoint.Container // created containers by their spec netns inode
 	byKey   map[string]uint64             // "ns/id" -> pending inode
 	owner   map[string]string             // "ns/id" -> endpoint id it was last part of
+	stale   []string                      // keys the last resync could not read whole
 }
 
 type record struct {
@@ -78,6 +82,18 @@ type record struct {
 	paused      bool
 	host        bool
 	info        nsinfo.Info
+	// stale: why info is not current (the netns could not be read); info
+	// is then the last read, filled in by keepInfo.
+	stale string
+}
+
+// keepInfo gives r, a record whose netns could not be read, the network
+// state last read (old, nil when none).
+func keepInfo(r, old *record) {
+	if r == nil || r.stale == "" || old == nil {
+		return
+	}
+	r.info, r.host = old.info, old.host
 }
 
 // New returns a source.
@@ -171,6 +187,7 @@ func (s *Source) Run(ctx context.Context) error {
 			ns, id, _ := cut(key)
 			return s.refresh(ctx, cli, ns, id)
 		},
+		Stale:    s.takeStale,
 		Recheck:  func(ctx context.Context) ([]string, error) { return s.recheckKeys(ctx, cli) },
 		Progress: s.progress,
 	}
@@ -385,6 +402,7 @@ func (s *Source) resync(ctx context.Context, cli *containerd.Client) error {
 	ctrs := map[string]*record{}
 	pending := map[uint64]endpoint.Container{}
 	byKey := map[string]uint64{}
+	s.stale = nil
 	for i, r := range res {
 		if errors.Is(r.err, errSkip) {
 			if o := s.ctrs[items[i].ns+"/"+items[i].id]; o != nil {
@@ -396,7 +414,11 @@ func (s *Source) resync(ctx context.Context, cli *containerd.Client) error {
 			return r.err
 		}
 		if r.rec != nil {
+			keepInfo(r.rec, s.ctrs[r.rec.key])
 			ctrs[r.rec.key] = r.rec
+			if r.rec.stale != "" {
+				s.stale = append(s.stale, r.rec.key)
+			}
 		}
 		if r.pending != nil {
 			pending[r.ino] = *r.pending
@@ -433,21 +455,36 @@ func (s *Source) refresh(ctx context.Context, cli *containerd.Client, ns, id str
 	if rec == nil {
 		delete(s.ctrs, key)
 	} else {
+		keepInfo(rec, s.ctrs[key])
 		s.ctrs[key] = rec
 	}
 	// Grouping by netns can move containers between endpoints (the owner
 	// leaves, another becomes the owner), so recompute them all and let the
 	// table report only what differs.
 	s.table.Converge(s.endpointsLocked())
+	if rec != nil && rec.stale != "" {
+		return fmt.Errorf("%s: %s: %w", key, rec.stale, endpoint.ErrRetry)
+	}
 	return nil
+}
+
+// takeStale returns the keys the last resync could not read whole.
+func (s *Source) takeStale() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := s.stale
+	s.stale = nil
+	return out
 }
 
 // endpointsLocked groups the running containers into endpoints.
 func (s *Source) endpointsLocked() []endpoint.Endpoint {
 	groups := map[string][]*record{}
 	for _, r := range s.ctrs {
-		g := r.key // host-mode containers are each their own endpoint
-		if !r.host {
+		// Host-mode containers are each their own endpoint, as is one
+		// whose netns was never read.
+		g := r.key
+		if !r.host && r.info.Netns.Inode != 0 {
 			g = fmt.Sprintf("ino:%d", r.info.Netns.Inode)
 		}
 		groups[g] = append(groups[g], r)
@@ -489,6 +526,7 @@ func (s *Source) endpointsLocked() []endpoint.Endpoint {
 		if !o.host {
 			ep.Unenforced = slices.Clone(o.info.Unpaired)
 		}
+		ep.Stale = o.stale
 		eps = append(eps, ep)
 	}
 	sort.Slice(eps, func(i, j int) bool { return eps[i].ID < eps[j].ID })
@@ -560,22 +598,34 @@ func (s *Source) read(ctx context.Context, cli *containerd.Client, ns, id string
 		key: ns + "/" + id, ns: ns, id: id, name: name, image: info.Image, labels: ct.Labels,
 		created: info.CreatedAt, pid: int(task.Pid()), paused: st.Status != containerd.Running,
 	}
+	inspect := s.inspect
+	if inspect == nil {
+		inspect = nsinfo.Inspect
+	}
 	var ni nsinfo.Info
 	switch {
 	case !hasNet:
 		r.host = true
-		ni, err = nsinfo.Inspect(nsinfo.PidPath(r.pid))
+		ni, err = inspect(nsinfo.PidPath(r.pid))
 	case nsPath != "":
-		ni, err = nsinfo.Inspect(nsPath)
+		ni, err = inspect(nsPath)
 		if err != nil {
-			ni, err = nsinfo.Inspect(nsinfo.PidPath(r.pid))
+			ni, err = inspect(nsinfo.PidPath(r.pid))
 		}
 	default:
-		ni, err = nsinfo.Inspect(nsinfo.PidPath(r.pid))
+		ni, err = inspect(nsinfo.PidPath(r.pid))
+	}
+	if errors.Is(err, nsinfo.ErrGone) {
+		s.log.Debug("container netns gone (exited?)", "namespace", ns, "container", id, "err", err)
+		return nil, pend, pendIno, nil
 	}
 	if err != nil {
-		s.log.Debug("container netns unreadable (exited?)", "namespace", ns, "container", id, "err", err)
-		return nil, pend, pendIno, nil
+		// The task runs and its namespace exists, but could not be read:
+		// its endpoint keeps the network state last read (refresh,
+		// resync) and is read again; removing it would drop its
+		// endpoint entries until its next event.
+		r.stale = "network namespace unreadable: " + err.Error()
+		return r, pend, pendIno, nil
 	}
 	if ni.Host {
 		r.host = true

@@ -2,10 +2,12 @@ package containerd
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"os/exec"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -21,6 +23,7 @@ import (
 	"github.com/membrane-fw/membrane/internal/testenv"
 	"github.com/membrane-fw/membrane/runtime/endpoint"
 	"github.com/membrane-fw/membrane/runtime/internal/runtimetest"
+	"github.com/membrane-fw/membrane/runtime/nsinfo"
 )
 
 func startSource(t *testing.T, cfg Config) (*Source, *runtimetest.Collector) {
@@ -328,6 +331,90 @@ func TestContainerStartedWhileTheSubscriptionIsSetUpIsSeen(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("the container started while the subscription was set up is not reported: %+v", src.Snapshot())
+		}
+	}
+}
+
+// A network namespace that exists but cannot be read (setns or netlink
+// failing, as with too many open files) used to remove the container's
+// endpoint until its next event: the daemon then deleted its endpoint
+// entries, and its veth was judged as init. The endpoint stays now, with
+// the network state last read and Stale saying why, and it is read again
+// until the namespace can be read, without any event.
+func TestUnreadableNetnsKeepsTheLastStateAndIsReadAgain(t *testing.T) {
+	testenv.RequireContainerd(t)
+	suffix := testenv.RandomSuffix(6)
+	ns := "membrane-rt-" + suffix
+	t.Cleanup(func() {
+		if out, err := exec.Command("ctr", "namespaces", "rm", ns).CombinedOutput(); err != nil {
+			t.Logf("ctr namespaces rm %s: %v: %s", ns, err, out)
+		}
+	})
+	img := testenv.ContainerdBusyboxImage(t, ns)
+	netnsName := "rt-" + suffix
+	nsPath := testenv.NetnsAdd(t, netnsName)
+	br, hostVeth := "cni-rt"+suffix, "rtv"+suffix
+	sh(t, "ip", "link", "add", br, "type", "bridge")
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", br).Run() })
+	sh(t, "ip", "-n", netnsName, "link", "add", "eth0", "type", "veth", "peer", "name", hostVeth, "netns", "1")
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", hostVeth).Run() })
+	sh(t, "ip", "link", "set", hostVeth, "master", br, "up")
+	sh(t, "ip", "-n", netnsName, "addr", "add", "10.213.8.2/24", "dev", "eth0")
+	sh(t, "ip", "-n", netnsName, "link", "set", "eth0", "up")
+	id := "web-" + suffix
+	sh(t, "ctr", "-n", ns, "run", "-d", "--with-ns", "network:"+nsPath, "--label", "app=web", img, id, "sleep", "300")
+	t.Cleanup(func() {
+		exec.Command("ctr", "-n", ns, "task", "kill", "-s", "SIGKILL", id).Run()
+		for range 50 {
+			if exec.Command("ctr", "-n", ns, "task", "rm", "-f", id).Run() == nil {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		exec.Command("ctr", "-n", ns, "containers", "rm", id).Run()
+	})
+
+	var failing atomic.Bool
+	src := New(Config{Namespaces: []string{ns}, RecheckInterval: -1, Logger: runtimetest.Logger()})
+	src.inspect = func(path string) (nsinfo.Info, error) {
+		if failing.Load() {
+			return nsinfo.Info{}, fmt.Errorf("netlink in netns %s: %w", path, syscall.EMFILE)
+		}
+		return nsinfo.Inspect(path)
+	}
+	c := runtimetest.StartSource(t, src, 30*time.Second)
+	key := ns + "/" + id
+	c.WaitFor(t, "web with its interface", func(s map[string]endpoint.Endpoint) bool {
+		return len(s[key].Interfaces) == 1 && len(s[key].Interfaces[0].Addrs) == 1
+	})
+	before := c.State()[key]
+
+	failing.Store(true)
+	sh(t, "ctr", "-n", ns, "task", "pause", id) // an event: the container is read again
+	c.WaitFor(t, "web read while its netns is unreadable", func(s map[string]endpoint.Endpoint) bool {
+		ep, ok := s[key]
+		return !ok || ep.State == endpoint.StatePaused
+	})
+	ep, ok := c.State()[key]
+	if !ok {
+		t.Fatal("the endpoint was removed because its network namespace could not be read")
+	}
+	if ep.Stale == "" || !strings.Contains(ep.Stale, "too many open files") {
+		t.Errorf("Stale %q: want why the namespace could not be read", ep.Stale)
+	}
+	if ep.Netns != before.Netns || len(ep.Interfaces) != 1 || !slices.Equal(ep.Interfaces[0].Addrs, before.Interfaces[0].Addrs) ||
+		ep.Interfaces[0].HostIfindex != before.Interfaces[0].HostIfindex || ep.NetworkMode != before.NetworkMode {
+		t.Errorf("endpoint %+v; want the network state last read, %+v", ep, before)
+	}
+
+	// No event: the source reads it again by itself.
+	failing.Store(false)
+	c.WaitFor(t, "web read again", func(s map[string]endpoint.Endpoint) bool {
+		return s[key].Stale == "" && len(s[key].Interfaces) == 1
+	})
+	for _, ev := range c.Events() {
+		if ev.Endpoint.ID == key && ev.Type == endpoint.Removed {
+			t.Errorf("the endpoint was removed meanwhile: %+v", ev)
 		}
 	}
 }

@@ -58,6 +58,13 @@
 // created but not started has no network namespace yet, and one that Docker
 // is restarting (restart policy) has none until the restart's start event.
 //
+// A network namespace that exists but cannot be read (nsinfo.Inspect fails
+// other than with nsinfo.ErrGone: setns, netlink, too many open files)
+// does not remove the endpoint: it keeps the network state last read, with
+// Endpoint.Stale saying why, and the container is read again after a
+// backoff (endpoint.ErrRetry, 1 s doubling to 30 s) until it can be. A
+// namespace that is gone means the container stopped: its endpoint goes.
+//
 // Safety net: every Config.RecheckInterval (default 5 minutes) every known
 // and listed container is pushed through the same ordered per-container
 // queue, so a state no event announced is corrected without racing the

@@ -50,8 +50,13 @@ type Source struct {
 
 	progress *endpoint.Progress
 
-	mu   sync.Mutex
-	ctrs map[string]*record // running containers by id
+	// inspectNetns reads a network namespace (tests: one that fails);
+	// nil means nsinfo.Inspect.
+	inspectNetns func(path string) (nsinfo.Info, error)
+
+	mu    sync.Mutex
+	ctrs  map[string]*record // running containers by id
+	stale []string           // ids the last resync could not read whole
 
 	// iccMu guards noICCByID: whether a network (by id) has
 	// inter-container communication disabled. A network's options are
@@ -80,6 +85,18 @@ type record struct {
 	ns              nsinfo.Info
 	macNetwork      map[string]dockerNet // MAC -> the Docker network of that interface
 	created         time.Time
+	// stale: why ns and mode are not current (the netns could not be
+	// read); they are then the last read, filled in by keepNetns.
+	stale string
+}
+
+// keepNetns gives r, a record whose netns could not be read, the network
+// state last read (old, nil when none).
+func keepNetns(r, old *record) {
+	if r == nil || r.stale == "" || old == nil {
+		return
+	}
+	r.ns, r.mode = old.ns, old.mode
 }
 
 // maxJoinHops bounds the chain of containers joined to one that joined
@@ -170,6 +187,7 @@ func (s *Source) Run(ctx context.Context) error {
 		Key:      containerOf,
 		Resync:   func(ctx context.Context) error { return s.resync(ctx, cli) },
 		Refresh:  func(ctx context.Context, id string) error { return s.refresh(ctx, cli, id) },
+		Stale:    s.takeStale,
 		Recheck:  func(ctx context.Context) ([]string, error) { return s.recheckIDs(ctx, cli) },
 		Progress: s.progress,
 	}
@@ -241,6 +259,7 @@ func (s *Source) resync(ctx context.Context, cli *client.Client) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ctrs := map[string]*record{}
+	s.stale = nil
 	for i, r := range recs {
 		if errors.Is(errs[i], errSkip) {
 			if old := s.ctrs[list[i].ID]; old != nil {
@@ -252,7 +271,11 @@ func (s *Source) resync(ctx context.Context, cli *client.Client) error {
 			return errs[i]
 		}
 		if r != nil {
+			keepNetns(r, s.ctrs[r.id])
 			ctrs[r.id] = r
+			if r.stale != "" {
+				s.stale = append(s.stale, r.id)
+			}
 		}
 	}
 	s.ctrs = ctrs
@@ -283,6 +306,7 @@ func (s *Source) refresh(ctx context.Context, cli *client.Client, id string) err
 	if r == nil {
 		delete(s.ctrs, id)
 	} else {
+		keepNetns(r, old)
 		s.ctrs[id] = r
 	}
 	affected := map[string]bool{id: true}
@@ -295,7 +319,19 @@ func (s *Source) refresh(ctx context.Context, cli *client.Client, id string) err
 	for ep := range affected {
 		s.updateLocked(ep, false)
 	}
+	if r != nil && r.stale != "" {
+		return fmt.Errorf("container %.12s: %s: %w", id, r.stale, endpoint.ErrRetry)
+	}
 	return nil
+}
+
+// takeStale returns the ids the last resync could not read whole.
+func (s *Source) takeStale() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := s.stale
+	s.stale = nil
+	return out
 }
 
 func (s *Source) updateLocked(id string, resync bool) {
@@ -352,6 +388,7 @@ func (s *Source) endpointLocked(id string) (endpoint.Endpoint, bool) {
 		ep.Interfaces = append(ep.Interfaces, itf)
 	}
 	ep.Unenforced = slices.Clone(o.ns.Unpaired)
+	ep.Stale = o.stale
 	return ep, true
 }
 
@@ -496,26 +533,49 @@ func (s *Source) inspect(ctx context.Context, cli *client.Client, id string) (*r
 	if info.NetworkSettings != nil {
 		key = info.NetworkSettings.SandboxKey
 	}
-	ns, err := nsinfo.Inspect(key)
+	inspectNetns := s.inspectNetns
+	if inspectNetns == nil {
+		inspectNetns = nsinfo.Inspect
+	}
+	ns, err := inspectNetns(key)
 	// A veth caught half set up (or a sandbox being replaced) has no host
 	// peer yet: look again briefly before reporting it without one.
 	for try := 0; err == nil && len(ns.Unpaired) > 0 && try < 10; try++ {
 		time.Sleep(20 * time.Millisecond)
-		ns, err = nsinfo.Inspect(key)
+		ns, err = inspectNetns(key)
 	}
 	if err == nil && len(ns.Unpaired) > 0 {
 		s.log.Warn("container interface without a host-side veth", "container", r.id, "netns", key, "why", ns.Unpaired)
 	}
 	if key == "" || err != nil {
-		if r.pid == 0 {
+		// unreadable: the namespace exists (or may) but could not be
+		// read; gone: it does not, the container stopped meanwhile (its
+		// die event follows).
+		var unreadable error
+		switch {
+		case r.pid != 0:
+			var perr error
+			ns, perr = inspectNetns(nsinfo.PidPath(r.pid))
+			if errors.Is(perr, nsinfo.ErrGone) {
+				s.log.Debug("container netns gone", "container", r.id, "sandbox_key", key, "err", err, "pid_err", perr)
+				return nil, nil
+			}
+			unreadable = perr
+		case key != "" && !errors.Is(err, nsinfo.ErrGone):
+			unreadable = err
+		default:
 			return nil, nil
 		}
-		var perr error
-		ns, perr = nsinfo.Inspect(nsinfo.PidPath(r.pid))
-		if perr != nil {
-			// Stopped between inspect and now: its die event follows.
-			s.log.Debug("container netns unreadable", "container", r.id, "sandbox_key", key, "err", err, "pid_err", perr)
-			return nil, nil
+		if unreadable != nil {
+			// Removing its endpoint would drop its endpoint entries
+			// until its next event: it keeps the network state last
+			// read (refresh, resync) and is read again.
+			r.stale = "network namespace unreadable: " + unreadable.Error()
+			r.mode = endpoint.ModeNone
+			if mode.IsHost() {
+				r.mode = endpoint.ModeHost
+			}
+			return r, nil
 		}
 	}
 	r.ns = ns

@@ -118,6 +118,12 @@ type Endpoint struct {
 	// (a macvlan or ipvlan on a host device, a veth into another
 	// namespace), and why (nsinfo.Info.Unpaired).
 	Unenforced []string `json:"unenforced,omitempty"`
+	// Stale says why Netns, Interfaces and NetworkMode are not current:
+	// the source could not read the network namespace (for a reason other
+	// than its being gone). They are the last state read (none for a
+	// container never read whole), and the source reads it again until it
+	// can. "" when current.
+	Stale string `json:"stale,omitempty"`
 }
 
 // HostIfindexes returns the host-side ifindex of every interface that has one.
@@ -163,7 +169,7 @@ func (e Endpoint) Clone() Endpoint {
 
 // Equal reports whether two endpoints are the same in every field.
 func (e *Endpoint) Equal(o *Endpoint) bool {
-	if e.ID != o.ID || e.Runtime != o.Runtime || e.Netns != o.Netns || e.NetworkMode != o.NetworkMode || e.State != o.State {
+	if e.ID != o.ID || e.Runtime != o.Runtime || e.Netns != o.Netns || e.NetworkMode != o.NetworkMode || e.State != o.State || e.Stale != o.Stale {
 		return false
 	}
 	if !maps.Equal(e.Labels, o.Labels) || len(e.Containers) != len(o.Containers) || len(e.Interfaces) != len(o.Interfaces) ||

@@ -1,6 +1,7 @@
 package endpoint
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -43,8 +44,16 @@ type Follower[M any] struct {
 	// endpoints.
 	Resync func(ctx context.Context) error
 	// Refresh re-reads one container and reports what changed; an error
-	// means the runtime is unreachable (the session ends).
+	// means the runtime is unreachable (the session ends), except ErrRetry:
+	// the container could not be read whole (its network namespace), what
+	// was known of it stays reported, and it is refreshed again after a
+	// backoff (RetryMin, doubling up to RetryMax).
 	Refresh func(ctx context.Context, key string) error
+	// Stale returns the keys that the last Resync could not read whole:
+	// they are refreshed again after RetryMin. Nil: none.
+	Stale func() []string
+	// RetryMin and RetryMax bound the retry delay (defaults 1s, 30s).
+	RetryMin, RetryMax time.Duration
 	// Recheck returns the keys to push through the dispatcher on every
 	// recheck tick: the listed and the known containers.
 	Recheck func(ctx context.Context) ([]string, error)
@@ -84,6 +93,12 @@ func (p *Progress) reconnected() {
 	p.reconnects++
 	p.mu.Unlock()
 }
+
+// ErrRetry, wrapped in a Refresh error, says that the container could not
+// be read whole for a reason that may pass (its network namespace could
+// not be read, though it exists): what was known of it stays reported and
+// it is read again after a backoff.
+var ErrRetry = errors.New("read again later")
 
 // Run follows the runtime, session after session, until ctx is done, and
 // returns nil then. A session that lasted over 10 s resets the backoff.
@@ -127,7 +142,36 @@ func (f *Follower[M]) session(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	d := NewDispatcher(f.Workers, func(key string) error { return f.Refresh(sctx, key) })
+	retryMin, retryMax := cmp.Or(f.RetryMin, time.Second), cmp.Or(f.RetryMax, 30*time.Second)
+	var retryMu sync.Mutex
+	retryDelay := map[string]time.Duration{}
+	var d *Dispatcher
+	retry := func(key string) {
+		retryMu.Lock()
+		delay := retryDelay[key]
+		if delay == 0 {
+			delay = retryMin
+		}
+		retryDelay[key] = min(2*delay, retryMax)
+		retryMu.Unlock()
+		// Push after Stop is a no-op: a timer outliving the session
+		// does nothing.
+		time.AfterFunc(delay, func() { d.Push(key) })
+	}
+	d = NewDispatcher(f.Workers, func(key string) error {
+		err := f.Refresh(sctx, key)
+		if errors.Is(err, ErrRetry) {
+			f.Log.Warn("could not read a container whole; keeping what is known of it and reading it again", "container", key, "err", err)
+			retry(key)
+			return nil
+		}
+		if err == nil {
+			retryMu.Lock()
+			delete(retryDelay, key)
+			retryMu.Unlock()
+		}
+		return err
+	})
 	defer func() { cancel(); d.Stop() }() // cancel first: in-flight refreshes must not outlive the session
 
 	// The reader never does slow work: the runtime drops events for readers
@@ -155,6 +199,11 @@ func (f *Follower[M]) session(ctx context.Context) error {
 	}
 	f.Progress.resynced()
 	d.Start()
+	if f.Stale != nil {
+		for _, k := range f.Stale() {
+			retry(k)
+		}
+	}
 	var recheck <-chan time.Time
 	if f.RecheckInterval > 0 {
 		t := time.NewTicker(f.RecheckInterval)
