@@ -1,0 +1,70 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+// A container whose identity's policy cannot be written is held back: its
+// veth has no endpoint entry and is judged as init. Its address used to
+// stay its identity's in the ipcache, so with unknown_endpoint = "allow"
+// everything it sent was dropped as spoofed-source (init may not use
+// another identity's address), and a peer's rule for init never admitted
+// it. Its address is init's now, as its traffic is: a peer's rule for init
+// admits it, one for the world does not.
+func TestHeldEndpointIsInitToItsPeers(t *testing.T) {
+	e := newEnv(t, envOpts{extraConfig: "unknown_endpoint = \"allow\"\nmaps {\n  policy_entries = 64\n}\n"})
+	e.writePolicy("peers.hcl", `
+policy "init-peer" {
+  selector = "app=initpeer,e2e=SFX"
+  ingress {
+    from_entities = ["init"]
+    ports         = ["8080/tcp"]
+  }
+}
+policy "world-peer" {
+  selector = "app=worldpeer,e2e=SFX"
+  ingress {
+    from_entities = ["world"]
+    ports         = ["8080/tcp"]
+  }
+}
+policy "wide" {
+  selector = "tier=wide,e2e=SFX"
+  ingress {
+    from_entities = ["world"]
+    ports         = `+manyPorts(20001, 70)+`
+  }
+}
+`)
+	e.startDaemon()
+	initPeer, worldPeer := e.server("initpeer", "app=initpeer"), e.server("worldpeer", "app=worldpeer")
+	e.endpoint(initPeer)
+	e.endpoint(worldPeer)
+	initIP, worldIP := e.ip(initPeer), e.ip(worldPeer)
+
+	wide := e.idle("wide", "tier=wide")
+	e.eventually("status names the held endpoint", 20*time.Second, func() error {
+		for _, p := range e.status().Errors {
+			if strings.Contains(p, wide) && strings.Contains(p, "not enforced") {
+				return nil
+			}
+		}
+		return fmt.Errorf("problems %q", e.status().Errors)
+	})
+	if ep, err := e.client.Endpoint(context.Background(), wide); err != nil || ep.Enforcing {
+		t.Fatalf("held endpoint: %+v, %v; want it known and not enforcing", ep, err)
+	}
+	e.eventually("the rule for init admits the held container", 20*time.Second, func() error {
+		if !e.get(wide, initIP) {
+			return fmt.Errorf("%s does not reach %s", wide, initPeer)
+		}
+		return nil
+	})
+	if e.get(wide, worldIP) {
+		t.Errorf("the rule for the world admitted the held container")
+	}
+}
