@@ -682,6 +682,19 @@ func rbacFilterName(d policies.Direction) string {
 // denyBody is the 403 text; the route's metadata names the policies.
 const denyBody = "Access denied by Membrane policy %METADATA(ROUTE:membrane:policies)%: no http rule matches this request\n"
 
+// The built-in engine's timeouts (proxy/builtin; docs/operations.md),
+// which Envoy's defaults leave much longer or off: a request head must
+// arrive within requestHeadersTimeout of its first byte (Envoy: no bound,
+// so a head trickled a byte a minute held its stream for ever), a
+// connection with no request in flight closes after connectionIdleTimeout
+// (Envoy: an hour), and a request whose bytes stop moving ends after
+// streamIdleTimeout.
+const (
+	requestHeadersTimeout = 30 * time.Second
+	connectionIdleTimeout = 2 * time.Minute
+	streamIdleTimeout     = 5 * time.Minute
+)
+
 // hcmChain wraps an HTTP connection manager into a filter chain. The
 // filters are the same for every chain: an RBAC filter per direction
 // without rules (no-ops unless a route overrides them), then the router.
@@ -721,8 +734,12 @@ func (t *translator) hcmChain(name string, rs hcmRoutes, d proxy.Decision) (*lis
 		Http2ProtocolOptions: &core.Http2ProtocolOptions{},
 		// No x-request-id of Envoy's own: the rules would see it, and a
 		// rule requiring one would pass a request that came without.
-		GenerateRequestId: wrapperspb.Bool(false),
-		StreamIdleTimeout: durationpb.New(5 * time.Minute),
+		GenerateRequestId:     wrapperspb.Bool(false),
+		StreamIdleTimeout:     durationpb.New(streamIdleTimeout),
+		RequestHeadersTimeout: durationpb.New(requestHeadersTimeout),
+		CommonHttpProtocolOptions: &core.HttpProtocolOptions{
+			IdleTimeout: durationpb.New(connectionIdleTimeout),
+		},
 		LocalReplyConfig: &hcm.LocalReplyConfig{Mappers: []*hcm.ResponseMapper{{
 			// Local replies with 403 come only from the RBAC filters (an
 			// upstream 403 is not a local reply; the no-policy chain answers

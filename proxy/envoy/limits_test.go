@@ -1,0 +1,61 @@
+package envoy
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+)
+
+// connectionManagers translates every golden scenario and returns each
+// filter chain's HTTP connection manager (the default chain's included),
+// by scenario and chain name.
+func connectionManagers(t *testing.T) map[string]*hcm.HttpConnectionManager {
+	t.Helper()
+	out := map[string]*hcm.HttpConnectionManager{}
+	for name, r := range scenarios() {
+		o := Options{Port: 15001}
+		if name == "static-policy" {
+			o.FixedUpstream = netip.MustParseAddrPort("127.0.0.1:8080")
+		}
+		res, err := Translate(r, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := res.Listeners[0].(*listener.Listener)
+		for _, c := range append(append([]*listener.FilterChain{}, l.FilterChains...), l.DefaultFilterChain) {
+			var m hcm.HttpConnectionManager
+			if err := c.Filters[0].GetTypedConfig().UnmarshalTo(&m); err != nil {
+				t.Fatal(err)
+			}
+			out[name+"/"+c.Name] = &m
+		}
+	}
+	if len(out) < 4 {
+		t.Fatalf("only %d connection managers in the scenarios", len(out))
+	}
+	return out
+}
+
+// TestConnectionManagerTimeoutsAsBuiltin: a client that trickles a request
+// head, or holds an idle keep-alive connection, is cut when the built-in
+// engine would cut it (30 s from a head's first byte, 2 minutes idle),
+// not after Envoy's defaults (no head timeout, an hour idle).
+func TestConnectionManagerTimeoutsAsBuiltin(t *testing.T) {
+	for name, m := range connectionManagers(t) {
+		if got := m.GetRequestHeadersTimeout().AsDuration(); got != 30*time.Second {
+			t.Errorf("%s: request_headers_timeout %v, want 30s", name, got)
+		}
+		if got := m.GetCommonHttpProtocolOptions().GetIdleTimeout().AsDuration(); got != 2*time.Minute {
+			t.Errorf("%s: idle_timeout %v, want 2m", name, got)
+		}
+		if got := m.GetStreamIdleTimeout().AsDuration(); got != 5*time.Minute {
+			t.Errorf("%s: stream_idle_timeout %v, want 5m", name, got)
+		}
+		if got := m.GetMaxRequestHeadersKb().GetValue(); got != 64 {
+			t.Errorf("%s: max_request_headers_kb %d, want 64", name, got)
+		}
+	}
+}
