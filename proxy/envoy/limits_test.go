@@ -59,3 +59,24 @@ func TestConnectionManagerTimeoutsAsBuiltin(t *testing.T) {
 		}
 	}
 }
+
+// TestDownstreamHTTP2AsBuiltin: an h2c client gets the built-in engine's
+// HTTP/2 bounds (net/http's server: 250 streams a connection, 1 MiB
+// windows a stream and a connection), not Envoy's defaults (1024 streams
+// and windows of 16 and 24 MiB since Envoy 1.36, 2^31-1 streams and 256 MiB
+// windows before), which let one connection make Envoy buffer gigabytes
+// of request bodies its upstreams do not take.
+func TestDownstreamHTTP2AsBuiltin(t *testing.T) {
+	for name, m := range connectionManagers(t) {
+		h2 := m.GetHttp2ProtocolOptions()
+		if got := h2.GetMaxConcurrentStreams().GetValue(); got != 250 {
+			t.Errorf("%s: max_concurrent_streams %d, want 250", name, got)
+		}
+		if got := h2.GetInitialStreamWindowSize().GetValue(); got != 1<<20 {
+			t.Errorf("%s: initial_stream_window_size %d, want 1 MiB", name, got)
+		}
+		if got := h2.GetInitialConnectionWindowSize().GetValue(); got != 1<<20 {
+			t.Errorf("%s: initial_connection_window_size %d, want 1 MiB", name, got)
+		}
+	}
+}

@@ -695,6 +695,21 @@ const (
 	streamIdleTimeout     = 5 * time.Minute
 )
 
+// downstreamHTTP2 is what an h2c client gets, as from the built-in
+// engine's HTTP/2 server (net/http's defaults there): 250 streams at once
+// on a connection, and windows of 1 MiB a stream and 1 MiB a connection,
+// which bound what a client can make Envoy hold of request bodies that
+// its upstreams do not take yet (Envoy buffers a stream's data up to its
+// window). Envoy's defaults are 1024 streams and windows of 16 and 24 MiB
+// since 1.36 (2^31-1 streams and 256 MiB windows before).
+func downstreamHTTP2() *core.Http2ProtocolOptions {
+	return &core.Http2ProtocolOptions{
+		MaxConcurrentStreams:        wrapperspb.UInt32(250),
+		InitialStreamWindowSize:     wrapperspb.UInt32(1 << 20),
+		InitialConnectionWindowSize: wrapperspb.UInt32(1 << 20),
+	}
+}
+
 // hcmChain wraps an HTTP connection manager into a filter chain. The
 // filters are the same for every chain: an RBAC filter per direction
 // without rules (no-ops unless a route overrides them), then the router.
@@ -731,7 +746,7 @@ func (t *translator) hcmChain(name string, rs hcmRoutes, d proxy.Decision) (*lis
 		// HTTP/1.0 too, as the built-in engine serves it (ab, nginx's
 		// proxy_pass); without a Host Envoy still refuses it.
 		HttpProtocolOptions:  &core.Http1ProtocolOptions{AcceptHttp_10: true},
-		Http2ProtocolOptions: &core.Http2ProtocolOptions{},
+		Http2ProtocolOptions: downstreamHTTP2(),
 		// No x-request-id of Envoy's own: the rules would see it, and a
 		// rule requiring one would pass a request that came without.
 		GenerateRequestId:     wrapperspb.Bool(false),
