@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 )
@@ -77,6 +78,34 @@ func TestDownstreamHTTP2AsBuiltin(t *testing.T) {
 		}
 		if got := h2.GetInitialConnectionWindowSize().GetValue(); got != 1<<20 {
 			t.Errorf("%s: initial_connection_window_size %d, want 1 MiB", name, got)
+		}
+	}
+}
+
+// TestConnectionBuffersAsBuiltin: Envoy reads and writes at most 32 KiB
+// ahead on a client connection and on an upstream one, as the built-in
+// engine holds 32 KiB of an HTTP/1 connection's bodies; Envoy's default
+// is 1 MiB each way, some 32 GiB over max_connections' 16384 clients
+// that pipeline or send bodies their upstreams do not take.
+func TestConnectionBuffersAsBuiltin(t *testing.T) {
+	for name, r := range scenarios() {
+		o := Options{Port: 15001}
+		if name == "static-policy" {
+			o.FixedUpstream = netip.MustParseAddrPort("127.0.0.1:8080")
+		}
+		res, err := Translate(r, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := res.Listeners[0].(*listener.Listener)
+		if got := l.GetPerConnectionBufferLimitBytes().GetValue(); got != 32<<10 {
+			t.Errorf("%s: listener per_connection_buffer_limit_bytes %d, want 32 KiB", name, got)
+		}
+		for _, x := range res.Clusters {
+			c := x.(*cluster.Cluster)
+			if got := c.GetPerConnectionBufferLimitBytes().GetValue(); got != 32<<10 {
+				t.Errorf("%s: cluster %s per_connection_buffer_limit_bytes %d, want 32 KiB", name, c.Name, got)
+			}
 		}
 	}
 }

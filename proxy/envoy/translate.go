@@ -123,9 +123,10 @@ func Translate(r proxy.Resolver, o Options) (*Resources, error) {
 		return nil, err
 	}
 	l := &listener.Listener{
-		Name:               ListenerName,
-		FilterChains:       chains,
-		DefaultFilterChain: def,
+		Name:                          ListenerName,
+		FilterChains:                  chains,
+		DefaultFilterChain:            def,
+		PerConnectionBufferLimitBytes: wrapperspb.UInt32(connectionBufferLimit),
 	}
 	if o.FixedUpstream.IsValid() {
 		l.Address = socketAddress(netip.AddrFrom4([4]byte{127, 0, 0, 1}), o.Port)
@@ -171,6 +172,15 @@ func Translate(r proxy.Resolver, o Options) (*Resources, error) {
 	}
 	return res, nil
 }
+
+// connectionBufferLimit is how far Envoy reads and writes ahead on a
+// client connection and on an upstream one (a soft limit: beyond it Envoy
+// stops reading the other side): 32 KiB, what the built-in engine holds of
+// an HTTP/1 connection's bodies, and what Envoy's guide for edge proxies
+// advises. Envoy's default, 1 MiB each way, let a client that pipelines or
+// sends a body its upstream does not take hold a megabyte or two of
+// Envoy's memory on each of its connections.
+const connectionBufferLimit = 32 << 10
 
 type translator struct {
 	o        Options
@@ -1023,8 +1033,9 @@ func (t *translator) cluster(id policies.Identity) (*cluster.Cluster, error) {
 		return nil, err
 	}
 	c := &cluster.Cluster{
-		Name:           t.clusterName(id),
-		ConnectTimeout: durationpb.New(5 * time.Second),
+		Name:                          t.clusterName(id),
+		ConnectTimeout:                durationpb.New(5 * time.Second),
+		PerConnectionBufferLimitBytes: wrapperspb.UInt32(connectionBufferLimit),
 		TypedExtensionProtocolOptions: map[string]*anypb.Any{
 			"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": po,
 		},
