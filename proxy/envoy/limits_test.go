@@ -8,6 +8,7 @@ import (
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	upstreamhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 )
 
 // connectionManagers translates every golden scenario and returns each
@@ -107,5 +108,48 @@ func TestConnectionBuffersAsBuiltin(t *testing.T) {
 				t.Errorf("%s: cluster %s per_connection_buffer_limit_bytes %d, want 32 KiB", name, c.Name, got)
 			}
 		}
+	}
+}
+
+// TestUpstreamsAsBuiltin: what Envoy holds of an upstream's responses is
+// bounded as in the built-in engine: an HTTP/2 stream's window is 1 MiB
+// (Envoy's default 16 MiB, 256 MiB before 1.36, is what a response its
+// client does not read may pile up in Envoy), a response head may take
+// 1 MiB (Envoy's default 60 KiB, 80 KiB over HTTP/1, refused heads the
+// built-in engine passes), and an idle upstream connection closes after
+// 90 seconds as the built-in engine's pooled ones do (Envoy: an hour).
+func TestUpstreamsAsBuiltin(t *testing.T) {
+	var n int
+	for name, r := range scenarios() {
+		o := Options{Port: 15001}
+		if name == "static-policy" {
+			o.FixedUpstream = netip.MustParseAddrPort("127.0.0.1:8080")
+		}
+		res, err := Translate(r, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, x := range res.Clusters {
+			c := x.(*cluster.Cluster)
+			n++
+			var po upstreamhttp.HttpProtocolOptions
+			if err := c.TypedExtensionProtocolOptions["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].UnmarshalTo(&po); err != nil {
+				t.Fatalf("%s: cluster %s: %v", name, c.Name, err)
+			}
+			h2 := po.GetUseDownstreamProtocolConfig().GetHttp2ProtocolOptions()
+			if got := h2.GetInitialStreamWindowSize().GetValue(); got != 1<<20 {
+				t.Errorf("%s: cluster %s: initial_stream_window_size %d, want 1 MiB", name, c.Name, got)
+			}
+			common := po.GetCommonHttpProtocolOptions()
+			if got := common.GetMaxResponseHeadersKb().GetValue(); got != 1024 {
+				t.Errorf("%s: cluster %s: max_response_headers_kb %d, want 1024", name, c.Name, got)
+			}
+			if got := common.GetIdleTimeout().AsDuration(); got != 90*time.Second {
+				t.Errorf("%s: cluster %s: idle_timeout %v, want 90s", name, c.Name, got)
+			}
+		}
+	}
+	if n == 0 {
+		t.Fatal("no clusters in the scenarios")
 	}
 }

@@ -182,6 +182,11 @@ func Translate(r proxy.Resolver, o Options) (*Resources, error) {
 // Envoy's memory on each of its connections.
 const connectionBufferLimit = 32 << 10
 
+// upstreamIdleTimeout closes an upstream connection no request uses, as
+// the built-in engine's pooled (HTTP/2) upstreams close; its HTTP/1 ones
+// belong to their client's connection and close with it.
+const upstreamIdleTimeout = 90 * time.Second
+
 type translator struct {
 	o        Options
 	r        proxy.Resolver
@@ -1022,10 +1027,22 @@ func denyPolicy(d policies.Direction) string { return "membrane-" + d.String() }
 // identity, speaking the protocol the client spoke.
 func (t *translator) cluster(id policies.Identity) (*cluster.Cluster, error) {
 	po, err := pack(&upstreamhttp.HttpProtocolOptions{
+		// As the built-in engine's upstreams (proxy/builtin): a response
+		// head of up to 1 MiB (Envoy's default is 60 KiB, 80 over
+		// HTTP/1), an idle connection closed after 90 s as its pooled
+		// ones are (Envoy: an hour), and an HTTP/2 stream window of 1 MiB,
+		// what Envoy holds of a response whose client does not read it
+		// (Envoy: 16 MiB, 256 MiB before 1.36).
+		CommonHttpProtocolOptions: &core.HttpProtocolOptions{
+			IdleTimeout:          durationpb.New(upstreamIdleTimeout),
+			MaxResponseHeadersKb: wrapperspb.UInt32(1024),
+		},
 		UpstreamProtocolOptions: &upstreamhttp.HttpProtocolOptions_UseDownstreamProtocolConfig{
 			UseDownstreamProtocolConfig: &upstreamhttp.HttpProtocolOptions_UseDownstreamHttpConfig{
-				HttpProtocolOptions:  &core.Http1ProtocolOptions{},
-				Http2ProtocolOptions: &core.Http2ProtocolOptions{},
+				HttpProtocolOptions: &core.Http1ProtocolOptions{},
+				Http2ProtocolOptions: &core.Http2ProtocolOptions{
+					InitialStreamWindowSize: wrapperspb.UInt32(1 << 20),
+				},
 			},
 		},
 	})
