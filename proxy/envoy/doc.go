@@ -41,6 +41,16 @@
 //     connection), so a connection Envoy has no rules for yet is never
 //     forwarded unjudged.
 //
+// The connection managers, the listener and the clusters carry the
+// built-in engine's limits wherever Envoy has the same knob (a request head
+// of 64 KiB within 30 s of its first byte, idle connections closed after 2
+// minutes, streams that stop moving after 5, HTTP/2 clients held to 250
+// streams and 1 MiB windows, 32 KiB read or written ahead on a connection,
+// upstream response heads and HTTP/2 stream windows of 1 MiB, idle upstream
+// connections closed after 90 s; limits_test.go), and the bootstrap bounds
+// the client connections at l7.max_connections. Envoy has nothing for
+// l7.max_connections_per_source (docs/operations.md, decision 53).
+//
 // A resolver that cannot enumerate (proxy.StaticResolver, in tests) becomes a
 // single catch-all chain with its one decision. Every resource and every
 // typed config inside it passes go-control-plane's ValidateAll before it is
