@@ -9,8 +9,8 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"sort"
 	"regexp"
+	"sort"
 	"strings"
 	"time"
 
