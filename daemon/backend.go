@@ -258,6 +258,11 @@ func tracePeer(v *view, side, container string, labels map[string]string, entity
 		if ep.HostNetwork {
 			return policies.Peer{Entity: policies.EntityHost}, ap, nil
 		}
+		if v.judgedInit[ep.ID] {
+			// As the datapath judges it, and its peers' ipcache maps it.
+			ap.Identity = uint32(policies.IdentityInit)
+			return policies.Peer{Entity: policies.EntityInit}, ap, nil
+		}
 		l := v.labels[policies.Identity(ep.Identity)]
 		ap.Labels = l
 		return policies.Peer{Labels: l}, ap, nil

@@ -35,6 +35,10 @@ type view struct {
 	// networks are the Docker networks of the Docker endpoints, as the
 	// proxy gets them (dockerNetworks), for the live trace.
 	networks *proxy.Networks
+	// judgedInit holds the endpoints (by ID) whose traffic the datapath
+	// judges as init: no identity could be allocated, or their identity's
+	// policy could not be written (held). A live trace judges them so.
+	judgedInit map[uint32]bool
 	// epLabels are the identity labels of endpoints[i]. Which policies
 	// select which endpoint is computed on the first API request for the
 	// view (selection), not on every change: with 1,000 policies it is
@@ -100,11 +104,12 @@ func containerNames(ep endpoint.Endpoint) []string {
 
 func (r *reconciler) publish() {
 	v := &view{
-		byIfindex: map[int]*api.Endpoint{},
-		byAddr:    map[netip.Addr]*api.Endpoint{},
-		labels:    map[policies.Identity]policies.Labels{},
-		cidrs:     map[policies.Identity]netip.Prefix{},
-		set:       r.set,
+		byIfindex:  map[int]*api.Endpoint{},
+		byAddr:     map[netip.Addr]*api.Endpoint{},
+		labels:     map[policies.Identity]policies.Labels{},
+		cidrs:      map[policies.Identity]netip.Prefix{},
+		judgedInit: map[uint32]bool{},
+		set:        r.set,
 	}
 	if r.model != nil {
 		for _, c := range r.model.CIDRs {
@@ -119,6 +124,9 @@ func (r *reconciler) publish() {
 	for _, k := range keys {
 		st := r.eps[k]
 		unenforced := r.unenforced(st)
+		if st.held || st.identity == policies.IdentityInit {
+			v.judgedInit[st.id] = true
+		}
 		e := api.Endpoint{
 			ID: st.id, Identity: uint32(st.identity), Labels: st.ep.Labels, HostNetwork: st.ep.NetworkMode == endpoint.ModeHost,
 			Audit: st.audit, Runtime: string(st.ep.Runtime), Addresses: []string{}, Policies: []string{},

@@ -2,10 +2,14 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/membrane-fw/membrane/daemon/api"
+	"github.com/membrane-fw/membrane/policies"
 )
 
 // A container whose identity's policy cannot be written is held back: its
@@ -66,5 +70,21 @@ policy "wide" {
 	})
 	if e.get(wide, worldIP) {
 		t.Errorf("the rule for the world admitted the held container")
+	}
+	// policy trace --live judges it as the datapath does: as init.
+	for _, c := range []struct {
+		to, want string
+	}{{initPeer, "allowed"}, {worldPeer, "denied"}} {
+		res, err := e.client.Trace(context.Background(), api.TraceRequest{FromContainer: wide, ToContainer: c.to, Proto: "tcp", Port: 8080})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r struct{ Verdict string }
+		if err := json.Unmarshal(res.Result, &r); err != nil {
+			t.Fatal(err)
+		}
+		if r.Verdict != c.want || res.From.Identity != uint32(policies.IdentityInit) {
+			t.Errorf("trace %s -> %s: %s from identity %d, want %s from init:\n%s", wide, c.to, r.Verdict, res.From.Identity, c.want, res.Text)
+		}
 	}
 }
