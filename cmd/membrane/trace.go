@@ -103,7 +103,9 @@ client's egress sends the connection to the L7 proxy its requests get the
 proxy's 403 with the reason; the verdict stays the policies'.
 
 Exit status: 0 whatever the verdict, 1 when the policies are invalid (the
-diagnostics are printed), 2 on a usage error.`,
+diagnostics are printed) or, with --live, when membraned cannot answer (not
+running, no valid policy set loaded, a container it does not manage), 2 on a
+usage error.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			return runTrace(c, c.OutOrStdout(), c.ErrOrStderr(), o)
