@@ -1,15 +1,12 @@
 package builtin
 
 import (
-	"bufio"
 	"context"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
-	"runtime"
 	"testing"
-	"time"
 
 	"github.com/membrane-fw/membrane/proxy"
 	"github.com/membrane-fw/membrane/proxy/conformance"
@@ -54,47 +51,10 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 	const conns = 500
 	up := conformance.StartUpstream(b)
 	_, addr := engineOn(b, up, Config{Dial: unmarked})
-	inUse := func() int64 {
-		// Twice: the second empties what sync.Pools kept from the first.
-		runtime.GC()
-		runtime.GC()
-		var m runtime.MemStats
-		runtime.ReadMemStats(&m)
-		return int64(m.HeapInuse + m.StackInuse)
-	}
 	// hold opens conns connections to addr, one GET each, and returns the
 	// memory in use meanwhile over what was in use before.
 	hold := func(addr string) int64 {
-		goroutines := runtime.NumGoroutine()
-		before := inUse()
-		var cs []net.Conn
-		defer func() {
-			for _, c := range cs {
-				c.Close()
-			}
-			// Let the servers see the ends before the next measurement.
-			for i := 0; i < 200 && runtime.NumGoroutine() > goroutines; i++ {
-				time.Sleep(10 * time.Millisecond)
-			}
-		}()
-		for range conns {
-			c, err := net.Dial("tcp4", addr)
-			if err != nil {
-				b.Fatal(err)
-			}
-			cs = append(cs, c)
-			io.WriteString(c, "GET /public/index.html HTTP/1.1\r\nHost: api\r\n\r\n")
-			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-			if err != nil {
-				b.Fatal(err)
-			}
-			io.Copy(io.Discard, resp.Body)
-			if resp.StatusCode != 200 {
-				b.Fatalf("status %d", resp.StatusCode)
-			}
-		}
-		time.Sleep(50 * time.Millisecond) // the servers' goroutines settle in their reads
-		return inUse() - before
+		return idleHeld(b, addr, conns, "GET /public/index.html HTTP/1.1\r\nHost: api\r\n\r\n", 200)
 	}
 	var direct, builtin int64
 	for b.Loop() {

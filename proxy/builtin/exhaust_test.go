@@ -55,46 +55,10 @@ func TestShortFieldsCountTowardHeaderLimit(t *testing.T) {
 func TestIdleConnectionKeepsNoLargeHead(t *testing.T) {
 	const conns = 200
 	_, addr := engineOn(t, conformance.StartUpstream(t), Config{Dial: unmarked})
-	inUse := func() int64 {
-		// Twice: the second empties what sync.Pools kept from the first.
-		runtime.GC()
-		runtime.GC()
-		var m runtime.MemStats
-		runtime.ReadMemStats(&m)
-		return int64(m.HeapInuse + m.StackInuse)
-	}
 	// held is the memory in use per connection while conns connections
 	// idle after sending req and getting status.
 	held := func(req string, status int) int64 {
-		goroutines := runtime.NumGoroutine()
-		before := inUse()
-		var cs []net.Conn
-		defer func() {
-			for _, c := range cs {
-				c.Close()
-			}
-			for i := 0; i < 500 && runtime.NumGoroutine() > goroutines; i++ {
-				time.Sleep(10 * time.Millisecond)
-			}
-		}()
-		for range conns {
-			c, err := net.Dial("tcp4", addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			cs = append(cs, c)
-			io.WriteString(c, req)
-			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			io.Copy(io.Discard, resp.Body)
-			if resp.StatusCode != status {
-				t.Fatalf("status %d, want %d", resp.StatusCode, status)
-			}
-		}
-		time.Sleep(50 * time.Millisecond) // the servers' goroutines settle in their reads
-		return (inUse() - before) / conns
+		return idleHeld(t, addr, conns, req, status) / conns
 	}
 	small := held("GET /public/index.html HTTP/1.1\r\nHost: api\r\n\r\n", 200)
 	fields := held("GET /public/index.html HTTP/1.1\r\nHost: api\r\n"+
@@ -261,30 +225,8 @@ func TestUpstreamResponseFieldsBounded(t *testing.T) {
 	}
 
 	const conns = 100
-	inUse := func() int64 {
-		runtime.GC()
-		runtime.GC()
-		var m runtime.MemStats
-		runtime.ReadMemStats(&m)
-		return int64(m.HeapInuse + m.StackInuse)
-	}
 	held := func(path string) int64 {
-		before := inUse()
-		var cs []*client
-		for range conns {
-			c := dialClient(t, addr)
-			cs = append(cs, c)
-			c.send("GET " + path + " HTTP/1.1\r\nHost: svc\r\n\r\n")
-			if resp, body := c.read("GET"); resp.StatusCode != 200 || body != "ok" {
-				t.Fatalf("%s: %d %q", path, resp.StatusCode, body)
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
-		n := (inUse() - before) / conns
-		for _, c := range cs {
-			c.C.Close()
-		}
-		return n
+		return idleHeld(t, addr, conns, "GET "+path+" HTTP/1.1\r\nHost: svc\r\n\r\n", 200) / conns
 	}
 	small, short := held("/small"), held("/short")
 	t.Logf("held per idle connection: %d bytes after a small response, %d after 20,000 short fields", small, short)
