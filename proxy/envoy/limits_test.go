@@ -11,12 +11,10 @@ import (
 	upstreamhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 )
 
-// connectionManagers translates every golden scenario and returns each
-// filter chain's HTTP connection manager (the default chain's included),
-// by scenario and chain name.
-func connectionManagers(t *testing.T) map[string]*hcm.HttpConnectionManager {
+// translatedScenarios is every golden scenario's translation, by name.
+func translatedScenarios(t *testing.T) map[string]*Resources {
 	t.Helper()
-	out := map[string]*hcm.HttpConnectionManager{}
+	out := map[string]*Resources{}
 	for name, r := range scenarios() {
 		o := Options{Port: 15001}
 		if name == "static-policy" {
@@ -24,8 +22,20 @@ func connectionManagers(t *testing.T) map[string]*hcm.HttpConnectionManager {
 		}
 		res, err := Translate(r, o)
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("%s: %v", name, err)
 		}
+		out[name] = res
+	}
+	return out
+}
+
+// connectionManagers translates every golden scenario and returns each
+// filter chain's HTTP connection manager (the default chain's included),
+// by scenario and chain name.
+func connectionManagers(t *testing.T) map[string]*hcm.HttpConnectionManager {
+	t.Helper()
+	out := map[string]*hcm.HttpConnectionManager{}
+	for name, res := range translatedScenarios(t) {
 		l := res.Listeners[0].(*listener.Listener)
 		for _, c := range append(append([]*listener.FilterChain{}, l.FilterChains...), l.DefaultFilterChain) {
 			var m hcm.HttpConnectionManager
@@ -89,15 +99,7 @@ func TestDownstreamHTTP2AsBuiltin(t *testing.T) {
 // is 1 MiB each way, some 32 GiB over max_connections' 16384 clients
 // that pipeline or send bodies their upstreams do not take.
 func TestConnectionBuffersAsBuiltin(t *testing.T) {
-	for name, r := range scenarios() {
-		o := Options{Port: 15001}
-		if name == "static-policy" {
-			o.FixedUpstream = netip.MustParseAddrPort("127.0.0.1:8080")
-		}
-		res, err := Translate(r, o)
-		if err != nil {
-			t.Fatal(err)
-		}
+	for name, res := range translatedScenarios(t) {
 		l := res.Listeners[0].(*listener.Listener)
 		if got := l.GetPerConnectionBufferLimitBytes().GetValue(); got != 32<<10 {
 			t.Errorf("%s: listener per_connection_buffer_limit_bytes %d, want 32 KiB", name, got)
@@ -120,15 +122,7 @@ func TestConnectionBuffersAsBuiltin(t *testing.T) {
 // 90 seconds as the built-in engine's pooled ones do (Envoy: an hour).
 func TestUpstreamsAsBuiltin(t *testing.T) {
 	var n int
-	for name, r := range scenarios() {
-		o := Options{Port: 15001}
-		if name == "static-policy" {
-			o.FixedUpstream = netip.MustParseAddrPort("127.0.0.1:8080")
-		}
-		res, err := Translate(r, o)
-		if err != nil {
-			t.Fatal(err)
-		}
+	for name, res := range translatedScenarios(t) {
 		for _, x := range res.Clusters {
 			c := x.(*cluster.Cluster)
 			n++
