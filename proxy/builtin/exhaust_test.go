@@ -2,7 +2,6 @@ package builtin
 
 import (
 	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -17,8 +16,6 @@ import (
 	"github.com/membrane-fw/membrane/proxy"
 	"github.com/membrane-fw/membrane/proxy/conformance"
 	dto "github.com/prometheus/client_model/go"
-	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 )
 
 // TestShortFieldsCountTowardHeaderLimit: each field of a request head
@@ -258,34 +255,11 @@ func TestH2StalledResponsesBufferBounded(t *testing.T) {
 		return int64(m.HeapInuse)
 	}
 	before := inUse()
-	c, err := net.Dial("tcp4", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	io.WriteString(c, http2.ClientPreface)
-	fr := http2.NewFramer(c, c)
-	fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
-	var hb bytes.Buffer
-	enc := hpack.NewEncoder(&hb)
+	w := dialWindowlessH2(t, addr)
 	for i := range streams {
-		hb.Reset()
-		for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "svc"}, {":path", "/big"}} {
-			enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
-		}
-		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
+		w.get(t, uint32(2*i+1), "/big")
 	}
-	go func() { // reads, so that no connection write stalls
-		for {
-			f, err := fr.ReadFrame()
-			if err != nil {
-				return
-			}
-			if s, ok := f.(*http2.SettingsFrame); ok && !s.IsAck() {
-				fr.WriteSettingsAck()
-			}
-		}
-	}()
+	w.drain()
 	eventually(t, "the streams start", func() error {
 		e.limit.mu.Lock()
 		defer e.limit.mu.Unlock()

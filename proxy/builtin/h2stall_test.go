@@ -31,27 +31,9 @@ func TestH2StreamStalledByFlowControlEnds(t *testing.T) {
 		w.Write(make([]byte, 1<<20))
 	}))
 	e, addr := engineOn(t, up, Config{StreamIdleTimeout: 300 * time.Millisecond, Dial: unmarked})
-	c, err := net.Dial("tcp4", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := c.Write([]byte(http2.ClientPreface)); err != nil {
-		t.Fatal(err)
-	}
-	fr := http2.NewFramer(c, c)
-	fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
-	var hb bytes.Buffer
-	enc := hpack.NewEncoder(&hb)
-	get := func(id uint32, path string) {
-		hb.Reset()
-		for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "svc"}, {":path", path}} {
-			enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
-		}
-		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	w := dialWindowlessH2(t, addr)
+	c, fr := w.c, w.fr
+	get := func(id uint32, path string) { w.get(t, id, path) }
 	get(1, "/public/big") // allowed, 1 MiB
 	get(3, "/denied")     // 403
 	get(5, "/public/silent")
@@ -96,38 +78,11 @@ func TestH2StreamStalledByFlowControlEnds(t *testing.T) {
 func TestH2StreamHoldsItsSlotUntilItsResponseLeft(t *testing.T) {
 	const streams = 3
 	e, addr := engineOn(t, startH2Upstream(t, http.NotFoundHandler()), Config{StreamIdleTimeout: time.Minute, Dial: unmarked})
-	c, err := net.Dial("tcp4", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := c.Write([]byte(http2.ClientPreface)); err != nil {
-		t.Fatal(err)
-	}
-	fr := http2.NewFramer(c, c)
-	fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
-	var hb bytes.Buffer
-	enc := hpack.NewEncoder(&hb)
+	w := dialWindowlessH2(t, addr)
 	for i := range streams {
-		hb.Reset()
-		for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "svc"}, {":path", "/denied"}} {
-			enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
-		}
-		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
-			t.Fatal(err)
-		}
+		w.get(t, uint32(2*i+1), "/denied")
 	}
-	go func() {
-		for {
-			f, err := fr.ReadFrame()
-			if err != nil {
-				return
-			}
-			if s, ok := f.(*http2.SettingsFrame); ok && !s.IsAck() {
-				fr.WriteSettingsAck()
-			}
-		}
-	}()
+	w.drain()
 	// The streams are refused at once; their 403s cannot leave.
 	time.Sleep(300 * time.Millisecond)
 	eventually(t, "the stalled refused streams hold their slots", func() error {
@@ -138,7 +93,7 @@ func TestH2StreamHoldsItsSlotUntilItsResponseLeft(t *testing.T) {
 		}
 		return nil
 	})
-	c.Close()
+	w.c.Close()
 	eventually(t, "the slots come back when the connection closes", func() error {
 		e.limit.mu.Lock()
 		defer e.limit.mu.Unlock()
@@ -147,4 +102,58 @@ func TestH2StreamHoldsItsSlotUntilItsResponseLeft(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// windowlessH2 is a raw HTTP/2 client connection that gives the proxy no
+// flow-control window (SETTINGS_INITIAL_WINDOW_SIZE 0, and no
+// WINDOW_UPDATE ever): no byte of a response body can reach it.
+type windowlessH2 struct {
+	c   net.Conn
+	fr  *http2.Framer
+	hb  bytes.Buffer
+	enc *hpack.Encoder
+}
+
+func dialWindowlessH2(t *testing.T, addr string) *windowlessH2 {
+	t.Helper()
+	c, err := net.Dial("tcp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if _, err := c.Write([]byte(http2.ClientPreface)); err != nil {
+		t.Fatal(err)
+	}
+	w := &windowlessH2{c: c, fr: http2.NewFramer(c, c)}
+	w.enc = hpack.NewEncoder(&w.hb)
+	w.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
+	return w
+}
+
+// get opens stream id with a GET of path.
+func (w *windowlessH2) get(t *testing.T, id uint32, path string) {
+	t.Helper()
+	w.hb.Reset()
+	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "svc"}, {":path", path}} {
+		w.enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	if err := w.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: w.hb.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// drain reads every frame in the background, acknowledging settings, so
+// that none of the proxy's connection writes stalls.
+func (w *windowlessH2) drain() {
+	go func() {
+		for {
+			f, err := w.fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			if s, ok := f.(*http2.SettingsFrame); ok && !s.IsAck() {
+				w.fr.WriteSettingsAck()
+			}
+		}
+	}()
 }
