@@ -39,15 +39,7 @@ func sh(t *testing.T, args ...string) { t.Helper(); runtimetest.Run(t, args...) 
 // in a namespace of the test's own: one with a netns the test made (and then
 // wires up like a CNI bridge plugin), one without a netns of its own (host).
 func TestContainerdEndpoints(t *testing.T) {
-	testenv.RequireContainerd(t)
-	suffix := testenv.RandomSuffix(6)
-	ns := "membrane-rt-" + suffix
-	// Registered first, so it runs last, once images and containers are gone.
-	t.Cleanup(func() {
-		if out, err := exec.Command("ctr", "namespaces", "rm", ns).CombinedOutput(); err != nil {
-			t.Logf("ctr namespaces rm %s: %v: %s", ns, err, out)
-		}
-	})
+	ns, suffix := containerdNamespace(t)
 	img := testenv.ContainerdBusyboxImage(t, ns)
 	nsPath := testenv.NetnsAdd(t, "rt-"+suffix)
 
@@ -243,14 +235,7 @@ func TestContainerdSkipsMoby(t *testing.T) {
 // minutes by default; none here). The stream here reaches the server only
 // when the test lets it (a slow server): the container starts meanwhile.
 func TestContainerStartedWhileTheSubscriptionIsSetUpIsSeen(t *testing.T) {
-	testenv.RequireContainerd(t)
-	suffix := testenv.RandomSuffix(6)
-	ns := "membrane-rt-" + suffix
-	t.Cleanup(func() {
-		if out, err := exec.Command("ctr", "namespaces", "rm", ns).CombinedOutput(); err != nil {
-			t.Logf("ctr namespaces rm %s: %v: %s", ns, err, out)
-		}
-	})
+	ns, suffix := containerdNamespace(t)
 	img := testenv.ContainerdBusyboxImage(t, ns)
 
 	src := New(Config{Namespaces: []string{ns}, RecheckInterval: -1, Logger: runtimetest.Logger()})
@@ -419,19 +404,28 @@ func failingSource(ns string, failing *atomic.Bool) *Source {
 	return src
 }
 
-// wiredContainer runs a container in a containerd namespace of its own, in
-// a network namespace wired like a CNI bridge plugin does it, and returns
-// both names.
-func wiredContainer(t *testing.T) (ns, id string) {
+// containerdNamespace names a containerd namespace of the test's own
+// (membrane-rt-SUFFIX), removed when the test ends: the cleanup is
+// registered first, so it runs last, once images and containers are gone.
+func containerdNamespace(t *testing.T) (ns, suffix string) {
 	t.Helper()
 	testenv.RequireContainerd(t)
-	suffix := testenv.RandomSuffix(6)
+	suffix = testenv.RandomSuffix(6)
 	ns = "membrane-rt-" + suffix
 	t.Cleanup(func() {
 		if out, err := exec.Command("ctr", "namespaces", "rm", ns).CombinedOutput(); err != nil {
 			t.Logf("ctr namespaces rm %s: %v: %s", ns, err, out)
 		}
 	})
+	return ns, suffix
+}
+
+// wiredContainer runs a container in a containerd namespace of its own, in
+// a network namespace wired like a CNI bridge plugin does it, and returns
+// both names.
+func wiredContainer(t *testing.T) (ns, id string) {
+	t.Helper()
+	ns, suffix := containerdNamespace(t)
 	img := testenv.ContainerdBusyboxImage(t, ns)
 	netnsName := "rt-" + suffix
 	nsPath := testenv.NetnsAdd(t, netnsName)
