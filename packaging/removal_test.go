@@ -382,22 +382,29 @@ func programs(t *testing.T, ns *testenv.NetNS, ifindexes ...int) []string {
 	return found
 }
 
-// reach connects from the container to a listener on the host's bridge
-// address: no program judges the veth any more.
-func reach(t *testing.T, host, ctr *testenv.NetNS) {
+// dialHost connects from the container to a listener on the host's bridge
+// address, waiting at most timeout.
+func dialHost(t *testing.T, host, ctr *testenv.NetNS, timeout time.Duration) error {
 	t.Helper()
 	var ln net.Listener
 	if err := host.Do(func() (err error) { ln, err = net.Listen("tcp4", "10.77.0.1:0"); return err }); err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	if err := ctr.Do(func() error {
-		c, err := net.DialTimeout("tcp4", ln.Addr().String(), 10*time.Second)
+	return ctr.Do(func() error {
+		c, err := net.DialTimeout("tcp4", ln.Addr().String(), timeout)
 		if err != nil {
 			return err
 		}
 		return c.Close()
-	}); err != nil {
+	})
+}
+
+// reach checks that the container reaches the host: no program judges the
+// veth any more.
+func reach(t *testing.T, host, ctr *testenv.NetNS) {
+	t.Helper()
+	if err := dialHost(t, host, ctr, 10*time.Second); err != nil {
 		t.Errorf("after the removal the container cannot reach the host: %v", err)
 	}
 }
@@ -445,18 +452,7 @@ func nftFound() bool {
 // gets no connection to the host.
 func unreachable(t *testing.T, host, ctr *testenv.NetNS) {
 	t.Helper()
-	var ln net.Listener
-	if err := host.Do(func() (err error) { ln, err = net.Listen("tcp4", "10.77.0.1:0"); return err }); err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	if err := ctr.Do(func() error {
-		c, err := net.DialTimeout("tcp4", ln.Addr().String(), 2*time.Second)
-		if err == nil {
-			c.Close()
-		}
-		return err
-	}); err == nil {
+	if dialHost(t, host, ctr, 2*time.Second) == nil {
 		t.Errorf("with membraned stopped, the unknown container connected to the host: the datapath no longer judges")
 	}
 }
