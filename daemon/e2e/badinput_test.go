@@ -363,17 +363,7 @@ policy "wide" {
 			t.Errorf("%s reached a container whose policy is not written", from)
 		}
 	}
-	e.eventually("status names the held endpoint", 20*time.Second, func() error {
-		for _, p := range e.status().Errors {
-			if strings.Contains(p, wide) && strings.Contains(p, "not enforced") {
-				return nil
-			}
-		}
-		return fmt.Errorf("problems %q", e.status().Errors)
-	})
-	if ep, err := e.client.Endpoint(context.Background(), wide); err != nil || ep.Enforcing {
-		t.Errorf("held endpoint: %+v, %v; want it known and not enforcing", ep, err)
-	}
+	e.waitHeld(wide)
 	// The map full names the setting to raise as membrane.hcl spells it.
 	if p := strings.Join(e.status().Errors, "\n"); !strings.Contains(p, "maps.policy_entries is 64") {
 		t.Errorf("problems %q do not name maps.policy_entries", p)

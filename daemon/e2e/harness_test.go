@@ -370,6 +370,24 @@ func (e *env) status() api.Status {
 	return st
 }
 
+// waitHeld waits until status names the container as held back (its
+// identity's policy is not written) and checks that it is known and not
+// enforcing.
+func (e *env) waitHeld(name string) {
+	e.t.Helper()
+	e.eventually("status names the held endpoint", 20*time.Second, func() error {
+		for _, p := range e.status().Errors {
+			if strings.Contains(p, name) && strings.Contains(p, "not enforced") {
+				return nil
+			}
+		}
+		return fmt.Errorf("problems %q", e.status().Errors)
+	})
+	if ep, err := e.client.Endpoint(context.Background(), name); err != nil || ep.Enforcing {
+		e.t.Fatalf("held endpoint %s: %+v, %v; want it known and not enforcing", name, ep, err)
+	}
+}
+
 func (e *env) eventually(what string, timeout time.Duration, fn func() error) {
 	e.t.Helper()
 	deadline := time.Now().Add(timeout)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strings"
 	"testing"
 	"time"
 
@@ -51,17 +50,7 @@ policy "wide" {
 	initIP, worldIP := e.ip(initPeer), e.ip(worldPeer)
 
 	wide := e.idle("wide", "tier=wide")
-	e.eventually("status names the held endpoint", 20*time.Second, func() error {
-		for _, p := range e.status().Errors {
-			if strings.Contains(p, wide) && strings.Contains(p, "not enforced") {
-				return nil
-			}
-		}
-		return fmt.Errorf("problems %q", e.status().Errors)
-	})
-	if ep, err := e.client.Endpoint(context.Background(), wide); err != nil || ep.Enforcing {
-		t.Fatalf("held endpoint: %+v, %v; want it known and not enforcing", ep, err)
-	}
+	e.waitHeld(wide)
 	e.eventually("the rule for init admits the held container", 20*time.Second, func() error {
 		if !e.get(wide, initIP) {
 			return fmt.Errorf("%s does not reach %s", wide, initPeer)
