@@ -292,17 +292,7 @@ func TestContainerStartedWhileTheSubscriptionIsSetUpIsSeen(t *testing.T) {
 	}
 
 	id := "late-" + suffix
-	runtimetest.Run(t, "ctr", "-n", ns, "run", "-d", "--label", "app=late", img, id, "sleep", "300")
-	t.Cleanup(func() {
-		exec.Command("ctr", "-n", ns, "task", "kill", "-s", "SIGKILL", id).Run()
-		for range 50 {
-			if exec.Command("ctr", "-n", ns, "task", "rm", "-f", id).Run() == nil {
-				break
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		exec.Command("ctr", "-n", ns, "containers", "rm", id).Run()
-	})
+	ctrRun(t, ns, id, "--label", "app=late", img, id, "sleep", "300")
 	close(registered)
 
 	select {
@@ -420,6 +410,23 @@ func containerdNamespace(t *testing.T) (ns, suffix string) {
 	return ns, suffix
 }
 
+// ctrRun runs `ctr -n ns run -d args...`, whose container is id, and
+// removes the container when the test ends.
+func ctrRun(t *testing.T, ns, id string, args ...string) {
+	t.Helper()
+	runtimetest.Run(t, append([]string{"ctr", "-n", ns, "run", "-d"}, args...)...)
+	t.Cleanup(func() {
+		exec.Command("ctr", "-n", ns, "task", "kill", "-s", "SIGKILL", id).Run()
+		for range 50 {
+			if exec.Command("ctr", "-n", ns, "task", "rm", "-f", id).Run() == nil {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		exec.Command("ctr", "-n", ns, "containers", "rm", id).Run()
+	})
+}
+
 // wiredContainer runs a container in a containerd namespace of its own, in
 // a network namespace wired like a CNI bridge plugin does it, and returns
 // both names.
@@ -438,16 +445,6 @@ func wiredContainer(t *testing.T) (ns, id string) {
 	sh(t, "ip", "-n", netnsName, "addr", "add", "10.213.8.2/24", "dev", "eth0")
 	sh(t, "ip", "-n", netnsName, "link", "set", "eth0", "up")
 	id = "web-" + suffix
-	sh(t, "ctr", "-n", ns, "run", "-d", "--with-ns", "network:"+nsPath, "--label", "app=web", img, id, "sleep", "300")
-	t.Cleanup(func() {
-		exec.Command("ctr", "-n", ns, "task", "kill", "-s", "SIGKILL", id).Run()
-		for range 50 {
-			if exec.Command("ctr", "-n", ns, "task", "rm", "-f", id).Run() == nil {
-				break
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		exec.Command("ctr", "-n", ns, "containers", "rm", id).Run()
-	})
+	ctrRun(t, ns, id, "--with-ns", "network:"+nsPath, "--label", "app=web", img, id, "sleep", "300")
 	return ns, id
 }
