@@ -43,7 +43,12 @@ func DetachEverywhere() error {
 			}
 			for _, f := range fs {
 				a := f.Attrs()
-				if _, ok := f.(*netlink.BpfFilter); !ok || !ourFilter(a.Priority, a.Handle) {
+				bf, ok := f.(*netlink.BpfFilter)
+				if !ok || !ourFilter(a.Priority, a.Handle) {
+					continue
+				}
+				if bf.Id != 0 && !ourProgram(ebpf.ProgramID(bf.Id)) {
+					// Another tool's program at our priority and handle.
 					continue
 				}
 				if err := netlink.FilterDel(f); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENODEV) {

@@ -19,8 +19,8 @@ import (
 func TestDetachEverywhereLeavesOtherProgramsAlone(t *testing.T) {
 	for _, mode := range []AttachMode{AttachTCX, AttachTC} {
 		t.Run(string(mode), func(t *testing.T) {
-			h := newHarness(t, 1, Config{Attach: mode})
-			idx := h.ifs[0]
+			h := newHarness(t, 2, Config{Attach: mode})
+			idx, spare := h.ifs[0], h.ifs[1]
 			other, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 				Name: "other_tool", Type: ebpf.SchedCLS, License: "GPL",
 				Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
@@ -44,6 +44,36 @@ func TestDetachEverywhereLeavesOtherProgramsAlone(t *testing.T) {
 					Fd:          other.FD(), Name: "other_tool", DirectAction: true,
 				})
 			}))
+			// The spare interface gets a clsact qdisc (attached, then
+			// detached) and the other tool's filter where Membrane's goes.
+			must(t, h.ns.Do(func() error {
+				if err := h.dp.Attach(spare); err != nil {
+					return err
+				}
+				if err := h.dp.Detach(spare); err != nil {
+					return err
+				}
+				if mode == AttachTCX {
+					return nil
+				}
+				return netlink.FilterAdd(&netlink.BpfFilter{
+					FilterAttrs: netlink.FilterAttrs{LinkIndex: spare, Parent: netlink.HANDLE_MIN_INGRESS, Handle: tcHandle, Priority: tcPriority, Protocol: unix.ETH_P_ALL},
+					Fd:          other.FD(), Name: "other_tool", DirectAction: true,
+				})
+			}))
+			spareFilters := func() int {
+				n := 0
+				must(t, h.ns.Do(func() error {
+					l, err := netlink.LinkByIndex(spare)
+					if err != nil {
+						return err
+					}
+					fs, err := netlink.FilterList(l, netlink.HANDLE_MIN_INGRESS)
+					n = len(fs)
+					return err
+				}))
+				return n
+			}
 			on := func() []string {
 				var names []string
 				must(t, h.ns.Do(func() error {
@@ -95,6 +125,9 @@ func TestDetachEverywhereLeavesOtherProgramsAlone(t *testing.T) {
 			}
 			if len(got) != 1 || got[0] != want {
 				t.Errorf("after DetachEverywhere: %q, want only %q", got, want)
+			}
+			if mode == AttachTC && spareFilters() != 1 {
+				t.Errorf("DetachEverywhere removed another tool's filter at Membrane's priority and handle")
 			}
 		})
 	}
