@@ -12,7 +12,8 @@
 //	membraned --check-config [--config PATH]
 //
 // Exit codes: 0 stopped by a signal (or --cleanup done); 1 error (an
-// invalid config is printed FILE:LINE:COL: error: ...); 2 usage error.
+// invalid config is printed FILE:LINE:COL: error: ...); 2 usage error
+// (more than one of --cleanup, --check-config and --version among them).
 package main
 
 import (
@@ -59,6 +60,20 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "membraned: unexpected argument %q\n", fs.Arg(0))
+		fs.Usage()
+		return 2
+	}
+	// The modes exclude each other (the usage line says so): with two,
+	// one would be done and the other dropped without a word, and
+	// --cleanup --check-config on an invalid file would say "valid".
+	modes := 0
+	for _, on := range []bool{*cleanup, *check, *showVersion} {
+		if on {
+			modes++
+		}
+	}
+	if modes > 1 {
+		fmt.Fprintln(stderr, "membraned: give at most one of --cleanup, --check-config and --version")
 		fs.Usage()
 		return 2
 	}

@@ -28,6 +28,12 @@ func TestExitCodes(t *testing.T) {
 		{"missing explicit config", []string{"--config", filepath.Join(dir, "nope.hcl")}, 1, "no such file"},
 		{"check valid config", []string{"--config", good, "--check-config"}, 0, ""},
 		{"check invalid config", []string{"--config", bad, "--check-config"}, 1, "membraned: invalid configuration\n"},
+		// Two modes are a usage error: neither is done (with an invalid
+		// file, --cleanup --check-config used to end "configuration is
+		// valid", exit 0, after saying it would clean up).
+		{"check and cleanup", []string{"--config", bad, "--check-config", "--cleanup"}, 2, "at most one of --cleanup, --check-config and --version"},
+		{"check and version", []string{"--config", good, "--version", "--check-config"}, 2, "at most one of"},
+		{"cleanup and version", []string{"--config", good, "--cleanup", "--version"}, 2, "at most one of"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var stderr bytes.Buffer
