@@ -287,10 +287,15 @@ func Parse(filename string, src []byte) (*Config, error) {
 	var raw fileSchema
 	diags = gohcl.DecodeBody(f.Body, nil, &raw)
 	// The attributes that decoded are checked even where others did not
-	// (each is a pointer, nil when absent or undecodable), so one run of
-	// --check-config shows every mistake in the file.
+	// (each is a pointer, nil when absent), so one run of --check-config
+	// shows every mistake in the file. An attribute whose value did not
+	// decode may still be set, to its zero value (gohcl allocates before
+	// it converts: a fraction for a whole number, an interpolation), so
+	// compile's word on it is dropped: it would judge a value the file
+	// does not hold ("l7.port = 0 is out of range").
+	bad := undecoded(f.Body, diags)
 	cfg, cdiags := compile(&raw, f.Body)
-	diags = append(diags, cdiags...)
+	diags = append(dropInside(diags, bad, true), dropInside(cdiags, bad, false)...)
 	if diags.HasErrors() {
 		errs := errorsOnly(diags)
 		sort.SliceStable(errs, func(i, j int) bool {
@@ -301,6 +306,67 @@ func Parse(filename string, src []byte) (*Config, error) {
 	}
 	cfg.Path = filename
 	return cfg, nil
+}
+
+// undecoded are the ranges of the attributes, at any depth of body, whose
+// value has an error among diags.
+func undecoded(body hcl.Body, diags hcl.Diagnostics) []hcl.Range {
+	var out []hcl.Range
+	var walk func(b *hclsyntax.Body)
+	walk = func(b *hclsyntax.Body) {
+		for _, a := range b.Attributes {
+			for _, d := range diags {
+				if d.Severity == hcl.DiagError && d.Subject != nil && within(*d.Subject, a.Expr.Range()) {
+					out = append(out, a.SrcRange)
+					break
+				}
+			}
+		}
+		for _, blk := range b.Blocks {
+			walk(blk.Body)
+		}
+	}
+	if b, ok := body.(*hclsyntax.Body); ok {
+		walk(b)
+	}
+	return out
+}
+
+// dropInside leaves out the diagnostics about an attribute of bad: all of
+// them (compile's), or (unknownOnly, HCL's) a "value must be known" that
+// only repeats another error there, of an interpolation or a variable.
+func dropInside(diags hcl.Diagnostics, bad []hcl.Range, unknownOnly bool) hcl.Diagnostics {
+	unknown := func(d *hcl.Diagnostic) bool { return strings.Contains(d.Detail, "value must be known") }
+	var out hcl.Diagnostics
+	for _, d := range diags {
+		drop := false
+		if d.Subject != nil && (!unknownOnly || unknown(d)) {
+			for _, r := range bad {
+				if !within(*d.Subject, r) {
+					continue
+				}
+				if !unknownOnly {
+					drop = true
+					break
+				}
+				for _, o := range diags {
+					if o != d && o.Severity == hcl.DiagError && !unknown(o) && o.Subject != nil && within(*o.Subject, r) {
+						drop = true
+						break
+					}
+				}
+			}
+		}
+		if !drop {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// within reports whether r lies inside outer.
+func within(r, outer hcl.Range) bool {
+	return r.Filename == outer.Filename && r.Start.Byte >= outer.Start.Byte && r.End.Byte <= outer.End.Byte
 }
 
 func errorsOnly(diags hcl.Diagnostics) hcl.Diagnostics {

@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -175,6 +176,34 @@ func TestErrorsOfEveryKindAreReportedTogether(t *testing.T) {
 	want := []string{"m.hcl:1", "m.hcl:2", "m.hcl:4", "m.hcl:5"}
 	if strings.Join(positions, " ") != strings.Join(want, " ") {
 		t.Fatalf("errors at %v, want %v:\n%v", positions, want, err)
+	}
+}
+
+// An attribute whose value does not decode gets that error alone: gohcl
+// leaves some such attributes at their zero value (a fraction for a whole
+// number, an interpolation), and judging that value added an error about
+// something the file does not say ("l7.port = 0 is out of range",
+// "policy_dir must be an absolute path: got \"\""), and HCL's "value must
+// be known" beside the error of an interpolation is left out.
+func TestUndecodableValueIsNotAlsoJudged(t *testing.T) {
+	for _, tc := range []struct{ src, want string }{
+		{"l7 {\n  port = 15001.5\n}\n", "m.hcl:2:10: error: Unsuitable value type"},
+		{"maps {\n  events = 4096.5\n}\n", "m.hcl:2:12: error: Unsuitable value type"},
+		{"flow_sample = 0.5\n", "m.hcl:1:15: error: Unsuitable value type"},
+		{"policy_dir = \"${x}\"\n", "m.hcl:1:17: error: Variables not allowed"},
+		{"log_level = \"${x}\"\n", "m.hcl:1:16: error: Variables not allowed"},
+	} {
+		_, err := Parse("m.hcl", []byte(tc.src))
+		if err == nil {
+			t.Fatalf("%q accepted", tc.src)
+		}
+		var lines []string
+		for _, d := range err.(*Error).Diagnostics {
+			lines = append(lines, fmt.Sprintf("%s: error: %s", short(*d.Subject)+fmt.Sprintf(":%d", d.Subject.Start.Column), d.Summary))
+		}
+		if len(lines) != 1 || lines[0] != tc.want {
+			t.Errorf("%q: errors\n  %s\nwant only\n  %s", tc.src, strings.Join(lines, "\n  "), tc.want)
+		}
 	}
 }
 
