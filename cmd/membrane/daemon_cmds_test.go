@@ -198,6 +198,11 @@ func TestObserveFiltersAndPrintsRule(t *testing.T) {
 	if _, code := run(t, "observe", "--verdict", "maybe", "--socket", sock); code != 2 {
 		t.Fatalf("bad verdict exit %d, want 2", code)
 	}
+	// A negative count is the command's mistake, found before it asks
+	// membraned (which would refuse it: exit 1, as for a daemon problem).
+	if out, code := run(t, "observe", "--last", "-1", "--socket", filepath.Join(t.TempDir(), "none.sock")); code != 2 || !strings.Contains(out, "--last -1") {
+		t.Fatalf("--last -1: exit %d, want 2: %s", code, out)
+	}
 }
 
 func TestObserveTypeL7(t *testing.T) {

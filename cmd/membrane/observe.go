@@ -32,6 +32,9 @@ func newObserveCmd() *cobra.Command {
 			if !api.ValidDirection(f.Direction) {
 				return usageError("--direction %q: want egress or ingress", f.Direction)
 			}
+			if f.Last < 0 {
+				return usageError("--last %d: want a count of records, or 0 for all that are kept", f.Last)
+			}
 			ctx, cancel := signalContext(c.Context())
 			defer cancel()
 			w := c.OutOrStdout()
