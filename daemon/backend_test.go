@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"path/filepath"
 	"regexp"
 	"testing"
 
@@ -77,5 +78,48 @@ func TestLiveTraceLabelsGetTheDerivedLabels(t *testing.T) {
 	}
 	if res.Verdict != policies.VerdictDenied {
 		t.Errorf("verdict %s, want denied: the policy selects the Compose service", res.Verdict)
+	}
+}
+
+// An endpoint without labels (a container run without any has one) can be
+// traced live: `membrane policy trace --live --from-labels ""` sends an
+// empty label set, which must reach the daemon as labels, not as no end.
+func TestLiveTraceEndpointWithoutLabels(t *testing.T) {
+	set, rep := policies.Parse(policies.Source{Name: "p.hcl", Bytes: []byte(`policy "all" {
+  selector = ""
+  egress {
+    to_entities = ["host"]
+  }
+}
+`)})
+	if err := rep.Err(); err != nil {
+		t.Fatal(err)
+	}
+	r := &reconciler{}
+	r.view.set(&view{set: set})
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	srv, err := api.NewServer(api.Options{Socket: sock}, &backend{r: r})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { srv.Serve(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	for _, tc := range []struct {
+		to   string
+		want policies.Verdict
+	}{{"host", policies.VerdictAllowed}, {"world", policies.VerdictDenied}} {
+		tr, err := api.NewClient(sock).Trace(context.Background(), api.TraceRequest{FromLabels: map[string]string{}, ToEntity: tc.to})
+		if err != nil {
+			t.Fatalf("to %s: %v", tc.to, err)
+		}
+		var res struct{ Verdict policies.Verdict }
+		if err := json.Unmarshal(tr.Result, &res); err != nil {
+			t.Fatal(err)
+		}
+		if res.Verdict != tc.want {
+			t.Errorf("to %s: verdict %s, want %s (selector \"\" selects the endpoint)", tc.to, res.Verdict, tc.want)
+		}
 	}
 }

@@ -59,6 +59,9 @@ type traceOpts struct {
 
 	fromLabels, fromEntity, fromIP, fromContainer string
 	toLabels, toEntity, toIP, toContainer         string
+	// given tells which of the peer flags the command line holds, even
+	// empty: --from-labels "" names an endpoint without labels.
+	given func(flag string) bool
 
 	port, icmp, icmpv6 string
 
@@ -81,7 +84,8 @@ Name each end exactly once:
   --from-labels "k=v,..."   a managed endpoint with these labels, as the daemon
                             takes a container's: derived labels added
                             (compose.service, nomad.job, ...), those that do
-                            not count for identity (container.name, ...) left out
+                            not count for identity (container.name, ...) left out;
+                            "" is an endpoint without labels
   --from-entity NAME        host, world or init (world without an address:
                             CIDR rules do not match it, use --from-ip)
   --from-ip IP              an address; offline, no endpoint or host address is
@@ -108,6 +112,7 @@ running, no valid policy set loaded, a container it does not manage), 2 on a
 usage error.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
+			o.given = c.Flags().Changed
 			return runTrace(c, c.OutOrStdout(), c.ErrOrStderr(), o)
 		},
 	}
@@ -219,10 +224,10 @@ func runTrace(cmd *cobra.Command, out, errOut io.Writer, o *traceOpts) error {
 func (o *traceOpts) query() (traceQuery, error) {
 	var q traceQuery
 	var err error
-	if q.FromLabels, q.FromEntity, q.FromIP, q.FromContainer, err = peerFlags("from", o.fromLabels, o.fromEntity, o.fromIP, o.fromContainer); err != nil {
+	if q.FromLabels, q.FromEntity, q.FromIP, q.FromContainer, err = o.peerFlags("from", o.fromLabels, o.fromEntity, o.fromIP, o.fromContainer); err != nil {
 		return q, err
 	}
-	if q.ToLabels, q.ToEntity, q.ToIP, q.ToContainer, err = peerFlags("to", o.toLabels, o.toEntity, o.toIP, o.toContainer); err != nil {
+	if q.ToLabels, q.ToEntity, q.ToIP, q.ToContainer, err = o.peerFlags("to", o.toLabels, o.toEntity, o.toIP, o.toContainer); err != nil {
 		return q, err
 	}
 
@@ -300,11 +305,20 @@ func (o *traceOpts) query() (traceQuery, error) {
 }
 
 // peerFlags checks that one end is named exactly once and that the value is
-// well formed.
-func peerFlags(side, labels, entity, ip, container string) (map[string]string, string, string, string, error) {
+// well formed. A flag given empty counts: --from-labels "" is an endpoint
+// without labels (a container run without any has one), and an empty
+// entity, address or container is an error of its own.
+func (o *traceOpts) peerFlags(side, labels, entity, ip, container string) (map[string]string, string, string, string, error) {
+	given := func(kind, v string) bool {
+		if o.given != nil {
+			return o.given(side + "-" + kind)
+		}
+		return v != ""
+	}
+	hasLabels, hasEntity, hasIP := given("labels", labels), given("entity", entity), given("ip", ip)
 	n := 0
-	for _, s := range []string{labels, entity, ip, container} {
-		if s != "" {
+	for _, b := range []bool{hasLabels, hasEntity, hasIP, given("container", container)} {
+		if b {
 			n++
 		}
 	}
@@ -312,7 +326,7 @@ func peerFlags(side, labels, entity, ip, container string) (map[string]string, s
 		return nil, "", "", "", usageError("name the %s end exactly once: --%s-labels, --%s-entity, --%s-ip or --%s-container (got %d)", side, side, side, side, side, n)
 	}
 	switch {
-	case labels != "":
+	case hasLabels:
 		l, err := policies.ParseLabels(labels)
 		if err != nil {
 			return nil, "", "", "", usageError("--%s-labels %q: %v", side, labels, err)
@@ -321,7 +335,7 @@ func peerFlags(side, labels, entity, ip, container string) (map[string]string, s
 			l = policies.Labels{}
 		}
 		return l, "", "", "", nil
-	case entity != "":
+	case hasEntity:
 		switch policies.Entity(entity) {
 		case policies.EntityHost, policies.EntityWorld, policies.EntityInit:
 		case policies.EntityCluster, policies.EntityAll:
@@ -330,11 +344,14 @@ func peerFlags(side, labels, entity, ip, container string) (map[string]string, s
 			return nil, "", "", "", usageError("--%s-entity %q: want host, world or init", side, entity)
 		}
 		return nil, entity, "", "", nil
-	case ip != "":
+	case hasIP:
 		if _, err := netip.ParseAddr(ip); err != nil {
 			return nil, "", "", "", usageError("--%s-ip %q is not an IP address", side, ip)
 		}
 		return nil, "", ip, "", nil
+	}
+	if container == "" {
+		return nil, "", "", "", usageError("--%s-container \"\": want a container name or ID", side)
 	}
 	return nil, "", "", container, nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -363,6 +364,28 @@ func TestTraceICMPTypeNames(t *testing.T) {
 		_, errOut, code := traceCLI(t, append([]string{"--policies", pol, tc.flag, tc.value}, ends...)...)
 		if code != 2 || !strings.Contains(errOut, tc.want) {
 			t.Errorf("%s %s: exit %d, stderr %q; want exit 2 and %q", tc.flag, tc.value, code, errOut, tc.want)
+		}
+	}
+}
+
+// --from-labels "" names an endpoint without labels (a container run
+// without any), which selector "" selects; it is not a missing end. An
+// empty entity, address or container is a usage error that says so.
+func TestTraceEndpointWithoutLabels(t *testing.T) {
+	pol := filepath.Join(t.TempDir(), "all.hcl")
+	if err := os.WriteFile(pol, []byte("policy \"all\" {\n  selector = \"\"\n  egress {\n    to_entities = [\"host\"]\n  }\n}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for to, want := range map[string]string{"host": "verdict: allowed", "world": "verdict: denied"} {
+		out, errOut, code := traceCLI(t, "--policies", pol, "--from-labels", "", "--to-entity", to)
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("to %s: exit %d, want 0 and %q:\n%s%s", to, code, want, out, errOut)
+		}
+	}
+	for flag, want := range map[string]string{"--from-entity": "want host, world or init", "--from-ip": "is not an IP address", "--from-container": "want a container name or ID"} {
+		_, errOut, code := traceCLI(t, "--policies", pol, flag, "", "--to-entity", "host")
+		if code != 2 || !strings.Contains(errOut, want) {
+			t.Errorf("%s \"\": exit %d, want 2 and %q: %s", flag, code, want, errOut)
 		}
 	}
 }

@@ -283,11 +283,11 @@ func peerIs(p Peer, c string) bool {
 // named by container, labels, entity or address.
 type TraceRequest struct {
 	FromContainer string            `json:"from_container,omitempty"`
-	FromLabels    map[string]string `json:"from_labels,omitempty"`
+	FromLabels    map[string]string `json:"from_labels"` // nil: not this way; empty: an endpoint without labels
 	FromEntity    string            `json:"from_entity,omitempty"`
 	FromIP        string            `json:"from_ip,omitempty"`
 	ToContainer   string            `json:"to_container,omitempty"`
-	ToLabels      map[string]string `json:"to_labels,omitempty"`
+	ToLabels      map[string]string `json:"to_labels"`
 	ToEntity      string            `json:"to_entity,omitempty"`
 	ToIP          string            `json:"to_ip,omitempty"`
 	Proto         string            `json:"proto,omitempty"` // tcp, udp, sctp, icmp, icmpv6
