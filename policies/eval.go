@@ -560,7 +560,8 @@ func l7For(allows []*Rule, c Connection) *L7Result {
 			why = httpFieldAliases(c.HTTP, l7.Rules)
 		}
 		if why == "" && JudgesHost(l7.Rules) {
-			why = HTTPHostCase(c.HTTP.Host)
+			wire, _ := c.HTTP.onWire() // an absolute-form target's authority is the host
+			why = HTTPHostCase(wire.Host)
 			for field := range c.HTTP.Headers {
 				if why != "" {
 					break

@@ -479,11 +479,61 @@ func HTTPAsteriskTarget(method, target string) string {
 // requests past the rules.
 const HTTPConnectRefused = "CONNECT is not proxied"
 
+// onWire is req as the proxies read it off the wire, or why they refuse
+// it (400) whatever the rules: a method that is no token, a target that is
+// neither an origin-form path, '*' nor an absolute http(s) URI, or holds
+// a space or control character (it would end the request line there), a
+// field whose name is no token or whose value holds a line break or NUL.
+// An absolute-form target's authority stands for Host, as in the
+// proxies, and its path and query are the target judged.
+func (req *HTTPRequest) onWire() (HTTPRequest, string) {
+	q := *req
+	if !validHeaderName(q.Method) {
+		return q, "invalid method"
+	}
+	for i := 0; i < len(q.Path); i++ {
+		if c := q.Path[i]; c <= ' ' || c == 0x7f {
+			return q, "invalid request target"
+		}
+	}
+	lower := strings.ToLower(q.Path)
+	switch {
+	case q.Path == "*", strings.HasPrefix(q.Path, "/"):
+	case strings.HasPrefix(lower, "http://") || strings.HasPrefix(lower, "https://"):
+		u, err := url.ParseRequestURI(q.Path)
+		if err != nil || u.Host == "" {
+			return q, "invalid request target"
+		}
+		if why := HTTPAmbiguousTarget(q.Path, u.Path); why != "" {
+			return q, why
+		}
+		q.Host = u.Host
+		q.Path = u.EscapedPath()
+		if q.Path == "" {
+			q.Path = "/"
+		}
+		if u.RawQuery != "" {
+			q.Path += "?" + u.RawQuery
+		}
+	default:
+		return q, "invalid request target"
+	}
+	for name, v := range q.Headers {
+		if !validHeaderName(name) || strings.ContainsAny(v, "\r\n\x00") {
+			return q, "malformed header field"
+		}
+	}
+	return q, ""
+}
+
 // asJudged is req in the form http blocks match: the path percent-decoded
 // and normalized, the query dropped, the host as HTTPHost has it. A
 // request the proxies refuse whatever the rules gets the reason instead.
 func (req *HTTPRequest) asJudged() (*HTTPRequest, string) {
-	q := *req
+	q, why := req.onWire()
+	if why != "" {
+		return nil, why
+	}
 	p, _, _ := strings.Cut(q.Path, "?")
 	if strings.IndexByte(p, '%') >= 0 {
 		d, err := url.PathUnescape(p)
