@@ -33,8 +33,10 @@ directory contributes its *.hcl files in lexical order, like the daemon's
 policies.d). Each subdirectory of a named directory that holds *.hcl files is
 checked as a set of its own, since the daemon never merges subdirectories.
 Inside directories, membrane.hcl (the daemon configuration) and *.nomad.hcl
-(Nomad job specifications) are not policy files and are skipped; a file named
-on the command line is always checked.
+(Nomad job specifications) are not policy files and are skipped, and so is a
+name ending in .hcl in another case (web.HCL), which membraned would not load;
+a file named on the command line is always checked, with a note when membraned
+would not load it from its policy directory (hidden, or not *.hcl).
 
 Exit status: 0 valid (warnings may be printed), 1 invalid, 2 usage error
 (no PATH, a PATH that does not exist, an unknown --format).`,
@@ -65,7 +67,7 @@ func runCheck(out io.Writer, format string, args []string) error {
 	}
 	top := &checkSet{}
 	sets := []*checkSet{top}
-	var skipped []string
+	var skipped, notes []string
 	for _, p := range args {
 		st, err := os.Stat(p)
 		if err != nil {
@@ -76,6 +78,9 @@ func runCheck(out io.Writer, format string, args []string) error {
 		}
 		if !st.IsDir() {
 			top.paths = append(top.paths, p)
+			if base := filepath.Base(p); strings.HasPrefix(base, ".") || !strings.HasSuffix(base, ".hcl") {
+				notes = append(notes, fmt.Sprintf("%s: membraned would not load this file from its policy directory, where it reads only *.hcl files that are not hidden", p))
+			}
 			continue
 		}
 		files, skip, err := policyFiles(p)
@@ -111,7 +116,7 @@ func runCheck(out io.Writer, format string, args []string) error {
 		if err := writeCheckJSON(out, sets); err != nil {
 			return err
 		}
-	} else if err := writeCheckText(out, sets, skipped); err != nil {
+	} else if err := writeCheckText(out, sets, skipped, notes); err != nil {
 		return err
 	}
 	if invalid {
@@ -147,6 +152,18 @@ func policyFiles(dir string) (files, skipped []string, err error) {
 			continue
 		}
 		files = append(files, f)
+	}
+	// A policy file named in another case (web.HCL) is passed over by the
+	// daemon as by ListDir, and would enforce nothing: say so.
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, e := range ents {
+		name := e.Name()
+		if !strings.HasPrefix(name, ".") && !strings.HasSuffix(name, ".hcl") && strings.HasSuffix(strings.ToLower(name), ".hcl") {
+			skipped = append(skipped, fmt.Sprintf("%s: membraned reads only names ending in .hcl (lower case), so it would not load this file: rename it", filepath.Join(dir, name)))
+		}
 	}
 	return files, skipped, nil
 }
@@ -198,10 +215,15 @@ func writeCheckJSON(out io.Writer, sets []*checkSet) error {
 	return err
 }
 
-func writeCheckText(out io.Writer, sets []*checkSet, skipped []string) error {
+func writeCheckText(out io.Writer, sets []*checkSet, skipped, notes []string) error {
 	color := isTerminal(out) && os.Getenv("NO_COLOR") == ""
 	for _, s := range skipped {
 		if _, err := fmt.Fprintf(out, "skipped %s\n", s); err != nil {
+			return err
+		}
+	}
+	for _, s := range notes {
+		if _, err := fmt.Fprintf(out, "note: %s\n", s); err != nil {
 			return err
 		}
 	}

@@ -305,3 +305,32 @@ func TestUnknownSubcommandIsAUsageError(t *testing.T) {
 		t.Errorf("membrane policy: exit %d, err %v, output:\n%s", code, err, out)
 	}
 }
+
+// A file that membraned would not load from its policy directory is not
+// passed over in silence: a policy file written "web.HCL" in a directory
+// is skipped with a note saying why (the daemon reads *.hcl in lower case
+// only, and would enforce nothing of it), and one named on the command
+// line that the daemon would skip (hidden, or not *.hcl) is checked with
+// a note that membraned would not load it.
+func TestCheckNotesFilesTheDaemonWouldNotLoad(t *testing.T) {
+	dir := t.TempDir()
+	pol := "policy \"%s\" {\n  selector = \"app=%s\"\n  ingress {\n    ports = [\"80/tcp\"]\n  }\n}\n"
+	writePolicy(t, filepath.Join(dir, "a.hcl"), strings.ReplaceAll(pol, "%s", "a"))
+	writePolicy(t, filepath.Join(dir, "web.HCL"), strings.ReplaceAll(pol, "%s", "web"))
+	out, code, _ := runCLI(t, "policy", "check", dir)
+	if code != 0 || !strings.Contains(out, "skipped "+filepath.Join(dir, "web.HCL")+": membraned reads only names ending in .hcl (lower case)") {
+		t.Errorf("directory with web.HCL: exit %d, output:\n%s", code, out)
+	}
+	for _, name := range []string{".web.hcl", "web.hcl.disabled", "web.HCL"} {
+		p := filepath.Join(dir, "named", name)
+		writePolicy(t, p, strings.ReplaceAll(pol, "%s", "web"))
+		out, code, _ := runCLI(t, "policy", "check", p)
+		if code != 0 || !strings.Contains(out, "note: "+p+": membraned would not load this file from its policy directory") {
+			t.Errorf("%s named: exit %d, output:\n%s", name, code, out)
+		}
+	}
+	// A plain name gets no note.
+	if out, _, _ := runCLI(t, "policy", "check", filepath.Join(dir, "a.hcl")); strings.Contains(out, "note:") {
+		t.Errorf("a.hcl named: %s", out)
+	}
+}
