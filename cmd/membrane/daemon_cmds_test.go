@@ -203,6 +203,15 @@ func TestObserveFiltersAndPrintsRule(t *testing.T) {
 	if out, code := run(t, "observe", "--last", "-1", "--socket", filepath.Join(t.TempDir(), "none.sock")); code != 2 || !strings.Contains(out, "--last -1") {
 		t.Fatalf("--last -1: exit %d, want 2: %s", code, out)
 	}
+	// So is a verdict that no record of the --type asked for carries.
+	for _, args := range [][]string{{"--type", "l3", "--verdict", "denied"}, {"--type", "l7", "--verdict", "dropped"}} {
+		if out, code := run(t, append([]string{"observe", "--socket", filepath.Join(t.TempDir(), "none.sock")}, args...)...); code != 2 || !strings.Contains(out, "never goes with --type") {
+			t.Fatalf("%v: exit %d, want 2: %s", args, code, out)
+		}
+	}
+	if _, code := run(t, "observe", "--type", "l7", "--verdict", "denied", "--socket", sock); code != 0 {
+		t.Fatalf("--type l7 --verdict denied: exit %d, want 0", code)
+	}
 }
 
 func TestObserveTypeL7(t *testing.T) {

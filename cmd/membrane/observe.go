@@ -32,6 +32,12 @@ func newObserveCmd() *cobra.Command {
 			if !api.ValidDirection(f.Direction) {
 				return usageError("--direction %q: want egress or ingress", f.Direction)
 			}
+			// A verdict of the other kind of record than --type asks for
+			// would select nothing, and print nothing, for ever.
+			l3 := f.Verdict == "dropped" || f.Verdict == "audit" || f.Verdict == "allowed"
+			if f.Verdict != "" && (f.Type == api.FlowL3 && !l3 || f.Type == api.FlowL7 && l3) {
+				return usageError("--verdict %s never goes with --type %s: l3 records are dropped, audit or allowed, l7 records forwarded, denied or error", f.Verdict, f.Type)
+			}
 			if f.Last < 0 {
 				return usageError("--last %d: want a count of records, or 0 for all that are kept", f.Last)
 			}
