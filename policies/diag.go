@@ -1,12 +1,14 @@
 package policies
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"sort"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
@@ -109,12 +111,28 @@ func (r *Report) Err() error {
 // WriteText prints the diagnostics the way HCL tools do: severity, summary,
 // the source lines with the subject highlighted, and the detail. color adds
 // VT100 escapes.
+//
+// It renders them itself, in the form of hcl.NewDiagnosticTextWriter, with
+// two bounds that writer lacks: a source line longer than snippetMax
+// bytes is shown as a window around the subject, cut with "...", and each
+// line is found through an index of the file instead of a scan from its
+// start. Without them a 20 KB line of 5,000 bad ports printed 100 MB (the
+// whole line under every error), and a file of the 16 MiB limit would
+// print and scan terabytes.
 func (r *Report) WriteText(w io.Writer, color bool) error {
 	if r == nil {
 		return nil
 	}
-	files := make(map[string]*hcl.File, len(r.files))
-	for name, f := range r.files {
+	files := make(map[string]*snippetFile, len(r.files))
+	for _, d := range r.diags {
+		if d.Subject == nil {
+			continue
+		}
+		name := d.Subject.Filename
+		if _, ok := files[name]; ok {
+			continue
+		}
+		f := r.files[name]
 		if f != nil && f.Nav == nil {
 			// Parsed by the subset parser: HCL's parse of the same
 			// bytes gives the same tree plus the navigation that
@@ -123,11 +141,172 @@ func (r *Report) WriteText(w io.Writer, color bool) error {
 				f = hf
 			}
 		}
-		files[name] = f
+		files[name] = newSnippetFile(f)
 	}
-	wr := hcl.NewDiagnosticTextWriter(w, files, 0, color)
-	return wr.WriteDiagnostics(r.diags)
+	bw := bufio.NewWriter(w)
+	for _, d := range r.diags {
+		var f *snippetFile
+		if d.Subject != nil {
+			f = files[d.Subject.Filename]
+		}
+		writeDiagnostic(bw, d, f, color)
+	}
+	return bw.Flush()
 }
+
+// snippetMax is the longest source line WriteText shows whole.
+const snippetMax = 240
+
+// snippetFile is a source file with the offsets of its line starts.
+type snippetFile struct {
+	src   []byte
+	nav   any
+	lines []int // byte offset where each line starts
+}
+
+func newSnippetFile(f *hcl.File) *snippetFile {
+	if f == nil || f.Bytes == nil {
+		return nil
+	}
+	sf := &snippetFile{src: f.Bytes, nav: f.Nav, lines: []int{0}}
+	for i, c := range f.Bytes {
+		if c == '\n' {
+			sf.lines = append(sf.lines, i+1)
+		}
+	}
+	return sf
+}
+
+// line is line n (1-based) without its line break (and a '\r' before it,
+// as bufio.ScanLines drops), and the offset where it starts.
+func (f *snippetFile) line(n int) ([]byte, int, bool) {
+	if n < 1 || n > len(f.lines) {
+		return nil, 0, false
+	}
+	start, end := f.lines[n-1], len(f.src)
+	if n < len(f.lines) {
+		end = f.lines[n] - 1
+	}
+	if n == len(f.lines) && start == end {
+		return nil, 0, false // after the last line break: no line
+	}
+	b := f.src[start:end]
+	if len(b) > 0 && b[len(b)-1] == '\r' {
+		b = b[:len(b)-1]
+	}
+	return b, start, true
+}
+
+func (f *snippetFile) context(offset int) string {
+	if cs, ok := f.nav.(interface{ ContextString(int) string }); ok {
+		return cs.ContextString(offset)
+	}
+	return ""
+}
+
+func writeDiagnostic(w *bufio.Writer, d *hcl.Diagnostic, f *snippetFile, color bool) {
+	var colorCode, highlightCode, resetCode string
+	if color {
+		switch d.Severity {
+		case hcl.DiagError:
+			colorCode = "\x1b[31m"
+		case hcl.DiagWarning:
+			colorCode = "\x1b[33m"
+		}
+		resetCode = "\x1b[0m"
+		highlightCode = "\x1b[1;4m"
+	}
+	sev := "Warning"
+	if d.Severity == hcl.DiagError {
+		sev = "Error"
+	}
+	fmt.Fprintf(w, "%s%s%s: %s\n\n", colorCode, sev, resetCode, d.Summary)
+	if d.Subject != nil {
+		snip, hl := *d.Subject, *d.Subject
+		if d.Context != nil {
+			snip = hcl.RangeOver(snip, *d.Context)
+		}
+		// An empty range is shown as one character, as HCL does.
+		if snip.Empty() {
+			snip.End.Byte++
+		}
+		if hl.Empty() {
+			hl.End.Byte++
+		}
+		if f == nil {
+			fmt.Fprintf(w, "  on %s line %d:\n  (source code not available)\n\n", d.Subject.Filename, d.Subject.Start.Line)
+		} else {
+			ctx := f.context(d.Subject.Start.Byte)
+			if ctx != "" {
+				ctx = ", in " + ctx
+			}
+			fmt.Fprintf(w, "  on %s line %d%s:\n", d.Subject.Filename, d.Subject.Start.Line, ctx)
+			// The lines that overlap the snippet's range as HCL's
+			// Range.Overlaps has it: an empty line never does, and the
+			// range's end counts as inside it.
+			s, e := snip.Start.Byte, snip.End.Byte
+			in := func(off, lo, hi int) bool { return off >= lo && off < hi }
+			for n := sort.SearchInts(f.lines, s+1); ; n++ {
+				b, start, ok := f.line(n)
+				if !ok || start > e {
+					break
+				}
+				end := start + len(b)
+				if len(b) > 0 && e > s && (in(s, start, end) || in(e, start, end) || in(start, s, e) || in(end, s, e)) {
+					writeSnippetLine(w, n, b, start, hl, highlightCode, resetCode)
+				}
+			}
+			w.WriteByte('\n')
+		}
+	}
+	if d.Detail != "" {
+		fmt.Fprintf(w, "%s\n\n", d.Detail)
+	}
+}
+
+// writeSnippetLine writes line n (b, starting at offset start) with the
+// part inside hl highlighted; a line over snippetMax bytes as a window
+// around that part.
+func writeSnippetLine(w *bufio.Writer, n int, b []byte, start int, hl hcl.Range, on, off string) {
+	hs, he := clamp(hl.Start.Byte-start, 0, len(b)), clamp(hl.End.Byte-start, 0, len(b))
+	if he <= hs {
+		hs, he = len(b), len(b) // no part of this line is highlighted
+	}
+	before, mid, after := b[:hs], b[hs:he], b[he:]
+	var pre, post, cut string
+	if len(b) > snippetMax {
+		const side = 80
+		if len(before) > side {
+			j := len(before) - side
+			for j < len(before) && !utf8.RuneStart(before[j]) {
+				j++
+			}
+			before, pre = before[j:], "..."
+		}
+		if len(mid) > side {
+			mid, cut = headRunes(mid, side), "..."
+		}
+		if len(after) > side {
+			after, post = headRunes(after, side), "..."
+		}
+	}
+	if len(mid) == 0 && cut == "" {
+		fmt.Fprintf(w, "%4d: %s%s%s%s\n", n, pre, before, after, post)
+		return
+	}
+	fmt.Fprintf(w, "%4d: %s%s%s%s%s%s%s%s\n", n, pre, before, on, mid, cut, off, after, post)
+}
+
+// headRunes is the first n bytes of b, or fewer so as not to cut a
+// character in two.
+func headRunes(b []byte, n int) []byte {
+	for n > 0 && n < len(b) && !utf8.RuneStart(b[n]) {
+		n--
+	}
+	return b[:n]
+}
+
+func clamp(v, lo, hi int) int { return min(max(v, lo), hi) }
 
 // jsonDiagnostic is the CLI contract's JSON form of a diagnostic.
 type jsonDiagnostic struct {
