@@ -148,7 +148,7 @@ func policyFiles(dir string) (files, skipped []string, err error) {
 	}
 	for _, f := range all {
 		if why := notPolicyFile(filepath.Base(f)); why != "" {
-			skipped = append(skipped, fmt.Sprintf("%s: %s, not a policy file", f, why))
+			skipped = append(skipped, fmt.Sprintf("%s: %s, not a policy file (membraned reads every *.hcl of its policy_dir as one: keep it out of there)", f, why))
 			continue
 		}
 		files = append(files, f)

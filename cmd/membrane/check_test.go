@@ -152,8 +152,8 @@ func TestCheckRecursesIntoSubdirectoriesAsSeparateSets(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d, output:\n%s", code, out)
 	}
-	want := "skipped " + filepath.Join(root, "membrane.hcl") + ": the daemon configuration, not a policy file\n" +
-		"skipped " + filepath.Join(root, "nomad", "web.nomad.hcl") + ": a Nomad job specification, not a policy file\n" +
+	want := "skipped " + filepath.Join(root, "membrane.hcl") + ": the daemon configuration, not a policy file (membraned reads every *.hcl of its policy_dir as one: keep it out of there)\n" +
+		"skipped " + filepath.Join(root, "nomad", "web.nomad.hcl") + ": a Nomad job specification, not a policy file (membraned reads every *.hcl of its policy_dir as one: keep it out of there)\n" +
 		filepath.Join(root, "compose", "policies") + ": 1 policy, 0 rules in 1 file: valid\n" +
 		filepath.Join(root, "nomad") + ": 1 policy, 0 rules in 1 file: valid\n"
 	if out != want {
