@@ -231,6 +231,11 @@ func (o *traceOpts) query() (traceQuery, error) {
 		return q, err
 	}
 
+	// One connection has one address family: IPv4 ends (IPv4-mapped ones
+	// included, as the datapath judges them) or IPv6 ones.
+	if q.FromIP != "" && q.ToIP != "" && isIPv6(q.FromIP) != isIPv6(q.ToIP) {
+		return q, usageError("--from-ip %s and --to-ip %s are of two address families: a connection is IPv4 or IPv6 at both ends", q.FromIP, q.ToIP)
+	}
 	given := 0
 	for _, s := range []string{o.port, o.icmp, o.icmpv6} {
 		if s != "" {
@@ -269,6 +274,11 @@ func (o *traceOpts) query() (traceQuery, error) {
 		t, err := icmpType("--icmpv6", o.icmpv6, true)
 		if err != nil {
 			return q, err
+		}
+		for _, ip := range []string{q.FromIP, q.ToIP} {
+			if ip != "" && !isIPv6(ip) {
+				return q, usageError("--icmpv6 with the IPv4 address %s: ICMPv6 goes between IPv6 addresses (use --icmp)", ip)
+			}
 		}
 		q.Proto, q.ICMPType = "icmpv6", &t
 	}

@@ -169,7 +169,7 @@ func TestTraceICMPAndIPv6(t *testing.T) {
 	if j := traceJSONOf(t, "--policies", dir, "--from-ip", "2001:db8::1", "--to-labels", "app=srv", "--icmp", "echo-request"); j.Verdict != "allowed" {
 		t.Errorf("ICMPv6 echo-request via --icmp: %+v", j)
 	}
-	if j := traceJSONOf(t, "--policies", dir, "--from-ip", "192.0.2.1", "--to-labels", "app=srv", "--icmpv6", "echo-reply"); j.Verdict != "denied" {
+	if j := traceJSONOf(t, "--policies", dir, "--from-ip", "2001:db8::1", "--to-labels", "app=srv", "--icmpv6", "echo-reply"); j.Verdict != "denied" {
 		t.Errorf("ICMPv6 echo-reply: %+v", j)
 	}
 	if j := traceJSONOf(t, "--policies", dir, "--from-ip", "192.0.2.1", "--to-labels", "app=srv", "--icmp", "0"); j.Verdict != "denied" {
@@ -302,6 +302,9 @@ func TestTraceUsageErrorsExitTwo(t *testing.T) {
 		"positional argument":  append([]string{"--policies", pol, "extra"}, ends...),
 		"unknown flag":         append([]string{"--policies", pol, "--to-port", "80"}, ends...),
 		"live with --policies": append([]string{"--live", "--policies", pol}, ends...),
+		"two address families": {"--policies", pol, "--from-ip", "fe80::1", "--to-ip", "10.0.0.1", "--port", "80/tcp"},
+		"mapped and IPv6":      {"--policies", pol, "--from-ip", "::ffff:10.0.0.1", "--to-ip", "2001:db8::1"},
+		"icmpv6 from IPv4":     {"--policies", pol, "--from-ip", "10.0.0.1", "--to-labels", "app=b", "--icmpv6", "echo-request"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			out, errOut, code := traceCLI(t, args...)
