@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/gohcl"
@@ -500,9 +501,9 @@ func compile(raw *fileSchema, body hcl.Body) (*Config, hcl.Diagnostics) {
 		}
 	}
 	if raw.Bridges != nil {
-		for _, b := range *raw.Bridges {
+		for i, b := range *raw.Bridges {
 			if _, err := path.Match(b, ""); err != nil || b == "" {
-				errAt(top["bridges"], fmt.Sprintf("invalid bridge pattern %q", b), "must be an interface name or a shell pattern like \"br-*\"")
+				errAt(elemRange(body, "bridges", i, top["bridges"]), fmt.Sprintf("invalid bridge pattern %q", b), "must be an interface name or a shell pattern like \"br-*\"")
 			}
 		}
 		cfg.Bridges = *raw.Bridges
@@ -515,7 +516,13 @@ func compile(raw *fileSchema, body hcl.Body) (*Config, hcl.Diagnostics) {
 		// the policy language's empty selector, which selects them all.
 		sel := strings.TrimSpace(*raw.AuditSelector)
 		if err := checkSelector(sel); err != nil {
-			errAt(top["audit_selector"], "invalid audit_selector", err.Error())
+			at, msg := top["audit_selector"], err.Error()
+			var se *policies.SelectorError
+			if errors.As(err, &se) {
+				lead := len(*raw.AuditSelector) - len(strings.TrimLeft(*raw.AuditSelector, " \t\n\r\v\f"))
+				at, msg = charRange(body, "audit_selector", *raw.AuditSelector, lead+se.Offset, at), se.Msg
+			}
+			errAt(at, "invalid audit_selector: "+msg, "a selector in the policy language's grammar (k=v, k!=v, k in (a, b), ...), or \"\" to audit no endpoint")
 		}
 		cfg.AuditSelector = sel
 	}
@@ -582,14 +589,15 @@ func compile(raw *fileSchema, body hcl.Body) (*Config, hcl.Diagnostics) {
 			continue
 		}
 		lr := blockAttrRanges(body, "labels", i)
+		lbody := blockBody(body, "labels", i)
 		re := func(name string, list *[]string, dst *[]*regexp.Regexp) {
 			if list == nil {
 				return
 			}
-			for _, s := range *list {
+			for j, s := range *list {
 				r, err := regexp.Compile(s)
 				if err != nil {
-					errAt(lr[name], fmt.Sprintf("invalid regular expression %q in %s", s, name), err.Error())
+					errAt(elemRange(lbody, name, j, lr[name]), fmt.Sprintf("invalid regular expression %q in %s", s, name), err.Error())
 					continue
 				}
 				*dst = append(*dst, r)
@@ -715,9 +723,17 @@ func attrRanges(body hcl.Body) map[string]hcl.Range {
 // blockAttrRanges is attrRanges for the i-th block of type typ in body
 // (gohcl decodes blocks in source order, so the indexes agree).
 func blockAttrRanges(body hcl.Body, typ string, i int) map[string]hcl.Range {
+	if b := blockBody(body, typ, i); b != nil {
+		return attrRanges(b)
+	}
+	return map[string]hcl.Range{}
+}
+
+// blockBody is the body of the i-th block of type typ in body, or nil.
+func blockBody(body hcl.Body, typ string, i int) hcl.Body {
 	sb, ok := body.(*hclsyntax.Body)
 	if !ok {
-		return map[string]hcl.Range{}
+		return nil
 	}
 	n := 0
 	for _, b := range sb.Blocks {
@@ -725,11 +741,54 @@ func blockAttrRanges(body hcl.Body, typ string, i int) map[string]hcl.Range {
 			continue
 		}
 		if n == i {
-			return attrRanges(b.Body)
+			return b.Body
 		}
 		n++
 	}
-	return map[string]hcl.Range{}
+	return nil
+}
+
+// elemRange is the range of element i of the list that attribute name of
+// body is written as, so that an error is at the element at fault; rng
+// (the attribute's) when the list is not written out.
+func elemRange(body hcl.Body, name string, i int, rng hcl.Range) hcl.Range {
+	sb, ok := body.(*hclsyntax.Body)
+	if !ok || sb.Attributes[name] == nil {
+		return rng
+	}
+	if t, ok := sb.Attributes[name].Expr.(*hclsyntax.TupleConsExpr); ok && i < len(t.Exprs) {
+		return t.Exprs[i].Range()
+	}
+	return rng
+}
+
+// charRange is the range of the character at byte off of val, the string
+// attribute name of body holds, when the string is written without
+// escapes (each makes the source longer than the value); else the
+// string's range, or rng when it is not a plain string.
+func charRange(body hcl.Body, name, val string, off int, rng hcl.Range) hcl.Range {
+	sb, ok := body.(*hclsyntax.Body)
+	if !ok || sb.Attributes[name] == nil {
+		return rng
+	}
+	t, ok := sb.Attributes[name].Expr.(*hclsyntax.TemplateExpr)
+	if !ok {
+		return rng
+	}
+	r := t.SrcRange
+	if r.End.Byte-r.Start.Byte != len(val)+2 || r.Start.Line != r.End.Line || off < 0 || off > len(val) {
+		return r
+	}
+	start := r.Start
+	start.Byte += 1 + off
+	start.Column += 1 + utf8.RuneCountInString(val[:off])
+	end := start
+	if off < len(val) {
+		_, n := utf8.DecodeRuneInString(val[off:])
+		end.Byte += n
+		end.Column++
+	}
+	return hcl.Range{Filename: r.Filename, Start: start, End: end}
 }
 
 func quoteList(l []string) string {
