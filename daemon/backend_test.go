@@ -123,3 +123,33 @@ func TestLiveTraceEndpointWithoutLabels(t *testing.T) {
 		}
 	}
 }
+
+// `membrane observe --container` takes a container's name or ID (the help
+// says so, and `docker ps` shows IDs): the records name their containers,
+// so an ID, a unique prefix of one or the endpoint's number selects the
+// records of that container's endpoint, whatever name they carry.
+func TestObserveContainerByID(t *testing.T) {
+	r := &reconciler{flows: api.NewFlowHub(10)}
+	r.view.set(&view{endpoints: []api.Endpoint{{ID: 7, Containers: []api.Container{{ID: "4f1c2a9e8b7d6c5a", Name: "web"}}}}})
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	srv, err := api.NewServer(api.Options{Socket: sock}, &backend{r: r})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { srv.Serve(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	r.flows.Publish(api.Flow{Verdict: "dropped", Source: api.Peer{IP: "172.17.0.2", Container: "web"}, Dest: api.Peer{IP: "172.17.0.3"}})
+	r.flows.Publish(api.Flow{Verdict: "dropped", Source: api.Peer{IP: "172.17.0.4", Container: "db"}, Dest: api.Peer{IP: "172.17.0.5"}})
+	for _, ref := range []string{"web", "/web", "4f1c2a9e8b7d6c5a", "4f1c2a", "7"} {
+		var got []string
+		err := api.NewClient(sock).Observe(context.Background(), api.ObserveFilter{Container: ref}, func(f api.Flow) error {
+			got = append(got, f.Source.Container)
+			return nil
+		})
+		if err != nil || len(got) != 1 || got[0] != "web" {
+			t.Errorf("--container %s: records of %v (err %v), want web's one", ref, got, err)
+		}
+	}
+}

@@ -3,6 +3,7 @@ package api
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -223,6 +224,10 @@ type ObserveFilter struct {
 	Direction string
 	// Last limits the backlog sent before following (0: all kept).
 	Last int
+
+	// names are the container names of the endpoint that Container
+	// names by ID, ID prefix or endpoint number (records carry names).
+	names []string
 }
 
 // Matches reports whether f passes the filter.
@@ -240,7 +245,7 @@ func (o ObserveFilter) Matches(f *Flow) bool {
 	if o.Verdict != "" && f.Verdict != o.Verdict {
 		return false
 	}
-	if o.Container != "" && !peerIs(f.Source, o.Container) && !peerIs(f.Dest, o.Container) {
+	if o.Container != "" && !o.hasContainer(f.Source) && !o.hasContainer(f.Dest) {
 		return false
 	}
 	if o.Direction != "" && f.Direction != o.Direction {
@@ -268,6 +273,18 @@ func ValidFlowType(t string) bool {
 	switch t {
 	case "", "all", FlowL3, FlowL7:
 		return true
+	}
+	return false
+}
+
+func (o ObserveFilter) hasContainer(p Peer) bool {
+	if peerIs(p, strings.TrimPrefix(o.Container, "/")) {
+		return true
+	}
+	for _, n := range o.names {
+		if peerIs(p, n) {
+			return true
+		}
 	}
 	return false
 }
