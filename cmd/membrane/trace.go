@@ -97,7 +97,8 @@ The connection is --port N/PROTO (tcp, udp or sctp), --icmp TYPE (ICMPv4, or
 ICMPv6 when an IP end is IPv6) or --icmpv6 TYPE; with none of them the protocol
 is unknown and only rules without ports or ICMP types match. An HTTP request
 (--http-method and --http-path, optionally --http-host and --http-header K=V,
-repeatable) needs --port N/tcp and is checked against the L7 rules.
+repeatable; --http-header Host=H is --http-host H) needs --port N/tcp and is
+checked against the L7 rules.
 
 With --live the running membraned evaluates the connection against its current
 endpoints, host addresses and settings instead of --policies. It knows Docker's
@@ -299,6 +300,16 @@ func (o *traceOpts) query() (traceQuery, error) {
 			k, v, ok := strings.Cut(h, "=")
 			if !ok || strings.TrimSpace(k) == "" {
 				return q, usageError("--http-header %q: want NAME=VALUE", h)
+			}
+			if strings.EqualFold(k, "host") {
+				// The request's Host, as on the wire: the host rules
+				// judge it. Twice it is two Host fields, which the
+				// proxies refuse.
+				if q.HTTPHost != "" {
+					return q, usageError("--http-header %q: the request has one Host, given by --http-host or --http-header Host=H, not both", h)
+				}
+				q.HTTPHost = v
+				continue
 			}
 			if q.HTTPHeaders == nil {
 				q.HTTPHeaders = map[string]string{}

@@ -392,3 +392,21 @@ func TestTraceEndpointWithoutLabels(t *testing.T) {
 		}
 	}
 }
+
+// The Host field given as --http-header Host=H is the request's host, as
+// it is on the wire, and judged by host rules as --http-host H is; given
+// both ways it would be two Host fields (400 from the proxy), a usage
+// error.
+func TestTraceHostGivenAsAHeader(t *testing.T) {
+	pol := filepath.Join(t.TempDir(), "p.hcl")
+	writePolicy(t, pol, "policy \"a\" {\n  selector = \"app=x\"\n  ingress {\n    ports = [\"80/tcp\"]\n    http {\n      host = \"svc\"\n    }\n  }\n}\n")
+	base := []string{"--policies", pol, "--from-ip", "192.0.2.1", "--to-labels", "app=x", "--port", "80/tcp", "--http-method", "GET", "--http-path", "/"}
+	for _, h := range []string{"Host=svc", "host=svc"} {
+		if j := traceJSONOf(t, append(base, "--http-header", h)...); j.L7 == nil || j.L7.HTTP == nil || j.L7.HTTP.Verdict != "allowed" {
+			t.Errorf("--http-header %s: %+v, want allowed by the host rule", h, j.L7)
+		}
+	}
+	if _, errOut, code := traceCLI(t, append(base, "--http-host", "svc", "--http-header", "Host=evil")...); code != 2 || !strings.Contains(errOut, "Host") {
+		t.Errorf("--http-host and --http-header Host: exit %d, want 2: %s", code, errOut)
+	}
+}
