@@ -6,11 +6,13 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path"
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -646,8 +648,8 @@ func compile(raw *fileSchema, body hcl.Body) (*Config, hcl.Diagnostics) {
 		mr := blockAttrRanges(body, "metrics", i)
 		if m.Listen != nil {
 			if *m.Listen != "" {
-				if _, _, err := net.SplitHostPort(*m.Listen); err != nil {
-					errAt(mr["listen"], fmt.Sprintf("invalid metrics listen address %q", *m.Listen), `must be HOST:PORT like "127.0.0.1:9964", or "" to disable metrics`)
+				if !validListen(*m.Listen) {
+					errAt(mr["listen"], fmt.Sprintf("invalid metrics listen address %q", *m.Listen), `must be ADDRESS:PORT like "127.0.0.1:9964" (an IP address, localhost or nothing for every address, and a port 1-65535), or "" to disable metrics`)
 				}
 			}
 			cfg.Metrics.Listen = *m.Listen
@@ -718,6 +720,28 @@ func attrRanges(body hcl.Body) map[string]hcl.Range {
 		}
 	}
 	return out
+}
+
+// validListen reports whether membraned can listen on addr for metrics: a
+// port 1-65535 by number, on an IP address, localhost or every address.
+// A host name would be looked up at start (and fail there, or bind
+// wherever it points), a service name or port 0 would listen where
+// Prometheus is not told to look: the daemon stopped at start on what
+// --check-config had passed.
+func validListen(addr string) bool {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || n == 0 {
+		return false
+	}
+	if host == "" || host == "localhost" {
+		return true
+	}
+	_, err = netip.ParseAddr(host)
+	return err == nil
 }
 
 // blockAttrRanges is attrRanges for the i-th block of type typ in body

@@ -120,6 +120,13 @@ func TestInvalidConfigsNamePosition(t *testing.T) {
 		{"map too small", "maps {\n  endpoints = 1\n}\n", "m.hcl:2:3: error: maps.endpoints = 1 is out of range"},
 		{"ring not power of two", "maps {\n  events = 5000\n}\n", "m.hcl:2:3: error: maps.events = 5000 is not a valid ring buffer size"},
 		{"bad listen", "metrics {\n  listen = \"9964\"\n}\n", `m.hcl:2:3: error: invalid metrics listen address "9964"`},
+		// What membraned could not listen on, found before it starts (it
+		// stopped at start, --check-config having said valid).
+		{"listen port too big", "metrics {\n  listen = \"localhost:99999\"\n}\n", `m.hcl:2:3: error: invalid metrics listen address "localhost:99999"`},
+		{"listen port zero", "metrics {\n  listen = \"127.0.0.1:0\"\n}\n", `m.hcl:2:3: error: invalid metrics listen address "127.0.0.1:0"`},
+		{"listen port by name", "metrics {\n  listen = \"127.0.0.1:http\"\n}\n", `m.hcl:2:3: error: invalid metrics listen address "127.0.0.1:http"`},
+		{"listen bad address", "metrics {\n  listen = \"300.1.1.1:9964\"\n}\n", `m.hcl:2:3: error: invalid metrics listen address "300.1.1.1:9964"`},
+		{"listen host name", "metrics {\n  listen = \"metrics.example:9964\"\n}\n", `m.hcl:2:3: error: invalid metrics listen address "metrics.example:9964"`},
 		{"bad bridge pattern", "bridges = [\"docker0\", \"br-[\"]\n", `m.hcl:1:23: error: invalid bridge pattern "br-["`},
 		{"bad audit selector", "audit_selector = \"app in (\"\n", `m.hcl:1:26: error: invalid audit_selector: unclosed '('`},
 		{"bad audit selector, blanks", "audit_selector = \"  app=a,,\"\n", `m.hcl:1:27: error: invalid audit_selector: empty requirement`},
@@ -206,6 +213,16 @@ func TestUndecodableValueIsNotAlsoJudged(t *testing.T) {
 		}
 		if len(lines) != 1 || lines[0] != tc.want {
 			t.Errorf("%q: errors\n  %s\nwant only\n  %s", tc.src, strings.Join(lines, "\n  "), tc.want)
+		}
+	}
+}
+
+// The listen addresses membraned can listen on are valid.
+func TestMetricsListenAddresses(t *testing.T) {
+	for _, l := range []string{"127.0.0.1:9964", "[::1]:9964", ":9964", "localhost:9964", "0.0.0.0:1", "[fe80::1%eth0]:65535", ""} {
+		c, err := Parse("m.hcl", []byte("metrics {\n  listen = \""+l+"\"\n}\n"))
+		if err != nil || c.Metrics.Listen != l {
+			t.Errorf("listen = %q: %v", l, err)
 		}
 	}
 }
