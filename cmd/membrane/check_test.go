@@ -306,6 +306,33 @@ func TestUnknownSubcommandIsAUsageError(t *testing.T) {
 	}
 }
 
+// A misspelt flag is a usage error with a "did you mean" for the flag
+// meant, as a misspelt command is; --format and --output, which the
+// commands do not share, point at each other.
+func TestUnknownFlagSuggestsTheFlagMeant(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"policy", "trace", "--from-label", "app=a"}, "did you mean --from-labels?"},
+		{[]string{"policy", "trace", "--polices", "x"}, "did you mean --policies?"},
+		{[]string{"policy", "trace", "--icmp6", "8"}, "did you mean --icmp or --icmpv6?"},
+		{[]string{"policy", "check", "--fromat", "json", "x"}, "did you mean --format?"},
+		{[]string{"policy", "check", "-o", "json", "x"}, "did you mean --format?"},
+		{[]string{"status", "--format", "json"}, "did you mean --output (-o)?"},
+		{[]string{"observe", "--folow"}, "did you mean --follow?"},
+		{[]string{"status", "--sockt", "/x"}, "did you mean --socket?"},
+	} {
+		_, code, err := runCLI(t, tc.args...)
+		if code != 2 || err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("membrane %s: exit %d, err %v; want exit 2 and %q", strings.Join(tc.args, " "), code, err, tc.want)
+		}
+	}
+	if _, code, err := runCLI(t, "policy", "trace", "--zzzzzz"); code != 2 || strings.Contains(err.Error(), "did you mean") {
+		t.Errorf("--zzzzzz: exit %d, err %v; want exit 2 and no suggestion", code, err)
+	}
+}
+
 // A file that membraned would not load from its policy directory is not
 // passed over in silence: a policy file written "web.HCL" in a directory
 // is skipped with a note saying why (the daemon reads *.hcl in lower case

@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
+	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 // exitError carries a process exit code through cobra's error return.
@@ -41,6 +44,9 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		if s := suggestFlag(c, err); s != "" {
+			return &exitError{code: 2, err: fmt.Errorf("%w; did you mean %s?\nSee '%s --help'.", err, s, c.CommandPath())}
+		}
 		return &exitError{code: 2, err: fmt.Errorf("%w\nSee '%s --help'.", err, c.CommandPath())}
 	})
 	policy := groupCmd("policy", "Check, trace and show policies")
@@ -101,4 +107,70 @@ func main() {
 		fmt.Fprintln(os.Stderr, "membrane:", err)
 	}
 	os.Exit(exitCode(err))
+}
+
+// suggestFlag is the flag of c that an unknown flag in err was most likely
+// meant to be ("" when none is close): one within two edits of it, or
+// --format for --output and the other way round, since the offline
+// commands (policy check, trace) take --format as the CLI contract names
+// it and the daemon's commands -o/--output.
+func suggestFlag(c *cobra.Command, err error) string {
+	msg := err.Error()
+	var name string
+	switch {
+	case strings.HasPrefix(msg, "unknown flag: --"):
+		name, _, _ = strings.Cut(strings.TrimPrefix(msg, "unknown flag: --"), "=")
+	case strings.HasPrefix(msg, "unknown shorthand flag: 'o'"):
+		name = "output"
+	default:
+		return ""
+	}
+	var flags []string
+	visit := func(f *pflag.Flag) {
+		if !f.Hidden {
+			flags = append(flags, f.Name)
+		}
+	}
+	c.Flags().VisitAll(visit)
+	c.InheritedFlags().VisitAll(visit)
+	for _, pair := range [][2]string{{"output", "format"}, {"format", "output"}} {
+		if name == pair[0] && slices.Contains(flags, pair[1]) {
+			if pair[1] == "output" {
+				return "--output (-o)"
+			}
+			return "--" + pair[1]
+		}
+	}
+	var best []string
+	bestDist := 3
+	for _, f := range flags {
+		switch d := editDistance(name, f); {
+		case d < bestDist:
+			best, bestDist = []string{"--" + f}, d
+		case d == bestDist && !slices.Contains(best, "--"+f):
+			best = append(best, "--"+f)
+		}
+	}
+	return strings.Join(best, " or ")
+}
+
+// editDistance is the Levenshtein distance between a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
