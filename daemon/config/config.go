@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/hashicorp/hcl/v2"
@@ -463,6 +464,10 @@ func compile(raw *fileSchema, body hcl.Body) (*Config, hcl.Diagnostics) {
 		if v == nil {
 			return
 		}
+		if badPath(*v) {
+			errAt(top[name], fmt.Sprintf("%s has a blank or control character: %q", name, *v), blankDetail)
+			return
+		}
 		if !filepath.IsAbs(*v) {
 			errAt(top[name], fmt.Sprintf("%s must be an absolute path", name), fmt.Sprintf("got %q", *v))
 			return
@@ -474,6 +479,9 @@ func compile(raw *fileSchema, body hcl.Body) (*Config, hcl.Diagnostics) {
 	absPath("bpffs_dir", raw.BPFFSDir, &cfg.BPFFSDir)
 	absPath("api_socket", raw.APISocket, &cfg.APISocket)
 	if raw.APIGroup != nil {
+		if badName(*raw.APIGroup) {
+			errAt(top["api_group"], fmt.Sprintf("api_group has a blank or control character: %q", *raw.APIGroup), blankDetail)
+		}
 		cfg.APIGroup = *raw.APIGroup
 	}
 
@@ -504,7 +512,7 @@ func compile(raw *fileSchema, body hcl.Body) (*Config, hcl.Diagnostics) {
 	}
 	if raw.Bridges != nil {
 		for i, b := range *raw.Bridges {
-			if _, err := path.Match(b, ""); err != nil || b == "" {
+			if _, err := path.Match(b, ""); err != nil || b == "" || badName(b) {
 				errAt(elemRange(body, "bridges", i, top["bridges"]), fmt.Sprintf("invalid bridge pattern %q", b), "must be an interface name or a shell pattern like \"br-*\"")
 			}
 		}
@@ -572,7 +580,9 @@ func compile(raw *fileSchema, body hcl.Body) (*Config, hcl.Diagnostics) {
 			dst.Enabled = *rt.Enabled
 		}
 		if rt.Socket != nil {
-			if !filepath.IsAbs(*rt.Socket) {
+			if badPath(*rt.Socket) {
+				errAt(rr["socket"], fmt.Sprintf("socket has a blank or control character: %q", *rt.Socket), blankDetail)
+			} else if !filepath.IsAbs(*rt.Socket) {
 				errAt(rr["socket"], "socket must be an absolute path", fmt.Sprintf("got %q", *rt.Socket))
 			}
 			dst.Socket = *rt.Socket
@@ -721,6 +731,22 @@ func attrRanges(body hcl.Body) map[string]hcl.Range {
 	}
 	return out
 }
+
+// badPath reports whether s, a path, has a control character or blanks at
+// its ends, and badName whether s, a group or interface name, has a blank
+// or control character anywhere (inside a path a blank may be meant).
+// Either is a slip (a heredoc ends with a line break) that names nothing
+// there is, and the daemon would wait for it, or match nothing, without a
+// word.
+func badPath(s string) bool {
+	return strings.TrimSpace(s) != s || strings.IndexFunc(s, unicode.IsControl) >= 0
+}
+
+func badName(s string) bool {
+	return strings.IndexFunc(s, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0
+}
+
+const blankDetail = "a path has no line break, tab or blank at its ends, and a group or interface name none at all (a heredoc ends with a line break): write the name alone between quotes"
 
 // validListen reports whether membraned can listen on addr for metrics: a
 // port 1-65535 by number, on an IP address, localhost or every address.

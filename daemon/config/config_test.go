@@ -132,6 +132,15 @@ func TestInvalidConfigsNamePosition(t *testing.T) {
 		{"bad audit selector, blanks", "audit_selector = \"  app=a,,\"\n", `m.hcl:1:27: error: invalid audit_selector: empty requirement`},
 		{"bad audit selector, escapes", "audit_selector = \"\\u0061=a,,\"\n", `m.hcl:1:18: error: invalid audit_selector: empty requirement`},
 		{"negative flow sample", "flow_sample = -1\n", "m.hcl:1:1: error: invalid flow_sample -1"},
+		// Blanks or a line break at the ends of a path, a group or a
+		// bridge name (a heredoc ends with one) name nothing that
+		// exists: the daemon waited for a policy directory that never
+		// came, or managed no bridge, with a valid configuration.
+		{"heredoc path", "policy_dir = <<EOT\n/etc/membrane/policies.d\nEOT\n", `m.hcl:1:1: error: policy_dir has a blank or control character: "/etc/membrane/policies.d\n"`},
+		{"path with a trailing blank", "state_dir = \"/var/lib/membrane \"\n", `m.hcl:1:1: error: state_dir has a blank or control character`},
+		{"socket with a trailing blank", "runtime \"docker\" {\n  socket = \"/var/run/docker.sock \"\n}\n", `m.hcl:2:3: error: socket has a blank or control character`},
+		{"group with a blank", "api_group = \"membrane \"\n", `m.hcl:1:1: error: api_group has a blank or control character`},
+		{"bridge with a blank", "bridges = [\"docker0\", \"br-* \"]\n", `m.hcl:1:23: error: invalid bridge pattern "br-* "`},
 		{"bad duration", "identity_grace = \"soon\"\n", `m.hcl:1:1: error: invalid identity_grace "soon"`},
 		{"unknown attr in block", "maps {\n  endpoint = 5\n}\n", "m.hcl:2:3: error: Unsupported argument"},
 		{"bad l7 engine", "l7 {\n  engine = \"nginx\"\n}\n", `m.hcl:2:3: error: invalid l7 engine "nginx": must be one of "auto", "builtin", "envoy"`},
@@ -214,6 +223,14 @@ func TestUndecodableValueIsNotAlsoJudged(t *testing.T) {
 		if len(lines) != 1 || lines[0] != tc.want {
 			t.Errorf("%q: errors\n  %s\nwant only\n  %s", tc.src, strings.Join(lines, "\n  "), tc.want)
 		}
+	}
+}
+
+// A blank inside a path may be meant.
+func TestPathWithABlankInside(t *testing.T) {
+	c, err := Parse("m.hcl", []byte("policy_dir = \"/srv/my policies\"\n"))
+	if err != nil || c.PolicyDir != "/srv/my policies" {
+		t.Fatalf("policy_dir with a blank inside: %v", err)
 	}
 }
 
