@@ -180,6 +180,9 @@ func (l *loader) policy(b *hclsyntax.Block) {
 			case contains(fromAttrs, a.Name) || contains(toAttrs, a.Name) || contains(l4Attrs, a.Name) || a.Name == "except":
 				l.errorf(a.NameRange, fmt.Sprintf("Attribute %q belongs in a rule block", a.Name),
 					"%s goes inside an ingress, egress, ingress_deny or egress_deny block of the policy.", a.Name)
+			case contains(httpAttrs, a.Name):
+				l.errorf(a.NameRange, fmt.Sprintf("Attribute %q belongs in an http block", a.Name),
+					"%s judges HTTP requests: write it inside http { ... } in an ingress or egress block, which must list TCP ports.", a.Name)
 			default:
 				l.unknownAttr(a, fmt.Sprintf("in policy %q", p.Name), append(append([]string{}, policyAttrs...), ruleBlocks...),
 					"A policy block takes description, selector and default_deny, and ingress, egress, ingress_deny and egress_deny blocks.")
@@ -308,6 +311,9 @@ func (l *loader) rule(b *hclsyntax.Block, p *Policy) *Rule {
 			case contains(policyAttrs, a.Name):
 				l.errorf(a.NameRange, fmt.Sprintf("Attribute %q belongs in the policy block", a.Name),
 					"%s is set once per policy, outside its rule blocks.", a.Name)
+			case contains(httpAttrs, a.Name):
+				l.errorf(a.NameRange, fmt.Sprintf("Attribute %q belongs in an http block", a.Name),
+					"%s judges HTTP requests: write it inside http { ... } in an ingress or egress block, which must list TCP ports.", a.Name)
 			default:
 				l.unknownAttr(a, "in "+b.Type, allowed,
 					fmt.Sprintf("An %s block takes %s.", b.Type, strings.Join(allowed, ", ")))
@@ -385,7 +391,12 @@ func (l *loader) http(b *hclsyntax.Block) (HTTPRule, bool) {
 			ok = ok && good
 			h.Headers = hs
 		default:
-			l.unknownAttr(a, "in http", httpAttrs, "An http block takes method, path, host (RE2 regular expressions) and headers (a map of exact values).")
+			if contains(fromAttrs, a.Name) || contains(toAttrs, a.Name) || contains(l4Attrs, a.Name) || a.Name == "except" {
+				l.errorf(a.NameRange, fmt.Sprintf("Attribute %q belongs in the rule block around this http block", a.Name),
+					"%s is a condition of the ingress or egress block; its http blocks only judge the requests of the connections it admits.", a.Name)
+			} else {
+				l.unknownAttr(a, "in http", httpAttrs, "An http block takes method, path, host (RE2 regular expressions) and headers (a map of exact values).")
+			}
 			ok = false
 		}
 	}
