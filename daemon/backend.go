@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -154,6 +155,9 @@ func (b *backend) Trace(ctx context.Context, req api.TraceRequest) (api.TraceRes
 	default:
 		return api.TraceResult{}, &api.BadRequestError{Err: fmt.Errorf("protocol %q: want tcp, udp, sctp, icmp or icmpv6", req.Proto)}
 	}
+	if why := traceShape(conn.Proto, req); why != "" {
+		return api.TraceResult{}, &api.BadRequestError{Err: errors.New(why)}
+	}
 	if req.ICMPType != nil {
 		conn.ICMPType = *req.ICMPType
 	}
@@ -172,6 +176,42 @@ func (b *backend) Trace(ctx context.Context, req api.TraceRequest) (api.TraceRes
 	var text strings.Builder
 	_ = res.WriteText(&text)
 	return api.TraceResult{From: fromPeer, To: toPeer, Result: raw, Text: text.String()}, nil
+}
+
+// traceShape says why req names no connection there can be, as the CLI's
+// flags would not let it ("" when it can be): a port takes tcp, udp or
+// sctp, an ICMP type icmp or icmpv6, and an HTTP request a method, a path
+// and TCP.
+func traceShape(proto policies.Proto, req api.TraceRequest) string {
+	switch proto {
+	case policies.ProtoTCP, policies.ProtoUDP, policies.ProtoSCTP:
+		if req.Port == 0 {
+			return fmt.Sprintf("protocol %s needs a port 1-65535", req.Proto)
+		}
+		if req.ICMPType != nil {
+			return fmt.Sprintf("protocol %s has no ICMP type", req.Proto)
+		}
+	case policies.ProtoICMP, policies.ProtoICMPv6:
+		if req.Port != 0 {
+			return fmt.Sprintf("protocol %s has no port", req.Proto)
+		}
+		if req.ICMPType == nil {
+			return fmt.Sprintf("protocol %s needs icmp_type", req.Proto)
+		}
+	default:
+		if req.Port != 0 || req.ICMPType != nil {
+			return "a port or an ICMP type needs its protocol (proto)"
+		}
+	}
+	if req.HTTPMethod != "" || req.HTTPPath != "" || req.HTTPHost != "" || len(req.HTTPHeaders) > 0 {
+		if req.HTTPMethod == "" || req.HTTPPath == "" {
+			return "an HTTP request needs http_method and http_path"
+		}
+		if proto != policies.ProtoTCP {
+			return "an HTTP request needs a TCP connection (proto tcp)"
+		}
+	}
+	return ""
 }
 
 // identityLabels is what the daemon makes of an endpoint's labels: the

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"path/filepath"
 	"regexp"
 	"testing"
@@ -151,5 +152,38 @@ func TestObserveContainerByID(t *testing.T) {
 		if err != nil || len(got) != 1 || got[0] != "web" {
 			t.Errorf("--container %s: records of %v (err %v), want web's one", ref, got, err)
 		}
+	}
+}
+
+// A live trace request that names no connection there can be (an HTTP
+// request over UDP, a port with ICMP, no port with TCP) is refused as a
+// bad request, as the CLI refuses the flags, not judged.
+func TestLiveTraceRefusesAConnectionThatCannotBe(t *testing.T) {
+	set, rep := policies.Parse(policies.Source{Name: "p.hcl", Bytes: []byte("policy \"a\" {\n  selector = \"app=a\"\n}\n")})
+	if err := rep.Err(); err != nil {
+		t.Fatal(err)
+	}
+	r := &reconciler{}
+	r.view.set(&view{set: set})
+	base := api.TraceRequest{FromEntity: "world", ToLabels: map[string]string{"app": "a"}}
+	for name, tweak := range map[string]func(*api.TraceRequest){
+		"http over udp":  func(q *api.TraceRequest) { q.Proto, q.Port, q.HTTPMethod, q.HTTPPath = "udp", 53, "GET", "/" },
+		"icmp with port": func(q *api.TraceRequest) { q.Proto, q.Port = "icmp", 80 },
+		"tcp no port":    func(q *api.TraceRequest) { q.Proto = "tcp" },
+		"port no proto":  func(q *api.TraceRequest) { q.Port = 80 },
+		"icmp type, tcp": func(q *api.TraceRequest) { q.Proto, q.Port, q.ICMPType = "tcp", 80, new(uint8) },
+		"http no path":   func(q *api.TraceRequest) { q.Proto, q.Port, q.HTTPMethod = "tcp", 80, "GET" },
+	} {
+		req := base
+		tweak(&req)
+		var bad *api.BadRequestError
+		if _, err := (&backend{r: r}).Trace(context.Background(), req); !errors.As(err, &bad) {
+			t.Errorf("%s: err %v, want a bad request", name, err)
+		}
+	}
+	req := base
+	req.Proto, req.Port, req.HTTPMethod, req.HTTPPath = "tcp", 80, "GET", "/"
+	if _, err := (&backend{r: r}).Trace(context.Background(), req); err != nil {
+		t.Errorf("a TCP connection with a request: %v", err)
 	}
 }
