@@ -198,6 +198,13 @@ func runTrace(cmd *cobra.Command, out, errOut io.Writer, o *traceOpts) error {
 			}
 			return silentExit(1)
 		}
+		if len(rep.Files) == 0 {
+			// An empty set allows everything: say so, since a directory
+			// named by mistake (one whose policies are in subdirectories,
+			// which are not read) would otherwise trace as if no policy
+			// stood in the way.
+			fmt.Fprintf(errOut, "membrane: --policies %s: no policy file (*.hcl, subdirectories not read): the trace is of an empty set, which allows every connection\n", strings.Join(o.policies, " "))
+		}
 		// Only identity-relevant labels count for selection; offline,
 		// the default label filter says which (decision 46). The daemon
 		// applies its configured one to --live's labels.

@@ -410,3 +410,18 @@ func TestTraceHostGivenAsAHeader(t *testing.T) {
 		t.Errorf("--http-host and --http-header Host: exit %d, want 2: %s", code, errOut)
 	}
 }
+
+// A --policies directory without policy files (its policies in a
+// subdirectory, which is not read) traces an empty set, which allows
+// everything: the trace says so on standard error, and is still exit 0.
+func TestTraceOfNoPolicyFileSaysSo(t *testing.T) {
+	dir := t.TempDir()
+	writePolicy(t, filepath.Join(dir, "sub", "p.hcl"), "policy \"a\" {\n  selector = \"app=x\"\n  ingress {\n  }\n}\n")
+	out, errOut, code := traceCLI(t, "--policies", dir, "--from-entity", "host", "--to-labels", "app=x", "--port", "80/tcp")
+	if code != 0 || !strings.Contains(out, "verdict: allowed") || !strings.Contains(errOut, "no policy file") {
+		t.Errorf("exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	if _, errOut, _ := traceCLI(t, "--policies", filepath.Join(dir, "sub"), "--from-entity", "host", "--to-labels", "app=x", "--port", "80/tcp"); strings.Contains(errOut, "no policy file") {
+		t.Errorf("a directory with a policy file: %s", errOut)
+	}
+}
