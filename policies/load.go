@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/membrane-fw/membrane/internal/hcldepth"
+	"github.com/membrane-fw/membrane/internal/hcltext"
 )
 
 // Source is one policy file's name and content, for callers that hold the
@@ -281,6 +282,9 @@ func parse(env CheckEnv, sources ...Source) (*Set, *Report) {
 // has no Nav (hclsyntax's is unexported); Report.WriteText re-parses such a
 // file with HCL when it prints a snippet from it.
 func parseFile(src []byte, name string) (*hcl.File, hcl.Diagnostics) {
+	if d := hcltext.Check(src, name); d != nil {
+		return nil, hcl.Diagnostics{d}
+	}
 	if body, ok := fastParse(src, name); ok {
 		return &hcl.File{Body: body, Bytes: src}, nil
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/zclconf/go-cty/cty"
 
 	"github.com/membrane-fw/membrane/internal/hcldepth"
+	"github.com/membrane-fw/membrane/internal/hcltext"
 	"github.com/membrane-fw/membrane/policies"
 )
 
@@ -280,6 +281,9 @@ func Salvage(path string) *Config {
 // Parse decodes and validates a configuration file's contents; filename is
 // used in positions.
 func Parse(filename string, src []byte) (*Config, error) {
+	if d := hcltext.Check(src, filename); d != nil {
+		return nil, &Error{Diagnostics: hcl.Diagnostics{d}}
+	}
 	if d := hcldepth.Check(src, filename); d != nil {
 		return nil, &Error{Diagnostics: hcl.Diagnostics{d}}
 	}

@@ -226,6 +226,19 @@ func TestUndecodableValueIsNotAlsoJudged(t *testing.T) {
 	}
 }
 
+// A configuration saved as UTF-16 is one error, not one per NUL byte.
+func TestUTF16ConfigIsOneError(t *testing.T) {
+	src := []byte{0xff, 0xfe}
+	for _, c := range "audit = true\n" {
+		src = append(src, byte(c), 0)
+	}
+	_, err := Parse("m.hcl", src)
+	var ce *Error
+	if !errors.As(err, &ce) || len(ce.Diagnostics) != 1 || !strings.HasPrefix(err.Error(), "m.hcl:1:1: error: File is UTF-16") {
+		t.Fatalf("error: %v", err)
+	}
+}
+
 // A blank inside a path may be meant.
 func TestPathWithABlankInside(t *testing.T) {
 	c, err := Parse("m.hcl", []byte("policy_dir = \"/srv/my policies\"\n"))
