@@ -60,11 +60,18 @@ func (b *backend) Endpoint(ref string) (api.Endpoint, bool) {
 // findEndpoint resolves an endpoint id, container name, container id or
 // unique container id prefix (as docker accepts).
 func findEndpoint(v *view, ref string) *api.Endpoint {
+	ep, _ := lookupEndpoint(v, ref)
+	return ep
+}
+
+// lookupEndpoint is findEndpoint, and says whether ref was a container id
+// prefix of more than one endpoint's containers.
+func lookupEndpoint(v *view, ref string) (*api.Endpoint, bool) {
 	ref = strings.TrimPrefix(ref, "/")
 	if n, err := strconv.ParseUint(ref, 10, 32); err == nil {
 		for i := range v.endpoints {
 			if v.endpoints[i].ID == uint32(n) {
-				return &v.endpoints[i]
+				return &v.endpoints[i], false
 			}
 		}
 	}
@@ -74,7 +81,7 @@ func findEndpoint(v *view, ref string) *api.Endpoint {
 		e := &v.endpoints[i]
 		for _, c := range e.Containers {
 			if c.Name == ref || c.ID == ref {
-				return e
+				return e, false
 			}
 			if len(ref) >= 4 && strings.HasPrefix(c.ID, ref) {
 				if prefix != nil && prefix != e {
@@ -85,9 +92,9 @@ func findEndpoint(v *view, ref string) *api.Endpoint {
 		}
 	}
 	if ambiguous {
-		return nil
+		return nil, true
 	}
-	return prefix
+	return prefix, false
 }
 
 func (b *backend) Flows(ctx context.Context, follow bool) ([]api.Flow, <-chan api.Flow) {
@@ -287,7 +294,10 @@ func tracePeer(v *view, side, container string, labels map[string]string, entity
 	}
 	switch {
 	case container != "":
-		ep := findEndpoint(v, container)
+		ep, ambiguous := lookupEndpoint(v, container)
+		if ambiguous {
+			return policies.Peer{}, api.Peer{}, fmt.Errorf("%s container %q: more than one container's ID starts with it; give more of the ID, or the name: %w", side, container, api.ErrNotFound)
+		}
 		if ep == nil {
 			return policies.Peer{}, api.Peer{}, fmt.Errorf("%s container %q is not a managed endpoint (see `membrane endpoint list`): %w", side, container, api.ErrNotFound)
 		}

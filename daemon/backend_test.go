@@ -6,6 +6,7 @@ import (
 	"errors"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"testing"
 
 	"github.com/membrane-fw/membrane/daemon/api"
@@ -185,5 +186,41 @@ func TestLiveTraceRefusesAConnectionThatCannotBe(t *testing.T) {
 	req.Proto, req.Port, req.HTTPMethod, req.HTTPPath = "tcp", 80, "GET", "/"
 	if _, err := (&backend{r: r}).Trace(context.Background(), req); err != nil {
 		t.Errorf("a TCP connection with a request: %v", err)
+	}
+}
+
+// A container named by an ID prefix that more than one container's ID
+// starts with is not "not a managed endpoint": the answer says the prefix
+// is ambiguous, so that the user gives more of it.
+func TestAmbiguousContainerPrefixIsSaidSo(t *testing.T) {
+	set, rep := policies.Parse(policies.Source{Name: "p.hcl", Bytes: []byte("policy \"a\" {\n  selector = \"app=a\"\n}\n")})
+	if err := rep.Err(); err != nil {
+		t.Fatal(err)
+	}
+	r := &reconciler{}
+	r.view.set(&view{set: set, endpoints: []api.Endpoint{
+		{ID: 1, Containers: []api.Container{{ID: "abcd1111", Name: "one"}}},
+		{ID: 2, Containers: []api.Container{{ID: "abcd2222", Name: "two"}}},
+	}, epLabels: []policies.Labels{{}, {}}})
+	_, err := (&backend{r: r}).Trace(context.Background(), api.TraceRequest{FromContainer: "abcd", ToEntity: "world"})
+	if err == nil || !strings.Contains(err.Error(), "more than one") {
+		t.Errorf("trace from an ambiguous prefix: %v", err)
+	}
+	if _, err := (&backend{r: r}).Trace(context.Background(), api.TraceRequest{FromContainer: "abcd1", ToEntity: "world"}); err != nil {
+		t.Errorf("trace from a unique prefix: %v", err)
+	}
+	// membrane endpoint get: the answer says what a reference may be,
+	// a unique prefix among them.
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	srv, err := api.NewServer(api.Options{Socket: sock}, &backend{r: r})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { srv.Serve(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	if _, err := api.NewClient(sock).Endpoint(context.Background(), "abcd"); err == nil || !strings.Contains(err.Error(), "prefix of one container's ID") {
+		t.Errorf("endpoint get of an ambiguous prefix: %v", err)
 	}
 }

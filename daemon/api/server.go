@@ -205,7 +205,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /v1/endpoints/{ref}", func(w http.ResponseWriter, r *http.Request) {
 		ep, ok := s.backend.Endpoint(r.PathValue("ref"))
 		if !ok {
-			writeError(w, http.StatusNotFound, fmt.Errorf("no endpoint %q (try `membrane endpoint list`)", r.PathValue("ref")))
+			writeError(w, http.StatusNotFound, fmt.Errorf("no endpoint %q: it is neither an endpoint number, a container name or ID, nor a prefix of one container's ID, 4 characters or more (try `membrane endpoint list`)", r.PathValue("ref")))
 			return
 		}
 		writeJSON(w, http.StatusOK, ep)
