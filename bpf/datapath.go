@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/membrane-fw/membrane/policies"
 )
@@ -494,8 +495,38 @@ func Cleanup(pinDir string) error {
 }
 
 func removePins(dir string) error {
+	if err := pinDirOfItsOwn(dir); err != nil {
+		return err
+	}
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("removing pins under %s: %w", dir, err)
+	}
+	return nil
+}
+
+// pinDirOfItsOwn refuses a pin directory that removePins must not remove
+// whole: one that is not on a bpf filesystem (a bpffs_dir such as "/etc"
+// or the state directory, where pinning fails, so it holds no pins but
+// other files), or the root of one, where other programs pin too
+// ("/sys/fs/bpf"). membraned --cleanup runs on package removal, with the
+// bpffs_dir of the configuration, whatever it names.
+func pinDirOfItsOwn(dir string) error {
+	var fs unix.Statfs_t
+	if err := unix.Statfs(dir, &fs); err != nil {
+		if os.IsNotExist(err) {
+			return nil
+		}
+		return fmt.Errorf("pin directory %s: %w", dir, err)
+	}
+	if fs.Type != unix.BPF_FS_MAGIC {
+		return fmt.Errorf("not removing %s: it is not on a bpf filesystem, so it holds no pins of Membrane's (is bpffs_dir right?)", dir)
+	}
+	var st, parent unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		return fmt.Errorf("pin directory %s: %w", dir, err)
+	}
+	if err := unix.Stat(filepath.Dir(filepath.Clean(dir)), &parent); err != nil || parent.Dev != st.Dev {
+		return fmt.Errorf("not removing %s: it is the root of a bpf filesystem, where other programs pin too; bpffs_dir must be a directory of its own below it", dir)
 	}
 	return nil
 }

@@ -481,6 +481,11 @@ func compile(raw *fileSchema, body hcl.Body) (*Config, hcl.Diagnostics) {
 	absPath("policy_dir", raw.PolicyDir, &cfg.PolicyDir)
 	absPath("state_dir", raw.StateDir, &cfg.StateDir)
 	absPath("bpffs_dir", raw.BPFFSDir, &cfg.BPFFSDir)
+	// membraned --cleanup removes bpffs_dir whole: not the bpf
+	// filesystem's root, where other programs pin too, nor above it.
+	if raw.BPFFSDir != nil && (cfg.BPFFSDir == "/sys/fs/bpf" || strings.HasPrefix("/sys/fs/bpf", strings.TrimSuffix(cfg.BPFFSDir, "/")+"/")) {
+		errAt(top["bpffs_dir"], "bpffs_dir must be a directory of its own below /sys/fs/bpf", fmt.Sprintf("got %q: membraned --cleanup removes the directory whole, and other programs pin in /sys/fs/bpf too; write \"/sys/fs/bpf/membrane\"", cfg.BPFFSDir))
+	}
 	absPath("api_socket", raw.APISocket, &cfg.APISocket)
 	if raw.APIGroup != nil {
 		if badName(*raw.APIGroup) {

@@ -139,6 +139,8 @@ func TestInvalidConfigsNamePosition(t *testing.T) {
 		{"heredoc path", "policy_dir = <<EOT\n/etc/membrane/policies.d\nEOT\n", `m.hcl:1:1: error: policy_dir has a blank or control character: "/etc/membrane/policies.d\n"`},
 		{"path with a trailing blank", "state_dir = \"/var/lib/membrane \"\n", `m.hcl:1:1: error: state_dir has a blank or control character`},
 		{"socket with a trailing blank", "runtime \"docker\" {\n  socket = \"/var/run/docker.sock \"\n}\n", `m.hcl:2:3: error: socket has a blank or control character`},
+		{"bpffs root", "bpffs_dir = \"/sys/fs/bpf/\"\n", `m.hcl:1:1: error: bpffs_dir must be a directory of its own below /sys/fs/bpf`},
+		{"bpffs root's parent", "bpffs_dir = \"/sys\"\n", `m.hcl:1:1: error: bpffs_dir must be a directory of its own below /sys/fs/bpf`},
 		{"group with a blank", "api_group = \"membrane \"\n", `m.hcl:1:1: error: api_group has a blank or control character`},
 		{"bridge with a blank", "bridges = [\"docker0\", \"br-* \"]\n", `m.hcl:1:23: error: invalid bridge pattern "br-* "`},
 		{"bad duration", "identity_grace = \"soon\"\n", `m.hcl:1:1: error: invalid identity_grace "soon"`},
