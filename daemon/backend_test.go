@@ -4,12 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 
 	"github.com/membrane-fw/membrane/daemon/api"
+	"github.com/membrane-fw/membrane/daemon/config"
 	"github.com/membrane-fw/membrane/policies"
 	"github.com/membrane-fw/membrane/runtime/endpoint"
 )
@@ -222,5 +224,37 @@ func TestAmbiguousContainerPrefixIsSaidSo(t *testing.T) {
 	t.Cleanup(func() { cancel(); <-done })
 	if _, err := api.NewClient(sock).Endpoint(context.Background(), "abcd"); err == nil || !strings.Contains(err.Error(), "prefix of one container's ID") {
 		t.Errorf("endpoint get of an ambiguous prefix: %v", err)
+	}
+}
+
+// membraned --cleanup removes the API socket, and only a socket: an
+// api_socket that names another file (a slip in membrane.hcl, such as a
+// path meant for another attribute) is left in place.
+func TestCleanupRemovesOnlyTheAPISocket(t *testing.T) {
+	dir := t.TempDir()
+	notSocket := filepath.Join(dir, "membrane.hcl")
+	if err := os.WriteFile(notSocket, []byte("audit = true\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Default()
+	cfg.BPFFSDir = filepath.Join(dir, "no-pins")
+	cfg.APISocket = notSocket
+	if err := CleanupDatapath(cfg); err == nil {
+		t.Errorf("CleanupDatapath with an api_socket that is a regular file: no error")
+	}
+	if _, err := os.Stat(notSocket); err != nil {
+		t.Fatalf("CleanupDatapath removed a file that is not a socket: %v", err)
+	}
+	ln, err := api.Listen(filepath.Join(dir, "api.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.Close()
+	cfg.APISocket = filepath.Join(dir, "api.sock")
+	if err := CleanupDatapath(cfg); err != nil {
+		t.Fatalf("CleanupDatapath: %v", err)
+	}
+	if _, err := os.Lstat(cfg.APISocket); !os.IsNotExist(err) {
+		t.Errorf("the API socket is still there: %v", err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -242,10 +243,24 @@ func Cleanup(cfg *config.Config) error {
 // bpffs directory (container and bridge programs) and the API socket.
 func CleanupDatapath(cfg *config.Config) error {
 	err := bpf.Cleanup(cfg.BPFFSDir)
-	if rerr := os.Remove(cfg.APISocket); rerr != nil && !errors.Is(rerr, os.ErrNotExist) && err == nil {
-		err = rerr
+	return errors.Join(err, removeSocket(cfg.APISocket))
+}
+
+// removeSocket removes the API socket at path, and nothing else: an
+// api_socket that names another file (a slip in membrane.hcl) is left,
+// with an error.
+func removeSocket(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
 	}
-	return err
+	if err != nil {
+		return err
+	}
+	if fi.Mode().Type() != fs.ModeSocket {
+		return fmt.Errorf("not removing %s: api_socket names a file that is not a socket", path)
+	}
+	return os.Remove(path)
 }
 
 // CleanupL7 removes the host-wide state of the L7 path: the proxy's policy
