@@ -433,14 +433,22 @@ static __always_inline int is_icmp_error(__u8 proto, __u8 type)
 }
 
 /* Ports of a transport header at off; the ICMP echo identifier stands in
- * for both ports of an echo flow. Returns <0 when truncated. */
+ * for both ports of an echo flow. Returns <0 when truncated. quoted (a
+ * constant): the header is one an ICMP error quotes, of which only the
+ * first 8 bytes are sure to be there (RFC 792; many routers quote no
+ * more): TCP, UDP and SCTP need just their ports, and ICMP its 8 bytes. */
 static __always_inline int load_ports(struct __sk_buff *skb, __u32 off, __u8 proto, struct ct_key *k,
-				      __u16 *policy_port, __u8 *tcp_flags)
+				      __u16 *policy_port, __u8 *tcp_flags, const int quoted)
 {
 	__u8 buf[16] __attribute__((aligned(4)));
 
 	switch (proto) {
 	case IPPROTO_TCP:
+		if (quoted) {
+			if (load(skb, off, buf, 4) < 0)
+				return -1;
+			break;
+		}
 		if (load(skb, off, buf, 14) < 0)
 			return -1;
 		/* the fixed 20-byte header must be there */
@@ -449,11 +457,11 @@ static __always_inline int load_ports(struct __sk_buff *skb, __u32 off, __u8 pro
 		*tcp_flags = buf[13];
 		break;
 	case IPPROTO_UDP:
-		if (load(skb, off, buf, 8) < 0)
+		if (load(skb, off, buf, quoted ? 4 : 8) < 0)
 			return -1;
 		break;
 	case IPPROTO_SCTP:
-		if (load(skb, off, buf, 12) < 0)
+		if (load(skb, off, buf, quoted ? 4 : 12) < 0)
 			return -1;
 		break;
 	case IPPROTO_ICMP:
@@ -495,10 +503,16 @@ static __always_inline int load_ports(struct __sk_buff *skb, __u32 off, __u8 pro
 	return 0;
 }
 
+/* How many IPv6 extension headers of a quoted packet we walk. */
+#define MAX_INNER_EXT_HEADERS 4
+
 /* The tuple of the packet quoted by an ICMP error (k zeroed), for the
  * related-flow lookup; read only when it is needed, so that struct pkt
- * stays small (the hot path zeroes it). Failure (<0) just means "not
- * related": the error is then judged as plain ICMP. */
+ * stays small (the hot path zeroes it). The quote is what the sender of the
+ * error had: IPv4 options and IPv6 extension headers (hop-by-hop, routing,
+ * destination options, authentication, a first fragment's fragment header)
+ * come before the ports. A later fragment's quote shows no ports. Failure
+ * (<0) just means "not related": the error is then judged as plain ICMP. */
 static __always_inline int load_inner(struct __sk_buff *skb, __u32 off, const struct pkt *p, struct ct_key *k)
 {
 	__u16 pp = 0;
@@ -510,7 +524,7 @@ static __always_inline int load_inner(struct __sk_buff *skb, __u32 off, const st
 		if (load(skb, off, &ip, sizeof(ip)) < 0)
 			return -1;
 		__u32 ihl = (ip.ver_ihl & 0x0f) * 4;
-		if (ihl < 20)
+		if (ihl < 20 || (ip.frag_off & bpf_htons(0x1fff)))
 			return -1;
 		proto = ip.protocol;
 		__builtin_memcpy(k->saddr, &ip.saddr, 4);
@@ -524,10 +538,30 @@ static __always_inline int load_inner(struct __sk_buff *skb, __u32 off, const st
 		__builtin_memcpy(k->saddr, ip6.saddr, 16);
 		__builtin_memcpy(k->daddr, ip6.daddr, 16);
 		off += sizeof(ip6);
+		int i;
+#pragma unroll
+		for (i = 0; i < MAX_INNER_EXT_HEADERS; i++) {
+			__u8 h[4];
+			if (proto != NEXTHDR_HOP && proto != NEXTHDR_ROUTING && proto != NEXTHDR_FRAGMENT &&
+			    proto != NEXTHDR_AUTH && proto != NEXTHDR_DEST)
+				break;
+			if (bpf_skb_load_bytes(skb, off, h, 4) < 0)
+				return -1;
+			if (proto == NEXTHDR_FRAGMENT) {
+				if ((h[2] << 8 | h[3]) & 0xfff8)
+					return -1;
+				off += 8;
+			} else if (proto == NEXTHDR_AUTH) {
+				off += ((__u32)h[1] + 2) * 4;
+			} else {
+				off += ((__u32)h[1] + 1) * 8;
+			}
+			proto = h[0];
+		}
 	}
 	k->protocol = proto;
 	k->family = p->tuple.family;
-	return load_ports(skb, off, proto, k, &pp, &fl);
+	return load_ports(skb, off, proto, k, &pp, &fl, 1);
 }
 
 /* Returns 0 or a drop reason. */
@@ -649,7 +683,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	p->tuple.protocol = proto;
 	if (p->later_frag)
 		return 0;
-	if (load_ports(skb, off, proto, &p->tuple, &p->policy_port, &p->tcp_flags) < 0)
+	if (load_ports(skb, off, proto, &p->tuple, &p->policy_port, &p->tcp_flags, 0) < 0)
 		return REASON_DROP_MALFORMED_L4;
 	if (proto == IPPROTO_ICMPV6 && p->policy_port >= 133 && p->policy_port <= 137) {
 		p->neighbor = 1; /* router/neighbour solicitation/advertisement, redirect */

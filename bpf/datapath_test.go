@@ -1107,3 +1107,68 @@ func TestIPv6FragmentsWithHeadersAfterTheFragmentHeader(t *testing.T) {
 		}
 	}
 }
+
+// TestRelatedICMPErrorQuotes: an ICMP error quotes what the packet it is
+// about carried, and it is related to that packet's flow whatever came
+// before the ports: a router that quotes only the 8 bytes RFC 792 asks for
+// (a TCP header's ports and sequence number: the fragmentation-needed
+// error path MTU discovery lives on), IPv4 options, and IPv6 extension
+// headers (hop-by-hop, destination options, the fragment header of a
+// first fragment: a packet-too-big about a fragmented datagram). A quoted
+// later fragment shows no ports: not related.
+func TestRelatedICMPErrorQuotes(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	h.sync(policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, IngressDefaultDeny: true, Entries: []policies.Entry{
+		entry(out, policies.IdentityAny, policies.ProtoTCP, 80, 16, policies.Allow, 1),
+		entry(out, policies.IdentityAny, policies.ProtoUDP, 53, 16, policies.Allow, 2),
+	}})
+	router := netip.MustParseAddr("192.0.2.1")
+	router6 := netip.MustParseAddr("2001:db8::1")
+	for _, fam := range [][3]netip.Addr{{addrA, addrW, router}, {addrA6, addrW6, router6}} {
+		a, w, r := fam[0], fam[1], fam[2]
+		typ, proto := uint8(3), uint8(1) // destination unreachable (fragmentation needed)
+		if a.Is6() {
+			typ, proto = 2, 58 // packet too big
+		}
+		icmpErr := func(quote []byte) pkt {
+			return pkt{src: r, dst: a, proto: proto, icmpType: typ, payload: quote}
+		}
+		ipLen := 20
+		if a.Is6() {
+			ipLen = 40
+		}
+		syn := tcp(a, w, 40000, 80, tcpSYN)
+		h.expect(out, h.ifs[0], syn, ReasonAllowPolicy)
+		h.expect(in, h.ifs[0], icmpErr(syn.ip()[:ipLen+8]), ReasonAllowRelated)
+		// The same short quote of a flow A never had.
+		other := tcp(a, w, 40001, 80, tcpSYN)
+		h.expect(in, h.ifs[0], icmpErr(other.ip()[:ipLen+8]), ReasonDropDefaultDeny)
+
+		if a.Is4() {
+			// IPv4 options: IHL 6, a 4-byte option (NOPs) before the ports.
+			q := udp(a, w, 5000, 53)
+			b := q.ip()
+			withOpt := append(append([]byte{}, b[:20]...), 1, 1, 1, 1)
+			withOpt = append(withOpt, b[20:]...)
+			withOpt[0] = 0x46
+			binary.BigEndian.PutUint16(withOpt[2:], uint16(len(withOpt)))
+			h.expect(out, h.ifs[0], q, ReasonAllowPolicy)
+			h.expect(in, h.ifs[0], icmpErr(withOpt), ReasonAllowRelated)
+		} else {
+			q := udp(a, w, 5001, 53)
+			q.v6ExtHeader = []uint8{0, 60} // hop-by-hop, destination options
+			h.expect(out, h.ifs[0], q, ReasonAllowPolicy)
+			h.expect(in, h.ifs[0], icmpErr(q.ip()), ReasonAllowRelated)
+		}
+		first := udp(a, w, 5002, 53)
+		first.moreFrags, first.fragID = true, 77
+		first.payload = make([]byte, 64)
+		h.expect(out, h.ifs[0], first, ReasonAllowPolicy)
+		h.expect(in, h.ifs[0], icmpErr(first.ip()), ReasonAllowRelated)
+		// A later fragment of it whose payload reads as the flow's ports.
+		later := first
+		later.moreFrags, later.fragOff = false, 9
+		later.payload = udp(a, w, 5002, 53).l4()
+		h.expect(in, h.ifs[0], icmpErr(later.ip()), ReasonDropDefaultDeny)
+	}
+}

@@ -50,7 +50,11 @@
 // Conntrack: an LRU hash keyed by the 5-tuple plus the interface, so each end
 // of a container-to-container flow keeps its own entry. A hit in the original
 // or reply direction passes (established, reply); an ICMP error quoting a
-// tracked flow, sent to the quoted packet's source, passes (related). ICMP
+// tracked flow, sent to the quoted packet's source, passes (related): the
+// quote's ports are read after its IPv4 options or IPv6 extension headers
+// (up to four, a first fragment's fragment header included) and need only
+// be there (a router may quote just 8 bytes of TCP); a quoted later
+// fragment is related to nothing (policy decision 57). ICMP
 // types other than echo are flows of their own (the type is in the key), so
 // one admitted type lets no other through. A bare TCP SYN and an ICMP echo
 // request open flows and are never taken for replies. When the config map's policy revision differs
