@@ -925,17 +925,32 @@ static __always_inline __u64 lifetime(const struct config *cfg, const struct ct_
 	return (__u64)s * NSEC;
 }
 
+/* TCP state. No sequence numbers are tracked, so a RST is taken at its
+ * word, but not for good: anyone who knows a connection's addresses and
+ * ports can send one (an endpoint drops it unless its sequence number is in
+ * the window), and a connection that then goes on must not lose its entry
+ * after the close lifetime (the first packet of its reply direction after
+ * an idle spell would be judged as a new flow). A segment with ACK (not a
+ * RST, nor a new SYN) after a RST shows that the RST was not taken: the
+ * connection is back to established. After a RST that was taken, a stray
+ * segment of the dead connection gets a RST back from its end, which closes
+ * the entry again. */
 static __always_inline void ct_tcp(struct ct_entry *e, __u8 flags, int reply)
 {
 	if (flags & TCP_RST) {
 		e->state = CT_CLOSING;
+		e->flags |= CT_F_RST;
 		return;
 	}
 	if ((flags & TCP_SYN) && !(flags & TCP_ACK) && !reply && e->state == CT_CLOSING) {
 		/* port reuse: a new connection on a closed tuple */
 		e->state = CT_SYN;
-		e->flags &= ~(CT_F_FIN_ORIG | CT_F_FIN_REPLY);
+		e->flags &= ~(CT_F_FIN_ORIG | CT_F_FIN_REPLY | CT_F_RST);
 		return;
+	}
+	if ((e->flags & CT_F_RST) && (flags & TCP_ACK) && !(flags & TCP_SYN)) {
+		e->flags &= ~CT_F_RST;
+		e->state = CT_ESTABLISHED;
 	}
 	if (flags & TCP_FIN)
 		e->flags |= reply ? CT_F_FIN_REPLY : CT_F_FIN_ORIG;

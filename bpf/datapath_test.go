@@ -1172,3 +1172,55 @@ func TestRelatedICMPErrorQuotes(t *testing.T) {
 		h.expect(in, h.ifs[0], icmpErr(later.ip()), ReasonDropDefaultDeny)
 	}
 }
+
+// TestRSTNotTakenKeepsTheFlow: a RST from anyone who knows a connection's
+// tuple (its endpoint drops it when its sequence number is not in the
+// window) does not end the connection's entry for good: when the
+// connection goes on, the entry is established again and outlives an idle
+// spell longer than the close lifetime, after which the server's next
+// segment is still a reply. A RST that was taken stays: the dead end
+// answers a stray segment with another RST, and the entry is gone after the
+// close lifetime.
+func TestRSTNotTakenKeepsTheFlow(t *testing.T) {
+	h := twoEndpoints(t, Config{Lifetimes: Lifetimes{Close: 10 * time.Second, TCP: time.Hour}})
+	h.sync(policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, IngressDefaultDeny: true, Entries: []policies.Entry{
+		entry(out, policies.IdentityAny, policies.ProtoTCP, 443, 16, policies.Allow, 1),
+	}})
+	open := func(sport uint16) pkt {
+		syn := tcp(addrA, addrW, sport, 443, tcpSYN)
+		h.expect(out, h.ifs[0], syn, ReasonAllowPolicy)
+		sa := syn.reverse()
+		sa.tcpFlags = tcpSYN | tcpACK
+		h.expect(in, h.ifs[0], sa, ReasonAllowReply)
+		return syn
+	}
+	// A blind RST, claiming to come from the server, which A ignores.
+	kept := open(40000)
+	rst := kept.reverse()
+	rst.tcpFlags = tcpRST
+	h.expect(in, h.ifs[0], rst, ReasonAllowReply)
+	ack := kept
+	ack.tcpFlags = tcpACK
+	h.expect(out, h.ifs[0], ack, ReasonAllowEstablished)
+	// A RST that was taken: the server's stray segment gets one back.
+	gone := open(40001)
+	rst = gone.reverse()
+	rst.tcpFlags = tcpRST
+	h.expect(in, h.ifs[0], rst, ReasonAllowReply)
+	stray := gone.reverse()
+	stray.tcpFlags = tcpACK
+	h.expect(in, h.ifs[0], stray, ReasonAllowReply)
+	again := gone
+	again.tcpFlags = tcpRST
+	h.expect(out, h.ifs[0], again, ReasonAllowEstablished)
+
+	// Twelve idle seconds: only the connection that went on keeps its entry.
+	if n, err := h.dp.GC(time.Now().Add(12 * time.Second)); err != nil || n != 1 {
+		t.Errorf("GC +12s: %d %v, want 1 removed", n, err)
+	}
+	data := kept.reverse()
+	data.tcpFlags = tcpACK
+	h.expect(in, h.ifs[0], data, ReasonAllowReply)
+	stray.tcpFlags = tcpACK
+	h.expect(in, h.ifs[0], stray, ReasonDropDefaultDeny)
+}

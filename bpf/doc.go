@@ -61,8 +61,11 @@
 // from the revision stored in the entry, the flow is judged again as its first
 // packet was; if the policy now denies it, the packet drops and the entry is
 // deleted (events carry the revalidated flag). TCP entries follow SYN, FIN
-// (both sides) and RST with their own lifetimes (Config.Lifetimes); GC removes
-// expired entries, and an expired entry is never honoured.
+// (both sides) and RST with their own lifetimes (Config.Lifetimes); a
+// segment with ACK after a RST shows that the RST was not taken (anyone who
+// knows the tuple can send one) and makes the entry established again
+// (policy decision 58). GC removes expired entries, and an expired entry is
+// never honoured.
 //
 // A new flow gets its remote identity from the ipcache (longest prefix on the
 // peer address; miss: world, 2) — or, on ingress, from skb->mark when the L7
@@ -185,7 +188,7 @@
 //	                             packet, the shared entry stays clean), revision, rule_id, remote_identity u32,
 //	                             proxy_port, policy_port u16, direction, state (1 syn,
 //	                             2 established, 3 closing), flags u8 (1 audit, 2 from proxy,
-//	                             4/8 FIN seen original/reply), pad [5]u8}
+//	                             4/8 FIN seen original/reply, 16 closing by a RST), pad [5]u8}
 //	membrane_frag       LRU hash frag_key{saddr, daddr [16]u8, id u32, protocol (0), family u8,
 //	                             pad u16} -> frag_value{sport, dport u16 NBO, policy_port u16,
 //	                             protocol u8, pad u8}

@@ -55,6 +55,7 @@
 #define CT_F_FROM_PROXY 2
 #define CT_F_FIN_ORIG 4
 #define CT_F_FIN_REPLY 8
+#define CT_F_RST 16 /* closing because of a RST, which may not have been taken */
 
 /* event.type */
 #define EVENT_DROP 1
