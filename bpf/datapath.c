@@ -433,12 +433,14 @@ static __always_inline int is_icmp_error(__u8 proto, __u8 type)
 }
 
 /* Ports of a transport header at off; the ICMP echo identifier stands in
- * for both ports of an echo flow. Returns <0 when truncated. quoted (a
+ * for both ports of an echo flow. Returns <0 when truncated: the header
+ * must end by end, the end of its IP datagram (what follows in the frame is
+ * padding, which IP cuts off). quoted (a
  * constant): the header is one an ICMP error quotes, of which only the
  * first 8 bytes are sure to be there (RFC 792; many routers quote no
  * more): TCP, UDP and SCTP need just their ports, and ICMP its 8 bytes. */
 static __always_inline int load_ports(struct __sk_buff *skb, __u32 off, __u8 proto, struct ct_key *k,
-				      __u16 *policy_port, __u8 *tcp_flags, const int quoted)
+				      __u16 *policy_port, __u8 *tcp_flags, __u32 end, const int quoted)
 {
 	__u8 buf[16] __attribute__((aligned(4)));
 
@@ -449,24 +451,22 @@ static __always_inline int load_ports(struct __sk_buff *skb, __u32 off, __u8 pro
 				return -1;
 			break;
 		}
-		if (load(skb, off, buf, 14) < 0)
-			return -1;
 		/* the fixed 20-byte header must be there */
-		if (skb->len < off + 20)
+		if (off + 20 > end || load(skb, off, buf, 14) < 0)
 			return -1;
 		*tcp_flags = buf[13];
 		break;
 	case IPPROTO_UDP:
-		if (load(skb, off, buf, quoted ? 4 : 8) < 0)
+		if ((!quoted && off + 8 > end) || load(skb, off, buf, quoted ? 4 : 8) < 0)
 			return -1;
 		break;
 	case IPPROTO_SCTP:
-		if (load(skb, off, buf, quoted ? 4 : 12) < 0)
+		if ((!quoted && off + 12 > end) || load(skb, off, buf, quoted ? 4 : 12) < 0)
 			return -1;
 		break;
 	case IPPROTO_ICMP:
 	case IPPROTO_ICMPV6: {
-		if (load(skb, off, buf, 8) < 0)
+		if ((!quoted && off + 8 > end) || load(skb, off, buf, 8) < 0)
 			return -1;
 		__u8 type = buf[0];
 		*policy_port = type;
@@ -561,13 +561,14 @@ static __always_inline int load_inner(struct __sk_buff *skb, __u32 off, const st
 	}
 	k->protocol = proto;
 	k->family = p->tuple.family;
-	return load_ports(skb, off, proto, k, &pp, &fl, 1);
+	return load_ports(skb, off, proto, k, &pp, &fl, skb->len, 1);
 }
 
 /* Returns 0 or a drop reason. */
 static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 {
 	__u32 off = ETH_HLEN;
+	__u32 end; /* where the IP datagram ends */
 	__u8 proto;
 
 	/* The common packet first, read in place: IPv4 without options, not a
@@ -608,6 +609,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 			tot = skb->len - off; /* IPv4 BIG TCP: the length lives in the skb */
 		if ((ip.ver_ihl >> 4) != 4 || ihl < 20 || tot < ihl || off + tot > skb->len)
 			return REASON_DROP_MALFORMED_L3;
+		end = off + tot;
 		p->tuple.family = 4;
 		__builtin_memcpy(p->tuple.saddr, &ip.saddr, 4);
 		__builtin_memcpy(p->tuple.daddr, &ip.daddr, 4);
@@ -623,9 +625,11 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		struct ipv6hdr ip6;
 		if (load(skb, off, &ip6, sizeof(ip6)) < 0)
 			return REASON_DROP_MALFORMED_L3;
-		if ((bpf_ntohl(ip6.vtc_flow) >> 28) != 6 ||
-		    off + sizeof(ip6) + bpf_ntohs(ip6.payload_len) > skb->len)
+		__u32 plen = bpf_ntohs(ip6.payload_len);
+		if ((bpf_ntohl(ip6.vtc_flow) >> 28) != 6 || off + sizeof(ip6) + plen > skb->len)
 			return REASON_DROP_MALFORMED_L3;
+		/* 0: a jumbogram or a BIG TCP packet, its length is the skb's */
+		end = plen ? off + sizeof(ip6) + plen : skb->len;
 		/* An IPv4-mapped source (::ffff:a.b.c.d) never appears on the
 		 * wire (RFC 4291 2.5.5.2). It would have the IPv4 address's
 		 * identity (ipcache_identity): a world sender could pass for an
@@ -647,7 +651,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 			if (proto != NEXTHDR_HOP && proto != NEXTHDR_ROUTING && proto != NEXTHDR_FRAGMENT &&
 			    proto != NEXTHDR_AUTH && proto != NEXTHDR_DEST)
 				break;
-			if (bpf_skb_load_bytes(skb, off, h, 8) < 0)
+			if (off + 8 > end || bpf_skb_load_bytes(skb, off, h, 8) < 0)
 				return REASON_DROP_MALFORMED_L3;
 			if (proto == NEXTHDR_FRAGMENT) {
 				__u16 fo = ((__u16)h[2] << 8) | h[3];
@@ -683,7 +687,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	p->tuple.protocol = proto;
 	if (p->later_frag)
 		return 0;
-	if (load_ports(skb, off, proto, &p->tuple, &p->policy_port, &p->tcp_flags, 0) < 0)
+	if (load_ports(skb, off, proto, &p->tuple, &p->policy_port, &p->tcp_flags, end, 0) < 0)
 		return REASON_DROP_MALFORMED_L4;
 	if (proto == IPPROTO_ICMPV6 && p->policy_port >= 133 && p->policy_port <= 137) {
 		p->neighbor = 1; /* router/neighbour solicitation/advertisement, redirect */

@@ -300,6 +300,31 @@ func TestMalformedPackets(t *testing.T) {
 	h.expect(out, h.ifs[0], p, ReasonDropMalformedL4)
 	// Non-IP.
 	h.expect(out, h.ifs[0], pkt{src: addrA, dst: addrB, proto: 6, etherType: 0x88cc}, ReasonDropUnsupported)
+	// A transport header past the end of its datagram, in the frame's
+	// trailing bytes (which IP cuts off): the datagram has no header.
+	for _, p := range []pkt{
+		tcp(addrA, addrB, 1, 80, tcpSYN), tcp(addrA6, addrB6, 1, 80, tcpSYN),
+		udp(addrA, addrB, 1, 53), udp(addrA6, addrB6, 1, 53), {src: addrA, dst: addrB, proto: 132, sport: 1, dport: 2},
+		{src: addrA, dst: addrB, proto: 1, icmpType: 8}, {src: addrA6, dst: addrB6, proto: 58, icmpType: 128},
+	} {
+		b := p.bytes()
+		if p.src.Is4() {
+			binary.BigEndian.PutUint16(b[14+2:], uint16(20+4)) // 4 bytes of the header
+		} else {
+			binary.BigEndian.PutUint16(b[14+4:], 4)
+		}
+		if r, pass := h.verdict(out, h.ifs[0], b); r != ReasonDropMalformedL4 || pass {
+			t.Errorf("proto %d, %v: header past the datagram: %v", p.proto, p.src, r)
+		}
+	}
+	// So is an extension header.
+	p = tcp(addrA6, addrB6, 1, 80, tcpSYN)
+	p.v6ExtHeader = []uint8{60}
+	b = p.bytes()
+	binary.BigEndian.PutUint16(b[14+4:], 4)
+	if r, _ := h.verdict(out, h.ifs[0], b); r != ReasonDropMalformedL3 {
+		t.Errorf("extension header past the datagram: %v", r)
+	}
 }
 
 func TestIPv6ExtensionHeaders(t *testing.T) {

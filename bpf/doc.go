@@ -27,7 +27,9 @@
 // non-IP ethertypes drop (unsupported-l3); a truncated or invalid IPv4/IPv6
 // header drops (malformed-l3; so does an IPv6 packet from an IPv4-mapped
 // address, while one to such an address is judged as to the IPv4 address),
-// a truncated TCP/UDP/SCTP/ICMP header drops (malformed-l4); IPv6
+// a truncated TCP/UDP/SCTP/ICMP header drops (malformed-l4), as does one
+// that ends past its datagram's IP length, in the frame's trailing bytes
+// (an extension header there: malformed-l3); IPv6
 // extension headers are walked up to 8 deep (deeper: ipv6-ext-headers). The
 // endpoint comes from the endpoints map by the skb's ifindex; an interface
 // not in it is identity init (5) and is dropped (unknown-endpoint) unless
