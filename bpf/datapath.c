@@ -580,8 +580,8 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		void *data_end = (void *)(long)skb->data_end;
 		struct ipv4hdr *iph = data + ETH_HLEN;
 		__u8 *th = (__u8 *)(iph + 1);
-		if ((void *)(th + 20) <= data_end && iph->ver_ihl == 0x45 && iph->protocol == IPPROTO_TCP &&
-		    !(iph->frag_off & bpf_htons(0x3fff))) {
+		if ((void *)(th + 20) <= data_end && *(__u16 *)(data + 12) == bpf_htons(ETH_P_IP) &&
+		    iph->ver_ihl == 0x45 && iph->protocol == IPPROTO_TCP && !(iph->frag_off & bpf_htons(0x3fff))) {
 			__u32 tot = bpf_ntohs(iph->tot_len);
 			if (tot == 0 && skb->gso_size)
 				tot = skb->len - ETH_HLEN; /* IPv4 BIG TCP */
@@ -598,6 +598,16 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 				return 0;
 			}
 		}
+	}
+	/* The receiver goes by the frame's own ethertype (eth_type_trans);
+	 * skb->protocol is the sender's word for it, and a packet socket in
+	 * the host's namespace may give any (sll_protocol): an IPv4 packet
+	 * sent to an endpoint as "ARP" would pass as ARP. They must agree. */
+	if (skb->protocol == bpf_htons(ETH_P_IP) || skb->protocol == bpf_htons(ETH_P_IPV6) ||
+	    skb->protocol == bpf_htons(ETH_P_ARP)) {
+		__u16 eth_proto __attribute__((aligned(4)));
+		if (load(skb, 12, &eth_proto, 2) < 0 || eth_proto != skb->protocol)
+			return REASON_DROP_MALFORMED_L3;
 	}
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
 		struct ipv4hdr ip;
@@ -1020,8 +1030,9 @@ static __always_inline int established_fast(struct __sk_buff *skb, const __u8 di
 	void *data_end = (void *)(long)skb->data_end;
 	struct ipv4hdr *iph = data + ETH_HLEN;
 	__u8 *th = (__u8 *)(iph + 1);
-	if ((void *)(th + 20) > data_end || iph->ver_ihl != 0x45 || iph->protocol != IPPROTO_TCP ||
-	    (iph->frag_off & bpf_htons(0x3fff)) || (th[13] & (TCP_SYN | TCP_FIN | TCP_RST)))
+	if ((void *)(th + 20) > data_end || *(__u16 *)(data + 12) != bpf_htons(ETH_P_IP) || iph->ver_ihl != 0x45 ||
+	    iph->protocol != IPPROTO_TCP || (iph->frag_off & bpf_htons(0x3fff)) ||
+	    (th[13] & (TCP_SYN | TCP_FIN | TCP_RST)))
 		return 0;
 	__u32 tot = bpf_ntohs(iph->tot_len); /* 0 (BIG TCP) takes handle() */
 	__u32 len = skb->len;

@@ -25,7 +25,9 @@
 // pass, reason neighbor, whatever the policy, while they stay on the link
 // (datapath.c on_link; otherwise the policy judges them by type); other
 // non-IP ethertypes drop (unsupported-l3); a truncated or invalid IPv4/IPv6
-// header drops (malformed-l3; so does an IPv6 packet from an IPv4-mapped
+// header drops (malformed-l3; so does a frame whose skb protocol, which a
+// host packet socket sets as it likes, is not the frame's own ethertype,
+// and an IPv6 packet from an IPv4-mapped
 // address, while one to such an address is judged as to the IPv4 address),
 // a truncated TCP/UDP/SCTP/ICMP header drops (malformed-l4), as does one
 // that ends past its datagram's IP length, in the frame's trailing bytes

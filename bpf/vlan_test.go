@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net"
 	"net/netip"
 	"testing"
@@ -156,6 +157,103 @@ func TestVLANTaggedFramesAreJudged(t *testing.T) {
 			if !want[k] {
 				t.Errorf("%s: %v %v moved, want only %v", c.name, k.dir, k.r, c.moved)
 			}
+		}
+	}
+}
+
+// TestSkbProtocolCannotDisguiseAFrame: what an endpoint receives is
+// judged by the frame's own ethertype, which its IP stack goes by, not by
+// the protocol the sender gave the skb. A packet socket in the host's
+// namespace (CAP_NET_RAW: a --network host container has it) sets any
+// protocol it likes (sll_protocol) on the frames it writes to an
+// endpoint's veth: an IPv4 datagram sent as "ARP" passed as ARP (neighbor)
+// and reached a port the endpoint's ingress denies. Such a frame drops as
+// malformed-l3.
+func TestSkbProtocolCannotDisguiseAFrame(t *testing.T) {
+	tp := newTopo(t)
+	pinDir := testPinDir(t)
+	dp, err := Open(Config{PinDir: pinDir, Attach: AttachTCX})
+	must(t, err)
+	t.Cleanup(func() { tp.host.Do(func() error { return Cleanup(pinDir) }) })
+	must(t, dp.SetEndpoint(tp.hostIf[1], Endpoint{ID: 2, Identity: idB, Flags: EnforceIngress | EnforceEgress}))
+	must(t, dp.IPCacheSync(map[netip.Prefix]policies.Identity{netip.PrefixFrom(tp.addr[1], 32): idB}))
+	_, err = dp.SyncPolicy(&policies.Model{Identities: []policies.IdentityPolicy{
+		{Identity: idB, IngressDefaultDeny: true, Entries: []policies.Entry{
+			entry(in, policies.IdentityAny, policies.ProtoUDP, 9998, 16, policies.Allow, 1),
+		}},
+	}}, nil)
+	must(t, err)
+	must(t, tp.host.Do(func() error { return dp.Attach(tp.hostIf[1]) }))
+
+	var dstMAC net.HardwareAddr
+	listen := map[uint16]net.PacketConn{}
+	must(t, tp.c[1].Do(func() error {
+		ifc, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		dstMAC = ifc.HardwareAddr
+		for _, port := range []uint16{9998, 9999} {
+			pc, err := net.ListenPacket("udp4", fmt.Sprintf(":%d", port))
+			if err != nil {
+				return err
+			}
+			t.Cleanup(func() { pc.Close() })
+			listen[port] = pc
+		}
+		return nil
+	}))
+	// An Ethernet frame (type IPv4) holding a UDP datagram from the bridge's
+	// address to B, checksums right (UDP's 0: none).
+	frame := func(dport uint16) []byte {
+		d := udp(tp.bridgeIP, tp.addr[1], 5555, dport)
+		d.payload = []byte("hello")
+		ip := d.ip()
+		var sum uint32
+		for i := 0; i < 20; i += 2 {
+			sum += uint32(binary.BigEndian.Uint16(ip[i:]))
+		}
+		for sum > 0xffff {
+			sum = sum&0xffff + sum>>16
+		}
+		binary.BigEndian.PutUint16(ip[10:], ^uint16(sum))
+		f := append(append(append([]byte{}, dstMAC...), 2, 0, 0, 0, 0, 9), 0x08, 0x00)
+		return append(f, ip...)
+	}
+	received := func(port uint16, sllProto uint16) bool {
+		// A drop makes the send fail (ENOBUFS): what counts is what B got.
+		tp.host.Do(func() error {
+			fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, 0)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(fd)
+			return unix.Sendto(fd, frame(port), 0, &unix.SockaddrLinklayer{Ifindex: tp.hostIf[1], Halen: 6, Protocol: htons(sllProto)})
+		})
+		pc := listen[port]
+		pc.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		buf := make([]byte, 64)
+		n, _, err := pc.ReadFrom(buf)
+		return err == nil && string(buf[:n]) == "hello"
+	}
+	malformed := func() uint64 {
+		c, err := dp.Counters()
+		must(t, err)
+		return c.Verdicts[CounterKey{Reason: ReasonDropMalformedL3, Direction: in}].Packets
+	}
+	if !received(9998, 0x0800) {
+		t.Fatal("an allowed datagram written as IPv4 did not arrive")
+	}
+	if received(9999, 0x0800) {
+		t.Error("a denied datagram written as IPv4 arrived")
+	}
+	for _, proto := range []uint16{0x0806, 0x86dd, 0x88cc} {
+		before := malformed()
+		if received(9999, proto) {
+			t.Errorf("a denied IPv4 datagram written with skb protocol %#04x arrived", proto)
+		}
+		if got := malformed() - before; proto != 0x88cc && got != 1 {
+			t.Errorf("skb protocol %#04x: %d malformed-l3 drops, want 1", proto, got)
 		}
 	}
 }
