@@ -1243,11 +1243,23 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 	 * on a tuple that is closing starts it over, as below). An opener
 	 * never takes the reverse lookup (cheaper, and an echo request from
 	 * the peer that reuses our identifier is not let in as a reply). */
-	if (!syn)
+	/* An entry is the flow of the packet that made it, in its direction:
+	 * the same tuple the other way through the veth (a packet "from" the
+	 * endpoint's own address that someone else put on its link, with a
+	 * world address for destination) is no packet of that flow, nor a
+	 * reply to it. Else such a packet, let in by the endpoint's ingress,
+	 * would leave an entry that passes the endpoint's own packets of the
+	 * tuple as established, whatever its egress policy says. */
+	if (!syn) {
 		e = bpf_map_lookup_elem(&membrane_ct, &p.tuple);
+		if (e && e->direction != dir)
+			e = 0;
+	}
 	if (!e && !opener) {
 		swap_tuple(&rk, &p.tuple);
 		e = bpf_map_lookup_elem(&membrane_ct, &rk);
+		if (e && e->direction == dir)
+			e = 0;
 		reply = 1;
 	}
 	if (e && e->expires < now)

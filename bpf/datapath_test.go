@@ -1249,3 +1249,39 @@ func TestRSTNotTakenKeepsTheFlow(t *testing.T) {
 	stray.tcpFlags = tcpACK
 	h.expect(in, h.ifs[0], stray, ReasonDropDefaultDeny)
 }
+
+// TestConntrackEntryKeepsItsDirection: a conntrack entry is the flow of the
+// packet that made it, in that packet's direction; a packet of the same
+// tuple going the other way through the veth is not part of it. Anyone who
+// can put a frame on an endpoint's link (a host packet socket, a device on
+// the bridge without Membrane's programs) can send the endpoint a packet
+// "from" its own address to a world address: its ingress (here not in
+// default deny) let it through and its entry then passed the endpoint's own
+// packets of that tuple as established, whatever its egress policy said.
+func TestConntrackEntryKeepsItsDirection(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	h.sync(policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, Entries: []policies.Entry{
+		entry(out, policies.IdentityAny, policies.ProtoUDP, 53, 16, policies.Allow, 1),
+	}})
+	for _, fam := range [][2]netip.Addr{{addrA, addrW}, {addrA6, addrW6}} {
+		a, w := fam[0], fam[1]
+		echoProto := uint8(1)
+		if a.Is6() {
+			echoProto = 58
+		}
+		for _, p := range []pkt{
+			udp(a, w, 5555, 4444),
+			{src: a, dst: w, proto: 6, sport: 5555, dport: 4444, tcpFlags: tcpACK},
+			{src: a, dst: w, proto: echoProto, icmpType: map[uint8]uint8{1: 8, 58: 128}[echoProto], icmpID: 9},
+		} {
+			h.expect(in, h.ifs[0], p, ReasonAllowDefault) // the forged one
+			h.expect(out, h.ifs[0], p, ReasonDropDefaultDeny)
+		}
+		// An allowed flow's entry is not the forger's either: its reply
+		// direction stays a reply, its own direction established.
+		q := udp(a, w, 5556, 53)
+		h.expect(out, h.ifs[0], q, ReasonAllowPolicy)
+		h.expect(in, h.ifs[0], q.reverse(), ReasonAllowReply)
+		h.expect(out, h.ifs[0], q, ReasonAllowEstablished)
+	}
+}

@@ -53,7 +53,9 @@
 //
 // Conntrack: an LRU hash keyed by the 5-tuple plus the interface, so each end
 // of a container-to-container flow keeps its own entry. A hit in the original
-// or reply direction passes (established, reply); an ICMP error quoting a
+// or reply direction passes (established, reply), the original direction
+// being the one of the packet that made the entry: the same tuple going
+// the other way through the veth is neither; an ICMP error quoting a
 // tracked flow, sent to the quoted packet's source, passes (related): the
 // quote's ports are read after its IPv4 options or IPv6 extension headers
 // (up to four, a first fragment's fragment header included) and need only
