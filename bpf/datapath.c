@@ -638,8 +638,12 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		__u32 plen = bpf_ntohs(ip6.payload_len);
 		if ((bpf_ntohl(ip6.vtc_flow) >> 28) != 6 || off + sizeof(ip6) + plen > skb->len)
 			return REASON_DROP_MALFORMED_L3;
-		/* 0: a jumbogram or a BIG TCP packet, its length is the skb's */
-		end = plen ? off + sizeof(ip6) + plen : skb->len;
+		/* 0 is a jumbogram's (a hop-by-hop header follows) or a BIG TCP
+		 * packet's (GSO): its length is the skb's. Else IP takes it at
+		 * its word and cuts the rest off. */
+		end = off + sizeof(ip6) + plen;
+		if (!plen && (ip6.nexthdr == NEXTHDR_HOP || skb->gso_size))
+			end = skb->len;
 		/* An IPv4-mapped source (::ffff:a.b.c.d) never appears on the
 		 * wire (RFC 4291 2.5.5.2). It would have the IPv4 address's
 		 * identity (ipcache_identity): a world sender could pass for an

@@ -317,6 +317,13 @@ func TestMalformedPackets(t *testing.T) {
 			t.Errorf("proto %d, %v: header past the datagram: %v", p.proto, p.src, r)
 		}
 	}
+	// An IPv6 payload length of 0 is no jumbogram without a hop-by-hop
+	// header, nor BIG TCP without GSO: IP cuts the packet to its header.
+	b = udp(addrA6, addrB6, 1, 53).bytes()
+	binary.BigEndian.PutUint16(b[14+4:], 0)
+	if r, _ := h.verdict(out, h.ifs[0], b); r != ReasonDropMalformedL4 {
+		t.Errorf("IPv6 payload length 0: %v", r)
+	}
 	// So is an extension header.
 	p = tcp(addrA6, addrB6, 1, 80, tcpSYN)
 	p.v6ExtHeader = []uint8{60}
