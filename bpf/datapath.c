@@ -703,18 +703,20 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		return 0;
 	if (load_ports(skb, off, proto, &p->tuple, &p->policy_port, &p->tcp_flags, end, 0) < 0)
 		return REASON_DROP_MALFORMED_L4;
-	if (proto == IPPROTO_ICMPV6 && p->policy_port >= 133 && p->policy_port <= 137) {
+	/* ND and MLD are ICMPv6 in IPv6: an IPv4 packet with protocol 58 is
+	 * judged as any other protocol. */
+	int icmp6 = proto == IPPROTO_ICMPV6 && p->tuple.family == 6;
+	if (icmp6 && p->policy_port >= 133 && p->policy_port <= 137) {
 		p->neighbor = 1; /* router/neighbour solicitation/advertisement, redirect */
 		if (p->policy_port == 136)
 			p->nd_target_off = off + 8; /* after type, code, checksum and flags */
 		return 0;
 	}
-	if (proto == IPPROTO_ICMPV6 && (p->policy_port == 130 || p->policy_port == 131 || p->policy_port == 132 ||
-					p->policy_port == 143)) {
+	if (icmp6 && (p->policy_port == 130 || p->policy_port == 131 || p->policy_port == 132 || p->policy_port == 143)) {
 		p->neighbor = 1; /* multicast listener discovery: MLDv1 query/report/done, MLDv2 report */
 		return 0;
 	}
-	if ((proto == IPPROTO_ICMP && p->tuple.family == 4) || (proto == IPPROTO_ICMPV6 && p->tuple.family == 6)) {
+	if ((proto == IPPROTO_ICMP && p->tuple.family == 4) || icmp6) {
 		if (is_icmp_error(proto, (__u8)p->policy_port)) {
 			p->icmp_error = 1;
 			p->inner_off = off + 8;

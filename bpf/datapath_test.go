@@ -1292,3 +1292,21 @@ func TestConntrackEntryKeepsItsDirection(t *testing.T) {
 		h.expect(out, h.ifs[0], q, ReasonAllowEstablished)
 	}
 }
+
+// TestICMPv6NumberInIPv4IsNoNeighbourDiscovery: neighbour discovery and MLD
+// are ICMPv6 in IPv6. An IPv4 packet whose protocol is 58 (ICMPv6's number)
+// and whose first byte reads as an ND or MLD type is neither: it passed as
+// neighbor, with no rule, to the IPv4 broadcast address (an IPv6
+// multicast address to on_link) or from 0.0.0.0 (unspecified).
+func TestICMPv6NumberInIPv4IsNoNeighbourDiscovery(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	h.sync(policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, IngressDefaultDeny: true})
+	bcast := netip.MustParseAddr("255.255.255.255")
+	zero := netip.MustParseAddr("0.0.0.0")
+	for _, typ := range []uint8{130, 133, 135, 136, 143} {
+		h.expect(out, h.ifs[0], pkt{src: addrA, dst: bcast, proto: 58, icmpType: typ}, ReasonDropDefaultDeny)
+		h.expect(in, h.ifs[0], pkt{src: zero, dst: addrA, proto: 58, icmpType: typ}, ReasonDropDefaultDeny)
+	}
+	// The real thing still passes.
+	h.expect(out, h.ifs[0], pkt{src: addrA6, dst: netip.MustParseAddr("ff02::1:ff00:3"), proto: 58, icmpType: 135, hopLimit: 255}, ReasonAllowNeighbor)
+}
