@@ -1255,11 +1255,15 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 	 * world address for destination) is no packet of that flow, nor a
 	 * reply to it. Else such a packet, let in by the endpoint's ingress,
 	 * would leave an entry that passes the endpoint's own packets of the
-	 * tuple as established, whatever its egress policy says. */
+	 * tuple as established, whatever its egress policy says. Nor does it
+	 * replace that entry (clash): judged as new, it leaves no state. */
+	int clash = 0;
 	if (!syn) {
 		e = bpf_map_lookup_elem(&membrane_ct, &p.tuple);
-		if (e && e->direction != dir)
+		if (e && e->direction != dir) {
 			e = 0;
+			clash = 1;
+		}
 	}
 	if (!e && !opener) {
 		swap_tuple(&rk, &p.tuple);
@@ -1363,7 +1367,7 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 	}
 
 	/* CFG_NO_CT_INSERT (benchmarks only): judge, record nothing. */
-	if (!(cfg->flags & CFG_NO_CT_INSERT)) {
+	if (!(cfg->flags & CFG_NO_CT_INSERT) && !clash) {
 		if (syn)
 			now = now_ns();
 		struct ct_entry ne = {

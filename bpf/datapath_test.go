@@ -1284,10 +1284,12 @@ func TestConntrackEntryKeepsItsDirection(t *testing.T) {
 			h.expect(in, h.ifs[0], p, ReasonAllowDefault) // the forged one
 			h.expect(out, h.ifs[0], p, ReasonDropDefaultDeny)
 		}
-		// An allowed flow's entry is not the forger's either: its reply
-		// direction stays a reply, its own direction established.
+		// An allowed flow's entry is not the forger's either, nor does the
+		// forged packet replace it: its reply direction stays a reply, its
+		// own direction established.
 		q := udp(a, w, 5556, 53)
 		h.expect(out, h.ifs[0], q, ReasonAllowPolicy)
+		h.expect(in, h.ifs[0], q, ReasonAllowDefault) // forged
 		h.expect(in, h.ifs[0], q.reverse(), ReasonAllowReply)
 		h.expect(out, h.ifs[0], q, ReasonAllowEstablished)
 	}
