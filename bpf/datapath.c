@@ -1255,15 +1255,12 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 	 * world address for destination) is no packet of that flow, nor a
 	 * reply to it. Else such a packet, let in by the endpoint's ingress,
 	 * would leave an entry that passes the endpoint's own packets of the
-	 * tuple as established, whatever its egress policy says. Nor does it
-	 * replace that entry (clash): judged as new, it leaves no state. */
-	int clash = 0;
+	 * tuple as established, whatever its egress policy says. Judged as new,
+	 * it does not replace that entry either (see the insert below). */
 	if (!syn) {
 		e = bpf_map_lookup_elem(&membrane_ct, &p.tuple);
-		if (e && e->direction != dir) {
+		if (e && e->direction != dir)
 			e = 0;
-			clash = 1;
-		}
 	}
 	if (!e && !opener) {
 		swap_tuple(&rk, &p.tuple);
@@ -1367,7 +1364,7 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 	}
 
 	/* CFG_NO_CT_INSERT (benchmarks only): judge, record nothing. */
-	if (!(cfg->flags & CFG_NO_CT_INSERT) && !clash) {
+	if (!(cfg->flags & CFG_NO_CT_INSERT)) {
 		if (syn)
 			now = now_ns();
 		struct ct_entry ne = {
@@ -1387,7 +1384,18 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 		if (p.tuple.protocol == IPPROTO_TCP)
 			ct_tcp(&ne, p.tcp_flags, 0);
 		ne.expires = now + lifetime(cfg, &ne, p.tuple.protocol);
-		bpf_map_update_elem(&membrane_ct, &p.tuple, &ne, BPF_ANY);
+		/* The tuple may have an entry already: an expired one, one a bare
+		 * SYN did not look up (a new connection on a reused port), or one
+		 * of the other direction. What the endpoint sends has its own
+		 * source (checked above), so an entry of its egress is its own and
+		 * a packet of the same tuple coming in to it (forged on its link)
+		 * does not replace it; an entry of its ingress for that tuple was
+		 * made by such a packet, and what the endpoint sends does. */
+		if (bpf_map_update_elem(&membrane_ct, &p.tuple, &ne, BPF_NOEXIST) < 0) {
+			struct ct_entry *old = bpf_map_lookup_elem(&membrane_ct, &p.tuple);
+			if (!old || old->direction == dir || dir == DIR_EGRESS)
+				bpf_map_update_elem(&membrane_ct, &p.tuple, &ne, BPF_ANY);
+		}
 	}
 
 	if (audited)

@@ -1269,6 +1269,7 @@ func TestConntrackEntryKeepsItsDirection(t *testing.T) {
 	h := twoEndpoints(t, Config{})
 	h.sync(policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, Entries: []policies.Entry{
 		entry(out, policies.IdentityAny, policies.ProtoUDP, 53, 16, policies.Allow, 1),
+		entry(out, policies.IdentityAny, policies.ProtoTCP, 80, 16, policies.Allow, 2),
 	}})
 	for _, fam := range [][2]netip.Addr{{addrA, addrW}, {addrA6, addrW6}} {
 		a, w := fam[0], fam[1]
@@ -1292,6 +1293,19 @@ func TestConntrackEntryKeepsItsDirection(t *testing.T) {
 		h.expect(in, h.ifs[0], q, ReasonAllowDefault) // forged
 		h.expect(in, h.ifs[0], q.reverse(), ReasonAllowReply)
 		h.expect(out, h.ifs[0], q, ReasonAllowEstablished)
+		// Nor does a forged SYN, which looks no entry up.
+		c := tcp(a, w, 5557, 80, tcpSYN)
+		h.expect(out, h.ifs[0], c, ReasonAllowPolicy)
+		h.expect(in, h.ifs[0], c, ReasonAllowDefault) // forged
+		sa := c.reverse()
+		sa.tcpFlags = tcpSYN | tcpACK
+		h.expect(in, h.ifs[0], sa, ReasonAllowReply)
+		// What the endpoint sends replaces an entry that a forged packet
+		// made first.
+		f := udp(a, w, 5558, 53)
+		h.expect(in, h.ifs[0], f, ReasonAllowDefault) // forged
+		h.expect(out, h.ifs[0], f, ReasonAllowPolicy)
+		h.expect(in, h.ifs[0], f.reverse(), ReasonAllowReply)
 	}
 }
 
