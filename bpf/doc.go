@@ -55,7 +55,9 @@
 // of a container-to-container flow keeps its own entry. A hit in the original
 // or reply direction passes (established, reply), the original direction
 // being the one of the packet that made the entry: the same tuple going
-// the other way through the veth is neither; an ICMP error quoting a
+// the other way through the veth is neither, and a packet coming in to the
+// endpoint never replaces an entry of its egress (what the endpoint sends
+// replaces an entry of its ingress for its own source); an ICMP error quoting a
 // tracked flow, sent to the quoted packet's source, passes (related): the
 // quote's ports are read after its IPv4 options or IPv6 extension headers
 // (up to four, a first fragment's fragment header included) and need only
