@@ -306,6 +306,63 @@ policy "db" {
 	}
 }
 
+// TestJoinedContainerLeftBehindByItsOwnersRestartLeavesTheEndpoint: a
+// container that joined another's namespace (network_mode container:X)
+// stays in that namespace when X restarts; X gets a new one, without it.
+// Its labels must no longer count for X's endpoint: X alone would otherwise
+// carry the joined container's identity and its rights.
+func TestJoinedContainerLeftBehindByItsOwnersRestartLeavesTheEndpoint(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.writePolicy("db.hcl", `
+policy "db" {
+  selector = "app=db,e2e=SFX"
+  ingress {
+    from_endpoints = ["team=pay,e2e=SFX"]
+    ports          = ["8080/tcp"]
+  }
+}
+`)
+	e.startDaemon()
+	db := e.server("db", "app=db")
+	pod := e.idle("pod")
+	app := e.run("app", []string{"team=pay"}, "sleep 600", "--network", "container:"+pod)
+	e.endpoint(db)
+	dbIP := e.ip(db)
+	e.eventually("app's labels on pod's endpoint", 20*time.Second, func() error {
+		if ep := e.endpoint(pod); ep.Labels["team"] != "pay" {
+			return fmt.Errorf("labels %v", ep.Labels)
+		}
+		return nil
+	})
+	if !e.get(pod, dbIP) {
+		t.Fatal("pod's namespace, holding a team=pay container, does not reach db")
+	}
+
+	before := e.endpoint(pod).ID
+	e.docker("restart", "-t", "1", pod)
+	// app is now alone in the namespace it had, which Docker took pod's
+	// interface out of; pod runs in a new one (a new endpoint).
+	e.eventually("pod enforced again", 20*time.Second, func() error {
+		if ep := e.endpoint(pod); ep.ID == before {
+			return fmt.Errorf("endpoint %d still the one before the restart", ep.ID)
+		}
+		return nil
+	})
+	time.Sleep(time.Second)
+	ep := e.endpoint(pod)
+	for _, c := range ep.Containers {
+		if c.Name == app {
+			t.Errorf("pod's new endpoint lists %s, which stayed in pod's old namespace", app)
+		}
+	}
+	if ep.Labels["team"] == "pay" {
+		t.Errorf("pod's new endpoint has labels %v: team=pay is the label of a container no longer in it", ep.Labels)
+	}
+	if e.get(pod, dbIP) {
+		t.Error("pod alone reaches db, which takes team=pay only")
+	}
+}
+
 func TestLivePolicyEditAndBrokenEdit(t *testing.T) {
 	metrics := freePort(t)
 	e := newEnv(t, envOpts{metrics: metrics})

@@ -350,7 +350,10 @@ func (s *Source) endpointLocked(id string) (endpoint.Endpoint, bool) {
 	}
 	var joined []*record
 	for _, r := range s.ctrs {
-		if r.joins == id {
+		// A container whose owner restarted after it joined is in the
+		// owner's old namespace, not in this one: its labels would give
+		// the owner an identity no container of this namespace has.
+		if r.joins == id && !leftBehind(r, o) {
 			joined = append(joined, r)
 		}
 	}
@@ -390,6 +393,15 @@ func (s *Source) endpointLocked(id string) (endpoint.Endpoint, bool) {
 	ep.Unenforced = slices.Clone(o.ns.Unpaired)
 	ep.Stale = o.stale
 	return ep, true
+}
+
+// leftBehind reports whether joined, a container that joined owner's
+// network namespace, is known to be in another one: Docker does not restart
+// the containers joined to one that restarts, and they stay in its old
+// namespace (from which Docker removed its interfaces). Unknown inodes (a
+// process or namespace that could not be read) count as the same.
+func leftBehind(joined, owner *record) bool {
+	return joined.ns.Netns.Inode != 0 && owner.ns.Netns.Inode != 0 && joined.ns.Netns.Inode != owner.ns.Netns.Inode
 }
 
 // noICC reports whether Docker network id has inter-container
@@ -503,6 +515,14 @@ func (s *Source) inspect(ctx context.Context, cli *client.Client, id string) (*r
 			}
 			if owner.HostConfig == nil || !owner.HostConfig.NetworkMode.IsContainer() || hop == maxJoinHops {
 				r.joins = owner.ID
+				// The namespace it is in: the owner's while both run,
+				// but a restarted owner gets a new one and leaves it
+				// behind in the old (endpointLocked compares them).
+				if r.pid != 0 {
+					if ino, err := nsinfo.Inode(nsinfo.PidPath(r.pid)); err == nil {
+						r.ns.Netns = endpoint.Netns{Path: nsinfo.PidPath(r.pid), Inode: ino}
+					}
+				}
 				return r, nil
 			}
 			target = owner.HostConfig.NetworkMode.ConnectedContainer()
