@@ -50,31 +50,28 @@ func (b *backend) Policy() api.Policy {
 func (b *backend) Endpoint(ref string) (api.Endpoint, bool) {
 	v := b.r.view.get()
 	v.selected()
-	ep := findEndpoint(v, ref)
+	ep := findEndpoint(v, ref, true)
 	if ep == nil {
 		return api.Endpoint{}, false
 	}
 	return *ep, true
 }
 
-// findEndpoint resolves an endpoint id, container name, container id or
-// unique container id prefix (as docker accepts).
-func findEndpoint(v *view, ref string) *api.Endpoint {
-	ep, _ := lookupEndpoint(v, ref)
+// findEndpoint resolves a container name or id, an endpoint id (when
+// byID; `endpoint get` takes them, a trace's --from-container does not), or
+// a unique container id prefix (as docker accepts). A container's exact name
+// or id comes first: Docker names such as "09" or "12" read as numbers, and
+// taking them for an endpoint id would answer for another container. An
+// endpoint id is its decimal form only ("9", never "09").
+func findEndpoint(v *view, ref string, byID bool) *api.Endpoint {
+	ep, _ := lookupEndpoint(v, ref, byID)
 	return ep
 }
 
 // lookupEndpoint is findEndpoint, and says whether ref was a container id
 // prefix of more than one endpoint's containers.
-func lookupEndpoint(v *view, ref string) (*api.Endpoint, bool) {
+func lookupEndpoint(v *view, ref string, byID bool) (*api.Endpoint, bool) {
 	ref = strings.TrimPrefix(ref, "/")
-	if n, err := strconv.ParseUint(ref, 10, 32); err == nil {
-		for i := range v.endpoints {
-			if v.endpoints[i].ID == uint32(n) {
-				return &v.endpoints[i], false
-			}
-		}
-	}
 	var prefix *api.Endpoint
 	ambiguous := false
 	for i := range v.endpoints {
@@ -88,6 +85,13 @@ func lookupEndpoint(v *view, ref string) (*api.Endpoint, bool) {
 					ambiguous = true
 				}
 				prefix = e
+			}
+		}
+	}
+	if n, err := strconv.ParseUint(ref, 10, 32); byID && err == nil && strconv.FormatUint(n, 10) == ref {
+		for i := range v.endpoints {
+			if v.endpoints[i].ID == uint32(n) {
+				return &v.endpoints[i], false
 			}
 		}
 	}
@@ -238,7 +242,7 @@ func (b *backend) identityLabels(labels map[string]string) map[string]string {
 func traceAddrs(v *view, container, ip string) []netip.Addr {
 	switch {
 	case container != "":
-		ep := findEndpoint(v, container)
+		ep := findEndpoint(v, container, false)
 		if ep == nil || ep.HostNetwork {
 			return nil
 		}
@@ -294,7 +298,7 @@ func tracePeer(v *view, side, container string, labels map[string]string, entity
 	}
 	switch {
 	case container != "":
-		ep, ambiguous := lookupEndpoint(v, container)
+		ep, ambiguous := lookupEndpoint(v, container, false)
 		if ambiguous {
 			return policies.Peer{}, api.Peer{}, fmt.Errorf("%s container %q: more than one container's ID starts with it; give more of the ID, or the name: %w", side, container, api.ErrNotFound)
 		}

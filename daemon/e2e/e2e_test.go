@@ -363,6 +363,53 @@ policy "db" {
 	}
 }
 
+// TestContainerNamedLikeAnEndpointIDIsTheOneTraced: Docker accepts names
+// that read as numbers ("07"). `policy trace --live --from-container` and
+// `endpoint get` must answer for that container, not for the endpoint whose
+// id the number is.
+func TestContainerNamedLikeAnEndpointIDIsTheOneTraced(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.writePolicy("db.hcl", `
+policy "db" {
+  selector = "app=db,e2e=SFX"
+  ingress {
+    from_endpoints = ["app=api,e2e=SFX"]
+    ports          = ["8080/tcp"]
+  }
+}
+`)
+	e.startDaemon()
+	db := e.server("db", "app=db")
+	a := e.idle("a", "app=api")
+	aEP := e.endpoint(a)
+	// A name that parses as a's endpoint id, on a container that db refuses.
+	numeric := fmt.Sprintf("0%d", aEP.ID)
+	e.docker("run", "-d", "--name", numeric, "--network", e.network, "--label", "e2e="+e.sfx, "--label", "app=web", e.image, "sleep", "600")
+	e.names = append(e.names, numeric)
+	dbIP := e.ip(db)
+	e.endpoint(db)
+	ep := e.endpoint(numeric)
+	if len(ep.Containers) != 1 || ep.Containers[0].Name != numeric {
+		t.Errorf("endpoint get %s: endpoint %d of %+v", numeric, ep.ID, ep.Containers)
+	}
+	if !e.get(a, dbIP) || e.get(numeric, dbIP) {
+		t.Fatalf("traffic: want %s allowed to db and %s refused", a, numeric)
+	}
+	tr, err := e.client.Trace(context.Background(), api.TraceRequest{FromContainer: numeric, ToContainer: db, Proto: "tcp", Port: 8080})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res struct {
+		Verdict string `json:"verdict"`
+	}
+	if err := json.Unmarshal(tr.Result, &res); err != nil {
+		t.Fatal(err)
+	}
+	if res.Verdict != "denied" {
+		t.Errorf("live trace from container %s -> db: %s (the traffic is refused)", numeric, tr.Result)
+	}
+}
+
 func TestLivePolicyEditAndBrokenEdit(t *testing.T) {
 	metrics := freePort(t)
 	e := newEnv(t, envOpts{metrics: metrics})
