@@ -361,6 +361,18 @@ policy "db" {
 	if e.get(pod, dbIP) {
 		t.Error("pod alone reaches db, which takes team=pay only")
 	}
+
+	// Restarted, app joins pod's new namespace and counts again.
+	e.docker("restart", "-t", "1", app)
+	e.eventually("app back on pod's endpoint", 20*time.Second, func() error {
+		if ep := e.endpoint(pod); ep.Labels["team"] != "pay" || len(ep.Containers) != 2 {
+			return fmt.Errorf("endpoint %+v", ep)
+		}
+		return nil
+	})
+	if !e.get(pod, dbIP) {
+		t.Error("pod's namespace, holding app again, does not reach db")
+	}
 }
 
 // TestContainerNamedLikeAnEndpointIDIsTheOneTraced: Docker accepts names
