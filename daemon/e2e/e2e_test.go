@@ -422,6 +422,51 @@ policy "db" {
 	}
 }
 
+// TestObserveByContainerIDOrJoinedName: `membrane observe --container`
+// takes a name or an id, as its help says, and a container that joined
+// another's namespace names that endpoint's records too.
+func TestObserveByContainerIDOrJoinedName(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.writePolicy("db.hcl", `
+policy "db" {
+  selector = "app=db,e2e=SFX"
+  ingress {
+    from_endpoints = ["app=api,e2e=SFX"]
+    ports          = ["8080/tcp"]
+  }
+}
+`)
+	e.startDaemon()
+	db := e.server("db", "app=db")
+	web := e.idle("web", "app=web")
+	side := e.run("side", nil, "sleep 600", "--network", "container:"+web)
+	e.endpoint(db)
+	e.eventually("side in web's endpoint", 20*time.Second, func() error {
+		if ep := e.endpoint(web); len(ep.Containers) != 2 {
+			return fmt.Errorf("containers %+v", ep.Containers)
+		}
+		return nil
+	})
+	if e.get(web, e.ip(db)) {
+		t.Fatal("web reached db")
+	}
+	id := e.docker("inspect", "-f", "{{.Id}}", web)
+	e.eventually("the drop recorded", 10*time.Second, func() error {
+		if len(e.observe(api.ObserveFilter{Verdict: "dropped", Container: web})) == 0 {
+			return os.ErrNotExist
+		}
+		return nil
+	})
+	for _, ref := range []string{id, id[:12], side} {
+		if got := e.observe(api.ObserveFilter{Verdict: "dropped", Container: ref}); len(got) == 0 {
+			t.Errorf("observe --container %s: no records (by name %s there are)", ref, web)
+		}
+	}
+	if got := e.observe(api.ObserveFilter{Verdict: "dropped", Container: "mte2e-" + e.sfx + "-nosuch"}); len(got) != 0 {
+		t.Errorf("observe --container of no container: %d records", len(got))
+	}
+}
+
 func TestLivePolicyEditAndBrokenEdit(t *testing.T) {
 	metrics := freePort(t)
 	e := newEnv(t, envOpts{metrics: metrics})
