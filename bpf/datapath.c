@@ -725,6 +725,28 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	return 0;
 }
 
+/* remote, the identity of the source address of a packet coming into
+ * endpoint ep, as the packet's way in lets it stand. A packet from a local
+ * endpoint's address came through that endpoint's veth, where its program
+ * checked the address was its own (spoofed), and the bridge forwarded it
+ * here; or the host routed it here from that bridge (a hairpin through a
+ * published port), and it comes in from the bridge itself. One that came
+ * through any other device (a bridge port that is no endpoint's: the veth
+ * of a container started while the daemon was down, which Docker gave the
+ * address of a container removed meanwhile, or a device enslaved to the
+ * bridge; or the host's uplink) is not that endpoint's: it is judged as
+ * init, as a container the daemon does not know yet (decision 56). The
+ * host's own packets have no way in (ingress_ifindex 0). */
+static __always_inline __u32 arrived_from(const struct __sk_buff *skb, const struct endpoint_info *ep, __u32 remote)
+{
+	if (remote < FIRST_LOCAL_IDENTITY || remote >= FIRST_CIDR_IDENTITY)
+		return remote;
+	__u32 in = skb->ingress_ifindex;
+	if (!in || !ep || in == ep->bridge_ifindex || in == skb->ifindex || endpoint(in))
+		return remote;
+	return IDENTITY_INIT;
+}
+
 /* The identity of an address. An IPv4-mapped IPv6 address (::ffff:a.b.c.d)
  * has its IPv4 address's (policy decision 27; the writer unmaps prefixes):
  * a destination only, since parse drops a packet with a mapped source. */
@@ -1347,6 +1369,8 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 		v.remote = mark_identity;
 	else
 		v.remote = ipcache_identity(p.tuple.family, dir == DIR_EGRESS ? p.tuple.daddr : p.tuple.saddr);
+	if (dir == DIR_INGRESS && !from_proxy)
+		v.remote = arrived_from(skb, ep, v.remote);
 	judge(local, dir, p.tuple.protocol, p.policy_port, &v);
 	/* The proxy's own upstream traffic was judged there: never again; and
 	 * only TCP can be redirected (L7 entries are HTTP). */

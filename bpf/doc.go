@@ -40,8 +40,12 @@
 // addresses of the endpoints it judges as init to init).
 // What an endpoint sends must come from an address of its identity
 // (spoofed-source); what it receives must be addressed to one, or to an
-// address of no endpoint and not the host (not-addressed). A direction the
-// endpoint does not enforce passes.
+// address of no endpoint and not the host (not-addressed). A new flow into an
+// endpoint from a local endpoint's address (identity 256 up to the CIDR
+// identities) keeps that identity only when the skb came in
+// (ingress_ifindex) through an endpoint's veth, the endpoint's bridge, or
+// the host stack (0); through any other device it is judged as init. A
+// direction the endpoint does not enforce passes.
 //
 // Fragments: a first fragment is judged like any packet and leaves its
 // protocol and ports in the fragments map (keyed by addresses and IP id); a

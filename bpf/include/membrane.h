@@ -21,6 +21,7 @@
 #define IDENTITY_ANY 0
 #define IDENTITY_WORLD 2
 #define IDENTITY_INIT 5
+#define FIRST_LOCAL_IDENTITY 256 /* allocated identities start here */
 
 /* membrane_endpoints_fast covers ifindexes below this; larger ones are
  * looked up in the membrane_endpoints hash only. */

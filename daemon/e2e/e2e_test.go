@@ -467,6 +467,54 @@ policy "db" {
 	}
 }
 
+// TestAddressOfAContainerRemovedWhileTheDaemonIsDownIsNotItsIdentity: with
+// membraned stopped, a container is removed and a new one (no labels) gets
+// its address. Its veth has no program yet, and the ipcache still gives the
+// address the removed container's identity; the peers' ingress must not
+// take it for that one.
+func TestAddressOfAContainerRemovedWhileTheDaemonIsDownIsNotItsIdentity(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.writePolicy("db.hcl", `
+policy "db" {
+  selector = "app=db,e2e=SFX"
+  ingress {
+    from_endpoints = ["app=api,e2e=SFX"]
+    ports          = ["8080/tcp"]
+  }
+}
+`)
+	e.startDaemon()
+	db := e.server("db", "app=db")
+	api := e.idle("api", "app=api")
+	e.endpoint(db)
+	e.endpoint(api)
+	dbIP, apiIP := e.ip(db), e.ip(api)
+	if !e.get(api, dbIP) {
+		t.Fatal("api does not reach db")
+	}
+
+	e.stopDaemon(syscall.SIGTERM)
+	e.docker("rm", "-f", api)
+	evil := e.idle("evil")
+	if got := e.ip(evil); got != apiIP {
+		t.Fatalf("the new container got %s, not the removed one's %s", got, apiIP)
+	}
+	if e.get(evil, dbIP) {
+		t.Error("while membraned is down, a new container with a removed one's address reaches db as app=api")
+	}
+
+	e.startDaemon()
+	e.endpoint(evil)
+	if e.get(evil, dbIP) {
+		t.Error("the new container reaches db once membraned runs")
+	}
+	api2 := e.idle("api2", "app=api")
+	e.endpoint(api2)
+	if !e.get(api2, dbIP) {
+		t.Error("a new api container does not reach db")
+	}
+}
+
 func TestLivePolicyEditAndBrokenEdit(t *testing.T) {
 	metrics := freePort(t)
 	e := newEnv(t, envOpts{metrics: metrics})
