@@ -101,15 +101,7 @@ func TestLiveTraceEndpointWithoutLabels(t *testing.T) {
 	}
 	r := &reconciler{}
 	r.view.set(&view{set: set})
-	sock := filepath.Join(t.TempDir(), "api.sock")
-	srv, err := api.NewServer(api.Options{Socket: sock}, &backend{r: r})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { srv.Serve(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	sock := serveAPI(t, r)
 	for _, tc := range []struct {
 		to   string
 		want policies.Verdict
@@ -135,15 +127,7 @@ func TestLiveTraceEndpointWithoutLabels(t *testing.T) {
 func TestObserveContainerByID(t *testing.T) {
 	r := &reconciler{flows: api.NewFlowHub(10)}
 	r.view.set(&view{endpoints: []api.Endpoint{{ID: 7, Containers: []api.Container{{ID: "4f1c2a9e8b7d6c5a", Name: "web"}}}}})
-	sock := filepath.Join(t.TempDir(), "api.sock")
-	srv, err := api.NewServer(api.Options{Socket: sock}, &backend{r: r})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { srv.Serve(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	sock := serveAPI(t, r)
 	r.flows.Publish(api.Flow{Verdict: "dropped", Source: api.Peer{IP: "172.17.0.2", Container: "web"}, Dest: api.Peer{IP: "172.17.0.3"}})
 	r.flows.Publish(api.Flow{Verdict: "dropped", Source: api.Peer{IP: "172.17.0.4", Container: "db"}, Dest: api.Peer{IP: "172.17.0.5"}})
 	for _, ref := range []string{"web", "/web", "4f1c2a9e8b7d6c5a", "4f1c2a", "7"} {
@@ -213,15 +197,7 @@ func TestAmbiguousContainerPrefixIsSaidSo(t *testing.T) {
 	}
 	// membrane endpoint get: the answer says what a reference may be,
 	// a unique prefix among them.
-	sock := filepath.Join(t.TempDir(), "api.sock")
-	srv, err := api.NewServer(api.Options{Socket: sock}, &backend{r: r})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { srv.Serve(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	sock := serveAPI(t, r)
 	if _, err := api.NewClient(sock).Endpoint(context.Background(), "abcd"); err == nil || !strings.Contains(err.Error(), "prefix of one container's ID") {
 		t.Errorf("endpoint get of an ambiguous prefix: %v", err)
 	}
@@ -257,4 +233,20 @@ func TestCleanupRemovesOnlyTheAPISocket(t *testing.T) {
 	if _, err := os.Lstat(cfg.APISocket); !os.IsNotExist(err) {
 		t.Errorf("the API socket is still there: %v", err)
 	}
+}
+
+// serveAPI serves the local API of r's backend on a socket of the test's
+// until it ends, and returns the socket's path.
+func serveAPI(t *testing.T, r *reconciler) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	srv, err := api.NewServer(api.Options{Socket: sock}, &backend{r: r})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { srv.Serve(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return sock
 }

@@ -11,12 +11,13 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/agext/levenshtein"
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/zclconf/go-cty/cty"
+
+	"github.com/membrane-fw/membrane/internal/hcltext"
 )
 
 // listValue is a list attribute as written: present (not absent, not null)
@@ -260,16 +261,7 @@ func (l *loader) subRange(rng hcl.Range, val string, off int) hcl.Range {
 	if lit[0] != '"' || lit[len(lit)-1] != '"' || string(lit[1:len(lit)-1]) != val || strings.ContainsAny(val, "\n$%\\") {
 		return rng
 	}
-	start := rng.Start
-	start.Byte += 1 + off
-	start.Column += 1 + utf8.RuneCountInString(val[:off])
-	end := start
-	if off < len(val) {
-		_, n := utf8.DecodeRuneInString(val[off:])
-		end.Byte += n
-		end.Column++
-	}
-	return hcl.Range{Filename: rng.Filename, Start: start, End: end}
+	return hcltext.CharAt(rng, val, off)
 }
 
 func (l *loader) selector(s string, rng hcl.Range, attr string) (Selector, bool) {

@@ -16,7 +16,6 @@ import (
 	"strings"
 	"time"
 	"unicode"
-	"unicode/utf8"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/gohcl"
@@ -838,16 +837,7 @@ func charRange(body hcl.Body, name, val string, off int, rng hcl.Range) hcl.Rang
 	if r.End.Byte-r.Start.Byte != len(val)+2 || r.Start.Line != r.End.Line || off < 0 || off > len(val) {
 		return r
 	}
-	start := r.Start
-	start.Byte += 1 + off
-	start.Column += 1 + utf8.RuneCountInString(val[:off])
-	end := start
-	if off < len(val) {
-		_, n := utf8.DecodeRuneInString(val[off:])
-		end.Byte += n
-		end.Column++
-	}
-	return hcl.Range{Filename: r.Filename, Start: start, End: end}
+	return hcltext.CharAt(r, val, off)
 }
 
 func quoteList(l []string) string {

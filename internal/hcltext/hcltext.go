@@ -35,3 +35,20 @@ func Check(src []byte, filename string) *hcl.Diagnostic {
 			End: hcl.Pos{Line: line, Column: col + 1, Byte: i + 1}},
 	}
 }
+
+// CharAt is the range of the character at byte off of val, in a string
+// literal that stands at lit and holds val without escapes (the caller
+// checks that: with an escape the source is longer than the value). off
+// may be len(val): the empty range at the closing quote.
+func CharAt(lit hcl.Range, val string, off int) hcl.Range {
+	start := lit.Start
+	start.Byte += 1 + off
+	start.Column += 1 + utf8.RuneCountInString(val[:off])
+	end := start
+	if off < len(val) {
+		_, n := utf8.DecodeRuneInString(val[off:])
+		end.Byte += n
+		end.Column++
+	}
+	return hcl.Range{Filename: lit.Filename, Start: start, End: end}
+}
