@@ -36,12 +36,14 @@ Inside directories, membrane.hcl (the daemon configuration) and *.nomad.hcl
 (Nomad job specifications) are not policy files and are skipped, and so is a
 name ending in .hcl in another case (web.HCL), which membraned would not load;
 a file named on the command line is always checked, with a note when membraned
-would not load it from its policy directory (hidden, or not *.hcl).
+would not load it from its policy directory (hidden, or not *.hcl). With
+--format json the skipped files and notes go to standard error, and standard
+output holds only the JSON array of diagnostics.
 
 Exit status: 0 valid (warnings may be printed), 1 invalid, 2 usage error
 (no PATH, a PATH that does not exist, an unknown --format).`,
 		RunE: func(c *cobra.Command, args []string) error {
-			return runCheck(c.OutOrStdout(), format, args)
+			return runCheck(c.OutOrStdout(), c.ErrOrStderr(), format, args)
 		},
 	}
 	cmd.Flags().StringVar(&format, "format", "text", "output format: text or json")
@@ -58,7 +60,7 @@ type checkSet struct {
 	rep   *policies.Report
 }
 
-func runCheck(out io.Writer, format string, args []string) error {
+func runCheck(out, errOut io.Writer, format string, args []string) error {
 	if format != "text" && format != "json" {
 		return usageError("--format must be text or json, not %q", format)
 	}
@@ -113,6 +115,12 @@ func runCheck(out io.Writer, format string, args []string) error {
 		invalid = invalid || s.rep.HasErrors()
 	}
 	if format == "json" {
+		// Standard output is the array of diagnostics alone; what was
+		// skipped and why goes to standard error, so that a CI log still
+		// shows a web.HCL its policy directory would not load.
+		if err := writeSkipped(errOut, skipped, notes); err != nil {
+			return err
+		}
 		if err := writeCheckJSON(out, sets); err != nil {
 			return err
 		}
@@ -215,8 +223,8 @@ func writeCheckJSON(out io.Writer, sets []*checkSet) error {
 	return err
 }
 
-func writeCheckText(out io.Writer, sets []*checkSet, skipped, notes []string) error {
-	color := isTerminal(out) && os.Getenv("NO_COLOR") == ""
+// writeSkipped writes a line for each file skipped and each note.
+func writeSkipped(out io.Writer, skipped, notes []string) error {
 	for _, s := range skipped {
 		if _, err := fmt.Fprintf(out, "skipped %s\n", s); err != nil {
 			return err
@@ -226,6 +234,14 @@ func writeCheckText(out io.Writer, sets []*checkSet, skipped, notes []string) er
 		if _, err := fmt.Fprintf(out, "note: %s\n", s); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+func writeCheckText(out io.Writer, sets []*checkSet, skipped, notes []string) error {
+	color := isTerminal(out) && os.Getenv("NO_COLOR") == ""
+	if err := writeSkipped(out, skipped, notes); err != nil {
+		return err
 	}
 	for _, s := range sets {
 		// The contract's line form first, one per diagnostic, so that

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +20,13 @@ import (
 // bridges (TestCheckWarnsAboutCIDROverlappingABridge sees one).
 func runCLI(t *testing.T, args ...string) (string, int, error) {
 	t.Helper()
+	out, _, code, err := runCLIStderr(t, args...)
+	return out, code, err
+}
+
+// runCLIStderr is runCLI, with what the command wrote to standard error.
+func runCLIStderr(t *testing.T, args ...string) (stdout, stderr string, code int, err error) {
+	t.Helper()
 	defer func(f func() []policies.ContainerNetwork) { hostNetworks = f }(hostNetworks)
 	hostNetworks = func() []policies.ContainerNetwork { return nil }
 	root := newRootCmd()
@@ -26,8 +34,8 @@ func runCLI(t *testing.T, args ...string) (string, int, error) {
 	root.SetOut(&out)
 	root.SetErr(&errOut)
 	root.SetArgs(args)
-	err := root.Execute()
-	return out.String(), exitCode(err), err
+	err = root.Execute()
+	return out.String(), errOut.String(), exitCode(err), err
 }
 
 func writePolicy(t *testing.T, path, content string) {
@@ -242,7 +250,7 @@ func TestCheckWarnsAboutCIDROverlappingABridge(t *testing.T) {
 	var out bytes.Buffer
 	var code int
 	if err := ns.Do(func() error {
-		code = exitCode(runCheck(&out, "text", []string{file}))
+		code = exitCode(runCheck(&out, io.Discard, "text", []string{file}))
 		return nil
 	}); err != nil {
 		t.Fatal(err)
@@ -355,6 +363,12 @@ func TestCheckNotesFilesTheDaemonWouldNotLoad(t *testing.T) {
 		if code != 0 || !strings.Contains(out, "note: "+p+": membraned would not load this file from its policy directory") {
 			t.Errorf("%s named: exit %d, output:\n%s", name, code, out)
 		}
+	}
+	// With --format json, standard output stays the array of diagnostics
+	// alone, and the notes go to standard error.
+	out, stderr, code, _ := runCLIStderr(t, "policy", "check", "--format", "json", dir)
+	if code != 0 || strings.TrimSpace(out) != "[]" || !strings.Contains(stderr, "skipped "+filepath.Join(dir, "web.HCL")+": ") {
+		t.Errorf("directory with web.HCL, --format json: exit %d, stdout:\n%s\nstderr:\n%s", code, out, stderr)
 	}
 	// A plain name gets no note.
 	if out, _, _ := runCLI(t, "policy", "check", filepath.Join(dir, "a.hcl")); strings.Contains(out, "note:") {
