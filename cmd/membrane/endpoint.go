@@ -29,7 +29,7 @@ func newEndpointCmd() *cobra.Command {
 			if *listOut == "json" {
 				return printJSON(c.OutOrStdout(), eps)
 			}
-			tw := tabwriter.NewWriter(c.OutOrStdout(), 0, 4, 2, ' ', 0)
+			tw := tabwriter.NewWriter(termSafe(c.OutOrStdout()), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "ID\tIDENTITY\tCONTAINERS\tADDRESSES\tPOLICIES\tLABELS")
 			for _, e := range eps {
 				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", e.ID, identityText(e), containersText(e.Containers), dash(strings.Join(e.Addresses, ",")), dash(strings.Join(e.Policies, ",")), labelsText(e.Labels))
@@ -53,7 +53,7 @@ func newEndpointCmd() *cobra.Command {
 			if *getOut == "json" {
 				return printJSON(c.OutOrStdout(), e)
 			}
-			w := c.OutOrStdout()
+			w := termSafe(c.OutOrStdout())
 			fmt.Fprintf(w, "endpoint:   %d\n", e.ID)
 			fmt.Fprintf(w, "identity:   %s\n", identityText(e))
 			fmt.Fprintf(w, "containers: %s\n", containersText(e.Containers))

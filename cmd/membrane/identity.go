@@ -25,7 +25,7 @@ func newIdentityCmd() *cobra.Command {
 			if *out == "json" {
 				return printJSON(c.OutOrStdout(), ids)
 			}
-			tw := tabwriter.NewWriter(c.OutOrStdout(), 0, 4, 2, ' ', 0)
+			tw := tabwriter.NewWriter(termSafe(c.OutOrStdout()), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "IDENTITY\tENDPOINTS\tLABELS")
 			for _, id := range ids {
 				labels := labelsText(id.Labels)

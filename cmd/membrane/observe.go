@@ -44,11 +44,12 @@ func newObserveCmd() *cobra.Command {
 			ctx, cancel := signalContext(c.Context())
 			defer cancel()
 			w := c.OutOrStdout()
+			text := termSafe(w)
 			err := client(c).Observe(ctx, f, func(fl api.Flow) error {
 				if *out == "json" {
 					return printJSONLine(w, fl)
 				}
-				_, err := fmt.Fprintln(w, flowText(fl))
+				_, err := fmt.Fprintln(text, flowText(fl))
 				return err
 			})
 			if err != nil {

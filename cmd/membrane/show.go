@@ -26,7 +26,7 @@ func newPolicyShowCmd() *cobra.Command {
 			if *out == "json" {
 				return printJSON(c.OutOrStdout(), p)
 			}
-			w := c.OutOrStdout()
+			w := termSafe(c.OutOrStdout())
 			fmt.Fprintf(w, "revision %d from %s", p.Revision, p.Dir)
 			if !p.LoadedAt.IsZero() {
 				fmt.Fprintf(w, ", loaded %s", p.LoadedAt.Local().Format(time.DateTime))

@@ -31,6 +31,7 @@ func newStatusCmd() *cobra.Command {
 					return err
 				}
 			} else {
+				w := termSafe(w)
 				state := "up, reconciled"
 				if !st.Reconciled {
 					state = "up, first reconcile not finished"

@@ -224,7 +224,7 @@ func runTrace(cmd *cobra.Command, out, errOut io.Writer, o *traceOpts) error {
 		_, err = fmt.Fprintf(out, "%s\n", b)
 		return err
 	}
-	return res.WriteText(out)
+	return res.WriteText(termSafe(out))
 }
 
 // query checks the flags and turns them into a traceQuery; every problem is
