@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -422,6 +423,26 @@ func TestRebindingHostRefused(t *testing.T) {
 // stalling the publisher (the datapath's event reader); when it reads
 // again it gets what was queued and then an error saying it fell behind,
 // not the quiet end of a finished stream.
+// A follow value that is neither yes nor no is refused: taken for "no",
+// a client that meant to follow got the backlog and an end, as if nothing
+// more would come.
+func TestObserveFollowValueIsChecked(t *testing.T) {
+	_, sock := start(t, Options{})
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	defer hc.CloseIdleConnections()
+	for _, v := range []string{"yes", "on", "2", "TRUE "} {
+		status, msg := answer(t)(hc.Get("http://membraned/v1/observe?follow=" + url.QueryEscape(v)))
+		if status != http.StatusBadRequest || !strings.Contains(msg, "must be true or false") {
+			t.Errorf("follow=%q: status %d, %q", v, status, msg)
+		}
+	}
+	if status, _ := answer(t)(hc.Get("http://membraned/v1/observe?follow=false")); status != http.StatusOK {
+		t.Errorf("follow=false: status %d", status)
+	}
+}
+
 func TestObserveFollowerThatFallsBehindIsTold(t *testing.T) {
 	b, sock := start(t, Options{})
 	c := NewClient(sock)

@@ -11,6 +11,7 @@
 //	POST /v1/policy/trace            TraceRequest -> TraceResult (read-only)
 //	GET  /v1/observe?follow=1&verdict=dropped&container=NAME
 //	                                 newline-delimited Flow records
+//	                                 (follow: 1, true, 0, false or absent)
 //	POST /v1/policy/reload           re-read the policy directory   (writer)
 //	POST /v1/resync                  full resync of the datapath    (writer)
 //

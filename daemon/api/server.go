@@ -320,7 +320,17 @@ func (s *Server) mayWrite(c *PeerCred) bool {
 
 func (s *Server) observe(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	f := ObserveFilter{Follow: q.Get("follow") == "1" || q.Get("follow") == "true", Verdict: q.Get("verdict"), Container: q.Get("container"), Type: q.Get("type"), Direction: q.Get("direction")}
+	f := ObserveFilter{Verdict: q.Get("verdict"), Container: q.Get("container"), Type: q.Get("type"), Direction: q.Get("direction")}
+	switch v := q.Get("follow"); v {
+	case "", "0", "false":
+	case "1", "true":
+		f.Follow = true
+	default:
+		// Not taken for "no": a client that meant to follow would get the
+		// backlog and an end, and think nothing more came.
+		writeError(w, http.StatusBadRequest, fmt.Errorf("follow %q: must be true or false (1 or 0)", v))
+		return
+	}
 	if !ValidVerdict(f.Verdict) {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("verdict %q: must be dropped, audit or allowed (l3), or forwarded, denied or error (l7)", f.Verdict))
 		return
