@@ -76,14 +76,7 @@ func TestVLANTaggedFramesAreJudged(t *testing.T) {
 		}
 		b = binary.BigEndian.AppendUint16(b, 0x0800)
 		ip := tcp(tp.addr[0], tp.addr[1], 40000+dport%1000, dport, tcpSYN).ip()
-		var sum uint32
-		for i := 0; i < 20; i += 2 {
-			sum += uint32(binary.BigEndian.Uint16(ip[i:]))
-		}
-		for sum > 0xffff {
-			sum = sum&0xffff + sum>>16
-		}
-		binary.BigEndian.PutUint16(ip[10:], ^uint16(sum))
+		binary.BigEndian.PutUint16(ip[10:], csum16(ip[:20], 0))
 		return append(b, ip...)
 	}
 	send := func(f []byte) {
@@ -209,14 +202,7 @@ func TestSkbProtocolCannotDisguiseAFrame(t *testing.T) {
 		d := udp(tp.bridgeIP, tp.addr[1], 5555, dport)
 		d.payload = []byte("hello")
 		ip := d.ip()
-		var sum uint32
-		for i := 0; i < 20; i += 2 {
-			sum += uint32(binary.BigEndian.Uint16(ip[i:]))
-		}
-		for sum > 0xffff {
-			sum = sum&0xffff + sum>>16
-		}
-		binary.BigEndian.PutUint16(ip[10:], ^uint16(sum))
+		binary.BigEndian.PutUint16(ip[10:], csum16(ip[:20], 0))
 		f := append(append(append([]byte{}, dstMAC...), 2, 0, 0, 0, 0, 9), 0x08, 0x00)
 		return append(f, ip...)
 	}
