@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math"
 	"net/netip"
 	"os"
 	"path"
@@ -65,12 +66,18 @@ type reconciler struct {
 	policyWatching <-chan struct{}
 
 	// loop state
-	eps       map[string]*epState // by runtime endpoint id
-	veths     map[int]linkwatch.Event
-	nextEpID  uint32
-	set       *policies.Set
-	setFiles  []string
-	setLoaded time.Time
+	eps      map[string]*epState // by runtime endpoint id
+	veths    map[int]linkwatch.Event
+	nextEpID uint32
+	// restoredIDs are the endpoint ids the pinned endpoints map held at
+	// start, by host ifindex: an endpoint found again on one of those veths
+	// keeps its id (decision 66) until the first full resync, which drops
+	// them. restoredTaken are those already given back.
+	restoredIDs   map[int]uint32
+	restoredTaken map[uint32]bool
+	set           *policies.Set
+	setFiles      []string
+	setLoaded     time.Time
 	// setSources are the sources of set as they were parsed (nil for a
 	// set adopted from the last good snapshot). setUnwritten: set was
 	// accepted before the first full reconcile; it is checked against the
@@ -140,6 +147,7 @@ func newReconciler(cfg *config.Config, log *slog.Logger, dp *bpf.Datapath, ids *
 		nextEpID:  1,
 		problems:  map[string]string{},
 	}
+	r.restoreIDs()
 	if dp.Replaced() {
 		if att, err := dp.Attached(); err == nil {
 			r.oldPrograms = map[int]bool{}
@@ -150,6 +158,50 @@ func newReconciler(cfg *config.Config, log *slog.Logger, dp *bpf.Datapath, ids *
 	}
 	r.publish()
 	return r
+}
+
+// restoreIDs reads the endpoint ids the previous daemon wrote to the pinned
+// endpoints map, so that endpoints keep their ids across a restart, and
+// starts fresh ids past every one of them. Maps Open replaced are empty.
+func (r *reconciler) restoreIDs() {
+	if r.dp == nil || r.dp.Replaced() {
+		return
+	}
+	eps, err := r.dp.Endpoints()
+	if err != nil {
+		r.log.Warn("reading the pinned endpoints map; endpoints get new ids", "err", err)
+		return
+	}
+	r.restoredIDs = map[int]uint32{}
+	r.restoredTaken = map[uint32]bool{}
+	for ifx, e := range eps {
+		if e.ID == 0 {
+			continue
+		}
+		r.restoredIDs[ifx] = e.ID
+		if e.ID >= r.nextEpID && e.ID < math.MaxUint32 {
+			r.nextEpID = e.ID + 1
+		}
+	}
+	if len(r.restoredIDs) > 0 {
+		r.log.Debug("endpoint ids restored from the pinned endpoints map", "entries", len(r.restoredIDs), "next_id", r.nextEpID)
+	}
+}
+
+// newEpID is the id of an endpoint seen for the first time: the id its
+// veth had in the pinned endpoints map when the daemon started, unless
+// another endpoint already took that id back, else the next fresh one.
+func (r *reconciler) newEpID(ep endpoint.Endpoint) uint32 {
+	for _, itf := range ep.Interfaces {
+		id, ok := r.restoredIDs[itf.HostIfindex]
+		if ok && !r.restoredTaken[id] {
+			r.restoredTaken[id] = true
+			return id
+		}
+	}
+	id := r.nextEpID
+	r.nextEpID++
+	return id
 }
 
 // do runs fn on the reconciler's goroutine and waits for it.
@@ -336,6 +388,9 @@ func (r *reconciler) run(ctx context.Context) error {
 		if waiting && len(pendingEps) == 0 && len(pendingVeths) == 0 {
 			waiting = false
 			r.synced = true
+			// Endpoints not found again by now are gone: their ids stay
+			// unused (nextEpID is past them) and their entries are pruned.
+			r.restoredIDs, r.restoredTaken = nil, nil
 			r.checkFirstSet()
 			r.fullSync("initial")
 			r.markReady()
@@ -932,8 +987,7 @@ func (r *reconciler) applyEndpointEvent(ev endpoint.Event) {
 	default:
 		st := r.eps[ev.Endpoint.ID]
 		if st == nil {
-			st = &epState{id: r.nextEpID}
-			r.nextEpID++
+			st = &epState{id: r.newEpID(ev.Endpoint)}
 			r.eps[ev.Endpoint.ID] = st
 		}
 		st.ep = ev.Endpoint.Clone()

@@ -1005,3 +1005,56 @@ func (e *env) eventuallyEnforcedWhole(name, when string) {
 		return nil
 	})
 }
+
+// TestDaemonRestartKeepsEndpointIDs: endpoint ids (`membrane endpoint get
+// ID`, flow records) name the same containers after membraned restarts,
+// SIGTERM or SIGKILL, and a container started afterwards gets an id no
+// endpoint had. The first container is gone before the restart, so
+// numbering the endpoints found again afresh would move the others' ids.
+func TestDaemonRestartKeepsEndpointIDs(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.startDaemon()
+	gone := e.idle("gone", "app=gone")
+	e.endpoint(gone)
+	a := e.idle("a", "app=a")
+	b := e.idle("b", "app=b")
+	before := map[string]uint32{a: e.endpoint(a).ID, b: e.endpoint(b).ID}
+	used := map[uint32]bool{e.endpoint(gone).ID: true}
+	for _, id := range before {
+		used[id] = true
+	}
+	e.docker("rm", "-f", gone)
+	e.eventually("removed endpoint gone", 10*time.Second, func() error {
+		if _, err := e.client.Endpoint(context.Background(), gone); err == nil {
+			return fmt.Errorf("%s still listed", gone)
+		}
+		return nil
+	})
+	for i, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
+		e.stopDaemon(sig)
+		e.startDaemon()
+		for c, id := range before {
+			if got := e.endpoint(c).ID; got != id {
+				t.Errorf("after %v: %s endpoint id %d -> %d", sig, c, id, got)
+			}
+		}
+		fresh := e.idle(fmt.Sprintf("new%d", i), "app=new")
+		id := e.endpoint(fresh).ID
+		if used[id] {
+			t.Errorf("after %v: new container got endpoint id %d, which another endpoint had", sig, id)
+		}
+		used[id] = true
+		before[fresh] = id
+	}
+	eps, err := e.client.Endpoints(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[uint32]string{}
+	for _, ep := range eps {
+		if other, dup := seen[ep.ID]; dup {
+			t.Errorf("endpoint id %d given twice (%s, %v)", ep.ID, other, ep.Containers)
+		}
+		seen[ep.ID] = fmt.Sprint(ep.Containers)
+	}
+}
