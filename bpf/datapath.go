@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -146,7 +147,10 @@ type Datapath struct {
 	// replaced is set when Open had to create fresh maps: the pinned
 	// attachments keep the old programs until Attach replaces them.
 	replaced bool
-	closed   bool
+	// previousIDs are the endpoint ids the replaced endpoints map held,
+	// by ifindex (PreviousEndpointIDs).
+	previousIDs map[int]uint32
+	closed      bool
 }
 
 var mapNames = []string{
@@ -271,6 +275,9 @@ func (d *Datapath) load() error {
 		if attempt > 0 {
 			return fmt.Errorf("replacing pinned maps under %s failed: %w", d.cfg.PinDir, err)
 		}
+		if attempt == 0 {
+			d.previousIDs = readPinnedEndpointIDs(filepath.Join(d.cfg.PinDir, "membrane_endpoints"))
+		}
 		for _, name := range mapNames {
 			if err := os.Remove(filepath.Join(d.cfg.PinDir, name)); err != nil && !os.IsNotExist(err) {
 				return fmt.Errorf("removing stale pin: %w", err)
@@ -368,6 +375,37 @@ func (d *Datapath) SetProxyCgroup(id uint64) error {
 // programs, with the previous maps, until Attach is called for each, which
 // must wait until the new maps hold what those interfaces need.
 func (d *Datapath) Replaced() bool { return d.replaced }
+
+// PreviousEndpointIDs returns the endpoint ids, by ifindex, that the pinned
+// endpoints map held when Open replaced it (nil when it adopted the maps:
+// Endpoints has them, or when none could be read), so that a restarted
+// daemon can give endpoints their ids back across a change of the maps.
+func (d *Datapath) PreviousEndpointIDs() map[int]uint32 { return d.previousIDs }
+
+// readPinnedEndpointIDs reads the endpoint ids of a pinned endpoints map
+// that is about to be replaced. The id is the first __u32 of struct
+// endpoint_info in every ABI so far; a map that does not look like one
+// (another key size, a value too short) yields nothing.
+func readPinnedEndpointIDs(pin string) map[int]uint32 {
+	m, err := ebpf.LoadPinnedMap(pin, &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		return nil
+	}
+	defer m.Close()
+	if m.KeySize() != 4 || m.ValueSize() < 4 {
+		return nil
+	}
+	out := map[int]uint32{}
+	var k uint32
+	v := make([]byte, m.ValueSize())
+	it := m.Iterate()
+	for it.Next(&k, v) {
+		if id := binary.NativeEndian.Uint32(v[:4]); id != 0 {
+			out[int(k)] = id
+		}
+	}
+	return out
+}
 
 // Revision returns the policy revision in force.
 func (d *Datapath) Revision() (uint32, error) {

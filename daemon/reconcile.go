@@ -161,26 +161,33 @@ func newReconciler(cfg *config.Config, log *slog.Logger, dp *bpf.Datapath, ids *
 }
 
 // restoreIDs reads the endpoint ids the previous daemon wrote to the pinned
-// endpoints map, so that endpoints keep their ids across a restart, and
-// starts fresh ids past every one of them. Maps Open replaced are empty.
+// endpoints map (or to the one Open replaced), so that endpoints keep their
+// ids across a restart, and starts fresh ids past every one of them.
 func (r *reconciler) restoreIDs() {
-	if r.dp == nil || r.dp.Replaced() {
+	if r.dp == nil {
 		return
 	}
-	eps, err := r.dp.Endpoints()
-	if err != nil {
-		r.log.Warn("reading the pinned endpoints map; endpoints get new ids", "err", err)
-		return
+	ids := r.dp.PreviousEndpointIDs()
+	if !r.dp.Replaced() {
+		eps, err := r.dp.Endpoints()
+		if err != nil {
+			r.log.Warn("reading the pinned endpoints map; endpoints get new ids", "err", err)
+			return
+		}
+		ids = map[int]uint32{}
+		for ifx, e := range eps {
+			ids[ifx] = e.ID
+		}
 	}
 	r.restoredIDs = map[int]uint32{}
 	r.restoredTaken = map[uint32]bool{}
-	for ifx, e := range eps {
-		if e.ID == 0 {
+	for ifx, id := range ids {
+		if id == 0 {
 			continue
 		}
-		r.restoredIDs[ifx] = e.ID
-		if e.ID >= r.nextEpID && e.ID < math.MaxUint32 {
-			r.nextEpID = e.ID + 1
+		r.restoredIDs[ifx] = id
+		if id >= r.nextEpID && id < math.MaxUint32 {
+			r.nextEpID = id + 1
 		}
 	}
 	if len(r.restoredIDs) > 0 {

@@ -1008,8 +1008,8 @@ func (e *env) eventuallyEnforcedWhole(name, when string) {
 
 // TestDaemonRestartKeepsEndpointIDs: endpoint ids (`membrane endpoint get
 // ID`, flow records) name the same containers after membraned restarts,
-// SIGTERM or SIGKILL, and a container started afterwards gets an id no
-// endpoint had. The first container is gone before the restart, so
+// SIGTERM or SIGKILL, also when it replaces the pinned maps (other map
+// sizes), and a container started afterwards gets an id no endpoint had. The first container is gone before the restart, so
 // numbering the endpoints found again afresh would move the others' ids.
 func TestDaemonRestartKeepsEndpointIDs(t *testing.T) {
 	e := newEnv(t, envOpts{})
@@ -1030,18 +1030,40 @@ func TestDaemonRestartKeepsEndpointIDs(t *testing.T) {
 		}
 		return nil
 	})
-	for i, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
+	for i, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL, syscall.SIGTERM} {
 		e.stopDaemon(sig)
+		if i == 2 {
+			// Other map sizes: the restarted daemon replaces the pinned
+			// maps, as an upgrade that changes bpf.ABI does.
+			f, err := os.OpenFile(e.cfgPath, os.O_APPEND|os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = f.WriteString("maps {\n  conntrack = 131072\n}\n")
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
 		e.startDaemon()
+		when := sig.String()
+		if i == 2 {
+			when += ", maps replaced"
+			if b, _ := os.ReadFile(e.logPath); !strings.Contains(string(b), "replacing them") {
+				t.Fatal("the restarted daemon did not replace the maps")
+			}
+		}
 		for c, id := range before {
 			if got := e.endpoint(c).ID; got != id {
-				t.Errorf("after %v: %s endpoint id %d -> %d", sig, c, id, got)
+				t.Errorf("after %s: %s endpoint id %d -> %d", when, c, id, got)
 			}
 		}
 		fresh := e.idle(fmt.Sprintf("new%d", i), "app=new")
 		id := e.endpoint(fresh).ID
 		if used[id] {
-			t.Errorf("after %v: new container got endpoint id %d, which another endpoint had", sig, id)
+			t.Errorf("after %s: new container got endpoint id %d, which another endpoint had", when, id)
 		}
 		used[id] = true
 		before[fresh] = id
