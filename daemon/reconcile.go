@@ -3,6 +3,7 @@ package daemon
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -74,6 +75,7 @@ type reconciler struct {
 	// keeps its id (decision 66) until the first full resync, which drops
 	// them. restoredTaken are those already given back.
 	restoredIDs   map[int]uint32
+	restoredHost  map[string]uint32 // host-network endpoints' (hostIDsFile)
 	restoredTaken map[uint32]bool
 	set           *policies.Set
 	setFiles      []string
@@ -160,55 +162,111 @@ func newReconciler(cfg *config.Config, log *slog.Logger, dp *bpf.Datapath, ids *
 	return r
 }
 
+// hostIDsFile, in the state directory, keeps the endpoint ids of
+// host-network endpoints, which have no entry in the endpoints map, by
+// runtime endpoint id.
+const hostIDsFile = "host-endpoint-ids.json"
+
 // restoreIDs reads the endpoint ids the previous daemon wrote to the pinned
-// endpoints map (or to the one Open replaced), so that endpoints keep their
-// ids across a restart, and starts fresh ids past every one of them.
+// endpoints map (or to the one Open replaced) and to hostIDsFile, so that
+// endpoints keep their ids across a restart, and starts fresh ids past
+// every one of them.
 func (r *reconciler) restoreIDs() {
-	if r.dp == nil {
-		return
-	}
-	ids := r.dp.PreviousEndpointIDs()
-	if !r.dp.Replaced() {
-		eps, err := r.dp.Endpoints()
-		if err != nil {
-			r.log.Warn("reading the pinned endpoints map; endpoints get new ids", "err", err)
-			return
-		}
-		ids = map[int]uint32{}
-		for ifx, e := range eps {
-			ids[ifx] = e.ID
-		}
-	}
 	r.restoredIDs = map[int]uint32{}
+	r.restoredHost = map[string]uint32{}
 	r.restoredTaken = map[uint32]bool{}
-	for ifx, id := range ids {
-		if id == 0 {
-			continue
-		}
-		r.restoredIDs[ifx] = id
+	bump := func(id uint32) {
 		if id >= r.nextEpID && id < math.MaxUint32 {
 			r.nextEpID = id + 1
 		}
 	}
-	if len(r.restoredIDs) > 0 {
-		r.log.Debug("endpoint ids restored from the pinned endpoints map", "entries", len(r.restoredIDs), "next_id", r.nextEpID)
+	if r.dp != nil {
+		ids := r.dp.PreviousEndpointIDs()
+		if !r.dp.Replaced() {
+			eps, err := r.dp.Endpoints()
+			if err != nil {
+				r.log.Warn("reading the pinned endpoints map; endpoints get new ids", "err", err)
+			}
+			ids = map[int]uint32{}
+			for ifx, e := range eps {
+				ids[ifx] = e.ID
+			}
+		}
+		for ifx, id := range ids {
+			if id != 0 {
+				r.restoredIDs[ifx] = id
+				bump(id)
+			}
+		}
+	}
+	if r.cfg.StateDir != "" {
+		b, err := os.ReadFile(path.Join(r.cfg.StateDir, hostIDsFile))
+		if err == nil {
+			err = json.Unmarshal(b, &r.restoredHost)
+		}
+		if err != nil && !os.IsNotExist(err) {
+			r.log.Warn("reading the host-network endpoint ids; they get new ids", "err", err)
+		}
+		for key, id := range r.restoredHost {
+			if id == 0 {
+				delete(r.restoredHost, key)
+				continue
+			}
+			bump(id)
+		}
+	}
+	if len(r.restoredIDs)+len(r.restoredHost) > 0 {
+		r.log.Debug("endpoint ids restored", "veths", len(r.restoredIDs), "host_network", len(r.restoredHost), "next_id", r.nextEpID)
 	}
 }
 
 // newEpID is the id of an endpoint seen for the first time: the id its
-// veth had in the pinned endpoints map when the daemon started, unless
-// another endpoint already took that id back, else the next fresh one.
+// veth had in the pinned endpoints map when the daemon started (for a
+// host-network endpoint: the one hostIDsFile held), unless another
+// endpoint already took that id back, else the next fresh one.
 func (r *reconciler) newEpID(ep endpoint.Endpoint) uint32 {
-	for _, itf := range ep.Interfaces {
-		id, ok := r.restoredIDs[itf.HostIfindex]
+	take := func(id uint32, ok bool) bool {
 		if ok && !r.restoredTaken[id] {
 			r.restoredTaken[id] = true
+			return true
+		}
+		return false
+	}
+	if ep.NetworkMode == endpoint.ModeHost {
+		if id, ok := r.restoredHost[ep.ID]; take(id, ok) {
+			return id
+		}
+	}
+	for _, itf := range ep.Interfaces {
+		if id, ok := r.restoredIDs[itf.HostIfindex]; take(id, ok) {
 			return id
 		}
 	}
 	id := r.nextEpID
 	r.nextEpID++
 	return id
+}
+
+// saveHostIDs writes the ids of the host-network endpoints to hostIDsFile
+// (they change rarely: a write per such endpoint added or removed).
+func (r *reconciler) saveHostIDs() {
+	if r.cfg.StateDir == "" {
+		return
+	}
+	ids := map[string]uint32{}
+	for key, st := range r.eps {
+		if st.ep.NetworkMode == endpoint.ModeHost {
+			ids[key] = st.id
+		}
+	}
+	b, err := json.Marshal(ids)
+	if err == nil {
+		err = identity.WriteFileAtomic(path.Join(r.cfg.StateDir, hostIDsFile), append(b, '\n'), 0o600)
+	}
+	if err != nil {
+		err = fmt.Errorf("writing the host-network endpoint ids: %w", err)
+	}
+	r.problem("host-endpoint-ids", "save-endpoint-ids", err)
 }
 
 // do runs fn on the reconciler's goroutine and waits for it.
@@ -397,7 +455,11 @@ func (r *reconciler) run(ctx context.Context) error {
 			r.synced = true
 			// Endpoints not found again by now are gone: their ids stay
 			// unused (nextEpID is past them) and their entries are pruned.
-			r.restoredIDs, r.restoredTaken = nil, nil
+			hadHost := len(r.restoredHost) > 0
+			r.restoredIDs, r.restoredHost, r.restoredTaken = nil, nil, nil
+			if hadHost {
+				r.saveHostIDs() // without the endpoints that are gone
+			}
 			r.checkFirstSet()
 			r.fullSync("initial")
 			r.markReady()
@@ -978,6 +1040,9 @@ func (r *reconciler) applyEndpointEvent(ev endpoint.Event) {
 			return
 		}
 		delete(r.eps, ev.Endpoint.ID)
+		if st.ep.NetworkMode == endpoint.ModeHost {
+			r.saveHostIDs()
+		}
 		delete(r.problems, "held/"+ev.Endpoint.ID)
 		delete(r.problems, "identity/"+ev.Endpoint.ID)
 		if r.synced {
@@ -997,7 +1062,11 @@ func (r *reconciler) applyEndpointEvent(ev endpoint.Event) {
 			st = &epState{id: r.newEpID(ev.Endpoint)}
 			r.eps[ev.Endpoint.ID] = st
 		}
+		wasHost := st.ep.NetworkMode == endpoint.ModeHost
 		st.ep = ev.Endpoint.Clone()
+		if (st.ep.NetworkMode == endpoint.ModeHost) != wasHost {
+			r.saveHostIDs()
+		}
 		if st.ep.NetworkMode == endpoint.ModeHost {
 			// Processes in the host namespace are the host entity.
 			st.identity = policies.IdentityHost

@@ -1007,7 +1007,8 @@ func (e *env) eventuallyEnforcedWhole(name, when string) {
 }
 
 // TestDaemonRestartKeepsEndpointIDs: endpoint ids (`membrane endpoint get
-// ID`, flow records) name the same containers after membraned restarts,
+// ID`, flow records) name the same containers, host-network ones too,
+// after membraned restarts,
 // SIGTERM or SIGKILL, also when it replaces the pinned maps (other map
 // sizes), and a container started afterwards gets an id no endpoint had. The first container is gone before the restart, so
 // numbering the endpoints found again afresh would move the others' ids.
@@ -1018,8 +1019,22 @@ func TestDaemonRestartKeepsEndpointIDs(t *testing.T) {
 	e.endpoint(gone)
 	a := e.idle("a", "app=a")
 	b := e.idle("b", "app=b")
+	// A host-network container has no veth, so no endpoints map entry.
+	host := e.run("host", []string{"app=host"}, "sleep 600", "--network", "host")
+	hostID := func() uint32 {
+		t.Helper()
+		var ep api.Endpoint
+		e.eventually("endpoint "+host, 20*time.Second, func() error {
+			var err error
+			ep, err = e.client.Endpoint(context.Background(), host)
+			return err
+		})
+		return ep.ID
+	}
 	before := map[string]uint32{a: e.endpoint(a).ID, b: e.endpoint(b).ID}
 	used := map[uint32]bool{e.endpoint(gone).ID: true}
+	hostBefore := hostID()
+	used[hostBefore] = true
 	for _, id := range before {
 		used[id] = true
 	}
@@ -1059,6 +1074,9 @@ func TestDaemonRestartKeepsEndpointIDs(t *testing.T) {
 			if got := e.endpoint(c).ID; got != id {
 				t.Errorf("after %s: %s endpoint id %d -> %d", when, c, id, got)
 			}
+		}
+		if got := hostID(); got != hostBefore {
+			t.Errorf("after %s: host-network %s endpoint id %d -> %d", when, host, hostBefore, got)
 		}
 		fresh := e.idle(fmt.Sprintf("new%d", i), "app=new")
 		id := e.endpoint(fresh).ID
