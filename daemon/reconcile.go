@@ -259,6 +259,12 @@ func (r *reconciler) saveHostIDs() {
 			ids[key] = st.id
 		}
 	}
+	// Before the first full reconcile, those not found again yet stay.
+	for key, id := range r.restoredHost {
+		if _, ok := ids[key]; !ok && !r.restoredTaken[id] {
+			ids[key] = id
+		}
+	}
 	b, err := json.Marshal(ids)
 	if err == nil {
 		err = identity.WriteFileAtomic(path.Join(r.cfg.StateDir, hostIDsFile), append(b, '\n'), 0o600)
