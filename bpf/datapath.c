@@ -271,6 +271,7 @@ struct pkt {
 	__u32 nd_target_off; /* neighbour advertisements: where the target address is; 0 none */
 	__u16 policy_port; /* host order: dport, or ICMP type */
 	__u8 tcp_flags;
+	__u8 tcp_data; /* TCP: the segment carries data */
 	__u8 icmp_error;
 	__u8 first_frag;
 	__u8 later_frag;
@@ -440,7 +441,7 @@ static __always_inline int is_icmp_error(__u8 proto, __u8 type)
  * first 8 bytes are sure to be there (RFC 792; many routers quote no
  * more): TCP, UDP and SCTP need just their ports, and ICMP its 8 bytes. */
 static __always_inline int load_ports(struct __sk_buff *skb, __u32 off, __u8 proto, struct ct_key *k,
-				      __u16 *policy_port, __u8 *tcp_flags, __u32 end, const int quoted)
+				      __u16 *policy_port, __u8 *tcp_flags, __u8 *tcp_data, __u32 end, const int quoted)
 {
 	__u8 buf[16] __attribute__((aligned(4)));
 
@@ -455,6 +456,8 @@ static __always_inline int load_ports(struct __sk_buff *skb, __u32 off, __u8 pro
 		if (off + 20 > end || load(skb, off, buf, 14) < 0)
 			return -1;
 		*tcp_flags = buf[13];
+		/* a payload after the header (and its options) */
+		*tcp_data = off + (__u32)(buf[12] >> 4) * 4 < end;
 		break;
 	case IPPROTO_UDP:
 		if ((!quoted && off + 8 > end) || load(skb, off, buf, quoted ? 4 : 8) < 0)
@@ -561,7 +564,7 @@ static __always_inline int load_inner(struct __sk_buff *skb, __u32 off, const st
 	}
 	k->protocol = proto;
 	k->family = p->tuple.family;
-	return load_ports(skb, off, proto, k, &pp, &fl, skb->len, 1);
+	return load_ports(skb, off, proto, k, &pp, &fl, &fl, skb->len, 1);
 }
 
 /* Returns 0 or a drop reason. */
@@ -595,6 +598,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 				__builtin_memcpy(&p->tuple.dport, th + 2, 2);
 				p->policy_port = bpf_ntohs(p->tuple.dport);
 				p->tcp_flags = th[13];
+				p->tcp_data = tot > 20 + (__u32)(th[12] >> 4) * 4;
 				return 0;
 			}
 		}
@@ -701,7 +705,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	p->tuple.protocol = proto;
 	if (p->later_frag)
 		return 0;
-	if (load_ports(skb, off, proto, &p->tuple, &p->policy_port, &p->tcp_flags, end, 0) < 0)
+	if (load_ports(skb, off, proto, &p->tuple, &p->policy_port, &p->tcp_flags, &p->tcp_data, end, 0) < 0)
 		return REASON_DROP_MALFORMED_L4;
 	/* ND and MLD are ICMPv6 in IPv6: an IPv4 packet with protocol 58 is
 	 * judged as any other protocol. */
@@ -976,8 +980,11 @@ static __always_inline __u64 lifetime(const struct config *cfg, const struct ct_
  * RST, nor a new SYN) after a RST shows that the RST was not taken: the
  * connection is back to established. After a RST that was taken, a stray
  * segment of the dead connection gets a RST back from its end, which closes
- * the entry again. */
-static __always_inline void ct_tcp(struct ct_entry *e, __u8 flags, int reply)
+ * the entry again. A FIN can be forged as blindly: new data (a segment with
+ * a payload and no FIN) from the side whose FIN was seen shows that the FIN
+ * was not its own, as a side sends no new data after its FIN (an ACK shows
+ * nothing: the side that closed goes on acknowledging the other's data). */
+static __always_inline void ct_tcp(struct ct_entry *e, __u8 flags, int data, int reply)
 {
 	if (flags & TCP_RST) {
 		e->state = CT_CLOSING;
@@ -994,8 +1001,16 @@ static __always_inline void ct_tcp(struct ct_entry *e, __u8 flags, int reply)
 		e->flags &= ~CT_F_RST;
 		e->state = CT_ESTABLISHED;
 	}
-	if (flags & TCP_FIN)
-		e->flags |= reply ? CT_F_FIN_REPLY : CT_F_FIN_ORIG;
+	__u8 fin = reply ? CT_F_FIN_REPLY : CT_F_FIN_ORIG;
+	if (flags & TCP_FIN) {
+		e->flags |= fin;
+	} else if (data && (e->flags & fin)) {
+		/* New data from a side whose FIN was seen: that FIN was not
+		 * its own (policy decision 63). */
+		e->flags &= ~fin;
+		if (e->state == CT_CLOSING && !(e->flags & CT_F_RST))
+			e->state = CT_ESTABLISHED;
+	}
 	if ((e->flags & (CT_F_FIN_ORIG | CT_F_FIN_REPLY)) == (CT_F_FIN_ORIG | CT_F_FIN_REPLY))
 		e->state = CT_CLOSING;
 	else if (e->state == CT_SYN && reply && (flags & TCP_ACK))
@@ -1318,7 +1333,7 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 			e->remote_identity = v.remote;
 		}
 		if (p.tuple.protocol == IPPROTO_TCP)
-			ct_tcp(e, p.tcp_flags, reply);
+			ct_tcp(e, p.tcp_flags, p.tcp_data, reply);
 		/* The coarse clock moves once a tick: store only when the deadline
 		 * moved, so most packets leave the line clean for the other
 		 * direction's CPU. */
@@ -1333,7 +1348,9 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 		 * replies come from the proxy's socket and pass. */
 		if (!reply && e->proxy_port && p.tuple.protocol == IPPROTO_TCP)
 			return to_proxy(skb, &p, ep, local, e->proxy_port, e->direction, dir);
-		if (fs) {
+		/* Not the packets of a side whose FIN was seen: its data must
+		 * reach ct_tcp (above), which forgets a forged FIN. */
+		if (fs && !(p.tuple.protocol == IPPROTO_TCP && (e->flags & (reply ? CT_F_FIN_REPLY : CT_F_FIN_ORIG)))) {
 			__builtin_memcpy(&fs->key, &p.tuple, sizeof(p.tuple));
 			fs->tag = tag;
 			fs->local = local;
@@ -1406,7 +1423,7 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 		if (p.tuple.protocol == IPPROTO_TCP && !(p.tcp_flags & TCP_SYN))
 			ne.state = CT_ESTABLISHED; /* picked up mid-stream (e.g. after a restart) */
 		if (p.tuple.protocol == IPPROTO_TCP)
-			ct_tcp(&ne, p.tcp_flags, 0);
+			ct_tcp(&ne, p.tcp_flags, p.tcp_data, 0);
 		ne.expires = now + lifetime(cfg, &ne, p.tuple.protocol);
 		/* The tuple may have an entry already: an expired one, one a bare
 		 * SYN did not look up (a new connection on a reused port), or one

@@ -1326,3 +1326,64 @@ func TestICMPv6NumberInIPv4IsNoNeighbourDiscovery(t *testing.T) {
 	// The real thing still passes.
 	h.expect(out, h.ifs[0], pkt{src: addrA6, dst: netip.MustParseAddr("ff02::1:ff00:3"), proto: 58, icmpType: 135, hopLimit: 255}, ReasonAllowNeighbor)
 }
+
+// TestForgedFINNotTaken: a FIN from anyone who knows a connection's tuple
+// (the endpoint drops it when its sequence number is not in the window)
+// does not mark that side as finished for good: new data from that side
+// shows that the FIN was not its own, so when the endpoint later closes its
+// side the connection stays established, and the server's data after an idle
+// spell longer than the close lifetime is still a reply. A real close (both
+// sides' FINs, no data after them) still ends with the close lifetime.
+func TestForgedFINNotTaken(t *testing.T) {
+	h := twoEndpoints(t, Config{Lifetimes: Lifetimes{Close: 10 * time.Second, TCP: time.Hour}})
+	h.sync(policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, IngressDefaultDeny: true, Entries: []policies.Entry{
+		entry(out, policies.IdentityAny, policies.ProtoTCP, 443, 16, policies.Allow, 1),
+	}})
+	open := func(sport uint16) pkt {
+		syn := tcp(addrA, addrW, sport, 443, tcpSYN)
+		h.expect(out, h.ifs[0], syn, ReasonAllowPolicy)
+		sa := syn.reverse()
+		sa.tcpFlags = tcpSYN | tcpACK
+		h.expect(in, h.ifs[0], sa, ReasonAllowReply)
+		ack := syn
+		ack.tcpFlags = tcpACK
+		h.expect(out, h.ifs[0], ack, ReasonAllowEstablished)
+		return syn
+	}
+	// A blind FIN claiming to come from the server, which A ignores; the
+	// server goes on sending, then A half-closes (shutdown(SHUT_WR)).
+	kept := open(40000)
+	fin := kept.reverse()
+	fin.tcpFlags = tcpFIN | tcpACK
+	h.expect(in, h.ifs[0], fin, ReasonAllowReply)
+	data := kept.reverse()
+	data.tcpFlags = tcpACK
+	data.payload = []byte("more of the response")
+	h.expect(in, h.ifs[0], data, ReasonAllowReply)
+	aFin := kept
+	aFin.tcpFlags = tcpFIN | tcpACK
+	h.expect(out, h.ifs[0], aFin, ReasonAllowEstablished)
+
+	// A real close: A's FIN, the server's last data and its FIN, A's ACK.
+	gone := open(40001)
+	aFin = gone
+	aFin.tcpFlags = tcpFIN | tcpACK
+	h.expect(out, h.ifs[0], aFin, ReasonAllowEstablished)
+	last := gone.reverse()
+	last.tcpFlags = tcpACK
+	last.payload = []byte("the rest")
+	h.expect(in, h.ifs[0], last, ReasonAllowReply)
+	sFin := gone.reverse()
+	sFin.tcpFlags = tcpFIN | tcpACK
+	h.expect(in, h.ifs[0], sFin, ReasonAllowReply)
+	ack := gone
+	ack.tcpFlags = tcpACK
+	h.expect(out, h.ifs[0], ack, ReasonAllowEstablished)
+
+	// Twelve idle seconds: only the connection that goes on keeps its entry.
+	if n, err := h.dp.GC(time.Now().Add(12 * time.Second)); err != nil || n != 1 {
+		t.Errorf("GC +12s: %d %v, want 1 removed", n, err)
+	}
+	h.expect(in, h.ifs[0], data, ReasonAllowReply)
+	h.expect(in, h.ifs[0], last, ReasonDropDefaultDeny)
+}

@@ -76,7 +76,9 @@
 // (both sides) and RST with their own lifetimes (Config.Lifetimes); a
 // segment with ACK after a RST shows that the RST was not taken (anyone who
 // knows the tuple can send one) and makes the entry established again
-// (policy decision 58). GC removes expired entries, and an expired entry is
+// (policy decision 58); likewise a segment with data and no FIN from a side
+// whose FIN was seen clears that side's FIN flag (policy decision 63), and
+// the flow cache is not filled for that side's packets while it is set. GC removes expired entries, and an expired entry is
 // never honoured.
 //
 // A new flow gets its remote identity from the ipcache (longest prefix on the
@@ -301,8 +303,10 @@
 // was filled under, and for at most 64 jiffies (64-640 ms,
 // under the shortest lifetime, 1 s), after which the conntrack path runs
 // again and refreshes the entry, so a slot never outlives its entry. Never
-// for TCP packets with SYN, FIN or RST (state changes), openers (a SYN, an
-// echo request, whose tuple is that of the peer's replies) or fragments.
+// for TCP packets with SYN, FIN or RST (state changes), the packets of a
+// TCP side whose FIN was seen (its data may show the FIN forged), openers (a
+// SYN, an echo request, whose tuple is that of the peer's replies) or
+// fragments.
 // Not pinned: a new program starts empty. The slot of a flow whose packets
 // move between CPUs is just filled on each.
 //
