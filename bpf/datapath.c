@@ -12,6 +12,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* How many IPv6 extension headers we walk before giving up (drop). */
 #define MAX_EXT_HEADERS 8
+#define MAX_IPV4_AUTH_HEADERS 2
 
 #define NSEC 1000000000ULL
 
@@ -514,7 +515,7 @@ static __always_inline int load_ports(struct __sk_buff *skb, __u32 off, __u8 pro
  * stays small (the hot path zeroes it). The quote is what the sender of the
  * error had: IPv4 options and IPv6 extension headers (hop-by-hop, routing,
  * destination options, authentication, a first fragment's fragment header)
- * come before the ports. A later fragment's quote shows no ports. Failure
+ * and IPv4 authentication headers come before the ports. A later fragment's quote shows no ports. Failure
  * (<0) just means "not related": the error is then judged as plain ICMP. */
 static __always_inline int load_inner(struct __sk_buff *skb, __u32 off, const struct pkt *p, struct ct_key *k)
 {
@@ -533,6 +534,17 @@ static __always_inline int load_inner(struct __sk_buff *skb, __u32 off, const st
 		__builtin_memcpy(k->saddr, &ip.saddr, 4);
 		__builtin_memcpy(k->daddr, &ip.daddr, 4);
 		off += ihl;
+		int i;
+#pragma unroll
+		for (i = 0; i < MAX_IPV4_AUTH_HEADERS; i++) {
+			__u8 h[2];
+			if (proto != IPPROTO_AH)
+				break;
+			if (bpf_skb_load_bytes(skb, off, h, 2) < 0)
+				return -1;
+			off += ((__u32)h[1] + 2) * 4;
+			proto = h[0];
+		}
 	} else {
 		struct ipv6hdr ip6;
 		if (load(skb, off, &ip6, sizeof(ip6)) < 0)
@@ -635,6 +647,24 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 			p->first_frag = 1;
 		p->frag_id = ip.id;
 		off += ihl;
+		/* An authentication header (RFC 4302) is looked through as in
+		 * IPv6: the policy judges what it carries. Its length is in
+		 * 4-byte units, less 2. A later fragment has none. */
+		if (!p->later_frag) {
+			int i;
+#pragma unroll
+			for (i = 0; i < MAX_IPV4_AUTH_HEADERS; i++) {
+				__u8 h[2];
+				if (proto != IPPROTO_AH)
+					break;
+				if (off + 8 > end || bpf_skb_load_bytes(skb, off, h, 2) < 0)
+					return REASON_DROP_MALFORMED_L3;
+				off += ((__u32)h[1] + 2) * 4;
+				proto = h[0];
+			}
+			if (proto == IPPROTO_AH)
+				return REASON_DROP_EXTHDR;
+		}
 	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr ip6;
 		if (load(skb, off, &ip6, sizeof(ip6)) < 0)

@@ -1387,3 +1387,36 @@ func TestForgedFINNotTaken(t *testing.T) {
 	h.expect(in, h.ifs[0], data, ReasonAllowReply)
 	h.expect(in, h.ifs[0], last, ReasonDropDefaultDeny)
 }
+
+// TestIPv4AuthenticationHeader: an IPv4 packet with an authentication
+// header (protocol 51) is judged by what the header carries, as in IPv6:
+// allowed TCP and UDP after it pass, and their replies with one are replies.
+func TestIPv4AuthenticationHeader(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	h.sync(policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, IngressDefaultDeny: true, Entries: []policies.Entry{
+		entry(out, idB, policies.ProtoTCP, 80, 16, policies.Allow, 1),
+		entry(out, idB, policies.ProtoUDP, 53, 16, policies.Allow, 2),
+	}})
+	p := tcp(addrA, addrB, 40000, 80, tcpSYN)
+	p.v4AH = 1
+	h.expect(out, h.ifs[0], p, ReasonAllowPolicy)
+	r := p.reverse()
+	r.tcpFlags = tcpSYN | tcpACK
+	h.expect(in, h.ifs[0], r, ReasonAllowReply)
+	u := udp(addrA, addrB, 40000, 53)
+	u.v4AH = 2
+	u.payload = []byte("query")
+	h.expect(out, h.ifs[0], u, ReasonAllowPolicy)
+	p.dport = 81
+	h.expect(out, h.ifs[0], p, ReasonDropDefaultDeny)
+	p.dport = 80
+	p.v4AH = 3
+	h.expect(out, h.ifs[0], p, ReasonDropExtHeaders)
+	// A header past the datagram.
+	p.v4AH = 1
+	b := p.bytes()
+	binary.BigEndian.PutUint16(b[14+2:], 20+4)
+	if r, _ := h.verdict(out, h.ifs[0], b); r != ReasonDropMalformedL3 {
+		t.Errorf("authentication header past the datagram: %v", r)
+	}
+}

@@ -32,7 +32,9 @@
 // a truncated TCP/UDP/SCTP/ICMP header drops (malformed-l4), as does one
 // that ends past its datagram's IP length, in the frame's trailing bytes
 // (an extension header there: malformed-l3); IPv6
-// extension headers are walked up to 8 deep (deeper: ipv6-ext-headers). The
+// extension headers are walked up to 8 deep (deeper: ipv6-ext-headers), and
+// IPv4 authentication headers (protocol 51) up to 2 (more: ipv6-ext-headers
+// too), so that the policy judges what they carry (policy decision 64). The
 // endpoint comes from the endpoints map by the skb's ifindex; an interface
 // not in it is identity init (5) and is dropped (unknown-endpoint) unless
 // Config.UnknownEndpoint is "allow", in which case init's policy judges it
@@ -63,7 +65,8 @@
 // endpoint never replaces an entry of its egress (what the endpoint sends
 // replaces an entry of its ingress for its own source); an ICMP error quoting a
 // tracked flow, sent to the quoted packet's source, passes (related): the
-// quote's ports are read after its IPv4 options or IPv6 extension headers
+// quote's ports are read after its IPv4 options and authentication headers
+// or IPv6 extension headers
 // (up to four, a first fragment's fragment header included) and need only
 // be there (a router may quote just 8 bytes of TCP); a quoted later
 // fragment is related to nothing (policy decision 57). ICMP

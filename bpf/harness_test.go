@@ -165,6 +165,7 @@ type pkt struct {
 	moreFrags   bool
 	fragID      uint32
 	v6ExtHeader []uint8 // extension header types before the fragment/L4 header
+	v4AH        int     // IPv4: this many authentication headers (16 bytes each) before the L4 header
 	truncL4     int     // cut this many bytes off the end
 	badVersion  bool
 	etherType   uint16 // override
@@ -225,6 +226,15 @@ func (p pkt) ip() []byte {
 		if p.badVersion {
 			h[0] = 0x55
 		}
+		proto := p.proto
+		if p.fragOff == 0 {
+			for range p.v4AH {
+				ah := make([]byte, 16) // next header, length 16/4-2, reserved, SPI, sequence, ICV
+				ah[0], ah[1] = proto, 2
+				l4 = append(ah, l4...)
+				proto = 51
+			}
+		}
 		binary.BigEndian.PutUint16(h[2:], uint16(20+len(l4)))
 		binary.BigEndian.PutUint16(h[4:], uint16(p.fragID))
 		fo := p.fragOff
@@ -233,7 +243,7 @@ func (p pkt) ip() []byte {
 		}
 		binary.BigEndian.PutUint16(h[6:], fo)
 		h[8] = p.ttl()
-		h[9] = p.proto
+		h[9] = proto
 		s, d := p.src.As4(), p.dst.As4()
 		copy(h[12:], s[:])
 		copy(h[16:], d[:])

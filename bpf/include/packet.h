@@ -15,6 +15,7 @@
 
 #define IPPROTO_ICMP 1
 #define IPPROTO_TCP 6
+#define IPPROTO_AH 51
 #define IPPROTO_UDP 17
 #define IPPROTO_ICMPV6 58
 #define IPPROTO_SCTP 132
