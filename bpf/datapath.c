@@ -1047,6 +1047,19 @@ static __always_inline void ct_tcp(struct ct_entry *e, __u8 flags, int data, int
 		e->state = CT_ESTABLISHED;
 }
 
+/* A first fragment that passes leaves its protocol and ports for the
+ * later fragments of its datagram (fk: their key). */
+static __always_inline void frag_note(const struct pkt *p, const struct frag_key *fk)
+{
+	if (!p->first_frag)
+		return;
+	struct frag_value fv = {.sport = p->tuple.sport,
+				.dport = p->tuple.dport,
+				.policy_port = p->policy_port,
+				.protocol = p->tuple.protocol};
+	bpf_map_update_elem(&membrane_frag, fk, &fv, BPF_ANY);
+}
+
 static __always_inline void swap_tuple(struct ct_key *dst, const struct ct_key *src)
 {
 	__builtin_memcpy(dst->saddr, src->daddr, 16);
@@ -1228,27 +1241,27 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 	int audit_ep = ep && (ep->flags & EP_AUDIT);
 	__u8 evflags = 0;
 
-	/* Fragments: the first records its protocol and ports, later ones
-	 * borrow them. The key holds no protocol: an IPv6 datagram is
-	 * reassembled by addresses and identifier alone, and its later
-	 * fragments show no transport header (extension headers may follow
-	 * the fragment header); IPv4's protocol is the first fragment's too.
-	 * Two datagrams of one address pair and identifier meet in one entry
-	 * only to be judged by the later first fragment's ports, which that
-	 * one was judged by too. */
+	/* Fragments: a first fragment that passes records its protocol and
+	 * ports (frag_note, where it passes), later ones borrow them. The key
+	 * holds no protocol: an IPv6 datagram is reassembled by addresses and
+	 * identifier alone, and its later fragments show no transport header
+	 * (extension headers may follow the fragment header); IPv4's protocol
+	 * is the first fragment's too. It holds the interface and direction,
+	 * as conntrack does, and a first fragment that drops leaves nothing:
+	 * a forged first fragment (a spoofed source, a guessed identifier) can
+	 * not make a datagram's later fragments drop, nor what another
+	 * interface sees. Two datagrams of one address pair and identifier
+	 * meet in one entry only to be judged by the later allowed first
+	 * fragment's ports. */
+	struct frag_key fk = {};
 	if (p.first_frag || p.later_frag) {
-		struct frag_key fk = {};
 		__builtin_memcpy(fk.saddr, p.tuple.saddr, 16);
 		__builtin_memcpy(fk.daddr, p.tuple.daddr, 16);
 		fk.id = p.frag_id;
 		fk.family = p.tuple.family;
-		if (p.first_frag) {
-			struct frag_value fv = {.sport = p.tuple.sport,
-						.dport = p.tuple.dport,
-						.policy_port = p.policy_port,
-						.protocol = p.tuple.protocol};
-			bpf_map_update_elem(&membrane_frag, &fk, &fv, BPF_ANY);
-		} else {
+		fk.direction = dir;
+		fk.ifindex = ifindex;
+		if (p.later_frag) {
 			struct frag_value *fv = bpf_map_lookup_elem(&membrane_frag, &fk);
 			if (!fv) {
 				v.reason = REASON_DROP_FRAG_NO_FLOW;
@@ -1376,6 +1389,7 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 		count(reply ? REASON_ALLOW_REPLY : REASON_ALLOW_ESTABLISHED, dir, skb->len);
 		/* Every packet of a redirected flow follows it to the proxy; the
 		 * replies come from the proxy's socket and pass. */
+		frag_note(&p, &fk);
 		if (!reply && e->proxy_port && p.tuple.protocol == IPPROTO_TCP)
 			return to_proxy(skb, &p, ep, local, e->proxy_port, e->direction, dir);
 		/* Not the packets of a side whose FIN was seen: its data must
@@ -1406,6 +1420,7 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 		if (!ie)
 			ie = bpf_map_lookup_elem(&membrane_ct, &ri);
 		if (ie && ie->expires >= now) {
+			frag_note(&p, &fk);
 			count(REASON_ALLOW_RELATED, dir, skb->len);
 			return VERDICT_PASS;
 		}
@@ -1469,6 +1484,7 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 		}
 	}
 
+	frag_note(&p, &fk);
 	if (audited)
 		return VERDICT_PASS;
 	if (v.proxy_port) {

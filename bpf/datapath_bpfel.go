@@ -111,13 +111,15 @@ type datapathFlowSlot struct {
 }
 
 type datapathFragKey struct {
-	_        structs.HostLayout
-	Saddr    [16]uint8
-	Daddr    [16]uint8
-	Id       uint32
-	Protocol uint8
-	Family   uint8
-	Pad      uint16
+	_         structs.HostLayout
+	Saddr     [16]uint8
+	Daddr     [16]uint8
+	Id        uint32
+	Protocol  uint8
+	Family    uint8
+	Direction uint8
+	Pad       uint8
+	Ifindex   uint32
 }
 
 type datapathFragValue struct {

@@ -372,7 +372,7 @@ func TestFragmentsFollowTheirFlow(t *testing.T) {
 		h.expect(out, h.ifs[0], denied, ReasonDropDefaultDeny)
 		dl := denied
 		dl.moreFrags, dl.fragOff = false, 3
-		h.expect(out, h.ifs[0], dl, ReasonDropDefaultDeny)
+		h.expect(out, h.ifs[0], dl, ReasonDropFragNoFlow) // a first fragment that drops leaves nothing
 
 		orphan := later
 		orphan.fragID = uint32(300 + i)
@@ -1119,7 +1119,7 @@ func TestIPv6FragmentsWithHeadersAfterTheFragmentHeader(t *testing.T) {
 	for i, c := range []struct {
 		dport       uint16
 		first, rest Reason
-	}{{53, ReasonAllowPolicy, ReasonAllowEstablished}, {54, ReasonDropDefaultDeny, ReasonDropDefaultDeny}} {
+	}{{53, ReasonAllowPolicy, ReasonAllowEstablished}, {54, ReasonDropDefaultDeny, ReasonDropFragNoFlow}} {
 		id := uint32(500 + i)
 		first := frag(id, 60, 0, true, append(append(append([]byte{}, dest...), udp(addrA6, addrB6, 999, c.dport).l4()...), make([]byte, 16)...))
 		if r, _ := h.verdict(out, h.ifs[0], first); r != c.first {
@@ -1418,5 +1418,53 @@ func TestIPv4AuthenticationHeader(t *testing.T) {
 	binary.BigEndian.PutUint16(b[14+2:], 20+4)
 	if r, _ := h.verdict(out, h.ifs[0], b); r != ReasonDropMalformedL3 {
 		t.Errorf("authentication header past the datagram: %v", r)
+	}
+}
+
+// TestForgedFirstFragment: a first fragment leaves its ports for the later
+// fragments of its datagram only where it passes, at its own interface and
+// direction. A forged first fragment with a datagram's addresses and
+// identifier (a spoofed source, a guessed identifier) that the policy drops,
+// or one seen at another interface, does not change how the datagram's
+// later fragments are judged.
+func TestForgedFirstFragment(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	h.sync(policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, IngressDefaultDeny: true, Entries: []policies.Entry{
+		entry(in, policies.IdentityAny, policies.ProtoUDP, 53, 16, policies.Allow, 1),
+		entry(out, idB, policies.ProtoUDP, 0, 0, policies.Allow, 2),
+	}}, policies.IdentityPolicy{Identity: idB, IngressDefaultDeny: true, Entries: []policies.Entry{
+		entry(in, idA, policies.ProtoUDP, 53, 16, policies.Allow, 3),
+	}})
+	frags := func(src, dst netip.Addr, dport uint16, id uint32) (pkt, pkt) {
+		first := udp(src, dst, 999, dport)
+		first.moreFrags, first.fragID = true, id
+		first.payload = make([]byte, 16)
+		later := first
+		later.moreFrags, later.fragOff = false, 3
+		return first, later
+	}
+	for i, fam := range [][3]netip.Addr{{addrW, addrA, addrB}, {addrW6, addrA6, addrB6}} {
+		w, a, b := fam[0], fam[1], fam[2]
+		// Into A from the world: a forged first fragment for another
+		// port drops and leaves the datagram's ports alone.
+		first, later := frags(w, a, 53, uint32(100+i))
+		h.expect(in, h.ifs[0], first, ReasonAllowPolicy)
+		forged, _ := frags(w, a, 54, uint32(100+i))
+		h.expect(in, h.ifs[0], forged, ReasonDropDefaultDeny)
+		h.expect(in, h.ifs[0], later, ReasonAllowEstablished)
+		// A denied first fragment leaves nothing to follow.
+		_, orphan := frags(w, a, 54, uint32(200+i))
+		forged.fragID = uint32(200 + i)
+		h.expect(in, h.ifs[0], forged, ReasonDropDefaultDeny)
+		h.expect(in, h.ifs[0], orphan, ReasonDropFragNoFlow)
+
+		// From A to B: what A's egress lets through for another port
+		// does not change how B's ingress judges the datagram.
+		first, later = frags(a, b, 53, uint32(300+i))
+		h.expect(out, h.ifs[0], first, ReasonAllowPolicy)
+		h.expect(in, h.ifs[1], first, ReasonAllowPolicy)
+		forged, _ = frags(a, b, 54, uint32(300+i))
+		h.expect(out, h.ifs[0], forged, ReasonAllowPolicy)
+		h.expect(in, h.ifs[1], later, ReasonAllowEstablished)
 	}
 }

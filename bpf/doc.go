@@ -49,13 +49,14 @@
 // the host stack (0); through any other device it is judged as init. A
 // direction the endpoint does not enforce passes.
 //
-// Fragments: a first fragment is judged like any packet and leaves its
-// protocol and ports in the fragments map (keyed by addresses and IP id); a
-// later fragment takes them and so follows its flow (conntrack hit, or the
-// same verdict). An IPv6 later fragment's headers are read up to its
+// Fragments: a first fragment is judged like any packet and, where it
+// passes, leaves its protocol and ports in the fragments map (keyed by
+// addresses, IP id, interface and direction; policy decision 65); a later
+// fragment takes them and so follows its flow (conntrack hit, or the same
+// verdict). An IPv6 later fragment's headers are read up to its
 // fragment header: what follows is data, even where the first fragment had
-// extension headers after its own. A later fragment whose first fragment was never seen drops
-// with reason frag-no-flow.
+// extension headers after its own. A later fragment whose first fragment was never seen there,
+// or did not pass, drops with reason frag-no-flow.
 //
 // Conntrack: an LRU hash keyed by the 5-tuple plus the interface, so each end
 // of a container-to-container flow keeps its own entry. A hit in the original
@@ -207,7 +208,7 @@
 //	                             2 established, 3 closing), flags u8 (1 audit, 2 from proxy,
 //	                             4/8 FIN seen original/reply, 16 closing by a RST), pad [5]u8}
 //	membrane_frag       LRU hash frag_key{saddr, daddr [16]u8, id u32, protocol (0), family u8,
-//	                             pad u16} -> frag_value{sport, dport u16 NBO, policy_port u16,
+//	                             direction u8, pad u8, ifindex u32} -> frag_value{sport, dport u16 NBO, policy_port u16,
 //	                             protocol u8, pad u8}
 //	membrane_config     array[1] config{abi, revision, flags (1 unknown endpoint allow,
 //	                             2 no conntrack insert: benchmarks only),

@@ -212,7 +212,9 @@ struct frag_key {
 	__u32 id;
 	__u8 protocol; /* 0: the protocol is the first fragment's, in the value */
 	__u8 family;
-	__u16 pad;
+	__u8 direction; /* DIR_* at the interface */
+	__u8 pad;
+	__u32 ifindex;
 };
 
 struct frag_value {
