@@ -111,8 +111,8 @@ enum reason {
 	REASON_DROP_UNKNOWN_ENDPOINT = 18, /* interface not in the endpoints map, unknown verdict drop */
 	REASON_DROP_MALFORMED_L3 = 19,	/* truncated or invalid IPv4/IPv6 header */
 	REASON_DROP_MALFORMED_L4 = 20,	/* truncated TCP/UDP/SCTP/ICMP header */
-	REASON_DROP_EXTHDR = 21,	/* more IPv6 extension headers than we walk */
-	REASON_DROP_FRAG_NO_FLOW = 22,	/* later fragment whose first fragment was never seen */
+	REASON_DROP_EXTHDR = 21,	/* more IPv6 extension headers (or IPv4 AH) than we walk */
+	REASON_DROP_FRAG_NO_FLOW = 22,	/* later fragment whose first fragment did not pass here */
 	REASON_DROP_UNSUPPORTED_L3 = 23, /* ethertype other than IPv4, IPv6, ARP */
 	REASON_DROP_PROXY_NO_LISTENER = 24, /* L7 redirect: no proxy socket on the port (bridge program) */
 	REASON_DROP_PROXY_ASSIGN = 25,	/* L7 redirect: bpf_sk_assign failed, not TCP, or a SYN for a
