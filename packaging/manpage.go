@@ -236,7 +236,7 @@ func DaemonManPage(ctx context.Context, bin, version string, date time.Time) (Ma
 	for _, f := range [][2]string{
 		{"/etc/membrane/membrane.hcl", "configuration"},
 		{"/etc/membrane/policies.d/*.hcl", "policies, loaded as one set"},
-		{"/var/lib/membrane", "identity store"},
+		{"/var/lib/membrane", "state: the identity store, the last good policy set, the endpoint ids of host-network containers"},
 		{"/run/membrane/membrane.sock", "local API (HTTP+JSON), group membrane"},
 		{"/sys/fs/bpf/membrane", "pinned programs, maps and links"},
 	} {
