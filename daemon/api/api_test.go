@@ -383,7 +383,7 @@ func TestTraceRequestBodyErrorsSayWhere(t *testing.T) {
 		{``, "the body is empty"},
 		{`{"from_container": "a"`, "the body ends at byte"},
 		{`{"from_container": "a",,}`, "invalid JSON at byte 24"},
-		{`{"from_containr": "a"}`, `unknown field "from_containr"`},
+		{`{"from_containr": "a"}`, `field "from_containr" (byte 2) is not known (known: from_container, from_entity,`},
 		{`{"port": 99999}`, `field "port" (byte 14): JSON number 99999 does not fit uint16`},
 		{`{"from_container": "a"} {"from_container": "b"}`, "unexpected data after the JSON object, which ends at byte 23"},
 		{`{"from_container": "a"} garbage`, "unexpected data after the JSON object"},
@@ -639,7 +639,7 @@ func TestObserveStreamsPerUserAreBounded(t *testing.T) {
 func TestWriteRequestWithFieldsRefused(t *testing.T) {
 	b, sock := start(t, Options{})
 	for _, c := range []struct{ body, want string }{
-		{`{"dry_run": true}`, `unknown field "dry_run"`},
+		{`{"dry_run": true}`, `field "dry_run" (byte 2) is not known: this request takes no fields`},
 		{`reload please`, "invalid JSON at byte 1"},
 		{`{} {}`, "unexpected data after the JSON object"},
 		{`[]`, "JSON array at byte 1: want one JSON object"},
@@ -700,5 +700,63 @@ func TestClientThatStopsReadingIsCut(t *testing.T) {
 		if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 			t.Fatalf("%s: read %d bytes and then %v, want the server to have cut the stream (unexpected EOF)", path, n, err)
 		}
+	}
+}
+
+// Go's encoding/json matches field names case-insensitively and lets the
+// last of two equal keys win: a body that names a field twice, or in
+// another case, is refused with where it is, never half-taken.
+func TestRequestBodyKeysAreExactAndOnce(t *testing.T) {
+	b, sock := start(t, Options{})
+	for _, c := range []struct{ path, body, want string }{
+		{"/v1/policy/trace", `{"From_Container": "a"}`, `field "From_Container" (byte 2) is not known: field names are case-sensitive, did you mean "from_container"?`},
+		{"/v1/policy/trace", `{"from_container": "a", "from_container": "b"}`, `field "from_container" (byte 25) is given twice: first at byte 2`},
+		{"/v1/policy/trace", `{"from_container": "a", "FROM_CONTAINER": "b"}`, `field "FROM_CONTAINER" (byte 25) is not known`},
+		{"/v1/policy/trace", `{"from_labels": {"app": "a", "app": "b"}}`, `from_labels: key "app" (byte 30) is given twice: first at byte 18`},
+		{"/v1/policy/trace", `{"http_headers": {"X-Tenant": "a", "x-tenant": "b"}}`, `http_headers: key "x-tenant" (byte 36) names the same header as "X-Tenant" (byte 19): header names are case-insensitive; join the values with "," in one`},
+		{"/v1/policy/trace", `{"from_labels": {"app": "a"}, "to_labels": {"db": "x"}, "Port": 80}`, `field "Port" (byte 57) is not known: field names are case-sensitive, did you mean "port"?`},
+		{"/v1/policy/reload", `{"Dry_Run": true}`, `field "Dry_Run" (byte 2) is not known`},
+	} {
+		if status, msg := postRaw(t, sock, c.path, c.body); status != http.StatusBadRequest || !strings.Contains(msg, c.want) {
+			t.Errorf("%s %s: %d %q, want 400 with %q", c.path, c.body, status, msg, c.want)
+		}
+	}
+	if n := b.reloads.Load(); n != 0 {
+		t.Fatalf("refused requests reloaded %d times", n)
+	}
+	// Labels are case-sensitive: two keys that differ in case are two labels.
+	if status, msg := postRaw(t, sock, "/v1/policy/trace", `{"from_labels": {"app": "a", "App": "b"}, "to_labels": {}}`); status != http.StatusOK {
+		t.Fatalf("labels differing in case: %d %q, want 200", status, msg)
+	}
+}
+
+// Query parameters are held to the same rule as body fields: one a request
+// does not know, or one given twice, is refused; a change is not carried
+// out without an option it was sent with.
+func TestQueryParametersAreKnownAndOnce(t *testing.T) {
+	b, sock := start(t, Options{})
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	defer hc.CloseIdleConnections()
+	for _, c := range []struct{ method, path, want string }{
+		{"GET", "/v1/observe?verdict=dropped&verdict=allowed", `query parameter "verdict" is given twice`},
+		{"GET", "/v1/observe?Verdict=dropped", `query parameter "Verdict" is not known: parameter names are case-sensitive, did you mean "verdict"?`},
+		{"GET", "/v1/observe?verdikt=dropped", `query parameter "verdikt" is not known (known: container, direction, follow, last, type, verdict)`},
+		{"GET", "/v1/status?verbose=1", `query parameter "verbose" is not known: /v1/status takes none`},
+		{"GET", "/v1/endpoints/api?x=1", `query parameter "x" is not known`},
+		{"POST", "/v1/policy/reload?dry_run=1", `query parameter "dry_run" is not known: /v1/policy/reload takes none`},
+		{"POST", "/v1/policy/trace?port=80", `query parameter "port" is not known`},
+	} {
+		req, _ := http.NewRequest(c.method, "http://membraned"+c.path, strings.NewReader(""))
+		if status, msg := answer(t)(hc.Do(req)); status != http.StatusBadRequest || !strings.Contains(msg, c.want) {
+			t.Errorf("%s %s: %d %q, want 400 with %q", c.method, c.path, status, msg, c.want)
+		}
+	}
+	if n := b.reloads.Load(); n != 0 {
+		t.Fatalf("refused requests reloaded %d times", n)
+	}
+	if status, msg := answer(t)(hc.Get("http://membraned/v1/observe?verdict=dropped&last=3")); status != http.StatusOK {
+		t.Fatalf("known parameters: %d %q", status, msg)
 	}
 }

@@ -25,7 +25,9 @@
 // Host is not the client's "membraned" or "localhost": a page that rebinds
 // its name to such a proxy sends neither header but its own Host.
 //
-// Requests that change something take no body fields. A request must
+// Requests that change something take no body fields. Body keys and query
+// parameters are matched exactly (not case-insensitively, as encoding/json
+// would) and may appear once; anything else is a 400 with its position. A request must
 // arrive within 10s and each write to the client go through within 30s;
 // one uid may hold 32 observe streams, and a follower that falls behind is
 // dropped and told so in the Membrane-Stream-Error trailer.

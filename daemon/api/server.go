@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"math"
@@ -195,7 +194,7 @@ func (s *Server) Serve(ctx context.Context) error {
 }
 
 func (s *Server) routes() http.Handler {
-	mux := http.NewServeMux()
+	mux := paramMux{http.NewServeMux()}
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, s.backend.Status())
 	})
@@ -229,7 +228,7 @@ func (s *Server) routes() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, res)
 	})
-	mux.HandleFunc("GET /v1/observe", s.observe)
+	mux.HandleFunc("GET /v1/observe", s.observe, observeParams...)
 	mux.HandleFunc("POST /v1/policy/reload", s.writer(func(w http.ResponseWriter, r *http.Request) {
 		if err := s.backend.ReloadPolicies(r.Context()); err != nil {
 			writeBackendError(w, err)
@@ -244,8 +243,26 @@ func (s *Server) routes() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, s.backend.Status())
 	}))
-	return s.guard(mux)
+	return s.guard(mux.ServeMux)
 }
+
+// paramMux registers handlers with the query parameters they take.
+type paramMux struct{ *http.ServeMux }
+
+// HandleFunc registers h for pattern; a request with a query parameter
+// not in known, or one given twice, gets 400 before h runs.
+func (m paramMux) HandleFunc(pattern string, h http.HandlerFunc, known ...string) {
+	m.ServeMux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		if err := checkQuery(r, known...); err != nil {
+			writeError(w, http.StatusBadRequest, err)
+			return
+		}
+		h(w, r)
+	})
+}
+
+// observeParams are the query parameters of GET /v1/observe.
+var observeParams = []string{"follow", "verdict", "container", "type", "direction", "last"}
 
 // guard refuses browser-originated requests and logs the peer.
 func (s *Server) guard(next http.Handler) http.Handler {
@@ -441,50 +458,6 @@ func peerName(r *http.Request) string {
 		return fmt.Sprintf("uid %d pid %d", cred.UID, cred.PID)
 	}
 	return "unknown peer"
-}
-
-// maxBody bounds a request body; requests are small JSON objects.
-const maxBody = 1 << 20
-
-var errEmptyBody = errors.New("the body is empty: want one JSON object")
-
-// decodeBody reads r's body as exactly one JSON object into v, with no
-// unknown field and nothing after it. Its errors say where in the body
-// the problem is (a byte offset, or the field).
-func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
-	dec.DisallowUnknownFields()
-	err := dec.Decode(v)
-	var (
-		syn     *json.SyntaxError
-		typ     *json.UnmarshalTypeError
-		big     *http.MaxBytesError
-		timeout net.Error
-	)
-	switch {
-	case err == nil:
-	case errors.Is(err, io.EOF):
-		return errEmptyBody
-	case errors.Is(err, io.ErrUnexpectedEOF):
-		return fmt.Errorf("the body ends at byte %d inside its JSON object", dec.InputOffset())
-	case errors.As(err, &syn):
-		return fmt.Errorf("invalid JSON at byte %d: %v", syn.Offset, err)
-	case errors.As(err, &typ) && typ.Field == "":
-		return fmt.Errorf("JSON %s at byte %d: want one JSON object", typ.Value, typ.Offset)
-	case errors.As(err, &typ):
-		return fmt.Errorf("field %q (byte %d): JSON %s does not fit %s", typ.Field, typ.Offset, typ.Value, typ.Type)
-	case errors.As(err, &big):
-		return fmt.Errorf("the body is over %d bytes", big.Limit)
-	case errors.As(err, &timeout) && timeout.Timeout():
-		return fmt.Errorf("the body did not arrive within %s", readTimeout)
-	default:
-		return fmt.Errorf("%w (at byte %d)", err, dec.InputOffset())
-	}
-	end := dec.InputOffset()
-	if _, err := dec.Token(); err != io.EOF {
-		return fmt.Errorf("unexpected data after the JSON object, which ends at byte %d: send one object", end)
-	}
-	return nil
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -313,7 +313,7 @@ type TraceRequest struct {
 	HTTPMethod    string            `json:"http_method,omitempty"`
 	HTTPPath      string            `json:"http_path,omitempty"`
 	HTTPHost      string            `json:"http_host,omitempty"`
-	HTTPHeaders   map[string]string `json:"http_headers,omitempty"`
+	HTTPHeaders   map[string]string `json:"http_headers,omitempty" api:"fold"` // names are case-insensitive: two spellings of one are refused
 }
 
 // TraceResult is the evaluator's answer, passed through as the policy
