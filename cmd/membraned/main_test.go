@@ -47,3 +47,43 @@ func TestExitCodes(t *testing.T) {
 		})
 	}
 }
+
+// envoy_unit is handed to systemctl start and stop: a name systemd's unit
+// grammar does not allow is refused by --check-config with its position.
+// "*.service" was taken, and systemctl reads it as a pattern (stop every
+// loaded service when membraned stops); "--host=h.service" as an option.
+func TestCheckConfigRefusesEnvoyUnitOutsideSystemdGrammar(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct{ unit, want string }{
+		{"*.service", `invalid l7.envoy_unit "*.service": "*" is not allowed in a unit name`},
+		{"membrane-envoy?.service", `"?" is not allowed in a unit name`},
+		{"membrane-[ab].service", `"[" is not allowed in a unit name`},
+		{"--host=h.service", `a unit name must not begin with "-"`},
+		{".service", `the name before ".service" is empty`},
+		{"envoy@.service", `"envoy@.service" is a template: name an instance, as "envoy@main.service"`},
+		{"@main.service", `the name before "@" is empty`},
+		{"envoy.socket", `must end in ".service"`},
+		{"café.service", `"é" is not allowed in a unit name`},
+		{strings.Repeat("e", 248) + ".service", `256 bytes long: systemd takes at most 255`},
+	} {
+		t.Run(tc.unit, func(t *testing.T) {
+			cfg := filepath.Join(dir, "m.hcl")
+			os.WriteFile(cfg, []byte("l7 {\n  engine = \"envoy\"\n  envoy_unit = \""+tc.unit+"\"\n}\n"), 0o644)
+			var stderr bytes.Buffer
+			if code := run(context.Background(), []string{"--config", cfg, "--check-config"}, &stderr); code != 1 {
+				t.Fatalf("exit %d, want 1; stderr: %s", code, stderr.String())
+			}
+			if !strings.Contains(stderr.String(), cfg+":3:3: error: ") || !strings.Contains(stderr.String(), tc.want) {
+				t.Fatalf("stderr %q lacks %s:3:3 and %q", stderr.String(), cfg, tc.want)
+			}
+		})
+	}
+	for _, unit := range []string{"membrane-envoy.service", "envoy@main.service", `envoy\\x2dedge.service`, "a:b_c.d-e.service", strings.Repeat("e", 247) + ".service"} {
+		cfg := filepath.Join(dir, "ok.hcl")
+		os.WriteFile(cfg, []byte("l7 {\n  engine = \"envoy\"\n  envoy_unit = \""+unit+"\"\n}\n"), 0o644)
+		var stderr bytes.Buffer
+		if code := run(context.Background(), []string{"--config", cfg, "--check-config"}, &stderr); code != 0 {
+			t.Fatalf("envoy_unit %q: exit %d, want 0; stderr: %s", unit, code, stderr.String())
+		}
+	}
+}

@@ -699,8 +699,8 @@ func compile(raw *fileSchema, body hcl.Body) (*Config, hcl.Diagnostics) {
 			u := *l.EnvoyUnit
 			switch {
 			case u == "":
-			case strings.ContainsAny(u, "/ \t") || !strings.HasSuffix(u, ".service"):
-				errAt(lr["envoy_unit"], fmt.Sprintf("invalid l7.envoy_unit %q", u), `must be a systemd service name like "membrane-envoy.service", or "" to let membraned run Envoy itself`)
+			case serviceUnitProblem(u) != "":
+				errAt(lr["envoy_unit"], fmt.Sprintf("invalid l7.envoy_unit %q: %s", u, serviceUnitProblem(u)), `must be a systemd service name like "membrane-envoy.service", or "" to let membraned run Envoy itself`)
 			case cfg.L7.Engine == L7Builtin:
 				errAt(lr["envoy_unit"], "l7.envoy_unit is set but engine is \"builtin\"", `remove envoy_unit, or set engine = "envoy" or "auto"`)
 			default:
@@ -857,4 +857,40 @@ func short(r hcl.Range) string {
 func checkSelector(s string) error {
 	_, err := policies.ParseSelector(s)
 	return err
+}
+
+// serviceUnitProblem says what keeps u from being the name of a systemd
+// service that systemctl can start, "" when nothing does. The grammar is
+// systemd's (unit_name_is_valid, plain or instance names): at most 255
+// bytes of ASCII letters, digits and ":-_.\", with one "@" that
+// starts a non-empty instance (which may hold more "@"), before
+// ".service". membraned also refuses a leading "-", which systemctl would
+// take for an option. Anything else would reach systemctl as a pattern
+// ("*.service" stops every loaded service) or an option.
+func serviceUnitProblem(u string) string {
+	const suffix = ".service"
+	name, ok := strings.CutSuffix(u, suffix)
+	switch {
+	case len(u) > 255:
+		return fmt.Sprintf("%d bytes long: systemd takes at most 255", len(u))
+	case !ok:
+		return `must end in ".service"`
+	case name == "":
+		return `the name before ".service" is empty`
+	case strings.HasPrefix(name, "-"):
+		return `a unit name must not begin with "-": systemctl would read it as an option`
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune(":-_.\\@", r)) {
+			return fmt.Sprintf("%q is not allowed in a unit name", string(r)) + ` (only ASCII letters, digits, ":", "-", "_", ".", "\" and "@")`
+		}
+	}
+	prefix, instance, templ := strings.Cut(name, "@")
+	switch {
+	case templ && prefix == "":
+		return `the name before "@" is empty`
+	case templ && instance == "":
+		return fmt.Sprintf("%q is a template: name an instance, as %q", u, prefix+"@main"+suffix)
+	}
+	return ""
 }
