@@ -3,8 +3,10 @@ package bpf
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -258,6 +260,51 @@ func (d *Datapath) ipcache() (map[netip.Prefix]policies.Identity, error) {
 	return out, nil
 }
 
+// IPCacheEntries counts an ipcache's contents by table: maps.ipcache
+// (Config.MaxIPCache) sizes each.
+type IPCacheEntries struct {
+	Addresses int // full-length addresses (/32, /128): membrane_ipcache_exact
+	Prefixes  int // shorter prefixes: membrane_ipcache (LPM trie)
+}
+
+// Fuller is the count of the fuller table: the one a write fails in first.
+func (e IPCacheEntries) Fuller() int { return max(e.Addresses, e.Prefixes) }
+
+// IPCacheFill counts the entries of ipcache contents (as IPCache returns
+// them, or as IPCacheSync takes them) by the table each goes to.
+func IPCacheFill(c map[netip.Prefix]policies.Identity) IPCacheEntries {
+	var e IPCacheEntries
+	for p := range c {
+		if p = unmapPrefix(p); p.Bits() == p.Addr().BitLen() {
+			e.Addresses++
+		} else {
+			e.Prefixes++
+		}
+	}
+	return e
+}
+
+// IPCacheCapacityError is returned by IPCacheSync when contents do not fit
+// the ipcache's tables; nothing was written. It wraps ErrMapFull.
+type IPCacheCapacityError struct {
+	Need IPCacheEntries
+	Max  int
+}
+
+func (e *IPCacheCapacityError) Error() string {
+	var parts []string
+	if e.Need.Addresses > e.Max {
+		parts = append(parts, fmt.Sprintf("%d full-length addresses", e.Need.Addresses))
+	}
+	if e.Need.Prefixes > e.Max {
+		parts = append(parts, fmt.Sprintf("%d prefixes shorter than an address", e.Need.Prefixes))
+	}
+	return fmt.Sprintf("ipcache needs %s, maps.ipcache is %d (each of its two tables, addresses and shorter prefixes, holds that many; raise it in membrane.hcl): %v",
+		strings.Join(parts, " and "), e.Max, ErrMapFull)
+}
+
+func (e *IPCacheCapacityError) Unwrap() error { return ErrMapFull }
+
 // IPCacheSync makes the ipcache hold exactly want, writing only the
 // difference (additions and changes first, then removals). Any change moves
 // the policy revision on, so established flows are judged again with the
@@ -276,14 +323,43 @@ func (d *Datapath) IPCacheSync(want map[netip.Prefix]policies.Identity) error {
 	if err != nil {
 		return err
 	}
-	if uint32(len(norm)) > d.cfg.MaxIPCache {
-		return fmt.Errorf("ipcache needs %d entries, maps.ipcache is %d: %w", len(norm), d.cfg.MaxIPCache, ErrMapFull)
+	// maps.ipcache sizes each of the two tables, not their sum.
+	need := IPCacheFill(norm)
+	if need.Addresses > int(d.cfg.MaxIPCache) || need.Prefixes > int(d.cfg.MaxIPCache) {
+		return &IPCacheCapacityError{Need: need, Max: int(d.cfg.MaxIPCache)}
 	}
 	// A peer whose identity changed (or went) may now be denied: flows are
 	// judged again when an existing entry changes. New entries only cover
 	// addresses that were world (or a shorter prefix) before, which a
 	// re-judge also catches, so they count too.
+	//
+	// Additions go first, so that no address is world for a moment;
+	// but when a table cannot hold the old entries and the new ones at
+	// once, the stale ones leave first (they are not in want: the caller
+	// no longer judges by them), or a set that fits could never replace
+	// one that fills the table.
+	both := maps.Clone(have)
+	maps.Copy(both, norm)
+	union := IPCacheFill(both)
+	removeFirst := union.Addresses > int(d.cfg.MaxIPCache) || union.Prefixes > int(d.cfg.MaxIPCache)
 	changed := false
+	remove := func() error {
+		for p := range have {
+			if _, ok := norm[p]; ok {
+				continue
+			}
+			if err := d.ipcacheDelete(p); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("deleting ipcache %v: %w", p, err)
+			}
+			changed = true
+		}
+		return nil
+	}
+	if removeFirst {
+		if err := remove(); err != nil {
+			return err
+		}
+	}
 	for p, id := range norm {
 		if cur, ok := have[p]; ok && cur == id {
 			continue
@@ -293,14 +369,10 @@ func (d *Datapath) IPCacheSync(want map[netip.Prefix]policies.Identity) error {
 		}
 		changed = true
 	}
-	for p := range have {
-		if _, ok := norm[p]; ok {
-			continue
+	if !removeFirst {
+		if err := remove(); err != nil {
+			return err
 		}
-		if err := d.ipcacheDelete(p); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("deleting ipcache %v: %w", p, err)
-		}
-		changed = true
 	}
 	if err := d.refillInline(); err != nil {
 		return err

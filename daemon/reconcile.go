@@ -1363,6 +1363,15 @@ func (r *reconciler) syncIPCache() error {
 			delete(r.ipcache, p)
 		}
 	}
+	if errors.Is(err, bpf.ErrMapFull) {
+		// A table with no room for the new entries beside the stale ones
+		// (added first, above) may still hold what is wanted: the full
+		// sync removes those first when it must, and says by how much
+		// the table is too small when it is.
+		err = r.syncIPCacheFull(want)
+		r.updateL7()
+		return err
+	}
 	if err != nil {
 		// Fall back to a full comparison with the kernel next time.
 		r.ipcache = nil

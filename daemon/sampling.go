@@ -36,7 +36,10 @@ func (r *reconciler) sampleMaps() []metrics.MapFill {
 		out = append(out, metrics.MapFill{Map: "endpoints", Entries: len(eps), Capacity: r.cfg.Maps.Endpoints})
 	}
 	if ipc, err := r.dp.IPCache(); err == nil {
-		out = append(out, metrics.MapFill{Map: "ipcache", Entries: len(ipc), Capacity: r.cfg.Maps.IPCache})
+		// maps.ipcache sizes each of its two tables (full-length
+		// addresses, shorter prefixes): the fuller one is the one a
+		// write fails in, at a fill ratio of 1.
+		out = append(out, metrics.MapFill{Map: "ipcache", Entries: bpf.IPCacheFill(ipc).Fuller(), Capacity: r.cfg.Maps.IPCache})
 	}
 	if n, err := r.dp.ConntrackEntries(); err == nil {
 		out = append(out, metrics.MapFill{Map: "conntrack", Entries: n, Capacity: r.cfg.Maps.Conntrack})

@@ -75,7 +75,8 @@
 #   exclude = []
 # }
 
-# BPF map sizes (entries; events is the ring buffer size in bytes).
+# BPF map sizes (entries; events is the ring buffer size in bytes; ipcache
+# sizes each of its tables, addresses and shorter prefixes).
 # maps {
 #   endpoints      = 4096
 #   ipcache        = 65536
