@@ -93,6 +93,23 @@ func (e *PolicyCapacityError) Error() string {
 
 func (e *PolicyCapacityError) Unwrap() error { return ErrMapFull }
 
+// PolicyIdentities counts the identities the policy map holds a policy
+// for (maps.policy bounds them).
+func (d *Datapath) PolicyIdentities() (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := 0
+	var id, inner uint32
+	it := d.objs.MembranePolicy.Iterate()
+	for it.Next(&id, &inner) {
+		n++
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("reading policy map: %w", err)
+	}
+	return n, nil
+}
+
 // SyncPolicy makes the policy maps hold model: every identity whose entries
 // differ gets a freshly filled inner map, and all of them are swapped into
 // the outer map by one batch update (no packet sees half an identity's

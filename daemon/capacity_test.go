@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/membrane-fw/membrane/daemon/api"
+	"github.com/membrane-fw/membrane/daemon/identity"
 )
 
 // cidrPolicy selects nobody and names n /24 prefixes of 10.first.0.0/16
@@ -171,5 +173,57 @@ func TestIPCacheTablesFillToTheirSizeAndNoFurther(t *testing.T) {
 		if v, ok := metricValue(text, series); !ok || v != want {
 			t.Errorf("%s = %v (%v), want %v", series, v, ok, want)
 		}
+	}
+}
+
+// membrane_map_entries{map="policy"} counts the policy map's entries: the
+// identities of the endpoints there are now. Identities kept for
+// identity_grace after their last endpoint went (here: read from the
+// store at start, no endpoint holding any) take no place in it; counted,
+// they made the map look full, or more than full, while every write went
+// through.
+func TestPolicyMapFillCountsTheMapNotTheIdentityStore(t *testing.T) {
+	d := newTestDaemon(t, testDaemonOpts{extra: "maps {\n  policy = 16\n}\n"})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	d.cfg.Metrics.Listen = addr
+	var ids []string
+	for i := range 20 {
+		ids = append(ids, fmt.Sprintf(`{"id": %d, "labels": {"app": "gone-%d"}}`, 256+i, i))
+	}
+	if err := os.MkdirAll(d.cfg.StateDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	store := `{"version": 1, "next": 276, "identities": [` + strings.Join(ids, ", ") + `]}`
+	if err := os.WriteFile(filepath.Join(d.cfg.StateDir, identity.FileName), []byte(store), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d.writePolicy("a.hcl", policyA)
+	d.start(nil, nil)
+	st := d.waitStatus("reconciled", 20*time.Second, func(st api.Status) bool { return st.Reconciled })
+	if st.Identities != 20 || len(st.Errors) != 0 {
+		t.Fatalf("status: %d identities, problems %q; want the 20 of the store, none", st.Identities, st.Errors)
+	}
+	var text string
+	for deadline := time.Now().Add(5 * time.Second); text == ""; time.Sleep(50 * time.Millisecond) {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			text = scrapeAll(t, addr)
+		} else if time.Now().After(deadline) {
+			t.Fatalf("metrics: %v", err)
+		}
+	}
+	if v, ok := metricValue(text, "membrane_identities"); !ok || v != 20 {
+		t.Errorf("membrane_identities = %v (%v), want 20", v, ok)
+	}
+	if v, ok := metricValue(text, `membrane_map_entries{map="policy"}`); !ok || v != 0 {
+		t.Errorf(`membrane_map_entries{map="policy"} = %v (%v), want 0: no endpoint, no policy map entry`, v, ok)
+	}
+	if v, ok := metricValue(text, `membrane_map_fill_ratio{map="policy"}`); !ok || v != 0 {
+		t.Errorf(`membrane_map_fill_ratio{map="policy"} = %v (%v), want 0`, v, ok)
 	}
 }

@@ -44,8 +44,10 @@ func (r *reconciler) sampleMaps() []metrics.MapFill {
 	if n, err := r.dp.ConntrackEntries(); err == nil {
 		out = append(out, metrics.MapFill{Map: "conntrack", Entries: n, Capacity: r.cfg.Maps.Conntrack})
 	}
-	if v := r.view.get(); v != nil {
-		out = append(out, metrics.MapFill{Map: "policy", Entries: v.status.Identities, Capacity: r.cfg.Maps.Policy})
+	// The identities with a policy in the map: those of the endpoints
+	// there are, not those the store keeps for identity_grace.
+	if n, err := r.dp.PolicyIdentities(); err == nil {
+		out = append(out, metrics.MapFill{Map: "policy", Entries: n, Capacity: r.cfg.Maps.Policy})
 	}
 	return out
 }
