@@ -73,3 +73,51 @@ func TestEveryMetricIsDocumented(t *testing.T) {
 		}
 	}
 }
+
+// Every op the daemon counts in membrane_datapath_errors_total (the
+// second argument of reconciler.problem) is listed in that metric's row.
+func TestEveryDatapathErrorOpIsDocumented(t *testing.T) {
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := filepath.Glob(filepath.Join(root, "daemon", "*.go"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	op := regexp.MustCompile(`\br\.problem\((?:"[^"]*"|fmt\.Sprintf\([^)]*\)|[\w.]+), "([a-z0-9-]+)"`)
+	ops := map[string]string{}
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		src, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range op.FindAllStringSubmatch(string(src), -1) {
+			ops[m[1]] = filepath.Base(f)
+		}
+	}
+	if len(ops) < 10 {
+		t.Fatalf("the source scan found only %v", ops)
+	}
+	ops2, err := os.ReadFile(filepath.Join(root, "docs", "operations.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var row string
+	for _, l := range strings.Split(string(ops2), "\n") {
+		if strings.HasPrefix(l, "| `membrane_datapath_errors_total` |") {
+			row = l
+		}
+	}
+	if row == "" {
+		t.Fatal("no row for membrane_datapath_errors_total in docs/operations.md")
+	}
+	for o, file := range ops {
+		if !strings.Contains(row, "`"+o+"`") {
+			t.Errorf("op %q (%s) is not listed in membrane_datapath_errors_total's row", o, file)
+		}
+	}
+}

@@ -69,10 +69,10 @@ func New(s Sampler) *Metrics {
 			Name: "membrane_policy_revision", Help: "Revision of the enforced policy set.",
 		}),
 		PolicyLoadErrors: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "membrane_policy_load_errors_total", Help: "Policy sets rejected as invalid (the last good set stayed enforced).",
+			Name: "membrane_policy_load_errors_total", Help: "Policy sets rejected, as invalid or too big for the maps (the last good set stayed enforced).",
 		}),
 		PolicyLoadFailing: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "membrane_policy_load_failing", Help: "1 while the policy directory holds an invalid set.",
+			Name: "membrane_policy_load_failing", Help: "1 while the last policy set read was rejected (invalid, or too big for the maps).",
 		}),
 		ReconcileDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "membrane_reconcile_duration_seconds", Help: "Time to apply one change (or a full resync) to the datapath.",
@@ -83,7 +83,7 @@ func New(s Sampler) *Metrics {
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
 		}, []string{"source"}),
 		DatapathErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "membrane_datapath_errors_total", Help: "Failed datapath writes (map full, attach failure).",
+			Name: "membrane_datapath_errors_total", Help: "Failed writes to the datapath, the proxy or the state directory (map full, attach failure), by op.",
 		}, []string{"op"}),
 		EventsLost: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "membrane_flow_events_lost_total", Help: "Flow events lost to a full ring buffer.",
