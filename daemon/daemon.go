@@ -127,7 +127,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	}
 	r.onReady = opts.Ready
 
-	m := metrics.New(metrics.Sampler{Verdicts: r.sampleVerdicts, Maps: r.sampleMaps})
+	m := metrics.New(metrics.Sampler{Verdicts: r.sampleVerdicts, Maps: r.sampleMaps, EventsLost: r.sampleEventsLost})
 	r.metrics = m
 
 	// The L7 proxy listens before the first policy with a proxy port is

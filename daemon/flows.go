@@ -22,8 +22,6 @@ func (r *reconciler) readEvents(ctx context.Context) error {
 		<-ctx.Done()
 		rd.Close()
 	}()
-	var lost uint64
-	var lostChecked time.Time
 	for {
 		ev, err := rd.Read()
 		if err != nil {
@@ -35,15 +33,6 @@ func (r *reconciler) readEvents(ctx context.Context) error {
 			continue
 		}
 		r.flows.Publish(r.flowOf(ev))
-		// Reading the per-CPU counters costs more than an event: at most
-		// once a second, so a drop storm does not slow the reader down.
-		if time.Since(lostChecked) > time.Second {
-			lostChecked = time.Now()
-			if c, err := r.dp.Counters(); err == nil && c.EventsLost > lost {
-				r.metrics.EventsLost.Add(float64(c.EventsLost - lost))
-				lost = c.EventsLost
-			}
-		}
 	}
 }
 

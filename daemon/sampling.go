@@ -30,6 +30,14 @@ func (r *reconciler) sampleVerdicts() []metrics.VerdictCount {
 	return out
 }
 
+func (r *reconciler) sampleEventsLost() (uint64, bool) {
+	c, err := r.dp.Counters()
+	if err != nil {
+		return 0, false
+	}
+	return c.EventsLost, true
+}
+
 func (r *reconciler) sampleMaps() []metrics.MapFill {
 	var out []metrics.MapFill
 	if eps, err := r.dp.Endpoints(); err == nil {

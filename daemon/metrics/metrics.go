@@ -29,10 +29,13 @@ type MapFill struct {
 	Capacity int
 }
 
-// Sampler reads the datapath at scrape time. Either function may be nil.
+// Sampler reads the datapath at scrape time. Any function may be nil.
 type Sampler struct {
 	Verdicts func() []VerdictCount
 	Maps     func() []MapFill
+	// EventsLost is the count of flow records the ring buffer had no
+	// room for; false when it cannot be read.
+	EventsLost func() (uint64, bool)
 }
 
 // Metrics is the daemon's metric set.
@@ -48,7 +51,6 @@ type Metrics struct {
 	ReconcileDuration *prometheus.HistogramVec
 	EventLag          *prometheus.HistogramVec
 	DatapathErrors    *prometheus.CounterVec
-	EventsLost        prometheus.Counter
 }
 
 // New creates the metrics and registers them, plus the Go and process
@@ -85,12 +87,9 @@ func New(s Sampler) *Metrics {
 		DatapathErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "membrane_datapath_errors_total", Help: "Failed writes to the datapath, the proxy or the state directory (map full, attach failure), by op.",
 		}, []string{"op"}),
-		EventsLost: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "membrane_flow_events_lost_total", Help: "Flow events lost to a full ring buffer.",
-		}),
 	}
 	m.Registry.MustRegister(m.Endpoints, m.Identities, m.Policies, m.PolicyRevision, m.PolicyLoadErrors,
-		m.PolicyLoadFailing, m.ReconcileDuration, m.EventLag, m.DatapathErrors, m.EventsLost,
+		m.PolicyLoadFailing, m.ReconcileDuration, m.EventLag, m.DatapathErrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&sampled{s: s})
 	return m
@@ -101,7 +100,11 @@ var (
 	verdictBytes   = prometheus.NewDesc("membrane_verdict_bytes_total", "Bytes judged by the datapath, by direction, verdict and reason.", []string{"direction", "verdict", "reason"}, nil)
 	mapEntries     = prometheus.NewDesc("membrane_map_entries", "Entries in a BPF map.", []string{"map"}, nil)
 	mapCapacity    = prometheus.NewDesc("membrane_map_capacity", "Capacity of a BPF map (maps {} in the config).", []string{"map"}, nil)
-	mapFill        = prometheus.NewDesc("membrane_map_fill_ratio", "Entries / capacity of a BPF map; 1 means full (writes fail).", []string{"map"}, nil)
+	// Read from the datapath's counter at each scrape, as the verdicts
+	// are: a count the event reader updated as records came would lag
+	// behind the losses of a burst until the next record came.
+	eventsLost = prometheus.NewDesc("membrane_flow_events_lost_total", "Flow events lost to a full ring buffer.", nil, nil)
+	mapFill    = prometheus.NewDesc("membrane_map_fill_ratio", "Entries / capacity of a BPF map; 1 means full (writes fail).", []string{"map"}, nil)
 )
 
 // sampled reads the datapath at scrape time.
@@ -113,6 +116,7 @@ func (c *sampled) Describe(ch chan<- *prometheus.Desc) {
 	ch <- mapEntries
 	ch <- mapCapacity
 	ch <- mapFill
+	ch <- eventsLost
 }
 
 func (c *sampled) Collect(ch chan<- prometheus.Metric) {
@@ -120,6 +124,11 @@ func (c *sampled) Collect(ch chan<- prometheus.Metric) {
 		for _, v := range c.s.Verdicts() {
 			ch <- prometheus.MustNewConstMetric(verdictPackets, prometheus.CounterValue, float64(v.Packets), v.Direction, v.Verdict, v.Reason)
 			ch <- prometheus.MustNewConstMetric(verdictBytes, prometheus.CounterValue, float64(v.Bytes), v.Direction, v.Verdict, v.Reason)
+		}
+	}
+	if c.s.EventsLost != nil {
+		if n, ok := c.s.EventsLost(); ok {
+			ch <- prometheus.MustNewConstMetric(eventsLost, prometheus.CounterValue, float64(n))
 		}
 	}
 	if c.s.Maps != nil {
