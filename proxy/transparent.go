@@ -27,7 +27,7 @@ func ListenTransparent(ctx context.Context, port uint16) ([]net.Listener, error)
 	}}
 	l4, err := lc.Listen(ctx, "tcp4", fmt.Sprintf("0.0.0.0:%d", port))
 	if err != nil {
-		return nil, fmt.Errorf("transparent listener on port %d: %w (membraned needs CAP_NET_ADMIN)", port, err)
+		return nil, fmt.Errorf("transparent listener on port %d: %w%s", port, err, listenHint(port, err))
 	}
 	port = uint16(l4.Addr().(*net.TCPAddr).Port)
 	l6, err := lc.Listen(ctx, "tcp6", fmt.Sprintf("[::]:%d", port))
@@ -36,9 +36,20 @@ func ListenTransparent(ctx context.Context, port uint16) ([]net.Listener, error)
 			return []net.Listener{l4}, nil
 		}
 		l4.Close()
-		return nil, fmt.Errorf("transparent IPv6 listener on port %d: %w", port, err)
+		return nil, fmt.Errorf("transparent IPv6 listener on port %d: %w%s", port, err, listenHint(port, err))
 	}
 	return []net.Listener{l4, l6}, nil
+}
+
+// listenHint says what to do about a listener that could not be opened.
+func listenHint(port uint16, err error) string {
+	switch {
+	case errors.Is(err, unix.EADDRINUSE):
+		return fmt.Sprintf(" (port %d is in use by another process: stop it, or set l7 { port } in membrane.hcl to a free port)", port)
+	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
+		return " (membraned needs CAP_NET_ADMIN)"
+	}
+	return ""
 }
 
 func setTransparent(network string, c syscall.RawConn) error {
