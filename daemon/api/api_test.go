@@ -760,3 +760,23 @@ func TestQueryParametersAreKnownAndOnce(t *testing.T) {
 		t.Fatalf("known parameters: %d %q", status, msg)
 	}
 }
+
+// A read takes no body: one sent with a GET (an option the daemon does
+// not know, in a place it does not look) is refused, not ignored.
+func TestReadWithABodyRefused(t *testing.T) {
+	_, sock := start(t, Options{})
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	defer hc.CloseIdleConnections()
+	for _, path := range []string{"/v1/status", "/v1/endpoints", "/v1/endpoints/api", "/v1/identities", "/v1/policy", "/v1/observe"} {
+		req, _ := http.NewRequest("GET", "http://membraned"+path, strings.NewReader(`{"verbose": true}`))
+		if status, msg := answer(t)(hc.Do(req)); status != http.StatusBadRequest || !strings.Contains(msg, "GET "+path+" takes no body") {
+			t.Errorf("GET %s with a body: %d %q, want 400 saying it takes none", path, status, msg)
+		}
+		req, _ = http.NewRequest("GET", "http://membraned"+path, nil)
+		if status, msg := answer(t)(hc.Do(req)); status != http.StatusOK {
+			t.Errorf("GET %s: %d %q", path, status, msg)
+		}
+	}
+}

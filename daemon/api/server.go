@@ -257,8 +257,22 @@ func (m paramMux) HandleFunc(pattern string, h http.HandlerFunc, known ...string
 			writeError(w, http.StatusBadRequest, err)
 			return
 		}
+		if r.Method == http.MethodGet && hasBody(w, r) {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("GET %s takes no body: options of a read are query parameters", r.URL.Path))
+			return
+		}
 		h(w, r)
 	})
+}
+
+// hasBody reports whether r came with a body of at least one byte.
+func hasBody(w http.ResponseWriter, r *http.Request) bool {
+	if r.ContentLength > 0 {
+		return true
+	}
+	var b [1]byte
+	n, _ := http.MaxBytesReader(w, r.Body, 1).Read(b[:])
+	return n > 0
 }
 
 // observeParams are the query parameters of GET /v1/observe.
