@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -14,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -780,3 +782,34 @@ func TestReadWithABodyRefused(t *testing.T) {
 		}
 	}
 }
+
+// An api_group that does not exist leaves the socket to root alone; the
+// daemon says so, with the group's name, rather than let the group's
+// members meet a bare permission error.
+func TestMissingAPIGroupIsLogged(t *testing.T) {
+	testenv.RequireRoot(t)
+	var buf strings.Builder
+	var mu sync.Mutex
+	log := slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return buf.Write(p)
+	}), nil))
+	_, sock := start(t, Options{Group: "membrane-no-such-group", Logger: log})
+	fi, err := os.Stat(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("socket mode %v, want 0600 without the group", fi.Mode().Perm())
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !strings.Contains(buf.String(), "level=WARN") || !strings.Contains(buf.String(), `membrane-no-such-group`) || !strings.Contains(buf.String(), "only root") {
+		t.Fatalf("log %q: want a warning naming the group and saying only root may use the API", buf.String())
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

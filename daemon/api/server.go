@@ -99,6 +99,11 @@ func NewServer(opts Options, backend Backend) (*Server, error) {
 			if gid, err := strconv.Atoi(g.Gid); err == nil {
 				s.writeGID = gid
 			}
+		} else {
+			// Its members would meet a bare permission error on the
+			// socket; say why where the operator looks.
+			s.log.Warn("api_group does not exist: only root may use the API (create the group, or set api_group in membrane.hcl)",
+				"group", opts.Group, "socket", opts.Socket, "err", err)
 		}
 	}
 	ln, err := Listen(opts.Socket)
