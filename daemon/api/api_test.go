@@ -718,6 +718,8 @@ func TestRequestBodyKeysAreExactAndOnce(t *testing.T) {
 		{"/v1/policy/trace", `{"http_headers": {"X-Tenant": "a", "x-tenant": "b"}}`, `http_headers: key "x-tenant" (byte 36) names the same header as "X-Tenant" (byte 19): header names are case-insensitive; join the values with "," in one`},
 		{"/v1/policy/trace", `{"from_labels": {"app": "a"}, "to_labels": {"db": "x"}, "Port": 80}`, `field "Port" (byte 57) is not known: field names are case-sensitive, did you mean "port"?`},
 		{"/v1/policy/reload", `{"Dry_Run": true}`, `field "Dry_Run" (byte 2) is not known`},
+		{"/v1/policy/trace", "\n  {\"Port\": 80}", `field "Port" (byte 5) is not known`},
+		{"/v1/policy/trace", `{"port": 80, "p\u006frt": 81}`, `field "port" (byte 14) is given twice: first at byte 2`},
 	} {
 		if status, msg := postRaw(t, sock, c.path, c.body); status != http.StatusBadRequest || !strings.Contains(msg, c.want) {
 			t.Errorf("%s %s: %d %q, want 400 with %q", c.path, c.body, status, msg, c.want)
