@@ -414,11 +414,17 @@ func (l *loader) http(b *hclsyntax.Block) (HTTPRule, bool) {
 // suggest returns "; did you mean ...?" naming the allowed names closest to
 // given, if they are close enough to be a likely typo, or "". Names equally
 // close are all given: "icmp6" is one letter from both icmp and icmpv6, and
-// naming only icmp would lead to the other family.
+// naming only icmp would lead to the other family. A name that says its
+// family is never offered the other one's: "icmpv4" is one letter from
+// icmpv6, but it means icmp, and icmpv6 = ["8"] would be accepted and judge
+// ICMPv6 type 8.
 func suggest(given string, allowed []string) string {
 	var best []string
 	bestDist := 3
 	for _, a := range allowed {
+		if otherFamily(given, a) {
+			continue
+		}
 		switch d := levenshteinDistance(given, a); {
 		case d < bestDist:
 			best, bestDist = []string{a}, d
@@ -434,4 +440,20 @@ func suggest(given string, allowed []string) string {
 		quoted[i] = strconv.Quote(b)
 	}
 	return "; did you mean " + strings.Join(quoted, " or ") + "?"
+}
+
+// otherFamily reports whether two names both carry digits, and not the same
+// ones: "icmpv4" and "icmpv6" name two address families, whatever the
+// distance between them.
+func otherFamily(a, b string) bool {
+	digits := func(s string) string {
+		return strings.Map(func(r rune) rune {
+			if r >= '0' && r <= '9' {
+				return r
+			}
+			return -1
+		}, s)
+	}
+	da, db := digits(a), digits(b)
+	return da != "" && db != "" && da != db
 }

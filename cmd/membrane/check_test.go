@@ -341,6 +341,45 @@ func TestUnknownFlagSuggestsTheFlagMeant(t *testing.T) {
 	}
 }
 
+// buildMembrane builds the membrane binary for a test that runs it as a
+// user would, and returns its path.
+func buildMembrane(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "membrane")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// runBinary runs the built binary with args and returns its standard
+// output, standard error and exit status.
+func runBinary(t *testing.T, bin string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return out.String(), errOut.String(), code
+}
+
+// A flag that names its ICMP family is not offered the other family's
+// flag: --icmpv4 is one letter from --icmpv6, but it means --icmp, and
+// --icmpv6 8 would trace ICMPv6 type 8.
+func TestUnknownFlagSuggestsNoOtherFamily(t *testing.T) {
+	bin := buildMembrane(t)
+	_, stderr, code := runBinary(t, bin, "policy", "trace", "--icmpv4", "8")
+	if code != 2 || !strings.Contains(stderr, "unknown flag: --icmpv4; did you mean --icmp?") {
+		t.Errorf("exit %d, stderr %q; want exit 2 and a suggestion of --icmp alone", code, stderr)
+	}
+}
+
 // A file that membraned would not load from its policy directory is not
 // passed over in silence: a policy file written "web.HCL" in a directory
 // is skipped with a note saying why (the daemon reads *.hcl in lower case

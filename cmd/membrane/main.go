@@ -144,6 +144,9 @@ func suggestFlag(c *cobra.Command, err error) string {
 	var best []string
 	bestDist := 3
 	for _, f := range flags {
+		if otherFamily(name, f) {
+			continue
+		}
 		switch d := editDistance(name, f); {
 		case d < bestDist:
 			best, bestDist = []string{"--" + f}, d
@@ -152,6 +155,22 @@ func suggestFlag(c *cobra.Command, err error) string {
 		}
 	}
 	return strings.Join(best, " or ")
+}
+
+// otherFamily reports whether two flag names both carry digits, and not the
+// same ones: --icmpv4 means --icmp, not --icmpv6, one letter away, which
+// would trace the other address family.
+func otherFamily(a, b string) bool {
+	digits := func(s string) string {
+		return strings.Map(func(r rune) rune {
+			if r >= '0' && r <= '9' {
+				return r
+			}
+			return -1
+		}, s)
+	}
+	da, db := digits(a), digits(b)
+	return da != "" && db != "" && da != db
 }
 
 // editDistance is the Levenshtein distance between a and b.
