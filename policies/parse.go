@@ -425,7 +425,14 @@ func suggest(given string, allowed []string) string {
 		if otherFamily(given, a) {
 			continue
 		}
-		switch d := levenshteinDistance(given, a); {
+		d := levenshteinDistance(given, a)
+		// A singular for a plural, or the other way round, is one
+		// slip however the plural is spelled: from_entity for
+		// from_entities, policies for policy.
+		if singular(given) == singular(a) {
+			d = min(d, 1)
+		}
+		switch {
 		case d < bestDist:
 			best, bestDist = []string{a}, d
 		case d == bestDist && len(best) > 0:
@@ -440,6 +447,18 @@ func suggest(given string, allowed []string) string {
 		quoted[i] = strconv.Quote(b)
 	}
 	return "; did you mean " + strings.Join(quoted, " or ") + "?"
+}
+
+// singular is s with an English plural ending taken off: "entities" ->
+// "entity", "ports" -> "port".
+func singular(s string) string {
+	switch {
+	case strings.HasSuffix(s, "ies"):
+		return strings.TrimSuffix(s, "ies") + "y"
+	case strings.HasSuffix(s, "s") && !strings.HasSuffix(s, "ss"):
+		return strings.TrimSuffix(s, "s")
+	}
+	return s
 }
 
 // otherFamily reports whether two names both carry digits, and not the same
