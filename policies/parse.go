@@ -315,8 +315,17 @@ func (l *loader) rule(b *hclsyntax.Block, p *Policy) *Rule {
 				l.errorf(a.NameRange, fmt.Sprintf("Attribute %q belongs in an http block", a.Name),
 					"%s judges HTTP requests: write it inside http { ... } in an ingress or egress block, which must list TCP ports.", a.Name)
 			default:
-				l.unknownAttr(a, "in "+b.Type, allowed,
-					fmt.Sprintf("An %s block takes %s.", b.Type, strings.Join(allowed, ", ")))
+				summary := fmt.Sprintf("Unknown attribute %q in %s", a.Name, b.Type)
+				near := closest(a.Name, allowed)
+				if len(near) == 0 {
+					// A misspelt peer attribute of the other direction
+					// (from_endpoint in egress): the one this block takes.
+					for _, w := range closest(a.Name, wrong) {
+						near = append(near, prefix+strings.SplitN(w, "_", 2)[1])
+					}
+				}
+				l.errorf(a.NameRange, summary+didYouMean(near),
+					"An %s block takes %s.", b.Type, strings.Join(allowed, ", "))
 			}
 		}
 	}
@@ -419,6 +428,23 @@ func (l *loader) http(b *hclsyntax.Block) (HTTPRule, bool) {
 // icmpv6, but it means icmp, and icmpv6 = ["8"] would be accepted and judge
 // ICMPv6 type 8.
 func suggest(given string, allowed []string) string {
+	return didYouMean(closest(given, allowed))
+}
+
+// didYouMean is "; did you mean ...?" naming names, or "" for none.
+func didYouMean(names []string) string {
+	if len(names) == 0 {
+		return ""
+	}
+	quoted := make([]string, len(names))
+	for i, n := range names {
+		quoted[i] = strconv.Quote(n)
+	}
+	return "; did you mean " + strings.Join(quoted, " or ") + "?"
+}
+
+// closest is the names of allowed that suggest offers for given.
+func closest(given string, allowed []string) []string {
 	var best []string
 	bestDist := 3
 	for _, a := range allowed {
@@ -439,14 +465,7 @@ func suggest(given string, allowed []string) string {
 			best = append(best, a)
 		}
 	}
-	if len(best) == 0 {
-		return ""
-	}
-	quoted := make([]string, len(best))
-	for i, b := range best {
-		quoted[i] = strconv.Quote(b)
-	}
-	return "; did you mean " + strings.Join(quoted, " or ") + "?"
+	return best
 }
 
 // singular is s with an English plural ending taken off: "entities" ->
