@@ -518,10 +518,17 @@ func (req *HTTPRequest) onWire() (HTTPRequest, string) {
 	default:
 		return q, "invalid request target"
 	}
+	// Blanks around a field value are not part of it (RFC 9110, section
+	// 5.5): the proxies read "X-Tenant:  acme " as acme.
+	headers := make(map[string]string, len(q.Headers))
 	for name, v := range q.Headers {
 		if !validHeaderName(name) || strings.ContainsAny(v, "\r\n\x00") {
 			return q, "malformed header field"
 		}
+		headers[name] = strings.Trim(v, " \t")
+	}
+	if q.Headers != nil {
+		q.Headers = headers
 	}
 	return q, ""
 }

@@ -232,3 +232,22 @@ func marshalResult(t *testing.T, res Result) ([]byte, map[string]any) {
 	}
 	return b, top
 }
+
+// A request given with blanks around a field value (through the API of
+// policy trace --live) is judged without them, as the proxies read it; the
+// caller's request is left as given.
+func TestEvaluateHeaderValueWithoutBlanks(t *testing.T) {
+	set, rep := Load("testdata/semantics/10-l7")
+	if err := rep.Err(); err != nil {
+		t.Fatal(err)
+	}
+	req := &HTTPRequest{Method: "POST", Path: "/submit", Headers: map[string]string{"X-Tenant": " acme\t"}}
+	res := set.Evaluate(&Env{}, Connection{From: Peer{Labels: Labels{"app": "web"}}, To: Peer{Labels: Labels{"app": "api"}},
+		Proto: ProtoTCP, Port: 8080, HTTP: req})
+	if res.L7 == nil || res.L7.HTTP == nil || res.L7.HTTP.Verdict != "allowed" {
+		t.Errorf("X-Tenant: \" acme\\t\": l7 %+v, want allowed", res.L7)
+	}
+	if req.Headers["X-Tenant"] != " acme\t" {
+		t.Errorf("the caller's request was changed: %q", req.Headers["X-Tenant"])
+	}
+}

@@ -308,6 +308,9 @@ func (o *traceOpts) query() (traceQuery, error) {
 			if !ok || strings.TrimSpace(k) == "" {
 				return q, usageError("--http-header %q: want NAME=VALUE", h)
 			}
+			// Blanks around a field value are not part of it: the
+			// proxies read "X-Tenant:  acme " as acme.
+			v = strings.Trim(v, " \t")
 			if strings.EqualFold(k, "host") {
 				// The request's Host, as on the wire: the host rules
 				// judge it. Twice it is two Host fields, which the

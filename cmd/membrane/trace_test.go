@@ -425,3 +425,35 @@ func TestTraceOfNoPolicyFileSaysSo(t *testing.T) {
 		t.Errorf("a directory with a policy file: %s", errOut)
 	}
 }
+
+// A field value's leading and trailing blanks are not part of it (RFC 9110,
+// section 5.5): the proxies read "X-Tenant:  acme " as acme, and so does
+// policy trace with --http-header "X-Tenant= acme ", each value of a
+// repeated field on its own.
+func TestTraceHTTPHeaderValueWithoutBlanks(t *testing.T) {
+	bin := buildMembrane(t)
+	base := []string{"policy", "trace", "--policies", filepath.Join(traceSemantics, "10-l7"), "--from-labels", "app=web", "--to-labels", "app=api",
+		"--port", "8080/tcp", "--http-method", "POST", "--http-path", "/submit", "--format", "json"}
+	for _, tc := range []struct {
+		headers []string
+		want    string
+	}{
+		{[]string{"X-Tenant= acme\t "}, "allowed"},
+		{[]string{"X-Tenant=acme "}, "allowed"},
+		{[]string{"X-Tenant=evil "}, "403"},
+		{[]string{"X-Tenant=acme ", "X-Tenant= acme"}, "403"}, // acme,acme
+	} {
+		args := append([]string(nil), base...)
+		for _, h := range tc.headers {
+			args = append(args, "--http-header", h)
+		}
+		stdout, stderr, code := runBinary(t, bin, args...)
+		var j traceJSON
+		if code != 0 || json.Unmarshal([]byte(stdout), &j) != nil {
+			t.Fatalf("%q: exit %d, stdout %q, stderr %q", tc.headers, code, stdout, stderr)
+		}
+		if j.L7 == nil || j.L7.HTTP == nil || j.L7.HTTP.Verdict != tc.want {
+			t.Errorf("%q: stdout %s, want the request %s", tc.headers, stdout, tc.want)
+		}
+	}
+}

@@ -81,3 +81,43 @@ func TestTraceAnswersRequestsAsTheProxy(t *testing.T) {
 		}
 	}
 }
+
+// TestTraceJudgesFieldValuesAsTheProxy: blanks around a field value are not
+// part of it, for the proxy (RFC 9110, section 5.5) and for policy trace.
+func TestTraceJudgesFieldValuesAsTheProxy(t *testing.T) {
+	set, rep := policies.Parse(policies.Source{Name: "p.hcl", Bytes: []byte(`policy "api" {
+  selector = "app=api"
+  ingress {
+    ports = ["80/tcp"]
+    http {
+      headers = { "X-Tenant" = "acme" }
+    }
+  }
+}
+`)})
+	if err := rep.Err(); err != nil {
+		t.Fatal(err)
+	}
+	conn := policies.Connection{From: policies.Peer{IP: netip.MustParseAddr("192.0.2.1")},
+		To: policies.Peer{Labels: policies.Labels{"app": "api"}}, Proto: policies.ProtoTCP, Port: 80}
+	probe := set.Evaluate(&policies.Env{}, conn)
+	if probe.L7 == nil || len(probe.L7.Rules) != 1 {
+		t.Fatalf("no L7 rule: %+v", probe.L7)
+	}
+	up := startH2Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	addr, _ := engineFor(t, up, ruleResolver("api", probe.L7.Rules[0].HTTP))
+	for _, value := range []string{"acme", "  acme \t", "\tacme", "evil ", " acme x"} {
+		c := dialClient(t, addr)
+		c.send("GET / HTTP/1.1\r\nHost: svc\r\nX-Tenant: " + value + "\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+		resp, _ := c.read("GET")
+		conn.HTTP = &policies.HTTPRequest{Method: "GET", Path: "/", Host: "svc", Headers: map[string]string{"X-Tenant": value}}
+		res := set.Evaluate(&policies.Env{}, conn)
+		if res.L7 == nil || res.L7.HTTP == nil {
+			t.Fatalf("%q: no L7 verdict in the trace", value)
+		}
+		want := map[string]int{"allowed": 200, "403": 403, "400": 400}[res.L7.HTTP.Verdict]
+		if resp.StatusCode != want {
+			t.Errorf("X-Tenant: %q: the proxy answers %d, policy trace says %d (%s)", value, resp.StatusCode, want, res.L7.HTTP.Verdict)
+		}
+	}
+}
