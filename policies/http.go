@@ -488,6 +488,9 @@ const HTTPConnectRefused = "CONNECT is not proxied"
 // proxies, and its path and query are the target judged.
 func (req *HTTPRequest) onWire() (HTTPRequest, string) {
 	q := *req
+	// Blanks around Host's value are not part of it, as around any
+	// field's (below).
+	q.Host = strings.Trim(q.Host, " \t")
 	if !validHeaderName(q.Method) {
 		return q, "invalid method"
 	}

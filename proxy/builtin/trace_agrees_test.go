@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/membrane-fw/membrane/policies"
+	"github.com/membrane-fw/membrane/proxy"
 )
 
 // TestTraceAnswersRequestsAsTheProxy: `membrane policy trace` judges an
@@ -83,7 +84,8 @@ func TestTraceAnswersRequestsAsTheProxy(t *testing.T) {
 }
 
 // TestTraceJudgesFieldValuesAsTheProxy: blanks around a field value are not
-// part of it, for the proxy (RFC 9110, section 5.5) and for policy trace.
+// part of it, for the proxy (RFC 9110, section 5.5) and for policy trace,
+// Host's too.
 func TestTraceJudgesFieldValuesAsTheProxy(t *testing.T) {
 	set, rep := policies.Parse(policies.Source{Name: "p.hcl", Bytes: []byte(`policy "api" {
   selector = "app=api"
@@ -91,6 +93,10 @@ func TestTraceJudgesFieldValuesAsTheProxy(t *testing.T) {
     ports = ["80/tcp"]
     http {
       headers = { "X-Tenant" = "acme" }
+    }
+    http {
+      path = "/h"
+      host = "svc"
     }
   }
 }
@@ -101,23 +107,31 @@ func TestTraceJudgesFieldValuesAsTheProxy(t *testing.T) {
 	conn := policies.Connection{From: policies.Peer{IP: netip.MustParseAddr("192.0.2.1")},
 		To: policies.Peer{Labels: policies.Labels{"app": "api"}}, Proto: policies.ProtoTCP, Port: 80}
 	probe := set.Evaluate(&policies.Env{}, conn)
-	if probe.L7 == nil || len(probe.L7.Rules) != 1 {
-		t.Fatalf("no L7 rule: %+v", probe.L7)
+	if probe.L7 == nil || len(probe.L7.Rules) != 2 {
+		t.Fatalf("not two L7 rules: %+v", probe.L7)
 	}
 	up := startH2Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
-	addr, _ := engineFor(t, up, ruleResolver("api", probe.L7.Rules[0].HTTP))
-	for _, value := range []string{"acme", "  acme \t", "\tacme", "evil ", " acme x"} {
+	addr, _ := engineFor(t, up, &proxy.StaticResolver{
+		Decision: proxy.Decision{SrcIdentity: 300, DstIdentity: 400, Checks: []proxy.Check{{
+			Direction: policies.Ingress, Rules: policies.L7Set{Rules: probe.L7.Rules},
+		}}},
+		Names: map[uint32]string{1: "api"},
+	})
+	for _, tc := range []struct{ path, host, tenant string }{
+		{"/", "svc", "acme"}, {"/", "svc", "  acme \t"}, {"/", "svc", "\tacme"}, {"/", "svc", "evil "}, {"/", "svc", " acme x"},
+		{"/h", "svc", ""}, {"/h", " svc\t", ""}, {"/h", "other ", ""},
+	} {
 		c := dialClient(t, addr)
-		c.send("GET / HTTP/1.1\r\nHost: svc\r\nX-Tenant: " + value + "\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+		c.send("GET " + tc.path + " HTTP/1.1\r\nHost: " + tc.host + "\r\nX-Tenant: " + tc.tenant + "\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
 		resp, _ := c.read("GET")
-		conn.HTTP = &policies.HTTPRequest{Method: "GET", Path: "/", Host: "svc", Headers: map[string]string{"X-Tenant": value}}
+		conn.HTTP = &policies.HTTPRequest{Method: "GET", Path: tc.path, Host: tc.host, Headers: map[string]string{"X-Tenant": tc.tenant}}
 		res := set.Evaluate(&policies.Env{}, conn)
 		if res.L7 == nil || res.L7.HTTP == nil {
-			t.Fatalf("%q: no L7 verdict in the trace", value)
+			t.Fatalf("%+v: no L7 verdict in the trace", tc)
 		}
 		want := map[string]int{"allowed": 200, "403": 403, "400": 400}[res.L7.HTTP.Verdict]
 		if resp.StatusCode != want {
-			t.Errorf("X-Tenant: %q: the proxy answers %d, policy trace says %d (%s)", value, resp.StatusCode, want, res.L7.HTTP.Verdict)
+			t.Errorf("%+v: the proxy answers %d, policy trace says %d (%s)", tc, resp.StatusCode, want, res.L7.HTTP.Verdict)
 		}
 	}
 }
