@@ -250,15 +250,18 @@ func (l *loader) listAttr(a *hclsyntax.Attribute, numbers bool) listValue {
 	return lv
 }
 
-// subRange points at byte offset off of the string literal at rng whose
-// value is val, when the literal is written plainly (no escapes, one line);
-// otherwise at the whole literal.
+// subRange points at byte offset off of the quoted string literal at rng
+// whose value is val, when the literal's text up to there is val's, as
+// written (no escape sequence or line break before it; what follows does not
+// matter); otherwise, a heredoc too, at the whole literal.
 func (l *loader) subRange(rng hcl.Range, val string, off int) hcl.Range {
-	if rng.Start.Byte < 0 || rng.End.Byte > len(l.src) || rng.End.Byte-rng.Start.Byte != len(val)+2 || off < 0 || off > len(val) {
+	if rng.Start.Byte < 0 || rng.End.Byte > len(l.src) || rng.Start.Byte+1+off > rng.End.Byte || off < 0 || off > len(val) {
 		return rng
 	}
 	lit := l.src[rng.Start.Byte:rng.End.Byte]
-	if lit[0] != '"' || lit[len(lit)-1] != '"' || string(lit[1:len(lit)-1]) != val || strings.ContainsAny(val, "\n$%\\") {
+	before := val[:off]
+	if lit[0] != '"' || string(lit[1:1+off]) != before || strings.ContainsAny(before, "\n\\") ||
+		strings.Contains(before, "$${") || strings.Contains(before, "%%{") {
 		return rng
 	}
 	return hcltext.CharAt(rng, val, off)
