@@ -137,8 +137,9 @@ func TestTraceHTTP(t *testing.T) {
 	if j.Verdict != "allowed" || j.L7 == nil || !j.L7.Redirect || j.L7.HTTP == nil || j.L7.HTTP.Verdict != "allowed" {
 		t.Errorf("POST /submit with X-Tenant=acme: %+v", j)
 	}
+	// The verdict is the connection's; the request's is l7.http (decision 76).
 	j = traceJSONOf(t, append(base, "--http-method", "POST", "--http-path", "/submit", "--http-header", "X-Tenant=evil")...)
-	if j.L7 == nil || j.L7.HTTP == nil || j.L7.HTTP.Verdict != "403" {
+	if j.Verdict != "allowed" || j.L7 == nil || j.L7.HTTP == nil || j.L7.HTTP.Verdict != "403" {
 		t.Errorf("POST /submit with X-Tenant=evil should be refused: %+v", j)
 	}
 	// A repeated header is judged joined, as the proxies judge it.
