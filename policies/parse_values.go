@@ -399,6 +399,14 @@ const portHelp = `Ports are "PORT/PROTO", "LOW-HIGH/PROTO", "PORT" or "LOW-HIGH"
 func ParsePort(s string) ([]PortRange, error) {
 	spec, proto, hasProto := strings.Cut(s, "/")
 	protos := []Proto{ProtoTCP, ProtoUDP, ProtoSCTP}
+	// ICMP named alone ("icmp", "echo-request") and the protocol written
+	// first ("tcp/443") would otherwise be "not a port number".
+	if !hasProto && isICMPWord(s) {
+		return nil, fmt.Errorf("ICMP has no ports; use icmp = [...] or icmpv6 = [...]")
+	}
+	if hasProto && isPortProto(spec) && proto != "" && strings.Trim(proto, "0123456789-") == "" {
+		return nil, fmt.Errorf("the port comes first: write %q", proto+"/"+spec)
+	}
 	if hasProto {
 		switch strings.ToLower(proto) {
 		case "tcp":
@@ -435,6 +443,23 @@ func ParsePort(s string) ([]PortRange, error) {
 		out = append(out, PortRange{Proto: p, Low: low, High: high})
 	}
 	return out, nil
+}
+
+// isICMPWord reports whether s names ICMP: the protocol or a type name of
+// either family.
+func isICMPWord(s string) bool {
+	s = strings.ToLower(s)
+	_, v4 := icmpv4Names[s]
+	_, v6 := icmpv6Names[s]
+	return v4 || v6 || s == "icmp" || s == "icmpv6" || s == "icmp6" || s == "ipv6-icmp"
+}
+
+func isPortProto(s string) bool {
+	switch strings.ToLower(s) {
+	case "tcp", "udp", "sctp", "any":
+		return true
+	}
+	return false
 }
 
 func portNumber(s string) (uint16, error) {
