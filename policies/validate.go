@@ -3,6 +3,7 @@ package policies
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 )
@@ -74,8 +75,10 @@ func (l *loader) checkRule(r *Rule, b *hclsyntax.Block, rs *ruleSyntax) {
 		}
 	}
 
-	// L7 rules judge TCP connections only (as in Cilium, whose L7 rules
-	// require TCP ports): an http block needs its rule's ports, all TCP.
+	// L7 rules judge the TCP connections their rule admits (semantics 7):
+	// an http block needs its rule's ports, and a TCP one among them. Its
+	// other protocols are admitted without HTTP checks, which is worth a
+	// warning (the specification's own example has "53" beside http).
 	if len(rs.http) > 0 && r.Action == Allow {
 		if rs.ports.n == 0 {
 			rng := rs.http[0].TypeRange
@@ -85,15 +88,40 @@ func (l *loader) checkRule(r *Rule, b *hclsyntax.Block, rs *ruleSyntax) {
 			l.errorf(rng, "http needs TCP ports in its rule",
 				`HTTP rules apply to the TCP connections their rule admits; add ports = ["PORT/tcp"] to this %s block.`, b.Type)
 		}
+		var notTCP []listElem
+		tcp := false
 		for _, e := range rs.ports.elems {
 			prs, err := ParsePort(e.val)
 			if err != nil {
 				continue // already reported
 			}
 			if len(prs) != 1 || prs[0].Proto != ProtoTCP {
-				l.errorf(e.rng, fmt.Sprintf("Port %q is not TCP-only, but the rule has http blocks", e.val),
-					`HTTP rules apply to TCP connections only; write "%s/tcp", or put the other protocols in a block of their own.`, portSpec(e.val))
+				notTCP = append(notTCP, e)
 			}
+			for _, pr := range prs {
+				tcp = tcp || pr.Proto == ProtoTCP
+			}
+		}
+		for _, e := range notTCP {
+			var others []string
+			prs, _ := ParsePort(e.val)
+			for _, pr := range prs {
+				if pr.Proto != ProtoTCP {
+					others = append(others, strings.ToUpper(pr.Proto.String()))
+				}
+			}
+			if !tcp {
+				l.errorf(e.rng, fmt.Sprintf("Port %q is not TCP-only, but the rule has http blocks", e.val),
+					`HTTP rules apply to TCP connections only, and this rule admits none; write "%s/tcp", or put the other protocols in a block of their own.`, portSpec(e.val))
+				continue
+			}
+			what, fix := strings.Join(others, " and ")+" on "+portSpec(e.val)+" is", "put it in a block of its own to say so"
+			if len(prs) > 1 {
+				what = strings.Join(others, " and ") + " on " + portSpec(e.val) + " are"
+				fix = fmt.Sprintf(`write "%s/tcp" to admit TCP only, or put the other protocols in a block of their own`, portSpec(e.val))
+			}
+			l.warnf(e.rng, fmt.Sprintf("Port %q is not TCP-only: the rule's http blocks judge its TCP connections alone", e.val),
+				"HTTP rules apply to TCP connections only: %s admitted without HTTP checks; %s.", what, fix)
 		}
 	}
 

@@ -69,7 +69,7 @@ func TestCheckValidDirectoryPrintsWarnings(t *testing.T) {
 		t.Errorf("warning line missing:\n%s", out)
 	}
 	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if last := lines[len(lines)-1]; !strings.HasPrefix(last, "12 policies, ") || !strings.HasSuffix(last, " in 13 files: valid (10 warnings)") {
+	if last := lines[len(lines)-1]; !strings.HasPrefix(last, "12 policies, ") || !strings.HasSuffix(last, " in 13 files: valid (11 warnings)") {
 		t.Errorf("summary %q", last)
 	}
 }
@@ -412,5 +412,49 @@ func TestCheckNotesFilesTheDaemonWouldNotLoad(t *testing.T) {
 	// A plain name gets no note.
 	if out, _, _ := runCLI(t, "policy", "check", filepath.Join(dir, "a.hcl")); strings.Contains(out, "note:") {
 		t.Errorf("a.hcl named: %s", out)
+	}
+}
+
+// The specification's own example, as written there, is a valid policy: its
+// ingress block holds http beside "9000-9100/udp" and "53", and semantics 7
+// judges the TCP connections such a rule admits (8080/tcp, 53/tcp) by the
+// http blocks and lets UDP and SCTP through unjudged; policy check warns
+// about the ports whose other protocols the http blocks do not judge.
+func TestCheckAcceptsTheSpecificationExampleAsWritten(t *testing.T) {
+	bin := buildMembrane(t)
+	file := testdata + "/spec-literal/api.hcl"
+	stdout, stderr, code := runBinary(t, bin, "policy", "check", file)
+	if code != 0 {
+		t.Fatalf("exit %d, stdout:\n%s\nstderr: %s", code, stdout, stderr)
+	}
+	for _, want := range []string{
+		file + `:13:35: warning: Port "9000-9100/udp" is not TCP`,
+		file + `:13:52: warning: Port "53" is not TCP-only`,
+		"1 policy, 2 rules in 1 file: valid (2 warnings)\n",
+	} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("output lacks %q:\n%s", want, stdout)
+		}
+	}
+
+	trace := func(args ...string) traceJSON {
+		t.Helper()
+		args = append([]string{"policy", "trace", "--policies", file, "--from-labels", "app=frontend", "--to-labels", "app=api", "--format", "json"}, args...)
+		stdout, stderr, code := runBinary(t, bin, args...)
+		var j traceJSON
+		if code != 0 || json.Unmarshal([]byte(stdout), &j) != nil {
+			t.Fatalf("%q: exit %d, stdout %q, stderr %q", args, code, stdout, stderr)
+		}
+		return j
+	}
+	if j := trace("--port", "9050/udp"); j.Verdict != "allowed" || j.L7 != nil {
+		t.Errorf("UDP 9050: %+v, want allowed without L7", j)
+	}
+	req := []string{"--http-path", "/api/v1/x", "--http-host", "api.example.com", "--http-header", "X-Tenant=acme"}
+	if j := trace(append([]string{"--port", "53/tcp", "--http-method", "GET"}, req...)...); j.Verdict != "allowed" || j.L7 == nil || j.L7.HTTP == nil || j.L7.HTTP.Verdict != "allowed" {
+		t.Errorf("GET on TCP 53: %+v, want the request allowed", j)
+	}
+	if j := trace(append([]string{"--port", "53/tcp", "--http-method", "DELETE"}, req...)...); j.L7 == nil || j.L7.HTTP == nil || j.L7.HTTP.Verdict != "403" {
+		t.Errorf("DELETE on TCP 53: %+v, want 403", j)
 	}
 }

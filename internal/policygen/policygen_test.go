@@ -37,12 +37,13 @@ func rulesOf(s *policies.Set) []string {
 	return out
 }
 
-// The generator makes sets the loader rejects (http blocks on rules with
-// non-TCP ports) or warns about (except outside the rule's prefixes or
-// covering them, an IPv4-mapped prefix): the compiler and the evaluator
-// must still agree on them. Only those.
+// The generator makes sets the loader rejects (http blocks on rules without
+// a TCP port) or warns about (http blocks beside non-TCP ports, except
+// outside the rule's prefixes or covering them, an IPv4-mapped prefix): the
+// compiler and the evaluator must still agree on them. Only those.
 func loaderRejects(summary string) bool {
 	return strings.HasSuffix(summary, " is not TCP-only, but the rule has http blocks") ||
+		strings.HasSuffix(summary, " is not TCP-only: the rule's http blocks judge its TCP connections alone") ||
 		strings.HasSuffix(summary, " is IPv4-mapped: it matches no address") ||
 		summary == "http needs TCP ports in its rule" ||
 		strings.HasPrefix(summary, "except ") && (strings.Contains(summary, " covers all of ") || strings.Contains(summary, " is outside every "))

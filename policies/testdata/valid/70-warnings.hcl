@@ -39,9 +39,18 @@ policy "warnings" {
     to_cidr = ["169.254.169.254/32", "0.0.0.0/0", "10.1.0.0/16"]
     except  = ["169.254.169.254", "10.0.0.0/8"]
   }
+  # http judges the TCP connections of its rule only: UDP and SCTP on 8080
+  # are admitted unjudged (an error when the rule has no TCP port at all).
+  ingress {
+    ports = ["80/tcp", "8080"]
+    http {
+      method = "GET"
+    }
+  }
 }
 # warn: 30:16 CIDR "::ffff:169.254.169.254" is IPv4-mapped: it matches no address
 # warn: 34:16 CIDR "::ffff:10.0.0.0/104" is IPv4-mapped: it matches no address
 # warn: 34:39 CIDR "::FFFF:0:0/96" is IPv4-mapped: it matches no address
 # warn: 40:16 except 169.254.169.254/32 covers all of to_cidr 169.254.169.254/32
 # warn: 40:35 except 10.0.0.0/8 covers all of to_cidr 10.1.0.0/16
+# warn: 45:24 Port "8080" is not TCP-only: the rule's http blocks judge its TCP connections alone
