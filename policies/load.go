@@ -46,6 +46,12 @@ type ContainerNetwork struct {
 	Prefix netip.Prefix
 }
 
+// HostAddr is an address of the host and the interface that holds it.
+type HostAddr struct {
+	Name string // the interface
+	Addr netip.Addr
+}
+
 // LoadWithNetworks is Load that also warns at every CIDR of a peer
 // attribute (from_cidr, to_cidr) that overlaps one of nets: CIDR rules
 // match only peers that are not managed endpoints, so such a CIDR does not
@@ -60,6 +66,10 @@ func LoadWithNetworks(nets []ContainerNetwork, paths ...string) (*Set, *Report) 
 type CheckEnv struct {
 	// Networks: see LoadWithNetworks.
 	Networks []ContainerNetwork
+	// HostAddrs are the addresses of this host's interfaces (loopback and
+	// link-local ones aside). A CIDR that is one of them names the host,
+	// which CIDR rules never match: it gets a warning that says so.
+	HostAddrs []HostAddr
 	// Uncounted reports whether a label key does not count for identity
 	// and selection (the daemon's default label filter); a selector
 	// requirement on such a key gets a warning, since it never holds

@@ -258,7 +258,7 @@ func (l *loader) rule(b *hclsyntax.Block, p *Policy) *Rule {
 		case peers[1]:
 			rs.cidr = l.listAttr(a, false)
 			r.CIDRs = l.prefixes(rs.cidr, a.Name)
-			l.overlaps(rs.cidr)
+			l.overlaps(rs.cidr, a.Name)
 		case "except":
 			rs.except = l.listAttr(a, false)
 			r.Except = l.prefixes(rs.except, a.Name)

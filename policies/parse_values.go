@@ -359,16 +359,31 @@ func (l *loader) prefixes(lv listValue, attr string) []netip.Prefix {
 	return out
 }
 
-// overlaps warns at each CIDR of lv that overlaps a container network of
-// l.check.Networks (LoadWithNetworks).
-func (l *loader) overlaps(lv listValue) {
-	if len(l.check.Networks) == 0 {
+// overlaps warns at each CIDR of lv (the peer attribute peerAttr) that is
+// an address of the host (l.check.HostAddrs), or else that overlaps a
+// container network of l.check.Networks (LoadWithNetworks).
+func (l *loader) overlaps(lv listValue, peerAttr string) {
+	if len(l.check.Networks) == 0 && len(l.check.HostAddrs) == 0 {
 		return
 	}
+elems:
 	for _, e := range lv.elems {
 		p, _, err := ParsePrefix(e.val)
 		if err != nil || p.Bits() == 0 {
 			continue
+		}
+		if p.IsSingleIP() {
+			for _, h := range l.check.HostAddrs {
+				if h.Addr.Unmap() == p.Addr() {
+					entities := "to_entities"
+					if strings.HasPrefix(peerAttr, "from_") {
+						entities = "from_entities"
+					}
+					l.warnf(e.rng, fmt.Sprintf("CIDR %q is an address of this host (%s): CIDR rules never match the host", e.val, h.Name),
+						`The host is a peer of its own, named by the host entity, whatever address it is reached at: write %s = ["host"] (with the ports) to allow or deny it.`, entities)
+					continue elems
+				}
+			}
 		}
 		for _, n := range l.check.Networks {
 			if p.Overlaps(n.Prefix) {

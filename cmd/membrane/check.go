@@ -99,9 +99,9 @@ func runCheck(out, errOut io.Writer, format string, args []string) error {
 		skipped = append(skipped, skip...)
 	}
 	top.name = strings.Join(args, " ")
-	nets := hostNetworks()
+	nets, addrs := hostNetworks(), hostAddrs()
 	for _, s := range sets {
-		s.set, s.rep = policies.LoadForCheck(policies.CheckEnv{Networks: nets, Uncounted: endpoint.DefaultExcluded}, s.paths...)
+		s.set, s.rep = policies.LoadForCheck(policies.CheckEnv{Networks: nets, HostAddrs: addrs, Uncounted: endpoint.DefaultExcluded}, s.paths...)
 	}
 	// A named directory without *.hcl files of its own, whose
 	// subdirectories hold the policies (examples/), is not a set worth a
@@ -300,9 +300,41 @@ func isTerminal(w io.Writer) bool {
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
-// hostNetworks is containerNetworks; tests that must not depend on this
-// host's bridges replace it.
-var hostNetworks = containerNetworks
+// hostNetworks is containerNetworks and hostAddrs is interfaceAddrs; tests
+// that must not depend on this host's interfaces replace them.
+var (
+	hostNetworks = containerNetworks
+	hostAddrs    = interfaceAddrs
+)
+
+// interfaceAddrs are the addresses of this host's interfaces, loopback and
+// link-local ones aside (a container's 127.0.0.1 is its own, and a
+// link-local address is one link's). None when they cannot be listed.
+func interfaceAddrs() []policies.HostAddr {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return nil
+	}
+	var out []policies.HostAddr
+	for _, ifc := range ifs {
+		addrs, err := ifc.Addrs()
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			ipn, ok := a.(*net.IPNet)
+			if !ok {
+				continue
+			}
+			p, ok := netipPrefix(ipn)
+			if !ok || p.Addr().IsLoopback() || p.Addr().IsLinkLocalUnicast() {
+				continue
+			}
+			out = append(out, policies.HostAddr{Name: ifc.Name, Addr: p.Addr()})
+		}
+	}
+	return out
+}
 
 // containerNetworks are the subnets of the container networks this host
 // has, as check can see them without a daemon: the addresses of the

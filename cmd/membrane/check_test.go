@@ -16,8 +16,9 @@ import (
 )
 
 // runCLI runs the command line with args in this process. policy check
-// sees no container network: its output must not depend on this host's
-// bridges (TestCheckWarnsAboutCIDROverlappingABridge sees one).
+// sees no container network and no host address: its output must not depend
+// on this host's interfaces (TestCheckWarnsAboutCIDROverlappingABridge and
+// TestCheckWarnsAtCIDRThatIsAHostAddress see some).
 func runCLI(t *testing.T, args ...string) (string, int, error) {
 	t.Helper()
 	out, _, code, err := runCLIStderr(t, args...)
@@ -28,7 +29,9 @@ func runCLI(t *testing.T, args ...string) (string, int, error) {
 func runCLIStderr(t *testing.T, args ...string) (stdout, stderr string, code int, err error) {
 	t.Helper()
 	defer func(f func() []policies.ContainerNetwork) { hostNetworks = f }(hostNetworks)
+	defer func(f func() []policies.HostAddr) { hostAddrs = f }(hostAddrs)
 	hostNetworks = func() []policies.ContainerNetwork { return nil }
+	hostAddrs = func() []policies.HostAddr { return nil }
 	root := newRootCmd()
 	var out, errOut bytes.Buffer
 	root.SetOut(&out)
@@ -259,6 +262,48 @@ func TestCheckWarnsAboutCIDROverlappingABridge(t *testing.T) {
 	if code != 0 || !strings.Contains(out.String(), want+"\n") || strings.Count(out.String(), "overlaps container network") != 2 {
 		// Twice: the contract line and the snippet's heading.
 		t.Errorf("exit %d, output:\n%s\nwant only the warning %q", code, out.String(), want)
+	}
+}
+
+// A CIDR that is one address of this host (a bridge's gateway address, an
+// uplink's address) names the host, which CIDR rules never match (decision
+// 26): policy check says so and points at the host entity, rather than
+// that the CIDR overlaps the containers' network. A wider CIDR holding it
+// gets no such warning: the rest of it is matched.
+func TestCheckWarnsAtCIDRThatIsAHostAddress(t *testing.T) {
+	testenv.RequireRoot(t)
+	bin := buildMembrane(t)
+	ns := testenv.NewNetNS(t, "mtck-")
+	ns.MustExec(t, "ip", "link", "add", "br-mthost", "type", "bridge")
+	ns.MustExec(t, "ip", "addr", "add", "172.31.251.1/24", "dev", "br-mthost")
+	ns.MustExec(t, "ip", "link", "add", "mtup", "type", "bridge") // no container bridge's name
+	ns.MustExec(t, "ip", "addr", "add", "198.51.100.7/24", "dev", "mtup")
+	file := filepath.Join(t.TempDir(), "p.hcl")
+	writePolicy(t, file, `policy "x" {
+  selector = "app=x"
+  egress {
+    to_cidr = ["172.31.251.1/32", "198.51.100.7", "198.51.100.0/24", "172.31.251.0/25"]
+    ports   = ["8080/tcp"]
+  }
+}
+`)
+	var stdout, stderr bytes.Buffer
+	cmd := ns.Command(bin, "policy", "check", file)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%v: %s%s", err, stdout.String(), stderr.String())
+	}
+	out := stdout.String()
+	for _, want := range []string{
+		file + `:4:16: warning: CIDR "172.31.251.1/32" is an address of this host (br-mthost): CIDR rules never match the host`,
+		file + `:4:35: warning: CIDR "198.51.100.7" is an address of this host (mtup): CIDR rules never match the host`,
+		file + `:4:70: warning: CIDR "172.31.251.0/25" overlaps container network 172.31.251.0/24 (br-mthost)`,
+		`to_entities = ["host"]`,
+		"1 policy, 1 rule in 1 file: valid (3 warnings)\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
 	}
 }
 
