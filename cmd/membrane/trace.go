@@ -89,7 +89,8 @@ Name each end exactly once:
   --from-entity NAME        host, world or init (world without an address:
                             CIDR rules do not match it, use --from-ip)
   --from-ip IP              an address; offline, no endpoint or host address is
-                            known, so every IP is the world (CIDR rules apply)
+                            known, so every IP is the world (CIDR rules apply;
+                            a note says when it is an address of this host)
   --from-container NAME|ID  a running container (--live only)
 and the same with --to-*.
 
@@ -210,6 +211,7 @@ func runTrace(cmd *cobra.Command, out, errOut io.Writer, o *traceOpts) error {
 		// applies its configured one to --live's labels.
 		q.FromLabels = identityLabels(errOut, "--from-labels", q.FromLabels)
 		q.ToLabels = identityLabels(errOut, "--to-labels", q.ToLabels)
+		noteHostAddrs(errOut, q.FromIP, q.ToIP)
 		conn, err := q.connection()
 		if err != nil {
 			return err
@@ -435,6 +437,28 @@ func (q traceQuery) connection() (policies.Connection, error) {
 		return c, usageError("%v", err)
 	}
 	return c, nil
+}
+
+// noteHostAddrs says on errOut when --from-ip or --to-ip is an address of
+// the host the trace runs on: offline it is the world, where CIDR rules
+// apply, but membraned judges it as the host, which they never match
+// (decision 26).
+func noteHostAddrs(errOut io.Writer, fromIP, toIP string) {
+	addrs := hostAddrs()
+	for _, end := range []struct{ side, ip string }{{"from", fromIP}, {"to", toIP}} {
+		a, err := netip.ParseAddr(end.ip)
+		if err != nil {
+			continue
+		}
+		a = a.WithZone("").Unmap()
+		for _, h := range addrs {
+			if h.Addr.Unmap() == a {
+				fmt.Fprintf(errOut, "membrane: --%s-ip %s is an address of this host (%s): offline it is judged as the world, but membraned judges it as the host, which CIDR rules never match: trace --%s-entity host, or with --live\n",
+					end.side, end.ip, h.Name, end.side)
+				break
+			}
+		}
+	}
 }
 
 func offlinePeer(labels map[string]string, entity, ip string) policies.Peer {

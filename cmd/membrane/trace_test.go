@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/membrane-fw/membrane/internal/testenv"
 	"github.com/membrane-fw/membrane/policies"
 	"github.com/spf13/cobra"
 )
@@ -16,9 +17,12 @@ import (
 const traceSemantics = "../../policies/testdata/semantics"
 
 // traceCLI runs `membrane policy trace ARGS` in-process and returns stdout,
-// stderr (including the error main would print) and the exit code.
+// stderr (including the error main would print) and the exit code. It sees
+// no host address (TestTraceNotesAHostAddress sees one).
 func traceCLI(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
+	defer func(f func() []policies.HostAddr) { hostAddrs = f }(hostAddrs)
+	hostAddrs = func() []policies.HostAddr { return nil }
 	root := newRootCmd()
 	var out, errOut bytes.Buffer
 	root.SetOut(&out)
@@ -455,6 +459,49 @@ func TestTraceHTTPHeaderValueWithoutBlanks(t *testing.T) {
 		}
 		if j.L7 == nil || j.L7.HTTP == nil || j.L7.HTTP.Verdict != tc.want {
 			t.Errorf("%q: stdout %s, want the request %s", tc.headers, stdout, tc.want)
+		}
+	}
+}
+
+// Offline, every --from-ip/--to-ip is the world (the trace knows no
+// daemon), but an address of the host it runs on is the host to membraned,
+// whose CIDR rules never match it: the trace says so on standard error, so
+// that an "allowed" for to_cidr = ["172.17.0.1/32"] is not taken at its
+// word. Its JSON output stays the one object.
+func TestTraceNotesAHostAddress(t *testing.T) {
+	testenv.RequireRoot(t)
+	bin := buildMembrane(t)
+	ns := testenv.NewNetNS(t, "mttr-")
+	ns.MustExec(t, "ip", "link", "add", "br-mttrace", "type", "bridge")
+	ns.MustExec(t, "ip", "addr", "add", "172.31.252.1/24", "dev", "br-mttrace")
+	dir := t.TempDir()
+	writePolicy(t, filepath.Join(dir, "p.hcl"), `policy "x" {
+  selector = "app=x"
+  egress {
+    to_cidr = ["172.31.252.0/24"]
+  }
+}
+`)
+	for _, tc := range []struct {
+		args []string
+		note string
+	}{
+		{[]string{"--from-labels", "app=x", "--to-ip", "172.31.252.1"}, "--to-ip 172.31.252.1 is an address of this host (br-mttrace)"},
+		{[]string{"--from-ip", "172.31.252.1", "--to-labels", "app=x"}, "--from-ip 172.31.252.1 is an address of this host (br-mttrace)"},
+		{[]string{"--from-labels", "app=x", "--to-ip", "172.31.252.2"}, ""},
+	} {
+		var stdout, stderr bytes.Buffer
+		cmd := ns.Command(bin, append(append([]string{"policy", "trace", "--policies", dir, "--format", "json"}, tc.args...), "--port", "80/tcp")...)
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("%q: %v: %s%s", tc.args, err, stdout.String(), stderr.String())
+		}
+		var j traceJSON
+		if err := json.Unmarshal(stdout.Bytes(), &j); err != nil {
+			t.Errorf("%q: stdout is not one JSON object: %v\n%s", tc.args, err, stdout.String())
+		}
+		if tc.note == "" && stderr.Len() > 0 || tc.note != "" && !strings.Contains(stderr.String(), tc.note) {
+			t.Errorf("%q: stderr %q, want the note %q", tc.args, stderr.String(), tc.note)
 		}
 	}
 }
