@@ -50,6 +50,10 @@ type resultJSON struct {
 	Verdict Verdict `json:"verdict"`
 	Egress  Verdict `json:"egress"`
 	Ingress Verdict `json:"ingress"`
+	// Connection is the connection's verdict when a traced request is
+	// refused on a connection the policies admit (Verdict is then
+	// "denied", the request's fate).
+	Connection Verdict `json:"connection,omitempty"`
 	// Audit: the policies deny the connection (Verdict is "denied"), and
 	// audit mode lets it through and reports it.
 	Audit        bool             `json:"audit,omitempty"`
@@ -65,12 +69,35 @@ type resultJSON struct {
 // MarshalJSON renders the result as `membrane policy trace --format json` prints it.
 // The contract's verdicts are allowed and denied (and not-applicable for an
 // end): an audited drop is "denied", what the policies say, with "audit".
+// A traced request that the proxy refuses (403, or 400 before the rules)
+// makes the verdict "denied", and the end whose http blocks refused it too:
+// the trace answers whether that traffic passes (decision 76).
 func (r Result) MarshalJSON() ([]byte, error) {
-	return json.Marshal(resultJSON{
+	j := resultJSON{
 		Verdict: contractVerdict(r.Verdict), Egress: contractVerdict(r.Egress.Verdict), Ingress: contractVerdict(r.Ingress.Verdict),
 		Audit: r.Verdict == VerdictAudit, Matched: r.Matched(),
 		From: r.From, To: r.To, EgressCheck: r.Egress, IngressCheck: r.Ingress, L7: r.L7, Docker: r.Docker,
-	})
+	}
+	if r.RequestRefused() && j.Verdict == VerdictAllowed {
+		j.Connection, j.Verdict = j.Verdict, VerdictDenied
+		if r.Egress.requestRefused() {
+			j.Egress = VerdictDenied
+		}
+		if r.Ingress.requestRefused() {
+			j.Ingress = VerdictDenied
+		}
+	}
+	return json.Marshal(j)
+}
+
+// RequestRefused reports whether the connection carried a traced HTTP
+// request that the proxy answers with anything but the upstream's answer.
+func (r Result) RequestRefused() bool {
+	return r.L7 != nil && r.L7.HTTP != nil && r.L7.HTTP.Verdict != "allowed"
+}
+
+func (e EndResult) requestRefused() bool {
+	return e.L7 != nil && e.L7.HTTP != nil && e.L7.HTTP.Verdict != "allowed"
 }
 
 // UnmarshalJSON reads what MarshalJSON wrote (for --live, where the daemon
@@ -79,6 +106,9 @@ func (r *Result) UnmarshalJSON(b []byte) error {
 	var j resultJSON
 	if err := json.Unmarshal(b, &j); err != nil {
 		return err
+	}
+	if j.Connection != "" {
+		j.Verdict = j.Connection // the request's fate is in L7
 	}
 	if j.Audit && j.Verdict == VerdictDenied {
 		j.Verdict = VerdictAudit
@@ -100,7 +130,11 @@ func contractVerdict(v Verdict) Verdict {
 // the rules that decided, and the L7 outcome.
 func (r Result) WriteText(w io.Writer) error {
 	var b strings.Builder
-	fmt.Fprintf(&b, "verdict: %s\n", r.Verdict)
+	if r.RequestRefused() && r.Verdict == VerdictAllowed {
+		fmt.Fprintf(&b, "verdict: denied (the connection is allowed; the proxy answers the request %s)\n", statusText(r.L7.HTTP.Verdict))
+	} else {
+		fmt.Fprintf(&b, "verdict: %s\n", r.Verdict)
+	}
 	fmt.Fprintf(&b, "from:    %s\n", r.From)
 	fmt.Fprintf(&b, "to:      %s\n", r.To)
 	writeEnd(&b, "egress", "sender", r.Egress)

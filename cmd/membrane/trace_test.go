@@ -86,9 +86,10 @@ func TestTraceDeniedStillExitsZero(t *testing.T) {
 }
 
 type traceJSON struct {
-	Verdict string `json:"verdict"`
-	Egress  string `json:"egress"`
-	Ingress string `json:"ingress"`
+	Verdict    string `json:"verdict"`
+	Egress     string `json:"egress"`
+	Ingress    string `json:"ingress"`
+	Connection string `json:"connection"`
 	Matched []struct {
 		Policy string `json:"policy"`
 		Block  string `json:"block"`
@@ -138,13 +139,19 @@ func TestTraceHTTP(t *testing.T) {
 	dir := filepath.Join(traceSemantics, "10-l7")
 	base := []string{"--policies", dir, "--from-labels", "app=web", "--to-labels", "app=api", "--port", "8080/tcp"}
 	j := traceJSONOf(t, append(base, "--http-method", "POST", "--http-path", "/submit", "--http-header", "X-Tenant=acme")...)
-	if j.Verdict != "allowed" || j.L7 == nil || !j.L7.Redirect || j.L7.HTTP == nil || j.L7.HTTP.Verdict != "allowed" {
+	if j.Verdict != "allowed" || j.Connection != "" || j.L7 == nil || !j.L7.Redirect || j.L7.HTTP == nil || j.L7.HTTP.Verdict != "allowed" {
 		t.Errorf("POST /submit with X-Tenant=acme: %+v", j)
 	}
-	// The verdict is the connection's; the request's is l7.http (decision 76).
-	j = traceJSONOf(t, append(base, "--http-method", "POST", "--http-path", "/submit", "--http-header", "X-Tenant=evil")...)
-	if j.Verdict != "allowed" || j.L7 == nil || j.L7.HTTP == nil || j.L7.HTTP.Verdict != "403" {
-		t.Errorf("POST /submit with X-Tenant=evil should be refused: %+v", j)
+	// A refused request is denied traffic, at the end whose http blocks
+	// refused it, on a connection the policies allow (decision 76).
+	refused := append(base, "--http-method", "POST", "--http-path", "/submit", "--http-header", "X-Tenant=evil")
+	j = traceJSONOf(t, refused...)
+	if j.Verdict != "denied" || j.Egress != "allowed" || j.Ingress != "denied" || j.Connection != "allowed" ||
+		j.L7 == nil || j.L7.HTTP == nil || j.L7.HTTP.Verdict != "403" || len(j.Matched) != 2 {
+		t.Errorf("POST /submit with X-Tenant=evil should be denied by the ingress's http blocks: %+v", j)
+	}
+	if out, _, code := traceCLI(t, refused...); code != 0 || !strings.HasPrefix(out, "verdict: denied (the connection is allowed; the proxy answers the request 403 Forbidden)\n") {
+		t.Errorf("text trace of a refused request (exit %d):\n%s", code, out)
 	}
 	// A repeated header is judged joined, as the proxies judge it.
 	j = traceJSONOf(t, append(base, "--http-method", "POST", "--http-path", "/submit", "--http-header", "X-Tenant=evil", "--http-header", "X-Tenant=acme")...)
