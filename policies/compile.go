@@ -263,6 +263,7 @@ func (c *compiler) resolveRules(cidrs []CIDRIdentity) {
 					}
 				case EntityCluster:
 					remotes[IdentityHost] = true
+					remotes[IdentityInit] = true
 					for _, il := range c.ids {
 						remotes[il.Identity] = true
 					}

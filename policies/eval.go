@@ -27,8 +27,8 @@ package policies
 //     known), so no policy selects it and its own side is never judged by
 //     policies here: the daemon's init setting governs it. As a peer it is
 //     matched only by the `init` and `all` entities and by rules with no peer
-//     attribute. `cluster` means every managed endpoint with known labels and
-//     the host; it does not include init.
+//     attribute. `cluster` means every managed endpoint, init ones included
+//     (as Cilium's cluster entity holds reserved:init), and the host.
 //   - Both ends. Only managed endpoints (labels known) have a side that
 //     policies judge. Host, world and init ends are "not-applicable"; a
 //     connection with no managed end at all is allowed.
@@ -457,7 +457,7 @@ func entityMatches(e Entity, peer resolvedPeer) bool {
 	case EntityWorld:
 		return peer.kind == peerWorld
 	case EntityCluster:
-		return peer.kind == peerEndpoint || peer.kind == peerHost
+		return peer.kind == peerEndpoint || peer.kind == peerHost || peer.kind == peerInit
 	case EntityInit:
 		return peer.kind == peerInit
 	}
