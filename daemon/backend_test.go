@@ -126,9 +126,14 @@ func TestLiveTraceEndpointWithoutLabels(t *testing.T) {
 // records of that container's endpoint, whatever name they carry.
 func TestObserveContainerByID(t *testing.T) {
 	r := &reconciler{flows: api.NewFlowHub(10)}
-	r.view.set(&view{endpoints: []api.Endpoint{{ID: 7, Containers: []api.Container{{ID: "4f1c2a9e8b7d6c5a", Name: "web"}}}}})
+	web := api.Endpoint{ID: 7, Containers: []api.Container{{ID: "4f1c2a9e8b7d6c5a", Name: "web"}}}
+	r.view.set(&view{endpoints: []api.Endpoint{web}})
 	sock := serveAPI(t, r)
-	r.flows.Publish(api.Flow{Verdict: "dropped", Source: api.Peer{IP: "172.17.0.2", Container: "web"}, Dest: api.Peer{IP: "172.17.0.3"}})
+	// As flowOf makes them: an end that is an endpoint keeps its number
+	// and containers.
+	src := api.Peer{IP: "172.17.0.2"}
+	setEndpoint(&src, &web)
+	r.flows.Publish(api.Flow{Verdict: "dropped", Source: src, Dest: api.Peer{IP: "172.17.0.3"}})
 	r.flows.Publish(api.Flow{Verdict: "dropped", Source: api.Peer{IP: "172.17.0.4", Container: "db"}, Dest: api.Peer{IP: "172.17.0.5"}})
 	for _, ref := range []string{"web", "/web", "4f1c2a9e8b7d6c5a", "4f1c2a", "7"} {
 		var got []string

@@ -66,9 +66,9 @@ func (r *reconciler) flowOf(ev bpf.Event) api.Flow {
 	// The local end is the veth's endpoint even before its address is known.
 	if ep := v.byIfindex[ev.Ifindex]; ep != nil && len(ep.Containers) > 0 {
 		if ev.Direction == policies.Egress {
-			f.Source.Container = ep.Containers[0].Name
+			setEndpoint(&f.Source, ep)
 		} else {
-			f.Dest.Container = ep.Containers[0].Name
+			setEndpoint(&f.Dest, ep)
 		}
 	}
 	if ev.RuleID > 0 && int(ev.RuleID) <= len(v.rules) {
@@ -95,8 +95,17 @@ func (r *reconciler) peer(v *view, ip string, port uint16, id policies.Identity)
 	}
 	if a, err := parseAddr(ip); err == nil {
 		if ep := v.byAddr[a]; ep != nil && len(ep.Containers) > 0 {
-			p.Container = ep.Containers[0].Name
+			setEndpoint(&p, ep)
 		}
 	}
 	return p
+}
+
+// setEndpoint makes ep's first container the end's container, and keeps
+// ep's number and containers for `observe --container` to match then, not
+// when the stream began. The slice is the view's, which no one changes.
+func setEndpoint(p *api.Peer, ep *api.Endpoint) {
+	p.Container = ep.Containers[0].Name
+	p.EndpointID = ep.ID
+	p.Containers = ep.Containers
 }

@@ -61,7 +61,7 @@ func newObserveCmd() *cobra.Command {
 	c.Flags().BoolVarP(&f.Follow, "follow", "f", false, "keep printing new records")
 	c.Flags().StringVar(&f.Type, "type", "all", "which records: l3 (datapath), l7 (HTTP requests the proxy judged) or all")
 	c.Flags().StringVar(&f.Verdict, "verdict", "", "only records with this verdict: dropped, audit, allowed (l3); forwarded, denied, error (l7)")
-	c.Flags().StringVar(&f.Container, "container", "", "only records with this container at either end: its name, ID, a unique prefix of the ID, or its endpoint number")
+	c.Flags().StringVar(&f.Container, "container", "", "only records with this container at either end: its name, ID, a unique prefix of the ID, or its endpoint number; matched as each record comes, so a container started later is followed")
 	c.Flags().StringVar(&f.Direction, "direction", "", "only records judged by this side's rules: egress (the source's) or ingress (the destination's)")
 	c.Flags().IntVar(&f.Last, "last", 0, "print at most this many past records (0: all kept)")
 	out = addOutput(c)

@@ -379,15 +379,7 @@ func (s *Server) observe(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("direction %q: must be egress or ingress", f.Direction))
 		return
 	}
-	if f.Container != "" {
-		// Records name their containers; an ID, a prefix of one or an
-		// endpoint's number selects those of its endpoint.
-		if ep, ok := s.backend.Endpoint(f.Container); ok {
-			for _, c := range ep.Containers {
-				f.names = append(f.names, c.Name)
-			}
-		}
-	}
+	f.resolve = s.backend.Endpoint
 	if v := q.Get("last"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 0 {

@@ -3,6 +3,7 @@ package api
 import (
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -201,6 +202,14 @@ type Peer struct {
 	Identity  uint32            `json:"identity"`
 	Labels    map[string]string `json:"labels,omitempty"`
 	Container string            `json:"container,omitempty"`
+
+	// EndpointID and Containers are the end's endpoint and its
+	// containers when the daemon made the record, for `observe
+	// --container` (which takes an ID, a prefix of one or an endpoint's
+	// number too, and the name of any container in the namespace); not
+	// sent to clients.
+	EndpointID uint32      `json:"-"`
+	Containers []Container `json:"-"`
 }
 
 // RuleRef names a rule.
@@ -225,9 +234,11 @@ type ObserveFilter struct {
 	// Last limits the backlog sent before following (0: all kept).
 	Last int
 
-	// names are the container names of the endpoint that Container
-	// names by ID, ID prefix or endpoint number (records carry names).
-	names []string
+	// resolve finds the endpoint that Container names now (the server's
+	// Backend.Endpoint), to settle an ID prefix or an endpoint number that
+	// a record's end matches: a prefix of several containers' IDs, or a
+	// number that is also a container's name, names none or the other.
+	resolve func(ref string) (Endpoint, bool)
 }
 
 // Matches reports whether f passes the filter.
@@ -277,23 +288,40 @@ func ValidFlowType(t string) bool {
 	return false
 }
 
+// hasContainer reports whether Container names p's container, as the
+// record saw it: a name or a full ID of any container of p's endpoint
+// then, else a prefix of one of those IDs (4 characters or more) or p's
+// endpoint number, when the daemon resolves Container to that endpoint
+// now (so an ambiguous prefix, or a number that is a container's name,
+// does not take another's records). Matching each record, not what
+// Container named when the stream began, lets `observe --follow
+// --container` follow a container that starts later; a name follows
+// whichever container holds it, an ID only its own container.
 func (o ObserveFilter) hasContainer(p Peer) bool {
-	if peerIs(p, strings.TrimPrefix(o.Container, "/")) {
-		return true
-	}
-	for _, n := range o.names {
-		if peerIs(p, n) {
-			return true
-		}
-	}
-	return false
-}
-
-func peerIs(p Peer, c string) bool {
+	ref := strings.TrimPrefix(o.Container, "/")
 	if p.Container == "" {
 		return false
 	}
-	return p.Container == c || p.Labels["container.name"] == c
+	if p.Container == ref || p.Labels["container.name"] == ref {
+		return true
+	}
+	candidate := false
+	for _, c := range p.Containers {
+		if c.Name == ref || c.ID == ref {
+			return true
+		}
+		if len(ref) >= 4 && strings.HasPrefix(c.ID, ref) {
+			candidate = true
+		}
+	}
+	if n, err := strconv.ParseUint(ref, 10, 32); err == nil && strconv.FormatUint(n, 10) == ref && p.EndpointID == uint32(n) && p.EndpointID != 0 {
+		candidate = true
+	}
+	if !candidate || o.resolve == nil {
+		return false
+	}
+	ep, ok := o.resolve(ref)
+	return ok && ep.ID == p.EndpointID
 }
 
 // TraceRequest is POST /v1/policy/trace: one new connection, its ends
