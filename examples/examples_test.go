@@ -318,10 +318,11 @@ func TestComposeExampleMatrix(t *testing.T) {
 // nomadAlloc recreates what Nomad's docker driver makes for one allocation
 // with bridge networking: a pause container holding the network namespace
 // (nomad_init_ALLOC) and one container per task joined to it, each task
-// labelled with the fields client.nomad.hcl's extra_labels asks for.
+// labelled with the fields client.nomad.hcl's extra_labels asks for, in
+// Nomad namespace ns.
 type nomadTask struct{ name, script string }
 
-func nomadAlloc(t *testing.T, w *world, img, job, group string, tasks ...nomadTask) (pause string, taskContainers []string) {
+func nomadAlloc(t *testing.T, w *world, img, ns, job, group string, tasks ...nomadTask) (pause string, taskContainers []string) {
 	t.Helper()
 	alloc := fmt.Sprintf("%s-%s-%s-%s-%s", testenv.RandomSuffix(8), testenv.RandomSuffix(4), testenv.RandomSuffix(4), testenv.RandomSuffix(4), testenv.RandomSuffix(12))
 	pause = "nomad_init_" + alloc
@@ -336,7 +337,7 @@ func nomadAlloc(t *testing.T, w *world, img, job, group string, tasks ...nomadTa
 			"--label", "com.hashicorp.nomad.job_name="+job,
 			"--label", "com.hashicorp.nomad.task_group_name="+group,
 			"--label", "com.hashicorp.nomad.task_name="+task.name,
-			"--label", "com.hashicorp.nomad.namespace=default",
+			"--label", "com.hashicorp.nomad.namespace="+ns,
 			"--label", "com.hashicorp.nomad.node_name=client-1",
 			img, "sh", "-c", task.script)
 		// Removed before the pause container (cleanups run last-in first-out).
@@ -356,15 +357,20 @@ func listener(port int, body string) string {
 func TestNomadExampleMatrix(t *testing.T) {
 	img := testenv.BusyboxImage(t)
 	w := newWorld(t, "mexn", true)
-	fePause, fe := nomadAlloc(t, w, img, "shop", "frontend", nomadTask{"web", listener(80, "frontend")})
-	bePause, be := nomadAlloc(t, w, img, "shop", "backend",
+	fePause, fe := nomadAlloc(t, w, img, "default", "shop", "frontend", nomadTask{"web", listener(80, "frontend")})
+	bePause, be := nomadAlloc(t, w, img, "default", "shop", "backend",
 		nomadTask{"api", listener(8000, "backend")}, nomadTask{"log-shipper", "exec sleep 3600"})
-	dbPause, db := nomadAlloc(t, w, img, "shop", "db", nomadTask{"postgres", listener(5432, "db")})
-	_, other := nomadAlloc(t, w, img, "batch", "jobs", nomadTask{"runner", "exec sleep 3600"})
+	dbPause, db := nomadAlloc(t, w, img, "default", "shop", "db", nomadTask{"postgres", listener(5432, "db")})
+	_, other := nomadAlloc(t, w, img, "default", "batch", "jobs", nomadTask{"runner", "exec sleep 3600"})
+	// The same job in another Nomad namespace (a staging copy, say) is
+	// another job: it reaches none of these either.
+	_, devFE := nomadAlloc(t, w, img, "dev", "shop", "frontend", nomadTask{"web", "exec sleep 3600"})
+	_, devBE := nomadAlloc(t, w, img, "dev", "shop", "backend", nomadTask{"api", "exec sleep 3600"})
 
 	ip := map[string]string{"frontend": containerIP(t, fePause), "backend": containerIP(t, bePause), "db": containerIP(t, dbPause)}
 	port := map[string]int{"frontend": 80, "backend": 8000, "db": 5432}
-	from := map[string]string{"frontend": fe[0], "backend": be[0], "sidecar": be[1], "db": db[0], "batch": other[0], "host": ""}
+	from := map[string]string{"frontend": fe[0], "backend": be[0], "sidecar": be[1], "db": db[0], "batch": other[0],
+		"dev frontend": devFE[0], "dev backend": devBE[0], "host": ""}
 	cell := func(src, dst string, allowed bool) probe {
 		return probe{name: src + " -> " + dst, from: from[src], ip: ip[dst], port: port[dst], body: dst, allowed: allowed}
 	}
@@ -386,6 +392,8 @@ func TestNomadExampleMatrix(t *testing.T) {
 		cell("batch", "backend", false),
 		cell("batch", "frontend", false),
 		cell("batch", "db", false),
+		cell("dev frontend", "backend", false),
+		cell("dev backend", "db", false),
 	})
 }
 

@@ -1,6 +1,6 @@
 # The frontend group (task web) is public on 80 and calls the backend.
 policy "nomad-shop-frontend" {
-  selector = "nomad.job=shop,nomad.group=frontend"
+  selector = "nomad.namespace=default,nomad.job=shop,nomad.group=frontend"
 
   ingress {
     from_entities = ["world", "host"]
@@ -8,7 +8,7 @@ policy "nomad-shop-frontend" {
   }
 
   egress {
-    to_endpoints = ["nomad.job=shop,nomad.group=backend"]
+    to_endpoints = ["nomad.namespace=default,nomad.job=shop,nomad.group=backend"]
     ports        = ["8000/tcp"]
   }
 }

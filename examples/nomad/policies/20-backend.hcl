@@ -2,15 +2,15 @@
 # network namespace, so they are one endpoint) serves the frontend and uses
 # the database.
 policy "nomad-shop-backend" {
-  selector = "nomad.job=shop,nomad.group=backend"
+  selector = "nomad.namespace=default,nomad.job=shop,nomad.group=backend"
 
   ingress {
-    from_endpoints = ["nomad.job=shop,nomad.group=frontend"]
+    from_endpoints = ["nomad.namespace=default,nomad.job=shop,nomad.group=frontend"]
     ports          = ["8000/tcp"]
   }
 
   egress {
-    to_endpoints = ["nomad.job=shop,nomad.group=db"]
+    to_endpoints = ["nomad.namespace=default,nomad.job=shop,nomad.group=db"]
     ports        = ["5432/tcp"]
   }
 }

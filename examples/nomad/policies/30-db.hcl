@@ -1,10 +1,10 @@
-# The database accepts the backend only, whatever job or namespace the
-# caller runs in.
+# The database accepts the backend only: no other job, and not a job named
+# shop in another Nomad namespace (every selector here names the namespace).
 policy "nomad-shop-db" {
-  selector = "nomad.job=shop,nomad.group=db"
+  selector = "nomad.namespace=default,nomad.job=shop,nomad.group=db"
 
   ingress {
-    from_endpoints = ["nomad.job=shop,nomad.group=backend"]
+    from_endpoints = ["nomad.namespace=default,nomad.job=shop,nomad.group=backend"]
     ports          = ["5432/tcp"]
   }
 
