@@ -31,7 +31,9 @@
 #     ports         = ["8080/tcp"]
 #   }
 #
-#   # Only the frontend's read requests; everything else gets 403.
+#   # Only the frontend's read requests, everything else getting 403: use
+#   # this block INSTEAD of the first one. Beside a rule without http that
+#   # admits the same connection, its http rules restrict nothing.
 #   # ingress {
 #   #   from_endpoints = ["app=frontend"]
 #   #   ports          = ["8080/tcp"]
