@@ -1269,10 +1269,24 @@ func (r *reconciler) applyLinkEvent(ev linkwatch.Event) {
 			r.log.Debug("veth attached", "ifindex", ev.Ifindex, "name", ev.Name, "master", ev.Master)
 			// An endpoint that already names this veth (the runtime was
 			// faster than the kernel notification) gets its entry now.
-			if r.synced {
-				for _, st := range r.eps {
-					if slices.Contains(st.ep.HostIfindexes(), ev.Ifindex) && !slices.Contains(st.ifaces, ev.Ifindex) {
+			claimed := false
+			for _, st := range r.eps {
+				if slices.Contains(st.ep.HostIfindexes(), ev.Ifindex) {
+					claimed = true
+					if r.synced && !slices.Contains(st.ifaces, ev.Ifindex) {
 						r.writeEndpoint(st)
+					}
+				}
+			}
+			// A veth put into a running container's namespace (a CNI
+			// plugin's, Nomad's bridge networking) comes with no runtime
+			// event: the source reads the container again now, not at its
+			// next recheck.
+			if !claimed && ev.Container.ID != "" {
+				for _, s := range r.sources {
+					if rc, ok := s.src.(interface{ Recheck(id string) }); ok && s.name == string(ev.Runtime) {
+						r.log.Debug("veth in a known container's namespace; reading the container again", "ifindex", ev.Ifindex, "container", ev.Container.ID)
+						rc.Recheck(ev.Container.ID)
 					}
 				}
 			}

@@ -89,6 +89,9 @@ type envOpts struct {
 	// letter), each with its `docker network create -o` options; e.net(key)
 	// names them.
 	networks map[string][]string
+	// bridges are more bridges (names) the daemon manages, made by the
+	// test itself (a CNI plugin's, say).
+	bridges []string
 }
 
 func newEnv(t testing.TB, o envOpts) *env {
@@ -114,6 +117,9 @@ func newEnv(t testing.TB, o envOpts) *env {
 	bridges := []string{strconv.Quote(e.bridge)}
 	for key := range o.networks {
 		bridges = append(bridges, strconv.Quote("mt"+key+sfx))
+	}
+	for _, b := range o.bridges {
+		bridges = append(bridges, strconv.Quote(b))
 	}
 	cfg := fmt.Sprintf(`
 policy_dir      = %q

@@ -52,7 +52,12 @@
 //     other's namespace, and so does the source (following the chain to the
 //     owner, up to 8 hops);
 //   - host: ModeHost, no interfaces, Netns is the host's;
-//   - none: ModeNone, no interfaces (loopback is not reported).
+//   - none: ModeNone, no interfaces (loopback is not reported), until
+//     someone else puts one there (a CNI plugin: Nomad's bridge networking
+//     does so in its pause container). Those interfaces are reported with
+//     the addresses the namespace holds on them, since Docker gave none
+//     (policy decision 71). No Docker event announces them: Recheck, called
+//     when the link watcher sees such a veth, reads the container again.
 //
 // Only running (or paused) containers have endpoints; a container that is
 // created but not started has no network namespace yet, and one that Docker

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/docker/docker/api/types/container"
@@ -64,6 +65,9 @@ type Source struct {
 	// each network is inspected once.
 	iccMu     sync.Mutex
 	noICCByID map[string]bool
+
+	// follower is the running Run's, for Recheck (nil before Run).
+	follower atomic.Pointer[endpoint.Follower[events.Message]]
 }
 
 // dockerNet is the Docker network behind one container interface.
@@ -88,6 +92,9 @@ type record struct {
 	// stale: why ns and mode are not current (the netns could not be
 	// read); they are then the last read, filled in by keepNetns.
 	stale string
+	// networkNone: started with --network none, so Docker made none of
+	// its interfaces (a CNI plugin's, put there later, are all it has).
+	networkNone bool
 }
 
 // keepNetns gives r, a record whose netns could not be read, the network
@@ -164,6 +171,15 @@ func (s *Source) ContainerByNetns(ino uint64) (endpoint.Endpoint, bool) {
 	return s.table.FindByNetns(ino)
 }
 
+// Recheck has container id read again soon, in order with its events: the
+// link watcher saw a veth appear in its network namespace, which no Docker
+// event announces (a CNI plugin's, Nomad's bridge networking).
+func (s *Source) Recheck(id string) {
+	if f := s.follower.Load(); f != nil {
+		f.Nudge(id)
+	}
+}
+
 // Run follows dockerd until ctx is done; see the package doc.
 func (s *Source) Run(ctx context.Context) error {
 	opts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
@@ -191,6 +207,7 @@ func (s *Source) Run(ctx context.Context) error {
 		Recheck:  func(ctx context.Context) ([]string, error) { return s.recheckIDs(ctx, cli) },
 		Progress: s.progress,
 	}
+	s.follower.Store(f)
 	return f.Run(ctx)
 }
 
@@ -384,10 +401,14 @@ func (s *Source) endpointLocked(id string) (endpoint.Endpoint, bool) {
 		// Only the addresses Docker gave this interface are the
 		// container's. One with NET_ADMIN can put any address on its
 		// interfaces, another container's or the host's among them;
-		// reported, it would take that address's identity.
-		itf.Addrs = slices.DeleteFunc(slices.Clone(itf.Addrs), func(p netip.Prefix) bool {
-			return !slices.Contains(n.addrs, p.Addr())
-		})
+		// reported, it would take that address's identity. A
+		// --network none container has no interface of Docker's: those
+		// it has, a CNI plugin gave it with their addresses (decision 71).
+		if !o.networkNone {
+			itf.Addrs = slices.DeleteFunc(slices.Clone(itf.Addrs), func(p netip.Prefix) bool {
+				return !slices.Contains(n.addrs, p.Addr())
+			})
+		}
 		ep.Interfaces = append(ep.Interfaces, itf)
 	}
 	ep.Unenforced = slices.Clone(o.ns.Unpaired)
@@ -494,6 +515,7 @@ func (s *Source) inspect(ctx context.Context, cli *client.Client, id string) (*r
 	if info.HostConfig != nil {
 		mode = info.HostConfig.NetworkMode
 	}
+	r.networkNone = mode.IsNone()
 	if mode.IsContainer() {
 		// The owner of the namespace: a container that joins one which
 		// joined another is in that other's namespace.

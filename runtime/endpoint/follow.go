@@ -60,6 +60,24 @@ type Follower[M any] struct {
 	// Progress is marked synced after every successful resync (it closes
 	// Synced once) and counts every session after the first.
 	Progress *Progress
+
+	// push is the running session's Dispatcher.Push (nil between
+	// sessions), for Nudge.
+	pushMu sync.Mutex
+	push   func(key string)
+}
+
+// Nudge has the container key read again, through the same ordered
+// per-container queue as its own events, when a session runs (else the
+// next session's resync reads it anyway). It never blocks. For a change no
+// runtime event announces: an interface that a CNI plugin puts into a
+// container's namespace after it started (Nomad's bridge networking).
+func (f *Follower[M]) Nudge(key string) {
+	f.pushMu.Lock()
+	defer f.pushMu.Unlock()
+	if f.push != nil {
+		f.push(key)
+	}
 }
 
 // Progress is what a source's users see of its Follower: Synced closes
@@ -173,6 +191,14 @@ func (f *Follower[M]) session(ctx context.Context) error {
 		return err
 	})
 	defer func() { cancel(); d.Stop() }() // cancel first: in-flight refreshes must not outlive the session
+	f.pushMu.Lock()
+	f.push = d.Push
+	f.pushMu.Unlock()
+	defer func() {
+		f.pushMu.Lock()
+		f.push = nil
+		f.pushMu.Unlock()
+	}()
 
 	// The reader never does slow work: the runtime drops events for readers
 	// that fall behind, and Push never blocks.
