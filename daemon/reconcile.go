@@ -770,6 +770,15 @@ func (r *reconciler) reject(diags []api.Diagnostic, tooBig bool) error {
 		r.policyErr = prevErr
 		return err
 	}
+	kept := "the last good set stays enforced"
+	if r.set == nil {
+		// Nothing accepted by this daemon, and nothing saved to fall
+		// back to: no set is loaded (operations.md, "Configuration").
+		kept = "no policy set is loaded (none was accepted or saved before); the policy maps pinned before stay as they are"
+		if len(diags) > 0 {
+			pe.Message = "policy set rejected; " + kept
+		}
+	}
 	nerr := 0
 	for _, d := range diags {
 		if d.Severity == policies.SeverityError {
@@ -783,7 +792,7 @@ func (r *reconciler) reject(diags []api.Diagnostic, tooBig bool) error {
 	}
 	r.metrics.PolicyLoadErrors.Inc()
 	r.metrics.PolicyLoadFailing.Set(1)
-	r.log.Error("policy set rejected; the last good set stays enforced", "dir", r.cfg.PolicyDir, "errors", nerr, "revision", r.revision)
+	r.log.Error("policy set rejected; "+kept, "dir", r.cfg.PolicyDir, "errors", nerr, "revision", r.revision)
 	r.publish()
 	return err
 }

@@ -570,3 +570,27 @@ policy "db" {
 		}
 	}
 }
+
+// TestRejectedSetWithNoGoodOneDoesNotClaimOne: a daemon whose first policy
+// set is invalid, with none saved, enforces no set of its own: `membrane
+// status` says so instead of "the last good set stays enforced"; once a set
+// was accepted, a rejected one does keep it.
+func TestRejectedSetWithNoGoodOneDoesNotClaimOne(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	bad := "policy \"a\" {\n  selector = \"app=a\"\n  ingres {}\n}\n"
+	e.writePolicy("a.hcl", bad)
+	e.startDaemon()
+	st := e.waitRevision(0, true)
+	if st.PolicyRevision != 0 || strings.Contains(st.LastPolicyError.Message, "last good set") || !strings.Contains(st.LastPolicyError.Message, "no policy set") {
+		t.Errorf("first set rejected, none saved: revision %d, message %q; want revision 0 and a message saying no set is loaded", st.PolicyRevision, st.LastPolicyError.Message)
+	}
+	e.writePolicy("a.hcl", "policy \"a\" {\n  selector = \"app=a\"\n}\n")
+	e.waitRevision(0, false)
+	e.writePolicy("a.hcl", bad)
+	e.eventually("the second rejection", 10*time.Second, func() error {
+		if s := e.status(); s.LastPolicyError == nil || !strings.Contains(s.LastPolicyError.Message, "the last good set stays enforced") {
+			return fmt.Errorf("error %+v", s.LastPolicyError)
+		}
+		return nil
+	})
+}
