@@ -71,6 +71,9 @@ policy "srv" {
 			t.Fatalf("nsenter ip %s: %v: %s", strings.Join(args, " "), err, out)
 		}
 	}
+	// The plugin's IPAM answers after the veth is in place: the first
+	// read of the namespace may find it without an address.
+	time.Sleep(300 * time.Millisecond)
 	ns("addr", "add", addr+"/24", "dev", "eth0")
 	ns("link", "set", "eth0", "up")
 

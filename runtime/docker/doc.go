@@ -57,7 +57,8 @@
 //     does so in its pause container). Those interfaces are reported with
 //     the addresses the namespace holds on them, since Docker gave none
 //     (policy decision 71). No Docker event announces them: Recheck, called
-//     when the link watcher sees such a veth, reads the container again.
+//     when the link watcher sees such a veth, reads the container again, and
+//     again 1 and 5 seconds later for the address that comes after the veth.
 //
 // Only running (or paused) containers have endpoints; a container that is
 // created but not started has no network namespace yet, and one that Docker

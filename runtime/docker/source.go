@@ -173,12 +173,22 @@ func (s *Source) ContainerByNetns(ino uint64) (endpoint.Endpoint, bool) {
 
 // Recheck has container id read again soon, in order with its events: the
 // link watcher saw a veth appear in its network namespace, which no Docker
-// event announces (a CNI plugin's, Nomad's bridge networking).
+// event announces (a CNI plugin's, Nomad's bridge networking). It is read
+// now, and again after 1 and 5 seconds: the plugin gives the interface its
+// address after the veth is in place, and no event announces that either.
 func (s *Source) Recheck(id string) {
-	if f := s.follower.Load(); f != nil {
-		f.Nudge(id)
+	f := s.follower.Load()
+	if f == nil {
+		return
+	}
+	f.Nudge(id)
+	for _, d := range recheckAgain {
+		time.AfterFunc(d, func() { f.Nudge(id) })
 	}
 }
+
+// recheckAgain are the delays after which Recheck reads a container again.
+var recheckAgain = []time.Duration{time.Second, 5 * time.Second}
 
 // Run follows dockerd until ctx is done; see the package doc.
 func (s *Source) Run(ctx context.Context) error {
