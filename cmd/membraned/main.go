@@ -77,13 +77,14 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		fs.Usage()
 		return 2
 	}
-	if *showVersion {
-		fmt.Fprintln(os.Stdout, "membraned", version.Version)
-		return 0
-	}
+	// A usage error whatever the mode (membraned(8), EXIT STATUS).
 	if *logFormat != "text" && *logFormat != "json" {
 		fmt.Fprintf(stderr, "membraned: --log-format %q: want text or json\n", *logFormat)
 		return 2
+	}
+	if *showVersion {
+		fmt.Fprintln(os.Stdout, "membraned", version.Version)
+		return 0
 	}
 	explicit := false
 	fs.Visit(func(f *flag.Flag) {

@@ -24,6 +24,7 @@ func TestExitCodes(t *testing.T) {
 		{"unknown flag", []string{"--bogus"}, 2, "flag provided but not defined"},
 		{"stray argument", []string{"run"}, 2, `unexpected argument "run"`},
 		{"bad log format", []string{"--config", good, "--log-format", "xml"}, 2, "--log-format"},
+		{"bad log format with a mode", []string{"--log-format", "xml", "--version"}, 2, "--log-format"},
 		{"invalid config names file:line:col", []string{"--config", bad}, 1, bad + `:3:1: error: invalid enforcement "sometimes"`},
 		{"missing explicit config", []string{"--config", filepath.Join(dir, "nope.hcl")}, 1, "no such file"},
 		{"check valid config", []string{"--config", good, "--check-config"}, 0, ""},
