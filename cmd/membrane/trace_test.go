@@ -90,7 +90,7 @@ type traceJSON struct {
 	Egress     string `json:"egress"`
 	Ingress    string `json:"ingress"`
 	Connection string `json:"connection"`
-	Matched []struct {
+	Matched    []struct {
 		Policy string `json:"policy"`
 		Block  string `json:"block"`
 		File   string `json:"file"`
