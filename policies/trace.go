@@ -179,7 +179,11 @@ func writeEnd(b *strings.Builder, dir, role string, e EndResult) {
 	if e.DefaultDeny {
 		dd = "on"
 	}
-	fmt.Fprintf(b, "%-8s %s (endpoint %s, default-deny %s)\n", dir+":", e.Verdict, e.Endpoint, dd)
+	if e.Verdict == VerdictAllowed && e.requestRefused() {
+		fmt.Fprintf(b, "%-8s denied (endpoint %s, default-deny %s; the connection is allowed, the request is not)\n", dir+":", e.Endpoint, dd)
+	} else {
+		fmt.Fprintf(b, "%-8s %s (endpoint %s, default-deny %s)\n", dir+":", e.Verdict, e.Endpoint, dd)
+	}
 	for _, m := range e.Matched {
 		fmt.Fprintf(b, "  %-5s policy %q %s at %s:%d (rule %d)\n", m.Action, m.Policy, m.Block, m.File, m.Line, m.RuleID)
 	}

@@ -150,7 +150,8 @@ func TestTraceHTTP(t *testing.T) {
 		j.L7 == nil || j.L7.HTTP == nil || j.L7.HTTP.Verdict != "403" || len(j.Matched) != 2 {
 		t.Errorf("POST /submit with X-Tenant=evil should be denied by the ingress's http blocks: %+v", j)
 	}
-	if out, _, code := traceCLI(t, refused...); code != 0 || !strings.HasPrefix(out, "verdict: denied (the connection is allowed; the proxy answers the request 403 Forbidden)\n") {
+	if out, _, code := traceCLI(t, refused...); code != 0 || !strings.HasPrefix(out, "verdict: denied (the connection is allowed; the proxy answers the request 403 Forbidden)\n") ||
+		!strings.Contains(out, "\ningress: denied (endpoint app=api, default-deny on; the connection is allowed, the request is not)\n") {
 		t.Errorf("text trace of a refused request (exit %d):\n%s", code, out)
 	}
 	// A repeated header is judged joined, as the proxies judge it.
