@@ -1047,6 +1047,43 @@ static __always_inline void ct_tcp(struct ct_entry *e, __u8 flags, int data, int
 		e->state = CT_ESTABLISHED;
 }
 
+#define REJUDGE_KEPT 0
+#define REJUDGE_DENIED 1
+#define REJUDGE_AUDITED 2
+
+/* rejudge judges a tracked flow again, as its first packet was judged,
+ * under the policy in force (orig: the key of the packet that made the
+ * entry). REJUDGE_DENIED: the policy now denies it and it is not audited,
+ * so the caller deletes the entry (the connection is cut); v says why.
+ * Otherwise the entry takes the new rule and proxy port, and the caller
+ * sets its revision; REJUDGE_AUDITED: it would be denied, and passes as
+ * audited. A global function: the verifier checks it once, not on every
+ * path of handle() that reaches it (a tracked flow's packets, and the
+ * ICMP errors related to it). */
+__attribute__((noinline)) int rejudge(struct ct_entry *e, const struct ct_key *orig, __u32 local, int audit_ep,
+				      struct verdict *v)
+{
+	if (!e || !orig || !v)
+		return REJUDGE_DENIED;
+	int ret = REJUDGE_KEPT;
+	if (e->flags & CT_F_FROM_PROXY)
+		v->remote = e->remote_identity;
+	else
+		v->remote = ipcache_identity(orig->family, e->direction == DIR_EGRESS ? orig->daddr : orig->saddr);
+	judge(local, e->direction, orig->protocol, e->policy_port, v);
+	if (v->reason >= REASON_FIRST_DROP) {
+		if (!(audit_ep || v->audit))
+			return REJUDGE_DENIED;
+		e->flags |= CT_F_AUDIT;
+		ret = REJUDGE_AUDITED;
+	}
+	e->rule_id = v->rule_id;
+	/* the proxy's own upstream flows are never redirected */
+	e->proxy_port = (e->flags & CT_F_FROM_PROXY) ? 0 : v->proxy_port;
+	e->remote_identity = v->remote;
+	return ret;
+}
+
 /* A first fragment that passes leaves its protocol and ports for the
  * later fragments of its datagram (fk: their key). */
 static __always_inline void frag_note(const struct pkt *p, const struct frag_key *fk)
@@ -1353,27 +1390,17 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 		e = 0;
 	if (e) {
 		if (e->revision != rev) {
-			/* Re-judge the flow as its first packet was judged. */
+			/* Judged again as its first packet was: cut when the
+			 * policy now denies it. */
 			const struct ct_key *orig = reply ? &rk : &p.tuple;
-			if (e->flags & CT_F_FROM_PROXY)
-				v.remote = e->remote_identity;
-			else
-				v.remote = ipcache_identity(orig->family,
-							    e->direction == DIR_EGRESS ? orig->daddr : orig->saddr);
-			judge(local, e->direction, orig->protocol, e->policy_port, &v);
-			if (v.reason >= REASON_FIRST_DROP) {
-				if (!(audit_ep || v.audit)) {
-					bpf_map_delete_elem(&membrane_ct, orig);
-					return drop_or_audit(skb, &p, dir, evflags | EV_F_REVALIDATED, ep, local, &v, 0);
-				}
-				e->flags |= CT_F_AUDIT;
-				emit(skb, &p, EVENT_AUDIT, v.reason, dir, evflags | EV_F_REVALIDATED, ep, local, &v);
+			int rj = rejudge(e, orig, local, audit_ep, &v);
+			if (rj == REJUDGE_DENIED) {
+				bpf_map_delete_elem(&membrane_ct, orig);
+				return drop_or_audit(skb, &p, dir, evflags | EV_F_REVALIDATED, ep, local, &v, 0);
 			}
 			e->revision = rev;
-			e->rule_id = v.rule_id;
-			/* the proxy's own upstream flows are never redirected */
-			e->proxy_port = (e->flags & CT_F_FROM_PROXY) ? 0 : v.proxy_port;
-			e->remote_identity = v.remote;
+			if (rj == REJUDGE_AUDITED)
+				emit(skb, &p, EVENT_AUDIT, v.reason, dir, evflags | EV_F_REVALIDATED, ep, local, &v);
 		}
 		if (p.tuple.protocol == IPPROTO_TCP)
 			ct_tcp(e, p.tcp_flags, p.tcp_data, reply);
@@ -1416,13 +1443,34 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 		inner.ifindex = ifindex;
 		struct ct_key ri;
 		swap_tuple(&ri, &inner);
+		const struct ct_key *ik = &inner;
 		struct ct_entry *ie = bpf_map_lookup_elem(&membrane_ct, &inner);
-		if (!ie)
+		if (!ie) {
+			ik = &ri;
 			ie = bpf_map_lookup_elem(&membrane_ct, &ri);
+		}
 		if (ie && ie->expires >= now) {
-			frag_note(&p, &fk);
-			count(REASON_ALLOW_RELATED, dir, skb->len);
-			return VERDICT_PASS;
+			/* Related to a connection the policy still allows: one
+			 * admitted under another revision is judged again
+			 * first, as its own next packet would be, and cut when
+			 * the policy now denies it; the error is then judged by
+			 * the rules for its type (semantics 6). */
+			int rj = REJUDGE_KEPT;
+			if (ie->revision != rev) {
+				rj = rejudge(ie, ik, local, audit_ep, &v);
+				if (rj == REJUDGE_DENIED)
+					bpf_map_delete_elem(&membrane_ct, ik);
+				else
+					ie->revision = rev;
+			}
+			if (rj != REJUDGE_DENIED) {
+				if (rj == REJUDGE_AUDITED)
+					emit(skb, &p, EVENT_AUDIT, v.reason, dir, evflags | EV_F_REVALIDATED, ep, local,
+					     &v);
+				frag_note(&p, &fk);
+				count(REASON_ALLOW_RELATED, dir, skb->len);
+				return VERDICT_PASS;
+			}
 		}
 	}
 

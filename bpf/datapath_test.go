@@ -202,6 +202,47 @@ func TestRelatedICMPErrors(t *testing.T) {
 	}
 }
 
+// An ICMP error is related only to a connection the policy in force still
+// allows (semantics 6): after a change that denies the connection, an error
+// quoting it is judged by the rules for its type, both the one the
+// endpoint receives and the one it sends; a connection the change still
+// allows keeps its errors.
+func TestRelatedICMPErrorOfCutConnection(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	policy := func(ports ...uint16) policies.IdentityPolicy {
+		ip := policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, IngressDefaultDeny: true}
+		for _, p := range ports {
+			ip.Entries = append(ip.Entries, entry(out, policies.IdentityAny, policies.ProtoUDP, p, 16, policies.Allow, uint32(p)))
+		}
+		return ip
+	}
+	h.sync(policy(53, 123))
+	for _, fam := range [][2]netip.Addr{{addrA, addrW}, {addrA6, addrW6}} {
+		a, w := fam[0], fam[1]
+		typ, proto := uint8(3), uint8(1)
+		if a.Is6() {
+			typ, proto = 1, 58
+		}
+		kept, cut := udp(a, w, 5353, 123), udp(a, w, 5354, 53)
+		h.expect(out, h.ifs[0], kept, ReasonAllowPolicy)
+		h.expect(out, h.ifs[0], cut, ReasonAllowPolicy)
+		// to the endpoint, about what it sent; from it, about a reply
+		toA := func(q pkt) pkt { return pkt{src: w, dst: a, proto: proto, icmpType: typ, payload: q.ip()} }
+		fromA := func(q pkt) pkt { return pkt{src: a, dst: w, proto: proto, icmpType: typ, payload: q.reverse().ip()} }
+		h.expect(in, h.ifs[0], toA(cut), ReasonAllowRelated)
+		h.expect(out, h.ifs[0], fromA(cut), ReasonAllowRelated)
+
+		h.sync(policy(123))
+		h.expect(in, h.ifs[0], toA(cut), ReasonDropDefaultDeny)
+		h.expect(out, h.ifs[0], fromA(cut), ReasonDropDefaultDeny)
+		h.expect(in, h.ifs[0], toA(kept), ReasonAllowRelated)
+		h.expect(out, h.ifs[0], fromA(kept), ReasonAllowRelated)
+		// the connection was cut: its next packet is a new one
+		h.expect(out, h.ifs[0], cut, ReasonDropDefaultDeny)
+		h.sync(policy(53, 123))
+	}
+}
+
 func TestPolicyChangeCutsEstablishedFlows(t *testing.T) {
 	h := twoEndpoints(t, Config{})
 	allow := func(ports ...uint16) policies.IdentityPolicy {
