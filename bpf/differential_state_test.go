@@ -71,7 +71,13 @@ func other(d policies.Direction) policies.Direction {
 // pktConn is the connection a packet opens when it is no packet of a
 // tracked one.
 func pktConn(p pkt) policies.Connection {
-	c := policies.Connection{From: policies.Peer{IP: p.src}, To: policies.Peer{IP: p.dst}, Proto: policies.Proto(p.proto)}
+	peer := func(a netip.Addr) policies.Peer {
+		if a == dInit4 || a == dInit6 {
+			return policies.Peer{Entity: policies.EntityInit}
+		}
+		return policies.Peer{IP: a}
+	}
+	c := policies.Connection{From: peer(p.src), To: peer(p.dst), Proto: policies.Proto(p.proto)}
 	switch c.Proto {
 	case policies.ProtoICMP, policies.ProtoICMPv6:
 		c.ICMPType = p.icmpType
@@ -166,19 +172,6 @@ type sRunner struct {
 	sport uint16
 }
 
-// endpointFlags are the flags the daemon gives an endpoint (daemon
-// endpointFlags): enforcement unless "never", audit where the config says.
-func endpointFlags(env *policies.Env, l policies.Labels) EndpointFlags {
-	var f EndpointFlags
-	if env.Enforcement != policies.EnforcementNever {
-		f |= EnforceIngress | EnforceEgress
-	}
-	if env.Audit || (env.AuditSelector != nil && env.AuditSelector.Matches(l)) {
-		f |= Audit
-	}
-	return f
-}
-
 // apply writes the world's current policy into the maps as the daemon
 // does on a change (ipcache, policy, then endpoints), without touching
 // conntrack.
@@ -188,18 +181,8 @@ func (s *sRunner) apply() error {
 	if err != nil {
 		return fmt.Errorf("compile: %w", err)
 	}
-	ipc := map[netip.Prefix]policies.Identity{
-		netip.PrefixFrom(dHost4, 32): policies.IdentityHost, netip.PrefixFrom(dHost6, 128): policies.IdentityHost,
-	}
-	for _, c := range m.CIDRs {
-		ipc[c.Prefix] = c.Identity
-	}
-	for i, il := range s.w.ids {
-		ipc[netip.PrefixFrom(s.w.addr4[i], 32)] = il.Identity
-		ipc[netip.PrefixFrom(s.w.addr6[i], 128)] = il.Identity
-	}
 	dp := s.h.dp
-	if err := dp.IPCacheSync(ipc); err != nil {
+	if err := dp.IPCacheSync(ipcacheOf(m, s.w)); err != nil {
 		return err
 	}
 	if _, err := dp.SyncPolicy(m, func(l7 uint32) uint16 { return 15000 + uint16(l7) }); err != nil {
@@ -255,6 +238,9 @@ func (s *sRunner) newFlow(r *rand.Rand) sFlow {
 			break
 		}
 	}
+	// No IPv4-mapped addresses (a reply would come from one, which drops
+	// as malformed-l3), extension headers or fragments here.
+	c.mapped, c.ext, c.ah, c.frag = false, nil, 0, false
 	s.sport++
 	if s.sport < 40000 || s.sport > 60000 {
 		s.sport = 40000

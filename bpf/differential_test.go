@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"math/rand/v2"
@@ -25,9 +26,23 @@ var (
 // interface) and by the reference evaluator (policies.Set.Evaluate). They
 // must agree: allowed, audit and redirect pass; denied drops.
 //
+// Packets: IPv4 and IPv6, TCP (a SYN), UDP, SCTP, ICMP and ICMPv6 types
+// (echo, errors without a tracked connection, others), GRE; between
+// endpoints, the host, world addresses inside and outside the rules'
+// prefixes, and the addresses of endpoints the daemon judges as init
+// (policy decision 52: mapped to identity 5 in the ipcache); towards
+// IPv4-mapped IPv6 addresses (decision 40); with IPv6 extension headers or
+// IPv4 authentication headers (decision 64) before the transport header;
+// and as a first fragment followed by a later one, which must share its
+// verdict (decision 65). An end's verdict is drop, pass or redirect (to the
+// L7 proxy), and the endpoints' flags are those the daemon gives them
+// (enforcement, audit). TestDifferentialStateful (differential_state_test.go)
+// sends sequences, with policy changes between packets.
+//
 // Not generated, because the datapath decides them before policy by design:
-// IPv6 neighbour discovery and MLD (ICMPv6 130-137 and 143 always pass) and init peers
-// (there is no packet from "init" other than from an unknown interface).
+// IPv6 neighbour discovery and MLD (ICMPv6 130-137 and 143 always pass),
+// packets from init interfaces (unknown endpoints) and spoofed or
+// misaddressed packets.
 
 // dGen is the generator's distribution for this world: the prefixes cover
 // endpoint addresses (172.30.0.0/16), world addresses and the host's, in
@@ -50,6 +65,10 @@ var (
 	}
 	dHost4 = netip.MustParseAddr("192.168.1.1")
 	dHost6 = netip.MustParseAddr("fd00:1::1")
+	// dInit4/6: a container's addresses that the daemon maps to init
+	// (policy decision 52), inside 172.30.0.0/16 like the endpoints'.
+	dInit4 = netip.MustParseAddr("172.30.0.200")
+	dInit6 = netip.MustParseAddr("fd00:0:0:30::c8")
 )
 
 // dWorld is the endpoints and settings of one batch.
@@ -74,8 +93,15 @@ func genWorld(r *rand.Rand) dWorld {
 	return w
 }
 
-// dConn is one connection: peers are endpoint indexes (>= 0), -1 host,
-// -2 world (address in world).
+// Peers other than endpoints (which are indexes, >= 0).
+const (
+	peerHost  = -1
+	peerWorld = -2 // the address in dConn.world
+	peerInit  = -3 // dInit4/dInit6
+)
+
+// dConn is one connection: peers are endpoint indexes (>= 0) or one of
+// the peer constants.
 type dConn struct {
 	from, to int
 	v6       bool
@@ -83,6 +109,15 @@ type dConn struct {
 	proto    policies.Proto
 	port     uint16
 	icmpType uint8
+	// mapped: an IPv6 packet whose destination is the IPv4-mapped form of
+	// the destination's IPv4 address.
+	mapped bool
+	// ext: IPv6 extension header types, or for IPv4 the number of
+	// authentication headers, before the transport header.
+	ext []uint8
+	ah  int
+	// frag: sent as a first fragment and a later one.
+	frag bool
 }
 
 func (w dWorld) addrOf(peer int, c dConn) netip.Addr {
@@ -91,22 +126,50 @@ func (w dWorld) addrOf(peer int, c dConn) netip.Addr {
 		return w.addr6[peer]
 	case peer >= 0:
 		return w.addr4[peer]
-	case peer == -1 && c.v6:
+	case peer == peerHost && c.v6:
 		return dHost6
-	case peer == -1:
+	case peer == peerHost:
 		return dHost4
+	case peer == peerInit && c.v6:
+		return dInit6
+	case peer == peerInit:
+		return dInit4
 	}
 	return c.world
+}
+
+// dstAddr is the destination address the packet carries.
+func (w dWorld) dstAddr(c dConn) netip.Addr {
+	if c.mapped {
+		c.v6 = false
+		a := w.addrOf(c.to, c).As4()
+		return netip.AddrFrom16([16]byte{10: 0xff, 11: 0xff, 12: a[0], 13: a[1], 14: a[2], 15: a[3]})
+	}
+	return w.addrOf(c.to, c)
+}
+
+// peer is how the evaluator is told of a peer: by address, except init,
+// which no address names to the evaluator (the daemon tells the datapath
+// by mapping the address to identity 5).
+func (w dWorld) peer(peer int, addr netip.Addr) policies.Peer {
+	if peer == peerInit {
+		return policies.Peer{Entity: policies.EntityInit}
+	}
+	return policies.Peer{IP: addr}
 }
 
 func genConn(r *rand.Rand, w dWorld) dConn {
 	c := dConn{v6: r.IntN(3) == 0}
 	peer := func() int {
-		switch r.IntN(8) {
+		switch r.IntN(9) {
 		case 0:
-			return -1
+			return peerHost
 		case 1, 2:
-			return -2
+			return peerWorld
+		case 3:
+			if r.IntN(2) == 0 {
+				return peerInit
+			}
 		}
 		return r.IntN(len(w.ids))
 	}
@@ -132,30 +195,59 @@ func genConn(r *rand.Rand, w dWorld) dConn {
 		c.proto = policygen.L4Proto(r)
 		c.port = policygen.Pick(r, []uint16{uint16(r.IntN(75)), 1, 65535, 1024, 32768})
 	}
+	if c.v6 && r.IntN(12) == 0 {
+		// to the IPv4-mapped form of an IPv4 peer (not an ICMPv6 error:
+		// its quote would not be the flow's)
+		c.mapped = true
+		if c.to == peerWorld {
+			c.world = policygen.Pick(r, dWorld4)
+		}
+	}
+	switch r.IntN(10) {
+	case 0:
+		if c.v6 {
+			for n := 1 + r.IntN(2); n > 0; n-- {
+				c.ext = append(c.ext, policygen.Pick(r, []uint8{0, 43, 60, 51}))
+			}
+			if c.ext[0] != 0 && r.IntN(2) == 0 {
+				c.ext = append([]uint8{0}, c.ext...) // hop-by-hop comes first
+			}
+		} else {
+			c.ah = 1 + r.IntN(2)
+		}
+	case 1:
+		c.frag = true
+	}
 	return c
 }
 
 func (c dConn) connection(w dWorld) policies.Connection {
 	return policies.Connection{
-		From: policies.Peer{IP: w.addrOf(c.from, c)}, To: policies.Peer{IP: w.addrOf(c.to, c)},
+		From: w.peer(c.from, w.addrOf(c.from, c)), To: w.peer(c.to, w.dstAddr(c)),
 		Proto: c.proto, Port: c.port, ICMPType: c.icmpType,
 	}
 }
 
-// dRunner writes one batch into the maps and judges packets.
-type dRunner struct {
-	h     *harness
-	sport uint16
+// endpointFlags are the flags the daemon gives an endpoint (daemon
+// endpointFlags): enforcement unless "never", audit where the config says.
+func endpointFlags(env *policies.Env, l policies.Labels) EndpointFlags {
+	var f EndpointFlags
+	if env.Enforcement != policies.EnforcementNever {
+		f |= EnforceIngress | EnforceEgress
+	}
+	if env.Audit || (env.AuditSelector != nil && env.AuditSelector.Matches(l)) {
+		f |= Audit
+	}
+	return f
 }
 
-func (d *dRunner) load(g policygen.Spec, w dWorld) (*policies.Set, error) {
-	set := g.Build()
-	m, err := policies.Compile(set, w.ids, w.opts)
-	if err != nil {
-		return nil, fmt.Errorf("compile: %w", err)
-	}
+// ipcacheOf is what the daemon writes into the ipcache for the world: the
+// host, the prefixes the model names, the endpoints, and the init
+// container's addresses.
+func ipcacheOf(m *policies.Model, w dWorld) map[netip.Prefix]policies.Identity {
 	ipc := map[netip.Prefix]policies.Identity{
 		netip.PrefixFrom(dHost4, 32): policies.IdentityHost, netip.PrefixFrom(dHost6, 128): policies.IdentityHost,
+		netip.PrefixFrom(dInit4, 32): policies.IdentityInit, netip.PrefixFrom(dInit6, 128): policies.IdentityInit,
 	}
 	for _, c := range m.CIDRs {
 		ipc[c.Prefix] = c.Identity
@@ -164,8 +256,24 @@ func (d *dRunner) load(g policygen.Spec, w dWorld) (*policies.Set, error) {
 		ipc[netip.PrefixFrom(w.addr4[i], 32)] = il.Identity
 		ipc[netip.PrefixFrom(w.addr6[i], 128)] = il.Identity
 	}
+	return ipc
+}
+
+// dRunner writes one batch into the maps and judges packets.
+type dRunner struct {
+	h      *harness
+	sport  uint16
+	fragID uint32
+}
+
+func (d *dRunner) load(g policygen.Spec, w dWorld) (*policies.Set, error) {
+	set := g.Build()
+	m, err := policies.Compile(set, w.ids, w.opts)
+	if err != nil {
+		return nil, fmt.Errorf("compile: %w", err)
+	}
 	dp := d.h.dp
-	if err := dp.IPCacheSync(ipc); err != nil {
+	if err := dp.IPCacheSync(ipcacheOf(m, w)); err != nil {
 		return nil, err
 	}
 	eps, err := dp.Endpoints()
@@ -180,7 +288,7 @@ func (d *dRunner) load(g policygen.Spec, w dWorld) (*policies.Set, error) {
 	for i, il := range w.ids {
 		// Bridge: any interface, so that L7 entries redirect (to the
 		// evaluator, a redirect is allowed).
-		ep := Endpoint{ID: uint32(i + 1), Identity: il.Identity, Flags: EnforceIngress | EnforceEgress, Bridge: d.h.ifs[0]}
+		ep := Endpoint{ID: uint32(i + 1), Identity: il.Identity, Flags: endpointFlags(w.env, il.Labels), Bridge: d.h.ifs[0]}
 		if err := dp.SetEndpoint(d.h.ifs[i], ep); err != nil {
 			return nil, err
 		}
@@ -198,23 +306,51 @@ func (d *dRunner) judge(w dWorld, c dConn) (egress, ingress string, err error) {
 	if d.sport < 40000 || d.sport > 60000 {
 		d.sport = 40000
 	}
-	p := pkt{src: w.addrOf(c.from, c), dst: w.addrOf(c.to, c), proto: uint8(c.proto), sport: d.sport, dport: c.port,
-		tcpFlags: tcpSYN, icmpType: c.icmpType, icmpID: d.sport}
-	data := p.bytes()
+	p := pkt{src: w.addrOf(c.from, c), dst: w.dstAddr(c), proto: uint8(c.proto), sport: d.sport, dport: c.port,
+		tcpFlags: tcpSYN, icmpType: c.icmpType, icmpID: d.sport, v6ExtHeader: c.ext, v4AH: c.ah}
+	var later pkt
+	if c.frag {
+		d.fragID++
+		p.fragID, p.moreFrags, p.payload = d.fragID, true, make([]byte, 16)
+		later = p
+		later.fragOff, later.moreFrags = 3, false
+	}
+	verdict := func(ret uint32) string {
+		switch ret {
+		case retDrop:
+			return "drop"
+		case retRedirect:
+			return "redirect"
+		}
+		return "pass"
+	}
 	one := func(prog *ebpf.Program, ifindex int) (string, error) {
-		ret, err := prog.Run(&ebpf.RunOptions{Data: data, Context: skbCtx{Ifindex: uint32(ifindex)}})
+		ret, err := prog.Run(&ebpf.RunOptions{Data: p.bytes(), Context: skbCtx{Ifindex: uint32(ifindex)}})
 		if err != nil {
 			return "", err
 		}
-		if ret == retDrop {
-			return "drop", nil
+		v := verdict(ret)
+		if c.frag {
+			// The later fragment follows the first: same verdict.
+			lret, err := prog.Run(&ebpf.RunOptions{Data: later.bytes(), Context: skbCtx{Ifindex: uint32(ifindex)}})
+			if err != nil {
+				return "", err
+			}
+			if lv := verdict(lret); lv != v {
+				return fmt.Sprintf("%s, later fragment %s", v, lv), nil
+			}
+		}
+		if v == "drop" {
+			return v, nil
 		}
 		// Forget the flow, so that no later packet is judged as its reply.
+		// (An endpoint that enforces nothing tracks nothing.)
 		k := p.ctKey(ifindex)
-		if err := d.h.dp.objs.MembraneCt.Delete(&k); err != nil {
+		err = d.h.dp.objs.MembraneCt.Delete(&k)
+		if err != nil && !(errors.Is(err, ebpf.ErrKeyNotExist) && w.env.Enforcement == policies.EnforcementNever) {
 			return "", fmt.Errorf("packet passed without a conntrack entry: %w", err)
 		}
-		return "pass", nil
+		return v, nil
 	}
 	if c.from >= 0 {
 		if egress, err = one(d.h.dp.objs.MembraneEgress, d.h.ifs[c.from]); err != nil {
@@ -237,6 +373,15 @@ func expected(v policies.Verdict) string {
 	return "pass"
 }
 
+// expectedEnd is expected for an end's result, with "redirect" where the
+// end sends the connection to the L7 proxy.
+func expectedEnd(e policies.EndResult) string {
+	if e.Verdict == policies.VerdictAllowed && e.L7 != nil && e.L7.Redirect {
+		return "redirect"
+	}
+	return expected(e.Verdict)
+}
+
 // check runs one batch and returns the first disagreement.
 func (d *dRunner) check(g policygen.Spec, w dWorld, conns []dConn) (string, dConn, error) {
 	set, err := d.load(g, w)
@@ -252,11 +397,11 @@ func (d *dRunner) check(g policygen.Spec, w dWorld, conns []dConn) (string, dCon
 			if err != nil {
 				return err
 			}
-			if e := expected(res.Egress.Verdict); e != eg {
+			if e := expectedEnd(res.Egress); e != eg {
 				msg, bad = fmt.Sprintf("egress end: BPF %q, evaluator %s (matched %v)", eg, res.Egress.Verdict, res.Egress.Matched), c
 				return nil
 			}
-			if e := expected(res.Ingress.Verdict); e != ig {
+			if e := expectedEnd(res.Ingress); e != ig {
 				msg, bad = fmt.Sprintf("ingress end: BPF %q, evaluator %s (matched %v)", ig, res.Ingress.Verdict, res.Ingress.Matched), c
 				return nil
 			}
@@ -292,10 +437,10 @@ func TestDifferential(t *testing.T) {
 		}
 		if msg != "" {
 			min := d.shrink(g, w, bad)
-			from, to := w.addrOf(bad.from, bad), w.addrOf(bad.to, bad)
-			t.Fatalf("set %d (seed %d, -diff.seed to reproduce): %s\npacket: %v -> %v proto %v port %d icmp type %d\n"+
+			from, to := w.addrOf(bad.from, bad), w.dstAddr(bad)
+			t.Fatalf("set %d (seed %d, -diff.seed to reproduce): %s\npacket: %v -> %v proto %v port %d icmp type %d (ext %v, ah %d, fragmented %v; init peer: %v)\n"+
 				"identities: %v\nenforcement=%q audit=%v audit_selector=%v\n%s\nminimal policy:\n%s",
-				sets, *diffSeed, msg, from, to, bad.proto, bad.port, bad.icmpType,
+				sets, *diffSeed, msg, from, to, bad.proto, bad.port, bad.icmpType, bad.ext, bad.ah, bad.frag, bad.from == peerInit || bad.to == peerInit,
 				w.ids, w.env.Enforcement, w.env.Audit, w.env.AuditSelector, modelSays(min, w, bad), min)
 		}
 		for _, c := range conns {
@@ -323,8 +468,10 @@ func modelSays(g policygen.Spec, w dWorld, c dConn) string {
 		switch {
 		case peer >= 0:
 			return w.ids[peer].Identity
-		case peer == -1:
+		case peer == peerHost:
 			return policies.IdentityHost
+		case peer == peerInit:
+			return policies.IdentityInit
 		}
 		return m.AddrIdentity(c.world)
 	}
