@@ -37,6 +37,8 @@ type sEntry struct {
 	conn policies.Connection
 	dir  policies.Direction
 	gen  int
+	// redirect: its packets in the original direction go to the L7 proxy.
+	redirect bool
 }
 
 // sKey names a tracked connection at one end: the interface, the tuple of
@@ -87,13 +89,14 @@ func pktConn(p pkt) policies.Connection {
 	return c
 }
 
-// verdict is the evaluator's verdict of c at the end that judges it in dir.
+// verdict is the evaluator's verdict of c at the end that judges it in
+// dir: drop, pass or redirect.
 func (m *sModel) verdict(c policies.Connection, dir policies.Direction) string {
 	res := m.set.Evaluate(m.env, c)
 	if dir == policies.Egress {
-		return expected(res.Egress.Verdict)
+		return expectedEnd(res.Egress)
 	}
-	return expected(res.Ingress.Verdict)
+	return expectedEnd(res.Ingress)
 }
 
 func isICMPError(p pkt) bool {
@@ -112,11 +115,12 @@ func (m *sModel) rejudge(k sKey, e *sEntry) string {
 	if e.gen == m.gen {
 		return "pass"
 	}
-	if m.verdict(e.conn, e.dir) == "drop" {
+	v := m.verdict(e.conn, e.dir)
+	if v == "drop" {
 		delete(m.entries, k)
 		return "drop"
 	}
-	e.gen = m.gen
+	e.gen, e.redirect = m.gen, v == "redirect"
 	return "pass"
 }
 
@@ -131,7 +135,11 @@ func (m *sModel) judge(ifx int, dir policies.Direction, p pkt, quote *pkt) (stri
 	// its first packet was); an echo request is never a reply.
 	if !syn {
 		if e := m.entries[sKey{k, dir}]; e != nil {
-			return m.rejudge(sKey{k, dir}, e), "packet of a tracked connection"
+			v := m.rejudge(sKey{k, dir}, e)
+			if v == "pass" && e.redirect {
+				v = "redirect"
+			}
+			return v, "packet of a tracked connection"
 		}
 		if !echoReq {
 			rk := sKey{swapKey(k), other(dir)}
@@ -150,8 +158,8 @@ func (m *sModel) judge(ifx int, dir policies.Direction, p pkt, quote *pkt) (stri
 	}
 	c := pktConn(p)
 	v := m.verdict(c, dir)
-	if v == "pass" {
-		m.entries[sKey{k, dir}] = &sEntry{conn: c, dir: dir, gen: m.gen}
+	if v != "drop" {
+		m.entries[sKey{k, dir}] = &sEntry{conn: c, dir: dir, gen: m.gen, redirect: v == "redirect"}
 	}
 	return v, "new connection"
 }
@@ -233,14 +241,14 @@ func (s *sRunner) reset() error {
 func (s *sRunner) newFlow(r *rand.Rand) sFlow {
 	var c dConn
 	for {
+		// No IPv4-mapped addresses (a reply would come from one, which
+		// drops as malformed-l3), extension headers or fragments here.
 		c = genConn(r, s.w)
-		if c.from != c.to {
+		if c.from != c.to && !c.mapped {
 			break
 		}
 	}
-	// No IPv4-mapped addresses (a reply would come from one, which drops
-	// as malformed-l3), extension headers or fragments here.
-	c.mapped, c.ext, c.ah, c.frag = false, nil, 0, false
+	c.ext, c.ah, c.frag = nil, 0, false
 	s.sport++
 	if s.sport < 40000 || s.sport > 60000 {
 		s.sport = 40000
@@ -346,8 +354,11 @@ func (s *sRunner) run(prog *ebpf.Program, ifindex int, p pkt) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if ret == retDrop {
+	switch ret {
+	case retDrop:
 		return "drop", nil
+	case retRedirect:
+		return "redirect", nil
 	}
 	return "pass", nil
 }
