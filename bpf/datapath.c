@@ -136,7 +136,8 @@ struct {
  * (on one interface, in one direction) that needs nothing but a pass: it is
  * used only while the policy revision, the local identity and the flow
  * generation (membrane_flow_gen, moved on by userspace when it deletes
- * conntrack entries, changes an endpoint or the verdict for unknown ones)
+ * conntrack entries, changes an endpoint or the verdict for unknown ones,
+ * plus membrane_flow_gen_dp, moved on by the programs: flow_cache_follow)
  * are those it was filled under and its deadline is
  * ahead, and never for TCP packets with SYN, FIN or RST, which take the
  * conntrack path for their state changes. The deadline is a few jiffies ahead (FLOW_CACHE_AHEAD_JIFFIES, less
@@ -156,7 +157,7 @@ _Static_assert(sizeof(struct ct_key) == 44, "ct_key is 11 32-bit words");
 struct flow_slot {
 	struct ct_key key;
 	__u32 local; /* local identity */
-	__u64 tag;   /* policy revision | flow generation << 32 */
+	__u64 tag;   /* policy revision | flow generations' sum << 32 */
 	__u64 until; /* jiffies */
 	__u8 dir;
 	__u8 reply;
@@ -177,6 +178,19 @@ struct {
 	__uint(max_entries, 1);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } membrane_flow_gen SEC(".maps");
+
+/* The programs' own flow generation, added to membrane_flow_gen in a flow
+ * cache slot's tag: moved on (atomically; userspace never writes it) when a
+ * new flow makes a tuple's packets go to the L7 proxy while a slot may still
+ * pass them as another flow's (see handle). A counter of its own, because
+ * userspace moves membrane_flow_gen on by reading and writing it, which
+ * could undo an increment made in between. Unpinned, like the flow cache. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 1);
+} membrane_flow_gen_dp SEC(".maps");
 
 /* Inline tables: set-associative copies of the IPv4 entries of
  * membrane_ipcache_exact and of membrane_policy_exact in plain arrays, so
@@ -1138,6 +1152,33 @@ static __always_inline int to_proxy(struct __sk_buff *skb, struct pkt *p, const 
 	return bpf_redirect(ep->bridge_ifindex, BPF_F_INGRESS);
 }
 
+/* flow_cache_follow is called when a new flow that goes to the L7 proxy
+ * has its entry (k: its tuple, dir: its direction). Its packets may have
+ * passed until now as the replies of a flow the other way (the peer's, from
+ * this destination port to this source port), and a flow cache slot, on any
+ * CPU, may still pass them so: they go to the proxy now. Every slot is then
+ * made stale by moving the programs' flow generation on. Rare (a new L7
+ * flow on the tuple of a tracked one), so the lookup is made only there. A
+ * flow of the same tuple and direction before it needs nothing: under the
+ * same revision it was judged the same, so went to the proxy too, and its
+ * packets never had a slot. A global function, checked once by the
+ * verifier. */
+__attribute__((noinline)) int flow_cache_follow(const struct ct_key *k, __u32 dir)
+{
+	if (!k)
+		return 0;
+	struct ct_key rk;
+	swap_tuple(&rk, k);
+	struct ct_entry *re = bpf_map_lookup_elem(&membrane_ct, &rk);
+	if (!re || re->direction == dir)
+		return 0;
+	__u32 zero = 0;
+	__u32 *dgenp = bpf_map_lookup_elem(&membrane_flow_gen_dp, &zero);
+	if (dgenp)
+		__sync_fetch_and_add(dgenp, 1);
+	return 1;
+}
+
 /* The packet most often seen, read straight from the packet with nothing
  * copied: IPv4 without options, TCP with no SYN, FIN or RST, not a
  * fragment, whose flow has a live flow cache slot on this CPU. It takes
@@ -1169,9 +1210,11 @@ static __always_inline int established_fast(struct __sk_buff *skb, const __u8 di
 	__u32 zero = 0;
 	struct config *cfg = bpf_map_lookup_elem(&membrane_config, &zero);
 	__u32 *genp = bpf_map_lookup_elem(&membrane_flow_gen, &zero);
-	if (!cfg || !genp)
+	__u32 *dgenp = bpf_map_lookup_elem(&membrane_flow_gen_dp, &zero);
+	if (!cfg || !genp || !dgenp)
 		return 0;
-	__u64 tag = *(volatile __u32 *)&cfg->revision | (__u64)(*(volatile __u32 *)genp) << 32;
+	__u32 gen = *(volatile __u32 *)genp + *(volatile __u32 *)dgenp;
+	__u64 tag = *(volatile __u32 *)&cfg->revision | (__u64)gen << 32;
 
 	/* The tuple's words as struct ct_key holds them (see flow_slot). */
 	__u32 saddr, daddr, ports;
@@ -1208,10 +1251,11 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 	 * meanwhile (its bump comes after its map writes) leaves the tag
 	 * stale, never the verdict. */
 	__u32 rev = *(volatile __u32 *)&cfg->revision;
-	__u32 gen = 0;
 	__u32 *genp = bpf_map_lookup_elem(&membrane_flow_gen, &zero);
-	if (genp)
-		gen = *(volatile __u32 *)genp;
+	__u32 *dgenp = bpf_map_lookup_elem(&membrane_flow_gen_dp, &zero);
+	if (!genp || !dgenp)
+		return VERDICT_DROP;
+	__u32 gen = *(volatile __u32 *)genp + *(volatile __u32 *)dgenp;
 	__u64 tag = rev | (__u64)gen << 32;
 
 	struct pkt p = {};
@@ -1530,6 +1574,8 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 			if (!old || old->direction == dir || dir == DIR_EGRESS)
 				bpf_map_update_elem(&membrane_ct, &p.tuple, &ne, BPF_ANY);
 		}
+		if (v.proxy_port)
+			flow_cache_follow(&p.tuple, dir);
 	}
 
 	frag_note(&p, &fk);

@@ -202,6 +202,7 @@ const (
 	datapathMapMembraneEvents        = "membrane_events"
 	datapathMapMembraneFlowCache     = "membrane_flow_cache"
 	datapathMapMembraneFlowGen       = "membrane_flow_gen"
+	datapathMapMembraneFlowGenDp     = "membrane_flow_gen_dp"
 	datapathMapMembraneFrag          = "membrane_frag"
 	datapathMapMembraneIpcache       = "membrane_ipcache"
 	datapathMapMembraneIpcache4      = "membrane_ipcache4"
@@ -278,6 +279,7 @@ type datapathMapSpecs struct {
 	MembraneEvents        *ebpf.MapSpec `ebpf:"membrane_events"`
 	MembraneFlowCache     *ebpf.MapSpec `ebpf:"membrane_flow_cache"`
 	MembraneFlowGen       *ebpf.MapSpec `ebpf:"membrane_flow_gen"`
+	MembraneFlowGenDp     *ebpf.MapSpec `ebpf:"membrane_flow_gen_dp"`
 	MembraneFrag          *ebpf.MapSpec `ebpf:"membrane_frag"`
 	MembraneIpcache       *ebpf.MapSpec `ebpf:"membrane_ipcache"`
 	MembraneIpcache4      *ebpf.MapSpec `ebpf:"membrane_ipcache4"`
@@ -328,6 +330,7 @@ type datapathMaps struct {
 	MembraneEvents        *ebpf.Map `ebpf:"membrane_events"`
 	MembraneFlowCache     *ebpf.Map `ebpf:"membrane_flow_cache"`
 	MembraneFlowGen       *ebpf.Map `ebpf:"membrane_flow_gen"`
+	MembraneFlowGenDp     *ebpf.Map `ebpf:"membrane_flow_gen_dp"`
 	MembraneFrag          *ebpf.Map `ebpf:"membrane_frag"`
 	MembraneIpcache       *ebpf.Map `ebpf:"membrane_ipcache"`
 	MembraneIpcache4      *ebpf.Map `ebpf:"membrane_ipcache4"`
@@ -348,6 +351,7 @@ func (m *datapathMaps) Close() error {
 		m.MembraneEvents,
 		m.MembraneFlowCache,
 		m.MembraneFlowGen,
+		m.MembraneFlowGenDp,
 		m.MembraneFrag,
 		m.MembraneIpcache,
 		m.MembraneIpcache4,

@@ -315,14 +315,15 @@ func packetOf(r *rand.Rand, f *sFlow) (p pkt, reply bool) {
 	return p, reply
 }
 
-// errorAbout draws an ICMP error quoting a packet of flow f, sent to the
-// quoted packet's source through the link of endpoint local.
-func (s *sRunner) errorAbout(r *rand.Rand, f *sFlow, local int) (pkt, pkt, bool) {
-	if f.c.proto != policies.ProtoTCP && f.c.proto != policies.ProtoUDP && f.c.proto != policies.ProtoSCTP {
-		return pkt{}, pkt{}, false
-	}
+// errorAbout draws an ICMP error quoting a packet of flow f (of any
+// protocol, the whole packet or only the 8 bytes after its IP header that
+// RFC 792 asks for), sent to the quoted packet's source through the link
+// of endpoint local.
+func (s *sRunner) errorAbout(r *rand.Rand, f *sFlow, local int) (pkt, pkt) {
 	q := f.first
-	q.tcpFlags = tcpACK
+	if q.proto == 6 {
+		q.tcpFlags = tcpACK
+	}
 	if r.IntN(2) == 0 {
 		q = replyOf(q)
 	}
@@ -346,7 +347,14 @@ func (s *sRunner) errorAbout(r *rand.Rand, f *sFlow, local int) (pkt, pkt, bool)
 		e.src = localAddr
 	}
 	e.payload = q.ip()
-	return e, q, true
+	if r.IntN(3) == 0 {
+		n := 20 + 8
+		if q.src.Is6() {
+			n = 40 + 8
+		}
+		e.payload = e.payload[:min(n, len(e.payload))]
+	}
+	return e, q
 }
 
 func (s *sRunner) run(prog *ebpf.Program, ifindex int, p pkt) (string, error) {
@@ -491,10 +499,7 @@ func TestDifferentialStateful(t *testing.T) {
 				var p pkt
 				var quote *pkt
 				if r.IntN(12) == 0 {
-					e, q, ok := s.errorAbout(r, f, local)
-					if !ok {
-						continue
-					}
+					e, q := s.errorAbout(r, f, local)
 					p, quote = e, &q
 				} else if r.IntN(4) == 0 {
 					p = f.first

@@ -230,8 +230,12 @@
 //	                             (see "Inline tables" below)
 //	membrane_flow_gen   array[1] u32: moved on when userspace deletes conntrack entries,
 //	                             changes an endpoint or the verdict for unknown endpoints
+//	membrane_flow_gen_dp array[1] u32: moved on (atomically) by the programs only, when a
+//	                             new L7 flow takes a tuple whose packets passed as the replies
+//	                             of a flow the other way; not pinned
 //	membrane_flow_cache per-CPU array[4096] of flow_slot{ct_key, local u32, tag u64 (revision |
-//	                             flow_gen << 32), until u64 (jiffies), dir, reply u8, pad [6]u8}:
+//	                             (flow_gen + flow_gen_dp) << 32), until u64 (jiffies), dir,
+//	                             reply u8, pad [6]u8}:
 //	                             not pinned (see "Flow cache" below)
 //	membrane_events     ring buffer of event{timestamp u64, ifindex, endpoint_id,
 //	                             local_identity, remote_identity, rule_id, len u32, sport,
@@ -306,7 +310,10 @@
 // alter a verdict: policy, ipcache, an endpoint's identity), the local
 // identity and membrane_flow_gen (moved on by GC when it deletes entries,
 // and by any change to an endpoint or to the verdict for unknown endpoints,
-// so that established_fast below need not read the endpoint) are those it
+// so that established_fast below need not read the endpoint; the programs'
+// own membrane_flow_gen_dp is added to it, moved on when a new flow that goes
+// to the L7 proxy takes a tuple whose packets a slot, on any CPU, may pass
+// as the replies of a flow the other way) are those it
 // was filled under, and for at most 64 jiffies (64-640 ms,
 // under the shortest lifetime, 1 s), after which the conntrack path runs
 // again and refreshes the entry, so a slot never outlives its entry. Never

@@ -159,3 +159,40 @@ func TestFlowCache(t *testing.T) {
 	must(t, h.dp.SetUnknownEndpoint(UnknownDrop))
 	h.expect(out, h.ifs[0], ack, ReasonDropUnknown)
 }
+
+// A new L7 flow on a tuple whose packets passed as the replies of a flow the
+// other way (the peer connected from this destination port to this source
+// port) takes them to the proxy from its next packet on: a flow cache slot
+// that passes them as replies is stale, on every CPU, and the cache must
+// not serve it.
+func TestFlowCacheFollowsANewL7FlowOnAReplyTuple(t *testing.T) {
+	onOneCPU(t)
+	h := twoEndpoints(t, Config{})
+	must(t, h.dp.SetEndpoint(h.ifs[0], Endpoint{ID: 1, Identity: idA, Flags: EnforceIngress | EnforceEgress, Bridge: h.ifs[2]}))
+	l7 := entry(out, policies.IdentityAny, policies.ProtoTCP, 80, 16, policies.Allow, 1)
+	l7.L7 = 1
+	h.sync(policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, Entries: []policies.Entry{l7}})
+	for _, fam := range [][2]netip.Addr{{addrA, addrW}, {addrA6, addrW6}} {
+		a, w := fam[0], fam[1]
+		// the world's flow in (no ingress policy), and A's answers
+		in := tcp(w, a, 80, 40000, tcpACK)
+		h.expect(policies.Ingress, h.ifs[0], in, ReasonAllowDefault)
+		ans := in.reverse()
+		for range 3 {
+			h.expect(out, h.ifs[0], ans, ReasonAllowReply)
+		}
+		// A opens its own connection on the tuple: to the proxy
+		syn := ans
+		syn.tcpFlags = tcpSYN
+		if ret := h.run(out, h.ifs[0], 0, syn.bytes()); ret != retRedirect {
+			t.Fatalf("%v: SYN returned %d, want a redirect", fam, int32(ret))
+		}
+		for i := range 3 {
+			if ret := h.run(out, h.ifs[0], 0, ans.bytes()); ret != retRedirect {
+				t.Fatalf("%v: packet %d after the SYN returned %d, want a redirect", fam, i, int32(ret))
+			}
+		}
+		// the other way, the world's flow goes on
+		h.expect(policies.Ingress, h.ifs[0], in, ReasonAllowEstablished)
+	}
+}
