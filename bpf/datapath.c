@@ -1074,11 +1074,9 @@ static __always_inline void ct_tcp(struct ct_entry *e, __u8 flags, int data, int
  * audited. A global function: the verifier checks it once, not on every
  * path of handle() that reaches it (a tracked flow's packets, and the
  * ICMP errors related to it). */
-__attribute__((noinline)) int rejudge(struct ct_entry *e, const struct ct_key *orig, __u32 local, int audit_ep,
-				      struct verdict *v)
+static __always_inline int rejudge_entry(struct ct_entry *e, const struct ct_key *orig, __u32 local, int audit_ep,
+					 struct verdict *v)
 {
-	if (!e || !orig || !v)
-		return REJUDGE_DENIED;
 	int ret = REJUDGE_KEPT;
 	if (e->flags & CT_F_FROM_PROXY)
 		v->remote = e->remote_identity;
@@ -1096,6 +1094,14 @@ __attribute__((noinline)) int rejudge(struct ct_entry *e, const struct ct_key *o
 	e->proxy_port = (e->flags & CT_F_FROM_PROXY) ? 0 : v->proxy_port;
 	e->remote_identity = v->remote;
 	return ret;
+}
+
+__attribute__((noinline)) int rejudge(struct ct_entry *e, const struct ct_key *orig, __u32 local, int audit_ep,
+				      struct verdict *v)
+{
+	if (!e || !orig || !v)
+		return REJUDGE_DENIED;
+	return rejudge_entry(e, orig, local, audit_ep, v);
 }
 
 /* A first fragment that passes leaves its protocol and ports for the
@@ -1150,6 +1156,40 @@ static __always_inline int to_proxy(struct __sk_buff *skb, struct pkt *p, const 
 	}
 	skb->mark = MARK_MAGIC_TO_PROXY | (flow_dir == DIR_EGRESS ? MARK_TO_PROXY_EGRESS : 0) | port;
 	return bpf_redirect(ep->bridge_ifindex, BPF_F_INGRESS);
+}
+
+#define RELATED_NONE 3
+
+/* related says whether an ICMP error quoting a packet is related, through
+ * the entry of tuple k (the quoted packet's, its ifindex set, or the
+ * reverse: the quoted packet may be a reply), to a connection the policy
+ * still allows: a live entry admitted under the revision rev in force, or
+ * judged again now as that connection's own next packet would be. A
+ * connection the policy now denies is cut (its entry deleted):
+ * REJUDGE_DENIED, and the caller tries the other tuple, since the quote may
+ * be a packet of two tracked connections, one each way. RELATED_NONE: no
+ * live entry. REJUDGE_AUDITED: related to one that audit mode keeps (v says
+ * why). Related to none, the error is judged by the rules for its type
+ * (semantics 6). A global function, checked once by the verifier; it has
+ * rejudge's body rather than a call to it, which would take the stack over
+ * 512 bytes. */
+__attribute__((noinline)) int related(const struct ct_key *k, __u32 local, int audit_ep, __u32 rev,
+				      struct verdict *v)
+{
+	if (!k || !v)
+		return RELATED_NONE;
+	struct ct_entry *e = bpf_map_lookup_elem(&membrane_ct, k);
+	if (!e || e->expires < now_ns())
+		return RELATED_NONE;
+	if (e->revision == rev)
+		return REJUDGE_KEPT;
+	int rj = rejudge_entry(e, k, local, audit_ep, v);
+	if (rj == REJUDGE_DENIED) {
+		bpf_map_delete_elem(&membrane_ct, k);
+		return rj;
+	}
+	e->revision = rev;
+	return rj;
 }
 
 /* flow_cache_follow is called when a new flow that goes to the L7 proxy
@@ -1485,36 +1525,17 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 	if (p.icmp_error && load_inner(skb, p.inner_off, &p, &inner) == 0 &&
 	    same_addr(inner.saddr, p.tuple.daddr)) {
 		inner.ifindex = ifindex;
-		struct ct_key ri;
-		swap_tuple(&ri, &inner);
-		const struct ct_key *ik = &inner;
-		struct ct_entry *ie = bpf_map_lookup_elem(&membrane_ct, &inner);
-		if (!ie) {
-			ik = &ri;
-			ie = bpf_map_lookup_elem(&membrane_ct, &ri);
-		}
-		if (ie && ie->expires >= now) {
-			/* Related to a connection the policy still allows: one
-			 * admitted under another revision is judged again
-			 * first, as its own next packet would be, and cut when
-			 * the policy now denies it; the error is then judged by
-			 * the rules for its type (semantics 6). */
-			int rj = REJUDGE_KEPT;
-			if (ie->revision != rev) {
-				rj = rejudge(ie, ik, local, audit_ep, &v);
-				if (rj == REJUDGE_DENIED)
-					bpf_map_delete_elem(&membrane_ct, ik);
-				else
-					ie->revision = rev;
-			}
-			if (rj != REJUDGE_DENIED) {
-				if (rj == REJUDGE_AUDITED)
-					emit(skb, &p, EVENT_AUDIT, v.reason, dir, evflags | EV_F_REVALIDATED, ep, local,
-					     &v);
-				frag_note(&p, &fk);
-				count(REASON_ALLOW_RELATED, dir, skb->len);
-				return VERDICT_PASS;
-			}
+		/* rk is free: no entry was found with it */
+		swap_tuple(&rk, &inner);
+		int rj = related(&inner, local, audit_ep, rev, &v);
+		if (rj != REJUDGE_KEPT && rj != REJUDGE_AUDITED)
+			rj = related(&rk, local, audit_ep, rev, &v);
+		if (rj == REJUDGE_KEPT || rj == REJUDGE_AUDITED) {
+			if (rj == REJUDGE_AUDITED)
+				emit(skb, &p, EVENT_AUDIT, v.reason, dir, evflags | EV_F_REVALIDATED, ep, local, &v);
+			frag_note(&p, &fk);
+			count(REASON_ALLOW_RELATED, dir, skb->len);
+			return VERDICT_PASS;
 		}
 	}
 

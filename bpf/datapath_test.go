@@ -243,6 +243,43 @@ func TestRelatedICMPErrorOfCutConnection(t *testing.T) {
 	}
 }
 
+// A quoted packet may belong to two tracked connections, one each way: the
+// endpoint's own from port Q to the peer's port P, and the peer's from P to
+// Q (whose replies are the endpoint's packets Q->P). An error quoting such a
+// packet is related while either connection is still allowed: after a change
+// that cuts the first, the second relates it.
+func TestRelatedICMPErrorOfTwoConnectionsOneCut(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	policy := func(egress bool) policies.IdentityPolicy {
+		ip := policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, IngressDefaultDeny: true, Entries: []policies.Entry{
+			entry(in, policies.IdentityAny, policies.ProtoTCP, 1024, 16, policies.Allow, 1),
+		}}
+		if egress {
+			ip.Entries = append(ip.Entries, entry(out, policies.IdentityAny, policies.ProtoTCP, 0, 0, policies.Allow, 2))
+		}
+		return ip
+	}
+	for _, fam := range [][2]netip.Addr{{addrA, addrW}, {addrA6, addrW6}} {
+		a, w := fam[0], fam[1]
+		typ, proto := uint8(3), uint8(1)
+		if a.Is6() {
+			typ, proto = 1, 58
+		}
+		h.sync(policy(true))
+		mine := tcp(a, w, 1024, 50775, tcpSYN)
+		h.expect(out, h.ifs[0], mine, ReasonAllowPolicy)
+		theirs := mine.reverse()
+		h.expect(in, h.ifs[0], theirs, ReasonAllowPolicy)
+		h.sync(policy(false))
+		mine.tcpFlags = tcpACK
+		icmpErr := pkt{src: w, dst: a, proto: proto, icmpType: typ, payload: mine.ip()}
+		h.expect(in, h.ifs[0], icmpErr, ReasonAllowRelated)
+		h.expect(in, h.ifs[0], icmpErr, ReasonAllowRelated)
+		// the endpoint's own connection was cut; the peer's goes on
+		h.expect(out, h.ifs[0], mine, ReasonAllowReply)
+	}
+}
+
 func TestPolicyChangeCutsEstablishedFlows(t *testing.T) {
 	h := twoEndpoints(t, Config{})
 	allow := func(ports ...uint16) policies.IdentityPolicy {

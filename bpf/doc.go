@@ -67,8 +67,9 @@
 // replaces an entry of its ingress for its own source); an ICMP error quoting a
 // tracked flow, sent to the quoted packet's source, passes (related) when
 // the policy still allows that flow (an entry of another revision is judged
-// again first, as below, and deleted if the flow is now denied; the error is
-// then judged by its type): the
+// again first, as below, and deleted if the flow is now denied; then the
+// entry of the quote's reverse tuple, a flow the other way, is tried, and
+// with neither the error is judged by its type): the
 // quote's ports are read after its IPv4 options and authentication headers
 // or IPv6 extension headers
 // (up to four, a first fragment's fragment header included) and need only
