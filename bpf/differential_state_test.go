@@ -383,8 +383,21 @@ func describe(p pkt) string {
 }
 
 // change moves the world on: another policy set, one rule fewer or more,
-// or an endpoint with other labels (so another identity).
+// an endpoint with other labels (so another identity), or other audit and
+// enforcement settings (a daemon restarted with another configuration; not
+// to or from enforcement "never", under which nothing is tracked).
 func (s *sRunner) change(r *rand.Rand) string {
+	if r.IntN(12) == 0 && s.w.env.Enforcement != policies.EnforcementNever {
+		env := *s.w.env
+		env.Enforcement, env.Audit, env.AuditSelector = "", false, nil
+		policygen.Settings(r, &env)
+		if env.Enforcement == policies.EnforcementNever {
+			env.Enforcement = ""
+		}
+		s.w.env, s.model.env = &env, &env
+		s.w.opts = policies.CompileOptions{Enforcement: env.Enforcement, Audit: env.Audit, AuditSelector: env.AuditSelector}
+		return fmt.Sprintf("settings: enforcement=%q audit=%v audit_selector=%v", env.Enforcement, env.Audit, env.AuditSelector)
+	}
 	switch n := r.IntN(8); {
 	case n == 0:
 		s.spec = policygen.Generate(r, dGen)
