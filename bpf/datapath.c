@@ -1082,6 +1082,10 @@ static __always_inline int rejudge_entry(struct ct_entry *e, const struct ct_key
 		v->remote = e->remote_identity;
 	else
 		v->remote = ipcache_identity(orig->family, e->direction == DIR_EGRESS ? orig->daddr : orig->saddr);
+	/* Come in through another device than its source endpoint's: init
+	 * then (arrived_from), and still while the address is an endpoint's. */
+	if ((e->flags & CT_F_FOREIGN) && v->remote >= FIRST_LOCAL_IDENTITY && v->remote < FIRST_CIDR_IDENTITY)
+		v->remote = IDENTITY_INIT;
 	judge(local, e->direction, orig->protocol, e->policy_port, v);
 	if (v->reason >= REASON_FIRST_DROP) {
 		if (!(audit_ep || v->audit))
@@ -1190,6 +1194,26 @@ __attribute__((noinline)) int related(const struct ct_key *k, __u32 local, int a
 	}
 	e->revision = rev;
 	return rj;
+}
+
+/* ct_note_foreign is called when a new flow into an endpoint (k: its
+ * tuple) was judged as coming from init. If its source address is an
+ * endpoint's, it was judged so because it came in through another device
+ * than that endpoint's (arrived_from, decision 56), and its entry is marked
+ * so that it is judged as init again after a policy change (rejudge), as
+ * long as the address is an endpoint's. A global function (rare: init
+ * sources only), checked once by the verifier. */
+__attribute__((noinline)) int ct_note_foreign(const struct ct_key *k)
+{
+	if (!k)
+		return 0;
+	__u32 id = ipcache_identity(k->family, k->saddr);
+	if (id < FIRST_LOCAL_IDENTITY || id >= FIRST_CIDR_IDENTITY)
+		return 0;
+	struct ct_entry *e = bpf_map_lookup_elem(&membrane_ct, k);
+	if (e)
+		e->flags |= CT_F_FOREIGN;
+	return 1;
 }
 
 /* flow_cache_follow is called when a new flow that goes to the L7 proxy
@@ -1597,6 +1621,8 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 		}
 		if (v.proxy_port)
 			flow_cache_follow(&p.tuple, dir);
+		if (dir == DIR_INGRESS && v.remote == IDENTITY_INIT)
+			ct_note_foreign(&p.tuple);
 	}
 
 	frag_note(&p, &fk);

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/membrane-fw/membrane/policies"
 )
 
@@ -277,6 +279,56 @@ func TestRelatedICMPErrorOfTwoConnectionsOneCut(t *testing.T) {
 		h.expect(in, h.ifs[0], icmpErr, ReasonAllowRelated)
 		// the endpoint's own connection was cut; the peer's goes on
 		h.expect(out, h.ifs[0], mine, ReasonAllowReply)
+	}
+}
+
+// A flow from another endpoint's address that came in through a device
+// that is not that endpoint's is judged as init (decision 56), and it stays
+// init when a policy change judges it again: after a change that admits B
+// but no longer init, it is cut, not let on as B's.
+func TestForeignArrivalStaysInitWhenJudgedAgain(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	policy := func(remote policies.Identity) policies.IdentityPolicy {
+		return policies.IdentityPolicy{Identity: idA, IngressDefaultDeny: true, Entries: []policies.Entry{
+			entry(in, remote, policies.ProtoTCP, 80, 16, policies.Allow, 1),
+		}}
+	}
+	// lo of the harness's namespace: no endpoint's, not the bridge
+	const foreignIf = 1
+	run := func(p pkt) Reason {
+		t.Helper()
+		before, err := h.dp.Counters()
+		must(t, err)
+		must(t, h.ns.Do(func() error {
+			_, err := h.dp.objs.MembraneIngress.Run(&ebpf.RunOptions{Data: p.bytes(),
+				Context: skbCtx{Ifindex: uint32(h.ifs[0]), IngressIfindex: foreignIf}})
+			return err
+		}))
+		after, err := h.dp.Counters()
+		must(t, err)
+		for k, c := range after.Verdicts {
+			if c.Packets != before.Verdicts[k].Packets {
+				return k.Reason
+			}
+		}
+		t.Fatal("no counter moved")
+		return 0
+	}
+	for i, fam := range [][2]netip.Addr{{addrB, addrA}, {addrB6, addrA6}} {
+		h.sync(policy(policies.IdentityInit))
+		syn := tcp(fam[0], fam[1], 40000+uint16(i), 80, tcpSYN)
+		if got := run(syn); got != ReasonAllowPolicy {
+			t.Fatalf("%v: SYN through a foreign device: %v, want allowed as init", fam, got)
+		}
+		ack := syn
+		ack.tcpFlags = tcpACK
+		if got := run(ack); got != ReasonAllowEstablished {
+			t.Fatalf("%v: ACK: %v", fam, got)
+		}
+		h.sync(policy(idB))
+		if got := run(ack); got != ReasonDropDefaultDeny {
+			t.Errorf("%v: after init lost its rule: %v, want default-deny", fam, got)
+		}
 	}
 }
 

@@ -127,7 +127,11 @@ func (m *sModel) rejudge(k sKey, e *sEntry) string {
 // judge is the model's verdict for packet p at interface ifx in direction
 // dir; quote is the packet an ICMP error quotes (nil otherwise). It
 // updates the model as the specification's state rules say.
-func (m *sModel) judge(ifx int, dir policies.Direction, p pkt, quote *pkt) (string, string) {
+//
+// foreign: the packet came in to the endpoint through a device that is no
+// endpoint's, its bridge or the host stack (policy decision 56): a source
+// address of an endpoint then stands for init.
+func (m *sModel) judge(ifx int, dir policies.Direction, p pkt, quote *pkt, foreign bool) (string, string) {
 	k := p.ctKey(ifx)
 	syn := p.proto == 6 && p.tcpFlags&(tcpSYN|tcpACK) == tcpSYN
 	echoReq := (p.proto == 1 && p.icmpType == 8) || (p.proto == 58 && p.icmpType == 128)
@@ -157,6 +161,9 @@ func (m *sModel) judge(ifx int, dir policies.Direction, p pkt, quote *pkt) (stri
 		}
 	}
 	c := pktConn(p)
+	if foreign { // (from an endpoint's address)
+		c.From = policies.Peer{Entity: policies.EntityInit}
+	}
 	v := m.verdict(c, dir)
 	if v != "drop" {
 		m.entries[sKey{k, dir}] = &sEntry{conn: c, dir: dir, gen: m.gen, redirect: v == "redirect"}
@@ -169,6 +176,9 @@ type sFlow struct {
 	c      dConn
 	first  pkt
 	synAck bool // the reply side has answered (TCP: SYN-ACK sent)
+	// foreign: the packets of its original direction reach the receiver
+	// through a device that is no endpoint's (decision 56).
+	foreign bool
 }
 
 type sRunner struct {
@@ -267,7 +277,7 @@ func (s *sRunner) newFlow(r *rand.Rand) sFlow {
 	if c.proto == policies.ProtoTCP {
 		p.tcpFlags = tcpSYN
 	}
-	return sFlow{c: c, first: p}
+	return sFlow{c: c, first: p, foreign: c.from >= 0 && c.to >= 0 && r.IntN(10) == 0}
 }
 
 // replyOf is the answer to p: addresses and ports swapped, an echo
@@ -357,8 +367,8 @@ func (s *sRunner) errorAbout(r *rand.Rand, f *sFlow, local int) (pkt, pkt) {
 	return e, q
 }
 
-func (s *sRunner) run(prog *ebpf.Program, ifindex int, p pkt) (string, error) {
-	ret, err := prog.Run(&ebpf.RunOptions{Data: p.bytes(), Context: skbCtx{Ifindex: uint32(ifindex)}})
+func (s *sRunner) run(prog *ebpf.Program, ifindex, inIfindex int, p pkt) (string, error) {
+	ret, err := prog.Run(&ebpf.RunOptions{Data: p.bytes(), Context: skbCtx{Ifindex: uint32(ifindex), IngressIfindex: uint32(inIfindex)}})
 	if err != nil {
 		return "", err
 	}
@@ -525,8 +535,15 @@ func TestDifferentialStateful(t *testing.T) {
 				if p.dst == localAddr {
 					dir, prog = policies.Ingress, h.dp.objs.MembraneIngress
 				}
-				want, why := s.model.judge(h.ifs[local], dir, p, quote)
-				got, err := s.run(prog, h.ifs[local], p)
+				// the flow's packets to its receiver through a foreign
+				// device: the namespace's loopback
+				foreign := f.foreign && quote == nil && dir == policies.Ingress && p.src == s.w.addrOf(f.c.from, f.c)
+				inIf := 0
+				if foreign {
+					inIf = 1
+				}
+				want, why := s.model.judge(h.ifs[local], dir, p, quote, foreign)
+				got, err := s.run(prog, h.ifs[local], inIf, p)
 				if err != nil {
 					return err
 				}
@@ -535,6 +552,9 @@ func TestDifferentialStateful(t *testing.T) {
 					rejudged++
 				}
 				line := fmt.Sprintf("%v at endpoint %d: %s: BPF %s, model %s (%s)", dir, local, describe(p), got, want, why)
+				if foreign {
+					line += " (through a foreign device)"
+				}
 				if quote != nil {
 					line += " quoting " + describe(*quote)
 				}

@@ -210,7 +210,9 @@
 //	                             packet, the shared entry stays clean), revision, rule_id, remote_identity u32,
 //	                             proxy_port, policy_port u16, direction, state (1 syn,
 //	                             2 established, 3 closing), flags u8 (1 audit, 2 from proxy,
-//	                             4/8 FIN seen original/reply, 16 closing by a RST), pad [5]u8}
+//	                             4/8 FIN seen original/reply, 16 closing by a RST, 32 came in
+//	                             through a foreign device: its source stays init when judged
+//	                             again), pad [5]u8}
 //	membrane_frag       LRU hash frag_key{saddr, daddr [16]u8, id u32, protocol (0), family u8,
 //	                             direction u8, pad u8, ifindex u32} -> frag_value{sport, dport u16 NBO, policy_port u16,
 //	                             protocol u8, pad u8}

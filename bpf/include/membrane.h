@@ -57,6 +57,7 @@
 #define CT_F_FIN_ORIG 4
 #define CT_F_FIN_REPLY 8
 #define CT_F_RST 16 /* closing because of a RST, which may not have been taken */
+#define CT_F_FOREIGN 32 /* came in through a device that is not its source endpoint's: judged as init (decision 56) */
 
 /* event.type */
 #define EVENT_DROP 1
