@@ -19,16 +19,21 @@ var diffFlowWorlds = flag.Int("diff.flowworlds", 120, "number of random worlds (
 
 // The stateful half of the differential test: where TestDifferential
 // judges first packets alone (and forgets each flow), this one keeps the
-// conntrack entries and sends sequences: the first packets of random flows,
-// their later packets both ways (TCP SYN, SYN-ACK, ACK with data, FIN, RST;
-// UDP, SCTP, ICMP echo and other types, GRE), ICMP errors quoting them, and
-// between them policy changes (a new random set, a rule deleted or added,
-// an endpoint relabelled to another identity). The expected verdict of each
-// packet comes from the reference evaluator and the specification's
-// semantics 6 (replies and related errors of an allowed connection pass;
-// after a change, a connection the new set denies is cut at its next
-// packet and one it allows goes on), kept per end of each connection by
-// sModel below.
+// conntrack entries and sends sequences: the first packets of random flows
+// between endpoints, the host, world and init addresses, their later
+// packets both ways (TCP SYN, SYN-ACK, ACK with and without data, FIN, RST,
+// a retransmitted SYN; UDP, SCTP, ICMP echo, timestamp and other types,
+// GRE), a reply before any packet of the original direction, ICMP errors
+// quoting a packet of either direction (whole, or its first 8 bytes) to or
+// from the endpoint, some flows reaching their receiver through a foreign
+// device (decision 56), and between them policy changes (a new random set,
+// a rule deleted or added, an endpoint relabelled to another identity, other
+// audit and enforcement settings). Verdicts are drop, pass or redirect (to
+// the L7 proxy). The expected verdict of each packet comes from the
+// reference evaluator and the specification's semantics 6 (replies and
+// related errors of an allowed connection pass; after a change, a
+// connection the new set denies is cut at its next packet and one it allows
+// goes on), kept per end of each connection by sModel below.
 
 // sEntry is a connection as the model tracks it at one end: the
 // connection it was judged as when its first packet passed, and the
