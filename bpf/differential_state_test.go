@@ -332,8 +332,8 @@ func packetOf(r *rand.Rand, f *sFlow) (p pkt, reply bool) {
 
 // errorAbout draws an ICMP error quoting a packet of flow f (of any
 // protocol, the whole packet or only the 8 bytes after its IP header that
-// RFC 792 asks for), sent to the quoted packet's source through the link
-// of endpoint local.
+// RFC 792 asks for), sent to the quoted packet's source (one in eight:
+// to its destination) through the link of endpoint local.
 func (s *sRunner) errorAbout(r *rand.Rand, f *sFlow, local int) (pkt, pkt) {
 	q := f.first
 	if q.proto == 6 {
@@ -360,6 +360,11 @@ func (s *sRunner) errorAbout(r *rand.Rand, f *sFlow, local int) (pkt, pkt) {
 	default:
 		// from the endpoint, about a packet it received
 		e.src = localAddr
+	}
+	if r.IntN(8) == 0 {
+		// quoting the other way: not sent to the quoted packet's
+		// source, so related to nothing (judged by its type)
+		q = replyOf(q)
 	}
 	e.payload = q.ip()
 	if r.IntN(3) == 0 {
