@@ -59,6 +59,48 @@ type sModel struct {
 	env     *policies.Env
 	gen     int
 	entries map[sKey]*sEntry
+	// frags: the first fragments that passed (decision 65), by
+	// interface, direction and datagram, as their later fragments are
+	// judged: with the first one's protocol and ports.
+	frags map[sFragKey]pkt
+}
+
+type sFragKey struct {
+	ifx      int
+	dir      policies.Direction
+	src, dst netip.Addr
+	id       uint32
+}
+
+// sLater is a later fragment not sent yet.
+type sLater struct {
+	local   int
+	dir     policies.Direction
+	p       pkt
+	foreign bool
+}
+
+// first notes a first fragment's verdict; later judges a later fragment:
+// it follows its first fragment, at the same interface and in the same
+// direction, and only where that one passed (else frag-no-flow).
+func (m *sModel) first(ifx int, dir policies.Direction, p pkt, verdict string) {
+	if verdict != "drop" {
+		t := p
+		t.tcpFlags, t.payload, t.moreFrags = 0, nil, false
+		m.frags[sFragKey{ifx, dir, p.src, p.dst, p.fragID}] = t
+	}
+}
+
+func (m *sModel) later(ifx int, dir policies.Direction, p pkt, foreign bool) (string, string) {
+	if m.env.Enforcement == policies.EnforcementNever {
+		return "pass", "not enforced"
+	}
+	t, ok := m.frags[sFragKey{ifx, dir, p.src, p.dst, p.fragID}]
+	if !ok {
+		return "drop", "later fragment of no first fragment that passed"
+	}
+	v, why := m.judge(ifx, dir, t, nil, foreign)
+	return v, "later fragment: " + why
 }
 
 func swapKey(k datapathCtKey) datapathCtKey {
@@ -188,11 +230,12 @@ type sFlow struct {
 
 type sRunner struct {
 	dRunner
-	w     dWorld
-	spec  policygen.Spec
-	model *sModel
-	log   []string
-	sport uint16
+	w      dWorld
+	spec   policygen.Spec
+	model  *sModel
+	log    []string
+	sport  uint16
+	fragID uint32
 }
 
 // apply writes the world's current policy into the maps as the daemon
@@ -249,7 +292,7 @@ func (s *sRunner) reset() error {
 			return err
 		}
 	}
-	s.model = &sModel{env: s.w.env, entries: map[sKey]*sEntry{}}
+	s.model = &sModel{env: s.w.env, entries: map[sKey]*sEntry{}, frags: map[sFragKey]pkt{}}
 	return s.apply()
 }
 
@@ -503,6 +546,7 @@ func TestDifferentialStateful(t *testing.T) {
 		}
 		s.log = append(s.log, "policy:\n"+s.spec.String())
 		var flows []*sFlow
+		var laters []sLater
 		fail := ""
 		err := h.ns.Do(func() error {
 			for step := 0; step < 300 && fail == ""; step++ {
@@ -518,6 +562,32 @@ func TestDifferentialStateful(t *testing.T) {
 				case n < 8 || len(flows) == 0:
 					f := s.newFlow(r)
 					flows = append(flows, &f)
+				}
+				if len(laters) > 0 && r.IntN(8) == 0 {
+					// a later fragment, maybe after a policy change
+					i := r.IntN(len(laters))
+					l := laters[i]
+					laters = slices.Delete(laters, i, i+1)
+					prog := h.dp.objs.MembraneEgress
+					if l.dir == policies.Ingress {
+						prog = h.dp.objs.MembraneIngress
+					}
+					inIf := 0
+					if l.foreign {
+						inIf = 1
+					}
+					want, why := s.model.later(h.ifs[l.local], l.dir, l.p, l.foreign)
+					got, err := s.run(prog, h.ifs[l.local], inIf, l.p)
+					if err != nil {
+						return err
+					}
+					packets++
+					line := fmt.Sprintf("%v at endpoint %d: %s, later fragment %d: BPF %s, model %s (%s)", l.dir, l.local, describe(l.p), l.p.fragID, got, want, why)
+					s.log = append(s.log, line)
+					if got != want {
+						fail = line
+					}
+					continue
 				}
 				f := policygen.Pick(r, flows)
 				// the end: the sender's (egress) or the receiver's (ingress)
@@ -552,10 +622,22 @@ func TestDifferentialStateful(t *testing.T) {
 				if foreign {
 					inIf = 1
 				}
+				frag := quote == nil && r.IntN(10) == 0
+				if frag {
+					s.fragID++
+					p.fragID, p.moreFrags, p.payload = s.fragID, true, make([]byte, 16)
+				}
 				want, why := s.model.judge(h.ifs[local], dir, p, quote, foreign)
 				got, err := s.run(prog, h.ifs[local], inIf, p)
 				if err != nil {
 					return err
+				}
+				if frag {
+					s.model.first(h.ifs[local], dir, p, want)
+					l := p
+					l.fragOff, l.moreFrags = 3, false
+					laters = append(laters, sLater{local: local, dir: dir, p: l, foreign: foreign})
+					why += fmt.Sprintf(", first fragment %d", p.fragID)
 				}
 				packets++
 				if why != "new connection" {
