@@ -13,6 +13,7 @@ import (
 
 	"github.com/membrane-fw/membrane/internal/policygen"
 	"github.com/membrane-fw/membrane/policies"
+	"github.com/membrane-fw/membrane/proxy"
 )
 
 var (
@@ -35,7 +36,11 @@ var (
 // IPv4 authentication headers (decision 64) before the transport header;
 // and as a first fragment followed by a later one, which must share its
 // verdict (decision 65). An end's verdict is drop, pass or redirect (to the
-// L7 proxy), and the endpoints' flags are those the daemon gives them
+// L7 proxy); a connection that goes to the proxy is judged again at an
+// endpoint destination as the proxy's upstream connection (from the host's
+// address, marked with the source's identity, which the destination's
+// ingress must judge as the source's, never redirecting it again). The
+// endpoints' flags are those the daemon gives them
 // (enforcement, audit). TestDifferentialStateful (differential_state_test.go)
 // sends sequences, with policy changes between packets.
 //
@@ -264,6 +269,9 @@ type dRunner struct {
 	h      *harness
 	sport  uint16
 	fragID uint32
+	model  *policies.Model // of the batch loaded
+	// upstreams counts the connections judged again from the proxy.
+	upstreams int
 }
 
 func (d *dRunner) load(g policygen.Spec, w dWorld) (*policies.Set, error) {
@@ -272,6 +280,7 @@ func (d *dRunner) load(g policygen.Spec, w dWorld) (*policies.Set, error) {
 	if err != nil {
 		return nil, fmt.Errorf("compile: %w", err)
 	}
+	d.model = m
 	dp := d.h.dp
 	if err := dp.IPCacheSync(ipcacheOf(m, w)); err != nil {
 		return nil, err
@@ -405,10 +414,67 @@ func (d *dRunner) check(g policygen.Spec, w dWorld, conns []dConn) (string, dCon
 				msg, bad = fmt.Sprintf("ingress end: BPF %q, evaluator %s (matched %v)", ig, res.Ingress.Verdict, res.Ingress.Matched), c
 				return nil
 			}
+			// A connection that goes to the L7 proxy (at either end)
+			// reaches an endpoint destination again from the proxy:
+			// from the host's address, marked with the source's
+			// identity, judged by the destination's ingress as the
+			// source's and never sent to the proxy again.
+			if c.to >= 0 && c.proto == policies.ProtoTCP && (expectedEnd(res.Egress) == "redirect" || expectedEnd(res.Ingress) == "redirect") {
+				up, err := d.upstream(w, c)
+				if err != nil {
+					return err
+				}
+				if e := expected(res.Ingress.Verdict); e != up {
+					msg, bad = fmt.Sprintf("ingress end, from the L7 proxy: BPF %q, evaluator %s (matched %v)", up, res.Ingress.Verdict, res.Ingress.Matched), c
+					return nil
+				}
+			}
 		}
 		return nil
 	})
 	return msg, bad, err
+}
+
+// upstream judges the proxy's upstream connection for c at c's
+// destination: its verdict, drop, pass or redirect.
+func (d *dRunner) upstream(w dWorld, c dConn) (string, error) {
+	var src policies.Identity
+	switch {
+	case c.from >= 0:
+		src = w.ids[c.from].Identity
+	case c.from == peerHost:
+		src = policies.IdentityHost
+	case c.from == peerInit:
+		src = policies.IdentityInit
+	default:
+		src = d.model.AddrIdentity(c.world)
+	}
+	host := dHost4
+	if c.v6 {
+		host = dHost6
+	}
+	d.sport++
+	if d.sport < 40000 || d.sport > 60000 {
+		d.sport = 40000
+	}
+	d.upstreams++
+	p := pkt{src: host, dst: w.addrOf(c.to, c), proto: 6, sport: d.sport, dport: c.port, tcpFlags: tcpSYN}
+	ret, err := d.h.dp.objs.MembraneIngress.Run(&ebpf.RunOptions{Data: p.bytes(),
+		Context: skbCtx{Ifindex: uint32(d.h.ifs[c.to]), Mark: proxy.FromProxyMark(src)}})
+	if err != nil {
+		return "", err
+	}
+	switch ret {
+	case retDrop:
+		return "drop", nil
+	case retRedirect:
+		return "redirect", nil
+	}
+	k := p.ctKey(d.h.ifs[c.to])
+	if err := d.h.dp.objs.MembraneCt.Delete(&k); err != nil && w.env.Enforcement != policies.EnforcementNever {
+		return "", fmt.Errorf("upstream packet passed without a conntrack entry: %w", err)
+	}
+	return "pass", nil
 }
 
 // shrink drops policies, rules and attributes while the case still fails.
@@ -453,7 +519,7 @@ func TestDifferential(t *testing.T) {
 		}
 		sets++
 	}
-	t.Logf("%d end verdicts over %d random policy sets agree (seed %d)", cases, sets, *diffSeed)
+	t.Logf("%d end verdicts over %d random policy sets agree, and %d connections' again from the L7 proxy (seed %d)", cases, sets, d.upstreams, *diffSeed)
 }
 
 // modelSays reports the compiled model's own verdicts for the case, which
