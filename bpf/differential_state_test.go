@@ -25,8 +25,10 @@ var diffFlowWorlds = flag.Int("diff.flowworlds", 120, "number of random worlds (
 // a retransmitted SYN; UDP, SCTP, ICMP echo, timestamp and other types,
 // GRE), a reply before any packet of the original direction, ICMP errors
 // quoting a packet of either direction (whole, or its first 8 bytes) to or
-// from the endpoint, some flows reaching their receiver through a foreign
-// device (decision 56), and between them policy changes (a new random set,
+// from the endpoint (some sent to the quoted packet's destination, related
+// to nothing), first fragments whose later fragment comes some steps on,
+// some flows reaching their receiver through a foreign device (decision
+// 56), and between them policy changes (a new random set,
 // a rule deleted or added, an endpoint relabelled to another identity, other
 // audit and enforcement settings). Verdicts are drop, pass or redirect (to
 // the L7 proxy). The expected verdict of each packet comes from the
