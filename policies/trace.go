@@ -71,7 +71,7 @@ type resultJSON struct {
 // end): an audited drop is "denied", what the policies say, with "audit".
 // A traced request that the proxy refuses (403, or 400 before the rules)
 // makes the verdict "denied", and the end whose http blocks refused it too:
-// the trace answers whether that traffic passes (decision 76).
+// the trace answers whether that traffic passes (decision 72).
 func (r Result) MarshalJSON() ([]byte, error) {
 	j := resultJSON{
 		Verdict: contractVerdict(r.Verdict), Egress: contractVerdict(r.Egress.Verdict), Ingress: contractVerdict(r.Ingress.Verdict),

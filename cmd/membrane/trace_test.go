@@ -143,7 +143,7 @@ func TestTraceHTTP(t *testing.T) {
 		t.Errorf("POST /submit with X-Tenant=acme: %+v", j)
 	}
 	// A refused request is denied traffic, at the end whose http blocks
-	// refused it, on a connection the policies allow (decision 76).
+	// refused it, on a connection the policies allow (decision 72).
 	refused := append(base, "--http-method", "POST", "--http-path", "/submit", "--http-header", "X-Tenant=evil")
 	j = traceJSONOf(t, refused...)
 	if j.Verdict != "denied" || j.Egress != "allowed" || j.Ingress != "denied" || j.Connection != "allowed" ||

@@ -56,7 +56,7 @@
 //     someone else puts one there (a CNI plugin: Nomad's bridge networking
 //     does so in its pause container). Those interfaces are reported with
 //     the addresses the namespace holds on them, since Docker gave none
-//     (policy decision 71). No Docker event announces them: Recheck, called
+//     (policy decision 70). No Docker event announces them: Recheck, called
 //     when the link watcher sees such a veth, reads the container again, and
 //     again 1 and 5 seconds later for the address that comes after the veth.
 //

@@ -413,7 +413,7 @@ func (s *Source) endpointLocked(id string) (endpoint.Endpoint, bool) {
 		// interfaces, another container's or the host's among them;
 		// reported, it would take that address's identity. A
 		// --network none container has no interface of Docker's: those
-		// it has, a CNI plugin gave it with their addresses (decision 71).
+		// it has, a CNI plugin gave it with their addresses (decision 70).
 		if !o.networkNone {
 			itf.Addrs = slices.DeleteFunc(slices.Clone(itf.Addrs), func(p netip.Prefix) bool {
 				return !slices.Contains(n.addrs, p.Addr())
