@@ -448,7 +448,7 @@ func closest(given string, allowed []string) []string {
 	var best []string
 	bestDist := 3
 	for _, a := range allowed {
-		if otherFamily(given, a) {
+		if OtherFamily(given, a) {
 			continue
 		}
 		d := levenshteinDistance(given, a)
@@ -480,10 +480,11 @@ func singular(s string) string {
 	return s
 }
 
-// otherFamily reports whether two names both carry digits, and not the same
-// ones: "icmpv4" and "icmpv6" name two address families, whatever the
-// distance between them.
-func otherFamily(a, b string) bool {
+// OtherFamily reports whether two names both carry digits, and not the same
+// ones: "icmpv4" and "icmpv6" (or the flags --icmpv4 and --icmpv6) name two
+// address families, whatever the distance between them, so neither is
+// offered for the other as "did you mean".
+func OtherFamily(a, b string) bool {
 	digits := func(s string) string {
 		return strings.Map(func(r rune) rune {
 			if r >= '0' && r <= '9' {

@@ -311,26 +311,10 @@ var (
 // link-local ones aside (a container's 127.0.0.1 is its own, and a
 // link-local address is one link's). None when they cannot be listed.
 func interfaceAddrs() []policies.HostAddr {
-	ifs, err := net.Interfaces()
-	if err != nil {
-		return nil
-	}
 	var out []policies.HostAddr
-	for _, ifc := range ifs {
-		addrs, err := ifc.Addrs()
-		if err != nil {
-			continue
-		}
-		for _, a := range addrs {
-			ipn, ok := a.(*net.IPNet)
-			if !ok {
-				continue
-			}
-			p, ok := netipPrefix(ipn)
-			if !ok || p.Addr().IsLoopback() || p.Addr().IsLinkLocalUnicast() {
-				continue
-			}
-			out = append(out, policies.HostAddr{Name: ifc.Name, Addr: p.Addr()})
+	for _, ia := range interfacePrefixes(func(string) bool { return true }) {
+		if !ia.prefix.Addr().IsLoopback() {
+			out = append(out, policies.HostAddr{Name: ia.name, Addr: ia.prefix.Addr()})
 		}
 	}
 	return out
@@ -342,16 +326,35 @@ func interfaceAddrs() []policies.HostAddr {
 // docker0 and br-*, CNI's and nerdctl's). Link-local addresses are left
 // out. None when the interfaces cannot be listed.
 func containerNetworks() []policies.ContainerNetwork {
+	managed := func(name string) bool {
+		return slices.ContainsFunc(linkwatch.DefaultBridges, func(pat string) bool {
+			ok, _ := path.Match(pat, name)
+			return ok
+		})
+	}
+	var out []policies.ContainerNetwork
+	for _, ia := range interfacePrefixes(managed) {
+		out = append(out, policies.ContainerNetwork{Name: ia.name, Prefix: ia.prefix.Masked()})
+	}
+	return out
+}
+
+// ifacePrefix is one address of an interface, with its prefix length.
+type ifacePrefix struct {
+	name   string
+	prefix netip.Prefix
+}
+
+// interfacePrefixes are the addresses of the interfaces whose names keep
+// takes, link-local ones aside. None when the interfaces cannot be listed.
+func interfacePrefixes(keep func(name string) bool) []ifacePrefix {
 	ifs, err := net.Interfaces()
 	if err != nil {
 		return nil
 	}
-	var out []policies.ContainerNetwork
+	var out []ifacePrefix
 	for _, ifc := range ifs {
-		if !slices.ContainsFunc(linkwatch.DefaultBridges, func(pat string) bool {
-			ok, _ := path.Match(pat, ifc.Name)
-			return ok
-		}) {
+		if !keep(ifc.Name) {
 			continue
 		}
 		addrs, err := ifc.Addrs()
@@ -367,7 +370,7 @@ func containerNetworks() []policies.ContainerNetwork {
 			if !ok || p.Addr().IsLinkLocalUnicast() {
 				continue
 			}
-			out = append(out, policies.ContainerNetwork{Name: ifc.Name, Prefix: p.Masked()})
+			out = append(out, ifacePrefix{ifc.Name, p})
 		}
 	}
 	return out

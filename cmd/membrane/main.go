@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/membrane-fw/membrane/policies"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 )
@@ -144,7 +145,7 @@ func suggestFlag(c *cobra.Command, err error) string {
 	var best []string
 	bestDist := 3
 	for _, f := range flags {
-		if otherFamily(name, f) {
+		if policies.OtherFamily(name, f) {
 			continue
 		}
 		switch d := editDistance(name, f); {
@@ -155,22 +156,6 @@ func suggestFlag(c *cobra.Command, err error) string {
 		}
 	}
 	return strings.Join(best, " or ")
-}
-
-// otherFamily reports whether two flag names both carry digits, and not the
-// same ones: --icmpv4 means --icmp, not --icmpv6, one letter away, which
-// would trace the other address family.
-func otherFamily(a, b string) bool {
-	digits := func(s string) string {
-		return strings.Map(func(r rune) rune {
-			if r >= '0' && r <= '9' {
-				return r
-			}
-			return -1
-		}, s)
-	}
-	da, db := digits(a), digits(b)
-	return da != "" && db != "" && da != db
 }
 
 // editDistance is the Levenshtein distance between a and b.
