@@ -78,26 +78,22 @@ func (r Result) MarshalJSON() ([]byte, error) {
 		Audit: r.Verdict == VerdictAudit, Matched: r.Matched(),
 		From: r.From, To: r.To, EgressCheck: r.Egress, IngressCheck: r.Ingress, L7: r.L7, Docker: r.Docker,
 	}
-	if r.RequestRefused() && j.Verdict == VerdictAllowed {
+	if r.L7.refused() && j.Verdict == VerdictAllowed {
 		j.Connection, j.Verdict = j.Verdict, VerdictDenied
-		if r.Egress.requestRefused() {
+		if r.Egress.L7.refused() {
 			j.Egress = VerdictDenied
 		}
-		if r.Ingress.requestRefused() {
+		if r.Ingress.L7.refused() {
 			j.Ingress = VerdictDenied
 		}
 	}
 	return json.Marshal(j)
 }
 
-// RequestRefused reports whether the connection carried a traced HTTP
-// request that the proxy answers with anything but the upstream's answer.
-func (r Result) RequestRefused() bool {
-	return r.L7 != nil && r.L7.HTTP != nil && r.L7.HTTP.Verdict != "allowed"
-}
-
-func (e EndResult) requestRefused() bool {
-	return e.L7 != nil && e.L7.HTTP != nil && e.L7.HTTP.Verdict != "allowed"
+// refused reports whether a traced HTTP request was given and the proxy
+// answers it itself (403, or 400 before the rules) instead of passing it on.
+func (l *L7Result) refused() bool {
+	return l != nil && l.HTTP != nil && l.HTTP.Verdict != "allowed"
 }
 
 // UnmarshalJSON reads what MarshalJSON wrote (for --live, where the daemon
@@ -130,7 +126,7 @@ func contractVerdict(v Verdict) Verdict {
 // the rules that decided, and the L7 outcome.
 func (r Result) WriteText(w io.Writer) error {
 	var b strings.Builder
-	if r.RequestRefused() && r.Verdict == VerdictAllowed {
+	if r.L7.refused() && r.Verdict == VerdictAllowed {
 		fmt.Fprintf(&b, "verdict: denied (the connection is allowed; the proxy answers the request %s)\n", statusText(r.L7.HTTP.Verdict))
 	} else {
 		fmt.Fprintf(&b, "verdict: %s\n", r.Verdict)
@@ -179,7 +175,7 @@ func writeEnd(b *strings.Builder, dir, role string, e EndResult) {
 	if e.DefaultDeny {
 		dd = "on"
 	}
-	if e.Verdict == VerdictAllowed && e.requestRefused() {
+	if e.Verdict == VerdictAllowed && e.L7.refused() {
 		fmt.Fprintf(b, "%-8s denied (endpoint %s, default-deny %s; the connection is allowed, the request is not)\n", dir+":", e.Endpoint, dd)
 	} else {
 		fmt.Fprintf(b, "%-8s %s (endpoint %s, default-deny %s)\n", dir+":", e.Verdict, e.Endpoint, dd)
