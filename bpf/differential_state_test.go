@@ -427,13 +427,7 @@ func (s *sRunner) run(prog *ebpf.Program, ifindex, inIfindex int, p pkt) (string
 	if err != nil {
 		return "", err
 	}
-	switch ret {
-	case retDrop:
-		return "drop", nil
-	case retRedirect:
-		return "redirect", nil
-	}
-	return "pass", nil
+	return verdictName(ret), nil
 }
 
 func describe(p pkt) string {

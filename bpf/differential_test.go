@@ -324,28 +324,19 @@ func (d *dRunner) judge(w dWorld, c dConn) (egress, ingress string, err error) {
 		later = p
 		later.fragOff, later.moreFrags = 3, false
 	}
-	verdict := func(ret uint32) string {
-		switch ret {
-		case retDrop:
-			return "drop"
-		case retRedirect:
-			return "redirect"
-		}
-		return "pass"
-	}
 	one := func(prog *ebpf.Program, ifindex int) (string, error) {
 		ret, err := prog.Run(&ebpf.RunOptions{Data: p.bytes(), Context: skbCtx{Ifindex: uint32(ifindex)}})
 		if err != nil {
 			return "", err
 		}
-		v := verdict(ret)
+		v := verdictName(ret)
 		if c.frag {
 			// The later fragment follows the first: same verdict.
 			lret, err := prog.Run(&ebpf.RunOptions{Data: later.bytes(), Context: skbCtx{Ifindex: uint32(ifindex)}})
 			if err != nil {
 				return "", err
 			}
-			if lv := verdict(lret); lv != v {
+			if lv := verdictName(lret); lv != v {
 				return fmt.Sprintf("%s, later fragment %s", v, lv), nil
 			}
 		}
@@ -464,11 +455,8 @@ func (d *dRunner) upstream(w dWorld, c dConn) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	switch ret {
-	case retDrop:
-		return "drop", nil
-	case retRedirect:
-		return "redirect", nil
+	if v := verdictName(ret); v != "pass" {
+		return v, nil
 	}
 	k := p.ctKey(d.h.ifs[c.to])
 	if err := d.h.dp.objs.MembraneCt.Delete(&k); err != nil && w.env.Enforcement != policies.EnforcementNever {

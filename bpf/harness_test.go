@@ -89,6 +89,18 @@ const (
 	retRedirect = 7          // TC_ACT_REDIRECT: an L7 flow sent to the bridge
 )
 
+// verdictName is a program's return value as the differential tests
+// compare verdicts: drop, redirect (to the L7 proxy) or pass.
+func verdictName(ret uint32) string {
+	switch ret {
+	case retDrop:
+		return "drop"
+	case retRedirect:
+		return "redirect"
+	}
+	return "pass"
+}
+
 // run judges one packet at ifindex in direction dir and returns the program's
 // return value.
 func (h *harness) run(dir policies.Direction, ifindex int, mark uint32, pkt []byte) uint32 {

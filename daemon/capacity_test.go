@@ -109,12 +109,7 @@ func metricValue(text, series string) (float64, bool) {
 // setting, and the set before it stays in the kernel whole.
 func TestIPCacheTablesFillToTheirSizeAndNoFurther(t *testing.T) {
 	d := newTestDaemon(t, testDaemonOpts{extra: "maps {\n  ipcache = 64\n}\n"})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := freeLoopbackAddr(t)
 	d.cfg.Metrics.Listen = addr
 	d.writePolicy("cidrs.hcl", cidrPolicy(91, 64))
 	d.start(nil, nil)
@@ -184,12 +179,7 @@ func TestIPCacheTablesFillToTheirSizeAndNoFurther(t *testing.T) {
 // through.
 func TestPolicyMapFillCountsTheMapNotTheIdentityStore(t *testing.T) {
 	d := newTestDaemon(t, testDaemonOpts{extra: "maps {\n  policy = 16\n}\n"})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := freeLoopbackAddr(t)
 	d.cfg.Metrics.Listen = addr
 	var ids []string
 	for i := range 20 {
@@ -226,4 +216,16 @@ func TestPolicyMapFillCountsTheMapNotTheIdentityStore(t *testing.T) {
 	if v, ok := metricValue(text, `membrane_map_fill_ratio{map="policy"}`); !ok || v != 0 {
 		t.Errorf(`membrane_map_fill_ratio{map="policy"} = %v (%v), want 0`, v, ok)
 	}
+}
+
+// freeLoopbackAddr is a loopback TCP address no one listens on now, for a
+// test daemon's metrics.
+func freeLoopbackAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }

@@ -44,12 +44,7 @@ func TestLostFlowEventsAreCountedWhenTheyAreLost(t *testing.T) {
 	sfx := testenv.RandomSuffix(6)
 	br, veth := "rlb"+sfx, "rlv"+sfx
 	d := newTestDaemon(t, testDaemonOpts{bridges: []string{br}, extra: "maps {\n  events = 4096\n}\n"})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := freeLoopbackAddr(t)
 	d.cfg.Metrics.Listen = addr
 
 	ns := testenv.NewNetNS(t, "rlns")
