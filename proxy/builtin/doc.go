@@ -20,7 +20,8 @@
 // allowed request and again when the upstream closed it (a body-less
 // request on a kept-alive upstream connection the server just dropped is
 // retried once); request and response bodies are relayed by their framing
-// (Content-Length, chunked, until close) without buffering whole bodies;
+// (Content-Length, chunked, until close) without buffering whole bodies
+// (a request's chunked trailer section is dropped: the rules never saw it);
 // pipelined requests are answered in order, and responses are flushed when
 // the client has nothing more buffered. A client that half-closes after
 // its request still gets the response. A WebSocket upgrade, judged at the

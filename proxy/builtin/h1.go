@@ -887,7 +887,7 @@ func (h *h1) drainBody() bool {
 	var err error
 	if h.rq.chunked {
 		var line []byte
-		err = copyChunked(w, h.br, buf[:], &line, false)
+		err = copyChunked(w, h.br, buf[:], &line, false, false)
 	} else {
 		err = copyN(w, h.br, h.rq.contentLength, buf[:])
 	}
@@ -1159,7 +1159,7 @@ func (h *h1) writeRequest(u *upConn, method string, fwd []byte, over string, upg
 		var err error
 		if rq.chunked {
 			var line []byte
-			err = copyChunked(w, h.br, bufp[:], &line, true)
+			err = copyChunked(w, h.br, bufp[:], &line, true, false)
 		} else {
 			err = copyN(w, h.br, rq.contentLength, bufp[:])
 		}
@@ -1375,7 +1375,7 @@ func (h *h1) relay(ev *proxy.Event, u *upConn, method string, upgrade bool) bool
 		case bodyLength:
 			err = copyN(w, u.r, rs.contentLength, bufp[:])
 		case bodyChunked:
-			err = copyChunked(w, u.r, bufp[:], &u.head, chunkOut)
+			err = copyChunked(w, u.r, bufp[:], &u.head, chunkOut, true)
 			u.head = u.head[:0]
 		default:
 			err = copyUntilEOF(w, u.r, bufp[:], chunkOut)

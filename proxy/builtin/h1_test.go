@@ -159,8 +159,9 @@ func TestChunkedRequestBodyReachesUpstreamWhole(t *testing.T) {
 	up := conformance.StartUpstream(t)
 	addr, _ := engineFor(t, up, conformance.AllowAll())
 	c := dialClient(t, addr)
-	// Chunks with an extension, upper-case hex, a trailer field, then a
-	// second request on the same connection.
+	// Chunks with an extension, upper-case hex, a trailer field (dropped:
+	// TestRequestTrailersNotForwarded), then a second request on the same
+	// connection.
 	body := "hello, " + strings.Repeat("x", 300) + " world"
 	req := "POST /upload HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n" +
 		"7;ext=1\r\n" + body[:7] + "\r\n" +

@@ -45,9 +45,12 @@ func copyN(dst *bufio.Writer, src *bufio.Reader, n int64, buf []byte) error {
 }
 
 // copyChunked copies a chunked body from src to dst, re-chunked (chunk
-// extensions dropped, trailers kept) when rechunk, else decoded (trailers
-// dropped). line is scratch space.
-func copyChunked(dst *bufio.Writer, src *bufio.Reader, buf []byte, line *[]byte, rechunk bool) error {
+// extensions dropped) when rechunk, else decoded. The trailer section is
+// checked and copied when rechunk and trailers, else dropped: a request's
+// trailers never reach the upstream (writeRequest), as Envoy's HTTP/1
+// codec drops them, since servers that merge them into the header section
+// would read fields the rules never judged. line is scratch space.
+func copyChunked(dst *bufio.Writer, src *bufio.Reader, buf []byte, line *[]byte, rechunk, trailers bool) error {
 	for {
 		if src.Buffered() == 0 {
 			if err := dst.Flush(); err != nil {
@@ -84,7 +87,7 @@ func copyChunked(dst *bufio.Writer, src *bufio.Reader, buf []byte, line *[]byte,
 				if _, ok := parseField(*line, l); !ok {
 					return readErr{err: errMalformedChunk}
 				}
-				if rechunk {
+				if rechunk && trailers {
 					dst.Write(l.of(*line))
 					dst.WriteString("\r\n")
 				}
