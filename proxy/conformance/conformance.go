@@ -110,6 +110,7 @@ func Run(t *testing.T, f Factory) {
 	t.Run("HalfCloseAfterRequest", s.halfClose)
 	t.Run("LargeUpload", s.largeUpload)
 	t.Run("UploadWithExpectContinue", s.expectContinue)
+	t.Run("RequestTrailersNotForwarded", s.requestTrailers)
 	t.Run("LargeDownload", s.largeDownload)
 	t.Run("WebSocket", s.webSocket)
 	t.Run("H2CStreamsJudgedEach", s.h2c)
@@ -475,6 +476,22 @@ func (s *suite) largeUpload(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 403 {
 		t.Fatalf("denied upload: status %d, want 403", resp.StatusCode)
+	}
+}
+
+// requestTrailers: the trailer section of a chunked HTTP/1.1 request
+// never reaches the upstream (docs/policy.md, decision 81): servers that
+// merge it into the header section would read fields no rule judged.
+func (s *suite) requestTrailers(t *testing.T) {
+	rc := s.dialRaw(t)
+	rc.Send("POST /upload HTTP/1.1\r\nHost: svc\r\nTrailer: X-Tenant\r\nTransfer-Encoding: chunked\r\n\r\n" +
+		"5\r\nhello\r\n0\r\nX-Tenant: evil\r\n\r\n")
+	resp, body := rc.Read("POST")
+	if resp.StatusCode != 200 || !strings.Contains(body, "n=5 ") {
+		t.Fatalf("chunked POST with a trailer: %d %q, want 200 and the body", resp.StatusCode, body)
+	}
+	if strings.Contains(body, "trailers=") {
+		t.Fatalf("the upstream got the request's trailer section: %q", body)
 	}
 }
 
@@ -993,6 +1010,11 @@ func upstreamHandler(gs *grpc.Server) http.Handler {
 				return
 			}
 			fmt.Fprintf(w, "upstream %s %s n=%d sha=%s", r.Method, r.URL.Path, n, hex.EncodeToString(h.Sum(nil)))
+			if len(r.Trailer) > 0 {
+				// Every trailer field that came (net/http keeps undeclared
+				// ones too), for the test that none does.
+				fmt.Fprintf(w, " trailers=%v", r.Trailer)
+			}
 		case strings.HasPrefix(r.URL.Path, "/download/"):
 			n, _ := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
 			io.Copy(w, &pattern{n: n})

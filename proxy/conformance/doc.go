@@ -11,8 +11,9 @@
 // over real loopback connections: allowed and denied methods, paths, hosts
 // and headers; keep-alive connections mixing allowed and denied requests;
 // pipelining; rule changes on a kept-alive connection; large uploads
-// (chunked, Expect: 100-continue) and downloads; WebSocket; h2c streams; a
-// gRPC call allowed by path and one denied; bad and oversized requests; and,
+// (chunked, Expect: 100-continue; their trailers never reach the upstream)
+// and downloads; WebSocket; h2c streams; a gRPC call allowed by path and
+// one denied; bad and oversized requests; and,
 // when the engine reports events, the verdict records; and the Prometheus
 // request counters by verdict.
 package conformance
