@@ -474,6 +474,16 @@ func HTTPAsteriskTarget(method, target string) string {
 	return ""
 }
 
+// HTTPTargetByte reports whether c may stand in a request target as sent:
+// visible ASCII, what RFC 3986 and RFC 9112 allow (clients percent-encode
+// the rest). A space or control character would end the request line for
+// one parser and not for another, and a byte above 0x7E is read as Latin-1
+// by some servers, as UTF-8 by others, and as '.' or '/' by those that
+// decode overlong UTF-8 ("\xc0\xae"); Envoy's HTTP/1 parser refuses them
+// too. The proxies refuse such a target (400) whatever the rules, over
+// HTTP/1.1 and HTTP/2 alike.
+func HTTPTargetByte(c byte) bool { return '!' <= c && c <= '~' }
+
 // HTTPConnectRefused says why the proxies refuse every CONNECT, whatever
 // the rules: they stand in front of one server, and a tunnel would carry
 // requests past the rules.
@@ -482,7 +492,7 @@ const HTTPConnectRefused = "CONNECT is not proxied"
 // onWire is req as the proxies read it off the wire, or why they refuse
 // it (400) whatever the rules: a method that is no token, a target that is
 // neither an origin-form path, '*' nor an absolute http(s) URI, or holds
-// a space or control character (it would end the request line there), a
+// a byte that is not visible ASCII (HTTPTargetByte), a
 // field whose name is no token or whose value holds a line break or NUL.
 // An absolute-form target's authority stands for Host, as in the
 // proxies, and its path and query are the target judged.
@@ -495,7 +505,7 @@ func (req *HTTPRequest) onWire() (HTTPRequest, string) {
 		return q, "invalid method"
 	}
 	for i := 0; i < len(q.Path); i++ {
-		if c := q.Path[i]; c <= ' ' || c == 0x7f {
+		if !HTTPTargetByte(q.Path[i]) {
 			return q, "invalid request target"
 		}
 	}

@@ -451,6 +451,13 @@ func (e *Engine) serveStream(w *statusWriter, r *http.Request, ctx context.Conte
 		err = errConnect
 	}
 	why := policies.HTTPAmbiguousTarget(r.RequestURI, r.URL.Path)
+	for i := 0; why == "" && i < len(r.RequestURI); i++ {
+		// HTTP/1.1 refuses these in its parser; net/http's HTTP/2 server
+		// takes a space or a byte above 0x7E in :path.
+		if !policies.HTTPTargetByte(r.RequestURI[i]) {
+			why = "a byte that is not visible ASCII in the request target"
+		}
+	}
 	if why == "" {
 		why = policies.HTTPAsteriskTarget(r.Method, r.RequestURI)
 	}

@@ -36,7 +36,8 @@
 // swaps the resolver; a connection re-resolves at its next request, so rule
 // changes apply to kept-alive connections. A request that does not parse
 // gets 400 (Content-Length with Transfer-Encoding, differing
-// Content-Lengths, a malformed request line, field or chunk), oversized
+// Content-Lengths, a malformed request line, field or chunk, a target
+// byte that is not visible ASCII, over HTTP/2 too), oversized
 // headers 431, another Transfer-Encoding than chunked 501, an Expect other
 // than 100-continue 417; then the connection closes.
 //

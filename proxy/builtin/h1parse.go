@@ -6,6 +6,8 @@ import (
 	"errors"
 	"io"
 	"net/http"
+
+	"github.com/membrane-fw/membrane/policies"
 )
 
 // Parsing of HTTP/1.x message heads and chunked framing (RFC 9112), without
@@ -345,7 +347,7 @@ func parseRequestLine(buf []byte, line span, rq *request) error {
 		return badRequest("invalid method")
 	}
 	for _, c := range rq.target.of(buf) {
-		if c <= ' ' || c == 0x7f {
+		if !policies.HTTPTargetByte(c) {
 			return badRequest("invalid request target")
 		}
 	}

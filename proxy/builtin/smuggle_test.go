@@ -2,11 +2,20 @@ package builtin
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/membrane-fw/membrane/proxy"
 	"github.com/membrane-fw/membrane/proxy/conformance"
 )
 
@@ -80,5 +89,84 @@ func TestRequestTrailersNotForwarded(t *testing.T) {
 	}
 	if strings.Contains(h[0], "evil") || strings.Contains(h[0], "/admin") || strings.Contains(strings.ToLower(h[0]), "trailer") {
 		t.Fatalf("the upstream got the trailer section the rules never judged: %q", h[0])
+	}
+}
+
+// TestTargetOutsideVisibleASCIIRefused: a request target holds visible
+// ASCII only (RFC 3986; clients percent-encode the rest): one with a raw
+// byte above 0x7E gets 400 over HTTP/1.1, as Envoy's HTTP/1 parser
+// refuses it, and over HTTP/2 so does a :path with such a byte or a
+// space, which HTTP/1.1 refuses already; nothing reaches the upstream.
+// Percent-encoded, the same path passes.
+func TestTargetOutsideVisibleASCIIRefused(t *testing.T) {
+	var reached atomic.Int32
+	up := startH2Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		reached.Add(1)
+		io.WriteString(w, r.RequestURI)
+	}))
+	addr, events := engineFor(t, up, conformance.AllowAll())
+	for _, target := range []string{"/public/caf\xc3\xa9", "/public/\xc0\xae\xc0\xae/admin", "/public/x?q=\xff"} {
+		c := dialClient(t, addr)
+		c.send("GET " + target + " HTTP/1.1\r\nHost: svc\r\n\r\n")
+		if resp, body := c.read("GET"); resp.StatusCode != 400 {
+			t.Errorf("HTTP/1.1 GET %q: %d %q, want 400", target, resp.StatusCode, body)
+		}
+	}
+	for _, path := range []string{"/public/caf\xc3\xa9", "/public/a b", "/public/x?q=\xff"} {
+		if st := h2Get(t, addr, path); st != "400" {
+			t.Errorf("HTTP/2 :path %q: %s, want 400", path, st)
+		}
+		if ev := <-events; ev.Status != 400 || ev.Verdict != proxy.VerdictError || ev.Path != path {
+			t.Errorf("HTTP/2 :path %q: event %+v, want an error record of the target as sent", path, ev)
+		}
+	}
+	if n := reached.Load(); n != 0 {
+		t.Fatalf("%d refused requests reached the upstream", n)
+	}
+	c := dialClient(t, addr)
+	c.send("GET /public/caf%C3%A9 HTTP/1.1\r\nHost: svc\r\n\r\n")
+	if resp, body := c.read("GET"); resp.StatusCode != 200 || body != "/public/caf%C3%A9" {
+		t.Fatalf("the percent-encoded path: %d %q, want 200", resp.StatusCode, body)
+	}
+	if st := h2Get(t, addr, "/public/a%20b"); st != "200" {
+		t.Fatalf("HTTP/2 :path /public/a%%20b: %s, want 200", st)
+	}
+}
+
+// h2Get sends one GET of path (as it is) with prior knowledge and returns
+// the response's status, or what ended the stream.
+func h2Get(t *testing.T, addr, path string) string {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, http2.ClientPreface)
+	fr := http2.NewFramer(c, c)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	fr.WriteSettings()
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":path", path}, {":authority", "svc"}} {
+		enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndHeaders: true, EndStream: true})
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			return err.Error()
+		}
+		switch f := f.(type) {
+		case *http2.MetaHeadersFrame:
+			return f.PseudoValue("status")
+		case *http2.RSTStreamFrame:
+			return "reset " + f.ErrCode.String()
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				fr.WriteSettingsAck()
+			}
+		}
 	}
 }

@@ -58,6 +58,8 @@ func TestTraceAnswersRequestsAsTheProxy(t *testing.T) {
 		{"G T", "/x", nil},                       // the method is no token
 		{"GET", "x", nil},                        // the target is no path
 		{"GET", "/x y", nil},                     // a space in the target
+		{"GET", "/x\xc3\xa9", nil},               // a byte above 0x7E in the target
+		{"GET", "/x%C3%A9", nil},                 // the same, percent-encoded
 		{"GET", "/x", [][2]string{{"X A", "b"}}}, // the field name is no token
 		{"GET", "/x", [][2]string{{"X-A", "b\r\nc"}}},
 		{"GET", "http://svc/x", nil},
