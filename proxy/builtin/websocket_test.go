@@ -11,6 +11,7 @@ import (
 
 	"github.com/membrane-fw/membrane/policies"
 	"github.com/membrane-fw/membrane/proxy"
+	"github.com/membrane-fw/membrane/proxy/conformance"
 )
 
 // startStatusServer runs a Go net/http server (HTTP/1.1) whose
@@ -117,5 +118,30 @@ func TestBytesAfterUnacceptedUpgradeAreJudged(t *testing.T) {
 	}
 	if resp, body := c.read("GET"); resp.StatusCode != 403 {
 		t.Fatalf("the bytes after it through the proxy: %d %q, want them judged: 403", resp.StatusCode, body)
+	}
+}
+
+// TestFramesAfterRefusedUpgradeReachNothing: a client that sends
+// WebSocket frames right after an upgrade request the rules refuse gets
+// 403, and its frames are read as what follows on the connection, an
+// HTTP request that does not parse (400, closed): none of it reaches the
+// upstream, which would have upgraded.
+func TestFramesAfterRefusedUpgradeReachNothing(t *testing.T) {
+	up := startScripted(t, respondOK)
+	addr, _ := engineFor(t, up.addr, conformance.Policy())
+	c := dialClient(t, addr)
+	// A masked text frame "GET /admin" (FIN, opcode 1, mask bit, length 10).
+	frame := "\x81\x8a\x01\x02\x03\x04" + string([]byte{'G' ^ 1, 'E' ^ 2, 'T' ^ 3, ' ' ^ 4, '/' ^ 1, 'a' ^ 2, 'd' ^ 3, 'm' ^ 4, 'i' ^ 1, 'n' ^ 2})
+	c.send("GET /chat HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n" +
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n" + frame + "\r\n\r\n")
+	if resp, body := c.read("GET"); resp.StatusCode != 403 {
+		t.Fatalf("the refused upgrade: %d %q, want 403", resp.StatusCode, body)
+	}
+	if resp, body := c.read("GET"); resp.StatusCode != 400 {
+		t.Fatalf("the frame after it: %d %q, want 400", resp.StatusCode, body)
+	}
+	c.expectEOF()
+	if h := up.seen(); len(h) != 0 {
+		t.Fatalf("the upstream got %q", h)
 	}
 }
