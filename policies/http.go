@@ -480,8 +480,8 @@ func HTTPAsteriskTarget(method, target string) string {
 // one parser and not for another, and a byte above 0x7E is read as Latin-1
 // by some servers, as UTF-8 by others, and as '.' or '/' by those that
 // decode overlong UTF-8 ("\xc0\xae"); Envoy's HTTP/1 parser refuses them
-// too. The proxies refuse such a target (400) whatever the rules, over
-// HTTP/1.1 and HTTP/2 alike.
+// too. The built-in engine refuses such a target (400) whatever the rules,
+// over HTTP/1.1 and HTTP/2, and so does policy trace.
 func HTTPTargetByte(c byte) bool { return '!' <= c && c <= '~' }
 
 // HTTPConnectRefused says why the proxies refuse every CONNECT, whatever
