@@ -147,3 +147,33 @@ func TestUpstreamsAsBuiltin(t *testing.T) {
 		t.Fatal("no clusters in the scenarios")
 	}
 }
+
+// TestRequestTrailersDroppedAsBuiltin: Envoy's HTTP/1 codec drops a
+// request's trailer section unless enable_trailers is on, as the built-in
+// engine drops it (docs/policy.md, decision 81: servers that merge trailers
+// into the header section would read fields no rule judged). Neither the
+// connection managers nor the upstream clusters turn it on.
+func TestRequestTrailersDroppedAsBuiltin(t *testing.T) {
+	for name, m := range connectionManagers(t) {
+		if m.GetHttpProtocolOptions().GetEnableTrailers() {
+			t.Errorf("%s: enable_trailers on: a request's trailers would reach the upstream", name)
+		}
+	}
+	var n int
+	for name, res := range translatedScenarios(t) {
+		for _, x := range res.Clusters {
+			c := x.(*cluster.Cluster)
+			var po upstreamhttp.HttpProtocolOptions
+			if err := c.TypedExtensionProtocolOptions["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].UnmarshalTo(&po); err != nil {
+				t.Fatalf("%s: cluster %s: %v", name, c.Name, err)
+			}
+			n++
+			if po.GetUseDownstreamProtocolConfig().GetHttpProtocolOptions().GetEnableTrailers() {
+				t.Errorf("%s: cluster %s: enable_trailers on: a request's trailers would reach the upstream", name, c.Name)
+			}
+		}
+	}
+	if n == 0 {
+		t.Fatal("no clusters in the scenarios")
+	}
+}
