@@ -1029,8 +1029,10 @@ func (h *h1) forward(ev *proxy.Event, method string, fwd []byte, over string, ds
 			}
 			// A kept-alive upstream connection may have been closed by the
 			// server just before this request: retry once on a fresh one
-			// when nothing of a body was consumed.
-			if u.used && attempt == 0 && !rq.hasBody() && !errors.Is(err, os.ErrDeadlineExceeded) {
+			// when nothing of a body was consumed. The server may also have
+			// run the request and broken off after it, so only a method
+			// that may run twice is sent again (RFC 9112 9.3.1).
+			if u.used && attempt == 0 && !rq.hasBody() && idempotent(method) && !errors.Is(err, os.ErrDeadlineExceeded) {
 				continue
 			}
 			return h.upstreamFailed(ev, method, err, !rq.hasBody() || errors.Is(err, errBadResponse) || isReadSide(err))
@@ -1038,6 +1040,16 @@ func (h *h1) forward(ev *proxy.Event, method string, fwd []byte, over string, ds
 		u.used = true
 		return h.relay(ev, u, method, upgrade)
 	}
+}
+
+// idempotent reports whether method is one whose request may be sent twice
+// with the effect of once (RFC 9110 9.2.2).
+func idempotent(method string) bool {
+	switch method {
+	case "GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE":
+		return true
+	}
+	return false
 }
 
 // isReadSide: the request went out whole (the upstream failed answering),

@@ -143,3 +143,75 @@ func TestClientAbortMidBody(t *testing.T) {
 		t.Fatalf("after an aborted download: %d", resp.StatusCode)
 	}
 }
+
+// A kept-alive upstream connection that breaks after the request went out
+// may have run it: only a request whose method is idempotent is sent again
+// (RFC 9110 9.2.2, RFC 9112 9.3.1). A POST is answered 502 and reaches the
+// server once.
+func TestUpstreamBreakRetriesOnlyIdempotentRequests(t *testing.T) {
+	for _, c := range []struct {
+		method string
+		want   int // the client's status
+		runs   int // how often the server saw the second request
+	}{
+		{"GET", 200, 2},
+		{"DELETE", 200, 2},
+		{"POST", 502, 1},
+		{"PATCH", 502, 1},
+	} {
+		t.Run(c.method, func(t *testing.T) {
+			l, err := net.Listen("tcp4", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			var runs atomic.Int32
+			go func() {
+				for {
+					conn, err := l.Accept()
+					if err != nil {
+						return
+					}
+					go func() {
+						defer conn.Close()
+						br := bufio.NewReader(conn)
+						for {
+							req, err := http.ReadRequest(br)
+							if err != nil {
+								return
+							}
+							io.Copy(io.Discard, req.Body)
+							if req.URL.Path == "/second" && runs.Add(1) == 1 {
+								// Run, then break before answering.
+								return
+							}
+							io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+						}
+					}()
+				}
+			}()
+			addr := startEngine(t, l.Addr().(*net.TCPAddr).AddrPort(), nil)
+			cl, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cl.Close()
+			br := bufio.NewReader(cl)
+			for i, line := range []string{"GET /first", c.method + " /second"} {
+				fmt.Fprintf(cl, "%s HTTP/1.1\r\nHost: svc\r\n\r\n", line)
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatalf("request %d: %v", i, err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if i == 1 && resp.StatusCode != c.want {
+					t.Errorf("%s after the kept-alive upstream broke: %d, want %d", c.method, resp.StatusCode, c.want)
+				}
+			}
+			if n := runs.Load(); int(n) != c.runs {
+				t.Errorf("the server ran %s /second %d times, want %d", c.method, n, c.runs)
+			}
+		})
+	}
+}
