@@ -469,6 +469,8 @@ func (e *Engine) serveStream(w *statusWriter, r *http.Request, ctx context.Conte
 		// The transport would send the destination's address as the
 		// authority, which no rule judged; HTTP/1.1 requires a Host too.
 		why = "invalid host: no :authority or Host"
+	} else if why = blankAroundValue(r.Header); why != "" {
+		why = "invalid header: " + why
 	} else if why = dec.FieldAlias(req.Headers); why != "" {
 		why = "invalid header: " + why
 	} else if why = dec.MethodOverride(req.Headers); why != "" {
@@ -793,3 +795,19 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 func (w *statusWriter) Flush() { _ = http.NewResponseController(w.ResponseWriter).Flush() }
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// blankAroundValue names a field whose value begins or ends with a blank,
+// which makes an HTTP/2 request malformed (RFC 9113 8.2.1). HTTP/1.1's
+// parser strips such blanks and the rules judge the value without them; an
+// HTTP/2 server gets the value as sent, so it could read another value than
+// the one judged.
+func blankAroundValue(h http.Header) string {
+	for name, vals := range h {
+		for _, v := range vals {
+			if strings.Trim(v, " \t") != v {
+				return name + ": a value that begins or ends with a blank"
+			}
+		}
+	}
+	return ""
+}

@@ -15,8 +15,9 @@ import (
 	"time"
 
 	"github.com/membrane-fw/membrane/internal/testenv"
-
 	"github.com/membrane-fw/membrane/policies"
+	"github.com/membrane-fw/membrane/proxy"
+	"github.com/membrane-fw/membrane/proxy/conformance"
 )
 
 // TestUpperCaseHostRefusedWhereHostIsJudged: host patterns ignore case,
@@ -188,6 +189,43 @@ func TestEncodedUnreservedForwardedAsJudged(t *testing.T) {
 		}
 		if resp.StatusCode != 200 || body != tc.want {
 			t.Errorf("HTTP/1.1 %s: %d %q, want 200 %q", tc.target, resp.StatusCode, body, tc.want)
+		}
+	}
+}
+
+// TestH2BlankAroundFieldValueRefused: an HTTP/2 field value may not begin
+// or end with a blank (RFC 9113 8.2.1: the request is malformed). HTTP/1.1
+// strips such blanks, and the rules judge the value without them; over
+// HTTP/2 the server would get them as sent, so the request is refused with
+// 400 whatever the rules, before any of it reaches the server.
+func TestH2BlankAroundFieldValueRefused(t *testing.T) {
+	addr, events := engineFor(t, conformance.StartUpstream(t), headerRuleResolver("X-Tenant", "acme"))
+	h2 := h2cTestClient()
+	for _, c := range []struct {
+		name, value string
+		want        int
+	}{
+		{"X-Tenant", "acme", 200},
+		{"X-Tenant", " acme", 400},
+		{"X-Tenant", "acme ", 400},
+		{"X-Tenant", "acme\t", 400},
+		{"X-Other", "x ", 400},
+	} {
+		req, err := http.NewRequest("GET", "http://"+addr+"/x", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Host = "svc"
+		if c.name != "X-Tenant" {
+			req.Header.Set("X-Tenant", "acme")
+		}
+		req.Header[c.name] = []string{c.value}
+		if proto, status, body := h2Send(t, h2, req); proto != "HTTP/2.0" || status != c.want {
+			t.Errorf("HTTP/2 %s: %q: %s %d %q, want %d", c.name, c.value, proto, status, body, c.want)
+		}
+		ev := <-events
+		if want := proxy.VerdictForwarded; c.want == 200 && ev.Verdict != want || c.want != 200 && ev.Verdict == want {
+			t.Errorf("HTTP/2 %s: %q: event verdict %s, status %d", c.name, c.value, ev.Verdict, ev.Status)
 		}
 	}
 }
