@@ -815,3 +815,50 @@ func TestMissingAPIGroupIsLogged(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// A path the API does not have, or a method its route does not take, is
+// answered like every other error: JSON with a message (not net/http's
+// plain text), 404 or 405, and a 405 names the methods in Allow. The
+// client reads the message, so the CLI prints it.
+func TestUnknownRouteAndMethodAnswerJSON(t *testing.T) {
+	_, sock := start(t, Options{})
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	defer hc.CloseIdleConnections()
+	for _, c := range []struct {
+		method, path string
+		code         int
+		allow, want  string
+	}{
+		{"GET", "/v1/nope", 404, "", `no API route GET /v1/nope`},
+		{"GET", "/", 404, "", `no API route GET /`},
+		{"POST", "/v2/status", 404, "", `no API route POST /v2/status`},
+		{"POST", "/v1/status", 405, "GET, HEAD", `POST /v1/status: method not allowed; /v1/status takes GET, HEAD`},
+		{"DELETE", "/v1/endpoints/api", 405, "GET, HEAD", `DELETE /v1/endpoints/api: method not allowed`},
+		{"GET", "/v1/policy/reload", 405, "POST", `GET /v1/policy/reload: method not allowed; /v1/policy/reload takes POST`},
+		{"PUT", "/v1/policy/trace", 405, "POST", `takes POST`},
+	} {
+		req, _ := http.NewRequest(c.method, "http://membraned"+c.path, nil)
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var eb ErrorBody
+		if err := json.Unmarshal(body, &eb); err != nil || resp.Header.Get("Content-Type") != "application/json" {
+			t.Errorf("%s %s: %s answer %q is not JSON (%v)", c.method, c.path, resp.Header.Get("Content-Type"), body, err)
+			continue
+		}
+		if resp.StatusCode != c.code || !strings.Contains(eb.Error, c.want) || resp.Header.Get("Allow") != c.allow {
+			t.Errorf("%s %s: %d %q Allow %q, want %d with %q, Allow %q", c.method, c.path, resp.StatusCode, eb.Error, resp.Header.Get("Allow"), c.code, c.want, c.allow)
+		}
+	}
+	// What the CLI sees: the daemon's message, with the status code.
+	err := NewClient(sock).do(context.Background(), http.MethodGet, "/v1/nope", nil, nil)
+	var se *StatusError
+	if !errors.As(err, &se) || se.Code != 404 || !strings.Contains(se.Message, "no API route GET /v1/nope") {
+		t.Fatalf("client: %v", err)
+	}
+}

@@ -27,7 +27,9 @@
 //
 // Requests that change something take no body fields. Body keys and query
 // parameters are matched exactly (not case-insensitively, as encoding/json
-// would) and may appear once; anything else is a 400 with its position. A request must
+// would) and may appear once; anything else is a 400 with its position.
+// Every error answer is JSON ({"error": MESSAGE}), an unknown path's 404
+// and a wrong method's 405 (with Allow) too. A request must
 // arrive within 10s and each write to the client go through within 30s;
 // one uid may hold 32 observe streams, and a follower that falls behind is
 // dropped and told so in the Membrane-Stream-Error trailer.

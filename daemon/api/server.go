@@ -14,6 +14,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -199,7 +200,7 @@ func (s *Server) Serve(ctx context.Context) error {
 }
 
 func (s *Server) routes() http.Handler {
-	mux := paramMux{http.NewServeMux()}
+	mux := paramMux{ServeMux: http.NewServeMux(), patterns: new([]string)}
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, s.backend.Status())
 	})
@@ -248,15 +249,52 @@ func (s *Server) routes() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, s.backend.Status())
 	}))
-	return s.guard(mux.ServeMux)
+	return s.guard(mux)
 }
 
-// paramMux registers handlers with the query parameters they take.
-type paramMux struct{ *http.ServeMux }
+// paramMux registers handlers with the query parameters they take, and
+// answers the requests no route takes as the API answers every error.
+type paramMux struct {
+	*http.ServeMux
+	patterns *[]string // as registered, for the 404's list of routes
+}
+
+// ServeHTTP answers a request that no route takes (no route for its path:
+// 404; not with its method: 405, with Allow) in JSON with a message, as
+// every other error: net/http's plain-text "404 page not found" would
+// reach the CLI as a bare status.
+func (m paramMux) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h, pattern := m.Handler(r)
+	if pattern != "" {
+		m.ServeMux.ServeHTTP(w, r)
+		return
+	}
+	// net/http's own answer, for its status and Allow.
+	rec := &missRecorder{header: http.Header{}, code: http.StatusNotFound}
+	h.ServeHTTP(rec, r)
+	if rec.code == http.StatusMethodNotAllowed {
+		allow := rec.header.Get("Allow")
+		w.Header().Set("Allow", allow)
+		writeError(w, http.StatusMethodNotAllowed, fmt.Errorf("%s %s: method not allowed; %s takes %s", r.Method, r.URL.Path, r.URL.Path, allow))
+		return
+	}
+	writeError(w, http.StatusNotFound, fmt.Errorf("no API route %s %s: membraned's API has %s (is membrane newer than membraned? `membrane version` and `membraned --version` tell)", r.Method, r.URL.Path, strings.Join(*m.patterns, ", ")))
+}
+
+// missRecorder keeps what net/http's 404 and 405 handlers set.
+type missRecorder struct {
+	header http.Header
+	code   int
+}
+
+func (m *missRecorder) Header() http.Header         { return m.header }
+func (m *missRecorder) Write(p []byte) (int, error) { return len(p), nil }
+func (m *missRecorder) WriteHeader(code int)        { m.code = code }
 
 // HandleFunc registers h for pattern; a request with a query parameter
 // not in known, or one given twice, gets 400 before h runs.
 func (m paramMux) HandleFunc(pattern string, h http.HandlerFunc, known ...string) {
+	*m.patterns = append(*m.patterns, pattern)
 	m.ServeMux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		if err := checkQuery(r, known...); err != nil {
 			writeError(w, http.StatusBadRequest, err)
