@@ -104,6 +104,10 @@ const (
 	L7Envoy   = "envoy"   // a managed Envoy fed over xDS
 )
 
+// maxFlowSample is flow_sample's largest N: one allowed flow in a million
+// is rarer than anyone samples, and the datapath holds N in 32 bits.
+const maxFlowSample = 1000000
+
 // DefaultL7Port is the proxy's transparent listener port when the config
 // names none. Envoy's customary sidecar port; it is bound with
 // IP_TRANSPARENT and only ever receives redirected connections.
@@ -544,27 +548,34 @@ func compile(raw *fileSchema, body hcl.Body) (*Config, hcl.Diagnostics) {
 		}
 		cfg.AuditSelector = sel
 	}
-	duration := func(name string, v *string, dst *time.Duration, min time.Duration) {
+	// Each duration and count has bounds on both sides (policy decision
+	// 77): past them a value is a slip ("1000000h", a count in bytes) that
+	// would hold changes back for good, or wrap in the datapath.
+	duration := func(name string, v *string, dst *time.Duration, lo, hi time.Duration, los, his, example string) {
 		if v == nil {
 			return
 		}
 		d, err := time.ParseDuration(*v)
-		if err != nil || d < min {
-			errAt(top[name], fmt.Sprintf("invalid %s %q", name, *v), fmt.Sprintf("must be a duration of at least %s, like \"5m\"", min))
+		if err != nil || d < lo || d > hi {
+			detail := fmt.Sprintf("must be a duration between %s and %s, like %q", los, his, example)
+			if _, aerr := strconv.ParseFloat(strings.TrimSpace(*v), 64); aerr == nil {
+				detail += " (a number needs a unit: ms, s, m or h)"
+			}
+			errAt(top[name], fmt.Sprintf("invalid %s %q", name, *v), detail)
 			return
 		}
 		*dst = d
 	}
 	if raw.FlowSample != nil {
-		if *raw.FlowSample < 0 {
-			errAt(top["flow_sample"], fmt.Sprintf("invalid flow_sample %d", *raw.FlowSample), "must be 0 (no allowed flows reported) or N (one new allowed flow in N)")
+		if n := *raw.FlowSample; n < 0 || n > maxFlowSample {
+			errAt(top["flow_sample"], fmt.Sprintf("invalid flow_sample %d", n), fmt.Sprintf("must be 0 (no allowed flows reported) or N from 1 to %d (one new allowed flow in N)", maxFlowSample))
 		} else {
-			cfg.FlowSample = *raw.FlowSample
+			cfg.FlowSample = n
 		}
 	}
-	duration("identity_grace", raw.IdentityGrace, &cfg.IdentityGrace, 0)
-	duration("resync_interval", raw.ResyncInterval, &cfg.ResyncInterval, time.Second)
-	duration("policy_debounce", raw.PolicyDebounce, &cfg.PolicyDebounce, 0)
+	duration("identity_grace", raw.IdentityGrace, &cfg.IdentityGrace, 0, 24*time.Hour, "0s", "24h", "5m")
+	duration("resync_interval", raw.ResyncInterval, &cfg.ResyncInterval, time.Second, time.Hour, "1s", "1h", "1m")
+	duration("policy_debounce", raw.PolicyDebounce, &cfg.PolicyDebounce, 0, 10*time.Second, "0s", "10s", "50ms")
 
 	seenRuntime := map[string]hcl.Range{}
 	for i, rt := range raw.Runtimes {

@@ -340,3 +340,35 @@ func TestSalvageKeepsTheReadablePinDirectory(t *testing.T) {
 		})
 	}
 }
+
+// Every duration and count of the top level has bounds on both sides, and
+// a value outside them is an error at its position that names them:
+// policy_debounce = "1000000h" held every policy change back for a
+// century, and flow_sample = 4294967297 reached the datapath as 1 (every
+// allowed flow reported; 4294967296 as 0, none), both accepted silently.
+func TestDurationsAndCountsAreBounded(t *testing.T) {
+	for _, tc := range []struct{ src, want string }{
+		{"\npolicy_debounce = \"1000000h\"\n", `m.hcl:2:1: error: invalid policy_debounce "1000000h": must be a duration between 0s and 10s, like "50ms"`},
+		{"policy_debounce = \"11s\"\n", `between 0s and 10s`},
+		{"policy_debounce = \"-1ms\"\n", `between 0s and 10s`},
+		{"identity_grace = \"9999999999999h\"\n", `m.hcl:1:1: error: invalid identity_grace "9999999999999h": must be a duration between 0s and 24h, like "5m"`},
+		{"identity_grace = \"25h\"\n", `between 0s and 24h`},
+		{"resync_interval = \"500ms\"\n", `invalid resync_interval "500ms": must be a duration between 1s and 1h, like "1m"`},
+		{"resync_interval = \"2h\"\n", `between 1s and 1h`},
+		{"resync_interval = \"5\"\n", `invalid resync_interval "5": must be a duration between 1s and 1h, like "1m" (a number needs a unit: ms, s, m or h)`},
+		{"flow_sample = 4294967297\n", `m.hcl:1:1: error: invalid flow_sample 4294967297: must be 0 (no allowed flows reported) or N from 1 to 1000000 (one new allowed flow in N)`},
+		{"flow_sample = 1000001\n", `invalid flow_sample 1000001`},
+		{"flow_sample = -1\n", `invalid flow_sample -1`},
+	} {
+		_, err := Parse("m.hcl", []byte(tc.src))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: error %v, want %q", tc.src, err, tc.want)
+		}
+	}
+	for _, src := range []string{"policy_debounce = \"0s\"\n", "policy_debounce = \"10s\"\n", "identity_grace = \"0s\"\n", "identity_grace = \"24h\"\n",
+		"resync_interval = \"1s\"\n", "resync_interval = \"1h\"\n", "flow_sample = 0\n", "flow_sample = 1000000\n"} {
+		if _, err := Parse("m.hcl", []byte(src)); err != nil {
+			t.Errorf("%q refused: %v", src, err)
+		}
+	}
+}

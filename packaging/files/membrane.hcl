@@ -49,11 +49,11 @@
 # debug, info, warn or error.
 # log_level = "info"
 
-# How long an identity nobody uses is kept before its number is freed.
+# How long an identity nobody uses is kept before its number is freed (0s-24h).
 # identity_grace = "5m"
-# Full resync with the runtimes and conntrack garbage collection.
+# Full resync with the runtimes and conntrack garbage collection (1s-1h).
 # resync_interval = "1m"
-# How long policy-directory changes settle before the set is reloaded.
+# How long policy-directory changes settle before the set is reloaded (0s-10s).
 # policy_debounce = "50ms"
 
 # runtime "docker" {
@@ -92,8 +92,8 @@
 #   listen = "127.0.0.1:9964"
 # }
 
-# Report one new allowed flow in N to `membrane observe` (0: none; drops and
-# audits are always reported).
+# Report one new allowed flow in N to `membrane observe` (0: none; N at most
+# 1000000; drops and audits are always reported).
 # flow_sample = 0
 
 # The L7 proxy for rules with http blocks: "builtin" (in membraned), "envoy"
