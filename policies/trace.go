@@ -27,8 +27,10 @@ func (c Connection) Check() error {
 			n++
 			switch side.p.Entity {
 			case EntityHost, EntityWorld, EntityInit:
-			default:
+			case EntityCluster, EntityAll:
 				return fmt.Errorf("%s: entity %q cannot be one end of a connection (use host, world or init)", side.name, side.p.Entity)
+			default:
+				return fmt.Errorf("%s: unknown entity %q: use host, world or init%s", side.name, side.p.Entity, SuggestPeerEntity(string(side.p.Entity)))
 			}
 		}
 		if side.p.IP.IsValid() {
@@ -42,6 +44,20 @@ func (c Connection) Check() error {
 		return errors.New("an HTTP request needs a TCP connection")
 	}
 	return nil
+}
+
+// peerEntityNames are the entities that name one peer of a connection.
+var peerEntityNames = []string{string(EntityHost), string(EntityWorld), string(EntityInit)}
+
+// SuggestPeerEntity is the "; did you mean ...?" for name, given where one
+// peer's entity is asked for (policy trace's --from-entity), as a policy
+// file's misspelt entity gets one (decision 73); "" when name is an entity
+// or nothing is close.
+func SuggestPeerEntity(name string) string {
+	if contains(entityNames, name) {
+		return ""
+	}
+	return suggest(strings.ToLower(name), peerEntityNames)
 }
 
 // resultJSON is the JSON shape of a Result: the CLI contract's "verdict",

@@ -251,3 +251,12 @@ func TestEvaluateHeaderValueWithoutBlanks(t *testing.T) {
 		t.Errorf("the caller's request was changed: %q", req.Headers["X-Tenant"])
 	}
 }
+
+// The daemon checks a live trace's peers with Check: a misspelt entity
+// gets the suggestion a policy file's would (decision 73).
+func TestConnectionCheckSuggestsEntity(t *testing.T) {
+	err := Connection{From: Peer{Entity: "wrold"}, To: Peer{Entity: EntityHost}}.Check()
+	if err == nil || !strings.Contains(err.Error(), `did you mean "world"?`) {
+		t.Fatalf("Check: %v", err)
+	}
+}

@@ -374,7 +374,7 @@ func (o *traceOpts) peerFlags(side, labels, entity, ip, container string) (map[s
 		case policies.EntityCluster, policies.EntityAll:
 			return nil, "", "", "", usageError("--%s-entity %s is a class of peers, not one peer: use host, world or init, or --%s-labels", side, entity, side)
 		default:
-			return nil, "", "", "", usageError("--%s-entity %q: want host, world or init", side, entity)
+			return nil, "", "", "", usageError("--%s-entity %q: want host, world or init%s", side, entity, policies.SuggestPeerEntity(entity))
 		}
 		return nil, entity, "", "", nil
 	case hasIP:

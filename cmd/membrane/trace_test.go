@@ -513,3 +513,32 @@ func TestTraceNotesAHostAddress(t *testing.T) {
 		}
 	}
 }
+
+// A misspelt --from-entity/--to-entity gets the "did you mean" that a
+// misspelt entity in a policy file gets (decision 73), among the entities
+// that name one peer.
+func TestTraceUnknownEntitySuggests(t *testing.T) {
+	dir := t.TempDir()
+	pol := filepath.Join(dir, "p.hcl")
+	writePolicy(t, pol, "policy \"b\" {\n  selector = \"app=b\"\n}\n")
+	for _, tc := range []struct{ flag, entity, want string }{
+		{"--from-entity", "hots", `--from-entity "hots": want host, world or init; did you mean "host"?`},
+		{"--from-entity", "Host", `did you mean "host"?`},
+		{"--to-entity", "wrold", `--to-entity "wrold": want host, world or init; did you mean "world"?`},
+		{"--from-entity", "moon", `--from-entity "moon": want host, world or init`},
+	} {
+		args := []string{"--policies", pol, tc.flag, tc.entity}
+		if tc.flag == "--from-entity" {
+			args = append(args, "--to-labels", "app=b")
+		} else {
+			args = append(args, "--from-labels", "app=b")
+		}
+		out, errOut, code := traceCLI(t, args...)
+		if code != 2 || out != "" || !strings.Contains(errOut, tc.want) {
+			t.Errorf("%s %s: exit %d, stdout %q, stderr %q; want exit 2 and %q", tc.flag, tc.entity, code, out, errOut, tc.want)
+		}
+		if tc.entity == "moon" && strings.Contains(errOut, "did you mean") {
+			t.Errorf("%s moon: suggested something: %q", tc.flag, errOut)
+		}
+	}
+}
