@@ -263,3 +263,30 @@ func TestDaemonManPageNamesEveryExitCode(t *testing.T) {
 		}
 	}
 }
+
+// membraned(8)'s OPTIONS spell every flag as its SYNOPSIS, the docs and
+// membrane(1) do, with two dashes (--config PATH), not Go's flag
+// package's one (-config string).
+func TestDaemonManPageSpellsFlagsWithTwoDashes(t *testing.T) {
+	page, err := DaemonManPage(context.Background(), filepath.Join(testBinaries(t), "membraned"), testVersion, time.Unix(0, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, opts, ok := strings.Cut(page.Roff, ".SH \"OPTIONS\"\n")
+	if !ok {
+		t.Fatalf("membraned(8) has no OPTIONS section:\n%s", page.Roff)
+	}
+	opts, _, _ = strings.Cut(opts, ".SH ")
+	specs := regexp.MustCompile(`(?m)^\\fB(.*)\\fR$`).FindAllStringSubmatch(opts, -1)
+	if len(specs) < 5 {
+		t.Fatalf("read %d options from membraned(8)'s OPTIONS:\n%s", len(specs), opts)
+	}
+	for _, s := range specs {
+		if !strings.HasPrefix(s[1], `\-\-`) || strings.Contains(s[1], "string") {
+			t.Errorf("membraned(8) lists option %q, want --NAME [ARG]", s[1])
+		}
+	}
+	if !strings.Contains(opts, `\fB\-\-config PATH\fR`) {
+		t.Errorf("membraned(8) OPTIONS lack --config PATH:\n%s", opts)
+	}
+}

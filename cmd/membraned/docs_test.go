@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -13,11 +14,11 @@ import (
 // packaging's files and the systemd unit is a flag membraned has.
 func TestDocumentedFlagsExist(t *testing.T) {
 	var help bytes.Buffer
-	if code := run(context.Background(), []string{"--help"}, &help); code != 0 {
+	if code := run(context.Background(), []string{"--help"}, &help, io.Discard); code != 0 {
 		t.Fatalf("--help: exit %d", code)
 	}
 	known := map[string]bool{}
-	for _, m := range regexp.MustCompile(`(?m)^  -([a-z][a-z-]*)`).FindAllStringSubmatch(help.String(), -1) {
+	for _, m := range regexp.MustCompile(`(?m)^  --?([a-z][a-z-]*)`).FindAllStringSubmatch(help.String(), -1) {
 		known[m[1]] = true
 	}
 	if !known["cleanup"] {

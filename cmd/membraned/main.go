@@ -11,6 +11,10 @@
 //	                                     still names, when PATH cannot be read)
 //	membraned --check-config [--config PATH]
 //
+// Flags are spelled --name in the usage, the docs and membraned(8) (made
+// from --help, which prints on standard output); -name, Go's spelling,
+// is taken as well, as it always was.
+//
 // Exit codes: 0 stopped by a signal (or --cleanup done); 1 error (an
 // invalid config is printed FILE:LINE:COL: error: ...); 2 usage error
 // (more than one of --cleanup, --check-config and --version among them).
@@ -25,6 +29,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"regexp"
 	"syscall"
 
 	"github.com/membrane-fw/membrane/daemon"
@@ -37,30 +42,39 @@ func main() {
 	// cancels the start cleanly.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	os.Exit(run(ctx, os.Args[1:], os.Stderr))
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
 }
 
-func run(ctx context.Context, args []string, stderr io.Writer) int {
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("membraned", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	// The flag package's own messages spell flags with one dash; run
+	// prints its errors and usage itself, with two (as the docs and
+	// membraned(8), which is made from --help, do). Both spellings parse.
+	fs.SetOutput(io.Discard)
 	cfgPath := fs.String("config", config.DefaultPath, "configuration file (HCL)")
 	cleanup := fs.Bool("cleanup", false, "remove every pinned map, program and attachment, every Membrane program left on an interface and the L7 proxy's routing, then exit (package removal)")
 	check := fs.Bool("check-config", false, "validate the configuration and exit")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: membraned [--config PATH] [--cleanup | --check-config | --version] [--log-format text|json]\n\n")
-		fs.PrintDefaults()
+	usage := func(w io.Writer) {
+		fmt.Fprintf(w, "Usage: membraned [--config PATH] [--cleanup | --check-config | --version] [--log-format text|json]\n\n")
+		printFlags(w, fs, map[string]string{"config": "PATH", "log-format": "FORMAT"})
 	}
+	// Parse would print it on every error; run decides where and when.
+	fs.Usage = func() {}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			// Asked for: the result, on standard output.
+			usage(stdout)
 			return 0
 		}
+		fmt.Fprintf(stderr, "membraned: %s\n", twoDashes(err.Error()))
+		usage(stderr)
 		return 2
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "membraned: unexpected argument %q\n", fs.Arg(0))
-		fs.Usage()
+		usage(stderr)
 		return 2
 	}
 	// The modes exclude each other (the usage line says so): with two,
@@ -74,7 +88,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	}
 	if modes > 1 {
 		fmt.Fprintln(stderr, "membraned: give at most one of --cleanup, --check-config and --version")
-		fs.Usage()
+		usage(stderr)
 		return 2
 	}
 	// A usage error whatever the mode (membraned(8), EXIT STATUS).
@@ -83,7 +97,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		return 2
 	}
 	if *showVersion {
-		fmt.Fprintln(os.Stdout, "membraned", version.Version)
+		fmt.Fprintln(stdout, "membraned", version.Version)
 		return 0
 	}
 	explicit := false
@@ -110,7 +124,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		return 1
 	}
 	if *check {
-		fmt.Fprintf(os.Stdout, "%s: configuration is valid\n", orDefaults(cfg.Path))
+		fmt.Fprintf(stdout, "%s: configuration is valid\n", orDefaults(cfg.Path))
 		return 0
 	}
 	hopts := &slog.HandlerOptions{Level: cfg.LogLevel}
@@ -133,6 +147,32 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// printFlags is flag.PrintDefaults with the flags spelled --name, each
+// followed by its argument's name from args (none for a boolean).
+func printFlags(w io.Writer, fs *flag.FlagSet, args map[string]string) {
+	fs.VisitAll(func(f *flag.Flag) {
+		line := "  --" + f.Name
+		if a := args[f.Name]; a != "" {
+			line += " " + a
+		}
+		help := f.Usage
+		if f.DefValue != "" && f.DefValue != "false" {
+			help += fmt.Sprintf(" (default %q)", f.DefValue)
+		}
+		fmt.Fprintf(w, "%s\n    \t%s\n", line, help)
+	})
+}
+
+// flagInError is a flag named in one of the flag package's errors.
+var flagInError = regexp.MustCompile(`(: | for )-([a-zA-Z0-9][-a-zA-Z0-9_]*)`)
+
+// twoDashes spells the flag an error of the flag package names with two
+// dashes, as membraned's usage does ("flag provided but not defined:
+// --bogus", whichever spelling was given).
+func twoDashes(msg string) string {
+	return flagInError.ReplaceAllString(msg, "$1--$2")
 }
 
 func orDefaults(p string) string {

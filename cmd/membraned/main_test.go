@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -38,7 +40,7 @@ func TestExitCodes(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var stderr bytes.Buffer
-			code := run(context.Background(), tc.args, &stderr)
+			code := run(context.Background(), tc.args, io.Discard, &stderr)
 			if code != tc.code {
 				t.Fatalf("exit %d, want %d; stderr: %s", code, tc.code, stderr.String())
 			}
@@ -71,7 +73,7 @@ func TestCheckConfigRefusesEnvoyUnitOutsideSystemdGrammar(t *testing.T) {
 			cfg := filepath.Join(dir, "m.hcl")
 			os.WriteFile(cfg, []byte("l7 {\n  engine = \"envoy\"\n  envoy_unit = \""+tc.unit+"\"\n}\n"), 0o644)
 			var stderr bytes.Buffer
-			if code := run(context.Background(), []string{"--config", cfg, "--check-config"}, &stderr); code != 1 {
+			if code := run(context.Background(), []string{"--config", cfg, "--check-config"}, io.Discard, &stderr); code != 1 {
 				t.Fatalf("exit %d, want 1; stderr: %s", code, stderr.String())
 			}
 			if !strings.Contains(stderr.String(), cfg+":3:3: error: ") || !strings.Contains(stderr.String(), tc.want) {
@@ -83,8 +85,57 @@ func TestCheckConfigRefusesEnvoyUnitOutsideSystemdGrammar(t *testing.T) {
 		cfg := filepath.Join(dir, "ok.hcl")
 		os.WriteFile(cfg, []byte("l7 {\n  engine = \"envoy\"\n  envoy_unit = \""+unit+"\"\n}\n"), 0o644)
 		var stderr bytes.Buffer
-		if code := run(context.Background(), []string{"--config", cfg, "--check-config"}, &stderr); code != 0 {
+		if code := run(context.Background(), []string{"--config", cfg, "--check-config"}, io.Discard, &stderr); code != 0 {
 			t.Fatalf("envoy_unit %q: exit %d, want 0; stderr: %s", unit, code, stderr.String())
+		}
+	}
+}
+
+// --help prints the usage on standard output (it was asked for), with the
+// flags spelled as the usage line, the docs and membraned(8), which is
+// made from this output, spell them: --config, not Go's -config. Both
+// spellings still parse, as they always did, and an error names the flag
+// with two dashes too.
+func TestHelpSpellsFlagsWithTwoDashes(t *testing.T) {
+	for _, h := range []string{"--help", "-h", "-help"} {
+		var stdout, stderr bytes.Buffer
+		if code := run(context.Background(), []string{h}, &stdout, &stderr); code != 0 {
+			t.Fatalf("%s: exit %d", h, code)
+		}
+		out := stdout.String()
+		if stderr.Len() != 0 {
+			t.Errorf("%s wrote to stderr: %q", h, stderr.String())
+		}
+		for _, want := range []string{"Usage: membraned [--config PATH]", "\n  --config PATH\n", "\n  --cleanup\n", "\n  --check-config\n", "\n  --log-format FORMAT\n", "\n  --version\n", `(default "/etc/membrane/membrane.hcl")`} {
+			if !strings.Contains(out, want) {
+				t.Errorf("%s: output lacks %q:\n%s", h, want, out)
+			}
+		}
+		if regexp.MustCompile(`(?m)^\s+-[a-z]`).MatchString(out) {
+			t.Errorf("%s: a flag is spelt with one dash:\n%s", h, out)
+		}
+	}
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.hcl")
+	os.WriteFile(good, []byte("enforcement = \"always\"\n"), 0o644)
+	for _, args := range [][]string{{"--check-config", "--config", good}, {"-check-config", "-config", good}, {"--check-config", "--config=" + good}, {"-check-config", "-config=" + good}} {
+		var stdout, stderr bytes.Buffer
+		if code := run(context.Background(), args, &stdout, &stderr); code != 0 || !strings.Contains(stdout.String(), "configuration is valid") {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q", args, code, stdout.String(), stderr.String())
+		}
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--bogus"}, "membraned: flag provided but not defined: --bogus\n"},
+		{[]string{"-bogus"}, "membraned: flag provided but not defined: --bogus\n"},
+		{[]string{"--config"}, "membraned: flag needs an argument: --config\n"},
+		{[]string{"--cleanup=maybe"}, `membraned: invalid boolean value "maybe" for --cleanup`},
+	} {
+		var stdout, stderr bytes.Buffer
+		if code := run(context.Background(), tc.args, &stdout, &stderr); code != 2 || stdout.Len() != 0 || !strings.HasPrefix(stderr.String(), tc.want) {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q; want exit 2, stderr starting %q", tc.args, code, stdout.String(), stderr.String(), tc.want)
 		}
 	}
 }
