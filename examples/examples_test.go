@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -17,7 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/membrane-fw/membrane/daemon"
 	"github.com/membrane-fw/membrane/daemon/api"
+	"github.com/membrane-fw/membrane/daemon/config"
 	"github.com/membrane-fw/membrane/internal/testenv"
 	"github.com/membrane-fw/membrane/policies"
 )
@@ -77,8 +78,11 @@ func newWorld(t *testing.T, prefix string, ownNetwork bool) *world {
 }
 
 // startDaemon runs membraned on policyDir and waits for its first
-// reconcile. Cleanup stops it and runs `membraned --cleanup`, which must
-// leave no pin.
+// reconcile. Cleanup stops it and removes its pins and attachments, as
+// `membraned --cleanup` does, but not what --cleanup also takes down
+// host-wide (every Membrane program on any interface, the L7 proxy's
+// policy routing and nftables table): the daemons of other packages'
+// tests, running at the same time, rely on those.
 func (w *world) startDaemon(policyDir string) {
 	t := w.t
 	t.Helper()
@@ -88,6 +92,10 @@ func (w *world) startDaemon(policyDir string) {
 	}
 	sock := filepath.Join(w.dir, "api.sock")
 	w.cfg = filepath.Join(w.dir, "membrane.hcl")
+	// The L7 proxy on a port of its own: the default, 15001, is taken
+	// by any other membraned on this host (another package's test, an
+	// installed one), and this daemon would not start.
+	l7Port := freePort(t)
 	cfg := fmt.Sprintf(`policy_dir      = %q
 state_dir       = %q
 bpffs_dir       = %q
@@ -100,7 +108,11 @@ runtime "containerd" {
 metrics {
   listen = ""
 }
-`, abs, filepath.Join(w.dir, "state"), w.pinDir, sock, w.bridge)
+l7 {
+  engine = "builtin"
+  port   = %d
+}
+`, abs, filepath.Join(w.dir, "state"), w.pinDir, sock, w.bridge, l7Port)
 	if err := os.WriteFile(w.cfg, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -117,11 +129,13 @@ metrics {
 	t.Cleanup(func() {
 		_ = w.cmd.Process.Signal(syscall.SIGTERM)
 		_ = w.cmd.Wait()
-		if out, err := exec.Command(membraned, "--config", w.cfg, "--cleanup").CombinedOutput(); err != nil {
-			t.Errorf("membraned --cleanup: %v: %s", err, out)
+		if cfg, err := config.Load(w.cfg, true); err != nil {
+			t.Errorf("config: %v", err)
+		} else if err := daemon.CleanupDatapath(cfg); err != nil {
+			t.Errorf("cleanup: %v", err)
 		}
 		if _, err := os.Stat(w.pinDir); err == nil {
-			t.Errorf("pins left in %s after membraned --cleanup", w.pinDir)
+			t.Errorf("pins left in %s after the cleanup", w.pinDir)
 			os.RemoveAll(w.pinDir)
 		}
 		if t.Failed() {
@@ -203,8 +217,10 @@ func mismatches(probes []probe) []string {
 }
 
 // expectMatrix polls until every probe has its expected outcome: policies
-// and endpoints settle within seconds, and only the upper bound is fixed.
-func expectMatrix(t *testing.T, probes []probe) {
+// and endpoints settle within seconds, listeners start, and a loaded
+// machine answers late, so only the upper bound is fixed. what says whose
+// matrix it is.
+func expectMatrix(t *testing.T, what string, probes []probe) {
 	t.Helper()
 	deadline := time.Now().Add(45 * time.Second)
 	for {
@@ -213,10 +229,21 @@ func expectMatrix(t *testing.T, probes []probe) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("allow/deny matrix differs from the example's policies:\n  %s", strings.Join(wrong, "\n  "))
+			t.Fatalf("%s:\n  %s", what, strings.Join(wrong, "\n  "))
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
+}
+
+// freePort is a TCP port that nothing on this host listens on now.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }
 
 func docker(t *testing.T, args ...string) string {
@@ -256,6 +283,11 @@ func TestComposeExampleMatrix(t *testing.T) {
 	img := testenv.BusyboxImage(t)
 	w := newWorld(t, "mexc", false)
 	project := "mexc" + w.sfx
+	// The host port web is published on: one free now, and the same for
+	// every docker-compose call (a random one in 20000-39999, drawn
+	// anew for each, could be a port another test listens on, and Compose
+	// would refuse to start).
+	webPort := freePort(t)
 	compose := func(args ...string) string {
 		t.Helper()
 		full := append([]string{"-p", project, "-f", "compose/docker-compose.yml", "-f", "compose/testdata/docker-compose.test.yml"}, args...)
@@ -263,7 +295,7 @@ func TestComposeExampleMatrix(t *testing.T) {
 		cmd.Env = append(os.Environ(),
 			"MEMBRANE_TEST_IMAGE="+img,
 			"MEMBRANE_TEST_BRIDGE="+w.bridge,
-			fmt.Sprintf("WEB_PORT=%d", 20000+rand.IntN(20000)))
+			fmt.Sprintf("WEB_PORT=%d", webPort))
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			t.Fatalf("docker-compose %s: %v\n%s", strings.Join(args, " "), err, out)
@@ -294,13 +326,12 @@ func TestComposeExampleMatrix(t *testing.T) {
 		return p
 	}
 	// Before membraned, everything connects: the denials below are the
-	// policies' doing.
-	if wrong := mismatches([]probe{cell("web", "db", true), cell("worker", "api", true)}); len(wrong) > 0 {
-		t.Fatalf("without membraned: %v", wrong)
-	}
+	// policies' doing. Polled: `up -d` returns before the listeners in
+	// the containers are up.
+	expectMatrix(t, "without membraned", []probe{cell("web", "db", true), cell("worker", "api", true)})
 
 	w.startDaemon("compose/policies")
-	expectMatrix(t, []probe{
+	expectMatrix(t, "allow/deny matrix differs from the example's policies", []probe{
 		cell("host", "web", true),
 		cell("host", "api", false),
 		cell("web", "api", true),
@@ -374,12 +405,11 @@ func TestNomadExampleMatrix(t *testing.T) {
 	cell := func(src, dst string, allowed bool) probe {
 		return probe{name: src + " -> " + dst, from: from[src], ip: ip[dst], port: port[dst], body: dst, allowed: allowed}
 	}
-	if wrong := mismatches([]probe{cell("frontend", "db", true), cell("batch", "backend", true)}); len(wrong) > 0 {
-		t.Fatalf("without membraned: %v", wrong)
-	}
+	// Polled: `docker run -d` returns before httpd listens.
+	expectMatrix(t, "without membraned", []probe{cell("frontend", "db", true), cell("batch", "backend", true)})
 
 	w.startDaemon("nomad/policies")
-	expectMatrix(t, []probe{
+	expectMatrix(t, "allow/deny matrix differs from the example's policies", []probe{
 		cell("host", "frontend", true),
 		cell("host", "backend", false),
 		cell("frontend", "backend", true),
