@@ -862,3 +862,32 @@ func TestUnknownRouteAndMethodAnswerJSON(t *testing.T) {
 		t.Fatalf("client: %v", err)
 	}
 }
+
+// A --socket that names a file or a directory is not "membraned is not
+// running" (the kernel refuses the connection to it as it does to a
+// stale socket): the client says what the path is.
+func TestClientSaysWhenThePathIsNotASocket(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "membrane.hcl")
+	os.WriteFile(file, []byte("audit = true\n"), 0o644)
+	for path, want := range map[string]string{
+		file: file + " is a regular file, not a socket",
+		dir:  dir + " is a directory, not a socket",
+	} {
+		_, err := NewClient(path).Status(context.Background())
+		if err == nil || errors.Is(err, ErrDaemonDown) || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "--socket") {
+			t.Errorf("%s: %v, want %q and what to pass instead", path, err, want)
+		}
+	}
+	// A socket nobody listens on (a crashed daemon's) is still "not running".
+	stale := filepath.Join(dir, "stale.sock")
+	l, err := net.Listen("unix", stale)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	l.Close()
+	if _, err := NewClient(stale).Status(context.Background()); !errors.Is(err, ErrDaemonDown) {
+		t.Errorf("stale socket: %v, want ErrDaemonDown", err)
+	}
+}

@@ -8,9 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"syscall"
 	"time"
@@ -97,12 +99,32 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 
 func (c *Client) dialError(err error) error {
 	if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+		// The kernel refuses a connection to a file that is not a socket
+		// as it does to a socket nobody listens on: not the same mistake.
+		if fi, serr := os.Stat(c.Socket); serr == nil && fi.Mode().Type() != fs.ModeSocket {
+			return fmt.Errorf("%s is %s, not a socket: --socket (or MEMBRANE_SOCKET) names membraned's API socket, api_socket in membrane.hcl (default %s)", c.Socket, fileKind(fi.Mode()), DefaultSocket)
+		}
 		return fmt.Errorf("%w (no answer on %s; start it with `systemctl start membraned`, or pass --socket)", ErrDaemonDown, c.Socket)
 	}
 	if errors.Is(err, syscall.EACCES) {
 		return fmt.Errorf("cannot connect to %s: permission denied (run as root or as a member of group membrane)", c.Socket)
 	}
 	return fmt.Errorf("talking to membraned at %s: %w", c.Socket, err)
+}
+
+// fileKind names the kind of file mode is, with its article.
+func fileKind(mode fs.FileMode) string {
+	switch {
+	case mode.IsRegular():
+		return "a regular file"
+	case mode.IsDir():
+		return "a directory"
+	case mode&fs.ModeNamedPipe != 0:
+		return "a named pipe"
+	case mode&fs.ModeDevice != 0:
+		return "a device"
+	}
+	return "a " + mode.Type().String() + " file"
 }
 
 func readError(resp *http.Response) error {
