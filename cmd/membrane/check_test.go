@@ -503,3 +503,30 @@ func TestCheckAcceptsTheSpecificationExampleAsWritten(t *testing.T) {
 		t.Errorf("DELETE on TCP 53: %+v, want 403", j)
 	}
 }
+
+// An argument a command does not take is a usage error (exit 2) that says
+// so and where to look, not cobra's "unknown command" (which reads as a
+// misspelt subcommand of a command that has none) or "accepts 1 arg(s),
+// received 0"; nothing goes to standard output.
+func TestStrayOrMissingArgumentsSayWhatTheCommandTakes(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"status", "extra"}, `"membrane status" takes no arguments, got "extra"` + "\nSee 'membrane status --help'."},
+		{[]string{"version", "x"}, `"membrane version" takes no arguments, got "x"`},
+		{[]string{"identity", "list", "x"}, `"membrane identity list" takes no arguments, got "x"`},
+		{[]string{"endpoint", "list", "x"}, `"membrane endpoint list" takes no arguments`},
+		{[]string{"observe", "x"}, `"membrane observe" takes no arguments`},
+		{[]string{"policy", "show", "x"}, `"membrane policy show" takes no arguments`},
+		{[]string{"policy", "reload", "x"}, `"membrane policy reload" takes no arguments`},
+		{[]string{"policy", "trace", "--from-entity", "host", "--to-entity", "world", "x"}, `"membrane policy trace" takes no arguments, got "x" (a flag's value with blanks needs quotes: --to-labels "app=web, tier=front")`},
+		{[]string{"endpoint", "get"}, `"membrane endpoint get" takes one endpoint: its id, container name or container id (got none)` + "\nSee 'membrane endpoint get --help'."},
+		{[]string{"endpoint", "get", "a", "b"}, `"membrane endpoint get" takes one endpoint: its id, container name or container id (got 2: "a" "b")`},
+	} {
+		out, _, code, err := runCLIStderr(t, tc.args...)
+		if code != 2 || out != "" || err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("membrane %s: exit %d, stdout %q, error %v; want exit 2 and %q", strings.Join(tc.args, " "), code, out, err, tc.want)
+		}
+	}
+}

@@ -17,7 +17,7 @@ func newEndpointCmd() *cobra.Command {
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List managed endpoints",
-		Args:  cobra.NoArgs,
+		Args:  noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if err := checkOutput(*listOut); err != nil {
 				return err
@@ -41,7 +41,7 @@ func newEndpointCmd() *cobra.Command {
 	get := &cobra.Command{
 		Use:   "get ID|CONTAINER",
 		Short: "Show one endpoint, by endpoint id, container name or container id",
-		Args:  cobra.ExactArgs(1),
+		Args:  oneArg("one endpoint: its id, container name or container id"),
 		RunE: func(c *cobra.Command, args []string) error {
 			if err := checkOutput(*getOut); err != nil {
 				return err

@@ -13,7 +13,7 @@ func newIdentityCmd() *cobra.Command {
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List reserved and allocated identities",
-		Args:  cobra.NoArgs,
+		Args:  noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if err := checkOutput(*out); err != nil {
 				return err

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/membrane-fw/membrane/policies"
@@ -79,6 +80,46 @@ func groupCmd(use, short string) *cobra.Command {
 			}
 			return usageError("%s\nSee '%s --help'.", msg, c.CommandPath())
 		},
+	}
+}
+
+// noArgs is cobra.NoArgs with a message that says what is wrong: cobra's
+// "unknown command" reads as a misspelt subcommand of a command that has
+// none.
+func noArgs(c *cobra.Command, args []string) error {
+	return noArgsHint("")(c, args)
+}
+
+// noArgsHint is noArgs, with hint (a likely cause) after the message.
+func noArgsHint(hint string) cobra.PositionalArgs {
+	return func(c *cobra.Command, args []string) error {
+		if len(args) == 0 {
+			return nil
+		}
+		why := ""
+		if hint != "" {
+			why = " (" + hint + ")"
+		}
+		return usageError("%q takes no arguments, got %q%s\nSee '%s --help'.", c.CommandPath(), args[0], why, c.CommandPath())
+	}
+}
+
+// oneArg is cobra.ExactArgs(1) with a message that names the argument
+// (what) rather than "accepts 1 arg(s), received 0".
+func oneArg(what string) cobra.PositionalArgs {
+	return func(c *cobra.Command, args []string) error {
+		if len(args) == 1 {
+			return nil
+		}
+		got := "none"
+		if len(args) > 1 {
+			q := make([]string, len(args))
+			for i, a := range args {
+				q[i] = strconv.Quote(a)
+			}
+			got = fmt.Sprintf("%d: %s", len(args), strings.Join(q, " "))
+		}
+		return usageError("%q takes %s (got %s)\nSee '%s --help'.", c.CommandPath(), what, got, c.CommandPath())
 	}
 }
 

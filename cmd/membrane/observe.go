@@ -18,7 +18,7 @@ func newObserveCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "observe [--follow] [--type l3|l7|all] [--verdict V] [--container NAME] [--direction egress|ingress] [-o json]",
 		Short: "Show the verdicts: datapath drops, audit records, connections sent to the L7 proxy and sampled allowed flows, and every HTTP request the proxy judged",
-		Args:  cobra.NoArgs,
+		Args:  noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if err := checkOutput(*out); err != nil {
 				return err

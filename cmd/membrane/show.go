@@ -14,7 +14,7 @@ func newPolicyShowCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "show",
 		Short: "Show the policy set the running membraned enforces",
-		Args:  cobra.NoArgs,
+		Args:  noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if err := checkOutput(*out); err != nil {
 				return err
@@ -62,7 +62,7 @@ func newPolicyReloadCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "reload",
 		Short: "Make membraned re-read its policy directory now (root or group membrane)",
-		Args:  cobra.NoArgs,
+		Args:  noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			p, err := client(c).ReloadPolicies(c.Context())
 			if err != nil {

@@ -13,7 +13,7 @@ func newStatusCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "status",
 		Short: "Show membraned's state (exit 0 only when it is up and has reconciled)",
-		Args:  cobra.NoArgs,
+		Args:  noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if err := checkOutput(*out); err != nil {
 				return err

@@ -112,7 +112,7 @@ Exit status: 0 whatever the verdict, 1 when the policies are invalid (the
 diagnostics are printed) or, with --live, when membraned cannot answer (not
 running, no valid policy set loaded, a container it does not manage), 2 on a
 usage error.`,
-		Args: cobra.NoArgs,
+		Args: noArgsHint(`a flag's value with blanks needs quotes: --to-labels "app=web, tier=front"`),
 		RunE: func(c *cobra.Command, _ []string) error {
 			o.given = c.Flags().Changed
 			return runTrace(c, c.OutOrStdout(), c.ErrOrStderr(), o)
