@@ -270,3 +270,36 @@ func TestPolicyTraceLiveAsksTheDaemon(t *testing.T) {
 		t.Fatalf("live trace output %q (%v)", out, err)
 	}
 }
+
+// Every command that reads or changes the daemon offers -o json with the
+// answer as the API gives it (policy reload too: a script that reloads
+// wants the revision it made), and each prints valid JSON.
+func TestEveryDaemonCommandPrintsValidJSON(t *testing.T) {
+	b := &cliBackend{reconciled: true, hub: api.NewFlowHub(10)}
+	b.hub.Publish(api.Flow{Verdict: "dropped", Type: api.FlowL3})
+	sock := serve(t, b)
+	for _, args := range [][]string{
+		{"status"}, {"endpoint", "list"}, {"endpoint", "get", "web-1"}, {"identity", "list"},
+		{"policy", "show"}, {"policy", "reload"}, {"observe"},
+	} {
+		out, code := run(t, append(args, "--socket", sock, "-o", "json")...)
+		if code != 0 {
+			t.Errorf("membrane %s -o json: exit %d: %s", strings.Join(args, " "), code, out)
+			continue
+		}
+		lines := []string{out}
+		if args[0] == "observe" {
+			lines = strings.Split(strings.TrimSpace(out), "\n") // NDJSON
+		}
+		for _, l := range lines {
+			if !json.Valid([]byte(l)) {
+				t.Errorf("membrane %s -o json: not JSON: %q", strings.Join(args, " "), l)
+			}
+		}
+	}
+	out, code := run(t, "policy", "reload", "--socket", sock, "-o", "json")
+	var p api.Policy
+	if code != 0 || json.Unmarshal([]byte(out), &p) != nil || p.Revision != 3 {
+		t.Errorf("policy reload -o json: exit %d, %q; want the policy set at revision 3", code, out)
+	}
+}

@@ -59,17 +59,26 @@ func newPolicyShowCmd() *cobra.Command {
 }
 
 func newPolicyReloadCmd() *cobra.Command {
-	return &cobra.Command{
+	var out *string
+	c := &cobra.Command{
 		Use:   "reload",
 		Short: "Make membraned re-read its policy directory now (root or group membrane)",
 		Args:  noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
+			if err := checkOutput(*out); err != nil {
+				return err
+			}
 			p, err := client(c).ReloadPolicies(c.Context())
 			if err != nil {
 				return apiError(err)
+			}
+			if *out == "json" {
+				return printJSON(c.OutOrStdout(), p)
 			}
 			fmt.Fprintf(c.OutOrStdout(), "policy set revision %d enforced (%d policies)\n", p.Revision, len(p.Policies))
 			return nil
 		},
 	}
+	out = addOutput(c)
+	return c
 }
