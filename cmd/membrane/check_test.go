@@ -530,3 +530,31 @@ func TestStrayOrMissingArgumentsSayWhatTheCommandTakes(t *testing.T) {
 		}
 	}
 }
+
+// `membrane help TOPIC` and `membrane completion SHELL` with a topic or
+// shell that does not exist are usage errors (exit 2) like an unknown
+// command; they exited 0 (help after "Unknown help topic" on stderr,
+// completion with its help on stdout, which a script redirecting it into
+// a completion file would take for the script). An unknown command of the
+// root is told as the group commands tell theirs.
+func TestUnknownHelpTopicCompletionShellAndCommandExitTwo(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"help", "bogus"}, `unknown help topic "bogus"` + "\nSee 'membrane --help'."},
+		{[]string{"help", "policy", "chek"}, `unknown help topic "policy chek"`},
+		{[]string{"completion", "tcsh"}, `unknown command "tcsh" for "membrane completion"`},
+		{[]string{"statsu"}, `unknown command "statsu" for "membrane"; did you mean "status"?` + "\nSee 'membrane --help'."},
+	} {
+		out, _, code, err := runCLIStderr(t, tc.args...)
+		if code != 2 || out != "" || err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("membrane %s: exit %d, stdout %.80q, error %v; want exit 2 and %q", strings.Join(tc.args, " "), code, out, err, tc.want)
+		}
+	}
+	for _, args := range [][]string{{"help"}, {"help", "policy", "check"}, {"completion"}, {}} {
+		if out, _, code, err := runCLIStderr(t, args...); code != 0 || out == "" {
+			t.Errorf("membrane %s: exit %d, %v, stdout %.80q", strings.Join(args, " "), code, err, out)
+		}
+	}
+}

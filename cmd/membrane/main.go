@@ -55,6 +55,30 @@ func newRootCmd() *cobra.Command {
 	policy.AddCommand(newPolicyCheckCmd(), newPolicyTraceCmd())
 	root.AddCommand(policy, newVersionCmd())
 	addDaemonCommands(root, policy)
+	// The root, cobra's completion command and its help command hold
+	// subcommands (or topics) as the groups do: an argument that names
+	// none is a usage error, told the same way, not a help page and exit
+	// 0 (completion) or cobra's own layout (the root).
+	root.Args, root.RunE = cobra.ArbitraryArgs, groupRunE
+	root.SuggestionsMinimumDistance = 2
+	root.DisableFlagsInUseLine = true
+	root.InitDefaultCompletionCmd()
+	if comp, _, err := root.Find([]string{"completion"}); err == nil && comp != root {
+		comp.Args, comp.RunE = cobra.ArbitraryArgs, groupRunE
+		comp.DisableFlagsInUseLine = true
+	}
+	root.SetHelpCommand(&cobra.Command{
+		Use:   "help [command]",
+		Short: "Help about any command",
+		Args:  cobra.ArbitraryArgs,
+		RunE: func(c *cobra.Command, args []string) error {
+			cmd, rest, err := c.Root().Find(args)
+			if err != nil || cmd == nil || len(rest) > 0 {
+				return usageError("unknown help topic %q\nSee '%s --help'.", strings.Join(args, " "), c.Root().CommandPath())
+			}
+			return cmd.Help()
+		},
+	})
 	return root
 }
 
@@ -70,17 +94,21 @@ func groupCmd(use, short string) *cobra.Command {
 		// The usage line stays "membrane policy [command]" alone.
 		DisableFlagsInUseLine:      true,
 		SuggestionsMinimumDistance: 2,
-		RunE: func(c *cobra.Command, args []string) error {
-			if len(args) == 0 {
-				return c.Help()
-			}
-			msg := fmt.Sprintf("unknown command %q for %q", args[0], c.CommandPath())
-			if s := c.SuggestionsFor(args[0]); len(s) > 0 {
-				msg += fmt.Sprintf("; did you mean %q?", s[0])
-			}
-			return usageError("%s\nSee '%s --help'.", msg, c.CommandPath())
-		},
+		RunE:                       groupRunE,
 	}
+}
+
+// groupRunE runs a command that only holds subcommands: its help without
+// an argument, else a usage error for the subcommand it does not have.
+func groupRunE(c *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		return c.Help()
+	}
+	msg := fmt.Sprintf("unknown command %q for %q", args[0], c.CommandPath())
+	if s := c.SuggestionsFor(args[0]); len(s) > 0 {
+		msg += fmt.Sprintf("; did you mean %q?", s[0])
+	}
+	return usageError("%s\nSee '%s --help'.", msg, c.CommandPath())
 }
 
 // noArgs is cobra.NoArgs with a message that says what is wrong: cobra's
