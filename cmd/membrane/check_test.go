@@ -558,3 +558,21 @@ func TestUnknownHelpTopicCompletionShellAndCommandExitTwo(t *testing.T) {
 		}
 	}
 }
+
+// A flag value of the wrong type is told in words, not as the strconv
+// error inside pflag's ("strconv.ParseInt: parsing \"x\": invalid syntax").
+func TestFlagValueOfTheWrongTypeIsToldInWords(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"observe", "--last", "x"}, `invalid argument "x" for "--last" flag: want a whole number` + "\nSee 'membrane observe --help'."},
+		{[]string{"observe", "--last", "99999999999999999999"}, `invalid argument "99999999999999999999" for "--last" flag: out of range`},
+		{[]string{"observe", "--follow=maybe"}, `invalid argument "maybe" for "-f, --follow" flag: want true or false`},
+	} {
+		out, _, code, err := runCLIStderr(t, tc.args...)
+		if code != 2 || out != "" || err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "strconv") {
+			t.Errorf("membrane %s: exit %d, stdout %q, error %v; want exit 2 and %q", strings.Join(tc.args, " "), code, out, err, tc.want)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -46,6 +47,7 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		err = flagValueInWords(err)
 		if s := suggestFlag(c, err); s != "" {
 			return &exitError{code: 2, err: fmt.Errorf("%w; did you mean %s?\nSee '%s --help'.", err, s, c.CommandPath())}
 		}
@@ -80,6 +82,32 @@ func newRootCmd() *cobra.Command {
 		},
 	})
 	return root
+}
+
+// strconvInFlagError is the strconv error pflag puts after a flag value
+// of the wrong type: the function, the value, and what went wrong.
+var strconvInFlagError = regexp.MustCompile(`strconv\.Parse(\w+): parsing "(?:[^"\\]|\\.)*": (invalid syntax|value out of range)`)
+
+// flagValueInWords says in words what strconv says in an error of pflag
+// about a flag's value: "want a whole number", "out of range".
+func flagValueInWords(err error) error {
+	msg := err.Error()
+	m := strconvInFlagError.FindStringSubmatch(msg)
+	if m == nil {
+		return err
+	}
+	words := "out of range"
+	if m[2] == "invalid syntax" {
+		switch m[1] {
+		case "Bool":
+			words = "want true or false"
+		case "Float":
+			words = "want a number"
+		default:
+			words = "want a whole number"
+		}
+	}
+	return errors.New(strings.Replace(msg, m[0], words, 1))
 }
 
 // groupCmd is a command that only holds subcommands. Cobra prints the help
