@@ -265,7 +265,7 @@ func (l *loader) rule(b *hclsyntax.Block, p *Policy) *Rule {
 		case peers[2]:
 			rs.entities = l.listAttr(a, false)
 			for _, e := range rs.entities.elems {
-				if ent, ok := l.entity(e); ok {
+				if ent, ok := l.entity(e, peers[0], peers[1]); ok {
 					r.Entities = append(r.Entities, ent)
 				}
 			}

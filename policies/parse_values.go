@@ -397,13 +397,40 @@ elems:
 
 var entityNames = []string{string(EntityHost), string(EntityWorld), string(EntityCluster), string(EntityInit), string(EntityAll)}
 
-func (l *loader) entity(e listElem) (Entity, bool) {
+// entity checks one element of from_entities/to_entities; endpointsAttr
+// and cidrAttr are the block's other peer attributes, which the detail of
+// a Cilium entity that Membrane does not have may point at.
+func (l *loader) entity(e listElem, endpointsAttr, cidrAttr string) (Entity, bool) {
 	if contains(entityNames, e.val) {
 		return Entity(e.val), true
 	}
 	summary := fmt.Sprintf("Unknown entity %q", e.val) + suggest(strings.ToLower(e.val), entityNames)
-	l.errorf(e.rng, summary, "Entities are %s.", strings.Join(entityNames, ", "))
+	detail := fmt.Sprintf("Entities are %s.", strings.Join(entityNames, ", "))
+	if hint := ciliumEntityHint(strings.ToLower(e.val), endpointsAttr, cidrAttr); hint != "" {
+		detail = fmt.Sprintf("%q is Cilium's: %s. %s", e.val, hint, detail)
+	}
+	l.errorf(e.rng, summary, "%s", detail)
 	return "", false
+}
+
+// ciliumEntityHint says what to write instead of one of Cilium's entities
+// that Membrane does not have (decision 78), "" for any other name. None
+// is offered as "did you mean": world-ipv4 is not world, which takes IPv6
+// in too.
+func ciliumEntityHint(name, endpointsAttr, cidrAttr string) string {
+	switch name {
+	case "world-ipv4":
+		return fmt.Sprintf(`Membrane's world is both families; for its IPv4 part alone write %s = ["0.0.0.0/0"] (CIDR rules, like world, match only peers that are neither managed endpoints nor the host)`, cidrAttr)
+	case "world-ipv6":
+		return fmt.Sprintf(`Membrane's world is both families; for its IPv6 part alone write %s = ["::/0"] (CIDR rules, like world, match only peers that are neither managed endpoints nor the host)`, cidrAttr)
+	case "remote-node":
+		return "Membrane has no nodes of its own kind; the other hosts of a cluster are in cluster (with their endpoints), this host is host"
+	case "kube-apiserver":
+		return fmt.Sprintf("there is no Kubernetes API server here; name the peer by its labels (%s) or its address (%s)", endpointsAttr, cidrAttr)
+	case "health", "ingress":
+		return fmt.Sprintf("Membrane has no %s endpoint of its own; name the peer by its labels (%s) or its address (%s)", name, endpointsAttr, cidrAttr)
+	}
+	return ""
 }
 
 const portHelp = `Ports are "PORT/PROTO", "LOW-HIGH/PROTO", "PORT" or "LOW-HIGH"; ports are 1-65535 and PROTO is tcp, udp, sctp or any (the default: all three). ICMP goes in icmp = [...] or icmpv6 = [...].`
