@@ -17,7 +17,8 @@
 //
 // Exit codes: 0 stopped by a signal (or --cleanup done); 1 error (an
 // invalid config is printed FILE:LINE:COL: error: ...); 2 usage error
-// (more than one of --cleanup, --check-config and --version among them).
+// (an empty --config, or more than one of --cleanup, --check-config and
+// --version among them).
 package main
 
 import (
@@ -94,6 +95,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	// A usage error whatever the mode (membraned(8), EXIT STATUS).
 	if *logFormat != "text" && *logFormat != "json" {
 		fmt.Fprintf(stderr, "membraned: --log-format %q: want text or json\n", *logFormat)
+		return 2
+	}
+	if *cfgPath == "" {
+		fmt.Fprintf(stderr, "membraned: --config \"\": want the path of membrane.hcl (default %s)\n", config.DefaultPath)
 		return 2
 	}
 	if *showVersion {

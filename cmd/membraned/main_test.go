@@ -25,6 +25,9 @@ func TestExitCodes(t *testing.T) {
 	}{
 		{"unknown flag", []string{"--bogus"}, 2, "flag provided but not defined"},
 		{"stray argument", []string{"run"}, 2, `unexpected argument "run"`},
+		// An empty --config (an unset variable in a unit's ExecStart) is
+		// a mistake in the command, not "open : no such file" (exit 1).
+		{"empty config path", []string{"--config", "", "--check-config"}, 2, `membraned: --config "": want the path of membrane.hcl`},
 		{"bad log format", []string{"--config", good, "--log-format", "xml"}, 2, "--log-format"},
 		{"bad log format with a mode", []string{"--log-format", "xml", "--version"}, 2, "--log-format"},
 		{"invalid config names file:line:col", []string{"--config", bad}, 1, bad + `:3:1: error: invalid enforcement "sometimes"`},
