@@ -17,7 +17,7 @@
 //
 // Exit codes: 0 stopped by a signal (or --cleanup done); 1 error (an
 // invalid config is printed FILE:LINE:COL: error: ...); 2 usage error
-// (an empty --config, or more than one of --cleanup, --check-config and
+// (an empty --config but with --cleanup, or more than one of --cleanup, --check-config and
 // --version among them).
 package main
 
@@ -97,7 +97,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "membraned: --log-format %q: want text or json\n", *logFormat)
 		return 2
 	}
-	if *cfgPath == "" {
+	// Not for --cleanup: a package removal takes the datapath down
+	// whatever its command line (below, with the defaults).
+	if *cfgPath == "" && !*cleanup {
 		fmt.Fprintf(stderr, "membraned: --config \"\": want the path of membrane.hcl (default %s)\n", config.DefaultPath)
 		return 2
 	}
