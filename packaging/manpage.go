@@ -228,7 +228,7 @@ func DaemonManPage(ctx context.Context, bin, version string, date time.Time) (Ma
 	for _, e := range [][2]string{
 		{"0", "stopped by SIGTERM or SIGINT, or --cleanup, --check-config, --version or --help done"},
 		{"1", "an error: an invalid configuration (printed FILE:LINE:COL: error: ...), a failed start or a failed cleanup"},
-		{"2", "a usage error: an unknown option, an argument, an empty --config, an unknown --log-format, or more than one of --cleanup, --check-config and --version"},
+		{"2", "a usage error: an unknown option, an argument, an empty --config (but with --cleanup), an unknown --log-format, or more than one of --cleanup, --check-config and --version"},
 	} {
 		b.WriteString(".TP\n.B " + e[0] + "\n" + roffText(e[1]) + "\n")
 	}
