@@ -891,3 +891,26 @@ func TestClientSaysWhenThePathIsNotASocket(t *testing.T) {
 		t.Errorf("stale socket: %v, want ErrDaemonDown", err)
 	}
 }
+
+// A --socket that names another HTTP server's socket (Docker's is the
+// likely slip) answers errors that are not membraned's: the client says
+// that the socket may be the wrong one, not only "membraned answered 404".
+func TestClientSaysWhenTheServerIsNotMembraned(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "other.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusNotFound)
+		io.WriteString(w, `{"message":"page not found"}`)
+	})}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	_, err = NewClient(sock).Status(context.Background())
+	var se *StatusError
+	if !errors.As(err, &se) || se.Code != 404 || !strings.Contains(err.Error(), sock+" answered 404 Not Found, not as membraned answers") || !strings.Contains(err.Error(), "--socket") {
+		t.Fatalf("error %v", err)
+	}
+}

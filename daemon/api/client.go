@@ -86,7 +86,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return readError(resp)
+		return c.readError(resp)
 	}
 	if out == nil {
 		return nil
@@ -127,13 +127,17 @@ func fileKind(mode fs.FileMode) string {
 	return "a " + mode.Type().String() + " file"
 }
 
-func readError(resp *http.Response) error {
+// readError is the error of an answer that is not 200: the daemon's
+// message, which every error of membraned carries; without one, the
+// server is not membraned (another's socket: Docker's is a likely slip),
+// or one from before the API answered every error so.
+func (c *Client) readError(resp *http.Response) error {
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	var eb ErrorBody
 	if json.Unmarshal(b, &eb) == nil && eb.Error != "" {
 		return &StatusError{Code: resp.StatusCode, Message: eb.Error}
 	}
-	return &StatusError{Code: resp.StatusCode, Message: fmt.Sprintf("membraned answered %s", resp.Status)}
+	return &StatusError{Code: resp.StatusCode, Message: fmt.Sprintf("%s answered %s, not as membraned answers: is it membraned's API socket (--socket, MEMBRANE_SOCKET; api_socket in membrane.hcl)?", c.Socket, resp.Status)}
 }
 
 // Status returns the daemon's status.
@@ -227,7 +231,7 @@ func (c *Client) Observe(ctx context.Context, f ObserveFilter, fn func(Flow) err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return readError(resp)
+		return c.readError(resp)
 	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 4<<20)
