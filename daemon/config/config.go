@@ -304,6 +304,7 @@ func Parse(filename string, src []byte) (*Config, error) {
 	// it converts: a fraction for a whole number, an interpolation), so
 	// compile's word on it is dropped: it would judge a value the file
 	// does not hold ("l7.port = 0 is out of range").
+	countDetails(f.Body, diags)
 	bad := undecoded(f.Body, diags)
 	cfg, cdiags := compile(&raw, f.Body)
 	diags = append(dropInside(diags, bad, true), dropInside(cdiags, bad, false)...)
@@ -317,6 +318,64 @@ func Parse(filename string, src []byte) (*Config, error) {
 	}
 	cfg.Path = filename
 	return cfg, nil
+}
+
+// countBound is the range of a whole-number attribute; pow2: a power of
+// two.
+type countBound struct {
+	lo, hi int
+	pow2   bool
+}
+
+// countBounds are the whole-number attributes' bounds, by dotted name
+// (block.attribute), for compile's checks and for countDetails.
+var countBounds = map[string]countBound{
+	"flow_sample":                   {0, maxFlowSample, false},
+	"maps.endpoints":                {16, 1 << 20, false},
+	"maps.ipcache":                  {16, 1 << 24, false},
+	"maps.policy":                   {16, 1 << 20, false},
+	"maps.policy_entries":           {16, 1 << 20, false},
+	"maps.conntrack":                {1024, 1 << 24, false},
+	"maps.events":                   {4096, 1 << 30, true},
+	"l7.port":                       {1, 65535, false},
+	"l7.max_connections":            {1, 1 << 20, false},
+	"l7.max_connections_per_source": {1, 1 << 20, false},
+}
+
+// countDetails replaces HCL's detail for a whole-number attribute whose
+// value is a fraction or past Go's int ("between -9223372036854775808 and
+// 9223372036854775807", which no count here may be) with the attribute's
+// own bounds.
+func countDetails(body hcl.Body, diags hcl.Diagnostics) {
+	sb, ok := body.(*hclsyntax.Body)
+	if !ok {
+		return
+	}
+	attrs := map[string]*hclsyntax.Attribute{}
+	for name, a := range sb.Attributes {
+		attrs[name] = a
+	}
+	for _, blk := range sb.Blocks {
+		for name, a := range blk.Body.Attributes {
+			attrs[blk.Type+"."+name] = a
+		}
+	}
+	for _, d := range diags {
+		if d.Subject == nil || !strings.Contains(d.Detail, "whole number, between") {
+			continue
+		}
+		for name, a := range attrs {
+			b, ok := countBounds[name]
+			if !ok || !within(*d.Subject, a.Expr.Range()) {
+				continue
+			}
+			if b.pow2 {
+				d.Detail = fmt.Sprintf("%s must be a whole number, a power of two from %d to %d", name, b.lo, b.hi)
+			} else {
+				d.Detail = fmt.Sprintf("%s must be a whole number from %d to %d", name, b.lo, b.hi)
+			}
+		}
+	}
 }
 
 // undecoded are the ranges of the attributes, at any depth of body, whose
@@ -567,7 +626,7 @@ func compile(raw *fileSchema, body hcl.Body) (*Config, hcl.Diagnostics) {
 		*dst = d
 	}
 	if raw.FlowSample != nil {
-		if n := *raw.FlowSample; n < 0 || n > maxFlowSample {
+		if n, b := *raw.FlowSample, countBounds["flow_sample"]; n < b.lo || n > b.hi {
 			errAt(top["flow_sample"], fmt.Sprintf("invalid flow_sample %d", n), fmt.Sprintf("must be 0 (no allowed flows reported) or N from 1 to %d (one new allowed flow in N)", maxFlowSample))
 		} else {
 			cfg.FlowSample = n
@@ -644,24 +703,24 @@ func compile(raw *fileSchema, body hcl.Body) (*Config, hcl.Diagnostics) {
 			continue
 		}
 		mr := blockAttrRanges(body, "maps", i)
-		size := func(name string, v *int, dst *int, min, max int) {
+		size := func(name string, v *int, dst *int) {
 			if v == nil {
 				return
 			}
-			if *v < min || *v > max {
-				errAt(mr[name], fmt.Sprintf("maps.%s = %d is out of range", name, *v), fmt.Sprintf("must be between %d and %d", min, max))
+			if b := countBounds["maps."+name]; *v < b.lo || *v > b.hi {
+				errAt(mr[name], fmt.Sprintf("maps.%s = %d is out of range", name, *v), fmt.Sprintf("must be between %d and %d", b.lo, b.hi))
 				return
 			}
 			*dst = *v
 		}
-		size("endpoints", m.Endpoints, &cfg.Maps.Endpoints, 16, 1<<20)
-		size("ipcache", m.IPCache, &cfg.Maps.IPCache, 16, 1<<24)
-		size("policy", m.Policy, &cfg.Maps.Policy, 16, 1<<20)
-		size("policy_entries", m.PolicyEntries, &cfg.Maps.PolicyEntries, 16, 1<<20)
-		size("conntrack", m.Conntrack, &cfg.Maps.Conntrack, 1024, 1<<24)
+		size("endpoints", m.Endpoints, &cfg.Maps.Endpoints)
+		size("ipcache", m.IPCache, &cfg.Maps.IPCache)
+		size("policy", m.Policy, &cfg.Maps.Policy)
+		size("policy_entries", m.PolicyEntries, &cfg.Maps.PolicyEntries)
+		size("conntrack", m.Conntrack, &cfg.Maps.Conntrack)
 		if m.Events != nil {
-			v := *m.Events
-			if v < 4096 || v > 1<<30 || v&(v-1) != 0 {
+			v, b := *m.Events, countBounds["maps.events"]
+			if v < b.lo || v > b.hi || v&(v-1) != 0 {
 				errAt(mr["events"], fmt.Sprintf("maps.events = %d is not a valid ring buffer size", v), "must be a power of two between 4096 and 1073741824 bytes")
 			} else {
 				cfg.Maps.Events = v
@@ -700,7 +759,7 @@ func compile(raw *fileSchema, body hcl.Body) (*Config, hcl.Diagnostics) {
 			}
 		}
 		if l.Port != nil {
-			if *l.Port < 1 || *l.Port > 65535 {
+			if b := countBounds["l7.port"]; *l.Port < b.lo || *l.Port > b.hi {
 				errAt(lr["port"], fmt.Sprintf("l7.port = %d is out of range", *l.Port), "must be a TCP port between 1 and 65535")
 			} else {
 				cfg.L7.Port = *l.Port
@@ -728,7 +787,7 @@ func compile(raw *fileSchema, body hcl.Body) (*Config, hcl.Diagnostics) {
 		} {
 			switch {
 			case lim.v == nil:
-			case *lim.v < 1 || *lim.v > 1<<20:
+			case *lim.v < countBounds["l7."+lim.name].lo || *lim.v > countBounds["l7."+lim.name].hi:
 				errAt(lr[lim.name], fmt.Sprintf("l7.%s = %d is out of range", lim.name, *lim.v), "must be between 1 and 1048576 connections")
 			default:
 				*lim.dst = *lim.v

@@ -372,3 +372,22 @@ func TestDurationsAndCountsAreBounded(t *testing.T) {
 		}
 	}
 }
+
+// A count that is not a whole number, or past what Go's int holds, is told
+// with the attribute's own bounds, not HCL's "between
+// -9223372036854775808 and 9223372036854775807", which no count here may
+// be.
+func TestUndecodableCountNamesItsBounds(t *testing.T) {
+	for _, tc := range []struct{ src, want string }{
+		{"maps {\n  endpoints = 1e30\n}\n", "m.hcl:2:15: error: Unsuitable value type: maps.endpoints must be a whole number from 16 to 1048576"},
+		{"maps {\n  events = 4096.5\n}\n", "m.hcl:2:12: error: Unsuitable value type: maps.events must be a whole number, a power of two from 4096 to 1073741824"},
+		{"flow_sample = 0.5\n", "m.hcl:1:15: error: Unsuitable value type: flow_sample must be a whole number from 0 to 1000000"},
+		{"l7 {\n  port = 15001.5\n}\n", "m.hcl:2:10: error: Unsuitable value type: l7.port must be a whole number from 1 to 65535"},
+		{"l7 {\n  max_connections_per_source = 1e20\n}\n", "l7.max_connections_per_source must be a whole number from 1 to 1048576"},
+	} {
+		_, err := Parse("m.hcl", []byte(tc.src))
+		if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "9223372036854775807") {
+			t.Errorf("%q: error %v, want %q", tc.src, err, tc.want)
+		}
+	}
+}
