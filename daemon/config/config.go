@@ -728,6 +728,7 @@ func compile(raw *fileSchema, body hcl.Body) (*Config, hcl.Diagnostics) {
 		}
 	}
 
+	var listenAt, l7PortAt *hcl.Range
 	for i, m := range raw.Metrics {
 		if i > 0 {
 			errAt(m.DefRange, "metrics block already declared at "+short(raw.Metrics[0].DefRange), "merge the blocks into one")
@@ -741,6 +742,9 @@ func compile(raw *fileSchema, body hcl.Body) (*Config, hcl.Diagnostics) {
 				}
 			}
 			cfg.Metrics.Listen = *m.Listen
+			if r, ok := mr["listen"]; ok {
+				listenAt = &r
+			}
 		}
 	}
 
@@ -763,6 +767,9 @@ func compile(raw *fileSchema, body hcl.Body) (*Config, hcl.Diagnostics) {
 				errAt(lr["port"], fmt.Sprintf("l7.port = %d is out of range", *l.Port), "must be a TCP port between 1 and 65535")
 			} else {
 				cfg.L7.Port = *l.Port
+				if r, ok := lr["port"]; ok {
+					l7PortAt = &r
+				}
 			}
 		}
 		if l.EnvoyUnit != nil {
@@ -792,6 +799,17 @@ func compile(raw *fileSchema, body hcl.Body) (*Config, hcl.Diagnostics) {
 			default:
 				*lim.dst = *lim.v
 			}
+		}
+	}
+	// The proxy listens on its port on every address: metrics on the same
+	// port would stop the daemon at start, after --check-config passed.
+	if _, port, err := net.SplitHostPort(cfg.Metrics.Listen); err == nil && port == strconv.Itoa(cfg.L7.Port) {
+		at := l7PortAt
+		if at == nil {
+			at = listenAt
+		}
+		if at != nil {
+			errAt(*at, fmt.Sprintf("l7.port %d is also metrics.listen's port (%q)", cfg.L7.Port, cfg.Metrics.Listen), "the L7 proxy listens on its port on every address, so the metrics cannot have it: give one of them another port")
 		}
 	}
 	return cfg, diags

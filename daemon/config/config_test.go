@@ -391,3 +391,21 @@ func TestUndecodableCountNamesItsBounds(t *testing.T) {
 		}
 	}
 }
+
+// The L7 proxy and the metrics cannot listen on the same TCP port (the
+// proxy takes it on every address): --check-config says so at l7.port,
+// rather than pass a file the daemon would stop on at start.
+func TestL7PortAndMetricsPortDiffer(t *testing.T) {
+	for _, src := range []string{
+		"metrics {\n  listen = \"127.0.0.1:15001\"\n}\n",
+		"metrics {\n  listen = \":9000\"\n}\nl7 {\n  port = 9000\n}\n",
+	} {
+		_, err := Parse("m.hcl", []byte(src))
+		if err == nil || !strings.Contains(err.Error(), "is also metrics.listen's port") {
+			t.Errorf("%q: error %v", src, err)
+		}
+	}
+	if _, err := Parse("m.hcl", []byte("metrics {\n  listen = \"\"\n}\nl7 {\n  port = 9964\n}\n")); err != nil {
+		t.Errorf("metrics off, l7 on 9964: %v", err)
+	}
+}
