@@ -914,3 +914,44 @@ func TestClientSaysWhenTheServerIsNotMembraned(t *testing.T) {
 		t.Fatalf("error %v", err)
 	}
 }
+
+// A path that is not written clean (a doubled slash, a dot segment) is
+// answered as a path the API does not have, in JSON, not with net/http's
+// HTML redirect: the API answers nothing but JSON.
+func TestUncleanPathAnswersJSONNotARedirect(t *testing.T) {
+	_, sock := start(t, Options{})
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	defer hc.CloseIdleConnections()
+	for p, want := range map[string]string{
+		"/v1//status":          `no API route GET /v1//status: did you mean /v1/status?`,
+		"/v1/../v1/status":     `no API route GET /v1/../v1/status: did you mean /v1/status?`,
+		"/v1/endpoints/..":     `no API route GET /v1/endpoints/..: membraned's API has GET /v1/status,`,
+		"/v1/endpoints/./web1": `did you mean /v1/endpoints/web1?`,
+	} {
+		req, _ := http.NewRequest("GET", "http://membraned/", nil)
+		req.URL.Path, req.URL.RawPath = p, p
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var eb ErrorBody
+		err = json.NewDecoder(resp.Body).Decode(&eb)
+		resp.Body.Close()
+		if resp.StatusCode != 404 || err != nil || !strings.Contains(eb.Error, want) {
+			t.Errorf("GET %s: %d %s %q (%v), want 404 JSON with %q", p, resp.StatusCode, resp.Header.Get("Content-Type"), eb.Error, err, want)
+		}
+	}
+}
+
+// An endpoint reference holding an escaped slash and dots is one segment
+// of the path, as the mux sees it: it reaches the endpoint handler.
+func TestEscapedDotsInAReferenceReachTheHandler(t *testing.T) {
+	_, sock := start(t, Options{})
+	_, err := NewClient(sock).Endpoint(context.Background(), "../status")
+	var se *StatusError
+	if !errors.As(err, &se) || se.Code != 404 || !strings.Contains(se.Message, `no endpoint "../status"`) {
+		t.Fatalf("endpoint ../status: %v", err)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/user"
+	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -264,6 +265,23 @@ type paramMux struct {
 // every other error: net/http's plain-text "404 page not found" would
 // reach the CLI as a bare status.
 func (m paramMux) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// net/http redirects a path not written clean ("/v1//status") in
+	// HTML; the API answers JSON alone, and a client of it writes its
+	// paths clean.
+	// Like the mux, on the path as escaped: an escaped slash ("..%2Fx" of
+	// an endpoint reference) is inside one segment.
+	if ep := r.URL.EscapedPath(); cleanPath(ep) != ep && r.Method != http.MethodConnect {
+		clean := cleanPath(r.URL.Path)
+		msg := fmt.Sprintf("no API route %s %s", r.Method, r.URL.Path)
+		u := *r.URL
+		u.Path, u.RawPath = clean, ""
+		if _, pattern := m.Handler(&http.Request{Method: r.Method, URL: &u, Host: r.Host}); pattern != "" {
+			writeError(w, http.StatusNotFound, fmt.Errorf("%s: did you mean %s?", msg, clean))
+			return
+		}
+		writeError(w, http.StatusNotFound, fmt.Errorf("%s: membraned's API has %s", msg, strings.Join(*m.patterns, ", ")))
+		return
+	}
 	h, pattern := m.Handler(r)
 	if pattern != "" {
 		m.ServeMux.ServeHTTP(w, r)
@@ -279,6 +297,22 @@ func (m paramMux) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeError(w, http.StatusNotFound, fmt.Errorf("no API route %s %s: membraned's API has %s (is membrane newer than membraned? `membrane version` and `membraned --version` tell)", r.Method, r.URL.Path, strings.Join(*m.patterns, ", ")))
+}
+
+// cleanPath is p as net/http's ServeMux cleans it: rooted, without
+// doubled slashes or dot segments, with a trailing slash kept.
+func cleanPath(p string) string {
+	if p == "" {
+		return "/"
+	}
+	if p[0] != '/' {
+		p = "/" + p
+	}
+	np := path.Clean(p)
+	if strings.HasSuffix(p, "/") && np != "/" {
+		np += "/"
+	}
+	return np
 }
 
 // missRecorder keeps what net/http's 404 and 405 handlers set.
