@@ -303,3 +303,16 @@ func TestEveryDaemonCommandPrintsValidJSON(t *testing.T) {
 		t.Errorf("policy reload -o json: exit %d, %q; want the policy set at revision 3", code, out)
 	}
 }
+
+// `endpoint get` with what no endpoint id, container name or id can be
+// ("", ".", "..", a dot segment) is a usage error, not the API's "no API
+// route" for the path it would make.
+func TestEndpointGetRefusesWhatNamesNoEndpoint(t *testing.T) {
+	sock := serve(t, &cliBackend{hub: api.NewFlowHub(10)})
+	for _, ref := range []string{"", ".", "..", "../status", "a/./b"} {
+		out, code := run(t, "endpoint", "get", ref, "--socket", sock)
+		if code != 2 || !strings.Contains(out, "is not an endpoint id, container name or container id") || strings.Contains(out, "API route") {
+			t.Errorf("endpoint get %q: exit %d, %q", ref, code, out)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -45,6 +46,11 @@ func newEndpointCmd() *cobra.Command {
 		RunE: func(c *cobra.Command, args []string) error {
 			if err := checkOutput(*getOut); err != nil {
 				return err
+			}
+			// The reference is a segment of the API's path: "" and dot
+			// segments would name another path, and are no name anyway.
+			if args[0] == "" || slices.ContainsFunc(strings.Split(args[0], "/"), func(s string) bool { return s == "." || s == ".." }) {
+				return usageError("%q is not an endpoint id, container name or container id (see `membrane endpoint list`)", args[0])
 			}
 			e, err := client(c).Endpoint(c.Context(), args[0])
 			if err != nil {
