@@ -542,3 +542,23 @@ func TestTraceUnknownEntitySuggests(t *testing.T) {
 		}
 	}
 }
+
+// --http-header takes what a request can carry: a name that is an HTTP
+// token and a value without a line break, as a policy's headers do
+// (decision 21); "bad header=1" was traced as if a request could hold it.
+func TestTraceHTTPHeaderMustBeOneARequestCanCarry(t *testing.T) {
+	dir := t.TempDir()
+	pol := filepath.Join(dir, "p.hcl")
+	writePolicy(t, pol, "policy \"b\" {\n  selector = \"app=b\"\n  ingress {\n    ports = [\"80/tcp\"]\n  }\n}\n")
+	for h, want := range map[string]string{
+		"bad header=1":  `--http-header "bad header=1": the name "bad header" is not an HTTP token (letters, digits and !#$%&'*+-.^_` + "`|~)",
+		"X-A:B=1":       `the name "X-A:B" is not an HTTP token`,
+		"X-Tenant=a\nb": `--http-header "X-Tenant=a\nb": a header value cannot hold a line break or NUL`,
+	} {
+		out, errOut, code := traceCLI(t, "--policies", pol, "--from-entity", "host", "--to-labels", "app=b", "--port", "80/tcp",
+			"--http-method", "GET", "--http-path", "/", "--http-header", h)
+		if code != 2 || out != "" || !strings.Contains(errOut, want) {
+			t.Errorf("--http-header %q: exit %d, stdout %q, stderr %q; want exit 2 and %q", h, code, out, errOut, want)
+		}
+	}
+}
