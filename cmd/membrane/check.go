@@ -73,6 +73,9 @@ func runCheck(out, errOut io.Writer, format string, args []string) error {
 	for _, p := range args {
 		st, err := os.Stat(p)
 		if err != nil {
+			if p == "-" {
+				return usageError("policy check reads no standard input: name a policy file or directory")
+			}
 			if errors.Is(err, fs.ErrNotExist) {
 				return usageError("%s does not exist", p)
 			}

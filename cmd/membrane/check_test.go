@@ -211,6 +211,7 @@ func TestCheckBinaryExitCodes(t *testing.T) {
 		{[]string{testdata + "/invalid/port_zero.hcl"}, 1, testdata + "/invalid/port_zero.hcl:5:14: error: Invalid port", ""},
 		{[]string{}, 2, "", "needs at least one PATH"},
 		{[]string{"/nonexistent/policies.d"}, 2, "", "/nonexistent/policies.d does not exist"},
+		{[]string{"-"}, 2, "", "policy check reads no standard input: name a policy file or directory"},
 	} {
 		cmd := exec.Command(bin, append([]string{"policy", "check"}, tc.args...)...)
 		var stdout, stderr bytes.Buffer
