@@ -327,7 +327,7 @@ func tracePeer(v *view, side, container string, labels map[string]string, entity
 		switch e {
 		case policies.EntityHost, policies.EntityWorld, policies.EntityInit:
 		default:
-			return policies.Peer{}, api.Peer{}, &api.BadRequestError{Err: fmt.Errorf("%s entity %q: want host, world or init", side, entity)}
+			return policies.Peer{}, api.Peer{}, &api.BadRequestError{Err: fmt.Errorf("%s entity %q: want host, world or init%s", side, entity, policies.SuggestPeerEntity(entity))}
 		}
 		return policies.Peer{Entity: e}, api.Peer{}, nil
 	default:

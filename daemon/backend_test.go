@@ -180,6 +180,19 @@ func TestLiveTraceRefusesAConnectionThatCannotBe(t *testing.T) {
 	}
 }
 
+// A live trace's misspelt entity gets the "did you mean" that the CLI's
+// flag and a policy file's entity get (decision 73), for API clients that
+// are not the CLI.
+func TestLiveTraceEntitySuggests(t *testing.T) {
+	r := &reconciler{}
+	r.view.set(&view{set: &policies.Set{}})
+	_, err := (&backend{r: r}).Trace(context.Background(), api.TraceRequest{FromEntity: "hots", ToEntity: "world"})
+	var bad *api.BadRequestError
+	if !errors.As(err, &bad) || !strings.Contains(err.Error(), `did you mean "host"?`) {
+		t.Errorf("live trace from entity hots: %v, want a bad request suggesting host", err)
+	}
+}
+
 // A container named by an ID prefix that more than one container's ID
 // starts with is not "not a managed endpoint": the answer says the prefix
 // is ambiguous, so that the user gives more of it.
