@@ -8,12 +8,10 @@ import (
 	"io/fs"
 	"maps"
 	"net/netip"
-	"net/url"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
-	"unicode"
 
 	"github.com/membrane-fw/membrane/policies"
 	"github.com/membrane-fw/membrane/runtime/endpoint"
@@ -303,17 +301,6 @@ func (o *traceOpts) query() (traceQuery, error) {
 		if q.Proto != "tcp" {
 			return q, usageError("an HTTP request needs a TCP connection: add --port N/tcp")
 		}
-		// What no request line or Host field can carry would be traced
-		// as if a request could.
-		if !httpguts.ValidHeaderFieldName(o.httpMethod) {
-			return q, usageError("--http-method %q: not an HTTP token (letters, digits and !#$%%&'*+-.^_`|~)", o.httpMethod)
-		}
-		if blankOrControl(o.httpPath) {
-			return q, usageError("--http-path %q: a request target holds no blank or control character (write %q)", o.httpPath, (&url.URL{Path: o.httpPath}).EscapedPath())
-		}
-		if blankOrControl(o.httpHost) {
-			return q, usageError("--http-host %q: a host holds no blank or control character", o.httpHost)
-		}
 		q.HTTPMethod, q.HTTPPath, q.HTTPHost = o.httpMethod, o.httpPath, o.httpHost
 		// A header given more than once is judged as its values joined
 		// with ",", as the proxies judge a repeated header; names compare
@@ -342,9 +329,6 @@ func (o *traceOpts) query() (traceQuery, error) {
 				if q.HTTPHost != "" {
 					return q, usageError("--http-header %q: the request has one Host, given by --http-host or --http-header Host=H, not both", h)
 				}
-				if blankOrControl(v) {
-					return q, usageError("--http-header %q: a host holds no blank or control character", h)
-				}
 				q.HTTPHost = v
 				continue
 			}
@@ -360,12 +344,6 @@ func (o *traceOpts) query() (traceQuery, error) {
 		}
 	}
 	return q, nil
-}
-
-// blankOrControl reports whether s holds a blank (any Unicode space) or a
-// control character.
-func blankOrControl(s string) bool {
-	return strings.IndexFunc(s, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0
 }
 
 // peerFlags checks that one end is named exactly once and that the value is

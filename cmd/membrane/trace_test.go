@@ -562,35 +562,3 @@ func TestTraceHTTPHeaderMustBeOneARequestCanCarry(t *testing.T) {
 		}
 	}
 }
-
-// The request's method, path and host are what a request line and Host
-// field can carry: a method is an HTTP token, and no blank or control
-// character is in the path or the host ("/a b" goes on the wire as
-// "/a%20b"). They were traced as given.
-func TestTraceHTTPRequestMustBeOneThatCanBeSent(t *testing.T) {
-	dir := t.TempDir()
-	pol := filepath.Join(dir, "p.hcl")
-	writePolicy(t, pol, "policy \"b\" {\n  selector = \"app=b\"\n  ingress {\n    ports = [\"80/tcp\"]\n  }\n}\n")
-	for _, tc := range []struct {
-		flag, value, want string
-	}{
-		{"--http-method", "GE T", `--http-method "GE T": not an HTTP token (letters, digits and !#$%&'*+-.^_` + "`|~)"},
-		{"--http-path", "/a b", `--http-path "/a b": a request target holds no blank or control character (write "/a%20b")`},
-		{"--http-path", "/a\nb", `--http-path "/a\nb": a request target holds no blank or control character`},
-		{"--http-host", "a b", `--http-host "a b": a host holds no blank or control character`},
-	} {
-		args := []string{"--policies", pol, "--from-entity", "host", "--to-labels", "app=b", "--port", "80/tcp", "--http-method", "GET", "--http-path", "/"}
-		for i := range args {
-			if args[i] == tc.flag {
-				args[i+1] = tc.value
-			}
-		}
-		if tc.flag == "--http-host" {
-			args = append(args, tc.flag, tc.value)
-		}
-		out, errOut, code := traceCLI(t, args...)
-		if code != 2 || out != "" || !strings.Contains(errOut, tc.want) {
-			t.Errorf("%s %q: exit %d, stdout %q, stderr %q; want exit 2 and %q", tc.flag, tc.value, code, out, errOut, tc.want)
-		}
-	}
-}
