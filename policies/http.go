@@ -506,7 +506,7 @@ func (req *HTTPRequest) onWire() (HTTPRequest, string) {
 	}
 	for i := 0; i < len(q.Path); i++ {
 		if !HTTPTargetByte(q.Path[i]) {
-			return q, "invalid request target"
+			return q, fmt.Sprintf("invalid request target: byte 0x%02X is not visible ASCII (clients send it percent-encoded, as %%%02X)", q.Path[i], q.Path[i])
 		}
 	}
 	lower := strings.ToLower(q.Path)

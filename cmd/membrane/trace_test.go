@@ -562,3 +562,16 @@ func TestTraceHTTPHeaderMustBeOneARequestCanCarry(t *testing.T) {
 		}
 	}
 }
+
+// A path byte that no request target holds as sent is traced as the
+// proxies answer it, 400 before the rules (decision 82), and the answer
+// names the byte and how clients send it.
+func TestTraceNamesTheTargetByteTheProxyRefuses(t *testing.T) {
+	pol := filepath.Join(t.TempDir(), "p.hcl")
+	writePolicy(t, pol, "policy \"b\" {\n  selector = \"app=b\"\n  ingress {\n    ports = [\"80/tcp\"]\n    http {}\n  }\n}\n")
+	out, errOut, code := traceCLI(t, "--policies", pol, "--from-entity", "host", "--to-labels", "app=b", "--port", "80/tcp",
+		"--http-method", "GET", "--http-path", "/a b")
+	if code != 0 || !strings.Contains(out, "verdict: denied") || !strings.Contains(out, "byte 0x20 is not visible ASCII (clients send it percent-encoded, as %20)") {
+		t.Errorf("trace of /a b: exit %d, stdout %q, stderr %q; want the proxy's 400 naming the byte", code, out, errOut)
+	}
+}
