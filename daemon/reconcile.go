@@ -95,8 +95,11 @@ type reconciler struct {
 	reconciled   bool
 	lastSync     time.Time
 	problems     map[string]string // current datapath problems by key
-	lastStatus   string
-	peersDirty   bool // deferred peer policies to write (see recompile)
+	// runtimeReconnects are the reconnects of each source (by name) that
+	// membrane_runtime_reconnects_total counts.
+	runtimeReconnects map[string]int
+	lastStatus        string
+	peersDirty        bool // deferred peer policies to write (see recompile)
 	// policyFailed: the last policy write failed (see policyWritten).
 	policyFailed bool
 	lastGood     *lastGoodStore
@@ -148,6 +151,8 @@ func newReconciler(cfg *config.Config, log *slog.Logger, dp *bpf.Datapath, ids *
 		veths:     map[int]linkwatch.Event{},
 		nextEpID:  1,
 		problems:  map[string]string{},
+
+		runtimeReconnects: map[string]int{},
 	}
 	r.restoreIDs()
 	if dp.Replaced() {
@@ -362,6 +367,9 @@ func (r *reconciler) run(ctx context.Context) error {
 		defer t.Stop()
 		watchdog = t.C
 	}
+	for _, s := range r.sources {
+		go r.watchConnection(ctx, s)
+	}
 	srcEvents := make(chan endpoint.Event)
 	for _, s := range r.sources {
 		go func() {
@@ -471,6 +479,61 @@ func (r *reconciler) run(ctx context.Context) error {
 			r.markReady()
 		}
 	}
+}
+
+// watchConnection hands each change of s's connection to its runtime to
+// the loop (runtimeConnection).
+func (r *reconciler) watchConnection(ctx context.Context, s namedSource) {
+	p := s.src.Progress()
+	for {
+		changed := p.Changed()
+		c := p.Connection()
+		r.send(ctx, func(context.Context) error {
+			r.runtimeConnection(s.name, c)
+			return nil
+		})
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// runtimePeer names a source's runtime as its operators know the daemon.
+func runtimePeer(name string) string {
+	if name == "docker" {
+		return "dockerd"
+	}
+	return name
+}
+
+// runtimeConnection shows a runtime's connection in status and metrics: a
+// runtime lost after it was followed is a problem until it is back (before
+// its first list, the "sources" problem says what is awaited), and each
+// resync after the first is a reconnect.
+func (r *reconciler) runtimeConnection(name string, c endpoint.Connection) {
+	key := "runtime/" + name
+	up := 0.0
+	if c.Up {
+		up = 1
+	}
+	r.metrics.RuntimeConnected.WithLabelValues(name).Set(up)
+	if n := max(c.Resyncs-1, 0); n > r.runtimeReconnects[name] {
+		r.metrics.RuntimeReconnects.WithLabelValues(name).Add(float64(n - r.runtimeReconnects[name]))
+		r.runtimeReconnects[name] = n
+	}
+	switch {
+	case c.Up:
+		if _, was := r.problems[key]; was {
+			r.log.Info("caught up with "+runtimePeer(name)+" again", "runtime", name, "reconnects", c.Resyncs-1)
+		}
+		delete(r.problems, key)
+	case c.Resyncs > 0:
+		r.problems[key] = fmt.Sprintf("lost %s at %s (%s); reconnecting: the endpoints stay enforced as last known, and what changed meanwhile is caught up with when it is back",
+			runtimePeer(name), c.Since.UTC().Format(time.RFC3339), c.Err)
+	}
+	r.publish()
 }
 
 // notSynced says, for the log and for status, what the first full

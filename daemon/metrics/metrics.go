@@ -51,6 +51,8 @@ type Metrics struct {
 	ReconcileDuration *prometheus.HistogramVec
 	EventLag          *prometheus.HistogramVec
 	DatapathErrors    *prometheus.CounterVec
+	RuntimeConnected  *prometheus.GaugeVec
+	RuntimeReconnects *prometheus.CounterVec
 }
 
 // New creates the metrics and registers them, plus the Go and process
@@ -87,9 +89,15 @@ func New(s Sampler) *Metrics {
 		DatapathErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "membrane_datapath_errors_total", Help: "Failed writes to the datapath, the proxy or the state directory (map full, attach failure), by op.",
 		}, []string{"op"}),
+		RuntimeConnected: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "membrane_runtime_connected", Help: "1 while the runtime source follows its runtime's events, 0 while the runtime is lost (the endpoints stay enforced as last known).",
+		}, []string{"runtime"}),
+		RuntimeReconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "membrane_runtime_reconnects_total", Help: "Times a lost runtime was reconnected to and resynced in full.",
+		}, []string{"runtime"}),
 	}
 	m.Registry.MustRegister(m.Endpoints, m.Identities, m.Policies, m.PolicyRevision, m.PolicyLoadErrors,
-		m.PolicyLoadFailing, m.ReconcileDuration, m.EventLag, m.DatapathErrors,
+		m.PolicyLoadFailing, m.ReconcileDuration, m.EventLag, m.DatapathErrors, m.RuntimeConnected, m.RuntimeReconnects,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&sampled{s: s})
 	return m

@@ -162,6 +162,9 @@ func (s *Source) Snapshot() []endpoint.Endpoint { return s.table.Snapshot() }
 // Synced is closed after the first full list has been reported.
 func (s *Source) Synced() <-chan struct{} { return s.progress.Synced() }
 
+// Progress tells whether the runtime is followed now.
+func (s *Source) Progress() *endpoint.Progress { return s.progress }
+
 // Reconnects counts the sessions after the first (for status and tests).
 func (s *Source) Reconnects() int { return s.progress.Reconnects() }
 

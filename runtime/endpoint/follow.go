@@ -82,17 +82,35 @@ func (f *Follower[M]) Nudge(key string) {
 
 // Progress is what a source's users see of its Follower: Synced closes
 // after the first full resync, Reconnects counts the sessions after the
-// first. A source makes one in New, so both work before Run.
+// first, and Connection says whether the runtime is followed now. A source
+// makes one in New, so all work before Run.
 type Progress struct {
 	once   sync.Once
 	synced chan struct{}
 
 	mu         sync.Mutex
 	reconnects int
+	conn       Connection
+	changed    chan struct{}
+}
+
+// Connection is a source's link to its runtime as its Follower last saw it.
+type Connection struct {
+	// Up: the last session resynced and follows the runtime's events.
+	Up bool
+	// Since is when the connection came up (Up), or when it was lost.
+	Since time.Time
+	// Err says why it was lost, as last tried (Up false).
+	Err string
+	// Resyncs counts the sessions that resynced, the first one included:
+	// Resyncs-1 times, the runtime was lost and caught up with again.
+	Resyncs int
 }
 
 // NewProgress returns a Progress that has not synced.
-func NewProgress() *Progress { return &Progress{synced: make(chan struct{})} }
+func NewProgress() *Progress {
+	return &Progress{synced: make(chan struct{}), changed: make(chan struct{})}
+}
 
 // Synced is closed after the first full resync.
 func (p *Progress) Synced() <-chan struct{} { return p.synced }
@@ -104,7 +122,51 @@ func (p *Progress) Reconnects() int {
 	return p.reconnects
 }
 
-func (p *Progress) resynced() { p.once.Do(func() { close(p.synced) }) }
+// Connection returns the connection's state now.
+func (p *Progress) Connection() Connection {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.conn
+}
+
+// Changed is closed at the next change of Connection.
+func (p *Progress) Changed() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.changed
+}
+
+// changedLocked wakes the waiters of Changed.
+func (p *Progress) changedLocked() {
+	close(p.changed)
+	p.changed = make(chan struct{})
+}
+
+func (p *Progress) resynced() {
+	p.mu.Lock()
+	p.conn = Connection{Up: true, Since: time.Now(), Resyncs: p.conn.Resyncs + 1}
+	p.changedLocked()
+	p.mu.Unlock()
+	p.once.Do(func() { close(p.synced) })
+}
+
+// lost records a session that ended, or could not start, with err.
+func (p *Progress) lost(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	msg := "unknown error"
+	if err != nil {
+		msg = err.Error()
+	}
+	if !p.conn.Up && p.conn.Err == msg {
+		return
+	}
+	if p.conn.Up || p.conn.Since.IsZero() {
+		p.conn.Since = time.Now()
+	}
+	p.conn.Up, p.conn.Err = false, msg
+	p.changedLocked()
+}
 
 func (p *Progress) reconnected() {
 	p.mu.Lock()
@@ -141,6 +203,7 @@ func (f *Follower[M]) Run(ctx context.Context) error {
 		if time.Since(start) > 10*time.Second {
 			backoff = f.MinBackoff
 		}
+		f.Progress.lost(err)
 		f.Log.Warn("lost "+f.Peer+"; reconnecting", "err", err, "backoff", backoff)
 		select {
 		case <-ctx.Done():

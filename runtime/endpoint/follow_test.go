@@ -170,3 +170,61 @@ func (h errHandler) Handle(_ context.Context, r slog.Record) error {
 }
 func (h errHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
 func (h errHandler) WithGroup(string) slog.Handler      { return h }
+
+// TestProgressConnectionLostAndBack: Connection is up after a resync,
+// down from the moment a session breaks (Since stays that moment while
+// reconnecting fails, Err says the last failure), and up again after the
+// next resync, with every change announced by Changed.
+func TestProgressConnectionLostAndBack(t *testing.T) {
+	var down atomic.Bool
+	errs := make(chan chan error, 4)
+	p := NewProgress()
+	f := &Follower[string]{
+		Queue: NewQueue[Event](), Log: slog.New(slog.DiscardHandler), Peer: "fake",
+		MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond,
+		Workers: 1, Stream: "fake stream", Progress: p,
+		Subscribe: func(ctx context.Context) (<-chan string, <-chan error, error) {
+			if down.Load() {
+				return nil, nil, errors.New("runtime down")
+			}
+			e := make(chan error, 1)
+			errs <- e
+			return make(chan string), e, nil
+		},
+		Key:     func(m string) string { return m },
+		Resync:  func(context.Context) error { return nil },
+		Refresh: func(context.Context, string) error { return nil },
+		Recheck: func(context.Context) ([]string, error) { return nil, nil },
+	}
+	if c := p.Connection(); c.Up || c.Resyncs != 0 {
+		t.Fatalf("before Run: %+v", c)
+	}
+	changed := p.Changed()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go f.Run(ctx)
+	<-p.Synced()
+	<-changed
+	if c := p.Connection(); !c.Up || c.Resyncs != 1 {
+		t.Fatalf("after the first resync: %+v", c)
+	}
+	changed = p.Changed()
+	down.Store(true)
+	(<-errs) <- errors.New("boom")
+	<-changed
+	lost := p.Connection()
+	if lost.Up || lost.Since.IsZero() {
+		t.Fatalf("after the stream broke: %+v", lost)
+	}
+	waitUntil(t, func() bool { return p.Connection().Err == "runtime down" })
+	if c := p.Connection(); c.Up || !c.Since.Equal(lost.Since) || c.Resyncs != 1 {
+		t.Fatalf("while reconnecting fails: %+v, lost at %v", c, lost.Since)
+	}
+	changed = p.Changed()
+	down.Store(false)
+	<-changed
+	waitUntil(t, func() bool { return p.Connection().Up })
+	if c := p.Connection(); c.Resyncs != 2 || c.Err != "" {
+		t.Fatalf("back: %+v", c)
+	}
+}

@@ -18,4 +18,7 @@ type Source interface {
 	Snapshot() []Endpoint
 	// Synced is closed after the first full list has been reported.
 	Synced() <-chan struct{}
+	// Progress tells whether the runtime is followed now, and how often
+	// it was lost and caught up with (for status and metrics).
+	Progress() *Progress
 }
