@@ -92,6 +92,9 @@ type envOpts struct {
 	// bridges are more bridges (names) the daemon manages, made by the
 	// test itself (a CNI plugin's, say).
 	bridges []string
+	// laterNetworks are more Docker networks the daemon manages, by key,
+	// that the test creates itself (e.createNetwork) once the daemon runs.
+	laterNetworks []string
 }
 
 func newEnv(t testing.TB, o envOpts) *env {
@@ -120,6 +123,9 @@ func newEnv(t testing.TB, o envOpts) *env {
 	}
 	for _, b := range o.bridges {
 		bridges = append(bridges, strconv.Quote(b))
+	}
+	for _, key := range o.laterNetworks {
+		bridges = append(bridges, strconv.Quote("mt"+key+sfx))
 	}
 	cfg := fmt.Sprintf(`
 policy_dir      = %q
@@ -192,6 +198,16 @@ metrics {
 	})
 	e.client = api.NewClient(e.sock)
 	return e
+}
+
+// createNetwork creates the Docker network of o.laterNetworks' key (a
+// bridge the daemon manages) and returns its name.
+func (e *env) createNetwork(key string) string {
+	e.t.Helper()
+	name := e.network + "-" + key
+	e.nets[key] = name // removed with the env
+	e.docker("network", "create", "--driver", "bridge", "-o", "com.docker.network.bridge.name=mt"+key+e.sfx, name)
+	return name
 }
 
 // daemonCmd runs the test binary as membraned with e's config.
