@@ -15,11 +15,12 @@ import (
 // TestDaemonKilledRestartsWithWhatChangedMeanwhile: membraned is killed
 // (SIGKILL) with an allowed flow running; while it is down a container
 // goes away and the policy directory is edited so that the flow's port
-// is no longer allowed. The restarted daemon enforces the edited set,
-// which cuts the flow at its next packet while a request the new set
-// allows still passes, and leaves no pinned link of the veth that went.
+// is no longer allowed, and a second network goes with its container.
+// The restarted daemon enforces the edited set, which cuts the flow at its
+// next packet while a request the new set allows still passes, and leaves
+// no pin of the veths and the bridge that went.
 func TestDaemonKilledRestartsWithWhatChangedMeanwhile(t *testing.T) {
-	e := newEnv(t, envOpts{})
+	e := newEnv(t, envOpts{networks: map[string][]string{"x": nil}})
 	const policy = `
 policy "srv" {
   selector = "app=srv,e2e=SFX"
@@ -34,20 +35,33 @@ policy "srv" {
 	srv := e.server("srv", "app=srv")
 	client := e.idle("client", "app=client")
 	gone := e.idle("gone", "app=gone")
+	goneX := e.run("gonex", []string{"app=gone"}, "sleep 600", "--network", e.nets["x"])
 	e.endpoint(srv)
 	e.endpoint(client)
 	goneIfx := e.endpoint(gone).Interfaces[0].Ifindex
+	goneXIfx := e.endpoint(goneX).Interfaces[0].Ifindex
+	b, err := os.ReadFile("/sys/class/net/mtx" + e.sfx + "/ifindex")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bridgeX := strings.TrimSpace(string(b))
 	links := func(ifx int) []string {
 		m, _ := filepath.Glob(filepath.Join(e.pinDir, "links", fmt.Sprintf("*_%d_*", ifx)))
 		return m
 	}
-	if len(links(goneIfx)) == 0 {
-		t.Fatalf("no pinned link of gone's veth %d in %s/links", goneIfx, e.pinDir)
+	bridgePins := func() []string {
+		m, _ := filepath.Glob(filepath.Join(e.pinDir, "bridges", "*_"+bridgeX))
+		m2, _ := filepath.Glob(filepath.Join(e.pinDir, "bridges", "acceptlocal_"+bridgeX+"_*"))
+		return append(m, m2...)
+	}
+	if len(links(goneIfx)) == 0 || len(links(goneXIfx)) == 0 || len(bridgePins()) == 0 {
+		t.Fatalf("no pinned links of the veths %d, %d or of bridge %s in %s", goneIfx, goneXIfx, bridgeX, e.pinDir)
 	}
 	f := e.startFlow(client, srv)
 
 	e.stopDaemon(syscall.SIGKILL)
-	e.docker("rm", "-f", gone)
+	e.docker("rm", "-f", gone, goneX)
+	e.docker("network", "rm", e.nets["x"])
 	e.writePolicy("srv.hcl", strings.ReplaceAll(policy, "PORTS", `"8080/tcp"`))
 	if !f.flowing(500 * time.Millisecond) {
 		t.Error("the allowed flow stopped while membraned was down")
@@ -68,8 +82,11 @@ policy "srv" {
 	if !e.get(client, e.ip(srv)) {
 		t.Error("client's request on 8080, which the edited set allows, failed")
 	}
-	if l := links(goneIfx); len(l) > 0 {
-		t.Errorf("pinned links of the veth that went while membraned was down: %v", l)
+	if l := append(links(goneIfx), links(goneXIfx)...); len(l) > 0 {
+		t.Errorf("pinned links of the veths that went while membraned was down: %v", l)
+	}
+	if l := bridgePins(); len(l) > 0 {
+		t.Errorf("pins of the bridge that went while membraned was down: %v", l)
 	}
 	if _, err := os.Stat(filepath.Join(e.pinDir, "links")); err != nil {
 		t.Errorf("links pin directory: %v", err)
