@@ -24,7 +24,8 @@ import (
 // enforced endpoint per running container and none for the others, and
 // in the kernel exactly their veths in the endpoints map and among the
 // pinned links, exactly their addresses in the ipcache (for the test's
-// subnet), and identities in use exactly for their label sets.
+// subnet) and their identities in the policy map, and identities in use
+// exactly for their label sets.
 func TestChurnConverges(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	e.writePolicy("churn.hcl", `
@@ -110,7 +111,7 @@ func (e *env) converged(when string, subnet netip.Prefix, gateway netip.Addr) {
 			return err
 		}
 		var ids []string
-		ifaces, addrs, labelSets := map[int]bool{}, map[netip.Addr]bool{}, map[string]bool{}
+		ifaces, addrs, labelSets, idents := map[int]bool{}, map[netip.Addr]bool{}, map[string]bool{}, map[int]bool{}
 		for _, ep := range eps {
 			if ep.Labels["e2e"] != e.sfx {
 				continue
@@ -126,6 +127,7 @@ func (e *env) converged(when string, subnet netip.Prefix, gateway netip.Addr) {
 				addrs[netip.MustParseAddr(a)] = true
 			}
 			labelSets[ep.Labels["churn"]] = true
+			idents[int(ep.Identity)] = true
 		}
 		slices.Sort(ids)
 		if !slices.Equal(ids, running) {
@@ -142,12 +144,15 @@ func (e *env) converged(when string, subnet netip.Prefix, gateway netip.Addr) {
 		if !maps.Equal(got, addrs) {
 			return fmt.Errorf("ipcache in %v: %v, endpoints' addresses %v", subnet, slices.SortedFunc(maps.Keys(got), netip.Addr.Compare), slices.SortedFunc(maps.Keys(addrs), netip.Addr.Compare))
 		}
-		idents, err := e.client.Identities(context.Background())
+		if got := e.pinnedKeys("membrane_policy"); !maps.Equal(got, idents) {
+			return fmt.Errorf("policy map's identities %v, endpoints' %v", slices.Sorted(maps.Keys(got)), slices.Sorted(maps.Keys(idents)))
+		}
+		all, err := e.client.Identities(context.Background())
 		if err != nil {
 			return err
 		}
 		inUse := map[string]bool{}
-		for _, id := range idents {
+		for _, id := range all {
 			if id.Labels["e2e"] == e.sfx && id.Endpoints > 0 {
 				inUse[id.Labels["churn"]] = true
 			}
@@ -162,13 +167,27 @@ func (e *env) converged(when string, subnet netip.Prefix, gateway netip.Addr) {
 // pinnedEndpoints returns the ifindexes in the pinned endpoints map.
 func (e *env) pinnedEndpoints() map[int]bool {
 	e.t.Helper()
-	m := e.pinnedMap("membrane_endpoints")
+	return e.pinnedKeys("membrane_endpoints")
+}
+
+// pinnedKeys returns the keys of a pinned map keyed by a __u32.
+func (e *env) pinnedKeys(name string) map[int]bool {
+	e.t.Helper()
+	m := e.pinnedMap(name)
 	defer m.Close()
 	out := map[int]bool{}
 	var k uint32
 	it := m.Iterate()
-	for it.Next(&k, new([]byte)) {
-		out[int(k)] = true
+	var v []byte
+	if m.Type() == ebpf.HashOfMaps || m.Type() == ebpf.ArrayOfMaps {
+		var id ebpf.MapID
+		for it.Next(&k, &id) {
+			out[int(k)] = true
+		}
+	} else {
+		for it.Next(&k, &v) {
+			out[int(k)] = true
+		}
 	}
 	if err := it.Err(); err != nil {
 		e.t.Fatal(err)
