@@ -719,9 +719,19 @@ func TestDaemonKilledAndRestartedKeepsEnforcing(t *testing.T) {
 	})
 }
 
+// TestDockerdRestartIsSurvived kills dockerd under a running membraned.
+// While it is gone, `membrane status` names the lost connection,
+// membrane_runtime_connected{runtime="docker"} is 0, and the datapath goes
+// on enforcing (judged through nsenter: docker exec needs dockerd). Once
+// it is back the loss is cleared, membrane_runtime_reconnects_total counts
+// it, and what happened meanwhile is caught up: the container dockerd did
+// not restart (no restart policy) is gone from the endpoints, the
+// restarted ones are enforced on their new veths, each in one endpoint,
+// with their identities.
 func TestDockerdRestartIsSurvived(t *testing.T) {
 	testenv.RequireBinary(t, "dockerd")
-	e := newEnv(t, envOpts{})
+	metrics := freePort(t)
+	e := newEnv(t, envOpts{metrics: metrics})
 	e.writePolicy("shop.hcl", shopPolicies)
 	e.startDaemon()
 	s := shop{
@@ -729,12 +739,46 @@ func TestDockerdRestartIsSurvived(t *testing.T) {
 		api:      e.run("api", []string{"app=api"}, "echo ok > /var/www/index.html; httpd -f -p 8080 -h /var/www", "--restart", "always"),
 		db:       e.run("db", []string{"app=db"}, "echo ok > /var/www/index.html; httpd -f -p 8080 -h /var/www", "--restart", "always"),
 	}
-	for _, c := range []string{s.frontend, s.api, s.db} {
+	gone := e.idle("gone", "app=gone") // no restart policy
+	for _, c := range []string{s.frontend, s.api, s.db, gone} {
 		e.endpoint(c)
 	}
 	apiID := e.endpoint(s.api).Identity
+	s.apiIP = e.ip(s.api)
+	connected := func() float64 {
+		v, ok := scrape(t, metrics, `membrane_runtime_connected{runtime="docker"}`)
+		if !ok {
+			return -1
+		}
+		return v
+	}
+	if c := connected(); c != 1 {
+		t.Errorf("membrane_runtime_connected{runtime=\"docker\"} = %v before the loss, want 1", c)
+	}
+	pid := func(c string) string { return e.docker("inspect", "-f", "{{.State.Pid}}", c) }
+	frontendPid, dbPid := pid(s.frontend), pid(s.db)
+	getFrom := func(pid, ip string) bool {
+		return exec.Command("nsenter", "-t", pid, "-m", "-n", "-p", "-u", "-i", "sh", "-c", httpGet(ip, 1)).Run() == nil
+	}
+
 	testenv.KillDockerd(t)
-	time.Sleep(500 * time.Millisecond)
+	e.eventually("status names the lost dockerd", 20*time.Second, func() error {
+		for _, p := range e.status().Errors {
+			if strings.Contains(p, "lost dockerd") {
+				return nil
+			}
+		}
+		return fmt.Errorf("problems %q", e.status().Errors)
+	})
+	if c := connected(); c != 0 {
+		t.Errorf("membrane_runtime_connected{runtime=\"docker\"} = %v while dockerd is gone, want 0", c)
+	}
+	if !getFrom(frontendPid, s.apiIP) {
+		t.Error("frontend does not reach api while dockerd is gone")
+	}
+	if getFrom(dbPid, s.apiIP) {
+		t.Error("db reaches api while dockerd is gone")
+	}
 	if err := testenv.EnsureDockerd(); err != nil {
 		t.Fatal(err)
 	}
@@ -746,6 +790,26 @@ func TestDockerdRestartIsSurvived(t *testing.T) {
 			if err != nil || strings.TrimSpace(string(out)) != "true" {
 				return os.ErrNotExist
 			}
+		}
+		return nil
+	})
+	e.eventually("the loss cleared and counted", 20*time.Second, func() error {
+		for _, p := range e.status().Errors {
+			if strings.Contains(p, "dockerd") {
+				return fmt.Errorf("status still says %q", p)
+			}
+		}
+		if c := connected(); c != 1 {
+			return fmt.Errorf("membrane_runtime_connected %v", c)
+		}
+		if n, _ := scrape(t, metrics, `membrane_runtime_reconnects_total{runtime="docker"}`); n < 1 {
+			return fmt.Errorf("membrane_runtime_reconnects_total %v", n)
+		}
+		return nil
+	})
+	e.eventually("gone's endpoint removed", 20*time.Second, func() error {
+		if _, err := e.client.Endpoint(context.Background(), gone); err == nil {
+			return fmt.Errorf("%s still listed", gone)
 		}
 		return nil
 	})
