@@ -721,8 +721,9 @@ func TestDaemonKilledAndRestartedKeepsEnforcing(t *testing.T) {
 
 // TestDockerdRestartIsSurvived kills dockerd under a running membraned.
 // While it is gone, `membrane status` names the lost connection,
-// membrane_runtime_connected{runtime="docker"} is 0, and the datapath goes
-// on enforcing (judged through nsenter: docker exec needs dockerd). Once
+// membrane_runtime_connected{runtime="docker"} is 0, the datapath goes on
+// enforcing (judged through nsenter: docker exec needs dockerd), and a
+// policy edit applies to the endpoints as last known. Once
 // it is back the loss is cleared, membrane_runtime_reconnects_total counts
 // it, and what happened meanwhile is caught up: the container dockerd did
 // not restart (no restart policy) is gone from the endpoints, the
@@ -778,6 +779,27 @@ func TestDockerdRestartIsSurvived(t *testing.T) {
 	}
 	if getFrom(dbPid, s.apiIP) {
 		t.Error("db reaches api while dockerd is gone")
+	}
+	// A policy edit meanwhile applies to the endpoints as last known.
+	rev := e.status().PolicyRevision
+	e.writePolicy("gap.hcl", `
+policy "gap" {
+  selector = "compose.service=frontend,e2e=SFX"
+  egress_deny {
+    to_endpoints = ["app=api,e2e=SFX"]
+  }
+}
+`)
+	rev = e.waitRevision(rev, false).PolicyRevision
+	if getFrom(frontendPid, s.apiIP) {
+		t.Error("frontend reaches api while dockerd is gone, after a policy edit that denies it")
+	}
+	if err := os.Remove(filepath.Join(e.dir, "policies", "gap.hcl")); err != nil {
+		t.Fatal(err)
+	}
+	e.waitRevision(rev, false)
+	if !getFrom(frontendPid, s.apiIP) {
+		t.Error("frontend does not reach api while dockerd is gone, after the denying policy went")
 	}
 	if err := testenv.EnsureDockerd(); err != nil {
 		t.Fatal(err)
