@@ -18,15 +18,7 @@ import (
 func TestContainerdRestartUnderDockerKeepsTheEndpoints(t *testing.T) {
 	testenv.RequireBinary(t, "containerd")
 	e := newEnv(t, envOpts{})
-	e.writePolicy("db.hcl", `
-policy "db" {
-  selector = "app=db,e2e=SFX"
-  ingress {
-    from_endpoints = ["app=api,e2e=SFX"]
-    ports          = ["8080/tcp"]
-  }
-}
-`)
+	e.writePolicy("db.hcl", dbFromAPIPolicy)
 	e.startDaemon()
 	db := e.server("db", "app=db")
 	api := e.idle("api", "app=api")

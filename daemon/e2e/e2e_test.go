@@ -381,15 +381,7 @@ policy "db" {
 // id the number is.
 func TestContainerNamedLikeAnEndpointIDIsTheOneTraced(t *testing.T) {
 	e := newEnv(t, envOpts{})
-	e.writePolicy("db.hcl", `
-policy "db" {
-  selector = "app=db,e2e=SFX"
-  ingress {
-    from_endpoints = ["app=api,e2e=SFX"]
-    ports          = ["8080/tcp"]
-  }
-}
-`)
+	e.writePolicy("db.hcl", dbFromAPIPolicy)
 	e.startDaemon()
 	db := e.server("db", "app=db")
 	a := e.idle("a", "app=api")
@@ -427,15 +419,7 @@ policy "db" {
 // another's namespace names that endpoint's records too.
 func TestObserveByContainerIDOrJoinedName(t *testing.T) {
 	e := newEnv(t, envOpts{})
-	e.writePolicy("db.hcl", `
-policy "db" {
-  selector = "app=db,e2e=SFX"
-  ingress {
-    from_endpoints = ["app=api,e2e=SFX"]
-    ports          = ["8080/tcp"]
-  }
-}
-`)
+	e.writePolicy("db.hcl", dbFromAPIPolicy)
 	e.startDaemon()
 	db := e.server("db", "app=db")
 	web := e.idle("web", "app=web")
@@ -474,15 +458,7 @@ policy "db" {
 // take it for that one.
 func TestAddressOfAContainerRemovedWhileTheDaemonIsDownIsNotItsIdentity(t *testing.T) {
 	e := newEnv(t, envOpts{})
-	e.writePolicy("db.hcl", `
-policy "db" {
-  selector = "app=db,e2e=SFX"
-  ingress {
-    from_endpoints = ["app=api,e2e=SFX"]
-    ports          = ["8080/tcp"]
-  }
-}
-`)
+	e.writePolicy("db.hcl", dbFromAPIPolicy)
 	e.startDaemon()
 	db := e.server("db", "app=db")
 	api := e.idle("api", "app=api")

@@ -345,6 +345,18 @@ func (e *env) endpoint(container string) api.Endpoint {
 	return ep
 }
 
+// dbFromAPIPolicy, the policy most tests start from: db takes api's
+// connections to 8080/tcp and no one else's.
+const dbFromAPIPolicy = `
+policy "db" {
+  selector = "app=db,e2e=SFX"
+  ingress {
+    from_endpoints = ["app=api,e2e=SFX"]
+    ports          = ["8080/tcp"]
+  }
+}
+`
+
 func (e *env) writePolicy(name, text string) {
 	e.t.Helper()
 	text = strings.ReplaceAll(text, "SFX", e.sfx)

@@ -56,15 +56,7 @@ func (fl *follower) since(t time.Time) int {
 // does not take the records of a later container given the same name.
 func TestObserveFollowContainerStartedLater(t *testing.T) {
 	e := newEnv(t, envOpts{})
-	e.writePolicy("db.hcl", `
-policy "db" {
-  selector = "app=db,e2e=SFX"
-  ingress {
-    from_endpoints = ["app=api,e2e=SFX"]
-    ports          = ["8080/tcp"]
-  }
-}
-`)
+	e.writePolicy("db.hcl", dbFromAPIPolicy)
 	e.startDaemon()
 	db := e.server("db", "app=db")
 	e.endpoint(db)
