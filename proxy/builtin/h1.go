@@ -144,7 +144,7 @@ type request struct {
 	connTokens     []span
 }
 
-func (r *request) hasBody() bool { return r.chunked || r.contentLength > 0 }
+func (rq *request) hasBody() bool { return rq.chunked || rq.contentLength > 0 }
 
 // response is the parsed head of an upstream response; spans index
 // upConn.head.
@@ -269,12 +269,6 @@ func (h *h1) abort() {
 func (h *h1) setDeadline(t time.Time) {
 	h.c.SetReadDeadline(t)
 	h.deadline = t
-}
-
-func (h *h1) clearDeadline() {
-	if !h.deadline.IsZero() {
-		h.setDeadline(time.Time{})
-	}
 }
 
 // touch moves the deadlines of a request being served to a stream idle
@@ -1011,7 +1005,7 @@ func (h *h1) forward(ev *proxy.Event, method string, fwd []byte, over string, ds
 		err = h.writeRequest(u, method, fwd, over, upgrade)
 		h.readBody(false)
 		if err == nil {
-			err = u.readResponseHead(method)
+			err = u.readResponseHead()
 		}
 		if err != nil {
 			h.dropUp(u)
@@ -1193,7 +1187,7 @@ func (h *h1) writeRequest(u *upConn, method string, fwd []byte, over string, upg
 
 // readResponseHead reads the next final response head (interim 1xx other
 // than 101 are dropped) into u.head and u.resp.
-func (u *upConn) readResponseHead(method string) error {
+func (u *upConn) readResponseHead() error {
 	for {
 		if err := u.readOneHead(); err != nil {
 			return err
