@@ -6,7 +6,6 @@ import (
 	"go/token"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 )
@@ -15,11 +14,8 @@ import (
 // on the datapath, the daemon, container discovery or the proxy, so that
 // `membrane policy check|trace` and the reference evaluator run anywhere.
 func TestImportBoundaries(t *testing.T) {
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
-	}
-	out, err := exec.Command(goBin, "list", "-deps", ".").CombinedOutput()
+	// go test puts its own GOROOT/bin first on the test's PATH.
+	out, err := exec.Command("go", "list", "-deps", ".").CombinedOutput()
 	if err != nil {
 		t.Fatalf("go list -deps: %v\n%s", err, out)
 	}

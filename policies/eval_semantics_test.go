@@ -30,13 +30,12 @@ import (
 )
 
 type semCase struct {
-	line  int
-	text  string
-	env   *Env
-	conn  Connection
-	want  Verdict
-	exp   map[string]string
-	peers []Labels
+	line int
+	text string
+	env  *Env
+	conn Connection
+	want Verdict
+	exp  map[string]string
 }
 
 func parseSemPeer(s string) (Peer, error) {
