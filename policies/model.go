@@ -2,7 +2,7 @@ package policies
 
 import "net/netip"
 
-// The compiled model is what the datapath enforces: per local identity and
+// Model is the compiled policy, what the datapath enforces: per local identity and
 // direction, a list of entries keyed like the BPF policy map (remote identity,
 // protocol, port/prefix). It is pure data, deterministic for the same inputs.
 //

@@ -54,10 +54,11 @@ func RequireDocker(t testing.TB) {
 	}
 }
 
-// BusyboxImage is the name of the tiny test image that BusyboxImage builds.
+// BusyboxImageName is the name of the tiny test image that BusyboxImage builds.
 const BusyboxImageName = "membrane-test/busybox:latest"
 
-var imageOnce sync.Mutex
+// imageMu keeps parallel tests from building the image twice.
+var imageMu sync.Mutex
 
 // BusyboxImage makes sure the test image exists, building it with
 // `docker import` from a rootfs holding Debian's static busybox (no registry
@@ -65,8 +66,8 @@ var imageOnce sync.Mutex
 func BusyboxImage(t testing.TB) string {
 	t.Helper()
 	RequireDocker(t)
-	imageOnce.Lock()
-	defer imageOnce.Unlock()
+	imageMu.Lock()
+	defer imageMu.Unlock()
 	if exec.Command("docker", "image", "inspect", BusyboxImageName).Run() == nil {
 		return BusyboxImageName
 	}
