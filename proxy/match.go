@@ -136,26 +136,12 @@ func (d *Decision) FieldAlias(h http.Header) string {
 
 // JudgesHost reports whether a rule of d looks at the host: then a host
 // with upper-case letters is refused (policies.HTTPHostCase).
-func (d *Decision) JudgesHost() bool {
-	for i := range d.Checks {
-		if policies.JudgesHost(d.Checks[i].Rules.Rules) {
-			return true
-		}
-	}
-	return false
-}
+func (d *Decision) JudgesHost() bool { return d.anyCheck(policies.JudgesHost) }
 
 // JudgesMethod reports whether a rule of d looks at the method: then a
 // field servers take for the method is refused
 // (policies.HTTPMethodOverride).
-func (d *Decision) JudgesMethod() bool {
-	for i := range d.Checks {
-		if policies.JudgesMethod(d.Checks[i].Rules.Rules) {
-			return true
-		}
-	}
-	return false
-}
+func (d *Decision) JudgesMethod() bool { return d.anyCheck(policies.JudgesMethod) }
 
 // MethodOverride says why a request with the fields h is refused (400)
 // under d (policies.HTTPMethodOverride), "" when it is not.
@@ -163,24 +149,12 @@ func (d *Decision) MethodOverride(h http.Header) string {
 	if !d.JudgesMethod() {
 		return ""
 	}
-	for field := range h {
-		if why := policies.HTTPMethodOverride(field); why != "" {
-			return why
-		}
-	}
-	return ""
+	return overriddenBy(h, policies.HTTPMethodOverride[string])
 }
 
 // JudgesPath reports whether a rule of d looks at the path: then a field
 // servers take for the path is refused (policies.HTTPPathOverride).
-func (d *Decision) JudgesPath() bool {
-	for i := range d.Checks {
-		if policies.JudgesPath(d.Checks[i].Rules.Rules) {
-			return true
-		}
-	}
-	return false
-}
+func (d *Decision) JudgesPath() bool { return d.anyCheck(policies.JudgesPath) }
 
 // PathOverride says why a request with the fields h is refused (400)
 // under d (policies.HTTPPathOverride), "" when it is not.
@@ -188,9 +162,25 @@ func (d *Decision) PathOverride(h http.Header) string {
 	if !d.JudgesPath() {
 		return ""
 	}
+	return overriddenBy(h, policies.HTTPPathOverride[string])
+}
+
+// anyCheck reports whether judges holds for the rules of one of d's checks.
+func (d *Decision) anyCheck(judges func([]policies.L7Rule) bool) bool {
+	for i := range d.Checks {
+		if judges(d.Checks[i].Rules.Rules) {
+			return true
+		}
+	}
+	return false
+}
+
+// overriddenBy says why, by why, one of the fields of h is refused, ""
+// when none is. With several, which one it names is map order.
+func overriddenBy(h http.Header, why func(field string) string) string {
 	for field := range h {
-		if why := policies.HTTPPathOverride(field); why != "" {
-			return why
+		if w := why(field); w != "" {
+			return w
 		}
 	}
 	return ""
