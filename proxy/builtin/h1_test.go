@@ -21,9 +21,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
-
 	"github.com/membrane-fw/membrane/internal/testenv"
 	"github.com/membrane-fw/membrane/policies"
 	"github.com/membrane-fw/membrane/proxy"
@@ -1343,43 +1340,17 @@ func TestH2ForwardsWhatItJudges(t *testing.T) {
 func TestH2WithoutAuthorityRefused(t *testing.T) {
 	up := conformance.StartUpstream(t)
 	addr, events := engineFor(t, up, conformance.AllowAll())
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
+	mh, ended := h2Request(t, addr, [][2]string{{":method", "GET"}, {":scheme", "http"}, {":path", "/public/x"}})
+	if mh == nil {
+		t.Fatalf("no response: %s", ended)
 	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	io.WriteString(c, http2.ClientPreface)
-	fr := http2.NewFramer(c, c)
-	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	fr.WriteSettings()
-	var hb bytes.Buffer
-	enc := hpack.NewEncoder(&hb)
-	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":path", "/public/x"}} {
-		enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	for _, f := range mh.RegularFields() {
+		if f.Name == "x-upstream" {
+			t.Fatalf("the upstream answered (fields %v), want 400 from the proxy", mh.Fields)
+		}
 	}
-	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndHeaders: true, EndStream: true})
-	for {
-		f, err := fr.ReadFrame()
-		if err != nil {
-			t.Fatalf("no response: %v", err)
-		}
-		mh, ok := f.(*http2.MetaHeadersFrame)
-		if !ok || mh.StreamID != 1 {
-			if s, ok := f.(*http2.SettingsFrame); ok && !s.IsAck() {
-				fr.WriteSettingsAck()
-			}
-			continue
-		}
-		for _, f := range mh.RegularFields() {
-			if f.Name == "x-upstream" {
-				t.Fatalf("the upstream answered (fields %v), want 400 from the proxy", mh.Fields)
-			}
-		}
-		if st := mh.PseudoValue("status"); st != "400" {
-			t.Fatalf("status %s, want 400", st)
-		}
-		break
+	if st := mh.PseudoValue("status"); st != "400" {
+		t.Fatalf("status %s, want 400", st)
 	}
 	ev := <-events
 	if ev.Verdict != proxy.VerdictError || ev.Status != 400 {

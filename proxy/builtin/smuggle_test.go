@@ -137,6 +137,18 @@ func TestTargetOutsideVisibleASCIIRefused(t *testing.T) {
 // the response's status, or what ended the stream.
 func h2Get(t *testing.T, addr, path string) string {
 	t.Helper()
+	head, ended := h2Request(t, addr, [][2]string{{":method", "GET"}, {":scheme", "http"}, {":path", path}, {":authority", "svc"}})
+	if head == nil {
+		return ended
+	}
+	return head.PseudoValue("status")
+}
+
+// h2Request sends one request of fields (pseudo-header fields first) on
+// stream 1 with prior knowledge and returns the response head, or, with a
+// nil head, what ended the stream.
+func h2Request(t *testing.T, addr string, fields [][2]string) (head *http2.MetaHeadersFrame, ended string) {
+	t.Helper()
 	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -149,20 +161,22 @@ func h2Get(t *testing.T, addr, path string) string {
 	fr.WriteSettings()
 	var hb bytes.Buffer
 	enc := hpack.NewEncoder(&hb)
-	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":path", path}, {":authority", "svc"}} {
+	for _, f := range fields {
 		enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
 	}
 	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndHeaders: true, EndStream: true})
 	for {
 		f, err := fr.ReadFrame()
 		if err != nil {
-			return err.Error()
+			return nil, err.Error()
 		}
 		switch f := f.(type) {
 		case *http2.MetaHeadersFrame:
-			return f.PseudoValue("status")
+			if f.StreamID == 1 {
+				return f, ""
+			}
 		case *http2.RSTStreamFrame:
-			return "reset " + f.ErrCode.String()
+			return nil, "reset " + f.ErrCode.String()
 		case *http2.SettingsFrame:
 			if !f.IsAck() {
 				fr.WriteSettingsAck()
