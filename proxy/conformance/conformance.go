@@ -55,20 +55,26 @@ const (
 
 func re(s string) *regexp.Regexp { return regexp.MustCompile("^(?:" + s + ")$") }
 
+// HTTPRule is the rule a policy's http block with these attributes
+// compiles to; an empty method, path or host is not judged.
+func HTTPRule(method, path, host string, headers map[string]string) policies.HTTPRule {
+	h := policies.HTTPRule{Headers: headers, MethodSrc: method, PathSrc: path, HostSrc: host}
+	if method != "" {
+		h.Method = re(method)
+	}
+	if path != "" {
+		h.Path = re(path)
+	}
+	if host != "" {
+		h.Host = re(host)
+	}
+	return h
+}
+
 // Policy is the suite's L7 policy: one ingress check holding the rules above.
 func Policy() *proxy.StaticResolver {
 	rule := func(id uint32, method, path, host string, headers map[string]string) policies.L7Rule {
-		h := policies.HTTPRule{Headers: headers, MethodSrc: method, PathSrc: path, HostSrc: host}
-		if method != "" {
-			h.Method = re(method)
-		}
-		if path != "" {
-			h.Path = re(path)
-		}
-		if host != "" {
-			h.Host = re(host)
-		}
-		return policies.L7Rule{RuleID: id, HTTP: h}
+		return policies.L7Rule{RuleID: id, HTTP: HTTPRule(method, path, host, headers)}
 	}
 	return &proxy.StaticResolver{
 		Decision: proxy.Decision{

@@ -42,22 +42,6 @@ import (
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 
-func re(s string) *regexp.Regexp { return regexp.MustCompile("^(?:" + s + ")$") }
-
-func httpRule(method, path, host string, headers map[string]string) policies.HTTPRule {
-	h := policies.HTTPRule{MethodSrc: method, PathSrc: path, HostSrc: host, Headers: headers}
-	if method != "" {
-		h.Method = re(method)
-	}
-	if path != "" {
-		h.Path = re(path)
-	}
-	if host != "" {
-		h.Host = re(host)
-	}
-	return h
-}
-
 var (
 	client4 = netip.MustParsePrefix("172.17.0.3/32")
 	client6 = netip.MustParsePrefix("fd00:17::3/128")
@@ -80,8 +64,8 @@ func scenarios() map[string]proxy.Resolver {
 			}},
 		},
 		L7: map[uint32]policies.L7Set{
-			2: {Rules: []policies.L7Rule{{RuleID: 3, HTTP: httpRule("GET", "", `api\.example\.com`, nil)}}},
-			3: {Rules: []policies.L7Rule{{RuleID: 4, HTTP: httpRule("", "/.*", "", map[string]string{"X-Tenant": "acme", "Authorization": ""})}}},
+			2: {Rules: []policies.L7Rule{{RuleID: 3, HTTP: conformance.HTTPRule("GET", "", `api\.example\.com`, nil)}}},
+			3: {Rules: []policies.L7Rule{{RuleID: 4, HTTP: conformance.HTTPRule("", "/.*", "", map[string]string{"X-Tenant": "acme", "Authorization": ""})}}},
 		},
 	}
 	ipcache := map[netip.Prefix]policies.Identity{client4: 300, client6: 300, server4: 400, other4: 500}
@@ -489,7 +473,7 @@ func TestADSClientReceivesConsistentSnapshots(t *testing.T) {
 	// changes, so Envoy applies it to the next request on existing
 	// connections instead of draining them.
 	changed := ingressOnlyModel()
-	changed.L7[1].Rules[0].HTTP = httpRule("GET", "/v2/.*", "", nil)
+	changed.L7[1].Rules[0].HTTP = conformance.HTTPRule("GET", "/v2/.*", "", nil)
 	if err := e.Update(proxy.NewModelResolver(changed, map[netip.Prefix]policies.Identity{client4: 300, client6: 300, server4: 400, other4: 500}, nil)); err != nil {
 		t.Fatal(err)
 	}
@@ -531,8 +515,8 @@ func ingressOnlyModel() *policies.Model {
 			{Direction: policies.Ingress, Remote: 300, Proto: policies.ProtoTCP, Port: 80, PortPrefix: 16, L7: 1, RuleID: 1},
 		}}},
 		L7: map[uint32]policies.L7Set{1: {Rules: []policies.L7Rule{
-			{RuleID: 1, HTTP: httpRule("GET|HEAD", "/api/v[0-9]+/.*", "", nil)},
-			{RuleID: 2, HTTP: httpRule("POST", "/api/v1/orders", "", map[string]string{"Content-Type": "application/json"})},
+			{RuleID: 1, HTTP: conformance.HTTPRule("GET|HEAD", "/api/v[0-9]+/.*", "", nil)},
+			{RuleID: 2, HTTP: conformance.HTTPRule("POST", "/api/v1/orders", "", map[string]string{"Content-Type": "application/json"})},
 		}}},
 	}
 }
@@ -545,7 +529,7 @@ func bothEndsModel() *policies.Model {
 				{Direction: policies.Ingress, Remote: 500, Proto: policies.ProtoAny, Action: policies.Deny, RuleID: 5},
 			}},
 		},
-		L7: map[uint32]policies.L7Set{3: {Rules: []policies.L7Rule{{RuleID: 4, HTTP: httpRule("", "/.*", "", nil)}}}},
+		L7: map[uint32]policies.L7Set{3: {Rules: []policies.L7Rule{{RuleID: 4, HTTP: conformance.HTTPRule("", "/.*", "", nil)}}}},
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/membrane-fw/membrane/policies"
 	"github.com/membrane-fw/membrane/proxy"
+	"github.com/membrane-fw/membrane/proxy/conformance"
 )
 
 // pickChain is Envoy's filter chain match over what the translation
@@ -118,8 +119,8 @@ func TestTranslationRefusesWhatDockerIsolates(t *testing.T) {
 			}},
 		},
 		L7: map[uint32]policies.L7Set{
-			1: {Rules: []policies.L7Rule{{RuleID: 1, HTTP: httpRule("GET", "", "", nil)}}},
-			2: {Rules: []policies.L7Rule{{RuleID: 2, HTTP: httpRule("", "/.*", "", nil)}}},
+			1: {Rules: []policies.L7Rule{{RuleID: 1, HTTP: conformance.HTTPRule("GET", "", "", nil)}}},
+			2: {Rules: []policies.L7Rule{{RuleID: 2, HTTP: conformance.HTTPRule("", "/.*", "", nil)}}},
 		},
 	}
 	single := func(x netip.Addr) netip.Prefix { return netip.PrefixFrom(x, 32) }

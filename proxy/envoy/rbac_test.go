@@ -16,6 +16,7 @@ import (
 
 	"github.com/membrane-fw/membrane/policies"
 	"github.com/membrane-fw/membrane/proxy"
+	"github.com/membrane-fw/membrane/proxy/conformance"
 )
 
 // envoyRequest is a request as Envoy's RBAC filter sees it.
@@ -257,7 +258,7 @@ func TestHostCaseRouteJudgesAsTheBuiltinEngine(t *testing.T) {
 		}
 		d := proxy.Decision{SrcIdentity: 300, DstIdentity: 400, Checks: []proxy.Check{
 			{Direction: policies.Ingress, Rules: policies.L7Set{Rules: []policies.L7Rule{
-				{RuleID: 1, HTTP: httpRule("GET", "/.*", host, nil)},
+				{RuleID: 1, HTTP: conformance.HTTPRule("GET", "/.*", host, nil)},
 			}}},
 		}}
 		if d.JudgesHost() != judged {
@@ -305,7 +306,7 @@ func TestMethodOverrideRoutesJudgeAsTheBuiltinEngine(t *testing.T) {
 	for _, method := range []string{"GET|POST", ""} {
 		d := proxy.Decision{SrcIdentity: 300, DstIdentity: 400, Checks: []proxy.Check{
 			{Direction: policies.Ingress, Rules: policies.L7Set{Rules: []policies.L7Rule{
-				{RuleID: 1, HTTP: httpRule(method, "/.*", "", nil)},
+				{RuleID: 1, HTTP: conformance.HTTPRule(method, "/.*", "", nil)},
 			}}},
 		}}
 		checked := 0
@@ -352,7 +353,7 @@ func TestPathOverrideRoutesJudgeAsTheBuiltinEngine(t *testing.T) {
 	for _, path := range []string{"/public/.*", ""} {
 		d := proxy.Decision{SrcIdentity: 300, DstIdentity: 400, Checks: []proxy.Check{
 			{Direction: policies.Ingress, Rules: policies.L7Set{Rules: []policies.L7Rule{
-				{RuleID: 1, HTTP: httpRule("GET", path, "", nil)},
+				{RuleID: 1, HTTP: conformance.HTTPRule("GET", path, "", nil)},
 			}}},
 		}}
 		checked := 0
@@ -447,10 +448,10 @@ func TestRefusalRoutesAnswerBeforeRBAC(t *testing.T) {
 func TestFieldAliasRoutesJudgeAsTheBuiltinEngine(t *testing.T) {
 	d := proxy.Decision{SrcIdentity: 300, DstIdentity: 400, Checks: []proxy.Check{
 		{Direction: policies.Egress, Rules: policies.L7Set{Rules: []policies.L7Rule{
-			{RuleID: 1, HTTP: httpRule("GET", "", "", map[string]string{"X-Tenant": "acme", "Token": ""})},
+			{RuleID: 1, HTTP: conformance.HTTPRule("GET", "", "", map[string]string{"X-Tenant": "acme", "Token": ""})},
 		}}},
 		{Direction: policies.Ingress, Rules: policies.L7Set{Rules: []policies.L7Rule{
-			{RuleID: 2, HTTP: httpRule("", "/.*", "", map[string]string{"X-Api-Key_V2": ""})},
+			{RuleID: 2, HTTP: conformance.HTTPRule("", "/.*", "", map[string]string{"X-Api-Key_V2": ""})},
 		}}},
 	}}
 	checked := 0
@@ -654,7 +655,7 @@ func TestForwardedHostAliasRoutesJudgeAsTheBuiltinEngine(t *testing.T) {
 	for _, host := range []string{`api\.example\.com`, ""} {
 		d := proxy.Decision{SrcIdentity: 300, DstIdentity: 400, Checks: []proxy.Check{
 			{Direction: policies.Ingress, Rules: policies.L7Set{Rules: []policies.L7Rule{
-				{RuleID: 1, HTTP: httpRule("GET", "/.*", host, nil)},
+				{RuleID: 1, HTTP: conformance.HTTPRule("GET", "/.*", host, nil)},
 			}}},
 		}}
 		checked := 0
