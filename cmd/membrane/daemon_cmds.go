@@ -78,7 +78,3 @@ func printJSON(w io.Writer, v any) error {
 func signalContext(parent context.Context) (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(parent, syscall.SIGINT, syscall.SIGTERM)
 }
-
-// apiError is the CLI's error for a failed API call (exit 1); the API
-// client's messages already say what to do.
-func apiError(err error) error { return err }

@@ -25,7 +25,7 @@ func newEndpointCmd() *cobra.Command {
 			}
 			eps, err := client(c).Endpoints(c.Context())
 			if err != nil {
-				return apiError(err)
+				return err
 			}
 			if *listOut == "json" {
 				return printJSON(c.OutOrStdout(), eps)
@@ -54,7 +54,7 @@ func newEndpointCmd() *cobra.Command {
 			}
 			e, err := client(c).Endpoint(c.Context(), args[0])
 			if err != nil {
-				return apiError(err)
+				return err
 			}
 			if *getOut == "json" {
 				return printJSON(c.OutOrStdout(), e)

@@ -20,7 +20,7 @@ func newIdentityCmd() *cobra.Command {
 			}
 			ids, err := client(c).Identities(c.Context())
 			if err != nil {
-				return apiError(err)
+				return err
 			}
 			if *out == "json" {
 				return printJSON(c.OutOrStdout(), ids)

@@ -53,7 +53,7 @@ func newObserveCmd() *cobra.Command {
 				return err
 			})
 			if err != nil {
-				return apiError(err)
+				return err
 			}
 			return nil
 		},

@@ -21,7 +21,7 @@ func newPolicyShowCmd() *cobra.Command {
 			}
 			p, err := client(c).Policy(c.Context())
 			if err != nil {
-				return apiError(err)
+				return err
 			}
 			if *out == "json" {
 				return printJSON(c.OutOrStdout(), p)
@@ -70,7 +70,7 @@ func newPolicyReloadCmd() *cobra.Command {
 			}
 			p, err := client(c).ReloadPolicies(c.Context())
 			if err != nil {
-				return apiError(err)
+				return err
 			}
 			if *out == "json" {
 				return printJSON(c.OutOrStdout(), p)

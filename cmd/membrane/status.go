@@ -23,7 +23,7 @@ func newStatusCmd() *cobra.Command {
 				if *out == "json" {
 					printJSON(c.OutOrStdout(), map[string]any{"up": false, "reconciled": false, "error": err.Error()})
 				}
-				return apiError(err)
+				return err
 			}
 			w := c.OutOrStdout()
 			if *out == "json" {
