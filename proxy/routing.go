@@ -108,7 +108,7 @@ func (rt Routing) Remove(h *netlink.Handle) error {
 		routes, err := h.RouteListFiltered(fam, &netlink.Route{Table: rt.Table}, netlink.RT_FILTER_TABLE)
 		if err != nil {
 			if !ipv6Disabled(err) {
-				errs = append(errs, err)
+				errs = append(errs, fmt.Errorf("proxy routing: list routes in table %d (%s): %w", rt.Table, famName(fam), err))
 			}
 			continue
 		}
@@ -132,7 +132,7 @@ func (rt Routing) Installed(h *netlink.Handle) (bool, error) {
 	}
 	routes, err := h.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: rt.Table}, netlink.RT_FILTER_TABLE)
 	if err != nil {
-		return false, err
+		return false, fmt.Errorf("proxy routing: list routes in table %d (IPv4): %w", rt.Table, err)
 	}
 	return len(routes) > 0, nil
 }

@@ -61,6 +61,7 @@ func setTransparent(network string, c syscall.RawConn) error {
 		}
 		if network == "tcp6" {
 			if serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1); serr != nil {
+				serr = fmt.Errorf("IPV6_V6ONLY: %w", serr)
 				return
 			}
 			if serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1); serr != nil {
@@ -164,10 +165,10 @@ func SetRefused(c net.Conn) error {
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {
-		return err
+		return fmt.Errorf("mark refused connection: %w", err)
 	}
 	if err := setMark(rc, MarkRefused); err != nil {
-		return fmt.Errorf("refused connection: %w", err)
+		return fmt.Errorf("mark refused connection: %w", err)
 	}
 	return nil
 }

@@ -127,10 +127,10 @@ func New(cfg Config) (*Engine, error) {
 	}
 	boot, err := Bootstrap(e.paths.XDSSocket, e.paths.AdminSocket, e.cfg.MaxConnections)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("envoy engine: making the bootstrap: %w", err)
 	}
 	if err := writeFileAtomic(e.paths.Bootstrap, boot); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("envoy engine: writing the bootstrap: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	e.cancel = cancel
@@ -138,7 +138,7 @@ func New(cfg Config) (*Engine, error) {
 	case cfg.NoProcess:
 	case cfg.Unit != "":
 		if out, err := exec.Command("systemctl", "start", cfg.Unit).CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("envoy engine: systemctl start %s: %v: %s", cfg.Unit, err, out)
+			return nil, fmt.Errorf("envoy engine: systemctl start %s: %w: %s", cfg.Unit, err, out)
 		}
 	default:
 		e.sup = &Supervisor{
@@ -237,7 +237,7 @@ func (e *Engine) Update(r proxy.Resolver) error {
 	}
 	v, err := e.xds.Set(res)
 	if err != nil {
-		return err
+		return fmt.Errorf("envoy engine: publishing policy (the previous one stays in force): %w", err)
 	}
 	e.log.Debug("xds snapshot published", "version", v, "listeners", len(res.Listeners), "clusters", len(res.Clusters))
 	return nil
@@ -260,7 +260,7 @@ func (e *Engine) Close() error {
 	var errs []error
 	if e.cfg.Unit != "" && !e.cfg.NoProcess {
 		if out, err := exec.Command("systemctl", "stop", e.cfg.Unit).CombinedOutput(); err != nil {
-			errs = append(errs, fmt.Errorf("systemctl stop %s: %v: %s", e.cfg.Unit, err, out))
+			errs = append(errs, fmt.Errorf("systemctl stop %s: %w: %s", e.cfg.Unit, err, out))
 		}
 	}
 	if e.xds != nil {

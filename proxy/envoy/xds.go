@@ -57,7 +57,7 @@ func ServeXDS(socketPath string, logger *slog.Logger) (*XDS, error) {
 	}
 	if err := os.Chmod(socketPath, 0o600); err != nil {
 		l.Close()
-		return nil, err
+		return nil, fmt.Errorf("xds: %w", err)
 	}
 	x := &XDS{
 		cache: cachev3.NewSnapshotCache(true, cachev3.IDHash{}, goControlPlaneLogger(logger)),
