@@ -24,11 +24,6 @@ func addDaemonCommands(root, policy *cobra.Command) {
 	policy.AddCommand(newPolicyShowCmd(), newPolicyReloadCmd())
 }
 
-// init wires `policy trace --live` to the daemon client once, at program
-// start, rather than in addDaemonCommands: trace.go's tests replace
-// liveTrace before building a root command and must keep their stand-in.
-func init() { liveTrace = traceLive }
-
 // traceLive is `membrane policy trace --live`: the daemon evaluates the
 // connection against its enforced set, endpoints and host addresses.
 func traceLive(c *cobra.Command, q traceQuery) (policies.Result, error) {

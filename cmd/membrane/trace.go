@@ -42,16 +42,9 @@ type traceQuery struct {
 
 // liveTrace asks a running membraned to evaluate q against its live state
 // (enforced set, endpoints, host addresses, enforcement and audit settings).
-// cmd is the trace command (for --socket and its context). The daemon
-// client code sets it, e.g. in addDaemonCommands:
-//
-//	liveTrace = func(c *cobra.Command, q traceQuery) (policies.Result, error) {
-//		r, err := client(c).Trace(c.Context(), api.TraceRequest(q))
-//		...json.Unmarshal(r.Result, &res)...
-//	}
-//
-// nil means this build cannot reach a daemon.
-var liveTrace func(cmd *cobra.Command, q traceQuery) (policies.Result, error)
+// cmd is the trace command (for --socket and its context). It is traceLive;
+// tests replace it with a stand-in, or with nil: no daemon to reach.
+var liveTrace = traceLive
 
 type traceOpts struct {
 	policies []string
