@@ -376,6 +376,8 @@ func TestUnknownFlagSuggestsTheFlagMeant(t *testing.T) {
 		{[]string{"status", "--format", "json"}, "did you mean --output (-o)?"},
 		{[]string{"observe", "--folow"}, "did you mean --follow?"},
 		{[]string{"status", "--sockt", "/x"}, "did you mean --socket?"},
+		// Two edits of characters, though four of bytes.
+		{[]string{"policy", "trace", "--pöört", "80/tcp"}, "did you mean --port?"},
 	} {
 		_, code, err := runCLI(t, tc.args...)
 		if code != 2 || err == nil || !strings.Contains(err.Error(), tc.want) {

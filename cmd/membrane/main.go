@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/agext/levenshtein"
 	"github.com/membrane-fw/membrane/policies"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -245,7 +246,7 @@ func suggestFlag(c *cobra.Command, err error) string {
 		if policies.OtherFamily(name, f) {
 			continue
 		}
-		switch d := editDistance(name, f); {
+		switch d := levenshtein.Distance(name, f, nil); {
 		case d < bestDist:
 			best, bestDist = []string{"--" + f}, d
 		case d == bestDist && !slices.Contains(best, "--"+f):
@@ -253,25 +254,4 @@ func suggestFlag(c *cobra.Command, err error) string {
 		}
 	}
 	return strings.Join(best, " or ")
-}
-
-// editDistance is the Levenshtein distance between a and b.
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
