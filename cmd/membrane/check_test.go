@@ -384,8 +384,15 @@ func TestUnknownFlagSuggestsTheFlagMeant(t *testing.T) {
 			t.Errorf("membrane %s: exit %d, err %v; want exit 2 and %q", strings.Join(tc.args, " "), code, err, tc.want)
 		}
 	}
-	if _, code, err := runCLI(t, "policy", "trace", "--zzzzzz"); code != 2 || strings.Contains(err.Error(), "did you mean") {
-		t.Errorf("--zzzzzz: exit %d, err %v; want exit 2 and no suggestion", code, err)
+	for _, args := range [][]string{
+		{"policy", "trace", "--zzzzzz"},
+		// Three edits from --port and --socket: too far.
+		{"policy", "trace", "--poxyz", "1"},
+		{"status", "--xxxket", "/x"},
+	} {
+		if _, code, err := runCLI(t, args...); code != 2 || strings.Contains(err.Error(), "did you mean") {
+			t.Errorf("membrane %s: exit %d, err %v; want exit 2 and no suggestion", strings.Join(args, " "), code, err)
+		}
 	}
 }
 

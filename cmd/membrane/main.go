@@ -249,7 +249,7 @@ func suggestFlag(c *cobra.Command, err error) string {
 		switch d := levenshtein.Distance(name, f, nil); {
 		case d < bestDist:
 			best, bestDist = []string{"--" + f}, d
-		case d == bestDist && !slices.Contains(best, "--"+f):
+		case d == bestDist && len(best) > 0 && !slices.Contains(best, "--"+f):
 			best = append(best, "--"+f)
 		}
 	}
