@@ -63,6 +63,22 @@ func checkOutput(o string) error {
 	return nil
 }
 
+// printAnswer runs a command that reads one answer from membraned: it
+// checks -o, asks, and prints the answer as JSON or as text does.
+func printAnswer[T any](c *cobra.Command, out string, ask func(*api.Client, context.Context) (T, error), text func(w io.Writer, v T) error) error {
+	if err := checkOutput(out); err != nil {
+		return err
+	}
+	v, err := ask(client(c), c.Context())
+	if err != nil {
+		return err
+	}
+	if out == "json" {
+		return printJSON(c.OutOrStdout(), v)
+	}
+	return text(c.OutOrStdout(), v)
+}
+
 func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")

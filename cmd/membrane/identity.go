@@ -2,9 +2,12 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
+
+	"github.com/membrane-fw/membrane/daemon/api"
 )
 
 func newIdentityCmd() *cobra.Command {
@@ -15,26 +18,18 @@ func newIdentityCmd() *cobra.Command {
 		Short: "List reserved and allocated identities",
 		Args:  noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := checkOutput(*out); err != nil {
-				return err
-			}
-			ids, err := client(c).Identities(c.Context())
-			if err != nil {
-				return err
-			}
-			if *out == "json" {
-				return printJSON(c.OutOrStdout(), ids)
-			}
-			tw := tabwriter.NewWriter(termSafe(c.OutOrStdout()), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "IDENTITY\tENDPOINTS\tLABELS")
-			for _, id := range ids {
-				labels := labelsText(id.Labels)
-				if id.Reserved != "" {
-					labels = "reserved:" + id.Reserved
+			return printAnswer(c, *out, (*api.Client).Identities, func(w io.Writer, ids []api.Identity) error {
+				tw := tabwriter.NewWriter(termSafe(w), 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "IDENTITY\tENDPOINTS\tLABELS")
+				for _, id := range ids {
+					labels := labelsText(id.Labels)
+					if id.Reserved != "" {
+						labels = "reserved:" + id.Reserved
+					}
+					fmt.Fprintf(tw, "%d\t%d\t%s\n", id.ID, id.Endpoints, labels)
 				}
-				fmt.Fprintf(tw, "%d\t%d\t%s\n", id.ID, id.Endpoints, labels)
-			}
-			return tw.Flush()
+				return tw.Flush()
+			})
 		},
 	}
 	out = addOutput(list)
