@@ -234,12 +234,10 @@ func (c dConn) connection(w dWorld) policies.Connection {
 }
 
 // endpointFlags are the flags the daemon gives an endpoint (daemon
-// endpointFlags): enforcement unless "never", audit where the config says.
+// endpointFlags): enforcement both ways, also with "never", whose model is
+// empty (decision 75); audit where the config says.
 func endpointFlags(env *policies.Env, l policies.Labels) EndpointFlags {
-	var f EndpointFlags
-	if env.Enforcement != policies.EnforcementNever {
-		f |= EnforceIngress | EnforceEgress
-	}
+	f := EnforceIngress | EnforceEgress
 	if env.Audit || (env.AuditSelector != nil && env.AuditSelector.Matches(l)) {
 		f |= Audit
 	}

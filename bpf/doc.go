@@ -47,7 +47,11 @@
 // identities) keeps that identity only when the skb came in
 // (ingress_ifindex) through an endpoint's veth, the endpoint's bridge, or
 // the host stack (0); through any other device it is judged as init. A
-// direction the endpoint does not enforce passes.
+// direction the endpoint does not enforce passes before conntrack: its flows
+// are not tracked, so were it to enforce later, a reply of a connection
+// opened meanwhile would be judged as a new flow the other way. The daemon
+// therefore gives every endpoint both enforce flags, and "never" an empty
+// policy (policy decision 75).
 //
 // Fragments: a first fragment is judged like any packet and, where it
 // passes, leaves its protocol and ports in the fragments map (keyed by

@@ -15,7 +15,8 @@ import (
 	"github.com/membrane-fw/membrane/policies"
 )
 
-// EndpointFlags say what the datapath enforces for an endpoint.
+// EndpointFlags say what the datapath enforces for an endpoint. A direction
+// without its enforce flag passes untracked (see the package doc).
 type EndpointFlags uint32
 
 const (

@@ -1098,11 +1098,15 @@ func onlyAllowsAdded(cur, next *policies.IdentityPolicy, added map[policies.Iden
 
 // ---- endpoints
 
+// endpointFlags are the datapath flags of an endpoint. It enforces both
+// directions whatever the enforcement: with "never" its policy is empty
+// (decision 31), so every connection is allowed, and the datapath tracks
+// it, which an endpoint without the enforce flags would not. When
+// enforcement comes on, a connection opened meanwhile is then judged
+// again as the connection it is, and its replies are not taken for new
+// flows the other way (decision 75).
 func (r *reconciler) endpointFlags(st *epState) bpf.EndpointFlags {
-	var f bpf.EndpointFlags
-	if r.cfg.Enforcement != config.EnforcementNever {
-		f |= bpf.EnforceIngress | bpf.EnforceEgress
-	}
+	f := bpf.EnforceIngress | bpf.EnforceEgress
 	if st.audit {
 		f |= bpf.Audit
 	}

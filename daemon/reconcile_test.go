@@ -3,6 +3,8 @@ package daemon
 import (
 	"testing"
 
+	"github.com/membrane-fw/membrane/bpf"
+	"github.com/membrane-fw/membrane/daemon/config"
 	"github.com/membrane-fw/membrane/policies"
 )
 
@@ -55,5 +57,24 @@ func TestDeferPeersOnlyDefersMissingAllows(t *testing.T) {
 	}
 	if _, n := deferPeers(cur, cur); n != 0 {
 		t.Errorf("deferred without a new identity")
+	}
+}
+
+// With enforcement = "never" an endpoint still gets both enforce flags
+// (its model is empty, so everything is allowed): an endpoint without them
+// is passed before conntrack, and when enforcement came on, the replies of
+// a connection opened meanwhile were judged as new flows and dropped
+// (decision 75; bpf's TestEnforcementSwitchJudgesTrackedConnections runs
+// the traffic).
+func TestEndpointFlagsEnforceWhateverTheEnforcement(t *testing.T) {
+	both := bpf.EnforceIngress | bpf.EnforceEgress
+	for _, mode := range []string{config.EnforcementDefault, config.EnforcementAlways, config.EnforcementNever} {
+		r := &reconciler{cfg: &config.Config{Enforcement: mode}}
+		if got := r.endpointFlags(&epState{}); got != both {
+			t.Errorf("enforcement %q: flags %v, want %v", mode, got, both)
+		}
+		if got := r.endpointFlags(&epState{audit: true}); got != both|bpf.Audit {
+			t.Errorf("enforcement %q, audited endpoint: flags %v, want %v", mode, got, both|bpf.Audit)
+		}
 	}
 }

@@ -8,7 +8,8 @@ api_socket = "/run/membrane/membrane.sock"
 api_group  = "membrane" # besides root, members may change things through the API
 
 # default: policies decide. always: every endpoint is default-deny both ways.
-# never: nothing is enforced (traffic is still observed).
+# never: nothing is enforced (traffic is still observed, and connections
+#        tracked, so that enforcing later judges them as connections).
 enforcement = "default"
 
 # audit = true lets every drop through and reports it as "audit";

@@ -25,7 +25,8 @@
 
 # "default": policies decide, default-deny as the policy language says.
 # "always":  every endpoint is in default-deny both ways.
-# "never":   nothing is enforced (traffic is still observed).
+# "never":   nothing is enforced (traffic is still observed, and connections
+#            tracked, so that enforcing later judges them as connections).
 # enforcement = "default"
 
 # Audit mode: drops that policy would cause are let through and reported
