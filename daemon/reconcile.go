@@ -125,10 +125,13 @@ type epState struct {
 	labels   policies.Labels // identity-relevant, those of identity
 	// held: its veths have no endpoint entry although it has an
 	// identity: that identity's policy is not in the maps (writeEndpoint).
-	held     bool
-	audit    bool
-	ifaces   []int // host ifindexes written to the endpoints map
-	enforced time.Time
+	held bool
+	// unwritten: none of its veths got its endpoint entry (the endpoints
+	// map is full), so it is judged as init on all of them (writeEndpoint).
+	unwritten bool
+	audit     bool
+	ifaces    []int // host ifindexes written to the endpoints map
+	enforced  time.Time
 }
 
 type request struct {
@@ -1228,13 +1231,18 @@ func (r *reconciler) writeEndpoint(st *epState) {
 		st.held = false
 		r.syncIPCache()
 	}
+	written := 0
 	for _, ifx := range now {
 		// L7 redirects go to the ingress of the veth's bridge, which gets
 		// the bridge program first.
 		br := r.bridgeOf(ifx)
 		r.attachBridge(br)
 		e := bpf.Endpoint{ID: st.id, Identity: st.identity, Flags: r.endpointFlags(st), Bridge: br}
-		r.problem(fmt.Sprintf("endpoint/%d", ifx), "set-endpoint", r.dp.SetEndpoint(ifx, e))
+		err := r.dp.SetEndpoint(ifx, e)
+		r.problem(fmt.Sprintf("endpoint/%d", ifx), "set-endpoint", err)
+		if err == nil {
+			written++
+		}
 		r.problem(fmt.Sprintf("attach/%d", ifx), "attach", r.dp.Attach(ifx))
 	}
 	for _, old := range st.ifaces {
@@ -1243,8 +1251,16 @@ func (r *reconciler) writeEndpoint(st *epState) {
 		}
 	}
 	st.ifaces = now
-	if len(now) > 0 && st.enforced.IsZero() {
+	if written > 0 && st.enforced.IsZero() {
 		st.enforced = time.Now()
+	}
+	// With no entry on any of its veths (the endpoints map is full: the
+	// problem says so) its traffic is init's, and so are its addresses for
+	// its peers (decision 52), until a write succeeds (retried at every
+	// full resync).
+	if unwritten := len(now) > 0 && written == 0; unwritten != st.unwritten {
+		st.unwritten = unwritten
+		r.syncIPCache()
 	}
 }
 
@@ -1289,11 +1305,12 @@ func (r *reconciler) allocate(st *epState) bool {
 
 // judgedAs is the identity st's traffic is judged as, and so what its
 // addresses map to in the ipcache: init while its veths have no endpoint
-// entry (no identity yet, or its policy not written), as Cilium's
+// entry (no identity yet, its policy not written, or no room in the
+// endpoints map), as Cilium's
 // reserved:init. Otherwise its peers would see its addresses as world
 // (no ipcache entry) or as an identity whose policy does not judge it.
 func judgedAs(st *epState) policies.Identity {
-	if st.held {
+	if st.held || st.unwritten {
 		return policies.IdentityInit
 	}
 	return st.identity

@@ -124,7 +124,7 @@ func (r *reconciler) publish() {
 	for _, k := range keys {
 		st := r.eps[k]
 		unenforced := r.unenforced(st)
-		if st.held || st.identity == policies.IdentityInit {
+		if judgedAs(st) == policies.IdentityInit {
 			v.judgedInit[st.id] = true
 		}
 		e := api.Endpoint{
