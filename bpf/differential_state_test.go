@@ -94,9 +94,6 @@ func (m *sModel) first(ifx int, dir policies.Direction, p pkt, verdict string) {
 }
 
 func (m *sModel) later(ifx int, dir policies.Direction, p pkt, foreign bool) (string, string) {
-	if m.env.Enforcement == policies.EnforcementNever {
-		return "pass", "not enforced"
-	}
 	t, ok := m.frags[sFragKey{ifx, dir, p.src, p.dst, p.fragID}]
 	if !ok {
 		return "drop", "later fragment of no first fragment that passed"
@@ -443,16 +440,14 @@ func describe(p pkt) string {
 
 // change moves the world on: another policy set, one rule fewer or more,
 // an endpoint with other labels (so another identity), or other audit and
-// enforcement settings (a daemon restarted with another configuration; not
-// to or from enforcement "never", under which nothing is tracked).
+// enforcement settings (a daemon restarted with another configuration, to
+// or from enforcement "never" too, under which connections are tracked:
+// decision 75).
 func (s *sRunner) change(r *rand.Rand) string {
-	if r.IntN(12) == 0 && s.w.env.Enforcement != policies.EnforcementNever {
+	if r.IntN(12) == 0 {
 		env := *s.w.env
 		env.Enforcement, env.Audit, env.AuditSelector = "", false, nil
 		policygen.Settings(r, &env)
-		if env.Enforcement == policies.EnforcementNever {
-			env.Enforcement = ""
-		}
 		s.w.env, s.model.env = &env, &env
 		s.w.opts = policies.CompileOptions{Enforcement: env.Enforcement, Audit: env.Audit, AuditSelector: env.AuditSelector}
 		return fmt.Sprintf("settings: enforcement=%q audit=%v audit_selector=%v", env.Enforcement, env.Audit, env.AuditSelector)
