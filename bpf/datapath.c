@@ -837,6 +837,17 @@ static __always_inline __u32 ipcache_identity(__u8 family, const __u8 *addr)
 	return v ? v->identity : IDENTITY_WORLD;
 }
 
+/* tuple_identity is ipcache_identity of a tuple's destination (dst) or
+ * source address, for handle(): a global function, checked once by the
+ * verifier rather than at every path of handle() that looks an address
+ * up. */
+__attribute__((noinline)) __u32 tuple_identity(const struct ct_key *k, int dst)
+{
+	if (!k)
+		return IDENTITY_WORLD;
+	return ipcache_identity(k->family, dst ? k->daddr : k->saddr);
+}
+
 /* fe80::/10 or :: (IPv6). */
 static __always_inline int link_local_or_unspecified(const __u8 *a)
 {
@@ -1567,7 +1578,7 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 	if (from_proxy)
 		v.remote = mark_identity;
 	else
-		v.remote = ipcache_identity(p.tuple.family, dir == DIR_EGRESS ? p.tuple.daddr : p.tuple.saddr);
+		v.remote = tuple_identity(&p.tuple, dir == DIR_EGRESS);
 	if (dir == DIR_INGRESS && !from_proxy)
 		v.remote = arrived_from(skb, ep, v.remote);
 	judge(local, dir, p.tuple.protocol, p.policy_port, &v);
