@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/membrane-fw/membrane/bpf"
+	"github.com/membrane-fw/membrane/daemon/api"
 	"github.com/membrane-fw/membrane/daemon/config"
 	"github.com/membrane-fw/membrane/daemon/identity"
 	"github.com/membrane-fw/membrane/daemon/metrics"
@@ -88,6 +89,18 @@ func TestEndpointsMapFullLeavesAddressesInit(t *testing.T) {
 		must(err)
 		return ipc[netip.PrefixFrom(addr[i], 32)]
 	}
+	// viewed is endpoint id as the API shows it
+	viewed := func(id uint32) api.Endpoint {
+		t.Helper()
+		r.publish()
+		for _, e := range r.view.get().endpoints {
+			if e.ID == id {
+				return e
+			}
+		}
+		t.Fatalf("endpoint %d is not in the view", id)
+		return api.Endpoint{}
+	}
 	for i := range ifs {
 		r.veths[ifs[i]] = linkwatch.Event{Type: linkwatch.Added, Ifindex: ifs[i]}
 		apply(endpoint.Event{Type: endpoint.Added, Endpoint: ep(i)})
@@ -105,6 +118,9 @@ func TestEndpointsMapFullLeavesAddressesInit(t *testing.T) {
 	if got := judged(1); got != policies.IdentityInit {
 		t.Errorf("the endpoint without an entry (map full) has its address under identity %d in the ipcache, want init (%d)", got, policies.IdentityInit)
 	}
+	if e := viewed(second.id); e.Enforcing {
+		t.Errorf("the endpoint without an entry is reported as enforcing: %+v", e)
+	}
 
 	// A slot is free again: the next resync writes the endpoint, and its
 	// address is its identity's.
@@ -120,5 +136,8 @@ func TestEndpointsMapFullLeavesAddressesInit(t *testing.T) {
 	}
 	if got := judged(1); got != second.identity {
 		t.Errorf("once written, the endpoint's address is identity %d in the ipcache, want %d", got, second.identity)
+	}
+	if e := viewed(second.id); !e.Enforcing {
+		t.Errorf("once written, the endpoint is not reported as enforcing: %+v", e)
 	}
 }

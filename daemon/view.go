@@ -36,8 +36,9 @@ type view struct {
 	// proxy gets them (dockerNetworks), for the live trace.
 	networks *proxy.Networks
 	// judgedInit holds the endpoints (by ID) whose traffic the datapath
-	// judges as init: no identity could be allocated, or their identity's
-	// policy could not be written (held). A live trace judges them so.
+	// judges as init: no identity could be allocated, their identity's
+	// policy could not be written (held), or the endpoints map had no room
+	// for them (unwritten). A live trace judges them so.
 	judgedInit map[uint32]bool
 	// epLabels are the identity labels of endpoints[i]. Which policies
 	// select which endpoint is computed on the first API request for the
@@ -130,7 +131,7 @@ func (r *reconciler) publish() {
 		e := api.Endpoint{
 			ID: st.id, Identity: uint32(st.identity), Labels: st.ep.Labels, HostNetwork: st.ep.NetworkMode == endpoint.ModeHost,
 			Audit: st.audit, Runtime: string(st.ep.Runtime), Addresses: []string{}, Policies: []string{},
-			Enforcing:  r.synced && st.ep.NetworkMode != endpoint.ModeHost && len(st.ifaces) > 0 && len(unenforced) == 0,
+			Enforcing:  r.synced && st.ep.NetworkMode != endpoint.ModeHost && len(st.ifaces) > 0 && !st.unwritten && len(unenforced) == 0,
 			EnforcedAt: st.enforced, Unenforced: unenforced, Stale: st.ep.Stale,
 		}
 		for _, a := range st.ep.Addrs() {
