@@ -23,8 +23,8 @@ import (
 // An endpoint whose veth gets no entry because the endpoints map is full is
 // judged as init on it (no entry), so its peers must judge its addresses as
 // init too (decision 52), not as the identity its entry would have had.
-// When a slot is free again, the next resync writes it and its addresses
-// are its identity's. The reconciler runs on a real datapath, in a network
+// When a slot is free again, it is written and its addresses are its
+// identity's. The reconciler runs on a real datapath, in a network
 // namespace with real veths, without a runtime: the endpoints are given to
 // it as a runtime source would.
 func TestEndpointsMapFullLeavesAddressesInit(t *testing.T) {
@@ -122,15 +122,9 @@ func TestEndpointsMapFullLeavesAddressesInit(t *testing.T) {
 		t.Errorf("the endpoint without an entry is reported as enforcing: %+v", e)
 	}
 
-	// A slot is free again: the next resync writes the endpoint, and its
-	// address is its identity's.
+	// A slot is free again: the endpoint is written at once (not at the
+	// next full resync), and its address is its identity's.
 	apply(endpoint.Event{Type: endpoint.Removed, Endpoint: ep(0)})
-	must(ns.Do(func() error {
-		for _, st := range r.eps {
-			r.writeEndpoint(st)
-		}
-		return nil
-	}))
 	if _, full := r.problems[fmt.Sprintf("endpoint/%d", ifs[1])]; full {
 		t.Fatalf("the endpoint is still not written: %v", r.problems)
 	}

@@ -1136,6 +1136,13 @@ func (r *reconciler) applyEndpointEvent(ev endpoint.Event) {
 				// without an endpoint entry it is judged as init.
 				r.problem(fmt.Sprintf("endpoint/%d", ifx), "delete-endpoint", r.dp.DeleteEndpoint(ifx))
 			}
+			// Room in the endpoints map: an endpoint that had none gets its
+			// entries now rather than at the next full resync.
+			for _, o := range r.eps {
+				if o.unwritten {
+					r.writeEndpoint(o)
+				}
+			}
 			r.syncIPCache()
 			r.updateIdentityUse()
 			r.recompile(false)
