@@ -1012,6 +1012,16 @@ static __always_inline void judge(__u32 local, __u8 dir, __u8 proto, __u16 port,
 	v->reason = pv->proxy_port ? REASON_REDIRECT : REASON_ALLOW_POLICY;
 }
 
+/* judge_new is judge() for handle()'s new flows: a global function,
+ * checked once by the verifier. */
+__attribute__((noinline)) int judge_new(__u32 local, __u32 dir, __u32 proto, __u32 port, struct verdict *v)
+{
+	if (!v)
+		return 0;
+	judge(local, dir, proto, port, v);
+	return 0;
+}
+
 static __always_inline __u64 lifetime(const struct config *cfg, const struct ct_entry *e, __u8 proto)
 {
 	__u32 s;
@@ -1581,7 +1591,7 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 		v.remote = tuple_identity(&p.tuple, dir == DIR_EGRESS);
 	if (dir == DIR_INGRESS && !from_proxy)
 		v.remote = arrived_from(skb, ep, v.remote);
-	judge(local, dir, p.tuple.protocol, p.policy_port, &v);
+	judge_new(local, dir, p.tuple.protocol, p.policy_port, &v);
 	/* The proxy's own upstream traffic was judged there: never again; and
 	 * only TCP can be redirected (L7 entries are HTTP). */
 	if (from_proxy || p.tuple.protocol != IPPROTO_TCP) {
