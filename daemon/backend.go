@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -31,7 +32,16 @@ var reservedNames = []struct {
 
 func parseAddr(s string) (netip.Addr, error) { return netip.ParseAddr(s) }
 
-func (b *backend) Status() api.Status { return b.r.view.get().status }
+// Status is the published status, with the L7 engine's problems as they
+// are now (an Envoy that exits or rejects its configuration does so
+// between reconciles).
+func (b *backend) Status() api.Status {
+	st := b.r.view.get().status
+	if ps := b.r.l7Problems(); len(ps) > 0 {
+		st.Errors = append(slices.Clip(st.Errors), ps...)
+	}
+	return st
+}
 
 func (b *backend) Endpoints() []api.Endpoint {
 	v := b.r.view.get()

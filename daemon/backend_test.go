@@ -9,10 +9,12 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/membrane-fw/membrane/daemon/api"
 	"github.com/membrane-fw/membrane/daemon/config"
 	"github.com/membrane-fw/membrane/policies"
+	"github.com/membrane-fw/membrane/proxy/envoy"
 	"github.com/membrane-fw/membrane/runtime/endpoint"
 )
 
@@ -267,4 +269,33 @@ func serveAPI(t *testing.T, r *reconciler) string {
 	go func() { srv.Serve(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
 	return sock
+}
+
+// membrane status lists what keeps the Envoy engine from serving as it is
+// now, between reconciles: here an "envoy" (/bin/false, a stand-in) that
+// exits at every start. The published view's own problems stay as they were.
+func TestStatusReportsAnEnvoyThatKeepsExiting(t *testing.T) {
+	e, err := envoy.New(envoy.Config{Port: 15001, RunDir: t.TempDir(), EnvoyPath: "/bin/false"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	r := &reconciler{l7: &l7{engine: e}}
+	published := []string{"map full"}
+	r.view.set(&view{status: api.Status{Errors: published}})
+	b := &backend{r: r}
+	deadline := time.Now().Add(20 * time.Second)
+	for len(b.Status().Errors) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("status errors %q never said that envoy exits", b.Status().Errors)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	got := b.Status().Errors
+	if got[0] != "map full" || !strings.Contains(got[1], "envoy exited") || !strings.Contains(got[1], "exit status 1") {
+		t.Fatalf("status errors %q, want the published problem, then that envoy exits (exit status 1)", got)
+	}
+	if len(published) != 1 || len(r.view.get().status.Errors) != 1 {
+		t.Fatalf("the published view's errors changed: %q", r.view.get().status.Errors)
+	}
 }

@@ -154,6 +154,19 @@ func (r *reconciler) l7Port() uint16 {
 	return r.l7.engine.Port()
 }
 
+// l7Problems is what the engine reports keeps it from serving
+// (proxy.ProblemReporter); r.l7 is set before the API serves and never
+// changes, so any goroutine may call it.
+func (r *reconciler) l7Problems() []string {
+	if r.l7 == nil {
+		return nil
+	}
+	if pr, ok := r.l7.engine.(proxy.ProblemReporter); ok {
+		return pr.Problems()
+	}
+	return nil
+}
+
 // cleanupL7 removes what startL7 set up on the host (--cleanup).
 func cleanupL7() error {
 	var errs []error

@@ -29,6 +29,15 @@ type Engine interface {
 	Close() error
 }
 
+// ProblemReporter is an Engine that can fail apart from Update, such as
+// one that runs a process of its own (Envoy). Problems lists, in
+// sentences for `membrane status`, what keeps it from enforcing the
+// policy of the last Update now; none when it does. It is called from any
+// goroutine.
+type ProblemReporter interface {
+	Problems() []string
+}
+
 // Resolver answers, for one connection the datapath sent to the proxy, who is
 // talking to whom and which HTTP rules apply. The daemon implements it from
 // the ipcache and the policy model (ModelResolver); tests use a table.

@@ -5,7 +5,11 @@
 // supervises the `envoy` process: start, readiness through the admin
 // socket's /ready (a process that was ready and stops answering is killed),
 // restart with exponential backoff. Or it leaves the process to the systemd
-// unit membrane-envoy.service (UnitFile; Config.Unit).
+// unit membrane-envoy.service (UnitFile; Config.Unit). Engine.Problems
+// (proxy.ProblemReporter, shown by `membrane status`) says what keeps Envoy
+// from serving now: a process that exits or does not answer /ready, and
+// resources Envoy rejected (an xDS NACK; Envoy keeps the ones it accepted
+// last).
 //
 // Translation (Translate) from a proxy.Resolver that can enumerate itself
 // (proxy.ModelResolver) into Envoy resources:

@@ -74,7 +74,10 @@ func PathsIn(dir string) Paths {
 	}
 }
 
-var _ proxy.Engine = (*Engine)(nil)
+var (
+	_ proxy.Engine          = (*Engine)(nil)
+	_ proxy.ProblemReporter = (*Engine)(nil)
+)
 
 // New serves xDS, writes the bootstrap, publishes the first snapshot and
 // starts Envoy (unless NoProcess). It returns once all that is under way;
@@ -249,6 +252,33 @@ func (e *Engine) XDS() *XDS { return e.xds }
 // Collectors implements proxy.Engine.
 func (e *Engine) Collectors() []prometheus.Collector {
 	return append(e.metrics.Collectors(), e.restarts)
+}
+
+// Problems implements proxy.ProblemReporter: what keeps Envoy from
+// enforcing the policy membraned translated last. The supervised process
+// exiting or not answering /ready (Supervisor.Problem), the unit's Envoy
+// not answering /ready, and resources Envoy rejected (XDS.Rejected: it
+// goes on with those it accepted before).
+func (e *Engine) Problems() []string {
+	var out []string
+	switch {
+	case e.cfg.NoProcess:
+	case e.sup != nil:
+		if p := e.sup.Problem(); p != "" {
+			out = append(out, p)
+		}
+	case e.cfg.Unit != "":
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := Ready(ctx, e.paths.AdminSocket)
+		cancel()
+		if err != nil {
+			out = append(out, fmt.Sprintf("the Envoy of unit %s does not serve (%v); connections sent to the L7 proxy fail until it does (systemctl status %s)", e.cfg.Unit, err, e.cfg.Unit))
+		}
+	}
+	if e.xds != nil {
+		out = append(out, e.xds.Rejected()...)
+	}
+	return out
 }
 
 // Close implements proxy.Engine: stops Envoy (or its unit), the xDS server

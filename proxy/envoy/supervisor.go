@@ -10,7 +10,9 @@ import (
 	"net"
 	"net/http"
 	"os/exec"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -32,8 +34,72 @@ type Supervisor struct {
 	// is killed (and so restarted). Defaults 5s and 3.
 	HealthInterval time.Duration
 	HealthFailures int
+	// NotReadyGrace is how long a started Envoy may go without answering
+	// /ready before Problem reports it; default 30s, what membraned waits
+	// for the first Envoy at start.
+	NotReadyGrace time.Duration
 
 	starts atomic.Int64
+
+	mu        sync.Mutex
+	pid       int       // the running process, 0 between runs
+	startedAt time.Time // when it was started
+	ready     bool      // it answered /ready since it was started
+	exits     int       // exits since an Envoy last answered /ready
+	lastExit  error     // the last of them
+}
+
+// Problem says what keeps the supervised Envoy from serving ("" when it
+// serves, or was started moments ago): exits since it last answered
+// /ready, or a process that has not answered it within NotReadyGrace.
+// Connections the datapath sends to the proxy port meanwhile find no
+// listener, or one that does not serve, and fail.
+func (s *Supervisor) Problem() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ready {
+		return ""
+	}
+	if s.exits > 0 {
+		times := "once"
+		if s.exits > 1 {
+			times = strconv.Itoa(s.exits) + " times"
+		}
+		return fmt.Sprintf("envoy exited %s without serving in between (last: %v); membraned restarts it with backoff, and connections sent to the L7 proxy fail until it serves",
+			times, s.lastExit)
+	}
+	grace := s.NotReadyGrace
+	if grace == 0 {
+		grace = 30 * time.Second
+	}
+	if el := time.Since(s.startedAt); s.pid != 0 && s.AdminSocket != "" && el >= grace {
+		return fmt.Sprintf("envoy (pid %d) has not answered /ready on its admin socket %s in the %v since it started; connections sent to the L7 proxy fail until it serves",
+			s.pid, s.AdminSocket, el.Round(time.Second))
+	}
+	return ""
+}
+
+func (s *Supervisor) started(pid int) {
+	s.mu.Lock()
+	s.pid, s.startedAt, s.ready = pid, time.Now(), false
+	s.mu.Unlock()
+}
+
+func (s *Supervisor) exited(err error) {
+	s.mu.Lock()
+	if err == nil {
+		err = errors.New("exit status 0")
+	}
+	s.pid, s.ready = 0, false
+	s.exits++
+	s.lastExit = err
+	s.mu.Unlock()
+}
+
+func (s *Supervisor) served() {
+	s.mu.Lock()
+	s.ready, s.exits, s.lastExit = true, 0, nil
+	s.mu.Unlock()
 }
 
 // Starts counts how often the process was started.
@@ -65,6 +131,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			return fmt.Errorf("starting %s: %w", s.Path, err)
 		}
 		s.starts.Add(1)
+		s.started(cmd.Process.Pid)
 		log.Info("envoy started", "pid", cmd.Process.Pid)
 		go logLines(stderr, log)
 		exited := make(chan error, 1)
@@ -84,6 +151,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			return nil
 		case err := <-exited:
 			stopHealth()
+			s.exited(err)
 			if s.OnExit != nil {
 				s.OnExit(err)
 			}
@@ -129,6 +197,7 @@ func (s *Supervisor) watchHealth(ctx context.Context, cmd *exec.Cmd, log *slog.L
 		switch {
 		case err == nil:
 			wasReady, failures = true, 0
+			s.served()
 		case wasReady && ctx.Err() == nil:
 			failures++
 			if failures >= limit {

@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 
 	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
@@ -31,6 +33,12 @@ type XDS struct {
 	mu      sync.Mutex
 	version uint64
 	done    chan struct{}
+
+	// rejected holds, by resource type URL, what Envoy last said when it
+	// refused a snapshot's resources of that type (a NACK); an ACK of the
+	// type clears it. Envoy keeps the resources it last accepted.
+	rmu      sync.Mutex
+	rejected map[string]string
 }
 
 func goControlPlaneLogger(l *slog.Logger) log.Logger {
@@ -65,8 +73,10 @@ func ServeXDS(socketPath string, logger *slog.Logger) (*XDS, error) {
 		l:     l,
 		log:   logger,
 		done:  make(chan struct{}),
+
+		rejected: map[string]string{},
 	}
-	s := serverv3.NewServer(context.Background(), x.cache, nil)
+	s := serverv3.NewServer(context.Background(), x.cache, serverv3.CallbackFuncs{StreamRequestFunc: x.onRequest})
 	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(x.srv, s)
 	listenerservice.RegisterListenerDiscoveryServiceServer(x.srv, s)
 	clusterservice.RegisterClusterDiscoveryServiceServer(x.srv, s)
@@ -102,6 +112,59 @@ func (x *XDS) Set(res *Resources) (version string, err error) {
 	}
 	x.version++
 	return v, nil
+}
+
+// onRequest notes Envoy's answer to what it was sent: a request carrying
+// an error detail is a NACK (Envoy refused the resources of that type and
+// goes on with those it accepted before, VersionInfo); one with a version
+// and no error is an ACK.
+func (x *XDS) onRequest(_ int64, req *discoverygrpc.DiscoveryRequest) error {
+	typ := req.GetTypeUrl()
+	x.rmu.Lock()
+	defer x.rmu.Unlock()
+	switch {
+	case req.GetErrorDetail() != nil:
+		kept := req.GetVersionInfo()
+		if kept == "" {
+			kept = "none"
+		}
+		msg := fmt.Sprintf("envoy rejected the %s membraned sent it (the last policy change may not be in force; it keeps the %s of xDS version %s): %s",
+			typeName(typ), typeName(typ), kept, strings.TrimSpace(req.GetErrorDetail().GetMessage()))
+		if x.rejected[typ] != msg {
+			x.log.Error("envoy rejected its configuration", "type", typ, "kept_version", kept, "err", req.GetErrorDetail().GetMessage())
+		}
+		x.rejected[typ] = msg
+	case req.GetVersionInfo() != "":
+		delete(x.rejected, typ)
+	}
+	return nil
+}
+
+// typeName is what a resource type URL is called in a status line.
+func typeName(typeURL string) string {
+	switch typeURL {
+	case resource.ListenerType:
+		return "listeners"
+	case resource.RouteType:
+		return "routes"
+	case resource.ClusterType:
+		return "clusters"
+	}
+	return typeURL
+}
+
+// Rejected lists, sorted, what Envoy said when it last refused resources
+// it was sent, one line per resource type it refuses still; nil when it
+// took everything.
+func (x *XDS) Rejected() []string {
+	x.rmu.Lock()
+	defer x.rmu.Unlock()
+	var out []string
+	for _, m := range x.rejected {
+		out = append(out, m)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // Close stops serving.
