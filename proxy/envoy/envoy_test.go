@@ -320,6 +320,9 @@ func TestParseAccessLogVerdicts(t *testing.T) {
 		// A denial that names no policy of ours stays unattributed.
 		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"method":"DELETE","path":"/api","status":"403","details":"rbac_access_denied_matched_policy[none]","route":"rule-0","duration_ms":"0","policies":"server-api","allow_direction":"ingress","ingress_policies":"server-api"}`, proxy.VerdictDenied, 0, 403, "", "server-api"},
 		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":0,"dst_identity":0,"method":"GET","path":"/","status":403,"details":"direct_response","route":"no-policy","duration_ms":0,"policies":""}`, proxy.VerdictDenied, 0, 403, "", ""},
+		// As Envoy writes it: the no-policy chain's routes carry no
+		// metadata, which Envoy renders "-"; that names no policy.
+		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":0,"dst_identity":0,"method":"GET","path":"/","status":403,"details":"direct_response","route":"no-policy","duration_ms":0,"policies":"-","rule_policy":"-"}`, proxy.VerdictDenied, 0, 403, "", ""},
 		// The ambiguous-target route's 400: an error, not a forwarded request.
 		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"method":"GET","path":"/public/..;/admin","status":400,"details":"direct_response","route":"ambiguous-target","duration_ms":0,"policies":"server-api","allow_direction":"ingress"}`, proxy.VerdictError, 0, 400, "", ""},
 		{`{"src":"172.17.0.3:40000","dst":"172.17.0.4:80","src_identity":300,"dst_identity":400,"method":"GET","path":"/","status":503,"details":"upstream_reset_before_response_started","route":"rule-1","duration_ms":1,"policies":"","allow_direction":"egress"}`, proxy.VerdictError, 0, 503, "", ""},

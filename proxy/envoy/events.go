@@ -75,6 +75,15 @@ func ParseAccessLog(line []byte) (proxy.Event, error) {
 	if err := json.Unmarshal(line, &a); err != nil {
 		return proxy.Event{}, fmt.Errorf("envoy access log: %w", err)
 	}
+	// Envoy renders a command that has no value (metadata a route does
+	// not carry: the no-policy chain's; a request without :authority) as
+	// "-": that is no policy or host named "-".
+	for _, f := range []*string{&a.Proto, &a.Method, &a.Path, &a.Host, &a.Details, &a.Flags, &a.Route,
+		&a.Policies, &a.RulePolicy, &a.AllowDirection, &a.EgressPolicies, &a.IngressPolicies} {
+		if *f == "-" {
+			*f = ""
+		}
+	}
 	proto := a.Proto
 	if proto == "HTTP/2" {
 		proto = "HTTP/2.0" // as net/http names it, so the built-in engine
@@ -101,9 +110,6 @@ func ParseAccessLog(line []byte) (proxy.Event, error) {
 			// The refusing check's own policies; none when it has no
 			// rules (the other side's policies did not refuse).
 			ev.Policy = map[string]string{"egress": a.EgressPolicies, "ingress": a.IngressPolicies}[ev.Direction]
-			if ev.Policy == "-" {
-				ev.Policy = ""
-			}
 		}
 	case a.Route == proxy.ReasonNoSharedNetwork || a.Route == proxy.ReasonNoICC:
 		// The isolated chains' answer (translate.go's isolatedChain), as
@@ -143,9 +149,7 @@ func ParseAccessLog(line []byte) (proxy.Event, error) {
 			n, _ := strconv.ParseUint(id, 10, 32)
 			ev.RuleID = uint32(n)
 		}
-		if a.RulePolicy != "-" {
-			ev.Policy = a.RulePolicy
-		}
+		ev.Policy = a.RulePolicy
 	}
 	return ev, nil
 }
