@@ -1,7 +1,9 @@
 package proxy
 
 import (
+	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"github.com/membrane-fw/membrane/policies"
@@ -184,6 +186,21 @@ func overriddenBy(h http.Header, why func(field string) string) string {
 		}
 	}
 	return ""
+}
+
+// DenyText is the body of the 403 that answers a request c refused:
+// policies are c's own (PolicyNames), and the text says whose rules they
+// are (egress: the client's; ingress: the server's). Both engines send it.
+func DenyText(policies []string, c *Check) string {
+	side := c.Direction.String()
+	if len(policies) == 0 {
+		return fmt.Sprintf("Access denied by Membrane: no %s http rule allows this request\n", side)
+	}
+	q := make([]string, len(policies))
+	for i, p := range policies {
+		q[i] = strconv.Quote(p)
+	}
+	return fmt.Sprintf("Access denied by Membrane policy %s: no %s http rule matches this request\n", strings.Join(q, ", "), side)
 }
 
 // PolicyNames lists, once each and in rule order, the policies that hold the

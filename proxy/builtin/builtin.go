@@ -518,7 +518,7 @@ func (e *Engine) serveStream(w *statusWriter, r *http.Request, ctx context.Conte
 	if !allowed {
 		names := proxy.PolicyNames(box.r, by)
 		ev.Verdict, ev.Status, ev.Policy = proxy.VerdictDenied, http.StatusForbidden, strings.Join(names, ",")
-		deny(w, denyText(names, by))
+		deny(w, proxy.DenyText(names, by))
 		e.finish(&ev, start)
 		return
 	}
@@ -612,18 +612,6 @@ func forwardedHeader(h http.Header) http.Header {
 		}
 	}
 	return out
-}
-
-func denyText(policies []string, c *proxy.Check) string {
-	side := c.Direction.String()
-	if len(policies) == 0 {
-		return fmt.Sprintf("Access denied by Membrane: no %s http rule allows this request\n", side)
-	}
-	q := make([]string, len(policies))
-	for i, p := range policies {
-		q[i] = strconv.Quote(p)
-	}
-	return fmt.Sprintf("Access denied by Membrane policy %s: no %s http rule matches this request\n", strings.Join(q, ", "), side)
 }
 
 func deny(w http.ResponseWriter, body string) {

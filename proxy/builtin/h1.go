@@ -528,7 +528,7 @@ func (h *h1) serveOne(first bool) bool {
 	if !allowed {
 		names := proxy.PolicyNames(box.r, by)
 		ev.Verdict, ev.Status, ev.Policy = proxy.VerdictDenied, http.StatusForbidden, strings.Join(names, ",")
-		keep := h.deny(method, denyText(names, by))
+		keep := h.deny(method, proxy.DenyText(names, by))
 		h.finish(&ev, start)
 		return keep
 	}

@@ -24,9 +24,11 @@
 //   - in each chain an HTTP connection manager (HTTP/1.1 and h2c with prior
 //     knowledge, WebSocket upgrades, path normalization) whose filters are the
 //     same everywhere (an egress and an ingress RBAC filter without rules,
-//     then the router), a local reply mapper that turns an RBAC 403 into a
-//     short text naming the policy, and a JSON access log that becomes the
-//     engine's events;
+//     then the router), local reply mappers that give Envoy's own 403s the
+//     built-in engine's bodies (proxy.DenyText for an RBAC denial, told
+//     apart by direction with Envoy's CEL access log filter on the response
+//     code details; CONNECT and other upgrades), and a JSON access log
+//     that becomes the engine's events;
 //   - per chain a route configuration, served over RDS, holding the rules:
 //     per-route RBAC overrides (a DENY of whatever no rule allows, under a
 //     policy named for the direction, so a denial's response code details

@@ -19,6 +19,7 @@ import (
 	rbacconfig "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	fileal "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
+	celfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/filters/cel/v3"
 	rbac "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	router "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	origdst "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
@@ -623,6 +624,7 @@ func (t *translator) chain(name string, d proxy.Decision, src, dst []netip.Prefi
 		own := proxy.PolicyNames(t.r, c)
 		names = append(names, own...)
 		meta[c.Direction.String()+"_policies"] = strings.Join(own, ",")
+		meta[denyMeta(c.Direction)] = proxy.DenyText(own, c)
 	}
 	// The policy names ride on every route as metadata: all of them for
 	// the 403 body, and each check's own for the access log, which names
@@ -694,8 +696,75 @@ func rbacFilterName(d policies.Direction) string {
 	return wellknown.HTTPRoleBasedAccessControl + "." + d.String()
 }
 
-// denyBody is the 403 text; the route's metadata names the policies.
+// denyBody is the text of a 403 no mapper below recognizes (an RBAC
+// denial whose details an Envoy words otherwise); the route's metadata
+// names the policies of every check.
 const denyBody = "Access denied by Membrane policy %METADATA(ROUTE:membrane:policies)%: no http rule matches this request\n"
+
+// localReplies gives Envoy's own 403s the built-in engine's bodies. A
+// denial by a direction's RBAC filter, whose response code details name
+// that direction's policy (denyPolicy), gets the text the chain's routes
+// carry for it (denyMeta: proxy.DenyText of that check's own policies, so
+// an ingress refusal does not name the client's egress policy); CONNECT
+// and an upgrade other than WebSocket (details "upgrade_failed") get the
+// built-in engine's refusals. The details are told apart by CEL
+// (envoy.access_loggers.extension_filters.cel), as Envoy's access log
+// filters have no other test on them.
+func localReplies() (*hcm.LocalReplyConfig, error) {
+	text := func(format string) *core.SubstitutionFormatString {
+		return &core.SubstitutionFormatString{
+			Format:      &core.SubstitutionFormatString_TextFormatSource{TextFormatSource: inline(format)},
+			ContentType: "text/plain; charset=utf-8",
+		}
+	}
+	when := func(expr string) (*accesslog.AccessLogFilter, error) {
+		f, err := pack(&celfilter.ExpressionFilter{Expression: expr})
+		if err != nil {
+			return nil, err
+		}
+		return &accesslog.AccessLogFilter{FilterSpecifier: &accesslog.AccessLogFilter_ExtensionFilter{ExtensionFilter: &accesslog.ExtensionFilter{
+			Name: celFilterName, ConfigType: &accesslog.ExtensionFilter_TypedConfig{TypedConfig: f},
+		}}}, nil
+	}
+	var mappers []*hcm.ResponseMapper
+	for _, dir := range []policies.Direction{policies.Egress, policies.Ingress} {
+		f, err := when(`response.code_details == "rbac_access_denied_matched_policy[` + denyPolicy(dir) + `]"`)
+		if err != nil {
+			return nil, err
+		}
+		mappers = append(mappers, &hcm.ResponseMapper{Filter: f, BodyFormatOverride: text("%METADATA(ROUTE:membrane:" + denyMeta(dir) + ")%")})
+	}
+	f, err := when(`response.code_details == "upgrade_failed" && request.method == "CONNECT"`)
+	if err != nil {
+		return nil, err
+	}
+	mappers = append(mappers, &hcm.ResponseMapper{Filter: f, BodyFormatOverride: text("Access denied by Membrane: " + policies.HTTPConnectRefused + "\n")})
+	if f, err = when(`response.code_details == "upgrade_failed"`); err != nil {
+		return nil, err
+	}
+	mappers = append(mappers, &hcm.ResponseMapper{Filter: f, BodyFormatOverride: text(`Access denied by Membrane: upgrade to "%REQ(UPGRADE)%" is not proxied (WebSocket only)` + "\n")})
+	mappers = append(mappers, &hcm.ResponseMapper{
+		// Local replies with 403 come only from the RBAC filters and the
+		// upgrade check (an upstream 403 is not a local reply; the
+		// no-policy chain answers with a direct response).
+		Filter: &accesslog.AccessLogFilter{FilterSpecifier: &accesslog.AccessLogFilter_StatusCodeFilter{
+			StatusCodeFilter: &accesslog.StatusCodeFilter{Comparison: &accesslog.ComparisonFilter{
+				Op:    accesslog.ComparisonFilter_EQ,
+				Value: &core.RuntimeUInt32{DefaultValue: 403, RuntimeKey: "membrane.l7.deny_status"},
+			}},
+		}},
+		BodyFormatOverride: text(denyBody),
+	})
+	lr := &hcm.LocalReplyConfig{Mappers: mappers}
+	return lr, lr.ValidateAll()
+}
+
+// celFilterName is Envoy's CEL access log filter.
+const celFilterName = "envoy.access_loggers.extension_filters.cel"
+
+// denyMeta is the route metadata key of the 403 body for a denial by
+// direction d's check.
+func denyMeta(d policies.Direction) string { return d.String() + "_deny" }
 
 // The built-in engine's timeouts (proxy/builtin; docs/operations.md),
 // which Envoy's defaults leave much longer or off: a request head must
@@ -746,6 +815,10 @@ func (t *translator) hcmChain(name string, rs hcmRoutes, d proxy.Decision) (*lis
 	if err != nil {
 		return nil, err
 	}
+	lr, err := localReplies()
+	if err != nil {
+		return nil, err
+	}
 	m := &hcm.HttpConnectionManager{
 		StatPrefix:     "membrane_" + name,
 		CodecType:      hcm.HttpConnectionManager_AUTO, // HTTP/1.1, and h2c by its preface
@@ -770,21 +843,7 @@ func (t *translator) hcmChain(name string, rs hcmRoutes, d proxy.Decision) (*lis
 		CommonHttpProtocolOptions: &core.HttpProtocolOptions{
 			IdleTimeout: durationpb.New(connectionIdleTimeout),
 		},
-		LocalReplyConfig: &hcm.LocalReplyConfig{Mappers: []*hcm.ResponseMapper{{
-			// Local replies with 403 come only from the RBAC filters (an
-			// upstream 403 is not a local reply; the no-policy chain answers
-			// with a direct response).
-			Filter: &accesslog.AccessLogFilter{FilterSpecifier: &accesslog.AccessLogFilter_StatusCodeFilter{
-				StatusCodeFilter: &accesslog.StatusCodeFilter{Comparison: &accesslog.ComparisonFilter{
-					Op:    accesslog.ComparisonFilter_EQ,
-					Value: &core.RuntimeUInt32{DefaultValue: 403, RuntimeKey: "membrane.l7.deny_status"},
-				}},
-			}},
-			BodyFormatOverride: &core.SubstitutionFormatString{
-				Format:      &core.SubstitutionFormatString_TextFormatSource{TextFormatSource: inline(denyBody)},
-				ContentType: "text/plain; charset=utf-8",
-			},
-		}}},
+		LocalReplyConfig: lr,
 	}
 	rs(m)
 	tc, err := pack(m)
