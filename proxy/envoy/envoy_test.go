@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -624,5 +625,58 @@ func TestAmbiguousTargetsRefused(t *testing.T) {
 		if m.PathWithEscapedSlashesAction != hcm.HttpConnectionManager_UNESCAPE_AND_FORWARD || !m.GetNormalizePath().GetValue() || !m.MergeSlashes {
 			t.Errorf("chain %s: path handling %v normalize %v merge %v", c.Name, m.PathWithEscapedSlashesAction, m.GetNormalizePath(), m.MergeSlashes)
 		}
+	}
+}
+
+// An Envoy that exits at once (a bootstrap it rejects, a port taken) must
+// be started again and again by the unit, as the supervisor does, not given
+// up for good after systemd's start limit (by default 5 starts in 10 s,
+// which RestartSec=1 reaches): membraned only reports it (Engine.Problems),
+// so a unit in "failed" would leave the L7 proxy down until someone
+// restarts it by hand.
+func TestUnitKeepsRestartingAnEnvoyThatExitsAtOnce(t *testing.T) {
+	keys := map[string]string{}
+	section := ""
+	for _, line := range strings.Split(UnitFile, "\n") {
+		line = strings.TrimSpace(line)
+		switch {
+		case line == "" || strings.HasPrefix(line, "#"):
+		case strings.HasPrefix(line, "["):
+			section = strings.Trim(line, "[]")
+		default:
+			k, v, _ := strings.Cut(line, "=")
+			keys[section+"."+k] = v
+		}
+	}
+	if keys["Service.Restart"] != "always" {
+		t.Fatalf("Restart=%q, want always", keys["Service.Restart"])
+	}
+	seconds := func(key, def string) time.Duration {
+		v, ok := keys[key]
+		if !ok {
+			v = def
+		}
+		if _, err := strconv.Atoi(v); err == nil {
+			v += "s"
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			t.Fatalf("%s=%q: %v", key, v, err)
+		}
+		return d
+	}
+	// systemd's defaults (DefaultStartLimitIntervalSec=10s,
+	// DefaultStartLimitBurst=5, RestartSec=100ms).
+	interval := seconds("Unit.StartLimitIntervalSec", "10")
+	restart := seconds("Service.RestartSec", "0.1")
+	burst := 5
+	if v, ok := keys["Unit.StartLimitBurst"]; ok {
+		burst, _ = strconv.Atoi(v)
+	}
+	if interval == 0 {
+		return // no start limit
+	}
+	if starts := int(interval/restart) + 1; starts > burst {
+		t.Fatalf("an Envoy that exits at once is started %d times in %v (RestartSec=%v), over StartLimitBurst=%d: systemd gives the unit up for good", starts, interval, restart, burst)
 	}
 }
