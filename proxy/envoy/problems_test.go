@@ -130,3 +130,41 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A binary that cannot be started (removed or half-written by a package
+// upgrade at the moment Envoy exited) is tried again with backoff and
+// reported meanwhile; the supervisor does not give up for good.
+func TestSupervisorRetriesAnEnvoyThatCannotStart(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("MEMBRANE_FAKE_ENVOY", dir)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := PathsIn(dir)
+	boot, err := Bootstrap(p.XDSSocket, p.AdminSocket, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(p.Bootstrap, boot, 0o600)
+	bin := filepath.Join(dir, "envoy") // not there yet
+	s := &Supervisor{Path: bin, Args: []string{"-c", p.Bootstrap}, AdminSocket: p.AdminSocket,
+		HealthInterval: 20 * time.Millisecond, MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, "the failed start to be reported", func() bool { return s.Problem() != "" })
+	if p := s.Problem(); !strings.Contains(p, bin) {
+		t.Fatalf("Problem() = %q, want it to name the binary that could not start", p)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("the supervisor gave up after a failed start: %v", err)
+	default:
+	}
+	if err := os.Symlink(exe, bin); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the binary, once there, to be started and serve", func() bool { return s.Starts() == 1 && s.Problem() == "" })
+}

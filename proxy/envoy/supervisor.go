@@ -45,7 +45,7 @@ type Supervisor struct {
 	pid       int       // the running process, 0 between runs
 	startedAt time.Time // when it was started
 	ready     bool      // it answered /ready since it was started
-	exits     int       // exits since an Envoy last answered /ready
+	exits     int       // exits and failed starts since an Envoy last answered /ready
 	lastExit  error     // the last of them
 }
 
@@ -65,7 +65,7 @@ func (s *Supervisor) Problem() string {
 		if s.exits > 1 {
 			times = strconv.Itoa(s.exits) + " times"
 		}
-		return fmt.Sprintf("envoy exited %s without serving in between (last: %v); membraned restarts it with backoff, and connections sent to the L7 proxy fail until it serves",
+		return fmt.Sprintf("envoy exited or did not start %s since it last served (last: %v); membraned restarts it with backoff, and connections sent to the L7 proxy fail until it serves",
 			times, s.lastExit)
 	}
 	grace := s.NotReadyGrace
@@ -123,12 +123,24 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	for {
 		cmd := exec.Command(s.Path, s.Args...)
 		stderr, err := cmd.StderrPipe()
-		if err != nil {
-			return err
+		if err == nil {
+			err = cmd.Start()
 		}
 		started := time.Now()
-		if err := cmd.Start(); err != nil {
-			return fmt.Errorf("starting %s: %w", s.Path, err)
+		if err != nil {
+			// A binary that is missing or being replaced (a package
+			// upgrade), or no file descriptor left for the pipe: it may
+			// work at the next try, so wait as after an exit.
+			err = fmt.Errorf("starting %s: %w", s.Path, err)
+			s.exited(err)
+			log.Warn("envoy did not start; trying again", "err", err, "after", backoff)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, maxB)
+			continue
 		}
 		s.starts.Add(1)
 		s.started(cmd.Process.Pid)
