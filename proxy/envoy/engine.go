@@ -52,6 +52,7 @@ type Engine struct {
 	xds      *XDS
 	metrics  *proxy.Metrics
 	restarts prometheus.Counter
+	rejected prometheus.GaugeFunc
 	sup      *Supervisor
 	fifo     *os.File
 	cancel   context.CancelFunc
@@ -112,6 +113,10 @@ func New(cfg Config) (*Engine, error) {
 		}),
 		paths: PathsIn(cfg.RunDir),
 	}
+	e.rejected = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "membrane_proxy_envoy_config_rejected",
+		Help: "Resource types (listeners, routes, clusters) whose last update Envoy rejected; it keeps those it accepted before.",
+	}, func() float64 { return float64(len(e.xds.Rejected())) })
 	ok := false
 	defer func() {
 		if !ok {
@@ -251,7 +256,7 @@ func (e *Engine) XDS() *XDS { return e.xds }
 
 // Collectors implements proxy.Engine.
 func (e *Engine) Collectors() []prometheus.Collector {
-	return append(e.metrics.Collectors(), e.restarts)
+	return append(e.metrics.Collectors(), e.restarts, e.rejected)
 }
 
 // Problems implements proxy.ProblemReporter: what keeps Envoy from

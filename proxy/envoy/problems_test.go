@@ -11,6 +11,7 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	sotw "github.com/envoyproxy/go-control-plane/pkg/client/sotw/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 )
@@ -56,6 +57,9 @@ func TestRejectedConfigurationIsReported(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the NACK to be reported", func() bool { return len(e.Problems()) > 0 })
+	if got := rejectedGauge(t, e); got != 1 {
+		t.Errorf("membrane_proxy_envoy_config_rejected = %v after a NACK of the listeners, want 1", got)
+	}
 	ps := e.Problems()
 	if len(ps) != 1 || !strings.Contains(ps[0], why) || !strings.Contains(ps[0], "listeners") || !strings.Contains(ps[0], "version 1") {
 		t.Fatalf("Problems() = %q, want one line naming the listeners, Envoy's error and the version it keeps (1)", ps)
@@ -71,6 +75,28 @@ func TestRejectedConfigurationIsReported(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the ACK to clear the problem", func() bool { return len(e.Problems()) == 0 })
+	if got := rejectedGauge(t, e); got != 0 {
+		t.Errorf("membrane_proxy_envoy_config_rejected = %v after the ACK, want 0", got)
+	}
+}
+
+// rejectedGauge reads membrane_proxy_envoy_config_rejected from the
+// engine's collectors.
+func rejectedGauge(t *testing.T, e *Engine) float64 {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(e.Collectors()...)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "membrane_proxy_envoy_config_rejected" {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatal("no membrane_proxy_envoy_config_rejected")
+	return 0
 }
 
 // An Envoy that exits at once, every time, is restarted with backoff, and
