@@ -7,8 +7,10 @@ import (
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	router "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	upstreamhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
 )
 
 // translatedScenarios is every golden scenario's translation, by name.
@@ -175,5 +177,36 @@ func TestRequestTrailersDroppedAsBuiltin(t *testing.T) {
 	}
 	if n == 0 {
 		t.Fatal("no clusters in the scenarios")
+	}
+}
+
+// TestResponsesPassAsBuiltin: the client gets the upstream's response
+// fields as the built-in engine passes them, not Envoy's: no "server:
+// envoy" in place of the server's own Server field (Envoy's default
+// server_header_transformation is OVERWRITE), and no
+// x-envoy-upstream-service-time that the router adds to every response
+// (nor its other x-envoy- fields on the upstream request).
+func TestResponsesPassAsBuiltin(t *testing.T) {
+	for name, m := range connectionManagers(t) {
+		if got := m.GetServerHeaderTransformation(); got != hcm.HttpConnectionManager_PASS_THROUGH {
+			t.Errorf("%s: server_header_transformation %v, want PASS_THROUGH", name, got)
+		}
+		var found bool
+		for _, f := range m.GetHttpFilters() {
+			if f.GetName() != wellknown.Router {
+				continue
+			}
+			found = true
+			var r router.Router
+			if err := f.GetTypedConfig().UnmarshalTo(&r); err != nil {
+				t.Fatal(err)
+			}
+			if !r.GetSuppressEnvoyHeaders() {
+				t.Errorf("%s: the router adds its x-envoy- fields (suppress_envoy_headers off)", name)
+			}
+		}
+		if !found {
+			t.Errorf("%s: no router filter", name)
+		}
 	}
 }

@@ -806,7 +806,9 @@ func (t *translator) hcmChain(name string, rs hcmRoutes, d proxy.Decision) (*lis
 		}
 		filters = append(filters, &hcm.HttpFilter{Name: rbacFilterName(dir), ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: f}})
 	}
-	rt, err := pack(&router.Router{})
+	// No x-envoy-upstream-service-time on responses, nor the router's
+	// other x-envoy- fields: the built-in engine adds none.
+	rt, err := pack(&router.Router{SuppressEnvoyHeaders: true})
 	if err != nil {
 		return nil, err
 	}
@@ -824,8 +826,11 @@ func (t *translator) hcmChain(name string, rs hcmRoutes, d proxy.Decision) (*lis
 		CodecType:      hcm.HttpConnectionManager_AUTO, // HTTP/1.1, and h2c by its preface
 		HttpFilters:    filters,
 		UpgradeConfigs: []*hcm.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}},
-		NormalizePath:  wrapperspb.Bool(true),
-		MergeSlashes:   true,
+		// The server's own Server field reaches the client, as through the
+		// built-in engine (Envoy's default writes "envoy" over it).
+		ServerHeaderTransformation: hcm.HttpConnectionManager_PASS_THROUGH,
+		NormalizePath:              wrapperspb.Bool(true),
+		MergeSlashes:               true,
 		// %2F and %5C decoded before the rules, as the built-in engine
 		// decodes the path it judges and forwards.
 		PathWithEscapedSlashesAction: hcm.HttpConnectionManager_UNESCAPE_AND_FORWARD,
