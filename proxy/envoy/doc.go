@@ -42,7 +42,9 @@
 //     deterministically so an unchanged listener stays byte-identical;
 //   - per source identity an ORIGINAL_DST cluster whose upstream sockets
 //     carry SO_MARK = proxy.FromProxyMark(identity), so the destination's
-//     program judges the true source;
+//     program judges the true source, with a connection pool per client
+//     connection (an upstream connection never carries another client's
+//     requests, as with the built-in engine);
 //   - a default filter chain that answers 403 (no L7 policy for this
 //     connection), so a connection Envoy has no rules for yet is never
 //     forwarded unjudged.

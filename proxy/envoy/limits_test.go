@@ -210,3 +210,27 @@ func TestResponsesPassAsBuiltin(t *testing.T) {
 		}
 	}
 }
+
+// TestUpstreamConnectionsAreNotSharedBetweenClients: an upstream
+// connection carries the requests of one client connection only, as the
+// built-in engine's do. Envoy's pool is per cluster otherwise, and a
+// cluster is a source identity: every client of one identity (all of the
+// world's, behind one cluster) would take turns on the same upstream
+// connections, so a server that authenticates a connection (NTLM,
+// Negotiate) or keeps other state on it would serve one client's request
+// as another's.
+func TestUpstreamConnectionsAreNotSharedBetweenClients(t *testing.T) {
+	n := 0
+	for name, res := range translatedScenarios(t) {
+		for _, r := range res.Clusters {
+			c := r.(*cluster.Cluster)
+			n++
+			if !c.GetConnectionPoolPerDownstreamConnection() {
+				t.Errorf("%s/%s: upstream connections pooled across client connections", name, c.GetName())
+			}
+		}
+	}
+	if n == 0 {
+		t.Fatal("no clusters in the scenarios")
+	}
+}

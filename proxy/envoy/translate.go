@@ -1117,6 +1117,12 @@ func (t *translator) cluster(id policies.Identity) (*cluster.Cluster, error) {
 		Name:                          t.clusterName(id),
 		ConnectTimeout:                durationpb.New(5 * time.Second),
 		PerConnectionBufferLimitBytes: wrapperspb.UInt32(connectionBufferLimit),
+		// An upstream connection serves one client connection, as the
+		// built-in engine's do: the cluster is a source identity (the
+		// world's is every outside client), and a server that
+		// authenticates a connection (NTLM, Negotiate) would otherwise
+		// take one client's requests for another's.
+		ConnectionPoolPerDownstreamConnection: true,
 		TypedExtensionProtocolOptions: map[string]*anypb.Any{
 			"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": po,
 		},
