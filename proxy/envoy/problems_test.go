@@ -120,8 +120,9 @@ func TestEnvoyExitingInALoopIsReported(t *testing.T) {
 	// (the third is the first that can), so the exit is a problem.
 	waitFor(t, "the first exit", func() bool { return e.sup.Starts() >= 2 })
 	ps := e.Problems()
-	if len(ps) != 1 || !strings.Contains(ps[0], "envoy exited") || !strings.Contains(ps[0], "exit status 3") {
-		t.Fatalf("Problems() after Envoy exited = %q, want one line saying it exits (exit status 3)", ps)
+	if len(ps) != 1 || !strings.Contains(ps[0], "envoy exited") || !strings.Contains(ps[0], "exit status 3") ||
+		!strings.Contains(ps[0], "error initializing config") {
+		t.Fatalf("Problems() after Envoy exited = %q, want one line saying it exits (exit status 3) and why, as Envoy said it", ps)
 	}
 	waitFor(t, "the third Envoy to serve and the problem to clear", func() bool { return len(e.Problems()) == 0 })
 	if got := e.sup.Starts(); got != 3 {

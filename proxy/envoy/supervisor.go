@@ -145,9 +145,17 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		s.starts.Add(1)
 		s.started(cmd.Process.Pid)
 		log.Info("envoy started", "pid", cmd.Process.Pid)
-		go logLines(stderr, log)
 		exited := make(chan error, 1)
-		go func() { exited <- cmd.Wait() }()
+		go func() {
+			// Wait only once stderr is read to its end (os/exec closes
+			// the pipe in Wait): Envoy's last words say why it exited.
+			last := logLines(stderr, log)
+			err := cmd.Wait()
+			if err != nil && last != "" {
+				err = fmt.Errorf("%w: %s", err, last)
+			}
+			exited <- err
+		}()
 		healthCtx, stopHealth := context.WithCancel(ctx)
 		go s.watchHealth(healthCtx, cmd, log)
 		select {
@@ -221,12 +229,20 @@ func (s *Supervisor) watchHealth(ctx context.Context, cmd *exec.Cmd, log *slog.L
 	}
 }
 
-func logLines(r io.Reader, log *slog.Logger) {
+// logLines logs what Envoy writes on stderr, which at --log-level warn
+// is warnings and errors, until it ends; it returns the last line.
+func logLines(r io.Reader, log *slog.Logger) string {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	last := ""
 	for sc.Scan() {
-		log.Debug("envoy", "line", sc.Text())
+		last = strings.TrimSpace(sc.Text())
+		if len(last) > 512 {
+			last = last[:512] + "..."
+		}
+		log.Warn("envoy", "line", sc.Text())
 	}
+	return last
 }
 
 // ErrNotReady is returned by Ready while Envoy runs but is not serving yet.

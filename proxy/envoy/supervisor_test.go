@@ -57,6 +57,8 @@ func fakeEnvoy(dir string) int {
 	crash, _ := os.ReadFile(filepath.Join(dir, "crash"))
 	for _, c := range strings.Fields(string(crash)) {
 		if c == strconv.Itoa(n) {
+			// As Envoy says why it cannot start, on stderr, before it exits.
+			fmt.Fprintf(os.Stderr, "[critical][main] error initializing config '%s': start %d refused\n", cfgPath, n)
 			return 3
 		}
 	}
