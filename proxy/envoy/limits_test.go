@@ -6,9 +6,11 @@ import (
 	"time"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	router "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	preservecase "github.com/envoyproxy/go-control-plane/envoy/extensions/http/header_formatters/preserve_case/v3"
 	upstreamhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
 )
@@ -232,5 +234,38 @@ func TestUpstreamConnectionsAreNotSharedBetweenClients(t *testing.T) {
 	}
 	if n == 0 {
 		t.Fatal("no clusters in the scenarios")
+	}
+}
+
+// TestFieldNamesKeepTheirCaseAsBuiltin: over HTTP/1.1 the built-in engine
+// forwards field names as they were written, both ways, and a response's
+// reason phrase as the server wrote it; Envoy's codec writes names in lower
+// case unless the client's connection manager and the upstream cluster
+// both have the preserve_case formatter.
+func TestFieldNamesKeepTheirCaseAsBuiltin(t *testing.T) {
+	check := func(where string, f *core.Http1ProtocolOptions_HeaderKeyFormat) {
+		t.Helper()
+		sf := f.GetStatefulFormatter()
+		var pc preservecase.PreserveCaseFormatterConfig
+		if sf.GetName() != preserveCaseName || sf.GetTypedConfig().UnmarshalTo(&pc) != nil {
+			t.Errorf("%s: header key format %v, want the preserve_case formatter", where, f)
+			return
+		}
+		if !pc.GetForwardReasonPhrase() {
+			t.Errorf("%s: the reason phrase is not forwarded", where)
+		}
+	}
+	for name, m := range connectionManagers(t) {
+		check(name, m.GetHttpProtocolOptions().GetHeaderKeyFormat())
+	}
+	for name, res := range translatedScenarios(t) {
+		for _, r := range res.Clusters {
+			c := r.(*cluster.Cluster)
+			var po upstreamhttp.HttpProtocolOptions
+			if err := c.GetTypedExtensionProtocolOptions()["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].UnmarshalTo(&po); err != nil {
+				t.Fatal(err)
+			}
+			check(name+"/"+c.GetName(), po.GetUseDownstreamProtocolConfig().GetHttpProtocolOptions().GetHeaderKeyFormat())
+		}
 	}
 }

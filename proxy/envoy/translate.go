@@ -24,6 +24,7 @@ import (
 	router "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	origdst "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	preservecase "github.com/envoyproxy/go-control-plane/envoy/extensions/http/header_formatters/preserve_case/v3"
 	upstreamhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -701,6 +702,26 @@ func rbacFilterName(d policies.Direction) string {
 // names the policies of every check.
 const denyBody = "Access denied by Membrane policy %METADATA(ROUTE:membrane:policies)%: no http rule matches this request\n"
 
+// preserveCase has Envoy's HTTP/1 codec write field names in the case they
+// came in, and a response's reason phrase as the server wrote it, as the
+// built-in engine forwards both (its codec writes names in lower case and
+// its own reason phrases otherwise: a server or client that reads
+// "X-Api-Key" case-sensitively, as PHP's getallheaders() keys are, would
+// miss it). It takes effect where both the client's connection manager
+// and the upstream cluster have it.
+func preserveCase() (*core.Http1ProtocolOptions_HeaderKeyFormat, error) {
+	pc, err := pack(&preservecase.PreserveCaseFormatterConfig{ForwardReasonPhrase: true})
+	if err != nil {
+		return nil, err
+	}
+	return &core.Http1ProtocolOptions_HeaderKeyFormat{HeaderFormat: &core.Http1ProtocolOptions_HeaderKeyFormat_StatefulFormatter{
+		StatefulFormatter: &core.TypedExtensionConfig{Name: preserveCaseName, TypedConfig: pc},
+	}}, nil
+}
+
+// preserveCaseName is Envoy's header case preserving formatter.
+const preserveCaseName = "envoy.http.stateful_header_formatters.preserve_case"
+
 // localReplies gives Envoy's own 403s the built-in engine's bodies. A
 // denial by a direction's RBAC filter, whose response code details name
 // that direction's policy (denyPolicy), gets the text the chain's routes
@@ -821,6 +842,10 @@ func (t *translator) hcmChain(name string, rs hcmRoutes, d proxy.Decision) (*lis
 	if err != nil {
 		return nil, err
 	}
+	hkf, err := preserveCase()
+	if err != nil {
+		return nil, err
+	}
 	m := &hcm.HttpConnectionManager{
 		StatPrefix:     "membrane_" + name,
 		CodecType:      hcm.HttpConnectionManager_AUTO, // HTTP/1.1, and h2c by its preface
@@ -838,7 +863,7 @@ func (t *translator) hcmChain(name string, rs hcmRoutes, d proxy.Decision) (*lis
 		MaxRequestHeadersKb:          wrapperspb.UInt32(64),
 		// HTTP/1.0 too, as the built-in engine serves it (ab, nginx's
 		// proxy_pass); without a Host Envoy still refuses it.
-		HttpProtocolOptions:  &core.Http1ProtocolOptions{AcceptHttp_10: true},
+		HttpProtocolOptions:  &core.Http1ProtocolOptions{AcceptHttp_10: true, HeaderKeyFormat: hkf},
 		Http2ProtocolOptions: downstreamHTTP2(),
 		// No x-request-id of Envoy's own: the rules would see it, and a
 		// rule requiring one would pass a request that came without.
@@ -1090,6 +1115,10 @@ func denyPolicy(d policies.Direction) string { return "membrane-" + d.String() }
 // (or the fixed upstream in test mode), reached over sockets marked with the
 // identity, speaking the protocol the client spoke.
 func (t *translator) cluster(id policies.Identity) (*cluster.Cluster, error) {
+	hkf, err := preserveCase()
+	if err != nil {
+		return nil, err
+	}
 	po, err := pack(&upstreamhttp.HttpProtocolOptions{
 		// As the built-in engine's upstreams (proxy/builtin): a response
 		// head of up to 1 MiB (Envoy's default is 60 KiB, 80 over
@@ -1103,7 +1132,7 @@ func (t *translator) cluster(id policies.Identity) (*cluster.Cluster, error) {
 		},
 		UpstreamProtocolOptions: &upstreamhttp.HttpProtocolOptions_UseDownstreamProtocolConfig{
 			UseDownstreamProtocolConfig: &upstreamhttp.HttpProtocolOptions_UseDownstreamHttpConfig{
-				HttpProtocolOptions: &core.Http1ProtocolOptions{},
+				HttpProtocolOptions: &core.Http1ProtocolOptions{HeaderKeyFormat: hkf},
 				Http2ProtocolOptions: &core.Http2ProtocolOptions{
 					InitialStreamWindowSize: wrapperspb.UInt32(1 << 20),
 				},
