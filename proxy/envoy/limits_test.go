@@ -8,11 +8,15 @@ import (
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	router "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	preservecase "github.com/envoyproxy/go-control-plane/envoy/extensions/http/header_formatters/preserve_case/v3"
 	upstreamhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
+
+	"github.com/membrane-fw/membrane/policies"
+	"github.com/membrane-fw/membrane/proxy"
 )
 
 // translatedScenarios is every golden scenario's translation, by name.
@@ -266,6 +270,75 @@ func TestFieldNamesKeepTheirCaseAsBuiltin(t *testing.T) {
 				t.Fatal(err)
 			}
 			check(name+"/"+c.GetName(), po.GetUseDownstreamProtocolConfig().GetHttpProtocolOptions().GetHeaderKeyFormat())
+		}
+	}
+}
+
+// TestUpstreamMarkIsTheChainsSource: every request a chain forwards leaves
+// on a socket whose SO_MARK carries the identity of the sources that chain
+// matches (the ipcache's identity of its source prefixes; world for a
+// chain without), so the destination's program judges the true source:
+// an endpoint, a CIDR identity (the 0xb8 form) or the world, each its own.
+func TestUpstreamMarkIsTheChainsSource(t *testing.T) {
+	cidr := policies.FirstCIDR + 7
+	m := &policies.Model{
+		Identities: []policies.IdentityPolicy{{Identity: 400, Entries: []policies.Entry{
+			{Direction: policies.Ingress, Remote: policies.IdentityAny, Proto: policies.ProtoTCP, Port: 8080, PortPrefix: 16, L7: 1, RuleID: 1},
+		}}},
+		L7:    map[uint32]policies.L7Set{1: {Rules: []policies.L7Rule{{RuleID: 1, HTTP: httpRule("GET", "", "", nil)}}}},
+		CIDRs: []policies.CIDRIdentity{{Prefix: netip.MustParsePrefix("10.0.0.0/8"), Identity: cidr}},
+	}
+	r := proxy.NewModelResolver(m, map[netip.Prefix]policies.Identity{client4: 300, client6: 300, server4: 400, other4: 500}, map[uint32]string{1: "p"})
+	res, err := Translate(r, Options{Port: 15001})
+	if err != nil {
+		t.Fatal(err)
+	}
+	marks := map[string]uint32{}
+	for _, x := range res.Clusters {
+		c := x.(*cluster.Cluster)
+		so := c.GetUpstreamBindConfig().GetSocketOptions()
+		if len(so) != 1 || so[0].GetLevel() != 1 || so[0].GetName() != 36 {
+			t.Fatalf("cluster %s: socket options %v, want SO_MARK alone", c.GetName(), so)
+		}
+		marks[c.GetName()] = uint32(so[0].GetIntValue())
+	}
+	routes := map[string]*route.RouteConfiguration{}
+	for _, x := range res.Routes {
+		rc := x.(*route.RouteConfiguration)
+		routes[rc.Name] = rc
+	}
+	seen := map[policies.Identity]bool{}
+	for _, c := range res.Listeners[0].(*listener.Listener).FilterChains {
+		want := policies.IdentityWorld
+		for i, p := range c.GetFilterChainMatch().GetSourcePrefixRanges() {
+			id := r.Identity(netip.MustParseAddr(p.GetAddressPrefix()))
+			if i > 0 && id != want {
+				t.Fatalf("chain %s matches sources of identities %d and %d", c.Name, want, id)
+			}
+			want = id
+		}
+		seen[want] = true
+		rc := routes[c.Name]
+		if rc == nil {
+			t.Fatalf("chain %s: no route configuration", c.Name)
+		}
+		for _, rt := range rc.VirtualHosts[0].Routes {
+			cl := rt.GetRoute().GetCluster()
+			if cl == "" {
+				continue // a direct response
+			}
+			mark, ok := marks[cl]
+			if !ok {
+				t.Fatalf("chain %s route %s: no cluster %s", c.Name, rt.Name, cl)
+			}
+			if got, ok := proxy.IdentityFromMark(mark); !ok || got != want {
+				t.Errorf("chain %s (sources of identity %d) route %s: upstream mark %#x carries identity %d", c.Name, want, rt.Name, mark, got)
+			}
+		}
+	}
+	for _, id := range []policies.Identity{300, 500, cidr, policies.IdentityWorld} {
+		if !seen[id] {
+			t.Errorf("no chain for sources of identity %d", id)
 		}
 	}
 }
