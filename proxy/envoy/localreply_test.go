@@ -20,7 +20,7 @@ import (
 
 // celForms are the CEL expressions the translation writes in local reply
 // mappers: the response code details, and optionally the method.
-var celForms = regexp.MustCompile(`^response\.code_details == "([^"]*)"(?: && request\.method == "([^"]*)")?$`)
+var celForms = regexp.MustCompile(`^response\.code_details(?: == "([^"]*)"|\.startsWith\("([^"]*)"\))(?: && request\.method == "([^"]*)")?$`)
 
 // localReply is the body Envoy sends for a local reply with status 403,
 // details and the request's method and Upgrade field, on a route with
@@ -45,7 +45,10 @@ func localReply(t *testing.T, lr *hcm.LocalReplyConfig, details, method, upgrade
 			if m == nil {
 				t.Fatalf("CEL expression %q: not a form the translation writes", cel.GetExpression())
 			}
-			return m[1] == details && (m[2] == "" || m[2] == method)
+			if m[2] != "" {
+				return strings.HasPrefix(details, m[2]) && (m[3] == "" || m[3] == method)
+			}
+			return m[1] == details && (m[3] == "" || m[3] == method)
 		}
 		t.Fatalf("filter %v: not a kind the translation writes", f)
 		return false
@@ -64,7 +67,7 @@ func localReply(t *testing.T, lr *hcm.LocalReplyConfig, details, method, upgrade
 		})
 		return strings.ReplaceAll(body, "%REQ(UPGRADE)%", upgrade), f.GetContentType()
 	}
-	return "RBAC: access denied", "text/plain" // Envoy's own
+	return "", "" // no mapper: the reply keeps its own body
 }
 
 // TestDenyBodiesAsBuiltin checks that Envoy's 403s carry the built-in
@@ -144,6 +147,13 @@ func TestDenyBodiesAsBuiltin(t *testing.T) {
 				t.Errorf("Envoy answers %q (%s), the built-in engine %q", body, ct, want)
 			}
 		})
+	}
+	// A route's direct response (the no-policy chain's 403, Docker
+	// isolation's) is a local reply too (the router sends it through
+	// sendLocalReply, details "direct_response"): no mapper may put the
+	// rules' text over its own.
+	if body, _ := localReply(t, lr, "direct_response", "GET", "", meta); body != "" {
+		t.Errorf("a direct 403 is rewritten to %q; it must keep its own body", body)
 	}
 	for _, c := range []struct{ method, upgrade, want string }{
 		{"CONNECT", "", "Access denied by Membrane: " + policies.HTTPConnectRefused + "\n"},

@@ -722,7 +722,8 @@ func preserveCase() (*core.Http1ProtocolOptions_HeaderKeyFormat, error) {
 // preserveCaseName is Envoy's header case preserving formatter.
 const preserveCaseName = "envoy.http.stateful_header_formatters.preserve_case"
 
-// localReplies gives Envoy's own 403s the built-in engine's bodies. A
+// localReplies gives Envoy's own 403s the built-in engine's bodies, and
+// leaves the routes' direct responses, which are local replies too, alone. A
 // denial by a direction's RBAC filter, whose response code details name
 // that direction's policy (denyPolicy), gets the text the chain's routes
 // carry for it (denyMeta: proxy.DenyText of that check's own policies, so
@@ -764,18 +765,14 @@ func localReplies() (*hcm.LocalReplyConfig, error) {
 		return nil, err
 	}
 	mappers = append(mappers, &hcm.ResponseMapper{Filter: f, BodyFormatOverride: text(`Access denied by Membrane: upgrade to "%REQ(UPGRADE)%" is not proxied (WebSocket only)` + "\n")})
-	mappers = append(mappers, &hcm.ResponseMapper{
-		// Local replies with 403 come only from the RBAC filters and the
-		// upgrade check (an upstream 403 is not a local reply; the
-		// no-policy chain answers with a direct response).
-		Filter: &accesslog.AccessLogFilter{FilterSpecifier: &accesslog.AccessLogFilter_StatusCodeFilter{
-			StatusCodeFilter: &accesslog.StatusCodeFilter{Comparison: &accesslog.ComparisonFilter{
-				Op:    accesslog.ComparisonFilter_EQ,
-				Value: &core.RuntimeUInt32{DefaultValue: 403, RuntimeKey: "membrane.l7.deny_status"},
-			}},
-		}},
-		BodyFormatOverride: text(denyBody),
-	})
+	// Any other RBAC denial (an Envoy that words the details otherwise)
+	// names every check's policies. Only RBAC denials: the router sends a
+	// route's direct response (the no-policy chain's 403, Docker
+	// isolation's, the 400s) as a local reply too, and it keeps its body.
+	if f, err = when(`response.code_details.startsWith("rbac_access_denied")`); err != nil {
+		return nil, err
+	}
+	mappers = append(mappers, &hcm.ResponseMapper{Filter: f, BodyFormatOverride: text(denyBody)})
 	lr := &hcm.LocalReplyConfig{Mappers: mappers}
 	return lr, lr.ValidateAll()
 }
