@@ -17,6 +17,7 @@ import (
 
 	"github.com/membrane-fw/membrane/policies"
 	"github.com/membrane-fw/membrane/proxy"
+	"github.com/membrane-fw/membrane/proxy/conformance"
 )
 
 // translatedScenarios is every golden scenario's translation, by name.
@@ -285,7 +286,7 @@ func TestUpstreamMarkIsTheChainsSource(t *testing.T) {
 		Identities: []policies.IdentityPolicy{{Identity: 400, Entries: []policies.Entry{
 			{Direction: policies.Ingress, Remote: policies.IdentityAny, Proto: policies.ProtoTCP, Port: 8080, PortPrefix: 16, L7: 1, RuleID: 1},
 		}}},
-		L7:    map[uint32]policies.L7Set{1: {Rules: []policies.L7Rule{{RuleID: 1, HTTP: httpRule("GET", "", "", nil)}}}},
+		L7:    map[uint32]policies.L7Set{1: {Rules: []policies.L7Rule{{RuleID: 1, HTTP: conformance.HTTPRule("GET", "", "", nil)}}}},
 		CIDRs: []policies.CIDRIdentity{{Prefix: netip.MustParsePrefix("10.0.0.0/8"), Identity: cidr}},
 	}
 	r := proxy.NewModelResolver(m, map[netip.Prefix]policies.Identity{client4: 300, client6: 300, server4: 400, other4: 500}, map[uint32]string{1: "p"})
