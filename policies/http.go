@@ -2,10 +2,12 @@ package policies
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -502,7 +504,7 @@ func (req *HTTPRequest) onWire() (HTTPRequest, string) {
 	// field's (below).
 	q.Host = strings.Trim(q.Host, " \t")
 	if !validHeaderName(q.Method) {
-		return q, "invalid method"
+		return q, fmt.Sprintf("invalid method: %q is not a token", q.Method)
 	}
 	for i := 0; i < len(q.Path); i++ {
 		if !HTTPTargetByte(q.Path[i]) {
@@ -534,9 +536,13 @@ func (req *HTTPRequest) onWire() (HTTPRequest, string) {
 	// Blanks around a field value are not part of it (RFC 9110, section
 	// 5.5): the proxies read "X-Tenant:  acme " as acme.
 	headers := make(map[string]string, len(q.Headers))
-	for name, v := range q.Headers {
-		if !validHeaderName(name) || strings.ContainsAny(v, "\r\n\x00") {
-			return q, "malformed header field"
+	for _, name := range slices.Sorted(maps.Keys(q.Headers)) {
+		v := q.Headers[name]
+		switch {
+		case !validHeaderName(name):
+			return q, fmt.Sprintf("malformed header field: the name %q is not a token", name)
+		case strings.ContainsAny(v, "\r\n\x00"):
+			return q, fmt.Sprintf("malformed header field: the value of %s holds a line break or NUL", name)
 		}
 		headers[name] = strings.Trim(v, " \t")
 	}
