@@ -120,20 +120,27 @@ func (d *Decision) Verdict(req *Request) (ruleID uint32, by *Check, allowed bool
 
 // FieldAlias says why a request with the fields h is refused (400) under
 // d: one of them is a field d's rules name, spelled with other separators
-// (policies.HTTPFieldAlias). "" when none is.
+// (policies.HTTPFieldAlias). "" when none is. With several such fields, or
+// names, it names the least field (then judged name) in byte order, so
+// that the same request gets the same answer every time, whatever order
+// the maps are walked in.
 func (d *Decision) FieldAlias(h http.Header) string {
+	var why, bestField, bestJudged string
 	for i := range d.Checks {
 		for j := range d.Checks[i].Rules.Rules {
 			for judged := range d.Checks[i].Rules.Rules[j].HTTP.Headers {
 				for field := range h {
-					if why := policies.HTTPFieldAlias(field, judged); why != "" {
-						return why
+					if why != "" && (field > bestField || field == bestField && judged >= bestJudged) {
+						continue
+					}
+					if w := policies.HTTPFieldAlias(field, judged); w != "" {
+						why, bestField, bestJudged = w, field, judged
 					}
 				}
 			}
 		}
 	}
-	return ""
+	return why
 }
 
 // JudgesHost reports whether a rule of d looks at the host: then a host
@@ -178,14 +185,20 @@ func (d *Decision) anyCheck(judges func([]policies.L7Rule) bool) bool {
 }
 
 // overriddenBy says why, by why, one of the fields of h is refused, ""
-// when none is. With several, which one it names is map order.
+// when none is. With several, it names the least of them in byte order
+// (an http.Header is a map, walked in an order that changes from run to
+// run): the same request gets the same 400 every time.
 func overriddenBy(h http.Header, why func(field string) string) string {
+	var out, best string
 	for field := range h {
+		if out != "" && field >= best {
+			continue
+		}
 		if w := why(field); w != "" {
-			return w
+			out, best = w, field
 		}
 	}
-	return ""
+	return out
 }
 
 // DenyText is the body of the 403 that answers a request c refused:

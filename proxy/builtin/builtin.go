@@ -481,12 +481,20 @@ func (e *Engine) serveStream(w *statusWriter, r *http.Request, ctx context.Conte
 		if why = policies.HTTPHostCase(r.Host); why != "" {
 			why = "invalid host: " + why
 		}
+		// The least refused name in byte order, as proxy.Decision's
+		// checks pick one: the same request gets the same 400 every
+		// time, whatever order the map is walked in.
+		alias := ""
+		for name := range req.Headers {
+			if why == "" && (alias == "" || name < alias) && policies.HTTPForwardedHostAlias(name) != "" {
+				alias = name
+			}
+		}
+		if alias != "" {
+			why = "invalid header: " + policies.HTTPForwardedHostAlias(alias)
+		}
 		for name, vals := range req.Headers {
 			if why != "" {
-				break
-			}
-			if why = policies.HTTPForwardedHostAlias(name); why != "" {
-				why = "invalid header: " + why
 				break
 			}
 			for _, v := range vals {

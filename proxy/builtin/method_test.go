@@ -68,3 +68,53 @@ func TestMethodOverrideRefusedWhereMethodIsJudged(t *testing.T) {
 		t.Errorf("without a method rule: %d %q, want 200 \"acted on DELETE\"", resp.StatusCode, body)
 	}
 }
+
+// TestOverrideRefusalNamesOneFieldEveryTime: a request carrying several
+// fields that servers take for the method (or the path, or a field the
+// rules name in other separators, or X-Forwarded-Host in another
+// spelling) gets one 400 naming one of them, and the same one each time
+// it is sent: over HTTP/2 the fields arrive in a map, whose order changes
+// from one walk to the next.
+func TestOverrideRefusalNamesOneFieldEveryTime(t *testing.T) {
+	up := startH2Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok")
+	}))
+	rule := policies.HTTPRule{
+		Method: regexp.MustCompile(`^(?:GET|POST)$`), MethodSrc: "GET|POST",
+		Path: regexp.MustCompile(`^(?:/items)$`), PathSrc: "/items",
+		Host: regexp.MustCompile(`^(?i:svc)$`), HostSrc: "svc",
+		Headers: map[string]string{"X-Tenant": "", "X-Team": ""},
+	}
+	addr, _ := engineFor(t, up, ruleResolver("api", rule))
+	h2 := h2cTestClient()
+	defer h2.CloseIdleConnections()
+	for _, fields := range [][]string{
+		{"X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override", "X_HTTP_Method"},
+		{"X-Original-URL", "X-Rewrite-URL", "X_Original_URL"},
+		{"X_Tenant", "X.Tenant", "X_Team", "X~Team"},
+		{"X.Forwarded.Host", "X~Forwarded~Host", "X+Forwarded+Host"},
+	} {
+		first := ""
+		for i := range 40 {
+			req, err := http.NewRequest("POST", "http://"+addr+"/items", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Host = "svc"
+			req.Header.Set("X-Tenant", "a")
+			req.Header.Set("X-Team", "b")
+			for _, f := range fields {
+				req.Header[f] = []string{"x"}
+			}
+			_, status, body := h2Send(t, h2, req)
+			if status != http.StatusBadRequest {
+				t.Fatalf("%v: %d %q, want 400", fields, status, body)
+			}
+			if i == 0 {
+				first = body
+			} else if body != first {
+				t.Fatalf("%v: sent again, the 400 says %q; the first time %q", fields, body, first)
+			}
+		}
+	}
+}
