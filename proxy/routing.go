@@ -96,8 +96,15 @@ func (rt Routing) Remove(h *netlink.Handle) error {
 	var errs []error
 	for _, fam := range families {
 		for {
+			// A listing that fails leaves the rule's presence unknown:
+			// reported, so that a cleanup that may have left the rule
+			// behind does not pass for one that removed it.
 			ok, err := rt.hasRule(h, fam)
-			if err != nil || !ok {
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%w (%s)", err, famName(fam)))
+				break
+			}
+			if !ok {
 				break
 			}
 			if err := h.RuleDel(rt.rule(fam)); err != nil {
