@@ -782,7 +782,7 @@ func (h *h1) fail(err error) {
 		return
 	}
 	text := strconv.Itoa(he.status) + " " + http.StatusText(he.status)
-	h.bw.WriteString("HTTP/1.1 " + text + "\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n" + text + ": " + he.msg + "\n")
+	h.bw.WriteString("HTTP/1.1 " + text + "\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n" + text + ": " + he.msg + "\n")
 	h.linger = true
 }
 

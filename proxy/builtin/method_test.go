@@ -118,3 +118,32 @@ func TestOverrideRefusalNamesOneFieldEveryTime(t *testing.T) {
 		}
 	}
 }
+
+// TestRefusalsCarryNosniff: the engine's own answers all carry
+// X-Content-Type-Options: nosniff and a text/plain content type with its
+// charset, the 400s and 431s of a request it cannot judge over HTTP/1.1
+// too (as over HTTP/2, and as Envoy's), so a browser never reads the
+// text as HTML or script.
+func TestRefusalsCarryNosniff(t *testing.T) {
+	up := startH2Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	rule := policies.HTTPRule{Method: regexp.MustCompile(`^(?:GET)$`), MethodSrc: "GET"}
+	addr, _ := engineFor(t, up, ruleResolver("api", rule))
+	for _, tc := range []struct {
+		name, raw, method string
+		status            int
+	}{
+		{"a bad host", "GET / HTTP/1.1\r\nHost: evil.com:x.example.com\r\n\r\n", "GET", 400},
+		{"a method override", "GET / HTTP/1.1\r\nHost: svc\r\nX-HTTP-Method-Override: DELETE\r\n\r\n", "GET", 400},
+		{"a bad field name", "GET / HTTP/1.1\r\nHost: svc\r\nX Y: z\r\n\r\n", "GET", 400},
+		{"a head too large", "GET / HTTP/1.1\r\nHost: svc\r\nX-Big: " + strings.Repeat("a", 70<<10) + "\r\n\r\n", "GET", 431},
+		{"a rule refusing", "POST / HTTP/1.1\r\nHost: svc\r\nContent-Length: 0\r\n\r\n", "POST", 403},
+	} {
+		c := dialClient(t, addr)
+		c.send(tc.raw)
+		resp, body := c.read(tc.method)
+		if resp.StatusCode != tc.status || resp.Header.Get("X-Content-Type-Options") != "nosniff" || resp.Header.Get("Content-Type") != "text/plain; charset=utf-8" {
+			t.Errorf("%s: %d, X-Content-Type-Options %q, Content-Type %q (%q); want %d, nosniff, text/plain; charset=utf-8",
+				tc.name, resp.StatusCode, resp.Header.Get("X-Content-Type-Options"), resp.Header.Get("Content-Type"), body, tc.status)
+		}
+	}
+}

@@ -27,8 +27,11 @@
 //     then the router), local reply mappers that give Envoy's own 403s the
 //     built-in engine's bodies (proxy.DenyText for an RBAC denial, told
 //     apart by direction with Envoy's CEL access log filter on the response
-//     code details; CONNECT and other upgrades), and a JSON access log
-//     that becomes the engine's events;
+//     code details; CONNECT and other upgrades; its codecs' 400s the
+//     built-in engine's "400 Bad Request: " and the reason), every local
+//     reply with the built-in engine's X-Content-Type-Options: nosniff and
+//     text/plain; charset=utf-8, and a JSON access log that becomes the
+//     engine's events;
 //   - per chain a route configuration, served over RDS, holding the rules:
 //     per-route RBAC overrides (a DENY of whatever no rule allows, under a
 //     policy named for the direction, so a denial's response code details

@@ -496,6 +496,10 @@ const tokenSeparators = "!#$%&'*+-.^_`|~"
 // it refuses those with '-' and '_' only (docs/policy.md says so).
 const fullAliasSeparators = 2
 
+// badRequest starts the body of every 400 of the translation's routes,
+// as it starts the built-in engine's ("400 Bad Request: " and the reason).
+const badRequest = "400 Bad Request: "
+
 // ambiguousTargetRegex matches a path (after Envoy's normalization, which
 // decodes %2e) holding a dot segment with parameters: "/public/..;/admin".
 const ambiguousTargetRegex = `.*/\.\.?;.*`
@@ -526,7 +530,7 @@ func (t *translator) chain(name string, d proxy.Decision, src, dst []netip.Prefi
 		Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_SafeRegex{SafeRegex: &matcher.RegexMatcher{Regex: ambiguousTargetRegex}}},
 		Action: &route.Route_DirectResponse{DirectResponse: &route.DirectResponseAction{
 			Status: 400,
-			Body:   inline("Bad Request: invalid request target: dot segment with parameters\n"),
+			Body:   inline(badRequest + "invalid request target: dot segment with parameters\n"),
 		}},
 	}, {
 		Name: "invalid-host",
@@ -536,7 +540,7 @@ func (t *translator) chain(name string, d proxy.Decision, src, dst []netip.Prefi
 		}}},
 		Action: &route.Route_DirectResponse{DirectResponse: &route.DirectResponseAction{
 			Status: 400,
-			Body:   inline("Bad Request: invalid host\n"),
+			Body:   inline(badRequest + "invalid host\n"),
 		}},
 	}}
 	// A host in upper case, where a rule judges the host: host patterns
@@ -551,7 +555,7 @@ func (t *translator) chain(name string, d proxy.Decision, src, dst []netip.Prefi
 			}}},
 			Action: &route.Route_DirectResponse{DirectResponse: &route.DirectResponseAction{
 				Status: 400,
-				Body:   inline("Bad Request: invalid host: upper-case letters\n"),
+				Body:   inline(badRequest + "invalid host: upper-case letters\n"),
 			}},
 		})
 	}
@@ -560,7 +564,7 @@ func (t *translator) chain(name string, d proxy.Decision, src, dst []netip.Prefi
 	// rules judge the hosts of the other spellings (forwardedHostPermission).
 	if d.JudgesHost() {
 		for _, name := range forwardedHostAliases() {
-			routes = append(routes, refuseField("invalid-forwarded-host", name, "Bad Request: invalid header: X-Forwarded-Host spelled with other separators\n"))
+			routes = append(routes, refuseField("invalid-forwarded-host", name, badRequest+"invalid header: "+policies.HTTPForwardedHostAlias(name)+"\n"))
 		}
 	}
 	// A field that is one the rules name but for its separators ('_' in
@@ -568,14 +572,14 @@ func (t *translator) chain(name string, d proxy.Decision, src, dst []netip.Prefi
 	// route per spelling (fieldAliases), as Envoy matches a header by its
 	// exact (lower-case) name.
 	for _, alias := range fieldAliases(&d) {
-		routes = append(routes, refuseField("invalid-header", alias, "Bad Request: invalid header\n"))
+		routes = append(routes, refuseField("invalid-header", alias, badRequest+"invalid header\n"))
 	}
 	// A field servers take for the method, where a rule judges the
 	// method (policies.HTTPMethodOverride): a route per spelling with '-'
 	// and '_' (the built-in engine refuses every separator's).
 	if d.JudgesMethod() {
 		for _, name := range methodOverrideSpellings() {
-			routes = append(routes, refuseField("invalid-method-override", name, "Bad Request: invalid header: a field that sets the method, which a rule judges\n"))
+			routes = append(routes, refuseField("invalid-method-override", name, badRequest+"invalid header: "+policies.HTTPMethodOverride(name)+"\n"))
 		}
 	}
 	// A field servers take for the path (X-Original-URL, X-Rewrite-URL),
@@ -583,7 +587,7 @@ func (t *translator) chain(name string, d proxy.Decision, src, dst []netip.Prefi
 	// a route per spelling with '-' and '_'.
 	if d.JudgesPath() {
 		for _, name := range pathOverrideSpellings() {
-			routes = append(routes, refuseField("invalid-path-override", name, "Bad Request: invalid header: a field that sets the path, which a rule judges\n"))
+			routes = append(routes, refuseField("invalid-path-override", name, badRequest+"invalid header: "+policies.HTTPPathOverride(name)+"\n"))
 		}
 	}
 	noRBAC := map[string]*anypb.Any{}
@@ -773,7 +777,35 @@ func localReplies() (*hcm.LocalReplyConfig, error) {
 		return nil, err
 	}
 	mappers = append(mappers, &hcm.ResponseMapper{Filter: f, BodyFormatOverride: text(denyBody)})
-	lr := &hcm.LocalReplyConfig{Mappers: mappers}
+	// Envoy's own 400s (its codecs refusing a malformed request, a path
+	// it cannot normalize) say "Bad Request" alone: they get the
+	// built-in engine's form, the status and the reason, which Envoy's
+	// response code details are. The routes' 400s are direct responses
+	// and carry that form already (badRequest).
+	if f, err = when(`response.code == 400 && response.code_details != "direct_response"`); err != nil {
+		return nil, err
+	}
+	mappers = append(mappers, &hcm.ResponseMapper{Filter: f, BodyFormatOverride: text(badRequest + "%RESPONSE_CODE_DETAILS%\n")})
+	// Every other local reply (the routes' direct responses among them)
+	// keeps its body; this mapper only adds the field below.
+	if f, err = when("true"); err != nil {
+		return nil, err
+	}
+	mappers = append(mappers, &hcm.ResponseMapper{Filter: f})
+	// Every local reply carries what the built-in engine's refusals carry
+	// (http.Error's fields): X-Content-Type-Options: nosniff, so that a
+	// browser does not read a 403's text as HTML or script, and
+	// Content-Type text/plain with its charset. The first mapper that
+	// matches is the only one applied, hence the field on each; the
+	// content type of those without a body format of their own is the
+	// body_format's (Envoy's default is "text/plain").
+	for _, m := range mappers {
+		m.HeadersToAdd = []*core.HeaderValueOption{{
+			Header:       &core.HeaderValue{Key: "X-Content-Type-Options", Value: "nosniff"},
+			AppendAction: core.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+		}}
+	}
+	lr := &hcm.LocalReplyConfig{Mappers: mappers, BodyFormat: text("%LOCAL_REPLY_BODY%")}
 	return lr, lr.ValidateAll()
 }
 
