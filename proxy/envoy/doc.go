@@ -31,7 +31,9 @@
 //     built-in engine's "400 Bad Request: " and the reason), every local
 //     reply with the built-in engine's X-Content-Type-Options: nosniff and
 //     text/plain; charset=utf-8, and a JSON access log that becomes the
-//     engine's events;
+//     engine's events (the chain's identities in each line; the
+//     no-policy chain, every connection's default, has none to write,
+//     and the engine names its requests' from the resolver by address);
 //   - per chain a route configuration, served over RDS, holding the rules:
 //     per-route RBAC overrides (a DENY of whatever no rule allows, under a
 //     policy named for the direction, so a denial's response code details

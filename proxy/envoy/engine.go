@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -58,6 +59,9 @@ type Engine struct {
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	paths    Paths
+	// resolver is the last Update's, which names the identities of the
+	// no-policy chain's requests (identify).
+	resolver atomic.Pointer[proxy.Resolver]
 }
 
 // Paths are the files the engine keeps in RunDir.
@@ -210,6 +214,7 @@ func (e *Engine) openAccessLog() error {
 				e.log.Debug("unreadable access log line", "err", err)
 				continue
 			}
+			e.identify(&ev)
 			e.metrics.Observe(&ev)
 			if e.cfg.Events != nil {
 				e.cfg.Events(ev)
@@ -217,6 +222,26 @@ func (e *Engine) openAccessLog() error {
 		}
 	}()
 	return nil
+}
+
+// identify gives an event of the no-policy chain the identities of its
+// ends, as the built-in engine's events have them. That chain is the
+// listener's default, for every connection no other chain matches, so its
+// access log cannot name them (it writes 0 and 0; every other chain names
+// its own, and 0 is no identity a chain is made for); they are read from
+// the last Update's resolver by the request's addresses, which judges
+// them as of when the line is read: an address that changed hands in
+// between is named as its new holder.
+func (e *Engine) identify(ev *proxy.Event) {
+	if ev.SrcIdentity != 0 || ev.DstIdentity != 0 {
+		return
+	}
+	r := e.resolver.Load()
+	if r == nil || !ev.Src.IsValid() || !ev.Dst.IsValid() {
+		return
+	}
+	d, _ := (*r).Resolve(ev.Src, ev.Dst) // the identities come with an error too
+	ev.SrcIdentity, ev.DstIdentity = d.SrcIdentity, d.DstIdentity
 }
 
 func writeFileAtomic(path string, data []byte) error {
@@ -236,6 +261,9 @@ func (e *Engine) Port() uint16 { return e.cfg.Port }
 // Update implements proxy.Engine: translate and publish. On error the last
 // good snapshot stays in force.
 func (e *Engine) Update(r proxy.Resolver) error {
+	if r != nil {
+		e.resolver.Store(&r)
+	}
 	res, err := Translate(r, Options{Port: e.cfg.Port, FixedUpstream: e.cfg.FixedUpstream, AccessLogPath: e.paths.AccessLog})
 	if err != nil {
 		return fmt.Errorf("envoy engine: translating policy (the previous one stays in force): %w", err)

@@ -3,6 +3,7 @@ package envoy
 import (
 	"net/http"
 	"net/netip"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -285,5 +286,37 @@ func TestLocalRepliesCarryTheBuiltinFields(t *testing.T) {
 	}
 	if chains < 2 || overrides == 0 {
 		t.Fatalf("%d chains, %d override routes checked; want the deny chain and a chain with rules on the method or path", chains, overrides)
+	}
+}
+
+// TestNoPolicyEventsNameTheirIdentities: the no-policy chain is the
+// listener's default, whose access log cannot name the two ends (it
+// writes 0 and 0); the engine's event names them, as the built-in
+// engine's does, from the resolver it was given.
+func TestNoPolicyEventsNameTheirIdentities(t *testing.T) {
+	r := scenarios()["both-ends"]
+	src, dst := netip.MustParseAddrPort("172.17.0.3:40000"), netip.MustParseAddrPort("172.17.0.4:8080")
+	want, _ := r.Resolve(src, dst)
+	if want.SrcIdentity == 0 || want.DstIdentity == 0 {
+		t.Fatalf("the scenario names no identities for %v -> %v", src, dst)
+	}
+	events := make(chan proxy.Event, 1)
+	e, err := New(Config{Port: 15001, RunDir: t.TempDir(), NoProcess: true, Resolver: r, Events: func(ev proxy.Event) { events <- ev }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	f, err := os.OpenFile(e.Paths().AccessLog, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	line := `{"src":"` + src.String() + `","dst":"` + dst.String() + `","src_identity":0,"dst_identity":0,"method":"GET","path":"/","status":403,"details":"direct_response","route":"no-policy","duration_ms":0,"policies":"-","rule_policy":"-"}` + "\n"
+	if _, err := f.WriteString(line); err != nil {
+		t.Fatal(err)
+	}
+	ev := <-events
+	if ev.Verdict != proxy.VerdictDenied || ev.SrcIdentity != want.SrcIdentity || ev.DstIdentity != want.DstIdentity {
+		t.Errorf("no-policy event: %s, identities %d -> %d; want denied, %d -> %d", ev.Verdict, ev.SrcIdentity, ev.DstIdentity, want.SrcIdentity, want.DstIdentity)
 	}
 }
