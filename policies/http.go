@@ -581,3 +581,56 @@ func (req *HTTPRequest) asJudged() (*HTTPRequest, string) {
 	q.Host = HTTPHost(q.Host)
 	return &q, ""
 }
+
+// HTTPEnvoyDropped are the x-envoy- fields that Envoy's connection
+// manager takes out of every request from a client it does not trust
+// (without use_remote_address, every client: its cleanInternalHeaders and
+// the x-envoy-internal it always removes), before its filters, so its
+// rules, see the request: instructions to Envoy (retries, timeouts,
+// tracing) and marks of an internal request. Both engines drop them from
+// what clients send and do not forward them, so a header rule that names
+// one never matches (the loader warns at it).
+var HTTPEnvoyDropped = []string{
+	"x-envoy-internal",
+	"x-envoy-retriable-status-codes", "x-envoy-retriable-header-names",
+	"x-envoy-retry-on", "x-envoy-retry-grpc-on", "x-envoy-max-retries",
+	"x-envoy-upstream-alt-stat-name",
+	"x-envoy-upstream-rq-timeout-ms", "x-envoy-upstream-rq-per-try-timeout-ms",
+	"x-envoy-upstream-rq-timeout-alt-response", "x-envoy-expected-rq-timeout-ms",
+	"x-envoy-force-trace", "x-envoy-ip-tags", "x-envoy-original-url",
+	"x-envoy-hedge-on-per-try-timeout",
+}
+
+// IsHTTPEnvoyDropped reports whether a request field named name, in any
+// case, is one of HTTPEnvoyDropped.
+func IsHTTPEnvoyDropped[S string | []byte](name S) bool {
+	const prefix = "x-envoy-"
+	if len(name) <= len(prefix) {
+		return false
+	}
+	for i := 0; i < len(prefix); i++ {
+		if lowerASCII(name[i]) != prefix[i] {
+			return false
+		}
+	}
+next:
+	for _, d := range HTTPEnvoyDropped {
+		if len(d) != len(name) {
+			continue
+		}
+		for i := len(prefix); i < len(d); i++ {
+			if lowerASCII(name[i]) != d[i] {
+				continue next
+			}
+		}
+		return true
+	}
+	return false
+}
+
+func lowerASCII(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
+}

@@ -725,6 +725,10 @@ func (l *loader) headers(a *hclsyntax.Attribute) (map[string]string, bool) {
 			ok = false
 			return
 		}
+		if IsHTTPEnvoyDropped(c) {
+			l.warnf(krng, fmt.Sprintf("Header rule on %q can never match", c),
+				"Envoy takes this field out of every client request before its rules judge it (it is an instruction to Envoy, or marks a request as internal), and the built-in engine drops it the same way: neither judges nor forwards it. Remove the header rule or this http block.")
+		}
 		out[c] = v
 	}
 	if obj, isObj := a.Expr.(*hclsyntax.ObjectConsExpr); isObj {

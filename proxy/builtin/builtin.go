@@ -605,6 +605,12 @@ func forwardedHeader(h http.Header) http.Header {
 			break
 		}
 	}
+	for k := range h {
+		if has {
+			break
+		}
+		has = policies.IsHTTPEnvoyDropped(k)
+	}
 	if !has {
 		return h
 	}
@@ -612,6 +618,7 @@ func forwardedHeader(h http.Header) http.Header {
 	for _, k := range hopHeaders {
 		delete(out, k)
 	}
+	dropEnvoyFields(out)
 	for _, v := range h["Te"] {
 		for t := range strings.SplitSeq(v, ",") {
 			if strings.EqualFold(strings.TrimSpace(t), "trailers") {
@@ -620,6 +627,17 @@ func forwardedHeader(h http.Header) http.Header {
 		}
 	}
 	return out
+}
+
+// dropEnvoyFields deletes from h the x-envoy- fields Envoy takes out of
+// client requests (policies.HTTPEnvoyDropped): the built-in engine
+// neither judges nor forwards them either.
+func dropEnvoyFields(h http.Header) {
+	for k := range h {
+		if policies.IsHTTPEnvoyDropped(k) {
+			delete(h, k)
+		}
+	}
 }
 
 func deny(w http.ResponseWriter, body string) {
@@ -651,6 +669,7 @@ func (e *Engine) rewrite(pr *httputil.ProxyRequest) {
 			pr.Out.Header[k] = v
 		}
 	}
+	dropEnvoyFields(pr.Out.Header)
 }
 
 // forwardedFor are the fields httputil.ReverseProxy removes in Rewrite mode.

@@ -591,14 +591,16 @@ func (h *h1) header(d *proxy.Decision) (http.Header, error) {
 // forwardsField reports whether a request field named name reaches the
 // server (writeRequest): not a hop-by-hop field (Content-Length is
 // rewritten with its value, Upgrade kept for a WebSocket upgrade), nor
-// one the Connection field names.
+// one the Connection field names, nor an x-envoy- field Envoy drops from
+// client requests (policies.HTTPEnvoyDropped), which neither engine
+// judges nor forwards.
 func (h *h1) forwardsField(name []byte) bool {
 	switch {
 	case equalFold(name, "content-length"):
 		return true
 	case equalFold(name, "upgrade"):
 		return h.upgrading()
-	case hopByHop(name):
+	case hopByHop(name) || policies.IsHTTPEnvoyDropped(name):
 		return false
 	}
 	return len(h.rq.connTokens) == 0 || !listed(h.head, h.rq.connTokens, name)
@@ -1129,6 +1131,9 @@ func (h *h1) writeRequest(u *upConn, method string, fwd []byte, over string, upg
 		isHost := equalFold(name, "host")
 		if hopByHop(name) || !isHost && listed(buf, rq.connTokens, name) || isHost && over != "" {
 			continue
+		}
+		if policies.IsHTTPEnvoyDropped(name) {
+			continue // as Envoy drops it (forwardsField)
 		}
 		if plainUpgrade && equalFold(name, "http2-settings") {
 			continue

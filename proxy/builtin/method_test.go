@@ -147,3 +147,27 @@ func TestRefusalsCarryNosniff(t *testing.T) {
 		}
 	}
 }
+
+// TestEnvoyFieldsDroppedAsEnvoyDrops: the x-envoy- fields Envoy takes out
+// of every client request (policies.HTTPEnvoyDropped) are neither judged
+// nor forwarded by the built-in engine either, over HTTP/1.1 and HTTP/2:
+// a rule requiring one refuses the request with either engine, and the
+// server never gets it. Other x-envoy- fields pass as any field does.
+func TestEnvoyFieldsDroppedAsEnvoyDrops(t *testing.T) {
+	up := startH2Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var got []string
+		for _, k := range []string{"X-Envoy-Retry-On", "X-Envoy-Internal", "X-Envoy-Decorator-Operation"} {
+			if v := r.Header.Get(k); v != "" {
+				got = append(got, k+"="+v)
+			}
+		}
+		io.WriteString(w, strings.Join(got, ","))
+	}))
+	h2 := h2cTestClient()
+	defer h2.CloseIdleConnections()
+	dropped := [][2]string{{"X-Envoy-Retry-On", "5xx"}, {"x-envoy-internal", "true"}, {"X-Envoy-Decorator-Operation", "op"}}
+	addr, _ := engineFor(t, up, headerRuleResolver("X-Envoy-Retry-On", ""))
+	expectBothWays(t, addr, h2, sentBothWays{name: "a rule requiring X-Envoy-Retry-On", method: "GET", target: "/", host: "svc", fields: dropped}, 403, "")
+	addr, _ = engineFor(t, up, headerRuleResolver("X-Envoy-Decorator-Operation", "op"))
+	expectBothWays(t, addr, h2, sentBothWays{name: "a rule requiring X-Envoy-Decorator-Operation", method: "GET", target: "/", host: "svc", fields: dropped}, 200, "X-Envoy-Decorator-Operation=op")
+}

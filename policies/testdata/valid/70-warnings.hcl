@@ -47,6 +47,14 @@ policy "warnings" {
       method = "GET"
     }
   }
+  # Envoy takes x-envoy-retry-on out of client requests, and the built-in
+  # engine drops it too: a rule requiring it never matches.
+  ingress {
+    ports = ["80/tcp"]
+    http {
+      headers = { "X-Envoy-Retry-On" = "", "X-Envoy-Decorator-Operation" = "" }
+    }
+  }
 }
 # warn: 30:16 CIDR "::ffff:169.254.169.254" is IPv4-mapped: it matches no address
 # warn: 34:16 CIDR "::ffff:10.0.0.0/104" is IPv4-mapped: it matches no address
@@ -54,3 +62,4 @@ policy "warnings" {
 # warn: 40:16 except 169.254.169.254/32 covers all of to_cidr 169.254.169.254/32
 # warn: 40:35 except 10.0.0.0/8 covers all of to_cidr 10.1.0.0/16
 # warn: 45:24 Port "8080" is not TCP-only: the rule's http blocks judge its TCP connections alone
+# warn: 55:19 Header rule on "X-Envoy-Retry-On" can never match
