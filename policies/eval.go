@@ -42,6 +42,7 @@ package policies
 //   - Enforcement "never": every end is allowed and no rule is reported.
 
 import (
+	"maps"
 	"net/netip"
 	"regexp"
 	"slices"
@@ -562,7 +563,7 @@ func l7For(allows []*Rule, c Connection) *L7Result {
 		if why == "" && JudgesHost(l7.Rules) {
 			wire, _ := c.HTTP.onWire() // an absolute-form target's authority is the host
 			why = HTTPHostCase(wire.Host)
-			for field := range c.HTTP.Headers {
+			for _, field := range slices.Sorted(maps.Keys(c.HTTP.Headers)) {
 				if why != "" {
 					break
 				}
@@ -570,14 +571,14 @@ func l7For(allows []*Rule, c Connection) *L7Result {
 			}
 		}
 		if why == "" && JudgesMethod(l7.Rules) {
-			for field := range c.HTTP.Headers {
+			for _, field := range slices.Sorted(maps.Keys(c.HTTP.Headers)) {
 				if why = HTTPMethodOverride(field); why != "" {
 					break
 				}
 			}
 		}
 		if why == "" && JudgesPath(l7.Rules) {
-			for field := range c.HTTP.Headers {
+			for _, field := range slices.Sorted(maps.Keys(c.HTTP.Headers)) {
 				if why = HTTPPathOverride(field); why != "" {
 					break
 				}

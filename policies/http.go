@@ -455,8 +455,8 @@ func aliasFold(c byte) byte {
 // refuses against the header names of rules, as its reason; "" for none.
 func httpFieldAliases(req *HTTPRequest, rules []L7Rule) string {
 	for _, r := range rules {
-		for judged := range r.HTTP.Headers {
-			for field := range req.Headers {
+		for _, judged := range slices.Sorted(maps.Keys(r.HTTP.Headers)) {
+			for _, field := range slices.Sorted(maps.Keys(req.Headers)) {
 				if why := HTTPFieldAlias(field, judged); why != "" {
 					return why
 				}
@@ -538,6 +538,9 @@ func (req *HTTPRequest) onWire() (HTTPRequest, string) {
 	headers := make(map[string]string, len(q.Headers))
 	for _, name := range slices.Sorted(maps.Keys(q.Headers)) {
 		v := q.Headers[name]
+		if IsHTTPEnvoyDropped(name) {
+			continue // the proxies drop it before their rules (decision 84)
+		}
 		switch {
 		case !validHeaderName(name):
 			return q, fmt.Sprintf("malformed header field: the name %q is not a token", name)

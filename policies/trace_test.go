@@ -260,3 +260,57 @@ func TestConnectionCheckSuggestsEntity(t *testing.T) {
 		t.Fatalf("Check: %v", err)
 	}
 }
+
+// traceHTTP traces req from app=web to app=api on 8080/tcp under the set
+// in src and returns the L7 verdict.
+func traceHTTP(t *testing.T, src string, req *HTTPRequest) *HTTPVerdict {
+	t.Helper()
+	set, rep := Parse(Source{Name: "p.hcl", Bytes: []byte(src)})
+	if err := rep.Err(); err != nil {
+		t.Fatal(err)
+	}
+	res := set.Evaluate(&Env{}, Connection{From: Peer{Labels: Labels{"app": "web"}}, To: Peer{Labels: Labels{"app": "api"}},
+		Proto: ProtoTCP, Port: 8080, HTTP: req})
+	if res.L7 == nil || res.L7.HTTP == nil {
+		t.Fatalf("%+v: no L7 verdict", req)
+	}
+	return res.L7.HTTP
+}
+
+// The x-envoy- fields both proxies drop before their rules (decision 84)
+// are not judged by trace either: a rule that asks for one refuses the
+// request, as the proxies do, and the warning at the rule says why.
+func TestTraceDropsTheEnvoyFieldsTheProxiesDrop(t *testing.T) {
+	src := "policy \"api\" {\n  selector = \"app=api\"\n  ingress {\n    ports = [\"8080/tcp\"]\n    http {\n      headers = { \"X-Envoy-Internal\" = \"\" }\n    }\n  }\n}\n"
+	for _, name := range []string{"x-envoy-internal", "X-Envoy-Internal"} {
+		v := traceHTTP(t, src, &HTTPRequest{Method: "GET", Path: "/", Headers: map[string]string{name: "true"}})
+		if v.Verdict != "403" {
+			t.Errorf("%s: true: trace verdict %q, want 403 as the proxies answer", name, v.Verdict)
+		}
+	}
+}
+
+// Where a request carries several fields the proxies refuse it for, the
+// trace names the same one every time (the first in name order), as the
+// proxies do over HTTP/2.
+func TestTraceNamesOneRefusedFieldEveryTime(t *testing.T) {
+	src := "policy \"api\" {\n  selector = \"app=api\"\n  ingress {\n    ports = [\"8080/tcp\"]\n    http {\n      method = \"GET\"\n      path   = \"/x\"\n      host   = \"svc\"\n    }\n  }\n}\n"
+	for _, fields := range []map[string]string{
+		{"X-Method-Override": "DELETE", "X-HTTP-Method": "DELETE", "X-HTTP-Method-Override": "DELETE"},
+		{"X-Rewrite-URL": "/admin", "X-Original-URL": "/admin"},
+		{"X.Forwarded.Host": "a", "X~Forwarded~Host": "b"},
+	} {
+		first := ""
+		for i := 0; i < 40; i++ {
+			v := traceHTTP(t, src, &HTTPRequest{Method: "GET", Path: "/x", Host: "svc", Headers: fields})
+			if v.Verdict != "400" {
+				t.Fatalf("%v: verdict %q, want 400", fields, v.Verdict)
+			}
+			if i == 0 {
+				first = v.Reason
+			} else if v.Reason != first {
+				t.Fatalf("%v: reason %q, then %q", fields, first, v.Reason)
+			}
+		}
+	}
+}
