@@ -539,7 +539,7 @@ func (req *HTTPRequest) onWire() (HTTPRequest, string) {
 	for _, name := range slices.Sorted(maps.Keys(q.Headers)) {
 		v := q.Headers[name]
 		if IsHTTPEnvoyDropped(name) {
-			continue // the proxies drop it before their rules (decision 84)
+			continue // the proxies drop it before their rules (decision 82)
 		}
 		switch {
 		case !validHeaderName(name):

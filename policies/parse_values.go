@@ -414,7 +414,7 @@ func (l *loader) entity(e listElem, endpointsAttr, cidrAttr string) (Entity, boo
 }
 
 // ciliumEntityHint says what to write instead of one of Cilium's entities
-// that Membrane does not have (decision 78), "" for any other name. None
+// that Membrane does not have (decision 77), "" for any other name. None
 // is offered as "did you mean": world-ipv4 is not world, which takes IPv6
 // in too.
 func ciliumEntityHint(name, endpointsAttr, cidrAttr string) string {

@@ -277,7 +277,7 @@ func traceHTTP(t *testing.T, src string, req *HTTPRequest) *HTTPVerdict {
 	return res.L7.HTTP
 }
 
-// The x-envoy- fields both proxies drop before their rules (decision 84)
+// The x-envoy- fields both proxies drop before their rules (decision 82)
 // are not judged by trace either: a rule that asks for one refuses the
 // request, as the proxies do, and the warning at the rule says why.
 func TestTraceDropsTheEnvoyFieldsTheProxiesDrop(t *testing.T) {

@@ -71,7 +71,7 @@ func TestCheckValidDirectoryPrintsWarnings(t *testing.T) {
 	if !strings.Contains(out, testdata+"/valid/41-cidr.hcl:11:37: warning: CIDR \"10.1.2.3/8\" has host bits set") {
 		t.Errorf("warning line missing:\n%s", out)
 	}
-	// A header rule on an x-envoy- field both engines drop (decision 84).
+	// A header rule on an x-envoy- field both engines drop (decision 82).
 	if !strings.Contains(out, testdata+`/valid/70-warnings.hcl:55:19: warning: Header rule on "X-Envoy-Retry-On" can never match`) {
 		t.Errorf("x-envoy- warning line missing:\n%s", out)
 	}

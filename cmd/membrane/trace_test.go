@@ -544,7 +544,7 @@ func TestTraceUnknownEntitySuggests(t *testing.T) {
 }
 
 // A request the proxies refuse whatever the rules (a target byte that is
-// not visible ASCII, decision 82; a method or header name that is no
+// not visible ASCII, decision 80; a method or header name that is no
 // token; a line break in a value) is traced as they answer it, 400 before
 // the rules, and the answer names what is wrong.
 func TestTraceNamesWhatTheProxyRefuses(t *testing.T) {

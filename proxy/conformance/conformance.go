@@ -486,7 +486,7 @@ func (s *suite) largeUpload(t *testing.T) {
 }
 
 // requestTrailers: the trailer section of a chunked HTTP/1.1 request
-// never reaches the upstream (docs/policy.md, decision 81): servers that
+// never reaches the upstream (docs/policy.md, decision 79): servers that
 // merge it into the header section would read fields no rule judged.
 func (s *suite) requestTrailers(t *testing.T) {
 	rc := s.dialRaw(t)

@@ -159,7 +159,7 @@ func TestUpstreamsAsBuiltin(t *testing.T) {
 
 // TestRequestTrailersDroppedAsBuiltin: Envoy's HTTP/1 codec drops a
 // request's trailer section unless enable_trailers is on, as the built-in
-// engine drops it (docs/policy.md, decision 81: servers that merge trailers
+// engine drops it (docs/policy.md, decision 79: servers that merge trailers
 // into the header section would read fields no rule judged). Neither the
 // connection managers nor the upstream clusters turn it on.
 func TestRequestTrailersDroppedAsBuiltin(t *testing.T) {
