@@ -51,6 +51,26 @@ func (h *harness) cachedSlots(p pkt, ifindex int) int {
 
 const flowCacheSlots = 4096 // FLOW_CACHE_SLOTS
 
+// Conntrack states and flags, as bpf/include/membrane.h defines them.
+const (
+	ctEstablished = 2 // CT_ESTABLISHED
+	ctClosing     = 3 // CT_CLOSING
+	ctFFinOrig    = 4 // CT_F_FIN_ORIG
+	ctFFinReply   = 8 // CT_F_FIN_REPLY
+)
+
+// ctEntry returns the conntrack entry of the flow that p opened at ifindex
+// (p in the flow's own direction); the test fails if there is none.
+func (h *harness) ctEntry(p pkt, ifindex int) datapathCtEntry {
+	h.t.Helper()
+	var e datapathCtEntry
+	k := p.ctKey(ifindex)
+	if err := h.dp.objs.MembraneCt.Lookup(&k, &e); err != nil {
+		h.t.Fatalf("conntrack entry of %v at %d: %v", k, ifindex, err)
+	}
+	return e
+}
+
 // TestFlowCache: established packets are served from the per-CPU flow cache
 // once their flow is known, and the cache never outlives what conntrack and
 // the policy say: a policy change, a conntrack entry deleted from userspace,
@@ -117,13 +137,23 @@ func TestFlowCache(t *testing.T) {
 	h.expect(out, h.ifs[0], ack, ReasonDropDefaultDeny)
 	h.sync(allow)
 
-	// A FIN takes the conntrack path (state), the packets after it may
-	// be served again.
+	// A FIN takes the conntrack path (state): conntrack records each
+	// side's, and both close the entry. The packets after them still pass.
 	ack, reply = open(40002)
 	fin := ack
 	fin.tcpFlags = tcpFIN | tcpACK
 	h.expect(out, h.ifs[0], fin, ReasonAllowEstablished)
+	if e := h.ctEntry(ack, h.ifs[0]); e.Flags&ctFFinOrig == 0 || e.State != ctEstablished {
+		t.Fatalf("after the endpoint's FIN: conntrack state %d flags %#x, want established with its FIN", e.State, e.Flags)
+	}
+	peerFin := reply
+	peerFin.tcpFlags = tcpFIN | tcpACK
+	h.expect(in, h.ifs[0], peerFin, ReasonAllowReply)
+	if e := h.ctEntry(ack, h.ifs[0]); e.Flags&ctFFinReply == 0 || e.State != ctClosing {
+		t.Fatalf("after both FINs: conntrack state %d flags %#x, want closing with the peer's FIN", e.State, e.Flags)
+	}
 	h.expect(out, h.ifs[0], ack, ReasonAllowEstablished)
+	h.expect(in, h.ifs[0], reply, ReasonAllowReply)
 
 	// The endpoint's identity changes to one whose policy denies the flow:
 	// the next packet is judged under it.
