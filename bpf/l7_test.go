@@ -35,7 +35,6 @@ type l7Env struct {
 	bridge int
 	model  *policies.Model
 	ipc    map[netip.Prefix]policies.Identity
-	served map[string]int // path -> requests the server saw
 	seen   chan string
 }
 

@@ -437,7 +437,7 @@ func (d *Datapath) Counters() (Counters, error) {
 func monotonic(t time.Time) uint64 {
 	var ts unix.Timespec
 	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
-	ns := ts.Nano() + int64(t.Sub(time.Now()))
+	ns := ts.Nano() + int64(time.Until(t))
 	if ns < 0 {
 		return 0
 	}
