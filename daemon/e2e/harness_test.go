@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -198,6 +199,21 @@ metrics {
 	})
 	e.client = api.NewClient(e.sock)
 	return e
+}
+
+// goBuild builds the Go command pkg as a static binary (containers mount
+// it, whatever their libc) into a temporary directory and returns its
+// path. "go" is the one that runs the test: go test puts its GOROOT/bin
+// first in PATH.
+func goBuild(t testing.TB, pkg string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), path.Base(pkg))
+	cmd := exec.Command("go", "build", "-o", bin, pkg)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building %s: %v: %s", pkg, err, out)
+	}
+	return bin
 }
 
 // createNetwork creates the Docker network of o.laterNetworks' key (a

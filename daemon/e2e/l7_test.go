@@ -7,10 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptrace"
-	"os"
 	"os/exec"
-	"path/filepath"
-	goruntime "runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -222,10 +219,7 @@ func testL7(t *testing.T, engine string) {
 		}
 	}
 	// The CLI renders the same records: `membrane observe --type l7`.
-	cli := filepath.Join(t.TempDir(), "membrane")
-	if out, err := exec.Command(filepath.Join(goruntime.GOROOT(), "bin", "go"), "build", "-o", cli, "github.com/membrane-fw/membrane/cmd/membrane").CombinedOutput(); err != nil {
-		t.Fatalf("building the CLI: %v: %s", err, out)
-	}
+	cli := goBuild(t, "github.com/membrane-fw/membrane/cmd/membrane")
 	out, err := exec.Command(cli, "observe", "--type", "l7", "--container", client, "--socket", e.sock).CombinedOutput()
 	if err != nil {
 		t.Fatalf("membrane observe --type l7: %v: %s", err, out)
@@ -368,12 +362,7 @@ func TestL7IPv6(t *testing.T) {
 // server's ingress program takes it from the mark and does not redirect it
 // again), and a policy edit judges the next stream of the same connection.
 func TestL7H2C(t *testing.T) {
-	bin := filepath.Join(t.TempDir(), "h2cserver")
-	build := exec.Command(filepath.Join(goruntime.GOROOT(), "bin", "go"), "build", "-o", bin, "./testdata/h2cserver")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the h2c server: %v: %s", err, out)
-	}
+	bin := goBuild(t, "./testdata/h2cserver")
 	e := newEnv(t, envOpts{})
 	e.writePolicy("api.hcl", l7PolicyWith("/public.*"))
 	e.startDaemon()
