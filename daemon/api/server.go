@@ -366,7 +366,7 @@ func (s *Server) guard(next http.Handler) http.Handler {
 		// socket sends same-origin GETs, which carry no Origin and, when
 		// it asks, no Referer; its Host is still its own name.
 		if !localHost(r.Host) {
-			writeError(w, http.StatusForbidden, fmt.Errorf("Host %q is refused: the API answers Host membraned (the CLI's) or localhost", r.Host))
+			writeError(w, http.StatusForbidden, fmt.Errorf("the Host header %q is refused: the API answers Host membraned (the CLI's) or localhost", r.Host))
 			return
 		}
 		next.ServeHTTP(w, r)
