@@ -174,7 +174,7 @@ func (p *Progress) reconnected() {
 	p.mu.Unlock()
 }
 
-// ErrRetry, wrapped in a Refresh error, says that the container could not
+// ErrRetry says, wrapped in a Refresh error, that the container could not
 // be read whole for a reason that may pass (its network namespace could
 // not be read, though it exists): what was known of it stays reported and
 // it is read again after a backoff.
