@@ -59,6 +59,16 @@ func (h *harness) sync(ips ...policies.IdentityPolicy) SyncStats {
 	return st
 }
 
+// handshake sends syn out of ifindex, where it is judged want, and its
+// SYN-ACK back in, which passes as a reply.
+func (h *harness) handshake(ifindex int, syn pkt, want Reason) {
+	h.t.Helper()
+	h.expect(out, ifindex, syn, want)
+	sa := syn.reverse()
+	sa.tcpFlags = tcpSYN | tcpACK
+	h.expect(in, ifindex, sa, ReasonAllowReply)
+}
+
 func (h *harness) expect(dir policies.Direction, ifindex int, p pkt, want Reason) {
 	h.t.Helper()
 	got, _ := h.verdict(dir, ifindex, p.bytes())
@@ -158,10 +168,7 @@ func TestConntrackRepliesAndEstablished(t *testing.T) {
 		entry(out, policies.IdentityAny, policies.ProtoICMP, 8, 16, policies.Allow, 2),
 	}})
 	syn := tcp(addrA, addrB, 33000, 80, tcpSYN)
-	h.expect(out, h.ifs[0], syn, ReasonAllowPolicy)
-	synack := syn.reverse()
-	synack.tcpFlags = tcpSYN | tcpACK
-	h.expect(in, h.ifs[0], synack, ReasonAllowReply)
+	h.handshake(h.ifs[0], syn, ReasonAllowPolicy)
 	ack := syn
 	ack.tcpFlags = tcpACK
 	h.expect(out, h.ifs[0], ack, ReasonAllowEstablished)
@@ -633,17 +640,10 @@ func TestConntrackLifetimesAndGC(t *testing.T) {
 	rst := flow.reverse()
 	rst.tcpFlags = tcpRST
 	h.expect(in, h.ifs[0], rst, ReasonAllowReply)
-	long := tcp(addrA, addrB, 2, 80, tcpSYN)
-	h.expect(out, h.ifs[0], long, ReasonAllowDefault)
-	sa := long.reverse()
-	sa.tcpFlags = tcpSYN | tcpACK
-	h.expect(in, h.ifs[0], sa, ReasonAllowReply)
+	h.handshake(h.ifs[0], tcp(addrA, addrB, 2, 80, tcpSYN), ReasonAllowDefault)
 	// A third flow closes with FIN from both sides.
 	fin := tcp(addrA, addrB, 3, 80, tcpSYN)
-	h.expect(out, h.ifs[0], fin, ReasonAllowDefault)
-	finSA := fin.reverse()
-	finSA.tcpFlags = tcpSYN | tcpACK
-	h.expect(in, h.ifs[0], finSA, ReasonAllowReply)
+	h.handshake(h.ifs[0], fin, ReasonAllowDefault)
 	fin.tcpFlags = tcpFIN | tcpACK
 	h.expect(out, h.ifs[0], fin, ReasonAllowEstablished)
 	finR := fin.reverse()
@@ -1350,10 +1350,7 @@ func TestRSTNotTakenKeepsTheFlow(t *testing.T) {
 	}})
 	open := func(sport uint16) pkt {
 		syn := tcp(addrA, addrW, sport, 443, tcpSYN)
-		h.expect(out, h.ifs[0], syn, ReasonAllowPolicy)
-		sa := syn.reverse()
-		sa.tcpFlags = tcpSYN | tcpACK
-		h.expect(in, h.ifs[0], sa, ReasonAllowReply)
+		h.handshake(h.ifs[0], syn, ReasonAllowPolicy)
 		return syn
 	}
 	// A blind RST, claiming to come from the server, which A ignores.
@@ -1471,10 +1468,7 @@ func TestForgedFINNotTaken(t *testing.T) {
 	}})
 	open := func(sport uint16) pkt {
 		syn := tcp(addrA, addrW, sport, 443, tcpSYN)
-		h.expect(out, h.ifs[0], syn, ReasonAllowPolicy)
-		sa := syn.reverse()
-		sa.tcpFlags = tcpSYN | tcpACK
-		h.expect(in, h.ifs[0], sa, ReasonAllowReply)
+		h.handshake(h.ifs[0], syn, ReasonAllowPolicy)
 		ack := syn
 		ack.tcpFlags = tcpACK
 		h.expect(out, h.ifs[0], ack, ReasonAllowEstablished)
@@ -1529,10 +1523,7 @@ func TestIPv4AuthenticationHeader(t *testing.T) {
 	}})
 	p := tcp(addrA, addrB, 40000, 80, tcpSYN)
 	p.v4AH = 1
-	h.expect(out, h.ifs[0], p, ReasonAllowPolicy)
-	r := p.reverse()
-	r.tcpFlags = tcpSYN | tcpACK
-	h.expect(in, h.ifs[0], r, ReasonAllowReply)
+	h.handshake(h.ifs[0], p, ReasonAllowPolicy)
 	u := udp(addrA, addrB, 40000, 53)
 	u.v4AH = 2
 	u.payload = []byte("query")

@@ -87,10 +87,7 @@ func TestFlowCache(t *testing.T) {
 	h.sync(allow)
 	open := func(sport uint16) (ack, reply pkt) {
 		syn := tcp(addrA, addrB, sport, 80, tcpSYN)
-		h.expect(out, h.ifs[0], syn, ReasonAllowPolicy)
-		synack := syn.reverse()
-		synack.tcpFlags = tcpSYN | tcpACK
-		h.expect(in, h.ifs[0], synack, ReasonAllowReply)
+		h.handshake(h.ifs[0], syn, ReasonAllowPolicy)
 		ack, reply = syn, syn.reverse()
 		ack.tcpFlags, reply.tcpFlags = tcpACK, tcpACK
 		for range 3 {
