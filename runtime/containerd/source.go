@@ -10,6 +10,7 @@ import (
 	"maps"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -69,7 +70,6 @@ type Source struct {
 	ctrs    map[string]*record            // running containers by "ns/id"
 	pending map[uint64]endpoint.Container // created containers by their spec netns inode
 	byKey   map[string]uint64             // "ns/id" -> pending inode
-	owner   map[string]string             // "ns/id" -> endpoint id it was last part of
 	stale   []string                      // keys the last resync could not read whole
 }
 
@@ -187,7 +187,7 @@ func (s *Source) Run(ctx context.Context) error {
 		Key:    s.keyOf,
 		Resync: func(ctx context.Context) error { return s.resync(ctx, cli) },
 		Refresh: func(ctx context.Context, key string) error {
-			ns, id, _ := cut(key)
+			ns, id := splitKey(key)
 			return s.refresh(ctx, cli, ns, id)
 		},
 		Stale:    s.takeStale,
@@ -350,13 +350,13 @@ func (s *Source) listKeys(ctx context.Context, cli *containerd.Client) ([]string
 	return keys, nil
 }
 
-func cut(key string) (ns, id string, ok bool) {
-	for i := 0; i < len(key); i++ {
-		if key[i] == '/' {
-			return key[:i], key[i+1:], true
-		}
-	}
-	return "", key, false
+// splitKey splits a container key "ns/id". Every key is made by joining a
+// namespace and a container ID, and neither holds a '/': containerd takes
+// only identifiers ([A-Za-z0-9] runs joined by '.', '_' or '-') as either,
+// so the first '/' is the one that joined them.
+func splitKey(key string) (ns, id string) {
+	ns, id, _ = strings.Cut(key, "/")
+	return ns, id
 }
 
 func containerOf(a typeurl.Any) string {
@@ -386,7 +386,7 @@ func (s *Source) resync(ctx context.Context, cli *containerd.Client) error {
 	type item struct{ ns, id string }
 	var items []item
 	for _, k := range keys {
-		ns, id, _ := cut(k)
+		ns, id := splitKey(k)
 		items = append(items, item{ns, id})
 	}
 	type result struct {
