@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/events"
 	"github.com/docker/docker/api/types/filters"
@@ -454,7 +455,7 @@ func (s *Source) noICC(ctx context.Context, cli *client.Client, id string) (bool
 	}
 	nw, err := cli.NetworkInspect(ctx, id, network.InspectOptions{})
 	if err != nil {
-		if client.IsErrNotFound(err) || !transient(err) {
+		if cerrdefs.IsNotFound(err) || !transient(err) {
 			// Removed meanwhile (the container's die or disconnect
 			// event follows), or refused: not cached, asked again next
 			// time.
@@ -492,7 +493,7 @@ func (s *Source) pruneNetworks() {
 func (s *Source) inspect(ctx context.Context, cli *client.Client, id string) (*record, error) {
 	info, err := cli.ContainerInspect(ctx, id)
 	if err != nil {
-		if client.IsErrNotFound(err) {
+		if cerrdefs.IsNotFound(err) {
 			return nil, nil
 		}
 		if !transient(err) {
@@ -536,7 +537,7 @@ func (s *Source) inspect(ctx context.Context, cli *client.Client, id string) (*r
 		for hop := 0; ; hop++ {
 			owner, err := cli.ContainerInspect(ctx, target)
 			if err != nil {
-				if client.IsErrNotFound(err) {
+				if cerrdefs.IsNotFound(err) {
 					return nil, nil
 				}
 				if !transient(err) {

@@ -3,8 +3,6 @@ package docker
 import (
 	"net/netip"
 	"slices"
-	"sort"
-	"strings"
 	"testing"
 	"time"
 
@@ -248,17 +246,6 @@ func checkLifecycles(t *testing.T, evs []endpoint.Event, ids []string) {
 		}
 	}
 }
-
-func sortedKeys(m map[string]string) []string {
-	var out []string
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
-
-var _ = strings.Join
 
 // TestDockerReportsNetworkIDAndICC: each interface carries its Docker
 // network's id and whether the network has inter-container communication
