@@ -89,6 +89,22 @@ func scrapeAll(t *testing.T, addr string) string {
 	return string(b)
 }
 
+// scrapeWhenUp waits up to 5 s for the metrics listener at addr to accept
+// connections, then scrapes it.
+func scrapeWhenUp(t *testing.T, addr string) string {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+			return scrapeAll(t, addr)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("metrics: %v", err)
+		}
+	}
+}
+
 func metricValue(text, series string) (float64, bool) {
 	for _, l := range strings.Split(text, "\n") {
 		if v, ok := strings.CutPrefix(l, series+" "); ok {
@@ -123,15 +139,7 @@ func TestIPCacheTablesFillToTheirSizeAndNoFurther(t *testing.T) {
 		t.Fatalf("ipcache prefixes %v, want %v", got, want)
 	}
 	// The metrics listener starts beside the API.
-	var text string
-	for deadline := time.Now().Add(5 * time.Second); text == ""; time.Sleep(50 * time.Millisecond) {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			text = scrapeAll(t, addr)
-		} else if time.Now().After(deadline) {
-			t.Fatalf("metrics: %v", err)
-		}
-	}
+	text := scrapeWhenUp(t, addr)
 	if v, ok := metricValue(text, `membrane_map_fill_ratio{map="ipcache"}`); !ok || v != 1 {
 		t.Errorf(`membrane_map_fill_ratio{map="ipcache"} = %v (%v), want 1: the prefix table is exactly full`, v, ok)
 	}
@@ -198,15 +206,7 @@ func TestPolicyMapFillCountsTheMapNotTheIdentityStore(t *testing.T) {
 	if st.Identities != 20 || len(st.Errors) != 0 {
 		t.Fatalf("status: %d identities, problems %q; want the 20 of the store, none", st.Identities, st.Errors)
 	}
-	var text string
-	for deadline := time.Now().Add(5 * time.Second); text == ""; time.Sleep(50 * time.Millisecond) {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			text = scrapeAll(t, addr)
-		} else if time.Now().After(deadline) {
-			t.Fatalf("metrics: %v", err)
-		}
-	}
+	text := scrapeWhenUp(t, addr)
 	if v, ok := metricValue(text, "membrane_identities"); !ok || v != 20 {
 		t.Errorf("membrane_identities = %v (%v), want 20", v, ok)
 	}
