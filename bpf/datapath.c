@@ -137,7 +137,8 @@ struct {
  * used only while the policy revision, the local identity and the flow
  * generation (membrane_flow_gen, moved on by userspace when it deletes
  * conntrack entries, changes an endpoint or the verdict for unknown ones,
- * plus membrane_flow_gen_dp, moved on by the programs: flow_cache_follow)
+ * plus membrane_flow_gen_dp, moved on by the programs: flow_cache_follow,
+ * and ct_tcp on a FIN new to its entry)
  * are those it was filled under and its deadline is
  * ahead, and never for TCP packets with SYN, FIN or RST, which take the
  * conntrack path for their state changes. The deadline is a few jiffies ahead (FLOW_CACHE_AHEAD_JIFFIES, less
@@ -1048,8 +1049,27 @@ static __always_inline __u64 lifetime(const struct config *cfg, const struct ct_
  * the entry again. A FIN can be forged as blindly: new data (a segment with
  * a payload and no FIN) from the side whose FIN was seen shows that the FIN
  * was not its own, as a side sends no new data after its FIN (an ACK shows
- * nothing: the side that closed goes on acknowledging the other's data). */
-static __always_inline void ct_tcp(struct ct_entry *e, __u8 flags, int data, int reply)
+ * nothing: the side that closed goes on acknowledging the other's data).
+ *
+ * That data must reach here, and a flow cache slot filled before the FIN
+ * would pass it on its CPU without conntrack (a slot is never filled for a
+ * side while its FIN stands, see handle, but one may be already): the
+ * forged FIN would stand, the entry take the close lifetime, and the
+ * connection's packets after an idle spell be judged as new flows. A slot
+ * can only be cleared on the CPU that runs, and a flow's packets are
+ * handled on several, so a FIN recorded that the entry did not have moves
+ * the programs' flow generation on (dgen: membrane_flow_gen_dp), which
+ * makes every slot on every CPU stale; after the flag is set, so a slot
+ * filled meanwhile, having read the generation before the entry, is stale
+ * too. The cost: every connection close (two FINs) empties the cache once,
+ * so on a host with very many closes a second the cache serves little and
+ * conntrack judges, as with no cache (correct, only slower). Keeping the
+ * other slots would take a FIN generation per slot index in a shared
+ * array, stored in the slot and checked on every hit: a load more on the
+ * hit path and a map more for every program, for hosts that close
+ * connections by the ten thousand a second. Not done until such a host
+ * shows the need. */
+static __always_inline void ct_tcp(struct ct_entry *e, __u8 flags, int data, int reply, __u32 *dgen)
 {
 	if (flags & TCP_RST) {
 		e->state = CT_CLOSING;
@@ -1068,7 +1088,10 @@ static __always_inline void ct_tcp(struct ct_entry *e, __u8 flags, int data, int
 	}
 	__u8 fin = reply ? CT_F_FIN_REPLY : CT_F_FIN_ORIG;
 	if (flags & TCP_FIN) {
-		e->flags |= fin;
+		if (!(e->flags & fin)) {
+			e->flags |= fin;
+			__sync_fetch_and_add(dgen, 1);
+		}
 	} else if (data && (e->flags & fin)) {
 		/* New data from a side whose FIN was seen: that FIN was not
 		 * its own (policy decision 63). */
@@ -1532,7 +1555,7 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 				emit(skb, &p, EVENT_AUDIT, v.reason, dir, evflags | EV_F_REVALIDATED, ep, local, &v);
 		}
 		if (p.tuple.protocol == IPPROTO_TCP)
-			ct_tcp(e, p.tcp_flags, p.tcp_data, reply);
+			ct_tcp(e, p.tcp_flags, p.tcp_data, reply, dgenp);
 		/* The coarse clock moves once a tick: store only when the deadline
 		 * moved, so most packets leave the line clean for the other
 		 * direction's CPU. */
@@ -1549,7 +1572,8 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 		if (!reply && e->proxy_port && p.tuple.protocol == IPPROTO_TCP)
 			return to_proxy(skb, &p, ep, local, e->proxy_port, e->direction, dir);
 		/* Not the packets of a side whose FIN was seen: its data must
-		 * reach ct_tcp (above), which forgets a forged FIN. */
+		 * reach ct_tcp (above), which forgets a forged FIN (and made
+		 * the slots filled before that FIN stale, on every CPU). */
 		if (fs && !(p.tuple.protocol == IPPROTO_TCP && (e->flags & (reply ? CT_F_FIN_REPLY : CT_F_FIN_ORIG)))) {
 			__builtin_memcpy(&fs->key, &p.tuple, sizeof(p.tuple));
 			fs->tag = tag;
@@ -1626,7 +1650,7 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 		if (p.tuple.protocol == IPPROTO_TCP && !(p.tcp_flags & TCP_SYN))
 			ne.state = CT_ESTABLISHED; /* picked up mid-stream (e.g. after a restart) */
 		if (p.tuple.protocol == IPPROTO_TCP)
-			ct_tcp(&ne, p.tcp_flags, p.tcp_data, 0);
+			ct_tcp(&ne, p.tcp_flags, p.tcp_data, 0, dgenp);
 		ne.expires = now + lifetime(cfg, &ne, p.tuple.protocol);
 		/* The tuple may have an entry already: an expired one, one a bare
 		 * SYN did not look up (a new connection on a reused port), or one

@@ -1459,19 +1459,33 @@ func TestICMPv6NumberInIPv4IsNoNeighbourDiscovery(t *testing.T) {
 // does not mark that side as finished for good: new data from that side
 // shows that the FIN was not its own, so when the endpoint later closes its
 // side the connection stays established, and the server's data after an idle
-// spell longer than the close lifetime is still a reply. A real close (both
-// sides' FINs, no data after them) still ends with the close lifetime.
+// spell longer than the close lifetime is still a reply. So too when that
+// side's data had a flow cache slot before the FIN: the data after it must
+// reach conntrack, not pass from the slot. A real close (both sides' FINs,
+// no data after them) still ends with the close lifetime, slots or not.
 func TestForgedFINNotTaken(t *testing.T) {
+	onOneCPU(t) // the slots filled below are on the CPU that reads them
 	h := twoEndpoints(t, Config{Lifetimes: Lifetimes{Close: 10 * time.Second, TCP: time.Hour}})
 	h.sync(policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, IngressDefaultDeny: true, Entries: []policies.Entry{
 		entry(out, policies.IdentityAny, policies.ProtoTCP, 443, 16, policies.Allow, 1),
 	}})
+	// open makes a connection whose packets both ways have a flow cache
+	// slot: the server's data and A's ACKs.
 	open := func(sport uint16) pkt {
 		syn := tcp(addrA, addrW, sport, 443, tcpSYN)
 		h.handshake(h.ifs[0], syn, ReasonAllowPolicy)
 		ack := syn
 		ack.tcpFlags = tcpACK
-		h.expect(out, h.ifs[0], ack, ReasonAllowEstablished)
+		data := syn.reverse()
+		data.tcpFlags = tcpACK
+		data.payload = []byte("the response")
+		for range 2 {
+			h.expect(out, h.ifs[0], ack, ReasonAllowEstablished)
+			h.expect(in, h.ifs[0], data, ReasonAllowReply)
+		}
+		if n := h.cachedSlots(data, h.ifs[0]); n != 1 {
+			t.Fatalf("the server's data in %d flow cache slots, want 1", n)
+		}
 		return syn
 	}
 	// A blind FIN claiming to come from the server, which A ignores; the
@@ -1480,10 +1494,16 @@ func TestForgedFINNotTaken(t *testing.T) {
 	fin := kept.reverse()
 	fin.tcpFlags = tcpFIN | tcpACK
 	h.expect(in, h.ifs[0], fin, ReasonAllowReply)
+	if e := h.ctEntry(kept, h.ifs[0]); e.Flags&ctFFinReply == 0 {
+		t.Fatalf("after the forged FIN: conntrack flags %#x, want the server's FIN", e.Flags)
+	}
 	data := kept.reverse()
 	data.tcpFlags = tcpACK
 	data.payload = []byte("more of the response")
 	h.expect(in, h.ifs[0], data, ReasonAllowReply)
+	if e := h.ctEntry(kept, h.ifs[0]); e.Flags&ctFFinReply != 0 || e.State != ctEstablished {
+		t.Errorf("the server's data after the forged FIN: conntrack state %d flags %#x, want established without its FIN", e.State, e.Flags)
+	}
 	aFin := kept
 	aFin.tcpFlags = tcpFIN | tcpACK
 	h.expect(out, h.ifs[0], aFin, ReasonAllowEstablished)
@@ -1503,6 +1523,10 @@ func TestForgedFINNotTaken(t *testing.T) {
 	ack := gone
 	ack.tcpFlags = tcpACK
 	h.expect(out, h.ifs[0], ack, ReasonAllowEstablished)
+	h.expect(out, h.ifs[0], ack, ReasonAllowEstablished)
+	if e := h.ctEntry(gone, h.ifs[0]); e.Flags&(ctFFinOrig|ctFFinReply) != ctFFinOrig|ctFFinReply || e.State != ctClosing {
+		t.Errorf("after a real close: conntrack state %d flags %#x, want closing with both FINs", e.State, e.Flags)
+	}
 
 	// Twelve idle seconds: only the connection that goes on keeps its entry.
 	if n, err := h.dp.GC(time.Now().Add(12 * time.Second)); err != nil || n != 1 {

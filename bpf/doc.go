@@ -239,7 +239,8 @@
 //	                             changes an endpoint or the verdict for unknown endpoints
 //	membrane_flow_gen_dp array[1] u32: moved on (atomically) by the programs only, when a
 //	                             new L7 flow takes a tuple whose packets passed as the replies
-//	                             of a flow the other way; not pinned
+//	                             of a flow the other way, and when conntrack records a FIN
+//	                             that a TCP entry did not have; not pinned
 //	membrane_flow_cache per-CPU array[4096] of flow_slot{ct_key, local u32, tag u64 (revision |
 //	                             (flow_gen + flow_gen_dp) << 32), until u64 (jiffies), dir,
 //	                             reply u8, pad [6]u8}:
@@ -320,7 +321,9 @@
 // so that established_fast below need not read the endpoint; the programs'
 // own membrane_flow_gen_dp is added to it, moved on when a new flow that goes
 // to the L7 proxy takes a tuple whose packets a slot, on any CPU, may pass
-// as the replies of a flow the other way) are those it
+// as the replies of a flow the other way, and when conntrack records a new
+// FIN, whose side's later data must reach conntrack: every connection close
+// empties the cache once) are those it
 // was filled under, and for at most 64 jiffies (64-640 ms,
 // under the shortest lifetime, 1 s), after which the conntrack path runs
 // again and refreshes the entry, so a slot never outlives its entry. Never
