@@ -138,7 +138,7 @@ struct {
  * generation (membrane_flow_gen, moved on by userspace when it deletes
  * conntrack entries, changes an endpoint or the verdict for unknown ones,
  * plus membrane_flow_gen_dp, moved on by the programs: flow_cache_follow,
- * and ct_tcp on a FIN new to its entry)
+ * and ct_tcp on a FIN or RST new to its entry)
  * are those it was filled under and its deadline is
  * ahead, and never for TCP packets with SYN, FIN or RST, which take the
  * conntrack path for their state changes. The deadline is a few jiffies ahead (FLOW_CACHE_AHEAD_JIFFIES, less
@@ -1051,29 +1051,33 @@ static __always_inline __u64 lifetime(const struct config *cfg, const struct ct_
  * was not its own, as a side sends no new data after its FIN (an ACK shows
  * nothing: the side that closed goes on acknowledging the other's data).
  *
- * That data must reach here, and a flow cache slot filled before the FIN
- * would pass it on its CPU without conntrack (a slot is never filled for a
- * side while its FIN stands, see handle, but one may be already): the
- * forged FIN would stand, the entry take the close lifetime, and the
+ * That data (and the ACK after a RST) must reach here, and a flow cache
+ * slot filled before the FIN (the RST) would pass it on its CPU without
+ * conntrack (a slot is never filled for a side while its FIN stands, nor
+ * for a flow while its RST does, see handle, but one may be already): the
+ * forged FIN or RST would stand, the entry take the close lifetime, and the
  * connection's packets after an idle spell be judged as new flows. A slot
  * can only be cleared on the CPU that runs, and a flow's packets are
- * handled on several, so a FIN recorded that the entry did not have moves
- * the programs' flow generation on (dgen: membrane_flow_gen_dp), which
- * makes every slot on every CPU stale; after the flag is set, so a slot
- * filled meanwhile, having read the generation before the entry, is stale
- * too. The cost: every connection close (two FINs) empties the cache once,
- * so on a host with very many closes a second the cache serves little and
- * conntrack judges, as with no cache (correct, only slower). Keeping the
- * other slots would take a FIN generation per slot index in a shared
- * array, stored in the slot and checked on every hit: a load more on the
- * hit path and a map more for every program, for hosts that close
- * connections by the ten thousand a second. Not done until such a host
- * shows the need. */
+ * handled on several, so a FIN or RST recorded that the entry did not have
+ * moves the programs' flow generation on (dgen: membrane_flow_gen_dp),
+ * which makes every slot on every CPU stale; after the flag is set, so a
+ * slot filled meanwhile, having read the generation before the entry, is
+ * stale too. The cost: every connection close (two FINs, or a RST)
+ * empties the cache once, so on a host with very many closes a second the
+ * cache serves little and conntrack judges, as with no cache (correct, only
+ * slower). Keeping the other slots would take a close generation per slot
+ * index in a shared array, stored in the slot and checked on every hit: a
+ * load more on the hit path and a map more for every program, for hosts
+ * that close connections by the ten thousand a second. Not done until such
+ * a host shows the need. */
 static __always_inline void ct_tcp(struct ct_entry *e, __u8 flags, int data, int reply, __u32 *dgen)
 {
 	if (flags & TCP_RST) {
 		e->state = CT_CLOSING;
-		e->flags |= CT_F_RST;
+		if (!(e->flags & CT_F_RST)) {
+			e->flags |= CT_F_RST;
+			__sync_fetch_and_add(dgen, 1);
+		}
 		return;
 	}
 	if ((flags & TCP_SYN) && !(flags & TCP_ACK) && !reply && e->state == CT_CLOSING) {
@@ -1571,10 +1575,12 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 		frag_note(&p, &fk);
 		if (!reply && e->proxy_port && p.tuple.protocol == IPPROTO_TCP)
 			return to_proxy(skb, &p, ep, local, e->proxy_port, e->direction, dir);
-		/* Not the packets of a side whose FIN was seen: its data must
-		 * reach ct_tcp (above), which forgets a forged FIN (and made
-		 * the slots filled before that FIN stale, on every CPU). */
-		if (fs && !(p.tuple.protocol == IPPROTO_TCP && (e->flags & (reply ? CT_F_FIN_REPLY : CT_F_FIN_ORIG)))) {
+		/* Not the packets of a side whose FIN was seen, nor of a flow
+		 * whose RST was: its data (after a RST, its ACKs) must reach
+		 * ct_tcp (above), which forgets a forged FIN or RST (and made
+		 * the slots filled before it stale, on every CPU). */
+		if (fs && !(p.tuple.protocol == IPPROTO_TCP &&
+			    (e->flags & (CT_F_RST | (reply ? CT_F_FIN_REPLY : CT_F_FIN_ORIG))))) {
 			__builtin_memcpy(&fs->key, &p.tuple, sizeof(p.tuple));
 			fs->tag = tag;
 			fs->local = local;

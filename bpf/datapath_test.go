@@ -1342,15 +1342,31 @@ func TestRelatedICMPErrorQuotes(t *testing.T) {
 // spell longer than the close lifetime, after which the server's next
 // segment is still a reply. A RST that was taken stays: the dead end
 // answers a stray segment with another RST, and the entry is gone after the
-// close lifetime.
+// close lifetime. So too when the connection's packets had flow cache
+// slots before the RST: the ACKs after it must reach conntrack.
 func TestRSTNotTakenKeepsTheFlow(t *testing.T) {
+	onOneCPU(t) // the slots filled below are on the CPU that reads them
 	h := twoEndpoints(t, Config{Lifetimes: Lifetimes{Close: 10 * time.Second, TCP: time.Hour}})
 	h.sync(policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, IngressDefaultDeny: true, Entries: []policies.Entry{
 		entry(out, policies.IdentityAny, policies.ProtoTCP, 443, 16, policies.Allow, 1),
 	}})
+	// open makes a connection whose packets both ways have a flow cache
+	// slot.
 	open := func(sport uint16) pkt {
 		syn := tcp(addrA, addrW, sport, 443, tcpSYN)
 		h.handshake(h.ifs[0], syn, ReasonAllowPolicy)
+		ack := syn
+		ack.tcpFlags = tcpACK
+		data := syn.reverse()
+		data.tcpFlags = tcpACK
+		data.payload = []byte("the response")
+		for range 2 {
+			h.expect(out, h.ifs[0], ack, ReasonAllowEstablished)
+			h.expect(in, h.ifs[0], data, ReasonAllowReply)
+		}
+		if n := h.cachedSlots(ack, h.ifs[0]) + h.cachedSlots(data, h.ifs[0]); n != 2 {
+			t.Fatalf("the connection's packets in %d flow cache slots, want 2", n)
+		}
 		return syn
 	}
 	// A blind RST, claiming to come from the server, which A ignores.
@@ -1361,6 +1377,9 @@ func TestRSTNotTakenKeepsTheFlow(t *testing.T) {
 	ack := kept
 	ack.tcpFlags = tcpACK
 	h.expect(out, h.ifs[0], ack, ReasonAllowEstablished)
+	if e := h.ctEntry(kept, h.ifs[0]); e.State != ctEstablished {
+		t.Errorf("A's ACK after the forged RST: conntrack state %d flags %#x, want established", e.State, e.Flags)
+	}
 	// A RST that was taken: the server's stray segment gets one back.
 	gone := open(40001)
 	rst = gone.reverse()

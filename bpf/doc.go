@@ -240,7 +240,7 @@
 //	membrane_flow_gen_dp array[1] u32: moved on (atomically) by the programs only, when a
 //	                             new L7 flow takes a tuple whose packets passed as the replies
 //	                             of a flow the other way, and when conntrack records a FIN
-//	                             that a TCP entry did not have; not pinned
+//	                             or RST that a TCP entry did not have; not pinned
 //	membrane_flow_cache per-CPU array[4096] of flow_slot{ct_key, local u32, tag u64 (revision |
 //	                             (flow_gen + flow_gen_dp) << 32), until u64 (jiffies), dir,
 //	                             reply u8, pad [6]u8}:
@@ -322,13 +322,14 @@
 // own membrane_flow_gen_dp is added to it, moved on when a new flow that goes
 // to the L7 proxy takes a tuple whose packets a slot, on any CPU, may pass
 // as the replies of a flow the other way, and when conntrack records a new
-// FIN, whose side's later data must reach conntrack: every connection close
-// empties the cache once) are those it
+// FIN or RST, whose flow's later data or ACKs must reach conntrack: every
+// connection close empties the cache once) are those it
 // was filled under, and for at most 64 jiffies (64-640 ms,
 // under the shortest lifetime, 1 s), after which the conntrack path runs
 // again and refreshes the entry, so a slot never outlives its entry. Never
 // for TCP packets with SYN, FIN or RST (state changes), the packets of a
-// TCP side whose FIN was seen (its data may show the FIN forged), openers (a
+// TCP side whose FIN was seen (its data may show the FIN forged), of a TCP
+// flow whose RST was (its ACKs may show the RST forged), openers (a
 // SYN, an echo request, whose tuple is that of the peer's replies) or
 // fragments.
 // Not pinned: a new program starts empty. The slot of a flow whose packets
