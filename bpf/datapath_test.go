@@ -1335,24 +1335,18 @@ func TestRelatedICMPErrorQuotes(t *testing.T) {
 	}
 }
 
-// TestRSTNotTakenKeepsTheFlow: a RST from anyone who knows a connection's
-// tuple (its endpoint drops it when its sequence number is not in the
-// window) does not end the connection's entry for good: when the
-// connection goes on, the entry is established again and outlives an idle
-// spell longer than the close lifetime, after which the server's next
-// segment is still a reply. A RST that was taken stays: the dead end
-// answers a stray segment with another RST, and the entry is gone after the
-// close lifetime. So too when the connection's packets had flow cache
-// slots before the RST: the ACKs after it must reach conntrack.
-func TestRSTNotTakenKeepsTheFlow(t *testing.T) {
-	onOneCPU(t) // the slots filled below are on the CPU that reads them
+// cachedConnections is the endpoint A, allowed out to 443/tcp with a
+// close lifetime of 10 s, and open, which makes a connection of A's from
+// sport whose packets both ways (A's ACKs, the server's data) have a flow
+// cache slot, and returns its SYN. The test runs on one CPU: the slots are
+// on the CPU that reads them.
+func cachedConnections(t *testing.T) (*harness, func(sport uint16) pkt) {
+	onOneCPU(t)
 	h := twoEndpoints(t, Config{Lifetimes: Lifetimes{Close: 10 * time.Second, TCP: time.Hour}})
 	h.sync(policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, IngressDefaultDeny: true, Entries: []policies.Entry{
 		entry(out, policies.IdentityAny, policies.ProtoTCP, 443, 16, policies.Allow, 1),
 	}})
-	// open makes a connection whose packets both ways have a flow cache
-	// slot.
-	open := func(sport uint16) pkt {
+	return h, func(sport uint16) pkt {
 		syn := tcp(addrA, addrW, sport, 443, tcpSYN)
 		h.handshake(h.ifs[0], syn, ReasonAllowPolicy)
 		ack := syn
@@ -1369,6 +1363,19 @@ func TestRSTNotTakenKeepsTheFlow(t *testing.T) {
 		}
 		return syn
 	}
+}
+
+// TestRSTNotTakenKeepsTheFlow: a RST from anyone who knows a connection's
+// tuple (its endpoint drops it when its sequence number is not in the
+// window) does not end the connection's entry for good: when the
+// connection goes on, the entry is established again and outlives an idle
+// spell longer than the close lifetime, after which the server's next
+// segment is still a reply. A RST that was taken stays: the dead end
+// answers a stray segment with another RST, and the entry is gone after the
+// close lifetime. So too when the connection's packets had flow cache
+// slots before the RST: the ACKs after it must reach conntrack.
+func TestRSTNotTakenKeepsTheFlow(t *testing.T) {
+	h, open := cachedConnections(t)
 	// A blind RST, claiming to come from the server, which A ignores.
 	kept := open(40000)
 	rst := kept.reverse()
@@ -1483,30 +1490,7 @@ func TestICMPv6NumberInIPv4IsNoNeighbourDiscovery(t *testing.T) {
 // reach conntrack, not pass from the slot. A real close (both sides' FINs,
 // no data after them) still ends with the close lifetime, slots or not.
 func TestForgedFINNotTaken(t *testing.T) {
-	onOneCPU(t) // the slots filled below are on the CPU that reads them
-	h := twoEndpoints(t, Config{Lifetimes: Lifetimes{Close: 10 * time.Second, TCP: time.Hour}})
-	h.sync(policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, IngressDefaultDeny: true, Entries: []policies.Entry{
-		entry(out, policies.IdentityAny, policies.ProtoTCP, 443, 16, policies.Allow, 1),
-	}})
-	// open makes a connection whose packets both ways have a flow cache
-	// slot: the server's data and A's ACKs.
-	open := func(sport uint16) pkt {
-		syn := tcp(addrA, addrW, sport, 443, tcpSYN)
-		h.handshake(h.ifs[0], syn, ReasonAllowPolicy)
-		ack := syn
-		ack.tcpFlags = tcpACK
-		data := syn.reverse()
-		data.tcpFlags = tcpACK
-		data.payload = []byte("the response")
-		for range 2 {
-			h.expect(out, h.ifs[0], ack, ReasonAllowEstablished)
-			h.expect(in, h.ifs[0], data, ReasonAllowReply)
-		}
-		if n := h.cachedSlots(data, h.ifs[0]); n != 1 {
-			t.Fatalf("the server's data in %d flow cache slots, want 1", n)
-		}
-		return syn
-	}
+	h, open := cachedConnections(t)
 	// A blind FIN claiming to come from the server, which A ignores; the
 	// server goes on sending, then A half-closes (shutdown(SHUT_WR)).
 	kept := open(40000)

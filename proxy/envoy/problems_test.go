@@ -103,19 +103,7 @@ func rejectedGauge(t *testing.T, e *Engine) float64 {
 // the engine says so while it does; once an Envoy serves, nothing is
 // reported.
 func TestEnvoyExitingInALoopIsReported(t *testing.T) {
-	dir := t.TempDir()
-	// Starts 1 and 2 exit at once; 3 serves.
-	os.WriteFile(filepath.Join(dir, "crash"), []byte("1 2"), 0o600)
-	t.Setenv("MEMBRANE_FAKE_ENVOY", dir)
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := New(Config{Port: 15001, RunDir: filepath.Join(dir, "run"), EnvoyPath: exe})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
+	e := fakeEnvoyEngine(t, "1 2") // starts 1 and 2 exit at once; 3 serves
 	// The second start follows the first exit; no Envoy has served yet
 	// (the third is the first that can), so the exit is a problem.
 	waitFor(t, "the first exit", func() bool { return e.sup.Starts() >= 2 })

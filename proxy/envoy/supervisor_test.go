@@ -92,10 +92,15 @@ func fakeEnvoy(dir string) int {
 	return 0
 }
 
-func TestSupervisorStartsRestartsWithBackoffAndStops(t *testing.T) {
+// fakeEnvoyEngine is an engine that runs this test binary as its envoy (the
+// named stand-in above), whose starts listed in crashes (as "1 2") exit at
+// once.
+func fakeEnvoyEngine(t *testing.T, crashes string) *Engine {
+	t.Helper()
 	dir := t.TempDir()
-	// Starts 1 and 2 crash at once; 3 serves.
-	os.WriteFile(filepath.Join(dir, "crash"), []byte("1 2"), 0o600)
+	if err := os.WriteFile(filepath.Join(dir, "crash"), []byte(crashes), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	t.Setenv("MEMBRANE_FAKE_ENVOY", dir)
 	exe, err := os.Executable()
 	if err != nil {
@@ -105,7 +110,12 @@ func TestSupervisorStartsRestartsWithBackoffAndStops(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer e.Close()
+	t.Cleanup(func() { e.Close() })
+	return e
+}
+
+func TestSupervisorStartsRestartsWithBackoffAndStops(t *testing.T) {
+	e := fakeEnvoyEngine(t, "1 2") // starts 1 and 2 crash at once; 3 serves
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	start := time.Now()
