@@ -151,17 +151,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // reported meanwhile; the supervisor does not give up for good.
 func TestSupervisorRetriesAnEnvoyThatCannotStart(t *testing.T) {
 	dir := t.TempDir()
-	t.Setenv("MEMBRANE_FAKE_ENVOY", dir)
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := PathsIn(dir)
-	boot, err := Bootstrap(p.XDSSocket, p.AdminSocket, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.WriteFile(p.Bootstrap, boot, 0o600)
+	exe, p := standIn(t, dir)
 	bin := filepath.Join(dir, "envoy") // not there yet
 	s := &Supervisor{Path: bin, Args: []string{"-c", p.Bootstrap}, AdminSocket: p.AdminSocket,
 		HealthInterval: 20 * time.Millisecond, MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond}

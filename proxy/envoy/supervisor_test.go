@@ -155,9 +155,11 @@ func TestSupervisorStartsRestartsWithBackoffAndStops(t *testing.T) {
 	}
 }
 
-func TestSupervisorKillsAHungEnvoy(t *testing.T) {
-	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "hang1"), nil, 0o600)
+// standIn makes this test binary the stand-in envoy for a supervisor run
+// in dir (its state and crash or hang lists there): it returns the binary
+// and the paths, with a bootstrap written.
+func standIn(t *testing.T, dir string) (string, Paths) {
+	t.Helper()
 	t.Setenv("MEMBRANE_FAKE_ENVOY", dir)
 	exe, err := os.Executable()
 	if err != nil {
@@ -168,7 +170,16 @@ func TestSupervisorKillsAHungEnvoy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.WriteFile(p.Bootstrap, boot, 0o600)
+	if err := os.WriteFile(p.Bootstrap, boot, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return exe, p
+}
+
+func TestSupervisorKillsAHungEnvoy(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "hang1"), nil, 0o600)
+	exe, p := standIn(t, dir)
 	s := &Supervisor{Path: exe, Args: []string{"-c", p.Bootstrap}, AdminSocket: p.AdminSocket,
 		HealthInterval: 100 * time.Millisecond, HealthFailures: 2, MinBackoff: 10 * time.Millisecond}
 	exits := make(chan error, 4)
