@@ -1184,7 +1184,19 @@ func (h *h1) writeRequest(u *upConn, method string, fwd []byte, over string, upg
 			return fmt.Errorf("writing request upstream: %w", err)
 		}
 	}
-	if err := w.Flush(); err != nil {
+	// A bodiless request's answer cannot begin before the request is
+	// written whole: the write waits for it (rawIO.writeAwait), saving
+	// the read that would find nothing. (A server may answer a request
+	// with a body early, before the body is sent.)
+	r, awaits := u.rw.(*rawIO)
+	if awaits && !rq.hasBody() {
+		r.awaitAnswer = true
+	}
+	err := w.Flush()
+	if awaits {
+		r.awaitAnswer = false
+	}
+	if err != nil {
 		return fmt.Errorf("writing request upstream: %w", err)
 	}
 	return nil

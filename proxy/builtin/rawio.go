@@ -26,13 +26,18 @@ type rawIO struct {
 	// once in newRawIO: a closure per call would be allocated per call.
 	// A read, a peek and a write may run at once (a tunnel's two copies),
 	// so each has its own.
-	readFn, peekFn, waitFn, writeFn func(fd uintptr) bool
-	rbuf, wbuf                      []byte
-	rn                              uintptr
-	wdone                           int
-	waited                          bool
-	rerr, perr, werr                syscall.Errno
-	peek                            [1]byte
+	readFn, peekFn, waitFn, writeFn, awaitFn func(fd uintptr) bool
+	rbuf, wbuf                               []byte
+	rn                                       uintptr
+	wdone                                    int
+	waited                                   bool
+	rerr, perr, werr                         syscall.Errno
+	peek                                     [1]byte
+
+	// awaitAnswer, set before a Write, makes that Write wait until the
+	// socket is readable once it wrote every byte (writeAwait); written
+	// says it did.
+	awaitAnswer, written bool
 }
 
 // newRawIO is rawIO for c, or c itself when it has no raw connection.
@@ -46,7 +51,7 @@ func newRawIO(c net.Conn) io.ReadWriter {
 		return c
 	}
 	r := &rawIO{rc: rc}
-	r.readFn, r.peekFn, r.waitFn, r.writeFn = r.read, r.peekNow, r.peekWait, r.write
+	r.readFn, r.peekFn, r.waitFn, r.writeFn, r.awaitFn = r.read, r.peekNow, r.peekWait, r.write, r.writeAwait
 	return r
 }
 
@@ -141,6 +146,31 @@ const maxRawWrite = 64 << 10
 
 func (r *rawIO) Write(b []byte) (int, error) {
 	r.wbuf, r.wdone, r.werr = b, 0, 0
+	if r.awaitAnswer && len(b) > 0 {
+		r.awaitAnswer, r.written = false, false
+		err := r.rc.Read(r.awaitFn)
+		switch {
+		case r.written:
+			// Written whole. Whatever ended the wait (the answer, the
+			// peer's close, the read deadline, Close) the Read that
+			// follows meets again.
+			r.wbuf = nil
+			if r.progress != nil {
+				r.progress()
+			}
+			return len(b), nil
+		case r.werr != 0:
+			err = os.NewSyscallError("write", r.werr)
+			fallthrough
+		case err != nil:
+			r.wbuf = nil
+			if r.wdone > 0 && r.progress != nil {
+				r.progress()
+			}
+			return r.wdone, err
+		}
+		// The send buffer is full: on as usual.
+	}
 	err := r.rc.Write(r.writeFn)
 	r.wbuf = nil
 	done := r.wdone
@@ -151,6 +181,37 @@ func (r *rawIO) Write(b []byte) (int, error) {
 		r.progress()
 	}
 	return done, err
+}
+
+// writeAwait is Write's callback when an answer is awaited: it writes b
+// and then waits for the socket to be readable, all within one Read of
+// the poller, so the answer's arrival is the wake-up. A Write followed by
+// a Read would first find nothing in one read system call (the peer cannot
+// have answered yet), then wait. The poller forgets readiness from before
+// the Read, so this suits only a message whose answer cannot begin before
+// the message is written whole: a bodiless request, say, and not one whose
+// server may answer early while its body is sent. On a full send buffer it
+// returns at once and Write goes on the usual way.
+func (r *rawIO) writeAwait(fd uintptr) bool {
+	if r.written {
+		return true
+	}
+	b := r.wbuf
+	for r.wdone < len(b) {
+		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[r.wdone])), uintptr(min(len(b)-r.wdone, maxRawWrite)))
+		switch e {
+		case 0:
+			r.wdone += int(n)
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return true
+		default:
+			r.werr = e
+			return true
+		}
+	}
+	r.written = true
+	return false
 }
 
 // write is Write's callback: false while the socket's send buffer is full.

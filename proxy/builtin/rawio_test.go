@@ -135,3 +135,80 @@ func TestWaitReadable(t *testing.T) {
 		t.Fatalf("read after the close: %v, want io.EOF", err)
 	}
 }
+
+// A Write that awaits an answer returns once the request is written whole
+// and the answer is readable; a deadline or the peer's close ends the wait
+// too, and the Read that follows reports it. A full send buffer makes it
+// a plain Write.
+func TestWriteAwaitsAnswer(t *testing.T) {
+	a, b := tcpPair(t)
+	ra := newRawIO(a).(*rawIO)
+	req := []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	answer := func(delay time.Duration, reply string) {
+		go func() {
+			buf := make([]byte, len(req))
+			if _, err := io.ReadFull(b, buf); err != nil {
+				return
+			}
+			time.Sleep(delay)
+			b.Write([]byte(reply))
+		}()
+	}
+
+	answer(50*time.Millisecond, "HTTP/1.1 200 OK\r\n")
+	ra.awaitAnswer = true
+	if n, err := ra.Write(req); n != len(req) || err != nil {
+		t.Fatalf("write awaiting the answer: %d %v", n, err)
+	}
+	if !ra.readable() {
+		t.Fatal("the write returned before the answer came")
+	}
+	buf := make([]byte, 64)
+	if n, err := ra.Read(buf); err != nil || string(buf[:n]) != "HTTP/1.1 200 OK\r\n" {
+		t.Fatalf("read after the wait: %q %v", buf[:n], err)
+	}
+
+	// No answer within the read deadline: the write succeeds, the read
+	// fails with the deadline's error.
+	answer(time.Hour, "")
+	a.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	ra.awaitAnswer = true
+	if n, err := ra.Write(req); n != len(req) || err != nil {
+		t.Fatalf("write whose answer does not come: %d %v", n, err)
+	}
+	if _, err := ra.Read(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read past the deadline: %v, want os.ErrDeadlineExceeded", err)
+	}
+	a.SetReadDeadline(time.Time{})
+
+	// More than the socket buffers hold: the write waits for room as a
+	// plain one, and the peer gets every byte.
+	a.(*net.TCPConn).SetWriteBuffer(32 << 10)
+	b.(*net.TCPConn).SetReadBuffer(32 << 10)
+	big := bytes.Repeat([]byte("x"), 4<<20)
+	got := make(chan int, 1)
+	go func() {
+		n, _ := io.CopyN(io.Discard, b, int64(len(big)))
+		got <- int(n)
+	}()
+	ra.awaitAnswer = true
+	if n, err := ra.Write(big); n != len(big) || err != nil {
+		t.Fatalf("write larger than the buffers: %d %v", n, err)
+	}
+	if n := <-got; n != len(big) {
+		t.Fatalf("the peer got %d of %d bytes", n, len(big))
+	}
+
+	// The peer closes instead of answering: the read sees the end.
+	go func() {
+		io.ReadFull(b, make([]byte, len(req)))
+		b.Close()
+	}()
+	ra.awaitAnswer = true
+	if n, err := ra.Write(req); n != len(req) || err != nil {
+		t.Fatalf("write the peer answers by closing: %d %v", n, err)
+	}
+	if _, err := ra.Read(buf); err != io.EOF {
+		t.Fatalf("read after the peer's close: %v, want io.EOF", err)
+	}
+}
