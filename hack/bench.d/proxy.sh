@@ -24,6 +24,14 @@
 #      makes a moment of noise on the machine hit all three alike.
 #   4. New connections/s (wrk with Connection: close): proxy and relay as
 #      ratios to direct.
+#   5. Part 1 again on the path the proxy runs on when deployed: wrk in one
+#      network namespace, the upstream in another, joined by veths and a
+#      bridge with the datapath's programs attached; direct is a port the
+#      policy admits at L4 only, the proxy a port whose rule has http blocks
+#      (the datapath redirects it to the engine). Loopback (parts 1-4) is
+#      the engine's cost alone; here the direct path pays for the veths, the
+#      bridge and the datapath too, as it does on a Membrane host
+#      (bpf.BenchmarkL7Throughput).
 # L7BENCH_DURATION sets the length of parts 3 and 4 (default 10s),
 # L7BENCH_ROUNDS and L7BENCH_ROUND the rounds of parts 1 and 2 and the
 # length of each target's run in them (default 5 and 4s).
@@ -131,3 +139,13 @@ cd_=$(rps -H "Connection: close" "http://$UP$PATHQ")
 cp_=$(rps -H "Connection: close" "http://$PX$PATHQ")
 cr_=$(rps -H "Connection: close" "http://$RL$PATHQ")
 echo "new connections/s (Connection: close): direct $cd_, proxy $cp_ (ratio $(ratio "$cp_" "$cd_")), relay $cr_ (ratio $(ratio "$cr_" "$cd_"))"
+
+# Part 5: the benchmark holds its own setup (namespaces, datapath, engine),
+# with this run's l7bench as the upstream. metric UNIT LINE: a go test
+# -bench line's value for UNIT.
+metric() { awk -v n="$1" '{for (i = 2; i <= NF; i++) if ($i == n) print $(i - 1)}' <<<"$2"; }
+dl=$(MEMBRANE_L7BENCH="$tmp/l7bench" L7BENCH_ROUNDS="$ROUNDS" L7BENCH_ROUND="$ROUND" \
+	go test -count=1 -run '^$' -bench '^BenchmarkL7Throughput$' -benchtime 1x ./bpf/ | grep '^BenchmarkL7Throughput')
+echo "deployed path (veths, bridge, datapath; $ROUNDS interleaved rounds of $ROUND): direct $(metric direct-req/s "$dl" | cut -d. -f1) req/s," \
+	"proxy $(metric proxied-req/s "$dl" | cut -d. -f1) req/s, ratio $(printf %.2f "$(metric proxied/direct "$dl")") (rounds $(printf %.2f-%.2f "$(metric min-ratio "$dl")" "$(metric max-ratio "$dl")"); target >= 0.6)," \
+	"proxy CPU per 1000 req/s $(printf %.3f "$(metric proxy-cores-per-1k-req/s "$dl")") cores"
