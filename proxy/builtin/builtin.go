@@ -57,7 +57,8 @@ type Config struct {
 	MaxConnectionsPerSource int
 
 	// headerTimeout bounds the arrival of an HTTP/1 request head from its
-	// first byte; default readHeaderTimeout (tests shorten it).
+	// first byte, and of an HTTP/2 header block or other frame but DATA
+	// (h2Conn); default readHeaderTimeout (tests shorten it).
 	headerTimeout time.Duration
 }
 
@@ -142,7 +143,7 @@ func New(cfg Config) (*Engine, error) {
 		metrics:   proxy.NewMetrics("builtin"),
 		upstreams: map[uint32]*http.Transport{},
 		h1conns:   map[*h1]struct{}{},
-		h2l:       newChanListener(cfg.Listeners[0].Addr()),
+		h2l:       newChanListener(cfg.Listeners[0].Addr(), cfg.headerTimeout),
 		limit:     newLimiter(cfg.MaxConnections, cfg.MaxConnectionsPerSource),
 	}
 	e.idleSlack = min(cfg.IdleTimeout/8, time.Second)
@@ -161,12 +162,14 @@ func New(cfg Config) (*Engine, error) {
 	var protos http.Protocols
 	protos.SetUnencryptedHTTP2(true)
 	e.srv = &http.Server{
-		Handler:           e,
-		Protocols:         &protos,
-		ConnContext:       e.connContext,
-		ConnState:         e.connState,
-		MaxHeaderBytes:    cfg.MaxHeaderBytes,
-		ReadHeaderTimeout: readHeaderTimeout,
+		Handler:        e,
+		Protocols:      &protos,
+		ConnContext:    e.connContext,
+		ConnState:      e.connState,
+		MaxHeaderBytes: cfg.MaxHeaderBytes,
+		// What is left of the preface after the HTTP/1 loop read its
+		// first line; header blocks are h2Conn's.
+		ReadHeaderTimeout: cfg.headerTimeout,
 		// OPTIONS * is judged like any request, not answered by net/http.
 		DisableGeneralOptionsHandler: true,
 		IdleTimeout:                  cfg.IdleTimeout,
@@ -306,7 +309,7 @@ type conn struct {
 
 // connContext gives HTTP/2 requests their connection's state.
 func (e *Engine) connContext(ctx context.Context, c net.Conn) context.Context {
-	hc, ok := c.(*handoffConn)
+	hc, ok := c.(*h2Conn)
 	if !ok {
 		// Only the HTTP/1 loop hands connections over; just in case.
 		cs := &conn{src: proxy.RemoteAddrPort(c)}
@@ -323,7 +326,7 @@ type connKey struct{}
 func (e *Engine) connState(c net.Conn, s http.ConnState) {
 	switch s {
 	case http.StateClosed, http.StateHijacked:
-		if hc, ok := c.(*handoffConn); ok {
+		if hc, ok := c.(*h2Conn); ok {
 			e.connEnded(hc.cs)
 		}
 	}
@@ -738,20 +741,22 @@ func (e *Engine) upstream(mark uint32) *http.Transport {
 const upstreamStreamWindow = 1 << 20
 
 // chanListener is the HTTP/2 server's listener: the connections the
-// HTTP/1 loop hands over.
+// HTTP/1 loop hands over, held to the header timeout (h2Conn).
 type chanListener struct {
-	addr net.Addr
-	ch   chan net.Conn
-	once sync.Once
-	done chan struct{}
+	addr          net.Addr
+	headerTimeout time.Duration
+	ch            chan net.Conn
+	once          sync.Once
+	done          chan struct{}
 }
 
-func newChanListener(addr net.Addr) *chanListener {
-	return &chanListener{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
+func newChanListener(addr net.Addr, headerTimeout time.Duration) *chanListener {
+	return &chanListener{addr: addr, headerTimeout: headerTimeout, ch: make(chan net.Conn), done: make(chan struct{})}
 }
 
 // push hands c over; false (c not taken) once the listener is closed.
-func (l *chanListener) push(c net.Conn) bool {
+func (l *chanListener) push(hc *handoffConn) bool {
+	c := newH2Conn(hc, l.headerTimeout)
 	select {
 	case l.ch <- c:
 		return true
