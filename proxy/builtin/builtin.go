@@ -95,7 +95,7 @@ type Engine struct {
 	closeCancel context.CancelFunc
 
 	mu        sync.Mutex
-	upstreams map[uint32]*http.Transport // HTTP/2 upstream transports by mark
+	h2ups     map[*h2Upstream]struct{} // HTTP/2 client connections' upstream sides
 	closed    bool
 	h1conns   map[*h1]struct{}
 	serveDone sync.WaitGroup // accept loops and HTTP/1 connections
@@ -138,13 +138,13 @@ func New(cfg Config) (*Engine, error) {
 		cfg.headerTimeout = readHeaderTimeout
 	}
 	e := &Engine{
-		cfg:       cfg,
-		log:       cfg.Logger.With("subsys", "proxy", "engine", "builtin"),
-		metrics:   proxy.NewMetrics("builtin"),
-		upstreams: map[uint32]*http.Transport{},
-		h1conns:   map[*h1]struct{}{},
-		h2l:       newChanListener(cfg.Listeners[0].Addr(), cfg.headerTimeout),
-		limit:     newLimiter(cfg.MaxConnections, cfg.MaxConnectionsPerSource),
+		cfg:     cfg,
+		log:     cfg.Logger.With("subsys", "proxy", "engine", "builtin"),
+		metrics: proxy.NewMetrics("builtin"),
+		h2ups:   map[*h2Upstream]struct{}{},
+		h1conns: map[*h1]struct{}{},
+		h2l:     newChanListener(cfg.Listeners[0].Addr(), cfg.headerTimeout),
+		limit:   newLimiter(cfg.MaxConnections, cfg.MaxConnectionsPerSource),
 	}
 	e.idleSlack = min(cfg.IdleTimeout/8, time.Second)
 	e.streamSlack = min(cfg.StreamIdleTimeout/8, time.Second)
@@ -285,12 +285,14 @@ func (e *Engine) Close() error {
 	for h := range e.h1conns {
 		h.abort()
 	}
-	ups := e.upstreams
-	e.upstreams = map[uint32]*http.Transport{}
+	ups := make([]*h2Upstream, 0, len(e.h2ups))
+	for u := range e.h2ups {
+		ups = append(ups, u)
+	}
 	e.mu.Unlock()
 	e.srv.Close()
 	for _, u := range ups {
-		u.CloseIdleConnections()
+		u.close()
 	}
 	e.serveDone.Wait()
 	return err
@@ -307,27 +309,37 @@ type conn struct {
 	err      error
 }
 
-// connContext gives HTTP/2 requests their connection's state.
+// connContext gives HTTP/2 requests their connection's state and
+// upstream side.
 func (e *Engine) connContext(ctx context.Context, c net.Conn) context.Context {
 	hc, ok := c.(*h2Conn)
 	if !ok {
-		// Only the HTTP/1 loop hands connections over; just in case.
+		// Only the HTTP/1 loop hands connections over; just in case
+		// (Close still closes its upstream connections).
 		cs := &conn{src: proxy.RemoteAddrPort(c)}
 		cs.dst, cs.dstErr = e.cfg.OriginalDst(c)
+		ctx = context.WithValue(ctx, upstreamKey{}, &h2Upstream{e: e})
 		return context.WithValue(ctx, connKey{}, cs)
 	}
+	hc.up = &h2Upstream{e: e}
+	ctx = context.WithValue(ctx, upstreamKey{}, hc.up)
 	return context.WithValue(ctx, connKey{}, hc.cs)
 }
 
 type connKey struct{}
 
+type upstreamKey struct{}
+
 // connState counts the end of a handed-over connection (its start was
-// counted when accepted).
+// counted when accepted), and closes its upstream connections.
 func (e *Engine) connState(c net.Conn, s http.ConnState) {
 	switch s {
 	case http.StateClosed, http.StateHijacked:
 		if hc, ok := c.(*h2Conn); ok {
 			e.connEnded(hc.cs)
+			if hc.up != nil {
+				hc.up.close()
+			}
 		}
 	}
 }
@@ -364,7 +376,8 @@ type targetKey struct{}
 type target struct {
 	dst  netip.AddrPort
 	mark uint32
-	path string // normalized path to forward, "" to keep the original
+	up   *h2Upstream // the client connection's upstream side
+	path string      // normalized path to forward, "" to keep the original
 	// rawPath is the original path's encoding to forward, "" to keep it.
 	rawPath string
 	err     error // upstream failure, set by upstreamError
@@ -537,7 +550,8 @@ func (e *Engine) serveStream(w *statusWriter, r *http.Request, ctx context.Conte
 	if ruleID != 0 {
 		ev.Policy = box.r.PolicyName(ruleID)
 	}
-	t := &target{dst: cs.dst, mark: proxy.FromProxyMark(dec.SrcIdentity)}
+	up, _ := r.Context().Value(upstreamKey{}).(*h2Upstream)
+	t := &target{dst: cs.dst, mark: proxy.FromProxyMark(dec.SrcIdentity), up: up}
 	// Forwarded as judged: normalized, or with the escapes the rules read
 	// as letters or '/' decoded (decodeRouting).
 	if req.Path != r.URL.Path && r.URL.Path != "*" { // "*" is judged as "/*", sent as it is
@@ -695,42 +709,17 @@ func (e *Engine) upstreamError(w http.ResponseWriter, r *http.Request, err error
 	http.Error(w, "membrane: upstream unavailable", http.StatusBadGateway)
 }
 
-// roundTripper sends a request over the HTTP/2 transport of its mark.
+// roundTripper sends a request over its client connection's upstream
+// transport of its mark.
 type roundTripper struct{ e *Engine }
 
 func (rt roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 	t := r.Context().Value(targetKey{}).(*target)
-	return rt.e.upstream(t.mark).RoundTrip(r)
-}
-
-func (e *Engine) upstream(mark uint32) *http.Transport {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if u, ok := e.upstreams[mark]; ok {
-		return u
+	u, err := t.up.transport(t.mark)
+	if err != nil {
+		return nil, err
 	}
-	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		ap, err := netip.ParseAddrPort(addr)
-		if err != nil {
-			return nil, fmt.Errorf("upstream address %q: %w", addr, err)
-		}
-		return e.cfg.Dial(ctx, ap, mark)
-	}
-	var p2 http.Protocols
-	p2.SetUnencryptedHTTP2(true)
-	u := &http.Transport{
-		DialContext: dial, Protocols: &p2,
-		IdleConnTimeout: 90 * time.Second, DisableCompression: true,
-		// As the HTTP/1 loop bounds a response head (Go's default is
-		// 10 MB a stream).
-		MaxResponseHeaderBytes: maxResponseHead,
-		// What an upstream sends for a stream whose client does not read
-		// waits here up to the stream's window: Go's default is 4 MiB a
-		// stream, on every slot of the connection limits.
-		HTTP2: &http.HTTP2Config{MaxReceiveBufferPerStream: upstreamStreamWindow},
-	}
-	e.upstreams[mark] = u
-	return u
+	return u.RoundTrip(r)
 }
 
 // upstreamStreamWindow is the flow-control window of an HTTP/2 stream to

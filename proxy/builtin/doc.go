@@ -31,10 +31,11 @@
 // plain request, since its streams could not be judged, and CONNECT and
 // other upgrades are refused. A connection that opens with the HTTP/2
 // preface is handed to net/http's HTTP/2 server, whose streams go through
-// httputil.ReverseProxy with transports pooled per mark; the engine follows
-// the frames it reads (h2head.go) to hold a header block, and any frame but
-// DATA, to the header timeout of an HTTP/1 request head. Either way one
-// source's upstream connection is never reused for another source. Update
+// httputil.ReverseProxy over upstream transports of the client
+// connection's own, whose connections close with it (h2upstream.go); the
+// engine follows the frames it reads (h2head.go) to hold a header block,
+// and any frame but DATA, to the header timeout of an HTTP/1 request head.
+// Either way an upstream connection serves one client connection only. Update
 // swaps the resolver; a connection re-resolves at its next request, so rule
 // changes apply to kept-alive connections. A request that does not parse
 // gets 400 (Content-Length with Transfer-Encoding, differing

@@ -25,9 +25,13 @@ import (
 // when it expires between heads, or before the current head's own time is
 // up, it is moved and the read retried. So a busy connection moves its
 // deadline about once a header timeout, not once a request.
+//
+// It also carries the connection's upstream side (h2Upstream), set by
+// connContext and closed with the connection.
 type h2Conn struct {
 	*handoffConn
 	timeout time.Duration
+	up      *h2Upstream
 
 	// preface is what is left of the connection preface, which net/http
 	// reads under its own deadline (ReadHeaderTimeout).
