@@ -175,7 +175,8 @@ func New(cfg Config) (*Engine, error) {
 		IdleTimeout:                  cfg.IdleTimeout,
 		// A client that takes none of what is written to it is closed
 		// (stream idle timeouts end the streams waiting on it too).
-		HTTP2:    &http.HTTP2Config{WriteByteTimeout: cfg.StreamIdleTimeout},
+		// Frames of 16 KiB at most (h2MaxFrame).
+		HTTP2:    &http.HTTP2Config{WriteByteTimeout: cfg.StreamIdleTimeout, MaxReadFrameSize: h2MaxFrame},
 		ErrorLog: slog.NewLogLogger(e.log.Handler(), slog.LevelDebug),
 	}
 	e.serveDone.Add(1)
@@ -721,6 +722,14 @@ func (rt roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 	}
 	return u.RoundTrip(r)
 }
+
+// h2MaxFrame is the largest HTTP/2 frame the engine reads, from a client
+// or an upstream: HTTP/2's initial SETTINGS_MAX_FRAME_SIZE, which most
+// servers keep (net/http's transport, Kestrel). net/http's HTTP/2 reader keeps a buffer as large as the largest
+// frame it read for the connection's life, so with its server's default
+// of 1 MiB one frame (of an extension type, which it then ignores) made a
+// client connection pin 1 MiB of membraned's memory.
+const h2MaxFrame = 16 << 10
 
 // upstreamStreamWindow is the flow-control window of an HTTP/2 stream to
 // an upstream: what membraned holds of a response its client does not

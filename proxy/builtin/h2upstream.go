@@ -70,7 +70,7 @@ func (u *h2Upstream) transport(mark uint32) (*http.Transport, error) {
 		// What an upstream sends for a stream whose client does not read
 		// waits here up to the stream's window: Go's default is 4 MiB a
 		// stream, on every slot of the connection limits.
-		HTTP2: &http.HTTP2Config{MaxReceiveBufferPerStream: upstreamStreamWindow},
+		HTTP2: &http.HTTP2Config{MaxReceiveBufferPerStream: upstreamStreamWindow, MaxReadFrameSize: h2MaxFrame},
 	}
 	if u.transports == nil {
 		u.transports = map[uint32]*http.Transport{}
