@@ -3,6 +3,8 @@ package builtin
 import (
 	"bytes"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -155,5 +157,39 @@ func TestH2HeaderBlockInPiecesInTimeIsServed(t *testing.T) {
 	}
 	if s := status(3); s != "200" {
 		t.Fatalf("stream 3, after the header timeout passed: status %s, want 200", s)
+	}
+}
+
+// TestH2SlowPrefaceIsCutAtTheHeaderTimeout: the HTTP/2 connection
+// preface, trickled, must arrive within the header timeout: its first
+// line is read as an HTTP/1 request line, the rest by net/http's HTTP/2
+// server, whose ReadHeaderTimeout is the engine's header timeout.
+func TestH2SlowPrefaceIsCutAtTheHeaderTimeout(t *testing.T) {
+	_, addr := engineOn(t, conformance.StartUpstream(t), Config{Dial: unmarked, IdleTimeout: time.Minute, headerTimeout: 300 * time.Millisecond})
+	c, err := net.Dial("tcp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "PRI * HTTP/2.0\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for _, b := range []byte("\r\nSM\r\n\r") { // not the last byte
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Second):
+			}
+			if _, err := c.Write([]byte{b}); err != nil {
+				return
+			}
+		}
+	}()
+	c.SetReadDeadline(time.Now().Add(20 * time.Second)) // the header timeout is 300 ms
+	if _, err := io.Copy(io.Discard, c); err != nil {
+		t.Fatalf("the connection is still open after 20 s of a preface that does not end: %v", err)
 	}
 }
