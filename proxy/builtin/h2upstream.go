@@ -64,6 +64,12 @@ func (u *h2Upstream) transport(mark uint32) (*http.Transport, error) {
 	t := &http.Transport{
 		DialContext: dial, Protocols: &p2,
 		IdleConnTimeout: 90 * time.Second, DisableCompression: true,
+		// One dial at a time: the first streams of a client connection,
+		// coming together, share the connection being dialed instead of
+		// each dialing its own (for HTTP/2 it bounds dials in progress,
+		// not connections: more come when the upstream's stream limit is
+		// reached).
+		MaxConnsPerHost: 1,
 		// As the HTTP/1 loop bounds a response head (Go's default is
 		// 10 MB a stream).
 		MaxResponseHeaderBytes: maxResponseHead,
