@@ -20,11 +20,11 @@ import (
 // timeout) that has begun must end within the header timeout, or the read
 // fails and net/http closes the connection.
 //
-// The read deadline that enforces it is set when the server is about to
-// wait for more of such a frame and none is set, and left in place after:
-// when it expires between heads, or before the current head's own time is
-// up, it is moved and the read retried. So a busy connection moves its
-// deadline about once a header timeout, not once a request.
+// The read deadline that enforces it is set when a read leaves such a
+// frame unfinished and none is set, and left in place after: when it
+// expires between heads, it is cleared, and before the current head's own
+// time is up, moved; either way the read is retried. So a busy connection
+// sets its deadline about once a header timeout, not once a request.
 //
 // It also carries the connection's upstream side (h2Upstream), set by
 // connContext and closed with the connection.
