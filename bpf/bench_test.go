@@ -125,6 +125,129 @@ func BenchmarkVerdict(b *testing.B) {
 	})
 }
 
+// BenchmarkFlowCacheCloses measures what other connections' closes cost an
+// established flow's packets: one long-lived flow's ACKs through
+// membrane_egress with BPF_PROG_TEST_RUN, in batches of ten on one CPU,
+// while other connections of the same endpoint open and close (SYN,
+// SYN-ACK, a FIN each way; 1,000 source ports taken in turn) once every 10,
+// 100 and 1000 of its packets, against the same with no closes, in the same
+// run. It reports the long flow's ns/packet (the kernel's own time for its
+// batches only, not the closes'), its ratio to no closes (x-no-closes), and
+// the share of its packets that took the conntrack path (ct/packet: its
+// flow cache slot on the CPU was filled again, which each batch is checked
+// for; a batch holds at most one such packet).
+//
+//	go test -p 1 -run '^$' -bench BenchmarkFlowCacheCloses -benchtime 200000x ./bpf/
+func BenchmarkFlowCacheCloses(b *testing.B) {
+	h := newHarness(b, 0, Config{})
+	const ifindex = 1 // the namespace's lo: where a context-less run lands, too
+	must(b, h.dp.SetEndpoint(ifindex, Endpoint{ID: 1, Identity: idA, Flags: EnforceIngress | EnforceEgress}))
+	must(b, h.dp.IPCacheSync(map[netip.Prefix]policies.Identity{
+		netip.PrefixFrom(addrA, 32): idA,
+		netip.PrefixFrom(addrB, 32): idB,
+	}))
+	_, err := h.dp.SyncPolicy(&policies.Model{Identities: []policies.IdentityPolicy{{
+		Identity: idA, EgressDefaultDeny: true, IngressDefaultDeny: true,
+		Entries: []policies.Entry{entry(out, idB, policies.ProtoTCP, 443, 16, policies.Allow, 1)},
+	}}}, nil)
+	must(b, err)
+	pass := func(dir policies.Direction, p pkt) {
+		if r := h.run(dir, ifindex, 0, p.bytes()); r != retPass {
+			b.Fatalf("%v %v:%d -> %v:%d flags %#x not allowed: %d", dir, p.src, p.sport, p.dst, p.dport, p.tcpFlags, int32(r))
+		}
+	}
+	// The long flow: open, then its ACKs.
+	syn := tcp(addrA, addrB, 40000, 443, tcpSYN)
+	sa := syn.reverse()
+	sa.tcpFlags = tcpSYN | tcpACK
+	pass(out, syn)
+	pass(in, sa)
+	ack := syn
+	ack.tcpFlags = tcpACK
+	ackBytes := ack.bytes()
+	key := ack.ctKey(ifindex)
+	// closeOne opens and closes another connection, from the next of 1,000
+	// source ports (a SYN on a closing tuple starts it over).
+	port := 0
+	closeOne := func() {
+		c := tcp(addrA, addrB, uint16(41000+port), 443, tcpSYN)
+		port = (port + 1) % 1000
+		pass(out, c)
+		r := c.reverse()
+		r.tcpFlags = tcpSYN | tcpACK
+		pass(in, r)
+		c.tcpFlags, r.tcpFlags = tcpFIN|tcpACK, tcpFIN|tcpACK
+		pass(out, c)
+		pass(in, r)
+	}
+
+	const batch = 10
+	var none float64
+	for _, every := range []int{0, 10, 100, 1000} {
+		name := "closes=none"
+		if every > 0 {
+			name = fmt.Sprintf("close-every=%d", every)
+		}
+		b.Run(name, func(b *testing.B) {
+			cpu, undo := pinOneCPU(b)
+			defer undo()
+			// The long flow's slot on this CPU, and what it holds.
+			must(b, h.ns.Do(func() error {
+				_, _, err := h.dp.objs.MembraneEgress.Benchmark(ackBytes, batch, nil)
+				return err
+			}))
+			idx := -1
+			var slots []datapathFlowSlot
+			for i := uint32(0); i < flowCacheSlots && idx < 0; i++ {
+				must(b, h.dp.objs.MembraneFlowCache.Lookup(i, &slots))
+				if slots[cpu].Key == key {
+					idx = int(i)
+				}
+			}
+			if idx < 0 {
+				b.Fatal("the long flow has no flow cache slot")
+			}
+			last := slots[cpu]
+			batches := (b.N + batch - 1) / batch
+			var total time.Duration
+			ct := 0
+			b.ResetTimer()
+			for i := range batches {
+				if every > 0 && i%(every/batch) == 0 {
+					closeOne()
+				}
+				var ret uint32
+				var per time.Duration
+				must(b, h.ns.Do(func() error {
+					var err error
+					ret, per, err = h.dp.objs.MembraneEgress.Benchmark(ackBytes, batch, nil)
+					return err
+				}))
+				if ret != retPass {
+					b.Fatalf("the long flow's ACK not allowed: %d", int32(ret))
+				}
+				total += per * batch
+				must(b, h.dp.objs.MembraneFlowCache.Lookup(uint32(idx), &slots))
+				if s := slots[cpu]; s.Key != key {
+					b.Fatal("the long flow's slot was taken")
+				} else if s.Tag != last.Tag || s.Until != last.Until {
+					ct++
+					last = s
+				}
+			}
+			pkts := float64(batches * batch)
+			ns := float64(total.Nanoseconds()) / pkts
+			b.ReportMetric(ns, "ns/packet")
+			b.ReportMetric(float64(ct)/pkts, "ct/packet")
+			if every == 0 {
+				none = ns
+			} else if none > 0 {
+				b.ReportMetric(ns/none, "x-no-closes")
+			}
+		})
+	}
+}
+
 // BenchmarkHelperCall measures what one kernel function call costs a BPF
 // program on this machine, the figure the datapath's hot paths are built
 // around (bpf/doc.go, Performance): an empty tc program against the same

@@ -15,20 +15,28 @@ import (
 // cache.
 func onOneCPU(t *testing.T) {
 	t.Helper()
+	_, undo := pinOneCPU(t)
+	t.Cleanup(undo)
+}
+
+// pinOneCPU binds the calling goroutine's thread to one CPU, which it
+// returns, until undo.
+func pinOneCPU(t testing.TB) (cpu int, undo func()) {
+	t.Helper()
 	runtime.LockOSThread()
 	var old, one unix.CPUSet
 	must(t, unix.SchedGetaffinity(0, &old))
-	for cpu := 0; cpu < 1024; cpu++ {
+	for cpu = 0; cpu < 1024; cpu++ {
 		if old.IsSet(cpu) {
 			one.Set(cpu)
 			break
 		}
 	}
 	must(t, unix.SchedSetaffinity(0, &one))
-	t.Cleanup(func() {
+	return cpu, func() {
 		unix.SchedSetaffinity(0, &old)
 		runtime.UnlockOSThread()
-	})
+	}
 }
 
 // cachedSlots counts the flow cache slots (over every CPU) that hold the
