@@ -137,8 +137,10 @@ struct {
  * used only while the policy revision, the local identity and the flow
  * generation (membrane_flow_gen, moved on by userspace when it deletes
  * conntrack entries, changes an endpoint or the verdict for unknown ones,
- * plus membrane_flow_gen_dp, moved on by the programs: flow_cache_follow,
- * and ct_tcp on a FIN or RST new to its entry)
+ * plus membrane_flow_gen_dp, moved on by the programs in flow_cache_follow,
+ * plus the close generation of the slot's index, membrane_flow_close, moved
+ * on by flow_cache_close when conntrack records a FIN or RST new to an
+ * entry of the tuple or of its reverse)
  * are those it was filled under and its deadline is
  * ahead, and never for TCP packets with SYN, FIN or RST, which take the
  * conntrack path for their state changes. The deadline is a few jiffies ahead (FLOW_CACHE_AHEAD_JIFFIES, less
@@ -158,7 +160,7 @@ _Static_assert(sizeof(struct ct_key) == 44, "ct_key is 11 32-bit words");
 struct flow_slot {
 	struct ct_key key;
 	__u32 local; /* local identity */
-	__u64 tag;   /* policy revision | flow generations' sum << 32 */
+	__u64 tag;   /* policy revision | (flow generations + the index's close generation) << 32 */
 	__u64 until; /* jiffies */
 	__u8 dir;
 	__u8 reply;
@@ -192,6 +194,21 @@ struct {
 	__type(value, __u32);
 	__uint(max_entries, 1);
 } membrane_flow_gen_dp SEC(".maps");
+
+/* Close generations, one per flow cache slot index, shared by every CPU:
+ * moved on (atomically) by flow_cache_close when conntrack records a FIN or
+ * RST that an entry did not have, at the indexes of the entry's tuple and
+ * of its reverse, and added to the flow generations in a slot's tag. So a
+ * close makes stale, on every CPU, the slots of that flow (and those that
+ * share its indexes), not the whole cache. Written only on a close, so the
+ * line a hit reads stays shared in the CPUs' caches. Unpinned, like the
+ * flow cache. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, FLOW_CACHE_SLOTS);
+} membrane_flow_close SEC(".maps");
 
 /* Inline tables: set-associative copies of the IPv4 entries of
  * membrane_ipcache_exact and of membrane_policy_exact in plain arrays, so
@@ -401,24 +418,24 @@ static __always_inline __u64 now_ns(void)
 	return ns;
 }
 
-/* The slot for a tuple's folded words: the top bits of a sum of 32-bit
- * multiplicative hashes, which run side by side. A collision only costs
- * the conntrack path. */
-static __always_inline struct flow_slot *flow_slot_at(__u32 a, __u32 b, __u32 ports, __u32 rest)
+/* The slot index of a tuple's folded words: the top bits of a sum of
+ * 32-bit multiplicative hashes, which run side by side. A collision only
+ * costs the conntrack path. */
+static __always_inline __u32 flow_index_at(__u32 a, __u32 b, __u32 ports, __u32 rest)
 {
 	__u32 h = a * 0x9e3779b1u + b * 0x85ebca77u + (ports ^ rest) * 0xc2b2ae3du;
-	__u32 idx = h >> (32 - FLOW_CACHE_BITS);
-	return bpf_map_lookup_elem(&membrane_flow_cache, &idx);
+	return h >> (32 - FLOW_CACHE_BITS);
 }
 
-/* The slot of a tuple: each address folded to a word. An IPv4 tuple's
- * address words past the first are zero (struct pkt starts zeroed). */
-static __always_inline struct flow_slot *flow_slot(const struct ct_key *k)
+/* The slot index of a tuple: each address folded to a word. An IPv4
+ * tuple's address words past the first are zero (struct pkt starts
+ * zeroed). */
+static __always_inline __u32 flow_index(const struct ct_key *k)
 {
 	const __u32 *w = (const __u32 *)k;
 	if (k->family == 4)
-		return flow_slot_at(w[0], w[4], w[8], w[9] ^ w[10]);
-	return flow_slot_at(w[0] ^ w[1] ^ w[2] ^ w[3], w[4] ^ w[5] ^ w[6] ^ w[7], w[8], w[9] ^ w[10]);
+		return flow_index_at(w[0], w[4], w[8], w[9] ^ w[10]);
+	return flow_index_at(w[0] ^ w[1] ^ w[2] ^ w[3], w[4] ^ w[5] ^ w[6] ^ w[7], w[8], w[9] ^ w[10]);
 }
 
 /* Whether a slot's key is the tuple k. Word 9 holds the family: an IPv4 key
@@ -1037,6 +1054,39 @@ static __always_inline __u64 lifetime(const struct config *cfg, const struct ct_
 	return (__u64)s * NSEC;
 }
 
+/* flow_cache_close makes stale, on every CPU, the flow cache slots that may
+ * pass the packets of a conntrack entry's flow (k: the tuple of a packet of
+ * it, either way, its ifindex set): it moves on the close generations of
+ * the slot indexes of k and of its reverse (the other direction's packets),
+ * which a slot's tag holds. A slot can only be cleared on the CPU that
+ * runs, and a flow's packets are handled on several. Called after the
+ * entry's flag is set: a slot filled meanwhile on another CPU read the
+ * close generation before the entry (handle), so either it saw the flag
+ * and was not filled, or it holds the generation from before this move and
+ * is stale (x86-64 keeps loads in order, and the atomic add after the
+ * flag's store). Other flows keep their slots, but for those that share
+ * one of the two indexes. A global function, checked once by the
+ * verifier; called only on a FIN or RST new to an entry. */
+__attribute__((noinline)) int flow_cache_close(const struct ct_key *k)
+{
+	if (!k)
+		return 0;
+	const __u32 *w = (const __u32 *)k;
+	__u32 a = w[0], b = w[4], ports = w[8], rest = w[9] ^ w[10];
+	if (k->family != 4) {
+		a ^= w[1] ^ w[2] ^ w[3];
+		b ^= w[5] ^ w[6] ^ w[7];
+	}
+	/* the reverse: addresses swapped, and the two 16-bit ports */
+	__u32 idx[2] = {flow_index_at(a, b, ports, rest), flow_index_at(b, a, ports >> 16 | ports << 16, rest)};
+	for (int i = 0; i < 2; i++) {
+		__u32 *g = bpf_map_lookup_elem(&membrane_flow_close, &idx[i]);
+		if (g)
+			__sync_fetch_and_add(g, 1);
+	}
+	return 1;
+}
+
 /* TCP state. No sequence numbers are tracked, so a RST is taken at its
  * word, but not for good: anyone who knows a connection's addresses and
  * ports can send one (an endpoint drops it unless its sequence number is in
@@ -1056,35 +1106,26 @@ static __always_inline __u64 lifetime(const struct config *cfg, const struct ct_
  * conntrack (a slot is never filled for a side while its FIN stands, nor
  * for a flow while its RST does, see handle, but one may be already): the
  * forged FIN or RST would stand, the entry take the close lifetime, and the
- * connection's packets after an idle spell be judged as new flows. A slot
- * can only be cleared on the CPU that runs, and a flow's packets are
- * handled on several, so a FIN or RST recorded that the entry did not have
- * moves the programs' flow generation on (dgen: membrane_flow_gen_dp),
- * which makes every slot on every CPU stale; after the flag is set, so a
- * slot filled meanwhile, having read the generation before the entry, is
- * stale too. The cost: every connection close (two FINs, or a RST)
- * empties the cache once, so on a host with very many closes a second the
- * cache serves little and conntrack judges, as with no cache (correct, only
- * slower). Keeping the other slots would take a close generation per slot
- * index in a shared array, stored in the slot and checked on every hit: a
- * load more on the hit path and a map more for every program, for hosts
- * that close connections by the ten thousand a second. Not done until such
- * a host shows the need. */
-static __always_inline void ct_tcp(struct ct_entry *e, __u8 flags, int data, int reply, __u32 *dgen)
+ * connection's packets after an idle spell be judged as new flows. So
+ * ct_tcp returns 1 when it records a FIN or RST that the entry did not
+ * have, and the caller then makes the slots of the flow stale on every CPU
+ * (flow_cache_close), after the flag is set; other flows keep theirs. */
+static __always_inline int ct_tcp(struct ct_entry *e, __u8 flags, int data, int reply)
 {
+	int closed = 0;
 	if (flags & TCP_RST) {
 		e->state = CT_CLOSING;
 		if (!(e->flags & CT_F_RST)) {
 			e->flags |= CT_F_RST;
-			__sync_fetch_and_add(dgen, 1);
+			closed = 1;
 		}
-		return;
+		return closed;
 	}
 	if ((flags & TCP_SYN) && !(flags & TCP_ACK) && !reply && e->state == CT_CLOSING) {
 		/* port reuse: a new connection on a closed tuple */
 		e->state = CT_SYN;
 		e->flags &= ~(CT_F_FIN_ORIG | CT_F_FIN_REPLY | CT_F_RST);
-		return;
+		return 0;
 	}
 	if ((e->flags & CT_F_RST) && (flags & TCP_ACK) && !(flags & TCP_SYN)) {
 		e->flags &= ~CT_F_RST;
@@ -1094,7 +1135,7 @@ static __always_inline void ct_tcp(struct ct_entry *e, __u8 flags, int data, int
 	if (flags & TCP_FIN) {
 		if (!(e->flags & fin)) {
 			e->flags |= fin;
-			__sync_fetch_and_add(dgen, 1);
+			closed = 1;
 		}
 	} else if (data && (e->flags & fin)) {
 		/* New data from a side whose FIN was seen: that FIN was not
@@ -1107,6 +1148,7 @@ static __always_inline void ct_tcp(struct ct_entry *e, __u8 flags, int data, int
 		e->state = CT_CLOSING;
 	else if (e->state == CT_SYN && reply && (flags & TCP_ACK))
 		e->state = CT_ESTABLISHED;
+	return closed;
 }
 
 #define REJUDGE_KEPT 0
@@ -1334,9 +1376,12 @@ static __always_inline int established_fast(struct __sk_buff *skb, const __u8 di
 	__builtin_memcpy(&daddr, &iph->daddr, 4);
 	__builtin_memcpy(&ports, __builtin_assume_aligned(th, 4), 4);
 	const __u32 proto_family = IPPROTO_TCP | 4 << 8;
-	struct flow_slot *fs = flow_slot_at(saddr, daddr, ports, proto_family ^ ifindex);
-	if (!fs)
+	__u32 idx = flow_index_at(saddr, daddr, ports, proto_family ^ ifindex);
+	struct flow_slot *fs = bpf_map_lookup_elem(&membrane_flow_cache, &idx);
+	__u32 *closep = bpf_map_lookup_elem(&membrane_flow_close, &idx);
+	if (!fs || !closep)
 		return 0;
+	tag += (__u64)*(volatile __u32 *)closep << 32;
 	const __u32 *x = (const __u32 *)&fs->key;
 	if ((fs->tag ^ tag) | (fs->dir ^ dir) | (x[0] ^ saddr) | (x[4] ^ daddr) | (x[8] ^ ports) |
 	    (x[9] ^ proto_family) | (x[10] ^ ifindex))
@@ -1504,7 +1549,15 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 	struct flow_slot *fs = 0;
 	if (!opener && !(p.first_frag || p.later_frag) &&
 	    !(p.tuple.protocol == IPPROTO_TCP && (p.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST)))) {
-		fs = flow_slot(&p.tuple);
+		/* The close generation is read here, before the entry: see
+		 * flow_cache_close. */
+		__u32 idx = flow_index(&p.tuple);
+		fs = bpf_map_lookup_elem(&membrane_flow_cache, &idx);
+		__u32 *closep = bpf_map_lookup_elem(&membrane_flow_close, &idx);
+		if (closep)
+			tag += (__u64)*(volatile __u32 *)closep << 32;
+		else
+			fs = 0; /* never: idx is under FLOW_CACHE_SLOTS */
 		if (fs && fs->tag == tag && fs->local == local && fs->dir == dir && bpf_jiffies64() < fs->until &&
 		    same_tuple(&fs->key, &p.tuple)) {
 			count(fs->reply ? REASON_ALLOW_REPLY : REASON_ALLOW_ESTABLISHED, dir, skb->len);
@@ -1558,8 +1611,8 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 			if (rj == REJUDGE_AUDITED)
 				emit(skb, &p, EVENT_AUDIT, v.reason, dir, evflags | EV_F_REVALIDATED, ep, local, &v);
 		}
-		if (p.tuple.protocol == IPPROTO_TCP)
-			ct_tcp(e, p.tcp_flags, p.tcp_data, reply, dgenp);
+		if (p.tuple.protocol == IPPROTO_TCP && ct_tcp(e, p.tcp_flags, p.tcp_data, reply))
+			flow_cache_close(&p.tuple);
 		/* The coarse clock moves once a tick: store only when the deadline
 		 * moved, so most packets leave the line clean for the other
 		 * direction's CPU. */
@@ -1655,8 +1708,8 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 		};
 		if (p.tuple.protocol == IPPROTO_TCP && !(p.tcp_flags & TCP_SYN))
 			ne.state = CT_ESTABLISHED; /* picked up mid-stream (e.g. after a restart) */
-		if (p.tuple.protocol == IPPROTO_TCP)
-			ct_tcp(&ne, p.tcp_flags, p.tcp_data, 0, dgenp);
+		if (p.tuple.protocol == IPPROTO_TCP && ct_tcp(&ne, p.tcp_flags, p.tcp_data, 0))
+			flow_cache_close(&p.tuple);
 		ne.expires = now + lifetime(cfg, &ne, p.tuple.protocol);
 		/* The tuple may have an entry already: an expired one, one a bare
 		 * SYN did not look up (a new connection on a reused port), or one

@@ -201,6 +201,7 @@ const (
 	datapathMapMembraneEndpointsFast = "membrane_endpoints_fast"
 	datapathMapMembraneEvents        = "membrane_events"
 	datapathMapMembraneFlowCache     = "membrane_flow_cache"
+	datapathMapMembraneFlowClose     = "membrane_flow_close"
 	datapathMapMembraneFlowGen       = "membrane_flow_gen"
 	datapathMapMembraneFlowGenDp     = "membrane_flow_gen_dp"
 	datapathMapMembraneFrag          = "membrane_frag"
@@ -278,6 +279,7 @@ type datapathMapSpecs struct {
 	MembraneEndpointsFast *ebpf.MapSpec `ebpf:"membrane_endpoints_fast"`
 	MembraneEvents        *ebpf.MapSpec `ebpf:"membrane_events"`
 	MembraneFlowCache     *ebpf.MapSpec `ebpf:"membrane_flow_cache"`
+	MembraneFlowClose     *ebpf.MapSpec `ebpf:"membrane_flow_close"`
 	MembraneFlowGen       *ebpf.MapSpec `ebpf:"membrane_flow_gen"`
 	MembraneFlowGenDp     *ebpf.MapSpec `ebpf:"membrane_flow_gen_dp"`
 	MembraneFrag          *ebpf.MapSpec `ebpf:"membrane_frag"`
@@ -329,6 +331,7 @@ type datapathMaps struct {
 	MembraneEndpointsFast *ebpf.Map `ebpf:"membrane_endpoints_fast"`
 	MembraneEvents        *ebpf.Map `ebpf:"membrane_events"`
 	MembraneFlowCache     *ebpf.Map `ebpf:"membrane_flow_cache"`
+	MembraneFlowClose     *ebpf.Map `ebpf:"membrane_flow_close"`
 	MembraneFlowGen       *ebpf.Map `ebpf:"membrane_flow_gen"`
 	MembraneFlowGenDp     *ebpf.Map `ebpf:"membrane_flow_gen_dp"`
 	MembraneFrag          *ebpf.Map `ebpf:"membrane_frag"`
@@ -350,6 +353,7 @@ func (m *datapathMaps) Close() error {
 		m.MembraneEndpointsFast,
 		m.MembraneEvents,
 		m.MembraneFlowCache,
+		m.MembraneFlowClose,
 		m.MembraneFlowGen,
 		m.MembraneFlowGenDp,
 		m.MembraneFrag,

@@ -231,3 +231,112 @@ func TestFlowCacheFollowsANewL7FlowOnAReplyTuple(t *testing.T) {
 		h.expect(policies.Ingress, h.ifs[0], in, ReasonAllowEstablished)
 	}
 }
+
+// slotOf returns the flow cache slot on cpu that holds the packet's tuple
+// at ifindex; the test fails if there is none.
+func (h *harness) slotOf(p pkt, ifindex, cpu int) datapathFlowSlot {
+	h.t.Helper()
+	k := p.ctKey(ifindex)
+	var slots []datapathFlowSlot
+	for i := uint32(0); i < flowCacheSlots; i++ {
+		must(h.t, h.dp.objs.MembraneFlowCache.Lookup(i, &slots))
+		if slots[cpu].Key == k {
+			return slots[cpu]
+		}
+	}
+	h.t.Fatalf("no flow cache slot on CPU %d for %v", cpu, k)
+	return datapathFlowSlot{}
+}
+
+// TestFlowCacheKeepsOtherFlowsAcrossCloses: a FIN or RST new to a
+// conntrack entry makes the slots of that entry's flow stale (its later
+// data or ACKs must reach conntrack, see TestForgedFINNotTaken), not those
+// of every other flow: the slots of a connection that goes on keep their
+// tag while other connections close (FINs both ways) or are reset, and
+// its next packets are still served from them.
+func TestFlowCacheKeepsOtherFlowsAcrossCloses(t *testing.T) {
+	h := twoEndpoints(t, Config{})
+	cpu, undo := pinOneCPU(t)
+	t.Cleanup(undo)
+	h.sync(policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, IngressDefaultDeny: true, Entries: []policies.Entry{
+		entry(out, idB, policies.ProtoTCP, 80, 16, policies.Allow, 1),
+	}})
+	open := func(sport uint16) (ack, reply pkt) {
+		syn := tcp(addrA, addrB, sport, 80, tcpSYN)
+		h.handshake(h.ifs[0], syn, ReasonAllowPolicy)
+		ack, reply = syn, syn.reverse()
+		ack.tcpFlags, reply.tcpFlags = tcpACK, tcpACK
+		for range 2 {
+			h.expect(out, h.ifs[0], ack, ReasonAllowEstablished)
+			h.expect(in, h.ifs[0], reply, ReasonAllowReply)
+		}
+		return ack, reply
+	}
+	ack, reply := open(40000)
+	before := [2]uint64{h.slotOf(ack, h.ifs[0], cpu).Tag, h.slotOf(reply, h.ifs[0], cpu).Tag}
+
+	// Another connection closes: A's FIN, the peer's, A's last ACK.
+	cAck, cReply := open(40100)
+	fin, peerFin := cAck, cReply
+	fin.tcpFlags, peerFin.tcpFlags = tcpFIN|tcpACK, tcpFIN|tcpACK
+	h.expect(out, h.ifs[0], fin, ReasonAllowEstablished)
+	h.expect(in, h.ifs[0], peerFin, ReasonAllowReply)
+	h.expect(out, h.ifs[0], cAck, ReasonAllowEstablished)
+	// And one more is reset by the peer.
+	_, rReply := open(40200)
+	rst := rReply
+	rst.tcpFlags = tcpRST
+	h.expect(in, h.ifs[0], rst, ReasonAllowReply)
+
+	h.expect(out, h.ifs[0], ack, ReasonAllowEstablished)
+	h.expect(in, h.ifs[0], reply, ReasonAllowReply)
+	after := [2]uint64{h.slotOf(ack, h.ifs[0], cpu).Tag, h.slotOf(reply, h.ifs[0], cpu).Tag}
+	if after != before {
+		t.Errorf("the flow cache slots of a connection that goes on: tags %#x after other connections closed, want %#x (made stale by them)", after, before)
+	}
+}
+
+// TestFlowCacheCloseReachesBothDirections: a RST new to a conntrack entry
+// makes stale the slots of its flow both ways, whichever way it came, in
+// IPv4 and IPv6 (the slot of the other direction's tuple is found from the
+// reverse of the RST's): the next packet the other way reaches conntrack,
+// which takes it as the sign that the RST was not taken (the entry is
+// established again), rather than passing from its slot.
+func TestFlowCacheCloseReachesBothDirections(t *testing.T) {
+	onOneCPU(t)
+	h := twoEndpoints(t, Config{})
+	h.sync(policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, IngressDefaultDeny: true, Entries: []policies.Entry{
+		entry(out, policies.IdentityAny, policies.ProtoTCP, 443, 16, policies.Allow, 1),
+	}})
+	sport := uint16(40000)
+	for _, fam := range [][2]netip.Addr{{addrA, addrW}, {addrA6, addrW6}} {
+		for _, rstIn := range []bool{true, false} {
+			syn := tcp(fam[0], fam[1], sport, 443, tcpSYN)
+			sport++
+			h.handshake(h.ifs[0], syn, ReasonAllowPolicy)
+			ack, reply := syn, syn.reverse()
+			ack.tcpFlags, reply.tcpFlags = tcpACK, tcpACK
+			for range 2 {
+				h.expect(out, h.ifs[0], ack, ReasonAllowEstablished)
+				h.expect(in, h.ifs[0], reply, ReasonAllowReply)
+			}
+			if n := h.cachedSlots(ack, h.ifs[0]) + h.cachedSlots(reply, h.ifs[0]); n != 2 {
+				t.Fatalf("%v: the connection's packets in %d flow cache slots, want 2", fam, n)
+			}
+			if rstIn { // the server's RST, then A's ACK
+				rst := reply
+				rst.tcpFlags = tcpRST
+				h.expect(in, h.ifs[0], rst, ReasonAllowReply)
+				h.expect(out, h.ifs[0], ack, ReasonAllowEstablished)
+			} else { // A's RST, then the server's ACK
+				rst := ack
+				rst.tcpFlags = tcpRST
+				h.expect(out, h.ifs[0], rst, ReasonAllowEstablished)
+				h.expect(in, h.ifs[0], reply, ReasonAllowReply)
+			}
+			if e := h.ctEntry(syn, h.ifs[0]); e.State != ctEstablished {
+				t.Errorf("%v, RST in %v: the other side's ACK after it left conntrack state %d flags %#x, want established", fam, rstIn, e.State, e.Flags)
+			}
+		}
+	}
+}
