@@ -3,6 +3,7 @@ package bpf
 import (
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -77,6 +78,12 @@ func TestStolenMACDrawsNoTraffic(t *testing.T) {
 	b := tp.addr[1].String() + ":5353"
 	must(t, canUDP(tp.host, b, allowTimeout))
 
+	// B must not send a frame of its own while its MAC is stolen: one
+	// (an IPv6 multicast listener report, which comes seconds after its
+	// interface went up) would take the MAC back to B's port. This test
+	// is IPv4 only.
+	tp.c[1].MustExec(t, "sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=1")
+
 	var bMAC net.HardwareAddr
 	must(t, tp.c[1].Do(func() error {
 		i, err := net.InterfaceByName("eth0")
@@ -85,7 +92,7 @@ func TestStolenMACDrawsNoTraffic(t *testing.T) {
 		}
 		return err
 	}))
-	must(t, tp.c[0].Do(func() error {
+	probe := func() error {
 		i, err := net.InterfaceByName("eth0")
 		if err != nil {
 			return err
@@ -101,9 +108,20 @@ func TestStolenMACDrawsNoTraffic(t *testing.T) {
 		f = append(f, bMAC...)
 		f = append(f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 10, 77, 0, 99)
 		return unix.Sendto(fd, f, 0, &unix.SockaddrLinklayer{Ifindex: i.Index, Halen: 6})
-	}))
-	time.Sleep(100 * time.Millisecond)
-	fdb := tp.host.MustExec(t, "bridge", "fdb", "show", "br", "br0", "dev", "veth0")
+	}
+	// Until the bridge has learnt B's MAC on A's port.
+	var fdb string
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		must(t, tp.c[0].Do(probe))
+		fdb = tp.host.MustExec(t, "bridge", "fdb", "show", "br", "br0", "dev", "veth0")
+		if strings.Contains(fdb, bMAC.String()) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the bridge never learnt B's MAC %s on A's port:\n%s", bMAC, fdb)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	t.Logf("veth0 (A) forwarding entries:\n%s", fdb)
 
 	before, err := dp.Counters()
