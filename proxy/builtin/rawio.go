@@ -196,19 +196,8 @@ func (r *rawIO) writeAwait(fd uintptr) bool {
 	if r.written {
 		return true
 	}
-	b := r.wbuf
-	for r.wdone < len(b) {
-		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[r.wdone])), uintptr(min(len(b)-r.wdone, maxRawWrite)))
-		switch e {
-		case 0:
-			r.wdone += int(n)
-		case syscall.EINTR:
-		case syscall.EAGAIN:
-			return true
-		default:
-			r.werr = e
-			return true
-		}
+	if !r.write(fd) || r.werr != 0 {
+		return true // the send buffer is full, or the write failed
 	}
 	r.written = true
 	return false
