@@ -93,17 +93,7 @@ func TestFlowCache(t *testing.T) {
 		entry(out, idB, policies.ProtoUDP, 53, 16, policies.Allow, 2),
 	}}
 	h.sync(allow)
-	open := func(sport uint16) (ack, reply pkt) {
-		syn := tcp(addrA, addrB, sport, 80, tcpSYN)
-		h.handshake(h.ifs[0], syn, ReasonAllowPolicy)
-		ack, reply = syn, syn.reverse()
-		ack.tcpFlags, reply.tcpFlags = tcpACK, tcpACK
-		for range 3 {
-			h.expect(out, h.ifs[0], ack, ReasonAllowEstablished)
-			h.expect(in, h.ifs[0], reply, ReasonAllowReply)
-		}
-		return ack, reply
-	}
+	open := func(sport uint16) (ack, reply pkt) { return h.openToB80(sport, 3) }
 
 	ack, reply := open(40000)
 	if n := h.cachedSlots(ack, h.ifs[0]); n != 1 {
@@ -261,17 +251,7 @@ func TestFlowCacheKeepsOtherFlowsAcrossCloses(t *testing.T) {
 	h.sync(policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, IngressDefaultDeny: true, Entries: []policies.Entry{
 		entry(out, idB, policies.ProtoTCP, 80, 16, policies.Allow, 1),
 	}})
-	open := func(sport uint16) (ack, reply pkt) {
-		syn := tcp(addrA, addrB, sport, 80, tcpSYN)
-		h.handshake(h.ifs[0], syn, ReasonAllowPolicy)
-		ack, reply = syn, syn.reverse()
-		ack.tcpFlags, reply.tcpFlags = tcpACK, tcpACK
-		for range 2 {
-			h.expect(out, h.ifs[0], ack, ReasonAllowEstablished)
-			h.expect(in, h.ifs[0], reply, ReasonAllowReply)
-		}
-		return ack, reply
-	}
+	open := func(sport uint16) (ack, reply pkt) { return h.openToB80(sport, 2) }
 	ack, reply := open(40000)
 	before := [2]uint64{h.slotOf(ack, h.ifs[0], cpu).Tag, h.slotOf(reply, h.ifs[0], cpu).Tag}
 
@@ -339,4 +319,19 @@ func TestFlowCacheCloseReachesBothDirections(t *testing.T) {
 			}
 		}
 	}
+}
+
+// openToB80 opens a TCP connection from A to B's port 80 on the first
+// interface (A's egress admits it) and passes its ACKs and the replies
+// rounds times, established; it returns A's ACK and B's reply.
+func (h *harness) openToB80(sport uint16, rounds int) (ack, reply pkt) {
+	syn := tcp(addrA, addrB, sport, 80, tcpSYN)
+	h.handshake(h.ifs[0], syn, ReasonAllowPolicy)
+	ack, reply = syn, syn.reverse()
+	ack.tcpFlags, reply.tcpFlags = tcpACK, tcpACK
+	for range rounds {
+		h.expect(out, h.ifs[0], ack, ReasonAllowEstablished)
+		h.expect(in, h.ifs[0], reply, ReasonAllowReply)
+	}
+	return ack, reply
 }

@@ -117,15 +117,7 @@ func TestH2StreamBurstDialsOneUpstreamConnection(t *testing.T) {
 		return unmarked(ctx, dst, mark)
 	}
 	_, addr := engineOn(t, up, Config{Dial: dial, Resolver: conformance.AllowAll()})
-	nc, err := net.Dial("tcp4", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	cc := h2cClientConn(t, addr)
 	var wg sync.WaitGroup
 	for range streams {
 		wg.Add(1)
@@ -180,15 +172,7 @@ func TestH2StreamsBeyondTheUpstreamLimitGetMoreConnections(t *testing.T) {
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
 	_, addr := engineOn(t, l.Addr().(*net.TCPAddr).AddrPort(), Config{Dial: unmarked, Resolver: conformance.AllowAll()})
-	nc, err := net.Dial("tcp4", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	cc := h2cClientConn(t, addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -210,4 +194,20 @@ func TestH2StreamsBeyondTheUpstreamLimitGetMoreConnections(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// h2cClientConn is one HTTP/2 (prior knowledge) client connection to addr,
+// closed when the test ends.
+func h2cClientConn(t *testing.T, addr string) *http2.ClientConn {
+	t.Helper()
+	nc, err := net.Dial("tcp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
 }
