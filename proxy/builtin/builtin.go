@@ -738,6 +738,18 @@ const h2MaxFrame = 16 << 10
 // moves 50 MB/s.
 const upstreamStreamWindow = 1 << 20
 
+// upstreamConnWindow is the flow-control window of an HTTP/2 connection
+// to an upstream, which its streams share: what membraned holds of the
+// responses its client connection does not read, whatever the number of
+// streams (net/http's transport returns the window as a response is
+// read, that is, as it leaves for the client). Twice a stream's window
+// (net/http adds HTTP/2's initial 64 KiB), so that one or two streams
+// their client does not read leave its other streams on the connection
+// room to move; a third takes the rest, and they wait until the unread
+// streams are read or the stream idle timeout resets them. Envoy's
+// clusters get the same window (proxy/envoy).
+const upstreamConnWindow = 2 * upstreamStreamWindow
+
 // chanListener is the HTTP/2 server's listener: the connections the
 // HTTP/1 loop hands over, held to the header timeout (h2Conn).
 type chanListener struct {

@@ -74,9 +74,15 @@ func (u *h2Upstream) transport(mark uint32) (*http.Transport, error) {
 		// 10 MB a stream).
 		MaxResponseHeaderBytes: maxResponseHead,
 		// What an upstream sends for a stream whose client does not read
-		// waits here up to the stream's window: Go's default is 4 MiB a
-		// stream, on every slot of the connection limits.
-		HTTP2: &http.HTTP2Config{MaxReceiveBufferPerStream: upstreamStreamWindow, MaxReadFrameSize: h2MaxFrame},
+		// waits here up to the stream's window, and the connection's
+		// window bounds it for all its streams: Go's defaults are 4 MiB a
+		// stream and 1 GiB a connection, 250 MiB for a client connection
+		// with 250 streams open.
+		HTTP2: &http.HTTP2Config{
+			MaxReceiveBufferPerStream:     upstreamStreamWindow,
+			MaxReceiveBufferPerConnection: upstreamConnWindow,
+			MaxReadFrameSize:              h2MaxFrame,
+		},
 	}
 	if u.transports == nil {
 		u.transports = map[uint32]*http.Transport{}

@@ -1,0 +1,131 @@
+package builtin
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+
+	"github.com/membrane-fw/membrane/proxy/conformance"
+)
+
+// settled waits until n stops moving (unchanged for a second), up to a
+// minute, and returns it.
+func settled(t *testing.T, n *atomic.Int64) int64 {
+	t.Helper()
+	last, since := n.Load(), time.Now()
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if v := n.Load(); v != last {
+			last, since = v, time.Now()
+		} else if time.Since(since) >= time.Second {
+			return v
+		}
+	}
+	t.Fatalf("still moving after a minute: %d", last)
+	return 0
+}
+
+// TestH2UnreadResponsesHeldPerClientConnection: what membraned holds of
+// the responses an HTTP/2 client connection does not read is bounded by
+// the upstream connection's window (upstreamConnWindow), not by 1 MiB a
+// stream times its streams: a client with 80 streams of a large download
+// open that gives no flow-control window made the upstream write some
+// 80 MiB into membraned, net/http's transport granting 1 GiB a connection.
+func TestH2UnreadResponsesHeldPerClientConnection(t *testing.T) {
+	const streams = 80
+	const bound = 16 << 20 // the window, and what each stream has in flight in membraned (a 32 KiB copy)
+	var entered atomic.Int32
+	var written atomic.Int64
+	up := startH2Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		entered.Add(1)
+		rc := http.NewResponseController(w)
+		buf := make([]byte, 16<<10)
+		for {
+			if _, err := w.Write(buf); err != nil {
+				return
+			}
+			if err := rc.Flush(); err != nil {
+				return
+			}
+			written.Add(int64(len(buf)))
+		}
+	}))
+	_, addr := engineOn(t, up, Config{Dial: unmarked})
+	c := dialWindowlessH2(t, addr)
+	for i := range streams {
+		c.get(t, uint32(2*i+1), "/public/large")
+	}
+	c.drain()
+	eventually(t, "every stream reaches the upstream", func() error {
+		if n := entered.Load(); n != streams {
+			return fmt.Errorf("%d of %d streams arrived", n, streams)
+		}
+		return nil
+	})
+	if n := settled(t, &written); n > bound {
+		t.Fatalf("the upstream wrote %d MiB for %d streams that a client does not read, want at most %d MiB held for the client connection",
+			n>>20, streams, bound>>20)
+	} else {
+		t.Logf("the upstream wrote %d KiB", n>>10)
+	}
+}
+
+// TestH2UnreadStreamsLeaveOthersMoving: a stream whose client does not
+// read it fills its own window of the upstream connection, not the whole
+// connection's: with two of them, the client's other streams on that
+// upstream connection still get their responses (with a connection
+// window of one stream's, a third request waited for the unread ones to
+// be read or reset by the stream idle timeout).
+func TestH2UnreadStreamsLeaveOthersMoving(t *testing.T) {
+	const size = 3 << 20
+	up := startH2Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		buf := make([]byte, 16<<10)
+		for n := 0; r.URL.Path == "/public/endless" || n < size; n += len(buf) {
+			if _, err := w.Write(buf); err != nil {
+				return
+			}
+		}
+	}))
+	_, addr := engineOn(t, up, Config{Dial: unmarked, Resolver: conformance.AllowAll()})
+	nc, err := net.Dial("tcp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	get := func(path string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr+path, nil)
+		resp, err := cc.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: status %d", path, resp.StatusCode)
+		}
+		return resp
+	}
+	for range 2 {
+		unread := get("/public/endless") // its body is never read
+		defer unread.Body.Close()
+	}
+	for i := range 3 {
+		resp := get("/public/sized")
+		n, err := io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if err != nil || n != size {
+			t.Fatalf("response %d beside two unread ones: %d of %d bytes: %v", i, n, size, err)
+		}
+	}
+}
