@@ -175,8 +175,16 @@ func New(cfg Config) (*Engine, error) {
 		IdleTimeout:                  cfg.IdleTimeout,
 		// A client that takes none of what is written to it is closed
 		// (stream idle timeouts end the streams waiting on it too).
-		// Frames of 16 KiB at most (h2MaxFrame).
-		HTTP2:    &http.HTTP2Config{WriteByteTimeout: cfg.StreamIdleTimeout, MaxReadFrameSize: h2MaxFrame},
+		// Frames of 16 KiB at most (h2MaxFrame). What a client sends of
+		// request bodies that their upstreams do not take yet waits here
+		// up to the connection's window, its streams together
+		// (clientWindow; net/http's default, set so that it stays).
+		HTTP2: &http.HTTP2Config{
+			WriteByteTimeout:              cfg.StreamIdleTimeout,
+			MaxReadFrameSize:              h2MaxFrame,
+			MaxReceiveBufferPerStream:     clientWindow,
+			MaxReceiveBufferPerConnection: clientWindow,
+		},
 		ErrorLog: slog.NewLogLogger(e.log.Handler(), slog.LevelDebug),
 	}
 	e.serveDone.Add(1)
@@ -737,6 +745,14 @@ const h2MaxFrame = 16 << 10
 // per-connection buffer limit: at 20 ms of round trip a stream still
 // moves 50 MB/s.
 const upstreamStreamWindow = 1 << 20
+
+// clientWindow is the flow-control window of an HTTP/2 client
+// connection, and of each of its streams: what membraned holds of the
+// request bodies a client connection sends that their upstreams do not
+// take yet (net/http's server returns the window as a body is read, that
+// is, as it leaves for the upstream). 1 MiB, net/http's server default,
+// as the Envoy engine sets its clients' windows (proxy/envoy).
+const clientWindow = 1 << 20
 
 // upstreamConnWindow is the flow-control window of an HTTP/2 connection
 // to an upstream, which its streams share: what membraned holds of the

@@ -129,3 +129,78 @@ func TestH2UnreadStreamsLeaveOthersMoving(t *testing.T) {
 		}
 	}
 }
+
+// countingConn counts the bytes written to it.
+type countingConn struct {
+	net.Conn
+	n *atomic.Int64
+}
+
+func (c countingConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// zeros is an endless request body.
+type zeros struct{}
+
+func (zeros) Read(b []byte) (int, error) {
+	clear(b)
+	return len(b), nil
+}
+
+// TestH2UnreadRequestBodiesHeldPerClientConnection: what membraned takes
+// of the request bodies of an HTTP/2 client connection whose upstream
+// does not read them is bounded by the client connection's window
+// (clientWindow) and the upstream's, with a little more a stream (what
+// net/http's transport read of a body and waits to send): 80 streams
+// uploading without end, a few MiB (with a client connection window of
+// 64 MiB, the client sent 66 MiB).
+func TestH2UnreadRequestBodiesHeldPerClientConnection(t *testing.T) {
+	const streams = 80
+	const bound = 16 << 20
+	var entered atomic.Int32
+	block := make(chan struct{})
+	t.Cleanup(func() { close(block) })
+	up := startH2Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		entered.Add(1)
+		select { // the body is never read
+		case <-block:
+		case <-r.Context().Done():
+		}
+	}))
+	_, addr := engineOn(t, up, Config{Dial: unmarked, Resolver: conformance.AllowAll()})
+	nc, err := net.Dial("tcp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sent atomic.Int64
+	cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(countingConn{nc, &sent})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for range streams {
+		go func() {
+			req, _ := http.NewRequestWithContext(ctx, "POST", "http://"+addr+"/public/upload", io.NopCloser(zeros{}))
+			if resp, err := cc.RoundTrip(req); err == nil {
+				resp.Body.Close()
+			}
+		}()
+	}
+	eventually(t, "every stream reaches the upstream", func() error {
+		if n := entered.Load(); n != streams {
+			return fmt.Errorf("%d of %d streams arrived", n, streams)
+		}
+		return nil
+	})
+	if n := settled(t, &sent); n > bound {
+		t.Fatalf("the client sent %d MiB of %d request bodies that the upstream does not read, want at most %d MiB held for the client connection",
+			n>>20, streams, bound>>20)
+	} else {
+		t.Logf("the client sent %d KiB", n>>10)
+	}
+}
