@@ -125,7 +125,9 @@ func TestConnectionBuffersAsBuiltin(t *testing.T) {
 // TestUpstreamsAsBuiltin: what Envoy holds of an upstream's responses is
 // bounded as in the built-in engine: an HTTP/2 stream's window is 1 MiB
 // (Envoy's default 16 MiB, 256 MiB before 1.36, is what a response its
-// client does not read may pile up in Envoy), a response head may take
+// client does not read may pile up in Envoy) and a connection's 2 MiB
+// (Envoy's default 24 MiB, 256 MiB before 1.36, what the streams of one
+// client connection may pile up together), a response head may take
 // 1 MiB (Envoy's default 60 KiB, 80 KiB over HTTP/1, refused heads the
 // built-in engine passes), and an idle upstream connection closes after
 // 90 seconds as the built-in engine's pooled ones do (Envoy: an hour).
@@ -142,6 +144,9 @@ func TestUpstreamsAsBuiltin(t *testing.T) {
 			h2 := po.GetUseDownstreamProtocolConfig().GetHttp2ProtocolOptions()
 			if got := h2.GetInitialStreamWindowSize().GetValue(); got != 1<<20 {
 				t.Errorf("%s: cluster %s: initial_stream_window_size %d, want 1 MiB", name, c.Name, got)
+			}
+			if got := h2.GetInitialConnectionWindowSize().GetValue(); got != 2<<20 {
+				t.Errorf("%s: cluster %s: initial_connection_window_size %d, want 2 MiB", name, c.Name, got)
 			}
 			common := po.GetCommonHttpProtocolOptions()
 			if got := common.GetMaxResponseHeadersKb().GetValue(); got != 1024 {

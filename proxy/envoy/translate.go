@@ -1152,9 +1152,11 @@ func (t *translator) cluster(id policies.Identity) (*cluster.Cluster, error) {
 		// As the built-in engine's upstreams (proxy/builtin): a response
 		// head of up to 1 MiB (Envoy's default is 60 KiB, 80 over
 		// HTTP/1), an idle connection closed after 90 s as its pooled
-		// ones are (Envoy: an hour), and an HTTP/2 stream window of 1 MiB,
+		// ones are (Envoy: an hour), and HTTP/2 windows of 1 MiB a stream,
 		// what Envoy holds of a response whose client does not read it
-		// (Envoy: 16 MiB, 256 MiB before 1.36).
+		// (Envoy: 16 MiB, 256 MiB before 1.36), and 2 MiB a connection,
+		// what it holds of a client connection's unread responses
+		// together (Envoy: 24 MiB, 256 MiB before 1.36).
 		CommonHttpProtocolOptions: &core.HttpProtocolOptions{
 			IdleTimeout:          durationpb.New(upstreamIdleTimeout),
 			MaxResponseHeadersKb: wrapperspb.UInt32(1024),
@@ -1163,7 +1165,8 @@ func (t *translator) cluster(id policies.Identity) (*cluster.Cluster, error) {
 			UseDownstreamProtocolConfig: &upstreamhttp.HttpProtocolOptions_UseDownstreamHttpConfig{
 				HttpProtocolOptions: &core.Http1ProtocolOptions{HeaderKeyFormat: hkf},
 				Http2ProtocolOptions: &core.Http2ProtocolOptions{
-					InitialStreamWindowSize: wrapperspb.UInt32(1 << 20),
+					InitialStreamWindowSize:     wrapperspb.UInt32(1 << 20),
+					InitialConnectionWindowSize: wrapperspb.UInt32(2 << 20),
 				},
 			},
 		},
