@@ -204,3 +204,72 @@ func TestH2UnreadRequestBodiesHeldPerClientConnection(t *testing.T) {
 		t.Logf("the client sent %d KiB", n>>10)
 	}
 }
+
+// TestH2LargeBodiesThroughSharedWindows: large responses and request
+// bodies still go through whole over HTTP/2, several at once on one
+// client connection, whose streams share their upstream connection's
+// window.
+func TestH2LargeBodiesThroughSharedWindows(t *testing.T) {
+	const size, streams = 16 << 20, 4
+	up := startH2Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == "POST" {
+			n, err := io.Copy(io.Discard, r.Body)
+			fmt.Fprintf(w, "%d %v", n, err)
+			return
+		}
+		buf := make([]byte, 32<<10)
+		for n := 0; n < size; n += len(buf) {
+			if _, err := w.Write(buf); err != nil {
+				return
+			}
+		}
+	}))
+	_, addr := engineOn(t, up, Config{Dial: unmarked, Resolver: conformance.AllowAll()})
+	nc, err := net.Dial("tcp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	errs := make(chan error, 2*streams)
+	for range streams {
+		go func() {
+			req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/public/large", nil)
+			resp, err := cc.RoundTrip(req)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer resp.Body.Close()
+			n, err := io.Copy(io.Discard, resp.Body)
+			if err == nil && n != size {
+				err = fmt.Errorf("download: %d of %d bytes", n, size)
+			}
+			errs <- err
+		}()
+		go func() {
+			req, _ := http.NewRequestWithContext(ctx, "POST", "http://"+addr+"/public/large", io.LimitReader(zeros{}, size))
+			resp, err := cc.RoundTrip(req)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer resp.Body.Close()
+			b, err := io.ReadAll(resp.Body)
+			if want := fmt.Sprintf("%d <nil>", size); err == nil && string(b) != want {
+				err = fmt.Errorf("upload: the upstream read %q, want %q", b, want)
+			}
+			errs <- err
+		}()
+	}
+	for range 2 * streams {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+}
