@@ -132,10 +132,80 @@ func (u *h2Upstream) close() {
 }
 
 // h2UpConn is an upstream connection of an h2Upstream, which forgets it
-// when it closes.
+// when it closes. What it reads passes through a frameSizeClamp.
 type h2UpConn struct {
 	net.Conn
-	u *h2Upstream
+	u     *h2Upstream
+	clamp frameSizeClamp // the transport's read loop's
+}
+
+func (c *h2UpConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.clamp.scan(p[:n])
+	return n, err
+}
+
+// frameSizeClamp rewrites the SETTINGS_MAX_FRAME_SIZE of the SETTINGS
+// frames an upstream sends to HTTP/2's least, 16 KiB, as they pass. The
+// frames membraned sends it are no larger than that anyway (Envoy's and
+// most servers' own size), but net/http's transport reads a request body
+// ahead into a buffer of the server's largest frame, up to 512 KiB a
+// stream (a Go server takes 1 MiB frames), which it holds while the
+// server does not take the body: 250 uploads on one client connection
+// held 125 MiB, beyond what the windows bound. A server accepts every
+// frame size from 16 KiB up to the one it announced, so the lower figure
+// is always one it takes. It scans every byte of frame headers and of
+// SETTINGS frames, and skips other frames' payloads.
+type frameSizeClamp struct {
+	hdr      [9]byte
+	hdrN     int    // bytes of the current frame header seen
+	skip     int    // payload bytes of the current frame (not SETTINGS) still to pass
+	settings int    // payload bytes of the current SETTINGS frame still to pass
+	off      int    // offset in that payload
+	id       uint16 // the current setting's identifier
+}
+
+// settingMaxFrameSize is SETTINGS_MAX_FRAME_SIZE's identifier (RFC 9113
+// section 6.5.2).
+const settingMaxFrameSize = 0x5
+
+func (f *frameSizeClamp) scan(b []byte) {
+	for len(b) > 0 {
+		switch {
+		case f.skip > 0:
+			n := min(f.skip, len(b))
+			f.skip -= n
+			b = b[n:]
+		case f.settings > 0:
+			// A setting is an identifier of 2 bytes and a value of 4.
+			switch o := f.off % 6; {
+			case o == 0:
+				f.id = uint16(b[0])
+			case o == 1:
+				f.id = f.id<<8 | uint16(b[0])
+			case f.id == settingMaxFrameSize:
+				b[0] = byte(uint32(h2MaxFrame) >> (8 * (5 - o)))
+			}
+			f.off++
+			f.settings--
+			b = b[1:]
+		default:
+			f.hdr[f.hdrN] = b[0]
+			f.hdrN++
+			b = b[1:]
+			if f.hdrN < len(f.hdr) {
+				continue
+			}
+			f.hdrN = 0
+			length := int(f.hdr[0])<<16 | int(f.hdr[1])<<8 | int(f.hdr[2])
+			// Type 0x4 is SETTINGS, flag 0x1 its ACK (which has no payload).
+			if f.hdr[3] == 0x4 && f.hdr[4]&0x1 == 0 {
+				f.settings, f.off = length, 0
+			} else {
+				f.skip = length
+			}
+		}
+	}
 }
 
 func (c *h2UpConn) Close() error {
