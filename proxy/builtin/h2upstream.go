@@ -146,15 +146,14 @@ func (c *h2UpConn) Read(p []byte) (int, error) {
 }
 
 // frameSizeClamp rewrites the SETTINGS_MAX_FRAME_SIZE of the SETTINGS
-// frames an upstream sends to HTTP/2's least, 16 KiB, as they pass. The
-// frames membraned sends it are no larger than that anyway (Envoy's and
-// most servers' own size), but net/http's transport reads a request body
-// ahead into a buffer of the server's largest frame, up to 512 KiB a
-// stream (a Go server takes 1 MiB frames), which it holds while the
-// server does not take the body: 250 uploads on one client connection
-// held 125 MiB, beyond what the windows bound. A server accepts every
-// frame size from 16 KiB up to the one it announced, so the lower figure
-// is always one it takes. It scans every byte of frame headers and of
+// frames an upstream sends to HTTP/2's least, 16 KiB, as they pass:
+// net/http's transport reads a request body ahead into a buffer of the
+// server's largest frame, up to 512 KiB a stream (a Go server takes 1 MiB
+// frames), which it holds while the server does not take the body, so
+// 250 uploads on one client connection held 125 MiB, beyond what the
+// windows bound. A server takes every frame size from 16 KiB (HTTP/2's
+// initial size) up to the one it announced, so the least is always one
+// it takes. It scans every byte of frame headers and of
 // SETTINGS frames, and skips other frames' payloads.
 type frameSizeClamp struct {
 	hdr      [9]byte
