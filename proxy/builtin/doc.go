@@ -35,6 +35,10 @@
 // connection's own, whose connections close with it (h2upstream.go); the
 // engine follows the frames it reads (h2head.go) to hold a header block,
 // and any frame but DATA, to the header timeout of an HTTP/1 request head.
+// Flow-control windows bound what waits in the engine of bodies the other
+// side does not take: 1 MiB of a client connection's request bodies
+// (clientWindow), and of its responses 1 MiB a stream and 2 MiB an
+// upstream connection (upstreamStreamWindow, upstreamConnWindow).
 // Either way an upstream connection serves one client connection only. Update
 // swaps the resolver; a connection re-resolves at its next request, so rule
 // changes apply to kept-alive connections. A request that does not parse
