@@ -78,6 +78,7 @@ type Engine struct {
 	metrics  *proxy.Metrics
 	resolver atomic.Pointer[resolverBox]
 	port     uint16
+	windows  h2Windows // HTTP/2 flow-control windows, the package's at New
 	// idleSlack is how far a client's idle deadline may lag before it is
 	// moved.
 	idleSlack time.Duration
@@ -141,6 +142,7 @@ func New(cfg Config) (*Engine, error) {
 		cfg:     cfg,
 		log:     cfg.Logger.With("subsys", "proxy", "engine", "builtin"),
 		metrics: proxy.NewMetrics("builtin"),
+		windows: windows,
 		h2ups:   map[*h2Upstream]struct{}{},
 		h1conns: map[*h1]struct{}{},
 		h2l:     newChanListener(cfg.Listeners[0].Addr(), cfg.headerTimeout),
@@ -157,7 +159,11 @@ func New(cfg Config) (*Engine, error) {
 		Rewrite:      e.rewrite,
 		Transport:    roundTripper{e},
 		ErrorHandler: e.upstreamError,
-		ErrorLog:     slog.NewLogLogger(e.log.Handler(), slog.LevelDebug),
+		// A response is copied a frame at a time: what a stream whose
+		// client does not read holds beside its window (httputil's
+		// default is a new 32 KiB buffer a response).
+		BufferPool: copyBuffers{},
+		ErrorLog:   slog.NewLogLogger(e.log.Handler(), slog.LevelDebug),
 	}
 	var protos http.Protocols
 	protos.SetUnencryptedHTTP2(true)
@@ -177,13 +183,13 @@ func New(cfg Config) (*Engine, error) {
 		// (stream idle timeouts end the streams waiting on it too).
 		// Frames of 16 KiB at most (h2MaxFrame). What a client sends of
 		// request bodies that their upstreams do not take yet waits here
-		// up to the connection's window, its streams together
-		// (clientWindow; net/http's default, set so that it stays).
+		// up to a stream's window and the connection's, its streams
+		// together (h2Windows).
 		HTTP2: &http.HTTP2Config{
 			WriteByteTimeout:              cfg.StreamIdleTimeout,
 			MaxReadFrameSize:              h2MaxFrame,
-			MaxReceiveBufferPerStream:     clientWindow,
-			MaxReceiveBufferPerConnection: clientWindow,
+			MaxReceiveBufferPerStream:     int(e.windows.clientStream),
+			MaxReceiveBufferPerConnection: int(e.windows.clientConn),
 		},
 		ErrorLog: slog.NewLogLogger(e.log.Handler(), slog.LevelDebug),
 	}
@@ -739,32 +745,63 @@ func (rt roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 // client connection pin 1 MiB of membraned's memory.
 const h2MaxFrame = 16 << 10
 
-// upstreamStreamWindow is the flow-control window of an HTTP/2 stream to
-// an upstream: what membraned holds of a response its client does not
-// read. 1 MiB, what Go's HTTP/2 server gives a request stream and Envoy's
-// per-connection buffer limit: at 20 ms of round trip a stream still
-// moves 50 MB/s.
-const upstreamStreamWindow = 1 << 20
+// copyBuffers are the reverse proxy's buffers for copying responses, of
+// an HTTP/2 frame each (h2MaxFrame).
+type copyBuffers struct{}
 
-// clientWindow is the flow-control window of an HTTP/2 client
-// connection, and of each of its streams: what membraned holds of the
-// request bodies a client connection sends that their upstreams do not
-// take yet (net/http's server returns the window as a body is read, that
-// is, as it leaves for the upstream). 1 MiB, net/http's server default,
-// as the Envoy engine sets its clients' windows (proxy/envoy).
-const clientWindow = 1 << 20
+var copyBufferPool = sync.Pool{New: func() any { return new([h2MaxFrame]byte) }}
 
-// upstreamConnWindow is the flow-control window of an HTTP/2 connection
-// to an upstream, which its streams share: what membraned holds of the
-// responses its client connection does not read, whatever the number of
-// streams (net/http's transport returns the window as a response is
-// read, that is, as it leaves for the client). Twice a stream's window
-// (net/http adds HTTP/2's initial 64 KiB), so that one or two streams
-// their client does not read leave its other streams on the connection
-// room to move; a third takes the rest, and they wait until the unread
-// streams are read or the stream idle timeout resets them. Envoy's
-// clusters get the same window (proxy/envoy).
-const upstreamConnWindow = 2 * upstreamStreamWindow
+func (copyBuffers) Get() []byte { return copyBufferPool.Get().(*[h2MaxFrame]byte)[:] }
+
+func (copyBuffers) Put(b []byte) {
+	if len(b) == h2MaxFrame {
+		copyBufferPool.Put((*[h2MaxFrame]byte)(b))
+	}
+}
+
+// h2Windows are the HTTP/2 flow-control windows the engine grants, which
+// bound what membraned holds of bodies the other side does not take yet
+// (decisions 86 and 87 in docs/policy.md). Every HTTP/2 stream takes a
+// slot of the connection limits, and a client can spread its streams over
+// connections, so a stream's windows are what a slot may hold: with
+// net/http's 1 MiB, some 16 GiB at the default max_connections. 64 KiB,
+// HTTP/2's own initial window, still moves a stream at GB/s over the
+// local round trips of a host (tens of microseconds), and a
+// slot then holds about what an HTTP/1.1 connection's 32 KiB buffer
+// and its relay hold. A variable only so that BenchmarkH2Windows can
+// measure others; New reads it.
+type h2Windows struct {
+	// upstreamStream is the window of an HTTP/2 stream to an upstream:
+	// what membraned holds of a response its client does not read.
+	upstreamStream int32
+	// upstreamConn is the window of an HTTP/2 connection to an upstream,
+	// which its streams share: what membraned holds of the responses its
+	// client connection does not read, whatever the number of streams
+	// (net/http's transport returns the window as a response is read,
+	// that is, as it leaves for the client). Twice a stream's window
+	// (net/http adds HTTP/2's initial 64 KiB), so that one or two
+	// streams their client does not read leave its other streams on
+	// the connection room to move; a third takes the rest, and they
+	// wait until the unread streams are read or the stream idle timeout
+	// resets them. Envoy's clusters get the same windows (proxy/envoy).
+	upstreamConn int32
+	// clientStream and clientConn are the windows of an HTTP/2 client
+	// connection's streams and of the connection: what membraned holds
+	// of the request bodies a client connection sends that their
+	// upstreams do not take yet (net/http's server returns the window
+	// as a body is read, that is, as it leaves for the upstream). A
+	// stream's is not below HTTP/2's initial 65,535 bytes, which a
+	// client may send before it has the engine's settings. The Envoy
+	// engine sets its clients' windows the same (proxy/envoy).
+	clientStream, clientConn int32
+}
+
+var windows = h2Windows{
+	upstreamStream: 64 << 10,
+	upstreamConn:   128 << 10,
+	clientStream:   64 << 10,
+	clientConn:     128 << 10,
+}
 
 // chanListener is the HTTP/2 server's listener: the connections the
 // HTTP/1 loop hands over, held to the header timeout (h2Conn).

@@ -36,9 +36,11 @@
 // engine follows the frames it reads (h2head.go) to hold a header block,
 // and any frame but DATA, to the header timeout of an HTTP/1 request head.
 // Flow-control windows bound what waits in the engine of bodies the other
-// side does not take: 1 MiB of a client connection's request bodies
-// (clientWindow), and of its responses 1 MiB a stream and 2 MiB an
-// upstream connection (upstreamStreamWindow, upstreamConnWindow).
+// side does not take (h2Windows): 64 KiB a stream each way, 128 KiB of a
+// client connection's request bodies, and 128 KiB of an upstream
+// connection's responses (with HTTP/2's initial 64 KiB on top), so that
+// a stream, which takes a slot of the connection limits, holds about what
+// an HTTP/1.1 connection holds.
 // Either way an upstream connection serves one client connection only. Update
 // swaps the resolver; a connection re-resolves at its next request, so rule
 // changes apply to kept-alive connections. A request that does not parse

@@ -235,8 +235,9 @@ func TestUpstreamResponseFieldsBounded(t *testing.T) {
 // TestH2StalledResponsesBufferBounded: what an HTTP/2 upstream sends for
 // streams whose client does not read (here a client that opens no
 // flow-control window) waits in membraned up to the upstream stream's
-// window, and that window is 1 MiB (Go's transport takes 4 MiB a
-// stream): 10 stalled downloads hold less than 2 MiB each.
+// window (Go's transport takes 4 MiB a stream): 10 stalled downloads
+// hold less than 2 MiB each (TestH2UnreadResponsesHeldPerSlot holds them
+// to the engine's window).
 func TestH2StalledResponsesBufferBounded(t *testing.T) {
 	const streams = 10
 	chunk := make([]byte, 64<<10)

@@ -75,12 +75,12 @@ func (u *h2Upstream) transport(mark uint32) (*http.Transport, error) {
 		MaxResponseHeaderBytes: maxResponseHead,
 		// What an upstream sends for a stream whose client does not read
 		// waits here up to the stream's window, and the connection's
-		// window bounds it for all its streams: Go's defaults are 4 MiB a
-		// stream and 1 GiB a connection, 250 MiB for a client connection
-		// with 250 streams open.
+		// window bounds it for all its streams (h2Windows): Go's defaults
+		// are 4 MiB a stream and 1 GiB a connection, 250 MiB for a client
+		// connection with 250 streams open.
 		HTTP2: &http.HTTP2Config{
-			MaxReceiveBufferPerStream:     upstreamStreamWindow,
-			MaxReceiveBufferPerConnection: upstreamConnWindow,
+			MaxReceiveBufferPerStream:     int(u.e.windows.upstreamStream),
+			MaxReceiveBufferPerConnection: int(u.e.windows.upstreamConn),
 			MaxReadFrameSize:              h2MaxFrame,
 		},
 	}

@@ -33,7 +33,7 @@ func settled(t *testing.T, n *atomic.Int64) int64 {
 
 // TestH2UnreadResponsesHeldPerClientConnection: what membraned holds of
 // the responses an HTTP/2 client connection does not read is bounded by
-// the upstream connection's window (upstreamConnWindow), not by 1 MiB a
+// the upstream connection's window (h2Windows.upstreamConn), not by 1 MiB a
 // stream times its streams: a client with 80 streams of a large download
 // open that gives no flow-control window made the upstream write some
 // 80 MiB into membraned, net/http's transport granting 1 GiB a connection.
@@ -153,7 +153,7 @@ func (zeros) Read(b []byte) (int, error) {
 // TestH2UnreadRequestBodiesHeldPerClientConnection: what membraned takes
 // of the request bodies of an HTTP/2 client connection whose upstream
 // does not read them is bounded by the client connection's window
-// (clientWindow) and the upstream's, with a little more a stream (what
+// (h2Windows.clientConn) and the upstream's, with a little more a stream (what
 // net/http's transport read of a body and waits to send): 80 streams
 // uploading without end, a few MiB (with a client connection window of
 // 64 MiB, the client sent 66 MiB).
@@ -271,5 +271,124 @@ func TestH2LargeBodiesThroughSharedWindows(t *testing.T) {
 		if err := <-errs; err != nil {
 			t.Error(err)
 		}
+	}
+}
+
+// TestH2UnreadResponsesHeldPerSlot: what membraned holds of the responses
+// HTTP/2 clients do not read is bounded by a stream's window for each slot
+// of the connection limits the streams take, across client connections,
+// not only for one client connection: with windows of 1 MiB a stream and
+// 2 MiB an upstream connection, 20 client connections with 4 streams of
+// an endless download each, never read, made the upstream write some
+// 41 MiB into membraned, and a client that spreads its streams over
+// connections could hold about 1 MiB a slot, 16 GiB at the default
+// max_connections (decision 87).
+func TestH2UnreadResponsesHeldPerSlot(t *testing.T) {
+	const conns, streams = 20, 4
+	// A stream's window, 64 KiB, the 16 KiB the engine copies a response
+	// with and net/http's 4 KiB buffer of a stream's response, a slot.
+	const bound = conns * streams * (64 + 16 + 4) << 10
+	var entered atomic.Int32
+	var written atomic.Int64
+	up := startH2Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		entered.Add(1)
+		rc := http.NewResponseController(w)
+		buf := make([]byte, 16<<10)
+		for {
+			if _, err := w.Write(buf); err != nil {
+				return
+			}
+			if err := rc.Flush(); err != nil {
+				return
+			}
+			written.Add(int64(len(buf)))
+		}
+	}))
+	_, addr := engineOn(t, up, Config{Dial: unmarked})
+	for range conns {
+		c := dialWindowlessH2(t, addr)
+		for i := range streams {
+			c.get(t, uint32(2*i+1), "/public/large")
+		}
+		c.drain()
+	}
+	eventually(t, "every stream reaches the upstream", func() error {
+		if n := entered.Load(); n != conns*streams {
+			return fmt.Errorf("%d of %d streams arrived", n, conns*streams)
+		}
+		return nil
+	})
+	if n := settled(t, &written); n > bound {
+		t.Fatalf("the upstream wrote %d KiB for %d client connections of %d streams that the clients do not read, want at most %d KiB (%d KiB a slot)",
+			n>>10, conns, streams, bound>>10, bound/(conns*streams)>>10)
+	} else {
+		t.Logf("the upstream wrote %d KiB, %d KiB a slot", n>>10, n/(conns*streams)>>10)
+	}
+}
+
+// TestH2UnreadRequestBodiesHeldPerSlot: what membraned takes of request
+// bodies whose upstreams do not read them is bounded by a stream's window
+// for each slot the streams take, across client connections: with
+// windows of 1 MiB a stream and a client connection, 20 client
+// connections with 4 endless uploads each sent some 28 MiB, 1.4 MiB a
+// client connection (decision 87).
+func TestH2UnreadRequestBodiesHeldPerSlot(t *testing.T) {
+	const conns, streams = 20, 4
+	// A stream's window, 64 KiB, what net/http's transport reads of a
+	// body ahead (a 16 KiB frame), and the upstream's own window of
+	// 16 KiB a stream, a slot.
+	const bound = conns * streams * (64 + 16 + 16) << 10
+	var entered atomic.Int32
+	block := make(chan struct{})
+	t.Cleanup(func() { close(block) })
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	srv := &http.Server{Protocols: &p, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		entered.Add(1)
+		select { // the body is never read
+		case <-block:
+		case <-r.Context().Done():
+		}
+	}), HTTP2: &http.HTTP2Config{MaxReceiveBufferPerStream: 16 << 10, MaxReceiveBufferPerConnection: 64 << 10}}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	_, addr := engineOn(t, l.Addr().(*net.TCPAddr).AddrPort(), Config{Dial: unmarked, Resolver: conformance.AllowAll()})
+	var sent atomic.Int64
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for range conns {
+		nc, err := net.Dial("tcp4", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(countingConn{nc, &sent})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cc.Close()
+		for range streams {
+			go func() {
+				req, _ := http.NewRequestWithContext(ctx, "POST", "http://"+addr+"/public/upload", io.NopCloser(zeros{}))
+				if resp, err := cc.RoundTrip(req); err == nil {
+					resp.Body.Close()
+				}
+			}()
+		}
+	}
+	eventually(t, "every stream reaches the upstream", func() error {
+		if n := entered.Load(); n != conns*streams {
+			return fmt.Errorf("%d of %d streams arrived", n, conns*streams)
+		}
+		return nil
+	})
+	if n := settled(t, &sent); n > bound {
+		t.Fatalf("the clients sent %d KiB of %d client connections of %d request bodies that the upstream does not read, want at most %d KiB (%d KiB a slot)",
+			n>>10, conns, streams, bound>>10, bound/(conns*streams)>>10)
+	} else {
+		t.Logf("the clients sent %d KiB, %d KiB a slot", n>>10, n/(conns*streams)>>10)
 	}
 }
