@@ -58,9 +58,9 @@
 // built-in engine's limits wherever Envoy has the same knob (a request head
 // of 64 KiB within 30 s of its first byte, idle connections closed after 2
 // minutes, streams that stop moving after 5, HTTP/2 clients held to 250
-// streams and 1 MiB windows, 32 KiB read or written ahead on a connection,
-// upstream response heads of 1 MiB, upstream HTTP/2 windows of 1 MiB a
-// stream and 2 MiB a connection, idle upstream connections closed after
+// streams, HTTP/2 windows of 64 KiB a stream and 128 KiB a connection to
+// clients and to upstreams alike, 32 KiB read or written ahead on a
+// connection, upstream response heads of 1 MiB, idle upstream connections closed after
 // 90 s; limits_test.go), and the bootstrap bounds
 // the client connections at l7.max_connections. Envoy has nothing for
 // l7.max_connections_per_source (docs/operations.md, decision 53).

@@ -82,8 +82,8 @@ func TestConnectionManagerTimeoutsAsBuiltin(t *testing.T) {
 }
 
 // TestDownstreamHTTP2AsBuiltin: an h2c client gets the built-in engine's
-// HTTP/2 bounds (net/http's server: 250 streams a connection, 1 MiB
-// windows a stream and a connection), not Envoy's defaults (1024 streams
+// HTTP/2 bounds (250 streams a connection, windows of 64 KiB a stream and
+// 128 KiB a connection; decision 87), not Envoy's defaults (1024 streams
 // and windows of 16 and 24 MiB since Envoy 1.36, 2^31-1 streams and 256 MiB
 // windows before), which let one connection make Envoy buffer gigabytes
 // of request bodies its upstreams do not take.
@@ -93,11 +93,11 @@ func TestDownstreamHTTP2AsBuiltin(t *testing.T) {
 		if got := h2.GetMaxConcurrentStreams().GetValue(); got != 250 {
 			t.Errorf("%s: max_concurrent_streams %d, want 250", name, got)
 		}
-		if got := h2.GetInitialStreamWindowSize().GetValue(); got != 1<<20 {
-			t.Errorf("%s: initial_stream_window_size %d, want 1 MiB", name, got)
+		if got := h2.GetInitialStreamWindowSize().GetValue(); got != 64<<10 {
+			t.Errorf("%s: initial_stream_window_size %d, want 64 KiB", name, got)
 		}
-		if got := h2.GetInitialConnectionWindowSize().GetValue(); got != 1<<20 {
-			t.Errorf("%s: initial_connection_window_size %d, want 1 MiB", name, got)
+		if got := h2.GetInitialConnectionWindowSize().GetValue(); got != 128<<10 {
+			t.Errorf("%s: initial_connection_window_size %d, want 128 KiB", name, got)
 		}
 	}
 }
@@ -123,9 +123,9 @@ func TestConnectionBuffersAsBuiltin(t *testing.T) {
 }
 
 // TestUpstreamsAsBuiltin: what Envoy holds of an upstream's responses is
-// bounded as in the built-in engine: an HTTP/2 stream's window is 1 MiB
+// bounded as in the built-in engine: an HTTP/2 stream's window is 64 KiB
 // (Envoy's default 16 MiB, 256 MiB before 1.36, is what a response its
-// client does not read may pile up in Envoy) and a connection's 2 MiB
+// client does not read may pile up in Envoy) and a connection's 128 KiB
 // (Envoy's default 24 MiB, 256 MiB before 1.36, what the streams of one
 // client connection may pile up together), a response head may take
 // 1 MiB (Envoy's default 60 KiB, 80 KiB over HTTP/1, refused heads the
@@ -142,11 +142,11 @@ func TestUpstreamsAsBuiltin(t *testing.T) {
 				t.Fatalf("%s: cluster %s: %v", name, c.Name, err)
 			}
 			h2 := po.GetUseDownstreamProtocolConfig().GetHttp2ProtocolOptions()
-			if got := h2.GetInitialStreamWindowSize().GetValue(); got != 1<<20 {
-				t.Errorf("%s: cluster %s: initial_stream_window_size %d, want 1 MiB", name, c.Name, got)
+			if got := h2.GetInitialStreamWindowSize().GetValue(); got != 64<<10 {
+				t.Errorf("%s: cluster %s: initial_stream_window_size %d, want 64 KiB", name, c.Name, got)
 			}
-			if got := h2.GetInitialConnectionWindowSize().GetValue(); got != 2<<20 {
-				t.Errorf("%s: cluster %s: initial_connection_window_size %d, want 2 MiB", name, c.Name, got)
+			if got := h2.GetInitialConnectionWindowSize().GetValue(); got != 128<<10 {
+				t.Errorf("%s: cluster %s: initial_connection_window_size %d, want 128 KiB", name, c.Name, got)
 			}
 			common := po.GetCommonHttpProtocolOptions()
 			if got := common.GetMaxResponseHeadersKb().GetValue(); got != 1024 {

@@ -829,18 +829,29 @@ const (
 	streamIdleTimeout     = 5 * time.Minute
 )
 
+// The HTTP/2 windows both engines grant (decision 87 in docs/policy.md;
+// proxy/builtin's h2Windows): 64 KiB a stream, HTTP/2's own initial
+// window, each way, and 128 KiB a connection, to a client and to an
+// upstream. A stream's window is what it may make the proxy hold of a
+// body the other side does not take (Envoy buffers a stream's data up to
+// its window), and clients can spread streams over connections, so it is
+// what every connection or stream allowed may hold.
+const (
+	h2StreamWindow     = 64 << 10
+	h2ConnectionWindow = 128 << 10
+)
+
 // downstreamHTTP2 is what an h2c client gets, as from the built-in
-// engine's HTTP/2 server (net/http's defaults there): 250 streams at once
-// on a connection, and windows of 1 MiB a stream and 1 MiB a connection,
-// which bound what a client can make Envoy hold of request bodies that
-// its upstreams do not take yet (Envoy buffers a stream's data up to its
-// window). Envoy's defaults are 1024 streams and windows of 16 and 24 MiB
+// engine's HTTP/2 server: 250 streams at once on a connection, and
+// windows of 64 KiB a stream and 128 KiB a connection, which bound what a
+// client can make Envoy hold of request bodies that its upstreams do not
+// take yet. Envoy's defaults are 1024 streams and windows of 16 and 24 MiB
 // since 1.36 (2^31-1 streams and 256 MiB windows before).
 func downstreamHTTP2() *core.Http2ProtocolOptions {
 	return &core.Http2ProtocolOptions{
 		MaxConcurrentStreams:        wrapperspb.UInt32(250),
-		InitialStreamWindowSize:     wrapperspb.UInt32(1 << 20),
-		InitialConnectionWindowSize: wrapperspb.UInt32(1 << 20),
+		InitialStreamWindowSize:     wrapperspb.UInt32(h2StreamWindow),
+		InitialConnectionWindowSize: wrapperspb.UInt32(h2ConnectionWindow),
 	}
 }
 
@@ -1152,11 +1163,11 @@ func (t *translator) cluster(id policies.Identity) (*cluster.Cluster, error) {
 		// As the built-in engine's upstreams (proxy/builtin): a response
 		// head of up to 1 MiB (Envoy's default is 60 KiB, 80 over
 		// HTTP/1), an idle connection closed after 90 s as its pooled
-		// ones are (Envoy: an hour), and HTTP/2 windows of 1 MiB a stream,
-		// what Envoy holds of a response whose client does not read it
-		// (Envoy: 16 MiB, 256 MiB before 1.36), and 2 MiB a connection,
-		// what it holds of a client connection's unread responses
-		// together (Envoy: 24 MiB, 256 MiB before 1.36).
+		// ones are (Envoy: an hour), and HTTP/2 windows of 64 KiB a
+		// stream, what Envoy holds of a response whose client does not
+		// read it (Envoy: 16 MiB, 256 MiB before 1.36), and 128 KiB a
+		// connection, what it holds of a client connection's unread
+		// responses together (Envoy: 24 MiB, 256 MiB before 1.36).
 		CommonHttpProtocolOptions: &core.HttpProtocolOptions{
 			IdleTimeout:          durationpb.New(upstreamIdleTimeout),
 			MaxResponseHeadersKb: wrapperspb.UInt32(1024),
@@ -1165,8 +1176,8 @@ func (t *translator) cluster(id policies.Identity) (*cluster.Cluster, error) {
 			UseDownstreamProtocolConfig: &upstreamhttp.HttpProtocolOptions_UseDownstreamHttpConfig{
 				HttpProtocolOptions: &core.Http1ProtocolOptions{HeaderKeyFormat: hkf},
 				Http2ProtocolOptions: &core.Http2ProtocolOptions{
-					InitialStreamWindowSize:     wrapperspb.UInt32(1 << 20),
-					InitialConnectionWindowSize: wrapperspb.UInt32(2 << 20),
+					InitialStreamWindowSize:     wrapperspb.UInt32(h2StreamWindow),
+					InitialConnectionWindowSize: wrapperspb.UInt32(h2ConnectionWindow),
 				},
 			},
 		},
