@@ -766,9 +766,9 @@ func (copyBuffers) Put(b []byte) {
 // connections, so a stream's windows are what a slot may hold: with
 // net/http's 1 MiB, some 16 GiB at the default max_connections. 64 KiB,
 // HTTP/2's own initial window, still moves a stream at GB/s over the
-// local round trips of a host (tens of microseconds), and a
-// slot then holds about what an HTTP/1.1 connection's 32 KiB buffer
-// and its relay hold. A variable only so that BenchmarkH2Windows can
+// local round trips of a host (tens of microseconds), and a slot then
+// holds about 85 KiB of bodies each way at most, twice what an HTTP/1.1
+// connection holds. A variable only so that BenchmarkH2Windows can
 // measure others; New reads it.
 type h2Windows struct {
 	// upstreamStream is the window of an HTTP/2 stream to an upstream:

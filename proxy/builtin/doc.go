@@ -39,8 +39,8 @@
 // side does not take (h2Windows): 64 KiB a stream each way, 128 KiB of a
 // client connection's request bodies, and 128 KiB of an upstream
 // connection's responses (with HTTP/2's initial 64 KiB on top), so that
-// a stream, which takes a slot of the connection limits, holds about what
-// an HTTP/1.1 connection holds.
+// a stream, which takes a slot of the connection limits, holds about
+// twice what an HTTP/1.1 connection does (decision 87).
 // Either way an upstream connection serves one client connection only. Update
 // swaps the resolver; a connection re-resolves at its next request, so rule
 // changes apply to kept-alive connections. A request that does not parse
