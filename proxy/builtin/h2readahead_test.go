@@ -2,17 +2,10 @@ package builtin
 
 import (
 	"bytes"
-	"context"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
-	"sync/atomic"
 	"testing"
 
 	"golang.org/x/net/http2"
-
-	"github.com/membrane-fw/membrane/proxy/conformance"
 )
 
 // TestH2UploadsHoldLittleBeyondTheirWindows: an HTTP/2 request body on
@@ -24,45 +17,8 @@ import (
 func TestH2UploadsHoldLittleBeyondTheirWindows(t *testing.T) {
 	const streams = 100
 	const bound = 24 << 20
-	var entered atomic.Int32
-	block := make(chan struct{})
-	t.Cleanup(func() { close(block) })
-	up := startH2Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		entered.Add(1)
-		select { // the body is never read
-		case <-block:
-		case <-r.Context().Done():
-		}
-	}))
-	_, addr := engineOn(t, up, Config{Dial: unmarked, Resolver: conformance.AllowAll()})
-	nc, err := net.Dial("tcp4", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sent atomic.Int64
-	cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(countingConn{nc, &sent})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	before := memInUse()
-	for range streams {
-		go func() {
-			req, _ := http.NewRequestWithContext(ctx, "POST", "http://"+addr+"/public/upload", io.NopCloser(zeros{}))
-			if resp, err := cc.RoundTrip(req); err == nil {
-				resp.Body.Close()
-			}
-		}()
-	}
-	eventually(t, "every stream reaches the upstream", func() error {
-		if n := entered.Load(); n != streams {
-			return fmt.Errorf("%d of %d streams arrived", n, streams)
-		}
-		return nil
-	})
-	settled(t, &sent)
+	var before int64
+	settled(t, stuckUploads(t, streams, func() { before = memInUse() }))
 	if held := memInUse() - before; held > bound {
 		t.Fatalf("%d uploads waiting on their upstream hold %d MiB, want at most %d MiB", streams, held>>20, bound>>20)
 	} else {

@@ -117,7 +117,7 @@ func TestH2StreamBurstDialsOneUpstreamConnection(t *testing.T) {
 		return unmarked(ctx, dst, mark)
 	}
 	_, addr := engineOn(t, up, Config{Dial: dial, Resolver: conformance.AllowAll()})
-	cc := h2cClientConn(t, addr)
+	cc := h2cClientConn(t, addr, nil)
 	var wg sync.WaitGroup
 	for range streams {
 		wg.Add(1)
@@ -172,7 +172,7 @@ func TestH2StreamsBeyondTheUpstreamLimitGetMoreConnections(t *testing.T) {
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
 	_, addr := engineOn(t, l.Addr().(*net.TCPAddr).AddrPort(), Config{Dial: unmarked, Resolver: conformance.AllowAll()})
-	cc := h2cClientConn(t, addr)
+	cc := h2cClientConn(t, addr, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -197,12 +197,16 @@ func TestH2StreamsBeyondTheUpstreamLimitGetMoreConnections(t *testing.T) {
 }
 
 // h2cClientConn is one HTTP/2 (prior knowledge) client connection to addr,
-// closed when the test ends.
-func h2cClientConn(t *testing.T, addr string) *http2.ClientConn {
+// closed when the test ends; sent, when not nil, counts the bytes it
+// writes.
+func h2cClientConn(t *testing.T, addr string, sent *atomic.Int64) *http2.ClientConn {
 	t.Helper()
 	nc, err := net.Dial("tcp4", addr)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if sent != nil {
+		nc = countingConn{nc, sent}
 	}
 	cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(nc)
 	if err != nil {

@@ -42,32 +42,14 @@ func TestH2UnreadResponsesHeldPerClientConnection(t *testing.T) {
 	const bound = 16 << 20 // the window, and what each stream has in flight in membraned (a 32 KiB copy)
 	var entered atomic.Int32
 	var written atomic.Int64
-	up := startH2Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		entered.Add(1)
-		rc := http.NewResponseController(w)
-		buf := make([]byte, 16<<10)
-		for {
-			if _, err := w.Write(buf); err != nil {
-				return
-			}
-			if err := rc.Flush(); err != nil {
-				return
-			}
-			written.Add(int64(len(buf)))
-		}
-	}))
+	up := startH2Upstream(t, endlessDownload(&entered, &written))
 	_, addr := engineOn(t, up, Config{Dial: unmarked})
 	c := dialWindowlessH2(t, addr)
 	for i := range streams {
 		c.get(t, uint32(2*i+1), "/public/large")
 	}
 	c.drain()
-	eventually(t, "every stream reaches the upstream", func() error {
-		if n := entered.Load(); n != streams {
-			return fmt.Errorf("%d of %d streams arrived", n, streams)
-		}
-		return nil
-	})
+	arrived(t, &entered, streams)
 	if n := settled(t, &written); n > bound {
 		t.Fatalf("the upstream wrote %d MiB for %d streams that a client does not read, want at most %d MiB held for the client connection",
 			n>>20, streams, bound>>20)
@@ -93,15 +75,7 @@ func TestH2UnreadStreamsLeaveOthersMoving(t *testing.T) {
 		}
 	}))
 	_, addr := engineOn(t, up, Config{Dial: unmarked, Resolver: conformance.AllowAll()})
-	nc, err := net.Dial("tcp4", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	cc := h2cClientConn(t, addr, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	get := func(path string) *http.Response {
@@ -160,44 +134,7 @@ func (zeros) Read(b []byte) (int, error) {
 func TestH2UnreadRequestBodiesHeldPerClientConnection(t *testing.T) {
 	const streams = 80
 	const bound = 16 << 20
-	var entered atomic.Int32
-	block := make(chan struct{})
-	t.Cleanup(func() { close(block) })
-	up := startH2Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		entered.Add(1)
-		select { // the body is never read
-		case <-block:
-		case <-r.Context().Done():
-		}
-	}))
-	_, addr := engineOn(t, up, Config{Dial: unmarked, Resolver: conformance.AllowAll()})
-	nc, err := net.Dial("tcp4", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sent atomic.Int64
-	cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(countingConn{nc, &sent})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	for range streams {
-		go func() {
-			req, _ := http.NewRequestWithContext(ctx, "POST", "http://"+addr+"/public/upload", io.NopCloser(zeros{}))
-			if resp, err := cc.RoundTrip(req); err == nil {
-				resp.Body.Close()
-			}
-		}()
-	}
-	eventually(t, "every stream reaches the upstream", func() error {
-		if n := entered.Load(); n != streams {
-			return fmt.Errorf("%d of %d streams arrived", n, streams)
-		}
-		return nil
-	})
-	if n := settled(t, &sent); n > bound {
+	if n := settled(t, stuckUploads(t, streams, nil)); n > bound {
 		t.Fatalf("the client sent %d MiB of %d request bodies that the upstream does not read, want at most %d MiB held for the client connection",
 			n>>20, streams, bound>>20)
 	} else {
@@ -225,15 +162,7 @@ func TestH2LargeBodiesThroughSharedWindows(t *testing.T) {
 		}
 	}))
 	_, addr := engineOn(t, up, Config{Dial: unmarked, Resolver: conformance.AllowAll()})
-	nc, err := net.Dial("tcp4", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	cc := h2cClientConn(t, addr, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	errs := make(chan error, 2*streams)
@@ -290,20 +219,7 @@ func TestH2UnreadResponsesHeldPerSlot(t *testing.T) {
 	const bound = conns * streams * (64 + 16 + 4) << 10
 	var entered atomic.Int32
 	var written atomic.Int64
-	up := startH2Upstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		entered.Add(1)
-		rc := http.NewResponseController(w)
-		buf := make([]byte, 16<<10)
-		for {
-			if _, err := w.Write(buf); err != nil {
-				return
-			}
-			if err := rc.Flush(); err != nil {
-				return
-			}
-			written.Add(int64(len(buf)))
-		}
-	}))
+	up := startH2Upstream(t, endlessDownload(&entered, &written))
 	_, addr := engineOn(t, up, Config{Dial: unmarked})
 	for range conns {
 		c := dialWindowlessH2(t, addr)
@@ -312,12 +228,7 @@ func TestH2UnreadResponsesHeldPerSlot(t *testing.T) {
 		}
 		c.drain()
 	}
-	eventually(t, "every stream reaches the upstream", func() error {
-		if n := entered.Load(); n != conns*streams {
-			return fmt.Errorf("%d of %d streams arrived", n, conns*streams)
-		}
-		return nil
-	})
+	arrived(t, &entered, conns*streams)
 	if n := settled(t, &written); n > bound {
 		t.Fatalf("the upstream wrote %d KiB for %d client connections of %d streams that the clients do not read, want at most %d KiB (%d KiB a slot)",
 			n>>10, conns, streams, bound>>10, bound/(conns*streams)>>10)
@@ -347,13 +258,7 @@ func TestH2UnreadRequestBodiesHeldPerSlot(t *testing.T) {
 	}
 	var p http.Protocols
 	p.SetUnencryptedHTTP2(true)
-	srv := &http.Server{Protocols: &p, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		entered.Add(1)
-		select { // the body is never read
-		case <-block:
-		case <-r.Context().Done():
-		}
-	}), HTTP2: &http.HTTP2Config{MaxReceiveBufferPerStream: 16 << 10, MaxReceiveBufferPerConnection: 64 << 10}}
+	srv := &http.Server{Protocols: &p, Handler: neverReads(&entered, block), HTTP2: &http.HTTP2Config{MaxReceiveBufferPerStream: 16 << 10, MaxReceiveBufferPerConnection: 64 << 10}}
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
 	_, addr := engineOn(t, l.Addr().(*net.TCPAddr).AddrPort(), Config{Dial: unmarked, Resolver: conformance.AllowAll()})
@@ -361,34 +266,92 @@ func TestH2UnreadRequestBodiesHeldPerSlot(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	for range conns {
-		nc, err := net.Dial("tcp4", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(countingConn{nc, &sent})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer cc.Close()
-		for range streams {
-			go func() {
-				req, _ := http.NewRequestWithContext(ctx, "POST", "http://"+addr+"/public/upload", io.NopCloser(zeros{}))
-				if resp, err := cc.RoundTrip(req); err == nil {
-					resp.Body.Close()
-				}
-			}()
-		}
+		endlessUploads(ctx, h2cClientConn(t, addr, &sent), addr, streams)
 	}
-	eventually(t, "every stream reaches the upstream", func() error {
-		if n := entered.Load(); n != conns*streams {
-			return fmt.Errorf("%d of %d streams arrived", n, conns*streams)
-		}
-		return nil
-	})
+	arrived(t, &entered, conns*streams)
 	if n := settled(t, &sent); n > bound {
 		t.Fatalf("the clients sent %d KiB of %d client connections of %d request bodies that the upstream does not read, want at most %d KiB (%d KiB a slot)",
 			n>>10, conns, streams, bound>>10, bound/(conns*streams)>>10)
 	} else {
 		t.Logf("the clients sent %d KiB, %d KiB a slot", n>>10, n/(conns*streams)>>10)
 	}
+}
+
+// endlessDownload answers every request with a response that never ends,
+// counting the requests in entered and what it wrote (flushed) in
+// written.
+func endlessDownload(entered *atomic.Int32, written *atomic.Int64) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		entered.Add(1)
+		rc := http.NewResponseController(w)
+		buf := make([]byte, 16<<10)
+		for {
+			if _, err := w.Write(buf); err != nil {
+				return
+			}
+			if err := rc.Flush(); err != nil {
+				return
+			}
+			written.Add(int64(len(buf)))
+		}
+	})
+}
+
+// neverReads counts the requests in entered and holds them, their bodies
+// unread, until block closes or the request ends.
+func neverReads(entered *atomic.Int32, block chan struct{}) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		entered.Add(1)
+		select {
+		case <-block:
+		case <-r.Context().Done():
+		}
+	})
+}
+
+// endlessUploads starts n POSTs with bodies that never end on cc, until
+// ctx ends.
+func endlessUploads(ctx context.Context, cc *http2.ClientConn, addr string, n int) {
+	for range n {
+		go func() {
+			req, _ := http.NewRequestWithContext(ctx, "POST", "http://"+addr+"/public/upload", io.NopCloser(zeros{}))
+			if resp, err := cc.RoundTrip(req); err == nil {
+				resp.Body.Close()
+			}
+		}()
+	}
+}
+
+// arrived waits until the upstream counted n requests in entered.
+func arrived(t *testing.T, entered *atomic.Int32, n int) {
+	t.Helper()
+	eventually(t, "every stream reaches the upstream", func() error {
+		if got := entered.Load(); int(got) != n {
+			return fmt.Errorf("%d of %d streams arrived", got, n)
+		}
+		return nil
+	})
+}
+
+// stuckUploads makes n endless uploads on one HTTP/2 client connection
+// through the engine to an upstream that never reads them, calling start
+// (when not nil) just before, and returns once every one reached the
+// upstream, with the count of bytes the client has sent.
+func stuckUploads(t *testing.T, n int, start func()) *atomic.Int64 {
+	t.Helper()
+	var entered atomic.Int32
+	block := make(chan struct{})
+	t.Cleanup(func() { close(block) })
+	up := startH2Upstream(t, neverReads(&entered, block))
+	_, addr := engineOn(t, up, Config{Dial: unmarked, Resolver: conformance.AllowAll()})
+	sent := new(atomic.Int64)
+	cc := h2cClientConn(t, addr, sent)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if start != nil {
+		start()
+	}
+	endlessUploads(ctx, cc, addr, n)
+	arrived(t, &entered, n)
+	return sent
 }
