@@ -370,22 +370,11 @@ func TestParseAccessLogVerdicts(t *testing.T) {
 // talks to its xDS socket with go-control-plane's ADS client: the first
 // snapshot, then new ones as the endpoints and the policy change.
 func TestADSClientReceivesConsistentSnapshots(t *testing.T) {
-	dir := t.TempDir()
 	sc := scenarios()
-	e, err := New(Config{Port: 15001, RunDir: dir, NoProcess: true, Resolver: sc["ingress-only"]})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
+	e, cc := xdsOnly(t, sc["ingress-only"])
 	if _, err := os.Stat(e.Paths().Bootstrap); err != nil {
 		t.Fatalf("bootstrap not written: %v", err)
 	}
-
-	cc, err := grpc.NewClient("unix://"+e.Paths().XDSSocket, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	node := &core.Node{Id: NodeID}
@@ -679,4 +668,22 @@ func TestUnitKeepsRestartingAnEnvoyThatExitsAtOnce(t *testing.T) {
 	if starts := int(interval/restart) + 1; starts > burst {
 		t.Fatalf("an Envoy that exits at once is started %d times in %v (RestartSec=%v), over StartLimitBurst=%d: systemd gives the unit up for good", starts, interval, restart, burst)
 	}
+}
+
+// xdsOnly runs the engine without Envoy (NoProcess), judging by r, and
+// connects a gRPC client to its xDS socket, as Envoy would; both close
+// when the test ends.
+func xdsOnly(t *testing.T, r proxy.Resolver) (*Engine, *grpc.ClientConn) {
+	t.Helper()
+	e, err := New(Config{Port: 15001, RunDir: t.TempDir(), NoProcess: true, Resolver: r})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	cc, err := grpc.NewClient("unix://"+e.Paths().XDSSocket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return e, cc
 }

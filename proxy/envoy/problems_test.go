@@ -12,8 +12,6 @@ import (
 	sotw "github.com/envoyproxy/go-control-plane/pkg/client/sotw/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 )
 
 // An ADS client stands in for Envoy (none runs on this machine): it NACKs
@@ -21,18 +19,8 @@ import (
 // Envoy then keeps the listeners it had; the engine must say so (membrane
 // status lists Problems) until a later snapshot is ACKed.
 func TestRejectedConfigurationIsReported(t *testing.T) {
-	dir := t.TempDir()
 	sc := scenarios()
-	e, err := New(Config{Port: 15001, RunDir: dir, NoProcess: true, Resolver: sc["ingress-only"]})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
-	cc, err := grpc.NewClient("unix://"+e.Paths().XDSSocket, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	e, cc := xdsOnly(t, sc["ingress-only"])
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	c := sotw.NewADSClient(ctx, &core.Node{Id: NodeID}, resource.ListenerType)
