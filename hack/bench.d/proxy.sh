@@ -31,7 +31,9 @@
 #      (the datapath redirects it to the engine). Loopback (parts 1-4) is
 #      the engine's cost alone; here the direct path pays for the veths, the
 #      bridge and the datapath too, as it does on a Membrane host
-#      (bpf.BenchmarkL7Throughput).
+#      (bpf.BenchmarkL7Throughput). The relay runs here too, on a third port
+#      the datapath redirects to it (a transparent listener that relays each
+#      connection to its original destination with the from-proxy mark).
 # L7BENCH_DURATION sets the length of parts 3 and 4 (default 10s),
 # L7BENCH_ROUNDS and L7BENCH_ROUND the rounds of parts 1 and 2 and the
 # length of each target's run in them (default 5 and 4s).
@@ -144,8 +146,10 @@ echo "new connections/s (Connection: close): direct $cd_, proxy $cp_ (ratio $(ra
 # with this run's l7bench as the upstream. metric UNIT LINE: a go test
 # -bench line's value for UNIT.
 metric() { awk -v n="$1" '{for (i = 2; i <= NF; i++) if ($i == n) print $(i - 1)}' <<<"$2"; }
-dl=$(MEMBRANE_L7BENCH="$tmp/l7bench" L7BENCH_ROUNDS="$ROUNDS" L7BENCH_ROUND="$ROUND" \
+dl=$(MEMBRANE_L7BENCH="$tmp/l7bench" MEMBRANE_L7RELAY="$tmp/relay" L7BENCH_ROUNDS="$ROUNDS" L7BENCH_ROUND="$ROUND" \
 	go test -count=1 -run '^$' -bench '^BenchmarkL7Throughput$' -benchtime 1x ./bpf/ | grep '^BenchmarkL7Throughput')
 echo "deployed path (veths, bridge, datapath; $ROUNDS interleaved rounds of $ROUND): direct $(metric direct-req/s "$dl" | cut -d. -f1) req/s," \
 	"proxy $(metric proxied-req/s "$dl" | cut -d. -f1) req/s, ratio $(printf %.2f "$(metric proxied/direct "$dl")") (rounds $(printf %.2f-%.2f "$(metric min-ratio "$dl")" "$(metric max-ratio "$dl")"); target >= 0.6)," \
-	"proxy CPU per 1000 req/s $(printf %.3f "$(metric proxy-cores-per-1k-req/s "$dl")") cores"
+	"proxy CPU per 1000 req/s $(printf %.3f "$(metric proxy-cores-per-1k-req/s "$dl")") cores;" \
+	"relay ratio $(printf %.2f "$(metric relayed/direct "$dl")") (rounds $(printf %.2f-%.2f "$(metric relay-min-ratio "$dl")" "$(metric relay-max-ratio "$dl")"))," \
+	"relay CPU per 1000 req/s $(printf %.3f "$(metric relay-cores-per-1k-req/s "$dl")") cores"

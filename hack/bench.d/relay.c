@@ -5,8 +5,16 @@
 // the loopback reads and writes, and the wake-ups.
 //
 //	relay LISTEN_PORT UPSTREAM_PORT    (both on 127.0.0.1)
+//	relay -t LISTEN_PORT LISTEN_MARK UPSTREAM_MARK
 //
-// It prints "listening 127.0.0.1:PORT" once it accepts, and runs until killed.
+// The second form is the relay on the path the built-in engine runs on when
+// deployed (bpf.BenchmarkL7Throughput): an IPv4 listener on LISTEN_PORT with
+// IP_TRANSPARENT and SO_MARK LISTEN_MARK, as the engine's, to which the
+// datapath assigns redirected connections, each relayed to its original
+// destination (the accepted socket's local address) on a socket with SO_MARK
+// UPSTREAM_MARK, the source identity's from-proxy mark. Needs CAP_NET_ADMIN.
+//
+// It prints "listening ADDR:PORT" once it accepts, and runs until killed.
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -16,6 +24,7 @@
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -23,6 +32,11 @@
 #define MAX_FDS 65536
 
 static int peer[MAX_FDS];
+
+// Transparent mode (-t): the upstream is each connection's original
+// destination, dialed with this mark.
+static int transparent;
+static unsigned upstream_mark;
 
 static struct sockaddr_in loopback(int port)
 {
@@ -71,7 +85,17 @@ static void accept_all(int lfd, int ep, int upstream_port)
 			return;
 		int u = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		struct sockaddr_in ua = loopback(upstream_port);
-		// A blocking connect: on loopback it is immediate.
+		socklen_t ualen = sizeof ua;
+		if (transparent && (getsockname(c, (struct sockaddr *)&ua, &ualen) < 0 ||
+				    (u >= 0 && setsockopt(u, SOL_SOCKET, SO_MARK, &upstream_mark, sizeof upstream_mark) < 0))) {
+			perror("relay: original destination or upstream mark");
+			close(c);
+			if (u >= 0)
+				close(u);
+			continue;
+		}
+		// A blocking connect: on loopback it is immediate, on the deployed
+		// path one round trip between the host and a container.
 		if (u < 0 || u >= MAX_FDS || c >= MAX_FDS || connect(u, (struct sockaddr *)&ua, sizeof ua) < 0) {
 			close(c);
 			if (u >= 0)
@@ -94,15 +118,27 @@ static void accept_all(int lfd, int ep, int upstream_port)
 
 int main(int argc, char **argv)
 {
-	if (argc != 3) {
-		fprintf(stderr, "usage: relay LISTEN_PORT UPSTREAM_PORT\n");
+	transparent = argc == 5 && strcmp(argv[1], "-t") == 0;
+	if (argc != 3 && !transparent) {
+		fprintf(stderr, "usage: relay LISTEN_PORT UPSTREAM_PORT\n"
+				"       relay -t LISTEN_PORT LISTEN_MARK UPSTREAM_MARK\n");
 		return 2;
 	}
-	int lport = atoi(argv[1]), uport = atoi(argv[2]), one = 1;
+	int lport = atoi(argv[1 + transparent]), uport = transparent ? 0 : atoi(argv[2]), one = 1;
 	int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	struct sockaddr_in la = loopback(lport);
 	socklen_t alen = sizeof la;
 	setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	if (transparent) {
+		unsigned listen_mark = strtoul(argv[3], NULL, 0);
+		upstream_mark = strtoul(argv[4], NULL, 0);
+		la.sin_addr.s_addr = htonl(INADDR_ANY);
+		if (setsockopt(lfd, SOL_IP, IP_TRANSPARENT, &one, sizeof one) < 0 ||
+		    setsockopt(lfd, SOL_SOCKET, SO_MARK, &listen_mark, sizeof listen_mark) < 0) {
+			perror("relay: IP_TRANSPARENT or SO_MARK");
+			return 1;
+		}
+	}
 	if (bind(lfd, (struct sockaddr *)&la, sizeof la) < 0 || listen(lfd, 1024) < 0 ||
 	    getsockname(lfd, (struct sockaddr *)&la, &alen) < 0) {
 		perror("relay: listen");
@@ -110,7 +146,7 @@ int main(int argc, char **argv)
 	}
 	int ep = epoll_create1(EPOLL_CLOEXEC);
 	watch(ep, lfd);
-	printf("listening 127.0.0.1:%d\n", ntohs(la.sin_port));
+	printf("listening %s:%d\n", inet_ntoa(la.sin_addr), ntohs(la.sin_port));
 	fflush(stdout);
 
 	static char buf[64 << 10];
