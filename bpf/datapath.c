@@ -1030,14 +1030,61 @@ static __always_inline void judge(__u32 local, __u8 dir, __u8 proto, __u16 port,
 	v->reason = pv->proxy_port ? REASON_REDIRECT : REASON_ALLOW_POLICY;
 }
 
-/* judge_new is judge() for handle()'s new flows: a global function,
- * checked once by the verifier. */
-__attribute__((noinline)) int judge_new(__u32 local, __u32 dir, __u32 proto, __u32 port, struct verdict *v)
+#define FANOUT_NONE 0
+#define FANOUT_PASS 1
+#define FANOUT_DROP 2
+
+/* fanout judges a new flow coming into an endpoint (local: its identity;
+ * proto, port: the flow's) by the egress rules of the endpoint that sent
+ * it, when that one's egress could not: a datagram it sent to a multicast
+ * or broadcast address (or any other address of no endpoint of the
+ * receiver's identity: one the receiver gave itself), which its egress
+ * judged as going to the world and the bridge floods to every port. in is
+ * the device the packet came in through when it is not addressed to the
+ * receiver's identity (else 0): a sender's veth (the bridge forwards from
+ * there; the host's own and routed packets come in from elsewhere). Else
+ * that endpoint's egress rules towards this one would not hold for
+ * anything it can send as a broadcast (policy decision 90). FANOUT_NONE:
+ * not such a packet (addressed to the receiver, judged so by the sender's
+ * egress; or the sender is no endpoint, or enforces no egress);
+ * FANOUT_PASS: the sender's egress admits it, or would deny it and audits
+ * it (v->audit set, v says why); FANOUT_DROP: it denies it, v says why,
+ * and the receiver's audit mode does not change that (it is not the
+ * receiver's rule). */
+static __always_inline int fanout(__u32 in, __u32 local, __u8 proto, __u16 port, struct verdict *v)
+{
+	if (!in)
+		return FANOUT_NONE;
+	struct endpoint_info *sep = endpoint(in);
+	if (!sep)
+		return FANOUT_NONE;
+	if (!(sep->flags & EP_ENFORCE_EGRESS))
+		return FANOUT_NONE;
+	__u32 sender = sep->identity;
+	int audit = sep->flags & EP_AUDIT;
+	struct verdict sv = {.remote = local};
+	judge(sender, DIR_EGRESS, proto, port, &sv);
+	if (sv.reason < REASON_FIRST_DROP)
+		return FANOUT_PASS;
+	v->rule_id = sv.rule_id;
+	v->remote = sender;
+	v->reason = sv.reason;
+	v->audit = sv.audit || audit;
+	return v->audit ? FANOUT_PASS : FANOUT_DROP;
+}
+
+/* judge_new is judge() for handle()'s new flows (dir_proto: the direction
+ * and the protocol << 8), then, for a packet into an endpoint from in (the
+ * sender's veth, 0 when it is not to be asked), fanout(): what fanout
+ * returns. A global function, checked once by the verifier. */
+__attribute__((noinline)) int judge_new(__u32 local, __u32 dir_proto, __u32 port, __u32 in, struct verdict *v)
 {
 	if (!v)
-		return 0;
-	judge(local, dir, proto, port, v);
-	return 0;
+		return FANOUT_NONE;
+	judge(local, dir_proto & 0xff, dir_proto >> 8, port, v);
+	if (v->reason >= REASON_FIRST_DROP)
+		return FANOUT_NONE;
+	return fanout(in, local, dir_proto >> 8, port, v);
 }
 
 static __always_inline __u64 lifetime(const struct config *cfg, const struct ct_entry *e, __u8 proto)
@@ -1176,6 +1223,17 @@ static __always_inline int rejudge_entry(struct ct_entry *e, const struct ct_key
 	 * then (arrived_from), and still while the address is an endpoint's. */
 	if ((e->flags & CT_F_FOREIGN) && v->remote >= FIRST_LOCAL_IDENTITY && v->remote < FIRST_CIDR_IDENTITY)
 		v->remote = IDENTITY_INIT;
+	/* A flow the sender's egress judged as going elsewhere (fanout): its
+	 * egress rules towards this endpoint first, a rule's audit flag
+	 * standing for the sender's audit mode, which is not known here. */
+	if (e->flags & CT_F_FANOUT) {
+		__u32 sender = v->remote;
+		v->remote = local;
+		judge(sender, DIR_EGRESS, orig->protocol, e->policy_port, v);
+		v->remote = sender;
+		if (v->reason >= REASON_FIRST_DROP && !v->audit)
+			return REJUDGE_DENIED;
+	}
 	judge(local, e->direction, orig->protocol, e->policy_port, v);
 	if (v->reason >= REASON_FIRST_DROP) {
 		if (!(audit_ep || v->audit))
@@ -1674,7 +1732,15 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 		v.remote = tuple_identity(&p.tuple, dir == DIR_EGRESS);
 	if (dir == DIR_INGRESS && !from_proxy)
 		v.remote = arrived_from(skb, ep, v.remote);
-	judge_new(local, dir, p.tuple.protocol, p.policy_port, &v);
+	/* Into an endpoint from another's veth, to an address not its own
+	 * (multicast, broadcast): the sender's egress rules towards this
+	 * endpoint hold too (fanout), and again when a policy change judges
+	 * the flow again (CT_F_FANOUT, rejudge). */
+	__u32 in = 0;
+	if (dir == DIR_INGRESS && !from_proxy && skb->ingress_ifindex != ifindex &&
+	    tuple_identity(&p.tuple, 1) != local)
+		in = skb->ingress_ifindex;
+	int fanned = judge_new(local, dir | (__u32)p.tuple.protocol << 8, p.policy_port, in, &v);
 	/* The proxy's own upstream traffic was judged there: never again; and
 	 * only TCP can be redirected (L7 entries are HTTP). */
 	if (from_proxy || p.tuple.protocol != IPPROTO_TCP) {
@@ -1684,7 +1750,7 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 	}
 	int audited = 0;
 	if (v.reason >= REASON_FIRST_DROP) {
-		if (!(audit_ep || v.audit))
+		if (fanned == FANOUT_DROP || !(audit_ep || v.audit))
 			return drop_or_audit(skb, &p, dir, evflags, ep, local, &v, 0);
 		drop_or_audit(skb, &p, dir, evflags, ep, local, &v, 1);
 		audited = 1;
@@ -1702,7 +1768,8 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 			.policy_port = p.policy_port,
 			.direction = dir,
 			.state = CT_SYN,
-			.flags = (audited ? CT_F_AUDIT : 0) | (from_proxy ? CT_F_FROM_PROXY : 0),
+			.flags = (audited ? CT_F_AUDIT : 0) | (from_proxy ? CT_F_FROM_PROXY : 0) |
+				 (fanned != FANOUT_NONE ? CT_F_FANOUT : 0),
 			.packets = 1,
 			.bytes = skb->len,
 		};

@@ -46,7 +46,13 @@
 // endpoint from a local endpoint's address (identity 256 up to the CIDR
 // identities) keeps that identity only when the skb came in
 // (ingress_ifindex) through an endpoint's veth, the endpoint's bridge, or
-// the host stack (0); through any other device it is judged as init. A
+// the host stack (0); through any other device it is judged as init. A new
+// flow into an endpoint that came in through another endpoint's veth and is
+// addressed to no address of the receiver's identity (multicast, broadcast,
+// an address the ipcache does not know) is judged by the sender's egress
+// entries towards the receiver too, with the sender's audit mode; its
+// conntrack entry is marked (CT_F_FANOUT) so that a policy change judges it
+// so again (policy decision 90). A
 // direction the endpoint does not enforce passes before conntrack: its flows
 // are not tracked, so were it to enforce later, a reply of a connection
 // opened meanwhile would be judged as a new flow the other way. The daemon
@@ -216,7 +222,8 @@
 //	                             2 established, 3 closing), flags u8 (1 audit, 2 from proxy,
 //	                             4/8 FIN seen original/reply, 16 closing by a RST, 32 came in
 //	                             through a foreign device: its source stays init when judged
-//	                             again), pad [5]u8}
+//	                             again, 64 from another endpoint to an address not the
+//	                             receiver's: the sender's egress judges it again too), pad [5]u8}
 //	membrane_frag       LRU hash frag_key{saddr, daddr [16]u8, id u32, protocol (0), family u8,
 //	                             direction u8, pad u8, ifindex u32} -> frag_value{sport, dport u16 NBO, policy_port u16,
 //	                             protocol u8, pad u8}
