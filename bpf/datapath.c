@@ -1756,8 +1756,15 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 		audited = 1;
 	}
 
-	/* CFG_NO_CT_INSERT (benchmarks only): judge, record nothing. */
-	if (!(cfg->flags & CFG_NO_CT_INSERT)) {
+	/* CFG_NO_CT_INSERT (benchmarks only): judge, record nothing. Nor for
+	 * the reply of an ICMP request/reply pair other than echo (timestamp,
+	 * information, address mask; ICMPv6 node information: no sport, the
+	 * request's type in dport, see load_ports) sent unasked: its entry
+	 * would have the reverse of the tuple of the peer's requests, and let
+	 * them in as its replies. Nothing answers a reply. */
+	if (!(cfg->flags & CFG_NO_CT_INSERT) &&
+	    !((p.tuple.protocol == IPPROTO_ICMP || p.tuple.protocol == IPPROTO_ICMPV6) && !p.tuple.sport &&
+	      p.tuple.dport)) {
 		if (syn)
 			now = now_ns();
 		struct ct_entry ne = {

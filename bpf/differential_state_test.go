@@ -211,7 +211,11 @@ func (m *sModel) judge(ifx int, dir policies.Direction, p pkt, quote *pkt, forei
 		c.From = policies.Peer{Entity: policies.EntityInit}
 	}
 	v := m.verdict(c, dir)
-	if v != "drop" {
+	// The reply of a request/reply pair other than echo, sent unasked,
+	// leaves no entry: it would let the peer's requests in as its replies.
+	pairReply := (p.proto == 1 && (p.icmpType == 14 || p.icmpType == 16 || p.icmpType == 18)) ||
+		(p.proto == 58 && p.icmpType == 140)
+	if v != "drop" && !pairReply {
 		m.entries[sKey{k, dir}] = &sEntry{conn: c, dir: dir, gen: m.gen, redirect: v == "redirect"}
 	}
 	return v, "new connection"
