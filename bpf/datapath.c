@@ -1044,7 +1044,7 @@ static __always_inline void judge(__u32 local, __u8 dir, __u8 proto, __u16 port,
  * receiver's identity (else 0): a sender's veth (the bridge forwards from
  * there; the host's own and routed packets come in from elsewhere). Else
  * that endpoint's egress rules towards this one would not hold for
- * anything it can send as a broadcast (policy decision 90). FANOUT_NONE:
+ * anything it can send as a broadcast (policy decision 89). FANOUT_NONE:
  * not such a packet (addressed to the receiver, judged so by the sender's
  * egress; or the sender is no endpoint, or enforces no egress);
  * FANOUT_PASS: the sender's egress admits it, or would deny it and audits

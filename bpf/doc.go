@@ -52,7 +52,7 @@
 // an address the ipcache does not know) is judged by the sender's egress
 // entries towards the receiver too, with the sender's audit mode; its
 // conntrack entry is marked (CT_F_FANOUT) so that a policy change judges it
-// so again (policy decision 90). A
+// so again (policy decision 89). A
 // direction the endpoint does not enforce passes before conntrack: its flows
 // are not tracked, so were it to enforce later, a reply of a connection
 // opened meanwhile would be judged as a new flow the other way. The daemon

@@ -58,7 +58,7 @@
 #define CT_F_FIN_REPLY 8
 #define CT_F_RST 16 /* closing because of a RST, which may not have been taken */
 #define CT_F_FOREIGN 32 /* came in through a device that is not its source endpoint's: judged as init (decision 56) */
-#define CT_F_FANOUT 64 /* into an endpoint from another's veth, to an address not its own: the sender's egress judges it too (decision 90) */
+#define CT_F_FANOUT 64 /* into an endpoint from another's veth, to an address not its own: the sender's egress judges it too (decision 89) */
 
 /* event.type */
 #define EVENT_DROP 1
