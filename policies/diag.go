@@ -33,7 +33,44 @@ type Diagnostic struct {
 
 // String is the one-line form of the CLI contract: FILE:LINE:COL: SEVERITY: SUMMARY.
 func (d Diagnostic) String() string {
-	return fmt.Sprintf("%s: %s: %s", d.Pos, d.Severity, d.Summary)
+	return printable(fmt.Sprintf("%s: %s: %s", d.Pos, d.Severity, d.Summary), false)
+}
+
+// printable is s with what a terminal would act on written as Go escapes it:
+// control characters (\x1b, \u009b; \n too unless newlines is set; tabs
+// pass) and bytes that are not UTF-8 (\x9b). File names and source lines are
+// what others wrote: a newline in a file name would split the one-line
+// FILE:LINE:COL form, and an escape sequence in a comment would reach the
+// terminal of whoever checks the file (decision 93). JSON needs none of it.
+func printable(s string, newlines bool) string {
+	clean := true
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < ' ' && c != '\t' && (c != '\n' || !newlines) || c >= 0x7f {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && n == 1:
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case r == '\n' && !newlines:
+			b.WriteString(`\n`)
+		case r < ' ' && r != '\t' && r != '\n', r == 0x7f:
+			fmt.Fprintf(&b, `\x%02x`, r)
+		case r >= 0x80 && r <= 0x9f:
+			fmt.Fprintf(&b, `\u%04x`, r)
+		default:
+			b.WriteString(s[i : i+n])
+		}
+		i += n
+	}
+	return b.String()
 }
 
 // Report is everything Load found, in file order then position order, with
@@ -220,7 +257,11 @@ func writeDiagnostic(w *bufio.Writer, d *hcl.Diagnostic, f *snippetFile, color b
 	if d.Severity == hcl.DiagError {
 		sev = "Error"
 	}
-	fmt.Fprintf(w, "%s%s%s: %s\n\n", colorCode, sev, resetCode, d.Summary)
+	fmt.Fprintf(w, "%s%s%s: %s\n\n", colorCode, sev, resetCode, printable(d.Summary, false))
+	file := ""
+	if d.Subject != nil {
+		file = printable(d.Subject.Filename, false)
+	}
 	if d.Subject != nil {
 		snip, hl := *d.Subject, *d.Subject
 		if d.Context != nil {
@@ -234,13 +275,13 @@ func writeDiagnostic(w *bufio.Writer, d *hcl.Diagnostic, f *snippetFile, color b
 			hl.End.Byte++
 		}
 		if f == nil {
-			fmt.Fprintf(w, "  on %s line %d:\n  (source code not available)\n\n", d.Subject.Filename, d.Subject.Start.Line)
+			fmt.Fprintf(w, "  on %s line %d:\n  (source code not available)\n\n", file, d.Subject.Start.Line)
 		} else {
 			ctx := f.context(d.Subject.Start.Byte)
 			if ctx != "" {
-				ctx = ", in " + ctx
+				ctx = ", in " + printable(ctx, false)
 			}
-			fmt.Fprintf(w, "  on %s line %d%s:\n", d.Subject.Filename, d.Subject.Start.Line, ctx)
+			fmt.Fprintf(w, "  on %s line %d%s:\n", file, d.Subject.Start.Line, ctx)
 			// The lines that overlap the snippet's range as HCL's
 			// Range.Overlaps has it: an empty line never does, and the
 			// range's end counts as inside it.
@@ -260,7 +301,7 @@ func writeDiagnostic(w *bufio.Writer, d *hcl.Diagnostic, f *snippetFile, color b
 		}
 	}
 	if d.Detail != "" {
-		fmt.Fprintf(w, "%s\n\n", d.Detail)
+		fmt.Fprintf(w, "%s\n\n", printable(d.Detail, true))
 	}
 }
 
@@ -290,11 +331,12 @@ func writeSnippetLine(w *bufio.Writer, n int, b []byte, start int, hl hcl.Range,
 			after, post = headRunes(after, side), "..."
 		}
 	}
+	p := func(b []byte) string { return printable(string(b), false) }
 	if len(mid) == 0 && cut == "" {
-		fmt.Fprintf(w, "%4d: %s%s%s%s\n", n, pre, before, after, post)
+		fmt.Fprintf(w, "%4d: %s%s%s%s\n", n, pre, p(before), p(after), post)
 		return
 	}
-	fmt.Fprintf(w, "%4d: %s%s%s%s%s%s%s%s\n", n, pre, before, on, mid, cut, off, after, post)
+	fmt.Fprintf(w, "%4d: %s%s%s%s%s%s%s%s\n", n, pre, p(before), on, p(mid), cut, off, p(after), post)
 }
 
 // headRunes is the first n bytes of b, or fewer so as not to cut a

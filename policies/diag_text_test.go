@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
@@ -82,5 +83,52 @@ func TestWriteTextBoundsLongLines(t *testing.T) {
 	}
 	if !bytes.Equal(bytes.ToValidUTF8(buf.Bytes(), nil), buf.Bytes()) {
 		t.Errorf("a window cut a character in two")
+	}
+}
+
+// TestTextDiagnosticsEscapeControlCharacters: a policy file's name and its
+// bytes are what others wrote (a tree that `policy check` reviews comes
+// from anyone), so the text forms show a control character in them escaped
+// as Go writes it: a newline in a file name would split the contract's
+// one-line FILE:LINE:COL form, and an escape sequence in a name or a
+// comment would reach the terminal of whoever checks the files (decision 93).
+func TestTextDiagnosticsEscapeControlCharacters(t *testing.T) {
+	dir := t.TempDir()
+	name := "a\nb\x1b[2K\x9b.hcl" // \x9b: not UTF-8 on its own
+	src := "policy \"a\" { # \x1b]0;title\x07\n  selector = \"x y\" # \x1b[2K\u009b\x7f\n}\n"
+	if err := os.WriteFile(filepath.Join(dir, name), []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, rep := Load(dir)
+	if len(rep.Diagnostics) != 1 {
+		t.Fatalf("diagnostics: %v", rep.Diagnostics)
+	}
+	line := rep.Diagnostics[0].String()
+	want := filepath.Join(dir, `a\nb\x1b[2K\x9b.hcl`) + `:2:17: error: Invalid selector: unexpected "y" after key "x"`
+	if !strings.HasPrefix(line, want) {
+		t.Errorf("String() = %q, want it to start with %q", line, want)
+	}
+	var buf bytes.Buffer
+	if err := rep.WriteText(&buf, false); err != nil {
+		t.Fatal(err)
+	}
+	text := buf.String()
+	for i, r := range text {
+		if r < ' ' && r != '\n' && r != '\t' || r >= 0x7f && r <= 0x9f || r == utf8.RuneError {
+			t.Fatalf("WriteText writes %q at %d:\n%q", r, i, text)
+		}
+	}
+	for _, s := range []string{`on ` + filepath.Join(dir, `a\nb\x1b[2K\x9b.hcl`) + ` line 2`, `selector = "x y" # \x1b[2K\u009b\x7f`} {
+		if !strings.Contains(text, s) {
+			t.Errorf("WriteText has no %q:\n%s", s, text)
+		}
+	}
+	// JSON keeps the name as it is: encoding/json escapes it.
+	b, err := rep.JSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(b, []byte(`b\u001b[2K`)) {
+		t.Errorf("JSON: %s", b)
 	}
 }

@@ -227,7 +227,9 @@ func writeCheckJSON(out io.Writer, sets []*checkSet) error {
 }
 
 // writeSkipped writes a line for each file skipped and each note.
+// File names are what others wrote: termSafe (decision 93).
 func writeSkipped(out io.Writer, skipped, notes []string) error {
+	out = termSafe(out)
 	for _, s := range skipped {
 		if _, err := fmt.Fprintf(out, "skipped %s\n", s); err != nil {
 			return err
@@ -280,7 +282,7 @@ func writeCheckText(out io.Writer, sets []*checkSet, skipped, notes []string) er
 				line += fmt.Sprintf(" (%s)", plural(nwarn, "warning", "warnings"))
 			}
 		}
-		if _, err := fmt.Fprintln(out, line); err != nil {
+		if _, err := fmt.Fprintln(termSafe(out), line); err != nil { // a directory's name
 			return err
 		}
 	}

@@ -590,3 +590,36 @@ func TestFlagValueOfTheWrongTypeIsToldInWords(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckTextEscapesControlCharactersInNames: `policy check` reviews
+// trees that anyone may have written, so a control character in a file or
+// directory name reaches the terminal escaped, in the skipped-file notes
+// and the summary lines as in the diagnostics (decision 93).
+func TestCheckTextEscapesControlCharactersInNames(t *testing.T) {
+	root := t.TempDir()
+	ok := "policy \"api\" {\n  selector = \"app=api\"\n}\n"
+	writePolicy(t, filepath.Join(root, "s\x1b[2K", "api.hcl"), ok)
+	writePolicy(t, filepath.Join(root, "w\x1b[31m.nomad.hcl"), "job {")
+	writePolicy(t, filepath.Join(root, "q\x07.HCL"), ok)
+	writePolicy(t, filepath.Join(root, "b\x1b]0;x\x07.hcl"), "junk")
+	out, stderr, code, _ := runCLIStderr(t, "policy", "check", root)
+	if code != 1 {
+		t.Fatalf("exit %d, output:\n%s%s", code, out, stderr)
+	}
+	for i, r := range out + stderr {
+		if r < ' ' && r != '\n' && r != '\t' {
+			t.Fatalf("control character %q at %d in:\n%q", r, i, out+stderr)
+		}
+	}
+	for _, s := range []string{
+		"skipped " + filepath.Join(root, `w\x1b[31m.nomad.hcl`) + ": ",
+		"skipped " + filepath.Join(root, `q\x07.HCL`) + ": ",
+		filepath.Join(root, `b\x1b]0;x\x07.hcl`) + ":1:1: error: ",
+		root + ": 1 error, 0 warnings in 1 file: invalid\n",
+		filepath.Join(root, `s\x1b[2K`) + ": 1 policy, 0 rules in 1 file: valid\n",
+	} {
+		if !strings.Contains(out, s) {
+			t.Errorf("no %q in:\n%s", s, out)
+		}
+	}
+}
