@@ -160,20 +160,25 @@ func (k datapathIpcacheKey) prefix() netip.Prefix {
 	return netip.PrefixFrom(netip.AddrFrom16(k.Addr), bits)
 }
 
-// IPCacheSet maps a prefix to an identity (IPv4-mapped IPv6 addresses are
-// stored as IPv4).
+// IPCacheSet maps a prefix to an identity. An IPv4-mapped IPv6 prefix
+// (::ffff:198.51.100.0/120) is stored as written, an IPv6 prefix, which no
+// lookup reaches: the programs look a peer's mapped address up as its IPv4
+// address, so such a prefix holds no peer (policy decision 27). Stored as
+// the IPv4 prefix it maps, its identity (one no rule naming the IPv4
+// addresses matches) would be the longest match of IPv4 addresses and take
+// them out of the rules of the prefixes holding them, a deny's included.
 // A new prefix, or an existing one's new identity, moves the policy revision
 // on: its addresses were another identity's (world, or a shorter prefix's)
 // when their flows were admitted, so those flows are judged again.
 func (d *Datapath) IPCacheSet(p netip.Prefix, id policies.Identity) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	k, err := ipcacheKey(unmapPrefix(p))
+	k, err := ipcacheKey(p)
 	if err != nil {
 		return err
 	}
 	var old datapathIpcacheValue
-	existed := d.ipcacheMap(unmapPrefix(p)).Lookup(&k, &old) == nil
+	existed := d.ipcacheMap(p).Lookup(&k, &old) == nil
 	if err := d.ipcacheSet(p, id); err != nil {
 		return err
 	}
@@ -184,7 +189,6 @@ func (d *Datapath) IPCacheSet(p netip.Prefix, id policies.Identity) error {
 }
 
 func (d *Datapath) ipcacheSet(p netip.Prefix, id policies.Identity) error {
-	p = unmapPrefix(p)
 	k, err := ipcacheKey(p)
 	if err != nil {
 		return err
@@ -201,7 +205,6 @@ func (d *Datapath) ipcacheSet(p netip.Prefix, id policies.Identity) error {
 // ipcacheDelete removes a prefix from its map (its inline slot first);
 // missing is ebpf.ErrKeyNotExist.
 func (d *Datapath) ipcacheDelete(p netip.Prefix) error {
-	p = unmapPrefix(p)
 	k, err := ipcacheKey(p)
 	if err != nil {
 		return err
@@ -210,13 +213,6 @@ func (d *Datapath) ipcacheDelete(p netip.Prefix) error {
 		d.inlineIPCacheDelete(p.Addr())
 	}
 	return d.ipcacheMap(p).Delete(&k)
-}
-
-func unmapPrefix(p netip.Prefix) netip.Prefix {
-	if p.Addr().Is4In6() && p.Bits() >= 96 {
-		return netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
-	}
-	return p
 }
 
 // IPCacheDelete removes a prefix (moving the policy revision on); missing
@@ -276,7 +272,7 @@ func (e IPCacheEntries) Fuller() int { return max(e.Addresses, e.Prefixes) }
 func IPCacheFill(c map[netip.Prefix]policies.Identity) IPCacheEntries {
 	var e IPCacheEntries
 	for p := range c {
-		if p = unmapPrefix(p); p.Bits() == p.Addr().BitLen() {
+		if p.Bits() == p.Addr().BitLen() {
 			e.Addresses++
 		} else {
 			e.Prefixes++
@@ -318,7 +314,7 @@ func (d *Datapath) IPCacheSync(want map[netip.Prefix]policies.Identity) error {
 		if !p.IsValid() {
 			return fmt.Errorf("invalid prefix %v", p)
 		}
-		norm[unmapPrefix(p).Masked()] = id
+		norm[p.Masked()] = id
 	}
 	have, err := d.ipcache()
 	if err != nil {
