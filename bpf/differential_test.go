@@ -51,11 +51,12 @@ var (
 
 // dGen is the generator's distribution for this world: the prefixes cover
 // endpoint addresses (172.30.0.0/16), world addresses and the host's, in
-// both families; the ICMP types are ones genConn sends (ND types are left
+// both families, and IPv4-mapped ones, which hold no peer (decision 27); the ICMP types are ones genConn sends (ND types are left
 // out: the datapath passes them before policy).
 var dGen = policygen.Options{
 	CIDRs: policygen.Prefixes("10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "0.0.0.0/0", "192.168.0.0/16",
-		"10.1.2.3/32", "2001:db8::/32", "::/0", "2001:db8:1::/48", "172.30.0.0/16"),
+		"10.1.2.3/32", "2001:db8::/32", "::/0", "2001:db8:1::/48", "172.30.0.0/16", "::ffff:10.1.0.0/112",
+		"::ffff:0.0.0.0/96"),
 	ICMPTypes: []uint8{0, 3, 8, 11}, ICMPv6Types: []uint8{1, 128, 129},
 	HTTPOneIn: 4, MaxHTTP: 1,
 }
