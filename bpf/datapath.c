@@ -1036,17 +1036,19 @@ static __always_inline void judge(__u32 local, __u8 dir, __u8 proto, __u16 port,
 
 /* fanout judges a new flow coming into an endpoint (local: its identity;
  * proto, port: the flow's) by the egress rules of the endpoint that sent
- * it, when that one's egress could not: a datagram it sent to a multicast
- * or broadcast address (or any other address of no endpoint of the
- * receiver's identity: one the receiver gave itself), which its egress
- * judged as going to the world and the bridge floods to every port. in is
- * the device the packet came in through when it is not addressed to the
- * receiver's identity (else 0): a sender's veth (the bridge forwards from
- * there; the host's own and routed packets come in from elsewhere). Else
- * that endpoint's egress rules towards this one would not hold for
- * anything it can send as a broadcast (policy decision 89). FANOUT_NONE:
- * not such a packet (addressed to the receiver, judged so by the sender's
- * egress; or the sender is no endpoint, or enforces no egress);
+ * it, for when that one's egress could not: a datagram it sent to a
+ * multicast or broadcast address (or any other address of no endpoint of
+ * the receiver's identity: one the receiver gave itself), which its egress
+ * judged as going to the world and the bridge floods to every port (policy
+ * decision 89); or a packet to a published port on a host address, which
+ * its egress judged as going to the host and the host's DNAT then sent to
+ * this endpoint (decision 91). in is the device the packet came in through
+ * (0: none): a sender's veth (the bridge forwards from there, and a packet
+ * the host routed keeps it too; the host's own packets come in from none).
+ * Else that endpoint's egress rules towards this one would not hold for
+ * anything it can send as a broadcast or through a published port.
+ * FANOUT_NONE: the sender is no endpoint, enforces no egress, or is not the
+ * packet's source (v->remote: the host masqueraded it);
  * FANOUT_PASS: the sender's egress admits it, or would deny it and audits
  * it (v->audit set, v says why); FANOUT_DROP: it denies it, v says why,
  * and the receiver's audit mode does not change that (it is not the
@@ -1058,7 +1060,9 @@ static __always_inline int fanout(__u32 in, __u32 local, __u8 proto, __u16 port,
 	struct endpoint_info *sep = endpoint(in);
 	if (!sep)
 		return FANOUT_NONE;
-	if (!(sep->flags & EP_ENFORCE_EGRESS))
+	/* from its own address: not one the host put in place of it (a
+	 * masquerade) */
+	if (!(sep->flags & EP_ENFORCE_EGRESS) || sep->identity != v->remote)
 		return FANOUT_NONE;
 	__u32 sender = sep->identity;
 	int audit = sep->flags & EP_AUDIT;
@@ -1732,13 +1736,17 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 		v.remote = tuple_identity(&p.tuple, dir == DIR_EGRESS);
 	if (dir == DIR_INGRESS && !from_proxy)
 		v.remote = arrived_from(skb, ep, v.remote);
-	/* Into an endpoint from another's veth, to an address not its own
-	 * (multicast, broadcast): the sender's egress rules towards this
-	 * endpoint hold too (fanout), and again when a policy change judges
-	 * the flow again (CT_F_FANOUT, rejudge). */
+	/* Into an endpoint from another's veth: the sender's egress rules
+	 * towards this endpoint hold too (fanout), and again when a policy
+	 * change judges the flow again (CT_F_FANOUT, rejudge). Its egress
+	 * judged the packet as going elsewhere when it went to an address not
+	 * this endpoint's (multicast, broadcast: decision 89) or to a
+	 * published port on a host address, which the host translated to
+	 * this endpoint's after that (decision 91); the packet keeps the
+	 * sender's veth as its way in, routed or bridged. Straight from the
+	 * sender, its egress gave the same verdict already. */
 	__u32 in = 0;
-	if (dir == DIR_INGRESS && !from_proxy && skb->ingress_ifindex != ifindex &&
-	    tuple_identity(&p.tuple, 1) != local)
+	if (dir == DIR_INGRESS && !from_proxy)
 		in = skb->ingress_ifindex;
 	int fanned = judge_new(local, dir | (__u32)p.tuple.protocol << 8, p.policy_port, in, &v);
 	/* The proxy's own upstream traffic was judged there: never again; and
