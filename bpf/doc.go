@@ -47,12 +47,15 @@
 // identities) keeps that identity only when the skb came in
 // (ingress_ifindex) through an endpoint's veth, the endpoint's bridge, or
 // the host stack (0); through any other device it is judged as init. A new
-// flow into an endpoint that came in through another endpoint's veth and is
-// addressed to no address of the receiver's identity (multicast, broadcast,
-// an address the ipcache does not know) is judged by the sender's egress
-// entries towards the receiver too, with the sender's audit mode; its
-// conntrack entry is marked (CT_F_FANOUT) so that a policy change judges it
-// so again (policy decision 89). A
+// flow into an endpoint that came in through another endpoint's veth, from
+// that endpoint's identity, is judged by the sender's egress entries towards
+// the receiver too, with the sender's audit mode: its egress judged it as
+// going elsewhere when it was addressed to no address of the receiver's
+// identity (multicast, broadcast, an address the ipcache does not know:
+// policy decision 89) or to a published port on a host address, which the
+// host's DNAT turned into the receiver's (the routed skb keeps the sender's
+// veth as ingress_ifindex: decision 91). Its conntrack entry is marked
+// (CT_F_FANOUT) so that a policy change judges it so again. A
 // direction the endpoint does not enforce passes before conntrack: its flows
 // are not tracked, so were it to enforce later, a reply of a connection
 // opened meanwhile would be judged as a new flow the other way. The daemon
