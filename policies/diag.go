@@ -41,7 +41,7 @@ func (d Diagnostic) String() string {
 // pass) and bytes that are not UTF-8 (\x9b). File names and source lines are
 // what others wrote: a newline in a file name would split the one-line
 // FILE:LINE:COL form, and an escape sequence in a comment would reach the
-// terminal of whoever checks the file (decision 93). JSON needs none of it.
+// terminal of whoever checks the file (decision 92). JSON needs none of it.
 func printable(s string, newlines bool) string {
 	clean := true
 	for i := 0; i < len(s); i++ {

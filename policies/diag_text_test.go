@@ -91,7 +91,7 @@ func TestWriteTextBoundsLongLines(t *testing.T) {
 // from anyone), so the text forms show a control character in them escaped
 // as Go writes it: a newline in a file name would split the contract's
 // one-line FILE:LINE:COL form, and an escape sequence in a name or a
-// comment would reach the terminal of whoever checks the files (decision 93).
+// comment would reach the terminal of whoever checks the files (decision 92).
 func TestTextDiagnosticsEscapeControlCharacters(t *testing.T) {
 	dir := t.TempDir()
 	name := "a\nb\x1b[2K\x9b.hcl" // \x9b: not UTF-8 on its own

@@ -227,7 +227,7 @@ func writeCheckJSON(out io.Writer, sets []*checkSet) error {
 }
 
 // writeSkipped writes a line for each file skipped and each note.
-// File names are what others wrote: termSafe (decision 93).
+// File names are what others wrote: termSafe (decision 92).
 func writeSkipped(out io.Writer, skipped, notes []string) error {
 	out = termSafe(out)
 	for _, s := range skipped {

@@ -594,7 +594,7 @@ func TestFlagValueOfTheWrongTypeIsToldInWords(t *testing.T) {
 // TestCheckTextEscapesControlCharactersInNames: `policy check` reviews
 // trees that anyone may have written, so a control character in a file or
 // directory name reaches the terminal escaped, in the skipped-file notes
-// and the summary lines as in the diagnostics (decision 93).
+// and the summary lines as in the diagnostics (decision 92).
 func TestCheckTextEscapesControlCharactersInNames(t *testing.T) {
 	root := t.TempDir()
 	ok := "policy \"api\" {\n  selector = \"app=api\"\n}\n"
