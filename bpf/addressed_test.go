@@ -66,14 +66,7 @@ func TestStolenMACDrawsNoTraffic(t *testing.T) {
 		netip.PrefixFrom(tp.addr[0], 32): idA, netip.PrefixFrom(tp.addr[1], 32): idB,
 		netip.PrefixFrom(tp.bridgeIP, 32): policies.IdentityHost,
 	}))
-	must(t, tp.host.Do(func() error {
-		for _, idx := range tp.hostIf {
-			if err := dp.Attach(idx); err != nil {
-				return err
-			}
-		}
-		return nil
-	}))
+	tp.attach(t, dp)
 	udpEchoServer(t, tp.c[1], ":5353")
 	b := tp.addr[1].String() + ":5353"
 	must(t, canUDP(tp.host, b, allowTimeout))

@@ -3,7 +3,6 @@ package bpf
 import (
 	"fmt"
 	"net"
-	"net/netip"
 	"testing"
 	"time"
 
@@ -36,11 +35,7 @@ func TestPublishedPortKeepsTheSendersEgressRules(t *testing.T) {
 	}))
 	must(t, dp.SetEndpoint(tp.hostIf[0], Endpoint{ID: 1, Identity: idA, Flags: both, Bridge: br}))
 	must(t, dp.SetEndpoint(tp.hostIf[1], Endpoint{ID: 2, Identity: idB, Flags: both, Bridge: br}))
-	must(t, dp.IPCacheSync(map[netip.Prefix]policies.Identity{
-		netip.PrefixFrom(tp.addr[0], 32): idA, netip.PrefixFrom(tp.addr[1], 32): idB,
-		netip.PrefixFrom(tp.addr6[0], 128): idA, netip.PrefixFrom(tp.addr6[1], 128): idB,
-		netip.PrefixFrom(tp.bridgeIP, 32): policies.IdentityHost, netip.PrefixFrom(tp.bridgeIP6, 128): policies.IdentityHost,
-	}))
+	must(t, dp.IPCacheSync(tp.identities()))
 	// A's egress admits the host, and B only when aToB; B's ingress
 	// admits A.
 	model := func(aToB bool) *policies.Model {
@@ -55,14 +50,7 @@ func TestPublishedPortKeepsTheSendersEgressRules(t *testing.T) {
 		}}
 		return &policies.Model{Identities: []policies.IdentityPolicy{a, b}}
 	}
-	must(t, tp.host.Do(func() error {
-		for _, idx := range tp.hostIf {
-			if err := dp.Attach(idx); err != nil {
-				return err
-			}
-		}
-		return nil
-	}))
+	tp.attach(t, dp)
 	// The published port: the host's 10.77.0.1:8080 is B's port 80.
 	tp.host.MustExec(t, "sysctl", "-qw", "net.ipv4.ip_forward=1")
 	tp.host.MustExec(t, "nft", "add table ip pub")

@@ -3,7 +3,6 @@ package bpf
 import (
 	"fmt"
 	"net"
-	"net/netip"
 	"testing"
 	"time"
 
@@ -91,11 +90,7 @@ func TestEnforcementSwitchJudgesTrackedConnections(t *testing.T) {
 			t.Errorf("Cleanup: %v", err)
 		}
 	})
-	must(t, dp.IPCacheSync(map[netip.Prefix]policies.Identity{
-		netip.PrefixFrom(tp.addr[0], 32): idA, netip.PrefixFrom(tp.addr[1], 32): idB,
-		netip.PrefixFrom(tp.addr6[0], 128): idA, netip.PrefixFrom(tp.addr6[1], 128): idB,
-		netip.PrefixFrom(tp.bridgeIP, 32): policies.IdentityHost, netip.PrefixFrom(tp.bridgeIP6, 128): policies.IdentityHost,
-	}))
+	must(t, dp.IPCacheSync(tp.identities()))
 	// the endpoints as the daemon writes them under env
 	setFlags := func(env *policies.Env) {
 		t.Helper()
@@ -127,14 +122,7 @@ func TestEnforcementSwitchJudgesTrackedConnections(t *testing.T) {
 
 	setFlags(envNever)
 	sync(never)
-	must(t, tp.host.Do(func() error {
-		for _, idx := range tp.hostIf {
-			if err := dp.Attach(idx); err != nil {
-				return err
-			}
-		}
-		return nil
-	}))
+	tp.attach(t, dp)
 	b := tp.addr[1].String()
 	s8080 := acceptServer(t, tp.c[1], ":8080")
 	s8081 := acceptServer(t, tp.c[1], ":8081")

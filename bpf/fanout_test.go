@@ -3,7 +3,6 @@ package bpf
 import (
 	"fmt"
 	"net"
-	"net/netip"
 	"syscall"
 	"testing"
 	"time"
@@ -31,11 +30,7 @@ func TestBroadcastKeepsTheSendersEgressRules(t *testing.T) {
 	both := EnforceIngress | EnforceEgress
 	must(t, dp.SetEndpoint(tp.hostIf[0], Endpoint{ID: 1, Identity: idA, Flags: both}))
 	must(t, dp.SetEndpoint(tp.hostIf[1], Endpoint{ID: 2, Identity: idB, Flags: both}))
-	must(t, dp.IPCacheSync(map[netip.Prefix]policies.Identity{
-		netip.PrefixFrom(tp.addr[0], 32): idA, netip.PrefixFrom(tp.addr[1], 32): idB,
-		netip.PrefixFrom(tp.addr6[0], 128): idA, netip.PrefixFrom(tp.addr6[1], 128): idB,
-		netip.PrefixFrom(tp.bridgeIP, 32): policies.IdentityHost, netip.PrefixFrom(tp.bridgeIP6, 128): policies.IdentityHost,
-	}))
+	must(t, dp.IPCacheSync(tp.identities()))
 	model := func(aToB bool) *policies.Model {
 		a := policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, Entries: []policies.Entry{
 			entry(out, policies.IdentityWorld, policies.ProtoUDP, 5353, 16, policies.Allow, 1),
@@ -48,14 +43,7 @@ func TestBroadcastKeepsTheSendersEgressRules(t *testing.T) {
 		}}
 		return &policies.Model{Identities: []policies.IdentityPolicy{a, b}}
 	}
-	must(t, tp.host.Do(func() error {
-		for _, idx := range tp.hostIf {
-			if err := dp.Attach(idx); err != nil {
-				return err
-			}
-		}
-		return nil
-	}))
+	tp.attach(t, dp)
 
 	// B's listener: what it receives, by destination family.
 	got := make(chan string, 64)

@@ -25,6 +25,29 @@ type topo struct {
 	bridgeIP6 netip.Addr
 }
 
+// identities is the topology's ipcache: A's and B's addresses as theirs,
+// the bridge's as the host's.
+func (tp *topo) identities() map[netip.Prefix]policies.Identity {
+	return map[netip.Prefix]policies.Identity{
+		netip.PrefixFrom(tp.addr[0], 32): idA, netip.PrefixFrom(tp.addr[1], 32): idB,
+		netip.PrefixFrom(tp.addr6[0], 128): idA, netip.PrefixFrom(tp.addr6[1], 128): idB,
+		netip.PrefixFrom(tp.bridgeIP, 32): policies.IdentityHost, netip.PrefixFrom(tp.bridgeIP6, 128): policies.IdentityHost,
+	}
+}
+
+// attach attaches dp's programs to A's and B's host-side veths.
+func (tp *topo) attach(t testing.TB, dp *Datapath) {
+	t.Helper()
+	must(t, tp.host.Do(func() error {
+		for _, idx := range tp.hostIf {
+			if err := dp.Attach(idx); err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
+}
+
 func newTopo(t testing.TB) *topo {
 	testenv.RequireRoot(t)
 	tp := &topo{
@@ -214,11 +237,7 @@ func realTraffic(t *testing.T, mode AttachMode) {
 	both := EnforceIngress | EnforceEgress
 	must(t, dp.SetEndpoint(tp.hostIf[0], Endpoint{ID: 1, Identity: idA, Flags: both}))
 	must(t, dp.SetEndpoint(tp.hostIf[1], Endpoint{ID: 2, Identity: idB, Flags: both}))
-	must(t, dp.IPCacheSync(map[netip.Prefix]policies.Identity{
-		netip.PrefixFrom(tp.addr[0], 32): idA, netip.PrefixFrom(tp.addr[1], 32): idB,
-		netip.PrefixFrom(tp.addr6[0], 128): idA, netip.PrefixFrom(tp.addr6[1], 128): idB,
-		netip.PrefixFrom(tp.bridgeIP, 32): policies.IdentityHost, netip.PrefixFrom(tp.bridgeIP6, 128): policies.IdentityHost,
-	}))
+	must(t, dp.IPCacheSync(tp.identities()))
 	model := func(bPorts ...uint16) *policies.Model {
 		a := policies.IdentityPolicy{Identity: idA, EgressDefaultDeny: true, Entries: []policies.Entry{
 			entry(out, idB, policies.ProtoTCP, 8080, 15, policies.Allow, 1), // 8080-8081
@@ -237,14 +256,7 @@ func realTraffic(t *testing.T, mode AttachMode) {
 	}
 	_, err = dp.SyncPolicy(model(8080, 8081), nil)
 	must(t, err)
-	must(t, tp.host.Do(func() error {
-		for _, idx := range tp.hostIf {
-			if err := dp.Attach(idx); err != nil {
-				return err
-			}
-		}
-		return nil
-	}))
+	tp.attach(t, dp)
 	atts, err := dp.Attached()
 	must(t, err)
 	if len(atts) != 2 || atts[0].Mode != mode {

@@ -46,14 +46,7 @@ func TestVLANTaggedFramesAreJudged(t *testing.T) {
 		}},
 	}}, nil)
 	must(t, err)
-	must(t, tp.host.Do(func() error {
-		for _, idx := range tp.hostIf {
-			if err := dp.Attach(idx); err != nil {
-				return err
-			}
-		}
-		return nil
-	}))
+	tp.attach(t, dp)
 
 	mac := func(i int) (hw net.HardwareAddr, idx int) {
 		must(t, tp.c[i].Do(func() error {
